@@ -1,0 +1,341 @@
+//! The Rust API: [`Node::start`] a node, send it commands (async methods
+//! returning `Result`), read snapshots, and consume events from a stream.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::Config;
+use crate::counters::Counters;
+use crate::engine::commands::Command;
+use crate::engine::{Engine, Event};
+use crate::error::{Error, Result};
+use crate::records::{ArtifactRef, PluginKind, TaskState};
+use crate::runtime::{self, wall_clock_ms, Driver, DriverInput, Faults};
+use crate::{MemberInfo, Policy, TribeInfo};
+
+/// A running node. Cheap to clone; every clone drives the same node.
+/// Dropping the last clone without [`Node::shutdown`] stops the node without
+/// a goodbye (peers will mark it failed).
+#[derive(Clone)]
+pub struct Node {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shared: Arc<runtime::Shared>,
+    inbox: mpsc::UnboundedSender<DriverInput>,
+    name: String,
+    addr: SocketAddr,
+    first_events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            task.abort();
+        }
+    }
+}
+
+/// Events of one subscriber, in order.
+pub struct EventStream {
+    rx: mpsc::UnboundedReceiver<Event>,
+}
+
+impl EventStream {
+    /// The next event; `None` once the node has stopped.
+    pub async fn next(&mut self) -> Option<Event> {
+        self.rx.recv().await
+    }
+
+    /// An event already queued, without waiting.
+    pub fn try_next(&mut self) -> Option<Event> {
+        self.rx.try_recv().ok()
+    }
+}
+
+impl Node {
+    /// Binds the sockets, starts the engine and joins through the seeds. Must
+    /// be called inside a tokio runtime. Events from the very start are kept
+    /// for the first [`Node::events`] call.
+    pub async fn start(config: Config) -> Result<Node> {
+        config.validate()?;
+        let (udp, listener) = runtime::bind(config.bind).await?;
+        let bound = udp.local_addr()?;
+        let addr = match config.advertise {
+            Some(a) => a,
+            None if bound.ip().is_unspecified() => {
+                return Err(Error::Config(
+                    "binding to an unspecified address needs an advertise address".into(),
+                ))
+            }
+            None => bound,
+        };
+        let collected = if config.collect_facts {
+            crate::facts::collect()
+        } else {
+            Default::default()
+        };
+        let now = wall_clock_ms();
+        let generation = config.generation.unwrap_or(now);
+        let mut engine = Engine::new(&config, addr, generation, collected, now, rand::random())?;
+        engine.start(now);
+
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(runtime::Shared {
+            engine: Mutex::new(engine),
+            subscribers: Mutex::new(vec![events_tx]),
+            faults: Arc::new(Faults::default()),
+            max_frame: config.max_frame,
+        });
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
+        let driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
+        let task = tokio::spawn(driver.run());
+        tracing::info!(name = %config.name, %addr, "node started");
+        Ok(Node {
+            inner: Arc::new(Inner {
+                shared,
+                inbox: inbox_tx,
+                name: config.name,
+                addr,
+                first_events: Mutex::new(Some(events_rx)),
+                task: Mutex::new(Some(task)),
+            }),
+        })
+    }
+
+    /// This node's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The advertised gossip and stream address.
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The event stream. The first call gets every event since start; later
+    /// calls get events from the moment of the call.
+    pub fn events(&self) -> EventStream {
+        if let Some(rx) = self
+            .inner
+            .first_events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            return EventStream { rx };
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.inner
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tx);
+        EventStream { rx }
+    }
+
+    /// Fault injection (drop traffic to or from peers, random loss); for tests.
+    pub fn faults(&self) -> Arc<Faults> {
+        self.inner.shared.faults.clone()
+    }
+
+    async fn command(&self, cmd: Command) -> Result<()> {
+        if self.inner.inbox.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let result = self.inner.shared.engine().handle_command(wall_clock_ms(), cmd);
+        // The engine queued outputs; the driver sends them.
+        let _ = self.inner.inbox.send(DriverInput::Wake);
+        result
+    }
+
+    /// Creates an empty tribe.
+    pub async fn create_tribe(&self, tribe: &str) -> Result<()> {
+        self.command(Command::CreateTribe { tribe: tribe.into() }).await
+    }
+
+    /// Deletes a tribe, its catalog, its memberships and the policies that target it.
+    pub async fn delete_tribe(&self, tribe: &str) -> Result<()> {
+        self.command(Command::DeleteTribe { tribe: tribe.into() }).await
+    }
+
+    /// Adds `node` (any known node, this one included) to `tribe` by hand.
+    pub async fn join(&self, tribe: &str, node: &str) -> Result<()> {
+        self.command(Command::Join {
+            tribe: tribe.into(),
+            node: node.into(),
+        })
+        .await
+    }
+
+    /// Removes the membership by hand of `node` in `tribe`.
+    pub async fn leave(&self, tribe: &str, node: &str) -> Result<()> {
+        self.command(Command::Leave {
+            tribe: tribe.into(),
+            node: node.into(),
+        })
+        .await
+    }
+
+    /// Adds a policy; `when` is CEL over `facts`, checked before it is spread.
+    pub async fn add_policy(&self, name: &str, tribe: &str, when: &str) -> Result<()> {
+        self.command(Command::AddPolicy {
+            name: name.into(),
+            tribe: tribe.into(),
+            when: when.into(),
+        })
+        .await
+    }
+
+    /// Removes a policy.
+    pub async fn remove_policy(&self, name: &str) -> Result<()> {
+        self.command(Command::RemovePolicy { name: name.into() }).await
+    }
+
+    /// Sets a user fact of this node (it overrides a collected fact of that name).
+    pub async fn set_fact(&self, key: &str, value: &str) -> Result<()> {
+        self.command(Command::SetFact {
+            key: key.into(),
+            value: value.into(),
+        })
+        .await
+    }
+
+    /// Removes a user fact of this node.
+    pub async fn remove_fact(&self, key: &str) -> Result<()> {
+        self.command(Command::RemoveFact { key: key.into() }).await
+    }
+
+    /// Adds a plugin entry to a tribe's catalog.
+    pub async fn load_plugin(
+        &self,
+        tribe: &str,
+        name: &str,
+        version: &str,
+        kind: PluginKind,
+        artifact: Option<ArtifactRef>,
+    ) -> Result<()> {
+        self.command(Command::LoadPlugin {
+            tribe: tribe.into(),
+            name: name.into(),
+            version: version.into(),
+            kind,
+            artifact,
+        })
+        .await
+    }
+
+    /// Removes a plugin entry from a tribe's catalog.
+    pub async fn unload_plugin(&self, tribe: &str, name: &str, version: &str) -> Result<()> {
+        self.command(Command::UnloadPlugin {
+            tribe: tribe.into(),
+            name: name.into(),
+            version: version.into(),
+        })
+        .await
+    }
+
+    /// Adds a task (a JSON object manifest) to a tribe.
+    pub async fn add_task(
+        &self,
+        tribe: &str,
+        id: &str,
+        manifest: &str,
+        state: TaskState,
+    ) -> Result<()> {
+        self.command(Command::AddTask {
+            tribe: tribe.into(),
+            id: id.into(),
+            manifest: manifest.into(),
+            state,
+        })
+        .await
+    }
+
+    /// Removes a task.
+    pub async fn remove_task(&self, tribe: &str, id: &str) -> Result<()> {
+        self.command(Command::RemoveTask {
+            tribe: tribe.into(),
+            id: id.into(),
+        })
+        .await
+    }
+
+    /// Sets a task's desired state.
+    pub async fn set_task_state(&self, tribe: &str, id: &str, state: TaskState) -> Result<()> {
+        self.command(Command::SetTaskState {
+            tribe: tribe.into(),
+            id: id.into(),
+            state,
+        })
+        .await
+    }
+
+    /// Every known member, this node included.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        self.inner.shared.engine().members()
+    }
+
+    /// Live members, this node included.
+    pub fn members_alive(&self) -> usize {
+        self.inner.shared.engine().members_alive()
+    }
+
+    /// Every tribe with its live view and catalog.
+    pub fn tribes(&self) -> Vec<TribeInfo> {
+        self.inner.shared.engine().tribes()
+    }
+
+    /// One tribe.
+    pub fn tribe(&self, name: &str) -> Option<TribeInfo> {
+        self.inner.shared.engine().tribe(name)
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.inner.shared.engine().policies()
+    }
+
+    /// Digest of the replicated state: equal on converged nodes.
+    pub fn state_digest(&self) -> String {
+        self.inner.shared.engine().state_digest()
+    }
+
+    /// Counters since start.
+    pub fn counters(&self) -> Counters {
+        self.inner.shared.engine().counters()
+    }
+
+    /// Gossip items not yet fully spread.
+    pub fn broadcast_backlog(&self) -> usize {
+        self.inner.shared.engine().broadcast_backlog()
+    }
+
+    /// Leaves the cluster gracefully (peers record *left*) and stops.
+    pub async fn shutdown(&self) -> Result<()> {
+        self.stop(true).await
+    }
+
+    /// Stops at once without a goodbye, as a crash would (peers record *failed*).
+    pub async fn abort(&self) {
+        let _ = self.stop(false).await;
+    }
+
+    async fn stop(&self, leave: bool) -> Result<()> {
+        let (done, wait) = oneshot::channel();
+        if self.inner.inbox.send(DriverInput::Stop { leave, done }).is_err() {
+            return Err(Error::ShuttingDown);
+        }
+        let _ = wait.await;
+        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+        Ok(())
+    }
+}

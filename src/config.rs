@@ -1,0 +1,216 @@
+//! Node configuration and the timing profiles (`lan`, `wan`, `local`).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::error::Error;
+
+/// Timing profile, in the spirit of memberlist's default configs.
+///
+/// | knob | lan | wan | local |
+/// |---|---|---|---|
+/// | probe period / rtt | 1 s / 500 ms | 5 s / 3 s | 1 s / 200 ms |
+/// | indirect probes | 3 | 3 | 1 |
+/// | suspicion multiplier | 4 | 6 | 3 |
+/// | retransmit multiplier | 4 | 4 | 2 |
+/// | gossip interval / fanout | 200 ms / 3 | 500 ms / 4 | 100 ms / 3 |
+/// | push-pull interval (≤ 32 nodes) | 30 s | 60 s | 15 s |
+/// | reconnect to failed nodes | 30 s | 60 s | 5 s |
+/// | reap failed / left nodes | 24 h | 24 h | 5 min |
+///
+/// Faster probing detects failures sooner but costs bandwidth and raises false
+/// positives on loaded hosts; `wan` trades detection time for tolerance of
+/// latency; `local` is for one host or a fast LAN (tests, the demo).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Profile {
+    /// Data-centre LAN (default).
+    #[default]
+    Lan,
+    /// Wide area: slower probes, longer suspicion.
+    Wan,
+    /// Loopback or a single fast LAN segment.
+    Local,
+}
+
+impl std::str::FromStr for Profile {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "lan" => Ok(Profile::Lan),
+            "wan" => Ok(Profile::Wan),
+            "local" => Ok(Profile::Local),
+            other => Err(Error::Config(format!(
+                "profile {other:?} is not lan, wan or local"
+            ))),
+        }
+    }
+}
+
+/// Concrete protocol timings, derived from a [`Profile`] and overridable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Timings {
+    /// How often a random member is probed.
+    pub probe_period: Duration,
+    /// How long to wait for a direct ack before asking others to probe.
+    pub probe_rtt: Duration,
+    /// Members asked to probe indirectly.
+    pub indirect_probes: usize,
+    /// Suspicion timeout = multiplier × max(1, log10 N) × probe period.
+    pub suspicion_mult: u32,
+    /// Retransmissions of an update = multiplier × ceil(log10(N + 1)).
+    pub retransmit_mult: u32,
+    /// How often updates are gossiped, and to how many members.
+    pub gossip_interval: Duration,
+    /// Members gossiped to per interval.
+    pub gossip_fanout: usize,
+    /// Anti-entropy interval for clusters up to 32 nodes (grows above).
+    pub push_pull_interval: Duration,
+    /// How often a failed (not left) node is tried again, to heal partitions.
+    pub reconnect_interval: Duration,
+    /// How long a failed or left node stays listed before it is reaped.
+    pub reap_after: Duration,
+    /// How long deletions are remembered before tombstones are collected.
+    pub tombstone_grace: Duration,
+    /// First retry of a join that has not become active; doubles up to 30 s.
+    pub join_retry: Duration,
+}
+
+impl Profile {
+    /// The timings of this profile.
+    pub fn timings(self) -> Timings {
+        let ms = Duration::from_millis;
+        let s = Duration::from_secs;
+        match self {
+            Profile::Lan => Timings {
+                probe_period: s(1),
+                probe_rtt: ms(500),
+                indirect_probes: 3,
+                suspicion_mult: 4,
+                retransmit_mult: 4,
+                gossip_interval: ms(200),
+                gossip_fanout: 3,
+                push_pull_interval: s(30),
+                reconnect_interval: s(30),
+                reap_after: s(24 * 3600),
+                tombstone_grace: s(24 * 3600),
+                join_retry: s(1),
+            },
+            Profile::Wan => Timings {
+                probe_period: s(5),
+                probe_rtt: s(3),
+                indirect_probes: 3,
+                suspicion_mult: 6,
+                retransmit_mult: 4,
+                gossip_interval: ms(500),
+                gossip_fanout: 4,
+                push_pull_interval: s(60),
+                reconnect_interval: s(60),
+                reap_after: s(24 * 3600),
+                tombstone_grace: s(24 * 3600),
+                join_retry: s(2),
+            },
+            Profile::Local => Timings {
+                probe_period: s(1),
+                probe_rtt: ms(200),
+                indirect_probes: 1,
+                suspicion_mult: 3,
+                retransmit_mult: 2,
+                gossip_interval: ms(100),
+                gossip_fanout: 3,
+                push_pull_interval: s(15),
+                reconnect_interval: s(5),
+                reap_after: s(300),
+                tombstone_grace: s(3600),
+                join_retry: ms(500),
+            },
+        }
+    }
+}
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Unique node name (see [`crate::names::check`]).
+    pub name: String,
+    /// Where to bind the UDP gossip socket and the TCP listener (same port).
+    /// Port 0 picks a free port.
+    pub bind: SocketAddr,
+    /// Address peers should use, when it differs from `bind` (NAT, 0.0.0.0).
+    pub advertise: Option<SocketAddr>,
+    /// Nodes to join through.
+    pub seeds: Vec<SocketAddr>,
+    /// Timing profile.
+    pub profile: Profile,
+    /// Overrides of the profile's timings.
+    pub timings: Option<Timings>,
+    /// User facts; they override collected facts of the same name.
+    pub facts: BTreeMap<String, String>,
+    /// Whether to collect host facts (architecture, os_dist, ...).
+    pub collect_facts: bool,
+    /// Cluster label: nodes with different labels never talk.
+    pub cluster_label: String,
+    /// Piggyback state deltas on gossip (the fast path). Off leaves only
+    /// anti-entropy, which tests use to prove it alone converges.
+    pub gossip_deltas: bool,
+    /// Largest stream frame accepted, in bytes.
+    pub max_frame: usize,
+    /// Start generation; `None` uses the wall clock, so a restart is newer.
+    pub generation: Option<u64>,
+}
+
+impl Config {
+    /// A config with defaults: bind 127.0.0.1:0, `lan` profile, facts collected.
+    pub fn new(name: impl Into<String>) -> Self {
+        Config {
+            name: name.into(),
+            bind: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            seeds: Vec::new(),
+            profile: Profile::Lan,
+            timings: None,
+            facts: BTreeMap::new(),
+            collect_facts: true,
+            cluster_label: String::new(),
+            gossip_deltas: true,
+            max_frame: 16 * 1024 * 1024,
+            generation: None,
+        }
+    }
+
+    /// The timings in force: the overrides, or the profile's.
+    pub fn effective_timings(&self) -> Timings {
+        self.timings.clone().unwrap_or_else(|| self.profile.timings())
+    }
+
+    /// Checks names, facts, label and timings.
+    pub fn validate(&self) -> Result<(), Error> {
+        crate::names::check("node name", &self.name)?;
+        if self.cluster_label.len() > crate::wire::MAX_LABEL_LEN {
+            return Err(Error::Config("cluster label is longer than 64 bytes".into()));
+        }
+        for (k, v) in &self.facts {
+            crate::facts::validate_fact(k, v).map_err(|e| Error::Config(e.to_string()))?;
+        }
+        let t = self.effective_timings();
+        if t.probe_rtt.is_zero() || t.probe_rtt >= t.probe_period {
+            return Err(Error::Config(
+                "probe rtt must be non-zero and shorter than the probe period".into(),
+            ));
+        }
+        if t.indirect_probes == 0 || t.gossip_fanout == 0 || t.gossip_interval.is_zero() {
+            return Err(Error::Config(
+                "indirect probes, gossip fanout and gossip interval must be non-zero".into(),
+            ));
+        }
+        if t.push_pull_interval.is_zero() || t.join_retry.is_zero() {
+            return Err(Error::Config(
+                "push-pull interval and join retry must be non-zero".into(),
+            ));
+        }
+        if self.max_frame < 64 * 1024 {
+            return Err(Error::Config("max frame must be at least 64 KiB".into()));
+        }
+        Ok(())
+    }
+}

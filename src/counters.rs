@@ -1,0 +1,51 @@
+//! Plain counters kept by the engine; the runtime and the admin API read a
+//! snapshot of them.
+
+/// Counts of what the engine saw and did since it started.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Datagrams received.
+    pub datagrams_in: u64,
+    /// Bytes of datagrams received.
+    pub datagram_bytes_in: u64,
+    /// Datagrams sent.
+    pub datagrams_out: u64,
+    /// Bytes of datagrams sent.
+    pub datagram_bytes_out: u64,
+    /// Stream frames received.
+    pub frames_in: u64,
+    /// Bytes of stream frames received.
+    pub frame_bytes_in: u64,
+    /// Stream frames sent.
+    pub frames_out: u64,
+    /// Bytes of stream frames sent.
+    pub frame_bytes_out: u64,
+    /// Datagrams dropped: bad envelope (magic, version, truncated, oversized).
+    pub datagram_decode_errors: u64,
+    /// Datagrams dropped: sealed with an unknown key or failing authentication.
+    pub datagram_auth_errors: u64,
+    /// Datagrams dropped: another cluster's label.
+    pub label_mismatches: u64,
+    /// Datagrams the membership protocol refused (malformed SWIM payload).
+    pub gossip_errors: u64,
+    /// Stream frames dropped as malformed or unexpected.
+    pub frame_decode_errors: u64,
+    /// Records refused by validation.
+    pub invalid_records: u64,
+    /// Records refused for carrying a version too far in the future.
+    pub clock_drift_rejections: u64,
+    /// Records merged that were news.
+    pub records_merged: u64,
+    /// Deltas sent as gossip broadcasts.
+    pub deltas_broadcast: u64,
+    /// Deltas too large for gossip (left to anti-entropy).
+    pub deltas_too_large: u64,
+    /// Anti-entropy exchanges started by this node.
+    pub push_pulls_started: u64,
+    /// Anti-entropy exchanges completed (either side).
+    pub push_pulls_completed: u64,
+    /// Anti-entropy exchanges that failed (connect error, timeout, bad frame).
+    pub push_pulls_failed: u64,
+    /// Tombstones collected.
+    pub tombstones_collected: u64,
+}

@@ -1,0 +1,528 @@
+//! Commands (local writes) and snapshot reads.
+
+use crate::error::{Error, Result};
+use crate::names;
+use crate::records::{
+    ArtifactRef, Entry, Key, PluginKind, PluginRecord, PolicyRecord, TaskRecord, TaskState, Value,
+};
+
+use super::delta::lock;
+use super::view::{MemberInfo, MemberState, Policy, TribeInfo, View};
+use super::Engine;
+
+/// A mutation requested by the application.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Command {
+    /// Create an empty tribe.
+    CreateTribe {
+        /// Tribe name.
+        tribe: String,
+    },
+    /// Delete a tribe with its catalog, its memberships and the policies targeting it.
+    DeleteTribe {
+        /// Tribe name.
+        tribe: String,
+    },
+    /// Add a node to a tribe by hand.
+    Join {
+        /// Tribe name.
+        tribe: String,
+        /// Node name.
+        node: String,
+    },
+    /// Remove a node's membership by hand.
+    Leave {
+        /// Tribe name.
+        tribe: String,
+        /// Node name.
+        node: String,
+    },
+    /// Add a policy.
+    AddPolicy {
+        /// Policy name.
+        name: String,
+        /// Target tribe.
+        tribe: String,
+        /// CEL expression over `facts`.
+        when: String,
+    },
+    /// Remove a policy.
+    RemovePolicy {
+        /// Policy name.
+        name: String,
+    },
+    /// Set a user fact of this node.
+    SetFact {
+        /// Fact key.
+        key: String,
+        /// Fact value.
+        value: String,
+    },
+    /// Remove a user fact of this node.
+    RemoveFact {
+        /// Fact key.
+        key: String,
+    },
+    /// Add a plugin entry to a tribe's catalog.
+    LoadPlugin {
+        /// Tribe name.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+        /// Plugin kind.
+        kind: PluginKind,
+        /// Optional artifact.
+        artifact: Option<ArtifactRef>,
+    },
+    /// Remove a plugin entry.
+    UnloadPlugin {
+        /// Tribe name.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+    },
+    /// Add a task to a tribe.
+    AddTask {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+        /// JSON manifest (an object).
+        manifest: String,
+        /// Desired state.
+        state: TaskState,
+    },
+    /// Remove a task.
+    RemoveTask {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+    /// Change a task's desired state.
+    SetTaskState {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+        /// Desired state.
+        state: TaskState,
+    },
+}
+
+impl Engine {
+    /// Writes one record locally and spreads it (gossip delta when small,
+    /// anti-entropy always).
+    pub(super) fn write(&mut self, key: Key, value: Option<Value>) {
+        let entry = {
+            let mut sh = lock(&self.shared);
+            let now = sh.now_ms;
+            let entry = Entry {
+                version: sh.clock.tick(now),
+                value,
+            };
+            sh.state.merge(key.clone(), entry.clone());
+            entry
+        };
+        let delta = crate::wire::encode(&(key, entry));
+        if !self.gossip_deltas {
+            return;
+        }
+        if delta.len() > super::MAX_DELTA_LEN {
+            lock(&self.shared).counters.deltas_too_large += 1;
+            self.sync_soon = true;
+            return;
+        }
+        match self.swim.add_broadcast(&delta) {
+            Ok(_) => lock(&self.shared).counters.deltas_broadcast += 1,
+            Err(e) => tracing::debug!(error = %e, "delta not queued"),
+        }
+    }
+
+    /// Applies a command at `now_ms`.
+    pub fn handle_command(&mut self, now_ms: u64, cmd: Command) -> Result<()> {
+        self.tick(now_ms);
+        if self.left {
+            return Err(Error::ShuttingDown);
+        }
+        let result = self.apply_command(cmd);
+        self.after_change();
+        result
+    }
+
+    fn view_check<T>(&self, f: impl FnOnce(&View) -> T) -> T {
+        let sh = lock(&self.shared);
+        f(&View { state: &sh.state })
+    }
+
+    fn require_tribe(&self, tribe: &str) -> Result<()> {
+        names::check("tribe name", tribe)?;
+        if self.view_check(|v| v.tribe_exists(tribe)) {
+            Ok(())
+        } else {
+            Err(Error::UnknownTribe(tribe.to_string()))
+        }
+    }
+
+    fn live(&self, key: &Key) -> Option<Value> {
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        // A child written before its tribe was last created is stale.
+        let current = match (key.tribe(), sh.state.entry(key)) {
+            (Some(t), Some(e)) if !matches!(key, Key::Tribe(_)) => {
+                view.tribe_created(t).is_some_and(|c| &e.version >= c)
+            }
+            _ => true,
+        };
+        if current {
+            sh.state.get(key).cloned()
+        } else {
+            None
+        }
+    }
+
+    fn apply_command(&mut self, cmd: Command) -> Result<()> {
+        match cmd {
+            Command::CreateTribe { tribe } => {
+                names::check("tribe name", &tribe)?;
+                if self.view_check(|v| v.tribe_exists(&tribe)) {
+                    return Err(Error::TribeExists(tribe));
+                }
+                self.create_tribe_record(&tribe);
+            }
+            Command::DeleteTribe { tribe } => {
+                self.require_tribe(&tribe)?;
+                let (children, policies) = self.view_check(|v| {
+                    let members = v.explicit_members(&tribe).into_iter().map(|node| Key::Member {
+                        tribe: tribe.clone(),
+                        node,
+                    });
+                    let plugins = v.plugins(&tribe).into_iter().map(|p| Key::Plugin {
+                        tribe: p.tribe,
+                        name: p.name,
+                        version: p.version,
+                    });
+                    let tasks = v.tasks(&tribe).into_iter().map(|t| Key::Task {
+                        tribe: t.tribe,
+                        id: t.id,
+                    });
+                    let policies: Vec<Key> = v
+                        .policies()
+                        .into_iter()
+                        .filter(|p| p.tribe == tribe)
+                        .map(|p| Key::Policy(p.name))
+                        .collect();
+                    (members.chain(plugins).chain(tasks).collect::<Vec<_>>(), policies)
+                });
+                for key in children.into_iter().chain(policies) {
+                    self.write(key, None);
+                }
+                self.write(Key::Tribe(tribe), None);
+            }
+            Command::Join { tribe, node } => {
+                self.require_tribe(&tribe)?;
+                names::check("node name", &node)?;
+                if !self.knows_node(&node) {
+                    return Err(Error::UnknownNode(node));
+                }
+                let key = Key::Member {
+                    tribe: tribe.clone(),
+                    node: node.clone(),
+                };
+                if self.live(&key).is_some() {
+                    return Err(Error::AlreadyMember { tribe, node });
+                }
+                self.write(key, Some(Value::Member));
+            }
+            Command::Leave { tribe, node } => {
+                self.require_tribe(&tribe)?;
+                names::check("node name", &node)?;
+                let key = Key::Member {
+                    tribe: tribe.clone(),
+                    node: node.clone(),
+                };
+                if self.live(&key).is_none() {
+                    return Err(Error::NotMember { tribe, node });
+                }
+                self.write(key, None);
+            }
+            Command::AddPolicy { name, tribe, when } => {
+                names::check("policy name", &name)?;
+                names::check("tribe name", &tribe)?;
+                crate::policy::Condition::compile(&when).map_err(Error::InvalidPolicy)?;
+                let key = Key::Policy(name.clone());
+                if self.live(&key).is_some() {
+                    return Err(Error::PolicyExists(name));
+                }
+                self.write(key, Some(Value::Policy(PolicyRecord { tribe, when })));
+            }
+            Command::RemovePolicy { name } => {
+                names::check("policy name", &name)?;
+                let key = Key::Policy(name.clone());
+                if self.live(&key).is_none() {
+                    return Err(Error::UnknownPolicy(name));
+                }
+                self.write(key, None);
+            }
+            Command::SetFact { key, value } => {
+                crate::facts::validate_fact(&key, &value)
+                    .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                if self.user_facts.get(&key) != Some(&value) {
+                    self.user_facts.insert(key, value);
+                    self.facts_changed();
+                }
+            }
+            Command::RemoveFact { key } => {
+                if self.user_facts.remove(&key).is_none() {
+                    return Err(Error::UnknownFact(key));
+                }
+                self.facts_changed();
+            }
+            Command::LoadPlugin {
+                tribe,
+                name,
+                version,
+                kind,
+                artifact,
+            } => {
+                self.require_tribe(&tribe)?;
+                names::check("plugin name", &name)?;
+                names::check_version(&version)?;
+                let key = Key::Plugin {
+                    tribe: tribe.clone(),
+                    name: name.clone(),
+                    version: version.clone(),
+                };
+                if self.live(&key).is_some() {
+                    return Err(Error::PluginExists {
+                        tribe,
+                        name,
+                        version,
+                    });
+                }
+                self.write(key, Some(Value::Plugin(PluginRecord { kind, artifact })));
+            }
+            Command::UnloadPlugin {
+                tribe,
+                name,
+                version,
+            } => {
+                self.require_tribe(&tribe)?;
+                let key = Key::Plugin {
+                    tribe: tribe.clone(),
+                    name: name.clone(),
+                    version: version.clone(),
+                };
+                if self.live(&key).is_none() {
+                    return Err(Error::UnknownPlugin {
+                        tribe,
+                        name,
+                        version,
+                    });
+                }
+                self.write(key, None);
+            }
+            Command::AddTask {
+                tribe,
+                id,
+                manifest,
+                state,
+            } => {
+                self.require_tribe(&tribe)?;
+                names::check("task id", &id)?;
+                check_manifest(&manifest)?;
+                let key = Key::Task {
+                    tribe: tribe.clone(),
+                    id: id.clone(),
+                };
+                if self.live(&key).is_some() {
+                    return Err(Error::TaskExists { tribe, id });
+                }
+                self.write(key, Some(Value::Task(TaskRecord { manifest, state })));
+            }
+            Command::RemoveTask { tribe, id } => {
+                self.require_tribe(&tribe)?;
+                let key = Key::Task {
+                    tribe: tribe.clone(),
+                    id: id.clone(),
+                };
+                if self.live(&key).is_none() {
+                    return Err(Error::UnknownTask { tribe, id });
+                }
+                self.write(key, None);
+            }
+            Command::SetTaskState { tribe, id, state } => {
+                self.require_tribe(&tribe)?;
+                let key = Key::Task {
+                    tribe: tribe.clone(),
+                    id: id.clone(),
+                };
+                let Some(Value::Task(mut task)) = self.live(&key) else {
+                    return Err(Error::UnknownTask { tribe, id });
+                };
+                if task.state != state {
+                    task.state = state;
+                    self.write(key, Some(Value::Task(task)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn facts_changed(&mut self) {
+        self.record.facts = self.merged_facts();
+        self.publish_record();
+    }
+
+    fn knows_node(&self, node: &str) -> bool {
+        node == self.name
+            || self.members.get(node).is_some()
+            || self.view_check(|v| v.node_record(node).is_some())
+    }
+
+    /// Leaves the cluster gracefully: marks our record *left* and tells peers.
+    pub fn leave(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        if self.left {
+            return;
+        }
+        self.record.left = true;
+        self.publish_record();
+        // Push the goodbye by anti-entropy too, so it does not hinge on gossip.
+        self.periodic_sync();
+        self.left = true;
+        if let Err(e) = self.swim.leave_cluster(&mut self.swim_rt) {
+            tracing::debug!(error = %e, "leave failed");
+        }
+        self.after_change();
+    }
+
+    /// Whether [`Engine::leave`] was called.
+    pub fn has_left(&self) -> bool {
+        self.left
+    }
+
+    // ---- snapshot reads ----
+
+    /// Every known member, this node included, by name.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        let memberships = view.memberships();
+        let tribes_of = |name: &str| -> Vec<String> {
+            memberships
+                .iter()
+                .filter(|(_, nodes)| nodes.contains_key(name))
+                .map(|(t, _)| t.clone())
+                .collect()
+        };
+        let suspects: std::collections::HashSet<&str> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| m.id().name.as_str())
+            .collect();
+        let mut out = Vec::new();
+        let me = self.swim.identity();
+        out.push(MemberInfo {
+            name: self.name.clone(),
+            addr: me.addr,
+            state: if self.left {
+                MemberState::Left
+            } else {
+                MemberState::Alive
+            },
+            generation: me.generation,
+            facts: self.record.facts.clone(),
+            tribes: tribes_of(&self.name),
+            endpoints: self.record.endpoints.clone(),
+            is_local: true,
+        });
+        for (name, row) in self.members.iter() {
+            let record = view.node_record(name);
+            let state = if row.state == MemberState::Alive && suspects.contains(name.as_str()) {
+                MemberState::Suspect
+            } else {
+                row.state
+            };
+            out.push(MemberInfo {
+                name: name.clone(),
+                addr: row.id.addr,
+                state,
+                generation: row.id.generation,
+                facts: record.map(|r| r.facts.clone()).unwrap_or_default(),
+                tribes: tribes_of(name),
+                endpoints: record.map(|r| r.endpoints.clone()).unwrap_or_default(),
+                is_local: false,
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    /// Number of live members, this node included.
+    pub fn members_alive(&self) -> usize {
+        self.members.count_up() + usize::from(!self.left)
+    }
+
+    /// One tribe with its live view and catalog.
+    pub fn tribe(&self, name: &str) -> Option<TribeInfo> {
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        if !view.tribe_exists(name) {
+            return None;
+        }
+        let memberships = view.memberships();
+        let members = memberships
+            .get(name)
+            .map(|nodes| {
+                nodes
+                    .keys()
+                    .filter(|n| self.is_up(n))
+                    .cloned()
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        Some(TribeInfo {
+            name: name.to_string(),
+            members,
+            explicit_members: view.explicit_members(name).into_iter().collect(),
+            plugins: view.plugins(name),
+            tasks: view.tasks(name),
+        })
+    }
+
+    /// Every tribe.
+    pub fn tribes(&self) -> Vec<TribeInfo> {
+        let names = self.view_check(|v| v.tribe_names());
+        names.iter().filter_map(|t| self.tribe(t)).collect()
+    }
+
+    /// Every policy.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.view_check(|v| v.policies())
+    }
+
+    fn is_up(&self, name: &str) -> bool {
+        if name == self.name {
+            return !self.left;
+        }
+        self.members.get(name).is_some_and(|r| r.state.is_up())
+    }
+}
+
+fn check_manifest(manifest: &str) -> Result<()> {
+    if manifest.len() > crate::records::limits::MAX_MANIFEST_LEN {
+        return Err(Error::InvalidArgument("task manifest is larger than 64 KiB".into()));
+    }
+    match serde_json::from_str::<serde_json::Value>(manifest) {
+        Ok(serde_json::Value::Object(_)) => Ok(()),
+        Ok(_) => Err(Error::InvalidArgument("task manifest must be a JSON object".into())),
+        Err(e) => Err(Error::InvalidArgument(format!("task manifest is not JSON: {e}"))),
+    }
+}

@@ -1,0 +1,37 @@
+//! The SWIM identity: small on purpose (name, address, generation). The name
+//! is the conflict key, so one name is one node; a restart or a rejoin after
+//! being declared down bumps the generation, which wins the conflict.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+/// Identity of a node in the membership protocol.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeId {
+    /// Unique node name.
+    pub name: String,
+    /// Advertised gossip and stream address.
+    pub addr: SocketAddr,
+    /// Increases on every restart and every rejoin.
+    pub generation: u64,
+}
+
+impl foca::Identity for NodeId {
+    type Addr = String;
+
+    fn renew(&self) -> Option<Self> {
+        Some(NodeId {
+            generation: self.generation.wrapping_add(1),
+            ..self.clone()
+        })
+    }
+
+    fn addr(&self) -> String {
+        self.name.clone()
+    }
+
+    fn win_addr_conflict(&self, adversary: &Self) -> bool {
+        (self.generation, self.addr) > (adversary.generation, adversary.addr)
+    }
+}

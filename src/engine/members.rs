@@ -1,0 +1,162 @@
+//! The member table: what this node knows of every other node's liveness,
+//! from foca's notifications plus the *left* marker of node records.
+
+use std::collections::BTreeMap;
+
+use super::identity::NodeId;
+
+/// Liveness of a member as this node sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed probes; may still refute.
+    Suspect,
+    /// Declared down without saying goodbye.
+    Failed,
+    /// Said goodbye.
+    Left,
+}
+
+impl MemberState {
+    /// Lower-case name used in APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberState::Alive => "alive",
+            MemberState::Suspect => "suspect",
+            MemberState::Failed => "failed",
+            MemberState::Left => "left",
+        }
+    }
+
+    /// Alive or suspect: counted in live views.
+    pub fn is_up(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
+/// One row of the member table.
+#[derive(Debug, Clone)]
+pub struct Row {
+    /// Current identity.
+    pub id: NodeId,
+    /// Down (failed or left) or up; suspicion comes from foca at read time.
+    pub state: MemberState,
+    /// When `state` last changed (engine clock, ms).
+    pub since_ms: u64,
+}
+
+/// Other nodes by name (this node is not in it).
+#[derive(Debug, Default)]
+pub struct Members {
+    rows: BTreeMap<String, Row>,
+}
+
+/// What a notification changed, for events.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Change {
+    /// A node became alive (new or back).
+    Up,
+    /// A node went down.
+    Down,
+    /// Nothing visible changed.
+    None,
+}
+
+impl Members {
+    /// Records that `id` is alive.
+    pub fn up(&mut self, id: &NodeId, now_ms: u64) -> Change {
+        match self.rows.get_mut(&id.name) {
+            Some(row) if row.state.is_up() => {
+                row.id = id.clone();
+                Change::None
+            }
+            Some(row) => {
+                *row = Row {
+                    id: id.clone(),
+                    state: MemberState::Alive,
+                    since_ms: now_ms,
+                };
+                Change::Up
+            }
+            None => {
+                self.rows.insert(
+                    id.name.clone(),
+                    Row {
+                        id: id.clone(),
+                        state: MemberState::Alive,
+                        since_ms: now_ms,
+                    },
+                );
+                Change::Up
+            }
+        }
+    }
+
+    /// Records that `id` went down; `left` says whether it said goodbye.
+    pub fn down(&mut self, id: &NodeId, left: bool, now_ms: u64) -> Change {
+        let Some(row) = self.rows.get_mut(&id.name) else {
+            return Change::None;
+        };
+        // A down notice about an older identity says nothing of the current one.
+        if row.id.generation > id.generation || !row.state.is_up() {
+            return Change::None;
+        }
+        row.state = if left {
+            MemberState::Left
+        } else {
+            MemberState::Failed
+        };
+        row.since_ms = now_ms;
+        Change::Down
+    }
+
+    /// A failed member whose record now says it left is relabelled.
+    pub fn mark_left(&mut self, name: &str) -> bool {
+        match self.rows.get_mut(name) {
+            Some(row) if row.state == MemberState::Failed => {
+                row.state = MemberState::Left;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Removes members down for longer than `reap_after_ms`; returns their names.
+    pub fn reap(&mut self, now_ms: u64, reap_after_ms: u64) -> Vec<String> {
+        let expired: Vec<String> = self
+            .rows
+            .iter()
+            .filter(|(_, r)| !r.state.is_up() && r.since_ms.saturating_add(reap_after_ms) <= now_ms)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in &expired {
+            self.rows.remove(name);
+        }
+        expired
+    }
+
+    /// The row of `name`.
+    pub fn get(&self, name: &str) -> Option<&Row> {
+        self.rows.get(name)
+    }
+
+    /// Every row, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Row)> {
+        self.rows.iter()
+    }
+
+    /// Number of members that are up.
+    pub fn count_up(&self) -> usize {
+        self.rows.values().filter(|r| r.state.is_up()).count()
+    }
+
+    /// Identities of failed (not left) members, to retry after partitions.
+    pub fn failed(&self) -> Vec<NodeId> {
+        self.rows
+            .values()
+            .filter(|r| r.state == MemberState::Failed)
+            .map(|r| r.id.clone())
+            .collect()
+    }
+}

@@ -1,0 +1,526 @@
+//! The sans-IO core. Inputs: datagrams, stream frames, timers, commands and a
+//! wall-clock reading; outputs: datagrams to send, streams to open and write,
+//! timers to schedule and events. No sockets, threads, sleeps or clocks here,
+//! so the tokio runtime and a deterministic simulator drive the same code.
+
+pub mod commands;
+mod delta;
+mod identity;
+mod members;
+mod reconcile;
+mod sync;
+pub mod view;
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::num::{NonZeroU8, NonZeroUsize};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec};
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::config::{Config, Timings};
+use crate::counters::Counters;
+use crate::hlc::Clock;
+use crate::records::{Key, NodeRecord};
+use crate::wire;
+
+pub use delta::Shared;
+pub use identity::NodeId;
+pub use members::MemberState;
+pub use reconcile::Event;
+use delta::{lock, DeltaHandler};
+use members::Members;
+
+/// Largest delta piggybacked on gossip; larger writes travel by anti-entropy.
+pub const MAX_DELTA_LEN: usize = 400;
+/// Versions more than this far ahead of the local clock are refused.
+pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(300);
+/// An anti-entropy exchange that takes longer is abandoned.
+pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often reaping, tombstone collection and exchange timeouts run.
+pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Identifies one stream (TCP connection) between the engine and its driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// A timer the engine asked for; deliver it back through [`Engine::handle_timer`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Timer {
+    /// A SWIM protocol timer.
+    Swim(foca::Timer<NodeId>),
+    /// Retry joining through the seeds.
+    Join,
+    /// Start a periodic anti-entropy exchange.
+    PushPull,
+    /// Try a failed member again (heals partitions).
+    Reconnect,
+    /// Reap, collect tombstones, expire stalled exchanges.
+    Housekeeping,
+}
+
+/// Something the driver must do for the engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send one datagram.
+    Datagram {
+        /// Destination.
+        to: SocketAddr,
+        /// Bytes, envelope included.
+        bytes: Vec<u8>,
+    },
+    /// Open a stream to `to`; later frames for `conn` follow in order.
+    Connect {
+        /// Stream id chosen by the engine.
+        conn: ConnId,
+        /// Destination.
+        to: SocketAddr,
+    },
+    /// Send one frame body on a stream (the driver adds the length prefix).
+    Frame {
+        /// Stream.
+        conn: ConnId,
+        /// Frame body.
+        body: Vec<u8>,
+    },
+    /// Close a stream once its queued frames are sent.
+    Close {
+        /// Stream.
+        conn: ConnId,
+    },
+    /// Call [`Engine::handle_timer`] with `timer` after `after`.
+    Schedule {
+        /// The timer.
+        timer: Timer,
+        /// Delay.
+        after: Duration,
+    },
+    /// Hand an event to the application.
+    Event(Event),
+}
+
+type Swim = Foca<NodeId, PostcardCodec, StdRng, DeltaHandler>;
+
+/// The protocol engine of one node.
+pub struct Engine {
+    name: String,
+    label: String,
+    timings: Timings,
+    seeds: Vec<SocketAddr>,
+    gossip_deltas: bool,
+    swim: Swim,
+    swim_rt: AccumulatingRuntime<NodeId>,
+    shared: Arc<Mutex<Shared>>,
+    members: Members,
+    /// What this node publishes about itself.
+    record: NodeRecord,
+    /// Collected facts (user facts live in `user_facts` and win).
+    collected_facts: crate::facts::Facts,
+    user_facts: crate::facts::Facts,
+    outputs: VecDeque<Output>,
+    conns: HashMap<ConnId, sync::Exchange>,
+    next_conn: u64,
+    rng: StdRng,
+    active: bool,
+    join_backoff: Duration,
+    left: bool,
+    /// A write too big for gossip asks for an early exchange.
+    sync_soon: bool,
+    reconcile: reconcile::Reconciler,
+    cluster_size_hint: usize,
+}
+
+fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
+    let n = cluster_size.max(1) as f64;
+    let log_n = n.log10().max(1.0);
+    let suspicion = t.probe_period.mul_f64(f64::from(t.suspicion_mult) * log_n);
+    let retransmits = (f64::from(t.retransmit_mult) * (n + 1.0).log10().ceil()).clamp(1.0, 255.0);
+    let mut cfg = foca::Config::new_lan(std::num::NonZeroU32::MIN);
+    cfg.probe_period = t.probe_period;
+    cfg.probe_rtt = t.probe_rtt;
+    cfg.num_indirect_probes = NonZeroUsize::new(t.indirect_probes).unwrap_or(NonZeroUsize::MIN);
+    cfg.max_transmissions = NonZeroU8::new(retransmits as u8).unwrap_or(NonZeroU8::MIN);
+    cfg.suspect_to_down_after = suspicion;
+    // foca must remember down identities long enough to refuse stale ones;
+    // our own member table does the user-visible reaping.
+    cfg.remove_down_after = Some(Duration::from_secs(24 * 3600).max(t.reap_after));
+    cfg.max_packet_size = NonZeroUsize::new(wire::MAX_DATAGRAM - wire::ENVELOPE_BUDGET)
+        .unwrap_or(NonZeroUsize::MIN);
+    cfg.notify_down_members = true;
+    cfg.periodic_announce = Some(foca::PeriodicParams {
+        frequency: t.push_pull_interval,
+        num_members: NonZeroUsize::MIN,
+    });
+    cfg.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: t.reconnect_interval,
+        num_members: NonZeroUsize::MIN,
+    });
+    cfg.periodic_gossip = Some(foca::PeriodicParams {
+        frequency: t.gossip_interval,
+        num_members: NonZeroUsize::new(t.gossip_fanout).unwrap_or(NonZeroUsize::MIN),
+    });
+    cfg
+}
+
+impl Engine {
+    /// Builds an engine. `addr` is the advertised address, `generation` the
+    /// start generation, `collected_facts` the host facts, `seed` the RNG seed
+    /// (fixed in the simulator, random in the runtime).
+    pub fn new(
+        cfg: &Config,
+        addr: SocketAddr,
+        generation: u64,
+        collected_facts: crate::facts::Facts,
+        now_ms: u64,
+        seed: u64,
+    ) -> Result<Engine, crate::Error> {
+        cfg.validate()?;
+        let timings = cfg.effective_timings();
+        let id = NodeId {
+            name: cfg.name.clone(),
+            addr,
+            generation,
+        };
+        let shared = Arc::new(Mutex::new(Shared {
+            state: crate::state::State::new(),
+            clock: Clock::new(&cfg.name),
+            counters: Counters::default(),
+            now_ms,
+            max_drift_ms: MAX_CLOCK_DRIFT.as_millis() as u64,
+            tombstone_grace_ms: timings.tombstone_grace.as_millis() as u64,
+        }));
+        let mut rng = StdRng::seed_from_u64(seed);
+        let swim_rng = StdRng::seed_from_u64(rng.random());
+        let swim = Foca::with_custom_broadcast(
+            id,
+            foca_config(&timings, 1),
+            swim_rng,
+            PostcardCodec,
+            DeltaHandler::new(shared.clone()),
+        );
+        let record = NodeRecord {
+            addr,
+            generation,
+            facts: Default::default(),
+            policy_tribes: Default::default(),
+            endpoints: Vec::new(),
+            left: false,
+        };
+        let mut engine = Engine {
+            name: cfg.name.clone(),
+            label: cfg.cluster_label.clone(),
+            join_backoff: timings.join_retry,
+            timings,
+            seeds: cfg.seeds.iter().copied().filter(|s| *s != addr).collect(),
+            gossip_deltas: cfg.gossip_deltas,
+            swim,
+            swim_rt: AccumulatingRuntime::new(),
+            shared,
+            members: Members::default(),
+            record,
+            collected_facts,
+            user_facts: cfg.facts.clone(),
+            outputs: VecDeque::new(),
+            conns: HashMap::new(),
+            next_conn: 0,
+            rng,
+            active: false,
+            left: false,
+            sync_soon: false,
+            reconcile: reconcile::Reconciler::default(),
+            cluster_size_hint: 1,
+        };
+        engine.record.facts = engine.merged_facts();
+        Ok(engine)
+    }
+
+    /// Starts the protocol: publishes our record, evaluates policies, joins
+    /// through the seeds and arms the periodic timers.
+    pub fn start(&mut self, now_ms: u64) {
+        self.tick(now_ms);
+        self.publish_record();
+        self.after_change();
+        self.join();
+        self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);
+        let first = self.push_pull_interval();
+        self.schedule_jittered(Timer::PushPull, first);
+        self.schedule_jittered(Timer::Reconnect, self.timings.reconnect_interval);
+    }
+
+    /// Name of this node.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Current SWIM identity of this node.
+    pub fn identity(&self) -> &NodeId {
+        self.swim.identity()
+    }
+
+    /// Whether this node has joined a cluster (has at least one live peer).
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+
+    /// The next output, if any.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// A received datagram.
+    pub fn handle_datagram(&mut self, now_ms: u64, bytes: &[u8]) {
+        self.tick(now_ms);
+        {
+            let mut sh = lock(&self.shared);
+            sh.counters.datagrams_in += 1;
+            sh.counters.datagram_bytes_in += bytes.len() as u64;
+        }
+        let payload = match wire::open_datagram(&self.label, bytes) {
+            Ok(p) => p,
+            Err(e) => {
+                self.count_wire_error(&e);
+                return;
+            }
+        };
+        if let Err(e) = self.swim.handle_data(payload, &mut self.swim_rt) {
+            tracing::debug!(error = %e, "gossip packet refused");
+            lock(&self.shared).counters.gossip_errors += 1;
+        }
+        self.after_change();
+    }
+
+    /// A timer fired.
+    pub fn handle_timer(&mut self, now_ms: u64, timer: Timer) {
+        self.tick(now_ms);
+        match timer {
+            Timer::Swim(t) => {
+                if let Err(e) = self.swim.handle_timer(t, &mut self.swim_rt) {
+                    tracing::debug!(error = %e, "swim timer error");
+                }
+            }
+            Timer::Join => {
+                if !self.active && !self.left {
+                    self.join();
+                }
+            }
+            Timer::PushPull => {
+                self.periodic_sync();
+                let next = self.push_pull_interval();
+                self.schedule_jittered(Timer::PushPull, next);
+            }
+            Timer::Reconnect => {
+                self.reconnect();
+                self.schedule_jittered(Timer::Reconnect, self.timings.reconnect_interval);
+            }
+            Timer::Housekeeping => {
+                self.housekeeping();
+                self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);
+            }
+        }
+        self.after_change();
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> Counters {
+        lock(&self.shared).counters.clone()
+    }
+
+    /// Outstanding gossip backlog (membership updates + deltas).
+    pub fn broadcast_backlog(&self) -> usize {
+        self.swim.updates_backlog() + self.swim.custom_broadcast_backlog()
+    }
+
+    /// Digest of the replicated state (equal on converged nodes), hex.
+    pub fn state_digest(&self) -> String {
+        lock(&self.shared).state.digest_hex()
+    }
+
+    /// Number of replicated records (tombstones included).
+    pub fn state_len(&self) -> usize {
+        lock(&self.shared).state.len()
+    }
+
+    // ---- internals shared by the submodules ----
+
+    fn tick(&mut self, now_ms: u64) {
+        let mut sh = lock(&self.shared);
+        // The wall clock may step back; the engine's notion of now does not.
+        sh.now_ms = sh.now_ms.max(now_ms);
+    }
+
+    fn now_ms(&self) -> u64 {
+        lock(&self.shared).now_ms
+    }
+
+    fn schedule(&mut self, timer: Timer, after: Duration) {
+        self.outputs.push_back(Output::Schedule { timer, after });
+    }
+
+    fn schedule_jittered(&mut self, timer: Timer, after: Duration) {
+        let after = self.jitter(after);
+        self.schedule(timer, after);
+    }
+
+    fn emit(&mut self, event: Event) {
+        self.outputs.push_back(Output::Event(event));
+    }
+
+    /// Up to ±10 % jitter so that periodic work of many nodes does not align.
+    fn jitter(&mut self, d: Duration) -> Duration {
+        let factor = 0.9 + self.rng.random::<f64>() * 0.2;
+        d.mul_f64(factor)
+    }
+
+    /// memberlist's scaling: the interval grows with log2 of the cluster size
+    /// above 32 nodes, so the exchange rate per node stays bounded.
+    fn push_pull_interval(&self) -> Duration {
+        let n = self.members.count_up() + 1;
+        if n <= 32 {
+            return self.timings.push_pull_interval;
+        }
+        let mult = ((n as f64).log2() - 32f64.log2()).ceil() + 1.0;
+        self.timings.push_pull_interval.mul_f64(mult)
+    }
+
+    fn count_wire_error(&mut self, e: &wire::WireError) {
+        let mut sh = lock(&self.shared);
+        match e {
+            wire::WireError::LabelMismatch => sh.counters.label_mismatches += 1,
+            wire::WireError::UnknownKey(_) => sh.counters.datagram_auth_errors += 1,
+            _ => sh.counters.datagram_decode_errors += 1,
+        }
+    }
+
+    fn merged_facts(&self) -> crate::facts::Facts {
+        let mut facts = self.collected_facts.clone();
+        facts.extend(self.user_facts.clone());
+        facts
+    }
+
+    /// Writes our own node record (facts, policy tribes, endpoints, left).
+    fn publish_record(&mut self) {
+        let value = crate::records::Value::Node(self.record.clone());
+        self.write(Key::Node(self.name.clone()), Some(value));
+    }
+
+    /// Sends out what foca produced and reacts to its notifications.
+    fn drain_swim(&mut self) {
+        while let Some((to, packet)) = self.swim_rt.to_send() {
+            let bytes = wire::seal_datagram(&self.label, &packet);
+            {
+                let mut sh = lock(&self.shared);
+                sh.counters.datagrams_out += 1;
+                sh.counters.datagram_bytes_out += bytes.len() as u64;
+            }
+            self.outputs.push_back(Output::Datagram { to: to.addr, bytes });
+        }
+        while let Some((after, timer)) = self.swim_rt.to_schedule() {
+            self.schedule(Timer::Swim(timer), after);
+        }
+        while let Some(n) = self.swim_rt.to_notify() {
+            self.on_notification(n);
+        }
+    }
+
+    fn on_notification(&mut self, n: OwnedNotification<NodeId>) {
+        let now = self.now_ms();
+        match n {
+            OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
+                if self.members.up(&id, now) == members::Change::Up {
+                    self.emit(Event::MemberJoined {
+                        name: id.name.clone(),
+                        addr: id.addr,
+                    });
+                }
+            }
+            OwnedNotification::MemberDown(id) => {
+                let left = self.left_flag(&id.name);
+                if self.members.down(&id, left, now) == members::Change::Down {
+                    let name = id.name.clone();
+                    self.emit(if left {
+                        Event::MemberLeft { name }
+                    } else {
+                        Event::MemberFailed { name }
+                    });
+                }
+            }
+            OwnedNotification::Active => {
+                self.active = true;
+                self.join_backoff = self.timings.join_retry;
+                self.emit(Event::Joined);
+            }
+            OwnedNotification::Idle => {
+                self.active = false;
+                if !self.left {
+                    self.emit(Event::Isolated);
+                    let retry = self.timings.join_retry;
+                    self.schedule(Timer::Join, retry);
+                }
+            }
+            OwnedNotification::Rejoin(id) => {
+                tracing::info!(generation = id.generation, "rejoining with a new generation");
+            }
+            OwnedNotification::Defunct => {}
+        }
+        self.resize_swim();
+    }
+
+    fn left_flag(&self, name: &str) -> bool {
+        let sh = lock(&self.shared);
+        view::View { state: &sh.state }
+            .node_record(name)
+            .is_some_and(|r| r.left)
+    }
+
+    /// Retransmissions and suspicion grow with log N: keep foca's in step.
+    fn resize_swim(&mut self) {
+        let n = self.members.count_up() + 1;
+        let bucket = |x: usize| (x as f64).log10().ceil() as usize;
+        if bucket(n) != bucket(self.cluster_size_hint) {
+            self.cluster_size_hint = n;
+            if let Err(e) = self.swim.set_config(foca_config(&self.timings, n)) {
+                tracing::debug!(error = %e, "foca refused config change");
+            }
+        }
+    }
+
+    fn housekeeping(&mut self) {
+        let now = self.now_ms();
+        for name in self.members.reap(now, self.timings.reap_after.as_millis() as u64) {
+            self.emit(Event::MemberReaped { name });
+        }
+        let grace = self.timings.tombstone_grace.as_millis() as u64;
+        {
+            let mut sh = lock(&self.shared);
+            let n = sh.state.collect_tombstones(now.saturating_sub(grace));
+            sh.counters.tombstones_collected += n as u64;
+        }
+        self.expire_exchanges(now);
+        if std::mem::take(&mut self.sync_soon) {
+            self.periodic_sync();
+        }
+    }
+
+    /// Members of the membership protocol worth sending in an exchange.
+    fn swim_members(&self) -> Vec<Member<NodeId>> {
+        let mut out: Vec<Member<NodeId>> = self.swim.iter_membership_state().cloned().collect();
+        if !self.left {
+            out.push(Member::alive(self.swim.identity().clone()));
+        }
+        out
+    }
+
+    fn next_conn(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId(self.next_conn << 1)
+    }
+
+    /// An id for a stream the peer opened; odd, so never equal to our own.
+    pub fn accept_stream(&mut self) -> ConnId {
+        self.next_conn += 1;
+        ConnId((self.next_conn << 1) | 1)
+    }
+}

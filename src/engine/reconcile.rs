@@ -1,0 +1,347 @@
+//! After every input: evaluate policies over our facts, refute stale copies of
+//! our record, and turn the difference between the previous and the current
+//! derived view into events ("current truth, not a replay of history").
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use crate::policy::Condition;
+use crate::records::{Key, PluginRecord, TaskRecord, TribeRecord, Value};
+
+use super::delta::lock;
+use super::view::{Membership, PluginEntry, Task, View};
+use super::Engine;
+
+/// What happened, as this node sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// This node joined a cluster (it has a live peer).
+    Joined,
+    /// This node lost every peer; it keeps trying its seeds.
+    Isolated,
+    /// A node became alive.
+    MemberJoined {
+        /// Its name.
+        name: String,
+        /// Its address.
+        addr: std::net::SocketAddr,
+    },
+    /// A node's record (facts, endpoints) changed.
+    MemberUpdated {
+        /// Its name.
+        name: String,
+    },
+    /// A node left on purpose.
+    MemberLeft {
+        /// Its name.
+        name: String,
+    },
+    /// A node stopped answering and was declared failed.
+    MemberFailed {
+        /// Its name.
+        name: String,
+    },
+    /// A failed or left node was forgotten.
+    MemberReaped {
+        /// Its name.
+        name: String,
+    },
+    /// A tribe came into existence.
+    TribeCreated {
+        /// The tribe.
+        tribe: String,
+    },
+    /// A tribe was deleted.
+    TribeDeleted {
+        /// The tribe.
+        tribe: String,
+    },
+    /// This node is now in a tribe.
+    TribeJoined {
+        /// The tribe.
+        tribe: String,
+        /// How.
+        by: Membership,
+    },
+    /// This node is no longer in a tribe.
+    TribeLeft {
+        /// The tribe.
+        tribe: String,
+    },
+    /// Load this plugin (it is in the catalog of a tribe this node is in).
+    PluginLoad(PluginEntry),
+    /// Unload this plugin.
+    PluginUnload(PluginEntry),
+    /// Run this task (new, started, or its manifest changed).
+    TaskRun(Task),
+    /// Stop this task (stopped, removed, or this node left its tribe).
+    TaskStop(Task),
+    /// A policy could not be evaluated for this node (counts as not holding).
+    /// Reported once per policy and error, not per evaluation.
+    PolicyError {
+        /// Policy name.
+        policy: String,
+        /// Why.
+        message: String,
+    },
+}
+
+/// What was last reported to the application.
+#[derive(Debug, Default)]
+pub struct Reconciler {
+    tribes: BTreeSet<String>,
+    mine: BTreeMap<String, Membership>,
+    plugins: BTreeMap<(String, String, String), PluginRecord>,
+    tasks: BTreeMap<(String, String), TaskRecord>,
+    /// Compiled policies by source text.
+    compiled: HashMap<String, Result<Condition, String>>,
+    /// Policy errors reported, by policy name.
+    reported_errors: HashMap<String, String>,
+}
+
+impl Engine {
+    /// Runs after every input: policies, refutation, events, foca output.
+    pub(super) fn after_change(&mut self) {
+        // Policies can write (our record, a missing tribe), and writes are
+        // changes; two rounds reach a fixed point since a policy step only
+        // depends on policies, tribes and our own facts.
+        for _ in 0..2 {
+            let changes = lock(&self.shared).state.take_changes();
+            if changes.is_empty() {
+                break;
+            }
+            let own = Key::Node(self.name.clone());
+            let policy_relevant = changes
+                .iter()
+                .any(|k| matches!(k, Key::Policy(_) | Key::Tribe(_)) || *k == own);
+            if changes.contains(&own) {
+                self.refute_own_record();
+            }
+            if policy_relevant {
+                self.evaluate_policies();
+            }
+            for key in &changes {
+                if let Key::Node(name) = key {
+                    if *name != self.name {
+                        self.on_peer_record(name);
+                    }
+                }
+            }
+            self.emit_view_changes();
+        }
+        self.drain_swim();
+    }
+
+    fn on_peer_record(&mut self, name: &str) {
+        if self.left_flag(name) && self.members.mark_left(name) {
+            self.emit(Event::MemberLeft {
+                name: name.to_string(),
+            });
+        }
+        if self.members.get(name).is_some_and(|r| r.state.is_up()) {
+            self.emit(Event::MemberUpdated {
+                name: name.to_string(),
+            });
+        }
+    }
+
+    /// Someone overwrote our record (a tombstone, or a copy from before a
+    /// restart that carried a later version): publish ours again, newer.
+    fn refute_own_record(&mut self) {
+        let stale = {
+            let sh = lock(&self.shared);
+            match sh.state.get(&Key::Node(self.name.clone())) {
+                Some(Value::Node(r)) => r != &self.record,
+                _ => true,
+            }
+        };
+        if stale {
+            self.publish_record();
+        }
+    }
+
+    /// Evaluates every policy over our facts; updates our policy tribes and
+    /// creates a target tribe that does not exist yet.
+    pub(super) fn evaluate_policies(&mut self) {
+        if self.left {
+            return;
+        }
+        let policies = {
+            let sh = lock(&self.shared);
+            View { state: &sh.state }.policies()
+        };
+        let facts = self.record.facts.clone();
+        let mut holding = BTreeSet::new();
+        let mut errors = HashMap::new();
+        for p in &policies {
+            let compiled = self
+                .reconcile
+                .compiled
+                .entry(p.when.clone())
+                .or_insert_with(|| Condition::compile(&p.when).map_err(|e| e.to_string()));
+            let outcome = match compiled {
+                Ok(cond) => cond.evaluate(&facts).map_err(|e| e.message),
+                Err(e) => Err(format!("does not compile: {e}")),
+            };
+            match outcome {
+                Ok(true) => {
+                    holding.insert(p.tribe.clone());
+                }
+                Ok(false) => {}
+                Err(message) => {
+                    errors.insert(p.name.clone(), message);
+                }
+            }
+        }
+        // Keep the cache from growing with every policy ever seen.
+        let live: BTreeSet<&String> = policies.iter().map(|p| &p.when).collect();
+        self.reconcile.compiled.retain(|src, _| live.contains(src));
+        for (policy, message) in &errors {
+            if self.reconcile.reported_errors.get(policy) != Some(message) {
+                self.emit(Event::PolicyError {
+                    policy: policy.clone(),
+                    message: message.clone(),
+                });
+            }
+        }
+        self.reconcile.reported_errors = errors;
+
+        for tribe in &holding {
+            let exists = {
+                let sh = lock(&self.shared);
+                View { state: &sh.state }.tribe_exists(tribe)
+            };
+            if !exists {
+                self.create_tribe_record(tribe);
+            }
+        }
+        if holding != self.record.policy_tribes {
+            self.record.policy_tribes = holding;
+            self.publish_record();
+        }
+    }
+
+    pub(super) fn create_tribe_record(&mut self, tribe: &str) {
+        let created = {
+            let mut sh = lock(&self.shared);
+            let now = sh.now_ms;
+            sh.clock.tick(now)
+        };
+        self.write(
+            Key::Tribe(tribe.to_string()),
+            Some(Value::Tribe(TribeRecord { created })),
+        );
+    }
+
+    /// Compares the derived view with what was reported and emits the difference.
+    fn emit_view_changes(&mut self) {
+        let (tribes, mine, plugins, tasks) = {
+            let sh = lock(&self.shared);
+            let view = View { state: &sh.state };
+            let tribes = view.tribe_names();
+            let memberships = view.memberships();
+            let mine: BTreeMap<String, Membership> = if self.left {
+                BTreeMap::new()
+            } else {
+                memberships
+                    .iter()
+                    .filter_map(|(t, nodes)| nodes.get(&self.name).map(|m| (t.clone(), *m)))
+                    .collect()
+            };
+            let mut plugins = BTreeMap::new();
+            let mut tasks = BTreeMap::new();
+            for tribe in mine.keys() {
+                for p in view.plugins(tribe) {
+                    plugins.insert(
+                        (p.tribe, p.name, p.version),
+                        PluginRecord {
+                            kind: p.kind,
+                            artifact: p.artifact,
+                        },
+                    );
+                }
+                for t in view.tasks(tribe) {
+                    tasks.insert(
+                        (t.tribe, t.id),
+                        TaskRecord {
+                            manifest: t.manifest,
+                            state: t.state,
+                        },
+                    );
+                }
+            }
+            (tribes, mine, plugins, tasks)
+        };
+
+        let old = std::mem::take(&mut self.reconcile.tribes);
+        for t in tribes.difference(&old) {
+            self.emit(Event::TribeCreated { tribe: t.clone() });
+        }
+        for t in old.difference(&tribes) {
+            self.emit(Event::TribeDeleted { tribe: t.clone() });
+        }
+        self.reconcile.tribes = tribes;
+
+        let old = std::mem::take(&mut self.reconcile.mine);
+        for (t, by) in &mine {
+            if old.get(t) != Some(by) && !old.contains_key(t) {
+                self.emit(Event::TribeJoined {
+                    tribe: t.clone(),
+                    by: *by,
+                });
+            }
+        }
+        for t in old.keys().filter(|t| !mine.contains_key(*t)) {
+            self.emit(Event::TribeLeft { tribe: t.clone() });
+        }
+        self.reconcile.mine = mine;
+
+        let old = std::mem::take(&mut self.reconcile.plugins);
+        for ((tribe, name, version), rec) in &old {
+            if plugins.get(&(tribe.clone(), name.clone(), version.clone())) != Some(rec) {
+                self.emit(Event::PluginUnload(plugin_entry(tribe, name, version, rec)));
+            }
+        }
+        for ((tribe, name, version), rec) in &plugins {
+            if old.get(&(tribe.clone(), name.clone(), version.clone())) != Some(rec) {
+                self.emit(Event::PluginLoad(plugin_entry(tribe, name, version, rec)));
+            }
+        }
+        self.reconcile.plugins = plugins;
+
+        let old = std::mem::take(&mut self.reconcile.tasks);
+        for ((tribe, id), rec) in &old {
+            let now = tasks.get(&(tribe.clone(), id.clone()));
+            let still_running = now.is_some_and(|n| n.state == crate::records::TaskState::Running);
+            if rec.state == crate::records::TaskState::Running && !still_running {
+                self.emit(Event::TaskStop(task(tribe, id, rec)));
+            }
+        }
+        for ((tribe, id), rec) in &tasks {
+            let before = old.get(&(tribe.clone(), id.clone()));
+            if rec.state == crate::records::TaskState::Running && before != Some(rec) {
+                self.emit(Event::TaskRun(task(tribe, id, rec)));
+            }
+        }
+        self.reconcile.tasks = tasks;
+    }
+}
+
+fn plugin_entry(tribe: &str, name: &str, version: &str, rec: &PluginRecord) -> PluginEntry {
+    PluginEntry {
+        tribe: tribe.to_string(),
+        name: name.to_string(),
+        version: version.to_string(),
+        kind: rec.kind,
+        artifact: rec.artifact.clone(),
+    }
+}
+
+fn task(tribe: &str, id: &str, rec: &TaskRecord) -> Task {
+    Task {
+        tribe: tribe.to_string(),
+        id: id.to_string(),
+        manifest: rec.manifest.clone(),
+        state: rec.state,
+    }
+}

@@ -1,0 +1,277 @@
+//! Derived views over the replicated store: which tribes exist, who is in
+//! them (explicit ∪ policy-derived, ∩ alive), and their catalogs. Also the
+//! snapshot types handed to API users.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use crate::hlc::Hlc;
+use crate::records::{
+    ArtifactRef, Endpoint, Key, NodeRecord, PluginKind, PluginRecord, TaskRecord, TaskState, Value,
+};
+use crate::state::State;
+
+pub use super::members::MemberState;
+
+/// A member as seen by this node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Node name.
+    pub name: String,
+    /// Advertised address.
+    pub addr: SocketAddr,
+    /// Liveness.
+    pub state: MemberState,
+    /// Generation of its current identity.
+    pub generation: u64,
+    /// Its facts (empty until its record arrives).
+    pub facts: BTreeMap<String, String>,
+    /// Tribes whose live view holds it (for down members: the tribes it would be in).
+    pub tribes: Vec<String>,
+    /// Plugins it serves.
+    pub endpoints: Vec<Endpoint>,
+    /// Whether this is the local node.
+    pub is_local: bool,
+}
+
+/// How a node is in a tribe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Membership {
+    /// Joined by hand (explicit membership record).
+    pub by_hand: bool,
+    /// A policy holds for it.
+    pub by_policy: bool,
+}
+
+/// A plugin entry of a tribe's catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PluginEntry {
+    /// Tribe.
+    pub tribe: String,
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// Artifact to fetch, if any.
+    pub artifact: Option<ArtifactRef>,
+}
+
+/// A task of a tribe.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Task {
+    /// Tribe.
+    pub tribe: String,
+    /// Task id.
+    pub id: String,
+    /// JSON manifest.
+    pub manifest: String,
+    /// Desired state.
+    pub state: TaskState,
+}
+
+/// A policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Policy name.
+    pub name: String,
+    /// Target tribe.
+    pub tribe: String,
+    /// CEL expression over `facts`.
+    pub when: String,
+}
+
+/// A tribe with its live view and catalog.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TribeInfo {
+    /// Tribe name.
+    pub name: String,
+    /// Live members: (by hand ∪ by policy) ∩ alive, sorted.
+    pub members: Vec<String>,
+    /// Members by hand, alive or not.
+    pub explicit_members: Vec<String>,
+    /// Plugin entries.
+    pub plugins: Vec<PluginEntry>,
+    /// Tasks.
+    pub tasks: Vec<Task>,
+}
+
+/// Read-only helpers over a store.
+pub struct View<'a> {
+    /// The store.
+    pub state: &'a State,
+}
+
+impl<'a> View<'a> {
+    /// The creation version of a live tribe.
+    pub fn tribe_created(&self, tribe: &str) -> Option<&'a Hlc> {
+        match self.state.get(&Key::Tribe(tribe.to_string())) {
+            Some(Value::Tribe(t)) => Some(&t.created),
+            _ => None,
+        }
+    }
+
+    /// Whether a tribe exists.
+    pub fn tribe_exists(&self, tribe: &str) -> bool {
+        self.tribe_created(tribe).is_some()
+    }
+
+    /// Names of existing tribes.
+    pub fn tribe_names(&self) -> BTreeSet<String> {
+        self.state
+            .live_from(&Key::Tribe(String::new()))
+            .map_while(|(k, _)| match k {
+                Key::Tribe(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Whether a child record of a tribe is current: the tribe exists and the
+    /// record was written after the tribe's current incarnation was created.
+    fn child_is_current(&self, key: &Key) -> bool {
+        let Some(tribe) = key.tribe() else {
+            return true;
+        };
+        match (self.tribe_created(tribe), self.state.entry(key)) {
+            (Some(created), Some(entry)) => &entry.version >= created,
+            _ => false,
+        }
+    }
+
+    fn tribe_range(&self, tribe: &str, kind: fn(&str) -> Key) -> Vec<(&'a Key, &'a Value)> {
+        let from = kind(tribe);
+        self.state
+            .live_from(&from)
+            .take_while(|(k, _)| {
+                k.tribe() == Some(tribe) && std::mem::discriminant(*k) == std::mem::discriminant(&from)
+            })
+            .filter(|(k, _)| self.child_is_current(k))
+            .collect()
+    }
+
+    /// Members by hand of a tribe (any liveness).
+    pub fn explicit_members(&self, tribe: &str) -> BTreeSet<String> {
+        let mk = |t: &str| Key::Member {
+            tribe: t.to_string(),
+            node: String::new(),
+        };
+        self.tribe_range(tribe, mk)
+            .into_iter()
+            .filter_map(|(k, _)| match k {
+                Key::Member { node, .. } => Some(node.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Plugin entries of a tribe.
+    pub fn plugins(&self, tribe: &str) -> Vec<PluginEntry> {
+        let mk = |t: &str| Key::Plugin {
+            tribe: t.to_string(),
+            name: String::new(),
+            version: String::new(),
+        };
+        self.tribe_range(tribe, mk)
+            .into_iter()
+            .filter_map(|(k, v)| match (k, v) {
+                (
+                    Key::Plugin {
+                        tribe,
+                        name,
+                        version,
+                    },
+                    Value::Plugin(PluginRecord { kind, artifact }),
+                ) => Some(PluginEntry {
+                    tribe: tribe.clone(),
+                    name: name.clone(),
+                    version: version.clone(),
+                    kind: *kind,
+                    artifact: artifact.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Tasks of a tribe.
+    pub fn tasks(&self, tribe: &str) -> Vec<Task> {
+        let mk = |t: &str| Key::Task {
+            tribe: t.to_string(),
+            id: String::new(),
+        };
+        self.tribe_range(tribe, mk)
+            .into_iter()
+            .filter_map(|(k, v)| match (k, v) {
+                (Key::Task { tribe, id }, Value::Task(TaskRecord { manifest, state })) => {
+                    Some(Task {
+                        tribe: tribe.clone(),
+                        id: id.clone(),
+                        manifest: manifest.clone(),
+                        state: *state,
+                    })
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Live policies.
+    pub fn policies(&self) -> Vec<Policy> {
+        self.state
+            .live_from(&Key::Policy(String::new()))
+            .map_while(|(k, v)| match (k, v) {
+                (Key::Policy(name), Value::Policy(p)) => Some(Policy {
+                    name: name.clone(),
+                    tribe: p.tribe.clone(),
+                    when: p.when.clone(),
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The record of a node.
+    pub fn node_record(&self, name: &str) -> Option<&'a NodeRecord> {
+        match self.state.get(&Key::Node(name.to_string())) {
+            Some(Value::Node(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Every node record.
+    pub fn node_records(&self) -> impl Iterator<Item = (&'a String, &'a NodeRecord)> {
+        self.state
+            .live_from(&Key::Node(String::new()))
+            .map_while(|(k, v)| match (k, v) {
+                (Key::Node(n), Value::Node(r)) => Some((n, r)),
+                _ => None,
+            })
+    }
+
+    /// Membership of every node in every existing tribe, alive or not.
+    pub fn memberships(&self) -> BTreeMap<String, BTreeMap<String, Membership>> {
+        let tribes = self.tribe_names();
+        let mut out: BTreeMap<String, BTreeMap<String, Membership>> = BTreeMap::new();
+        for tribe in &tribes {
+            for node in self.explicit_members(tribe) {
+                out.entry(tribe.clone())
+                    .or_default()
+                    .entry(node)
+                    .or_default()
+                    .by_hand = true;
+            }
+        }
+        for (node, record) in self.node_records() {
+            for tribe in record.policy_tribes.iter().filter(|t| tribes.contains(*t)) {
+                out.entry(tribe.clone())
+                    .or_default()
+                    .entry(node.clone())
+                    .or_default()
+                    .by_policy = true;
+            }
+        }
+        out
+    }
+}

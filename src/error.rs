@@ -1,0 +1,114 @@
+//! The error type of every public operation.
+
+use crate::policy::PolicyError;
+
+/// Why a command, a start or a read failed. Each variant is stable: the C ABI
+/// maps them to result codes that are never renumbered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A name (node, tribe, policy, plugin, task, fact) broke the naming rules.
+    #[error("invalid {what} {name:?}: {reason}")]
+    InvalidName {
+        /// What kind of name it was.
+        what: &'static str,
+        /// The name as given (truncated).
+        name: String,
+        /// The rule it broke.
+        reason: &'static str,
+    },
+    /// An argument other than a name was out of range or malformed.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The tribe does not exist.
+    #[error("unknown tribe {0:?}")]
+    UnknownTribe(String),
+    /// The tribe exists already.
+    #[error("tribe {0:?} exists already")]
+    TribeExists(String),
+    /// No node of that name is known to this node.
+    #[error("unknown node {0:?}")]
+    UnknownNode(String),
+    /// The node is a member of the tribe by hand already.
+    #[error("node {node:?} is a member of tribe {tribe:?} already")]
+    AlreadyMember {
+        /// The tribe.
+        tribe: String,
+        /// The node.
+        node: String,
+    },
+    /// The node is not a member of the tribe by hand (it may be one by policy).
+    #[error("node {node:?} is not a member of tribe {tribe:?} by hand")]
+    NotMember {
+        /// The tribe.
+        tribe: String,
+        /// The node.
+        node: String,
+    },
+    /// A policy expression did not compile.
+    #[error("invalid policy: {0}")]
+    InvalidPolicy(PolicyError),
+    /// The policy does not exist.
+    #[error("unknown policy {0:?}")]
+    UnknownPolicy(String),
+    /// A policy of that name exists already.
+    #[error("policy {0:?} exists already")]
+    PolicyExists(String),
+    /// The plugin entry does not exist in the tribe's catalog.
+    #[error("unknown plugin {name}:{version} in tribe {tribe:?}")]
+    UnknownPlugin {
+        /// The tribe.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+    },
+    /// The plugin entry exists already in the tribe's catalog.
+    #[error("plugin {name}:{version} is loaded in tribe {tribe:?} already")]
+    PluginExists {
+        /// The tribe.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+    },
+    /// The task does not exist in the tribe.
+    #[error("unknown task {id:?} in tribe {tribe:?}")]
+    UnknownTask {
+        /// The tribe.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+    /// A task with that id exists already in the tribe.
+    #[error("task {id:?} exists in tribe {tribe:?} already")]
+    TaskExists {
+        /// The tribe.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+    /// The fact is not a user fact of this node.
+    #[error("unknown user fact {0:?}")]
+    UnknownFact(String),
+    /// The node is shutting down or has stopped.
+    #[error("the node is shutting down")]
+    ShuttingDown,
+    /// A socket could not be bound or used.
+    #[error("i/o error: {0}")]
+    Io(String),
+    /// The configuration is inconsistent.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e.to_string())
+    }
+}
+
+/// Result of libtribe operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,33 @@
+//! libtribe: monitoring agents form *tribes* — a SWIM gossip cluster split into
+//! named, overlapping subtribes, with facts, CEL policies and per-tribe catalogs
+//! of plugins and tasks that every member inherits.
+//!
+//! Layers (arrows point down only): [`api`] → [`runtime`] → [`engine`] →
+//! [`state`] / [`policy`] / [`wire`] / [`facts`]. The engine is sans-IO: the
+//! tokio runtime and the deterministic simulator drive the same code.
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod api;
+pub mod config;
+pub mod counters;
+pub mod engine;
+pub mod error;
+pub mod facts;
+pub mod hlc;
+pub mod names;
+pub mod policy;
+pub mod records;
+pub mod runtime;
+pub mod state;
+pub mod wire;
+
+pub use api::{EventStream, Node};
+pub use config::{Config, Profile, Timings};
+pub use engine::commands::Command;
+pub use engine::view::{
+    MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo,
+};
+pub use engine::Event;
+pub use error::{Error, Result};
+pub use records::{ArtifactRef, Endpoint, PluginKind, TaskState};

@@ -1,0 +1,89 @@
+//! Validation of the names that travel in replicated records.
+
+use crate::error::Error;
+
+/// Longest node, tribe, policy, plugin or task name, in bytes.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// Longest plugin version string, in bytes.
+pub const MAX_VERSION_LEN: usize = 32;
+
+/// Checks a name: 1..=64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:` or `@`,
+/// starting with a letter or digit. Names appear in URLs and table output, so
+/// anything else is refused.
+pub fn check(what: &'static str, name: &str) -> Result<(), Error> {
+    let reason = if name.is_empty() {
+        Some("is empty")
+    } else if name.len() > MAX_NAME_LEN {
+        Some("is longer than 64 bytes")
+    } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        Some("must start with a letter or a digit")
+    } else if !name.bytes().all(is_name_byte) {
+        Some("may hold only letters, digits and _ - . : @")
+    } else {
+        None
+    };
+    match reason {
+        Some(reason) => Err(Error::InvalidName {
+            what,
+            name: truncate_for_message(name),
+            reason,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Checks a plugin version: like a name but up to 32 bytes.
+pub fn check_version(version: &str) -> Result<(), Error> {
+    check("plugin version", version)?;
+    if version.len() > MAX_VERSION_LEN {
+        return Err(Error::InvalidName {
+            what: "plugin version",
+            name: version.to_string(),
+            reason: "is longer than 32 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Whether `name` would pass [`check`]; for validating records from peers.
+pub fn is_valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(is_name_byte)
+}
+
+fn is_name_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@')
+}
+
+/// Keeps error messages bounded when a caller passes something huge.
+fn truncate_for_message(name: &str) -> String {
+    name.chars().take(80).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_names() {
+        for name in ["core", "storage-tier", "node_1", "a", "web.eu-1", "n@host:1"] {
+            assert!(check("tribe", name).is_ok(), "{name}");
+            assert!(is_valid(name));
+        }
+    }
+
+    #[test]
+    fn refuses_bad_names() {
+        let long = "x".repeat(65);
+        for name in ["", "-lead", "sp ace", "sl/ash", "ünï", long.as_str(), "a\n"] {
+            assert!(
+                matches!(check("tribe", name), Err(Error::InvalidName { .. })),
+                "{name:?}"
+            );
+            assert!(!is_valid(name));
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The kinds of replicated record: their keys, their values and the checks a
+//! record from a peer must pass before it is merged.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::hlc::Hlc;
+use crate::names;
+
+/// Stable key of a replicated record. Ordering groups the records of one kind
+/// and, within a kind, those of one tribe, so a tribe's records are a range.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Key {
+    /// A node's own record (written only by that node).
+    Node(String),
+    /// A tribe exists.
+    Tribe(String),
+    /// A membership by hand `(tribe, node)`.
+    Member {
+        /// Tribe name.
+        tribe: String,
+        /// Node name.
+        node: String,
+    },
+    /// A policy by name.
+    Policy(String),
+    /// A plugin entry of a tribe's catalog.
+    Plugin {
+        /// Tribe name.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+    },
+    /// A task of a tribe.
+    Task {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+}
+
+impl Key {
+    /// The tribe this record belongs to, for the kinds that belong to one.
+    pub fn tribe(&self) -> Option<&str> {
+        match self {
+            Key::Tribe(t) | Key::Member { tribe: t, .. } => Some(t),
+            Key::Plugin { tribe, .. } | Key::Task { tribe, .. } => Some(tribe),
+            Key::Node(_) | Key::Policy(_) => None,
+        }
+    }
+}
+
+/// Kind of plugin, as in snap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PluginKind {
+    /// Gathers metrics.
+    Collector,
+    /// Transforms metrics.
+    Processor,
+    /// Sends metrics somewhere.
+    Publisher,
+}
+
+impl PluginKind {
+    /// Lower-case name used in APIs and manifests.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PluginKind::Collector => "collector",
+            PluginKind::Processor => "processor",
+            PluginKind::Publisher => "publisher",
+        }
+    }
+}
+
+impl std::str::FromStr for PluginKind {
+    type Err = crate::Error;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "collector" => Ok(PluginKind::Collector),
+            "processor" => Ok(PluginKind::Processor),
+            "publisher" => Ok(PluginKind::Publisher),
+            other => Err(crate::Error::InvalidArgument(format!(
+                "plugin kind {other:?} is not collector, processor or publisher"
+            ))),
+        }
+    }
+}
+
+/// A plugin a node actually serves, with where to reach it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// TCP address that serves calls.
+    pub addr: SocketAddr,
+}
+
+/// A node's self-description, written only by its owner.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeRecord {
+    /// Advertised gossip (UDP) and stream (TCP) address.
+    pub addr: SocketAddr,
+    /// Start generation; a restarted node has a larger one.
+    pub generation: u64,
+    /// Collected facts overlaid with user facts.
+    pub facts: BTreeMap<String, String>,
+    /// Tribes this node is in because a policy holds for it.
+    pub policy_tribes: BTreeSet<String>,
+    /// Plugins this node serves.
+    pub endpoints: Vec<Endpoint>,
+    /// Set when the node left on purpose (peers then say *left*, not *failed*).
+    pub left: bool,
+}
+
+/// A tribe's existence. `created` tells apart records of an older tribe of the
+/// same name that was deleted: children written before it are stale.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TribeRecord {
+    /// Version of the write that created this incarnation of the tribe.
+    pub created: Hlc,
+}
+
+/// A policy: `when` holds for a node → the node is in `tribe`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    /// Target tribe (created by the first node the policy holds for).
+    pub tribe: String,
+    /// CEL expression over `facts`.
+    pub when: String,
+}
+
+/// Content address of a plugin artifact.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRef {
+    /// SHA-256 of the bytes.
+    pub sha256: [u8; 32],
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// A plugin entry of a tribe's catalog.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginRecord {
+    /// Plugin kind.
+    pub kind: PluginKind,
+    /// Optional artifact every member should fetch and verify.
+    pub artifact: Option<ArtifactRef>,
+}
+
+/// Desired state of a task.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TaskState {
+    /// Members should run it.
+    Running,
+    /// Members should not run it.
+    Stopped,
+}
+
+impl TaskState {
+    /// Lower-case name used in APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskState::Running => "running",
+            TaskState::Stopped => "stopped",
+        }
+    }
+}
+
+/// A task of a tribe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    /// JSON manifest (an object).
+    pub manifest: String,
+    /// Desired state.
+    pub state: TaskState,
+}
+
+/// Value of a record; the variant always matches the key's kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Value {
+    /// For [`Key::Node`].
+    Node(NodeRecord),
+    /// For [`Key::Tribe`].
+    Tribe(TribeRecord),
+    /// For [`Key::Member`].
+    Member,
+    /// For [`Key::Policy`].
+    Policy(PolicyRecord),
+    /// For [`Key::Plugin`].
+    Plugin(PluginRecord),
+    /// For [`Key::Task`].
+    Task(TaskRecord),
+}
+
+/// One versioned register: a value, or a tombstone (`None`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// Version of the write.
+    pub version: Hlc,
+    /// The value, or `None` once deleted.
+    pub value: Option<Value>,
+}
+
+/// Bounds on what a peer may send in one record.
+pub mod limits {
+    /// Facts per node.
+    pub const MAX_FACTS: usize = 256;
+    /// Endpoints per node.
+    pub const MAX_ENDPOINTS: usize = 256;
+    /// Policy-derived tribes per node.
+    pub const MAX_POLICY_TRIBES: usize = 1024;
+    /// Bytes of a task manifest.
+    pub const MAX_MANIFEST_LEN: usize = 64 * 1024;
+}
+
+/// Why a record from a peer was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid record: {0}")]
+pub struct InvalidRecord(pub &'static str);
+
+/// Checks a record received from the network before it is merged.
+pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
+    if !names::is_valid(&entry.version.node) {
+        return Err(InvalidRecord("bad writer name in version"));
+    }
+    let names_ok = match key {
+        Key::Node(n) | Key::Tribe(n) | Key::Policy(n) => names::is_valid(n),
+        Key::Member { tribe, node } => names::is_valid(tribe) && names::is_valid(node),
+        Key::Plugin {
+            tribe,
+            name,
+            version,
+        } => {
+            names::is_valid(tribe)
+                && names::is_valid(name)
+                && names::check_version(version).is_ok()
+        }
+        Key::Task { tribe, id } => names::is_valid(tribe) && names::is_valid(id),
+    };
+    if !names_ok {
+        return Err(InvalidRecord("bad name in key"));
+    }
+    let Some(value) = &entry.value else {
+        return Ok(());
+    };
+    match (key, value) {
+        (Key::Node(owner), Value::Node(rec)) => {
+            // Only the owner writes its record; a tombstone may come from anyone.
+            if &entry.version.node != owner {
+                return Err(InvalidRecord("node record not written by its owner"));
+            }
+            validate_node(rec)
+        }
+        (Key::Tribe(_), Value::Tribe(_)) | (Key::Member { .. }, Value::Member) => Ok(()),
+        (Key::Policy(_), Value::Policy(p)) => {
+            if !names::is_valid(&p.tribe) || p.when.len() > crate::policy::MAX_EXPRESSION_LEN {
+                Err(InvalidRecord("bad policy"))
+            } else {
+                Ok(())
+            }
+        }
+        (Key::Plugin { .. }, Value::Plugin(_)) => Ok(()),
+        (Key::Task { .. }, Value::Task(t)) => {
+            if t.manifest.len() > limits::MAX_MANIFEST_LEN {
+                Err(InvalidRecord("task manifest too large"))
+            } else {
+                Ok(())
+            }
+        }
+        _ => Err(InvalidRecord("value does not match key kind")),
+    }
+}
+
+fn validate_node(rec: &NodeRecord) -> Result<(), InvalidRecord> {
+    if rec.facts.len() > limits::MAX_FACTS
+        || rec
+            .facts
+            .iter()
+            .any(|(k, v)| crate::facts::validate_fact(k, v).is_err())
+    {
+        return Err(InvalidRecord("bad facts"));
+    }
+    if rec.policy_tribes.len() > limits::MAX_POLICY_TRIBES
+        || !rec.policy_tribes.iter().all(|t| names::is_valid(t))
+    {
+        return Err(InvalidRecord("bad policy tribes"));
+    }
+    if rec.endpoints.len() > limits::MAX_ENDPOINTS
+        || !rec
+            .endpoints
+            .iter()
+            .all(|e| names::is_valid(&e.name) && names::check_version(&e.version).is_ok())
+    {
+        return Err(InvalidRecord("bad endpoints"));
+    }
+    Ok(())
+}

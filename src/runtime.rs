@@ -1,0 +1,419 @@
+//! The tokio driver of the engine: one UDP socket and one TCP listener on the
+//! same port, stream tasks, and one ordered timer scheduler. The driver owns
+//! all I/O; the engine (behind a lock shared with the API for reads and
+//! commands) owns all decisions.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::engine::{ConnId, Engine, Event, Output, Timer};
+use crate::wire;
+
+/// How long connecting a stream may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Longest life of one stream.
+pub const STREAM_LIFETIME: Duration = Duration::from_secs(30);
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn wall_clock_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Fault injection for tests: peers whose traffic is dropped both ways, and
+/// a share of datagrams lost at random. Used to make partitions on one host.
+#[derive(Debug, Default)]
+pub struct Faults {
+    blocked: Mutex<HashSet<SocketAddr>>,
+    /// Per-mille of datagrams dropped on receive.
+    loss_per_mille: Mutex<u32>,
+}
+
+impl Faults {
+    fn blocked(&self) -> MutexGuard<'_, HashSet<SocketAddr>> {
+        self.blocked.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops all traffic to and from `peer`.
+    pub fn block(&self, peer: SocketAddr) {
+        self.blocked().insert(peer);
+    }
+
+    /// Lets traffic to and from `peer` through again.
+    pub fn unblock(&self, peer: SocketAddr) {
+        self.blocked().remove(&peer);
+    }
+
+    /// Lets all traffic through again.
+    pub fn heal(&self) {
+        self.blocked().clear();
+        *self.loss_per_mille.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+    }
+
+    /// Drops this share (0.0–1.0) of received datagrams.
+    pub fn set_loss(&self, share: f64) {
+        *self.loss_per_mille.lock().unwrap_or_else(|p| p.into_inner()) =
+            (share.clamp(0.0, 1.0) * 1000.0) as u32;
+    }
+
+    fn is_blocked(&self, peer: &SocketAddr) -> bool {
+        self.blocked().contains(peer)
+    }
+
+    fn drop_incoming(&self, from: &SocketAddr) -> bool {
+        if self.is_blocked(from) {
+            return true;
+        }
+        let loss = *self.loss_per_mille.lock().unwrap_or_else(|p| p.into_inner());
+        loss > 0 && rand::random_range(0..1000) < loss
+    }
+}
+
+/// Inputs of the driver loop that do not come from its own sockets.
+pub(crate) enum DriverInput {
+    Frame(ConnId, Vec<u8>),
+    Closed(ConnId),
+    /// A frame over the size limit or otherwise unreadable.
+    BadFrame(ConnId),
+    /// The API queued outputs (a command ran).
+    Wake,
+    /// Stop; `leave` first when graceful.
+    Stop {
+        leave: bool,
+        done: tokio::sync::oneshot::Sender<()>,
+    },
+}
+
+enum ConnOut {
+    Frame(Vec<u8>),
+    Close,
+}
+
+/// What the driver shares with the API.
+pub(crate) struct Shared {
+    pub engine: Mutex<Engine>,
+    pub subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    pub faults: Arc<Faults>,
+    pub max_frame: usize,
+}
+
+impl Shared {
+    pub fn engine(&self) -> MutexGuard<'_, Engine> {
+        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The driver loop state.
+pub(crate) struct Driver {
+    shared: Arc<Shared>,
+    udp: Arc<UdpSocket>,
+    listener: TcpListener,
+    inbox: mpsc::UnboundedReceiver<DriverInput>,
+    inbox_tx: mpsc::UnboundedSender<DriverInput>,
+    conns: HashMap<ConnId, mpsc::UnboundedSender<ConnOut>>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    timer_slots: HashMap<u64, Timer>,
+    timer_seq: u64,
+}
+
+/// Binds the UDP socket and a TCP listener on the same port. With port 0 the
+/// UDP port is picked first and TCP tries it; a few retries cover the rare
+/// case where that TCP port is taken.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(addr).await?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 => last_err = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last_err.unwrap_or_else(|| std::io::Error::other("could not bind")))
+}
+
+impl Driver {
+    pub fn new(
+        shared: Arc<Shared>,
+        udp: UdpSocket,
+        listener: TcpListener,
+        inbox: mpsc::UnboundedReceiver<DriverInput>,
+        inbox_tx: mpsc::UnboundedSender<DriverInput>,
+    ) -> Self {
+        Driver {
+            shared,
+            udp: Arc::new(udp),
+            listener,
+            inbox,
+            inbox_tx,
+            conns: HashMap::new(),
+            timers: BinaryHeap::new(),
+            timer_slots: HashMap::new(),
+            timer_seq: 0,
+        }
+    }
+
+    /// Runs until stopped.
+    pub async fn run(mut self) {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            self.flush();
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| *at)
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            tokio::select! {
+                received = self.udp.recv_from(&mut buf) => {
+                    match received {
+                        Ok((len, from)) => {
+                            if !self.shared.faults.drop_incoming(&from) {
+                                self.shared.engine().handle_datagram(wall_clock_ms(), &buf[..len]);
+                            }
+                        }
+                        Err(e) => tracing::debug!(error = %e, "udp receive error"),
+                    }
+                }
+                accepted = self.listener.accept() => {
+                    match accepted {
+                        Ok((stream, _)) => {
+                            let conn = self.shared.engine().accept_stream();
+                            self.spawn_conn(conn, ConnTarget::Accepted(stream));
+                        }
+                        Err(e) => tracing::debug!(error = %e, "accept error"),
+                    }
+                }
+                input = self.inbox.recv() => {
+                    match input {
+                        Some(DriverInput::Frame(conn, body)) => {
+                            self.shared.engine().handle_frame(wall_clock_ms(), conn, &body);
+                        }
+                        Some(DriverInput::Closed(conn)) => {
+                            self.conns.remove(&conn);
+                            self.shared.engine().handle_stream_closed(wall_clock_ms(), conn);
+                        }
+                        Some(DriverInput::BadFrame(conn)) => {
+                            self.conns.remove(&conn);
+                            self.shared.engine().handle_bad_frame(wall_clock_ms(), conn);
+                        }
+                        Some(DriverInput::Wake) => {}
+                        Some(DriverInput::Stop { leave, done }) => {
+                            if leave {
+                                self.leave_gracefully().await;
+                            }
+                            // Ends every event stream.
+                            self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                            let _ = done.send(());
+                            return;
+                        }
+                        None => return,
+                    }
+                }
+                _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
+            }
+        }
+    }
+
+    /// Marks us left, then keeps gossiping briefly so the goodbye spreads.
+    async fn leave_gracefully(&mut self) {
+        self.shared.engine().leave(wall_clock_ms());
+        let deadline = Instant::now() + Duration::from_millis(1500);
+        let mut buf = vec![0u8; 65_536];
+        while Instant::now() < deadline {
+            self.flush();
+            if self.shared.engine().broadcast_backlog() == 0 && self.conns.is_empty() {
+                break;
+            }
+            let next_timer = self
+                .timers
+                .peek()
+                .map(|Reverse((at, _))| *at)
+                .unwrap_or(deadline)
+                .min(deadline);
+            tokio::select! {
+                received = self.udp.recv_from(&mut buf) => {
+                    if let Ok((len, from)) = received {
+                        if !self.shared.faults.drop_incoming(&from) {
+                            self.shared.engine().handle_datagram(wall_clock_ms(), &buf[..len]);
+                        }
+                    }
+                }
+                input = self.inbox.recv() => match input {
+                    Some(DriverInput::Frame(conn, body)) => {
+                        self.shared.engine().handle_frame(wall_clock_ms(), conn, &body);
+                    }
+                    Some(DriverInput::Closed(conn)) => {
+                        self.conns.remove(&conn);
+                        self.shared.engine().handle_stream_closed(wall_clock_ms(), conn);
+                    }
+                    _ => {}
+                },
+                _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
+            }
+        }
+        self.flush();
+    }
+
+    fn fire_due_timers(&mut self) {
+        let now = Instant::now();
+        // Deliver every due timer in (deadline, submission) order.
+        while let Some(Reverse((at, seq))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(timer) = self.timer_slots.remove(&seq) {
+                self.shared.engine().handle_timer(wall_clock_ms(), timer);
+            }
+        }
+    }
+
+    /// Carries out everything the engine queued.
+    fn flush(&mut self) {
+        loop {
+            let batch: Vec<Output> = {
+                let mut engine = self.shared.engine();
+                std::iter::from_fn(|| engine.poll_output()).collect()
+            };
+            if batch.is_empty() {
+                return;
+            }
+            for out in batch {
+                self.perform(out);
+            }
+        }
+    }
+
+    fn perform(&mut self, out: Output) {
+        match out {
+            Output::Datagram { to, bytes } => {
+                if self.shared.faults.is_blocked(&to) {
+                    return;
+                }
+                // UDP send on a non-blocking socket: a full buffer drops the
+                // packet, exactly as the network would.
+                if let Err(e) = self.udp.try_send_to(&bytes, to) {
+                    tracing::trace!(error = %e, %to, "datagram not sent");
+                }
+            }
+            Output::Connect { conn, to } => {
+                self.spawn_conn(conn, ConnTarget::Dial(to));
+            }
+            Output::Frame { conn, body } => {
+                if let Some(tx) = self.conns.get(&conn) {
+                    let _ = tx.send(ConnOut::Frame(body));
+                }
+            }
+            Output::Close { conn } => {
+                if let Some(tx) = self.conns.remove(&conn) {
+                    let _ = tx.send(ConnOut::Close);
+                }
+            }
+            Output::Schedule { timer, after } => {
+                self.timer_seq += 1;
+                self.timers.push(Reverse((Instant::now() + after, self.timer_seq)));
+                self.timer_slots.insert(self.timer_seq, timer);
+            }
+            Output::Event(event) => {
+                let mut subs = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+                subs.retain(|tx| tx.send(event.clone()).is_ok());
+            }
+        }
+    }
+
+    fn spawn_conn(&mut self, conn: ConnId, target: ConnTarget) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.conns.insert(conn, tx);
+        let inbox = self.inbox_tx.clone();
+        let faults = self.shared.faults.clone();
+        let max_frame = self.shared.max_frame;
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(
+                STREAM_LIFETIME,
+                run_conn(conn, target, rx, inbox.clone(), faults, max_frame),
+            )
+            .await;
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                    let _ = inbox.send(DriverInput::BadFrame(conn));
+                }
+                _ => tracing::debug!(?conn, "stream ended with an error or timed out"),
+            }
+            let _ = inbox.send(DriverInput::Closed(conn));
+        });
+    }
+}
+
+enum ConnTarget {
+    Dial(SocketAddr),
+    Accepted(TcpStream),
+}
+
+/// One stream: writes queued frames, reads frames into the driver's inbox.
+async fn run_conn(
+    conn: ConnId,
+    target: ConnTarget,
+    mut rx: mpsc::UnboundedReceiver<ConnOut>,
+    inbox: mpsc::UnboundedSender<DriverInput>,
+    faults: Arc<Faults>,
+    max_frame: usize,
+) -> std::io::Result<()> {
+    let stream = match target {
+        ConnTarget::Accepted(s) => s,
+        ConnTarget::Dial(to) => {
+            if faults.is_blocked(&to) {
+                return Err(std::io::Error::other("blocked by fault injection"));
+            }
+            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+                .await
+                .map_err(|_| std::io::Error::other("connect timed out"))??
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut reader, mut writer) = stream.into_split();
+    let writing = async move {
+        while let Some(out) = rx.recv().await {
+            match out {
+                ConnOut::Frame(body) => writer.write_all(&wire::frame(&body)).await?,
+                ConnOut::Close => break,
+            }
+        }
+        writer.shutdown().await
+    };
+    let reading = async move {
+        loop {
+            let mut header = [0u8; wire::FRAME_HEADER];
+            match reader.read_exact(&mut header).await {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // Tell the engine now; the writer may still be waiting.
+                    let _ = inbox.send(DriverInput::Closed(conn));
+                    return Ok(());
+                }
+                Err(e) => return Err(e),
+            }
+            let len = wire::frame_len(header, max_frame)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body).await?;
+            if inbox.send(DriverInput::Frame(conn, body)).is_err() {
+                return Ok(());
+            }
+        }
+    };
+    // The stream is done when we closed our side and the peer closed theirs,
+    // or at the first error on either side.
+    tokio::try_join!(writing, reading).map(|_| ())
+}

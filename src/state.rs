@@ -1,0 +1,297 @@
+//! The replicated store: last-writer-wins registers with tombstones, merged in
+//! any order to the same result, summarised by a digest and by bucket hashes
+//! for anti-entropy.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+use crate::records::{Entry, Key, Value};
+
+/// Buckets the key space is split into for anti-entropy digests.
+pub const BUCKETS: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Stored {
+    entry: Entry,
+    /// Hash of `(key, entry)`; equal on every node that holds the same write.
+    hash: [u8; 32],
+}
+
+/// All replicated records of this node's view of the cluster.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    entries: BTreeMap<Key, Stored>,
+    /// Keys changed since the last [`State::take_changes`].
+    changed: BTreeSet<Key>,
+}
+
+/// Whether `a` wins over `b` under last-writer-wins. Equal versions from a
+/// well-behaved cluster carry equal values; for hostile input the encoded
+/// bytes decide, so that merge stays commutative.
+fn wins(a: &Entry, a_hash: &[u8; 32], b: &Stored) -> bool {
+    match a.version.cmp(&b.entry.version) {
+        std::cmp::Ordering::Greater => true,
+        std::cmp::Ordering::Less => false,
+        std::cmp::Ordering::Equal => a_hash > &b.hash,
+    }
+}
+
+fn entry_hash(key: &Key, entry: &Entry) -> [u8; 32] {
+    let mut h = Sha256::new();
+    // Encoding these plain types into a Vec cannot fail.
+    h.update(postcard::to_allocvec(key).unwrap_or_default());
+    h.update(postcard::to_allocvec(entry).unwrap_or_default());
+    h.finalize().into()
+}
+
+/// Which anti-entropy bucket a key falls in; stable across nodes and builds.
+pub fn bucket_of(key: &Key) -> usize {
+    let digest = Sha256::digest(postcard::to_allocvec(key).unwrap_or_default());
+    usize::from(digest[0]) % BUCKETS
+}
+
+impl State {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Number of records, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the store holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The entry (value or tombstone) under `key`.
+    pub fn entry(&self, key: &Key) -> Option<&Entry> {
+        self.entries.get(key).map(|s| &s.entry)
+    }
+
+    /// The live value under `key`.
+    pub fn get(&self, key: &Key) -> Option<&Value> {
+        self.entry(key).and_then(|e| e.value.as_ref())
+    }
+
+    /// Merges one write. Returns true when it was news (it replaced what we had).
+    pub fn merge(&mut self, key: Key, entry: Entry) -> bool {
+        let hash = entry_hash(&key, &entry);
+        if let Some(current) = self.entries.get(&key) {
+            if !wins(&entry, &hash, current) {
+                return false;
+            }
+        }
+        self.changed.insert(key.clone());
+        self.entries.insert(key, Stored { entry, hash });
+        true
+    }
+
+    /// Whether merging `entry` under `key` would change anything.
+    pub fn would_accept(&self, key: &Key, entry: &Entry) -> bool {
+        match self.entries.get(key) {
+            None => true,
+            Some(current) => wins(entry, &entry_hash(key, entry), current),
+        }
+    }
+
+    /// Keys changed since the last call, in key order.
+    pub fn take_changes(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Iterates over every entry, tombstones included, in key order.
+    pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
+        self.entries.iter().map(|(k, s)| (k, &s.entry))
+    }
+
+    /// Iterates over live values in key order.
+    pub fn live(&self) -> impl Iterator<Item = (&Key, &Value)> {
+        self.entries
+            .iter()
+            .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// Live values from `from` on, in key order.
+    pub fn live_from<'a>(&'a self, from: &Key) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
+        self.entries
+            .range(from.clone()..)
+            .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (k, v)))
+    }
+
+    /// Digest of the whole store: equal on two nodes iff they hold the same writes.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for stored in self.entries.values() {
+            h.update(stored.hash);
+        }
+        h.finalize().into()
+    }
+
+    /// Digest as lower-case hex.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest())
+    }
+
+    /// One 64-bit summary per bucket (XOR of entry hashes, so order-free).
+    pub fn bucket_hashes(&self) -> Vec<u64> {
+        let mut buckets = vec![0u64; BUCKETS];
+        for (key, stored) in &self.entries {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&stored.hash[..8]);
+            buckets[bucket_of(key)] ^= u64::from_le_bytes(word);
+        }
+        buckets
+    }
+
+    /// Every entry whose key falls in one of `buckets`.
+    pub fn entries_in_buckets(&self, buckets: &BTreeSet<usize>) -> Vec<(Key, Entry)> {
+        self.entries
+            .iter()
+            .filter(|(k, _)| buckets.contains(&bucket_of(k)))
+            .map(|(k, s)| (k.clone(), s.entry.clone()))
+            .collect()
+    }
+
+    /// Drops tombstones written before `before_ms`; returns how many.
+    pub fn collect_tombstones(&mut self, before_ms: u64) -> usize {
+        let before = self.entries.len();
+        self.entries
+            .retain(|_, s| s.entry.value.is_some() || s.entry.version.millis >= before_ms);
+        before - self.entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::records::{PolicyRecord, TribeRecord};
+    use proptest::prelude::*;
+
+    fn version(millis: u64, counter: u32, node: &str) -> Hlc {
+        Hlc {
+            millis,
+            counter,
+            node: node.to_string(),
+        }
+    }
+
+    fn arb_key() -> impl Strategy<Value = Key> {
+        prop_oneof![
+            (0u8..4).prop_map(|i| Key::Tribe(format!("t{i}"))),
+            (0u8..3, 0u8..3).prop_map(|(t, n)| Key::Member {
+                tribe: format!("t{t}"),
+                node: format!("n{n}")
+            }),
+            (0u8..3).prop_map(|i| Key::Policy(format!("p{i}"))),
+        ]
+    }
+
+    fn arb_write() -> impl Strategy<Value = (Key, Entry)> {
+        (arb_key(), 0u64..5, 0u32..2, 0u8..3, any::<bool>(), 0u8..3).prop_map(
+            |(key, millis, counter, node, alive, flavour)| {
+                let v = version(millis, counter, &format!("n{node}"));
+                let value = alive.then(|| match &key {
+                    Key::Tribe(_) => Value::Tribe(TribeRecord {
+                        created: version(u64::from(flavour), 0, "n0"),
+                    }),
+                    Key::Member { .. } => Value::Member,
+                    _ => Value::Policy(PolicyRecord {
+                        tribe: format!("t{flavour}"),
+                        when: "true".into(),
+                    }),
+                });
+                (key, Entry { version: v, value })
+            },
+        )
+    }
+
+    fn apply(writes: &[(Key, Entry)]) -> State {
+        let mut s = State::new();
+        for (k, e) in writes {
+            s.merge(k.clone(), e.clone());
+        }
+        s
+    }
+
+    proptest! {
+        #[test]
+        fn any_delivery_order_converges(writes in prop::collection::vec(arb_write(), 0..40), seed in any::<u64>()) {
+            let mut shuffled = writes.clone();
+            // Deterministic shuffle from the seed.
+            let mut x = seed | 1;
+            for i in (1..shuffled.len()).rev() {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                shuffled.swap(i, (x as usize) % (i + 1));
+            }
+            prop_assert_eq!(apply(&writes).digest(), apply(&shuffled).digest());
+        }
+
+        #[test]
+        fn merge_is_commutative(a in arb_write(), b in arb_write()) {
+            prop_assert_eq!(apply(&[a.clone(), b.clone()]).digest(), apply(&[b, a]).digest());
+        }
+
+        #[test]
+        fn merge_is_associative(xs in prop::collection::vec(arb_write(), 0..10),
+                                ys in prop::collection::vec(arb_write(), 0..10),
+                                zs in prop::collection::vec(arb_write(), 0..10)) {
+            // (X ∪ Y) ∪ Z == X ∪ (Y ∪ Z), merging whole states.
+            let merge_states = |a: &State, b: &State| {
+                let mut out = a.clone();
+                for (k, e) in b.iter() { out.merge(k.clone(), e.clone()); }
+                out
+            };
+            let (x, y, z) = (apply(&xs), apply(&ys), apply(&zs));
+            prop_assert_eq!(
+                merge_states(&merge_states(&x, &y), &z).digest(),
+                merge_states(&x, &merge_states(&y, &z)).digest()
+            );
+        }
+
+        #[test]
+        fn merge_is_idempotent(writes in prop::collection::vec(arb_write(), 0..20)) {
+            let once = apply(&writes);
+            let mut twice = once.clone();
+            for (k, e) in once.iter() {
+                prop_assert!(!twice.merge(k.clone(), e.clone()));
+            }
+            prop_assert_eq!(once.digest(), twice.digest());
+        }
+
+        #[test]
+        fn equal_buckets_mean_equal_digests(a in prop::collection::vec(arb_write(), 0..20), b in prop::collection::vec(arb_write(), 0..20)) {
+            let (sa, sb) = (apply(&a), apply(&b));
+            if sa.bucket_hashes() == sb.bucket_hashes() {
+                prop_assert_eq!(sa.digest(), sb.digest());
+            }
+        }
+    }
+
+    #[test]
+    fn later_write_wins_and_tombstones_are_collected() {
+        let mut s = State::new();
+        let key = Key::Tribe("core".into());
+        let live = Entry {
+            version: version(10, 0, "a"),
+            value: Some(Value::Tribe(TribeRecord {
+                created: version(10, 0, "a"),
+            })),
+        };
+        let dead = Entry {
+            version: version(20, 0, "b"),
+            value: None,
+        };
+        assert!(s.merge(key.clone(), live.clone()));
+        assert!(s.merge(key.clone(), dead.clone()));
+        assert!(!s.merge(key.clone(), live));
+        assert!(s.get(&key).is_none());
+        assert_eq!(s.collect_tombstones(15), 0);
+        assert_eq!(s.collect_tombstones(21), 1);
+        assert!(s.is_empty());
+    }
+}

@@ -1,0 +1,83 @@
+//! Helpers for multi-node tests on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use tribe::{Config, Event, EventStream, Node, Profile};
+
+/// A config for fast local tests: `local` profile, quick anti-entropy.
+pub fn test_config(name: &str) -> Config {
+    let mut cfg = Config::new(name);
+    cfg.profile = Profile::Local;
+    let mut t = Profile::Local.timings();
+    t.push_pull_interval = Duration::from_secs(1);
+    t.reconnect_interval = Duration::from_secs(1);
+    t.reap_after = Duration::from_secs(6);
+    t.join_retry = Duration::from_millis(200);
+    cfg.timings = Some(t);
+    cfg.collect_facts = false;
+    cfg
+}
+
+/// Starts `n` nodes named `{prefix}0..`, each seeded with the first.
+pub async fn start_cluster(prefix: &str, n: usize, tweak: impl Fn(&mut Config)) -> Vec<Node> {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..n {
+        let mut cfg = test_config(&format!("{prefix}{i}"));
+        if let Some(first) = nodes.first() {
+            cfg.seeds = vec![first.addr()];
+        }
+        tweak(&mut cfg);
+        nodes.push(Node::start(cfg).await.expect("node starts"));
+    }
+    nodes
+}
+
+/// Waits until `cond` holds, polling; panics with `what` after `limit`.
+pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if cond() {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {limit:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until every node sees `n` live members.
+pub async fn wait_converged_members(nodes: &[Node], n: usize) {
+    wait_for(&format!("{} nodes see {n} alive", nodes.len()), Duration::from_secs(20), || {
+        nodes.iter().all(|node| node.members_alive() == n)
+    })
+    .await;
+}
+
+/// Waits until every node reports the same state digest.
+pub async fn wait_same_digest(nodes: &[Node]) {
+    wait_for("equal state digests", Duration::from_secs(20), || {
+        let first = nodes[0].state_digest();
+        nodes.iter().all(|n| n.state_digest() == first)
+    })
+    .await;
+}
+
+/// Collects events that arrive within `limit` and satisfy `keep`, until `done` holds.
+pub async fn collect_until(
+    events: &mut EventStream,
+    limit: Duration,
+    mut done: impl FnMut(&[Event]) -> bool,
+) -> Vec<Event> {
+    let mut seen = Vec::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !done(&seen) {
+        match tokio::time::timeout_at(deadline, events.next()).await {
+            Ok(Some(e)) => seen.push(e),
+            Ok(None) => break,
+            Err(_) => panic!("timed out collecting events; saw {seen:#?}"),
+        }
+    }
+    seen
+}
