@@ -148,7 +148,11 @@ impl Node {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        let result = self.inner.shared.engine().handle_command(wall_clock_ms(), cmd);
+        let result = self
+            .inner
+            .shared
+            .engine()
+            .handle_command(wall_clock_ms(), cmd);
         // The engine queued outputs; the driver sends them.
         let _ = self.inner.inbox.send(DriverInput::Wake);
         result
@@ -156,12 +160,18 @@ impl Node {
 
     /// Creates an empty tribe.
     pub async fn create_tribe(&self, tribe: &str) -> Result<()> {
-        self.command(Command::CreateTribe { tribe: tribe.into() }).await
+        self.command(Command::CreateTribe {
+            tribe: tribe.into(),
+        })
+        .await
     }
 
     /// Deletes a tribe, its catalog, its memberships and the policies that target it.
     pub async fn delete_tribe(&self, tribe: &str) -> Result<()> {
-        self.command(Command::DeleteTribe { tribe: tribe.into() }).await
+        self.command(Command::DeleteTribe {
+            tribe: tribe.into(),
+        })
+        .await
     }
 
     /// Adds `node` (any known node, this one included) to `tribe` by hand.
@@ -194,7 +204,8 @@ impl Node {
 
     /// Removes a policy.
     pub async fn remove_policy(&self, name: &str) -> Result<()> {
-        self.command(Command::RemovePolicy { name: name.into() }).await
+        self.command(Command::RemovePolicy { name: name.into() })
+            .await
     }
 
     /// Sets a user fact of this node (it overrides a collected fact of that name).
@@ -328,11 +339,21 @@ impl Node {
 
     async fn stop(&self, leave: bool) -> Result<()> {
         let (done, wait) = oneshot::channel();
-        if self.inner.inbox.send(DriverInput::Stop { leave, done }).is_err() {
+        if self
+            .inner
+            .inbox
+            .send(DriverInput::Stop { leave, done })
+            .is_err()
+        {
             return Err(Error::ShuttingDown);
         }
         let _ = wait.await;
-        let task = self.inner.task.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let task = self
+            .inner
+            .task
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         if let Some(task) = task {
             let _ = task.await;
         }

@@ -58,7 +58,7 @@ pub struct Timings {
     pub indirect_probes: usize,
     /// Suspicion timeout = multiplier × max(1, log10 N) × probe period.
     pub suspicion_mult: u32,
-    /// Retransmissions of an update = multiplier × ceil(log10(N + 1)).
+    /// Retransmissions of an update = multiplier × ceil(log10(N + 1)), at least 5.
     pub retransmit_mult: u32,
     /// How often updates are gossiped, and to how many members.
     pub gossip_interval: Duration,
@@ -180,14 +180,18 @@ impl Config {
 
     /// The timings in force: the overrides, or the profile's.
     pub fn effective_timings(&self) -> Timings {
-        self.timings.clone().unwrap_or_else(|| self.profile.timings())
+        self.timings
+            .clone()
+            .unwrap_or_else(|| self.profile.timings())
     }
 
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
         if self.cluster_label.len() > crate::wire::MAX_LABEL_LEN {
-            return Err(Error::Config("cluster label is longer than 64 bytes".into()));
+            return Err(Error::Config(
+                "cluster label is longer than 64 bytes".into(),
+            ));
         }
         for (k, v) in &self.facts {
             crate::facts::validate_fact(k, v).map_err(|e| Error::Config(e.to_string()))?;

@@ -25,9 +25,7 @@ pub mod wire;
 pub use api::{EventStream, Node};
 pub use config::{Config, Profile, Timings};
 pub use engine::commands::Command;
-pub use engine::view::{
-    MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo,
-};
+pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo};
 pub use engine::Event;
 pub use error::{Error, Result};
 pub use records::{ArtifactRef, Endpoint, PluginKind, TaskState};

@@ -69,7 +69,14 @@ mod tests {
 
     #[test]
     fn accepts_ordinary_names() {
-        for name in ["core", "storage-tier", "node_1", "a", "web.eu-1", "n@host:1"] {
+        for name in [
+            "core",
+            "storage-tier",
+            "node_1",
+            "a",
+            "web.eu-1",
+            "n@host:1",
+        ] {
             assert!(check("tribe", name).is_ok(), "{name}");
             assert!(is_valid(name));
         }

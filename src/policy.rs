@@ -1,27 +1,1184 @@
-//! TEMPORARY stand-in until the CEL module lands.
-use std::collections::BTreeMap;
-/// Longest expression.
+//! Policy conditions: compiling and evaluating the `when` expression of a
+//! policy.
+//!
+//! A policy is `{name, tribe, when}`; `when` is a [CEL] expression over one
+//! variable, `facts`, a map from fact names to string values, and a node for
+//! which it holds joins the tribe. This module only compiles and evaluates
+//! those expressions:
+//!
+//! ```text
+//! facts.os_dist == "ubuntu" && facts.storage_tier == "true"
+//! int(facts.processor_count) >= 4
+//! "gpu" in facts && facts.hostname.matches("^web-[0-9]+$")
+//! ```
+//!
+//! Facts are strings: convert with `int()`, `uint()`, `double()` or `bool()`
+//! before comparing numbers. Test whether a fact is set with `"name" in facts`
+//! or `has(facts.name)` (both work); reading a fact that is not set is an
+//! evaluation error, which callers count as "does not hold".
+//!
+//! Expressions may come from the network, so nothing here may panic, overflow
+//! the stack or run for long, whatever the input:
+//!
+//! - the source is at most [`MAX_EXPRESSION_LEN`] bytes and nests brackets at
+//!   most [`MAX_NESTING`] deep, checked before the parser sees it;
+//! - the parser (antlr-based, deeply recursive, with very large stack frames
+//!   in debug builds) runs on a helper thread with a stack of its own, under
+//!   `catch_unwind`;
+//! - the tree it returns is at most [`MAX_AST_DEPTH`] deep, so evaluating it
+//!   has a known stack need: shallow trees are evaluated on the caller's
+//!   thread, deeper ones on a helper thread with a large stack;
+//! - comprehensions (`all`, `exists`, `exists_one`, `filter`, `map`) cannot
+//!   be nested, and only one `map` is allowed, so the work of an evaluation is
+//!   at most about the size of the expression times the number of facts (a
+//!   chain of `map`s could double a value at every step);
+//! - `matches()` takes a string literal as its pattern, compiled once, here,
+//!   with a small size limit (cel's own `matches` compiles the pattern on every
+//!   call with a 10 MiB limit, tens of milliseconds each for a hostile one).
+//!
+//! [CEL]: https://github.com/google/cel-spec
+
+#![forbid(unsafe_code)]
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+
+use cel::common::ast::{operators, EntryExpr, Expr, IdedExpr, LiteralValue};
+use cel::extractors::This;
+use cel::{Context, Env, ExecutionError, ParseErrors, Program, Value};
+
+/// Longest expression accepted, in bytes.
 pub const MAX_EXPRESSION_LEN: usize = 4096;
-/// Compiled condition.
-#[derive(Debug, Clone)]
-pub struct Condition { src: String }
-/// Compile error.
+
+/// Deepest nesting of brackets (`(`, `[`, `{`) accepted, outside string
+/// literals and comments. The CEL spec asks for at least 12.
+pub const MAX_NESTING: usize = 32;
+
+/// Deepest syntax tree accepted, counting the root as 1. Bounds the stack
+/// needed to evaluate (the CEL spec asks for at least 24 operators in a row).
+pub const MAX_AST_DEPTH: usize = 64;
+
+/// Most distinct `matches()` patterns in one expression.
+pub const MAX_PATTERNS: usize = 16;
+
+/// The only variable an expression may refer to.
+pub const FACTS_VAR: &str = "facts";
+
+/// Type names that CEL resolves as identifiers, as in `type(x) == string`.
+const TYPE_NAMES: [&str; 10] = [
+    "bool",
+    "bytes",
+    "double",
+    "int",
+    "list",
+    "map",
+    "null_type",
+    "string",
+    "type",
+    "uint",
+];
+
+/// Compiled size limit of a `matches()` pattern: bounds the time to compile it
+/// (well under a millisecond) and to match with it.
+const PATTERN_SIZE_LIMIT: usize = 1 << 18;
+
+/// Stack of the thread that parses. In debug builds the parser needs about
+/// 250 KiB per bracket level and the tree builder ~2 KiB per operator in a row:
+/// 32 brackets take ~8 MiB, a 4 KiB chain of `+` ~4 MiB. Only touched pages
+/// are committed.
+const COMPILE_STACK_SIZE: usize = 32 << 20;
+
+/// Trees at most this deep are evaluated on the caller's thread. Debug builds
+/// need ~40 KiB of stack per level (release ~1.5 KiB): ~650 KiB here, safe on
+/// a 2 MiB thread such as a tokio worker or a test.
+const INLINE_EVAL_DEPTH: usize = 16;
+
+/// Stack of the thread that evaluates deeper trees: [`MAX_AST_DEPTH`] levels
+/// take ~2.6 MiB in debug builds.
+const EVAL_STACK_SIZE: usize = 16 << 20;
+
+/// Longest error message kept, in bytes: cel's messages can print whole values.
+const MAX_MESSAGE_LEN: usize = 512;
+
+/// A validated, compiled `when` expression, cheap to clone and to share
+/// between threads.
+#[derive(Clone)]
+pub struct Condition {
+    inner: Arc<Compiled>,
+}
+
+impl fmt::Debug for Condition {
+    // The source says it all; the syntax tree would flood logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Condition")
+            .field("source", &self.inner.source)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What [`Condition`] shares between its clones.
+#[derive(Debug)]
+struct Compiled {
+    source: String,
+    program: Program,
+    /// Depth of the syntax tree, to pick where to evaluate it.
+    depth: usize,
+    /// The `matches()` patterns, compiled once.
+    patterns: Arc<HashMap<String, regex::Regex>>,
+}
+
+/// Error compiling an expression: `line` and `column` (1-based, in characters)
+/// say where, when known.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.render())]
+pub struct PolicyError {
+    /// What is wrong, without the position.
+    pub message: String,
+    /// Line of the error, from 1.
+    pub line: Option<u32>,
+    /// Column of the error on its line, from 1, counted in characters.
+    pub column: Option<u32>,
+}
+
+impl PolicyError {
+    /// An error with no known position.
+    fn new(message: impl Into<String>) -> Self {
+        PolicyError {
+            message: clean_message(&message.into()),
+            line: None,
+            column: None,
+        }
+    }
+
+    /// An error at the byte `offset` of `source`.
+    fn at(message: impl Into<String>, source: &str, offset: usize) -> Self {
+        let (line, column) = match line_column(source, offset) {
+            Some((line, column)) => (Some(line), Some(column)),
+            None => (None, None),
+        };
+        PolicyError {
+            message: clean_message(&message.into()),
+            line,
+            column,
+        }
+    }
+
+    fn render(&self) -> String {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => {
+                format!("line {line}, column {column}: {}", self.message)
+            }
+            (Some(line), None) => format!("line {line}: {}", self.message),
+            _ => self.message.clone(),
+        }
+    }
+}
+
+/// Error evaluating an expression: a missing fact, a wrong type, a result that
+/// is not a bool, or any other failure. Callers count it as "does not hold".
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
-pub struct PolicyError { /// m
-pub message: String, /// l
-pub line: Option<u32>, /// c
-pub column: Option<u32> }
-/// Eval error.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct EvalError { /// m
-pub message: String }
+pub struct EvalError {
+    /// What went wrong.
+    pub message: String,
+}
+
+impl EvalError {
+    fn new(message: impl Into<String>) -> Self {
+        EvalError {
+            message: clean_message(&message.into()),
+        }
+    }
+}
+
 impl Condition {
-    /// c
-    pub fn compile(when: &str) -> Result<Condition, PolicyError> { Ok(Condition { src: when.into() }) }
-    /// s
-    pub fn source(&self) -> &str { &self.src }
-    /// e
-    pub fn evaluate(&self, _f: &BTreeMap<String, String>) -> Result<bool, EvalError> { Ok(false) }
+    /// Compiles and validates `when`.
+    ///
+    /// Fails if it is empty, longer than [`MAX_EXPRESSION_LEN`], nested deeper
+    /// than [`MAX_NESTING`] brackets or [`MAX_AST_DEPTH`] tree levels, not
+    /// valid CEL (with the line and column of the first error), refers to a
+    /// variable other than `facts`, nests comprehensions, uses `map` more than
+    /// once, builds a message (`T{...}`), or calls `matches()` with a pattern
+    /// that is not a valid string literal.
+    pub fn compile(when: &str) -> Result<Condition, PolicyError> {
+        if when.trim().is_empty() {
+            return Err(PolicyError::new("empty expression"));
+        }
+        if when.len() > MAX_EXPRESSION_LEN {
+            return Err(PolicyError::new(format!(
+                "expression is {} bytes long, longer than the limit of {MAX_EXPRESSION_LEN}",
+                when.len()
+            )));
+        }
+        check_nesting(when)?;
+
+        // The parser and the checks recurse, deeply in debug builds: give them a
+        // stack of their own, and drop whatever is rejected there too.
+        let parsed = std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("policy-compile".into())
+                .stack_size(COMPILE_STACK_SIZE)
+                .spawn_scoped(scope, || {
+                    catch_unwind(|| compile_program(when)).unwrap_or_else(|_| {
+                        Err(PolicyError::new("internal error: the CEL parser panicked"))
+                    })
+                })
+                .map_err(|e| PolicyError::new(format!("cannot start the compiler thread: {e}")))?;
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(PolicyError::new("internal error: the compiler failed")))
+        })?;
+        Ok(Condition {
+            inner: Arc::new(parsed),
+        })
+    }
+
+    /// The source text, as given to [`Condition::compile`].
+    pub fn source(&self) -> &str {
+        &self.inner.source
+    }
+
+    /// Evaluates the condition over `facts`.
+    ///
+    /// `Ok(true)` or `Ok(false)` only when the expression yields a bool; a
+    /// missing fact, a wrong type, a result of another type or any other
+    /// failure is an [`EvalError`].
+    pub fn evaluate(&self, facts: &BTreeMap<String, String>) -> Result<bool, EvalError> {
+        if self.inner.depth <= INLINE_EVAL_DEPTH {
+            return self.inner.evaluate_guarded(facts);
+        }
+        // Deep trees need more stack than the caller may have.
+        std::thread::scope(|scope| {
+            let worker = std::thread::Builder::new()
+                .name("policy-eval".into())
+                .stack_size(EVAL_STACK_SIZE)
+                .spawn_scoped(scope, || self.inner.evaluate_guarded(facts))
+                .map_err(|e| EvalError::new(format!("cannot start the evaluation thread: {e}")))?;
+            worker
+                .join()
+                .unwrap_or_else(|_| Err(EvalError::new("internal error: evaluation failed")))
+        })
+    }
+}
+
+impl Compiled {
+    /// Evaluates, turning a panic inside cel into an error.
+    fn evaluate_guarded(&self, facts: &BTreeMap<String, String>) -> Result<bool, EvalError> {
+        catch_unwind(AssertUnwindSafe(|| self.evaluate(facts)))
+            .unwrap_or_else(|_| Err(EvalError::new("internal error: CEL evaluation panicked")))
+    }
+
+    fn evaluate(&self, facts: &BTreeMap<String, String>) -> Result<bool, EvalError> {
+        let mut context = Context::with_env(Arc::clone(env()));
+        let facts: HashMap<String, String> = facts
+            .iter()
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        context.add_variable_from_value(FACTS_VAR, facts);
+        if !self.patterns.is_empty() {
+            let patterns = Arc::clone(&self.patterns);
+            context
+                .add_function(
+                    "matches",
+                    move |This(text): This<Arc<String>>, pattern: Arc<String>| {
+                        match patterns.get(pattern.as_str()) {
+                            Some(regex) => Ok(regex.is_match(&text)),
+                            // Compile only admits literal patterns, all in the map.
+                            None => Err(ExecutionError::function_error(
+                                "matches",
+                                "pattern was not compiled",
+                            )),
+                        }
+                    },
+                )
+                .map_err(|e| EvalError::new(e.to_string()))?;
+        }
+        match self.program.execute(&context) {
+            Ok(Value::Bool(holds)) => Ok(holds),
+            Ok(other) => Err(EvalError::new(format!(
+                "expression yields {}, not bool",
+                other.type_of()
+            ))),
+            Err(error) => Err(EvalError::new(error.to_string())),
+        }
+    }
+}
+
+/// The environment expressions are evaluated in: the standard library, without
+/// `optional` (its syntax is off too).
+fn env() -> &'static Arc<Env> {
+    static ENV: OnceLock<Arc<Env>> = OnceLock::new();
+    ENV.get_or_init(|| Arc::new(Env::default().with_optional_support(false).with_stdlib()))
+}
+
+/// Parses and validates `source`; runs on the compiler thread.
+fn compile_program(source: &str) -> Result<Compiled, PolicyError> {
+    let program = Program::compile(source).map_err(|e| parse_error(source, e))?;
+    let (depth, patterns) = {
+        let checked = check_tree(source, &program)?;
+        // `references()` over-reports (comprehension variables count as
+        // variables), so `check_tree` scopes names itself; this is a cross-check.
+        let references = program.references();
+        if let Some(name) = references.variables().into_iter().find(|name| {
+            *name != FACTS_VAR && !checked.bound.contains(*name) && !TYPE_NAMES.contains(name)
+        }) {
+            return Err(PolicyError::new(format!(
+                "unknown variable '{name}': only '{FACTS_VAR}' is available"
+            )));
+        }
+        (checked.depth, checked.patterns)
+    };
+    Ok(Compiled {
+        source: source.to_owned(),
+        program,
+        depth,
+        patterns: Arc::new(patterns),
+    })
+}
+
+/// Turns cel's parse errors into one [`PolicyError`], positioned at the first
+/// error that has a position.
+fn parse_error(source: &str, errors: ParseErrors) -> PolicyError {
+    let count = errors.errors.len();
+    let first = errors
+        .errors
+        .iter()
+        .find(|e| e.pos.0 > 0 && e.pos.1 > 0)
+        .or_else(|| errors.errors.first());
+    let Some(first) = first else {
+        return PolicyError::new("invalid expression");
+    };
+    let mut message = if first.msg.contains("Recursion limit of") {
+        // Reported as `Syntax error: OtherError(ParseError { .. })`.
+        "expression nests too deeply (parser recursion limit)".to_owned()
+    } else if first.msg == "UNKNOWN" {
+        match &first.source {
+            Some(source) => source.to_string(),
+            None => "invalid expression".to_owned(),
+        }
+    } else {
+        first
+            .msg
+            .strip_prefix("Syntax error: ")
+            .unwrap_or(&first.msg)
+            .to_owned()
+    };
+    if count > 1 {
+        message.push_str(&format!(" (and {} more errors)", count - 1));
+    }
+    let mut error = PolicyError::new(message);
+    // cel says (0, 0) when it does not know; lines past the end are not trusted.
+    let lines = source.lines().count().max(1);
+    if let (Ok(line @ 1..), Ok(column @ 1..)) =
+        (u32::try_from(first.pos.0), u32::try_from(first.pos.1))
+    {
+        if line as usize <= lines {
+            error.line = Some(line);
+            error.column = Some(column);
+        }
+    }
+    error
+}
+
+/// Rejects brackets nested deeper than [`MAX_NESTING`], before the parser
+/// recurses into them. Skips string literals and `//` comments; works on
+/// bytes, as every delimiter is ASCII.
+fn check_nesting(source: &str) -> Result<(), PolicyError> {
+    let bytes = source.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'(' | b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(PolicyError::at(
+                        format!("brackets nested deeper than {MAX_NESTING}"),
+                        source,
+                        i,
+                    ));
+                }
+            }
+            b')' | b']' | b'}' => depth = depth.saturating_sub(1),
+            b'"' | b'\'' => {
+                i = skip_string(bytes, i);
+                continue;
+            }
+            b'/' if bytes.get(i + 1) == Some(&b'/') => {
+                while i < bytes.len() && bytes[i] != b'\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+/// The index just past the string literal whose opening quote is at `start`,
+/// or the end of the input if it is not closed.
+fn skip_string(bytes: &[u8], start: usize) -> usize {
+    let quote = bytes[start];
+    let raw = is_raw_prefix(&bytes[..start]);
+    let delimiter_len = if bytes[start..].starts_with(&[quote; 3]) {
+        3
+    } else {
+        1
+    };
+    let mut i = start + delimiter_len;
+    while i < bytes.len() {
+        if !raw && bytes[i] == b'\\' {
+            i += 2;
+        } else if bytes[i..].starts_with(&[quote; 3][..delimiter_len]) {
+            return i + delimiter_len;
+        } else {
+            i += 1;
+        }
+    }
+    bytes.len()
+}
+
+/// Whether the literal whose quote follows `before` is raw: prefixed by `r`,
+/// `R`, or one of those with `b`/`B`, as a token of its own.
+fn is_raw_prefix(before: &[u8]) -> bool {
+    let prefix_len = before
+        .iter()
+        .rev()
+        .take_while(|b| matches!(b, b'r' | b'R' | b'b' | b'B'))
+        .count();
+    if prefix_len == 0 || prefix_len > 2 {
+        return false;
+    }
+    let prefix = &before[before.len() - prefix_len..];
+    let standalone = before.len() == prefix_len || {
+        let b = before[before.len() - prefix_len - 1];
+        !(b.is_ascii_alphanumeric() || b == b'_')
+    };
+    standalone && prefix.iter().any(|b| matches!(b, b'r' | b'R'))
+}
+
+/// What [`check_tree`] learns about a valid tree.
+struct Checked<'a> {
+    depth: usize,
+    /// Names bound by comprehensions, anywhere in the tree.
+    bound: HashSet<&'a str>,
+    patterns: HashMap<String, regex::Regex>,
+}
+
+/// One node still to visit in [`check_tree`].
+struct Pending<'a> {
+    expr: &'a IdedExpr,
+    depth: usize,
+    /// Innermost comprehension scope, an index into the scope list.
+    scope: Option<usize>,
+    /// Whether the node runs once per iteration of a comprehension.
+    in_loop: bool,
+}
+
+/// Validates the tree without recursing (it may be thousands of levels deep):
+/// its depth, the names it uses, its comprehensions and its patterns.
+fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, PolicyError> {
+    let error_at =
+        |message: String, expr: &IdedExpr| match program.source_info().offset_for(expr.id) {
+            Some((start, _)) => PolicyError::at(message, source, start as usize),
+            None => PolicyError::new(message),
+        };
+    // Comprehension scopes: (enclosing scope, bound name).
+    let mut scopes: Vec<(Option<usize>, &'a str)> = Vec::new();
+    let mut checked = Checked {
+        depth: 0,
+        bound: Default::default(),
+        patterns: HashMap::new(),
+    };
+    let mut maps = 0;
+    let mut stack = vec![Pending {
+        expr: program.expression(),
+        depth: 1,
+        scope: None,
+        in_loop: false,
+    }];
+    while let Some(Pending {
+        expr,
+        depth,
+        scope,
+        in_loop,
+    }) = stack.pop()
+    {
+        if depth > MAX_AST_DEPTH {
+            return Err(error_at(
+                format!("expression nests too deeply (more than {MAX_AST_DEPTH} levels)"),
+                expr,
+            ));
+        }
+        checked.depth = checked.depth.max(depth);
+        let mut push = |child: &'a IdedExpr, scope: Option<usize>, in_loop: bool| {
+            stack.push(Pending {
+                expr: child,
+                depth: depth + 1,
+                scope,
+                in_loop,
+            })
+        };
+        match &expr.expr {
+            Expr::Unspecified | Expr::Literal(_) => {}
+            Expr::Ident(name) => {
+                let mut bound = false;
+                let mut current = scope;
+                while let Some(index) = current {
+                    let (parent, bound_name) = scopes[index];
+                    if bound_name == name {
+                        bound = true;
+                        break;
+                    }
+                    current = parent;
+                }
+                if !(bound || name == FACTS_VAR || TYPE_NAMES.contains(&name.as_str())) {
+                    return Err(error_at(
+                        format!("unknown variable '{name}': only '{FACTS_VAR}' is available"),
+                        expr,
+                    ));
+                }
+            }
+            Expr::Select(select) => push(&select.operand, scope, in_loop),
+            Expr::Call(call) => {
+                if call.func_name == "matches" {
+                    let pattern = if call.target.is_some() {
+                        call.args.first()
+                    } else {
+                        call.args.get(1)
+                    };
+                    if let Some(pattern) = pattern {
+                        compile_pattern(&mut checked.patterns, pattern)
+                            .map_err(|message| error_at(message, pattern))?;
+                    }
+                }
+                if let Some(target) = &call.target {
+                    push(target, scope, in_loop);
+                }
+                for arg in &call.args {
+                    push(arg, scope, in_loop);
+                }
+            }
+            Expr::List(list) => {
+                for element in &list.elements {
+                    push(element, scope, in_loop);
+                }
+            }
+            Expr::Map(map) => {
+                for entry in &map.entries {
+                    match &entry.expr {
+                        EntryExpr::MapEntry(entry) => {
+                            push(&entry.key, scope, in_loop);
+                            push(&entry.value, scope, in_loop);
+                        }
+                        EntryExpr::StructField(field) => push(&field.value, scope, in_loop),
+                    }
+                }
+            }
+            Expr::Struct(message) => {
+                return Err(error_at(
+                    format!(
+                        "message construction ('{}{{...}}') is not supported",
+                        message.type_name
+                    ),
+                    expr,
+                ));
+            }
+            Expr::Comprehension(comprehension) => {
+                if in_loop {
+                    return Err(error_at(
+                        "comprehensions (all, exists, exists_one, filter, map) cannot be nested"
+                            .to_owned(),
+                        expr,
+                    ));
+                }
+                if is_map(comprehension) {
+                    maps += 1;
+                    if maps > 1 {
+                        return Err(error_at(
+                            "map() may be used only once in an expression".to_owned(),
+                            expr,
+                        ));
+                    }
+                }
+                // Evaluated once, outside the loop's scope.
+                push(&comprehension.iter_range, scope, false);
+                push(&comprehension.accu_init, scope, false);
+                let mut inner = scope;
+                let names = [
+                    Some(comprehension.accu_var.as_str()),
+                    Some(comprehension.iter_var.as_str()),
+                    comprehension.iter_var2.as_deref(),
+                ];
+                for name in names.into_iter().flatten() {
+                    scopes.push((inner, name));
+                    checked.bound.insert(name);
+                    inner = Some(scopes.len() - 1);
+                }
+                push(&comprehension.loop_cond, inner, true);
+                push(&comprehension.loop_step, inner, true);
+                push(&comprehension.result, inner, false);
+            }
+        }
+    }
+    Ok(checked)
+}
+
+/// Whether `comprehension` is a `map()`: it builds a list of values computed
+/// from the elements, where `filter()` only keeps the elements themselves.
+fn is_map(comprehension: &cel::common::ast::ComprehensionExpr) -> bool {
+    if !matches!(comprehension.accu_init.expr, Expr::List(_)) {
+        return false;
+    }
+    // `filter` steps are `cond ? @result + [x] : @result`, `map` steps
+    // `@result + [f(x)]`, possibly under the same conditional.
+    let mut step = &comprehension.loop_step;
+    if let Expr::Call(call) = &step.expr {
+        if call.func_name == operators::CONDITIONAL && call.args.len() == 3 {
+            step = &call.args[1];
+        }
+    }
+    let appended = match &step.expr {
+        Expr::Call(call) if call.func_name == operators::ADD && call.args.len() == 2 => {
+            match &call.args[1].expr {
+                Expr::List(list) if list.elements.len() == 1 => Some(&list.elements[0]),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    !matches!(appended.map(|e| &e.expr), Some(Expr::Ident(name)) if *name == comprehension.iter_var)
+}
+
+/// Compiles the `matches()` pattern `pattern`, which must be a string literal.
+fn compile_pattern(
+    patterns: &mut HashMap<String, regex::Regex>,
+    pattern: &IdedExpr,
+) -> Result<(), String> {
+    let Expr::Literal(LiteralValue::String(text)) = &pattern.expr else {
+        return Err("the pattern of matches() must be a string literal".to_owned());
+    };
+    let text = text.inner();
+    if patterns.contains_key(text) {
+        return Ok(());
+    }
+    if patterns.len() >= MAX_PATTERNS {
+        return Err(format!(
+            "more than {MAX_PATTERNS} distinct matches() patterns"
+        ));
+    }
+    let regex = regex::RegexBuilder::new(text)
+        .size_limit(PATTERN_SIZE_LIMIT)
+        .dfa_size_limit(PATTERN_SIZE_LIMIT)
+        .build()
+        .map_err(|e| format!("invalid matches() pattern: {e}"))?;
+    patterns.insert(text.to_owned(), regex);
+    Ok(())
+}
+
+/// The 1-based line and column, in characters, of the byte `offset` of
+/// `source`; `None` if it is not a character boundary within it.
+fn line_column(source: &str, offset: usize) -> Option<(u32, u32)> {
+    let before = source.get(..offset)?;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = before.matches('\n').count() + 1;
+    let column = before[line_start..].chars().count() + 1;
+    Some((u32::try_from(line).ok()?, u32::try_from(column).ok()?))
+}
+
+/// Makes a message safe to log: control characters escaped, length capped.
+fn clean_message(message: &str) -> String {
+    let mut clean = String::with_capacity(message.len().min(MAX_MESSAGE_LEN));
+    for c in message.chars() {
+        if clean.len() >= MAX_MESSAGE_LEN {
+            clean.push('…');
+            break;
+        }
+        if c.is_control() {
+            clean.extend(c.escape_default());
+        } else {
+            clean.push(c);
+        }
+    }
+    clean
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn ubuntu_node() -> BTreeMap<String, String> {
+        facts(&[
+            ("os_dist", "ubuntu"),
+            ("storage_tier", "true"),
+            ("processor_count", "8"),
+            ("hostname", "web-12"),
+        ])
+    }
+
+    fn eval(when: &str, facts: &BTreeMap<String, String>) -> Result<bool, EvalError> {
+        Condition::compile(when)
+            .unwrap_or_else(|e| panic!("{when:?} should compile: {e}"))
+            .evaluate(facts)
+    }
+
+    #[test]
+    fn ubuntu_policy_holds_or_not() {
+        let when = r#"facts.os_dist == "ubuntu" && facts.storage_tier == "true""#;
+        let condition = Condition::compile(when).unwrap();
+        assert_eq!(condition.source(), when);
+        assert_eq!(condition.evaluate(&ubuntu_node()), Ok(true));
+        let debian = facts(&[("os_dist", "debian"), ("storage_tier", "true")]);
+        assert_eq!(condition.evaluate(&debian), Ok(false));
+    }
+
+    #[test]
+    fn missing_fact_is_an_error() {
+        let error = eval(
+            r#"facts.storage_tier == "true""#,
+            &facts(&[("os_dist", "ubuntu")]),
+        )
+        .unwrap_err();
+        assert!(error.message.contains("storage_tier"), "{error}");
+    }
+
+    #[test]
+    fn non_bool_result_is_an_error() {
+        let error = eval("facts.os_dist", &ubuntu_node()).unwrap_err();
+        assert_eq!(error.message, "expression yields string, not bool");
+        assert!(eval("1 + 1", &ubuntu_node()).is_err());
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        // Facts are strings: comparing with a number needs a conversion.
+        assert!(eval("facts.processor_count >= 2", &ubuntu_node()).is_err());
+        assert!(eval("int(facts.os_dist) >= 2", &ubuntu_node()).is_err());
+        assert!(eval("1 / 0 == 1", &ubuntu_node()).is_err());
+    }
+
+    #[test]
+    fn numeric_facts_convert() {
+        assert_eq!(
+            eval("int(facts.processor_count) >= 2", &ubuntu_node()),
+            Ok(true)
+        );
+        assert_eq!(
+            eval("int(facts.processor_count) >= 16", &ubuntu_node()),
+            Ok(false)
+        );
+        let few = facts(&[("processor_count", "1")]);
+        assert_eq!(eval("int(facts.processor_count) >= 2", &few), Ok(false));
+    }
+
+    #[test]
+    fn existence_checks() {
+        let node = ubuntu_node();
+        // Both forms work.
+        assert_eq!(eval(r#""os_dist" in facts"#, &node), Ok(true));
+        assert_eq!(eval(r#""gpu" in facts"#, &node), Ok(false));
+        assert_eq!(eval("has(facts.os_dist)", &node), Ok(true));
+        assert_eq!(eval("has(facts.gpu)", &node), Ok(false));
+        // Guards a read of a fact that may be missing.
+        assert_eq!(
+            eval(r#"has(facts.gpu) && facts.gpu == "a100""#, &node),
+            Ok(false)
+        );
+        assert_eq!(
+            eval(r#"!("gpu" in facts) || facts.gpu == "a100""#, &node),
+            Ok(true)
+        );
+        // Keys that are not identifiers.
+        let dashed = facts(&[("kernel-version", "6.1")]);
+        assert_eq!(
+            eval(r#"facts["kernel-version"] == "6.1""#, &dashed),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn comprehensions_over_facts() {
+        let node = ubuntu_node();
+        assert_eq!(
+            eval(r#"facts.exists(k, k.startsWith("host"))"#, &node),
+            Ok(true)
+        );
+        assert_eq!(eval(r#"facts.all(k, facts[k] != "")"#, &node), Ok(true));
+        assert_eq!(
+            eval(r#"facts.filter(k, k.endsWith("count")).size() == 1"#, &node),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"facts.map(k, k.size()).exists(n, n > 10)"#, &node),
+            Ok(true)
+        );
+        assert_eq!(
+            eval(r#"facts.exists_one(k, facts[k] == "true")"#, &node),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn matches_takes_literal_patterns() {
+        let node = ubuntu_node();
+        assert_eq!(
+            eval(r#"facts.hostname.matches("^web-[0-9]+$")"#, &node),
+            Ok(true)
+        );
+        assert_eq!(eval(r#"matches(facts.hostname, "^db-")"#, &node), Ok(false));
+        assert_eq!(
+            eval(r#"facts.exists(k, k.matches("^os_"))"#, &node),
+            Ok(true)
+        );
+        let error = Condition::compile("facts.hostname.matches(facts.os_dist)").unwrap_err();
+        assert!(error.message.contains("string literal"), "{error}");
+        let error = Condition::compile(r#"facts.hostname.matches("(")"#).unwrap_err();
+        assert!(
+            error.message.contains("invalid matches() pattern"),
+            "{error}"
+        );
+        // Too big to compile cheaply.
+        assert!(Condition::compile(r#"facts.hostname.matches("\\w{1000}")"#).is_err());
+        let many: Vec<String> = (0..=MAX_PATTERNS)
+            .map(|i| format!(r#"facts.hostname.matches("{i}")"#))
+            .collect();
+        assert!(Condition::compile(&many.join(" || ")).is_err());
+    }
+
+    #[test]
+    fn type_names_resolve() {
+        assert_eq!(
+            eval("type(facts.os_dist) == string", &ubuntu_node()),
+            Ok(true)
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let error = Condition::compile(r#"facts.os_dist == "ubuntu" &&"#).unwrap_err();
+        // At the end of input: one past the last character.
+        assert_eq!((error.line, error.column), (Some(1), Some(29)), "{error}");
+        let error = Condition::compile("facts.os_dist = 'x'").unwrap_err();
+        assert_eq!((error.line, error.column), (Some(1), Some(15)), "{error}");
+        assert!(
+            error.to_string().starts_with("line 1, column 15: "),
+            "{error}"
+        );
+        assert!(!error.message.starts_with("Syntax error"), "{error}");
+    }
+
+    #[test]
+    fn syntax_error_on_second_line() {
+        let error =
+            Condition::compile("facts.os_dist == \"ubuntu\" &&\n  facts.x == )").unwrap_err();
+        assert_eq!((error.line, error.column), (Some(2), Some(14)), "{error}");
+        assert!(
+            error.to_string().starts_with("line 2, column 14: "),
+            "{error}"
+        );
+        // Columns count characters, not bytes.
+        let error = Condition::compile("\"é💖\" == \n\"é\" + )").unwrap_err();
+        assert_eq!((error.line, error.column), (Some(2), Some(7)), "{error}");
+    }
+
+    #[test]
+    fn unknown_variables_are_refused() {
+        let error = Condition::compile("foo.bar == 1").unwrap_err();
+        assert!(error.message.contains("'foo'"), "{error}");
+        assert_eq!((error.line, error.column), (Some(1), Some(1)), "{error}");
+        let error = Condition::compile("facts.a == 'x' &&\n  bar").unwrap_err();
+        assert_eq!((error.line, error.column), (Some(2), Some(3)), "{error}");
+        // A comprehension variable is only bound inside its comprehension.
+        assert!(Condition::compile("facts.exists(k, k == 'a')").is_ok());
+        assert!(Condition::compile("facts.exists(k, k == 'a') || k == 'b'").is_err());
+        assert!(Condition::compile("optional.of(1) == 1").is_err());
+        assert!(Condition::compile("Foo{a: 1} == 1").is_err());
+    }
+
+    #[test]
+    fn empty_and_too_long_are_refused() {
+        assert!(Condition::compile("").is_err());
+        assert!(Condition::compile(" \n\t").is_err());
+        let long = format!("facts.a == '{}'", "x".repeat(MAX_EXPRESSION_LEN));
+        let error = Condition::compile(&long).unwrap_err();
+        assert!(error.message.contains("longer than"), "{error}");
+        let just_fits = format!("'{}' != ''", "x".repeat(MAX_EXPRESSION_LEN - 8));
+        assert_eq!(just_fits.len(), MAX_EXPRESSION_LEN);
+        assert_eq!(eval(&just_fits, &BTreeMap::new()), Ok(true));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_cleanly() {
+        for (open, close) in [("(", ")"), ("[", "]"), ("int(", ")"), ("{1:", "}")] {
+            let n = MAX_NESTING + 1;
+            let deep = format!("{}1{}", open.repeat(n), close.repeat(n));
+            let error = Condition::compile(&deep).unwrap_err();
+            assert!(error.message.contains("nested deeper"), "{error}");
+            let deep = open.repeat(4000 / open.len());
+            assert!(Condition::compile(&deep).is_err());
+        }
+        // Just within the limit: the parser copes (on its own stack), and the
+        // tree is either accepted or refused as too deep, never a crash.
+        for (open, close) in [("(", ")"), ("[", "]"), ("int(", ")"), ("{1:", "}")] {
+            let n = MAX_NESTING;
+            let _ = Condition::compile(&format!("{}1{}", open.repeat(n), close.repeat(n)));
+            let chain = "+1".repeat(1000);
+            let _ = Condition::compile(&format!("{}1{chain}{}", open.repeat(n), close.repeat(n)));
+        }
+        let ok = format!("{}true{}", "(".repeat(MAX_NESTING), ")".repeat(MAX_NESTING));
+        assert_eq!(eval(&ok, &BTreeMap::new()), Ok(true));
+        // Brackets in strings and comments do not count.
+        let quoted = format!("'{}' != '' // {}", "(".repeat(100), "[".repeat(100));
+        assert_eq!(eval(&quoted, &BTreeMap::new()), Ok(true));
+        let raw = format!(r#"r"\" + '{}' != '' "#, "(".repeat(100));
+        assert_eq!(eval(&raw, &BTreeMap::new()), Ok(true));
+    }
+
+    #[test]
+    fn long_chains_are_refused_or_evaluated() {
+        // 4 KiB of `1+1+...` parses to a tree ~2000 deep.
+        let chain = format!("1{} > 0", "+1".repeat(2000));
+        let error = Condition::compile(&chain).unwrap_err();
+        assert!(error.message.contains("nests too deeply"), "{error}");
+        // Ternaries nest without brackets; the parser's own limit stops them.
+        let ternary = format!("{}true", "true ? true : ".repeat(200));
+        assert!(Condition::compile(&ternary).is_err());
+        // Logical operators build balanced trees: long chains are fine.
+        let ors = format!("false{}", " || facts.x == 'y'".repeat(200));
+        assert_eq!(eval(&ors, &facts(&[("x", "y")])), Ok(true));
+        let nots = format!("{}true", "!".repeat(4000));
+        assert_eq!(eval(&nots, &BTreeMap::new()), Ok(true));
+    }
+
+    #[test]
+    fn deepest_trees_evaluate() {
+        // Trees just within MAX_AST_DEPTH, evaluated on the helper thread.
+        let node = ubuntu_node();
+        for (head, step, tail) in [
+            ("1", "+1", " > 0"),
+            ("'a'", "+'a'", " != ''"),
+            ("[[1]]", "+[[1]]", " != []"),
+            ("facts.filter(k, true)", " + ['a']", " != []"),
+        ] {
+            let mut n = MAX_AST_DEPTH;
+            let condition = loop {
+                match Condition::compile(&format!("{head}{}{tail}", step.repeat(n))) {
+                    Ok(condition) => break condition,
+                    Err(_) => n -= 1,
+                }
+            };
+            assert!(condition.inner.depth > INLINE_EVAL_DEPTH);
+            assert!(condition.evaluate(&node).is_ok(), "{}", condition.source());
+        }
+    }
+
+    #[test]
+    fn inline_evaluation_fits_a_small_stack() {
+        // Trees evaluated on the caller's thread fit in 1 MiB, debug build
+        // included, half a tokio worker's stack.
+        let mut conditions = Vec::new();
+        for (head, step, tail) in [
+            ("1", "+1", " > 0"),
+            ("facts", "['a']", " == ''"),
+            ("facts.map(k, k)", "+['a']", " != []"),
+            ("[", "[", " != []"),
+        ] {
+            let mut n = INLINE_EVAL_DEPTH;
+            let source = |n: usize| {
+                if head == "[" {
+                    format!("{}1{}{tail}", "[".repeat(n), "]".repeat(n))
+                } else {
+                    format!("{head}{}{tail}", step.repeat(n))
+                }
+            };
+            let condition = loop {
+                let condition = Condition::compile(&source(n)).unwrap();
+                if condition.inner.depth <= INLINE_EVAL_DEPTH {
+                    break condition;
+                }
+                n -= 1;
+            };
+            assert!(condition.inner.depth >= INLINE_EVAL_DEPTH - 2);
+            conditions.push(condition);
+        }
+        let node = facts(&[("a", "b")]);
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || {
+                for condition in &conditions {
+                    let _ = condition.evaluate(&node);
+                }
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn comprehensions_are_bounded() {
+        let error = Condition::compile("facts.all(a, facts.all(b, a != b))").unwrap_err();
+        assert!(error.message.contains("cannot be nested"), "{error}");
+        assert!(Condition::compile("[1, 2].exists(x, [3].exists(y, x == y))").is_err());
+        // `map` could double a value at every step.
+        let doubling = format!("['ab']{}.size() > 0", ".map(s, s + s)".repeat(60));
+        let error = Condition::compile(&doubling).unwrap_err();
+        assert!(error.message.contains("map()"), "{error}");
+        // Chains of filters only shrink.
+        assert!(
+            Condition::compile("facts.filter(k, k != 'a').filter(k, k != 'b').size() > 0").is_ok()
+        );
+        // A comprehension in the range of another runs once.
+        assert!(Condition::compile("facts.filter(k, k != 'a').exists(k, k == 'b')").is_ok());
+    }
+
+    #[test]
+    fn hostile_inputs_do_not_panic() {
+        let node = ubuntu_node();
+        let inputs = [
+            "\"",
+            "'",
+            "'''",
+            "\"\"\"",
+            "r'",
+            "b'\\xff",
+            "'\\U0011FFFF'",
+            "'\\u00'",
+            "\u{0}",
+            "\u{202e}é💖\u{FFFF}",
+            "facts.\u{0}",
+            "`a`",
+            "facts.`a`",
+            "facts.?a",
+            "facts[?'a']",
+            "[?1]",
+            "{?1: 2}",
+            ".",
+            "..",
+            "has(",
+            "has(1)",
+            "has(facts)",
+            "facts.exists(1, true)",
+            "facts.map()",
+            "facts.all(k)",
+            "1.0.0",
+            "0x",
+            "1e",
+            "1e999999 > 0",
+            "-9223372036854775808 < 0",
+            "9223372036854775808 > 0",
+            "18446744073709551616u > 0",
+            "-(-9223372036854775807 - 1) > 0",
+            "size('x') == 1u",
+            "dyn(1) == 1",
+            "int('1e3') > 0",
+            "uint('-1') > 0u",
+            "double('nan') != double('nan')",
+            "string(b'\\xff') == ''",
+            "bytes('é') != b''",
+            "[1,2][5] == 1",
+            "{1: 2, 1: 3}[1] == 2",
+            "{[1]: 2} == {}",
+            "null == null",
+            "1 in 1",
+            "facts in facts",
+            "true ? 1 : 'a'",
+            "!1",
+            "-'a' == 1",
+            "type(1) == type",
+            "a.b.c",
+            ".facts.a == 'b'",
+            "facts.a.b.c == 1",
+            "// only a comment",
+            "1 // comment\n == 1",
+            "in",
+            "as",
+            "true.exists(x, x)",
+            "facts.exists(@result, true)",
+            "[].all(x, x)",
+            "{}.exists(x, true)",
+        ];
+        for input in inputs {
+            if let Ok(condition) = Condition::compile(input) {
+                let _ = condition.evaluate(&node);
+            }
+        }
+    }
+
+    #[test]
+    fn debug_shows_the_source() {
+        let condition = Condition::compile("facts.a == 'b'").unwrap();
+        assert_eq!(
+            format!("{condition:?}"),
+            r#"Condition { source: "facts.a == 'b'", .. }"#
+        );
+    }
+
+    #[test]
+    fn conditions_are_shareable() {
+        fn assert_traits<T: Send + Sync + Clone + std::fmt::Debug + 'static>() {}
+        assert_traits::<Condition>();
+        let condition = Condition::compile("facts.os_dist == 'ubuntu'").unwrap();
+        let clone = condition.clone();
+        let holds = std::thread::spawn(move || clone.evaluate(&ubuntu_node()))
+            .join()
+            .unwrap();
+        assert_eq!(holds, Ok(true));
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Pieces of CEL, brackets and oddities, to build near-valid input.
+        fn token() -> impl Strategy<Value = &'static str> {
+            prop::sample::select(vec![
+                "facts", ".", "os_dist", "x", "k", "(", ")", "[", "]", "{", "}", ",", ":", "?",
+                "!", "-", "+", "*", "/", "%", "==", "!=", "<", ">=", "&&", "||", " in ", "'", "\"",
+                "'''", "r'", "b'", "\\", "1", "0u", "1.5", "1e9", "true", "null", "has(", "int(",
+                "size(", "exists(", ".all(", ".map(", ".filter(", "matches(", "'ubuntu'",
+                "'(a+)+'", " ", "\n", "//", "é", "\u{0}", "💖", "`", "@result",
+            ])
+        }
+
+        fn node() -> BTreeMap<String, String> {
+            facts(&[("os_dist", "ubuntu"), ("x", "3"), ("k", "")])
+        }
+
+        fn exercise(input: &str) {
+            if let Ok(condition) = Condition::compile(input) {
+                let _ = condition.evaluate(&node());
+                let _ = condition.evaluate(&BTreeMap::new());
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            #[test]
+            fn arbitrary_strings_never_panic(input in any::<String>()) {
+                exercise(&input);
+            }
+
+            #[test]
+            fn cel_token_soup_never_panics(tokens in prop::collection::vec(token(), 0..80)) {
+                exercise(&tokens.concat());
+            }
+
+            #[test]
+            fn bracket_soup_never_panics(input in "[()\\[\\]{}a1.,:?'\"+!]{0,200}") {
+                exercise(&input);
+            }
+        }
+    }
 }

@@ -240,9 +240,7 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
             name,
             version,
         } => {
-            names::is_valid(tribe)
-                && names::is_valid(name)
-                && names::check_version(version).is_ok()
+            names::is_valid(tribe) && names::is_valid(name) && names::check_version(version).is_ok()
         }
         Key::Task { tribe, id } => names::is_valid(tribe) && names::is_valid(id),
     };

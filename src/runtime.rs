@@ -57,13 +57,18 @@ impl Faults {
     /// Lets all traffic through again.
     pub fn heal(&self) {
         self.blocked().clear();
-        *self.loss_per_mille.lock().unwrap_or_else(|p| p.into_inner()) = 0;
+        *self
+            .loss_per_mille
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = 0;
     }
 
     /// Drops this share (0.0–1.0) of received datagrams.
     pub fn set_loss(&self, share: f64) {
-        *self.loss_per_mille.lock().unwrap_or_else(|p| p.into_inner()) =
-            (share.clamp(0.0, 1.0) * 1000.0) as u32;
+        *self
+            .loss_per_mille
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = (share.clamp(0.0, 1.0) * 1000.0) as u32;
     }
 
     fn is_blocked(&self, peer: &SocketAddr) -> bool {
@@ -74,7 +79,10 @@ impl Faults {
         if self.is_blocked(from) {
             return true;
         }
-        let loss = *self.loss_per_mille.lock().unwrap_or_else(|p| p.into_inner());
+        let loss = *self
+            .loss_per_mille
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         loss > 0 && rand::random_range(0..1000) < loss
     }
 }
@@ -322,11 +330,16 @@ impl Driver {
             }
             Output::Schedule { timer, after } => {
                 self.timer_seq += 1;
-                self.timers.push(Reverse((Instant::now() + after, self.timer_seq)));
+                self.timers
+                    .push(Reverse((Instant::now() + after, self.timer_seq)));
                 self.timer_slots.insert(self.timer_seq, timer);
             }
             Output::Event(event) => {
-                let mut subs = self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+                let mut subs = self
+                    .shared
+                    .subscribers
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner());
                 subs.retain(|tx| tx.send(event.clone()).is_ok());
             }
         }

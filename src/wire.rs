@@ -98,7 +98,10 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
     let (msg, rest) =
         postcard::take_from_bytes(bytes).map_err(|e| WireError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
-        return Err(WireError::Malformed(format!("{} trailing bytes", rest.len())));
+        return Err(WireError::Malformed(format!(
+            "{} trailing bytes",
+            rest.len()
+        )));
     }
     Ok(msg)
 }
@@ -138,12 +141,18 @@ mod tests {
     #[test]
     fn refuses_garbage_without_panicking() {
         assert_eq!(open_datagram("", b""), Err(WireError::Truncated));
-        assert_eq!(open_datagram("", b"XX\x01\x00\x00"), Err(WireError::BadMagic));
+        assert_eq!(
+            open_datagram("", b"XX\x01\x00\x00"),
+            Err(WireError::BadMagic)
+        );
         assert_eq!(
             open_datagram("", b"TB\x09\x00\x00"),
             Err(WireError::UnsupportedVersion(9))
         );
-        assert_eq!(open_datagram("abc", b"TB\x01\x00\x09ab"), Err(WireError::Truncated));
+        assert_eq!(
+            open_datagram("abc", b"TB\x01\x00\x09ab"),
+            Err(WireError::Truncated)
+        );
         assert!(matches!(
             open_datagram("", &vec![0u8; 5000]),
             Err(WireError::Oversized(5000))

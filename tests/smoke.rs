@@ -19,12 +19,16 @@ async fn five_nodes_share_tribe_plugin_and_task() {
         .add_task("core", "t1", r#"{"interval":"1s"}"#, TaskState::Running)
         .await
         .unwrap();
-    wait_for("all see tribe core with catalog", Duration::from_secs(10), || {
-        nodes.iter().all(|n| {
-            n.tribe("core")
-                .is_some_and(|t| t.plugins.len() == 1 && t.tasks.len() == 1)
-        })
-    })
+    wait_for(
+        "all see tribe core with catalog",
+        Duration::from_secs(10),
+        || {
+            nodes.iter().all(|n| {
+                n.tribe("core")
+                    .is_some_and(|t| t.plugins.len() == 1 && t.tasks.len() == 1)
+            })
+        },
+    )
     .await;
     wait_same_digest(&nodes).await;
     for n in &nodes {

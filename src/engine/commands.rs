@@ -129,10 +129,15 @@ impl Engine {
             sh.state.merge(key.clone(), entry.clone());
             entry
         };
-        let delta = crate::wire::encode(&(key, entry));
-        if !self.gossip_deltas {
-            return;
+        if self.gossip_deltas {
+            self.spread(&(key, entry));
         }
+    }
+
+    /// Queues a record as a gossip delta, or asks for an early exchange when
+    /// it is too large to piggyback on SWIM packets.
+    pub(super) fn spread(&mut self, delta: &(Key, Entry)) {
+        let delta = crate::wire::encode(delta);
         if delta.len() > super::MAX_DELTA_LEN {
             lock(&self.shared).counters.deltas_too_large += 1;
             self.sync_soon = true;
@@ -198,10 +203,13 @@ impl Engine {
             Command::DeleteTribe { tribe } => {
                 self.require_tribe(&tribe)?;
                 let (children, policies) = self.view_check(|v| {
-                    let members = v.explicit_members(&tribe).into_iter().map(|node| Key::Member {
-                        tribe: tribe.clone(),
-                        node,
-                    });
+                    let members = v
+                        .explicit_members(&tribe)
+                        .into_iter()
+                        .map(|node| Key::Member {
+                            tribe: tribe.clone(),
+                            node,
+                        });
                     let plugins = v.plugins(&tribe).into_iter().map(|p| Key::Plugin {
                         tribe: p.tribe,
                         name: p.name,
@@ -217,7 +225,10 @@ impl Engine {
                         .filter(|p| p.tribe == tribe)
                         .map(|p| Key::Policy(p.name))
                         .collect();
-                    (members.chain(plugins).chain(tasks).collect::<Vec<_>>(), policies)
+                    (
+                        members.chain(plugins).chain(tasks).collect::<Vec<_>>(),
+                        policies,
+                    )
                 });
                 for key in children.into_iter().chain(policies) {
                     self.write(key, None);
@@ -518,11 +529,17 @@ impl Engine {
 
 fn check_manifest(manifest: &str) -> Result<()> {
     if manifest.len() > crate::records::limits::MAX_MANIFEST_LEN {
-        return Err(Error::InvalidArgument("task manifest is larger than 64 KiB".into()));
+        return Err(Error::InvalidArgument(
+            "task manifest is larger than 64 KiB".into(),
+        ));
     }
     match serde_json::from_str::<serde_json::Value>(manifest) {
         Ok(serde_json::Value::Object(_)) => Ok(()),
-        Ok(_) => Err(Error::InvalidArgument("task manifest must be a JSON object".into())),
-        Err(e) => Err(Error::InvalidArgument(format!("task manifest is not JSON: {e}"))),
+        Ok(_) => Err(Error::InvalidArgument(
+            "task manifest must be a JSON object".into(),
+        )),
+        Err(e) => Err(Error::InvalidArgument(format!(
+            "task manifest is not JSON: {e}"
+        ))),
     }
 }

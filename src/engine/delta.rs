@@ -61,7 +61,9 @@ impl Shared {
 /// Locks the shared part, recovering from a poisoned lock (the data is plain
 /// and every update leaves it consistent).
 pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    shared.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    shared
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A delta on the wire: one record.

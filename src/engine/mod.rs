@@ -28,11 +28,11 @@ use crate::records::{Key, NodeRecord};
 use crate::wire;
 
 pub use delta::Shared;
+use delta::{lock, DeltaHandler};
 pub use identity::NodeId;
 pub use members::MemberState;
-pub use reconcile::Event;
-use delta::{lock, DeltaHandler};
 use members::Members;
+pub use reconcile::Event;
 
 /// Largest delta piggybacked on gossip; larger writes travel by anti-entropy.
 pub const MAX_DELTA_LEN: usize = 400;
@@ -40,6 +40,8 @@ pub const MAX_DELTA_LEN: usize = 400;
 pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(300);
 /// An anti-entropy exchange that takes longer is abandoned.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
+/// Fewest times an update or delta is sent on by each node that learns it.
+pub const MIN_RETRANSMITS: f64 = 5.0;
 /// How often reaping, tombstone collection and exchange timeouts run.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 
@@ -137,7 +139,11 @@ fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
     let n = cluster_size.max(1) as f64;
     let log_n = n.log10().max(1.0);
     let suspicion = t.probe_period.mul_f64(f64::from(t.suspicion_mult) * log_n);
-    let retransmits = (f64::from(t.retransmit_mult) * (n + 1.0).log10().ceil()).clamp(1.0, 255.0);
+    // memberlist's formula gives 2–4 sends per update in small clusters, which
+    // on its own misses a node now and then; a floor of 5 makes the fast path
+    // reliable there for a few hundred bytes more per write.
+    let retransmits =
+        (f64::from(t.retransmit_mult) * (n + 1.0).log10().ceil()).clamp(MIN_RETRANSMITS, 255.0);
     let mut cfg = foca::Config::new_lan(std::num::NonZeroU32::MIN);
     cfg.probe_period = t.probe_period;
     cfg.probe_rtt = t.probe_rtt;
@@ -147,8 +153,8 @@ fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
     // foca must remember down identities long enough to refuse stale ones;
     // our own member table does the user-visible reaping.
     cfg.remove_down_after = Some(Duration::from_secs(24 * 3600).max(t.reap_after));
-    cfg.max_packet_size = NonZeroUsize::new(wire::MAX_DATAGRAM - wire::ENVELOPE_BUDGET)
-        .unwrap_or(NonZeroUsize::MIN);
+    cfg.max_packet_size =
+        NonZeroUsize::new(wire::MAX_DATAGRAM - wire::ENVELOPE_BUDGET).unwrap_or(NonZeroUsize::MIN);
     cfg.notify_down_members = true;
     cfg.periodic_announce = Some(foca::PeriodicParams {
         frequency: t.push_pull_interval,
@@ -415,7 +421,8 @@ impl Engine {
                 sh.counters.datagrams_out += 1;
                 sh.counters.datagram_bytes_out += bytes.len() as u64;
             }
-            self.outputs.push_back(Output::Datagram { to: to.addr, bytes });
+            self.outputs
+                .push_back(Output::Datagram { to: to.addr, bytes });
         }
         while let Some((after, timer)) = self.swim_rt.to_schedule() {
             self.schedule(Timer::Swim(timer), after);
@@ -461,7 +468,10 @@ impl Engine {
                 }
             }
             OwnedNotification::Rejoin(id) => {
-                tracing::info!(generation = id.generation, "rejoining with a new generation");
+                tracing::info!(
+                    generation = id.generation,
+                    "rejoining with a new generation"
+                );
             }
             OwnedNotification::Defunct => {}
         }
@@ -489,7 +499,10 @@ impl Engine {
 
     fn housekeeping(&mut self) {
         let now = self.now_ms();
-        for name in self.members.reap(now, self.timings.reap_after.as_millis() as u64) {
+        for name in self
+            .members
+            .reap(now, self.timings.reap_after.as_millis() as u64)
+        {
             self.emit(Event::MemberReaped { name });
         }
         let grace = self.timings.tombstone_grace.as_millis() as u64;
@@ -499,8 +512,13 @@ impl Engine {
             sh.counters.tombstones_collected += n as u64;
         }
         self.expire_exchanges(now);
-        if std::mem::take(&mut self.sync_soon) {
-            self.periodic_sync();
+        // News too large for gossip goes to a few peers at once (rumour
+        // mongering over streams); with no peer yet, it waits for one.
+        if self.sync_soon && self.members.count_up() > 0 {
+            self.sync_soon = false;
+            for _ in 0..self.timings.gossip_fanout.min(self.members.count_up()) {
+                self.periodic_sync();
+            }
         }
     }
 

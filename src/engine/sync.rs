@@ -142,9 +142,15 @@ impl Engine {
                     buckets,
                 },
             ) => self.on_hello(conn, from, label, join, members, buckets),
-            (Some(true), SyncMsg::Reply { from, members, mismatched, records }) => {
-                self.on_reply(conn, from, members, mismatched, records)
-            }
+            (
+                Some(true),
+                SyncMsg::Reply {
+                    from,
+                    members,
+                    mismatched,
+                    records,
+                },
+            ) => self.on_reply(conn, from, members, mismatched, records),
             (Some(false), SyncMsg::Push { records }) => {
                 self.merge_records(records);
                 self.finish(conn, true);
@@ -276,15 +282,32 @@ impl Engine {
             .into_iter()
             .filter(|m| names::is_valid(&m.id().name))
             .collect();
-        if let Err(e) = self.swim.apply_many(valid.into_iter(), true, &mut self.swim_rt) {
+        if let Err(e) = self
+            .swim
+            .apply_many(valid.into_iter(), true, &mut self.swim_rt)
+        {
             tracing::debug!(error = %e, "apply_many failed");
         }
     }
 
+    /// Merges records from an exchange. News is spread on at once, so that
+    /// anti-entropy acts as an epidemic too: small records as gossip deltas,
+    /// large ones by an early exchange with another peer.
     fn merge_records(&mut self, records: Vec<(Key, Entry)>) {
-        let mut sh = lock(&self.shared);
-        for (key, entry) in records {
-            sh.accept_remote(key, entry);
+        let mut news = Vec::new();
+        {
+            let mut sh = lock(&self.shared);
+            for (key, entry) in records {
+                if sh.accept_remote(key.clone(), entry.clone()) {
+                    news.push((key, entry));
+                }
+            }
+        }
+        if !self.gossip_deltas {
+            return;
+        }
+        for delta in news {
+            self.spread(&delta);
         }
     }
 
@@ -328,7 +351,12 @@ impl Engine {
         if up.is_empty() {
             return;
         }
-        let pick = up[rand::RngExt::random_range(&mut self.rng, 0..up.len())];
+        // Prefer a peer with no exchange under way, so fan-out picks differ.
+        let busy: Vec<std::net::SocketAddr> = self.conns.values().filter_map(|x| x.peer).collect();
+        let idle: Vec<std::net::SocketAddr> =
+            up.iter().copied().filter(|a| !busy.contains(a)).collect();
+        let pool = if idle.is_empty() { &up } else { &idle };
+        let pick = pool[rand::RngExt::random_range(&mut self.rng, 0..pool.len())];
         self.start_sync(pick, false);
     }
 

@@ -145,7 +145,8 @@ impl<'a> View<'a> {
         self.state
             .live_from(&from)
             .take_while(|(k, _)| {
-                k.tribe() == Some(tribe) && std::mem::discriminant(*k) == std::mem::discriminant(&from)
+                k.tribe() == Some(tribe)
+                    && std::mem::discriminant(*k) == std::mem::discriminant(&from)
             })
             .filter(|(k, _)| self.child_is_current(k))
             .collect()

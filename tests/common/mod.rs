@@ -49,9 +49,11 @@ pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> boo
 
 /// Waits until every node sees `n` live members.
 pub async fn wait_converged_members(nodes: &[Node], n: usize) {
-    wait_for(&format!("{} nodes see {n} alive", nodes.len()), Duration::from_secs(20), || {
-        nodes.iter().all(|node| node.members_alive() == n)
-    })
+    wait_for(
+        &format!("{} nodes see {n} alive", nodes.len()),
+        Duration::from_secs(20),
+        || nodes.iter().all(|node| node.members_alive() == n),
+    )
     .await;
 }
 

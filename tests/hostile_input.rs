@@ -1,0 +1,68 @@
+//! Malformed, truncated and oversized datagrams and frames are counted and
+//! dropped; the node keeps working.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_is_counted_and_dropped() {
+    let nodes = start_cluster("hostile", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    let target = &nodes[1];
+    let before = target.counters();
+
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut envelope = b"TB\x01\x00\x00".to_vec();
+    envelope.extend_from_slice(&[0xff; 40]); // valid envelope, garbage SWIM payload
+    let datagrams: Vec<Vec<u8>> = vec![
+        vec![],
+        b"T".to_vec(),
+        b"XX\x01\x00\x00hello".to_vec(),
+        b"TB\x07\x00\x00".to_vec(),
+        b"TB\x01\x00\x09ab".to_vec(),
+        vec![0x54; 1500],
+        b"TB\x01\x00\x05other-cluster".to_vec(),
+        envelope,
+    ];
+    for d in &datagrams {
+        udp.send_to(d, target.addr()).await.unwrap();
+    }
+
+    // A frame that claims 4 GiB, one of garbage, and one cut short.
+    let mut huge = TcpStream::connect(target.addr()).await.unwrap();
+    huge.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+    let mut junk = TcpStream::connect(target.addr()).await.unwrap();
+    junk.write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])
+        .await
+        .unwrap();
+    let mut short = TcpStream::connect(target.addr()).await.unwrap();
+    short.write_all(&[0, 0, 1, 0, 1, 2]).await.unwrap();
+    drop(short);
+
+    wait_for("every bad input counted", Duration::from_secs(10), || {
+        let c = target.counters();
+        c.datagram_decode_errors >= before.datagram_decode_errors + 6
+            && c.label_mismatches > before.label_mismatches
+            && c.gossip_errors > before.gossip_errors
+            && c.frame_decode_errors >= before.frame_decode_errors + 2
+    })
+    .await;
+    drop((huge, junk));
+
+    // Still working: a write on the attacked node reaches everyone.
+    target.create_tribe("still-alive").await.unwrap();
+    wait_for(
+        "tribe spreads after the garbage",
+        Duration::from_secs(10),
+        || nodes.iter().all(|n| n.tribe("still-alive").is_some()),
+    )
+    .await;
+    assert_eq!(target.members_alive(), 3);
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

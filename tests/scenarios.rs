@@ -1,0 +1,409 @@
+//! Multi-node scenarios on 127.0.0.1 (issue: core). Each starts real nodes
+//! with real UDP and TCP sockets.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tribe::{Event, MemberState, PluginKind, TaskState};
+
+const LONG: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anti_entropy_alone_spreads_tribe_plugin_and_task() {
+    let nodes = start_cluster("ae", 5, |cfg| cfg.gossip_deltas = false).await;
+    wait_converged_members(&nodes, 5).await;
+    let writer = &nodes[2];
+    writer.create_tribe("metrics").await.unwrap();
+    writer
+        .load_plugin("metrics", "psutil", "2", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    writer
+        .add_task(
+            "metrics",
+            "cpu-task",
+            r#"{"schedule":{"interval":"5s"}}"#,
+            TaskState::Running,
+        )
+        .await
+        .unwrap();
+    wait_for("catalog on every node", LONG, || {
+        nodes.iter().all(|n| {
+            n.tribe("metrics")
+                .is_some_and(|t| t.plugins.len() == 1 && t.tasks.len() == 1)
+        })
+    })
+    .await;
+    wait_same_digest(&nodes).await;
+    // Nothing travelled as a gossip delta: only anti-entropy did it.
+    assert!(nodes.iter().all(|n| n.counters().deltas_broadcast == 0));
+    assert!(nodes.iter().any(|n| n.counters().push_pulls_completed > 0));
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joiners_inherit_the_seed_catalog() {
+    let seed_only = start_cluster("inherit", 1, |_| {}).await;
+    let seed = &seed_only[0];
+    seed.create_tribe("web").await.unwrap();
+    for (name, kind) in [
+        ("nginx", PluginKind::Collector),
+        ("influx", PluginKind::Publisher),
+    ] {
+        seed.load_plugin("web", name, "1", kind, None)
+            .await
+            .unwrap();
+    }
+    for id in ["t1", "t2"] {
+        seed.add_task(
+            "web",
+            id,
+            r#"{"collect":{"plugin":"nginx"}}"#,
+            TaskState::Running,
+        )
+        .await
+        .unwrap();
+    }
+    let mut nodes = seed_only.clone();
+    for i in 1..5 {
+        let mut cfg = test_config(&format!("inherit{i}"));
+        cfg.seeds = vec![seed.addr()];
+        nodes.push(tribe::Node::start(cfg).await.unwrap());
+    }
+    wait_converged_members(&nodes, 5).await;
+    let expected = seed.tribe("web").unwrap();
+    wait_for(
+        "every joiner has the seed's tribe and catalog",
+        LONG,
+        || {
+            nodes.iter().all(|n| {
+                n.tribe("web")
+                    .is_some_and(|t| t.plugins == expected.plugins && t.tasks == expected.tasks)
+            })
+        },
+    )
+    .await;
+    wait_same_digest(&nodes).await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_drops_out_of_live_views_and_crash_is_failed_then_reaped() {
+    let nodes = start_cluster("lv", 5, |_| {}).await;
+    wait_converged_members(&nodes, 5).await;
+    nodes[0].create_tribe("all").await.unwrap();
+    for n in &nodes {
+        nodes[0].join("all", n.name()).await.unwrap();
+    }
+    wait_for("tribe 'all' has 5 live members everywhere", LONG, || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("all").is_some_and(|t| t.members.len() == 5))
+    })
+    .await;
+
+    let mut watch = nodes[0].events();
+    // Graceful leave: peers record *left*, not failed.
+    nodes[4].shutdown().await.unwrap();
+    let rest = &nodes[..4];
+    wait_for(
+        "node lv4 is left everywhere and out of the live view",
+        LONG,
+        || {
+            rest.iter().all(|n| {
+                n.members()
+                    .iter()
+                    .any(|m| m.name == "lv4" && m.state == MemberState::Left)
+                    && n.tribe("all")
+                        .is_some_and(|t| !t.members.contains(&"lv4".to_string()))
+            })
+        },
+    )
+    .await;
+
+    // Crash: peers record *failed*, then reap it.
+    nodes[3].abort().await;
+    let rest = &nodes[..3];
+    wait_for("node lv3 is failed everywhere", LONG, || {
+        rest.iter().all(|n| {
+            n.members()
+                .iter()
+                .any(|m| m.name == "lv3" && m.state == MemberState::Failed)
+                && n.tribe("all").is_some_and(|t| t.members.len() == 3)
+        })
+    })
+    .await;
+    wait_for("node lv3 and lv4 reaped everywhere", LONG, || {
+        rest.iter().all(|n| {
+            n.members()
+                .iter()
+                .all(|m| m.name != "lv3" && m.name != "lv4")
+        })
+    })
+    .await;
+    let seen = collect_until(&mut watch, LONG, |seen| {
+        seen.contains(&Event::MemberReaped { name: "lv3".into() })
+    })
+    .await;
+    assert!(
+        seen.contains(&Event::MemberLeft { name: "lv4".into() }),
+        "{seen:#?}"
+    );
+    assert!(
+        seen.contains(&Event::MemberFailed { name: "lv3".into() }),
+        "{seen:#?}"
+    );
+    assert!(
+        !seen.contains(&Event::MemberFailed { name: "lv4".into() }),
+        "{seen:#?}"
+    );
+    for n in rest {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_of_a_tribe_gets_plugin_and_task_events() {
+    let mut nodes = start_cluster("late", 5, |_| {}).await;
+    wait_converged_members(&nodes, 5).await;
+    let admin = &nodes[1];
+    admin.create_tribe("db").await.unwrap();
+    admin
+        .load_plugin("db", "pg", "3", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    admin
+        .add_task(
+            "db",
+            "pg-stats",
+            r#"{"collect":{"plugin":"pg"}}"#,
+            TaskState::Running,
+        )
+        .await
+        .unwrap();
+    wait_same_digest(&nodes).await;
+
+    let mut cfg = test_config("late5");
+    cfg.seeds = vec![nodes[0].addr()];
+    let late = tribe::Node::start(cfg).await.unwrap();
+    let mut events = late.events();
+    nodes.push(late.clone());
+    wait_converged_members(&nodes, 6).await;
+    nodes[2].join("db", "late5").await.unwrap();
+    let seen = collect_until(&mut events, LONG, |seen| {
+        seen.iter()
+            .any(|e| matches!(e, Event::PluginLoad(p) if p.name == "pg"))
+            && seen
+                .iter()
+                .any(|e| matches!(e, Event::TaskRun(t) if t.id == "pg-stats"))
+    })
+    .await;
+    assert!(seen
+        .iter()
+        .any(|e| matches!(e, Event::TribeJoined { tribe, by } if tribe == "db" && by.by_hand)));
+
+    // Stopping the task reaches the late joiner as TaskStop.
+    nodes[3]
+        .set_task_state("db", "pg-stats", TaskState::Stopped)
+        .await
+        .unwrap();
+    collect_until(&mut events, LONG, |seen| {
+        seen.iter()
+            .any(|e| matches!(e, Event::TaskStop(t) if t.id == "pg-stats"))
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+fn in_tribe(node: &tribe::Node, tribe: &str, member: &str) -> bool {
+    node.tribe(tribe)
+        .is_some_and(|t| t.members.iter().any(|m| m == member))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policies_place_nodes_and_follow_fact_changes() {
+    // n0, n1, n2: ubuntu; n1 and n3: storage tier; n4: neither.
+    let facts = |i: usize| -> Vec<(&'static str, &'static str)> {
+        let mut f = vec![("os_dist", if i <= 2 { "ubuntu" } else { "centos" })];
+        if i == 1 || i == 3 {
+            f.push(("storage_tier", "true"));
+        }
+        f
+    };
+    let nodes = start_cluster("pol", 5, |cfg| {
+        let i: usize = cfg.name["pol".len()..].parse().unwrap();
+        for (k, v) in facts(i) {
+            cfg.facts.insert(k.into(), v.into());
+        }
+    })
+    .await;
+    wait_converged_members(&nodes, 5).await;
+    nodes[4].create_tribe("core").await.unwrap();
+    nodes[4]
+        .add_policy("core", "core", r#"facts.os_dist == "ubuntu""#)
+        .await
+        .unwrap();
+    // The storage tribe does not exist: the policy creates it.
+    nodes[4]
+        .add_policy("storage", "storage", r#"facts.storage_tier == "true""#)
+        .await
+        .unwrap();
+    let expect = |tribe: &str, members: &[&str]| {
+        let members: Vec<String> = members.iter().map(|s| s.to_string()).collect();
+        let tribe = tribe.to_string();
+        let nodes = nodes.clone();
+        move || {
+            nodes
+                .iter()
+                .all(|n| n.tribe(&tribe).is_some_and(|t| t.members == members))
+        }
+    };
+    wait_for(
+        "core = pol0..2",
+        LONG,
+        expect("core", &["pol0", "pol1", "pol2"]),
+    )
+    .await;
+    wait_for(
+        "storage = pol1, pol3",
+        LONG,
+        expect("storage", &["pol1", "pol3"]),
+    )
+    .await;
+
+    // A fact change moves a node: pol4 becomes ubuntu, pol1 leaves storage.
+    nodes[4].set_fact("os_dist", "ubuntu").await.unwrap();
+    nodes[1].set_fact("storage_tier", "false").await.unwrap();
+    wait_for(
+        "core gains pol4",
+        LONG,
+        expect("core", &["pol0", "pol1", "pol2", "pol4"]),
+    )
+    .await;
+    wait_for("storage loses pol1", LONG, expect("storage", &["pol3"])).await;
+
+    // Membership by hand is never removed by a policy.
+    nodes[0].join("storage", "pol0").await.unwrap();
+    wait_for(
+        "pol0 in storage by hand",
+        LONG,
+        expect("storage", &["pol0", "pol3"]),
+    )
+    .await;
+    nodes[0].remove_policy("storage").await.unwrap();
+    wait_for(
+        "only the hand member stays",
+        LONG,
+        expect("storage", &["pol0"]),
+    )
+    .await;
+
+    // A bad expression is refused locally, with a position, and never spreads.
+    let err = nodes[2]
+        .add_policy("bad", "core", r#"facts.os_dist == "#)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tribe::Error::InvalidPolicy(ref e) if e.line.is_some()),
+        "{err}"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(nodes
+        .iter()
+        .all(|n| n.policies().iter().all(|p| p.name != "bad")));
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_node_rejoins_and_is_readded_by_policy() {
+    let mut nodes = start_cluster("rs", 4, |cfg| {
+        cfg.facts.insert("role".into(), "edge".into());
+    })
+    .await;
+    wait_converged_members(&nodes, 4).await;
+    nodes[0]
+        .add_policy("edges", "edge", r#"facts.role == "edge""#)
+        .await
+        .unwrap();
+    wait_for("edge has 4 members", LONG, || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("edge").is_some_and(|t| t.members.len() == 4))
+    })
+    .await;
+
+    // Crash rs3 and restart it under the same name on a new port.
+    nodes[3].abort().await;
+    let mut cfg = test_config("rs3");
+    cfg.facts.insert("role".into(), "edge".into());
+    cfg.seeds = vec![nodes[0].addr()];
+    let restarted = tribe::Node::start(cfg).await.unwrap();
+    nodes[3] = restarted.clone();
+    wait_for(
+        "everyone sees the new rs3 alive at its new address",
+        LONG,
+        || {
+            nodes.iter().all(|n| {
+                n.members().iter().any(|m| {
+                    m.name == "rs3" && m.state == MemberState::Alive && m.addr == restarted.addr()
+                })
+            })
+        },
+    )
+    .await;
+    wait_for("rs3 back in edge everywhere", LONG, || {
+        nodes.iter().all(|n| in_tribe(n, "edge", "rs3"))
+    })
+    .await;
+    wait_same_digest(&nodes).await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_heals_with_no_write_lost() {
+    let nodes = start_cluster("pt", 6, |_| {}).await;
+    wait_converged_members(&nodes, 6).await;
+    let (left, right) = nodes.split_at(3);
+    for a in left {
+        for b in right {
+            a.faults().block(b.addr());
+            b.faults().block(a.addr());
+        }
+    }
+    wait_for("each side sees 3 alive", LONG, || {
+        nodes.iter().all(|n| n.members_alive() == 3)
+    })
+    .await;
+    // Writes on both sides during the partition.
+    left[0].create_tribe("left-side").await.unwrap();
+    left[1].set_fact("zone", "a").await.unwrap();
+    right[0].create_tribe("right-side").await.unwrap();
+    right[2]
+        .add_policy("zoned", "zoned", r#"has(facts.zone)"#)
+        .await
+        .unwrap();
+    for n in &nodes {
+        n.faults().heal();
+    }
+    wait_converged_members(&nodes, 6).await;
+    wait_same_digest(&nodes).await;
+    for n in &nodes {
+        assert!(n.tribe("left-side").is_some() && n.tribe("right-side").is_some());
+        assert!(n.policies().iter().any(|p| p.name == "zoned"));
+        assert!(in_tribe(n, "zoned", "pt1"));
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
