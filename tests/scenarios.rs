@@ -341,12 +341,18 @@ async fn restarted_node_rejoins_and_is_readded_by_policy() {
     })
     .await;
 
-    // Crash rs3 and restart it under the same name on a new port.
+    // Crash rs3; while it is down the edge catalog changes.
     nodes[3].abort().await;
+    nodes[1]
+        .load_plugin("edge", "nginx", "1", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    // Restart it under the same name on a new port.
     let mut cfg = test_config("rs3");
     cfg.facts.insert("role".into(), "edge".into());
     cfg.seeds = vec![nodes[0].addr()];
     let restarted = tribe::Node::start(cfg).await.unwrap();
+    let mut events = restarted.events();
     nodes[3] = restarted.clone();
     wait_for(
         "everyone sees the new rs3 alive at its new address",
@@ -362,6 +368,12 @@ async fn restarted_node_rejoins_and_is_readded_by_policy() {
     .await;
     wait_for("rs3 back in edge everywhere", LONG, || {
         nodes.iter().all(|n| in_tribe(n, "edge", "rs3"))
+    })
+    .await;
+    // It gets the current truth: the plugin loaded while it was down.
+    collect_until(&mut events, LONG, |seen| {
+        seen.iter()
+            .any(|e| matches!(e, Event::PluginLoad(p) if p.name == "nginx"))
     })
     .await;
     wait_same_digest(&nodes).await;

@@ -276,3 +276,100 @@ impl<'a> View<'a> {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{Entry, PluginRecord, TribeRecord};
+
+    fn v(millis: u64, node: &str) -> Hlc {
+        Hlc {
+            millis,
+            counter: 0,
+            node: node.into(),
+        }
+    }
+
+    fn tribe(created: u64) -> (Key, Entry) {
+        (
+            Key::Tribe("t".into()),
+            Entry {
+                version: v(created, "a"),
+                value: Some(Value::Tribe(TribeRecord {
+                    created: v(created, "a"),
+                })),
+            },
+        )
+    }
+
+    fn member(at: u64) -> (Key, Entry) {
+        (
+            Key::Member {
+                tribe: "t".into(),
+                node: "n1".into(),
+            },
+            Entry {
+                version: v(at, "b"),
+                value: Some(Value::Member),
+            },
+        )
+    }
+
+    fn plugin(at: u64) -> (Key, Entry) {
+        (
+            Key::Plugin {
+                tribe: "t".into(),
+                name: "p".into(),
+                version: "1".into(),
+            },
+            Entry {
+                version: v(at, "b"),
+                value: Some(Value::Plugin(PluginRecord {
+                    kind: PluginKind::Collector,
+                    artifact: None,
+                })),
+            },
+        )
+    }
+
+    #[test]
+    fn children_arriving_before_their_tribe_appear_once_it_arrives() {
+        let mut out_of_order = State::new();
+        for (k, e) in [member(20), plugin(21)] {
+            out_of_order.merge(k, e);
+        }
+        {
+            let view = View {
+                state: &out_of_order,
+            };
+            assert!(!view.tribe_exists("t"));
+            assert!(view.explicit_members("t").is_empty());
+            assert!(view.memberships().is_empty());
+        }
+        let (k, e) = tribe(10);
+        out_of_order.merge(k, e);
+        let mut in_order = State::new();
+        for (k, e) in [tribe(10), member(20), plugin(21)] {
+            in_order.merge(k, e);
+        }
+        assert_eq!(out_of_order.digest(), in_order.digest());
+        let view = View {
+            state: &out_of_order,
+        };
+        assert_eq!(view.explicit_members("t").len(), 1);
+        assert_eq!(view.plugins("t").len(), 1);
+    }
+
+    #[test]
+    fn children_of_an_older_incarnation_stay_hidden_after_recreation() {
+        let mut s = State::new();
+        // Written into the tribe's first life, delivered after it was recreated.
+        for (k, e) in [tribe(30), member(20), plugin(21)] {
+            s.merge(k, e);
+        }
+        let view = View { state: &s };
+        assert!(view.tribe_exists("t"));
+        assert!(view.explicit_members("t").is_empty());
+        assert!(view.plugins("t").is_empty());
+    }
+}

@@ -1,0 +1,268 @@
+//! API behaviour on small clusters: clear errors, facts, policy errors
+//! reported once, IPv6, and separate bind/advertise addresses.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tribe::{Error, Event, Node, PluginKind, TaskState};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_fail_with_clear_errors() {
+    let nodes = start_cluster("err", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let n = &nodes[0];
+    assert_eq!(
+        n.join("nope", "err1").await,
+        Err(Error::UnknownTribe("nope".into()))
+    );
+    n.create_tribe("t").await.unwrap();
+    assert_eq!(
+        n.create_tribe("t").await,
+        Err(Error::TribeExists("t".into()))
+    );
+    assert_eq!(
+        n.join("t", "ghost").await,
+        Err(Error::UnknownNode("ghost".into()))
+    );
+    n.join("t", "err1").await.unwrap();
+    assert!(matches!(
+        n.join("t", "err1").await,
+        Err(Error::AlreadyMember { .. })
+    ));
+    n.leave("t", "err1").await.unwrap();
+    assert!(matches!(
+        n.leave("t", "err1").await,
+        Err(Error::NotMember { .. })
+    ));
+    for bad in ["", "has space", "-dash", &"x".repeat(65)] {
+        assert!(
+            matches!(n.create_tribe(bad).await, Err(Error::InvalidName { .. })),
+            "{bad:?}"
+        );
+    }
+    assert!(matches!(
+        n.load_plugin("ghost", "p", "1", PluginKind::Collector, None)
+            .await,
+        Err(Error::UnknownTribe(_))
+    ));
+    n.load_plugin("t", "p", "1", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    assert!(matches!(
+        n.load_plugin("t", "p", "1", PluginKind::Collector, None)
+            .await,
+        Err(Error::PluginExists { .. })
+    ));
+    assert!(matches!(
+        n.unload_plugin("t", "p", "2").await,
+        Err(Error::UnknownPlugin { .. })
+    ));
+    assert!(matches!(
+        n.add_task("t", "x", "not json", TaskState::Running).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        n.add_task("t", "x", "[1,2]", TaskState::Running).await,
+        Err(Error::InvalidArgument(_))
+    ));
+    n.add_task("t", "x", "{}", TaskState::Stopped)
+        .await
+        .unwrap();
+    assert!(matches!(
+        n.add_task("t", "x", "{}", TaskState::Running).await,
+        Err(Error::TaskExists { .. })
+    ));
+    assert!(matches!(
+        n.remove_task("t", "y").await,
+        Err(Error::UnknownTask { .. })
+    ));
+    assert_eq!(
+        n.remove_policy("none").await,
+        Err(Error::UnknownPolicy("none".into()))
+    );
+    assert_eq!(
+        n.remove_fact("none").await,
+        Err(Error::UnknownFact("none".into()))
+    );
+    assert!(matches!(
+        n.set_fact("bad-key", "v").await,
+        Err(Error::InvalidArgument(_))
+    ));
+    n.add_policy("p", "t", "true").await.unwrap();
+    assert_eq!(
+        n.add_policy("p", "t", "true").await,
+        Err(Error::PolicyExists("p".into()))
+    );
+
+    // Delete removes the catalog, memberships and policies everywhere.
+    n.delete_tribe("t").await.unwrap();
+    wait_for(
+        "tribe t and its policy gone everywhere",
+        Duration::from_secs(10),
+        || {
+            nodes
+                .iter()
+                .all(|x| x.tribe("t").is_none() && x.policies().is_empty())
+        },
+    )
+    .await;
+    // A tribe recreated under the same name starts empty.
+    n.create_tribe("t").await.unwrap();
+    wait_for("t recreated everywhere", Duration::from_secs(10), || {
+        nodes.iter().all(|x| {
+            x.tribe("t")
+                .is_some_and(|t| t.plugins.is_empty() && t.tasks.is_empty() && t.members.is_empty())
+        })
+    })
+    .await;
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+    assert_eq!(nodes[0].create_tribe("z").await, Err(Error::ShuttingDown));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_propagate_and_user_facts_override() {
+    let nodes = start_cluster("facts", 3, |cfg| {
+        cfg.collect_facts = true;
+    })
+    .await;
+    wait_converged_members(&nodes, 3).await;
+    let collected = tribe::facts::collect();
+    let kernel = collected
+        .get("kernel")
+        .cloned()
+        .expect("kernel collected on Linux");
+    let member = |name: &str| {
+        nodes[2]
+            .members()
+            .into_iter()
+            .find(|m| m.name == name)
+            .unwrap()
+    };
+    wait_for("collected facts visible", Duration::from_secs(10), || {
+        member("facts0").facts.get("kernel") == Some(&kernel)
+    })
+    .await;
+    nodes[0].set_fact("kernel", "custom").await.unwrap();
+    nodes[0].set_fact("rack", "r7").await.unwrap();
+    wait_for(
+        "user facts visible and override",
+        Duration::from_secs(10),
+        || {
+            let f = member("facts0").facts;
+            f.get("kernel").map(String::as_str) == Some("custom")
+                && f.get("rack").map(String::as_str) == Some("r7")
+        },
+    )
+    .await;
+    nodes[0].remove_fact("kernel").await.unwrap();
+    nodes[0].remove_fact("rack").await.unwrap();
+    wait_for(
+        "removal restores the collected fact",
+        Duration::from_secs(10),
+        || {
+            let f = member("facts0").facts;
+            f.get("kernel") == Some(&kernel) && !f.contains_key("rack")
+        },
+    )
+    .await;
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_policy_is_reported_once_and_does_not_hold() {
+    let nodes = start_cluster("perr", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let mut events = nodes[1].events();
+    nodes[0]
+        .add_policy("needs-tier", "tiered", r#"facts.tier == "gold""#)
+        .await
+        .unwrap();
+    let seen = collect_until(&mut events, Duration::from_secs(10), |seen| {
+        seen.iter().any(|e| matches!(e, Event::PolicyError { .. }))
+    })
+    .await;
+    assert!(seen.iter().any(
+        |e| matches!(e, Event::PolicyError { policy, message } if policy == "needs-tier" && message.contains("tier"))
+    ));
+    // Many evaluations later (facts and policies change), still reported once.
+    nodes[1].set_fact("other", "1").await.unwrap();
+    nodes[0].add_policy("noop", "core", "false").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut again = 0;
+    while let Some(e) = events.try_next() {
+        if matches!(e, Event::PolicyError { ref policy, .. } if policy == "needs-tier") {
+            again += 1;
+        }
+    }
+    assert_eq!(again, 0);
+    assert!(nodes.iter().all(|n| n.tribe("tiered").is_none()));
+    // Once the fact appears the policy holds.
+    nodes[1].set_fact("tier", "gold").await.unwrap();
+    wait_for("tiered created with perr1", Duration::from_secs(10), || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("tiered").is_some_and(|t| t.members == ["perr1"]))
+    })
+    .await;
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ipv6_loopback_cluster() {
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..3 {
+        let mut cfg = test_config(&format!("v6n{i}"));
+        cfg.bind = "[::1]:0".parse().unwrap();
+        cfg.seeds = nodes.first().map(|n| n.addr()).into_iter().collect();
+        match Node::start(cfg).await {
+            Ok(n) => nodes.push(n),
+            Err(e) => {
+                eprintln!("skipping: no IPv6 loopback here ({e})");
+                return;
+            }
+        }
+    }
+    assert!(nodes[0].addr().is_ipv6());
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("six").await.unwrap();
+    wait_same_digest(&nodes).await;
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_and_advertise_are_separate() {
+    let first = Node::start(test_config("adv0")).await.unwrap();
+    // Bind on all interfaces, advertise loopback at the same port.
+    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = probe.local_addr().unwrap().port();
+    drop(probe);
+    let mut cfg = test_config("adv1");
+    cfg.bind = format!("0.0.0.0:{port}").parse().unwrap();
+    cfg.advertise = Some(format!("127.0.0.1:{port}").parse().unwrap());
+    cfg.seeds = vec![first.addr()];
+    let second = Node::start(cfg).await.unwrap();
+    let nodes = [first, second];
+    wait_converged_members(&nodes, 2).await;
+    let seen = nodes[0]
+        .members()
+        .into_iter()
+        .find(|m| m.name == "adv1")
+        .unwrap();
+    assert_eq!(seen.addr.to_string(), format!("127.0.0.1:{port}"));
+    // Binding to 0.0.0.0 without an advertise address is refused clearly.
+    let mut cfg = test_config("adv2");
+    cfg.bind = "0.0.0.0:0".parse().unwrap();
+    assert!(matches!(Node::start(cfg).await, Err(Error::Config(_))));
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+}
