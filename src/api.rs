@@ -28,7 +28,7 @@ struct Inner {
     inbox: mpsc::UnboundedSender<DriverInput>,
     name: String,
     addr: SocketAddr,
-    first_events: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    first_events: Mutex<Option<mpsc::Receiver<Event>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -42,7 +42,7 @@ impl Drop for Inner {
 
 /// Events of one subscriber, in order.
 pub struct EventStream {
-    rx: mpsc::UnboundedReceiver<Event>,
+    rx: mpsc::Receiver<Event>,
 }
 
 impl EventStream {
@@ -84,10 +84,11 @@ impl Node {
         let mut engine = Engine::new(&config, addr, generation, collected, now, rand::random())?;
         engine.start(now);
 
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::channel(runtime::EVENT_QUEUE);
         let shared = Arc::new(runtime::Shared {
             engine: Mutex::new(engine),
             subscribers: Mutex::new(vec![events_tx]),
+            events_dropped: Default::default(),
             faults: Arc::new(Faults::default()),
             max_frame: config.max_frame,
         });
@@ -118,7 +119,9 @@ impl Node {
     }
 
     /// The event stream. The first call gets every event since start; later
-    /// calls get events from the moment of the call.
+    /// calls get events from the moment of the call. A subscriber more than
+    /// [`runtime::EVENT_QUEUE`] events behind loses new ones (counted in
+    /// [`Counters::events_dropped`]); snapshots always give the current truth.
     pub fn events(&self) -> EventStream {
         if let Some(rx) = self
             .inner
@@ -129,7 +132,7 @@ impl Node {
         {
             return EventStream { rx };
         }
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
         self.inner
             .shared
             .subscribers
@@ -319,7 +322,13 @@ impl Node {
 
     /// Counters since start.
     pub fn counters(&self) -> Counters {
-        self.inner.shared.engine().counters()
+        let mut c = self.inner.shared.engine().counters();
+        c.events_dropped = self
+            .inner
+            .shared
+            .events_dropped
+            .load(std::sync::atomic::Ordering::Relaxed);
+        c
     }
 
     /// Gossip items not yet fully spread.

@@ -48,4 +48,6 @@ pub struct Counters {
     pub push_pulls_failed: u64,
     /// Tombstones collected.
     pub tombstones_collected: u64,
+    /// Events dropped for subscribers that fell behind (kept by the runtime).
+    pub events_dropped: u64,
 }

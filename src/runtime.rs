@@ -19,6 +19,9 @@ use crate::wire;
 
 /// How long connecting a stream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Events buffered per subscriber before new ones are dropped (and counted):
+/// a subscriber that never reads must not grow memory without bound.
+pub const EVENT_QUEUE: usize = 65_536;
 /// Longest life of one stream.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(30);
 
@@ -110,7 +113,9 @@ enum ConnOut {
 /// What the driver shares with the API.
 pub(crate) struct Shared {
     pub engine: Mutex<Engine>,
-    pub subscribers: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    pub subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    /// Events dropped because a subscriber fell more than [`EVENT_QUEUE`] behind.
+    pub events_dropped: std::sync::atomic::AtomicU64,
     pub faults: Arc<Faults>,
     pub max_frame: usize,
 }
@@ -340,7 +345,16 @@ impl Driver {
                     .subscribers
                     .lock()
                     .unwrap_or_else(|p| p.into_inner());
-                subs.retain(|tx| tx.send(event.clone()).is_ok());
+                subs.retain(|tx| match tx.try_send(event.clone()) {
+                    Ok(()) => true,
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        self.shared
+                            .events_dropped
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        true
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                });
             }
         }
     }

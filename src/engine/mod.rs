@@ -8,7 +8,7 @@ mod delta;
 mod identity;
 mod members;
 mod reconcile;
-mod sync;
+pub mod sync;
 pub mod view;
 
 use std::collections::{HashMap, VecDeque};
