@@ -7,9 +7,14 @@
 //!    N + 1 alive;
 //! 3. crash seen by all: one node is aborted (no goodbye), until every
 //!    remaining node lists it as failed;
-//! 4. bytes/s per node at rest: counters sampled over a quiet window.
+//! 4. bytes/s per node at rest: counters sampled over a quiet window after
+//!    the crash (the table), and the same window before it (the notes).
 //!
-//! It prints a markdown table, never asserts on timings.
+//! It prints a markdown table, never asserts on timings. Caveats: all nodes
+//! start together, so their push-pull timers fire in waves; a window shorter
+//! than the push-pull interval (15 s, more above 32 nodes) catches zero or one
+//! wave, so use `--rest-secs 30` or more for a stable push-pull rate. Stream
+//! bytes are counted when queued, so dials to the crashed node count too.
 //!
 //! ```text
 //! cargo bench --bench membership -- [--sizes 16,32,64] [--profile local|lan|wan]
@@ -157,10 +162,13 @@ struct Outcome {
     rest: Option<Rest>,
     /// The same window before the crash, without a failed member to retry.
     rest_healthy: Option<Rest>,
+    /// Per node, when it first met each phase's condition: shows whether a
+    /// slow phase is a slow bulk or a few stragglers.
+    form_spread: Vec<Option<Duration>>,
+    join_spread: Vec<Option<Duration>>,
+    crash_spread: Vec<Option<Duration>>,
     /// Time until the joiner itself saw N + 1 alive.
     join_self: Option<Duration>,
-    /// Time until the first remaining node listed the crashed node as failed.
-    crash_first: Option<Duration>,
     /// `MemberFailed` events about nodes that were never crashed.
     false_failures: BTreeSet<String>,
     false_failure_events: usize,
@@ -311,8 +319,10 @@ async fn run_size(opts: &Opts, n: usize) -> Outcome {
         crash: Phase::Skipped,
         rest: None,
         rest_healthy: None,
+        form_spread: Vec::new(),
+        join_spread: Vec::new(),
+        crash_spread: Vec::new(),
         join_self: None,
-        crash_first: None,
         false_failures: BTreeSet::new(),
         false_failure_events: 0,
         isolated_events: 0,
@@ -338,12 +348,14 @@ async fn phases(opts: &Opts, n: usize, c: &mut Cluster, out: &mut Outcome) -> Re
         let seed = c.members.first().map(|m| m.node.addr());
         c.start(node_config(opts, format!("n{i}"), seed)).await?;
     }
-    out.form = Phase::from_wait(
-        c.wait_until(t0, opts.timeout, |c| {
-            c.live().all(|x| x.members_alive() == n)
+    let mut spread = vec![None; n];
+    let formed = c
+        .wait_until(t0, opts.timeout, |c| {
+            mark(&mut spread, t0, c.live().map(|x| x.members_alive() == n))
         })
-        .await,
-    );
+        .await;
+    out.form = Phase::from_wait(formed);
+    out.form_spread = spread;
     eprintln!("  N={n}: form {}", out.form.cell());
     if !matches!(out.form, Phase::Done(_)) {
         return Ok(());
@@ -356,17 +368,23 @@ async fn phases(opts: &Opts, n: usize, c: &mut Cluster, out: &mut Outcome) -> Re
     c.start(node_config(opts, format!("n{n}"), Some(seed)))
         .await?;
     let mut join_self = None;
+    let mut spread = vec![None; n];
     let joined = c
         .wait_until(t1, opts.timeout, |c| {
             let (old, new) = c.members.split_at(n);
             if join_self.is_none() && new[0].node.members_alive() == n + 1 {
                 join_self = Some(t1.elapsed());
             }
-            old.iter().all(|m| m.node.members_alive() == n + 1)
+            mark(
+                &mut spread,
+                t1,
+                old.iter().map(|m| m.node.members_alive() == n + 1),
+            )
         })
         .await;
     out.join = Phase::from_wait(joined);
     out.join_self = join_self;
+    out.join_spread = spread;
     eprintln!("  N={n}: join seen by all {}", out.join.cell());
     c.settle(opts.timeout.min(SETTLE_LIMIT), opts.settle).await;
 
@@ -380,33 +398,59 @@ async fn phases(opts: &Opts, n: usize, c: &mut Cluster, out: &mut Outcome) -> Re
     let t2 = Instant::now();
     c.members[victim].node.abort().await;
     c.victim = Some(victim);
-    let mut first = None;
+    let mut spread = vec![None; n];
     let crashed = c
         .wait_until(t2, opts.timeout, |c| {
-            let mut seen = 0usize;
-            let mut live = 0usize;
-            for node in c.live() {
-                live += 1;
-                let failed = node
-                    .members()
+            let failed = c.live().map(|node| {
+                node.members()
                     .iter()
-                    .any(|m| m.name == victim_name && m.state == MemberState::Failed);
-                seen += usize::from(failed);
-            }
-            if first.is_none() && seen > 0 {
-                first = Some(t2.elapsed());
-            }
-            seen == live
+                    .any(|m| m.name == victim_name && m.state == MemberState::Failed)
+            });
+            mark(&mut spread, t2, failed)
         })
         .await;
     out.crash = Phase::from_wait(crashed);
-    out.crash_first = first;
+    out.crash_spread = spread;
     eprintln!("  N={n}: crash seen by all {}", out.crash.cell());
     c.settle(opts.timeout.min(SETTLE_LIMIT), opts.settle).await;
 
     // 4. Rest: counter deltas of the live nodes over a quiet window.
     out.rest = Some(rest_window(opts, c, Some(&victim_name)).await);
     Ok(())
+}
+
+/// Records, per node, the first poll at which its condition held; true once
+/// every node's has (a node that flaps back still counts as having seen it).
+fn mark(
+    spread: &mut [Option<Duration>],
+    since: Instant,
+    holds: impl Iterator<Item = bool>,
+) -> bool {
+    for (slot, ok) in spread.iter_mut().zip(holds) {
+        if ok && slot.is_none() {
+            *slot = Some(since.elapsed());
+        }
+    }
+    spread.iter().all(Option::is_some)
+}
+
+/// "first / median / p90 / last (k of m)" of per-node times.
+fn describe_spread(spread: &[Option<Duration>]) -> String {
+    let mut t: Vec<f64> = spread.iter().flatten().map(Duration::as_secs_f64).collect();
+    if t.is_empty() {
+        return "none".into();
+    }
+    t.sort_by(f64::total_cmp);
+    let at = |q: f64| t[((t.len() - 1) as f64 * q).round() as usize];
+    format!(
+        "{:.2}/{:.2}/{:.2}/{:.2} s ({} of {})",
+        t[0],
+        at(0.5),
+        at(0.9),
+        t[t.len() - 1],
+        t.len(),
+        spread.len()
+    )
 }
 
 async fn rest_window(opts: &Opts, c: &mut Cluster, victim: Option<&str>) -> Rest {
@@ -535,11 +579,14 @@ fn report(outcomes: &[Outcome]) -> String {
     let secs = |d: Option<Duration>| d.map_or("-".into(), |d| format!("{:.2} s", d.as_secs_f64()));
     for o in outcomes {
         let mut line = format!(
-            "- N={}: joiner saw N+1 alive after {}; crash first seen after {}; \
+            "- N={}: per-node first/median/p90/last: form {}, join {}, crash {}; \
+             joiner saw N+1 alive after {}; \
              false failures {} ({} events){}; isolated events {}; longest poll {:.1} ms",
             o.n,
+            describe_spread(&o.form_spread),
+            describe_spread(&o.join_spread),
+            describe_spread(&o.crash_spread),
             secs(o.join_self),
-            secs(o.crash_first),
             o.false_failures.len(),
             o.false_failure_events,
             if o.false_failures.is_empty() {

@@ -156,10 +156,9 @@ fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
     cfg.max_packet_size =
         NonZeroUsize::new(wire::MAX_DATAGRAM - wire::ENVELOPE_BUDGET).unwrap_or(NonZeroUsize::MIN);
     cfg.notify_down_members = true;
-    cfg.periodic_announce = Some(foca::PeriodicParams {
-        frequency: t.push_pull_interval,
-        num_members: NonZeroUsize::MIN,
-    });
+    // Periodic push-pull already exchanges the full member list over TCP;
+    // foca's periodic announce would send the same list again over UDP.
+    cfg.periodic_announce = None;
     cfg.periodic_announce_to_down_members = Some(foca::PeriodicParams {
         frequency: t.reconnect_interval,
         num_members: NonZeroUsize::MIN,
@@ -485,13 +484,20 @@ impl Engine {
             .is_some_and(|r| r.left)
     }
 
-    /// Retransmissions and suspicion grow with log N: keep foca's in step.
+    /// Retransmissions and suspicion grow with log N: keep foca's in step
+    /// whenever the derived values change.
     fn resize_swim(&mut self) {
         let n = self.members.count_up() + 1;
-        let bucket = |x: usize| (x as f64).log10().ceil() as usize;
-        if bucket(n) != bucket(self.cluster_size_hint) {
-            self.cluster_size_hint = n;
-            if let Err(e) = self.swim.set_config(foca_config(&self.timings, n)) {
+        if n == self.cluster_size_hint {
+            return;
+        }
+        let old = foca_config(&self.timings, self.cluster_size_hint);
+        let new = foca_config(&self.timings, n);
+        self.cluster_size_hint = n;
+        if old.max_transmissions != new.max_transmissions
+            || old.suspect_to_down_after != new.suspect_to_down_after
+        {
+            if let Err(e) = self.swim.set_config(new) {
                 tracing::debug!(error = %e, "foca refused config change");
             }
         }
