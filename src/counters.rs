@@ -16,9 +16,10 @@ pub struct Counters {
     pub frames_in: u64,
     /// Bytes of stream frames received.
     pub frame_bytes_in: u64,
-    /// Stream frames sent.
+    /// Stream frames queued for sending (a frame to a peer that cannot be
+    /// reached is counted too).
     pub frames_out: u64,
-    /// Bytes of stream frames sent.
+    /// Bytes of stream frames queued for sending.
     pub frame_bytes_out: u64,
     /// Datagrams dropped: bad envelope (magic, version, truncated, oversized).
     pub datagram_decode_errors: u64,
