@@ -209,18 +209,6 @@ impl Driver {
                 }
                 input = self.inbox.recv() => {
                     match input {
-                        Some(DriverInput::Frame(conn, body)) => {
-                            self.shared.engine().handle_frame(wall_clock_ms(), conn, &body);
-                        }
-                        Some(DriverInput::Closed(conn)) => {
-                            self.conns.remove(&conn);
-                            self.shared.engine().handle_stream_closed(wall_clock_ms(), conn);
-                        }
-                        Some(DriverInput::BadFrame(conn)) => {
-                            self.conns.remove(&conn);
-                            self.shared.engine().handle_bad_frame(wall_clock_ms(), conn);
-                        }
-                        Some(DriverInput::Wake) => {}
                         Some(DriverInput::Stop { leave, done }) => {
                             if leave {
                                 self.leave_gracefully().await;
@@ -230,6 +218,7 @@ impl Driver {
                             let _ = done.send(());
                             return;
                         }
+                        Some(other) => self.on_stream_input(other),
                         None => return,
                     }
                 }
@@ -262,20 +251,38 @@ impl Driver {
                         }
                     }
                 }
-                input = self.inbox.recv() => match input {
-                    Some(DriverInput::Frame(conn, body)) => {
-                        self.shared.engine().handle_frame(wall_clock_ms(), conn, &body);
+                input = self.inbox.recv() => {
+                    if let Some(input) = input {
+                        self.on_stream_input(input);
                     }
-                    Some(DriverInput::Closed(conn)) => {
-                        self.conns.remove(&conn);
-                        self.shared.engine().handle_stream_closed(wall_clock_ms(), conn);
-                    }
-                    _ => {}
-                },
+                }
                 _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
             }
         }
         self.flush();
+    }
+
+    /// Stream news from connection tasks (and wake-ups from the API).
+    fn on_stream_input(&mut self, input: DriverInput) {
+        match input {
+            DriverInput::Frame(conn, body) => {
+                self.shared
+                    .engine()
+                    .handle_frame(wall_clock_ms(), conn, &body);
+            }
+            DriverInput::Closed(conn) => {
+                self.conns.remove(&conn);
+                self.shared
+                    .engine()
+                    .handle_stream_closed(wall_clock_ms(), conn);
+            }
+            DriverInput::BadFrame(conn) => {
+                self.conns.remove(&conn);
+                self.shared.engine().handle_bad_frame(wall_clock_ms(), conn);
+            }
+            // A stop during a graceful leave is already under way.
+            DriverInput::Wake | DriverInput::Stop { .. } => {}
+        }
     }
 
     fn fire_due_timers(&mut self) {

@@ -174,21 +174,12 @@ impl Engine {
         }
     }
 
+    /// The live value of `key`, unless it is a child of an older tribe of that name.
     fn live(&self, key: &Key) -> Option<Value> {
         let sh = lock(&self.shared);
-        let view = View { state: &sh.state };
-        // A child written before its tribe was last created is stale.
-        let current = match (key.tribe(), sh.state.entry(key)) {
-            (Some(t), Some(e)) if !matches!(key, Key::Tribe(_)) => {
-                view.tribe_created(t).is_some_and(|c| &e.version >= c)
-            }
-            _ => true,
-        };
-        if current {
-            sh.state.get(key).cloned()
-        } else {
-            None
-        }
+        let current =
+            matches!(key, Key::Tribe(_)) || View { state: &sh.state }.child_is_current(key);
+        current.then(|| sh.state.get(key).cloned()).flatten()
     }
 
     fn apply_command(&mut self, cmd: Command) -> Result<()> {

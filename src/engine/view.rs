@@ -130,7 +130,7 @@ impl<'a> View<'a> {
 
     /// Whether a child record of a tribe is current: the tribe exists and the
     /// record was written after the tribe's current incarnation was created.
-    fn child_is_current(&self, key: &Key) -> bool {
+    pub fn child_is_current(&self, key: &Key) -> bool {
         let Some(tribe) = key.tribe() else {
             return true;
         };
