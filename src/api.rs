@@ -82,6 +82,17 @@ impl Node {
         let now = wall_clock_ms();
         let generation = config.generation.unwrap_or(now);
         let mut engine = Engine::new(&config, addr, generation, collected, now, rand::random())?;
+        if let Some(dir) = &config.data_dir {
+            crate::datadir::prepare(dir)?;
+            if let Some(durable) = crate::datadir::load(dir)? {
+                tracing::info!(
+                    peers = durable.peers.len(),
+                    records = durable.records.len(),
+                    "restored from the data dir"
+                );
+                engine.restore(now, durable);
+            }
+        }
         engine.start(now);
 
         let (events_tx, events_rx) = mpsc::channel(runtime::EVENT_QUEUE);
@@ -91,6 +102,7 @@ impl Node {
             events_dropped: Default::default(),
             faults: Arc::new(Faults::default()),
             max_frame: config.max_frame,
+            data_dir: config.data_dir.clone(),
         });
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());

@@ -157,6 +157,9 @@ pub struct Config {
     pub max_frame: usize,
     /// Start generation; `None` uses the wall clock, so a restart is newer.
     pub generation: Option<u64>,
+    /// Directory for what must survive a restart (known peers, memberships
+    /// by hand). `None` keeps nothing: a restarted node needs seeds again.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -175,6 +178,7 @@ impl Config {
             gossip_deltas: true,
             max_frame: 16 * 1024 * 1024,
             generation: None,
+            data_dir: None,
         }
     }
 

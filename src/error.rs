@@ -104,6 +104,33 @@ pub enum Error {
     Config(String),
 }
 
+impl Error {
+    /// A stable snake_case code for the variant, used by the admin API's
+    /// `{"error": code}` bodies and by bindings.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidName { .. } => "invalid_name",
+            Error::InvalidArgument(_) => "invalid_argument",
+            Error::UnknownTribe(_) => "unknown_tribe",
+            Error::TribeExists(_) => "tribe_exists",
+            Error::UnknownNode(_) => "unknown_node",
+            Error::AlreadyMember { .. } => "already_member",
+            Error::NotMember { .. } => "not_member",
+            Error::InvalidPolicy(_) => "invalid_policy",
+            Error::UnknownPolicy(_) => "unknown_policy",
+            Error::PolicyExists(_) => "policy_exists",
+            Error::UnknownPlugin { .. } => "unknown_plugin",
+            Error::PluginExists { .. } => "plugin_exists",
+            Error::UnknownTask { .. } => "unknown_task",
+            Error::TaskExists { .. } => "task_exists",
+            Error::UnknownFact(_) => "unknown_fact",
+            Error::ShuttingDown => "shutting_down",
+            Error::Io(_) => "io",
+            Error::Config(_) => "config",
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e.to_string())

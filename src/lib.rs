@@ -8,9 +8,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod api;
 pub mod config;
 pub mod counters;
+pub mod datadir;
 pub mod engine;
 pub mod error;
 pub mod facts;

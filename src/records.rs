@@ -121,12 +121,16 @@ pub struct NodeRecord {
     pub left: bool,
 }
 
-/// A tribe's existence. `created` tells apart records of an older tribe of the
-/// same name that was deleted: children written before it are stale.
+/// A tribe's existence. `after` tells apart records of an older tribe of the
+/// same name that was deleted: children written at or before that deletion
+/// are stale. Two nodes creating the same tribe concurrently (a policy holding
+/// on both before either saw the other's record) both write `after` from the
+/// same history, so neither hides the other's catalog.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TribeRecord {
-    /// Version of the write that created this incarnation of the tribe.
-    pub created: Hlc,
+    /// Version of the deletion this incarnation was created after, if the
+    /// creator knew of one.
+    pub after: Option<Hlc>,
 }
 
 /// A policy: `when` holds for a node → the node is in `tribe`.

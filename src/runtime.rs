@@ -24,6 +24,8 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const EVENT_QUEUE: usize = 65_536;
 /// Longest life of one stream.
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(30);
+/// How often the durable state is written when it changed.
+pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn wall_clock_ms() -> u64 {
@@ -118,6 +120,8 @@ pub(crate) struct Shared {
     pub events_dropped: std::sync::atomic::AtomicU64,
     pub faults: Arc<Faults>,
     pub max_frame: usize,
+    /// Where the durable state is kept, if anywhere.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl Shared {
@@ -137,6 +141,8 @@ pub(crate) struct Driver {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_slots: HashMap<u64, Timer>,
     timer_seq: u64,
+    /// What was last written to the data dir (to skip identical writes).
+    saved: Option<crate::engine::durable::Durable>,
 }
 
 /// Binds the UDP socket and a TCP listener on the same port. With port 0 the
@@ -174,12 +180,15 @@ impl Driver {
             timers: BinaryHeap::new(),
             timer_slots: HashMap::new(),
             timer_seq: 0,
+            saved: None,
         }
     }
 
     /// Runs until stopped.
     pub async fn run(mut self) {
         let mut buf = vec![0u8; 65_536];
+        let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
+        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
             let next_timer = self
@@ -213,6 +222,7 @@ impl Driver {
                             if leave {
                                 self.leave_gracefully().await;
                             }
+                            self.save_durable();
                             // Ends every event stream.
                             self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()).clear();
                             let _ = done.send(());
@@ -223,7 +233,24 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
+                _ = save_tick.tick() => self.save_durable(),
             }
+        }
+    }
+
+    /// Writes the durable state when it changed. A failed write is logged and
+    /// retried at the next tick; the node keeps running.
+    fn save_durable(&mut self) {
+        let Some(dir) = self.shared.data_dir.clone() else {
+            return;
+        };
+        let durable = self.shared.engine().durable();
+        if self.saved.as_ref() == Some(&durable) {
+            return;
+        }
+        match crate::datadir::save(&dir, &durable) {
+            Ok(()) => self.saved = Some(durable),
+            Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot write the data dir"),
         }
     }
 

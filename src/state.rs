@@ -197,7 +197,7 @@ mod tests {
                 let v = version(millis, counter, &format!("n{node}"));
                 let value = alive.then(|| match &key {
                     Key::Tribe(_) => Value::Tribe(TribeRecord {
-                        created: version(u64::from(flavour), 0, "n0"),
+                        after: (flavour > 0).then(|| version(u64::from(flavour), 0, "n0")),
                     }),
                     Key::Member { .. } => Value::Member,
                     _ => Value::Policy(PolicyRecord {
@@ -278,9 +278,7 @@ mod tests {
         let key = Key::Tribe("core".into());
         let live = Entry {
             version: version(10, 0, "a"),
-            value: Some(Value::Tribe(TribeRecord {
-                created: version(10, 0, "a"),
-            })),
+            value: Some(Value::Tribe(TribeRecord { after: None })),
         };
         let dead = Entry {
             version: version(20, 0, "b"),

@@ -92,7 +92,7 @@ async fn membership_before_its_tribe_converges() {
         Key::Tribe("late-tribe".into()),
         Entry {
             version: created.clone(),
-            value: Some(Value::Tribe(TribeRecord { created })),
+            value: Some(Value::Tribe(TribeRecord { after: None })),
         },
     );
 

@@ -5,6 +5,7 @@
 
 pub mod commands;
 mod delta;
+pub mod durable;
 mod identity;
 mod members;
 mod reconcile;

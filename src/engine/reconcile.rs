@@ -222,15 +222,13 @@ impl Engine {
     }
 
     pub(super) fn create_tribe_record(&mut self, tribe: &str) {
-        let created = {
-            let mut sh = lock(&self.shared);
-            let now = sh.now_ms;
-            sh.clock.tick(now)
-        };
-        self.write(
-            Key::Tribe(tribe.to_string()),
-            Some(Value::Tribe(TribeRecord { created })),
-        );
+        let key = Key::Tribe(tribe.to_string());
+        let after = lock(&self.shared)
+            .state
+            .entry(&key)
+            .filter(|e| e.value.is_none())
+            .map(|e| e.version.clone());
+        self.write(key, Some(Value::Tribe(TribeRecord { after })));
     }
 
     /// Compares the derived view with what was reported and emits the difference.

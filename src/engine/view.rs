@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use crate::hlc::Hlc;
 use crate::records::{
-    ArtifactRef, Endpoint, Key, NodeRecord, PluginKind, PluginRecord, TaskRecord, TaskState, Value,
+    ArtifactRef, Endpoint, Key, NodeRecord, PluginKind, PluginRecord, TaskRecord, TaskState,
+    TribeRecord, Value,
 };
 use crate::state::State;
 
@@ -104,17 +104,17 @@ pub struct View<'a> {
 }
 
 impl<'a> View<'a> {
-    /// The creation version of a live tribe.
-    pub fn tribe_created(&self, tribe: &str) -> Option<&'a Hlc> {
+    /// The record of a live tribe.
+    pub fn tribe_record(&self, tribe: &str) -> Option<&'a TribeRecord> {
         match self.state.get(&Key::Tribe(tribe.to_string())) {
-            Some(Value::Tribe(t)) => Some(&t.created),
+            Some(Value::Tribe(t)) => Some(t),
             _ => None,
         }
     }
 
     /// Whether a tribe exists.
     pub fn tribe_exists(&self, tribe: &str) -> bool {
-        self.tribe_created(tribe).is_some()
+        self.tribe_record(tribe).is_some()
     }
 
     /// Names of existing tribes.
@@ -129,13 +129,13 @@ impl<'a> View<'a> {
     }
 
     /// Whether a child record of a tribe is current: the tribe exists and the
-    /// record was written after the tribe's current incarnation was created.
+    /// record was written after the deletion that ended its previous life.
     pub fn child_is_current(&self, key: &Key) -> bool {
         let Some(tribe) = key.tribe() else {
             return true;
         };
-        match (self.tribe_created(tribe), self.state.entry(key)) {
-            (Some(created), Some(entry)) => &entry.version >= created,
+        match (self.tribe_record(tribe), self.state.entry(key)) {
+            (Some(t), Some(entry)) => t.after.as_ref().is_none_or(|d| entry.version > *d),
             _ => false,
         }
     }
@@ -280,7 +280,8 @@ impl<'a> View<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{Entry, PluginRecord, TribeRecord};
+    use crate::hlc::Hlc;
+    use crate::records::{Entry, PluginRecord};
 
     fn v(millis: u64, node: &str) -> Hlc {
         Hlc {
@@ -290,13 +291,13 @@ mod tests {
         }
     }
 
-    fn tribe(created: u64) -> (Key, Entry) {
+    fn tribe(created: u64, after: Option<u64>) -> (Key, Entry) {
         (
             Key::Tribe("t".into()),
             Entry {
                 version: v(created, "a"),
                 value: Some(Value::Tribe(TribeRecord {
-                    created: v(created, "a"),
+                    after: after.map(|d| v(d, "a")),
                 })),
             },
         )
@@ -346,10 +347,10 @@ mod tests {
             assert!(view.explicit_members("t").is_empty());
             assert!(view.memberships().is_empty());
         }
-        let (k, e) = tribe(10);
+        let (k, e) = tribe(10, None);
         out_of_order.merge(k, e);
         let mut in_order = State::new();
-        for (k, e) in [tribe(10), member(20), plugin(21)] {
+        for (k, e) in [tribe(10, None), member(20), plugin(21)] {
             in_order.merge(k, e);
         }
         assert_eq!(out_of_order.digest(), in_order.digest());
@@ -363,13 +364,26 @@ mod tests {
     #[test]
     fn children_of_an_older_incarnation_stay_hidden_after_recreation() {
         let mut s = State::new();
-        // Written into the tribe's first life, delivered after it was recreated.
-        for (k, e) in [tribe(30), member(20), plugin(21)] {
+        // Written into the tribe's first life (deleted at 25), delivered
+        // after it was recreated.
+        for (k, e) in [tribe(30, Some(25)), member(20), plugin(21)] {
             s.merge(k, e);
         }
         let view = View { state: &s };
         assert!(view.tribe_exists("t"));
         assert!(view.explicit_members("t").is_empty());
         assert!(view.plugins("t").is_empty());
+    }
+
+    #[test]
+    fn a_concurrent_second_creation_does_not_hide_the_first_ones_catalog() {
+        let mut s = State::new();
+        // Created by hand at 10, catalog written at 20, then created again at
+        // 30 by a node that had not seen it yet (a policy held there).
+        for (k, e) in [tribe(10, None), plugin(20), tribe(30, None)] {
+            s.merge(k, e);
+        }
+        let view = View { state: &s };
+        assert_eq!(view.plugins("t").len(), 1);
     }
 }

@@ -1,14 +1,24 @@
-//! The `tribe` command.
+//! The `tribe` command: run an agent, drive one through its admin API, or
+//! watch a local demo tribe.
 
 use clap::{Parser, Subcommand};
 
+mod agent;
+mod cli;
+mod client;
 mod demo;
+
+use cli::{AdminCommand, AdminOpts, FactCmd, PluginCmd, PolicyCmd, TaskCmd, TribeCmd};
 
 #[derive(Parser)]
 #[command(
     name = "tribe",
     version,
-    about = "Tribes for monitoring agents: gossip membership, facts, policies and per-tribe catalogs"
+    about = "Tribes for monitoring agents: gossip membership, facts, policies and per-tribe catalogs",
+    long_about = "Tribes for monitoring agents: gossip membership, facts, policies and per-tribe catalogs.\n\n\
+        `tribe agent` runs a node with an admin HTTP API; the other commands talk to that API \
+        (--admin, default 127.0.0.1:7947, or TRIBE_ADMIN). `tribe demo` starts a local tribe of \
+        agent processes and narrates what happens."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -17,34 +27,67 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a local multi-node tribe on 127.0.0.1 and narrate what happens.
+    /// Run a node: join the tribe, serve the admin API, leave on SIGINT/SIGTERM.
+    Agent(agent::AgentArgs),
+    /// Start a local tribe of agent processes on 127.0.0.1 and narrate what happens.
     Demo(demo::DemoArgs),
+    /// Show the agent's name, address, live member count and state digest.
+    Status(AdminOpts),
+    /// List the members the agent knows, with state, tribes and facts.
+    Members(AdminOpts),
+    /// List tribes with their live members, plugins and tasks.
+    Tribes(AdminOpts),
+    /// Show, create, delete a tribe; put a node in or take it out by hand.
+    Tribe {
+        #[command(subcommand)]
+        cmd: TribeCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Add, remove or list policies (CEL over facts) that place nodes in tribes.
+    Policy {
+        #[command(subcommand)]
+        cmd: PolicyCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Load or unload a plugin in a tribe's catalog.
+    Plugin {
+        #[command(subcommand)]
+        cmd: PluginCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Add, remove, start or stop a tribe's tasks.
+    Task {
+        #[command(subcommand)]
+        cmd: TaskCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// List the agent's facts, or set and remove its user facts.
+    Fact {
+        #[command(subcommand)]
+        cmd: FactCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRIBE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("tribe: cannot start the async runtime: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Command::Agent(args) => agent::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::Status(opts) => cli::run(opts, AdminCommand::Status),
+        Command::Members(opts) => cli::run(opts, AdminCommand::Members),
+        Command::Tribes(opts) => cli::run(opts, AdminCommand::Tribes),
+        Command::Tribe { cmd, opts } => cli::run(opts, AdminCommand::Tribe(cmd)),
+        Command::Policy { cmd, opts } => cli::run(opts, AdminCommand::Policy(cmd)),
+        Command::Plugin { cmd, opts } => cli::run(opts, AdminCommand::Plugin(cmd)),
+        Command::Task { cmd, opts } => cli::run(opts, AdminCommand::Task(cmd)),
+        Command::Fact { cmd, opts } => cli::run(opts, AdminCommand::Fact(cmd)),
     };
-    let result = runtime.block_on(async {
-        match cli.command {
-            Command::Demo(args) => demo::run(args).await,
-        }
-    });
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

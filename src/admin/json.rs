@@ -1,0 +1,233 @@
+//! The JSON bodies of the admin API. The server builds them from snapshots;
+//! the `tribe` admin commands read them back, so both sides share one shape.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::view::{MemberInfo, PluginEntry, Policy, Task, TribeInfo};
+use crate::records::Endpoint;
+
+/// `GET /v1/status`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Status {
+    /// Node name.
+    pub name: String,
+    /// Advertised gossip address.
+    pub addr: String,
+    /// Live members, this node included.
+    pub members_alive: usize,
+    /// Hex digest of the replicated state (equal on converged nodes).
+    pub state_digest: String,
+    /// Tribes that exist.
+    pub tribes: usize,
+    /// Gossip updates waiting to be sent.
+    pub broadcast_backlog: usize,
+    /// libtribe version.
+    pub version: String,
+}
+
+/// A plugin a member serves.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointJson {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// `collector`, `processor` or `publisher`.
+    pub kind: String,
+    /// TCP address serving calls.
+    pub addr: String,
+}
+
+/// `GET /v1/members` item and `GET /v1/members/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    /// Node name.
+    pub name: String,
+    /// Advertised address.
+    pub addr: String,
+    /// `alive`, `suspect`, `failed` or `left`.
+    pub state: String,
+    /// Generation of its identity (grows on restart).
+    pub generation: u64,
+    /// Its facts.
+    pub facts: BTreeMap<String, String>,
+    /// Tribes whose live view holds it.
+    pub tribes: Vec<String>,
+    /// Plugins it serves.
+    pub endpoints: Vec<EndpointJson>,
+    /// Whether it is the node answering.
+    pub local: bool,
+}
+
+/// A plugin entry of a tribe's catalog.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plugin {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// `collector`, `processor` or `publisher`.
+    pub kind: String,
+    /// Hex SHA-256 of the artifact, when the entry has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha256: Option<String>,
+    /// Artifact size in bytes, when the entry has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+}
+
+/// A task of a tribe.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskJson {
+    /// Task id.
+    pub id: String,
+    /// `running` or `stopped`.
+    pub state: String,
+    /// The manifest (a JSON object).
+    pub manifest: serde_json::Value,
+}
+
+/// `GET /v1/tribes` item and `GET /v1/tribes/{name}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Tribe {
+    /// Tribe name.
+    pub name: String,
+    /// Live members (by hand or by policy, and up), sorted.
+    pub members: Vec<String>,
+    /// Members by hand, up or not.
+    pub explicit_members: Vec<String>,
+    /// Catalog of plugins.
+    pub plugins: Vec<Plugin>,
+    /// Tasks.
+    pub tasks: Vec<TaskJson>,
+}
+
+/// A policy; also the body of `POST /v1/policies`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyJson {
+    /// Policy name.
+    pub name: String,
+    /// Tribe it puts nodes in (created when missing).
+    pub tribe: String,
+    /// CEL expression over `facts`.
+    pub when: String,
+}
+
+/// Body of `POST /v1/tribes`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CreateTribe {
+    /// Tribe name.
+    pub name: String,
+}
+
+/// Body of `POST /v1/tribes/{name}/plugins`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoadPlugin {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// `collector`, `processor` or `publisher`.
+    pub kind: String,
+}
+
+/// Body of `POST /v1/tribes/{name}/tasks`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AddTask {
+    /// Task id, unique in the tribe.
+    pub id: String,
+    /// The manifest: a JSON object.
+    pub manifest: serde_json::Value,
+    /// `running` (the default) or `stopped`.
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// Body of `PUT /v1/facts/{key}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetFact {
+    /// The new value.
+    pub value: String,
+}
+
+/// Every error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Stable snake_case code (see [`crate::Error::code`]).
+    pub error: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+fn endpoint(e: &Endpoint) -> EndpointJson {
+    EndpointJson {
+        name: e.name.clone(),
+        version: e.version.clone(),
+        kind: e.kind.as_str().to_string(),
+        addr: e.addr.to_string(),
+    }
+}
+
+impl From<&MemberInfo> for Member {
+    fn from(m: &MemberInfo) -> Self {
+        Member {
+            name: m.name.clone(),
+            addr: m.addr.to_string(),
+            state: m.state.as_str().to_string(),
+            generation: m.generation,
+            facts: m.facts.clone(),
+            tribes: m.tribes.clone(),
+            endpoints: m.endpoints.iter().map(endpoint).collect(),
+            local: m.is_local,
+        }
+    }
+}
+
+impl From<&PluginEntry> for Plugin {
+    fn from(p: &PluginEntry) -> Self {
+        Plugin {
+            name: p.name.clone(),
+            version: p.version.clone(),
+            kind: p.kind.as_str().to_string(),
+            sha256: p.artifact.as_ref().map(|a| hex::encode(a.sha256)),
+            size: p.artifact.as_ref().map(|a| a.size),
+        }
+    }
+}
+
+impl From<&Task> for TaskJson {
+    fn from(t: &Task) -> Self {
+        TaskJson {
+            id: t.id.clone(),
+            state: t.state.as_str().to_string(),
+            // Manifests are checked to be JSON objects when added; a record
+            // that is not still shows, as a string.
+            manifest: serde_json::from_str(&t.manifest)
+                .unwrap_or_else(|_| serde_json::Value::String(t.manifest.clone())),
+        }
+    }
+}
+
+impl From<&TribeInfo> for Tribe {
+    fn from(t: &TribeInfo) -> Self {
+        Tribe {
+            name: t.name.clone(),
+            members: t.members.clone(),
+            explicit_members: t.explicit_members.clone(),
+            plugins: t.plugins.iter().map(Plugin::from).collect(),
+            tasks: t.tasks.iter().map(TaskJson::from).collect(),
+        }
+    }
+}
+
+impl From<&Policy> for PolicyJson {
+    fn from(p: &Policy) -> Self {
+        PolicyJson {
+            name: p.name.clone(),
+            tribe: p.tribe.clone(),
+            when: p.when.clone(),
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! `GET /metrics`: the node's counters and sizes in the Prometheus text
+//! format. A registry is built per scrape from one snapshot, so the numbers
+//! of one scrape are consistent with each other.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use crate::counters::Counters;
+use crate::engine::view::{MemberInfo, TribeInfo};
+use crate::MemberState;
+
+/// What one scrape reports.
+pub struct Snapshot {
+    /// Every member, this node included.
+    pub members: Vec<MemberInfo>,
+    /// Every tribe.
+    pub tribes: Vec<TribeInfo>,
+    /// Number of policies.
+    pub policies: usize,
+    /// Engine counters.
+    pub counters: Counters,
+    /// Gossip updates waiting to be sent.
+    pub broadcast_backlog: usize,
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn gauge(registry: &mut Registry, name: &str, help: &str, value: usize) {
+    let g = Gauge::<i64>::default();
+    g.set(i64::try_from(value).unwrap_or(i64::MAX));
+    registry.register(name, help, g);
+}
+
+fn counter(registry: &mut Registry, name: &str, help: &str, value: u64) {
+    let c = Counter::<u64>::default();
+    c.inc_by(value);
+    registry.register(name, help, c);
+}
+
+fn counter_family(registry: &mut Registry, name: &str, help: &str, rows: &[(Labels, u64)]) {
+    let family = Family::<Labels, Counter<u64>>::default();
+    for (l, v) in rows {
+        family.get_or_create(l).inc_by(*v);
+    }
+    registry.register(name, help, family);
+}
+
+/// Renders a snapshot in the Prometheus text exposition format.
+pub fn render(s: &Snapshot) -> String {
+    let mut r = Registry::with_prefix("tribe");
+
+    let members = Family::<Labels, Gauge<i64>>::default();
+    for state in [
+        MemberState::Alive,
+        MemberState::Suspect,
+        MemberState::Failed,
+        MemberState::Left,
+    ] {
+        let n = s.members.iter().filter(|m| m.state == state).count();
+        members
+            .get_or_create(&labels(&[("state", state.as_str())]))
+            .set(n as i64);
+    }
+    r.register("members", "Members known to this node, by state", members);
+    gauge(&mut r, "tribes", "Tribes that exist", s.tribes.len());
+    gauge(&mut r, "policies", "Policies", s.policies);
+    let plugins: usize = s.tribes.iter().map(|t| t.plugins.len()).sum();
+    let tasks: usize = s.tribes.iter().map(|t| t.tasks.len()).sum();
+    gauge(
+        &mut r,
+        "catalog_plugins",
+        "Plugin entries over all tribes",
+        plugins,
+    );
+    gauge(&mut r, "catalog_tasks", "Tasks over all tribes", tasks);
+    gauge(
+        &mut r,
+        "broadcast_backlog",
+        "Gossip updates waiting to be sent",
+        s.broadcast_backlog,
+    );
+
+    let c = &s.counters;
+    let dir = |t: &str, d: &str| labels(&[("transport", t), ("direction", d)]);
+    counter_family(
+        &mut r,
+        "packets",
+        "Datagrams (udp) and stream frames (tcp) by direction",
+        &[
+            (dir("udp", "in"), c.datagrams_in),
+            (dir("udp", "out"), c.datagrams_out),
+            (dir("tcp", "in"), c.frames_in),
+            (dir("tcp", "out"), c.frames_out),
+        ],
+    );
+    counter_family(
+        &mut r,
+        "bytes",
+        "Bytes of datagrams (udp) and stream frames (tcp) by direction",
+        &[
+            (dir("udp", "in"), c.datagram_bytes_in),
+            (dir("udp", "out"), c.datagram_bytes_out),
+            (dir("tcp", "in"), c.frame_bytes_in),
+            (dir("tcp", "out"), c.frame_bytes_out),
+        ],
+    );
+    counter_family(
+        &mut r,
+        "decode_errors",
+        "Datagrams and frames dropped as malformed",
+        &[
+            (labels(&[("transport", "udp")]), c.datagram_decode_errors),
+            (labels(&[("transport", "tcp")]), c.frame_decode_errors),
+        ],
+    );
+    counter(
+        &mut r,
+        "auth_failures",
+        "Datagrams dropped for an unknown key or a failed authentication",
+        c.datagram_auth_errors,
+    );
+    counter(
+        &mut r,
+        "label_mismatches",
+        "Datagrams dropped for carrying another cluster's label",
+        c.label_mismatches,
+    );
+    counter(
+        &mut r,
+        "gossip_errors",
+        "Datagrams the membership protocol refused",
+        c.gossip_errors,
+    );
+    counter(
+        &mut r,
+        "invalid_records",
+        "Records from peers refused by validation",
+        c.invalid_records,
+    );
+    counter(
+        &mut r,
+        "clock_drift_rejections",
+        "Records refused for a version too far in the future",
+        c.clock_drift_rejections,
+    );
+    counter(
+        &mut r,
+        "records_merged",
+        "Records merged that were news",
+        c.records_merged,
+    );
+    counter_family(
+        &mut r,
+        "deltas",
+        "Local writes by how they were disseminated",
+        &[
+            (labels(&[("path", "gossip")]), c.deltas_broadcast),
+            (labels(&[("path", "too_large")]), c.deltas_too_large),
+        ],
+    );
+    counter_family(
+        &mut r,
+        "push_pulls",
+        "Anti-entropy exchanges by outcome",
+        &[
+            (labels(&[("outcome", "started")]), c.push_pulls_started),
+            (labels(&[("outcome", "completed")]), c.push_pulls_completed),
+            (labels(&[("outcome", "failed")]), c.push_pulls_failed),
+        ],
+    );
+    counter(
+        &mut r,
+        "tombstones_collected",
+        "Deletion records collected after their grace period",
+        c.tombstones_collected,
+    );
+    counter(
+        &mut r,
+        "events_dropped",
+        "Events dropped for subscribers that fell behind",
+        c.events_dropped,
+    );
+
+    let mut out = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut out, &r);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_states_counters_and_eof() {
+        let counters = Counters {
+            datagrams_in: 7,
+            push_pulls_failed: 2,
+            ..Counters::default()
+        };
+        let text = render(&Snapshot {
+            members: Vec::new(),
+            tribes: Vec::new(),
+            policies: 3,
+            counters,
+            broadcast_backlog: 1,
+        });
+        assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
+        assert!(text.contains("tribe_policies 3"), "{text}");
+        assert!(
+            text.contains("tribe_packets_total{transport=\"udp\",direction=\"in\"} 7"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tribe_push_pulls_total{outcome=\"failed\"} 2"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

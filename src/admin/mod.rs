@@ -1,0 +1,101 @@
+//! The admin HTTP API (JSON, modelled on snap's `/v1/tribe` routes): reads
+//! of members, tribes and policies, the mutating operations, and Prometheus
+//! `/metrics`. It listens only where it is told to.
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `GET /v1/status` | `name`, `addr`, `members_alive`, `state_digest`, `tribes` |
+//! | `GET /v1/members`, `GET /v1/members/{name}` | members with state, facts, tribes, endpoints |
+//! | `GET /v1/tribes`, `POST /v1/tribes {"name"}` | list, create |
+//! | `GET`, `DELETE /v1/tribes/{name}` | one tribe (members, plugins, tasks), delete |
+//! | `PUT`, `DELETE /v1/tribes/{name}/members/{node}` | membership by hand |
+//! | `GET`, `POST /v1/policies {"name","tribe","when"}` | list, add |
+//! | `GET`, `DELETE /v1/policies/{name}` | one policy, remove |
+//! | `POST /v1/tribes/{name}/plugins {"name","version","kind"}` | load into the catalog |
+//! | `DELETE /v1/tribes/{name}/plugins/{plugin}/{version}` | unload |
+//! | `POST /v1/tribes/{name}/tasks {"id","manifest","state"?}` | add a task |
+//! | `DELETE /v1/tribes/{name}/tasks/{id}` | remove a task |
+//! | `PUT /v1/tribes/{name}/tasks/{id}/start`, `.../stop` | desired state |
+//! | `GET /v1/facts`, `PUT /v1/facts/{key} {"value"}`, `DELETE /v1/facts/{key}` | this node's facts |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are `{"error": code, "message": text}` with a 4xx/5xx status; the
+//! codes are [`crate::Error::code`] plus `invalid_json`, `not_found` and
+//! `method_not_allowed`.
+
+pub mod json;
+pub mod metrics;
+mod routes;
+
+use std::future::Future;
+
+use axum::routing::{get, put};
+use axum::Router;
+
+use crate::Node;
+
+/// The admin API's routes over one node.
+pub fn router(node: Node) -> Router {
+    Router::new()
+        .route("/v1/status", get(routes::status))
+        .route("/v1/members", get(routes::members))
+        .route("/v1/members/{name}", get(routes::member))
+        .route("/v1/tribes", get(routes::tribes).post(routes::create_tribe))
+        .route(
+            "/v1/tribes/{name}",
+            get(routes::tribe).delete(routes::delete_tribe),
+        )
+        .route(
+            "/v1/tribes/{name}/members/{node}",
+            put(routes::join).delete(routes::leave),
+        )
+        .route(
+            "/v1/policies",
+            get(routes::policies).post(routes::add_policy),
+        )
+        .route(
+            "/v1/policies/{name}",
+            get(routes::policy).delete(routes::remove_policy),
+        )
+        .route(
+            "/v1/tribes/{name}/plugins",
+            axum::routing::post(routes::load_plugin),
+        )
+        .route(
+            "/v1/tribes/{name}/plugins/{plugin}/{version}",
+            axum::routing::delete(routes::unload_plugin),
+        )
+        .route(
+            "/v1/tribes/{name}/tasks",
+            axum::routing::post(routes::add_task),
+        )
+        .route(
+            "/v1/tribes/{name}/tasks/{id}",
+            axum::routing::delete(routes::remove_task),
+        )
+        .route(
+            "/v1/tribes/{name}/tasks/{id}/start",
+            put(routes::start_task),
+        )
+        .route("/v1/tribes/{name}/tasks/{id}/stop", put(routes::stop_task))
+        .route("/v1/facts", get(routes::facts))
+        .route(
+            "/v1/facts/{key}",
+            put(routes::set_fact).delete(routes::remove_fact),
+        )
+        .route("/metrics", get(routes::prometheus))
+        .fallback(|| async { routes::ApiError::not_found("no such route") })
+        .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })
+        .with_state(node)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(node))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

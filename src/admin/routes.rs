@@ -1,0 +1,321 @@
+//! Handlers of the admin API: each turns a request into one node call and
+//! the result into JSON; every failure is an [`ErrorBody`] with a 4xx/5xx.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::de::DeserializeOwned;
+
+use super::json::{
+    AddTask, CreateTribe, ErrorBody, LoadPlugin, Member, Plugin, PolicyJson, SetFact, Status,
+    TaskJson, Tribe,
+};
+use super::metrics;
+use crate::{Error, Node, TaskState};
+
+/// An error response.
+pub struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            body: ErrorBody {
+                error: code.to_string(),
+                message: message.into(),
+            },
+        }
+    }
+
+    pub(super) fn not_found(what: &str) -> Self {
+        ApiError::new(StatusCode::NOT_FOUND, "not_found", what)
+    }
+
+    pub(super) fn method_not_allowed() -> Self {
+        ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "this route does not take that method",
+        )
+    }
+}
+
+fn status_of(e: &Error) -> StatusCode {
+    match e {
+        Error::InvalidName { .. }
+        | Error::InvalidArgument(_)
+        | Error::InvalidPolicy(_)
+        | Error::Config(_) => StatusCode::BAD_REQUEST,
+        Error::UnknownTribe(_)
+        | Error::UnknownNode(_)
+        | Error::NotMember { .. }
+        | Error::UnknownPolicy(_)
+        | Error::UnknownPlugin { .. }
+        | Error::UnknownTask { .. }
+        | Error::UnknownFact(_) => StatusCode::NOT_FOUND,
+        Error::TribeExists(_)
+        | Error::AlreadyMember { .. }
+        | Error::PolicyExists(_)
+        | Error::PluginExists { .. }
+        | Error::TaskExists { .. } => StatusCode::CONFLICT,
+        Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<Error> for ApiError {
+    fn from(e: Error) -> Self {
+        ApiError::new(status_of(&e), e.code(), e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(self.body)).into_response()
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Parses a JSON body, turning every malformed one into a 400 with the reason.
+fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", e.to_string()))
+}
+
+fn created<T: serde::Serialize>(value: T) -> Response {
+    (StatusCode::CREATED, Json(value)).into_response()
+}
+
+fn no_content() -> Response {
+    StatusCode::NO_CONTENT.into_response()
+}
+
+pub(super) async fn status(State(node): State<Node>) -> Json<Status> {
+    Json(Status {
+        name: node.name().to_string(),
+        addr: node.addr().to_string(),
+        members_alive: node.members_alive(),
+        state_digest: node.state_digest(),
+        tribes: node.tribes().len(),
+        broadcast_backlog: node.broadcast_backlog(),
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+pub(super) async fn members(State(node): State<Node>) -> Json<Vec<Member>> {
+    Json(node.members().iter().map(Member::from).collect())
+}
+
+pub(super) async fn member(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Member>> {
+    node.members()
+        .iter()
+        .find(|m| m.name == name)
+        .map(|m| Json(Member::from(m)))
+        .ok_or_else(|| Error::UnknownNode(name).into())
+}
+
+pub(super) async fn tribes(State(node): State<Node>) -> Json<Vec<Tribe>> {
+    Json(node.tribes().iter().map(Tribe::from).collect())
+}
+
+pub(super) async fn tribe(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Tribe>> {
+    node.tribe(&name)
+        .map(|t| Json(Tribe::from(&t)))
+        .ok_or_else(|| Error::UnknownTribe(name).into())
+}
+
+pub(super) async fn create_tribe(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
+    let req: CreateTribe = parse(&body)?;
+    node.create_tribe(&req.name).await?;
+    let tribe = node
+        .tribe(&req.name)
+        .ok_or_else(|| Error::UnknownTribe(req.name.clone()))?;
+    Ok(created(Tribe::from(&tribe)))
+}
+
+pub(super) async fn delete_tribe(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    node.delete_tribe(&name).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn join(
+    State(node): State<Node>,
+    Path((tribe, member)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    node.join(&tribe, &member).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn leave(
+    State(node): State<Node>,
+    Path((tribe, member)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    node.leave(&tribe, &member).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn policies(State(node): State<Node>) -> Json<Vec<PolicyJson>> {
+    Json(node.policies().iter().map(PolicyJson::from).collect())
+}
+
+pub(super) async fn policy(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PolicyJson>> {
+    node.policies()
+        .iter()
+        .find(|p| p.name == name)
+        .map(|p| Json(PolicyJson::from(p)))
+        .ok_or_else(|| Error::UnknownPolicy(name).into())
+}
+
+pub(super) async fn add_policy(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
+    let req: PolicyJson = parse(&body)?;
+    node.add_policy(&req.name, &req.tribe, &req.when).await?;
+    Ok(created(req))
+}
+
+pub(super) async fn remove_policy(
+    State(node): State<Node>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    node.remove_policy(&name).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn load_plugin(
+    State(node): State<Node>,
+    Path(tribe): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: LoadPlugin = parse(&body)?;
+    let kind = req.kind.parse()?;
+    node.load_plugin(&tribe, &req.name, &req.version, kind, None)
+        .await?;
+    Ok(created(Plugin {
+        name: req.name,
+        version: req.version,
+        kind: req.kind,
+        sha256: None,
+        size: None,
+    }))
+}
+
+pub(super) async fn unload_plugin(
+    State(node): State<Node>,
+    Path((tribe, name, version)): Path<(String, String, String)>,
+) -> ApiResult<Response> {
+    node.unload_plugin(&tribe, &name, &version).await?;
+    Ok(no_content())
+}
+
+fn task_state(s: Option<&str>) -> ApiResult<TaskState> {
+    match s {
+        None | Some("running") => Ok(TaskState::Running),
+        Some("stopped") => Ok(TaskState::Stopped),
+        Some(other) => Err(Error::InvalidArgument(format!(
+            "task state {other:?} is not running or stopped"
+        ))
+        .into()),
+    }
+}
+
+pub(super) async fn add_task(
+    State(node): State<Node>,
+    Path(tribe): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: AddTask = parse(&body)?;
+    let state = task_state(req.state.as_deref())?;
+    node.add_task(&tribe, &req.id, &req.manifest.to_string(), state)
+        .await?;
+    Ok(created(TaskJson {
+        id: req.id,
+        state: state.as_str().to_string(),
+        manifest: req.manifest,
+    }))
+}
+
+pub(super) async fn remove_task(
+    State(node): State<Node>,
+    Path((tribe, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    node.remove_task(&tribe, &id).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn start_task(
+    State(node): State<Node>,
+    Path((tribe, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    node.set_task_state(&tribe, &id, TaskState::Running).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn stop_task(
+    State(node): State<Node>,
+    Path((tribe, id)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    node.set_task_state(&tribe, &id, TaskState::Stopped).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn facts(State(node): State<Node>) -> ApiResult<Response> {
+    let me = node
+        .members()
+        .into_iter()
+        .find(|m| m.is_local)
+        .ok_or(Error::ShuttingDown)?;
+    Ok(Json(me.facts).into_response())
+}
+
+pub(super) async fn set_fact(
+    State(node): State<Node>,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: SetFact = parse(&body)?;
+    node.set_fact(&key, &req.value).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn remove_fact(
+    State(node): State<Node>,
+    Path(key): Path<String>,
+) -> ApiResult<Response> {
+    node.remove_fact(&key).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn prometheus(State(node): State<Node>) -> Response {
+    let text = metrics::render(&metrics::Snapshot {
+        members: node.members(),
+        tribes: node.tribes(),
+        policies: node.policies().len(),
+        counters: node.counters(),
+        broadcast_backlog: node.broadcast_backlog(),
+    });
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}

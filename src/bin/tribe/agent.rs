@@ -1,0 +1,285 @@
+//! `tribe agent`: runs one node with its admin API until SIGINT or SIGTERM,
+//! then leaves the tribe gracefully.
+//!
+//! Options come from flags, then `TRIBE_<FLAG>` environment variables, then
+//! the TOML file given with `--config`, then defaults, in that order.
+
+use std::io::Write as _;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use tribe::{Config, Event, Node, Profile};
+
+/// Default gossip port (UDP and TCP), as memberlist's.
+pub const DEFAULT_BIND: &str = "0.0.0.0:7946";
+/// Default admin API address: loopback only.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
+
+/// Options of `tribe agent`.
+#[derive(clap::Args, Debug, Default)]
+pub struct AgentArgs {
+    /// TOML file with any of the options below; keys are the long flag
+    /// names (`name`, `bind`, `seed = [..]`, `fact = ["k=v", ..]`, `data-dir`, ...).
+    #[arg(long, env = "TRIBE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Node name, unique in the tribe [default: the host name].
+    #[arg(long, env = "TRIBE_NAME")]
+    name: Option<String>,
+    /// Where to listen for gossip (UDP) and sync/calls (TCP, same port); port 0 picks one
+    /// [default: 0.0.0.0:7946].
+    #[arg(long, env = "TRIBE_BIND", value_name = "HOST:PORT")]
+    bind: Option<String>,
+    /// Address peers should use to reach this node [default: the bind address; with an
+    /// unspecified bind host, the source address of the default route].
+    #[arg(long, env = "TRIBE_ADVERTISE", value_name = "HOST:PORT")]
+    advertise: Option<String>,
+    /// A node to join through (repeatable; comma-separated in TRIBE_SEED).
+    #[arg(
+        long = "seed",
+        env = "TRIBE_SEED",
+        value_name = "HOST:PORT",
+        value_delimiter = ','
+    )]
+    seeds: Vec<String>,
+    /// A user fact; overrides a collected fact of the same key (repeatable;
+    /// comma-separated in TRIBE_FACT).
+    #[arg(
+        long = "fact",
+        env = "TRIBE_FACT",
+        value_name = "KEY=VALUE",
+        value_delimiter = ','
+    )]
+    facts: Vec<String>,
+    /// Timing profile: lan, wan or local [default: lan].
+    #[arg(long, env = "TRIBE_PROFILE")]
+    profile: Option<String>,
+    /// Where the admin HTTP API listens; port 0 picks one [default: 127.0.0.1:7947].
+    #[arg(long, env = "TRIBE_ADMIN", value_name = "HOST:PORT")]
+    admin: Option<String>,
+    /// Directory that keeps known peers and memberships by hand across restarts.
+    #[arg(long, env = "TRIBE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Cluster label: agents with different labels never talk [default: none].
+    #[arg(long, env = "TRIBE_LABEL")]
+    label: Option<String>,
+    /// Log filter: error, warn, info, debug, trace, or a tracing directive
+    /// such as `tribe=debug` [default: info].
+    #[arg(long, env = "TRIBE_LOG_LEVEL", value_name = "LEVEL")]
+    log_level: Option<String>,
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "TRIBE_LOG_JSON")]
+    log_json: bool,
+}
+
+/// The same options read from a TOML file.
+#[derive(Deserialize, Debug, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct FileOptions {
+    name: Option<String>,
+    bind: Option<String>,
+    advertise: Option<String>,
+    #[serde(default)]
+    seed: Vec<String>,
+    #[serde(default)]
+    fact: Vec<String>,
+    profile: Option<String>,
+    admin: Option<String>,
+    data_dir: Option<PathBuf>,
+    label: Option<String>,
+    log_level: Option<String>,
+    log_json: Option<bool>,
+}
+
+/// Everything the agent needs, resolved and checked.
+#[derive(Debug)]
+pub struct AgentPlan {
+    /// The node's configuration.
+    pub config: Config,
+    /// Admin API address.
+    pub admin: SocketAddr,
+    /// Log filter.
+    pub log_level: String,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
+    text.to_socket_addrs()
+        .map_err(|e| format!("--{what} {text:?}: {e} (expected HOST:PORT)"))?
+        .next()
+        .ok_or_else(|| format!("--{what} {text:?}: the host has no address"))
+}
+
+fn read_file_options(path: &PathBuf) -> Result<FileOptions, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+}
+
+impl AgentArgs {
+    /// Merges flags, environment and file, checks every value, and builds the
+    /// node configuration. `collected` are the host facts (for the defaults
+    /// of the name and the advertise address).
+    pub fn plan(self, collected: &tribe::facts::Facts) -> Result<AgentPlan, String> {
+        let file = match &self.config {
+            Some(path) => read_file_options(path)?,
+            None => FileOptions::default(),
+        };
+        let name = self
+            .name
+            .or(file.name)
+            .or_else(|| collected.get("hostname").cloned())
+            .ok_or("no --name given and the host name is unknown")?;
+        let bind_text = self
+            .bind
+            .or(file.bind)
+            .unwrap_or_else(|| DEFAULT_BIND.to_string());
+        let bind = resolve_addr("bind", &bind_text)?;
+        let advertise = match self.advertise.or(file.advertise) {
+            Some(a) => Some(resolve_addr("advertise", &a)?),
+            None if bind.ip().is_unspecified() => {
+                let ip = collected
+                    .get("default_ipv4")
+                    .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+                    .ok_or("--bind has an unspecified host and no default route was found: give --advertise")?;
+                Some(SocketAddr::new(ip, bind.port()))
+            }
+            None => None,
+        };
+        let seed_texts = if self.seeds.is_empty() {
+            file.seed
+        } else {
+            self.seeds
+        };
+        let seeds = seed_texts
+            .iter()
+            .map(|s| resolve_addr("seed", s))
+            .collect::<Result<Vec<_>, _>>()?;
+        let fact_texts = if self.facts.is_empty() {
+            file.fact
+        } else {
+            self.facts
+        };
+        let mut config = Config::new(name);
+        for text in &fact_texts {
+            let (k, v) =
+                tribe::facts::parse_fact_arg(text).map_err(|e| format!("--fact {text:?}: {e}"))?;
+            config.facts.insert(k, v);
+        }
+        let profile_text = self
+            .profile
+            .or(file.profile)
+            .unwrap_or_else(|| "lan".into());
+        config.profile = profile_text
+            .parse::<Profile>()
+            .map_err(|e| format!("--profile: {e}"))?;
+        let admin_text = self
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(|| DEFAULT_ADMIN.to_string());
+        let admin = resolve_addr("admin", &admin_text)?;
+        config.bind = bind;
+        config.advertise = advertise;
+        config.seeds = seeds;
+        config.data_dir = self.data_dir.or(file.data_dir);
+        config.cluster_label = self.label.or(file.label).unwrap_or_default();
+        config.validate().map_err(|e| e.to_string())?;
+        Ok(AgentPlan {
+            config,
+            admin,
+            log_level: self
+                .log_level
+                .or(file.log_level)
+                .unwrap_or_else(|| "info".into()),
+            log_json: self.log_json || file.log_json.unwrap_or(false),
+        })
+    }
+}
+
+fn init_logging(level: &str, json: bool) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .map_err(|e| format!("--log-level {level:?}: {e}"))?;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+    result.map_err(|e| format!("cannot set up logging: {e}"))
+}
+
+/// Runs the agent until a signal; returns once it has left the tribe.
+pub fn run(args: AgentArgs) -> Result<(), String> {
+    let collected = tribe::facts::collect();
+    let plan = args.plan(&collected)?;
+    init_logging(&plan.log_level, plan.log_json)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    runtime.block_on(serve(plan))
+}
+
+async fn serve(plan: AgentPlan) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+
+    let admin_listener = tokio::net::TcpListener::bind(plan.admin)
+        .await
+        .map_err(|e| format!("cannot listen for the admin API on {}: {e}", plan.admin))?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|e| format!("admin listener: {e}"))?;
+    let node = Node::start(plan.config)
+        .await
+        .map_err(|e| format!("cannot start the node: {e}"))?;
+
+    let mut events = node.events();
+    tokio::spawn(async move {
+        while let Some(event) = events.next().await {
+            log_event(&event);
+        }
+    });
+
+    let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
+    let admin = tokio::spawn(tribe::admin::serve(node.clone(), admin_listener, async {
+        let _ = admin_stopped.await;
+    }));
+
+    tracing::info!(name = node.name(), gossip = %node.addr(), admin = %admin_addr, "agent running");
+    // One line on stdout for scripts and the demo; everything else is logs on stderr.
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "ready name={} gossip={} admin={}",
+        node.name(),
+        node.addr(),
+        admin_addr
+    );
+    let _ = out.flush();
+    drop(out);
+
+    tokio::select! {
+        _ = sigterm.recv() => tracing::info!("SIGTERM: leaving the tribe"),
+        _ = sigint.recv() => tracing::info!("SIGINT: leaving the tribe"),
+    }
+    let left = node.shutdown().await;
+    let _ = stop_admin.send(());
+    let _ = admin.await;
+    left.map_err(|e| format!("leaving: {e}"))?;
+    tracing::info!("left the tribe");
+    Ok(())
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::PolicyError { .. } => tracing::warn!(?event, "policy error"),
+        _ => tracing::info!(?event, "event"),
+    }
+}

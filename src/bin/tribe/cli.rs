@@ -1,0 +1,508 @@
+//! The admin commands: each is one or two requests to an agent's admin API,
+//! printed as an aligned table (or JSON with `--json`).
+
+use std::io::Write as _;
+
+use clap::{Args, Subcommand};
+use serde_json::json;
+use tribe::admin::json::{Member, PolicyJson, Status, Tribe};
+
+use crate::agent::DEFAULT_ADMIN;
+use crate::client::{seg, Admin, Reply};
+
+/// Where the agent is and how to print.
+#[derive(Args, Debug, Clone)]
+pub struct AdminOpts {
+    /// Admin API address of the agent to talk to.
+    #[arg(long, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN)]
+    pub admin: String,
+    /// Print the agent's JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `tribe tribe ...`
+#[derive(Subcommand, Debug)]
+pub enum TribeCmd {
+    /// Show one tribe: live members, plugins and tasks.
+    Show {
+        /// Tribe name.
+        tribe: String,
+    },
+    /// Create an empty tribe.
+    Create {
+        /// Tribe name.
+        tribe: String,
+    },
+    /// Delete a tribe with its catalog, memberships and the policies that target it.
+    Delete {
+        /// Tribe name.
+        tribe: String,
+    },
+    /// Put a node in a tribe by hand.
+    Join {
+        /// Tribe name.
+        tribe: String,
+        /// Node name [default: the agent's own].
+        node: Option<String>,
+    },
+    /// Take a node out of a tribe (membership by hand only; policies still apply).
+    Leave {
+        /// Tribe name.
+        tribe: String,
+        /// Node name [default: the agent's own].
+        node: Option<String>,
+    },
+}
+
+/// `tribe policy ...`
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Add a policy: nodes whose facts satisfy WHEN are in TRIBE (created when missing).
+    Add {
+        /// Policy name.
+        name: String,
+        /// Tribe it puts nodes in.
+        tribe: String,
+        /// CEL expression over `facts`, e.g. 'facts.os_dist == "ubuntu"'.
+        when: String,
+    },
+    /// Remove a policy.
+    Rm {
+        /// Policy name.
+        name: String,
+    },
+    /// List policies.
+    Ls,
+}
+
+/// `tribe plugin ...`
+#[derive(Subcommand, Debug)]
+pub enum PluginCmd {
+    /// Add a plugin to a tribe's catalog; every member is asked to load it.
+    Load {
+        /// Tribe name.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+        /// collector, processor or publisher.
+        kind: String,
+    },
+    /// Remove a plugin from a tribe's catalog.
+    Unload {
+        /// Tribe name.
+        tribe: String,
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+    },
+}
+
+/// `tribe task ...`
+#[derive(Subcommand, Debug)]
+pub enum TaskCmd {
+    /// Add a task to a tribe; every member inherits it.
+    Add {
+        /// Tribe name.
+        tribe: String,
+        /// Task id, unique in the tribe.
+        id: String,
+        /// The manifest, a JSON object (or @FILE to read it from a file).
+        manifest: String,
+        /// Add it stopped instead of running.
+        #[arg(long)]
+        stopped: bool,
+    },
+    /// Remove a task.
+    Rm {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+    /// Ask members to run a task.
+    Start {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+    /// Ask members to stop a task.
+    Stop {
+        /// Tribe name.
+        tribe: String,
+        /// Task id.
+        id: String,
+    },
+}
+
+/// `tribe fact ...`
+#[derive(Subcommand, Debug)]
+pub enum FactCmd {
+    /// List the agent's facts (collected and user ones).
+    Ls,
+    /// Set a user fact of the agent (policies are evaluated again).
+    Set {
+        /// Fact key.
+        key: String,
+        /// Fact value.
+        value: String,
+    },
+    /// Remove a user fact of the agent.
+    Rm {
+        /// Fact key.
+        key: String,
+    },
+}
+
+/// One admin command, ready to run.
+#[derive(Debug)]
+pub enum AdminCommand {
+    /// `tribe status`
+    Status,
+    /// `tribe members`
+    Members,
+    /// `tribe tribes`
+    Tribes,
+    /// `tribe tribe ...`
+    Tribe(TribeCmd),
+    /// `tribe policy ...`
+    Policy(PolicyCmd),
+    /// `tribe plugin ...`
+    Plugin(PluginCmd),
+    /// `tribe task ...`
+    Task(TaskCmd),
+    /// `tribe fact ...`
+    Fact(FactCmd),
+}
+
+/// Aligned columns with a header row.
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
+    let mut tw = tabwriter::TabWriter::new(std::io::stdout()).padding(3);
+    let mut write = |cells: Vec<String>| writeln!(tw, "{}", cells.join("\t"));
+    let io = |e: std::io::Error| format!("writing to stdout: {e}");
+    write(headers.iter().map(|h| h.to_string()).collect()).map_err(io)?;
+    for row in rows {
+        write(row).map_err(io)?;
+    }
+    tw.flush().map_err(io)
+}
+
+fn print_json(value: &serde_json::Value) -> Result<(), String> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    println!("{text}");
+    Ok(())
+}
+
+fn list_or_dash(items: &[String]) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(",")
+    }
+}
+
+fn own_name(admin: &Admin) -> Result<String, String> {
+    Ok(admin.get::<Status>("/v1/status")?.name)
+}
+
+/// What a mutation prints: its reply with `--json`, else a short confirmation.
+fn done(opts: &AdminOpts, reply: Reply, what: String) -> Result<(), String> {
+    if opts.json {
+        print_json(&reply.unwrap_or_else(|| json!({})))
+    } else {
+        println!("{what}");
+        Ok(())
+    }
+}
+
+fn read_manifest(text: &str) -> Result<serde_json::Value, String> {
+    let raw = match text.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read manifest file {path}: {e}"))?,
+        None => text.to_string(),
+    };
+    serde_json::from_str(&raw).map_err(|e| format!("the manifest is not JSON: {e}"))
+}
+
+/// Runs one admin command against the agent at `opts.admin`.
+pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
+    let admin = Admin::new(&opts.admin);
+    match cmd {
+        AdminCommand::Status => {
+            let value = admin.get_value("/v1/status")?;
+            if opts.json {
+                return print_json(&value);
+            }
+            let s: Status = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            print_table(
+                &["NAME", "ADDR", "ALIVE", "TRIBES", "BACKLOG", "DIGEST"],
+                vec![vec![
+                    s.name,
+                    s.addr,
+                    s.members_alive.to_string(),
+                    s.tribes.to_string(),
+                    s.broadcast_backlog.to_string(),
+                    s.state_digest.chars().take(16).collect(),
+                ]],
+            )
+        }
+        AdminCommand::Members => {
+            let value = admin.get_value("/v1/members")?;
+            if opts.json {
+                return print_json(&value);
+            }
+            let members: Vec<Member> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            let rows = members
+                .into_iter()
+                .map(|m| {
+                    let facts: Vec<String> = m
+                        .facts
+                        .iter()
+                        .filter(|(k, _)| !tribe::facts::COLLECTED_FACTS.contains(&k.as_str()))
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect();
+                    vec![
+                        if m.local {
+                            format!("{}*", m.name)
+                        } else {
+                            m.name
+                        },
+                        m.addr,
+                        m.state,
+                        list_or_dash(&m.tribes),
+                        list_or_dash(&facts),
+                    ]
+                })
+                .collect();
+            print_table(&["NAME", "ADDR", "STATE", "TRIBES", "CUSTOM FACTS"], rows)
+        }
+        AdminCommand::Tribes => {
+            let value = admin.get_value("/v1/tribes")?;
+            if opts.json {
+                return print_json(&value);
+            }
+            let tribes: Vec<Tribe> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            print_tribes(tribes)
+        }
+        AdminCommand::Tribe(cmd) => run_tribe(&opts, &admin, cmd),
+        AdminCommand::Policy(cmd) => run_policy(&opts, &admin, cmd),
+        AdminCommand::Plugin(cmd) => match cmd {
+            PluginCmd::Load {
+                tribe,
+                name,
+                version,
+                kind,
+            } => {
+                let reply = admin.post(
+                    &format!("/v1/tribes/{}/plugins", seg(&tribe)),
+                    &json!({"name": name, "version": version, "kind": kind}),
+                )?;
+                done(
+                    &opts,
+                    reply,
+                    format!("loaded {name}:{version} ({kind}) in tribe {tribe}"),
+                )
+            }
+            PluginCmd::Unload {
+                tribe,
+                name,
+                version,
+            } => {
+                let reply = admin.delete(&format!(
+                    "/v1/tribes/{}/plugins/{}/{}",
+                    seg(&tribe),
+                    seg(&name),
+                    seg(&version)
+                ))?;
+                done(
+                    &opts,
+                    reply,
+                    format!("unloaded {name}:{version} from tribe {tribe}"),
+                )
+            }
+        },
+        AdminCommand::Task(cmd) => run_task(&opts, &admin, cmd),
+        AdminCommand::Fact(cmd) => match cmd {
+            FactCmd::Ls => {
+                let value = admin.get_value("/v1/facts")?;
+                if opts.json {
+                    return print_json(&value);
+                }
+                let facts: std::collections::BTreeMap<String, String> =
+                    serde_json::from_value(value).map_err(|e| e.to_string())?;
+                print_table(
+                    &["KEY", "VALUE"],
+                    facts.into_iter().map(|(k, v)| vec![k, v]).collect(),
+                )
+            }
+            FactCmd::Set { key, value } => {
+                let reply = admin.put(
+                    &format!("/v1/facts/{}", seg(&key)),
+                    Some(&json!({"value": value})),
+                )?;
+                done(&opts, reply, format!("set fact {key}={value}"))
+            }
+            FactCmd::Rm { key } => {
+                let reply = admin.delete(&format!("/v1/facts/{}", seg(&key)))?;
+                done(&opts, reply, format!("removed fact {key}"))
+            }
+        },
+    }
+}
+
+fn print_tribes(tribes: Vec<Tribe>) -> Result<(), String> {
+    let rows = tribes
+        .into_iter()
+        .map(|t| {
+            let plugins: Vec<String> = t
+                .plugins
+                .iter()
+                .map(|p| format!("{}:{}", p.name, p.version))
+                .collect();
+            let tasks: Vec<String> = t
+                .tasks
+                .iter()
+                .map(|k| format!("{}({})", k.id, k.state))
+                .collect();
+            vec![
+                t.name,
+                list_or_dash(&t.members),
+                list_or_dash(&plugins),
+                list_or_dash(&tasks),
+            ]
+        })
+        .collect();
+    print_table(&["TRIBE", "MEMBERS", "PLUGINS", "TASKS"], rows)
+}
+
+fn run_tribe(opts: &AdminOpts, admin: &Admin, cmd: TribeCmd) -> Result<(), String> {
+    match cmd {
+        TribeCmd::Show { tribe } => {
+            let value = admin.get_value(&format!("/v1/tribes/{}", seg(&tribe)))?;
+            if opts.json {
+                return print_json(&value);
+            }
+            let t: Tribe = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            print_tribes(vec![t])
+        }
+        TribeCmd::Create { tribe } => {
+            let reply = admin.post("/v1/tribes", &json!({"name": tribe}))?;
+            done(opts, reply, format!("created tribe {tribe}"))
+        }
+        TribeCmd::Delete { tribe } => {
+            let reply = admin.delete(&format!("/v1/tribes/{}", seg(&tribe)))?;
+            done(opts, reply, format!("deleted tribe {tribe}"))
+        }
+        TribeCmd::Join { tribe, node } => {
+            let node = match node {
+                Some(n) => n,
+                None => own_name(admin)?,
+            };
+            let reply = admin.put(
+                &format!("/v1/tribes/{}/members/{}", seg(&tribe), seg(&node)),
+                None,
+            )?;
+            done(opts, reply, format!("{node} joined tribe {tribe}"))
+        }
+        TribeCmd::Leave { tribe, node } => {
+            let node = match node {
+                Some(n) => n,
+                None => own_name(admin)?,
+            };
+            let reply = admin.delete(&format!(
+                "/v1/tribes/{}/members/{}",
+                seg(&tribe),
+                seg(&node)
+            ))?;
+            done(opts, reply, format!("{node} left tribe {tribe}"))
+        }
+    }
+}
+
+fn run_policy(opts: &AdminOpts, admin: &Admin, cmd: PolicyCmd) -> Result<(), String> {
+    match cmd {
+        PolicyCmd::Add { name, tribe, when } => {
+            let reply = admin.post(
+                "/v1/policies",
+                &json!({"name": name, "tribe": tribe, "when": when}),
+            )?;
+            done(
+                opts,
+                reply,
+                format!("added policy {name} for tribe {tribe}"),
+            )
+        }
+        PolicyCmd::Rm { name } => {
+            let reply = admin.delete(&format!("/v1/policies/{}", seg(&name)))?;
+            done(opts, reply, format!("removed policy {name}"))
+        }
+        PolicyCmd::Ls => {
+            let value = admin.get_value("/v1/policies")?;
+            if opts.json {
+                return print_json(&value);
+            }
+            let policies: Vec<PolicyJson> =
+                serde_json::from_value(value).map_err(|e| e.to_string())?;
+            print_table(
+                &["POLICY", "TRIBE", "WHEN"],
+                policies
+                    .into_iter()
+                    .map(|p| vec![p.name, p.tribe, p.when])
+                    .collect(),
+            )
+        }
+    }
+}
+
+fn run_task(opts: &AdminOpts, admin: &Admin, cmd: TaskCmd) -> Result<(), String> {
+    match cmd {
+        TaskCmd::Add {
+            tribe,
+            id,
+            manifest,
+            stopped,
+        } => {
+            let manifest = read_manifest(&manifest)?;
+            let state = if stopped { "stopped" } else { "running" };
+            let reply = admin.post(
+                &format!("/v1/tribes/{}/tasks", seg(&tribe)),
+                &json!({"id": id, "manifest": manifest, "state": state}),
+            )?;
+            done(
+                opts,
+                reply,
+                format!("added task {id} ({state}) to tribe {tribe}"),
+            )
+        }
+        TaskCmd::Rm { tribe, id } => {
+            let reply = admin.delete(&format!("/v1/tribes/{}/tasks/{}", seg(&tribe), seg(&id)))?;
+            done(opts, reply, format!("removed task {id} from tribe {tribe}"))
+        }
+        TaskCmd::Start { tribe, id } => {
+            let reply = admin.put(
+                &format!("/v1/tribes/{}/tasks/{}/start", seg(&tribe), seg(&id)),
+                None,
+            )?;
+            done(
+                opts,
+                reply,
+                format!("task {id} of tribe {tribe} set to running"),
+            )
+        }
+        TaskCmd::Stop { tribe, id } => {
+            let reply = admin.put(
+                &format!("/v1/tribes/{}/tasks/{}/stop", seg(&tribe), seg(&id)),
+                None,
+            )?;
+            done(
+                opts,
+                reply,
+                format!("task {id} of tribe {tribe} set to stopped"),
+            )
+        }
+    }
+}

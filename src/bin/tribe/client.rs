@@ -1,0 +1,105 @@
+//! A small blocking client of an agent's admin API, shared by the admin
+//! commands and the demo.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use tribe::admin::json::ErrorBody;
+
+/// How long one admin request may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Talks to one agent.
+pub struct Admin {
+    base: String,
+    agent: ureq::Agent,
+}
+
+/// What a request came back with: a JSON body, or none (204).
+pub type Reply = Option<serde_json::Value>;
+
+impl Admin {
+    /// A client of the agent whose admin API listens on `addr`.
+    pub fn new(addr: &str) -> Admin {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(REQUEST_TIMEOUT))
+            .build()
+            .into();
+        Admin {
+            base: format!("http://{addr}"),
+            agent,
+        }
+    }
+
+    /// A client of `addr`.
+    pub fn at(addr: SocketAddr) -> Admin {
+        Admin::new(&addr.to_string())
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn finish(
+        &self,
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Reply, String> {
+        let mut resp =
+            result.map_err(|e| format!("cannot reach the agent at {}: {e}", self.base))?;
+        let status = resp.status();
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| format!("reading the reply: {e}"))?;
+        if !status.is_success() {
+            return Err(match serde_json::from_str::<ErrorBody>(&text) {
+                Ok(body) => format!("{} ({})", body.message, body.error),
+                Err(_) => format!("the agent answered {status}: {}", text.trim()),
+            });
+        }
+        if text.trim().is_empty() {
+            return Ok(None);
+        }
+        serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| format!("the agent's reply is not JSON: {e}"))
+    }
+
+    /// GET a JSON value.
+    pub fn get_value(&self, path: &str) -> Result<serde_json::Value, String> {
+        self.finish(self.agent.get(&self.url(path)).call())?
+            .ok_or_else(|| format!("empty reply to GET {path}"))
+    }
+
+    /// GET a typed JSON value.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, String> {
+        serde_json::from_value(self.get_value(path)?)
+            .map_err(|e| format!("unexpected reply to GET {path}: {e}"))
+    }
+
+    /// POST a JSON body.
+    pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<Reply, String> {
+        self.finish(self.agent.post(&self.url(path)).send_json(body))
+    }
+
+    /// PUT, with a JSON body or none.
+    pub fn put(&self, path: &str, body: Option<&serde_json::Value>) -> Result<Reply, String> {
+        let req = self.agent.put(&self.url(path));
+        self.finish(match body {
+            Some(b) => req.send_json(b),
+            None => req.send_empty(),
+        })
+    }
+
+    /// DELETE.
+    pub fn delete(&self, path: &str) -> Result<Reply, String> {
+        self.finish(self.agent.delete(&self.url(path)).call())
+    }
+}
+
+/// Escapes one path segment (names are restricted, but a user may type anything).
+pub fn seg(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
