@@ -34,7 +34,8 @@ pub struct AgentArgs {
     /// unspecified bind host, the source address of the default route].
     #[arg(long, env = "TRIBE_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
-    /// A node to join through (repeatable; comma-separated in TRIBE_SEED).
+    /// A node to join through (repeatable; comma-separated in TRIBE_SEED; added to
+    /// the file's `seed` list).
     #[arg(
         long = "seed",
         env = "TRIBE_SEED",
@@ -42,8 +43,8 @@ pub struct AgentArgs {
         value_delimiter = ','
     )]
     seeds: Vec<String>,
-    /// A user fact; overrides a collected fact of the same key (repeatable;
-    /// comma-separated in TRIBE_FACT).
+    /// A user fact; overrides a collected fact and the file's fact of the same key
+    /// (repeatable; comma-separated in TRIBE_FACT).
     #[arg(
         long = "fact",
         env = "TRIBE_FACT",
@@ -147,20 +148,15 @@ impl AgentArgs {
             }
             None => None,
         };
-        let seed_texts = if self.seeds.is_empty() {
-            file.seed
-        } else {
-            self.seeds
-        };
-        let seeds = seed_texts
+        // Lists add up, as serf's: the file's seeds and facts first, then the
+        // flags' (a flag's fact overrides the file's fact of the same key).
+        let seed_texts: Vec<String> = file.seed.into_iter().chain(self.seeds).collect();
+        let mut seeds = seed_texts
             .iter()
             .map(|s| resolve_addr("seed", s))
             .collect::<Result<Vec<_>, _>>()?;
-        let fact_texts = if self.facts.is_empty() {
-            file.fact
-        } else {
-            self.facts
-        };
+        seeds.dedup();
+        let fact_texts: Vec<String> = file.fact.into_iter().chain(self.facts).collect();
         let mut config = Config::new(name);
         for text in &fact_texts {
             let (k, v) =

@@ -14,10 +14,10 @@ use crate::client::{seg, Admin, Reply};
 #[derive(Args, Debug, Clone)]
 pub struct AdminOpts {
     /// Admin API address of the agent to talk to.
-    #[arg(long, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN)]
+    #[arg(long, global = true, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN)]
     pub admin: String,
     /// Print the agent's JSON instead of a table.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
 }
 

@@ -1,0 +1,540 @@
+//! `tribe agent` processes on 127.0.0.1, driven only through the admin HTTP
+//! API and the admin commands of the `tribe` binary.
+
+use std::io::{BufRead as _, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const TRIBE: &str = env!("CARGO_BIN_EXE_tribe");
+
+/// One agent process, killed when dropped.
+struct Agent {
+    name: String,
+    child: Child,
+    gossip: SocketAddr,
+    admin: SocketAddr,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn scratch_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("tribe-agents-{test}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Starts an agent with extra arguments and waits for its ready line.
+fn start_agent(dir: &Path, name: &str, extra: &[String]) -> Agent {
+    let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
+    let mut cmd = Command::new(TRIBE);
+    cmd.arg("agent")
+        .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args(["--profile", "local", "--log-level", "debug"])
+        .args(extra)
+        .env_remove("TRIBE_ADMIN")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log);
+    if !extra.iter().any(|a| a == "--config") {
+        cmd.args(["--name", name]);
+    }
+    let mut child = cmd.spawn().expect("spawn tribe agent");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx.recv_timeout(Duration::from_secs(30)).unwrap_or_default();
+    let mut field = |key: &str| -> SocketAddr {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(key))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                let _ = child.kill();
+                let log = std::fs::read_to_string(dir.join(format!("{name}.log")));
+                panic!("agent {name}: no ready line ({line:?}); log: {log:?}")
+            })
+    };
+    let gossip = field("gossip=");
+    let admin = field("admin=");
+    Agent {
+        name: name.to_string(),
+        child,
+        gossip,
+        admin,
+    }
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+/// A request to an agent's admin API: (status, JSON body or Null).
+fn call(agent: &Agent, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+    let url = format!("http://{}{path}", agent.admin);
+    let http = http();
+    let result = match (method, body) {
+        ("GET", _) => http.get(&url).call(),
+        ("DELETE", _) => http.delete(&url).call(),
+        ("POST", Some(b)) => http.post(&url).send_json(b),
+        ("PUT", Some(b)) => http.put(&url).send_json(b),
+        ("PUT", None) => http.put(&url).send_empty(),
+        other => panic!("unsupported request {other:?}"),
+    };
+    let mut resp = result.unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+    let status = resp.status().as_u16();
+    let text = resp.body_mut().read_to_string().unwrap();
+    let value = if text.trim().is_empty() {
+        Value::Null
+    } else if path == "/metrics" {
+        Value::String(text)
+    } else {
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{path}: not JSON ({e}): {text}"))
+    };
+    (status, value)
+}
+
+fn get(agent: &Agent, path: &str) -> Value {
+    let (status, body) = call(agent, "GET", path, None);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    body
+}
+
+/// Runs an admin command of the `tribe` binary against an agent.
+fn cli(agent: &Agent, list: &[&str]) -> Output {
+    Command::new(TRIBE)
+        .args(list)
+        .args(["--admin", &agent.admin.to_string()])
+        .output()
+        .expect("run tribe")
+}
+
+fn cli_ok(agent: &Agent, list: &[&str]) -> String {
+    let out = cli(agent, list);
+    assert!(
+        out.status.success(),
+        "tribe {list:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn cli_json(agent: &Agent, list: &[&str]) -> Value {
+    let mut with_json = list.to_vec();
+    with_json.push("--json");
+    serde_json::from_str(&cli_ok(agent, &with_json)).unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tribe_members(agent: &Agent, tribe: &str) -> Option<Vec<String>> {
+    let (status, body) = call(agent, "GET", &format!("/v1/tribes/{tribe}"), None);
+    (status == 200).then(|| {
+        body["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap().to_string())
+            .collect()
+    })
+}
+
+fn member_state(agent: &Agent, name: &str) -> Option<String> {
+    get(agent, "/v1/members")
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == name)
+        .map(|m| m["state"].as_str().unwrap().to_string())
+}
+
+fn alive(agent: &Agent) -> u64 {
+    get(agent, "/v1/status")["members_alive"].as_u64().unwrap()
+}
+
+/// Four agents: a1 (ubuntu, storage), a2 (centos), a3 (ubuntu), a4 (centos, storage).
+fn four_agents(dir: &Path) -> Vec<Agent> {
+    let specs = [
+        ("a1", "ubuntu", "true"),
+        ("a2", "centos", "false"),
+        ("a3", "ubuntu", "false"),
+        ("a4", "centos", "true"),
+    ];
+    let mut agents: Vec<Agent> = Vec::new();
+    for (name, os, storage) in specs {
+        let mut extra = args(&[
+            "--fact",
+            &format!("os_dist={os}"),
+            "--fact",
+            &format!("storage_tier={storage}"),
+            "--data-dir",
+            dir.join(name).to_str().unwrap(),
+        ]);
+        if let Some(first) = agents.first() {
+            extra.extend(args(&["--seed", &first.gossip.to_string()]));
+        }
+        agents.push(start_agent(dir, name, &extra));
+    }
+    wait_for(
+        "4 agents to see each other",
+        Duration::from_secs(30),
+        || agents.iter().all(|a| alive(a) == 4),
+    );
+    agents
+}
+
+#[test]
+fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() {
+    let dir = scratch_dir("placement");
+    let agents = four_agents(&dir);
+    let a1 = &agents[0];
+
+    // Policies through the CLI; the storage tribe does not exist beforehand.
+    cli_ok(
+        a1,
+        &[
+            "policy",
+            "add",
+            "core",
+            "core",
+            r#"facts.os_dist == "ubuntu""#,
+        ],
+    );
+    cli_ok(
+        &agents[1],
+        &[
+            "policy",
+            "add",
+            "storage",
+            "storage",
+            r#"facts.storage_tier == "true""#,
+        ],
+    );
+    wait_for(
+        "policy placement on every agent",
+        Duration::from_secs(20),
+        || {
+            agents.iter().all(|a| {
+                tribe_members(a, "core") == Some(args(&["a1", "a3"]))
+                    && tribe_members(a, "storage") == Some(args(&["a1", "a4"]))
+            })
+        },
+    );
+
+    // A bad expression: 400 quoting the error, and a one-line CLI error.
+    let (status, body) = call(
+        a1,
+        "POST",
+        "/v1/policies",
+        Some(json!({"name": "bad", "tribe": "core", "when": "facts.os_dist == "})),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_policy");
+    assert!(
+        body["message"].as_str().unwrap().contains("line 1"),
+        "{body}"
+    );
+    let out = cli(a1, &["policy", "add", "bad", "core", "facts.os_dist =="]);
+    assert!(!out.status.success());
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("tribe: ") && err.contains("invalid_policy"),
+        "{err}"
+    );
+    let policies = cli_json(a1, &["policy", "ls"]);
+    assert_eq!(policies.as_array().unwrap().len(), 2, "{policies}");
+
+    // Plugins and a task through the CLI on one agent, seen by every agent.
+    cli_ok(
+        &agents[2],
+        &["plugin", "load", "core", "cpu", "1", "collector"],
+    );
+    cli_ok(
+        &agents[3],
+        &["plugin", "load", "storage", "file", "2", "publisher"],
+    );
+    cli_ok(
+        a1,
+        &[
+            "task",
+            "add",
+            "core",
+            "cpu-5s",
+            r#"{"schedule":{"interval":"5s"},"collect":{"plugin":"cpu"}}"#,
+        ],
+    );
+    wait_for(
+        "the catalog on every agent",
+        Duration::from_secs(20),
+        || {
+            agents.iter().all(|a| {
+                let core = get(a, "/v1/tribes/core");
+                let storage = get(a, "/v1/tribes/storage");
+                core["plugins"] == json!([{"name": "cpu", "version": "1", "kind": "collector"}])
+                    && core["tasks"][0]["id"] == "cpu-5s"
+                    && core["tasks"][0]["state"] == "running"
+                    && storage["plugins"][0]["name"] == "file"
+            })
+        },
+    );
+    let table = cli_ok(&agents[1], &["tribes"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("TRIBE") && header.contains("PLUGINS"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("core") && l.contains("a1,a3") && l.contains("cpu:1")),
+        "{table}"
+    );
+
+    // A late joiner inherits both catalogs.
+    let late = start_agent(
+        &dir,
+        "late",
+        &args(&[
+            "--fact",
+            "os_dist=ubuntu",
+            "--fact",
+            "storage_tier=true",
+            "--seed",
+            &agents[3].gossip.to_string(),
+        ]),
+    );
+    wait_for(
+        "the late joiner to inherit",
+        Duration::from_secs(20),
+        || {
+            let Some(core) = tribe_members(&late, "core") else {
+                return false;
+            };
+            let tribe = get(&late, "/v1/tribes/core");
+            core.contains(&"late".to_string())
+                && tribe["plugins"][0]["name"] == "cpu"
+                && tribe["tasks"][0]["id"] == "cpu-5s"
+                && get(&late, "/v1/tribes/storage")["plugins"][0]["name"] == "file"
+        },
+    );
+    let me = cli_json(&late, &["members"]);
+    let me = me
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["local"] == true)
+        .unwrap()
+        .clone();
+    assert_eq!(me["tribes"], json!(["core", "storage"]), "{me}");
+    assert_eq!(me["facts"]["os_dist"], "ubuntu");
+
+    // Unknown things are JSON 404s; unknown routes too.
+    let (status, body) = call(a1, "GET", "/v1/tribes/nope", None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_tribe"))
+    );
+    let (status, body) = call(a1, "GET", "/v1/nothing", None);
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, body) = call(a1, "POST", "/v1/tribes", Some(json!({"nom": "x"})));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_json"))
+    );
+    let (status, body) = call(a1, "POST", "/v1/tribes", Some(json!({"name": "core"})));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("tribe_exists"))
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn kill_9_is_detected_and_a_restart_with_its_data_dir_rejoins_its_tribes() {
+    let dir = scratch_dir("restart");
+    let mut agents = four_agents(&dir);
+
+    // a2 joins "ops" by hand through the CLI (its own name by default).
+    cli_ok(&agents[0], &["tribe", "create", "ops"]);
+    wait_for("ops to reach a2", Duration::from_secs(20), || {
+        tribe_members(&agents[1], "ops").is_some()
+    });
+    cli_ok(&agents[1], &["tribe", "join", "ops"]);
+    wait_for("a2 in ops everywhere", Duration::from_secs(20), || {
+        agents
+            .iter()
+            .all(|a| tribe_members(a, "ops") == Some(args(&["a2"])))
+    });
+
+    // kill -9 a4: every other agent marks it failed, and /metrics counts it.
+    let victim = agents.remove(3);
+    drop(victim);
+    wait_for("a4 failed everywhere", Duration::from_secs(30), || {
+        agents
+            .iter()
+            .all(|a| member_state(a, "a4").as_deref() == Some("failed"))
+    });
+    let metrics = get(&agents[0], "/metrics");
+    let metrics = metrics.as_str().unwrap();
+    assert!(
+        metrics.contains("tribe_members{state=\"failed\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("tribe_members{state=\"alive\"} 3"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("tribe_tribes 1"), "{metrics}");
+    let members_table = cli_ok(&agents[0], &["members"]);
+    assert!(
+        members_table
+            .lines()
+            .any(|l| l.starts_with("a4 ") && l.contains("failed")),
+        "{members_table}"
+    );
+
+    // a2 stops gracefully (SIGTERM), then restarts with its data dir and no seed.
+    let a2 = agents.remove(1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(a2.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let mut a2 = a2;
+    let status = a2.child.wait().unwrap();
+    assert!(status.success(), "a graceful leave exits 0: {status}");
+    wait_for("a2 left everywhere", Duration::from_secs(20), || {
+        agents
+            .iter()
+            .all(|a| member_state(a, "a2").as_deref() == Some("left"))
+    });
+    let saved = std::fs::read_to_string(dir.join("a2").join(tribe::datadir::STATE_FILE)).unwrap();
+    assert!(saved.contains("ops"), "{saved}");
+
+    let back = start_agent(
+        &dir,
+        "a2",
+        &args(&[
+            "--fact",
+            "os_dist=centos",
+            "--data-dir",
+            dir.join("a2").to_str().unwrap(),
+        ]),
+    );
+    wait_for(
+        "a2 to rejoin and be back in ops",
+        Duration::from_secs(30),
+        || {
+            alive(&back) == 3
+                && agents
+                    .iter()
+                    .chain(std::iter::once(&back))
+                    .all(|a| tribe_members(a, "ops") == Some(args(&["a2"])))
+        },
+    );
+    assert!(agents
+        .iter()
+        .all(|a| member_state(a, "a2").as_deref() == Some("alive")));
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn agent_options_come_from_flags_environment_and_a_toml_file() {
+    let dir = scratch_dir("config");
+    let file = dir.join("agent.toml");
+    std::fs::write(
+        &file,
+        "name = \"from-file\"\nfact = [\"rack=r9\", \"os_dist=ubuntu\"]\nprofile = \"local\"\n",
+    )
+    .unwrap();
+    // The file names the node; TRIBE_FACT (environment) adds facts and beats the
+    // file's fact of the same key.
+    let mut cmd = Command::new(TRIBE);
+    cmd.args(["agent", "--config", file.to_str().unwrap()])
+        .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .env("TRIBE_FACT", "rack=r1,zone=z2")
+        .env_remove("TRIBE_ADMIN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let admin: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("ready line {line:?}"));
+    let agent = Agent {
+        name: "from-file".into(),
+        child,
+        gossip: "127.0.0.1:1".parse().unwrap(),
+        admin,
+    };
+    assert!(agent.admin.ip().is_loopback());
+    let status = get(&agent, "/v1/status");
+    assert_eq!(status["name"], agent.name);
+    let facts = cli_json(&agent, &["fact", "ls"]);
+    assert_eq!(facts["rack"], "r1");
+    assert_eq!(facts["zone"], "z2");
+    assert_eq!(facts["os_dist"], "ubuntu", "{facts}");
+
+    // Bad values are clear errors with a non-zero exit, not panics.
+    for bad in [
+        vec!["agent", "--name", "x", "--bind", "nowhere"],
+        vec!["agent", "--name", "x", "--profile", "fast"],
+        vec!["agent", "--name", "x", "--fact", "novalue"],
+        vec!["agent", "--name", "bad name"],
+        vec!["agent", "--config", "/nonexistent/agent.toml"],
+    ] {
+        let out = Command::new(TRIBE).args(&bad).output().unwrap();
+        assert!(!out.status.success(), "{bad:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("tribe: "), "{bad:?}: {err}");
+    }
+    let unknown_key = dir.join("bad.toml");
+    std::fs::write(&unknown_key, "nmae = \"typo\"\n").unwrap();
+    let out = Command::new(TRIBE)
+        .args(["agent", "--config", unknown_key.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nmae"));
+
+    // The CLI against no agent: one line, non-zero.
+    let out = Command::new(TRIBE)
+        .args(["status", "--admin", "127.0.0.1:1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    std::fs::remove_dir_all(&dir).ok();
+}
