@@ -81,9 +81,14 @@ impl Node {
         };
         let now = wall_clock_ms();
         let generation = config.generation.unwrap_or(now);
-        let mut engine = Engine::new(&config, addr, generation, collected, now, rand::random())?;
+        let mut config = config;
         if let Some(dir) = &config.data_dir {
             crate::datadir::prepare(dir)?;
+            config.keyring = crate::datadir::merge_keyring(dir, config.keyring.take())?;
+        }
+        let mut engine = Engine::new(&config, addr, generation, collected, now, rand::random())?;
+        engine.reseed_nonces(rand::random());
+        if let Some(dir) = &config.data_dir {
             if let Some(durable) = crate::datadir::load(dir)? {
                 tracing::info!(
                     peers = durable.peers.len(),
@@ -290,6 +295,32 @@ impl Node {
             id: id.into(),
         })
         .await
+    }
+
+    /// Adds a key to every node's keyring. Keys travel only between nodes
+    /// that require encryption, so this node must be in `require` mode.
+    pub async fn install_key(&self, key: crate::SecretKey) -> Result<()> {
+        self.command(Command::InstallKey(key)).await
+    }
+
+    /// Makes an installed key the primary (sealing) key of every node.
+    pub async fn use_key(&self, id: crate::KeyId) -> Result<()> {
+        self.command(Command::UseKey(id)).await
+    }
+
+    /// Removes a key from every node's keyring; the primary is refused.
+    pub async fn remove_key(&self, id: crate::KeyId) -> Result<()> {
+        self.command(Command::RemoveKey(id)).await
+    }
+
+    /// Changes this node's encryption mode (the live migration steps).
+    pub async fn set_encryption(&self, mode: crate::Encryption) -> Result<()> {
+        self.command(Command::SetEncryption(mode)).await
+    }
+
+    /// Which live nodes hold which keys, and which is primary where.
+    pub fn keyring_status(&self) -> crate::engine::keys::KeyringStatus {
+        self.inner.shared.engine().keyring_status()
     }
 
     /// Sets a task's desired state.

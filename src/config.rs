@@ -160,6 +160,52 @@ pub struct Config {
     /// Directory for what must survive a restart (known peers, memberships
     /// by hand). `None` keeps nothing: a restarted node needs seeds again.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Keys for sealing traffic; `None` leaves it in plaintext. With a data
+    /// dir, a keyring kept there by an earlier run takes precedence (the
+    /// cluster may have rotated keys since) and this key is added to it.
+    pub keyring: Option<crate::crypto::Keyring>,
+    /// How strictly encryption is applied when a keyring is set.
+    pub encryption: Encryption,
+}
+
+/// How a node with a keyring treats plaintext: the three steps of turning
+/// encryption on in a running cluster (memberlist's verify-incoming and
+/// verify-outgoing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Encryption {
+    /// Send plaintext, accept sealed and plaintext (step 1: every node gets
+    /// the key while nobody depends on it).
+    Accept,
+    /// Send sealed, accept sealed and plaintext (step 2).
+    Send,
+    /// Send sealed, refuse plaintext (step 3, and the default).
+    #[default]
+    Require,
+}
+
+impl Encryption {
+    /// Lower-case name used in flags and APIs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Encryption::Accept => "accept",
+            Encryption::Send => "send",
+            Encryption::Require => "require",
+        }
+    }
+}
+
+impl std::str::FromStr for Encryption {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s {
+            "accept" => Ok(Encryption::Accept),
+            "send" => Ok(Encryption::Send),
+            "require" => Ok(Encryption::Require),
+            other => Err(Error::InvalidArgument(format!(
+                "encryption mode {other:?} is not accept, send or require"
+            ))),
+        }
+    }
 }
 
 impl Config {
@@ -179,6 +225,8 @@ impl Config {
             max_frame: 16 * 1024 * 1024,
             generation: None,
             data_dir: None,
+            keyring: None,
+            encryption: Encryption::Require,
         }
     }
 
@@ -216,8 +264,11 @@ impl Config {
                 "push-pull interval and join retry must be non-zero".into(),
             ));
         }
-        if self.max_frame < 64 * 1024 {
-            return Err(Error::Config("max frame must be at least 64 KiB".into()));
+        // Above 1 GiB, a frame length could be mistaken for a stream hello.
+        if self.max_frame < 64 * 1024 || self.max_frame > 1 << 30 {
+            return Err(Error::Config(
+                "max frame must be between 64 KiB and 1 GiB".into(),
+            ));
         }
         Ok(())
     }

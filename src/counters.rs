@@ -25,6 +25,18 @@ pub struct Counters {
     pub datagram_decode_errors: u64,
     /// Datagrams dropped: sealed with an unknown key or failing authentication.
     pub datagram_auth_errors: u64,
+    /// Plaintext datagrams refused because encryption is required.
+    pub plaintext_datagrams_refused: u64,
+    /// Plaintext streams refused because encryption is required.
+    pub plaintext_streams_refused: u64,
+    /// Streams whose frames failed authentication (tampered, replayed,
+    /// reordered, another cluster's label).
+    pub stream_auth_errors: u64,
+    /// Streams refused for using a key this node does not hold.
+    pub stream_unknown_keys: u64,
+    /// Streams on which a peer refused this node's key (this node is behind
+    /// a key rotation).
+    pub key_rejections: u64,
     /// Datagrams dropped: another cluster's label.
     pub label_mismatches: u64,
     /// Datagrams the membership protocol refused (malformed SWIM payload).

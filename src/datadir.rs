@@ -4,11 +4,14 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::crypto::{Keyring, SecretKey};
 use crate::engine::durable::Durable;
 use crate::error::{Error, Result};
 
 /// File name of the durable state inside the data directory.
 pub const STATE_FILE: &str = "node-state.json";
+/// File name of the keyring (mode 0600) inside the data directory.
+pub const KEYRING_FILE: &str = "keyring.json";
 /// A state file larger than this is refused as corrupt.
 const MAX_STATE_FILE: u64 = 64 * 1024 * 1024;
 
@@ -61,11 +64,88 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
 
 /// Writes the durable state atomically.
 pub fn save(dir: &Path, durable: &Durable) -> std::io::Result<()> {
-    let path = state_path(dir);
-    let tmp = dir.join(format!("{STATE_FILE}.tmp"));
     let text = serde_json::to_vec_pretty(durable).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, &path)
+    write_private(dir, STATE_FILE, &text)
+}
+
+/// Writes `name` in `dir` atomically, readable by the owner only.
+fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!("{name}.tmp"));
+    let _ = std::fs::remove_file(&tmp);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(&tmp)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))
+}
+
+/// The keyring file: base64 keys and which one is primary.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct KeyringFile {
+    primary: String,
+    keys: Vec<String>,
+}
+
+/// Writes the keyring (file mode 0600).
+pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
+    let file = KeyringFile {
+        primary: ring.primary().to_base64(),
+        keys: ring.keys().iter().map(SecretKey::to_base64).collect(),
+    };
+    let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    write_private(dir, KEYRING_FILE, &text)
+}
+
+/// Reads the keyring kept by an earlier run, if any. Errors name the file
+/// but never quote its content.
+pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
+    let path = dir.join(KEYRING_FILE);
+    let text = match std::fs::read(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(Error::Config(format!(
+                "cannot read {}: {e}",
+                path.display()
+            )))
+        }
+    };
+    let bad = |why: String| {
+        Error::Config(format!(
+            "{} is not a valid keyring file: {why}",
+            path.display()
+        ))
+    };
+    let file: KeyringFile =
+        serde_json::from_slice(&text).map_err(|_| bad("not the expected JSON".into()))?;
+    let primary = SecretKey::from_base64(&file.primary).map_err(|e| bad(e.to_string()))?;
+    let mut ring = Keyring::new(primary);
+    for k in &file.keys {
+        let key = SecretKey::from_base64(k).map_err(|e| bad(e.to_string()))?;
+        ring.install(key).map_err(|e| bad(e.to_string()))?;
+    }
+    Ok(Some(ring))
+}
+
+/// The keyring to start with: the kept one (the cluster may have rotated
+/// keys since the configured key was written down) plus the configured key.
+pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<Keyring>> {
+    let kept = load_keyring(dir)?;
+    Ok(match (kept, configured) {
+        (Some(mut kept), Some(configured)) => {
+            for key in configured.keys() {
+                if kept.install(key.clone()).is_err() {
+                    tracing::warn!(key = %key.id(), "keyring kept in the data dir is full; configured key not added");
+                }
+            }
+            Some(kept)
+        }
+        (kept, configured) => kept.or(configured),
+    })
 }
 
 #[cfg(test)]
@@ -89,6 +169,43 @@ mod tests {
         };
         save(&dir, &durable).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(durable));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_keyring_file_is_private_round_trips_and_keeps_its_primary() {
+        let dir = scratch("keyring");
+        prepare(&dir).unwrap();
+        let first = SecretKey::generate();
+        let second = SecretKey::generate();
+        let mut ring = Keyring::new(first.clone());
+        ring.install(second.clone()).unwrap();
+        ring.use_key(second.id()).unwrap();
+        save_keyring(&dir, &ring).unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir.join(KEYRING_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // A configured key joins the kept ring; the kept primary stays.
+        let third = Keyring::new(SecretKey::generate());
+        let merged = merge_keyring(&dir, Some(third.clone())).unwrap().unwrap();
+        assert_eq!(merged.primary_id(), second.id());
+        assert_eq!(merged.len(), 3);
+        std::fs::write(
+            dir.join(KEYRING_FILE),
+            b"{\"primary\": \"c2VjcmV0\", \"keys\": []}",
+        )
+        .unwrap();
+        let err = load_keyring(&dir).unwrap_err().to_string();
+        assert!(
+            err.contains(KEYRING_FILE) && !err.contains("c2VjcmV0"),
+            "{err}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

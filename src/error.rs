@@ -93,6 +93,21 @@ pub enum Error {
     /// The fact is not a user fact of this node.
     #[error("unknown user fact {0:?}")]
     UnknownFact(String),
+    /// A keyring operation on a node without encryption.
+    #[error("this node has no keyring: start it with a key")]
+    NoKeyring,
+    /// Keyring operations need every link sealed, or keys would travel in plaintext.
+    #[error("keys are spread only by nodes that require encryption: switch to `require` first")]
+    EncryptionNotRequired,
+    /// The keyring holds the most keys it can.
+    #[error("the keyring holds 8 keys already; remove one first")]
+    KeyringFull,
+    /// No such key in the keyring.
+    #[error("key {0} is not in the keyring")]
+    UnknownKey(String),
+    /// The primary key cannot be removed.
+    #[error("key {0} is the primary key; make another key primary first")]
+    PrimaryKey(String),
     /// The node is shutting down or has stopped.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -124,6 +139,11 @@ impl Error {
             Error::UnknownTask { .. } => "unknown_task",
             Error::TaskExists { .. } => "task_exists",
             Error::UnknownFact(_) => "unknown_fact",
+            Error::NoKeyring => "no_keyring",
+            Error::EncryptionNotRequired => "encryption_not_required",
+            Error::KeyringFull => "keyring_full",
+            Error::UnknownKey(_) => "unknown_key",
+            Error::PrimaryKey(_) => "primary_key",
             Error::ShuttingDown => "shutting_down",
             Error::Io(_) => "io",
             Error::Config(_) => "config",

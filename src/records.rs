@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::crypto::{KeyId, SecretKey};
 use crate::hlc::Hlc;
 use crate::names;
 
@@ -42,6 +43,11 @@ pub enum Key {
         /// Task id.
         id: String,
     },
+    /// A key of the cluster's keyring: live means installed, a tombstone
+    /// means removed. Travels only over sealed links.
+    RingKey(KeyId),
+    /// Which key is the cluster's primary.
+    RingPrimary,
 }
 
 impl Key {
@@ -50,7 +56,7 @@ impl Key {
         match self {
             Key::Tribe(t) | Key::Member { tribe: t, .. } => Some(t),
             Key::Plugin { tribe, .. } | Key::Task { tribe, .. } => Some(tribe),
-            Key::Node(_) | Key::Policy(_) => None,
+            Key::Node(_) | Key::Policy(_) | Key::RingKey(_) | Key::RingPrimary => None,
         }
     }
 }
@@ -119,6 +125,10 @@ pub struct NodeRecord {
     pub endpoints: Vec<Endpoint>,
     /// Set when the node left on purpose (peers then say *left*, not *failed*).
     pub left: bool,
+    /// Ids of the keys this node holds (empty without encryption).
+    pub keys: Vec<KeyId>,
+    /// Id of the key this node seals with, if any.
+    pub primary_key: Option<KeyId>,
 }
 
 /// A tribe's existence. `after` tells apart records of an older tribe of the
@@ -188,6 +198,30 @@ pub struct TaskRecord {
     pub state: TaskState,
 }
 
+/// A keyring key as a replicated value. Its bytes are serialised for sealed
+/// links only; `Debug` shows the key id.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RingKeyRecord(pub SecretKey);
+
+impl std::fmt::Debug for RingKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RingKeyRecord({})", self.0.id())
+    }
+}
+
+impl Serialize for RingKeyRecord {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.as_bytes().serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RingKeyRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <[u8; crate::crypto::KEY_LEN]>::deserialize(d)
+            .map(|b| RingKeyRecord(SecretKey::from_bytes(b)))
+    }
+}
+
 /// Value of a record; the variant always matches the key's kind.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Value {
@@ -203,6 +237,10 @@ pub enum Value {
     Plugin(PluginRecord),
     /// For [`Key::Task`].
     Task(TaskRecord),
+    /// For [`Key::RingKey`].
+    RingKey(RingKeyRecord),
+    /// For [`Key::RingPrimary`].
+    RingPrimary(KeyId),
 }
 
 /// One versioned register: a value, or a tombstone (`None`).
@@ -247,6 +285,7 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
             names::is_valid(tribe) && names::is_valid(name) && names::check_version(version).is_ok()
         }
         Key::Task { tribe, id } => names::is_valid(tribe) && names::is_valid(id),
+        Key::RingKey(_) | Key::RingPrimary => true,
     };
     if !names_ok {
         return Err(InvalidRecord("bad name in key"));
@@ -278,6 +317,14 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
                 Ok(())
             }
         }
+        (Key::RingKey(id), Value::RingKey(k)) => {
+            if k.0.id() == *id {
+                Ok(())
+            } else {
+                Err(InvalidRecord("keyring key does not match its id"))
+            }
+        }
+        (Key::RingPrimary, Value::RingPrimary(_)) => Ok(()),
         _ => Err(InvalidRecord("value does not match key kind")),
     }
 }

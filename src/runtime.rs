@@ -9,13 +9,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::engine::{ConnId, Engine, Event, Output, Timer};
-use crate::wire;
+use crate::stream::{self, Security, StreamError};
 
 /// How long connecting a stream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -98,6 +98,8 @@ pub(crate) enum DriverInput {
     Closed(ConnId),
     /// A frame over the size limit or otherwise unreadable.
     BadFrame(ConnId),
+    /// Refused for a security reason (plaintext, unknown key, failed authentication).
+    Refused(ConnId, crate::stream::Refusal),
     /// The API queued outputs (a command ran).
     Wake,
     /// Stop; `leave` first when graceful.
@@ -143,6 +145,8 @@ pub(crate) struct Driver {
     timer_seq: u64,
     /// What was last written to the data dir (to skip identical writes).
     saved: Option<crate::engine::durable::Durable>,
+    /// Key ids and primary of the keyring last written to the data dir.
+    saved_ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
 }
 
 /// Binds the UDP socket and a TCP listener on the same port. With port 0 the
@@ -181,6 +185,7 @@ impl Driver {
             timer_slots: HashMap::new(),
             timer_seq: 0,
             saved: None,
+            saved_ring: None,
         }
     }
 
@@ -244,7 +249,21 @@ impl Driver {
         let Some(dir) = self.shared.data_dir.clone() else {
             return;
         };
-        let durable = self.shared.engine().durable();
+        let (durable, ring) = {
+            let engine = self.shared.engine();
+            (engine.durable(), engine.keyring().cloned())
+        };
+        if let Some(ring) = ring {
+            let shape = (ring.ids(), ring.primary_id());
+            if self.saved_ring.as_ref() != Some(&shape) {
+                match crate::datadir::save_keyring(&dir, &ring) {
+                    Ok(()) => self.saved_ring = Some(shape),
+                    Err(e) => {
+                        tracing::warn!(error = %e, dir = %dir.display(), "cannot write the keyring file")
+                    }
+                }
+            }
+        }
         if self.saved.as_ref() == Some(&durable) {
             return;
         }
@@ -306,6 +325,12 @@ impl Driver {
             DriverInput::BadFrame(conn) => {
                 self.conns.remove(&conn);
                 self.shared.engine().handle_bad_frame(wall_clock_ms(), conn);
+            }
+            DriverInput::Refused(conn, why) => {
+                self.conns.remove(&conn);
+                self.shared
+                    .engine()
+                    .handle_stream_refused(wall_clock_ms(), conn, why);
             }
             // A stop during a graceful leave is already under way.
             DriverInput::Wake | DriverInput::Stop { .. } => {}
@@ -399,18 +424,23 @@ impl Driver {
         let inbox = self.inbox_tx.clone();
         let faults = self.shared.faults.clone();
         let max_frame = self.shared.max_frame;
+        let security = self.shared.engine().stream_security();
         tokio::spawn(async move {
             let result = tokio::time::timeout(
                 STREAM_LIFETIME,
-                run_conn(conn, target, rx, inbox.clone(), faults, max_frame),
+                run_conn(conn, target, rx, inbox.clone(), faults, max_frame, security),
             )
             .await;
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) if e.kind() == std::io::ErrorKind::InvalidData => {
+                Ok(Err(StreamError::BadFrame(_))) => {
                     let _ = inbox.send(DriverInput::BadFrame(conn));
                 }
-                _ => tracing::debug!(?conn, "stream ended with an error or timed out"),
+                Ok(Err(StreamError::Refused(why))) => {
+                    let _ = inbox.send(DriverInput::Refused(conn, why));
+                }
+                Ok(Err(e)) => tracing::debug!(?conn, error = %e, "stream ended with an error"),
+                Err(_) => tracing::debug!(?conn, "stream timed out"),
             }
             let _ = inbox.send(DriverInput::Closed(conn));
         });
@@ -422,7 +452,8 @@ enum ConnTarget {
     Accepted(TcpStream),
 }
 
-/// One stream: writes queued frames, reads frames into the driver's inbox.
+/// One stream: the hello exchange, then queued frames written and received
+/// frames handed to the driver's inbox.
 async fn run_conn(
     conn: ConnId,
     target: ConnTarget,
@@ -430,47 +461,49 @@ async fn run_conn(
     inbox: mpsc::UnboundedSender<DriverInput>,
     faults: Arc<Faults>,
     max_frame: usize,
-) -> std::io::Result<()> {
-    let stream = match target {
-        ConnTarget::Accepted(s) => s,
+    security: Security,
+) -> Result<(), StreamError> {
+    let (mut stream, dialed) = match target {
+        ConnTarget::Accepted(s) => (s, false),
         ConnTarget::Dial(to) => {
             if faults.is_blocked(&to) {
-                return Err(std::io::Error::other("blocked by fault injection"));
+                return Err(std::io::Error::other("blocked by fault injection").into());
             }
-            tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
                 .await
-                .map_err(|_| std::io::Error::other("connect timed out"))??
+                .map_err(|_| std::io::Error::other("connect timed out"))??;
+            (s, true)
         }
     };
     let _ = stream.set_nodelay(true);
+    let (mut sealer, mut opener) = if dialed {
+        stream::connect(&mut stream, &security, max_frame).await?
+    } else {
+        stream::accept(&mut stream, &security, max_frame).await?
+    };
     let (mut reader, mut writer) = stream.into_split();
     let writing = async move {
         while let Some(out) = rx.recv().await {
             match out {
-                ConnOut::Frame(body) => writer.write_all(&wire::frame(&body)).await?,
+                ConnOut::Frame(body) => sealer.write_frame(&mut writer, &body).await?,
                 ConnOut::Close => break,
             }
         }
-        writer.shutdown().await
+        writer.shutdown().await.map_err(StreamError::from)
     };
     let reading = async move {
         loop {
-            let mut header = [0u8; wire::FRAME_HEADER];
-            match reader.read_exact(&mut header).await {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            match opener.read_frame(&mut reader).await? {
+                Some(body) => {
+                    if inbox.send(DriverInput::Frame(conn, body)).is_err() {
+                        return Ok(());
+                    }
+                }
+                None => {
                     // Tell the engine now; the writer may still be waiting.
                     let _ = inbox.send(DriverInput::Closed(conn));
                     return Ok(());
                 }
-                Err(e) => return Err(e),
-            }
-            let len = wire::frame_len(header, max_frame)
-                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))?;
-            let mut body = vec![0u8; len];
-            reader.read_exact(&mut body).await?;
-            if inbox.send(DriverInput::Frame(conn, body)).is_err() {
-                return Ok(());
             }
         }
     };

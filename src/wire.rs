@@ -1,22 +1,30 @@
-//! On-the-wire envelopes. A datagram is `magic | version | key id | body`;
-//! key id 0 means plaintext, whose body is `label length | label | payload`.
-//! Stream frames are a 4-byte big-endian length and a postcard message.
-//! Every decoder is total: bad bytes give a [`WireError`], never a panic.
+//! On-the-wire envelopes. A datagram is
+//! `magic | version | kind | label length | label | body`; kind 0 is
+//! plaintext (body = payload), kind 1 is sealed (body = key id | nonce |
+//! XChaCha20-Poly1305 ciphertext, with every header byte before the body as
+//! associated data, so the cluster label is authenticated). Stream frames are
+//! a 4-byte big-endian length and a postcard message (sealed per connection
+//! by [`crate::stream`]). Every decoder is total: bad bytes give a
+//! [`WireError`], never a panic.
 
 use serde::{Deserialize, Serialize};
+
+use crate::crypto::{self, KeyId, Keyring, OpenError};
 
 /// First bytes of every libtribe datagram.
 pub const MAGIC: [u8; 2] = *b"TB";
 /// Wire format version.
 pub const VERSION: u8 = 1;
-/// Key id meaning "not encrypted".
-pub const PLAINTEXT_KEY_ID: u8 = 0;
+/// Datagram kind: plaintext payload.
+pub const KIND_PLAIN: u8 = 0;
+/// Datagram kind: sealed payload.
+pub const KIND_SEALED: u8 = 1;
 /// Longest cluster label, in bytes.
 pub const MAX_LABEL_LEN: usize = 64;
 /// Largest datagram sent or accepted, envelope included.
 pub const MAX_DATAGRAM: usize = 1400;
-/// Room left in a datagram for the envelope (header, label or nonce and tag).
-pub const ENVELOPE_BUDGET: usize = 4 + 1 + MAX_LABEL_LEN + 8;
+/// Room left in a datagram for the envelope (header, label, key id, nonce, tag).
+pub const ENVELOPE_BUDGET: usize = 5 + MAX_LABEL_LEN + crypto::DATAGRAM_OVERHEAD;
 /// Length prefix of a stream frame.
 pub const FRAME_HEADER: usize = 4;
 
@@ -35,10 +43,17 @@ pub enum WireError {
     /// A wire version this build does not speak.
     #[error("unsupported wire version {0}")]
     UnsupportedVersion(u8),
-    /// Sealed with a key this node does not have, or sealed when it expects plaintext.
-    #[error("unknown key id {0}")]
-    UnknownKey(u8),
-    /// Plaintext from another cluster.
+    /// A datagram kind this build does not know.
+    #[error("unknown datagram kind {0}")]
+    UnknownKind(u8),
+    /// Sealed with a key this node does not hold (or sealed while this node
+    /// has no keyring).
+    #[error("sealed with key {0}, which this node does not hold")]
+    UnknownKey(KeyId),
+    /// Sealed, but authentication failed (tampered, or another cluster's label).
+    #[error("authentication failed")]
+    Auth,
+    /// Another cluster's label.
     #[error("cluster label mismatch")]
     LabelMismatch,
     /// The payload did not decode.
@@ -46,26 +61,56 @@ pub enum WireError {
     Malformed(String),
 }
 
-/// Wraps a gossip payload for sending.
-pub fn seal_datagram(label: &str, payload: &[u8]) -> Vec<u8> {
-    let label = label.as_bytes();
-    let mut out = Vec::with_capacity(5 + label.len() + payload.len());
+/// A received datagram's payload and whether it was sealed.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Opened<'a> {
+    /// Sent in plaintext.
+    Plain(&'a [u8]),
+    /// Sealed, and authentic.
+    Sealed(Vec<u8>),
+}
+
+fn header(kind: u8, label: &[u8], capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + label.len() + capacity);
     out.extend_from_slice(&MAGIC);
     out.push(VERSION);
-    out.push(PLAINTEXT_KEY_ID);
+    out.push(kind);
     // Labels are validated to fit in a byte at configuration time.
     out.push(label.len() as u8);
     out.extend_from_slice(label);
+    out
+}
+
+/// Wraps a gossip payload in plaintext.
+pub fn plain_datagram(label: &str, payload: &[u8]) -> Vec<u8> {
+    let mut out = header(KIND_PLAIN, label.as_bytes(), payload.len());
     out.extend_from_slice(payload);
     out
 }
 
-/// Checks the envelope of a received datagram and returns its payload.
-pub fn open_datagram<'a>(label: &str, bytes: &'a [u8]) -> Result<&'a [u8], WireError> {
+/// Seals a gossip payload with the keyring's primary key and a fresh random nonce.
+pub fn sealed_datagram(label: &str, ring: &Keyring, nonce: [u8; 24], payload: &[u8]) -> Vec<u8> {
+    let mut out = header(
+        KIND_SEALED,
+        label.as_bytes(),
+        crypto::DATAGRAM_OVERHEAD + payload.len(),
+    );
+    let ad = out.clone();
+    crypto::seal_datagram(ring, nonce, &ad, payload, &mut out);
+    out
+}
+
+/// Checks the envelope of a received datagram, opens it when sealed, and
+/// returns its payload. Whether plaintext is acceptable is the caller's call.
+pub fn open_datagram<'a>(
+    label: &str,
+    ring: Option<&Keyring>,
+    bytes: &'a [u8],
+) -> Result<Opened<'a>, WireError> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(WireError::Oversized(bytes.len()));
     }
-    let [m0, m1, version, key_id, label_len, rest @ ..] = bytes else {
+    let [m0, m1, version, kind, label_len, rest @ ..] = bytes else {
         return Err(WireError::Truncated);
     };
     if [*m0, *m1] != MAGIC {
@@ -74,17 +119,32 @@ pub fn open_datagram<'a>(label: &str, bytes: &'a [u8]) -> Result<&'a [u8], WireE
     if *version != VERSION {
         return Err(WireError::UnsupportedVersion(*version));
     }
-    if *key_id != PLAINTEXT_KEY_ID {
-        return Err(WireError::UnknownKey(*key_id));
-    }
     let label_len = usize::from(*label_len);
-    let (their_label, payload) = rest
+    let (their_label, body) = rest
         .split_at_checked(label_len)
         .ok_or(WireError::Truncated)?;
     if their_label != label.as_bytes() {
         return Err(WireError::LabelMismatch);
     }
-    Ok(payload)
+    match *kind {
+        KIND_PLAIN => Ok(Opened::Plain(body)),
+        KIND_SEALED => {
+            let ad = &bytes[..bytes.len() - body.len()];
+            let Some(ring) = ring else {
+                return Err(crypto::datagram_key_id(body)
+                    .map(WireError::UnknownKey)
+                    .unwrap_or(WireError::Truncated));
+            };
+            crypto::open_datagram(ring, ad, body)
+                .map(Opened::Sealed)
+                .map_err(|e| match e {
+                    OpenError::UnknownKey(id) => WireError::UnknownKey(id),
+                    OpenError::Truncated => WireError::Truncated,
+                    _ => WireError::Auth,
+                })
+        }
+        other => Err(WireError::UnknownKind(other)),
+    }
 }
 
 /// Encodes a stream message as one frame body (without the length prefix).
@@ -127,39 +187,77 @@ pub fn frame_len(header: [u8; FRAME_HEADER], max: usize) -> Result<usize, WireEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::crypto::SecretKey;
+
+    fn open_plain<'a>(label: &str, bytes: &'a [u8]) -> Result<Opened<'a>, WireError> {
+        open_datagram(label, None, bytes)
+    }
 
     #[test]
-    fn round_trips_and_checks_the_label() {
-        let sealed = seal_datagram("prod", b"hello");
-        assert_eq!(open_datagram("prod", &sealed).unwrap(), b"hello");
+    fn plaintext_round_trips_and_checks_the_label() {
+        let bytes = plain_datagram("prod", b"hello");
+        assert_eq!(open_plain("prod", &bytes).unwrap(), Opened::Plain(b"hello"));
+        assert_eq!(open_plain("test", &bytes), Err(WireError::LabelMismatch));
+    }
+
+    #[test]
+    fn sealed_round_trips_and_authenticates_the_header() {
+        let ring = Keyring::new(SecretKey::generate());
+        let bytes = sealed_datagram("prod", &ring, [7; 24], b"hello");
         assert_eq!(
-            open_datagram("test", &sealed),
-            Err(WireError::LabelMismatch)
+            open_datagram("prod", Some(&ring), &bytes).unwrap(),
+            Opened::Sealed(b"hello".to_vec())
         );
+        // Without the key, or with another, the id names the key needed.
+        let other = Keyring::new(SecretKey::generate());
+        for ring in [None, Some(&other)] {
+            assert_eq!(
+                open_datagram("prod", ring, &bytes),
+                Err(WireError::UnknownKey(ring_id(&bytes)))
+            );
+        }
+        // No flipped bit yields an authentic payload; flipping the kind to
+        // plaintext is a downgrade that the engine refuses when it requires
+        // encryption.
+        for i in 0..bytes.len() * 8 {
+            let mut bad = bytes.clone();
+            bad[i / 8] ^= 1 << (i % 8);
+            let opened = open_datagram("prod", Some(&ring), &bad);
+            assert!(!matches!(opened, Ok(Opened::Sealed(_))), "bit {i}");
+        }
+    }
+
+    fn ring_id(bytes: &[u8]) -> KeyId {
+        crypto::datagram_key_id(&bytes[5 + 4..]).unwrap()
     }
 
     #[test]
     fn refuses_garbage_without_panicking() {
-        assert_eq!(open_datagram("", b""), Err(WireError::Truncated));
+        assert_eq!(open_plain("", b""), Err(WireError::Truncated));
+        assert_eq!(open_plain("", b"XX\x01\x00\x00"), Err(WireError::BadMagic));
         assert_eq!(
-            open_datagram("", b"XX\x01\x00\x00"),
-            Err(WireError::BadMagic)
-        );
-        assert_eq!(
-            open_datagram("", b"TB\x09\x00\x00"),
+            open_plain("", b"TB\x09\x00\x00"),
             Err(WireError::UnsupportedVersion(9))
         );
         assert_eq!(
-            open_datagram("abc", b"TB\x01\x00\x09ab"),
+            open_plain("", b"TB\x01\x07\x00"),
+            Err(WireError::UnknownKind(7))
+        );
+        assert_eq!(
+            open_plain("abc", b"TB\x01\x00\x09ab"),
             Err(WireError::Truncated)
         );
         assert!(matches!(
-            open_datagram("", &vec![0u8; 5000]),
+            open_plain("", &vec![0u8; 5000]),
             Err(WireError::Oversized(5000))
         ));
-        for len in 0..40 {
+        let ring = Keyring::new(SecretKey::generate());
+        for len in 0..80 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
-            let _ = open_datagram("x", &junk);
+            let _ = open_plain("x", &junk);
+            let mut sealed_junk = b"TB\x01\x01\x00".to_vec();
+            sealed_junk.extend_from_slice(&junk);
+            let _ = open_datagram("", Some(&ring), &sealed_junk);
             let _ = decode::<(String, Vec<u64>)>(&junk);
         }
     }

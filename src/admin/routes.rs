@@ -51,6 +51,11 @@ fn status_of(e: &Error) -> StatusCode {
         | Error::InvalidArgument(_)
         | Error::InvalidPolicy(_)
         | Error::Config(_) => StatusCode::BAD_REQUEST,
+        Error::NoKeyring
+        | Error::EncryptionNotRequired
+        | Error::KeyringFull
+        | Error::PrimaryKey(_) => StatusCode::CONFLICT,
+        Error::UnknownKey(_) => StatusCode::NOT_FOUND,
         Error::UnknownTribe(_)
         | Error::UnknownNode(_)
         | Error::NotMember { .. }

@@ -113,6 +113,14 @@ pub enum Command {
         /// Desired state.
         state: TaskState,
     },
+    /// Add a key to every node's keyring.
+    InstallKey(crate::crypto::SecretKey),
+    /// Make an installed key every node's primary.
+    UseKey(crate::crypto::KeyId),
+    /// Remove a key from every node's keyring.
+    RemoveKey(crate::crypto::KeyId),
+    /// Change this node's encryption mode.
+    SetEncryption(crate::config::Encryption),
 }
 
 impl Engine {
@@ -137,6 +145,9 @@ impl Engine {
     /// Queues a record as a gossip delta, or asks for an early exchange when
     /// it is too large to piggyback on SWIM packets.
     pub(super) fn spread(&mut self, delta: &(Key, Entry)) {
+        if !self.may_send(&delta.0) {
+            return;
+        }
         let delta = crate::wire::encode(delta);
         if delta.len() > super::MAX_DELTA_LEN {
             lock(&self.shared).counters.deltas_too_large += 1;
@@ -184,6 +195,10 @@ impl Engine {
 
     fn apply_command(&mut self, cmd: Command) -> Result<()> {
         match cmd {
+            Command::InstallKey(key) => self.install_key(key)?,
+            Command::UseKey(id) => self.use_key(id)?,
+            Command::RemoveKey(id) => self.remove_key(id)?,
+            Command::SetEncryption(mode) => self.set_encryption(mode)?,
             Command::CreateTribe { tribe } => {
                 names::check("tribe name", &tribe)?;
                 if self.view_check(|v| v.tribe_exists(&tribe)) {

@@ -7,6 +7,7 @@ pub mod commands;
 mod delta;
 pub mod durable;
 mod identity;
+pub mod keys;
 mod members;
 mod reconcile;
 pub mod sync;
@@ -134,6 +135,13 @@ pub struct Engine {
     sync_soon: bool,
     reconcile: reconcile::Reconciler,
     cluster_size_hint: usize,
+    /// Keys for sealing; `None` means plaintext.
+    keyring: Option<crate::crypto::Keyring>,
+    encryption: crate::config::Encryption,
+    /// Source of datagram nonces (reseeded from OS entropy by the runtime).
+    nonce_rng: StdRng,
+    /// When each kind of refusal was last logged.
+    warned: HashMap<&'static str, u64>,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -214,7 +222,10 @@ impl Engine {
             policy_tribes: Default::default(),
             endpoints: Vec::new(),
             left: false,
+            keys: cfg.keyring.as_ref().map(|r| r.ids()).unwrap_or_default(),
+            primary_key: cfg.keyring.as_ref().map(|r| r.primary_id()),
         };
+        let nonce_rng = StdRng::seed_from_u64(rng.random());
         let mut engine = Engine {
             name: cfg.name.clone(),
             label: cfg.cluster_label.clone(),
@@ -238,9 +249,19 @@ impl Engine {
             sync_soon: false,
             reconcile: reconcile::Reconciler::default(),
             cluster_size_hint: 1,
+            keyring: cfg.keyring.clone(),
+            encryption: cfg.encryption,
+            nonce_rng,
+            warned: HashMap::new(),
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)
+    }
+
+    /// Seeds datagram nonces from real entropy. The runtime calls this; the
+    /// simulator keeps the nonces derived from its seed.
+    pub fn reseed_nonces(&mut self, seed: [u8; 32]) {
+        self.nonce_rng = StdRng::from_seed(seed);
     }
 
     /// Starts the protocol: publishes our record, evaluates policies, joins
@@ -284,14 +305,28 @@ impl Engine {
             sh.counters.datagrams_in += 1;
             sh.counters.datagram_bytes_in += bytes.len() as u64;
         }
-        let payload = match wire::open_datagram(&self.label, bytes) {
+        let opened = match wire::open_datagram(&self.label, self.keyring.as_ref(), bytes) {
             Ok(p) => p,
             Err(e) => {
                 self.count_wire_error(&e);
                 return;
             }
         };
-        if let Err(e) = self.swim.handle_data(payload, &mut self.swim_rt) {
+        let payload: std::borrow::Cow<'_, [u8]> = match opened {
+            wire::Opened::Plain(p) => {
+                if self.requires_sealed() {
+                    lock(&self.shared).counters.plaintext_datagrams_refused += 1;
+                    self.warn_limited(
+                        "plaintext_datagram",
+                        "plaintext datagram refused: encryption is required",
+                    );
+                    return;
+                }
+                p.into()
+            }
+            wire::Opened::Sealed(p) => p.into(),
+        };
+        if let Err(e) = self.swim.handle_data(&payload, &mut self.swim_rt) {
             tracing::debug!(error = %e, "gossip packet refused");
             lock(&self.shared).counters.gossip_errors += 1;
         }
@@ -392,11 +427,18 @@ impl Engine {
     }
 
     fn count_wire_error(&mut self, e: &wire::WireError) {
-        let mut sh = lock(&self.shared);
-        match e {
-            wire::WireError::LabelMismatch => sh.counters.label_mismatches += 1,
-            wire::WireError::UnknownKey(_) => sh.counters.datagram_auth_errors += 1,
-            _ => sh.counters.datagram_decode_errors += 1,
+        {
+            let mut sh = lock(&self.shared);
+            match e {
+                wire::WireError::LabelMismatch => sh.counters.label_mismatches += 1,
+                wire::WireError::UnknownKey(_) | wire::WireError::Auth => {
+                    sh.counters.datagram_auth_errors += 1
+                }
+                _ => sh.counters.datagram_decode_errors += 1,
+            }
+        }
+        if matches!(e, wire::WireError::UnknownKey(_) | wire::WireError::Auth) {
+            self.warn_limited("datagram_auth", &format!("datagram refused: {e}"));
         }
     }
 
@@ -415,7 +457,14 @@ impl Engine {
     /// Sends out what foca produced and reacts to its notifications.
     fn drain_swim(&mut self) {
         while let Some((to, packet)) = self.swim_rt.to_send() {
-            let bytes = wire::seal_datagram(&self.label, &packet);
+            let mut nonce = [0u8; 24];
+            if self.seals().is_some() {
+                rand::Rng::fill_bytes(&mut self.nonce_rng, &mut nonce);
+            }
+            let bytes = match self.seals() {
+                Some(ring) => wire::sealed_datagram(&self.label, ring, nonce, &packet),
+                None => wire::plain_datagram(&self.label, &packet),
+            };
             {
                 let mut sh = lock(&self.shared);
                 sh.counters.datagrams_out += 1;

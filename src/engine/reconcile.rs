@@ -117,6 +117,12 @@ impl Engine {
             if changes.contains(&own) {
                 self.refute_own_record();
             }
+            if changes
+                .iter()
+                .any(|k| matches!(k, Key::RingKey(_) | Key::RingPrimary))
+            {
+                self.apply_ring();
+            }
             if policy_relevant {
                 self.evaluate_policies();
             }

@@ -216,7 +216,12 @@ impl Engine {
             let ours = sh.state.bucket_hashes();
             let mismatched: BTreeSet<usize> =
                 (0..BUCKETS).filter(|&i| ours[i] != buckets[i]).collect();
-            let records = sh.state.entries_in_buckets(&mismatched);
+            let records = sh
+                .state
+                .entries_in_buckets(&mismatched)
+                .into_iter()
+                .filter(|(k, _)| self.may_send(k))
+                .collect();
             (mismatched, records)
         };
         let reply = SyncMsg::Reply {
@@ -263,6 +268,7 @@ impl Engine {
                         None => true,
                         Some(t) => t != e,
                     })
+                    .filter(|(k, _)| self.may_send(k))
                     .collect()
             };
             self.send_frame(conn, &SyncMsg::Push { records: push });

@@ -1,0 +1,285 @@
+//! The keyring as the engine sees it: sealing decisions for datagrams and
+//! streams, cluster-wide keyring operations as replicated records, each
+//! node answering with the key ids it holds in its own record, and refusals
+//! counted and logged at a limited rate.
+
+use crate::config::Encryption;
+use crate::crypto::{KeyError, KeyId, Keyring, SecretKey};
+use crate::error::{Error, Result};
+use crate::records::{Key, RingKeyRecord, Value};
+use crate::stream::{Refusal, Security};
+
+use super::delta::lock;
+use super::{ConnId, Engine};
+
+/// The same refusal is logged at most this often (it is always counted).
+const WARN_EVERY_MS: u64 = 10_000;
+
+/// Which nodes hold one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyHolding {
+    /// The key's public id.
+    pub id: KeyId,
+    /// Live nodes (this one included) that hold it.
+    pub installed_on: Vec<String>,
+    /// Live nodes that seal with it.
+    pub primary_on: Vec<String>,
+}
+
+/// The keyring across the live members, as their records report it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyringStatus {
+    /// This node's mode, `None` without a keyring.
+    pub encryption: Option<Encryption>,
+    /// This node's primary key.
+    pub primary: Option<KeyId>,
+    /// Every key some live member holds.
+    pub keys: Vec<KeyHolding>,
+    /// Live members counted, this node included.
+    pub members: usize,
+}
+
+fn key_error(e: KeyError) -> Error {
+    match e {
+        KeyError::Full => Error::KeyringFull,
+        KeyError::UnknownKey(id) => Error::UnknownKey(id.to_string()),
+        KeyError::IsPrimary(id) => Error::PrimaryKey(id.to_string()),
+        other => Error::InvalidArgument(other.to_string()),
+    }
+}
+
+impl Engine {
+    /// Whether this node seals what it sends.
+    pub(super) fn seals(&self) -> Option<&Keyring> {
+        self.keyring
+            .as_ref()
+            .filter(|_| self.encryption != Encryption::Accept)
+    }
+
+    /// Whether plaintext from peers is refused.
+    pub(super) fn requires_sealed(&self) -> bool {
+        self.keyring.is_some() && self.encryption == Encryption::Require
+    }
+
+    /// Keys travel only from nodes whose every link is sealed.
+    pub(super) fn may_send(&self, key: &Key) -> bool {
+        !matches!(key, Key::RingKey(_)) || self.requires_sealed()
+    }
+
+    /// What a new stream needs to know.
+    pub fn stream_security(&self) -> Security {
+        Security {
+            keyring: self.keyring.clone(),
+            encryption: self.encryption,
+            label: self.label.clone(),
+        }
+    }
+
+    /// This node's keyring, if encryption is configured.
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
+    }
+
+    /// This node's encryption mode.
+    pub fn encryption(&self) -> Encryption {
+        self.encryption
+    }
+
+    /// Logs a refusal at most once per [`WARN_EVERY_MS`] per kind.
+    pub(super) fn warn_limited(&mut self, kind: &'static str, message: &str) {
+        let now = self.now_ms();
+        let last = self.warned.get(kind).copied();
+        if last.is_none_or(|t| now.saturating_sub(t) >= WARN_EVERY_MS) {
+            self.warned.insert(kind, now);
+            tracing::warn!(kind, "{message}");
+        }
+    }
+
+    /// A stream was refused or cut for a security reason.
+    pub fn handle_stream_refused(&mut self, now_ms: u64, conn: ConnId, why: Refusal) {
+        self.tick(now_ms);
+        {
+            let mut sh = lock(&self.shared);
+            let c = &mut sh.counters;
+            match why {
+                Refusal::Plaintext => c.plaintext_streams_refused += 1,
+                Refusal::UnknownKey(_) | Refusal::NoKeyring => c.stream_unknown_keys += 1,
+                Refusal::KeyRejected(_) => c.key_rejections += 1,
+                Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
+            }
+        }
+        let kind = match why {
+            Refusal::KeyRejected(_) => "key_rejected",
+            Refusal::Plaintext => "plaintext_stream",
+            _ => "stream_auth",
+        };
+        self.warn_limited(kind, &format!("stream refused: {why}"));
+        self.handle_stream_closed(now_ms, conn);
+    }
+
+    /// Adds a key to every node's keyring (sent over sealed links only).
+    pub(super) fn install_key(&mut self, key: SecretKey) -> Result<()> {
+        self.check_keyring_op()?;
+        let id = key.id();
+        let mut probe = self.keyring.clone().ok_or(Error::NoKeyring)?;
+        probe.install(key.clone()).map_err(key_error)?;
+        self.write(Key::RingKey(id), Some(Value::RingKey(RingKeyRecord(key))));
+        Ok(())
+    }
+
+    /// Makes an installed key every node's primary.
+    pub(super) fn use_key(&mut self, id: KeyId) -> Result<()> {
+        self.check_keyring_op()?;
+        let ring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
+        if ring.get(id).is_none() {
+            return Err(Error::UnknownKey(id.to_string()));
+        }
+        self.write(Key::RingPrimary, Some(Value::RingPrimary(id)));
+        Ok(())
+    }
+
+    /// Removes a key from every node's keyring; the primary cannot be removed.
+    pub(super) fn remove_key(&mut self, id: KeyId) -> Result<()> {
+        self.check_keyring_op()?;
+        let ring = self.keyring.as_ref().ok_or(Error::NoKeyring)?;
+        let cluster_primary = match lock(&self.shared).state.get(&Key::RingPrimary) {
+            Some(Value::RingPrimary(p)) => Some(*p),
+            _ => None,
+        };
+        if ring.primary_id() == id || cluster_primary == Some(id) {
+            return Err(Error::PrimaryKey(id.to_string()));
+        }
+        if ring.get(id).is_none() {
+            return Err(Error::UnknownKey(id.to_string()));
+        }
+        self.write(Key::RingKey(id), None);
+        Ok(())
+    }
+
+    fn check_keyring_op(&self) -> Result<()> {
+        if self.keyring.is_none() {
+            return Err(Error::NoKeyring);
+        }
+        if !self.requires_sealed() {
+            return Err(Error::EncryptionNotRequired);
+        }
+        Ok(())
+    }
+
+    /// Changes how strictly encryption applies on this node.
+    pub(super) fn set_encryption(&mut self, mode: Encryption) -> Result<()> {
+        if self.keyring.is_none() {
+            return Err(Error::NoKeyring);
+        }
+        if mode != self.encryption {
+            tracing::info!(
+                from = self.encryption.as_str(),
+                to = mode.as_str(),
+                "encryption mode changed"
+            );
+            self.encryption = mode;
+        }
+        Ok(())
+    }
+
+    /// Brings the local keyring in line with the replicated operations:
+    /// installs live keys, switches to the cluster primary once held, and
+    /// drops removed keys (never the one in use).
+    pub(super) fn apply_ring(&mut self) {
+        let (installs, removes, primary) = {
+            let sh = lock(&self.shared);
+            let mut installs = Vec::new();
+            let mut removes = Vec::new();
+            for (key, entry) in sh.state.iter() {
+                if let Key::RingKey(id) = key {
+                    match &entry.value {
+                        Some(Value::RingKey(k)) => installs.push(k.0.clone()),
+                        _ => removes.push(*id),
+                    }
+                }
+            }
+            let primary = match sh.state.get(&Key::RingPrimary) {
+                Some(Value::RingPrimary(p)) => Some(*p),
+                _ => None,
+            };
+            (installs, removes, primary)
+        };
+        let Some(ring) = self.keyring.as_mut() else {
+            return;
+        };
+        let before = (ring.ids(), ring.primary_id());
+        let mut full = false;
+        for key in installs {
+            let id = key.id();
+            match ring.install(key) {
+                Ok(true) => tracing::info!(key = %id, "keyring: key installed"),
+                Ok(false) => {}
+                Err(_) => full = true,
+            }
+        }
+        if let Some(p) = primary {
+            if ring.primary_id() != p && ring.use_key(p).is_ok() {
+                tracing::info!(key = %p, "keyring: primary key changed");
+            }
+        }
+        for id in removes {
+            if ring.get(id).is_some() && ring.remove(id).is_ok() {
+                tracing::info!(key = %id, "keyring: key removed");
+            }
+        }
+        let after = (ring.ids(), ring.primary_id());
+        if full {
+            self.warn_limited(
+                "keyring_full",
+                "keyring: a key could not be installed, the ring holds 8 keys; remove one",
+            );
+        }
+        if after != before {
+            self.record.keys = after.0;
+            self.record.primary_key = Some(after.1);
+            self.publish_record();
+        }
+    }
+
+    /// The keyring across live members.
+    pub fn keyring_status(&self) -> KeyringStatus {
+        let mut holdings: std::collections::BTreeMap<KeyId, KeyHolding> = Default::default();
+        let mut note = |name: &str, keys: &[KeyId], primary: Option<KeyId>| {
+            for id in keys {
+                let h = holdings.entry(*id).or_insert_with(|| KeyHolding {
+                    id: *id,
+                    installed_on: Vec::new(),
+                    primary_on: Vec::new(),
+                });
+                h.installed_on.push(name.to_string());
+                if primary == Some(*id) {
+                    h.primary_on.push(name.to_string());
+                }
+            }
+        };
+        let mut members = 0;
+        if let Some(ring) = &self.keyring {
+            note(&self.name, &ring.ids(), Some(ring.primary_id()));
+        }
+        if !self.left {
+            members += 1;
+        }
+        let sh = lock(&self.shared);
+        let view = super::view::View { state: &sh.state };
+        for (name, row) in self.members.iter() {
+            if !row.state.is_up() {
+                continue;
+            }
+            members += 1;
+            if let Some(rec) = view.node_record(name) {
+                note(name, &rec.keys, rec.primary_key);
+            }
+        }
+        KeyringStatus {
+            encryption: self.keyring.as_ref().map(|_| self.encryption),
+            primary: self.keyring.as_ref().map(Keyring::primary_id),
+            keys: holdings.into_values().collect(),
+            members,
+        }
+    }
+}
