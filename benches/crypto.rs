@@ -294,4 +294,82 @@ fn main() {
          nonce and appends to a reused Vec; the stream calls allocate their \
          output. The copy baseline copies the payload into a reused Vec."
     );
+    tcp_streams(quick);
+}
+
+/// One-way throughput of `tribe::stream` over a real loopback TCP connection,
+/// plaintext and sealed, in the same run: what encryption costs end to end.
+fn tcp_streams(quick: bool) {
+    use tribe::stream::{self, Security};
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("no tokio runtime: {e}");
+            return;
+        }
+    };
+    let total_bytes: usize = if quick { 32 << 20 } else { 256 << 20 };
+    println!(
+        "\nLoopback TCP stream, one way, {} MiB per row (plaintext vs sealed, same run)\n",
+        total_bytes >> 20
+    );
+    println!("| frame | plaintext MB/s | sealed MB/s | sealed / plaintext |");
+    println!("|---:|---:|---:|---:|");
+    for size in [1400usize, 64 * 1024] {
+        let frames = total_bytes / size;
+        let mut rates = Vec::new();
+        for sealed in [false, true] {
+            let security = if sealed {
+                Security {
+                    keyring: Some(tribe::Keyring::new(tribe::SecretKey::generate())),
+                    encryption: tribe::Encryption::Require,
+                    label: String::new(),
+                }
+            } else {
+                Security::plaintext("")
+            };
+            let rate = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.ok()?;
+                let addr = listener.local_addr().ok()?;
+                let server_security = security.clone();
+                let server = tokio::spawn(async move {
+                    let (mut s, _) = listener.accept().await.ok()?;
+                    let (_sealer, mut opener) = stream::accept(&mut s, &server_security, 1 << 20)
+                        .await
+                        .ok()?;
+                    let mut got = 0usize;
+                    while let Ok(Some(body)) = opener.read_frame(&mut s).await {
+                        got += body.len();
+                    }
+                    Some(got)
+                });
+                let mut c = tokio::net::TcpStream::connect(addr).await.ok()?;
+                let _ = c.set_nodelay(true);
+                let (mut sealer, _opener) =
+                    stream::connect(&mut c, &security, 1 << 20).await.ok()?;
+                let body = vec![0x5au8; size];
+                let began = Instant::now();
+                let mut w = tokio::io::BufWriter::with_capacity(256 * 1024, c);
+                for _ in 0..frames {
+                    sealer.write_frame(&mut w, &body).await.ok()?;
+                }
+                tokio::io::AsyncWriteExt::shutdown(&mut w).await.ok()?;
+                let got = server.await.ok()??;
+                let secs = began.elapsed().as_secs_f64();
+                Some(got as f64 / secs / 1e6)
+            });
+            rates.push(rate.unwrap_or(f64::NAN));
+        }
+        println!(
+            "| {} | {:.0} | {:.0} | {:.2} |",
+            size_label(size),
+            rates[0],
+            rates[1],
+            rates[1] / rates[0]
+        );
+    }
 }

@@ -35,13 +35,24 @@ fn scratch_dir(test: &str) -> PathBuf {
 
 /// Starts an agent with extra arguments and waits for its ready line.
 fn start_agent(dir: &Path, name: &str, extra: &[String]) -> Agent {
+    start_agent_env(dir, name, extra, &[])
+}
+
+/// Starts an agent with extra arguments and environment variables (the
+/// caller's TRIBE_* variables are not passed on).
+fn start_agent_env(dir: &Path, name: &str, extra: &[String], envs: &[(&str, &str)]) -> Agent {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(TRIBE);
     cmd.arg("agent")
         .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--profile", "local", "--log-level", "debug"])
-        .args(extra)
-        .env_remove("TRIBE_ADMIN")
+        .args(extra);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRIBE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.envs(envs.iter().copied())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -536,5 +547,104 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
         .unwrap();
     assert!(!out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
+    let dir = scratch_dir("keys");
+    let keygen = |_: ()| -> String {
+        let out = Command::new(TRIBE).arg("keygen").output().unwrap();
+        assert!(out.status.success());
+        let key = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        assert_eq!(key.len(), 44, "32 bytes in base64: {key}");
+        key
+    };
+    let k1 = keygen(());
+    let k2 = keygen(());
+    assert_ne!(k1, k2);
+    let key_file = dir.join("k1.key");
+    std::fs::write(&key_file, format!("{k1}\n")).unwrap();
+
+    // One agent takes the key from a file, the others from TRIBE_KEY.
+    let mut agents = vec![start_agent(
+        &dir,
+        "e1",
+        &args(&[
+            "--key-file",
+            key_file.to_str().unwrap(),
+            "--data-dir",
+            dir.join("e1").to_str().unwrap(),
+        ]),
+    )];
+    for name in ["e2", "e3"] {
+        let a = start_agent_env(
+            &dir,
+            name,
+            &args(&["--seed", &agents[0].gossip.to_string()]),
+            &[("TRIBE_KEY", &k1)],
+        );
+        agents.push(a);
+    }
+    wait_for("3 keyed agents", Duration::from_secs(30), || {
+        agents.iter().all(|a| alive(a) == 3)
+    });
+    let status = get(&agents[0], "/v1/status");
+    assert_eq!(status["encryption"], "require");
+
+    // A plaintext agent cannot join them.
+    let plain = start_agent(
+        &dir,
+        "plain",
+        &args(&["--seed", &agents[0].gossip.to_string()]),
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(alive(&plain), 1);
+    drop(plain);
+
+    // Rotate with the CLI: install, use, remove; each waits for every node.
+    let out = cli_ok(&agents[1], &["keys", "install", &k2]);
+    assert!(out.contains("installed on 3/3"), "{out}");
+    let out = cli_ok(&agents[2], &["keys", "use", &k2]);
+    assert!(out.contains("primary on 3/3"), "{out}");
+    let out = cli(&agents[0], &["keys", "remove", &k2]);
+    assert!(!out.status.success(), "removing the primary is refused");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("primary_key"));
+    let out = cli_ok(&agents[0], &["keys", "remove", &k1]);
+    assert!(out.contains("removed on 3/3"), "{out}");
+    let keys = cli_json(&agents[0], &["keys", "list"]);
+    assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
+    assert_eq!(keys["keys"][0]["installed_on"].as_array().unwrap().len(), 3);
+    let table = cli_ok(&agents[0], &["keys", "list"]);
+    assert!(table.contains("KEY ID") && table.contains("3/3"), "{table}");
+
+    // The keyring file is private and the keys appear nowhere else.
+    let ring_file = dir.join("e1").join(tribe::datadir::KEYRING_FILE);
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(&ring_file).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    wait_for("the rotated ring on disk", Duration::from_secs(5), || {
+        let text = std::fs::read_to_string(&ring_file).unwrap();
+        text.contains(&k2) && !text.contains(&k1)
+    });
+    let metrics = get(&agents[0], "/metrics");
+    let mut seen = vec![metrics.as_str().unwrap().to_string()];
+    for path in ["/v1/status", "/v1/members", "/v1/keys", "/v1/tribes"] {
+        seen.push(get(&agents[0], path).to_string());
+    }
+    drop(agents);
+    for name in ["e1", "e2", "e3"] {
+        seen.push(std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap());
+    }
+    for text in &seen {
+        for key in [&k1, &k2] {
+            assert!(
+                !text.contains(key.as_str()),
+                "a key leaked into: {}",
+                &text[..text.len().min(300)]
+            );
+        }
+    }
     std::fs::remove_dir_all(&dir).ok();
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::keys::KeyringStatus;
 use crate::engine::view::{MemberInfo, PluginEntry, Policy, Task, TribeInfo};
 use crate::records::Endpoint;
 
@@ -25,6 +26,12 @@ pub struct Status {
     pub broadcast_backlog: usize,
     /// libtribe version.
     pub version: String,
+    /// Encryption mode, absent without a keyring.
+    #[serde(default)]
+    pub encryption: Option<String>,
+    /// Primary key id, absent without a keyring.
+    #[serde(default)]
+    pub primary_key: Option<String>,
 }
 
 /// A plugin a member serves.
@@ -152,6 +159,50 @@ pub struct SetFact {
     pub value: String,
 }
 
+/// `GET /v1/keys`: which live nodes hold which keys (ids only, never keys).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Keys {
+    /// This node's mode (`accept`, `send`, `require`), absent without a keyring.
+    pub encryption: Option<String>,
+    /// This node's primary key id.
+    pub primary: Option<String>,
+    /// Live members counted, this node included.
+    pub members: usize,
+    /// Every key some live member holds.
+    pub keys: Vec<KeyHolding>,
+}
+
+/// One key across the live members.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyHolding {
+    /// Public key id (8 hex digits).
+    pub id: String,
+    /// Live nodes that hold it.
+    pub installed_on: Vec<String>,
+    /// Live nodes that seal with it.
+    pub primary_on: Vec<String>,
+}
+
+/// Body of `POST /v1/keys`. `Debug` never shows the key.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstallKey {
+    /// The key, base64 (as `tribe keygen` prints it).
+    pub key: String,
+}
+
+impl std::fmt::Debug for InstallKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("InstallKey { key: <redacted> }")
+    }
+}
+
+/// Body of `PUT /v1/encryption`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SetEncryption {
+    /// `accept`, `send` or `require`.
+    pub mode: String,
+}
+
 /// Every error body.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ErrorBody {
@@ -218,6 +269,25 @@ impl From<&TribeInfo> for Tribe {
             explicit_members: t.explicit_members.clone(),
             plugins: t.plugins.iter().map(Plugin::from).collect(),
             tasks: t.tasks.iter().map(TaskJson::from).collect(),
+        }
+    }
+}
+
+impl From<&KeyringStatus> for Keys {
+    fn from(s: &KeyringStatus) -> Self {
+        Keys {
+            encryption: s.encryption.map(|e| e.as_str().to_string()),
+            primary: s.primary.map(|p| p.to_string()),
+            members: s.members,
+            keys: s
+                .keys
+                .iter()
+                .map(|k| KeyHolding {
+                    id: k.id.to_string(),
+                    installed_on: k.installed_on.clone(),
+                    primary_on: k.primary_on.clone(),
+                })
+                .collect(),
         }
     }
 }

@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub counters: Counters,
     /// Gossip updates waiting to be sent.
     pub broadcast_backlog: usize,
+    /// Keys this node holds (0 without encryption).
+    pub keys_held: usize,
 }
 
 type Labels = Vec<(String, String)>;
@@ -129,6 +131,37 @@ pub fn render(s: &Snapshot) -> String {
         "Datagrams dropped for an unknown key or a failed authentication",
         c.datagram_auth_errors,
     );
+    gauge(&mut r, "keyring_keys", "Keys this node holds", s.keys_held);
+    counter_family(
+        &mut r,
+        "plaintext_refused",
+        "Plaintext datagrams and streams refused because encryption is required",
+        &[
+            (
+                labels(&[("transport", "udp")]),
+                c.plaintext_datagrams_refused,
+            ),
+            (labels(&[("transport", "tcp")]), c.plaintext_streams_refused),
+        ],
+    );
+    counter(
+        &mut r,
+        "stream_auth_failures",
+        "Streams cut because a frame failed authentication (tampered, replayed, reordered)",
+        c.stream_auth_errors,
+    );
+    counter(
+        &mut r,
+        "stream_unknown_keys",
+        "Streams refused for using a key this node does not hold",
+        c.stream_unknown_keys,
+    );
+    counter(
+        &mut r,
+        "key_rejections",
+        "Streams on which a peer refused this node's key (behind a rotation)",
+        c.key_rejections,
+    );
     counter(
         &mut r,
         "label_mismatches",
@@ -214,6 +247,7 @@ mod tests {
             policies: 3,
             counters,
             broadcast_backlog: 1,
+            keys_held: 2,
         });
         assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
         assert!(text.contains("tribe_policies 3"), "{text}");

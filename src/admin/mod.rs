@@ -17,6 +17,11 @@
 //! | `DELETE /v1/tribes/{name}/tasks/{id}` | remove a task |
 //! | `PUT /v1/tribes/{name}/tasks/{id}/start`, `.../stop` | desired state |
 //! | `GET /v1/facts`, `PUT /v1/facts/{key} {"value"}`, `DELETE /v1/facts/{key}` | this node's facts |
+//! | `GET /v1/keys` | key ids held by the live nodes, and which is primary where |
+//! | `POST /v1/keys {"key"}` | install a key on every node |
+//! | `PUT /v1/keys/{id}/primary` | make it every node's primary |
+//! | `DELETE /v1/keys/{id}` | remove it from every node (not the primary) |
+//! | `PUT /v1/encryption {"mode"}` | this node's mode: `accept`, `send`, `require` |
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are `{"error": code, "message": text}` with a 4xx/5xx status; the
@@ -83,6 +88,10 @@ pub fn router(node: Node) -> Router {
             "/v1/facts/{key}",
             put(routes::set_fact).delete(routes::remove_fact),
         )
+        .route("/v1/keys", get(routes::keys).post(routes::install_key))
+        .route("/v1/keys/{id}", axum::routing::delete(routes::remove_key))
+        .route("/v1/keys/{id}/primary", put(routes::use_key))
+        .route("/v1/encryption", put(routes::set_encryption))
         .route("/metrics", get(routes::prometheus))
         .fallback(|| async { routes::ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })

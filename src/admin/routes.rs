@@ -9,11 +9,11 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 
 use super::json::{
-    AddTask, CreateTribe, ErrorBody, LoadPlugin, Member, Plugin, PolicyJson, SetFact, Status,
-    TaskJson, Tribe,
+    AddTask, CreateTribe, ErrorBody, InstallKey, Keys, LoadPlugin, Member, Plugin, PolicyJson,
+    SetEncryption, SetFact, Status, TaskJson, Tribe,
 };
 use super::metrics;
-use crate::{Error, Node, TaskState};
+use crate::{Error, KeyId, Node, SecretKey, TaskState};
 
 /// An error response.
 pub struct ApiError {
@@ -102,7 +102,10 @@ fn no_content() -> Response {
 }
 
 pub(super) async fn status(State(node): State<Node>) -> Json<Status> {
+    let keys = node.keyring_status();
     Json(Status {
+        encryption: keys.encryption.map(|e| e.as_str().to_string()),
+        primary_key: keys.primary.map(|p| p.to_string()),
         name: node.name().to_string(),
         addr: node.addr().to_string(),
         members_alive: node.members_alive(),
@@ -307,6 +310,47 @@ pub(super) async fn remove_fact(
     Ok(no_content())
 }
 
+pub(super) async fn keys(State(node): State<Node>) -> Json<Keys> {
+    Json(Keys::from(&node.keyring_status()))
+}
+
+fn key_id(text: &str) -> ApiResult<KeyId> {
+    text.parse().map_err(|_| {
+        Error::InvalidArgument(format!("{text:?} is not a key id (8 hex digits)")).into()
+    })
+}
+
+pub(super) async fn install_key(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
+    let req: InstallKey = parse(&body)?;
+    let key =
+        SecretKey::from_base64(&req.key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
+    let id = key.id();
+    node.install_key(key).await?;
+    Ok(created(serde_json::json!({ "id": id.to_string() })))
+}
+
+pub(super) async fn use_key(
+    State(node): State<Node>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    node.use_key(key_id(&id)?).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn remove_key(
+    State(node): State<Node>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    node.remove_key(key_id(&id)?).await?;
+    Ok(no_content())
+}
+
+pub(super) async fn set_encryption(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
+    let req: SetEncryption = parse(&body)?;
+    node.set_encryption(req.mode.parse()?).await?;
+    Ok(no_content())
+}
+
 pub(super) async fn prometheus(State(node): State<Node>) -> Response {
     let text = metrics::render(&metrics::Snapshot {
         members: node.members(),
@@ -314,6 +358,12 @@ pub(super) async fn prometheus(State(node): State<Node>) -> Response {
         policies: node.policies().len(),
         counters: node.counters(),
         broadcast_backlog: node.broadcast_backlog(),
+        keys_held: node
+            .keyring_status()
+            .keys
+            .iter()
+            .filter(|k| k.installed_on.iter().any(|n| n == node.name()))
+            .count(),
     });
     (
         [(

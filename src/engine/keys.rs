@@ -87,12 +87,19 @@ impl Engine {
 
     /// Logs a refusal at most once per [`WARN_EVERY_MS`] per kind.
     pub(super) fn warn_limited(&mut self, kind: &'static str, message: &str) {
-        let now = self.now_ms();
-        let last = self.warned.get(kind).copied();
-        if last.is_none_or(|t| now.saturating_sub(t) >= WARN_EVERY_MS) {
-            self.warned.insert(kind, now);
+        if self.log_due(kind) {
             tracing::warn!(kind, "{message}");
         }
+    }
+
+    fn log_due(&mut self, kind: &'static str) -> bool {
+        let now = self.now_ms();
+        let last = self.warned.get(kind).copied();
+        let due = last.is_none_or(|t| now.saturating_sub(t) >= WARN_EVERY_MS);
+        if due {
+            self.warned.insert(kind, now);
+        }
+        due
     }
 
     /// A stream was refused or cut for a security reason.
@@ -108,12 +115,18 @@ impl Engine {
                 Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
             }
         }
-        let kind = match why {
-            Refusal::KeyRejected(_) => "key_rejected",
-            Refusal::Plaintext => "plaintext_stream",
-            _ => "stream_auth",
-        };
-        self.warn_limited(kind, &format!("stream refused: {why}"));
+        match why {
+            // This node cannot take part at all: an error, not a warning.
+            Refusal::KeyRejected(_) => {
+                if self.log_due("key_rejected") {
+                    tracing::error!("{why}");
+                }
+            }
+            Refusal::Plaintext => {
+                self.warn_limited("plaintext_stream", &format!("stream refused: {why}"))
+            }
+            _ => self.warn_limited("stream_auth", &format!("stream refused: {why}")),
+        }
         self.handle_stream_closed(now_ms, conn);
     }
 

@@ -16,8 +16,8 @@ pub const DEFAULT_BIND: &str = "0.0.0.0:7946";
 /// Default admin API address: loopback only.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
 
-/// Options of `tribe agent`.
-#[derive(clap::Args, Debug, Default)]
+/// Options of `tribe agent`. No `Debug`: it may hold a key.
+#[derive(clap::Args, Default)]
 pub struct AgentArgs {
     /// TOML file with any of the options below; keys are the long flag
     /// names (`name`, `bind`, `seed = [..]`, `fact = ["k=v", ..]`, `data-dir`, ...).
@@ -71,10 +71,22 @@ pub struct AgentArgs {
     /// Log as JSON lines instead of human-readable text.
     #[arg(long, env = "TRIBE_LOG_JSON")]
     log_json: bool,
+    /// Encryption key, base64 as `tribe keygen` prints it. Prefer --key-file or
+    /// TRIBE_KEY: command lines are visible to other users.
+    #[arg(long, env = "TRIBE_KEY", hide_env_values = true, value_name = "BASE64")]
+    key: Option<String>,
+    /// File holding the encryption key (base64).
+    #[arg(long, env = "TRIBE_KEY_FILE", value_name = "FILE")]
+    key_file: Option<PathBuf>,
+    /// With a key: accept (send plaintext, accept both), send (send sealed, accept
+    /// both) or require (sealed only) [default: require]. The first two are the steps
+    /// of turning encryption on in a running tribe.
+    #[arg(long, env = "TRIBE_ENCRYPTION", value_name = "MODE")]
+    encryption: Option<String>,
 }
 
-/// The same options read from a TOML file.
-#[derive(Deserialize, Debug, Default)]
+/// The same options read from a TOML file. No `Debug`: it may hold a key.
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct FileOptions {
     name: Option<String>,
@@ -90,10 +102,12 @@ struct FileOptions {
     label: Option<String>,
     log_level: Option<String>,
     log_json: Option<bool>,
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+    encryption: Option<String>,
 }
 
 /// Everything the agent needs, resolved and checked.
-#[derive(Debug)]
 pub struct AgentPlan {
     /// The node's configuration.
     pub config: Config,
@@ -180,6 +194,11 @@ impl AgentArgs {
         config.seeds = seeds;
         config.data_dir = self.data_dir.or(file.data_dir);
         config.cluster_label = self.label.or(file.label).unwrap_or_default();
+        config.keyring = read_key(self.key.or(file.key), self.key_file.or(file.key_file))?
+            .map(tribe::Keyring::new);
+        if let Some(mode) = self.encryption.or(file.encryption) {
+            config.encryption = mode.parse().map_err(|e| format!("--encryption: {e}"))?;
+        }
         config.validate().map_err(|e| e.to_string())?;
         Ok(AgentPlan {
             config,
@@ -190,6 +209,27 @@ impl AgentArgs {
                 .unwrap_or_else(|| "info".into()),
             log_json: self.log_json || file.log_json.unwrap_or(false),
         })
+    }
+}
+
+/// The key from `--key` or `--key-file`; errors never quote the key.
+fn read_key(
+    key: Option<String>,
+    key_file: Option<PathBuf>,
+) -> Result<Option<tribe::SecretKey>, String> {
+    match (key, key_file) {
+        (Some(_), Some(_)) => Err("give one of --key and --key-file, not both".into()),
+        (Some(text), None) => tribe::SecretKey::from_base64(&text)
+            .map(Some)
+            .map_err(|e| format!("--key: {e}")),
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+            tribe::SecretKey::from_base64(&text)
+                .map(Some)
+                .map_err(|e| format!("key file {}: {e}", path.display()))
+        }
+        (None, None) => Ok(None),
     }
 }
 

@@ -5,7 +5,7 @@ use std::io::Write as _;
 
 use clap::{Args, Subcommand};
 use serde_json::json;
-use tribe::admin::json::{Member, PolicyJson, Status, Tribe};
+use tribe::admin::json::{KeyHolding, Keys, Member, PolicyJson, Status, Tribe};
 
 use crate::agent::DEFAULT_ADMIN;
 use crate::client::{seg, Admin, Reply};
@@ -158,6 +158,42 @@ pub enum FactCmd {
     },
 }
 
+/// `tribe keys ...`
+#[derive(Subcommand, Debug)]
+pub enum KeysCmd {
+    /// Show which live nodes hold which keys and which key each seals with.
+    List,
+    /// Install a key (base64) on every node, and wait until every live node holds it.
+    Install {
+        /// The key, as `tribe keygen` prints it.
+        key: String,
+        /// How long to wait for every live node to report the key, in seconds.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+    },
+    /// Make an installed key every node's primary (sealing) key.
+    Use {
+        /// The key (base64) or its id (8 hex digits).
+        key: String,
+        /// How long to wait for every live node to switch, in seconds.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+    },
+    /// Remove a key from every node's keyring (the primary is refused).
+    Remove {
+        /// The key (base64) or its id (8 hex digits).
+        key: String,
+        /// How long to wait for every live node to drop it, in seconds.
+        #[arg(long, default_value_t = 15)]
+        wait: u64,
+    },
+    /// Set this agent's encryption mode: accept, send or require.
+    Encryption {
+        /// accept | send | require
+        mode: String,
+    },
+}
+
 /// One admin command, ready to run.
 #[derive(Debug)]
 pub enum AdminCommand {
@@ -177,6 +213,8 @@ pub enum AdminCommand {
     Task(TaskCmd),
     /// `tribe fact ...`
     Fact(FactCmd),
+    /// `tribe keys ...`
+    Keys(KeysCmd),
 }
 
 /// Aligned columns with a header row.
@@ -326,6 +364,7 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
             }
         },
         AdminCommand::Task(cmd) => run_task(&opts, &admin, cmd),
+        AdminCommand::Keys(cmd) => run_keys(&opts, &admin, cmd),
         AdminCommand::Fact(cmd) => match cmd {
             FactCmd::Ls => {
                 let value = admin.get_value("/v1/facts")?;
@@ -503,6 +542,114 @@ fn run_task(opts: &AdminOpts, admin: &Admin, cmd: TaskCmd) -> Result<(), String>
                 reply,
                 format!("task {id} of tribe {tribe} set to stopped"),
             )
+        }
+    }
+}
+
+/// A key id from a key (base64) or an id (8 hex digits).
+fn key_id_of(text: &str) -> Result<tribe::KeyId, String> {
+    if let Ok(id) = text.parse::<tribe::KeyId>() {
+        return Ok(id);
+    }
+    tribe::SecretKey::from_base64(text)
+        .map(|k| k.id())
+        .map_err(|_| "expected a key (base64) or a key id (8 hex digits)".to_string())
+}
+
+/// Polls `/v1/keys` until `done` holds for the key or `wait` passes; says how far it got.
+fn wait_keys(
+    admin: &Admin,
+    id: tribe::KeyId,
+    wait: u64,
+    what: &str,
+    done: impl Fn(&KeyHolding, usize) -> usize,
+) -> Result<String, String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    loop {
+        let keys: Keys = admin.get("/v1/keys")?;
+        let hold = keys
+            .keys
+            .iter()
+            .find(|k| k.id == id.to_string())
+            .map(|k| done(k, keys.members))
+            .unwrap_or_else(|| {
+                done(
+                    &KeyHolding {
+                        id: id.to_string(),
+                        installed_on: vec![],
+                        primary_on: vec![],
+                    },
+                    keys.members,
+                )
+            });
+        let summary = format!("key {id} {what} on {hold}/{} live nodes", keys.members);
+        if hold == keys.members {
+            return Ok(summary);
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{summary} after {wait}s"));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String> {
+    match cmd {
+        KeysCmd::List => {
+            let value = admin.get_value("/v1/keys")?;
+            if opts.json {
+                return print_json(&value);
+            }
+            let keys: Keys = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            if keys.encryption.is_none() {
+                println!("encryption is off on this agent");
+                return Ok(());
+            }
+            println!(
+                "mode {}, primary {}, {} live nodes",
+                keys.encryption.unwrap_or_default(),
+                keys.primary.unwrap_or_default(),
+                keys.members
+            );
+            let rows = keys
+                .keys
+                .into_iter()
+                .map(|k| {
+                    vec![
+                        k.id,
+                        format!("{}/{}", k.installed_on.len(), keys.members),
+                        format!("{}/{}", k.primary_on.len(), keys.members),
+                        list_or_dash(&k.installed_on),
+                    ]
+                })
+                .collect();
+            print_table(&["KEY ID", "INSTALLED", "PRIMARY", "NODES"], rows)
+        }
+        KeysCmd::Install { key, wait } => {
+            let id = tribe::SecretKey::from_base64(&key)
+                .map_err(|e| format!("the key: {e}"))?
+                .id();
+            let reply = admin.post("/v1/keys", &json!({ "key": key }))?;
+            let summary = wait_keys(admin, id, wait, "installed", |k, _| k.installed_on.len())?;
+            done(opts, reply, summary)
+        }
+        KeysCmd::Use { key, wait } => {
+            let id = key_id_of(&key)?;
+            let reply = admin.put(&format!("/v1/keys/{id}/primary"), None)?;
+            let summary = wait_keys(admin, id, wait, "primary", |k, _| k.primary_on.len())?;
+            done(opts, reply, summary)
+        }
+        KeysCmd::Remove { key, wait } => {
+            let id = key_id_of(&key)?;
+            let reply = admin.delete(&format!("/v1/keys/{id}"))?;
+            let summary = wait_keys(admin, id, wait, "removed", |k, members| {
+                members - k.installed_on.len()
+            })?;
+            done(opts, reply, summary)
+        }
+        KeysCmd::Encryption { mode } => {
+            let reply = admin.put("/v1/encryption", Some(&json!({ "mode": mode })))?;
+            done(opts, reply, format!("encryption mode set to {mode}"))
         }
     }
 }

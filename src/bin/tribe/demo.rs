@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tribe::admin::json::{Member, Status, Tribe};
+use tribe::admin::json::{KeyHolding, Keys, Member, Status, Tribe};
 
 use crate::client::Admin;
 
@@ -28,6 +28,9 @@ pub struct DemoArgs {
 }
 
 type DemoResult<T = ()> = Result<T, String>;
+
+/// The tribe's first key, written by the demo (mode 0600) before any agent starts.
+const KEY_FILE: &str = "tribe.key";
 
 /// How long an agent may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -122,6 +125,19 @@ impl Demo {
     }
 }
 
+/// Writes a file readable by the owner only.
+fn write_private(path: &Path, text: &str) -> DemoResult {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| format!("cannot create {}: {e}", path.display()))?;
+    writeln!(file, "{text}").map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 fn spawn_agent(
     dir: &Path,
     name: &str,
@@ -142,6 +158,8 @@ fn spawn_agent(
         .args(["--profile", "local", "--log-level", "info"])
         .arg("--data-dir")
         .arg(dir.join(name))
+        .arg("--key-file")
+        .arg(dir.join(KEY_FILE))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(log);
@@ -278,9 +296,13 @@ pub fn run(args: DemoArgs) -> DemoResult {
         start: Instant::now(),
         keep: false,
     };
+    let first_key = tribe::SecretKey::generate();
+    write_private(&t.dir.join(KEY_FILE), &first_key.to_base64())?;
     println!(
         "libtribe demo: {n} `tribe agent` processes on 127.0.0.1 (UDP gossip + TCP sync, profile 'local'),\n\
-         driven through their admin HTTP APIs. Agent logs: {}\n",
+         driven through their admin HTTP APIs, all traffic sealed with key {} (like `tribe keygen`).\n\
+         Agent logs: {}\n",
+        first_key.id(),
         t.dir.display()
     );
 
@@ -499,6 +521,52 @@ pub fn run(args: DemoArgs) -> DemoResult {
     )?;
     t.say(&format!(
         "{keeper} found its peers from the data dir and is back in ops (and, by policy, in core)"
+    ));
+
+    // Key rotation without downtime: install, use, remove, through one agent.
+    let second_key = tribe::SecretKey::generate();
+    let admin = &t.agents[0].admin;
+    admin.post("/v1/keys", &json!({ "key": second_key.to_base64() }))?;
+    t.say(&format!(
+        "rotating keys: installed key {} through {}'s admin API ...",
+        second_key.id(),
+        t.agents[0].name
+    ));
+    let every_node = |t: &Demo, check: &dyn Fn(&Keys, &KeyHolding) -> bool| -> DemoResult<bool> {
+        let keys: Keys = t.agents[0].admin.get("/v1/keys")?;
+        let Some(k) = keys
+            .keys
+            .iter()
+            .find(|k| k.id == second_key.id().to_string())
+        else {
+            return Ok(false);
+        };
+        Ok(check(&keys, k))
+    };
+    t.wait_for(
+        "every agent to hold the new key",
+        Duration::from_secs(20),
+        |t| every_node(t, &|keys, k| k.installed_on.len() == keys.members),
+    )?;
+    admin.put(&format!("/v1/keys/{}/primary", second_key.id()), None)?;
+    t.wait_for(
+        "every agent to seal with it",
+        Duration::from_secs(20),
+        |t| every_node(t, &|keys, k| k.primary_on.len() == keys.members),
+    )?;
+    admin.delete(&format!("/v1/keys/{}", first_key.id()))?;
+    t.wait_for(
+        "the old key to be gone everywhere",
+        Duration::from_secs(20),
+        |t| {
+            let keys: Keys = t.agents[0].admin.get("/v1/keys")?;
+            Ok(keys.keys.len() == 1)
+        },
+    )?;
+    t.say(&format!(
+        "... made it primary and removed key {}: every agent now holds only key {}",
+        first_key.id(),
+        second_key.id()
     ));
 
     if args.keep {

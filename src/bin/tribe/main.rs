@@ -8,7 +8,7 @@ mod cli;
 mod client;
 mod demo;
 
-use cli::{AdminCommand, AdminOpts, FactCmd, PluginCmd, PolicyCmd, TaskCmd, TribeCmd};
+use cli::{AdminCommand, AdminOpts, FactCmd, KeysCmd, PluginCmd, PolicyCmd, TaskCmd, TribeCmd};
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node: join the tribe, serve the admin API, leave on SIGINT/SIGTERM.
-    Agent(agent::AgentArgs),
+    Agent(Box<agent::AgentArgs>),
     /// Start a local tribe of agent processes on 127.0.0.1 and narrate what happens.
     Demo(demo::DemoArgs),
     /// Show the agent's name, address, live member count and state digest.
@@ -72,12 +72,21 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// List, install, use or remove encryption keys across the tribe; set the encryption mode.
+    Keys {
+        #[command(subcommand)]
+        cmd: KeysCmd,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
+    /// Print a new random 32-byte encryption key in base64.
+    Keygen,
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Agent(args) => agent::run(args),
+        Command::Agent(args) => agent::run(*args),
         Command::Demo(args) => demo::run(args),
         Command::Status(opts) => cli::run(opts, AdminCommand::Status),
         Command::Members(opts) => cli::run(opts, AdminCommand::Members),
@@ -87,6 +96,11 @@ fn main() -> std::process::ExitCode {
         Command::Plugin { cmd, opts } => cli::run(opts, AdminCommand::Plugin(cmd)),
         Command::Task { cmd, opts } => cli::run(opts, AdminCommand::Task(cmd)),
         Command::Fact { cmd, opts } => cli::run(opts, AdminCommand::Fact(cmd)),
+        Command::Keys { cmd, opts } => cli::run(opts, AdminCommand::Keys(cmd)),
+        Command::Keygen => {
+            println!("{}", tribe::SecretKey::generate().to_base64());
+            Ok(())
+        }
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

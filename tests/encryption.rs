@@ -1,0 +1,391 @@
+//! Encrypted tribes: sealed clusters, nodes with a wrong key or none, label
+//! isolation, tampered and replayed input, key rotation under traffic with a
+//! node down, and moving a running plaintext cluster to encryption.
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpStream, UdpSocket};
+use tribe::engine::sync::SyncMsg;
+use tribe::engine::NodeId;
+use tribe::stream::{self, Security};
+use tribe::{wire, Config, Encryption, KeyId, Keyring, Node, PluginKind, SecretKey};
+
+fn keyed(key: &SecretKey) -> impl Fn(&mut Config) + '_ {
+    move |cfg: &mut Config| cfg.keyring = Some(Keyring::new(key.clone()))
+}
+
+fn holders(node: &Node, id: KeyId) -> (usize, usize) {
+    let status = node.keyring_status();
+    status
+        .keys
+        .iter()
+        .find(|k| k.id == id)
+        .map(|k| (k.installed_on.len(), k.primary_on.len()))
+        .unwrap_or((0, 0))
+}
+
+async fn settle(d: Duration) {
+    tokio::time::sleep(d).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_tribe_forms_and_nodes_with_a_wrong_key_or_none_learn_nothing() {
+    let key = SecretKey::generate();
+    let nodes = start_cluster("k", 5, keyed(&key)).await;
+    wait_converged_members(&nodes, 5).await;
+    nodes[0].create_tribe("core").await.unwrap();
+    nodes[0]
+        .load_plugin("core", "cpu", "1", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    wait_same_digest(&nodes).await;
+    let before = nodes[0].counters();
+
+    let wrong = {
+        let mut cfg = test_config("intruder");
+        cfg.seeds = vec![nodes[0].addr()];
+        cfg.keyring = Some(Keyring::new(SecretKey::generate()));
+        Node::start(cfg).await.unwrap()
+    };
+    let plain = {
+        let mut cfg = test_config("plain");
+        cfg.seeds = vec![nodes[0].addr()];
+        Node::start(cfg).await.unwrap()
+    };
+    settle(Duration::from_secs(4)).await;
+    for outsider in [&wrong, &plain] {
+        assert_eq!(
+            outsider.members_alive(),
+            1,
+            "{} stays alone",
+            outsider.name()
+        );
+        assert!(
+            outsider.tribes().is_empty(),
+            "{} learns no tribe",
+            outsider.name()
+        );
+        assert_eq!(outsider.members().len(), 1);
+    }
+    assert!(
+        wrong.counters().key_rejections > 0,
+        "{:?}",
+        wrong.counters()
+    );
+    for node in &nodes {
+        assert_eq!(node.members_alive(), 5);
+        assert!(node
+            .members()
+            .iter()
+            .all(|m| m.name != "intruder" && m.name != "plain"));
+    }
+    let after = nodes[0].counters();
+    assert!(
+        after.stream_unknown_keys > before.stream_unknown_keys,
+        "{after:?}"
+    );
+    assert!(
+        after.plaintext_streams_refused > before.plaintext_streams_refused,
+        "{after:?}"
+    );
+    assert!(
+        after.datagram_auth_errors + after.plaintext_datagrams_refused
+            >= before.datagram_auth_errors + before.plaintext_datagrams_refused,
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_with_one_key_and_different_labels_stay_apart() {
+    let key = SecretKey::generate();
+    let blue = start_cluster("blue", 2, |cfg| {
+        cfg.keyring = Some(Keyring::new(key.clone()));
+        cfg.cluster_label = "blue".into();
+    })
+    .await;
+    wait_converged_members(&blue, 2).await;
+    let seed = blue[0].addr();
+    let green = start_cluster("green", 2, |cfg| {
+        cfg.keyring = Some(Keyring::new(key.clone()));
+        cfg.cluster_label = "green".into();
+        // The first green node tries to join through a blue one.
+        if cfg.seeds.is_empty() {
+            cfg.seeds = vec![seed];
+        }
+    })
+    .await;
+    settle(Duration::from_secs(4)).await;
+    for n in blue.iter().chain(green.iter()) {
+        assert!(
+            n.members()
+                .iter()
+                .all(|m| m.name.starts_with(&n.name()[..4])),
+            "{} saw the other cluster: {:?}",
+            n.name(),
+            n.members()
+        );
+    }
+    let c = blue[0].counters();
+    assert!(
+        c.label_mismatches + c.stream_auth_errors > 0,
+        "the attempts were refused and counted: {c:?}"
+    );
+}
+
+fn sync_hello() -> SyncMsg {
+    SyncMsg::Hello {
+        from: NodeId {
+            name: "courier".into(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            generation: 1,
+        },
+        label: String::new(),
+        join: false,
+        members: Vec::new(),
+        buckets: vec![0; tribe::state::BUCKETS],
+    }
+}
+
+/// Opens a sealed stream to `to` and returns the socket and the sealer.
+async fn sealed_stream(to: std::net::SocketAddr, key: &SecretKey) -> (TcpStream, stream::Sealer) {
+    let security = Security {
+        keyring: Some(Keyring::new(key.clone())),
+        encryption: Encryption::Require,
+        label: String::new(),
+    };
+    let mut tcp = TcpStream::connect(to).await.unwrap();
+    let (sealer, _opener) = stream::connect(&mut tcp, &security, 1 << 20).await.unwrap();
+    (tcp, sealer)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_replayed_and_plaintext_input_is_refused_and_counted() {
+    let key = SecretKey::generate();
+    let nodes = start_cluster("t", 2, keyed(&key)).await;
+    wait_converged_members(&nodes, 2).await;
+    let target = &nodes[1];
+    let ring = Keyring::new(key.clone());
+
+    // Datagrams: one flipped bit in a sealed packet, and a plaintext packet.
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let before = target.counters();
+    let mut sealed = wire::sealed_datagram("", &ring, [9; 24], b"not a swim packet");
+    let last = sealed.len() - 1;
+    sealed[last] ^= 0x01;
+    udp.send_to(&sealed, target.addr()).await.unwrap();
+    udp.send_to(&wire::plain_datagram("", b"hello"), target.addr())
+        .await
+        .unwrap();
+    wait_for("datagram refusals counted", Duration::from_secs(5), || {
+        let c = target.counters();
+        c.datagram_auth_errors > before.datagram_auth_errors
+            && c.plaintext_datagrams_refused > before.plaintext_datagrams_refused
+    })
+    .await;
+
+    // A stream frame with a flipped bit.
+    let body = wire::encode(&sync_hello());
+    let before = target.counters();
+    let (mut tcp, mut sealer) = sealed_stream(target.addr(), &key).await;
+    let mut frame = Vec::new();
+    sealer.write_frame(&mut frame, &body).await.unwrap();
+    let mid = frame.len() / 2;
+    frame[mid] ^= 0x10;
+    tcp.write_all(&frame).await.unwrap();
+    wait_for("the tampered frame refused", Duration::from_secs(5), || {
+        target.counters().stream_auth_errors > before.stream_auth_errors
+    })
+    .await;
+    assert_eq!(target.counters().frames_in, before.frames_in);
+
+    // A genuine frame is accepted once; the same bytes again are refused.
+    let before = target.counters();
+    let (mut tcp, mut sealer) = sealed_stream(target.addr(), &key).await;
+    let mut frame = Vec::new();
+    sealer.write_frame(&mut frame, &body).await.unwrap();
+    let mut twice = frame.clone();
+    twice.extend_from_slice(&frame);
+    tcp.write_all(&twice).await.unwrap();
+    wait_for("the replayed frame refused", Duration::from_secs(5), || {
+        let c = target.counters();
+        c.frames_in == before.frames_in + 1 && c.stream_auth_errors == before.stream_auth_errors + 1
+    })
+    .await;
+
+    // A plaintext stream is refused.
+    let before = target.counters();
+    let mut tcp = TcpStream::connect(target.addr()).await.unwrap();
+    tcp.write_all(&wire::frame(&body)).await.unwrap();
+    wait_for(
+        "the plaintext stream refused",
+        Duration::from_secs(5),
+        || target.counters().plaintext_streams_refused > before.plaintext_streams_refused,
+    )
+    .await;
+    assert_eq!(target.counters().frames_in, before.frames_in);
+
+    // The node still works.
+    nodes[0].create_tribe("still-ok").await.unwrap();
+    wait_same_digest(&nodes).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_rotate_under_traffic_with_a_node_down_during_install_and_use() {
+    let k1 = SecretKey::generate();
+    let k2 = SecretKey::generate();
+    let mut nodes = start_cluster("r", 5, keyed(&k1)).await;
+    wait_converged_members(&nodes, 5).await;
+    nodes[0].create_tribe("load").await.unwrap();
+    wait_same_digest(&nodes).await;
+
+    // Traffic all along: a stream of catalog writes from two nodes.
+    let writers = [nodes[1].clone(), nodes[2].clone()];
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let traffic = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut written = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let w = &writers[(written % 2) as usize];
+                w.load_plugin(
+                    "load",
+                    &format!("p{written}"),
+                    "1",
+                    PluginKind::Collector,
+                    None,
+                )
+                .await
+                .unwrap();
+                written += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            written
+        })
+    };
+
+    // r4 is down while K2 is installed and made primary.
+    let down = nodes.pop().unwrap();
+    down.shutdown().await.unwrap();
+    nodes[0].install_key(k2.clone()).await.unwrap();
+    wait_for(
+        "K2 installed on the 4 live nodes",
+        Duration::from_secs(20),
+        || nodes.iter().all(|n| holders(n, k2.id()).0 == 4),
+    )
+    .await;
+    nodes[3].use_key(k2.id()).await.unwrap();
+    wait_for(
+        "K2 primary on the 4 live nodes",
+        Duration::from_secs(20),
+        || nodes.iter().all(|n| holders(n, k2.id()).1 == 4),
+    )
+    .await;
+
+    // r4 comes back with only K1, still in the ring: it rejoins and catches up.
+    let mut cfg = test_config("r4");
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.keyring = Some(Keyring::new(k1.clone()));
+    let back = Node::start(cfg).await.unwrap();
+    nodes.push(back);
+    wait_converged_members(&nodes, 5).await;
+    wait_for("r4 holds K2 as primary", Duration::from_secs(20), || {
+        let s = nodes[4].keyring_status();
+        s.primary == Some(k2.id())
+    })
+    .await;
+
+    // K1 goes; the primary cannot.
+    assert_eq!(
+        nodes[1].remove_key(k2.id()).await.unwrap_err().code(),
+        "primary_key"
+    );
+    nodes[1].remove_key(k1.id()).await.unwrap();
+    wait_for("K1 gone everywhere", Duration::from_secs(20), || {
+        nodes
+            .iter()
+            .all(|n| holders(n, k1.id()).0 == 0 && holders(n, k2.id()).0 == 5)
+    })
+    .await;
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written = traffic.await.unwrap();
+    assert!(
+        written > 20,
+        "traffic ran during the rotation ({written} writes)"
+    );
+    wait_same_digest(&nodes).await;
+    for n in &nodes {
+        assert_eq!(
+            n.tribe("load").unwrap().plugins.len(),
+            written as usize,
+            "{} lost a write made during the rotation",
+            n.name()
+        );
+    }
+
+    // A node that still has only K1 is refused now, with a clear error.
+    let mut cfg = test_config("late-k1");
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.keyring = Some(Keyring::new(k1.clone()));
+    let stale = Node::start(cfg).await.unwrap();
+    wait_for(
+        "the stale node's key rejected",
+        Duration::from_secs(10),
+        || stale.counters().key_rejections > 0,
+    )
+    .await;
+    assert_eq!(stale.members_alive(), 1);
+    assert!(stale.tribes().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_plaintext_tribe_moves_to_encryption_without_downtime() {
+    let key = SecretKey::generate();
+    let mut nodes = start_cluster("m", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("t").await.unwrap();
+
+    // Step 1, rolling: each node restarts with the key, still sending plaintext.
+    for i in 0..nodes.len() {
+        let name = nodes[i].name().to_string();
+        let seed = nodes[(i + 1) % nodes.len()].addr();
+        nodes[i].shutdown().await.unwrap();
+        let mut cfg = test_config(&name);
+        cfg.seeds = vec![seed];
+        cfg.keyring = Some(Keyring::new(key.clone()));
+        cfg.encryption = Encryption::Accept;
+        nodes[i] = Node::start(cfg).await.unwrap();
+        wait_converged_members(&nodes, 3).await;
+    }
+    // Step 2, live: seal outgoing traffic, still accept plaintext.
+    for (i, node) in nodes.iter().enumerate() {
+        node.set_encryption(Encryption::Send).await.unwrap();
+        node.load_plugin("t", &format!("step2-{i}"), "1", PluginKind::Collector, None)
+            .await
+            .unwrap();
+    }
+    wait_same_digest(&nodes).await;
+    // Step 3, live: refuse plaintext.
+    for node in &nodes {
+        node.set_encryption(Encryption::Require).await.unwrap();
+    }
+    nodes[2]
+        .load_plugin("t", "step3", "1", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    wait_same_digest(&nodes).await;
+    settle(Duration::from_secs(2)).await;
+    for node in &nodes {
+        assert_eq!(node.members_alive(), 3, "nobody was lost on the way");
+        assert_eq!(node.tribe("t").unwrap().plugins.len(), 4);
+    }
+    // Now a plaintext node cannot join.
+    let mut cfg = test_config("plain-late");
+    cfg.seeds = vec![nodes[0].addr()];
+    let plain = Node::start(cfg).await.unwrap();
+    settle(Duration::from_secs(3)).await;
+    assert_eq!(plain.members_alive(), 1);
+    assert!(nodes[0].counters().plaintext_streams_refused > 0);
+}
