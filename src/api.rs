@@ -30,6 +30,7 @@ struct Inner {
     addr: SocketAddr,
     first_events: Mutex<Option<mpsc::Receiver<Event>>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    rpc: Arc<crate::rpc::call::Rpc>,
 }
 
 impl Drop for Inner {
@@ -100,6 +101,15 @@ impl Node {
         }
         engine.start(now);
 
+        let rpc_counters = Arc::new(crate::rpc::RpcCounters::default());
+        let rpc = Arc::new(crate::rpc::call::Rpc {
+            server: Arc::new(crate::rpc::server::Server::new(
+                config.rpc.clone(),
+                rpc_counters.clone(),
+            )),
+            pool: crate::rpc::client::Pool::new(config.rpc.clone(), config.max_frame),
+            counters: rpc_counters,
+        });
         let (events_tx, events_rx) = mpsc::channel(runtime::EVENT_QUEUE);
         let shared = Arc::new(runtime::Shared {
             engine: Mutex::new(engine),
@@ -108,6 +118,7 @@ impl Node {
             faults: Arc::new(Faults::default()),
             max_frame: config.max_frame,
             data_dir: config.data_dir.clone(),
+            rpc_server: rpc.server.clone(),
         });
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
@@ -121,6 +132,7 @@ impl Node {
                 addr,
                 first_events: Mutex::new(Some(events_rx)),
                 task: Mutex::new(Some(task)),
+                rpc,
             }),
         })
     }
@@ -389,7 +401,91 @@ impl Node {
         let _ = self.stop(false).await;
     }
 
+    /// Serves a plugin: registers `handler` and advertises the endpoint in
+    /// this node's record, so members of this node's tribes can call it.
+    /// Serving the same name and version again replaces the handler.
+    pub async fn serve<F, Fut>(
+        &self,
+        name: &str,
+        version: &str,
+        kind: PluginKind,
+        handler: F,
+    ) -> Result<()>
+    where
+        F: Fn(crate::CallInfo, Vec<u8>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = std::result::Result<Vec<u8>, crate::HandlerError>>
+            + Send
+            + 'static,
+    {
+        crate::names::check("plugin name", name)?;
+        crate::names::check_version(version)?;
+        let handler: crate::rpc::Handler =
+            Arc::new(move |info, payload| Box::pin(handler(info, payload)));
+        self.inner.rpc.server.register(name, version, kind, handler);
+        let endpoint = crate::Endpoint {
+            name: name.into(),
+            version: version.into(),
+            kind,
+            addr: self.inner.addr,
+        };
+        let result = self.command(Command::Serve(endpoint)).await;
+        if result.is_err() {
+            self.inner.rpc.server.unregister(name, version);
+        }
+        result
+    }
+
+    /// Stops serving a plugin and withdraws its endpoint.
+    pub async fn unserve(&self, name: &str, version: &str) -> Result<()> {
+        self.command(Command::Unserve {
+            name: name.into(),
+            version: version.into(),
+        })
+        .await?;
+        self.inner.rpc.server.unregister(name, version);
+        Ok(())
+    }
+
+    /// Calls a plugin served by a live member of `target.tribe`: this node
+    /// first when it serves it, then the member with the fewest calls
+    /// outstanding. A host that refuses or cannot be reached before the call
+    /// ran is failed over; every call ends with the reply or an error
+    /// (`NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
+    /// `Disconnected`, `ShuttingDown`).
+    pub async fn call(
+        &self,
+        target: &crate::CallTarget,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        if self.inner.inbox.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        let snap = {
+            let engine = self.inner.shared.engine();
+            crate::rpc::call::Snapshot {
+                me: self.inner.name.clone(),
+                tribe: engine.tribe(&target.tribe),
+                members: engine.members(),
+                security: engine.stream_security(),
+            }
+        };
+        self.inner.rpc.call(snap, target, payload, timeout).await
+    }
+
+    /// Counters of the call path.
+    pub fn rpc_stats(&self) -> crate::rpc::RpcStats {
+        self.inner.rpc.counters.stats()
+    }
+
+    /// The call path (server, pool, counters), for the workflow runner and
+    /// artifact transfer.
+    pub fn rpc(&self) -> Arc<crate::rpc::call::Rpc> {
+        self.inner.rpc.clone()
+    }
+
     async fn stop(&self, leave: bool) -> Result<()> {
+        self.inner.rpc.server.stop();
         let (done, wait) = oneshot::channel();
         if self
             .inner
@@ -409,6 +505,7 @@ impl Node {
         if let Some(task) = task {
             let _ = task.await;
         }
+        self.inner.rpc.pool.close_all();
         Ok(())
     }
 }

@@ -166,6 +166,8 @@ pub struct Config {
     pub keyring: Option<crate::crypto::Keyring>,
     /// How strictly encryption is applied when a keyring is set.
     pub encryption: Encryption,
+    /// Bounds of remote calls (payload size, calls in flight).
+    pub rpc: crate::rpc::RpcLimits,
 }
 
 /// How a node with a keyring treats plaintext: the three steps of turning
@@ -227,6 +229,7 @@ impl Config {
             data_dir: None,
             keyring: None,
             encryption: Encryption::Require,
+            rpc: crate::rpc::RpcLimits::default(),
         }
     }
 
@@ -268,6 +271,17 @@ impl Config {
         if self.max_frame < 64 * 1024 || self.max_frame > 1 << 30 {
             return Err(Error::Config(
                 "max frame must be between 64 KiB and 1 GiB".into(),
+            ));
+        }
+        let r = &self.rpc;
+        if r.max_payload == 0 || r.max_payload + 1024 > self.max_frame {
+            return Err(Error::Config(
+                "rpc max payload must be non-zero and 1 KiB below the max frame".into(),
+            ));
+        }
+        if r.max_inflight_per_conn == 0 || r.max_inflight == 0 || r.max_serving == 0 {
+            return Err(Error::Config(
+                "rpc in-flight bounds must be non-zero".into(),
             ));
         }
         Ok(())

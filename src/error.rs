@@ -108,6 +108,42 @@ pub enum Error {
     /// The primary key cannot be removed.
     #[error("key {0} is the primary key; make another key primary first")]
     PrimaryKey(String),
+    /// No live member of the tribe serves the plugin.
+    #[error("no live member of tribe {tribe:?} serves {plugin:?}")]
+    NoProvider {
+        /// The tribe.
+        tribe: String,
+        /// The plugin.
+        plugin: String,
+    },
+    /// The call did not complete before its deadline.
+    #[error("the call did not complete before its deadline")]
+    Timeout,
+    /// The handler returned an error (or panicked: code `panic`).
+    #[error("the handler failed: {code}: {message}")]
+    Remote {
+        /// The handler's code.
+        code: String,
+        /// The handler's message.
+        message: String,
+    },
+    /// A payload over the limit.
+    #[error("payload of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// Too many calls in flight, here or at every host.
+    #[error("too many calls in flight; try again later")]
+    Overloaded,
+    /// The host went away with the call in flight; it may or may not have run.
+    #[error("host {host:?} went away with the call in flight (it may or may not have run)")]
+    Disconnected {
+        /// The host.
+        host: String,
+    },
     /// The node is shutting down or has stopped.
     #[error("the node is shutting down")]
     ShuttingDown,
@@ -144,6 +180,12 @@ impl Error {
             Error::KeyringFull => "keyring_full",
             Error::UnknownKey(_) => "unknown_key",
             Error::PrimaryKey(_) => "primary_key",
+            Error::NoProvider { .. } => "no_provider",
+            Error::Timeout => "timeout",
+            Error::Remote { .. } => "remote",
+            Error::TooLarge { .. } => "too_large",
+            Error::Overloaded => "overloaded",
+            Error::Disconnected { .. } => "disconnected",
             Error::ShuttingDown => "shutting_down",
             Error::Io(_) => "io",
             Error::Config(_) => "config",

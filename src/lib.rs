@@ -21,10 +21,12 @@ pub mod hlc;
 pub mod names;
 pub mod policy;
 pub mod records;
+pub mod rpc;
 pub mod runtime;
 pub mod state;
 pub mod stream;
 pub mod wire;
+pub mod workflow;
 
 pub use api::{EventStream, Node};
 pub use config::{Config, Encryption, Profile, Timings};
@@ -34,3 +36,4 @@ pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy,
 pub use engine::Event;
 pub use error::{Error, Result};
 pub use records::{ArtifactRef, Endpoint, PluginKind, TaskState};
+pub use rpc::{CallInfo, CallTarget, HandlerError};

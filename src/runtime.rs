@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use crate::engine::{ConnId, Engine, Event, Output, Timer};
 use crate::stream::{self, Security, StreamError};
+use crate::wire;
 
 /// How long connecting a stream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -124,6 +125,8 @@ pub(crate) struct Shared {
     pub max_frame: usize,
     /// Where the durable state is kept, if anywhere.
     pub data_dir: Option<std::path::PathBuf>,
+    /// Handlers and artifacts served on call streams.
+    pub rpc_server: Arc<crate::rpc::server::Server>,
 }
 
 impl Shared {
@@ -425,21 +428,27 @@ impl Driver {
         let faults = self.shared.faults.clone();
         let max_frame = self.shared.max_frame;
         let security = self.shared.engine().stream_security();
+        let server = self.shared.rpc_server.clone();
         tokio::spawn(async move {
-            let result = tokio::time::timeout(
-                STREAM_LIFETIME,
-                run_conn(conn, target, rx, inbox.clone(), faults, max_frame, security),
-            )
-            .await;
+            let stream = match open_stream(target, &faults, max_frame, &security, server).await {
+                Ok(Some(s)) => s,
+                // A call stream: the server has it; the engine never will.
+                Ok(None) => {
+                    let _ = inbox.send(DriverInput::Closed(conn));
+                    return;
+                }
+                Err(e) => {
+                    report(&inbox, conn, e);
+                    let _ = inbox.send(DriverInput::Closed(conn));
+                    return;
+                }
+            };
+            let result =
+                tokio::time::timeout(STREAM_LIFETIME, run_conn(conn, stream, rx, inbox.clone()))
+                    .await;
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(StreamError::BadFrame(_))) => {
-                    let _ = inbox.send(DriverInput::BadFrame(conn));
-                }
-                Ok(Err(StreamError::Refused(why))) => {
-                    let _ = inbox.send(DriverInput::Refused(conn, why));
-                }
-                Ok(Err(e)) => tracing::debug!(?conn, error = %e, "stream ended with an error"),
+                Ok(Err(e)) => report(&inbox, conn, e),
                 Err(_) => tracing::debug!(?conn, "stream timed out"),
             }
             let _ = inbox.send(DriverInput::Closed(conn));
@@ -452,35 +461,94 @@ enum ConnTarget {
     Accepted(TcpStream),
 }
 
-/// One stream: the hello exchange, then queued frames written and received
-/// frames handed to the driver's inbox.
-async fn run_conn(
-    conn: ConnId,
+/// Hands a stream failure to the engine for counting.
+fn report(inbox: &mpsc::UnboundedSender<DriverInput>, conn: ConnId, e: StreamError) {
+    match e {
+        StreamError::BadFrame(_) => {
+            let _ = inbox.send(DriverInput::BadFrame(conn));
+        }
+        StreamError::Refused(why) => {
+            let _ = inbox.send(DriverInput::Refused(conn, why));
+        }
+        StreamError::Io(e) => tracing::debug!(?conn, error = %e, "stream ended with an error"),
+    }
+}
+
+/// A sync stream ready for frames.
+struct SyncStream {
+    stream: TcpStream,
+    sealer: stream::Sealer,
+    opener: stream::Opener,
+}
+
+/// Connects or accepts, runs the hello exchange and the channel frame. An
+/// accepted call stream is handed to the call server (`Ok(None)`).
+async fn open_stream(
     target: ConnTarget,
-    mut rx: mpsc::UnboundedReceiver<ConnOut>,
-    inbox: mpsc::UnboundedSender<DriverInput>,
-    faults: Arc<Faults>,
+    faults: &Faults,
     max_frame: usize,
-    security: Security,
-) -> Result<(), StreamError> {
-    let (mut stream, dialed) = match target {
-        ConnTarget::Accepted(s) => (s, false),
-        ConnTarget::Dial(to) => {
-            if faults.is_blocked(&to) {
-                return Err(std::io::Error::other("blocked by fault injection").into());
+    security: &Security,
+    server: Arc<crate::rpc::server::Server>,
+) -> Result<Option<SyncStream>, StreamError> {
+    let setup = async {
+        match target {
+            ConnTarget::Dial(to) => {
+                if faults.is_blocked(&to) {
+                    return Err(std::io::Error::other("blocked by fault injection").into());
+                }
+                let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+                    .await
+                    .map_err(|_| std::io::Error::other("connect timed out"))??;
+                let _ = s.set_nodelay(true);
+                let (mut sealer, opener) = stream::connect(&mut s, security, max_frame).await?;
+                sealer.write_frame(&mut s, &[wire::CHANNEL_SYNC]).await?;
+                Ok(Some(SyncStream {
+                    stream: s,
+                    sealer,
+                    opener,
+                }))
             }
-            let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
-                .await
-                .map_err(|_| std::io::Error::other("connect timed out"))??;
-            (s, true)
+            ConnTarget::Accepted(mut s) => {
+                let _ = s.set_nodelay(true);
+                let (sealer, mut opener) = stream::accept(&mut s, security, max_frame).await?;
+                let channel = opener.read_frame(&mut s).await?;
+                match channel.as_deref() {
+                    Some([wire::CHANNEL_SYNC]) => Ok(Some(SyncStream {
+                        stream: s,
+                        sealer,
+                        opener,
+                    })),
+                    Some([wire::CHANNEL_RPC]) => {
+                        let (reader, writer) = s.into_split();
+                        tokio::spawn(server.serve_stream(reader, writer, sealer, opener));
+                        Ok(None)
+                    }
+                    Some(_) => Err(StreamError::BadFrame(wire::WireError::Malformed(
+                        "unknown stream channel".into(),
+                    ))),
+                    None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                }
+            }
         }
     };
-    let _ = stream.set_nodelay(true);
-    let (mut sealer, mut opener) = if dialed {
-        stream::connect(&mut stream, &security, max_frame).await?
-    } else {
-        stream::accept(&mut stream, &security, max_frame).await?
-    };
+    tokio::time::timeout(stream::HANDSHAKE_TIMEOUT + CONNECT_TIMEOUT, setup)
+        .await
+        .map_err(|_| std::io::Error::other("stream setup timed out"))?
+}
+
+/// One sync stream: queued frames written, received frames handed to the
+/// driver's inbox.
+async fn run_conn(
+    conn: ConnId,
+    stream: SyncStream,
+    mut rx: mpsc::UnboundedReceiver<ConnOut>,
+    inbox: mpsc::UnboundedSender<DriverInput>,
+) -> Result<(), StreamError> {
+    let SyncStream {
+        stream,
+        mut sealer,
+        mut opener,
+    } = stream;
     let (mut reader, mut writer) = stream.into_split();
     let writing = async move {
         while let Some(out) = rx.recv().await {

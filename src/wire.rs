@@ -25,6 +25,10 @@ pub const MAX_LABEL_LEN: usize = 64;
 pub const MAX_DATAGRAM: usize = 1400;
 /// Room left in a datagram for the envelope (header, label, key id, nonce, tag).
 pub const ENVELOPE_BUDGET: usize = 5 + MAX_LABEL_LEN + crypto::DATAGRAM_OVERHEAD;
+/// First frame of a stream (after the hello exchange): anti-entropy sync.
+pub const CHANNEL_SYNC: u8 = 0;
+/// First frame of a stream: remote calls and artifact transfer.
+pub const CHANNEL_RPC: u8 = 1;
 /// Length prefix of a stream frame.
 pub const FRAME_HEADER: usize = 4;
 

@@ -156,7 +156,11 @@ async fn sealed_stream(to: std::net::SocketAddr, key: &SecretKey) -> (TcpStream,
         label: String::new(),
     };
     let mut tcp = TcpStream::connect(to).await.unwrap();
-    let (sealer, _opener) = stream::connect(&mut tcp, &security, 1 << 20).await.unwrap();
+    let (mut sealer, _opener) = stream::connect(&mut tcp, &security, 1 << 20).await.unwrap();
+    sealer
+        .write_frame(&mut tcp, &[wire::CHANNEL_SYNC])
+        .await
+        .unwrap();
     (tcp, sealer)
 }
 
@@ -217,6 +221,9 @@ async fn tampered_replayed_and_plaintext_input_is_refused_and_counted() {
     // A plaintext stream is refused.
     let before = target.counters();
     let mut tcp = TcpStream::connect(target.addr()).await.unwrap();
+    tcp.write_all(&wire::frame(&[wire::CHANNEL_SYNC]))
+        .await
+        .unwrap();
     tcp.write_all(&wire::frame(&body)).await.unwrap();
     wait_for(
         "the plaintext stream refused",

@@ -32,6 +32,10 @@ async fn push_records(target: std::net::SocketAddr, records: Vec<(Key, Entry)>) 
         buckets: vec![0; tribe::state::BUCKETS],
     };
     stream
+        .write_all(&wire::frame(&[wire::CHANNEL_SYNC]))
+        .await
+        .unwrap();
+    stream
         .write_all(&wire::frame(&wire::encode(&hello)))
         .await
         .unwrap();

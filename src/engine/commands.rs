@@ -121,6 +121,15 @@ pub enum Command {
     RemoveKey(crate::crypto::KeyId),
     /// Change this node's encryption mode.
     SetEncryption(crate::config::Encryption),
+    /// Advertise a served plugin in this node's record.
+    Serve(crate::records::Endpoint),
+    /// Withdraw a served plugin.
+    Unserve {
+        /// Plugin name.
+        name: String,
+        /// Plugin version.
+        version: String,
+    },
 }
 
 impl Engine {
@@ -199,6 +208,36 @@ impl Engine {
             Command::UseKey(id) => self.use_key(id)?,
             Command::RemoveKey(id) => self.remove_key(id)?,
             Command::SetEncryption(mode) => self.set_encryption(mode)?,
+            Command::Serve(endpoint) => {
+                names::check("plugin name", &endpoint.name)?;
+                names::check_version(&endpoint.version)?;
+                self.record
+                    .endpoints
+                    .retain(|e| !(e.name == endpoint.name && e.version == endpoint.version));
+                if self.record.endpoints.len() >= crate::records::limits::MAX_ENDPOINTS {
+                    return Err(Error::InvalidArgument(format!(
+                        "a node serves at most {} plugins",
+                        crate::records::limits::MAX_ENDPOINTS
+                    )));
+                }
+                self.record.endpoints.push(endpoint);
+                self.record.endpoints.sort();
+                self.publish_record();
+            }
+            Command::Unserve { name, version } => {
+                let before = self.record.endpoints.len();
+                self.record
+                    .endpoints
+                    .retain(|e| !(e.name == name && e.version == version));
+                if self.record.endpoints.len() == before {
+                    return Err(Error::UnknownPlugin {
+                        tribe: String::new(),
+                        name,
+                        version,
+                    });
+                }
+                self.publish_record();
+            }
             Command::CreateTribe { tribe } => {
                 names::check("tribe name", &tribe)?;
                 if self.view_check(|v| v.tribe_exists(&tribe)) {

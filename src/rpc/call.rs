@@ -1,0 +1,183 @@
+//! One call from start to end: bounds, routing, failover, and the mapping of
+//! every outcome to a result, so no call is ever lost silently.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::client::{self, Answer, NotSent, Pool};
+use super::proto::{Refusal, RpcMsg};
+use super::server::Server;
+use super::{CallInfo, CallTarget, HandlerError, RpcCounters};
+use crate::engine::view::{MemberInfo, TribeInfo};
+use crate::error::{Error, Result};
+use crate::stream::Security;
+
+/// The call path of one node.
+pub struct Rpc {
+    /// What this node serves.
+    pub server: Arc<Server>,
+    /// Streams to other hosts.
+    pub pool: Pool,
+    /// Outcome counters.
+    pub counters: Arc<RpcCounters>,
+}
+
+/// What a call needs to know about the cluster, read once at its start.
+pub struct Snapshot {
+    /// This node's name.
+    pub me: String,
+    /// The target tribe, if it exists.
+    pub tribe: Option<TribeInfo>,
+    /// Every member with its endpoints.
+    pub members: Vec<MemberInfo>,
+    /// Stream security.
+    pub security: Security,
+}
+
+fn from_handler(e: HandlerError) -> Error {
+    if e.code == "timeout" {
+        Error::Timeout
+    } else {
+        Error::Remote {
+            code: e.code,
+            message: e.message,
+        }
+    }
+}
+
+impl Rpc {
+    /// Makes one call; see [`crate::Node::call`].
+    pub async fn call(
+        &self,
+        snap: Snapshot,
+        target: &CallTarget,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        let result = self.route(snap, target, payload, timeout).await;
+        client::count(&self.counters, &result);
+        result
+    }
+
+    async fn route(
+        &self,
+        snap: Snapshot,
+        target: &CallTarget,
+        payload: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<Vec<u8>> {
+        if self.server.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        let limit = self.pool.limits().max_payload;
+        if payload.len() > limit {
+            return Err(Error::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let tribe = snap
+            .tribe
+            .ok_or_else(|| Error::UnknownTribe(target.tribe.clone()))?;
+        let no_provider = || Error::NoProvider {
+            tribe: target.tribe.clone(),
+            plugin: target.plugin.clone(),
+        };
+        let cands = client::order(
+            client::candidates(&tribe, &snap.members, target),
+            &self.pool,
+        );
+        if cands.is_empty() {
+            return Err(no_provider());
+        }
+        let _slot = self.pool.try_inflight().ok_or(Error::Overloaded)?;
+        let deadline = Instant::now() + timeout;
+        let mut overloaded = false;
+        for (attempt, cand) in cands.iter().enumerate() {
+            if attempt > 0 {
+                RpcCounters::bump(&self.counters.failovers);
+            }
+            let budget = deadline.saturating_duration_since(Instant::now());
+            if budget.is_zero() {
+                return Err(Error::Timeout);
+            }
+            if cand.local {
+                let Some((version, handler)) =
+                    self.server
+                        .lookup(&target.plugin, Some(&cand.version), target.kind)
+                else {
+                    continue;
+                };
+                let Some(_serving) = self.server.try_slot() else {
+                    overloaded = true;
+                    continue;
+                };
+                let info = CallInfo {
+                    caller: snap.me.clone(),
+                    tribe: target.tribe.clone(),
+                    plugin: target.plugin.clone(),
+                    version,
+                    budget,
+                };
+                RpcCounters::bump(&self.counters.served);
+                return self
+                    .server
+                    .run_handler(handler, info, payload)
+                    .await
+                    .map_err(from_handler);
+            }
+            let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
+            let _load = self.pool.reserve(cand.addr);
+            let sent = self
+                .pool
+                .request(cand.addr, &snap.security, deadline, |id| RpcMsg::Call {
+                    id,
+                    caller: snap.me.clone(),
+                    tribe: target.tribe.clone(),
+                    plugin: target.plugin.clone(),
+                    version: cand.version.clone(),
+                    kind: target.kind,
+                    budget_ms,
+                    payload: payload.clone(),
+                })
+                .await;
+            match sent {
+                Err(NotSent::Connect(e)) => {
+                    tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
+                }
+                Err(NotSent::Busy) => overloaded = true,
+                Ok(None) => return Err(Error::Timeout),
+                Ok(Some(Answer::Reply(Ok(bytes)))) => return Ok(bytes),
+                Ok(Some(Answer::Reply(Err((code, message))))) => {
+                    return Err(from_handler(HandlerError { code, message }))
+                }
+                Ok(Some(Answer::Refused(Refusal::Overloaded))) => overloaded = true,
+                Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
+                    return Err(Error::TooLarge {
+                        size: payload.len(),
+                        limit,
+                    })
+                }
+                Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => {}
+                Ok(Some(Answer::Lost)) => {
+                    return Err(Error::Disconnected {
+                        host: cand.name.clone(),
+                    })
+                }
+                Ok(Some(Answer::Chunk(_))) => {
+                    return Err(Error::Remote {
+                        code: "protocol".into(),
+                        message: "the host answered a call with artifact bytes".into(),
+                    })
+                }
+            }
+        }
+        Err(if overloaded {
+            Error::Overloaded
+        } else {
+            no_provider()
+        })
+    }
+}

@@ -1,0 +1,342 @@
+//! The calling side: one multiplexed stream per host, calls matched to
+//! replies by id, bounds on calls in flight, and the router that picks a
+//! host and fails over.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::time::Instant;
+
+use super::proto::{Refusal, RpcMsg};
+use super::{CallTarget, RpcCounters, RpcLimits};
+use crate::engine::view::{MemberInfo, MemberState, TribeInfo};
+use crate::stream::{self, Security};
+use crate::wire;
+
+/// How long connecting to a host may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What came back for one request.
+#[derive(Debug)]
+pub enum Answer {
+    /// The handler's result.
+    Reply(Result<Vec<u8>, (String, String)>),
+    /// Refused before any handler ran.
+    Refused(Refusal),
+    /// Artifact bytes.
+    Chunk(Vec<u8>),
+    /// The stream ended with the request in flight.
+    Lost,
+}
+
+/// Why a request was not sent at all (so another host may be tried).
+#[derive(Debug)]
+pub enum NotSent {
+    /// Could not connect (or the handshake failed).
+    Connect(String),
+    /// The stream to this host is at its bound of calls in flight.
+    Busy,
+}
+
+type Pending = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
+/// The stream to one host, opened once by whichever call needs it first.
+type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
+/// One multiplexed stream to a host.
+struct Conn {
+    tx: mpsc::UnboundedSender<RpcMsg>,
+    pending: Arc<Pending>,
+    alive: Arc<AtomicBool>,
+}
+
+/// Streams to hosts, reused by every call.
+pub struct Pool {
+    slots: Mutex<HashMap<SocketAddr, Slot>>,
+    /// Calls routed to each host and not finished, counted from the moment
+    /// of the choice so that calls starting together spread.
+    load: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    inflight: Arc<Semaphore>,
+    limits: RpcLimits,
+    next_id: AtomicU64,
+    max_frame: usize,
+}
+
+/// A call counted against a host.
+pub struct Reservation(Arc<AtomicUsize>);
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes `id` out of the pending map when the waiting call gives up.
+struct Forget<'a> {
+    pending: &'a Pending,
+    id: u64,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.id);
+    }
+}
+
+impl Pool {
+    /// An empty pool.
+    pub fn new(limits: RpcLimits, max_frame: usize) -> Pool {
+        Pool {
+            slots: Mutex::new(HashMap::new()),
+            load: Mutex::new(HashMap::new()),
+            inflight: Arc::new(Semaphore::new(limits.max_inflight)),
+            limits,
+            next_id: AtomicU64::new(1),
+            max_frame,
+        }
+    }
+
+    /// The bounds in force.
+    pub fn limits(&self) -> &RpcLimits {
+        &self.limits
+    }
+
+    /// A slot of the node-wide bound, or `None` when this node has too many
+    /// calls in flight.
+    pub fn try_inflight(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.inflight.clone().try_acquire_owned().ok()
+    }
+
+    /// Calls routed to `addr` and not finished (for least-outstanding routing).
+    pub fn outstanding(&self, addr: SocketAddr) -> usize {
+        self.load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Counts a call against `addr` until the guard drops.
+    pub fn reserve(&self, addr: SocketAddr) -> Reservation {
+        let counter = self
+            .load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        counter.fetch_add(1, Ordering::Relaxed);
+        Reservation(counter)
+    }
+
+    /// Drops every stream (their pending calls end as `Lost`).
+    pub fn close_all(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    async fn conn(&self, addr: SocketAddr, security: &Security) -> Result<Arc<Conn>, NotSent> {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        let mut guard = slot.lock().await;
+        if let Some(c) = guard.as_ref() {
+            if c.alive.load(Ordering::Relaxed) {
+                return Ok(c.clone());
+            }
+        }
+        let conn = Arc::new(self.open(addr, security).await?);
+        *guard = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn open(&self, addr: SocketAddr, security: &Security) -> Result<Conn, NotSent> {
+        let connect = async {
+            let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            let (mut sealer, mut opener) = stream::connect(&mut tcp, security, self.max_frame)
+                .await
+                .map_err(|e| e.to_string())?;
+            sealer
+                .write_frame(&mut tcp, &[wire::CHANNEL_RPC])
+                .await
+                .map_err(|e| e.to_string())?;
+            let (mut reader, mut writer) = tcp.into_split();
+            let (tx, mut rx) = mpsc::unbounded_channel::<RpcMsg>();
+            let pending: Arc<Pending> = Arc::default();
+            let alive = Arc::new(AtomicBool::new(true));
+            {
+                let alive = alive.clone();
+                tokio::spawn(async move {
+                    while let Some(msg) = rx.recv().await {
+                        if sealer
+                            .write_frame(&mut writer, &wire::encode(&msg))
+                            .await
+                            .is_err()
+                        {
+                            break;
+                        }
+                    }
+                    alive.store(false, Ordering::Relaxed);
+                    let _ = writer.shutdown().await;
+                });
+            }
+            {
+                let pending = pending.clone();
+                let alive = alive.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(body)) = opener.read_frame(&mut reader).await {
+                        let (id, answer) = match wire::decode::<RpcMsg>(&body) {
+                            Ok(RpcMsg::Reply { id, result }) => {
+                                (id, Answer::Reply(result.map(|b| b.into_vec())))
+                            }
+                            Ok(RpcMsg::Refused { id, why }) => (id, Answer::Refused(why)),
+                            Ok(RpcMsg::Chunk { id, data }) => (id, Answer::Chunk(data)),
+                            _ => break,
+                        };
+                        let waiter = pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .remove(&id);
+                        // A call that gave up has no waiter; its late answer is dropped.
+                        if let Some(w) = waiter {
+                            let _ = w.send(answer);
+                        }
+                    }
+                    alive.store(false, Ordering::Relaxed);
+                    // Every call still waiting learns the stream is gone.
+                    let orphans: Vec<_> = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .drain()
+                        .collect();
+                    for (_, w) in orphans {
+                        let _ = w.send(Answer::Lost);
+                    }
+                });
+            }
+            Ok::<Conn, String>(Conn { tx, pending, alive })
+        };
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(NotSent::Connect(e)),
+            Err(_) => Err(NotSent::Connect("connect timed out".into())),
+        }
+    }
+
+    /// Sends one request built by `make(id)` to `addr` and waits for its
+    /// answer until `deadline`. `Ok(None)` means the deadline passed.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+        deadline: Instant,
+        make: impl FnOnce(u64) -> RpcMsg,
+    ) -> Result<Option<Answer>, NotSent> {
+        let conn = tokio::time::timeout_at(deadline, self.conn(addr, security))
+            .await
+            .map_err(|_| NotSent::Connect("connect timed out".into()))??;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if pending.len() >= self.limits.max_inflight_per_conn {
+                return Err(NotSent::Busy);
+            }
+            pending.insert(id, tx);
+        }
+        let _forget = Forget {
+            pending: &conn.pending,
+            id,
+        };
+        if conn.tx.send(make(id)).is_err() || !conn.alive.load(Ordering::Relaxed) {
+            return Err(NotSent::Connect("the stream to the host closed".into()));
+        }
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => Ok(Some(answer)),
+            Ok(Err(_)) => Ok(Some(Answer::Lost)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+/// A host that may serve a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    /// Node name.
+    pub name: String,
+    /// Its stream address.
+    pub addr: SocketAddr,
+    /// The version it serves.
+    pub version: String,
+    /// Whether it is this node.
+    pub local: bool,
+}
+
+/// Live members of the tribe that advertise the plugin.
+pub fn candidates(
+    tribe: &TribeInfo,
+    members: &[MemberInfo],
+    target: &CallTarget,
+) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    for m in members {
+        let up = matches!(m.state, MemberState::Alive | MemberState::Suspect);
+        if !up || !tribe.members.contains(&m.name) {
+            continue;
+        }
+        let best = m
+            .endpoints
+            .iter()
+            .filter(|e| {
+                e.name == target.plugin
+                    && e.kind == target.kind
+                    && target.version.as_ref().is_none_or(|v| *v == e.version)
+            })
+            .max_by(|a, b| a.version.cmp(&b.version));
+        if let Some(e) = best {
+            out.push(Candidate {
+                name: m.name.clone(),
+                addr: e.addr,
+                version: e.version.clone(),
+                local: m.is_local,
+            });
+        }
+    }
+    out
+}
+
+/// Orders candidates: this node first, then fewest calls outstanding, ties
+/// broken at random so load spreads.
+pub fn order(mut cands: Vec<Candidate>, pool: &Pool) -> Vec<Candidate> {
+    use rand::seq::SliceRandom;
+    cands.shuffle(&mut rand::rng());
+    cands.sort_by_key(|c| (!c.local, pool.outstanding(c.addr)));
+    cands
+}
+
+/// Counts one outcome.
+pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
+    use crate::Error;
+    let c = match result {
+        Ok(_) => &counters.ok,
+        Err(Error::NoProvider { .. }) => &counters.no_provider,
+        Err(Error::Timeout) => &counters.timeout,
+        Err(Error::Remote { .. }) => &counters.remote_error,
+        Err(Error::TooLarge { .. }) => &counters.too_large,
+        Err(Error::Overloaded) => &counters.overloaded,
+        Err(Error::Disconnected { .. }) => &counters.disconnected,
+        Err(_) => return,
+    };
+    RpcCounters::bump(c);
+}

@@ -1,0 +1,187 @@
+//! Remote plugin calls. A node serving a plugin advertises an endpoint in its
+//! replicated record; any node calls it through a tribe: the router picks a
+//! live member of that tribe that serves the plugin (this node first, then
+//! the one with the fewest calls outstanding), fails over when a host refuses
+//! or cannot be reached before the call ran, and every call ends with a reply
+//! or an error. Calls share one multiplexed stream per host, on the node's
+//! TCP port (sealed like every stream).
+
+pub mod call;
+pub mod client;
+pub mod proto;
+pub mod server;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::records::PluginKind;
+
+/// What a call is addressed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallTarget {
+    /// Tribe whose live members may serve the call.
+    pub tribe: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version; `None` takes any version a host serves.
+    pub version: Option<String>,
+    /// Plugin kind.
+    pub kind: PluginKind,
+}
+
+impl CallTarget {
+    /// A target for any version of `plugin`.
+    pub fn new(tribe: &str, plugin: &str, kind: PluginKind) -> CallTarget {
+        CallTarget {
+            tribe: tribe.into(),
+            plugin: plugin.into(),
+            version: None,
+            kind,
+        }
+    }
+}
+
+/// What a handler learns about a call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    /// Calling node.
+    pub caller: String,
+    /// Tribe the call came through.
+    pub tribe: String,
+    /// Plugin name.
+    pub plugin: String,
+    /// Plugin version.
+    pub version: String,
+    /// How long the caller still waits; the handler is cut after that.
+    pub budget: Duration,
+}
+
+/// A handler's error, returned to the caller as [`crate::Error::Remote`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HandlerError {
+    /// Short stable code chosen by the handler.
+    pub code: String,
+    /// Human-readable message.
+    pub message: String,
+}
+
+impl HandlerError {
+    /// A handler error.
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> HandlerError {
+        HandlerError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The future a handler returns.
+pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, HandlerError>> + Send>>;
+/// A served plugin's handler.
+pub type Handler = Arc<dyn Fn(CallInfo, Vec<u8>) -> HandlerFuture + Send + Sync>;
+
+/// Bounds of the call path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcLimits {
+    /// Largest payload of a call or reply.
+    pub max_payload: usize,
+    /// Calls in flight on one connection before the next is `Overloaded`.
+    pub max_inflight_per_conn: usize,
+    /// Calls this node may have in flight, all hosts together.
+    pub max_inflight: usize,
+    /// Calls this node's handlers may run at once.
+    pub max_serving: usize,
+}
+
+impl Default for RpcLimits {
+    fn default() -> Self {
+        RpcLimits {
+            max_payload: 4 * 1024 * 1024,
+            max_inflight_per_conn: 1024,
+            max_inflight: 4096,
+            max_serving: 1024,
+        }
+    }
+}
+
+/// Counters of the call path (read by `/metrics`).
+#[derive(Debug, Default)]
+pub struct RpcCounters {
+    /// Calls answered with a reply.
+    pub ok: AtomicU64,
+    /// Calls with no live provider.
+    pub no_provider: AtomicU64,
+    /// Calls past their deadline.
+    pub timeout: AtomicU64,
+    /// Calls whose handler returned an error.
+    pub remote_error: AtomicU64,
+    /// Calls refused for size.
+    pub too_large: AtomicU64,
+    /// Calls refused for load, here or at every host.
+    pub overloaded: AtomicU64,
+    /// Calls whose host went away with the call in flight.
+    pub disconnected: AtomicU64,
+    /// Calls that moved to another host after a refusal or a failed connect.
+    pub failovers: AtomicU64,
+    /// Calls this node's handlers served.
+    pub served: AtomicU64,
+    /// Calls this node refused to serve.
+    pub refused: AtomicU64,
+    /// Handlers that panicked (each became a `Remote` error).
+    pub panics: AtomicU64,
+}
+
+/// A snapshot of [`RpcCounters`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RpcStats {
+    /// Calls answered with a reply.
+    pub ok: u64,
+    /// Calls with no live provider.
+    pub no_provider: u64,
+    /// Calls past their deadline.
+    pub timeout: u64,
+    /// Calls whose handler returned an error.
+    pub remote_error: u64,
+    /// Calls refused for size.
+    pub too_large: u64,
+    /// Calls refused for load.
+    pub overloaded: u64,
+    /// Calls whose host went away with the call in flight.
+    pub disconnected: u64,
+    /// Failovers to another host.
+    pub failovers: u64,
+    /// Calls served here.
+    pub served: u64,
+    /// Calls refused here.
+    pub refused: u64,
+    /// Handler panics here.
+    pub panics: u64,
+}
+
+impl RpcCounters {
+    /// Adds one to `c`.
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A snapshot.
+    pub fn stats(&self) -> RpcStats {
+        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RpcStats {
+            ok: g(&self.ok),
+            no_provider: g(&self.no_provider),
+            timeout: g(&self.timeout),
+            remote_error: g(&self.remote_error),
+            too_large: g(&self.too_large),
+            overloaded: g(&self.overloaded),
+            disconnected: g(&self.disconnected),
+            failovers: g(&self.failovers),
+            served: g(&self.served),
+            refused: g(&self.refused),
+            panics: g(&self.panics),
+        }
+    }
+}

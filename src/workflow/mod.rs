@@ -1,0 +1,5 @@
+//! Task manifests, the built-in plugins, and the runner of a manifest's
+//! chain: process steps in order, then every publish step, each sent to a
+//! member of the tribe it names or run by this node's own handler.
+pub mod builtin;
+pub mod manifest;

@@ -1,0 +1,336 @@
+//! Remote plugin calls across real nodes on 127.0.0.1: routing, spreading,
+//! failover when a host dies mid-stream, deadlines, overload, size limits,
+//! failing and panicking handlers, encrypted calls.
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tribe::{CallTarget, Error, HandlerError, Keyring, Node, PluginKind, SecretKey};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+/// Serves `echo` (processor) on `node`: replies `<node name>:<payload>`,
+/// after `delay`.
+async fn serve_echo(node: &Node, delay: Duration) {
+    let name = node.name().to_string();
+    node.serve("echo", "1", PluginKind::Processor, move |_info, payload| {
+        let name = name.clone();
+        async move {
+            tokio::time::sleep(delay).await;
+            let mut out = format!("{name}:").into_bytes();
+            out.extend_from_slice(&payload);
+            Ok(out)
+        }
+    })
+    .await
+    .unwrap();
+}
+
+fn echo() -> CallTarget {
+    CallTarget::new("svc", "echo", PluginKind::Processor)
+}
+
+fn host_of(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply);
+    text.split(':').next().unwrap_or_default().to_string()
+}
+
+/// Five nodes; `svc` holds n1..n4 by hand; `hosts` serve echo.
+async fn svc_cluster(prefix: &str, hosts: &[usize], delay: Duration) -> Vec<Node> {
+    let nodes = start_cluster(prefix, 5, |_| {}).await;
+    wait_converged_members(&nodes, 5).await;
+    nodes[0].create_tribe("svc").await.unwrap();
+    wait_same_digest(&nodes).await;
+    for n in &nodes[1..] {
+        nodes[0].join("svc", n.name()).await.unwrap();
+    }
+    for &h in hosts {
+        serve_echo(&nodes[h], delay).await;
+    }
+    let want = hosts.len();
+    wait_for("endpoints everywhere", Duration::from_secs(20), || {
+        nodes.iter().all(|n| {
+            n.members()
+                .iter()
+                .filter(|m| !m.endpoints.is_empty())
+                .count()
+                == want
+                && n.tribe("svc").is_some_and(|t| t.members.len() == 4)
+        })
+    })
+    .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_reach_hosts_across_five_nodes_local_first() {
+    let nodes = svc_cluster("c", &[1, 2, 3], Duration::ZERO).await;
+    let mut hosts = BTreeMap::new();
+    for i in 0..30 {
+        let reply = nodes[0]
+            .call(&echo(), format!("ping{i}").into_bytes(), 5 * SECOND)
+            .await
+            .unwrap();
+        assert!(reply.ends_with(format!("ping{i}").as_bytes()));
+        *hosts.entry(host_of(&reply)).or_insert(0) += 1;
+    }
+    assert!(hosts.len() >= 2, "calls spread over hosts: {hosts:?}");
+    // A host that serves the plugin answers its own calls.
+    for _ in 0..5 {
+        let reply = nodes[2].call(&echo(), b"x".to_vec(), SECOND).await.unwrap();
+        assert_eq!(host_of(&reply), nodes[2].name());
+    }
+    // A pinned version that nobody serves, and a tribe with no host.
+    let mut v2 = echo();
+    v2.version = Some("2".into());
+    assert!(matches!(
+        nodes[0].call(&v2, vec![], SECOND).await,
+        Err(Error::NoProvider { .. })
+    ));
+    nodes[0].create_tribe("empty").await.unwrap();
+    let mut none = echo();
+    none.tribe = "empty".into();
+    assert!(matches!(
+        nodes[0].call(&none, vec![], SECOND).await,
+        Err(Error::NoProvider { .. })
+    ));
+    // Unserving withdraws the endpoint everywhere.
+    for host in &nodes[1..=3] {
+        host.unserve("echo", "1").await.unwrap();
+    }
+    wait_for("endpoints withdrawn", Duration::from_secs(20), || {
+        nodes[0].members().iter().all(|m| m.endpoints.is_empty())
+    })
+    .await;
+    assert!(matches!(
+        nodes[0].call(&echo(), vec![], SECOND).await,
+        Err(Error::NoProvider { .. })
+    ));
+    let stats = nodes[0].rpc_stats();
+    assert_eq!(stats.ok, 30);
+    assert_eq!(stats.no_provider, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_calls_spread_to_the_least_loaded_hosts() {
+    let nodes = svc_cluster("l", &[1, 2, 3], Duration::from_millis(300)).await;
+    let caller = nodes[0].clone();
+    let calls: Vec<_> = (0..30)
+        .map(|i| {
+            let caller = caller.clone();
+            tokio::spawn(async move {
+                caller
+                    .call(&echo(), format!("{i}").into_bytes(), 10 * SECOND)
+                    .await
+            })
+        })
+        .collect();
+    let mut hosts = BTreeMap::new();
+    for c in calls {
+        let reply = c.await.unwrap().unwrap();
+        *hosts.entry(host_of(&reply)).or_insert(0usize) += 1;
+    }
+    assert_eq!(hosts.len(), 3, "{hosts:?}");
+    for (host, n) in &hosts {
+        assert!(
+            *n >= 6,
+            "{host} got only {n} of 30 concurrent calls: {hosts:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_killed_mid_stream_fails_over_and_no_call_is_lost() {
+    let nodes = svc_cluster("f", &[1, 2], Duration::from_millis(20)).await;
+    let caller = nodes[0].clone();
+    let made = Arc::new(AtomicUsize::new(0));
+    let workers: Vec<_> = (0..8)
+        .map(|_| {
+            let caller = caller.clone();
+            let made = made.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for _ in 0..40 {
+                    made.fetch_add(1, Ordering::Relaxed);
+                    outcomes.push(caller.call(&echo(), b"work".to_vec(), 3 * SECOND).await);
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                outcomes
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    nodes[1].abort().await;
+    let mut replies = 0;
+    let mut errors = BTreeMap::new();
+    let mut after_kill_hosts = BTreeMap::new();
+    for w in workers {
+        for (i, outcome) in w.await.unwrap().into_iter().enumerate() {
+            match outcome {
+                Ok(reply) => {
+                    replies += 1;
+                    if i > 30 {
+                        *after_kill_hosts.entry(host_of(&reply)).or_insert(0) += 1;
+                    }
+                }
+                Err(e) => *errors.entry(e.code()).or_insert(0) += 1,
+            }
+        }
+    }
+    let made = made.load(Ordering::Relaxed);
+    let failed: usize = errors.values().sum();
+    assert_eq!(replies + failed, made, "every call ended: {errors:?}");
+    assert_eq!(made, 320);
+    for code in errors.keys() {
+        assert!(
+            ["disconnected", "timeout"].contains(code),
+            "only calls caught in flight may fail: {errors:?}"
+        );
+    }
+    assert!(
+        failed <= 16,
+        "at most the calls in flight at the kill failed: {errors:?}"
+    );
+    assert_eq!(
+        after_kill_hosts.keys().collect::<Vec<_>>(),
+        vec![nodes[2].name()],
+        "late calls went to the surviving host"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_overload_size_limits_and_failing_handlers() {
+    let nodes = start_cluster("d", 2, |cfg| {
+        cfg.rpc.max_serving = 2;
+        cfg.rpc.max_payload = 64 * 1024;
+    })
+    .await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    host.serve("slow", "1", PluginKind::Processor, |info, _| async move {
+        tokio::time::sleep(Duration::from_millis(600).min(info.budget * 4)).await;
+        Ok(b"late".to_vec())
+    })
+    .await
+    .unwrap();
+    host.serve("fail", "1", PluginKind::Publisher, |_, _| async move {
+        Err(HandlerError::new("disk_full", "no space left"))
+    })
+    .await
+    .unwrap();
+    host.serve(
+        "boom",
+        "1",
+        PluginKind::Publisher,
+        |_, payload| async move {
+            if payload.is_empty() {
+                panic!("handler bug");
+            }
+            Ok(payload)
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("endpoints seen", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| m.endpoints.len() == 3)
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let slow = CallTarget::new("svc", "slow", PluginKind::Processor);
+
+    // Deadline: cut at 200 ms; the late reply is dropped and the stream lives on.
+    let began = std::time::Instant::now();
+    assert!(matches!(
+        caller.call(&slow, vec![], Duration::from_millis(200)).await,
+        Err(Error::Timeout)
+    ));
+    assert!(began.elapsed() < Duration::from_millis(1500));
+
+    // Overload: the host runs 2 handlers at once; the rest are refused.
+    let calls: Vec<_> = (0..8)
+        .map(|_| {
+            let caller = caller.clone();
+            let slow = slow.clone();
+            tokio::spawn(async move { caller.call(&slow, vec![], 5 * SECOND).await })
+        })
+        .collect();
+    let mut ok = 0;
+    let mut overloaded = 0;
+    for c in calls {
+        match c.await.unwrap() {
+            Ok(r) => {
+                assert_eq!(r, b"late");
+                ok += 1
+            }
+            Err(Error::Overloaded) => overloaded += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert_eq!(ok + overloaded, 8);
+    assert!(
+        ok >= 1 && overloaded >= 1,
+        "ok {ok}, overloaded {overloaded}"
+    );
+
+    // Size: over the caller's limit, refused before sending.
+    assert!(matches!(
+        caller.call(&slow, vec![0; 64 * 1024 + 1], SECOND).await,
+        Err(Error::TooLarge { .. })
+    ));
+
+    // A handler error and a handler panic reach the caller as Remote errors.
+    let fail = CallTarget::new("svc", "fail", PluginKind::Publisher);
+    match caller.call(&fail, b"m".to_vec(), SECOND).await {
+        Err(Error::Remote { code, message }) => {
+            assert_eq!(
+                (code.as_str(), message.as_str()),
+                ("disk_full", "no space left")
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    let boom = CallTarget::new("svc", "boom", PluginKind::Publisher);
+    match caller.call(&boom, vec![], SECOND).await {
+        Err(Error::Remote { code, .. }) => assert_eq!(code, "panic"),
+        other => panic!("{other:?}"),
+    }
+    // The host survived its handler's panic and still serves.
+    assert_eq!(
+        caller.call(&boom, b"ok".to_vec(), SECOND).await.unwrap(),
+        b"ok"
+    );
+    assert_eq!(host.rpc_stats().panics, 1);
+    let stats = caller.rpc_stats();
+    assert!(stats.timeout >= 1 && stats.overloaded >= 1 && stats.too_large == 1);
+    assert_eq!(stats.remote_error, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_sealed_in_an_encrypted_tribe() {
+    let key = SecretKey::generate();
+    let nodes = start_cluster("e", 3, |cfg| cfg.keyring = Some(Keyring::new(key.clone()))).await;
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("svc").await.unwrap();
+    wait_same_digest(&nodes).await;
+    nodes[0].join("svc", nodes[2].name()).await.unwrap();
+    serve_echo(&nodes[2], Duration::ZERO).await;
+    wait_for("endpoint seen", Duration::from_secs(20), || {
+        nodes[0].members().iter().any(|m| !m.endpoints.is_empty())
+            && nodes[0].tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let big = vec![7u8; 64 * 1024];
+    let reply = nodes[0]
+        .call(&echo(), big.clone(), 5 * SECOND)
+        .await
+        .unwrap();
+    assert_eq!(&reply[reply.len() - big.len()..], &big[..]);
+    assert_eq!(host_of(&reply), nodes[2].name());
+    assert_eq!(nodes[2].counters().plaintext_streams_refused, 0);
+}
