@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
@@ -172,23 +171,14 @@ impl Pool {
                 .await
                 .map_err(|e| e.to_string())?;
             let (mut reader, mut writer) = tcp.into_split();
-            let (tx, mut rx) = mpsc::unbounded_channel::<RpcMsg>();
+            let (tx, rx) = mpsc::unbounded_channel::<RpcMsg>();
             let pending: Arc<Pending> = Arc::default();
             let alive = Arc::new(AtomicBool::new(true));
             {
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    while let Some(msg) = rx.recv().await {
-                        if sealer
-                            .write_frame(&mut writer, &wire::encode(&msg))
-                            .await
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
+                    super::proto::write_queued(rx, &mut sealer, &mut writer).await;
                     alive.store(false, Ordering::Relaxed);
-                    let _ = writer.shutdown().await;
                 });
             }
             {

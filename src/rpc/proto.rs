@@ -6,6 +6,25 @@ use serde::{Deserialize, Serialize};
 use crate::records::PluginKind;
 pub use serde_bytes::ByteBuf;
 
+/// Writes queued messages to a call stream until the queue closes or the
+/// stream fails, then closes the writing side.
+pub async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<RpcMsg>,
+    sealer: &mut crate::stream::Sealer,
+    writer: &mut W,
+) {
+    while let Some(msg) = rx.recv().await {
+        if sealer
+            .write_frame(writer, &crate::wire::encode(&msg))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let _ = tokio::io::AsyncWriteExt::shutdown(writer).await;
+}
+
 /// Why a host did not hand a call to a handler. Each of these is safe to
 /// retry on another host: the call did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

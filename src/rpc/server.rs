@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::proto::{ByteBuf, Refusal, RpcMsg};
@@ -176,18 +176,9 @@ impl Server {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, mut rx) = mpsc::unbounded_channel::<RpcMsg>();
+        let (tx, rx) = mpsc::unbounded_channel::<RpcMsg>();
         let writing = tokio::spawn(async move {
-            while let Some(msg) = rx.recv().await {
-                if sealer
-                    .write_frame(&mut writer, &wire::encode(&msg))
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            let _ = writer.shutdown().await;
+            super::proto::write_queued(rx, &mut sealer, &mut writer).await;
         });
         let per_stream = Arc::new(Semaphore::new(self.limits.max_inflight_per_conn));
         while let Ok(Some(body)) = opener.read_frame(&mut reader).await {
