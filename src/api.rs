@@ -473,6 +473,29 @@ impl Node {
         self.inner.rpc.call(snap, target, payload, timeout).await
     }
 
+    /// Calls this node's own handler for a plugin, with the same bounds and
+    /// protection as a remote call (for workflow steps that name no tribe).
+    pub async fn call_local(
+        &self,
+        plugin: &str,
+        version: Option<&str>,
+        kind: PluginKind,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        let rpc = &self.inner.rpc;
+        let local = crate::rpc::call::Local {
+            caller: &self.inner.name,
+            tribe: "",
+            plugin,
+            version,
+            kind,
+        };
+        let result = rpc.run_local(local, payload, timeout).await;
+        crate::rpc::client::count(&rpc.counters, &result);
+        result
+    }
+
     /// Counters of the call path.
     pub fn rpc_stats(&self) -> crate::rpc::RpcStats {
         self.inner.rpc.counters.stats()

@@ -648,3 +648,70 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     }
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn agents_run_their_tribes_tasks_and_publish_through_a_remote_member() {
+    let dir = scratch_dir("tasks");
+    let out = dir.join("store-published.jsonl");
+    let store = start_agent(
+        &dir,
+        "store",
+        &args(&["--publish-file", out.to_str().unwrap()]),
+    );
+    let worker = start_agent(
+        &dir,
+        "worker",
+        &args(&["--seed", &store.gossip.to_string()]),
+    );
+    wait_for("two agents", Duration::from_secs(30), || {
+        alive(&worker) == 2
+    });
+    cli_ok(&store, &["tribe", "create", "storage"]);
+    cli_ok(&store, &["tribe", "create", "work"]);
+    wait_for("tribes everywhere", Duration::from_secs(20), || {
+        tribe_members(&worker, "storage").is_some() && tribe_members(&worker, "work").is_some()
+    });
+    cli_ok(&store, &["tribe", "join", "storage"]);
+    cli_ok(&worker, &["tribe", "join", "work"]);
+    cli_ok(
+        &worker,
+        &[
+            "task",
+            "add",
+            "work",
+            "load",
+            r#"{"schedule":{"interval":"200ms"},"collect":{"plugin":"proc","metrics":["load/*"]},
+               "process":[{"plugin":"tag","config":{"team":"ops"}}],
+               "publish":[{"plugin":"file","tribe":"storage"}]}"#,
+        ],
+    );
+    wait_for(
+        "worker metrics in the store's file",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(&out).is_ok_and(|t| {
+                t.lines()
+                    .any(|l| l.contains("\"source\":\"worker\"") && l.contains("\"team\":\"ops\""))
+            })
+        },
+    );
+    // The store is not in `work`, so it runs no task of its own.
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(!text.contains("\"source\":\"store\""), "{text}");
+    // Stopping the task stops the flow.
+    cli_ok(&worker, &["task", "stop", "work", "load"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let before = std::fs::read_to_string(&out).unwrap().lines().count();
+    std::thread::sleep(Duration::from_millis(800));
+    let after = std::fs::read_to_string(&out).unwrap().lines().count();
+    assert_eq!(before, after, "no metrics once the task is stopped");
+    let metrics = get(&worker, "/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("tribe_rpc_calls_total{outcome=\"ok\"}"),
+        "call outcomes in /metrics"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -26,6 +26,8 @@ pub struct Snapshot {
     pub broadcast_backlog: usize,
     /// Keys this node holds (0 without encryption).
     pub keys_held: usize,
+    /// Remote call counters.
+    pub rpc: crate::rpc::RpcStats,
 }
 
 type Labels = Vec<(String, String)>;
@@ -224,6 +226,47 @@ pub fn render(s: &Snapshot) -> String {
         c.events_dropped,
     );
 
+    let rpc = &s.rpc;
+    let outcome = |o: &str| labels(&[("outcome", o)]);
+    counter_family(
+        &mut r,
+        "rpc_calls",
+        "Remote calls made by this node, by outcome",
+        &[
+            (outcome("ok"), rpc.ok),
+            (outcome("no_provider"), rpc.no_provider),
+            (outcome("timeout"), rpc.timeout),
+            (outcome("remote_error"), rpc.remote_error),
+            (outcome("too_large"), rpc.too_large),
+            (outcome("overloaded"), rpc.overloaded),
+            (outcome("disconnected"), rpc.disconnected),
+        ],
+    );
+    counter(
+        &mut r,
+        "rpc_failovers",
+        "Calls moved to another host",
+        rpc.failovers,
+    );
+    counter(
+        &mut r,
+        "rpc_served",
+        "Calls this node's handlers ran",
+        rpc.served,
+    );
+    counter(
+        &mut r,
+        "rpc_refused",
+        "Calls this node refused to run",
+        rpc.refused,
+    );
+    counter(
+        &mut r,
+        "rpc_handler_panics",
+        "Handlers that panicked",
+        rpc.panics,
+    );
+
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
@@ -248,6 +291,10 @@ mod tests {
             counters,
             broadcast_backlog: 1,
             keys_held: 2,
+            rpc: crate::rpc::RpcStats {
+                ok: 4,
+                ..Default::default()
+            },
         });
         assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
         assert!(text.contains("tribe_policies 3"), "{text}");
@@ -257,6 +304,10 @@ mod tests {
         );
         assert!(
             text.contains("tribe_push_pulls_total{outcome=\"failed\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tribe_rpc_calls_total{outcome=\"ok\"} 4"),
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");

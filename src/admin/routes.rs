@@ -368,6 +368,7 @@ pub(super) async fn prometheus(State(node): State<Node>) -> Response {
             .iter()
             .filter(|k| k.installed_on.iter().any(|n| n == node.name()))
             .count(),
+        rpc: node.rpc_stats(),
     });
     (
         [(

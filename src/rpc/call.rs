@@ -36,7 +36,8 @@ pub struct Snapshot {
     pub security: Security,
 }
 
-fn from_handler(e: HandlerError) -> Error {
+/// A handler's error as the caller sees it.
+pub fn from_handler(e: HandlerError) -> Error {
     if e.code == "timeout" {
         Error::Timeout
     } else {
@@ -47,7 +48,61 @@ fn from_handler(e: HandlerError) -> Error {
     }
 }
 
+/// A call to this node's own handler.
+pub struct Local<'a> {
+    /// Calling node (this one).
+    pub caller: &'a str,
+    /// Tribe named by the call (empty for a local workflow step).
+    pub tribe: &'a str,
+    /// Plugin name.
+    pub plugin: &'a str,
+    /// Version, or any.
+    pub version: Option<&'a str>,
+    /// Kind.
+    pub kind: crate::records::PluginKind,
+}
+
 impl Rpc {
+    /// Runs this node's own handler with the same bounds and protection as
+    /// a served call: `NoProvider` when it serves no such plugin.
+    pub async fn run_local(
+        &self,
+        call: Local<'_>,
+        payload: Vec<u8>,
+        budget: Duration,
+    ) -> Result<Vec<u8>> {
+        if self.server.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        let limit = self.server.limits().max_payload;
+        if payload.len() > limit {
+            return Err(Error::TooLarge {
+                size: payload.len(),
+                limit,
+            });
+        }
+        let (version, handler) = self
+            .server
+            .lookup(call.plugin, call.version, call.kind)
+            .ok_or_else(|| Error::NoProvider {
+                tribe: call.tribe.to_string(),
+                plugin: call.plugin.to_string(),
+            })?;
+        let _slot = self.server.try_slot().ok_or(Error::Overloaded)?;
+        let info = CallInfo {
+            caller: call.caller.to_string(),
+            tribe: call.tribe.to_string(),
+            plugin: call.plugin.to_string(),
+            version,
+            budget,
+        };
+        RpcCounters::bump(&self.counters.served);
+        self.server
+            .run_handler(handler, info, payload)
+            .await
+            .map_err(from_handler)
+    }
+
     /// Makes one call; see [`crate::Node::call`].
     pub async fn call(
         &self,
@@ -104,29 +159,21 @@ impl Rpc {
                 return Err(Error::Timeout);
             }
             if cand.local {
-                let Some((version, handler)) =
-                    self.server
-                        .lookup(&target.plugin, Some(&cand.version), target.kind)
-                else {
-                    continue;
+                let local = Local {
+                    caller: &snap.me,
+                    tribe: &target.tribe,
+                    plugin: &target.plugin,
+                    version: Some(&cand.version),
+                    kind: target.kind,
                 };
-                let Some(_serving) = self.server.try_slot() else {
-                    overloaded = true;
-                    continue;
-                };
-                let info = CallInfo {
-                    caller: snap.me.clone(),
-                    tribe: target.tribe.clone(),
-                    plugin: target.plugin.clone(),
-                    version,
-                    budget,
-                };
-                RpcCounters::bump(&self.counters.served);
-                return self
-                    .server
-                    .run_handler(handler, info, payload)
-                    .await
-                    .map_err(from_handler);
+                match self.run_local(local, payload.clone(), budget).await {
+                    Err(Error::NoProvider { .. }) => continue,
+                    Err(Error::Overloaded) => {
+                        overloaded = true;
+                        continue;
+                    }
+                    other => return other,
+                }
             }
             let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
             let _load = self.pool.reserve(cand.addr);

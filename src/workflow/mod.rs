@@ -3,3 +3,7 @@
 //! member of the tribe it names or run by this node's own handler.
 pub mod builtin;
 pub mod manifest;
+pub mod run;
+
+pub use manifest::{Manifest, Metric};
+pub use run::{RunReport, Stage, StepReport, StepRequest, StepResult, Workflow};

@@ -83,6 +83,10 @@ pub struct AgentArgs {
     /// of turning encryption on in a running tribe.
     #[arg(long, env = "TRIBE_ENCRYPTION", value_name = "MODE")]
     encryption: Option<String>,
+    /// Serve the built-in `file` publisher, appending published metrics to FILE as
+    /// JSON lines (other members call it through the tribes this agent is in).
+    #[arg(long, env = "TRIBE_PUBLISH_FILE", value_name = "FILE")]
+    publish_file: Option<PathBuf>,
 }
 
 /// The same options read from a TOML file. No `Debug`: it may hold a key.
@@ -105,6 +109,7 @@ struct FileOptions {
     key: Option<String>,
     key_file: Option<PathBuf>,
     encryption: Option<String>,
+    publish_file: Option<PathBuf>,
 }
 
 /// Everything the agent needs, resolved and checked.
@@ -117,6 +122,8 @@ pub struct AgentPlan {
     pub log_level: String,
     /// JSON logs.
     pub log_json: bool,
+    /// Where the built-in `file` publisher writes, if served.
+    pub publish_file: Option<PathBuf>,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
@@ -208,6 +215,7 @@ impl AgentArgs {
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
             log_json: self.log_json || file.log_json.unwrap_or(false),
+            publish_file: self.publish_file.or(file.publish_file),
         })
     }
 }
@@ -277,9 +285,12 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         .map_err(|e| format!("cannot start the node: {e}"))?;
 
     let mut events = node.events();
+    crate::tasks::serve_builtins(&node, plan.publish_file).await?;
+    let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
             log_event(&event);
+            runner.on_event(&event);
         }
     });
 

@@ -138,6 +138,11 @@ fn write_private(path: &Path, text: &str) -> DemoResult {
     writeln!(file, "{text}").map_err(|e| format!("cannot write {}: {e}", path.display()))
 }
 
+/// Where a storage agent's file publisher writes.
+fn published_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}-published.jsonl"))
+}
+
 fn spawn_agent(
     dir: &Path,
     name: &str,
@@ -168,6 +173,10 @@ fn spawn_agent(
     }
     if let Some(seed) = seed {
         cmd.arg("--seed").arg(seed.to_string());
+    }
+    // Storage nodes serve the built-in file publisher.
+    if facts.contains(&("storage_tier", "true")) {
+        cmd.arg("--publish-file").arg(published_file(dir, name));
     }
     // The demo's own environment must not reconfigure its agents.
     for (key, _) in std::env::vars() {
@@ -268,6 +277,27 @@ fn in_tribe(agent: &Agent, tribe: &str, name: &str) -> DemoResult<bool> {
     }
 }
 
+/// Metrics published into storage agents' files, one sample line per source node.
+fn published_sources(t: &Demo) -> DemoResult<std::collections::BTreeMap<String, String>> {
+    let mut sources = std::collections::BTreeMap::new();
+    for a in &t.agents {
+        let Ok(text) = std::fs::read_to_string(published_file(&t.dir, &a.name)) else {
+            continue;
+        };
+        for line in text.lines() {
+            let Ok(metric) = serde_json::from_str::<tribe::workflow::Metric>(line) else {
+                continue;
+            };
+            if let Some(source) = metric.tags.get("source") {
+                sources
+                    .entry(format!("{source} -> {}", a.name))
+                    .or_insert_with(|| line.to_string());
+            }
+        }
+    }
+    Ok(sources)
+}
+
 /// Facts of the i-th agent: ubuntu and centos alternate; every third is a
 /// storage node.
 fn facts_of(i: usize) -> [(&'static str, &'static str); 3] {
@@ -353,9 +383,9 @@ pub fn run(args: DemoArgs) -> DemoResult {
     )?;
     let admin = &t.agents[last].admin;
     for (tribe, name, version, kind) in [
-        ("core", "proc-cpu", "1", "collector"),
+        ("core", "proc", "1", "collector"),
         ("core", "tag", "1", "processor"),
-        ("storage", "file", "2", "publisher"),
+        ("storage", "file", "1", "publisher"),
     ] {
         admin.post(
             &format!("/v1/tribes/{tribe}/plugins"),
@@ -364,16 +394,18 @@ pub fn run(args: DemoArgs) -> DemoResult {
     }
     admin.post(
         "/v1/tribes/core/tasks",
-        &json!({"id": "cpu-to-storage", "manifest": {
-            "schedule": {"interval": "5s"},
-            "collect": {"plugin": "proc-cpu", "metrics": ["cpu/*"]},
-            "process": [{"plugin": "tag"}],
+        &json!({"id": "load-to-storage", "manifest": {
+            "schedule": {"interval": "1s"},
+            "collect": {"plugin": "proc", "metrics": ["load/*", "mem/*"]},
+            "process": [{"plugin": "tag", "config": {"pipeline": "demo"}}],
             "publish": [{"plugin": "file", "tribe": "storage"}]
         }}),
     )?;
-    t.say(
-        "loaded proc-cpu and tag into core, file into storage; added task cpu-to-storage to core",
+    t.say("loaded proc and tag into core, file into storage; added task load-to-storage to core:");
+    println!(
+        "          every second each core member collects load/* and mem/* from /proc, tags them"
     );
+    println!("          locally, and publishes them through a remote call to a storage member's file publisher");
     t.wait_for(
         "every agent to agree on the state",
         Duration::from_secs(30),
@@ -390,6 +422,20 @@ pub fn run(args: DemoArgs) -> DemoResult {
     t.say("every agent reports the same state digest; the tribes as n1 sees them:");
     for tribe in t.agents[0].admin.get::<Vec<Tribe>>("/v1/tribes")? {
         println!("          {}", describe(&tribe));
+    }
+
+    t.wait_for(
+        "metrics from core members in a storage member's file",
+        Duration::from_secs(20),
+        |t| Ok(published_sources(t)?.len() >= 2),
+    )?;
+    let sources = published_sources(&t)?;
+    t.say(&format!(
+        "remote publish works: storage files hold metrics from core members {}",
+        sources.keys().cloned().collect::<Vec<_>>().join(", ")
+    ));
+    if let Some(sample) = sources.values().next() {
+        println!("          e.g. {sample}");
     }
 
     let moved = t.agents[1].name.clone();

@@ -7,6 +7,7 @@ mod agent;
 mod cli;
 mod client;
 mod demo;
+mod tasks;
 
 use cli::{AdminCommand, AdminOpts, FactCmd, KeysCmd, PluginCmd, PolicyCmd, TaskCmd, TribeCmd};
 
