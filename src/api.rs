@@ -111,6 +111,7 @@ impl Node {
             counters: rpc_counters,
         });
         let (events_tx, events_rx) = mpsc::channel(runtime::EVENT_QUEUE);
+        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(runtime::Shared {
             engine: Mutex::new(engine),
             subscribers: Mutex::new(vec![events_tx]),
@@ -118,9 +119,9 @@ impl Node {
             faults: Arc::new(Faults::default()),
             max_frame: config.max_frame,
             data_dir: config.data_dir.clone(),
-            rpc_server: rpc.server.clone(),
+            rpc: rpc.clone(),
+            wake: inbox_tx.clone(),
         });
-        let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
         let task = tokio::spawn(driver.run());
         tracing::info!(name = %config.name, %addr, "node started");
@@ -494,6 +495,33 @@ impl Node {
         let result = rpc.run_local(local, payload, timeout).await;
         crate::rpc::client::count(&rpc.counters, &result);
         result
+    }
+
+    /// Keeps `bytes` as a plugin artifact this node hands out, advertised in
+    /// its record; the returned reference goes into a plugin entry.
+    pub fn hold_artifact(&self, bytes: Vec<u8>) -> Result<crate::ArtifactRef> {
+        crate::artifacts::hold(&self.inner.shared, Arc::new(bytes))
+    }
+
+    /// Holds `bytes` and adds a plugin entry carrying them to a tribe's
+    /// catalog: every member fetches and verifies them before its `PluginLoad`.
+    pub async fn load_plugin_with_artifact(
+        &self,
+        tribe: &str,
+        name: &str,
+        version: &str,
+        kind: PluginKind,
+        bytes: Vec<u8>,
+    ) -> Result<crate::ArtifactRef> {
+        let artifact = self.hold_artifact(bytes)?;
+        self.load_plugin(tribe, name, version, kind, Some(artifact.clone()))
+            .await?;
+        Ok(artifact)
+    }
+
+    /// The verified bytes of an artifact this node holds.
+    pub fn artifact(&self, sha256: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
+        self.inner.rpc.server.artifact(sha256)
     }
 
     /// Counters of the call path.

@@ -10,6 +10,7 @@
 
 pub mod admin;
 pub mod api;
+pub mod artifacts;
 pub mod config;
 pub mod counters;
 pub mod crypto;

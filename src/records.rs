@@ -129,6 +129,8 @@ pub struct NodeRecord {
     pub keys: Vec<KeyId>,
     /// Id of the key this node seals with, if any.
     pub primary_key: Option<KeyId>,
+    /// SHA-256 of the plugin artifacts this node holds and hands out.
+    pub artifacts: Vec<[u8; 32]>,
 }
 
 /// A tribe's existence. `after` tells apart records of an older tribe of the
@@ -260,6 +262,8 @@ pub mod limits {
     pub const MAX_ENDPOINTS: usize = 256;
     /// Policy-derived tribes per node.
     pub const MAX_POLICY_TRIBES: usize = 1024;
+    /// Artifacts one node advertises.
+    pub const MAX_ARTIFACTS: usize = 256;
     /// Bytes of a task manifest.
     pub const MAX_MANIFEST_LEN: usize = 64 * 1024;
 }
@@ -350,6 +354,9 @@ fn validate_node(rec: &NodeRecord) -> Result<(), InvalidRecord> {
             .all(|e| names::is_valid(&e.name) && names::check_version(&e.version).is_ok())
     {
         return Err(InvalidRecord("bad endpoints"));
+    }
+    if rec.artifacts.len() > limits::MAX_ARTIFACTS || rec.keys.len() > crate::crypto::MAX_KEYS {
+        return Err(InvalidRecord("too many artifacts or keys"));
     }
     Ok(())
 }

@@ -125,13 +125,37 @@ pub(crate) struct Shared {
     pub max_frame: usize,
     /// Where the durable state is kept, if anywhere.
     pub data_dir: Option<std::path::PathBuf>,
-    /// Handlers and artifacts served on call streams.
-    pub rpc_server: Arc<crate::rpc::server::Server>,
+    /// The call path: handlers and artifacts served, streams to hosts.
+    pub rpc: Arc<crate::rpc::call::Rpc>,
+    /// Wakes the driver after a command made outside it.
+    pub wake: mpsc::UnboundedSender<DriverInput>,
 }
 
 impl Shared {
     pub fn engine(&self) -> MutexGuard<'_, Engine> {
         self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands an event to every subscriber; one that fell too far behind
+    /// loses it (counted), one that went away is dropped.
+    pub fn deliver(&self, event: Event) {
+        let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        subs.retain(|tx| match tx.try_send(event.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.events_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Runs a command on the engine from outside the driver loop.
+    pub fn command(&self, cmd: crate::Command) -> crate::Result<()> {
+        let result = self.engine().handle_command(wall_clock_ms(), cmd);
+        let _ = self.wake.send(DriverInput::Wake);
+        result
     }
 }
 
@@ -401,23 +425,11 @@ impl Driver {
                     .push(Reverse((Instant::now() + after, self.timer_seq)));
                 self.timer_slots.insert(self.timer_seq, timer);
             }
-            Output::Event(event) => {
-                let mut subs = self
-                    .shared
-                    .subscribers
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner());
-                subs.retain(|tx| match tx.try_send(event.clone()) {
-                    Ok(()) => true,
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        self.shared
-                            .events_dropped
-                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        true
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => false,
-                });
+            Output::Event(Event::PluginLoad(entry)) if entry.artifact.is_some() => {
+                // Held back until its artifact is fetched and verified.
+                crate::artifacts::load(self.shared.clone(), entry);
             }
+            Output::Event(event) => self.shared.deliver(event),
         }
     }
 
@@ -428,7 +440,7 @@ impl Driver {
         let faults = self.shared.faults.clone();
         let max_frame = self.shared.max_frame;
         let security = self.shared.engine().stream_security();
-        let server = self.shared.rpc_server.clone();
+        let server = self.shared.rpc.server.clone();
         tokio::spawn(async move {
             let stream = match open_stream(target, &faults, max_frame, &security, server).await {
                 Ok(Some(s)) => s,

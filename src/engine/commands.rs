@@ -123,6 +123,8 @@ pub enum Command {
     SetEncryption(crate::config::Encryption),
     /// Advertise a served plugin in this node's record.
     Serve(crate::records::Endpoint),
+    /// Advertise that this node holds an artifact (by SHA-256).
+    HoldArtifact([u8; 32]),
     /// Withdraw a served plugin.
     Unserve {
         /// Plugin name.
@@ -223,6 +225,19 @@ impl Engine {
                 self.record.endpoints.push(endpoint);
                 self.record.endpoints.sort();
                 self.publish_record();
+            }
+            Command::HoldArtifact(sha) => {
+                if !self.record.artifacts.contains(&sha) {
+                    if self.record.artifacts.len() >= crate::records::limits::MAX_ARTIFACTS {
+                        return Err(Error::InvalidArgument(format!(
+                            "a node advertises at most {} artifacts",
+                            crate::records::limits::MAX_ARTIFACTS
+                        )));
+                    }
+                    self.record.artifacts.push(sha);
+                    self.record.artifacts.sort();
+                    self.publish_record();
+                }
             }
             Command::Unserve { name, version } => {
                 let before = self.record.endpoints.len();
@@ -497,6 +512,7 @@ impl Engine {
             facts: self.record.facts.clone(),
             tribes: tribes_of(&self.name),
             endpoints: self.record.endpoints.clone(),
+            artifacts: self.record.artifacts.clone(),
             is_local: true,
         });
         for (name, row) in self.members.iter() {
@@ -514,6 +530,7 @@ impl Engine {
                 facts: record.map(|r| r.facts.clone()).unwrap_or_default(),
                 tribes: tribes_of(name),
                 endpoints: record.map(|r| r.endpoints.clone()).unwrap_or_default(),
+                artifacts: record.map(|r| r.artifacts.clone()).unwrap_or_default(),
                 is_local: false,
             });
         }

@@ -224,6 +224,7 @@ impl Engine {
             left: false,
             keys: cfg.keyring.as_ref().map(|r| r.ids()).unwrap_or_default(),
             primary_key: cfg.keyring.as_ref().map(|r| r.primary_id()),
+            artifacts: Vec::new(),
         };
         let nonce_rng = StdRng::seed_from_u64(rng.random());
         let mut engine = Engine {

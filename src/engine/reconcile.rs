@@ -76,6 +76,22 @@ pub enum Event {
     TaskRun(Task),
     /// Stop this task (stopped, removed, or this node left its tribe).
     TaskStop(Task),
+    /// A holder of a plugin's artifact sent bytes that do not match its
+    /// hash; they were thrown away and another holder is tried.
+    ArtifactCorrupt {
+        /// The plugin entry.
+        plugin: PluginEntry,
+        /// The holder that sent them.
+        holder: String,
+    },
+    /// A plugin's artifact could not be fetched and verified from any
+    /// holder; the plugin is not handed over (no `PluginLoad`).
+    ArtifactUnavailable {
+        /// The plugin entry.
+        plugin: PluginEntry,
+        /// Why.
+        reason: String,
+    },
     /// A policy could not be evaluated for this node (counts as not holding).
     /// Reported once per policy and error, not per evaluation.
     PolicyError {

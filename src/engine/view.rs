@@ -30,6 +30,8 @@ pub struct MemberInfo {
     pub tribes: Vec<String>,
     /// Plugins it serves.
     pub endpoints: Vec<Endpoint>,
+    /// SHA-256 of the plugin artifacts it holds.
+    pub artifacts: Vec<[u8; 32]>,
     /// Whether this is the local node.
     pub is_local: bool,
 }

@@ -94,6 +94,12 @@ pub struct RpcLimits {
     pub max_inflight: usize,
     /// Calls this node's handlers may run at once.
     pub max_serving: usize,
+    /// Rounds over all holders of a plugin artifact before it is reported
+    /// unavailable.
+    pub artifact_rounds: u32,
+    /// Pause after the first failed round; it doubles up to 8 s. Shorter
+    /// retries sooner but loads the holders more when an artifact is missing.
+    pub artifact_backoff: Duration,
 }
 
 impl Default for RpcLimits {
@@ -103,6 +109,8 @@ impl Default for RpcLimits {
             max_inflight_per_conn: 1024,
             max_inflight: 4096,
             max_serving: 1024,
+            artifact_rounds: 6,
+            artifact_backoff: Duration::from_millis(500),
         }
     }
 }

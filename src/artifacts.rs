@@ -1,0 +1,180 @@
+//! Plugin artifacts: a `PluginLoad` whose entry carries an artifact reaches
+//! the application only once the bytes are fetched from a member holding
+//! them, in chunks, and their SHA-256 matches. A holder with wrong bytes is
+//! reported and skipped; rounds over all holders back off; after the last
+//! round the artifact is reported unavailable. Verified bytes are kept and
+//! advertised, so every loader becomes a holder.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::seq::SliceRandom;
+use sha2::{Digest, Sha256};
+use tokio::time::Instant;
+
+use crate::engine::view::{MemberState, PluginEntry};
+use crate::engine::Event;
+use crate::records::ArtifactRef;
+use crate::rpc::client::Answer;
+use crate::rpc::proto::RpcMsg;
+use crate::rpc::server::MAX_CHUNK;
+use crate::runtime::Shared;
+use crate::Command;
+
+/// Largest artifact fetched.
+pub const MAX_ARTIFACT: u64 = 256 * 1024 * 1024;
+/// Longest pause between rounds.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
+/// Longest wait for one chunk.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Why one holder did not give verified bytes.
+enum Miss {
+    /// It answered with bytes that do not match.
+    Corrupt,
+    /// It did not have them, or could not be reached.
+    Unavailable,
+}
+
+/// Live holders other than this node.
+fn holders(shared: &Shared, sha: &[u8; 32]) -> Vec<(String, SocketAddr)> {
+    shared
+        .engine()
+        .members()
+        .into_iter()
+        .filter(|m| {
+            !m.is_local
+                && matches!(m.state, MemberState::Alive | MemberState::Suspect)
+                && m.artifacts.contains(sha)
+        })
+        .map(|m| (m.name, m.addr))
+        .collect()
+}
+
+async fn fetch_from(
+    shared: &Shared,
+    addr: SocketAddr,
+    artifact: &ArtifactRef,
+) -> Result<Vec<u8>, Miss> {
+    let security = shared.engine().stream_security();
+    let mut bytes = Vec::new();
+    while (bytes.len() as u64) < artifact.size {
+        let offset = bytes.len() as u64;
+        let deadline = Instant::now() + CHUNK_TIMEOUT;
+        let answer = shared
+            .rpc
+            .pool
+            .request(addr, &security, deadline, |id| RpcMsg::Fetch {
+                id,
+                sha256: artifact.sha256,
+                offset,
+                len: MAX_CHUNK,
+            })
+            .await;
+        match answer {
+            Ok(Some(Answer::Chunk(data))) if data.is_empty() => return Err(Miss::Corrupt),
+            Ok(Some(Answer::Chunk(data))) => {
+                if offset + data.len() as u64 > artifact.size {
+                    return Err(Miss::Corrupt);
+                }
+                bytes.extend_from_slice(&data);
+            }
+            _ => return Err(Miss::Unavailable),
+        }
+    }
+    if sha256(&bytes) == artifact.sha256 {
+        Ok(bytes)
+    } else {
+        Err(Miss::Corrupt)
+    }
+}
+
+/// Fetches and verifies an artifact; reports corrupt holders as they come.
+async fn fetch(
+    shared: &Shared,
+    entry: &PluginEntry,
+    artifact: &ArtifactRef,
+) -> Result<Vec<u8>, String> {
+    if artifact.size > MAX_ARTIFACT {
+        return Err(format!(
+            "the artifact has {} bytes, over the limit of {MAX_ARTIFACT}",
+            artifact.size
+        ));
+    }
+    let limits = shared.rpc.pool.limits();
+    let rounds = limits.artifact_rounds.max(1);
+    let mut backoff = limits.artifact_backoff;
+    for round in 0..rounds {
+        if round > 0 {
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        let mut holders = holders(shared, &artifact.sha256);
+        holders.shuffle(&mut rand::rng());
+        for (name, addr) in holders {
+            match fetch_from(shared, addr, artifact).await {
+                Ok(bytes) => return Ok(bytes),
+                Err(Miss::Corrupt) => {
+                    tracing::warn!(holder = %name, plugin = %entry.name, "artifact bytes do not match their hash; trying another holder");
+                    shared.deliver(Event::ArtifactCorrupt {
+                        plugin: entry.clone(),
+                        holder: name,
+                    });
+                }
+                Err(Miss::Unavailable) => {}
+            }
+        }
+        if shared.rpc.server.is_stopping() {
+            return Err("the node is shutting down".into());
+        }
+    }
+    Err(format!(
+        "no live holder gave bytes matching the hash in {rounds} rounds"
+    ))
+}
+
+/// Keeps verified bytes and advertises them.
+pub(crate) fn hold(shared: &Shared, bytes: Arc<Vec<u8>>) -> crate::Result<ArtifactRef> {
+    let artifact = ArtifactRef {
+        sha256: sha256(&bytes),
+        size: bytes.len() as u64,
+    };
+    shared.rpc.server.hold_artifact(artifact.sha256, bytes);
+    shared.command(Command::HoldArtifact(artifact.sha256))?;
+    Ok(artifact)
+}
+
+/// Delivers `PluginLoad(entry)` once its artifact is here and verified.
+pub(crate) fn load(shared: Arc<Shared>, entry: PluginEntry) {
+    let Some(artifact) = entry.artifact.clone() else {
+        shared.deliver(Event::PluginLoad(entry));
+        return;
+    };
+    if shared.rpc.server.artifact(&artifact.sha256).is_some() {
+        shared.deliver(Event::PluginLoad(entry));
+        return;
+    }
+    tokio::spawn(async move {
+        match fetch(&shared, &entry, &artifact).await {
+            Ok(bytes) => {
+                if let Err(e) = hold(&shared, Arc::new(bytes)) {
+                    tracing::debug!(error = %e, "artifact fetched but not advertised");
+                }
+                shared.deliver(Event::PluginLoad(entry));
+            }
+            Err(reason) => {
+                tracing::warn!(plugin = %entry.name, %reason, "artifact unavailable");
+                shared.deliver(Event::ArtifactUnavailable {
+                    plugin: entry,
+                    reason,
+                });
+            }
+        }
+    });
+}

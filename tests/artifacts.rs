@@ -1,0 +1,148 @@
+//! Plugin artifacts: fetched in chunks from a holder, verified by hash
+//! before `PluginLoad`; a holder with corrupt bytes is reported and skipped;
+//! a missing artifact is reported unavailable.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tribe::{Event, Node, PluginKind};
+
+fn bytes(len: usize, seed: u8) -> Vec<u8> {
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
+}
+
+async fn next_about(events: &mut tribe::EventStream, plugin: &str) -> Event {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let e = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .expect("an artifact event in time")
+            .expect("stream open");
+        match &e {
+            Event::PluginLoad(p) if p.name == plugin => return e,
+            Event::ArtifactCorrupt { plugin: p, .. } if p.name == plugin => return e,
+            Event::ArtifactUnavailable { plugin: p, .. } if p.name == plugin => return e,
+            _ => {}
+        }
+    }
+}
+
+async fn cluster() -> Vec<Node> {
+    let nodes = start_cluster("a", 4, |cfg| {
+        cfg.rpc.artifact_rounds = 4;
+        cfg.rpc.artifact_backoff = Duration::from_millis(200);
+    })
+    .await;
+    wait_converged_members(&nodes, 4).await;
+    nodes[0].create_tribe("t").await.unwrap();
+    wait_same_digest(&nodes).await;
+    for n in &nodes[2..] {
+        nodes[0].join("t", n.name()).await.unwrap();
+    }
+    wait_for("loaders in t", Duration::from_secs(20), || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("t").is_some_and(|t| t.members.len() == 2))
+    })
+    .await;
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_fetch_verify_and_then_load_an_artifact() {
+    let nodes = cluster().await;
+    let mut loaders: Vec<_> = nodes[2..].iter().map(|n| n.events()).collect();
+    let payload = bytes(700 * 1024, 1); // three chunks
+    let artifact = nodes[0]
+        .load_plugin_with_artifact("t", "disk", "1", PluginKind::Collector, payload.clone())
+        .await
+        .unwrap();
+    for (i, events) in loaders.iter_mut().enumerate() {
+        match next_about(events, "disk").await {
+            Event::PluginLoad(p) => {
+                assert_eq!(p.artifact.as_ref(), Some(&artifact));
+                let held = nodes[2 + i]
+                    .artifact(&artifact.sha256)
+                    .expect("held before the event");
+                assert_eq!(*held, payload);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    // Loaders hold and advertise it too.
+    wait_for(
+        "loaders advertise the artifact",
+        Duration::from_secs(20),
+        || {
+            nodes[1]
+                .members()
+                .iter()
+                .filter(|m| m.artifacts.contains(&artifact.sha256))
+                .count()
+                == 3
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_holder_is_reported_and_a_good_one_is_used() {
+    let nodes = cluster().await;
+    let (good, bad) = (&nodes[0], &nodes[1]);
+    let mut events = nodes[2].events();
+    let payload = bytes(300 * 1024, 7);
+    // The bad node advertises the artifact but serves other bytes.
+    let artifact = bad.hold_artifact(payload.clone()).unwrap();
+    bad.rpc()
+        .server
+        .hold_artifact(artifact.sha256, Arc::new(bytes(300 * 1024, 8)));
+    bad.load_plugin(
+        "t",
+        "net",
+        "1",
+        PluginKind::Collector,
+        Some(artifact.clone()),
+    )
+    .await
+    .unwrap();
+    match next_about(&mut events, "net").await {
+        Event::ArtifactCorrupt { holder, .. } => assert_eq!(holder, bad.name()),
+        other => panic!("expected a corrupt report first: {other:?}"),
+    }
+    assert!(
+        nodes[2].artifact(&artifact.sha256).is_none(),
+        "nothing unverified is kept"
+    );
+    // A good holder appears; the next round uses it.
+    good.hold_artifact(payload.clone()).unwrap();
+    loop {
+        match next_about(&mut events, "net").await {
+            Event::ArtifactCorrupt { holder, .. } => assert_eq!(holder, bad.name()),
+            Event::PluginLoad(_) => break,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(*nodes[2].artifact(&artifact.sha256).unwrap(), payload);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_nobody_holds_is_reported_unavailable() {
+    let nodes = cluster().await;
+    let mut events = nodes[3].events();
+    let missing = tribe::ArtifactRef {
+        sha256: [9; 32],
+        size: 1000,
+    };
+    nodes[0]
+        .load_plugin("t", "ghost", "1", PluginKind::Processor, Some(missing))
+        .await
+        .unwrap();
+    match next_about(&mut events, "ghost").await {
+        Event::ArtifactUnavailable { reason, .. } => assert!(reason.contains("rounds"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+}
