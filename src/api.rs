@@ -536,7 +536,11 @@ impl Node {
     }
 
     async fn stop(&self, leave: bool) -> Result<()> {
-        self.inner.rpc.server.stop();
+        if leave {
+            self.inner.rpc.server.stop();
+        } else {
+            self.inner.rpc.server.kill();
+        }
         let (done, wait) = oneshot::channel();
         if self
             .inner

@@ -183,6 +183,10 @@ async fn a_host_killed_mid_stream_fails_over_and_no_call_is_lost() {
     }
     let made = made.load(Ordering::Relaxed);
     let failed: usize = errors.values().sum();
+    eprintln!(
+        "calls {made}: {replies} replies, errors {errors:?}, failovers {}",
+        caller.rpc_stats().failovers
+    );
     assert_eq!(replies + failed, made, "every call ended: {errors:?}");
     assert_eq!(made, 320);
     for code in errors.keys() {

@@ -192,6 +192,7 @@ impl Rpc {
                 .await;
             match sent {
                 Err(NotSent::Connect(e)) => {
+                    self.pool.mark_unreachable(cand.addr);
                     tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
                 }
                 Err(NotSent::Busy) => overloaded = true,

@@ -17,6 +17,8 @@ use crate::engine::view::{MemberInfo, MemberState, TribeInfo};
 use crate::stream::{self, Security};
 use crate::wire;
 
+/// A host that could not be reached is tried after the others for this long.
+pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long connecting to a host may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -59,6 +61,9 @@ pub struct Pool {
     /// Calls routed to each host and not finished, counted from the moment
     /// of the choice so that calls starting together spread.
     load: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    /// When a host last could not be reached: tried last for a while, so
+    /// calls do not keep knocking on a dead host until SWIM declares it.
+    unreachable: Mutex<HashMap<SocketAddr, Instant>>,
     inflight: Arc<Semaphore>,
     limits: RpcLimits,
     next_id: AtomicU64,
@@ -95,6 +100,7 @@ impl Pool {
         Pool {
             slots: Mutex::new(HashMap::new()),
             load: Mutex::new(HashMap::new()),
+            unreachable: Mutex::new(HashMap::new()),
             inflight: Arc::new(Semaphore::new(limits.max_inflight)),
             limits,
             next_id: AtomicU64::new(1),
@@ -120,6 +126,27 @@ impl Pool {
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
             .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// Notes that `addr` could not be reached.
+    pub fn mark_unreachable(&self, addr: SocketAddr) {
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(addr, Instant::now());
+    }
+
+    /// Whether `addr` failed to connect within [`UNREACHABLE_FOR`].
+    pub fn recently_unreachable(&self, addr: SocketAddr) -> bool {
+        let mut map = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(&addr) {
+            Some(at) if at.elapsed() < UNREACHABLE_FOR => true,
+            Some(_) => {
+                map.remove(&addr);
+                false
+            }
+            None => false,
+        }
     }
 
     /// Counts a call against `addr` until the guard drops.
@@ -311,7 +338,13 @@ pub fn candidates(
 pub fn order(mut cands: Vec<Candidate>, pool: &Pool) -> Vec<Candidate> {
     use rand::seq::SliceRandom;
     cands.shuffle(&mut rand::rng());
-    cands.sort_by_key(|c| (!c.local, pool.outstanding(c.addr)));
+    cands.sort_by_key(|c| {
+        (
+            !c.local,
+            pool.recently_unreachable(c.addr),
+            pool.outstanding(c.addr),
+        )
+    });
     cands
 }
 

@@ -34,6 +34,9 @@ pub struct Server {
     limits: RpcLimits,
     counters: Arc<RpcCounters>,
     stopping: AtomicBool,
+    /// Set when the node stops without a goodbye: every call stream is cut
+    /// at once, as a crash would, so callers see their calls lost.
+    killed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Server {
@@ -46,6 +49,7 @@ impl Server {
             limits,
             counters,
             stopping: AtomicBool::new(false),
+            killed: tokio::sync::watch::Sender::new(false),
         }
     }
 
@@ -108,6 +112,12 @@ impl Server {
     /// Refuses new calls from now on.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Refuses new calls and cuts every call stream now.
+    pub fn kill(&self) {
+        self.stop();
+        self.killed.send_replace(true);
     }
 
     /// Whether the server refuses new calls.
@@ -180,8 +190,24 @@ impl Server {
         let writing = tokio::spawn(async move {
             super::proto::write_queued(rx, &mut sealer, &mut writer).await;
         });
+        let mut killed = self.killed.subscribe();
+        if *killed.borrow_and_update() {
+            writing.abort();
+            return;
+        }
         let per_stream = Arc::new(Semaphore::new(self.limits.max_inflight_per_conn));
-        while let Ok(Some(body)) = opener.read_frame(&mut reader).await {
+        loop {
+            let body = tokio::select! {
+                frame = opener.read_frame(&mut reader) => match frame {
+                    Ok(Some(body)) => body,
+                    _ => break,
+                },
+                _ = killed.changed() => {
+                    // Cut the stream without flushing what is queued.
+                    writing.abort();
+                    return;
+                }
+            };
             let Ok(msg) = wire::decode::<RpcMsg>(&body) else {
                 tracing::debug!("malformed call frame; closing the call stream");
                 break;
