@@ -1,0 +1,643 @@
+//! RPC benchmark: what a remote plugin call costs over real loopback sockets,
+//! next to the physical limit of a request/response over the same loopback.
+//!
+//! Paths, all in one run so the ratios between them are fair:
+//! - `raw tcp`: a plain tokio TCP echo server with a 4-byte length prefix;
+//!   concurrency c is c connections, each doing request → response in turn;
+//! - `rpc plaintext`: two nodes in this process, a host that serves an
+//!   `echo` processor in tribe `bench` (a member by hand) and a caller that
+//!   is not a member, so every call goes over the pooled call stream to the
+//!   host; concurrency c is c tokio tasks calling in a loop;
+//! - `rpc sealed`: the same with both nodes holding one key (mode `require`).
+//!
+//! Each row: payloads of 100 B and 64 KiB, concurrency 1, 16 and 256, a
+//! warm-up of 0.5 s then 3 s measured (0.1 s and 0.5 s with `--quick`).
+//! Calls that start in the measured window count; latencies go to an
+//! hdrhistogram. Rows are interleaved (raw, plaintext, sealed for each
+//! payload and concurrency) so drift of the machine hits all paths alike.
+//! It prints a markdown table and never asserts on timings.
+//!
+//! ```text
+//! cargo bench --bench rpc -- [--quick]
+//! ```
+//!
+//! Logs go to stderr (`RUST_LOG`, default `warn`), progress too; the table
+//! goes to stdout.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tribe::{CallTarget, Config, Keyring, Node, PluginKind, Profile, SecretKey};
+
+const USAGE: &str = "usage: rpc [--quick]";
+const PAYLOADS: [usize; 2] = [100, 64 * 1024];
+const CONCURRENCY: [usize; 3] = [1, 16, 256];
+const TRIBE: &str = "bench";
+const PLUGIN: &str = "echo";
+/// Far above any latency seen here, so a slow call is measured, not an error.
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upper bound on forming the cluster and seeing the endpoint.
+const SETUP_LIMIT: Duration = Duration::from_secs(30);
+/// Upper bound on a graceful node shutdown at the end.
+const SHUTDOWN_LIMIT: Duration = Duration::from_secs(5);
+/// Pause after a failed call, so a path that fails at once does not spin
+/// and starve the other tasks; the error is still counted.
+const ERROR_BACKOFF: Duration = Duration::from_millis(1);
+/// Frames the raw echo server accepts; anything larger is a broken client.
+const RAW_MAX_FRAME: usize = 1 << 20;
+/// Read buffer of raw connections: one syscall can take a whole frame.
+const RAW_READ_BUF: usize = 128 * 1024;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Raw,
+    Plaintext,
+    Sealed,
+}
+
+impl Path {
+    fn label(self) -> &'static str {
+        match self {
+            Path::Raw => "raw tcp",
+            Path::Plaintext => "rpc plaintext",
+            Path::Sealed => "rpc sealed",
+        }
+    }
+}
+
+/// One caller task's way to make a call.
+enum Client {
+    Rpc {
+        node: Node,
+        target: CallTarget,
+    },
+    Tcp {
+        addr: SocketAddr,
+        /// Opened on the first call (in the warm-up) and again after an error.
+        conn: Option<BufReader<TcpStream>>,
+        /// Length prefix plus payload, built once: the raw path copies
+        /// nothing per call beyond what the kernel does.
+        frame: Vec<u8>,
+        reply: Vec<u8>,
+    },
+}
+
+impl Client {
+    fn tcp(addr: SocketAddr, payload: &[u8]) -> Client {
+        let mut frame = Vec::with_capacity(4 + payload.len());
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(payload);
+        Client::Tcp {
+            addr,
+            conn: None,
+            frame,
+            reply: Vec::with_capacity(payload.len()),
+        }
+    }
+
+    /// One request/response; the reply must have the payload's length.
+    async fn call(&mut self, payload: &[u8]) -> Result<(), String> {
+        match self {
+            Client::Rpc { node, target } => {
+                // `call` takes the payload by value, so every caller pays this copy.
+                let reply = node
+                    .call(target, payload.to_vec(), CALL_TIMEOUT)
+                    .await
+                    .map_err(|e| format!("call failed: {e}"))?;
+                check_len(reply.len(), payload.len())
+            }
+            Client::Tcp {
+                addr,
+                conn,
+                frame,
+                reply,
+            } => {
+                if conn.is_none() {
+                    let s = TcpStream::connect(*addr)
+                        .await
+                        .map_err(|e| format!("connect: {e}"))?;
+                    let _ = s.set_nodelay(true);
+                    *conn = Some(BufReader::with_capacity(RAW_READ_BUF, s));
+                }
+                let Some(s) = conn.as_mut() else {
+                    return Err("no connection".into());
+                };
+                let result = raw_round_trip(s, frame, reply).await;
+                if result.is_err() {
+                    // The stream state is unknown after an error: start afresh.
+                    *conn = None;
+                }
+                result.map_err(|e| format!("raw tcp: {e}"))?;
+                check_len(reply.len(), payload.len())
+            }
+        }
+    }
+}
+
+fn check_len(got: usize, want: usize) -> Result<(), String> {
+    if got == want {
+        Ok(())
+    } else {
+        Err(format!("reply of {got} bytes to a payload of {want}"))
+    }
+}
+
+async fn raw_round_trip(
+    s: &mut BufReader<TcpStream>,
+    frame: &[u8],
+    reply: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    // BufReader passes writes straight to the socket.
+    s.write_all(frame).await?;
+    let mut header = [0u8; 4];
+    s.read_exact(&mut header).await?;
+    let len = u32::from_be_bytes(header) as usize;
+    if len > RAW_MAX_FRAME {
+        return Err(std::io::Error::other("oversized reply"));
+    }
+    reply.resize(len, 0);
+    s.read_exact(reply).await?;
+    Ok(())
+}
+
+/// The raw baseline's server: echoes each length-prefixed frame back, one
+/// task per connection, in a single write per reply.
+async fn start_raw_echo() -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            match listener.accept().await {
+                Ok((s, _)) => {
+                    tokio::spawn(raw_echo_conn(s));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    eprintln!("raw echo: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+    });
+    Ok(addr)
+}
+
+async fn raw_echo_conn(s: TcpStream) {
+    let _ = s.set_nodelay(true);
+    let mut s = BufReader::with_capacity(RAW_READ_BUF, s);
+    let mut buf = Vec::new();
+    loop {
+        let mut header = [0u8; 4];
+        if s.read_exact(&mut header).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(header) as usize;
+        if len > RAW_MAX_FRAME {
+            return;
+        }
+        buf.clear();
+        buf.extend_from_slice(&header);
+        buf.resize(4 + len, 0);
+        if s.read_exact(&mut buf[4..]).await.is_err() || s.write_all(&buf).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What one caller task saw.
+struct Tally {
+    /// Latencies in ns of the calls that started in the measured window.
+    latencies: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    /// When its last call ended.
+    finished: Option<Instant>,
+}
+
+/// Calls in a loop until `end`; calls that start before `warm_end` only warm up.
+async fn caller_task(
+    mut client: Client,
+    payload: Arc<Vec<u8>>,
+    warm_end: Instant,
+    end: Instant,
+) -> Tally {
+    let mut t = Tally {
+        latencies: Vec::with_capacity(4096),
+        errors: 0,
+        first_error: None,
+        finished: None,
+    };
+    loop {
+        let started = Instant::now();
+        if started >= end {
+            break;
+        }
+        let outcome = client.call(&payload).await;
+        let done = Instant::now();
+        t.finished = Some(done);
+        match outcome {
+            Ok(()) => {
+                if started >= warm_end {
+                    t.latencies.push((done - started).as_nanos() as u64);
+                }
+            }
+            // Errors count in the warm-up too: any failed call is news.
+            Err(e) => {
+                t.errors += 1;
+                t.first_error.get_or_insert(e);
+                tokio::time::sleep(ERROR_BACKOFF).await;
+            }
+        }
+    }
+    t
+}
+
+/// One line of the table.
+struct Row {
+    path: Path,
+    payload: usize,
+    concurrency: usize,
+    calls: u64,
+    /// From the end of the warm-up to the end of the last call.
+    elapsed: Duration,
+    /// Latencies in ns.
+    hist: Histogram<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Row {
+    fn calls_per_s(&self) -> f64 {
+        self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Payload megabytes (10^6 bytes) per second, one way.
+    fn mb_per_s(&self) -> f64 {
+        self.calls_per_s() * self.payload as f64 / 1e6
+    }
+
+    fn quantile_us(&self, q: f64) -> f64 {
+        if self.hist.is_empty() {
+            return f64::NAN;
+        }
+        self.hist.value_at_quantile(q) as f64 / 1e3
+    }
+}
+
+struct Timing {
+    warm: Duration,
+    window: Duration,
+}
+
+async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &Timing) -> Row {
+    let concurrency = clients.len();
+    let payload = Arc::new(pattern(payload_len));
+    let start = Instant::now();
+    let warm_end = start + timing.warm;
+    let end = warm_end + timing.window;
+    let mut set = JoinSet::new();
+    for client in clients {
+        set.spawn(caller_task(client, payload.clone(), warm_end, end));
+    }
+    // 1 ns .. 60 s at 3 significant digits; one histogram per row, filled
+    // after the run so no task shares it while calling.
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+        .expect("building a latency histogram");
+    let mut row_errors = 0;
+    let mut first_error = None;
+    let mut last = end;
+    let mut calls = 0u64;
+    while let Some(joined) = set.join_next().await {
+        match joined {
+            Ok(t) => {
+                for &ns in &t.latencies {
+                    hist.saturating_record(ns);
+                }
+                calls += t.latencies.len() as u64;
+                row_errors += t.errors;
+                if first_error.is_none() {
+                    first_error = t.first_error;
+                }
+                if let Some(f) = t.finished {
+                    last = last.max(f);
+                }
+            }
+            Err(e) => {
+                row_errors += 1;
+                first_error.get_or_insert(format!("caller task died: {e}"));
+            }
+        }
+    }
+    Row {
+        path,
+        payload: payload_len,
+        concurrency,
+        calls,
+        elapsed: last - warm_end,
+        hist,
+        errors: row_errors,
+        first_error,
+    }
+}
+
+fn pattern(size: usize) -> Vec<u8> {
+    (0..size).map(|i| (i * 31 + 7) as u8).collect()
+}
+
+fn target() -> CallTarget {
+    CallTarget::new(TRIBE, PLUGIN, PluginKind::Processor)
+}
+
+fn node_config(name: String, seed: Option<SocketAddr>, key: Option<&SecretKey>) -> Config {
+    let mut cfg = Config::new(name);
+    cfg.profile = Profile::Local;
+    // Host facts are irrelevant here and cost a /proc walk per node.
+    cfg.collect_facts = false;
+    cfg.seeds = seed.into_iter().collect();
+    cfg.keyring = key.map(|k| Keyring::new(k.clone()));
+    cfg
+}
+
+/// Polls `cond`; a setup that never completes is a failed run.
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + SETUP_LIMIT;
+    while !cond() {
+        assert!(
+            Instant::now() < deadline,
+            "setup: timed out after {SETUP_LIMIT:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A host serving `echo` in tribe `bench` and a caller outside the tribe.
+struct Pair {
+    host: Node,
+    caller: Node,
+}
+
+async fn start_pair(tag: &str, key: Option<&SecretKey>) -> Pair {
+    let host = Node::start(node_config(format!("{tag}-host"), None, key))
+        .await
+        .expect("setup: starting the host node");
+    let caller = Node::start(node_config(format!("{tag}-caller"), Some(host.addr()), key))
+        .await
+        .expect("setup: starting the caller node");
+    wait_until(&format!("{tag}: both nodes alive to each other"), || {
+        host.members_alive() == 2 && caller.members_alive() == 2
+    })
+    .await;
+    host.create_tribe(TRIBE)
+        .await
+        .expect("setup: creating the bench tribe");
+    host.join(TRIBE, host.name())
+        .await
+        .expect("setup: joining the host to the bench tribe");
+    host.serve(
+        PLUGIN,
+        "1",
+        PluginKind::Processor,
+        |_info, payload| async move { Ok(payload) },
+    )
+    .await
+    .expect("setup: serving echo on the host");
+    let host_name = host.name().to_string();
+    wait_until(&format!("{tag}: the caller sees the endpoint"), || {
+        let serves = caller
+            .members()
+            .iter()
+            .any(|m| m.name == host_name && m.endpoints.iter().any(|e| e.name == PLUGIN));
+        let tribe_ok = caller
+            .tribe(TRIBE)
+            .is_some_and(|t| t.members == vec![host_name.clone()]);
+        serves && tribe_ok
+    })
+    .await;
+    // Opens the pooled stream and checks the echo before anything is timed.
+    let reply = caller
+        .call(&target(), b"hello".to_vec(), CALL_TIMEOUT)
+        .await
+        .expect("setup: a first call through the tribe");
+    assert_eq!(reply, b"hello", "setup: echo must return the payload");
+    Pair { host, caller }
+}
+
+fn size_label(size: usize) -> String {
+    if size >= 1024 && size.is_multiple_of(1024) {
+        format!("{} KiB", size / 1024)
+    } else {
+        format!("{size} B")
+    }
+}
+
+/// Tenths only below 100 µs, where they still mean something.
+fn us(value: f64) -> String {
+    if value.is_nan() {
+        "-".into()
+    } else if value < 100.0 {
+        format!("{value:.1}")
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// Resident memory of this process: the progress lines show whether a
+/// path keeps memory it no longer needs.
+fn rss_mib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn main() {
+    let mut quick = false;
+    for arg in std::env::args().skip(1) {
+        match arg.as_str() {
+            "--quick" => quick = true,
+            // cargo passes `--bench` to harness-less bench targets.
+            "--bench" => {}
+            "-h" | "--help" => {
+                eprintln!("{USAGE}");
+                return;
+            }
+            other => {
+                eprintln!("unknown argument {other:?}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let timing = if quick {
+        Timing {
+            warm: Duration::from_millis(100),
+            window: Duration::from_millis(500),
+        }
+    } else {
+        Timing {
+            warm: Duration::from_millis(500),
+            window: Duration::from_secs(3),
+        }
+    };
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    // Default worker count (one per core): load generator, echo server and
+    // both nodes share them, as they would share a small host.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("setup: building the tokio runtime");
+    let begun = Instant::now();
+
+    let (rows, notes) = rt.block_on(async {
+        let raw = start_raw_echo()
+            .await
+            .expect("setup: binding the raw echo server");
+        eprintln!("starting the plaintext pair");
+        let plain = start_pair("plain", None).await;
+        eprintln!("starting the sealed pair");
+        let key = SecretKey::generate();
+        let sealed = start_pair("sealed", Some(&key)).await;
+
+        let mut rows = Vec::new();
+        for &size in &PAYLOADS {
+            for &c in &CONCURRENCY {
+                for path in [Path::Raw, Path::Plaintext, Path::Sealed] {
+                    let clients = (0..c)
+                        .map(|_| match path {
+                            Path::Raw => Client::tcp(raw, &pattern(size)),
+                            Path::Plaintext => Client::Rpc {
+                                node: plain.caller.clone(),
+                                target: target(),
+                            },
+                            Path::Sealed => Client::Rpc {
+                                node: sealed.caller.clone(),
+                                target: target(),
+                            },
+                        })
+                        .collect();
+                    let row = run_row(path, size, clients, &timing).await;
+                    eprintln!(
+                        "{:>13} {:>6} x{:<3} {:>9.0} calls/s  p50 {} µs  errors {}  rss {} MiB",
+                        path.label(),
+                        size_label(size),
+                        c,
+                        row.calls_per_s(),
+                        us(row.quantile_us(0.5)),
+                        row.errors,
+                        rss_mib().map_or("?".into(), |m| m.to_string()),
+                    );
+                    if let Some(e) = &row.first_error {
+                        eprintln!("  first error: {e}");
+                    }
+                    rows.push(row);
+                }
+            }
+        }
+
+        // Evidence that calls went remote: the callers served nothing.
+        let mut notes = Vec::new();
+        for (label, pair) in [("plaintext", &plain), ("sealed", &sealed)] {
+            let c = pair.caller.rpc_stats();
+            let h = pair.host.rpc_stats();
+            notes.push(format!(
+                "{label}: caller ok {} served {} (timeout {}, overloaded {}, disconnected {}, \
+                 failovers {}); host served {} refused {}",
+                c.ok,
+                c.served,
+                c.timeout,
+                c.overloaded,
+                c.disconnected,
+                c.failovers,
+                h.served,
+                h.refused
+            ));
+        }
+        for pair in [plain, sealed] {
+            for node in [pair.caller, pair.host] {
+                if tokio::time::timeout(SHUTDOWN_LIMIT, node.shutdown())
+                    .await
+                    .is_err()
+                {
+                    eprintln!("{}: shutdown did not finish in time", node.name());
+                }
+            }
+        }
+        (rows, notes)
+    });
+    // Raw echo connections and stream tasks may linger; do not wait for them.
+    rt.shutdown_timeout(Duration::from_secs(1));
+
+    println!(
+        "| path | payload | concurrency | calls/s | MB/s | p50 µs | p99 µs | p999 µs \
+         | calls/s vs raw TCP | errors |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for row in &rows {
+        let raw = rows
+            .iter()
+            .find(|r| {
+                r.path == Path::Raw && r.payload == row.payload && r.concurrency == row.concurrency
+            })
+            .map_or(f64::NAN, Row::calls_per_s);
+        println!(
+            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.2} | {} |",
+            row.path.label(),
+            size_label(row.payload),
+            row.concurrency,
+            row.calls_per_s(),
+            row.mb_per_s(),
+            us(row.quantile_us(0.5)),
+            us(row.quantile_us(0.99)),
+            us(row.quantile_us(0.999)),
+            row.calls_per_s() / raw,
+            row.errors,
+        );
+    }
+    println!(
+        "\n{} run on {cores} cores ({}), tokio workers {cores}; {:.1} s measured + {:.1} s \
+         warm-up per row; total wall time {:.1} s.",
+        if quick { "--quick" } else { "full" },
+        cpu_model(),
+        timing.window.as_secs_f64(),
+        timing.warm.as_secs_f64(),
+        begun.elapsed().as_secs_f64(),
+    );
+    println!(
+        "MB/s = 10^6 payload bytes per second one way (the echo sends as many back). \
+         Errors include the warm-up."
+    );
+    for note in notes {
+        println!("{note}");
+    }
+    for row in rows.iter().filter(|r| r.first_error.is_some()) {
+        println!(
+            "first error of {} {} x{}: {}",
+            row.path.label(),
+            size_label(row.payload),
+            row.concurrency,
+            row.first_error.as_deref().unwrap_or_default()
+        );
+    }
+}
