@@ -466,8 +466,12 @@ impl Node {
             let engine = self.inner.shared.engine();
             crate::rpc::call::Snapshot {
                 me: self.inner.name.clone(),
-                tribe: engine.tribe(&target.tribe),
-                members: engine.members(),
+                providers: engine.providers(
+                    &target.tribe,
+                    &target.plugin,
+                    target.version.as_deref(),
+                    target.kind,
+                ),
                 security: engine.stream_security(),
             }
         };

@@ -561,7 +561,8 @@ async fn run_conn(
         mut sealer,
         mut opener,
     } = stream;
-    let (mut reader, mut writer) = stream.into_split();
+    let (reader, mut writer) = stream.into_split();
+    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
     let writing = async move {
         while let Some(out) = rx.recv().await {
             match out {

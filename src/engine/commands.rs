@@ -576,6 +576,52 @@ impl Engine {
         names.iter().filter_map(|t| self.tribe(t)).collect()
     }
 
+    /// Live members of `tribe` that serve `plugin` of `kind` (any version,
+    /// or `version`), highest version per member; `None` when the tribe does
+    /// not exist. Cheaper than a full snapshot: the call router asks per call.
+    pub fn providers(
+        &self,
+        tribe: &str,
+        plugin: &str,
+        version: Option<&str>,
+        kind: PluginKind,
+    ) -> Option<Vec<super::view::Provider>> {
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        if !view.tribe_exists(tribe) {
+            return None;
+        }
+        let mut out = Vec::new();
+        for name in view.tribe_members(tribe) {
+            if !self.is_up(&name) {
+                continue;
+            }
+            let endpoints = if name == self.name {
+                &self.record.endpoints
+            } else {
+                match view.node_record(&name) {
+                    Some(r) => &r.endpoints,
+                    None => continue,
+                }
+            };
+            let best = endpoints
+                .iter()
+                .filter(|e| {
+                    e.name == plugin && e.kind == kind && version.is_none_or(|v| v == e.version)
+                })
+                .max_by(|a, b| a.version.cmp(&b.version));
+            if let Some(e) = best {
+                out.push(super::view::Provider {
+                    local: name == self.name,
+                    name,
+                    addr: e.addr,
+                    version: e.version.clone(),
+                });
+            }
+        }
+        Some(out)
+    }
+
     /// Every policy.
     pub fn policies(&self) -> Vec<Policy> {
         self.view_check(|v| v.policies())

@@ -73,6 +73,19 @@ pub struct Task {
     pub state: TaskState,
 }
 
+/// A live member of a tribe that serves a plugin (a host for calls).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Provider {
+    /// Node name.
+    pub name: String,
+    /// Its stream address.
+    pub addr: SocketAddr,
+    /// The version it serves.
+    pub version: String,
+    /// Whether it is this node.
+    pub local: bool,
+}
+
 /// A policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Policy {
@@ -241,6 +254,17 @@ impl<'a> View<'a> {
             Some(Value::Node(r)) => Some(r),
             _ => None,
         }
+    }
+
+    /// Members of one tribe, by hand or by policy (up or not).
+    pub fn tribe_members(&self, tribe: &str) -> BTreeSet<String> {
+        let mut out: BTreeSet<String> = self.explicit_members(tribe).into_iter().collect();
+        for (node, record) in self.node_records() {
+            if record.policy_tribes.contains(tribe) {
+                out.insert(node.clone());
+            }
+        }
+        out
     }
 
     /// Every node record.

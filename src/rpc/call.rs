@@ -10,7 +10,6 @@ use super::client::{self, Answer, NotSent, Pool};
 use super::proto::{Refusal, RpcMsg};
 use super::server::Server;
 use super::{CallInfo, CallTarget, HandlerError, RpcCounters};
-use crate::engine::view::{MemberInfo, TribeInfo};
 use crate::error::{Error, Result};
 use crate::stream::Security;
 
@@ -28,10 +27,9 @@ pub struct Rpc {
 pub struct Snapshot {
     /// This node's name.
     pub me: String,
-    /// The target tribe, if it exists.
-    pub tribe: Option<TribeInfo>,
-    /// Every member with its endpoints.
-    pub members: Vec<MemberInfo>,
+    /// Live members of the target tribe serving the plugin; `None` when the
+    /// tribe does not exist.
+    pub providers: Option<Vec<client::Candidate>>,
     /// Stream security.
     pub security: Security,
 }
@@ -133,17 +131,14 @@ impl Rpc {
                 limit,
             });
         }
-        let tribe = snap
-            .tribe
+        let providers = snap
+            .providers
             .ok_or_else(|| Error::UnknownTribe(target.tribe.clone()))?;
         let no_provider = || Error::NoProvider {
             tribe: target.tribe.clone(),
             plugin: target.plugin.clone(),
         };
-        let cands = client::order(
-            client::candidates(&tribe, &snap.members, target),
-            &self.pool,
-        );
+        let cands = client::order(providers, &self.pool);
         if cands.is_empty() {
             return Err(no_provider());
         }

@@ -12,8 +12,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::Instant;
 
 use super::proto::{Refusal, RpcMsg};
-use super::{CallTarget, RpcCounters, RpcLimits};
-use crate::engine::view::{MemberInfo, MemberState, TribeInfo};
+use super::{RpcCounters, RpcLimits};
 use crate::stream::{self, Security};
 use crate::wire;
 
@@ -197,7 +196,8 @@ impl Pool {
                 .write_frame(&mut tcp, &[wire::CHANNEL_RPC])
                 .await
                 .map_err(|e| e.to_string())?;
-            let (mut reader, mut writer) = tcp.into_split();
+            let (reader, mut writer) = tcp.into_split();
+            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
             let (tx, rx) = mpsc::unbounded_channel::<RpcMsg>();
             let pending: Arc<Pending> = Arc::default();
             let alive = Arc::new(AtomicBool::new(true));
@@ -288,50 +288,7 @@ impl Pool {
 }
 
 /// A host that may serve a call.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Candidate {
-    /// Node name.
-    pub name: String,
-    /// Its stream address.
-    pub addr: SocketAddr,
-    /// The version it serves.
-    pub version: String,
-    /// Whether it is this node.
-    pub local: bool,
-}
-
-/// Live members of the tribe that advertise the plugin.
-pub fn candidates(
-    tribe: &TribeInfo,
-    members: &[MemberInfo],
-    target: &CallTarget,
-) -> Vec<Candidate> {
-    let mut out = Vec::new();
-    for m in members {
-        let up = matches!(m.state, MemberState::Alive | MemberState::Suspect);
-        if !up || !tribe.members.contains(&m.name) {
-            continue;
-        }
-        let best = m
-            .endpoints
-            .iter()
-            .filter(|e| {
-                e.name == target.plugin
-                    && e.kind == target.kind
-                    && target.version.as_ref().is_none_or(|v| *v == e.version)
-            })
-            .max_by(|a, b| a.version.cmp(&b.version));
-        if let Some(e) = best {
-            out.push(Candidate {
-                name: m.name.clone(),
-                addr: e.addr,
-                version: e.version.clone(),
-                local: m.is_local,
-            });
-        }
-    }
-    out
-}
+pub type Candidate = crate::engine::view::Provider;
 
 /// Orders candidates: this node first, then fewest calls outstanding, ties
 /// broken at random so load spreads.

@@ -148,18 +148,16 @@ impl Server {
             Ok(f) => f,
             Err(_) => return Err(panicked(&self.counters)),
         };
-        let mut task = tokio::spawn(future);
-        let result = match tokio::time::timeout(budget, &mut task).await {
+        // The handler runs in the calling task (no extra hop between
+        // threads); a panic is caught here and an overrun drops the future.
+        let guarded = futures_util::FutureExt::catch_unwind(AssertUnwindSafe(future));
+        let result = match tokio::time::timeout(budget, guarded).await {
             Ok(Ok(result)) => result,
-            Ok(Err(e)) if e.is_panic() => Err(panicked(&self.counters)),
-            Ok(Err(_)) => Err(HandlerError::new("cancelled", "the handler was cancelled")),
-            Err(_) => {
-                task.abort();
-                Err(HandlerError::new(
-                    "timeout",
-                    format!("the handler did not answer within {budget:?}"),
-                ))
-            }
+            Ok(Err(_)) => Err(panicked(&self.counters)),
+            Err(_) => Err(HandlerError::new(
+                "timeout",
+                format!("the handler did not answer within {budget:?}"),
+            )),
         };
         match result {
             Ok(reply) if reply.len() > self.limits.max_payload => Err(HandlerError::new(
@@ -178,7 +176,7 @@ impl Server {
     /// handlers run concurrently; replies go out in completion order.
     pub async fn serve_stream<R, W>(
         self: Arc<Self>,
-        mut reader: R,
+        reader: R,
         mut writer: W,
         mut sealer: Sealer,
         mut opener: Opener,
@@ -190,6 +188,7 @@ impl Server {
         let writing = tokio::spawn(async move {
             super::proto::write_queued(rx, &mut sealer, &mut writer).await;
         });
+        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let mut killed = self.killed.subscribe();
         if *killed.borrow_and_update() {
             writing.abort();
