@@ -102,10 +102,22 @@ impl Node {
         engine.start(now);
 
         let rpc_counters = Arc::new(crate::rpc::RpcCounters::default());
+        // The server asks the engine whether this node is in a call's tribe;
+        // the engine's home is made just below.
+        let home: Arc<std::sync::OnceLock<std::sync::Weak<runtime::Shared>>> = Arc::default();
+        let in_tribe = {
+            let home = home.clone();
+            Box::new(move |tribe: &str| {
+                home.get()
+                    .and_then(std::sync::Weak::upgrade)
+                    .is_some_and(|shared| shared.engine().in_tribe(tribe))
+            })
+        };
         let rpc = Arc::new(crate::rpc::call::Rpc {
             server: Arc::new(crate::rpc::server::Server::new(
                 config.rpc.clone(),
                 rpc_counters.clone(),
+                in_tribe,
             )),
             pool: crate::rpc::client::Pool::new(config.rpc.clone(), config.max_frame),
             counters: rpc_counters,
@@ -121,7 +133,9 @@ impl Node {
             data_dir: config.data_dir.clone(),
             rpc: rpc.clone(),
             wake: inbox_tx.clone(),
+            artifact_loads: Default::default(),
         });
+        let _ = home.set(Arc::downgrade(&shared));
         let driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
         let task = tokio::spawn(driver.run());
         tracing::info!(name = %config.name, %addr, "node started");

@@ -28,6 +28,54 @@ pub const MAX_ARTIFACT: u64 = 256 * 1024 * 1024;
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Longest wait for one chunk.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Artifacts fetched at once; more wait their turn.
+pub const CONCURRENT_FETCHES: usize = 2;
+/// Slowest transfer accepted from one holder, in bytes per second (plus a
+/// fixed allowance): a holder that drips bytes is left for another.
+const MIN_RATE: u64 = 1024 * 1024;
+
+/// Fetches under way, by plugin entry `(tribe, name, version)`, and the
+/// bound on how many run at once.
+pub struct Loads {
+    pending: std::sync::Mutex<
+        std::collections::HashMap<(String, String, String), tokio::task::AbortHandle>,
+    >,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Loads {
+    fn default() -> Self {
+        Loads {
+            pending: Default::default(),
+            slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FETCHES)),
+        }
+    }
+}
+
+fn entry_key(entry: &PluginEntry) -> (String, String, String) {
+    (
+        entry.tribe.clone(),
+        entry.name.clone(),
+        entry.version.clone(),
+    )
+}
+
+/// Cancels a load still waiting for its artifact; true when there was one.
+pub(crate) fn cancel(shared: &Shared, entry: &PluginEntry) -> bool {
+    let handle = shared
+        .artifact_loads
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&entry_key(entry));
+    match handle {
+        Some(h) => {
+            h.abort();
+            true
+        }
+        None => false,
+    }
+}
 
 /// SHA-256 of `bytes`.
 pub fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -64,9 +112,11 @@ async fn fetch_from(
 ) -> Result<Vec<u8>, Miss> {
     let security = shared.engine().stream_security();
     let mut bytes = Vec::new();
+    let allowance = Duration::from_secs(30 + artifact.size / MIN_RATE);
+    let holder_deadline = Instant::now() + allowance;
     while (bytes.len() as u64) < artifact.size {
         let offset = bytes.len() as u64;
-        let deadline = Instant::now() + CHUNK_TIMEOUT;
+        let deadline = (Instant::now() + CHUNK_TIMEOUT).min(holder_deadline);
         let answer = shared
             .rpc
             .pool
@@ -78,9 +128,11 @@ async fn fetch_from(
             })
             .await;
         match answer {
-            Ok(Some(Answer::Chunk(data))) if data.is_empty() => return Err(Miss::Corrupt),
             Ok(Some(Answer::Chunk(data))) => {
-                if offset + data.len() as u64 > artifact.size {
+                // Every chunk is full size except the last: anything else is
+                // a holder that does not have the bytes it claims.
+                let expected = (artifact.size - offset).min(u64::from(MAX_CHUNK));
+                if data.len() as u64 != expected {
                     return Err(Miss::Corrupt);
                 }
                 bytes.extend_from_slice(&data);
@@ -121,6 +173,7 @@ async fn fetch(
             match fetch_from(shared, addr, artifact).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(Miss::Corrupt) => {
+                    crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_corrupt);
                     tracing::warn!(holder = %name, plugin = %entry.name, "artifact bytes do not match their hash; trying another holder");
                     shared.deliver(Event::ArtifactCorrupt {
                         plugin: entry.clone(),
@@ -150,31 +203,68 @@ pub(crate) fn hold(shared: &Shared, bytes: Arc<Vec<u8>>) -> crate::Result<Artifa
     Ok(artifact)
 }
 
-/// Delivers `PluginLoad(entry)` once its artifact is here and verified.
+/// Delivers `PluginLoad(entry)` once its artifact is here and verified. A
+/// newer load of the same entry replaces one still waiting.
 pub(crate) fn load(shared: Arc<Shared>, entry: PluginEntry) {
     let Some(artifact) = entry.artifact.clone() else {
         shared.deliver(Event::PluginLoad(entry));
         return;
     };
+    cancel(&shared, &entry);
     if shared.rpc.server.artifact(&artifact.sha256).is_some() {
         shared.deliver(Event::PluginLoad(entry));
         return;
     }
-    tokio::spawn(async move {
-        match fetch(&shared, &entry, &artifact).await {
-            Ok(bytes) => {
-                if let Err(e) = hold(&shared, Arc::new(bytes)) {
-                    tracing::debug!(error = %e, "artifact fetched but not advertised");
+    let key = entry_key(&entry);
+    let task_shared = shared.clone();
+    let task_key = key.clone();
+    // Registered before the task can finish: it removes itself at the end.
+    let mut pending = shared
+        .artifact_loads
+        .pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let task = tokio::spawn(async move {
+        let shared = task_shared;
+        let slots = shared.artifact_loads.slots.clone();
+        let Ok(_slot) = slots.acquire_owned().await else {
+            return;
+        };
+        // Another entry with the same bytes may have fetched them meanwhile.
+        let result = match shared.rpc.server.artifact(&artifact.sha256) {
+            Some(_) => Ok(None),
+            None => fetch(&shared, &entry, &artifact).await.map(Some),
+        };
+        let still_wanted = shared
+            .artifact_loads
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&task_key)
+            .is_some();
+        match result {
+            Ok(fetched) => {
+                if let Some(bytes) = fetched {
+                    crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_fetched);
+                    if let Err(e) = hold(&shared, Arc::new(bytes)) {
+                        tracing::debug!(error = %e, "artifact fetched but not advertised");
+                    }
                 }
-                shared.deliver(Event::PluginLoad(entry));
+                if still_wanted {
+                    shared.deliver(Event::PluginLoad(entry));
+                }
             }
             Err(reason) => {
+                crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_unavailable);
                 tracing::warn!(plugin = %entry.name, %reason, "artifact unavailable");
-                shared.deliver(Event::ArtifactUnavailable {
-                    plugin: entry,
-                    reason,
-                });
+                if still_wanted {
+                    shared.deliver(Event::ArtifactUnavailable {
+                        plugin: entry,
+                        reason,
+                    });
+                }
             }
         }
     });
+    pending.insert(key, task.abort_handle());
 }

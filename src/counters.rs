@@ -32,11 +32,16 @@ pub struct Counters {
     /// Streams whose frames failed authentication (tampered, replayed,
     /// reordered, another cluster's label).
     pub stream_auth_errors: u64,
+    /// Streams whose peer did not finish the setup (hello, channel) in time.
+    pub streams_stalled: u64,
     /// Streams refused for using a key this node does not hold.
     pub stream_unknown_keys: u64,
     /// Streams on which a peer refused this node's key (this node is behind
     /// a key rotation).
     pub key_rejections: u64,
+    /// Keyring records refused because this node does not require
+    /// encryption (they could have come over a plaintext link).
+    pub keyring_records_refused: u64,
     /// Datagrams dropped: another cluster's label.
     pub label_mismatches: u64,
     /// Datagrams the membership protocol refused (malformed SWIM payload).

@@ -80,7 +80,10 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     let mut file = options.open(&tmp)?;
     file.write_all(bytes)?;
     file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))
+    std::fs::rename(&tmp, dir.join(name))?;
+    // The rename itself must reach the disk too, or a power loss can bring
+    // back the previous file (an old keyring, say).
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// The keyring file: base64 keys and which one is primary.

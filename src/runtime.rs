@@ -129,6 +129,8 @@ pub(crate) struct Shared {
     pub rpc: Arc<crate::rpc::call::Rpc>,
     /// Wakes the driver after a command made outside it.
     pub wake: mpsc::UnboundedSender<DriverInput>,
+    /// Artifact fetches under way, by plugin entry.
+    pub artifact_loads: crate::artifacts::Loads,
 }
 
 impl Shared {
@@ -172,6 +174,8 @@ pub(crate) struct Driver {
     timer_seq: u64,
     /// What was last written to the data dir (to skip identical writes).
     saved: Option<crate::engine::durable::Durable>,
+    /// The engine's security epoch the call streams were set up under.
+    security_epoch: u64,
     /// Key ids and primary of the keyring last written to the data dir.
     saved_ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
 }
@@ -213,6 +217,7 @@ impl Driver {
             timer_seq: 0,
             saved: None,
             saved_ring: None,
+            security_epoch: 0,
         }
     }
 
@@ -338,11 +343,13 @@ impl Driver {
     /// Stream news from connection tasks (and wake-ups from the API).
     fn on_stream_input(&mut self, input: DriverInput) {
         match input {
-            DriverInput::Frame(conn, body) => {
+            // A frame on a stream the engine closed is not its business.
+            DriverInput::Frame(conn, body) if self.conns.contains_key(&conn) => {
                 self.shared
                     .engine()
                     .handle_frame(wall_clock_ms(), conn, &body);
             }
+            DriverInput::Frame(..) => {}
             DriverInput::Closed(conn) => {
                 self.conns.remove(&conn);
                 self.shared
@@ -380,6 +387,13 @@ impl Driver {
 
     /// Carries out everything the engine queued.
     fn flush(&mut self) {
+        let epoch = self.shared.engine().security_epoch();
+        if epoch != self.security_epoch {
+            // Keys or mode changed: call streams set up before must not live on.
+            self.security_epoch = epoch;
+            self.shared.rpc.server.reset_streams();
+            self.shared.rpc.pool.close_all();
+        }
         loop {
             let batch: Vec<Output> = {
                 let mut engine = self.shared.engine();
@@ -428,6 +442,13 @@ impl Driver {
             Output::Event(Event::PluginLoad(entry)) if entry.artifact.is_some() => {
                 // Held back until its artifact is fetched and verified.
                 crate::artifacts::load(self.shared.clone(), entry);
+            }
+            Output::Event(Event::PluginUnload(entry)) => {
+                // An entry whose load was still waiting for its artifact was
+                // never handed over: cancel the load, say nothing.
+                if !crate::artifacts::cancel(&self.shared, &entry) {
+                    self.shared.deliver(Event::PluginUnload(entry));
+                }
             }
             Output::Event(event) => self.shared.deliver(event),
         }
@@ -545,7 +566,7 @@ async fn open_stream(
     };
     tokio::time::timeout(stream::HANDSHAKE_TIMEOUT + CONNECT_TIMEOUT, setup)
         .await
-        .map_err(|_| std::io::Error::other("stream setup timed out"))?
+        .map_err(|_| StreamError::Refused(crate::stream::Refusal::Stalled))?
 }
 
 /// One sync stream: queued frames written, received frames handed to the

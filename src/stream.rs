@@ -78,6 +78,9 @@ pub enum Refusal {
     /// another cluster's label).
     #[error("a frame failed authentication")]
     Auth,
+    /// The peer did not finish setting the stream up in time.
+    #[error("the peer did not finish the stream setup in time")]
+    Stalled,
 }
 
 /// Why a stream ended abnormally.

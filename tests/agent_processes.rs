@@ -715,3 +715,60 @@ fn agents_run_their_tribes_tasks_and_publish_through_a_remote_member() {
     );
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
+    let dir = scratch_dir("guard");
+    let agent = start_agent_env(&dir, "guarded", &[], &[("TRIBE_ADMIN_TOKEN", "s3cret")]);
+    // No token: 401, and the CLI says so in one line.
+    let (status, body) = call(&agent, "GET", "/v1/status", None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (401, Some("unauthorized"))
+    );
+    let out = cli(&agent, &["status"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unauthorized"));
+    // With the token (flag or environment) it works.
+    let out = Command::new(TRIBE)
+        .args([
+            "status",
+            "--json",
+            "--token",
+            "s3cret",
+            "--admin",
+            &agent.admin.to_string(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let http = http();
+    let url = format!("http://{}/v1/tribes", agent.admin);
+    // A DNS name as Host (a rebinding page) is refused, even with the token.
+    let resp = http
+        .get(&url)
+        .header("Authorization", "Bearer s3cret")
+        .header("Host", "evil.example:7947")
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 403);
+    // A body that is not declared JSON (a cross-site "simple" POST) is refused.
+    let resp = http
+        .post(&url)
+        .header("Authorization", "Bearer s3cret")
+        .header("Content-Type", "text/plain")
+        .send(r#"{"name": "x"}"#)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    let resp = http
+        .post(&url)
+        .header("Authorization", "Bearer s3cret")
+        .send_json(json!({"name": "x"}))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -146,3 +146,31 @@ async fn an_artifact_nobody_holds_is_reported_unavailable() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unloading_a_plugin_whose_artifact_is_still_awaited_cancels_its_load() {
+    let nodes = cluster().await;
+    let mut events = nodes[2].events();
+    let missing = tribe::ArtifactRef {
+        sha256: [3; 32],
+        size: 10,
+    };
+    nodes[0]
+        .load_plugin("t", "pending", "1", PluginKind::Processor, Some(missing))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    nodes[0].unload_plugin("t", "pending", "1").await.unwrap();
+    // Neither a load, an unload nor an unavailable report for it.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while let Ok(Some(e)) = tokio::time::timeout_at(deadline, events.next()).await {
+        let about_it = match &e {
+            Event::PluginLoad(p) | Event::PluginUnload(p) => p.name == "pending",
+            Event::ArtifactUnavailable { plugin, .. } | Event::ArtifactCorrupt { plugin, .. } => {
+                plugin.name == "pending"
+            }
+            _ => false,
+        };
+        assert!(!about_it, "{e:?}");
+    }
+}

@@ -403,3 +403,74 @@ async fn a_running_plaintext_tribe_moves_to_encryption_without_downtime() {
     assert_eq!(plain.members_alive(), 1);
     assert!(nodes[0].counters().plaintext_streams_refused > 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
+    use tokio::io::AsyncReadExt;
+    use tribe::hlc::Hlc;
+    use tribe::records::{Entry, Key, RingKeyRecord, Value};
+    let key = SecretKey::generate();
+    // Mid-migration: sealing outgoing traffic, still accepting plaintext.
+    let nodes = start_cluster("s", 2, |cfg| {
+        cfg.keyring = Some(Keyring::new(key.clone()));
+        cfg.encryption = Encryption::Send;
+    })
+    .await;
+    wait_converged_members(&nodes, 2).await;
+    let target = &nodes[1];
+    let attacker = SecretKey::generate();
+    let version = Hlc {
+        millis: tribe::runtime::wall_clock_ms(),
+        counter: 0,
+        node: "courier".into(),
+    };
+    let records = vec![
+        (
+            Key::RingKey(attacker.id()),
+            Entry {
+                version: version.clone(),
+                value: Some(Value::RingKey(RingKeyRecord(attacker.clone()))),
+            },
+        ),
+        (
+            Key::RingPrimary,
+            Entry {
+                version,
+                value: Some(Value::RingPrimary(attacker.id())),
+            },
+        ),
+    ];
+    // An unauthenticated peer pushes them over a plaintext stream.
+    let mut tcp = TcpStream::connect(target.addr()).await.unwrap();
+    tcp.write_all(&wire::frame(&[wire::CHANNEL_SYNC]))
+        .await
+        .unwrap();
+    tcp.write_all(&wire::frame(&wire::encode(&sync_hello())))
+        .await
+        .unwrap();
+    let mut header = [0u8; 4];
+    tcp.read_exact(&mut header).await.unwrap();
+    let mut reply = vec![0u8; u32::from_be_bytes(header) as usize];
+    tcp.read_exact(&mut reply).await.unwrap();
+    tcp.write_all(&wire::frame(&wire::encode(&SyncMsg::Push { records })))
+        .await
+        .unwrap();
+    wait_for(
+        "the keyring records refused",
+        Duration::from_secs(5),
+        || target.counters().keyring_records_refused >= 2,
+    )
+    .await;
+    let status = target.keyring_status();
+    assert_eq!(status.primary, Some(key.id()));
+    assert!(status.keys.iter().all(|k| k.id != attacker.id()));
+    // And keyring operations themselves need `require`.
+    assert_eq!(
+        target
+            .install_key(SecretKey::generate())
+            .await
+            .unwrap_err()
+            .code(),
+        "encryption_not_required"
+    );
+}

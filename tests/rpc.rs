@@ -338,3 +338,38 @@ async fn calls_are_sealed_in_an_encrypted_tribe() {
     assert_eq!(host_of(&reply), nodes[2].name());
     assert_eq!(nodes[2].counters().plaintext_streams_refused, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_serves_only_calls_through_tribes_it_is_in() {
+    use tribe::rpc::client::Answer;
+    use tribe::rpc::proto::{Refusal, RpcMsg};
+    let nodes = svc_cluster("m", &[1], Duration::ZERO).await;
+    nodes[0].create_tribe("other").await.unwrap();
+    wait_same_digest(&nodes).await;
+    // A peer that names a tribe the host is not in is refused, not served.
+    let rpc = nodes[0].rpc();
+    let security = tribe::stream::Security::plaintext("");
+    let deadline = tokio::time::Instant::now() + SECOND;
+    for (tribe, refused) in [("other", true), ("svc", false)] {
+        let answer = rpc
+            .pool
+            .request(nodes[1].addr(), &security, deadline, |id| RpcMsg::Call {
+                id,
+                caller: "n0".into(),
+                tribe: tribe.into(),
+                plugin: "echo".into(),
+                version: "1".into(),
+                kind: PluginKind::Processor,
+                budget_ms: 1000,
+                payload: b"x".to_vec(),
+            })
+            .await
+            .unwrap_or_else(|_| panic!("sent"))
+            .expect("answered in time");
+        match (refused, answer) {
+            (true, Answer::Refused(Refusal::NoSuchPlugin)) => {}
+            (false, Answer::Reply(Ok(_))) => {}
+            (_, other) => panic!("{tribe}: {other:?}"),
+        }
+    }
+}

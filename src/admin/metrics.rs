@@ -154,6 +154,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "streams_stalled",
+        "Streams whose peer did not finish the setup in time",
+        c.streams_stalled,
+    );
+    counter(
+        &mut r,
         "stream_unknown_keys",
         "Streams refused for using a key this node does not hold",
         c.stream_unknown_keys,

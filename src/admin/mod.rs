@@ -28,6 +28,7 @@
 //! codes are [`crate::Error::code`] plus `invalid_json`, `not_found` and
 //! `method_not_allowed`.
 
+pub mod guard;
 pub mod json;
 pub mod metrics;
 mod routes;
@@ -39,8 +40,8 @@ use axum::Router;
 
 use crate::Node;
 
-/// The admin API's routes over one node.
-pub fn router(node: Node) -> Router {
+/// The admin API's routes over one node, behind `guard`.
+pub fn router(node: Node, guard: guard::Guard) -> Router {
     Router::new()
         .route("/v1/status", get(routes::status))
         .route("/v1/members", get(routes::members))
@@ -96,15 +97,17 @@ pub fn router(node: Node) -> Router {
         .fallback(|| async { routes::ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })
         .with_state(node)
+        .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
 /// Serves the admin API on `listener` until `shutdown` completes.
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
+    guard: guard::Guard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(node))
+    axum::serve(listener, router(node, guard))
         .with_graceful_shutdown(shutdown)
         .await
 }

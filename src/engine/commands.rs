@@ -159,6 +159,10 @@ impl Engine {
         if !self.may_send(&delta.0) {
             return;
         }
+        if !self.may_gossip(&delta.0) {
+            self.sync_soon = true;
+            return;
+        }
         let delta = crate::wire::encode(delta);
         if delta.len() > super::MAX_DELTA_LEN {
             lock(&self.shared).counters.deltas_too_large += 1;
@@ -620,6 +624,13 @@ impl Engine {
             }
         }
         Some(out)
+    }
+
+    /// Whether this node is in the live view of `tribe`.
+    pub fn in_tribe(&self, tribe: &str) -> bool {
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        !self.left && view.tribe_exists(tribe) && view.tribe_members(tribe).contains(&self.name)
     }
 
     /// Every policy.

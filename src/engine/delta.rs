@@ -30,6 +30,10 @@ pub struct Shared {
     pub max_drift_ms: u64,
     /// Tombstones older than this are not taken back in.
     pub tombstone_grace_ms: u64,
+    /// Keyring records are taken only while every link is sealed
+    /// (`require` mode): otherwise an unauthenticated peer could plant or
+    /// remove keys.
+    pub accept_keyring_records: bool,
 }
 
 impl Shared {
@@ -37,6 +41,10 @@ impl Shared {
     pub fn accept_remote(&mut self, key: Key, entry: Entry) -> bool {
         if records::validate(&key, &entry).is_err() {
             self.counters.invalid_records += 1;
+            return false;
+        }
+        if matches!(key, Key::RingKey(_) | Key::RingPrimary) && !self.accept_keyring_records {
+            self.counters.keyring_records_refused += 1;
             return false;
         }
         if entry.version.millis > self.now_ms.saturating_add(self.max_drift_ms) {

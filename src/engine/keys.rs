@@ -61,9 +61,22 @@ impl Engine {
         self.keyring.is_some() && self.encryption == Encryption::Require
     }
 
-    /// Keys travel only from nodes whose every link is sealed.
+    /// Keys travel only from nodes whose every link is sealed, and only over
+    /// streams (whose security is checked when each exchange is sent, while a
+    /// gossip item could be sent again after a switch to plaintext).
     pub(super) fn may_send(&self, key: &Key) -> bool {
-        !matches!(key, Key::RingKey(_)) || self.requires_sealed()
+        !matches!(key, Key::RingKey(_) | Key::RingPrimary) || self.requires_sealed()
+    }
+
+    /// Whether a record may ride on gossip.
+    pub(super) fn may_gossip(&self, key: &Key) -> bool {
+        !matches!(key, Key::RingKey(_) | Key::RingPrimary)
+    }
+
+    /// Grows whenever the keyring or the mode changes: streams opened under
+    /// the old security should be closed.
+    pub fn security_epoch(&self) -> u64 {
+        self.security_epoch
     }
 
     /// What a new stream needs to know.
@@ -113,6 +126,7 @@ impl Engine {
                 Refusal::UnknownKey(_) | Refusal::NoKeyring => c.stream_unknown_keys += 1,
                 Refusal::KeyRejected(_) => c.key_rejections += 1,
                 Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
+                Refusal::Stalled => c.streams_stalled += 1,
             }
         }
         match why {
@@ -191,6 +205,8 @@ impl Engine {
                 "encryption mode changed"
             );
             self.encryption = mode;
+            lock(&self.shared).accept_keyring_records = self.requires_sealed();
+            self.security_epoch += 1;
         }
         Ok(())
     }
@@ -222,6 +238,12 @@ impl Engine {
         };
         let before = (ring.ids(), ring.primary_id());
         let mut full = false;
+        // Removals first, so a full ring has room for what replaces them.
+        for id in &removes {
+            if ring.get(*id).is_some() && ring.primary_id() != *id && ring.remove(*id).is_ok() {
+                tracing::info!(key = %id, "keyring: key removed");
+            }
+        }
         for key in installs {
             let id = key.id();
             match ring.install(key) {
@@ -235,6 +257,7 @@ impl Engine {
                 tracing::info!(key = %p, "keyring: primary key changed");
             }
         }
+        // A removed key that was primary until the switch above goes now.
         for id in removes {
             if ring.get(id).is_some() && ring.remove(id).is_ok() {
                 tracing::info!(key = %id, "keyring: key removed");
@@ -248,6 +271,7 @@ impl Engine {
             );
         }
         if after != before {
+            self.security_epoch += 1;
             self.record.keys = after.0;
             self.record.primary_key = Some(after.1);
             self.publish_record();

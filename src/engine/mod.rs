@@ -142,6 +142,8 @@ pub struct Engine {
     nonce_rng: StdRng,
     /// When each kind of refusal was last logged.
     warned: HashMap<&'static str, u64>,
+    /// See [`Engine::security_epoch`].
+    security_epoch: u64,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -204,6 +206,8 @@ impl Engine {
             counters: Counters::default(),
             now_ms,
             max_drift_ms: MAX_CLOCK_DRIFT.as_millis() as u64,
+            accept_keyring_records: cfg.keyring.is_some()
+                && cfg.encryption == crate::config::Encryption::Require,
             tombstone_grace_ms: timings.tombstone_grace.as_millis() as u64,
         }));
         let mut rng = StdRng::seed_from_u64(seed);
@@ -254,6 +258,7 @@ impl Engine {
             encryption: cfg.encryption,
             nonce_rng,
             warned: HashMap::new(),
+            security_epoch: 0,
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)

@@ -143,7 +143,9 @@ impl Rpc {
             return Err(no_provider());
         }
         let _slot = self.pool.try_inflight().ok_or(Error::Overloaded)?;
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now()
+            .checked_add(timeout)
+            .ok_or_else(|| Error::InvalidArgument("the call's timeout is too large".into()))?;
         let mut overloaded = false;
         for (attempt, cand) in cands.iter().enumerate() {
             if attempt > 0 {
@@ -191,6 +193,7 @@ impl Rpc {
                     tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
                 }
                 Err(NotSent::Busy) => overloaded = true,
+                Err(NotSent::OutOfTime) => return Err(Error::Timeout),
                 Ok(None) => return Err(Error::Timeout),
                 Ok(Some(Answer::Reply(Ok(bytes)))) => return Ok(bytes),
                 Ok(Some(Answer::Reply(Err((code, message))))) => {

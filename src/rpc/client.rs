@@ -16,6 +16,9 @@ use super::{RpcCounters, RpcLimits};
 use crate::stream::{self, Security};
 use crate::wire;
 
+/// A pooled stream unused this long is replaced rather than reused: well
+/// before the host's own idle timeout, so a call never races its closing.
+pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// A host that could not be reached is tried after the others for this long.
 pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long connecting to a host may take.
@@ -41,6 +44,8 @@ pub enum NotSent {
     Connect(String),
     /// The stream to this host is at its bound of calls in flight.
     Busy,
+    /// The caller's deadline passed while connecting.
+    OutOfTime,
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
@@ -49,7 +54,12 @@ type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
 
 /// One multiplexed stream to a host.
 struct Conn {
-    tx: mpsc::UnboundedSender<RpcMsg>,
+    /// When a call last used it; an idle stream is replaced before the host
+    /// would close it (see `server::CALL_STREAM_IDLE`).
+    last_used: Mutex<Instant>,
+    /// Bounded: a host that stops reading makes new calls `Busy`, not
+    /// an ever-growing queue.
+    tx: mpsc::Sender<RpcMsg>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
 }
@@ -176,7 +186,9 @@ impl Pool {
             .clone();
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref() {
-            if c.alive.load(Ordering::Relaxed) {
+            let mut last = c.last_used.lock().unwrap_or_else(|p| p.into_inner());
+            if c.alive.load(Ordering::Relaxed) && last.elapsed() < CLIENT_IDLE {
+                *last = Instant::now();
                 return Ok(c.clone());
             }
         }
@@ -198,7 +210,7 @@ impl Pool {
                 .map_err(|e| e.to_string())?;
             let (reader, mut writer) = tcp.into_split();
             let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-            let (tx, rx) = mpsc::unbounded_channel::<RpcMsg>();
+            let (tx, rx) = mpsc::channel::<RpcMsg>(self.limits.max_inflight_per_conn);
             let pending: Arc<Pending> = Arc::default();
             let alive = Arc::new(AtomicBool::new(true));
             {
@@ -242,7 +254,12 @@ impl Pool {
                     }
                 });
             }
-            Ok::<Conn, String>(Conn { tx, pending, alive })
+            Ok::<Conn, String>(Conn {
+                last_used: Mutex::new(Instant::now()),
+                tx,
+                pending,
+                alive,
+            })
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(conn)) => Ok(conn),
@@ -262,7 +279,10 @@ impl Pool {
     ) -> Result<Option<Answer>, NotSent> {
         let conn = tokio::time::timeout_at(deadline, self.conn(addr, security))
             .await
-            .map_err(|_| NotSent::Connect("connect timed out".into()))??;
+            .map_err(|_| NotSent::OutOfTime)??;
+        if !conn.alive.load(Ordering::Relaxed) {
+            return Err(NotSent::Connect("the stream to the host closed".into()));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -276,9 +296,15 @@ impl Pool {
             pending: &conn.pending,
             id,
         };
-        if conn.tx.send(make(id)).is_err() || !conn.alive.load(Ordering::Relaxed) {
-            return Err(NotSent::Connect("the stream to the host closed".into()));
+        match conn.tx.try_send(make(id)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => return Err(NotSent::Busy),
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(NotSent::Connect("the stream to the host closed".into()))
+            }
         }
+        // From here the call may have reached the host: it is never retried
+        // elsewhere, only answered or reported lost.
         match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(answer)) => Ok(Some(answer)),
             Ok(Err(_)) => Ok(Some(Answer::Lost)),
@@ -295,7 +321,9 @@ pub type Candidate = crate::engine::view::Provider;
 pub fn order(mut cands: Vec<Candidate>, pool: &Pool) -> Vec<Candidate> {
     use rand::seq::SliceRandom;
     cands.shuffle(&mut rand::rng());
-    cands.sort_by_key(|c| {
+    // Keys read live counters: compute each once, so the sort sees a
+    // consistent order.
+    cands.sort_by_cached_key(|c| {
         (
             !c.local,
             pool.recently_unreachable(c.addr),

@@ -106,7 +106,7 @@ impl Default for RpcLimits {
     fn default() -> Self {
         RpcLimits {
             max_payload: 4 * 1024 * 1024,
-            max_inflight_per_conn: 1024,
+            max_inflight_per_conn: 256,
             max_inflight: 4096,
             max_serving: 1024,
             artifact_rounds: 6,
@@ -140,6 +140,18 @@ pub struct RpcCounters {
     pub refused: AtomicU64,
     /// Handlers that panicked (each became a `Remote` error).
     pub panics: AtomicU64,
+    /// Call streams cut for a malformed, unauthentic or stalled frame.
+    pub stream_errors: AtomicU64,
+    /// Call streams refused at the bound of streams served at once.
+    pub streams_refused: AtomicU64,
+    /// Artifact chunks served.
+    pub chunks_served: AtomicU64,
+    /// Artifacts fetched and verified.
+    pub artifacts_fetched: AtomicU64,
+    /// Artifact holders that sent bytes not matching the hash.
+    pub artifacts_corrupt: AtomicU64,
+    /// Artifacts given up on.
+    pub artifacts_unavailable: AtomicU64,
 }
 
 /// A snapshot of [`RpcCounters`].
@@ -167,6 +179,18 @@ pub struct RpcStats {
     pub refused: u64,
     /// Handler panics here.
     pub panics: u64,
+    /// Call streams cut for a malformed, unauthentic or stalled frame.
+    pub stream_errors: u64,
+    /// Call streams refused at the bound.
+    pub streams_refused: u64,
+    /// Artifact chunks served.
+    pub chunks_served: u64,
+    /// Artifacts fetched and verified.
+    pub artifacts_fetched: u64,
+    /// Corrupt artifact holders met.
+    pub artifacts_corrupt: u64,
+    /// Artifacts given up on.
+    pub artifacts_unavailable: u64,
 }
 
 impl RpcCounters {
@@ -190,6 +214,12 @@ impl RpcCounters {
             served: g(&self.served),
             refused: g(&self.refused),
             panics: g(&self.panics),
+            stream_errors: g(&self.stream_errors),
+            streams_refused: g(&self.streams_refused),
+            chunks_served: g(&self.chunks_served),
+            artifacts_fetched: g(&self.artifacts_fetched),
+            artifacts_corrupt: g(&self.artifacts_corrupt),
+            artifacts_unavailable: g(&self.artifacts_unavailable),
         }
     }
 }

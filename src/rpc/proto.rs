@@ -10,7 +10,7 @@ pub use serde_bytes::ByteBuf;
 /// stream fails, then closes the writing side. Messages queued together go
 /// out in one write: under load, one syscall carries many replies.
 pub async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
-    mut rx: tokio::sync::mpsc::UnboundedReceiver<RpcMsg>,
+    mut rx: tokio::sync::mpsc::Receiver<RpcMsg>,
     sealer: &mut crate::stream::Sealer,
     writer: &mut W,
 ) {

@@ -20,6 +20,15 @@ use crate::wire;
 
 /// Largest artifact chunk sent in one frame.
 pub const MAX_CHUNK: u32 = 256 * 1024;
+/// Messages queued for a call stream's writer; a peer that does not read
+/// stops being read beyond this.
+pub const REPLY_QUEUE: usize = 64;
+/// A call stream with no complete frame for this long is closed.
+pub const CALL_STREAM_IDLE: Duration = Duration::from_secs(120);
+/// Longest a handler runs, whatever budget the caller asks for.
+pub const MAX_CALL_BUDGET: Duration = Duration::from_secs(300);
+/// Call streams served at once.
+pub const MAX_CALL_STREAMS: usize = 1024;
 
 struct Served {
     kind: PluginKind,
@@ -37,11 +46,22 @@ pub struct Server {
     /// Set when the node stops without a goodbye: every call stream is cut
     /// at once, as a crash would, so callers see their calls lost.
     killed: tokio::sync::watch::Sender<bool>,
+    /// Bumped when the node's keys or encryption mode change: streams set
+    /// up under the old security end.
+    epoch: tokio::sync::watch::Sender<u64>,
+    streams: Arc<Semaphore>,
+    /// Whether this node is in a tribe's live view (set by the node).
+    in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 impl Server {
-    /// A server with nothing registered.
-    pub fn new(limits: RpcLimits, counters: Arc<RpcCounters>) -> Server {
+    /// A server with nothing registered; `in_tribe` tells whether this node
+    /// is in a tribe's live view (a call naming another tribe is refused).
+    pub fn new(
+        limits: RpcLimits,
+        counters: Arc<RpcCounters>,
+        in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    ) -> Server {
         Server {
             handlers: RwLock::new(HashMap::new()),
             artifacts: RwLock::new(HashMap::new()),
@@ -50,6 +70,9 @@ impl Server {
             counters,
             stopping: AtomicBool::new(false),
             killed: tokio::sync::watch::Sender::new(false),
+            epoch: tokio::sync::watch::Sender::new(0),
+            streams: Arc::new(Semaphore::new(MAX_CALL_STREAMS)),
+            in_tribe,
         }
     }
 
@@ -120,6 +143,11 @@ impl Server {
         self.killed.send_replace(true);
     }
 
+    /// Ends every call stream (gracefully): the node's security changed.
+    pub fn reset_streams(&self) {
+        self.epoch.send_modify(|e| *e += 1);
+    }
+
     /// Whether the server refuses new calls.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
@@ -172,8 +200,11 @@ impl Server {
         }
     }
 
-    /// Answers one call stream until it closes. Frames are read here and
-    /// handlers run concurrently; replies go out in completion order.
+    /// Answers one call stream until it closes, goes idle, or the node's
+    /// security changes. Frames are read here and handlers run concurrently;
+    /// replies go out in completion order. The reply queue is bounded, so a
+    /// peer that stops reading stops being read; handlers still running when
+    /// the stream ends are cancelled.
     pub async fn serve_stream<R, W>(
         self: Arc<Self>,
         reader: R,
@@ -184,31 +215,45 @@ impl Server {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let (tx, rx) = mpsc::unbounded_channel::<RpcMsg>();
+        let Ok(_stream_slot) = self.streams.clone().try_acquire_owned() else {
+            RpcCounters::bump(&self.counters.streams_refused);
+            return;
+        };
+        let (tx, rx) = mpsc::channel::<RpcMsg>(REPLY_QUEUE);
         let writing = tokio::spawn(async move {
             super::proto::write_queued(rx, &mut sealer, &mut writer).await;
         });
         let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let mut killed = self.killed.subscribe();
+        let mut epoch = self.epoch.subscribe();
         if *killed.borrow_and_update() {
             writing.abort();
             return;
         }
+        epoch.borrow_and_update();
         let per_stream = Arc::new(Semaphore::new(self.limits.max_inflight_per_conn));
+        let mut handlers = tokio::task::JoinSet::new();
         loop {
             let body = tokio::select! {
-                frame = opener.read_frame(&mut reader) => match frame {
-                    Ok(Some(body)) => body,
-                    _ => break,
+                frame = tokio::time::timeout(CALL_STREAM_IDLE, opener.read_frame(&mut reader)) => match frame {
+                    Ok(Ok(Some(body))) => body,
+                    Ok(Ok(None)) => break,
+                    Ok(Err(_)) | Err(_) => {
+                        RpcCounters::bump(&self.counters.stream_errors);
+                        break;
+                    }
                 },
                 _ = killed.changed() => {
                     // Cut the stream without flushing what is queued.
                     writing.abort();
                     return;
                 }
+                _ = epoch.changed() => break,
+                // Reap finished handlers so the set does not grow.
+                Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
             };
             let Ok(msg) = wire::decode::<RpcMsg>(&body) else {
-                tracing::debug!("malformed call frame; closing the call stream");
+                RpcCounters::bump(&self.counters.stream_errors);
                 break;
             };
             match msg {
@@ -222,43 +267,55 @@ impl Server {
                     budget_ms,
                     payload,
                 } => {
-                    let refuse = |why: Refusal| {
-                        RpcCounters::bump(&self.counters.refused);
-                        let _ = tx.send(RpcMsg::Refused { id, why });
+                    let refusal = if self.is_stopping() {
+                        Some(Refusal::ShuttingDown)
+                    } else if payload.len() > self.limits.max_payload {
+                        Some(Refusal::TooLarge)
+                    } else if !(self.in_tribe)(&tribe) {
+                        // Only members of the tribe a call names serve it.
+                        Some(Refusal::NoSuchPlugin)
+                    } else {
+                        None
                     };
-                    if self.is_stopping() {
-                        refuse(Refusal::ShuttingDown);
-                        continue;
-                    }
-                    if payload.len() > self.limits.max_payload {
-                        refuse(Refusal::TooLarge);
-                        continue;
-                    }
-                    let Some((version, handler)) = self.lookup(&plugin, Some(&version), kind)
-                    else {
-                        refuse(Refusal::NoSuchPlugin);
-                        continue;
+                    let found = match refusal {
+                        Some(why) => Err(why),
+                        None => self
+                            .lookup(&plugin, Some(&version), kind)
+                            .ok_or(Refusal::NoSuchPlugin),
                     };
-                    let (Ok(stream_slot), Some(node_slot)) =
-                        (per_stream.clone().try_acquire_owned(), self.try_slot())
-                    else {
-                        refuse(Refusal::Overloaded);
-                        continue;
+                    let slots = found.and_then(|h| {
+                        match (per_stream.clone().try_acquire_owned(), self.try_slot()) {
+                            (Ok(a), Some(b)) => Ok((h, a, b)),
+                            _ => Err(Refusal::Overloaded),
+                        }
+                    });
+                    let ((version, handler), stream_slot, node_slot) = match slots {
+                        Ok(x) => x,
+                        Err(why) => {
+                            RpcCounters::bump(&self.counters.refused);
+                            // Waits when the peer does not read: backpressure.
+                            if tx.send(RpcMsg::Refused { id, why }).await.is_err() {
+                                break;
+                            }
+                            continue;
+                        }
                     };
+                    let budget = Duration::from_millis(u64::from(budget_ms)).min(MAX_CALL_BUDGET);
                     let info = CallInfo {
                         caller,
                         tribe,
                         plugin,
                         version,
-                        budget: Duration::from_millis(u64::from(budget_ms)),
+                        budget,
                     };
                     let server = self.clone();
                     let tx = tx.clone();
-                    tokio::spawn(async move {
+                    handlers.spawn(async move {
                         let result = server.run_handler(handler, info, payload).await;
                         RpcCounters::bump(&server.counters.served);
                         let result = result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
-                        let _ = tx.send(RpcMsg::Reply { id, result });
+                        // The slots are held until the reply is queued.
+                        let _ = tx.send(RpcMsg::Reply { id, result }).await;
                         drop((stream_slot, node_slot));
                     });
                 }
@@ -267,30 +324,43 @@ impl Server {
                     sha256,
                     offset,
                     len,
-                } => match self.artifact(&sha256) {
-                    Some(bytes) => {
-                        let start = usize::try_from(offset)
-                            .unwrap_or(usize::MAX)
-                            .min(bytes.len());
-                        let end = start
-                            .saturating_add(len.min(MAX_CHUNK) as usize)
-                            .min(bytes.len());
-                        let _ = tx.send(RpcMsg::Chunk {
-                            id,
-                            data: bytes[start..end].to_vec(),
-                        });
+                } => {
+                    let answer = match self.artifact(&sha256) {
+                        Some(bytes) if !self.is_stopping() => {
+                            RpcCounters::bump(&self.counters.chunks_served);
+                            let start = usize::try_from(offset)
+                                .unwrap_or(usize::MAX)
+                                .min(bytes.len());
+                            let end = start
+                                .saturating_add(len.min(MAX_CHUNK) as usize)
+                                .min(bytes.len());
+                            RpcMsg::Chunk {
+                                id,
+                                data: bytes[start..end].to_vec(),
+                            }
+                        }
+                        _ => {
+                            RpcCounters::bump(&self.counters.refused);
+                            RpcMsg::Refused {
+                                id,
+                                why: Refusal::NoSuchPlugin,
+                            }
+                        }
+                    };
+                    if tx.send(answer).await.is_err() {
+                        break;
                     }
-                    None => {
-                        let _ = tx.send(RpcMsg::Refused {
-                            id,
-                            why: Refusal::NoSuchPlugin,
-                        });
-                    }
-                },
+                }
                 // Answers only travel the other way.
-                RpcMsg::Reply { .. } | RpcMsg::Refused { .. } | RpcMsg::Chunk { .. } => break,
+                RpcMsg::Reply { .. } | RpcMsg::Refused { .. } | RpcMsg::Chunk { .. } => {
+                    RpcCounters::bump(&self.counters.stream_errors);
+                    break;
+                }
             }
         }
+        // Handlers of a stream that ended are cancelled; their callers have
+        // lost the stream and will see the call as disconnected.
+        handlers.abort_all();
         drop(tx);
         let _ = writing.await;
     }

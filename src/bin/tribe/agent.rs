@@ -83,6 +83,15 @@ pub struct AgentArgs {
     /// of turning encryption on in a running tribe.
     #[arg(long, env = "TRIBE_ENCRYPTION", value_name = "MODE")]
     encryption: Option<String>,
+    /// Token the admin API requires as `Authorization: Bearer <token>` (the admin
+    /// commands send TRIBE_ADMIN_TOKEN or --token) [default: none].
+    #[arg(
+        long,
+        env = "TRIBE_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    admin_token: Option<String>,
     /// Serve the built-in `file` publisher, appending published metrics to FILE as
     /// JSON lines (other members call it through the tribes this agent is in).
     #[arg(long, env = "TRIBE_PUBLISH_FILE", value_name = "FILE")]
@@ -110,6 +119,7 @@ struct FileOptions {
     key_file: Option<PathBuf>,
     encryption: Option<String>,
     publish_file: Option<PathBuf>,
+    admin_token: Option<String>,
 }
 
 /// Everything the agent needs, resolved and checked.
@@ -124,6 +134,8 @@ pub struct AgentPlan {
     pub log_json: bool,
     /// Where the built-in `file` publisher writes, if served.
     pub publish_file: Option<PathBuf>,
+    /// Token the admin API requires.
+    pub admin_token: Option<String>,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
@@ -216,6 +228,10 @@ impl AgentArgs {
                 .unwrap_or_else(|| "info".into()),
             log_json: self.log_json || file.log_json.unwrap_or(false),
             publish_file: self.publish_file.or(file.publish_file),
+            admin_token: self
+                .admin_token
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty()),
         })
     }
 }
@@ -295,9 +311,17 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     });
 
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
-    let admin = tokio::spawn(tribe::admin::serve(node.clone(), admin_listener, async {
-        let _ = admin_stopped.await;
-    }));
+    let guard = tribe::admin::guard::Guard {
+        token: plan.admin_token.clone(),
+    };
+    let admin = tokio::spawn(tribe::admin::serve(
+        node.clone(),
+        admin_listener,
+        guard,
+        async {
+            let _ = admin_stopped.await;
+        },
+    ));
 
     tracing::info!(name = node.name(), gossip = %node.addr(), admin = %admin_addr, "agent running");
     // One line on stdout for scripts and the demo; everything else is logs on stderr.

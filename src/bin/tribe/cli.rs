@@ -10,12 +10,15 @@ use tribe::admin::json::{KeyHolding, Keys, Member, PolicyJson, Status, Tribe};
 use crate::agent::DEFAULT_ADMIN;
 use crate::client::{seg, Admin, Reply};
 
-/// Where the agent is and how to print.
-#[derive(Args, Debug, Clone)]
+/// Where the agent is and how to print. No `Debug`: it may hold a token.
+#[derive(Args, Clone)]
 pub struct AdminOpts {
     /// Admin API address of the agent to talk to.
     #[arg(long, global = true, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN)]
     pub admin: String,
+    /// Token of the agent's admin API, if it requires one.
+    #[arg(long, global = true, env = "TRIBE_ADMIN_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Print the agent's JSON instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
@@ -168,7 +171,7 @@ pub enum KeysCmd {
         /// The key, as `tribe keygen` prints it.
         key: String,
         /// How long to wait for every live node to report the key, in seconds.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
         wait: u64,
     },
     /// Make an installed key every node's primary (sealing) key.
@@ -176,7 +179,7 @@ pub enum KeysCmd {
         /// The key (base64) or its id (8 hex digits).
         key: String,
         /// How long to wait for every live node to switch, in seconds.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
         wait: u64,
     },
     /// Remove a key from every node's keyring (the primary is refused).
@@ -184,7 +187,7 @@ pub enum KeysCmd {
         /// The key (base64) or its id (8 hex digits).
         key: String,
         /// How long to wait for every live node to drop it, in seconds.
-        #[arg(long, default_value_t = 15)]
+        #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
         wait: u64,
     },
     /// Set this agent's encryption mode: accept, send or require.
@@ -268,7 +271,7 @@ fn read_manifest(text: &str) -> Result<serde_json::Value, String> {
 
 /// Runs one admin command against the agent at `opts.admin`.
 pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
-    let admin = Admin::new(&opts.admin);
+    let admin = Admin::new(&opts.admin, opts.token.clone());
     match cmd {
         AdminCommand::Status => {
             let value = admin.get_value("/v1/status")?;

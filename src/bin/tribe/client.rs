@@ -14,6 +14,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Admin {
     base: String,
     agent: ureq::Agent,
+    /// `Authorization` header value, when the agent requires a token.
+    auth: Option<String>,
 }
 
 /// What a request came back with: a JSON body, or none (204).
@@ -21,7 +23,7 @@ pub type Reply = Option<serde_json::Value>;
 
 impl Admin {
     /// A client of the agent whose admin API listens on `addr`.
-    pub fn new(addr: &str) -> Admin {
+    pub fn new(addr: &str, token: Option<String>) -> Admin {
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .timeout_global(Some(REQUEST_TIMEOUT))
@@ -30,12 +32,20 @@ impl Admin {
         Admin {
             base: format!("http://{addr}"),
             agent,
+            auth: token.map(|t| format!("Bearer {t}")),
         }
     }
 
     /// A client of `addr`.
     pub fn at(addr: SocketAddr) -> Admin {
-        Admin::new(&addr.to_string())
+        Admin::new(&addr.to_string(), None)
+    }
+
+    fn authorized<B>(&self, req: ureq::RequestBuilder<B>) -> ureq::RequestBuilder<B> {
+        match &self.auth {
+            Some(value) => req.header("Authorization", value),
+            None => req,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -69,7 +79,7 @@ impl Admin {
 
     /// GET a JSON value.
     pub fn get_value(&self, path: &str) -> Result<serde_json::Value, String> {
-        self.finish(self.agent.get(&self.url(path)).call())?
+        self.finish(self.authorized(self.agent.get(&self.url(path))).call())?
             .ok_or_else(|| format!("empty reply to GET {path}"))
     }
 
@@ -81,12 +91,15 @@ impl Admin {
 
     /// POST a JSON body.
     pub fn post(&self, path: &str, body: &serde_json::Value) -> Result<Reply, String> {
-        self.finish(self.agent.post(&self.url(path)).send_json(body))
+        self.finish(
+            self.authorized(self.agent.post(&self.url(path)))
+                .send_json(body),
+        )
     }
 
     /// PUT, with a JSON body or none.
     pub fn put(&self, path: &str, body: Option<&serde_json::Value>) -> Result<Reply, String> {
-        let req = self.agent.put(&self.url(path));
+        let req = self.authorized(self.agent.put(&self.url(path)));
         self.finish(match body {
             Some(b) => req.send_json(b),
             None => req.send_empty(),
@@ -95,7 +108,7 @@ impl Admin {
 
     /// DELETE.
     pub fn delete(&self, path: &str) -> Result<Reply, String> {
-        self.finish(self.agent.delete(&self.url(path)).call())
+        self.finish(self.authorized(self.agent.delete(&self.url(path))).call())
     }
 }
 

@@ -1,0 +1,126 @@
+//! Checks every admin request passes before its handler: an optional bearer
+//! token; a `Host` that is an IP address or `localhost` (a web page cannot
+//! reach the API through a DNS name it controls, the "DNS rebinding" attack);
+//! and bodies declared as JSON (a browser's cross-site "simple" request
+//! cannot send that content type without asking first).
+
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use subtle::ConstantTimeEq;
+
+use super::json::ErrorBody;
+
+/// What the guard enforces.
+#[derive(Clone, Default)]
+pub struct Guard {
+    /// Bearer token every request must carry, if set.
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for Guard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guard")
+            .field("token", &self.token.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        Json(ErrorBody {
+            error: code.into(),
+            message: message.into(),
+        }),
+    )
+        .into_response()
+}
+
+/// Whether a `Host` header names an IP address or localhost.
+pub fn host_allowed(host: &str) -> bool {
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // [v6]:port
+        rest.split(']').next().unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
+/// The middleware.
+pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    if let Some(token) = &guard.token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or_default();
+        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "this agent's admin API needs its token (--token or TRIBE_ADMIN_TOKEN)",
+            );
+        }
+    }
+    if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
+        if !host_allowed(host) {
+            return refuse(
+                StatusCode::FORBIDDEN,
+                "forbidden_host",
+                "the admin API answers only requests addressed to an IP address or localhost",
+            );
+        }
+    }
+    let has_body = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "0")
+        || headers.contains_key(header::TRANSFER_ENCODING);
+    let json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    let writes = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::DELETE
+    );
+    if writes && has_body && !json {
+        return refuse(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "request bodies must be sent as application/json",
+        );
+    }
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_allowed;
+
+    #[test]
+    fn only_addresses_and_localhost_are_allowed_hosts() {
+        for ok in [
+            "127.0.0.1:7947",
+            "localhost:7947",
+            "[::1]:7947",
+            "10.0.0.5",
+            "LOCALHOST",
+        ] {
+            assert!(host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7947",
+            "attacker.test",
+            "127.0.0.1.nip.io:7947",
+            "",
+        ] {
+            assert!(!host_allowed(bad), "{bad}");
+        }
+    }
+}
