@@ -324,10 +324,18 @@ async fn calls_are_sealed_in_an_encrypted_tribe() {
     wait_same_digest(&nodes).await;
     nodes[0].join("svc", nodes[2].name()).await.unwrap();
     serve_echo(&nodes[2], Duration::ZERO).await;
-    wait_for("endpoint seen", Duration::from_secs(20), || {
-        nodes[0].members().iter().any(|m| !m.endpoints.is_empty())
-            && nodes[0].tribe("svc").is_some_and(|t| t.members.len() == 1)
-    })
+    // Caller and host both see the host in svc (a host serves only calls
+    // through tribes it knows it is in).
+    wait_for(
+        "endpoint and membership seen",
+        Duration::from_secs(20),
+        || {
+            nodes[0].members().iter().any(|m| !m.endpoints.is_empty())
+                && [&nodes[0], &nodes[2]]
+                    .iter()
+                    .all(|n| n.tribe("svc").is_some_and(|t| t.members.len() == 1))
+        },
+    )
     .await;
     let big = vec![7u8; 64 * 1024];
     let reply = nodes[0]

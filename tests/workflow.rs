@@ -58,9 +58,9 @@ async fn a_chain_processes_locally_and_publishes_through_a_tribe() {
             .members()
             .iter()
             .any(|m| m.name == store.name() && !m.endpoints.is_empty())
-            && caller
-                .tribe("storage")
-                .is_some_and(|t| t.members.len() == 1)
+            && [caller, store]
+                .iter()
+                .all(|n| n.tribe("storage").is_some_and(|t| t.members.len() == 1))
     })
     .await;
 
