@@ -150,11 +150,15 @@ fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
     let n = cluster_size.max(1) as f64;
     let log_n = n.log10().max(1.0);
     let suspicion = t.probe_period.mul_f64(f64::from(t.suspicion_mult) * log_n);
-    // memberlist's formula gives 2–4 sends per update in small clusters, which
-    // on its own misses a node now and then; a floor of 5 makes the fast path
-    // reliable there for a few hundred bytes more per write.
-    let retransmits =
-        (f64::from(t.retransmit_mult) * (n + 1.0).log10().ceil()).clamp(MIN_RETRANSMITS, 255.0);
+    // memberlist's formula gives 2–4 sends per update in small clusters. If
+    // every node that learns an update sends it k times to random peers,
+    // about N·e^-k nodes never hear of it and wait for anti-entropy (seen as
+    // one node learning of a crash 15–35 s late). k ≥ ln N + 4.6 keeps that
+    // near 1 % of a node per update, for a few hundred bytes more per write.
+    let epidemic_floor = (n.ln() + 4.6).ceil();
+    let retransmits = (f64::from(t.retransmit_mult) * (n + 1.0).log10().ceil())
+        .max(epidemic_floor)
+        .clamp(MIN_RETRANSMITS, 255.0);
     let mut cfg = foca::Config::new_lan(std::num::NonZeroU32::MIN);
     cfg.probe_period = t.probe_period;
     cfg.probe_rtt = t.probe_rtt;
