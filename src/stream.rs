@@ -134,14 +134,7 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     max_frame: usize,
 ) -> Result<(Sealer, Opener), StreamError> {
     let Some(ring) = security.seals() else {
-        return Ok((
-            Sealer(None),
-            Opener {
-                cipher: None,
-                pending_header: None,
-                max_frame,
-            },
-        ));
+        return Ok(halves(None, None, max_frame));
     };
     let key = ring.primary().clone();
     let mine = StreamHello::new(key.id());
@@ -167,15 +160,28 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     let theirs = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
-    let (send, recv) = derive_pair(&key, Role::Initiator, &mine, &theirs, &security.label);
-    Ok((
-        Sealer(Some(send)),
+    let pair = derive_pair(&key, Role::Initiator, &mine, &theirs, &security.label);
+    Ok(halves(Some(pair), None, max_frame))
+}
+
+/// The two halves of a stream, sealed with `pair` (send, receive) or plain.
+fn halves(
+    pair: Option<(StreamCipher, StreamCipher)>,
+    pending_header: Option<[u8; wire::FRAME_HEADER]>,
+    max_frame: usize,
+) -> (Sealer, Opener) {
+    let (send, recv) = match pair {
+        Some((s, r)) => (Some(s), Some(r)),
+        None => (None, None),
+    };
+    (
+        Sealer(send),
         Opener {
-            cipher: Some(recv),
-            pending_header: None,
+            cipher: recv,
+            pending_header,
             max_frame,
         },
-    ))
+    )
 }
 
 /// The accepting side: reads the first bytes, and either answers a hello or
@@ -219,27 +225,10 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let (sealed, pending_header) = tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
-    match sealed {
-        None => Ok((
-            Sealer(None),
-            Opener {
-                cipher: None,
-                pending_header,
-                max_frame,
-            },
-        )),
-        Some((key, theirs, mine)) => {
-            let (send, recv) = derive_pair(&key, Role::Responder, &theirs, &mine, &security.label);
-            Ok((
-                Sealer(Some(send)),
-                Opener {
-                    cipher: Some(recv),
-                    pending_header: None,
-                    max_frame,
-                },
-            ))
-        }
-    }
+    let pair = sealed.map(|(key, theirs, mine)| {
+        derive_pair(&key, Role::Responder, &theirs, &mine, &security.label)
+    });
+    Ok(halves(pair, pending_header, max_frame))
 }
 
 impl Sealer {

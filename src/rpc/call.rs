@@ -61,6 +61,22 @@ pub struct Local<'a> {
 }
 
 impl Rpc {
+    /// Refuses a call this node cannot make at all: stopping, or a payload
+    /// over the limit.
+    fn admit(&self, payload_len: usize) -> Result<()> {
+        if self.server.is_stopping() {
+            return Err(Error::ShuttingDown);
+        }
+        let limit = self.server.limits().max_payload;
+        if payload_len > limit {
+            return Err(Error::TooLarge {
+                size: payload_len,
+                limit,
+            });
+        }
+        Ok(())
+    }
+
     /// Runs this node's own handler with the same bounds and protection as
     /// a served call: `NoProvider` when it serves no such plugin.
     pub async fn run_local(
@@ -69,16 +85,7 @@ impl Rpc {
         payload: Vec<u8>,
         budget: Duration,
     ) -> Result<Vec<u8>> {
-        if self.server.is_stopping() {
-            return Err(Error::ShuttingDown);
-        }
-        let limit = self.server.limits().max_payload;
-        if payload.len() > limit {
-            return Err(Error::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
+        self.admit(payload.len())?;
         let (version, handler) = self
             .server
             .lookup(call.plugin, call.version, call.kind)
@@ -121,16 +128,8 @@ impl Rpc {
         payload: Vec<u8>,
         timeout: Duration,
     ) -> Result<Vec<u8>> {
-        if self.server.is_stopping() {
-            return Err(Error::ShuttingDown);
-        }
+        self.admit(payload.len())?;
         let limit = self.pool.limits().max_payload;
-        if payload.len() > limit {
-            return Err(Error::TooLarge {
-                size: payload.len(),
-                limit,
-            });
-        }
         let providers = snap
             .providers
             .ok_or_else(|| Error::UnknownTribe(target.tribe.clone()))?;
