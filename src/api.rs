@@ -119,7 +119,11 @@ impl Node {
                 rpc_counters.clone(),
                 in_tribe,
             )),
-            pool: crate::rpc::client::Pool::new(config.rpc.clone(), config.max_frame),
+            pool: crate::rpc::client::Pool::new(
+                config.rpc.clone(),
+                config.max_frame,
+                rpc_counters.clone(),
+            ),
             counters: rpc_counters,
         });
         let (events_tx, events_rx) = mpsc::channel(runtime::EVENT_QUEUE);

@@ -127,6 +127,11 @@ async fn a_corrupt_holder_is_reported_and_a_good_one_is_used() {
         }
     }
     assert_eq!(*nodes[2].artifact(&artifact.sha256).unwrap(), payload);
+    let stats = nodes[2].rpc_stats();
+    assert!(
+        stats.artifacts_corrupt >= 1 && stats.artifacts_fetched == 1,
+        "{stats:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,6 +150,7 @@ async fn an_artifact_nobody_holds_is_reported_unavailable() {
         Event::ArtifactUnavailable { reason, .. } => assert!(reason.contains("rounds"), "{reason}"),
         other => panic!("{other:?}"),
     }
+    assert_eq!(nodes[3].rpc_stats().artifacts_unavailable, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -272,6 +272,34 @@ pub fn render(s: &Snapshot) -> String {
         "Handlers that panicked",
         rpc.panics,
     );
+    counter(
+        &mut r,
+        "rpc_stream_errors",
+        "Call streams cut or refused (malformed, unauthentic, stalled, key refused)",
+        rpc.stream_errors,
+    );
+    counter(
+        &mut r,
+        "rpc_streams_refused",
+        "Call streams refused at the bound of streams served at once",
+        rpc.streams_refused,
+    );
+    counter_family(
+        &mut r,
+        "artifacts",
+        "Plugin artifacts by outcome",
+        &[
+            (outcome("fetched"), rpc.artifacts_fetched),
+            (outcome("corrupt_holder"), rpc.artifacts_corrupt),
+            (outcome("unavailable"), rpc.artifacts_unavailable),
+        ],
+    );
+    counter(
+        &mut r,
+        "artifact_chunks_served",
+        "Artifact chunks served",
+        rpc.chunks_served,
+    );
 
     let mut out = String::new();
     // Writing into a String cannot fail.

@@ -77,6 +77,7 @@ pub struct Pool {
     limits: RpcLimits,
     next_id: AtomicU64,
     max_frame: usize,
+    counters: Arc<RpcCounters>,
 }
 
 /// A call counted against a host.
@@ -105,7 +106,7 @@ impl Drop for Forget<'_> {
 
 impl Pool {
     /// An empty pool.
-    pub fn new(limits: RpcLimits, max_frame: usize) -> Pool {
+    pub fn new(limits: RpcLimits, max_frame: usize, counters: Arc<RpcCounters>) -> Pool {
         Pool {
             slots: Mutex::new(HashMap::new()),
             load: Mutex::new(HashMap::new()),
@@ -114,6 +115,7 @@ impl Pool {
             limits,
             next_id: AtomicU64::new(1),
             max_frame,
+            counters,
         }
     }
 
@@ -203,7 +205,14 @@ impl Pool {
             let _ = tcp.set_nodelay(true);
             let (mut sealer, mut opener) = stream::connect(&mut tcp, security, self.max_frame)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| {
+                    // A host refusing our key or not sealing is a security
+                    // refusal, counted like a cut call stream.
+                    if matches!(e, stream::StreamError::Refused(_)) {
+                        RpcCounters::bump(&self.counters.stream_errors);
+                    }
+                    e.to_string()
+                })?;
             sealer
                 .write_frame(&mut tcp, &[wire::CHANNEL_RPC])
                 .await
