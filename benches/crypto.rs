@@ -15,6 +15,8 @@
 //! `--quick` runs about 10x fewer iterations (a smoke test; noisier numbers).
 //! Progress goes to stderr, the table to stdout.
 
+mod common;
+
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -232,22 +234,7 @@ fn ns(value: f64) -> String {
 }
 
 fn main() {
-    let mut quick = false;
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            // cargo passes `--bench` to harness-less bench targets.
-            "--bench" => {}
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}\n{USAGE}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let quick = common::quick_flag(USAGE);
     let target = if quick { ROW_TIME / 10 } else { ROW_TIME };
     let begun = Instant::now();
 

@@ -24,6 +24,8 @@
 //! Logs go to stderr (`RUST_LOG`, default `warn`), progress too; the table
 //! goes to stdout.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -519,18 +521,6 @@ fn proc_line(path: &str) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_owned())
-        })
-        .unwrap_or_else(|| "?".into())
-}
-
 fn header(opts: &Opts) -> String {
     let nproc = std::thread::available_parallelism().map_or(0, |n| n.get());
     format!(
@@ -543,7 +533,7 @@ fn header(opts: &Opts) -> String {
         opts.timeout,
         opts.settle,
         nproc,
-        cpu_model(),
+        common::cpu_model(),
         proc_line("/proc/sys/kernel/osrelease"),
         proc_line("/proc/loadavg"),
     )

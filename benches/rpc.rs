@@ -24,6 +24,8 @@
 //! Logs go to stderr (`RUST_LOG`, default `warn`), progress too; the table
 //! goes to stdout.
 
+mod common;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -455,35 +457,8 @@ fn rss_mib() -> Option<u64> {
     Some(kib / 1024)
 }
 
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, v)| v.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
 fn main() {
-    let mut quick = false;
-    for arg in std::env::args().skip(1) {
-        match arg.as_str() {
-            "--quick" => quick = true,
-            // cargo passes `--bench` to harness-less bench targets.
-            "--bench" => {}
-            "-h" | "--help" => {
-                eprintln!("{USAGE}");
-                return;
-            }
-            other => {
-                eprintln!("unknown argument {other:?}\n{USAGE}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let quick = common::quick_flag(USAGE);
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -619,7 +594,7 @@ fn main() {
         "\n{} run on {cores} cores ({}), tokio workers {cores}; {:.1} s measured + {:.1} s \
          warm-up per row; total wall time {:.1} s.",
         if quick { "--quick" } else { "full" },
-        cpu_model(),
+        common::cpu_model(),
         timing.window.as_secs_f64(),
         timing.warm.as_secs_f64(),
         begun.elapsed().as_secs_f64(),

@@ -99,8 +99,12 @@ pub fn sealed_datagram(label: &str, ring: &Keyring, nonce: [u8; 24], payload: &[
         label.as_bytes(),
         crypto::DATAGRAM_OVERHEAD + payload.len(),
     );
-    let ad = out.clone();
-    crypto::seal_datagram(ring, nonce, &ad, payload, &mut out);
+    // The header is the associated data; a stack copy avoids an allocation
+    // per packet (labels are at most MAX_LABEL_LEN bytes).
+    let mut ad = [0u8; 5 + MAX_LABEL_LEN];
+    let ad = &mut ad[..out.len()];
+    ad.copy_from_slice(&out);
+    crypto::seal_datagram(ring, nonce, ad, payload, &mut out);
     out
 }
 

@@ -9,7 +9,6 @@ use common::*;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tribe::engine::sync::SyncMsg;
-use tribe::engine::NodeId;
 use tribe::stream::{self, Security};
 use tribe::{wire, Config, Encryption, KeyId, Keyring, Node, PluginKind, SecretKey};
 
@@ -134,20 +133,6 @@ async fn two_clusters_with_one_key_and_different_labels_stay_apart() {
     );
 }
 
-fn sync_hello() -> SyncMsg {
-    SyncMsg::Hello {
-        from: NodeId {
-            name: "courier".into(),
-            addr: "127.0.0.1:9".parse().unwrap(),
-            generation: 1,
-        },
-        label: String::new(),
-        join: false,
-        members: Vec::new(),
-        buckets: vec![0; tribe::state::BUCKETS],
-    }
-}
-
 /// Opens a sealed stream to `to` and returns the socket and the sealer.
 async fn sealed_stream(to: std::net::SocketAddr, key: &SecretKey) -> (TcpStream, stream::Sealer) {
     let security = Security {
@@ -190,7 +175,7 @@ async fn tampered_replayed_and_plaintext_input_is_refused_and_counted() {
     .await;
 
     // A stream frame with a flipped bit.
-    let body = wire::encode(&sync_hello());
+    let body = wire::encode(&courier_hello());
     let before = target.counters();
     let (mut tcp, mut sealer) = sealed_stream(target.addr(), &key).await;
     let mut frame = Vec::new();
@@ -445,7 +430,7 @@ async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
     tcp.write_all(&wire::frame(&[wire::CHANNEL_SYNC]))
         .await
         .unwrap();
-    tcp.write_all(&wire::frame(&wire::encode(&sync_hello())))
+    tcp.write_all(&wire::frame(&wire::encode(&courier_hello())))
         .await
         .unwrap();
     let mut header = [0u8; 4];

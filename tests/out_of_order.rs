@@ -10,7 +10,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tribe::engine::sync::SyncMsg;
-use tribe::engine::NodeId;
 use tribe::hlc::Hlc;
 use tribe::records::{Entry, Key, PluginKind, PluginRecord, TribeRecord, Value};
 use tribe::wire;
@@ -18,19 +17,7 @@ use tribe::wire;
 /// Runs one exchange as initiator and pushes `records` to `target`.
 async fn push_records(target: std::net::SocketAddr, records: Vec<(Key, Entry)>) {
     let mut stream = TcpStream::connect(target).await.unwrap();
-    let hello = SyncMsg::Hello {
-        from: NodeId {
-            name: "courier".into(),
-            addr: "127.0.0.1:9".parse().unwrap(),
-            generation: 1,
-        },
-        label: String::new(),
-        join: false,
-        members: Vec::new(),
-        // All-zero hashes differ from any non-empty bucket, so the reply asks
-        // for a push.
-        buckets: vec![0; tribe::state::BUCKETS],
-    };
+    let hello = courier_hello();
     stream
         .write_all(&wire::frame(&[wire::CHANNEL_SYNC]))
         .await

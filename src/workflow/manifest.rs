@@ -595,15 +595,23 @@ pub fn decode_metrics(bytes: &[u8]) -> Result<Vec<Metric>, ManifestError> {
         what: WHAT,
         message: e.to_string(),
     })?;
+    check_batch(&metrics)?;
+    Ok(metrics)
+}
+
+/// Checks every metric of a decoded batch.
+pub(crate) fn check_batch(metrics: &[Metric]) -> Result<(), ManifestError> {
     for (i, metric) in metrics.iter().enumerate() {
         check_metric(&format!("metrics[{i}]"), metric)?;
     }
-    Ok(metrics)
+    Ok(())
 }
 
 /// A metric array that stops parsing past [`MAX_METRICS`] elements, so a
 /// hostile batch cannot grow the vector first and be counted afterwards.
-struct Bounded(Vec<Metric>);
+/// A metric array of at most [`MAX_METRICS`] items, refused while parsing
+/// once it grows past that.
+pub(crate) struct Bounded(pub(crate) Vec<Metric>);
 
 impl<'de> Deserialize<'de> for Bounded {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

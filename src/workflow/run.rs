@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{decode_metrics, Manifest, ManifestError, Metric, Step};
+use super::manifest::{
+    check_batch, decode_metrics, Bounded, Manifest, ManifestError, Metric, Step,
+};
 use crate::error::{Error, Result};
 use crate::{CallTarget, Node, PluginKind};
 
@@ -37,7 +39,7 @@ impl StepRequest {
         struct Raw {
             #[serde(default)]
             config: BTreeMap<String, String>,
-            metrics: serde_json::Value,
+            metrics: Bounded,
         }
         if bytes.len() > super::manifest::MAX_METRICS_BYTES {
             return Err(ManifestError::TooLarge {
@@ -50,7 +52,8 @@ impl StepRequest {
             what: "step request",
             message: e.to_string(),
         })?;
-        let metrics = decode_metrics(raw.metrics.to_string().as_bytes())?;
+        let Bounded(metrics) = raw.metrics;
+        check_batch(&metrics)?;
         Ok(StepRequest {
             config: raw.config,
             metrics,

@@ -33,6 +33,22 @@ pub async fn start_cluster(prefix: &str, n: usize, tweak: impl Fn(&mut Config)) 
     nodes
 }
 
+/// A sync `Hello` from a peer named "courier" with all-zero bucket hashes
+/// (they differ from any non-empty bucket, so the reply asks for a push).
+pub fn courier_hello() -> tribe::engine::sync::SyncMsg {
+    tribe::engine::sync::SyncMsg::Hello {
+        from: tribe::engine::NodeId {
+            name: "courier".into(),
+            addr: "127.0.0.1:9".parse().unwrap(),
+            generation: 1,
+        },
+        label: String::new(),
+        join: false,
+        members: Vec::new(),
+        buckets: vec![0; tribe::state::BUCKETS],
+    }
+}
+
 /// Waits until `cond` holds, polling; panics with `what` after `limit`.
 pub async fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
