@@ -772,3 +772,28 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     assert_eq!(resp.status().as_u16(), 201);
     std::fs::remove_dir_all(&dir).ok();
 }
+
+#[test]
+fn agents_log_text_by_default_and_json_lines_with_a_flag() {
+    let dir = scratch_dir("logs");
+    let text = start_agent(&dir, "plain-logs", &[]);
+    let json = start_agent(&dir, "json-logs", &args(&["--log-json"]));
+    drop((text, json));
+    let read = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+    let text = read("plain-logs");
+    assert!(
+        text.contains("agent running") && !text.trim_start().starts_with('{'),
+        "{text}"
+    );
+    let json = read("json-logs");
+    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("fields").is_some(),
+            "{line}"
+        );
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

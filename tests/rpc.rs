@@ -381,3 +381,44 @@ async fn a_host_serves_only_calls_through_tribes_it_is_in() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_in_flight_are_bounded_per_node_and_per_stream() {
+    for (per_node, per_stream) in [(2, 64), (64, 2)] {
+        let prefix = format!("b{per_node}");
+        let nodes = start_cluster(&prefix, 2, |cfg| {
+            cfg.rpc.max_inflight = per_node;
+            cfg.rpc.max_inflight_per_conn = per_stream;
+        })
+        .await;
+        wait_converged_members(&nodes, 2).await;
+        let (caller, host) = (&nodes[0], &nodes[1]);
+        host.create_tribe("svc").await.unwrap();
+        host.join("svc", host.name()).await.unwrap();
+        serve_echo(host, Duration::from_millis(400)).await;
+        wait_for("endpoint seen", Duration::from_secs(20), || {
+            caller.members().iter().any(|m| !m.endpoints.is_empty())
+                && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+        })
+        .await;
+        let calls: Vec<_> = (0..8)
+            .map(|_| {
+                let caller = caller.clone();
+                tokio::spawn(async move { caller.call(&echo(), b"x".to_vec(), 5 * SECOND).await })
+            })
+            .collect();
+        let (mut ok, mut overloaded) = (0, 0);
+        for c in calls {
+            match c.await.unwrap() {
+                Ok(_) => ok += 1,
+                Err(Error::Overloaded) => overloaded += 1,
+                Err(e) => panic!("unexpected {e:?}"),
+            }
+        }
+        assert_eq!(ok + overloaded, 8);
+        assert!(
+            (1..=2).contains(&ok) && overloaded >= 6,
+            "bound ({per_node}, {per_stream}): ok {ok}, overloaded {overloaded}"
+        );
+    }
+}
