@@ -2,7 +2,7 @@
 //! snapshot of them.
 
 /// Counts of what the engine saw and did since it started.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Counters {
     /// Datagrams received.
     pub datagrams_in: u64,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::keys::KeyringStatus;
 use crate::engine::view::{MemberInfo, PluginEntry, Policy, Task, TribeInfo};
 use crate::records::Endpoint;
+use crate::Event;
 
 /// `GET /v1/status`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,6 +213,24 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+impl Status {
+    /// The status of a running node.
+    pub fn of(node: &crate::Node) -> Status {
+        let keys = node.keyring_status();
+        Status {
+            encryption: keys.encryption.map(|e| e.as_str().to_string()),
+            primary_key: keys.primary.map(|p| p.to_string()),
+            name: node.name().to_string(),
+            addr: node.addr().to_string(),
+            members_alive: node.members_alive(),
+            state_digest: node.state_digest(),
+            tribes: node.tribes().len(),
+            broadcast_backlog: node.broadcast_backlog(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }
+    }
+}
+
 fn endpoint(e: &Endpoint) -> EndpointJson {
     EndpointJson {
         name: e.name.clone(),
@@ -298,6 +317,70 @@ impl From<&Policy> for PolicyJson {
             name: p.name.clone(),
             tribe: p.tribe.clone(),
             when: p.when.clone(),
+        }
+    }
+}
+
+/// The stable snake_case name of an event's kind (the `"kind"` of its JSON).
+pub fn event_kind(e: &Event) -> &'static str {
+    match e {
+        Event::Joined => "joined",
+        Event::Isolated => "isolated",
+        Event::MemberJoined { .. } => "member_joined",
+        Event::MemberUpdated { .. } => "member_updated",
+        Event::MemberLeft { .. } => "member_left",
+        Event::MemberFailed { .. } => "member_failed",
+        Event::MemberReaped { .. } => "member_reaped",
+        Event::TribeCreated { .. } => "tribe_created",
+        Event::TribeDeleted { .. } => "tribe_deleted",
+        Event::TribeJoined { .. } => "tribe_joined",
+        Event::TribeLeft { .. } => "tribe_left",
+        Event::PluginLoad(_) => "plugin_load",
+        Event::PluginUnload(_) => "plugin_unload",
+        Event::TaskRun(_) => "task_run",
+        Event::TaskStop(_) => "task_stop",
+        Event::ArtifactCorrupt { .. } => "artifact_corrupt",
+        Event::ArtifactUnavailable { .. } => "artifact_unavailable",
+        Event::PolicyError { .. } => "policy_error",
+    }
+}
+
+/// An event as JSON: `{"kind": ..., fields of the kind}` (the schema is in
+/// docs/c-api.md).
+pub fn event(e: &Event) -> serde_json::Value {
+    use serde_json::json;
+    let kind = event_kind(e);
+    match e {
+        Event::Joined | Event::Isolated => json!({ "kind": kind }),
+        Event::MemberJoined { name, addr } => {
+            json!({ "kind": kind, "name": name, "addr": addr.to_string() })
+        }
+        Event::MemberUpdated { name }
+        | Event::MemberLeft { name }
+        | Event::MemberFailed { name }
+        | Event::MemberReaped { name } => json!({ "kind": kind, "name": name }),
+        Event::TribeCreated { tribe }
+        | Event::TribeDeleted { tribe }
+        | Event::TribeLeft { tribe } => {
+            json!({ "kind": kind, "tribe": tribe })
+        }
+        Event::TribeJoined { tribe, by } => json!({
+            "kind": kind, "tribe": tribe, "by_hand": by.by_hand, "by_policy": by.by_policy
+        }),
+        Event::PluginLoad(p) | Event::PluginUnload(p) => {
+            json!({ "kind": kind, "tribe": p.tribe, "plugin": Plugin::from(p) })
+        }
+        Event::TaskRun(t) | Event::TaskStop(t) => {
+            json!({ "kind": kind, "tribe": t.tribe, "task": TaskJson::from(t) })
+        }
+        Event::ArtifactCorrupt { plugin, holder } => json!({
+            "kind": kind, "tribe": plugin.tribe, "plugin": Plugin::from(plugin), "holder": holder
+        }),
+        Event::ArtifactUnavailable { plugin, reason } => json!({
+            "kind": kind, "tribe": plugin.tribe, "plugin": Plugin::from(plugin), "reason": reason
+        }),
+        Event::PolicyError { policy, message } => {
+            json!({ "kind": kind, "policy": policy, "message": message })
         }
     }
 }

@@ -106,18 +106,7 @@ fn no_content() -> Response {
 }
 
 pub(super) async fn status(State(node): State<Node>) -> Json<Status> {
-    let keys = node.keyring_status();
-    Json(Status {
-        encryption: keys.encryption.map(|e| e.as_str().to_string()),
-        primary_key: keys.primary.map(|p| p.to_string()),
-        name: node.name().to_string(),
-        addr: node.addr().to_string(),
-        members_alive: node.members_alive(),
-        state_digest: node.state_digest(),
-        tribes: node.tribes().len(),
-        broadcast_backlog: node.broadcast_backlog(),
-        version: env!("CARGO_PKG_VERSION").to_string(),
-    })
+    Json(Status::of(&node))
 }
 
 pub(super) async fn members(State(node): State<Node>) -> Json<Vec<Member>> {

@@ -155,7 +155,7 @@ pub struct RpcCounters {
 }
 
 /// A snapshot of [`RpcCounters`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct RpcStats {
     /// Calls answered with a reply.
     pub ok: u64,

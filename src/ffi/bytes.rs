@@ -1,0 +1,61 @@
+//! Strings and byte buffers handed to C, their free functions, and the
+//! library-wide functions (version, ABI version, key generation).
+
+use std::ffi::c_char;
+
+use super::cast;
+use super::error::FfiError;
+
+/// The version of the C ABI. It grows only when a function's signature or
+/// meaning changes in a way older programs would notice.
+pub const TRIBE_ABI_VERSION: u32 = 1;
+
+/// The C ABI version this library implements (`TRIBE_ABI_VERSION` of the
+/// header it was built with). A program can compare it with the header's.
+#[no_mangle]
+pub extern "C" fn tribe_abi_version() -> u32 {
+    TRIBE_ABI_VERSION
+}
+
+/// The libtribe version, e.g. `"0.1.0"`. Static: never freed.
+#[no_mangle]
+pub extern "C" fn tribe_version() -> *const c_char {
+    const VERSION: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
+    ) {
+        Ok(v) => v,
+        Err(_) => c"unknown",
+    };
+    VERSION.as_ptr()
+}
+
+/// Generates a new random cluster key, as base64 text (what `tribe keygen`
+/// prints). `*out` receives an owned string (free it with
+/// `tribe_string_free`); `*out_len`, if not NULL, its length without the NUL.
+/// Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_keygen(
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        cast::give_string(out, out_len, crate::SecretKey::generate().to_base64());
+        Ok(())
+    })
+}
+
+/// Frees a string returned by libtribe. NULL is ignored. Passing anything
+/// else, or freeing twice, is undefined behaviour.
+#[no_mangle]
+pub extern "C" fn tribe_string_free(s: *mut c_char) {
+    ffi_infallible!((), { cast::free_string(s) })
+}
+
+/// Frees a byte buffer returned by libtribe, with the length it came with.
+/// NULL is ignored (an empty buffer is returned as NULL).
+#[no_mangle]
+pub extern "C" fn tribe_bytes_free(bytes: *mut u8, len: usize) {
+    ffi_infallible!((), { cast::free_bytes(bytes, len) })
+}

@@ -1,0 +1,396 @@
+//! Remote calls from C: serving a plugin (incoming calls arrive as events
+//! carrying a `tribe_responder`), calling one (blocking, or asynchronous
+//! with the outcome as an event) and cancelling an asynchronous call.
+
+use std::ffi::{c_char, CString};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+
+use super::cast;
+use super::error::FfiError;
+use super::event::Body;
+use super::mailbox::{Class, Mailbox};
+use super::node::{next_call_id, plugin_kind, TribeNode};
+use crate::{CallInfo, CallTarget, Error, HandlerError};
+
+/// Gathers metrics.
+pub const TRIBE_KIND_COLLECTOR: u32 = 1;
+/// Transforms metrics.
+pub const TRIBE_KIND_PROCESSOR: u32 = 2;
+/// Sends metrics somewhere.
+pub const TRIBE_KIND_PUBLISHER: u32 = 3;
+
+type Answer = Result<Vec<u8>, HandlerError>;
+
+/// An incoming call waiting for its answer.
+pub struct TribeResponder {
+    pub(super) info: CallInfo,
+    pub(super) payload: Vec<u8>,
+    answer: Mutex<Option<oneshot::Sender<Answer>>>,
+    caller: CString,
+    tribe: CString,
+    plugin: CString,
+    version: CString,
+}
+
+impl TribeResponder {
+    fn new(info: CallInfo, payload: Vec<u8>, answer: oneshot::Sender<Answer>) -> TribeResponder {
+        let c = |s: &str| CString::new(s).unwrap_or_default();
+        TribeResponder {
+            caller: c(&info.caller),
+            tribe: c(&info.tribe),
+            plugin: c(&info.plugin),
+            version: c(&info.version),
+            info,
+            payload,
+            answer: Mutex::new(Some(answer)),
+        }
+    }
+
+    fn answer(&self, answer: Answer) -> Result<(), FfiError> {
+        let sender = self
+            .answer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
+        // The caller may have stopped waiting (deadline, shutdown): the
+        // answer is then dropped, which is not the host's error.
+        let _ = sender.send(answer);
+        Ok(())
+    }
+}
+
+impl Drop for TribeResponder {
+    fn drop(&mut self) {
+        let _ = self.answer(Err(HandlerError::new(
+            "unanswered",
+            "the serving host freed the call without answering it",
+        )));
+    }
+}
+
+/// Serves a plugin: advertises it in this node's record, so members of this
+/// node's tribes can call it. Each incoming call becomes a
+/// `TRIBE_EVENT_CALL` event for `tribe_node_next_event`; libtribe never
+/// calls into the host. Serving the same name and version again is allowed.
+#[no_mangle]
+pub extern "C" fn tribe_node_serve(
+    node: *const TribeNode,
+    name: *const c_char,
+    version: *const c_char,
+    kind: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        let version = cast::text(version, "version")?;
+        let kind = plugin_kind(kind)?;
+        let handle = cast::handle(node, "node")?;
+        let mailbox: Arc<Mailbox<Body>> = handle.mailbox.clone();
+        let serve = handle
+            .live()?
+            .serve(name, version, kind, move |info, payload| {
+                let mailbox = mailbox.clone();
+                async move {
+                    let (tx, rx) = oneshot::channel();
+                    let responder = Box::new(TribeResponder::new(info, payload, tx));
+                    if let Err(Body::Call(Some(r))) =
+                        mailbox.push(Body::Call(Some(responder)), Class::Kept)
+                    {
+                        // The node is stopping: answer without the host.
+                        *r.answer.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                        return Err(HandlerError::new(
+                            "shutting_down",
+                            "the serving node is stopping",
+                        ));
+                    }
+                    rx.await.unwrap_or_else(|_| {
+                        Err(HandlerError::new(
+                            "unanswered",
+                            "the serving host dropped the call",
+                        ))
+                    })
+                }
+            });
+        Ok(handle.block_on(serve)?)
+    })
+}
+
+/// Stops serving a plugin and withdraws its endpoint.
+#[no_mangle]
+pub extern "C" fn tribe_node_unserve(
+    node: *const TribeNode,
+    name: *const c_char,
+    version: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        let version = cast::text(version, "version")?;
+        let handle = cast::handle(node, "node")?;
+        Ok(handle.block_on(handle.live()?.unserve(name, version))?)
+    })
+}
+
+fn target(
+    tribe: *const c_char,
+    plugin: *const c_char,
+    version: *const c_char,
+    kind: u32,
+) -> Result<CallTarget, FfiError> {
+    Ok(CallTarget {
+        tribe: cast::text(tribe, "tribe")?.into(),
+        plugin: cast::text(plugin, "plugin")?.into(),
+        version: cast::opt_text(version, "version")?.map(Into::into),
+        kind: plugin_kind(kind)?,
+    })
+}
+
+fn timeout(ms: u32) -> Result<Duration, FfiError> {
+    if ms == 0 {
+        return Err(FfiError::invalid("the timeout must be at least 1 ms"));
+    }
+    Ok(Duration::from_millis(ms.into()))
+}
+
+/// Calls `plugin` (`version`: NULL for any) of kind `kind` served by a live
+/// member of `tribe`: this node first when it serves it, then the member
+/// with the fewest calls outstanding. Blocks the calling thread until the
+/// reply, an error, `timeout_ms` (at least 1), or a shutdown of the node from
+/// another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
+/// an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
+/// for an empty reply). Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
+/// `TRIBE_REMOTE` (the handler's code and message in the error),
+/// `TRIBE_TOO_LARGE`, `TRIBE_OVERLOADED`, `TRIBE_DISCONNECTED`,
+/// `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when `payload_len` is 0.
+#[no_mangle]
+pub extern "C" fn tribe_node_call(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    plugin: *const c_char,
+    version: *const c_char,
+    kind: u32,
+    payload: *const u8,
+    payload_len: usize,
+    timeout_ms: u32,
+    reply: *mut *mut u8,
+    reply_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let reply = cast::out(reply, "reply")?;
+        let reply_len = cast::out(reply_len, "reply_len")?;
+        cast::write(reply, std::ptr::null_mut());
+        cast::write(reply_len, 0);
+        let target = target(tribe, plugin, version, kind)?;
+        let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
+        let timeout = timeout(timeout_ms)?;
+        let handle = cast::handle(node, "node")?;
+        let n = handle.live()?;
+        let mut closing = handle.closing.subscribe();
+        let bytes = handle.block_on(async {
+            tokio::select! {
+                result = n.call(&target, payload, timeout) => result,
+                _ = closing.wait_for(|c| *c) => Err(Error::ShuttingDown),
+            }
+        })?;
+        cast::give_bytes(reply, reply_len, bytes);
+        Ok(())
+    })
+}
+
+/// Starts a call like `tribe_node_call` without blocking: `*call_id`
+/// receives its id, and exactly one `TRIBE_EVENT_CALL_DONE` event with that
+/// id reports the outcome (`tribe_event_take_reply`): the reply, the call's
+/// error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`, or
+/// `TRIBE_SHUTTING_DOWN` when the node stops first. Errors in the arguments
+/// are returned at once and give no event.
+#[no_mangle]
+pub extern "C" fn tribe_node_call_async(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    plugin: *const c_char,
+    version: *const c_char,
+    kind: u32,
+    payload: *const u8,
+    payload_len: usize,
+    timeout_ms: u32,
+    call_id: *mut u64,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let call_id = cast::out(call_id, "call_id")?;
+        let target = target(tribe, plugin, version, kind)?;
+        let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
+        let timeout = timeout(timeout_ms)?;
+        let handle = cast::handle(node, "node")?;
+        let n = handle.live()?.clone();
+        let id = next_call_id(handle);
+        let calls = handle.calls.clone();
+        let mailbox = handle.mailbox.clone();
+        // The id is registered before the task exists, so a call that
+        // finishes at once still finds it.
+        calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, None);
+        let registry = calls.clone();
+        let task = handle.runtime().spawn(async move {
+            let result = n.call(&target, payload, timeout).await;
+            let claimed = registry
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id)
+                .is_some();
+            if claimed {
+                let result = Some(result.map_err(FfiError::from));
+                let _ = mailbox.push(Body::CallDone { id, result }, Class::Kept);
+            }
+        });
+        if let Some(slot) = calls.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
+            *slot = Some(task.abort_handle());
+        }
+        cast::write(call_id, id);
+        Ok(())
+    })
+}
+
+/// Cancels an asynchronous call: if it has not finished, it is abandoned
+/// and its `TRIBE_EVENT_CALL_DONE` event carries `TRIBE_CANCELLED`. An id
+/// that already finished (or never existed) is ignored. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_node_call_cancel(
+    node: *const TribeNode,
+    call_id: u64,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let handle = cast::handle(node, "node")?;
+        let pending = handle
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&call_id);
+        if let Some(task) = pending {
+            if let Some(task) = task {
+                task.abort();
+            }
+            let result = Some(Err(FfiError::new(
+                super::error::TRIBE_CANCELLED,
+                "the call was cancelled",
+            )));
+            let _ = handle.mailbox.push(
+                Body::CallDone {
+                    id: call_id,
+                    result,
+                },
+                Class::Kept,
+            );
+        }
+        Ok(())
+    })
+}
+
+/// The payload of a call. `*len` receives its length; the bytes are
+/// borrowed until `tribe_responder_free` (NULL when empty or for NULL).
+#[no_mangle]
+pub extern "C" fn tribe_responder_payload(r: *const TribeResponder, len: *mut usize) -> *const u8 {
+    ffi_infallible!(std::ptr::null(), {
+        let r = cast::opt_ref(r);
+        cast::store(len, r.map_or(0, |r| r.payload.len()));
+        match r {
+            Some(r) if !r.payload.is_empty() => r.payload.as_ptr(),
+            _ => std::ptr::null(),
+        }
+    })
+}
+
+/// The calling node's name. Borrowed until `tribe_responder_free`; NULL for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_responder_caller(r: *const TribeResponder) -> *const c_char {
+    ffi_infallible!(std::ptr::null(), {
+        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.caller.as_ptr())
+    })
+}
+
+/// The tribe the call came through. Borrowed until `tribe_responder_free`.
+#[no_mangle]
+pub extern "C" fn tribe_responder_tribe(r: *const TribeResponder) -> *const c_char {
+    ffi_infallible!(std::ptr::null(), {
+        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.tribe.as_ptr())
+    })
+}
+
+/// The plugin called. Borrowed until `tribe_responder_free`.
+#[no_mangle]
+pub extern "C" fn tribe_responder_plugin(r: *const TribeResponder) -> *const c_char {
+    ffi_infallible!(std::ptr::null(), {
+        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.plugin.as_ptr())
+    })
+}
+
+/// The plugin version called. Borrowed until `tribe_responder_free`.
+#[no_mangle]
+pub extern "C" fn tribe_responder_version(r: *const TribeResponder) -> *const c_char {
+    ffi_infallible!(std::ptr::null(), {
+        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.version.as_ptr())
+    })
+}
+
+/// How long the caller still waited when the call arrived, in ms; an answer
+/// after that is dropped. 0 for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_responder_budget_ms(r: *const TribeResponder) -> u64 {
+    ffi_infallible!(0, {
+        cast::opt_ref(r).map_or(0, |r| {
+            r.info.budget.as_millis().try_into().unwrap_or(u64::MAX)
+        })
+    })
+}
+
+/// Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
+/// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
+/// already. An answer the caller no longer waits for (deadline passed,
+/// node stopped) is dropped without an error. The responder must still be
+/// freed. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_responder_reply(
+    r: *const TribeResponder,
+    reply: *const u8,
+    reply_len: usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let r = cast::handle(r, "responder")?;
+        let reply = cast::bytes(reply, reply_len, "reply")?.to_vec();
+        r.answer(Ok(reply))
+    })
+}
+
+/// Answers a call with an error: the caller gets `TRIBE_REMOTE` with this
+/// `code` (short, stable; NULL gives `"error"`) and `message` (NULL gives
+/// ""). Otherwise like `tribe_responder_reply`.
+#[no_mangle]
+pub extern "C" fn tribe_responder_fail(
+    r: *const TribeResponder,
+    code: *const c_char,
+    message: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let r = cast::handle(r, "responder")?;
+        let code = cast::opt_text(code, "code")?.unwrap_or("error");
+        let message = cast::opt_text(message, "message")?.unwrap_or("");
+        r.answer(Err(HandlerError::new(code, message)))
+    })
+}
+
+/// Frees a responder; an unanswered call is answered with the error code
+/// `"unanswered"`. NULL is ignored.
+#[no_mangle]
+pub extern "C" fn tribe_responder_free(r: *mut TribeResponder) {
+    ffi_infallible!((), { cast::free_handle(r) })
+}

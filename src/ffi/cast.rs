@@ -1,0 +1,138 @@
+//! The only place where raw pointers from C become references, strings,
+//! slices or owned handles. The rules each helper relies on are the ones
+//! `include/tribe.h` states for every function: pointers are NULL or point to
+//! live objects of the right type made by libtribe, strings are
+//! NUL-terminated, and buffers hold at least the given length.
+
+use std::ffi::{c_char, CStr, CString};
+
+use super::error::{FfiError, TRIBE_INVALID_UTF8};
+
+/// Boxes a value into a handle owned by C.
+pub(super) fn into_handle<T>(value: T) -> *mut T {
+    Box::into_raw(Box::new(value))
+}
+
+/// Frees a handle made by [`into_handle`]; NULL is ignored.
+pub(super) fn free_handle<T>(handle: *mut T) {
+    if !handle.is_null() {
+        // SAFETY: the header says a handle is freed once, by its own free
+        // function, and only handles made by `into_handle` reach here.
+        drop(unsafe { Box::from_raw(handle) });
+    }
+}
+
+/// A shared reference to a handle, or `None` for NULL.
+pub(super) fn opt_ref<'a, T>(handle: *const T) -> Option<&'a T> {
+    // SAFETY: non-NULL handles point to a live object made by libtribe
+    // (header rule); the reference does not outlive the exported call.
+    unsafe { handle.as_ref() }
+}
+
+/// A shared reference to a handle; NULL is an error naming `what`.
+pub(super) fn handle<'a, T>(handle: *const T, what: &str) -> Result<&'a T, FfiError> {
+    opt_ref(handle).ok_or_else(|| FfiError::null(what))
+}
+
+/// An exclusive reference to a handle; NULL is an error naming `what`.
+pub(super) fn handle_mut<'a, T>(handle: *mut T, what: &str) -> Result<&'a mut T, FfiError> {
+    // SAFETY: as for `opt_ref`; the header says these objects are not used
+    // from two threads at once, so the reference is unique for the call.
+    unsafe { handle.as_mut() }.ok_or_else(|| FfiError::null(what))
+}
+
+/// A UTF-8 string argument; NULL or invalid UTF-8 is an error naming `what`.
+pub(super) fn text<'a>(ptr: *const c_char, what: &str) -> Result<&'a str, FfiError> {
+    opt_text(ptr, what)?.ok_or_else(|| FfiError::null(what))
+}
+
+/// An optional UTF-8 string argument (NULL means absent).
+pub(super) fn opt_text<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a str>, FfiError> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL strings are NUL-terminated and live for the call
+    // (header rule).
+    let c = unsafe { CStr::from_ptr(ptr) };
+    c.to_str()
+        .map(Some)
+        .map_err(|_| FfiError::new(TRIBE_INVALID_UTF8, format!("{what} is not valid UTF-8")))
+}
+
+/// A byte buffer argument; NULL is allowed only with length 0.
+pub(super) fn bytes<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], FfiError> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    if len > isize::MAX as usize {
+        return Err(FfiError::invalid(format!("{what} length is too large")));
+    }
+    // SAFETY: the buffer holds at least `len` readable bytes for the call
+    // (header rule); the length was checked against isize::MAX.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Checks that an out-parameter is not NULL before any work is done.
+pub(super) fn out<T>(ptr: *mut T, what: &str) -> Result<*mut T, FfiError> {
+    if ptr.is_null() {
+        Err(FfiError::null(what))
+    } else {
+        Ok(ptr)
+    }
+}
+
+/// Writes `value` through an out-parameter already checked by [`out`].
+pub(super) fn write<T>(ptr: *mut T, value: T) {
+    // SAFETY: `ptr` was checked non-NULL by `out` and points to writable
+    // storage for a `T` (header rule); the old value is plain data.
+    unsafe { ptr.write(value) }
+}
+
+/// Writes through an optional out-parameter; NULL means the caller does
+/// not want the value (it is dropped).
+pub(super) fn store<T>(ptr: *mut T, value: T) {
+    if !ptr.is_null() {
+        write(ptr, value);
+    }
+}
+
+/// Hands a string to C as an owned, NUL-terminated buffer with its length
+/// (without the NUL); freed by `tribe_string_free`.
+pub(super) fn give_string(out: *mut *mut c_char, len: *mut usize, s: String) {
+    let s = CString::new(s.replace('\0', "\u{fffd}")).unwrap_or_default();
+    store(len, s.as_bytes().len());
+    write(out, s.into_raw());
+}
+
+/// Hands bytes to C as an owned buffer; freed by `tribe_bytes_free` with the
+/// same length. An empty buffer is NULL.
+pub(super) fn give_bytes(out: *mut *mut u8, len: *mut usize, bytes: Vec<u8>) {
+    store(len, bytes.len());
+    if bytes.is_empty() {
+        write(out, std::ptr::null_mut());
+    } else {
+        write(out, Box::into_raw(bytes.into_boxed_slice()).cast::<u8>());
+    }
+}
+
+/// Takes back a string made by [`give_string`]; NULL is ignored.
+pub(super) fn free_string(ptr: *mut c_char) {
+    if !ptr.is_null() {
+        // SAFETY: the header says only strings returned by libtribe are
+        // passed here, once; they came from `CString::into_raw`.
+        drop(unsafe { CString::from_raw(ptr) });
+    }
+}
+
+/// Takes back bytes made by [`give_bytes`]; NULL is ignored.
+pub(super) fn free_bytes(ptr: *mut u8, len: usize) {
+    if !ptr.is_null() {
+        // SAFETY: the header says only buffers returned by libtribe are
+        // passed here, once, with the length they came with; they came from
+        // `Box<[u8]>::into_raw` of exactly that length.
+        drop(unsafe { Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len)) });
+    }
+}

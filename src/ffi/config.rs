@@ -1,0 +1,328 @@
+//! The config builder (`tribe_config`): made by `tribe_config_new`, filled
+//! by setters, consumed by `tribe_node_start`, freed by `tribe_config_free`.
+
+use std::ffi::c_char;
+use std::net::{SocketAddr, ToSocketAddrs};
+
+use super::cast;
+use super::error::FfiError;
+use crate::{Config, Keyring, SecretKey};
+
+/// What `tribe_node_start` takes.
+pub struct TribeConfig {
+    /// `None` once a start has used it.
+    pub(super) inner: Option<Pending>,
+}
+
+/// A config not yet used by a start.
+pub(super) struct Pending {
+    pub(super) config: Config,
+    pub(super) keys: Vec<SecretKey>,
+    pub(super) worker_threads: usize,
+}
+
+impl TribeConfig {
+    fn pending(&mut self) -> Result<&mut Pending, FfiError> {
+        self.inner
+            .as_mut()
+            .ok_or_else(|| FfiError::consumed("the config (a start used it)"))
+    }
+
+    /// Takes the config for a start, building the keyring.
+    pub(super) fn take(&mut self) -> Result<(Config, usize), FfiError> {
+        let Pending {
+            mut config,
+            keys,
+            worker_threads,
+        } = self
+            .inner
+            .take()
+            .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
+        let mut keys = keys.into_iter();
+        if let Some(primary) = keys.next() {
+            let mut ring = Keyring::new(primary);
+            for key in keys {
+                ring.install(key)
+                    .map_err(|e| FfiError::invalid(e.to_string()))?;
+            }
+            config.keyring = Some(ring);
+        }
+        Ok((config, worker_threads))
+    }
+}
+
+fn with_config(
+    cfg: *mut TribeConfig,
+    f: impl FnOnce(&mut Pending) -> Result<(), FfiError>,
+) -> Result<(), FfiError> {
+    f(cast::handle_mut(cfg, "config")?.pending()?)
+}
+
+/// Resolves `host:port` (a literal address or a host name; may block on DNS).
+fn address(text: &str, what: &str) -> Result<SocketAddr, FfiError> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| FfiError::invalid(format!("{what} {text:?} is not host:port")))
+}
+
+/// Makes a config for a node called `name`, with the defaults of the Rust
+/// API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key
+/// (plaintext: for tests only), 2 runtime threads. `*out` receives an owned
+/// config: free it with `tribe_config_free`, also after a start used it.
+/// The name is checked at start. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_config_new(
+    name: *const c_char,
+    out: *mut *mut TribeConfig,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        let name = cast::text(name, "name")?;
+        let pending = Pending {
+            config: Config::new(name),
+            keys: Vec::new(),
+            worker_threads: 2,
+        };
+        cast::write(
+            out,
+            cast::into_handle(TribeConfig {
+                inner: Some(pending),
+            }),
+        );
+        Ok(())
+    })
+}
+
+/// Frees a config (started or not). NULL is ignored.
+#[no_mangle]
+pub extern "C" fn tribe_config_free(cfg: *mut TribeConfig) {
+    ffi_infallible!((), { cast::free_handle(cfg) })
+}
+
+/// Sets the address to bind (UDP gossip and TCP on one port), e.g.
+/// `"0.0.0.0:7946"`; port 0 picks a free port. May block on DNS for a name.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_bind(
+    cfg: *mut TribeConfig,
+    addr: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let addr = address(cast::text(addr, "addr")?, "bind address")?;
+        with_config(cfg, |p| {
+            p.config.bind = addr;
+            Ok(())
+        })
+    })
+}
+
+/// Sets the address peers use to reach this node (NAT, binding 0.0.0.0).
+/// Without it, the bound address is advertised.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_advertise(
+    cfg: *mut TribeConfig,
+    addr: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let addr = address(cast::text(addr, "addr")?, "advertise address")?;
+        with_config(cfg, |p| {
+            p.config.advertise = Some(addr);
+            Ok(())
+        })
+    })
+}
+
+/// Adds a seed (`host:port` of a node to join through); repeatable. May
+/// block on DNS for a name.
+#[no_mangle]
+pub extern "C" fn tribe_config_add_seed(
+    cfg: *mut TribeConfig,
+    addr: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let addr = address(cast::text(addr, "addr")?, "seed")?;
+        with_config(cfg, |p| {
+            p.config.seeds.push(addr);
+            Ok(())
+        })
+    })
+}
+
+/// Sets a user fact (it overrides a collected fact of that name).
+#[no_mangle]
+pub extern "C" fn tribe_config_set_fact(
+    cfg: *mut TribeConfig,
+    key: *const c_char,
+    value: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = cast::text(key, "key")?;
+        let value = cast::text(value, "value")?;
+        crate::facts::validate_fact(key, value).map_err(|e| FfiError::invalid(e.to_string()))?;
+        with_config(cfg, |p| {
+            p.config.facts.insert(key.into(), value.into());
+            Ok(())
+        })
+    })
+}
+
+/// Whether to collect host facts (architecture, os_dist, ...); on by default.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_collect_facts(
+    cfg: *mut TribeConfig,
+    collect: bool,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        with_config(cfg, |p| {
+            p.config.collect_facts = collect;
+            Ok(())
+        })
+    })
+}
+
+/// Sets the timing profile: `"lan"` (default), `"wan"` or `"local"`.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_profile(
+    cfg: *mut TribeConfig,
+    profile: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let profile = cast::text(profile, "profile")?.parse()?;
+        with_config(cfg, |p| {
+            p.config.profile = profile;
+            Ok(())
+        })
+    })
+}
+
+/// Sets the cluster label (at most 64 bytes): nodes with different labels
+/// never talk.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_label(
+    cfg: *mut TribeConfig,
+    label: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let label = cast::text(label, "label")?;
+        if label.len() > crate::wire::MAX_LABEL_LEN {
+            return Err(FfiError::invalid("the label is longer than 64 bytes"));
+        }
+        with_config(cfg, |p| {
+            p.config.cluster_label = label.into();
+            Ok(())
+        })
+    })
+}
+
+/// Adds a cluster key (base64 of 32 bytes, as `tribe_keygen` makes); the
+/// first one added seals, all open. Without a key traffic is plaintext,
+/// which is for tests only. The key is never logged or shown.
+#[no_mangle]
+pub extern "C" fn tribe_config_add_key(
+    cfg: *mut TribeConfig,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = SecretKey::from_base64(cast::text(key, "key")?)
+            .map_err(|e| FfiError::invalid(e.to_string()))?;
+        with_config(cfg, |p| {
+            if p.keys.len() >= crate::crypto::MAX_KEYS {
+                return Err(crate::Error::KeyringFull.into());
+            }
+            p.keys.push(key);
+            Ok(())
+        })
+    })
+}
+
+/// Sets the encryption mode: `"require"` (default), `"send"` or `"accept"`
+/// (the live migration steps; see docs/operating.md).
+#[no_mangle]
+pub extern "C" fn tribe_config_set_encryption(
+    cfg: *mut TribeConfig,
+    mode: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let mode = cast::text(mode, "mode")?.parse()?;
+        with_config(cfg, |p| {
+            p.config.encryption = mode;
+            Ok(())
+        })
+    })
+}
+
+/// Sets the data directory (known peers, memberships by hand, keyring kept
+/// across restarts). Created at start if missing.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_data_dir(
+    cfg: *mut TribeConfig,
+    dir: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let dir = cast::text(dir, "dir")?;
+        if dir.is_empty() {
+            return Err(FfiError::invalid("the data dir is empty"));
+        }
+        with_config(cfg, |p| {
+            p.config.data_dir = Some(dir.into());
+            Ok(())
+        })
+    })
+}
+
+/// Sets the bounds of remote calls; 0 keeps a bound's default. Defaults:
+/// payload 4 MiB, 256 calls in flight per connection, 4096 per node, 1024
+/// handlers at once. Checked at start.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_rpc_limits(
+    cfg: *mut TribeConfig,
+    max_payload: usize,
+    max_inflight_per_conn: usize,
+    max_inflight: usize,
+    max_serving: usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        with_config(cfg, |p| {
+            let r = &mut p.config.rpc;
+            let keep = |v: usize, d: usize| if v == 0 { d } else { v };
+            r.max_payload = keep(max_payload, r.max_payload);
+            r.max_inflight_per_conn = keep(max_inflight_per_conn, r.max_inflight_per_conn);
+            r.max_inflight = keep(max_inflight, r.max_inflight);
+            r.max_serving = keep(max_serving, r.max_serving);
+            Ok(())
+        })
+    })
+}
+
+/// Sets how many threads the node's runtime runs (1 to 64; default 2).
+#[no_mangle]
+pub extern "C" fn tribe_config_set_worker_threads(
+    cfg: *mut TribeConfig,
+    threads: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        if !(1..=64).contains(&threads) {
+            return Err(FfiError::invalid("worker threads must be 1 to 64"));
+        }
+        with_config(cfg, |p| {
+            p.worker_threads = threads as usize;
+            Ok(())
+        })
+    })
+}

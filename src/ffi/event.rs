@@ -1,0 +1,367 @@
+//! Events (`tribe_event`): what the host takes from `tribe_node_next_event`
+//! on its own thread — node events, incoming calls (carrying a responder)
+//! and the completions of asynchronous calls.
+
+use std::ffi::{c_char, CString};
+use std::time::Duration;
+
+use super::call::TribeResponder;
+use super::cast;
+use super::error::{FfiError, TRIBE_WRONG_EVENT};
+use super::mailbox::Taken;
+use super::node::TribeNode;
+use crate::Event;
+
+/// No event (a NULL event).
+pub const TRIBE_EVENT_NONE: u32 = 0;
+/// This node joined a cluster (it has a live peer).
+pub const TRIBE_EVENT_JOINED: u32 = 1;
+/// This node lost every peer; it keeps trying its seeds.
+pub const TRIBE_EVENT_ISOLATED: u32 = 2;
+/// A node became alive (subject: its name).
+pub const TRIBE_EVENT_MEMBER_JOINED: u32 = 3;
+/// A node's record (facts, endpoints) changed (subject: its name).
+pub const TRIBE_EVENT_MEMBER_UPDATED: u32 = 4;
+/// A node left on purpose (subject: its name).
+pub const TRIBE_EVENT_MEMBER_LEFT: u32 = 5;
+/// A node stopped answering and was declared failed (subject: its name).
+pub const TRIBE_EVENT_MEMBER_FAILED: u32 = 6;
+/// A failed or left node was forgotten (subject: its name).
+pub const TRIBE_EVENT_MEMBER_REAPED: u32 = 7;
+/// A tribe came into existence (tribe).
+pub const TRIBE_EVENT_TRIBE_CREATED: u32 = 8;
+/// A tribe was deleted (tribe).
+pub const TRIBE_EVENT_TRIBE_DELETED: u32 = 9;
+/// This node is now in a tribe (tribe).
+pub const TRIBE_EVENT_TRIBE_JOINED: u32 = 10;
+/// This node is no longer in a tribe (tribe).
+pub const TRIBE_EVENT_TRIBE_LEFT: u32 = 11;
+/// Load this plugin (tribe; subject: plugin name).
+pub const TRIBE_EVENT_PLUGIN_LOAD: u32 = 12;
+/// Unload this plugin (tribe; subject: plugin name).
+pub const TRIBE_EVENT_PLUGIN_UNLOAD: u32 = 13;
+/// Run this task (tribe; subject: task id).
+pub const TRIBE_EVENT_TASK_RUN: u32 = 14;
+/// Stop this task (tribe; subject: task id).
+pub const TRIBE_EVENT_TASK_STOP: u32 = 15;
+/// A holder sent artifact bytes that do not match their hash (tribe;
+/// subject: plugin name).
+pub const TRIBE_EVENT_ARTIFACT_CORRUPT: u32 = 16;
+/// A plugin's artifact could not be fetched from any holder (tribe;
+/// subject: plugin name).
+pub const TRIBE_EVENT_ARTIFACT_UNAVAILABLE: u32 = 17;
+/// A policy could not be evaluated for this node (subject: policy name).
+pub const TRIBE_EVENT_POLICY_ERROR: u32 = 18;
+/// A call to a plugin this node serves (tribe; subject: plugin name); take
+/// its responder with `tribe_event_take_responder`.
+pub const TRIBE_EVENT_CALL: u32 = 19;
+/// An asynchronous call finished (`tribe_event_call_id`,
+/// `tribe_event_take_reply`).
+pub const TRIBE_EVENT_CALL_DONE: u32 = 20;
+
+/// What waits in a node's mailbox.
+pub(super) enum Body {
+    Node(Event),
+    Call(Option<Box<TribeResponder>>),
+    CallDone {
+        id: u64,
+        result: Option<Result<Vec<u8>, FfiError>>,
+    },
+}
+
+impl Body {
+    pub(super) fn is_node_event(&self) -> bool {
+        matches!(self, Body::Node(_))
+    }
+}
+
+/// An event taken by the host.
+pub struct TribeEvent {
+    body: Body,
+    subject: Option<CString>,
+    tribe: Option<CString>,
+}
+
+fn kind_of(body: &Body) -> u32 {
+    match body {
+        Body::Node(e) => match e {
+            Event::Joined => TRIBE_EVENT_JOINED,
+            Event::Isolated => TRIBE_EVENT_ISOLATED,
+            Event::MemberJoined { .. } => TRIBE_EVENT_MEMBER_JOINED,
+            Event::MemberUpdated { .. } => TRIBE_EVENT_MEMBER_UPDATED,
+            Event::MemberLeft { .. } => TRIBE_EVENT_MEMBER_LEFT,
+            Event::MemberFailed { .. } => TRIBE_EVENT_MEMBER_FAILED,
+            Event::MemberReaped { .. } => TRIBE_EVENT_MEMBER_REAPED,
+            Event::TribeCreated { .. } => TRIBE_EVENT_TRIBE_CREATED,
+            Event::TribeDeleted { .. } => TRIBE_EVENT_TRIBE_DELETED,
+            Event::TribeJoined { .. } => TRIBE_EVENT_TRIBE_JOINED,
+            Event::TribeLeft { .. } => TRIBE_EVENT_TRIBE_LEFT,
+            Event::PluginLoad(_) => TRIBE_EVENT_PLUGIN_LOAD,
+            Event::PluginUnload(_) => TRIBE_EVENT_PLUGIN_UNLOAD,
+            Event::TaskRun(_) => TRIBE_EVENT_TASK_RUN,
+            Event::TaskStop(_) => TRIBE_EVENT_TASK_STOP,
+            Event::ArtifactCorrupt { .. } => TRIBE_EVENT_ARTIFACT_CORRUPT,
+            Event::ArtifactUnavailable { .. } => TRIBE_EVENT_ARTIFACT_UNAVAILABLE,
+            Event::PolicyError { .. } => TRIBE_EVENT_POLICY_ERROR,
+        },
+        Body::Call(_) => TRIBE_EVENT_CALL,
+        Body::CallDone { .. } => TRIBE_EVENT_CALL_DONE,
+    }
+}
+
+fn c(s: &str) -> Option<CString> {
+    CString::new(s).ok()
+}
+
+impl TribeEvent {
+    fn new(body: Body) -> TribeEvent {
+        let (subject, tribe) = match &body {
+            Body::Node(e) => match e {
+                Event::Joined | Event::Isolated => (None, None),
+                Event::MemberJoined { name, .. }
+                | Event::MemberUpdated { name }
+                | Event::MemberLeft { name }
+                | Event::MemberFailed { name }
+                | Event::MemberReaped { name } => (c(name), None),
+                Event::TribeCreated { tribe }
+                | Event::TribeDeleted { tribe }
+                | Event::TribeJoined { tribe, .. }
+                | Event::TribeLeft { tribe } => (None, c(tribe)),
+                Event::PluginLoad(p)
+                | Event::PluginUnload(p)
+                | Event::ArtifactCorrupt { plugin: p, .. }
+                | Event::ArtifactUnavailable { plugin: p, .. } => (c(&p.name), c(&p.tribe)),
+                Event::TaskRun(t) | Event::TaskStop(t) => (c(&t.id), c(&t.tribe)),
+                Event::PolicyError { policy, .. } => (c(policy), None),
+            },
+            Body::Call(r) => match r {
+                Some(r) => (c(&r.info.plugin), c(&r.info.tribe)),
+                None => (None, None),
+            },
+            Body::CallDone { .. } => (None, None),
+        };
+        TribeEvent {
+            body,
+            subject,
+            tribe,
+        }
+    }
+
+    fn json(&self) -> serde_json::Value {
+        use serde_json::json;
+        match &self.body {
+            Body::Node(e) => crate::admin::json::event(e),
+            Body::Call(r) => match r {
+                Some(r) => json!({
+                    "kind": "call",
+                    "tribe": r.info.tribe,
+                    "plugin": r.info.plugin,
+                    "version": r.info.version,
+                    "caller": r.info.caller,
+                    "budget_ms": r.info.budget.as_millis() as u64,
+                    "payload_len": r.payload.len(),
+                }),
+                None => json!({ "kind": "call" }),
+            },
+            Body::CallDone { id, result } => {
+                let outcome = match result {
+                    Some(Ok(_)) => "ok",
+                    Some(Err(e)) => super::error::code_name(e.code)
+                        .to_str()
+                        .unwrap_or("unknown"),
+                    None => "taken",
+                };
+                json!({ "kind": "call_done", "id": id, "result": outcome })
+            }
+        }
+    }
+}
+
+fn borrowed(value: &Option<CString>, out: *mut *const c_char, what: &str) -> Result<(), FfiError> {
+    let out = cast::out(out, "out")?;
+    let value = value.as_ref().ok_or_else(|| {
+        FfiError::new(
+            TRIBE_WRONG_EVENT,
+            format!("this kind of event has no {what}"),
+        )
+    })?;
+    cast::write(out, value.as_ptr());
+    Ok(())
+}
+
+/// Takes the next event of `node`, waiting up to `timeout_ms` milliseconds
+/// (0: do not wait; negative: wait until an event comes or the node stops).
+/// Returns `TRIBE_OK` with `*out` set to an owned event (free it with
+/// `tribe_event_free`), or `TRIBE_OK` with `*out` NULL when the time ran
+/// out. After `tribe_node_shutdown` or `tribe_node_abort`, the events still
+/// queued are handed out, then every call returns `TRIBE_SHUTTING_DOWN`
+/// at once; a shutdown from another thread wakes a waiting call.
+/// Blocks the calling thread up to `timeout_ms`.
+#[no_mangle]
+pub extern "C" fn tribe_node_next_event(
+    node: *const TribeNode,
+    timeout_ms: i32,
+    out: *mut *mut TribeEvent,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        cast::write(out, std::ptr::null_mut());
+        let node = cast::handle(node, "node")?;
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        match node.mailbox.take(timeout, Body::is_node_event) {
+            Taken::Item(body) => {
+                cast::write(out, cast::into_handle(TribeEvent::new(body)));
+                Ok(())
+            }
+            Taken::Empty => Ok(()),
+            Taken::Closed => Err(crate::Error::ShuttingDown.into()),
+        }
+    })
+}
+
+/// The kind of an event (`TRIBE_EVENT_*`); `TRIBE_EVENT_NONE` for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_event_kind(event: *const TribeEvent) -> u32 {
+    ffi_infallible!(TRIBE_EVENT_NONE, {
+        cast::opt_ref(event).map_or(TRIBE_EVENT_NONE, |e| kind_of(&e.body))
+    })
+}
+
+/// The whole event as a JSON object `{"kind": ..., ...}` (schema in
+/// docs/c-api.md). `*out` receives an owned string (`tribe_string_free`),
+/// `*out_len` (if not NULL) its length.
+#[no_mangle]
+pub extern "C" fn tribe_event_json(
+    event: *const TribeEvent,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        let event = cast::handle(event, "event")?;
+        cast::give_string(out, out_len, event.json().to_string());
+        Ok(())
+    })
+}
+
+/// What the event is about: a member's name, a plugin's name, a task's id
+/// or a policy's name (see each `TRIBE_EVENT_*`). `*out` is borrowed: valid
+/// until the event is freed. `TRIBE_WRONG_EVENT` for kinds without one.
+#[no_mangle]
+pub extern "C" fn tribe_event_subject(
+    event: *const TribeEvent,
+    out: *mut *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        borrowed(&cast::handle(event, "event")?.subject, out, "subject")
+    })
+}
+
+/// The tribe an event is about. `*out` is borrowed: valid until the event is
+/// freed. `TRIBE_WRONG_EVENT` for kinds without one.
+#[no_mangle]
+pub extern "C" fn tribe_event_tribe(
+    event: *const TribeEvent,
+    out: *mut *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        borrowed(&cast::handle(event, "event")?.tribe, out, "tribe")
+    })
+}
+
+/// Moves the responder out of a `TRIBE_EVENT_CALL` event. `*out` receives
+/// an owned responder: answer it with `tribe_responder_reply` or
+/// `tribe_responder_fail` (from any thread) and free it with
+/// `tribe_responder_free`. `TRIBE_CONSUMED` the second time;
+/// `TRIBE_WRONG_EVENT` for other kinds. Freeing the event without taking the
+/// responder answers the caller with the error code `"unanswered"`.
+#[no_mangle]
+pub extern "C" fn tribe_event_take_responder(
+    event: *mut TribeEvent,
+    out: *mut *mut TribeResponder,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        match &mut cast::handle_mut(event, "event")?.body {
+            Body::Call(slot) => {
+                let responder = slot
+                    .take()
+                    .ok_or_else(|| FfiError::consumed("the responder"))?;
+                cast::write(out, Box::into_raw(responder));
+                Ok(())
+            }
+            _ => Err(FfiError::new(
+                TRIBE_WRONG_EVENT,
+                "only a call event has a responder",
+            )),
+        }
+    })
+}
+
+/// The id `tribe_node_call_async` gave the call a `TRIBE_EVENT_CALL_DONE`
+/// event finishes. `TRIBE_WRONG_EVENT` for other kinds.
+#[no_mangle]
+pub extern "C" fn tribe_event_call_id(
+    event: *const TribeEvent,
+    out: *mut u64,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        match &cast::handle(event, "event")?.body {
+            Body::CallDone { id, .. } => {
+                cast::write(out, *id);
+                Ok(())
+            }
+            _ => Err(FfiError::new(
+                TRIBE_WRONG_EVENT,
+                "only a call_done event has a call id",
+            )),
+        }
+    })
+}
+
+/// The outcome of the asynchronous call a `TRIBE_EVENT_CALL_DONE` event
+/// finishes: returns what `tribe_node_call` would have returned (`TRIBE_OK`
+/// with the reply in `*reply`/`*reply_len`, owned, freed with
+/// `tribe_bytes_free`; or the call's error). `TRIBE_CONSUMED` the second
+/// time; `TRIBE_WRONG_EVENT` for other kinds.
+#[no_mangle]
+pub extern "C" fn tribe_event_take_reply(
+    event: *mut TribeEvent,
+    reply: *mut *mut u8,
+    reply_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let reply = cast::out(reply, "reply")?;
+        let reply_len = cast::out(reply_len, "reply_len")?;
+        cast::write(reply, std::ptr::null_mut());
+        cast::write(reply_len, 0);
+        match &mut cast::handle_mut(event, "event")?.body {
+            Body::CallDone { result, .. } => {
+                let bytes = result
+                    .take()
+                    .ok_or_else(|| FfiError::consumed("the reply"))??;
+                cast::give_bytes(reply, reply_len, bytes);
+                Ok(())
+            }
+            _ => Err(FfiError::new(
+                TRIBE_WRONG_EVENT,
+                "only a call_done event has a reply",
+            )),
+        }
+    })
+}
+
+/// Frees an event. An incoming call whose responder was not taken is
+/// answered with the error code `"unanswered"`. NULL is ignored.
+#[no_mangle]
+pub extern "C" fn tribe_event_free(event: *mut TribeEvent) {
+    ffi_infallible!((), { cast::free_handle(event) })
+}

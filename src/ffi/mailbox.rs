@@ -1,0 +1,187 @@
+//! The queue between the node's runtime and the host: node events, incoming
+//! calls and finished asynchronous calls wait here until the host takes
+//! them on its own thread. An eventfd is readable exactly while something
+//! waits (or once the node has stopped), so the host can poll it.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// Node events kept for a host that does not read them; more are dropped
+/// (and counted). Calls and completions are bounded by the call limits.
+pub(super) const MAX_NODE_EVENTS: usize = 65_536;
+
+/// Whether an item may be dropped when the host falls behind.
+pub(super) enum Class {
+    /// A node event: dropped beyond [`MAX_NODE_EVENTS`].
+    Droppable,
+    /// An incoming call or a completion: always kept.
+    Kept,
+}
+
+pub(super) struct Mailbox<T> {
+    state: Mutex<State<T>>,
+    ready: Condvar,
+    fd: EventFd,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    droppable: usize,
+    closed: bool,
+    dropped: u64,
+}
+
+/// What a wait ended with.
+pub(super) enum Taken<T> {
+    Item(T),
+    Empty,
+    Closed,
+}
+
+impl<T> Mailbox<T> {
+    pub(super) fn new() -> std::io::Result<Mailbox<T>> {
+        Ok(Mailbox {
+            state: Mutex::new(State {
+                items: VecDeque::new(),
+                droppable: 0,
+                closed: false,
+                dropped: 0,
+            }),
+            ready: Condvar::new(),
+            fd: EventFd::new()?,
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State<T>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues an item; gives it back once the mailbox is closed, and drops
+    /// a droppable one when the host is too far behind.
+    pub(super) fn push(&self, item: T, class: Class) -> Result<(), T> {
+        let mut state = self.lock();
+        if state.closed {
+            return Err(item);
+        }
+        if matches!(class, Class::Droppable) {
+            if state.droppable >= MAX_NODE_EVENTS {
+                state.dropped += 1;
+                return Ok(());
+            }
+            state.droppable += 1;
+        }
+        if state.items.is_empty() {
+            self.fd.raise();
+        }
+        state.items.push_back(item);
+        drop(state);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    /// Takes the next item, waiting up to `timeout` (`None`: until an item
+    /// comes or the mailbox closes). Items queued before the close are
+    /// still handed out.
+    pub(super) fn take(
+        &self,
+        timeout: Option<Duration>,
+        droppable: impl Fn(&T) -> bool,
+    ) -> Taken<T> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut state = self.lock();
+        loop {
+            if let Some(item) = state.items.pop_front() {
+                if droppable(&item) {
+                    state.droppable -= 1;
+                }
+                if state.items.is_empty() && !state.closed {
+                    self.fd.lower();
+                }
+                return Taken::Item(item);
+            }
+            if state.closed {
+                return Taken::Closed;
+            }
+            match deadline {
+                None => {
+                    state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+                }
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Taken::Empty;
+                    }
+                    state = self
+                        .ready
+                        .wait_timeout(state, deadline - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                }
+            }
+        }
+    }
+
+    /// Refuses new items and wakes every waiter; the fd stays readable.
+    pub(super) fn close(&self) {
+        let mut state = self.lock();
+        state.closed = true;
+        self.fd.raise();
+        drop(state);
+        self.ready.notify_all();
+    }
+
+    /// Node events dropped because the host fell behind.
+    pub(super) fn dropped(&self) -> u64 {
+        self.lock().dropped
+    }
+
+    pub(super) fn fd(&self) -> std::ffi::c_int {
+        self.fd.0.as_raw_fd()
+    }
+}
+
+/// A Linux eventfd used as a level: readable while raised.
+struct EventFd(OwnedFd);
+
+impl EventFd {
+    fn new() -> std::io::Result<EventFd> {
+        // SAFETY: eventfd takes no pointers; the result is checked below.
+        let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+        Ok(EventFd(unsafe { OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Makes the fd readable (called with the mailbox lock held, so raise
+    /// and lower never interleave).
+    fn raise(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd. A full
+        // counter (EAGAIN) still leaves it readable, so the result is ignored.
+        let _ = unsafe {
+            libc::write(
+                self.0.as_raw_fd(),
+                (&one as *const u64).cast::<libc::c_void>(),
+                8,
+            )
+        };
+    }
+
+    /// Makes the fd unreadable (mailbox lock held).
+    fn lower(&self) {
+        let mut count: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from our own non-blocking
+        // eventfd; EAGAIN (already lowered) is fine.
+        let _ = unsafe {
+            libc::read(
+                self.0.as_raw_fd(),
+                (&mut count as *mut u64).cast::<libc::c_void>(),
+                8,
+            )
+        };
+    }
+}

@@ -1,0 +1,38 @@
+//! The C ABI (`include/tribe.h`, generated from this module by cbindgen).
+//!
+//! Every exported function runs its body inside [`ffi_call!`], the panic
+//! boundary: a Rust error becomes a result code plus an optional owned
+//! `tribe_error`, and a panic becomes `TRIBE_PANIC` instead of unwinding into
+//! C. Raw pointers are turned into references only in [`cast`], so each body
+//! reads as plain Rust. No library thread ever calls into the host: events,
+//! incoming calls and completions of asynchronous calls wait in a
+//! [`mailbox`] that the host drains with `tribe_node_next_event`.
+
+/// Runs an exported body behind the panic boundary. `$err` is the optional
+/// `tribe_error **` out-parameter; the body returns `Result<(), FfiError>`.
+macro_rules! ffi_call {
+    ($err:expr, $body:block) => {{
+        let err_out: *mut *mut $crate::ffi::error::FfiError = $err;
+        let result = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
+            || -> ::std::result::Result<(), $crate::ffi::error::FfiError> { $body },
+        ));
+        $crate::ffi::error::finish(result, err_out)
+    }};
+}
+
+/// Like [`ffi_call!`] for functions that cannot report an error: a panic
+/// yields `$fallback`.
+macro_rules! ffi_infallible {
+    ($fallback:expr, $body:block) => {{
+        ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(|| $body)).unwrap_or($fallback)
+    }};
+}
+
+pub mod bytes;
+pub mod call;
+mod cast;
+pub mod config;
+pub mod error;
+pub mod event;
+mod mailbox;
+pub mod node;

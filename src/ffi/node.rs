@@ -1,0 +1,689 @@
+//! The node handle (`tribe_node`): start, shutdown, abort, free, commands
+//! and JSON snapshots. Each node owns a small tokio runtime, so a host needs
+//! none and freeing the node stops every thread it started.
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_int, CString};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::watch;
+
+use super::cast;
+use super::config::TribeConfig;
+use super::error::FfiError;
+use super::event::Body;
+use super::mailbox::{Class, Mailbox};
+use crate::admin::json;
+use crate::{Error, KeyId, Node, SecretKey, TaskState};
+
+/// Task states for `tribe_node_add_task` and `tribe_node_set_task_state`.
+pub const TRIBE_TASK_RUNNING: u32 = 1;
+/// A task members should not run.
+pub const TRIBE_TASK_STOPPED: u32 = 2;
+
+/// A running node.
+pub struct TribeNode {
+    pub(super) node: Node,
+    runtime: Option<tokio::runtime::Runtime>,
+    pub(super) mailbox: Arc<Mailbox<Body>>,
+    name: CString,
+    addr: CString,
+    /// Set when a shutdown or abort begins; wakes blocked calls.
+    pub(super) closing: watch::Sender<bool>,
+    /// Whether the node has stopped (held while it stops).
+    stopped: Mutex<bool>,
+    /// Asynchronous calls not finished yet: whoever removes an id (the call
+    /// finishing, a cancel, the shutdown) reports its completion, once.
+    pub(super) calls: Arc<Mutex<HashMap<u64, Option<tokio::task::AbortHandle>>>>,
+    pub(super) next_call: AtomicU64,
+}
+
+impl TribeNode {
+    pub(super) fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until the node is freed")
+    }
+
+    /// Runs a future on the node's runtime from the host's thread.
+    pub(super) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.runtime().block_on(f)
+    }
+
+    /// Refuses work once the node is stopping.
+    pub(super) fn live(&self) -> Result<&Node, FfiError> {
+        if *self.closing.borrow() {
+            return Err(Error::ShuttingDown.into());
+        }
+        Ok(&self.node)
+    }
+
+    fn stop(&self, graceful: bool) {
+        self.closing.send_replace(true);
+        let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        if *stopped {
+            return;
+        }
+        if graceful {
+            let _ = self.block_on(self.node.shutdown());
+        } else {
+            self.block_on(self.node.abort());
+        }
+        let pending: Vec<_> = self
+            .calls
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (id, task) in pending {
+            if let Some(task) = task {
+                task.abort();
+            }
+            let result = Some(Err(Error::ShuttingDown.into()));
+            let _ = self
+                .mailbox
+                .push(Body::CallDone { id, result }, Class::Kept);
+        }
+        self.mailbox.close();
+        *stopped = true;
+    }
+}
+
+impl Drop for TribeNode {
+    fn drop(&mut self) {
+        self.stop(false);
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+        }
+    }
+}
+
+fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, FfiError> {
+    cast::handle(node, "node")
+}
+
+/// Starts a node from `cfg`: builds its runtime, binds the sockets, starts
+/// gossip and joins through the seeds (in the background: it does not wait
+/// for peers). Blocks for the bind only (milliseconds; longer when a data
+/// dir is read). `cfg` is consumed on every path, success or not: later use
+/// of it returns `TRIBE_CONSUMED`, and it must still be freed with
+/// `tribe_config_free`. `*out` receives an owned node: stop it with
+/// `tribe_node_shutdown` (or `tribe_node_abort`), then free it with
+/// `tribe_node_free`.
+#[no_mangle]
+pub extern "C" fn tribe_node_start(
+    cfg: *mut TribeConfig,
+    out: *mut *mut TribeNode,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        let (config, threads) = cast::handle_mut(cfg, "config")?.take()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("tribe-worker")
+            .enable_all()
+            .build()
+            .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
+        let mailbox = Arc::new(Mailbox::new().map_err(Error::from)?);
+        let node = runtime.block_on(Node::start(config))?;
+        let mut events = node.events();
+        let forward = mailbox.clone();
+        runtime.spawn(async move {
+            while let Some(event) = events.next().await {
+                if forward.push(Body::Node(event), Class::Droppable).is_err() {
+                    break;
+                }
+            }
+        });
+        let handle = TribeNode {
+            name: CString::new(node.name()).unwrap_or_default(),
+            addr: CString::new(node.addr().to_string()).unwrap_or_default(),
+            node,
+            runtime: Some(runtime),
+            mailbox,
+            closing: watch::channel(false).0,
+            stopped: Mutex::new(false),
+            calls: Default::default(),
+            next_call: AtomicU64::new(1),
+        };
+        cast::write(out, cast::into_handle(handle));
+        Ok(())
+    })
+}
+
+/// Leaves the cluster gracefully (peers record the node as *left*) and
+/// stops: blocked `tribe_node_call`s and `tribe_node_next_event`s on other
+/// threads return `TRIBE_SHUTTING_DOWN`, pending asynchronous calls finish
+/// with `TRIBE_SHUTTING_DOWN` events, and every later command returns
+/// `TRIBE_SHUTTING_DOWN`. Idempotent: a second call (also from another
+/// thread) returns `TRIBE_OK` once the first has finished. Blocks while the
+/// goodbye is sent (well under a second on a LAN).
+#[no_mangle]
+pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
+    ffi_call!(err, {
+        node_handle(node)?.stop(true);
+        Ok(())
+    })
+}
+
+/// Stops at once without a goodbye, as a crash would (peers record the node
+/// as *failed*); otherwise like `tribe_node_shutdown`. Idempotent.
+#[no_mangle]
+pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
+    ffi_call!(err, {
+        node_handle(node)?.stop(false);
+        Ok(())
+    })
+}
+
+/// Frees a node: aborts it if it was not stopped, ends its threads (waiting
+/// up to 2 s for them) and closes its event fd. No other thread may use the
+/// node during or after this call. NULL is ignored.
+#[no_mangle]
+pub extern "C" fn tribe_node_free(node: *mut TribeNode) {
+    ffi_infallible!((), { cast::free_handle(node) })
+}
+
+/// The node's name. Borrowed: valid until `tribe_node_free`. NULL for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_node_name(node: *const TribeNode) -> *const c_char {
+    ffi_infallible!(std::ptr::null(), {
+        cast::opt_ref(node).map_or(std::ptr::null(), |n| n.name.as_ptr())
+    })
+}
+
+/// The advertised address, `ip:port` with the bound port. Borrowed: valid
+/// until `tribe_node_free`. NULL for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_node_addr(node: *const TribeNode) -> *const c_char {
+    ffi_infallible!(std::ptr::null(), {
+        cast::opt_ref(node).map_or(std::ptr::null(), |n| n.addr.as_ptr())
+    })
+}
+
+/// A file descriptor that is readable while events wait for
+/// `tribe_node_next_event`, and stays readable once the node has stopped.
+/// Owned by the node (do not read, write or close it); valid until
+/// `tribe_node_free`. -1 for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_node_event_fd(node: *const TribeNode) -> c_int {
+    ffi_infallible!(-1, { cast::opt_ref(node).map_or(-1, |n| n.mailbox.fd()) })
+}
+
+/// Node events dropped because the host read them too slowly (more than
+/// 65,536 waiting). 0 for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_node_events_dropped(node: *const TribeNode) -> u64 {
+    ffi_infallible!(0, {
+        cast::opt_ref(node).map_or(0, |n| n.mailbox.dropped())
+    })
+}
+
+/// Runs one command of the Rust API for an exported function.
+fn command<'a, F, Fut>(node: *const TribeNode, f: F) -> Result<(), FfiError>
+where
+    F: FnOnce(&'a Node) -> Result<Fut, FfiError>,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    let handle: &'a TribeNode = node_handle(node)?;
+    let fut = f(handle.live()?)?;
+    Ok(handle.block_on(fut)?)
+}
+
+/// Creates an empty tribe. Blocks for a local write only (microseconds);
+/// the tribe then spreads to every node. `TRIBE_TRIBE_EXISTS` if it exists.
+#[no_mangle]
+pub extern "C" fn tribe_node_create_tribe(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        command(node, |n| Ok(n.create_tribe(tribe)))
+    })
+}
+/// Deletes a tribe with its catalog, memberships and the policies that
+/// target it. `TRIBE_UNKNOWN_TRIBE` if it does not exist.
+#[no_mangle]
+pub extern "C" fn tribe_node_delete_tribe(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        command(node, |n| Ok(n.delete_tribe(tribe)))
+    })
+}
+/// Removes a policy. `TRIBE_UNKNOWN_POLICY` if it does not exist.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_policy(
+    node: *const TribeNode,
+    name: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        command(node, |n| Ok(n.remove_policy(name)))
+    })
+}
+/// Sets a user fact of this node (it overrides a collected fact of that
+/// name); policies are evaluated again and the fact spreads to peers.
+#[no_mangle]
+pub extern "C" fn tribe_node_set_fact(
+    node: *const TribeNode,
+    key: *const c_char,
+    value: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = cast::text(key, "key")?;
+        let value = cast::text(value, "value")?;
+        command(node, |n| Ok(n.set_fact(key, value)))
+    })
+}
+/// Removes a user fact of this node. `TRIBE_UNKNOWN_FACT` if it is not one.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_fact(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = cast::text(key, "key")?;
+        command(node, |n| Ok(n.remove_fact(key)))
+    })
+}
+/// Adds a policy: the nodes whose facts satisfy `when` (CEL over
+/// `facts`, e.g. `facts.rack == "r1"`) join `tribe`, which is created
+/// when missing. A bad expression is `TRIBE_INVALID_POLICY` with the
+/// position in `tribe_error_line`/`tribe_error_column`; it never spreads.
+#[no_mangle]
+pub extern "C" fn tribe_node_add_policy(
+    node: *const TribeNode,
+    name: *const c_char,
+    tribe: *const c_char,
+    when: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        let tribe = cast::text(tribe, "tribe")?;
+        let when = cast::text(when, "when")?;
+        command(node, |n| Ok(n.add_policy(name, tribe, when)))
+    })
+}
+/// Removes a plugin entry from a tribe's catalog.
+#[no_mangle]
+pub extern "C" fn tribe_node_unload_plugin(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    name: *const c_char,
+    version: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let name = cast::text(name, "name")?;
+        let version = cast::text(version, "version")?;
+        command(node, |n| Ok(n.unload_plugin(tribe, name, version)))
+    })
+}
+/// Removes a task from a tribe.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_task(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    id: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let id = cast::text(id, "id")?;
+        command(node, |n| Ok(n.remove_task(tribe, id)))
+    })
+}
+
+/// Adds `member` (any known node; NULL for this node) to `tribe` by hand.
+#[no_mangle]
+pub extern "C" fn tribe_node_join(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    member: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let member = cast::opt_text(member, "member")?;
+        command(node, |n| Ok(n.join(tribe, member.unwrap_or(n.name()))))
+    })
+}
+
+/// Removes the membership by hand of `member` (NULL for this node) in
+/// `tribe`. A membership by policy stays while its policy holds.
+#[no_mangle]
+pub extern "C" fn tribe_node_leave(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    member: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let member = cast::opt_text(member, "member")?;
+        command(node, |n| Ok(n.leave(tribe, member.unwrap_or(n.name()))))
+    })
+}
+
+pub(super) fn plugin_kind(kind: u32) -> Result<crate::PluginKind, FfiError> {
+    use super::call::{TRIBE_KIND_COLLECTOR, TRIBE_KIND_PROCESSOR, TRIBE_KIND_PUBLISHER};
+    match kind {
+        TRIBE_KIND_COLLECTOR => Ok(crate::PluginKind::Collector),
+        TRIBE_KIND_PROCESSOR => Ok(crate::PluginKind::Processor),
+        TRIBE_KIND_PUBLISHER => Ok(crate::PluginKind::Publisher),
+        other => Err(FfiError::invalid(format!(
+            "plugin kind {other} is not TRIBE_KIND_COLLECTOR, _PROCESSOR or _PUBLISHER"
+        ))),
+    }
+}
+
+fn task_state(state: u32) -> Result<TaskState, FfiError> {
+    match state {
+        TRIBE_TASK_RUNNING => Ok(TaskState::Running),
+        TRIBE_TASK_STOPPED => Ok(TaskState::Stopped),
+        other => Err(FfiError::invalid(format!(
+            "task state {other} is not TRIBE_TASK_RUNNING or TRIBE_TASK_STOPPED"
+        ))),
+    }
+}
+
+/// Adds a plugin entry (`kind`: `TRIBE_KIND_*`) to a tribe's catalog: every
+/// member, also a later one, gets a `TRIBE_EVENT_PLUGIN_LOAD`.
+#[no_mangle]
+pub extern "C" fn tribe_node_load_plugin(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    name: *const c_char,
+    version: *const c_char,
+    kind: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let name = cast::text(name, "name")?;
+        let version = cast::text(version, "version")?;
+        let kind = plugin_kind(kind)?;
+        command(node, |n| {
+            Ok(n.load_plugin(tribe, name, version, kind, None))
+        })
+    })
+}
+
+/// Adds a task to a tribe: `manifest` is a JSON object (schema in
+/// docs/task-manifest.md), `state` is `TRIBE_TASK_RUNNING` or
+/// `TRIBE_TASK_STOPPED`. Members get `TRIBE_EVENT_TASK_RUN` while it runs.
+#[no_mangle]
+pub extern "C" fn tribe_node_add_task(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    id: *const c_char,
+    manifest: *const c_char,
+    state: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let id = cast::text(id, "id")?;
+        let manifest = cast::text(manifest, "manifest")?;
+        let state = task_state(state)?;
+        command(node, |n| Ok(n.add_task(tribe, id, manifest, state)))
+    })
+}
+
+/// Sets a task's desired state (`TRIBE_TASK_RUNNING` or `TRIBE_TASK_STOPPED`).
+#[no_mangle]
+pub extern "C" fn tribe_node_set_task_state(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    id: *const c_char,
+    state: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let id = cast::text(id, "id")?;
+        let state = task_state(state)?;
+        command(node, |n| Ok(n.set_task_state(tribe, id, state)))
+    })
+}
+
+fn key_id(text: &str) -> Result<KeyId, FfiError> {
+    // A key id (8 hex digits) or the key itself.
+    text.parse().or_else(|_| {
+        SecretKey::from_base64(text)
+            .map(|k| k.id())
+            .map_err(|_| FfiError::invalid("not a key id (8 hex digits) nor a base64 key"))
+    })
+}
+
+/// Adds a key (base64) to every node's keyring. The node must have been
+/// started with a key and be in `require` mode.
+#[no_mangle]
+pub extern "C" fn tribe_node_install_key(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = SecretKey::from_base64(cast::text(key, "key")?)
+            .map_err(|e| FfiError::invalid(e.to_string()))?;
+        command(node, |n| Ok(n.install_key(key)))
+    })
+}
+
+/// Makes an installed key (its id, 8 hex digits, or the base64 key) the
+/// sealing key of every node.
+#[no_mangle]
+pub extern "C" fn tribe_node_use_key(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let id = key_id(cast::text(key, "key")?)?;
+        command(node, |n| Ok(n.use_key(id)))
+    })
+}
+
+/// Removes a key (id or base64) from every node's keyring; the primary key
+/// is refused with `TRIBE_PRIMARY_KEY`.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_key(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let id = key_id(cast::text(key, "key")?)?;
+        command(node, |n| Ok(n.remove_key(id)))
+    })
+}
+
+/// Changes this node's encryption mode live: `"accept"`, `"send"` or
+/// `"require"`.
+#[no_mangle]
+pub extern "C" fn tribe_node_set_encryption(
+    node: *const TribeNode,
+    mode: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let mode = cast::text(mode, "mode")?.parse()?;
+        command(node, |n| Ok(n.set_encryption(mode)))
+    })
+}
+
+/// Hands a snapshot to C as JSON.
+fn snapshot(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    f: impl FnOnce(&Node) -> Result<serde_json::Value, FfiError>,
+) -> Result<(), FfiError> {
+    let out = cast::out(out, "out")?;
+    let value = f(node_handle(node)?.live()?)?;
+    cast::give_string(out, out_len, value.to_string());
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, FfiError> {
+    serde_json::to_value(value).map_err(|e| FfiError::invalid(e.to_string()))
+}
+
+/// Every known member, this node included, as the JSON array of the
+/// admin API's `GET /v1/members`. `*out` is owned (`tribe_string_free`).
+/// Does not block. `TRIBE_SHUTTING_DOWN` once the node stops (so for
+/// every snapshot).
+#[no_mangle]
+pub extern "C" fn tribe_node_members_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(
+                n.members()
+                    .iter()
+                    .map(json::Member::from)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    })
+}
+
+/// Every tribe with its live members and catalog, as `GET /v1/tribes`.
+#[no_mangle]
+pub extern "C" fn tribe_node_tribes_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(n.tribes().iter().map(json::Tribe::from).collect::<Vec<_>>())
+        })
+    })
+}
+
+/// Every policy, as `GET /v1/policies`.
+#[no_mangle]
+pub extern "C" fn tribe_node_policies_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(
+                n.policies()
+                    .iter()
+                    .map(json::PolicyJson::from)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    })
+}
+
+/// Which live nodes hold which keys (ids only), as `GET /v1/keys`.
+#[no_mangle]
+pub extern "C" fn tribe_node_keys_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(json::Keys::from(&n.keyring_status()))
+        })
+    })
+}
+
+/// Name, address, live members, state digest, encryption, as
+/// `GET /v1/status`.
+#[no_mangle]
+pub extern "C" fn tribe_node_status_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| to_json(json::Status::of(n)))
+    })
+}
+
+/// The node's counters (traffic, refusals, sync, calls) as one JSON
+/// object: `{"engine": {...}, "calls": {...}}`; names in docs/c-api.md.
+#[no_mangle]
+pub extern "C" fn tribe_node_counters_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(serde_json::json!({ "engine": n.counters(), "calls": n.rpc_stats() }))
+        })
+    })
+}
+
+/// One tribe, as `GET /v1/tribes/{name}`; `TRIBE_UNKNOWN_TRIBE` if none.
+#[no_mangle]
+pub extern "C" fn tribe_node_tribe_json(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        snapshot(node, out, out_len, |n| {
+            let info = n
+                .tribe(tribe)
+                .ok_or_else(|| Error::UnknownTribe(tribe.into()))?;
+            to_json(json::Tribe::from(&info))
+        })
+    })
+}
+
+/// The digest of the replicated state (hex): equal on converged nodes.
+/// `*out` is owned (`tribe_string_free`).
+#[no_mangle]
+pub extern "C" fn tribe_node_state_digest(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        let digest = node_handle(node)?.live()?.state_digest();
+        cast::give_string(out, out_len, digest);
+        Ok(())
+    })
+}
+
+/// Asks for the next asynchronous call id.
+pub(super) fn next_call_id(node: &TribeNode) -> u64 {
+    node.next_call.fetch_add(1, Ordering::Relaxed)
+}
