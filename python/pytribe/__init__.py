@@ -1,0 +1,701 @@
+"""pytribe: Python nodes of libtribe tribes.
+
+Join a SWIM gossip cluster split into named tribes; publish facts; place
+nodes with CEL policies; inherit each tribe's plugin and task catalogs;
+serve plugins and call the plugins other members serve; all traffic sealed
+with a rotating keyring. A thin, typed face over the Rust library::
+
+    import pytribe
+    with pytribe.Node(name="py-1", seeds=["127.0.0.1:7946"], key=key) as node:
+        node.add_policy("core", "core", 'facts.rack == "r1"')
+        node.serve("upper", "1", "processor", lambda payload, info: payload.upper())
+        print(node.call("core", "upper", b"hi", kind="processor"))
+        for event in node.events(timeout=1.0):
+            print(event)
+
+Every blocking method releases the GIL and wakes at least every 50 ms to
+check for signals, so Ctrl-C interrupts it with ``KeyboardInterrupt``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import (
+    Any,
+    Callable,
+    Dict,
+    Iterable,
+    List,
+    Mapping,
+    Optional,
+    Union,
+)
+
+from . import _native
+from ._errors import (
+    AlreadyMemberError,
+    CallError,
+    CallTimeoutError,
+    ConfigError,
+    DisconnectedError,
+    EncryptionNotRequiredError,
+    HandlerError,
+    InvalidArgumentError,
+    InvalidNameError,
+    InvalidPolicyError,
+    KeyringError,
+    KeyringFullError,
+    NoKeyringError,
+    NoProviderError,
+    NotMemberError,
+    OverloadedError,
+    PluginExistsError,
+    PolicyExistsError,
+    PrimaryKeyError,
+    RemoteError,
+    ShutdownError,
+    TaskExistsError,
+    TooLargeError,
+    TribeError,
+    TribeExistsError,
+    TribeIOError,
+    UnknownFactError,
+    UnknownKeyError,
+    UnknownNodeError,
+    UnknownPluginError,
+    UnknownPolicyError,
+    UnknownTaskError,
+    UnknownTribeError,
+)
+from ._native import CallInfo
+from ._types import (
+    AnyEvent,
+    ArtifactCorrupt,
+    ArtifactUnavailable,
+    Endpoint,
+    Event,
+    Isolated,
+    Joined,
+    KeyHolding,
+    Keys,
+    Member,
+    MemberFailed,
+    MemberLeft,
+    MemberReaped,
+    MemberUp,
+    MemberUpdated,
+    Plugin,
+    PluginLoad,
+    PluginUnload,
+    Policy,
+    PolicyFailed,
+    Task,
+    TaskRun,
+    TaskStop,
+    Tribe,
+    TribeCreated,
+    TribeDeleted,
+    TribeJoined,
+    TribeLeft,
+    UnknownEvent,
+    _event,
+)
+
+__version__: str = _native.__version__
+
+__all__ = [
+    "AlreadyMemberError",
+    "AnyEvent",
+    "ArtifactCorrupt",
+    "ArtifactUnavailable",
+    "AsyncEvents",
+    "CallError",
+    "CallInfo",
+    "CallTimeoutError",
+    "ConfigError",
+    "DisconnectedError",
+    "EncryptionNotRequiredError",
+    "Endpoint",
+    "Event",
+    "Events",
+    "Handler",
+    "HandlerError",
+    "InvalidArgumentError",
+    "InvalidNameError",
+    "InvalidPolicyError",
+    "Isolated",
+    "Joined",
+    "KeyHolding",
+    "KeyringError",
+    "KeyringFullError",
+    "Keys",
+    "Member",
+    "MemberFailed",
+    "MemberLeft",
+    "MemberReaped",
+    "MemberUp",
+    "MemberUpdated",
+    "NoKeyringError",
+    "NoProviderError",
+    "Node",
+    "NotMemberError",
+    "OverloadedError",
+    "Plugin",
+    "PluginExistsError",
+    "PluginLoad",
+    "PluginUnload",
+    "Policy",
+    "PolicyExistsError",
+    "PolicyFailed",
+    "PrimaryKeyError",
+    "RemoteError",
+    "ShutdownError",
+    "Task",
+    "TaskExistsError",
+    "TaskRun",
+    "TaskStop",
+    "TooLargeError",
+    "Tribe",
+    "TribeCreated",
+    "TribeDeleted",
+    "TribeError",
+    "TribeExistsError",
+    "TribeIOError",
+    "TribeJoined",
+    "TribeLeft",
+    "UnknownEvent",
+    "UnknownFactError",
+    "UnknownKeyError",
+    "UnknownNodeError",
+    "UnknownPluginError",
+    "UnknownPolicyError",
+    "UnknownTaskError",
+    "UnknownTribeError",
+    "key_id",
+    "keygen",
+    "set_log_level",
+]
+
+#: A handler: ``handler(payload, info) -> bytes | bytearray | memoryview``.
+Handler = Callable[[bytes, CallInfo], Union[bytes, bytearray, memoryview]]
+
+Bytes = Union[bytes, bytearray, memoryview]
+
+_logger = logging.getLogger("pytribe")
+
+
+def keygen() -> str:
+    """A new random key: base64 of 32 bytes, as ``tribe keygen`` prints it."""
+    return _native.keygen()
+
+
+def key_id(key: str) -> str:
+    """The public id (8 hex digits) of a base64 key."""
+    return _native.key_id(key)
+
+
+def set_log_level(level: str) -> None:
+    """Sets the least severe level of the library's records forwarded to the
+    ``pytribe`` logger: ``"debug"``, ``"info"`` (the default), ``"warning"``
+    or ``"error"``."""
+    if not isinstance(level, str):
+        raise TypeError(f"level must be a str, not {type(level).__name__}")
+    _native.set_log_level(level)
+
+
+# ------------------------------------------------------------------ logs
+
+_log_stop = threading.Event()
+_log_thread: Optional[threading.Thread] = None
+_log_lock = threading.Lock()
+
+
+def _pump_logs() -> None:
+    while not _log_stop.is_set():
+        try:
+            rec = _native.next_log(0.05)
+        except BaseException:  # pragma: no cover - interpreter going down
+            return
+        if rec is not None:
+            level, target, message = rec
+            _logger.log(level, "%s", message, extra={"tribe_target": target})
+
+
+def _start_log_thread() -> None:
+    global _log_thread
+    with _log_lock:
+        if _log_thread is None or not _log_thread.is_alive():
+            _log_stop.clear()
+            _log_thread = threading.Thread(target=_pump_logs, name="pytribe-log", daemon=True)
+            _log_thread.start()
+
+
+# ------------------------------------------------------------------ exit
+
+_live: "weakref.WeakSet[Node]" = weakref.WeakSet()
+
+
+def _at_exit() -> None:
+    """Closes every live node (gracefully, in parallel, 3 s at most), stops
+    their handler threads and the log thread; from then on no runtime thread
+    calls into Python."""
+    nodes = list(_live)
+    for node in nodes:
+        try:
+            node._native.stop_background(True)
+        except BaseException:
+            pass
+    deadline = time.monotonic() + 3.0
+    for node in nodes:
+        try:
+            node._native.wait_stopped(max(0.0, deadline - time.monotonic()))
+        except BaseException:
+            pass
+    for node in nodes:
+        try:
+            node._stop_workers(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))
+        except BaseException:
+            pass
+    _native._set_exiting()
+    _log_stop.set()
+    t = _log_thread
+    if t is not None:
+        t.join(0.5)
+
+
+atexit.register(_at_exit)
+
+
+# ---------------------------------------------------------------- events
+
+
+class Events:
+    """A subscriber to a node's events (from :meth:`Node.events`).
+
+    Iterating yields events until ``timeout`` seconds pass without one (or
+    forever when ``timeout`` is None) or the node stops; iterating the same
+    object again resumes with the events that came since.
+    """
+
+    def __init__(self, native: _native.NativeEvents, timeout: Optional[float]) -> None:
+        self._native = native
+        self._timeout = timeout
+        self.closed = False
+
+    def __iter__(self) -> Events:
+        return self
+
+    def __next__(self) -> Event:
+        event = self.get(self._timeout)
+        if event is None:
+            raise StopIteration
+        return event
+
+    def get(self, timeout: Optional[float] = None) -> Optional[Event]:
+        """The next event, or None after ``timeout`` seconds without one
+        (None: wait as long as it takes) or once the node has stopped."""
+        _check_timeout(timeout, allow_none=True)
+        got = self._native.next(timeout)
+        if got is False:
+            self.closed = True
+            return None
+        if got is None:
+            return None
+        return _event(got)
+
+    def drain(self) -> List[Event]:
+        """The events already queued, without waiting."""
+        out: List[Event] = []
+        while True:
+            got = self._native.try_next()
+            if got is None:
+                return out
+            out.append(_event(got))
+
+
+class AsyncEvents:
+    """An asyncio subscriber to a node's events (from :meth:`Node.aevents`);
+    ends when the node stops. Cancelling a pending ``__anext__`` loses no event."""
+
+    def __init__(self, native: _native.NativeEvents) -> None:
+        self._native = native
+
+    def __aiter__(self) -> AsyncEvents:
+        return self
+
+    async def __anext__(self) -> Event:
+        loop = asyncio.get_running_loop()
+        got = await self._native.anext(loop)
+        if got is False:
+            raise StopAsyncIteration
+        return _event(got)
+
+
+# ------------------------------------------------------------------ node
+
+
+def _check_timeout(timeout: Optional[float], allow_none: bool = False) -> None:
+    if timeout is None and allow_none:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+
+
+def _str_list(what: str, items: Iterable[str]) -> List[str]:
+    if isinstance(items, (str, bytes)):
+        raise TypeError(f"{what} must be a list of strings, not a single {type(items).__name__}")
+    out = list(items)
+    for item in out:
+        if not isinstance(item, str):
+            raise TypeError(f"{what} must hold strings, not {type(item).__name__}")
+    return out
+
+
+class Node:
+    """A running node of a tribe cluster.
+
+    ``Node(...)`` binds its sockets (UDP gossip and TCP streams on one port;
+    port 0 picks a free one), starts and joins through ``seeds``. Use it as a
+    context manager, or call :meth:`close` (graceful: peers record *left*) or
+    :meth:`abort` (peers record *failed*). A node still open at interpreter
+    exit is closed then.
+
+    ``key`` (base64, from :func:`keygen`) seals all traffic; ``encryption``
+    is ``"require"`` (default with a key), ``"send"`` or ``"accept"``.
+    ``profile`` is ``"lan"``, ``"wan"`` or ``"local"``. ``label`` keeps
+    clusters apart. ``data_dir`` keeps peers, memberships by hand and the
+    keyring across restarts. ``handler_threads`` bounds the Python threads
+    that run this node's handlers.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        bind: str = "127.0.0.1:0",
+        seeds: Iterable[str] = (),
+        facts: Optional[Mapping[str, str]] = None,
+        key: Optional[str] = None,
+        profile: str = "lan",
+        label: Optional[str] = None,
+        encryption: Optional[str] = None,
+        data_dir: Union[str, "os.PathLike[str]", None] = None,
+        *,
+        advertise: Optional[str] = None,
+        collect_facts: bool = True,
+        max_payload: Optional[int] = None,
+        handler_threads: int = 4,
+    ) -> None:
+        if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
+            raise TypeError("handler_threads must be an int")
+        if not 1 <= handler_threads <= 256:
+            raise ValueError(f"handler_threads must be 1..256, not {handler_threads}")
+        if facts is not None and not isinstance(facts, Mapping):
+            raise TypeError(f"facts must be a mapping of str to str, not {type(facts).__name__}")
+        fact_dict: Dict[str, str] = dict(facts or {})
+        for k, v in fact_dict.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise TypeError(f"facts must map str to str, not {type(k).__name__} to {type(v).__name__}")
+        if max_payload is not None and (isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0):
+            raise ValueError("max_payload must be a positive int")
+        self._handler_threads = handler_threads
+        self._workers: List[threading.Thread] = []
+        self._lock = threading.Lock()
+        _start_log_thread()
+        self._native = _native.NativeNode(
+            name,
+            bind,
+            _str_list("seeds", seeds),
+            fact_dict,
+            key,
+            profile,
+            label,
+            encryption,
+            os.fspath(data_dir) if data_dir is not None else None,
+            advertise,
+            collect_facts,
+            max_payload,
+        )
+        _live.add(self)
+
+    # ----------------------------------------------------------- basics
+
+    @property
+    def name(self) -> str:
+        """This node's name."""
+        return self._native.name
+
+    @property
+    def addr(self) -> str:
+        """The advertised address, ``host:port`` (the bound port when bound to 0)."""
+        return self._native.addr
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` or :meth:`abort` was called."""
+        return self._native.closed
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<pytribe.Node {self.name!r} {self.addr} {state}>"
+
+    def __enter__(self) -> Node:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        native = getattr(self, "_native", None)
+        if native is not None and not native.closed:
+            try:
+                native.stop_background(False)
+                native.stop_workers(len(self._workers))
+            except BaseException:
+                pass
+
+    def close(self, timeout: Optional[float] = None) -> bool:
+        """Leaves gracefully (peers record *left*) and stops; waits at most
+        ``timeout`` seconds (None: until done, at most about 2 s). Idempotent.
+        Returns whether the node has stopped."""
+        _check_timeout(timeout, allow_none=True)
+        done = self._native.shutdown(timeout)
+        self._stop_workers(1.0)
+        return done
+
+    def abort(self, timeout: Optional[float] = None) -> bool:
+        """Stops at once without a goodbye, as a crash would (peers record
+        *failed*). Idempotent."""
+        _check_timeout(timeout, allow_none=True)
+        done = self._native.abort(timeout)
+        self._stop_workers(1.0)
+        return done
+
+    def _stop_workers(self, grace: float) -> None:
+        with self._lock:
+            workers, self._workers = self._workers, []
+        if not workers:
+            return
+        self._native.stop_workers(len(workers))
+        deadline = time.monotonic() + grace
+        me = threading.current_thread()
+        for w in workers:
+            if w is not me:
+                w.join(max(0.0, deadline - time.monotonic()))
+
+    # -------------------------------------------------------- snapshots
+
+    def members(self) -> List[Member]:
+        """Every known member, this node included."""
+        return [Member._from(m) for m in self._native.members()]
+
+    def members_alive(self) -> int:
+        """How many members are alive, this node included."""
+        return self._native.members_alive()
+
+    def tribes(self) -> List[Tribe]:
+        """Every tribe with its live view and catalog."""
+        return [Tribe._from(t) for t in self._native.tribes()]
+
+    def tribe(self, name: str) -> Optional[Tribe]:
+        """One tribe, or None when it does not exist."""
+        t = self._native.tribe(name)
+        return None if t is None else Tribe._from(t)
+
+    def policies(self) -> List[Policy]:
+        """Every policy."""
+        return [Policy(**p) for p in self._native.policies()]
+
+    def state_digest(self) -> str:
+        """Digest of the replicated state: equal on converged nodes."""
+        return self._native.state_digest()
+
+    def keys(self) -> Keys:
+        """Which live nodes hold which keys (ids only)."""
+        return Keys._from(self._native.keys())
+
+    def rpc_stats(self) -> Dict[str, int]:
+        """Counters of the call path since start."""
+        return dict(self._native.rpc_stats())
+
+    # --------------------------------------------------------- commands
+
+    def create_tribe(self, tribe: str) -> None:
+        """Creates an empty tribe."""
+        self._native.create_tribe(tribe)
+
+    def delete_tribe(self, tribe: str) -> None:
+        """Deletes a tribe, its catalog, its memberships and its policies."""
+        self._native.delete_tribe(tribe)
+
+    def join(self, tribe: str, node: Optional[str] = None) -> None:
+        """Adds ``node`` (this node by default) to ``tribe`` by hand."""
+        self._native.join(tribe, self.name if node is None else node)
+
+    def leave(self, tribe: str, node: Optional[str] = None) -> None:
+        """Removes the membership by hand of ``node`` (this node by default)."""
+        self._native.leave(tribe, self.name if node is None else node)
+
+    def add_policy(self, name: str, tribe: str, when: str) -> None:
+        """Adds a policy: nodes whose facts make the CEL expression ``when``
+        hold are in ``tribe`` (created when missing). A bad expression raises
+        :class:`InvalidPolicyError` with ``.line`` and ``.column``."""
+        self._native.add_policy(name, tribe, when)
+
+    def remove_policy(self, name: str) -> None:
+        """Removes a policy."""
+        self._native.remove_policy(name)
+
+    def set_fact(self, key: str, value: str) -> None:
+        """Sets a user fact of this node (policies are evaluated again)."""
+        self._native.set_fact(key, value)
+
+    def remove_fact(self, key: str) -> None:
+        """Removes a user fact of this node."""
+        self._native.remove_fact(key)
+
+    def load_plugin(
+        self,
+        tribe: str,
+        name: str,
+        version: str,
+        kind: str,
+        artifact: Optional[Bytes] = None,
+    ) -> Optional[str]:
+        """Adds a plugin entry to a tribe's catalog; every member gets a
+        ``plugin_load`` event. With ``artifact`` bytes, this node holds them
+        and members fetch and verify them first; returns their hex SHA-256."""
+        return self._native.load_plugin(tribe, name, version, kind, artifact)
+
+    def unload_plugin(self, tribe: str, name: str, version: str) -> None:
+        """Removes a plugin entry from a tribe's catalog."""
+        self._native.unload_plugin(tribe, name, version)
+
+    def artifact(self, sha256: str) -> Optional[bytes]:
+        """The verified bytes of a plugin artifact this node holds."""
+        return self._native.artifact(sha256)
+
+    def add_task(
+        self,
+        tribe: str,
+        id: str,
+        manifest: Union[Mapping[str, Any], str],
+        state: str = "running",
+    ) -> None:
+        """Adds a task (a manifest dict or JSON object text) to a tribe."""
+        if isinstance(manifest, Mapping):
+            text = json.dumps(dict(manifest))
+        elif isinstance(manifest, str):
+            text = manifest
+        else:
+            raise TypeError(f"manifest must be a dict or JSON text, not {type(manifest).__name__}")
+        self._native.add_task(tribe, id, text, state)
+
+    def remove_task(self, tribe: str, id: str) -> None:
+        """Removes a task."""
+        self._native.remove_task(tribe, id)
+
+    def set_task_state(self, tribe: str, id: str, state: str) -> None:
+        """Sets a task's desired state: ``"running"`` or ``"stopped"``."""
+        self._native.set_task_state(tribe, id, state)
+
+    def install_key(self, key: str) -> str:
+        """Adds a key to every node's keyring; returns its id."""
+        return self._native.install_key(key)
+
+    def use_key(self, key: str) -> str:
+        """Makes an installed key (or key id) the primary of every node; returns its id."""
+        return self._native.use_key(key)
+
+    def remove_key(self, key: str) -> str:
+        """Removes a key (or key id) from every node's keyring; returns its id."""
+        return self._native.remove_key(key)
+
+    def set_encryption(self, mode: str) -> None:
+        """Changes this node's encryption mode: accept, send or require."""
+        self._native.set_encryption(mode)
+
+    # ------------------------------------------------------------ calls
+
+    def serve(self, name: str, version: str, kind: str, handler: Handler) -> None:
+        """Serves a plugin: ``handler(payload: bytes, info: CallInfo)``
+        returns bytes, bytearray or memoryview. It runs on a thread of this
+        node's pool (``handler_threads``). An exception reaches the caller as
+        :class:`RemoteError` (code = its class name, or the code of a
+        :class:`HandlerError`) and is logged here. Serving the same name and
+        version again replaces the handler."""
+        if not callable(handler):
+            raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        self._native.serve(name, version, kind, handler)
+        self._start_workers()
+
+    def unserve(self, name: str, version: str) -> None:
+        """Stops serving a plugin and withdraws its endpoint."""
+        self._native.unserve(name, version)
+
+    def _start_workers(self) -> None:
+        with self._lock:
+            if self._workers or self._native.closed:
+                return
+            for i in range(self._handler_threads):
+                t = threading.Thread(
+                    target=self._native.run_worker,
+                    name=f"pytribe-handler-{self.name}-{i}",
+                    daemon=True,
+                )
+                t.start()
+                self._workers.append(t)
+
+    def call(
+        self,
+        tribe: str,
+        plugin: str,
+        payload: Bytes,
+        kind: str = "processor",
+        version: Optional[str] = None,
+        timeout: float = 2.0,
+    ) -> bytes:
+        """Calls a plugin served by a live member of ``tribe`` (this node
+        first when it serves it) and returns the reply. Raises
+        :class:`NoProviderError`, :class:`CallTimeoutError`,
+        :class:`RemoteError`, :class:`TooLargeError`,
+        :class:`OverloadedError`, :class:`DisconnectedError` or
+        :class:`ShutdownError`."""
+        _check_timeout(timeout)
+        return self._native.call(tribe, plugin, payload, kind, version, timeout)
+
+    async def call_async(
+        self,
+        tribe: str,
+        plugin: str,
+        payload: Bytes,
+        kind: str = "processor",
+        version: Optional[str] = None,
+        timeout: float = 2.0,
+    ) -> bytes:
+        """:meth:`call` for asyncio; cancelling the awaiting task abandons the call."""
+        _check_timeout(timeout)
+        loop = asyncio.get_running_loop()
+        reply: bytes = await self._native.call_async(loop, tribe, plugin, payload, kind, version, timeout)
+        return reply
+
+    # ----------------------------------------------------------- events
+
+    def events(self, timeout: Optional[float] = None) -> Events:
+        """A new subscriber to this node's events (the first one of a node
+        also gets the events since start). Iterating it stops after
+        ``timeout`` seconds without an event (None: never) or when the node
+        stops."""
+        _check_timeout(timeout, allow_none=True)
+        return Events(self._native.events(), timeout)
+
+    def aevents(self) -> AsyncEvents:
+        """A new asyncio subscriber to this node's events."""
+        return AsyncEvents(self._native.events())
+

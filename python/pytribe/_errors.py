@@ -1,0 +1,268 @@
+"""The exceptions of pytribe: one hierarchy rooted at :class:`TribeError`.
+
+Every exception raised for a library error carries ``.code``, the stable
+snake_case code of the Rust error (``tribe::Error::code()``), and
+``.message``; a :class:`RemoteError` carries the *handler's* code and
+message instead (its library code, ``"remote"``, is ``.error_code``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Optional, Type
+
+
+class TribeError(Exception):
+    """Base of every library error."""
+
+    #: The Rust error code this class stands for (``None``: any).
+    error_code: Optional[str] = None
+
+    code: str
+    message: str
+
+    def __init__(self, message: str = "", code: Optional[str] = None, **attrs: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.code = code if code is not None else (type(self).error_code or "error")
+        for key, value in attrs.items():
+            setattr(self, key, value)
+
+    def __str__(self) -> str:
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+    def __reduce__(self) -> Any:
+        extra = {k: v for k, v in self.__dict__.items() if k not in ("code", "message")}
+        return (_rebuild, (type(self), self.message, self.code, extra))
+
+
+def _rebuild(cls: Type[TribeError], message: str, code: str, extra: Dict[str, Any]) -> TribeError:
+    return cls(message, code, **extra)
+
+
+class InvalidNameError(TribeError, ValueError):
+    """A node, tribe, policy, plugin, task or fact name broke the naming rules."""
+
+    error_code = "invalid_name"
+
+
+class InvalidArgumentError(TribeError, ValueError):
+    """An argument other than a name was out of range or malformed."""
+
+    error_code = "invalid_argument"
+
+
+class ConfigError(TribeError, ValueError):
+    """The node's configuration is inconsistent."""
+
+    error_code = "config"
+
+
+class InvalidPolicyError(TribeError, ValueError):
+    """A policy's CEL expression does not compile (``.line``, ``.column`` from 1, or None)."""
+
+    error_code = "invalid_policy"
+    line: Optional[int] = None
+    column: Optional[int] = None
+    reason: str = ""
+
+
+class UnknownTribeError(TribeError, KeyError):
+    """The tribe does not exist."""
+
+    error_code = "unknown_tribe"
+
+
+class UnknownNodeError(TribeError, KeyError):
+    """No node of that name is known."""
+
+    error_code = "unknown_node"
+
+
+class UnknownPolicyError(TribeError, KeyError):
+    """The policy does not exist."""
+
+    error_code = "unknown_policy"
+
+
+class UnknownPluginError(TribeError, KeyError):
+    """The plugin entry is not in the tribe's catalog."""
+
+    error_code = "unknown_plugin"
+
+
+class UnknownTaskError(TribeError, KeyError):
+    """The task does not exist in the tribe."""
+
+    error_code = "unknown_task"
+
+
+class UnknownFactError(TribeError, KeyError):
+    """The fact is not a user fact of this node."""
+
+    error_code = "unknown_fact"
+
+
+class UnknownKeyError(TribeError, KeyError):
+    """No such key in the keyring."""
+
+    error_code = "unknown_key"
+
+
+class TribeExistsError(TribeError):
+    """The tribe exists already."""
+
+    error_code = "tribe_exists"
+
+
+class AlreadyMemberError(TribeError):
+    """The node is a member of the tribe by hand already."""
+
+    error_code = "already_member"
+
+
+class NotMemberError(TribeError):
+    """The node is not a member of the tribe by hand."""
+
+    error_code = "not_member"
+
+
+class PolicyExistsError(TribeError):
+    """A policy of that name exists already."""
+
+    error_code = "policy_exists"
+
+
+class PluginExistsError(TribeError):
+    """The plugin entry exists already in the tribe's catalog."""
+
+    error_code = "plugin_exists"
+
+
+class TaskExistsError(TribeError):
+    """A task with that id exists already in the tribe."""
+
+    error_code = "task_exists"
+
+
+class KeyringError(TribeError):
+    """A keyring operation was refused."""
+
+
+class NoKeyringError(KeyringError):
+    """A keyring operation on a node started without a key."""
+
+    error_code = "no_keyring"
+
+
+class EncryptionNotRequiredError(KeyringError):
+    """Keys are spread only by nodes in ``require`` mode."""
+
+    error_code = "encryption_not_required"
+
+
+class KeyringFullError(KeyringError):
+    """The keyring holds 8 keys already."""
+
+    error_code = "keyring_full"
+
+
+class PrimaryKeyError(KeyringError):
+    """The primary key cannot be removed."""
+
+    error_code = "primary_key"
+
+
+class CallError(TribeError):
+    """Base of the errors of a remote plugin call."""
+
+
+class NoProviderError(CallError):
+    """No live member of the tribe serves the plugin."""
+
+    error_code = "no_provider"
+
+
+class CallTimeoutError(CallError, TimeoutError):
+    """The call did not complete before its deadline."""
+
+    error_code = "timeout"
+
+
+class RemoteError(CallError):
+    """The handler failed: ``.code`` and ``.message`` are the handler's."""
+
+    error_code = "remote"
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+class TooLargeError(CallError, ValueError):
+    """A payload or reply over the size limit (``.size``, ``.limit``)."""
+
+    error_code = "too_large"
+    size: int = 0
+    limit: int = 0
+
+
+class OverloadedError(CallError):
+    """Too many calls in flight, here or at every host; try again later."""
+
+    error_code = "overloaded"
+
+
+class DisconnectedError(CallError):
+    """The host went away with the call in flight; it may or may not have run (``.host``)."""
+
+    error_code = "disconnected"
+    host: str = ""
+
+
+class ShutdownError(TribeError):
+    """The node is shutting down or has stopped."""
+
+    error_code = "shutting_down"
+
+
+class TribeIOError(TribeError, OSError):
+    """A socket could not be bound or used."""
+
+    error_code = "io"
+
+
+class HandlerError(Exception):
+    """Raise from a handler to fail a call with an explicit code.
+
+    The caller gets :class:`RemoteError` with this ``code`` and ``message``.
+    """
+
+    def __init__(self, code: str, message: str = "") -> None:
+        super().__init__(code, message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def _classes() -> Dict[str, Type[TribeError]]:
+    out: Dict[str, Type[TribeError]] = {}
+    todo = list(TribeError.__subclasses__())
+    while todo:
+        cls = todo.pop()
+        if cls.error_code:
+            out[cls.error_code] = cls
+        todo.extend(cls.__subclasses__())
+    return out
+
+
+_BY_CODE = _classes()
+
+
+def _from_native(kind: str, code: str, message: str, attrs: Dict[str, Any]) -> TribeError:
+    """Builds the exception for a Rust error (called by the native module)."""
+    cls = _BY_CODE.get(kind, TribeError)
+    return cls(message, code, **attrs)

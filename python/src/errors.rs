@@ -1,0 +1,81 @@
+//! `tribe::Error` → the Python exception hierarchy of `pytribe._errors`.
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyDict;
+
+static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// The exception for a Rust error: a `pytribe.TribeError` subclass chosen
+/// by the error's stable code, with `.code`, `.message` and the variant's
+/// fields as attributes.
+pub(crate) fn to_py(py: Python<'_>, e: tribe::Error) -> PyErr {
+    match build(py, &e) {
+        Ok(err) => err,
+        // The package's error module could not be used: still an exception.
+        Err(_) => PyRuntimeError::new_err(format!("{}: {e}", e.code())),
+    }
+}
+
+fn build(py: Python<'_>, e: &tribe::Error) -> PyResult<PyErr> {
+    let make = FROM_NATIVE.import(py, "pytribe._errors", "_from_native")?;
+    let attrs = PyDict::new(py);
+    let mut code = e.code().to_string();
+    let mut message = e.to_string();
+    match e {
+        tribe::Error::InvalidPolicy(p) => {
+            attrs.set_item("line", p.line)?;
+            attrs.set_item("column", p.column)?;
+            attrs.set_item("reason", &p.message)?;
+        }
+        tribe::Error::Remote {
+            code: remote,
+            message: text,
+        } => {
+            // A handler's own code and message, as the issue asks.
+            attrs.set_item("error_code", &code)?;
+            code = remote.clone();
+            message = text.clone();
+        }
+        tribe::Error::TooLarge { size, limit } => {
+            attrs.set_item("size", size)?;
+            attrs.set_item("limit", limit)?;
+        }
+        tribe::Error::Disconnected { host } => attrs.set_item("host", host)?,
+        tribe::Error::NoProvider { tribe, plugin } => {
+            attrs.set_item("tribe", tribe)?;
+            attrs.set_item("plugin", plugin)?;
+        }
+        tribe::Error::UnknownTribe(t) | tribe::Error::TribeExists(t) => {
+            attrs.set_item("tribe", t)?;
+        }
+        tribe::Error::AlreadyMember { tribe, node } | tribe::Error::NotMember { tribe, node } => {
+            attrs.set_item("tribe", tribe)?;
+            attrs.set_item("node", node)?;
+        }
+        tribe::Error::InvalidName { what, name, reason } => {
+            attrs.set_item("what", *what)?;
+            attrs.set_item("name", name)?;
+            attrs.set_item("reason", *reason)?;
+        }
+        _ => {}
+    }
+    let kind = if matches!(e, tribe::Error::Remote { .. }) {
+        "remote".to_string()
+    } else {
+        code.clone()
+    };
+    let exc = make.call1((kind, code, message, attrs))?;
+    Ok(PyErr::from_value(exc))
+}
+
+/// A `ValueError` with a message.
+pub(crate) fn value_error(msg: impl Into<String>) -> PyErr {
+    PyValueError::new_err(msg.into())
+}
+
+/// Maps a `tribe::Result` to a `PyResult`.
+pub(crate) fn check<T>(py: Python<'_>, r: tribe::Result<T>) -> PyResult<T> {
+    r.map_err(|e| to_py(py, e))
+}

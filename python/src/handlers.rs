@@ -1,0 +1,304 @@
+//! Python handlers of served plugins. A call reaches the Rust handler on a
+//! runtime worker, which only queues a job and awaits its reply; the Python
+//! threads of the node's pool take jobs from the queue and run the handler
+//! attached to the interpreter. A handler never runs on a runtime worker.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyByteArray, PyBytes, PyDict};
+use tokio::sync::oneshot;
+use tribe::HandlerError;
+
+/// What a handler learns about a call.
+#[pyclass(frozen, module = "pytribe._native", eq)]
+#[derive(PartialEq)]
+pub(crate) struct CallInfo {
+    /// Calling node.
+    #[pyo3(get)]
+    caller: String,
+    /// Tribe the call came through (empty for a local call).
+    #[pyo3(get)]
+    tribe: String,
+    /// Plugin name.
+    #[pyo3(get)]
+    plugin: String,
+    /// Plugin version.
+    #[pyo3(get)]
+    version: String,
+    /// When the caller stops waiting, on the `time.monotonic()` clock.
+    #[pyo3(get)]
+    deadline: f64,
+}
+
+#[pymethods]
+impl CallInfo {
+    #[new]
+    fn new(caller: String, tribe: String, plugin: String, version: String, deadline: f64) -> Self {
+        CallInfo {
+            caller,
+            tribe,
+            plugin,
+            version,
+            deadline,
+        }
+    }
+
+    /// Seconds left before the deadline (never negative).
+    fn remaining(&self, py: Python<'_>) -> PyResult<f64> {
+        Ok((self.deadline - monotonic(py)?).max(0.0))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CallInfo(caller={:?}, tribe={:?}, plugin={:?}, version={:?}, deadline={})",
+            self.caller, self.tribe, self.plugin, self.version, self.deadline
+        )
+    }
+}
+
+static MONOTONIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static HANDLER_ERROR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static LOGGER: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn monotonic(py: Python<'_>) -> PyResult<f64> {
+    MONOTONIC
+        .import(py, "time", "monotonic")?
+        .call0()?
+        .extract::<f64>()
+}
+
+/// One call waiting for a pool thread.
+pub(crate) struct Job {
+    handler: Arc<Py<PyAny>>,
+    info: tribe::CallInfo,
+    queued: Instant,
+    payload: Vec<u8>,
+    reply: oneshot::Sender<Result<Vec<u8>, HandlerError>>,
+}
+
+/// What pool threads take from the queue.
+pub(crate) enum Work {
+    Call(Job),
+    /// One pool thread leaves.
+    Stop,
+}
+
+/// A node's handler pool: the queue and whether it still takes calls.
+pub(crate) struct Pool {
+    pub(crate) tx: Sender<Work>,
+    pub(crate) rx: Receiver<Work>,
+    pub(crate) closed: Arc<AtomicBool>,
+}
+
+impl Pool {
+    pub(crate) fn new() -> Pool {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        Pool {
+            tx,
+            rx,
+            closed: Arc::default(),
+        }
+    }
+
+    /// The Rust handler registered with `tribe::Node::serve` for a Python
+    /// callable: it queues the call and awaits the pool's reply.
+    pub(crate) fn rust_handler(
+        &self,
+        handler: Py<PyAny>,
+    ) -> impl Fn(
+        tribe::CallInfo,
+        Vec<u8>,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Vec<u8>, HandlerError>> + Send>,
+    > + Send
+           + Sync
+           + 'static {
+        let handler = Arc::new(handler);
+        let tx = self.tx.clone();
+        let closed = self.closed.clone();
+        move |info, payload| {
+            let handler = handler.clone();
+            let tx = tx.clone();
+            let closed = closed.clone();
+            Box::pin(async move {
+                if closed.load(Ordering::Acquire) {
+                    return Err(HandlerError::new(
+                        "shutting_down",
+                        "the serving node is closing",
+                    ));
+                }
+                let (reply, wait) = oneshot::channel();
+                let job = Job {
+                    handler,
+                    info,
+                    queued: Instant::now(),
+                    payload,
+                    reply,
+                };
+                if tx.send(Work::Call(job)).is_err() {
+                    return Err(HandlerError::new(
+                        "shutting_down",
+                        "the serving node is closing",
+                    ));
+                }
+                match wait.await {
+                    Ok(result) => result,
+                    Err(_) => Err(HandlerError::new(
+                        "shutting_down",
+                        "the handler pool stopped before running the call",
+                    )),
+                }
+            })
+        }
+    }
+
+    /// Drops every queued call (their callers get `shutting_down`).
+    pub(crate) fn drain(&self) {
+        while let Ok(work) = self.rx.try_recv() {
+            drop(work);
+        }
+    }
+}
+
+/// Runs queued calls until told to stop; the body of each pool thread.
+pub(crate) fn run_worker(py: Python<'_>, rx: &Receiver<Work>) -> PyResult<()> {
+    loop {
+        let work = py.detach(|| rx.recv());
+        match work {
+            Ok(Work::Call(job)) => run_job(py, job),
+            Ok(Work::Stop) | Err(_) => return Ok(()),
+        }
+    }
+}
+
+fn run_job(py: Python<'_>, job: Job) {
+    if job.reply.is_closed() {
+        // The caller gave up while the call was queued.
+        return;
+    }
+    let result = call_handler(py, &job);
+    let _ = job.reply.send(result);
+}
+
+fn call_handler(py: Python<'_>, job: &Job) -> Result<Vec<u8>, HandlerError> {
+    let internal = |e: PyErr| HandlerError::new("internal", e.to_string());
+    let left = job.info.budget.saturating_sub(job.queued.elapsed());
+    let deadline = monotonic(py).map_err(internal)? + left.as_secs_f64();
+    let info = CallInfo {
+        caller: job.info.caller.clone(),
+        tribe: job.info.tribe.clone(),
+        plugin: job.info.plugin.clone(),
+        version: job.info.version.clone(),
+        deadline,
+    };
+    let info = Bound::new(py, info).map_err(internal)?;
+    let payload = PyBytes::new(py, &job.payload);
+    match job.handler.bind(py).call1((payload, info)) {
+        Ok(out) => reply_bytes(&out).map_err(|e| {
+            let err = HandlerError::new("TypeError", e);
+            log_failure(py, &job.info, &err, None);
+            err
+        }),
+        Err(e) => {
+            let err = handler_error(py, &e);
+            log_failure(py, &job.info, &err, Some(e));
+            Err(err)
+        }
+    }
+}
+
+/// Bytes of a handler's reply: `bytes`, `bytearray` or `memoryview`.
+pub(crate) fn reply_bytes(out: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
+    bytes_like(out).ok_or_else(|| {
+        let type_name = out
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        format!("a handler must return bytes, bytearray or memoryview, not {type_name}")
+    })
+}
+
+/// The bytes of a `bytes`, `bytearray` or `memoryview`; `None` for anything else.
+pub(crate) fn bytes_like(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Some(b.as_bytes().to_vec());
+    }
+    if let Ok(b) = obj.cast::<PyByteArray>() {
+        return Some(b.to_vec());
+    }
+    if let Ok(view) = obj.cast::<pyo3::types::PyMemoryView>() {
+        let bytes: PyBackedBytes = view.call_method0("tobytes").ok()?.extract().ok()?;
+        return Some(bytes.to_vec());
+    }
+    None
+}
+
+/// A handler's exception as a `HandlerError`: `pytribe.HandlerError(code,
+/// message)` keeps its code; any other exception is named by its class.
+fn handler_error(py: Python<'_>, e: &PyErr) -> HandlerError {
+    let value = e.value(py);
+    let explicit = HANDLER_ERROR
+        .import(py, "pytribe._errors", "HandlerError")
+        .ok()
+        .filter(|cls| value.is_instance(cls).unwrap_or(false));
+    if explicit.is_some() {
+        let code: String = value
+            .getattr("code")
+            .and_then(|c| c.extract())
+            .unwrap_or_else(|_| "error".into());
+        let message: String = value
+            .getattr("message")
+            .and_then(|m| m.extract())
+            .unwrap_or_default();
+        return HandlerError::new(code, message);
+    }
+    let code = value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "Exception".into());
+    let message = value
+        .str()
+        .map(|s| s.to_string())
+        .unwrap_or_else(|_| String::new());
+    HandlerError::new(code, message)
+}
+
+/// Logs a failed handler on the serving side (logger `pytribe`).
+fn log_failure(py: Python<'_>, info: &tribe::CallInfo, err: &HandlerError, exc: Option<PyErr>) {
+    let logged = (|| -> PyResult<()> {
+        let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
+            Ok(py
+                .import("logging")?
+                .call_method1("getLogger", ("pytribe",))?
+                .unbind())
+        })?;
+        let kwargs = PyDict::new(py);
+        if let Some(exc) = exc {
+            kwargs.set_item("exc_info", exc.into_value(py))?;
+        }
+        logger.bind(py).call_method(
+            "error",
+            (
+                "handler %s:%s failed for a call from %s: %s: %s",
+                &info.plugin,
+                &info.version,
+                &info.caller,
+                &err.code,
+                &err.message,
+            ),
+            Some(&kwargs),
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = logged {
+        e.write_unraisable(py, None);
+    }
+}

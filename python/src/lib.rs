@@ -1,0 +1,147 @@
+//! `pytribe._native`: the private native half of the `pytribe` package, a
+//! PyO3 layer over `tribe::Node` (the Rust API, not the C ABI).
+//!
+//! Threads: one tokio runtime (two workers) owned by this module runs every
+//! node. No Python code ever runs on a runtime worker: handlers run on Python
+//! threads of each node's pool (fed through a channel), asyncio futures are
+//! completed from tokio's blocking pool through `call_soon_threadsafe`, and
+//! log records are queued for a Python thread to drain. Every blocking wait
+//! releases the GIL in slices of at most 50 ms and checks for signals.
+#![forbid(unsafe_code)]
+
+mod aio;
+mod bench;
+mod convert;
+mod errors;
+mod events;
+mod handlers;
+mod logs;
+mod node;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use tokio::runtime::Runtime;
+
+/// Longest time the GIL stays released before signals are checked.
+pub(crate) const SLICE: Duration = Duration::from_millis(50);
+
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static RUNTIME_INIT: Mutex<()> = Mutex::new(());
+
+/// Set by the package's atexit hook: from then on nothing calls into Python
+/// from a thread of the runtime.
+pub(crate) static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// The module's runtime, created on first use.
+pub(crate) fn runtime() -> PyResult<&'static Runtime> {
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let _guard = RUNTIME_INIT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("pytribe-rt")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the runtime: {e}"))
+        })?;
+    Ok(RUNTIME.get_or_init(|| rt))
+}
+
+/// Drives `fut` to completion on the runtime with the GIL released, waking
+/// every [`SLICE`] to check for signals: a `KeyboardInterrupt` drops `fut`
+/// (which abandons what it was doing) and is raised.
+pub(crate) fn wait<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let rt = runtime()?;
+    let mut fut = Box::pin(fut);
+    loop {
+        let polled = py.detach(|| {
+            rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await })
+        });
+        match polled {
+            Ok(out) => return Ok(out),
+            Err(_) => py.check_signals()?,
+        }
+    }
+}
+
+/// Like [`wait`], but gives up after `limit` (the future is dropped):
+/// `None` then.
+pub(crate) fn wait_for<F>(py: Python<'_>, fut: F, limit: Duration) -> PyResult<Option<F::Output>>
+where
+    F: Future + Send,
+    F::Output: Send,
+{
+    let rt = runtime()?;
+    let start = std::time::Instant::now();
+    let mut fut = Box::pin(fut);
+    loop {
+        let slice = limit.saturating_sub(start.elapsed()).min(SLICE);
+        let polled = py.detach(|| {
+            rt.block_on(async { tokio::time::timeout(slice, fut.as_mut()).await })
+        });
+        match polled {
+            Ok(out) => return Ok(Some(out)),
+            Err(_) => py.check_signals()?,
+        }
+        if start.elapsed() >= limit {
+            return Ok(None);
+        }
+    }
+}
+
+/// Whether a runtime thread may still call into Python.
+pub(crate) fn may_call_python() -> bool {
+    !EXITING.load(Ordering::Acquire)
+}
+
+/// A new random key: base64 of 32 bytes, as `tribe keygen` prints it.
+#[pyfunction]
+fn keygen() -> String {
+    tribe::SecretKey::generate().to_base64()
+}
+
+/// The public id (8 hex digits) of a base64 key.
+#[pyfunction]
+fn key_id(key: &str) -> PyResult<String> {
+    let key = tribe::SecretKey::from_base64(key.trim())
+        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+    Ok(key.id().to_string())
+}
+
+/// Marks the interpreter as exiting (called by the package's atexit hook).
+#[pyfunction]
+fn _set_exiting() {
+    EXITING.store(true, Ordering::Release);
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(key_id, m)?)?;
+    m.add_function(wrap_pyfunction!(_set_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(aio::_complete, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::next_log, m)?)?;
+    m.add_function(wrap_pyfunction!(logs::set_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_serve_echo, m)?)?;
+    m.add_function(wrap_pyfunction!(bench::_bench_rust_calls, m)?)?;
+    m.add_class::<node::NativeNode>()?;
+    m.add_class::<events::NativeEvents>()?;
+    m.add_class::<handlers::CallInfo>()?;
+    m.add_class::<aio::AbortOnCancel>()?;
+    logs::install();
+    Ok(())
+}

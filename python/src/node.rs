@@ -1,0 +1,576 @@
+//! `NativeNode`: one `tribe::Node` and its handler pool.
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use pyo3::exceptions::PyTypeError;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile, SecretKey};
+
+use crate::errors::{check, to_py, value_error};
+use crate::handlers::{Pool, Work};
+use crate::{convert, wait};
+
+const OPEN: u8 = 0;
+const CLOSED: u8 = 1;
+
+/// A running node (the package's `Node` wraps it).
+#[pyclass(frozen, module = "pytribe._native")]
+pub(crate) struct NativeNode {
+    node: tribe::Node,
+    name: String,
+    addr: String,
+    pool: Pool,
+    state: AtomicU8,
+    /// Turns true once a shutdown or abort has finished.
+    stopped: tokio::sync::watch::Sender<bool>,
+}
+
+/// A duration in seconds: finite, not negative (zero only when allowed).
+pub(crate) fn seconds(what: &str, t: f64, allow_zero: bool) -> PyResult<Duration> {
+    if !t.is_finite() || t < 0.0 || (!allow_zero && t == 0.0) || t > 1e9 {
+        let want = if allow_zero { "0 or more" } else { "more than 0" };
+        return Err(value_error(format!(
+            "{what} must be a finite number of seconds, {want}, not {t}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(t))
+}
+
+fn parse_addr(what: &str, text: &str) -> PyResult<SocketAddr> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut it| it.next())
+        .ok_or_else(|| value_error(format!("{what} {text:?} is not a host:port address")))
+}
+
+fn kind(text: &str) -> PyResult<PluginKind> {
+    text.parse::<PluginKind>().map_err(|_| {
+        value_error(format!(
+            "plugin kind {text:?} is not collector, processor or publisher"
+        ))
+    })
+}
+
+fn secret(text: &str) -> PyResult<SecretKey> {
+    SecretKey::from_base64(text.trim()).map_err(|e| value_error(format!("bad key: {e}")))
+}
+
+/// A key or its id → the id.
+fn key_id(text: &str) -> PyResult<KeyId> {
+    let text = text.trim();
+    if let Ok(id) = text.parse::<KeyId>() {
+        return Ok(id);
+    }
+    Ok(secret(text)
+        .map_err(|_| value_error("expected a base64 key or an 8-hex-digit key id"))?
+        .id())
+}
+
+fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    crate::handlers::bytes_like(payload).ok_or_else(|| {
+        let type_name = payload
+            .get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!(
+            "payload must be bytes, bytearray or memoryview, not {type_name}"
+        ))
+    })
+}
+
+fn hex_sha(text: &str) -> PyResult<[u8; 32]> {
+    let bad = || value_error(format!("{text:?} is not a hex SHA-256 (64 hex digits)"));
+    if text.len() != 64 || !text.is_ascii() {
+        return Err(bad());
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        let s = std::str::from_utf8(chunk).map_err(|_| bad())?;
+        out[i] = u8::from_str_radix(s, 16).map_err(|_| bad())?;
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl NativeNode {
+    pub(crate) fn node(&self) -> &tribe::Node {
+        &self.node
+    }
+
+    fn command<F>(&self, py: Python<'_>, fut: F) -> PyResult<()>
+    where
+        F: std::future::Future<Output = tribe::Result<()>> + Send,
+    {
+        let r = wait(py, fut)?;
+        check(py, r)
+    }
+
+    /// Marks the node closed; `false` when it was already.
+    fn mark_closed(&self) -> bool {
+        let first = self.state.swap(CLOSED, Ordering::AcqRel) == OPEN;
+        if first {
+            self.pool.closed.store(true, Ordering::Release);
+            self.pool.drain();
+        }
+        first
+    }
+
+    /// Starts a graceful shutdown (`leave`) or an abort on the runtime, so
+    /// it finishes even if nobody waits; `false` when one had started already.
+    fn begin_stop(&self, leave: bool) -> PyResult<bool> {
+        if !self.mark_closed() {
+            return Ok(false);
+        }
+        let node = self.node.clone();
+        let stopped = self.stopped.clone();
+        crate::runtime()?.spawn(async move {
+            if leave {
+                let _ = node.shutdown().await;
+            } else {
+                node.abort().await;
+            }
+            stopped.send_replace(true);
+        });
+        Ok(true)
+    }
+}
+
+#[pymethods]
+impl NativeNode {
+    #[new]
+    #[pyo3(signature = (
+        name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
+        profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
+        collect_facts=true, max_payload=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: String,
+        bind: &str,
+        seeds: Vec<String>,
+        facts: BTreeMap<String, String>,
+        key: Option<&str>,
+        profile: &str,
+        label: Option<String>,
+        encryption: Option<&str>,
+        data_dir: Option<std::path::PathBuf>,
+        advertise: Option<&str>,
+        collect_facts: bool,
+        max_payload: Option<usize>,
+    ) -> PyResult<NativeNode> {
+        let mut cfg = Config::new(name);
+        cfg.bind = parse_addr("bind", bind)?;
+        cfg.seeds = seeds
+            .iter()
+            .map(|s| parse_addr("seed", s))
+            .collect::<PyResult<_>>()?;
+        cfg.facts = facts;
+        cfg.collect_facts = collect_facts;
+        cfg.profile = profile.parse::<Profile>().map_err(|_| {
+            value_error(format!("profile {profile:?} is not lan, wan or local"))
+        })?;
+        cfg.cluster_label = label.unwrap_or_default();
+        if let Some(k) = key {
+            cfg.keyring = Some(Keyring::new(secret(k)?));
+        }
+        if let Some(mode) = encryption {
+            cfg.encryption = mode.parse::<Encryption>().map_err(|_| {
+                value_error(format!(
+                    "encryption {mode:?} is not accept, send or require"
+                ))
+            })?;
+        }
+        cfg.data_dir = data_dir;
+        if let Some(a) = advertise {
+            cfg.advertise = Some(parse_addr("advertise", a)?);
+        }
+        if let Some(limit) = max_payload {
+            cfg.rpc.max_payload = limit;
+            cfg.max_frame = cfg.max_frame.max(limit.saturating_add(64 * 1024));
+        }
+        let started = wait(py, async move { tribe::Node::start(cfg).await })?;
+        let node = check(py, started)?;
+        Ok(NativeNode {
+            name: node.name().to_string(),
+            addr: node.addr().to_string(),
+            node,
+            pool: Pool::new(),
+            state: AtomicU8::new(OPEN),
+            stopped: tokio::sync::watch::Sender::new(false),
+        })
+    }
+
+    /// This node's name.
+    #[getter]
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The advertised address (gossip UDP and stream TCP), `host:port`.
+    #[getter]
+    fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Whether `shutdown` or `abort` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.state.load(Ordering::Acquire) != OPEN
+    }
+
+    fn members<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let members = py.detach(|| self.node.members());
+        let list = PyList::empty(py);
+        for m in &members {
+            list.append(convert::to_py(py, &convert::member(m))?)?;
+        }
+        Ok(list)
+    }
+
+    fn members_alive(&self, py: Python<'_>) -> usize {
+        py.detach(|| self.node.members_alive())
+    }
+
+    fn tribes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let tribes = py.detach(|| self.node.tribes());
+        let list = PyList::empty(py);
+        for t in &tribes {
+            list.append(convert::to_py(py, &convert::tribe_info(t))?)?;
+        }
+        Ok(list)
+    }
+
+    fn tribe<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let t = py.detach(|| self.node.tribe(name));
+        t.map(|t| convert::to_py(py, &convert::tribe_info(&t)))
+            .transpose()
+    }
+
+    fn policies<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let policies = py.detach(|| self.node.policies());
+        let list = PyList::empty(py);
+        for p in &policies {
+            list.append(convert::to_py(py, &convert::policy(p))?)?;
+        }
+        Ok(list)
+    }
+
+    fn state_digest(&self, py: Python<'_>) -> String {
+        py.detach(|| self.node.state_digest())
+    }
+
+    fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let status = py.detach(|| self.node.keyring_status());
+        convert::to_py(py, &convert::keys(&status))
+    }
+
+    fn rpc_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.node.rpc_stats();
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("ok", s.ok),
+            ("no_provider", s.no_provider),
+            ("timeout", s.timeout),
+            ("remote_error", s.remote_error),
+            ("too_large", s.too_large),
+            ("overloaded", s.overloaded),
+            ("disconnected", s.disconnected),
+            ("failovers", s.failovers),
+            ("served", s.served),
+            ("refused", s.refused),
+            ("panics", s.panics),
+            ("stream_errors", s.stream_errors),
+            ("streams_refused", s.streams_refused),
+        ] {
+            d.set_item(k, v)?;
+        }
+        Ok(d)
+    }
+
+    fn create_tribe(&self, py: Python<'_>, tribe: &str) -> PyResult<()> {
+        self.command(py, self.node.create_tribe(tribe))
+    }
+
+    fn delete_tribe(&self, py: Python<'_>, tribe: &str) -> PyResult<()> {
+        self.command(py, self.node.delete_tribe(tribe))
+    }
+
+    fn join(&self, py: Python<'_>, tribe: &str, node: &str) -> PyResult<()> {
+        self.command(py, self.node.join(tribe, node))
+    }
+
+    fn leave(&self, py: Python<'_>, tribe: &str, node: &str) -> PyResult<()> {
+        self.command(py, self.node.leave(tribe, node))
+    }
+
+    fn add_policy(&self, py: Python<'_>, name: &str, tribe: &str, when: &str) -> PyResult<()> {
+        self.command(py, self.node.add_policy(name, tribe, when))
+    }
+
+    fn remove_policy(&self, py: Python<'_>, name: &str) -> PyResult<()> {
+        self.command(py, self.node.remove_policy(name))
+    }
+
+    fn set_fact(&self, py: Python<'_>, key: &str, value: &str) -> PyResult<()> {
+        self.command(py, self.node.set_fact(key, value))
+    }
+
+    fn remove_fact(&self, py: Python<'_>, key: &str) -> PyResult<()> {
+        self.command(py, self.node.remove_fact(key))
+    }
+
+    #[pyo3(signature = (tribe, name, version, kind, artifact=None))]
+    fn load_plugin(
+        &self,
+        py: Python<'_>,
+        tribe: &str,
+        name: &str,
+        version: &str,
+        kind: &str,
+        artifact: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<String>> {
+        let k = self::kind(kind)?;
+        match artifact {
+            None => {
+                self.command(py, self.node.load_plugin(tribe, name, version, k, None))?;
+                Ok(None)
+            }
+            Some(bytes) => {
+                let bytes = payload_bytes(bytes)?;
+                let r = wait(
+                    py,
+                    self.node
+                        .load_plugin_with_artifact(tribe, name, version, k, bytes),
+                )?;
+                Ok(Some(hex(&check(py, r)?.sha256)))
+            }
+        }
+    }
+
+    fn unload_plugin(&self, py: Python<'_>, tribe: &str, name: &str, version: &str) -> PyResult<()> {
+        self.command(py, self.node.unload_plugin(tribe, name, version))
+    }
+
+    /// The verified bytes of an artifact this node holds, by hex SHA-256.
+    fn artifact<'py>(&self, py: Python<'py>, sha256: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let sha = hex_sha(sha256)?;
+        Ok(self.node.artifact(&sha).map(|b| PyBytes::new(py, &b)))
+    }
+
+    #[pyo3(signature = (tribe, id, manifest, state="running"))]
+    fn add_task(
+        &self,
+        py: Python<'_>,
+        tribe: &str,
+        id: &str,
+        manifest: &str,
+        state: &str,
+    ) -> PyResult<()> {
+        let state = task_state(state)?;
+        self.command(py, self.node.add_task(tribe, id, manifest, state))
+    }
+
+    fn remove_task(&self, py: Python<'_>, tribe: &str, id: &str) -> PyResult<()> {
+        self.command(py, self.node.remove_task(tribe, id))
+    }
+
+    fn set_task_state(&self, py: Python<'_>, tribe: &str, id: &str, state: &str) -> PyResult<()> {
+        let state = task_state(state)?;
+        self.command(py, self.node.set_task_state(tribe, id, state))
+    }
+
+    fn install_key(&self, py: Python<'_>, key: &str) -> PyResult<String> {
+        let key = secret(key)?;
+        let id = key.id().to_string();
+        self.command(py, self.node.install_key(key))?;
+        Ok(id)
+    }
+
+    fn use_key(&self, py: Python<'_>, key: &str) -> PyResult<String> {
+        let id = key_id(key)?;
+        self.command(py, self.node.use_key(id))?;
+        Ok(id.to_string())
+    }
+
+    fn remove_key(&self, py: Python<'_>, key: &str) -> PyResult<String> {
+        let id = key_id(key)?;
+        self.command(py, self.node.remove_key(id))?;
+        Ok(id.to_string())
+    }
+
+    fn set_encryption(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
+        let mode = mode.parse::<Encryption>().map_err(|_| {
+            value_error(format!(
+                "encryption {mode:?} is not accept, send or require"
+            ))
+        })?;
+        self.command(py, self.node.set_encryption(mode))
+    }
+
+    /// Serves a plugin with a Python callable `handler(payload, info)`; its
+    /// calls are queued for the pool threads (`run_worker`).
+    fn serve(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        version: &str,
+        kind: &str,
+        handler: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        if !handler.is_callable() {
+            return Err(PyTypeError::new_err("handler must be callable"));
+        }
+        if self.closed() {
+            return Err(to_py(py, tribe::Error::ShuttingDown));
+        }
+        let k = self::kind(kind)?;
+        let h = self.pool.rust_handler(handler.clone().unbind());
+        self.command(py, self.node.serve(name, version, k, h))
+    }
+
+    fn unserve(&self, py: Python<'_>, name: &str, version: &str) -> PyResult<()> {
+        self.command(py, self.node.unserve(name, version))
+    }
+
+    /// Body of a pool thread: runs queued calls until `stop_workers`.
+    fn run_worker(&self, py: Python<'_>) -> PyResult<()> {
+        crate::handlers::run_worker(py, &self.pool.rx)
+    }
+
+    /// Tells `n` pool threads to leave once idle.
+    fn stop_workers(&self, n: usize) {
+        for _ in 0..n {
+            let _ = self.pool.tx.send(Work::Stop);
+        }
+    }
+
+    #[pyo3(signature = (tribe, plugin, payload, kind="processor", version=None, timeout=2.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn call<'py>(
+        &self,
+        py: Python<'py>,
+        tribe: &str,
+        plugin: &str,
+        payload: &Bound<'py, PyAny>,
+        kind: &str,
+        version: Option<String>,
+        timeout: f64,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let target = CallTarget {
+            tribe: tribe.into(),
+            plugin: plugin.into(),
+            version,
+            kind: self::kind(kind)?,
+        };
+        let timeout = seconds("timeout", timeout, false)?;
+        let payload = payload_bytes(payload)?;
+        let node = &self.node;
+        let r = wait(py, async move { node.call(&target, payload, timeout).await })?;
+        Ok(PyBytes::new(py, &check(py, r)?))
+    }
+
+    #[pyo3(signature = (r#loop, tribe, plugin, payload, kind="processor", version=None, timeout=2.0))]
+    #[allow(clippy::too_many_arguments)]
+    fn call_async<'py>(
+        &self,
+        py: Python<'py>,
+        r#loop: &Bound<'py, PyAny>,
+        tribe: &str,
+        plugin: &str,
+        payload: &Bound<'py, PyAny>,
+        kind: &str,
+        version: Option<String>,
+        timeout: f64,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let target = CallTarget {
+            tribe: tribe.into(),
+            plugin: plugin.into(),
+            version,
+            kind: self::kind(kind)?,
+        };
+        let timeout = seconds("timeout", timeout, false)?;
+        let payload = payload_bytes(payload)?;
+        let node = self.node.clone();
+        crate::aio::spawn(py, r#loop, async move {
+            let r = node.call(&target, payload, timeout).await;
+            let out: crate::aio::Outcome = Box::new(move |py| match r {
+                Ok(bytes) => Ok(PyBytes::new(py, &bytes).into_any().unbind()),
+                Err(e) => Err(to_py(py, e)),
+            });
+            out
+        })
+    }
+
+    /// A new event subscriber (the first one also gets the events since start).
+    fn events(&self) -> crate::events::NativeEvents {
+        crate::events::NativeEvents::new(self.node.events())
+    }
+
+    /// Leaves gracefully (peers record *left*) and stops; waits at most
+    /// `timeout` seconds (None: until done). Idempotent. Returns whether the
+    /// node has stopped.
+    #[pyo3(signature = (timeout=None))]
+    fn shutdown(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.begin_stop(true)?;
+        self.wait_stopped(py, timeout)
+    }
+
+    /// Stops without a goodbye (peers record *failed*); waits like `shutdown`.
+    #[pyo3(signature = (timeout=None))]
+    fn abort(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        self.begin_stop(false)?;
+        self.wait_stopped(py, timeout)
+    }
+
+    /// Starts a graceful shutdown (`leave=True`) or an abort and returns at once.
+    #[pyo3(signature = (leave=true))]
+    fn stop_background(&self, leave: bool) -> PyResult<()> {
+        self.begin_stop(leave).map(|_| ())
+    }
+
+    /// Waits until a shutdown or abort has finished, at most `timeout`
+    /// seconds (None: as long as it takes); returns whether it has.
+    #[pyo3(signature = (timeout=None))]
+    fn wait_stopped(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        let mut rx = self.stopped.subscribe();
+        let done = async move {
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        };
+        match timeout {
+            None => {
+                wait(py, done)?;
+                Ok(true)
+            }
+            Some(t) => {
+                let limit = seconds("timeout", t, true)?;
+                Ok(crate::wait_for(py, done, limit)?.is_some())
+            }
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("<NativeNode {} {}>", self.name, self.addr)
+    }
+}
+
+fn task_state(state: &str) -> PyResult<tribe::TaskState> {
+    match state {
+        "running" => Ok(tribe::TaskState::Running),
+        "stopped" => Ok(tribe::TaskState::Stopped),
+        other => Err(value_error(format!(
+            "task state {other:?} is not running or stopped"
+        ))),
+    }
+}

@@ -1,0 +1,173 @@
+"""Start, snapshots, commands, exceptions and argument checks on real nodes."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+
+import pytest
+
+import pytribe
+from conftest import start, wait_for
+
+
+def test_keygen_gives_32_random_bytes_in_base64() -> None:
+    k1, k2 = pytribe.keygen(), pytribe.keygen()
+    assert k1 != k2
+    assert len(base64.b64decode(k1, validate=True)) == 32
+    assert len(pytribe.key_id(k1)) == 8
+    with pytest.raises(ValueError):
+        pytribe.key_id("not a key")
+
+
+def test_node_binds_port_zero_and_reports_its_address() -> None:
+    with start("solo", facts={"rack": "r1"}) as node:
+        assert node.name == "solo"
+        host, port = node.addr.rsplit(":", 1)
+        assert host == "127.0.0.1" and int(port) > 0
+        me = node.members()
+        assert len(me) == 1 and me[0].local and me[0].state == "alive"
+        assert me[0].facts["rack"] == "r1"
+        assert node.members_alive() == 1
+        assert "solo" in repr(node)
+        assert not node.closed
+    assert node.closed
+
+
+def test_commands_snapshots_and_typed_errors() -> None:
+    with start("cmd") as node:
+        node.create_tribe("core")
+        with pytest.raises(pytribe.TribeExistsError) as e:
+            node.create_tribe("core")
+        assert e.value.code == "tribe_exists"
+        with pytest.raises(pytribe.UnknownTribeError) as e2:
+            node.join("nope")
+        assert isinstance(e2.value, KeyError) and e2.value.code == "unknown_tribe"
+        assert "nope" in str(e2.value)
+        with pytest.raises(pytribe.InvalidNameError) as e3:
+            node.create_tribe("-bad")
+        assert isinstance(e3.value, ValueError)
+        with pytest.raises(pytribe.InvalidPolicyError) as e4:
+            node.add_policy("p", "core", "facts.rack ==")
+        assert isinstance(e4.value, ValueError)
+        assert e4.value.line == 1 and e4.value.column == 14
+        node.join("core")
+        node.add_policy("r1", "core", 'facts.rack == "r1"')
+        node.set_fact("rack", "r1")
+        node.load_plugin("core", "disk", "1", "collector")
+        node.add_task("core", "t1", {"schedule": {"interval": "1s"}, "collect": {"plugin": "disk"}})
+        wait_for("the tribe's view", lambda: node.tribe("core") is not None and node.tribe("core").members == ("cmd",))
+        t = node.tribe("core")
+        assert t is not None
+        assert t.plugins == (pytribe.Plugin("disk", "1", "collector"),)
+        assert t.tasks[0].id == "t1" and t.tasks[0].manifest_dict()["collect"]["plugin"] == "disk"
+        assert node.tribe("missing") is None
+        assert node.tribes() == [t]
+        assert node.policies() == [pytribe.Policy("r1", "core", 'facts.rack == "r1"')]
+        # Snapshots are frozen and compare by value.
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            t.name = "x"  # type: ignore[misc]
+        with pytest.raises(TypeError):
+            node.members()[0].facts["rack"] = "r2"  # type: ignore[index]
+        assert "disk" in repr(t)
+        assert len(node.state_digest()) > 8
+        node.remove_task("core", "t1")
+        node.unload_plugin("core", "disk", "1")
+        node.remove_policy("r1")
+        node.remove_fact("rack")
+        with pytest.raises(pytribe.UnknownFactError):
+            node.remove_fact("rack")
+        node.leave("core")
+        node.delete_tribe("core")
+        keys = node.keys()
+        assert keys.encryption is None and keys.keys == ()
+        with pytest.raises(pytribe.NoKeyringError):
+            node.install_key(pytribe.keygen())
+
+
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"bind": "nonsense"}, ValueError),
+        ({"bind": 12}, TypeError),
+        ({"seeds": "127.0.0.1:1"}, TypeError),
+        ({"seeds": [1]}, TypeError),
+        ({"facts": {"k": 1}}, TypeError),
+        ({"facts": ["k"]}, TypeError),
+        ({"facts": {"bad key!": "v"}}, ValueError),
+        ({"key": "short"}, ValueError),
+        ({"profile": "fast"}, ValueError),
+        ({"encryption": "maybe"}, ValueError),
+        ({"handler_threads": 0}, ValueError),
+        ({"handler_threads": "4"}, TypeError),
+        ({"label": "x" * 100}, ValueError),
+    ],
+)
+def test_bad_start_arguments_raise_type_or_value_errors(kwargs: dict, exc: type) -> None:
+    with pytest.raises(exc):
+        start("bad", **kwargs)
+
+
+def test_bad_call_arguments_raise_type_or_value_errors() -> None:
+    with start("args") as node:
+        node.create_tribe("t")
+        with pytest.raises(TypeError):
+            node.call("t", "p", "text")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            node.call("t", "p", b"x", kind="transformer")
+        with pytest.raises(ValueError):
+            node.call("t", "p", b"x", timeout=-1)
+        with pytest.raises(ValueError):
+            node.call("t", "p", b"x", timeout=float("nan"))
+        with pytest.raises(TypeError):
+            node.call("t", "p", b"x", timeout="1")  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            node.serve("p", "1", "processor", "not callable")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            node.serve("p", "1", "nope", lambda p, i: p)
+        with pytest.raises(pytribe.InvalidNameError):
+            node.serve("-p", "1", "processor", lambda p, i: p)
+        with pytest.raises(TypeError):
+            node.create_tribe(None)  # type: ignore[arg-type]
+        with pytest.raises(TypeError):
+            node.add_task("t", "x", 5)  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            node.add_task("t", "x", {}, state="paused")
+        with pytest.raises(ValueError):
+            node.use_key("zz")
+        with pytest.raises(TypeError):
+            node.events(timeout="soon")  # type: ignore[arg-type]
+        with pytest.raises(ValueError):
+            pytribe.set_log_level("chatty")
+
+
+def test_closed_node_raises_shutdown_error_and_close_is_idempotent() -> None:
+    node = start("closing")
+    node.create_tribe("t")
+    assert node.close() is True
+    assert node.close() is True
+    node.abort()
+    with pytest.raises(pytribe.ShutdownError) as e:
+        node.create_tribe("u")
+    assert e.value.code == "shutting_down"
+    with pytest.raises(pytribe.ShutdownError):
+        node.call("t", "p", b"x")
+
+
+def test_exception_hierarchy() -> None:
+    assert issubclass(pytribe.CallTimeoutError, TimeoutError)
+    assert issubclass(pytribe.CallTimeoutError, pytribe.TribeError)
+    assert issubclass(pytribe.InvalidPolicyError, ValueError)
+    assert issubclass(pytribe.InvalidNameError, ValueError)
+    assert issubclass(pytribe.UnknownTribeError, KeyError)
+    for cls in (
+        pytribe.NoProviderError,
+        pytribe.RemoteError,
+        pytribe.OverloadedError,
+        pytribe.DisconnectedError,
+        pytribe.ShutdownError,
+        pytribe.ConfigError,
+        pytribe.TooLargeError,
+    ):
+        assert issubclass(cls, pytribe.TribeError)
+    assert pytribe.RemoteError.error_code == "remote"
