@@ -1,0 +1,35 @@
+package tribe
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+func TestTwoNodesSeeEachOther(t *testing.T) {
+	a := startNode(t, "pair", nil)
+	b := startNode(t, "pair", func(c *Config) { c.Seeds = []string{a.Addr()} })
+	waitFor(t, "both nodes to see two alive members", 20*time.Second, func() bool {
+		return aliveCount(a) == 2 && aliveCount(b) == 2
+	})
+	st, err := b.Status()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Name != b.Name() || st.MembersAlive != 2 {
+		t.Fatalf("status %+v", st)
+	}
+	m, err := a.Member(b.Name())
+	if err != nil || m.Addr != b.Addr() || m.Local {
+		t.Fatalf("member %+v %v", m, err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Members(); !errors.Is(err, ErrClosed) || !errors.Is(err, ErrShuttingDown) {
+		t.Fatalf("after Close: %v", err)
+	}
+	waitFor(t, "the closed node to be left", 10*time.Second, func() bool {
+		return memberState(a, b.Name()) == "left"
+	})
+}

@@ -1,0 +1,398 @@
+package tribe
+
+/*
+#include <stdlib.h>
+#include "tribe.h"
+*/
+import "C"
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync"
+	"time"
+	"unsafe"
+)
+
+// Handler serves calls to a plugin. Each incoming call runs in its own
+// goroutine; ctx ends at the caller's deadline or when the node closes.
+// Returning a *HandlerError sets the code and message the caller sees; any
+// other error gives the code "error"; a panic is recovered and gives the
+// code "panic" (the node keeps serving).
+type Handler func(ctx context.Context, call CallInfo, payload []byte) ([]byte, error)
+
+// callResult is how an asynchronous call ended.
+type callResult struct {
+	reply []byte
+	err   error
+}
+
+// callRegistry matches completions to waiting calls. Each call id is claimed
+// exactly once: by its completion (pending -> delivered), by a caller that
+// gives up (pending -> abandoned, whose completion is then discarded), or by
+// the end of the polling goroutine. A completion that arrives before its
+// caller registered waits in early.
+type callRegistry struct {
+	mu        sync.Mutex
+	pending   map[uint64]chan callResult
+	early     map[uint64]callResult
+	abandoned map[uint64]struct{}
+	ended     bool
+}
+
+func (r *callRegistry) init() {
+	r.pending = map[uint64]chan callResult{}
+	r.early = map[uint64]callResult{}
+	r.abandoned = map[uint64]struct{}{}
+}
+
+var chanPool = sync.Pool{New: func() any { return make(chan callResult, 1) }}
+
+// register parks ch for id; it returns the result at once when the
+// completion came first or the node has ended.
+func (r *callRegistry) register(id uint64, ch chan callResult) (callResult, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if res, ok := r.early[id]; ok {
+		delete(r.early, id)
+		return res, true
+	}
+	if r.ended {
+		return callResult{err: shuttingDown()}, true
+	}
+	r.pending[id] = ch
+	return callResult{}, false
+}
+
+// abandon gives up on id; false when its completion was delivered already.
+func (r *callRegistry) abandon(id uint64) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.pending[id]; !ok {
+		return false
+	}
+	delete(r.pending, id)
+	if !r.ended {
+		r.abandoned[id] = struct{}{}
+	}
+	return true
+}
+
+// complete delivers a completion (polling goroutine).
+func (r *callRegistry) complete(id uint64, res callResult) {
+	r.mu.Lock()
+	if ch, ok := r.pending[id]; ok {
+		delete(r.pending, id)
+		r.mu.Unlock()
+		ch <- res
+		return
+	}
+	if _, ok := r.abandoned[id]; ok {
+		delete(r.abandoned, id)
+		r.mu.Unlock()
+		return
+	}
+	r.early[id] = res
+	r.mu.Unlock()
+}
+
+// end fails every call still waiting: the node has stopped and no more
+// completions will come.
+func (r *callRegistry) end() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.ended = true
+	for id, ch := range r.pending {
+		delete(r.pending, id)
+		ch <- callResult{err: shuttingDown()}
+	}
+	clear(r.early)
+	clear(r.abandoned)
+}
+
+func shuttingDown() error {
+	return &Error{Code: "shutting_down", Message: "the node stopped with the call in flight", num: C.TRIBE_SHUTTING_DOWN}
+}
+
+// Call calls a plugin served by a live member of t.Tribe (this node first
+// when it serves it) and returns its reply. The context's deadline is the
+// call's timeout (without a deadline the call waits as long as it takes);
+// cancelling the context abandons the call at once. Errors: ErrNoProvider,
+// ErrTimeout (also matching context.DeadlineExceeded), ErrCancelled (also
+// matching context.Canceled), *RemoteError, ErrTooLarge, ErrOverloaded,
+// ErrDisconnected, ErrShuttingDown, ErrClosed.
+func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, error) {
+	defer runtime.KeepAlive(n)
+	in := n.n
+	if err := ctx.Err(); err != nil {
+		return nil, contextError(err)
+	}
+	timeout := uint32(math.MaxUint32)
+	deadline, hasDeadline := ctx.Deadline()
+	if hasDeadline {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, contextError(context.DeadlineExceeded)
+		}
+		ms := (left + time.Millisecond - 1) / time.Millisecond
+		if ms < math.MaxUint32 {
+			timeout = uint32(ms)
+		}
+	}
+	if err := nulErr(t.Tribe, t.Plugin, t.Version); err != nil {
+		return nil, err
+	}
+	var cs cstrings
+	tribe, plugin, version := cs.str(t.Tribe), cs.str(t.Plugin), cs.opt(t.Version)
+	var data *C.uint8_t
+	if len(payload) > 0 {
+		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(payload)))
+	}
+	var id C.uint64_t
+	err := in.do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_call_async(p, tribe, plugin, version, C.uint32_t(t.Kind),
+			data, C.size_t(len(payload)), C.uint32_t(timeout), &id, e)
+	})
+	cs.free()
+	if err != nil {
+		return nil, err
+	}
+	ch := chanPool.Get().(chan callResult)
+	res, done := in.calls.register(uint64(id), ch)
+	if !done {
+		select {
+		case res = <-ch:
+		case <-ctx.Done():
+			if in.calls.abandon(uint64(id)) {
+				in.cancel(uint64(id))
+				chanPool.Put(ch)
+				return nil, contextError(ctx.Err())
+			}
+			// The completion won the race: it is in ch.
+			res = <-ch
+		}
+	}
+	chanPool.Put(ch)
+	if res.err != nil {
+		if hasDeadline && errors.Is(res.err, ErrTimeout) {
+			return nil, withContext(res.err, context.DeadlineExceeded)
+		}
+		return nil, res.err
+	}
+	return res.reply, nil
+}
+
+// cancel tells libtribe to abandon a call; its completion is discarded.
+func (in *node) cancel(id uint64) {
+	gcPoint()
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	if in.ptr != nil {
+		C.tribe_node_call_cancel(in.ptr, C.uint64_t(id), nil)
+	}
+}
+
+func handlerKey(name, version string) string { return name + "\x00" + version }
+
+// Serve serves a plugin: the node advertises it, and members of this node's
+// tribes can call it. Serving the same name and version again replaces the
+// handler.
+func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
+	if h == nil {
+		return &Error{Code: "invalid_argument", Message: "the handler is nil", num: C.TRIBE_INVALID_ARGUMENT}
+	}
+	in := n.n
+	key := handlerKey(name, version)
+	in.handlersMu.Lock()
+	old, had := in.handlers[key]
+	in.handlers[key] = h
+	in.handlersMu.Unlock()
+	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_serve(p, a[0], a[1], C.uint32_t(kind), e)
+	}, name, version)
+	if err != nil {
+		in.handlersMu.Lock()
+		if had {
+			in.handlers[key] = old
+		} else {
+			delete(in.handlers, key)
+		}
+		in.handlersMu.Unlock()
+	}
+	return err
+}
+
+// Unserve stops serving a plugin and withdraws its endpoint. Calls already
+// running finish.
+func (n *Node) Unserve(name, version string) error {
+	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_unserve(p, a[0], a[1], e)
+	}, name, version)
+	if err == nil {
+		n.n.handlersMu.Lock()
+		delete(n.n.handlers, handlerKey(name, version))
+		n.n.handlersMu.Unlock()
+	}
+	return err
+}
+
+// poll is the node's one polling goroutine: it takes every event from
+// libtribe, hands completions to their calls, starts a goroutine per
+// incoming call and offers the rest to Events. It ends when the node has
+// stopped and its queue is drained.
+func (in *node) poll() {
+	defer close(in.pollDone)
+	defer close(in.events)
+	defer in.calls.end()
+	for {
+		gcPoint()
+		var ev *C.tribe_event
+		var cerr *C.tribe_error
+		// ptr stays valid: the free waits for this goroutine to end.
+		rc := C.tribe_node_next_event(in.ptr, -1, &ev, &cerr)
+		if rc != C.TRIBE_OK {
+			// TRIBE_SHUTTING_DOWN: stopped and drained. Anything else
+			// (a caught panic) would repeat; stop polling either way.
+			_ = takeError(rc, cerr)
+			return
+		}
+		if ev != nil {
+			in.dispatch(ev)
+		}
+	}
+}
+
+func (in *node) dispatch(ev *C.tribe_event) {
+	switch kind := C.tribe_event_kind(ev); kind {
+	case C.TRIBE_EVENT_CALL_DONE:
+		var id C.uint64_t
+		C.tribe_event_call_id(ev, &id, nil)
+		var buf *C.uint8_t
+		var n C.size_t
+		var cerr *C.tribe_error
+		var res callResult
+		if rc := C.tribe_event_take_reply(ev, &buf, &n, &cerr); rc == C.TRIBE_OK {
+			res.reply = goBytes(buf, n)
+			C.tribe_bytes_free(buf, n)
+		} else {
+			res.err = takeError(rc, cerr)
+		}
+		C.tribe_event_free(ev)
+		in.calls.complete(uint64(id), res)
+	case C.TRIBE_EVENT_CALL:
+		var r *C.tribe_responder
+		rc := C.tribe_event_take_responder(ev, &r, nil)
+		C.tribe_event_free(ev)
+		if rc == C.TRIBE_OK {
+			in.handlerWG.Add(1)
+			go in.serveCall(r)
+		}
+	default:
+		var text *C.char
+		var n C.size_t
+		rc := C.tribe_event_json(ev, &text, &n, nil)
+		var e Event
+		if rc == C.TRIBE_OK {
+			e, _ = decodeEvent(EventKind(kind), C.GoBytes(unsafe.Pointer(text), C.int(n)))
+			C.tribe_string_free(text)
+		} else {
+			e = Event{Kind: EventKind(kind)}
+		}
+		C.tribe_event_free(ev)
+		select {
+		case in.events <- e:
+		default:
+			in.dropped.Add(1)
+		}
+	}
+}
+
+func goBytes(p *C.uint8_t, n C.size_t) []byte {
+	if p == nil || n == 0 {
+		return []byte{}
+	}
+	return C.GoBytes(unsafe.Pointer(p), C.int(n))
+}
+
+// serveCall runs a handler for one incoming call and answers it.
+func (in *node) serveCall(r *C.tribe_responder) {
+	defer in.handlerWG.Done()
+	defer C.tribe_responder_free(r)
+	gcPoint()
+	info := CallInfo{
+		Caller:  C.GoString(C.tribe_responder_caller(r)),
+		Tribe:   C.GoString(C.tribe_responder_tribe(r)),
+		Plugin:  C.GoString(C.tribe_responder_plugin(r)),
+		Version: C.GoString(C.tribe_responder_version(r)),
+		Budget:  time.Duration(C.tribe_responder_budget_ms(r)) * time.Millisecond,
+	}
+	var n C.size_t
+	payload := goBytes(C.tribe_responder_payload(r, &n), n)
+	in.handlersMu.RLock()
+	h := in.handlers[handlerKey(info.Plugin, info.Version)]
+	in.handlersMu.RUnlock()
+	if h == nil {
+		fail(r, "no_handler", fmt.Sprintf("no Go handler for %s %s", info.Plugin, info.Version))
+		return
+	}
+	ctx, cancel := context.WithTimeout(in.base, info.Budget)
+	reply, err := runHandler(ctx, h, info, payload)
+	cancel()
+	gcPoint()
+	if err != nil {
+		var he *HandlerError
+		if errors.As(err, &he) {
+			fail(r, he.Code, he.Message)
+		} else {
+			fail(r, "error", err.Error())
+		}
+		return
+	}
+	var data *C.uint8_t
+	if len(reply) > 0 {
+		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(reply)))
+	}
+	C.tribe_responder_reply(r, data, C.size_t(len(reply)), nil)
+}
+
+// panicError is a recovered handler panic.
+type panicError struct{ value any }
+
+func (p panicError) Error() string { return fmt.Sprintf("handler panicked: %v", p.value) }
+
+func runHandler(ctx context.Context, h Handler, info CallInfo, payload []byte) (reply []byte, err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			reply, err = nil, &HandlerError{Code: "panic", Message: panicError{v}.Error()}
+		}
+	}()
+	return h(ctx, info, payload)
+}
+
+func fail(r *C.tribe_responder, code, message string) {
+	var cs cstrings
+	defer cs.free()
+	// NUL bytes would cut the text short in C; they cannot occur in a code
+	// a handler means, so they are replaced.
+	c := cs.str(replaceNUL(code))
+	m := cs.str(replaceNUL(message))
+	C.tribe_responder_fail(r, c, m, nil)
+}
+
+func replaceNUL(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] == 0 {
+			b := []byte(s)
+			for j := range b {
+				if b[j] == 0 {
+					b[j] = '?'
+				}
+			}
+			return string(b)
+		}
+	}
+	return s
+}

@@ -1,0 +1,295 @@
+package tribe
+
+/*
+#include "tribe.h"
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"unsafe"
+)
+
+// CreateTribe creates an empty tribe; it then spreads to every node.
+// ErrTribeExists if it exists.
+func (n *Node) CreateTribe(tribe string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_create_tribe(p, a[0], e)
+	}, tribe)
+}
+
+// DeleteTribe deletes a tribe with its catalog, memberships and the policies
+// that target it. ErrUnknownTribe if it does not exist.
+func (n *Node) DeleteTribe(tribe string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_delete_tribe(p, a[0], e)
+	}, tribe)
+}
+
+// Join puts node (any known node; "" for this one) in tribe by hand.
+func (n *Node) Join(tribe, node string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		member := a[1]
+		if node == "" {
+			member = nil
+		}
+		return C.tribe_node_join(p, a[0], member, e)
+	}, tribe, node)
+}
+
+// Leave removes the membership by hand of node ("" for this one) in tribe;
+// a membership by policy stays while its policy holds.
+func (n *Node) Leave(tribe, node string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		member := a[1]
+		if node == "" {
+			member = nil
+		}
+		return C.tribe_node_leave(p, a[0], member, e)
+	}, tribe, node)
+}
+
+// AddPolicy adds a policy: the nodes whose facts satisfy when (CEL over
+// facts, e.g. `facts.rack == "r1"`) join tribe, which is created when
+// missing. A bad expression gives a *PolicyError (matching
+// ErrInvalidPolicy) and never spreads.
+func (n *Node) AddPolicy(name, tribe, when string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_add_policy(p, a[0], a[1], a[2], e)
+	}, name, tribe, when)
+}
+
+// RemovePolicy removes a policy. ErrUnknownPolicy if it does not exist.
+func (n *Node) RemovePolicy(name string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_remove_policy(p, a[0], e)
+	}, name)
+}
+
+// SetFact sets a user fact of this node (overriding a collected fact of that
+// name); policies are evaluated again and the fact spreads to peers.
+func (n *Node) SetFact(key, value string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_set_fact(p, a[0], a[1], e)
+	}, key, value)
+}
+
+// RemoveFact removes a user fact of this node. ErrUnknownFact if it is not one.
+func (n *Node) RemoveFact(key string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_remove_fact(p, a[0], e)
+	}, key)
+}
+
+// LoadPlugin adds a plugin entry to a tribe's catalog: every member, also a
+// later one, gets an EventPluginLoad.
+func (n *Node) LoadPlugin(tribe, name, version string, kind Kind) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_load_plugin(p, a[0], a[1], a[2], C.uint32_t(kind), e)
+	}, tribe, name, version)
+}
+
+// UnloadPlugin removes a plugin entry from a tribe's catalog.
+func (n *Node) UnloadPlugin(tribe, name, version string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_unload_plugin(p, a[0], a[1], a[2], e)
+	}, tribe, name, version)
+}
+
+// AddTask adds a running task to a tribe; members get EventTaskRun.
+// manifest is the JSON object of docs/task-manifest.md: a string, []byte or
+// json.RawMessage is passed as is, anything else is encoded with
+// encoding/json.
+func (n *Node) AddTask(tribe, id string, manifest any) error {
+	return n.AddTaskWithState(tribe, id, manifest, TaskRunning)
+}
+
+// AddTaskWithState adds a task in the given state.
+func (n *Node) AddTaskWithState(tribe, id string, manifest any, state TaskState) error {
+	var text string
+	switch m := manifest.(type) {
+	case string:
+		text = m
+	case []byte:
+		text = string(m)
+	case json.RawMessage:
+		text = string(m)
+	default:
+		b, err := json.Marshal(m)
+		if err != nil {
+			return &Error{Code: "invalid_argument", Message: "task manifest: " + err.Error(), num: C.TRIBE_INVALID_ARGUMENT}
+		}
+		text = string(b)
+	}
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_add_task(p, a[0], a[1], a[2], C.uint32_t(state), e)
+	}, tribe, id, text)
+}
+
+// SetTaskState asks members to run or stop a task.
+func (n *Node) SetTaskState(tribe, id string, state TaskState) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_set_task_state(p, a[0], a[1], C.uint32_t(state), e)
+	}, tribe, id)
+}
+
+// RemoveTask removes a task from a tribe.
+func (n *Node) RemoveTask(tribe, id string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_remove_task(p, a[0], a[1], e)
+	}, tribe, id)
+}
+
+// InstallKey adds a key (base64) to every node's keyring. The node must have
+// been started with a key, in the "require" mode.
+func (n *Node) InstallKey(key string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_install_key(p, a[0], e)
+	}, key)
+}
+
+// UseKey makes an installed key (its 8-hex-digit id or the base64 key) the
+// sealing key of every node.
+func (n *Node) UseKey(key string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_use_key(p, a[0], e)
+	}, key)
+}
+
+// RemoveKey removes a key (id or base64) from every node's keyring;
+// ErrPrimaryKey for the primary key.
+func (n *Node) RemoveKey(key string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_remove_key(p, a[0], e)
+	}, key)
+}
+
+// SetEncryption changes this node's encryption mode live: "accept", "send"
+// or "require".
+func (n *Node) SetEncryption(mode string) error {
+	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_set_encryption(p, a[0], e)
+	}, mode)
+}
+
+// snapshot takes one JSON snapshot from libtribe.
+func (n *Node) snapshot(f func(p *C.tribe_node, a []*C.char, out **C.char, outLen *C.size_t, e **C.tribe_error) C.uint32_t, args ...string) ([]byte, error) {
+	var out []byte
+	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		var text *C.char
+		var l C.size_t
+		rc := f(p, a, &text, &l, e)
+		if rc == C.TRIBE_OK {
+			out = C.GoBytes(unsafe.Pointer(text), C.int(l))
+			C.tribe_string_free(text)
+		}
+		return rc
+	}, args...)
+	return out, err
+}
+
+func decode[T any](text []byte, err error) (T, error) {
+	var v T
+	if err != nil {
+		return v, err
+	}
+	if err := json.Unmarshal(text, &v); err != nil {
+		return v, &Error{Code: "invalid_argument", Message: "decoding libtribe's JSON: " + err.Error(), num: C.TRIBE_INVALID_ARGUMENT}
+	}
+	return v, nil
+}
+
+// Members lists every known member, this node included.
+func (n *Node) Members() ([]Member, error) {
+	return decode[[]Member](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_members_json(p, o, l, e)
+	}))
+}
+
+// Member gives one member by name; ErrUnknownNode if none.
+func (n *Node) Member(name string) (Member, error) {
+	members, err := n.Members()
+	if err != nil {
+		return Member{}, err
+	}
+	for _, m := range members {
+		if m.Name == name {
+			return m, nil
+		}
+	}
+	return Member{}, &Error{Code: "unknown_node", Message: "no node called " + name + " is known", num: C.TRIBE_UNKNOWN_NODE}
+}
+
+// Tribes lists every tribe with its live members and catalog.
+func (n *Node) Tribes() ([]TribeInfo, error) {
+	return decode[[]TribeInfo](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_tribes_json(p, o, l, e)
+	}))
+}
+
+// Tribe gives one tribe; ErrUnknownTribe if it does not exist.
+func (n *Node) Tribe(name string) (TribeInfo, error) {
+	return decode[TribeInfo](n.snapshot(func(p *C.tribe_node, a []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_tribe_json(p, a[0], o, l, e)
+	}, name))
+}
+
+// Policies lists every policy.
+func (n *Node) Policies() ([]Policy, error) {
+	return decode[[]Policy](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_policies_json(p, o, l, e)
+	}))
+}
+
+// Keys says which live nodes hold which keys (ids only).
+func (n *Node) Keys() (KeyStatus, error) {
+	return decode[KeyStatus](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_keys_json(p, o, l, e)
+	}))
+}
+
+// Status summarises the node: name, address, live members, state digest,
+// encryption.
+func (n *Node) Status() (Status, error) {
+	return decode[Status](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_status_json(p, o, l, e)
+	}))
+}
+
+// Counters gives the node's counters (traffic, refusals, sync, calls) as
+// {"engine": {...}, "calls": {...}}; the names are in docs/c-api.md.
+func (n *Node) Counters() (map[string]map[string]json.Number, error) {
+	return decode[map[string]map[string]json.Number](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_counters_json(p, o, l, e)
+	}))
+}
+
+// StateDigest is the digest of the replicated state (hex): equal on
+// converged nodes.
+func (n *Node) StateDigest() (string, error) {
+	text, err := n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_state_digest(p, o, l, e)
+	})
+	return string(text), err
+}
+
+// Keygen makes a new random cluster key, as base64 text (what `tribe keygen`
+// prints).
+func Keygen() (string, error) {
+	gcPoint()
+	var text *C.char
+	var l C.size_t
+	var cerr *C.tribe_error
+	if err := takeError(C.tribe_keygen(&text, &l, &cerr), cerr); err != nil {
+		return "", err
+	}
+	defer C.tribe_string_free(text)
+	return C.GoStringN(text, C.int(l)), nil
+}
+
+// LibraryVersion is the version of the linked libtribe, e.g. "0.1.0".
+func LibraryVersion() string { return C.GoString(C.tribe_version()) }
+
+// ABIVersion is the C ABI version of the linked libtribe; this package was
+// written for ABI version 1.
+func ABIVersion() int { return int(C.tribe_abi_version()) }

@@ -1,0 +1,135 @@
+package tribe
+
+/*
+#include "tribe.h"
+*/
+import "C"
+
+import (
+	"encoding/json"
+	"fmt"
+)
+
+// EventKind says what an Event is about.
+type EventKind uint32
+
+// Event kinds (the numbers of the C ABI's TRIBE_EVENT_*).
+const (
+	EventJoined              EventKind = C.TRIBE_EVENT_JOINED               // this node has a live peer
+	EventIsolated            EventKind = C.TRIBE_EVENT_ISOLATED             // this node lost every peer
+	EventMemberJoined        EventKind = C.TRIBE_EVENT_MEMBER_JOINED        // Member became alive (Addr)
+	EventMemberUpdated       EventKind = C.TRIBE_EVENT_MEMBER_UPDATED       // Member's facts or endpoints changed
+	EventMemberLeft          EventKind = C.TRIBE_EVENT_MEMBER_LEFT          // Member left on purpose
+	EventMemberFailed        EventKind = C.TRIBE_EVENT_MEMBER_FAILED        // Member stopped answering
+	EventMemberReaped        EventKind = C.TRIBE_EVENT_MEMBER_REAPED        // Member was forgotten
+	EventTribeCreated        EventKind = C.TRIBE_EVENT_TRIBE_CREATED        // Tribe came into existence
+	EventTribeDeleted        EventKind = C.TRIBE_EVENT_TRIBE_DELETED        // Tribe was deleted
+	EventTribeJoined         EventKind = C.TRIBE_EVENT_TRIBE_JOINED         // this node is in Tribe (ByHand, ByPolicy)
+	EventTribeLeft           EventKind = C.TRIBE_EVENT_TRIBE_LEFT           // this node is no longer in Tribe
+	EventPluginLoad          EventKind = C.TRIBE_EVENT_PLUGIN_LOAD          // load Plugin of Tribe
+	EventPluginUnload        EventKind = C.TRIBE_EVENT_PLUGIN_UNLOAD        // unload Plugin of Tribe
+	EventTaskRun             EventKind = C.TRIBE_EVENT_TASK_RUN             // run Task of Tribe
+	EventTaskStop            EventKind = C.TRIBE_EVENT_TASK_STOP            // stop Task of Tribe
+	EventArtifactCorrupt     EventKind = C.TRIBE_EVENT_ARTIFACT_CORRUPT     // Holder sent bad bytes for Plugin
+	EventArtifactUnavailable EventKind = C.TRIBE_EVENT_ARTIFACT_UNAVAILABLE // Plugin's artifact could not be fetched (Message)
+	EventPolicyError         EventKind = C.TRIBE_EVENT_POLICY_ERROR         // Policy could not be evaluated (Message)
+)
+
+var eventNames = map[string]EventKind{
+	"joined":               EventJoined,
+	"isolated":             EventIsolated,
+	"member_joined":        EventMemberJoined,
+	"member_updated":       EventMemberUpdated,
+	"member_left":          EventMemberLeft,
+	"member_failed":        EventMemberFailed,
+	"member_reaped":        EventMemberReaped,
+	"tribe_created":        EventTribeCreated,
+	"tribe_deleted":        EventTribeDeleted,
+	"tribe_joined":         EventTribeJoined,
+	"tribe_left":           EventTribeLeft,
+	"plugin_load":          EventPluginLoad,
+	"plugin_unload":        EventPluginUnload,
+	"task_run":             EventTaskRun,
+	"task_stop":            EventTaskStop,
+	"artifact_corrupt":     EventArtifactCorrupt,
+	"artifact_unavailable": EventArtifactUnavailable,
+	"policy_error":         EventPolicyError,
+}
+
+// String gives the kind's stable snake_case name, e.g. "member_joined".
+func (k EventKind) String() string {
+	for name, kind := range eventNames {
+		if kind == k {
+			return name
+		}
+	}
+	return fmt.Sprintf("EventKind(%d)", uint32(k))
+}
+
+// Event is something that happened to the node or the cluster. Which fields
+// are set depends on Kind (see each EventKind).
+type Event struct {
+	Kind EventKind
+	// Tribe the event is about (tribe, plugin and task events).
+	Tribe string
+	// Member is the node a member event is about; Addr its address for
+	// EventMemberJoined.
+	Member string
+	Addr   string
+	// ByHand and ByPolicy say how this node is in Tribe (EventTribeJoined).
+	ByHand   bool
+	ByPolicy bool
+	// Plugin for plugin and artifact events.
+	Plugin *Plugin
+	// Task for task events.
+	Task *Task
+	// Holder is the node that sent a corrupt artifact.
+	Holder string
+	// Policy is the policy an EventPolicyError is about.
+	Policy string
+	// Message explains an EventPolicyError or EventArtifactUnavailable.
+	Message string
+}
+
+// eventJSON is the C ABI's event JSON (docs/c-api.md).
+type eventJSON struct {
+	Kind     string  `json:"kind"`
+	Tribe    string  `json:"tribe"`
+	Name     string  `json:"name"`
+	Addr     string  `json:"addr"`
+	ByHand   bool    `json:"by_hand"`
+	ByPolicy bool    `json:"by_policy"`
+	Plugin   *Plugin `json:"plugin"`
+	Task     *Task   `json:"task"`
+	Holder   string  `json:"holder"`
+	Policy   string  `json:"policy"`
+	Message  string  `json:"message"`
+	Reason   string  `json:"reason"`
+}
+
+func decodeEvent(kind EventKind, text []byte) (Event, error) {
+	var j eventJSON
+	if err := json.Unmarshal(text, &j); err != nil {
+		return Event{Kind: kind}, err
+	}
+	if k, ok := eventNames[j.Kind]; ok {
+		kind = k
+	}
+	msg := j.Message
+	if msg == "" {
+		msg = j.Reason
+	}
+	return Event{
+		Kind:     kind,
+		Tribe:    j.Tribe,
+		Member:   j.Name,
+		Addr:     j.Addr,
+		ByHand:   j.ByHand,
+		ByPolicy: j.ByPolicy,
+		Plugin:   j.Plugin,
+		Task:     j.Task,
+		Holder:   j.Holder,
+		Policy:   j.Policy,
+		Message:  msg,
+	}, nil
+}

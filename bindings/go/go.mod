@@ -1,0 +1,3 @@
+module github.com/libtribe/libtribe/bindings/go
+
+go 1.24

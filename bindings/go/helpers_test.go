@@ -1,0 +1,122 @@
+package tribe
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+var nodeSeq atomic.Int64
+
+// startNode starts a node on 127.0.0.1 with a free port and the local
+// profile, and closes it at the end of the test.
+func startNode(t testing.TB, prefix string, change func(*Config)) *Node {
+	t.Helper()
+	cfg := Config{
+		Name:        fmt.Sprintf("%s-%d", prefix, nodeSeq.Add(1)),
+		Bind:        "127.0.0.1:0",
+		Profile:     "local",
+		NoHostFacts: true,
+	}
+	if change != nil {
+		change(&cfg)
+	}
+	n, err := Start(cfg)
+	if err != nil {
+		t.Fatalf("start %s: %v", cfg.Name, err)
+	}
+	// Abort: fast, and a no-op after a Close the test made itself.
+	t.Cleanup(n.Abort)
+	return n
+}
+
+// waitFor polls cond every 50 ms until it holds or limit passes.
+func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", limit, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func aliveCount(n *Node) int {
+	ms, err := n.Members()
+	if err != nil {
+		return -1
+	}
+	c := 0
+	for _, m := range ms {
+		if m.State == "alive" {
+			c++
+		}
+	}
+	return c
+}
+
+func memberState(n *Node, name string) string {
+	m, err := n.Member(name)
+	if err != nil {
+		return ""
+	}
+	return m.State
+}
+
+func inTribe(n *Node, tribe string, names ...string) bool {
+	info, err := n.Tribe(tribe)
+	if err != nil {
+		return false
+	}
+	have := map[string]bool{}
+	for _, m := range info.Members {
+		have[m] = true
+	}
+	for _, name := range names {
+		if !have[name] {
+			return false
+		}
+	}
+	return true
+}
+
+// settledGoroutines waits until the goroutine count drops to at most want
+// (goroutines end a little after what ended them), and returns it.
+func settledGoroutines(want int, limit time.Duration) int {
+	deadline := time.Now().Add(limit)
+	for {
+		runtime.GC()
+		n := runtime.NumGoroutine()
+		if n <= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func goroutineDump() string {
+	buf := make([]byte, 1<<20)
+	n := runtime.Stack(buf, true)
+	return string(buf[:n])
+}
+
+// tribeBin is the `tribe` binary for interop tests (TRIBE_BIN, set by
+// scripts/test-go), or "" when absent.
+func tribeBin() string {
+	if p := os.Getenv("TRIBE_BIN"); p != "" {
+		return p
+	}
+	for _, p := range []string{"../../target/release/tribe"} {
+		if st, err := os.Stat(p); err == nil && !st.IsDir() {
+			return p
+		}
+	}
+	return ""
+}
+
+var _ = strings.Contains

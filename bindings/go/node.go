@@ -1,0 +1,361 @@
+package tribe
+
+/*
+#include <stdlib.h>
+#include "tribe.h"
+*/
+import "C"
+
+import (
+	"context"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"unsafe"
+)
+
+// DefaultEventBuffer is the capacity of the Events channel when
+// Config.EventBuffer is 0.
+const DefaultEventBuffer = 1024
+
+// Config says how to start a node. Only Name is required.
+type Config struct {
+	// Name of the node, unique in the cluster.
+	Name string
+	// Bind is the address for UDP gossip and TCP (one port); port 0 picks a
+	// free one. Default "127.0.0.1:0".
+	Bind string
+	// Advertise is the address peers use to reach this node (NAT, binding
+	// 0.0.0.0). Default: the bound address.
+	Advertise string
+	// Seeds are nodes ("host:port") to join through.
+	Seeds []string
+	// Facts are user facts; they override collected host facts of the same key.
+	Facts map[string]string
+	// Profile is the timing profile: "lan" (default), "wan" or "local".
+	Profile string
+	// Label is the cluster label: nodes with different labels never talk.
+	Label string
+	// Key is the cluster key (base64 of 32 bytes, see Keygen) that seals
+	// and opens traffic. Without a key traffic is plaintext: for tests only.
+	Key string
+	// ExtraKeys also open traffic (they do not seal).
+	ExtraKeys []string
+	// Encryption is the mode with a key: "require" (default), "send" or
+	// "accept" (the steps of turning encryption on in a running tribe).
+	Encryption string
+	// DataDir keeps known peers, memberships by hand and the keyring across
+	// restarts; created if missing.
+	DataDir string
+	// NoHostFacts turns off collecting host facts (architecture, os_dist, ...).
+	NoHostFacts bool
+	// WorkerThreads of the node's runtime (1 to 64; 0: the default, 2).
+	WorkerThreads int
+	// Limits of remote calls; zero fields keep the defaults.
+	Limits Limits
+	// EventBuffer is the capacity of the Events channel (0: DefaultEventBuffer).
+	EventBuffer int
+}
+
+// Limits bound remote calls. Zero keeps a bound's default.
+type Limits struct {
+	// MaxPayload of a call or reply in bytes (default 4 MiB).
+	MaxPayload int
+	// MaxInflightPerConn: calls in flight per connection (default 256).
+	MaxInflightPerConn int
+	// MaxInflight: calls this node makes at once (default 4096).
+	MaxInflight int
+	// MaxServing: handlers running at once on this node (default 1024).
+	MaxServing int
+}
+
+// Node is a running libtribe node. Its methods may be called from many
+// goroutines at once. Close it when done; a Node that becomes unreachable
+// without Close is closed by a cleanup, as a safety net only.
+type Node struct {
+	n *node
+}
+
+// node is the state the polling goroutine shares; Node wraps it so that an
+// unreachable Node can be cleaned up while the goroutine still runs.
+type node struct {
+	// mu guards ptr: C calls hold it for reading, the free for writing.
+	mu  sync.RWMutex
+	ptr *C.tribe_node
+
+	name, addr string
+	closing    atomic.Bool
+
+	stopMu  sync.Mutex
+	stopped bool
+	stopErr error
+
+	events   chan Event
+	dropped  atomic.Uint64
+	pollDone chan struct{}
+
+	// base ends at Close: every handler's context derives from it.
+	base       context.Context
+	cancelBase context.CancelFunc
+	handlersMu sync.RWMutex
+	handlers   map[string]Handler
+	handlerWG  sync.WaitGroup
+
+	calls callRegistry
+}
+
+// cstrings allocates C copies of Go strings and frees them together.
+type cstrings struct {
+	ptrs []*C.char
+	bad  string
+}
+
+// str copies s to C memory; NULL for an optional empty string when opt.
+func (c *cstrings) str(s string) *C.char {
+	if strings.IndexByte(s, 0) >= 0 {
+		c.bad = s
+	}
+	p := C.CString(s)
+	c.ptrs = append(c.ptrs, p)
+	return p
+}
+
+// opt is str, or NULL for "".
+func (c *cstrings) opt(s string) *C.char {
+	if s == "" {
+		return nil
+	}
+	return c.str(s)
+}
+
+func (c *cstrings) err() error {
+	if c.bad == "" {
+		return nil
+	}
+	return &Error{Code: "invalid_argument", Message: "a string holds a NUL byte: " + strings.ReplaceAll(c.bad, "\x00", `\0`), num: C.TRIBE_INVALID_ARGUMENT}
+}
+
+func (c *cstrings) free() {
+	for _, p := range c.ptrs {
+		C.free(unsafe.Pointer(p))
+	}
+	c.ptrs = nil
+}
+
+// Start starts a node: it binds its sockets and joins through its seeds in
+// the background (it does not wait for peers).
+func Start(cfg Config) (*Node, error) {
+	gcPoint()
+	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.Encryption, cfg.DataDir}
+	all = append(all, cfg.Seeds...)
+	all = append(all, cfg.ExtraKeys...)
+	for k, v := range cfg.Facts {
+		all = append(all, k, v)
+	}
+	if err := nulErr(all...); err != nil {
+		return nil, err
+	}
+	var cs cstrings
+	defer cs.free()
+	var ccfg *C.tribe_config
+	var cerr *C.tribe_error
+	if err := takeError(C.tribe_config_new(cs.str(cfg.Name), &ccfg, &cerr), cerr); err != nil {
+		return nil, err
+	}
+	defer C.tribe_config_free(ccfg)
+	set := func(f func(e **C.tribe_error) C.uint32_t) error {
+		var e *C.tribe_error
+		return takeError(f(&e), e)
+	}
+	steps := []func() error{}
+	add := func(cond bool, f func(e **C.tribe_error) C.uint32_t) {
+		if cond {
+			steps = append(steps, func() error { return set(f) })
+		}
+	}
+	add(cfg.Bind != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_bind(ccfg, cs.str(cfg.Bind), e) })
+	add(cfg.Advertise != "", func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_advertise(ccfg, cs.str(cfg.Advertise), e)
+	})
+	for _, s := range cfg.Seeds {
+		add(true, func(e **C.tribe_error) C.uint32_t { return C.tribe_config_add_seed(ccfg, cs.str(s), e) })
+	}
+	for k, v := range cfg.Facts {
+		add(true, func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_fact(ccfg, cs.str(k), cs.str(v), e) })
+	}
+	add(cfg.NoHostFacts, func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_collect_facts(ccfg, false, e) })
+	add(cfg.Profile != "", func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_profile(ccfg, cs.str(cfg.Profile), e)
+	})
+	add(cfg.Label != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_label(ccfg, cs.str(cfg.Label), e) })
+	add(cfg.Key != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_add_key(ccfg, cs.str(cfg.Key), e) })
+	for _, k := range cfg.ExtraKeys {
+		add(true, func(e **C.tribe_error) C.uint32_t { return C.tribe_config_add_key(ccfg, cs.str(k), e) })
+	}
+	add(cfg.Encryption != "", func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_encryption(ccfg, cs.str(cfg.Encryption), e)
+	})
+	add(cfg.DataDir != "", func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_data_dir(ccfg, cs.str(cfg.DataDir), e)
+	})
+	l := cfg.Limits
+	add(l != (Limits{}), func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_rpc_limits(ccfg, C.size_t(l.MaxPayload), C.size_t(l.MaxInflightPerConn),
+			C.size_t(l.MaxInflight), C.size_t(l.MaxServing), e)
+	})
+	add(cfg.WorkerThreads != 0, func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_worker_threads(ccfg, C.uint32_t(cfg.WorkerThreads), e)
+	})
+	if l.MaxPayload < 0 || l.MaxInflightPerConn < 0 || l.MaxInflight < 0 || l.MaxServing < 0 || cfg.WorkerThreads < 0 {
+		return nil, &Error{Code: "invalid_argument", Message: "negative limit or thread count", num: C.TRIBE_INVALID_ARGUMENT}
+	}
+	for _, step := range steps {
+		if err := step(); err != nil {
+			return nil, err
+		}
+	}
+	var ptr *C.tribe_node
+	if err := takeError(C.tribe_node_start(ccfg, &ptr, &cerr), cerr); err != nil {
+		return nil, err
+	}
+	buffer := cfg.EventBuffer
+	if buffer <= 0 {
+		buffer = DefaultEventBuffer
+	}
+	base, cancel := context.WithCancel(context.Background())
+	in := &node{
+		ptr:        ptr,
+		name:       C.GoString(C.tribe_node_name(ptr)),
+		addr:       C.GoString(C.tribe_node_addr(ptr)),
+		events:     make(chan Event, buffer),
+		pollDone:   make(chan struct{}),
+		base:       base,
+		cancelBase: cancel,
+		handlers:   map[string]Handler{},
+	}
+	in.calls.init()
+	go in.poll()
+	out := &Node{n: in}
+	runtime.AddCleanup(out, func(in *node) { go in.stop(true) }, in)
+	return out, nil
+}
+
+// Name is the node's name.
+func (n *Node) Name() string { return n.n.name }
+
+// Addr is the advertised address, "ip:port" with the bound port.
+func (n *Node) Addr() string { return n.n.addr }
+
+// Events delivers the node's events. One goroutine per node takes them from
+// libtribe and sends them here without ever blocking: when the channel is
+// full (Config.EventBuffer), the event is dropped and counted in
+// EventsDropped, so a slow reader never holds up the node, its calls or its
+// handlers. The channel is closed once the node is closed and every queued
+// event has been offered. Incoming calls and call completions never go
+// through this channel.
+func (n *Node) Events() <-chan Event { return n.n.events }
+
+// EventsDropped counts events lost because the reader was too slow: those
+// the Events channel had no room for, plus those libtribe dropped itself
+// (more than 65,536 waiting).
+func (n *Node) EventsDropped() uint64 {
+	defer runtime.KeepAlive(n)
+	in := n.n
+	d := in.dropped.Load()
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	if in.ptr != nil {
+		d += uint64(C.tribe_node_events_dropped(in.ptr))
+	}
+	return d
+}
+
+// Close leaves the cluster gracefully (peers record the node as "left") and
+// releases everything: handler contexts end, calls in flight fail with
+// ErrShuttingDown, the Events channel closes, and Close waits for running
+// handlers to return (a handler must therefore not call Close itself).
+// Close is idempotent and safe from many goroutines: later calls wait for
+// the first and return its result. Methods called afterwards return ErrClosed.
+func (n *Node) Close() error {
+	defer runtime.KeepAlive(n)
+	return n.n.stop(true)
+}
+
+// Abort stops at once without a goodbye, as a crash would (peers record the
+// node as "failed"); otherwise like Close.
+func (n *Node) Abort() {
+	defer runtime.KeepAlive(n)
+	_ = n.n.stop(false)
+}
+
+func (in *node) stop(graceful bool) error {
+	in.stopMu.Lock()
+	defer in.stopMu.Unlock()
+	if in.stopped {
+		return in.stopErr
+	}
+	gcPoint()
+	in.closing.Store(true)
+	in.cancelBase()
+	var cerr *C.tribe_error
+	var rc C.uint32_t
+	in.mu.RLock()
+	if graceful {
+		rc = C.tribe_node_shutdown(in.ptr, &cerr)
+	} else {
+		rc = C.tribe_node_abort(in.ptr, &cerr)
+	}
+	in.mu.RUnlock()
+	err := takeError(rc, cerr)
+	// The shutdown wakes the polling goroutine, which hands out what was
+	// queued, fails the calls still waiting and closes Events.
+	<-in.pollDone
+	in.handlerWG.Wait()
+	in.mu.Lock()
+	C.tribe_node_free(in.ptr)
+	in.ptr = nil
+	in.mu.Unlock()
+	in.stopped = true
+	in.stopErr = err
+	return err
+}
+
+// do runs one C call on the live node, under the read lock that keeps the
+// node from being freed meanwhile.
+func (in *node) do(f func(p *C.tribe_node, e **C.tribe_error) C.uint32_t) error {
+	gcPoint()
+	in.mu.RLock()
+	defer in.mu.RUnlock()
+	if in.ptr == nil || in.closing.Load() {
+		return errClosed()
+	}
+	var cerr *C.tribe_error
+	return takeError(f(in.ptr, &cerr), cerr)
+}
+
+// cmd runs a command with string arguments, copied to C for the call.
+func (n *Node) cmd(f func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t, args ...string) error {
+	defer runtime.KeepAlive(n)
+	var cs cstrings
+	defer cs.free()
+	ptrs := make([]*C.char, len(args))
+	for i, s := range args {
+		ptrs[i] = cs.str(s)
+	}
+	if err := cs.err(); err != nil {
+		return err
+	}
+	return n.n.do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t { return f(p, ptrs, e) })
+}
+
+// nulErr checks strings for NUL bytes, which C strings cannot hold.
+func nulErr(ss ...string) error {
+	var cs cstrings
+	for _, s := range ss {
+		if strings.IndexByte(s, 0) >= 0 {
+			cs.bad = s
+		}
+	}
+	return cs.err()
+}
