@@ -1,0 +1,55 @@
+"""asyncio: events as an async iterator, calls awaited on the running loop."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytribe
+from conftest import Cluster, wait_for
+
+
+def test_aevents_follow_the_node_and_a_cancelled_wait_loses_nothing(cluster: Cluster) -> None:
+    a = cluster.start("aio-a")
+
+    async def main() -> None:
+        events = a.aevents()
+        # A wait that is cancelled leaves the subscriber intact.
+        pending = asyncio.ensure_future(events.__anext__())
+        await asyncio.sleep(0.05)
+        pending.cancel()
+        try:
+            await pending
+        except asyncio.CancelledError:
+            pass
+        a.create_tribe("async")
+        a.join("async")
+        seen = []
+        async for event in events:
+            seen.append(event)
+            if isinstance(event, pytribe.TribeJoined):
+                break
+        assert pytribe.TribeCreated(tribe="async") in seen
+        assert seen[-1] == pytribe.TribeJoined(tribe="async", by_hand=True, by_policy=False)
+
+        # Other coroutines run while a call is in flight.
+        a.serve("echo", "1", "processor", lambda p, i: bytes(p))
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            for _ in range(5):
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        reply, _ = await asyncio.gather(a.call_async("async", "echo", b"ping", timeout=5.0), tick())
+        assert reply == b"ping" and ticks == 5
+
+        # The iterator ends when the node stops.
+        b = cluster.start("aio-b")
+        tail = b.aevents()
+        b.close()
+        rest = [e async for e in tail]
+        assert all(isinstance(e, pytribe.Event) for e in rest)
+
+    wait_for("a alone", lambda: a.members_alive() == 1)
+    asyncio.run(main())

@@ -1,0 +1,222 @@
+"""Python handlers served on one node, called through a tribe from another."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import List, Tuple
+
+import pytest
+
+import pytribe
+from conftest import Cluster, wait_for
+
+
+def pair(cluster: Cluster, **host_kw) -> Tuple[pytribe.Node, pytribe.Node]:
+    """A host and a caller, both in tribe `svc` (the caller by hand)."""
+    host = cluster.start("host", **host_kw)
+    caller = cluster.start("caller", seeds=[host.addr])
+    wait_for("two members", lambda: host.members_alive() == 2 and caller.members_alive() == 2)
+    host.create_tribe("svc")
+    wait_for("the tribe on the caller", lambda: caller.tribe("svc") is not None)
+    host.join("svc")
+    caller.join("svc")
+    return host, caller
+
+
+def wait_endpoint(node: pytribe.Node, plugin: str, host: str = "host") -> None:
+    def seen() -> bool:
+        t = node.tribe("svc")
+        return (
+            t is not None
+            and host in t.members
+            and node.name in t.members
+            and any(e.name == plugin for m in node.members() if m.name == host for e in m.endpoints)
+        )
+
+    wait_for(f"endpoint {plugin}", seen)
+
+
+def test_sync_and_async_calls_and_1000_calls_from_8_threads(cluster: Cluster) -> None:
+    host, caller = pair(cluster, handler_threads=4)
+    seen: List[pytribe.CallInfo] = []
+
+    def upper(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        if payload == b"info":
+            seen.append(info)
+        return payload.upper()
+
+    host.serve("upper", "1", "processor", upper)
+    wait_endpoint(caller, "upper")
+    assert caller.call("svc", "upper", b"hello", kind="processor") == b"HELLO"
+    assert caller.call("svc", "upper", bytearray(b"ab"), version="1") == b"AB"
+    assert caller.call("svc", "upper", memoryview(b"xyz")[1:]) == b"YZ"
+    before = time.monotonic()
+    caller.call("svc", "upper", b"info", timeout=5.0)
+    info = seen[0]
+    assert (info.caller, info.tribe, info.plugin, info.version) == ("caller", "svc", "upper", "1")
+    assert before < info.deadline <= time.monotonic() + 5.0
+    assert "caller" in repr(info)
+
+    async def some_async() -> List[bytes]:
+        return list(
+            await asyncio.gather(
+                *(caller.call_async("svc", "upper", f"a{i}".encode(), kind="processor") for i in range(20))
+            )
+        )
+
+    assert asyncio.run(some_async()) == [f"A{i}".encode() for i in range(20)]
+
+    errors: List[BaseException] = []
+    counts = [0] * 8
+
+    def worker(t: int) -> None:
+        try:
+            for i in range(125):
+                msg = f"t{t}-call{i}-payload".encode()
+                assert caller.call("svc", "upper", msg, timeout=10.0) == msg.upper()
+                counts[t] += 1
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert sum(counts) == 1000
+    assert host.rpc_stats()["served"] >= 1000
+
+
+def test_handlers_run_in_parallel_on_the_pool_and_never_on_a_runtime_thread(cluster: Cluster) -> None:
+    host, caller = pair(cluster, handler_threads=4)
+    lock = threading.Lock()
+    running = [0, 0]  # now, most at once
+    names: List[str] = []
+
+    def slow(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        with lock:
+            running[0] += 1
+            running[1] = max(running[1], running[0])
+            names.append(threading.current_thread().name)
+        time.sleep(0.3)  # releases the GIL
+        with lock:
+            running[0] -= 1
+        return b"ok"
+
+    host.serve("slow", "1", "processor", slow)
+    wait_endpoint(caller, "slow")
+    threads = [threading.Thread(target=caller.call, args=("svc", "slow", b"x"), kwargs={"timeout": 10.0}) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert running[1] >= 2, "handlers that release the GIL run in parallel"
+    assert running[1] <= 4, "the pool bounds them"
+    assert all(n.startswith("pytribe-handler-host-") for n in names), names
+
+
+def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: pytest.LogCaptureFixture) -> None:
+    host, caller = pair(cluster, max_payload=64 * 1024)
+
+    def fails(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        if payload == b"explicit":
+            raise pytribe.HandlerError("no_disk", "disk full")
+        if payload == b"type":
+            return "not bytes"  # type: ignore[return-value]
+        raise ValueError(f"bad payload {payload!r}")
+
+    release = threading.Event()
+
+    def stuck(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        release.wait(10)
+        return b"late"
+
+    host.serve("fails", "1", "processor", fails)
+    host.serve("stuck", "1", "processor", stuck)
+    wait_endpoint(caller, "fails")
+    wait_endpoint(caller, "stuck")
+
+    with caplog.at_level("ERROR", logger="pytribe"):
+        with pytest.raises(pytribe.RemoteError) as e:
+            caller.call("svc", "fails", b"x")
+        assert e.value.code == "ValueError" and e.value.message == "bad payload b'x'"
+        wait_for("the failure logged on the host", lambda: "bad payload" in caplog.text, 5)
+    with pytest.raises(pytribe.RemoteError) as e:
+        caller.call("svc", "fails", b"explicit")
+    assert (e.value.code, e.value.message) == ("no_disk", "disk full")
+    with pytest.raises(pytribe.RemoteError) as e:
+        caller.call("svc", "fails", b"type")
+    assert e.value.code == "TypeError" and "bytes" in e.value.message
+
+    with pytest.raises(pytribe.NoProviderError) as np:
+        caller.call("svc", "missing", b"x")
+    assert np.value.code == "no_provider"
+    with pytest.raises(pytribe.NoProviderError):
+        caller.call("svc", "fails", b"x", version="9")
+    with pytest.raises(pytribe.NoProviderError):
+        caller.call("svc", "fails", b"x", kind="publisher")
+
+    t0 = time.monotonic()
+    with pytest.raises(pytribe.CallTimeoutError) as te:
+        caller.call("svc", "stuck", b"x", timeout=0.3)
+    assert isinstance(te.value, TimeoutError) and te.value.code == "timeout"
+    assert time.monotonic() - t0 < 5
+    release.set()
+
+    with pytest.raises(pytribe.TooLargeError) as tl:
+        caller.call("svc", "fails", b"x" * (128 * 1024))
+    # The host refuses it (its limit is 64 KiB); the size is the payload's.
+    assert tl.value.code == "too_large" and tl.value.size == 128 * 1024
+
+    async def timeout_async() -> None:
+        release.clear()
+        with pytest.raises(pytribe.CallTimeoutError):
+            await caller.call_async("svc", "stuck", b"x", timeout=0.2)
+        release.set()
+
+    asyncio.run(timeout_async())
+
+    caller.close()
+    with pytest.raises(pytribe.ShutdownError):
+        caller.call("svc", "fails", b"x")
+
+
+def test_cancelling_an_async_call_abandons_it(cluster: Cluster) -> None:
+    host, caller = pair(cluster)
+    started = threading.Event()
+    release = threading.Event()
+
+    def stuck(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        started.set()
+        release.wait(10)
+        return b"late"
+
+    host.serve("stuck", "1", "processor", stuck)
+    wait_endpoint(caller, "stuck")
+
+    async def main() -> None:
+        task = asyncio.ensure_future(caller.call_async("svc", "stuck", b"x", timeout=30.0))
+        while not started.is_set():
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The loop goes on; a later call works.
+        release.set()
+        assert await caller.call_async("svc", "stuck", b"y", timeout=5.0) == b"late"
+
+    asyncio.run(main())
+
+
+def test_a_call_from_a_closed_host_reports_shutdown_or_no_provider(cluster: Cluster) -> None:
+    host, caller = pair(cluster)
+    host.serve("echo", "1", "processor", lambda p, i: p)
+    wait_endpoint(caller, "echo")
+    assert caller.call("svc", "echo", b"1") == b"1"
+    host.close()
+    wait_for("the host gone", lambda: all(m.state == "left" for m in caller.members() if m.name == "host"))
+    with pytest.raises(pytribe.NoProviderError):
+        caller.call("svc", "echo", b"2")

@@ -1,0 +1,50 @@
+"""Nodes with the same key form a tribe; a wrong key or none learns nothing."""
+
+from __future__ import annotations
+
+import time
+
+import pytribe
+from conftest import Cluster, wait_for
+
+
+def test_same_key_forms_a_tribe_wrong_key_or_none_learns_no_member(cluster: Cluster) -> None:
+    key = pytribe.keygen()
+    a = cluster.start("sealed-a", key=key)
+    b = cluster.start("sealed-b", seeds=[a.addr], key=key)
+    wait_for("two sealed members", lambda: a.members_alive() == 2 and b.members_alive() == 2)
+    a.create_tribe("secure")
+    wait_for("the tribe on b", lambda: b.tribe("secure") is not None)
+    a.join("secure")
+    b.join("secure")
+    wait_for("both in the tribe", lambda: a.tribe("secure").members == ("sealed-a", "sealed-b"))  # type: ignore[union-attr]
+    keys = a.keys()
+    assert keys.encryption == "require" and keys.primary == pytribe.key_id(key)
+    assert keys.keys[0].installed_on == ("sealed-a", "sealed-b")
+
+    wrong = cluster.start("wrong-key", seeds=[a.addr], key=pytribe.keygen())
+    plain = cluster.start("no-key", seeds=[a.addr])
+    time.sleep(3)
+    for outsider in (wrong, plain):
+        assert [m.name for m in outsider.members()] == [outsider.name]
+        assert outsider.tribes() == []
+    assert sorted(m.name for m in a.members()) == ["sealed-a", "sealed-b"]
+
+
+def test_key_rotation_through_python(cluster: Cluster) -> None:
+    k1, k2 = pytribe.keygen(), pytribe.keygen()
+    a = cluster.start("rot-a", key=k1)
+    b = cluster.start("rot-b", seeds=[a.addr], key=k1)
+    wait_for("two members", lambda: a.members_alive() == 2)
+    assert a.install_key(k2) == pytribe.key_id(k2)
+    wait_for("k2 everywhere", lambda: any(k.id == pytribe.key_id(k2) and len(k.installed_on) == 2 for k in b.keys().keys))
+    b.use_key(pytribe.key_id(k2))
+    wait_for("k2 primary everywhere", lambda: any(k.id == pytribe.key_id(k2) and len(k.primary_on) == 2 for k in a.keys().keys))
+    try:
+        a.remove_key(k2)
+    except pytribe.PrimaryKeyError as e:
+        assert e.code == "primary_key"
+    else:  # pragma: no cover
+        raise AssertionError("removing the primary must fail")
+    a.remove_key(k1)
+    wait_for("only k2", lambda: [k.id for k in a.keys().keys] == [pytribe.key_id(k2)])

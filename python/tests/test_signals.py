@@ -1,0 +1,126 @@
+"""Ctrl-C and interpreter exit with live nodes, in subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+SETUP = textwrap.dedent(
+    """
+    import sys, threading, time
+    import pytribe
+    host = pytribe.Node("host", profile="local", collect_facts=False)
+    caller = pytribe.Node("caller", profile="local", collect_facts=False, seeds=[host.addr])
+    host.create_tribe("svc")
+    host.join("svc")
+    while caller.tribe("svc") is None:
+        time.sleep(0.02)
+    caller.join("svc")
+    block = threading.Event()
+    host.serve("stuck", "1", "processor", lambda payload, info: block.wait(120) or b"late")
+    def ready():
+        try:
+            caller.call("svc", "stuck", b"probe", timeout=0.2)
+        except pytribe.CallTimeoutError:
+            return True
+        except pytribe.NoProviderError:
+            return False
+    while not ready():
+        time.sleep(0.05)
+    """
+)
+
+BLOCKED_IN_CALL = SETUP + textwrap.dedent(
+    """
+    print("READY", flush=True)
+    try:
+        caller.call("svc", "stuck", b"x", timeout=60)
+    except KeyboardInterrupt:
+        print("INTERRUPTED", time.monotonic(), flush=True)
+        raise
+    """
+)
+
+BLOCKED_IN_EVENTS = textwrap.dedent(
+    """
+    import time
+    import pytribe
+    node = pytribe.Node("lonely", profile="local", collect_facts=False)
+    events = node.events(timeout=None)
+    events.drain()
+    print("READY", flush=True)
+    try:
+        for event in events:
+            pass
+    except KeyboardInterrupt:
+        print("INTERRUPTED", time.monotonic(), flush=True)
+        raise
+    """
+)
+
+EXIT_WITH_LIVE_NODE = SETUP + textwrap.dedent(
+    """
+    # A call keeps a handler running on the host's pool; nobody closes anything.
+    t = threading.Thread(target=lambda: caller.call("svc", "stuck", b"x", timeout=60), daemon=True)
+    t.start()
+    time.sleep(0.3)
+    print("READY", flush=True)
+    sys.exit(0)
+    """
+)
+
+
+def spawn(code: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if line.strip() != "READY":
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"child not ready: {line!r} {err}")
+    return proc
+
+
+@pytest.mark.parametrize("code", [BLOCKED_IN_CALL, BLOCKED_IN_EVENTS], ids=["call", "events"])
+def test_ctrl_c_interrupts_a_blocked_wait_promptly(code: str) -> None:
+    proc = spawn(code)
+    time.sleep(0.3)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover
+        proc.kill()
+        pytest.fail("the child did not exit after SIGINT")
+    assert "KeyboardInterrupt" in err, err
+    assert proc.returncode != 0
+    line = [ln for ln in out.splitlines() if ln.startswith("INTERRUPTED")]
+    assert line, out
+    delay = float(line[0].split()[1]) - sent
+    # The wait wakes every 50 ms to check signals; a loaded CI box gets slack.
+    assert delay < 1.0, f"KeyboardInterrupt came {delay:.3f} s after SIGINT"
+    print(f"KeyboardInterrupt {delay * 1000:.0f} ms after SIGINT")
+
+
+def test_exit_with_a_live_node_and_a_running_handler_is_clean() -> None:
+    proc = spawn(EXIT_WITH_LIVE_NODE)
+    start = time.monotonic()
+    try:
+        out, err = proc.communicate(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the child hung at exit")
+    assert proc.returncode == 0, err
+    assert "Fatal" not in err and "panicked" not in err, err
+    print(f"exited in {time.monotonic() - start:.2f} s")

@@ -1,0 +1,111 @@
+"""A five-node tribe of Python nodes: policies, catalogs, late joiners,
+moving facts, graceful close and abort."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable, Dict, List
+
+import pytribe
+from conftest import Cluster, wait_for
+
+
+class Watch:
+    """Every event of one node, from its start."""
+
+    def __init__(self, node: pytribe.Node) -> None:
+        self.node = node
+        self.events = node.events()
+        self.seen: List[pytribe.Event] = []
+
+    def wait(self, what: str, pred: Callable[[pytribe.Event], bool], timeout: float = 20.0) -> pytribe.Event:
+        for e in self.seen:
+            if pred(e):
+                return e
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            e = self.events.get(0.1)
+            if e is None:
+                continue
+            self.seen.append(e)
+            if pred(e):
+                return e
+        raise AssertionError(f"{self.node.name}: no {what} within {timeout} s; saw {self.seen}")
+
+
+def plugin_load(tribe: str, name: str) -> Callable[[pytribe.Event], bool]:
+    return lambda e: isinstance(e, pytribe.PluginLoad) and e.tribe == tribe and e.plugin.name == name
+
+
+def test_five_python_nodes_form_tribes_by_policy(cluster: Cluster) -> None:
+    racks = {"n1": "r1", "n2": "r1", "n3": "r1", "n4": "r2"}
+    nodes: Dict[str, pytribe.Node] = {}
+    watches: Dict[str, Watch] = {}
+    for name, rack in racks.items():
+        seeds = [nodes["n1"].addr] if nodes else []
+        nodes[name] = cluster.start(name, seeds=seeds, facts={"rack": rack})
+        watches[name] = Watch(nodes[name])
+    wait_for("4 members everywhere", lambda: all(n.members_alive() == 4 for n in nodes.values()))
+    for name in ("n1", "n2", "n3"):
+        watches[name].wait("member_up of n4", lambda e: isinstance(e, pytribe.MemberUp) and e.name == "n4")
+
+    # A policy places nodes, creating the missing tribe.
+    assert nodes["n4"].tribe("core") is None
+    nodes["n4"].add_policy("core", "core", 'facts.rack == "r1"')
+    core = lambda n: n.tribe("core")  # noqa: E731
+    wait_for(
+        "core = n1..n3 everywhere",
+        lambda: all(core(n) is not None and core(n).members == ("n1", "n2", "n3") for n in nodes.values()),
+    )
+    for name in ("n1", "n2", "n3"):
+        e = watches[name].wait("tribe_joined core", lambda e: isinstance(e, pytribe.TribeJoined) and e.tribe == "core")
+        assert e == pytribe.TribeJoined(tribe="core", by_hand=False, by_policy=True)
+        assert e.kind == "tribe_joined"
+    watches["n4"].wait("tribe_created core", lambda e: isinstance(e, pytribe.TribeCreated) and e.tribe == "core")
+
+    # A plugin entry reaches every member as an event.
+    nodes["n4"].load_plugin("core", "disk", "2", "collector")
+    for name in ("n1", "n2", "n3"):
+        e = watches[name].wait("plugin_load disk", plugin_load("core", "disk"))
+        assert e == pytribe.PluginLoad(tribe="core", plugin=pytribe.Plugin("disk", "2", "collector"))
+        assert "disk" in repr(e)
+    assert not any(plugin_load("core", "disk")(e) for e in watches["n4"].seen + watches["n4"].events.drain())
+
+    # A late joiner inherits the tribe's catalog.
+    late = cluster.start("n5", seeds=[nodes["n2"].addr], facts={"rack": "r1"})
+    late_watch = Watch(late)
+    late_watch.wait("plugin_load disk on the late joiner", plugin_load("core", "disk"))
+    nodes["n5"] = late
+    watches["n5"] = late_watch
+    wait_for("n5 in core everywhere", lambda: all("n5" in (core(n).members if core(n) else ()) for n in nodes.values()))
+
+    # A fact change moves a node: n4 in, n2 out.
+    nodes["n4"].set_fact("rack", "r1")
+    watches["n4"].wait("plugin_load disk on n4", plugin_load("core", "disk"))
+    nodes["n2"].set_fact("rack", "r2")
+    watches["n2"].wait("tribe_left core", lambda e: isinstance(e, pytribe.TribeLeft) and e.tribe == "core")
+    watches["n2"].wait(
+        "plugin_unload disk", lambda e: isinstance(e, pytribe.PluginUnload) and e.plugin.name == "disk"
+    )
+    wait_for(
+        "core = n1 n3 n4 n5 everywhere",
+        lambda: all(core(n) is not None and core(n).members == ("n1", "n3", "n4", "n5") for n in nodes.values()),
+    )
+
+    # A graceful close is `left` everywhere; an abort is `failed` everywhere.
+    nodes["n2"].close()
+    nodes["n3"].abort()
+    rest = [nodes[n] for n in ("n1", "n4", "n5")]
+
+    def state_of(node: pytribe.Node, name: str) -> str:
+        return next((m.state for m in node.members() if m.name == name), "unknown")
+
+    wait_for("n2 left everywhere", lambda: all(state_of(n, "n2") == "left" for n in rest))
+    wait_for("n3 failed everywhere", lambda: all(state_of(n, "n3") == "failed" for n in rest), timeout=30)
+    for name in ("n1", "n4", "n5"):
+        watches[name].wait("member_left n2", lambda e: isinstance(e, pytribe.MemberLeft) and e.name == "n2")
+        watches[name].wait("member_failed n3", lambda e: isinstance(e, pytribe.MemberFailed) and e.name == "n3")
+    wait_for("core = n1 n4 n5", lambda: all(core(n).members == ("n1", "n4", "n5") for n in rest))
+    assert len({n.state_digest() for n in rest}) == 1 or wait_for(
+        "same digest", lambda: len({n.state_digest() for n in rest}) == 1
+    ) is None
