@@ -195,6 +195,10 @@ func (in *node) cancel(id uint64) {
 	}
 }
 
+// responderHold is how long past a call's budget a handler that ran out of
+// time keeps its responder unanswered, so that the caller times out first.
+const responderHold = 200 * time.Millisecond
+
 func handlerKey(name, version string) string { return name + "\x00" + version }
 
 // Serve serves a plugin: the node advertises it, and members of this node's
@@ -320,7 +324,13 @@ func goBytes(p *C.uint8_t, n C.size_t) []byte {
 // serveCall runs a handler for one incoming call and answers it.
 func (in *node) serveCall(r *C.tribe_responder) {
 	defer in.handlerWG.Done()
-	defer C.tribe_responder_free(r)
+	arrived := time.Now()
+	held := false
+	defer func() {
+		if !held {
+			C.tribe_responder_free(r)
+		}
+	}()
 	gcPoint()
 	info := CallInfo{
 		Caller:  C.GoString(C.tribe_responder_caller(r)),
@@ -340,8 +350,19 @@ func (in *node) serveCall(r *C.tribe_responder) {
 	}
 	ctx, cancel := context.WithTimeout(in.base, info.Budget)
 	reply, err := runHandler(ctx, h, info, payload)
+	expired := errors.Is(ctx.Err(), context.DeadlineExceeded) && in.base.Err() == nil
 	cancel()
 	gcPoint()
+	if err != nil && expired {
+		// The caller's deadline has passed (its budget is rounded down to
+		// whole ms, so it may still be waiting a moment): answering would
+		// give it this error instead of its own ErrTimeout, and freeing the
+		// responder would answer "unanswered". Keep it until the caller has
+		// surely given up, then free it.
+		held = true
+		time.AfterFunc(time.Until(arrived.Add(info.Budget+responderHold)), func() { C.tribe_responder_free(r) })
+		return
+	}
 	if err != nil {
 		var he *HandlerError
 		if errors.As(err, &he) {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -119,4 +120,45 @@ func tribeBin() string {
 	return ""
 }
 
-var _ = strings.Contains
+
+// recorder keeps every event of a node for later checks.
+type recorder struct {
+	mu     sync.Mutex
+	events []Event
+	done   chan struct{}
+}
+
+func record(n *Node) *recorder {
+	r := &recorder{done: make(chan struct{})}
+	go func() {
+		defer close(r.done)
+		for e := range n.Events() {
+			r.mu.Lock()
+			r.events = append(r.events, e)
+			r.mu.Unlock()
+		}
+	}()
+	return r
+}
+
+// has reports whether some event satisfies match.
+func (r *recorder) has(match func(Event) bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, e := range r.events {
+		if match(e) {
+			return true
+		}
+	}
+	return false
+}
+
+func (r *recorder) String() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var b strings.Builder
+	for _, e := range r.events {
+		fmt.Fprintf(&b, "%s tribe=%q member=%q; ", e.Kind, e.Tribe, e.Member)
+	}
+	return b.String()
+}

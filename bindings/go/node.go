@@ -237,9 +237,17 @@ func Start(cfg Config) (*Node, error) {
 	in.calls.init()
 	go in.poll()
 	out := &Node{n: in}
-	runtime.AddCleanup(out, func(in *node) { go in.stop(true) }, in)
+	runtime.AddCleanup(out, func(in *node) {
+		go func() {
+			_ = in.stop(true)
+			cleanupsRun.Add(1)
+		}()
+	}, in)
 	return out, nil
 }
+
+// cleanupsRun counts nodes closed by their cleanup (for tests).
+var cleanupsRun atomic.Int64
 
 // Name is the node's name.
 func (n *Node) Name() string { return n.n.name }

@@ -1,0 +1,230 @@
+package tribe
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// servedPair starts a host in tribe svc serving the given handlers (name ->
+// handler, all version 1 processors) and a caller outside the tribe, and
+// waits until the caller sees every endpoint.
+func servedPair(t testing.TB, handlers map[string]Handler) (host, caller *Node) {
+	t.Helper()
+	host = startNode(t, "host", nil)
+	caller = startNode(t, "caller", func(c *Config) { c.Seeds = []string{host.Addr()} })
+	if err := host.CreateTribe("svc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Join("svc", ""); err != nil {
+		t.Fatal(err)
+	}
+	for name, h := range handlers {
+		if err := host.Serve(name, "1", Processor, h); err != nil {
+			t.Fatalf("serve %s: %v", name, err)
+		}
+	}
+	waitFor(t, "the caller to see the host's endpoints in tribe svc", 20*time.Second, func() bool {
+		m, err := caller.Member(host.Name())
+		if err != nil || m.State != "alive" || len(m.Endpoints) != len(handlers) {
+			return false
+		}
+		return inTribe(caller, "svc", host.Name())
+	})
+	return host, caller
+}
+
+func target(plugin string) Target {
+	return Target{Tribe: "svc", Plugin: plugin, Version: "1", Kind: Processor}
+}
+
+func echo(_ context.Context, _ CallInfo, payload []byte) ([]byte, error) {
+	return append([]byte("echo:"), payload...), nil
+}
+
+func TestCallsThroughATribe(t *testing.T) {
+	var (
+		infoMu   sync.Mutex
+		lastInfo CallInfo
+	)
+	slowEnded := make(chan error, 4)
+	host, caller := servedPair(t, map[string]Handler{
+		"echo": echo,
+		"info": func(_ context.Context, info CallInfo, _ []byte) ([]byte, error) {
+			infoMu.Lock()
+			lastInfo = info
+			infoMu.Unlock()
+			return nil, nil
+		},
+		"refuse": func(context.Context, CallInfo, []byte) ([]byte, error) {
+			return nil, &HandlerError{Code: "bad_input", Message: "not a metric batch"}
+		},
+		"broken": func(context.Context, CallInfo, []byte) ([]byte, error) {
+			return nil, fmt.Errorf("disk full")
+		},
+		"panics": func(context.Context, CallInfo, []byte) ([]byte, error) {
+			var m map[string]int
+			m["boom"]++ // nil map write
+			return nil, nil
+		},
+		"slow": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			<-ctx.Done()
+			slowEnded <- ctx.Err()
+			return nil, ctx.Err()
+		},
+	})
+	bg := context.Background()
+
+	t.Run("1000 calls from 16 goroutines", func(t *testing.T) {
+		const workers, per = 16, 1000 / 16
+		var wg sync.WaitGroup
+		errs := make(chan error, workers)
+		for w := 0; w < workers; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < per+boolInt(w < 1000%16); i++ {
+					payload := []byte(fmt.Sprintf("w%d-i%d-%s", w, i, strings.Repeat("x", i%50)))
+					ctx, cancel := context.WithTimeout(bg, 10*time.Second)
+					reply, err := caller.Call(ctx, target("echo"), payload)
+					cancel()
+					if err != nil {
+						errs <- fmt.Errorf("call %d/%d: %w", w, i, err)
+						return
+					}
+					if !bytes.Equal(reply, append([]byte("echo:"), payload...)) {
+						errs <- fmt.Errorf("call %d/%d: reply %q", w, i, reply)
+						return
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+	})
+
+	t.Run("call info and empty payloads", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bg, 5*time.Second)
+		defer cancel()
+		reply, err := caller.Call(ctx, target("info"), nil)
+		if err != nil || len(reply) != 0 {
+			t.Fatalf("reply %q err %v", reply, err)
+		}
+		infoMu.Lock()
+		info := lastInfo
+		infoMu.Unlock()
+		if info.Caller != caller.Name() || info.Tribe != "svc" || info.Plugin != "info" || info.Version != "1" {
+			t.Fatalf("call info %+v", info)
+		}
+		if info.Budget <= 0 || info.Budget > 5*time.Second {
+			t.Fatalf("budget %v", info.Budget)
+		}
+	})
+
+	t.Run("handler error", func(t *testing.T) {
+		_, err := caller.Call(bg, target("refuse"), []byte("x"))
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Code != "bad_input" || re.Message != "not a metric batch" || !errors.Is(err, ErrRemote) {
+			t.Fatalf("got %v", err)
+		}
+		_, err = caller.Call(bg, target("broken"), nil)
+		if !errors.As(err, &re) || re.Code != "error" || re.Message != "disk full" {
+			t.Fatalf("got %v", err)
+		}
+	})
+
+	t.Run("handler panic", func(t *testing.T) {
+		_, err := caller.Call(bg, target("panics"), nil)
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Code != "panic" || !strings.Contains(re.Message, "nil map") {
+			t.Fatalf("got %v", err)
+		}
+		// The node keeps serving.
+		reply, err := caller.Call(bg, target("echo"), []byte("after"))
+		if err != nil || string(reply) != "echo:after" {
+			t.Fatalf("after a panic: %q %v", reply, err)
+		}
+	})
+
+	t.Run("no provider", func(t *testing.T) {
+		_, err := caller.Call(bg, target("nobody-serves-this"), nil)
+		if !errors.Is(err, ErrNoProvider) {
+			t.Fatalf("got %v", err)
+		}
+		_, err = caller.Call(bg, Target{Tribe: "svc", Plugin: "echo", Version: "1", Kind: Publisher}, nil)
+		if !errors.Is(err, ErrNoProvider) {
+			t.Fatalf("wrong kind: got %v", err)
+		}
+	})
+
+	t.Run("deadline", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := caller.Call(ctx, target("slow"), nil)
+		took := time.Since(start)
+		if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("got %v", err)
+		}
+		if took > 3*time.Second {
+			t.Fatalf("the call took %v", took)
+		}
+		// The handler's context ended with the caller's budget.
+		select {
+		case err := <-slowEnded:
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("handler context ended with %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("the handler's context did not end at the caller's deadline")
+		}
+	})
+
+	t.Run("cancellation", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(bg)
+		go func() { time.Sleep(100 * time.Millisecond); cancel() }()
+		start := time.Now()
+		_, err := caller.Call(ctx, target("slow"), nil)
+		took := time.Since(start)
+		if !errors.Is(err, context.Canceled) || !errors.Is(err, ErrCancelled) {
+			t.Fatalf("got %v", err)
+		}
+		if took > 2*time.Second {
+			t.Fatalf("a cancelled call took %v to return", took)
+		}
+		// An already expired context never starts a call.
+		_, err = caller.Call(ctx, target("echo"), nil)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("got %v", err)
+		}
+	})
+
+	t.Run("local calls and unserve", func(t *testing.T) {
+		reply, err := host.Call(bg, target("echo"), []byte("self"))
+		if err != nil || string(reply) != "echo:self" {
+			t.Fatalf("local call: %q %v", reply, err)
+		}
+		if err := host.Unserve("echo", "1"); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the endpoint to be withdrawn", 10*time.Second, func() bool {
+			_, err := caller.Call(bg, target("echo"), nil)
+			return errors.Is(err, ErrNoProvider)
+		})
+	})
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}

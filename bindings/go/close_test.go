@@ -1,0 +1,180 @@
+package tribe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// Close while calls are in flight (blocked in a handler and streaming) and
+// while goroutines read Events: nothing deadlocks, every call returns, the
+// Events channels close, and no goroutine is left behind.
+func TestCloseWithCallsInFlightAndEventReaders(t *testing.T) {
+	before := settledGoroutines(0, 200*time.Millisecond)
+	blocked := make(chan struct{}, 64)
+	host, caller := servedPair(t, map[string]Handler{
+		"echo": echo,
+		"block": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			blocked <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	})
+
+	var readers sync.WaitGroup
+	for _, n := range []*Node{host, caller, host} {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for range n.Events() {
+			}
+		}()
+	}
+
+	var calls sync.WaitGroup
+	results := make(chan error, 64)
+	// Eight calls parked in the host's handler, with no deadline.
+	for i := 0; i < 8; i++ {
+		calls.Add(1)
+		go func() {
+			defer calls.Done()
+			_, err := caller.Call(context.Background(), target("block"), nil)
+			results <- err
+		}()
+	}
+	for i := 0; i < 8; i++ {
+		select {
+		case <-blocked:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the blocking calls did not reach the handler")
+		}
+	}
+	// Eight goroutines calling echo in a loop until the node goes away,
+	// half of them on the host itself (local calls).
+	stop := make(chan struct{})
+	for i := 0; i < 8; i++ {
+		from := caller
+		if i%2 == 0 {
+			from = host
+		}
+		calls.Add(1)
+		go func() {
+			defer calls.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				_, err := from.Call(ctx, target("echo"), []byte("x"))
+				cancel()
+				if err != nil {
+					results <- err
+					return
+				}
+			}
+		}()
+	}
+	time.Sleep(100 * time.Millisecond)
+
+	// Close both nodes, each from several goroutines at once.
+	closed := make(chan struct{})
+	go func() {
+		var wg sync.WaitGroup
+		for i := 0; i < 3; i++ {
+			for _, n := range []*Node{host, caller} {
+				wg.Add(1)
+				go func() { defer wg.Done(); _ = n.Close() }()
+			}
+		}
+		wg.Wait()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(20 * time.Second):
+		t.Fatalf("Close deadlocked:\n%s", goroutineDump())
+	}
+	close(stop)
+	done := make(chan struct{})
+	go func() { calls.Wait(); readers.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("calls or event readers did not return after Close:\n%s", goroutineDump())
+	}
+	close(results)
+	n := 0
+	for err := range results {
+		n++
+		if err == nil {
+			t.Error("a call parked in a closed node succeeded")
+			continue
+		}
+		if !errors.Is(err, ErrShuttingDown) && !errors.Is(err, ErrDisconnected) &&
+			!errors.Is(err, ErrRemote) && !errors.Is(err, ErrNoProvider) {
+			t.Errorf("unexpected error after Close: %v", err)
+		}
+	}
+	if n < 8 {
+		t.Errorf("%d calls reported an error, want at least the 8 blocked ones", n)
+	}
+
+	// Everything after Close is ErrClosed, and Close stays idempotent.
+	if _, err := caller.Call(context.Background(), target("echo"), nil); !errors.Is(err, ErrClosed) {
+		t.Errorf("Call after Close: %v", err)
+	}
+	if err := host.CreateTribe("x"); !errors.Is(err, ErrClosed) {
+		t.Errorf("CreateTribe after Close: %v", err)
+	}
+	if err := host.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
+	}
+	host.Abort()
+
+	if after := settledGoroutines(before, 5*time.Second); after > before {
+		t.Fatalf("goroutines: %d before, %d after Close:\n%s", before, after, goroutineDump())
+	}
+}
+
+// Many nodes started and closed (or dropped) leave no goroutine behind; a
+// node nobody closes is closed by its cleanup.
+func TestNoGoroutineLeakAndCleanupSafetyNet(t *testing.T) {
+	before := settledGoroutines(0, 200*time.Millisecond)
+	// A lone node's graceful leave waits out its goodbye (1.5 s): one is enough.
+	for i := 0; i < 3; i++ {
+		n, err := Start(Config{Name: fmt.Sprintf("leak-%d", i), Profile: "local", NoHostFacts: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i != 1 {
+			n.Abort()
+		} else if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := settledGoroutines(before, 5*time.Second); after > before {
+		t.Fatalf("goroutines: %d before, %d after:\n%s", before, after, goroutineDump())
+	}
+
+	// Dropped without Close: the cleanup closes it (its polling goroutine
+	// ends) once the collector finds the Node unreachable.
+	cleaned := cleanupsRun.Load()
+	func() {
+		if _, err := Start(Config{Name: "dropped", Profile: "local", NoHostFacts: true}); err != nil {
+			t.Fatal(err)
+		}
+	}()
+	waitFor(t, "the cleanup of an unreachable node", 10*time.Second, func() bool {
+		runtime.GC()
+		return cleanupsRun.Load() > cleaned
+	})
+	if after := settledGoroutines(before, 5*time.Second); after > before {
+		t.Fatalf("goroutines: %d before, %d after the cleanup:\n%s", before, after, goroutineDump())
+	}
+}

@@ -1,0 +1,187 @@
+package tribe
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+)
+
+func TestCommandErrors(t *testing.T) {
+	n := startNode(t, "errs", nil)
+	if err := n.CreateTribe("t1"); err != nil {
+		t.Fatal(err)
+	}
+	checks := []struct {
+		what string
+		err  error
+		want error
+	}{
+		{"tribe exists", n.CreateTribe("t1"), ErrTribeExists},
+		{"unknown tribe", n.DeleteTribe("nope"), ErrUnknownTribe},
+		{"invalid name", n.CreateTribe("-bad"), ErrInvalidName},
+		{"unknown policy", n.RemovePolicy("nope"), ErrUnknownPolicy},
+		{"unknown fact", n.RemoveFact("nope"), ErrUnknownFact},
+		{"not member", n.Leave("t1", ""), ErrNotMember},
+		{"unknown plugin", n.UnloadPlugin("t1", "p", "1"), ErrUnknownPlugin},
+		{"unknown task", n.RemoveTask("t1", "x"), ErrUnknownTask},
+		{"no keyring", n.InstallKey(mustKey(t)), ErrNoKeyring},
+		{"NUL byte", n.CreateTribe("a\x00b"), ErrInvalidArgument},
+		{"manifest not an object", n.AddTask("t1", "x", `[1, 2]`), ErrInvalidArgument},
+	}
+	for _, c := range checks {
+		if !errors.Is(c.err, c.want) {
+			t.Errorf("%s: got %v, want %v", c.what, c.err, c.want)
+		}
+	}
+	_, err := n.Tribe("nope")
+	if !errors.Is(err, ErrUnknownTribe) {
+		t.Errorf("Tribe(nope): %v", err)
+	}
+	var e *Error
+	if !errors.As(err, &e) || e.Code != "unknown_tribe" || e.Message == "" {
+		t.Errorf("error details: %#v", e)
+	}
+
+	err = n.AddPolicy("bad", "t1", "facts.os ==\n  (")
+	var pe *PolicyError
+	if !errors.As(err, &pe) || !errors.Is(err, ErrInvalidPolicy) || pe.Line < 1 || pe.Column < 1 {
+		t.Errorf("bad policy: %v (%#v)", err, pe)
+	}
+
+	// Facts, tasks and catalogs through the typed snapshots.
+	if err := n.SetFact("rack", "r7"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Join("t1", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.AddTaskWithState("t1", "job", map[string]any{
+		"schedule": map[string]string{"interval": "5s"},
+		"collect":  map[string]string{"plugin": "proc"},
+	}, TaskStopped); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.LoadPlugin("t1", "p", "1", Publisher); err != nil {
+		t.Fatal(err)
+	}
+	me, err := n.Member(n.Name())
+	if err != nil || me.Facts["rack"] != "r7" || !me.Local || me.State != "alive" {
+		t.Fatalf("member %+v %v", me, err)
+	}
+	info, err := n.Tribe("t1")
+	if err != nil || len(info.Tasks) != 1 || info.Tasks[0].State != "stopped" || len(info.Plugins) != 1 ||
+		info.Plugins[0].Kind != Publisher || fmt.Sprint(info.ExplicitMembers) != fmt.Sprint([]string{n.Name()}) {
+		t.Fatalf("tribe %+v %v", info, err)
+	}
+	if err := n.SetTaskState("t1", "job", TaskRunning); err != nil {
+		t.Fatal(err)
+	}
+	d1, err := n.StateDigest()
+	if err != nil || len(d1) == 0 {
+		t.Fatalf("digest %q %v", d1, err)
+	}
+	c, err := n.Counters()
+	if err != nil || c["engine"] == nil || c["calls"] == nil {
+		t.Fatalf("counters %v %v", c, err)
+	}
+	if LibraryVersion() == "" || ABIVersion() != 1 {
+		t.Fatalf("version %q abi %d", LibraryVersion(), ABIVersion())
+	}
+	if _, err := Start(Config{Name: "bad name!"}); !errors.Is(err, ErrInvalidName) {
+		t.Fatalf("start with a bad name: %v", err)
+	}
+	if _, err := Start(Config{Name: "x", Profile: "mars"}); !errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrConfig) {
+		t.Fatalf("start with a bad profile: %v", err)
+	}
+}
+
+func mustKey(t *testing.T) string {
+	t.Helper()
+	k, err := Keygen()
+	if err != nil || len(k) != 44 {
+		t.Fatalf("keygen %q %v", k, err)
+	}
+	return k
+}
+
+// Key rotation between two Go nodes: install, use, remove; the keyring
+// snapshot follows, and calls keep working.
+func TestKeyRotation(t *testing.T) {
+	k1, k2 := mustKey(t), mustKey(t)
+	a := startNode(t, "keys", func(c *Config) { c.Key = k1 })
+	b := startNode(t, "keys", func(c *Config) { c.Key = k1; c.Seeds = []string{a.Addr()} })
+	waitFor(t, "both alive", 20*time.Second, func() bool { return aliveCount(a) == 2 && aliveCount(b) == 2 })
+	if err := a.InstallKey(k2); err != nil {
+		t.Fatal(err)
+	}
+	held := func(n *Node, pred func(KeyHolding, int) bool) bool {
+		ks, err := n.Keys()
+		if err != nil {
+			return false
+		}
+		for _, k := range ks.Keys {
+			if pred(k, ks.Members) {
+				return true
+			}
+		}
+		return false
+	}
+	waitFor(t, "both to hold the new key", 20*time.Second, func() bool {
+		return held(b, func(k KeyHolding, m int) bool { return len(k.InstalledOn) == 2 && k.ID != "" }) &&
+			held(a, func(k KeyHolding, m int) bool { return len(k.InstalledOn) == 2 })
+	})
+	ks, _ := a.Keys()
+	old := ks.Primary
+	if err := a.UseKey(k2); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "both to seal with the new key", 20*time.Second, func() bool {
+		ks, err := b.Keys()
+		return err == nil && ks.Primary != old && ks.Primary != ""
+	})
+	if err := a.RemoveKey(old); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.RemoveKey(k2); !errors.Is(err, ErrPrimaryKey) {
+		t.Fatalf("removing the primary: %v", err)
+	}
+	if err := b.SetEncryption("require"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the old key gone", 20*time.Second, func() bool {
+		ks, err := b.Keys()
+		return err == nil && len(ks.Keys) == 1
+	})
+	if aliveCount(a) != 2 {
+		t.Fatal("the nodes lost each other during the rotation")
+	}
+}
+
+// A reader that never reads does not hold up the node: events beyond the
+// buffer are dropped and counted, and calls still complete.
+func TestSlowEventReaderDropsNotBlocks(t *testing.T) {
+	n := startNode(t, "slow", func(c *Config) { c.EventBuffer = 2 })
+	if err := n.Serve("echo", "1", Processor, echo); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 20; i++ {
+		if err := n.CreateTribe(fmt.Sprintf("t%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := n.Join("t0", ""); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "dropped events to be counted", 10*time.Second, func() bool { return n.EventsDropped() > 0 })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	reply, err := n.Call(ctx, Target{Tribe: "t0", Plugin: "echo", Kind: Processor}, []byte("hi"))
+	if err != nil || string(reply) != "echo:hi" {
+		t.Fatalf("call with a full Events channel: %q %v", reply, err)
+	}
+	if len(n.Events()) != 2 {
+		t.Fatalf("%d events buffered, want 2", len(n.Events()))
+	}
+}
