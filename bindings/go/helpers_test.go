@@ -120,7 +120,6 @@ func tribeBin() string {
 	return ""
 }
 
-
 // recorder keeps every event of a node for later checks.
 type recorder struct {
 	mu     sync.Mutex
