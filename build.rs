@@ -11,8 +11,8 @@ fn main() {
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-changed=build.rs");
 
-    let config = cbindgen::Config::from_file(root.join("cbindgen.toml"))
-        .expect("cbindgen.toml is valid");
+    let config =
+        cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml is valid");
     let header = root.join("include").join("tribe.h");
     // Only the C ABI module: the rest of the crate has no C items.
     let generated = cbindgen::Builder::new()

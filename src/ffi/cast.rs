@@ -92,8 +92,8 @@ pub(super) fn write<T>(ptr: *mut T, value: T) {
 }
 
 /// Writes through an optional out-parameter; NULL means the caller does
-/// not want the value (it is dropped).
-pub(super) fn store<T>(ptr: *mut T, value: T) {
+/// not want the value. Only plain values: a dropped handle would leak.
+pub(super) fn store<T: Copy>(ptr: *mut T, value: T) {
     if !ptr.is_null() {
         write(ptr, value);
     }

@@ -244,10 +244,10 @@ pub(super) fn finish(
         Err(payload) => Some(FfiError::panic(payload)),
     };
     let code = error.as_ref().map_or(TRIBE_OK, |e| e.code);
-    super::cast::store(
-        err_out,
-        error.map_or(std::ptr::null_mut(), super::cast::into_handle),
-    );
+    if !err_out.is_null() {
+        let handle = error.map_or(std::ptr::null_mut(), super::cast::into_handle);
+        super::cast::write(err_out, handle);
+    }
     code
 }
 
@@ -324,4 +324,112 @@ pub extern "C" fn tribe_error_column(err: *const FfiError) -> u32 {
 #[no_mangle]
 pub extern "C" fn tribe_error_free(err: *mut FfiError) {
     ffi_infallible!((), { super::cast::free_handle(err) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyError;
+
+    fn every_error() -> Vec<Error> {
+        let s = || "x".to_string();
+        vec![
+            Error::InvalidName {
+                what: "tribe",
+                name: s(),
+                reason: "r",
+            },
+            Error::InvalidArgument(s()),
+            Error::UnknownTribe(s()),
+            Error::TribeExists(s()),
+            Error::UnknownNode(s()),
+            Error::AlreadyMember {
+                tribe: s(),
+                node: s(),
+            },
+            Error::NotMember {
+                tribe: s(),
+                node: s(),
+            },
+            Error::InvalidPolicy(PolicyError {
+                message: s(),
+                line: Some(2),
+                column: Some(5),
+            }),
+            Error::UnknownPolicy(s()),
+            Error::PolicyExists(s()),
+            Error::UnknownPlugin {
+                tribe: s(),
+                name: s(),
+                version: s(),
+            },
+            Error::PluginExists {
+                tribe: s(),
+                name: s(),
+                version: s(),
+            },
+            Error::UnknownTask {
+                tribe: s(),
+                id: s(),
+            },
+            Error::TaskExists {
+                tribe: s(),
+                id: s(),
+            },
+            Error::UnknownFact(s()),
+            Error::NoKeyring,
+            Error::EncryptionNotRequired,
+            Error::KeyringFull,
+            Error::UnknownKey(s()),
+            Error::PrimaryKey(s()),
+            Error::NoProvider {
+                tribe: s(),
+                plugin: s(),
+            },
+            Error::Timeout,
+            Error::Remote {
+                code: "bad".into(),
+                message: "m\0n".into(),
+            },
+            Error::TooLarge { size: 2, limit: 1 },
+            Error::Overloaded,
+            Error::Disconnected { host: s() },
+            Error::ShuttingDown,
+            Error::Io(s()),
+            Error::Config(s()),
+        ]
+    }
+
+    #[test]
+    fn codes_are_distinct_and_named_like_the_library_errors() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in every_error() {
+            let code = code_of(&e);
+            assert!(code >= 100, "{e:?}");
+            assert!(seen.insert(code), "code {code} used twice");
+            assert_eq!(code_name(code).to_str().unwrap(), e.code());
+        }
+        for code in 0..=6 {
+            assert_ne!(code_name(code).to_str().unwrap(), "unknown");
+        }
+        assert_eq!(code_name(99).to_str().unwrap(), "unknown");
+    }
+
+    #[test]
+    fn errors_keep_remote_details_and_positions() {
+        for e in every_error() {
+            let f = FfiError::from(e.clone());
+            assert_eq!(f.code, code_of(&e));
+            match e {
+                Error::Remote { .. } => {
+                    let (code, message) = f.remote.as_ref().unwrap();
+                    assert_eq!(code.to_str().unwrap(), "bad");
+                    // An interior NUL cannot truncate the message in C.
+                    assert_eq!(message.to_str().unwrap(), "m\u{fffd}n");
+                }
+                Error::InvalidPolicy(_) => assert_eq!(f.position, (2, 5)),
+                _ => assert!(f.remote.is_none() && f.position == (0, 0)),
+            }
+        }
+    }
 }

@@ -416,9 +416,10 @@ pub extern "C" fn tribe_node_load_plugin(
         let name = cast::text(name, "name")?;
         let version = cast::text(version, "version")?;
         let kind = plugin_kind(kind)?;
-        command(node, |n| {
-            Ok(n.load_plugin(tribe, name, version, kind, None))
-        })
+        command(
+            node,
+            |n| Ok(n.load_plugin(tribe, name, version, kind, None)),
+        )
     })
 }
 

@@ -31,6 +31,8 @@ type DemoResult<T = ()> = Result<T, String>;
 
 /// The tribe's first key, written by the demo (mode 0600) before any agent starts.
 const KEY_FILE: &str = "tribe.key";
+/// With `--keep`: the key in force after the demo's rotation.
+const CURRENT_KEY_FILE: &str = "current.key";
 
 /// How long an agent may take to print its ready line.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
@@ -625,6 +627,20 @@ pub fn run(args: DemoArgs) -> DemoResult {
                 a.name,
                 a.child.id()
             );
+        }
+        // Programs that embed libtribe (C, Go, Python examples) join with
+        // the key in force after the rotation.
+        let current = t.dir.join(CURRENT_KEY_FILE);
+        write_private(&current, &second_key.to_base64())?;
+        if let Some(first) = t.agents.first() {
+            println!(
+                "Embed a node in your own program and join it: seed {}, key file {}\n\
+                 (tribe 'storage' serves the 'file' publisher; it writes {}/<agent>-published.jsonl)",
+                first.gossip,
+                current.display(),
+                t.dir.display()
+            );
+            println!("join seed={} key_file={}", first.gossip, current.display());
         }
         let pids: Vec<String> = t.agents.iter().map(|a| a.child.id().to_string()).collect();
         println!("Stop it with: kill {}", pids.join(" "));

@@ -1,0 +1,301 @@
+/* Misuse returns an error and never crashes: NULL for every pointer
+ * argument, invalid UTF-8, a bad CEL expression (line and column), a
+ * consumed config, a responder answered twice, wrong accessors on events,
+ * calls after shutdown, double shutdown. */
+#include "util.h"
+
+#include <poll.h>
+
+static const char BAD_UTF8[] = {(char)0xff, (char)0xfe, 'x', 0};
+
+static void config_misuse(void) {
+    tribe_config *cfg = NULL;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_new(NULL, &cfg, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_new("x", NULL, &err));
+    EXPECT(TRIBE_INVALID_UTF8, tribe_config_new(BAD_UTF8, &cfg, &err));
+    CHECK(cfg == NULL);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(NULL, "127.0.0.1:0", &err));
+    EXPECT(TRIBE_OK, tribe_config_new("misuse", &cfg, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(cfg, NULL, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "not an address", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_seed(cfg, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_advertise(cfg, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_fact(cfg, NULL, "v", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_fact(cfg, "k", NULL, &err));
+    EXPECT(TRIBE_INVALID_UTF8, tribe_config_set_fact(cfg, "k", BAD_UTF8, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_profile(cfg, NULL, &err));
+    EXPECT(TRIBE_CONFIG, tribe_config_set_profile(cfg, "moon", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_label(cfg, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_key(cfg, NULL, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_add_key(cfg, "not base64!", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_encryption(cfg, NULL, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_encryption(cfg, "maybe", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_data_dir(cfg, NULL, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_worker_threads(cfg, 0, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_collect_facts(NULL, false, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_rpc_limits(NULL, 0, 0, 0, 0, &err));
+    /* A config that fails validation at start is consumed all the same. */
+    tribe_node *node = NULL;
+    EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(cfg, 1u << 30, 0, 0, 0, &err));
+    EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
+    CHECK(node == NULL);
+    EXPECT(TRIBE_CONSUMED, tribe_node_start(cfg, &node, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_config_set_profile(cfg, "local", &err));
+    tribe_config_free(cfg);
+    /* A bad node name is refused at start. */
+    EXPECT(TRIBE_OK, tribe_config_new("bad name with spaces", &cfg, &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_start(cfg, &node, &err));
+    tribe_config_free(cfg);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_start(NULL, &node, &err));
+    tribe_config_free(NULL);
+    /* err may be NULL: the code alone is returned. */
+    CHECK(tribe_config_new(NULL, &cfg, NULL) == TRIBE_NULL_ARGUMENT);
+}
+
+static void node_null_arguments(tribe_node *n) {
+    char *s = NULL;
+    size_t len = 0;
+    uint8_t *b = NULL;
+    uint64_t id = 0;
+    tribe_event *ev = NULL;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_shutdown(NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_abort(NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_create_tribe(NULL, "t", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_create_tribe(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_delete_tribe(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_join(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_leave(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_add_policy(n, NULL, "t", "true", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_add_policy(n, "p", NULL, "true", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_add_policy(n, "p", "t", NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_remove_policy(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_set_fact(n, NULL, "v", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_set_fact(n, "k", NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_remove_fact(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin(n, NULL, "p", "1", TRIBE_KIND_COLLECTOR, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin(n, "t", NULL, "1", TRIBE_KIND_COLLECTOR, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin(n, "t", "p", NULL, TRIBE_KIND_COLLECTOR, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_unload_plugin(n, "t", "p", NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_add_task(n, "t", "i", NULL, TRIBE_TASK_RUNNING, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_remove_task(n, "t", NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_set_task_state(n, NULL, "i", TRIBE_TASK_STOPPED, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_install_key(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_use_key(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_remove_key(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_set_encryption(n, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_members_json(NULL, &s, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_members_json(n, NULL, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_tribes_json(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_tribe_json(n, NULL, &s, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_policies_json(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_keys_json(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_status_json(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_counters_json(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_state_digest(n, NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_serve(n, NULL, "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_serve(n, "p", NULL, TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_unserve(n, NULL, "1", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(NULL, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, NULL, "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", NULL, NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 5, 100, &b, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, NULL, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_async(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_async(n, NULL, "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_cancel(NULL, 1, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(NULL, 0, &ev, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(n, 0, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_keygen(NULL, NULL, &err));
+    /* Accessors of absent objects give neutral values. */
+    CHECK(tribe_node_name(NULL) == NULL && tribe_node_addr(NULL) == NULL);
+    CHECK(tribe_node_event_fd(NULL) == -1);
+    CHECK(tribe_event_kind(NULL) == TRIBE_EVENT_NONE);
+    CHECK(tribe_error_code(NULL) == TRIBE_NULL_ARGUMENT && tribe_error_message(NULL) == NULL);
+    CHECK(tribe_responder_caller(NULL) == NULL && tribe_responder_budget_ms(NULL) == 0);
+    CHECK(tribe_responder_payload(NULL, &len) == NULL && len == 0);
+    CHECK(strcmp(tribe_result_name(TRIBE_NO_PROVIDER), "no_provider") == 0);
+    CHECK(strcmp(tribe_result_name(9999), "unknown") == 0);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_event_json(NULL, &s, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_event_take_responder(NULL, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_reply(NULL, NULL, 0, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_fail(NULL, "c", "m", &err));
+    tribe_event_free(NULL);
+    tribe_responder_free(NULL);
+    tribe_error_free(NULL);
+    tribe_string_free(NULL);
+    tribe_bytes_free(NULL, 0);
+    tribe_node_free(NULL);
+}
+
+static void node_bad_values(tribe_node *n) {
+    uint8_t *b = NULL;
+    size_t len = 0;
+    EXPECT(TRIBE_INVALID_UTF8, tribe_node_create_tribe(n, BAD_UTF8, &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_create_tribe(n, "no spaces allowed", &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_load_plugin(n, "t", "p", "1", 99, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_add_task(n, "t", "i", "{}", 7, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_call(n, "t", "p", NULL, 0, NULL, 0, 100, &b, &len, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
+    EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_delete_tribe(n, "nope", &err));
+    EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_tribe_json(n, "nope", (char **)&b, &len, &err));
+    EXPECT(TRIBE_NO_KEYRING, tribe_node_install_key(n, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_use_key(n, "xyz", &err));
+    EXPECT(TRIBE_UNKNOWN_FACT, tribe_node_remove_fact(n, "never-set", &err));
+
+    /* A bad CEL expression: the error says where, and nothing spreads. */
+    tribe_error *err = NULL;
+    uint32_t rc = tribe_node_add_policy(n, "p1", "t", "facts.rack ==\n  == \"r1\"", &err);
+    CHECK(rc == TRIBE_INVALID_POLICY);
+    CHECK(tribe_error_line(err) == 2 && tribe_error_column(err) >= 1);
+    CHECK(strstr(tribe_error_message(err), "line 2") != NULL);
+    CHECK(strcmp(tribe_error_name(err), "invalid_policy") == 0);
+    tribe_error_free(err);
+    char *json = NULL;
+    EXPECT(TRIBE_OK, tribe_node_policies_json(n, &json, NULL, &err));
+    CHECK(strcmp(json, "[]") == 0);
+    tribe_string_free(json);
+}
+
+static tribe_event *next_of_kind(tribe_node *n, uint32_t kind) {
+    double end = now_s() + 10;
+    while (now_s() < end) {
+        tribe_event *ev = NULL;
+        OK(tribe_node_next_event(n, 100, &ev, NULL));
+        if (ev && tribe_event_kind(ev) == kind) return ev;
+        tribe_event_free(ev);
+    }
+    die(__FILE__, __LINE__, "no event of kind %u", (unsigned)kind);
+    return NULL;
+}
+
+static void responder_and_events(tribe_node *n) {
+    uint64_t id = 0, got = 0;
+    uint8_t *b = NULL;
+    size_t len = 0;
+    const char *s = NULL;
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "solo", &err));
+    EXPECT(TRIBE_OK, tribe_node_join(n, "solo", NULL, &err));
+    EXPECT(TRIBE_ALREADY_MEMBER, tribe_node_join(n, "solo", NULL, &err));
+
+    /* A node event: call accessors do not apply. */
+    tribe_event *joined = next_of_kind(n, TRIBE_EVENT_TRIBE_JOINED);
+    EXPECT(TRIBE_OK, tribe_event_tribe(joined, &s, &err));
+    CHECK(strcmp(s, "solo") == 0);
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_subject(joined, &s, &err));
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_call_id(joined, &id, &err));
+    tribe_responder *r = NULL;
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_take_responder(joined, &r, &err));
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_take_reply(joined, &b, &len, &err));
+    tribe_event_free(joined);
+
+    /* The node calls itself: the call arrives as an event here. */
+    EXPECT(TRIBE_OK, tribe_node_serve(n, "echo", "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "solo", "echo", "1", TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"ping", 4, 5000, &id, &err));
+    tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_call_id(call, &got, &err));
+    EXPECT(TRIBE_OK, tribe_event_subject(call, &s, &err));
+    CHECK(strcmp(s, "echo") == 0);
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_responder *again = NULL;
+    EXPECT(TRIBE_CONSUMED, tribe_event_take_responder(call, &again, &err));
+    tribe_event_free(call);
+    CHECK(strcmp(tribe_responder_caller(r), "misuse-node") == 0);
+    CHECK(strcmp(tribe_responder_tribe(r), "solo") == 0);
+    CHECK(strcmp(tribe_responder_plugin(r), "echo") == 0);
+    CHECK(strcmp(tribe_responder_version(r), "1") == 0);
+    CHECK(tribe_responder_budget_ms(r) > 0 && tribe_responder_budget_ms(r) <= 5000);
+    const uint8_t *payload = tribe_responder_payload(r, &len);
+    CHECK(len == 4 && memcmp(payload, "ping", 4) == 0);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_reply(r, NULL, 3, &err));
+    EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"pong", 4, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_responder_reply(r, (const uint8_t *)"pong", 4, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_responder_fail(r, "late", "too late", &err));
+    tribe_responder_free(r);
+
+    tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    EXPECT(TRIBE_OK, tribe_event_call_id(done, &got, &err));
+    CHECK(got == id);
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_take_responder(done, &r, &err));
+    EXPECT(TRIBE_OK, tribe_event_take_reply(done, &b, &len, &err));
+    CHECK(len == 4 && memcmp(b, "pong", 4) == 0);
+    tribe_bytes_free(b, len);
+    EXPECT(TRIBE_CONSUMED, tribe_event_take_reply(done, &b, &len, &err));
+    CHECK(b == NULL && len == 0);
+    tribe_event_free(done);
+
+    /* An event freed with its responder still inside answers the caller. */
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                           NULL, 0, 5000, &id, &err));
+    tribe_event_free(next_of_kind(n, TRIBE_EVENT_CALL));
+    done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    tribe_error *err = NULL;
+    CHECK(tribe_event_take_reply(done, &b, &len, &err) == TRIBE_REMOTE);
+    CHECK(strcmp(tribe_error_remote_code(err), "unanswered") == 0);
+    tribe_error_free(err);
+    tribe_event_free(done);
+
+    /* The event fd is readable exactly while events wait. */
+    int fd = tribe_node_event_fd(n);
+    CHECK(fd >= 0);
+    tribe_event *ev = NULL;
+    do {
+        OK(tribe_node_next_event(n, 300, &ev, NULL));
+        tribe_event_free(ev);
+    } while (ev != NULL);
+    struct pollfd pfd = {.fd = fd, .events = POLLIN};
+    CHECK(poll(&pfd, 1, 0) == 0);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "wake", &err));
+    CHECK(poll(&pfd, 1, 5000) == 1 && (pfd.revents & POLLIN));
+    OK(tribe_node_next_event(n, 0, &ev, NULL));
+    CHECK(ev != NULL);
+    tribe_event_free(ev);
+}
+
+static void after_shutdown(tribe_node *n) {
+    uint8_t *b = NULL;
+    size_t len = 0;
+    char *s = NULL;
+    uint64_t id = 0;
+    tribe_event *ev = NULL;
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    EXPECT(TRIBE_OK, tribe_node_abort(n, &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_create_tribe(n, "late", &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_set_fact(n, "k", "v", &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_serve(n, "p", "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_call(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                                NULL, 0, 100, &b, &len, &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                                      NULL, 0, 100, &id, &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_members_json(n, &s, NULL, &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_state_digest(n, &s, NULL, &err));
+    /* Drain what is left, then the queue reports the stop at once. */
+    for (;;) {
+        tribe_error *err = NULL;
+        uint32_t rc = tribe_node_next_event(n, 1000, &ev, &err);
+        tribe_error_free(err);
+        if (rc == TRIBE_SHUTTING_DOWN) break;
+        CHECK(rc == TRIBE_OK && ev != NULL);
+        tribe_event_free(ev);
+    }
+    double t0 = now_s();
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_next_event(n, -1, &ev, &err));
+    CHECK(now_s() - t0 < 0.5 && ev == NULL);
+    CHECK(strcmp(tribe_node_name(n), "misuse-node") == 0);
+}
+
+int main(void) {
+    CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
+    CHECK(tribe_version() != NULL && strlen(tribe_version()) > 0);
+    config_misuse();
+    tribe_node *n = start_node("misuse-node", NULL, NULL, "r1");
+    node_null_arguments(n);
+    node_bad_values(n);
+    responder_and_events(n);
+    after_shutdown(n);
+    tribe_node_free(n);
+    printf("misuse: all checks passed\n");
+    return 0;
+}

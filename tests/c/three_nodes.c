@@ -1,0 +1,221 @@
+/* Three C nodes form an encrypted tribe: a policy places two of them, a
+ * plugin entry reaches all three as events, one node serves processors whose
+ * handlers are C code and another calls them through the tribe (reply,
+ * handler failure, no provider, timeout, asynchronous call and cancel), and
+ * a shutdown interrupts a blocked call. Then everything is freed, so
+ * LeakSanitizer sees a whole start / work / shutdown / free cycle. */
+#include "util.h"
+
+static tribe_node *nodes[3];
+static pump pumps[3];
+
+static bool in_core(const char *json, const char *name) {
+    char needle[64];
+    /* "members":["a","b"] : a name inside the members array. */
+    const char *members = strstr(json, "\"members\":[");
+    if (!members) return false;
+    const char *end = strchr(members, ']');
+    snprintf(needle, sizeof needle, "\"%s\"", name);
+    const char *at = strstr(members, needle);
+    return at != NULL && at < end;
+}
+
+static bool placed(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3; i++) {
+        char *json = tribe_json(nodes[i], "core");
+        if (!json) return false;
+        bool ok = in_core(json, "c-a") && in_core(json, "c-b") && !in_core(json, "c-c");
+        tribe_string_free(json);
+        if (!ok) return false;
+    }
+    return true;
+}
+
+static bool all_loaded(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3; i++)
+        if (pump_get(&pumps[i], &pumps[i].plugin_loads) < 1) return false;
+    return true;
+}
+
+static bool all_exists(void *arg) {
+    (void)arg;
+    char *json = tribe_json(nodes[2], "all");
+    tribe_string_free(json);
+    return json != NULL;
+}
+
+static bool three_alive(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3; i++) {
+        char *json = tribe_json(nodes[i], NULL);
+        if (!json) return false;
+        int alive = 0;
+        for (const char *p = json; (p = strstr(p, "\"state\":\"alive\"")); p++) alive++;
+        tribe_string_free(json);
+        if (alive != 3) return false;
+    }
+    return true;
+}
+
+/* The caller must see the host's endpoint before calling. */
+static bool serves_upper(void *arg) {
+    (void)arg;
+    char *json = tribe_json(nodes[2], NULL);
+    if (!json) return false;
+    bool ok = strstr(json, "\"name\":\"upper\"") != NULL && strstr(json, "\"name\":\"fail\"") != NULL &&
+              strstr(json, "\"name\":\"slow\"") != NULL;
+    tribe_string_free(json);
+    return ok;
+}
+
+typedef struct {
+    tribe_node *node;
+    uint32_t rc;
+    double took;
+} blocked_call;
+
+static void *call_slow(void *arg) {
+    blocked_call *b = arg;
+    uint8_t *reply = NULL;
+    size_t len = 0;
+    double t0 = now_s();
+    b->rc = tribe_node_call(b->node, "core", "slow", NULL, TRIBE_KIND_PROCESSOR,
+                            (const uint8_t *)"x", 1, 20000, &reply, &len, NULL);
+    b->took = now_s() - t0;
+    tribe_bytes_free(reply, len);
+    return NULL;
+}
+
+static bool done_count(void *arg) {
+    int want = *(int *)arg;
+    return pump_get(&pumps[2], &pumps[2].done_events) >= want;
+}
+
+int main(void) {
+    char *key = NULL;
+    size_t key_len = 0;
+    OK(tribe_keygen(&key, &key_len, NULL));
+    CHECK(key_len == 44 && strlen(key) == 44);
+
+    nodes[0] = start_node("c-a", key, NULL, "r1");
+    const char *seed = tribe_node_addr(nodes[0]);
+    CHECK(seed != NULL && strncmp(seed, "127.0.0.1:", 10) == 0);
+    nodes[1] = start_node("c-b", key, seed, "r1");
+    nodes[2] = start_node("c-c", key, seed, "r2");
+    CHECK(strcmp(tribe_node_name(nodes[1]), "c-b") == 0);
+    for (int i = 0; i < 3; i++) pump_start(&pumps[i], nodes[i]);
+
+    CHECK(wait_for(three_alive, NULL, 15));
+    printf("three nodes alive, sealed with one key\n");
+
+    /* A policy creates tribe "core" and places the two r1 nodes. */
+    EXPECT(TRIBE_OK, tribe_node_add_policy(nodes[0], "core-r1", "core", "facts.rack == \"r1\"", &err));
+    CHECK(wait_for(placed, NULL, 15));
+    CHECK(pump_get(&pumps[0], &pumps[0].tribe_joined_core) == 1);
+    CHECK(pump_get(&pumps[2], &pumps[2].tribe_joined_core) == 0);
+    printf("policy placed c-a and c-b in core, not c-c\n");
+
+    /* A plugin entry of a tribe every node is in reaches all three. */
+    EXPECT(TRIBE_OK, tribe_node_add_policy(nodes[1], "everyone", "all", "facts.rack != \"\"", &err));
+    CHECK(wait_for(all_exists, NULL, 15));
+    EXPECT(TRIBE_OK, tribe_node_load_plugin(nodes[2], "all", "disk", "1", TRIBE_KIND_COLLECTOR, &err));
+    CHECK(wait_for(all_loaded, NULL, 15));
+    printf("plugin entry reached all three nodes as events\n");
+
+    /* c-b serves processors with C handlers (the pump answers them). */
+    EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "upper", "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "fail", "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "slow", "1", TRIBE_KIND_PROCESSOR, &err));
+    CHECK(wait_for(serves_upper, NULL, 15));
+
+    uint8_t *reply = NULL;
+    size_t reply_len = 0;
+    const char *payload = "hello tribe";
+    EXPECT(TRIBE_OK, tribe_node_call(nodes[2], "core", "upper", "1", TRIBE_KIND_PROCESSOR,
+                                     (const uint8_t *)payload, strlen(payload), 5000, &reply,
+                                     &reply_len, &err));
+    CHECK(reply_len == strlen(payload) && memcmp(reply, "HELLO TRIBE", reply_len) == 0);
+    tribe_bytes_free(reply, reply_len);
+    printf("c-c called c-b's C handler through core: HELLO TRIBE\n");
+
+    /* A handler failure carries the handler's code and message. */
+    tribe_error *err = NULL;
+    uint32_t rc = tribe_node_call(nodes[2], "core", "fail", NULL, TRIBE_KIND_PROCESSOR,
+                                  (const uint8_t *)"x", 1, 5000, &reply, &reply_len, &err);
+    CHECK(rc == TRIBE_REMOTE && tribe_error_code(err) == TRIBE_REMOTE);
+    CHECK(strcmp(tribe_error_remote_code(err), "bad_input") == 0);
+    CHECK(strcmp(tribe_error_remote_message(err), "cannot handle this payload") == 0);
+    CHECK(strcmp(tribe_error_name(err), "remote") == 0);
+    CHECK(reply == NULL && reply_len == 0);
+    tribe_error_free(err);
+
+    /* Nobody serves it; and a handler that does not answer in time. */
+    EXPECT(TRIBE_NO_PROVIDER, tribe_node_call(nodes[2], "core", "nobody", NULL, TRIBE_KIND_PROCESSOR,
+                                              NULL, 0, 2000, &reply, &reply_len, &err));
+    double t0 = now_s();
+    EXPECT(TRIBE_TIMEOUT, tribe_node_call(nodes[2], "core", "slow", NULL, TRIBE_KIND_PROCESSOR,
+                                          (const uint8_t *)"x", 1, 300, &reply, &reply_len, &err));
+    CHECK(now_s() - t0 < 3.0);
+    printf("remote failure, no provider and timeout reported as such\n");
+
+    /* Asynchronous calls: a reply, then a cancel, each one completion. */
+    uint64_t id = 0;
+    EXPECT(TRIBE_OK, tribe_node_call_async(nodes[2], "core", "upper", NULL, TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"async", 5, 5000, &id, &err));
+    int want = 1;
+    CHECK(wait_for(done_count, &want, 10));
+    pthread_mutex_lock(&pumps[2].lock);
+    CHECK(pumps[2].last_done_id == id && pumps[2].last_done_rc == TRIBE_OK);
+    CHECK(strcmp(pumps[2].last_done_reply, "ASYNC") == 0);
+    pthread_mutex_unlock(&pumps[2].lock);
+    EXPECT(TRIBE_OK, tribe_node_call_async(nodes[2], "core", "slow", NULL, TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"x", 1, 10000, &id, &err));
+    sleep_ms(200);
+    EXPECT(TRIBE_OK, tribe_node_call_cancel(nodes[2], id, &err));
+    EXPECT(TRIBE_OK, tribe_node_call_cancel(nodes[2], id, &err)); /* finished: ignored */
+    want = 2;
+    CHECK(wait_for(done_count, &want, 10));
+    sleep_ms(200);
+    pthread_mutex_lock(&pumps[2].lock);
+    CHECK(pumps[2].done_events == 2);
+    CHECK(pumps[2].last_done_id == id && pumps[2].last_done_rc == TRIBE_CANCELLED);
+    pthread_mutex_unlock(&pumps[2].lock);
+    printf("asynchronous call replied; a cancelled one completed once as cancelled\n");
+
+    /* A shutdown from another thread interrupts a blocked call. */
+    blocked_call b = {nodes[2], 0, 0};
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, call_slow, &b) == 0);
+    sleep_ms(500);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(nodes[2], &err));
+    pthread_join(t, NULL);
+    CHECK(b.rc == TRIBE_SHUTTING_DOWN);
+    CHECK(b.took < 5.0);
+    printf("shutdown interrupted a blocked call after %.2f s\n", b.took);
+
+    /* The others record the node as left. */
+    for (int i = 0; i < 2; i++) {
+        double end = now_s() + 10;
+        bool left = false;
+        while (!left && now_s() < end) {
+            char *json = tribe_json(nodes[i], NULL);
+            left = json && strstr(json, "\"name\":\"c-c\"") &&
+                   strstr(strstr(json, "\"name\":\"c-c\""), "\"state\":\"left\"");
+            tribe_string_free(json);
+            if (!left) sleep_ms(50);
+        }
+        CHECK(left);
+    }
+
+    for (int i = 0; i < 3; i++) EXPECT(TRIBE_OK, tribe_node_shutdown(nodes[i], &err));
+    for (int i = 0; i < 3; i++) {
+        pump_join(&pumps[i]);
+        CHECK(pumps[i].stopped);
+        tribe_node_free(nodes[i]);
+    }
+    tribe_string_free(key);
+    printf("three_nodes: all checks passed\n");
+    return 0;
+}
