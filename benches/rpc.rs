@@ -18,8 +18,11 @@
 //! It prints a markdown table and never asserts on timings.
 //!
 //! ```text
-//! cargo bench --bench rpc -- [--quick]
+//! cargo bench --bench rpc -- [--quick] [--small]
 //! ```
+//!
+//! `--small` keeps the rows the C ABI benchmark (`scripts/bench-c`) compares
+//! with: 100 B payloads at concurrency 1 and 16.
 //!
 //! Logs go to stderr (`RUST_LOG`, default `warn`), progress too; the table
 //! goes to stdout.
@@ -36,7 +39,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tribe::{CallTarget, Config, Keyring, Node, PluginKind, Profile, SecretKey};
 
-const USAGE: &str = "usage: rpc [--quick]";
+const USAGE: &str = "usage: rpc [--quick] [--small]";
 const PAYLOADS: [usize; 2] = [100, 64 * 1024];
 const CONCURRENCY: [usize; 3] = [1, 16, 256];
 const TRIBE: &str = "bench";
@@ -458,7 +461,13 @@ fn rss_mib() -> Option<u64> {
 }
 
 fn main() {
-    let quick = common::quick_flag(USAGE);
+    let flags = common::flags(USAGE, &["--quick", "--small"]);
+    let quick = flags.contains("--quick");
+    let (payloads, concurrency): (&[usize], &[usize]) = if flags.contains("--small") {
+        (&PAYLOADS[..1], &CONCURRENCY[..2])
+    } else {
+        (&PAYLOADS, &CONCURRENCY)
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
@@ -496,8 +505,8 @@ fn main() {
         let sealed = start_pair("sealed", Some(&key)).await;
 
         let mut rows = Vec::new();
-        for &size in &PAYLOADS {
-            for &c in &CONCURRENCY {
+        for &size in payloads {
+            for &c in concurrency {
                 for path in [Path::Raw, Path::Plaintext, Path::Sealed] {
                     let clients = (0..c)
                         .map(|_| match path {

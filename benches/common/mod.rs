@@ -4,15 +4,23 @@
 /// Reads the arguments of a bench that only knows `--quick`: `true` for a
 /// short run. `--help` prints `usage` and exits 0; anything else exits 2.
 pub fn quick_flag(usage: &str) -> bool {
-    let mut quick = false;
+    flags(usage, &["--quick"]).contains("--quick")
+}
+
+/// Reads flags that take no value: the set of `known` flags given.
+/// `--help` prints `usage` and exits 0; anything else exits 2.
+pub fn flags(usage: &str, known: &[&str]) -> std::collections::BTreeSet<String> {
+    let mut given = std::collections::BTreeSet::new();
     for arg in std::env::args().skip(1) {
         match arg.as_str() {
-            "--quick" => quick = true,
             // cargo passes `--bench` to harness-less bench targets.
             "--bench" => {}
             "-h" | "--help" => {
                 eprintln!("{usage}");
                 std::process::exit(0);
+            }
+            flag if known.contains(&flag) => {
+                given.insert(arg);
             }
             other => {
                 eprintln!("unknown argument {other:?}\n{usage}");
@@ -20,7 +28,7 @@ pub fn quick_flag(usage: &str) -> bool {
             }
         }
     }
-    quick
+    given
 }
 
 /// The CPU model from /proc/cpuinfo, for the machine line of a table.
