@@ -366,6 +366,37 @@
 #define TRIBE_EVENT_CALL_DONE 20
 
 /**
+ * A log record of libtribe (subject: the message; `tribe_event_log_level`),
+ * queued only for nodes started with `tribe_config_set_log_level`.
+ */
+#define TRIBE_EVENT_LOG 21
+
+/**
+ * Error records.
+ */
+#define TRIBE_LOG_ERROR 1
+
+/**
+ * Warnings.
+ */
+#define TRIBE_LOG_WARN 2
+
+/**
+ * Notable steps (joins, leaves, key changes).
+ */
+#define TRIBE_LOG_INFO 3
+
+/**
+ * Details for debugging.
+ */
+#define TRIBE_LOG_DEBUG 4
+
+/**
+ * Everything.
+ */
+#define TRIBE_LOG_TRACE 5
+
+/**
  * Task states for `tribe_node_add_task` and `tribe_node_set_task_state`.
  */
 #define TRIBE_TASK_RUNNING 1
@@ -688,6 +719,19 @@ uint32_t tribe_config_set_worker_threads(struct tribe_config *cfg,
                                          struct tribe_error **err);
 
 /**
+ * Queues libtribe's log records from `level` on as `TRIBE_EVENT_LOG`
+ * events of this node: `"off"` (default), `"error"`, `"warn"`, `"info"`,
+ * `"debug"` or `"trace"`. The records come from the node's own threads and
+ * from host threads while they call into this node; they are delivered only
+ * if the process has no other global `tracing` subscriber (a C, Go or
+ * Python host has none). Like other node events, records are dropped when
+ * more than 65,536 wait.
+ */
+uint32_t tribe_config_set_log_level(struct tribe_config *cfg,
+                                    const char *level,
+                                    struct tribe_error **err);
+
+/**
  * The result code of an error (`TRIBE_NULL_ARGUMENT` for NULL).
  */
 uint32_t tribe_error_code(const struct tribe_error *err);
@@ -770,8 +814,8 @@ uint32_t tribe_event_json(const struct tribe_event *event,
                           struct tribe_error **err);
 
 /**
- * What the event is about: a member's name, a plugin's name, a task's id
- * or a policy's name (see each `TRIBE_EVENT_*`). `*out` is borrowed: valid
+ * What the event is about: a member's name, a plugin's name, a task's id,
+ * a policy's name or a log message (see each `TRIBE_EVENT_*`). `*out` is borrowed: valid
  * until the event is freed. `TRIBE_WRONG_EVENT` for kinds without one.
  */
 uint32_t tribe_event_subject(const struct tribe_event *event,
@@ -797,6 +841,15 @@ uint32_t tribe_event_tribe(const struct tribe_event *event,
 uint32_t tribe_event_take_responder(struct tribe_event *event,
                                     struct tribe_responder **out,
                                     struct tribe_error **err);
+
+/**
+ * The level of a `TRIBE_EVENT_LOG` record: `TRIBE_LOG_ERROR` (1) to
+ * `TRIBE_LOG_TRACE` (5). Its message is the event's subject.
+ * `TRIBE_WRONG_EVENT` for other kinds.
+ */
+uint32_t tribe_event_log_level(const struct tribe_event *event,
+                               uint32_t *out,
+                               struct tribe_error **err);
 
 /**
  * The id `tribe_node_call_async` gave the call a `TRIBE_EVENT_CALL_DONE`

@@ -99,10 +99,16 @@ pub(super) fn store<T: Copy>(ptr: *mut T, value: T) {
     }
 }
 
+/// A C string of `s`; interior NULs (which would cut the text short in C)
+/// become U+FFFD.
+pub(super) fn c_text(s: &str) -> CString {
+    CString::new(s.replace('\0', "\u{fffd}")).unwrap_or_default()
+}
+
 /// Hands a string to C as an owned, NUL-terminated buffer with its length
 /// (without the NUL); freed by `tribe_string_free`.
 pub(super) fn give_string(out: *mut *mut c_char, len: *mut usize, s: String) {
-    let s = CString::new(s.replace('\0', "\u{fffd}")).unwrap_or_default();
+    let s = c_text(&s);
     store(len, s.as_bytes().len());
     write(out, s.into_raw());
 }

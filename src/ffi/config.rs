@@ -19,6 +19,8 @@ pub(super) struct Pending {
     pub(super) config: Config,
     pub(super) keys: Vec<SecretKey>,
     pub(super) worker_threads: usize,
+    /// Log records queued as events from this level on (0: none).
+    pub(super) log_level: u32,
 }
 
 impl TribeConfig {
@@ -29,11 +31,12 @@ impl TribeConfig {
     }
 
     /// Takes the config for a start, building the keyring.
-    pub(super) fn take(&mut self) -> Result<(Config, usize), FfiError> {
+    pub(super) fn take(&mut self) -> Result<(Config, usize, u32), FfiError> {
         let Pending {
             mut config,
             keys,
             worker_threads,
+            log_level,
         } = self
             .inner
             .take()
@@ -47,7 +50,7 @@ impl TribeConfig {
             }
             config.keyring = Some(ring);
         }
-        Ok((config, worker_threads))
+        Ok((config, worker_threads, log_level))
     }
 }
 
@@ -87,6 +90,7 @@ pub extern "C" fn tribe_config_new(
             config: Config::new(name),
             keys: Vec::new(),
             worker_threads: 2,
+            log_level: 0,
         };
         cast::write(
             out,
@@ -322,6 +326,33 @@ pub extern "C" fn tribe_config_set_worker_threads(
         }
         with_config(cfg, |p| {
             p.worker_threads = threads as usize;
+            Ok(())
+        })
+    })
+}
+
+/// Queues libtribe's log records from `level` on as `TRIBE_EVENT_LOG`
+/// events of this node: `"off"` (default), `"error"`, `"warn"`, `"info"`,
+/// `"debug"` or `"trace"`. The records come from the node's own threads and
+/// from host threads while they call into this node; they are delivered only
+/// if the process has no other global `tracing` subscriber (a C, Go or
+/// Python host has none). Like other node events, records are dropped when
+/// more than 65,536 wait.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_log_level(
+    cfg: *mut TribeConfig,
+    level: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(level, "level")?;
+        let level = super::log::parse_level(name).ok_or_else(|| {
+            FfiError::invalid(format!(
+                "log level {name:?} is not off, error, warn, info, debug or trace"
+            ))
+        })?;
+        with_config(cfg, |p| {
+            p.log_level = level;
             Ok(())
         })
     })

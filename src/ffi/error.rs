@@ -6,6 +6,7 @@
 use std::any::Any;
 use std::ffi::{c_char, CStr, CString};
 
+use super::cast::c_text;
 use crate::Error;
 
 /// Success.
@@ -91,11 +92,6 @@ pub struct FfiError {
     message: CString,
     remote: Option<(CString, CString)>,
     position: (u32, u32),
-}
-
-fn c_text(s: &str) -> CString {
-    // Interior NULs would truncate the text in C; they are replaced.
-    CString::new(s.replace('\0', "\u{fffd}")).unwrap_or_default()
 }
 
 impl FfiError {

@@ -59,9 +59,18 @@ pub const TRIBE_EVENT_CALL: u32 = 19;
 /// `tribe_event_take_reply`).
 pub const TRIBE_EVENT_CALL_DONE: u32 = 20;
 
+/// A log record of libtribe (subject: the message; `tribe_event_log_level`),
+/// queued only for nodes started with `tribe_config_set_log_level`.
+pub const TRIBE_EVENT_LOG: u32 = 21;
+
 /// What waits in a node's mailbox.
 pub(super) enum Body {
     Node(Event),
+    Log {
+        level: u32,
+        target: String,
+        message: String,
+    },
     Call(Option<Box<TribeResponder>>),
     CallDone {
         id: u64,
@@ -70,8 +79,9 @@ pub(super) enum Body {
 }
 
 impl Body {
-    pub(super) fn is_node_event(&self) -> bool {
-        matches!(self, Body::Node(_))
+    /// Node events and log records may be dropped when the host falls behind.
+    pub(super) fn is_droppable(&self) -> bool {
+        matches!(self, Body::Node(_) | Body::Log { .. })
     }
 }
 
@@ -104,6 +114,7 @@ fn kind_of(body: &Body) -> u32 {
             Event::ArtifactUnavailable { .. } => TRIBE_EVENT_ARTIFACT_UNAVAILABLE,
             Event::PolicyError { .. } => TRIBE_EVENT_POLICY_ERROR,
         },
+        Body::Log { .. } => TRIBE_EVENT_LOG,
         Body::Call(_) => TRIBE_EVENT_CALL,
         Body::CallDone { .. } => TRIBE_EVENT_CALL_DONE,
     }
@@ -134,6 +145,7 @@ impl TribeEvent {
                 Event::TaskRun(t) | Event::TaskStop(t) => (c(&t.id), c(&t.tribe)),
                 Event::PolicyError { policy, .. } => (c(policy), None),
             },
+            Body::Log { message, .. } => (Some(super::cast::c_text(message)), None),
             Body::Call(r) => match r {
                 Some(r) => (c(&r.info.plugin), c(&r.info.tribe)),
                 None => (None, None),
@@ -151,6 +163,16 @@ impl TribeEvent {
         use serde_json::json;
         match &self.body {
             Body::Node(e) => crate::admin::json::event(e),
+            Body::Log {
+                level,
+                target,
+                message,
+            } => json!({
+                "kind": "log",
+                "level": super::log::level_name(*level),
+                "target": target,
+                "message": message,
+            }),
             Body::Call(r) => match r {
                 Some(r) => json!({
                     "kind": "call",
@@ -209,7 +231,7 @@ pub extern "C" fn tribe_node_next_event(
         cast::write(out, std::ptr::null_mut());
         let node = cast::handle(node, "node")?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        match node.mailbox.take(timeout, Body::is_node_event) {
+        match node.mailbox.take(timeout, Body::is_droppable) {
             Taken::Item(body) => {
                 cast::write(out, cast::into_handle(TribeEvent::new(body)));
                 Ok(())
@@ -246,8 +268,8 @@ pub extern "C" fn tribe_event_json(
     })
 }
 
-/// What the event is about: a member's name, a plugin's name, a task's id
-/// or a policy's name (see each `TRIBE_EVENT_*`). `*out` is borrowed: valid
+/// What the event is about: a member's name, a plugin's name, a task's id,
+/// a policy's name or a log message (see each `TRIBE_EVENT_*`). `*out` is borrowed: valid
 /// until the event is freed. `TRIBE_WRONG_EVENT` for kinds without one.
 #[no_mangle]
 pub extern "C" fn tribe_event_subject(
@@ -298,6 +320,30 @@ pub extern "C" fn tribe_event_take_responder(
             _ => Err(FfiError::new(
                 TRIBE_WRONG_EVENT,
                 "only a call event has a responder",
+            )),
+        }
+    })
+}
+
+/// The level of a `TRIBE_EVENT_LOG` record: `TRIBE_LOG_ERROR` (1) to
+/// `TRIBE_LOG_TRACE` (5). Its message is the event's subject.
+/// `TRIBE_WRONG_EVENT` for other kinds.
+#[no_mangle]
+pub extern "C" fn tribe_event_log_level(
+    event: *const TribeEvent,
+    out: *mut u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        match &cast::handle(event, "event")?.body {
+            Body::Log { level, .. } => {
+                cast::write(out, *level);
+                Ok(())
+            }
+            _ => Err(FfiError::new(
+                TRIBE_WRONG_EVENT,
+                "only a log event has a level",
             )),
         }
     })

@@ -34,5 +34,6 @@ mod cast;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod log;
 mod mailbox;
 pub mod node;

@@ -33,6 +33,8 @@ pub struct TribeNode {
     pub(super) closing: watch::Sender<bool>,
     /// Whether the node has stopped (held while it stops).
     stopped: Mutex<bool>,
+    /// Where log records go, when the host asked for them.
+    log_sink: Option<super::log::Sink>,
     /// Asynchronous calls not finished yet: whoever removes an id (the call
     /// finishing, a cancel, the shutdown) reports its completion, once.
     pub(super) calls: Arc<Mutex<HashMap<u64, Option<tokio::task::AbortHandle>>>>,
@@ -48,7 +50,7 @@ impl TribeNode {
 
     /// Runs a future on the node's runtime from the host's thread.
     pub(super) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-        self.runtime().block_on(f)
+        super::log::with_sink(self.log_sink.as_ref(), || self.runtime().block_on(f))
     }
 
     /// Refuses work once the node is stopping.
@@ -119,15 +121,25 @@ pub extern "C" fn tribe_node_start(
 ) -> u32 {
     ffi_call!(err, {
         let out = cast::out(out, "out")?;
-        let (config, threads) = cast::handle_mut(cfg, "config")?.take()?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
+        let (config, threads, log_level) = cast::handle_mut(cfg, "config")?.take()?;
+        let mailbox = Arc::new(Mailbox::new().map_err(Error::from)?);
+        let log_sink = (log_level > 0).then(|| {
+            super::log::enable(log_level);
+            super::log::Sink::new(&mailbox, log_level)
+        });
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder
             .worker_threads(threads)
             .thread_name("tribe-worker")
-            .enable_all()
+            .enable_all();
+        if let Some(sink) = log_sink.clone() {
+            builder.on_thread_start(move || super::log::set_thread_sink(sink.clone()));
+        }
+        let runtime = builder
             .build()
             .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
-        let mailbox = Arc::new(Mailbox::new().map_err(Error::from)?);
-        let node = runtime.block_on(Node::start(config))?;
+        let node =
+            super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
         let mut events = node.events();
         let forward = mailbox.clone();
         runtime.spawn(async move {
@@ -145,6 +157,7 @@ pub extern "C" fn tribe_node_start(
             mailbox,
             closing: watch::channel(false).0,
             stopped: Mutex::new(false),
+            log_sink,
             calls: Default::default(),
             next_call: AtomicU64::new(1),
         };

@@ -286,6 +286,37 @@ static void after_shutdown(tribe_node *n) {
     CHECK(strcmp(tribe_node_name(n), "misuse-node") == 0);
 }
 
+/* A node asked for logs queues libtribe's records as events. */
+static void log_feed(void) {
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    EXPECT(TRIBE_OK, tribe_config_new("log-node", &cfg, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_log_level(cfg, "loud", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_log_level(cfg, NULL, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_log_level(cfg, "info", &err));
+    EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
+    EXPECT(TRIBE_OK, tribe_node_start(cfg, &n, &err));
+    tribe_config_free(cfg);
+    tribe_event *ev = next_of_kind(n, TRIBE_EVENT_LOG);
+    uint32_t level = 0;
+    const char *message = NULL;
+    EXPECT(TRIBE_OK, tribe_event_log_level(ev, &level, &err));
+    CHECK(level >= TRIBE_LOG_ERROR && level <= TRIBE_LOG_INFO);
+    EXPECT(TRIBE_OK, tribe_event_subject(ev, &message, &err));
+    CHECK(strlen(message) > 0);
+    char *json = NULL;
+    EXPECT(TRIBE_OK, tribe_event_json(ev, &json, NULL, &err));
+    CHECK(strstr(json, "\"kind\":\"log\"") && strstr(json, "\"target\":\"tribe"));
+    tribe_string_free(json);
+    tribe_event_free(ev);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "t", &err));
+    ev = next_of_kind(n, TRIBE_EVENT_TRIBE_CREATED);
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_log_level(ev, &level, &err));
+    tribe_event_free(ev);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    tribe_node_free(n);
+}
+
 int main(void) {
     CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
     CHECK(tribe_version() != NULL && strlen(tribe_version()) > 0);
@@ -296,6 +327,7 @@ int main(void) {
     responder_and_events(n);
     after_shutdown(n);
     tribe_node_free(n);
+    log_feed();
     printf("misuse: all checks passed\n");
     return 0;
 }
