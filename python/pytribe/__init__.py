@@ -306,7 +306,7 @@ class Events:
         if got is False:
             self.closed = True
             return None
-        if got is None:
+        if not isinstance(got, dict):
             return None
         return _event(got)
 
@@ -333,7 +333,7 @@ class AsyncEvents:
     async def __anext__(self) -> Event:
         loop = asyncio.get_running_loop()
         got = await self._native.anext(loop)
-        if got is False:
+        if not isinstance(got, dict):
             raise StopAsyncIteration
         return _event(got)
 

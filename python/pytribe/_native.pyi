@@ -3,7 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union, final
+
+__all__ = [
+    "__version__",
+    "keygen",
+    "key_id",
+    "_set_exiting",
+    "_complete",
+    "next_log",
+    "set_log_level",
+    "_bench_serve_echo",
+    "_bench_rust_calls",
+    "NativeNode",
+    "NativeEvents",
+    "CallInfo",
+    "AbortOnCancel",
+]
 
 __version__: str
 
@@ -26,6 +42,7 @@ def _bench_rust_calls(
     kind: str = "processor",
 ) -> Tuple[float, List[float]]: ...
 
+@final
 class CallInfo:
     """What a handler learns about a call."""
 
@@ -42,14 +59,17 @@ class CallInfo:
     def __new__(cls, caller: str, tribe: str, plugin: str, version: str, deadline: float) -> CallInfo: ...
     def remaining(self) -> float: ...
 
+@final
 class AbortOnCancel:
     def __call__(self, fut: asyncio.Future[Any]) -> None: ...
 
+@final
 class NativeEvents:
     def next(self, timeout: Optional[float] = None) -> Union[Dict[str, Any], None, bool]: ...
     def try_next(self) -> Optional[Dict[str, Any]]: ...
     def anext(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Union[Dict[str, Any], bool]]: ...
 
+@final
 class NativeNode:
     def __new__(
         cls,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any, ClassVar, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Union
 
 
 def _ro(d: Optional[Dict[str, Any]]) -> Mapping[str, Any]:
@@ -378,7 +378,7 @@ def _event(d: Dict[str, Any]) -> Event:
     return cls2(**d)
 
 
-_SIMPLE: Dict[str, Any] = {
+_SIMPLE: Dict[str, Callable[..., Event]] = {
     c.kind: c
     for c in (
         Joined,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 from typing import Any, Dict, Iterator, List
@@ -12,32 +10,17 @@ from typing import Any, Dict, Iterator, List
 import pytest
 
 import pytribe
-from conftest import Cluster, wait_for
+from conftest import Agent, Cluster, keygen_with, wait_for
 
 
 @pytest.fixture
 def agent(tribe_bin: str, tmp_path: Any) -> Iterator[Dict[str, Any]]:
-    key = subprocess.run([tribe_bin, "keygen"], check=True, capture_output=True, text=True).stdout.strip()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TRIBE_")}
-    log = open(tmp_path / "agent.log", "w")
-    proc = subprocess.Popen(
-        [tribe_bin, "agent", "--name", "agent-1", "--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0",
-         "--profile", "local", "--key", key, "--log-level", "info"],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, text=True, env=env,
-    )
+    key = keygen_with(tribe_bin)
+    a = Agent(tribe_bin, tmp_path, "agent-1", ["--key", key])
     try:
-        assert proc.stdout is not None
-        line: List[str] = []
-        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()))  # type: ignore[union-attr]
-        reader.start()
-        reader.join(30)
-        fields = dict(w.split("=", 1) for w in (line[0] if line else "").split() if "=" in w)
-        assert "gossip" in fields, f"no ready line: {line}; log: {(tmp_path / 'agent.log').read_text()}"
-        yield {"key": key, "gossip": fields["gossip"], "admin": fields["admin"], "proc": proc}
+        yield {"key": key, "gossip": a.gossip, "admin": a.admin}
     finally:
-        proc.kill()
-        proc.wait()
-        log.close()
+        a.stop()
 
 
 def test_python_calls_the_agents_tag_and_the_agents_task_publishes_to_python(
