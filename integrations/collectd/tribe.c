@@ -1,0 +1,1088 @@
+/**
+ * collectd plugin "tribe": makes a collectd daemon a libtribe node.
+ *
+ * - config:   <Plugin tribe> block (see docs/collectd.md)
+ * - init:     starts the node (facts, seeds, key, profile, log level) and
+ *             serves the publisher "collectd-log" (logs the batches other
+ *             members publish to it)
+ * - write:    turns each value list into metrics of the metric-batch JSON
+ *             (docs/task-manifest.md) and appends them to a bounded batch;
+ *             never blocks on the network (tribe_node_call_async)
+ * - read:     a short-interval read callback on collectd's own read threads:
+ *             drains the node's events (log records, call completions,
+ *             incoming calls), seals and sends due batches, logs drops at
+ *             most once per 10 s and dispatches the plugin's own counters
+ *             (tribe/derive-published, tribe/derive-dropped, tribe/gauge-queued)
+ * - shutdown: last flush (bounded), tribe_node_shutdown (peers see "left"),
+ *             drain the events, tribe_node_free
+ *
+ * Built on libtribe's C ABI only (include/tribe.h).
+ */
+#include "collectd/core/daemon/collectd.h"
+#include "collectd/core/daemon/globals.h"
+#include "collectd/core/daemon/plugin.h"
+#include "collectd/core/daemon/utils_time.h"
+#include "collectd/core/utils/common/common.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <time.h>
+
+#include "tribe.h"
+
+#define PLUGIN_NAME "tribe"
+#define SERVE_NAME "collectd-log"
+#define SERVE_VERSION "1"
+
+#define MAX_TARGETS 16
+#define MAX_TAGS 32
+#define MAX_SEEDS 16
+#define MAX_FACTS 64
+#define MAX_INFLIGHT_LIMIT 64
+#define MAX_NAME_BYTES 256
+#define DROP_LOG_EVERY_MS 10000
+#define EVENTS_PER_READ 4096
+
+/* ---------------------------------------------------------------- buffers */
+
+typedef struct {
+  char *data;
+  size_t len, cap;
+  bool failed; /* an allocation failed: contents are incomplete */
+} buf_t;
+
+static void buf_reserve(buf_t *b, size_t extra) {
+  if (b->failed || b->len + extra + 1 <= b->cap)
+    return;
+  size_t cap = b->cap ? b->cap : 1024;
+  while (cap < b->len + extra + 1)
+    cap *= 2;
+  char *p = realloc(b->data, cap);
+  if (p == NULL) {
+    b->failed = true;
+    return;
+  }
+  b->data = p;
+  b->cap = cap;
+}
+
+static void buf_add(buf_t *b, const char *s, size_t n) {
+  buf_reserve(b, n);
+  if (b->failed)
+    return;
+  memcpy(b->data + b->len, s, n);
+  b->len += n;
+  b->data[b->len] = '\0';
+}
+
+static void buf_puts(buf_t *b, const char *s) { buf_add(b, s, strlen(s)); }
+
+__attribute__((format(printf, 2, 3))) static void buf_printf(buf_t *b,
+                                                             const char *fmt,
+                                                             ...) {
+  char tmp[128];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(tmp, sizeof tmp, fmt, ap);
+  va_end(ap);
+  if (n < 0) {
+    b->failed = true;
+    return;
+  }
+  if ((size_t)n < sizeof tmp) {
+    buf_add(b, tmp, (size_t)n);
+    return;
+  }
+  buf_reserve(b, (size_t)n);
+  if (b->failed)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(b->data + b->len, (size_t)n + 1, fmt, ap);
+  va_end(ap);
+  b->len += (size_t)n;
+}
+
+/* A JSON string; false (nothing written) when it holds control characters,
+ * which metric batches refuse. */
+static bool json_string_ok(const char *s) {
+  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+    if (*p < 0x20 || *p == 0x7f)
+      return false;
+  return true;
+}
+
+static void buf_json_string(buf_t *b, const char *s) {
+  buf_add(b, "\"", 1);
+  for (const char *p = s; *p; p++) {
+    if (*p == '"' || *p == '\\')
+      buf_add(b, "\\", 1);
+    buf_add(b, p, 1);
+  }
+  buf_add(b, "\"", 1);
+}
+
+/* ---------------------------------------------------------------- state */
+
+/* A sealed batch: the whole step request, shared by the targets. */
+typedef struct {
+  char *json;
+  size_t len;
+  size_t metrics;
+  int refs;
+} batch_t;
+
+typedef struct {
+  uint64_t id;
+  size_t metrics;
+} inflight_t;
+
+typedef struct {
+  char *tribe;
+  char *plugin;
+  char *version; /* NULL: any */
+  batch_t **queue; /* ring of QueueLimit sealed batches */
+  size_t head, count;
+  inflight_t inflight[MAX_INFLIGHT_LIMIT];
+  size_t ninflight;
+  bool failing; /* the last call failed: log when delivery resumes */
+} target_t;
+
+typedef struct {
+  char *key, *value;
+} pair_t;
+
+static struct {
+  /* configuration */
+  char *name, *bind, *advertise, *key_file, *key, *profile, *data_dir,
+      *label, *encryption, *log_level;
+  char *seeds[MAX_SEEDS];
+  size_t nseeds;
+  pair_t facts[MAX_FACTS];
+  size_t nfacts;
+  pair_t tags[MAX_TAGS];
+  size_t ntags;
+  target_t targets[MAX_TARGETS];
+  size_t ntargets;
+  bool serve_log;
+  int batch_size, queue_limit, max_inflight, call_timeout_ms;
+  cdtime_t flush_interval, event_interval, shutdown_timeout;
+  bool collect_facts;
+
+  /* run time */
+  pthread_mutex_t lock; /* everything below */
+  tribe_node *node;
+  bool running;
+  buf_t current; /* metric objects of the batch being filled, comma-joined */
+  size_t current_metrics;
+  cdtime_t current_since;
+  uint64_t published, dropped, skipped;
+  uint64_t drops_unlogged;
+  char last_error[256];
+  uint64_t last_drop_log_ms;
+  cdtime_t last_stats;
+} g = {
+    .serve_log = true,
+    .batch_size = 500,
+    .queue_limit = 8,
+    .max_inflight = 2,
+    .call_timeout_ms = 5000,
+    .collect_facts = true,
+    .lock = PTHREAD_MUTEX_INITIALIZER,
+};
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void log_tribe_error(int level, const char *what, uint32_t rc,
+                            tribe_error *err) {
+  plugin_log(level, PLUGIN_NAME " plugin: %s: %s (%s)", what,
+             err ? tribe_error_message(err) : "", tribe_result_name(rc));
+  tribe_error_free(err);
+}
+
+/* ---------------------------------------------------------------- config */
+
+static int cfg_string(oconfig_item_t *ci, char **out) {
+  sfree(*out);
+  return cf_util_get_string(ci, out);
+}
+
+static int cfg_pair(oconfig_item_t *ci, pair_t *list, size_t *n, size_t max) {
+  if (ci->values_num != 2 || ci->values[0].type != OCONFIG_TYPE_STRING ||
+      ci->values[1].type != OCONFIG_TYPE_STRING) {
+    ERROR(PLUGIN_NAME " plugin: `%s' wants two strings", ci->key);
+    return -1;
+  }
+  if (*n >= max) {
+    ERROR(PLUGIN_NAME " plugin: at most %zu `%s' options", max, ci->key);
+    return -1;
+  }
+  list[*n].key = strdup(ci->values[0].value.string);
+  list[*n].value = strdup(ci->values[1].value.string);
+  if (!list[*n].key || !list[*n].value)
+    return -1;
+  (*n)++;
+  return 0;
+}
+
+static int cfg_publish(oconfig_item_t *ci) {
+  if (ci->values_num < 2 || ci->values_num > 3) {
+    ERROR(PLUGIN_NAME " plugin: `Publish' wants \"tribe\" \"plugin\" "
+                      "[\"version\"]");
+    return -1;
+  }
+  for (int i = 0; i < ci->values_num; i++)
+    if (ci->values[i].type != OCONFIG_TYPE_STRING) {
+      ERROR(PLUGIN_NAME " plugin: `Publish' wants strings");
+      return -1;
+    }
+  if (g.ntargets >= MAX_TARGETS) {
+    ERROR(PLUGIN_NAME " plugin: at most %d `Publish' options", MAX_TARGETS);
+    return -1;
+  }
+  target_t *t = &g.targets[g.ntargets++];
+  memset(t, 0, sizeof *t);
+  t->tribe = strdup(ci->values[0].value.string);
+  t->plugin = strdup(ci->values[1].value.string);
+  if (ci->values_num == 3)
+    t->version = strdup(ci->values[2].value.string);
+  return (t->tribe && t->plugin) ? 0 : -1;
+}
+
+static int cfg_int_range(oconfig_item_t *ci, int *out, int lo, int hi) {
+  int v = 0;
+  if (cf_util_get_int(ci, &v) != 0)
+    return -1;
+  if (v < lo || v > hi) {
+    ERROR(PLUGIN_NAME " plugin: `%s' must be between %d and %d", ci->key, lo,
+          hi);
+    return -1;
+  }
+  *out = v;
+  return 0;
+}
+
+static int tribe_config_cb(oconfig_item_t *ci) {
+  int status = 0;
+  pthread_mutex_lock(&g.lock);
+  for (int i = 0; i < ci->children_num && status == 0; i++) {
+    oconfig_item_t *c = ci->children + i;
+    if (strcasecmp(c->key, "Name") == 0)
+      status = cfg_string(c, &g.name);
+    else if (strcasecmp(c->key, "Bind") == 0)
+      status = cfg_string(c, &g.bind);
+    else if (strcasecmp(c->key, "Advertise") == 0)
+      status = cfg_string(c, &g.advertise);
+    else if (strcasecmp(c->key, "Seed") == 0) {
+      if (g.nseeds >= MAX_SEEDS) {
+        ERROR(PLUGIN_NAME " plugin: at most %d `Seed' options", MAX_SEEDS);
+        status = -1;
+      } else {
+        g.seeds[g.nseeds] = NULL;
+        status = cf_util_get_string(c, &g.seeds[g.nseeds]);
+        if (status == 0)
+          g.nseeds++;
+      }
+    } else if (strcasecmp(c->key, "Fact") == 0)
+      status = cfg_pair(c, g.facts, &g.nfacts, MAX_FACTS);
+    else if (strcasecmp(c->key, "CollectFacts") == 0)
+      status = cf_util_get_boolean(c, &g.collect_facts);
+    else if (strcasecmp(c->key, "KeyFile") == 0)
+      status = cfg_string(c, &g.key_file);
+    else if (strcasecmp(c->key, "Key") == 0)
+      status = cfg_string(c, &g.key);
+    else if (strcasecmp(c->key, "Encryption") == 0)
+      status = cfg_string(c, &g.encryption);
+    else if (strcasecmp(c->key, "Profile") == 0)
+      status = cfg_string(c, &g.profile);
+    else if (strcasecmp(c->key, "DataDir") == 0)
+      status = cfg_string(c, &g.data_dir);
+    else if (strcasecmp(c->key, "Label") == 0)
+      status = cfg_string(c, &g.label);
+    else if (strcasecmp(c->key, "LogLevel") == 0)
+      status = cfg_string(c, &g.log_level);
+    else if (strcasecmp(c->key, "Publish") == 0)
+      status = cfg_publish(c);
+    else if (strcasecmp(c->key, "Tag") == 0)
+      status = cfg_pair(c, g.tags, &g.ntags, MAX_TAGS);
+    else if (strcasecmp(c->key, "ServeLogPublisher") == 0)
+      status = cf_util_get_boolean(c, &g.serve_log);
+    else if (strcasecmp(c->key, "BatchSize") == 0)
+      status = cfg_int_range(c, &g.batch_size, 1, 50000);
+    else if (strcasecmp(c->key, "QueueLimit") == 0)
+      status = cfg_int_range(c, &g.queue_limit, 1, 4096);
+    else if (strcasecmp(c->key, "MaxInFlight") == 0)
+      status = cfg_int_range(c, &g.max_inflight, 1, MAX_INFLIGHT_LIMIT);
+    else if (strcasecmp(c->key, "CallTimeout") == 0) {
+      cdtime_t t = 0;
+      status = cf_util_get_cdtime(c, &t);
+      if (status == 0 && (t < MS_TO_CDTIME_T(1) || t > TIME_T_TO_CDTIME_T(600))) {
+        ERROR(PLUGIN_NAME " plugin: `CallTimeout' must be 0.001 to 600 s");
+        status = -1;
+      }
+      g.call_timeout_ms = (int)CDTIME_T_TO_MS(t);
+    } else if (strcasecmp(c->key, "FlushInterval") == 0)
+      status = cf_util_get_cdtime(c, &g.flush_interval);
+    else if (strcasecmp(c->key, "EventInterval") == 0)
+      status = cf_util_get_cdtime(c, &g.event_interval);
+    else if (strcasecmp(c->key, "ShutdownTimeout") == 0)
+      status = cf_util_get_cdtime(c, &g.shutdown_timeout);
+    else {
+      ERROR(PLUGIN_NAME " plugin: unknown option `%s'", c->key);
+      status = -1;
+    }
+  }
+  pthread_mutex_unlock(&g.lock);
+  return status;
+}
+
+/* ---------------------------------------------------------------- batches */
+
+static void batch_unref(batch_t *b) {
+  if (b && --b->refs == 0) {
+    free(b->json);
+    free(b);
+  }
+}
+
+static void note_drop(size_t metrics, const char *why) {
+  g.dropped += metrics;
+  g.drops_unlogged += metrics;
+  if (why)
+    sstrncpy(g.last_error, why, sizeof g.last_error);
+}
+
+/* Logs the drops since the last line, at most once per DROP_LOG_EVERY_MS. */
+static void maybe_log_drops(void) {
+  if (g.drops_unlogged == 0)
+    return;
+  uint64_t now = mono_ms();
+  if (g.last_drop_log_ms != 0 && now - g.last_drop_log_ms < DROP_LOG_EVERY_MS)
+    return;
+  WARNING(PLUGIN_NAME " plugin: dropped %" PRIu64 " metrics (%" PRIu64
+                     " in all); last reason: %s",
+          g.drops_unlogged, g.dropped, g.last_error);
+  g.drops_unlogged = 0;
+  g.last_drop_log_ms = now;
+}
+
+/* Moves the batch being filled into every target's queue (lock held). */
+static void seal_current(void) {
+  if (g.current_metrics == 0)
+    return;
+  size_t metrics = g.current_metrics;
+  buf_t req = {0};
+  buf_puts(&req, "{\"config\":{},\"metrics\":[");
+  if (g.current.data)
+    buf_add(&req, g.current.data, g.current.len);
+  buf_puts(&req, "]}");
+  bool failed = g.current.failed || req.failed;
+  g.current.len = 0;
+  g.current.failed = false;
+  if (g.current.data)
+    g.current.data[0] = '\0';
+  g.current_metrics = 0;
+  if (failed) {
+    free(req.data);
+    note_drop(metrics * g.ntargets, "out of memory");
+    return;
+  }
+  batch_t *b = malloc(sizeof *b);
+  if (b == NULL) {
+    free(req.data);
+    note_drop(metrics * g.ntargets, "out of memory");
+    return;
+  }
+  b->json = req.data;
+  b->len = req.len;
+  b->metrics = metrics;
+  b->refs = 1;
+  for (size_t i = 0; i < g.ntargets; i++) {
+    target_t *t = &g.targets[i];
+    if (t->count == (size_t)g.queue_limit) {
+      /* Full: the oldest batch goes, newer values are worth more. */
+      batch_t *old = t->queue[t->head];
+      t->head = (t->head + 1) % (size_t)g.queue_limit;
+      t->count--;
+      char why[192];
+      snprintf(why, sizeof why, "queue for %s/%s full (%d batches)", t->tribe,
+               t->plugin, g.queue_limit);
+      note_drop(old->metrics, why);
+      batch_unref(old);
+    }
+    t->queue[(t->head + t->count) % (size_t)g.queue_limit] = b;
+    t->count++;
+    b->refs++;
+  }
+  batch_unref(b);
+}
+
+/* Starts calls for queued batches while the targets have room (lock held).
+ * tribe_node_call_async does not block. */
+static void dispatch(void) {
+  if (!g.running || g.node == NULL)
+    return;
+  for (size_t i = 0; i < g.ntargets; i++) {
+    target_t *t = &g.targets[i];
+    while (t->count > 0 && t->ninflight < (size_t)g.max_inflight) {
+      batch_t *b = t->queue[t->head];
+      t->head = (t->head + 1) % (size_t)g.queue_limit;
+      t->count--;
+      uint64_t id = 0;
+      tribe_error *err = NULL;
+      uint32_t rc = tribe_node_call_async(
+          g.node, t->tribe, t->plugin, t->version, TRIBE_KIND_PUBLISHER,
+          (const uint8_t *)b->json, b->len, (uint32_t)g.call_timeout_ms, &id,
+          &err);
+      if (rc == TRIBE_OK) {
+        t->inflight[t->ninflight].id = id;
+        t->inflight[t->ninflight].metrics = b->metrics;
+        t->ninflight++;
+      } else {
+        char why[256];
+        snprintf(why, sizeof why, "%s/%s: %s (%s)", t->tribe, t->plugin,
+                 err ? tribe_error_message(err) : "", tribe_result_name(rc));
+        note_drop(b->metrics, why);
+        t->failing = true;
+      }
+      tribe_error_free(err);
+      batch_unref(b);
+    }
+  }
+}
+
+/* ---------------------------------------------------------------- write */
+
+static void add_metric(const char *name, const char *value,
+                       const char *ds_type, const value_list_t *vl) {
+  buf_t *b = &g.current;
+  if (g.current_metrics > 0)
+    buf_add(b, ",", 1);
+  else
+    g.current_since = cdtime();
+  buf_puts(b, "{\"name\":");
+  buf_json_string(b, name);
+  buf_puts(b, ",\"value\":");
+  buf_puts(b, value);
+  buf_puts(b, ",\"tags\":{\"host\":");
+  buf_json_string(b, vl->host);
+  buf_puts(b, ",\"ds_type\":");
+  buf_json_string(b, ds_type);
+  for (size_t i = 0; i < g.ntags; i++) {
+    buf_add(b, ",", 1);
+    buf_json_string(b, g.tags[i].key);
+    buf_add(b, ":", 1);
+    buf_json_string(b, g.tags[i].value);
+  }
+  buf_printf(b, "},\"timestamp_ms\":%" PRIu64 "}",
+             (uint64_t)CDTIME_T_TO_MS(vl->time));
+  g.current_metrics++;
+}
+
+static int tribe_write(const data_set_t *ds, const value_list_t *vl,
+                       user_data_t *ud) {
+  (void)ud;
+  if (ds->ds_num != vl->values_len) {
+    ERROR(PLUGIN_NAME " plugin: data set %s has %zu sources, value list %zu",
+          ds->type, ds->ds_num, vl->values_len);
+    return -1;
+  }
+  /* plugin[-plugin_instance]/type[-type_instance] */
+  char base[MAX_NAME_BYTES + 1];
+  int n = snprintf(base, sizeof base, "%s%s%s/%s%s%s", vl->plugin,
+                   vl->plugin_instance[0] ? "-" : "", vl->plugin_instance,
+                   vl->type, vl->type_instance[0] ? "-" : "", vl->type_instance);
+  bool bad = n < 0 || (size_t)n >= sizeof base || !json_string_ok(base) ||
+             !json_string_ok(vl->host);
+  pthread_mutex_lock(&g.lock);
+  if (!g.running || g.ntargets == 0) {
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+  }
+  for (size_t i = 0; i < vl->values_len; i++) {
+    char name[MAX_NAME_BYTES + DATA_MAX_NAME_LEN + 2];
+    char value[64];
+    const char *ds_type = "gauge";
+    /* metric batches take one value per name: several data sources get
+     * their name appended */
+    int m = ds->ds_num > 1 ? snprintf(name, sizeof name, "%s/%s", base,
+                                      ds->ds[i].name)
+                           : snprintf(name, sizeof name, "%s", base);
+    switch (ds->ds[i].type) {
+    case DS_TYPE_GAUGE:
+      if (!isfinite(vl->values[i].gauge)) {
+        g.skipped++; /* JSON has no NaN: collectd's "unknown" is left out */
+        continue;
+      }
+      snprintf(value, sizeof value, "%.17g", vl->values[i].gauge);
+      break;
+    case DS_TYPE_DERIVE:
+      ds_type = "derive";
+      snprintf(value, sizeof value, "%" PRId64, vl->values[i].derive);
+      break;
+    case DS_TYPE_COUNTER:
+      ds_type = "counter";
+      snprintf(value, sizeof value, "%llu", vl->values[i].counter);
+      break;
+    case DS_TYPE_ABSOLUTE:
+      ds_type = "absolute";
+      snprintf(value, sizeof value, "%" PRIu64, vl->values[i].absolute);
+      break;
+    default:
+      g.skipped++;
+      continue;
+    }
+    if (bad || m < 0 || (size_t)m > MAX_NAME_BYTES ||
+        !json_string_ok(ds->ds[i].name)) {
+      g.skipped++; /* a receiver would refuse the whole batch */
+      continue;
+    }
+    add_metric(name, value, ds_type, vl);
+  }
+  if (g.current_metrics >= (size_t)g.batch_size) {
+    seal_current();
+    dispatch();
+  }
+  pthread_mutex_unlock(&g.lock);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- events */
+
+/* Skips one JSON value starting at *p (whitespace allowed before it);
+ * false when the text is not JSON. Enough to count a batch's metrics. */
+static bool json_skip_ws(const char **p, const char *end) {
+  while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r'))
+    (*p)++;
+  return *p < end;
+}
+
+static bool json_skip_string(const char **p, const char *end) {
+  if (*p >= end || **p != '"')
+    return false;
+  for ((*p)++; *p < end; (*p)++) {
+    if (**p == '\\') {
+      (*p)++;
+      continue;
+    }
+    if (**p == '"') {
+      (*p)++;
+      return true;
+    }
+  }
+  return false;
+}
+
+static bool json_skip_value(const char **p, const char *end, int depth) {
+  if (depth > 64 || !json_skip_ws(p, end))
+    return false;
+  char c = **p;
+  if (c == '"')
+    return json_skip_string(p, end);
+  if (c == '{' || c == '[') {
+    char close = c == '{' ? '}' : ']';
+    (*p)++;
+    if (!json_skip_ws(p, end))
+      return false;
+    if (**p == close) {
+      (*p)++;
+      return true;
+    }
+    for (;;) {
+      if (c == '{') {
+        if (!json_skip_ws(p, end) || !json_skip_string(p, end) ||
+            !json_skip_ws(p, end) || **p != ':')
+          return false;
+        (*p)++;
+      }
+      if (!json_skip_value(p, end, depth + 1) || !json_skip_ws(p, end))
+        return false;
+      if (**p == ',') {
+        (*p)++;
+        continue;
+      }
+      if (**p == close) {
+        (*p)++;
+        return true;
+      }
+      return false;
+    }
+  }
+  const char *start = *p;
+  while (*p < end && strchr("+-0123456789.eEtruefalsn", **p))
+    (*p)++;
+  return *p > start;
+}
+
+/* The number of metrics of a step request, or -1 if it is not one. */
+static long count_metrics(const char *s, size_t len) {
+  const char *p = s, *end = s + len;
+  if (!json_skip_ws(&p, end) || *p != '{')
+    return -1;
+  p++;
+  long count = -1;
+  for (;;) {
+    if (!json_skip_ws(&p, end))
+      return -1;
+    if (*p == '}')
+      return count;
+    const char *key = p;
+    if (!json_skip_string(&p, end) || !json_skip_ws(&p, end) || *p != ':')
+      return -1;
+    bool metrics = (size_t)(p - key) == 9 && memcmp(key, "\"metrics\"", 9) == 0;
+    p++;
+    if (metrics) {
+      if (!json_skip_ws(&p, end) || *p != '[')
+        return -1;
+      p++;
+      count = 0;
+      if (!json_skip_ws(&p, end))
+        return -1;
+      if (*p == ']')
+        p++;
+      else
+        for (;;) {
+          if (!json_skip_value(&p, end, 1) || !json_skip_ws(&p, end))
+            return -1;
+          count++;
+          if (*p == ',') {
+            p++;
+            continue;
+          }
+          if (*p != ']')
+            return -1;
+          p++;
+          break;
+        }
+    } else if (!json_skip_value(&p, end, 1)) {
+      return -1;
+    }
+    if (!json_skip_ws(&p, end))
+      return -1;
+    if (*p == ',')
+      p++;
+    else if (*p != '}')
+      return -1;
+  }
+}
+
+/* The "collectd-log" publisher: logs each batch (count, caller, the start of
+ * the first metric) and answers the count, as the agent's publishers do. */
+static void serve_call(tribe_event *ev) {
+  tribe_responder *r = NULL;
+  if (tribe_event_take_responder(ev, &r, NULL) != TRIBE_OK)
+    return;
+  size_t len = 0;
+  const uint8_t *payload = tribe_responder_payload(r, &len);
+  const char *plugin = tribe_responder_plugin(r);
+  if (plugin == NULL || strcmp(plugin, SERVE_NAME) != 0) {
+    tribe_responder_fail(r, "unknown_plugin", "not served by this node", NULL);
+  } else {
+    long n = count_metrics((const char *)payload, len);
+    if (n < 0) {
+      WARNING(PLUGIN_NAME " plugin: " SERVE_NAME ": %s sent %zu bytes that "
+                         "are not a step request",
+              tribe_responder_caller(r), len);
+      tribe_responder_fail(r, "bad_input",
+                           "not a step request {\"config\",\"metrics\"}", NULL);
+    } else {
+      const char *first = payload ? memchr(payload, '[', len) : NULL;
+      int show = 0;
+      if (first) {
+        size_t rest = len - (size_t)(first - (const char *)payload);
+        show = (int)(rest > 160 ? 160 : rest);
+      }
+      INFO(PLUGIN_NAME " plugin: " SERVE_NAME ": %ld metrics from %s via "
+                      "tribe %s: %.*s",
+           n, tribe_responder_caller(r), tribe_responder_tribe(r), show,
+           first ? first : "");
+      char reply[32];
+      int m = snprintf(reply, sizeof reply, "%ld", n);
+      tribe_responder_reply(r, (const uint8_t *)reply, (size_t)m, NULL);
+    }
+  }
+  tribe_responder_free(r);
+}
+
+static void call_done(tribe_event *ev) {
+  uint64_t id = 0;
+  if (tribe_event_call_id(ev, &id, NULL) != TRIBE_OK)
+    return;
+  uint8_t *reply = NULL;
+  size_t reply_len = 0;
+  tribe_error *err = NULL;
+  uint32_t rc = tribe_event_take_reply(ev, &reply, &reply_len, &err);
+  tribe_bytes_free(reply, reply_len);
+  pthread_mutex_lock(&g.lock);
+  for (size_t i = 0; i < g.ntargets; i++) {
+    target_t *t = &g.targets[i];
+    for (size_t j = 0; j < t->ninflight; j++) {
+      if (t->inflight[j].id != id)
+        continue;
+      size_t metrics = t->inflight[j].metrics;
+      t->inflight[j] = t->inflight[--t->ninflight];
+      if (rc == TRIBE_OK) {
+        g.published += metrics;
+        if (t->failing) {
+          t->failing = false;
+          INFO(PLUGIN_NAME " plugin: publishing to %s/%s again", t->tribe,
+               t->plugin);
+        }
+      } else {
+        char why[256];
+        const char *remote = tribe_error_remote_message(err);
+        snprintf(why, sizeof why, "%s/%s: %s (%s)%s%s", t->tribe, t->plugin,
+                 err ? tribe_error_message(err) : "", tribe_result_name(rc),
+                 remote ? ": " : "", remote ? remote : "");
+        note_drop(metrics, why);
+        t->failing = true;
+      }
+      goto found;
+    }
+  }
+found:
+  dispatch();
+  pthread_mutex_unlock(&g.lock);
+  tribe_error_free(err);
+}
+
+static void handle_event(tribe_event *ev) {
+  uint32_t kind = tribe_event_kind(ev);
+  const char *s = NULL, *tribe = NULL;
+  tribe_event_subject(ev, &s, NULL);
+  tribe_event_tribe(ev, &tribe, NULL);
+  switch (kind) {
+  case TRIBE_EVENT_LOG: {
+    uint32_t level = TRIBE_LOG_INFO;
+    tribe_event_log_level(ev, &level, NULL);
+    int sev = level <= TRIBE_LOG_ERROR  ? LOG_ERR
+              : level == TRIBE_LOG_WARN ? LOG_WARNING
+              : level == TRIBE_LOG_INFO ? LOG_INFO
+                                        : LOG_DEBUG;
+    plugin_log(sev, PLUGIN_NAME ": %s", s ? s : "");
+    break;
+  }
+  case TRIBE_EVENT_CALL:
+    serve_call(ev);
+    break;
+  case TRIBE_EVENT_CALL_DONE:
+    call_done(ev);
+    break;
+  case TRIBE_EVENT_JOINED:
+    INFO(PLUGIN_NAME " plugin: node joined the cluster");
+    break;
+  case TRIBE_EVENT_ISOLATED:
+    WARNING(PLUGIN_NAME " plugin: node lost every peer; retrying its seeds");
+    break;
+  case TRIBE_EVENT_TRIBE_JOINED:
+    INFO(PLUGIN_NAME " plugin: node is now in tribe %s", tribe ? tribe : "?");
+    break;
+  case TRIBE_EVENT_TRIBE_LEFT:
+    INFO(PLUGIN_NAME " plugin: node left tribe %s", tribe ? tribe : "?");
+    break;
+  case TRIBE_EVENT_MEMBER_JOINED:
+  case TRIBE_EVENT_MEMBER_LEFT:
+  case TRIBE_EVENT_MEMBER_FAILED:
+    INFO(PLUGIN_NAME " plugin: member %s %s", s ? s : "?",
+         kind == TRIBE_EVENT_MEMBER_JOINED ? "is up"
+         : kind == TRIBE_EVENT_MEMBER_LEFT ? "left"
+                                           : "failed");
+    break;
+  case TRIBE_EVENT_PLUGIN_LOAD:
+  case TRIBE_EVENT_TASK_RUN:
+    /* collectd's configuration decides what collectd loads and reads. */
+    DEBUG(PLUGIN_NAME " plugin: tribe %s lists %s %s (not run by collectd)",
+          tribe ? tribe : "?", kind == TRIBE_EVENT_TASK_RUN ? "task" : "plugin",
+          s ? s : "?");
+    break;
+  case TRIBE_EVENT_POLICY_ERROR:
+    WARNING(PLUGIN_NAME " plugin: policy %s cannot be evaluated for this node",
+            s ? s : "?");
+    break;
+  default:
+    break;
+  }
+}
+
+/* Takes the node's waiting events (bounded per round). */
+static void drain_events(tribe_node *node) {
+  for (int i = 0; i < EVENTS_PER_READ; i++) {
+    tribe_event *ev = NULL;
+    if (tribe_node_next_event(node, 0, &ev, NULL) != TRIBE_OK || ev == NULL)
+      break;
+    handle_event(ev);
+    tribe_event_free(ev);
+  }
+}
+
+/* ---------------------------------------------------------------- read */
+
+static void dispatch_stats(uint64_t published, uint64_t dropped,
+                           size_t queued) {
+  value_list_t vl = VALUE_LIST_INIT;
+  value_t v;
+  vl.values = &v;
+  vl.values_len = 1;
+  sstrncpy(vl.plugin, PLUGIN_NAME, sizeof vl.plugin);
+  sstrncpy(vl.type, "derive", sizeof vl.type);
+  sstrncpy(vl.type_instance, "published", sizeof vl.type_instance);
+  v.derive = (derive_t)published;
+  plugin_dispatch_values(&vl);
+  sstrncpy(vl.type_instance, "dropped", sizeof vl.type_instance);
+  v.derive = (derive_t)dropped;
+  plugin_dispatch_values(&vl);
+  sstrncpy(vl.type, "gauge", sizeof vl.type);
+  sstrncpy(vl.type_instance, "queued", sizeof vl.type_instance);
+  v.gauge = (gauge_t)queued;
+  plugin_dispatch_values(&vl);
+}
+
+static int tribe_read(user_data_t *ud) {
+  (void)ud;
+  pthread_mutex_lock(&g.lock);
+  tribe_node *node = g.running ? g.node : NULL;
+  pthread_mutex_unlock(&g.lock);
+  if (node == NULL)
+    return 0;
+  /* Events are taken outside the lock: completions take it themselves. */
+  drain_events(node);
+
+  cdtime_t now = cdtime();
+  bool stats_due = false;
+  uint64_t published = 0, dropped = 0;
+  size_t queued = 0;
+  pthread_mutex_lock(&g.lock);
+  if (g.current_metrics > 0 && now - g.current_since >= g.flush_interval)
+    seal_current();
+  dispatch();
+  maybe_log_drops();
+  if (now - g.last_stats >= cf_get_default_interval()) {
+    g.last_stats = now;
+    stats_due = true;
+    published = g.published;
+    dropped = g.dropped;
+    queued = g.current_metrics;
+    for (size_t i = 0; i < g.ntargets; i++)
+      for (size_t j = 0; j < g.targets[i].count; j++)
+        queued += g.targets[i]
+                      .queue[(g.targets[i].head + j) % (size_t)g.queue_limit]
+                      ->metrics;
+  }
+  pthread_mutex_unlock(&g.lock);
+  if (stats_due)
+    dispatch_stats(published, dropped, queued);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- init */
+
+static int read_key_file(const char *path, char *key, size_t cap) {
+  FILE *f = fopen(path, "r");
+  if (f == NULL) {
+    ERROR(PLUGIN_NAME " plugin: cannot open key file %s: %s", path,
+          strerror(errno));
+    return -1;
+  }
+  bool ok = fgets(key, (int)cap, f) != NULL;
+  fclose(f);
+  if (!ok) {
+    ERROR(PLUGIN_NAME " plugin: key file %s is empty", path);
+    return -1;
+  }
+  key[strcspn(key, "\r\n \t")] = '\0';
+  return 0;
+}
+
+#define CHECK_SET(what, call)                                                  \
+  do {                                                                         \
+    tribe_error *e_ = NULL;                                                    \
+    uint32_t rc_ = (call);                                                     \
+    if (rc_ != TRIBE_OK) {                                                     \
+      log_tribe_error(LOG_ERR, what, rc_, e_);                                 \
+      goto fail;                                                               \
+    }                                                                          \
+  } while (0)
+
+static int tribe_init(void) {
+  pthread_mutex_lock(&g.lock);
+  if (g.node != NULL) { /* init is called again after a reload */
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+  }
+  if (g.flush_interval == 0)
+    g.flush_interval = cf_get_default_interval();
+  if (g.event_interval == 0)
+    g.event_interval = MS_TO_CDTIME_T(200);
+  if (g.shutdown_timeout == 0)
+    g.shutdown_timeout = TIME_T_TO_CDTIME_T(2);
+  for (size_t i = 0; i < g.ntargets; i++) {
+    g.targets[i].queue = calloc((size_t)g.queue_limit, sizeof(batch_t *));
+    if (g.targets[i].queue == NULL) {
+      pthread_mutex_unlock(&g.lock);
+      return -1;
+    }
+  }
+  const char *name = g.name ? g.name : hostname_g;
+  tribe_config *cfg = NULL;
+  tribe_node *node = NULL;
+  char key[256];
+  CHECK_SET("config", tribe_config_new(name, &cfg, &e_));
+  if (g.bind)
+    CHECK_SET("Bind", tribe_config_set_bind(cfg, g.bind, &e_));
+  if (g.advertise)
+    CHECK_SET("Advertise", tribe_config_set_advertise(cfg, g.advertise, &e_));
+  for (size_t i = 0; i < g.nseeds; i++)
+    CHECK_SET("Seed", tribe_config_add_seed(cfg, g.seeds[i], &e_));
+  CHECK_SET("CollectFacts",
+            tribe_config_set_collect_facts(cfg, g.collect_facts, &e_));
+  for (size_t i = 0; i < g.nfacts; i++)
+    CHECK_SET("Fact", tribe_config_set_fact(cfg, g.facts[i].key,
+                                            g.facts[i].value, &e_));
+  if (g.key_file) {
+    if (read_key_file(g.key_file, key, sizeof key) != 0)
+      goto fail;
+    CHECK_SET("KeyFile", tribe_config_add_key(cfg, key, &e_));
+  }
+  if (g.key)
+    CHECK_SET("Key", tribe_config_add_key(cfg, g.key, &e_));
+  if (!g.key_file && !g.key)
+    WARNING(PLUGIN_NAME " plugin: no KeyFile: gossip and calls travel in "
+                       "plaintext (for tests only)");
+  if (g.encryption)
+    CHECK_SET("Encryption", tribe_config_set_encryption(cfg, g.encryption, &e_));
+  if (g.profile)
+    CHECK_SET("Profile", tribe_config_set_profile(cfg, g.profile, &e_));
+  if (g.data_dir)
+    CHECK_SET("DataDir", tribe_config_set_data_dir(cfg, g.data_dir, &e_));
+  if (g.label)
+    CHECK_SET("Label", tribe_config_set_label(cfg, g.label, &e_));
+  CHECK_SET("LogLevel", tribe_config_set_log_level(
+                            cfg, g.log_level ? g.log_level : "warn", &e_));
+
+  /* libtribe's threads start here: they get every signal blocked, so
+   * collectd's signal handling stays on collectd's threads. */
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_BLOCK, &all, &old);
+  tribe_error *err = NULL;
+  uint32_t rc = tribe_node_start(cfg, &node, &err);
+  pthread_sigmask(SIG_SETMASK, &old, NULL);
+  tribe_config_free(cfg);
+  cfg = NULL;
+  memset(key, 0, sizeof key);
+  if (rc != TRIBE_OK) {
+    log_tribe_error(LOG_ERR, "cannot start the node", rc, err);
+    goto fail;
+  }
+  if (g.serve_log)
+    CHECK_SET("serve " SERVE_NAME,
+              tribe_node_serve(node, SERVE_NAME, SERVE_VERSION,
+                               TRIBE_KIND_PUBLISHER, &e_));
+  g.node = node;
+  g.running = true;
+  g.last_stats = cdtime();
+  pthread_mutex_unlock(&g.lock);
+
+  INFO(PLUGIN_NAME " plugin: node %s at %s (libtribe %s), %zu seed(s), "
+                  "publishing to %zu target(s)",
+       tribe_node_name(node), tribe_node_addr(node), tribe_version(), g.nseeds,
+       g.ntargets);
+  plugin_register_complex_read(NULL, PLUGIN_NAME, tribe_read, g.event_interval,
+                               NULL);
+  return 0;
+
+fail:
+  memset(key, 0, sizeof key);
+  tribe_config_free(cfg);
+  if (node) {
+    tribe_node_abort(node, NULL);
+    tribe_node_free(node);
+  }
+  pthread_mutex_unlock(&g.lock);
+  return -1;
+}
+
+/* ---------------------------------------------------------------- shutdown */
+
+static size_t inflight_total(void) {
+  size_t n = 0;
+  for (size_t i = 0; i < g.ntargets; i++)
+    n += g.targets[i].ninflight + g.targets[i].count;
+  return n;
+}
+
+static int tribe_shutdown(void) {
+  pthread_mutex_lock(&g.lock);
+  tribe_node *node = g.node;
+  if (node == NULL) {
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+  }
+  /* A last flush, bounded by ShutdownTimeout. */
+  seal_current();
+  dispatch();
+  pthread_mutex_unlock(&g.lock);
+  cdtime_t deadline = cdtime() + g.shutdown_timeout;
+  for (;;) {
+    pthread_mutex_lock(&g.lock);
+    size_t pending = inflight_total();
+    pthread_mutex_unlock(&g.lock);
+    if (pending == 0 || cdtime() >= deadline)
+      break;
+    tribe_event *ev = NULL;
+    if (tribe_node_next_event(node, 50, &ev, NULL) != TRIBE_OK)
+      break;
+    if (ev) {
+      handle_event(ev);
+      tribe_event_free(ev);
+    }
+  }
+  pthread_mutex_lock(&g.lock);
+  g.running = false;
+  pthread_mutex_unlock(&g.lock);
+
+  tribe_error *err = NULL;
+  uint32_t rc = tribe_node_shutdown(node, &err);
+  if (rc != TRIBE_OK)
+    log_tribe_error(LOG_WARNING, "shutdown", rc, err);
+  /* Drain until the node says it has stopped: completions of the calls
+   * still in flight come back as drops. */
+  for (;;) {
+    tribe_event *ev = NULL;
+    if (tribe_node_next_event(node, 100, &ev, NULL) != TRIBE_OK)
+      break;
+    if (ev == NULL)
+      continue;
+    handle_event(ev);
+    tribe_event_free(ev);
+  }
+  pthread_mutex_lock(&g.lock);
+  maybe_log_drops();
+  INFO(PLUGIN_NAME " plugin: node %s left; %" PRIu64 " metrics published, %"
+                  PRIu64 " dropped",
+       tribe_node_name(node), g.published, g.dropped);
+  g.node = NULL;
+  for (size_t i = 0; i < g.ntargets; i++) {
+    target_t *t = &g.targets[i];
+    while (t->count > 0) {
+      batch_unref(t->queue[t->head]);
+      t->head = (t->head + 1) % (size_t)g.queue_limit;
+      t->count--;
+    }
+    t->ninflight = 0;
+  }
+  pthread_mutex_unlock(&g.lock);
+  tribe_node_free(node);
+  return 0;
+}
+
+void module_register(void) {
+  plugin_register_complex_config(PLUGIN_NAME, tribe_config_cb);
+  plugin_register_init(PLUGIN_NAME, tribe_init);
+  plugin_register_write(PLUGIN_NAME, tribe_write, NULL);
+  plugin_register_shutdown(PLUGIN_NAME, tribe_shutdown);
+}
