@@ -577,6 +577,13 @@ const char *tribe_responder_version(const struct tribe_responder *r);
 uint64_t tribe_responder_budget_ms(const struct tribe_responder *r);
 
 /**
+ * How long the caller still waited when the call arrived, in
+ * microseconds (`tribe_responder_budget_ms` rounds down to whole ms).
+ * 0 for NULL.
+ */
+uint64_t tribe_responder_budget_us(const struct tribe_responder *r);
+
+/**
  * Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
  * Callable from any thread. `TRIBE_CONSUMED` if the call was answered
  * already. An answer the caller no longer waits for (deadline passed,
@@ -597,6 +604,15 @@ uint32_t tribe_responder_fail(const struct tribe_responder *r,
                               const char *code,
                               const char *message,
                               struct tribe_error **err);
+
+/**
+ * Declines to answer a call: the caller gets what its own deadline gives
+ * (`TRIBE_TIMEOUT`), as if the handler were still running — for a handler
+ * that gave up at its budget. `TRIBE_CONSUMED` if the call was answered
+ * already. The responder must still be freed. Does not block.
+ */
+uint32_t tribe_responder_decline(const struct tribe_responder *r,
+                                 struct tribe_error **err);
 
 /**
  * Frees a responder; an unanswered call is answered with the error code

@@ -2,11 +2,13 @@
 //! carrying a `tribe_responder`), calling one (blocking, or asynchronous
 //! with the outcome as an event) and cancelling an asynchronous call.
 
+use std::collections::HashMap;
 use std::ffi::{c_char, CString};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 use super::cast;
 use super::error::FfiError;
@@ -24,11 +26,82 @@ pub const TRIBE_KIND_PUBLISHER: u32 = 3;
 
 type Answer = Result<Vec<u8>, HandlerError>;
 
+/// Asynchronous calls not finished yet. Whoever removes an id — the call
+/// finishing, a cancel, or the node stopping — reports its one completion,
+/// under the same lock as the close of the mailbox, so none is lost.
+#[derive(Default)]
+pub(super) struct AsyncCalls {
+    inner: Mutex<Pending>,
+}
+
+#[derive(Default)]
+struct Pending {
+    calls: HashMap<u64, Option<AbortHandle>>,
+    closed: bool,
+}
+
+impl AsyncCalls {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn register(&self, id: u64) -> Result<(), FfiError> {
+        let mut p = self.lock();
+        if p.closed {
+            return Err(Error::ShuttingDown.into());
+        }
+        p.calls.insert(id, None);
+        Ok(())
+    }
+
+    fn attach(&self, id: u64, task: AbortHandle) {
+        if let Some(slot) = self.lock().calls.get_mut(&id) {
+            *slot = Some(task);
+        }
+    }
+
+    /// Reports the completion of `id` unless someone did already; the task
+    /// is aborted (a no-op when it is the one reporting).
+    pub(super) fn finish(
+        &self,
+        id: u64,
+        mailbox: &Mailbox<Body>,
+        result: Result<Vec<u8>, FfiError>,
+    ) {
+        let mut p = self.lock();
+        if let Some(task) = p.calls.remove(&id) {
+            if let Some(task) = task {
+                task.abort();
+            }
+            let result = Some(result);
+            let _ = mailbox.push(Body::CallDone { id, result }, Class::Kept);
+        }
+    }
+
+    /// Finishes every pending call with `TRIBE_SHUTTING_DOWN`, refuses new
+    /// ones and closes the mailbox.
+    pub(super) fn close(&self, mailbox: &Mailbox<Body>) {
+        let mut p = self.lock();
+        p.closed = true;
+        let mut ids: Vec<u64> = p.calls.keys().copied().collect();
+        ids.sort_unstable();
+        for id in ids {
+            if let Some(Some(task)) = p.calls.remove(&id) {
+                task.abort();
+            }
+            let result = Some(Err(Error::ShuttingDown.into()));
+            let _ = mailbox.push(Body::CallDone { id, result }, Class::Kept);
+        }
+        mailbox.close();
+    }
+}
+
 /// An incoming call waiting for its answer.
 pub struct TribeResponder {
     pub(super) info: CallInfo,
     pub(super) payload: Vec<u8>,
-    answer: Mutex<Option<oneshot::Sender<Answer>>>,
+    /// `None` sent: declined (the caller's deadline decides).
+    answer: Mutex<Option<oneshot::Sender<Option<Answer>>>>,
     caller: CString,
     tribe: CString,
     plugin: CString,
@@ -36,7 +109,11 @@ pub struct TribeResponder {
 }
 
 impl TribeResponder {
-    fn new(info: CallInfo, payload: Vec<u8>, answer: oneshot::Sender<Answer>) -> TribeResponder {
+    fn new(
+        info: CallInfo,
+        payload: Vec<u8>,
+        answer: oneshot::Sender<Option<Answer>>,
+    ) -> TribeResponder {
         let c = |s: &str| CString::new(s).unwrap_or_default();
         TribeResponder {
             caller: c(&info.caller),
@@ -49,7 +126,7 @@ impl TribeResponder {
         }
     }
 
-    fn answer(&self, answer: Answer) -> Result<(), FfiError> {
+    fn answer(&self, answer: Option<Answer>) -> Result<(), FfiError> {
         let sender = self
             .answer
             .lock()
@@ -65,10 +142,10 @@ impl TribeResponder {
 
 impl Drop for TribeResponder {
     fn drop(&mut self) {
-        let _ = self.answer(Err(HandlerError::new(
+        let _ = self.answer(Some(Err(HandlerError::new(
             "unanswered",
             "the serving host freed the call without answering it",
-        )));
+        ))));
     }
 }
 
@@ -107,12 +184,16 @@ pub extern "C" fn tribe_node_serve(
                             "the serving node is stopping",
                         ));
                     }
-                    rx.await.unwrap_or_else(|_| {
-                        Err(HandlerError::new(
+                    match rx.await {
+                        Ok(Some(answer)) => answer,
+                        // Declined: the call server cuts the handler at the
+                        // caller's deadline, which the caller sees as a timeout.
+                        Ok(None) => std::future::pending().await,
+                        Err(_) => Err(HandlerError::new(
                             "unanswered",
                             "the serving host dropped the call",
-                        ))
-                    })
+                        )),
+                    }
                 }
             });
         Ok(handle.block_on(serve)?)
@@ -233,26 +314,13 @@ pub extern "C" fn tribe_node_call_async(
         let mailbox = handle.mailbox.clone();
         // The id is registered before the task exists, so a call that
         // finishes at once still finds it.
-        calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id, None);
+        calls.register(id)?;
         let registry = calls.clone();
         let task = handle.runtime().spawn(async move {
             let result = n.call(&target, payload, timeout).await;
-            let claimed = registry
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(&id)
-                .is_some();
-            if claimed {
-                let result = Some(result.map_err(FfiError::from));
-                let _ = mailbox.push(Body::CallDone { id, result }, Class::Kept);
-            }
+            registry.finish(id, &mailbox, result.map_err(FfiError::from));
         });
-        if let Some(slot) = calls.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&id) {
-            *slot = Some(task.abort_handle());
-        }
+        calls.attach(id, task.abort_handle());
         cast::write(call_id, id);
         Ok(())
     })
@@ -269,27 +337,10 @@ pub extern "C" fn tribe_node_call_cancel(
 ) -> u32 {
     ffi_call!(err, {
         let handle = cast::handle(node, "node")?;
-        let pending = handle
+        let cancelled = FfiError::new(super::error::TRIBE_CANCELLED, "the call was cancelled");
+        handle
             .calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&call_id);
-        if let Some(task) = pending {
-            if let Some(task) = task {
-                task.abort();
-            }
-            let result = Some(Err(FfiError::new(
-                super::error::TRIBE_CANCELLED,
-                "the call was cancelled",
-            )));
-            let _ = handle.mailbox.push(
-                Body::CallDone {
-                    id: call_id,
-                    result,
-                },
-                Class::Kept,
-            );
-        }
+            .finish(call_id, &handle.mailbox, Err(cancelled));
         Ok(())
     })
 }
@@ -351,6 +402,18 @@ pub extern "C" fn tribe_responder_budget_ms(r: *const TribeResponder) -> u64 {
     })
 }
 
+/// How long the caller still waited when the call arrived, in
+/// microseconds (`tribe_responder_budget_ms` rounds down to whole ms).
+/// 0 for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_responder_budget_us(r: *const TribeResponder) -> u64 {
+    ffi_infallible!(0, {
+        cast::opt_ref(r).map_or(0, |r| {
+            r.info.budget.as_micros().try_into().unwrap_or(u64::MAX)
+        })
+    })
+}
+
 /// Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
 /// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
 /// already. An answer the caller no longer waits for (deadline passed,
@@ -366,7 +429,7 @@ pub extern "C" fn tribe_responder_reply(
     ffi_call!(err, {
         let r = cast::handle(r, "responder")?;
         let reply = cast::bytes(reply, reply_len, "reply")?.to_vec();
-        r.answer(Ok(reply))
+        r.answer(Some(Ok(reply)))
     })
 }
 
@@ -384,8 +447,20 @@ pub extern "C" fn tribe_responder_fail(
         let r = cast::handle(r, "responder")?;
         let code = cast::opt_text(code, "code")?.unwrap_or("error");
         let message = cast::opt_text(message, "message")?.unwrap_or("");
-        r.answer(Err(HandlerError::new(code, message)))
+        r.answer(Some(Err(HandlerError::new(code, message))))
     })
+}
+
+/// Declines to answer a call: the caller gets what its own deadline gives
+/// (`TRIBE_TIMEOUT`), as if the handler were still running — for a handler
+/// that gave up at its budget. `TRIBE_CONSUMED` if the call was answered
+/// already. The responder must still be freed. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_responder_decline(
+    r: *const TribeResponder,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, { cast::handle(r, "responder")?.answer(None) })
 }
 
 /// Frees a responder; an unanswered call is answered with the error code

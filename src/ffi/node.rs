@@ -2,7 +2,6 @@
 //! and JSON snapshots. Each node owns a small tokio runtime, so a host needs
 //! none and freeing the node stops every thread it started.
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_int, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -35,9 +34,8 @@ pub struct TribeNode {
     stopped: Mutex<bool>,
     /// Where log records go, when the host asked for them.
     log_sink: Option<super::log::Sink>,
-    /// Asynchronous calls not finished yet: whoever removes an id (the call
-    /// finishing, a cancel, the shutdown) reports its completion, once.
-    pub(super) calls: Arc<Mutex<HashMap<u64, Option<tokio::task::AbortHandle>>>>,
+    /// Asynchronous calls not finished yet.
+    pub(super) calls: Arc<super::call::AsyncCalls>,
     pub(super) next_call: AtomicU64,
 }
 
@@ -72,22 +70,7 @@ impl TribeNode {
         } else {
             self.block_on(self.node.abort());
         }
-        let pending: Vec<_> = self
-            .calls
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-            .collect();
-        for (id, task) in pending {
-            if let Some(task) = task {
-                task.abort();
-            }
-            let result = Some(Err(Error::ShuttingDown.into()));
-            let _ = self
-                .mailbox
-                .push(Body::CallDone { id, result }, Class::Kept);
-        }
-        self.mailbox.close();
+        self.calls.close(&self.mailbox);
         *stopped = true;
     }
 }

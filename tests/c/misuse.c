@@ -206,12 +206,15 @@ static void responder_and_events(tribe_node *n) {
     CHECK(strcmp(tribe_responder_plugin(r), "echo") == 0);
     CHECK(strcmp(tribe_responder_version(r), "1") == 0);
     CHECK(tribe_responder_budget_ms(r) > 0 && tribe_responder_budget_ms(r) <= 5000);
+    CHECK(tribe_responder_budget_us(r) / 1000 == tribe_responder_budget_ms(r));
     const uint8_t *payload = tribe_responder_payload(r, &len);
     CHECK(len == 4 && memcmp(payload, "ping", 4) == 0);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_reply(r, NULL, 3, &err));
     EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"pong", 4, &err));
     EXPECT(TRIBE_CONSUMED, tribe_responder_reply(r, (const uint8_t *)"pong", 4, &err));
     EXPECT(TRIBE_CONSUMED, tribe_responder_fail(r, "late", "too late", &err));
+    EXPECT(TRIBE_CONSUMED, tribe_responder_decline(r, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_decline(NULL, &err));
     tribe_responder_free(r);
 
     tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);

@@ -65,7 +65,7 @@ static bool serves_upper(void *arg) {
     char *json = tribe_json(nodes[2], NULL);
     if (!json) return false;
     bool ok = strstr(json, "\"name\":\"upper\"") != NULL && strstr(json, "\"name\":\"fail\"") != NULL &&
-              strstr(json, "\"name\":\"slow\"") != NULL;
+              strstr(json, "\"name\":\"slow\"") != NULL && strstr(json, "\"name\":\"decline\"") != NULL;
     tribe_string_free(json);
     return ok;
 }
@@ -128,6 +128,7 @@ int main(void) {
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "upper", "1", TRIBE_KIND_PROCESSOR, &err));
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "fail", "1", TRIBE_KIND_PROCESSOR, &err));
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "slow", "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "decline", "1", TRIBE_KIND_PROCESSOR, &err));
     CHECK(wait_for(serves_upper, NULL, 15));
 
     uint8_t *reply = NULL;
@@ -158,7 +159,12 @@ int main(void) {
     EXPECT(TRIBE_TIMEOUT, tribe_node_call(nodes[2], "core", "slow", NULL, TRIBE_KIND_PROCESSOR,
                                           (const uint8_t *)"x", 1, 300, &reply, &reply_len, &err));
     CHECK(now_s() - t0 < 3.0);
-    printf("remote failure, no provider and timeout reported as such\n");
+    /* A declined call ends at the caller's deadline, as a timeout. */
+    t0 = now_s();
+    EXPECT(TRIBE_TIMEOUT, tribe_node_call(nodes[2], "core", "decline", NULL, TRIBE_KIND_PROCESSOR,
+                                          (const uint8_t *)"x", 1, 300, &reply, &reply_len, &err));
+    CHECK(now_s() - t0 >= 0.25 && now_s() - t0 < 3.0);
+    printf("remote failure, no provider, timeout and a declined call reported as such\n");
 
     /* Asynchronous calls: a reply, then a cancel, each one completion. */
     uint64_t id = 0;

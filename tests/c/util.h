@@ -116,6 +116,7 @@ static inline tribe_node *start_node(const char *name, const char *key,
  * name and answers incoming calls the way the tests expect:
  *   upper -> the payload in upper case
  *   fail  -> an error with code "bad_input"
+ *   decline -> declined: the caller's own deadline decides
  *   slow  -> kept unanswered until the pump stops (freed: "unanswered") */
 #define MAX_KEPT 64
 typedef struct {
@@ -147,6 +148,11 @@ static inline void answer(pump *p, tribe_responder *r) {
         tribe_responder_free(r);
     } else if (strcmp(plugin, "fail") == 0) {
         OK(tribe_responder_fail(r, "bad_input", "cannot handle this payload", NULL));
+        tribe_responder_free(r);
+    } else if (strcmp(plugin, "decline") == 0) {
+        OK(tribe_responder_decline(r, NULL));
+        if (tribe_responder_reply(r, payload, len, NULL) != TRIBE_CONSUMED)
+            die(__FILE__, __LINE__, "reply after decline");
         tribe_responder_free(r);
     } else {
         pthread_mutex_lock(&p->lock);
