@@ -145,8 +145,13 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 	if err := nulErr(t.Tribe, t.Plugin, t.Version); err != nil {
 		return nil, err
 	}
-	var cs cstrings
-	tribe, plugin, version := cs.str(t.Tribe), cs.str(t.Plugin), cs.opt(t.Version)
+	// The three strings go to C in one Go buffer, valid for the call only
+	// (libtribe copies what it keeps): no C allocation per call.
+	strs, ptrs := packStrings(t.Tribe, t.Plugin, t.Version)
+	tribe, plugin, version := ptrs[0], ptrs[1], ptrs[2]
+	if t.Version == "" {
+		version = nil
+	}
 	var data *C.uint8_t
 	if len(payload) > 0 {
 		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(payload)))
@@ -156,7 +161,8 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		return C.tribe_node_call_async(p, tribe, plugin, version, C.uint32_t(t.Kind),
 			data, C.size_t(len(payload)), C.uint32_t(timeout), &id, e)
 	})
-	cs.free()
+	runtime.KeepAlive(strs)
+	runtime.KeepAlive(payload)
 	if err != nil {
 		return nil, err
 	}

@@ -345,16 +345,33 @@ func (in *node) do(f func(p *C.tribe_node, e **C.tribe_error) C.uint32_t) error 
 // cmd runs a command with string arguments, copied to C for the call.
 func (n *Node) cmd(f func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t, args ...string) error {
 	defer runtime.KeepAlive(n)
-	var cs cstrings
-	defer cs.free()
-	ptrs := make([]*C.char, len(args))
-	for i, s := range args {
-		ptrs[i] = cs.str(s)
-	}
-	if err := cs.err(); err != nil {
+	if err := nulErr(args...); err != nil {
 		return err
 	}
-	return n.n.do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t { return f(p, ptrs, e) })
+	buf, ptrs := packStrings(args...)
+	err := n.n.do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t { return f(p, ptrs, e) })
+	runtime.KeepAlive(buf)
+	return err
+}
+
+// packStrings copies strings, each followed by a NUL, into one Go buffer
+// and points into it. Passing these pointers to C is allowed for the
+// duration of a call (the buffer holds no Go pointers) and costs no C
+// allocation; C must not keep them, and libtribe copies what it keeps.
+func packStrings(ss ...string) ([]byte, []*C.char) {
+	size := 0
+	for _, s := range ss {
+		size += len(s) + 1
+	}
+	buf := make([]byte, size)
+	ptrs := make([]*C.char, len(ss))
+	off := 0
+	for i, s := range ss {
+		copy(buf[off:], s)
+		ptrs[i] = (*C.char)(unsafe.Pointer(&buf[off]))
+		off += len(s) + 1
+	}
+	return buf, ptrs
 }
 
 // nulErr checks strings for NUL bytes, which C strings cannot hold.
