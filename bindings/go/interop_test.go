@@ -151,6 +151,7 @@ func TestInteropWithTribeAgent(t *testing.T) {
 		t.Fatal(err)
 	}
 	g := startNode(t, "go", func(c *Config) { c.Key = key })
+	events := record(g)
 	ag := startAgent(t, "rust-agent", key, "--seed", g.Addr())
 	waitFor(t, "the Go node and the agent to see each other", 20*time.Second, func() bool {
 		var st Status
@@ -232,7 +233,7 @@ func TestInteropWithTribeAgent(t *testing.T) {
 		t.Fatalf("adding the task: HTTP %d", code)
 	}
 	deadline := time.After(20 * time.Second)
-	for {
+	for got := false; !got; {
 		select {
 		case batch := <-batches:
 			if len(batch) == 0 {
@@ -243,9 +244,16 @@ func TestInteropWithTribeAgent(t *testing.T) {
 					t.Fatalf("published metric %+v", m)
 				}
 			}
-			return
+			got = true
 		case <-deadline:
 			t.Fatal("no batch from the agent's task reached the Go publisher")
 		}
 	}
+	// The Go node, a member too, was asked to run the task.
+	waitFor(t, "the task_run event on the Go node", 10*time.Second, func() bool {
+		return events.has(func(e Event) bool {
+			return e.Kind == EventTaskRun && e.Tribe == "interop" && e.Task != nil && e.Task.ID == "to-go" &&
+				e.Task.State == "running" && strings.Contains(string(e.Task.Manifest), "gopub")
+		})
+	})
 }
