@@ -43,6 +43,7 @@
 #define MAX_NAME_BYTES 256
 #define DROP_LOG_EVERY_MS 10000
 #define EVENTS_PER_READ 4096
+#define JOIN_WAIT TIME_T_TO_CDTIME_T(10)
 
 /* ---------------------------------------------------------------- buffers */
 
@@ -173,6 +174,8 @@ static struct {
   pthread_mutex_t lock; /* everything below */
   tribe_node *node;
   bool running;
+  bool ready;          /* joined a peer, or no seed, or the wait ran out */
+  cdtime_t started_at; /* when the node started */
   buf_t current; /* metric objects of the batch being filled, comma-joined */
   size_t current_metrics;
   cdtime_t current_since;
@@ -426,6 +429,13 @@ static void seal_current(void) {
 static void dispatch(void) {
   if (!g.running || g.node == NULL)
     return;
+  /* Until the node has a peer it knows no tribe: hold the (bounded) queues
+   * rather than drop every batch as "unknown tribe" while it joins. */
+  if (!g.ready) {
+    if (g.nseeds > 0 && cdtime() - g.started_at < JOIN_WAIT)
+      return;
+    g.ready = true;
+  }
   for (size_t i = 0; i < g.ntargets; i++) {
     target_t *t = &g.targets[i];
     while (t->count > 0 && t->ninflight < (size_t)g.max_inflight) {
@@ -774,6 +784,12 @@ static void handle_event(tribe_event *ev) {
     break;
   case TRIBE_EVENT_JOINED:
     INFO(PLUGIN_NAME " plugin: node joined the cluster");
+    pthread_mutex_lock(&g.lock);
+    if (!g.ready) {
+      g.ready = true;
+      dispatch();
+    }
+    pthread_mutex_unlock(&g.lock);
     break;
   case TRIBE_EVENT_ISOLATED:
     WARNING(PLUGIN_NAME " plugin: node lost every peer; retrying its seeds");
@@ -785,12 +801,13 @@ static void handle_event(tribe_event *ev) {
     INFO(PLUGIN_NAME " plugin: node left tribe %s", tribe ? tribe : "?");
     break;
   case TRIBE_EVENT_MEMBER_JOINED:
+    /* one line per member and restart: for large tribes, debug only */
+    plugin_log(LOG_DEBUG, PLUGIN_NAME " plugin: member %s is up", s ? s : "?");
+    break;
   case TRIBE_EVENT_MEMBER_LEFT:
   case TRIBE_EVENT_MEMBER_FAILED:
     INFO(PLUGIN_NAME " plugin: member %s %s", s ? s : "?",
-         kind == TRIBE_EVENT_MEMBER_JOINED ? "is up"
-         : kind == TRIBE_EVENT_MEMBER_LEFT ? "left"
-                                           : "failed");
+         kind == TRIBE_EVENT_MEMBER_LEFT ? "left" : "failed");
     break;
   case TRIBE_EVENT_PLUGIN_LOAD:
   case TRIBE_EVENT_TASK_RUN:
@@ -984,7 +1001,9 @@ static int tribe_init(void) {
                                TRIBE_KIND_PUBLISHER, &e_));
   g.node = node;
   g.running = true;
-  g.last_stats = cdtime();
+  g.ready = false;
+  g.started_at = cdtime();
+  g.last_stats = g.started_at;
   pthread_mutex_unlock(&g.lock);
 
   INFO(PLUGIN_NAME " plugin: node %s at %s (libtribe %s), %zu seed(s), "
