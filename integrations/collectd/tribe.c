@@ -310,8 +310,21 @@ static int tribe_config_cb(oconfig_item_t *ci) {
       status = cfg_string(c, &g.log_level);
     else if (strcasecmp(c->key, "Publish") == 0)
       status = cfg_publish(c);
-    else if (strcasecmp(c->key, "Tag") == 0)
+    else if (strcasecmp(c->key, "Tag") == 0) {
       status = cfg_pair(c, g.tags, &g.ntags, MAX_TAGS);
+      if (status == 0) {
+        pair_t *t = &g.tags[g.ntags - 1];
+        size_t kl = strlen(t->key), vl = strlen(t->value);
+        if (kl == 0 || kl > 128 || vl > 256 || !json_string_ok(t->key) ||
+            !json_string_ok(t->value) || strcmp(t->key, "host") == 0 ||
+            strcmp(t->key, "ds_type") == 0) {
+          ERROR(PLUGIN_NAME " plugin: `Tag' wants a key of 1 to 128 bytes "
+                            "other than host and ds_type, a value of at most "
+                            "256 bytes, no control characters");
+          status = -1;
+        }
+      }
+    }
     else if (strcasecmp(c->key, "ServeLogPublisher") == 0)
       status = cf_util_get_boolean(c, &g.serve_log);
     else if (strcasecmp(c->key, "BatchSize") == 0)
