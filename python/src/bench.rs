@@ -25,8 +25,13 @@ pub(crate) fn _bench_serve_echo(
         .map_err(|_| value_error(format!("bad kind {kind:?}")))?;
     let n = node.get().node().clone();
     let r = crate::wait(py, async move {
-        n.serve(name, version, kind, |_info, payload| async move { Ok(payload) })
-            .await
+        n.serve(
+            name,
+            version,
+            kind,
+            |_info, payload| async move { Ok(payload) },
+        )
+        .await
     })?;
     check(py, r)
 }

@@ -23,10 +23,7 @@ impl NativeEvents {
 }
 
 /// Outcome of one wait: an event as a dict, nothing yet, or the end.
-fn outcome<'py>(
-    py: Python<'py>,
-    got: Option<Option<tribe::Event>>,
-) -> PyResult<Bound<'py, PyAny>> {
+fn outcome<'py>(py: Python<'py>, got: Option<Option<tribe::Event>>) -> PyResult<Bound<'py, PyAny>> {
     match got {
         // An event.
         Some(Some(e)) => crate::convert::to_py(py, &crate::convert::event(&e)),
@@ -85,15 +82,18 @@ impl NativeEvents {
 
     /// An asyncio future (of `loop`) of the next event: a dict, or `False`
     /// once the node has stopped. Cancelling it leaves the stream intact.
-    fn anext<'py>(&self, py: Python<'py>, r#loop: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn anext<'py>(
+        &self,
+        py: Python<'py>,
+        r#loop: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let stream = self.stream.clone();
         crate::aio::spawn(py, r#loop, async move {
             let got = {
                 let mut s = stream.lock().await;
                 s.next().await
             };
-            let out: crate::aio::Outcome =
-                Box::new(move |py| Ok(outcome(py, Some(got))?.unbind()));
+            let out: crate::aio::Outcome = Box::new(move |py| Ok(outcome(py, Some(got))?.unbind()));
             out
         })
     }

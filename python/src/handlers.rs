@@ -111,14 +111,8 @@ impl Pool {
     pub(crate) fn rust_handler(
         &self,
         handler: Py<PyAny>,
-    ) -> impl Fn(
-        tribe::CallInfo,
-        Vec<u8>,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Vec<u8>, HandlerError>> + Send>,
-    > + Send
-           + Sync
-           + 'static {
+    ) -> impl Fn(tribe::CallInfo, Vec<u8>) -> tribe::rpc::HandlerFuture + Send + Sync + 'static
+    {
         let handler = Arc::new(handler);
         let tx = self.tx.clone();
         let closed = self.closed.clone();

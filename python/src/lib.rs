@@ -67,12 +67,44 @@ where
     let rt = runtime()?;
     let mut fut = Box::pin(fut);
     loop {
-        let polled = py.detach(|| {
-            rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await })
-        });
+        let polled =
+            py.detach(|| rt.block_on(async { tokio::time::timeout(SLICE, fut.as_mut()).await }));
         match polled {
             Ok(out) => return Ok(out),
             Err(_) => py.check_signals()?,
+        }
+    }
+}
+
+/// Runs `fut` as a task of the runtime (where its I/O is driven) and waits
+/// for its output with the GIL released, waking every [`SLICE`] to check
+/// for signals; a `KeyboardInterrupt` aborts the task (abandoning what it
+/// was doing) and is raised. Cheaper than [`wait`] for round trips: the
+/// only cross-thread wake-up is the final one.
+pub(crate) fn wait_task<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    let rt = runtime()?;
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let task = rt.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    loop {
+        match py.detach(|| rx.recv_timeout(SLICE)) {
+            Ok(out) => return Ok(out),
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if let Err(e) = py.check_signals() {
+                    task.abort();
+                    return Err(e);
+                }
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
+                return Err(pyo3::exceptions::PyRuntimeError::new_err(
+                    "the runtime dropped the task",
+                ))
+            }
         }
     }
 }
@@ -89,9 +121,8 @@ where
     let mut fut = Box::pin(fut);
     loop {
         let slice = limit.saturating_sub(start.elapsed()).min(SLICE);
-        let polled = py.detach(|| {
-            rt.block_on(async { tokio::time::timeout(slice, fut.as_mut()).await })
-        });
+        let polled =
+            py.detach(|| rt.block_on(async { tokio::time::timeout(slice, fut.as_mut()).await }));
         match polled {
             Ok(out) => return Ok(Some(out)),
             Err(_) => py.check_signals()?,

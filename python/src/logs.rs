@@ -104,9 +104,8 @@ pub(crate) fn install() {
         .without_time()
         .with_level(false)
         .with_target(false);
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_subscriber::Layer::with_filter(layer, filter),
-    );
+    let subscriber =
+        tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(layer, filter));
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 

@@ -32,7 +32,11 @@ pub(crate) struct NativeNode {
 /// A duration in seconds: finite, not negative (zero only when allowed).
 pub(crate) fn seconds(what: &str, t: f64, allow_zero: bool) -> PyResult<Duration> {
     if !t.is_finite() || t < 0.0 || (!allow_zero && t == 0.0) || t > 1e9 {
-        let want = if allow_zero { "0 or more" } else { "more than 0" };
+        let want = if allow_zero {
+            "0 or more"
+        } else {
+            "more than 0"
+        };
         return Err(value_error(format!(
             "{what} must be a finite number of seconds, {want}, not {t}"
         )));
@@ -178,9 +182,9 @@ impl NativeNode {
             .collect::<PyResult<_>>()?;
         cfg.facts = facts;
         cfg.collect_facts = collect_facts;
-        cfg.profile = profile.parse::<Profile>().map_err(|_| {
-            value_error(format!("profile {profile:?} is not lan, wan or local"))
-        })?;
+        cfg.profile = profile
+            .parse::<Profile>()
+            .map_err(|_| value_error(format!("profile {profile:?} is not lan, wan or local")))?;
         cfg.cluster_label = label.unwrap_or_default();
         if let Some(k) = key {
             cfg.keyring = Some(Keyring::new(secret(k)?));
@@ -359,12 +363,22 @@ impl NativeNode {
         }
     }
 
-    fn unload_plugin(&self, py: Python<'_>, tribe: &str, name: &str, version: &str) -> PyResult<()> {
+    fn unload_plugin(
+        &self,
+        py: Python<'_>,
+        tribe: &str,
+        name: &str,
+        version: &str,
+    ) -> PyResult<()> {
         self.command(py, self.node.unload_plugin(tribe, name, version))
     }
 
     /// The verified bytes of an artifact this node holds, by hex SHA-256.
-    fn artifact<'py>(&self, py: Python<'py>, sha256: &str) -> PyResult<Option<Bound<'py, PyBytes>>> {
+    fn artifact<'py>(
+        &self,
+        py: Python<'py>,
+        sha256: &str,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let sha = hex_sha(sha256)?;
         Ok(self.node.artifact(&sha).map(|b| PyBytes::new(py, &b)))
     }
@@ -476,8 +490,11 @@ impl NativeNode {
         };
         let timeout = seconds("timeout", timeout, false)?;
         let payload = payload_bytes(payload)?;
-        let node = &self.node;
-        let r = wait(py, async move { node.call(&target, payload, timeout).await })?;
+        let node = self.node.clone();
+        let r = crate::wait_task(
+            py,
+            async move { node.call(&target, payload, timeout).await },
+        )?;
         Ok(PyBytes::new(py, &check(py, r)?))
     }
 
