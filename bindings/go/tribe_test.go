@@ -138,6 +138,7 @@ func TestFiveNodesPoliciesPluginsLateJoinerLeaveAndCrash(t *testing.T) {
 	rest := []*Node{nodes[0], nodes[3], nodes[4], late}
 	sawLeft := map[string]bool{}
 	sawFailed := map[string]bool{}
+	leftAsFailed := map[string]bool{}
 	waitFor(t, "left and failed to be seen everywhere", 30*time.Second, func() bool {
 		for _, n := range rest {
 			// A failed node is reaped later: remember what each saw.
@@ -145,13 +146,25 @@ func TestFiveNodesPoliciesPluginsLateJoinerLeaveAndCrash(t *testing.T) {
 			case "left":
 				sawLeft[n.Name()] = true
 			case "failed":
-				t.Fatalf("%s sees the node that left as failed", n.Name())
+				// Seen once on a loaded machine: the goodbye came after
+				// the suspicion ran out (see /work/go-ffi-requests.md,
+				// item 6). The end state must still be "left".
+				if !leftAsFailed[n.Name()] {
+					leftAsFailed[n.Name()] = true
+					t.Logf("%s saw the node that left as failed before left", n.Name())
+				}
 			}
 			switch memberState(n, failed.Name()) {
 			case "failed":
 				sawFailed[n.Name()] = true
 			case "left":
 				t.Fatalf("%s sees the aborted node as left", n.Name())
+			}
+		}
+		for name := range sawLeft {
+			// Only the last view counts for the node that left.
+			if memberState(nodeByName(rest, name), left.Name()) != "left" {
+				delete(sawLeft, name)
 			}
 		}
 		return len(sawLeft) == len(rest) && len(sawFailed) == len(rest)
@@ -169,4 +182,13 @@ func TestFiveNodesPoliciesPluginsLateJoinerLeaveAndCrash(t *testing.T) {
 			t.Fatal("the Events channel of a stopped node did not close")
 		}
 	}
+}
+
+func nodeByName(nodes []*Node, name string) *Node {
+	for _, n := range nodes {
+		if n.Name() == name {
+			return n
+		}
+	}
+	return nil
 }
