@@ -243,16 +243,16 @@ _live: "weakref.WeakSet[Node]" = weakref.WeakSet()
 
 
 def _at_exit() -> None:
-    """Closes every live node (gracefully, in parallel, 3 s at most), stops
-    their handler threads and the log thread; from then on no runtime thread
-    calls into Python."""
+    """Closes every live node (gracefully, in parallel, 2 s at most), stops
+    their handler pools (a handler still running is abandoned) and the log
+    thread; from then on no runtime thread calls into Python."""
     nodes = list(_live)
     for node in nodes:
         try:
             node._native.stop_background(True)
         except BaseException:
             pass
-    deadline = time.monotonic() + 3.0
+    deadline = time.monotonic() + 2.0
     for node in nodes:
         try:
             node._native.wait_stopped(max(0.0, deadline - time.monotonic()))
@@ -260,7 +260,7 @@ def _at_exit() -> None:
             pass
     for node in nodes:
         try:
-            node._stop_workers(max(0.0, min(1.0, deadline + 1.0 - time.monotonic())))
+            node._stop_workers(0.2)
         except BaseException:
             pass
     _native._set_exiting()
