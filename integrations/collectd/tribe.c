@@ -44,6 +44,9 @@
 #define DROP_LOG_EVERY_MS 10000
 #define EVENTS_PER_READ 4096
 #define JOIN_WAIT TIME_T_TO_CDTIME_T(10)
+/* A batch is sealed at this size too: well under libtribe's default payload
+ * limit of 4 MiB (a larger call fails with TRIBE_TOO_LARGE). */
+#define MAX_BATCH_BYTES (1024 * 1024)
 
 /* ---------------------------------------------------------------- buffers */
 
@@ -181,6 +184,7 @@ static struct {
   cdtime_t current_since;
   uint64_t published, dropped, skipped;
   uint64_t drops_unlogged;
+  uint64_t events_dropped; /* node events libtribe dropped, as last logged */
   char last_error[256];
   uint64_t last_drop_log_ms;
   cdtime_t last_stats;
@@ -566,7 +570,8 @@ static int tribe_write(const data_set_t *ds, const value_list_t *vl,
     }
     add_metric(name, value, ds_type, vl);
   }
-  if (g.current_metrics >= (size_t)g.batch_size) {
+  if (g.current_metrics >= (size_t)g.batch_size ||
+      g.current.len >= MAX_BATCH_BYTES) {
     seal_current();
     dispatch();
   }
@@ -880,6 +885,7 @@ static int tribe_read(user_data_t *ud) {
     return 0;
   /* Events are taken outside the lock: completions take it themselves. */
   drain_events(node);
+  uint64_t lost = tribe_node_events_dropped(node);
 
   cdtime_t now = cdtime();
   bool stats_due = false;
@@ -890,6 +896,12 @@ static int tribe_read(user_data_t *ud) {
     seal_current();
   dispatch();
   maybe_log_drops();
+  if (lost > g.events_dropped) {
+    WARNING(PLUGIN_NAME " plugin: libtribe dropped %" PRIu64
+                       " node events (read too slowly)",
+            lost - g.events_dropped);
+    g.events_dropped = lost;
+  }
   if (now - g.last_stats >= cf_get_default_interval()) {
     g.last_stats = now;
     stats_due = true;
