@@ -312,7 +312,9 @@ impl Driver {
         let mut buf = vec![0u8; 65_536];
         while Instant::now() < deadline {
             self.flush();
-            if self.shared.engine().broadcast_backlog() == 0 && self.conns.is_empty() {
+            // foca sent its goodbye already and stays silent from here on;
+            // what is left is the goodbye sync (none without live peers).
+            if self.conns.is_empty() {
                 break;
             }
             let next_timer = self

@@ -419,3 +419,40 @@ async fn partition_heals_with_no_write_lost() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A graceful leave is the goodbye, not a restart: the answer to the
+/// goodbye sync lists the leaver as down, and feeding that back to its own
+/// membership protocol made it rejoin under a new generation, so in a small
+/// cluster peers saw it alive again until suspicion ran out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_does_not_come_back_as_a_new_generation() {
+    for size in [2, 3] {
+        let nodes = start_cluster(&format!("bye{size}-"), size, |_| {}).await;
+        wait_converged_members(&nodes, size).await;
+        let leaver = nodes[size - 1].name().to_string();
+        let generation = nodes[0]
+            .members()
+            .iter()
+            .find(|m| m.name == leaver)
+            .map(|m| m.generation)
+            .unwrap();
+        nodes[size - 1].shutdown().await.unwrap();
+        wait_for(&format!("{leaver} is left"), LONG, || {
+            nodes[0]
+                .members()
+                .iter()
+                .any(|m| m.name == leaver && m.state == MemberState::Left)
+        })
+        .await;
+        // It stays left, with the generation it had: no rejoin.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for n in &nodes[..size - 1] {
+            let m = n.members().into_iter().find(|m| m.name == leaver).unwrap();
+            assert_eq!(m.state, MemberState::Left, "{} sees {leaver}", n.name());
+            assert_eq!(m.generation, generation, "{} sees {leaver}", n.name());
+        }
+        for n in &nodes[..size - 1] {
+            n.shutdown().await.unwrap();
+        }
+    }
+}

@@ -315,6 +315,11 @@ impl Engine {
             sh.counters.datagrams_in += 1;
             sh.counters.datagram_bytes_in += bytes.len() as u64;
         }
+        // A node that left stays gone: fed a peer's gossip about its own
+        // departure, foca would rejoin under a new generation.
+        if self.left {
+            return;
+        }
         let opened = match wire::open_datagram(&self.label, self.keyring.as_ref(), bytes) {
             Ok(p) => p,
             Err(e) => {

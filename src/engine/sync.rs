@@ -284,6 +284,11 @@ impl Engine {
 
     /// Feeds members learnt from a peer to the membership protocol.
     fn apply_members(&mut self, members: Vec<Member<NodeId>>) {
+        // After a leave, the goodbye sync's answer lists this node as down:
+        // fed to foca, that would make it rejoin under a new generation.
+        if self.left {
+            return;
+        }
         let valid: Vec<Member<NodeId>> = members
             .into_iter()
             .filter(|m| names::is_valid(&m.id().name))
