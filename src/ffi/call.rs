@@ -362,33 +362,25 @@ pub extern "C" fn tribe_responder_payload(r: *const TribeResponder, len: *mut us
 /// The calling node's name. Borrowed until `tribe_responder_free`; NULL for NULL.
 #[no_mangle]
 pub extern "C" fn tribe_responder_caller(r: *const TribeResponder) -> *const c_char {
-    ffi_infallible!(std::ptr::null(), {
-        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.caller.as_ptr())
-    })
+    cast::field_str(r, |r| &r.caller)
 }
 
 /// The tribe the call came through. Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_tribe(r: *const TribeResponder) -> *const c_char {
-    ffi_infallible!(std::ptr::null(), {
-        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.tribe.as_ptr())
-    })
+    cast::field_str(r, |r| &r.tribe)
 }
 
 /// The plugin called. Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_plugin(r: *const TribeResponder) -> *const c_char {
-    ffi_infallible!(std::ptr::null(), {
-        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.plugin.as_ptr())
-    })
+    cast::field_str(r, |r| &r.plugin)
 }
 
 /// The plugin version called. Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_version(r: *const TribeResponder) -> *const c_char {
-    ffi_infallible!(std::ptr::null(), {
-        cast::opt_ref(r).map_or(std::ptr::null(), |r| r.version.as_ptr())
-    })
+    cast::field_str(r, |r| &r.version)
 }
 
 /// How long the caller still waited when the call arrived, in ms; an answer

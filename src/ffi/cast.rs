@@ -29,6 +29,15 @@ pub(super) fn opt_ref<'a, T>(handle: *const T) -> Option<&'a T> {
     unsafe { handle.as_ref() }
 }
 
+/// A string borrowed from a handle for C (NULL for a NULL handle), behind
+/// the panic boundary.
+pub(super) fn field_str<T>(handle: *const T, field: impl Fn(&T) -> &CStr) -> *const c_char {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        opt_ref(handle).map_or(std::ptr::null(), |h| field(h).as_ptr())
+    }))
+    .unwrap_or(std::ptr::null())
+}
+
 /// A shared reference to a handle; NULL is an error naming `what`.
 pub(super) fn handle<'a, T>(handle: *const T, what: &str) -> Result<&'a T, FfiError> {
     opt_ref(handle).ok_or_else(|| FfiError::null(what))

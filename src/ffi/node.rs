@@ -185,18 +185,14 @@ pub extern "C" fn tribe_node_free(node: *mut TribeNode) {
 /// The node's name. Borrowed: valid until `tribe_node_free`. NULL for NULL.
 #[no_mangle]
 pub extern "C" fn tribe_node_name(node: *const TribeNode) -> *const c_char {
-    ffi_infallible!(std::ptr::null(), {
-        cast::opt_ref(node).map_or(std::ptr::null(), |n| n.name.as_ptr())
-    })
+    cast::field_str(node, |n| &n.name)
 }
 
 /// The advertised address, `ip:port` with the bound port. Borrowed: valid
 /// until `tribe_node_free`. NULL for NULL.
 #[no_mangle]
 pub extern "C" fn tribe_node_addr(node: *const TribeNode) -> *const c_char {
-    ffi_infallible!(std::ptr::null(), {
-        cast::opt_ref(node).map_or(std::ptr::null(), |n| n.addr.as_ptr())
-    })
+    cast::field_str(node, |n| &n.addr)
 }
 
 /// A file descriptor that is readable while events wait for
