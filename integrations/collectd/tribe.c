@@ -641,7 +641,7 @@ static bool json_skip_value(const char **p, const char *end, int depth) {
     }
   }
   const char *start = *p;
-  while (*p < end && strchr("+-0123456789.eEtruefalsn", **p))
+  while (*p < end && **p != '\0' && strchr("+-0123456789.eEtruefalsn", **p))
     (*p)++;
   return *p > start;
 }
