@@ -521,7 +521,10 @@ uint32_t tribe_node_call(const struct tribe_node *node,
  * id reports the outcome (`tribe_event_take_reply`): the reply, the call's
  * error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`, or
  * `TRIBE_SHUTTING_DOWN` when the node stops first. Errors in the arguments
- * are returned at once and give no event.
+ * are returned at once and give no event. `*call_id` is written before the
+ * call starts, but another thread may take the completion before this
+ * function returns: a host that maps ids to waiting callers holds that
+ * map's lock across this call (its event thread then waits for the entry).
  */
 uint32_t tribe_node_call_async(const struct tribe_node *node,
                                const char *tribe,
@@ -698,6 +701,15 @@ uint32_t tribe_config_set_label(struct tribe_config *cfg,
 uint32_t tribe_config_add_key(struct tribe_config *cfg,
                               const char *key,
                               struct tribe_error **err);
+
+/**
+ * Adds a cluster key read from a file holding it as base64 (what `tribe
+ * keygen` prints; surrounding whitespace is ignored), as
+ * `tribe_config_add_key`. Reads the file; the key is never shown.
+ */
+uint32_t tribe_config_add_key_file(struct tribe_config *cfg,
+                                   const char *path,
+                                   struct tribe_error **err);
 
 /**
  * Sets the encryption mode: `"require"` (default), `"send"` or `"accept"`
@@ -896,7 +908,10 @@ void tribe_event_free(struct tribe_event *event);
 /**
  * Starts a node from `cfg`: builds its runtime, binds the sockets, starts
  * gossip and joins through the seeds (in the background: it does not wait
- * for peers). Blocks for the bind only (milliseconds; longer when a data
+ * for peers; `TRIBE_EVENT_JOINED` tells when it has one, and tribes made
+ * elsewhere are known after the first sync, so a call made before may be
+ * `TRIBE_UNKNOWN_TRIBE` or `TRIBE_NO_PROVIDER`). libtribe's threads block
+ * asynchronous signals, so the host's threads receive them. Blocks for the bind only (milliseconds; longer when a data
  * dir is read). `cfg` is consumed on every path, success or not: later use
  * of it returns `TRIBE_CONSUMED`, and it must still be freed with
  * `tribe_config_free`. `*out` receives an owned node: stop it with

@@ -288,7 +288,10 @@ pub extern "C" fn tribe_node_call(
 /// id reports the outcome (`tribe_event_take_reply`): the reply, the call's
 /// error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`, or
 /// `TRIBE_SHUTTING_DOWN` when the node stops first. Errors in the arguments
-/// are returned at once and give no event.
+/// are returned at once and give no event. `*call_id` is written before the
+/// call starts, but another thread may take the completion before this
+/// function returns: a host that maps ids to waiting callers holds that
+/// map's lock across this call (its event thread then waits for the entry).
 #[no_mangle]
 pub extern "C" fn tribe_node_call_async(
     node: *const TribeNode,
@@ -315,13 +318,15 @@ pub extern "C" fn tribe_node_call_async(
         // The id is registered before the task exists, so a call that
         // finishes at once still finds it.
         calls.register(id)?;
+        // Written before the call starts, so the host knows the id before
+        // its completion can exist.
+        cast::write(call_id, id);
         let registry = calls.clone();
         let task = handle.runtime().spawn(async move {
             let result = n.call(&target, payload, timeout).await;
             registry.finish(id, &mailbox, result.map_err(FfiError::from));
         });
         calls.attach(id, task.abort_handle());
-        cast::write(call_id, id);
         Ok(())
     })
 }

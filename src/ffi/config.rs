@@ -251,6 +251,34 @@ pub extern "C" fn tribe_config_add_key(
     })
 }
 
+/// Adds a cluster key read from a file holding it as base64 (what `tribe
+/// keygen` prints; surrounding whitespace is ignored), as
+/// `tribe_config_add_key`. Reads the file; the key is never shown.
+#[no_mangle]
+pub extern "C" fn tribe_config_add_key_file(
+    cfg: *mut TribeConfig,
+    path: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let path = cast::text(path, "path")?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            FfiError::from(crate::Error::Io(format!(
+                "cannot read key file {path:?}: {e}"
+            )))
+        })?;
+        let key = SecretKey::from_base64(text.trim())
+            .map_err(|e| FfiError::invalid(format!("key file {path:?}: {e}")))?;
+        with_config(cfg, |p| {
+            if p.keys.len() >= crate::crypto::MAX_KEYS {
+                return Err(crate::Error::KeyringFull.into());
+            }
+            p.keys.push(key);
+            Ok(())
+        })
+    })
+}
+
 /// Sets the encryption mode: `"require"` (default), `"send"` or `"accept"`
 /// (the live migration steps; see docs/operating.md).
 #[no_mangle]

@@ -84,13 +84,60 @@ impl Drop for TribeNode {
     }
 }
 
+/// The asynchronous signals: all but faults, which stay deliverable
+/// (blocking them would kill the process on a fault).
+fn async_signals() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it before the
+    // sigdelset calls read it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        for sig in [
+            libc::SIGSEGV,
+            libc::SIGBUS,
+            libc::SIGFPE,
+            libc::SIGILL,
+            libc::SIGTRAP,
+            libc::SIGABRT,
+        ] {
+            libc::sigdelset(&mut set, sig);
+        }
+        set
+    }
+}
+
+/// Keeps the host's signals off libtribe's threads, so process-directed
+/// signals (SIGINT, SIGTERM, SIGCHLD, ...) reach the host's own threads.
+fn block_async_signals() {
+    let set = async_signals();
+    // SAFETY: only the calling thread's mask changes; `set` is initialised.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Runs `f` with asynchronous signals blocked on this (host) thread, so
+/// threads it creates start with them blocked; the mask is restored after.
+fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    let set = async_signals();
+    // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: only the calling thread's mask changes; both sets are valid.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    let out = f();
+    // SAFETY: restores the mask saved above on the same thread.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    out
+}
+
 fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, FfiError> {
     cast::handle(node, "node")
 }
 
 /// Starts a node from `cfg`: builds its runtime, binds the sockets, starts
 /// gossip and joins through the seeds (in the background: it does not wait
-/// for peers). Blocks for the bind only (milliseconds; longer when a data
+/// for peers; `TRIBE_EVENT_JOINED` tells when it has one, and tribes made
+/// elsewhere are known after the first sync, so a call made before may be
+/// `TRIBE_UNKNOWN_TRIBE` or `TRIBE_NO_PROVIDER`). libtribe's threads block
+/// asynchronous signals, so the host's threads receive them. Blocks for the bind only (milliseconds; longer when a data
 /// dir is read). `cfg` is consumed on every path, success or not: later use
 /// of it returns `TRIBE_CONSUMED`, and it must still be freed with
 /// `tribe_config_free`. `*out` receives an owned node: stop it with
@@ -115,14 +162,23 @@ pub extern "C" fn tribe_node_start(
             .worker_threads(threads)
             .thread_name("tribe-worker")
             .enable_all();
-        if let Some(sink) = log_sink.clone() {
-            builder.on_thread_start(move || super::log::set_thread_sink(sink.clone()));
-        }
-        let runtime = builder
-            .build()
-            .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
-        let node =
-            super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
+        let sink = log_sink.clone();
+        builder.on_thread_start(move || {
+            block_async_signals();
+            if let Some(sink) = &sink {
+                super::log::set_thread_sink(sink.clone());
+            }
+        });
+        // Threads made now (workers, blocking threads of the start) take
+        // the blocked mask from this thread; later ones block it themselves.
+        let (runtime, node) = with_signals_blocked(|| {
+            let runtime = builder
+                .build()
+                .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
+            let node =
+                super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
+            Ok::<_, FfiError>((runtime, node))
+        })?;
         let mut events = node.events();
         let forward = mailbox.clone();
         runtime.spawn(async move {

@@ -5,6 +5,8 @@
 #include "util.h"
 
 #include <poll.h>
+#include <signal.h>
+#include <unistd.h>
 
 static const char BAD_UTF8[] = {(char)0xff, (char)0xfe, 'x', 0};
 
@@ -320,6 +322,32 @@ static void log_feed(void) {
     tribe_node_free(n);
 }
 
+/* libtribe's threads block asynchronous signals: one sent to the process
+ * while the host's only thread blocks it stays pending for the host. */
+static volatile sig_atomic_t handled;
+static void on_usr1(int sig) { (void)sig; handled = 1; }
+
+static void signals_stay_with_the_host(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr1;
+    CHECK(sigaction(SIGUSR1, &sa, NULL) == 0);
+    tribe_node *n = start_node("signal-node", NULL, NULL, "r1");
+    sigset_t usr1, pending;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    CHECK(pthread_sigmask(SIG_BLOCK, &usr1, NULL) == 0);
+    CHECK(kill(getpid(), SIGUSR1) == 0);
+    sleep_ms(200);
+    CHECK(handled == 0);
+    CHECK(sigpending(&pending) == 0 && sigismember(&pending, SIGUSR1));
+    int sig = 0;
+    CHECK(sigwait(&usr1, &sig) == 0 && sig == SIGUSR1);
+    CHECK(pthread_sigmask(SIG_UNBLOCK, &usr1, NULL) == 0);
+    EXPECT(TRIBE_OK, tribe_node_abort(n, &err));
+    tribe_node_free(n);
+}
+
 int main(void) {
     CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
     CHECK(tribe_version() != NULL && strlen(tribe_version()) > 0);
@@ -331,6 +359,7 @@ int main(void) {
     after_shutdown(n);
     tribe_node_free(n);
     log_feed();
+    signals_stay_with_the_host();
     printf("misuse: all checks passed\n");
     return 0;
 }

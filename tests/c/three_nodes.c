@@ -6,6 +6,8 @@
  * LeakSanitizer sees a whole start / work / shutdown / free cycle. */
 #include "util.h"
 
+#include <unistd.h>
+
 static tribe_node *nodes[3];
 static pump pumps[3];
 
@@ -98,6 +100,17 @@ int main(void) {
     size_t key_len = 0;
     OK(tribe_keygen(&key, &key_len, NULL));
     CHECK(key_len == 44 && strlen(key) == 44);
+    /* A key file works like the key itself. */
+    char key_path[] = "/tmp/tribe-c-key-XXXXXX";
+    int fd = mkstemp(key_path);
+    CHECK(fd >= 0 && write(fd, key, key_len) == (ssize_t)key_len && write(fd, "\n", 1) == 1);
+    close(fd);
+    tribe_config *kcfg = NULL;
+    OK(tribe_config_new("k", &kcfg, NULL));
+    EXPECT(TRIBE_OK, tribe_config_add_key_file(kcfg, key_path, &err));
+    EXPECT(TRIBE_IO, tribe_config_add_key_file(kcfg, "/nonexistent/key", &err));
+    tribe_config_free(kcfg);
+    unlink(key_path);
 
     nodes[0] = start_node("c-a", key, NULL, "r1");
     const char *seed = tribe_node_addr(nodes[0]);
