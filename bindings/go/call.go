@@ -262,7 +262,15 @@ func (in *node) poll() {
 		var ev *C.tribe_event
 		var cerr *C.tribe_error
 		// ptr stays valid: the free waits for this goroutine to end.
-		rc := C.tribe_node_next_event(in.ptr, -1, &ev, &cerr)
+		rc := C.tribe_node_next_event(in.ptr, 0, &ev, &cerr)
+		if rc == C.TRIBE_OK && ev == nil {
+			// Nothing queued: before this thread blocks in C (keeping its
+			// P until the scheduler takes it back), let the goroutines
+			// just readied (a Call's waiter, a handler) run on this P,
+			// rather than wait for another thread to wake and steal them.
+			runtime.Gosched()
+			rc = C.tribe_node_next_event(in.ptr, -1, &ev, &cerr)
+		}
 		if rc != C.TRIBE_OK {
 			// TRIBE_SHUTTING_DOWN: stopped and drained. Anything else
 			// (a caught panic) would repeat; stop polling either way.
