@@ -5,10 +5,13 @@
  * nodes in one process, the host a member of tribe "bench" by hand, the
  * caller not a member, so every call crosses the loopback call stream.
  * Prints markdown rows: | path | concurrency | calls/s | p50 µs | p99 µs | errors |
+ * TRIBE_BENCH_WORKERS (runtime threads per node, default 2) and
+ * TRIBE_BENCH_HANDLERS (threads answering calls, default 2) vary the setup.
  *
  *   calls [--quick]
  */
 #define _POSIX_C_SOURCE 200809L
+#include <stdlib.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -35,6 +38,9 @@ static void need(uint32_t rc, tribe_error *err, const char *what) {
     }
 }
 
+static unsigned worker_threads = 2; /* TRIBE_BENCH_WORKERS */
+static int handler_threads = 2;      /* TRIBE_BENCH_HANDLERS */
+
 static tribe_node *start(const char *name, const char *key, const char *seed) {
     tribe_config *cfg = NULL;
     tribe_node *node = NULL;
@@ -42,6 +48,7 @@ static tribe_node *start(const char *name, const char *key, const char *seed) {
     need(tribe_config_new(name, &cfg, &err), err, "config");
     need(tribe_config_set_profile(cfg, "local", &err), err, "profile");
     need(tribe_config_set_collect_facts(cfg, false, &err), err, "facts");
+    need(tribe_config_set_worker_threads(cfg, worker_threads, &err), err, "threads");
     if (key) need(tribe_config_add_key(cfg, key, &err), err, "key");
     if (seed) need(tribe_config_add_seed(cfg, seed, &err), err, "seed");
     need(tribe_node_start(cfg, &node, &err), err, "start");
@@ -161,8 +168,8 @@ static void pair(const char *label, const char *key, double warm, double window)
     need(tribe_node_create_tribe(host, "bench", &err), err, "create");
     need(tribe_node_join(host, "bench", NULL, &err), err, "join");
     need(tribe_node_serve(host, "echo", "1", TRIBE_KIND_PROCESSOR, &err), err, "serve");
-    pthread_t handlers[2], drainer;
-    for (int i = 0; i < 2; i++) pthread_create(&handlers[i], NULL, serve, host);
+    pthread_t handlers[8], drainer;
+    for (int i = 0; i < handler_threads; i++) pthread_create(&handlers[i], NULL, serve, host);
     pthread_create(&drainer, NULL, drain, caller);
     double limit = now_s() + 30;
     while (!endpoint_seen(caller)) {
@@ -174,7 +181,7 @@ static void pair(const char *label, const char *key, double warm, double window)
     row(label, caller, 16, warm, window);
     tribe_node_shutdown(caller, NULL);
     tribe_node_shutdown(host, NULL);
-    for (int i = 0; i < 2; i++) pthread_join(handlers[i], NULL);
+    for (int i = 0; i < handler_threads; i++) pthread_join(handlers[i], NULL);
     pthread_join(drainer, NULL);
     tribe_node_free(caller);
     tribe_node_free(host);
@@ -183,6 +190,9 @@ static void pair(const char *label, const char *key, double warm, double window)
 int main(int argc, char **argv) {
     bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
     double warm = quick ? 0.1 : 0.5, window = quick ? 0.5 : 3.0;
+    if (getenv("TRIBE_BENCH_WORKERS")) worker_threads = (unsigned)atoi(getenv("TRIBE_BENCH_WORKERS"));
+    if (getenv("TRIBE_BENCH_HANDLERS")) handler_threads = atoi(getenv("TRIBE_BENCH_HANDLERS"));
+    if (handler_threads < 1 || handler_threads > 8) handler_threads = 2;
     char *key = NULL;
     tribe_keygen(&key, NULL, NULL);
     pair("C → C handler, plaintext", NULL, warm, window);
