@@ -158,7 +158,7 @@ fn _set_exiting() {
     EXITING.store(true, Ordering::Release);
 }
 
-#[pymodule]
+#[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;

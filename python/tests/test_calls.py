@@ -48,7 +48,12 @@ def test_sync_and_async_calls_and_1000_calls_from_8_threads(cluster: Cluster) ->
         return payload.upper()
 
     host.serve("upper", "1", "processor", upper)
+    host.serve("views", "1", "processor", lambda p, i: memoryview(bytearray(p) + b"!")[1:])
+    host.serve("arrays", "1", "processor", lambda p, i: bytearray(p * 2))
     wait_endpoint(caller, "upper")
+    wait_endpoint(caller, "arrays")
+    assert caller.call("svc", "views", b"abc") == b"bc!"
+    assert caller.call("svc", "arrays", b"ab") == b"abab"
     assert caller.call("svc", "upper", b"hello", kind="processor") == b"HELLO"
     assert caller.call("svc", "upper", bytearray(b"ab"), version="1") == b"AB"
     assert caller.call("svc", "upper", memoryview(b"xyz")[1:]) == b"YZ"
