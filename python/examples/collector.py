@@ -10,8 +10,9 @@ what its tribes ask of it (plugin loads, tasks).
 
 Against `tribe demo --keep` (see the README):
 
-    python python/examples/collector.py --seed 127.0.0.1:PORT \\
-        --key-file /tmp/tribe-demo-PID/AGENT/keyring.json --fact os_dist=ubuntu
+    eval "$(sed -n 's/^join //p' /tmp/demo.log)"   # the demo's `join` line
+    python python/examples/collector.py --seed "$seed" --key-file "$key_file" \\
+        --fact os_dist=ubuntu
 
 Stop it with Ctrl-C: it leaves the tribe gracefully.
 """
