@@ -827,6 +827,25 @@ uint32_t tribe_node_next_event(const struct tribe_node *node,
                                struct tribe_error **err);
 
 /**
+ * Takes up to `cap` events of `node` at once: waits like
+ * `tribe_node_next_event` (up to `timeout_ms`; 0: do not wait; negative:
+ * until an event comes or the node stops) for the first one, then takes
+ * the events already queued behind it without waiting more. `out` is an
+ * array of `cap` slots (at least 1); `*out_len` receives how many were
+ * filled, each an owned event to free with `tribe_event_free`, in queue
+ * order (0 when the time ran out). One wake of the calling thread then
+ * serves a whole burst of incoming calls or completions. After shutdown it
+ * behaves as `tribe_node_next_event`: the queued events are handed out,
+ * then `TRIBE_SHUTTING_DOWN`. Blocks the calling thread up to `timeout_ms`.
+ */
+uint32_t tribe_node_next_events(const struct tribe_node *node,
+                                int32_t timeout_ms,
+                                struct tribe_event **out,
+                                size_t cap,
+                                size_t *out_len,
+                                struct tribe_error **err);
+
+/**
  * The kind of an event (`TRIBE_EVENT_*`); `TRIBE_EVENT_NONE` for NULL.
  */
 uint32_t tribe_event_kind(const struct tribe_event *event);

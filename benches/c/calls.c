@@ -1,10 +1,12 @@
-/* Loopback call benchmark through the C ABI: a C caller (c threads calling
- * tribe_node_call in a loop) and a C handler (2 threads taking call events
- * and replying with the payload), plaintext and sealed, 100 B payloads,
- * concurrency 1 and 16. Same topology as `cargo bench --bench rpc`: two
+/* Loopback call benchmark through the C ABI: a C caller and a C handler
+ * (2 threads taking call events in bursts and replying with the payload),
+ * plaintext and sealed, 100 B payloads, concurrency 1 and 16. The caller
+ * runs twice: c threads each blocked in tribe_node_call, then one thread
+ * keeping c calls in flight with tribe_node_call_async (rows "async"). Same topology as `cargo bench --bench rpc`: two
  * nodes in one process, the host a member of tribe "bench" by hand, the
  * caller not a member, so every call crosses the loopback call stream.
- * Prints markdown rows: | path | concurrency | calls/s | p50 µs | p99 µs | errors |
+ * Prints markdown rows: | path | concurrency | calls/s | p50 µs | p99 µs |
+ * CPU µs per call | context switches per call | errors |
  * TRIBE_BENCH_WORKERS (runtime threads per node, default 2) and
  * TRIBE_BENCH_HANDLERS (threads answering calls, default 2) vary the setup.
  *
@@ -13,11 +15,13 @@
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <time.h>
 
 #include "tribe.h"
@@ -29,6 +33,32 @@ static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* CPU time (user + system, µs) and context switches of the whole process:
+ * what a call costs, which stays meaningful on a busy machine where the
+ * calls/s column does not. */
+typedef struct {
+    double cpu_us;
+    long switches;
+} usage;
+
+static usage usage_now(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (usage){(double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+                       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec),
+                   ru.ru_nvcsw + ru.ru_nivcsw};
+}
+
+static void print_row(const char *label, int c, size_t calls, size_t all_calls, double window,
+                      uint32_t *sorted, long errors, usage u0) {
+    usage u1 = usage_now();
+    double p50 = calls ? sorted[calls / 2] / 10.0 : 0, p99 = calls ? sorted[calls * 99 / 100] / 10.0 : 0;
+    double per = all_calls ? (double)all_calls : 1;
+    printf("| %s | %d | %.0f | %.0f | %.0f | %.1f | %.2f | %ld |\n", label, c, calls / window, p50,
+           p99, (u1.cpu_us - u0.cpu_us) / per, (double)(u1.switches - u0.switches) / per, errors);
+    fflush(stdout);
 }
 
 static void need(uint32_t rc, tribe_error *err, const char *what) {
@@ -56,31 +86,38 @@ static tribe_node *start(const char *name, const char *key, const char *seed) {
     return node;
 }
 
-/* The C handler: echo the payload back. */
+/* The C handler: echo the payload back, taking calls in bursts. */
 static void *serve(void *arg) {
     tribe_node *host = arg;
-    for (;;) {
-        tribe_event *ev = NULL;
-        if (tribe_node_next_event(host, -1, &ev, NULL) != TRIBE_OK) break;
-        if (ev && tribe_event_kind(ev) == TRIBE_EVENT_CALL) {
+    tribe_event *evs[64];
+    size_t n = 0;
+    while (tribe_node_next_events(host, -1, evs, 64, &n, NULL) == TRIBE_OK) {
+        for (size_t i = 0; i < n; i++) {
             tribe_responder *r = NULL;
-            if (tribe_event_take_responder(ev, &r, NULL) == TRIBE_OK) {
+            if (tribe_event_kind(evs[i]) == TRIBE_EVENT_CALL &&
+                tribe_event_take_responder(evs[i], &r, NULL) == TRIBE_OK) {
                 size_t len = 0;
                 const uint8_t *p = tribe_responder_payload(r, &len);
                 tribe_responder_reply(r, p, len, NULL);
                 tribe_responder_free(r);
             }
+            tribe_event_free(evs[i]);
         }
-        tribe_event_free(ev);
     }
     return NULL;
 }
 
-/* Drains the caller's events so its queue stays small. */
+/* Drains the caller's events during the blocking rows so its queue stays
+ * small; stopped before the asynchronous rows, which take their own. */
+static atomic_bool draining = true;
+
 static void *drain(void *arg) {
     tribe_node *n = arg;
-    tribe_event *ev = NULL;
-    while (tribe_node_next_event(n, -1, &ev, NULL) == TRIBE_OK) tribe_event_free(ev);
+    while (atomic_load(&draining)) {
+        tribe_event *ev = NULL;
+        if (tribe_node_next_event(n, 20, &ev, NULL) != TRIBE_OK) break;
+        tribe_event_free(ev);
+    }
     return NULL;
 }
 
@@ -88,7 +125,7 @@ typedef struct {
     tribe_node *caller;
     double warm_end, end;
     uint32_t *samples; /* latencies in ns/100 */
-    size_t n;
+    size_t n, all;
     long errors;
 } worker;
 
@@ -105,6 +142,7 @@ static void *call_loop(void *arg) {
                                       payload, sizeof payload, 10000, &reply, &len, NULL);
         double t1 = now_s();
         tribe_bytes_free(reply, len);
+        w->all++;
         if (t0 < w->warm_end) continue;
         if (rc != TRIBE_OK || len != PAYLOAD) w->errors++;
         else if (w->n < MAX_SAMPLES) w->samples[w->n++] = (uint32_t)((t1 - t0) * 1e7);
@@ -120,16 +158,18 @@ static int cmp(const void *a, const void *b) {
 static void row(const char *label, tribe_node *caller, int c, double warm, double window) {
     worker ws[16];
     pthread_t ts[16];
+    usage u0 = usage_now();
     double t = now_s();
     for (int i = 0; i < c; i++) {
-        ws[i] = (worker){caller, t + warm, t + warm + window, malloc(MAX_SAMPLES * 4), 0, 0};
+        ws[i] = (worker){caller, t + warm, t + warm + window, malloc(MAX_SAMPLES * 4), 0, 0, 0};
         pthread_create(&ts[i], NULL, call_loop, &ws[i]);
     }
-    size_t total = 0;
+    size_t total = 0, all_calls = 0;
     long errors = 0;
     for (int i = 0; i < c; i++) {
         pthread_join(ts[i], NULL);
         total += ws[i].n;
+        all_calls += ws[i].all;
         errors += ws[i].errors;
     }
     uint32_t *all = malloc((total ? total : 1) * 4);
@@ -140,10 +180,73 @@ static void row(const char *label, tribe_node *caller, int c, double warm, doubl
         free(ws[i].samples);
     }
     qsort(all, total, 4, cmp);
-    double p50 = total ? all[total / 2] / 10.0 : 0, p99 = total ? all[total * 99 / 100] / 10.0 : 0;
-    printf("| %s | %d | %.0f | %.0f | %.0f | %ld |\n", label, c, total / window, p50, p99, errors);
-    fflush(stdout);
+    print_row(label, c, total, all_calls, window, all, errors, u0);
     free(all);
+}
+
+/* One thread keeps c calls in flight with tribe_node_call_async and takes
+ * their completions in bursts with tribe_node_next_events: the pattern of
+ * an event-loop daemon, with no thread blocked per call. */
+static void row_async(const char *label, tribe_node *caller, int c, double warm, double window) {
+    uint8_t payload[PAYLOAD];
+    memset(payload, 'x', sizeof payload);
+    uint64_t ids[16];
+    double started[16];
+    uint32_t *samples = malloc(MAX_SAMPLES * 4);
+    size_t total = 0, all_calls = 0;
+    long errors = 0;
+    int in_flight = 0;
+    usage u0 = usage_now();
+    double t = now_s(), warm_end = t + warm, end = t + warm + window;
+    for (int i = 0; i < c; i++) {
+        tribe_error *err = NULL;
+        started[i] = now_s();
+        need(tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR, payload,
+                                   sizeof payload, 10000, &ids[i], &err),
+             err, "call_async");
+        in_flight++;
+    }
+    tribe_event *evs[64];
+    while (in_flight > 0) {
+        size_t n = 0;
+        if (tribe_node_next_events(caller, 1000, evs, 64, &n, NULL) != TRIBE_OK) break;
+        double t1 = now_s();
+        for (size_t k = 0; k < n; k++) {
+            uint64_t id = 0;
+            if (tribe_event_kind(evs[k]) != TRIBE_EVENT_CALL_DONE ||
+                tribe_event_call_id(evs[k], &id, NULL) != TRIBE_OK) {
+                tribe_event_free(evs[k]);
+                continue;
+            }
+            int i = 0;
+            while (i < c && ids[i] != id) i++;
+            uint8_t *reply = NULL;
+            size_t len = 0;
+            uint32_t rc = tribe_event_take_reply(evs[k], &reply, &len, NULL);
+            tribe_bytes_free(reply, len);
+            tribe_event_free(evs[k]);
+            if (i == c) continue;
+            in_flight--;
+            all_calls++;
+            if (started[i] >= warm_end) {
+                if (rc != TRIBE_OK || len != PAYLOAD) errors++;
+                else if (total < MAX_SAMPLES) samples[total++] = (uint32_t)((t1 - started[i]) * 1e7);
+            }
+            if (t1 < end) {
+                started[i] = now_s();
+                if (tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                          payload, sizeof payload, 10000, &ids[i], NULL) == TRIBE_OK)
+                    in_flight++;
+                else
+                    errors++;
+            }
+        }
+    }
+    qsort(samples, total, 4, cmp);
+    char async_label[96];
+    snprintf(async_label, sizeof async_label, "%s, async", label);
+    print_row(async_label, c, total, all_calls, window, samples, errors, u0);
+    free(samples);
 }
 
 static bool endpoint_seen(tribe_node *caller) {
@@ -179,10 +282,14 @@ static void pair(const char *label, const char *key, double warm, double window)
     }
     row(label, caller, 1, warm, window);
     row(label, caller, 16, warm, window);
+    atomic_store(&draining, false);
+    pthread_join(drainer, NULL);
+    row_async(label, caller, 1, warm, window);
+    row_async(label, caller, 16, warm, window);
+    atomic_store(&draining, true);
     tribe_node_shutdown(caller, NULL);
     tribe_node_shutdown(host, NULL);
     for (int i = 0; i < handler_threads; i++) pthread_join(handlers[i], NULL);
-    pthread_join(drainer, NULL);
     tribe_node_free(caller);
     tribe_node_free(host);
 }

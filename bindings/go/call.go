@@ -249,27 +249,32 @@ func (n *Node) Unserve(name, version string) error {
 	return err
 }
 
+// pollBatch is how many events one crossing into C may take.
+const pollBatch = 64
+
 // poll is the node's one polling goroutine: it takes every event from
-// libtribe, hands completions to their calls, starts a goroutine per
-// incoming call and offers the rest to Events. It ends when the node has
-// stopped and its queue is drained.
+// libtribe, a burst at a time, hands completions to their calls, starts a
+// goroutine per incoming call and offers the rest to Events. It ends when
+// the node has stopped and its queue is drained.
 func (in *node) poll() {
 	defer close(in.pollDone)
 	defer close(in.events)
 	defer in.calls.end()
+	// C pointers only: Go memory that C may write during the call.
+	var evs [pollBatch]*C.tribe_event
 	for {
 		gcPoint()
-		var ev *C.tribe_event
+		var n C.size_t
 		var cerr *C.tribe_error
 		// ptr stays valid: the free waits for this goroutine to end.
-		rc := C.tribe_node_next_event(in.ptr, 0, &ev, &cerr)
-		if rc == C.TRIBE_OK && ev == nil {
+		rc := C.tribe_node_next_events(in.ptr, 0, &evs[0], pollBatch, &n, &cerr)
+		if rc == C.TRIBE_OK && n == 0 {
 			// Nothing queued: before this thread blocks in C (keeping its
 			// P until the scheduler takes it back), let the goroutines
 			// just readied (a Call's waiter, a handler) run on this P,
 			// rather than wait for another thread to wake and steal them.
 			runtime.Gosched()
-			rc = C.tribe_node_next_event(in.ptr, -1, &ev, &cerr)
+			rc = C.tribe_node_next_events(in.ptr, -1, &evs[0], pollBatch, &n, &cerr)
 		}
 		if rc != C.TRIBE_OK {
 			// TRIBE_SHUTTING_DOWN: stopped and drained. Anything else
@@ -277,8 +282,9 @@ func (in *node) poll() {
 			_ = takeError(rc, cerr)
 			return
 		}
-		if ev != nil {
-			in.dispatch(ev)
+		for i := 0; i < int(n); i++ {
+			in.dispatch(evs[i])
+			evs[i] = nil
 		}
 	}
 }

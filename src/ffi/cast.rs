@@ -100,6 +100,26 @@ pub(super) fn write<T>(ptr: *mut T, value: T) {
     unsafe { ptr.write(value) }
 }
 
+/// An out-array of `cap` slots; NULL is an error naming `what` (unless
+/// `cap` is 0, which gives an empty slice).
+pub(super) fn out_array<'a, T>(
+    ptr: *mut T,
+    cap: usize,
+    what: &str,
+) -> Result<&'a mut [std::mem::MaybeUninit<T>], FfiError> {
+    if cap == 0 {
+        return Ok(&mut []);
+    }
+    let ptr = out(ptr, what)?;
+    if cap > isize::MAX as usize / std::mem::size_of::<T>().max(1) {
+        return Err(FfiError::invalid(format!("{what} capacity is too large")));
+    }
+    // SAFETY: the array holds `cap` writable slots for the call (header
+    // rule), the size was checked against isize::MAX, and the slots are
+    // only written (MaybeUninit), never read.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr.cast(), cap) })
+}
+
 /// Writes through an optional out-parameter; NULL means the caller does
 /// not want the value. Only plain values: a dropped handle would leak.
 pub(super) fn store<T: Copy>(ptr: *mut T, value: T) {

@@ -242,6 +242,49 @@ pub extern "C" fn tribe_node_next_event(
     })
 }
 
+/// Takes up to `cap` events of `node` at once: waits like
+/// `tribe_node_next_event` (up to `timeout_ms`; 0: do not wait; negative:
+/// until an event comes or the node stops) for the first one, then takes
+/// the events already queued behind it without waiting more. `out` is an
+/// array of `cap` slots (at least 1); `*out_len` receives how many were
+/// filled, each an owned event to free with `tribe_event_free`, in queue
+/// order (0 when the time ran out). One wake of the calling thread then
+/// serves a whole burst of incoming calls or completions. After shutdown it
+/// behaves as `tribe_node_next_event`: the queued events are handed out,
+/// then `TRIBE_SHUTTING_DOWN`. Blocks the calling thread up to `timeout_ms`.
+#[no_mangle]
+pub extern "C" fn tribe_node_next_events(
+    node: *const TribeNode,
+    timeout_ms: i32,
+    out: *mut *mut TribeEvent,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out_len = cast::out(out_len, "out_len")?;
+        cast::write(out_len, 0);
+        if cap == 0 {
+            return Err(FfiError::invalid("cap must be at least 1"));
+        }
+        let slots = cast::out_array(out, cap, "out")?;
+        let node = cast::handle(node, "node")?;
+        let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
+        match node.mailbox.take_many(timeout, cap, Body::is_droppable) {
+            Taken::Item(bodies) => {
+                let n = bodies.len();
+                for (slot, body) in slots.iter_mut().zip(bodies) {
+                    slot.write(cast::into_handle(TribeEvent::new(body)));
+                }
+                cast::write(out_len, n);
+                Ok(())
+            }
+            Taken::Empty => Ok(()),
+            Taken::Closed => Err(crate::Error::ShuttingDown.into()),
+        }
+    })
+}
+
 /// The kind of an event (`TRIBE_EVENT_*`); `TRIBE_EVENT_NONE` for NULL.
 #[no_mangle]
 pub extern "C" fn tribe_event_kind(event: *const TribeEvent) -> u32 {

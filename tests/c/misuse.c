@@ -108,6 +108,16 @@ static void node_null_arguments(tribe_node *n) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_cancel(NULL, 1, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(NULL, 0, &ev, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(n, 0, NULL, &err));
+    {
+        tribe_event *evs[4] = {NULL, NULL, NULL, NULL};
+        size_t got = 99;
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_events(NULL, 0, evs, 4, &got, &err));
+        CHECK(got == 0);
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_events(n, 0, NULL, 4, &got, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_events(n, 0, evs, 4, NULL, &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_next_events(n, 0, evs, 0, &got, &err));
+        CHECK(evs[0] == NULL);
+    }
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_keygen(NULL, NULL, &err));
     /* Accessors of absent objects give neutral values. */
     CHECK(tribe_node_name(NULL) == NULL && tribe_node_addr(NULL) == NULL);
@@ -276,14 +286,22 @@ static void after_shutdown(tribe_node *n) {
                                                       NULL, 0, 100, &id, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_members_json(n, &s, NULL, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_state_digest(n, &s, NULL, &err));
-    /* Drain what is left, then the queue reports the stop at once. */
+    /* Drain what is left in bursts, then the queue reports the stop at once. */
     for (;;) {
         tribe_error *err = NULL;
-        uint32_t rc = tribe_node_next_event(n, 1000, &ev, &err);
+        tribe_event *evs[3] = {NULL, NULL, NULL};
+        size_t got = 0;
+        uint32_t rc = tribe_node_next_events(n, 1000, evs, 3, &got, &err);
         tribe_error_free(err);
-        if (rc == TRIBE_SHUTTING_DOWN) break;
-        CHECK(rc == TRIBE_OK && ev != NULL);
-        tribe_event_free(ev);
+        if (rc == TRIBE_SHUTTING_DOWN) {
+            CHECK(got == 0);
+            break;
+        }
+        CHECK(rc == TRIBE_OK && got >= 1 && got <= 3);
+        for (size_t i = 0; i < got; i++) {
+            CHECK(evs[i] != NULL && tribe_event_kind(evs[i]) != TRIBE_EVENT_NONE);
+            tribe_event_free(evs[i]);
+        }
     }
     double t0 = now_s();
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_next_event(n, -1, &ev, &err));
