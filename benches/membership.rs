@@ -674,4 +674,33 @@ fn main() {
     rt.shutdown_timeout(Duration::from_secs(2));
     println!("{head}\n");
     print!("{}", report(&outcomes));
+    println!();
+    print!("{}", result_lines(&outcomes));
+}
+
+/// One line per size for scripts (`scripts/bench-memberlist` reads them):
+/// `result n=16 join=0.43 crash=7.10 bps=1234 false=0`, times in seconds
+/// (`nan` when the phase did not finish), bytes/s per node over the
+/// healthy rest window (gossip + push-pull), false failures as events.
+fn result_lines(outcomes: &[Outcome]) -> String {
+    let secs = |p: Phase| match p {
+        Phase::Done(d) => format!("{:.3}", d.as_secs_f64()),
+        Phase::Timeout | Phase::Skipped => "nan".into(),
+    };
+    let mut s = String::new();
+    for o in outcomes {
+        let bps = o
+            .rest_healthy
+            .as_ref()
+            .map_or("nan".into(), |r| format!("{:.0}", r.gossip_bps + r.stream_bps));
+        let _ = writeln!(
+            s,
+            "result n={} join={} crash={} bps={bps} false={}",
+            o.n,
+            secs(o.join),
+            secs(o.crash),
+            o.false_failure_events,
+        );
+    }
+    s
 }
