@@ -689,10 +689,9 @@ fn result_lines(outcomes: &[Outcome]) -> String {
     };
     let mut s = String::new();
     for o in outcomes {
-        let bps = o
-            .rest_healthy
-            .as_ref()
-            .map_or("nan".into(), |r| format!("{:.0}", r.gossip_bps + r.stream_bps));
+        let bps = o.rest_healthy.as_ref().map_or("nan".into(), |r| {
+            format!("{:.0}", r.gossip_bps + r.stream_bps)
+        });
         let _ = writeln!(
             s,
             "result n={} join={} crash={} bps={bps} false={}",

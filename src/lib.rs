@@ -27,6 +27,7 @@ pub mod policy;
 pub mod records;
 pub mod rpc;
 pub mod runtime;
+pub mod sim;
 pub mod state;
 pub mod stream;
 pub mod wire;

@@ -142,7 +142,9 @@ impl<T> Mailbox<T> {
         if max > 1 {
             let mut state = self.lock();
             while taken.len() < max {
-                let Some(item) = state.items.pop_front() else { break };
+                let Some(item) = state.items.pop_front() else {
+                    break;
+                };
                 if droppable(&item) {
                     state.droppable -= 1;
                 }

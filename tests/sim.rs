@@ -1,0 +1,247 @@
+//! The simulator at small sizes with fixed seeds: convergence, crash
+//! detection, no false failures without loss, partition heal, a catalog
+//! change reaching every member, and the same trace for the same seed.
+
+use std::time::Duration;
+
+use tribe::sim::{Latency, NetConfig, Sim, SimConfig, Spread, Watch};
+use tribe::{Command, PluginKind, Profile};
+
+fn config(seed: u64) -> SimConfig {
+    SimConfig {
+        seed,
+        profile: Profile::Lan,
+        net: NetConfig {
+            latency: Latency::Uniform(200, 800),
+            loss: 0.0,
+            bandwidth: 100_000_000,
+        },
+        seeds: 1,
+    }
+}
+
+fn cluster(seed: u64, n: usize) -> Sim {
+    let mut sim = Sim::new(config(seed));
+    for _ in 0..n {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(20));
+    sim
+}
+
+fn secs(us: u64) -> f64 {
+    us as f64 / 1e6
+}
+
+#[test]
+fn a_mass_join_converges_and_a_late_join_spreads() {
+    let n = 60;
+    let mut sim = cluster(7, n);
+    for i in 0..n {
+        let alive = sim.engine(i).expect("running").members_alive();
+        assert_eq!(alive, n, "node {i} sees {alive} alive after 20 s");
+    }
+    assert_eq!(sim.alive_counts(), vec![n; n]);
+    sim.watch(Watch::MemberJoined(format!("sim-{n}")));
+    let late = sim.add_node();
+    sim.run_for(Duration::from_secs(10));
+    let seen = sim.seen(&Watch::MemberJoined(sim.name(late).to_string()));
+    let spread = Spread::of(&seen[..n]).expect("the join spread");
+    assert_eq!(
+        spread.seen, n,
+        "every earlier node learned of the late joiner"
+    );
+    // Gossip every 200 ms to 3 peers: a few rounds, far below 10 s.
+    assert!(secs(spread.max) < 5.0, "{spread:?}");
+    assert!(
+        sim.false_failures().is_empty(),
+        "{:?}",
+        sim.false_failures()
+    );
+}
+
+#[test]
+fn a_crash_is_detected_by_every_survivor_without_false_failures() {
+    let n = 40;
+    let mut sim = cluster(11, n);
+    let victim = 17;
+    sim.watch(Watch::MemberFailed(sim.name(victim).to_string()));
+    sim.crash(victim);
+    sim.run_for(Duration::from_secs(40));
+    let mut seen = sim.seen(&Watch::MemberFailed(sim.name(victim).to_string()));
+    seen.remove(victim);
+    let spread = Spread::of(&seen).expect("someone saw the crash");
+    assert_eq!(
+        spread.seen,
+        n - 1,
+        "every survivor declared the crash: {spread:?}"
+    );
+    // Probe 1 s, suspicion 4 × log10(40) × 1 s ≈ 6.4 s, then gossip.
+    assert!(
+        secs(spread.first) > 1.0 && secs(spread.max) < 20.0,
+        "{spread:?}"
+    );
+    assert!(
+        sim.false_failures().is_empty(),
+        "{:?}",
+        sim.false_failures()
+    );
+    // The same name comes back under a newer generation.
+    sim.watch(Watch::MemberJoined(sim.name(victim).to_string()));
+    sim.restart(victim);
+    sim.run_for(Duration::from_secs(15));
+    let back = sim.seen(&Watch::MemberJoined(sim.name(victim).to_string()));
+    let back = back
+        .iter()
+        .enumerate()
+        .filter(|(i, t)| *i != victim && t.is_some())
+        .count();
+    assert_eq!(back, n - 1, "every survivor saw the restarted node alive");
+}
+
+#[test]
+fn a_short_pause_is_not_a_failure_and_a_long_one_heals() {
+    let n = 30;
+    let mut sim = cluster(5, n);
+    // Shorter than the probe timeouts plus suspicion: nobody declares it.
+    sim.pause(3, Duration::from_millis(800));
+    sim.run_for(Duration::from_secs(10));
+    let failed: Vec<_> = (0..n).filter(|&i| sim.alive_counts()[i] != n).collect();
+    assert!(
+        failed.is_empty(),
+        "nodes missing a member after a short pause: {failed:?}"
+    );
+    assert!(
+        sim.false_failures().is_empty(),
+        "{:?}",
+        sim.false_failures()
+    );
+    // Much longer than suspicion: declared failed, then it refutes and is
+    // alive again everywhere.
+    sim.pause(4, Duration::from_secs(30));
+    sim.run_for(Duration::from_secs(90));
+    for i in 0..n {
+        assert_eq!(
+            sim.engine(i).expect("running").members_alive(),
+            n,
+            "node {i} after the paused node woke up"
+        );
+    }
+}
+
+#[test]
+fn a_partition_heals_to_one_state_with_no_write_lost() {
+    let n = 24;
+    let mut sim = cluster(3, n);
+    sim.partition(|i| i % 2 == 0);
+    sim.run_for(Duration::from_secs(5));
+    sim.command(
+        0,
+        Command::CreateTribe {
+            tribe: "even".into(),
+        },
+    )
+    .expect("create on one side");
+    sim.command(
+        1,
+        Command::CreateTribe {
+            tribe: "odd".into(),
+        },
+    )
+    .expect("create on the other side");
+    sim.run_for(Duration::from_secs(60));
+    assert!(
+        sim.engine(2).unwrap().tribe("odd").is_none(),
+        "the cut held"
+    );
+    sim.heal();
+    // Two push-pull intervals of the lan profile (30 s each).
+    sim.run_for(Duration::from_secs(60));
+    let digest = sim.engine(0).unwrap().state_digest();
+    for i in 0..n {
+        let e = sim.engine(i).unwrap();
+        assert_eq!(e.state_digest(), digest, "node {i} differs after the heal");
+        assert!(
+            e.tribe("even").is_some() && e.tribe("odd").is_some(),
+            "node {i}"
+        );
+        assert_eq!(e.members_alive(), n, "node {i}");
+    }
+}
+
+#[test]
+fn a_plugin_entry_reaches_every_member_of_its_tribe() {
+    let n = 40;
+    let mut sim = cluster(9, n);
+    sim.command(
+        0,
+        Command::CreateTribe {
+            tribe: "all".into(),
+        },
+    )
+    .unwrap();
+    for i in 0..n {
+        let node = sim.name(i).to_string();
+        sim.command(
+            0,
+            Command::Join {
+                tribe: "all".into(),
+                node,
+            },
+        )
+        .unwrap();
+    }
+    sim.run_for(Duration::from_secs(10));
+    let w = Watch::PluginLoad {
+        tribe: "all".into(),
+        name: "disk".into(),
+    };
+    sim.watch(w.clone());
+    sim.command(
+        5,
+        Command::LoadPlugin {
+            tribe: "all".into(),
+            name: "disk".into(),
+            version: "1".into(),
+            kind: PluginKind::Collector,
+            artifact: None,
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(10));
+    let spread = Spread::of(&sim.seen(&w)).expect("the entry spread");
+    assert_eq!(spread.seen, n, "{spread:?}");
+    assert!(secs(spread.max) < 5.0, "{spread:?}");
+}
+
+#[test]
+fn the_same_seed_gives_the_same_trace() {
+    let run = |seed| {
+        let mut sim = Sim::new(SimConfig {
+            net: NetConfig {
+                latency: Latency::LogNormal {
+                    median_us: 500,
+                    sigma: 0.6,
+                },
+                loss: 0.1,
+                bandwidth: 10_000_000,
+            },
+            ..config(seed)
+        });
+        for _ in 0..25 {
+            sim.add_node();
+        }
+        sim.run_for(Duration::from_secs(5));
+        sim.crash(4);
+        sim.pause(6, Duration::from_secs(2));
+        sim.run_for(Duration::from_secs(20));
+        (
+            sim.trace_digest(),
+            sim.events_processed(),
+            sim.engine(0).unwrap().state_digest(),
+        )
+    };
+    let a = run(42);
+    assert_eq!(a, run(42), "same seed, same trace");
+    assert_ne!(a.0, run(43).0, "another seed, another trace");
+}
