@@ -500,7 +500,7 @@ impl Engine {
             .swim
             .iter_membership_state()
             .filter(|m| m.state() == foca::State::Suspect)
-            .map(|m| m.id().name.as_str())
+            .map(|m| &*m.id().name)
             .collect();
         let mut out = Vec::new();
         let me = self.swim.identity();

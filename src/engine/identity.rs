@@ -3,14 +3,16 @@
 //! being declared down bumps the generation, which wins the conflict.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 /// Identity of a node in the membership protocol.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeId {
-    /// Unique node name.
-    pub name: String,
+    /// Unique node name, shared: foca compares it on every update it
+    /// applies (scanning its member list), which must not allocate.
+    pub name: Arc<str>,
     /// Advertised gossip and stream address.
     pub addr: SocketAddr,
     /// Increases on every restart and every rejoin.
@@ -18,7 +20,7 @@ pub struct NodeId {
 }
 
 impl foca::Identity for NodeId {
-    type Addr = String;
+    type Addr = Arc<str>;
 
     fn renew(&self) -> Option<Self> {
         Some(NodeId {
@@ -27,7 +29,7 @@ impl foca::Identity for NodeId {
         })
     }
 
-    fn addr(&self) -> String {
+    fn addr(&self) -> Arc<str> {
         self.name.clone()
     }
 

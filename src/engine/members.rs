@@ -66,7 +66,7 @@ pub enum Change {
 impl Members {
     /// Records that `id` is alive.
     pub fn up(&mut self, id: &NodeId, now_ms: u64) -> Change {
-        match self.rows.get_mut(&id.name) {
+        match self.rows.get_mut(&*id.name) {
             Some(row) if row.state.is_up() => {
                 row.id = id.clone();
                 Change::None
@@ -81,7 +81,7 @@ impl Members {
             }
             None => {
                 self.rows.insert(
-                    id.name.clone(),
+                    id.name.to_string(),
                     Row {
                         id: id.clone(),
                         state: MemberState::Alive,
@@ -95,7 +95,7 @@ impl Members {
 
     /// Records that `id` went down; `left` says whether it said goodbye.
     pub fn down(&mut self, id: &NodeId, left: bool, now_ms: u64) -> Change {
-        let Some(row) = self.rows.get_mut(&id.name) else {
+        let Some(row) = self.rows.get_mut(&*id.name) else {
             return Change::None;
         };
         // A down notice about an older identity says nothing of the current one.

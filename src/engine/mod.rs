@@ -200,7 +200,7 @@ impl Engine {
         cfg.validate()?;
         let timings = cfg.effective_timings();
         let id = NodeId {
-            name: cfg.name.clone(),
+            name: cfg.name.as_str().into(),
             addr,
             generation,
         };
@@ -502,7 +502,7 @@ impl Engine {
             OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
                 if self.members.up(&id, now) == members::Change::Up {
                     self.emit(Event::MemberJoined {
-                        name: id.name.clone(),
+                        name: id.name.to_string(),
                         addr: id.addr,
                     });
                 }
@@ -510,7 +510,7 @@ impl Engine {
             OwnedNotification::MemberDown(id) => {
                 let left = self.left_flag(&id.name);
                 if self.members.down(&id, left, now) == members::Change::Down {
-                    let name = id.name.clone();
+                    let name = id.name.to_string();
                     self.emit(if left {
                         Event::MemberLeft { name }
                     } else {

@@ -274,7 +274,7 @@ impl Engine {
             self.send_frame(conn, &SyncMsg::Push { records: push });
         }
         self.finish(conn, true);
-        if join && from.name != self.name {
+        if join && *from.name != *self.name {
             // Now that we know the seed's identity, say hello the SWIM way too.
             if let Err(e) = self.swim.announce(from, &mut self.swim_rt) {
                 tracing::debug!(error = %e, "announce failed");
