@@ -233,8 +233,8 @@ impl Pool {
                 let pending = pending.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    while let Ok(Some(body)) = opener.read_frame(&mut reader).await {
-                        let (id, answer) = match wire::decode::<RpcMsg>(&body) {
+                    while let Ok(Some(body)) = opener.next_frame(&mut reader).await {
+                        let (id, answer) = match wire::decode::<RpcMsg>(body) {
                             Ok(RpcMsg::Reply { id, result }) => {
                                 (id, Answer::Reply(result.map(|b| b.into_vec())))
                             }

@@ -235,7 +235,9 @@ impl Server {
         let mut handlers = tokio::task::JoinSet::new();
         loop {
             let body = tokio::select! {
-                frame = tokio::time::timeout(CALL_STREAM_IDLE, opener.read_frame(&mut reader)) => match frame {
+                // `next_frame` is cancel-safe: when another branch wins, a
+                // half-read frame resumes on the next turn.
+                frame = tokio::time::timeout(CALL_STREAM_IDLE, opener.next_frame(&mut reader)) => match frame {
                     Ok(Ok(Some(body))) => body,
                     Ok(Ok(None)) => break,
                     Ok(Err(_)) | Err(_) => {
@@ -252,7 +254,7 @@ impl Server {
                 // Reap finished handlers so the set does not grow.
                 Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
             };
-            let Ok(msg) = wire::decode::<RpcMsg>(&body) else {
+            let Ok(msg) = wire::decode::<RpcMsg>(body) else {
                 RpcCounters::bump(&self.counters.stream_errors);
                 break;
             };
