@@ -8,9 +8,10 @@
 //! - stream hello: `"TS" | version 1 | key id (4, BE) | salt (32)`;
 //! - stream frame: `ciphertext | tag (16)`, nonce `0u32 | counter (u64 BE)`.
 //!
-//! The cipher itself sits behind [`aead`]'s small interface; the vectors in
-//! `vectors` (tests) pin the wire format to the RFCs and to the previous
-//! implementation, so nodes on either side of an upgrade still talk.
+//! The cipher sits behind the small interface of `crypto/aead.rs`; the
+//! vectors in `crypto/vectors.rs` (tests) pin the wire format to the RFCs
+//! and to the previous implementation, so nodes on either side of an
+//! upgrade still talk.
 
 mod aead;
 mod datagram;
