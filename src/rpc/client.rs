@@ -233,16 +233,16 @@ impl Pool {
                 let pending = pending.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    // What the calls still waiting learn when the stream ends.
-                    let mut end = Answer::Lost;
+                    // Set when the host refused the whole stream.
+                    let mut refused = None;
                     while let Ok(Some(body)) = opener.next_frame(&mut reader).await {
                         let (id, answer) = match wire::decode::<RpcMsg>(body) {
                             Ok(RpcMsg::Refused {
                                 id: super::server::STREAM_REFUSAL_ID,
                                 why,
                             }) => {
-                                // The host refused the whole stream: no call on it ran.
-                                end = Answer::Refused(why);
+                                // No call on this stream ran.
+                                refused = Some(why);
                                 break;
                             }
                             Ok(RpcMsg::Reply { id, result }) => {
@@ -269,10 +269,7 @@ impl Pool {
                         .drain()
                         .collect();
                     for (_, w) in orphans {
-                        let _ = w.send(match &end {
-                            Answer::Refused(why) => Answer::Refused(*why),
-                            _ => Answer::Lost,
-                        });
+                        let _ = w.send(refused.map_or(Answer::Lost, Answer::Refused));
                     }
                 });
             }
