@@ -615,6 +615,7 @@ fn main() {
     for note in notes {
         println!("{note}");
     }
+    targets(&rows, if quick { 100 } else { 500 });
     for row in rows.iter().filter(|r| r.first_error.is_some()) {
         println!(
             "first error of {} {} x{}: {}",
@@ -623,5 +624,76 @@ fn main() {
             row.concurrency,
             row.first_error.as_deref().unwrap_or_default()
         );
+    }
+}
+
+/// One-core time to seal a 64 KiB frame as a stream does (body copied into
+/// a reused buffer, sealed in place), measured for about `ms` milliseconds.
+fn seal_64k_ns(ms: u64) -> f64 {
+    use tribe::crypto::{Role, StreamCipher, StreamHello};
+    let key = SecretKey::generate();
+    let (i, r) = (
+        StreamHello::new(key.id()).salt,
+        StreamHello::new(key.id()).salt,
+    );
+    let mut cipher = StreamCipher::new(&key, Role::Initiator, &i, &r, b"bench");
+    let data = pattern(64 * 1024);
+    let mut buf = Vec::with_capacity(data.len() + 16);
+    let began = Instant::now();
+    let mut n = 0u64;
+    while began.elapsed() < Duration::from_millis(ms) {
+        buf.clear();
+        buf.extend_from_slice(std::hint::black_box(&data));
+        if let Ok(tag) = cipher.seal_in_place(&mut buf) {
+            buf.extend_from_slice(&tag);
+        }
+        std::hint::black_box(&buf);
+        n += 1;
+    }
+    began.elapsed().as_nanos() as f64 / n.max(1) as f64
+}
+
+/// The ratios the sealed and large-payload paths are held to, from this
+/// run's rows (see docs/benchmarks.md).
+fn targets(rows: &[Row], seal_ms: u64) {
+    let rate = |path: Path, payload: usize, c: usize| {
+        rows.iter()
+            .find(|r| r.path == path && r.payload == payload && r.concurrency == c)
+            .map(Row::calls_per_s)
+    };
+    let seal_ns = seal_64k_ns(seal_ms);
+    println!(
+        "\nTargets (same run; one-core seal of 64 KiB measured after the rows: {:.1} µs)\n",
+        seal_ns / 1e3
+    );
+    println!("| ratio | concurrency | value | target |");
+    println!("|---|---:|---:|---:|");
+    for c in CONCURRENCY {
+        if let (Some(sealed), Some(plain)) =
+            (rate(Path::Sealed, 100, c), rate(Path::Plaintext, 100, c))
+        {
+            println!(
+                "| sealed / plaintext calls/s, 100 B | {c} | {:.2} | ≥ 0.85 |",
+                sealed / plain
+            );
+        }
+    }
+    let big = 64 * 1024;
+    if let (Some(sealed), Some(plain)) = (rate(Path::Sealed, big, 1), rate(Path::Plaintext, big, 1))
+    {
+        // A sealed call is a plaintext call plus four 64 KiB seal/open passes.
+        let bound = 1e9 / (1e9 / plain + 4.0 * seal_ns);
+        println!(
+            "| sealed 64 KiB calls/s / cipher bound ({bound:.0} calls/s) | 1 | {:.2} | ≥ 0.8 |",
+            sealed / bound
+        );
+    }
+    for c in CONCURRENCY {
+        if let (Some(plain), Some(raw)) = (rate(Path::Plaintext, big, c), rate(Path::Raw, big, c)) {
+            println!(
+                "| plaintext 64 KiB / raw TCP calls/s | {c} | {:.2} | ≥ 0.8 |",
+                plain / raw
+            );
+        }
     }
 }

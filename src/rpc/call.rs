@@ -129,6 +129,8 @@ impl Rpc {
         timeout: Duration,
     ) -> Result<Vec<u8>> {
         self.admit(payload.len())?;
+        let size = payload.len();
+        let mut payload = Some(payload);
         let limit = self.pool.limits().max_payload;
         let providers = snap
             .providers
@@ -146,7 +148,17 @@ impl Rpc {
             .checked_add(timeout)
             .ok_or_else(|| Error::InvalidArgument("the call's timeout is too large".into()))?;
         let mut overloaded = false;
+        let last = cands.len() - 1;
         for (attempt, cand) in cands.iter().enumerate() {
+            // Only a host that may fail over needs its own copy; the last
+            // one takes the caller's bytes (no copy of a large payload).
+            let Some(bytes) = (if attempt == last {
+                payload.take()
+            } else {
+                payload.clone()
+            }) else {
+                break;
+            };
             if attempt > 0 {
                 RpcCounters::bump(&self.counters.failovers);
             }
@@ -162,7 +174,7 @@ impl Rpc {
                     version: Some(&cand.version),
                     kind: target.kind,
                 };
-                match self.run_local(local, payload.clone(), budget).await {
+                match self.run_local(local, bytes, budget).await {
                     Err(Error::NoProvider { .. }) => continue,
                     Err(Error::Overloaded) => {
                         overloaded = true;
@@ -183,7 +195,7 @@ impl Rpc {
                     version: cand.version.clone(),
                     kind: target.kind,
                     budget_ms,
-                    payload: payload.clone(),
+                    payload: bytes,
                 })
                 .await;
             match sent {
@@ -200,10 +212,7 @@ impl Rpc {
                 }
                 Ok(Some(Answer::Refused(Refusal::Overloaded))) => overloaded = true,
                 Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
-                    return Err(Error::TooLarge {
-                        size: payload.len(),
-                        limit,
-                    })
+                    return Err(Error::TooLarge { size, limit })
                 }
                 Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => {}
                 Ok(Some(Answer::Lost)) => {

@@ -233,8 +233,18 @@ impl Pool {
                 let pending = pending.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    while let Ok(Some(body)) = opener.read_frame(&mut reader).await {
-                        let (id, answer) = match wire::decode::<RpcMsg>(&body) {
+                    // Set when the host refused the whole stream.
+                    let mut refused = None;
+                    while let Ok(Some(body)) = opener.next_frame(&mut reader).await {
+                        let (id, answer) = match wire::decode::<RpcMsg>(body) {
+                            Ok(RpcMsg::Refused {
+                                id: super::server::STREAM_REFUSAL_ID,
+                                why,
+                            }) => {
+                                // No call on this stream ran.
+                                refused = Some(why);
+                                break;
+                            }
                             Ok(RpcMsg::Reply { id, result }) => {
                                 (id, Answer::Reply(result.map(|b| b.into_vec())))
                             }
@@ -259,7 +269,7 @@ impl Pool {
                         .drain()
                         .collect();
                     for (_, w) in orphans {
-                        let _ = w.send(Answer::Lost);
+                        let _ = w.send(refused.map_or(Answer::Lost, Answer::Refused));
                     }
                 });
             }
@@ -296,6 +306,11 @@ impl Pool {
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock: the reader marks the stream dead before
+            // it drains the waiters, so a call that gets in here is answered.
+            if !conn.alive.load(Ordering::Relaxed) {
+                return Err(NotSent::Connect("the stream to the host closed".into()));
+            }
             if pending.len() >= self.limits.max_inflight_per_conn {
                 return Err(NotSent::Busy);
             }

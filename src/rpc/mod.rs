@@ -94,6 +94,10 @@ pub struct RpcLimits {
     pub max_inflight: usize,
     /// Calls this node's handlers may run at once.
     pub max_serving: usize,
+    /// Inbound call streams served at once (at least 1). One more is
+    /// refused with a frame saying so, which its caller's calls see as
+    /// `Overloaded` (and may fail over), and counted in `streams_refused`.
+    pub max_streams: usize,
     /// Rounds over all holders of a plugin artifact before it is reported
     /// unavailable.
     pub artifact_rounds: u32,
@@ -109,6 +113,7 @@ impl Default for RpcLimits {
             max_inflight_per_conn: 256,
             max_inflight: 4096,
             max_serving: 1024,
+            max_streams: 1024,
             artifact_rounds: 6,
             artifact_backoff: Duration::from_millis(500),
         }
@@ -138,6 +143,9 @@ pub struct RpcCounters {
     pub served: AtomicU64,
     /// Calls this node refused to serve.
     pub refused: AtomicU64,
+    /// Calls served here whose handler's reply was over `max_payload`
+    /// (each became a `too_large` error for its caller).
+    pub replies_too_large: AtomicU64,
     /// Handlers that panicked (each became a `Remote` error).
     pub panics: AtomicU64,
     /// Call streams cut for a malformed, unauthentic or stalled frame.
@@ -177,6 +185,8 @@ pub struct RpcStats {
     pub served: u64,
     /// Calls refused here.
     pub refused: u64,
+    /// Replies over `max_payload` here (each a `too_large` error).
+    pub replies_too_large: u64,
     /// Handler panics here.
     pub panics: u64,
     /// Call streams cut for a malformed, unauthentic or stalled frame.
@@ -213,6 +223,7 @@ impl RpcCounters {
             failovers: g(&self.failovers),
             served: g(&self.served),
             refused: g(&self.refused),
+            replies_too_large: g(&self.replies_too_large),
             panics: g(&self.panics),
             stream_errors: g(&self.stream_errors),
             streams_refused: g(&self.streams_refused),

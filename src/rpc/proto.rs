@@ -19,11 +19,7 @@ pub async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
     'stream: while let Some(msg) = rx.recv().await {
         let mut next = Some(msg);
         while let Some(msg) = next {
-            if sealer
-                .write_frame(&mut out, &crate::wire::encode(&msg))
-                .await
-                .is_err()
-            {
+            if sealer.write_msg(&mut out, &msg).await.is_err() {
                 break 'stream;
             }
             next = rx.try_recv().ok();

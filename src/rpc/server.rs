@@ -27,8 +27,11 @@ pub const REPLY_QUEUE: usize = 64;
 pub const CALL_STREAM_IDLE: Duration = Duration::from_secs(120);
 /// Longest a handler runs, whatever budget the caller asks for.
 pub const MAX_CALL_BUDGET: Duration = Duration::from_secs(300);
-/// Call streams served at once.
-pub const MAX_CALL_STREAMS: usize = 1024;
+/// How long a refused call stream's refusal frame may take to write.
+const REFUSAL_WRITE: Duration = Duration::from_secs(1);
+/// Id of the refusal that answers a whole stream: callers number their
+/// calls from 1, so it never names a call.
+pub const STREAM_REFUSAL_ID: u64 = 0;
 
 struct Served {
     kind: PluginKind,
@@ -62,6 +65,7 @@ impl Server {
         counters: Arc<RpcCounters>,
         in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
     ) -> Server {
+        let streams = Arc::new(Semaphore::new(limits.max_streams.max(1)));
         Server {
             handlers: RwLock::new(HashMap::new()),
             artifacts: RwLock::new(HashMap::new()),
@@ -71,7 +75,7 @@ impl Server {
             stopping: AtomicBool::new(false),
             killed: tokio::sync::watch::Sender::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
-            streams: Arc::new(Semaphore::new(MAX_CALL_STREAMS)),
+            streams,
             in_tribe,
         }
     }
@@ -188,14 +192,17 @@ impl Server {
             )),
         };
         match result {
-            Ok(reply) if reply.len() > self.limits.max_payload => Err(HandlerError::new(
-                "too_large",
-                format!(
-                    "the reply has {} bytes, over the limit of {}",
-                    reply.len(),
-                    self.limits.max_payload
-                ),
-            )),
+            Ok(reply) if reply.len() > self.limits.max_payload => {
+                RpcCounters::bump(&self.counters.replies_too_large);
+                Err(HandlerError::new(
+                    "too_large",
+                    format!(
+                        "the reply has {} bytes, over the limit of {}",
+                        reply.len(),
+                        self.limits.max_payload
+                    ),
+                ))
+            }
             other => other,
         }
     }
@@ -217,6 +224,17 @@ impl Server {
     {
         let Ok(_stream_slot) = self.streams.clone().try_acquire_owned() else {
             RpcCounters::bump(&self.counters.streams_refused);
+            // Say why before closing, so the caller's calls end as
+            // `Overloaded` (safe to retry elsewhere) rather than lost.
+            let refusal = RpcMsg::Refused {
+                id: STREAM_REFUSAL_ID,
+                why: Refusal::Overloaded,
+            };
+            let _ = tokio::time::timeout(REFUSAL_WRITE, async {
+                let _ = sealer.write_msg(&mut writer, &refusal).await;
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut writer).await;
+            })
+            .await;
             return;
         };
         let (tx, rx) = mpsc::channel::<RpcMsg>(REPLY_QUEUE);
@@ -235,7 +253,9 @@ impl Server {
         let mut handlers = tokio::task::JoinSet::new();
         loop {
             let body = tokio::select! {
-                frame = tokio::time::timeout(CALL_STREAM_IDLE, opener.read_frame(&mut reader)) => match frame {
+                // `next_frame` is cancel-safe: when another branch wins, a
+                // half-read frame resumes on the next turn.
+                frame = tokio::time::timeout(CALL_STREAM_IDLE, opener.next_frame(&mut reader)) => match frame {
                     Ok(Ok(Some(body))) => body,
                     Ok(Ok(None)) => break,
                     Ok(Err(_)) | Err(_) => {
@@ -252,7 +272,7 @@ impl Server {
                 // Reap finished handlers so the set does not grow.
                 Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
             };
-            let Ok(msg) = wire::decode::<RpcMsg>(&body) else {
+            let Ok(msg) = wire::decode::<RpcMsg>(body) else {
                 RpcCounters::bump(&self.counters.stream_errors);
                 break;
             };
