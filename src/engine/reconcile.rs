@@ -258,11 +258,23 @@ impl Engine {
         let mut holding = BTreeSet::new();
         let mut errors = BTreeMap::new();
         for p in &policies {
-            let compiled = self
-                .reconcile
-                .compiled
-                .entry(p.when.clone())
-                .or_insert_with(|| Condition::compile(&p.when).map_err(|e| e.to_string()));
+            if !self.reconcile.compiled.contains_key(&p.when) {
+                match Condition::compile(&p.when) {
+                    // Not remembered: the next evaluation tries again.
+                    Err(e) if e.is_transient() => {
+                        errors.insert(p.name.clone(), format!("does not compile: {e}"));
+                        continue;
+                    }
+                    result => {
+                        self.reconcile
+                            .compiled
+                            .insert(p.when.clone(), result.map_err(|e| e.to_string()));
+                    }
+                }
+            }
+            let Some(compiled) = self.reconcile.compiled.get(&p.when) else {
+                continue;
+            };
             let outcome = match compiled {
                 Ok(cond) => cond.evaluate(&facts).map_err(|e| e.message),
                 Err(e) => Err(format!("does not compile: {e}")),
@@ -426,5 +438,67 @@ fn task(tribe: &str, id: &str, rec: &TaskRecord) -> Task {
         id: id.to_string(),
         manifest: rec.manifest.clone(),
         state: rec.state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Output;
+    use crate::hlc::Hlc;
+    use crate::records::{Entry, PolicyRecord};
+
+    fn drain_events(engine: &mut Engine) -> Vec<Event> {
+        std::iter::from_fn(|| engine.poll_output())
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compiler_thread_that_could_not_start_is_not_remembered_as_a_bad_policy() {
+        let cfg = crate::Config::new("n");
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        drain_events(&mut engine);
+        // A policy from a peer, compiled by this engine while threads are short.
+        crate::policy::FAIL_THREAD_START.with(|f| f.set(true));
+        lock(&engine.shared).accept_remote(
+            Key::Policy("all".into()),
+            Entry {
+                version: Hlc {
+                    millis: 900,
+                    counter: 0,
+                    node: "peer".into(),
+                },
+                value: Some(Value::Policy(PolicyRecord {
+                    tribe: "everyone".into(),
+                    when: "true".into(),
+                })),
+            },
+        );
+        engine.after_change();
+        let events = drain_events(&mut engine);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::PolicyError { .. })),
+            "{events:?}"
+        );
+        crate::policy::FAIL_THREAD_START.with(|f| f.set(false));
+        // The next evaluation compiles it for real and the policy holds.
+        engine
+            .handle_command(
+                2_000,
+                crate::Command::SetFact {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            )
+            .unwrap();
+        assert!(engine.in_tribe("everyone"));
     }
 }
