@@ -389,3 +389,17 @@ async fn a_late_joiner_gets_a_state_larger_than_one_frame() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_artifact_bytes_are_not_kept() {
+    let node = start_cluster("held", 1, |_| {}).await.remove(0);
+    for i in 0..256u32 {
+        node.hold_artifact(i.to_be_bytes().to_vec()).unwrap();
+    }
+    let extra = 256u32.to_be_bytes().to_vec();
+    let err = node.hold_artifact(extra.clone()).unwrap_err();
+    assert_eq!(err.code(), "invalid_argument", "{err}");
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&extra).into();
+    assert!(node.artifact(&sha).is_none(), "refused bytes were kept");
+    node.shutdown().await.unwrap();
+}
