@@ -257,6 +257,11 @@
 #define TRIBE_CONFIG 128
 
 /**
+ * The replicated state holds as many records of a kind as allowed.
+ */
+#define TRIBE_LIMIT_REACHED 129
+
+/**
  * No event (a NULL event).
  */
 #define TRIBE_EVENT_NONE 0
@@ -370,6 +375,18 @@
  * queued only for nodes started with `tribe_config_set_log_level`.
  */
 #define TRIBE_EVENT_LOG 21
+
+/**
+ * Another identity claims this node's name (`tribe_event_json` has its
+ * address and generation).
+ */
+#define TRIBE_EVENT_IDENTITY_CLAIMED 22
+
+/**
+ * A peer's clock is off this node's (subject: its name; `tribe_event_json`
+ * has the offset).
+ */
+#define TRIBE_EVENT_CLOCK_SKEW 23
 
 /**
  * Error records.

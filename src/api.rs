@@ -12,7 +12,7 @@ use crate::engine::commands::Command;
 use crate::engine::{Engine, Event};
 use crate::error::{Error, Result};
 use crate::records::{ArtifactRef, PluginKind, TaskState};
-use crate::runtime::{self, wall_clock_ms, Driver, DriverInput, Faults};
+use crate::runtime::{self, Driver, DriverInput, Faults};
 use crate::{MemberInfo, Policy, TribeInfo};
 
 /// A running node. Cheap to clone; every clone drives the same node.
@@ -63,6 +63,13 @@ impl Node {
     /// be called inside a tokio runtime. Events from the very start are kept
     /// for the first [`Node::events`] call.
     pub async fn start(config: Config) -> Result<Node> {
+        Node::start_with_faults(config, Arc::new(Faults::default())).await
+    }
+
+    /// [`Node::start`] with fault injection in place from the first moment
+    /// (a skewed clock, say); for tests.
+    #[doc(hidden)]
+    pub async fn start_with_faults(config: Config, faults: Arc<Faults>) -> Result<Node> {
         config.validate()?;
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
@@ -80,24 +87,31 @@ impl Node {
         } else {
             Default::default()
         };
-        let now = wall_clock_ms();
-        let generation = config.generation.unwrap_or(now);
+        let now = faults.now_ms();
         let mut config = config;
+        let mut dir_lock = None;
+        let mut durable = None;
         if let Some(dir) = &config.data_dir {
             crate::datadir::prepare(dir)?;
+            dir_lock = Some(crate::datadir::lock(dir)?);
             config.keyring = crate::datadir::merge_keyring(dir, config.keyring.take())?;
+            durable = crate::datadir::load(dir)?;
         }
+        // A restart is newer than the last run even if the clock stepped back.
+        let kept_generation = durable.as_ref().map(|d| d.generation.saturating_add(1));
+        let generation = config
+            .generation
+            .unwrap_or(now)
+            .max(kept_generation.unwrap_or(0));
         let mut engine = Engine::new(&config, addr, generation, collected, now, rand::random())?;
         engine.reseed_nonces(rand::random());
-        if let Some(dir) = &config.data_dir {
-            if let Some(durable) = crate::datadir::load(dir)? {
-                tracing::info!(
-                    peers = durable.peers.len(),
-                    records = durable.records.len(),
-                    "restored from the data dir"
-                );
-                engine.restore(now, durable);
-            }
+        if let Some(durable) = durable {
+            tracing::info!(
+                peers = durable.peers.len(),
+                records = durable.records.len(),
+                "restored from the data dir"
+            );
+            engine.restore(now, durable);
         }
         engine.start(now);
 
@@ -132,7 +146,7 @@ impl Node {
             engine: Mutex::new(engine),
             subscribers: Mutex::new(vec![events_tx]),
             events_dropped: Default::default(),
-            faults: Arc::new(Faults::default()),
+            faults,
             max_frame: config.max_frame,
             data_dir: config.data_dir.clone(),
             rpc: rpc.clone(),
@@ -140,7 +154,8 @@ impl Node {
             artifact_loads: Default::default(),
         });
         let _ = home.set(Arc::downgrade(&shared));
-        let driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
+        let mut driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
+        driver.dir_lock = dir_lock;
         let task = tokio::spawn(driver.run());
         tracing::info!(name = %config.name, %addr, "node started");
         Ok(Node {
@@ -203,7 +218,7 @@ impl Node {
             .inner
             .shared
             .engine()
-            .handle_command(wall_clock_ms(), cmd);
+            .handle_command(self.inner.shared.now_ms(), cmd);
         // The engine queued outputs; the driver sends them.
         let _ = self.inner.inbox.send(DriverInput::Wake);
         result

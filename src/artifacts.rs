@@ -24,6 +24,8 @@ use crate::Command;
 
 /// Largest artifact fetched.
 pub const MAX_ARTIFACT: u64 = 256 * 1024 * 1024;
+/// Most artifact bytes one node keeps in memory (held or fetched).
+pub const MAX_HELD_BYTES: u64 = 1024 * 1024 * 1024;
 /// Longest pause between rounds.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(8);
 /// Longest wait for one chunk.
@@ -41,6 +43,8 @@ pub struct Loads {
         std::collections::HashMap<(String, String, String), tokio::task::AbortHandle>,
     >,
     slots: Arc<tokio::sync::Semaphore>,
+    /// Bytes of the artifacts this node holds.
+    held_bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Default for Loads {
@@ -48,6 +52,7 @@ impl Default for Loads {
         Loads {
             pending: Default::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FETCHES)),
+            held_bytes: Default::default(),
         }
     }
 }
@@ -192,14 +197,32 @@ async fn fetch(
     ))
 }
 
-/// Keeps verified bytes and advertises them.
+/// Keeps verified bytes and advertises them. Bounded in count (the node
+/// record advertises at most `MAX_ARTIFACTS`) and in total bytes
+/// ([`MAX_HELD_BYTES`]); refused bytes are not kept.
 pub(crate) fn hold(shared: &Shared, bytes: Arc<Vec<u8>>) -> crate::Result<ArtifactRef> {
+    use std::sync::atomic::Ordering;
     let artifact = ArtifactRef {
         sha256: sha256(&bytes),
         size: bytes.len() as u64,
     };
+    if shared.rpc.server.artifact(&artifact.sha256).is_some() {
+        return Ok(artifact);
+    }
+    let held = &shared.artifact_loads.held_bytes;
+    let before = held.fetch_add(artifact.size, Ordering::Relaxed);
+    if before.saturating_add(artifact.size) > MAX_HELD_BYTES {
+        held.fetch_sub(artifact.size, Ordering::Relaxed);
+        return Err(crate::Error::LimitReached {
+            what: "bytes of artifacts held".into(),
+            limit: MAX_HELD_BYTES as usize,
+        });
+    }
+    if let Err(e) = shared.command(Command::HoldArtifact(artifact.sha256)) {
+        held.fetch_sub(artifact.size, Ordering::Relaxed);
+        return Err(e);
+    }
     shared.rpc.server.hold_artifact(artifact.sha256, bytes);
-    shared.command(Command::HoldArtifact(artifact.sha256))?;
     Ok(artifact)
 }
 
@@ -244,14 +267,25 @@ pub(crate) fn load(shared: Arc<Shared>, entry: PluginEntry) {
             .is_some();
         match result {
             Ok(fetched) => {
-                if let Some(bytes) = fetched {
-                    crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_fetched);
-                    if let Err(e) = hold(&shared, Arc::new(bytes)) {
-                        tracing::debug!(error = %e, "artifact fetched but not advertised");
+                let kept = match fetched {
+                    Some(bytes) => {
+                        crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_fetched);
+                        hold(&shared, Arc::new(bytes)).map(|_| ())
                     }
-                }
-                if still_wanted {
-                    shared.deliver(Event::PluginLoad(entry));
+                    None => Ok(()),
+                };
+                match kept {
+                    Ok(()) if still_wanted => shared.deliver(Event::PluginLoad(entry)),
+                    Ok(()) => {}
+                    Err(e) => {
+                        tracing::warn!(plugin = %entry.name, error = %e, "artifact fetched but not kept");
+                        if still_wanted {
+                            shared.deliver(Event::ArtifactUnavailable {
+                                plugin: entry,
+                                reason: e.to_string(),
+                            });
+                        }
+                    }
                 }
             }
             Err(reason) => {

@@ -168,6 +168,64 @@ pub struct Config {
     pub encryption: Encryption,
     /// Bounds of remote calls (payload size, calls in flight).
     pub rpc: crate::rpc::RpcLimits,
+    /// Versions and generations further ahead of this node's notion of
+    /// cluster time are refused as forged. Clocks that disagree by less are
+    /// reported but still converge; a node whose clock is *behind* is never
+    /// deaf, since its notion of cluster time follows the median of its
+    /// peers. Between 1 minute and 30 days; 1 hour by default.
+    pub max_clock_skew: Duration,
+    /// How many records of each kind the replicated state may hold.
+    pub limits: StateLimits,
+}
+
+/// Caps on the replicated state, per kind of record (tombstones included).
+/// A command that would pass one fails with [`Error::LimitReached`]; a record
+/// from a peer that would pass one is refused and counted. Keep them equal
+/// cluster-wide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateLimits {
+    /// Node records (members known).
+    pub nodes: usize,
+    /// Tribes.
+    pub tribes: usize,
+    /// Memberships by hand.
+    pub members: usize,
+    /// Policies.
+    pub policies: usize,
+    /// Plugin entries (all tribes).
+    pub plugins: usize,
+    /// Tasks (all tribes).
+    pub tasks: usize,
+}
+
+impl Default for StateLimits {
+    fn default() -> Self {
+        StateLimits {
+            nodes: 20_000,
+            tribes: 10_000,
+            members: 200_000,
+            policies: 1_000,
+            plugins: 20_000,
+            tasks: 20_000,
+        }
+    }
+}
+
+impl StateLimits {
+    /// The cap for records of `kind`.
+    pub fn of(&self, kind: crate::records::Kind) -> usize {
+        use crate::records::Kind;
+        match kind {
+            Kind::Node => self.nodes,
+            Kind::Tribe => self.tribes,
+            Kind::Member => self.members,
+            Kind::Policy => self.policies,
+            Kind::Plugin => self.plugins,
+            Kind::Task => self.tasks,
+            // Installed and removed keys: a handful in practice.
+            Kind::Ring => 256,
+        }
+    }
 }
 
 /// How a node with a keyring treats plaintext: the three steps of turning
@@ -210,6 +268,41 @@ impl std::str::FromStr for Encryption {
     }
 }
 
+/// Refuses timings that would spin (zero intervals) or overflow timers and
+/// clock arithmetic (huge durations, multipliers).
+fn check_durations(t: &Timings) -> Result<(), Error> {
+    const HOUR: u64 = 3600;
+    let bounded = [
+        ("probe period", t.probe_period, HOUR),
+        ("probe rtt", t.probe_rtt, HOUR),
+        ("gossip interval", t.gossip_interval, HOUR),
+        ("push-pull interval", t.push_pull_interval, 24 * HOUR),
+        ("reconnect interval", t.reconnect_interval, 24 * HOUR),
+        ("join retry", t.join_retry, HOUR),
+        ("reap after", t.reap_after, 365 * 24 * HOUR),
+        ("tombstone grace", t.tombstone_grace, 365 * 24 * HOUR),
+    ];
+    for (what, value, max_secs) in bounded {
+        if value < Duration::from_millis(1) || value > Duration::from_secs(max_secs) {
+            return Err(Error::Config(format!(
+                "{what} must be between 1 ms and {} s",
+                max_secs
+            )));
+        }
+    }
+    if !(1..=100).contains(&t.suspicion_mult) || !(1..=100).contains(&t.retransmit_mult) {
+        return Err(Error::Config(
+            "suspicion and retransmit multipliers must be between 1 and 100".into(),
+        ));
+    }
+    if t.indirect_probes > 64 || t.gossip_fanout > 64 {
+        return Err(Error::Config(
+            "indirect probes and gossip fanout must be at most 64".into(),
+        ));
+    }
+    Ok(())
+}
+
 impl Config {
     /// A config with defaults: bind 127.0.0.1:0, `lan` profile, facts collected.
     pub fn new(name: impl Into<String>) -> Self {
@@ -230,6 +323,8 @@ impl Config {
             keyring: None,
             encryption: Encryption::Require,
             rpc: crate::rpc::RpcLimits::default(),
+            max_clock_skew: crate::engine::MAX_CLOCK_DRIFT,
+            limits: StateLimits::default(),
         }
     }
 
@@ -262,10 +357,17 @@ impl Config {
                 "indirect probes, gossip fanout and gossip interval must be non-zero".into(),
             ));
         }
-        if t.push_pull_interval.is_zero() || t.join_retry.is_zero() {
+        check_durations(&t)?;
+        if !(Duration::from_secs(60)..=Duration::from_secs(30 * 86_400))
+            .contains(&self.max_clock_skew)
+        {
             return Err(Error::Config(
-                "push-pull interval and join retry must be non-zero".into(),
+                "max clock skew must be between 1 minute and 30 days".into(),
             ));
+        }
+        let l = &self.limits;
+        if [l.nodes, l.tribes, l.members, l.policies, l.plugins, l.tasks].contains(&0) {
+            return Err(Error::Config("state limits must be non-zero".into()));
         }
         // Above 1 GiB, a frame length could be mistaken for a stream hello.
         if self.max_frame < 64 * 1024 || self.max_frame > 1 << 30 {
@@ -285,5 +387,57 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(f: impl FnOnce(&mut Timings)) -> Result<(), Error> {
+        let mut cfg = Config::new("n");
+        let mut t = Profile::Lan.timings();
+        f(&mut t);
+        cfg.timings = Some(t);
+        cfg.validate()
+    }
+
+    #[test]
+    fn intervals_that_would_spin_or_overflow_are_refused() {
+        assert!(with(|_| {}).is_ok());
+        // Zero reconnect or reap intervals used to pass and spin the timers.
+        assert!(with(|t| t.reconnect_interval = Duration::ZERO).is_err());
+        assert!(with(|t| t.tombstone_grace = Duration::ZERO).is_err());
+        assert!(with(|t| t.reap_after = Duration::ZERO).is_err());
+        // Huge ones overflowed the suspicion arithmetic (a panic at start).
+        assert!(with(|t| t.probe_period = Duration::MAX).is_err());
+        assert!(with(|t| t.push_pull_interval = Duration::from_secs(u64::MAX)).is_err());
+        assert!(with(|t| t.suspicion_mult = u32::MAX).is_err());
+        assert!(with(|t| t.gossip_fanout = usize::MAX).is_err());
+        let mut cfg = Config::new("n");
+        cfg.max_clock_skew = Duration::ZERO;
+        assert!(cfg.validate().is_err());
+        cfg.max_clock_skew = Duration::from_secs(600);
+        cfg.limits.tasks = 0;
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn the_engine_starts_with_the_largest_valid_timings() {
+        let mut cfg = Config::new("n");
+        let mut t = Profile::Wan.timings();
+        t.probe_period = Duration::from_secs(3600);
+        t.probe_rtt = Duration::from_secs(3599);
+        t.suspicion_mult = 100;
+        t.retransmit_mult = 100;
+        t.push_pull_interval = Duration::from_secs(86_400);
+        t.reap_after = Duration::from_secs(365 * 86_400);
+        t.tombstone_grace = Duration::from_secs(365 * 86_400);
+        cfg.timings = Some(t);
+        cfg.validate().unwrap();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine =
+            crate::engine::Engine::new(&cfg, addr, 1, Default::default(), 1, 1).unwrap();
+        engine.start(1);
     }
 }

@@ -66,6 +66,19 @@ pub struct Counters {
     pub push_pulls_failed: u64,
     /// Tombstones collected.
     pub tombstones_collected: u64,
+    /// Identities refused for a generation beyond the clock horizon.
+    pub identities_refused: u64,
+    /// Identities heard that claim this node's name and would displace it.
+    pub identity_claims: u64,
+    /// Times a peer's clock was found off ours by more than the report bound.
+    pub clock_skew_reports: u64,
+    /// Median offset of the peers' clocks from this node's, in ms (a gauge).
+    pub clock_offset_ms: i64,
+    /// Records kept from before a long absence that the cluster no longer
+    /// knew (deleted since) and that were dropped instead of restored.
+    pub stale_records_dropped: u64,
+    /// Records from peers refused because their kind is at its limit.
+    pub records_over_limit: u64,
     /// Events dropped for subscribers that fell behind (kept by the runtime).
     pub events_dropped: u64,
 }

@@ -12,8 +12,41 @@ use crate::error::{Error, Result};
 pub const STATE_FILE: &str = "node-state.json";
 /// File name of the keyring (mode 0600) inside the data directory.
 pub const KEYRING_FILE: &str = "keyring.json";
-/// A state file larger than this is refused as corrupt.
-const MAX_STATE_FILE: u64 = 64 * 1024 * 1024;
+/// File name of the lock held by the node using the data directory.
+pub const LOCK_FILE: &str = "lock";
+/// A state file larger than this is refused as corrupt (the whole
+/// replicated state is kept, and its records are bounded by the limits).
+const MAX_STATE_FILE: u64 = 1024 * 1024 * 1024;
+
+/// An exclusive lock on a data directory, released when dropped (or when
+/// the process dies, so a crash leaves no stale lock behind).
+#[derive(Debug)]
+pub struct DirLock {
+    _lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Takes the data directory's lock; fails when another node holds it, so
+/// two agents never write the same directory.
+pub fn lock(dir: &Path) -> Result<DirLock> {
+    let path = dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| Error::Config(format!("cannot open {}: {e}", path.display())))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(DirLock { _lock: lock }),
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Config(format!(
+            "data dir {} is in use by another node",
+            dir.display()
+        ))),
+        Err((_, e)) => Err(Error::Config(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
 
 /// Creates the directory (owner-only) when missing.
 pub fn prepare(dir: &Path) -> Result<()> {
@@ -64,7 +97,7 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
 
 /// Writes the durable state atomically.
 pub fn save(dir: &Path, durable: &Durable) -> std::io::Result<()> {
-    let text = serde_json::to_vec_pretty(durable).map_err(std::io::Error::other)?;
+    let text = serde_json::to_vec(durable).map_err(std::io::Error::other)?;
     write_private(dir, STATE_FILE, &text)
 }
 
@@ -169,6 +202,8 @@ mod tests {
         let durable = Durable {
             peers: vec!["127.0.0.1:7946".parse().unwrap()],
             records: Vec::new(),
+            generation: 7,
+            last_contact_ms: 9,
         };
         save(&dir, &durable).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(durable));
@@ -209,6 +244,18 @@ mod tests {
             err.contains(KEYRING_FILE) && !err.contains("c2VjcmV0"),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_second_lock_on_a_data_dir_is_refused_until_the_first_is_dropped() {
+        let dir = scratch("lock");
+        prepare(&dir).unwrap();
+        let first = lock(&dir).unwrap();
+        let err = lock(&dir).unwrap_err().to_string();
+        assert!(err.contains("in use by another node"), "{err}");
+        drop(first);
+        lock(&dir).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

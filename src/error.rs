@@ -153,6 +153,15 @@ pub enum Error {
     /// The configuration is inconsistent.
     #[error("invalid configuration: {0}")]
     Config(String),
+    /// The replicated state holds as many records of a kind as allowed
+    /// ([`crate::config::StateLimits`]).
+    #[error("the cluster holds {limit} {what} already (the limit); remove some first")]
+    LimitReached {
+        /// Kind of record, plural.
+        what: String,
+        /// The limit.
+        limit: usize,
+    },
 }
 
 impl Error {
@@ -189,6 +198,7 @@ impl Error {
             Error::ShuttingDown => "shutting_down",
             Error::Io(_) => "io",
             Error::Config(_) => "config",
+            Error::LimitReached { .. } => "limit_reached",
         }
     }
 }

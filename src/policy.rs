@@ -129,6 +129,16 @@ struct Compiled {
     patterns: Arc<HashMap<String, regex::Regex>>,
 }
 
+/// Start of the message of a compile that could not start its thread: a
+/// passing shortage, not a property of the expression.
+const NO_THREAD: &str = "cannot start the compiler thread";
+
+#[cfg(test)]
+thread_local! {
+    /// Makes the next compiles on this thread fail to start their thread.
+    pub(crate) static FAIL_THREAD_START: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// Error compiling an expression: `line` and `column` (1-based, in characters)
 /// say where, when known.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -143,6 +153,12 @@ pub struct PolicyError {
 }
 
 impl PolicyError {
+    /// Whether the failure says nothing about the expression (its thread
+    /// could not start): callers must not remember it as the outcome.
+    pub fn is_transient(&self) -> bool {
+        self.message.starts_with(NO_THREAD)
+    }
+
     /// An error with no known position.
     fn new(message: impl Into<String>) -> Self {
         PolicyError {
@@ -216,6 +232,10 @@ impl Condition {
 
         // The parser and the checks recurse, deeply in debug builds: give them a
         // stack of their own, and drop whatever is rejected there too.
+        #[cfg(test)]
+        if FAIL_THREAD_START.with(|f| f.get()) {
+            return Err(PolicyError::new(format!("{NO_THREAD}: injected")));
+        }
         let parsed = std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
                 .name("policy-compile".into())
@@ -225,7 +245,7 @@ impl Condition {
                         Err(PolicyError::new("internal error: the CEL parser panicked"))
                     })
                 })
-                .map_err(|e| PolicyError::new(format!("cannot start the compiler thread: {e}")))?;
+                .map_err(|e| PolicyError::new(format!("{NO_THREAD}: {e}")))?;
             worker
                 .join()
                 .unwrap_or_else(|_| Err(PolicyError::new("internal error: the compiler failed")))

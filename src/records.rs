@@ -61,6 +61,66 @@ impl Key {
     }
 }
 
+/// Kind of a record, for limits and counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Kind {
+    /// [`Key::Node`].
+    Node,
+    /// [`Key::Tribe`].
+    Tribe,
+    /// [`Key::Member`].
+    Member,
+    /// [`Key::Policy`].
+    Policy,
+    /// [`Key::Plugin`].
+    Plugin,
+    /// [`Key::Task`].
+    Task,
+    /// [`Key::RingKey`] and [`Key::RingPrimary`].
+    Ring,
+}
+
+impl Kind {
+    /// Every kind, in order.
+    pub const ALL: [Kind; 7] = [
+        Kind::Node,
+        Kind::Tribe,
+        Kind::Member,
+        Kind::Policy,
+        Kind::Plugin,
+        Kind::Task,
+        Kind::Ring,
+    ];
+
+    /// Lower-case plural name used in errors and docs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Node => "node records",
+            Kind::Tribe => "tribes",
+            Kind::Member => "memberships by hand",
+            Kind::Policy => "policies",
+            Kind::Plugin => "plugin entries",
+            Kind::Task => "tasks",
+            Kind::Ring => "keyring records",
+        }
+    }
+}
+
+impl Key {
+    /// The kind of record this key names.
+    pub fn kind(&self) -> Kind {
+        match self {
+            Key::Node(_) => Kind::Node,
+            Key::Tribe(_) => Kind::Tribe,
+            Key::Member { .. } => Kind::Member,
+            Key::Policy(_) => Kind::Policy,
+            Key::Plugin { .. } => Kind::Plugin,
+            Key::Task { .. } => Kind::Task,
+            Key::RingKey(_) | Key::RingPrimary => Kind::Ring,
+        }
+    }
+}
+
 /// Kind of plugin, as in snap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub enum PluginKind {

@@ -43,6 +43,8 @@ pub struct Faults {
     blocked: Mutex<HashSet<SocketAddr>>,
     /// Per-mille of datagrams dropped on receive.
     loss_per_mille: Mutex<u32>,
+    /// Added to every wall-clock reading of the node (a skewed clock).
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
 
 impl Faults {
@@ -77,6 +79,20 @@ impl Faults {
             .unwrap_or_else(|p| p.into_inner()) = (share.clamp(0.0, 1.0) * 1000.0) as u32;
     }
 
+    /// Makes the node's wall clock run `offset_ms` ahead (negative: behind).
+    pub fn set_clock_offset(&self, offset_ms: i64) {
+        self.clock_offset_ms
+            .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The node's wall clock: the real one plus the injected offset.
+    pub fn now_ms(&self) -> u64 {
+        let offset = self
+            .clock_offset_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        wall_clock_ms().saturating_add_signed(offset)
+    }
+
     fn is_blocked(&self, peer: &SocketAddr) -> bool {
         self.blocked().contains(peer)
     }
@@ -108,6 +124,13 @@ pub(crate) enum DriverInput {
         leave: bool,
         done: tokio::sync::oneshot::Sender<()>,
     },
+}
+
+/// A data-dir write on a blocking thread.
+struct SaveJob {
+    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    revision: (u64, usize, usize),
+    ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
 }
 
 enum ConnOut {
@@ -153,9 +176,14 @@ impl Shared {
         });
     }
 
+    /// This node's wall clock (faults included).
+    pub fn now_ms(&self) -> u64 {
+        self.faults.now_ms()
+    }
+
     /// Runs a command on the engine from outside the driver loop.
     pub fn command(&self, cmd: crate::Command) -> crate::Result<()> {
-        let result = self.engine().handle_command(wall_clock_ms(), cmd);
+        let result = self.engine().handle_command(self.now_ms(), cmd);
         let _ = self.wake.send(DriverInput::Wake);
         result
     }
@@ -172,8 +200,12 @@ pub(crate) struct Driver {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_slots: HashMap<u64, Timer>,
     timer_seq: u64,
-    /// What was last written to the data dir (to skip identical writes).
-    saved: Option<crate::engine::durable::Durable>,
+    /// Held while the driver runs: no second node uses the data dir.
+    pub(crate) dir_lock: Option<crate::datadir::DirLock>,
+    /// Revision of the durable state last written to the data dir.
+    saved_revision: Option<(u64, usize, usize)>,
+    /// The data-dir write under way.
+    saving: Option<SaveJob>,
     /// The engine's security epoch the call streams were set up under.
     security_epoch: u64,
     /// Key ids and primary of the keyring last written to the data dir.
@@ -215,7 +247,9 @@ impl Driver {
             timers: BinaryHeap::new(),
             timer_slots: HashMap::new(),
             timer_seq: 0,
-            saved: None,
+            dir_lock: None,
+            saved_revision: None,
+            saving: None,
             saved_ring: None,
             security_epoch: 0,
         }
@@ -238,7 +272,7 @@ impl Driver {
                     match received {
                         Ok((len, from)) => {
                             if !self.shared.faults.drop_incoming(&from) {
-                                self.shared.engine().handle_datagram(wall_clock_ms(), &buf[..len]);
+                                self.shared.engine().handle_datagram(self.shared.now_ms(), &buf[..len]);
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "udp receive error"),
@@ -259,7 +293,7 @@ impl Driver {
                             if leave {
                                 self.leave_gracefully().await;
                             }
-                            self.save_durable();
+                            self.save_durable_now().await;
                             // Ends every event stream.
                             self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()).clear();
                             let _ = done.send(());
@@ -275,39 +309,93 @@ impl Driver {
         }
     }
 
-    /// Writes the durable state when it changed. A failed write is logged and
-    /// retried at the next tick; the node keeps running.
+    /// Writes the durable state when it changed, on a blocking thread so
+    /// that a slow disk never stalls the protocol; one write at a time. A
+    /// failed write is logged and retried at the next tick.
     fn save_durable(&mut self) {
         let Some(dir) = self.shared.data_dir.clone() else {
             return;
         };
-        let (durable, ring) = {
-            let engine = self.shared.engine();
-            (engine.durable(), engine.keyring().cloned())
-        };
-        if let Some(ring) = ring {
-            let shape = (ring.ids(), ring.primary_id());
-            if self.saved_ring.as_ref() != Some(&shape) {
-                match crate::datadir::save_keyring(&dir, &ring) {
-                    Ok(()) => self.saved_ring = Some(shape),
-                    Err(e) => {
-                        tracing::warn!(error = %e, dir = %dir.display(), "cannot write the keyring file")
-                    }
-                }
+        if let Some(job) = &self.saving {
+            if !job.handle.is_finished() {
+                return;
             }
         }
-        if self.saved.as_ref() == Some(&durable) {
-            return;
+        if let Some(job) = self.saving.take() {
+            use futures_util::FutureExt as _;
+            let SaveJob {
+                handle,
+                revision,
+                ring,
+            } = job;
+            if let Some(result) = handle.now_or_never() {
+                self.saved(result, revision, ring);
+            }
         }
-        match crate::datadir::save(&dir, &durable) {
-            Ok(()) => self.saved = Some(durable),
-            Err(e) => tracing::warn!(error = %e, dir = %dir.display(), "cannot write the data dir"),
+        let (revision, durable, ring) = {
+            let engine = self.shared.engine();
+            let revision = engine.durable_revision();
+            let ring = engine.keyring().cloned();
+            let ring_changed = ring
+                .as_ref()
+                .is_some_and(|r| self.saved_ring.as_ref() != Some(&(r.ids(), r.primary_id())));
+            if self.saved_revision == Some(revision) && !ring_changed {
+                return;
+            }
+            let durable = (self.saved_revision != Some(revision)).then(|| engine.durable());
+            (revision, durable, ring.filter(|_| ring_changed))
+        };
+        let shape = ring.as_ref().map(|r| (r.ids(), r.primary_id()));
+        let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            if let Some(ring) = &ring {
+                crate::datadir::save_keyring(&dir, ring)?;
+            }
+            if let Some(durable) = &durable {
+                crate::datadir::save(&dir, durable)?;
+            }
+            Ok(())
+        });
+        self.saving = Some(SaveJob {
+            handle,
+            revision,
+            ring: shape,
+        });
+    }
+
+    /// Notes the outcome of a finished write.
+    fn saved(
+        &mut self,
+        result: Result<std::io::Result<()>, tokio::task::JoinError>,
+        revision: (u64, usize, usize),
+        ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
+    ) {
+        match result {
+            Ok(Ok(())) => {
+                self.saved_revision = Some(revision);
+                if ring.is_some() {
+                    self.saved_ring = ring;
+                }
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the data dir"),
+            Err(e) => tracing::warn!(error = %e, "data dir writer failed"),
+        }
+    }
+
+    /// Waits for the write under way, then writes what is current and
+    /// waits for that too.
+    async fn save_durable_now(&mut self) {
+        for _ in 0..2 {
+            if let Some(job) = self.saving.take() {
+                let result = job.handle.await;
+                self.saved(result, job.revision, job.ring);
+            }
+            self.save_durable();
         }
     }
 
     /// Marks us left, then keeps gossiping briefly so the goodbye spreads.
     async fn leave_gracefully(&mut self) {
-        self.shared.engine().leave(wall_clock_ms());
+        self.shared.engine().leave(self.shared.now_ms());
         let deadline = Instant::now() + Duration::from_millis(1500);
         let mut buf = vec![0u8; 65_536];
         while Instant::now() < deadline {
@@ -327,7 +415,7 @@ impl Driver {
                 received = self.udp.recv_from(&mut buf) => {
                     if let Ok((len, from)) = received {
                         if !self.shared.faults.drop_incoming(&from) {
-                            self.shared.engine().handle_datagram(wall_clock_ms(), &buf[..len]);
+                            self.shared.engine().handle_datagram(self.shared.now_ms(), &buf[..len]);
                         }
                     }
                 }
@@ -349,24 +437,26 @@ impl Driver {
             DriverInput::Frame(conn, body) if self.conns.contains_key(&conn) => {
                 self.shared
                     .engine()
-                    .handle_frame(wall_clock_ms(), conn, &body);
+                    .handle_frame(self.shared.now_ms(), conn, &body);
             }
             DriverInput::Frame(..) => {}
             DriverInput::Closed(conn) => {
                 self.conns.remove(&conn);
                 self.shared
                     .engine()
-                    .handle_stream_closed(wall_clock_ms(), conn);
+                    .handle_stream_closed(self.shared.now_ms(), conn);
             }
             DriverInput::BadFrame(conn) => {
                 self.conns.remove(&conn);
-                self.shared.engine().handle_bad_frame(wall_clock_ms(), conn);
+                self.shared
+                    .engine()
+                    .handle_bad_frame(self.shared.now_ms(), conn);
             }
             DriverInput::Refused(conn, why) => {
                 self.conns.remove(&conn);
                 self.shared
                     .engine()
-                    .handle_stream_refused(wall_clock_ms(), conn, why);
+                    .handle_stream_refused(self.shared.now_ms(), conn, why);
             }
             // A stop during a graceful leave is already under way.
             DriverInput::Wake | DriverInput::Stop { .. } => {}
@@ -382,7 +472,9 @@ impl Driver {
             }
             self.timers.pop();
             if let Some(timer) = self.timer_slots.remove(&seq) {
-                self.shared.engine().handle_timer(wall_clock_ms(), timer);
+                self.shared
+                    .engine()
+                    .handle_timer(self.shared.now_ms(), timer);
             }
         }
     }

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
-use crate::records::{Entry, Key, Value};
+use crate::records::{Entry, Key, Kind, Value};
 
 /// Buckets the key space is split into for anti-entropy digests.
 pub const BUCKETS: usize = 64;
@@ -24,6 +24,14 @@ pub struct State {
     entries: BTreeMap<Key, Stored>,
     /// Keys changed since the last [`State::take_changes`].
     changed: BTreeSet<Key>,
+    /// Grows on every change, so that savers can skip an unchanged store.
+    revision: u64,
+    /// Records held of each kind (tombstones included), by [`Kind::ALL`] index.
+    counts: [usize; Kind::ALL.len()],
+}
+
+fn kind_index(kind: Kind) -> usize {
+    Kind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
 }
 
 /// Whether `a` wins over `b` under last-writer-wins. Equal versions from a
@@ -86,8 +94,22 @@ impl State {
             }
         }
         self.changed.insert(key.clone());
-        self.entries.insert(key, Stored { entry, hash });
+        self.revision += 1;
+        let kind = key.kind();
+        if self.entries.insert(key, Stored { entry, hash }).is_none() {
+            self.counts[kind_index(kind)] += 1;
+        }
         true
+    }
+
+    /// Records held of `kind`, tombstones included.
+    pub fn count(&self, kind: Kind) -> usize {
+        self.counts[kind_index(kind)]
+    }
+
+    /// Grows on every change of the store.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// Whether merging `entry` under `key` would change anything.
@@ -159,9 +181,19 @@ impl State {
     /// Drops tombstones written before `before_ms`; returns how many.
     pub fn collect_tombstones(&mut self, before_ms: u64) -> usize {
         let before = self.entries.len();
-        self.entries
-            .retain(|_, s| s.entry.value.is_some() || s.entry.version.millis >= before_ms);
-        before - self.entries.len()
+        let counts = &mut self.counts;
+        self.entries.retain(|k, s| {
+            let keep = s.entry.value.is_some() || s.entry.version.millis >= before_ms;
+            if !keep {
+                counts[kind_index(k.kind())] -= 1;
+            }
+            keep
+        });
+        let n = before - self.entries.len();
+        if n > 0 {
+            self.revision += 1;
+        }
+        n
     }
 }
 
@@ -180,31 +212,87 @@ mod tests {
         }
     }
 
+    /// Keys of every kind, from small pools so that writes collide.
     fn arb_key() -> impl Strategy<Value = Key> {
         prop_oneof![
+            (0u8..3).prop_map(|i| Key::Node(format!("n{i}"))),
             (0u8..4).prop_map(|i| Key::Tribe(format!("t{i}"))),
             (0u8..3, 0u8..3).prop_map(|(t, n)| Key::Member {
                 tribe: format!("t{t}"),
                 node: format!("n{n}")
             }),
             (0u8..3).prop_map(|i| Key::Policy(format!("p{i}"))),
+            (0u8..3, 0u8..2).prop_map(|(t, v)| Key::Plugin {
+                tribe: format!("t{t}"),
+                name: "psutil".into(),
+                version: format!("{v}"),
+            }),
+            (0u8..3, 0u8..2).prop_map(|(t, i)| Key::Task {
+                tribe: format!("t{t}"),
+                id: format!("k{i}"),
+            }),
+            (0u8..2).prop_map(|i| Key::RingKey(ring_key(i).id())),
+            Just(Key::RingPrimary),
         ]
+    }
+
+    fn ring_key(i: u8) -> crate::crypto::SecretKey {
+        crate::crypto::SecretKey::from_bytes([i + 1; crate::crypto::KEY_LEN])
+    }
+
+    /// A value of the key's kind; `flavour` picks among a few of them.
+    fn value_for(key: &Key, flavour: u8) -> Value {
+        use crate::records::{
+            ArtifactRef, NodeRecord, PluginKind, PluginRecord, RingKeyRecord, TaskRecord, TaskState,
+        };
+        match key {
+            Key::Node(_) => Value::Node(NodeRecord {
+                addr: "127.0.0.1:1".parse().unwrap(),
+                generation: u64::from(flavour),
+                facts: [("role".to_string(), format!("r{flavour}"))].into(),
+                policy_tribes: Default::default(),
+                endpoints: Vec::new(),
+                left: flavour == 2,
+                keys: Vec::new(),
+                primary_key: None,
+                artifacts: vec![[flavour; 32]],
+            }),
+            // Re-creation of a tribe after a deletion carries `after`.
+            Key::Tribe(_) => Value::Tribe(TribeRecord {
+                after: (flavour > 0).then(|| version(u64::from(flavour), 0, "n0")),
+            }),
+            Key::Member { .. } => Value::Member,
+            Key::Policy(_) => Value::Policy(PolicyRecord {
+                tribe: format!("t{flavour}"),
+                when: "true".into(),
+            }),
+            Key::Plugin { .. } => Value::Plugin(PluginRecord {
+                kind: PluginKind::Collector,
+                artifact: (flavour > 0).then(|| ArtifactRef {
+                    sha256: [flavour; 32],
+                    size: u64::from(flavour),
+                }),
+            }),
+            Key::Task { .. } => Value::Task(TaskRecord {
+                manifest: format!("{{\"v\":{flavour}}}"),
+                state: if flavour == 1 {
+                    TaskState::Stopped
+                } else {
+                    TaskState::Running
+                },
+            }),
+            Key::RingKey(id) => Value::RingKey(RingKeyRecord(
+                (0..2).map(ring_key).find(|k| k.id() == *id).unwrap(),
+            )),
+            Key::RingPrimary => Value::RingPrimary(ring_key(flavour % 2).id()),
+        }
     }
 
     fn arb_write() -> impl Strategy<Value = (Key, Entry)> {
         (arb_key(), 0u64..5, 0u32..2, 0u8..3, any::<bool>(), 0u8..3).prop_map(
             |(key, millis, counter, node, alive, flavour)| {
                 let v = version(millis, counter, &format!("n{node}"));
-                let value = alive.then(|| match &key {
-                    Key::Tribe(_) => Value::Tribe(TribeRecord {
-                        after: (flavour > 0).then(|| version(u64::from(flavour), 0, "n0")),
-                    }),
-                    Key::Member { .. } => Value::Member,
-                    _ => Value::Policy(PolicyRecord {
-                        tribe: format!("t{flavour}"),
-                        when: "true".into(),
-                    }),
-                });
+                let value = alive.then(|| value_for(&key, flavour));
                 (key, Entry { version: v, value })
             },
         )
@@ -261,6 +349,19 @@ mod tests {
                 prop_assert!(!twice.merge(k.clone(), e.clone()));
             }
             prop_assert_eq!(once.digest(), twice.digest());
+        }
+
+        #[test]
+        fn counts_and_live_views_follow_the_merged_writes(writes in prop::collection::vec(arb_write(), 0..40)) {
+            let s = apply(&writes);
+            for kind in Kind::ALL {
+                prop_assert_eq!(s.count(kind), s.iter().filter(|(k, _)| k.kind() == kind).count());
+            }
+            let mut collected = s.clone();
+            collected.collect_tombstones(u64::MAX);
+            for kind in Kind::ALL {
+                prop_assert_eq!(collected.count(kind), s.live().filter(|(k, _)| k.kind() == kind).count());
+            }
         }
 
         #[test]

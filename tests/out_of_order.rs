@@ -35,7 +35,10 @@ async fn push_records(target: std::net::SocketAddr, records: Vec<(Key, Entry)>) 
         SyncMsg::Reply { .. }
     ));
     stream
-        .write_all(&wire::frame(&wire::encode(&SyncMsg::Push { records })))
+        .write_all(&wire::frame(&wire::encode(&SyncMsg::Push {
+            records,
+            more: false,
+        })))
         .await
         .unwrap();
     stream.shutdown().await.unwrap();

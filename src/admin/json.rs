@@ -342,6 +342,8 @@ pub fn event_kind(e: &Event) -> &'static str {
         Event::ArtifactCorrupt { .. } => "artifact_corrupt",
         Event::ArtifactUnavailable { .. } => "artifact_unavailable",
         Event::PolicyError { .. } => "policy_error",
+        Event::IdentityClaimed { .. } => "identity_claimed",
+        Event::ClockSkew { .. } => "clock_skew",
     }
 }
 
@@ -381,6 +383,12 @@ pub fn event(e: &Event) -> serde_json::Value {
         }),
         Event::PolicyError { policy, message } => {
             json!({ "kind": kind, "policy": policy, "message": message })
+        }
+        Event::IdentityClaimed { addr, generation } => {
+            json!({ "kind": kind, "addr": addr.to_string(), "generation": generation })
+        }
+        Event::ClockSkew { peer, offset_ms } => {
+            json!({ "kind": kind, "name": peer, "offset_ms": offset_ms })
         }
     }
 }

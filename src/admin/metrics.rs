@@ -196,6 +196,42 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "identities_refused",
+        "Member identities refused for a generation beyond the clock horizon",
+        c.identities_refused,
+    );
+    counter(
+        &mut r,
+        "identity_claims",
+        "Identities heard that claim this node's name and would displace it",
+        c.identity_claims,
+    );
+    counter(
+        &mut r,
+        "clock_skew_reports",
+        "Peers found with a clock off this node's by more than 30 s",
+        c.clock_skew_reports,
+    );
+    gauge(
+        &mut r,
+        "clock_offset_ms",
+        "Median distance of the peers' clocks from this node's clock, in ms",
+        c.clock_offset_ms.unsigned_abs() as usize,
+    );
+    counter(
+        &mut r,
+        "stale_records_dropped",
+        "Records kept from before a long absence that the cluster had deleted since",
+        c.stale_records_dropped,
+    );
+    counter(
+        &mut r,
+        "records_over_limit",
+        "Records from peers refused because their kind is at its limit",
+        c.records_over_limit,
+    );
+    counter(
+        &mut r,
         "records_merged",
         "Records merged that were news",
         c.records_merged,

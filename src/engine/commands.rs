@@ -200,6 +200,19 @@ impl Engine {
         }
     }
 
+    /// Fails when a new record under `key` would pass its kind's limit.
+    fn check_room(&self, key: &Key) -> Result<()> {
+        let sh = lock(&self.shared);
+        if sh.has_room(key) {
+            Ok(())
+        } else {
+            Err(Error::LimitReached {
+                what: key.kind().as_str().to_string(),
+                limit: sh.limits.of(key.kind()),
+            })
+        }
+    }
+
     /// The live value of `key`, unless it is a child of an older tribe of that name.
     fn live(&self, key: &Key) -> Option<Value> {
         let sh = lock(&self.shared);
@@ -262,6 +275,7 @@ impl Engine {
                 if self.view_check(|v| v.tribe_exists(&tribe)) {
                     return Err(Error::TribeExists(tribe));
                 }
+                self.check_room(&Key::Tribe(tribe.clone()))?;
                 self.create_tribe_record(&tribe);
             }
             Command::DeleteTribe { tribe } => {
@@ -312,6 +326,7 @@ impl Engine {
                 if self.live(&key).is_some() {
                     return Err(Error::AlreadyMember { tribe, node });
                 }
+                self.check_room(&key)?;
                 self.write(key, Some(Value::Member));
             }
             Command::Leave { tribe, node } => {
@@ -334,6 +349,7 @@ impl Engine {
                 if self.live(&key).is_some() {
                     return Err(Error::PolicyExists(name));
                 }
+                self.check_room(&key)?;
                 self.write(key, Some(Value::Policy(PolicyRecord { tribe, when })));
             }
             Command::RemovePolicy { name } => {
@@ -380,6 +396,7 @@ impl Engine {
                         version,
                     });
                 }
+                self.check_room(&key)?;
                 self.write(key, Some(Value::Plugin(PluginRecord { kind, artifact })));
             }
             Command::UnloadPlugin {
@@ -418,6 +435,7 @@ impl Engine {
                 if self.live(&key).is_some() {
                     return Err(Error::TaskExists { tribe, id });
                 }
+                self.check_room(&key)?;
                 self.write(key, Some(Value::Task(TaskRecord { manifest, state })));
             }
             Command::RemoveTask { tribe, id } => {

@@ -26,8 +26,18 @@ pub struct Shared {
     pub counters: Counters,
     /// Latest wall-clock reading handed to the engine.
     pub now_ms: u64,
-    /// Versions further ahead of our clock than this are refused.
-    pub max_drift_ms: u64,
+    /// Versions and generations further ahead of the reference clock
+    /// (see [`Shared::reference_ms`]) than this are refused.
+    pub max_skew_ms: u64,
+    /// Median offset of the peers' clocks from ours (ms; 0 until three
+    /// peers were sampled). A slow node uses it to keep accepting writes.
+    pub cluster_offset_ms: i64,
+    /// Our current SWIM identity, to tell claims on our name apart.
+    pub own: NodeId,
+    /// Identities claiming our name that would displace us, not yet handled.
+    pub claims: Vec<NodeId>,
+    /// Caps per kind of record.
+    pub limits: crate::config::StateLimits,
     /// Tombstones older than this are not taken back in.
     pub tombstone_grace_ms: u64,
     /// Keyring records are taken only while every link is sealed
@@ -47,7 +57,7 @@ impl Shared {
             self.counters.keyring_records_refused += 1;
             return false;
         }
-        if entry.version.millis > self.now_ms.saturating_add(self.max_drift_ms) {
+        if entry.version.millis > self.horizon_ms() {
             self.counters.clock_drift_rejections += 1;
             return false;
         }
@@ -57,12 +67,58 @@ impl Shared {
             // An expired deletion: we collected it already, keep it collected.
             return false;
         }
+        if !self.has_room(&key) {
+            self.counters.records_over_limit += 1;
+            return false;
+        }
         self.clock.observe(&entry.version);
         let news = self.state.merge(key, entry);
         if news {
             self.counters.records_merged += 1;
         }
         news
+    }
+}
+
+impl Shared {
+    /// Our best guess of the cluster's time: our clock, or later when most
+    /// peers' clocks are ahead of ours (a slow clock must not make us deaf).
+    pub fn reference_ms(&self) -> u64 {
+        self.now_ms
+            .saturating_add(u64::try_from(self.cluster_offset_ms).unwrap_or(0))
+    }
+
+    /// Whether a record under `key` fits the limits (an update always does).
+    pub fn has_room(&self, key: &Key) -> bool {
+        self.state.entry(key).is_some() || self.state.count(key.kind()) < self.limits.of(key.kind())
+    }
+
+    /// The latest version or generation accepted from a peer.
+    pub fn horizon_ms(&self) -> u64 {
+        self.reference_ms().saturating_add(self.max_skew_ms)
+    }
+
+    /// Screens an identity heard from a peer: false refuses it (and the
+    /// packet or message carrying it). Refused are generations beyond the
+    /// clock horizon (a forged `u64::MAX` would win every conflict for that
+    /// name) and identities that would displace ours; the latter are kept in
+    /// `claims` for the engine to report and answer.
+    pub fn screen_identity(&mut self, id: &NodeId) -> bool {
+        if id.generation > self.horizon_ms() {
+            self.counters.identities_refused += 1;
+            return false;
+        }
+        if id.name == self.own.name
+            && *id != self.own
+            && foca::Identity::win_addr_conflict(id, &self.own)
+        {
+            self.counters.identity_claims += 1;
+            if !self.claims.contains(id) && self.claims.len() < 64 {
+                self.claims.push(id.clone());
+            }
+            return false;
+        }
+        true
     }
 }
 

@@ -1,24 +1,46 @@
 //! What a node keeps across restarts: the peers it knew (so it can rejoin
-//! without seeds) and its own memberships by hand with their versions (so it
-//! is back in its tribes even if every peer forgot them). The engine only
-//! builds and takes this value; the runtime reads and writes the file.
+//! without seeds), its last generation (so a restart is newer even if the
+//! clock stepped back), and the replicated records — tribes, memberships,
+//! policies, plugin entries, tasks and their deletions — so that a restart
+//! of the whole cluster loses nothing. The engine only builds and takes
+//! this value; the runtime reads and writes the file.
+//!
+//! A node that was out of contact for longer than the tombstone grace may
+//! hold records whose deletions the others have since forgotten. It keeps
+//! such records *pending*: invisible, never sent, until an exchange with a
+//! peer shows whether the peer still knows them (kept) or not (dropped), so
+//! a deleted tribe does not come back.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
 
 use super::delta::lock;
 use super::Engine;
-use crate::records::{Entry, Key};
+use crate::hlc::Hlc;
+use crate::records::{self, Entry, Key};
 
 /// Durable part of a node's knowledge.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Durable {
     /// Addresses of the members that were up, this node excluded.
     pub peers: Vec<SocketAddr>,
-    /// This node's membership records (deletions included, so a leave is not
-    /// undone by a restart) and the tribe records they belong to.
+    /// Replicated records (deletions included, so a leave is not undone by
+    /// a restart); node records and keyring records are not kept here.
     pub records: Vec<(Key, Entry)>,
+    /// This node's SWIM generation when this was written.
+    #[serde(default)]
+    pub generation: u64,
+    /// When this node last completed an exchange with a peer (engine clock,
+    /// ms; 0 if never).
+    #[serde(default)]
+    pub last_contact_ms: u64,
+}
+
+/// Whether a record belongs in the data dir.
+fn kept(key: &Key) -> bool {
+    !matches!(key, Key::Node(_) | Key::RingKey(_) | Key::RingPrimary)
 }
 
 impl Engine {
@@ -32,19 +54,25 @@ impl Engine {
             .collect();
         peers.sort();
         let sh = lock(&self.shared);
-        let mut records = Vec::new();
-        for (key, entry) in sh.state.iter() {
-            if let Key::Member { tribe, node } = key {
-                if *node == self.name {
-                    records.push((key.clone(), entry.clone()));
-                    let tribe_key = Key::Tribe(tribe.clone());
-                    if let Some(t) = sh.state.entry(&tribe_key) {
-                        records.push((tribe_key, t.clone()));
-                    }
-                }
-            }
+        let mut records: Vec<(Key, Entry)> = sh
+            .state
+            .iter()
+            .filter(|(k, _)| kept(k))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        records.extend(self.pending.iter().map(|(k, e)| (k.clone(), e.clone())));
+        Durable {
+            peers,
+            records,
+            generation: self.swim.identity().generation,
+            last_contact_ms: self.last_contact_ms,
         }
-        Durable { peers, records }
+    }
+
+    /// Changes whenever [`Engine::durable`] may have changed.
+    pub fn durable_revision(&self) -> (u64, usize, usize) {
+        let revision = lock(&self.shared).state.revision();
+        (revision, self.pending.len(), self.members.count_up())
     }
 
     /// Takes back what an earlier run kept. Records go through the same
@@ -53,11 +81,30 @@ impl Engine {
     /// [`Engine::start`]; the peers become extra seeds.
     pub fn restore(&mut self, now_ms: u64, durable: Durable) {
         self.tick(now_ms);
+        self.last_contact_ms = durable.last_contact_ms;
+        let grace = self.timings.tombstone_grace.as_millis() as u64;
+        let away = durable.last_contact_ms > 0
+            && durable.last_contact_ms.saturating_add(grace) < self.now_ms();
         {
             let mut sh = lock(&self.shared);
             for (key, entry) in durable.records {
-                sh.accept_remote(key, entry);
+                if !kept(&key) {
+                    continue;
+                }
+                if away {
+                    if records::validate(&key, &entry).is_ok() && entry.value.is_some() {
+                        self.pending.insert(key, entry);
+                    }
+                } else {
+                    sh.accept_remote(key, entry);
+                }
             }
+        }
+        if away {
+            tracing::info!(
+                records = self.pending.len(),
+                "out of contact for longer than the tombstone grace: kept records wait for a peer to confirm them"
+            );
         }
         let me = self.swim.identity().addr;
         for peer in durable.peers {
@@ -65,5 +112,40 @@ impl Engine {
                 self.seeds.push(peer);
             }
         }
+    }
+
+    /// After an exchange that covered the buckets `covered`, in which the
+    /// peer held `theirs`: pending records the peer knows are merged (it
+    /// may hold a newer version or the deletion), the others are dropped.
+    pub(super) fn resolve_pending(
+        &mut self,
+        covered: &std::collections::BTreeSet<usize>,
+        theirs: &BTreeMap<Key, Hlc>,
+    ) {
+        if self.pending.is_empty() {
+            return;
+        }
+        let (resolved, keep): (BTreeMap<Key, Entry>, BTreeMap<Key, Entry>) =
+            std::mem::take(&mut self.pending)
+                .into_iter()
+                .partition(|(k, _)| covered.contains(&crate::state::bucket_of(k)));
+        self.pending = keep;
+        let mut confirmed = Vec::new();
+        let mut dropped = 0u64;
+        for (key, entry) in resolved {
+            if theirs.contains_key(&key) {
+                confirmed.push((key, entry));
+            } else {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "records kept from before a long absence are unknown to the cluster (deleted since): dropped"
+            );
+        }
+        lock(&self.shared).counters.stale_records_dropped += dropped;
+        self.merge_records(confirmed);
     }
 }

@@ -23,8 +23,9 @@ impl foca::Identity for NodeId {
     type Addr = Arc<str>;
 
     fn renew(&self) -> Option<Self> {
+        // Never wraps: a wrapped generation would lose every conflict.
         Some(NodeId {
-            generation: self.generation.wrapping_add(1),
+            generation: self.generation.checked_add(1)?,
             ..self.clone()
         })
     }

@@ -3,6 +3,7 @@
 //! timers to schedule and events. No sockets, threads, sleeps or clocks here,
 //! so the tokio runtime and a deterministic simulator drive the same code.
 
+mod codec;
 pub mod commands;
 mod delta;
 pub mod durable;
@@ -10,16 +11,17 @@ mod identity;
 pub mod keys;
 mod members;
 mod reconcile;
+mod skew;
 pub mod sync;
 pub mod view;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification, PostcardCodec};
+use foca::{AccumulatingRuntime, Foca, Member, OwnedNotification};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
@@ -38,8 +40,14 @@ pub use reconcile::Event;
 
 /// Largest delta piggybacked on gossip; larger writes travel by anti-entropy.
 pub const MAX_DELTA_LEN: usize = 400;
-/// Versions more than this far ahead of the local clock are refused.
-pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(300);
+/// Default of [`Config::max_clock_skew`]: versions and generations more
+/// than this far ahead of the reference clock are refused as forged.
+pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(3600);
+/// A peer whose clock is off ours by more than this is reported (event,
+/// log line, counter); its writes are still taken.
+pub const CLOCK_SKEW_REPORT: Duration = Duration::from_secs(30);
+/// Peers' clock offsets kept for the median.
+const MAX_CLOCK_SAMPLES: usize = 4096;
 /// An anti-entropy exchange that takes longer is abandoned.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fewest times an update or delta is sent on by each node that learns it.
@@ -106,7 +114,7 @@ pub enum Output {
     Event(Event),
 }
 
-type Swim = Foca<NodeId, PostcardCodec, StdRng, DeltaHandler>;
+type Swim = Foca<NodeId, codec::GuardedCodec, StdRng, DeltaHandler>;
 
 /// The protocol engine of one node.
 pub struct Engine {
@@ -125,7 +133,7 @@ pub struct Engine {
     collected_facts: crate::facts::Facts,
     user_facts: crate::facts::Facts,
     outputs: VecDeque<Output>,
-    conns: HashMap<ConnId, sync::Exchange>,
+    conns: BTreeMap<ConnId, sync::Exchange>,
     next_conn: u64,
     rng: StdRng,
     active: bool,
@@ -141,9 +149,22 @@ pub struct Engine {
     /// Source of datagram nonces (reseeded from OS entropy by the runtime).
     nonce_rng: StdRng,
     /// When each kind of refusal was last logged.
-    warned: HashMap<&'static str, u64>,
+    warned: BTreeMap<&'static str, u64>,
+    /// Last clock offset sampled from each peer (their clock − ours, ms).
+    clock_offsets: BTreeMap<String, i64>,
+    /// Peers whose skew was reported and has not gone away since.
+    skewed: BTreeSet<String>,
+    /// Claims on our name already reported.
+    claims_seen: BTreeSet<(SocketAddr, u64)>,
     /// See [`Engine::security_epoch`].
     security_epoch: u64,
+    /// Records kept from before a long absence, awaiting a peer's word
+    /// (see [`durable`]).
+    pending: BTreeMap<Key, crate::records::Entry>,
+    /// When an exchange last completed (engine clock, ms; 0 if never).
+    last_contact_ms: u64,
+    /// Largest stream frame, to size anti-entropy chunks.
+    max_frame: usize,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -209,7 +230,11 @@ impl Engine {
             clock: Clock::new(&cfg.name),
             counters: Counters::default(),
             now_ms,
-            max_drift_ms: MAX_CLOCK_DRIFT.as_millis() as u64,
+            max_skew_ms: u64::try_from(cfg.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
+            cluster_offset_ms: 0,
+            own: id.clone(),
+            claims: Vec::new(),
+            limits: cfg.limits,
             accept_keyring_records: cfg.keyring.is_some()
                 && cfg.encryption == crate::config::Encryption::Require,
             tombstone_grace_ms: timings.tombstone_grace.as_millis() as u64,
@@ -220,7 +245,7 @@ impl Engine {
             id,
             foca_config(&timings, 1),
             swim_rng,
-            PostcardCodec,
+            codec::GuardedCodec::new(shared.clone()),
             DeltaHandler::new(shared.clone()),
         );
         let record = NodeRecord {
@@ -250,7 +275,7 @@ impl Engine {
             collected_facts,
             user_facts: cfg.facts.clone(),
             outputs: VecDeque::new(),
-            conns: HashMap::new(),
+            conns: BTreeMap::new(),
             next_conn: 0,
             rng,
             active: false,
@@ -261,7 +286,13 @@ impl Engine {
             keyring: cfg.keyring.clone(),
             encryption: cfg.encryption,
             nonce_rng,
-            warned: HashMap::new(),
+            warned: BTreeMap::new(),
+            clock_offsets: BTreeMap::new(),
+            skewed: BTreeSet::new(),
+            claims_seen: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            last_contact_ms: 0,
+            max_frame: cfg.max_frame,
             security_epoch: 0,
         };
         engine.record.facts = engine.merged_facts();
@@ -498,6 +529,16 @@ impl Engine {
 
     fn on_notification(&mut self, n: OwnedNotification<NodeId>) {
         let now = self.now_ms();
+        // foca can report an earlier identity of this very node (stale gossip
+        // about it arriving after a rejoin); the member table is for others.
+        if let OwnedNotification::MemberUp(id)
+        | OwnedNotification::Rename(_, id)
+        | OwnedNotification::MemberDown(id) = &n
+        {
+            if id.name == self.name {
+                return;
+            }
+        }
         match n {
             OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
                 if self.members.up(&id, now) == members::Change::Up {
@@ -532,6 +573,7 @@ impl Engine {
                 }
             }
             OwnedNotification::Rejoin(id) => {
+                lock(&self.shared).own = id.clone();
                 tracing::info!(
                     generation = id.generation,
                     "rejoining with a new generation"
@@ -574,6 +616,13 @@ impl Engine {
             .members
             .reap(now, self.timings.reap_after.as_millis() as u64)
         {
+            self.forget_clock(&name);
+            // The record of a reaped node goes too; if the node comes back,
+            // it publishes a newer one.
+            let key = Key::Node(name.clone());
+            if lock(&self.shared).state.get(&key).is_some() {
+                self.write(key, None);
+            }
             self.emit(Event::MemberReaped { name });
         }
         let grace = self.timings.tombstone_grace.as_millis() as u64;

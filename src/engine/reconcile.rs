@@ -2,7 +2,7 @@
 //! our record, and turn the difference between the previous and the current
 //! derived view into events ("current truth, not a replay of history").
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::policy::Condition;
 use crate::records::{Key, PluginRecord, TaskRecord, TribeRecord, Value};
@@ -92,6 +92,24 @@ pub enum Event {
         /// Why.
         reason: String,
     },
+    /// Another identity claims this node's name with a generation that
+    /// would displace it (a second node under the same name, or a forgery).
+    /// This node answers with a newer generation when its clock allows.
+    IdentityClaimed {
+        /// Address the claim carries.
+        addr: std::net::SocketAddr,
+        /// Generation the claim carries.
+        generation: u64,
+    },
+    /// A peer's clock is off this node's by more than
+    /// [`CLOCK_SKEW_REPORT`](super::CLOCK_SKEW_REPORT). Writes still flow
+    /// both ways; last-writer-wins favours the faster clock until fixed.
+    ClockSkew {
+        /// The peer.
+        peer: String,
+        /// Its clock minus ours, in milliseconds.
+        offset_ms: i64,
+    },
     /// A policy could not be evaluated for this node (counts as not holding).
     /// Reported once per policy and error, not per evaluation.
     PolicyError {
@@ -110,14 +128,15 @@ pub struct Reconciler {
     plugins: BTreeMap<(String, String, String), PluginRecord>,
     tasks: BTreeMap<(String, String), TaskRecord>,
     /// Compiled policies by source text.
-    compiled: HashMap<String, Result<Condition, String>>,
+    compiled: BTreeMap<String, Result<Condition, String>>,
     /// Policy errors reported, by policy name.
-    reported_errors: HashMap<String, String>,
+    reported_errors: BTreeMap<String, String>,
 }
 
 impl Engine {
     /// Runs after every input: policies, refutation, events, foca output.
     pub(super) fn after_change(&mut self) {
+        self.answer_claims();
         // Policies can write (our record, a missing tribe), and writes are
         // changes; two rounds reach a fixed point since a policy step only
         // depends on policies, tribes and our own facts.
@@ -152,6 +171,49 @@ impl Engine {
             self.emit_view_changes();
         }
         self.drain_swim();
+    }
+
+    /// Reports identities that claimed our name and takes a generation
+    /// newer than the newest claim, when that is within the clock horizon
+    /// (a claim at the horizon itself cannot be beaten until time passes).
+    fn answer_claims(&mut self) {
+        let (claims, horizon) = {
+            let mut sh = lock(&self.shared);
+            (std::mem::take(&mut sh.claims), sh.horizon_ms())
+        };
+        if claims.is_empty() || self.left {
+            return;
+        }
+        let mut newest = 0;
+        for claim in &claims {
+            newest = newest.max(claim.generation);
+            if self.claims_seen.len() >= 1024 {
+                self.claims_seen.clear();
+            }
+            if self.claims_seen.insert((claim.addr, claim.generation)) {
+                tracing::warn!(
+                    addr = %claim.addr,
+                    generation = claim.generation,
+                    "another identity claims this node's name"
+                );
+                self.emit(Event::IdentityClaimed {
+                    addr: claim.addr,
+                    generation: claim.generation,
+                });
+            }
+        }
+        let Some(next) = newest.checked_add(1).filter(|g| *g <= horizon) else {
+            return;
+        };
+        let mut renewed = self.swim.identity().clone();
+        if renewed.generation >= next {
+            return;
+        }
+        renewed.generation = next;
+        lock(&self.shared).own = renewed.clone();
+        if let Err(e) = self.swim.change_identity(renewed, &mut self.swim_rt) {
+            tracing::debug!(error = %e, "could not take a newer generation");
+        }
     }
 
     fn on_peer_record(&mut self, name: &str) {
@@ -194,13 +256,25 @@ impl Engine {
         };
         let facts = self.record.facts.clone();
         let mut holding = BTreeSet::new();
-        let mut errors = HashMap::new();
+        let mut errors = BTreeMap::new();
         for p in &policies {
-            let compiled = self
-                .reconcile
-                .compiled
-                .entry(p.when.clone())
-                .or_insert_with(|| Condition::compile(&p.when).map_err(|e| e.to_string()));
+            if !self.reconcile.compiled.contains_key(&p.when) {
+                match Condition::compile(&p.when) {
+                    // Not remembered: the next evaluation tries again.
+                    Err(e) if e.is_transient() => {
+                        errors.insert(p.name.clone(), format!("does not compile: {e}"));
+                        continue;
+                    }
+                    result => {
+                        self.reconcile
+                            .compiled
+                            .insert(p.when.clone(), result.map_err(|e| e.to_string()));
+                    }
+                }
+            }
+            let Some(compiled) = self.reconcile.compiled.get(&p.when) else {
+                continue;
+            };
             let outcome = match compiled {
                 Ok(cond) => cond.evaluate(&facts).map_err(|e| e.message),
                 Err(e) => Err(format!("does not compile: {e}")),
@@ -233,7 +307,8 @@ impl Engine {
                 let sh = lock(&self.shared);
                 View { state: &sh.state }.tribe_exists(tribe)
             };
-            if !exists {
+            let room = lock(&self.shared).has_room(&Key::Tribe(tribe.clone()));
+            if !exists && room {
                 self.create_tribe_record(tribe);
             }
         }
@@ -363,5 +438,67 @@ fn task(tribe: &str, id: &str, rec: &TaskRecord) -> Task {
         id: id.to_string(),
         manifest: rec.manifest.clone(),
         state: rec.state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Output;
+    use crate::hlc::Hlc;
+    use crate::records::{Entry, PolicyRecord};
+
+    fn drain_events(engine: &mut Engine) -> Vec<Event> {
+        std::iter::from_fn(|| engine.poll_output())
+            .filter_map(|o| match o {
+                Output::Event(e) => Some(e),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_compiler_thread_that_could_not_start_is_not_remembered_as_a_bad_policy() {
+        let cfg = crate::Config::new("n");
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        drain_events(&mut engine);
+        // A policy from a peer, compiled by this engine while threads are short.
+        crate::policy::FAIL_THREAD_START.with(|f| f.set(true));
+        lock(&engine.shared).accept_remote(
+            Key::Policy("all".into()),
+            Entry {
+                version: Hlc {
+                    millis: 900,
+                    counter: 0,
+                    node: "peer".into(),
+                },
+                value: Some(Value::Policy(PolicyRecord {
+                    tribe: "everyone".into(),
+                    when: "true".into(),
+                })),
+            },
+        );
+        engine.after_change();
+        let events = drain_events(&mut engine);
+        assert!(
+            events
+                .iter()
+                .any(|e| matches!(e, Event::PolicyError { .. })),
+            "{events:?}"
+        );
+        crate::policy::FAIL_THREAD_START.with(|f| f.set(false));
+        // The next evaluation compiles it for real and the policy holds.
+        engine
+            .handle_command(
+                2_000,
+                crate::Command::SetFact {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            )
+            .unwrap();
+        assert!(engine.in_tribe("everyone"));
     }
 }

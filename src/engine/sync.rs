@@ -1,12 +1,16 @@
 //! Anti-entropy push-pull over streams. The initiator sends its members and
 //! bucket hashes; the responder merges the members and answers with its own
 //! members and every record of the buckets that differ; the initiator merges
-//! them and pushes back only what the responder lacks.
+//! them and pushes back only what the responder lacks. Records travel in
+//! chunks of bounded size, so a state of any legal size reaches a late
+//! joiner without one frame above the frame limit.
 //!
 //! ```text
-//! A → B  Hello { members, buckets }
-//! B → A  Reply { members, mismatched, records of those buckets }
-//! A → B  Push  { records B lacks }         (only when buckets differed)
+//! A → B  Hello   { members, buckets, want, clock }
+//! B → A  Reply   { members, mismatched, records…, pending, clock, more }
+//! B → A  Records { records…, more }        (while `more`)
+//! A → B  Push    { records…, more }        (only when buckets differed)
+//! A → B  Records { records…, more }        (while `more`)
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use super::delta::lock;
 use super::identity::NodeId;
 use super::{ConnId, Engine, Output, SYNC_TIMEOUT};
+use crate::hlc::Hlc;
 use crate::names;
 use crate::records::{Entry, Key};
 use crate::state::{self, BUCKETS};
@@ -37,6 +42,11 @@ pub enum SyncMsg {
         members: Vec<Member<NodeId>>,
         /// Its bucket hashes.
         buckets: Vec<u64>,
+        /// Buckets to answer in full even when their hashes match (the
+        /// initiator holds records there it cannot vouch for yet).
+        want: Vec<u16>,
+        /// Its clock (ms since the Unix epoch), for skew detection.
+        clock_ms: u64,
     },
     /// Answers a Hello.
     Reply {
@@ -44,15 +54,31 @@ pub enum SyncMsg {
         from: NodeId,
         /// Its full membership state.
         members: Vec<Member<NodeId>>,
-        /// Buckets whose hashes differed.
+        /// Buckets whose hashes differed (or were wanted).
         mismatched: Vec<u16>,
-        /// All the responder's records in those buckets.
+        /// The first chunk of the responder's records in those buckets.
         records: Vec<(Key, Entry)>,
+        /// Records the responder itself kept from before a long absence and
+        /// cannot vouch for, in the wanted buckets: evidence, not news.
+        pending: Vec<(Key, Entry)>,
+        /// Its clock (ms since the Unix epoch), for skew detection.
+        clock_ms: u64,
+        /// Whether [`SyncMsg::Records`] frames follow.
+        more: bool,
     },
-    /// Records the responder lacked.
+    /// Records the responder lacked (first chunk).
     Push {
         /// The records.
         records: Vec<(Key, Entry)>,
+        /// Whether [`SyncMsg::Records`] frames follow.
+        more: bool,
+    },
+    /// A further chunk of a Reply or a Push.
+    Records {
+        /// The records.
+        records: Vec<(Key, Entry)>,
+        /// Whether more chunks follow.
+        more: bool,
     },
 }
 
@@ -61,31 +87,86 @@ pub enum SyncMsg {
 pub struct Exchange {
     initiator: bool,
     join: bool,
-    started_ms: u64,
+    /// Last progress (engine clock); the exchange expires after
+    /// [`SYNC_TIMEOUT`] without any.
+    active_ms: u64,
     peer: Option<std::net::SocketAddr>,
+    /// Initiator: the responder, once its Reply arrived.
+    responder: Option<NodeId>,
+    /// Initiator: the buckets the Reply covers.
+    mismatched: BTreeSet<usize>,
+    /// Initiator: versions the responder holds in those buckets.
+    theirs: BTreeMap<Key, Hlc>,
+    /// Chunks of records still expected from the peer.
+    expecting: bool,
+}
+
+impl Exchange {
+    fn new(initiator: bool, join: bool, now: u64, peer: std::net::SocketAddr) -> Exchange {
+        Exchange {
+            initiator,
+            join,
+            active_ms: now,
+            peer: Some(peer),
+            responder: None,
+            mismatched: BTreeSet::new(),
+            theirs: BTreeMap::new(),
+            expecting: false,
+        }
+    }
+}
+
+/// Splits records into chunks whose encoding stays below `budget` bytes
+/// (a single record above it travels alone; records are bounded far below
+/// any legal frame size).
+fn chunks(records: Vec<(Key, Entry)>, budget: usize) -> Vec<Vec<(Key, Entry)>> {
+    let mut out = Vec::new();
+    let mut chunk = Vec::new();
+    let mut size = 0;
+    for record in records {
+        let len = wire::encode(&record).len();
+        if !chunk.is_empty() && size + len > budget {
+            out.push(std::mem::take(&mut chunk));
+            size = 0;
+        }
+        size += len;
+        chunk.push(record);
+    }
+    if !chunk.is_empty() || out.is_empty() {
+        out.push(chunk);
+    }
+    out
 }
 
 impl Engine {
+    /// Bytes of records per frame: well below the frame limit, leaving room
+    /// for the member list and the envelope.
+    fn chunk_budget(&self) -> usize {
+        (self.max_frame / 4).clamp(16 * 1024, 4 * 1024 * 1024)
+    }
+
     /// Opens an exchange with `to`.
     pub(super) fn start_sync(&mut self, to: std::net::SocketAddr, join: bool) {
         let conn = self.next_conn();
         let now = self.now_ms();
-        self.conns.insert(
-            conn,
-            Exchange {
-                initiator: true,
-                join,
-                started_ms: now,
-                peer: Some(to),
-            },
-        );
-        let buckets = lock(&self.shared).state.bucket_hashes();
+        self.conns.insert(conn, Exchange::new(true, join, now, to));
+        let (buckets, clock_ms) = {
+            let sh = lock(&self.shared);
+            (sh.state.bucket_hashes(), sh.now_ms)
+        };
+        let want: BTreeSet<u16> = self
+            .pending
+            .keys()
+            .map(|k| state::bucket_of(k) as u16)
+            .collect();
         let hello = SyncMsg::Hello {
             from: self.swim.identity().clone(),
             label: self.label.clone(),
             join,
             members: self.swim_members(),
             buckets,
+            want: want.into_iter().collect(),
+            clock_ms,
         };
         lock(&self.shared).counters.push_pulls_started += 1;
         self.outputs.push_back(Output::Connect { conn, to });
@@ -102,11 +183,26 @@ impl Engine {
         self.outputs.push_back(Output::Frame { conn, body });
     }
 
+    /// Sends the chunks after the first as [`SyncMsg::Records`] frames.
+    fn send_rest(&mut self, conn: ConnId, rest: Vec<Vec<(Key, Entry)>>) {
+        let n = rest.len();
+        for (i, records) in rest.into_iter().enumerate() {
+            self.send_frame(
+                conn,
+                &SyncMsg::Records {
+                    records,
+                    more: i + 1 < n,
+                },
+            );
+        }
+    }
+
     fn finish(&mut self, conn: ConnId, ok: bool) {
         self.conns.remove(&conn);
         self.outputs.push_back(Output::Close { conn });
         let mut sh = lock(&self.shared);
         if ok {
+            self.last_contact_ms = sh.now_ms;
             sh.counters.push_pulls_completed += 1;
         } else {
             sh.counters.push_pulls_failed += 1;
@@ -130,7 +226,11 @@ impl Engine {
                 return;
             }
         };
-        let known = self.conns.get(&conn).map(|x| x.initiator);
+        let now = self.now_ms();
+        let known = self.conns.get_mut(&conn).map(|x| {
+            x.active_ms = now;
+            (x.initiator, x.expecting)
+        });
         match (known, msg) {
             (
                 None,
@@ -140,20 +240,47 @@ impl Engine {
                     join,
                     members,
                     buckets,
+                    want,
+                    clock_ms,
                 },
-            ) => self.on_hello(conn, from, label, join, members, buckets),
+            ) => {
+                let hello = Hello {
+                    from,
+                    label,
+                    join,
+                    buckets,
+                    want,
+                    clock_ms,
+                };
+                self.on_hello(conn, hello, members)
+            }
             (
-                Some(true),
+                Some((true, false)),
                 SyncMsg::Reply {
                     from,
                     members,
                     mismatched,
                     records,
+                    pending,
+                    clock_ms,
+                    more,
                 },
-            ) => self.on_reply(conn, from, members, mismatched, records),
-            (Some(false), SyncMsg::Push { records }) => {
+            ) => self.on_reply(
+                conn, from, members, mismatched, records, pending, clock_ms, more,
+            ),
+            (Some((true, true)), SyncMsg::Records { records, more }) => {
+                self.on_reply_records(conn, records, more)
+            }
+            (Some((false, _)), SyncMsg::Push { records, more })
+            | (Some((false, true)), SyncMsg::Records { records, more }) => {
                 self.merge_records(records);
-                self.finish(conn, true);
+                if more {
+                    if let Some(x) = self.conns.get_mut(&conn) {
+                        x.expecting = true;
+                    }
+                } else {
+                    self.finish(conn, true);
+                }
             }
             _ => {
                 lock(&self.shared).counters.frame_decode_errors += 1;
@@ -181,42 +308,39 @@ impl Engine {
         }
     }
 
-    fn on_hello(
-        &mut self,
-        conn: ConnId,
-        from: NodeId,
-        label: String,
-        join: bool,
-        members: Vec<Member<NodeId>>,
-        buckets: Vec<u64>,
-    ) {
-        if label != self.label {
+    fn on_hello(&mut self, conn: ConnId, hello: Hello, members: Vec<Member<NodeId>>) {
+        if hello.label != self.label {
             lock(&self.shared).counters.label_mismatches += 1;
             self.finish(conn, false);
             return;
         }
-        if buckets.len() != BUCKETS || !names::is_valid(&from.name) {
+        if hello.buckets.len() != BUCKETS || !names::is_valid(&hello.from.name) {
             lock(&self.shared).counters.frame_decode_errors += 1;
             self.finish(conn, false);
             return;
         }
+        if !lock(&self.shared).screen_identity(&hello.from) {
+            self.finish(conn, false);
+            return;
+        }
         let now = self.now_ms();
-        self.conns.insert(
-            conn,
-            Exchange {
-                initiator: false,
-                join,
-                started_ms: now,
-                peer: Some(from.addr),
-            },
-        );
+        self.conns
+            .insert(conn, Exchange::new(false, hello.join, now, hello.from.addr));
+        self.sample_clock(&hello.from.name, hello.clock_ms);
         self.apply_members(members);
+        let wanted: BTreeSet<usize> = hello
+            .want
+            .iter()
+            .map(|&b| usize::from(b))
+            .filter(|&b| b < BUCKETS)
+            .collect();
         let (mismatched, records) = {
             let sh = lock(&self.shared);
             let ours = sh.state.bucket_hashes();
-            let mismatched: BTreeSet<usize> =
-                (0..BUCKETS).filter(|&i| ours[i] != buckets[i]).collect();
-            let records = sh
+            let mismatched: BTreeSet<usize> = (0..BUCKETS)
+                .filter(|&i| ours[i] != hello.buckets[i] || wanted.contains(&i))
+                .collect();
+            let records: Vec<(Key, Entry)> = sh
                 .state
                 .entries_in_buckets(&mismatched)
                 .into_iter()
@@ -224,18 +348,32 @@ impl Engine {
                 .collect();
             (mismatched, records)
         };
+        let pending: Vec<(Key, Entry)> = self
+            .pending
+            .iter()
+            .filter(|(k, _)| wanted.contains(&state::bucket_of(k)) && self.may_send(k))
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let mut parts = chunks(records, self.chunk_budget()).into_iter();
+        let first = parts.next().unwrap_or_default();
+        let rest: Vec<_> = parts.collect();
         let reply = SyncMsg::Reply {
             from: self.swim.identity().clone(),
             members: self.swim_members(),
             mismatched: mismatched.iter().map(|&b| b as u16).collect(),
-            records,
+            records: first,
+            pending,
+            clock_ms: now,
+            more: !rest.is_empty(),
         };
         self.send_frame(conn, &reply);
+        self.send_rest(conn, rest);
         if mismatched.is_empty() {
             self.finish(conn, true);
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_reply(
         &mut self,
         conn: ConnId,
@@ -243,41 +381,95 @@ impl Engine {
         members: Vec<Member<NodeId>>,
         mismatched: Vec<u16>,
         records: Vec<(Key, Entry)>,
+        pending: Vec<(Key, Entry)>,
+        clock_ms: u64,
+        more: bool,
     ) {
-        let join = self.conns.get(&conn).is_some_and(|x| x.join);
+        if !names::is_valid(&from.name) || !lock(&self.shared).screen_identity(&from) {
+            self.finish(conn, false);
+            return;
+        }
+        self.sample_clock(&from.name, clock_ms);
         let mismatched: BTreeSet<usize> = mismatched
             .into_iter()
             .map(usize::from)
             .filter(|&b| b < BUCKETS)
             .collect();
-        // What the responder holds in those buckets, to push back only news.
-        let theirs: BTreeMap<Key, Entry> = records
-            .iter()
-            .filter(|(k, _)| mismatched.contains(&state::bucket_of(k)))
-            .cloned()
+        // Our records the responder cannot vouch for either still count as
+        // known (a whole cluster restarting from its data dirs).
+        let evidence: Vec<Key> = pending
+            .into_iter()
+            .filter(|(k, _)| self.pending.contains_key(k))
+            .map(|(k, _)| k)
             .collect();
+        if let Some(x) = self.conns.get_mut(&conn) {
+            x.responder = Some(from);
+            x.mismatched = mismatched;
+            for k in evidence {
+                x.theirs.entry(k).or_insert(Hlc {
+                    millis: 0,
+                    counter: 0,
+                    node: String::new(),
+                });
+            }
+        }
         self.apply_members(members);
+        self.on_reply_records(conn, records, more);
+    }
+
+    /// A chunk of the responder's records; after the last, push back what
+    /// it lacks.
+    fn on_reply_records(&mut self, conn: ConnId, records: Vec<(Key, Entry)>, more: bool) {
+        let Some(x) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        for (k, e) in &records {
+            if x.mismatched.contains(&state::bucket_of(k)) {
+                x.theirs.insert(k.clone(), e.version.clone());
+            }
+        }
+        x.expecting = more;
         self.merge_records(records);
+        if more {
+            return;
+        }
+        let Some(x) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let join = x.join;
+        let from = x.responder.clone();
+        let mismatched = std::mem::take(&mut x.mismatched);
+        let theirs = std::mem::take(&mut x.theirs);
+        self.resolve_pending(&mismatched, &theirs);
         if !mismatched.is_empty() {
             let push: Vec<(Key, Entry)> = {
                 let sh = lock(&self.shared);
                 sh.state
                     .entries_in_buckets(&mismatched)
                     .into_iter()
-                    .filter(|(k, e)| match theirs.get(k) {
-                        None => true,
-                        Some(t) => t != e,
-                    })
+                    .filter(|(k, e)| theirs.get(k) != Some(&e.version))
                     .filter(|(k, _)| self.may_send(k))
                     .collect()
             };
-            self.send_frame(conn, &SyncMsg::Push { records: push });
+            let mut parts = chunks(push, self.chunk_budget()).into_iter();
+            let first = parts.next().unwrap_or_default();
+            let rest: Vec<_> = parts.collect();
+            self.send_frame(
+                conn,
+                &SyncMsg::Push {
+                    records: first,
+                    more: !rest.is_empty(),
+                },
+            );
+            self.send_rest(conn, rest);
         }
         self.finish(conn, true);
-        if join && *from.name != *self.name {
-            // Now that we know the seed's identity, say hello the SWIM way too.
-            if let Err(e) = self.swim.announce(from, &mut self.swim_rt) {
-                tracing::debug!(error = %e, "announce failed");
+        if let Some(from) = from {
+            if join && *from.name != *self.name {
+                // Now that we know the seed's identity, say hello the SWIM way too.
+                if let Err(e) = self.swim.announce(from, &mut self.swim_rt) {
+                    tracing::debug!(error = %e, "announce failed");
+                }
             }
         }
     }
@@ -289,10 +481,13 @@ impl Engine {
         if self.left {
             return;
         }
-        let valid: Vec<Member<NodeId>> = members
-            .into_iter()
-            .filter(|m| names::is_valid(&m.id().name))
-            .collect();
+        let valid: Vec<Member<NodeId>> = {
+            let mut sh = lock(&self.shared);
+            members
+                .into_iter()
+                .filter(|m| names::is_valid(&m.id().name) && sh.screen_identity(m.id()))
+                .collect()
+        };
         if let Err(e) = self
             .swim
             .apply_many(valid.into_iter(), true, &mut self.swim_rt)
@@ -304,7 +499,7 @@ impl Engine {
     /// Merges records from an exchange. News is spread on at once, so that
     /// anti-entropy acts as an epidemic too: small records as gossip deltas,
     /// large ones by an early exchange with another peer.
-    fn merge_records(&mut self, records: Vec<(Key, Entry)>) {
+    pub(super) fn merge_records(&mut self, records: Vec<(Key, Entry)>) {
         let mut news = Vec::new();
         {
             let mut sh = lock(&self.shared);
@@ -327,7 +522,7 @@ impl Engine {
         let stale: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, x)| x.started_ms.saturating_add(timeout) < now_ms)
+            .filter(|(_, x)| x.active_ms.saturating_add(timeout) < now_ms)
             .map(|(c, _)| *c)
             .collect();
         for conn in stale {
@@ -385,4 +580,14 @@ impl Engine {
         tracing::debug!(peer = %pick.name, "reconnecting to a failed member");
         self.start_sync(pick.addr, false);
     }
+}
+
+/// The fields of a Hello the responder uses.
+struct Hello {
+    from: NodeId,
+    label: String,
+    join: bool,
+    buckets: Vec<u64>,
+    want: Vec<u16>,
+    clock_ms: u64,
 }

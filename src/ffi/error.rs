@@ -82,6 +82,8 @@ pub const TRIBE_SHUTTING_DOWN: u32 = 126;
 pub const TRIBE_IO: u32 = 127;
 /// The configuration is inconsistent.
 pub const TRIBE_CONFIG: u32 = 128;
+/// The replicated state holds as many records of a kind as allowed.
+pub const TRIBE_LIMIT_REACHED: u32 = 129;
 
 /// An error: its result code, stable name and message, plus the handler's
 /// code and message for `TRIBE_REMOTE` and the position for
@@ -159,6 +161,7 @@ pub fn code_of(e: &Error) -> u32 {
         Error::ShuttingDown => TRIBE_SHUTTING_DOWN,
         Error::Io(_) => TRIBE_IO,
         Error::Config(_) => TRIBE_CONFIG,
+        Error::LimitReached { .. } => TRIBE_LIMIT_REACHED,
     }
 }
 
@@ -202,6 +205,7 @@ pub fn code_name(code: u32) -> &'static CStr {
         TRIBE_SHUTTING_DOWN => c"shutting_down",
         TRIBE_IO => c"io",
         TRIBE_CONFIG => c"config",
+        TRIBE_LIMIT_REACHED => c"limit_reached",
         _ => c"unknown",
     }
 }
@@ -393,6 +397,10 @@ mod tests {
             Error::ShuttingDown,
             Error::Io(s()),
             Error::Config(s()),
+            Error::LimitReached {
+                what: s(),
+                limit: 1,
+            },
         ]
     }
 

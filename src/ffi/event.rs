@@ -62,6 +62,12 @@ pub const TRIBE_EVENT_CALL_DONE: u32 = 20;
 /// A log record of libtribe (subject: the message; `tribe_event_log_level`),
 /// queued only for nodes started with `tribe_config_set_log_level`.
 pub const TRIBE_EVENT_LOG: u32 = 21;
+/// Another identity claims this node's name (`tribe_event_json` has its
+/// address and generation).
+pub const TRIBE_EVENT_IDENTITY_CLAIMED: u32 = 22;
+/// A peer's clock is off this node's (subject: its name; `tribe_event_json`
+/// has the offset).
+pub const TRIBE_EVENT_CLOCK_SKEW: u32 = 23;
 
 /// What waits in a node's mailbox.
 pub(super) enum Body {
@@ -113,6 +119,8 @@ fn kind_of(body: &Body) -> u32 {
             Event::ArtifactCorrupt { .. } => TRIBE_EVENT_ARTIFACT_CORRUPT,
             Event::ArtifactUnavailable { .. } => TRIBE_EVENT_ARTIFACT_UNAVAILABLE,
             Event::PolicyError { .. } => TRIBE_EVENT_POLICY_ERROR,
+            Event::IdentityClaimed { .. } => TRIBE_EVENT_IDENTITY_CLAIMED,
+            Event::ClockSkew { .. } => TRIBE_EVENT_CLOCK_SKEW,
         },
         Body::Log { .. } => TRIBE_EVENT_LOG,
         Body::Call(_) => TRIBE_EVENT_CALL,
@@ -144,6 +152,8 @@ impl TribeEvent {
                 | Event::ArtifactUnavailable { plugin: p, .. } => (c(&p.name), c(&p.tribe)),
                 Event::TaskRun(t) | Event::TaskStop(t) => (c(&t.id), c(&t.tribe)),
                 Event::PolicyError { policy, .. } => (c(policy), None),
+                Event::IdentityClaimed { .. } => (None, None),
+                Event::ClockSkew { peer, .. } => (c(peer), None),
             },
             Body::Log { message, .. } => (Some(super::cast::c_text(message)), None),
             Body::Call(r) => match r {

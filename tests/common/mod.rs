@@ -46,6 +46,8 @@ pub fn courier_hello() -> tribe::engine::sync::SyncMsg {
         join: false,
         members: Vec::new(),
         buckets: vec![0; tribe::state::BUCKETS],
+        want: Vec::new(),
+        clock_ms: tribe::runtime::wall_clock_ms(),
     }
 }
 

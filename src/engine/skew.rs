@@ -1,0 +1,87 @@
+//! Clock skew: every exchange carries the sender's clock; the offsets tell
+//! this node how far its clock is from its peers'. A large offset is
+//! reported (event, log line, counter); the median offset moves the horizon
+//! for accepting versions, so a node with a slow clock never refuses its
+//! peers' writes. Writes are never refused for skew below the horizon
+//! ([`crate::Config::max_clock_skew`]), so a node with a fast clock is heard.
+
+use super::delta::lock;
+use super::{Engine, Event, CLOCK_SKEW_REPORT, MAX_CLOCK_SAMPLES};
+
+/// Fewest peers sampled before the median moves the horizon: one lying
+/// peer must not move it.
+const MIN_SAMPLES_FOR_MEDIAN: usize = 3;
+
+impl Engine {
+    /// Records the clock reading `their_ms` that `peer` sent just now.
+    pub(super) fn sample_clock(&mut self, peer: &str, their_ms: u64) {
+        if peer == self.name {
+            return;
+        }
+        let now = self.now_ms();
+        let offset = clamp_i64(i128::from(their_ms) - i128::from(now));
+        if self.clock_offsets.len() >= MAX_CLOCK_SAMPLES && !self.clock_offsets.contains_key(peer) {
+            return;
+        }
+        self.clock_offsets.insert(peer.to_string(), offset);
+        let median = median(self.clock_offsets.values().copied());
+        {
+            let mut sh = lock(&self.shared);
+            sh.cluster_offset_ms = median.unwrap_or(0);
+            sh.counters.clock_offset_ms = sh.cluster_offset_ms;
+        }
+        let bound = CLOCK_SKEW_REPORT.as_millis() as i64;
+        if offset.unsigned_abs() > bound as u64 {
+            if self.skewed.insert(peer.to_string()) {
+                lock(&self.shared).counters.clock_skew_reports += 1;
+                tracing::warn!(
+                    peer,
+                    offset_ms = offset,
+                    "peer clock is off this node's clock; fix the clocks (writes still flow, the faster clock wins ties)"
+                );
+                self.emit(Event::ClockSkew {
+                    peer: peer.to_string(),
+                    offset_ms: offset,
+                });
+            }
+        } else if offset.unsigned_abs() < (bound / 2) as u64 {
+            // Fixed: report again if it drifts off later.
+            self.skewed.remove(peer);
+        }
+    }
+
+    /// Forgets the clock of a node that was reaped.
+    pub(super) fn forget_clock(&mut self, peer: &str) {
+        self.clock_offsets.remove(peer);
+        self.skewed.remove(peer);
+    }
+}
+
+fn clamp_i64(x: i128) -> i64 {
+    x.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
+}
+
+/// The lower median, once enough peers were sampled.
+fn median(values: impl Iterator<Item = i64>) -> Option<i64> {
+    let mut v: Vec<i64> = values.collect();
+    if v.len() < MIN_SAMPLES_FOR_MEDIAN {
+        return None;
+    }
+    v.sort_unstable();
+    Some(v[(v.len() - 1) / 2])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn one_liar_does_not_move_the_median() {
+        assert_eq!(median([5, 0].into_iter()), None);
+        assert_eq!(median([0, 1, i64::MAX].into_iter()), Some(1));
+        assert_eq!(
+            median([600_000, 600_000, 600_000, 0].into_iter()),
+            Some(600_000)
+        );
+    }
+}

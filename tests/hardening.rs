@@ -1,0 +1,405 @@
+//! Hardening: forged identities, skewed clocks, deletions that must stay
+//! deleted, bounded state, anti-entropy of a state larger than one frame, a
+//! whole-cluster restart and the data-dir lock. Real nodes on 127.0.0.1.
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tribe::engine::sync::SyncMsg;
+use tribe::engine::NodeId;
+use tribe::runtime::Faults;
+use tribe::{Config, Event, MemberState, Node, PluginKind, TaskState};
+
+const LONG: Duration = Duration::from_secs(30);
+
+/// Opens an exchange with `target` as `from`, offering `members`, and reads
+/// the first frame of the reply.
+async fn hello_with_members(
+    target: std::net::SocketAddr,
+    from: NodeId,
+    members: Vec<foca::Member<NodeId>>,
+) {
+    let hello = SyncMsg::Hello {
+        from,
+        label: String::new(),
+        join: false,
+        members,
+        buckets: vec![0; tribe::state::BUCKETS],
+        want: Vec::new(),
+        clock_ms: tribe::runtime::wall_clock_ms(),
+    };
+    let mut stream = TcpStream::connect(target).await.unwrap();
+    let mut bytes = tribe::wire::frame(&[tribe::wire::CHANNEL_SYNC]);
+    bytes.extend_from_slice(&tribe::wire::frame(&tribe::wire::encode(&hello)));
+    stream.write_all(&bytes).await.unwrap();
+    // The node answers (or closes); either way it has handled the hello.
+    let mut header = [0u8; 4];
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_exact(&mut header)).await;
+}
+
+fn generation_of(node: &Node, name: &str) -> Option<(MemberState, u64)> {
+    node.members()
+        .into_iter()
+        .find(|m| m.name == name)
+        .map(|m| (m.state, m.generation))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_generation_does_not_displace_a_node() {
+    let nodes = start_cluster("forge", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    let victim = &nodes[2];
+    let real = generation_of(&nodes[0], "forge2").unwrap().1;
+    let courier = NodeId {
+        name: "courier".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        generation: 1,
+    };
+    let forged = NodeId {
+        name: "forge2".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        generation: u64::MAX,
+    };
+    for target in [nodes[0].addr(), nodes[1].addr()] {
+        hello_with_members(
+            target,
+            courier.clone(),
+            vec![foca::Member::alive(forged.clone())],
+        )
+        .await;
+    }
+    // Give a displacement time to show, then check nobody took it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &nodes[..2] {
+        assert_eq!(
+            generation_of(n, "forge2"),
+            Some((MemberState::Alive, real)),
+            "{} lost the victim",
+            n.name()
+        );
+    }
+    assert!(nodes[..2]
+        .iter()
+        .all(|n| n.counters().identities_refused > 0));
+
+    // A claim within the clock horizon reaches the victim: it reports it
+    // and takes a newer generation, which the others follow.
+    let mut events = victim.events();
+    let claim = NodeId {
+        name: "forge2".into(),
+        addr: "127.0.0.1:9".parse().unwrap(),
+        generation: real + 1000,
+    };
+    hello_with_members(victim.addr(), courier, vec![foca::Member::alive(claim)]).await;
+    let seen = collect_until(&mut events, LONG, |seen| {
+        seen.iter()
+            .any(|e| matches!(e, Event::IdentityClaimed { .. }))
+    })
+    .await;
+    assert!(seen.iter().any(|e| matches!(
+        e,
+        Event::IdentityClaimed { generation, .. } if *generation == real + 1000
+    )));
+    assert!(victim.counters().identity_claims > 0);
+    wait_for("the victim is alive under a newer generation", LONG, || {
+        nodes[..2].iter().all(|n| {
+            generation_of(n, "forge2")
+                .is_some_and(|(s, g)| s == MemberState::Alive && g > real + 1000)
+        })
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Five nodes, the last with its clock `offset_ms` off from the start.
+async fn skewed_cluster(prefix: &str, offset_ms: i64) -> Vec<Node> {
+    let mut nodes = start_cluster(prefix, 4, |_| {}).await;
+    let faults = Arc::new(Faults::default());
+    faults.set_clock_offset(offset_ms);
+    let mut cfg = test_config(&format!("{prefix}4"));
+    cfg.seeds = vec![nodes[0].addr()];
+    nodes.push(Node::start_with_faults(cfg, faults).await.unwrap());
+    wait_converged_members(&nodes, 5).await;
+    nodes
+}
+
+async fn writes_converge_despite_skew(prefix: &str, offset_ms: i64) {
+    let nodes = skewed_cluster(prefix, offset_ms).await;
+    let skewed = &nodes[4];
+    let mut events = nodes[0].events();
+    // A write from the skewed node and one to it.
+    skewed.create_tribe("from-skewed").await.unwrap();
+    nodes[1].create_tribe("to-skewed").await.unwrap();
+    nodes[1].join("to-skewed", skewed.name()).await.unwrap();
+    wait_for("the tribe reaches the skewed node", LONG, || {
+        skewed.tribe("to-skewed").is_some()
+    })
+    .await;
+    skewed
+        .add_task("to-skewed", "t", "{}", TaskState::Running)
+        .await
+        .unwrap();
+    wait_for("both writes everywhere", LONG, || {
+        nodes.iter().all(|n| {
+            n.tribe("from-skewed").is_some()
+                && n.tribe("to-skewed").is_some_and(|t| {
+                    t.tasks.len() == 1 && t.explicit_members == vec![skewed.name().to_string()]
+                })
+        })
+    })
+    .await;
+    wait_same_digest(&nodes).await;
+    assert!(nodes
+        .iter()
+        .all(|n| n.counters().clock_drift_rejections == 0));
+    // Reported on both sides.
+    let seen = collect_until(&mut events, LONG, |seen| {
+        seen.iter()
+            .any(|e| matches!(e, Event::ClockSkew { peer, .. } if peer == skewed.name()))
+    })
+    .await;
+    let offset = seen
+        .iter()
+        .find_map(|e| match e {
+            Event::ClockSkew { offset_ms, .. } => Some(*offset_ms),
+            _ => None,
+        })
+        .unwrap();
+    assert!((offset - offset_ms).abs() < 30_000, "offset {offset}");
+    assert!(skewed.counters().clock_skew_reports >= 1);
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ten_minutes_slow_hears_and_is_heard() {
+    writes_converge_despite_skew("slow", -600_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_ten_minutes_fast_hears_and_is_heard() {
+    writes_converge_despite_skew("fast", 600_000).await;
+}
+
+fn scratch(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("tribe-hardening-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn short_grace(cfg: &mut Config) {
+    let t = cfg.timings.as_mut().unwrap();
+    t.tombstone_grace = Duration::from_secs(2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tribe_deleted_while_a_node_was_down_stays_deleted() {
+    let dir = scratch("deleted");
+    let mut nodes = start_cluster("gone", 2, short_grace).await;
+    let mut cfg = test_config("gone2");
+    short_grace(&mut cfg);
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.data_dir = Some(dir.clone());
+    nodes.push(Node::start(cfg.clone()).await.unwrap());
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("doomed").await.unwrap();
+    nodes[0].join("doomed", "gone2").await.unwrap();
+    wait_for("the tribe everywhere", LONG, || {
+        nodes.iter().all(|n| {
+            n.tribe("doomed")
+                .is_some_and(|t| t.explicit_members.len() == 1)
+        })
+    })
+    .await;
+    // Kept in the data dir, then the node crashes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let down = nodes.pop().unwrap();
+    down.abort().await;
+    drop(down);
+
+    let before: Vec<u64> = nodes
+        .iter()
+        .map(|n| n.counters().tombstones_collected)
+        .collect();
+    nodes[0].delete_tribe("doomed").await.unwrap();
+    wait_for("deleted and its tombstones collected", LONG, || {
+        nodes
+            .iter()
+            .zip(&before)
+            .all(|(n, b)| n.tribe("doomed").is_none() && n.counters().tombstones_collected >= b + 2)
+    })
+    .await;
+
+    cfg.seeds = vec![nodes[0].addr()];
+    let back = Node::start(cfg).await.unwrap();
+    nodes.push(back);
+    wait_converged_members(&nodes, 3).await;
+    for _ in 0..30 {
+        for n in &nodes {
+            assert!(n.tribe("doomed").is_none(), "{} brought it back", n.name());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("the returning node asked a peer", LONG, || {
+        nodes[2].counters().stale_records_dropped >= 2
+    })
+    .await;
+    wait_same_digest(&nodes).await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_cluster_restart_keeps_tribes_policies_plugins_and_tasks() {
+    let dirs: Vec<_> = (0..3).map(|i| scratch(&format!("restart{i}"))).collect();
+    let start = |seed: Option<std::net::SocketAddr>, i: usize| {
+        let mut cfg = test_config(&format!("restart{i}"));
+        // Down longer than the grace: the kept records must confirm each other.
+        short_grace(&mut cfg);
+        cfg.seeds = seed.into_iter().collect();
+        cfg.data_dir = Some(dirs[i].clone());
+        Node::start(cfg)
+    };
+    let first = start(None, 0).await.unwrap();
+    let mut nodes = vec![first.clone()];
+    for i in 1..3 {
+        nodes.push(start(Some(first.addr()), i).await.unwrap());
+    }
+    wait_converged_members(&nodes, 3).await;
+    let w = &nodes[1];
+    w.create_tribe("kept").await.unwrap();
+    w.add_policy("kept-policy", "kept", "facts.role == \"db\"")
+        .await
+        .unwrap();
+    w.load_plugin("kept", "psutil", "1", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    w.add_task("kept", "cpu", "{}", TaskState::Running)
+        .await
+        .unwrap();
+    wait_same_digest(&nodes).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in nodes.drain(..) {
+        n.shutdown().await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let first = start(None, 0).await.unwrap();
+    nodes.push(first.clone());
+    for i in 1..3 {
+        nodes.push(start(Some(first.addr()), i).await.unwrap());
+    }
+    wait_converged_members(&nodes, 3).await;
+    wait_for("everything back on every node", LONG, || {
+        nodes.iter().all(|n| {
+            n.policies().len() == 1
+                && n.tribe("kept")
+                    .is_some_and(|t| t.plugins.len() == 1 && t.tasks.len() == 1)
+        })
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+    for d in &dirs {
+        let _ = std::fs::remove_dir_all(d);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_cannot_share_a_data_dir() {
+    let dir = scratch("shared");
+    let mut cfg = test_config("owner");
+    cfg.data_dir = Some(dir.clone());
+    let owner = Node::start(cfg.clone()).await.unwrap();
+    cfg.name = "intruder".into();
+    let err = Node::start(cfg.clone()).await.err().expect("refused");
+    assert!(err.to_string().contains("in use"), "{err}");
+    owner.shutdown().await.unwrap();
+    drop(owner);
+    // Free again once the owner stopped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = Node::start(cfg).await.unwrap();
+    next.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn record_limits_refuse_commands_and_peer_records() {
+    let nodes = start_cluster("capped", 2, |cfg| cfg.limits.tribes = 3).await;
+    wait_converged_members(&nodes, 2).await;
+    for t in ["a", "b", "c"] {
+        nodes[0].create_tribe(t).await.unwrap();
+    }
+    let err = nodes[0].create_tribe("d").await.unwrap_err();
+    assert_eq!(err.code(), "limit_reached", "{err}");
+    // A peer with a larger limit cannot push more in.
+    let mut cfg = test_config("capped-big");
+    cfg.limits.tribes = 10;
+    cfg.seeds = vec![nodes[0].addr()];
+    let big = Node::start(cfg).await.unwrap();
+    big.create_tribe("e").await.unwrap();
+    wait_for("the extra tribe refused and counted", LONG, || {
+        nodes
+            .iter()
+            .all(|n| n.counters().records_over_limit > 0 && n.tribes().len() == 3)
+    })
+    .await;
+    for n in nodes.iter().chain([&big]) {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_late_joiner_gets_a_state_larger_than_one_frame() {
+    let seed = start_cluster("big", 1, |_| {}).await.remove(0);
+    seed.create_tribe("bulk").await.unwrap();
+    // 800 tasks of 64 KiB: about 52 MiB, over three times the frame limit.
+    let pad = "x".repeat(64 * 1024 - 16);
+    let manifest = format!("{{\"pad\":\"{pad}\"}}");
+    for i in 0..800 {
+        seed.add_task("bulk", &format!("t{i}"), &manifest, TaskState::Stopped)
+            .await
+            .unwrap();
+    }
+    let mut cfg = test_config("big1");
+    cfg.seeds = vec![seed.addr()];
+    let max_frame = cfg.max_frame as u64;
+    let joiner = Node::start(cfg).await.unwrap();
+    let nodes = [seed, joiner];
+    wait_for(
+        "the late joiner holds every task",
+        Duration::from_secs(120),
+        || nodes[1].tribe("bulk").is_some_and(|t| t.tasks.len() == 800),
+    )
+    .await;
+    wait_same_digest(&nodes).await;
+    let c = nodes[1].counters();
+    assert!(c.frame_bytes_in > 3 * max_frame, "{c:?}");
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_artifact_bytes_are_not_kept() {
+    let node = start_cluster("held", 1, |_| {}).await.remove(0);
+    for i in 0..256u32 {
+        node.hold_artifact(i.to_be_bytes().to_vec()).unwrap();
+    }
+    let extra = 256u32.to_be_bytes().to_vec();
+    let err = node.hold_artifact(extra.clone()).unwrap_err();
+    assert_eq!(err.code(), "invalid_argument", "{err}");
+    let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&extra).into();
+    assert!(node.artifact(&sha).is_none(), "refused bytes were kept");
+    node.shutdown().await.unwrap();
+}
