@@ -100,13 +100,16 @@ pub fn router(node: Node, guard: guard::Guard) -> Router {
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener` until `shutdown` completes. A listener
+/// other hosts can reach is refused unless the guard holds a token: the API
+/// changes the whole tribe.
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
     guard: guard::Guard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    guard::check_exposure(listener.local_addr()?, &guard)?;
     axum::serve(listener, router(node, guard))
         .with_graceful_shutdown(shutdown)
         .await
