@@ -18,6 +18,11 @@ pub mod datadir;
 pub mod engine;
 pub mod error;
 pub mod facts;
+// Entry points of the fuzz targets (`fuzz/`); compiled for tests too, so the
+// seed corpora replay under plain `cargo test`.
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 // The C ABI: the only module allowed `unsafe`, each block with a SAFETY note.
 #[allow(unsafe_code)]
 mod ffi;

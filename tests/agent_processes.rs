@@ -38,8 +38,21 @@ fn start_agent(dir: &Path, name: &str, extra: &[String]) -> Agent {
     start_agent_env(dir, name, extra, &[])
 }
 
+/// Whether an agent's arguments or environment give it a key (or a data dir
+/// that may keep one); the others are test tribes started with
+/// `--insecure-plaintext`.
+fn keyed(extra: &[String], envs: &[(&str, &str)]) -> bool {
+    extra
+        .iter()
+        .any(|a| ["--key", "--key-file", "--insecure-plaintext", "--config"].contains(&a.as_str()))
+        || envs
+            .iter()
+            .any(|(k, _)| ["TRIBE_KEY", "TRIBE_KEY_FILE", "TRIBE_INSECURE_PLAINTEXT"].contains(k))
+}
+
 /// Starts an agent with extra arguments and environment variables (the
-/// caller's TRIBE_* variables are not passed on).
+/// caller's TRIBE_* variables are not passed on). An agent given no key runs
+/// with `--insecure-plaintext`.
 fn start_agent_env(dir: &Path, name: &str, extra: &[String], envs: &[(&str, &str)]) -> Agent {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
     let mut cmd = Command::new(TRIBE);
@@ -47,6 +60,9 @@ fn start_agent_env(dir: &Path, name: &str, extra: &[String], envs: &[(&str, &str
         .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--profile", "local", "--log-level", "debug"])
         .args(extra);
+    if !keyed(extra, envs) {
+        cmd.arg("--insecure-plaintext");
+    }
     for (key, _) in std::env::vars() {
         if key.starts_with("TRIBE_") {
             cmd.env_remove(key);
@@ -482,7 +498,8 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     let file = dir.join("agent.toml");
     std::fs::write(
         &file,
-        "name = \"from-file\"\nfact = [\"rack=r9\", \"os_dist=ubuntu\"]\nprofile = \"local\"\n",
+        "name = \"from-file\"\nfact = [\"rack=r9\", \"os_dist=ubuntu\"]\nprofile = \"local\"\n\
+         insecure-plaintext = true\n",
     )
     .unwrap();
     // The file names the node; TRIBE_FACT (environment) adds facts and beats the
@@ -796,4 +813,113 @@ fn agents_log_text_by_default_and_json_lines_with_a_flag() {
         );
     }
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// `tribe agent` with the caller's TRIBE_* variables removed.
+fn bare_agent_command(list: &[&str]) -> Command {
+    let mut cmd = Command::new(TRIBE);
+    cmd.arg("agent")
+        .args(["--bind", "127.0.0.1:0", "--profile", "local"])
+        .args(list)
+        .stdin(Stdio::null());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRIBE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+#[test]
+fn an_agent_without_a_key_refuses_to_start_unless_told_plaintext() {
+    let dir = scratch_dir("no-key");
+    let out = bare_agent_command(&["--name", "nokey", "--admin", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started without a key: {err}");
+    assert!(out.stdout.is_empty(), "no ready line expected");
+    assert!(
+        err.starts_with("tribe: no encryption key") && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
+    // An empty data dir keeps no key either.
+    let data = dir.join("data");
+    let data_dir = data.to_str().unwrap();
+    let out = bare_agent_command(&["--name", "nokey", "--data-dir", data_dir])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    // A key and --insecure-plaintext together are a mistake, not a choice.
+    let key =
+        String::from_utf8(Command::new(TRIBE).arg("keygen").output().unwrap().stdout).unwrap();
+    let out = bare_agent_command(&["--name", "both", "--insecure-plaintext"])
+        .env("TRIBE_KEY", key.trim())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("contradict"));
+
+    // A keyed run leaves its keyring in the data dir: a restart without the
+    // key is encrypted and needs no flag.
+    let first = start_agent(
+        &dir,
+        "kept",
+        &args(&["--key", key.trim(), "--data-dir", data_dir]),
+    );
+    wait_for("the keyring file", Duration::from_secs(10), || {
+        data.join("keyring.json").exists()
+    });
+    drop(first);
+    let again = start_agent_env(
+        &dir,
+        "kept",
+        &args(&["--data-dir", data_dir]),
+        // No key and no plaintext flag: the kept keyring is enough.
+        &[("TRIBE_INSECURE_PLAINTEXT", "false")],
+    );
+    assert_eq!(get(&again, "/v1/status")["encryption"], "require");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_plaintext_agent_warns_at_start_and_shows_encryption_off() {
+    let dir = scratch_dir("plaintext");
+    // From the environment variable (the flag is used by every other test).
+    let agent = start_agent_env(&dir, "open", &[], &[("TRIBE_INSECURE_PLAINTEXT", "true")]);
+    let log = std::fs::read_to_string(dir.join("open.log")).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("encryption is OFF"))
+        .unwrap_or_else(|| panic!("no warning in {log}"));
+    assert!(warning.contains("WARN"), "{warning}");
+    assert_eq!(get(&agent, "/v1/status")["encryption"], "off");
+    let table = cli_ok(&agent, &["status"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    let column = header.iter().position(|h| *h == "ENCRYPTION").unwrap();
+    assert_eq!(row[column], "off", "{table}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn an_admin_api_reachable_from_other_hosts_needs_a_token() {
+    for admin in ["0.0.0.0:0", "[::]:0"] {
+        let out = bare_agent_command(&["--name", "exposed", "--insecure-plaintext"])
+            .args(["--admin", admin])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{admin}: {err}");
+        assert!(out.stdout.is_empty(), "{admin}: no ready line expected");
+        assert!(err.contains("--admin-token"), "{admin}: {err}");
+        // The same from the environment, with an empty token.
+        let out = bare_agent_command(&["--name", "exposed", "--insecure-plaintext"])
+            .env("TRIBE_ADMIN", admin)
+            .env("TRIBE_ADMIN_TOKEN", "")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{admin} from the environment");
+    }
 }

@@ -50,6 +50,17 @@ pub fn host_allowed(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// Refuses to serve on a non-loopback address without a token.
+pub fn check_exposure(addr: std::net::SocketAddr, guard: &Guard) -> std::io::Result<()> {
+    if addr.ip().is_loopback() || guard.token.as_deref().is_some_and(|t| !t.is_empty()) {
+        return Ok(());
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        format!("the admin API on {addr} would be reachable from other hosts without a token"),
+    ))
+}
+
 /// The middleware.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let headers = request.headers();
@@ -101,7 +112,27 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::host_allowed;
+    use super::{check_exposure, host_allowed, Guard};
+
+    #[test]
+    fn a_reachable_admin_api_needs_a_token() {
+        let open = Guard::default();
+        let empty = Guard {
+            token: Some(String::new()),
+        };
+        let token = Guard {
+            token: Some("t".into()),
+        };
+        for loopback in ["127.0.0.1:7947", "127.9.9.9:1", "[::1]:7947"] {
+            assert!(check_exposure(loopback.parse().unwrap(), &open).is_ok());
+        }
+        for reachable in ["0.0.0.0:7947", "10.1.2.3:7947", "[::]:7947"] {
+            let addr = reachable.parse().unwrap();
+            assert!(check_exposure(addr, &open).is_err(), "{reachable}");
+            assert!(check_exposure(addr, &empty).is_err(), "{reachable}");
+            assert!(check_exposure(addr, &token).is_ok(), "{reachable}");
+        }
+    }
 
     #[test]
     fn only_addresses_and_localhost_are_allowed_hosts() {

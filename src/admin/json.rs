@@ -27,7 +27,7 @@ pub struct Status {
     pub broadcast_backlog: usize,
     /// libtribe version.
     pub version: String,
-    /// Encryption mode, absent without a keyring.
+    /// Encryption mode: `accept`, `send`, `require`, or `off` without a keyring.
     #[serde(default)]
     pub encryption: Option<String>,
     /// Primary key id, absent without a keyring.
@@ -213,12 +213,19 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The `encryption` a status shows for a node with no keyring.
+pub const ENCRYPTION_OFF: &str = "off";
+
 impl Status {
     /// The status of a running node.
     pub fn of(node: &crate::Node) -> Status {
         let keys = node.keyring_status();
         Status {
-            encryption: keys.encryption.map(|e| e.as_str().to_string()),
+            encryption: Some(
+                keys.encryption
+                    .map_or(ENCRYPTION_OFF, |e| e.as_str())
+                    .to_string(),
+            ),
             primary_key: keys.primary.map(|p| p.to_string()),
             name: node.name().to_string(),
             addr: node.addr().to_string(),

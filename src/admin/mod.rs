@@ -100,14 +100,48 @@ pub fn router(node: Node, guard: guard::Guard) -> Router {
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes.
+/// Serves the admin API on `listener` until `shutdown` completes. A listener
+/// other hosts can reach is refused unless the guard holds a token: the API
+/// changes the whole tribe.
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
     guard: guard::Guard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    guard::check_exposure(listener.local_addr()?, &guard)?;
     axum::serve(listener, router(node, guard))
         .with_graceful_shutdown(shutdown)
         .await
+}
+
+/// One admin write as the router would dispatch it, for the fuzz targets:
+/// `route` picks the handler, `segment` fills its path, `body` is the raw
+/// request body. Returns the response status.
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) async fn fuzz_write(
+    node: Node,
+    route: u8,
+    segment: String,
+    body: bytes::Bytes,
+) -> axum::http::StatusCode {
+    use axum::extract::{Path, State};
+    use axum::response::IntoResponse;
+    let node = State(node);
+    let response = match route % 7 {
+        0 => routes::create_tribe(node, body).await.into_response(),
+        1 => routes::add_policy(node, body).await.into_response(),
+        2 => routes::load_plugin(node, Path(segment), body)
+            .await
+            .into_response(),
+        3 => routes::add_task(node, Path(segment), body)
+            .await
+            .into_response(),
+        4 => routes::set_fact(node, Path(segment), body)
+            .await
+            .into_response(),
+        5 => routes::install_key(node, body).await.into_response(),
+        _ => routes::set_encryption(node, body).await.into_response(),
+    };
+    response.status()
 }

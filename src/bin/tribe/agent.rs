@@ -83,6 +83,11 @@ pub struct AgentArgs {
     /// of turning encryption on in a running tribe.
     #[arg(long, env = "TRIBE_ENCRYPTION", value_name = "MODE")]
     encryption: Option<String>,
+    /// Run without an encryption key: gossip, sync and calls travel in plaintext
+    /// that anyone on the network can read and forge. For tests on one host only;
+    /// without it the agent refuses to start with no key.
+    #[arg(long, env = "TRIBE_INSECURE_PLAINTEXT")]
+    insecure_plaintext: bool,
     /// Token the admin API requires as `Authorization: Bearer <token>` (the admin
     /// commands send TRIBE_ADMIN_TOKEN or --token) [default: none].
     #[arg(
@@ -118,6 +123,7 @@ struct FileOptions {
     key: Option<String>,
     key_file: Option<PathBuf>,
     encryption: Option<String>,
+    insecure_plaintext: Option<bool>,
     publish_file: Option<PathBuf>,
     admin_token: Option<String>,
 }
@@ -136,6 +142,8 @@ pub struct AgentPlan {
     pub publish_file: Option<PathBuf>,
     /// Token the admin API requires.
     pub admin_token: Option<String>,
+    /// The node runs with no keyring (`--insecure-plaintext`): warn at start.
+    pub plaintext: bool,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
@@ -208,6 +216,16 @@ impl AgentArgs {
             .or(file.admin)
             .unwrap_or_else(|| DEFAULT_ADMIN.to_string());
         let admin = resolve_addr("admin", &admin_text)?;
+        let admin_token = self
+            .admin_token
+            .or(file.admin_token)
+            .filter(|t| !t.is_empty());
+        if !admin.ip().is_loopback() && admin_token.is_none() {
+            return Err(format!(
+                "--admin {admin} is reachable from other hosts: give --admin-token \
+                 (or TRIBE_ADMIN_TOKEN), or listen on a loopback address such as {DEFAULT_ADMIN}"
+            ));
+        }
         config.bind = bind;
         config.advertise = advertise;
         config.seeds = seeds;
@@ -218,6 +236,9 @@ impl AgentArgs {
         if let Some(mode) = self.encryption.or(file.encryption) {
             config.encryption = mode.parse().map_err(|e| format!("--encryption: {e}"))?;
         }
+        let insecure_plaintext =
+            self.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+        let plaintext = check_plaintext(&config, insecure_plaintext)?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(AgentPlan {
             config,
@@ -228,11 +249,35 @@ impl AgentArgs {
                 .unwrap_or_else(|| "info".into()),
             log_json: self.log_json || file.log_json.unwrap_or(false),
             publish_file: self.publish_file.or(file.publish_file),
-            admin_token: self
-                .admin_token
-                .or(file.admin_token)
-                .filter(|t| !t.is_empty()),
+            admin_token,
+            plaintext,
         })
+    }
+}
+
+/// Secure by default: with no key (given, or kept in the data dir by an
+/// earlier run) the agent starts only when the operator asked for plaintext.
+/// Returns whether the node will run without encryption.
+fn check_plaintext(config: &Config, insecure_plaintext: bool) -> Result<bool, String> {
+    let has_key = config.keyring.is_some()
+        || match &config.data_dir {
+            Some(dir) => tribe::datadir::load_keyring(dir)
+                .map_err(|e| e.to_string())?
+                .is_some(),
+            None => false,
+        };
+    match (has_key, insecure_plaintext) {
+        (true, true) if config.keyring.is_some() => {
+            Err("--insecure-plaintext and an encryption key contradict each other: give one".into())
+        }
+        (true, _) => Ok(false),
+        (false, true) => Ok(true),
+        (false, false) => Err(
+            "no encryption key: give --key-file FILE (or TRIBE_KEY_FILE, --key, \
+             TRIBE_KEY) with a key from `tribe keygen`; for a test tribe whose traffic anyone \
+             may read and forge, give --insecure-plaintext"
+                .into(),
+        ),
     }
 }
 
@@ -323,6 +368,12 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         },
     ));
 
+    if plan.plaintext {
+        tracing::warn!(
+            "encryption is OFF (--insecure-plaintext): anyone on the network can read and forge \
+             this tribe's gossip, sync and calls; use it for tests only"
+        );
+    }
     tracing::info!(name = node.name(), gossip = %node.addr(), admin = %admin_addr, "agent running");
     // One line on stdout for scripts and the demo; everything else is logs on stderr.
     let mut out = std::io::stdout().lock();

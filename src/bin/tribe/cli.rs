@@ -280,13 +280,22 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
             }
             let s: Status = serde_json::from_value(value).map_err(|e| e.to_string())?;
             print_table(
-                &["NAME", "ADDR", "ALIVE", "TRIBES", "BACKLOG", "DIGEST"],
+                &[
+                    "NAME",
+                    "ADDR",
+                    "ALIVE",
+                    "TRIBES",
+                    "BACKLOG",
+                    "ENCRYPTION",
+                    "DIGEST",
+                ],
                 vec![vec![
                     s.name,
                     s.addr,
                     s.members_alive.to_string(),
                     s.tribes.to_string(),
                     s.broadcast_backlog.to_string(),
+                    s.encryption.unwrap_or_else(|| "-".into()),
                     s.state_digest.chars().take(16).collect(),
                 ]],
             )
