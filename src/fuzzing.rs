@@ -116,7 +116,7 @@ pub fn engine_with(
     seeds: Vec<SocketAddr>,
     commands: Vec<crate::engine::commands::Command>,
 ) -> Engine {
-    let mut cfg = Config::new(id.name.clone());
+    let mut cfg = Config::new(id.name.to_string());
     cfg.cluster_label = LABEL.into();
     cfg.profile = Profile::Local;
     cfg.collect_facts = false;
@@ -160,7 +160,15 @@ pub fn gossip_delta(data: &[u8]) {
         clock: crate::hlc::Clock::new("fuzz-b"),
         counters: Default::default(),
         now_ms: NOW_MS,
-        max_drift_ms: 60_000,
+        max_skew_ms: 60_000,
+        cluster_offset_ms: 0,
+        own: NodeId {
+            name: "fuzz-b".into(),
+            addr: "127.0.0.1:7946".parse().expect("a literal address"),
+            generation: 1,
+        },
+        claims: Vec::new(),
+        limits: crate::config::StateLimits::default(),
         tombstone_grace_ms: 3_600_000,
         accept_keyring_records: flags & 1 == 1,
     };
@@ -614,7 +622,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
             if let Ok(msg) = wire::decode::<crate::engine::sync::SyncMsg>(frame) {
                 let records = match msg {
                     crate::engine::sync::SyncMsg::Reply { records, .. }
-                    | crate::engine::sync::SyncMsg::Push { records } => records,
+                    | crate::engine::sync::SyncMsg::Push { records, .. } => records,
                     _ => continue,
                 };
                 let deltas: Vec<Vec<u8>> = records.iter().map(wire::encode).collect();

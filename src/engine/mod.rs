@@ -535,7 +535,7 @@ impl Engine {
         | OwnedNotification::Rename(_, id)
         | OwnedNotification::MemberDown(id) = &n
         {
-            if id.name == self.name {
+            if *id.name == *self.name {
                 return;
             }
         }
