@@ -757,6 +757,21 @@ uint32_t tribe_config_set_rpc_limits(struct tribe_config *cfg,
                                      struct tribe_error **err);
 
 /**
+ * Sets one named limit to `value` (at least 1). Names and defaults: the
+ * replicated state's caps per kind of record, `"nodes"` 20,000,
+ * `"tribes"` 10,000, `"members"` (memberships by hand) 200,000,
+ * `"policies"` 1,000, `"plugins"` 20,000, `"tasks"` 20,000 (keep them
+ * equal cluster-wide; a command past one fails with
+ * `TRIBE_LIMIT_REACHED`); and `"max_streams"`, inbound call streams served
+ * at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`).
+ * An unknown name or a zero value is `TRIBE_INVALID_ARGUMENT`.
+ */
+uint32_t tribe_config_set_limit(struct tribe_config *cfg,
+                                const char *name,
+                                uint64_t value,
+                                struct tribe_error **err);
+
+/**
  * Sets how many threads the node's runtime runs (1 to 64; default 2).
  */
 uint32_t tribe_config_set_worker_threads(struct tribe_config *cfg,

@@ -335,6 +335,47 @@ impl Config {
             .unwrap_or_else(|| self.profile.timings())
     }
 
+    /// Names of the limits [`Config::set_limit`] takes, as the C ABI, the
+    /// bindings and the agent's `[limits]` table spell them.
+    pub const LIMIT_NAMES: [&'static str; 7] = [
+        "nodes",
+        "tribes",
+        "members",
+        "policies",
+        "plugins",
+        "tasks",
+        "max_streams",
+    ];
+
+    /// Sets a limit by name (see [`Config::LIMIT_NAMES`]): a cap of
+    /// [`StateLimits`], or `max_streams` of [`RpcLimits`](crate::RpcLimits).
+    /// Zero and unknown names are [`Error::InvalidArgument`].
+    pub fn set_limit(&mut self, name: &str, value: usize) -> Result<(), Error> {
+        if value == 0 {
+            return Err(Error::InvalidArgument(format!(
+                "limit {name:?} must be at least 1"
+            )));
+        }
+        let l = &mut self.limits;
+        let slot = match name {
+            "nodes" => &mut l.nodes,
+            "tribes" => &mut l.tribes,
+            "members" => &mut l.members,
+            "policies" => &mut l.policies,
+            "plugins" => &mut l.plugins,
+            "tasks" => &mut l.tasks,
+            "max_streams" => &mut self.rpc.max_streams,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown limit {other:?} (known: {})",
+                    Self::LIMIT_NAMES.join(", ")
+                )))
+            }
+        };
+        *slot = value;
+        Ok(())
+    }
+
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
@@ -381,9 +422,13 @@ impl Config {
                 "rpc max payload must be non-zero and 1 KiB below the max frame".into(),
             ));
         }
-        if r.max_inflight_per_conn == 0 || r.max_inflight == 0 || r.max_serving == 0 {
+        if r.max_inflight_per_conn == 0
+            || r.max_inflight == 0
+            || r.max_serving == 0
+            || r.max_streams == 0
+        {
             return Err(Error::Config(
-                "rpc in-flight bounds must be non-zero".into(),
+                "rpc in-flight and stream bounds must be non-zero".into(),
             ));
         }
         Ok(())
@@ -420,6 +465,40 @@ mod tests {
         cfg.max_clock_skew = Duration::from_secs(600);
         cfg.limits.tasks = 0;
         assert!(cfg.validate().is_err());
+        let mut cfg = Config::new("n");
+        cfg.rpc.max_streams = 0;
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn limits_are_set_by_name() {
+        let mut cfg = Config::new("n");
+        for (i, name) in Config::LIMIT_NAMES.iter().enumerate() {
+            cfg.set_limit(name, 10 + i).unwrap();
+        }
+        let l = cfg.limits;
+        assert_eq!(
+            [
+                l.nodes,
+                l.tribes,
+                l.members,
+                l.policies,
+                l.plugins,
+                l.tasks,
+                cfg.rpc.max_streams
+            ],
+            [10, 11, 12, 13, 14, 15, 16]
+        );
+        assert!(cfg.validate().is_ok());
+        assert!(matches!(
+            cfg.set_limit("tribes", 0),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            cfg.set_limit("moons", 3),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert_eq!(cfg.limits.tribes, 11);
     }
 
     #[test]

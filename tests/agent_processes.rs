@@ -499,7 +499,7 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     std::fs::write(
         &file,
         "name = \"from-file\"\nfact = [\"rack=r9\", \"os_dist=ubuntu\"]\nprofile = \"local\"\n\
-         insecure-plaintext = true\n",
+         insecure-plaintext = true\n[limits]\ntribes = 2\nmax-streams = 16\n",
     )
     .unwrap();
     // The file names the node; TRIBE_FACT (environment) adds facts and beats the
@@ -534,6 +534,19 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     assert_eq!(facts["rack"], "r1");
     assert_eq!(facts["zone"], "z2");
     assert_eq!(facts["os_dist"], "ubuntu", "{facts}");
+    // The file's [limits] hold: the third tribe is refused, not created.
+    cli_ok(&agent, &["tribe", "create", "t1"]);
+    cli_ok(&agent, &["tribe", "create", "t2"]);
+    let out = cli(&agent, &["tribe", "create", "t3"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("limit"), "{err}");
+    let (status, body) = call(&agent, "POST", "/v1/tribes", Some(json!({"name": "t4"})));
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (409, Some("limit_reached"))
+    );
+    assert_eq!(get(&agent, "/v1/tribes").as_array().map(Vec::len), Some(2));
 
     // Bad values are clear errors with a non-zero exit, not panics.
     for bad in [
@@ -556,6 +569,18 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nmae"));
+    let bad_limit = dir.join("bad-limit.toml");
+    std::fs::write(
+        &bad_limit,
+        "name = \"x\"\ninsecure-plaintext = true\n[limits]\nmoons = 3\n",
+    )
+    .unwrap();
+    let out = Command::new(TRIBE)
+        .args(["agent", "--config", bad_limit.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("moons"));
 
     // The CLI against no agent: one line, non-zero.
     let out = Command::new(TRIBE)

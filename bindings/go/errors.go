@@ -136,6 +136,9 @@ var (
 	ErrShuttingDown          = sentinel(C.TRIBE_SHUTTING_DOWN, "shutting_down")
 	ErrIO                    = sentinel(C.TRIBE_IO, "io")
 	ErrConfig                = sentinel(C.TRIBE_CONFIG, "config")
+	// ErrLimitReached: the cluster holds as many records of a kind
+	// (tribes, policies, plugins, tasks, artifacts) as its limits allow.
+	ErrLimitReached = sentinel(C.TRIBE_LIMIT_REACHED, "limit_reached")
 	// ErrClosed: the Node was closed (or aborted) through this package. It
 	// also matches ErrShuttingDown.
 	ErrClosed = &Error{Code: "closed", Message: "the node is closed", num: codeClosed}

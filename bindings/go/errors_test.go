@@ -185,3 +185,43 @@ func TestSlowEventReaderDropsNotBlocks(t *testing.T) {
 		t.Fatalf("%d events buffered, want 2", len(n.Events()))
 	}
 }
+
+// State limits from Config: the command past one fails with
+// ErrLimitReached and creates nothing; bad limits are refused at Start.
+func TestStateLimits(t *testing.T) {
+	n := startNode(t, "limited", func(c *Config) {
+		c.StateLimits = StateLimits{Tribes: 2}
+		c.Limits.MaxStreams = 4
+	})
+	for _, name := range []string{"a", "b"} {
+		if err := n.CreateTribe(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := n.CreateTribe("c")
+	if !errors.Is(err, ErrLimitReached) {
+		t.Fatalf("third tribe: %v, want ErrLimitReached", err)
+	}
+	tribes, err := n.Tribes()
+	if err != nil || len(tribes) != 2 {
+		t.Fatalf("tribes after the refusal: %v %v", tribes, err)
+	}
+	if _, err := Start(Config{Name: "x", StateLimits: StateLimits{Policies: -1}}); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("negative limit: %v", err)
+	}
+}
+
+// The events of the hardened engine decode with their fields.
+func TestIdentityAndSkewEventsDecode(t *testing.T) {
+	ev, err := decodeEvent(EventIdentityClaimed, []byte(`{"kind":"identity_claimed","addr":"10.0.0.9:7946","generation":18446744073709551615}`))
+	if err != nil || ev.Kind != EventIdentityClaimed || ev.Addr != "10.0.0.9:7946" || ev.Generation != 1<<64-1 {
+		t.Fatalf("identity_claimed: %+v %v", ev, err)
+	}
+	ev, err = decodeEvent(EventClockSkew, []byte(`{"kind":"clock_skew","name":"slow-1","offset_ms":-600000}`))
+	if err != nil || ev.Kind != EventClockSkew || ev.Member != "slow-1" || ev.OffsetMs != -600000 {
+		t.Fatalf("clock_skew: %+v %v", ev, err)
+	}
+	if EventClockSkew.String() != "clock_skew" || EventIdentityClaimed.String() != "identity_claimed" {
+		t.Fatalf("names %v %v", EventClockSkew, EventIdentityClaimed)
+	}
+}

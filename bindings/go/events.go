@@ -33,6 +33,8 @@ const (
 	EventArtifactCorrupt     EventKind = C.TRIBE_EVENT_ARTIFACT_CORRUPT     // Holder sent bad bytes for Plugin
 	EventArtifactUnavailable EventKind = C.TRIBE_EVENT_ARTIFACT_UNAVAILABLE // Plugin's artifact could not be fetched (Message)
 	EventPolicyError         EventKind = C.TRIBE_EVENT_POLICY_ERROR         // Policy could not be evaluated (Message)
+	EventIdentityClaimed     EventKind = C.TRIBE_EVENT_IDENTITY_CLAIMED     // another identity claims this node's name (Addr, Generation)
+	EventClockSkew           EventKind = C.TRIBE_EVENT_CLOCK_SKEW           // Member's clock is off this node's by OffsetMs
 )
 
 var eventNames = map[string]EventKind{
@@ -54,6 +56,8 @@ var eventNames = map[string]EventKind{
 	"artifact_corrupt":     EventArtifactCorrupt,
 	"artifact_unavailable": EventArtifactUnavailable,
 	"policy_error":         EventPolicyError,
+	"identity_claimed":     EventIdentityClaimed,
+	"clock_skew":           EventClockSkew,
 }
 
 // String gives the kind's stable snake_case name, e.g. "member_joined".
@@ -72,8 +76,9 @@ type Event struct {
 	Kind EventKind
 	// Tribe the event is about (tribe, plugin and task events).
 	Tribe string
-	// Member is the node a member event is about; Addr its address for
-	// EventMemberJoined.
+	// Member is the node a member or EventClockSkew event is about; Addr
+	// its address for EventMemberJoined, or the claimant's address for
+	// EventIdentityClaimed.
 	Member string
 	Addr   string
 	// ByHand and ByPolicy say how this node is in Tribe (EventTribeJoined).
@@ -89,6 +94,11 @@ type Event struct {
 	Policy string
 	// Message explains an EventPolicyError or EventArtifactUnavailable.
 	Message string
+	// Generation is the generation an EventIdentityClaimed claim carries.
+	Generation uint64
+	// OffsetMs is Member's clock minus this node's, in milliseconds
+	// (EventClockSkew).
+	OffsetMs int64
 }
 
 // eventJSON is the C ABI's event JSON (docs/c-api.md).
@@ -105,6 +115,8 @@ type eventJSON struct {
 	Policy   string  `json:"policy"`
 	Message  string  `json:"message"`
 	Reason   string  `json:"reason"`
+	Gen      uint64  `json:"generation"`
+	OffsetMs int64   `json:"offset_ms"`
 }
 
 func decodeEvent(kind EventKind, text []byte) (Event, error) {
@@ -120,16 +132,18 @@ func decodeEvent(kind EventKind, text []byte) (Event, error) {
 		msg = j.Reason
 	}
 	return Event{
-		Kind:     kind,
-		Tribe:    j.Tribe,
-		Member:   j.Name,
-		Addr:     j.Addr,
-		ByHand:   j.ByHand,
-		ByPolicy: j.ByPolicy,
-		Plugin:   j.Plugin,
-		Task:     j.Task,
-		Holder:   j.Holder,
-		Policy:   j.Policy,
-		Message:  msg,
+		Kind:       kind,
+		Tribe:      j.Tribe,
+		Member:     j.Name,
+		Addr:       j.Addr,
+		ByHand:     j.ByHand,
+		ByPolicy:   j.ByPolicy,
+		Plugin:     j.Plugin,
+		Task:       j.Task,
+		Holder:     j.Holder,
+		Policy:     j.Policy,
+		Message:    msg,
+		Generation: j.Gen,
+		OffsetMs:   j.OffsetMs,
 	}, nil
 }

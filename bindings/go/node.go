@@ -54,6 +54,8 @@ type Config struct {
 	WorkerThreads int
 	// Limits of remote calls; zero fields keep the defaults.
 	Limits Limits
+	// StateLimits cap the replicated state; zero fields keep the defaults.
+	StateLimits StateLimits
 	// EventBuffer is the capacity of the Events channel (0: DefaultEventBuffer).
 	EventBuffer int
 }
@@ -68,6 +70,22 @@ type Limits struct {
 	MaxInflight int
 	// MaxServing: handlers running at once on this node (default 1024).
 	MaxServing int
+	// MaxStreams: inbound call streams served at once (default 1024); one
+	// more is refused and its calls fail with ErrOverloaded.
+	MaxStreams int
+}
+
+// StateLimits cap how many records of each kind the replicated state holds
+// (tombstones included). Zero keeps a cap's default. Keep them equal
+// cluster-wide: a command that would pass one fails with ErrLimitReached,
+// and a record from a peer that would pass one is refused and counted.
+type StateLimits struct {
+	Nodes    int // members known (default 20,000)
+	Tribes   int // default 10,000
+	Members  int // memberships by hand (default 200,000)
+	Policies int // default 1,000
+	Plugins  int // plugin entries, all tribes (default 20,000)
+	Tasks    int // tasks, all tribes (default 20,000)
 }
 
 // Node is a running libtribe node. Its methods may be called from many
@@ -200,14 +218,29 @@ func Start(cfg Config) (*Node, error) {
 		return C.tribe_config_set_data_dir(ccfg, cs.str(cfg.DataDir), e)
 	})
 	l := cfg.Limits
-	add(l != (Limits{}), func(e **C.tribe_error) C.uint32_t {
+	add(l.MaxPayload|l.MaxInflightPerConn|l.MaxInflight|l.MaxServing != 0, func(e **C.tribe_error) C.uint32_t {
 		return C.tribe_config_set_rpc_limits(ccfg, C.size_t(l.MaxPayload), C.size_t(l.MaxInflightPerConn),
 			C.size_t(l.MaxInflight), C.size_t(l.MaxServing), e)
 	})
+	sl := cfg.StateLimits
+	named := []struct {
+		name  string
+		value int
+	}{
+		{"max_streams", l.MaxStreams}, {"nodes", sl.Nodes}, {"tribes", sl.Tribes}, {"members", sl.Members},
+		{"policies", sl.Policies}, {"plugins", sl.Plugins}, {"tasks", sl.Tasks},
+	}
+	negative := false
+	for _, lim := range named {
+		negative = negative || lim.value < 0
+		add(lim.value > 0, func(e **C.tribe_error) C.uint32_t {
+			return C.tribe_config_set_limit(ccfg, cs.str(lim.name), C.uint64_t(lim.value), e)
+		})
+	}
 	add(cfg.WorkerThreads != 0, func(e **C.tribe_error) C.uint32_t {
 		return C.tribe_config_set_worker_threads(ccfg, C.uint32_t(cfg.WorkerThreads), e)
 	})
-	if l.MaxPayload < 0 || l.MaxInflightPerConn < 0 || l.MaxInflight < 0 || l.MaxServing < 0 || cfg.WorkerThreads < 0 {
+	if negative || l.MaxPayload < 0 || l.MaxInflightPerConn < 0 || l.MaxInflight < 0 || l.MaxServing < 0 || cfg.WorkerThreads < 0 {
 		return nil, &Error{Code: "invalid_argument", Message: "negative limit or thread count", num: C.TRIBE_INVALID_ARGUMENT}
 	}
 	for _, step := range steps {

@@ -52,6 +52,7 @@ from ._errors import (
     InvalidPolicyError,
     KeyringError,
     KeyringFullError,
+    LimitReachedError,
     NoKeyringError,
     NoProviderError,
     NotMemberError,
@@ -81,6 +82,8 @@ from ._types import (
     ArtifactUnavailable,
     Endpoint,
     Event,
+    ClockSkew,
+    IdentityClaimed,
     Isolated,
     Joined,
     KeyHolding,
@@ -119,6 +122,7 @@ __all__ = [
     "CallError",
     "CallInfo",
     "CallTimeoutError",
+    "ClockSkew",
     "ConfigError",
     "DisconnectedError",
     "EncryptionNotRequiredError",
@@ -127,6 +131,7 @@ __all__ = [
     "Events",
     "Handler",
     "HandlerError",
+    "IdentityClaimed",
     "InvalidArgumentError",
     "InvalidNameError",
     "InvalidPolicyError",
@@ -135,6 +140,7 @@ __all__ = [
     "KeyHolding",
     "KeyringError",
     "KeyringFullError",
+    "LimitReachedError",
     "Keys",
     "Member",
     "MemberFailed",
@@ -372,7 +378,12 @@ class Node:
     ``profile`` is ``"lan"``, ``"wan"`` or ``"local"``. ``label`` keeps
     clusters apart. ``data_dir`` keeps peers, memberships by hand and the
     keyring across restarts. ``handler_threads`` bounds the Python threads
-    that run this node's handlers.
+    that run this node's handlers. ``limits`` sets caps by name: of the
+    replicated state, ``nodes``, ``tribes``, ``members``, ``policies``,
+    ``plugins``, ``tasks`` (keep them equal cluster-wide; a command past one
+    raises :class:`LimitReachedError`), and ``max_streams``, the inbound call
+    streams served at once; an unknown name raises
+    :class:`InvalidArgumentError`.
     """
 
     def __init__(
@@ -390,6 +401,7 @@ class Node:
         advertise: Optional[str] = None,
         collect_facts: bool = True,
         max_payload: Optional[int] = None,
+        limits: Optional[Mapping[str, int]] = None,
         handler_threads: int = 4,
     ) -> None:
         if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
@@ -404,6 +416,12 @@ class Node:
                 raise TypeError(f"facts must map str to str, not {type(k).__name__} to {type(v).__name__}")
         if max_payload is not None and (isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0):
             raise ValueError("max_payload must be a positive int")
+        limit_dict: Dict[str, int] = dict(limits or {})
+        for k, v in limit_dict.items():
+            if not isinstance(k, str):
+                raise TypeError(f"limits must map str to int, not {type(k).__name__}")
+            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+                raise ValueError(f"limit {k!r} must be a positive int, not {v!r}")
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
         self._lock = threading.Lock()
@@ -421,6 +439,7 @@ class Node:
             advertise,
             collect_facts,
             max_payload,
+            limit_dict,
         )
         _live.add(self)
 

@@ -227,6 +227,12 @@ class ShutdownError(TribeError):
     error_code = "shutting_down"
 
 
+class LimitReachedError(TribeError):
+    """The cluster holds as many records of a kind as its limits allow (see ``limits=``)."""
+
+    error_code = "limit_reached"
+
+
 class TribeIOError(TribeError, OSError):
     """A socket could not be bound or used."""
 

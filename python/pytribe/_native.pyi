@@ -85,6 +85,7 @@ class NativeNode:
         advertise: Optional[str] = None,
         collect_facts: bool = True,
         max_payload: Optional[int] = None,
+        limits: Dict[str, int] = ...,
     ) -> NativeNode: ...
     @property
     def name(self) -> str: ...

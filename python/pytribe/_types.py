@@ -328,6 +328,24 @@ class PolicyFailed(Event):
 
 
 @dataclass(frozen=True)
+class IdentityClaimed(Event):
+    """Another identity claims this node's name with a generation that would displace it."""
+
+    kind: ClassVar[str] = "identity_claimed"
+    addr: str
+    generation: int
+
+
+@dataclass(frozen=True)
+class ClockSkew(Event):
+    """A peer's clock is off this node's by ``offset_ms`` (its clock minus ours)."""
+
+    kind: ClassVar[str] = "clock_skew"
+    name: str
+    offset_ms: int
+
+
+@dataclass(frozen=True)
 class UnknownEvent(Event):
     """An event of a kind this version of pytribe does not know."""
 
@@ -354,6 +372,8 @@ AnyEvent = Union[
     ArtifactCorrupt,
     ArtifactUnavailable,
     PolicyFailed,
+    IdentityClaimed,
+    ClockSkew,
     UnknownEvent,
 ]
 
@@ -393,6 +413,8 @@ _SIMPLE: Dict[str, Callable[..., Event]] = {
         TribeJoined,
         TribeLeft,
         PolicyFailed,
+        IdentityClaimed,
+        ClockSkew,
         UnknownEvent,
     )
 }

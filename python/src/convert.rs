@@ -121,6 +121,13 @@ pub(crate) fn event(e: &Event) -> Value {
             "policy_error",
             json!({"policy": policy, "message": message}),
         ),
+        Event::IdentityClaimed { addr, generation } => with_kind(
+            "identity_claimed",
+            json!({"addr": addr.to_string(), "generation": generation}),
+        ),
+        Event::ClockSkew { peer, offset_ms } => {
+            with_kind("clock_skew", json!({"name": peer, "offset_ms": offset_ms}))
+        }
         other => with_kind("unknown", json!({ "text": format!("{other:?}") })),
     }
 }

@@ -156,7 +156,7 @@ impl NativeNode {
     #[pyo3(signature = (
         name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
         profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
-        collect_facts=true, max_payload=None
+        collect_facts=true, max_payload=None, limits=BTreeMap::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -173,6 +173,7 @@ impl NativeNode {
         advertise: Option<&str>,
         collect_facts: bool,
         max_payload: Option<usize>,
+        limits: BTreeMap<String, usize>,
     ) -> PyResult<NativeNode> {
         let mut cfg = Config::new(name);
         cfg.bind = parse_addr("bind", bind)?;
@@ -203,6 +204,9 @@ impl NativeNode {
         if let Some(limit) = max_payload {
             cfg.rpc.max_payload = limit;
             cfg.max_frame = cfg.max_frame.max(limit.saturating_add(64 * 1024));
+        }
+        for (name, value) in &limits {
+            check(py, cfg.set_limit(name, *value))?;
         }
         let started = wait(py, async move { tribe::Node::start(cfg).await })?;
         let node = check(py, started)?;

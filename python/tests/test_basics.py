@@ -171,3 +171,26 @@ def test_exception_hierarchy() -> None:
     ):
         assert issubclass(cls, pytribe.TribeError)
     assert pytribe.RemoteError.error_code == "remote"
+
+
+def test_state_limits_refuse_the_command_past_them() -> None:
+    with start("limited", limits={"tribes": 2, "max_streams": 8}) as node:
+        node.create_tribe("a")
+        node.create_tribe("b")
+        with pytest.raises(pytribe.LimitReachedError) as e:
+            node.create_tribe("c")
+        assert e.value.code == "limit_reached" and "2 tribes" in e.value.message
+        assert sorted(t.name for t in node.tribes()) == ["a", "b"]
+    with pytest.raises(pytribe.InvalidArgumentError):
+        start("bad-limit", limits={"moons": 3})
+    with pytest.raises(ValueError):
+        start("zero-limit", limits={"tribes": 0})
+    with pytest.raises(ValueError):
+        start("bool-limit", limits={"tribes": True})
+
+
+def test_identity_and_skew_events_decode() -> None:
+    ev = pytribe._event({"kind_": "identity_claimed", "addr": "10.0.0.9:7946", "generation": 2**64 - 1})
+    assert isinstance(ev, pytribe.IdentityClaimed) and ev.generation == 2**64 - 1
+    ev = pytribe._event({"kind_": "clock_skew", "name": "slow-1", "offset_ms": -600000})
+    assert isinstance(ev, pytribe.ClockSkew) and ev.name == "slow-1" and ev.offset_ms == -600000

@@ -320,6 +320,12 @@ pub fn render(s: &Snapshot) -> String {
         "Call streams refused at the bound of streams served at once",
         rpc.streams_refused,
     );
+    counter(
+        &mut r,
+        "rpc_replies_too_large",
+        "Replies of this node's handlers over max_payload, failed instead of sent",
+        rpc.replies_too_large,
+    );
     counter_family(
         &mut r,
         "artifacts",

@@ -71,7 +71,8 @@ fn status_of(e: &Error) -> StatusCode {
         | Error::AlreadyMember { .. }
         | Error::PolicyExists(_)
         | Error::PluginExists { .. }
-        | Error::TaskExists { .. } => StatusCode::CONFLICT,
+        | Error::TaskExists { .. }
+        | Error::LimitReached { .. } => StatusCode::CONFLICT,
         Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -341,6 +341,29 @@ pub extern "C" fn tribe_config_set_rpc_limits(
     })
 }
 
+/// Sets one named limit to `value` (at least 1). Names and defaults: the
+/// replicated state's caps per kind of record, `"nodes"` 20,000,
+/// `"tribes"` 10,000, `"members"` (memberships by hand) 200,000,
+/// `"policies"` 1,000, `"plugins"` 20,000, `"tasks"` 20,000 (keep them
+/// equal cluster-wide; a command past one fails with
+/// `TRIBE_LIMIT_REACHED`); and `"max_streams"`, inbound call streams served
+/// at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`).
+/// An unknown name or a zero value is `TRIBE_INVALID_ARGUMENT`.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_limit(
+    cfg: *mut TribeConfig,
+    name: *const c_char,
+    value: u64,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        // Above usize::MAX the limit is as good as none.
+        let value = usize::try_from(value).unwrap_or(usize::MAX);
+        with_config(cfg, |p| Ok(p.config.set_limit(name, value)?))
+    })
+}
+
 /// Sets how many threads the node's runtime runs (1 to 64; default 2).
 #[no_mangle]
 pub extern "C" fn tribe_config_set_worker_threads(

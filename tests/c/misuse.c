@@ -36,6 +36,11 @@ static void config_misuse(void) {
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_worker_threads(cfg, 0, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_collect_facts(NULL, false, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_rpc_limits(NULL, 0, 0, 0, 0, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_limit(cfg, NULL, 1, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_limit(NULL, "tribes", 1, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_limit(cfg, "tribes", 0, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_limit(cfg, "galaxies", 5, &err));
+    EXPECT(TRIBE_INVALID_UTF8, tribe_config_set_limit(cfg, BAD_UTF8, 5, &err));
     /* A config that fails validation at start is consumed all the same. */
     tribe_node *node = NULL;
     EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(cfg, 1u << 30, 0, 0, 0, &err));
@@ -340,6 +345,34 @@ static void log_feed(void) {
     tribe_node_free(n);
 }
 
+/* A state limit set in the config refuses the command that would pass it,
+ * and the refused tribe is not created. */
+static void state_limits(void) {
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    EXPECT(TRIBE_OK, tribe_config_new("limited-node", &cfg, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_profile(cfg, "local", &err));
+    EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_limit(cfg, "tribes", 2, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_limit(cfg, "max_streams", 8, &err));
+    EXPECT(TRIBE_OK, tribe_node_start(cfg, &n, &err));
+    tribe_config_free(cfg);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "a", &err));
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "b", &err));
+    tribe_error *limit = NULL;
+    CHECK(tribe_node_create_tribe(n, "c", &limit) == TRIBE_LIMIT_REACHED);
+    CHECK(limit != NULL && tribe_error_code(limit) == TRIBE_LIMIT_REACHED);
+    CHECK(strstr(tribe_error_message(limit), "2 tribes") != NULL);
+    tribe_error_free(limit);
+    char *json = NULL;
+    size_t len = 0;
+    EXPECT(TRIBE_OK, tribe_node_tribes_json(n, &json, &len, &err));
+    CHECK(strstr(json, "\"a\"") && strstr(json, "\"b\"") && !strstr(json, "\"c\""));
+    tribe_string_free(json);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    tribe_node_free(n);
+}
+
 /* libtribe's threads block asynchronous signals: one sent to the process
  * while the host's only thread blocks it stays pending for the host. */
 static volatile sig_atomic_t handled;
@@ -377,6 +410,7 @@ int main(void) {
     after_shutdown(n);
     tribe_node_free(n);
     log_feed();
+    state_limits();
     signals_stay_with_the_host();
     printf("misuse: all checks passed\n");
     return 0;

@@ -126,6 +126,9 @@ struct FileOptions {
     insecure_plaintext: Option<bool>,
     publish_file: Option<PathBuf>,
     admin_token: Option<String>,
+    /// `[limits]`: caps of the replicated state and inbound call streams.
+    #[serde(default)]
+    limits: std::collections::BTreeMap<String, usize>,
 }
 
 /// Everything the agent needs, resolved and checked.
@@ -239,6 +242,11 @@ impl AgentArgs {
         let insecure_plaintext =
             self.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
         let plaintext = check_plaintext(&config, insecure_plaintext)?;
+        for (name, value) in &file.limits {
+            config
+                .set_limit(&name.replace('-', "_"), *value)
+                .map_err(|e| format!("[limits] {name}: {e}"))?;
+        }
         config.validate().map_err(|e| e.to_string())?;
         Ok(AgentPlan {
             config,
