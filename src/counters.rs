@@ -34,6 +34,9 @@ pub struct Counters {
     pub stream_auth_errors: u64,
     /// Streams whose peer did not finish the setup (hello, channel) in time.
     pub streams_stalled: u64,
+    /// Accepted connections closed at once because as many were still in
+    /// their setup or running an exchange as allowed (a flood).
+    pub streams_over_cap: u64,
     /// Streams refused for using a key this node does not hold.
     pub stream_unknown_keys: u64,
     /// Streams on which a peer refused this node's key (this node is behind

@@ -27,6 +27,11 @@ pub const EVENT_QUEUE: usize = 65_536;
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(30);
 /// How often the durable state is written when it changed.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Accepted connections that may be in their setup (hello, channel frame)
+/// or running an anti-entropy exchange at once; one more is closed at once
+/// and counted in `streams_over_cap`. Setups last at most the hello timeout,
+/// exchanges at most [`STREAM_LIFETIME`].
+pub const MAX_ACCEPTED_STREAMS: usize = 256;
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn wall_clock_ms() -> u64 {
@@ -210,6 +215,11 @@ pub(crate) struct Driver {
     security_epoch: u64,
     /// Key ids and primary of the keyring last written to the data dir.
     saved_ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
+    /// Accepted connections in their setup or running an exchange: bounded,
+    /// so a flood of connections that never send a hello cannot pile up
+    /// tasks and buffers. Call streams give theirs back at the handoff (the
+    /// call server has its own bound).
+    accepting: Arc<tokio::sync::Semaphore>,
 }
 
 /// Binds the UDP socket and a TCP listener on the same port. With port 0 the
@@ -252,6 +262,7 @@ impl Driver {
             saving: None,
             saved_ring: None,
             security_epoch: 0,
+            accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
         }
     }
 
@@ -280,10 +291,17 @@ impl Driver {
                 }
                 accepted = self.listener.accept() => {
                     match accepted {
-                        Ok((stream, _)) => {
-                            let conn = self.shared.engine().accept_stream();
-                            self.spawn_conn(conn, ConnTarget::Accepted(stream));
-                        }
+                        Ok((stream, _)) => match self.accepting.clone().try_acquire_owned() {
+                            Ok(permit) => {
+                                let conn = self.shared.engine().accept_stream();
+                                self.spawn_conn(conn, ConnTarget::Accepted(stream, permit));
+                            }
+                            // Closed at once: cheaper than any reply.
+                            Err(_) => {
+                                drop(stream);
+                                self.shared.engine().stream_over_cap();
+                            }
+                        },
                         Err(e) => tracing::debug!(error = %e, "accept error"),
                     }
                 }
@@ -585,7 +603,9 @@ impl Driver {
 
 enum ConnTarget {
     Dial(SocketAddr),
-    Accepted(TcpStream),
+    /// With its place among the accepted streams, held until the stream
+    /// ends or is handed to the call server.
+    Accepted(TcpStream, tokio::sync::OwnedSemaphorePermit),
 }
 
 /// Hands a stream failure to the engine for counting.
@@ -606,6 +626,8 @@ struct SyncStream {
     stream: TcpStream,
     sealer: stream::Sealer,
     opener: stream::Opener,
+    /// An accepted stream's place among the accepted streams.
+    _place: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 /// Connects or accepts, runs the hello exchange and the channel frame. An
@@ -633,9 +655,10 @@ async fn open_stream(
                     stream: s,
                     sealer,
                     opener,
+                    _place: None,
                 }))
             }
-            ConnTarget::Accepted(mut s) => {
+            ConnTarget::Accepted(mut s, place) => {
                 let _ = s.set_nodelay(true);
                 let (sealer, mut opener) = stream::accept(&mut s, security, max_frame).await?;
                 let channel = opener.read_frame(&mut s).await?;
@@ -644,8 +667,10 @@ async fn open_stream(
                         stream: s,
                         sealer,
                         opener,
+                        _place: Some(place),
                     })),
                     Some([wire::CHANNEL_RPC]) => {
+                        drop(place);
                         let (reader, writer) = s.into_split();
                         tokio::spawn(server.serve_stream(reader, writer, sealer, opener));
                         Ok(None)
@@ -671,10 +696,12 @@ async fn run_conn(
     mut rx: mpsc::UnboundedReceiver<ConnOut>,
     inbox: mpsc::UnboundedSender<DriverInput>,
 ) -> Result<(), StreamError> {
+    // `_place` is held until the exchange ends.
     let SyncStream {
         stream,
         mut sealer,
         mut opener,
+        _place,
     } = stream;
     let (reader, mut writer) = stream.into_split();
     let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);

@@ -5,6 +5,8 @@
 //! replayed, reordered or tampered frame fails. A plaintext stream starts
 //! directly with a frame; the responder tells them apart by the first two
 //! bytes (a hello's magic read as a length would exceed any frame limit).
+//! After the hellos each side proves it holds the key with an empty sealed
+//! frame (key confirmation) before any other frame is read.
 
 use std::time::Duration;
 
@@ -182,7 +184,40 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "handshake timed out"))??;
     let pair = derive_pair(&key, Role::Initiator, &mine, &theirs, &security.label);
-    Ok(halves(Some(pair), None, max_frame))
+    let (mut sealer, mut opener) = halves(Some(pair), None, max_frame);
+    confirm_key(stream, &mut sealer, &mut opener).await?;
+    Ok((sealer, opener))
+}
+
+/// Key confirmation: right after the hellos each side sends an empty sealed
+/// frame and reads the peer's, allowing it no body, before any other frame.
+/// A peer without the key is dropped after 20 bytes, before it can make
+/// this node buffer a frame. Both sides write before they read, so it adds
+/// no round trip.
+async fn confirm_key<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    sealer: &mut Sealer,
+    opener: &mut Opener,
+) -> Result<(), StreamError> {
+    let exchange = async {
+        sealer.write_frame(stream, &[]).await?;
+        let limit = std::mem::replace(&mut opener.max_frame, 0);
+        let got = opener
+            .next_frame(stream)
+            .await
+            .map(|frame| frame.map(<[u8]>::is_empty));
+        opener.max_frame = limit;
+        match got? {
+            Some(true) => Ok(()),
+            Some(false) => Err(StreamError::Refused(Refusal::Auth)),
+            None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        }
+    };
+    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "key confirmation timed out")
+        })?
 }
 
 /// The two halves of a stream, sealed with `pair` (send, receive) or plain.
@@ -260,7 +295,12 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
     let pair = sealed.map(|(key, theirs, mine)| {
         derive_pair(&key, Role::Responder, &theirs, &mine, &security.label)
     });
-    Ok(halves(pair, pending_header, max_frame))
+    let sealed = pair.is_some();
+    let (mut sealer, mut opener) = halves(pair, pending_header, max_frame);
+    if sealed {
+        confirm_key(stream, &mut sealer, &mut opener).await?;
+    }
+    Ok((sealer, opener))
 }
 
 impl Sealer {
@@ -517,5 +557,50 @@ mod tests {
             StreamError::BadFrame(wire::WireError::Oversized(_))
         ));
         assert!(opener.buf.capacity() < 64, "only the channel frame's bytes");
+    }
+
+    /// A peer that knows the key id but not the key (it saw a hello go by)
+    /// is dropped at its first frame header: the confirmation allows no
+    /// body, so the node never buffers what the header claims.
+    #[tokio::test]
+    async fn a_peer_without_the_key_is_dropped_at_its_first_header() {
+        let security = sealed();
+        let key_id = security.keyring.as_ref().unwrap().primary_id();
+        let (mut a, mut b) = duplex(1 << 20);
+        let acceptor = tokio::spawn(async move { accept(&mut b, &security, 16 << 20).await });
+        a.write_all(&StreamHello::new(key_id).encode())
+            .await
+            .unwrap();
+        let mut theirs = [0u8; crypto::HELLO_LEN];
+        a.read_exact(&mut theirs).await.unwrap();
+        // A frame claiming 8 MiB, then the first bytes of it.
+        a.write_all(&(8u32 << 20).to_be_bytes()).await.unwrap();
+        a.write_all(&[0xAB; 4096]).await.unwrap();
+        let got = acceptor.await.unwrap();
+        assert!(
+            matches!(
+                got,
+                Err(StreamError::BadFrame(wire::WireError::Oversized(_)))
+            ),
+            "{:?}",
+            got.err()
+        );
+        // A forged confirmation of the right size fails authentication.
+        let security = sealed();
+        let key_id = security.keyring.as_ref().unwrap().primary_id();
+        let (mut a, mut b) = duplex(1 << 20);
+        let acceptor = tokio::spawn(async move { accept(&mut b, &security, 16 << 20).await });
+        a.write_all(&StreamHello::new(key_id).encode())
+            .await
+            .unwrap();
+        a.read_exact(&mut theirs).await.unwrap();
+        a.write_all(&16u32.to_be_bytes()).await.unwrap();
+        a.write_all(&[0u8; 16]).await.unwrap();
+        let got = acceptor.await.unwrap();
+        assert!(
+            matches!(got, Err(StreamError::Refused(Refusal::Auth))),
+            "{:?}",
+            got.err()
+        );
     }
 }

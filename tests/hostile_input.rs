@@ -66,3 +66,42 @@ async fn garbage_is_counted_and_dropped() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A flood of connections that never send a hello: those past the cap are
+/// closed at once and counted, gossip keeps flowing, and once the flood
+/// ends the places come back (a late joiner syncs through the node).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_flood_is_capped_and_the_places_come_back() {
+    let nodes = start_cluster("flood", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let target = &nodes[0];
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        flood.push(TcpStream::connect(target.addr()).await.unwrap());
+    }
+    wait_for(
+        "the connections past the cap counted",
+        Duration::from_secs(10),
+        || target.counters().streams_over_cap >= 300 - 256,
+    )
+    .await;
+    // Gossip does not need a stream.
+    nodes[1].create_tribe("during-flood").await.unwrap();
+    wait_for("gossip during the flood", Duration::from_secs(10), || {
+        target.tribe("during-flood").is_some()
+    })
+    .await;
+    drop(flood);
+    // The places are given back: a late joiner syncs through the target.
+    let mut cfg = test_config("flood-late");
+    cfg.seeds = vec![target.addr()];
+    let late = tribe::Node::start(cfg).await.unwrap();
+    wait_for("the late joiner synced", Duration::from_secs(15), || {
+        late.tribe("during-flood").is_some() && late.members_alive() == 3
+    })
+    .await;
+    late.shutdown().await.unwrap();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -417,11 +417,11 @@ class Node:
         if max_payload is not None and (isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0):
             raise ValueError("max_payload must be a positive int")
         limit_dict: Dict[str, int] = dict(limits or {})
-        for k, v in limit_dict.items():
-            if not isinstance(k, str):
-                raise TypeError(f"limits must map str to int, not {type(k).__name__}")
-            if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
-                raise ValueError(f"limit {k!r} must be a positive int, not {v!r}")
+        for limit_name, limit in limit_dict.items():
+            if not isinstance(limit_name, str):
+                raise TypeError(f"limits must map str to int, not {type(limit_name).__name__}")
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+                raise ValueError(f"limit {limit_name!r} must be a positive int, not {limit!r}")
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
         self._lock = threading.Lock()

@@ -160,6 +160,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "streams_over_cap",
+        "Accepted connections closed at once: the cap of streams in setup or exchange was reached",
+        c.streams_over_cap,
+    );
+    counter(
+        &mut r,
         "stream_unknown_keys",
         "Streams refused for using a key this node does not hold",
         c.stream_unknown_keys,

@@ -486,8 +486,12 @@ impl Engine {
         }
         self.record.left = true;
         self.publish_record();
-        // Push the goodbye by anti-entropy too, so it does not hinge on gossip.
-        self.periodic_sync();
+        // Push the goodbye by anti-entropy too, so it does not hinge on
+        // gossip; to three peers, as one of them may be going down too
+        // (each call prefers a peer with no exchange under way).
+        for _ in 0..3 {
+            self.periodic_sync();
+        }
         self.left = true;
         if let Err(e) = self.swim.leave_cluster(&mut self.swim_rt) {
             tracing::debug!(error = %e, "leave failed");

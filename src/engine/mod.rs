@@ -661,4 +661,9 @@ impl Engine {
         self.next_conn += 1;
         ConnId((self.next_conn << 1) | 1)
     }
+
+    /// Counts an accepted connection closed at the cap of inbound streams.
+    pub fn stream_over_cap(&mut self) {
+        lock(&self.shared).counters.streams_over_cap += 1;
+    }
 }
