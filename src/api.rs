@@ -260,6 +260,8 @@ impl Node {
 
     /// Adds a policy; `when` is CEL over `facts`, checked before it is spread.
     pub async fn add_policy(&self, name: &str, tribe: &str, when: &str) -> Result<()> {
+        // Checked here, on the caller's thread: the engine never compiles.
+        crate::policy::Condition::compile(when).map_err(Error::InvalidPolicy)?;
         self.command(Command::AddPolicy {
             name: name.into(),
             tribe: tribe.into(),

@@ -130,9 +130,24 @@ pub fn engine_with(
     engine
 }
 
-/// Drains an engine's outputs.
+thread_local! {
+    /// Compiled policies, shared by every engine of a fuzzing thread.
+    static POLICIES: std::cell::RefCell<crate::policy_set::PolicySet> = Default::default();
+}
+
+/// Drains an engine's outputs, answering its policy requests at once.
 pub fn drain(engine: &mut Engine) -> Vec<Output> {
-    std::iter::from_fn(|| engine.poll_output()).collect()
+    let mut outputs = Vec::new();
+    while let Some(output) = engine.poll_output() {
+        match output {
+            Output::EvaluatePolicies(request) => {
+                let results = POLICIES.with(|s| s.borrow_mut().answer(&request));
+                engine.handle_policy_results(NOW_MS, results);
+            }
+            other => outputs.push(other),
+        }
+    }
+    outputs
 }
 
 /// Whole datagrams (envelope included) handed to the engine in order: the

@@ -29,6 +29,7 @@ mod ffi;
 pub mod hlc;
 pub mod names;
 pub mod policy;
+pub mod policy_set;
 pub mod records;
 pub mod rpc;
 pub mod runtime;

@@ -219,15 +219,7 @@ impl Condition {
     /// once, builds a message (`T{...}`), or calls `matches()` with a pattern
     /// that is not a valid string literal.
     pub fn compile(when: &str) -> Result<Condition, PolicyError> {
-        if when.trim().is_empty() {
-            return Err(PolicyError::new("empty expression"));
-        }
-        if when.len() > MAX_EXPRESSION_LEN {
-            return Err(PolicyError::new(format!(
-                "expression is {} bytes long, longer than the limit of {MAX_EXPRESSION_LEN}",
-                when.len()
-            )));
-        }
+        check_length(when)?;
         check_nesting(when)?;
 
         // The parser and the checks recurse, deeply in debug builds: give them a
@@ -400,6 +392,21 @@ fn parse_error(source: &str, errors: ParseErrors) -> PolicyError {
         }
     }
     error
+}
+
+/// Rejects an empty expression or one longer than [`MAX_EXPRESSION_LEN`]:
+/// the cheap checks, which need no parser (and no thread).
+pub fn check_length(when: &str) -> Result<(), PolicyError> {
+    if when.trim().is_empty() {
+        return Err(PolicyError::new("empty expression"));
+    }
+    if when.len() > MAX_EXPRESSION_LEN {
+        return Err(PolicyError::new(format!(
+            "expression is {} bytes long, longer than the limit of {MAX_EXPRESSION_LEN}",
+            when.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Rejects brackets nested deeper than [`MAX_NESTING`], before the parser

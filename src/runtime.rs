@@ -124,6 +124,8 @@ pub(crate) enum DriverInput {
     Refused(ConnId, crate::stream::Refusal),
     /// The API queued outputs (a command ran).
     Wake,
+    /// A policy evaluation finished on its blocking thread.
+    Policies(crate::policy_set::PolicyResults),
     /// Stop; `leave` first when graceful.
     Stop {
         leave: bool,
@@ -220,7 +222,22 @@ pub(crate) struct Driver {
     /// tasks and buffers. Call streams give theirs back at the handoff (the
     /// call server has its own bound).
     accepting: Arc<tokio::sync::Semaphore>,
+    /// Policy evaluations: one at a time, off the driver.
+    policies: PolicyJobs,
 }
+
+/// The driver's policy evaluations: at most one runs (on a blocking
+/// thread) and one waits; a newer request replaces the waiting one, since
+/// the engine only takes the answer to its latest.
+#[derive(Default)]
+struct PolicyJobs {
+    set: Arc<Mutex<crate::policy_set::PolicySet>>,
+    running: bool,
+    next: Option<crate::policy_set::PolicyRequest>,
+}
+
+/// An evaluation of a node's policies slower than this is logged.
+const SLOW_POLICIES: Duration = Duration::from_millis(100);
 
 /// Binds the UDP socket and a TCP listener on the same port. With port 0 the
 /// UDP port is picked first and TCP tries it; a few retries cover the rare
@@ -263,6 +280,7 @@ impl Driver {
             saved_ring: None,
             security_epoch: 0,
             accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
+            policies: PolicyJobs::default(),
         }
     }
 
@@ -476,6 +494,15 @@ impl Driver {
                     .engine()
                     .handle_stream_refused(self.shared.now_ms(), conn, why);
             }
+            DriverInput::Policies(results) => {
+                self.shared
+                    .engine()
+                    .handle_policy_results(self.shared.now_ms(), results);
+                self.policies.running = false;
+                if let Some(next) = self.policies.next.take() {
+                    self.evaluate_policies(next);
+                }
+            }
             // A stop during a graceful leave is already under way.
             DriverInput::Wake | DriverInput::Stop { .. } => {}
         }
@@ -520,8 +547,37 @@ impl Driver {
         }
     }
 
+    /// Evaluates policies on a blocking thread, or queues the request when
+    /// an evaluation runs.
+    fn evaluate_policies(&mut self, request: crate::policy_set::PolicyRequest) {
+        if self.policies.running {
+            self.policies.next = Some(request);
+            return;
+        }
+        self.policies.running = true;
+        let set = self.policies.set.clone();
+        let inbox = self.inbox_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let results = set
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer(&request);
+            let took = started.elapsed();
+            if took > SLOW_POLICIES {
+                tracing::warn!(
+                    policies = request.policies.len(),
+                    took_ms = took.as_millis() as u64,
+                    "policies are slow to evaluate"
+                );
+            }
+            let _ = inbox.send(DriverInput::Policies(results));
+        });
+    }
+
     fn perform(&mut self, out: Output) {
         match out {
+            Output::EvaluatePolicies(request) => self.evaluate_policies(request),
             Output::Datagram { to, bytes } => {
                 if self.shared.faults.is_blocked(&to) {
                     return;

@@ -13,6 +13,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use tribe::engine::{ConnId, Engine, Output, Timer};
+use tribe::policy_set::{PolicyResults, PolicySet};
 use tribe::{Command, Config, PluginKind, Profile, TaskState};
 
 enum Item {
@@ -37,6 +38,11 @@ struct Sim {
     rng: StdRng,
     /// Hash of every output, in order.
     trace: std::collections::hash_map::DefaultHasher,
+    /// Each node's compiled policies.
+    policy_sets: Vec<PolicySet>,
+    /// Policy answers not yet handed back, delivered at random later steps
+    /// as a blocking thread would (a newer request makes one stale).
+    policy_answers: Vec<(usize, PolicyResults)>,
 }
 
 const START_MS: u64 = 1_700_000_000_000;
@@ -91,6 +97,8 @@ impl Sim {
             dead: BTreeSet::new(),
             rng,
             trace: Default::default(),
+            policy_sets: (0..n).map(|_| PolicySet::new()).collect(),
+            policy_answers: Vec::new(),
         };
         for i in 0..n {
             sim.nodes[i].start(START_MS);
@@ -155,9 +163,26 @@ impl Sim {
                     let due = self.now + after.as_millis() as u64;
                     self.timers.insert((due, self.seq), (i, timer));
                 }
+                Output::EvaluatePolicies(request) => {
+                    let answer = self.policy_sets[i].answer(&request);
+                    self.policy_answers.push((i, answer));
+                }
                 Output::Event(_) => {}
             }
         }
+    }
+
+    fn deliver_policy_answer(&mut self) -> bool {
+        if self.policy_answers.is_empty() {
+            return false;
+        }
+        let k = self.rng.random_range(0..self.policy_answers.len());
+        let (j, answer) = self.policy_answers.remove(k);
+        if !self.dead.contains(&j) {
+            self.nodes[j].handle_policy_results(self.now, answer);
+            self.drain(j);
+        }
+        true
     }
 
     fn deliver_datagram(&mut self) -> bool {
@@ -275,7 +300,7 @@ impl Sim {
     /// Random interleaving of commands, deliveries and timers.
     fn busy(&mut self, steps: usize) {
         for _ in 0..steps {
-            match self.rng.random_range(0..10) {
+            match self.rng.random_range(0..11) {
                 0 => self.random_command(),
                 1..=4 => {
                     if !self.deliver_datagram() {
@@ -284,6 +309,11 @@ impl Sim {
                 }
                 5..=8 => {
                     if !self.deliver_stream() {
+                        self.fire_timer();
+                    }
+                }
+                9 => {
+                    if !self.deliver_policy_answer() {
                         self.fire_timer();
                     }
                 }
@@ -296,7 +326,8 @@ impl Sim {
     fn settle(&mut self, ms: u64) {
         let until = self.now + ms;
         while self.now < until {
-            while self.deliver_stream() || self.deliver_datagram() {}
+            while self.deliver_stream() || self.deliver_datagram() || self.deliver_policy_answer() {
+            }
             self.fire_timer();
         }
     }

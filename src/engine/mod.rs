@@ -112,6 +112,9 @@ pub enum Output {
     },
     /// Hand an event to the application.
     Event(Event),
+    /// Evaluate the node's policies (off the engine, on any thread) and
+    /// hand the answer to [`Engine::handle_policy_results`].
+    EvaluatePolicies(crate::policy_set::PolicyRequest),
 }
 
 type Swim = Foca<NodeId, codec::GuardedCodec, StdRng, DeltaHandler>;

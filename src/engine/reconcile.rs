@@ -4,12 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use crate::policy::Condition;
+use crate::policy_set::{PolicyInput, PolicyOutcome, PolicyRequest, PolicyResults};
 use crate::records::{Key, PluginRecord, TaskRecord, TribeRecord, Value};
 
 use super::delta::lock;
 use super::view::{Membership, PluginEntry, Task, View};
-use super::Engine;
+use super::{Engine, Output};
 
 /// What happened, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -127,8 +127,11 @@ pub struct Reconciler {
     mine: BTreeMap<String, Membership>,
     plugins: BTreeMap<(String, String, String), PluginRecord>,
     tasks: BTreeMap<(String, String), TaskRecord>,
-    /// Compiled policies by source text.
-    compiled: BTreeMap<String, Result<Condition, String>>,
+    /// Ordinal of the last policy request.
+    policy_seq: u64,
+    /// Facts and policies of the last request, to ask only when they change
+    /// (cleared when an answer holds a transient failure).
+    policy_asked: Option<(BTreeMap<String, String>, Vec<PolicyInput>)>,
     /// Policy errors reported, by policy name.
     reported_errors: BTreeMap<String, String>,
 }
@@ -244,54 +247,63 @@ impl Engine {
         }
     }
 
-    /// Evaluates every policy over our facts; updates our policy tribes and
-    /// creates a target tribe that does not exist yet.
+    /// Asks for every policy to be evaluated over our facts (see
+    /// [`crate::policy_set`]), unless nothing changed since the last ask.
     pub(super) fn evaluate_policies(&mut self) {
         if self.left {
             return;
         }
-        let policies = {
+        let policies: Vec<PolicyInput> = {
             let sh = lock(&self.shared);
-            View { state: &sh.state }.policies()
+            View { state: &sh.state }
+                .policies()
+                .into_iter()
+                .map(|p| PolicyInput {
+                    name: p.name,
+                    tribe: p.tribe,
+                    when: p.when,
+                })
+                .collect()
         };
-        let facts = self.record.facts.clone();
+        let asked = (self.record.facts.clone(), policies);
+        if self.reconcile.policy_asked.as_ref() == Some(&asked) {
+            return;
+        }
+        self.reconcile.policy_seq += 1;
+        let request = PolicyRequest {
+            seq: self.reconcile.policy_seq,
+            facts: asked.0.clone(),
+            policies: asked.1.clone(),
+        };
+        self.reconcile.policy_asked = Some(asked);
+        self.outputs.push_back(Output::EvaluatePolicies(request));
+    }
+
+    /// Takes the answer to the last policy request (older ones are
+    /// ignored): updates our policy tribes, creates a target tribe that does
+    /// not exist yet, and reports each new failure once.
+    pub fn handle_policy_results(&mut self, now_ms: u64, results: PolicyResults) {
+        self.tick(now_ms);
+        if results.seq != self.reconcile.policy_seq || self.left {
+            return;
+        }
         let mut holding = BTreeSet::new();
         let mut errors = BTreeMap::new();
-        for p in &policies {
-            if !self.reconcile.compiled.contains_key(&p.when) {
-                match Condition::compile(&p.when) {
-                    // Not remembered: the next evaluation tries again.
-                    Err(e) if e.is_transient() => {
-                        errors.insert(p.name.clone(), format!("does not compile: {e}"));
-                        continue;
-                    }
-                    result => {
-                        self.reconcile
-                            .compiled
-                            .insert(p.when.clone(), result.map_err(|e| e.to_string()));
-                    }
-                }
-            }
-            let Some(compiled) = self.reconcile.compiled.get(&p.when) else {
-                continue;
-            };
-            let outcome = match compiled {
-                Ok(cond) => cond.evaluate(&facts).map_err(|e| e.message),
-                Err(e) => Err(format!("does not compile: {e}")),
-            };
+        for (p, outcome) in results.outcomes {
             match outcome {
-                Ok(true) => {
-                    holding.insert(p.tribe.clone());
+                PolicyOutcome::Holds => {
+                    holding.insert(p.tribe);
                 }
-                Ok(false) => {}
-                Err(message) => {
-                    errors.insert(p.name.clone(), message);
+                PolicyOutcome::DoesNotHold => {}
+                PolicyOutcome::Failed { message, transient } => {
+                    if transient {
+                        // Ask again at the next change.
+                        self.reconcile.policy_asked = None;
+                    }
+                    errors.insert(p.name, message);
                 }
             }
         }
-        // Keep the cache from growing with every policy ever seen.
-        let live: BTreeSet<&String> = policies.iter().map(|p| &p.when).collect();
-        self.reconcile.compiled.retain(|src, _| live.contains(src));
         for (policy, message) in &errors {
             if self.reconcile.reported_errors.get(policy) != Some(message) {
                 self.emit(Event::PolicyError {
@@ -316,6 +328,7 @@ impl Engine {
             self.record.policy_tribes = holding;
             self.publish_record();
         }
+        self.after_change();
     }
 
     pub(super) fn create_tribe_record(&mut self, tribe: &str) {
@@ -446,15 +459,24 @@ mod tests {
     use super::*;
     use crate::engine::Output;
     use crate::hlc::Hlc;
+    use crate::policy_set::PolicySet;
     use crate::records::{Entry, PolicyRecord};
 
-    fn drain_events(engine: &mut Engine) -> Vec<Event> {
-        std::iter::from_fn(|| engine.poll_output())
-            .filter_map(|o| match o {
-                Output::Event(e) => Some(e),
-                _ => None,
-            })
-            .collect()
+    /// Drains outputs, answering policy requests at once as the simulator
+    /// does, and returns the events.
+    fn drain_events(engine: &mut Engine, set: &mut PolicySet) -> Vec<Event> {
+        let mut events = Vec::new();
+        while let Some(o) = engine.poll_output() {
+            match o {
+                Output::Event(e) => events.push(e),
+                Output::EvaluatePolicies(request) => {
+                    let results = set.answer(&request);
+                    engine.handle_policy_results(1_000, results);
+                }
+                _ => {}
+            }
+        }
+        events
     }
 
     #[test]
@@ -462,9 +484,10 @@ mod tests {
         let cfg = crate::Config::new("n");
         let addr = "127.0.0.1:1".parse().unwrap();
         let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        let mut set = PolicySet::new();
         engine.start(1_000);
-        drain_events(&mut engine);
-        // A policy from a peer, compiled by this engine while threads are short.
+        drain_events(&mut engine, &mut set);
+        // A policy from a peer, compiled while threads are short.
         crate::policy::FAIL_THREAD_START.with(|f| f.set(true));
         lock(&engine.shared).accept_remote(
             Key::Policy("all".into()),
@@ -481,7 +504,7 @@ mod tests {
             },
         );
         engine.after_change();
-        let events = drain_events(&mut engine);
+        let events = drain_events(&mut engine, &mut set);
         assert!(
             events
                 .iter()
@@ -499,6 +522,63 @@ mod tests {
                 },
             )
             .unwrap();
+        drain_events(&mut engine, &mut set);
         assert!(engine.in_tribe("everyone"));
+    }
+
+    fn policy_requests(engine: &mut Engine) -> Vec<PolicyRequest> {
+        std::iter::from_fn(|| engine.poll_output())
+            .filter_map(|o| match o {
+                Output::EvaluatePolicies(r) => Some(r),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn policies_are_evaluated_outside_the_engine_and_stale_answers_are_ignored() {
+        let mut cfg = crate::Config::new("n");
+        cfg.collect_facts = false;
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        let mut set = PolicySet::new();
+        drain_events(&mut engine, &mut set);
+        let add = crate::Command::AddPolicy {
+            name: "kv".into(),
+            tribe: "kv".into(),
+            when: r#"facts.k == "v""#.into(),
+        };
+        engine.handle_command(1_100, add).unwrap();
+        let first = policy_requests(&mut engine);
+        assert_eq!(
+            first.len(),
+            1,
+            "one request, not an evaluation in the engine"
+        );
+        engine
+            .handle_command(
+                1_200,
+                crate::Command::SetFact {
+                    key: "k".into(),
+                    value: "v".into(),
+                },
+            )
+            .unwrap();
+        let second = policy_requests(&mut engine);
+        assert_eq!(second.len(), 1);
+        assert!(second[0].seq > first[0].seq);
+        assert!(!engine.in_tribe("kv"), "nothing holds before an answer");
+        // The answer to the newer request counts; the older one is stale.
+        let newer = set.answer(&second[0]);
+        engine.handle_policy_results(1_300, newer);
+        assert!(engine.in_tribe("kv"));
+        let older = set.answer(&first[0]);
+        assert_ne!(older.outcomes[0].1, crate::policy_set::PolicyOutcome::Holds);
+        engine.handle_policy_results(1_400, older);
+        assert!(engine.in_tribe("kv"));
+        // Nothing changed: no new request.
+        engine.after_change();
+        assert!(policy_requests(&mut engine).is_empty());
     }
 }

@@ -86,6 +86,9 @@ struct Node {
     /// Added to the node's wall clock, ms.
     clock_offset_ms: i64,
     traffic: Traffic,
+    /// Answers the engine's policy requests at once (the runtime answers on
+    /// a blocking thread).
+    policies: crate::policy_set::PolicySet,
 }
 
 /// What the queue delivers.
@@ -243,6 +246,7 @@ impl Sim {
             paused_until: 0,
             clock_offset_ms: 0,
             traffic: Traffic::default(),
+            policies: Default::default(),
         });
         self.by_addr.insert(addr, i);
         self.net.grow(self.nodes.len());
@@ -526,6 +530,14 @@ impl Sim {
                             timer,
                         },
                     );
+                }
+                Output::EvaluatePolicies(request) => {
+                    let now_ms = self.wall_ms(i);
+                    let node = &mut self.nodes[i];
+                    let results = node.policies.answer(&request);
+                    if let Some(engine) = node.engine.as_mut() {
+                        engine.handle_policy_results(now_ms, results);
+                    }
                 }
                 Output::Event(e) => {
                     let (nodes, now) = (&self.nodes, self.now);
