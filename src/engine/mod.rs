@@ -10,6 +10,7 @@ pub mod durable;
 mod identity;
 pub mod keys;
 mod members;
+mod news;
 mod reconcile;
 mod skew;
 pub mod sync;
@@ -168,6 +169,8 @@ pub struct Engine {
     last_contact_ms: u64,
     /// Largest stream frame, to size anti-entropy chunks.
     max_frame: usize,
+    /// Gossips news before the next tick.
+    news: news::Forwarder,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -223,6 +226,9 @@ impl Engine {
     ) -> Result<Engine, crate::Error> {
         cfg.validate()?;
         let timings = cfg.effective_timings();
+        // Early gossip rounds at most four times per tick.
+        let news_gap_ms =
+            u64::try_from((timings.gossip_interval / 4).as_millis()).unwrap_or(u64::MAX);
         let id = NodeId {
             name: cfg.name.as_str().into(),
             addr,
@@ -296,6 +302,7 @@ impl Engine {
             pending: BTreeMap::new(),
             last_contact_ms: 0,
             max_frame: cfg.max_frame,
+            news: news::Forwarder::new(news_gap_ms),
             security_epoch: 0,
         };
         engine.record.facts = engine.merged_facts();
@@ -504,6 +511,22 @@ impl Engine {
     }
 
     /// Sends out what foca produced and reacts to its notifications.
+    /// Gossips at once when the last input brought news (see [`news`]).
+    fn forward_news(&mut self) {
+        if self.left || !self.active {
+            return;
+        }
+        let backlog = self.swim.updates_backlog() + self.swim.custom_broadcast_backlog();
+        if self.news.should_gossip(self.now_ms(), backlog) {
+            if let Err(e) = self.swim.gossip(&mut self.swim_rt) {
+                tracing::debug!(error = %e, "early gossip failed");
+            }
+            self.news
+                .sent(self.swim.updates_backlog() + self.swim.custom_broadcast_backlog());
+            self.drain_swim();
+        }
+    }
+
     fn drain_swim(&mut self) {
         while let Some((to, packet)) = self.swim_rt.to_send() {
             let mut nonce = [0u8; 24];
@@ -544,6 +567,7 @@ impl Engine {
         }
         match n {
             OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
+                self.news.member_changed();
                 if self.members.up(&id, now) == members::Change::Up {
                     self.emit(Event::MemberJoined {
                         name: id.name.to_string(),
@@ -552,6 +576,7 @@ impl Engine {
                 }
             }
             OwnedNotification::MemberDown(id) => {
+                self.news.member_changed();
                 let left = self.left_flag(&id.name);
                 if self.members.down(&id, left, now) == members::Change::Down {
                     let name = id.name.to_string();

@@ -174,6 +174,7 @@ impl Engine {
             self.emit_view_changes();
         }
         self.drain_swim();
+        self.forward_news();
     }
 
     /// Reports identities that claimed our name and takes a generation
