@@ -37,6 +37,9 @@ pub struct Counters {
     /// Accepted connections closed at once because as many were still in
     /// their setup or running an exchange as allowed (a flood).
     pub streams_over_cap: u64,
+    /// Suspects declared down early because their address refused a
+    /// connection (nothing listens there any more).
+    pub suspects_confirmed: u64,
     /// Streams refused for using a key this node does not hold.
     pub stream_unknown_keys: u64,
     /// Streams on which a peer refused this node's key (this node is behind

@@ -124,6 +124,8 @@ pub(crate) enum DriverInput {
     Refused(ConnId, crate::stream::Refusal),
     /// The API queued outputs (a command ran).
     Wake,
+    /// A dial was refused: nothing listens at the address.
+    ConnectRefused(ConnId),
     /// A policy evaluation finished on its blocking thread.
     Policies(crate::policy_set::PolicyResults),
     /// Stop; `leave` first when graceful.
@@ -494,6 +496,12 @@ impl Driver {
                     .engine()
                     .handle_stream_refused(self.shared.now_ms(), conn, why);
             }
+            DriverInput::ConnectRefused(conn) => {
+                self.conns.remove(&conn);
+                self.shared
+                    .engine()
+                    .handle_connect_refused(self.shared.now_ms(), conn);
+            }
             DriverInput::Policies(results) => {
                 self.shared
                     .engine()
@@ -636,6 +644,10 @@ impl Driver {
                 // A call stream: the server has it; the engine never will.
                 Ok(None) => {
                     let _ = inbox.send(DriverInput::Closed(conn));
+                    return;
+                }
+                Err(StreamError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                    let _ = inbox.send(DriverInput::ConnectRefused(conn));
                     return;
                 }
                 Err(e) => {

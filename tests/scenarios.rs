@@ -456,3 +456,64 @@ async fn a_graceful_leave_does_not_come_back_as_a_new_generation() {
         }
     }
 }
+
+/// A crashed node's address refuses connections: the suspicion is confirmed
+/// and the node declared failed long before the suspicion timeout (60 s
+/// here). A node cut off by a partition (no refusal) stays alive or
+/// suspect for that while, so it is not declared failed early.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_confirms_a_suspect_but_a_partition_does_not() {
+    let long_suspicion = |cfg: &mut tribe::Config| {
+        let mut t = cfg.effective_timings();
+        t.suspicion_mult = 60;
+        t.reap_after = Duration::from_secs(600);
+        cfg.timings = Some(t);
+    };
+    let nodes = start_cluster("sc", 5, long_suspicion).await;
+    wait_converged_members(&nodes, 5).await;
+
+    // Partition sc4 from everyone: suspected, never refused.
+    for n in &nodes[..4] {
+        n.faults().block(nodes[4].addr());
+        nodes[4].faults().block(n.addr());
+    }
+    // Crash sc3: its port refuses connections.
+    nodes[3].abort().await;
+    let rest = &nodes[..3];
+    wait_for(
+        "sc3 failed everywhere, well within the suspicion timeout",
+        Duration::from_secs(20),
+        || {
+            rest.iter().all(|n| {
+                n.members()
+                    .iter()
+                    .any(|m| m.name == "sc3" && m.state == MemberState::Failed)
+            })
+        },
+    )
+    .await;
+    let confirmed: u64 = rest.iter().map(|n| n.counters().suspects_confirmed).sum();
+    assert!(
+        confirmed >= 1,
+        "no suspect was confirmed by a refused connection"
+    );
+    // By now sc4 has been suspected too, for as long, and is not failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in rest {
+        let state = n
+            .members()
+            .into_iter()
+            .find(|m| m.name == "sc4")
+            .map(|m| m.state);
+        assert_ne!(
+            state,
+            Some(MemberState::Failed),
+            "{} declared the partitioned sc4 failed early",
+            n.name()
+        );
+    }
+    for n in &nodes[..3] {
+        n.shutdown().await.unwrap();
+    }
+    nodes[4].abort().await;
+}

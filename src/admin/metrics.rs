@@ -160,6 +160,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "suspects_confirmed",
+        "Suspects declared down early: their address refused a connection",
+        c.suspects_confirmed,
+    );
+    counter(
+        &mut r,
         "streams_over_cap",
         "Accepted connections closed at once: the cap of streams in setup or exchange was reached",
         c.streams_over_cap,

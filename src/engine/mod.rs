@@ -13,6 +13,7 @@ mod members;
 mod news;
 mod reconcile;
 mod skew;
+mod suspects;
 pub mod sync;
 pub mod view;
 
@@ -171,6 +172,8 @@ pub struct Engine {
     max_frame: usize,
     /// Gossips news before the next tick.
     news: news::Forwarder,
+    /// Suspects this node has decided about dialling (see [`suspects`]).
+    suspects_seen: BTreeSet<(Arc<str>, u64)>,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -303,6 +306,7 @@ impl Engine {
             last_contact_ms: 0,
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
+            suspects_seen: BTreeSet::new(),
             security_epoch: 0,
         };
         engine.record.facts = engine.merged_facts();
@@ -414,6 +418,7 @@ impl Engine {
             }
             Timer::Housekeeping => {
                 self.housekeeping();
+                self.check_suspects();
                 self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);
             }
         }

@@ -90,7 +90,7 @@ pub struct Exchange {
     /// Last progress (engine clock); the exchange expires after
     /// [`SYNC_TIMEOUT`] without any.
     active_ms: u64,
-    peer: Option<std::net::SocketAddr>,
+    pub(super) peer: Option<std::net::SocketAddr>,
     /// Initiator: the responder, once its Reply arrived.
     responder: Option<NodeId>,
     /// Initiator: the buckets the Reply covers.

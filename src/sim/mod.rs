@@ -113,13 +113,22 @@ enum Ev {
         incarnation: u64,
         conn: ConnId,
     },
+    /// A dial to a crashed node: nothing listens at the address.
+    Refused {
+        node: usize,
+        incarnation: u64,
+        conn: ConnId,
+    },
 }
 
 impl Ev {
     fn node(&self) -> usize {
         match *self {
             Ev::Datagram { to, .. } => to,
-            Ev::Timer { node, .. } | Ev::Frame { node, .. } | Ev::Closed { node, .. } => node,
+            Ev::Timer { node, .. }
+            | Ev::Frame { node, .. }
+            | Ev::Closed { node, .. }
+            | Ev::Refused { node, .. } => node,
         }
     }
 }
@@ -492,6 +501,16 @@ impl Sim {
                 self.links.remove(&(i, conn));
                 engine.handle_stream_closed(now_ms, conn);
             }
+            Ev::Refused {
+                incarnation: inc,
+                conn,
+                ..
+            } => {
+                if inc != incarnation {
+                    return;
+                }
+                engine.handle_connect_refused(now_ms, conn);
+            }
         }
         self.drain(i);
     }
@@ -550,23 +569,31 @@ impl Sim {
 
     fn connect(&mut self, i: usize, conn: ConnId, to: SocketAddr) {
         let incarnation = self.nodes[i].incarnation;
-        let refused = |()| Ev::Closed {
+        let unreachable = |()| Ev::Closed {
             node: i,
             incarnation,
             conn,
         };
         let Some(&j) = self.by_addr.get(&to) else {
-            self.push(CONNECT_TIMEOUT_US, refused(()));
+            self.push(CONNECT_TIMEOUT_US, unreachable(()));
             return;
         };
         if !self.net.connected(i, j) || !self.net.connected(j, i) {
-            self.push(CONNECT_TIMEOUT_US, refused(()));
+            self.push(CONNECT_TIMEOUT_US, unreachable(()));
             return;
         }
         let peer_incarnation = self.nodes[j].incarnation;
         let Some(peer) = self.nodes[j].engine.as_mut() else {
+            // The host answers for the crashed process: a reset.
             let delay = 2 * self.net.segment(&mut self.rng, 0);
-            self.push(delay, refused(()));
+            self.push(
+                delay,
+                Ev::Refused {
+                    node: i,
+                    incarnation,
+                    conn,
+                },
+            );
             return;
         };
         let peer_conn = peer.accept_stream();

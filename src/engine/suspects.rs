@@ -1,0 +1,77 @@
+//! Confirming a suspicion early. When SWIM suspects a member, a few nodes
+//! dial its address over TCP; a refused connection means no process
+//! listens there any more, a second and independent sign that it crashed,
+//! so the member is declared down at once instead of after the suspicion
+//! timeout. A connection that opens, times out or is blocked says nothing
+//! and changes nothing: the suspicion runs its course (the member can still
+//! refute it), so a slow or partitioned node is not declared down sooner.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use foca::{Member, State};
+
+use super::delta::lock;
+use super::{ConnId, Engine, NodeId};
+
+/// How many nodes of the cluster, on average, dial each suspect.
+const CHECKERS: f64 = 3.0;
+
+impl Engine {
+    /// Looks at the members SWIM suspects; dials each new one with
+    /// probability `CHECKERS / cluster size` (an anti-entropy exchange, useful
+    /// in itself if the member answers).
+    pub(super) fn check_suspects(&mut self) {
+        if self.left || !self.active {
+            return;
+        }
+        let suspects: Vec<&NodeId> = self
+            .swim
+            .iter_members()
+            .filter(|m| m.state() == State::Suspect)
+            .map(|m| m.id())
+            .collect();
+        let keys: BTreeSet<(Arc<str>, u64)> = suspects
+            .iter()
+            .map(|id| (id.name.clone(), id.generation))
+            .collect();
+        let addrs: Vec<(Arc<str>, u64, std::net::SocketAddr)> = suspects
+            .iter()
+            .map(|id| (id.name.clone(), id.generation, id.addr))
+            .collect();
+        self.suspects_seen.retain(|k| keys.contains(k));
+        let p = (CHECKERS / self.swim.num_members().max(1) as f64).min(1.0);
+        for (name, generation, addr) in addrs {
+            if self.suspects_seen.insert((name, generation))
+                && rand::RngExt::random_bool(&mut self.rng, p)
+            {
+                self.start_sync(addr, false);
+            }
+        }
+    }
+
+    /// The driver could not connect stream `conn`: its address refused
+    /// the connection. If a suspect lives there, it is down.
+    pub fn handle_connect_refused(&mut self, now_ms: u64, conn: ConnId) {
+        self.tick(now_ms);
+        let peer = self.conns.get(&conn).and_then(|x| x.peer);
+        self.handle_stream_closed(now_ms, conn);
+        let Some(addr) = peer else { return };
+        let suspect = self
+            .swim
+            .iter_members()
+            .find(|m| m.id().addr == addr && m.state() == State::Suspect)
+            .map(|m| Member::new(m.id().clone(), m.incarnation(), State::Down));
+        if let Some(down) = suspect {
+            lock(&self.shared).counters.suspects_confirmed += 1;
+            tracing::debug!(member = %down.id().name, "suspect refused a connection: down");
+            if let Err(e) = self
+                .swim
+                .apply_many(std::iter::once(down), true, &mut self.swim_rt)
+            {
+                tracing::debug!(error = %e, "declaring a suspect down failed");
+            }
+        }
+        self.after_change();
+    }
+}
