@@ -481,10 +481,25 @@ impl Engine {
         if self.left {
             return;
         }
+        // foca scans its whole member list for each update it is fed; feed
+        // it only what would change its view (a peer's list is mostly what
+        // this node knows already), so an exchange costs O(N log N), not O(N²).
+        let known: std::collections::HashMap<&NodeId, (u16, u8)> = self
+            .swim
+            .iter_membership_state()
+            .map(|m| (m.id(), (m.incarnation(), severity(m.state()))))
+            .collect();
+        let news: Vec<Member<NodeId>> = members
+            .into_iter()
+            .filter(|m| {
+                known
+                    .get(m.id())
+                    .is_none_or(|&known| (m.incarnation(), severity(m.state())) > known)
+            })
+            .collect();
         let valid: Vec<Member<NodeId>> = {
             let mut sh = lock(&self.shared);
-            members
-                .into_iter()
+            news.into_iter()
                 .filter(|m| names::is_valid(&m.id().name) && sh.screen_identity(m.id()))
                 .collect()
         };
@@ -590,4 +605,13 @@ struct Hello {
     buckets: Vec<u64>,
     want: Vec<u16>,
     clock_ms: u64,
+}
+
+/// SWIM's order of states at one incarnation: a later one overrides.
+fn severity(state: foca::State) -> u8 {
+    match state {
+        foca::State::Alive => 0,
+        foca::State::Suspect => 1,
+        foca::State::Down => 2,
+    }
 }
