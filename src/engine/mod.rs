@@ -327,8 +327,12 @@ impl Engine {
         self.after_change();
         self.join();
         self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);
-        let first = self.push_pull_interval();
-        self.schedule_jittered(Timer::PushPull, first);
+        // The first exchange at a random point of the interval (memberlist's
+        // stagger): nodes started together do not all exchange at once.
+        let first = self
+            .push_pull_interval()
+            .mul_f64(self.rng.random_range(0.05..1.0));
+        self.schedule(Timer::PushPull, first);
         self.schedule_jittered(Timer::Reconnect, self.timings.reconnect_interval);
     }
 
