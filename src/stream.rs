@@ -559,11 +559,9 @@ mod tests {
         assert!(opener.buf.capacity() < 64, "only the channel frame's bytes");
     }
 
-    /// A peer that knows the key id but not the key (it saw a hello go by)
-    /// is dropped at its first frame header: the confirmation allows no
-    /// body, so the node never buffers what the header claims.
-    #[tokio::test]
-    async fn a_peer_without_the_key_is_dropped_at_its_first_header() {
+    /// A peer that knows the key id but not the key (it saw a hello go by):
+    /// sends a hello with that id, reads the node's, then sends `then`.
+    async fn forged_peer(then: Vec<u8>) -> Result<(Sealer, Opener), StreamError> {
         let security = sealed();
         let key_id = security.keyring.as_ref().unwrap().primary_id();
         let (mut a, mut b) = duplex(1 << 20);
@@ -573,10 +571,18 @@ mod tests {
             .unwrap();
         let mut theirs = [0u8; crypto::HELLO_LEN];
         a.read_exact(&mut theirs).await.unwrap();
+        a.write_all(&then).await.unwrap();
+        acceptor.await.unwrap()
+    }
+
+    /// Such a peer is dropped at its first frame header: the confirmation
+    /// allows no body, so the node never buffers what the header claims.
+    #[tokio::test]
+    async fn a_peer_without_the_key_is_dropped_at_its_first_header() {
         // A frame claiming 8 MiB, then the first bytes of it.
-        a.write_all(&(8u32 << 20).to_be_bytes()).await.unwrap();
-        a.write_all(&[0xAB; 4096]).await.unwrap();
-        let got = acceptor.await.unwrap();
+        let mut claim = (8u32 << 20).to_be_bytes().to_vec();
+        claim.extend_from_slice(&[0xAB; 4096]);
+        let got = forged_peer(claim).await;
         assert!(
             matches!(
                 got,
@@ -586,17 +592,9 @@ mod tests {
             got.err()
         );
         // A forged confirmation of the right size fails authentication.
-        let security = sealed();
-        let key_id = security.keyring.as_ref().unwrap().primary_id();
-        let (mut a, mut b) = duplex(1 << 20);
-        let acceptor = tokio::spawn(async move { accept(&mut b, &security, 16 << 20).await });
-        a.write_all(&StreamHello::new(key_id).encode())
-            .await
-            .unwrap();
-        a.read_exact(&mut theirs).await.unwrap();
-        a.write_all(&16u32.to_be_bytes()).await.unwrap();
-        a.write_all(&[0u8; 16]).await.unwrap();
-        let got = acceptor.await.unwrap();
+        let mut forged = 16u32.to_be_bytes().to_vec();
+        forged.extend_from_slice(&[0u8; 16]);
+        let got = forged_peer(forged).await;
         assert!(
             matches!(got, Err(StreamError::Refused(Refusal::Auth))),
             "{:?}",

@@ -152,7 +152,15 @@ async fn sealed_stream(to: std::net::SocketAddr, key: &SecretKey) -> (TcpStream,
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampered_replayed_and_plaintext_input_is_refused_and_counted() {
     let key = SecretKey::generate();
-    let nodes = start_cluster("t", 2, keyed(&key)).await;
+    // No periodic exchange between the two nodes while the test counts
+    // the target's frames (the first comes after at least 30 s).
+    let quiet = |cfg: &mut Config| {
+        keyed(&key)(cfg);
+        let mut t = cfg.effective_timings();
+        t.push_pull_interval = Duration::from_secs(600);
+        cfg.timings = Some(t);
+    };
+    let nodes = start_cluster("t", 2, quiet).await;
     wait_converged_members(&nodes, 2).await;
     let target = &nodes[1];
     let ring = Keyring::new(key.clone());
