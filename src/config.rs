@@ -348,7 +348,7 @@ impl Config {
     ];
 
     /// Sets a limit by name (see [`Config::LIMIT_NAMES`]): a cap of
-    /// [`StateLimits`], or `max_streams` of [`RpcLimits`](crate::RpcLimits).
+    /// [`StateLimits`], or `max_streams` of [`RpcLimits`](crate::rpc::RpcLimits).
     /// Zero and unknown names are [`Error::InvalidArgument`].
     pub fn set_limit(&mut self, name: &str, value: usize) -> Result<(), Error> {
         if value == 0 {
