@@ -281,6 +281,20 @@ pub fn stream(data: &[u8]) {
 
 // ------------------------------------------------------------ calls
 
+/// A call of the fuzzed server's `echo` processor in tribe `t`.
+fn echo_call(id: u64) -> RpcMsg {
+    RpcMsg::Call {
+        id,
+        caller: "fuzz-a".into(),
+        tribe: "t".into(),
+        plugin: "echo".into(),
+        version: "1".into(),
+        kind: crate::PluginKind::Processor,
+        budget_ms: 1000,
+        payload: b"ping".to_vec(),
+    }
+}
+
 /// SHA-256 of the artifact the fuzzed server holds.
 pub fn artifact_bytes() -> Vec<u8> {
     (0..1000u32).map(|i| i as u8).collect()
@@ -367,16 +381,7 @@ pub fn rpc_client(data: &[u8]) {
         let _ = pool
             .request(addr, &security, deadline, |id| {
                 if which & 1 == 0 {
-                    RpcMsg::Call {
-                        id,
-                        caller: "fuzz-a".into(),
-                        tribe: "t".into(),
-                        plugin: "echo".into(),
-                        version: "1".into(),
-                        kind: crate::PluginKind::Processor,
-                        budget_ms: 1000,
-                        payload: b"ping".to_vec(),
-                    }
+                    echo_call(id)
                 } else {
                     RpcMsg::Fetch {
                         id,
@@ -661,16 +666,7 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     let hello = crate::crypto::StreamHello::new(key().id())
         .encode()
         .to_vec();
-    let call = RpcMsg::Call {
-        id: 1,
-        caller: "fuzz-a".into(),
-        tribe: "t".into(),
-        plugin: "echo".into(),
-        version: "1".into(),
-        kind: crate::PluginKind::Processor,
-        budget_ms: 1000,
-        payload: b"ping".to_vec(),
-    };
+    let call = echo_call(1);
     let fetch = RpcMsg::Fetch {
         id: 2,
         sha256: crate::artifacts::sha256(&artifact_bytes()),
