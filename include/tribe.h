@@ -608,7 +608,9 @@ uint64_t tribe_responder_budget_us(const struct tribe_responder *r);
  * Callable from any thread. `TRIBE_CONSUMED` if the call was answered
  * already. An answer the caller no longer waits for (deadline passed,
  * node stopped) is dropped without an error. The responder must still be
- * freed. Does not block.
+ * freed. Does not block: the reply is written to the caller's stream from
+ * this thread with a non-blocking write, and what the socket does not take
+ * at once is left to the node's threads.
  */
 uint32_t tribe_responder_reply(const struct tribe_responder *r,
                                const uint8_t *reply,

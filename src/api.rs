@@ -12,6 +12,7 @@ use crate::engine::commands::Command;
 use crate::engine::{Engine, Event};
 use crate::error::{Error, Result};
 use crate::records::{ArtifactRef, PluginKind, TaskState};
+use crate::rpc::server::Serving;
 use crate::runtime::{self, Driver, DriverInput, Faults};
 use crate::{MemberInfo, Policy, TribeInfo};
 
@@ -453,10 +454,45 @@ impl Node {
             + Send
             + 'static,
     {
-        crate::names::check("plugin name", name)?;
-        crate::names::check_version(version)?;
         let handler: crate::rpc::Handler =
             Arc::new(move |info, payload| Box::pin(handler(info, payload)));
+        self.register_and_advertise(name, version, kind, Serving::Future(handler))
+            .await
+    }
+
+    /// Serves a plugin whose handler answers through a
+    /// [`Responder`](crate::Responder) rather than a future: `handler` runs
+    /// on a runtime thread for each call and must return at once, handing
+    /// the call (and its responder) to a thread of the host's, which answers
+    /// with `reply`, `fail` or `decline` from wherever it runs. The answer
+    /// is written to the caller's stream from that thread, without a hop
+    /// back through the runtime: the way to serve from a pool of threads of
+    /// one's own (or another language's). Calls are bounded by the caller's
+    /// deadline like any handler's; a responder dropped unanswered answers
+    /// `"unanswered"`.
+    pub async fn serve_responder<F>(
+        &self,
+        name: &str,
+        version: &str,
+        kind: PluginKind,
+        handler: F,
+    ) -> Result<()>
+    where
+        F: Fn(crate::CallInfo, Vec<u8>, crate::Responder) + Send + Sync + 'static,
+    {
+        self.register_and_advertise(name, version, kind, Serving::Responder(Arc::new(handler)))
+            .await
+    }
+
+    async fn register_and_advertise(
+        &self,
+        name: &str,
+        version: &str,
+        kind: PluginKind,
+        handler: Serving,
+    ) -> Result<()> {
+        crate::names::check("plugin name", name)?;
+        crate::names::check_version(version)?;
         self.inner.rpc.server.register(name, version, kind, handler);
         let endpoint = crate::Endpoint {
             name: name.into(),

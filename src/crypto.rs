@@ -20,6 +20,7 @@ mod session;
 #[cfg(test)]
 mod vectors;
 
+pub use aead::TAG_LEN;
 pub use datagram::{datagram_key_id, open_datagram, seal_datagram};
 pub use keys::{KeyError, KeyId, Keyring, SecretKey};
 pub use session::{Role, StreamCipher, StreamHello};
@@ -37,7 +38,7 @@ pub const FRAME_OVERHEAD: usize = TAG_LEN;
 pub const HELLO_LEN: usize = HELLO_MAGIC.len() + 1 + ID_LEN + SALT_LEN;
 
 const ID_LEN: usize = 4;
-use aead::{TAG_LEN, XNONCE_LEN};
+use aead::XNONCE_LEN;
 const SALT_LEN: usize = 32;
 /// First two bytes of a [`StreamHello`], so an acceptor can tell a sealed
 /// stream from a plaintext one by its first bytes.

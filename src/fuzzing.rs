@@ -305,6 +305,7 @@ pub fn artifact_bytes() -> Vec<u8> {
 pub fn rpc_server(data: &[u8]) {
     let bytes = data.to_vec();
     runtime().block_on(async move {
+        use crate::rpc::server::Serving;
         let server = Arc::new(crate::rpc::server::Server::new(
             RpcLimits {
                 max_payload: 4096,
@@ -318,7 +319,22 @@ pub fn rpc_server(data: &[u8]) {
             "echo",
             "1",
             crate::PluginKind::Processor,
-            Arc::new(|_info, payload| Box::pin(async move { Ok(payload) })),
+            Serving::Future(Arc::new(|_info, payload| {
+                Box::pin(async move { Ok(payload) })
+            })),
+        );
+        // Answered through a responder: at once, declined, or dropped.
+        server.register(
+            "echo",
+            "2",
+            crate::PluginKind::Processor,
+            Serving::Responder(Arc::new(|_info, payload, responder| {
+                match payload.first() {
+                    Some(0) => responder.decline(),
+                    Some(1) => drop(responder),
+                    _ => responder.reply(payload),
+                }
+            })),
         );
         let artifact = artifact_bytes();
         server.hold_artifact(crate::artifacts::sha256(&artifact), Arc::new(artifact));

@@ -47,4 +47,5 @@ pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy,
 pub use engine::Event;
 pub use error::{Error, Result};
 pub use records::{ArtifactRef, Endpoint, PluginKind, TaskState};
+pub use rpc::responder::Responder;
 pub use rpc::{CallInfo, CallTarget, HandlerError};

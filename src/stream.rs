@@ -304,6 +304,15 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
 }
 
 impl Sealer {
+    /// A sealer of plaintext frames, for tests of what writes frames.
+    #[cfg(test)]
+    pub(crate) fn plaintext_for_tests() -> Sealer {
+        Sealer {
+            cipher: None,
+            buf: Vec::new(),
+        }
+    }
+
     /// Whether frames are sealed.
     pub fn is_sealed(&self) -> bool {
         self.cipher.is_some()
@@ -328,12 +337,75 @@ impl Sealer {
         writer: &mut W,
         msg: &T,
     ) -> Result<(), StreamError> {
+        self.seal_msg(msg)?;
+        self.write_sealed(writer).await
+    }
+
+    /// Bytes a frame of this stream carries after its body (the tag).
+    pub fn tag_len(&self) -> usize {
+        if self.cipher.is_some() {
+            crypto::TAG_LEN
+        } else {
+            0
+        }
+    }
+
+    /// Encodes `msg` as one frame not yet sealed: `length | body | room
+    /// for a tag of tag_len bytes`, for [`Sealer::seal_frames`] to seal in
+    /// place later. Needs no sealer, so a sender encodes without holding
+    /// the stream's order.
+    pub fn encode_frame<T: serde::Serialize>(
+        msg: &T,
+        tag_len: usize,
+    ) -> Result<Vec<u8>, StreamError> {
+        let head = vec![0; wire::FRAME_HEADER];
+        let mut frame = postcard::to_extend(msg, head)
+            .map_err(|e| StreamError::BadFrame(wire::WireError::Malformed(e.to_string())))?;
+        frame.resize(frame.len() + tag_len, 0);
+        let len = frame.len() - wire::FRAME_HEADER;
+        let prefix = u32::try_from(len)
+            .map_err(|_| StreamError::BadFrame(wire::WireError::Oversized(len)))?;
+        frame[..wire::FRAME_HEADER].copy_from_slice(&prefix.to_be_bytes());
+        Ok(frame)
+    }
+
+    /// Seals in place, in order, every frame of `frames` (frames from
+    /// [`Sealer::encode_frame`] with this stream's `tag_len`, back to back).
+    pub fn seal_frames(&mut self, frames: &mut [u8]) -> Result<(), StreamError> {
+        let Some(cipher) = &mut self.cipher else {
+            return Ok(());
+        };
+        let bad = || StreamError::BadFrame(wire::WireError::Malformed("frame layout".into()));
+        let mut at = 0;
+        while at < frames.len() {
+            let head: [u8; wire::FRAME_HEADER] = frames
+                .get(at..at + wire::FRAME_HEADER)
+                .and_then(|h| h.try_into().ok())
+                .ok_or_else(bad)?;
+            let len = u32::from_be_bytes(head) as usize;
+            let end = at + wire::FRAME_HEADER + len;
+            let frame = frames
+                .get_mut(at + wire::FRAME_HEADER..end)
+                .ok_or_else(bad)?;
+            let body_len = len.checked_sub(crypto::TAG_LEN).ok_or_else(bad)?;
+            let (body, tag_room) = frame.split_at_mut(body_len);
+            let tag = cipher
+                .seal_in_place(body)
+                .map_err(|_| StreamError::Refused(Refusal::Auth))?;
+            tag_room.copy_from_slice(&tag);
+            at = end;
+        }
+        Ok(())
+    }
+
+    /// Leaves `msg` in the frame buffer as one finished frame.
+    fn seal_msg<T: serde::Serialize>(&mut self, msg: &T) -> Result<(), StreamError> {
         let mut buf = std::mem::take(&mut self.buf);
         buf.clear();
         buf.extend_from_slice(&[0; wire::FRAME_HEADER]);
         self.buf = postcard::to_extend(msg, buf)
             .map_err(|e| StreamError::BadFrame(wire::WireError::Malformed(e.to_string())))?;
-        self.finish_and_write(writer).await
+        self.seal_buf()
     }
 
     /// Seals the body in `buf` in place (appending the tag), fills in the
@@ -342,6 +414,13 @@ impl Sealer {
         &mut self,
         writer: &mut W,
     ) -> Result<(), StreamError> {
+        self.seal_buf()?;
+        self.write_sealed(writer).await
+    }
+
+    /// Seals the body in `buf` in place (appending the tag) and fills in
+    /// the length prefix.
+    fn seal_buf(&mut self) -> Result<(), StreamError> {
         if let Some(cipher) = &mut self.cipher {
             let tag = cipher
                 .seal_in_place(&mut self.buf[wire::FRAME_HEADER..])
@@ -352,12 +431,24 @@ impl Sealer {
         let prefix = u32::try_from(len)
             .map_err(|_| StreamError::BadFrame(wire::WireError::Oversized(len)))?;
         self.buf[..wire::FRAME_HEADER].copy_from_slice(&prefix.to_be_bytes());
+        Ok(())
+    }
+
+    async fn write_sealed<W: AsyncWrite + Unpin>(
+        &mut self,
+        writer: &mut W,
+    ) -> Result<(), StreamError> {
         let written = writer.write_all(&self.buf).await;
+        self.trim();
+        written?;
+        Ok(())
+    }
+
+    /// Drops a frame buffer that a large frame grew.
+    fn trim(&mut self) {
         if self.buf.capacity() > KEEP_CAPACITY {
             self.buf = Vec::new();
         }
-        written?;
-        Ok(())
     }
 }
 
@@ -480,6 +571,31 @@ mod tests {
             }
         );
         ((ca.0, ca.1, a), (cb.0, cb.1, b))
+    }
+
+    #[tokio::test]
+    async fn frames_encoded_apart_and_sealed_in_a_batch_open_in_order() {
+        for security in [Security::plaintext("t"), sealed()] {
+            let ((mut sealer, _, mut a), (_, mut opener, mut b)) = pair(&security, 1 << 20).await;
+            // Interleaved with frames written the usual way: one nonce
+            // sequence for both.
+            sealer.write_frame(&mut a, b"first").await.unwrap();
+            let mut batch = Vec::new();
+            for n in [0u32, 7, 70_000] {
+                let msg = vec![n as u8; n as usize];
+                batch.extend(Sealer::encode_frame(&msg, sealer.tag_len()).unwrap());
+            }
+            sealer.seal_frames(&mut batch).unwrap();
+            a.write_all(&batch).await.unwrap();
+            sealer.write_frame(&mut a, b"last").await.unwrap();
+            assert_eq!(opener.read_frame(&mut b).await.unwrap().unwrap(), b"first");
+            for n in [0u32, 7, 70_000] {
+                let body = opener.read_frame(&mut b).await.unwrap().unwrap();
+                let msg: Vec<u8> = postcard::from_bytes(&body).unwrap();
+                assert_eq!(msg, vec![n as u8; n as usize]);
+            }
+            assert_eq!(opener.read_frame(&mut b).await.unwrap().unwrap(), b"last");
+        }
     }
 
     #[tokio::test]

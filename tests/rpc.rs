@@ -422,3 +422,90 @@ async fn calls_in_flight_are_bounded_per_node_and_per_stream() {
         );
     }
 }
+
+/// A host answering from threads of its own through `serve_responder`:
+/// replies, failures, declines, dropped responders, oversized replies and
+/// panics, over the call stream and for the host's own calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responders_answer_from_threads_of_the_host() {
+    let nodes = start_cluster("r", 2, |cfg| cfg.rpc.max_payload = 1024).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    // The host's "pool": one thread taking calls from a channel.
+    let (jobs, queue) = std::sync::mpsc::channel::<(Vec<u8>, tribe::Responder)>();
+    let pool = std::thread::spawn(move || {
+        for (payload, responder) in queue {
+            match payload.as_slice() {
+                b"fail" => responder.fail(HandlerError::new("nope", "refused")),
+                b"decline" => responder.decline(),
+                b"drop" => drop(responder),
+                b"big" => responder.reply(vec![0; 4096]),
+                _ => {
+                    let mut out = b"pool:".to_vec();
+                    out.extend_from_slice(&payload);
+                    responder.reply(out);
+                }
+            }
+        }
+    });
+    let jobs = std::sync::Mutex::new(jobs);
+    host.serve_responder(
+        "mirror",
+        "1",
+        PluginKind::Processor,
+        move |_info, payload, r| {
+            if payload == b"panic" {
+                panic!("handler bug");
+            }
+            let _ = jobs.lock().unwrap().send((payload, r));
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("endpoint seen", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| m.endpoints.len() == 1)
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let mirror = CallTarget::new("svc", "mirror", PluginKind::Processor);
+    for node in [caller, host] {
+        let call = |p: &'static [u8], t: Duration| node.call(&mirror, p.to_vec(), t);
+        assert_eq!(call(b"hi", SECOND).await.unwrap(), b"pool:hi");
+        let remote_code = |r: tribe::Result<Vec<u8>>| match r {
+            Err(Error::Remote { code, .. }) => code,
+            other => panic!("expected a remote error, got {other:?}"),
+        };
+        assert_eq!(remote_code(call(b"fail", SECOND).await), "nope");
+        assert_eq!(remote_code(call(b"drop", SECOND).await), "unanswered");
+        assert_eq!(remote_code(call(b"big", SECOND).await), "too_large");
+        assert_eq!(remote_code(call(b"panic", SECOND).await), "panic");
+        let began = std::time::Instant::now();
+        assert!(matches!(
+            call(b"decline", Duration::from_millis(200)).await,
+            Err(Error::Timeout)
+        ));
+        assert!(began.elapsed() < Duration::from_millis(1500));
+        // Many at once, all answered by the one pool thread.
+        let many: Vec<_> = (0..64)
+            .map(|i| node.call(&mirror, format!("{i}").into_bytes(), SECOND))
+            .collect();
+        for (i, r) in futures_util::future::join_all(many)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            assert_eq!(r.unwrap(), format!("pool:{i}").into_bytes());
+        }
+    }
+    let stats = host.rpc_stats();
+    assert!(stats.panics >= 2, "each panic is counted: {stats:?}");
+    assert!(stats.replies_too_large >= 2, "{stats:?}");
+    host.unserve("mirror", "1").await.unwrap();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+    // The pool thread ends once the node drops the handler holding `jobs`.
+    drop((nodes, pool));
+}

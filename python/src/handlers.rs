@@ -1,7 +1,9 @@
 //! Python handlers of served plugins. A call reaches the Rust handler on a
-//! runtime worker, which only queues a job and awaits its reply; the Python
-//! threads of the node's pool take jobs from the queue and run the handler
-//! attached to the interpreter. A handler never runs on a runtime worker.
+//! runtime worker, which only queues a job with the call's responder; the
+//! Python threads of the node's pool take jobs from the queue, run the
+//! handler attached to the interpreter, and answer through the responder,
+//! which writes the reply to the caller's stream from the pool thread. A
+//! handler never runs on a runtime worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +14,6 @@ use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
-use tokio::sync::oneshot;
 use tribe::HandlerError;
 
 /// What a handler learns about a call.
@@ -79,7 +80,23 @@ pub(crate) struct Job {
     info: tribe::CallInfo,
     queued: Instant,
     payload: Vec<u8>,
-    reply: oneshot::Sender<Result<Vec<u8>, HandlerError>>,
+    /// Taken by the answer; a job dropped unrun answers `shutting_down`.
+    responder: Option<tribe::Responder>,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if let Some(r) = self.responder.take() {
+            r.fail(pool_stopped());
+        }
+    }
+}
+
+fn pool_stopped() -> HandlerError {
+    HandlerError::new(
+        "shutting_down",
+        "the handler pool stopped before running the call",
+    )
 }
 
 /// What pool threads take from the queue.
@@ -106,49 +123,32 @@ impl Pool {
         }
     }
 
-    /// The Rust handler registered with `tribe::Node::serve` for a Python
-    /// callable: it queues the call and awaits the pool's reply.
+    /// The Rust handler registered with `tribe::Node::serve_responder` for
+    /// a Python callable: it queues the call for the pool and returns.
     pub(crate) fn rust_handler(
         &self,
         handler: Py<PyAny>,
-    ) -> impl Fn(tribe::CallInfo, Vec<u8>) -> tribe::rpc::HandlerFuture + Send + Sync + 'static
-    {
+    ) -> impl Fn(tribe::CallInfo, Vec<u8>, tribe::Responder) + Send + Sync + 'static {
         let handler = Arc::new(handler);
         let tx = self.tx.clone();
         let closed = self.closed.clone();
-        move |info, payload| {
-            let handler = handler.clone();
-            let tx = tx.clone();
-            let closed = closed.clone();
-            Box::pin(async move {
-                if closed.load(Ordering::Acquire) {
-                    return Err(HandlerError::new(
-                        "shutting_down",
-                        "the serving node is closing",
-                    ));
-                }
-                let (reply, wait) = oneshot::channel();
-                let job = Job {
-                    handler,
-                    info,
-                    queued: Instant::now(),
-                    payload,
-                    reply,
-                };
-                if tx.send(Work::Call(job)).is_err() {
-                    return Err(HandlerError::new(
-                        "shutting_down",
-                        "the serving node is closing",
-                    ));
-                }
-                match wait.await {
-                    Ok(result) => result,
-                    Err(_) => Err(HandlerError::new(
-                        "shutting_down",
-                        "the handler pool stopped before running the call",
-                    )),
-                }
-            })
+        move |info, payload, responder| {
+            if closed.load(Ordering::Acquire) {
+                responder.fail(HandlerError::new(
+                    "shutting_down",
+                    "the serving node is closing",
+                ));
+                return;
+            }
+            let job = Job {
+                handler: handler.clone(),
+                info,
+                queued: Instant::now(),
+                payload,
+                responder: Some(responder),
+            };
+            // A pool that stopped drops the job, which answers `shutting_down`.
+            let _ = tx.send(Work::Call(job));
         }
     }
 
@@ -171,13 +171,19 @@ pub(crate) fn run_worker(py: Python<'_>, rx: &Receiver<Work>) -> PyResult<()> {
     }
 }
 
-fn run_job(py: Python<'_>, job: Job) {
-    if job.reply.is_closed() {
+fn run_job(py: Python<'_>, mut job: Job) {
+    let Some(responder) = job.responder.take() else {
+        return;
+    };
+    if responder.is_abandoned() {
         // The caller gave up while the call was queued.
         return;
     }
-    let result = call_handler(py, &job);
-    let _ = job.reply.send(result);
+    match call_handler(py, &job) {
+        // Written to the caller's stream from this thread, without the GIL.
+        Ok(reply) => py.detach(|| responder.reply(reply)),
+        Err(e) => responder.fail(e),
+    }
 }
 
 fn call_handler(py: Python<'_>, job: &Job) -> Result<Vec<u8>, HandlerError> {

@@ -455,7 +455,7 @@ impl NativeNode {
         }
         let k = self::kind(kind)?;
         let h = self.pool.rust_handler(handler.clone().unbind());
-        self.command(py, self.node.serve(name, version, k, h))
+        self.command(py, self.node.serve_responder(name, version, k, h))
     }
 
     fn unserve(&self, py: Python<'_>, name: &str, version: &str) -> PyResult<()> {

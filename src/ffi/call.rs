@@ -7,7 +7,6 @@ use std::ffi::{c_char, CString};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::cast;
@@ -15,7 +14,7 @@ use super::error::FfiError;
 use super::event::Body;
 use super::mailbox::{Class, Mailbox};
 use super::node::{next_call_id, plugin_kind, TribeNode};
-use crate::{CallInfo, CallTarget, Error, HandlerError};
+use crate::{CallInfo, CallTarget, Error, HandlerError, Responder};
 
 /// Gathers metrics.
 pub const TRIBE_KIND_COLLECTOR: u32 = 1;
@@ -23,8 +22,6 @@ pub const TRIBE_KIND_COLLECTOR: u32 = 1;
 pub const TRIBE_KIND_PROCESSOR: u32 = 2;
 /// Sends metrics somewhere.
 pub const TRIBE_KIND_PUBLISHER: u32 = 3;
-
-type Answer = Result<Vec<u8>, HandlerError>;
 
 /// Asynchronous calls not finished yet. Whoever removes an id — the call
 /// finishing, a cancel, or the node stopping — reports its one completion,
@@ -100,20 +97,24 @@ impl AsyncCalls {
 pub struct TribeResponder {
     pub(super) info: CallInfo,
     pub(super) payload: Vec<u8>,
-    /// `None` sent: declined (the caller's deadline decides).
-    answer: Mutex<Option<oneshot::Sender<Option<Answer>>>>,
+    /// Taken by the first answer; dropping it unanswered answers
+    /// `"unanswered"`.
+    responder: Mutex<Option<Responder>>,
     caller: CString,
     tribe: CString,
     plugin: CString,
     version: CString,
 }
 
+/// How the host answered.
+enum Answer {
+    Reply(Vec<u8>),
+    Fail(HandlerError),
+    Decline,
+}
+
 impl TribeResponder {
-    fn new(
-        info: CallInfo,
-        payload: Vec<u8>,
-        answer: oneshot::Sender<Option<Answer>>,
-    ) -> TribeResponder {
+    fn new(info: CallInfo, payload: Vec<u8>, responder: Responder) -> TribeResponder {
         let c = |s: &str| CString::new(s).unwrap_or_default();
         TribeResponder {
             caller: c(&info.caller),
@@ -122,30 +123,30 @@ impl TribeResponder {
             version: c(&info.version),
             info,
             payload,
-            answer: Mutex::new(Some(answer)),
+            responder: Mutex::new(Some(responder)),
         }
     }
 
-    fn answer(&self, answer: Option<Answer>) -> Result<(), FfiError> {
-        let sender = self
-            .answer
+    fn take(&self) -> Option<Responder> {
+        self.responder
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
-            .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
-        // The caller may have stopped waiting (deadline, shutdown): the
-        // answer is then dropped, which is not the host's error.
-        let _ = sender.send(answer);
-        Ok(())
     }
-}
 
-impl Drop for TribeResponder {
-    fn drop(&mut self) {
-        let _ = self.answer(Some(Err(HandlerError::new(
-            "unanswered",
-            "the serving host freed the call without answering it",
-        ))));
+    /// Answers from the host's thread: the reply is written to the caller's
+    /// stream from here. An answer the caller no longer waits for
+    /// (deadline, shutdown) is dropped, which is not the host's error.
+    fn answer(&self, answer: Answer) -> Result<(), FfiError> {
+        let responder = self
+            .take()
+            .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
+        match answer {
+            Answer::Reply(bytes) => responder.reply(bytes),
+            Answer::Fail(e) => responder.fail(e),
+            Answer::Decline => responder.decline(),
+        }
+        Ok(())
     }
 }
 
@@ -167,35 +168,23 @@ pub extern "C" fn tribe_node_serve(
         let kind = plugin_kind(kind)?;
         let handle = cast::handle(node, "node")?;
         let mailbox: Arc<Mailbox<Body>> = handle.mailbox.clone();
-        let serve = handle
-            .live()?
-            .serve(name, version, kind, move |info, payload| {
-                let mailbox = mailbox.clone();
-                async move {
-                    let (tx, rx) = oneshot::channel();
-                    let responder = Box::new(TribeResponder::new(info, payload, tx));
-                    if let Err(Body::Call(Some(r))) =
-                        mailbox.push(Body::Call(Some(responder)), Class::Kept)
+        let serve =
+            handle
+                .live()?
+                .serve_responder(name, version, kind, move |info, payload, responder| {
+                    let call = Box::new(TribeResponder::new(info, payload, responder));
+                    if let Err(Body::Call(Some(call))) =
+                        mailbox.push(Body::Call(Some(call)), Class::Kept)
                     {
                         // The node is stopping: answer without the host.
-                        *r.answer.lock().unwrap_or_else(|p| p.into_inner()) = None;
-                        return Err(HandlerError::new(
-                            "shutting_down",
-                            "the serving node is stopping",
-                        ));
+                        if let Some(r) = call.take() {
+                            r.fail(HandlerError::new(
+                                "shutting_down",
+                                "the serving node is stopping",
+                            ));
+                        }
                     }
-                    match rx.await {
-                        Ok(Some(answer)) => answer,
-                        // Declined: the call server cuts the handler at the
-                        // caller's deadline, which the caller sees as a timeout.
-                        Ok(None) => std::future::pending().await,
-                        Err(_) => Err(HandlerError::new(
-                            "unanswered",
-                            "the serving host dropped the call",
-                        )),
-                    }
-                }
-            });
+                });
         Ok(handle.block_on(serve)?)
     })
 }
@@ -415,7 +404,9 @@ pub extern "C" fn tribe_responder_budget_us(r: *const TribeResponder) -> u64 {
 /// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
 /// already. An answer the caller no longer waits for (deadline passed,
 /// node stopped) is dropped without an error. The responder must still be
-/// freed. Does not block.
+/// freed. Does not block: the reply is written to the caller's stream from
+/// this thread with a non-blocking write, and what the socket does not take
+/// at once is left to the node's threads.
 #[no_mangle]
 pub extern "C" fn tribe_responder_reply(
     r: *const TribeResponder,
@@ -426,7 +417,7 @@ pub extern "C" fn tribe_responder_reply(
     ffi_call!(err, {
         let r = cast::handle(r, "responder")?;
         let reply = cast::bytes(reply, reply_len, "reply")?.to_vec();
-        r.answer(Some(Ok(reply)))
+        r.answer(Answer::Reply(reply))
     })
 }
 
@@ -444,7 +435,7 @@ pub extern "C" fn tribe_responder_fail(
         let r = cast::handle(r, "responder")?;
         let code = cast::opt_text(code, "code")?.unwrap_or("error");
         let message = cast::opt_text(message, "message")?.unwrap_or("");
-        r.answer(Some(Err(HandlerError::new(code, message))))
+        r.answer(Answer::Fail(HandlerError::new(code, message)))
     })
 }
 
@@ -457,7 +448,9 @@ pub extern "C" fn tribe_responder_decline(
     r: *const TribeResponder,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, { cast::handle(r, "responder")?.answer(None) })
+    ffi_call!(err, {
+        cast::handle(r, "responder")?.answer(Answer::Decline)
+    })
 }
 
 /// Frees a responder; an unanswered call is answered with the error code

@@ -8,7 +8,8 @@ use tokio::time::Instant;
 
 use super::client::{self, Answer, NotSent, Pool};
 use super::proto::{Refusal, RpcMsg};
-use super::server::Server;
+use super::responder::Responder;
+use super::server::{Server, Serving};
 use super::{CallInfo, CallTarget, HandlerError, RpcCounters};
 use crate::error::{Error, Result};
 use crate::stream::Security;
@@ -101,11 +102,30 @@ impl Rpc {
             version,
             budget,
         };
-        RpcCounters::bump(&self.counters.served);
-        self.server
-            .run_handler(handler, info, payload)
-            .await
-            .map_err(from_handler)
+        match handler {
+            Serving::Future(handler) => {
+                RpcCounters::bump(&self.counters.served);
+                self.server
+                    .run_handler(handler, info, payload)
+                    .await
+                    .map_err(from_handler)
+            }
+            Serving::Responder(handler) => {
+                let (responder, slot, answer) =
+                    Responder::local(self.server.limits().max_payload, self.counters.clone());
+                self.server
+                    .start_responder(&handler, info, payload, responder, &slot);
+                match tokio::time::timeout(budget, answer).await {
+                    Ok(Ok(result)) => result.map_err(from_handler),
+                    // Every path answers through the slot before it drops.
+                    Ok(Err(_)) => Err(Error::Timeout),
+                    Err(_) => {
+                        slot.overran(budget);
+                        Err(Error::Timeout)
+                    }
+                }
+            }
+        }
     }
 
     /// Makes one call; see [`crate::Node::call`].

@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{oneshot, Semaphore};
 use tokio::time::Instant;
 
+use super::outbox::{Outbox, SendError};
 use super::proto::{Refusal, RpcMsg};
 use super::{RpcCounters, RpcLimits};
 use crate::stream::{self, Security};
@@ -58,10 +59,19 @@ struct Conn {
     /// would close it (see `server::CALL_STREAM_IDLE`).
     last_used: Mutex<Instant>,
     /// Bounded: a host that stops reading makes new calls `Busy`, not
-    /// an ever-growing queue.
-    tx: mpsc::Sender<RpcMsg>,
+    /// an ever-growing queue. A call writes its own request (see
+    /// [`Outbox`]).
+    out: Arc<Outbox>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The last call is done with the stream: its queued requests are
+        // written, then the writing side closes.
+        self.out.close();
+    }
 }
 
 /// Streams to hosts, reused by every call.
@@ -217,15 +227,15 @@ impl Pool {
                 .write_frame(&mut tcp, &[wire::CHANNEL_RPC])
                 .await
                 .map_err(|e| e.to_string())?;
-            let (reader, mut writer) = tcp.into_split();
+            let (reader, writer) = tcp.into_split();
             let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-            let (tx, rx) = mpsc::channel::<RpcMsg>(self.limits.max_inflight_per_conn);
+            let (out, flusher) = Outbox::new(sealer, writer);
             let pending: Arc<Pending> = Arc::default();
             let alive = Arc::new(AtomicBool::new(true));
             {
                 let alive = alive.clone();
                 tokio::spawn(async move {
-                    super::proto::write_queued(rx, &mut sealer, &mut writer).await;
+                    flusher.await;
                     alive.store(false, Ordering::Relaxed);
                 });
             }
@@ -275,7 +285,7 @@ impl Pool {
             }
             Ok::<Conn, String>(Conn {
                 last_used: Mutex::new(Instant::now()),
-                tx,
+                out,
                 pending,
                 alive,
             })
@@ -304,7 +314,7 @@ impl Pool {
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        {
+        let alone = {
             let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
             // Checked under the lock: the reader marks the stream dead before
             // it drains the waiters, so a call that gets in here is answered.
@@ -315,15 +325,24 @@ impl Pool {
                 return Err(NotSent::Busy);
             }
             pending.insert(id, tx);
-        }
+            pending.len() == 1
+        };
         let _forget = Forget {
             pending: &conn.pending,
             id,
         };
-        match conn.tx.try_send(make(id)) {
+        // A call alone on the stream writes its request itself (no hop to
+        // another thread); with company, the flusher batches them.
+        let msg = make(id);
+        let sent = if alone {
+            conn.out.send(&msg, false)
+        } else {
+            conn.out.defer(&msg, false)
+        };
+        match sent {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => return Err(NotSent::Busy),
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(SendError::Full) => return Err(NotSent::Busy),
+            Err(SendError::Closed) => {
                 return Err(NotSent::Connect("the stream to the host closed".into()))
             }
         }

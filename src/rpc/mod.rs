@@ -8,7 +8,9 @@
 
 pub mod call;
 pub mod client;
+pub mod outbox;
 pub mod proto;
+pub mod responder;
 pub mod server;
 
 use std::future::Future;

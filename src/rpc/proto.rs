@@ -6,31 +6,6 @@ use serde::{Deserialize, Serialize};
 use crate::records::PluginKind;
 pub use serde_bytes::ByteBuf;
 
-/// Writes queued messages to a call stream until the queue closes or the
-/// stream fails, then closes the writing side. Messages queued together go
-/// out in one write: under load, one syscall carries many replies.
-pub async fn write_queued<W: tokio::io::AsyncWrite + Unpin>(
-    mut rx: tokio::sync::mpsc::Receiver<RpcMsg>,
-    sealer: &mut crate::stream::Sealer,
-    writer: &mut W,
-) {
-    use tokio::io::AsyncWriteExt;
-    let mut out = tokio::io::BufWriter::with_capacity(64 * 1024, writer);
-    'stream: while let Some(msg) = rx.recv().await {
-        let mut next = Some(msg);
-        while let Some(msg) = next {
-            if sealer.write_msg(&mut out, &msg).await.is_err() {
-                break 'stream;
-            }
-            next = rx.try_recv().ok();
-        }
-        if out.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = out.shutdown().await;
-}
-
 /// Why a host did not hand a call to a handler. Each of these is safe to
 /// retry on another host: the call did not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

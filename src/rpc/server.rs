@@ -10,9 +10,11 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::Semaphore;
 
+use super::outbox::Outbox;
 use super::proto::{ByteBuf, Refusal, RpcMsg};
+use super::responder::{self, Company, Responder, ResponderHandler, Slot};
 use super::{CallInfo, Handler, HandlerError, RpcCounters, RpcLimits};
 use crate::records::PluginKind;
 use crate::stream::{Opener, Sealer};
@@ -20,9 +22,6 @@ use crate::wire;
 
 /// Largest artifact chunk sent in one frame.
 pub const MAX_CHUNK: u32 = 256 * 1024;
-/// Messages queued for a call stream's writer; a peer that does not read
-/// stops being read beyond this.
-pub const REPLY_QUEUE: usize = 64;
 /// A call stream with no complete frame for this long is closed.
 pub const CALL_STREAM_IDLE: Duration = Duration::from_secs(120);
 /// Longest a handler runs, whatever budget the caller asks for.
@@ -35,7 +34,16 @@ pub const STREAM_REFUSAL_ID: u64 = 0;
 
 struct Served {
     kind: PluginKind,
-    handler: Handler,
+    handler: Serving,
+}
+
+/// How a served plugin answers.
+#[derive(Clone)]
+pub enum Serving {
+    /// With the future it returns, run in a task of the node.
+    Future(Handler),
+    /// Through a [`Responder`], from any thread.
+    Responder(ResponderHandler),
 }
 
 /// What this node serves.
@@ -86,7 +94,7 @@ impl Server {
     }
 
     /// Registers a handler; replaces one of the same name and version.
-    pub fn register(&self, name: &str, version: &str, kind: PluginKind, handler: Handler) {
+    pub fn register(&self, name: &str, version: &str, kind: PluginKind, handler: Serving) {
         self.handlers
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -108,7 +116,7 @@ impl Server {
         name: &str,
         version: Option<&str>,
         kind: PluginKind,
-    ) -> Option<(String, Handler)> {
+    ) -> Option<(String, Serving)> {
         let handlers = self.handlers.read().unwrap_or_else(|p| p.into_inner());
         handlers
             .iter()
@@ -186,32 +194,33 @@ impl Server {
         let result = match tokio::time::timeout(budget, guarded).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(panicked(&self.counters)),
-            Err(_) => Err(HandlerError::new(
-                "timeout",
-                format!("the handler did not answer within {budget:?}"),
-            )),
+            Err(_) => Err(responder::overrun(budget)),
         };
-        match result {
-            Ok(reply) if reply.len() > self.limits.max_payload => {
-                RpcCounters::bump(&self.counters.replies_too_large);
-                Err(HandlerError::new(
-                    "too_large",
-                    format!(
-                        "the reply has {} bytes, over the limit of {}",
-                        reply.len(),
-                        self.limits.max_payload
-                    ),
-                ))
-            }
-            other => other,
+        responder::bounded(result, self.limits.max_payload, &self.counters)
+    }
+
+    /// Hands a call to a responder handler, which returns at once; a panic
+    /// in it answers the call `"panic"`.
+    pub(crate) fn start_responder(
+        &self,
+        handler: &ResponderHandler,
+        info: CallInfo,
+        payload: Vec<u8>,
+        responder: Responder,
+        slot: &Slot,
+    ) {
+        if std::panic::catch_unwind(AssertUnwindSafe(|| handler(info, payload, responder))).is_err()
+        {
+            slot.panicked();
         }
     }
 
     /// Answers one call stream until it closes, goes idle, or the node's
     /// security changes. Frames are read here and handlers run concurrently;
-    /// replies go out in completion order. The reply queue is bounded, so a
-    /// peer that stops reading stops being read; handlers still running when
-    /// the stream ends are cancelled.
+    /// replies go out in completion order, each written by the task that
+    /// finished it (see [`Outbox`]). A peer that stops reading its replies
+    /// stops being read; handlers still running when the stream ends are
+    /// cancelled.
     pub async fn serve_stream<R, W>(
         self: Arc<Self>,
         reader: R,
@@ -237,21 +246,35 @@ impl Server {
             .await;
             return;
         };
-        let (tx, rx) = mpsc::channel::<RpcMsg>(REPLY_QUEUE);
-        let writing = tokio::spawn(async move {
-            super::proto::write_queued(rx, &mut sealer, &mut writer).await;
-        });
+        let (outbox, flusher) = Outbox::new(sealer, writer);
+        let flushing = tokio::spawn(flusher);
         let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let mut killed = self.killed.subscribe();
         let mut epoch = self.epoch.subscribe();
         if *killed.borrow_and_update() {
-            writing.abort();
+            outbox.cut();
+            flushing.abort();
             return;
         }
         epoch.borrow_and_update();
         let per_stream = Arc::new(Semaphore::new(self.limits.max_inflight_per_conn));
+        let company = Company {
+            slots: per_stream.clone(),
+            max: self.limits.max_inflight_per_conn,
+        };
         let mut handlers = tokio::task::JoinSet::new();
         loop {
+            if !outbox.has_room() {
+                // The peer does not read its replies: stop reading its calls.
+                tokio::select! {
+                    _ = outbox.room() => {}
+                    _ = killed.changed() => {
+                        outbox.cut();
+                        flushing.abort();
+                        return;
+                    }
+                }
+            }
             let body = tokio::select! {
                 // `next_frame` is cancel-safe: when another branch wins, a
                 // half-read frame resumes on the next turn.
@@ -265,7 +288,8 @@ impl Server {
                 },
                 _ = killed.changed() => {
                     // Cut the stream without flushing what is queued.
-                    writing.abort();
+                    outbox.cut();
+                    flushing.abort();
                     return;
                 }
                 _ = epoch.changed() => break,
@@ -313,8 +337,7 @@ impl Server {
                         Ok(x) => x,
                         Err(why) => {
                             RpcCounters::bump(&self.counters.refused);
-                            // Waits when the peer does not read: backpressure.
-                            if tx.send(RpcMsg::Refused { id, why }).await.is_err() {
+                            if outbox.send(&RpcMsg::Refused { id, why }, true).is_err() {
                                 break;
                             }
                             continue;
@@ -329,15 +352,47 @@ impl Server {
                         budget,
                     };
                     let server = self.clone();
-                    let tx = tx.clone();
-                    handlers.spawn(async move {
-                        let result = server.run_handler(handler, info, payload).await;
-                        RpcCounters::bump(&server.counters.served);
-                        let result = result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
-                        // The slots are held until the reply is queued.
-                        let _ = tx.send(RpcMsg::Reply { id, result }).await;
-                        drop((stream_slot, node_slot));
-                    });
+                    match handler {
+                        Serving::Future(handler) => {
+                            let outbox = outbox.clone();
+                            let company = company.clone();
+                            handlers.spawn(async move {
+                                let result = server.run_handler(handler, info, payload).await;
+                                RpcCounters::bump(&server.counters.served);
+                                let result =
+                                    result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
+                                // Alone on the stream, written from this task;
+                                // with company, batched by the flusher. A
+                                // stream that ended has no caller left.
+                                let reply = RpcMsg::Reply { id, result };
+                                let _ = if company.alone() {
+                                    outbox.send(&reply, true)
+                                } else {
+                                    outbox.defer(&reply, true)
+                                };
+                                drop((stream_slot, node_slot));
+                            });
+                        }
+                        Serving::Responder(handler) => {
+                            let (responder, slot, answered) = Responder::for_stream(
+                                outbox.clone(),
+                                id,
+                                company.clone(),
+                                self.limits.max_payload,
+                                self.counters.clone(),
+                            );
+                            self.start_responder(&handler, info, payload, responder, &slot);
+                            // The answer goes out from whichever thread gives
+                            // it; this task only bounds the call by its budget
+                            // and holds its slots until then.
+                            handlers.spawn(async move {
+                                if tokio::time::timeout(budget, answered).await.is_err() {
+                                    slot.overran(budget);
+                                }
+                                drop((stream_slot, node_slot));
+                            });
+                        }
+                    }
                 }
                 RpcMsg::Fetch {
                     id,
@@ -367,7 +422,7 @@ impl Server {
                             }
                         }
                     };
-                    if tx.send(answer).await.is_err() {
+                    if outbox.send(&answer, true).is_err() {
                         break;
                     }
                 }
@@ -381,7 +436,7 @@ impl Server {
         // Handlers of a stream that ended are cancelled; their callers have
         // lost the stream and will see the call as disconnected.
         handlers.abort_all();
-        drop(tx);
-        let _ = writing.await;
+        outbox.close();
+        let _ = flushing.await;
     }
 }

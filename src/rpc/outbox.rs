@@ -1,0 +1,461 @@
+//! The sending side of a call stream, shared by everyone with a frame to
+//! send. A sender seals its frame and, when no one else is writing, writes
+//! it to the socket from its own thread; only bytes the socket does not
+//! take at once are left to the stream's flusher task. So a call or a reply
+//! usually reaches the socket without waking another thread — what a host
+//! thread answering a call, or a thread blocked in a call, would otherwise
+//! pay twice per call. Under load (several calls in flight on the stream)
+//! senders rather leave their frames to the flusher ([`Outbox::defer`]), so
+//! that one write carries many.
+//!
+//! Two locks, never contended for long: `queue` is held to append an
+//! encoded frame (with room for its tag); `wire` is held only by the one
+//! writer of the moment (the token's holder), which seals the frames it
+//! takes, in stream order as the nonces require, and writes them. So
+//! appending never waits for a seal or for the socket.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use tokio::io::AsyncWrite;
+use tokio::sync::Notify;
+
+use super::proto::RpcMsg;
+use crate::stream::Sealer;
+
+/// Unsent bytes beyond which a caller's new request is refused as busy and
+/// a host stops reading new calls: a peer that does not read cannot make
+/// the queue grow without end. Well above what a healthy stream holds
+/// (256 calls of 64 KiB in flight queue 16 MiB at worst).
+pub const MAX_UNSENT: usize = 64 * 1024 * 1024;
+
+/// A written batch buffer that grew past this is dropped rather than kept.
+const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// Why a frame was not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SendError {
+    /// The peer is not reading: more than [`MAX_UNSENT`] bytes wait.
+    Full,
+    /// The stream failed or was closed.
+    Closed,
+}
+
+type Writer = Pin<Box<dyn AsyncWrite + Send>>;
+
+/// Who may write to the socket now.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Token {
+    Free,
+    /// A sender writing from its own thread.
+    Sender,
+    /// The flusher task (the socket was full, or a sender deferred).
+    Flusher,
+}
+
+/// Frames encoded and not yet taken by the writer.
+struct Queue {
+    unsent: Vec<u8>,
+    /// Bytes of the batch the writer holds (for the bound on waiting bytes).
+    in_batch: usize,
+    token: Token,
+    /// No more frames are taken; the flusher ends once all are written.
+    closing: bool,
+}
+
+impl Queue {
+    fn waiting(&self) -> usize {
+        self.unsent.len() + self.in_batch
+    }
+}
+
+/// The writing side, touched only by the token's holder (and by a cut).
+struct Wire {
+    sealer: Sealer,
+    /// `None` once the stream was cut or failed.
+    writer: Option<Writer>,
+    batch: Vec<u8>,
+    sent: usize,
+}
+
+/// One call stream's sending side.
+pub struct Outbox {
+    /// Bytes each frame leaves for its tag (0 on a plaintext stream).
+    tag_len: usize,
+    queue: Mutex<Queue>,
+    wire: Mutex<Wire>,
+    /// Wakes the flusher: the token was handed to it, or the box closes.
+    flush: Notify,
+    /// Wakes those waiting for room ([`Outbox::room`]).
+    drained: Notify,
+    failed: AtomicBool,
+}
+
+impl Outbox {
+    /// An outbox over `writer`; the returned future is its flusher, which
+    /// the owner spawns and which ends when the box closes or fails.
+    pub fn new<W: AsyncWrite + Send + 'static>(
+        sealer: Sealer,
+        writer: W,
+    ) -> (Arc<Outbox>, impl std::future::Future<Output = ()> + Send) {
+        let outbox = Arc::new(Outbox {
+            tag_len: sealer.tag_len(),
+            queue: Mutex::new(Queue {
+                unsent: Vec::new(),
+                in_batch: 0,
+                token: Token::Free,
+                closing: false,
+            }),
+            wire: Mutex::new(Wire {
+                sealer,
+                writer: Some(Box::pin(writer)),
+                batch: Vec::new(),
+                sent: 0,
+            }),
+            flush: Notify::new(),
+            drained: Notify::new(),
+            failed: AtomicBool::new(false),
+        });
+        let flusher = outbox.clone().flusher();
+        (outbox, flusher)
+    }
+
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn wire(&self) -> MutexGuard<'_, Wire> {
+        self.wire.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues `msg` and, when no one is writing, writes it from this thread
+    /// as far as the socket takes it at once; never blocks. `Full` when the
+    /// peer has stopped reading (a reply, which must not be lost, passes
+    /// `always` and is queued anyway: the host bounds those by not reading
+    /// new calls, see [`Outbox::room`]).
+    pub fn send(&self, msg: &RpcMsg, always: bool) -> Result<(), SendError> {
+        if !self.enqueue(msg, always, Token::Sender)? {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.drive(&mut cx) {
+            Poll::Ready(true) => Ok(()),
+            Poll::Ready(false) => Err(SendError::Closed),
+            Poll::Pending => {
+                // The socket is full: the flusher, which registers itself
+                // for writability, takes over the token and the rest.
+                self.queue().token = Token::Flusher;
+                self.flush.notify_one();
+                Ok(())
+            }
+        }
+    }
+
+    /// Queues `msg` for the flusher without writing it: for a sender with
+    /// company (other calls in flight on the stream), so that one write
+    /// carries the frames of many rather than each paying a syscall and a
+    /// wake-up of the peer. A sender alone uses [`Outbox::send`].
+    pub fn defer(&self, msg: &RpcMsg, always: bool) -> Result<(), SendError> {
+        if self.enqueue(msg, always, Token::Flusher)? {
+            self.flush.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Encodes and appends `msg`; true when the token was free and is now
+    /// `who`'s (who must then write).
+    fn enqueue(&self, msg: &RpcMsg, always: bool, who: Token) -> Result<bool, SendError> {
+        // Encoded before taking the lock; only the copy happens under it.
+        let frame = Sealer::encode_frame(msg, self.tag_len).map_err(|_| SendError::Closed)?;
+        let mut q = self.queue();
+        if q.closing {
+            return Err(SendError::Closed);
+        }
+        if !always && q.waiting() > MAX_UNSENT {
+            return Err(SendError::Full);
+        }
+        q.unsent.extend_from_slice(&frame);
+        if q.token != Token::Free {
+            // The holder writes it with the rest before letting go.
+            return Ok(false);
+        }
+        q.token = who;
+        Ok(true)
+    }
+
+    /// Writes batches until nothing waits (`Ready(true)`, token released),
+    /// the socket is full (`Pending`, token kept, `cx` registered) or the
+    /// stream fails (`Ready(false)`). Only the token's holder calls this.
+    fn drive(&self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut wire = self.wire();
+        loop {
+            if wire.sent == wire.batch.len() {
+                wire.batch.clear();
+                wire.sent = 0;
+                if wire.batch.capacity() > KEEP_CAPACITY {
+                    wire.batch = Vec::new();
+                }
+                let mut q = self.queue();
+                if q.unsent.is_empty() {
+                    q.in_batch = 0;
+                    q.token = Token::Free;
+                    let closing = q.closing;
+                    drop(q);
+                    drop(wire);
+                    self.drained.notify_waiters();
+                    if closing {
+                        self.flush.notify_one();
+                    }
+                    return Poll::Ready(true);
+                }
+                let Wire { batch, sealer, .. } = &mut *wire;
+                std::mem::swap(&mut q.unsent, batch);
+                q.in_batch = batch.len();
+                drop(q);
+                if sealer.seal_frames(batch).is_err() {
+                    // The stream's nonce sequence is broken: nothing more
+                    // may go out on it.
+                    drop(wire);
+                    self.cut();
+                    return Poll::Ready(false);
+                }
+            }
+            let Wire {
+                writer,
+                batch,
+                sent,
+                ..
+            } = &mut *wire;
+            let Some(writer) = writer.as_mut() else {
+                drop(wire);
+                self.cut();
+                return Poll::Ready(false);
+            };
+            match writer.as_mut().poll_write(cx, &batch[*sent..]) {
+                Poll::Ready(Ok(n)) if n > 0 => *sent += n,
+                Poll::Ready(_) => {
+                    drop(wire);
+                    self.cut();
+                    return Poll::Ready(false);
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// Whether at most [`MAX_UNSENT`] bytes wait (or the box closed).
+    pub fn has_room(&self) -> bool {
+        let q = self.queue();
+        q.closing || q.waiting() <= MAX_UNSENT
+    }
+
+    /// Waits until [`Outbox::has_room`].
+    pub async fn room(&self) {
+        loop {
+            let drained = self.drained.notified();
+            if self.has_room() {
+                return;
+            }
+            drained.await;
+        }
+    }
+
+    /// Whether the stream failed (a write error, or it was cut).
+    pub fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    /// Takes no more frames; the flusher writes what waits, then shuts the
+    /// writing side down.
+    pub fn close(&self) {
+        self.queue().closing = true;
+        self.flush.notify_one();
+    }
+
+    /// Cuts the stream now: what waits is dropped and the writing side
+    /// closed without a flush.
+    pub fn cut(&self) {
+        {
+            let mut q = self.queue();
+            q.closing = true;
+            q.unsent = Vec::new();
+        }
+        // Waits at most for a write syscall of the token's holder.
+        let writer = self.wire().writer.take();
+        drop(writer);
+        self.failed.store(true, Ordering::Relaxed);
+        self.flush.notify_one();
+        self.drained.notify_waiters();
+    }
+
+    async fn flusher(self: Arc<Self>) {
+        loop {
+            self.flush.notified().await;
+            if self.is_failed() {
+                return;
+            }
+            let (mine, shut) = {
+                let mut q = self.queue();
+                match q.token {
+                    Token::Flusher => (true, false),
+                    Token::Free if q.closing => {
+                        // Nothing waits and nothing more can come: keep the
+                        // token for good and shut the writing side down.
+                        q.token = Token::Flusher;
+                        (false, true)
+                    }
+                    _ => (false, false),
+                }
+            };
+            if mine {
+                loop {
+                    tokio::select! {
+                        ok = std::future::poll_fn(|cx| self.drive(cx)) => {
+                            if !ok {
+                                return;
+                            }
+                            break;
+                        }
+                        // A cut drops the writer, which then wakes no one.
+                        _ = self.flush.notified() => {
+                            if self.is_failed() {
+                                return;
+                            }
+                        }
+                    }
+                }
+            }
+            if shut {
+                let writer = self.wire().writer.take();
+                if let Some(mut w) = writer {
+                    let _ = std::future::poll_fn(|cx| w.as_mut().poll_shutdown(cx)).await;
+                }
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire;
+    use tokio::io::AsyncReadExt;
+
+    fn plain_sealer() -> Sealer {
+        Sealer::plaintext_for_tests()
+    }
+
+    fn refusal(id: u64) -> RpcMsg {
+        RpcMsg::Refused {
+            id,
+            why: super::super::proto::Refusal::Overloaded,
+        }
+    }
+
+    async fn read_ids(r: &mut (impl tokio::io::AsyncRead + Unpin), n: usize) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let mut len = [0u8; wire::FRAME_HEADER];
+            r.read_exact(&mut len).await.unwrap();
+            let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+            r.read_exact(&mut body).await.unwrap();
+            match wire::decode::<RpcMsg>(&body).unwrap() {
+                RpcMsg::Refused { id, .. } => ids.push(id),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        ids
+    }
+
+    #[tokio::test]
+    async fn frames_written_directly_deferred_and_by_the_flusher_keep_their_order() {
+        // A pipe smaller than the frames written: most of them wait for the
+        // flusher while others are appended behind them.
+        let (mut far, near) = tokio::io::duplex(64);
+        let (outbox, flusher) = Outbox::new(plain_sealer(), near);
+        let flusher = tokio::spawn(flusher);
+        let senders: Vec<_> = (0..4u64)
+            .map(|t| {
+                let outbox = outbox.clone();
+                std::thread::spawn(move || {
+                    for i in 0..50 {
+                        let msg = refusal(t * 1000 + i);
+                        if (t + i) % 3 == 0 {
+                            outbox.defer(&msg, false).unwrap();
+                        } else {
+                            outbox.send(&msg, false).unwrap();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let ids = read_ids(&mut far, 200).await;
+        for s in senders {
+            s.join().unwrap();
+        }
+        for t in 0..4u64 {
+            let mine: Vec<u64> = ids.iter().copied().filter(|i| i / 1000 == t).collect();
+            assert_eq!(mine, (0..50).map(|i| t * 1000 + i).collect::<Vec<_>>());
+        }
+        outbox.close();
+        flusher.await.unwrap();
+        let mut rest = Vec::new();
+        far.read_to_end(&mut rest).await.unwrap();
+        assert!(
+            rest.is_empty(),
+            "the writing side was shut down after the frames"
+        );
+        assert_eq!(outbox.send(&refusal(1), true), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_does_not_read_makes_new_requests_busy_but_not_replies() {
+        let (far, near) = tokio::io::duplex(1024);
+        let (outbox, flusher) = Outbox::new(plain_sealer(), near);
+        let flusher = tokio::spawn(flusher);
+        let big = RpcMsg::Chunk {
+            id: 1,
+            data: vec![7; 1024 * 1024],
+        };
+        let mut full = false;
+        for _ in 0..(MAX_UNSENT / (1024 * 1024) + 4) {
+            if outbox.send(&big, false) == Err(SendError::Full) {
+                full = true;
+                break;
+            }
+        }
+        assert!(full, "an unread stream refuses requests beyond the bound");
+        assert_eq!(
+            outbox.send(&refusal(2), true),
+            Ok(()),
+            "replies still queue"
+        );
+        let room = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.room());
+        assert!(room.await.is_err(), "no room while the peer does not read");
+        // The peer goes away: the stream fails, and waiters are released.
+        drop(far);
+        tokio::time::timeout(std::time::Duration::from_secs(5), outbox.room())
+            .await
+            .expect("a failed stream releases those waiting for room");
+        flusher.await.unwrap();
+        assert!(outbox.is_failed());
+        assert_eq!(outbox.send(&refusal(3), true), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn a_cut_stream_drops_what_waits_and_refuses_more() {
+        let (mut far, near) = tokio::io::duplex(16);
+        let (outbox, flusher) = Outbox::new(plain_sealer(), near);
+        let flusher = tokio::spawn(flusher);
+        outbox.send(&refusal(1), false).unwrap();
+        outbox.cut();
+        flusher.await.unwrap();
+        assert_eq!(outbox.send(&refusal(2), true), Err(SendError::Closed));
+        let mut got = Vec::new();
+        far.read_to_end(&mut got).await.unwrap();
+        assert!(got.len() <= 16, "nothing is written after the cut");
+    }
+}
