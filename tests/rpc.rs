@@ -482,10 +482,8 @@ async fn responders_answer_from_threads_of_the_host() {
         assert_eq!(remote_code(call(b"big", SECOND).await), "too_large");
         assert_eq!(remote_code(call(b"panic", SECOND).await), "panic");
         let began = std::time::Instant::now();
-        assert!(matches!(
-            call(b"decline", Duration::from_millis(200)).await,
-            Err(Error::Timeout)
-        ));
+        let declined = call(b"decline", Duration::from_millis(200)).await;
+        assert!(matches!(declined, Err(Error::Timeout)), "{declined:?}");
         assert!(began.elapsed() < Duration::from_millis(1500));
         // Many at once, all answered by the one pool thread.
         let many: Vec<_> = (0..64)

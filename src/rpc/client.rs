@@ -234,8 +234,24 @@ impl Pool {
             let alive = Arc::new(AtomicBool::new(true));
             {
                 let alive = alive.clone();
+                let pending = pending.clone();
+                let out = out.clone();
                 tokio::spawn(async move {
                     flusher.await;
+                    if out.is_failed() {
+                        // Requests may have been dropped unsent: every call
+                        // waiting learns the stream is gone now, not at its
+                        // deadline (marked dead first, under the same lock,
+                        // as the reader does).
+                        let orphans: Vec<_> = {
+                            let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                            alive.store(false, Ordering::Relaxed);
+                            p.drain().collect()
+                        };
+                        for (_, w) in orphans {
+                            let _ = w.send(Answer::Lost);
+                        }
+                    }
                     alive.store(false, Ordering::Relaxed);
                 });
             }

@@ -80,6 +80,30 @@ struct Wire {
     sent: usize,
 }
 
+/// Cuts the stream when a panic starts while the token's holder writes
+/// (not when a thread already unwinding answers a call).
+struct CutOnUnwind<'a> {
+    outbox: &'a Outbox,
+    unwinding_before: bool,
+}
+
+impl<'a> CutOnUnwind<'a> {
+    fn new(outbox: &'a Outbox) -> CutOnUnwind<'a> {
+        CutOnUnwind {
+            outbox,
+            unwinding_before: std::thread::panicking(),
+        }
+    }
+}
+
+impl Drop for CutOnUnwind<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.unwinding_before {
+            self.outbox.cut();
+        }
+    }
+}
+
 /// One call stream's sending side.
 pub struct Outbox {
     /// Bytes each frame leaves for its tag (0 on a plaintext stream).
@@ -96,6 +120,8 @@ pub struct Outbox {
 impl Outbox {
     /// An outbox over `writer`; the returned future is its flusher, which
     /// the owner spawns and which ends when the box closes or fails.
+    /// `writer` must not buffer (a socket or a pipe): frames are never
+    /// flushed, only written.
     pub fn new<W: AsyncWrite + Send + 'static>(
         sealer: Sealer,
         writer: W,
@@ -140,7 +166,9 @@ impl Outbox {
             return Ok(());
         }
         let mut cx = Context::from_waker(Waker::noop());
-        match self.drive(&mut cx) {
+        // One batch (the one holding this frame): a thread that is not the
+        // runtime's never ends up writing for everyone under load.
+        match self.drive(&mut cx, Some(1)) {
             Poll::Ready(true) => Ok(()),
             Poll::Ready(false) => Err(SendError::Closed),
             Poll::Pending => {
@@ -186,9 +214,15 @@ impl Outbox {
     }
 
     /// Writes batches until nothing waits (`Ready(true)`, token released),
-    /// the socket is full (`Pending`, token kept, `cx` registered) or the
-    /// stream fails (`Ready(false)`). Only the token's holder calls this.
-    fn drive(&self, cx: &mut Context<'_>) -> Poll<bool> {
+    /// `max_batches` were written and more wait (`Ready(true)`, token handed
+    /// to the flusher), the socket is full (`Pending`, token kept, `cx`
+    /// registered) or the stream fails (`Ready(false)`). Only the token's
+    /// holder calls this.
+    fn drive(&self, cx: &mut Context<'_>, max_batches: Option<usize>) -> Poll<bool> {
+        // A panic below (a writer's, a poisoned lock's) must not leave the
+        // token held by no one: the stream is cut instead.
+        let _unwind = CutOnUnwind::new(self);
+        let mut batches = 0;
         let mut wire = self.wire();
         loop {
             if wire.sent == wire.batch.len() {
@@ -210,6 +244,14 @@ impl Outbox {
                     }
                     return Poll::Ready(true);
                 }
+                if max_batches.is_some_and(|max| batches >= max) {
+                    q.token = Token::Flusher;
+                    drop(q);
+                    drop(wire);
+                    self.flush.notify_one();
+                    return Poll::Ready(true);
+                }
+                batches += 1;
                 let Wire { batch, sealer, .. } = &mut *wire;
                 std::mem::swap(&mut q.unsent, batch);
                 q.in_batch = batch.len();
@@ -267,6 +309,11 @@ impl Outbox {
         self.failed.load(Ordering::Relaxed)
     }
 
+    /// Whether the box takes no more frames (closing, cut or failed).
+    pub fn is_closed(&self) -> bool {
+        self.queue().closing
+    }
+
     /// Takes no more frames; the flusher writes what waits, then shuts the
     /// writing side down.
     pub fn close(&self) {
@@ -312,7 +359,7 @@ impl Outbox {
             if mine {
                 loop {
                     tokio::select! {
-                        ok = std::future::poll_fn(|cx| self.drive(cx)) => {
+                        ok = std::future::poll_fn(|cx| self.drive(cx, None)) => {
                             if !ok {
                                 return;
                             }

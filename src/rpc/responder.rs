@@ -214,12 +214,17 @@ impl Responder {
     }
 
     /// Whether the call is over without this responder: its budget ran
-    /// out and the caller was answered `"timeout"`. A handler that has not
-    /// started may skip the work.
+    /// out (the caller was answered `"timeout"`) or its stream ended. A
+    /// handler that has not started may skip the work.
     pub fn is_abandoned(&self) -> bool {
-        self.slot
-            .as_ref()
-            .is_none_or(|s| s.sink.lock().unwrap_or_else(|p| p.into_inner()).is_none())
+        self.slot.as_ref().is_none_or(|s| {
+            match &*s.sink.lock().unwrap_or_else(|p| p.into_inner()) {
+                None => true,
+                // The stream ended: no one is left to read an answer.
+                Some(Sink::Stream { outbox, .. }) => outbox.is_closed(),
+                Some(Sink::Local(tx)) => tx.is_closed(),
+            }
+        })
     }
 
     /// Gives up without an answer: the caller gets what its own deadline
@@ -231,16 +236,60 @@ impl Responder {
 
 impl Drop for Responder {
     fn drop(&mut self) {
-        // A handler that panics while holding its responder is answered
-        // `"panic"` by the server, which catches the panic.
-        if std::thread::panicking() {
+        let Some(slot) = self.slot.take() else {
             return;
-        }
-        if let Some(slot) = self.slot.take() {
+        };
+        if std::thread::panicking() {
+            // Whichever thread was unwinding (a handler's, a pool's), the
+            // caller learns now rather than at its deadline.
+            slot.panicked();
+        } else {
             slot.answer(Err(HandlerError::new(
                 "unanswered",
                 "the handler dropped the call without answering it",
             )));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_responder_dropped_while_its_thread_panics_answers_panic() {
+        let counters = Arc::new(RpcCounters::default());
+        let (responder, _slot, mut answer) = Responder::local(1024, counters.clone());
+        let unwound = std::thread::spawn(move || {
+            let _held = responder;
+            panic!("a host thread's bug");
+        })
+        .join();
+        assert!(unwound.is_err());
+        let got = answer
+            .try_recv()
+            .expect("answered at once, not at the deadline");
+        assert_eq!(got.unwrap_err().code, "panic");
+        assert_eq!(
+            counters.panics.load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn a_call_whose_stream_ended_is_abandoned() {
+        let (_far, near) = tokio::io::duplex(1024);
+        let (outbox, _flusher) = Outbox::new(crate::stream::Sealer::plaintext_for_tests(), near);
+        let company = Company {
+            slots: Arc::new(tokio::sync::Semaphore::new(4)),
+            max: 4,
+        };
+        let counters = Arc::new(RpcCounters::default());
+        let (responder, _slot, _answered) =
+            Responder::for_stream(outbox.clone(), 1, company, 1024, counters);
+        assert!(!responder.is_abandoned());
+        outbox.close();
+        assert!(responder.is_abandoned());
+        responder.decline();
     }
 }

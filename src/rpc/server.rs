@@ -26,6 +26,8 @@ pub const MAX_CHUNK: u32 = 256 * 1024;
 pub const CALL_STREAM_IDLE: Duration = Duration::from_secs(120);
 /// Longest a handler runs, whatever budget the caller asks for.
 pub const MAX_CALL_BUDGET: Duration = Duration::from_secs(300);
+/// How long an ending call stream may take to flush what it queued.
+const CLOSE_FLUSH: Duration = Duration::from_secs(10);
 /// How long a refused call stream's refusal frame may take to write.
 const REFUSAL_WRITE: Duration = Duration::from_secs(1);
 /// Id of the refusal that answers a whole stream: callers number their
@@ -247,7 +249,7 @@ impl Server {
             return;
         };
         let (outbox, flusher) = Outbox::new(sealer, writer);
-        let flushing = tokio::spawn(flusher);
+        let mut flushing = tokio::spawn(flusher);
         let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let mut killed = self.killed.subscribe();
         let mut epoch = self.epoch.subscribe();
@@ -266,13 +268,17 @@ impl Server {
         loop {
             if !outbox.has_room() {
                 // The peer does not read its replies: stop reading its calls.
-                tokio::select! {
-                    _ = outbox.room() => {}
-                    _ = killed.changed() => {
-                        outbox.cut();
-                        flushing.abort();
-                        return;
-                    }
+                let stuck = tokio::select! {
+                    _ = outbox.room() => false,
+                    _ = killed.changed() => true,
+                    _ = epoch.changed() => true,
+                    _ = tokio::time::sleep(CALL_STREAM_IDLE) => true,
+                };
+                if stuck {
+                    // Nothing queued could be flushed to this peer anyway.
+                    outbox.cut();
+                    flushing.abort();
+                    return;
                 }
             }
             let body = tokio::select! {
@@ -437,6 +443,76 @@ impl Server {
         // lost the stream and will see the call as disconnected.
         handlers.abort_all();
         outbox.close();
-        let _ = flushing.await;
+        // What is queued goes out, unless the peer stops reading or the
+        // node is killed meanwhile: the stream's place is not held for it.
+        tokio::select! {
+            _ = &mut flushing => {}
+            _ = killed.changed() => {}
+            _ = tokio::time::sleep(CLOSE_FLUSH) => {}
+        }
+        outbox.cut();
+        flushing.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::{self, Security};
+    use tokio::io::AsyncWriteExt;
+
+    /// A peer that asks for more than the pipe holds, never reads, and then
+    /// ends its side: the server ends the stream after a grace period
+    /// instead of waiting forever to flush, and gives its place back.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_whose_peer_stops_reading_ends_and_frees_its_place() {
+        let server = Arc::new(Server::new(
+            RpcLimits {
+                max_streams: 1,
+                ..RpcLimits::default()
+            },
+            Arc::new(RpcCounters::default()),
+            Box::new(|_| true),
+        ));
+        server.hold_artifact([7; 32], Arc::new(vec![1; MAX_CHUNK as usize]));
+        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let plain = Security::plaintext("t");
+        let (accepted, connected) =
+            tokio::join!(stream::accept(&mut ours, &plain, 1 << 20), async {
+                let (mut sealer, opener) = stream::connect(&mut theirs, &plain, 1 << 20).await?;
+                sealer
+                    .write_frame(&mut theirs, &[crate::wire::CHANNEL_RPC])
+                    .await?;
+                Ok::<_, stream::StreamError>((sealer, opener))
+            });
+        let (sealer, mut opener) = accepted.unwrap();
+        let (mut peer_sealer, _) = connected.unwrap();
+        assert_eq!(
+            opener.read_frame(&mut ours).await.unwrap().as_deref(),
+            Some(&[crate::wire::CHANNEL_RPC][..])
+        );
+        let (r, w) = tokio::io::split(ours);
+        let serving = tokio::spawn(server.clone().serve_stream(r, w, sealer, opener));
+        for id in 1..=8 {
+            let fetch = RpcMsg::Fetch {
+                id,
+                sha256: [7; 32],
+                offset: 0,
+                len: MAX_CHUNK,
+            };
+            peer_sealer.write_msg(&mut theirs, &fetch).await.unwrap();
+        }
+        theirs.shutdown().await.unwrap();
+        // Paused time: the grace period passes as soon as all is idle.
+        tokio::time::timeout(CLOSE_FLUSH * 2, serving)
+            .await
+            .expect("the stream ends although its peer never read")
+            .unwrap();
+        assert_eq!(
+            server.streams.available_permits(),
+            1,
+            "its place is free again"
+        );
+        drop(theirs);
     }
 }
