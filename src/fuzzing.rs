@@ -359,32 +359,27 @@ pub fn rpc_client(data: &[u8]) {
     };
     let answer = rest.to_vec();
     runtime().block_on(async move {
-        let Ok(listener) = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await else {
-            return;
-        };
-        let Ok(addr) = listener.local_addr() else {
-            return;
-        };
+        // The host is the far end of an in-memory pipe the pool adopts as
+        // its stream to `addr`: the client code is the same as over TCP.
+        let addr = SocketAddr::from(([127, 0, 0, 1], 9));
+        let (ours, mut theirs) = tokio::io::duplex(256 * 1024);
         let host = tokio::spawn(async move {
-            let Ok((mut tcp, _)) = listener.accept().await else {
-                return;
-            };
             // The channel byte's frame, then the request's frame.
             for _ in 0..2 {
                 let mut header = [0u8; wire::FRAME_HEADER];
-                if tcp.read_exact(&mut header).await.is_err() {
+                if theirs.read_exact(&mut header).await.is_err() {
                     return;
                 }
                 let len = u32::from_be_bytes(header) as usize;
                 let mut body = vec![0u8; len.min(MAX_FRAME)];
-                if tcp.read_exact(&mut body).await.is_err() {
+                if theirs.read_exact(&mut body).await.is_err() {
                     return;
                 }
             }
-            let _ = tcp.write_all(&answer).await;
-            let _ = tcp.shutdown().await;
+            let _ = theirs.write_all(&answer).await;
+            let _ = theirs.shutdown().await;
             let mut sink = Vec::new();
-            let _ = tcp.read_to_end(&mut sink).await;
+            let _ = theirs.read_to_end(&mut sink).await;
         });
         let pool = crate::rpc::client::Pool::new(
             RpcLimits::default(),
@@ -393,6 +388,10 @@ pub fn rpc_client(data: &[u8]) {
         );
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         let security = Security::plaintext(LABEL);
+        if !pool.adopt(addr, ours, &security).await {
+            host.abort();
+            return;
+        }
         let sha = crate::artifacts::sha256(&artifact_bytes());
         let _ = pool
             .request(addr, &security, deadline, |id| {

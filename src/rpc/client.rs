@@ -213,104 +213,153 @@ impl Pool {
         let connect = async {
             let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
-            let (mut sealer, mut opener) = stream::connect(&mut tcp, security, self.max_frame)
-                .await
-                .map_err(|e| {
-                    // A host refusing our key or not sealing is a security
-                    // refusal, counted like a cut call stream.
-                    if matches!(e, stream::StreamError::Refused(_)) {
-                        RpcCounters::bump(&self.counters.stream_errors);
-                    }
-                    e.to_string()
-                })?;
-            sealer
-                .write_frame(&mut tcp, &[wire::CHANNEL_RPC])
-                .await
-                .map_err(|e| e.to_string())?;
+            let (sealer, opener) = self.handshake(&mut tcp, security).await?;
             let (reader, writer) = tcp.into_split();
-            let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
-            let (out, flusher) = Outbox::new(sealer, writer);
-            let pending: Arc<Pending> = Arc::default();
-            let alive = Arc::new(AtomicBool::new(true));
-            {
-                let alive = alive.clone();
-                let pending = pending.clone();
-                let out = out.clone();
-                tokio::spawn(async move {
-                    flusher.await;
-                    if out.is_failed() {
-                        // Requests may have been dropped unsent: every call
-                        // waiting learns the stream is gone now, not at its
-                        // deadline (marked dead first, under the same lock,
-                        // as the reader does).
-                        let orphans: Vec<_> = {
-                            let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
-                            alive.store(false, Ordering::Relaxed);
-                            p.drain().collect()
-                        };
-                        for (_, w) in orphans {
-                            let _ = w.send(Answer::Lost);
-                        }
-                    }
-                    alive.store(false, Ordering::Relaxed);
-                });
-            }
-            {
-                let pending = pending.clone();
-                let alive = alive.clone();
-                tokio::spawn(async move {
-                    // Set when the host refused the whole stream.
-                    let mut refused = None;
-                    while let Ok(Some(body)) = opener.next_frame(&mut reader).await {
-                        let (id, answer) = match wire::decode::<RpcMsg>(body) {
-                            Ok(RpcMsg::Refused {
-                                id: super::server::STREAM_REFUSAL_ID,
-                                why,
-                            }) => {
-                                // No call on this stream ran.
-                                refused = Some(why);
-                                break;
-                            }
-                            Ok(RpcMsg::Reply { id, result }) => {
-                                (id, Answer::Reply(result.map(|b| b.into_vec())))
-                            }
-                            Ok(RpcMsg::Refused { id, why }) => (id, Answer::Refused(why)),
-                            Ok(RpcMsg::Chunk { id, data }) => (id, Answer::Chunk(data)),
-                            _ => break,
-                        };
-                        let waiter = pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .remove(&id);
-                        // A call that gave up has no waiter; its late answer is dropped.
-                        if let Some(w) = waiter {
-                            let _ = w.send(answer);
-                        }
-                    }
-                    alive.store(false, Ordering::Relaxed);
-                    // Every call still waiting learns the stream is gone.
-                    let orphans: Vec<_> = pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .drain()
-                        .collect();
-                    for (_, w) in orphans {
-                        let _ = w.send(refused.map_or(Answer::Lost, Answer::Refused));
-                    }
-                });
-            }
-            Ok::<Conn, String>(Conn {
-                last_used: Mutex::new(Instant::now()),
-                out,
-                pending,
-                alive,
-            })
+            Ok::<Conn, String>(self.conn_over(reader, writer, sealer, opener))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
             Ok(Ok(conn)) => Ok(conn),
             Ok(Err(e)) => Err(NotSent::Connect(e)),
             Err(_) => Err(NotSent::Connect("connect timed out".into())),
         }
+    }
+
+    /// The stream hello and the call channel's first frame.
+    async fn handshake<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        security: &Security,
+    ) -> Result<(stream::Sealer, stream::Opener), String> {
+        let (mut sealer, opener) = stream::connect(stream, security, self.max_frame)
+            .await
+            .map_err(|e| {
+                // A host refusing our key or not sealing is a security
+                // refusal, counted like a cut call stream.
+                if matches!(e, stream::StreamError::Refused(_)) {
+                    RpcCounters::bump(&self.counters.stream_errors);
+                }
+                e.to_string()
+            })?;
+        sealer
+            .write_frame(stream, &[wire::CHANNEL_RPC])
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok((sealer, opener))
+    }
+
+    /// A call stream over an established transport: its outbox and the
+    /// task reading the host's answers.
+    fn conn_over<R, W>(
+        &self,
+        reader: R,
+        writer: W,
+        sealer: stream::Sealer,
+        mut opener: stream::Opener,
+    ) -> Conn
+    where
+        R: tokio::io::AsyncRead + Unpin + Send + 'static,
+        W: tokio::io::AsyncWrite + Send + 'static,
+    {
+        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+        let (out, flusher) = Outbox::new(sealer, writer);
+        let pending: Arc<Pending> = Arc::default();
+        let alive = Arc::new(AtomicBool::new(true));
+        {
+            let alive = alive.clone();
+            let pending = pending.clone();
+            let out = out.clone();
+            tokio::spawn(async move {
+                flusher.await;
+                if out.is_failed() {
+                    // Requests may have been dropped unsent: every call
+                    // waiting learns the stream is gone now, not at its
+                    // deadline (marked dead first, under the same lock,
+                    // as the reader does).
+                    let orphans: Vec<_> = {
+                        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                        alive.store(false, Ordering::Relaxed);
+                        p.drain().collect()
+                    };
+                    for (_, w) in orphans {
+                        let _ = w.send(Answer::Lost);
+                    }
+                }
+                alive.store(false, Ordering::Relaxed);
+            });
+        }
+        {
+            let pending = pending.clone();
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                // Set when the host refused the whole stream.
+                let mut refused = None;
+                while let Ok(Some(body)) = opener.next_frame(&mut reader).await {
+                    let (id, answer) = match wire::decode::<RpcMsg>(body) {
+                        Ok(RpcMsg::Refused {
+                            id: super::server::STREAM_REFUSAL_ID,
+                            why,
+                        }) => {
+                            // No call on this stream ran.
+                            refused = Some(why);
+                            break;
+                        }
+                        Ok(RpcMsg::Reply { id, result }) => {
+                            (id, Answer::Reply(result.map(|b| b.into_vec())))
+                        }
+                        Ok(RpcMsg::Refused { id, why }) => (id, Answer::Refused(why)),
+                        Ok(RpcMsg::Chunk { id, data }) => (id, Answer::Chunk(data)),
+                        _ => break,
+                    };
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    // A call that gave up has no waiter; its late answer is dropped.
+                    if let Some(w) = waiter {
+                        let _ = w.send(answer);
+                    }
+                }
+                alive.store(false, Ordering::Relaxed);
+                // Every call still waiting learns the stream is gone.
+                let orphans: Vec<_> = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .drain()
+                    .collect();
+                for (_, w) in orphans {
+                    let _ = w.send(refused.map_or(Answer::Lost, Answer::Refused));
+                }
+            });
+        }
+        Conn {
+            last_used: Mutex::new(Instant::now()),
+            out,
+            pending,
+            alive,
+        }
+    }
+
+    /// Takes `stream` as the call stream to `addr` (the fuzz harness's
+    /// in-memory host), as if it had been dialled.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub async fn adopt<S>(&self, addr: SocketAddr, mut stream: S, security: &Security) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static + Unpin,
+    {
+        let Ok((sealer, opener)) = self.handshake(&mut stream, security).await else {
+            return false;
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        let conn = Arc::new(self.conn_over(reader, writer, sealer, opener));
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(addr)
+            .or_default()
+            .clone();
+        *slot.lock().await = Some(conn);
+        true
     }
 
     /// Sends one request built by `make(id)` to `addr` and waits for its
