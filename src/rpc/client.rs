@@ -22,6 +22,9 @@ use crate::wire;
 pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
 /// A host that could not be reached is tried after the others for this long.
 pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a request that could not be written waits for the host's
+/// refusal of the stream, if one is on its way.
+const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// How long connecting to a host may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
@@ -64,6 +67,9 @@ struct Conn {
     out: Arc<Outbox>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
+    /// Set by the reader when it ends: `Some(why)` when the host refused
+    /// the whole stream (so a request that could not be written learns why).
+    ended: tokio::sync::watch::Receiver<Option<Option<Refusal>>>,
 }
 
 impl Drop for Conn {
@@ -264,6 +270,7 @@ impl Pool {
         let (out, flusher) = Outbox::new(sealer, writer);
         let pending: Arc<Pending> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
+        let (end, ended) = tokio::sync::watch::channel(None);
         {
             let alive = alive.clone();
             let pending = pending.clone();
@@ -320,6 +327,7 @@ impl Pool {
                     }
                 }
                 alive.store(false, Ordering::Relaxed);
+                end.send_replace(Some(refused));
                 // Every call still waiting learns the stream is gone.
                 let orphans: Vec<_> = pending
                     .lock()
@@ -336,6 +344,7 @@ impl Pool {
             out,
             pending,
             alive,
+            ended,
         }
     }
 
@@ -375,7 +384,7 @@ impl Pool {
             .await
             .map_err(|_| NotSent::OutOfTime)??;
         if !conn.alive.load(Ordering::Relaxed) {
-            return Err(NotSent::Connect("the stream to the host closed".into()));
+            return closed(&conn, deadline).await;
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
@@ -384,13 +393,16 @@ impl Pool {
             // Checked under the lock: the reader marks the stream dead before
             // it drains the waiters, so a call that gets in here is answered.
             if !conn.alive.load(Ordering::Relaxed) {
-                return Err(NotSent::Connect("the stream to the host closed".into()));
-            }
-            if pending.len() >= self.limits.max_inflight_per_conn {
+                None
+            } else if pending.len() >= self.limits.max_inflight_per_conn {
                 return Err(NotSent::Busy);
+            } else {
+                pending.insert(id, tx);
+                Some(pending.len() == 1)
             }
-            pending.insert(id, tx);
-            pending.len() == 1
+        };
+        let Some(alone) = alone else {
+            return closed(&conn, deadline).await;
         };
         let _forget = Forget {
             pending: &conn.pending,
@@ -407,9 +419,7 @@ impl Pool {
         match sent {
             Ok(()) => {}
             Err(SendError::Full) => return Err(NotSent::Busy),
-            Err(SendError::Closed) => {
-                return Err(NotSent::Connect("the stream to the host closed".into()))
-            }
+            Err(SendError::Closed) => return closed(&conn, deadline).await,
         }
         // From here the call may have reached the host: it is never retried
         // elsewhere, only answered or reported lost.
@@ -419,6 +429,22 @@ impl Pool {
             Err(_) => Ok(None),
         }
     }
+}
+
+/// The outcome of a request that found its stream closed before it went
+/// out: not sent (another host may be tried) — or, when the host refused
+/// the whole stream, that refusal. A host may close the stream right after
+/// its refusal frame, before our request is written; the refusal, read a
+/// moment later, says why and that the call did not run.
+async fn closed(conn: &Conn, deadline: Instant) -> Result<Option<Answer>, NotSent> {
+    let mut ended = conn.ended.clone();
+    let soon = deadline.min(Instant::now() + REFUSAL_GRACE);
+    if let Ok(Ok(end)) = tokio::time::timeout_at(soon, ended.wait_for(Option::is_some)).await {
+        if let Some(Some(why)) = *end {
+            return Ok(Some(Answer::Refused(why)));
+        }
+    }
+    Err(NotSent::Connect("the stream to the host closed".into()))
 }
 
 /// A host that may serve a call.
