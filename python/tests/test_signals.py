@@ -76,12 +76,19 @@ EXIT_WITH_LIVE_NODE = SETUP + textwrap.dedent(
 )
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def spawn(code: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A suite started in the background inherits SIGINT as ignored, and
+        # Python then installs no KeyboardInterrupt handler: restore it.
+        preexec_fn=_default_sigint,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
