@@ -194,14 +194,18 @@ impl Pool {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 
-    async fn conn(&self, addr: SocketAddr, security: &Security) -> Result<Arc<Conn>, NotSent> {
-        let slot = self
-            .slots
+    /// The stream slot of `addr`, made on first use.
+    fn slot(&self, addr: SocketAddr) -> Slot {
+        self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(addr)
             .or_default()
-            .clone();
+            .clone()
+    }
+
+    async fn conn(&self, addr: SocketAddr, security: &Security) -> Result<Arc<Conn>, NotSent> {
+        let slot = self.slot(addr);
         let mut guard = slot.lock().await;
         if let Some(c) = guard.as_ref() {
             let mut last = c.last_used.lock().unwrap_or_else(|p| p.into_inner());
@@ -360,13 +364,7 @@ impl Pool {
         };
         let (reader, writer) = tokio::io::split(stream);
         let conn = Arc::new(self.conn_over(reader, writer, sealer, opener));
-        let slot = self
-            .slots
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(addr)
-            .or_default()
-            .clone();
+        let slot = self.slot(addr);
         *slot.lock().await = Some(conn);
         true
     }
