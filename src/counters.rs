@@ -70,6 +70,9 @@ pub struct Counters {
     pub push_pulls_completed: u64,
     /// Anti-entropy exchanges that failed (connect error, timeout, bad frame).
     pub push_pulls_failed: u64,
+    /// Of the completed exchanges, those whose digests showed both sides in
+    /// step, so no member list or record travelled (either side).
+    pub push_pulls_in_sync: u64,
     /// Tombstones collected.
     pub tombstones_collected: u64,
     /// Identities refused for a generation beyond the clock horizon.

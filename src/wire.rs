@@ -14,7 +14,7 @@ use crate::crypto::{self, KeyId, Keyring, OpenError};
 /// First bytes of every libtribe datagram.
 pub const MAGIC: [u8; 2] = *b"TB";
 /// Wire format version.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 /// Datagram kind: plaintext payload.
 pub const KIND_PLAIN: u8 = 0;
 /// Datagram kind: sealed payload.
@@ -248,11 +248,16 @@ mod tests {
             Err(WireError::UnsupportedVersion(9))
         );
         assert_eq!(
-            open_plain("", b"TB\x01\x07\x00"),
+            open_plain("", b"TB\x02\x07\x00"),
             Err(WireError::UnknownKind(7))
         );
+        // Version 1 named the destination of a gossip header in full.
         assert_eq!(
-            open_plain("abc", b"TB\x01\x00\x09ab"),
+            open_plain("", b"TB\x01\x00\x00"),
+            Err(WireError::UnsupportedVersion(1))
+        );
+        assert_eq!(
+            open_plain("abc", b"TB\x02\x00\x09ab"),
             Err(WireError::Truncated)
         );
         assert!(matches!(
@@ -263,7 +268,7 @@ mod tests {
         for len in 0..80 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let _ = open_plain("x", &junk);
-            let mut sealed_junk = b"TB\x01\x01\x00".to_vec();
+            let mut sealed_junk = b"TB\x02\x01\x00".to_vec();
             sealed_junk.extend_from_slice(&junk);
             let _ = open_datagram("", Some(&ring), &sealed_junk);
             let _ = decode::<(String, Vec<u64>)>(&junk);

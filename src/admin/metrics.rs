@@ -269,6 +269,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "push_pulls_in_sync",
+        "Completed anti-entropy exchanges that found both sides in step from digests alone",
+        c.push_pulls_in_sync,
+    );
+    counter(
+        &mut r,
         "tombstones_collected",
         "Deletion records collected after their grace period",
         c.tombstones_collected,

@@ -5,7 +5,16 @@
 //! chunks of bounded size, so a state of any legal size reaches a late
 //! joiner without one frame above the frame limit.
 //!
+//! A periodic exchange opens with digests only (`Summary`): at rest both
+//! sides hold the same members and records, and the responder's `InSync`
+//! ends it there; `Differ` makes the initiator send the full `Hello` on the
+//! same stream. A join, a reconnect or a node with records to vouch for
+//! starts with the full `Hello`.
+//!
 //! ```text
+//! A → B  Summary { members digest, records digest, clock }
+//! B → A  InSync  { clock }                  (digests equal: done)
+//!      | Differ  { clock }                  (otherwise A goes on with Hello)
 //! A → B  Hello   { members, buckets, want, clock }
 //! B → A  Reply   { members, mismatched, records…, pending, clock, more }
 //! B → A  Records { records…, more }        (while `more`)
@@ -80,6 +89,42 @@ pub enum SyncMsg {
         /// Whether more chunks follow.
         more: bool,
     },
+    /// Opens a periodic exchange with digests only.
+    Summary {
+        /// The initiator.
+        from: NodeId,
+        /// Cluster label.
+        label: String,
+        /// Digest of its membership view, leaving out both ends.
+        members: Digest16,
+        /// Digest of its bucket hashes.
+        buckets: Digest16,
+        /// Its clock (ms since the Unix epoch), for skew detection.
+        clock_ms: u64,
+    },
+    /// Answers a Summary whose digests match: nothing to exchange.
+    InSync {
+        /// The responder.
+        from: NodeId,
+        /// Its clock.
+        clock_ms: u64,
+    },
+    /// Answers a Summary whose digests differ: a full Hello follows.
+    Differ {
+        /// The responder.
+        from: NodeId,
+        /// Its clock.
+        clock_ms: u64,
+    },
+}
+
+/// A truncated SHA-256.
+pub type Digest16 = [u8; 16];
+
+fn digest16(bytes: &[u8]) -> Digest16 {
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&<sha2::Sha256 as sha2::Digest>::digest(bytes)[..16]);
+    out
 }
 
 /// Where an exchange stands.
@@ -99,6 +144,9 @@ pub struct Exchange {
     theirs: BTreeMap<Key, Hlc>,
     /// Chunks of records still expected from the peer.
     expecting: bool,
+    /// Initiator: a Summary awaits its answer. Responder: a Differ was sent
+    /// and the full Hello is awaited.
+    summary: bool,
 }
 
 impl Exchange {
@@ -112,6 +160,7 @@ impl Exchange {
             mismatched: BTreeSet::new(),
             theirs: BTreeMap::new(),
             expecting: false,
+            summary: false,
         }
     }
 }
@@ -145,11 +194,48 @@ impl Engine {
         (self.max_frame / 4).clamp(16 * 1024, 4 * 1024 * 1024)
     }
 
-    /// Opens an exchange with `to`.
+    /// Opens a full exchange with `to`.
     pub(super) fn start_sync(&mut self, to: std::net::SocketAddr, join: bool) {
         let conn = self.next_conn();
         let now = self.now_ms();
         self.conns.insert(conn, Exchange::new(true, join, now, to));
+        lock(&self.shared).counters.push_pulls_started += 1;
+        self.outputs.push_back(Output::Connect { conn, to });
+        let hello = self.full_hello(join);
+        self.send_frame(conn, &hello);
+    }
+
+    /// Opens a periodic exchange with `peer`: digests first, unless this
+    /// node holds records it must ask about.
+    pub(super) fn start_summary(&mut self, peer: &NodeId) {
+        if !self.pending.is_empty() {
+            return self.start_sync(peer.addr, false);
+        }
+        let conn = self.next_conn();
+        let now = self.now_ms();
+        let mut exchange = Exchange::new(true, false, now, peer.addr);
+        exchange.summary = true;
+        self.conns.insert(conn, exchange);
+        let (buckets, clock_ms) = {
+            let sh = lock(&self.shared);
+            (sh.state.bucket_hashes(), sh.now_ms)
+        };
+        let summary = SyncMsg::Summary {
+            from: self.swim.identity().clone(),
+            label: self.label.clone(),
+            members: self.members_digest(&peer.name),
+            buckets: buckets_digest(&buckets),
+            clock_ms,
+        };
+        lock(&self.shared).counters.push_pulls_started += 1;
+        self.outputs.push_back(Output::Connect {
+            conn,
+            to: peer.addr,
+        });
+        self.send_frame(conn, &summary);
+    }
+
+    fn full_hello(&self, join: bool) -> SyncMsg {
         let (buckets, clock_ms) = {
             let sh = lock(&self.shared);
             (sh.state.bucket_hashes(), sh.now_ms)
@@ -159,7 +245,7 @@ impl Engine {
             .keys()
             .map(|k| state::bucket_of(k) as u16)
             .collect();
-        let hello = SyncMsg::Hello {
+        SyncMsg::Hello {
             from: self.swim.identity().clone(),
             label: self.label.clone(),
             join,
@@ -167,10 +253,22 @@ impl Engine {
             buckets,
             want: want.into_iter().collect(),
             clock_ms,
-        };
-        lock(&self.shared).counters.push_pulls_started += 1;
-        self.outputs.push_back(Output::Connect { conn, to });
-        self.send_frame(conn, &hello);
+        }
+    }
+
+    /// Digest of this node's view of every member but itself and `peer`
+    /// (each end knows itself better than the other does), in name order.
+    fn members_digest(&self, peer: &str) -> Digest16 {
+        let mut view: Vec<(&NodeId, u16, u8)> = self
+            .swim
+            .iter_membership_state()
+            .filter(|m| *m.id().name != *peer && *m.id().name != *self.name)
+            .map(|m| (m.id(), m.incarnation(), severity(m.state())))
+            .collect();
+        view.sort_by(|a, b| {
+            (&a.0.name, a.0.generation, a.0.addr).cmp(&(&b.0.name, b.0.generation, b.0.addr))
+        });
+        digest16(&wire::encode(&view))
     }
 
     fn send_frame(&mut self, conn: ConnId, msg: &SyncMsg) {
@@ -229,11 +327,38 @@ impl Engine {
         let now = self.now_ms();
         let known = self.conns.get_mut(&conn).map(|x| {
             x.active_ms = now;
-            (x.initiator, x.expecting)
+            (x.initiator, x.expecting, x.summary)
         });
         match (known, msg) {
             (
                 None,
+                SyncMsg::Summary {
+                    from,
+                    label,
+                    members,
+                    buckets,
+                    clock_ms,
+                },
+            ) => self.on_summary(conn, from, label, members, buckets, clock_ms),
+            (Some((true, false, true)), SyncMsg::InSync { from, clock_ms }) => {
+                if self.check_responder(conn, &from) {
+                    self.sample_clock(&from.name, clock_ms);
+                    lock(&self.shared).counters.push_pulls_in_sync += 1;
+                    self.finish(conn, true);
+                }
+            }
+            (Some((true, false, true)), SyncMsg::Differ { from, clock_ms }) => {
+                if self.check_responder(conn, &from) {
+                    self.sample_clock(&from.name, clock_ms);
+                    if let Some(x) = self.conns.get_mut(&conn) {
+                        x.summary = false;
+                    }
+                    let hello = self.full_hello(false);
+                    self.send_frame(conn, &hello);
+                }
+            }
+            (
+                None | Some((false, false, true)),
                 SyncMsg::Hello {
                     from,
                     label,
@@ -255,7 +380,7 @@ impl Engine {
                 self.on_hello(conn, hello, members)
             }
             (
-                Some((true, false)),
+                Some((true, false, false)),
                 SyncMsg::Reply {
                     from,
                     members,
@@ -268,11 +393,11 @@ impl Engine {
             ) => self.on_reply(
                 conn, from, members, mismatched, records, pending, clock_ms, more,
             ),
-            (Some((true, true)), SyncMsg::Records { records, more }) => {
+            (Some((true, true, false)), SyncMsg::Records { records, more }) => {
                 self.on_reply_records(conn, records, more)
             }
-            (Some((false, _)), SyncMsg::Push { records, more })
-            | (Some((false, true)), SyncMsg::Records { records, more }) => {
+            (Some((false, _, false)), SyncMsg::Push { records, more })
+            | (Some((false, true, false)), SyncMsg::Records { records, more }) => {
                 self.merge_records(records);
                 if more {
                     if let Some(x) = self.conns.get_mut(&conn) {
@@ -308,18 +433,82 @@ impl Engine {
         }
     }
 
-    fn on_hello(&mut self, conn: ConnId, hello: Hello, members: Vec<Member<NodeId>>) {
-        if hello.label != self.label {
+    /// Checks the opening of an exchange: same cluster, a valid name, an
+    /// identity that passes the screen. Ends the exchange when not.
+    fn admit(&mut self, conn: ConnId, from: &NodeId, label: &str) -> bool {
+        if label != self.label {
             lock(&self.shared).counters.label_mismatches += 1;
-            self.finish(conn, false);
-            return;
-        }
-        if hello.buckets.len() != BUCKETS || !names::is_valid(&hello.from.name) {
+        } else if !names::is_valid(&from.name) {
             lock(&self.shared).counters.frame_decode_errors += 1;
-            self.finish(conn, false);
+        } else if lock(&self.shared).screen_identity(from) {
+            return true;
+        }
+        self.finish(conn, false);
+        false
+    }
+
+    /// Checks the responder's identity in an answer; ends the exchange when
+    /// it does not pass.
+    fn check_responder(&mut self, conn: ConnId, from: &NodeId) -> bool {
+        if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from) {
+            return true;
+        }
+        self.finish(conn, false);
+        false
+    }
+
+    /// A periodic exchange opened with digests: equal ones end it, with no
+    /// member list or bucket hash sent either way.
+    fn on_summary(
+        &mut self,
+        conn: ConnId,
+        from: NodeId,
+        label: String,
+        members: Digest16,
+        buckets: Digest16,
+        clock_ms: u64,
+    ) {
+        if !self.admit(conn, &from, &label) {
             return;
         }
-        if !lock(&self.shared).screen_identity(&hello.from) {
+        self.sample_clock(&from.name, clock_ms);
+        // The initiator must be a live member as this node knows it;
+        // otherwise the full exchange tells this node who it is now.
+        let known_up = self
+            .swim
+            .iter_members()
+            .any(|m| *m.id() == from && m.state() == foca::State::Alive);
+        let ours = buckets_digest(&lock(&self.shared).state.bucket_hashes());
+        let same = known_up && buckets == ours && members == self.members_digest(&from.name);
+        let now = self.now_ms();
+        let reply = if same {
+            SyncMsg::InSync {
+                from: self.swim.identity().clone(),
+                clock_ms: now,
+            }
+        } else {
+            SyncMsg::Differ {
+                from: self.swim.identity().clone(),
+                clock_ms: now,
+            }
+        };
+        self.send_frame(conn, &reply);
+        if same {
+            lock(&self.shared).counters.push_pulls_in_sync += 1;
+            self.finish(conn, true);
+        } else {
+            let mut exchange = Exchange::new(false, false, now, from.addr);
+            exchange.summary = true;
+            self.conns.insert(conn, exchange);
+        }
+    }
+
+    fn on_hello(&mut self, conn: ConnId, hello: Hello, members: Vec<Member<NodeId>>) {
+        if !self.admit(conn, &hello.from, &hello.label) {
+            return;
+        }
+        if hello.buckets.len() != BUCKETS {
+            lock(&self.shared).counters.frame_decode_errors += 1;
             self.finish(conn, false);
             return;
         }
@@ -385,8 +574,7 @@ impl Engine {
         clock_ms: u64,
         more: bool,
     ) {
-        if !names::is_valid(&from.name) || !lock(&self.shared).screen_identity(&from) {
-            self.finish(conn, false);
+        if !self.check_responder(conn, &from) {
             return;
         }
         self.sample_clock(&from.name, clock_ms);
@@ -563,22 +751,25 @@ impl Engine {
         if self.left {
             return;
         }
-        let up: Vec<std::net::SocketAddr> = self
+        let up: Vec<NodeId> = self
             .members
             .iter()
             .filter(|(_, r)| r.state.is_up())
-            .map(|(_, r)| r.id.addr)
+            .map(|(_, r)| r.id.clone())
             .collect();
         if up.is_empty() {
             return;
         }
         // Prefer a peer with no exchange under way, so fan-out picks differ.
         let busy: Vec<std::net::SocketAddr> = self.conns.values().filter_map(|x| x.peer).collect();
-        let idle: Vec<std::net::SocketAddr> =
-            up.iter().copied().filter(|a| !busy.contains(a)).collect();
+        let idle: Vec<NodeId> = up
+            .iter()
+            .filter(|id| !busy.contains(&id.addr))
+            .cloned()
+            .collect();
         let pool = if idle.is_empty() { &up } else { &idle };
-        let pick = pool[rand::RngExt::random_range(&mut self.rng, 0..pool.len())];
-        self.start_sync(pick, false);
+        let pick = pool[rand::RngExt::random_range(&mut self.rng, 0..pool.len())].clone();
+        self.start_summary(&pick);
     }
 
     /// Tries one failed member again: heals partitions whose sides both
@@ -605,6 +796,12 @@ struct Hello {
     buckets: Vec<u64>,
     want: Vec<u16>,
     clock_ms: u64,
+}
+
+/// Digest of bucket hashes: equal iff a Hello would find no bucket differing.
+fn buckets_digest(buckets: &[u64]) -> Digest16 {
+    let bytes: Vec<u8> = buckets.iter().flat_map(|h| h.to_le_bytes()).collect();
+    digest16(&bytes)
 }
 
 /// SWIM's order of states at one incarnation: a later one overrides.
