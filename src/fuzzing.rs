@@ -89,20 +89,12 @@ pub fn datagram(data: &[u8]) {
 
 /// Address and name of the fuzzed engine (its SWIM identity).
 pub fn engine_id() -> NodeId {
-    NodeId {
-        name: "fuzz-b".into(),
-        addr: SocketAddr::from(([127, 0, 0, 1], 7002)),
-        generation: 1,
-    }
+    NodeId::new("fuzz-b", SocketAddr::from(([127, 0, 0, 1], 7002)), 1)
 }
 
 /// Address and name of the peer the seed generator runs against it.
 pub fn peer_id() -> NodeId {
-    NodeId {
-        name: "fuzz-a".into(),
-        addr: SocketAddr::from(([127, 0, 0, 1], 7001)),
-        generation: 1,
-    }
+    NodeId::new("fuzz-a", SocketAddr::from(([127, 0, 0, 1], 7001)), 1)
 }
 
 /// An engine with identity `id`, plaintext, `local` timings, started.
@@ -177,11 +169,11 @@ pub fn gossip_delta(data: &[u8]) {
         now_ms: NOW_MS,
         max_skew_ms: 60_000,
         cluster_offset_ms: 0,
-        own: NodeId {
-            name: "fuzz-b".into(),
-            addr: "127.0.0.1:7946".parse().expect("a literal address"),
-            generation: 1,
-        },
+        own: NodeId::new(
+            "fuzz-b",
+            "127.0.0.1:7946".parse().expect("a literal address"),
+            1,
+        ),
         claims: Vec::new(),
         limits: crate::config::StateLimits::default(),
         tombstone_grace_ms: 3_600_000,

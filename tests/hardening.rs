@@ -54,16 +54,8 @@ async fn a_forged_generation_does_not_displace_a_node() {
     wait_converged_members(&nodes, 3).await;
     let victim = &nodes[2];
     let real = generation_of(&nodes[0], "forge2").unwrap().1;
-    let courier = NodeId {
-        name: "courier".into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        generation: 1,
-    };
-    let forged = NodeId {
-        name: "forge2".into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        generation: u64::MAX,
-    };
+    let courier = NodeId::new("courier", "127.0.0.1:9".parse().unwrap(), 1);
+    let forged = NodeId::new("forge2", "127.0.0.1:9".parse().unwrap(), u64::MAX);
     for target in [nodes[0].addr(), nodes[1].addr()] {
         hello_with_members(
             target,
@@ -89,11 +81,7 @@ async fn a_forged_generation_does_not_displace_a_node() {
     // A claim within the clock horizon reaches the victim: it reports it
     // and takes a newer generation, which the others follow.
     let mut events = victim.events();
-    let claim = NodeId {
-        name: "forge2".into(),
-        addr: "127.0.0.1:9".parse().unwrap(),
-        generation: real + 1000,
-    };
+    let claim = NodeId::new("forge2", "127.0.0.1:9".parse().unwrap(), real + 1000);
     hello_with_members(victim.addr(), courier, vec![foca::Member::alive(claim)]).await;
     let seen = collect_until(&mut events, LONG, |seen| {
         seen.iter()

@@ -78,15 +78,9 @@ impl GuardedCodec {
         let dst = if print == own_print {
             own.clone()
         } else if print[..4] == own_print[..4] {
-            NodeId {
-                generation: 0,
-                ..own.clone()
-            }
+            NodeId::new(own.name.clone(), own.addr, 0)
         } else {
-            NodeId {
-                name: Arc::from(""),
-                ..own.clone()
-            }
+            NodeId::new("", own.addr, own.generation)
         };
         self.own = Some((own, own_print));
         dst
@@ -174,11 +168,7 @@ mod tests {
     use crate::hlc::Clock;
 
     fn id(name: &str, port: u16, generation: u64) -> NodeId {
-        NodeId {
-            name: name.into(),
-            addr: ([127, 0, 0, 1], port).into(),
-            generation,
-        }
+        NodeId::new(name, ([127, 0, 0, 1], port).into(), generation)
     }
 
     fn codec_of(own: NodeId) -> GuardedCodec {
@@ -237,10 +227,7 @@ mod tests {
         let peer = id("node-a", 40_000, 1_764_590_000_123);
         let mut codec = codec_of(me.clone());
 
-        let earlier = NodeId {
-            generation: me.generation - 5,
-            ..me.clone()
-        };
+        let earlier = NodeId::new(me.name.clone(), me.addr, me.generation - 5);
         let (_, decoded) = round_trip(&mut codec, &ping(&peer, &earlier));
         assert_ne!(decoded.dst, me, "not for this generation");
         assert_eq!(decoded.dst.name, me.name, "but an announce to it is ours");
@@ -261,10 +248,7 @@ mod tests {
         let mut codec = codec_of(me.clone());
         let (_, decoded) = round_trip(&mut codec, &ping(&peer, &me));
         assert_eq!(decoded.dst, me);
-        let renewed = NodeId {
-            generation: me.generation + 1,
-            ..me.clone()
-        };
+        let renewed = NodeId::new(me.name.clone(), me.addr, me.generation + 1);
         lock(&codec.shared).own = renewed.clone();
         let (_, decoded) = round_trip(&mut codec, &ping(&peer, &renewed));
         assert_eq!(decoded.dst, renewed);

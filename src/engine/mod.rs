@@ -232,11 +232,7 @@ impl Engine {
         // Early gossip rounds at most four times per tick.
         let news_gap_ms =
             u64::try_from((timings.gossip_interval / 4).as_millis()).unwrap_or(u64::MAX);
-        let id = NodeId {
-            name: cfg.name.as_str().into(),
-            addr,
-            generation,
-        };
+        let id = NodeId::new(cfg.name.as_str(), addr, generation);
         let shared = Arc::new(Mutex::new(Shared {
             state: crate::state::State::new(),
             clock: Clock::new(&cfg.name),

@@ -37,11 +37,7 @@ pub async fn start_cluster(prefix: &str, n: usize, tweak: impl Fn(&mut Config)) 
 /// (they differ from any non-empty bucket, so the reply asks for a push).
 pub fn courier_hello() -> tribe::engine::sync::SyncMsg {
     tribe::engine::sync::SyncMsg::Hello {
-        from: tribe::engine::NodeId {
-            name: "courier".into(),
-            addr: "127.0.0.1:9".parse().unwrap(),
-            generation: 1,
-        },
+        from: tribe::engine::NodeId::new("courier", "127.0.0.1:9".parse().unwrap(), 1),
         label: String::new(),
         join: false,
         members: Vec::new(),
