@@ -134,15 +134,16 @@ pub fn lock(shared: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 pub type Delta = (Key, Entry);
 
 /// Key foca uses to replace a delta still being spread by a newer one.
+/// Boxed: foca keeps its backlog in a binary heap that it pops and pushes
+/// back whole for every packet it fills, so the entry's size is moved
+/// around many times per packet while a join storm fills the backlog.
 #[derive(Debug, Clone)]
-pub struct DeltaKey {
-    key: Key,
-    version: Hlc,
-}
+pub struct DeltaKey(Box<(Key, Hlc)>);
 
 impl Invalidates for DeltaKey {
     fn invalidates(&self, other: &Self) -> bool {
-        self.key == other.key && self.version >= other.version
+        let ((key, version), (other_key, other_version)) = (&*self.0, &*other.0);
+        key == other_key && version >= other_version
     }
 }
 
@@ -179,10 +180,7 @@ impl BroadcastHandler<NodeId> for DeltaHandler {
                 return Err(DeltaError(e.to_string()));
             }
         };
-        let delta_key = DeltaKey {
-            key: key.clone(),
-            version: entry.version.clone(),
-        };
+        let delta_key = DeltaKey(Box::new((key.clone(), entry.version.clone())));
         if sender.is_none() {
             // Our own write, already in the store: always spread it.
             return Ok(Some(delta_key));
