@@ -301,3 +301,35 @@ fn exchanges_at_rest_send_digests_only_and_a_difference_still_syncs() {
         assert!(e.tribe("late").is_some(), "node {i} has the tribe");
     }
 }
+
+/// Retries of a failed member and dials of suspects open with digests too:
+/// the crashed node's address takes no connection, and a full hello (this
+/// node's whole view) queued for it each time was most of the bytes after a
+/// crash.
+#[test]
+fn retries_of_a_failed_member_queue_digests_only() {
+    let n = 16;
+    let mut sim = cluster(29, n);
+    sim.crash(5);
+    sim.run_for(Duration::from_secs(20));
+    let totals = |sim: &Sim| -> (u64, u64) {
+        (0..n)
+            .filter(|&i| i != 5)
+            .map(|i| sim.engine(i).expect("running").counters())
+            .fold((0, 0), |acc, c| {
+                (acc.0 + c.push_pulls_started, acc.1 + c.frame_bytes_out)
+            })
+    };
+    let before = totals(&sim);
+    sim.run_for(Duration::from_secs(120));
+    let after = totals(&sim);
+    let started = after.0 - before.0;
+    let bytes = after.1 - before.1;
+    // Every node retries the failed one about every 30 s and exchanges with
+    // a live one every 30 s (both ends send frames).
+    assert!(started >= 60, "{started} exchanges started");
+    assert!(
+        bytes / started < 250,
+        "{bytes} bytes for {started} exchanges started"
+    );
+}

@@ -26,27 +26,24 @@ impl Engine {
         if self.left || !self.active {
             return;
         }
-        let suspects: Vec<&NodeId> = self
+        let suspects: Vec<NodeId> = self
             .swim
             .iter_members()
             .filter(|m| m.state() == State::Suspect)
-            .map(|m| m.id())
+            .map(|m| m.id().clone())
             .collect();
         let keys: BTreeSet<(Arc<str>, u64)> = suspects
             .iter()
             .map(|id| (id.name.clone(), id.generation))
             .collect();
-        let addrs: Vec<(Arc<str>, u64, std::net::SocketAddr)> = suspects
-            .iter()
-            .map(|id| (id.name.clone(), id.generation, id.addr))
-            .collect();
         self.suspects_seen.retain(|k| keys.contains(k));
         let p = (CHECKERS / self.swim.num_members().max(1) as f64).min(1.0);
-        for (name, generation, addr) in addrs {
-            if self.suspects_seen.insert((name, generation))
+        for id in suspects {
+            if self.suspects_seen.insert((id.name.clone(), id.generation))
                 && rand::RngExt::random_bool(&mut self.rng, p)
             {
-                self.start_sync(addr, false);
+                // Digests only: the dial is the point.
+                self.start_summary(&id);
             }
         }
     }

@@ -8,8 +8,10 @@
 //! A periodic exchange opens with digests only (`Summary`): at rest both
 //! sides hold the same members and records, and the responder's `InSync`
 //! ends it there; `Differ` makes the initiator send the full `Hello` on the
-//! same stream. A join, a reconnect or a node with records to vouch for
-//! starts with the full `Hello`.
+//! same stream. Reconnects to failed members and dials of suspects open
+//! the same way (most are refused, and then only the summary was queued). A
+//! join, or a node with records it cannot vouch for, starts with the full
+//! `Hello`.
 //!
 //! ```text
 //! A → B  Summary { members digest, records digest, clock }
@@ -784,7 +786,9 @@ impl Engine {
         }
         let pick = failed[rand::RngExt::random_range(&mut self.rng, 0..failed.len())].clone();
         tracing::debug!(peer = %pick.name, "reconnecting to a failed member");
-        self.start_sync(pick.addr, false);
+        // Digests first: a failed member mostly refuses the connection, and
+        // then only the summary was queued, not this node's whole view.
+        self.start_summary(&pick);
     }
 }
 
