@@ -333,3 +333,42 @@ fn retries_of_a_failed_member_queue_digests_only() {
         "{bytes} bytes for {started} exchanges started"
     );
 }
+
+/// A formed cluster starts where a mass join ends: every node sees every
+/// other one alive and holds its record at once, nothing of the formation
+/// is gossiped, and it behaves like a joined one (a late join spreads, a
+/// crash is detected, no healthy node is declared failed).
+#[test]
+fn a_formed_cluster_starts_converged_and_behaves_like_a_joined_one() {
+    let n = 80;
+    let mut sim = Sim::new(config(31));
+    sim.add_formed(n);
+    sim.run_for(Duration::from_millis(200));
+    assert_eq!(sim.alive_counts(), vec![n; n]);
+    let digest = sim.engine(0).expect("running").state_digest();
+    for i in 0..n {
+        let e = sim.engine(i).expect("running");
+        assert_eq!(e.state_digest(), digest, "node {i} holds every record");
+        // Its own record went out once per transmission at most; nothing
+        // else was broadcast.
+        assert!(sim.traffic(i).datagrams < 60, "{:?}", sim.traffic(i));
+    }
+
+    sim.run_for(Duration::from_secs(10));
+    sim.watch(Watch::MemberJoined(format!("sim-{n}")));
+    let late = sim.add_node();
+    sim.watch(Watch::MemberFailed(sim.name(7).to_string()));
+    sim.run_for(Duration::from_secs(5));
+    let seen = sim.seen(&Watch::MemberJoined(sim.name(late).to_string()));
+    assert_eq!(Spread::of(&seen[..n]).expect("spread").seen, n);
+    sim.crash(7);
+    sim.run_for(Duration::from_secs(30));
+    let mut failed = sim.seen(&Watch::MemberFailed(sim.name(7).to_string()));
+    failed.remove(7);
+    assert_eq!(Spread::of(&failed).expect("detected").seen, n);
+    assert!(
+        sim.false_failures().is_empty(),
+        "{:?}",
+        sim.false_failures()
+    );
+}

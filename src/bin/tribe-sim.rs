@@ -42,6 +42,11 @@ struct Cli {
     /// Virtual seconds given to the mass join before the scenario's step.
     #[arg(long, default_value_t = 30.0)]
     warmup_secs: f64,
+    /// Start from a formed cluster (every node knowing every other one and
+    /// its record) instead of simulating the mass join; the warm-up then
+    /// runs on the formed cluster.
+    #[arg(long)]
+    formed: bool,
     /// Write the scenario's time series here as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
@@ -112,10 +117,15 @@ fn run(cli: &Cli) -> Result<(), String> {
     let wall = Instant::now();
     let mut sim = Sim::new(cfg);
     let mut series = Series::new(&["t_s", "nodes_converged"]);
-    // The mass join, lossless, sampled every 100 ms.
-    for _ in 0..cli.nodes {
-        sim.add_node();
+    // The mass join (or a formed cluster), lossless, sampled every 100 ms.
+    if cli.formed {
+        sim.add_formed(cli.nodes);
+    } else {
+        for _ in 0..cli.nodes {
+            sim.add_node();
+        }
     }
+    let formed_in = wall.elapsed();
     let warmup = secs(cli.warmup_secs)?;
     let mut all_at = None;
     while sim.now() < warmup {
@@ -134,14 +144,21 @@ fn run(cli: &Cli) -> Result<(), String> {
         "# tribe-sim: {} nodes, seed {}, profile {:?}, loss {}, median latency {} µs\n",
         cli.nodes, cli.seed, cli.profile, cli.loss, cli.latency_us
     );
-    println!(
-        "- mass join: every node saw all {} alive after {}",
-        cli.nodes,
-        all_at.map_or("(not within the warm-up)".to_string(), |t| format!(
-            "{:.1} s",
-            t.as_secs_f64()
-        ))
-    );
+    let all_at = all_at.map_or("(not within the warm-up)".to_string(), |t| {
+        format!("{:.1} s", t.as_secs_f64())
+    });
+    if cli.formed {
+        println!(
+            "- formed cluster ({:.1} s of wall time to build): every node saw all {} alive after {all_at}",
+            formed_in.as_secs_f64(),
+            cli.nodes
+        );
+    } else {
+        println!(
+            "- mass join: every node saw all {} alive after {all_at}",
+            cli.nodes
+        );
+    }
     sim.set_loss(cli.loss);
     let step = Instant::now();
     match &cli.scenario {

@@ -11,6 +11,7 @@ mod identity;
 pub mod keys;
 mod members;
 mod news;
+mod preload;
 mod reconcile;
 mod skew;
 mod suspects;

@@ -244,6 +244,43 @@ impl Sim {
     /// Adds and starts a node, seeded with the first `SimConfig::seeds`
     /// nodes. Returns its index.
     pub fn add_node(&mut self) -> usize {
+        let i = self.push_node();
+        self.boot(i, true);
+        i
+    }
+
+    /// Adds `n` nodes that start as a formed cluster: each knows every
+    /// other one alive and holds every node record, as after a mass join,
+    /// without simulating it (nothing of it is gossiped). For steady-state
+    /// scenarios at sizes where the mass join itself would take hours.
+    pub fn add_formed(&mut self, n: usize) {
+        let first = self.nodes.len();
+        for _ in 0..n {
+            let i = self.push_node();
+            self.boot(i, false);
+        }
+        let running: Vec<usize> = (first..self.nodes.len())
+            .filter(|&i| self.nodes[i].engine.is_some())
+            .collect();
+        let ids: Vec<_> = running
+            .iter()
+            .filter_map(|&i| self.nodes[i].engine.as_ref())
+            .map(|e| e.identity().clone())
+            .collect();
+        let records: Vec<_> = running
+            .iter()
+            .filter_map(|&i| self.nodes[i].engine.as_ref()?.own_record())
+            .collect();
+        for &i in &running {
+            let now_ms = self.wall_ms(i);
+            if let Some(engine) = self.nodes[i].engine.as_mut() {
+                engine.preload(now_ms, &ids, &records);
+            }
+            self.drain(i);
+        }
+    }
+
+    fn push_node(&mut self) -> usize {
         let i = self.nodes.len();
         let octets = (i as u32 + 1).to_be_bytes();
         let addr = SocketAddr::from((Ipv4Addr::new(10, octets[1], octets[2], octets[3]), PORT));
@@ -259,7 +296,6 @@ impl Sim {
         });
         self.by_addr.insert(addr, i);
         self.net.grow(self.nodes.len());
-        self.boot(i);
         i
     }
 
@@ -295,7 +331,7 @@ impl Sim {
     pub fn restart(&mut self, i: usize) {
         if self.nodes[i].engine.is_none() {
             self.nodes[i].incarnation += 1;
-            self.boot(i);
+            self.boot(i, true);
         }
     }
 
@@ -414,15 +450,19 @@ impl Sim {
         base.saturating_add_signed(self.nodes[i].clock_offset_ms)
     }
 
-    fn boot(&mut self, i: usize) {
+    /// Starts node `i`; `seeded`: with the first `SimConfig::seeds` nodes
+    /// as seeds (a formed cluster's nodes need none).
+    fn boot(&mut self, i: usize, seeded: bool) {
         let mut cfg = Config::new(self.nodes[i].name.clone());
         cfg.profile = self.cfg.profile;
         cfg.collect_facts = false;
         cfg.bind = self.nodes[i].addr;
-        cfg.seeds = (0..self.cfg.seeds.min(self.nodes.len()))
-            .filter(|&s| s != i)
-            .map(|s| self.nodes[s].addr)
-            .collect();
+        if seeded {
+            cfg.seeds = (0..self.cfg.seeds.min(self.nodes.len()))
+                .filter(|&s| s != i)
+                .map(|s| self.nodes[s].addr)
+                .collect();
+        }
         let now_ms = self.wall_ms(i);
         // Generations grow with the clock, as in the runtime.
         let generation = now_ms;
