@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BufMut};
 use foca::{Codec, Header, Member, Message, PostcardCodec};
-use sha2::{Digest, Sha256};
 
 use super::delta::{lock, Shared};
 use super::identity::NodeId;
@@ -29,30 +28,28 @@ pub enum GuardError {
     Refused(NodeId),
 }
 
-/// A destination on the wire: the first 4 bytes of SHA-256 of the name, then
-/// of the whole identity (postcard).
+/// A destination on the wire (see [`NodeId::dst_print`]).
 type DstPrint = [u8; 8];
-
-fn fingerprint(id: &NodeId) -> DstPrint {
-    let mut out = [0u8; 8];
-    out[..4].copy_from_slice(&Sha256::digest(id.name.as_bytes())[..4]);
-    let whole = postcard::to_allocvec(id).unwrap_or_default();
-    out[4..].copy_from_slice(&Sha256::digest(whole)[..4]);
-    out
-}
 
 /// [`PostcardCodec`] for members, the identity screen, and fingerprinted
 /// destinations.
 pub struct GuardedCodec {
     shared: Arc<Mutex<Shared>>,
     /// Our identity as last seen in `shared`, and its fingerprint.
-    own: Option<(NodeId, DstPrint)>,
+    own: NodeId,
+    own_print: DstPrint,
 }
 
 impl GuardedCodec {
     /// A codec screening against `shared`.
     pub fn new(shared: Arc<Mutex<Shared>>) -> Self {
-        GuardedCodec { shared, own: None }
+        let own = lock(&shared).own.clone();
+        let own_print = own.dst_print();
+        GuardedCodec {
+            shared,
+            own,
+            own_print,
+        }
     }
 
     fn screen(&self, id: &NodeId) -> Result<(), GuardError> {
@@ -67,23 +64,21 @@ impl GuardedCodec {
     /// fingerprint matches; an earlier us (our name, generation 0) when only
     /// the name does; otherwise one that matches no node.
     fn resolve_dst(&mut self, print: DstPrint) -> NodeId {
-        let current = lock(&self.shared).own.clone();
-        let (own, own_print) = match self.own.take() {
-            Some((id, p)) if id == current => (id, p),
-            _ => {
-                let p = fingerprint(&current);
-                (current, p)
+        {
+            let sh = lock(&self.shared);
+            if self.own != sh.own {
+                self.own = sh.own.clone();
+                self.own_print = self.own.dst_print();
             }
-        };
-        let dst = if print == own_print {
+        }
+        let own = &self.own;
+        if print == self.own_print {
             own.clone()
-        } else if print[..4] == own_print[..4] {
+        } else if print[..4] == self.own_print[..4] {
             NodeId::new(own.name.clone(), own.addr, 0)
         } else {
             NodeId::new("", own.addr, own.generation)
-        };
-        self.own = Some((own, own_print));
-        dst
+        }
     }
 }
 
@@ -124,7 +119,7 @@ impl Codec<NodeId> for GuardedCodec {
         let wire = (
             &header.src,
             header.src_incarnation,
-            fingerprint(&header.dst),
+            header.dst.dst_print(),
             &header.message,
         );
         Ok(postcard::serialize_with_flavor(&wire, IntoBuf(buf))?)

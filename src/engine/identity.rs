@@ -61,6 +61,26 @@ impl NodeId {
     }
 }
 
+impl NodeId {
+    /// 8 bytes naming this identity as a packet's destination: the first 4
+    /// of SHA-256 of the name (the low bytes of the key), then the first 4
+    /// of SHA-256 of name, address and generation.
+    pub(crate) fn dst_print(&self) -> [u8; 8] {
+        let mut whole = Sha256::new();
+        whole.update(self.name.as_bytes());
+        match self.addr {
+            SocketAddr::V4(a) => whole.update(a.ip().octets()),
+            SocketAddr::V6(a) => whole.update(a.ip().octets()),
+        }
+        whole.update(self.addr.port().to_le_bytes());
+        whole.update(self.generation.to_le_bytes());
+        let mut out = [0u8; 8];
+        out[..4].copy_from_slice(&self.key.to_le_bytes()[..4]);
+        out[4..].copy_from_slice(&whole.finalize()[..4]);
+        out
+    }
+}
+
 impl foca::Identity for NodeId {
     type Addr = u64;
 

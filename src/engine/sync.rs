@@ -198,13 +198,8 @@ impl Engine {
 
     /// Opens a full exchange with `to`.
     pub(super) fn start_sync(&mut self, to: std::net::SocketAddr, join: bool) {
-        let conn = self.next_conn();
-        let now = self.now_ms();
-        self.conns.insert(conn, Exchange::new(true, join, now, to));
-        lock(&self.shared).counters.push_pulls_started += 1;
-        self.outputs.push_back(Output::Connect { conn, to });
         let hello = self.full_hello(join);
-        self.send_frame(conn, &hello);
+        self.open_exchange(to, join, false, &hello);
     }
 
     /// Opens a periodic exchange with `peer`: digests first, unless this
@@ -213,11 +208,6 @@ impl Engine {
         if !self.pending.is_empty() {
             return self.start_sync(peer.addr, false);
         }
-        let conn = self.next_conn();
-        let now = self.now_ms();
-        let mut exchange = Exchange::new(true, false, now, peer.addr);
-        exchange.summary = true;
-        self.conns.insert(conn, exchange);
         let (buckets, clock_ms) = {
             let sh = lock(&self.shared);
             (sh.state.bucket_hashes(), sh.now_ms)
@@ -229,12 +219,24 @@ impl Engine {
             buckets: buckets_digest(&buckets),
             clock_ms,
         };
+        self.open_exchange(peer.addr, false, true, &summary);
+    }
+
+    /// Dials `to` for an exchange opened by `first`.
+    fn open_exchange(
+        &mut self,
+        to: std::net::SocketAddr,
+        join: bool,
+        summary: bool,
+        first: &SyncMsg,
+    ) {
+        let conn = self.next_conn();
+        let mut exchange = Exchange::new(true, join, self.now_ms(), to);
+        exchange.summary = summary;
+        self.conns.insert(conn, exchange);
         lock(&self.shared).counters.push_pulls_started += 1;
-        self.outputs.push_back(Output::Connect {
-            conn,
-            to: peer.addr,
-        });
-        self.send_frame(conn, &summary);
+        self.outputs.push_back(Output::Connect { conn, to });
+        self.send_frame(conn, first);
     }
 
     fn full_hello(&self, join: bool) -> SyncMsg {
