@@ -1,10 +1,12 @@
 //! `tribe-sim`: the libtribe engine at thousands of simulated nodes in one
 //! process, in virtual time, deterministic for a seed (see `tribe::sim` and
 //! docs/simulation.md). Each scenario prints a markdown summary; `--csv`
-//! also writes its time series.
+//! also writes its time series and `--png` a chart of it.
+
+mod plot;
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
@@ -50,12 +52,17 @@ struct Cli {
     /// Write the scenario's time series here as CSV.
     #[arg(long)]
     csv: Option<PathBuf>,
+    /// Draw the scenario's time series here as a PNG chart.
+    #[arg(long)]
+    png: Option<PathBuf>,
     #[command(subcommand)]
     scenario: Scenario,
 }
 
 #[derive(Subcommand)]
 enum Scenario {
+    /// Only the mass join from the seeds (the warm-up, sampled every 100 ms).
+    MassJoin,
     /// Mass join from the seeds, then one late join's spread.
     Join,
     /// One crash: detection time and false failures (with --loss, --paused).
@@ -81,6 +88,47 @@ enum Scenario {
         #[arg(long, default_value_t = 60.0)]
         secs: f64,
     },
+    /// Bytes/s per node during churn: a node crashes every `--every-secs`
+    /// and comes back (same name, new generation) `--down-secs` later.
+    Churn {
+        /// Virtual seconds measured.
+        #[arg(long, default_value_t = 60.0)]
+        secs: f64,
+        /// Virtual seconds between two crashes.
+        #[arg(long, default_value_t = 2.0)]
+        every_secs: f64,
+        /// Virtual seconds a crashed node stays down.
+        #[arg(long, default_value_t = 10.0)]
+        down_secs: f64,
+    },
+}
+
+impl Scenario {
+    /// Refuses bad flags before any node is simulated.
+    fn check(&self) -> Result<(), String> {
+        match self {
+            Scenario::MassJoin | Scenario::Join | Scenario::Catalog => Ok(()),
+            Scenario::Crash {
+                paused,
+                observe_secs,
+            } => {
+                if !(0.0..=1.0).contains(paused) {
+                    return Err("--paused must be between 0 and 1".into());
+                }
+                secs(*observe_secs).map(drop)
+            }
+            Scenario::Partition { secs: s } | Scenario::Rest { secs: s } => secs(*s).map(drop),
+            Scenario::Churn {
+                secs: s,
+                every_secs,
+                down_secs,
+            } => {
+                secs(*s)?;
+                secs(*every_secs)?;
+                secs(*down_secs).map(drop)
+            }
+        }
+    }
 }
 
 fn main() {
@@ -101,6 +149,10 @@ fn run(cli: &Cli) -> Result<(), String> {
     if !(cli.warmup_secs.is_finite() && cli.warmup_secs >= 0.0) {
         return Err("--warmup-secs must be a non-negative number".into());
     }
+    cli.scenario.check()?;
+    if cli.formed && matches!(cli.scenario, Scenario::MassJoin) {
+        return Err("mass-join simulates the join: leave out --formed".into());
+    }
     let cfg = SimConfig {
         seed: cli.seed,
         profile: cli.profile,
@@ -116,7 +168,19 @@ fn run(cli: &Cli) -> Result<(), String> {
     };
     let wall = Instant::now();
     let mut sim = Sim::new(cfg);
-    let mut series = Series::new(&["t_s", "nodes_converged"]);
+    let about = format!(
+        "{} nodes, loss {:.0} %, seed {}",
+        cli.nodes,
+        cli.loss * 100.0,
+        cli.seed
+    );
+    let nodes = Some(cli.nodes as f64);
+    let mut series = Series::new(
+        format!("Mass join: nodes that see all alive ({about})"),
+        "nodes",
+        &["t_s", "nodes_converged"],
+        nodes,
+    );
     // The mass join (or a formed cluster), lossless, sampled every 100 ms.
     if cli.formed {
         sim.add_formed(cli.nodes);
@@ -162,12 +226,18 @@ fn run(cli: &Cli) -> Result<(), String> {
     sim.set_loss(cli.loss);
     let step = Instant::now();
     match &cli.scenario {
+        Scenario::MassJoin => {}
         Scenario::Join => {
             let name = format!("sim-{}", cli.nodes);
             let w = Watch::MemberJoined(name);
             sim.watch(w.clone());
             sim.add_node();
-            series = Series::new(&["t_s", "nodes_knowing_joiner"]);
+            series = Series::new(
+                format!("Late join: nodes that know the joiner ({about})"),
+                "nodes",
+                &["t_s", "nodes_knowing_joiner"],
+                nodes,
+            );
             sample_spread(&mut sim, &w, cli.nodes, secs(30.0)?, &mut series);
             let seen = sim.seen(&w);
             print_spread("late join known by", &seen[..cli.nodes]);
@@ -176,9 +246,6 @@ fn run(cli: &Cli) -> Result<(), String> {
             paused,
             observe_secs,
         } => {
-            if !(0.0..=1.0).contains(paused) {
-                return Err("--paused must be between 0 and 1".into());
-            }
             let victim = cli.nodes / 2;
             let w = Watch::MemberFailed(sim.name(victim).to_string());
             sim.watch(w.clone());
@@ -188,8 +255,19 @@ fn run(cli: &Cli) -> Result<(), String> {
             for i in (0..cli.nodes).filter(|&i| i != victim).take(k) {
                 sim.pause(i, Duration::from_secs(3));
             }
-            series = Series::new(&["t_s", "nodes_declaring_crash"]);
-            sample_spread(&mut sim, &w, cli.nodes, secs(*observe_secs)?, &mut series);
+            series = Series::new(
+                format!("Crash: nodes that declared it failed ({about})"),
+                "nodes",
+                &["t_s", "nodes_declaring_crash", "false_failures"],
+                nodes,
+            );
+            let start = sim.now();
+            while sim.now() < start + secs(*observe_secs)? {
+                sim.run_for(Duration::from_millis(100));
+                let seen = sim.seen(&w).iter().filter(|t| t.is_some()).count();
+                let wrong = sim.false_failures().len() - before;
+                series.row(&[(sim.now() - start).as_secs_f64(), seen as f64, wrong as f64]);
+            }
             let mut seen = sim.seen(&w);
             seen.truncate(cli.nodes);
             seen.remove(victim);
@@ -235,7 +313,12 @@ fn run(cli: &Cli) -> Result<(), String> {
                 },
             )
             .map_err(|e| e.to_string())?;
-            series = Series::new(&["t_s", "nodes_told_to_load"]);
+            series = Series::new(
+                format!("Catalog: nodes told to load a new plugin ({about})"),
+                "nodes",
+                &["t_s", "nodes_told_to_load"],
+                nodes,
+            );
             sample_spread(&mut sim, &w, cli.nodes, secs(30.0)?, &mut series);
             print_spread("plugin entry reached", &sim.seen(&w));
         }
@@ -260,7 +343,12 @@ fn run(cli: &Cli) -> Result<(), String> {
             sim.run_for(secs(*cut)?);
             sim.heal();
             let healed = sim.now();
-            series = Series::new(&["t_s", "nodes_with_majority_digest"]);
+            series = Series::new(
+                format!("Partition heal: nodes with node 0's state digest ({about})"),
+                "nodes",
+                &["t_s", "nodes_with_first_digest"],
+                nodes,
+            );
             let mut same_at = None;
             while sim.now() < healed + Duration::from_secs(300) {
                 sim.run_for(Duration::from_millis(500));
@@ -286,23 +374,54 @@ fn run(cli: &Cli) -> Result<(), String> {
             );
         }
         Scenario::Rest { secs: window } => {
-            let before: Vec<_> = (0..cli.nodes).map(|i| sim.traffic(i)).collect();
-            sim.run_for(secs(*window)?);
-            let mut d = 0u64;
-            let mut s = 0u64;
-            let mut p = 0u64;
-            for (i, b) in before.iter().enumerate() {
-                let t = sim.traffic(i);
-                d += t.datagram_bytes - b.datagram_bytes;
-                s += t.stream_bytes - b.stream_bytes;
-                p += t.datagrams - b.datagrams;
+            series = traffic_series(format!("At rest: bytes/s per node ({about})"));
+            let mut meter = TrafficMeter::new(&sim);
+            let start = sim.now();
+            while sim.now() < start + secs(*window)? {
+                sim.run_for(Duration::from_secs(1));
+                meter.sample(&sim, start, &mut series);
             }
-            let per = |x: u64| x as f64 / window / cli.nodes as f64;
+            meter.print("at rest", &sim, start);
+        }
+        Scenario::Churn {
+            secs: window,
+            every_secs,
+            down_secs,
+        } => {
+            let every = secs(*every_secs)?.max(Duration::from_millis(100));
+            let down = secs(*down_secs)?;
+            series = traffic_series(format!(
+                "Churn: bytes/s per node, a crash every {every_secs} s, down {down_secs} s ({about})"
+            ));
+            let mut meter = TrafficMeter::new(&sim);
+            let start = sim.now();
+            // Victims in turn from the last node down, never a seed.
+            let candidates: Vec<usize> = (cli.seeds.min(cli.nodes - 1)..cli.nodes).rev().collect();
+            let mut down_now: std::collections::VecDeque<(Duration, usize)> = Default::default();
+            let (mut crashes, mut next_crash) = (0usize, start);
+            let before = sim.false_failures().len();
+            while sim.now() < start + secs(*window)? {
+                if sim.now() >= next_crash {
+                    let victim = candidates[crashes % candidates.len()];
+                    if !down_now.iter().any(|&(_, i)| i == victim) {
+                        sim.crash(victim);
+                        down_now.push_back((sim.now() + down, victim));
+                    }
+                    crashes += 1;
+                    next_crash += every;
+                }
+                while down_now.front().is_some_and(|&(at, _)| at <= sim.now()) {
+                    if let Some((_, i)) = down_now.pop_front() {
+                        sim.restart(i);
+                    }
+                }
+                sim.run_for(Duration::from_secs(1).min(every));
+                meter.sample(&sim, start, &mut series);
+            }
+            meter.print(&format!("during churn ({crashes} crashes)"), &sim, start);
             println!(
-                "- at rest over {window} s: gossip {:.0} B/s/node, anti-entropy {:.0} B/s/node, {:.1} datagrams/s/node",
-                per(d),
-                per(s),
-                per(p)
+                "- false failures (a node neither crashed nor paused declared failed): {}",
+                sim.false_failures().len() - before
             );
         }
     }
@@ -315,8 +434,11 @@ fn run(cli: &Cli) -> Result<(), String> {
     );
     if let Some(path) = &cli.csv {
         series
-            .write(path)
+            .write_csv(path)
             .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    if let Some(path) = &cli.png {
+        series.write_png(path)?;
     }
     Ok(())
 }
@@ -351,31 +473,112 @@ fn print_spread(what: &str, times: &[Option<u64>]) {
     }
 }
 
-/// A time series for `--csv`.
+fn traffic_series(title: String) -> Series {
+    Series::new(
+        title,
+        "bytes/s per node",
+        &["t_s", "gossip_bytes_per_s", "anti_entropy_bytes_per_s"],
+        None,
+    )
+}
+
+/// Bytes sent by all nodes, sampled into a series of bytes/s per node.
+struct TrafficMeter {
+    first: [u64; 3],
+    last: [u64; 3],
+    last_at: Duration,
+}
+
+impl TrafficMeter {
+    fn total(sim: &Sim) -> [u64; 3] {
+        (0..sim.len()).fold([0u64; 3], |[d, s, p], i| {
+            let t = sim.traffic(i);
+            [d + t.datagram_bytes, s + t.stream_bytes, p + t.datagrams]
+        })
+    }
+
+    fn new(sim: &Sim) -> TrafficMeter {
+        let first = TrafficMeter::total(sim);
+        TrafficMeter {
+            first,
+            last: first,
+            last_at: sim.now(),
+        }
+    }
+
+    fn sample(&mut self, sim: &Sim, start: Duration, series: &mut Series) {
+        let now = TrafficMeter::total(sim);
+        let span = (sim.now() - self.last_at).as_secs_f64().max(1e-9) * sim.len() as f64;
+        let rate = |k: usize| now[k].saturating_sub(self.last[k]) as f64 / span;
+        series.row(&[(sim.now() - start).as_secs_f64(), rate(0), rate(1)]);
+        self.last = now;
+        self.last_at = sim.now();
+    }
+
+    fn print(&self, what: &str, sim: &Sim, start: Duration) {
+        let measured = (sim.now() - start).as_secs_f64();
+        let per = |k: usize| {
+            (self.last[k] - self.first[k]) as f64 / measured.max(1e-9) / sim.len() as f64
+        };
+        println!(
+            "- {what} over {measured} s: gossip {:.0} B/s/node, anti-entropy {:.0} B/s/node, {:.1} datagrams/s/node",
+            per(0),
+            per(1),
+            per(2)
+        );
+    }
+}
+
+/// A time series for `--csv` and `--png`.
 struct Series {
-    head: String,
-    rows: Vec<String>,
+    title: String,
+    y_label: &'static str,
+    cols: Vec<&'static str>,
+    rows: Vec<Vec<f64>>,
+    y_max: Option<f64>,
 }
 
 impl Series {
-    fn new(cols: &[&str]) -> Series {
+    fn new(
+        title: String,
+        y_label: &'static str,
+        cols: &[&'static str],
+        y_max: Option<f64>,
+    ) -> Series {
         Series {
-            head: cols.join(","),
+            title,
+            y_label,
+            cols: cols.to_vec(),
             rows: Vec::new(),
+            y_max,
         }
     }
 
     fn row(&mut self, values: &[f64]) {
-        let cells: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
-        self.rows.push(cells.join(","));
+        self.rows.push(values.to_vec());
     }
 
-    fn write(&self, path: &PathBuf) -> std::io::Result<()> {
+    fn write_csv(&self, path: &Path) -> std::io::Result<()> {
         let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-        writeln!(f, "{}", self.head)?;
+        writeln!(f, "{}", self.cols.join(","))?;
         for r in &self.rows {
-            writeln!(f, "{r}")?;
+            let cells: Vec<String> = r.iter().map(|v| format!("{v:.3}")).collect();
+            writeln!(f, "{}", cells.join(","))?;
         }
         f.flush()
+    }
+
+    fn write_png(&self, path: &Path) -> Result<(), String> {
+        plot::write_png(
+            path,
+            &plot::Chart {
+                title: &self.title,
+                x_label: "virtual seconds",
+                y_label: self.y_label,
+                lines: &self.cols[1..],
+                rows: &self.rows,
+                y_max: self.y_max,
+            },
+        )
     }
 }
