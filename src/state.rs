@@ -3,6 +3,8 @@
 //! for anti-entropy.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::ops::Bound;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -11,23 +13,69 @@ use crate::records::{Entry, Key, Kind, Value};
 /// Buckets the key space is split into for anti-entropy digests.
 pub const BUCKETS: usize = 64;
 
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 struct Stored {
     entry: Entry,
     /// Hash of `(key, entry)`; equal on every node that holds the same write.
     hash: [u8; 32],
 }
 
+/// One write as a store holds it (key, entry and hash, all shared), so
+/// that stores in one process can hold the same write without copying it
+/// (the simulator's formed clusters: N stores of N records each).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedWrite {
+    key: Arc<Key>,
+    stored: Arc<Stored>,
+}
+
+impl SharedWrite {
+    pub(crate) fn key(&self) -> &Key {
+        &self.key
+    }
+
+    pub(crate) fn entry(&self) -> &Entry {
+        &self.stored.entry
+    }
+}
+
 /// All replicated records of this node's view of the cluster.
 #[derive(Debug, Default, Clone)]
 pub struct State {
-    entries: BTreeMap<Key, Stored>,
+    /// Keys and writes behind `Arc`s: a shared write costs a store two
+    /// pointers.
+    entries: BTreeMap<Arc<Key>, Arc<Stored>>,
     /// Keys changed since the last [`State::take_changes`].
-    changed: BTreeSet<Key>,
+    changed: BTreeSet<Arc<Key>>,
     /// Grows on every change, so that savers can skip an unchanged store.
     revision: u64,
     /// Records held of each kind (tombstones included), by [`Kind::ALL`] index.
     counts: [usize; Kind::ALL.len()],
+    /// Tombstones held: collecting them scans the store, so only when
+    /// there are some.
+    tombstones: usize,
+    /// [`State::bucket_hashes`], kept in step with every change: every
+    /// exchange reads them, and computing them hashed every key.
+    buckets: Buckets,
+}
+
+/// XOR of the first 8 bytes of the hash of every write, per bucket.
+#[derive(Debug, Clone)]
+struct Buckets([u64; BUCKETS]);
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets([0; BUCKETS])
+    }
+}
+
+impl Buckets {
+    /// Adds or removes (XOR is its own inverse) one write.
+    fn toggle(&mut self, key: &Key, hash: &[u8; 32]) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&hash[..8]);
+        self.0[bucket_of(key)] ^= u64::from_le_bytes(word);
+    }
 }
 
 fn kind_index(kind: Kind) -> usize {
@@ -93,13 +141,47 @@ impl State {
                 return false;
             }
         }
-        self.changed.insert(key.clone());
-        self.revision += 1;
-        let kind = key.kind();
-        if self.entries.insert(key, Stored { entry, hash }).is_none() {
-            self.counts[kind_index(kind)] += 1;
-        }
+        self.insert(SharedWrite {
+            key: Arc::new(key),
+            stored: Arc::new(Stored { entry, hash }),
+        });
         true
+    }
+
+    /// [`State::merge`] of a write another store holds.
+    pub(crate) fn merge_shared(&mut self, write: SharedWrite) -> bool {
+        if let Some(current) = self.entries.get(&*write.key) {
+            if !wins(&write.stored.entry, &write.stored.hash, current) {
+                return false;
+            }
+        }
+        self.insert(write);
+        true
+    }
+
+    fn insert(&mut self, write: SharedWrite) {
+        self.changed.insert(write.key.clone());
+        self.revision += 1;
+        let kind = write.key.kind();
+        self.tombstones += usize::from(write.stored.entry.value.is_none());
+        self.buckets.toggle(&write.key, &write.stored.hash);
+        let key = write.key.clone();
+        match self.entries.insert(write.key, write.stored) {
+            None => self.counts[kind_index(kind)] += 1,
+            Some(old) => {
+                self.tombstones -= usize::from(old.entry.value.is_none());
+                self.buckets.toggle(&key, &old.hash);
+            }
+        }
+    }
+
+    /// The write under `key`, to hand to another store.
+    pub(crate) fn shared(&self, key: &Key) -> Option<SharedWrite> {
+        let (key, stored) = self.entries.get_key_value(key)?;
+        Some(SharedWrite {
+            key: key.clone(),
+            stored: stored.clone(),
+        })
     }
 
     /// Records held of `kind`, tombstones included.
@@ -121,27 +203,27 @@ impl State {
     }
 
     /// Keys changed since the last call, in key order.
-    pub fn take_changes(&mut self) -> BTreeSet<Key> {
+    pub fn take_changes(&mut self) -> BTreeSet<Arc<Key>> {
         std::mem::take(&mut self.changed)
     }
 
     /// Iterates over every entry, tombstones included, in key order.
     pub fn iter(&self) -> impl Iterator<Item = (&Key, &Entry)> {
-        self.entries.iter().map(|(k, s)| (k, &s.entry))
+        self.entries.iter().map(|(k, s)| (&**k, &s.entry))
     }
 
     /// Iterates over live values in key order.
     pub fn live(&self) -> impl Iterator<Item = (&Key, &Value)> {
         self.entries
             .iter()
-            .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (k, v)))
+            .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (&**k, v)))
     }
 
     /// Live values from `from` on, in key order.
     pub fn live_from<'a>(&'a self, from: &Key) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
         self.entries
-            .range(from.clone()..)
-            .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (k, v)))
+            .range::<Key, _>((Bound::Included(from), Bound::Unbounded))
+            .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (&**k, v)))
     }
 
     /// Digest of the whole store: equal on two nodes iff they hold the same writes.
@@ -160,13 +242,7 @@ impl State {
 
     /// One 64-bit summary per bucket (XOR of entry hashes, so order-free).
     pub fn bucket_hashes(&self) -> Vec<u64> {
-        let mut buckets = vec![0u64; BUCKETS];
-        for (key, stored) in &self.entries {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(&stored.hash[..8]);
-            buckets[bucket_of(key)] ^= u64::from_le_bytes(word);
-        }
-        buckets
+        self.buckets.0.to_vec()
     }
 
     /// Every entry whose key falls in one of `buckets`.
@@ -174,22 +250,28 @@ impl State {
         self.entries
             .iter()
             .filter(|(k, _)| buckets.contains(&bucket_of(k)))
-            .map(|(k, s)| (k.clone(), s.entry.clone()))
+            .map(|(k, s)| (Key::clone(k), s.entry.clone()))
             .collect()
     }
 
     /// Drops tombstones written before `before_ms`; returns how many.
     pub fn collect_tombstones(&mut self, before_ms: u64) -> usize {
+        if self.tombstones == 0 {
+            return 0;
+        }
         let before = self.entries.len();
         let counts = &mut self.counts;
+        let buckets = &mut self.buckets;
         self.entries.retain(|k, s| {
             let keep = s.entry.value.is_some() || s.entry.version.millis >= before_ms;
             if !keep {
                 counts[kind_index(k.kind())] -= 1;
+                buckets.toggle(k, &s.hash);
             }
             keep
         });
         let n = before - self.entries.len();
+        self.tombstones -= n;
         if n > 0 {
             self.revision += 1;
         }
@@ -298,6 +380,38 @@ mod tests {
         )
     }
 
+    #[test]
+    fn a_shared_write_is_held_not_copied() {
+        let key = Key::Tribe("t".into());
+        let entry = Entry {
+            version: version(1, 0, "n0"),
+            value: Some(value_for(&key, 0)),
+        };
+        let mut a = State::new();
+        assert!(a.merge(key.clone(), entry.clone()));
+        let write = a.shared(&key).unwrap();
+        let mut b = State::new();
+        assert!(b.merge_shared(write.clone()));
+        assert!(!b.merge_shared(write), "not news twice");
+        let (ka, sa) = a.entries.get_key_value(&key).unwrap();
+        let (kb, sb) = b.entries.get_key_value(&key).unwrap();
+        assert!(Arc::ptr_eq(ka, kb) && Arc::ptr_eq(sa, sb));
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.bucket_hashes(), b.bucket_hashes());
+        assert_eq!(b.take_changes().len(), 1);
+    }
+
+    /// The bucket hashes computed from scratch, as they once were.
+    fn recomputed_buckets(s: &State) -> Vec<u64> {
+        let mut buckets = vec![0u64; BUCKETS];
+        for (key, stored) in &s.entries {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(&stored.hash[..8]);
+            buckets[bucket_of(key)] ^= u64::from_le_bytes(word);
+        }
+        buckets
+    }
+
     fn apply(writes: &[(Key, Entry)]) -> State {
         let mut s = State::new();
         for (k, e) in writes {
@@ -357,8 +471,12 @@ mod tests {
             for kind in Kind::ALL {
                 prop_assert_eq!(s.count(kind), s.iter().filter(|(k, _)| k.kind() == kind).count());
             }
+            prop_assert_eq!(s.tombstones, s.iter().filter(|(_, e)| e.value.is_none()).count());
+            prop_assert_eq!(s.bucket_hashes(), recomputed_buckets(&s));
             let mut collected = s.clone();
             collected.collect_tombstones(u64::MAX);
+            prop_assert_eq!(collected.tombstones, 0);
+            prop_assert_eq!(collected.bucket_hashes(), recomputed_buckets(&collected));
             for kind in Kind::ALL {
                 prop_assert_eq!(collected.count(kind), s.live().filter(|(k, _)| k.kind() == kind).count());
             }

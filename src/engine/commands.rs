@@ -545,13 +545,13 @@ impl Engine {
         });
         for (name, row) in self.members.iter() {
             let record = view.node_record(name);
-            let state = if row.state == MemberState::Alive && suspects.contains(name.as_str()) {
+            let state = if row.state == MemberState::Alive && suspects.contains(name) {
                 MemberState::Suspect
             } else {
                 row.state
             };
             out.push(MemberInfo {
-                name: name.clone(),
+                name: name.to_string(),
                 addr: row.id.addr,
                 state,
                 generation: row.id.generation,

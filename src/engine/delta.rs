@@ -8,7 +8,7 @@ use foca::{BroadcastHandler, Invalidates};
 use crate::counters::Counters;
 use crate::hlc::{Clock, Hlc};
 use crate::records::{self, Entry, Key};
-use crate::state::State;
+use crate::state::{SharedWrite, State};
 use crate::wire;
 
 use super::identity::NodeId;
@@ -49,7 +49,33 @@ pub struct Shared {
 impl Shared {
     /// Validates and merges a record from a peer; true when it was news.
     pub fn accept_remote(&mut self, key: Key, entry: Entry) -> bool {
-        if records::validate(&key, &entry).is_err() {
+        if !self.admits(&key, &entry) {
+            return false;
+        }
+        let news = self.state.merge(key, entry);
+        self.merged(news)
+    }
+
+    /// [`Shared::accept_remote`] of a write another engine holds.
+    pub(crate) fn accept_shared(&mut self, write: SharedWrite) -> bool {
+        if !self.admits(write.key(), write.entry()) {
+            return false;
+        }
+        let news = self.state.merge_shared(write);
+        self.merged(news)
+    }
+
+    fn merged(&mut self, news: bool) -> bool {
+        if news {
+            self.counters.records_merged += 1;
+        }
+        news
+    }
+
+    /// Whether a record from a peer is valid and within every bound (and
+    /// if so, the clock has seen its version).
+    fn admits(&mut self, key: &Key, entry: &Entry) -> bool {
+        if records::validate(key, entry).is_err() {
             self.counters.invalid_records += 1;
             return false;
         }
@@ -67,16 +93,12 @@ impl Shared {
             // An expired deletion: we collected it already, keep it collected.
             return false;
         }
-        if !self.has_room(&key) {
+        if !self.has_room(key) {
             self.counters.records_over_limit += 1;
             return false;
         }
         self.clock.observe(&entry.version);
-        let news = self.state.merge(key, entry);
-        if news {
-            self.counters.records_merged += 1;
-        }
-        news
+        true
     }
 }
 

@@ -3,42 +3,70 @@
 //! being declared down bumps the generation, which wins the conflict.
 
 use std::net::SocketAddr;
+use std::ops::Deref;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// Identity of a node in the membership protocol. Built with
-/// [`NodeId::new`]; on the wire it is the name, the address and the
-/// generation.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(from = "WireNodeId")]
+/// [`NodeId::new`]; its fields are read through [`Parts`]; on the wire it
+/// is the name, the address and the generation.
+///
+/// 16 bytes: every node keeps one per member in foca's list and one in its
+/// own member table, so a cluster of N nodes holds N² of them, and clones
+/// share the parts.
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(from = "Parts")]
 pub struct NodeId {
-    /// Unique node name. Not to be changed in place: the key below is
-    /// derived from it.
+    parts: Arc<Parts>,
+    /// 64 bits of SHA-256 of the name: what foca compares, scanning its
+    /// whole member list, for every update it applies. Comparing the name
+    /// itself cost two atomic reference-count changes per member scanned.
+    key: u64,
+}
+
+/// What a [`NodeId`] names, and its wire form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Parts {
+    /// Unique node name.
     pub name: Arc<str>,
     /// Advertised gossip and stream address.
     pub addr: SocketAddr,
     /// Increases on every restart and every rejoin.
     pub generation: u64,
-    /// 64 bits of SHA-256 of the name: what foca compares, scanning its
-    /// whole member list, for every update it applies. Comparing the name
-    /// itself cost two atomic reference-count changes per member scanned.
-    #[serde(skip)]
-    key: u64,
 }
 
-/// [`NodeId`] as it travels.
-#[derive(Deserialize)]
-struct WireNodeId {
-    name: Arc<str>,
-    addr: SocketAddr,
-    generation: u64,
+impl From<Parts> for NodeId {
+    fn from(p: Parts) -> NodeId {
+        NodeId {
+            key: name_key(&p.name),
+            parts: Arc::new(p),
+        }
+    }
 }
 
-impl From<WireNodeId> for NodeId {
-    fn from(w: WireNodeId) -> NodeId {
-        NodeId::new(w.name, w.addr, w.generation)
+impl Serialize for NodeId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.parts.serialize(s)
+    }
+}
+
+impl std::fmt::Debug for NodeId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeId")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("generation", &self.generation)
+            .finish()
+    }
+}
+
+impl Deref for NodeId {
+    type Target = Parts;
+
+    fn deref(&self) -> &Parts {
+        &self.parts
     }
 }
 
@@ -51,12 +79,21 @@ fn name_key(name: &str) -> u64 {
 impl NodeId {
     /// The identity of `name` at `addr`, in its `generation`.
     pub fn new(name: impl Into<Arc<str>>, addr: SocketAddr, generation: u64) -> NodeId {
-        let name = name.into();
-        NodeId {
-            key: name_key(&name),
-            name,
+        NodeId::from(Parts {
+            name: name.into(),
             addr,
             generation,
+        })
+    }
+
+    /// The same node in another generation.
+    pub fn with_generation(&self, generation: u64) -> NodeId {
+        NodeId {
+            parts: Arc::new(Parts {
+                generation,
+                ..Parts::clone(&self.parts)
+            }),
+            key: self.key,
         }
     }
 }
@@ -86,9 +123,7 @@ impl foca::Identity for NodeId {
 
     fn renew(&self) -> Option<Self> {
         // Never wraps: a wrapped generation would lose every conflict.
-        let mut next = self.clone();
-        next.generation = self.generation.checked_add(1)?;
-        Some(next)
+        Some(self.with_generation(self.generation.checked_add(1)?))
     }
 
     fn addr(&self) -> u64 {
@@ -120,5 +155,26 @@ mod tests {
         let plain = postcard::to_allocvec(&(&a.name, a.addr, a.generation)).unwrap();
         assert_eq!(postcard::to_allocvec(&a).unwrap(), plain);
         assert_eq!(a.renew().unwrap().addr(), a.addr());
+    }
+
+    #[test]
+    fn an_identity_is_two_words_and_clones_share_its_parts() {
+        // N² of these live in a cluster of N nodes (foca's list and the
+        // member table of every node).
+        assert_eq!(std::mem::size_of::<NodeId>(), 16);
+        let a = NodeId::new("node-a", ([127, 0, 0, 1], 7000).into(), 5);
+        let b = a.clone();
+        assert!(Arc::ptr_eq(&a.parts, &b.parts));
+        let next = a.with_generation(6);
+        assert_eq!(
+            (&*next.name, next.addr, next.generation),
+            ("node-a", a.addr, 6)
+        );
+        assert_eq!(next.addr(), a.addr());
+        assert_ne!(next, a);
+        assert_eq!(
+            format!("{a:?}"),
+            "NodeId { name: \"node-a\", addr: 127.0.0.1:7000, generation: 5 }"
+        );
     }
 }

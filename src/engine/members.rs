@@ -2,6 +2,7 @@
 //! from foca's notifications plus the *left* marker of node records.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use super::identity::NodeId;
 
@@ -49,7 +50,8 @@ pub struct Row {
 /// Other nodes by name (this node is not in it).
 #[derive(Debug, Default)]
 pub struct Members {
-    rows: BTreeMap<String, Row>,
+    /// Keyed by the identity's own name (shared, not copied).
+    rows: BTreeMap<Arc<str>, Row>,
     /// Rows up, kept in step: read after every notification, and a scan per
     /// read was quadratic in a mass join.
     up: usize,
@@ -86,7 +88,7 @@ impl Members {
             None => {
                 self.up += 1;
                 self.rows.insert(
-                    id.name.to_string(),
+                    id.name.clone(),
                     Row {
                         id: id.clone(),
                         state: MemberState::Alive,
@@ -130,14 +132,18 @@ impl Members {
 
     /// Removes members down for longer than `reap_after_ms`; returns their names.
     pub fn reap(&mut self, now_ms: u64, reap_after_ms: u64) -> Vec<String> {
+        if self.up == self.rows.len() {
+            // Nothing down: no scan (this runs every housekeeping tick).
+            return Vec::new();
+        }
         let expired: Vec<String> = self
             .rows
             .iter()
             .filter(|(_, r)| !r.state.is_up() && r.since_ms.saturating_add(reap_after_ms) <= now_ms)
-            .map(|(n, _)| n.clone())
+            .map(|(n, _)| n.to_string())
             .collect();
         for name in &expired {
-            self.rows.remove(name);
+            self.rows.remove(name.as_str());
         }
         expired
     }
@@ -148,8 +154,8 @@ impl Members {
     }
 
     /// Every row, by name.
-    pub fn iter(&self) -> impl Iterator<Item = (&String, &Row)> {
-        self.rows.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Row)> {
+        self.rows.iter().map(|(name, row)| (&**name, row))
     }
 
     /// Number of members that are up.

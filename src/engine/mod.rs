@@ -51,6 +51,8 @@ pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(3600);
 pub const CLOCK_SKEW_REPORT: Duration = Duration::from_secs(30);
 /// Peers' clock offsets kept for the median.
 const MAX_CLOCK_SAMPLES: usize = 4096;
+/// Queue entries past which a drained queue gives its memory back.
+const BURST: usize = 256;
 /// An anti-entropy exchange that takes longer is abandoned.
 pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 /// Fewest times an update or delta is sent on by each node that learns it.
@@ -350,7 +352,13 @@ impl Engine {
 
     /// The next output, if any.
     pub fn poll_output(&mut self) -> Option<Output> {
-        self.outputs.pop_front()
+        let next = self.outputs.pop_front();
+        if next.is_none() && self.outputs.capacity() > BURST {
+            // A burst (a mass join's events) would otherwise keep its queue
+            // for the node's lifetime: N entries on each of N nodes.
+            self.outputs.shrink_to(BURST / 8);
+        }
+        next
     }
 
     /// A received datagram.
@@ -554,8 +562,14 @@ impl Engine {
         while let Some((after, timer)) = self.swim_rt.to_schedule() {
             self.schedule(Timer::Swim(timer), after);
         }
+        let mut notified = 0;
         while let Some(n) = self.swim_rt.to_notify() {
             self.on_notification(n);
+            notified += 1;
+        }
+        if notified > BURST && self.swim_rt.backlog() == 0 {
+            // foca's queues keep their largest size; start them afresh.
+            self.swim_rt = AccumulatingRuntime::new();
         }
     }
 

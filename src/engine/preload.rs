@@ -8,19 +8,21 @@ use foca::Member;
 use super::delta::lock;
 use super::identity::NodeId;
 use super::Engine;
-use crate::records::{Entry, Key};
+use crate::records::Key;
+use crate::state::SharedWrite;
 
 impl Engine {
-    /// This node's own record, as published at start.
-    pub(crate) fn own_record(&self) -> Option<(Key, Entry)> {
-        let key = Key::Node(self.name.clone());
-        let entry = lock(&self.shared).state.entry(&key)?.clone();
-        Some((key, entry))
+    /// This node's own record, as published at start, shared.
+    pub(crate) fn own_record(&self) -> Option<SharedWrite> {
+        lock(&self.shared)
+            .state
+            .shared(&Key::Node(self.name.clone()))
     }
 
     /// Learns `members` (alive) and `records` without spreading either:
-    /// the rest of the cluster knows them too.
-    pub(crate) fn preload(&mut self, now_ms: u64, members: &[NodeId], records: &[(Key, Entry)]) {
+    /// the rest of the cluster knows them too. Both are shared with the
+    /// engines they came from, not copied.
+    pub(crate) fn preload(&mut self, now_ms: u64, members: &[NodeId], records: &[SharedWrite]) {
         self.tick(now_ms);
         let me = self.swim.identity().clone();
         let others = members
@@ -33,8 +35,8 @@ impl Engine {
         }
         {
             let mut sh = lock(&self.shared);
-            for (key, entry) in records {
-                sh.accept_remote(key.clone(), entry.clone());
+            for write in records {
+                sh.accept_shared(write.clone());
             }
         }
         self.after_change();

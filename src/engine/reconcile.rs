@@ -151,13 +151,13 @@ impl Engine {
             let own = Key::Node(self.name.clone());
             let policy_relevant = changes
                 .iter()
-                .any(|k| matches!(k, Key::Policy(_) | Key::Tribe(_)) || *k == own);
+                .any(|k| matches!(**k, Key::Policy(_) | Key::Tribe(_)) || **k == own);
             if changes.contains(&own) {
                 self.refute_own_record();
             }
             if changes
                 .iter()
-                .any(|k| matches!(k, Key::RingKey(_) | Key::RingPrimary))
+                .any(|k| matches!(**k, Key::RingKey(_) | Key::RingPrimary))
             {
                 self.apply_ring();
             }
@@ -165,9 +165,13 @@ impl Engine {
                 self.evaluate_policies();
             }
             for key in &changes {
-                if let Key::Node(name) = key {
+                if let Key::Node(name) = &**key {
                     if *name != self.name {
-                        self.on_peer_record(name);
+                        let left = matches!(
+                            lock(&self.shared).state.get(key),
+                            Some(Value::Node(r)) if r.left
+                        );
+                        self.on_peer_record(name, left);
                     }
                 }
             }
@@ -209,19 +213,18 @@ impl Engine {
         let Some(next) = newest.checked_add(1).filter(|g| *g <= horizon) else {
             return;
         };
-        let mut renewed = self.swim.identity().clone();
-        if renewed.generation >= next {
+        if self.swim.identity().generation >= next {
             return;
         }
-        renewed.generation = next;
+        let renewed = self.swim.identity().with_generation(next);
         lock(&self.shared).own = renewed.clone();
         if let Err(e) = self.swim.change_identity(renewed, &mut self.swim_rt) {
             tracing::debug!(error = %e, "could not take a newer generation");
         }
     }
 
-    fn on_peer_record(&mut self, name: &str) {
-        if self.left_flag(name) && self.members.mark_left(name) {
+    fn on_peer_record(&mut self, name: &str, left: bool) {
+        if left && self.members.mark_left(name) {
             self.emit(Event::MemberLeft {
                 name: name.to_string(),
             });
