@@ -447,13 +447,22 @@ fn secs(s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
 }
 
-/// Runs `limit`, sampling every 100 ms how many of the first `n` nodes saw `w`.
+/// Runs `limit`, sampling every 10 ms how many of the first `n` nodes saw
+/// `w`, until one second after all of them have (a spread takes well
+/// under a second; coarser samples would show only a step).
 fn sample_spread(sim: &mut Sim, w: &Watch, n: usize, limit: Duration, series: &mut Series) {
     let start = sim.now();
+    let mut all_at = None;
     while sim.now() < start + limit {
-        sim.run_for(Duration::from_millis(100));
+        sim.run_for(Duration::from_millis(10));
+        if all_at.is_some_and(|t| sim.now() > t + Duration::from_secs(1)) {
+            continue;
+        }
         let seen = sim.seen(w).iter().take(n).filter(|t| t.is_some()).count();
         series.row(&[(sim.now() - start).as_secs_f64(), seen as f64]);
+        if seen == n && all_at.is_none() {
+            all_at = Some(sim.now());
+        }
     }
 }
 

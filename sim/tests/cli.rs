@@ -70,6 +70,9 @@ fn each_scenario_writes_its_summary_csv_and_chart() {
     assert!(out.contains("late join known by 40/40 nodes"), "{out}");
     assert!(csv.starts_with("t_s,nodes_knowing_joiner\n"));
     assert_eq!(last_row(&csv)[1], 40.0);
+    // 10 ms samples, up to one second after every node knows.
+    assert!(csv.lines().count() > 100, "{csv}");
+    assert!(last_row(&csv)[0] < 3.0, "{csv}");
     assert_chart(&png);
 
     let (out, csv, png) = run(
