@@ -11,6 +11,7 @@ fn config(seed: u64) -> SimConfig {
     SimConfig {
         seed,
         profile: Profile::Lan,
+        timings: None,
         net: NetConfig {
             latency: Latency::Uniform(200, 800),
             loss: 0.0,

@@ -5,6 +5,17 @@
 
 mod plot;
 
+/// `println!` that ends the program quietly when stdout is gone (a
+/// closed pipe, as under `| head`) instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            std::process::exit(0);
+        }
+    }};
+}
+
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -29,6 +40,13 @@ struct Cli {
     /// Protocol timings: local, lan or wan.
     #[arg(long, default_value = "lan")]
     profile: Profile,
+    /// Suspicion timeout multiplier, in place of the profile's
+    /// (timeout = multiplier × max(1, log10 N) × probe period).
+    #[arg(long)]
+    suspicion_mult: Option<u32>,
+    /// Members asked to probe indirectly, in place of the profile's.
+    #[arg(long)]
+    indirect_probes: Option<usize>,
     /// Datagram loss, 0..1.
     #[arg(long, default_value_t = 0.0)]
     loss: f64,
@@ -153,9 +171,16 @@ fn run(cli: &Cli) -> Result<(), String> {
     if cli.formed && matches!(cli.scenario, Scenario::MassJoin) {
         return Err("mass-join simulates the join: leave out --formed".into());
     }
+    let timings = (cli.suspicion_mult.is_some() || cli.indirect_probes.is_some()).then(|| {
+        let mut t = cli.profile.timings();
+        t.suspicion_mult = cli.suspicion_mult.unwrap_or(t.suspicion_mult).max(1);
+        t.indirect_probes = cli.indirect_probes.unwrap_or(t.indirect_probes);
+        t
+    });
     let cfg = SimConfig {
         seed: cli.seed,
         profile: cli.profile,
+        timings,
         net: NetConfig {
             latency: Latency::LogNormal {
                 median_us: cli.latency_us.max(1),
@@ -204,21 +229,34 @@ fn run(cli: &Cli) -> Result<(), String> {
             all_at = Some(sim.now());
         }
     }
-    println!(
-        "# tribe-sim: {} nodes, seed {}, profile {:?}, loss {}, median latency {} µs\n",
-        cli.nodes, cli.seed, cli.profile, cli.loss, cli.latency_us
+    let overrides: String = [
+        cli.suspicion_mult.map(|m| format!(", suspicion ×{m}")),
+        cli.indirect_probes
+            .map(|k| format!(", {k} indirect probes")),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    say!(
+        "# tribe-sim: {} nodes, seed {}, profile {:?}{}, loss {}, median latency {} µs\n",
+        cli.nodes,
+        cli.seed,
+        cli.profile,
+        overrides,
+        cli.loss,
+        cli.latency_us
     );
     let all_at = all_at.map_or("(not within the warm-up)".to_string(), |t| {
         format!("{:.1} s", t.as_secs_f64())
     });
     if cli.formed {
-        println!(
+        say!(
             "- formed cluster ({:.1} s of wall time to build): every node saw all {} alive after {all_at}",
             formed_in.as_secs_f64(),
             cli.nodes
         );
     } else {
-        println!(
+        say!(
             "- mass join: every node saw all {} alive after {all_at}",
             cli.nodes
         );
@@ -273,7 +311,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             seen.remove(victim);
             print_spread("crash declared by", &seen);
             let false_failures = sim.false_failures().len() - before;
-            println!(
+            say!(
                 "- false failures (a node neither crashed nor paused declared failed) over {observe_secs} s: {false_failures}"
             );
         }
@@ -368,7 +406,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                         .is_some_and(|e| e.tribe("left").is_none() || e.tribe("right").is_none())
                 })
                 .count();
-            println!(
+            say!(
                 "- identical state digests on all {n} nodes {} after the heal; nodes missing a write: {lost}",
                 same_at.map_or("not within 300 s".to_string(), |t| format!("{:.1} s", t.as_secs_f64()))
             );
@@ -419,13 +457,13 @@ fn run(cli: &Cli) -> Result<(), String> {
                 meter.sample(&sim, start, &mut series);
             }
             meter.print(&format!("during churn ({crashes} crashes)"), &sim, start);
-            println!(
+            say!(
                 "- false failures (a node neither crashed nor paused declared failed): {}",
                 sim.false_failures().len() - before
             );
         }
     }
-    println!(
+    say!(
         "- wall time: {:.1} s in all ({:.1} s for the step), {} queue events, {:.1} virtual s",
         wall.elapsed().as_secs_f64(),
         step.elapsed().as_secs_f64(),
@@ -468,7 +506,7 @@ fn sample_spread(sim: &mut Sim, w: &Watch, n: usize, limit: Duration, series: &m
 
 fn print_spread(what: &str, times: &[Option<u64>]) {
     match Spread::of(times) {
-        Some(s) => println!(
+        Some(s) => say!(
             "- {what} {}/{} nodes: first {:.2} s, p50 {:.2} s, p99 {:.2} s, p99.99 {:.2} s, last {:.2} s",
             s.seen,
             s.of,
@@ -478,7 +516,7 @@ fn print_spread(what: &str, times: &[Option<u64>]) {
             s.p9999 as f64 / 1e6,
             s.max as f64 / 1e6
         ),
-        None => println!("- {what} no node"),
+        None => say!("- {what} no node"),
     }
 }
 
@@ -529,7 +567,7 @@ impl TrafficMeter {
         let per = |k: usize| {
             (self.last[k] - self.first[k]) as f64 / measured.max(1e-9) / sim.len() as f64
         };
-        println!(
+        say!(
             "- {what} over {measured} s: gossip {:.0} B/s/node, anti-entropy {:.0} B/s/node, {:.1} datagrams/s/node",
             per(0),
             per(1),

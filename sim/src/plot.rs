@@ -16,8 +16,8 @@ pub struct Chart<'a> {
     /// Names of the lines, one per column after the first.
     pub lines: &'a [&'a str],
     pub rows: &'a [Vec<f64>],
-    /// Upper bound of the y axis (e.g. the number of nodes); the largest
-    /// value when `None`.
+    /// Upper bound of the y axis (e.g. the number of nodes), raised to the
+    /// largest value when one is above it.
     pub y_max: Option<f64>,
 }
 
@@ -52,17 +52,14 @@ fn draw(path: &Path, chart: &Chart) -> Result<(), Box<dyn std::error::Error>> {
         .filter_map(|r| r.first().copied())
         .fold(0.0f64, f64::max)
         .max(0.1);
-    let y_max = chart
-        .y_max
-        .unwrap_or_else(|| {
-            chart
-                .rows
-                .iter()
-                .flat_map(|r| r.iter().skip(1).copied())
-                .fold(0.0, f64::max)
-        })
-        .max(1.0)
-        * 1.05;
+    let largest = chart
+        .rows
+        .iter()
+        .flat_map(|r| r.iter().skip(1).copied())
+        .fold(0.0, f64::max);
+    // The given bound, unless a line goes past it (false failures can
+    // outnumber the nodes).
+    let y_max = chart.y_max.unwrap_or(0.0).max(largest).max(1.0) * 1.05;
     let mut ctx = ChartBuilder::on(&root)
         .caption(chart.title, (FONT, 22).into_font())
         .margin(16)

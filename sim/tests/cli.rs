@@ -128,6 +128,31 @@ fn each_scenario_writes_its_summary_csv_and_chart() {
 }
 
 #[test]
+fn timing_overrides_are_taken_and_shown() {
+    let dir = scratch("timings");
+    let (out, _, _) = run(
+        &[
+            "--suspicion-mult",
+            "8",
+            "--indirect-probes",
+            "1",
+            "rest",
+            "--secs",
+            "2",
+        ],
+        &dir,
+        "t",
+    );
+    assert!(
+        out.starts_with(
+            "# tribe-sim: 40 nodes, seed 1, profile Lan, suspicion ×8, 1 indirect probes,"
+        ),
+        "{out}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn same_seed_same_output() {
     let dir = scratch("seed");
     let args = [

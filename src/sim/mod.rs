@@ -22,7 +22,7 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
-use crate::config::{Config, Profile};
+use crate::config::{Config, Profile, Timings};
 use crate::engine::{ConnId, Engine, Output, Timer};
 use crate::Command;
 
@@ -45,6 +45,8 @@ pub struct SimConfig {
     pub seed: u64,
     /// Protocol timings of every node.
     pub profile: Profile,
+    /// Timings that replace the profile's (e.g. a longer suspicion).
+    pub timings: Option<Timings>,
     /// The network.
     pub net: NetConfig,
     /// Seeds of a new node: the first this many nodes.
@@ -56,6 +58,7 @@ impl Default for SimConfig {
         SimConfig {
             seed: 1,
             profile: Profile::Lan,
+            timings: None,
             net: NetConfig::default(),
             seeds: 1,
         }
@@ -455,6 +458,7 @@ impl Sim {
     fn boot(&mut self, i: usize, seeded: bool) {
         let mut cfg = Config::new(self.nodes[i].name.clone());
         cfg.profile = self.cfg.profile;
+        cfg.timings = self.cfg.timings.clone();
         cfg.collect_facts = false;
         cfg.bind = self.nodes[i].addr;
         if seeded {
