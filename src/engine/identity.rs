@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// Identity of a node in the membership protocol. Built with
-/// [`NodeId::new`]; its fields are read through [`Parts`]; on the wire it
+/// [`NodeId::new`]; its fields are read through `Deref` (the parts); on the wire it
 /// is the name, the address and the generation.
 ///
 /// 16 bytes: every node keeps one per member in foca's list and one in its
