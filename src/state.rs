@@ -71,10 +71,10 @@ impl Default for Buckets {
 
 impl Buckets {
     /// Adds or removes (XOR is its own inverse) one write.
-    fn toggle(&mut self, key: &Key, hash: &[u8; 32]) {
+    fn toggle(&mut self, bucket: usize, hash: &[u8; 32]) {
         let mut word = [0u8; 8];
         word.copy_from_slice(&hash[..8]);
-        self.0[bucket_of(key)] ^= u64::from_le_bytes(word);
+        self.0[bucket] ^= u64::from_le_bytes(word);
     }
 }
 
@@ -164,13 +164,14 @@ impl State {
         self.revision += 1;
         let kind = write.key.kind();
         self.tombstones += usize::from(write.stored.entry.value.is_none());
-        self.buckets.toggle(&write.key, &write.stored.hash);
-        let key = write.key.clone();
+        // One hash of the key for both the new write and the one it replaces.
+        let bucket = bucket_of(&write.key);
+        self.buckets.toggle(bucket, &write.stored.hash);
         match self.entries.insert(write.key, write.stored) {
             None => self.counts[kind_index(kind)] += 1,
             Some(old) => {
                 self.tombstones -= usize::from(old.entry.value.is_none());
-                self.buckets.toggle(&key, &old.hash);
+                self.buckets.toggle(bucket, &old.hash);
             }
         }
     }
@@ -266,7 +267,7 @@ impl State {
             let keep = s.entry.value.is_some() || s.entry.version.millis >= before_ms;
             if !keep {
                 counts[kind_index(k.kind())] -= 1;
-                buckets.toggle(k, &s.hash);
+                buckets.toggle(bucket_of(k), &s.hash);
             }
             keep
         });
