@@ -351,14 +351,10 @@ impl Engine {
             let sh = lock(&self.shared);
             let view = View { state: &sh.state };
             let tribes = view.tribe_names();
-            let memberships = view.memberships();
             let mine: BTreeMap<String, Membership> = if self.left {
                 BTreeMap::new()
             } else {
-                memberships
-                    .iter()
-                    .filter_map(|(t, nodes)| nodes.get(&self.name).map(|m| (t.clone(), *m)))
-                    .collect()
+                view.memberships_of(&self.name)
             };
             let mut plugins = BTreeMap::new();
             let mut tasks = BTreeMap::new();

@@ -277,6 +277,27 @@ impl<'a> View<'a> {
             })
     }
 
+    /// The existing tribes one node is in, and how: one lookup per tribe,
+    /// where [`View::memberships`] walks every node record.
+    pub fn memberships_of(&self, node: &str) -> BTreeMap<String, Membership> {
+        let policy_tribes = self.node_record(node).map(|r| &r.policy_tribes);
+        let mut out = BTreeMap::new();
+        for tribe in self.tribe_names() {
+            let key = Key::Member {
+                tribe: tribe.clone(),
+                node: node.to_string(),
+            };
+            let by = Membership {
+                by_hand: self.state.get(&key).is_some() && self.child_is_current(&key),
+                by_policy: policy_tribes.is_some_and(|t| t.contains(&tribe)),
+            };
+            if by.by_hand || by.by_policy {
+                out.insert(tribe, by);
+            }
+        }
+        out
+    }
+
     /// Membership of every node in every existing tribe, alive or not.
     pub fn memberships(&self) -> BTreeMap<String, BTreeMap<String, Membership>> {
         let tribes = self.tribe_names();
@@ -357,6 +378,70 @@ mod tests {
                 })),
             },
         )
+    }
+
+    fn node(name: &str, at: u64, policy_tribes: &[&str]) -> (Key, Entry) {
+        (
+            Key::Node(name.into()),
+            Entry {
+                version: v(at, name),
+                value: Some(Value::Node(NodeRecord {
+                    addr: "127.0.0.1:1".parse().unwrap(),
+                    generation: 1,
+                    facts: BTreeMap::new(),
+                    policy_tribes: policy_tribes.iter().map(|t| t.to_string()).collect(),
+                    endpoints: Vec::new(),
+                    left: false,
+                    keys: Vec::new(),
+                    primary_key: None,
+                    artifacts: Vec::new(),
+                })),
+            },
+        )
+    }
+
+    #[test]
+    fn one_nodes_memberships_match_the_full_table() {
+        let mut s = State::new();
+        // "t" exists (n1 by hand, a stale hand membership of n3 from an
+        // older life), "u" does not (n2's policy names it anyway).
+        let stale = (
+            Key::Member {
+                tribe: "t".into(),
+                node: "n3".into(),
+            },
+            Entry {
+                version: v(5, "b"),
+                value: Some(Value::Member),
+            },
+        );
+        for (k, e) in [
+            tribe(10, Some(6)),
+            member(20),
+            stale,
+            node("n1", 1, &["t"]),
+            node("n2", 1, &["t", "u"]),
+            node("n3", 1, &[]),
+        ] {
+            s.merge(k, e);
+        }
+        let view = View { state: &s };
+        let table = view.memberships();
+        for name in ["n1", "n2", "n3", "nobody"] {
+            let expected: BTreeMap<String, Membership> = table
+                .iter()
+                .filter_map(|(t, nodes)| nodes.get(name).map(|m| (t.clone(), *m)))
+                .collect();
+            assert_eq!(view.memberships_of(name), expected, "{name}");
+        }
+        assert_eq!(
+            view.memberships_of("n1").get("t"),
+            Some(&Membership {
+                by_hand: true,
+                by_policy: true
+            })
+        );
+        assert!(view.memberships_of("n3").is_empty());
     }
 
     #[test]
