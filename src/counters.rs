@@ -40,6 +40,9 @@ pub struct Counters {
     /// Suspects declared down early because their address refused a
     /// connection (nothing listens there any more).
     pub suspects_confirmed: u64,
+    /// Pings that told a member this node suspects it, so that it can
+    /// refute at once (Lifeguard's buddy system).
+    pub suspects_told: u64,
     /// Streams refused for using a key this node does not hold.
     pub stream_unknown_keys: u64,
     /// Streams on which a peer refused this node's key (this node is behind

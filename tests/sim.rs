@@ -373,3 +373,29 @@ fn a_formed_cluster_starts_converged_and_behaves_like_a_joined_one() {
         sim.false_failures()
     );
 }
+
+#[test]
+fn under_heavy_loss_refuted_suspicions_make_no_node_rejoin() {
+    let n = 40;
+    let mut sim = Sim::new(config(41));
+    sim.add_formed(n);
+    let generation = |sim: &Sim, i: usize| sim.engine(i).expect("running").identity().generation;
+    let before: Vec<u64> = (0..n).map(|i| generation(&sim, i)).collect();
+    sim.set_loss(0.4);
+    sim.run_for(Duration::from_secs(60));
+    let told: u64 = (0..n)
+        .map(|i| sim.engine(i).expect("running").counters().suspects_told)
+        .sum();
+    assert!(told > 0, "40 % loss made probes fail and suspicions start");
+    // foca 2.0.0 sends a "you are down" message when any suspicion timer
+    // expires, refuted or not; a member that takes it rejoins under a new
+    // generation.
+    for (i, g) in before.iter().enumerate() {
+        assert_eq!(generation(&sim, i), *g, "node {i} rejoined");
+    }
+    assert!(
+        sim.false_failures().is_empty(),
+        "{:?}",
+        sim.false_failures()
+    );
+}

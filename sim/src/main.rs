@@ -94,6 +94,10 @@ enum Scenario {
     },
     /// A plugin entry of a tribe holding every node reaching all of them.
     Catalog,
+    /// A policy change re-placing a tenth of the nodes: a tribe held by
+    /// policy over the nodes of one shard (a fact, 10 shards) moves to the
+    /// next shard.
+    Policy,
     /// A 50/50 partition with writes on both sides, then the heal.
     Partition {
         /// Virtual seconds the partition lasts.
@@ -125,7 +129,7 @@ impl Scenario {
     /// Refuses bad flags before any node is simulated.
     fn check(&self) -> Result<(), String> {
         match self {
-            Scenario::MassJoin | Scenario::Join | Scenario::Catalog => Ok(()),
+            Scenario::MassJoin | Scenario::Join | Scenario::Catalog | Scenario::Policy => Ok(()),
             Scenario::Crash {
                 paused,
                 observe_secs,
@@ -314,6 +318,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             say!(
                 "- false failures (a node neither crashed nor paused declared failed) over {observe_secs} s: {false_failures}"
             );
+            print_first_false_failures(&sim, before);
         }
         Scenario::Catalog => {
             sim.command(
@@ -360,6 +365,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             sample_spread(&mut sim, &w, cli.nodes, secs(30.0)?, &mut series);
             print_spread("plugin entry reached", &sim.seen(&w));
         }
+        Scenario::Policy => policy_change(&mut sim, cli.nodes, &about, &mut series)?,
         Scenario::Partition { secs: cut } => {
             let n = cli.nodes;
             sim.partition(|i| i < n / 2);
@@ -481,6 +487,92 @@ fn run(cli: &Cli) -> Result<(), String> {
     Ok(())
 }
 
+/// Every node takes a fact `shard` (its index mod 10), a policy puts shard
+/// 0 in tribe `hot`, and once that has settled the policy is replaced by
+/// one for shard 1: the nodes of shard 0 leave `hot`, those of shard 1
+/// join it, and every node has to learn both.
+fn policy_change(sim: &mut Sim, n: usize, about: &str, series: &mut Series) -> Result<(), String> {
+    let shard = |i: usize| (i % 10).to_string();
+    let policy = |s: &str| Command::AddPolicy {
+        name: "hot".into(),
+        tribe: "hot".into(),
+        when: format!("facts.shard == \"{s}\""),
+    };
+    for i in 0..n {
+        let fact = Command::SetFact {
+            key: "shard".into(),
+            value: shard(i),
+        };
+        sim.command(i, fact).map_err(|e| e.to_string())?;
+    }
+    sim.command(0, policy("0")).map_err(|e| e.to_string())?;
+    sim.run_for(Duration::from_secs(20));
+    let placed = (0..n)
+        .filter(|&i| sim.engine(i).is_some_and(|e| e.in_tribe("hot")))
+        .count();
+    let (joined, left) = (
+        Watch::TribeJoined("hot".into()),
+        Watch::TribeLeft("hot".into()),
+    );
+    sim.watch(joined.clone());
+    sim.watch(left.clone());
+    sim.command(0, Command::RemovePolicy { name: "hot".into() })
+        .map_err(|e| e.to_string())?;
+    sim.command(0, policy("1")).map_err(|e| e.to_string())?;
+    let movers = |s: usize| (0..n).filter(move |i| i % 10 == s);
+    let (joiners, leavers) = (movers(1).count(), movers(0).count());
+    *series = Series::new(
+        format!("Policy change: {joiners} nodes join a tribe, {leavers} leave it ({about})"),
+        "nodes",
+        &["t_s", "joined", "left", "nodes_with_node_0_state"],
+        Some(n as f64),
+    );
+    let start = sim.now();
+    let mut same_at = None;
+    while sim.now() < start + Duration::from_secs(60) && same_at.is_none() {
+        sim.run_for(Duration::from_millis(100));
+        let count = |w: &Watch, s: usize| {
+            let seen = sim.seen(w);
+            movers(s).filter(|&i| seen[i].is_some()).count()
+        };
+        let digests: Vec<String> = (0..n)
+            .filter_map(|i| sim.engine(i).map(|e| e.state_digest()))
+            .collect();
+        let same = digests.iter().filter(|d| **d == digests[0]).count();
+        let t = (sim.now() - start).as_secs_f64();
+        series.row(&[
+            t,
+            count(&joined, 1) as f64,
+            count(&left, 0) as f64,
+            same as f64,
+        ]);
+        if same == n {
+            same_at = Some(sim.now() - start);
+        }
+    }
+    say!("- before the change: {placed} nodes in tribe hot (shard 0)");
+    let pick = |w: &Watch, s: usize| {
+        let seen = sim.seen(w);
+        movers(s).map(|i| seen[i]).collect::<Vec<_>>()
+    };
+    print_spread("joined by", &pick(&joined, 1));
+    print_spread("left by", &pick(&left, 0));
+    // A tribe's live members come sorted.
+    let mut expected: Vec<String> = movers(1).map(|i| sim.name(i).to_string()).collect();
+    expected.sort();
+    let wrong = (0..n)
+        .filter(|&i| {
+            sim.engine(i)
+                .is_some_and(|e| e.tribe("hot").map(|t| t.members).unwrap_or_default() != expected)
+        })
+        .count();
+    say!(
+        "- identical state digests on all {n} nodes {} after the change; nodes whose view of tribe hot is not shard 1: {wrong}",
+        same_at.map_or("not within 60 s".to_string(), |t| format!("{:.1} s", t.as_secs_f64()))
+    );
+    Ok(())
+}
+
 fn secs(s: f64) -> Result<Duration, String> {
     Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
 }
@@ -501,6 +593,25 @@ fn sample_spread(sim: &mut Sim, w: &Watch, n: usize, limit: Duration, series: &m
         if seen == n && all_at.is_none() {
             all_at = Some(sim.now());
         }
+    }
+}
+
+/// Which healthy nodes were declared failed, when, and by whom first.
+fn print_first_false_failures(sim: &Sim, before: usize) {
+    let mut first: std::collections::BTreeMap<&str, (u64, usize, usize)> = Default::default();
+    for (by, name, at) in &sim.false_failures()[before..] {
+        let e = first.entry(name.as_str()).or_insert((*at, *by, 0));
+        if *at < e.0 {
+            (e.0, e.1) = (*at, *by);
+        }
+        e.2 += 1;
+    }
+    for (name, (at, by, reports)) in first {
+        say!(
+            "  - {name}: first declared failed by {} at {:.2} virtual s, {reports} reports",
+            sim.name(by),
+            at as f64 / 1e6
+        );
     }
 }
 

@@ -89,6 +89,18 @@ fn each_scenario_writes_its_summary_csv_and_chart() {
     assert!(out.contains("plugin entry reached 40/40 nodes"), "{out}");
     assert_chart(&png);
 
+    let (out, csv, png) = run(&["policy"], &dir, "policy");
+    assert!(
+        out.contains("before the change: 4 nodes in tribe hot"),
+        "{out}"
+    );
+    assert!(out.contains("joined by 4/4 nodes"), "{out}");
+    assert!(out.contains("left by 4/4 nodes"), "{out}");
+    assert!(out.contains("view of tribe hot is not shard 1: 0"), "{out}");
+    assert!(csv.starts_with("t_s,joined,left,nodes_with_node_0_state\n"));
+    assert_eq!(last_row(&csv)[1..], [4.0, 4.0, 40.0]);
+    assert_chart(&png);
+
     let (out, _, png) = run(&["partition", "--secs", "10"], &dir, "partition");
     assert!(out.contains("nodes missing a write: 0"), "{out}");
     assert!(!out.contains("not within"), "{out}");

@@ -166,6 +166,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "suspects_told",
+        "Pings that told a member this node suspects it, so that it can refute at once",
+        c.suspects_told,
+    );
+    counter(
+        &mut r,
         "streams_over_cap",
         "Accepted connections closed at once: the cap of streams in setup or exchange was reached",
         c.streams_over_cap,

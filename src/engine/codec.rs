@@ -108,6 +108,26 @@ impl<B: BufMut> postcard::ser_flavors::Flavor for IntoBuf<B> {
     }
 }
 
+/// A foca `Ping` from `src` to `dst` with one update piggybacked: `dst`
+/// suspected at `incarnation`. `dst` refutes the suspicion before it
+/// answers, so its `Ack` carries the refuting incarnation back to `src`
+/// (see `buddy.rs`). The sender's incarnation is left at 0: an older
+/// incarnation than the receiver knows changes nothing there.
+pub fn suspicion_ping(
+    src: &NodeId,
+    dst: &NodeId,
+    incarnation: foca::Incarnation,
+) -> Result<Vec<u8>, GuardError> {
+    let mut buf = Vec::with_capacity(128);
+    let header: (&NodeId, u16, DstPrint, Message<NodeId>) =
+        (src, 0, dst.dst_print(), Message::Ping(0));
+    postcard::serialize_with_flavor(&header, IntoBuf(&mut buf))?;
+    buf.put_u16(1);
+    let suspect = Member::new(dst.clone(), incarnation, foca::State::Suspect);
+    PostcardCodec.encode_member(&suspect, &mut buf)?;
+    Ok(buf)
+}
+
 impl Codec<NodeId> for GuardedCodec {
     type Error = GuardError;
 

@@ -3,6 +3,7 @@
 //! timers to schedule and events. No sockets, threads, sleeps or clocks here,
 //! so the tokio runtime and a deterministic simulator drive the same code.
 
+mod buddy;
 mod codec;
 pub mod commands;
 mod delta;
@@ -177,6 +178,8 @@ pub struct Engine {
     news: news::Forwarder,
     /// Suspects this node has decided about dialling (see [`suspects`]).
     suspects_seen: BTreeSet<(Arc<str>, u64)>,
+    /// Suspicions this node started, pinged about (see [`buddy`]).
+    buddies: buddy::Buddies,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -306,6 +309,7 @@ impl Engine {
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
+            buddies: Default::default(),
             security_epoch: 0,
         };
         engine.record.facts = engine.merged_facts();
@@ -407,6 +411,9 @@ impl Engine {
         self.tick(now_ms);
         match timer {
             Timer::Swim(t) => {
+                if !self.swim_timer_is_live(&t) {
+                    return self.after_change();
+                }
                 if let Err(e) = self.swim.handle_timer(t, &mut self.swim_rt) {
                     tracing::debug!(error = %e, "swim timer error");
                 }
@@ -543,23 +550,17 @@ impl Engine {
 
     fn drain_swim(&mut self) {
         while let Some((to, packet)) = self.swim_rt.to_send() {
-            let mut nonce = [0u8; 24];
-            if self.seals().is_some() {
-                rand::Rng::fill_bytes(&mut self.nonce_rng, &mut nonce);
-            }
-            let bytes = match self.seals() {
-                Some(ring) => wire::sealed_datagram(&self.label, ring, nonce, &packet),
-                None => wire::plain_datagram(&self.label, &packet),
-            };
-            {
-                let mut sh = lock(&self.shared);
-                sh.counters.datagrams_out += 1;
-                sh.counters.datagram_bytes_out += bytes.len() as u64;
-            }
-            self.outputs
-                .push_back(Output::Datagram { to: to.addr, bytes });
+            self.send_swim_packet(to.addr, &packet);
         }
         while let Some((after, timer)) = self.swim_rt.to_schedule() {
+            if let foca::Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &timer
+            {
+                self.suspicion_started(member_id, *incarnation);
+            }
             self.schedule(Timer::Swim(timer), after);
         }
         let mut notified = 0;
@@ -571,6 +572,25 @@ impl Engine {
             // foca's queues keep their largest size; start them afresh.
             self.swim_rt = AccumulatingRuntime::new();
         }
+    }
+
+    /// Wraps one of foca's packets for the wire (sealed when the keyring
+    /// says so) and sends it.
+    fn send_swim_packet(&mut self, to: SocketAddr, packet: &[u8]) {
+        let mut nonce = [0u8; 24];
+        if self.seals().is_some() {
+            rand::Rng::fill_bytes(&mut self.nonce_rng, &mut nonce);
+        }
+        let bytes = match self.seals() {
+            Some(ring) => wire::sealed_datagram(&self.label, ring, nonce, packet),
+            None => wire::plain_datagram(&self.label, packet),
+        };
+        {
+            let mut sh = lock(&self.shared);
+            sh.counters.datagrams_out += 1;
+            sh.counters.datagram_bytes_out += bytes.len() as u64;
+        }
+        self.outputs.push_back(Output::Datagram { to, bytes });
     }
 
     fn on_notification(&mut self, n: OwnedNotification<NodeId>) {

@@ -13,6 +13,10 @@ pub enum Watch {
     MemberJoined(String),
     /// Nodes declare this node failed.
     MemberFailed(String),
+    /// Nodes (in) this tribe: each node that joins it.
+    TribeJoined(String),
+    /// Nodes leaving this tribe.
+    TribeLeft(String),
     /// Nodes are told to load this plugin of this tribe.
     PluginLoad {
         /// Tribe.
@@ -128,6 +132,14 @@ impl Observer {
                 }
                 self.mark(&Watch::MemberFailed(name.clone()), node, now);
                 (6, name)
+            }
+            Event::TribeJoined { tribe, .. } => {
+                self.mark(&Watch::TribeJoined(tribe.clone()), node, now);
+                (8, tribe)
+            }
+            Event::TribeLeft { tribe } => {
+                self.mark(&Watch::TribeLeft(tribe.clone()), node, now);
+                (9, tribe)
             }
             Event::PluginLoad(p) => {
                 let w = Watch::PluginLoad {
