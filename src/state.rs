@@ -59,13 +59,14 @@ pub struct State {
     buckets: Buckets,
 }
 
-/// XOR of the first 8 bytes of the hash of every write, per bucket.
+/// XOR of the first 8 bytes of the hash of every write, per bucket; and
+/// XOR of the whole hash of every write, for [`State::digest`].
 #[derive(Debug, Clone)]
-struct Buckets([u64; BUCKETS]);
+struct Buckets([u64; BUCKETS], [u8; 32]);
 
 impl Default for Buckets {
     fn default() -> Self {
-        Buckets([0; BUCKETS])
+        Buckets([0; BUCKETS], [0; 32])
     }
 }
 
@@ -75,6 +76,9 @@ impl Buckets {
         let mut word = [0u8; 8];
         word.copy_from_slice(&hash[..8]);
         self.0[bucket] ^= u64::from_le_bytes(word);
+        for (all, byte) in self.1.iter_mut().zip(hash) {
+            *all ^= byte;
+        }
     }
 }
 
@@ -227,12 +231,14 @@ impl State {
             .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (&**k, v)))
     }
 
-    /// Digest of the whole store: equal on two nodes iff they hold the same writes.
+    /// Digest of the whole store: equal on two nodes iff they hold the same
+    /// writes. SHA-256 of the number of writes and the XOR of their hashes
+    /// (each a SHA-256 of key and write), kept up to date on every change:
+    /// reading it costs one hash, not one per record.
     pub fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
-        for stored in self.entries.values() {
-            h.update(stored.hash);
-        }
+        h.update((self.entries.len() as u64).to_le_bytes());
+        h.update(self.buckets.1);
         h.finalize().into()
     }
 
@@ -413,6 +419,20 @@ mod tests {
         buckets
     }
 
+    /// [`State::digest`] from scratch: every write hashed again.
+    fn recomputed_digest(s: &State) -> [u8; 32] {
+        let mut all = [0u8; 32];
+        for (key, entry) in s.iter() {
+            for (a, b) in all.iter_mut().zip(entry_hash(key, entry)) {
+                *a ^= b;
+            }
+        }
+        let mut h = Sha256::new();
+        h.update((s.len() as u64).to_le_bytes());
+        h.update(all);
+        h.finalize().into()
+    }
+
     fn apply(writes: &[(Key, Entry)]) -> State {
         let mut s = State::new();
         for (k, e) in writes {
@@ -474,10 +494,15 @@ mod tests {
             }
             prop_assert_eq!(s.tombstones, s.iter().filter(|(_, e)| e.value.is_none()).count());
             prop_assert_eq!(s.bucket_hashes(), recomputed_buckets(&s));
+            prop_assert_eq!(s.digest(), recomputed_digest(&s));
             let mut collected = s.clone();
             collected.collect_tombstones(u64::MAX);
             prop_assert_eq!(collected.tombstones, 0);
             prop_assert_eq!(collected.bucket_hashes(), recomputed_buckets(&collected));
+            prop_assert_eq!(collected.digest(), recomputed_digest(&collected));
+            if collected.len() != s.len() {
+                prop_assert_ne!(collected.digest(), s.digest());
+            }
             for kind in Kind::ALL {
                 prop_assert_eq!(collected.count(kind), s.live().filter(|(k, _)| k.kind() == kind).count());
             }
