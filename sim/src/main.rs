@@ -524,31 +524,41 @@ fn policy_change(sim: &mut Sim, n: usize, about: &str, series: &mut Series) -> R
     *series = Series::new(
         format!("Policy change: {joiners} nodes join a tribe, {leavers} leave it ({about})"),
         "nodes",
-        &["t_s", "joined", "left", "nodes_with_node_0_state"],
+        &["t_s", "joined", "left", "nodes_holding_the_whole_change"],
         Some(n as f64),
     );
     let start = sim.now();
     let mut same_at = None;
+    // Per sample: time, joiners and leavers done, and each node's state
+    // digest (its first 64 bits), to count against the final one after.
+    let mut samples: Vec<(f64, usize, usize, Vec<u64>)> = Vec::new();
     while sim.now() < start + Duration::from_secs(60) && same_at.is_none() {
         sim.run_for(Duration::from_millis(100));
         let count = |w: &Watch, s: usize| {
             let seen = sim.seen(w);
             movers(s).filter(|&i| seen[i].is_some()).count()
         };
-        let digests: Vec<String> = (0..n)
+        let digests: Vec<u64> = (0..n)
             .filter_map(|i| sim.engine(i).map(|e| e.state_digest()))
+            .map(|d| u64::from_str_radix(&d[..16], 16).unwrap_or(0))
             .collect();
-        let same = digests.iter().filter(|d| **d == digests[0]).count();
-        let t = (sim.now() - start).as_secs_f64();
-        series.row(&[
-            t,
-            count(&joined, 1) as f64,
-            count(&left, 0) as f64,
-            same as f64,
-        ]);
-        if same == n {
+        if digests.iter().all(|d| *d == digests[0]) {
             same_at = Some(sim.now() - start);
         }
+        let t = (sim.now() - start).as_secs_f64();
+        samples.push((t, count(&joined, 1), count(&left, 0), digests));
+    }
+    // The final state is the one most nodes hold at the end (all of them,
+    // when the change converged).
+    let mut last = samples.last().map(|s| s.3.clone()).unwrap_or_default();
+    last.sort_unstable();
+    let final_digest = last
+        .chunk_by(|a, b| a == b)
+        .max_by_key(|run| run.len())
+        .map_or(0, |run| run[0]);
+    for (t, j, l, digests) in &samples {
+        let holding = digests.iter().filter(|d| **d == final_digest).count();
+        series.row(&[*t, *j as f64, *l as f64, holding as f64]);
     }
     say!("- before the change: {placed} nodes in tribe hot (shard 0)");
     let pick = |w: &Watch, s: usize| {

@@ -97,7 +97,7 @@ fn each_scenario_writes_its_summary_csv_and_chart() {
     assert!(out.contains("joined by 4/4 nodes"), "{out}");
     assert!(out.contains("left by 4/4 nodes"), "{out}");
     assert!(out.contains("view of tribe hot is not shard 1: 0"), "{out}");
-    assert!(csv.starts_with("t_s,joined,left,nodes_with_node_0_state\n"));
+    assert!(csv.starts_with("t_s,joined,left,nodes_holding_the_whole_change\n"));
     assert_eq!(last_row(&csv)[1..], [4.0, 4.0, 40.0]);
     assert_chart(&png);
 
