@@ -221,6 +221,29 @@ mod tests {
     }
 
     #[test]
+    fn a_suspicion_ping_decodes_at_the_suspect_as_a_ping_carrying_its_suspicion() {
+        let me = id("node-b", 40_001, 1_764_590_000_000);
+        let peer = id("node-a", 40_000, 1_764_590_000_123);
+        let packet = suspicion_ping(&peer, &me, 5).unwrap();
+        let mut codec = codec_of(me.clone());
+        let mut read = &packet[..];
+        let header = codec.decode_header(&mut read).unwrap();
+        assert_eq!(
+            header,
+            Header {
+                src: peer,
+                src_incarnation: 0,
+                dst: me.clone(),
+                message: Message::Ping(0),
+            }
+        );
+        assert_eq!(read.get_u16(), 1, "one update piggybacked");
+        let update = codec.decode_member(&mut read).unwrap();
+        assert_eq!(update, Member::new(me, 5, foca::State::Suspect));
+        assert!(read.is_empty());
+    }
+
+    #[test]
     fn a_header_to_us_decodes_to_our_identity_and_is_smaller_than_foca_s() {
         let me = id("node-b", 40_001, 1_764_590_000_000);
         let peer = id("node-a", 40_000, 1_764_590_000_123);
