@@ -59,14 +59,20 @@ pub struct State {
     buckets: Buckets,
 }
 
-/// XOR of the first 8 bytes of the hash of every write, per bucket; and
-/// XOR of the whole hash of every write, for [`State::digest`].
+/// XORs of the hashes of every write: per bucket, of their first 8 bytes;
+/// over all writes, of the whole hash (for [`State::digest`]).
 #[derive(Debug, Clone)]
-struct Buckets([u64; BUCKETS], [u8; 32]);
+struct Buckets {
+    per_bucket: [u64; BUCKETS],
+    all: [u8; 32],
+}
 
 impl Default for Buckets {
     fn default() -> Self {
-        Buckets([0; BUCKETS], [0; 32])
+        Buckets {
+            per_bucket: [0; BUCKETS],
+            all: [0; 32],
+        }
     }
 }
 
@@ -75,8 +81,8 @@ impl Buckets {
     fn toggle(&mut self, bucket: usize, hash: &[u8; 32]) {
         let mut word = [0u8; 8];
         word.copy_from_slice(&hash[..8]);
-        self.0[bucket] ^= u64::from_le_bytes(word);
-        for (all, byte) in self.1.iter_mut().zip(hash) {
+        self.per_bucket[bucket] ^= u64::from_le_bytes(word);
+        for (all, byte) in self.all.iter_mut().zip(hash) {
             *all ^= byte;
         }
     }
@@ -238,7 +244,7 @@ impl State {
     pub fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update((self.entries.len() as u64).to_le_bytes());
-        h.update(self.buckets.1);
+        h.update(self.buckets.all);
         h.finalize().into()
     }
 
@@ -249,7 +255,7 @@ impl State {
 
     /// One 64-bit summary per bucket (XOR of entry hashes, so order-free).
     pub fn bucket_hashes(&self) -> Vec<u64> {
-        self.buckets.0.to_vec()
+        self.buckets.per_bucket.to_vec()
     }
 
     /// Every entry whose key falls in one of `buckets`.

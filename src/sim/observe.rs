@@ -13,7 +13,7 @@ pub enum Watch {
     MemberJoined(String),
     /// Nodes declare this node failed.
     MemberFailed(String),
-    /// Nodes (in) this tribe: each node that joins it.
+    /// Nodes joining this tribe.
     TribeJoined(String),
     /// Nodes leaving this tribe.
     TribeLeft(String),
