@@ -242,14 +242,26 @@ async fn ipv6_loopback_cluster() {
 async fn bind_and_advertise_are_separate() {
     let first = Node::start(test_config("adv0")).await.unwrap();
     // Bind on all interfaces, advertise loopback at the same port.
-    let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = probe.local_addr().unwrap().port();
-    drop(probe);
-    let mut cfg = test_config("adv1");
-    cfg.bind = format!("0.0.0.0:{port}").parse().unwrap();
-    cfg.advertise = Some(format!("127.0.0.1:{port}").parse().unwrap());
-    cfg.seeds = vec![first.addr()];
-    let second = Node::start(cfg).await.unwrap();
+    // The port is picked free and then bound again, so a test running beside
+    // this one may take it in between: pick another one then.
+    let mut attempt = 0;
+    let (second, port) = loop {
+        let probe = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = probe.local_addr().unwrap().port();
+        drop(probe);
+        let mut cfg = test_config("adv1");
+        cfg.bind = format!("0.0.0.0:{port}").parse().unwrap();
+        cfg.advertise = Some(format!("127.0.0.1:{port}").parse().unwrap());
+        cfg.seeds = vec![first.addr()];
+        match Node::start(cfg).await {
+            Ok(node) => break (node, port),
+            Err(Error::Io(e)) if attempt < 20 => {
+                attempt += 1;
+                eprintln!("port {port} taken meanwhile ({e}), picking another");
+            }
+            Err(e) => panic!("start adv1: {e:?}"),
+        }
+    };
     let nodes = [first, second];
     wait_converged_members(&nodes, 2).await;
     let seen = nodes[0]
