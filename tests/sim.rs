@@ -399,3 +399,24 @@ fn under_heavy_loss_refuted_suspicions_make_no_node_rejoin() {
         sim.false_failures()
     );
 }
+
+/// A late join reaches every node of a small cluster within a few round
+/// trips, well inside one gossip tick (200 ms): the early gossip round
+/// that news starts misses a node now and then (each peer with a chance of
+/// about e^-3), and the follow-up round a gap later reaches it.
+#[test]
+fn a_late_join_reaches_every_node_before_the_gossip_tick() {
+    let n = 32;
+    for seed in 1..=8 {
+        let mut sim = Sim::new(config(seed));
+        sim.add_formed(n);
+        sim.run_for(Duration::from_secs(3));
+        sim.watch(Watch::MemberJoined(format!("sim-{n}")));
+        let late = sim.add_node();
+        sim.run_for(Duration::from_secs(2));
+        let seen = sim.seen(&Watch::MemberJoined(sim.name(late).to_string()));
+        let spread = Spread::of(&seen[..n]).expect("spread");
+        assert_eq!(spread.seen, n, "seed {seed}: {spread:?}");
+        assert!(secs(spread.max) < 0.15, "seed {seed}: {spread:?}");
+    }
+}

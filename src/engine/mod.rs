@@ -78,6 +78,8 @@ pub enum Timer {
     Reconnect,
     /// Reap, collect tombstones, expire stalled exchanges.
     Housekeeping,
+    /// An early gossip round (news faster than the tick).
+    News,
 }
 
 /// Something the driver must do for the engine.
@@ -432,6 +434,7 @@ impl Engine {
                 self.reconnect();
                 self.schedule_jittered(Timer::Reconnect, self.timings.reconnect_interval);
             }
+            Timer::News => self.news.timer_fired(),
             Timer::Housekeeping => {
                 self.housekeeping();
                 self.check_suspects();
@@ -532,19 +535,28 @@ impl Engine {
     }
 
     /// Sends out what foca produced and reacts to its notifications.
-    /// Gossips at once when the last input brought news (see [`news`]).
+    /// Gossips at once when the last input brought news, and a few times
+    /// more a gap apart while it is queued (see [`news`]).
     fn forward_news(&mut self) {
         if self.left || !self.active {
             return;
         }
-        let backlog = self.swim.updates_backlog() + self.swim.custom_broadcast_backlog();
-        if self.news.should_gossip(self.now_ms(), backlog) {
-            if let Err(e) = self.swim.gossip(&mut self.swim_rt) {
-                tracing::debug!(error = %e, "early gossip failed");
+        loop {
+            let backlog = self.swim.updates_backlog() + self.swim.custom_broadcast_backlog();
+            match self.news.next_round(self.now_ms(), backlog) {
+                news::Round::No => return,
+                news::Round::After(ms) => {
+                    return self.schedule(Timer::News, Duration::from_millis(ms));
+                }
+                news::Round::Now => {
+                    if let Err(e) = self.swim.gossip(&mut self.swim_rt) {
+                        tracing::debug!(error = %e, "early gossip failed");
+                    }
+                    self.news
+                        .sent(self.swim.updates_backlog() + self.swim.custom_broadcast_backlog());
+                    self.drain_swim();
+                }
             }
-            self.news
-                .sent(self.swim.updates_backlog() + self.swim.custom_broadcast_backlog());
-            self.drain_swim();
         }
     }
 
