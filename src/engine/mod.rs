@@ -66,7 +66,9 @@ pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 pub struct ConnId(pub u64);
 
 /// A timer the engine asked for; deliver it back through [`Engine::handle_timer`].
+/// A driver only hands timers back, so new kinds may come in any release.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Timer {
     /// A SWIM protocol timer.
     Swim(foca::Timer<NodeId>),
