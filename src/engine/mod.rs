@@ -537,8 +537,8 @@ impl Engine {
     }
 
     /// Sends out what foca produced and reacts to its notifications.
-    /// Gossips at once when the last input brought news, and a few times
-    /// more a gap apart while it is queued (see [`news`]).
+    /// Gossips at once when the last input brought news, and once more a
+    /// gap later while it is queued (see [`news`]).
     fn forward_news(&mut self) {
         if self.left || !self.active {
             return;

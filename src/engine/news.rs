@@ -82,7 +82,7 @@ impl Forwarder {
             return Round::No;
         }
         let wait = self.last_ms.map_or(0, |last| {
-            (last.saturating_add(self.gap_ms)).saturating_sub(now_ms)
+            last.saturating_add(self.gap_ms).saturating_sub(now_ms)
         });
         if wait > 0 {
             self.timer_set = true;
