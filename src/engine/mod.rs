@@ -551,11 +551,11 @@ impl Engine {
                     return self.schedule(Timer::News, Duration::from_millis(ms));
                 }
                 news::Round::Now => {
+                    // Gossip only shrinks the backlog, so the next look
+                    // sees no news in it, only a follow-up owed.
                     if let Err(e) = self.swim.gossip(&mut self.swim_rt) {
                         tracing::debug!(error = %e, "early gossip failed");
                     }
-                    self.news
-                        .sent(self.swim.updates_backlog() + self.swim.custom_broadcast_backlog());
                     self.drain_swim();
                 }
             }

@@ -92,11 +92,6 @@ impl Forwarder {
         self.last_ms = Some(now_ms);
         Round::Now
     }
-
-    /// Records the backlog after an early round (it may have shrunk).
-    pub(super) fn sent(&mut self, backlog: usize) {
-        self.last_backlog = backlog;
-    }
 }
 
 #[cfg(test)]
@@ -108,7 +103,6 @@ mod tests {
         let mut f = Forwarder::new(50);
         assert_eq!(f.next_round(0, 0), Round::No, "nothing queued");
         assert_eq!(f.next_round(10, 2), Round::Now, "a new broadcast");
-        f.sent(2);
         assert_eq!(f.next_round(10, 2), Round::After(50), "a follow-up");
         assert_eq!(f.next_round(20, 2), Round::No, "the timer is set");
         f.timer_fired();
@@ -131,7 +125,6 @@ mod tests {
     fn an_emptied_backlog_ends_the_follow_ups() {
         let mut f = Forwarder::new(50);
         assert_eq!(f.next_round(0, 1), Round::Now);
-        f.sent(0);
         assert_eq!(f.next_round(0, 0), Round::No);
         assert_eq!(f.next_round(100, 0), Round::No, "nothing owed at rest");
     }
