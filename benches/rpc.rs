@@ -18,11 +18,12 @@
 //! It prints a markdown table and never asserts on timings.
 //!
 //! ```text
-//! cargo bench --bench rpc -- [--quick] [--small]
+//! cargo bench --bench rpc -- [--quick] [--small | --large]
 //! ```
 //!
 //! `--small` keeps the rows the C ABI benchmark (`scripts/bench-c`) compares
-//! with: 100 B payloads at concurrency 1 and 16.
+//! with: 100 B payloads at concurrency 1 and 16. `--large` keeps the 64 KiB
+//! rows, for profiling the large-payload path.
 //!
 //! Logs go to stderr (`RUST_LOG`, default `warn`), progress too; the table
 //! goes to stdout.
@@ -39,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tribe::{CallTarget, Config, Keyring, Node, PluginKind, Profile, SecretKey};
 
-const USAGE: &str = "usage: rpc [--quick] [--small]";
+const USAGE: &str = "usage: rpc [--quick] [--small | --large]";
 const PAYLOADS: [usize; 2] = [100, 64 * 1024];
 const CONCURRENCY: [usize; 3] = [1, 16, 256];
 const TRIBE: &str = "bench";
@@ -461,10 +462,12 @@ fn rss_mib() -> Option<u64> {
 }
 
 fn main() {
-    let flags = common::flags(USAGE, &["--quick", "--small"]);
+    let flags = common::flags(USAGE, &["--quick", "--small", "--large"]);
     let quick = flags.contains("--quick");
     let (payloads, concurrency): (&[usize], &[usize]) = if flags.contains("--small") {
         (&PAYLOADS[..1], &CONCURRENCY[..2])
+    } else if flags.contains("--large") {
+        (&PAYLOADS[1..], &CONCURRENCY)
     } else {
         (&PAYLOADS, &CONCURRENCY)
     };

@@ -771,8 +771,7 @@ async fn run_conn(
         mut opener,
         _place,
     } = stream;
-    let (reader, mut writer) = stream.into_split();
-    let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
+    let (mut reader, mut writer) = stream.into_split();
     let writing = async move {
         while let Some(out) = rx.recv().await {
             match out {

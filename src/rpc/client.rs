@@ -261,7 +261,7 @@ impl Pool {
     /// task reading the host's answers.
     fn conn_over<R, W>(
         &self,
-        reader: R,
+        mut reader: R,
         writer: W,
         sealer: stream::Sealer,
         mut opener: stream::Opener,
@@ -270,7 +270,6 @@ impl Pool {
         R: tokio::io::AsyncRead + Unpin + Send + 'static,
         W: tokio::io::AsyncWrite + Send + 'static,
     {
-        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let (out, flusher) = Outbox::new(sealer, writer);
         let pending: Arc<Pending> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));

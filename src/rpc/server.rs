@@ -225,7 +225,7 @@ impl Server {
     /// cancelled.
     pub async fn serve_stream<R, W>(
         self: Arc<Self>,
-        reader: R,
+        mut reader: R,
         mut writer: W,
         mut sealer: Sealer,
         mut opener: Opener,
@@ -250,7 +250,6 @@ impl Server {
         };
         let (outbox, flusher) = Outbox::new(sealer, writer);
         let mut flushing = tokio::spawn(flusher);
-        let mut reader = tokio::io::BufReader::with_capacity(64 * 1024, reader);
         let mut killed = self.killed.subscribe();
         let mut epoch = self.epoch.subscribe();
         if *killed.borrow_and_update() {
