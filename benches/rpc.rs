@@ -275,11 +275,19 @@ struct Row {
     hist: Histogram<u64>,
     errors: u64,
     first_error: Option<String>,
+    /// CPU seconds the process used from the end of the warm-up on.
+    cpu: Option<f64>,
 }
 
 impl Row {
     fn calls_per_s(&self) -> f64 {
         self.calls as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Process CPU per call (every thread of the run), in µs.
+    fn cpu_us_per_call(&self) -> f64 {
+        self.cpu
+            .map_or(f64::NAN, |cpu| cpu * 1e6 / self.calls.max(1) as f64)
     }
 
     /// Payload megabytes (10^6 bytes) per second, one way.
@@ -314,6 +322,8 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
     // after the run so no task shares it while calling.
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
         .expect("building a latency histogram");
+    tokio::time::sleep_until(warm_end.into()).await;
+    let cpu_before = process_cpu_secs();
     let mut row_errors = 0;
     let mut first_error = None;
     let mut last = end;
@@ -339,6 +349,9 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
             }
         }
     }
+    let cpu = process_cpu_secs()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     Row {
         path,
         payload: payload_len,
@@ -348,7 +361,19 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
         hist,
         errors: row_errors,
         first_error,
+        cpu,
     }
+}
+
+/// CPU time of this whole process (every thread: clients, both nodes, the
+/// raw echo), from `/proc/self/stat`, in seconds (10 ms ticks).
+fn process_cpu_secs() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which ends with the last ')'.
+    let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
+    // utime and stime are fields 14 and 15 of the whole line.
+    Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
 fn pattern(size: usize) -> Vec<u8> {
@@ -578,9 +603,9 @@ fn main() {
 
     println!(
         "| path | payload | concurrency | calls/s | MB/s | p50 µs | p99 µs | p999 µs \
-         | calls/s vs raw TCP | errors |"
+         | calls/s vs raw TCP | CPU µs/call | errors |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let raw = rows
             .iter()
@@ -589,7 +614,7 @@ fn main() {
             })
             .map_or(f64::NAN, Row::calls_per_s);
         println!(
-            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.2} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.2} | {} | {} |",
             row.path.label(),
             size_label(row.payload),
             row.concurrency,
@@ -599,6 +624,7 @@ fn main() {
             us(row.quantile_us(0.99)),
             us(row.quantile_us(0.999)),
             row.calls_per_s() / raw,
+            us(row.cpu_us_per_call()),
             row.errors,
         );
     }
@@ -613,7 +639,8 @@ fn main() {
     );
     println!(
         "MB/s = 10^6 payload bytes per second one way (the echo sends as many back). \
-         Errors include the warm-up."
+         CPU µs/call = CPU time of the whole process (clients and servers alike) \
+         from the end of the warm-up, per call. Errors include the warm-up."
     );
     for note in notes {
         println!("{note}");
