@@ -535,9 +535,9 @@ impl Opener {
     }
 
     /// Drops the bytes handed out before reading more: all of them when
-    /// nothing else waits (giving a grown buffer back), or by moving the
-    /// waiting bytes to the front when they are no more than those dropped
-    /// (so each byte moves at most once on average).
+    /// nothing else waits, or by moving the waiting bytes to the front when
+    /// they are no more than those dropped (so each byte moves at most once
+    /// on average). A buffer a large frame grew is given back either way.
     fn make_room(&mut self) {
         if self.start == 0 {
             return;
@@ -552,6 +552,10 @@ impl Opener {
         } else if pending <= self.start {
             self.buf.drain(..self.start);
             self.start = 0;
+            if self.buf.capacity() > KEEP_CAPACITY {
+                // A large frame went by: its memory is not kept either.
+                self.buf.shrink_to(pending.max(READ_STEP));
+            }
         }
     }
 }
@@ -669,6 +673,28 @@ mod tests {
             drop(writer.await.unwrap());
             assert!(opener.next_frame(&mut b).await.unwrap().is_none());
         }
+    }
+
+    /// A large frame's memory is given back once smaller frames follow.
+    #[tokio::test]
+    async fn a_large_frame_does_not_pin_its_memory() {
+        let ((mut sealer, _, mut a), (_, mut opener, mut b)) = pair(&sealed(), 1 << 20).await;
+        let big = vec![9u8; 900_000];
+        sealer.write_frame(&mut a, &big).await.unwrap();
+        assert_eq!(
+            opener.next_frame(&mut b).await.unwrap().unwrap().len(),
+            big.len()
+        );
+        assert!(opener.buf.capacity() >= big.len());
+        for n in 0..3u8 {
+            sealer.write_frame(&mut a, &[n; 10]).await.unwrap();
+            assert_eq!(opener.next_frame(&mut b).await.unwrap().unwrap(), [n; 10]);
+        }
+        assert!(
+            opener.buf.capacity() <= KEEP_CAPACITY,
+            "{}",
+            opener.buf.capacity()
+        );
     }
 
     /// A read dropped half-way (as `select!` does when another branch wins)
