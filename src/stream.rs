@@ -323,6 +323,9 @@ impl Sealer {
         body: &[u8],
     ) -> Result<(), StreamError> {
         self.buf.clear();
+        // Room for the tag too, so sealing never moves the frame.
+        self.buf
+            .reserve(wire::FRAME_HEADER + body.len() + self.tag_len());
         self.buf.extend_from_slice(&[0; wire::FRAME_HEADER]);
         self.buf.extend_from_slice(body);
         self.finish_and_write(writer).await
