@@ -125,7 +125,9 @@ async fn fetch_from(
         let answer = shared
             .rpc
             .pool
-            .request(addr, &security, deadline, |id| RpcMsg::Fetch {
+            // Chunks are large answers: fetches beside other large calls
+            // may get a stream of their own.
+            .request(addr, &security, deadline, true, |id| RpcMsg::Fetch {
                 id,
                 sha256: artifact.sha256,
                 offset,

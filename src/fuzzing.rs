@@ -386,7 +386,8 @@ pub fn rpc_client(data: &[u8]) {
         }
         let sha = crate::artifacts::sha256(&artifact_bytes());
         let _ = pool
-            .request(addr, &security, deadline, |id| {
+            // Never large: the adopted in-memory host is the only stream.
+            .request(addr, &security, deadline, false, |id| {
                 if which & 1 == 0 {
                     echo_call(id)
                 } else {

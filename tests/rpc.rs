@@ -361,15 +361,17 @@ async fn a_host_serves_only_calls_through_tribes_it_is_in() {
     for (tribe, refused) in [("other", true), ("svc", false)] {
         let answer = rpc
             .pool
-            .request(nodes[1].addr(), &security, deadline, |id| RpcMsg::Call {
-                id,
-                caller: "n0".into(),
-                tribe: tribe.into(),
-                plugin: "echo".into(),
-                version: "1".into(),
-                kind: PluginKind::Processor,
-                budget_ms: 1000,
-                payload: b"x".to_vec(),
+            .request(nodes[1].addr(), &security, deadline, false, |id| {
+                RpcMsg::Call {
+                    id,
+                    caller: "n0".into(),
+                    tribe: tribe.into(),
+                    plugin: "echo".into(),
+                    version: "1".into(),
+                    kind: PluginKind::Processor,
+                    budget_ms: 1000,
+                    payload: b"x".to_vec(),
+                }
             })
             .await
             .unwrap_or_else(|_| panic!("sent"))

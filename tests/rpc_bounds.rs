@@ -1,8 +1,9 @@
 //! Bounds of the serving side, over real nodes on 127.0.0.1: call streams
 //! over the configured limit are refused with a frame that callers read as
-//! `Overloaded` (and counted), and a handler's reply over `max_payload`
-//! reaches its caller as a `too_large` error (and is counted) while the
-//! stream lives on.
+//! `Overloaded` (and counted), a caller whose extra stream for large calls
+//! is refused keeps calling on the stream it has, and a handler's reply
+//! over `max_payload` reaches its caller as a `too_large` error (and is
+//! counted) while the stream lives on.
 mod common;
 
 use std::time::Duration;
@@ -84,6 +85,56 @@ async fn call_streams_over_the_bound_are_refused_as_overloaded() {
             .unwrap(),
         b"c"
     );
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+}
+
+/// `n` calls of `size`-byte payloads at once to the host's `slow`
+/// handler; each reply must be its own payload.
+async fn overlapping_calls(caller: &Node, n: u8, size: usize) {
+    let calls = (0..n).map(|i| async move {
+        let payload = vec![i; size];
+        let reply = caller
+            .call(&target("slow"), payload.clone(), 5 * SECOND)
+            .await;
+        assert_eq!(reply.unwrap(), payload, "call {i} of {size} B");
+    });
+    futures_util::future::join_all(calls).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_calls_try_another_stream_and_keep_the_one_they_have_when_refused() {
+    let nodes = host_cluster("ls", 2, |cfg| cfg.rpc.max_streams = 1).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.serve(
+        "slow",
+        "1",
+        PluginKind::Processor,
+        |_, payload| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Ok(payload)
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("slow seen", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| m.endpoints.len() == 3)
+    })
+    .await;
+    // Small calls share one stream however many overlap: none is refused.
+    overlapping_calls(caller, 12, 100).await;
+    assert_eq!(host.rpc_stats().streams_refused, 0);
+    // Overlapping large calls ask for another stream; the host at its
+    // bound refuses it, and every call still runs, on the first stream.
+    overlapping_calls(caller, 12, 32 * 1024).await;
+    let refused = host.rpc_stats().streams_refused;
+    assert!(refused >= 1, "no second stream was tried");
+    let stats = caller.rpc_stats();
+    assert_eq!((stats.ok, stats.overloaded, stats.failovers), (24, 0, 0));
+    // For a while after a refusal no more streams are tried.
+    overlapping_calls(caller, 12, 32 * 1024).await;
+    assert_eq!(host.rpc_stats().streams_refused, refused);
     for n in nodes {
         let _ = n.shutdown().await;
     }

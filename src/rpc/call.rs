@@ -205,17 +205,20 @@ impl Rpc {
             }
             let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
             let _load = self.pool.reserve(cand.addr);
+            let large = bytes.len() >= super::client::LARGE_CALL;
             let sent = self
                 .pool
-                .request(cand.addr, &snap.security, deadline, |id| RpcMsg::Call {
-                    id,
-                    caller: snap.me.clone(),
-                    tribe: target.tribe.clone(),
-                    plugin: target.plugin.clone(),
-                    version: cand.version.clone(),
-                    kind: target.kind,
-                    budget_ms,
-                    payload: bytes,
+                .request(cand.addr, &snap.security, deadline, large, |id| {
+                    RpcMsg::Call {
+                        id,
+                        caller: snap.me.clone(),
+                        tribe: target.tribe.clone(),
+                        plugin: target.plugin.clone(),
+                        version: cand.version.clone(),
+                        kind: target.kind,
+                        budget_ms,
+                        payload: bytes,
+                    }
                 })
                 .await;
             match sent {

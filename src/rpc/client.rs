@@ -1,6 +1,7 @@
-//! The calling side: one multiplexed stream per host, calls matched to
-//! replies by id, bounds on calls in flight, and the router that picks a
-//! host and fails over.
+//! The calling side: multiplexed streams to each host (one for small
+//! calls, a few more while large ones overlap), calls matched to replies by
+//! id, bounds on calls in flight, and the router that picks a host and
+//! fails over.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +28,15 @@ pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(
 const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 /// How long connecting to a host may take.
 const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// After a host refused a stream, no more are opened to it for this long.
+const REFUSED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+/// A request or an answer at least this large is a large call.
+pub const LARGE_CALL: usize = 16 * 1024;
+/// Streams to one host that large calls may spread over. Large frames
+/// queued on one socket wait for one another and for one reader on each
+/// side; on separate sockets they are written, carried and read in
+/// parallel. Small calls keep to one stream, where one write carries many.
+const MAX_STREAMS_PER_HOST: usize = 4;
 
 /// What came back for one request.
 #[derive(Debug)]
@@ -53,8 +63,39 @@ pub enum NotSent {
 }
 
 type Pending = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
-/// The stream to one host, opened once by whichever call needs it first.
-type Slot = Arc<tokio::sync::Mutex<Option<Arc<Conn>>>>;
+
+/// The streams to one host.
+#[derive(Default)]
+struct Slot {
+    /// Open streams, the first opened by whichever call needed one first.
+    conns: Mutex<Vec<Arc<Conn>>>,
+    /// Held while a stream to the host is being opened, so calls that
+    /// start together open one, not one each.
+    dialing: tokio::sync::Mutex<()>,
+    /// When the host last refused a whole stream (at its bound of streams).
+    refused_at: Mutex<Option<Instant>>,
+}
+
+impl Slot {
+    /// Whether the host refused a stream within [`REFUSED_FOR`]: no more
+    /// are opened to it meanwhile.
+    fn refused_lately(&self) -> bool {
+        self.refused_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some_and(|at| at.elapsed() < REFUSED_FOR)
+    }
+
+    /// The quietest usable stream other than `conn`.
+    fn open_besides(&self, conn: &Conn) -> Option<Arc<Conn>> {
+        let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns
+            .iter()
+            .filter(|c| !std::ptr::eq(c.as_ref(), conn) && c.usable())
+            .min_by_key(|c| c.in_flight())
+            .map(|c| c.touch())
+    }
+}
 
 /// One multiplexed stream to a host.
 struct Conn {
@@ -72,6 +113,34 @@ struct Conn {
     ended: tokio::sync::watch::Receiver<Option<Option<Refusal>>>,
 }
 
+impl Conn {
+    /// Whether a new call may use it: not failed, and not idle so long that
+    /// the host may be closing it.
+    fn usable(&self) -> bool {
+        self.alive.load(Ordering::Relaxed)
+            && self
+                .last_used
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .elapsed()
+                < CLIENT_IDLE
+    }
+
+    /// Whether the host refused the whole stream.
+    fn refused_whole(&self) -> bool {
+        matches!(*self.ended.borrow(), Some(Some(_)))
+    }
+
+    fn in_flight(&self) -> usize {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
+    fn touch(self: &Arc<Self>) -> Arc<Conn> {
+        *self.last_used.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
+        self.clone()
+    }
+}
+
 impl Drop for Conn {
     fn drop(&mut self) {
         // The last call is done with the stream: its queued requests are
@@ -82,7 +151,7 @@ impl Drop for Conn {
 
 /// Streams to hosts, reused by every call.
 pub struct Pool {
-    slots: Mutex<HashMap<SocketAddr, Slot>>,
+    slots: Mutex<HashMap<SocketAddr, Arc<Slot>>>,
     /// Calls routed to each host and not finished, counted from the moment
     /// of the choice so that calls starting together spread.
     load: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
@@ -195,7 +264,7 @@ impl Pool {
     }
 
     /// The stream slot of `addr`, made on first use.
-    fn slot(&self, addr: SocketAddr) -> Slot {
+    fn slot(&self, addr: SocketAddr) -> Arc<Slot> {
         self.slots
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -204,19 +273,61 @@ impl Pool {
             .clone()
     }
 
-    async fn conn(&self, addr: SocketAddr, security: &Security) -> Result<Arc<Conn>, NotSent> {
-        let slot = self.slot(addr);
-        let mut guard = slot.lock().await;
-        if let Some(c) = guard.as_ref() {
-            let mut last = c.last_used.lock().unwrap_or_else(|p| p.into_inner());
-            if c.alive.load(Ordering::Relaxed) && last.elapsed() < CLIENT_IDLE {
-                *last = Instant::now();
-                return Ok(c.clone());
+    /// The stream a call to `addr` goes on: the least busy open one; a
+    /// large call that finds every stream busy opens another (up to
+    /// [`MAX_STREAMS_PER_HOST`]) unless one is being opened already.
+    async fn conn(
+        &self,
+        slot: &Slot,
+        addr: SocketAddr,
+        security: &Security,
+        large: bool,
+    ) -> Result<Arc<Conn>, NotSent> {
+        let quietest = || {
+            let mut conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.retain(|c| c.usable());
+            let count = conns.len();
+            let best = conns.iter().min_by_key(|c| c.in_flight()).cloned();
+            (best, count)
+        };
+        let (best, count) = quietest();
+        if let Some(best) = best {
+            let enough = !large
+                || count >= MAX_STREAMS_PER_HOST
+                || best.in_flight() == 0
+                || slot.refused_lately();
+            if enough {
+                return Ok(best.touch());
             }
+            // Another stream helps only if it is not on its way already;
+            // one that cannot be opened leaves the call on this one.
+            let Ok(_dialing) = slot.dialing.try_lock() else {
+                return Ok(best.touch());
+            };
+            return match self.open(addr, security).await {
+                Ok(conn) => Ok(self.add(slot, conn)),
+                Err(e) => {
+                    tracing::debug!(%addr, error = ?e, "another call stream not opened");
+                    Ok(best.touch())
+                }
+            };
         }
-        let conn = Arc::new(self.open(addr, security).await?);
-        *guard = Some(conn.clone());
-        Ok(conn)
+        let _dialing = slot.dialing.lock().await;
+        // Whoever held the lock before may have opened one.
+        if let (Some(best), _) = quietest() {
+            return Ok(best.touch());
+        }
+        let conn = self.open(addr, security).await?;
+        Ok(self.add(slot, conn))
+    }
+
+    fn add(&self, slot: &Slot, conn: Conn) -> Arc<Conn> {
+        let conn = Arc::new(conn);
+        slot.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.clone());
+        conn
     }
 
     async fn open(&self, addr: SocketAddr, security: &Security) -> Result<Conn, NotSent> {
@@ -362,28 +473,56 @@ impl Pool {
             return false;
         };
         let (reader, writer) = tokio::io::split(stream);
-        let conn = Arc::new(self.conn_over(reader, writer, sealer, opener));
-        let slot = self.slot(addr);
-        *slot.lock().await = Some(conn);
+        let conn = self.conn_over(reader, writer, sealer, opener);
+        self.add(&self.slot(addr), conn);
         true
     }
 
     /// Sends one request built by `make(id)` to `addr` and waits for its
-    /// answer until `deadline`. `Ok(None)` means the deadline passed.
+    /// answer until `deadline`. `large` says the request or its answer is
+    /// at least [`LARGE_CALL`] bytes. `Ok(None)` means the deadline passed.
     pub async fn request(
         &self,
         addr: SocketAddr,
         security: &Security,
         deadline: Instant,
+        large: bool,
         make: impl FnOnce(u64) -> RpcMsg,
     ) -> Result<Option<Answer>, NotSent> {
-        let conn = tokio::time::timeout_at(deadline, self.conn(addr, security))
+        let slot = self.slot(addr);
+        let conn = tokio::time::timeout_at(deadline, self.conn(&slot, addr, security, large))
             .await
             .map_err(|_| NotSent::OutOfTime)??;
-        if !conn.alive.load(Ordering::Relaxed) {
-            return closed(&conn, deadline).await;
-        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut msg = make(id);
+        let answer = self.send_on(&conn, id, &msg, deadline).await?;
+        if !matches!(answer, Some(Answer::Refused(_))) || !conn.refused_whole() {
+            return Ok(answer);
+        }
+        // The host would not take this stream (at its bound of streams),
+        // so the call did not run: it goes on another stream to the same
+        // host if one is open, and no more are opened for a while.
+        slot.refused_at
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(Instant::now());
+        let Some(other) = slot.open_besides(&conn) else {
+            return Ok(answer);
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        *msg.id_mut() = id;
+        self.send_on(&other, id, &msg, deadline).await
+    }
+
+    /// Sends `msg`, numbered `id`, on `conn` and waits for its answer
+    /// until `deadline`.
+    async fn send_on(
+        &self,
+        conn: &Conn,
+        id: u64,
+        msg: &RpcMsg,
+        deadline: Instant,
+    ) -> Result<Option<Answer>, NotSent> {
         let (tx, rx) = oneshot::channel();
         let alone = {
             let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -399,7 +538,7 @@ impl Pool {
             }
         };
         let Some(alone) = alone else {
-            return closed(&conn, deadline).await;
+            return closed(conn, deadline).await;
         };
         let _forget = Forget {
             pending: &conn.pending,
@@ -407,16 +546,15 @@ impl Pool {
         };
         // A call alone on the stream writes its request itself (no hop to
         // another thread); with company, the flusher batches them.
-        let msg = make(id);
         let sent = if alone {
-            conn.out.send(&msg, false)
+            conn.out.send(msg, false)
         } else {
-            conn.out.defer(&msg, false)
+            conn.out.defer(msg, false)
         };
         match sent {
             Ok(()) => {}
             Err(SendError::Full) => return Err(NotSent::Busy),
-            Err(SendError::Closed) => return closed(&conn, deadline).await,
+            Err(SendError::Closed) => return closed(conn, deadline).await,
         }
         // From here the call may have reached the host: it is never retried
         // elsewhere, only answered or reported lost.

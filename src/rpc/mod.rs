@@ -4,7 +4,8 @@
 //! the one with the fewest calls outstanding), fails over when a host refuses
 //! or cannot be reached before the call ran, and every call ends with a reply
 //! or an error. Calls share one multiplexed stream per host, on the node's
-//! TCP port (sealed like every stream).
+//! TCP port (sealed like every stream); overlapping large calls spread over
+//! a few (see [`client`]).
 
 pub mod call;
 pub mod client;

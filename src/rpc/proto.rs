@@ -77,3 +77,17 @@ pub enum RpcMsg {
         data: Vec<u8>,
     },
 }
+
+impl RpcMsg {
+    /// The id of the call or fetch the frame belongs to, to change it when
+    /// a request is sent again on another stream.
+    pub fn id_mut(&mut self) -> &mut u64 {
+        match self {
+            RpcMsg::Call { id, .. }
+            | RpcMsg::Reply { id, .. }
+            | RpcMsg::Refused { id, .. }
+            | RpcMsg::Fetch { id, .. }
+            | RpcMsg::Chunk { id, .. } => id,
+        }
+    }
+}
