@@ -12,8 +12,12 @@
 //! encoded frame (with room for its tag); `wire` is held only by the one
 //! writer of the moment (the token's holder), which seals the frames it
 //! takes, in stream order as the nonces require, and writes them. So
-//! appending never waits for a seal or for the socket.
+//! appending never waits for a seal or for the socket. Frames stay in the
+//! buffers they were encoded into, and one vectored write carries several:
+//! a large frame is never copied into a batch.
 
+use std::collections::VecDeque;
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -31,14 +35,16 @@ use crate::stream::Sealer;
 /// (256 calls of 64 KiB in flight queue 16 MiB at worst).
 pub const MAX_UNSENT: usize = 64 * 1024 * 1024;
 
-/// A frame at least this large that finds the queue empty becomes the
-/// queue instead of being copied into it (a 64 KiB call copied its payload
-/// once more here on each side); smaller ones are copied into the queue's
-/// reused buffer, cheaper than giving that buffer up.
-const MOVE_FRAME: usize = 4096;
-
-/// A written batch buffer that grew past this is dropped rather than kept.
+/// A written buffer larger than this is dropped rather than kept for reuse.
 const KEEP_CAPACITY: usize = 256 * 1024;
+
+/// Buffers one write hands to the socket at most (well under `IOV_MAX`).
+const BUFFERS_PER_WRITE: usize = 64;
+
+/// A frame smaller than this is copied behind the small frames queued
+/// before it, so that many small frames leave as one buffer; a larger one
+/// stays in the buffer it was encoded into.
+const COPY_BELOW: usize = 4096;
 
 /// Why a frame was not queued.
 #[derive(Debug, PartialEq, Eq)]
@@ -63,7 +69,16 @@ enum Token {
 
 /// Frames encoded and not yet taken by the writer.
 struct Queue {
-    unsent: Vec<u8>,
+    /// Buffers of whole frames: one large frame, or small frames back to
+    /// back.
+    unsent: Vec<Vec<u8>>,
+    /// Whether the last buffer of `unsent` holds small frames (and takes
+    /// more).
+    small_last: bool,
+    /// A written buffer kept for the next small frames (empty).
+    spare: Vec<u8>,
+    /// Bytes of `unsent`.
+    unsent_bytes: usize,
     /// Bytes of the batch the writer holds (for the bound on waiting bytes).
     in_batch: usize,
     token: Token,
@@ -73,7 +88,7 @@ struct Queue {
 
 impl Queue {
     fn waiting(&self) -> usize {
-        self.unsent.len() + self.in_batch
+        self.unsent_bytes + self.in_batch
     }
 }
 
@@ -82,8 +97,33 @@ struct Wire {
     sealer: Sealer,
     /// `None` once the stream was cut or failed.
     writer: Option<Writer>,
-    batch: Vec<u8>,
+    /// Buffers of sealed frames being written; the first has `sent` bytes
+    /// out.
+    batch: VecDeque<Vec<u8>>,
     sent: usize,
+    /// A written buffer on its way back to the queue's `spare`.
+    spare: Vec<u8>,
+}
+
+impl Wire {
+    /// Counts `n` bytes as written, dropping the frames they finish.
+    fn advance(&mut self, mut n: usize) {
+        while let Some(first) = self.batch.front() {
+            let left = first.len() - self.sent;
+            if n < left {
+                self.sent += n;
+                return;
+            }
+            n -= left;
+            self.sent = 0;
+            if let Some(mut done) = self.batch.pop_front() {
+                if self.spare.capacity() == 0 && done.capacity() <= KEEP_CAPACITY {
+                    done.clear();
+                    self.spare = done;
+                }
+            }
+        }
+    }
 }
 
 /// Cuts the stream when a panic starts while the token's holder writes
@@ -136,6 +176,9 @@ impl Outbox {
             tag_len: sealer.tag_len(),
             queue: Mutex::new(Queue {
                 unsent: Vec::new(),
+                small_last: false,
+                spare: Vec::new(),
+                unsent_bytes: 0,
                 in_batch: 0,
                 token: Token::Free,
                 closing: false,
@@ -143,8 +186,9 @@ impl Outbox {
             wire: Mutex::new(Wire {
                 sealer,
                 writer: Some(Box::pin(writer)),
-                batch: Vec::new(),
+                batch: VecDeque::new(),
                 sent: 0,
+                spare: Vec::new(),
             }),
             flush: Notify::new(),
             drained: Notify::new(),
@@ -210,11 +254,23 @@ impl Outbox {
         if !always && q.waiting() > MAX_UNSENT {
             return Err(SendError::Full);
         }
-        if q.unsent.is_empty() && frame.len() >= MOVE_FRAME {
-            // Alone in the queue: the frame becomes the queue, no copy.
-            q.unsent = frame;
-        } else {
-            q.unsent.extend_from_slice(&frame);
+        q.unsent_bytes += frame.len();
+        let small = frame.len() < COPY_BELOW;
+        let q = &mut *q;
+        match q.unsent.last_mut() {
+            Some(last) if small && q.small_last => last.extend_from_slice(&frame),
+            _ if small && q.spare.capacity() >= frame.len() => {
+                // Small frames go into a reused buffer, which the ones
+                // behind them fill without growing it.
+                let mut buf = std::mem::take(&mut q.spare);
+                buf.extend_from_slice(&frame);
+                q.unsent.push(buf);
+                q.small_last = true;
+            }
+            _ => {
+                q.unsent.push(frame);
+                q.small_last = small;
+            }
         }
         if q.token != Token::Free {
             // The holder writes it with the rest before letting go.
@@ -236,12 +292,7 @@ impl Outbox {
         let mut batches = 0;
         let mut wire = self.wire();
         loop {
-            if wire.sent == wire.batch.len() {
-                wire.batch.clear();
-                wire.sent = 0;
-                if wire.batch.capacity() > KEEP_CAPACITY {
-                    wire.batch = Vec::new();
-                }
+            if wire.batch.is_empty() {
                 let mut q = self.queue();
                 if q.unsent.is_empty() {
                     q.in_batch = 0;
@@ -263,11 +314,15 @@ impl Outbox {
                     return Poll::Ready(true);
                 }
                 batches += 1;
+                q.in_batch = std::mem::take(&mut q.unsent_bytes);
+                q.small_last = false;
+                if q.spare.capacity() == 0 {
+                    q.spare = std::mem::take(&mut wire.spare);
+                }
                 let Wire { batch, sealer, .. } = &mut *wire;
-                std::mem::swap(&mut q.unsent, batch);
-                q.in_batch = batch.len();
+                batch.extend(q.unsent.drain(..));
                 drop(q);
-                if sealer.seal_frames(batch).is_err() {
+                if batch.iter_mut().any(|f| sealer.seal_frames(f).is_err()) {
                     // The stream's nonce sequence is broken: nothing more
                     // may go out on it.
                     drop(wire);
@@ -286,8 +341,21 @@ impl Outbox {
                 self.cut();
                 return Poll::Ready(false);
             };
-            match writer.as_mut().poll_write(cx, &batch[*sent..]) {
-                Poll::Ready(Ok(n)) if n > 0 => *sent += n,
+            let written = if batch.len() == 1 {
+                // The usual case (one call alone, or one batch of small
+                // frames): a plain write.
+                writer.as_mut().poll_write(cx, &batch[0][*sent..])
+            } else {
+                let mut slices = [IoSlice::new(&[]); BUFFERS_PER_WRITE];
+                let mut count = 0;
+                for (slot, frame) in slices.iter_mut().zip(batch.iter()) {
+                    *slot = IoSlice::new(&frame[if count == 0 { *sent } else { 0 }..]);
+                    count += 1;
+                }
+                writer.as_mut().poll_write_vectored(cx, &slices[..count])
+            };
+            match written {
+                Poll::Ready(Ok(n)) if n > 0 => wire.advance(n),
                 Poll::Ready(_) => {
                     drop(wire);
                     self.cut();
@@ -339,6 +407,8 @@ impl Outbox {
             let mut q = self.queue();
             q.closing = true;
             q.unsent = Vec::new();
+            q.small_last = false;
+            q.unsent_bytes = 0;
         }
         // Waits at most for a write syscall of the token's holder.
         let writer = self.wire().writer.take();
@@ -432,11 +502,9 @@ mod tests {
         ids
     }
 
-    /// A frame above [`MOVE_FRAME`], which may become the queue itself.
+    /// A frame larger than the test pipes, written in several parts.
     fn large(id: u64) -> (RpcMsg, Vec<u8>) {
-        let data: Vec<u8> = (0..MOVE_FRAME + 100)
-            .map(|i| (i as u64 ^ id) as u8)
-            .collect();
+        let data: Vec<u8> = (0..4196).map(|i| (i as u64 ^ id) as u8).collect();
         (
             RpcMsg::Chunk {
                 id,
@@ -446,11 +514,13 @@ mod tests {
         )
     }
 
-    #[tokio::test]
-    async fn frames_written_directly_deferred_and_by_the_flusher_keep_their_order() {
-        // A pipe smaller than the frames written: most of them wait for the
-        // flusher while others are appended behind them.
-        let (mut far, near) = tokio::io::duplex(64);
+    /// Four threads send and defer 50 frames each, some larger than a
+    /// write takes at once; `far` must read each thread's in its order.
+    async fn frames_keep_their_order<R, W>(mut far: R, near: W)
+    where
+        R: tokio::io::AsyncRead + Unpin,
+        W: AsyncWrite + Send + 'static,
+    {
         let (outbox, flusher) = Outbox::new(plain_sealer(), near);
         let flusher = tokio::spawn(flusher);
         let senders: Vec<_> = (0..4u64)
@@ -486,6 +556,29 @@ mod tests {
             "the writing side was shut down after the frames"
         );
         assert_eq!(outbox.send(&refusal(1), true), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn frames_written_directly_deferred_and_by_the_flusher_keep_their_order() {
+        // A pipe smaller than the frames written: most of them wait for the
+        // flusher while others are appended behind them.
+        let (far, near) = tokio::io::duplex(64);
+        frames_keep_their_order(far, near).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vectored_writes_to_a_socket_keep_frames_whole_and_in_order() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A send buffer of a few frames: writes end inside frames.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(4096).unwrap();
+        let near = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (far, _) = listener.accept().await.unwrap();
+        let (_, near) = near.into_split();
+        frames_keep_their_order(far, near).await;
     }
 
     #[tokio::test]
