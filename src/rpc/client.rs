@@ -69,14 +69,35 @@ type Pending = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
 struct Slot {
     /// Open streams, the first opened by whichever call needed one first.
     conns: Mutex<Vec<Arc<Conn>>>,
-    /// Held while a stream to the host is being opened, so calls that
+    /// Held while a call opens the first stream to the host, so calls that
     /// start together open one, not one each.
     dialing: tokio::sync::Mutex<()>,
+    /// Set while another stream is being opened in the background.
+    dialing_another: AtomicBool,
     /// When the host last refused a whole stream (at its bound of streams).
     refused_at: Mutex<Option<Instant>>,
 }
 
+/// Clears [`Slot::dialing_another`] however its task ends (also when the
+/// runtime stops and drops it).
+struct DialingAnother(Arc<Slot>);
+
+impl Drop for DialingAnother {
+    fn drop(&mut self) {
+        self.0.dialing_another.store(false, Ordering::Release);
+    }
+}
+
 impl Slot {
+    fn add(&self, conn: Conn) -> Arc<Conn> {
+        let conn = Arc::new(conn);
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn.clone());
+        conn
+    }
+
     /// Whether the host refused a stream within [`REFUSED_FOR`]: no more
     /// are opened to it meanwhile.
     fn refused_lately(&self) -> bool {
@@ -86,13 +107,17 @@ impl Slot {
             .is_some_and(|at| at.elapsed() < REFUSED_FOR)
     }
 
-    /// The quietest usable stream other than `conn`.
-    fn open_besides(&self, conn: &Conn) -> Option<Arc<Conn>> {
+    fn note_refused(&self) {
+        *self.refused_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
+    }
+
+    /// The oldest usable stream other than `conn`: the one most likely
+    /// to have been taken by the host (a newer one may be refused too).
+    fn oldest_besides(&self, conn: &Conn) -> Option<Arc<Conn>> {
         let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
         conns
             .iter()
-            .filter(|c| !std::ptr::eq(c.as_ref(), conn) && c.usable())
-            .min_by_key(|c| c.in_flight())
+            .find(|c| !std::ptr::eq(c.as_ref(), conn) && c.usable())
             .map(|c| c.touch())
     }
 }
@@ -161,6 +186,13 @@ pub struct Pool {
     inflight: Arc<Semaphore>,
     limits: RpcLimits,
     next_id: AtomicU64,
+    dialer: Dialer,
+}
+
+/// Opens call streams; cloned into the tasks that open streams beside the
+/// ones calls are waiting on.
+#[derive(Clone)]
+struct Dialer {
     max_frame: usize,
     counters: Arc<RpcCounters>,
 }
@@ -199,8 +231,10 @@ impl Pool {
             inflight: Arc::new(Semaphore::new(limits.max_inflight)),
             limits,
             next_id: AtomicU64::new(1),
-            max_frame,
-            counters,
+            dialer: Dialer {
+                max_frame,
+                counters,
+            },
         }
     }
 
@@ -273,19 +307,26 @@ impl Pool {
             .clone()
     }
 
-    /// The stream a call to `addr` goes on: the least busy open one; a
-    /// large call that finds every stream busy opens another (up to
-    /// [`MAX_STREAMS_PER_HOST`]) unless one is being opened already.
+    /// The stream a call to `addr` goes on: the least busy open one. A
+    /// large call that finds every stream busy has another opened (up to
+    /// [`MAX_STREAMS_PER_HOST`]) in the background, for the calls after
+    /// it: no call waits for a stream it does not need.
     async fn conn(
         &self,
-        slot: &Slot,
+        slot: &Arc<Slot>,
         addr: SocketAddr,
         security: &Security,
         large: bool,
     ) -> Result<Arc<Conn>, NotSent> {
         let quietest = || {
             let mut conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
-            conns.retain(|c| c.usable());
+            conns.retain(|c| {
+                if !c.usable() && c.refused_whole() {
+                    // Refused before any call went on it.
+                    slot.note_refused();
+                }
+                c.usable()
+            });
             let count = conns.len();
             let best = conns.iter().min_by_key(|c| c.in_flight()).cloned();
             (best, count)
@@ -296,40 +337,145 @@ impl Pool {
                 || count >= MAX_STREAMS_PER_HOST
                 || best.in_flight() == 0
                 || slot.refused_lately();
-            if enough {
-                return Ok(best.touch());
+            if !enough {
+                self.open_another(slot, addr, security);
             }
-            // Another stream helps only if it is not on its way already;
-            // one that cannot be opened leaves the call on this one.
-            let Ok(_dialing) = slot.dialing.try_lock() else {
-                return Ok(best.touch());
-            };
-            return match self.open(addr, security).await {
-                Ok(conn) => Ok(self.add(slot, conn)),
-                Err(e) => {
-                    tracing::debug!(%addr, error = ?e, "another call stream not opened");
-                    Ok(best.touch())
-                }
-            };
+            return Ok(best.touch());
         }
         let _dialing = slot.dialing.lock().await;
         // Whoever held the lock before may have opened one.
         if let (Some(best), _) = quietest() {
             return Ok(best.touch());
         }
-        let conn = self.open(addr, security).await?;
-        Ok(self.add(slot, conn))
+        let conn = self.dialer.open(addr, security).await?;
+        Ok(slot.add(conn))
     }
 
-    fn add(&self, slot: &Slot, conn: Conn) -> Arc<Conn> {
-        let conn = Arc::new(conn);
-        slot.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn.clone());
-        conn
+    /// Opens one more stream to `addr` in a task of its own, unless one is
+    /// being opened already.
+    fn open_another(&self, slot: &Arc<Slot>, addr: SocketAddr, security: &Security) {
+        if slot.dialing_another.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let dialing = DialingAnother(slot.clone());
+        let (dialer, security) = (self.dialer.clone(), security.clone());
+        tokio::spawn(async move {
+            match dialer.open(addr, &security).await {
+                Ok(conn) => {
+                    dialing.0.add(conn);
+                }
+                Err(e) => tracing::debug!(%addr, error = ?e, "another call stream not opened"),
+            }
+        });
     }
 
+    /// Takes `stream` as the call stream to `addr` (the fuzz harness's
+    /// in-memory host), as if it had been dialled.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub async fn adopt<S>(&self, addr: SocketAddr, mut stream: S, security: &Security) -> bool
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static + Unpin,
+    {
+        let Ok((sealer, opener)) = self.dialer.handshake(&mut stream, security).await else {
+            return false;
+        };
+        let (reader, writer) = tokio::io::split(stream);
+        let conn = self.dialer.conn_over(reader, writer, sealer, opener);
+        self.slot(addr).add(conn);
+        true
+    }
+
+    /// Sends one request built by `make(id)` to `addr` and waits for its
+    /// answer until `deadline`. `large` says the request or its answer is
+    /// at least [`LARGE_CALL`] bytes. `Ok(None)` means the deadline passed.
+    pub async fn request(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+        deadline: Instant,
+        large: bool,
+        make: impl FnOnce(u64) -> RpcMsg,
+    ) -> Result<Option<Answer>, NotSent> {
+        let slot = self.slot(addr);
+        let conn = tokio::time::timeout_at(deadline, self.conn(&slot, addr, security, large))
+            .await
+            .map_err(|_| NotSent::OutOfTime)??;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut msg = make(id);
+        let mut conn = conn;
+        let mut answer = self.send_on(&conn, id, &msg, deadline).await?;
+        // The host would not take the stream (at its bound of streams), so
+        // the call did not run: it goes on the oldest other stream to the
+        // same host, if one is open, and no more are opened for a while.
+        for _ in 1..MAX_STREAMS_PER_HOST {
+            if !matches!(answer, Some(Answer::Refused(_))) || !conn.refused_whole() {
+                break;
+            }
+            slot.note_refused();
+            let Some(other) = slot.oldest_besides(&conn) else {
+                break;
+            };
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            *msg.id_mut() = id;
+            conn = other;
+            answer = self.send_on(&conn, id, &msg, deadline).await?;
+        }
+        Ok(answer)
+    }
+
+    /// Sends `msg`, numbered `id`, on `conn` and waits for its answer
+    /// until `deadline`.
+    async fn send_on(
+        &self,
+        conn: &Conn,
+        id: u64,
+        msg: &RpcMsg,
+        deadline: Instant,
+    ) -> Result<Option<Answer>, NotSent> {
+        let (tx, rx) = oneshot::channel();
+        let alone = {
+            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+            // Checked under the lock: the reader marks the stream dead before
+            // it drains the waiters, so a call that gets in here is answered.
+            if !conn.alive.load(Ordering::Relaxed) {
+                None
+            } else if pending.len() >= self.limits.max_inflight_per_conn {
+                return Err(NotSent::Busy);
+            } else {
+                pending.insert(id, tx);
+                Some(pending.len() == 1)
+            }
+        };
+        let Some(alone) = alone else {
+            return closed(conn, deadline).await;
+        };
+        let _forget = Forget {
+            pending: &conn.pending,
+            id,
+        };
+        // A call alone on the stream writes its request itself (no hop to
+        // another thread); with company, the flusher batches them.
+        let sent = if alone {
+            conn.out.send(msg, false)
+        } else {
+            conn.out.defer(msg, false)
+        };
+        match sent {
+            Ok(()) => {}
+            Err(SendError::Full) => return Err(NotSent::Busy),
+            Err(SendError::Closed) => return closed(conn, deadline).await,
+        }
+        // From here the call may have reached the host: it is never retried
+        // elsewhere, only answered or reported lost.
+        match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(answer)) => Ok(Some(answer)),
+            Ok(Err(_)) => Ok(Some(Answer::Lost)),
+            Err(_) => Ok(None),
+        }
+    }
+}
+
+impl Dialer {
     async fn open(&self, addr: SocketAddr, security: &Security) -> Result<Conn, NotSent> {
         let connect = async {
             let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
@@ -389,18 +535,30 @@ impl Pool {
             let alive = alive.clone();
             let pending = pending.clone();
             let out = out.clone();
+            let mut reader_ended = ended.clone();
             tokio::spawn(async move {
                 flusher.await;
                 if out.is_failed() {
                     // Requests may have been dropped unsent: every call
                     // waiting learns the stream is gone now, not at its
                     // deadline (marked dead first, under the same lock,
-                    // as the reader does).
-                    let orphans: Vec<_> = {
-                        let mut p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                    // as the reader does, so no call gets on it after).
+                    {
+                        let _p = pending.lock().unwrap_or_else(|p| p.into_inner());
                         alive.store(false, Ordering::Relaxed);
-                        p.drain().collect()
-                    };
+                    }
+                    // A host that refused the stream closes it after saying
+                    // so, which can fail a write before the reader reads
+                    // why: the reader then answers the waiting calls with
+                    // the refusal (they did not run). Only what it leaves
+                    // is lost.
+                    let ended = reader_ended.wait_for(Option::is_some);
+                    let _ = tokio::time::timeout(REFUSAL_GRACE, ended).await;
+                    let orphans: Vec<_> = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .drain()
+                        .collect();
                     for (_, w) in orphans {
                         let _ = w.send(Answer::Lost);
                     }
@@ -459,109 +617,6 @@ impl Pool {
             pending,
             alive,
             ended,
-        }
-    }
-
-    /// Takes `stream` as the call stream to `addr` (the fuzz harness's
-    /// in-memory host), as if it had been dialled.
-    #[cfg(any(test, feature = "fuzzing"))]
-    pub async fn adopt<S>(&self, addr: SocketAddr, mut stream: S, security: &Security) -> bool
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static + Unpin,
-    {
-        let Ok((sealer, opener)) = self.handshake(&mut stream, security).await else {
-            return false;
-        };
-        let (reader, writer) = tokio::io::split(stream);
-        let conn = self.conn_over(reader, writer, sealer, opener);
-        self.add(&self.slot(addr), conn);
-        true
-    }
-
-    /// Sends one request built by `make(id)` to `addr` and waits for its
-    /// answer until `deadline`. `large` says the request or its answer is
-    /// at least [`LARGE_CALL`] bytes. `Ok(None)` means the deadline passed.
-    pub async fn request(
-        &self,
-        addr: SocketAddr,
-        security: &Security,
-        deadline: Instant,
-        large: bool,
-        make: impl FnOnce(u64) -> RpcMsg,
-    ) -> Result<Option<Answer>, NotSent> {
-        let slot = self.slot(addr);
-        let conn = tokio::time::timeout_at(deadline, self.conn(&slot, addr, security, large))
-            .await
-            .map_err(|_| NotSent::OutOfTime)??;
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut msg = make(id);
-        let answer = self.send_on(&conn, id, &msg, deadline).await?;
-        if !matches!(answer, Some(Answer::Refused(_))) || !conn.refused_whole() {
-            return Ok(answer);
-        }
-        // The host would not take this stream (at its bound of streams),
-        // so the call did not run: it goes on another stream to the same
-        // host if one is open, and no more are opened for a while.
-        slot.refused_at
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(Instant::now());
-        let Some(other) = slot.open_besides(&conn) else {
-            return Ok(answer);
-        };
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        *msg.id_mut() = id;
-        self.send_on(&other, id, &msg, deadline).await
-    }
-
-    /// Sends `msg`, numbered `id`, on `conn` and waits for its answer
-    /// until `deadline`.
-    async fn send_on(
-        &self,
-        conn: &Conn,
-        id: u64,
-        msg: &RpcMsg,
-        deadline: Instant,
-    ) -> Result<Option<Answer>, NotSent> {
-        let (tx, rx) = oneshot::channel();
-        let alone = {
-            let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
-            // Checked under the lock: the reader marks the stream dead before
-            // it drains the waiters, so a call that gets in here is answered.
-            if !conn.alive.load(Ordering::Relaxed) {
-                None
-            } else if pending.len() >= self.limits.max_inflight_per_conn {
-                return Err(NotSent::Busy);
-            } else {
-                pending.insert(id, tx);
-                Some(pending.len() == 1)
-            }
-        };
-        let Some(alone) = alone else {
-            return closed(conn, deadline).await;
-        };
-        let _forget = Forget {
-            pending: &conn.pending,
-            id,
-        };
-        // A call alone on the stream writes its request itself (no hop to
-        // another thread); with company, the flusher batches them.
-        let sent = if alone {
-            conn.out.send(msg, false)
-        } else {
-            conn.out.defer(msg, false)
-        };
-        match sent {
-            Ok(()) => {}
-            Err(SendError::Full) => return Err(NotSent::Busy),
-            Err(SendError::Closed) => return closed(conn, deadline).await,
-        }
-        // From here the call may have reached the host: it is never retried
-        // elsewhere, only answered or reported lost.
-        match tokio::time::timeout_at(deadline, rx).await {
-            Ok(Ok(answer)) => Ok(Some(answer)),
-            Ok(Err(_)) => Ok(Some(Answer::Lost)),
-            Err(_) => Ok(None),
         }
     }
 }
