@@ -321,11 +321,12 @@ impl Pool {
         let quietest = || {
             let mut conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
             conns.retain(|c| {
-                if !c.usable() && c.refused_whole() {
+                let usable = c.usable();
+                if !usable && c.refused_whole() {
                     // Refused before any call went on it.
                     slot.note_refused();
                 }
-                c.usable()
+                usable
             });
             let count = conns.len();
             let best = conns.iter().min_by_key(|c| c.in_flight()).cloned();

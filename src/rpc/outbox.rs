@@ -502,9 +502,12 @@ mod tests {
         ids
     }
 
-    /// A frame larger than the test pipes, written in several parts.
+    /// A frame that keeps a buffer of its own (not copied behind small
+    /// ones) and is larger than the test pipes take at once.
     fn large(id: u64) -> (RpcMsg, Vec<u8>) {
-        let data: Vec<u8> = (0..4196).map(|i| (i as u64 ^ id) as u8).collect();
+        let data: Vec<u8> = (0..COPY_BELOW + 100)
+            .map(|i| (i as u64 ^ id) as u8)
+            .collect();
         (
             RpcMsg::Chunk {
                 id,
