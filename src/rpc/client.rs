@@ -329,15 +329,17 @@ impl Pool {
                 usable
             });
             let count = conns.len();
-            let best = conns.iter().min_by_key(|c| c.in_flight()).cloned();
+            let best = conns
+                .iter()
+                .map(|c| (c.in_flight(), c))
+                .min_by_key(|(load, _)| *load)
+                .map(|(load, c)| (c.clone(), load));
             (best, count)
         };
         let (best, count) = quietest();
-        if let Some(best) = best {
-            let enough = !large
-                || count >= MAX_STREAMS_PER_HOST
-                || best.in_flight() == 0
-                || slot.refused_lately();
+        if let Some((best, load)) = best {
+            let enough =
+                !large || count >= MAX_STREAMS_PER_HOST || load == 0 || slot.refused_lately();
             if !enough {
                 self.open_another(slot, addr, security);
             }
@@ -345,7 +347,7 @@ impl Pool {
         }
         let _dialing = slot.dialing.lock().await;
         // Whoever held the lock before may have opened one.
-        if let (Some(best), _) = quietest() {
+        if let (Some((best, _)), _) = quietest() {
             return Ok(best.touch());
         }
         let conn = self.dialer.open(addr, security).await?;
@@ -555,14 +557,7 @@ impl Dialer {
                     // is lost.
                     let ended = reader_ended.wait_for(Option::is_some);
                     let _ = tokio::time::timeout(REFUSAL_GRACE, ended).await;
-                    let orphans: Vec<_> = pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .drain()
-                        .collect();
-                    for (_, w) in orphans {
-                        let _ = w.send(Answer::Lost);
-                    }
+                    answer_waiting(&pending, || Answer::Lost);
                 }
                 alive.store(false, Ordering::Relaxed);
             });
@@ -602,14 +597,7 @@ impl Dialer {
                 alive.store(false, Ordering::Relaxed);
                 end.send_replace(Some(refused));
                 // Every call still waiting learns the stream is gone.
-                let orphans: Vec<_> = pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .drain()
-                    .collect();
-                for (_, w) in orphans {
-                    let _ = w.send(refused.map_or(Answer::Lost, Answer::Refused));
-                }
+                answer_waiting(&pending, || refused.map_or(Answer::Lost, Answer::Refused));
             });
         }
         Conn {
@@ -619,6 +607,19 @@ impl Dialer {
             alive,
             ended,
         }
+    }
+}
+
+/// Answers every call still waiting on a stream that ended (outside the
+/// lock: a waiter's task may run at once).
+fn answer_waiting(pending: &Pending, answer: impl Fn() -> Answer) {
+    let orphans: Vec<_> = pending
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .drain()
+        .collect();
+    for (_, w) in orphans {
+        let _ = w.send(answer());
     }
 }
 
