@@ -170,3 +170,126 @@ async fn replies_over_max_payload_are_refused_and_counted() {
         let _ = n.shutdown().await;
     }
 }
+
+/// Starts `n` calls of `plugin` with a long timeout and drops them once the
+/// host has them, as a caller whose context was cancelled does.
+async fn start_and_cancel(caller: &Node, plugin: &str, n: usize, running: impl Fn() -> usize) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let caller = caller.clone();
+            let t = target(plugin);
+            tokio::spawn(async move { caller.call(&t, b"x".to_vec(), 60 * SECOND).await })
+        })
+        .collect();
+    wait_for("calls running at the host", 10 * SECOND, || running() == n).await;
+    for call in calls {
+        call.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    const PER_STREAM: usize = 4;
+    let nodes = host_cluster("cx", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    // A future handler that never ends unless cancelled.
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    host.serve("hang", "1", PluginKind::Processor, move |_, _| {
+        s.fetch_add(1, Ordering::SeqCst);
+        async move {
+            std::future::pending::<()>().await;
+            Ok(Vec::new())
+        }
+    })
+    .await
+    .unwrap();
+    // A responder handler whose host keeps the responders unanswered.
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    host.serve_responder("hold", "1", PluginKind::Processor, move |_, _, r| {
+        h.lock().unwrap().push(r);
+    })
+    .await
+    .unwrap();
+    wait_for("endpoints seen", 20 * SECOND, || {
+        caller.members().iter().any(|m| m.endpoints.len() == 4)
+    })
+    .await;
+
+    start_and_cancel(caller, "hang", PER_STREAM, || {
+        started.load(Ordering::SeqCst)
+    })
+    .await;
+    // Without the cancel the stream's places stay taken for 60 s and this
+    // call is refused as overloaded.
+    wait_for("the host counts the cancels", 10 * SECOND, || {
+        host.rpc_stats().cancelled == PER_STREAM as u64
+    })
+    .await;
+    let echo = caller
+        .call(&target("echo"), b"e".to_vec(), 5 * SECOND)
+        .await;
+    assert_eq!(echo.unwrap(), b"e");
+
+    start_and_cancel(caller, "hold", PER_STREAM, || held.lock().unwrap().len()).await;
+    wait_for("the held calls are abandoned", 10 * SECOND, || {
+        held.lock().unwrap().iter().all(|r| r.is_abandoned())
+    })
+    .await;
+    assert_eq!(host.rpc_stats().cancelled, 2 * PER_STREAM as u64);
+    let echo = caller
+        .call(&target("echo"), b"f".to_vec(), 5 * SECOND)
+        .await;
+    assert_eq!(echo.unwrap(), b"f");
+    // A late answer to a cancelled call is dropped, and the stream lives on.
+    for r in held.lock().unwrap().drain(..) {
+        r.reply(b"late".to_vec());
+    }
+    let echo = caller
+        .call(&target("echo"), b"g".to_vec(), 5 * SECOND)
+        .await;
+    assert_eq!(echo.unwrap(), b"g");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_by_a_stopping_handler_moves_to_another_host() {
+    let nodes = start_cluster("rs", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    nodes[1].create_tribe("svc").await.unwrap();
+    for host in &nodes[1..] {
+        nodes[1].join("svc", host.name()).await.unwrap();
+    }
+    // One host's pool is stopping: it refuses every call without running it.
+    nodes[1]
+        .serve_responder("work", "1", PluginKind::Processor, |_, _, r| {
+            r.refuse_stopping()
+        })
+        .await
+        .unwrap();
+    nodes[2]
+        .serve_responder("work", "1", PluginKind::Processor, |_, _, r| {
+            r.reply(b"ran".to_vec())
+        })
+        .await
+        .unwrap();
+    wait_for("both endpoints seen", 20 * SECOND, || {
+        nodes[0].tribe("svc").is_some_and(|t| t.members.len() == 2)
+            && nodes[0]
+                .members()
+                .iter()
+                .filter(|m| !m.endpoints.is_empty())
+                .count()
+                == 2
+    })
+    .await;
+    for _ in 0..10 {
+        let reply = nodes[0]
+            .call(&target("work"), b"x".to_vec(), 5 * SECOND)
+            .await;
+        assert_eq!(reply.unwrap(), b"ran");
+    }
+    assert_eq!(nodes[2].rpc_stats().served, 10);
+}

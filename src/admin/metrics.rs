@@ -350,6 +350,12 @@ pub fn render(s: &Snapshot) -> String {
         "Replies of this node's handlers over max_payload, failed instead of sent",
         rpc.replies_too_large,
     );
+    counter(
+        &mut r,
+        "rpc_cancelled",
+        "Calls served here that their caller abandoned before the answer",
+        rpc.cancelled,
+    );
     counter_family(
         &mut r,
         "artifacts",

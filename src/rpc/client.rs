@@ -206,18 +206,31 @@ impl Drop for Reservation {
     }
 }
 
-/// Takes `id` out of the pending map when the waiting call gives up.
+/// Takes `id` out of the pending map when the waiting call gives up; a
+/// call given up before its deadline (its caller cancelled it) is also
+/// cancelled at the host, which frees its place there at once instead of at
+/// the deadline.
 struct Forget<'a> {
-    pending: &'a Pending,
+    conn: &'a Conn,
     id: u64,
+    deadline: Instant,
+    /// Whether the request was queued, so the host may know the call.
+    sent: bool,
 }
 
 impl Drop for Forget<'_> {
     fn drop(&mut self) {
-        self.pending
+        let unanswered = self
+            .conn
+            .pending
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.id);
+            .remove(&self.id)
+            .is_some();
+        if unanswered && self.sent && Instant::now() < self.deadline {
+            // Best effort: a stream that ended or is full has no use for it.
+            let _ = self.conn.out.send(&RpcMsg::Cancel { id: self.id }, false);
+        }
     }
 }
 
@@ -452,9 +465,11 @@ impl Pool {
         let Some(alone) = alone else {
             return closed(conn, deadline).await;
         };
-        let _forget = Forget {
-            pending: &conn.pending,
+        let mut forget = Forget {
+            conn,
             id,
+            deadline,
+            sent: false,
         };
         // A call alone on the stream writes its request itself (no hop to
         // another thread); with company, the flusher batches them.
@@ -464,7 +479,7 @@ impl Pool {
             conn.out.defer(msg, false)
         };
         match sent {
-            Ok(()) => {}
+            Ok(()) => forget.sent = true,
             Err(SendError::Full) => return Err(NotSent::Busy),
             Err(SendError::Closed) => return closed(conn, deadline).await,
         }

@@ -63,6 +63,8 @@ pub struct CallInfo {
 }
 
 /// A handler's error, returned to the caller as [`crate::Error::Remote`].
+/// An empty code reaches the caller as `"error"`; a code over 256 bytes or
+/// a message over 64 KiB is cut (and ends with `…`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
     /// Short stable code chosen by the handler.
@@ -163,6 +165,9 @@ pub struct RpcCounters {
     pub artifacts_corrupt: AtomicU64,
     /// Artifacts given up on.
     pub artifacts_unavailable: AtomicU64,
+    /// Calls served here that their caller abandoned before the answer
+    /// (each handler stopped, or told, and its place freed at once).
+    pub cancelled: AtomicU64,
 }
 
 /// A snapshot of [`RpcCounters`].
@@ -204,6 +209,8 @@ pub struct RpcStats {
     pub artifacts_corrupt: u64,
     /// Artifacts given up on.
     pub artifacts_unavailable: u64,
+    /// Calls served here that their caller abandoned before the answer.
+    pub cancelled: u64,
 }
 
 impl RpcCounters {
@@ -234,6 +241,7 @@ impl RpcCounters {
             artifacts_fetched: g(&self.artifacts_fetched),
             artifacts_corrupt: g(&self.artifacts_corrupt),
             artifacts_unavailable: g(&self.artifacts_unavailable),
+            cancelled: g(&self.cancelled),
         }
     }
 }

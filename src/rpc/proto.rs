@@ -76,6 +76,13 @@ pub enum RpcMsg {
         #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
+    /// The caller gave up on a call before its deadline: the host stops its
+    /// handler (or tells it the call is abandoned) and frees the call's
+    /// place at once, and sends no answer.
+    Cancel {
+        /// The call's id.
+        id: u64,
+    },
 }
 
 impl RpcMsg {
@@ -87,7 +94,8 @@ impl RpcMsg {
             | RpcMsg::Reply { id, .. }
             | RpcMsg::Refused { id, .. }
             | RpcMsg::Fetch { id, .. }
-            | RpcMsg::Chunk { id, .. } => id,
+            | RpcMsg::Chunk { id, .. }
+            | RpcMsg::Cancel { id } => id,
         }
     }
 }

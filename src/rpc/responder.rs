@@ -27,14 +27,46 @@ pub(crate) fn overrun(budget: Duration) -> HandlerError {
     )
 }
 
+/// Longest error code a handler's error carries to its caller.
+pub const MAX_ERROR_CODE: usize = 256;
+/// Longest error message a handler's error carries to its caller (longer
+/// ones are cut, so that an error never outgrows the frames the caller
+/// accepts and takes the stream, and every call on it, down).
+pub const MAX_ERROR_MESSAGE: usize = 64 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, marked as cut.
+fn cut(mut s: String, max: usize) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    const MARK: &str = "…";
+    let mut end = max.saturating_sub(MARK.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.truncate(end);
+    s.push_str(MARK);
+    s
+}
+
 /// A handler's result, with a reply over `max_payload` turned into the
-/// error `"too_large"` (and counted).
+/// error `"too_large"` (and counted), and an error's code and message cut
+/// to [`MAX_ERROR_CODE`] and [`MAX_ERROR_MESSAGE`].
 pub(crate) fn bounded(
     result: Result<Vec<u8>, HandlerError>,
     max_payload: usize,
     counters: &RpcCounters,
 ) -> Result<Vec<u8>, HandlerError> {
     match result {
+        Err(HandlerError { code, message }) => Err(HandlerError {
+            // An empty code tells the caller nothing; C's NULL code is the same.
+            code: if code.is_empty() {
+                "error".into()
+            } else {
+                cut(code, MAX_ERROR_CODE)
+            },
+            message: cut(message, MAX_ERROR_MESSAGE),
+        }),
         Ok(reply) if reply.len() > max_payload => {
             RpcCounters::bump(&counters.replies_too_large);
             Err(HandlerError::new(
@@ -121,6 +153,49 @@ impl Slot {
             }
             Sink::Local(tx) => {
                 let _ = tx.send(result);
+            }
+        }
+        true
+    }
+
+    /// Whether the call was answered (or abandoned) already.
+    pub(crate) fn is_answered(&self) -> bool {
+        self.sink
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
+    }
+
+    /// Ends a call its caller gave up on: no answer is sent, a later one
+    /// is dropped, and the call's budget task ends (its place is freed).
+    pub(crate) fn abandon(&self) {
+        drop(self.take());
+    }
+
+    /// Tells the caller that this host is stopping and did not run the
+    /// call, so it moves the call to another host; false when the call was
+    /// answered already.
+    pub(crate) fn refuse_stopping(&self) -> bool {
+        let Some(sink) = self.take() else {
+            return false;
+        };
+        RpcCounters::bump(&self.counters.refused);
+        match sink {
+            Sink::Stream {
+                outbox, id, done, ..
+            } => {
+                let refusal = RpcMsg::Refused {
+                    id,
+                    why: super::proto::Refusal::ShuttingDown,
+                };
+                let _ = outbox.send(&refusal, true);
+                let _ = done.send(());
+            }
+            Sink::Local(tx) => {
+                let _ = tx.send(Err(HandlerError::new(
+                    "shutting_down",
+                    "the host is stopping",
+                )));
             }
         }
         true
@@ -213,9 +288,10 @@ impl Responder {
         }
     }
 
-    /// Whether the call is over without this responder: its budget ran
-    /// out (the caller was answered `"timeout"`) or its stream ended. A
-    /// handler that has not started may skip the work.
+    /// Whether the call is over without this responder: its caller
+    /// cancelled it, its budget ran out (the caller was answered
+    /// `"timeout"`) or its stream ended. A handler that has not started may
+    /// skip the work; a long one may stop.
     pub fn is_abandoned(&self) -> bool {
         self.slot.as_ref().is_none_or(|s| {
             match &*s.sink.lock().unwrap_or_else(|p| p.into_inner()) {
@@ -225,6 +301,17 @@ impl Responder {
                 Some(Sink::Local(tx)) => tx.is_closed(),
             }
         })
+    }
+
+    /// Answers that this host is stopping and did not run the call (a
+    /// handler pool that stops with calls still queued): the caller moves
+    /// the call to another host that serves the plugin, as it does for a
+    /// call that reaches a host already stopping. Only for a call whose
+    /// handler did not run, or stopped without effect.
+    pub fn refuse_stopping(mut self) {
+        if let Some(slot) = self.slot.take() {
+            slot.refuse_stopping();
+        }
     }
 
     /// Gives up without an answer: the caller gets what its own deadline
@@ -255,6 +342,22 @@ impl Drop for Responder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_error_texts_are_cut_on_a_character_boundary() {
+        let counters = RpcCounters::default();
+        let long = "é".repeat(MAX_ERROR_MESSAGE);
+        let e = bounded(
+            Err(HandlerError::new("c".repeat(1000), long)),
+            10,
+            &counters,
+        )
+        .unwrap_err();
+        assert!(e.code.len() <= MAX_ERROR_CODE && e.code.ends_with('…'));
+        assert!(e.message.len() <= MAX_ERROR_MESSAGE && e.message.ends_with('…'));
+        let short = bounded(Err(HandlerError::new("c", "m")), 10, &counters).unwrap_err();
+        assert_eq!((short.code.as_str(), short.message.as_str()), ("c", "m"));
+    }
 
     #[test]
     fn a_responder_dropped_while_its_thread_panics_answers_panic() {

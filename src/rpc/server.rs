@@ -264,6 +264,9 @@ impl Server {
             max: self.limits.max_inflight_per_conn,
         };
         let mut handlers = tokio::task::JoinSet::new();
+        // The calls of this stream still running, by id, so that a caller's
+        // cancel stops one and frees its place at once.
+        let mut running = Running::default();
         loop {
             if !outbox.has_room() {
                 // The peer does not read its replies: stop reading its calls.
@@ -361,7 +364,7 @@ impl Server {
                         Serving::Future(handler) => {
                             let outbox = outbox.clone();
                             let company = company.clone();
-                            handlers.spawn(async move {
+                            let task = handlers.spawn(async move {
                                 let result = server.run_handler(handler, info, payload).await;
                                 RpcCounters::bump(&server.counters.served);
                                 let result =
@@ -377,6 +380,7 @@ impl Server {
                                 };
                                 drop((stream_slot, node_slot));
                             });
+                            running.insert(id, Call::Task(task), self.limits.max_inflight_per_conn);
                         }
                         Serving::Responder(handler) => {
                             let (responder, slot, answered) = Responder::for_stream(
@@ -390,12 +394,14 @@ impl Server {
                             // The answer goes out from whichever thread gives
                             // it; this task only bounds the call by its budget
                             // and holds its slots until then.
+                            let watched = slot.clone();
                             handlers.spawn(async move {
                                 if tokio::time::timeout(budget, answered).await.is_err() {
-                                    slot.overran(budget);
+                                    watched.overran(budget);
                                 }
                                 drop((stream_slot, node_slot));
                             });
+                            running.insert(id, Call::Slot(slot), self.limits.max_inflight_per_conn);
                         }
                     }
                 }
@@ -431,6 +437,11 @@ impl Server {
                         break;
                     }
                 }
+                RpcMsg::Cancel { id } => {
+                    if running.cancel(id) {
+                        RpcCounters::bump(&self.counters.cancelled);
+                    }
+                }
                 // Answers only travel the other way.
                 RpcMsg::Reply { .. } | RpcMsg::Refused { .. } | RpcMsg::Chunk { .. } => {
                     RpcCounters::bump(&self.counters.stream_errors);
@@ -451,6 +462,54 @@ impl Server {
         }
         outbox.cut();
         flushing.abort();
+    }
+}
+
+/// A call of a stream still running, as a cancel reaches it.
+enum Call {
+    /// A future handler's task: aborted.
+    Task(tokio::task::AbortHandle),
+    /// A responder's call: its slot is taken unanswered, which tells the
+    /// handler (`Responder::is_abandoned`) and ends the task holding the
+    /// call's place.
+    Slot(Arc<Slot>),
+}
+
+impl Call {
+    fn is_over(&self) -> bool {
+        match self {
+            Call::Task(task) => task.is_finished(),
+            Call::Slot(slot) => slot.is_answered(),
+        }
+    }
+}
+
+/// The calls of one stream still running, by the caller's id.
+#[derive(Default)]
+struct Running(HashMap<u64, Call>);
+
+impl Running {
+    /// Adds a call; calls that ended are dropped first when the map holds
+    /// more than a stream's bound of calls, so it stays within twice that.
+    fn insert(&mut self, id: u64, call: Call, bound: usize) {
+        if self.0.len() >= bound.max(1) {
+            self.0.retain(|_, c| !c.is_over());
+        }
+        self.0.insert(id, call);
+    }
+
+    /// Stops call `id`; false when it was not running.
+    fn cancel(&mut self, id: u64) -> bool {
+        match self.0.remove(&id) {
+            Some(c) if !c.is_over() => {
+                match c {
+                    Call::Task(task) => task.abort(),
+                    Call::Slot(slot) => slot.abandon(),
+                }
+                true
+            }
+            _ => false,
+        }
     }
 }
 
