@@ -604,6 +604,15 @@ uint64_t tribe_responder_budget_ms(const struct tribe_responder *r);
 uint64_t tribe_responder_budget_us(const struct tribe_responder *r);
 
 /**
+ * Whether the call is over without this responder's answer: its caller
+ * cancelled it (`tribe_node_call_cancel`, a cancelled Go context, ...),
+ * its budget ran out, or its stream or node ended. An answer given now is
+ * dropped; a long handler may check this to stop early. True for NULL and
+ * for a responder already answered. Does not block.
+ */
+bool tribe_responder_is_abandoned(const struct tribe_responder *r);
+
+/**
  * Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
  * Callable from any thread. `TRIBE_CONSUMED` if the call was answered
  * already. An answer the caller no longer waits for (deadline passed,
@@ -626,6 +635,17 @@ uint32_t tribe_responder_fail(const struct tribe_responder *r,
                               const char *code,
                               const char *message,
                               struct tribe_error **err);
+
+/**
+ * Answers that this host is stopping and did not run the call (a handler
+ * pool that stops with calls still queued, a handler that gave up because
+ * its node is closing): the caller moves the call to another member that
+ * serves the plugin, as for a call that reaches a host already stopping
+ * (`TRIBE_NO_PROVIDER` when there is none). `TRIBE_CONSUMED` if the call
+ * was answered already. The responder must still be freed. Does not block.
+ */
+uint32_t tribe_responder_refuse_stopping(const struct tribe_responder *r,
+                                         struct tribe_error **err);
 
 /**
  * Declines to answer a call: the caller gets what its own deadline gives

@@ -145,7 +145,7 @@ impl Node {
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(runtime::Shared {
             engine: Mutex::new(engine),
-            subscribers: Mutex::new(vec![events_tx]),
+            subscribers: Mutex::new(Some(vec![events_tx])),
             events_dropped: Default::default(),
             faults,
             max_frame: config.max_frame,
@@ -197,12 +197,17 @@ impl Node {
             return EventStream { rx };
         }
         let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
-        self.inner
+        // After the node stopped, `tx` is dropped here and the stream ends.
+        if let Some(subs) = self
+            .inner
             .shared
             .subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .push(tx);
+            .as_mut()
+        {
+            subs.push(tx);
+        }
         EventStream { rx }
     }
 

@@ -54,8 +54,9 @@ pub enum Error {
     /// A policy of that name exists already.
     #[error("policy {0:?} exists already")]
     PolicyExists(String),
-    /// The plugin entry does not exist in the tribe's catalog.
-    #[error("unknown plugin {name}:{version} in tribe {tribe:?}")]
+    /// The plugin entry does not exist in the tribe's catalog (or, with no
+    /// tribe, this node does not serve it).
+    #[error("unknown plugin {name}:{version}{}", where_unknown(.tribe))]
     UnknownPlugin {
         /// The tribe.
         tribe: String,
@@ -211,3 +212,13 @@ impl From<std::io::Error> for Error {
 
 /// Result of libtribe operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where an unknown plugin was looked for: a tribe's catalog, or (no tribe)
+/// what this node serves.
+fn where_unknown(tribe: &str) -> String {
+    if tribe.is_empty() {
+        " (this node does not serve it)".into()
+    } else {
+        format!(" in tribe {tribe:?}")
+    }
+}

@@ -150,7 +150,9 @@ enum ConnOut {
 /// What the driver shares with the API.
 pub(crate) struct Shared {
     pub engine: Mutex<Engine>,
-    pub subscribers: Mutex<Vec<mpsc::Sender<Event>>>,
+    /// `None` once the node stopped: every stream has ended, and one asked
+    /// for later ends at once.
+    pub subscribers: Mutex<Option<Vec<mpsc::Sender<Event>>>>,
     /// Events dropped because a subscriber fell more than [`EVENT_QUEUE`] behind.
     pub events_dropped: std::sync::atomic::AtomicU64,
     pub faults: Arc<Faults>,
@@ -174,6 +176,9 @@ impl Shared {
     /// loses it (counted), one that went away is dropped.
     pub fn deliver(&self, event: Event) {
         let mut subs = self.subscribers.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(subs) = subs.as_mut() else {
+            return;
+        };
         subs.retain(|tx| match tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
@@ -333,7 +338,7 @@ impl Driver {
                             }
                             self.save_durable_now().await;
                             // Ends every event stream.
-                            self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()).clear();
+                            *self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             let _ = done.send(());
                             return;
                         }

@@ -278,3 +278,24 @@ async fn bind_and_advertise_are_separate() {
         x.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_asked_for_after_a_stop_end_at_once() {
+    for graceful in [true, false] {
+        let nodes = start_cluster(if graceful { "evs" } else { "eva" }, 1, |_| {}).await;
+        let node = &nodes[0];
+        let mut before = node.events();
+        if graceful {
+            node.shutdown().await.unwrap();
+        } else {
+            node.abort().await;
+        }
+        let mut after = node.events();
+        let ended = tokio::time::timeout(Duration::from_secs(5), async {
+            while before.next().await.is_some() {}
+            while after.next().await.is_some() {}
+        })
+        .await;
+        assert!(ended.is_ok(), "an event stream outlived the node");
+    }
+}

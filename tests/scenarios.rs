@@ -207,14 +207,14 @@ async fn late_joiner_of_a_tribe_gets_plugin_and_task_events() {
         .iter()
         .any(|e| matches!(e, Event::TribeJoined { tribe, by } if tribe == "db" && by.by_hand)));
 
-    // Stopping the task reaches the late joiner as TaskStop.
+    // Stopping the task reaches the late joiner as TaskStop, with its new state.
     nodes[3]
         .set_task_state("db", "pg-stats", TaskState::Stopped)
         .await
         .unwrap();
     collect_until(&mut events, LONG, |seen| {
         seen.iter()
-            .any(|e| matches!(e, Event::TaskStop(t) if t.id == "pg-stats"))
+            .any(|e| matches!(e, Event::TaskStop(t) if t.id == "pg-stats" && t.state == TaskState::Stopped))
     })
     .await;
     for n in &nodes {

@@ -12,16 +12,22 @@ import (
 	"fmt"
 	"math"
 	"runtime"
+	"strings"
 	"sync"
 	"time"
 	"unsafe"
 )
 
 // Handler serves calls to a plugin. Each incoming call runs in its own
-// goroutine; ctx ends at the caller's deadline or when the node closes.
-// Returning a *HandlerError sets the code and message the caller sees; any
-// other error gives the code "error"; a panic is recovered and gives the
-// code "panic" (the node keeps serving).
+// goroutine; ctx ends at the caller's deadline, when the caller gives up
+// on the call (its context was cancelled; noticed within about 50 ms), or
+// when the node closes. Returning a *HandlerError sets the code and message
+// the caller sees (invalid UTF-8 is replaced, an empty code becomes
+// "error"); any other error gives the code "error"; a panic is recovered
+// and gives the code "panic" (the node keeps serving). A handler that
+// returns an error because the node is closing (ctx ended by Close) tells
+// the caller that this host is stopping, and the caller moves the call to
+// another member serving the plugin.
 type Handler func(ctx context.Context, call CallInfo, payload []byte) ([]byte, error)
 
 // callResult is how an asynchronous call ended.
@@ -126,7 +132,10 @@ func shuttingDown() error {
 // ErrDisconnected, ErrShuttingDown, ErrClosed.
 func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, error) {
 	defer runtime.KeepAlive(n)
-	in := n.n
+	in := n.inner()
+	if ctx == nil {
+		return nil, &Error{Code: "invalid_argument", Message: "nil Context", num: C.TRIBE_INVALID_ARGUMENT}
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
 	}
@@ -211,10 +220,13 @@ func handlerKey(name, version string) string { return name + "\x00" + version }
 // tribes can call it. Serving the same name and version again replaces the
 // handler.
 func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
+	in := n.inner()
+	if in.closing.Load() {
+		return errClosed()
+	}
 	if h == nil {
 		return &Error{Code: "invalid_argument", Message: "the handler is nil", num: C.TRIBE_INVALID_ARGUMENT}
 	}
-	in := n.n
 	key := handlerKey(name, version)
 	in.handlersMu.Lock()
 	old, had := in.handlers[key]
@@ -242,9 +254,10 @@ func (n *Node) Unserve(name, version string) error {
 		return C.tribe_node_unserve(p, a[0], a[1], e)
 	}, name, version)
 	if err == nil {
-		n.n.handlersMu.Lock()
-		delete(n.n.handlers, handlerKey(name, version))
-		n.n.handlersMu.Unlock()
+		in := n.inner()
+		in.handlersMu.Lock()
+		delete(in.handlers, handlerKey(name, version))
+		in.handlersMu.Unlock()
 	}
 	return err
 }
@@ -368,10 +381,14 @@ func (in *node) serveCall(r *C.tribe_responder) {
 		fail(r, "no_handler", fmt.Sprintf("no Go handler for %s %s", info.Plugin, info.Version))
 		return
 	}
-	ctx, cancel := context.WithTimeout(in.base, info.Budget)
+	timed, cancelTimed := context.WithTimeout(in.base, info.Budget)
+	ctx, cancel := context.WithCancel(timed)
+	stopWatch := watchAbandoned(r, cancel)
 	reply, err := runHandler(ctx, h, info, payload)
-	expired := errors.Is(ctx.Err(), context.DeadlineExceeded) && in.base.Err() == nil
+	stopWatch()
+	expired := errors.Is(timed.Err(), context.DeadlineExceeded) && in.base.Err() == nil
 	cancel()
+	cancelTimed()
 	gcPoint()
 	if err != nil && expired {
 		// The caller's deadline has passed (its budget is rounded down to
@@ -385,9 +402,13 @@ func (in *node) serveCall(r *C.tribe_responder) {
 	}
 	if err != nil {
 		var he *HandlerError
-		if errors.As(err, &he) {
+		switch {
+		case errors.As(err, &he):
 			fail(r, he.Code, he.Message)
-		} else {
+		case in.base.Err() != nil && errors.Is(err, context.Canceled):
+			// Gave up because the node is closing: another host may serve it.
+			C.tribe_responder_refuse_stopping(r, nil)
+		default:
 			fail(r, "error", err.Error())
 		}
 		return
@@ -413,13 +434,48 @@ func runHandler(ctx context.Context, h Handler, info CallInfo, payload []byte) (
 	return h(ctx, info, payload)
 }
 
+// abandonPoll is how often a running handler's call is checked for being
+// abandoned by its caller.
+const abandonPoll = 50 * time.Millisecond
+
+// watchAbandoned cancels a handler's context once its caller gives up on
+// the call. A handler that answers within abandonPoll costs one timer; the
+// returned stop waits out a check in progress, so r stays valid for it.
+func watchAbandoned(r *C.tribe_responder, cancel context.CancelFunc) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	// Held while t is set, so the first check sees it.
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(abandonPoll, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		if C.tribe_responder_is_abandoned(r) {
+			cancel()
+			return
+		}
+		t.Reset(abandonPoll)
+	})
+	return func() {
+		mu.Lock()
+		stopped = true
+		mu.Unlock()
+		t.Stop()
+	}
+}
+
 func fail(r *C.tribe_responder, code, message string) {
 	var cs cstrings
 	defer cs.free()
-	// NUL bytes would cut the text short in C; they cannot occur in a code
-	// a handler means, so they are replaced.
-	c := cs.str(replaceNUL(code))
-	m := cs.str(replaceNUL(message))
+	// NUL bytes would cut the text short in C and C takes only UTF-8; a
+	// Go error's text may hold either (file names, raw bytes), so both are
+	// replaced rather than lose the answer.
+	c := cs.str(replaceNUL(strings.ToValidUTF8(code, "\uFFFD")))
+	m := cs.str(replaceNUL(strings.ToValidUTF8(message, "\uFFFD")))
 	C.tribe_responder_fail(r, c, m, nil)
 }
 

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 	"unsafe"
 )
 
@@ -43,7 +44,8 @@ type Config struct {
 	// ExtraKeys also open traffic (they do not seal).
 	ExtraKeys []string
 	// Encryption is the mode with a key: "require" (default), "send" or
-	// "accept" (the steps of turning encryption on in a running tribe).
+	// "accept" (the steps of turning encryption on in a running tribe). A
+	// mode without a Key (or a DataDir holding a keyring) is ErrConfig.
 	Encryption string
 	// DataDir keeps known peers, memberships by hand and the keyring across
 	// restarts; created if missing.
@@ -279,14 +281,37 @@ func Start(cfg Config) (*Node, error) {
 	return out, nil
 }
 
+// closedNode stands in for a nil or zero Node, so that its methods report
+// ErrClosed (or empty values) as a closed node's do, instead of panicking.
+var closedNode = func() *node {
+	in := &node{events: make(chan Event), pollDone: make(chan struct{}), stopped: true, stopErr: ErrClosed}
+	in.closing.Store(true)
+	close(in.events)
+	close(in.pollDone)
+	in.base, in.cancelBase = context.WithCancel(context.Background())
+	in.cancelBase()
+	return in
+}()
+
+// inner is the node behind n; closedNode for a nil or zero Node.
+func (n *Node) inner() *node {
+	if n == nil || n.n == nil {
+		return closedNode
+	}
+	return n.n
+}
+
+// handlerDrain is how long Close waits for running handlers to return.
+const handlerDrain = 5 * time.Second
+
 // cleanupsRun counts nodes closed by their cleanup (for tests).
 var cleanupsRun atomic.Int64
 
 // Name is the node's name.
-func (n *Node) Name() string { return n.n.name }
+func (n *Node) Name() string { return n.inner().name }
 
 // Addr is the advertised address, "ip:port" with the bound port.
-func (n *Node) Addr() string { return n.n.addr }
+func (n *Node) Addr() string { return n.inner().addr }
 
 // Events delivers the node's events. One goroutine per node takes them from
 // libtribe and sends them here without ever blocking: when the channel is
@@ -295,14 +320,14 @@ func (n *Node) Addr() string { return n.n.addr }
 // handlers. The channel is closed once the node is closed and every queued
 // event has been offered. Incoming calls and call completions never go
 // through this channel.
-func (n *Node) Events() <-chan Event { return n.n.events }
+func (n *Node) Events() <-chan Event { return n.inner().events }
 
 // EventsDropped counts events lost because the reader was too slow: those
 // the Events channel had no room for, plus those libtribe dropped itself
 // (more than 65,536 waiting).
 func (n *Node) EventsDropped() uint64 {
 	defer runtime.KeepAlive(n)
-	in := n.n
+	in := n.inner()
 	d := in.dropped.Load()
 	in.mu.RLock()
 	defer in.mu.RUnlock()
@@ -314,20 +339,22 @@ func (n *Node) EventsDropped() uint64 {
 
 // Close leaves the cluster gracefully (peers record the node as "left") and
 // releases everything: handler contexts end, calls in flight fail with
-// ErrShuttingDown, the Events channel closes, and Close waits for running
-// handlers to return (a handler must therefore not call Close itself).
+// ErrShuttingDown, the Events channel closes, and Close waits up to
+// handlerDrain (5 s) for running handlers to return; a handler still
+// running after that (one that ignores its context, or that called Close
+// itself) is left to finish on its own, and its answer is dropped.
 // Close is idempotent and safe from many goroutines: later calls wait for
 // the first and return its result. Methods called afterwards return ErrClosed.
 func (n *Node) Close() error {
 	defer runtime.KeepAlive(n)
-	return n.n.stop(true)
+	return n.inner().stop(true)
 }
 
 // Abort stops at once without a goodbye, as a crash would (peers record the
 // node as "failed"); otherwise like Close.
 func (n *Node) Abort() {
 	defer runtime.KeepAlive(n)
-	_ = n.n.stop(false)
+	_ = n.inner().stop(false)
 }
 
 func (in *node) stop(graceful bool) error {
@@ -352,7 +379,12 @@ func (in *node) stop(graceful bool) error {
 	// The shutdown wakes the polling goroutine, which hands out what was
 	// queued, fails the calls still waiting and closes Events.
 	<-in.pollDone
-	in.handlerWG.Wait()
+	drained := make(chan struct{})
+	go func() { in.handlerWG.Wait(); close(drained) }()
+	select {
+	case <-drained:
+	case <-time.After(handlerDrain):
+	}
 	in.mu.Lock()
 	C.tribe_node_free(in.ptr)
 	in.ptr = nil
@@ -382,7 +414,7 @@ func (n *Node) cmd(f func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uin
 		return err
 	}
 	buf, ptrs := packStrings(args...)
-	err := n.n.do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t { return f(p, ptrs, e) })
+	err := n.inner().do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t { return f(p, ptrs, e) })
 	runtime.KeepAlive(buf)
 	return err
 }

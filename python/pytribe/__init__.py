@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import inspect
 import json
 import logging
 import os
@@ -264,11 +265,19 @@ def _at_exit() -> None:
             node._native.wait_stopped(max(0.0, deadline - time.monotonic()))
         except BaseException:
             pass
+    # Every pool is told to stop first, then all get one 0.2 s grace
+    # together: exit does not grow with the number of nodes.
+    workers: List[threading.Thread] = []
     for node in nodes:
         try:
-            node._stop_workers(0.2)
+            workers.extend(node._stop_workers_nowait())
         except BaseException:
             pass
+    grace = time.monotonic() + 0.2
+    me = threading.current_thread()
+    for w in workers:
+        if w is not me:
+            w.join(max(0.0, grace - time.monotonic()))
     _native._set_exiting()
     _log_stop.set()
     t = _log_thread
@@ -277,6 +286,52 @@ def _at_exit() -> None:
 
 
 atexit.register(_at_exit)
+
+
+class _ForkedNative:
+    """Stands in, in a forked child, for a node of the parent process: its
+    threads and sockets belong to the parent, so every use raises
+    :class:`ShutdownError` and nothing touches the parent's streams."""
+
+    closed = True
+
+    def __init__(self, name: str, addr: str) -> None:
+        self.name = name
+        self.addr = addr
+
+    def __getattr__(self, attr: str) -> Any:
+        def refuse(*_args: object, **_kwargs: object) -> Any:
+            if attr in ("shutdown", "abort", "wait_stopped"):
+                return True
+            if attr in ("stop_background", "stop_workers"):
+                return None
+            raise ShutdownError(
+                f"node {self.name!r} belongs to the parent process; start nodes after fork()"
+            )
+
+        return refuse
+
+
+# The parent's native nodes, kept so that nothing of theirs is dropped (and
+# no socket of the parent's is touched) in a forked child.
+_forked_natives: List[Any] = []
+
+
+def _after_fork_in_child() -> None:
+    """In a child of fork(): the parent's nodes are closed here without a
+    goodbye of their own (they live on in the parent), and the next node
+    starts a new runtime."""
+    _native._after_fork_in_child()
+    for node in list(_live):
+        native = node._native
+        _forked_natives.append(native)
+        node._native = _ForkedNative(native.name, native.addr)
+        node._workers = []
+    _live.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # ---------------------------------------------------------------- events
@@ -352,6 +407,8 @@ def _check_timeout(timeout: Optional[float], allow_none: bool = False) -> None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not 0 <= timeout < float("inf"):
+        raise ValueError(f"timeout must be a finite number of seconds, 0 or more, not {timeout}")
 
 
 def _str_list(what: str, items: Iterable[str]) -> List[str]:
@@ -496,12 +553,18 @@ class Node:
         self._stop_workers(1.0)
         return done
 
-    def _stop_workers(self, grace: float) -> None:
+    def _stop_workers_nowait(self) -> List[threading.Thread]:
+        """Tells this node's pool threads to stop; returns them to join."""
         with self._lock:
             workers, self._workers = self._workers, []
+        if workers:
+            self._native.stop_workers(len(workers))
+        return workers
+
+    def _stop_workers(self, grace: float) -> None:
+        workers = self._stop_workers_nowait()
         if not workers:
             return
-        self._native.stop_workers(len(workers))
         deadline = time.monotonic() + grace
         me = threading.current_thread()
         for w in workers:
@@ -651,6 +714,13 @@ class Node:
         version again replaces the handler."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
+        if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            getattr(handler, "__call__", None)
+        ):
+            raise TypeError(
+                "handler must be a plain function (it runs on a pool thread); "
+                "an async def handler would never be awaited"
+            )
         self._native.serve(name, version, kind, handler)
         self._start_workers()
 

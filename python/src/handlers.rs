@@ -80,23 +80,17 @@ pub(crate) struct Job {
     info: tribe::CallInfo,
     queued: Instant,
     payload: Vec<u8>,
-    /// Taken by the answer; a job dropped unrun answers `shutting_down`.
+    /// Taken by the answer; a job dropped unrun tells its caller that this
+    /// host is stopping, and the caller moves the call to another host.
     responder: Option<tribe::Responder>,
 }
 
 impl Drop for Job {
     fn drop(&mut self) {
         if let Some(r) = self.responder.take() {
-            r.fail(pool_stopped());
+            r.refuse_stopping();
         }
     }
-}
-
-fn pool_stopped() -> HandlerError {
-    HandlerError::new(
-        "shutting_down",
-        "the handler pool stopped before running the call",
-    )
 }
 
 /// What pool threads take from the queue.
@@ -134,10 +128,8 @@ impl Pool {
         let closed = self.closed.clone();
         move |info, payload, responder| {
             if closed.load(Ordering::Acquire) {
-                responder.fail(HandlerError::new(
-                    "shutting_down",
-                    "the serving node is closing",
-                ));
+                // Not run here: the caller moves it to another host.
+                responder.refuse_stopping();
                 return;
             }
             let job = Job {
@@ -147,12 +139,12 @@ impl Pool {
                 payload,
                 responder: Some(responder),
             };
-            // A pool that stopped drops the job, which answers `shutting_down`.
+            // A pool that stopped drops the job, which refuses the call.
             let _ = tx.send(Work::Call(job));
         }
     }
 
-    /// Drops every queued call (their callers get `shutting_down`).
+    /// Drops every queued call (their callers move them to other hosts).
     pub(crate) fn drain(&self) {
         while let Ok(work) = self.rx.try_recv() {
             drop(work);

@@ -20,7 +20,7 @@ mod node;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -29,8 +29,10 @@ use tokio::runtime::Runtime;
 /// Longest time the GIL stays released before signals are checked.
 pub(crate) const SLICE: Duration = Duration::from_millis(50);
 
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-static RUNTIME_INIT: Mutex<()> = Mutex::new(());
+/// The process's runtime. Never dropped: after a `fork()` the child gets a
+/// new one (see [`_after_fork_in_child`]) and the parent's, whose threads
+/// do not exist there, is left alone.
+static RUNTIME: Mutex<Option<&'static Runtime>> = Mutex::new(None);
 
 /// Set by the package's atexit hook: from then on nothing calls into Python
 /// from a thread of the runtime.
@@ -38,11 +40,8 @@ pub(crate) static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// The module's runtime, created on first use.
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let _guard = RUNTIME_INIT.lock().unwrap_or_else(|p| p.into_inner());
-    if let Some(rt) = RUNTIME.get() {
+    let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(rt) = *slot {
         return Ok(rt);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -53,7 +52,18 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
         .map_err(|e| {
             pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the runtime: {e}"))
         })?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    let rt: &'static Runtime = Box::leak(Box::new(rt));
+    *slot = Some(rt);
+    Ok(rt)
+}
+
+/// Called in a child process right after `fork()` (the package registers
+/// it with `os.register_at_fork`): the parent's runtime threads do not
+/// exist here, so the next use starts a new runtime.
+#[pyfunction]
+fn _after_fork_in_child() {
+    *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    EXITING.store(false, Ordering::Release);
 }
 
 /// Drives `fut` to completion on the runtime with the GIL released, waking
@@ -164,6 +174,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(key_id, m)?)?;
     m.add_function(wrap_pyfunction!(_set_exiting, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(aio::_complete, m)?)?;
     m.add_function(wrap_pyfunction!(logs::next_log, m)?)?;
     m.add_function(wrap_pyfunction!(logs::set_log_level, m)?)?;

@@ -198,6 +198,16 @@ impl NativeNode {
             })?;
         }
         cfg.data_dir = data_dir;
+        if encryption.is_some() && cfg.keyring.is_none() && cfg.data_dir.is_none() {
+            // Silently running in plaintext is not what a mode asks for.
+            return Err(to_py(
+                py,
+                tribe::Error::Config(
+                    "an encryption mode needs a key (key=...) or a data_dir holding a keyring"
+                        .into(),
+                ),
+            ));
+        }
         if let Some(a) = advertise {
             cfg.advertise = Some(parse_addr("advertise", a)?);
         }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import time
 
 import pytest
 
@@ -194,3 +195,28 @@ def test_identity_and_skew_events_decode() -> None:
     assert isinstance(ev, pytribe.IdentityClaimed) and ev.generation == 2**64 - 1
     ev = pytribe._event({"kind_": "clock_skew", "name": "slow-1", "offset_ms": -600000})
     assert isinstance(ev, pytribe.ClockSkew) and ev.name == "slow-1" and ev.offset_ms == -600000
+
+
+def test_a_subscriber_made_after_close_ends_at_once() -> None:
+    node = start("late-sub")
+    node.events(timeout=0.1)
+    node.close()
+    began = time.monotonic()
+    list(node.events())  # ends: the node has stopped
+    assert time.monotonic() - began < 2.0
+
+
+def test_bad_arguments_are_refused_before_anything_happens() -> None:
+    node = start("refusals")
+    with pytest.raises(ValueError):
+        node.close(timeout=-1)
+    with pytest.raises(ValueError):
+        node.events(timeout=float("nan"))
+    assert not node.closed
+
+    async def handler(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        return payload
+
+    with pytest.raises(TypeError):
+        node.serve("a", "1", "processor", handler)  # type: ignore[arg-type]
+    node.close()

@@ -131,3 +131,39 @@ def test_exit_with_a_live_node_and_a_running_handler_is_clean() -> None:
     assert proc.returncode == 0, err
     assert "Fatal" not in err and "panicked" not in err, err
     print(f"exited in {time.monotonic() - start:.2f} s")
+
+
+FORK = textwrap.dedent(
+    """
+    import os, sys
+    import pytribe
+    used = pytribe.Node("used", profile="local", collect_facts=False)
+    used.create_tribe("t")
+    pid = os.fork()
+    if pid == 0:
+        # The parent's node is closed here, and the child's own works.
+        try:
+            used.create_tribe("u")
+            sys.exit(3)
+        except pytribe.ShutdownError:
+            pass
+        child = pytribe.Node("child", profile="local", collect_facts=False)
+        child.create_tribe("c")
+        child.join("c")
+        child.serve("e", "1", "processor", lambda payload, info: payload)
+        assert child.call("c", "e", b"hi", timeout=5) == b"hi"
+        sys.exit(0)  # through the atexit hook, with the parent's node live
+    _, status = os.waitpid(pid, 0)
+    used.close()
+    print("CHILD", os.waitstatus_to_exitcode(status), flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_gets_a_runtime_of_its_own_and_exits() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", FORK], capture_output=True, text=True, timeout=30
+    )
+    assert out.returncode == 0, out.stderr
+    assert "CHILD 0" in out.stdout, out.stdout + out.stderr

@@ -422,7 +422,9 @@ impl Engine {
             let now = tasks.get(&(tribe.clone(), id.clone()));
             let still_running = now.is_some_and(|n| n.state == crate::records::TaskState::Running);
             if rec.state == crate::records::TaskState::Running && !still_running {
-                self.emit(Event::TaskStop(task(tribe, id, rec)));
+                // The new record when the task was stopped (its new state),
+                // the last one when it went away.
+                self.emit(Event::TaskStop(task(tribe, id, now.unwrap_or(rec))));
             }
         }
         for ((tribe, id), rec) in &tasks {

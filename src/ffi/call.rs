@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,9 +27,23 @@ pub const TRIBE_KIND_PUBLISHER: u32 = 3;
 /// Asynchronous calls not finished yet. Whoever removes an id — the call
 /// finishing, a cancel, or the node stopping — reports its one completion,
 /// under the same lock as the close of the mailbox, so none is lost.
-#[derive(Default)]
 pub(super) struct AsyncCalls {
     inner: Mutex<Pending>,
+    /// Completions queued for the host and not yet freed: with the calls
+    /// running, held to the node's `max_inflight`, so a host that starts
+    /// calls and never takes their completions is refused (`Overloaded`)
+    /// instead of queueing without end.
+    unread: Arc<AtomicUsize>,
+    bound: usize,
+}
+
+/// One completion not yet freed by the host.
+pub(super) struct Unread(Arc<AtomicUsize>);
+
+impl Drop for Unread {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 #[derive(Default)]
@@ -38,6 +53,14 @@ struct Pending {
 }
 
 impl AsyncCalls {
+    pub(super) fn new(bound: usize) -> AsyncCalls {
+        AsyncCalls {
+            inner: Mutex::default(),
+            unread: Arc::default(),
+            bound: bound.max(1),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -47,8 +70,16 @@ impl AsyncCalls {
         if p.closed {
             return Err(Error::ShuttingDown.into());
         }
+        if p.calls.len() + self.unread.load(Ordering::Acquire) >= self.bound {
+            return Err(Error::Overloaded.into());
+        }
         p.calls.insert(id, None);
         Ok(())
+    }
+
+    fn unread(&self) -> Unread {
+        self.unread.fetch_add(1, Ordering::AcqRel);
+        Unread(self.unread.clone())
     }
 
     fn attach(&self, id: u64, task: AbortHandle) {
@@ -70,9 +101,18 @@ impl AsyncCalls {
             if let Some(task) = task {
                 task.abort();
             }
-            let result = Some(result);
-            let _ = mailbox.push(Body::CallDone { id, result }, Class::Kept);
+            self.report(mailbox, id, result);
         }
+    }
+
+    /// Queues the one completion of `id`, counted until the host frees it.
+    fn report(&self, mailbox: &Mailbox<Body>, id: u64, result: Result<Vec<u8>, FfiError>) {
+        let done = Body::CallDone {
+            id,
+            result: Some(result),
+            _unread: self.unread(),
+        };
+        let _ = mailbox.push(done, Class::Kept);
     }
 
     /// Finishes every pending call with `TRIBE_SHUTTING_DOWN`, refuses new
@@ -86,8 +126,7 @@ impl AsyncCalls {
             if let Some(Some(task)) = p.calls.remove(&id) {
                 task.abort();
             }
-            let result = Some(Err(Error::ShuttingDown.into()));
-            let _ = mailbox.push(Body::CallDone { id, result }, Class::Kept);
+            self.report(mailbox, id, Err(Error::ShuttingDown.into()));
         }
         mailbox.close();
     }
@@ -110,6 +149,7 @@ pub struct TribeResponder {
 enum Answer {
     Reply(Vec<u8>),
     Fail(HandlerError),
+    RefuseStopping,
     Decline,
 }
 
@@ -144,6 +184,7 @@ impl TribeResponder {
         match answer {
             Answer::Reply(bytes) => responder.reply(bytes),
             Answer::Fail(e) => responder.fail(e),
+            Answer::RefuseStopping => responder.refuse_stopping(),
             Answer::Decline => responder.decline(),
         }
         Ok(())
@@ -400,6 +441,24 @@ pub extern "C" fn tribe_responder_budget_us(r: *const TribeResponder) -> u64 {
     })
 }
 
+/// Whether the call is over without this responder's answer: its caller
+/// cancelled it (`tribe_node_call_cancel`, a cancelled Go context, ...),
+/// its budget ran out, or its stream or node ended. An answer given now is
+/// dropped; a long handler may check this to stop early. True for NULL and
+/// for a responder already answered. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_responder_is_abandoned(r: *const TribeResponder) -> bool {
+    ffi_infallible!(true, {
+        cast::opt_ref(r).is_none_or(|r| {
+            r.responder
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(Responder::is_abandoned)
+        })
+    })
+}
+
 /// Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
 /// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
 /// already. An answer the caller no longer waits for (deadline passed,
@@ -436,6 +495,22 @@ pub extern "C" fn tribe_responder_fail(
         let code = cast::opt_text(code, "code")?.unwrap_or("error");
         let message = cast::opt_text(message, "message")?.unwrap_or("");
         r.answer(Answer::Fail(HandlerError::new(code, message)))
+    })
+}
+
+/// Answers that this host is stopping and did not run the call (a handler
+/// pool that stops with calls still queued, a handler that gave up because
+/// its node is closing): the caller moves the call to another member that
+/// serves the plugin, as for a call that reaches a host already stopping
+/// (`TRIBE_NO_PROVIDER` when there is none). `TRIBE_CONSUMED` if the call
+/// was answered already. The responder must still be freed. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_responder_refuse_stopping(
+    r: *const TribeResponder,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        cast::handle(r, "responder")?.answer(Answer::RefuseStopping)
     })
 }
 

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 
 use super::cast;
 use super::error::FfiError;
-use crate::{Config, Keyring, SecretKey};
+use crate::{Config, Error, Keyring, SecretKey};
 
 /// What `tribe_node_start` takes.
 pub struct TribeConfig {
@@ -21,6 +21,8 @@ pub(super) struct Pending {
     pub(super) worker_threads: usize,
     /// Log records queued as events from this level on (0: none).
     pub(super) log_level: u32,
+    /// Whether the host chose an encryption mode, which needs a key.
+    pub(super) encryption_set: bool,
 }
 
 impl TribeConfig {
@@ -37,10 +39,19 @@ impl TribeConfig {
             keys,
             worker_threads,
             log_level,
+            encryption_set,
         } = self
             .inner
             .take()
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
+        if encryption_set && keys.is_empty() && config.data_dir.is_none() {
+            // Silently running in plaintext is not what a mode asks for.
+            return Err(Error::Config(
+                "an encryption mode needs a key (tribe_config_add_key) or a data dir holding a keyring"
+                    .into(),
+            )
+            .into());
+        }
         let mut keys = keys.into_iter();
         if let Some(primary) = keys.next() {
             let mut ring = Keyring::new(primary);
@@ -91,6 +102,7 @@ pub extern "C" fn tribe_config_new(
             keys: Vec::new(),
             worker_threads: 2,
             log_level: 0,
+            encryption_set: false,
         };
         cast::write(
             out,
@@ -291,6 +303,7 @@ pub extern "C" fn tribe_config_set_encryption(
         let mode = cast::text(mode, "mode")?.parse()?;
         with_config(cfg, |p| {
             p.config.encryption = mode;
+            p.encryption_set = true;
             Ok(())
         })
     })

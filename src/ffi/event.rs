@@ -81,6 +81,8 @@ pub(super) enum Body {
     CallDone {
         id: u64,
         result: Option<Result<Vec<u8>, FfiError>>,
+        /// Counts the completion against the node's bound until freed.
+        _unread: super::call::Unread,
     },
 }
 
@@ -195,7 +197,7 @@ impl TribeEvent {
                 }),
                 None => json!({ "kind": "call" }),
             },
-            Body::CallDone { id, result } => {
+            Body::CallDone { id, result, .. } => {
                 let outcome = match result {
                     Some(Ok(_)) => "ok",
                     Some(Err(e)) => super::error::code_name(e.code)

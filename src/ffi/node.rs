@@ -150,8 +150,11 @@ pub extern "C" fn tribe_node_start(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
+        // The config is consumed on every path, a NULL `out` included.
+        let taken = cast::handle_mut(cfg, "config")?.take();
         let out = cast::out(out, "out")?;
-        let (config, threads, log_level) = cast::handle_mut(cfg, "config")?.take()?;
+        let (config, threads, log_level) = taken?;
+        let max_inflight = config.rpc.max_inflight;
         let mailbox = Arc::new(Mailbox::new().map_err(Error::from)?);
         let log_sink = (log_level > 0).then(|| {
             super::log::enable(log_level);
@@ -197,7 +200,7 @@ pub extern "C" fn tribe_node_start(
             closing: watch::channel(false).0,
             stopped: Mutex::new(false),
             log_sink,
-            calls: Default::default(),
+            calls: Arc::new(super::call::AsyncCalls::new(max_inflight)),
             next_call: AtomicU64::new(1),
         };
         cast::write(out, cast::into_handle(handle));
@@ -276,8 +279,12 @@ where
     Fut: std::future::Future<Output = crate::Result<()>>,
 {
     let handle: &'a TribeNode = node_handle(node)?;
-    let fut = f(handle.live()?)?;
-    Ok(handle.block_on(fut)?)
+    // A command may start threads from the host's (the policy compiler's,
+    // the runtime's blocking pool): they start with the signals blocked.
+    with_signals_blocked(|| {
+        let fut = f(handle.live()?)?;
+        Ok(handle.block_on(fut)?)
+    })
 }
 
 /// Creates an empty tribe. Blocks for a local write only (microseconds);

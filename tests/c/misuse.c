@@ -54,6 +54,18 @@ static void config_misuse(void) {
     EXPECT(TRIBE_INVALID_NAME, tribe_node_start(cfg, &node, &err));
     tribe_config_free(cfg);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_start(NULL, &node, &err));
+    /* A NULL `out` is refused, and the config is consumed all the same. */
+    EXPECT(TRIBE_OK, tribe_config_new("unstarted", &cfg, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_start(cfg, NULL, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_config_set_profile(cfg, "local", &err));
+    EXPECT(TRIBE_CONSUMED, tribe_node_start(cfg, &node, &err));
+    tribe_config_free(cfg);
+    /* An encryption mode without a key does not start in plaintext. */
+    EXPECT(TRIBE_OK, tribe_config_new("modal", &cfg, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_encryption(cfg, "send", &err));
+    EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
+    CHECK(node == NULL);
+    tribe_config_free(cfg);
     tribe_config_free(NULL);
     /* err may be NULL: the code alone is returned. */
     CHECK(tribe_config_new(NULL, &cfg, NULL) == TRIBE_NULL_ARGUMENT);
@@ -227,7 +239,12 @@ static void responder_and_events(tribe_node *n) {
     const uint8_t *payload = tribe_responder_payload(r, &len);
     CHECK(len == 4 && memcmp(payload, "ping", 4) == 0);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_reply(r, NULL, 3, &err));
+    CHECK(!tribe_responder_is_abandoned(r));
+    CHECK(tribe_responder_is_abandoned(NULL));
     EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"pong", 4, &err));
+    CHECK(tribe_responder_is_abandoned(r)); /* answered: nothing left to do */
+    EXPECT(TRIBE_CONSUMED, tribe_responder_refuse_stopping(r, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_refuse_stopping(NULL, &err));
     EXPECT(TRIBE_CONSUMED, tribe_responder_reply(r, (const uint8_t *)"pong", 4, &err));
     EXPECT(TRIBE_CONSUMED, tribe_responder_fail(r, "late", "too late", &err));
     EXPECT(TRIBE_CONSUMED, tribe_responder_decline(r, &err));
