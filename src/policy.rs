@@ -283,6 +283,35 @@ impl Compiled {
     }
 
     fn evaluate(&self, facts: &BTreeMap<String, String>) -> Result<bool, EvalError> {
+        match self.execute(facts) {
+            Ok(Value::Bool(holds)) => Ok(holds),
+            Ok(other) => Err(EvalError::new(format!(
+                "expression yields {}, not bool",
+                other.type_of()
+            ))),
+            Err(error) => Err(EvalError::new(error.to_string())),
+        }
+    }
+
+    /// Rejects an expression that can hold for no facts at all: one that
+    /// yields something other than a bool, or names a function or variable
+    /// that does not exist. Run over no facts, where a missing fact (the
+    /// usual error) says nothing and is let through.
+    fn probe(&self) -> Result<(), PolicyError> {
+        match catch_unwind(AssertUnwindSafe(|| self.execute(&BTreeMap::new()))) {
+            Ok(Ok(Value::Bool(_))) | Err(_) => Ok(()),
+            Ok(Ok(other)) => Err(PolicyError::new(format!(
+                "expression yields {}, not bool",
+                other.type_of()
+            ))),
+            Ok(Err(ExecutionError::UndeclaredReference(name))) => Err(PolicyError::new(format!(
+                "unknown function or name '{name}'"
+            ))),
+            Ok(Err(_)) => Ok(()),
+        }
+    }
+
+    fn execute(&self, facts: &BTreeMap<String, String>) -> Result<Value, ExecutionError> {
         let mut context = Context::with_env(Arc::clone(env()));
         let facts: HashMap<String, String> = facts
             .iter()
@@ -305,16 +334,9 @@ impl Compiled {
                         }
                     },
                 )
-                .map_err(|e| EvalError::new(e.to_string()))?;
+                .map_err(|e| ExecutionError::function_error("matches", e.to_string()))?;
         }
-        match self.program.execute(&context) {
-            Ok(Value::Bool(holds)) => Ok(holds),
-            Ok(other) => Err(EvalError::new(format!(
-                "expression yields {}, not bool",
-                other.type_of()
-            ))),
-            Err(error) => Err(EvalError::new(error.to_string())),
-        }
+        self.program.execute(&context)
     }
 }
 
@@ -342,12 +364,14 @@ fn compile_program(source: &str) -> Result<Compiled, PolicyError> {
         }
         (checked.depth, checked.patterns)
     };
-    Ok(Compiled {
+    let compiled = Compiled {
         source: source.to_owned(),
         program,
         depth,
         patterns: Arc::new(patterns),
-    })
+    };
+    compiled.probe()?;
+    Ok(compiled)
 }
 
 /// Turns cel's parse errors into one [`PolicyError`], positioned at the first
@@ -784,7 +808,30 @@ mod tests {
     fn non_bool_result_is_an_error() {
         let error = eval("facts.os_dist", &ubuntu_node()).unwrap_err();
         assert_eq!(error.message, "expression yields string, not bool");
-        assert!(eval("1 + 1", &ubuntu_node()).is_err());
+    }
+
+    #[test]
+    fn what_can_hold_for_no_facts_is_refused_at_compile() {
+        for (when, says) in [
+            ("1 + 1", "yields int"),
+            (r#""text""#, "yields string"),
+            ("foo(facts)", "unknown function or name 'foo'"),
+            (
+                r#"facts.rack == "r1" || nope(1)"#,
+                "unknown function or name 'nope'",
+            ),
+        ] {
+            let e = Condition::compile(when).expect_err(when);
+            assert!(e.message.contains(says), "{when}: {e}");
+        }
+        // A missing fact says nothing at compile time.
+        for when in [
+            r#"facts.rack == "r1""#,
+            r#"facts.os.startsWith("deb")"#,
+            "true",
+        ] {
+            assert!(Condition::compile(when).is_ok(), "{when}");
+        }
     }
 
     #[test]

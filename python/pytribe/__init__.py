@@ -387,13 +387,20 @@ class AsyncEvents:
 
     def __init__(self, native: _native.NativeEvents) -> None:
         self._native = native
+        # The take in progress, kept across a cancelled __anext__ so that
+        # the event it takes goes to the next one instead of being lost.
+        self._pending: Optional[asyncio.Future[Any]] = None
 
     def __aiter__(self) -> AsyncEvents:
         return self
 
     async def __anext__(self) -> Event:
         loop = asyncio.get_running_loop()
-        got = await self._native.anext(loop)
+        pending = self._pending
+        if pending is None or pending.get_loop() is not loop or pending.cancelled():
+            pending = self._pending = self._native.anext(loop)
+        got = await asyncio.shield(pending)
+        self._pending = None
         if not isinstance(got, dict):
             raise StopAsyncIteration
         return _event(got)

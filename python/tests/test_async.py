@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 
 import pytribe
-from conftest import Cluster, wait_for
+from conftest import Cluster, start, wait_for
 
 
 def test_aevents_follow_the_node_and_a_cancelled_wait_loses_nothing(cluster: Cluster) -> None:
@@ -53,3 +54,30 @@ def test_aevents_follow_the_node_and_a_cancelled_wait_loses_nothing(cluster: Clu
 
     wait_for("a alone", lambda: a.members_alive() == 1)
     asyncio.run(main())
+
+
+def test_cancelled_anext_loses_no_event() -> None:
+    node = start("anext-cancel")
+    count = 2000
+
+    async def main() -> int:
+        events = node.aevents()
+        producer = threading.Thread(target=lambda: [node.create_tribe(f"x{i}") for i in range(count)])
+        producer.start()
+        got = set()
+        while producer.is_alive():
+            try:
+                e = await asyncio.wait_for(events.__anext__(), 0.0005)
+                got.add(getattr(e, "tribe", None))
+            except asyncio.TimeoutError:
+                pass
+        while True:
+            try:
+                e = await asyncio.wait_for(events.__anext__(), 1.0)
+                got.add(getattr(e, "tribe", None))
+            except asyncio.TimeoutError:
+                break
+        return len({t for t in got if t and t.startswith("x")})
+
+    assert asyncio.run(main()) == count
+    node.close()
