@@ -293,3 +293,48 @@ async fn a_call_refused_by_a_stopping_handler_moves_to_another_host() {
     }
     assert_eq!(nodes[2].rpc_stats().served, 10);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_side_names_its_own_limit_when_a_payload_is_over_it() {
+    // Node 0 accepts four times what the host (node 1) does, node 2 half.
+    let nodes = host_cluster("tl", 3, |cfg| {
+        if cfg.name.ends_with('0') {
+            cfg.rpc.max_payload = 4 * LIMIT;
+        } else if cfg.name.ends_with('2') {
+            cfg.rpc.max_payload = LIMIT / 2;
+        }
+    })
+    .await;
+    match nodes[0]
+        .call(&target("echo"), vec![1; LIMIT + 1], 5 * SECOND)
+        .await
+    {
+        Err(Error::TooLarge { size, limit }) => assert_eq!((size, limit), (LIMIT + 1, LIMIT)),
+        other => panic!("expected the host's limit, got {other:?}"),
+    }
+    // A reply within the host's limit but over the caller's is refused by
+    // the caller, with its own limit.
+    match nodes[2]
+        .call(&target("echo"), vec![2; LIMIT / 2], 5 * SECOND)
+        .await
+    {
+        Ok(reply) => assert_eq!(reply.len(), LIMIT / 2),
+        other => panic!("a reply at the limit: {other:?}"),
+    }
+    nodes[1]
+        .serve("half", "1", PluginKind::Processor, |_, _| async move {
+            Ok(vec![0u8; LIMIT / 2 + 1])
+        })
+        .await
+        .unwrap();
+    wait_for("the new endpoint seen", 20 * SECOND, || {
+        nodes[2].members().iter().any(|m| m.endpoints.len() == 3)
+    })
+    .await;
+    match nodes[2].call(&target("half"), Vec::new(), 5 * SECOND).await {
+        Err(Error::TooLarge { size, limit }) => {
+            assert_eq!((size, limit), (LIMIT / 2 + 1, LIMIT / 2))
+        }
+        other => panic!("expected the caller's limit, got {other:?}"),
+    }
+}

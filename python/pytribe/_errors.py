@@ -8,6 +8,7 @@ message instead (its library code, ``"remote"``, is ``.error_code``).
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Optional, Type
 
 
@@ -234,9 +235,17 @@ class LimitReachedError(TribeError):
 
 
 class TribeIOError(TribeError, OSError):
-    """A socket could not be bound or used."""
+    """A socket could not be bound or used. ``errno`` and ``strerror`` are
+    set when the system said why (e.g. ``errno.EADDRINUSE``)."""
 
     error_code = "io"
+
+    def __init__(self, message: str = "", code: Optional[str] = None, **attrs: Any) -> None:
+        super().__init__(message, code, **attrs)
+        found = re.search(r"(.*?) \(os error (\d+)\)", message)
+        if found:
+            self.errno = int(found.group(2))
+            self.strerror = found.group(1).rsplit(": ", 1)[-1]
 
 
 class HandlerError(Exception):

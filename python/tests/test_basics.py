@@ -220,3 +220,14 @@ def test_bad_arguments_are_refused_before_anything_happens() -> None:
     with pytest.raises(TypeError):
         node.serve("a", "1", "processor", handler)  # type: ignore[arg-type]
     node.close()
+
+
+def test_a_port_in_use_is_an_oserror_with_its_errno() -> None:
+    import errno
+
+    node = start("port-owner")
+    with pytest.raises(OSError) as e:
+        pytribe.Node("port-taker", bind=node.addr, profile="local", collect_facts=False)
+    assert isinstance(e.value, pytribe.TribeIOError)
+    assert e.value.errno == errno.EADDRINUSE, e.value
+    node.close()

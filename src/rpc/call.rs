@@ -229,6 +229,13 @@ impl Rpc {
                 Err(NotSent::Busy) => overloaded = true,
                 Err(NotSent::OutOfTime) => return Err(Error::Timeout),
                 Ok(None) => return Err(Error::Timeout),
+                // The caller's own bound holds for what it accepts too.
+                Ok(Some(Answer::Reply(Ok(bytes)))) if bytes.len() > limit => {
+                    return Err(Error::TooLarge {
+                        size: bytes.len(),
+                        limit,
+                    })
+                }
                 Ok(Some(Answer::Reply(Ok(bytes)))) => return Ok(bytes),
                 Ok(Some(Answer::Reply(Err((code, message))))) => {
                     return Err(from_handler(HandlerError { code, message }))
@@ -236,6 +243,12 @@ impl Rpc {
                 Ok(Some(Answer::Refused(Refusal::Overloaded))) => overloaded = true,
                 Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
                     return Err(Error::TooLarge { size, limit })
+                }
+                Ok(Some(Answer::Refused(Refusal::TooLargeFor { limit }))) => {
+                    return Err(Error::TooLarge {
+                        size,
+                        limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                    })
                 }
                 Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => {}
                 Ok(Some(Answer::Lost)) => {

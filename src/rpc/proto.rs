@@ -18,6 +18,12 @@ pub enum Refusal {
     ShuttingDown,
     /// The payload is over the host's limit.
     TooLarge,
+    /// The payload is over the host's limit, which it names (the caller's
+    /// own may differ).
+    TooLargeFor {
+        /// The host's `max_payload`.
+        limit: u64,
+    },
 }
 
 /// One frame of the call channel.

@@ -322,7 +322,9 @@ impl Server {
                     let refusal = if self.is_stopping() {
                         Some(Refusal::ShuttingDown)
                     } else if payload.len() > self.limits.max_payload {
-                        Some(Refusal::TooLarge)
+                        Some(Refusal::TooLargeFor {
+                            limit: self.limits.max_payload as u64,
+                        })
                     } else if !(self.in_tribe)(&tribe) {
                         // Only members of the tribe a call names serve it.
                         Some(Refusal::NoSuchPlugin)
