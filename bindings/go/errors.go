@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Error is an error reported by libtribe (or by this package, for ErrClosed).
@@ -79,7 +80,11 @@ type PolicyError struct {
 }
 
 func (e *PolicyError) Error() string {
-	return fmt.Sprintf("tribe: invalid policy at %d:%d: %s", e.Line, e.Column, e.Message)
+	msg := strings.TrimPrefix(e.Message, "invalid policy: ")
+	if e.Line == 0 {
+		return "tribe: invalid policy: " + msg
+	}
+	return fmt.Sprintf("tribe: invalid policy at %d:%d: %s", e.Line, e.Column, msg)
 }
 
 // Is makes a PolicyError match ErrInvalidPolicy.

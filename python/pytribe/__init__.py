@@ -36,6 +36,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Tuple,
     Union,
 )
 
@@ -288,6 +289,32 @@ def _at_exit() -> None:
 atexit.register(_at_exit)
 
 
+class _Dispatch:
+    """What the native side holds for a served handler. It refers to its
+    node only weakly: a handler that refers to the node (a closure over it,
+    a bound method of an object that owns it) then makes a cycle Python's
+    collector sees and frees, and a node dropped while open is still
+    aborted."""
+
+    __slots__ = ("_node", "_key")
+
+    def __init__(self, node: "Node", key: Tuple[str, str]) -> None:
+        self._node = weakref.ref(node)
+        self._key = key
+
+    def __call__(self, payload: bytes, info: CallInfo) -> Any:
+        node = self._node()
+        handler = None if node is None else node._handlers.get(self._key)
+        if handler is None:
+            raise ShutdownError("the node serving this plugin was dropped")
+        return handler(payload, info)
+
+    def __repr__(self) -> str:
+        node = self._node()
+        handler = None if node is None else node._handlers.get(self._key)
+        return repr(handler)
+
+
 class _ForkedNative:
     """Stands in, in a forked child, for a node of the parent process: its
     threads and sockets belong to the parent, so every use raises
@@ -325,7 +352,7 @@ def _after_fork_in_child() -> None:
     for node in list(_live):
         native = node._native
         _forked_natives.append(native)
-        node._native = _ForkedNative(native.name, native.addr)
+        node._native = _ForkedNative(native.name, native.addr)  # type: ignore[assignment]
         node._workers = []
     _live.clear()
 
@@ -489,6 +516,7 @@ class Node:
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
         self._lock = threading.Lock()
+        self._handlers: Dict[Tuple[str, str], Handler] = {}
         _start_log_thread()
         self._native = _native.NativeNode(
             name,
@@ -728,12 +756,23 @@ class Node:
                 "handler must be a plain function (it runs on a pool thread); "
                 "an async def handler would never be awaited"
             )
-        self._native.serve(name, version, kind, handler)
+        key = (name, version)
+        old = self._handlers.get(key)
+        self._handlers[key] = handler
+        try:
+            self._native.serve(name, version, kind, _Dispatch(self, key))
+        except BaseException:
+            if old is None:
+                self._handlers.pop(key, None)
+            else:
+                self._handlers[key] = old
+            raise
         self._start_workers()
 
     def unserve(self, name: str, version: str) -> None:
         """Stops serving a plugin and withdraws its endpoint."""
         self._native.unserve(name, version)
+        self._handlers.pop((name, version), None)
 
     def _start_workers(self) -> None:
         with self._lock:

@@ -231,3 +231,15 @@ def test_a_port_in_use_is_an_oserror_with_its_errno() -> None:
     assert isinstance(e.value, pytribe.TribeIOError)
     assert e.value.errno == errno.EADDRINUSE, e.value
     node.close()
+
+
+def test_a_node_referred_to_by_its_handler_is_collected_and_aborted() -> None:
+    import gc
+    import weakref as wr
+
+    node = start("cyclic")
+    node.serve("me", "1", "processor", lambda payload, info: node.name.encode())
+    ref = wr.ref(node)
+    del node
+    gc.collect()
+    assert ref() is None, "a node kept alive by its own handler"
