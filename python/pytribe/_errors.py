@@ -251,10 +251,15 @@ class TribeIOError(TribeError, OSError):
 class HandlerError(Exception):
     """Raise from a handler to fail a call with an explicit code.
 
-    The caller gets :class:`RemoteError` with this ``code`` and ``message``.
+    The caller gets :class:`RemoteError` with this ``code`` and ``message``
+    (a message that is not a ``str`` is turned into one with ``str()``).
     """
 
     def __init__(self, code: str, message: str = "") -> None:
+        if not isinstance(code, str):
+            raise TypeError(f"HandlerError code must be a str, not {type(code).__name__}")
+        if not isinstance(message, str):
+            message = str(message)
         super().__init__(code, message)
         self.code = code
         self.message = message

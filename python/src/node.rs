@@ -5,7 +5,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::PyTypeError;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile, SecretKey};
@@ -84,6 +84,10 @@ fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "?".into());
+        if type_name == "memoryview" {
+            // A released view, or one whose buffer cannot be read.
+            return PyValueError::new_err("payload is a memoryview that was released");
+        }
         PyTypeError::new_err(format!(
             "payload must be bytes, bytearray or memoryview, not {type_name}"
         ))
@@ -212,6 +216,13 @@ impl NativeNode {
             cfg.advertise = Some(parse_addr("advertise", a)?);
         }
         if let Some(limit) = max_payload {
+            // Frames carry the payload and 64 KiB of headroom, up to 1 GiB.
+            const MAX: usize = (1 << 30) - 64 * 1024;
+            if limit == 0 || limit > MAX {
+                return Err(value_error(format!(
+                    "max_payload must be between 1 and {MAX} bytes, not {limit}"
+                )));
+            }
             cfg.rpc.max_payload = limit;
             cfg.max_frame = cfg.max_frame.max(limit.saturating_add(64 * 1024));
         }
