@@ -538,6 +538,11 @@ impl Node {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
+        // A version no plugin could be served under is the caller's error,
+        // as it is for `serve`, not a missing provider.
+        if let Some(version) = &target.version {
+            crate::names::check_version(version)?;
+        }
         let snap = {
             let engine = self.inner.shared.engine();
             crate::rpc::call::Snapshot {

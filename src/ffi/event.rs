@@ -195,7 +195,12 @@ impl TribeEvent {
                     "budget_ms": r.info.budget.as_millis() as u64,
                     "payload_len": r.payload.len(),
                 }),
-                None => json!({ "kind": "call" }),
+                // The responder was taken: what the event still knows.
+                None => json!({
+                    "kind": "call",
+                    "tribe": self.tribe.as_ref().map(|t| t.to_string_lossy()),
+                    "plugin": self.subject.as_ref().map(|s| s.to_string_lossy()),
+                }),
             },
             Body::CallDone { id, result, .. } => {
                 let outcome = match result {
