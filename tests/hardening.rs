@@ -100,6 +100,20 @@ async fn a_forged_generation_does_not_displace_a_node() {
         })
     })
     .await;
+    // Taking the new generation is no new join: the victim never left.
+    // (The first subscriber also got the start's events: look past the claim.)
+    let mut all = seen;
+    while let Some(e) = events.try_next() {
+        all.push(e);
+    }
+    let claim_at = all
+        .iter()
+        .position(|e| matches!(e, Event::IdentityClaimed { .. }))
+        .unwrap_or(0);
+    assert!(
+        !all[claim_at..].iter().any(|e| matches!(e, Event::Joined)),
+        "a rejoin under a new generation reported as a join: {all:?}"
+    );
     for n in &nodes {
         n.shutdown().await.unwrap();
     }

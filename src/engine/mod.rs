@@ -642,9 +642,14 @@ impl Engine {
                 }
             }
             OwnedNotification::Active => {
-                self.active = true;
+                // foca says so again after each rejoin (a new generation,
+                // e.g. while another node claims this name): one event per
+                // change from isolated to joined.
+                let was_active = std::mem::replace(&mut self.active, true);
                 self.join_backoff = self.timings.join_retry;
-                self.emit(Event::Joined);
+                if !was_active {
+                    self.emit(Event::Joined);
+                }
             }
             OwnedNotification::Idle => {
                 self.active = false;
