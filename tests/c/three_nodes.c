@@ -194,6 +194,18 @@ int main(void) {
     sleep_ms(200);
     EXPECT(TRIBE_OK, tribe_node_call_cancel(nodes[2], id, &err));
     EXPECT(TRIBE_OK, tribe_node_call_cancel(nodes[2], id, &err)); /* finished: ignored */
+    /* The host learns of the cancel at once: the call it keeps unanswered
+     * is abandoned long before its 10 s budget. */
+    double c0 = now_s();
+    bool abandoned = false;
+    while (!abandoned && now_s() - c0 < 5.0) {
+        pthread_mutex_lock(&pumps[1].lock);
+        abandoned = pumps[1].nkept > 0 &&
+                    tribe_responder_is_abandoned(pumps[1].kept[pumps[1].nkept - 1]);
+        pthread_mutex_unlock(&pumps[1].lock);
+        if (!abandoned) sleep_ms(20);
+    }
+    CHECK(abandoned);
     want = 2;
     CHECK(wait_for(done_count, &want, 10));
     sleep_ms(200);
