@@ -8,12 +8,50 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from types import MappingProxyType
-from typing import Any, Callable, ClassVar, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Iterator, Mapping, Optional, Tuple, Union
+
+
+class FrozenMap(Mapping[str, Any]):
+    """A read-only mapping that, unlike ``MappingProxyType``, hashes,
+    pickles and copies, so the snapshots holding one do too."""
+
+    __slots__ = ("_d", "_hash")
+
+    def __init__(self, d: Optional[Mapping[str, Any]] = None) -> None:
+        self._d: Dict[str, Any] = dict(d or {})
+        self._hash: Optional[int] = None
+
+    def __getitem__(self, key: str) -> Any:
+        return self._d[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._d)
+
+    def __len__(self) -> int:
+        return len(self._d)
+
+    def __hash__(self) -> int:
+        if self._hash is None:
+            self._hash = hash(frozenset(self._d.items()))
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Mapping):
+            return dict(self._d) == dict(other)
+        return NotImplemented
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        return (FrozenMap, (self._d,))
+
+    def __deepcopy__(self, memo: Dict[int, Any]) -> FrozenMap:
+        return self
+
+    def __repr__(self) -> str:
+        return repr(self._d)
 
 
 def _ro(d: Optional[Dict[str, Any]]) -> Mapping[str, Any]:
-    return MappingProxyType(dict(d or {}))
+    return FrozenMap(d)
 
 
 @dataclass(frozen=True)

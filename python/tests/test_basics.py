@@ -243,3 +243,17 @@ def test_a_node_referred_to_by_its_handler_is_collected_and_aborted() -> None:
     del node
     gc.collect()
     assert ref() is None, "a node kept alive by its own handler"
+
+
+def test_snapshots_pickle_copy_and_hash() -> None:
+    import copy
+    import pickle
+
+    node = pytribe.Node("snap", profile="local", collect_facts=False, facts={"rack": "r1"})
+    member = node.members()[0]
+    assert pickle.loads(pickle.dumps(member)) == member
+    assert copy.deepcopy(member) == member
+    assert hash(member) == hash(copy.copy(member))
+    assert dataclasses.asdict(member)["facts"] == {"rack": "r1"}
+    assert member.facts["rack"] == "r1" and dict(member.facts) == {"rack": "r1"}
+    node.close()
