@@ -284,5 +284,12 @@ _BY_CODE = _classes()
 
 def _from_native(kind: str, code: str, message: str, attrs: Dict[str, Any]) -> TribeError:
     """Builds the exception for a Rust error (called by the native module)."""
+    if kind == "remote" and code == "too_large":
+        # The host's own refusal of a reply over its limit: the same error
+        # as a payload over it, with the sizes when the message has them.
+        found = re.search(r"has (\d+) bytes, over the limit of (\d+)", message)
+        if found:
+            attrs = dict(attrs, size=int(found.group(1)), limit=int(found.group(2)))
+        return TooLargeError(message, "too_large", **attrs)
     cls = _BY_CODE.get(kind, TribeError)
     return cls(message, code, **attrs)

@@ -176,6 +176,13 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
     # The host refuses it (its limit is 64 KiB); the size is the payload's.
     assert tl.value.code == "too_large" and tl.value.size == 128 * 1024
 
+    # A reply over the host's limit is the same error, with its sizes.
+    host.serve("grow", "1", "processor", lambda payload, info: payload * 2)
+    wait_endpoint(caller, "grow")
+    with pytest.raises(pytribe.TooLargeError) as tl:
+        caller.call("svc", "grow", b"x" * (40 * 1024))
+    assert (tl.value.size, tl.value.limit) == (80 * 1024, 64 * 1024)
+
     async def timeout_async() -> None:
         release.clear()
         with pytest.raises(pytribe.CallTimeoutError):
