@@ -6,7 +6,7 @@
 //! handler never runs on a runtime worker.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
@@ -16,9 +16,12 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyByteArray, PyBytes, PyDict};
 use tribe::HandlerError;
 
+/// The responder of a call running in a handler, shared with its
+/// `CallInfo` so the handler can ask whether the call was abandoned.
+type Running = Arc<Mutex<Option<tribe::Responder>>>;
+
 /// What a handler learns about a call.
 #[pyclass(frozen, module = "pytribe._native", eq)]
-#[derive(PartialEq)]
 pub(crate) struct CallInfo {
     /// Calling node.
     #[pyo3(get)]
@@ -35,6 +38,27 @@ pub(crate) struct CallInfo {
     /// When the caller stops waiting, on the `time.monotonic()` clock.
     #[pyo3(get)]
     deadline: f64,
+    /// The call's responder while the handler runs (none for a `CallInfo`
+    /// made in Python).
+    running: Option<Running>,
+}
+
+impl PartialEq for CallInfo {
+    fn eq(&self, other: &Self) -> bool {
+        (
+            &self.caller,
+            &self.tribe,
+            &self.plugin,
+            &self.version,
+            self.deadline,
+        ) == (
+            &other.caller,
+            &other.tribe,
+            &other.plugin,
+            &other.version,
+            other.deadline,
+        )
+    }
 }
 
 #[pymethods]
@@ -47,7 +71,20 @@ impl CallInfo {
             plugin,
             version,
             deadline,
+            running: None,
         }
+    }
+
+    /// Whether the call is over without this handler's answer: its caller
+    /// cancelled it (or gave up), its deadline passed, or the node stopped.
+    /// A long handler may check it and stop early; its answer is dropped.
+    fn abandoned(&self) -> bool {
+        self.running.as_ref().is_some_and(|r| {
+            r.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .is_none_or(tribe::Responder::is_abandoned)
+        })
     }
 
     /// Seconds left before the deadline (never negative).
@@ -171,14 +208,19 @@ fn run_job(py: Python<'_>, mut job: Job) {
         // The caller gave up while the call was queued.
         return;
     }
-    match call_handler(py, &job) {
+    let running: Running = Arc::new(Mutex::new(Some(responder)));
+    let result = call_handler(py, &job, &running);
+    let Some(responder) = running.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        return;
+    };
+    match result {
         // Written to the caller's stream from this thread, without the GIL.
         Ok(reply) => py.detach(|| responder.reply(reply)),
         Err(e) => responder.fail(e),
     }
 }
 
-fn call_handler(py: Python<'_>, job: &Job) -> Result<Vec<u8>, HandlerError> {
+fn call_handler(py: Python<'_>, job: &Job, running: &Running) -> Result<Vec<u8>, HandlerError> {
     let internal = |e: PyErr| HandlerError::new("internal", e.to_string());
     let left = job.info.budget.saturating_sub(job.queued.elapsed());
     let deadline = monotonic(py).map_err(internal)? + left.as_secs_f64();
@@ -188,6 +230,7 @@ fn call_handler(py: Python<'_>, job: &Job) -> Result<Vec<u8>, HandlerError> {
         plugin: job.info.plugin.clone(),
         version: job.info.version.clone(),
         deadline,
+        running: Some(running.clone()),
     };
     let info = Bound::new(py, info).map_err(internal)?;
     let payload = PyBytes::new(py, &job.payload);

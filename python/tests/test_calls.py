@@ -232,3 +232,31 @@ def test_a_call_from_a_closed_host_reports_shutdown_or_no_provider(cluster: Clus
     wait_for("the host gone", lambda: all(m.state == "left" for m in caller.members() if m.name == "host"))
     with pytest.raises(pytribe.NoProviderError):
         caller.call("svc", "echo", b"2")
+
+
+def test_a_cancelled_call_is_abandoned_for_its_running_handler(cluster: Cluster) -> None:
+    host, caller = pair(cluster)
+    saw: List[float] = []
+    started = threading.Event()
+
+    def patient(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        started.set()
+        t0 = time.monotonic()
+        while not info.abandoned() and time.monotonic() - t0 < 20:
+            time.sleep(0.01)
+        saw.append(time.monotonic() - t0)
+        return b"late"
+
+    host.serve("patient", "1", "processor", patient)
+    wait_endpoint(caller, "patient")
+
+    async def cancel_soon() -> None:
+        task = asyncio.ensure_future(caller.call_async("svc", "patient", b"x", timeout=30))
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 10)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancel_soon())
+    wait_for("the handler saw the cancel", lambda: len(saw) == 1)
+    assert saw[0] < 5, saw  # told at once, not at the 30 s deadline
