@@ -33,3 +33,24 @@ func TestTwoNodesSeeEachOther(t *testing.T) {
 		return memberState(a, b.Name()) == "left"
 	})
 }
+
+// Config.LogLevel turns libtribe's log records into EventLog events.
+func TestLogLevelDeliversLogEvents(t *testing.T) {
+	if _, err := Start(Config{Name: "badlog", Bind: "127.0.0.1:0", LogLevel: "chatty"}); err == nil {
+		t.Fatal("a bad log level was accepted")
+	}
+	n := startNode(t, "logs", func(c *Config) { c.LogLevel = "debug" })
+	other := startNode(t, "logpeer", func(c *Config) { c.Seeds = []string{n.Addr()} })
+	_ = other
+	deadline := time.After(20 * time.Second)
+	for {
+		select {
+		case e := <-n.Events():
+			if e.Kind == EventLog && e.Level != "" && e.Message != "" && e.Kind.String() == "log" {
+				return
+			}
+		case <-deadline:
+			t.Fatal("no log event within 20 s")
+		}
+	}
+}

@@ -35,6 +35,7 @@ const (
 	EventPolicyError         EventKind = C.TRIBE_EVENT_POLICY_ERROR         // Policy could not be evaluated (Message)
 	EventIdentityClaimed     EventKind = C.TRIBE_EVENT_IDENTITY_CLAIMED     // another identity claims this node's name (Addr, Generation)
 	EventClockSkew           EventKind = C.TRIBE_EVENT_CLOCK_SKEW           // Member's clock is off this node's by OffsetMs
+	EventLog                 EventKind = C.TRIBE_EVENT_LOG                  // a log record of libtribe's (Level, Target, Message; Config.LogLevel)
 )
 
 var eventNames = map[string]EventKind{
@@ -58,6 +59,7 @@ var eventNames = map[string]EventKind{
 	"policy_error":         EventPolicyError,
 	"identity_claimed":     EventIdentityClaimed,
 	"clock_skew":           EventClockSkew,
+	"log":                  EventLog,
 }
 
 // String gives the kind's stable snake_case name, e.g. "member_joined".
@@ -99,6 +101,10 @@ type Event struct {
 	// OffsetMs is Member's clock minus this node's, in milliseconds
 	// (EventClockSkew).
 	OffsetMs int64
+	// Level ("error" ... "trace") and Target (the module) of an EventLog;
+	// its text is in Message.
+	Level  string
+	Target string
 }
 
 // eventJSON is the C ABI's event JSON (docs/c-api.md).
@@ -117,6 +123,8 @@ type eventJSON struct {
 	Reason   string  `json:"reason"`
 	Gen      uint64  `json:"generation"`
 	OffsetMs int64   `json:"offset_ms"`
+	Level    string  `json:"level"`
+	Target   string  `json:"target"`
 }
 
 func decodeEvent(kind EventKind, text []byte) (Event, error) {
@@ -145,5 +153,7 @@ func decodeEvent(kind EventKind, text []byte) (Event, error) {
 		Message:    msg,
 		Generation: j.Gen,
 		OffsetMs:   j.OffsetMs,
+		Level:      j.Level,
+		Target:     j.Target,
 	}, nil
 }

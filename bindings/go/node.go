@@ -50,6 +50,10 @@ type Config struct {
 	// DataDir keeps known peers, memberships by hand and the keyring across
 	// restarts; created if missing.
 	DataDir string
+	// LogLevel sends libtribe's log records from this level on as EventLog
+	// events: "error", "warn", "info", "debug" or "trace" ("" or "off":
+	// none). A wrong key, a plaintext peer or a wrong label shows there.
+	LogLevel string
 	// NoHostFacts turns off collecting host facts (architecture, os_dist, ...).
 	NoHostFacts bool
 	// WorkerThreads of the node's runtime (1 to 64; 0: the default, 2).
@@ -167,7 +171,7 @@ func (c *cstrings) free() {
 // the background (it does not wait for peers).
 func Start(cfg Config) (*Node, error) {
 	gcPoint()
-	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.Encryption, cfg.DataDir}
+	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.Encryption, cfg.DataDir, cfg.LogLevel}
 	all = append(all, cfg.Seeds...)
 	all = append(all, cfg.ExtraKeys...)
 	for k, v := range cfg.Facts {
@@ -215,6 +219,9 @@ func Start(cfg Config) (*Node, error) {
 	}
 	add(cfg.Encryption != "", func(e **C.tribe_error) C.uint32_t {
 		return C.tribe_config_set_encryption(ccfg, cs.str(cfg.Encryption), e)
+	})
+	add(cfg.LogLevel != "", func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_log_level(ccfg, cs.str(cfg.LogLevel), e)
 	})
 	add(cfg.DataDir != "", func(e **C.tribe_error) C.uint32_t {
 		return C.tribe_config_set_data_dir(ccfg, cs.str(cfg.DataDir), e)
