@@ -173,11 +173,11 @@ impl Slot {
     }
 
     /// Tells the caller that this host is stopping and did not run the
-    /// call, so it moves the call to another host; false when the call was
-    /// answered already.
-    pub(crate) fn refuse_stopping(&self) -> bool {
+    /// call, so it moves the call to another host (nothing when the call
+    /// was answered already).
+    pub(crate) fn refuse_stopping(&self) {
         let Some(sink) = self.take() else {
-            return false;
+            return;
         };
         RpcCounters::bump(&self.counters.refused);
         match sink {
@@ -198,7 +198,6 @@ impl Slot {
                 )));
             }
         }
-        true
     }
 
     /// Answers a call whose budget ran out (the caller stops waiting now).
