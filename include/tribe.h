@@ -19,7 +19,8 @@
  *   empty buffer is NULL. `const char *` results are borrowed from the object
  *   they came from and valid until it is freed, unless said to be static.
  * - A panic inside libtribe is caught and returned as TRIBE_PANIC; nothing
- *   unwinds into C. libtribe installs no signal handlers.
+ *   unwinds into C. libtribe installs no signal handlers, and its socket
+ *   writes (also those made on the host's threads) never raise SIGPIPE.
  *
  * Threads
  * - libtribe never calls into the host from its own threads. Node events,

@@ -745,6 +745,7 @@ async fn open_stream(
                     Some([wire::CHANNEL_RPC]) => {
                         drop(place);
                         let (reader, writer) = s.into_split();
+                        let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
                         tokio::spawn(server.serve_stream(reader, writer, sealer, opener));
                         Ok(None)
                     }

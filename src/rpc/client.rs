@@ -500,6 +500,7 @@ impl Dialer {
             let _ = tcp.set_nodelay(true);
             let (sealer, opener) = self.handshake(&mut tcp, security).await?;
             let (reader, writer) = tcp.into_split();
+            let writer = super::tcp_writer::TcpWriter::new(writer);
             Ok::<Conn, String>(self.conn_over(reader, writer, sealer, opener))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {

@@ -13,6 +13,7 @@ pub mod outbox;
 pub mod proto;
 pub mod responder;
 pub mod server;
+pub(crate) mod tcp_writer;
 
 use std::future::Future;
 use std::pin::Pin;
