@@ -64,13 +64,18 @@ impl Node {
     /// be called inside a tokio runtime. Events from the very start are kept
     /// for the first [`Node::events`] call.
     pub async fn start(config: Config) -> Result<Node> {
-        Node::start_with_faults(config, Arc::new(Faults::default())).await
+        Node::start_inner(config, Arc::new(Faults::default())).await
     }
 
     /// [`Node::start`] with fault injection in place from the first moment
-    /// (a skewed clock, say); for tests.
+    /// (a skewed clock, say); for tests (feature `internals`).
+    #[cfg(feature = "internals")]
     #[doc(hidden)]
     pub async fn start_with_faults(config: Config, faults: Arc<Faults>) -> Result<Node> {
+        Node::start_inner(config, faults).await
+    }
+
+    async fn start_inner(config: Config, faults: Arc<Faults>) -> Result<Node> {
         config.validate()?;
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
@@ -184,7 +189,7 @@ impl Node {
 
     /// The event stream. The first call gets every event since start; later
     /// calls get events from the moment of the call. A subscriber more than
-    /// [`runtime::EVENT_QUEUE`] events behind loses new ones (counted in
+    /// 65,536 events behind loses new ones (counted in
     /// [`Counters::events_dropped`]); snapshots always give the current truth.
     pub fn events(&self) -> EventStream {
         if let Some(rx) = self
@@ -211,7 +216,10 @@ impl Node {
         EventStream { rx }
     }
 
-    /// Fault injection (drop traffic to or from peers, random loss); for tests.
+    /// Fault injection (drop traffic to or from peers, random loss); for
+    /// tests (feature `internals`).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
     pub fn faults(&self) -> Arc<Faults> {
         self.inner.shared.faults.clone()
     }
@@ -373,7 +381,7 @@ impl Node {
     }
 
     /// Which live nodes hold which keys, and which is primary where.
-    pub fn keyring_status(&self) -> crate::engine::keys::KeyringStatus {
+    pub fn keyring_status(&self) -> crate::KeyringStatus {
         self.inner.shared.engine().keyring_status()
     }
 
@@ -614,8 +622,10 @@ impl Node {
         self.inner.rpc.counters.stats()
     }
 
-    /// The call path (server, pool, counters), for the workflow runner and
-    /// artifact transfer.
+    /// The raw call path (server, pool, counters); for tests (feature
+    /// `internals`).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
     pub fn rpc(&self) -> Arc<crate::rpc::call::Rpc> {
         self.inner.rpc.clone()
     }

@@ -1,5 +1,5 @@
 //! The data directory: where a node keeps what it needs to rejoin after a
-//! restart (see [`crate::engine::durable`]). Files are written to a temporary
+//! restart (see `engine::durable`). Files are written to a temporary
 //! name and renamed, so a crash mid-write leaves the previous copy intact.
 
 use std::path::{Path, PathBuf};

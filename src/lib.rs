@@ -2,20 +2,33 @@
 //! named, overlapping subtribes, with facts, CEL policies and per-tribe catalogs
 //! of plugins and tasks that every member inherits.
 //!
-//! Layers (arrows point down only): [`api`] → [`runtime`] → [`engine`] →
-//! [`state`] / [`policy`] / [`wire`] / [`facts`]. The engine is sans-IO: the
+//! Layers (arrows point down only): [`api`] → `runtime` → `engine` →
+//! `state` / [`policy`] / `wire` / [`facts`]. The engine is sans-IO: the
 //! tokio runtime and the deterministic simulator drive the same code.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
+/// Declares an engine-internal module: crate-private, unless the
+/// `internals` feature (tests, benches, fuzzing, the simulator's
+/// scenarios) makes it public. What embedders use is re-exported below.
+macro_rules! internal_mod {
+    ($name:ident) => {
+        #[cfg(feature = "internals")]
+        #[doc(hidden)]
+        pub mod $name;
+        #[cfg(not(feature = "internals"))]
+        pub(crate) mod $name;
+    };
+}
+
 pub mod admin;
 pub mod api;
-pub mod artifacts;
+internal_mod!(artifacts);
 pub mod config;
 pub mod counters;
 pub mod crypto;
 pub mod datadir;
-pub mod engine;
+internal_mod!(engine);
 pub mod error;
 pub mod facts;
 // Entry points of the fuzz targets (`fuzz/`); compiled for tests too, so the
@@ -26,23 +39,24 @@ pub mod fuzzing;
 // The C ABI: the only module allowed `unsafe`, each block with a SAFETY note.
 #[allow(unsafe_code)]
 mod ffi;
-pub mod hlc;
+internal_mod!(hlc);
 pub mod names;
 pub mod policy;
-pub mod policy_set;
+internal_mod!(policy_set);
 pub mod records;
 pub mod rpc;
-pub mod runtime;
+internal_mod!(runtime);
 pub mod sim;
-pub mod state;
-pub mod stream;
-pub mod wire;
+internal_mod!(state);
+internal_mod!(stream);
+internal_mod!(wire);
 pub mod workflow;
 
 pub use api::{EventStream, Node};
 pub use config::{Config, Encryption, Profile, Timings};
 pub use crypto::{KeyId, Keyring, SecretKey};
 pub use engine::commands::Command;
+pub use engine::keys::KeyringStatus;
 pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo};
 pub use engine::Event;
 pub use error::{Error, Result};

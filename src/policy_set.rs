@@ -65,6 +65,7 @@ pub struct PolicySet {
 
 impl PolicySet {
     /// An empty cache.
+    #[cfg(any(test, feature = "internals"))]
     pub fn new() -> Self {
         PolicySet::default()
     }

@@ -58,16 +58,19 @@ impl Faults {
     }
 
     /// Drops all traffic to and from `peer`.
+    #[cfg(any(test, feature = "internals"))]
     pub fn block(&self, peer: SocketAddr) {
         self.blocked().insert(peer);
     }
 
     /// Lets traffic to and from `peer` through again.
+    #[cfg(any(test, feature = "internals"))]
     pub fn unblock(&self, peer: SocketAddr) {
         self.blocked().remove(&peer);
     }
 
     /// Lets all traffic through again.
+    #[cfg(any(test, feature = "internals"))]
     pub fn heal(&self) {
         self.blocked().clear();
         *self
@@ -77,6 +80,7 @@ impl Faults {
     }
 
     /// Drops this share (0.0–1.0) of received datagrams.
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_loss(&self, share: f64) {
         *self
             .loss_per_mille
@@ -85,6 +89,7 @@ impl Faults {
     }
 
     /// Makes the node's wall clock run `offset_ms` ahead (negative: behind).
+    #[cfg(any(test, feature = "internals"))]
     pub fn set_clock_offset(&self, offset_ms: i64) {
         self.clock_offset_ms
             .store(offset_ms, std::sync::atomic::Ordering::Relaxed);

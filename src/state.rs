@@ -129,6 +129,7 @@ impl State {
     }
 
     /// Whether the store holds nothing.
+    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -205,14 +206,6 @@ impl State {
         self.revision
     }
 
-    /// Whether merging `entry` under `key` would change anything.
-    pub fn would_accept(&self, key: &Key, entry: &Entry) -> bool {
-        match self.entries.get(key) {
-            None => true,
-            Some(current) => wins(entry, &entry_hash(key, entry), current),
-        }
-    }
-
     /// Keys changed since the last call, in key order.
     pub fn take_changes(&mut self) -> BTreeSet<Arc<Key>> {
         std::mem::take(&mut self.changed)
@@ -224,6 +217,7 @@ impl State {
     }
 
     /// Iterates over live values in key order.
+    #[cfg(any(test, feature = "internals"))]
     pub fn live(&self) -> impl Iterator<Item = (&Key, &Value)> {
         self.entries
             .iter()

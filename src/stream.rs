@@ -311,11 +311,6 @@ impl Sealer {
         }
     }
 
-    /// Whether frames are sealed.
-    pub fn is_sealed(&self) -> bool {
-        self.cipher.is_some()
-    }
-
     /// Writes one frame (sealed when the stream is).
     pub async fn write_frame<W: AsyncWrite + Unpin>(
         &mut self,

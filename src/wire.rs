@@ -213,6 +213,7 @@ pub fn decode<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, WireError> {
 }
 
 /// Prefixes a frame body with its length.
+#[cfg(any(test, feature = "internals"))]
 pub fn frame(body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(FRAME_HEADER + body.len());
     out.extend_from_slice(&(body.len() as u32).to_be_bytes());

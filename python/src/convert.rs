@@ -56,7 +56,7 @@ pub(crate) fn policy(p: &tribe::Policy) -> Value {
     value(&schema::PolicyJson::from(p))
 }
 
-pub(crate) fn keys(k: &tribe::engine::keys::KeyringStatus) -> Value {
+pub(crate) fn keys(k: &tribe::KeyringStatus) -> Value {
     value(&schema::Keys::from(k))
 }
 

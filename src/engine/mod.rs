@@ -38,7 +38,6 @@ use crate::wire;
 pub use delta::Shared;
 use delta::{lock, DeltaHandler};
 pub use identity::NodeId;
-pub use members::MemberState;
 use members::Members;
 pub use reconcile::Event;
 

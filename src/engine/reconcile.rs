@@ -102,7 +102,7 @@ pub enum Event {
         generation: u64,
     },
     /// A peer's clock is off this node's by more than
-    /// [`CLOCK_SKEW_REPORT`](super::CLOCK_SKEW_REPORT). Writes still flow
+    /// `CLOCK_SKEW_REPORT` (30 s). Writes still flow
     /// both ways; last-writer-wins favours the faster clock until fixed.
     ClockSkew {
         /// The peer.

@@ -5,14 +5,14 @@
 //! or cannot be reached before the call ran, and every call ends with a reply
 //! or an error. Calls share one multiplexed stream per host, on the node's
 //! TCP port (sealed like every stream); overlapping large calls spread over
-//! a few (see [`client`]).
+//! a few (see `client`).
 
-pub mod call;
-pub mod client;
-pub mod outbox;
-pub mod proto;
+internal_mod!(call);
+internal_mod!(client);
+internal_mod!(outbox);
+internal_mod!(proto);
 pub mod responder;
-pub mod server;
+internal_mod!(server);
 pub(crate) mod tcp_writer;
 
 use std::future::Future;

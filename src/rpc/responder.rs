@@ -2,7 +2,7 @@
 //! [`crate::Node::serve_responder`] receives each call with a [`Responder`]
 //! and returns at once; whichever thread holds the responder later answers,
 //! and the answer is written to the caller's stream from that thread (see
-//! [`super::outbox`]), so a host that runs its handlers on threads of its
+//! `rpc::outbox`), so a host that runs its handlers on threads of its
 //! own (C, Go, Python) costs no extra hop back through the runtime.
 
 use std::sync::{Arc, Mutex};

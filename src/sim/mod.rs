@@ -1,4 +1,4 @@
-//! A deterministic simulator: many [`Engine`]s in one process, driven over a
+//! A deterministic simulator: many engines in one process, driven over a
 //! simulated network in virtual time. The same engine code as the tokio
 //! runtime, with no sockets, threads or sleeps: an event queue orders
 //! datagrams, stream segments and timers by virtual time (ties by insertion

@@ -150,7 +150,9 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest) {
     let id = workflow.manifest().id.clone();
     loop {
         tick.tick().await;
-        let now = tribe::runtime::wall_clock_ms();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
         let mut metrics = match collector.collect(&patterns, now).await {
             Ok(m) => m,
             Err(e) => {
