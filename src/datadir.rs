@@ -48,16 +48,20 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     }
 }
 
-/// Creates the directory (owner-only) when missing.
+/// Creates the directory, owner-only, when missing. An existing directory
+/// keeps its mode: it may be shared with other programs (the files written
+/// in it are owner-only either way).
 pub fn prepare(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    if dir.is_dir() {
+        return Ok(());
     }
-    Ok(())
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -192,6 +196,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tribe-datadir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_missing_dir_is_made_owner_only_and_an_existing_one_keeps_its_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
+        let dir = scratch("modes");
+        prepare(&dir.join("new")).unwrap();
+        assert_eq!(mode(&dir.join("new")), 0o700);
+        let shared = dir.join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare(&shared).unwrap();
+        assert_eq!(mode(&shared), 0o755);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -117,15 +117,23 @@ fn block_async_signals() {
 /// Runs `f` with asynchronous signals blocked on this (host) thread, so
 /// threads it creates start with them blocked; the mask is restored after.
 fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    /// Puts the host thread's mask back also when `f` panics (the panic
+    /// is caught further up and the host goes on with this thread).
+    struct Restore(libc::sigset_t);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            // SAFETY: restores a mask saved on this same thread (the guard
+            // never leaves the function that made it).
+            unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.0, std::ptr::null_mut()) };
+        }
+    }
     let set = async_signals();
     // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: only the calling thread's mask changes; both sets are valid.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
-    let out = f();
-    // SAFETY: restores the mask saved above on the same thread.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    out
+    let _restore = Restore(old);
+    f()
 }
 
 fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, FfiError> {
