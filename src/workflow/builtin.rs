@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Mutex;
 
-use super::manifest::{
-    metric_matches, pattern_problem, Metric, MAX_METRIC_PATTERNS, MAX_METRIC_TAGS,
-};
+use super::batch::{Metric, MAX_METRIC_TAGS};
+use super::glob::{metric_matches, pattern_problem};
+use super::manifest::MAX_METRIC_PATTERNS;
 
 /// Why a built-in plugin failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,9 +9,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::manifest::{
-    check_batch, decode_metrics, Bounded, Manifest, ManifestError, Metric, Step,
-};
+use super::batch::{check_batch, decode_metrics, Bounded, Metric, MAX_METRICS_BYTES};
+use super::manifest::{Manifest, ManifestError, Step};
 use crate::error::{Error, Result};
 use crate::{CallTarget, Node, PluginKind};
 
@@ -41,11 +40,11 @@ impl StepRequest {
             config: BTreeMap<String, String>,
             metrics: Bounded,
         }
-        if bytes.len() > super::manifest::MAX_METRICS_BYTES {
+        if bytes.len() > MAX_METRICS_BYTES {
             return Err(ManifestError::TooLarge {
                 what: "step request",
                 len: bytes.len(),
-                max: super::manifest::MAX_METRICS_BYTES,
+                max: MAX_METRICS_BYTES,
             });
         }
         let raw: Raw = serde_json::from_slice(bytes).map_err(|e| ManifestError::Json {
