@@ -160,7 +160,7 @@ impl Node {
             artifact_loads: Default::default(),
         });
         let _ = home.set(Arc::downgrade(&shared));
-        let mut driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone());
+        let mut driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone())?;
         driver.dir_lock = dir_lock;
         let task = tokio::spawn(driver.run());
         tracing::info!(name = %config.name, %addr, "node started");

@@ -37,6 +37,12 @@ pub struct Counters {
     /// Accepted connections closed at once because as many were still in
     /// their setup or running an exchange as allowed (a flood).
     pub streams_over_cap: u64,
+    /// Connections the TCP listener failed to accept (the process out of
+    /// file descriptors, say); accepting pauses 100 ms after such a failure.
+    pub accept_errors: u64,
+    /// Writes of the data dir (state or keyring) that failed; retried each
+    /// second.
+    pub data_dir_errors: u64,
     /// Suspects declared down early because their address refused a
     /// connection (nothing listens there any more).
     pub suspects_confirmed: u64,

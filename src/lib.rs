@@ -24,6 +24,7 @@ macro_rules! internal_mod {
 pub mod admin;
 pub mod api;
 internal_mod!(artifacts);
+mod blocking;
 pub mod config;
 pub mod counters;
 pub mod crypto;

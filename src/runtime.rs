@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::blocking::BlockingThread;
 use crate::engine::{ConnId, Engine, Event, Output, Timer};
 use crate::stream::{self, Security, StreamError};
 use crate::wire;
@@ -140,9 +141,9 @@ pub(crate) enum DriverInput {
     },
 }
 
-/// A data-dir write on a blocking thread.
+/// A data-dir write on the node's writer thread.
 struct SaveJob {
-    handle: tokio::task::JoinHandle<std::io::Result<()>>,
+    result: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
     revision: (u64, usize, usize),
     ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
 }
@@ -236,6 +237,14 @@ pub(crate) struct Driver {
     accepting: Arc<tokio::sync::Semaphore>,
     /// Policy evaluations: one at a time, off the driver.
     policies: PolicyJobs,
+    /// Runs policy evaluations.
+    policy_thread: BlockingThread,
+    /// Writes the data dir (when there is one).
+    save_thread: Option<BlockingThread>,
+    /// Accepting is paused until then after the listener failed (out of
+    /// file descriptors, say): the pending connection keeps the listener
+    /// readable, and retrying at once would spin.
+    accept_paused_until: Option<Instant>,
 }
 
 /// The driver's policy evaluations: at most one runs (on a blocking
@@ -250,6 +259,8 @@ struct PolicyJobs {
 
 /// An evaluation of a node's policies slower than this is logged.
 const SLOW_POLICIES: Duration = Duration::from_millis(100);
+/// How long accepting pauses after the listener failed.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Binds the UDP socket and a TCP listener on the same port. With port 0 the
 /// UDP port is picked first and TCP tries it; a few retries cover the rare
@@ -275,8 +286,12 @@ impl Driver {
         listener: TcpListener,
         inbox: mpsc::UnboundedReceiver<DriverInput>,
         inbox_tx: mpsc::UnboundedSender<DriverInput>,
-    ) -> Self {
-        Driver {
+    ) -> std::io::Result<Self> {
+        let save_thread = match shared.data_dir {
+            Some(_) => Some(BlockingThread::start("tribe-save")?),
+            None => None,
+        };
+        Ok(Driver {
             shared,
             udp: Arc::new(udp),
             listener,
@@ -293,7 +308,10 @@ impl Driver {
             security_epoch: 0,
             accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
             policies: PolicyJobs::default(),
-        }
+            policy_thread: BlockingThread::start("tribe-policy")?,
+            save_thread,
+            accept_paused_until: None,
+        })
     }
 
     /// Runs until stopped.
@@ -308,6 +326,7 @@ impl Driver {
                 .peek()
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+            let accept_resume = self.accept_paused_until;
             tokio::select! {
                 received = self.udp.recv_from(&mut buf) => {
                     match received {
@@ -319,7 +338,10 @@ impl Driver {
                         Err(e) => tracing::debug!(error = %e, "udp receive error"),
                     }
                 }
-                accepted = self.listener.accept() => {
+                _ = tokio::time::sleep_until(accept_resume.unwrap_or_else(Instant::now)), if accept_resume.is_some() => {
+                    self.accept_paused_until = None;
+                }
+                accepted = self.listener.accept(), if accept_resume.is_none() => {
                     match accepted {
                         Ok((stream, _)) => match self.accepting.clone().try_acquire_owned() {
                             Ok(permit) => {
@@ -332,7 +354,7 @@ impl Driver {
                                 self.shared.engine().stream_over_cap();
                             }
                         },
-                        Err(e) => tracing::debug!(error = %e, "accept error"),
+                        Err(e) => self.accept_failed(e),
                     }
                 }
                 input = self.inbox.recv() => {
@@ -364,22 +386,19 @@ impl Driver {
         let Some(dir) = self.shared.data_dir.clone() else {
             return;
         };
-        if let Some(job) = &self.saving {
-            if !job.handle.is_finished() {
-                return;
+        if let Some(job) = &mut self.saving {
+            let result = match job.result.try_recv() {
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty) => return,
+                Ok(result) => Some(result),
+                Err(tokio::sync::oneshot::error::TryRecvError::Closed) => None,
+            };
+            if let Some(job) = self.saving.take() {
+                self.saved(result, job.revision, job.ring);
             }
         }
-        if let Some(job) = self.saving.take() {
-            use futures_util::FutureExt as _;
-            let SaveJob {
-                handle,
-                revision,
-                ring,
-            } = job;
-            if let Some(result) = handle.now_or_never() {
-                self.saved(result, revision, ring);
-            }
-        }
+        let Some(writer) = &self.save_thread else {
+            return;
+        };
         let (revision, durable, ring) = {
             let engine = self.shared.engine();
             let revision = engine.durable_revision();
@@ -394,7 +413,7 @@ impl Driver {
             (revision, durable, ring.filter(|_| ring_changed))
         };
         let shape = ring.as_ref().map(|r| (r.ids(), r.primary_id()));
-        let handle = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        let result = writer.run(move || -> std::io::Result<()> {
             if let Some(ring) = &ring {
                 crate::datadir::save_keyring(&dir, ring)?;
             }
@@ -404,7 +423,7 @@ impl Driver {
             Ok(())
         });
         self.saving = Some(SaveJob {
-            handle,
+            result,
             revision,
             ring: shape,
         });
@@ -413,20 +432,22 @@ impl Driver {
     /// Notes the outcome of a finished write.
     fn saved(
         &mut self,
-        result: Result<std::io::Result<()>, tokio::task::JoinError>,
+        result: Option<std::io::Result<()>>,
         revision: (u64, usize, usize),
         ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
     ) {
         match result {
-            Ok(Ok(())) => {
+            Some(Ok(())) => {
                 self.saved_revision = Some(revision);
                 if ring.is_some() {
                     self.saved_ring = ring;
                 }
+                return;
             }
-            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the data dir"),
-            Err(e) => tracing::warn!(error = %e, "data dir writer failed"),
+            Some(Err(e)) => tracing::warn!(error = %e, "cannot write the data dir"),
+            None => tracing::warn!("the data dir writer failed"),
         }
+        self.shared.engine().data_dir_write_failed();
     }
 
     /// Waits for the write under way, then writes what is current and
@@ -434,7 +455,7 @@ impl Driver {
     async fn save_durable_now(&mut self) {
         for _ in 0..2 {
             if let Some(job) = self.saving.take() {
-                let result = job.handle.await;
+                let result = job.result.await.ok();
                 self.saved(result, job.revision, job.ring);
             }
             self.save_durable();
@@ -575,7 +596,8 @@ impl Driver {
         self.policies.running = true;
         let set = self.policies.set.clone();
         let inbox = self.inbox_tx.clone();
-        tokio::task::spawn_blocking(move || {
+        // Nothing to wait for: the answer comes back through the inbox.
+        drop(self.policy_thread.run(move || {
             let started = Instant::now();
             let results = set
                 .lock()
@@ -590,7 +612,23 @@ impl Driver {
                 );
             }
             let _ = inbox.send(DriverInput::Policies(results));
-        });
+        }));
+    }
+
+    /// Counts a connection the listener failed to accept and, when the
+    /// process or system is out of a resource, pauses accepting a moment.
+    fn accept_failed(&mut self, e: std::io::Error) {
+        self.shared.engine().accept_failed();
+        let out_of_resources = matches!(
+            e.raw_os_error(),
+            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+        );
+        if out_of_resources {
+            tracing::warn!(error = %e, "cannot accept connections; pausing");
+            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+        } else {
+            tracing::debug!(error = %e, "accept error");
+        }
     }
 
     fn perform(&mut self, out: Output) {

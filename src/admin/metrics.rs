@@ -178,6 +178,18 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "accept_errors",
+        "Connections the TCP listener failed to accept (out of file descriptors, say)",
+        c.accept_errors,
+    );
+    counter(
+        &mut r,
+        "data_dir_errors",
+        "Writes of the data dir (state or keyring) that failed",
+        c.data_dir_errors,
+    );
+    counter(
+        &mut r,
         "stream_unknown_keys",
         "Streams refused for using a key this node does not hold",
         c.stream_unknown_keys,

@@ -752,4 +752,14 @@ impl Engine {
     pub fn stream_over_cap(&mut self) {
         lock(&self.shared).counters.streams_over_cap += 1;
     }
+
+    /// Counts a connection the listener failed to accept.
+    pub fn accept_failed(&mut self) {
+        lock(&self.shared).counters.accept_errors += 1;
+    }
+
+    /// Counts a write of the data dir that failed.
+    pub fn data_dir_write_failed(&mut self) {
+        lock(&self.shared).counters.data_dir_errors += 1;
+    }
 }

@@ -1,0 +1,63 @@
+//! A node's own thread for blocking work (policy evaluations, data-dir
+//! writes), started with the node. Nothing on the driver's path creates a
+//! thread later: tokio's `spawn_blocking` panics when the OS refuses one
+//! (a process at its thread limit), which would take the driver down with
+//! it, while a thread that cannot be started here fails the start cleanly.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs jobs one after another on one thread, which ends once this handle
+/// is dropped and the queued jobs are done.
+pub(crate) struct BlockingThread {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl BlockingThread {
+    /// Starts the thread (named `name`, as `top` and debuggers show it).
+    pub fn start(name: &str) -> std::io::Result<BlockingThread> {
+        let (jobs, queued) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name(name.to_string())
+            .spawn(move || {
+                for job in queued {
+                    // A job that panics loses its result (its receiver sees
+                    // the sender dropped); the thread serves the next one.
+                    let _ = catch_unwind(AssertUnwindSafe(job));
+                }
+            })?;
+        Ok(BlockingThread { jobs })
+    }
+
+    /// Runs `f` on the thread; its result comes on the receiver, which
+    /// ends without one if `f` panicked.
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> tokio::sync::oneshot::Receiver<T> {
+        let (done, result) = tokio::sync::oneshot::channel();
+        // The thread lives as long as this handle, so the send succeeds.
+        let _ = self.jobs.send(Box::new(move || {
+            let _ = done.send(f());
+        }));
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn jobs_run_in_order_and_a_panic_loses_only_its_own_result() {
+        let thread = BlockingThread::start("tribe-test").unwrap();
+        let first = thread.run(|| std::thread::current().name().map(str::to_string));
+        let panicked = thread.run(|| -> u32 { panic!("a job failed") });
+        let after = thread.run(|| 7);
+        assert_eq!(first.await.unwrap().as_deref(), Some("tribe-test"));
+        assert!(panicked.await.is_err());
+        assert_eq!(after.await.unwrap(), 7);
+    }
+}
