@@ -43,6 +43,14 @@
  *   until it returns TRIBE_SHUTTING_DOWN (free those events and responders)
  *   -> tribe_node_free. Responders, events and errors are independent objects
  *   and may be freed before or after their node.
+ *
+ * fork()
+ *   Start nodes after daemonizing. A node's threads stay in the process that
+ *   started it: in a forked child, that node and its responders refuse all
+ *   work with TRIBE_FORKED (at once, never a hang), and tribe_node_free /
+ *   tribe_responder_free there release nothing. A child may start nodes of
+ *   its own. A child forked without exec keeps the node's sockets open
+ *   (they are close-on-exec), so the port stays taken until it exits.
  */
 
 
@@ -111,6 +119,12 @@
  * An asynchronous call was cancelled by `tribe_node_call_cancel`.
  */
 #define TRIBE_CANCELLED 6
+
+/**
+ * The node (or responder) was made by the process this one was forked
+ * from; a forked child cannot use it.
+ */
+#define TRIBE_FORKED 7
 
 /**
  * A name broke the naming rules.
@@ -1018,7 +1032,8 @@ uint32_t tribe_node_abort(const struct tribe_node *node,
 /**
  * Frees a node: aborts it if it was not stopped, ends its threads (waiting
  * up to 2 s for them) and closes its event fd. No other thread may use the
- * node during or after this call. NULL is ignored.
+ * node during or after this call. NULL is ignored; in a process forked from
+ * the one that started the node, nothing is released (see fork() above).
  */
 void tribe_node_free(struct tribe_node *node);
 

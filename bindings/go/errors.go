@@ -112,6 +112,7 @@ var (
 	ErrPanic                 = sentinel(C.TRIBE_PANIC, "panic")
 	ErrInvalidUTF8           = sentinel(C.TRIBE_INVALID_UTF8, "invalid_utf8")
 	ErrCancelled             = sentinel(C.TRIBE_CANCELLED, "cancelled")
+	ErrForked                = sentinel(C.TRIBE_FORKED, "forked")
 	ErrInvalidName           = sentinel(C.TRIBE_INVALID_NAME, "invalid_name")
 	ErrInvalidArgument       = sentinel(C.TRIBE_INVALID_ARGUMENT, "invalid_argument")
 	ErrUnknownTribe          = sentinel(C.TRIBE_UNKNOWN_TRIBE, "unknown_tribe")

@@ -15,6 +15,7 @@ use super::error::FfiError;
 use super::event::Body;
 use super::mailbox::{Class, Mailbox};
 use super::node::{next_call_id, plugin_kind, TribeNode};
+use super::owner::Owner;
 use crate::{CallInfo, CallTarget, Error, HandlerError, Responder};
 
 /// Gathers metrics.
@@ -143,6 +144,19 @@ pub struct TribeResponder {
     tribe: CString,
     plugin: CString,
     version: CString,
+    /// The process the call arrived in (a forked child may not answer it).
+    owner: Owner,
+}
+
+impl Drop for TribeResponder {
+    fn drop(&mut self) {
+        // Dropped unanswered, the responder answers "unanswered" on the
+        // caller's stream; a forked child shares that socket with its
+        // parent and must leave it alone.
+        if self.owner.is_elsewhere() {
+            std::mem::forget(self.take());
+        }
+    }
 }
 
 /// How the host answered.
@@ -164,6 +178,7 @@ impl TribeResponder {
             info,
             payload,
             responder: Mutex::new(Some(responder)),
+            owner: Owner::here(),
         }
     }
 
@@ -178,6 +193,7 @@ impl TribeResponder {
     /// stream from here. An answer the caller no longer waits for
     /// (deadline, shutdown) is dropped, which is not the host's error.
     fn answer(&self, answer: Answer) -> Result<(), FfiError> {
+        self.owner.check("the responder")?;
         let responder = self
             .take()
             .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
@@ -207,7 +223,7 @@ pub extern "C" fn tribe_node_serve(
         let name = cast::text(name, "name")?;
         let version = cast::text(version, "version")?;
         let kind = plugin_kind(kind)?;
-        let handle = cast::handle(node, "node")?;
+        let handle = super::node::node_handle(node)?;
         let mailbox: Arc<Mailbox<Body>> = handle.mailbox.clone();
         let serve =
             handle
@@ -241,7 +257,7 @@ pub extern "C" fn tribe_node_unserve(
     ffi_call!(err, {
         let name = cast::text(name, "name")?;
         let version = cast::text(version, "version")?;
-        let handle = cast::handle(node, "node")?;
+        let handle = super::node::node_handle(node)?;
         Ok(handle.block_on(handle.live()?.unserve(name, version))?)
     })
 }
@@ -299,7 +315,7 @@ pub extern "C" fn tribe_node_call(
         let target = target(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let timeout = timeout(timeout_ms)?;
-        let handle = cast::handle(node, "node")?;
+        let handle = super::node::node_handle(node)?;
         let n = handle.live()?;
         let mut closing = handle.closing.subscribe();
         let bytes = handle.block_on(async {
@@ -340,7 +356,7 @@ pub extern "C" fn tribe_node_call_async(
         let target = target(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let timeout = timeout(timeout_ms)?;
-        let handle = cast::handle(node, "node")?;
+        let handle = super::node::node_handle(node)?;
         let n = handle.live()?.clone();
         let id = next_call_id(handle);
         let calls = handle.calls.clone();
@@ -371,7 +387,7 @@ pub extern "C" fn tribe_node_call_cancel(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        let handle = cast::handle(node, "node")?;
+        let handle = super::node::node_handle(node)?;
         let cancelled = FfiError::new(super::error::TRIBE_CANCELLED, "the call was cancelled");
         handle
             .calls

@@ -24,6 +24,9 @@ pub const TRIBE_CONSUMED: u32 = 4;
 pub const TRIBE_WRONG_EVENT: u32 = 5;
 /// An asynchronous call was cancelled by `tribe_node_call_cancel`.
 pub const TRIBE_CANCELLED: u32 = 6;
+/// The node (or responder) was made by the process this one was forked
+/// from; a forked child cannot use it.
+pub const TRIBE_FORKED: u32 = 7;
 /// A name broke the naming rules.
 pub const TRIBE_INVALID_NAME: u32 = 100;
 /// An argument other than a name was out of range or malformed.
@@ -176,6 +179,7 @@ pub fn code_name(code: u32) -> &'static CStr {
         TRIBE_CONSUMED => c"consumed",
         TRIBE_WRONG_EVENT => c"wrong_event",
         TRIBE_CANCELLED => c"cancelled",
+        TRIBE_FORKED => c"forked",
         TRIBE_INVALID_NAME => c"invalid_name",
         TRIBE_INVALID_ARGUMENT => c"invalid_argument",
         TRIBE_UNKNOWN_TRIBE => c"unknown_tribe",

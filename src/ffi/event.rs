@@ -246,7 +246,7 @@ pub extern "C" fn tribe_node_next_event(
     ffi_call!(err, {
         let out = cast::out(out, "out")?;
         cast::write(out, std::ptr::null_mut());
-        let node = cast::handle(node, "node")?;
+        let node = super::node::node_handle(node)?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         match node.mailbox.take(timeout, Body::is_droppable) {
             Taken::Item(body) => {
@@ -285,7 +285,7 @@ pub extern "C" fn tribe_node_next_events(
             return Err(FfiError::invalid("cap must be at least 1"));
         }
         let slots = cast::out_array(out, cap, "out")?;
-        let node = cast::handle(node, "node")?;
+        let node = super::node::node_handle(node)?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         match node.mailbox.take_many(timeout, cap, Body::is_droppable) {
             Taken::Item(bodies) => {

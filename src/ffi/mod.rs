@@ -37,3 +37,4 @@ pub mod event;
 pub mod log;
 mod mailbox;
 pub mod node;
+mod owner;

@@ -13,6 +13,7 @@ use super::config::TribeConfig;
 use super::error::FfiError;
 use super::event::Body;
 use super::mailbox::{Class, Mailbox};
+use super::owner::Owner;
 use crate::admin::json;
 use crate::{Error, KeyId, Node, SecretKey, TaskState};
 
@@ -37,6 +38,8 @@ pub struct TribeNode {
     /// Asynchronous calls not finished yet.
     pub(super) calls: Arc<super::call::AsyncCalls>,
     pub(super) next_call: AtomicU64,
+    /// The process that started the node (a forked child may not use it).
+    pub(super) owner: Owner,
 }
 
 impl TribeNode {
@@ -136,8 +139,11 @@ fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
 
-fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, FfiError> {
-    cast::handle(node, "node")
+/// The node behind a handle, refused when NULL or in a forked child.
+pub(super) fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, FfiError> {
+    let node = cast::handle(node, "node")?;
+    node.owner.check("the node")?;
+    Ok(node)
 }
 
 /// Starts a node from `cfg`: builds its runtime, binds the sockets, starts
@@ -210,6 +216,7 @@ pub extern "C" fn tribe_node_start(
             log_sink,
             calls: Arc::new(super::call::AsyncCalls::new(max_inflight)),
             next_call: AtomicU64::new(1),
+            owner: Owner::here(),
         };
         cast::write(out, cast::into_handle(handle));
         Ok(())
@@ -243,10 +250,18 @@ pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiErr
 
 /// Frees a node: aborts it if it was not stopped, ends its threads (waiting
 /// up to 2 s for them) and closes its event fd. No other thread may use the
-/// node during or after this call. NULL is ignored.
+/// node during or after this call. NULL is ignored; in a process forked from
+/// the one that started the node, nothing is released (see fork() above).
 #[no_mangle]
 pub extern "C" fn tribe_node_free(node: *mut TribeNode) {
-    ffi_infallible!((), { cast::free_handle(node) })
+    ffi_infallible!((), {
+        // In a forked child the node's threads do not exist: stopping it
+        // would wait for them forever, so it is left to the process's exit.
+        if cast::opt_ref(node).is_some_and(|n| n.owner.is_elsewhere()) {
+            return;
+        }
+        cast::free_handle(node)
+    })
 }
 
 /// The node's name. Borrowed: valid until `tribe_node_free`. NULL for NULL.

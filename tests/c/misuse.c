@@ -1,11 +1,12 @@
 /* Misuse returns an error and never crashes: NULL for every pointer
  * argument, invalid UTF-8, a bad CEL expression (line and column), a
  * consumed config, a responder answered twice, wrong accessors on events,
- * calls after shutdown, double shutdown. */
+ * calls after shutdown, double shutdown, a node used from a forked child. */
 #include "util.h"
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 static const char BAD_UTF8[] = {(char)0xff, (char)0xfe, 'x', 0};
@@ -416,6 +417,65 @@ static void signals_stay_with_the_host(void) {
     tribe_node_free(n);
 }
 
+/* A child forked from a process with a live node: the parent's node and
+ * responder refuse work with TRIBE_FORKED at once (their threads stayed in
+ * the parent, so a wait would never end), freeing them releases nothing,
+ * and a node of the child's own works. The parent's node is untouched. */
+static void forked_child_is_refused(void) {
+    tribe_node *n = start_node("fork-parent", NULL, NULL, "r1");
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "forks", &err));
+    EXPECT(TRIBE_OK, tribe_node_join(n, "forks", NULL, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(n, "echo", "1", TRIBE_KIND_PROCESSOR, &err));
+    uint64_t id = 0;
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "forks", "echo", "1", TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"x", 1, 10000, &id, &err));
+    tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
+    tribe_responder *r = NULL;
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_event_free(call);
+    fflush(NULL);
+    pid_t child = fork();
+    CHECK(child >= 0);
+    if (child == 0) {
+        alarm(20);
+        uint8_t *reply = NULL;
+        size_t len = 0;
+        tribe_event *ev = NULL;
+        double t0 = now_s();
+        EXPECT(TRIBE_FORKED, tribe_node_create_tribe(n, "child", &err));
+        EXPECT(TRIBE_FORKED, tribe_node_call(n, "forks", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                             (const uint8_t *)"x", 1, 1000, &reply, &len, &err));
+        EXPECT(TRIBE_FORKED, tribe_node_next_event(n, -1, &ev, &err));
+        EXPECT(TRIBE_FORKED, tribe_responder_reply(r, (const uint8_t *)"no", 2, &err));
+        EXPECT(TRIBE_FORKED, tribe_node_shutdown(n, &err));
+        CHECK(now_s() - t0 < 1.0);
+        CHECK(strcmp(tribe_result_name(TRIBE_FORKED), "forked") == 0);
+        tribe_responder_free(r);
+        tribe_node_free(n);
+        tribe_node *own = start_node("fork-child", NULL, NULL, "r1");
+        EXPECT(TRIBE_OK, tribe_node_create_tribe(own, "child", &err));
+        EXPECT(TRIBE_OK, tribe_node_abort(own, &err));
+        tribe_node_free(own);
+        /* The parent's objects are left to the exit: no leak check here. */
+        _exit(0);
+    }
+    int status = 0;
+    CHECK(waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"x", 1, &err));
+    tribe_responder_free(r);
+    tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    uint8_t *b = NULL;
+    size_t len = 0;
+    EXPECT(TRIBE_OK, tribe_event_take_reply(done, &b, &len, &err));
+    CHECK(len == 1 && b[0] == 'x');
+    tribe_bytes_free(b, len);
+    tribe_event_free(done);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "after-fork", &err));
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    tribe_node_free(n);
+}
+
 int main(void) {
     CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
     CHECK(tribe_version() != NULL && strlen(tribe_version()) > 0);
@@ -429,6 +489,7 @@ int main(void) {
     log_feed();
     state_limits();
     signals_stay_with_the_host();
+    forked_child_is_refused();
     printf("misuse: all checks passed\n");
     return 0;
 }
