@@ -400,7 +400,7 @@ impl Driver {
             return;
         };
         let (revision, durable, ring) = {
-            let engine = self.shared.engine();
+            let mut engine = self.shared.engine();
             let revision = engine.durable_revision();
             let ring = engine.keyring().cloned();
             let ring_changed = ring

@@ -44,15 +44,22 @@ fn kept(key: &Key) -> bool {
 }
 
 impl Engine {
-    /// The durable part of what this node knows now.
-    pub fn durable(&self) -> Durable {
-        let mut peers: Vec<SocketAddr> = self
+    /// The durable part of what this node knows now. While no peer is up
+    /// (a restart before anyone answered, the whole tribe down at once),
+    /// the peers last seen up are kept: a restart without seeds finds the
+    /// tribe through them.
+    pub fn durable(&mut self) -> Durable {
+        let mut up: Vec<SocketAddr> = self
             .members
             .iter()
             .filter(|(_, r)| r.state.is_up())
             .map(|(_, r)| r.id.addr)
             .collect();
-        peers.sort();
+        up.sort();
+        if !up.is_empty() {
+            self.last_peers = up;
+        }
+        let peers = self.last_peers.clone();
         let sh = lock(&self.shared);
         let mut records: Vec<(Key, Entry)> = sh
             .state
@@ -107,6 +114,7 @@ impl Engine {
             );
         }
         let me = self.swim.identity().addr;
+        self.last_peers = durable.peers.clone();
         for peer in durable.peers {
             if peer != me && !self.seeds.contains(&peer) {
                 self.seeds.push(peer);

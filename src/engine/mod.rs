@@ -175,6 +175,9 @@ pub struct Engine {
     pending: BTreeMap<Key, crate::records::Entry>,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
+    /// The peers last seen up (or, before any, those an earlier run kept):
+    /// what the data dir keeps while none is up.
+    last_peers: Vec<SocketAddr>,
     /// Largest stream frame, to size anti-entropy chunks.
     max_frame: usize,
     /// Gossips news before the next tick.
@@ -309,6 +312,7 @@ impl Engine {
             claims_seen: BTreeSet::new(),
             pending: BTreeMap::new(),
             last_contact_ms: 0,
+            last_peers: Vec::new(),
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
