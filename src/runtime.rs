@@ -674,7 +674,33 @@ impl Driver {
                     self.shared.deliver(Event::PluginUnload(entry));
                 }
             }
-            Output::Event(event) => self.shared.deliver(event),
+            Output::Event(event) => {
+                if let Event::MemberFailed { name } = &event {
+                    self.host_failed(name);
+                }
+                self.shared.deliver(event)
+            }
+        }
+    }
+
+    /// Ends the calls in flight to a member just declared failed (see
+    /// `Pool::host_failed`), at its address and at those it serves on.
+    fn host_failed(&self, name: &str) {
+        let failed = self
+            .shared
+            .engine()
+            .members()
+            .into_iter()
+            .find(|m| m.name == name && m.state == crate::MemberState::Failed);
+        let Some(member) = failed else {
+            return;
+        };
+        let mut addrs: Vec<SocketAddr> = member.endpoints.iter().map(|e| e.addr).collect();
+        addrs.push(member.addr);
+        addrs.sort();
+        addrs.dedup();
+        for addr in addrs {
+            self.shared.rpc.pool.host_failed(addr);
         }
     }
 

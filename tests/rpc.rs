@@ -509,3 +509,55 @@ async fn responders_answer_from_threads_of_the_host() {
     // The pool thread ends once the node drops the handler holding `jobs`.
     drop((nodes, pool));
 }
+
+/// A host that freezes (no answer, no reset: a hung process, a lost
+/// network) is declared failed by the membership; the calls waiting on it
+/// end then as `Disconnected`, not at their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_host_declared_failed_end_then() {
+    let nodes = start_cluster("frz", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    // The handler keeps every call unanswered, as a frozen host would.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    host.serve_responder("stuck", "1", PluginKind::Processor, move |_i, _p, r| {
+        keep.lock().unwrap().push(r)
+    })
+    .await
+    .unwrap();
+    wait_for("endpoint seen", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| m.endpoints.len() == 1)
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let target = CallTarget::new("svc", "stuck", PluginKind::Processor);
+    let waiting = {
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let started = tokio::time::Instant::now();
+            let result = caller.call(&target, b"x".to_vec(), 120 * SECOND).await;
+            (result, started.elapsed())
+        })
+    };
+    wait_for("the call reached the host", Duration::from_secs(10), || {
+        held.lock().unwrap().len() == 1
+    })
+    .await;
+    // Gossip is cut both ways (the call stream stays open): the caller
+    // declares the host failed.
+    caller.faults().block(host.addr());
+    host.faults().block(caller.addr());
+    let (result, took) = waiting.await.unwrap();
+    assert!(
+        matches!(result, Err(Error::Disconnected { .. })),
+        "{result:?}"
+    );
+    assert!(took < 60 * SECOND, "the call ended after {took:?}");
+    assert!(caller
+        .members()
+        .iter()
+        .any(|m| m.name == host.name() && m.state == tribe::MemberState::Failed));
+}

@@ -136,6 +136,8 @@ struct Conn {
     /// Set by the reader when it ends: `Some(why)` when the host refused
     /// the whole stream (so a request that could not be written learns why).
     ended: tokio::sync::watch::Receiver<Option<Option<Refusal>>>,
+    /// The task reading the host's answers.
+    reader: tokio::task::AbortHandle,
 }
 
 impl Conn {
@@ -303,6 +305,32 @@ impl Pool {
             .clone();
         counter.fetch_add(1, Ordering::Relaxed);
         Reservation(counter)
+    }
+
+    /// Ends the streams to `addr`, a host the membership declared failed:
+    /// one that froze or lost its network sends no reset, and the calls
+    /// waiting on it would wait for their deadlines, or for ever. They end
+    /// as `Lost` (they may have run); later calls open a new stream.
+    pub fn host_failed(&self, addr: SocketAddr) {
+        let slot = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&addr);
+        let Some(slot) = slot else {
+            return;
+        };
+        let conns = std::mem::take(&mut *slot.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        for conn in conns {
+            {
+                // Under the lock the calls register in: none gets on after.
+                let _p = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+                conn.alive.store(false, Ordering::Relaxed);
+            }
+            conn.reader.abort();
+            conn.out.cut();
+            answer_waiting(&conn.pending, || Answer::Lost);
+        }
     }
 
     /// Drops every stream (their pending calls end as `Lost`).
@@ -578,7 +606,7 @@ impl Dialer {
                 alive.store(false, Ordering::Relaxed);
             });
         }
-        {
+        let reader = {
             let pending = pending.clone();
             let alive = alive.clone();
             tokio::spawn(async move {
@@ -614,14 +642,16 @@ impl Dialer {
                 end.send_replace(Some(refused));
                 // Every call still waiting learns the stream is gone.
                 answer_waiting(&pending, || refused.map_or(Answer::Lost, Answer::Refused));
-            });
-        }
+            })
+            .abort_handle()
+        };
         Conn {
             last_used: Mutex::new(Instant::now()),
             out,
             pending,
             alive,
             ended,
+            reader,
         }
     }
 }
