@@ -277,6 +277,12 @@
 #define TRIBE_LIMIT_REACHED 129
 
 /**
+ * A keyring step would cut live members off (the key has not spread yet);
+ * nothing changed.
+ */
+#define TRIBE_KEY_NOT_SPREAD 130
+
+/**
  * No event (a NULL event).
  */
 #define TRIBE_EVENT_NONE 0
@@ -1189,7 +1195,9 @@ uint32_t tribe_node_install_key(const struct tribe_node *node,
 
 /**
  * Makes an installed key (its id, 8 hex digits, or the base64 key) the
- * sealing key of every node.
+ * sealing key of every node. First blocks (up to 10 s) until every live
+ * member holds the key; a key not there by then is refused with
+ * `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing changes.
  */
 uint32_t tribe_node_use_key(const struct tribe_node *node,
                             const char *key,
@@ -1197,7 +1205,8 @@ uint32_t tribe_node_use_key(const struct tribe_node *node,
 
 /**
  * Removes a key (id or base64) from every node's keyring; the primary key
- * is refused with `TRIBE_PRIMARY_KEY`.
+ * is refused with `TRIBE_PRIMARY_KEY`. First blocks (up to 10 s) until no
+ * live member seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
  */
 uint32_t tribe_node_remove_key(const struct tribe_node *node,
                                const char *key,

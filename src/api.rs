@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -15,6 +16,10 @@ use crate::records::{ArtifactRef, PluginKind, TaskState};
 use crate::rpc::server::Serving;
 use crate::runtime::{self, Driver, DriverInput, Faults};
 use crate::{MemberInfo, Policy, TribeInfo};
+
+/// How long a keyring step waits for the live members to catch up with
+/// the one before it (see [`Node::use_key`], [`Node::remove_key`]).
+pub const KEY_SPREAD_WAIT: Duration = Duration::from_secs(10);
 
 /// A running node. Cheap to clone; every clone drives the same node.
 /// Dropping the last clone without [`Node::shutdown`] stops the node without
@@ -366,13 +371,58 @@ impl Node {
     }
 
     /// Makes an installed key the primary (sealing) key of every node.
+    /// First waits (up to 10 s) until every live member holds the key:
+    /// a member sealing with a key another lacks is cut off from it, so a
+    /// key not there by then is refused with [`Error::KeyNotSpread`] and
+    /// nothing changes.
     pub async fn use_key(&self, id: crate::KeyId) -> Result<()> {
+        if self.keyring_status().keys.iter().any(|k| k.id == id) {
+            self.wait_for_keys(id, false).await?;
+        }
         self.command(Command::UseKey(id)).await
     }
 
     /// Removes a key from every node's keyring; the primary is refused.
+    /// First waits (up to 10 s) until no live member seals with it any
+    /// more (after a [`Node::use_key`] of another key), else refuses with
+    /// [`Error::KeyNotSpread`].
     pub async fn remove_key(&self, id: crate::KeyId) -> Result<()> {
+        if self.keyring_status().primary != Some(id) {
+            self.wait_for_keys(id, true).await?;
+        }
         self.command(Command::RemoveKey(id)).await
+    }
+
+    /// Waits until no live member lags behind the last keyring step on
+    /// `id` (see `Engine::members_lagging`).
+    async fn wait_for_keys(&self, id: crate::KeyId, primary: bool) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + KEY_SPREAD_WAIT;
+        loop {
+            let (lagging, left) = {
+                let engine = self.inner.shared.engine();
+                (engine.members_lagging(id, primary), engine.has_left())
+            };
+            if left || self.inner.inbox.is_closed() {
+                return Err(Error::ShuttingDown);
+            }
+            if lagging.is_empty() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::KeyNotSpread {
+                    key: id.to_string(),
+                    step: if primary {
+                        "switched to another primary key"
+                    } else {
+                        "installed"
+                    }
+                    .into(),
+                    waiting_for: lagging,
+                    waited_s: KEY_SPREAD_WAIT.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Changes this node's encryption mode (the live migration steps).

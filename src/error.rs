@@ -109,6 +109,21 @@ pub enum Error {
     /// The primary key cannot be removed.
     #[error("key {0} is the primary key; make another key primary first")]
     PrimaryKey(String),
+    /// A keyring step would cut live members off: the key is not yet on
+    /// every live member (making it primary), or some still seal with it
+    /// (removing it). Nothing changed; retry once the last step has spread.
+    #[error("key {key}: not yet {step} on {} (waited {waited_s} s); going on now would cut them off", .waiting_for.join(", "))]
+    KeyNotSpread {
+        /// The key's id.
+        key: String,
+        /// What the members named have not done yet (`"installed"`, or
+        /// `"switched to another primary"`).
+        step: String,
+        /// The live members not there yet.
+        waiting_for: Vec<String>,
+        /// How long the step waited for them.
+        waited_s: u64,
+    },
     /// No live member of the tribe serves the plugin.
     #[error("no live member of tribe {tribe:?} serves {plugin:?}")]
     NoProvider {
@@ -190,6 +205,7 @@ impl Error {
             Error::KeyringFull => "keyring_full",
             Error::UnknownKey(_) => "unknown_key",
             Error::PrimaryKey(_) => "primary_key",
+            Error::KeyNotSpread { .. } => "key_not_spread",
             Error::NoProvider { .. } => "no_provider",
             Error::Timeout => "timeout",
             Error::Remote { .. } => "remote",

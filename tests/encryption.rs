@@ -348,6 +348,54 @@ async fn keys_rotate_under_traffic_with_a_node_down_during_install_and_use() {
     assert!(stale.tribes().is_empty());
 }
 
+/// The three keyring steps run back to back from one node, as a script or
+/// a binding would: each waits for the live members to catch up with the
+/// one before, so no node is cut off; a step that would cut one off (a
+/// member that never gets the key) is refused and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyring_steps_run_back_to_back_cut_no_node_off() {
+    let k1 = SecretKey::generate();
+    let k2 = SecretKey::generate();
+    let nodes = start_cluster("bb", 3, keyed(&k1)).await;
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].install_key(k2.clone()).await.unwrap();
+    nodes[0].use_key(k2.id()).await.unwrap();
+    nodes[0].remove_key(k1.id()).await.unwrap();
+    wait_for(
+        "k2 alone, primary everywhere",
+        Duration::from_secs(20),
+        || {
+            nodes
+                .iter()
+                .all(|n| holders(n, k1.id()).0 == 0 && holders(n, k2.id()) == (3, 3))
+        },
+    )
+    .await;
+    settle(Duration::from_secs(2)).await;
+    for n in &nodes {
+        assert_eq!(n.members_alive(), 3, "{} was cut off", n.name());
+    }
+
+    // A member that refuses keyring records (it does not require
+    // encryption) never gets k3: making it primary is refused.
+    let mut cfg = test_config("bb-send");
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.keyring = Some(Keyring::new(k2.clone()));
+    cfg.encryption = Encryption::Send;
+    let lagging = Node::start(cfg).await.unwrap();
+    wait_for("bb-send joined", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.members_alive() == 4)
+    })
+    .await;
+    let k3 = SecretKey::generate();
+    nodes[1].install_key(k3.clone()).await.unwrap();
+    let err = nodes[1].use_key(k3.id()).await.unwrap_err();
+    assert_eq!(err.code(), "key_not_spread", "{err}");
+    assert!(err.to_string().contains("bb-send"), "{err}");
+    assert_eq!(nodes[1].keyring_status().primary, Some(k2.id()));
+    assert_eq!(lagging.members_alive(), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_plaintext_tribe_moves_to_encryption_without_downtime() {
     let key = SecretKey::generate();

@@ -145,6 +145,10 @@ var (
 	// ErrLimitReached: the cluster holds as many records of a kind
 	// (tribes, policies, plugins, tasks, artifacts) as its limits allow.
 	ErrLimitReached = sentinel(C.TRIBE_LIMIT_REACHED, "limit_reached")
+	// ErrKeyNotSpread: UseKey or RemoveKey would cut live members off
+	// (the key has not reached every live member, or some still seal
+	// with it, after 10 s of waiting); nothing changed.
+	ErrKeyNotSpread = sentinel(C.TRIBE_KEY_NOT_SPREAD, "key_not_spread")
 	// ErrClosed: the Node was closed (or aborted) through this package. It
 	// also matches ErrShuttingDown.
 	ErrClosed = &Error{Code: "closed", Message: "the node is closed", num: codeClosed}

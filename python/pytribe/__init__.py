@@ -62,6 +62,7 @@ from ._errors import (
     PluginExistsError,
     PolicyExistsError,
     PrimaryKeyError,
+    KeyNotSpreadError,
     RemoteError,
     ShutdownError,
     TaskExistsError,
@@ -163,6 +164,7 @@ __all__ = [
     "PolicyExistsError",
     "PolicyFailed",
     "PrimaryKeyError",
+    "KeyNotSpreadError",
     "RemoteError",
     "ShutdownError",
     "Task",
@@ -727,11 +729,19 @@ class Node:
         return self._native.install_key(key)
 
     def use_key(self, key: str) -> str:
-        """Makes an installed key (or key id) the primary of every node; returns its id."""
+        """Makes an installed key (or key id) the primary of every node; returns its id.
+
+        First waits (up to 10 s) until every live member holds the key;
+        raises :class:`KeyNotSpreadError` (nothing changed) if one does not.
+        """
         return self._native.use_key(key)
 
     def remove_key(self, key: str) -> str:
-        """Removes a key (or key id) from every node's keyring; returns its id."""
+        """Removes a key (or key id) from every node's keyring; returns its id.
+
+        First waits (up to 10 s) until no live member seals with the key any
+        more; raises :class:`KeyNotSpreadError` (nothing changed) otherwise.
+        """
         return self._native.remove_key(key)
 
     def set_encryption(self, mode: str) -> None:

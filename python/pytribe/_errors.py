@@ -176,6 +176,14 @@ class PrimaryKeyError(KeyringError):
     error_code = "primary_key"
 
 
+class KeyNotSpreadError(KeyringError):
+    """``use_key`` or ``remove_key`` would cut live members off: the key has
+    not reached every live member, or some still seal with it, after 10 s
+    of waiting. Nothing changed; the message names the members."""
+
+    error_code = "key_not_spread"
+
+
 class CallError(TribeError):
     """Base of the errors of a remote plugin call."""
 

@@ -72,7 +72,8 @@ fn status_of(e: &Error) -> StatusCode {
         | Error::PolicyExists(_)
         | Error::PluginExists { .. }
         | Error::TaskExists { .. }
-        | Error::LimitReached { .. } => StatusCode::CONFLICT,
+        | Error::LimitReached { .. }
+        | Error::KeyNotSpread { .. } => StatusCode::CONFLICT,
         Error::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }

@@ -279,6 +279,27 @@ impl Engine {
     }
 
     /// The keyring across live members.
+    /// Live members other than this node, by their records, that do not
+    /// hold `id` yet (`primary: false`) or still seal with it
+    /// (`primary: true`), by name.
+    pub fn members_lagging(&self, id: KeyId, primary: bool) -> Vec<String> {
+        let sh = lock(&self.shared);
+        let view = super::view::View { state: &sh.state };
+        let mut lagging = Vec::new();
+        for (name, row) in self.members.iter() {
+            if !row.state.is_up() {
+                continue;
+            }
+            let (holds, seals) = view
+                .node_record(name)
+                .map_or((false, false), |r| (r.keys.contains(&id), r.primary_key == Some(id)));
+            if (primary && seals) || (!primary && !holds) {
+                lagging.push(name.to_string());
+            }
+        }
+        lagging
+    }
+
     pub fn keyring_status(&self) -> KeyringStatus {
         let mut holdings: std::collections::BTreeMap<KeyId, KeyHolding> = Default::default();
         let mut note = |name: &str, keys: &[KeyId], primary: Option<KeyId>| {

@@ -87,6 +87,9 @@ pub const TRIBE_IO: u32 = 127;
 pub const TRIBE_CONFIG: u32 = 128;
 /// The replicated state holds as many records of a kind as allowed.
 pub const TRIBE_LIMIT_REACHED: u32 = 129;
+/// A keyring step would cut live members off (the key has not spread yet);
+/// nothing changed.
+pub const TRIBE_KEY_NOT_SPREAD: u32 = 130;
 
 /// An error: its result code, stable name and message, plus the handler's
 /// code and message for `TRIBE_REMOTE` and the position for
@@ -165,6 +168,7 @@ pub fn code_of(e: &Error) -> u32 {
         Error::Io(_) => TRIBE_IO,
         Error::Config(_) => TRIBE_CONFIG,
         Error::LimitReached { .. } => TRIBE_LIMIT_REACHED,
+        Error::KeyNotSpread { .. } => TRIBE_KEY_NOT_SPREAD,
     }
 }
 
@@ -210,6 +214,7 @@ pub fn code_name(code: u32) -> &'static CStr {
         TRIBE_IO => c"io",
         TRIBE_CONFIG => c"config",
         TRIBE_LIMIT_REACHED => c"limit_reached",
+        TRIBE_KEY_NOT_SPREAD => c"key_not_spread",
         _ => c"unknown",
     }
 }
@@ -404,6 +409,12 @@ mod tests {
             Error::LimitReached {
                 what: s(),
                 limit: 1,
+            },
+            Error::KeyNotSpread {
+                key: s(),
+                step: s(),
+                waiting_for: vec![s()],
+                waited_s: 1,
             },
         ]
     }

@@ -564,7 +564,9 @@ pub extern "C" fn tribe_node_install_key(
 }
 
 /// Makes an installed key (its id, 8 hex digits, or the base64 key) the
-/// sealing key of every node.
+/// sealing key of every node. First blocks (up to 10 s) until every live
+/// member holds the key; a key not there by then is refused with
+/// `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing changes.
 #[no_mangle]
 pub extern "C" fn tribe_node_use_key(
     node: *const TribeNode,
@@ -578,7 +580,8 @@ pub extern "C" fn tribe_node_use_key(
 }
 
 /// Removes a key (id or base64) from every node's keyring; the primary key
-/// is refused with `TRIBE_PRIMARY_KEY`.
+/// is refused with `TRIBE_PRIMARY_KEY`. First blocks (up to 10 s) until no
+/// live member seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
 #[no_mangle]
 pub extern "C" fn tribe_node_remove_key(
     node: *const TribeNode,
