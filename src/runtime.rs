@@ -599,10 +599,28 @@ impl Driver {
         // Nothing to wait for: the answer comes back through the inbox.
         drop(self.policy_thread.run(move || {
             let started = Instant::now();
-            let results = set
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .answer(&request);
+            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                set.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .answer(&request)
+            }));
+            // A panic must still answer, or no evaluation would ever run
+            // again: every policy failed, to be asked again at the next
+            // change.
+            let results = answered.unwrap_or_else(|_| crate::policy_set::PolicyResults {
+                seq: request.seq,
+                outcomes: request
+                    .policies
+                    .iter()
+                    .map(|p| {
+                        let failed = crate::policy_set::PolicyOutcome::Failed {
+                            message: "the evaluation panicked".into(),
+                            transient: true,
+                        };
+                        (p.clone(), failed)
+                    })
+                    .collect(),
+            });
             let took = started.elapsed();
             if took > SLOW_POLICIES {
                 tracing::warn!(
