@@ -781,7 +781,9 @@ uint32_t tribe_config_set_encryption(struct tribe_config *cfg,
 
 /**
  * Sets the data directory (known peers, memberships by hand, keyring kept
- * across restarts). Created at start if missing.
+ * across restarts). Created at start (owner-only) if missing; an existing
+ * one keeps its mode, but one every user may write is refused at start
+ * (`TRIBE_CONFIG`).
  */
 uint32_t tribe_config_set_data_dir(struct tribe_config *cfg,
                                    const char *dir,

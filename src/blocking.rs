@@ -5,9 +5,22 @@
 //! it, while a thread that cannot be started here fails the start cleanly.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc;
+use std::sync::{mpsc, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send>;
+
+/// What a thread made here takes over from the thread that made it (the
+/// C ABI's log sink and signal mask), as the runtime's own threads do.
+/// Set once by an embedding layer; called on the making thread, its result
+/// runs first on the new one.
+pub(crate) type Inherit = fn() -> Box<dyn FnOnce() + Send>;
+
+static INHERIT: OnceLock<Inherit> = OnceLock::new();
+
+/// Registers what new threads inherit (the first registration stays).
+pub(crate) fn set_inherit(inherit: Inherit) {
+    let _ = INHERIT.set(inherit);
+}
 
 /// Runs jobs one after another on one thread, which ends once this handle
 /// is dropped and the queued jobs are done.
@@ -19,9 +32,13 @@ impl BlockingThread {
     /// Starts the thread (named `name`, as `top` and debuggers show it).
     pub fn start(name: &str) -> std::io::Result<BlockingThread> {
         let (jobs, queued) = mpsc::channel::<Job>();
+        let inherited = INHERIT.get().map(|capture| capture());
         std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
+                if let Some(take_over) = inherited {
+                    take_over();
+                }
                 for job in queued {
                     // A job that panics loses its result (its receiver sees
                     // the sender dropped); the thread serves the next one.

@@ -49,10 +49,29 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
 }
 
 /// Creates the directory, owner-only, when missing. An existing directory
-/// keeps its mode: it may be shared with other programs (the files written
-/// in it are owner-only either way).
+/// keeps its mode (it may be shared with other programs; the files written
+/// in it are owner-only either way), but one that any user may write is
+/// refused: they could put a keyring or a state of their own in place.
+/// (Group-writable is allowed: with a group per user, as many systems
+/// make them, that group is the owner.)
 pub fn prepare(dir: &Path) -> Result<()> {
     if dir.is_dir() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(dir)
+                .map_err(|e| Error::Config(format!("cannot read data dir {}: {e}", dir.display())))?
+                .permissions()
+                .mode();
+            if mode & 0o002 != 0 {
+                return Err(Error::Config(format!(
+                    "data dir {} is writable by every user (mode {:o}): another user could \
+                     replace its keyring or state; chmod o-w it",
+                    dir.display(),
+                    mode & 0o7777
+                )));
+            }
+        }
         return Ok(());
     }
     let mut builder = std::fs::DirBuilder::new();
@@ -200,7 +219,8 @@ mod tests {
 
     #[cfg(unix)]
     #[test]
-    fn a_missing_dir_is_made_owner_only_and_an_existing_one_keeps_its_mode() {
+    fn a_missing_dir_is_made_owner_only_and_an_existing_one_keeps_its_mode_unless_anyone_may_write()
+    {
         use std::os::unix::fs::PermissionsExt;
         let mode = |d: &Path| std::fs::metadata(d).unwrap().permissions().mode() & 0o777;
         let dir = scratch("modes");
@@ -211,6 +231,10 @@ mod tests {
         std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o755)).unwrap();
         prepare(&shared).unwrap();
         assert_eq!(mode(&shared), 0o755);
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = prepare(&shared).unwrap_err().to_string();
+        assert!(err.contains("writable by every user"), "{err}");
+        assert_eq!(mode(&shared), 0o777);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

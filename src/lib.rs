@@ -57,7 +57,7 @@ pub use api::{EventStream, Node};
 pub use config::{Config, Encryption, Profile, Timings};
 pub use crypto::{KeyId, Keyring, SecretKey};
 pub use engine::commands::Command;
-pub use engine::keys::KeyringStatus;
+pub use engine::keys::{KeyHolding, KeyringStatus};
 pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo};
 pub use engine::Event;
 pub use error::{Error, Result};

@@ -92,11 +92,19 @@ impl PolicySet {
                 }
             }
             let outcome = match self.compiled.get(&p.when) {
-                Some(Ok(cond)) => match cond.evaluate(&request.facts) {
-                    Ok(true) => PolicyOutcome::Holds,
-                    Ok(false) => PolicyOutcome::DoesNotHold,
-                    Err(e) => PolicyOutcome::Failed {
+                // A panic in the evaluator fails this policy only (and the
+                // same way every time): the node keeps its other tribes.
+                Some(Ok(cond)) => match std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || cond.evaluate(&request.facts),
+                )) {
+                    Ok(Ok(true)) => PolicyOutcome::Holds,
+                    Ok(Ok(false)) => PolicyOutcome::DoesNotHold,
+                    Ok(Err(e)) => PolicyOutcome::Failed {
                         message: e.message,
+                        transient: false,
+                    },
+                    Err(_) => PolicyOutcome::Failed {
+                        message: "the evaluation panicked".into(),
                         transient: false,
                     },
                 },

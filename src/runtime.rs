@@ -134,6 +134,8 @@ pub(crate) enum DriverInput {
     ConnectRefused(ConnId),
     /// A policy evaluation finished on its blocking thread.
     Policies(crate::policy_set::PolicyResults),
+    /// A policy evaluation failed as a whole (a panic); nothing changes.
+    PoliciesLost,
     /// Stop; `leave` first when graceful.
     Stop {
         leave: bool,
@@ -460,6 +462,11 @@ impl Driver {
             }
             self.save_durable();
         }
+        // The data dir's lock is released after this: no write may go on.
+        if let Some(job) = self.saving.take() {
+            let result = job.result.await.ok();
+            self.saved(result, job.revision, job.ring);
+        }
     }
 
     /// Marks us left, then keeps gossiping briefly so the goodbye spreads.
@@ -542,6 +549,12 @@ impl Driver {
                     self.evaluate_policies(next);
                 }
             }
+            DriverInput::PoliciesLost => {
+                self.policies.running = false;
+                if let Some(next) = self.policies.next.take() {
+                    self.evaluate_policies(next);
+                }
+            }
             // A stop during a graceful leave is already under way.
             DriverInput::Wake | DriverInput::Stop { .. } => {}
         }
@@ -604,23 +617,13 @@ impl Driver {
                     .unwrap_or_else(|p| p.into_inner())
                     .answer(&request)
             }));
-            // A panic must still answer, or no evaluation would ever run
-            // again: every policy failed, to be asked again at the next
-            // change.
-            let results = answered.unwrap_or_else(|_| crate::policy_set::PolicyResults {
-                seq: request.seq,
-                outcomes: request
-                    .policies
-                    .iter()
-                    .map(|p| {
-                        let failed = crate::policy_set::PolicyOutcome::Failed {
-                            message: "the evaluation panicked".into(),
-                            transient: true,
-                        };
-                        (p.clone(), failed)
-                    })
-                    .collect(),
-            });
+            // (A panicking policy fails alone inside `answer`.) Should the
+            // rest panic, the driver must still hear of it, or no
+            // evaluation would run again; the node keeps its tribes.
+            let Ok(results) = answered else {
+                let _ = inbox.send(DriverInput::PoliciesLost);
+                return;
+            };
             let took = started.elapsed();
             if took > SLOW_POLICIES {
                 tracing::warn!(
@@ -704,19 +707,9 @@ impl Driver {
     /// Ends the calls in flight to a member just declared failed (see
     /// `Pool::host_failed`), at its address and at those it serves on.
     fn host_failed(&self, name: &str) {
-        let failed = self
-            .shared
-            .engine()
-            .members()
-            .into_iter()
-            .find(|m| m.name == name && m.state == crate::MemberState::Failed);
-        let Some(member) = failed else {
+        let Some(addrs) = self.shared.engine().failed_member_addrs(name) else {
             return;
         };
-        let mut addrs: Vec<SocketAddr> = member.endpoints.iter().map(|e| e.addr).collect();
-        addrs.push(member.addr);
-        addrs.sort();
-        addrs.dedup();
         for addr in addrs {
             self.shared.rpc.pool.host_failed(addr);
         }

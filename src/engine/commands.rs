@@ -508,6 +508,25 @@ impl Engine {
 
     // ---- snapshot reads ----
 
+    /// Where calls reach `name` (its address and those it serves on),
+    /// when it is down as failed; `None` otherwise.
+    pub fn failed_member_addrs(&self, name: &str) -> Option<Vec<std::net::SocketAddr>> {
+        let row = self.members.get(name)?;
+        if row.state != MemberState::Failed {
+            return None;
+        }
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        let mut addrs: Vec<std::net::SocketAddr> = view
+            .node_record(name)
+            .map(|r| r.endpoints.iter().map(|e| e.addr).collect())
+            .unwrap_or_default();
+        addrs.push(row.id.addr);
+        addrs.sort();
+        addrs.dedup();
+        Some(addrs)
+    }
+
     /// Every known member, this node included, by name.
     pub fn members(&self) -> Vec<MemberInfo> {
         let sh = lock(&self.shared);

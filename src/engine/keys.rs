@@ -278,7 +278,6 @@ impl Engine {
         }
     }
 
-    /// The keyring across live members.
     /// Live members other than this node, by their records, that do not
     /// hold `id` yet (`primary: false`) or still seal with it
     /// (`primary: true`), by name.
@@ -290,9 +289,11 @@ impl Engine {
             if !row.state.is_up() {
                 continue;
             }
+            // A member whose record has not arrived yet may hold or seal
+            // with anything: it counts as lagging either way.
             let (holds, seals) = view
                 .node_record(name)
-                .map_or((false, false), |r| (r.keys.contains(&id), r.primary_key == Some(id)));
+                .map_or((false, true), |r| (r.keys.contains(&id), r.primary_key == Some(id)));
             if (primary && seals) || (!primary && !holds) {
                 lagging.push(name.to_string());
             }
@@ -300,6 +301,7 @@ impl Engine {
         lagging
     }
 
+    /// The keyring across live members.
     pub fn keyring_status(&self) -> KeyringStatus {
         let mut holdings: std::collections::BTreeMap<KeyId, KeyHolding> = Default::default();
         let mut note = |name: &str, keys: &[KeyId], primary: Option<KeyId>| {

@@ -154,7 +154,9 @@ impl Drop for TribeResponder {
         // caller's stream; a forked child shares that socket with its
         // parent and must leave it alone.
         if self.owner.is_elsewhere() {
-            std::mem::forget(self.take());
+            // No lock: a parent thread may have held it at the fork.
+            let responder = self.responder.get_mut().unwrap_or_else(|p| p.into_inner());
+            std::mem::forget(responder.take());
         }
     }
 }

@@ -116,6 +116,17 @@ pub(super) fn set_thread_sink(sink: Sink) {
     SINK.with(|s| *s.borrow_mut() = Some(sink));
 }
 
+/// This thread's sink, for a thread it starts (see `crate::blocking`).
+pub(super) fn inherit_sink() -> Box<dyn FnOnce() + Send> {
+    let sink = SINK.with(|s| s.borrow().clone());
+    Box::new(move || {
+        super::node::block_async_signals();
+        if let Some(sink) = sink {
+            set_thread_sink(sink);
+        }
+    })
+}
+
 struct Feed;
 
 #[derive(Default)]

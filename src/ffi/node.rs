@@ -111,7 +111,7 @@ fn async_signals() -> libc::sigset_t {
 
 /// Keeps the host's signals off libtribe's threads, so process-directed
 /// signals (SIGINT, SIGTERM, SIGCHLD, ...) reach the host's own threads.
-fn block_async_signals() {
+pub(super) fn block_async_signals() {
     let set = async_signals();
     // SAFETY: only the calling thread's mask changes; `set` is initialised.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
@@ -180,6 +180,7 @@ pub extern "C" fn tribe_node_start(
             .thread_name("tribe-worker")
             .enable_all();
         let sink = log_sink.clone();
+        crate::blocking::set_inherit(super::log::inherit_sink);
         builder.on_thread_start(move || {
             block_async_signals();
             if let Some(sink) = &sink {

@@ -7,8 +7,10 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use tribe::admin::json::ErrorBody;
 
-/// How long one admin request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long one admin request may take: longer than any wait of the
+/// agent's own (a keyring step waits up to 10 s for the tribe to catch up),
+/// so its answer is what the user sees.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Talks to one agent.
 pub struct Admin {
