@@ -190,9 +190,7 @@ pub extern "C" fn tribe_node_start(
         // Threads made now (workers, blocking threads of the start) take
         // the blocked mask from this thread; later ones block it themselves.
         let (runtime, node) = with_signals_blocked(|| {
-            let runtime = builder
-                .build()
-                .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
+            let runtime = build_runtime(builder)?;
             let node =
                 super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
             Ok::<_, FfiError>((runtime, node))
@@ -222,6 +220,38 @@ pub extern "C" fn tribe_node_start(
         cast::write(out, cast::into_handle(handle));
         Ok(())
     })
+}
+
+/// How long building a runtime may take before the start gives up.
+const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Builds the node's runtime on a thread of its own. At the process's thread
+/// limit tokio panics while starting its workers and then waits for ever
+/// for those that did start; the host gets `TRIBE_IO` after [`BUILD_WAIT`]
+/// instead of hanging in `tribe_node_start` (that one thread stays stuck).
+fn build_runtime(
+    mut builder: tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, FfiError> {
+    let no_threads = |why: &str| {
+        FfiError::from(Error::Io(format!(
+            "cannot start the node's threads ({why}); is the process at its thread limit?"
+        )))
+    };
+    let (built, result) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("tribe-start".into())
+        .spawn(move || {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.build()));
+            let _ = built.send(outcome);
+        })
+        .map_err(|e| no_threads(&e.to_string()))?;
+    match result.recv_timeout(BUILD_WAIT) {
+        Ok(Ok(Ok(runtime))) => Ok(runtime),
+        Ok(Ok(Err(e))) => Err(Error::Io(e.to_string()).into()),
+        Ok(Err(_)) => Err(no_threads("a thread could not be made")),
+        Err(_) => Err(no_threads("no answer in 10 s")),
+    }
 }
 
 /// Leaves the cluster gracefully (peers record the node as *left*) and
