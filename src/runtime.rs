@@ -609,21 +609,12 @@ impl Driver {
         self.policies.running = true;
         let set = self.policies.set.clone();
         let inbox = self.inbox_tx.clone();
-        // Nothing to wait for: the answer comes back through the inbox.
-        drop(self.policy_thread.run(move || {
+        let answered = self.policy_thread.run(move || {
             let started = Instant::now();
-            let answered = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                set.lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .answer(&request)
-            }));
-            // (A panicking policy fails alone inside `answer`.) Should the
-            // rest panic, the driver must still hear of it, or no
-            // evaluation would run again; the node keeps its tribes.
-            let Ok(results) = answered else {
-                let _ = inbox.send(DriverInput::PoliciesLost);
-                return;
-            };
+            let results = set
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .answer(&request);
             let took = started.elapsed();
             if took > SLOW_POLICIES {
                 tracing::warn!(
@@ -632,8 +623,18 @@ impl Driver {
                     "policies are slow to evaluate"
                 );
             }
-            let _ = inbox.send(DriverInput::Policies(results));
-        }));
+            results
+        });
+        // A panicking policy fails alone inside `answer`; should the rest
+        // panic (the receiver ends empty), the driver must still hear of
+        // it, or no evaluation would run again. The node keeps its tribes.
+        tokio::spawn(async move {
+            let input = match answered.await {
+                Ok(results) => DriverInput::Policies(results),
+                Err(_) => DriverInput::PoliciesLost,
+            };
+            let _ = inbox.send(input);
+        });
     }
 
     /// Counts a connection the listener failed to accept and, when the

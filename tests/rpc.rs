@@ -30,6 +30,18 @@ async fn serve_echo(node: &Node, delay: Duration) {
     .unwrap();
 }
 
+/// Waits until `caller` sees the one host of `svc` serving `endpoints` plugins.
+async fn wait_served(caller: &Node, endpoints: usize) {
+    wait_for("the host's endpoints seen", Duration::from_secs(20), || {
+        caller
+            .members()
+            .iter()
+            .any(|m| m.endpoints.len() == endpoints)
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+}
+
 fn echo() -> CallTarget {
     CallTarget::new("svc", "echo", PluginKind::Processor)
 }
@@ -241,11 +253,7 @@ async fn deadlines_overload_size_limits_and_failing_handlers() {
     )
     .await
     .unwrap();
-    wait_for("endpoints seen", Duration::from_secs(20), || {
-        caller.members().iter().any(|m| m.endpoints.len() == 3)
-            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
-    })
-    .await;
+    wait_served(caller, 3).await;
     let slow = CallTarget::new("svc", "slow", PluginKind::Processor);
 
     // Deadline: cut at 200 ms; the late reply is dropped and the stream lives on.
@@ -466,11 +474,7 @@ async fn responders_answer_from_threads_of_the_host() {
     )
     .await
     .unwrap();
-    wait_for("endpoint seen", Duration::from_secs(20), || {
-        caller.members().iter().any(|m| m.endpoints.len() == 1)
-            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
-    })
-    .await;
+    wait_served(caller, 1).await;
     let mirror = CallTarget::new("svc", "mirror", PluginKind::Processor);
     for node in [caller, host] {
         let call = |p: &'static [u8], t: Duration| node.call(&mirror, p.to_vec(), t);
@@ -528,11 +532,7 @@ async fn calls_to_a_host_declared_failed_end_then() {
     })
     .await
     .unwrap();
-    wait_for("endpoint seen", Duration::from_secs(20), || {
-        caller.members().iter().any(|m| m.endpoints.len() == 1)
-            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
-    })
-    .await;
+    wait_served(&caller, 1).await;
     let target = CallTarget::new("svc", "stuck", PluginKind::Processor);
     let waiting = {
         let caller = caller.clone();
