@@ -6,6 +6,7 @@
 //! counted) while the stream lives on.
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -187,10 +188,22 @@ async fn start_and_cancel(caller: &Node, plugin: &str, n: usize, running: impl F
     }
 }
 
+/// Serves `hold`, whose handler keeps every responder unanswered in the
+/// list returned.
+async fn serve_hold(host: &Node) -> Arc<Mutex<Vec<tribe::Responder>>> {
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let h = held.clone();
+    host.serve_responder("hold", "1", PluginKind::Processor, move |_, _, r| {
+        h.lock().unwrap().push(r);
+    })
+    .await
+    .unwrap();
+    held
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::{Arc, Mutex};
     const PER_STREAM: usize = 4;
     let nodes = host_cluster("cx", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
     let (caller, host) = (&nodes[0], &nodes[1]);
@@ -207,13 +220,7 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     .await
     .unwrap();
     // A responder handler whose host keeps the responders unanswered.
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let h = held.clone();
-    host.serve_responder("hold", "1", PluginKind::Processor, move |_, _, r| {
-        h.lock().unwrap().push(r);
-    })
-    .await
-    .unwrap();
+    let held = serve_hold(host).await;
     wait_for("endpoints seen", 20 * SECOND, || {
         caller.members().iter().any(|m| m.endpoints.len() == 4)
     })
@@ -252,6 +259,98 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
         .call(&target("echo"), b"g".to_vec(), 5 * SECOND)
         .await;
     assert_eq!(echo.unwrap(), b"g");
+}
+
+/// Calls `echo` until the host has a place for it again; false when it
+/// still refuses as overloaded after `within`.
+async fn echo_gets_a_place(caller: &Node, within: Duration) -> bool {
+    let end = tokio::time::Instant::now() + within;
+    loop {
+        match caller.call(&target("echo"), b"e".to_vec(), SECOND).await {
+            Ok(reply) => {
+                assert_eq!(reply, b"e");
+                return true;
+            }
+            Err(Error::Overloaded) if tokio::time::Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(Error::Overloaded) => return false,
+            Err(other) => panic!("expected the echo or Overloaded, got {other:?}"),
+        }
+    }
+}
+
+/// A responder call its host never answers gives its places back when its
+/// budget runs out: no cancel comes, since the caller's own deadline passed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unanswered_responder_call_frees_its_place_at_its_budget() {
+    const PER_STREAM: usize = 2;
+    let nodes = host_cluster("ub", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.serve_responder("ignore", "1", PluginKind::Processor, |_, _, r| r.decline())
+        .await
+        .unwrap();
+    wait_for("endpoints seen", 20 * SECOND, || {
+        caller.members().iter().any(|m| m.endpoints.len() == 3)
+    })
+    .await;
+    let short = Duration::from_millis(300);
+    let ignore = target("ignore");
+    let ignored = futures_util::future::join_all(
+        (0..PER_STREAM).map(|_| caller.call(&ignore, b"x".to_vec(), short)),
+    )
+    .await;
+    for r in ignored {
+        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+    }
+    assert!(
+        echo_gets_a_place(caller, 5 * SECOND).await,
+        "the unanswered calls still hold the stream's places"
+    );
+}
+
+/// A node that stops ends its calls in flight (`ShuttingDown`) and their
+/// streams; a responder call still unanswered when its stream ends gives
+/// the host's place back then, not at its budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_call_frees_its_place_when_its_stream_ends() {
+    let nodes = host_cluster("he", 3, |cfg| cfg.rpc.max_serving = 1).await;
+    let (gone, host, other) = (&nodes[0], &nodes[1], &nodes[2]);
+    let held = serve_hold(host).await;
+    wait_for("endpoints seen", 20 * SECOND, || {
+        [gone, other]
+            .iter()
+            .all(|n| n.members().iter().any(|m| m.endpoints.len() == 3))
+    })
+    .await;
+    let waiting = {
+        let gone = gone.clone();
+        tokio::spawn(async move {
+            gone.call(&target("hold"), b"x".to_vec(), 120 * SECOND)
+                .await
+        })
+    };
+    wait_for("the call is held", 10 * SECOND, || {
+        held.lock().unwrap().len() == 1
+    })
+    .await;
+    // The host's one serving place is taken.
+    match other.call(&target("echo"), b"e".to_vec(), SECOND).await {
+        Err(Error::Overloaded) => {}
+        r => panic!("expected Overloaded while the place is held, got {r:?}"),
+    }
+    // Its own call ends as the node stops, not at its deadline.
+    gone.abort().await;
+    let ended = tokio::time::timeout(5 * SECOND, waiting)
+        .await
+        .expect("the call ends with its node")
+        .unwrap();
+    assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
+    assert!(
+        echo_gets_a_place(other, 10 * SECOND).await,
+        "the held call of a stream that ended still holds the place"
+    );
+    assert!(held.lock().unwrap()[0].is_abandoned());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

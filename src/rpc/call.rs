@@ -251,6 +251,9 @@ impl Rpc {
                     })
                 }
                 Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => {}
+                Ok(Some(Answer::Lost)) if self.pool.is_closed() => {
+                    return Err(Error::ShuttingDown)
+                }
                 Ok(Some(Answer::Lost)) => {
                     return Err(Error::Disconnected {
                         host: cand.name.clone(),

@@ -89,6 +89,22 @@ impl Drop for DialingAnother {
 }
 
 impl Slot {
+    /// Ends every stream of the slot: the calls waiting on them end as
+    /// `Lost` (they may have run).
+    fn end(&self) {
+        let conns = std::mem::take(&mut *self.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        for conn in conns {
+            {
+                // Under the lock the calls register in: none gets on after.
+                let _p = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+                conn.alive.store(false, Ordering::Relaxed);
+            }
+            conn.reader.abort();
+            conn.out.cut();
+            answer_waiting(&conn.pending, || Answer::Lost);
+        }
+    }
+
     fn add(&self, conn: Conn) -> Arc<Conn> {
         let conn = Arc::new(conn);
         self.conns
@@ -189,6 +205,8 @@ pub struct Pool {
     limits: RpcLimits,
     next_id: AtomicU64,
     dialer: Dialer,
+    /// Set once the node stops: every stream is ended, none opens again.
+    closed: AtomicBool,
 }
 
 /// Opens call streams; cloned into the tasks that open streams beside the
@@ -250,6 +268,7 @@ impl Pool {
                 max_frame,
                 counters,
             },
+            closed: AtomicBool::new(false),
         }
     }
 
@@ -317,25 +336,24 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&addr);
-        let Some(slot) = slot else {
-            return;
-        };
-        let conns = std::mem::take(&mut *slot.conns.lock().unwrap_or_else(|p| p.into_inner()));
-        for conn in conns {
-            {
-                // Under the lock the calls register in: none gets on after.
-                let _p = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
-                conn.alive.store(false, Ordering::Relaxed);
-            }
-            conn.reader.abort();
-            conn.out.cut();
-            answer_waiting(&conn.pending, || Answer::Lost);
+        if let Some(slot) = slot {
+            slot.end();
         }
     }
 
-    /// Drops every stream (their pending calls end as `Lost`).
+    /// Ends every stream for good (the node stopped): their pending calls
+    /// end now, and later requests are answered `Lost` at once.
     pub fn close_all(&self) {
-        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.closed.store(true, Ordering::SeqCst);
+        let slots = std::mem::take(&mut *self.slots.lock().unwrap_or_else(|p| p.into_inner()));
+        for slot in slots.into_values() {
+            slot.end();
+        }
+    }
+
+    /// Whether the node stopped (see [`Pool::close_all`]).
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
     }
 
     /// The stream slot of `addr`, made on first use.
@@ -440,10 +458,18 @@ impl Pool {
         large: bool,
         make: impl FnOnce(u64) -> RpcMsg,
     ) -> Result<Option<Answer>, NotSent> {
+        if self.is_closed() {
+            return Ok(Some(Answer::Lost));
+        }
         let slot = self.slot(addr);
         let conn = tokio::time::timeout_at(deadline, self.conn(&slot, addr, security, large))
             .await
             .map_err(|_| NotSent::OutOfTime)??;
+        if self.is_closed() {
+            // The node stopped while this stream opened.
+            slot.end();
+            return Ok(Some(Answer::Lost));
+        }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut msg = make(id);
         let mut conn = conn;

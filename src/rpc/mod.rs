@@ -12,6 +12,7 @@ internal_mod!(client);
 internal_mod!(outbox);
 internal_mod!(proto);
 pub mod responder;
+mod running;
 internal_mod!(server);
 pub(crate) mod tcp_writer;
 

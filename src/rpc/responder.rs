@@ -8,7 +8,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 use super::outbox::Outbox;
 use super::proto::{ByteBuf, RpcMsg};
@@ -98,17 +98,21 @@ impl Company {
 /// What a call this node made to itself gets back.
 pub(crate) type LocalAnswer = Result<Vec<u8>, HandlerError>;
 
+/// A served call's places: one of its stream's and one of the node's,
+/// given back once the call is answered or abandoned.
+pub(crate) type Places = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
 /// Where an answer goes.
 enum Sink {
-    /// A call that came over a call stream: written there directly; `done`
-    /// tells the call's budget task that the call is over.
+    /// A call that came over a call stream: written there directly, from
+    /// the thread that answers.
     Stream {
         outbox: Arc<Outbox>,
         id: u64,
-        done: oneshot::Sender<()>,
         /// Calls in flight on the stream: alone, the answer is written at
         /// once; with company, left to the flusher to batch.
         company: Company,
+        places: Places,
     },
     /// A call this node made to itself.
     Local(oneshot::Sender<LocalAnswer>),
@@ -138,8 +142,8 @@ impl Slot {
             Sink::Stream {
                 outbox,
                 id,
-                done,
                 company,
+                places,
             } => {
                 let result = result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
                 let reply = RpcMsg::Reply { id, result };
@@ -149,7 +153,7 @@ impl Slot {
                 } else {
                     outbox.defer(&reply, true)
                 };
-                let _ = done.send(());
+                drop(places);
             }
             Sink::Local(tx) => {
                 let _ = tx.send(result);
@@ -167,7 +171,7 @@ impl Slot {
     }
 
     /// Ends a call its caller gave up on: no answer is sent, a later one
-    /// is dropped, and the call's budget task ends (its place is freed).
+    /// is dropped, and the call's places are given back.
     pub(crate) fn abandon(&self) {
         drop(self.take());
     }
@@ -182,14 +186,14 @@ impl Slot {
         RpcCounters::bump(&self.counters.refused);
         match sink {
             Sink::Stream {
-                outbox, id, done, ..
+                outbox, id, places, ..
             } => {
                 let refusal = RpcMsg::Refused {
                     id,
                     why: super::proto::Refusal::ShuttingDown,
                 };
                 let _ = outbox.send(&refusal, true);
-                let _ = done.send(());
+                drop(places);
             }
             Sink::Local(tx) => {
                 let _ = tx.send(Err(HandlerError::new(
@@ -240,24 +244,23 @@ impl Responder {
         )
     }
 
-    /// A responder for call `id` of a call stream; the receiver fires once
-    /// the call is answered.
+    /// A responder for call `id` of a call stream, holding the call's
+    /// places until it is answered.
     pub(crate) fn for_stream(
         outbox: Arc<Outbox>,
         id: u64,
         company: Company,
+        places: Places,
         max_payload: usize,
         counters: Arc<RpcCounters>,
-    ) -> (Responder, Arc<Slot>, oneshot::Receiver<()>) {
-        let (done, answered) = oneshot::channel();
+    ) -> (Responder, Arc<Slot>) {
         let sink = Sink::Stream {
             outbox,
             id,
-            done,
             company,
+            places,
         };
-        let (r, slot) = Responder::new(sink, max_payload, counters);
-        (r, slot, answered)
+        Responder::new(sink, max_payload, counters)
     }
 
     /// A responder for a call this node makes to itself.
@@ -382,16 +385,29 @@ mod tests {
     async fn a_call_whose_stream_ended_is_abandoned() {
         let (_far, near) = tokio::io::duplex(1024);
         let (outbox, _flusher) = Outbox::new(crate::stream::Sealer::plaintext_for_tests(), near);
+        let slots = Arc::new(tokio::sync::Semaphore::new(4));
         let company = Company {
-            slots: Arc::new(tokio::sync::Semaphore::new(4)),
+            slots: slots.clone(),
             max: 4,
         };
+        let node = Arc::new(tokio::sync::Semaphore::new(1));
+        let places = (
+            slots.clone().try_acquire_owned().unwrap(),
+            node.clone().try_acquire_owned().unwrap(),
+        );
         let counters = Arc::new(RpcCounters::default());
-        let (responder, _slot, _answered) =
-            Responder::for_stream(outbox.clone(), 1, company, 1024, counters);
+        let (responder, slot) =
+            Responder::for_stream(outbox.clone(), 1, company, places, 1024, counters);
         assert!(!responder.is_abandoned());
         outbox.close();
         assert!(responder.is_abandoned());
         responder.decline();
+        assert_eq!(node.available_permits(), 0, "held until the call ends");
+        slot.abandon();
+        assert_eq!(
+            (slots.available_permits(), node.available_permits()),
+            (4, 1),
+            "an abandoned call gives its places back"
+        );
     }
 }

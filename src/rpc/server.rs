@@ -1,7 +1,9 @@
 //! The serving side: the handlers this node serves, the artifacts it holds,
-//! and the loop that answers one multiplexed call stream. A handler runs in
-//! its own task, so one that panics or hangs cannot take the node or the
-//! stream down; it is cut at the caller's deadline.
+//! and the loop that answers one multiplexed call stream. A future handler
+//! runs in its own task, so one that panics or hangs cannot take the node or
+//! the stream down; it is cut at the caller's deadline. A responder call has
+//! no task: the thread that answers writes the reply, and the stream's loop
+//! answers `"timeout"` for it when its budget runs out (see `running`).
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
@@ -15,6 +17,7 @@ use tokio::sync::Semaphore;
 use super::outbox::Outbox;
 use super::proto::{ByteBuf, Refusal, RpcMsg};
 use super::responder::{self, Company, Responder, ResponderHandler, Slot};
+use super::running::Running;
 use super::{CallInfo, Handler, HandlerError, RpcCounters, RpcLimits};
 use crate::records::PluginKind;
 use crate::stream::{Opener, Sealer};
@@ -264,20 +267,34 @@ impl Server {
             max: self.limits.max_inflight_per_conn,
         };
         let mut handlers = tokio::task::JoinSet::new();
-        // The calls of this stream still running, by id, so that a caller's
-        // cancel stops one and frees its place at once.
-        let mut running = Running::default();
+        let mut running = Running::new(self.limits.max_inflight_per_conn);
+        // Rings at the earliest budget of a responder call still unanswered.
+        let mut alarm = std::pin::pin!(tokio::time::sleep(CALL_STREAM_IDLE));
+        let mut alarm_at = None;
         loop {
+            let due = running.next_due();
+            if due != alarm_at {
+                if let Some(at) = due {
+                    alarm.as_mut().reset(at);
+                }
+                alarm_at = due;
+            }
             if !outbox.has_room() {
                 // The peer does not read its replies: stop reading its calls.
                 let stuck = tokio::select! {
                     _ = outbox.room() => false,
                     _ = killed.changed() => true,
                     _ = epoch.changed() => true,
+                    _ = &mut alarm, if alarm_at.is_some() => {
+                        running.expire(tokio::time::Instant::now());
+                        alarm_at = None;
+                        continue;
+                    }
                     _ = tokio::time::sleep(CALL_STREAM_IDLE) => true,
                 };
                 if stuck {
                     // Nothing queued could be flushed to this peer anyway.
+                    running.end();
                     outbox.cut();
                     flushing.abort();
                     return;
@@ -296,11 +313,17 @@ impl Server {
                 },
                 _ = killed.changed() => {
                     // Cut the stream without flushing what is queued.
+                    running.end();
                     outbox.cut();
                     flushing.abort();
                     return;
                 }
                 _ = epoch.changed() => break,
+                _ = &mut alarm, if alarm_at.is_some() => {
+                    running.expire(tokio::time::Instant::now());
+                    alarm_at = None;
+                    continue;
+                }
                 // Reap finished handlers so the set does not grow.
                 Some(_) = handlers.join_next(), if !handlers.is_empty() => continue,
             };
@@ -339,11 +362,11 @@ impl Server {
                     };
                     let slots = found.and_then(|h| {
                         match (per_stream.clone().try_acquire_owned(), self.try_slot()) {
-                            (Ok(a), Some(b)) => Ok((h, a, b)),
+                            (Ok(a), Some(b)) => Ok((h, (a, b))),
                             _ => Err(Refusal::Overloaded),
                         }
                     });
-                    let ((version, handler), stream_slot, node_slot) = match slots {
+                    let ((version, handler), places) = match slots {
                         Ok(x) => x,
                         Err(why) => {
                             RpcCounters::bump(&self.counters.refused);
@@ -380,30 +403,24 @@ impl Server {
                                 } else {
                                     outbox.defer(&reply, true)
                                 };
-                                drop((stream_slot, node_slot));
+                                drop(places);
                             });
-                            running.insert(id, Call::Task(task), self.limits.max_inflight_per_conn);
+                            running.add_task(id, task);
                         }
                         Serving::Responder(handler) => {
-                            let (responder, slot, answered) = Responder::for_stream(
+                            // The answer goes out from whichever thread gives
+                            // it, which then gives the places back; this loop
+                            // only answers "timeout" when the budget runs out.
+                            let (responder, slot) = Responder::for_stream(
                                 outbox.clone(),
                                 id,
                                 company.clone(),
+                                places,
                                 self.limits.max_payload,
                                 self.counters.clone(),
                             );
+                            running.add_slot(id, slot.clone(), budget, tokio::time::Instant::now());
                             self.start_responder(&handler, info, payload, responder, &slot);
-                            // The answer goes out from whichever thread gives
-                            // it; this task only bounds the call by its budget
-                            // and holds its slots until then.
-                            let watched = slot.clone();
-                            handlers.spawn(async move {
-                                if tokio::time::timeout(budget, answered).await.is_err() {
-                                    watched.overran(budget);
-                                }
-                                drop((stream_slot, node_slot));
-                            });
-                            running.insert(id, Call::Slot(slot), self.limits.max_inflight_per_conn);
                         }
                     }
                 }
@@ -454,6 +471,7 @@ impl Server {
         // Handlers of a stream that ended are cancelled; their callers have
         // lost the stream and will see the call as disconnected.
         handlers.abort_all();
+        running.end();
         outbox.close();
         // What is queued goes out, unless the peer stops reading or the
         // node is killed meanwhile: the stream's place is not held for it.
@@ -464,55 +482,6 @@ impl Server {
         }
         outbox.cut();
         flushing.abort();
-    }
-}
-
-/// A call of a stream still running, as a cancel reaches it.
-enum Call {
-    /// A future handler's task: aborted.
-    Task(tokio::task::AbortHandle),
-    /// A responder's call: its slot is taken unanswered, which tells the
-    /// handler (`Responder::is_abandoned`) and ends the task holding the
-    /// call's place.
-    Slot(Arc<Slot>),
-}
-
-impl Call {
-    fn is_over(&self) -> bool {
-        match self {
-            Call::Task(task) => task.is_finished(),
-            Call::Slot(slot) => slot.is_answered(),
-        }
-    }
-}
-
-/// The calls of one stream still running, by the caller's id.
-#[derive(Default)]
-struct Running(HashMap<u64, Call>);
-
-impl Running {
-    /// Adds a call; calls that ended are dropped first when the map holds
-    /// twice a stream's bound of calls (at most the bound still run), so
-    /// it stays small and the sweep costs O(1) a call on average.
-    fn insert(&mut self, id: u64, call: Call, bound: usize) {
-        if self.0.len() >= 2 * bound.max(1) {
-            self.0.retain(|_, c| !c.is_over());
-        }
-        self.0.insert(id, call);
-    }
-
-    /// Stops call `id`; false when it was not running.
-    fn cancel(&mut self, id: u64) -> bool {
-        match self.0.remove(&id) {
-            Some(c) if !c.is_over() => {
-                match c {
-                    Call::Task(task) => task.abort(),
-                    Call::Slot(slot) => slot.abandon(),
-                }
-                true
-            }
-            _ => false,
-        }
     }
 }
 
