@@ -491,12 +491,14 @@ impl Node {
         self.inner.shared.engine().broadcast_backlog()
     }
 
-    /// Leaves the cluster gracefully (peers record *left*) and stops.
+    /// Leaves the cluster gracefully (peers record *left*) and stops. Calls
+    /// this node still has in flight end with [`Error::ShuttingDown`].
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
 
-    /// Stops at once without a goodbye, as a crash would (peers record *failed*).
+    /// Stops at once without a goodbye, as a crash would (peers record
+    /// *failed*). Calls in flight end as with [`Node::shutdown`].
     pub async fn abort(&self) {
         let _ = self.stop(false).await;
     }

@@ -68,7 +68,10 @@ fn _after_fork_in_child() {
 
 /// Drives `fut` to completion on the runtime with the GIL released, waking
 /// every [`SLICE`] to check for signals: a `KeyboardInterrupt` drops `fut`
-/// (which abandons what it was doing) and is raised.
+/// (which abandons what it was doing) and is raised. The future runs on the
+/// calling thread: a call writes its request from here, and only its reply
+/// crosses from a runtime thread (spawning it instead would first wake a
+/// runtime thread to send the request).
 pub(crate) fn wait<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
 where
     F: Future + Send,
@@ -82,39 +85,6 @@ where
         match polled {
             Ok(out) => return Ok(out),
             Err(_) => py.check_signals()?,
-        }
-    }
-}
-
-/// Runs `fut` as a task of the runtime (where its I/O is driven) and waits
-/// for its output with the GIL released, waking every [`SLICE`] to check
-/// for signals; a `KeyboardInterrupt` aborts the task (abandoning what it
-/// was doing) and is raised. Cheaper than [`wait`] for round trips: the
-/// only cross-thread wake-up is the final one.
-pub(crate) fn wait_task<F>(py: Python<'_>, fut: F) -> PyResult<F::Output>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let rt = runtime()?;
-    let (tx, rx) = crossbeam_channel::bounded(1);
-    let task = rt.spawn(async move {
-        let _ = tx.send(fut.await);
-    });
-    loop {
-        match py.detach(|| rx.recv_timeout(SLICE)) {
-            Ok(out) => return Ok(out),
-            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if let Err(e) = py.check_signals() {
-                    task.abort();
-                    return Err(e);
-                }
-            }
-            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => {
-                return Err(pyo3::exceptions::PyRuntimeError::new_err(
-                    "the runtime dropped the task",
-                ))
-            }
         }
     }
 }

@@ -516,7 +516,7 @@ impl NativeNode {
         let timeout = seconds("timeout", timeout, false)?;
         let payload = payload_bytes(payload)?;
         let node = self.node.clone();
-        let r = crate::wait_task(
+        let r = wait(
             py,
             async move { node.call(&target, payload, timeout).await },
         )?;
