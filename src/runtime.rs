@@ -583,7 +583,7 @@ impl Driver {
             // Keys or mode changed: call streams set up before must not live on.
             self.security_epoch = epoch;
             self.shared.rpc.server.reset_streams();
-            self.shared.rpc.pool.close_all();
+            self.shared.rpc.pool.forget_streams();
         }
         loop {
             let batch: Vec<Output> = {

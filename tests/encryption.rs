@@ -10,7 +10,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tribe::engine::sync::SyncMsg;
 use tribe::stream::{self, Security};
-use tribe::{wire, Config, Encryption, KeyId, Keyring, Node, PluginKind, SecretKey};
+use tribe::{wire, CallTarget, Config, Encryption, KeyId, Keyring, Node, PluginKind, SecretKey};
 
 fn keyed(key: &SecretKey) -> impl Fn(&mut Config) + '_ {
     move |cfg: &mut Config| cfg.keyring = Some(Keyring::new(key.clone()))
@@ -352,12 +352,39 @@ async fn keys_rotate_under_traffic_with_a_node_down_during_install_and_use() {
 /// a binding would: each waits for the live members to catch up with the
 /// one before, so no node is cut off; a step that would cut one off (a
 /// member that never gets the key) is refused and changes nothing.
+/// `nodes[host]` serves `echo` in tribe `svc`, which every node sees.
+async fn serve_echo(nodes: &[Node], host: usize) -> CallTarget {
+    let h = &nodes[host];
+    h.create_tribe("svc").await.unwrap();
+    h.join("svc", h.name()).await.unwrap();
+    h.serve(
+        "echo",
+        "1",
+        PluginKind::Processor,
+        |_, p| async move { Ok(p) },
+    )
+    .await
+    .unwrap();
+    wait_for("the endpoint seen", Duration::from_secs(20), || {
+        nodes.iter().all(|n| {
+            n.tribe("svc").is_some_and(|t| t.members.len() == 1)
+                && n.members().iter().any(|m| !m.endpoints.is_empty())
+        })
+    })
+    .await;
+    CallTarget::new("svc", "echo", PluginKind::Processor)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keyring_steps_run_back_to_back_cut_no_node_off() {
     let k1 = SecretKey::generate();
     let k2 = SecretKey::generate();
     let nodes = start_cluster("bb", 3, keyed(&k1)).await;
     wait_converged_members(&nodes, 3).await;
+    // A call stream open before the steps: calls go on through new ones.
+    let echo = serve_echo(&nodes, 1).await;
+    let call = |p: &'static [u8]| nodes[0].call(&echo, p.to_vec(), Duration::from_secs(5));
+    assert_eq!(call(b"before").await.unwrap(), b"before");
     nodes[0].install_key(k2.clone()).await.unwrap();
     nodes[0].use_key(k2.id()).await.unwrap();
     nodes[0].remove_key(k1.id()).await.unwrap();
@@ -375,6 +402,7 @@ async fn keyring_steps_run_back_to_back_cut_no_node_off() {
     for n in &nodes {
         assert_eq!(n.members_alive(), 3, "{} was cut off", n.name());
     }
+    assert_eq!(call(b"after").await.unwrap(), b"after");
 
     // A member that refuses keyring records (it does not require
     // encryption) never gets k3: making it primary is refused.

@@ -341,6 +341,13 @@ impl Pool {
         }
     }
 
+    /// Later calls open new streams (the node's keys or encryption mode
+    /// changed); calls in flight finish on the streams they have, which
+    /// their hosts end gracefully.
+    pub fn forget_streams(&self) {
+        self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Ends every stream for good (the node stopped): their pending calls
     /// end now, and later requests are answered `Lost` at once.
     pub fn close_all(&self) {
