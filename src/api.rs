@@ -492,7 +492,10 @@ impl Node {
     }
 
     /// Leaves the cluster gracefully (peers record *left*) and stops. Calls
-    /// this node still has in flight end with [`Error::ShuttingDown`].
+    /// this node still has in flight end with [`Error::ShuttingDown`]. Calls
+    /// it serves are refused from now on (callers try another host); those
+    /// already running are answered (handlers get up to 10 s) before its
+    /// call streams close, and callers open new streams for new calls.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }

@@ -547,3 +547,116 @@ async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
         "encryption_not_required"
     );
 }
+
+/// Calls keep flowing through key rotations: a host whose keys change
+/// retires its call streams with a goodbye, reads what its callers sent
+/// before they saw it, and answers; no call is lost or refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_under_load_pass_through_key_rotations_unharmed() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let k1 = SecretKey::generate();
+    let nodes = start_cluster("rot", 3, keyed(&k1)).await;
+    wait_converged_members(&nodes, 3).await;
+    let echo = serve_echo(&nodes, 1).await;
+    let done = Arc::new(AtomicBool::new(false));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let mut callers = Vec::new();
+    for c in 0..8 {
+        let (node, echo, done, ok) = (
+            nodes[if c % 2 == 0 { 0 } else { 2 }].clone(),
+            echo.clone(),
+            done.clone(),
+            ok.clone(),
+        );
+        callers.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                match node.call(&echo, vec![c; 100], Duration::from_secs(5)).await {
+                    Ok(r) if r == vec![c; 100] => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            failed
+        }));
+    }
+    let mut old = k1;
+    for round in 0..3 {
+        let new = SecretKey::generate();
+        nodes[round].install_key(new.clone()).await.unwrap();
+        wait_for("the new key everywhere", Duration::from_secs(20), || {
+            nodes.iter().all(|n| holders(n, new.id()).0 == 3)
+        })
+        .await;
+        nodes[round].use_key(new.id()).await.unwrap();
+        wait_for("the new key primary", Duration::from_secs(20), || {
+            nodes.iter().all(|n| holders(n, new.id()).1 == 3)
+        })
+        .await;
+        nodes[round].remove_key(old.id()).await.unwrap();
+        wait_for("the old key gone", Duration::from_secs(20), || {
+            nodes.iter().all(|n| holders(n, old.id()).0 == 0)
+        })
+        .await;
+        old = new;
+    }
+    settle(Duration::from_millis(500)).await;
+    done.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for c in callers {
+        failed.extend(c.await.unwrap());
+    }
+    let ok = ok.load(Ordering::Relaxed);
+    assert!(ok > 100, "only {ok} calls went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// A call running when the host's keys change is answered on its stream:
+/// the host drains the stream instead of cutting its handlers off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_running_through_a_key_change_is_answered() {
+    let k1 = SecretKey::generate();
+    let nodes = start_cluster("kc", 2, keyed(&k1)).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    host.serve("slow", "1", PluginKind::Processor, |_, p| async move {
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        Ok(p)
+    })
+    .await
+    .unwrap();
+    wait_for("the endpoint seen", Duration::from_secs(20), || {
+        caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+            && caller.members().iter().any(|m| !m.endpoints.is_empty())
+    })
+    .await;
+    let slow = CallTarget::new("svc", "slow", PluginKind::Processor);
+    let running = {
+        let (caller, slow) = (caller.clone(), slow.clone());
+        tokio::spawn(async move {
+            caller
+                .call(&slow, b"x".to_vec(), Duration::from_secs(10))
+                .await
+        })
+    };
+    settle(Duration::from_millis(200)).await;
+    host.install_key(SecretKey::generate()).await.unwrap();
+    assert_eq!(running.await.unwrap().unwrap(), b"x");
+    assert_eq!(
+        caller
+            .call(&slow, b"y".to_vec(), Duration::from_secs(10))
+            .await
+            .unwrap(),
+        b"y"
+    );
+}

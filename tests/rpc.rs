@@ -561,3 +561,50 @@ async fn calls_to_a_host_declared_failed_end_then() {
         .iter()
         .any(|m| m.name == host.name() && m.state == tribe::MemberState::Failed));
 }
+
+/// A host that leaves gracefully tells its callers to retire their streams
+/// to it: a node started again on the same address is reached through a
+/// new stream at once, not refused on the old one as "shutting down".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_restarted_on_its_address_is_called_through_a_new_stream() {
+    let nodes = start_cluster("rst", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    serve_echo(&host, Duration::ZERO).await;
+    wait_served(&caller, 1).await;
+    // The call stream to the host is open.
+    caller
+        .call(&echo(), b"a".to_vec(), 5 * SECOND)
+        .await
+        .unwrap();
+    let (name, addr) = (host.name().to_string(), host.addr());
+    host.shutdown().await.unwrap();
+    wait_for("the host left", Duration::from_secs(10), || {
+        caller
+            .members()
+            .iter()
+            .any(|m| m.name == name && m.state == tribe::MemberState::Left)
+    })
+    .await;
+    let mut cfg = test_config(&name);
+    cfg.bind = addr;
+    cfg.seeds = vec![caller.addr()];
+    let again = Node::start(cfg).await.unwrap();
+    // Tribe membership outlives the restart.
+    wait_for("the tribe learnt", Duration::from_secs(20), || {
+        again.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    serve_echo(&again, Duration::ZERO).await;
+    wait_for("the host is back", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| {
+            m.name == name && m.state == tribe::MemberState::Alive && !m.endpoints.is_empty()
+        }) && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let reply = caller.call(&echo(), b"b".to_vec(), 5 * SECOND).await;
+    assert_eq!(reply.unwrap(), format!("{name}:b").into_bytes());
+    again.shutdown().await.unwrap();
+}

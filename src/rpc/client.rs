@@ -37,6 +37,9 @@ pub const LARGE_CALL: usize = 16 * 1024;
 /// side; on separate sockets they are written, carried and read in
 /// parallel. Small calls keep to one stream, where one write carries many.
 const MAX_STREAMS_PER_HOST: usize = 4;
+/// Streams a request tries when each is retired by its host's goodbye
+/// before the request goes out (a host rotating keys back to back).
+const RENEW_TRIES: usize = 3;
 
 /// What came back for one request.
 #[derive(Debug)]
@@ -149,6 +152,9 @@ struct Conn {
     out: Arc<Outbox>,
     pending: Arc<Pending>,
     alive: Arc<AtomicBool>,
+    /// Set when the host said goodbye: no new call goes on the stream, the
+    /// calls on it are still answered.
+    retired: Arc<AtomicBool>,
     /// Set by the reader when it ends: `Some(why)` when the host refused
     /// the whole stream (so a request that could not be written learns why).
     ended: tokio::sync::watch::Receiver<Option<Option<Refusal>>>,
@@ -167,6 +173,12 @@ impl Conn {
                 .unwrap_or_else(|p| p.into_inner())
                 .elapsed()
                 < CLIENT_IDLE
+    }
+
+    /// Whether the host said goodbye (a call that finds it so goes on a
+    /// new stream to the same host).
+    fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Relaxed)
     }
 
     /// Whether the host refused the whole stream.
@@ -224,6 +236,15 @@ impl Drop for Reservation {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Where a request goes, to open a new stream there when the one it took
+/// is retired.
+struct Host<'a> {
+    slot: &'a Arc<Slot>,
+    addr: SocketAddr,
+    security: &'a Security,
+    large: bool,
 }
 
 /// Takes `id` out of the pending map when the waiting call gives up; a
@@ -477,10 +498,15 @@ impl Pool {
             slot.end();
             return Ok(Some(Answer::Lost));
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut msg = make(id);
+        let mut msg = make(0);
         let mut conn = conn;
-        let mut answer = self.send_on(&conn, id, &msg, deadline).await?;
+        let to = Host {
+            slot: &slot,
+            addr,
+            security,
+            large,
+        };
+        let mut answer = self.send_renewing(&to, &mut conn, &mut msg, deadline).await?;
         // The host would not take the stream (at its bound of streams), so
         // the call did not run: it goes on the oldest other stream to the
         // same host, if one is open, and no more are opened for a while.
@@ -492,12 +518,40 @@ impl Pool {
             let Some(other) = slot.oldest_besides(&conn) else {
                 break;
             };
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            *msg.id_mut() = id;
             conn = other;
-            answer = self.send_on(&conn, id, &msg, deadline).await?;
+            answer = self.send_renewing(&to, &mut conn, &mut msg, deadline).await?;
         }
         Ok(answer)
+    }
+
+    /// Sends `msg`, numbered anew, on `conn`; when the host said goodbye
+    /// on it meanwhile (the request was not sent), on a new stream to the
+    /// same host.
+    async fn send_renewing(
+        &self,
+        to: &Host<'_>,
+        conn: &mut Arc<Conn>,
+        msg: &mut RpcMsg,
+        deadline: Instant,
+    ) -> Result<Option<Answer>, NotSent> {
+        for _ in 0..RENEW_TRIES {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if let Some(slot) = msg.id_mut() {
+                *slot = id;
+            }
+            match self.send_on(conn, id, msg, deadline).await {
+                Err(NotSent::Connect(_)) if conn.is_retired() => {
+                    let fresh = self.conn(to.slot, to.addr, to.security, to.large);
+                    *conn = tokio::time::timeout_at(deadline, fresh)
+                        .await
+                        .map_err(|_| NotSent::OutOfTime)??;
+                }
+                other => return other,
+            }
+        }
+        Err(NotSent::Connect(
+            "the host said goodbye on every stream tried".into(),
+        ))
     }
 
     /// Sends `msg`, numbered `id`, on `conn` and waits for its answer
@@ -610,6 +664,7 @@ impl Dialer {
         let (out, flusher) = Outbox::new(sealer, writer);
         let pending: Arc<Pending> = Arc::default();
         let alive = Arc::new(AtomicBool::new(true));
+        let retired = Arc::new(AtomicBool::new(false));
         let (end, ended) = tokio::sync::watch::channel(None);
         {
             let alive = alive.clone();
@@ -642,6 +697,8 @@ impl Dialer {
         let reader = {
             let pending = pending.clone();
             let alive = alive.clone();
+            let retired = retired.clone();
+            let out = out.clone();
             tokio::spawn(async move {
                 // Set when the host refused the whole stream.
                 let mut refused = None;
@@ -660,6 +717,22 @@ impl Dialer {
                         }
                         Ok(RpcMsg::Refused { id, why }) => (id, Answer::Refused(why)),
                         Ok(RpcMsg::Chunk { id, data }) => (id, Answer::Chunk(data)),
+                        Ok(RpcMsg::Goodbye) => {
+                            {
+                                // Under the lock calls register in: none
+                                // gets on after; one that got on before
+                                // queues its request ahead of our end, or
+                                // finds the box closed and takes a new
+                                // stream.
+                                let _p = pending.lock().unwrap_or_else(|p| p.into_inner());
+                                retired.store(true, Ordering::Relaxed);
+                                alive.store(false, Ordering::Relaxed);
+                            }
+                            // What is queued goes out, then our side ends:
+                            // the host reads to there and answers it all.
+                            out.close();
+                            continue;
+                        }
                         _ => break,
                     };
                     let waiter = pending
@@ -683,6 +756,7 @@ impl Dialer {
             out,
             pending,
             alive,
+            retired,
             ended,
             reader,
         }
@@ -708,6 +782,9 @@ fn answer_waiting(pending: &Pending, answer: impl Fn() -> Answer) {
 /// its refusal frame, before our request is written; the refusal, read a
 /// moment later, says why and that the call did not run.
 async fn closed(conn: &Conn, deadline: Instant) -> Result<Option<Answer>, NotSent> {
+    if conn.is_retired() {
+        return Err(NotSent::Connect("the host said goodbye on the stream".into()));
+    }
     let mut ended = conn.ended.clone();
     let soon = deadline.min(Instant::now() + REFUSAL_GRACE);
     if let Ok(Ok(end)) = tokio::time::timeout_at(soon, ended.wait_for(Option::is_some)).await {

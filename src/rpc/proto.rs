@@ -89,19 +89,25 @@ pub enum RpcMsg {
         /// The call's id.
         id: u64,
     },
+    /// The host ends the stream (its keys changed, or it stops): the caller
+    /// puts no new call on it and closes its writing side once what it
+    /// queued is out. The host reads every request up to that end, answers
+    /// them and the calls it is running, and then closes.
+    Goodbye,
 }
 
 impl RpcMsg {
     /// The id of the call or fetch the frame belongs to, to change it when
-    /// a request is sent again on another stream.
-    pub fn id_mut(&mut self) -> &mut u64 {
+    /// a request is sent again on another stream (`None` for a goodbye).
+    pub fn id_mut(&mut self) -> Option<&mut u64> {
         match self {
             RpcMsg::Call { id, .. }
             | RpcMsg::Reply { id, .. }
             | RpcMsg::Refused { id, .. }
             | RpcMsg::Fetch { id, .. }
             | RpcMsg::Chunk { id, .. }
-            | RpcMsg::Cancel { id } => id,
+            | RpcMsg::Cancel { id } => Some(id),
+            RpcMsg::Goodbye => None,
         }
     }
 }

@@ -93,6 +93,19 @@ impl Company {
     pub(crate) fn alone(&self) -> bool {
         self.max.saturating_sub(self.slots.available_permits()) <= 1
     }
+
+    /// Writes call `id`'s answer: alone on the stream, from this thread;
+    /// with company, left to the flusher to batch with others. A stream
+    /// that ended has no caller left to answer.
+    pub(crate) fn reply(&self, outbox: &Outbox, id: u64, result: Result<Vec<u8>, HandlerError>) {
+        let result = result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
+        let reply = RpcMsg::Reply { id, result };
+        let _ = if self.alone() {
+            outbox.send(&reply, true)
+        } else {
+            outbox.defer(&reply, true)
+        };
+    }
 }
 
 /// What a call this node made to itself gets back.
@@ -145,14 +158,7 @@ impl Slot {
                 company,
                 places,
             } => {
-                let result = result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
-                let reply = RpcMsg::Reply { id, result };
-                // A stream that ended has no caller left to answer.
-                let _ = if company.alone() {
-                    outbox.send(&reply, true)
-                } else {
-                    outbox.defer(&reply, true)
-                };
+                company.reply(&outbox, id, result);
                 drop(places);
             }
             Sink::Local(tx) => {

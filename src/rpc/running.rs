@@ -141,6 +141,12 @@ impl Running {
         }
     }
 
+    /// Whether every call is over (answered, abandoned or finished).
+    pub(super) fn all_over(&mut self) -> bool {
+        self.by_id.retain(|_, c| !c.is_over());
+        self.by_id.is_empty()
+    }
+
     /// The stream ended: a responder's later answer is dropped, and the
     /// places of its call are given back now (the stream's handler tasks
     /// are aborted with their `JoinSet`).
