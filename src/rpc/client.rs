@@ -40,6 +40,9 @@ const MAX_STREAMS_PER_HOST: usize = 4;
 /// Streams a request tries when each is retired by its host's goodbye
 /// before the request goes out (a host rotating keys back to back).
 const RENEW_TRIES: usize = 3;
+/// How often a stream its host retired looks whether calls still wait on
+/// it (`next_frame` is cancel-safe).
+const RETIRED_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// What came back for one request.
 #[derive(Debug)]
@@ -702,7 +705,26 @@ impl Dialer {
             tokio::spawn(async move {
                 // Set when the host refused the whole stream.
                 let mut refused = None;
-                while let Ok(Some(body)) = opener.next_frame(&mut reader).await {
+                let mut said_goodbye = false;
+                loop {
+                    let frame = if said_goodbye {
+                        // Read only while calls wait: a host that says
+                        // goodbye and never closes holds no socket of ours.
+                        if pending.lock().unwrap_or_else(|p| p.into_inner()).is_empty() {
+                            break;
+                        }
+                        match tokio::time::timeout(RETIRED_POLL, opener.next_frame(&mut reader))
+                            .await
+                        {
+                            Ok(frame) => frame,
+                            Err(_) => continue,
+                        }
+                    } else {
+                        opener.next_frame(&mut reader).await
+                    };
+                    let Ok(Some(body)) = frame else {
+                        break;
+                    };
                     let (id, answer) = match wire::decode::<RpcMsg>(body) {
                         Ok(RpcMsg::Refused {
                             id: super::server::STREAM_REFUSAL_ID,
@@ -731,6 +753,7 @@ impl Dialer {
                             // What is queued goes out, then our side ends:
                             // the host reads to there and answers it all.
                             out.close();
+                            said_goodbye = true;
                             continue;
                         }
                         _ => break,
@@ -829,4 +852,73 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
         Err(_) => return,
     };
     RpcCounters::bump(c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::PluginKind;
+    use crate::rpc::proto::ByteBuf;
+
+    fn call(id: u64) -> RpcMsg {
+        RpcMsg::Call {
+            id,
+            caller: "a".into(),
+            tribe: "t".into(),
+            plugin: "p".into(),
+            version: "1".into(),
+            kind: PluginKind::Processor,
+            budget_ms: 1_000,
+            payload: vec![1; 10],
+        }
+    }
+
+    /// A host that says goodbye and then neither answers nor closes: the
+    /// call waiting on the stream keeps it until its deadline, and then the
+    /// caller lets the socket go (a hostile host cannot pile up ours).
+    #[tokio::test]
+    async fn a_retired_stream_is_let_go_once_no_call_waits_on_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let plain = Security::plaintext("t");
+        let host = {
+            let plain = plain.clone();
+            tokio::spawn(async move {
+                let (mut theirs, _) = listener.accept().await.unwrap();
+                let (mut sealer, mut opener) = stream::accept(&mut theirs, &plain, 1 << 20)
+                    .await
+                    .unwrap();
+                let channel = opener.read_frame(&mut theirs).await.unwrap();
+                assert_eq!(channel.as_deref(), Some(&[wire::CHANNEL_RPC][..]));
+                assert!(opener.read_frame(&mut theirs).await.unwrap().is_some());
+                sealer
+                    .write_msg(&mut theirs, &RpcMsg::Goodbye)
+                    .await
+                    .unwrap();
+                // The caller ends its side after the goodbye.
+                assert_eq!(opener.read_frame(&mut theirs).await.unwrap(), None);
+                (sealer, theirs)
+            })
+        };
+        let pool = Pool::new(RpcLimits::default(), 1 << 20, Arc::default());
+        let deadline = Instant::now() + std::time::Duration::from_millis(300);
+        let answer = pool.request(addr, &plain, deadline, false, call).await;
+        assert!(matches!(answer, Ok(None)), "{answer:?}");
+        let (mut sealer, mut theirs) = host.await.unwrap();
+        // A late answer, which a caller still reading drops; once it
+        // closed the socket, a write to it is reset.
+        let late = RpcMsg::Reply {
+            id: 999,
+            result: Ok(ByteBuf::from(vec![1])),
+        };
+        let mut let_go = false;
+        for _ in 0..50 {
+            if sealer.write_msg(&mut theirs, &late).await.is_err() {
+                let_go = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(let_go, "the caller still holds the retired stream");
+    }
 }
