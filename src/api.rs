@@ -494,8 +494,9 @@ impl Node {
     /// Leaves the cluster gracefully (peers record *left*) and stops. Calls
     /// this node still has in flight end with [`Error::ShuttingDown`]. Calls
     /// it serves are refused from now on (callers try another host); those
-    /// already running are answered (handlers get up to 10 s) before its
-    /// call streams close, and callers open new streams for new calls.
+    /// already running are answered (handlers get up to 10 s while the
+    /// runtime runs; a C node's until `tribe_node_free`, which waits at most
+    /// 2 s) before its call streams close.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
@@ -709,6 +710,10 @@ impl Node {
             .take();
         if let Some(task) = task {
             let _ = task.await;
+        }
+        // The listener is closed now: callers told to move on find nobody here.
+        if leave {
+            self.inner.rpc.server.farewell();
         }
         self.inner.rpc.pool.close_all();
         Ok(())

@@ -608,3 +608,74 @@ async fn a_host_restarted_on_its_address_is_called_through_a_new_stream() {
     assert_eq!(reply.unwrap(), format!("{name}:b").into_bytes());
     again.shutdown().await.unwrap();
 }
+
+/// Calls flowing while one of two hosts leaves gracefully all succeed: the
+/// leaving host refuses new calls (they move to the other host), answers
+/// the ones it runs, and says goodbye only once it accepts no stream, so
+/// no call is lost on a stream it would never read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_flowing_while_a_host_leaves_all_succeed() {
+    let nodes = svc_cluster("lv", &[1, 2], Duration::from_millis(400)).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..8u8 {
+        let (node, done) = (nodes[if c % 2 == 0 { 0 } else { 3 }].clone(), done.clone());
+        callers.push(tokio::spawn(async move {
+            let (mut ok, mut failed) = (0, Vec::new());
+            while !done.load(Ordering::Relaxed) {
+                match node.call(&echo(), vec![c; 10], 5 * SECOND).await {
+                    Ok(r) if r.ends_with(&[c; 10]) => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes[1].shutdown().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    done.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok >= 20, "only {ok} calls went through");
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
+/// A host leaving gracefully answers the call it runs, and a call made
+/// right after that learns the host is gone (`NoProvider`): it is never
+/// sent on a new stream the leaving host would not accept, and lost there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_a_host_leaves_is_refused_not_lost() {
+    let nodes = start_cluster("lq", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    serve_echo(&host, Duration::from_millis(300)).await;
+    wait_served(&caller, 1).await;
+    let calls = {
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            let first = caller.call(&echo(), b"a".to_vec(), 5 * SECOND).await;
+            let second = caller.call(&echo(), b"b".to_vec(), 5 * SECOND).await;
+            (first, second)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    host.shutdown().await.unwrap();
+    let (first, second) = calls.await.unwrap();
+    assert_eq!(first.unwrap(), format!("{}:a", host.name()).into_bytes());
+    assert!(
+        matches!(second, Err(Error::NoProvider { .. })),
+        "{second:?}"
+    );
+}

@@ -416,11 +416,14 @@ impl Pool {
                     // Refused before any call went on it.
                     slot.note_refused();
                 }
-                usable
+                // A retired stream stays while calls wait on it, so that
+                // ending the slot (host failed, node stopped) ends them.
+                usable || (c.is_retired() && c.in_flight() > 0)
             });
-            let count = conns.len();
+            let count = conns.iter().filter(|c| c.usable()).count();
             let best = conns
                 .iter()
+                .filter(|c| c.usable())
                 .map(|c| (c.in_flight(), c))
                 .min_by_key(|(load, _)| *load)
                 .map(|(load, c)| (c.clone(), load));
@@ -544,6 +547,10 @@ impl Pool {
             }
             match self.send_on(conn, id, msg, deadline).await {
                 Err(NotSent::Connect(_)) if conn.is_retired() => {
+                    if self.is_closed() {
+                        // The node stopped meanwhile: no new stream.
+                        return Ok(Some(Answer::Lost));
+                    }
                     let fresh = self.conn(to.slot, to.addr, to.security, to.large);
                     *conn = tokio::time::timeout_at(deadline, fresh)
                         .await
@@ -600,6 +607,9 @@ impl Pool {
             Ok(()) => forget.sent = true,
             Err(SendError::Full) => return Err(NotSent::Busy),
             Err(SendError::Closed) => return closed(conn, deadline).await,
+            // It may have gone out: the stream's end answers it (as lost,
+            // or refused when the host refused the stream).
+            Err(SendError::Broke) => forget.sent = true,
         }
         // From here the call may have reached the host: it is never retried
         // elsewhere, only answered or reported lost.
@@ -873,24 +883,41 @@ mod tests {
         }
     }
 
+    /// A host's listener on loopback, and the (plaintext) security its
+    /// streams use.
+    async fn listen() -> (tokio::net::TcpListener, SocketAddr, Security) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        (listener, addr, Security::plaintext("t"))
+    }
+
+    /// Takes a call stream on `listener` as a host would, up to its first
+    /// call (read and dropped).
+    async fn accept_first_call(
+        listener: &tokio::net::TcpListener,
+        plain: &Security,
+    ) -> (stream::Sealer, stream::Opener, TcpStream) {
+        let (mut theirs, _) = listener.accept().await.unwrap();
+        let (sealer, mut opener) = stream::accept(&mut theirs, plain, 1 << 20)
+            .await
+            .unwrap();
+        let channel = opener.read_frame(&mut theirs).await.unwrap();
+        assert_eq!(channel.as_deref(), Some(&[wire::CHANNEL_RPC][..]));
+        assert!(opener.read_frame(&mut theirs).await.unwrap().is_some());
+        (sealer, opener, theirs)
+    }
+
     /// A host that says goodbye and then neither answers nor closes: the
     /// call waiting on the stream keeps it until its deadline, and then the
     /// caller lets the socket go (a hostile host cannot pile up ours).
     #[tokio::test]
     async fn a_retired_stream_is_let_go_once_no_call_waits_on_it() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let plain = Security::plaintext("t");
+        let (listener, addr, plain) = listen().await;
         let host = {
             let plain = plain.clone();
             tokio::spawn(async move {
-                let (mut theirs, _) = listener.accept().await.unwrap();
-                let (mut sealer, mut opener) = stream::accept(&mut theirs, &plain, 1 << 20)
-                    .await
-                    .unwrap();
-                let channel = opener.read_frame(&mut theirs).await.unwrap();
-                assert_eq!(channel.as_deref(), Some(&[wire::CHANNEL_RPC][..]));
-                assert!(opener.read_frame(&mut theirs).await.unwrap().is_some());
+                let (mut sealer, mut opener, mut theirs) =
+                    accept_first_call(&listener, &plain).await;
                 sealer
                     .write_msg(&mut theirs, &RpcMsg::Goodbye)
                     .await
@@ -920,5 +947,60 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(let_go, "the caller still holds the retired stream");
+    }
+
+    /// A host that says goodbye with a call on the stream and then freezes:
+    /// when the membership declares it failed, that call ends at once,
+    /// although a later call to the host took another stream.
+    #[tokio::test]
+    async fn a_call_on_a_retired_stream_ends_when_its_host_fails() {
+        let (listener, addr, plain) = listen().await;
+        let host = {
+            let plain = plain.clone();
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                for n in 0..2 {
+                    let (mut sealer, opener, mut theirs) =
+                        accept_first_call(&listener, &plain).await;
+                    if n == 0 {
+                        sealer
+                            .write_msg(&mut theirs, &RpcMsg::Goodbye)
+                            .await
+                            .unwrap();
+                    }
+                    held.push((sealer, opener, theirs));
+                }
+                // Frozen: never answers, never closes.
+                std::future::pending::<()>().await;
+            })
+        };
+        let pool = Arc::new(Pool::new(RpcLimits::default(), 1 << 20, Arc::default()));
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let first = {
+            let (pool, plain) = (pool.clone(), plain.clone());
+            tokio::spawn(async move { pool.request(addr, &plain, deadline, false, call).await })
+        };
+        // The second call finds the first stream retired and opens another.
+        let retired = || {
+            let slot = pool.slot(addr);
+            let conns = slot.conns.lock().unwrap();
+            conns.iter().any(|c| c.is_retired())
+        };
+        while !retired() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let second = {
+            let (pool, plain) = (pool.clone(), plain.clone());
+            tokio::spawn(async move { pool.request(addr, &plain, deadline, false, call).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let started = Instant::now();
+        pool.host_failed(addr);
+        for waiting in [first, second] {
+            let answer = waiting.await.unwrap();
+            assert!(matches!(answer, Ok(Some(Answer::Lost))), "{answer:?}");
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(2));
+        host.abort();
     }
 }

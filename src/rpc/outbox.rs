@@ -51,8 +51,12 @@ const COPY_BELOW: usize = 4096;
 pub enum SendError {
     /// The peer is not reading: more than [`MAX_UNSENT`] bytes wait.
     Full,
-    /// The stream failed or was closed.
+    /// The stream failed or was closed before the frame was queued: it
+    /// did not go out.
     Closed,
+    /// The frame was queued, but the stream failed while it was being
+    /// written: it may have gone out, whole or in part.
+    Broke,
 }
 
 type Writer = Pin<Box<dyn AsyncWrite + Send>>;
@@ -220,7 +224,7 @@ impl Outbox {
         // runtime's never ends up writing for everyone under load.
         match self.drive(&mut cx, Some(1)) {
             Poll::Ready(true) => Ok(()),
-            Poll::Ready(false) => Err(SendError::Closed),
+            Poll::Ready(false) => Err(SendError::Broke),
             Poll::Pending => {
                 // The socket is full: the flusher, which registers itself
                 // for writability, takes over the token and the rest.
@@ -616,6 +620,20 @@ mod tests {
         flusher.await.unwrap();
         assert!(outbox.is_failed());
         assert_eq!(outbox.send(&refusal(3), true), Err(SendError::Closed));
+    }
+
+    /// A frame queued on a stream whose write then fails may have gone out
+    /// in part: the sender is told so (a caller must not send it again
+    /// elsewhere); once failed, the box takes no more.
+    #[tokio::test]
+    async fn a_write_that_fails_says_the_frame_may_have_gone_out() {
+        let (far, near) = tokio::io::duplex(64);
+        let (outbox, flusher) = Outbox::new(plain_sealer(), near);
+        let flusher = tokio::spawn(flusher);
+        drop(far);
+        assert_eq!(outbox.send(&refusal(1), true), Err(SendError::Broke));
+        assert_eq!(outbox.send(&refusal(2), true), Err(SendError::Closed));
+        flusher.await.unwrap();
     }
 
     #[tokio::test]

@@ -56,11 +56,13 @@ pub struct Server {
     limits: RpcLimits,
     counters: Arc<RpcCounters>,
     stopping: AtomicBool,
+    /// Set by [`Server::farewell`].
+    farewell: AtomicBool,
     /// Set when the node stops without a goodbye: every call stream is cut
     /// at once, as a crash would, so callers see their calls lost.
     killed: tokio::sync::watch::Sender<bool>,
-    /// Bumped when the node's keys or encryption mode change, or it stops:
-    /// streams say goodbye and end once their calls are answered.
+    /// Bumped when the node's keys or encryption mode change, or at its
+    /// farewell: streams say goodbye and end once their calls are answered.
     epoch: tokio::sync::watch::Sender<u64>,
     streams: Arc<Semaphore>,
     /// Whether this node is in a tribe's live view (set by the node).
@@ -83,6 +85,7 @@ impl Server {
             limits,
             counters,
             stopping: AtomicBool::new(false),
+            farewell: AtomicBool::new(false),
             killed: tokio::sync::watch::Sender::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
@@ -146,10 +149,18 @@ impl Server {
             .cloned()
     }
 
-    /// Refuses new calls from now on, and ends every call stream after a
-    /// goodbye, once its calls are answered (see `call_stream`).
+    /// Refuses new calls from now on: callers move them to another host.
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+    }
+
+    /// Ends every call stream after a goodbye, once its calls are answered
+    /// (see `call_stream`); a stream that starts later says goodbye at
+    /// once. For a stopping node whose listener is closed: callers that
+    /// open a new stream then find nobody, rather than a socket that waits
+    /// to be accepted and is reset.
+    pub fn farewell(&self) {
+        self.farewell.store(true, Ordering::Relaxed);
         self.epoch.send_modify(|e| *e += 1);
     }
 

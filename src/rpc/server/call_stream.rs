@@ -106,7 +106,7 @@ impl Server {
         // holds one of the node's places for streams (callers are opening
         // new ones meanwhile); its drain is bounded in time.
         let mut read_until = None;
-        if self.is_stopping() {
+        if self.farewell.load(std::sync::atomic::Ordering::Relaxed) {
             read_until = Some(calls.goodbye());
             drop(place.take());
         }
@@ -115,19 +115,20 @@ impl Server {
             let idle_until = read_until.unwrap_or_else(|| Instant::now() + CALL_STREAM_IDLE);
             if !outbox.has_room() {
                 // The peer does not read its replies: stop reading its calls.
-                let stuck = tokio::select! {
-                    _ = outbox.room() => false,
-                    _ = killed.changed() => true,
-                    _ = epoch.changed() => true,
+                // Nothing queued could be flushed to it, so it is cut when
+                // the node's security changes or it stays so; after a
+                // goodbye, its running calls are still answered.
+                tokio::select! {
+                    _ = outbox.room() => {}
+                    _ = killed.changed() => break Ended::Cut,
+                    _ = epoch.changed(), if read_until.is_none() => break Ended::Cut,
                     _ = &mut calls.alarm, if calls.alarm_at.is_some() => {
                         calls.expire();
                         continue;
                     }
-                    _ = tokio::time::sleep_until(idle_until) => true,
-                };
-                if stuck {
-                    // Nothing queued could be flushed to this peer anyway.
-                    break Ended::Cut;
+                    _ = tokio::time::sleep_until(idle_until) => {
+                        break if read_until.is_some() { Ended::Drained } else { Ended::Cut };
+                    }
                 }
             }
             let body = tokio::select! {
