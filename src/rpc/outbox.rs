@@ -88,6 +88,9 @@ struct Queue {
     token: Token,
     /// No more frames are taken; the flusher ends once all are written.
     closing: bool,
+    /// Bytes ever queued: where the next frame starts on the stream
+    /// (sealing keeps a frame's length).
+    queued_total: u64,
 }
 
 impl Queue {
@@ -107,11 +110,14 @@ struct Wire {
     sent: usize,
     /// A written buffer on its way back to the queue's `spare`.
     spare: Vec<u8>,
+    /// Bytes ever written.
+    written_total: u64,
 }
 
 impl Wire {
     /// Counts `n` bytes as written, dropping the frames they finish.
     fn advance(&mut self, mut n: usize) {
+        self.written_total += n as u64;
         while let Some(first) = self.batch.front() {
             let left = first.len() - self.sent;
             if n < left {
@@ -186,6 +192,7 @@ impl Outbox {
                 in_batch: 0,
                 token: Token::Free,
                 closing: false,
+                queued_total: 0,
             }),
             wire: Mutex::new(Wire {
                 sealer,
@@ -193,6 +200,7 @@ impl Outbox {
                 batch: VecDeque::new(),
                 sent: 0,
                 spare: Vec::new(),
+                written_total: 0,
             }),
             flush: Notify::new(),
             drained: Notify::new(),
@@ -216,7 +224,8 @@ impl Outbox {
     /// `always` and is queued anyway: the host bounds those by not reading
     /// new calls, see [`Outbox::room`]).
     pub fn send(&self, msg: &RpcMsg, always: bool) -> Result<(), SendError> {
-        if !self.enqueue(msg, always, Token::Sender)? {
+        let (mine, starts_at) = self.enqueue(msg, always, Token::Sender)?;
+        if !mine {
             return Ok(());
         }
         let mut cx = Context::from_waker(Waker::noop());
@@ -224,6 +233,10 @@ impl Outbox {
         // runtime's never ends up writing for everyone under load.
         match self.drive(&mut cx, Some(1)) {
             Poll::Ready(true) => Ok(()),
+            // Nothing of the frame went out when the stream broke before it.
+            Poll::Ready(false) if self.wire().written_total <= starts_at => {
+                Err(SendError::Closed)
+            }
             Poll::Ready(false) => Err(SendError::Broke),
             Poll::Pending => {
                 // The socket is full: the flusher, which registers itself
@@ -240,15 +253,16 @@ impl Outbox {
     /// carries the frames of many rather than each paying a syscall and a
     /// wake-up of the peer. A sender alone uses [`Outbox::send`].
     pub fn defer(&self, msg: &RpcMsg, always: bool) -> Result<(), SendError> {
-        if self.enqueue(msg, always, Token::Flusher)? {
+        if self.enqueue(msg, always, Token::Flusher)?.0 {
             self.flush.notify_one();
         }
         Ok(())
     }
 
     /// Encodes and appends `msg`; true when the token was free and is now
-    /// `who`'s (who must then write).
-    fn enqueue(&self, msg: &RpcMsg, always: bool, who: Token) -> Result<bool, SendError> {
+    /// `who`'s (who must then write), and where on the stream the frame
+    /// starts.
+    fn enqueue(&self, msg: &RpcMsg, always: bool, who: Token) -> Result<(bool, u64), SendError> {
         // Encoded before taking the lock; only the copy happens under it.
         let frame = Sealer::encode_frame(msg, self.tag_len).map_err(|_| SendError::Closed)?;
         let mut q = self.queue();
@@ -259,6 +273,8 @@ impl Outbox {
             return Err(SendError::Full);
         }
         q.unsent_bytes += frame.len();
+        let starts_at = q.queued_total;
+        q.queued_total += frame.len() as u64;
         let small = frame.len() < COPY_BELOW;
         let q = &mut *q;
         match q.unsent.last_mut() {
@@ -278,10 +294,10 @@ impl Outbox {
         }
         if q.token != Token::Free {
             // The holder writes it with the rest before letting go.
-            return Ok(false);
+            return Ok((false, starts_at));
         }
         q.token = who;
-        Ok(true)
+        Ok((true, starts_at))
     }
 
     /// Writes batches until nothing waits (`Ready(true)`, token released),
@@ -622,18 +638,43 @@ mod tests {
         assert_eq!(outbox.send(&refusal(3), true), Err(SendError::Closed));
     }
 
-    /// A frame queued on a stream whose write then fails may have gone out
-    /// in part: the sender is told so (a caller must not send it again
-    /// elsewhere); once failed, the box takes no more.
+    /// A writer that takes `left` bytes and then fails.
+    struct BreaksAfter(usize);
+
+    impl AsyncWrite for BreaksAfter {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            if self.0 == 0 {
+                return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+            }
+            let n = buf.len().min(self.0);
+            self.0 -= n;
+            Poll::Ready(Ok(n))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A frame of which some bytes went out before the stream broke may
+    /// have reached the peer: the sender is told so (a caller must not send
+    /// it again elsewhere). One of which nothing went out did not.
     #[tokio::test]
-    async fn a_write_that_fails_says_the_frame_may_have_gone_out() {
-        let (far, near) = tokio::io::duplex(64);
-        let (outbox, flusher) = Outbox::new(plain_sealer(), near);
-        let flusher = tokio::spawn(flusher);
-        drop(far);
-        assert_eq!(outbox.send(&refusal(1), true), Err(SendError::Broke));
-        assert_eq!(outbox.send(&refusal(2), true), Err(SendError::Closed));
-        flusher.await.unwrap();
+    async fn a_write_that_fails_tells_whether_the_frame_may_have_gone_out() {
+        for (takes, want) in [(0, SendError::Closed), (2, SendError::Broke)] {
+            let (outbox, _flusher) = Outbox::new(plain_sealer(), BreaksAfter(takes));
+            assert_eq!(outbox.send(&refusal(1), true), Err(want));
+            assert!(outbox.is_failed());
+            assert_eq!(outbox.send(&refusal(2), true), Err(SendError::Closed));
+        }
     }
 
     #[tokio::test]
