@@ -260,7 +260,10 @@ fn build_runtime(
 /// with `TRIBE_SHUTTING_DOWN` events, and every later command returns
 /// `TRIBE_SHUTTING_DOWN`. Idempotent: a second call (also from another
 /// thread) returns `TRIBE_OK` once the first has finished. Blocks while the
-/// goodbye is sent (well under a second on a LAN).
+/// goodbye is sent (well under a second on a LAN). Calls to this node's
+/// plugins are refused from the start (callers move them to another host);
+/// those it already runs are still answered, and its call streams close
+/// once they are, or at `tribe_node_free`.
 #[no_mangle]
 pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, {
