@@ -251,8 +251,14 @@ impl Rpc {
                     })
                 }
                 Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => {}
-                Ok(Some(Answer::Lost)) if self.pool.is_closed() => {
+                Ok(Some(Answer::Lost | Answer::Unsent)) if self.pool.is_closed() => {
                     return Err(Error::ShuttingDown)
+                }
+                // The stream ended before the request left: another host
+                // may take it.
+                Ok(Some(Answer::Unsent)) => {
+                    self.pool.mark_unreachable(cand.addr);
+                    tracing::debug!(host = %cand.name, "call not sent before its stream ended; trying another host");
                 }
                 Ok(Some(Answer::Lost)) => {
                     return Err(Error::Disconnected {

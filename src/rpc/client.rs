@@ -55,6 +55,9 @@ pub enum Answer {
     Chunk(Vec<u8>),
     /// The stream ended with the request in flight.
     Lost,
+    /// The stream ended before any byte of the request was written: the
+    /// host never saw it (another host may be tried).
+    Unsent,
 }
 
 /// Why a request was not sent at all (so another host may be tried).
@@ -68,7 +71,14 @@ pub enum NotSent {
     OutOfTime,
 }
 
-type Pending = Mutex<HashMap<u64, oneshot::Sender<Answer>>>;
+/// A call waiting for its answer.
+struct Waiting {
+    tx: oneshot::Sender<Answer>,
+    /// Where its request starts on the stream, once queued.
+    starts_at: Option<u64>,
+}
+
+type Pending = Mutex<HashMap<u64, Waiting>>;
 
 /// The streams to one host.
 #[derive(Default)]
@@ -107,7 +117,7 @@ impl Slot {
             }
             conn.reader.abort();
             conn.out.cut();
-            answer_waiting(&conn.pending, || Answer::Lost);
+            answer_waiting(&conn.pending, Some(&conn.out), || Answer::Lost);
         }
     }
 
@@ -583,7 +593,7 @@ impl Pool {
             } else if pending.len() >= self.limits.max_inflight_per_conn {
                 return Err(NotSent::Busy);
             } else {
-                pending.insert(id, tx);
+                pending.insert(id, Waiting { tx, starts_at: None });
                 Some(pending.len() == 1)
             }
         };
@@ -604,7 +614,13 @@ impl Pool {
             conn.out.defer(msg, false)
         };
         match sent {
-            Ok(()) => forget.sent = true,
+            Ok(starts_at) => {
+                forget.sent = true;
+                let mut pending = conn.pending.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(w) = pending.get_mut(&id) {
+                    w.starts_at = Some(starts_at);
+                }
+            }
             Err(SendError::Full) => return Err(NotSent::Busy),
             Err(SendError::Closed) => return closed(conn, deadline).await,
             // It may have gone out: the stream's end answers it (as lost,
@@ -702,7 +718,7 @@ impl Dialer {
                     // is lost.
                     let ended = reader_ended.wait_for(Option::is_some);
                     let _ = tokio::time::timeout(REFUSAL_GRACE, ended).await;
-                    answer_waiting(&pending, || Answer::Lost);
+                    answer_waiting(&pending, Some(&out), || Answer::Lost);
                 }
                 alive.store(false, Ordering::Relaxed);
             });
@@ -774,13 +790,20 @@ impl Dialer {
                         .remove(&id);
                     // A call that gave up has no waiter; its late answer is dropped.
                     if let Some(w) = waiter {
-                        let _ = w.send(answer);
+                        let _ = w.tx.send(answer);
                     }
                 }
                 alive.store(false, Ordering::Relaxed);
                 end.send_replace(Some(refused));
-                // Every call still waiting learns the stream is gone.
-                answer_waiting(&pending, || refused.map_or(Answer::Lost, Answer::Refused));
+                // Nothing more goes out, so what was not written never
+                // will be; every call still waiting learns the stream is
+                // gone.
+                out.cut();
+                match refused {
+                    // No call on a refused stream ran, written or not.
+                    Some(why) => answer_waiting(&pending, None, || Answer::Refused(why)),
+                    None => answer_waiting(&pending, Some(&out), || Answer::Lost),
+                }
             })
             .abort_handle()
         };
@@ -797,15 +820,18 @@ impl Dialer {
 }
 
 /// Answers every call still waiting on a stream that ended (outside the
-/// lock: a waiter's task may run at once).
-fn answer_waiting(pending: &Pending, answer: impl Fn() -> Answer) {
+/// lock: a waiter's task may run at once). With the stream's box `out`,
+/// cut or failed, a call of which no byte went out is `Unsent`.
+fn answer_waiting(pending: &Pending, out: Option<&Outbox>, answer: impl Fn() -> Answer) {
     let orphans: Vec<_> = pending
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .drain()
         .collect();
+    let written = out.map_or(0, Outbox::written);
     for (_, w) in orphans {
-        let _ = w.send(answer());
+        let unsent = out.is_some() && w.starts_at.is_some_and(|at| at >= written);
+        let _ = w.tx.send(if unsent { Answer::Unsent } else { answer() });
     }
 }
 
@@ -947,6 +973,61 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(let_go, "the caller still holds the retired stream");
+    }
+
+    /// A host that stops reading, then is declared failed: the call whose
+    /// request went out in part ends as lost (it may have run), the ones
+    /// whose requests never left end as unsent, so they may go to another
+    /// host.
+    #[tokio::test]
+    async fn calls_whose_requests_never_left_are_told_so_when_the_stream_ends() {
+        let (ours, mut theirs) = tokio::io::duplex(4096);
+        let plain = Security::plaintext("t");
+        let host = {
+            let plain = plain.clone();
+            tokio::spawn(async move {
+                let (_sealer, mut opener) = stream::accept(&mut theirs, &plain, 1 << 20)
+                    .await
+                    .unwrap();
+                opener.read_frame(&mut theirs).await.unwrap();
+                // Reads nothing more: the pipe fills with the first request.
+                std::future::pending::<()>().await;
+            })
+        };
+        let pool = Arc::new(Pool::new(RpcLimits::default(), 1 << 20, Arc::default()));
+        let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
+        assert!(pool.adopt(addr, ours, &plain).await);
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        let big = |id| RpcMsg::Call {
+            id,
+            caller: "a".into(),
+            tribe: "t".into(),
+            plugin: "p".into(),
+            version: "1".into(),
+            kind: PluginKind::Processor,
+            budget_ms: 1_000,
+            payload: vec![1; 10_000],
+        };
+        let mut calls = Vec::new();
+        for _ in 0..3 {
+            let (pool, plain) = (pool.clone(), plain.clone());
+            calls.push(tokio::spawn(async move {
+                pool.request(addr, &plain, deadline, false, big).await
+            }));
+            // In order: the first request is the one partly written.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        pool.host_failed(addr);
+        let mut answers = Vec::new();
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(Some(Answer::Lost)) => answers.push("lost"),
+                Ok(Some(Answer::Unsent)) => answers.push("unsent"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(answers, ["lost", "unsent", "unsent"]);
+        host.abort();
     }
 
     /// A host that says goodbye with a call on the stream and then freezes:

@@ -222,17 +222,18 @@ impl Outbox {
     /// as far as the socket takes it at once; never blocks. `Full` when the
     /// peer has stopped reading (a reply, which must not be lost, passes
     /// `always` and is queued anyway: the host bounds those by not reading
-    /// new calls, see [`Outbox::room`]).
-    pub fn send(&self, msg: &RpcMsg, always: bool) -> Result<(), SendError> {
+    /// new calls, see [`Outbox::room`]). Returns where on the stream the
+    /// frame starts (compare with [`Outbox::written`]).
+    pub fn send(&self, msg: &RpcMsg, always: bool) -> Result<u64, SendError> {
         let (mine, starts_at) = self.enqueue(msg, always, Token::Sender)?;
         if !mine {
-            return Ok(());
+            return Ok(starts_at);
         }
         let mut cx = Context::from_waker(Waker::noop());
         // One batch (the one holding this frame): a thread that is not the
         // runtime's never ends up writing for everyone under load.
         match self.drive(&mut cx, Some(1)) {
-            Poll::Ready(true) => Ok(()),
+            Poll::Ready(true) => Ok(starts_at),
             // Nothing of the frame went out when the stream broke before it.
             Poll::Ready(false) if self.wire().written_total <= starts_at => {
                 Err(SendError::Closed)
@@ -243,7 +244,7 @@ impl Outbox {
                 // for writability, takes over the token and the rest.
                 self.queue().token = Token::Flusher;
                 self.flush.notify_one();
-                Ok(())
+                Ok(starts_at)
             }
         }
     }
@@ -252,11 +253,18 @@ impl Outbox {
     /// company (other calls in flight on the stream), so that one write
     /// carries the frames of many rather than each paying a syscall and a
     /// wake-up of the peer. A sender alone uses [`Outbox::send`].
-    pub fn defer(&self, msg: &RpcMsg, always: bool) -> Result<(), SendError> {
-        if self.enqueue(msg, always, Token::Flusher)?.0 {
+    pub fn defer(&self, msg: &RpcMsg, always: bool) -> Result<u64, SendError> {
+        let (mine, starts_at) = self.enqueue(msg, always, Token::Flusher)?;
+        if mine {
             self.flush.notify_one();
         }
-        Ok(())
+        Ok(starts_at)
+    }
+
+    /// Bytes written so far. Once the box is cut or failed it stays put: a
+    /// frame starting at or past it (see [`Outbox::send`]) never went out.
+    pub fn written(&self) -> u64 {
+        self.wire().written_total
     }
 
     /// Encodes and appends `msg`; true when the token was free and is now
@@ -621,11 +629,7 @@ mod tests {
             }
         }
         assert!(full, "an unread stream refuses requests beyond the bound");
-        assert_eq!(
-            outbox.send(&refusal(2), true),
-            Ok(()),
-            "replies still queue"
-        );
+        assert!(outbox.send(&refusal(2), true).is_ok(), "replies still queue");
         let room = tokio::time::timeout(std::time::Duration::from_millis(50), outbox.room());
         assert!(room.await.is_err(), "no room while the peer does not read");
         // The peer goes away: the stream fails, and waiters are released.
