@@ -896,7 +896,8 @@ mod tests {
     use crate::records::PluginKind;
     use crate::rpc::proto::ByteBuf;
 
-    fn call(id: u64) -> RpcMsg {
+    /// Call `id` with a payload of `size` bytes.
+    fn sized_call(id: u64, size: usize) -> RpcMsg {
         RpcMsg::Call {
             id,
             caller: "a".into(),
@@ -905,8 +906,12 @@ mod tests {
             version: "1".into(),
             kind: PluginKind::Processor,
             budget_ms: 1_000,
-            payload: vec![1; 10],
+            payload: vec![1; size],
         }
+    }
+
+    fn call(id: u64) -> RpcMsg {
+        sized_call(id, 10)
     }
 
     /// A host's listener on loopback, and the (plaintext) security its
@@ -998,16 +1003,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:9".parse().unwrap();
         assert!(pool.adopt(addr, ours, &plain).await);
         let deadline = Instant::now() + std::time::Duration::from_secs(10);
-        let big = |id| RpcMsg::Call {
-            id,
-            caller: "a".into(),
-            tribe: "t".into(),
-            plugin: "p".into(),
-            version: "1".into(),
-            kind: PluginKind::Processor,
-            budget_ms: 1_000,
-            payload: vec![1; 10_000],
-        };
+        let big = |id| sized_call(id, 10_000);
         let mut calls = Vec::new();
         for _ in 0..3 {
             let (pool, plain) = (pool.clone(), plain.clone());
