@@ -13,6 +13,7 @@ use crate::engine::commands::Command;
 use crate::engine::{Engine, Event};
 use crate::error::{Error, Result};
 use crate::records::{ArtifactRef, PluginKind, TaskState};
+use crate::rpc::call::Carry;
 use crate::rpc::server::Serving;
 use crate::runtime::{self, Driver, DriverInput, Faults};
 use crate::{MemberInfo, Policy, TribeInfo};
@@ -599,6 +600,44 @@ impl Node {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>> {
+        self.call_carried(target, payload, timeout, Carry::Shared)
+            .await
+    }
+
+    /// [`Node::call`] for a thread that blocks on the call anyway: one
+    /// outside the runtime that drives this future with
+    /// [`tokio::runtime::Runtime::block_on`] or
+    /// [`tokio::runtime::Handle::block_on`] (a C or Python host's thread).
+    /// A call to another node borrows a stream of its own, and the thread
+    /// polling this future writes the request and waits in the socket for
+    /// the answer itself: no runtime thread is woken to read the answer
+    /// and hand it over. Each poll may block the thread for up to 20 ms,
+    /// after which the future is ready to be polled again at once, so a
+    /// `select!` or `timeout` around it is looked at that often.
+    ///
+    /// Polled from a task, it behaves as [`Node::call`] and never blocks.
+    pub async fn call_blocking(
+        &self,
+        target: &crate::CallTarget,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        // A task must not block its runtime thread.
+        let carry = if tokio::task::try_id().is_some() {
+            Carry::Shared
+        } else {
+            Carry::Borrowed
+        };
+        self.call_carried(target, payload, timeout, carry).await
+    }
+
+    async fn call_carried(
+        &self,
+        target: &crate::CallTarget,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+        carry: Carry,
+    ) -> Result<Vec<u8>> {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
@@ -620,7 +659,10 @@ impl Node {
                 security: engine.stream_security(),
             }
         };
-        self.inner.rpc.call(snap, target, payload, timeout).await
+        self.inner
+            .rpc
+            .call(snap, target, payload, timeout, carry)
+            .await
     }
 
     /// Calls this node's own handler for a plugin, with the same bounds and

@@ -10,20 +10,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpStream, UdpSocket};
 use tribe::engine::sync::SyncMsg;
 use tribe::stream::{self, Security};
-use tribe::{wire, CallTarget, Config, Encryption, KeyId, Keyring, Node, PluginKind, SecretKey};
+use tribe::{wire, CallTarget, Config, Encryption, Keyring, Node, PluginKind, SecretKey};
 
 fn keyed(key: &SecretKey) -> impl Fn(&mut Config) + '_ {
     move |cfg: &mut Config| cfg.keyring = Some(Keyring::new(key.clone()))
-}
-
-fn holders(node: &Node, id: KeyId) -> (usize, usize) {
-    let status = node.keyring_status();
-    status
-        .keys
-        .iter()
-        .find(|k| k.id == id)
-        .map(|k| (k.installed_on.len(), k.primary_on.len()))
-        .unwrap_or((0, 0))
 }
 
 async fn settle(d: Duration) {

@@ -579,24 +579,8 @@ async fn a_host_restarted_on_its_address_is_called_through_a_new_stream() {
         .call(&echo(), b"a".to_vec(), 5 * SECOND)
         .await
         .unwrap();
-    let (name, addr) = (host.name().to_string(), host.addr());
-    host.shutdown().await.unwrap();
-    wait_for("the host left", Duration::from_secs(10), || {
-        caller
-            .members()
-            .iter()
-            .any(|m| m.name == name && m.state == tribe::MemberState::Left)
-    })
-    .await;
-    let mut cfg = test_config(&name);
-    cfg.bind = addr;
-    cfg.seeds = vec![caller.addr()];
-    let again = Node::start(cfg).await.unwrap();
-    // Tribe membership outlives the restart.
-    wait_for("the tribe learnt", Duration::from_secs(20), || {
-        again.tribe("svc").is_some_and(|t| t.members.len() == 1)
-    })
-    .await;
+    let name = host.name().to_string();
+    let again = restart_in_place(&caller, host, "svc").await;
     serve_echo(&again, Duration::ZERO).await;
     wait_for("the host is back", Duration::from_secs(20), || {
         caller.members().iter().any(|m| {

@@ -516,10 +516,9 @@ impl NativeNode {
         let timeout = seconds("timeout", timeout, false)?;
         let payload = payload_bytes(payload)?;
         let node = self.node.clone();
-        let r = wait(
-            py,
-            async move { node.call(&target, payload, timeout).await },
-        )?;
+        let r = wait(py, async move {
+            node.call_blocking(&target, payload, timeout).await
+        })?;
         Ok(PyBytes::new(py, &check(py, r)?))
     }
 

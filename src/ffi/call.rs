@@ -295,6 +295,9 @@ fn timeout(ms: u32) -> Result<Duration, FfiError> {
 /// `TRIBE_REMOTE` (the handler's code and message in the error),
 /// `TRIBE_TOO_LARGE`, `TRIBE_OVERLOADED`, `TRIBE_DISCONNECTED`,
 /// `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when `payload_len` is 0.
+/// A call to another node goes on a TCP stream this call borrows whole, and
+/// the calling thread reads the reply from the socket itself (a thread
+/// blocked here holds one stream to the host it calls; they are reused).
 #[no_mangle]
 pub extern "C" fn tribe_node_call(
     node: *const TribeNode,
@@ -322,7 +325,7 @@ pub extern "C" fn tribe_node_call(
         let mut closing = handle.closing.subscribe();
         let bytes = handle.block_on(async {
             tokio::select! {
-                result = n.call(&target, payload, timeout) => result,
+                result = n.call_blocking(&target, payload, timeout) => result,
                 _ = closing.wait_for(|c| *c) => Err(Error::ShuttingDown),
             }
         })?;

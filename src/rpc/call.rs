@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::client::{self, Answer, NotSent, Pool};
+use super::client::{self, Answer, NotSent, Outcome, Pool};
 use super::proto::{Refusal, RpcMsg};
 use super::responder::Responder;
 use super::server::{Server, Serving};
@@ -33,6 +33,16 @@ pub struct Snapshot {
     pub providers: Option<Vec<client::Candidate>>,
     /// Stream security.
     pub security: Security,
+}
+
+/// How a call's request and answer travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Carry {
+    /// On the host's shared stream, its answer read by a runtime thread.
+    Shared,
+    /// On a stream the call borrows whole, written and read by the thread
+    /// that polls the call (one blocking on it, outside the runtime).
+    Borrowed,
 }
 
 /// A handler's error as the caller sees it.
@@ -135,8 +145,9 @@ impl Rpc {
         target: &CallTarget,
         payload: Vec<u8>,
         timeout: Duration,
+        carry: Carry,
     ) -> Result<Vec<u8>> {
-        let result = self.route(snap, target, payload, timeout).await;
+        let result = self.route(snap, target, payload, timeout, carry).await;
         client::count(&self.counters, &result);
         result
     }
@@ -147,6 +158,7 @@ impl Rpc {
         target: &CallTarget,
         payload: Vec<u8>,
         timeout: Duration,
+        carry: Carry,
     ) -> Result<Vec<u8>> {
         self.admit(payload.len())?;
         let size = payload.len();
@@ -206,21 +218,36 @@ impl Rpc {
             let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
             let _load = self.pool.reserve(cand.addr);
             let large = bytes.len() >= super::client::LARGE_CALL;
-            let sent = self
-                .pool
-                .request(cand.addr, &snap.security, deadline, large, |id| {
-                    RpcMsg::Call {
-                        id,
-                        caller: snap.me.clone(),
-                        tribe: target.tribe.clone(),
-                        plugin: target.plugin.clone(),
-                        version: cand.version.clone(),
-                        kind: target.kind,
-                        budget_ms,
-                        payload: bytes,
+            // Numbered by the stream it goes on.
+            let msg = RpcMsg::Call {
+                id: 0,
+                caller: snap.me.clone(),
+                tribe: target.tribe.clone(),
+                plugin: target.plugin.clone(),
+                version: cand.version.clone(),
+                kind: target.kind,
+                budget_ms,
+                payload: bytes,
+            };
+            let (addr, security) = (cand.addr, &snap.security);
+            let sent = match carry {
+                Carry::Shared => Ok(msg),
+                Carry::Borrowed => {
+                    match self.pool.request_borrowing(addr, security, deadline, msg).await {
+                        Ok(Outcome::Done(answer)) => Err(Ok(answer)),
+                        Ok(Outcome::Share(msg)) => Ok(msg),
+                        Err(e) => Err(Err(e)),
                     }
-                })
-                .await;
+                }
+            };
+            let sent = match sent {
+                Ok(msg) => {
+                    self.pool
+                        .request(addr, security, deadline, large, |_| msg)
+                        .await
+                }
+                Err(done) => done,
+            };
             match sent {
                 Err(NotSent::Connect(e)) => {
                     self.pool.mark_unreachable(cand.addr);

@@ -18,6 +18,9 @@ use super::{RpcCounters, RpcLimits};
 use crate::stream::{self, Security};
 use crate::wire;
 
+mod borrowed;
+pub use borrowed::Outcome;
+
 /// A pooled stream unused this long is replaced rather than reused: well
 /// before the host's own idle timeout, so a call never races its closing.
 pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -232,6 +235,8 @@ pub struct Pool {
     dialer: Dialer,
     /// Set once the node stops: every stream is ended, none opens again.
     closed: AtomicBool,
+    /// Streams lent whole to blocking calls.
+    borrowed: borrowed::Borrowed,
 }
 
 /// Opens call streams; cloned into the tasks that open streams beside the
@@ -303,6 +308,7 @@ impl Pool {
                 counters,
             },
             closed: AtomicBool::new(false),
+            borrowed: borrowed::Borrowed::default(),
         }
     }
 
@@ -373,6 +379,7 @@ impl Pool {
         if let Some(slot) = slot {
             slot.end();
         }
+        self.borrowed.end(Some(addr));
     }
 
     /// Later calls open new streams (the node's keys or encryption mode
@@ -380,6 +387,7 @@ impl Pool {
     /// their hosts end gracefully.
     pub fn forget_streams(&self) {
         self.slots.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.borrowed.forget();
     }
 
     /// Ends every stream for good (the node stopped): their pending calls
@@ -390,6 +398,7 @@ impl Pool {
         for slot in slots.into_values() {
             slot.end();
         }
+        self.borrowed.end(None);
     }
 
     /// Whether the node stopped (see [`Pool::close_all`]).
@@ -639,16 +648,26 @@ impl Pool {
 
 impl Dialer {
     async fn open(&self, addr: SocketAddr, security: &Security) -> Result<Conn, NotSent> {
+        let (tcp, sealer, opener) = self.dial(addr, security).await?;
+        let (reader, writer) = tcp.into_split();
+        let writer = super::tcp_writer::TcpWriter::new(writer);
+        Ok(self.conn_over(reader, writer, sealer, opener))
+    }
+
+    /// Connects to `addr` and opens the call channel on it.
+    async fn dial(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+    ) -> Result<(TcpStream, stream::Sealer, stream::Opener), NotSent> {
         let connect = async {
             let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
             let (sealer, opener) = self.handshake(&mut tcp, security).await?;
-            let (reader, writer) = tcp.into_split();
-            let writer = super::tcp_writer::TcpWriter::new(writer);
-            Ok::<Conn, String>(self.conn_over(reader, writer, sealer, opener))
+            Ok::<_, String>((tcp, sealer, opener))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(conn)) => Ok(conn),
+            Ok(Ok(dialled)) => Ok(dialled),
             Ok(Err(e)) => Err(NotSent::Connect(e)),
             Err(_) => Err(NotSent::Connect("connect timed out".into())),
         }

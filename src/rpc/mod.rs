@@ -3,7 +3,9 @@
 //! live member of that tribe that serves the plugin (this node first, then
 //! the one with the fewest calls outstanding), fails over when a host refuses
 //! or cannot be reached before the call ran, and every call ends with a reply
-//! or an error. Calls share one multiplexed stream per host, on the node's
+//! or an error. A blocking call from a host's thread borrows a stream of its
+//! own, whose answer that thread reads (`client::borrowed`); other calls
+//! share one multiplexed stream per host, on the node's
 //! TCP port (sealed like every stream); overlapping large calls spread over
 //! a few (see `client`).
 

@@ -97,3 +97,37 @@ pub async fn collect_until(
     }
     seen
 }
+
+/// Stops `host` gracefully, waits until `seed` sees it left, and starts a
+/// node of the same name on the same address seeded by `seed`, once it
+/// learnt tribe `tribe` back (with one member).
+pub async fn restart_in_place(seed: &Node, host: Node, tribe: &str) -> Node {
+    let (name, addr) = (host.name().to_string(), host.addr());
+    host.shutdown().await.unwrap();
+    wait_for("the host left", Duration::from_secs(10), || {
+        seed.members()
+            .iter()
+            .any(|m| m.name == name && m.state == tribe::MemberState::Left)
+    })
+    .await;
+    let mut cfg = test_config(&name);
+    cfg.bind = addr;
+    cfg.seeds = vec![seed.addr()];
+    let again = Node::start(cfg).await.unwrap();
+    // Tribe membership outlives the restart.
+    wait_for("the tribe learnt", Duration::from_secs(20), || {
+        again.tribe(tribe).is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    again
+}
+
+/// How many nodes hold key `id`, and how many use it as their primary.
+pub fn holders(node: &Node, id: tribe::KeyId) -> (usize, usize) {
+    node.keyring_status()
+        .keys
+        .iter()
+        .find(|k| k.id == id)
+        .map(|k| (k.installed_on.len(), k.primary_on.len()))
+        .unwrap_or((0, 0))
+}

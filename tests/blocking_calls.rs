@@ -1,0 +1,347 @@
+//! `Node::call_blocking` from threads outside the runtime (as C and Python
+//! hosts call): each call borrows a stream of its own, whose answer the
+//! calling thread reads itself; the streams are reused, dropped when their
+//! call ends otherwise, and never lose a call to a key change, a deadline,
+//! a restarted host, or a host at its bound of streams.
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tribe::{CallTarget, Error, Node, PluginKind, SecretKey};
+
+const SECOND: Duration = Duration::from_secs(1);
+
+fn echo() -> CallTarget {
+    CallTarget::new("svc", "echo", PluginKind::Processor)
+}
+
+/// Two nodes; the second serves `echo` (its payload back, after the
+/// payload's first byte in tens of milliseconds) in tribe `svc`.
+async fn pair(prefix: &str, tweak: impl Fn(&mut tribe::Config)) -> (Node, Node) {
+    let nodes = start_cluster(prefix, 2, tweak).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    serve(&host).await;
+    wait_for("the host's endpoint seen", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| !m.endpoints.is_empty())
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    (caller, host)
+}
+
+async fn serve(host: &Node) {
+    if host.tribe("svc").is_none() {
+        host.create_tribe("svc").await.unwrap();
+    }
+    if !host
+        .tribe("svc")
+        .is_some_and(|t| t.members.iter().any(|m| m == host.name()))
+    {
+        host.join("svc", host.name()).await.unwrap();
+    }
+    host.serve(
+        "echo",
+        "1",
+        PluginKind::Processor,
+        |_info, payload| async move {
+            let pause = u64::from(payload.first().copied().unwrap_or(0));
+            tokio::time::sleep(Duration::from_millis(pause * 10)).await;
+            Ok(payload)
+        },
+    )
+    .await
+    .unwrap();
+}
+
+/// Starts `f` on a thread of its own (not the runtime's), as a host
+/// would; the future gives its result.
+fn on_host_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> impl std::future::Future<Output = T> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    async move { rx.await.expect("the host thread ended without a result") }
+}
+
+/// A blocking call from the current (non-runtime) thread.
+fn call(
+    rt: &tokio::runtime::Handle,
+    node: &Node,
+    payload: Vec<u8>,
+    timeout: Duration,
+) -> tribe::Result<Vec<u8>> {
+    rt.block_on(node.call_blocking(&echo(), payload, timeout))
+}
+
+/// Established TCP connections of this process's sockets to `to` (from
+/// `/proc/net/tcp`; the node's call streams are the only ones to its port).
+fn streams_to(to: SocketAddr) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = format!(":{:04X}", to.port());
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() > 3 && cols[2].ends_with(&port) && cols[3] == "01"
+        })
+        .count()
+}
+
+/// Four threads blocked in calls at once hold a stream each (a shared
+/// stream would carry all four); later calls reuse them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_blocked_thread_has_a_stream_of_its_own_and_they_are_reused() {
+    let (caller, host) = pair("own", |_| {}).await;
+    let rt = tokio::runtime::Handle::current();
+    let together = Arc::new(Barrier::new(4));
+    let mut threads = Vec::new();
+    for t in 0..4u8 {
+        let (rt, caller, together) = (rt.clone(), caller.clone(), together.clone());
+        threads.push(on_host_thread(move || {
+            together.wait();
+            // 300 ms in the handler: the four overlap.
+            let payload = vec![30, t, 1, 2, 3];
+            let reply = call(&rt, &caller, payload.clone(), 5 * SECOND);
+            reply.map(|r| r == payload)
+        }));
+    }
+    let counted = async {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        streams_to(host.addr())
+    };
+    let (results, during) = tokio::join!(futures_util::future::join_all(threads), counted);
+    for ok in results {
+        assert!(ok.unwrap(), "a reply differed from its payload");
+    }
+    assert!(
+        during >= 4,
+        "four calls in flight at once went over {during} stream(s)"
+    );
+    let rt2 = rt.clone();
+    let caller2 = caller.clone();
+    on_host_thread(move || {
+        for i in 0..50u8 {
+            let payload = vec![0, i, 7];
+            assert_eq!(
+                call(&rt2, &caller2, payload.clone(), 5 * SECOND).unwrap(),
+                payload
+            );
+        }
+    })
+    .await;
+    let after = streams_to(host.addr());
+    assert!(
+        after <= during,
+        "50 calls after opened more streams: {during} then {after}"
+    );
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}
+
+/// A call past its deadline times out; its stream, on which the late
+/// answer may still arrive, is not lent again: the next call gets its own
+/// answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_call_leaves_no_late_answer_for_the_next() {
+    let (caller, host) = pair("late", |_| {}).await;
+    let rt = tokio::runtime::Handle::current();
+    let c = caller.clone();
+    on_host_thread(move || {
+        // 400 ms in the handler, 100 ms allowed.
+        let slow = call(&rt, &c, vec![40, 1], Duration::from_millis(100));
+        assert!(matches!(slow, Err(Error::Timeout)), "{slow:?}");
+        for i in 0..5u8 {
+            let payload = vec![0, 2, i];
+            assert_eq!(call(&rt, &c, payload.clone(), 5 * SECOND).unwrap(), payload);
+        }
+        // Past the late answer's arrival too.
+        std::thread::sleep(Duration::from_millis(400));
+        let payload = vec![0, 3];
+        assert_eq!(call(&rt, &c, payload.clone(), 5 * SECOND).unwrap(), payload);
+    })
+    .await;
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}
+
+/// Stopping the calling node wakes a thread blocked in a call at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_caller_wakes_a_blocked_call() {
+    let (caller, host) = pair("stopw", |_| {}).await;
+    let rt = tokio::runtime::Handle::current();
+    let c = caller.clone();
+    let blocked = on_host_thread(move || {
+        let start = Instant::now();
+        // 2.5 s in the handler.
+        let r = call(&rt, &c, vec![250], 20 * SECOND);
+        (r, start.elapsed())
+    });
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        caller.abort().await;
+    };
+    let ((result, took), ()) = tokio::join!(blocked, stop);
+    assert!(
+        matches!(result, Err(Error::ShuttingDown)),
+        "a call cut by its node's stop gave {result:?}"
+    );
+    assert!(took < 2 * SECOND, "the blocked call woke after {took:?}");
+    host.shutdown().await.unwrap();
+}
+
+/// Blocking calls keep flowing while the host's keys rotate: a host whose
+/// keys change says goodbye on the borrowed streams too and answers what
+/// was sent on them; no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_calls_pass_through_key_rotations() {
+    let k1 = SecretKey::generate();
+    let (caller, host) = pair("brot", |cfg| {
+        cfg.keyring = Some(tribe::Keyring::new(k1.clone()));
+    })
+    .await;
+    let rt = tokio::runtime::Handle::current();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut threads = Vec::new();
+    for t in 0..3u8 {
+        let (rt, c, done) = (rt.clone(), caller.clone(), done.clone());
+        threads.push(on_host_thread(move || {
+            let (mut ok, mut failed) = (0usize, Vec::new());
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let payload = vec![0, t, 9];
+                match call(&rt, &c, payload.clone(), 5 * SECOND) {
+                    Ok(r) if r == payload => ok += 1,
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            (ok, failed)
+        }));
+    }
+    let mut old = k1;
+    for _ in 0..2 {
+        let new = SecretKey::generate();
+        host.install_key(new.clone()).await.unwrap();
+        wait_for("the new key on both", Duration::from_secs(20), || {
+            [&caller, &host].iter().all(|n| holders(n, new.id()).0 == 2)
+        })
+        .await;
+        host.use_key(new.id()).await.unwrap();
+        wait_for(
+            "the new key primary on both",
+            Duration::from_secs(20),
+            || [&caller, &host].iter().all(|n| holders(n, new.id()).1 == 2),
+        )
+        .await;
+        host.remove_key(old.id()).await.unwrap();
+        wait_for(
+            "the old key gone from both",
+            Duration::from_secs(20),
+            || [&caller, &host].iter().all(|n| holders(n, old.id()).0 == 0),
+        )
+        .await;
+        old = new;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    for (n, f) in futures_util::future::join_all(threads).await {
+        ok += n;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert!(ok > 50, "only {ok} calls went through");
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}
+
+/// A host restarted on its address after a call left an idle borrowed
+/// stream to it: the next call notices the old stream is gone and opens a
+/// new one, instead of losing the call on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_host_is_reached_past_an_idle_borrowed_stream() {
+    let (caller, host) = pair("brst", |_| {}).await;
+    let rt = tokio::runtime::Handle::current();
+    let c = caller.clone();
+    let r = rt.clone();
+    on_host_thread(move || call(&r, &c, vec![0, 1], 5 * SECOND).unwrap()).await;
+    let name = host.name().to_string();
+    let again = restart_in_place(&caller, host, "svc").await;
+    serve(&again).await;
+    wait_for("the host is back", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| {
+            m.name == name && m.state == tribe::MemberState::Alive && !m.endpoints.is_empty()
+        })
+    })
+    .await;
+    let c = caller.clone();
+    let reply = on_host_thread(move || call(&rt, &c, vec![0, 2], 5 * SECOND)).await;
+    assert_eq!(reply.unwrap(), vec![0, 2]);
+    caller.shutdown().await.unwrap();
+    again.shutdown().await.unwrap();
+}
+
+/// A host at its bound of streams refuses a borrowed one; the call goes on
+/// the stream it already shares with the caller and succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_at_its_bound_of_streams_is_called_on_the_shared_one() {
+    let (caller, host) = pair("bnd", |cfg| cfg.rpc.max_streams = 1).await;
+    // The shared stream takes the host's only place.
+    let payload = vec![0, 5];
+    assert_eq!(
+        caller
+            .call(&echo(), payload.clone(), 5 * SECOND)
+            .await
+            .unwrap(),
+        payload
+    );
+    let rt = tokio::runtime::Handle::current();
+    let c = caller.clone();
+    on_host_thread(move || {
+        for i in 0..3u8 {
+            let payload = vec![0, 6, i];
+            assert_eq!(call(&rt, &c, payload.clone(), 5 * SECOND).unwrap(), payload);
+        }
+    })
+    .await;
+    assert_eq!(streams_to(host.addr()), 1);
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}
+
+/// Polled from a task, `call_blocking` is `call`: it shares the stream and
+/// never blocks the runtime's thread.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_blocking_from_a_task_shares_the_stream() {
+    let (caller, host) = pair("task", |_| {}).await;
+    let mut calls = Vec::new();
+    for i in 0..4u8 {
+        let c = caller.clone();
+        calls.push(tokio::spawn(async move {
+            let payload = vec![20, i];
+            c.call_blocking(&echo(), payload.clone(), 5 * SECOND)
+                .await
+                .map(|r| r == payload)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let during = streams_to(host.addr());
+    for c in calls {
+        assert!(c.await.unwrap().unwrap());
+    }
+    assert_eq!(during, 1, "calls from tasks went over {during} streams");
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}
