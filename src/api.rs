@@ -611,19 +611,23 @@ impl Node {
     /// A call to another node borrows a stream of its own, and the thread
     /// polling this future writes the request and waits in the socket for
     /// the answer itself: no runtime thread is woken to read the answer
-    /// and hand it over. Each poll may block the thread for up to 20 ms,
-    /// after which the future is ready to be polled again at once, so a
-    /// `select!` or `timeout` around it is looked at that often.
+    /// and hand it over. Each poll may block the thread for about 20 ms
+    /// (40 at most), after which the future is ready to be polled again at
+    /// once, so a `select!` or `timeout` around it is looked at that often.
     ///
-    /// Polled from a task, it behaves as [`Node::call`] and never blocks.
+    /// Polled from a task, or on a current-thread runtime, it behaves as
+    /// [`Node::call`] and never blocks.
     pub async fn call_blocking(
         &self,
         target: &crate::CallTarget,
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>> {
-        // A task must not block its runtime thread.
-        let carry = if tokio::task::try_id().is_some() {
+        // A task must not block its runtime's thread, nor the root future
+        // of a current-thread runtime, whose thread runs the node.
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        let carry = if tokio::task::try_id().is_some() || current_thread {
             Carry::Shared
         } else {
             Carry::Borrowed

@@ -455,6 +455,12 @@ fn map_open(e: OpenError) -> StreamError {
 }
 
 impl Opener {
+    /// Whether bytes past the frame last lent were read already (the start
+    /// of a next frame).
+    pub fn holds_more(&self) -> bool {
+        self.buf.len() > self.lent.unwrap_or(self.start)
+    }
+
     /// Reads the next frame body; `None` at a clean end of stream.
     pub async fn read_frame<R: AsyncRead + Unpin>(
         &mut self,

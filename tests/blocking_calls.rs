@@ -345,3 +345,31 @@ async fn call_blocking_from_a_task_shares_the_stream() {
     caller.shutdown().await.unwrap();
     host.shutdown().await.unwrap();
 }
+
+/// A large request on a borrowed stream that the host refuses (at its
+/// bound of streams, it says so and closes without reading, which may
+/// break the write half-way): the call did not run, and goes on the
+/// shared stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_call_refused_half_written_goes_on_the_shared_stream() {
+    let (caller, _host) = pair("bigref", |cfg| cfg.rpc.max_streams = 1).await;
+    assert_eq!(
+        caller.call(&echo(), vec![0, 1], 5 * SECOND).await.unwrap(),
+        vec![0, 1]
+    );
+    let rt = tokio::runtime::Handle::current();
+    let c = caller.clone();
+    on_host_thread(move || {
+        let mut big = vec![7u8; 3 << 20];
+        big[0] = 0;
+        for _ in 0..2 {
+            let reply = call(&rt, &c, big.clone(), 10 * SECOND);
+            assert!(
+                reply.as_deref() == Ok(&big[..]),
+                "{:?}",
+                reply.map(|r| r.len())
+            );
+        }
+    })
+    .await;
+}

@@ -8,8 +8,8 @@
 //!
 //! A borrowed stream carries one call at a time and goes back to the pool
 //! after its answer. It is dropped instead when its call ended otherwise
-//! (deadline, cancel, a broken stream), when its host said goodbye, or when
-//! the node's keys changed since it opened.
+//! (deadline, cancel, a broken stream), when its host said goodbye, when
+//! the node's keys changed since it opened, or when its host failed.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -31,13 +31,13 @@ use crate::rpc::server::STREAM_REFUSAL_ID;
 use crate::stream::{Opener, Sealer, Security, StreamError};
 use crate::wire;
 
-/// Longest a borrowing thread stays in the socket before it looks at its
-/// deadline, at the node's stop, and lets whoever polls its call check
-/// what it waits for besides (a signal, a shutdown).
+/// Longest a borrowing thread stays in the socket (reading or writing)
+/// before it looks at its deadline and the node's stop, and lets whoever
+/// polls its call check what it waits for besides (a signal, a shutdown).
 const SLICE: Duration = Duration::from_millis(20);
-/// Borrowed streams to one host at once, lent and idle; past it, calls
-/// share the multiplexed streams.
-const MAX_PER_HOST: usize = 32;
+/// Borrowed streams lent to calls to one host at once (a soft bound);
+/// past it, calls share the multiplexed streams.
+const MAX_LENT_PER_HOST: usize = 32;
 /// Bytes one read asks of the socket (the buffer it reads into is zeroed
 /// first).
 const READ_CAP: usize = 8 * 1024;
@@ -45,26 +45,28 @@ const READ_CAP: usize = 8 * 1024;
 /// The borrowed streams of a pool.
 #[derive(Default)]
 pub(super) struct Borrowed {
-    idle: Mutex<HashMap<SocketAddr, Vec<Own>>>,
+    idle: Mutex<HashMap<SocketAddr, Vec<Pooled>>>,
     /// A second handle on each lent stream's socket, to cut it when its
     /// host fails or the node stops (which wakes the thread in it).
     lent: Mutex<HashMap<u64, (SocketAddr, Arc<TcpStream>)>>,
-    /// Bumped when the node's keys change: a stream opened before is not
-    /// lent again.
+    /// Bumped when the node's keys change, a host fails or the node stops:
+    /// a stream opened before is not lent again.
     generation: AtomicU64,
     next_lease: AtomicU64,
 }
 
 /// One borrowed stream.
-struct Own {
+struct Pooled {
     sock: Arc<TcpStream>,
-    /// The socket's read and write timeout (each call's last slice may be
+    /// The socket's read and write timeout (a call's last slice may be
     /// shorter than [`SLICE`]; set again only when it changes).
     timeout: Duration,
     sealer: Sealer,
     opener: Opener,
     generation: u64,
-    last_used: Instant,
+    /// When its last request went out: the host's idle clock runs from
+    /// the last frame it read.
+    last_sent: Instant,
 }
 
 /// A stream lent to one call; back to the idle ones on drop when `keep`.
@@ -72,7 +74,7 @@ struct Lease<'a> {
     pool: &'a Borrowed,
     addr: SocketAddr,
     id: u64,
-    own: Option<Own>,
+    stream: Option<Pooled>,
     keep: bool,
     /// Taken from the idle ones (so it may have gone stale meanwhile).
     reused: bool,
@@ -87,28 +89,45 @@ impl Drop for Lease<'_> {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.id);
-        let Some(mut own) = self.own.take() else {
+        let Some(stream) = self.stream.take() else {
             return;
         };
-        if !self.keep || own.generation != self.pool.generation.load(Ordering::Acquire) {
+        let fit = self.keep
+            && !self.retired
+            && !stream.opener.holds_more()
+            && stream.generation == self.pool.generation.load(Ordering::Acquire);
+        if !fit {
             return;
         }
-        own.last_used = Instant::now();
         self.pool
             .idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(self.addr)
             .or_default()
-            .push(own);
+            .push(stream);
     }
 }
 
 impl Borrowed {
     /// Lends an idle stream to `addr`: `None` when there is none fit to
-    /// use; `Err` when `addr` has as many borrowed streams as it may.
-    fn take_idle(&self, addr: SocketAddr) -> Result<Option<Own>, ()> {
+    /// use; `Err` when `addr` has as many borrowed streams lent as it may.
+    fn take_idle(&self, addr: SocketAddr) -> Result<Option<Pooled>, ()> {
         let generation = self.generation.load(Ordering::Acquire);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        // Streams a host may be closing, to any host, go.
+        idle.retain(|_, streams| {
+            streams.retain(|s| s.generation == generation && s.last_sent.elapsed() < CLIENT_IDLE);
+            !streams.is_empty()
+        });
+        if let Some(streams) = idle.get_mut(&addr) {
+            while let Some(stream) = streams.pop() {
+                if quiet(&stream.sock) {
+                    return Ok(Some(stream));
+                }
+            }
+        }
+        drop(idle);
         let lent = self
             .lent
             .lock()
@@ -116,32 +135,23 @@ impl Borrowed {
             .values()
             .filter(|(a, _)| *a == addr)
             .count();
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        let streams = idle.entry(addr).or_default();
-        streams.retain(|own| own.generation == generation && own.last_used.elapsed() < CLIENT_IDLE);
-        while let Some(own) = streams.pop() {
-            if quiet(&own.sock) {
-                return Ok(Some(own));
-            }
-        }
-        if lent >= MAX_PER_HOST {
+        if lent >= MAX_LENT_PER_HOST {
             return Err(());
         }
         Ok(None)
     }
 
-    fn lend(&self, addr: SocketAddr, own: Own, reused: bool) -> Lease<'_> {
-        let second = own.sock.clone();
+    fn lend(&self, addr: SocketAddr, stream: Pooled, reused: bool) -> Lease<'_> {
         let id = self.next_lease.fetch_add(1, Ordering::Relaxed);
         self.lent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id, (addr, second));
+            .insert(id, (addr, stream.sock.clone()));
         Lease {
             pool: self,
             addr,
             id,
-            own: Some(own),
+            stream: Some(stream),
             keep: false,
             reused,
             retired: false,
@@ -155,14 +165,11 @@ impl Borrowed {
     }
 
     /// Ends the streams to `addr` (every host when `None`): idle ones
-    /// close, lent ones are cut, which wakes their callers.
+    /// close, lent ones are cut, which wakes their callers, and none of
+    /// them goes back to the pool.
     pub(super) fn end(&self, addr: Option<SocketAddr>) {
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        match addr {
-            Some(addr) => drop(idle.remove(&addr)),
-            None => idle.clear(),
-        }
-        drop(idle);
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).clear();
         for (at, sock) in self.lent.lock().unwrap_or_else(|p| p.into_inner()).values() {
             if addr.is_none_or(|a| a == *at) {
                 let _ = sock.shutdown(Shutdown::Both);
@@ -182,7 +189,7 @@ fn quiet(sock: &TcpStream) -> bool {
 
 /// What a borrowed stream made of one request.
 pub enum Outcome {
-    /// Answered, or not (`None`: the deadline passed).
+    /// The answer; `None` when the deadline passed first.
     Done(Option<Answer>),
     /// The host takes no more streams, or none could be borrowed: the
     /// request goes on a shared stream (it did not run).
@@ -191,8 +198,8 @@ pub enum Outcome {
 
 impl Pool {
     /// Sends `msg` on a stream borrowed for it alone, and reads the answer
-    /// on this thread, blocking it for up to [`SLICE`] at a time between
-    /// polls, until `deadline`.
+    /// on this thread until `deadline`, blocking it for up to about two
+    /// [`SLICE`]s at a time between polls.
     pub async fn request_borrowing(
         &self,
         addr: SocketAddr,
@@ -221,41 +228,29 @@ impl Pool {
                 None
             };
             let reused = idle.is_some();
-            let own = match idle {
-                Some(own) => own,
-                None => {
-                    let dial = self.dialer.dial(addr, security);
-                    let (tcp, sealer, opener) = tokio::time::timeout_at(deadline, dial)
-                        .await
-                        .map_err(|_| NotSent::OutOfTime)??;
-                    let sock = tcp
-                        .into_std()
-                        .and_then(|s| s.set_nonblocking(false).map(|()| s))
-                        .and_then(|s| s.set_read_timeout(Some(SLICE)).map(|()| s))
-                        .and_then(|s| s.set_write_timeout(Some(SLICE)).map(|()| s))
-                        .map_err(|e| NotSent::Connect(e.to_string()))?;
-                    Own {
-                        sock: Arc::new(sock),
-                        timeout: SLICE,
-                        sealer,
-                        opener,
-                        generation: self.borrowed.generation.load(Ordering::Acquire),
-                        last_used: Instant::now(),
-                    }
-                }
+            let stream = match idle {
+                Some(stream) => stream,
+                None => self.dial_borrowed(addr, security, deadline).await?,
             };
-            let mut lease = self.borrowed.lend(addr, own, reused);
-            let got = match lease.write(&msg, deadline) {
+            let mut lease = self.borrowed.lend(addr, stream, reused);
+            let got = match lease.write(&msg, deadline, self).await {
                 Written::All => lease.answer(id, deadline, self).await?,
-                Written::Part => return Ok(Outcome::Done(Some(Answer::Lost))),
+                Written::OutOfTime => return Ok(Outcome::Done(None)),
                 // A stream that went stale while idle: once more, on a new one.
                 Written::None(_) if lease.reused => {
                     reuse = false;
                     continue;
                 }
-                Written::None(e) => match lease.refusal() {
-                    Some(()) => Got::Refused,
-                    None => return Err(NotSent::Connect(e.to_string())),
+                // A host at its bound of streams says so and closes without
+                // reading, which can fail a write before we read why: the
+                // call did not run.
+                Written::None(e) => match lease.refused(deadline).await {
+                    true => Got::Refused,
+                    false => return Err(NotSent::Connect(e.to_string())),
+                },
+                Written::Part => match lease.refused(deadline).await {
+                    true => Got::Refused,
+                    false => Got::Answer(Some(Answer::Lost)),
                 },
             };
             if matches!(got, Got::Refused) {
@@ -264,6 +259,34 @@ impl Pool {
             }
             return Ok(got.outcome(msg));
         }
+    }
+
+    async fn dial_borrowed(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+        deadline: Instant,
+    ) -> Result<Pooled, NotSent> {
+        // Read first: keys that change while we dial make the stream old.
+        let generation = self.borrowed.generation.load(Ordering::Acquire);
+        let dial = self.dialer.dial(addr, security);
+        let (tcp, sealer, opener) = tokio::time::timeout_at(deadline, dial)
+            .await
+            .map_err(|_| NotSent::OutOfTime)??;
+        let sock = tcp
+            .into_std()
+            .and_then(|s| s.set_nonblocking(false).map(|()| s))
+            .and_then(|s| s.set_read_timeout(Some(SLICE)).map(|()| s))
+            .and_then(|s| s.set_write_timeout(Some(SLICE)).map(|()| s))
+            .map_err(|e| NotSent::Connect(e.to_string()))?;
+        Ok(Pooled {
+            sock: Arc::new(sock),
+            timeout: SLICE,
+            sealer,
+            opener,
+            generation,
+            last_sent: Instant::now(),
+        })
     }
 }
 
@@ -274,6 +297,8 @@ enum Written {
     Part,
     /// None: the host never saw the call.
     None(io::Error),
+    /// The deadline passed first (the call may have reached the host).
+    OutOfTime,
 }
 
 /// What the read of an answer gave.
@@ -293,14 +318,16 @@ impl Got {
 }
 
 impl Lease<'_> {
-    fn own(&mut self) -> &mut Own {
-        self.own.as_mut().expect("a lease holds its stream until dropped")
+    fn stream(&mut self) -> &mut Pooled {
+        self.stream
+            .as_mut()
+            .expect("a lease holds its stream until dropped")
     }
 
-    fn write(&mut self, msg: &RpcMsg, deadline: Instant) -> Written {
-        let own = self.own();
-        let frame = Sealer::encode_frame(msg, own.sealer.tag_len()).and_then(|mut frame| {
-            own.sealer.seal_frames(&mut frame)?;
+    async fn write(&mut self, msg: &RpcMsg, deadline: Instant, pool: &Pool) -> Written {
+        let stream = self.stream();
+        let frame = Sealer::encode_frame(msg, stream.sealer.tag_len()).and_then(|mut frame| {
+            stream.sealer.seal_frames(&mut frame)?;
             Ok(frame)
         });
         let frame = match frame {
@@ -309,46 +336,58 @@ impl Lease<'_> {
         };
         let mut at = 0;
         while at < frame.len() {
-            if let Err(e) = own.slice(deadline) {
-                return if at == 0 {
-                    Written::None(e)
-                } else {
-                    Written::Part
-                };
+            let stream = self.stream();
+            match stream.slice(deadline) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Written::OutOfTime,
+                Err(e) if at == 0 => return Written::None(e),
+                Err(_) => return Written::Part,
             }
-            match socket2::SockRef::from(&*own.sock).send_with_flags(&frame[at..], libc::MSG_NOSIGNAL) {
+            let sent = socket2::SockRef::from(&*stream.sock)
+                .send_with_flags(&frame[at..], libc::MSG_NOSIGNAL);
+            match sent {
                 Ok(n) => at += n,
-                // A host slow to read: on until the deadline.
-                Err(e) if waits(&e) => {}
+                // A host slow to read: on until the deadline, looking up
+                // between slices.
+                Err(e) if waits(&e) => {
+                    tokio::task::yield_now().await;
+                    if pool.is_closed() {
+                        return if at == 0 {
+                            Written::None(e)
+                        } else {
+                            Written::Part
+                        };
+                    }
+                }
                 Err(e) if at == 0 => return Written::None(e),
                 Err(_) => return Written::Part,
             }
         }
+        self.stream().last_sent = Instant::now();
         Written::All
     }
 
-    /// Whether the host refused the stream (read within a short grace: a
-    /// host at its bound says so, then closes, which may fail our write
-    /// first).
-    fn refusal(&mut self) -> Option<()> {
-        let until = Instant::now() + REFUSAL_GRACE;
+    /// Whether the host refused the stream, read within a short grace
+    /// (and the deadline).
+    async fn refused(&mut self, deadline: Instant) -> bool {
+        let until = deadline.min(Instant::now() + REFUSAL_GRACE);
         loop {
-            let own = self.own();
-            if own.slice(until).is_err() {
-                return None;
+            let stream = self.stream();
+            if stream.slice(until).is_err() {
+                return false;
             }
-            match read_frame(&mut own.opener, &own.sock) {
+            match read_frame(&mut stream.opener, &stream.sock) {
                 Ok(Some(body)) => {
-                    return match wire::decode::<RpcMsg>(body) {
+                    return matches!(
+                        wire::decode::<RpcMsg>(body),
                         Ok(RpcMsg::Refused {
                             id: STREAM_REFUSAL_ID,
                             ..
-                        }) => Some(()),
-                        _ => None,
-                    }
+                        })
+                    )
                 }
-                Err(StreamError::Io(e)) if waits(&e) => {}
-                _ => return None,
+                Err(StreamError::Io(e)) if waits(&e) => tokio::task::yield_now().await,
+                _ => return false,
             }
         }
     }
@@ -365,13 +404,13 @@ impl Lease<'_> {
                     return Ok(Got::Answer(Some(Answer::Lost)));
                 }
             }
-            let own = self.own();
-            match own.slice(deadline) {
+            let stream = self.stream();
+            match stream.slice(deadline) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Got::Answer(None)),
                 Err(_) => return Ok(Got::Answer(Some(Answer::Lost))),
             }
-            let body = match read_frame(&mut own.opener, &own.sock) {
+            let body = match read_frame(&mut stream.opener, &stream.sock) {
                 Ok(Some(body)) => body,
                 Err(StreamError::Io(e)) if waits(&e) => {
                     waited = true;
@@ -393,7 +432,7 @@ impl Lease<'_> {
                     // The host reads on to our end and answers what it
                     // read: ours, already written. The stream is not lent
                     // again.
-                    let _ = own.sock.shutdown(Shutdown::Write);
+                    let _ = stream.sock.shutdown(Shutdown::Write);
                     self.retired = true;
                     continue;
                 }
@@ -401,13 +440,13 @@ impl Lease<'_> {
                 Ok(_) => continue,
                 Err(_) => return Ok(Got::Answer(Some(Answer::Lost))),
             };
-            self.keep = !self.retired;
+            self.keep = true;
             return Ok(Got::Answer(Some(answer)));
         }
     }
 }
 
-impl Own {
+impl Pooled {
     /// Bounds the socket's next wait by [`SLICE`] and `until`: `TimedOut`
     /// once `until` passed.
     fn slice(&mut self, until: Instant) -> io::Result<()> {
@@ -425,7 +464,8 @@ impl Own {
     }
 }
 
-/// Whether a read ended only because its time slice did (or a signal).
+/// Whether a socket call ended only because its time slice did (or a
+/// signal).
 fn waits(e: &io::Error) -> bool {
     matches!(
         e.kind(),
@@ -433,31 +473,44 @@ fn waits(e: &io::Error) -> bool {
     )
 }
 
-/// Reads the next frame from a blocking socket on this thread (up to its
-/// read timeout). `next_frame` keeps every byte read in the opener, so a
-/// read that ends with its time slice loses nothing.
-fn read_frame<'o>(opener: &'o mut Opener, sock: &TcpStream) -> Result<Option<&'o [u8]>, StreamError> {
-    let mut reader = Blocking(sock);
+/// Reads the next frame from a blocking socket on this thread, for about
+/// one [`SLICE`] at most: a frame that takes longer to arrive is read on
+/// over several calls (`next_frame` keeps every byte read in the opener,
+/// so a read that ends with its slice loses nothing).
+fn read_frame<'o>(
+    opener: &'o mut Opener,
+    sock: &TcpStream,
+) -> Result<Option<&'o [u8]>, StreamError> {
+    let mut reader = Blocking {
+        sock,
+        until: std::time::Instant::now() + SLICE,
+    };
     let mut next = pin!(opener.next_frame(&mut reader));
     match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
         Poll::Ready(read) => read,
-        // A blocking read is never pending.
         Poll::Pending => Err(io::Error::from(io::ErrorKind::WouldBlock).into()),
     }
 }
 
-/// A blocking socket as an `AsyncRead` that is always ready: each poll
-/// blocks in the socket up to its read timeout.
-struct Blocking<'a>(&'a TcpStream);
+/// A blocking socket as an `AsyncRead`: each poll blocks in the socket up
+/// to its read timeout, and once `until` passed it is pending (so a large
+/// frame does not keep the thread past its slice).
+struct Blocking<'a> {
+    sock: &'a TcpStream,
+    until: std::time::Instant,
+}
 
 impl AsyncRead for Blocking<'_> {
     fn poll_read(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if std::time::Instant::now() >= self.until {
+            return Poll::Pending;
+        }
         let want = buf.remaining().min(READ_CAP);
-        let read = (&mut &*self.0).read(buf.initialize_unfilled_to(want));
+        let read = (&mut self.sock).read(buf.initialize_unfilled_to(want));
         Poll::Ready(read.map(|n| buf.advance(n)))
     }
 }
