@@ -566,6 +566,9 @@ uint32_t tribe_node_call(const struct tribe_node *node,
  * call starts, but another thread may take the completion before this
  * function returns: a host that maps ids to waiting callers holds that
  * map's lock across this call (its event thread then waits for the entry).
+ * The call's first step runs on the calling thread: when a stream to the
+ * chosen host is open, the request is written before this returns (a
+ * write that does not block); the rest runs on the node's threads.
  */
 uint32_t tribe_node_call_async(const struct tribe_node *node,
                                const char *tribe,

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
+use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -83,9 +84,12 @@ impl AsyncCalls {
         Unread(self.unread.clone())
     }
 
+    /// Gives `id` its task, or aborts the task when the call ended
+    /// meanwhile (cancelled while its first step ran on the host's thread).
     fn attach(&self, id: u64, task: AbortHandle) {
-        if let Some(slot) = self.lock().calls.get_mut(&id) {
-            *slot = Some(task);
+        match self.lock().calls.get_mut(&id) {
+            Some(slot) => *slot = Some(task),
+            None => task.abort(),
         }
     }
 
@@ -343,6 +347,9 @@ pub extern "C" fn tribe_node_call(
 /// call starts, but another thread may take the completion before this
 /// function returns: a host that maps ids to waiting callers holds that
 /// map's lock across this call (its event thread then waits for the entry).
+/// The call's first step runs on the calling thread: when a stream to the
+/// chosen host is open, the request is written before this returns (a
+/// write that does not block); the rest runs on the node's threads.
 #[no_mangle]
 pub extern "C" fn tribe_node_call_async(
     node: *const TribeNode,
@@ -373,11 +380,23 @@ pub extern "C" fn tribe_node_call_async(
         // its completion can exist.
         cast::write(call_id, id);
         let registry = calls.clone();
-        let task = handle.runtime().spawn(async move {
+        let mut call = Box::pin(async move {
             let result = n.call(&target, payload, timeout).await;
             registry.finish(id, &mailbox, result.map_err(FfiError::from));
         });
-        calls.attach(id, task.abort_handle());
+        // The call's first step runs here: a request on an open stream is
+        // written from this thread, where a task would first wake a runtime
+        // thread to write it. What is left runs as a task, whose first poll
+        // registers the wakers this one could not.
+        let first = {
+            let _runtime = handle.runtime().enter();
+            call.as_mut()
+                .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+        };
+        if first.is_pending() {
+            let task = handle.runtime().spawn(call);
+            calls.attach(id, task.abort_handle());
+        }
         Ok(())
     })
 }
