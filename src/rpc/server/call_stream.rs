@@ -138,6 +138,9 @@ impl Server {
                     Ok(Ok(Some(body))) => body,
                     Ok(Ok(None)) | Err(_) if read_until.is_some() => break Ended::Drained,
                     Ok(Ok(None)) => break Ended::Closed,
+                    // Quiet while a call runs (one long call alone on
+                    // its stream) is not idle: its answer is still due.
+                    Err(_) if !calls.running.all_over() => continue,
                     Ok(Err(_)) | Err(_) => {
                         RpcCounters::bump(&self.counters.stream_errors);
                         break Ended::Closed;
@@ -469,5 +472,61 @@ mod tests {
             "its place is free again"
         );
         drop(theirs);
+    }
+
+    /// A stream whose only call runs longer than the idle timeout, with no
+    /// other frame meanwhile, is not closed as idle: the answer arrives.
+    #[tokio::test(start_paused = true)]
+    async fn a_long_call_alone_on_its_stream_outlives_the_idle_timeout() {
+        let server = Arc::new(Server::new(
+            RpcLimits::default(),
+            Arc::new(RpcCounters::default()),
+            Box::new(|_| true),
+        ));
+        let long = CALL_STREAM_IDLE * 2;
+        let handler: crate::rpc::Handler = Arc::new(move |_info, payload| {
+            Box::pin(async move {
+                tokio::time::sleep(long).await;
+                Ok(payload)
+            })
+        });
+        server.register(
+            "slow",
+            "1",
+            crate::records::PluginKind::Processor,
+            Serving::Future(handler),
+        );
+        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let plain = Security::plaintext("t");
+        let (accepted, connected) =
+            tokio::join!(stream::accept(&mut ours, &plain, 1 << 20), async {
+                let (mut sealer, opener) = stream::connect(&mut theirs, &plain, 1 << 20).await?;
+                sealer
+                    .write_frame(&mut theirs, &[crate::wire::CHANNEL_RPC])
+                    .await?;
+                Ok::<_, stream::StreamError>((sealer, opener))
+            });
+        let (sealer, mut opener) = accepted.unwrap();
+        let (mut peer_sealer, mut peer_opener) = connected.unwrap();
+        opener.read_frame(&mut ours).await.unwrap();
+        let (r, w) = tokio::io::split(ours);
+        tokio::spawn(server.clone().serve_stream(r, w, sealer, opener));
+        let call = RpcMsg::Call {
+            id: 9,
+            caller: "c".into(),
+            tribe: "t".into(),
+            plugin: "slow".into(),
+            version: "1".into(),
+            kind: crate::records::PluginKind::Processor,
+            budget_ms: u32::try_from((long * 2).as_millis()).unwrap(),
+            payload: b"late".to_vec(),
+        };
+        peer_sealer.write_msg(&mut theirs, &call).await.unwrap();
+        let frame = peer_opener.read_frame(&mut theirs).await.unwrap().unwrap();
+        let reply: RpcMsg = crate::wire::decode(&frame).unwrap();
+        assert!(
+            matches!(&reply, RpcMsg::Reply { id: 9, result: Ok(b) } if b.as_slice() == b"late"),
+            "{reply:?}"
+        );
     }
 }
