@@ -417,6 +417,7 @@ static void signals_stay_with_the_host(void) {
     tribe_node_free(n);
 }
 
+#ifndef __SANITIZE_ADDRESS__
 /* A child forked from a process with a live node: the parent's node and
  * responder refuse work with TRIBE_FORKED at once (their threads stayed in
  * the parent, so a wait would never end), freeing them releases nothing,
@@ -475,6 +476,7 @@ static void forked_child_is_refused(void) {
     EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
     tribe_node_free(n);
 }
+#endif
 
 int main(void) {
     CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
@@ -489,7 +491,14 @@ int main(void) {
     log_feed();
     state_limits();
     signals_stay_with_the_host();
+#ifdef __SANITIZE_ADDRESS__
+    /* GCC 12's AddressSanitizer does not hold its allocator's locks across
+     * fork: a child of a threaded process can inherit one locked and hang
+     * in its first malloc. The plain run covers the fork test. */
+    printf("misuse: fork test left to the plain run (ASan's allocator is not fork-safe)\n");
+#else
     forked_child_is_refused();
+#endif
     printf("misuse: all checks passed\n");
     return 0;
 }
