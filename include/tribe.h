@@ -560,8 +560,9 @@ uint32_t tribe_node_call(const struct tribe_node *node,
  * Starts a call like `tribe_node_call` without blocking: `*call_id`
  * receives its id, and exactly one `TRIBE_EVENT_CALL_DONE` event with that
  * id reports the outcome (`tribe_event_take_reply`): the reply, the call's
- * error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`, or
- * `TRIBE_SHUTTING_DOWN` when the node stops first. Errors in the arguments
+ * error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`,
+ * `TRIBE_SHUTTING_DOWN` when the node stops first, or `TRIBE_PANIC` if the
+ * library panicked while running the call. Errors in the arguments
  * are returned at once and give no event. `*call_id` is written before the
  * call starts, but another thread may take the completion before this
  * function returns: a host that maps ids to waiting callers holds that

@@ -5,10 +5,12 @@
 use std::collections::HashMap;
 use std::ffi::{c_char, CString};
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use tokio::task::AbortHandle;
 
 use super::cast;
@@ -341,8 +343,9 @@ pub extern "C" fn tribe_node_call(
 /// Starts a call like `tribe_node_call` without blocking: `*call_id`
 /// receives its id, and exactly one `TRIBE_EVENT_CALL_DONE` event with that
 /// id reports the outcome (`tribe_event_take_reply`): the reply, the call's
-/// error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`, or
-/// `TRIBE_SHUTTING_DOWN` when the node stops first. Errors in the arguments
+/// error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`,
+/// `TRIBE_SHUTTING_DOWN` when the node stops first, or `TRIBE_PANIC` if the
+/// library panicked while running the call. Errors in the arguments
 /// are returned at once and give no event. `*call_id` is written before the
 /// call starts, but another thread may take the completion before this
 /// function returns: a host that maps ids to waiting callers holds that
@@ -381,8 +384,8 @@ pub extern "C" fn tribe_node_call_async(
         cast::write(call_id, id);
         let registry = calls.clone();
         let mut call = Box::pin(async move {
-            let result = n.call(&target, payload, timeout).await;
-            registry.finish(id, &mailbox, result.map_err(FfiError::from));
+            let result = caught(n.call(&target, payload, timeout)).await;
+            registry.finish(id, &mailbox, result);
         });
         // The call's first step runs here: a request on an open stream is
         // written from this thread, where a task would first wake a runtime
@@ -399,6 +402,15 @@ pub extern "C" fn tribe_node_call_async(
         }
         Ok(())
     })
+}
+
+/// A call's outcome, with a panic inside it turned into `TRIBE_PANIC`: the
+/// host waits for the completion event and would otherwise wait forever.
+async fn caught<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, FfiError> {
+    match AssertUnwindSafe(call).catch_unwind().await {
+        Ok(result) => result.map_err(FfiError::from),
+        Err(panic) => Err(FfiError::panic(panic)),
+    }
 }
 
 /// Cancels an asynchronous call: if it has not finished, it is abandoned
@@ -573,4 +585,36 @@ pub extern "C" fn tribe_responder_decline(
 #[no_mangle]
 pub extern "C" fn tribe_responder_free(r: *mut TribeResponder) {
     ffi_infallible!((), { cast::free_handle(r) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(f)
+    }
+
+    #[test]
+    fn a_call_that_panics_completes_as_a_panic() {
+        let outcome = run(caught(async {
+            if true {
+                panic!("broken call");
+            }
+            Ok::<(), Error>(())
+        }));
+        let err = outcome.unwrap_err();
+        assert_eq!(err.code, super::super::error::TRIBE_PANIC);
+        assert!(format!("{err:?}").contains("broken call"), "{err:?}");
+    }
+
+    #[test]
+    fn a_call_that_fails_keeps_its_code() {
+        let outcome = run(caught(async { Err::<(), _>(Error::Timeout) }));
+        let err = outcome.unwrap_err();
+        assert_eq!(err.code, super::super::error::code_of(&Error::Timeout));
+    }
 }

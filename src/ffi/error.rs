@@ -125,7 +125,7 @@ impl FfiError {
         FfiError::new(TRIBE_INVALID_ARGUMENT, message)
     }
 
-    fn panic(payload: Box<dyn Any + Send>) -> FfiError {
+    pub(super) fn panic(payload: Box<dyn Any + Send>) -> FfiError {
         let what = payload
             .downcast_ref::<&str>()
             .map(|s| s.to_string())
