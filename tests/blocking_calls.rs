@@ -226,25 +226,7 @@ async fn blocking_calls_pass_through_key_rotations() {
     let mut old = k1;
     for _ in 0..2 {
         let new = SecretKey::generate();
-        host.install_key(new.clone()).await.unwrap();
-        wait_for("the new key on both", Duration::from_secs(20), || {
-            [&caller, &host].iter().all(|n| holders(n, new.id()).0 == 2)
-        })
-        .await;
-        host.use_key(new.id()).await.unwrap();
-        wait_for(
-            "the new key primary on both",
-            Duration::from_secs(20),
-            || [&caller, &host].iter().all(|n| holders(n, new.id()).1 == 2),
-        )
-        .await;
-        host.remove_key(old.id()).await.unwrap();
-        wait_for(
-            "the old key gone from both",
-            Duration::from_secs(20),
-            || [&caller, &host].iter().all(|n| holders(n, old.id()).0 == 0),
-        )
-        .await;
+        rotate_key(&host, &[&caller, &host], &old, &new).await;
         old = new;
     }
     tokio::time::sleep(Duration::from_millis(300)).await;

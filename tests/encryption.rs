@@ -575,21 +575,8 @@ async fn calls_under_load_pass_through_key_rotations_unharmed() {
     let mut old = k1;
     for round in 0..3 {
         let new = SecretKey::generate();
-        nodes[round].install_key(new.clone()).await.unwrap();
-        wait_for("the new key everywhere", Duration::from_secs(20), || {
-            nodes.iter().all(|n| holders(n, new.id()).0 == 3)
-        })
-        .await;
-        nodes[round].use_key(new.id()).await.unwrap();
-        wait_for("the new key primary", Duration::from_secs(20), || {
-            nodes.iter().all(|n| holders(n, new.id()).1 == 3)
-        })
-        .await;
-        nodes[round].remove_key(old.id()).await.unwrap();
-        wait_for("the old key gone", Duration::from_secs(20), || {
-            nodes.iter().all(|n| holders(n, old.id()).0 == 0)
-        })
-        .await;
+        let all: Vec<&Node> = nodes.iter().collect();
+        rotate_key(&nodes[round], &all, &old, &new).await;
         old = new;
     }
     settle(Duration::from_millis(500)).await;

@@ -131,3 +131,31 @@ pub fn holders(node: &Node, id: tribe::KeyId) -> (usize, usize) {
         .map(|k| (k.installed_on.len(), k.primary_on.len()))
         .unwrap_or((0, 0))
 }
+
+/// Rotates the tribe's key the way an operator would: `by` installs `new`,
+/// makes it primary once every node in `nodes` holds it, and removes `old`
+/// once every node uses `new`; returns when no node holds `old` any more.
+pub async fn rotate_key(
+    by: &Node,
+    nodes: &[&Node],
+    old: &tribe::SecretKey,
+    new: &tribe::SecretKey,
+) {
+    let n = nodes.len();
+    let limit = Duration::from_secs(20);
+    by.install_key(new.clone()).await.unwrap();
+    wait_for("the new key everywhere", limit, || {
+        nodes.iter().all(|x| holders(x, new.id()).0 == n)
+    })
+    .await;
+    by.use_key(new.id()).await.unwrap();
+    wait_for("the new key primary everywhere", limit, || {
+        nodes.iter().all(|x| holders(x, new.id()).1 == n)
+    })
+    .await;
+    by.remove_key(old.id()).await.unwrap();
+    wait_for("the old key gone everywhere", limit, || {
+        nodes.iter().all(|x| holders(x, old.id()).0 == 0)
+    })
+    .await;
+}

@@ -417,7 +417,34 @@ mod tests {
     use super::super::super::RpcLimits;
     use super::*;
     use crate::stream::{self, Security};
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncWriteExt, DuplexStream};
+    use tokio::task::JoinHandle;
+
+    /// A plaintext RPC stream over an in-memory pipe, served by `server`:
+    /// the peer's end, its sealer and opener, and the serving task.
+    async fn serve_duplex(
+        server: &Arc<Server>,
+    ) -> (DuplexStream, Sealer, Opener, JoinHandle<()>) {
+        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
+        let plain = Security::plaintext("t");
+        let (accepted, connected) =
+            tokio::join!(stream::accept(&mut ours, &plain, 1 << 20), async {
+                let (mut sealer, opener) = stream::connect(&mut theirs, &plain, 1 << 20).await?;
+                sealer
+                    .write_frame(&mut theirs, &[crate::wire::CHANNEL_RPC])
+                    .await?;
+                Ok::<_, stream::StreamError>((sealer, opener))
+            });
+        let (sealer, mut opener) = accepted.unwrap();
+        let (peer_sealer, peer_opener) = connected.unwrap();
+        assert_eq!(
+            opener.read_frame(&mut ours).await.unwrap().as_deref(),
+            Some(&[crate::wire::CHANNEL_RPC][..])
+        );
+        let (r, w) = tokio::io::split(ours);
+        let serving = tokio::spawn(server.clone().serve_stream(r, w, sealer, opener));
+        (theirs, peer_sealer, peer_opener, serving)
+    }
 
     /// A peer that asks for more than the pipe holds, never reads, and then
     /// ends its side: the server ends the stream after a grace period
@@ -433,24 +460,7 @@ mod tests {
             Box::new(|_| true),
         ));
         server.hold_artifact([7; 32], Arc::new(vec![1; MAX_CHUNK as usize]));
-        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
-        let plain = Security::plaintext("t");
-        let (accepted, connected) =
-            tokio::join!(stream::accept(&mut ours, &plain, 1 << 20), async {
-                let (mut sealer, opener) = stream::connect(&mut theirs, &plain, 1 << 20).await?;
-                sealer
-                    .write_frame(&mut theirs, &[crate::wire::CHANNEL_RPC])
-                    .await?;
-                Ok::<_, stream::StreamError>((sealer, opener))
-            });
-        let (sealer, mut opener) = accepted.unwrap();
-        let (mut peer_sealer, _) = connected.unwrap();
-        assert_eq!(
-            opener.read_frame(&mut ours).await.unwrap().as_deref(),
-            Some(&[crate::wire::CHANNEL_RPC][..])
-        );
-        let (r, w) = tokio::io::split(ours);
-        let serving = tokio::spawn(server.clone().serve_stream(r, w, sealer, opener));
+        let (mut theirs, mut peer_sealer, _, serving) = serve_duplex(&server).await;
         for id in 1..=8 {
             let fetch = RpcMsg::Fetch {
                 id,
@@ -496,21 +506,7 @@ mod tests {
             crate::records::PluginKind::Processor,
             Serving::Future(handler),
         );
-        let (mut ours, mut theirs) = tokio::io::duplex(64 * 1024);
-        let plain = Security::plaintext("t");
-        let (accepted, connected) =
-            tokio::join!(stream::accept(&mut ours, &plain, 1 << 20), async {
-                let (mut sealer, opener) = stream::connect(&mut theirs, &plain, 1 << 20).await?;
-                sealer
-                    .write_frame(&mut theirs, &[crate::wire::CHANNEL_RPC])
-                    .await?;
-                Ok::<_, stream::StreamError>((sealer, opener))
-            });
-        let (sealer, mut opener) = accepted.unwrap();
-        let (mut peer_sealer, mut peer_opener) = connected.unwrap();
-        opener.read_frame(&mut ours).await.unwrap();
-        let (r, w) = tokio::io::split(ours);
-        tokio::spawn(server.clone().serve_stream(r, w, sealer, opener));
+        let (mut theirs, mut peer_sealer, mut peer_opener, _serving) = serve_duplex(&server).await;
         let call = RpcMsg::Call {
             id: 9,
             caller: "c".into(),
