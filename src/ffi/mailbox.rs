@@ -1,7 +1,10 @@
 //! The queue between the node's runtime and the host: node events, incoming
 //! calls and finished asynchronous calls wait here until the host takes
 //! them on its own thread. An eventfd is readable exactly while something
-//! waits (or once the node has stopped), so the host can poll it.
+//! waits (or once the node has stopped), so the host can poll it. Both
+//! wake-ups cost a system call, so each is made only when someone can be
+//! woken: the condvar only while a thread waits on it, the eventfd only
+//! once the host has asked for it.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -31,6 +34,10 @@ struct State<T> {
     droppable: usize,
     closed: bool,
     dropped: u64,
+    /// Threads waiting on the condvar.
+    waiters: usize,
+    /// Whether the host has the eventfd, so it must follow the queue.
+    fd_live: bool,
 }
 
 /// What a wait ended with.
@@ -48,6 +55,8 @@ impl<T> Mailbox<T> {
                 droppable: 0,
                 closed: false,
                 dropped: 0,
+                waiters: 0,
+                fd_live: false,
             }),
             ready: Condvar::new(),
             fd: EventFd::new()?,
@@ -72,12 +81,15 @@ impl<T> Mailbox<T> {
             }
             state.droppable += 1;
         }
-        if state.items.is_empty() {
+        if state.items.is_empty() && state.fd_live {
             self.fd.raise();
         }
         state.items.push_back(item);
+        let waiting = state.waiters > 0;
         drop(state);
-        self.ready.notify_one();
+        if waiting {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -96,7 +108,7 @@ impl<T> Mailbox<T> {
                 if droppable(&item) {
                     state.droppable -= 1;
                 }
-                if state.items.is_empty() && !state.closed {
+                if state.items.is_empty() && !state.closed && state.fd_live {
                     self.fd.lower();
                 }
                 return Taken::Item(item);
@@ -106,18 +118,22 @@ impl<T> Mailbox<T> {
             }
             match deadline {
                 None => {
+                    state.waiters += 1;
                     state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
+                    state.waiters -= 1;
                 }
                 Some(deadline) => {
                     let now = Instant::now();
                     if now >= deadline {
                         return Taken::Empty;
                     }
+                    state.waiters += 1;
                     state = self
                         .ready
                         .wait_timeout(state, deadline - now)
                         .unwrap_or_else(|p| p.into_inner())
                         .0;
+                    state.waiters -= 1;
                 }
             }
         }
@@ -150,7 +166,7 @@ impl<T> Mailbox<T> {
                 }
                 taken.push(item);
             }
-            if state.items.is_empty() && !state.closed {
+            if state.items.is_empty() && !state.closed && state.fd_live {
                 self.fd.lower();
             }
         }
@@ -171,7 +187,16 @@ impl<T> Mailbox<T> {
         self.lock().dropped
     }
 
+    /// The eventfd, which follows the queue from the first time it is asked
+    /// for: raised now if items wait or the mailbox is closed.
     pub(super) fn fd(&self) -> std::ffi::c_int {
+        let mut state = self.lock();
+        if !state.fd_live {
+            state.fd_live = true;
+            if !state.items.is_empty() || state.closed {
+                self.fd.raise();
+            }
+        }
         self.fd.0.as_raw_fd()
     }
 }
@@ -272,5 +297,48 @@ mod tests {
         assert_eq!(m.lock().droppable, 0);
         assert!(matches!(m.take_many(None, 10, |_| true), Taken::Closed));
         assert!(readable(&m), "a closed mailbox stays readable");
+    }
+
+    #[test]
+    fn the_fd_follows_the_queue_from_when_it_is_first_asked_for() {
+        let m = Mailbox::new().unwrap();
+        assert!(m.push(1, Class::Kept).is_ok());
+        assert!(readable(&m), "an item queued before the fd was asked for");
+        assert!(matches!(m.take(None, |_| false), Taken::Item(1)));
+        assert!(!readable(&m));
+        assert!(m.push(2, Class::Kept).is_ok());
+        assert!(readable(&m));
+        let late = Mailbox::<u32>::new().unwrap();
+        late.close();
+        assert!(
+            readable(&late),
+            "a mailbox closed before the fd was asked for"
+        );
+    }
+
+    #[test]
+    fn a_push_wakes_each_waiting_taker() {
+        let m = std::sync::Arc::new(Mailbox::new().unwrap());
+        let takers: Vec<_> = (0..3)
+            .map(|_| {
+                let m = m.clone();
+                std::thread::spawn(
+                    move || match m.take(Some(Duration::from_secs(20)), |_| false) {
+                        Taken::Item(i) => i,
+                        _ => panic!("no item within 20 s"),
+                    },
+                )
+            })
+            .collect();
+        while m.lock().waiters < 3 {
+            std::thread::yield_now();
+        }
+        for i in 0..3 {
+            assert!(m.push(i, Class::Kept).is_ok());
+        }
+        let mut got: Vec<u32> = takers.into_iter().map(|t| t.join().unwrap()).collect();
+        got.sort();
+        assert_eq!(got, vec![0, 1, 2]);
+        assert_eq!(m.lock().waiters, 0);
     }
 }
