@@ -277,6 +277,8 @@ struct Row {
     first_error: Option<String>,
     /// CPU seconds the process used from the end of the warm-up on.
     cpu: Option<f64>,
+    /// Context switches of the process's threads over the same time.
+    switches: Option<u64>,
 }
 
 impl Row {
@@ -288,6 +290,12 @@ impl Row {
     fn cpu_us_per_call(&self) -> f64 {
         self.cpu
             .map_or(f64::NAN, |cpu| cpu * 1e6 / self.calls.max(1) as f64)
+    }
+
+    /// Context switches per call (every thread of the run).
+    fn switches_per_call(&self) -> f64 {
+        self.switches
+            .map_or(f64::NAN, |n| n as f64 / self.calls.max(1) as f64)
     }
 
     /// Payload megabytes (10^6 bytes) per second, one way.
@@ -324,6 +332,7 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
         .expect("building a latency histogram");
     tokio::time::sleep_until(warm_end.into()).await;
     let cpu_before = process_cpu_secs();
+    let switches_before = process_switches();
     let mut row_errors = 0;
     let mut first_error = None;
     let mut last = end;
@@ -352,6 +361,9 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
     let cpu = process_cpu_secs()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
+    let switches = process_switches()
+        .zip(switches_before)
+        .map(|(after, before)| after.saturating_sub(before));
     Row {
         path,
         payload: payload_len,
@@ -362,6 +374,7 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
         errors: row_errors,
         first_error,
         cpu,
+        switches,
     }
 }
 
@@ -374,6 +387,27 @@ fn process_cpu_secs() -> Option<f64> {
     let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
     // utime and stime are fields 14 and 15 of the whole line.
     Some((ticks(11)? + ticks(12)?) / 100.0)
+}
+
+/// Context switches, voluntary and not, of this process's live threads,
+/// from `/proc/self/task/*/status` (the runtime's threads live through a
+/// row, so a thread that ended meanwhile is not missed).
+fn process_switches() -> Option<u64> {
+    let mut total = 0;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            {
+                total += v.trim().parse::<u64>().ok()?;
+            }
+        }
+    }
+    Some(total)
 }
 
 fn pattern(size: usize) -> Vec<u8> {
@@ -603,9 +637,9 @@ fn main() {
 
     println!(
         "| path | payload | concurrency | calls/s | MB/s | p50 µs | p99 µs | p999 µs \
-         | calls/s vs raw TCP | CPU µs/call | errors |"
+         | calls/s vs raw TCP | CPU µs/call | switches/call | errors |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for row in &rows {
         let raw = rows
             .iter()
@@ -614,7 +648,7 @@ fn main() {
             })
             .map_or(f64::NAN, Row::calls_per_s);
         println!(
-            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.1} | {} | {} | {} | {:.2} | {} | {:.2} | {} |",
             row.path.label(),
             size_label(row.payload),
             row.concurrency,
@@ -625,6 +659,7 @@ fn main() {
             us(row.quantile_us(0.999)),
             row.calls_per_s() / raw,
             us(row.cpu_us_per_call()),
+            row.switches_per_call(),
             row.errors,
         );
     }
@@ -640,7 +675,8 @@ fn main() {
     println!(
         "MB/s = 10^6 payload bytes per second one way (the echo sends as many back). \
          CPU µs/call = CPU time of the whole process (clients and servers alike) \
-         from the end of the warm-up, per call. Errors include the warm-up."
+         from the end of the warm-up, per call; switches/call = context switches of \
+         its threads over the same time, per call. Errors include the warm-up."
     );
     for note in notes {
         println!("{note}");

@@ -7,8 +7,10 @@
  * caller not a member, so every call crosses the loopback call stream.
  * Prints markdown rows: | path | concurrency | calls/s | p50 µs | p99 µs |
  * CPU µs per call | context switches per call | errors |
- * TRIBE_BENCH_WORKERS (runtime threads per node, default 2) and
- * TRIBE_BENCH_HANDLERS (threads answering calls, default 2) vary the setup.
+ * TRIBE_BENCH_WORKERS (runtime threads per node, default 1, so that the two
+ * nodes together have as many as the single runtime of benches/rpc.rs on
+ * this 2-core machine, as in the Go benchmark) and TRIBE_BENCH_HANDLERS
+ * (threads answering calls, default 2) vary the setup.
  *
  *   calls [--quick]
  */
@@ -68,7 +70,7 @@ static void need(uint32_t rc, tribe_error *err, const char *what) {
     }
 }
 
-static unsigned worker_threads = 2; /* TRIBE_BENCH_WORKERS */
+static unsigned worker_threads = 1; /* TRIBE_BENCH_WORKERS */
 static int handler_threads = 2;      /* TRIBE_BENCH_HANDLERS */
 
 static tribe_node *start(const char *name, const char *key, const char *seed) {
