@@ -7,6 +7,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -125,6 +126,7 @@ func benchCalls(b *testing.B, p *benchPair, size, c int) {
 	var wg sync.WaitGroup
 	var failed sync.Once
 	b.ResetTimer()
+	u0 := processUsage()
 	start := time.Now()
 	for w := 0; w < c; w++ {
 		n := b.N / c
@@ -148,6 +150,7 @@ func benchCalls(b *testing.B, p *benchPair, size, c int) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	u1 := processUsage()
 	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lat {
@@ -163,4 +166,23 @@ func benchCalls(b *testing.B, p *benchPair, size, c int) {
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "calls/s")
 	b.ReportMetric(q(0.5), "p50-µs")
 	b.ReportMetric(q(0.99), "p99-µs")
+	b.ReportMetric((u1.cpuMicros-u0.cpuMicros)/float64(b.N), "cpu-µs/call")
+	b.ReportMetric(float64(u1.switches-u0.switches)/float64(b.N), "switches/call")
+}
+
+// usage is the process's CPU time and context switches (every thread, Go's
+// and libtribe's alike), which say what a call costs on a busy machine where
+// calls/s does not.
+type usage struct {
+	cpuMicros float64
+	switches  int64
+}
+
+func processUsage() usage {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return usage{}
+	}
+	micros := func(t syscall.Timeval) float64 { return float64(t.Sec)*1e6 + float64(t.Usec) }
+	return usage{micros(ru.Utime) + micros(ru.Stime), ru.Nvcsw + ru.Nivcsw}
 }
