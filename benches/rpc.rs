@@ -390,8 +390,8 @@ fn process_cpu_secs() -> Option<f64> {
 }
 
 /// Context switches, voluntary and not, of this process's live threads,
-/// from `/proc/self/task/*/status` (the runtime's threads live through a
-/// row, so a thread that ended meanwhile is not missed).
+/// from `/proc/self/task/*/status`. A thread that ends during a row takes
+/// its count with it; the runtime's threads live through every row.
 fn process_switches() -> Option<u64> {
     let mut total = 0;
     for task in std::fs::read_dir("/proc/self/task").ok()? {

@@ -573,10 +573,11 @@ async fn calls_under_load_pass_through_key_rotations_unharmed() {
         }));
     }
     let mut old = k1;
-    for round in 0..3 {
+    let all: Vec<&Node> = nodes.iter().collect();
+    // Each of the three nodes rotates once.
+    for by in &all {
         let new = SecretKey::generate();
-        let all: Vec<&Node> = nodes.iter().collect();
-        rotate_key(&nodes[round], &all, &old, &new).await;
+        rotate_key(by, &all, &old, &new).await;
         old = new;
     }
     settle(Duration::from_millis(500)).await;

@@ -116,26 +116,24 @@ impl<T> Mailbox<T> {
             if state.closed {
                 return Taken::Closed;
             }
-            match deadline {
-                None => {
-                    state.waiters += 1;
-                    state = self.ready.wait(state).unwrap_or_else(|p| p.into_inner());
-                    state.waiters -= 1;
-                }
-                Some(deadline) => {
-                    let now = Instant::now();
-                    if now >= deadline {
-                        return Taken::Empty;
-                    }
-                    state.waiters += 1;
-                    state = self
-                        .ready
-                        .wait_timeout(state, deadline - now)
+            let left = match deadline {
+                None => None,
+                Some(deadline) => match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => Some(left),
+                    _ => return Taken::Empty,
+                },
+            };
+            state.waiters += 1;
+            state = match left {
+                None => self.ready.wait(state).unwrap_or_else(|p| p.into_inner()),
+                Some(left) => {
+                    self.ready
+                        .wait_timeout(state, left)
                         .unwrap_or_else(|p| p.into_inner())
-                        .0;
-                    state.waiters -= 1;
+                        .0
                 }
-            }
+            };
+            state.waiters -= 1;
         }
     }
 
