@@ -25,6 +25,19 @@
 //! with: 100 B payloads at concurrency 1 and 16. `--large` keeps the 64 KiB
 //! rows, for profiling the large-payload path.
 //!
+//! Apart, the host and the caller run in two processes, as two daemons of a
+//! tribe would, each with one tokio worker (`TRIBE_BENCH_WORKERS`):
+//! `--host` starts the host alone, prints "ADDRESS PID" and serves until its
+//! standard input ends; `--caller ADDRESS PID` runs the 100 B rows at
+//! concurrency 1 and 16 against it, with the CPU and switch columns over
+//! both processes. `TRIBE_BENCH_KEY` (a key of `tribe keygen`) seals both,
+//! and the rows are then `rpc sealed`.
+//!
+//! ```text
+//! cargo bench --bench rpc -- --host
+//! cargo bench --bench rpc -- --caller ADDRESS PID [--quick]
+//! ```
+//!
 //! Logs go to stderr (`RUST_LOG`, default `warn`), progress too; the table
 //! goes to stdout.
 
@@ -40,7 +53,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 use tribe::{CallTarget, Config, Keyring, Node, PluginKind, Profile, SecretKey};
 
-const USAGE: &str = "usage: rpc [--quick] [--small | --large]";
+const USAGE: &str =
+    "usage: rpc [--quick] [--small | --large] | rpc --host | rpc --caller ADDRESS PID [--quick]";
 const PAYLOADS: [usize; 2] = [100, 64 * 1024];
 const CONCURRENCY: [usize; 3] = [1, 16, 256];
 const TRIBE: &str = "bench";
@@ -378,10 +392,30 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
     }
 }
 
+/// The host's process in a run apart: its CPU and switches count too.
+static HOST_PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+
+/// The processes a row's CPU and switches cover.
+fn measured_procs() -> Vec<String> {
+    let mut procs = vec!["self".to_string()];
+    procs.extend(HOST_PID.get().map(u32::to_string));
+    procs
+}
+
 /// CPU time of this whole process (every thread: clients, both nodes, the
-/// raw echo), from `/proc/self/stat`, in seconds (10 ms ticks).
+/// raw echo) and of the host's apart, in seconds (10 ms ticks).
 fn process_cpu_secs() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    measured_procs().iter().map(|p| proc_cpu_secs(p)).sum()
+}
+
+/// Context switches of this process's live threads and the host's apart.
+fn process_switches() -> Option<u64> {
+    measured_procs().iter().map(|p| proc_switches(p)).sum()
+}
+
+/// CPU time of process `pid` (or `self`), from `/proc/PID/stat`.
+fn proc_cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // Fields after the command name, which ends with the last ')'.
     let fields: Vec<&str> = stat.get(stat.rfind(')')? + 2..)?.split(' ').collect();
     let ticks = |i: usize| fields.get(i)?.parse::<f64>().ok();
@@ -389,12 +423,13 @@ fn process_cpu_secs() -> Option<f64> {
     Some((ticks(11)? + ticks(12)?) / 100.0)
 }
 
-/// Context switches, voluntary and not, of this process's live threads,
-/// from `/proc/self/task/*/status`. A thread that ends during a row takes
-/// its count with it; the runtime's threads live through every row.
-fn process_switches() -> Option<u64> {
+/// Context switches, voluntary and not, of the live threads of process
+/// `pid` (or `self`), from `/proc/PID/task/*/status`. A thread that ends
+/// during a row takes its count with it; the runtime's threads live
+/// through every row.
+fn proc_switches(pid: &str) -> Option<u64> {
     let mut total = 0;
-    for task in std::fs::read_dir("/proc/self/task").ok()? {
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
         let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
             continue;
         };
@@ -447,9 +482,7 @@ struct Pair {
 }
 
 async fn start_pair(tag: &str, key: Option<&SecretKey>) -> Pair {
-    let host = Node::start(node_config(format!("{tag}-host"), None, key))
-        .await
-        .expect("setup: starting the host node");
+    let host = start_host(tag, key).await;
     let caller = Node::start(node_config(format!("{tag}-caller"), Some(host.addr()), key))
         .await
         .expect("setup: starting the caller node");
@@ -457,6 +490,16 @@ async fn start_pair(tag: &str, key: Option<&SecretKey>) -> Pair {
         host.members_alive() == 2 && caller.members_alive() == 2
     })
     .await;
+    let host_name = host.name().to_string();
+    see_endpoint(tag, &caller, &host_name).await;
+    Pair { host, caller }
+}
+
+/// A node serving `echo` in tribe `bench`, which it made and joined.
+async fn start_host(tag: &str, key: Option<&SecretKey>) -> Node {
+    let host = Node::start(node_config(format!("{tag}-host"), None, key))
+        .await
+        .expect("setup: starting the host node");
     host.create_tribe(TRIBE)
         .await
         .expect("setup: creating the bench tribe");
@@ -471,7 +514,12 @@ async fn start_pair(tag: &str, key: Option<&SecretKey>) -> Pair {
     )
     .await
     .expect("setup: serving echo on the host");
-    let host_name = host.name().to_string();
+    host
+}
+
+/// Waits until `caller` sees `host_name` serve `echo` in tribe `bench`, and
+/// makes a first call, which opens the pooled stream.
+async fn see_endpoint(tag: &str, caller: &Node, host_name: &str) {
     wait_until(&format!("{tag}: the caller sees the endpoint"), || {
         let serves = caller
             .members()
@@ -479,7 +527,7 @@ async fn start_pair(tag: &str, key: Option<&SecretKey>) -> Pair {
             .any(|m| m.name == host_name && m.endpoints.iter().any(|e| e.name == PLUGIN));
         let tribe_ok = caller
             .tribe(TRIBE)
-            .is_some_and(|t| t.members == vec![host_name.clone()]);
+            .is_some_and(|t| t.members == [host_name]);
         serves && tribe_ok
     })
     .await;
@@ -489,7 +537,6 @@ async fn start_pair(tag: &str, key: Option<&SecretKey>) -> Pair {
         .await
         .expect("setup: a first call through the tribe");
     assert_eq!(reply, b"hello", "setup: echo must return the payload");
-    Pair { host, caller }
 }
 
 fn size_label(size: usize) -> String {
@@ -521,6 +568,16 @@ fn rss_mib() -> Option<u64> {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    match args.first().map(String::as_str) {
+        Some("--host") if args.len() == 1 => return apart_host(),
+        Some("--caller") => return apart_caller(&args[1..]),
+        Some("--host") => usage_exit(),
+        _ => {}
+    }
     let flags = common::flags(USAGE, &["--quick", "--small", "--large"]);
     let quick = flags.contains("--quick");
     let (payloads, concurrency): (&[usize], &[usize]) = if flags.contains("--small") {
@@ -635,12 +692,38 @@ fn main() {
     // Raw echo connections and stream tasks may linger; do not wait for them.
     rt.shutdown_timeout(Duration::from_secs(1));
 
+    print_rows(&rows);
+    println!(
+        "\n{} run on {cores} cores ({}), tokio workers {cores}; {:.1} s measured + {:.1} s \
+         warm-up per row; total wall time {:.1} s.",
+        if quick { "--quick" } else { "full" },
+        common::cpu_model(),
+        timing.window.as_secs_f64(),
+        timing.warm.as_secs_f64(),
+        begun.elapsed().as_secs_f64(),
+    );
+    println!(
+        "MB/s = 10^6 payload bytes per second one way (the echo sends as many back). \
+         CPU µs/call = CPU time of the whole process (clients and servers alike) \
+         from the end of the warm-up, per call; switches/call = context switches of \
+         its threads over the same time, per call. Errors include the warm-up."
+    );
+    for note in notes {
+        println!("{note}");
+    }
+    targets(&rows, if quick { 100 } else { 500 });
+    print_first_errors(&rows);
+}
+
+/// The table of rows; the raw TCP column is empty for rows without a raw
+/// row of the same size and concurrency.
+fn print_rows(rows: &[Row]) {
     println!(
         "| path | payload | concurrency | calls/s | MB/s | p50 µs | p99 µs | p999 µs \
          | calls/s vs raw TCP | CPU µs/call | switches/call | errors |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for row in &rows {
+    for row in rows {
         let raw = rows
             .iter()
             .find(|r| {
@@ -663,25 +746,9 @@ fn main() {
             row.errors,
         );
     }
-    println!(
-        "\n{} run on {cores} cores ({}), tokio workers {cores}; {:.1} s measured + {:.1} s \
-         warm-up per row; total wall time {:.1} s.",
-        if quick { "--quick" } else { "full" },
-        common::cpu_model(),
-        timing.window.as_secs_f64(),
-        timing.warm.as_secs_f64(),
-        begun.elapsed().as_secs_f64(),
-    );
-    println!(
-        "MB/s = 10^6 payload bytes per second one way (the echo sends as many back). \
-         CPU µs/call = CPU time of the whole process (clients and servers alike) \
-         from the end of the warm-up, per call; switches/call = context switches of \
-         its threads over the same time, per call. Errors include the warm-up."
-    );
-    for note in notes {
-        println!("{note}");
-    }
-    targets(&rows, if quick { 100 } else { 500 });
+}
+
+fn print_first_errors(rows: &[Row]) {
     for row in rows.iter().filter(|r| r.first_error.is_some()) {
         println!(
             "first error of {} {} x{}: {}",
@@ -762,4 +829,110 @@ fn targets(rows: &[Row], seal_ms: u64) {
             );
         }
     }
+}
+
+fn usage_exit() -> ! {
+    eprintln!("{USAGE}");
+    std::process::exit(2);
+}
+
+/// The key of a run apart (`TRIBE_BENCH_KEY`), if it is sealed.
+fn apart_key() -> Option<SecretKey> {
+    let text = std::env::var("TRIBE_BENCH_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())?;
+    match SecretKey::from_base64(text.trim()) {
+        Ok(key) => Some(key),
+        Err(e) => {
+            eprintln!("TRIBE_BENCH_KEY: {e}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// A runtime with `TRIBE_BENCH_WORKERS` workers (default 1): one process of
+/// a run apart, as small as one node of the run in one process.
+fn apart_runtime() -> tokio::runtime::Runtime {
+    let workers = std::env::var("TRIBE_BENCH_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|&w: &usize| w > 0)
+        .unwrap_or(1);
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .expect("setup: building the tokio runtime")
+}
+
+/// The host of a run apart: serves until standard input ends.
+fn apart_host() {
+    let key = apart_key();
+    let rt = apart_runtime();
+    rt.block_on(async {
+        let host = start_host("bench", key.as_ref()).await;
+        println!("{} {}", host.addr(), std::process::id());
+        let _ = tokio::task::spawn_blocking(|| {
+            std::io::copy(&mut std::io::stdin(), &mut std::io::sink())
+        })
+        .await;
+        let _ = tokio::time::timeout(SHUTDOWN_LIMIT, host.shutdown()).await;
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+}
+
+/// The caller of a run apart: the 100 B rows at concurrency 1 and 16
+/// against the host at ADDRESS, whose process PID is measured too.
+fn apart_caller(args: &[String]) {
+    let quick = args.len() == 3 && args[2] == "--quick";
+    if args.len() != 2 && !quick {
+        usage_exit();
+    }
+    let (Ok(addr), Ok(pid)) = (args[0].parse::<SocketAddr>(), args[1].parse::<u32>()) else {
+        usage_exit();
+    };
+    let _ = HOST_PID.set(pid);
+    let key = apart_key();
+    let path = if key.is_some() {
+        Path::Sealed
+    } else {
+        Path::Plaintext
+    };
+    let timing = if quick {
+        Timing {
+            warm: Duration::from_millis(100),
+            window: Duration::from_millis(500),
+        }
+    } else {
+        Timing {
+            warm: Duration::from_millis(500),
+            window: Duration::from_secs(3),
+        }
+    };
+    let rt = apart_runtime();
+    let rows = rt.block_on(async {
+        let caller = Node::start(node_config("bench-caller".into(), Some(addr), key.as_ref()))
+            .await
+            .expect("setup: starting the caller node");
+        see_endpoint("apart", &caller, "bench-host").await;
+        let mut rows = Vec::new();
+        for c in [1, 16] {
+            let clients = (0..c)
+                .map(|_| Client::Rpc {
+                    node: caller.clone(),
+                    target: target(),
+                })
+                .collect();
+            rows.push(run_row(path, PAYLOADS[0], clients, &timing).await);
+        }
+        let _ = tokio::time::timeout(SHUTDOWN_LIMIT, caller.shutdown()).await;
+        rows
+    });
+    rt.shutdown_timeout(Duration::from_secs(1));
+    print_rows(&rows);
+    println!(
+        "\napart: caller and host in two processes, tokio workers per process as \
+         TRIBE_BENCH_WORKERS (default 1); CPU µs/call and switches/call cover both."
+    );
+    print_first_errors(&rows);
 }

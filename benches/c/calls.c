@@ -12,7 +12,16 @@
  * this 2-core machine, as in the Go benchmark) and TRIBE_BENCH_HANDLERS
  * (threads answering calls, default 2) vary the setup.
  *
+ * Apart, the two nodes run in two processes, as two daemons of a tribe
+ * would: `--host` starts the host alone, prints "ADDRESS PID" and serves
+ * until its standard input ends; `--caller ADDRESS PID` runs the rows
+ * against it, and its CPU and switch columns then cover both processes.
+ * TRIBE_BENCH_KEY (a key of `tribe keygen`) seals both; the label says
+ * "sealed" when it is set.
+ *
  *   calls [--quick]
+ *   calls --host
+ *   calls --caller ADDRESS PID [--quick]
  */
 #define _POSIX_C_SOURCE 200809L
 #include <stdlib.h>
@@ -23,7 +32,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/resource.h>
+#include <sys/types.h>
+#include <unistd.h>
 #include <time.h>
 
 #include "tribe.h"
@@ -45,12 +57,62 @@ typedef struct {
     long switches;
 } usage;
 
+/* The host process of a run apart (0: the host is in this process). */
+static pid_t host_pid = 0;
+
+/* CPU (in clock ticks, so coarser than getrusage) and context switches of
+ * every thread of another process, from /proc. */
+static usage proc_usage(pid_t pid) {
+    usage u = {0, 0};
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "r");
+    if (f) {
+        char buf[1024];
+        size_t n = fread(buf, 1, sizeof buf - 1, f);
+        buf[n] = 0;
+        fclose(f);
+        /* Fields after the command name, which ends at the last ')'. */
+        char *p = strrchr(buf, ')');
+        unsigned long utime = 0, stime = 0;
+        if (p && sscanf(p + 2, "%*c %*d %*d %*d %*d %*d %*u %*u %*u %*u %*u %lu %lu", &utime,
+                        &stime) == 2)
+            u.cpu_us = (double)(utime + stime) * 1e6 / (double)sysconf(_SC_CLK_TCK);
+    }
+    snprintf(path, sizeof path, "/proc/%d/task", (int)pid);
+    DIR *d = opendir(path);
+    if (!d) return u;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (e->d_name[0] == '.') continue;
+        char status[320], line[256];
+        snprintf(status, sizeof status, "/proc/%d/task/%s/status", (int)pid, e->d_name);
+        FILE *t = fopen(status, "r");
+        if (!t) continue;
+        while (fgets(line, sizeof line, t)) {
+            long v = 0;
+            if (sscanf(line, "voluntary_ctxt_switches: %ld", &v) == 1 ||
+                sscanf(line, "nonvoluntary_ctxt_switches: %ld", &v) == 1)
+                u.switches += v;
+        }
+        fclose(t);
+    }
+    closedir(d);
+    return u;
+}
+
 static usage usage_now(void) {
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);
-    return (usage){(double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
-                       (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec),
-                   ru.ru_nvcsw + ru.ru_nivcsw};
+    usage u = {(double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) * 1e6 +
+                   (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec),
+               ru.ru_nvcsw + ru.ru_nivcsw};
+    if (host_pid > 0) {
+        usage h = proc_usage(host_pid);
+        u.cpu_us += h.cpu_us;
+        u.switches += h.switches;
+    }
+    return u;
 }
 
 static void print_row(const char *label, int c, size_t calls, size_t all_calls, double window,
@@ -263,18 +325,29 @@ static bool endpoint_seen(tribe_node *caller) {
     return in;
 }
 
-static void pair(const char *label, const char *key, double warm, double window) {
-    char host_name[32], caller_name[32];
-    snprintf(host_name, sizeof host_name, "bench-host-%s", key ? "s" : "p");
-    snprintf(caller_name, sizeof caller_name, "bench-caller-%s", key ? "s" : "p");
-    tribe_node *host = start(host_name, key, NULL);
-    tribe_node *caller = start(caller_name, key, tribe_node_addr(host));
+/* The host of tribe "bench", serving echo on handler_threads threads. */
+static tribe_node *start_host(const char *name, const char *key, pthread_t *handlers) {
+    tribe_node *host = start(name, key, NULL);
     tribe_error *err = NULL;
     need(tribe_node_create_tribe(host, "bench", &err), err, "create");
     need(tribe_node_join(host, "bench", NULL, &err), err, "join");
     need(tribe_node_serve(host, "echo", "1", TRIBE_KIND_PROCESSOR, &err), err, "serve");
-    pthread_t handlers[8], drainer;
     for (int i = 0; i < handler_threads; i++) pthread_create(&handlers[i], NULL, serve, host);
+    return host;
+}
+
+static void stop_host(tribe_node *host, pthread_t *handlers) {
+    tribe_node_shutdown(host, NULL);
+    for (int i = 0; i < handler_threads; i++) pthread_join(handlers[i], NULL);
+    tribe_node_free(host);
+}
+
+/* The four rows of a caller node joined to the host at `seed`. */
+static void calls_from(const char *label, const char *name, const char *key, const char *seed,
+                       double warm, double window) {
+    tribe_node *caller = start(name, key, seed);
+    pthread_t drainer;
+    atomic_store(&draining, true);
     pthread_create(&drainer, NULL, drain, caller);
     double limit = now_s() + 30;
     while (!endpoint_seen(caller)) {
@@ -288,20 +361,55 @@ static void pair(const char *label, const char *key, double warm, double window)
     pthread_join(drainer, NULL);
     row_async(label, caller, 1, warm, window);
     row_async(label, caller, 16, warm, window);
-    atomic_store(&draining, true);
     tribe_node_shutdown(caller, NULL);
-    tribe_node_shutdown(host, NULL);
-    for (int i = 0; i < handler_threads; i++) pthread_join(handlers[i], NULL);
     tribe_node_free(caller);
-    tribe_node_free(host);
+}
+
+static void pair(const char *label, const char *key, double warm, double window) {
+    char host_name[32], caller_name[32];
+    snprintf(host_name, sizeof host_name, "bench-host-%s", key ? "s" : "p");
+    snprintf(caller_name, sizeof caller_name, "bench-caller-%s", key ? "s" : "p");
+    pthread_t handlers[8];
+    tribe_node *host = start_host(host_name, key, handlers);
+    calls_from(label, caller_name, key, tribe_node_addr(host), warm, window);
+    stop_host(host, handlers);
+}
+
+/* A host alone, for a caller in another process: serves until stdin ends. */
+static int host_apart(const char *key) {
+    pthread_t handlers[8];
+    tribe_node *host = start_host("bench-host", key, handlers);
+    printf("%s %d\n", tribe_node_addr(host), (int)getpid());
+    fflush(stdout);
+    char line[64];
+    while (fgets(line, sizeof line, stdin)) {}
+    stop_host(host, handlers);
+    return 0;
+}
+
+static int usage_error(void) {
+    fprintf(stderr, "usage: calls [--quick] | calls --host | calls --caller ADDRESS PID [--quick]\n");
+    return 2;
 }
 
 int main(int argc, char **argv) {
-    bool quick = argc > 1 && strcmp(argv[1], "--quick") == 0;
+    bool quick = strcmp(argv[argc - 1], "--quick") == 0 && argc > 1;
     double warm = quick ? 0.1 : 0.5, window = quick ? 0.5 : 3.0;
     if (getenv("TRIBE_BENCH_WORKERS")) worker_threads = (unsigned)atoi(getenv("TRIBE_BENCH_WORKERS"));
     if (getenv("TRIBE_BENCH_HANDLERS")) handler_threads = atoi(getenv("TRIBE_BENCH_HANDLERS"));
     if (handler_threads < 1 || handler_threads > 8) handler_threads = 2;
+    const char *shared_key = getenv("TRIBE_BENCH_KEY");
+    if (shared_key && !*shared_key) shared_key = NULL;
+    if (argc > 1 && strcmp(argv[1], "--host") == 0) return argc == 2 ? host_apart(shared_key) : usage_error();
+    if (argc > 1 && strcmp(argv[1], "--caller") == 0) {
+        if (argc != 4 + (int)quick) return usage_error();
+        host_pid = (pid_t)atoi(argv[3]);
+        if (host_pid <= 0) return usage_error();
+        calls_from(shared_key ? "C → C handler, sealed, apart" : "C → C handler, plaintext, apart",
+                   "bench-caller", shared_key, argv[2], warm, window);
+        return 0;
+    }
+    if (argc > 2 || (argc == 2 && !quick)) return usage_error();
     char *key = NULL;
     tribe_keygen(&key, NULL, NULL);
     pair("C → C handler, plaintext", NULL, warm, window);
