@@ -113,7 +113,11 @@ mod tests {
         let waited = unsafe { libc::waitpid(pid, &mut status, 0) };
         assert_eq!(waited, pid);
         assert!(libc::WIFEXITED(status));
-        assert_eq!(libc::WEXITSTATUS(status), 0, "the child saw the object as its own");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "the child saw the object as its own"
+        );
         assert!(!owner.is_elsewhere(), "the parent lost its object");
     }
 }
