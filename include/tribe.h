@@ -569,7 +569,9 @@ uint32_t tribe_node_call(const struct tribe_node *node,
  * map's lock across this call (its event thread then waits for the entry).
  * The call's first step runs on the calling thread: when a stream to the
  * chosen host is open, the request is written before this returns (a
- * write that does not block); the rest runs on the node's threads.
+ * write that does not block); a thread waiting in
+ * `tribe_node_next_event(s)` reads the answer (libtribe's own thread while
+ * none waits).
  */
 uint32_t tribe_node_call_async(const struct tribe_node *node,
                                const char *tribe,
@@ -903,7 +905,10 @@ void tribe_error_free(struct tribe_error *err);
  * out. After `tribe_node_shutdown` or `tribe_node_abort`, the events still
  * queued are handed out, then every call returns `TRIBE_SHUTTING_DOWN`
  * at once; a shutdown from another thread wakes a waiting call.
- * Blocks the calling thread up to `timeout_ms`.
+ * Blocks the calling thread up to `timeout_ms`; while it waits, the thread
+ * reads the node's incoming calls and the answers to its asynchronous
+ * calls from their sockets itself (libtribe's own thread does it while no
+ * host thread waits).
  */
 uint32_t tribe_node_next_event(const struct tribe_node *node,
                                int32_t timeout_ms,
@@ -920,7 +925,8 @@ uint32_t tribe_node_next_event(const struct tribe_node *node,
  * order (0 when the time ran out). One wake of the calling thread then
  * serves a whole burst of incoming calls or completions. After shutdown it
  * behaves as `tribe_node_next_event`: the queued events are handed out,
- * then `TRIBE_SHUTTING_DOWN`. Blocks the calling thread up to `timeout_ms`.
+ * then `TRIBE_SHUTTING_DOWN`. Blocks the calling thread up to `timeout_ms`,
+ * driving the node's call streams meanwhile as `tribe_node_next_event`.
  */
 uint32_t tribe_node_next_events(const struct tribe_node *node,
                                 int32_t timeout_ms,

@@ -724,6 +724,12 @@ impl Node {
         self.inner.rpc.counters.stats()
     }
 
+    /// Runs the call streams this node accepts on `handle` (another
+    /// runtime's), from now on.
+    pub(crate) fn set_call_executor(&self, handle: tokio::runtime::Handle) {
+        self.inner.rpc.server.set_executor(handle);
+    }
+
     /// The raw call path (server, pool, counters); for tests (feature
     /// `internals`).
     #[cfg(feature = "internals")]

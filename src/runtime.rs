@@ -825,6 +825,22 @@ async fn open_stream(
                     })),
                     Some([wire::CHANNEL_RPC]) => {
                         drop(place);
+                        if let Some(executor) = server.executor().cloned() {
+                            // Moved to the runtime where this node's call
+                            // streams run (the C ABI's host-driven one).
+                            let std = s.into_std()?;
+                            executor.spawn(async move {
+                                match TcpStream::from_std(std) {
+                                    Ok(s) => {
+                                        let (reader, writer) = s.into_split();
+                                        let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
+                                        server.serve_stream(reader, writer, sealer, opener).await;
+                                    }
+                                    Err(e) => tracing::warn!(error = %e, "a call stream could not be moved"),
+                                }
+                            });
+                            return Ok(None);
+                        }
                         let (reader, writer) = s.into_split();
                         let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
                         tokio::spawn(server.serve_stream(reader, writer, sealer, opener));

@@ -352,7 +352,9 @@ pub extern "C" fn tribe_node_call(
 /// map's lock across this call (its event thread then waits for the entry).
 /// The call's first step runs on the calling thread: when a stream to the
 /// chosen host is open, the request is written before this returns (a
-/// write that does not block); the rest runs on the node's threads.
+/// write that does not block); a thread waiting in
+/// `tribe_node_next_event(s)` reads the answer (libtribe's own thread while
+/// none waits).
 #[no_mangle]
 pub extern "C" fn tribe_node_call_async(
     node: *const TribeNode,
@@ -391,13 +393,16 @@ pub extern "C" fn tribe_node_call_async(
         // written from this thread, where a task would first wake a runtime
         // thread to write it. What is left runs as a task, whose first poll
         // registers the wakers this one could not.
+        // The call runs where the node's call streams do (see `host_io`):
+        // a host thread waiting for events reads its answer.
+        let streams = handle.host_io.handle();
         let first = {
-            let _runtime = handle.runtime().enter();
+            let _runtime = streams.enter();
             call.as_mut()
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
         if first.is_pending() {
-            let task = handle.runtime().spawn(call);
+            let task = streams.spawn(call);
             calls.attach(id, task.abort_handle());
         }
         Ok(())

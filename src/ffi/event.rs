@@ -235,7 +235,10 @@ fn borrowed(value: &Option<CString>, out: *mut *const c_char, what: &str) -> Res
 /// out. After `tribe_node_shutdown` or `tribe_node_abort`, the events still
 /// queued are handed out, then every call returns `TRIBE_SHUTTING_DOWN`
 /// at once; a shutdown from another thread wakes a waiting call.
-/// Blocks the calling thread up to `timeout_ms`.
+/// Blocks the calling thread up to `timeout_ms`; while it waits, the thread
+/// reads the node's incoming calls and the answers to its asynchronous
+/// calls from their sockets itself (libtribe's own thread does it while no
+/// host thread waits).
 #[no_mangle]
 pub extern "C" fn tribe_node_next_event(
     node: *const TribeNode,
@@ -248,9 +251,11 @@ pub extern "C" fn tribe_node_next_event(
         cast::write(out, std::ptr::null_mut());
         let node = super::node::node_handle(node)?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        match node.mailbox.take(timeout, Body::is_droppable) {
-            Taken::Item(body) => {
-                cast::write(out, cast::into_handle(TribeEvent::new(body)));
+        match node.take_events(timeout, 1) {
+            Taken::Item(bodies) => {
+                if let Some(body) = bodies.into_iter().next() {
+                    cast::write(out, cast::into_handle(TribeEvent::new(body)));
+                }
                 Ok(())
             }
             Taken::Empty => Ok(()),
@@ -268,7 +273,8 @@ pub extern "C" fn tribe_node_next_event(
 /// order (0 when the time ran out). One wake of the calling thread then
 /// serves a whole burst of incoming calls or completions. After shutdown it
 /// behaves as `tribe_node_next_event`: the queued events are handed out,
-/// then `TRIBE_SHUTTING_DOWN`. Blocks the calling thread up to `timeout_ms`.
+/// then `TRIBE_SHUTTING_DOWN`. Blocks the calling thread up to `timeout_ms`,
+/// driving the node's call streams meanwhile as `tribe_node_next_event`.
 #[no_mangle]
 pub extern "C" fn tribe_node_next_events(
     node: *const TribeNode,
@@ -287,7 +293,7 @@ pub extern "C" fn tribe_node_next_events(
         let slots = cast::out_array(out, cap, "out")?;
         let node = super::node::node_handle(node)?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        match node.mailbox.take_many(timeout, cap, Body::is_droppable) {
+        match node.take_events(timeout, cap) {
             Taken::Item(bodies) => {
                 let n = bodies.len();
                 for (slot, body) in slots.iter_mut().zip(bodies) {

@@ -26,6 +26,8 @@ pub(super) enum Class {
 pub(super) struct Mailbox<T> {
     state: Mutex<State<T>>,
     ready: Condvar,
+    /// Wakes the tasks waiting in [`Mailbox::take_many_async`].
+    arrived: tokio::sync::Notify,
     fd: EventFd,
 }
 
@@ -36,6 +38,8 @@ struct State<T> {
     dropped: u64,
     /// Threads waiting on the condvar.
     waiters: usize,
+    /// Tasks waiting for [`Mailbox::arrived`].
+    async_waiters: usize,
     /// Whether the host has the eventfd, so it must follow the queue.
     fd_live: bool,
 }
@@ -56,9 +60,11 @@ impl<T> Mailbox<T> {
                 closed: false,
                 dropped: 0,
                 waiters: 0,
+                async_waiters: 0,
                 fd_live: false,
             }),
             ready: Condvar::new(),
+            arrived: tokio::sync::Notify::new(),
             fd: EventFd::new()?,
         })
     }
@@ -86,9 +92,13 @@ impl<T> Mailbox<T> {
         }
         state.items.push_back(item);
         let waiting = state.waiters > 0;
+        let waiting_tasks = state.async_waiters > 0;
         drop(state);
         if waiting {
             self.ready.notify_one();
+        }
+        if waiting_tasks {
+            self.arrived.notify_one();
         }
         Ok(())
     }
@@ -171,6 +181,36 @@ impl<T> Mailbox<T> {
         Taken::Item(taken)
     }
 
+    /// Like [`Mailbox::take_many`] with no timeout, as a future: for a
+    /// host thread that drives the call streams while it waits.
+    pub(super) async fn take_many_async(
+        &self,
+        max: usize,
+        droppable: impl Fn(&T) -> bool,
+    ) -> Taken<Vec<T>> {
+        /// Counts the task out however the wait ends.
+        struct Waiting<'a, T>(&'a Mailbox<T>);
+        impl<T> Drop for Waiting<'_, T> {
+            fn drop(&mut self) {
+                self.0.lock().async_waiters -= 1;
+            }
+        }
+        self.lock().async_waiters += 1;
+        let _waiting = Waiting(self);
+        loop {
+            // Registered before looking, so an item pushed in between
+            // still wakes this task (a notification that finds no task
+            // waiting is kept for the next).
+            let arrived = self.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            match self.take_many(Some(Duration::ZERO), max, &droppable) {
+                Taken::Empty => arrived.await,
+                taken => return taken,
+            }
+        }
+    }
+
     /// Refuses new items and wakes every waiter; the fd stays readable.
     pub(super) fn close(&self) {
         let mut state = self.lock();
@@ -178,6 +218,7 @@ impl<T> Mailbox<T> {
         self.fd.raise();
         drop(state);
         self.ready.notify_all();
+        self.arrived.notify_waiters();
     }
 
     /// Node events dropped because the host fell behind.

@@ -34,6 +34,7 @@ mod cast;
 pub mod config;
 pub mod error;
 pub mod event;
+mod host_io;
 pub mod log;
 mod mailbox;
 pub mod node;

@@ -12,7 +12,8 @@ use super::cast;
 use super::config::TribeConfig;
 use super::error::FfiError;
 use super::event::Body;
-use super::mailbox::{Class, Mailbox};
+use super::host_io::HostIo;
+use super::mailbox::{Class, Mailbox, Taken};
 use super::owner::Owner;
 use crate::admin::json;
 use crate::{Error, KeyId, Node, SecretKey, TaskState};
@@ -26,6 +27,9 @@ pub const TRIBE_TASK_STOPPED: u32 = 2;
 pub struct TribeNode {
     pub(super) node: Node,
     runtime: Option<tokio::runtime::Runtime>,
+    /// The runtime of the node's call streams, driven by host threads that
+    /// wait for events (see `host_io`).
+    pub(super) host_io: HostIo,
     pub(super) mailbox: Arc<Mailbox<Body>>,
     name: CString,
     addr: CString,
@@ -52,6 +56,28 @@ impl TribeNode {
     /// Runs a future on the node's runtime from the host's thread.
     pub(super) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         super::log::with_sink(self.log_sink.as_ref(), || self.runtime().block_on(f))
+    }
+
+    /// Takes up to `max` events for a host thread, waiting up to `timeout`
+    /// (`None`: until one comes or the node stops). A thread that waits
+    /// drives the node's call streams meanwhile.
+    pub(super) fn take_events(
+        &self,
+        timeout: Option<std::time::Duration>,
+        max: usize,
+    ) -> Taken<Vec<Body>> {
+        if timeout == Some(std::time::Duration::ZERO) {
+            return self.mailbox.take_many(timeout, max, Body::is_droppable);
+        }
+        let wait = self.mailbox.take_many_async(max, Body::is_droppable);
+        super::log::with_sink(self.log_sink.as_ref(), || {
+            self.host_io.drive(async {
+                match timeout {
+                    None => wait.await,
+                    Some(t) => tokio::time::timeout(t, wait).await.unwrap_or(Taken::Empty),
+                }
+            })
+        })
     }
 
     /// Refuses work once the node is stopping.
@@ -81,6 +107,7 @@ impl TribeNode {
 impl Drop for TribeNode {
     fn drop(&mut self) {
         self.stop(false);
+        self.host_io.shut_down();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
         }
@@ -189,12 +216,21 @@ pub extern "C" fn tribe_node_start(
         });
         // Threads made now (workers, blocking threads of the start) take
         // the blocked mask from this thread; later ones block it themselves.
-        let (runtime, node) = with_signals_blocked(|| {
+        let sink = log_sink.clone();
+        let (runtime, host_io, node) = with_signals_blocked(|| {
+            let host_io = HostIo::new(move || {
+                block_async_signals();
+                if let Some(sink) = &sink {
+                    super::log::set_thread_sink(sink.clone());
+                }
+            })
+            .map_err(Error::from)?;
             let runtime = build_runtime(builder)?;
             let node =
                 super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
-            Ok::<_, FfiError>((runtime, node))
+            Ok::<_, FfiError>((runtime, host_io, node))
         })?;
+        node.set_call_executor(host_io.handle().clone());
         let mut events = node.events();
         let forward = mailbox.clone();
         runtime.spawn(async move {
@@ -209,6 +245,7 @@ pub extern "C" fn tribe_node_start(
             addr: CString::new(node.addr().to_string()).unwrap_or_default(),
             node,
             runtime: Some(runtime),
+            host_io,
             mailbox,
             closing: watch::channel(false).0,
             stopped: Mutex::new(false),

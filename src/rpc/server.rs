@@ -67,6 +67,8 @@ pub struct Server {
     streams: Arc<Semaphore>,
     /// Whether this node is in a tribe's live view (set by the node).
     in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
+    /// Where accepted call streams run, when not on the node's runtime.
+    executor: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
 impl Server {
@@ -90,7 +92,18 @@ impl Server {
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
             in_tribe,
+            executor: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Runs accepted call streams on `handle` from now on.
+    pub(crate) fn set_executor(&self, handle: tokio::runtime::Handle) {
+        let _ = self.executor.set(handle);
+    }
+
+    /// Where accepted call streams run, when not on the node's runtime.
+    pub(crate) fn executor(&self) -> Option<&tokio::runtime::Handle> {
+        self.executor.get()
     }
 
     /// The bounds in force.

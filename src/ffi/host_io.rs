@@ -1,0 +1,268 @@
+//! The runtime of a node's call streams, driven by the host's own threads.
+//!
+//! A call served by the host, or a completion of an asynchronous call, was
+//! read by a runtime thread and handed to the host thread waiting for
+//! events: every call woke two threads. So a node's call streams (those it
+//! accepts, and those its asynchronous calls open) run on a current-thread
+//! runtime instead, and a host thread waiting in `tribe_node_next_event(s)`
+//! drives it: it reads the requests and answers from the sockets itself,
+//! and wakes nobody.
+//!
+//! When no host thread waits (a host that polls the event fd, or one busy
+//! in a handler), the caretaker thread drives the runtime. It steps in once
+//! a whole tick has passed with no host thread entering or leaving a wait,
+//! and steps back as soon as one comes to wait.
+
+use std::future::Future;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+/// How long the runtime may go undriven after a host thread stopped
+/// waiting, before the caretaker drives it (up to two ticks).
+const TICK: Duration = Duration::from_millis(5);
+
+pub(super) struct HostIo {
+    runtime: Option<Arc<Runtime>>,
+    shared: Arc<Shared>,
+    caretaker: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Wakes the caretaker from its sleep.
+    changed: Condvar,
+    /// Tells the caretaker, while it drives, to hand the runtime over.
+    host_came: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Host threads inside [`HostIo::drive`].
+    hosts: usize,
+    /// How many times a host thread left [`HostIo::drive`].
+    exits: u64,
+    /// Whether the caretaker drives the runtime.
+    caretaker_driving: bool,
+    /// Whether the caretaker sleeps until the last host thread leaves.
+    caretaker_waits: bool,
+    stop: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl HostIo {
+    /// Builds the runtime and starts its caretaker; `on_start` runs first
+    /// on each thread either starts (signal mask, log sink).
+    pub(super) fn new(on_start: impl Fn() + Send + Sync + 'static) -> std::io::Result<HostIo> {
+        let on_start = Arc::new(on_start);
+        let runtime = Arc::new({
+            let on_start = on_start.clone();
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_start(move || on_start())
+                .build()?
+        });
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            host_came: tokio::sync::Notify::new(),
+        });
+        let caretaker = {
+            let (runtime, shared) = (runtime.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("tribe-calls".into())
+                .spawn(move || {
+                    on_start();
+                    care(&runtime, &shared);
+                })?
+        };
+        Ok(HostIo {
+            runtime: Some(runtime),
+            shared,
+            caretaker: Some(caretaker),
+        })
+    }
+
+    /// Where the call streams run.
+    pub(super) fn handle(&self) -> &tokio::runtime::Handle {
+        self.runtime().handle()
+    }
+
+    fn runtime(&self) -> &Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives until the node is freed")
+    }
+
+    /// Runs `fut` to its end on this host thread, driving the call streams
+    /// meanwhile (or, when another thread drives them, waiting for it).
+    pub(super) fn drive<F: Future>(&self, fut: F) -> F::Output {
+        /// Counts the thread out also when `fut` panics.
+        struct Inside<'a>(&'a Shared);
+        impl Drop for Inside<'_> {
+            fn drop(&mut self) {
+                let mut state = self.0.lock();
+                state.hosts -= 1;
+                state.exits += 1;
+                if state.hosts == 0 && state.caretaker_waits {
+                    state.caretaker_waits = false;
+                    drop(state);
+                    self.0.changed.notify_one();
+                }
+            }
+        }
+        let take_over = {
+            let mut state = self.shared.lock();
+            state.hosts += 1;
+            state.caretaker_driving
+        };
+        let _inside = Inside(&self.shared);
+        if take_over {
+            self.shared.host_came.notify_one();
+        }
+        self.runtime().block_on(fut)
+    }
+
+    /// Stops the caretaker and the runtime; tasks still there are dropped.
+    pub(super) fn shut_down(&mut self) {
+        self.shared.lock().stop = true;
+        self.shared.changed.notify_all();
+        self.shared.host_came.notify_one();
+        if let Some(caretaker) = self.caretaker.take() {
+            let _ = caretaker.join();
+        }
+        if let Some(runtime) = self.runtime.take().and_then(Arc::into_inner) {
+            runtime.shutdown_timeout(Duration::from_secs(2));
+        }
+    }
+}
+
+impl Drop for HostIo {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// The caretaker: drives the runtime whenever no host thread has waited
+/// for a whole tick, until one comes to wait.
+fn care(runtime: &Runtime, shared: &Shared) {
+    let mut seen = None;
+    loop {
+        let mut state = shared.lock();
+        loop {
+            if state.stop {
+                return;
+            }
+            if state.hosts > 0 {
+                // A host thread drives: sleep until the last one leaves.
+                state.caretaker_waits = true;
+                state = shared
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(|p| p.into_inner());
+                seen = None;
+                continue;
+            }
+            if seen == Some(state.exits) {
+                break;
+            }
+            // Give a host thread that just left a tick to come back.
+            seen = Some(state.exits);
+            state = shared
+                .changed
+                .wait_timeout(state, TICK)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        state.caretaker_driving = true;
+        drop(state);
+        runtime.block_on(shared.host_came.notified());
+        shared.lock().caretaker_driving = false;
+        seen = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Instant;
+
+    /// A task on the runtime makes progress with no host thread driving it.
+    #[test]
+    fn the_caretaker_drives_when_no_host_waits() {
+        let io = HostIo::new(|| {}).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        io.handle().spawn(async move {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            let _ = tx.send(());
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the task never ran");
+    }
+
+    /// A host thread that waits drives the runtime itself, also while the
+    /// caretaker drove it before; the caretaker takes over once it leaves.
+    #[test]
+    fn a_waiting_host_thread_drives_and_hands_back() {
+        let io = HostIo::new(|| {}).unwrap();
+        // Let the caretaker take the runtime first.
+        std::thread::sleep(TICK * 4);
+        let on_host = Arc::new(AtomicBool::new(false));
+        let flag = on_host.clone();
+        let host = std::thread::current().id();
+        let ran = io.drive(async move {
+            tokio::spawn(async move {
+                flag.store(std::thread::current().id() == host, Ordering::Relaxed);
+            })
+            .await
+            .is_ok()
+        });
+        assert!(ran);
+        assert!(
+            on_host.load(Ordering::Relaxed),
+            "the task ran on another thread"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        io.handle().spawn(async move {
+            let _ = tx.send(std::thread::current().id());
+        });
+        let by = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the caretaker did not take over");
+        assert_ne!(by, host);
+    }
+
+    /// Many host threads waiting at once all finish; the runtime stops
+    /// with tasks still pending on it.
+    #[test]
+    fn several_hosts_and_a_stop() {
+        let io = Arc::new(HostIo::new(|| {}).unwrap());
+        let began = Instant::now();
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let io = io.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..50 {
+                        io.drive(async move {
+                            tokio::time::sleep(Duration::from_micros(100 * i)).await
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(began.elapsed() < Duration::from_secs(10));
+        io.handle().spawn(std::future::pending::<()>());
+        let mut io = Arc::into_inner(io).unwrap();
+        io.shut_down();
+    }
+}

@@ -1,0 +1,146 @@
+/* Calls go on while no host thread waits for events. A thread that waits in
+ * tribe_node_next_event(s) reads the node's call streams itself; when none
+ * waits (a daemon that polls the event fd, or one busy elsewhere), libtribe's
+ * own thread must: asynchronous calls complete and incoming calls arrive
+ * with nobody inside libtribe, and a host that waits again takes over. */
+#include "util.h"
+
+#include <poll.h>
+
+static tribe_node *host, *caller;
+
+static bool sees_upper(void *arg) {
+    (void)arg;
+    char *json = tribe_json(caller, NULL);
+    bool ok = json && strstr(json, "\"name\":\"upper\"") != NULL;
+    tribe_string_free(json);
+    return ok;
+}
+
+/* Waits for the event fd of `n` to turn readable, without calling libtribe. */
+static bool fd_readable(tribe_node *n, int ms) {
+    struct pollfd p = {tribe_node_event_fd(n), POLLIN, 0};
+    return poll(&p, 1, ms) == 1 && (p.revents & POLLIN);
+}
+
+/* Takes what is queued without waiting: completions of calls, by id. */
+static int take_done(tribe_node *n, uint64_t *ids, int nids, const char *want) {
+    int done = 0;
+    tribe_event *evs[64];
+    size_t k = 0;
+    while (tribe_node_next_events(n, 0, evs, 64, &k, NULL) == TRIBE_OK && k > 0) {
+        for (size_t i = 0; i < k; i++) {
+            if (tribe_event_kind(evs[i]) == TRIBE_EVENT_CALL_DONE) {
+                uint64_t id = 0;
+                uint8_t *reply = NULL;
+                size_t len = 0;
+                OK(tribe_event_call_id(evs[i], &id, NULL));
+                OK(tribe_event_take_reply(evs[i], &reply, &len, NULL));
+                CHECK(len == strlen(want) && memcmp(reply, want, len) == 0);
+                tribe_bytes_free(reply, len);
+                for (int j = 0; j < nids; j++)
+                    if (ids[j] == id) {
+                        ids[j] = 0;
+                        done++;
+                    }
+            }
+            tribe_event_free(evs[i]);
+        }
+    }
+    return done;
+}
+
+/* The host's event loop: it polls the event fd and takes what is queued
+ * without ever waiting inside libtribe, answering calls in upper case. */
+static int served;
+
+static void *poll_loop(void *arg) {
+    (void)arg;
+    for (;;) {
+        fd_readable(host, 200);
+        tribe_event *evs[64];
+        size_t k = 0;
+        uint32_t rc = tribe_node_next_events(host, 0, evs, 64, &k, NULL);
+        if (rc == TRIBE_SHUTTING_DOWN) return NULL;
+        CHECK(rc == TRIBE_OK);
+        for (size_t i = 0; i < k; i++) {
+            tribe_responder *r = NULL;
+            if (tribe_event_kind(evs[i]) == TRIBE_EVENT_CALL &&
+                tribe_event_take_responder(evs[i], &r, NULL) == TRIBE_OK) {
+                size_t len = 0;
+                const uint8_t *p = tribe_responder_payload(r, &len);
+                uint8_t out[64];
+                CHECK(len <= sizeof out);
+                for (size_t j = 0; j < len; j++) out[j] = (p[j] >= 'a' && p[j] <= 'z') ? p[j] - 32 : p[j];
+                OK(tribe_responder_reply(r, out, len, NULL));
+                tribe_responder_free(r);
+                served++;
+            }
+            tribe_event_free(evs[i]);
+        }
+    }
+}
+
+int main(void) {
+    host = start_node("quiet-host", NULL, NULL, "r1");
+    caller = start_node("quiet-caller", NULL, tribe_node_addr(host), "r1");
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(host, "quiet", &err));
+    EXPECT(TRIBE_OK, tribe_node_join(host, "quiet", NULL, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(host, "upper", "1", TRIBE_KIND_PROCESSOR, &err));
+    pthread_t host_loop;
+    CHECK(pthread_create(&host_loop, NULL, poll_loop, NULL) == 0);
+    CHECK(wait_for(sees_upper, NULL, 15));
+
+    /* Nobody waits on either node: calls arrive, answers too. */
+    uint64_t ids[20];
+    for (int i = 0; i < 20; i++)
+        EXPECT(TRIBE_OK, tribe_node_call_async(caller, "quiet", "upper", NULL, TRIBE_KIND_PROCESSOR,
+                                               (const uint8_t *)"quiet", 5, 5000, &ids[i], &err));
+    int done = 0;
+    double end = now_s() + 10;
+    while (done < 20 && now_s() < end) {
+        if (!fd_readable(caller, 1000)) continue;
+        done += take_done(caller, ids, 20, "QUIET");
+    }
+    CHECK(done == 20);
+    printf("20 asynchronous calls served and completed with no thread waiting in libtribe\n");
+
+    /* A thread that waits takes over, and gives way again when it leaves. */
+    for (int round = 0; round < 3; round++) {
+        uint64_t id = 0;
+        EXPECT(TRIBE_OK, tribe_node_call_async(caller, "quiet", "upper", NULL, TRIBE_KIND_PROCESSOR,
+                                               (const uint8_t *)"again", 5, 5000, &id, &err));
+        tribe_event *ev = NULL;
+        double t0 = now_s();
+        while (!ev && now_s() - t0 < 10) {
+            EXPECT(TRIBE_OK, tribe_node_next_event(caller, 1000, &ev, &err));
+            if (ev && tribe_event_kind(ev) != TRIBE_EVENT_CALL_DONE) {
+                tribe_event_free(ev);
+                ev = NULL;
+            }
+        }
+        CHECK(ev != NULL);
+        uint8_t *reply = NULL;
+        size_t len = 0;
+        OK(tribe_event_take_reply(ev, &reply, &len, NULL));
+        CHECK(len == 5 && memcmp(reply, "AGAIN", 5) == 0);
+        tribe_bytes_free(reply, len);
+        tribe_event_free(ev);
+        uint64_t later = 0;
+        EXPECT(TRIBE_OK, tribe_node_call_async(caller, "quiet", "upper", NULL, TRIBE_KIND_PROCESSOR,
+                                               (const uint8_t *)"again", 5, 5000, &later, &err));
+        sleep_ms(100);
+        CHECK(fd_readable(caller, 5000));
+        CHECK(take_done(caller, &later, 1, "AGAIN") == 1);
+    }
+    printf("a waiting thread and libtribe's own took turns\n");
+
+    EXPECT(TRIBE_OK, tribe_node_shutdown(caller, &err));
+    EXPECT(TRIBE_OK, tribe_node_shutdown(host, &err));
+    pthread_join(host_loop, NULL);
+    CHECK(served == 26);
+    tribe_node_free(caller);
+    tribe_node_free(host);
+    printf("unattended: all checks passed\n");
+    return 0;
+}
