@@ -1,5 +1,5 @@
 /* Loopback call benchmark through the C ABI: a C caller and a C handler
- * (2 threads taking call events in bursts and replying with the payload),
+ * (a thread taking call events in bursts and replying with the payload),
  * plaintext and sealed, 100 B payloads, concurrency 1 and 16. The caller
  * runs twice: c threads each blocked in tribe_node_call, then one thread
  * keeping c calls in flight with tribe_node_call_async (rows "async"). Same topology as `cargo bench --bench rpc`: two
@@ -10,7 +10,8 @@
  * TRIBE_BENCH_WORKERS (runtime threads per node, default 1, so that the two
  * nodes together have as many as the single runtime of benches/rpc.rs on
  * this 2-core machine, as in the Go benchmark) and TRIBE_BENCH_HANDLERS
- * (threads answering calls, default 2) vary the setup.
+ * (threads answering calls, default 1: the one thread waiting for events
+ * then also reads the calls from their sockets) vary the setup.
  *
  * Apart, the two nodes run in two processes, as two daemons of a tribe
  * would: `--host` starts the host alone, prints "ADDRESS PID" and serves
@@ -133,7 +134,7 @@ static void need(uint32_t rc, tribe_error *err, const char *what) {
 }
 
 static unsigned worker_threads = 1; /* TRIBE_BENCH_WORKERS */
-static int handler_threads = 2;      /* TRIBE_BENCH_HANDLERS */
+static int handler_threads = 1;      /* TRIBE_BENCH_HANDLERS */
 
 static tribe_node *start(const char *name, const char *key, const char *seed) {
     tribe_config *cfg = NULL;
@@ -397,7 +398,7 @@ int main(int argc, char **argv) {
     double warm = quick ? 0.1 : 0.5, window = quick ? 0.5 : 3.0;
     if (getenv("TRIBE_BENCH_WORKERS")) worker_threads = (unsigned)atoi(getenv("TRIBE_BENCH_WORKERS"));
     if (getenv("TRIBE_BENCH_HANDLERS")) handler_threads = atoi(getenv("TRIBE_BENCH_HANDLERS"));
-    if (handler_threads < 1 || handler_threads > 8) handler_threads = 2;
+    if (handler_threads < 1 || handler_threads > 8) handler_threads = 1;
     const char *shared_key = getenv("TRIBE_BENCH_KEY");
     if (shared_key && !*shared_key) shared_key = NULL;
     if (argc > 1 && strcmp(argv[1], "--host") == 0) return argc == 2 ? host_apart(shared_key) : usage_error();
