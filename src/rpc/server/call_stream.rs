@@ -351,7 +351,6 @@ impl Calls {
                         let (responder, slot) = Responder::for_stream(
                             self.outbox.clone(),
                             id,
-                            self.company.clone(),
                             places,
                             server.limits.max_payload,
                             server.counters.clone(),
