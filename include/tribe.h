@@ -471,6 +471,39 @@ typedef struct tribe_node tribe_node;
  */
 typedef struct tribe_responder tribe_responder;
 
+/**
+ * What `tribe_responder_info` tells about an incoming call. Every pointer
+ * is borrowed from the responder until `tribe_responder_free`.
+ */
+typedef struct tribe_call_info {
+    /**
+     * The calling node's name.
+     */
+    const char *caller;
+    /**
+     * The tribe the call came through.
+     */
+    const char *tribe;
+    /**
+     * The plugin called.
+     */
+    const char *plugin;
+    /**
+     * The plugin version called ("" for any).
+     */
+    const char *version;
+    /**
+     * The payload (NULL when empty) and its length.
+     */
+    const uint8_t *payload;
+    size_t payload_len;
+    /**
+     * How long the caller still waited when the call arrived, in
+     * microseconds.
+     */
+    uint64_t budget_us;
+} tribe_call_info;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -599,6 +632,16 @@ uint32_t tribe_node_call_cancel(const struct tribe_node *node,
  */
 const uint8_t *tribe_responder_payload(const struct tribe_responder *r,
                                        size_t *len);
+
+/**
+ * Everything `tribe_responder_caller`, `_tribe`, `_plugin`, `_version`,
+ * `_payload` and `_budget_us` give, in one call (for bindings, where each
+ * call into C has a cost). Writes `*info`; `TRIBE_NULL_ARGUMENT` for NULL.
+ * Does not block.
+ */
+uint32_t tribe_responder_info(const struct tribe_responder *r,
+                              struct tribe_call_info *info,
+                              struct tribe_error **err);
 
 /**
  * The calling node's name. Borrowed until `tribe_responder_free`; NULL for NULL.

@@ -1,11 +1,17 @@
 package tribe
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -14,8 +20,12 @@ import (
 
 // The call benchmark: a Go caller node calls an echo handler served in Go by
 // a host node of tribe bench (the caller is not a member, so every call
-// crosses loopback TCP), as benches/rpc.rs does for Rust -> Rust. Both nodes
-// live in this process. Reported: calls/s and latency percentiles.
+// crosses loopback TCP), as benches/rpc.rs does for Rust -> Rust. In
+// BenchmarkCall both nodes live in this process; in BenchmarkCallApart the
+// host is a second process (this test binary run again as
+// TRIBE_BENCH_ROLE=host), as two Go daemons would be. Reported: calls/s,
+// latency percentiles, and the CPU time and context switches of every
+// process involved, per call.
 //
 //	go test -run '^$' -bench Call -benchtime 3s
 //
@@ -25,6 +35,26 @@ import (
 
 type benchPair struct {
 	host, caller *Node
+	// The host's process when it is not this one (BenchmarkCallApart),
+	// and the child process this benchmark started for it.
+	otherPid int
+	apart    *exec.Cmd
+	stdin    io.Closer
+}
+
+// close stops the pair: the nodes of this process abort, a host process
+// ends when its standard input closes.
+func (p *benchPair) close() {
+	if p.caller != nil {
+		p.caller.Abort()
+	}
+	if p.host != nil {
+		p.host.Abort()
+	}
+	if p.apart != nil {
+		_ = p.stdin.Close()
+		_ = p.apart.Wait()
+	}
 }
 
 var (
@@ -33,12 +63,40 @@ var (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv("TRIBE_BENCH_ROLE") == "host" {
+		os.Exit(benchHost())
+	}
 	code := m.Run()
 	for _, p := range benchPairs {
-		p.caller.Abort()
-		p.host.Abort()
+		p.close()
 	}
 	os.Exit(code)
+}
+
+// benchHost is the host process of BenchmarkCallApart: it serves echo in
+// tribe bench, prints "ADDRESS PID" and serves until its standard input
+// ends. TRIBE_BENCH_KEY seals it.
+func benchHost() int {
+	n, err := Start(Config{Name: "bench-host", Profile: "local", NoHostFacts: true,
+		Key: os.Getenv("TRIBE_BENCH_KEY"), WorkerThreads: benchThreads()})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench host:", err)
+		return 1
+	}
+	defer n.Close()
+	for _, err := range []error{
+		n.CreateTribe("bench"),
+		n.Join("bench", ""),
+		n.Serve("echo", "1", Processor, func(_ context.Context, _ CallInfo, p []byte) ([]byte, error) { return p, nil }),
+	} {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench host:", err)
+			return 1
+		}
+	}
+	fmt.Printf("%s %d\n", n.Addr(), os.Getpid())
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	return 0
 }
 
 func benchThreads() int {
@@ -96,6 +154,90 @@ func pairFor(b *testing.B, sealed bool) *benchPair {
 	return p
 }
 
+// apartPairFor starts (once per path) a host process and a caller node in
+// this process.
+func apartPairFor(b *testing.B, sealed bool) *benchPair {
+	benchMu.Lock()
+	defer benchMu.Unlock()
+	label := "apart-plain"
+	key := ""
+	if sealed {
+		label = "apart-sealed"
+		var err error
+		if key, err = Keygen(); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if p := benchPairs[label]; p != nil {
+		return p
+	}
+	if host := os.Getenv("TRIBE_BENCH_HOST"); host != "" {
+		// "ADDRESS PID" of a host started elsewhere (benches/rpc.rs --host).
+		var addr string
+		var pid int
+		if _, err := fmt.Sscan(host, &addr, &pid); err != nil {
+			b.Fatalf("TRIBE_BENCH_HOST=%q: want \"ADDRESS PID\"", host)
+		}
+		p := &benchPair{otherPid: pid}
+		p.caller = startApartCaller(b, addr, os.Getenv("TRIBE_BENCH_KEY"))
+		benchPairs[label] = p
+		return p
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), "TRIBE_BENCH_ROLE=host", "TRIBE_BENCH_KEY="+key)
+	cmd.Stderr = os.Stderr
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		b.Fatal(err)
+	}
+	p := &benchPair{apart: cmd, stdin: stdin, otherPid: cmd.Process.Pid}
+	var addr string
+	if _, err := fmt.Fscan(bufio.NewReader(stdout), &addr); err != nil {
+		_ = stdin.Close()
+		_ = cmd.Wait()
+		b.Fatalf("the host process did not start: %v", err)
+	}
+	benchPairs[label] = p
+	p.caller = startApartCaller(b, addr, key)
+	return p
+}
+
+// startApartCaller starts the caller node of a run apart and waits until
+// it sees the host's echo endpoint.
+func startApartCaller(b *testing.B, addr, key string) *Node {
+	caller, err := Start(Config{Name: "bench-apart-caller", Profile: "local", NoHostFacts: true,
+		Key: key, Seeds: []string{addr}, WorkerThreads: benchThreads()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, "the caller to see the echo endpoint", 20*time.Second, func() bool {
+		m, err := caller.Member("bench-host")
+		return err == nil && len(m.Endpoints) == 1 && inTribe(caller, "bench", "bench-host")
+	})
+	return caller
+}
+
+func BenchmarkCallApart(b *testing.B) {
+	for _, sealed := range []bool{false, true} {
+		for _, c := range []int{1, 16} {
+			path := "plaintext"
+			if sealed {
+				path = "sealed"
+			}
+			b.Run(fmt.Sprintf("%s/100B/c%d", path, c), func(b *testing.B) {
+				benchCalls(b, apartPairFor(b, sealed), 100, c)
+			})
+		}
+	}
+}
+
 func BenchmarkCall(b *testing.B) {
 	for _, sealed := range []bool{false, true} {
 		for _, size := range []int{100} {
@@ -126,7 +268,7 @@ func benchCalls(b *testing.B, p *benchPair, size, c int) {
 	var wg sync.WaitGroup
 	var failed sync.Once
 	b.ResetTimer()
-	u0 := processUsage()
+	u0 := p.usage()
 	start := time.Now()
 	for w := 0; w < c; w++ {
 		n := b.N / c
@@ -150,7 +292,7 @@ func benchCalls(b *testing.B, p *benchPair, size, c int) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
-	u1 := processUsage()
+	u1 := p.usage()
 	b.StopTimer()
 	var all []time.Duration
 	for _, l := range lat {
@@ -176,6 +318,47 @@ func benchCalls(b *testing.B, p *benchPair, size, c int) {
 type usage struct {
 	cpuMicros float64
 	switches  int64
+}
+
+// usage covers this process and the host's when it is another.
+func (p *benchPair) usage() usage {
+	u := processUsage()
+	if p.otherPid != 0 {
+		o := otherUsage(p.otherPid)
+		u.cpuMicros += o.cpuMicros
+		u.switches += o.switches
+	}
+	return u
+}
+
+// otherUsage reads another process's CPU time (/proc/PID/stat, in clock
+// ticks of 10 ms) and the context switches of all its threads.
+func otherUsage(pid int) usage {
+	var u usage
+	if stat, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil {
+		// The fields after the command name, which ends at the last ')'.
+		s := string(stat)
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+1:])
+		if len(f) > 12 {
+			ut, _ := strconv.ParseFloat(f[11], 64)
+			st, _ := strconv.ParseFloat(f[12], 64)
+			u.cpuMicros = (ut + st) * 1e4
+		}
+	}
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/status", pid))
+	for _, t := range tasks {
+		text, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(text), "\n") {
+			if strings.HasPrefix(line, "voluntary_ctxt_switches:") || strings.HasPrefix(line, "nonvoluntary_ctxt_switches:") {
+				n, _ := strconv.ParseInt(strings.TrimSpace(line[strings.IndexByte(line, ':')+1:]), 10, 64)
+				u.switches += n
+			}
+		}
+	}
+	return u
 }
 
 func processUsage() usage {

@@ -323,10 +323,16 @@ func (in *node) dispatch(ev *C.tribe_event) {
 		var r *C.tribe_responder
 		rc := C.tribe_event_take_responder(ev, &r, nil)
 		C.tribe_event_free(ev)
-		if rc == C.TRIBE_OK {
-			in.handlerWG.Add(1)
-			go in.serveCall(r)
+		if rc != C.TRIBE_OK {
+			return
 		}
+		info, payload, ok := in.callOf(r)
+		if !ok {
+			C.tribe_responder_free(r)
+			return
+		}
+		in.handlerWG.Add(1)
+		go in.serveCall(r, info, payload)
 	default:
 		var text *C.char
 		var n C.size_t
@@ -354,10 +360,27 @@ func goBytes(p *C.uint8_t, n C.size_t) []byte {
 	return C.GoBytes(unsafe.Pointer(p), C.int(n))
 }
 
+// callOf reads an incoming call's details in one crossing into C. The
+// strings are interned: the same few tribe, plugin and caller names come
+// with every call. Only the polling goroutine calls it.
+func (in *node) callOf(r *C.tribe_responder) (CallInfo, []byte, bool) {
+	var ci C.tribe_call_info
+	if C.tribe_responder_info(r, &ci, nil) != C.TRIBE_OK {
+		return CallInfo{}, nil, false
+	}
+	info := CallInfo{
+		Caller:  in.names.intern(ci.caller),
+		Tribe:   in.names.intern(ci.tribe),
+		Plugin:  in.names.intern(ci.plugin),
+		Version: in.names.intern(ci.version),
+		Budget:  time.Duration(ci.budget_us) * time.Microsecond,
+	}
+	return info, goBytes(ci.payload, ci.payload_len), true
+}
+
 // serveCall runs a handler for one incoming call and answers it.
-func (in *node) serveCall(r *C.tribe_responder) {
+func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	defer in.handlerWG.Done()
-	arrived := time.Now()
 	held := false
 	defer func() {
 		if !held {
@@ -365,15 +388,6 @@ func (in *node) serveCall(r *C.tribe_responder) {
 		}
 	}()
 	gcPoint()
-	info := CallInfo{
-		Caller:  C.GoString(C.tribe_responder_caller(r)),
-		Tribe:   C.GoString(C.tribe_responder_tribe(r)),
-		Plugin:  C.GoString(C.tribe_responder_plugin(r)),
-		Version: C.GoString(C.tribe_responder_version(r)),
-		Budget:  time.Duration(C.tribe_responder_budget_ms(r)) * time.Millisecond,
-	}
-	var n C.size_t
-	payload := goBytes(C.tribe_responder_payload(r, &n), n)
 	in.handlersMu.RLock()
 	h := in.handlers[handlerKey(info.Plugin, info.Version)]
 	in.handlersMu.RUnlock()
@@ -381,14 +395,9 @@ func (in *node) serveCall(r *C.tribe_responder) {
 		fail(r, "no_handler", fmt.Sprintf("no Go handler for %s %s", info.Plugin, info.Version))
 		return
 	}
-	timed, cancelTimed := context.WithTimeout(in.base, info.Budget)
-	ctx, cancel := context.WithCancel(timed)
-	stopWatch := watchAbandoned(r, cancel)
+	ctx := newCallCtx(in.base, info.Budget, r)
 	reply, err := runHandler(ctx, h, info, payload)
-	stopWatch()
-	expired := errors.Is(timed.Err(), context.DeadlineExceeded) && in.base.Err() == nil
-	cancel()
-	cancelTimed()
+	expired := ctx.finish()
 	gcPoint()
 	if err != nil && expired {
 		// The caller's deadline has passed (its budget is rounded down to
@@ -397,7 +406,7 @@ func (in *node) serveCall(r *C.tribe_responder) {
 		// responder would answer "unanswered". Keep it until the caller has
 		// surely given up, then free it.
 		held = true
-		time.AfterFunc(time.Until(arrived.Add(info.Budget+responderHold)), func() { C.tribe_responder_free(r) })
+		time.AfterFunc(time.Until(ctx.deadline.Add(responderHold)), func() { C.tribe_responder_free(r) })
 		return
 	}
 	if err != nil {
@@ -434,40 +443,6 @@ func runHandler(ctx context.Context, h Handler, info CallInfo, payload []byte) (
 	return h(ctx, info, payload)
 }
 
-// abandonPoll is how often a running handler's call is checked for being
-// abandoned by its caller.
-const abandonPoll = 50 * time.Millisecond
-
-// watchAbandoned cancels a handler's context once its caller gives up on
-// the call. A handler that answers within abandonPoll costs one timer; the
-// returned stop waits out a check in progress, so r stays valid for it.
-func watchAbandoned(r *C.tribe_responder, cancel context.CancelFunc) (stop func()) {
-	var mu sync.Mutex
-	stopped := false
-	var t *time.Timer
-	// Held while t is set, so the first check sees it.
-	mu.Lock()
-	defer mu.Unlock()
-	t = time.AfterFunc(abandonPoll, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if stopped {
-			return
-		}
-		if C.tribe_responder_is_abandoned(r) {
-			cancel()
-			return
-		}
-		t.Reset(abandonPoll)
-	})
-	return func() {
-		mu.Lock()
-		stopped = true
-		mu.Unlock()
-		t.Stop()
-	}
-}
-
 func fail(r *C.tribe_responder, code, message string) {
 	var cs cstrings
 	defer cs.free()
@@ -491,5 +466,33 @@ func replaceNUL(s string) string {
 			return string(b)
 		}
 	}
+	return s
+}
+
+// nameCache interns the names incoming calls carry (caller, tribe,
+// plugin, version), so that the same few names are not copied for every
+// call. Only the polling goroutine uses it.
+type nameCache map[string]string
+
+// maxNames bounds the cache; it starts over when full.
+const maxNames = 1024
+
+func (c *nameCache) intern(p *C.char) string {
+	if p == nil {
+		return ""
+	}
+	n := 0
+	for *(*byte)(unsafe.Add(unsafe.Pointer(p), n)) != 0 {
+		n++
+	}
+	b := unsafe.Slice((*byte)(unsafe.Pointer(p)), n)
+	if s, ok := (*c)[string(b)]; ok {
+		return s
+	}
+	if *c == nil || len(*c) >= maxNames {
+		*c = nameCache{}
+	}
+	s := string(b)
+	(*c)[s] = s
 	return s
 }

@@ -127,6 +127,8 @@ type node struct {
 	handlerWG  sync.WaitGroup
 
 	calls callRegistry
+	// names interns incoming calls' names (polling goroutine only).
+	names nameCache
 }
 
 // cstrings allocates C copies of Go strings and frees them together.

@@ -69,7 +69,8 @@ impl AsyncCalls {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn register(&self, id: u64) -> Result<(), FfiError> {
+    /// Registers `id`; gives how many other calls are in flight.
+    fn register(&self, id: u64) -> Result<usize, FfiError> {
         let mut p = self.lock();
         if p.closed {
             return Err(Error::ShuttingDown.into());
@@ -78,7 +79,7 @@ impl AsyncCalls {
             return Err(Error::Overloaded.into());
         }
         p.calls.insert(id, None);
-        Ok(())
+        Ok(p.calls.len() - 1)
     }
 
     fn unread(&self) -> Unread {
@@ -380,7 +381,7 @@ pub extern "C" fn tribe_node_call_async(
         let mailbox = handle.mailbox.clone();
         // The id is registered before the task exists, so a call that
         // finishes at once still finds it.
-        calls.register(id)?;
+        let company = calls.register(id)?;
         // Written before the call starts, so the host knows the id before
         // its completion can exist.
         cast::write(call_id, id);
@@ -389,12 +390,24 @@ pub extern "C" fn tribe_node_call_async(
             let result = caught(n.call(&target, payload, timeout)).await;
             registry.finish(id, &mailbox, result);
         });
-        // The call's first step runs here: a request on an open stream is
-        // written from this thread, where a task would first wake a runtime
-        // thread to write it. What is left runs as a task, whose first poll
-        // registers the wakers this one could not.
         // The call runs where the node's call streams do (see `host_io`):
         // a host thread waiting for events reads its answer.
+        if company > 0 {
+            // Other calls are in flight, so a host thread will wake for
+            // their answers anyway: the call waits for it, and a burst of
+            // calls from other threads wakes it once (a spawn each would
+            // wake it every time).
+            let streams = handle.host_io.handle().clone();
+            handle.host_io.hand_over(Box::new(move || {
+                let task = streams.spawn(call);
+                calls.attach(id, task.abort_handle());
+            }));
+            return Ok(());
+        }
+        // Alone, the call's first step runs here: its request is written
+        // from this thread, where a task would first wake a runtime thread
+        // to write it. What is left runs as a task, whose first poll
+        // registers the wakers this one could not.
         let streams = handle.host_io.handle();
         let first = {
             let _runtime = streams.enter();
@@ -448,6 +461,59 @@ pub extern "C" fn tribe_responder_payload(r: *const TribeResponder, len: *mut us
             Some(r) if !r.payload.is_empty() => r.payload.as_ptr(),
             _ => std::ptr::null(),
         }
+    })
+}
+
+/// What `tribe_responder_info` tells about an incoming call. Every pointer
+/// is borrowed from the responder until `tribe_responder_free`.
+#[repr(C)]
+pub struct TribeCallInfo {
+    /// The calling node's name.
+    pub caller: *const c_char,
+    /// The tribe the call came through.
+    pub tribe: *const c_char,
+    /// The plugin called.
+    pub plugin: *const c_char,
+    /// The plugin version called ("" for any).
+    pub version: *const c_char,
+    /// The payload (NULL when empty) and its length.
+    pub payload: *const u8,
+    pub payload_len: usize,
+    /// How long the caller still waited when the call arrived, in
+    /// microseconds.
+    pub budget_us: u64,
+}
+
+/// Everything `tribe_responder_caller`, `_tribe`, `_plugin`, `_version`,
+/// `_payload` and `_budget_us` give, in one call (for bindings, where each
+/// call into C has a cost). Writes `*info`; `TRIBE_NULL_ARGUMENT` for NULL.
+/// Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_responder_info(
+    r: *const TribeResponder,
+    info: *mut TribeCallInfo,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let r = cast::handle(r, "responder")?;
+        let info = cast::out(info, "info")?;
+        cast::write(
+            info,
+            TribeCallInfo {
+                caller: r.caller.as_ptr(),
+                tribe: r.tribe.as_ptr(),
+                plugin: r.plugin.as_ptr(),
+                version: r.version.as_ptr(),
+                payload: if r.payload.is_empty() {
+                    std::ptr::null()
+                } else {
+                    r.payload.as_ptr()
+                },
+                payload_len: r.payload.len(),
+                budget_us: r.info.budget.as_micros().try_into().unwrap_or(u64::MAX),
+            },
+        );
+        Ok(())
     })
 }
 

@@ -12,6 +12,11 @@
 //! in a handler), the caretaker thread drives the runtime. It steps in once
 //! a whole tick has passed with no host thread entering or leaving a wait,
 //! and steps back as soon as one comes to wait.
+//!
+//! Work started on a thread that does not drive the runtime (a call from
+//! a Go goroutine while the polling thread waits) can be handed over with
+//! [`HostIo::hand_over`]: a burst of it wakes the driving thread once,
+//! where a spawn each would wake it every time.
 
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -27,6 +32,41 @@ pub(super) struct HostIo {
     runtime: Option<Arc<Runtime>>,
     shared: Arc<Shared>,
     caretaker: Option<std::thread::JoinHandle<()>>,
+    handed: Arc<Handed>,
+}
+
+/// Work to run on the runtime's thread.
+pub(super) type Job = Box<dyn FnOnce() + Send>;
+
+/// Work handed over and not yet run, and the task that runs it.
+#[derive(Default)]
+struct Handed {
+    jobs: Mutex<Vec<Job>>,
+    /// Wakes the task; notified only when the list stops being empty.
+    arrived: tokio::sync::Notify,
+}
+
+impl Handed {
+    fn lock(&self) -> MutexGuard<'_, Vec<Job>> {
+        self.jobs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Runs handed-over work, a burst at a time, on the runtime's thread.
+async fn run_handed(handed: Arc<Handed>) {
+    loop {
+        // Made before looking: a job handed over in between leaves a
+        // permit, so this wait ends at once.
+        let arrived = handed.arrived.notified();
+        let jobs = std::mem::take(&mut *handed.lock());
+        if jobs.is_empty() {
+            arrived.await;
+            continue;
+        }
+        for job in jobs {
+            job();
+        }
+    }
 }
 
 struct Shared {
@@ -82,11 +122,28 @@ impl HostIo {
                     care(&runtime, &shared);
                 })?
         };
+        let handed = Arc::new(Handed::default());
+        runtime.spawn(run_handed(handed.clone()));
         Ok(HostIo {
             runtime: Some(runtime),
             shared,
             caretaker: Some(caretaker),
+            handed,
         })
+    }
+
+    /// Runs `job` on the thread that drives the runtime, when it next
+    /// polls its tasks: only the first job of a burst wakes it. Jobs not
+    /// run when the runtime stops are dropped.
+    pub(super) fn hand_over(&self, job: Job) {
+        let first = {
+            let mut jobs = self.handed.lock();
+            jobs.push(job);
+            jobs.len() == 1
+        };
+        if first {
+            self.handed.arrived.notify_one();
+        }
     }
 
     /// Where the call streams run.
@@ -140,6 +197,8 @@ impl HostIo {
         if let Some(runtime) = self.runtime.take().and_then(Arc::into_inner) {
             runtime.shutdown_timeout(Duration::from_secs(2));
         }
+        // Dropped here, not by whoever frees the node's last handle.
+        drop(std::mem::take(&mut *self.handed.lock()));
     }
 }
 
@@ -237,6 +296,50 @@ mod tests {
             .recv_timeout(Duration::from_secs(5))
             .expect("the caretaker did not take over");
         assert_ne!(by, host);
+    }
+
+    /// Handed-over work runs on the runtime, in the order it was handed
+    /// over, also a burst handed over at once with nobody driving yet.
+    #[test]
+    fn handed_over_work_runs_on_the_runtime_in_order() {
+        let io = HostIo::new(|| {}).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        for i in 0..100 {
+            let tx = tx.clone();
+            io.hand_over(Box::new(move || {
+                let on_runtime = tokio::runtime::Handle::try_current().is_ok();
+                let _ = tx.send((i, on_runtime));
+            }));
+        }
+        for i in 0..100 {
+            let (got, on_runtime) = rx
+                .recv_timeout(Duration::from_secs(5))
+                .expect("handed-over work never ran");
+            assert_eq!(got, i);
+            assert!(on_runtime, "job {i} ran off the runtime");
+        }
+        // Work handed over while a host thread drives runs meanwhile (on
+        // that thread, or on the caretaker's while it hands over).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ran = io.drive(async {
+            io.hand_over(Box::new(move || {
+                let _ = tx.send(());
+            }));
+            tokio::task::yield_now().await;
+            tokio::time::timeout(Duration::from_secs(5), async {
+                loop {
+                    if let Ok(id) = rx.try_recv() {
+                        return id;
+                    }
+                    tokio::task::yield_now().await;
+                }
+            })
+            .await
+        });
+        assert!(
+            ran.is_ok(),
+            "handed-over work did not run while a host drove"
+        );
     }
 
     /// Many host threads waiting at once all finish; the runtime stops

@@ -8,9 +8,10 @@
 //! Every C call checks this, so it must be cheap: glibc no longer caches
 //! the process id, and `getpid` is a system call. A fork handler counts
 //! the forks instead, and the check compares that count; only when the
-//! handler could not be registered does it ask for the process id.
+//! handler could not be registered does it ask for the process id. The
+//! handler also keeps the process id, which objects record for messages.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Once;
 
 use super::error::{FfiError, TRIBE_FORKED};
@@ -19,18 +20,23 @@ use super::error::{FfiError, TRIBE_FORKED};
 /// registered: bumped in each child, so a child's count differs from the
 /// one its parent's objects recorded.
 static FORKS: AtomicU64 = AtomicU64::new(0);
+/// This process's id while forks are counted (set again in each child).
+static PID: AtomicU32 = AtomicU32::new(0);
 static REGISTER: Once = Once::new();
 static COUNTING: AtomicBool = AtomicBool::new(false);
 
 /// Runs in the child of every `fork()`, on its only thread; it touches
-/// nothing but an atomic, which is async-signal-safe.
+/// nothing but atomics and `getpid`, which are async-signal-safe.
 extern "C" fn forked() {
+    // SAFETY: getpid takes no arguments and cannot fail.
+    PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     FORKS.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Whether forks are counted (registers the handler on first use).
 fn counting() -> bool {
     REGISTER.call_once(|| {
+        PID.store(std::process::id(), Ordering::Relaxed);
         // SAFETY: `forked` is a plain function that lives as long as this
         // library's code (glibc drops the handlers of a library that is
         // unloaded) and only bumps an atomic, which is allowed in a child
@@ -52,9 +58,16 @@ pub(super) struct Owner {
 impl Owner {
     /// The calling process.
     pub fn here() -> Owner {
-        Owner {
-            pid: std::process::id(),
-            forks: counting().then(|| FORKS.load(Ordering::Relaxed)),
+        if counting() {
+            Owner {
+                pid: PID.load(Ordering::Relaxed),
+                forks: Some(FORKS.load(Ordering::Relaxed)),
+            }
+        } else {
+            Owner {
+                pid: std::process::id(),
+                forks: None,
+            }
         }
     }
 
@@ -104,7 +117,13 @@ mod tests {
         let pid = unsafe { libc::fork() };
         assert!(pid >= 0, "fork failed");
         if pid == 0 {
-            let code = if owner.is_elsewhere() { 0 } else { 1 };
+            // SAFETY (test): getpid cannot fail.
+            let me = unsafe { libc::getpid() } as u32;
+            let code = if owner.is_elsewhere() && Owner::here().pid == me {
+                0
+            } else {
+                1
+            };
             // SAFETY (test): ends the child at once, running no Rust code.
             unsafe { libc::_exit(code) };
         }

@@ -144,6 +144,8 @@ static void node_null_arguments(tribe_node *n) {
     CHECK(tribe_error_code(NULL) == TRIBE_NULL_ARGUMENT && tribe_error_message(NULL) == NULL);
     CHECK(tribe_responder_caller(NULL) == NULL && tribe_responder_budget_ms(NULL) == 0);
     CHECK(tribe_responder_payload(NULL, &len) == NULL && len == 0);
+    tribe_call_info none;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_info(NULL, &none, &err));
     CHECK(strcmp(tribe_result_name(TRIBE_NO_PROVIDER), "no_provider") == 0);
     CHECK(strcmp(tribe_result_name(9999), "unknown") == 0);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_event_json(NULL, &s, NULL, &err));
@@ -239,6 +241,13 @@ static void responder_and_events(tribe_node *n) {
     CHECK(tribe_responder_budget_us(r) / 1000 == tribe_responder_budget_ms(r));
     const uint8_t *payload = tribe_responder_payload(r, &len);
     CHECK(len == 4 && memcmp(payload, "ping", 4) == 0);
+    tribe_call_info info;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_info(r, NULL, &err));
+    EXPECT(TRIBE_OK, tribe_responder_info(r, &info, &err));
+    CHECK(info.caller == tribe_responder_caller(r) && info.tribe == tribe_responder_tribe(r));
+    CHECK(info.plugin == tribe_responder_plugin(r) && info.version == tribe_responder_version(r));
+    CHECK(info.payload == payload && info.payload_len == len);
+    CHECK(info.budget_us / 1000 == tribe_responder_budget_ms(r));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_reply(r, NULL, 3, &err));
     CHECK(!tribe_responder_is_abandoned(r));
     CHECK(tribe_responder_is_abandoned(NULL));
