@@ -424,11 +424,17 @@ pub extern "C" fn tribe_node_call_async(
 
 /// A call's outcome, with a panic inside it turned into `TRIBE_PANIC`: the
 /// host waits for the completion event and would otherwise wait forever.
-async fn caught<T>(call: impl Future<Output = Result<T, Error>>) -> Result<T, FfiError> {
-    match AssertUnwindSafe(call).catch_unwind().await {
-        Ok(result) => result.map_err(FfiError::from),
-        Err(panic) => Err(FfiError::panic(panic)),
-    }
+/// Not an `async fn`: one would hold `call` twice (as its argument and as
+/// the future it awaits), doubling the size of every call's task.
+fn caught<T>(
+    call: impl Future<Output = Result<T, Error>>,
+) -> impl Future<Output = Result<T, FfiError>> {
+    AssertUnwindSafe(call)
+        .catch_unwind()
+        .map(|outcome| match outcome {
+            Ok(result) => result.map_err(FfiError::from),
+            Err(panic) => Err(FfiError::panic(panic)),
+        })
 }
 
 /// Cancels an asynchronous call: if it has not finished, it is abandoned

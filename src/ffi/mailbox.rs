@@ -161,22 +161,25 @@ impl<T> Mailbox<T> {
             Taken::Empty => return Taken::Empty,
             Taken::Closed => return Taken::Closed,
         };
-        let mut taken = Vec::with_capacity(max.clamp(1, 64));
+        if max <= 1 {
+            return Taken::Item(vec![first]);
+        }
+        let mut state = self.lock();
+        // Sized to what is queued: a vector for `max` items would be a
+        // large allocation on every wait (items are about 160 bytes).
+        let mut taken = Vec::with_capacity(state.items.len().min(max - 1) + 1);
         taken.push(first);
-        if max > 1 {
-            let mut state = self.lock();
-            while taken.len() < max {
-                let Some(item) = state.items.pop_front() else {
-                    break;
-                };
-                if droppable(&item) {
-                    state.droppable -= 1;
-                }
-                taken.push(item);
+        while taken.len() < max {
+            let Some(item) = state.items.pop_front() else {
+                break;
+            };
+            if droppable(&item) {
+                state.droppable -= 1;
             }
-            if state.items.is_empty() && !state.closed && state.fd_live {
-                self.fd.lower();
-            }
+            taken.push(item);
+        }
+        if state.items.is_empty() && !state.closed && state.fd_live {
+            self.fd.lower();
         }
         Taken::Item(taken)
     }

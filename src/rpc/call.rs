@@ -206,7 +206,9 @@ impl Rpc {
                     version: Some(&cand.version),
                     kind: target.kind,
                 };
-                match self.run_local(local, bytes, budget).await {
+                // Boxed, as the borrowed request below: rarer paths whose
+                // state would make every call's future as large as theirs.
+                match Box::pin(self.run_local(local, bytes, budget)).await {
                     Err(Error::NoProvider { .. }) => continue,
                     Err(Error::Overloaded) => {
                         overloaded = true;
@@ -233,7 +235,7 @@ impl Rpc {
             let sent = match carry {
                 Carry::Shared => Ok(msg),
                 Carry::Borrowed => {
-                    match self.pool.request_borrowing(addr, security, deadline, msg).await {
+                    match Box::pin(self.pool.request_borrowing(addr, security, deadline, msg)).await {
                         Ok(Outcome::Done(answer)) => Err(Ok(answer)),
                         Ok(Outcome::Share(msg)) => Ok(msg),
                         Err(e) => Err(Err(e)),

@@ -427,39 +427,42 @@ impl Pool {
         security: &Security,
         large: bool,
     ) -> Result<Arc<Conn>, NotSent> {
-        let quietest = || {
-            let mut conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
-            conns.retain(|c| {
-                let usable = c.usable();
-                if !usable && c.refused_whole() {
-                    // Refused before any call went on it.
-                    slot.note_refused();
-                }
-                // A retired stream stays while calls wait on it, so that
-                // ending the slot (host failed, node stopped) ends them.
-                usable || (c.is_retired() && c.in_flight() > 0)
-            });
-            let count = conns.iter().filter(|c| c.usable()).count();
-            let best = conns
-                .iter()
-                .filter(|c| c.usable())
-                .map(|c| (c.in_flight(), c))
-                .min_by_key(|(load, _)| *load)
-                .map(|(load, c)| (c.clone(), load));
-            (best, count)
-        };
-        let (best, count) = quietest();
-        if let Some((best, load)) = best {
-            let enough =
-                !large || count >= MAX_STREAMS_PER_HOST || load == 0 || slot.refused_lately();
-            if !enough {
-                self.open_another(slot, addr, security);
-            }
-            return Ok(best.touch());
+        if let Some(conn) = self.open_conn(slot, addr, security, large) {
+            return Ok(conn);
         }
+        // Boxed: dialling (connect and handshake) is the rare path, and its
+        // state would otherwise make every call's future as large as it.
+        Box::pin(self.dial(slot, addr, security)).await
+    }
+
+    /// The quietest usable stream to `addr`, if one is open (opening one
+    /// more in the background for a large call when they are all busy).
+    fn open_conn(
+        &self,
+        slot: &Arc<Slot>,
+        addr: SocketAddr,
+        security: &Security,
+        large: bool,
+    ) -> Option<Arc<Conn>> {
+        let (best, count) = quietest(slot);
+        let (best, load) = best?;
+        let enough = !large || count >= MAX_STREAMS_PER_HOST || load == 0 || slot.refused_lately();
+        if !enough {
+            self.open_another(slot, addr, security);
+        }
+        Some(best.touch())
+    }
+
+    /// Opens a stream to `addr`, one dialler at a time per host.
+    async fn dial(
+        &self,
+        slot: &Arc<Slot>,
+        addr: SocketAddr,
+        security: &Security,
+    ) -> Result<Arc<Conn>, NotSent> {
         let _dialing = slot.dialing.lock().await;
         // Whoever held the lock before may have opened one.
-        if let (Some((best, _)), _) = quietest() {
+        if let (Some((best, _)), _) = quietest(slot) {
             return Ok(best.touch());
         }
         let conn = self.dialer.open(addr, security).await?;
@@ -907,6 +910,30 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
         Err(_) => return,
     };
     RpcCounters::bump(c);
+}
+
+/// The usable stream to the slot's host with the fewest calls in flight,
+/// with that load, and how many usable streams there are. Streams no
+/// longer usable are dropped (a retired one stays while calls wait on it,
+/// so that ending the slot ends them).
+fn quietest(slot: &Slot) -> (Option<(Arc<Conn>, usize)>, usize) {
+    let mut conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
+    conns.retain(|c| {
+        let usable = c.usable();
+        if !usable && c.refused_whole() {
+            // Refused before any call went on it.
+            slot.note_refused();
+        }
+        usable || (c.is_retired() && c.in_flight() > 0)
+    });
+    let count = conns.iter().filter(|c| c.usable()).count();
+    let best = conns
+        .iter()
+        .filter(|c| c.usable())
+        .map(|c| (c.in_flight(), c))
+        .min_by_key(|(load, _)| *load)
+        .map(|(load, c)| (c.clone(), load));
+    (best, count)
 }
 
 #[cfg(test)]
