@@ -673,7 +673,7 @@ impl Engine {
     pub fn in_tribe(&self, tribe: &str) -> bool {
         let sh = lock(&self.shared);
         let view = View { state: &sh.state };
-        !self.left && view.tribe_exists(tribe) && view.tribe_members(tribe).contains(&self.name)
+        !self.left && view.is_member(tribe, &self.name)
     }
 
     /// Every policy.

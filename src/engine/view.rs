@@ -267,6 +267,22 @@ impl<'a> View<'a> {
         out
     }
 
+    /// Whether `node` is in `tribe` (by hand or by policy): two lookups,
+    /// where [`View::tribe_members`] walks every node record.
+    pub fn is_member(&self, tribe: &str, node: &str) -> bool {
+        if !self.tribe_exists(tribe) {
+            return false;
+        }
+        let key = Key::Member {
+            tribe: tribe.to_string(),
+            node: node.to_string(),
+        };
+        (self.state.get(&key).is_some() && self.child_is_current(&key))
+            || self
+                .node_record(node)
+                .is_some_and(|r| r.policy_tribes.contains(tribe))
+    }
+
     /// Every node record.
     pub fn node_records(&self) -> impl Iterator<Item = (&'a String, &'a NodeRecord)> {
         self.state
@@ -442,6 +458,14 @@ mod tests {
             })
         );
         assert!(view.memberships_of("n3").is_empty());
+        // One node in one tribe, as the whole member list says.
+        for tribe in ["t", "u", "none"] {
+            let members = view.tribe_members(tribe);
+            for name in ["n1", "n2", "n3", "nobody"] {
+                let listed = view.tribe_exists(tribe) && members.contains(name);
+                assert_eq!(view.is_member(tribe, name), listed, "{name} in {tribe}");
+            }
+        }
     }
 
     #[test]

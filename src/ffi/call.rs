@@ -351,11 +351,13 @@ pub extern "C" fn tribe_node_call(
 /// call starts, but another thread may take the completion before this
 /// function returns: a host that maps ids to waiting callers holds that
 /// map's lock across this call (its event thread then waits for the entry).
-/// The call's first step runs on the calling thread: when a stream to the
-/// chosen host is open, the request is written before this returns (a
-/// write that does not block); a thread waiting in
-/// `tribe_node_next_event(s)` reads the answer (libtribe's own thread while
-/// none waits).
+/// A call with no other asynchronous call of the node in flight runs its
+/// first step on the calling thread: when a stream to the chosen host is
+/// open, the request is written before this returns (a write that does
+/// not block). With others in flight, the call is handed to the thread that
+/// waits in `tribe_node_next_event(s)`, which sends the requests of a burst
+/// together (libtribe's own thread while none waits). That thread reads the
+/// answers.
 #[no_mangle]
 pub extern "C" fn tribe_node_call_async(
     node: *const TribeNode,
