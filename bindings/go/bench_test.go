@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -77,22 +78,15 @@ func TestMain(m *testing.M) {
 // tribe bench, prints "ADDRESS PID" and serves until its standard input
 // ends. TRIBE_BENCH_KEY seals it.
 func benchHost() int {
-	n, err := Start(Config{Name: "bench-host", Profile: "local", NoHostFacts: true,
-		Key: os.Getenv("TRIBE_BENCH_KEY"), WorkerThreads: benchThreads()})
+	n, err := Start(benchConfig("bench-host", "", os.Getenv("TRIBE_BENCH_KEY")))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench host:", err)
 		return 1
 	}
 	defer n.Close()
-	for _, err := range []error{
-		n.CreateTribe("bench"),
-		n.Join("bench", ""),
-		n.Serve("echo", "1", Processor, func(_ context.Context, _ CallInfo, p []byte) ([]byte, error) { return p, nil }),
-	} {
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "bench host:", err)
-			return 1
-		}
+	if err := serveEcho(n); err != nil {
+		fmt.Fprintln(os.Stderr, "bench host:", err)
+		return 1
 	}
 	fmt.Printf("%s %d\n", n.Addr(), os.Getpid())
 	_, _ = io.Copy(io.Discard, os.Stdin)
@@ -107,50 +101,68 @@ func benchThreads() int {
 	return 1
 }
 
+// benchConfig is a benchmark node's config; seed may be empty.
+func benchConfig(name, seed, key string) Config {
+	cfg := Config{Name: name, Profile: "local", NoHostFacts: true, Key: key, WorkerThreads: benchThreads()}
+	if seed != "" {
+		cfg.Seeds = []string{seed}
+	}
+	return cfg
+}
+
+// serveEcho makes n the host of the benchmark: a member of tribe bench
+// serving echo.
+func serveEcho(n *Node) error {
+	return errors.Join(
+		n.CreateTribe("bench"),
+		n.Join("bench", ""),
+		n.Serve("echo", "1", Processor, func(_ context.Context, _ CallInfo, p []byte) ([]byte, error) { return p, nil }),
+	)
+}
+
+// startCaller starts a caller node seeded with the host's address and
+// waits until it sees the host's echo endpoint.
+func startCaller(b *testing.B, name, seed, key, host string) *Node {
+	caller, err := Start(benchConfig(name, seed, key))
+	if err != nil {
+		b.Fatal(err)
+	}
+	waitFor(b, "the caller to see the echo endpoint", 20*time.Second, func() bool {
+		m, err := caller.Member(host)
+		return err == nil && len(m.Endpoints) == 1 && inTribe(caller, "bench", host)
+	})
+	return caller
+}
+
+// pathKey is a path's label and its key: a new one when sealed.
+func pathKey(b *testing.B, sealed bool) (string, string) {
+	if !sealed {
+		return "plain", ""
+	}
+	key, err := Keygen()
+	if err != nil {
+		b.Fatal(err)
+	}
+	return "sealed", key
+}
+
 func pairFor(b *testing.B, sealed bool) *benchPair {
 	benchMu.Lock()
 	defer benchMu.Unlock()
-	label := "plain"
-	key := ""
-	if sealed {
-		label = "sealed"
-		var err error
-		if key, err = Keygen(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	label, key := pathKey(b, sealed)
 	if p := benchPairs[label]; p != nil {
 		return p
 	}
-	threads := benchThreads()
-	start := func(name, seed string) *Node {
-		cfg := Config{Name: name, Profile: "local", NoHostFacts: true, Key: key, WorkerThreads: threads}
-		if seed != "" {
-			cfg.Seeds = []string{seed}
-		}
-		n, err := Start(cfg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		return n
+	host, err := Start(benchConfig("bench-"+label+"-host", "", key))
+	if err != nil {
+		b.Fatal(err)
 	}
-	host := start("bench-"+label+"-host", "")
-	caller := start("bench-"+label+"-caller", host.Addr())
-	for _, err := range []error{
-		host.CreateTribe("bench"),
-		host.Join("bench", ""),
-		host.Serve("echo", "1", Processor, func(_ context.Context, _ CallInfo, p []byte) ([]byte, error) { return p, nil }),
-	} {
-		if err != nil {
-			b.Fatal(err)
-		}
-	}
-	waitFor(b, "the caller to see the echo endpoint", 20*time.Second, func() bool {
-		m, err := caller.Member(host.Name())
-		return err == nil && len(m.Endpoints) == 1 && inTribe(caller, "bench", host.Name())
-	})
-	p := &benchPair{host: host, caller: caller}
+	p := &benchPair{host: host}
 	benchPairs[label] = p
+	if err := serveEcho(host); err != nil {
+		b.Fatal(err)
+	}
+	p.caller = startCaller(b, "bench-"+label+"-caller", host.Addr(), key, host.Name())
 	return p
 }
 
@@ -159,15 +171,8 @@ func pairFor(b *testing.B, sealed bool) *benchPair {
 func apartPairFor(b *testing.B, sealed bool) *benchPair {
 	benchMu.Lock()
 	defer benchMu.Unlock()
-	label := "apart-plain"
-	key := ""
-	if sealed {
-		label = "apart-sealed"
-		var err error
-		if key, err = Keygen(); err != nil {
-			b.Fatal(err)
-		}
-	}
+	label, key := pathKey(b, sealed)
+	label = "apart-" + label
 	if p := benchPairs[label]; p != nil {
 		return p
 	}
@@ -179,7 +184,7 @@ func apartPairFor(b *testing.B, sealed bool) *benchPair {
 			b.Fatalf("TRIBE_BENCH_HOST=%q: want \"ADDRESS PID\"", host)
 		}
 		p := &benchPair{otherPid: pid}
-		p.caller = startApartCaller(b, addr, os.Getenv("TRIBE_BENCH_KEY"))
+		p.caller = startCaller(b, "bench-apart-caller", addr, os.Getenv("TRIBE_BENCH_KEY"), "bench-host")
 		benchPairs[label] = p
 		return p
 	}
@@ -205,23 +210,8 @@ func apartPairFor(b *testing.B, sealed bool) *benchPair {
 		b.Fatalf("the host process did not start: %v", err)
 	}
 	benchPairs[label] = p
-	p.caller = startApartCaller(b, addr, key)
+	p.caller = startCaller(b, "bench-apart-caller", addr, key, "bench-host")
 	return p
-}
-
-// startApartCaller starts the caller node of a run apart and waits until
-// it sees the host's echo endpoint.
-func startApartCaller(b *testing.B, addr, key string) *Node {
-	caller, err := Start(Config{Name: "bench-apart-caller", Profile: "local", NoHostFacts: true,
-		Key: key, Seeds: []string{addr}, WorkerThreads: benchThreads()})
-	if err != nil {
-		b.Fatal(err)
-	}
-	waitFor(b, "the caller to see the echo endpoint", 20*time.Second, func() bool {
-		m, err := caller.Member("bench-host")
-		return err == nil && len(m.Endpoints) == 1 && inTribe(caller, "bench", "bench-host")
-	})
-	return caller
 }
 
 func BenchmarkCallApart(b *testing.B) {
