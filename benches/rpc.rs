@@ -22,7 +22,8 @@
 //! ```
 //!
 //! `--small` keeps the rows the C ABI benchmark (`scripts/bench-c`) compares
-//! with: 100 B payloads at concurrency 1 and 16. `--large` keeps the 64 KiB
+//! with: 100 B payloads at concurrency 1 and 16. In one process the tokio
+//! runtime has a worker per core, or `TRIBE_BENCH_WORKERS`. `--large` keeps the 64 KiB
 //! rows, for profiling the large-payload path.
 //!
 //! Apart, the host and the caller run in two processes, as two daemons of a
@@ -78,6 +79,10 @@ enum Path {
     Raw,
     Plaintext,
     Sealed,
+    /// Plaintext calls from threads that block on them (`call_blocking`).
+    PlaintextThreads,
+    /// Sealed calls from threads that block on them.
+    SealedThreads,
 }
 
 impl Path {
@@ -86,13 +91,35 @@ impl Path {
             Path::Raw => "raw tcp",
             Path::Plaintext => "rpc plaintext",
             Path::Sealed => "rpc sealed",
+            Path::PlaintextThreads => "rpc plaintext threads",
+            Path::SealedThreads => "rpc sealed threads",
+        }
+    }
+
+    /// Whether its callers are threads that block on each call.
+    fn blocks(self) -> bool {
+        matches!(self, Path::PlaintextThreads | Path::SealedThreads)
+    }
+
+    /// The same calls made from threads that block on them.
+    fn on_threads(self) -> Path {
+        match self {
+            Path::Plaintext => Path::PlaintextThreads,
+            Path::Sealed => Path::SealedThreads,
+            other => other,
         }
     }
 }
 
-/// One caller task's way to make a call.
+/// One caller's way to make a call.
 enum Client {
     Rpc {
+        node: Node,
+        target: CallTarget,
+    },
+    /// A thread of its own that blocks on each call, as a C or Python
+    /// host's thread does (`Node::call_blocking`).
+    Thread {
         node: Node,
         target: CallTarget,
     },
@@ -123,7 +150,7 @@ impl Client {
     /// One request/response; the reply must have the payload's length.
     async fn call(&mut self, payload: &[u8]) -> Result<(), String> {
         match self {
-            Client::Rpc { node, target } => {
+            Client::Rpc { node, target } | Client::Thread { node, target } => {
                 // `call` takes the payload by value, so every caller pays this copy.
                 let reply = node
                     .call(target, payload.to_vec(), CALL_TIMEOUT)
@@ -239,6 +266,38 @@ struct Tally {
     finished: Option<Instant>,
 }
 
+impl Tally {
+    fn new() -> Tally {
+        Tally {
+            latencies: Vec::with_capacity(4096),
+            errors: 0,
+            first_error: None,
+            finished: None,
+        }
+    }
+
+    /// Counts a call that began at `started` and ended now; false if it
+    /// failed (the caller then backs off).
+    fn record(&mut self, started: Instant, outcome: Result<(), String>, warm_end: Instant) -> bool {
+        let done = Instant::now();
+        self.finished = Some(done);
+        match outcome {
+            Ok(()) => {
+                if started >= warm_end {
+                    self.latencies.push((done - started).as_nanos() as u64);
+                }
+                true
+            }
+            // Errors count in the warm-up too: any failed call is news.
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert(e);
+                false
+            }
+        }
+    }
+}
+
 /// Calls in a loop until `end`; calls that start before `warm_end` only warm up.
 async fn caller_task(
     mut client: Client,
@@ -246,35 +305,56 @@ async fn caller_task(
     warm_end: Instant,
     end: Instant,
 ) -> Tally {
-    let mut t = Tally {
-        latencies: Vec::with_capacity(4096),
-        errors: 0,
-        first_error: None,
-        finished: None,
-    };
+    let mut t = Tally::new();
     loop {
         let started = Instant::now();
         if started >= end {
             break;
         }
         let outcome = client.call(&payload).await;
-        let done = Instant::now();
-        t.finished = Some(done);
-        match outcome {
-            Ok(()) => {
-                if started >= warm_end {
-                    t.latencies.push((done - started).as_nanos() as u64);
-                }
-            }
-            // Errors count in the warm-up too: any failed call is news.
-            Err(e) => {
-                t.errors += 1;
-                t.first_error.get_or_insert(e);
-                tokio::time::sleep(ERROR_BACKOFF).await;
-            }
+        if !t.record(started, outcome, warm_end) {
+            tokio::time::sleep(ERROR_BACKOFF).await;
         }
     }
     t
+}
+
+/// Like [`caller_task`], on a thread of its own that blocks on each call
+/// (`Node::call_blocking` under `Handle::block_on`, as a C host's thread
+/// calls `tribe_node_call`).
+async fn caller_thread(
+    node: Node,
+    target: CallTarget,
+    payload: Arc<Vec<u8>>,
+    warm_end: Instant,
+    end: Instant,
+) -> Tally {
+    let rt = tokio::runtime::Handle::current();
+    let thread = std::thread::spawn(move || {
+        let mut t = Tally::new();
+        loop {
+            let started = Instant::now();
+            if started >= end {
+                break;
+            }
+            let outcome = rt
+                .block_on(node.call_blocking(&target, payload.to_vec(), CALL_TIMEOUT))
+                .map_err(|e| format!("call failed: {e}"))
+                .and_then(|reply| check_len(reply.len(), payload.len()));
+            if !t.record(started, outcome, warm_end) {
+                std::thread::sleep(ERROR_BACKOFF);
+            }
+        }
+        t
+    });
+    match tokio::task::spawn_blocking(move || thread.join()).await {
+        Ok(Ok(t)) => t,
+        _ => {
+            let mut t = Tally::new();
+            t.record(end, Err("caller thread died".into()), end);
+            t
+        }
+    }
 }
 
 /// One line of the table.
@@ -338,7 +418,12 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
     let end = warm_end + timing.window;
     let mut set = JoinSet::new();
     for client in clients {
-        set.spawn(caller_task(client, payload.clone(), warm_end, end));
+        match client {
+            Client::Thread { node, target } => {
+                set.spawn(caller_thread(node, target, payload.clone(), warm_end, end))
+            }
+            client => set.spawn(caller_task(client, payload.clone(), warm_end, end)),
+        };
     }
     // 1 ns .. 60 s at 3 significant digits; one histogram per row, filled
     // after the run so no task shares it while calling.
@@ -580,7 +665,8 @@ fn main() {
     }
     let flags = common::flags(USAGE, &["--quick", "--small", "--large"]);
     let quick = flags.contains("--quick");
-    let (payloads, concurrency): (&[usize], &[usize]) = if flags.contains("--small") {
+    let small = flags.contains("--small");
+    let (payloads, concurrency): (&[usize], &[usize]) = if small {
         (&PAYLOADS[..1], &CONCURRENCY[..2])
     } else if flags.contains("--large") {
         (&PAYLOADS[1..], &CONCURRENCY)
@@ -605,9 +691,12 @@ fn main() {
         }
     };
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    // Default worker count (one per core): load generator, echo server and
-    // both nodes share them, as they would share a small host.
+    let workers = bench_workers(cores.max(1));
+    // One worker per core unless `TRIBE_BENCH_WORKERS` says otherwise: load
+    // generator, echo server and both nodes share them, as they would share
+    // a small host.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
         .expect("setup: building the tokio runtime");
@@ -622,20 +711,37 @@ fn main() {
         eprintln!("starting the sealed pair");
         let key = SecretKey::generate();
         let sealed = start_pair("sealed", Some(&key)).await;
+        let pair_of = |path: Path| match path {
+            Path::Sealed | Path::SealedThreads => &sealed,
+            _ => &plain,
+        };
+        // The rows the C ABI's benchmark compares with also have callers
+        // on threads of their own, as its blocking caller is.
+        let paths: &[Path] = if small {
+            &[
+                Path::Raw,
+                Path::Plaintext,
+                Path::Sealed,
+                Path::PlaintextThreads,
+                Path::SealedThreads,
+            ]
+        } else {
+            &[Path::Raw, Path::Plaintext, Path::Sealed]
+        };
 
         let mut rows = Vec::new();
         for &size in payloads {
             for &c in concurrency {
-                for path in [Path::Raw, Path::Plaintext, Path::Sealed] {
+                for &path in paths {
                     let clients = (0..c)
                         .map(|_| match path {
                             Path::Raw => Client::tcp(raw, &pattern(size)),
-                            Path::Plaintext => Client::Rpc {
-                                node: plain.caller.clone(),
+                            Path::Plaintext | Path::Sealed => Client::Rpc {
+                                node: pair_of(path).caller.clone(),
                                 target: target(),
                             },
-                            Path::Sealed => Client::Rpc {
-                                node: sealed.caller.clone(),
+                            Path::PlaintextThreads | Path::SealedThreads => Client::Thread {
+                                node: pair_of(path).caller.clone(),
                                 target: target(),
                             },
                         })
@@ -694,7 +800,7 @@ fn main() {
 
     print_rows(&rows);
     println!(
-        "\n{} run on {cores} cores ({}), tokio workers {cores}; {:.1} s measured + {:.1} s \
+        "\n{} run on {cores} cores ({}), tokio workers {workers}; {:.1} s measured + {:.1} s \
          warm-up per row; total wall time {:.1} s.",
         if quick { "--quick" } else { "full" },
         common::cpu_model(),
@@ -850,16 +956,20 @@ fn apart_key() -> Option<SecretKey> {
     }
 }
 
-/// A runtime with `TRIBE_BENCH_WORKERS` workers (default 1): one process of
-/// a run apart, as small as one node of the run in one process.
-fn apart_runtime() -> tokio::runtime::Runtime {
-    let workers = std::env::var("TRIBE_BENCH_WORKERS")
+/// `TRIBE_BENCH_WORKERS` (tokio workers per process), or `default`.
+fn bench_workers(default: usize) -> usize {
+    std::env::var("TRIBE_BENCH_WORKERS")
         .ok()
         .and_then(|w| w.parse().ok())
         .filter(|&w: &usize| w > 0)
-        .unwrap_or(1);
+        .unwrap_or(default)
+}
+
+/// A runtime with `TRIBE_BENCH_WORKERS` workers (default 1): one process of
+/// a run apart, as small as one node of the run in one process.
+fn apart_runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+        .worker_threads(bench_workers(1))
         .enable_all()
         .build()
         .expect("setup: building the tokio runtime")
@@ -916,14 +1026,20 @@ fn apart_caller(args: &[String]) {
             .expect("setup: starting the caller node");
         see_endpoint("apart", &caller, "bench-host").await;
         let mut rows = Vec::new();
-        for c in [1, 16] {
-            let clients = (0..c)
-                .map(|_| Client::Rpc {
-                    node: caller.clone(),
-                    target: target(),
-                })
-                .collect();
-            rows.push(run_row(path, PAYLOADS[0], clients, &timing).await);
+        for path in [path, path.on_threads()] {
+            for c in [1, 16] {
+                let clients = (0..c)
+                    .map(|_| {
+                        let (node, target) = (caller.clone(), target());
+                        if path.blocks() {
+                            Client::Thread { node, target }
+                        } else {
+                            Client::Rpc { node, target }
+                        }
+                    })
+                    .collect();
+                rows.push(run_row(path, PAYLOADS[0], clients, &timing).await);
+            }
         }
         let _ = tokio::time::timeout(SHUTDOWN_LIMIT, caller.shutdown()).await;
         rows
@@ -932,7 +1048,8 @@ fn apart_caller(args: &[String]) {
     print_rows(&rows);
     println!(
         "\napart: caller and host in two processes, tokio workers per process as \
-         TRIBE_BENCH_WORKERS (default 1); CPU µs/call and switches/call cover both."
+         TRIBE_BENCH_WORKERS (default 1); `threads` rows call from a thread per call \
+         in flight (call_blocking); CPU µs/call and switches/call cover both."
     );
     print_first_errors(&rows);
 }
