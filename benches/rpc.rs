@@ -264,6 +264,10 @@ struct Tally {
     first_error: Option<String>,
     /// When its last call ended.
     finished: Option<Instant>,
+    /// Context switches of a caller thread of its own over its life: the
+    /// row's count at the end of the warm-up holds its switches until then,
+    /// and once it has ended the count at the end no longer holds any.
+    own_switches: u64,
 }
 
 impl Tally {
@@ -273,6 +277,7 @@ impl Tally {
             errors: 0,
             first_error: None,
             finished: None,
+            own_switches: 0,
         }
     }
 
@@ -345,6 +350,8 @@ async fn caller_thread(
                 std::thread::sleep(ERROR_BACKOFF);
             }
         }
+        t.own_switches =
+            task_switches(std::path::Path::new("/proc/thread-self/status")).unwrap_or(0);
         t
     });
     match tokio::task::spawn_blocking(move || thread.join()).await {
@@ -436,9 +443,11 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
     let mut first_error = None;
     let mut last = end;
     let mut calls = 0u64;
+    let mut own_switches = 0;
     while let Some(joined) = set.join_next().await {
         match joined {
             Ok(t) => {
+                own_switches += t.own_switches;
                 for &ns in &t.latencies {
                     hist.saturating_record(ns);
                 }
@@ -462,7 +471,7 @@ async fn run_row(path: Path, payload_len: usize, clients: Vec<Client>, timing: &
         .map(|(after, before)| after - before);
     let switches = process_switches()
         .zip(switches_before)
-        .map(|(after, before)| after.saturating_sub(before));
+        .map(|(after, before)| (after + own_switches).saturating_sub(before));
     Row {
         path,
         payload: payload_len,
@@ -515,16 +524,24 @@ fn proc_cpu_secs(pid: &str) -> Option<f64> {
 fn proc_switches(pid: &str) -> Option<u64> {
     let mut total = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let Ok(status) = std::fs::read_to_string(task.ok()?.path().join("status")) else {
-            continue;
-        };
-        for line in status.lines() {
-            if let Some(v) = line
-                .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().ok()?;
-            }
+        // A thread that ended meanwhile is skipped.
+        if let Some(n) = task_switches(&task.ok()?.path().join("status")) {
+            total += n;
+        }
+    }
+    Some(total)
+}
+
+/// Context switches of one thread, from its `status` file.
+fn task_switches(status: &std::path::Path) -> Option<u64> {
+    let status = std::fs::read_to_string(status).ok()?;
+    let mut total = 0;
+    for line in status.lines() {
+        if let Some(v) = line
+            .strip_prefix("voluntary_ctxt_switches:")
+            .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+        {
+            total += v.trim().parse::<u64>().ok()?;
         }
     }
     Some(total)
