@@ -135,6 +135,16 @@ enum Client {
 }
 
 impl Client {
+    /// A caller of `path` (not the raw one) through `node`.
+    fn rpc(path: Path, node: Node) -> Client {
+        let target = target();
+        if path.blocks() {
+            Client::Thread { node, target }
+        } else {
+            Client::Rpc { node, target }
+        }
+    }
+
     fn tcp(addr: SocketAddr, payload: &[u8]) -> Client {
         let mut frame = Vec::with_capacity(4 + payload.len());
         frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
@@ -150,6 +160,8 @@ impl Client {
     /// One request/response; the reply must have the payload's length.
     async fn call(&mut self, payload: &[u8]) -> Result<(), String> {
         match self {
+            // `run_row` gives a thread caller a thread of its own; here it
+            // would call as a task.
             Client::Rpc { node, target } | Client::Thread { node, target } => {
                 // `call` takes the payload by value, so every caller pays this copy.
                 let reply = node
@@ -753,14 +765,7 @@ fn main() {
                     let clients = (0..c)
                         .map(|_| match path {
                             Path::Raw => Client::tcp(raw, &pattern(size)),
-                            Path::Plaintext | Path::Sealed => Client::Rpc {
-                                node: pair_of(path).caller.clone(),
-                                target: target(),
-                            },
-                            Path::PlaintextThreads | Path::SealedThreads => Client::Thread {
-                                node: pair_of(path).caller.clone(),
-                                target: target(),
-                            },
+                            _ => Client::rpc(path, pair_of(path).caller.clone()),
                         })
                         .collect();
                     let row = run_row(path, size, clients, &timing).await;
@@ -1045,16 +1050,7 @@ fn apart_caller(args: &[String]) {
         let mut rows = Vec::new();
         for path in [path, path.on_threads()] {
             for c in [1, 16] {
-                let clients = (0..c)
-                    .map(|_| {
-                        let (node, target) = (caller.clone(), target());
-                        if path.blocks() {
-                            Client::Thread { node, target }
-                        } else {
-                            Client::Rpc { node, target }
-                        }
-                    })
-                    .collect();
+                let clients = (0..c).map(|_| Client::rpc(path, caller.clone())).collect();
                 rows.push(run_row(path, PAYLOADS[0], clients, &timing).await);
             }
         }
