@@ -127,6 +127,11 @@
 #define TRIBE_FORKED 7
 
 /**
+ * This node holds no artifact with that SHA-256 (`tribe_node_artifact`).
+ */
+#define TRIBE_UNKNOWN_ARTIFACT 8
+
+/**
  * A name broke the naming rules.
  */
 #define TRIBE_INVALID_NAME 100
@@ -507,6 +512,43 @@ typedef struct tribe_call_info {
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
+
+/**
+ * Adds a plugin entry (`kind`: `TRIBE_KIND_*`) that carries `bytes` (copied;
+ * NULL with length 0 for none) to a tribe's catalog. This node holds the
+ * bytes and hands them out; every member, also a later one, fetches and
+ * verifies them, then gets `TRIBE_EVENT_PLUGIN_LOAD` and reads them with
+ * `tribe_node_artifact`. When `sha256_out` is not NULL it receives the
+ * bytes' SHA-256 in lowercase hex (owned: `tribe_string_free`). Blocks for a
+ * local write (and the hash of `bytes`). After shutdown:
+ * `TRIBE_SHUTTING_DOWN`. The bytes stay held also when the entry is refused
+ * (for instance `TRIBE_PLUGIN_EXISTS`).
+ */
+uint32_t tribe_node_load_plugin_artifact(const struct tribe_node *node,
+                                         const char *tribe,
+                                         const char *name,
+                                         const char *version,
+                                         uint32_t kind,
+                                         const uint8_t *bytes,
+                                         size_t bytes_len,
+                                         char **sha256_out,
+                                         struct tribe_error **err);
+
+/**
+ * The verified bytes of an artifact this node holds (its own, or one it
+ * fetched for a plugin entry of a tribe it is in), by SHA-256 in hex
+ * (`sha256` of the plugin's event JSON). `*out` / `*out_len` receive an
+ * owned copy (`tribe_bytes_free`; NULL for empty bytes).
+ * `TRIBE_UNKNOWN_ARTIFACT` when this node holds no such bytes (not yet
+ * fetched, or of a tribe it is not in); `TRIBE_INVALID_ARGUMENT` when
+ * `sha256` is not 64 hex digits. Does not block. After shutdown:
+ * `TRIBE_SHUTTING_DOWN`.
+ */
+uint32_t tribe_node_artifact(const struct tribe_node *node,
+                             const char *sha256,
+                             uint8_t **out,
+                             size_t *out_len,
+                             struct tribe_error **err);
 
 /**
  * The C ABI version this library implements (`TRIBE_ABI_VERSION` of the

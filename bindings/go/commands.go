@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"encoding/json"
+	"runtime"
 	"unsafe"
 )
 
@@ -87,6 +88,49 @@ func (n *Node) LoadPlugin(tribe, name, version string, kind Kind) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_load_plugin(p, a[0], a[1], a[2], C.uint32_t(kind), e)
 	}, tribe, name, version)
+}
+
+// LoadPluginWithArtifact adds a plugin entry that carries artifact bytes (a
+// script, a binary) to a tribe's catalog and returns their SHA-256 in hex.
+// This node holds the bytes and hands them out: every member, also a later
+// one, fetches them and checks them against the hash before its
+// EventPluginLoad (whose Plugin then has SHA256 and Size), and reads them
+// with Artifact. The bytes stay held also when the entry is refused
+// (ErrPluginExists).
+func (n *Node) LoadPluginWithArtifact(tribe, name, version string, kind Kind, artifact []byte) (string, error) {
+	var data *C.uint8_t
+	if len(artifact) > 0 {
+		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(artifact)))
+	}
+	var sha *C.char
+	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_load_plugin_artifact(p, a[0], a[1], a[2], C.uint32_t(kind),
+			data, C.size_t(len(artifact)), &sha, e)
+	}, tribe, name, version)
+	runtime.KeepAlive(artifact)
+	if err != nil {
+		return "", err
+	}
+	defer C.tribe_string_free(sha)
+	return C.GoString(sha), nil
+}
+
+// Artifact returns a copy of the verified bytes of an artifact this node
+// holds (its own, or one it fetched for a plugin entry of a tribe it is in),
+// by their SHA-256 in hex (Plugin.SHA256 of an EventPluginLoad).
+// ErrUnknownArtifact when it holds none (not fetched yet, or of a tribe it
+// is not in); ErrInvalidArgument when sha256 is not 64 hex digits.
+func (n *Node) Artifact(sha256 string) ([]byte, error) {
+	var out *C.uint8_t
+	var l C.size_t
+	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_artifact(p, a[0], &out, &l, e)
+	}, sha256)
+	if err != nil {
+		return nil, err
+	}
+	defer C.tribe_bytes_free(out, l)
+	return goBytes(out, l), nil
 }
 
 // UnloadPlugin removes a plugin entry from a tribe's catalog.

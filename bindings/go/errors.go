@@ -113,6 +113,7 @@ var (
 	ErrInvalidUTF8           = sentinel(C.TRIBE_INVALID_UTF8, "invalid_utf8")
 	ErrCancelled             = sentinel(C.TRIBE_CANCELLED, "cancelled")
 	ErrForked                = sentinel(C.TRIBE_FORKED, "forked")
+	ErrUnknownArtifact       = sentinel(C.TRIBE_UNKNOWN_ARTIFACT, "unknown_artifact")
 	ErrInvalidName           = sentinel(C.TRIBE_INVALID_NAME, "invalid_name")
 	ErrInvalidArgument       = sentinel(C.TRIBE_INVALID_ARGUMENT, "invalid_argument")
 	ErrUnknownTribe          = sentinel(C.TRIBE_UNKNOWN_TRIBE, "unknown_tribe")

@@ -27,6 +27,8 @@ pub const TRIBE_CANCELLED: u32 = 6;
 /// The node (or responder) was made by the process this one was forked
 /// from; a forked child cannot use it.
 pub const TRIBE_FORKED: u32 = 7;
+/// This node holds no artifact with that SHA-256 (`tribe_node_artifact`).
+pub const TRIBE_UNKNOWN_ARTIFACT: u32 = 8;
 /// A name broke the naming rules.
 pub const TRIBE_INVALID_NAME: u32 = 100;
 /// An argument other than a name was out of range or malformed.
@@ -184,6 +186,7 @@ pub fn code_name(code: u32) -> &'static CStr {
         TRIBE_WRONG_EVENT => c"wrong_event",
         TRIBE_CANCELLED => c"cancelled",
         TRIBE_FORKED => c"forked",
+        TRIBE_UNKNOWN_ARTIFACT => c"unknown_artifact",
         TRIBE_INVALID_NAME => c"invalid_name",
         TRIBE_INVALID_ARGUMENT => c"invalid_argument",
         TRIBE_UNKNOWN_TRIBE => c"unknown_tribe",
@@ -428,7 +431,7 @@ mod tests {
             assert!(seen.insert(code), "code {code} used twice");
             assert_eq!(code_name(code).to_str().unwrap(), e.code());
         }
-        for code in 0..=6 {
+        for code in 0..=8 {
             assert_ne!(code_name(code).to_str().unwrap(), "unknown");
         }
         assert_eq!(code_name(99).to_str().unwrap(), "unknown");

@@ -28,6 +28,7 @@ macro_rules! ffi_infallible {
     }};
 }
 
+pub mod artifact;
 pub mod bytes;
 pub mod call;
 mod cast;

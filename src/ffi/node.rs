@@ -367,7 +367,7 @@ pub extern "C" fn tribe_node_events_dropped(node: *const TribeNode) -> u64 {
 }
 
 /// Runs one command of the Rust API for an exported function.
-fn command<'a, F, Fut>(node: *const TribeNode, f: F) -> Result<(), FfiError>
+pub(super) fn command<'a, F, Fut>(node: *const TribeNode, f: F) -> Result<(), FfiError>
 where
     F: FnOnce(&'a Node) -> Result<Fut, FfiError>,
     Fut: std::future::Future<Output = crate::Result<()>>,

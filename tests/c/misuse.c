@@ -96,6 +96,22 @@ static void node_null_arguments(tribe_node *n) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin(n, "t", NULL, "1", TRIBE_KIND_COLLECTOR, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin(n, "t", "p", NULL, TRIBE_KIND_COLLECTOR, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_unload_plugin(n, "t", "p", NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin_artifact(NULL, "t", "p", "1", TRIBE_KIND_COLLECTOR, NULL, 0, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin_artifact(n, NULL, "p", "1", TRIBE_KIND_COLLECTOR, NULL, 0, NULL, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_load_plugin_artifact(n, "t", "p", "1", TRIBE_KIND_COLLECTOR, NULL, 3, NULL, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_load_plugin_artifact(n, "t", "p", "1", 99, (const uint8_t *)"x", 1, NULL, &err));
+    {
+        uint8_t *bytes = NULL;
+        size_t len = 0;
+        const char *zeros = "0000000000000000000000000000000000000000000000000000000000000000";
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_artifact(NULL, zeros, &bytes, &len, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_artifact(n, NULL, &bytes, &len, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_artifact(n, zeros, NULL, &len, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_artifact(n, zeros, &bytes, NULL, &err));
+        EXPECT(TRIBE_INVALID_UTF8, tribe_node_artifact(n, "\xff\xfe", &bytes, &len, &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_artifact(n, "zz", &bytes, &len, &err));
+        EXPECT(TRIBE_UNKNOWN_ARTIFACT, tribe_node_artifact(n, zeros, &bytes, &len, &err));
+    }
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_add_task(n, "t", "i", NULL, TRIBE_TASK_RUNNING, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_remove_task(n, "t", NULL, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_set_task_state(n, NULL, "i", TRIBE_TASK_STOPPED, &err));
@@ -311,6 +327,15 @@ static void after_shutdown(tribe_node *n) {
     EXPECT(TRIBE_OK, tribe_node_abort(n, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_create_tribe(n, "late", &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_set_fact(n, "k", "v", &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_load_plugin_artifact(n, "solo", "a", "1", TRIBE_KIND_COLLECTOR,
+                                                                (const uint8_t *)"x", 1, NULL, &err));
+    {
+        uint8_t *bytes = NULL;
+        size_t len = 0;
+        EXPECT(TRIBE_SHUTTING_DOWN,
+               tribe_node_artifact(n, "0000000000000000000000000000000000000000000000000000000000000000",
+                                   &bytes, &len, &err));
+    }
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_serve(n, "p", "1", TRIBE_KIND_PROCESSOR, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_call(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
                                                 NULL, 0, 100, &b, &len, &err));

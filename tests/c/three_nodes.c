@@ -41,6 +41,13 @@ static bool all_loaded(void *arg) {
     return true;
 }
 
+static bool all_fetched(void *arg) {
+    (void)arg;
+    for (int i = 0; i < 3; i++)
+        if (pump_get(&pumps[i], &pumps[i].artifact_loads) < 1) return false;
+    return true;
+}
+
 static bool all_exists(void *arg) {
     (void)arg;
     char *json = tribe_json(nodes[2], "all");
@@ -136,6 +143,34 @@ int main(void) {
     EXPECT(TRIBE_OK, tribe_node_load_plugin(nodes[2], "all", "disk", "1", TRIBE_KIND_COLLECTOR, &err));
     CHECK(wait_for(all_loaded, NULL, 15));
     printf("plugin entry reached all three nodes as events\n");
+
+    /* An entry carrying an artifact: each member fetches and verifies the
+     * bytes before its event, then reads them by SHA-256. */
+    static const char blob[] = "#!/bin/sh\necho plugin\n";
+    char *sha = NULL;
+    EXPECT(TRIBE_OK, tribe_node_load_plugin_artifact(nodes[0], "all", "script", "1", TRIBE_KIND_COLLECTOR,
+                                                     (const uint8_t *)blob, sizeof blob - 1, &sha, &err));
+    CHECK(sha != NULL && strlen(sha) == 64);
+    CHECK(wait_for(all_fetched, NULL, 15));
+    for (int i = 0; i < 3; i++) {
+        uint8_t *got = NULL;
+        size_t got_len = 0;
+        EXPECT(TRIBE_OK, tribe_node_artifact(nodes[i], sha, &got, &got_len, &err));
+        CHECK(got_len == sizeof blob - 1 && memcmp(got, blob, got_len) == 0);
+        tribe_bytes_free(got, got_len);
+    }
+    uint8_t *none = NULL;
+    size_t none_len = 0;
+    char unknown[65];
+    memset(unknown, '0', 64);
+    unknown[64] = '\0';
+    EXPECT(TRIBE_UNKNOWN_ARTIFACT, tribe_node_artifact(nodes[1], unknown, &none, &none_len, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_artifact(nodes[1], "abc", &none, &none_len, &err));
+    /* The same entry again is refused; the sha256 out-parameter is optional. */
+    EXPECT(TRIBE_PLUGIN_EXISTS, tribe_node_load_plugin_artifact(nodes[1], "all", "script", "1", TRIBE_KIND_COLLECTOR,
+                                                                (const uint8_t *)blob, sizeof blob - 1, NULL, &err));
+    tribe_string_free(sha);
+    printf("an artifact reached all three nodes, verified, by sha256\n");
 
     /* c-b serves processors with C handlers (the pump answers them). */
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "upper", "1", TRIBE_KIND_PROCESSOR, &err));

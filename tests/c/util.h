@@ -124,6 +124,7 @@ typedef struct {
     pthread_t thread;
     pthread_mutex_t lock;
     int plugin_loads;        /* TRIBE_EVENT_PLUGIN_LOAD of plugin "disk" */
+    int artifact_loads;      /* ... of plugin "script", its JSON naming a sha256 */
     int tribe_joined_core;   /* TRIBE_EVENT_TRIBE_JOINED of tribe "core" */
     int calls_served;
     int done_events;         /* TRIBE_EVENT_CALL_DONE seen */
@@ -180,6 +181,14 @@ static inline void *pump_run(void *arg) {
             pthread_mutex_lock(&p->lock);
             if (strcmp(subject, "disk") == 0) p->plugin_loads++;
             pthread_mutex_unlock(&p->lock);
+            if (strcmp(subject, "script") == 0) {
+                char *json = NULL;
+                OK(tribe_event_json(ev, &json, NULL, NULL));
+                pthread_mutex_lock(&p->lock);
+                if (strstr(json, "\"sha256\":\"") != NULL) p->artifact_loads++;
+                pthread_mutex_unlock(&p->lock);
+                tribe_string_free(json);
+            }
         } else if (kind == TRIBE_EVENT_TRIBE_JOINED) {
             OK(tribe_event_tribe(ev, &tribe, NULL));
             pthread_mutex_lock(&p->lock);
