@@ -85,6 +85,16 @@
 #define TRIBE_KIND_PUBLISHER 3
 
 /**
+ * Task states for `tribe_node_add_task` and `tribe_node_set_task_state`.
+ */
+#define TRIBE_TASK_RUNNING 1
+
+/**
+ * A task members should not run.
+ */
+#define TRIBE_TASK_STOPPED 2
+
+/**
  * Success.
  */
 #define TRIBE_OK 0
@@ -440,16 +450,6 @@
 #define TRIBE_LOG_TRACE 5
 
 /**
- * Task states for `tribe_node_add_task` and `tribe_node_set_task_state`.
- */
-#define TRIBE_TASK_RUNNING 1
-
-/**
- * A task members should not run.
- */
-#define TRIBE_TASK_STOPPED 2
-
-/**
  * An error: its result code, stable name and message, plus the handler's
  * code and message for `TRIBE_REMOTE` and the position for
  * `TRIBE_INVALID_POLICY`.
@@ -778,6 +778,158 @@ uint32_t tribe_responder_decline(const struct tribe_responder *r,
  * `"unanswered"`. NULL is ignored.
  */
 void tribe_responder_free(struct tribe_responder *r);
+
+/**
+ * Creates an empty tribe. Blocks for a local write only (microseconds);
+ * the tribe then spreads to every node. `TRIBE_TRIBE_EXISTS` if it exists.
+ */
+uint32_t tribe_node_create_tribe(const struct tribe_node *node,
+                                 const char *tribe,
+                                 struct tribe_error **err);
+
+/**
+ * Deletes a tribe with its catalog, memberships and the policies that
+ * target it. `TRIBE_UNKNOWN_TRIBE` if it does not exist.
+ */
+uint32_t tribe_node_delete_tribe(const struct tribe_node *node,
+                                 const char *tribe,
+                                 struct tribe_error **err);
+
+/**
+ * Removes a policy. `TRIBE_UNKNOWN_POLICY` if it does not exist.
+ */
+uint32_t tribe_node_remove_policy(const struct tribe_node *node,
+                                  const char *name,
+                                  struct tribe_error **err);
+
+/**
+ * Sets a user fact of this node (it overrides a collected fact of that
+ * name); policies are evaluated again and the fact spreads to peers.
+ */
+uint32_t tribe_node_set_fact(const struct tribe_node *node,
+                             const char *key,
+                             const char *value,
+                             struct tribe_error **err);
+
+/**
+ * Removes a user fact of this node. `TRIBE_UNKNOWN_FACT` if it is not one.
+ */
+uint32_t tribe_node_remove_fact(const struct tribe_node *node,
+                                const char *key,
+                                struct tribe_error **err);
+
+/**
+ * Adds a policy: the nodes whose facts satisfy `when` (CEL over
+ * `facts`, e.g. `facts.rack == "r1"`) join `tribe`, which is created
+ * when missing. A bad expression is `TRIBE_INVALID_POLICY` with the
+ * position in `tribe_error_line`/`tribe_error_column`; it never spreads.
+ */
+uint32_t tribe_node_add_policy(const struct tribe_node *node,
+                               const char *name,
+                               const char *tribe,
+                               const char *when,
+                               struct tribe_error **err);
+
+/**
+ * Removes a plugin entry from a tribe's catalog.
+ */
+uint32_t tribe_node_unload_plugin(const struct tribe_node *node,
+                                  const char *tribe,
+                                  const char *name,
+                                  const char *version,
+                                  struct tribe_error **err);
+
+/**
+ * Removes a task from a tribe.
+ */
+uint32_t tribe_node_remove_task(const struct tribe_node *node,
+                                const char *tribe,
+                                const char *id,
+                                struct tribe_error **err);
+
+/**
+ * Adds `member` (any known node; NULL for this node) to `tribe` by hand.
+ */
+uint32_t tribe_node_join(const struct tribe_node *node,
+                         const char *tribe,
+                         const char *member,
+                         struct tribe_error **err);
+
+/**
+ * Removes the membership by hand of `member` (NULL for this node) in
+ * `tribe`. A membership by policy stays while its policy holds.
+ */
+uint32_t tribe_node_leave(const struct tribe_node *node,
+                          const char *tribe,
+                          const char *member,
+                          struct tribe_error **err);
+
+/**
+ * Adds a plugin entry (`kind`: `TRIBE_KIND_*`) to a tribe's catalog: every
+ * member, also a later one, gets a `TRIBE_EVENT_PLUGIN_LOAD`.
+ */
+uint32_t tribe_node_load_plugin(const struct tribe_node *node,
+                                const char *tribe,
+                                const char *name,
+                                const char *version,
+                                uint32_t kind,
+                                struct tribe_error **err);
+
+/**
+ * Adds a task to a tribe: `manifest` is a JSON object (schema in
+ * docs/task-manifest.md), `state` is `TRIBE_TASK_RUNNING` or
+ * `TRIBE_TASK_STOPPED`. Members get `TRIBE_EVENT_TASK_RUN` while it runs.
+ */
+uint32_t tribe_node_add_task(const struct tribe_node *node,
+                             const char *tribe,
+                             const char *id,
+                             const char *manifest,
+                             uint32_t state,
+                             struct tribe_error **err);
+
+/**
+ * Sets a task's desired state (`TRIBE_TASK_RUNNING` or `TRIBE_TASK_STOPPED`).
+ */
+uint32_t tribe_node_set_task_state(const struct tribe_node *node,
+                                   const char *tribe,
+                                   const char *id,
+                                   uint32_t state,
+                                   struct tribe_error **err);
+
+/**
+ * Adds a key (base64) to every node's keyring. The node must have been
+ * started with a key and be in `require` mode.
+ */
+uint32_t tribe_node_install_key(const struct tribe_node *node,
+                                const char *key,
+                                struct tribe_error **err);
+
+/**
+ * Makes an installed key (its id, 8 hex digits, or the base64 key) the
+ * sealing key of every node. First blocks (up to 10 s) until every live
+ * member holds the key; a key not there by then is refused with
+ * `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing changes.
+ */
+uint32_t tribe_node_use_key(const struct tribe_node *node,
+                            const char *key,
+                            struct tribe_error **err);
+
+/**
+ * Removes a key (id or base64) from every node's keyring; the primary key
+ * is refused with `TRIBE_PRIMARY_KEY`. First blocks (up to 10 s) until no
+ * live member seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
+ */
+uint32_t tribe_node_remove_key(const struct tribe_node *node,
+                               const char *key,
+                               struct tribe_error **err);
+
+/**
+ * Changes this node's encryption mode live: `"accept"`, `"send"` or
+ * `"require"`.
+ */
+uint32_t tribe_node_set_encryption(const struct tribe_node *node,
+                                   const char *mode,
+                                   struct tribe_error **err);
 
 /**
  * Makes a config for a node called `name`, with the defaults of the Rust
@@ -1172,158 +1324,6 @@ int tribe_node_event_fd(const struct tribe_node *node);
  * 65,536 waiting). 0 for NULL.
  */
 uint64_t tribe_node_events_dropped(const struct tribe_node *node);
-
-/**
- * Creates an empty tribe. Blocks for a local write only (microseconds);
- * the tribe then spreads to every node. `TRIBE_TRIBE_EXISTS` if it exists.
- */
-uint32_t tribe_node_create_tribe(const struct tribe_node *node,
-                                 const char *tribe,
-                                 struct tribe_error **err);
-
-/**
- * Deletes a tribe with its catalog, memberships and the policies that
- * target it. `TRIBE_UNKNOWN_TRIBE` if it does not exist.
- */
-uint32_t tribe_node_delete_tribe(const struct tribe_node *node,
-                                 const char *tribe,
-                                 struct tribe_error **err);
-
-/**
- * Removes a policy. `TRIBE_UNKNOWN_POLICY` if it does not exist.
- */
-uint32_t tribe_node_remove_policy(const struct tribe_node *node,
-                                  const char *name,
-                                  struct tribe_error **err);
-
-/**
- * Sets a user fact of this node (it overrides a collected fact of that
- * name); policies are evaluated again and the fact spreads to peers.
- */
-uint32_t tribe_node_set_fact(const struct tribe_node *node,
-                             const char *key,
-                             const char *value,
-                             struct tribe_error **err);
-
-/**
- * Removes a user fact of this node. `TRIBE_UNKNOWN_FACT` if it is not one.
- */
-uint32_t tribe_node_remove_fact(const struct tribe_node *node,
-                                const char *key,
-                                struct tribe_error **err);
-
-/**
- * Adds a policy: the nodes whose facts satisfy `when` (CEL over
- * `facts`, e.g. `facts.rack == "r1"`) join `tribe`, which is created
- * when missing. A bad expression is `TRIBE_INVALID_POLICY` with the
- * position in `tribe_error_line`/`tribe_error_column`; it never spreads.
- */
-uint32_t tribe_node_add_policy(const struct tribe_node *node,
-                               const char *name,
-                               const char *tribe,
-                               const char *when,
-                               struct tribe_error **err);
-
-/**
- * Removes a plugin entry from a tribe's catalog.
- */
-uint32_t tribe_node_unload_plugin(const struct tribe_node *node,
-                                  const char *tribe,
-                                  const char *name,
-                                  const char *version,
-                                  struct tribe_error **err);
-
-/**
- * Removes a task from a tribe.
- */
-uint32_t tribe_node_remove_task(const struct tribe_node *node,
-                                const char *tribe,
-                                const char *id,
-                                struct tribe_error **err);
-
-/**
- * Adds `member` (any known node; NULL for this node) to `tribe` by hand.
- */
-uint32_t tribe_node_join(const struct tribe_node *node,
-                         const char *tribe,
-                         const char *member,
-                         struct tribe_error **err);
-
-/**
- * Removes the membership by hand of `member` (NULL for this node) in
- * `tribe`. A membership by policy stays while its policy holds.
- */
-uint32_t tribe_node_leave(const struct tribe_node *node,
-                          const char *tribe,
-                          const char *member,
-                          struct tribe_error **err);
-
-/**
- * Adds a plugin entry (`kind`: `TRIBE_KIND_*`) to a tribe's catalog: every
- * member, also a later one, gets a `TRIBE_EVENT_PLUGIN_LOAD`.
- */
-uint32_t tribe_node_load_plugin(const struct tribe_node *node,
-                                const char *tribe,
-                                const char *name,
-                                const char *version,
-                                uint32_t kind,
-                                struct tribe_error **err);
-
-/**
- * Adds a task to a tribe: `manifest` is a JSON object (schema in
- * docs/task-manifest.md), `state` is `TRIBE_TASK_RUNNING` or
- * `TRIBE_TASK_STOPPED`. Members get `TRIBE_EVENT_TASK_RUN` while it runs.
- */
-uint32_t tribe_node_add_task(const struct tribe_node *node,
-                             const char *tribe,
-                             const char *id,
-                             const char *manifest,
-                             uint32_t state,
-                             struct tribe_error **err);
-
-/**
- * Sets a task's desired state (`TRIBE_TASK_RUNNING` or `TRIBE_TASK_STOPPED`).
- */
-uint32_t tribe_node_set_task_state(const struct tribe_node *node,
-                                   const char *tribe,
-                                   const char *id,
-                                   uint32_t state,
-                                   struct tribe_error **err);
-
-/**
- * Adds a key (base64) to every node's keyring. The node must have been
- * started with a key and be in `require` mode.
- */
-uint32_t tribe_node_install_key(const struct tribe_node *node,
-                                const char *key,
-                                struct tribe_error **err);
-
-/**
- * Makes an installed key (its id, 8 hex digits, or the base64 key) the
- * sealing key of every node. First blocks (up to 10 s) until every live
- * member holds the key; a key not there by then is refused with
- * `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing changes.
- */
-uint32_t tribe_node_use_key(const struct tribe_node *node,
-                            const char *key,
-                            struct tribe_error **err);
-
-/**
- * Removes a key (id or base64) from every node's keyring; the primary key
- * is refused with `TRIBE_PRIMARY_KEY`. First blocks (up to 10 s) until no
- * live member seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
- */
-uint32_t tribe_node_remove_key(const struct tribe_node *node,
-                               const char *key,
-                               struct tribe_error **err);
-
-/**
- * Changes this node's encryption mode live: `"accept"`, `"send"` or
- * `"require"`.
- */
-uint32_t tribe_node_set_encryption(const struct tribe_node *node,
-                                   const char *mode,
-                                   struct tribe_error **err);
 
 /**
  * Every known member, this node included, as the JSON array of the

@@ -5,8 +5,9 @@
 use std::ffi::c_char;
 
 use super::cast;
+use super::commands::{command, plugin_kind};
 use super::error::{FfiError, TRIBE_UNKNOWN_ARTIFACT};
-use super::node::{command, node_handle, plugin_kind, TribeNode};
+use super::node::{node_handle, TribeNode};
 
 /// Adds a plugin entry (`kind`: `TRIBE_KIND_*`) that carries `bytes` (copied;
 /// NULL with length 0 for none) to a tribe's catalog. This node holds the

@@ -14,10 +14,11 @@ use futures_util::FutureExt;
 use tokio::task::AbortHandle;
 
 use super::cast;
+use super::commands::plugin_kind;
 use super::error::FfiError;
 use super::event::Body;
 use super::mailbox::{Class, Mailbox};
-use super::node::{next_call_id, plugin_kind, TribeNode};
+use super::node::{next_call_id, TribeNode};
 use super::owner::Owner;
 use crate::{CallInfo, CallTarget, Error, HandlerError, Responder};
 

@@ -1,0 +1,328 @@
+//! The commands of a node (`tribe_node_*`): tribes, memberships, policies,
+//! facts, the catalog (plugins and tasks) and the keyring. Each runs one
+//! command of the Rust API and blocks for a local write only.
+
+use std::ffi::c_char;
+
+use super::cast;
+use super::error::FfiError;
+use super::node::{node_handle, with_signals_blocked, TribeNode};
+use crate::{KeyId, Node, SecretKey, TaskState};
+
+/// Task states for `tribe_node_add_task` and `tribe_node_set_task_state`.
+pub const TRIBE_TASK_RUNNING: u32 = 1;
+/// A task members should not run.
+pub const TRIBE_TASK_STOPPED: u32 = 2;
+
+/// Runs one command of the Rust API for an exported function.
+pub(super) fn command<'a, F, Fut>(node: *const TribeNode, f: F) -> Result<(), FfiError>
+where
+    F: FnOnce(&'a Node) -> Result<Fut, FfiError>,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    let handle: &'a TribeNode = node_handle(node)?;
+    // A command may start threads from the host's (the policy compiler's,
+    // the runtime's blocking pool): they start with the signals blocked.
+    with_signals_blocked(|| {
+        let fut = f(handle.live()?)?;
+        Ok(handle.block_on(fut)?)
+    })
+}
+
+/// Creates an empty tribe. Blocks for a local write only (microseconds);
+/// the tribe then spreads to every node. `TRIBE_TRIBE_EXISTS` if it exists.
+#[no_mangle]
+pub extern "C" fn tribe_node_create_tribe(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        command(node, |n| Ok(n.create_tribe(tribe)))
+    })
+}
+/// Deletes a tribe with its catalog, memberships and the policies that
+/// target it. `TRIBE_UNKNOWN_TRIBE` if it does not exist.
+#[no_mangle]
+pub extern "C" fn tribe_node_delete_tribe(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        command(node, |n| Ok(n.delete_tribe(tribe)))
+    })
+}
+/// Removes a policy. `TRIBE_UNKNOWN_POLICY` if it does not exist.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_policy(
+    node: *const TribeNode,
+    name: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        command(node, |n| Ok(n.remove_policy(name)))
+    })
+}
+/// Sets a user fact of this node (it overrides a collected fact of that
+/// name); policies are evaluated again and the fact spreads to peers.
+#[no_mangle]
+pub extern "C" fn tribe_node_set_fact(
+    node: *const TribeNode,
+    key: *const c_char,
+    value: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = cast::text(key, "key")?;
+        let value = cast::text(value, "value")?;
+        command(node, |n| Ok(n.set_fact(key, value)))
+    })
+}
+/// Removes a user fact of this node. `TRIBE_UNKNOWN_FACT` if it is not one.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_fact(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = cast::text(key, "key")?;
+        command(node, |n| Ok(n.remove_fact(key)))
+    })
+}
+/// Adds a policy: the nodes whose facts satisfy `when` (CEL over
+/// `facts`, e.g. `facts.rack == "r1"`) join `tribe`, which is created
+/// when missing. A bad expression is `TRIBE_INVALID_POLICY` with the
+/// position in `tribe_error_line`/`tribe_error_column`; it never spreads.
+#[no_mangle]
+pub extern "C" fn tribe_node_add_policy(
+    node: *const TribeNode,
+    name: *const c_char,
+    tribe: *const c_char,
+    when: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        let tribe = cast::text(tribe, "tribe")?;
+        let when = cast::text(when, "when")?;
+        command(node, |n| Ok(n.add_policy(name, tribe, when)))
+    })
+}
+/// Removes a plugin entry from a tribe's catalog.
+#[no_mangle]
+pub extern "C" fn tribe_node_unload_plugin(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    name: *const c_char,
+    version: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let name = cast::text(name, "name")?;
+        let version = cast::text(version, "version")?;
+        command(node, |n| Ok(n.unload_plugin(tribe, name, version)))
+    })
+}
+/// Removes a task from a tribe.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_task(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    id: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let id = cast::text(id, "id")?;
+        command(node, |n| Ok(n.remove_task(tribe, id)))
+    })
+}
+
+/// Adds `member` (any known node; NULL for this node) to `tribe` by hand.
+#[no_mangle]
+pub extern "C" fn tribe_node_join(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    member: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let member = cast::opt_text(member, "member")?;
+        command(node, |n| Ok(n.join(tribe, member.unwrap_or(n.name()))))
+    })
+}
+
+/// Removes the membership by hand of `member` (NULL for this node) in
+/// `tribe`. A membership by policy stays while its policy holds.
+#[no_mangle]
+pub extern "C" fn tribe_node_leave(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    member: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let member = cast::opt_text(member, "member")?;
+        command(node, |n| Ok(n.leave(tribe, member.unwrap_or(n.name()))))
+    })
+}
+
+pub(super) fn plugin_kind(kind: u32) -> Result<crate::PluginKind, FfiError> {
+    use super::call::{TRIBE_KIND_COLLECTOR, TRIBE_KIND_PROCESSOR, TRIBE_KIND_PUBLISHER};
+    match kind {
+        TRIBE_KIND_COLLECTOR => Ok(crate::PluginKind::Collector),
+        TRIBE_KIND_PROCESSOR => Ok(crate::PluginKind::Processor),
+        TRIBE_KIND_PUBLISHER => Ok(crate::PluginKind::Publisher),
+        other => Err(FfiError::invalid(format!(
+            "plugin kind {other} is not TRIBE_KIND_COLLECTOR, _PROCESSOR or _PUBLISHER"
+        ))),
+    }
+}
+
+fn task_state(state: u32) -> Result<TaskState, FfiError> {
+    match state {
+        TRIBE_TASK_RUNNING => Ok(TaskState::Running),
+        TRIBE_TASK_STOPPED => Ok(TaskState::Stopped),
+        other => Err(FfiError::invalid(format!(
+            "task state {other} is not TRIBE_TASK_RUNNING or TRIBE_TASK_STOPPED"
+        ))),
+    }
+}
+
+/// Adds a plugin entry (`kind`: `TRIBE_KIND_*`) to a tribe's catalog: every
+/// member, also a later one, gets a `TRIBE_EVENT_PLUGIN_LOAD`.
+#[no_mangle]
+pub extern "C" fn tribe_node_load_plugin(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    name: *const c_char,
+    version: *const c_char,
+    kind: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let name = cast::text(name, "name")?;
+        let version = cast::text(version, "version")?;
+        let kind = plugin_kind(kind)?;
+        command(
+            node,
+            |n| Ok(n.load_plugin(tribe, name, version, kind, None)),
+        )
+    })
+}
+
+/// Adds a task to a tribe: `manifest` is a JSON object (schema in
+/// docs/task-manifest.md), `state` is `TRIBE_TASK_RUNNING` or
+/// `TRIBE_TASK_STOPPED`. Members get `TRIBE_EVENT_TASK_RUN` while it runs.
+#[no_mangle]
+pub extern "C" fn tribe_node_add_task(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    id: *const c_char,
+    manifest: *const c_char,
+    state: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let id = cast::text(id, "id")?;
+        let manifest = cast::text(manifest, "manifest")?;
+        let state = task_state(state)?;
+        command(node, |n| Ok(n.add_task(tribe, id, manifest, state)))
+    })
+}
+
+/// Sets a task's desired state (`TRIBE_TASK_RUNNING` or `TRIBE_TASK_STOPPED`).
+#[no_mangle]
+pub extern "C" fn tribe_node_set_task_state(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    id: *const c_char,
+    state: u32,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        let id = cast::text(id, "id")?;
+        let state = task_state(state)?;
+        command(node, |n| Ok(n.set_task_state(tribe, id, state)))
+    })
+}
+
+fn key_id(text: &str) -> Result<KeyId, FfiError> {
+    // A key id (8 hex digits) or the key itself.
+    text.parse().or_else(|_| {
+        SecretKey::from_base64(text)
+            .map(|k| k.id())
+            .map_err(|_| FfiError::invalid("not a key id (8 hex digits) nor a base64 key"))
+    })
+}
+
+/// Adds a key (base64) to every node's keyring. The node must have been
+/// started with a key and be in `require` mode.
+#[no_mangle]
+pub extern "C" fn tribe_node_install_key(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let key = SecretKey::from_base64(cast::text(key, "key")?)
+            .map_err(|e| FfiError::invalid(e.to_string()))?;
+        command(node, |n| Ok(n.install_key(key)))
+    })
+}
+
+/// Makes an installed key (its id, 8 hex digits, or the base64 key) the
+/// sealing key of every node. First blocks (up to 10 s) until every live
+/// member holds the key; a key not there by then is refused with
+/// `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing changes.
+#[no_mangle]
+pub extern "C" fn tribe_node_use_key(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let id = key_id(cast::text(key, "key")?)?;
+        command(node, |n| Ok(n.use_key(id)))
+    })
+}
+
+/// Removes a key (id or base64) from every node's keyring; the primary key
+/// is refused with `TRIBE_PRIMARY_KEY`. First blocks (up to 10 s) until no
+/// live member seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
+#[no_mangle]
+pub extern "C" fn tribe_node_remove_key(
+    node: *const TribeNode,
+    key: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let id = key_id(cast::text(key, "key")?)?;
+        command(node, |n| Ok(n.remove_key(id)))
+    })
+}
+
+/// Changes this node's encryption mode live: `"accept"`, `"send"` or
+/// `"require"`.
+#[no_mangle]
+pub extern "C" fn tribe_node_set_encryption(
+    node: *const TribeNode,
+    mode: *const c_char,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let mode = cast::text(mode, "mode")?.parse()?;
+        command(node, |n| Ok(n.set_encryption(mode)))
+    })
+}

@@ -1,0 +1,167 @@
+//! JSON snapshots of a node (`tribe_node_*_json`, in the schema of the
+//! admin HTTP API) and its state digest.
+
+use std::ffi::c_char;
+
+use super::cast;
+use super::error::FfiError;
+use super::node::{node_handle, TribeNode};
+use crate::admin::json;
+use crate::{Error, Node};
+
+/// Hands a snapshot to C as JSON.
+fn snapshot(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    f: impl FnOnce(&Node) -> Result<serde_json::Value, FfiError>,
+) -> Result<(), FfiError> {
+    let out = cast::out(out, "out")?;
+    let value = f(node_handle(node)?.live()?)?;
+    cast::give_string(out, out_len, value.to_string());
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, FfiError> {
+    serde_json::to_value(value).map_err(|e| FfiError::invalid(e.to_string()))
+}
+
+/// Every known member, this node included, as the JSON array of the
+/// admin API's `GET /v1/members`. `*out` is owned (`tribe_string_free`).
+/// Does not block. `TRIBE_SHUTTING_DOWN` once the node stops (so for
+/// every snapshot).
+#[no_mangle]
+pub extern "C" fn tribe_node_members_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(
+                n.members()
+                    .iter()
+                    .map(json::Member::from)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    })
+}
+
+/// Every tribe with its live members and catalog, as `GET /v1/tribes`.
+#[no_mangle]
+pub extern "C" fn tribe_node_tribes_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(n.tribes().iter().map(json::Tribe::from).collect::<Vec<_>>())
+        })
+    })
+}
+
+/// Every policy, as `GET /v1/policies`.
+#[no_mangle]
+pub extern "C" fn tribe_node_policies_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(
+                n.policies()
+                    .iter()
+                    .map(json::PolicyJson::from)
+                    .collect::<Vec<_>>(),
+            )
+        })
+    })
+}
+
+/// Which live nodes hold which keys (ids only), as `GET /v1/keys`.
+#[no_mangle]
+pub extern "C" fn tribe_node_keys_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(json::Keys::from(&n.keyring_status()))
+        })
+    })
+}
+
+/// Name, address, live members, state digest, encryption, as
+/// `GET /v1/status`.
+#[no_mangle]
+pub extern "C" fn tribe_node_status_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| to_json(json::Status::of(n)))
+    })
+}
+
+/// The node's counters (traffic, refusals, sync, calls) as one JSON
+/// object: `{"engine": {...}, "calls": {...}}`; names in docs/c-api.md.
+#[no_mangle]
+pub extern "C" fn tribe_node_counters_json(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        snapshot(node, out, out_len, |n| {
+            to_json(serde_json::json!({ "engine": n.counters(), "calls": n.rpc_stats() }))
+        })
+    })
+}
+
+/// One tribe, as `GET /v1/tribes/{name}`; `TRIBE_UNKNOWN_TRIBE` if none.
+#[no_mangle]
+pub extern "C" fn tribe_node_tribe_json(
+    node: *const TribeNode,
+    tribe: *const c_char,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let tribe = cast::text(tribe, "tribe")?;
+        snapshot(node, out, out_len, |n| {
+            let info = n
+                .tribe(tribe)
+                .ok_or_else(|| Error::UnknownTribe(tribe.into()))?;
+            to_json(json::Tribe::from(&info))
+        })
+    })
+}
+
+/// The digest of the replicated state (hex): equal on converged nodes.
+/// `*out` is owned (`tribe_string_free`).
+#[no_mangle]
+pub extern "C" fn tribe_node_state_digest(
+    node: *const TribeNode,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let out = cast::out(out, "out")?;
+        let digest = node_handle(node)?.live()?.state_digest();
+        cast::give_string(out, out_len, digest);
+        Ok(())
+    })
+}
