@@ -7,6 +7,7 @@ package tribe
 import "C"
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -115,7 +116,8 @@ func (r *callRegistry) end() {
 		delete(r.pending, id)
 		ch <- callResult{err: shuttingDown()}
 	}
-	clear(r.early)
+	// early stays: its calls' callers have not registered yet and will
+	// take their results (a completion that came before a Close is kept).
 	clear(r.abandoned)
 }
 
@@ -228,6 +230,10 @@ func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 		return &Error{Code: "invalid_argument", Message: "the handler is nil", num: C.TRIBE_INVALID_ARGUMENT}
 	}
 	key := handlerKey(name, version)
+	// One Serve or Unserve at a time, so the handlers always match what
+	// libtribe serves.
+	in.serveMu.Lock()
+	defer in.serveMu.Unlock()
 	in.handlersMu.Lock()
 	old, had := in.handlers[key]
 	in.handlers[key] = h
@@ -235,7 +241,9 @@ func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_serve(p, a[0], a[1], C.uint32_t(kind), e)
 	}, name, version)
-	if err != nil {
+	if err == nil {
+		n.pin()
+	} else {
 		in.handlersMu.Lock()
 		if had {
 			in.handlers[key] = old
@@ -250,11 +258,13 @@ func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 // Unserve stops serving a plugin and withdraws its endpoint. Calls already
 // running finish.
 func (n *Node) Unserve(name, version string) error {
+	in := n.inner()
+	in.serveMu.Lock()
+	defer in.serveMu.Unlock()
 	err := n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_unserve(p, a[0], a[1], e)
 	}, name, version)
 	if err == nil {
-		in := n.inner()
 		in.handlersMu.Lock()
 		delete(in.handlers, handlerKey(name, version))
 		in.handlersMu.Unlock()
@@ -357,7 +367,8 @@ func goBytes(p *C.uint8_t, n C.size_t) []byte {
 	if p == nil || n == 0 {
 		return []byte{}
 	}
-	return C.GoBytes(unsafe.Pointer(p), C.int(n))
+	// Not C.GoBytes: its length is a C int.
+	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)))
 }
 
 // callOf reads an incoming call's details in one crossing into C. The
@@ -381,8 +392,14 @@ func (in *node) callOf(r *C.tribe_responder) (CallInfo, []byte, bool) {
 // serveCall runs a handler for one incoming call and answers it.
 func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	defer in.handlerWG.Done()
+	var ctx *callCtx
 	held := false
 	defer func() {
+		// Also when the handler ended its goroutine (runtime.Goexit): the
+		// context stops looking at the responder before it is freed.
+		if ctx != nil {
+			ctx.finish()
+		}
 		if !held {
 			C.tribe_responder_free(r)
 		}
@@ -395,7 +412,7 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 		fail(r, "no_handler", fmt.Sprintf("no Go handler for %s %s", info.Plugin, info.Version))
 		return
 	}
-	ctx := newCallCtx(in.base, info.Budget, r)
+	ctx = newCallCtx(in.base, info.Budget, r)
 	reply, err := runHandler(ctx, h, info, payload)
 	expired := ctx.finish()
 	gcPoint()

@@ -128,7 +128,8 @@ func (c *callCtx) endLocked(err error) {
 	}
 }
 
-// finish is called when the handler has returned, before the responder
+// finish is called when the handler has returned (again by the deferred
+// free, also after a runtime.Goexit), before the responder
 // is answered or freed: the context ends (as a context.WithCancel's
 // cancel would end it) and stops looking at the responder. It tells
 // whether the deadline had passed, with the node still open.

@@ -110,6 +110,9 @@ func sentinel(num uint32, code string) *Error {
 // Sentinels, one per result code of the C ABI (plus ErrClosed).
 var (
 	ErrPanic                 = sentinel(C.TRIBE_PANIC, "panic")
+	ErrNullArgument          = sentinel(C.TRIBE_NULL_ARGUMENT, "null_argument")
+	ErrConsumed              = sentinel(C.TRIBE_CONSUMED, "consumed")
+	ErrWrongEvent            = sentinel(C.TRIBE_WRONG_EVENT, "wrong_event")
 	ErrInvalidUTF8           = sentinel(C.TRIBE_INVALID_UTF8, "invalid_utf8")
 	ErrCancelled             = sentinel(C.TRIBE_CANCELLED, "cancelled")
 	ErrForked                = sentinel(C.TRIBE_FORKED, "forked")

@@ -8,6 +8,7 @@ import "C"
 
 import (
 	"context"
+	"fmt"
 	"runtime"
 	"strings"
 	"sync"
@@ -41,7 +42,11 @@ type Config struct {
 	// Key is the cluster key (base64 of 32 bytes, see Keygen) that seals
 	// and opens traffic. Without a key traffic is plaintext: for tests only.
 	Key string
-	// ExtraKeys also open traffic (they do not seal).
+	// KeyFile is a file holding the cluster key (as `tribe keygen` writes
+	// it), in place of Key: ErrConfig with both, ErrIO when unreadable.
+	KeyFile string
+	// ExtraKeys also open traffic (they do not seal); they need a Key or
+	// KeyFile (ErrConfig without one).
 	ExtraKeys []string
 	// Encryption is the mode with a key: "require" (default), "send" or
 	// "accept" (the steps of turning encryption on in a running tribe). A
@@ -122,6 +127,8 @@ type node struct {
 	// base ends at Close: every handler's context derives from it.
 	base       context.Context
 	cancelBase context.CancelFunc
+	// serveMu orders Serve and Unserve (each updates handlers and libtribe).
+	serveMu    sync.Mutex
 	handlersMu sync.RWMutex
 	handlers   map[string]Handler
 	handlerWG  sync.WaitGroup
@@ -159,7 +166,8 @@ func (c *cstrings) err() error {
 	if c.bad == "" {
 		return nil
 	}
-	return &Error{Code: "invalid_argument", Message: "a string holds a NUL byte: " + strings.ReplaceAll(c.bad, "\x00", `\0`), num: C.TRIBE_INVALID_ARGUMENT}
+	// The value is not shown: it may be a key.
+	return &Error{Code: "invalid_argument", Message: fmt.Sprintf("a string argument (%d bytes) holds a NUL byte, which C strings cannot carry", len(c.bad)), num: C.TRIBE_INVALID_ARGUMENT}
 }
 
 func (c *cstrings) free() {
@@ -173,7 +181,7 @@ func (c *cstrings) free() {
 // the background (it does not wait for peers).
 func Start(cfg Config) (*Node, error) {
 	gcPoint()
-	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.Encryption, cfg.DataDir, cfg.LogLevel}
+	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.KeyFile, cfg.Encryption, cfg.DataDir, cfg.LogLevel}
 	all = append(all, cfg.Seeds...)
 	all = append(all, cfg.ExtraKeys...)
 	for k, v := range cfg.Facts {
@@ -181,6 +189,16 @@ func Start(cfg Config) (*Node, error) {
 	}
 	if err := nulErr(all...); err != nil {
 		return nil, err
+	}
+	if cfg.Key != "" && cfg.KeyFile != "" {
+		return nil, &Error{Code: "config", Message: "Key and KeyFile both set: give one", num: C.TRIBE_CONFIG}
+	}
+	if cfg.Key == "" && cfg.KeyFile == "" && len(cfg.ExtraKeys) > 0 {
+		// libtribe seals with the first key given: an extra key alone would.
+		return nil, &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)", num: C.TRIBE_CONFIG}
+	}
+	if cfg.WorkerThreads > 64 {
+		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads), num: C.TRIBE_INVALID_ARGUMENT}
 	}
 	var cs cstrings
 	defer cs.free()
@@ -216,6 +234,9 @@ func Start(cfg Config) (*Node, error) {
 	})
 	add(cfg.Label != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_label(ccfg, cs.str(cfg.Label), e) })
 	add(cfg.Key != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_add_key(ccfg, cs.str(cfg.Key), e) })
+	add(cfg.KeyFile != "", func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_add_key_file(ccfg, cs.str(cfg.KeyFile), e)
+	})
 	for _, k := range cfg.ExtraKeys {
 		add(true, func(e **C.tribe_error) C.uint32_t { return C.tribe_config_add_key(ccfg, cs.str(k), e) })
 	}
@@ -329,7 +350,35 @@ func (n *Node) Addr() string { return n.inner().addr }
 // handlers. The channel is closed once the node is closed and every queued
 // event has been offered. Incoming calls and call completions never go
 // through this channel.
-func (n *Node) Events() <-chan Event { return n.inner().events }
+func (n *Node) Events() <-chan Event {
+	n.pin()
+	return n.inner().events
+}
+
+// pinned holds the nodes that serve a plugin or whose Events were asked
+// for, until they stop: such a node works for its program also when no
+// reference to the Node is left (a server that only ranges over Events), so
+// the cleanup must not close it.
+var pinned = struct {
+	sync.Mutex
+	nodes map[*node]*Node
+}{nodes: map[*node]*Node{}}
+
+func (n *Node) pin() {
+	in := n.inner()
+	pinned.Lock()
+	defer pinned.Unlock()
+	// Set before stop unpins, so a node that stops is never left pinned.
+	if !in.closing.Load() {
+		pinned.nodes[in] = n
+	}
+}
+
+func (in *node) unpin() {
+	pinned.Lock()
+	defer pinned.Unlock()
+	delete(pinned.nodes, in)
+}
 
 // EventsDropped counts events lost because the reader was too slow: those
 // the Events channel had no room for, plus those libtribe dropped itself
@@ -374,6 +423,7 @@ func (in *node) stop(graceful bool) error {
 	}
 	gcPoint()
 	in.closing.Store(true)
+	in.unpin()
 	in.cancelBase()
 	var cerr *C.tribe_error
 	var rc C.uint32_t
@@ -395,6 +445,8 @@ func (in *node) stop(graceful bool) error {
 	case <-time.After(handlerDrain):
 	}
 	in.mu.Lock()
+	// Kept: EventsDropped goes on counting what libtribe dropped.
+	in.dropped.Add(uint64(C.tribe_node_events_dropped(in.ptr)))
 	C.tribe_node_free(in.ptr)
 	in.ptr = nil
 	in.mu.Unlock()

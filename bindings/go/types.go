@@ -133,7 +133,8 @@ type Status struct {
 	Tribes           int    `json:"tribes"`
 	BroadcastBacklog int    `json:"broadcast_backlog"`
 	Version          string `json:"version"`
-	// Encryption and PrimaryKey are empty without a keyring.
+	// Encryption is "off" without a keyring, else the mode; PrimaryKey is
+	// empty without a keyring.
 	Encryption string `json:"encryption"`
 	PrimaryKey string `json:"primary_key"`
 }

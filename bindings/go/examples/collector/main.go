@@ -58,11 +58,7 @@ func main() {
 
 	key := os.Getenv("TRIBE_KEY")
 	if *keyFile != "" {
-		b, err := os.ReadFile(*keyFile)
-		if err != nil {
-			log.Fatal(err)
-		}
-		key = strings.TrimSpace(string(b))
+		key = ""
 	}
 	factMap := map[string]string{}
 	for _, f := range facts {
@@ -74,7 +70,8 @@ func main() {
 	}
 
 	node, err := tribe.Start(tribe.Config{
-		Name: *name, Bind: *bind, Seeds: seeds, Facts: factMap, Profile: *profile, Key: key,
+		Name: *name, Bind: *bind, Seeds: seeds, Facts: factMap, Profile: *profile,
+		Key: key, KeyFile: *keyFile,
 	})
 	if err != nil {
 		log.Fatalf("start: %v", err)

@@ -1,0 +1,118 @@
+package tribe
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A handler that ends its goroutine (runtime.Goexit, as t.FailNow does)
+// leaves an unanswered call, and its context ends with it: the context no
+// longer looks at the responder, which is freed.
+func TestHandlerGoexit(t *testing.T) {
+	ctxs := make(chan context.Context, 1)
+	_, caller := servedPair(t, map[string]Handler{
+		"echo": echo,
+		"exit": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			_ = ctx.Done() // starts the context's watch of the responder
+			ctxs <- ctx
+			runtime.Goexit()
+			return nil, nil
+		},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := caller.Call(ctx, target("exit"), nil)
+	var re *RemoteError
+	if !errors.As(err, &re) || re.Code != "unanswered" {
+		t.Fatalf("call to a handler that exited: %v", err)
+	}
+	// Ended before the responder was freed, so before the answer left.
+	hctx := <-ctxs
+	select {
+	case <-hctx.Done():
+	default:
+		t.Fatal("the context of a handler that exited did not end with it")
+	}
+	if _, err := caller.Call(ctx, target("echo"), []byte("x")); err != nil {
+		t.Fatalf("the node stopped serving: %v", err)
+	}
+}
+
+// Input checks never show a key, and extra keys need the key that seals.
+func TestConfigChecks(t *testing.T) {
+	key, err := Keygen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(Config{Name: "k", Bind: "127.0.0.1:0", Key: key[:20] + "\x00" + key[20:]})
+	if !errors.Is(err, ErrInvalidArgument) || strings.Contains(err.Error(), key[:20]) {
+		t.Errorf("a key with a NUL byte: %v", err)
+	}
+	_, err = Start(Config{Name: "k", Bind: "127.0.0.1:0", ExtraKeys: []string{key}})
+	if !errors.Is(err, ErrConfig) {
+		t.Errorf("ExtraKeys without Key: %v", err)
+	}
+	_, err = Start(Config{Name: "k", Bind: "127.0.0.1:0", KeyFile: "/nonexistent/key"})
+	if !errors.Is(err, ErrIO) {
+		t.Errorf("an unreadable KeyFile: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "current.key")
+	if err := os.WriteFile(path, []byte(key+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = Start(Config{Name: "k", Bind: "127.0.0.1:0", Key: key, KeyFile: path})
+	if !errors.Is(err, ErrConfig) {
+		t.Errorf("Key and KeyFile: %v", err)
+	}
+	n := startNode(t, "keyfile", func(c *Config) { c.KeyFile = path })
+	if st, err := n.Status(); err != nil || st.Encryption != "require" || st.PrimaryKey == "" {
+		t.Errorf("a node keyed from a file: %+v %v", st, err)
+	}
+	_, err = Start(Config{Name: "k", Bind: "127.0.0.1:0", WorkerThreads: 1<<32 + 1})
+	if !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("WorkerThreads 1<<32+1: %v", err)
+	}
+}
+
+// A node that serves a plugin stays up when no reference to it is left:
+// the cleanup closes only nodes that do no work for their program.
+func TestServingNodeOutlivesItsReference(t *testing.T) {
+	// Not startNode: its test cleanup would hold the Node.
+	host, err := Start(Config{Name: "pinned-host", Bind: "127.0.0.1:0", Profile: "local", NoHostFacts: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	caller := startNode(t, "pinned", func(c *Config) { c.Seeds = []string{host.Addr()} })
+	if err := host.CreateTribe("t"); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Join("t", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Serve("echo", "1", Processor, echo); err != nil {
+		t.Fatal(err)
+	}
+	in := host.inner()
+	host = nil
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_, err := caller.Call(ctx, Target{Tribe: "t", Plugin: "echo", Kind: Processor}, []byte("x"))
+		return err
+	}
+	waitFor(t, "the first call", 15*time.Second, func() bool { return call() == nil })
+	for i := 0; i < 3; i++ {
+		runtime.GC()
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := call(); err != nil || in.closing.Load() {
+		t.Fatalf("after GC: %v (closed: %v)", err, in.closing.Load())
+	}
+	_ = in.stop(false)
+}
