@@ -220,7 +220,9 @@ impl TribeResponder {
 /// Serves a plugin: advertises it in this node's record, so members of this
 /// node's tribes can call it. Each incoming call becomes a
 /// `TRIBE_EVENT_CALL` event for `tribe_node_next_event`; libtribe never
-/// calls into the host. Serving the same name and version again is allowed.
+/// calls into the host. A call that arrives once the node is stopping is
+/// refused as `tribe_responder_refuse_stopping` would (the caller moves it to
+/// another member). Serving the same name and version again is allowed.
 #[no_mangle]
 pub extern "C" fn tribe_node_serve(
     node: *const TribeNode,
@@ -243,12 +245,10 @@ pub extern "C" fn tribe_node_serve(
                     if let Err(Body::Call(Some(call))) =
                         mailbox.push(Body::Call(Some(call)), Class::Kept)
                     {
-                        // The node is stopping: answer without the host.
+                        // The node is stopping: refuse without the host,
+                        // so the caller moves the call to another member.
                         if let Some(r) = call.take() {
-                            r.fail(HandlerError::new(
-                                "shutting_down",
-                                "the serving node is stopping",
-                            ));
+                            r.refuse_stopping();
                         }
                     }
                 });
