@@ -588,7 +588,9 @@ void tribe_bytes_free(uint8_t *bytes,
  * Serves a plugin: advertises it in this node's record, so members of this
  * node's tribes can call it. Each incoming call becomes a
  * `TRIBE_EVENT_CALL` event for `tribe_node_next_event`; libtribe never
- * calls into the host. Serving the same name and version again is allowed.
+ * calls into the host. A call that arrives once the node is stopping is
+ * refused as `tribe_responder_refuse_stopping` would (the caller moves it to
+ * another member). Serving the same name and version again is allowed.
  */
 uint32_t tribe_node_serve(const struct tribe_node *node,
                           const char *name,
@@ -703,7 +705,8 @@ const char *tribe_responder_tribe(const struct tribe_responder *r);
 const char *tribe_responder_plugin(const struct tribe_responder *r);
 
 /**
- * The plugin version called. Borrowed until `tribe_responder_free`.
+ * The version of the served plugin that takes the call (also when the
+ * caller asked for any version). Borrowed until `tribe_responder_free`.
  */
 const char *tribe_responder_version(const struct tribe_responder *r);
 
@@ -725,7 +728,7 @@ uint64_t tribe_responder_budget_us(const struct tribe_responder *r);
  * cancelled it (`tribe_node_call_cancel`, a cancelled Go context, ...),
  * its budget ran out, or its stream or node ended. An answer given now is
  * dropped; a long handler may check this to stop early. True for NULL and
- * for a responder already answered. Does not block.
+ * for a responder already answered, and in a forked child. Does not block.
  */
 bool tribe_responder_is_abandoned(const struct tribe_responder *r);
 
@@ -1040,7 +1043,8 @@ uint32_t tribe_config_set_data_dir(struct tribe_config *cfg,
 /**
  * Sets the bounds of remote calls; 0 keeps a bound's default. Defaults:
  * payload 4 MiB, 256 calls in flight per connection, 4096 per node, 1024
- * handlers at once. Checked at start.
+ * handlers at once. Checked at start (`TRIBE_CONFIG`): the payload must be
+ * 1 KiB below the max frame (16 MiB), the others at most 16,777,216.
  */
 uint32_t tribe_config_set_rpc_limits(struct tribe_config *cfg,
                                      size_t max_payload,
@@ -1056,8 +1060,9 @@ uint32_t tribe_config_set_rpc_limits(struct tribe_config *cfg,
  * `"policies"` 1,000, `"plugins"` 20,000, `"tasks"` 20,000 (keep them
  * equal cluster-wide; a command past one fails with
  * `TRIBE_LIMIT_REACHED`); and `"max_streams"`, inbound call streams served
- * at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`).
- * An unknown name or a zero value is `TRIBE_INVALID_ARGUMENT`.
+ * at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`;
+ * at most 16,777,216, checked at start). An unknown name or a zero value
+ * is `TRIBE_INVALID_ARGUMENT`.
  */
 uint32_t tribe_config_set_limit(struct tribe_config *cfg,
                                 const char *name,
@@ -1315,13 +1320,13 @@ const char *tribe_node_addr(const struct tribe_node *node);
  * A file descriptor that is readable while events wait for
  * `tribe_node_next_event`, and stays readable once the node has stopped.
  * Owned by the node (do not read, write or close it); valid until
- * `tribe_node_free`. -1 for NULL.
+ * `tribe_node_free`. -1 for NULL, and in a forked child.
  */
 int tribe_node_event_fd(const struct tribe_node *node);
 
 /**
  * Node events dropped because the host read them too slowly (more than
- * 65,536 waiting). 0 for NULL.
+ * 65,536 waiting). 0 for NULL, and in a forked child.
  */
 uint64_t tribe_node_events_dropped(const struct tribe_node *node);
 

@@ -6,6 +6,10 @@ use std::time::Duration;
 
 use crate::error::Error;
 
+/// The largest rpc in-flight or stream bound: far above any real load, and
+/// well inside what a tokio semaphore holds.
+pub const MAX_RPC_BOUND: usize = 1 << 24;
+
 /// Timing profile, in the spirit of memberlist's default configs.
 ///
 /// | knob | lan | wan | local |
@@ -417,19 +421,21 @@ impl Config {
             ));
         }
         let r = &self.rpc;
-        if r.max_payload == 0 || r.max_payload + 1024 > self.max_frame {
+        if r.max_payload == 0 || r.max_payload > self.max_frame.saturating_sub(1024) {
             return Err(Error::Config(
                 "rpc max payload must be non-zero and 1 KiB below the max frame".into(),
             ));
         }
-        if r.max_inflight_per_conn == 0
-            || r.max_inflight == 0
-            || r.max_serving == 0
-            || r.max_streams == 0
-        {
-            return Err(Error::Config(
-                "rpc in-flight and stream bounds must be non-zero".into(),
-            ));
+        let bounds = [
+            r.max_inflight_per_conn,
+            r.max_inflight,
+            r.max_serving,
+            r.max_streams,
+        ];
+        if bounds.iter().any(|&b| b == 0 || b > MAX_RPC_BOUND) {
+            return Err(Error::Config(format!(
+                "rpc in-flight and stream bounds must be 1 to {MAX_RPC_BOUND}"
+            )));
         }
         Ok(())
     }
@@ -468,6 +474,22 @@ mod tests {
         let mut cfg = Config::new("n");
         cfg.rpc.max_streams = 0;
         assert!(cfg.validate().is_err());
+        // Huge rpc bounds wrapped the payload check or made a semaphore
+        // panic at start.
+        for set in [
+            |r: &mut crate::rpc::RpcLimits| r.max_payload = usize::MAX,
+            |r: &mut crate::rpc::RpcLimits| r.max_inflight = usize::MAX,
+            |r: &mut crate::rpc::RpcLimits| r.max_inflight_per_conn = usize::MAX,
+            |r: &mut crate::rpc::RpcLimits| r.max_serving = MAX_RPC_BOUND + 1,
+            |r: &mut crate::rpc::RpcLimits| r.max_streams = usize::MAX,
+        ] {
+            let mut cfg = Config::new("n");
+            set(&mut cfg.rpc);
+            assert!(cfg.validate().is_err());
+        }
+        let mut cfg = Config::new("n");
+        cfg.rpc.max_serving = MAX_RPC_BOUND;
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

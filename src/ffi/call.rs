@@ -544,7 +544,8 @@ pub extern "C" fn tribe_responder_plugin(r: *const TribeResponder) -> *const c_c
     cast::field_str(r, |r| &r.plugin)
 }
 
-/// The plugin version called. Borrowed until `tribe_responder_free`.
+/// The version of the served plugin that takes the call (also when the
+/// caller asked for any version). Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_version(r: *const TribeResponder) -> *const c_char {
     cast::field_str(r, |r| &r.version)
@@ -577,16 +578,18 @@ pub extern "C" fn tribe_responder_budget_us(r: *const TribeResponder) -> u64 {
 /// cancelled it (`tribe_node_call_cancel`, a cancelled Go context, ...),
 /// its budget ran out, or its stream or node ended. An answer given now is
 /// dropped; a long handler may check this to stop early. True for NULL and
-/// for a responder already answered. Does not block.
+/// for a responder already answered, and in a forked child. Does not block.
 #[no_mangle]
 pub extern "C" fn tribe_responder_is_abandoned(r: *const TribeResponder) -> bool {
     ffi_infallible!(true, {
+        // A forked child must not take the parent's locks.
         cast::opt_ref(r).is_none_or(|r| {
-            r.responder
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_ref()
-                .is_none_or(Responder::is_abandoned)
+            r.owner.is_elsewhere()
+                || r.responder
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .is_none_or(Responder::is_abandoned)
         })
     })
 }

@@ -333,7 +333,8 @@ pub extern "C" fn tribe_config_set_data_dir(
 
 /// Sets the bounds of remote calls; 0 keeps a bound's default. Defaults:
 /// payload 4 MiB, 256 calls in flight per connection, 4096 per node, 1024
-/// handlers at once. Checked at start.
+/// handlers at once. Checked at start (`TRIBE_CONFIG`): the payload must be
+/// 1 KiB below the max frame (16 MiB), the others at most 16,777,216.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_rpc_limits(
     cfg: *mut TribeConfig,
@@ -362,8 +363,9 @@ pub extern "C" fn tribe_config_set_rpc_limits(
 /// `"policies"` 1,000, `"plugins"` 20,000, `"tasks"` 20,000 (keep them
 /// equal cluster-wide; a command past one fails with
 /// `TRIBE_LIMIT_REACHED`); and `"max_streams"`, inbound call streams served
-/// at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`).
-/// An unknown name or a zero value is `TRIBE_INVALID_ARGUMENT`.
+/// at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`;
+/// at most 16,777,216, checked at start). An unknown name or a zero value
+/// is `TRIBE_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_limit(
     cfg: *mut TribeConfig,

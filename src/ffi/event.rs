@@ -98,6 +98,17 @@ pub struct TribeEvent {
     body: Body,
     subject: Option<CString>,
     tribe: Option<CString>,
+    /// What a call event's JSON shows of a responder that was taken.
+    taken_call: Option<TakenCall>,
+}
+
+/// The parts of a call's details the event keeps when its responder is
+/// taken (tribe and plugin are its `tribe` and `subject`).
+struct TakenCall {
+    version: String,
+    caller: String,
+    budget_ms: u64,
+    payload_len: usize,
 }
 
 fn kind_of(body: &Body) -> u32 {
@@ -168,6 +179,7 @@ impl TribeEvent {
             body,
             subject,
             tribe,
+            taken_call: None,
         }
     }
 
@@ -195,12 +207,23 @@ impl TribeEvent {
                     "budget_ms": r.info.budget.as_millis() as u64,
                     "payload_len": r.payload.len(),
                 }),
-                // The responder was taken: what the event still knows.
-                None => json!({
-                    "kind": "call",
-                    "tribe": self.tribe.as_ref().map(|t| t.to_string_lossy()),
-                    "plugin": self.subject.as_ref().map(|s| s.to_string_lossy()),
-                }),
+                // The responder was taken: the same from what was kept.
+                None => {
+                    let text =
+                        |s: &Option<CString>| s.as_ref().map(|s| s.to_string_lossy().into_owned());
+                    let mut v = json!({
+                        "kind": "call",
+                        "tribe": text(&self.tribe),
+                        "plugin": text(&self.subject),
+                    });
+                    if let Some(t) = &self.taken_call {
+                        v["version"] = json!(t.version);
+                        v["caller"] = json!(t.caller);
+                        v["budget_ms"] = json!(t.budget_ms);
+                        v["payload_len"] = json!(t.payload_len);
+                    }
+                    v
+                }
             },
             Body::CallDone { id, result, .. } => {
                 let outcome = match result {
@@ -375,11 +398,18 @@ pub extern "C" fn tribe_event_take_responder(
 ) -> u32 {
     ffi_call!(err, {
         let out = cast::out(out, "out")?;
-        match &mut cast::handle_mut(event, "event")?.body {
+        let event = cast::handle_mut(event, "event")?;
+        match &mut event.body {
             Body::Call(slot) => {
                 let responder = slot
                     .take()
                     .ok_or_else(|| FfiError::consumed("the responder"))?;
+                event.taken_call = Some(TakenCall {
+                    version: responder.info.version.clone(),
+                    caller: responder.info.caller.clone(),
+                    budget_ms: responder.info.budget.as_millis() as u64,
+                    payload_len: responder.payload.len(),
+                });
                 cast::write(out, Box::into_raw(responder));
                 Ok(())
             }

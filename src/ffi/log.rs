@@ -104,11 +104,18 @@ pub(super) fn enable(level: u32) {
 
 /// Runs `f` with this thread's records going to `sink` (if any).
 pub(super) fn with_sink<T>(sink: Option<&Sink>, f: impl FnOnce() -> T) -> T {
+    /// Puts the previous sink back also when `f` panics (the panic is
+    /// caught further up and the host goes on with this thread).
+    struct Restore(Option<Sink>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            let _ = SINK.try_with(|s| *s.borrow_mut() = previous);
+        }
+    }
     let Some(sink) = sink else { return f() };
-    let previous = SINK.with(|s| s.replace(Some(sink.clone())));
-    let out = f();
-    SINK.with(|s| *s.borrow_mut() = previous);
-    out
+    let _restore = Restore(SINK.with(|s| s.replace(Some(sink.clone()))));
+    f()
 }
 
 /// Makes this thread's records go to `sink` for good (runtime threads).

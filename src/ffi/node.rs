@@ -346,19 +346,23 @@ pub extern "C" fn tribe_node_addr(node: *const TribeNode) -> *const c_char {
 /// A file descriptor that is readable while events wait for
 /// `tribe_node_next_event`, and stays readable once the node has stopped.
 /// Owned by the node (do not read, write or close it); valid until
-/// `tribe_node_free`. -1 for NULL.
+/// `tribe_node_free`. -1 for NULL, and in a forked child.
 #[no_mangle]
 pub extern "C" fn tribe_node_event_fd(node: *const TribeNode) -> c_int {
-    ffi_infallible!(-1, { cast::opt_ref(node).map_or(-1, |n| n.mailbox.fd()) })
+    ffi_infallible!(-1, { here(node).map_or(-1, |n| n.mailbox.fd()) })
 }
 
 /// Node events dropped because the host read them too slowly (more than
-/// 65,536 waiting). 0 for NULL.
+/// 65,536 waiting). 0 for NULL, and in a forked child.
 #[no_mangle]
 pub extern "C" fn tribe_node_events_dropped(node: *const TribeNode) -> u64 {
-    ffi_infallible!(0, {
-        cast::opt_ref(node).map_or(0, |n| n.mailbox.dropped())
-    })
+    ffi_infallible!(0, { here(node).map_or(0, |n| n.mailbox.dropped()) })
+}
+
+/// The node, unless NULL or made by the process this one was forked from
+/// (whose locks a child may have inherited held: it must not take them).
+fn here<'a>(node: *const TribeNode) -> Option<&'a TribeNode> {
+    cast::opt_ref(node).filter(|n| !n.owner.is_elsewhere())
 }
 
 /// Asks for the next asynchronous call id.

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 
 use super::client::{self, Answer, NotSent, Outcome, Pool};
 use super::proto::{Refusal, RpcMsg};
-use super::responder::Responder;
+use super::responder::{LocalRefusal, Responder};
 use super::server::{Server, Serving};
 use super::{CallInfo, CallTarget, HandlerError, RpcCounters};
 use crate::error::{Error, Result};
@@ -126,7 +126,13 @@ impl Rpc {
                 self.server
                     .start_responder(&handler, info, payload, responder, &slot);
                 match tokio::time::timeout(budget, answer).await {
-                    Ok(Ok(result)) => result.map_err(from_handler),
+                    Ok(Ok(Ok(reply))) => Ok(reply),
+                    Ok(Ok(Err(LocalRefusal::Failed(e)))) => Err(from_handler(e)),
+                    // As a stopping host's refusal: the route moves on.
+                    Ok(Ok(Err(LocalRefusal::Stopping))) => Err(Error::NoProvider {
+                        tribe: call.tribe.to_string(),
+                        plugin: call.plugin.to_string(),
+                    }),
                     // Every path answers through the slot before it drops.
                     Ok(Err(_)) => Err(Error::Timeout),
                     Err(_) => {

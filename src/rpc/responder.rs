@@ -116,7 +116,15 @@ fn write_reply(outbox: &Outbox, id: u64, result: Result<Vec<u8>, HandlerError>, 
 }
 
 /// What a call this node made to itself gets back.
-pub(crate) type LocalAnswer = Result<Vec<u8>, HandlerError>;
+pub(crate) type LocalAnswer = Result<Vec<u8>, LocalRefusal>;
+
+/// Why this node's own handler gave no answer to a local call.
+pub(crate) enum LocalRefusal {
+    /// The handler failed the call.
+    Failed(HandlerError),
+    /// The host is stopping: the caller moves the call to another member.
+    Stopping,
+}
 
 /// A served call's places: one of its stream's and one of the node's,
 /// given back once the call is answered or abandoned.
@@ -165,7 +173,7 @@ impl Slot {
                 drop(places);
             }
             Sink::Local(tx) => {
-                let _ = tx.send(result);
+                let _ = tx.send(result.map_err(LocalRefusal::Failed));
             }
         }
         true
@@ -205,10 +213,7 @@ impl Slot {
                 drop(places);
             }
             Sink::Local(tx) => {
-                let _ = tx.send(Err(HandlerError::new(
-                    "shutting_down",
-                    "the host is stopping",
-                )));
+                let _ = tx.send(Err(LocalRefusal::Stopping));
             }
         }
     }
@@ -377,7 +382,10 @@ mod tests {
         let got = answer
             .try_recv()
             .expect("answered at once, not at the deadline");
-        assert_eq!(got.unwrap_err().code, "panic");
+        match got {
+            Err(LocalRefusal::Failed(e)) => assert_eq!(e.code, "panic"),
+            _ => panic!("want a failure with code panic"),
+        }
         assert_eq!(
             counters.panics.load(std::sync::atomic::Ordering::Relaxed),
             1

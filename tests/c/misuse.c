@@ -50,6 +50,20 @@ static void config_misuse(void) {
     EXPECT(TRIBE_CONSUMED, tribe_node_start(cfg, &node, &err));
     EXPECT(TRIBE_CONSUMED, tribe_config_set_profile(cfg, "local", &err));
     tribe_config_free(cfg);
+    /* Bounds too large for the call path are refused at start, not panics. */
+    {
+        const size_t huge = (size_t)-1;
+        const size_t sets[4][4] = {{huge, 0, 0, 0}, {0, huge, 0, 0}, {0, 0, huge, 0}, {0, 0, 0, huge}};
+        for (int i = 0; i < 5; i++) {
+            EXPECT(TRIBE_OK, tribe_config_new("huge", &cfg, &err));
+            if (i < 4)
+                EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(cfg, sets[i][0], sets[i][1], sets[i][2], sets[i][3], &err));
+            else
+                EXPECT(TRIBE_OK, tribe_config_set_limit(cfg, "max_streams", UINT64_MAX, &err));
+            EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
+            tribe_config_free(cfg);
+        }
+    }
     /* A bad node name is refused at start. */
     EXPECT(TRIBE_OK, tribe_config_new("bad name with spaces", &cfg, &err));
     EXPECT(TRIBE_INVALID_NAME, tribe_node_start(cfg, &node, &err));
@@ -248,6 +262,15 @@ static void responder_and_events(tribe_node *n) {
     EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
     tribe_responder *again = NULL;
     EXPECT(TRIBE_CONSUMED, tribe_event_take_responder(call, &again, &err));
+    {
+        /* The event's JSON still has the call's details. */
+        char *json = NULL;
+        EXPECT(TRIBE_OK, tribe_event_json(call, &json, NULL, &err));
+        CHECK(strstr(json, "\"caller\":\"misuse-node\"") && strstr(json, "\"version\":\"1\"") &&
+              strstr(json, "\"payload_len\":4") && strstr(json, "\"budget_ms\":") &&
+              strstr(json, "\"plugin\":\"echo\""));
+        tribe_string_free(json);
+    }
     tribe_event_free(call);
     CHECK(strcmp(tribe_responder_caller(r), "misuse-node") == 0);
     CHECK(strcmp(tribe_responder_tribe(r), "solo") == 0);
@@ -297,6 +320,19 @@ static void responder_and_events(tribe_node *n) {
     CHECK(tribe_event_take_reply(done, &b, &len, &err) == TRIBE_REMOTE);
     CHECK(strcmp(tribe_error_remote_code(err), "unanswered") == 0);
     tribe_error_free(err);
+    tribe_event_free(done);
+
+    /* A call to this node's own handler refused as stopping moves on to
+     * another member: here there is none. */
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                           NULL, 0, 5000, &id, &err));
+    call = next_of_kind(n, TRIBE_EVENT_CALL);
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_event_free(call);
+    EXPECT(TRIBE_OK, tribe_responder_refuse_stopping(r, &err));
+    tribe_responder_free(r);
+    done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    EXPECT(TRIBE_NO_PROVIDER, tribe_event_take_reply(done, &b, &len, &err));
     tribe_event_free(done);
 
     /* The event fd is readable exactly while events wait. */
@@ -483,6 +519,10 @@ static void forked_child_is_refused(void) {
         EXPECT(TRIBE_FORKED, tribe_node_next_event(n, -1, &ev, &err));
         EXPECT(TRIBE_FORKED, tribe_responder_reply(r, (const uint8_t *)"no", 2, &err));
         EXPECT(TRIBE_FORKED, tribe_node_shutdown(n, &err));
+        /* These take no lock the parent's threads may have held. */
+        CHECK(tribe_node_event_fd(n) == -1);
+        CHECK(tribe_node_events_dropped(n) == 0);
+        CHECK(tribe_responder_is_abandoned(r));
         CHECK(now_s() - t0 < 1.0);
         CHECK(strcmp(tribe_result_name(TRIBE_FORKED), "forked") == 0);
         tribe_responder_free(r);
