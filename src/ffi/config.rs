@@ -273,6 +273,8 @@ pub extern "C" fn tribe_config_add_key_file(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
+        // The config first: no file is read for a NULL or used-up one.
+        cast::handle_mut(cfg, "config")?.pending()?;
         let path = cast::text(path, "path")?;
         let text = std::fs::read_to_string(path).map_err(|e| {
             FfiError::from(crate::Error::Io(format!(

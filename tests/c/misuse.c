@@ -37,6 +37,7 @@ static void config_misuse(void) {
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_worker_threads(cfg, 0, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_collect_facts(NULL, false, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_rpc_limits(NULL, 0, 0, 0, 0, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_key_file(NULL, "/etc/hostname", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_limit(cfg, NULL, 1, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_limit(NULL, "tribes", 1, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_limit(cfg, "tribes", 0, &err));
