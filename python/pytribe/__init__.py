@@ -42,6 +42,7 @@ from typing import (
 
 from . import _native
 from ._errors import (
+    _NotServed,
     AlreadyMemberError,
     CallError,
     CallTimeoutError,
@@ -308,7 +309,7 @@ class _Dispatch:
         node = self._node()
         handler = None if node is None else node._handlers.get(self._key)
         if handler is None:
-            raise ShutdownError("the node serving this plugin was dropped")
+            raise _NotServed("unserved, or its node was dropped")
         return handler(payload, info)
 
     def __repr__(self) -> str:
@@ -382,13 +383,13 @@ class Events:
     def __iter__(self) -> Events:
         return self
 
-    def __next__(self) -> Event:
+    def __next__(self) -> AnyEvent:
         event = self.get(self._timeout)
         if event is None:
             raise StopIteration
         return event
 
-    def get(self, timeout: Optional[float] = None) -> Optional[Event]:
+    def get(self, timeout: Optional[float] = None) -> Optional[AnyEvent]:
         """The next event, or None after ``timeout`` seconds without one
         (None: wait as long as it takes) or once the node has stopped."""
         _check_timeout(timeout, allow_none=True)
@@ -400,9 +401,9 @@ class Events:
             return None
         return _event(got)
 
-    def drain(self) -> List[Event]:
+    def drain(self) -> List[AnyEvent]:
         """The events already queued, without waiting."""
-        out: List[Event] = []
+        out: List[AnyEvent] = []
         while True:
             got = self._native.try_next()
             if got is None:
@@ -423,7 +424,7 @@ class AsyncEvents:
     def __aiter__(self) -> AsyncEvents:
         return self
 
-    async def __anext__(self) -> Event:
+    async def __anext__(self) -> AnyEvent:
         loop = asyncio.get_running_loop()
         pending = self._pending
         if pending is None or pending.get_loop() is not loop or pending.cancelled():
@@ -443,8 +444,9 @@ def _check_timeout(timeout: Optional[float], allow_none: bool = False) -> None:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if not 0 <= timeout < float("inf"):
-        raise ValueError(f"timeout must be a finite number of seconds, 0 or more, not {timeout}")
+    # Compared as given: a huge int must not overflow a float conversion.
+    if not 0 <= timeout <= 1e9:
+        raise ValueError(f"timeout must be a finite number of seconds, from 0 to 1e9, not {timeout}")
 
 
 def _str_list(what: str, items: Iterable[str]) -> List[str]:
@@ -578,17 +580,20 @@ class Node:
         ``timeout`` seconds (None: until done, at most about 2 s). Idempotent.
         Returns whether the node has stopped."""
         _check_timeout(timeout, allow_none=True)
-        done = self._native.shutdown(timeout)
-        self._stop_workers(1.0)
-        return done
+        try:
+            return self._native.shutdown(timeout)
+        finally:
+            # Also when the wait is interrupted (KeyboardInterrupt).
+            self._stop_workers(1.0)
 
     def abort(self, timeout: Optional[float] = None) -> bool:
         """Stops at once without a goodbye, as a crash would (peers record
         *failed*). Idempotent."""
         _check_timeout(timeout, allow_none=True)
-        done = self._native.abort(timeout)
-        self._stop_workers(1.0)
-        return done
+        try:
+            return self._native.abort(timeout)
+        finally:
+            self._stop_workers(1.0)
 
     def _stop_workers_nowait(self) -> List[threading.Thread]:
         """Tells this node's pool threads to stop; returns them to join."""

@@ -256,6 +256,12 @@ class TribeIOError(TribeError, OSError):
             self.strerror = found.group(1).rsplit(": ", 1)[-1]
 
 
+class _NotServed(Exception):
+    """Raised inside pytribe when a queued call's handler is gone (it was
+    unserved, or its node dropped): the call is refused as by a stopping
+    host, and the caller moves it to another member."""
+
+
 class HandlerError(Exception):
     """Raise from a handler to fail a call with an explicit code.
 

@@ -416,7 +416,7 @@ AnyEvent = Union[
 ]
 
 
-def _event(d: Dict[str, Any]) -> Event:
+def _event(d: Dict[str, Any]) -> AnyEvent:
     kind = d.pop("kind_")
     if kind in ("plugin_load", "plugin_unload"):
         cls = PluginLoad if kind == "plugin_load" else PluginUnload
@@ -436,7 +436,7 @@ def _event(d: Dict[str, Any]) -> Event:
     return cls2(**d)
 
 
-_SIMPLE: Dict[str, Callable[..., Event]] = {
+_SIMPLE: Dict[str, Callable[..., AnyEvent]] = {
     c.kind: c
     for c in (
         Joined,

@@ -76,7 +76,7 @@ impl CallInfo {
     }
 
     /// Whether the call is over without this handler's answer: its caller
-    /// cancelled it (or gave up), its deadline passed, or the node stopped.
+    /// cancelled it (or gave up) or its deadline passed.
     /// A long handler may check it and stop early; its answer is dropped.
     fn abandoned(&self) -> bool {
         self.running.as_ref().is_some_and(|r| {
@@ -216,11 +216,27 @@ fn run_job(py: Python<'_>, mut job: Job) {
     match result {
         // Written to the caller's stream from this thread, without the GIL.
         Ok(reply) => py.detach(|| responder.reply(reply)),
-        Err(e) => responder.fail(e),
+        Err(Failure::Handler(e)) => responder.fail(e),
+        // Unserved while queued: the caller moves the call on.
+        Err(Failure::NotServed) => responder.refuse_stopping(),
     }
 }
 
-fn call_handler(py: Python<'_>, job: &Job, running: &Running) -> Result<Vec<u8>, HandlerError> {
+/// Why a queued call got no reply from Python.
+enum Failure {
+    Handler(HandlerError),
+    NotServed,
+}
+
+impl From<HandlerError> for Failure {
+    fn from(e: HandlerError) -> Failure {
+        Failure::Handler(e)
+    }
+}
+
+static NOT_SERVED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn call_handler(py: Python<'_>, job: &Job, running: &Running) -> Result<Vec<u8>, Failure> {
     let internal = |e: PyErr| HandlerError::new("internal", e.to_string());
     let left = job.info.budget.saturating_sub(job.queued.elapsed());
     let deadline = monotonic(py).map_err(internal)? + left.as_secs_f64();
@@ -238,12 +254,18 @@ fn call_handler(py: Python<'_>, job: &Job, running: &Running) -> Result<Vec<u8>,
         Ok(out) => reply_bytes(&out).map_err(|e| {
             let err = HandlerError::new("TypeError", e);
             log_failure(py, &job.info, &err, None);
-            err
+            Failure::Handler(err)
         }),
         Err(e) => {
+            let not_served = NOT_SERVED
+                .import(py, "pytribe._errors", "_NotServed")
+                .is_ok_and(|cls| e.value(py).is_instance(cls).unwrap_or(false));
+            if not_served {
+                return Err(Failure::NotServed);
+            }
             let err = handler_error(py, &e);
             log_failure(py, &job.info, &err, Some(e));
-            Err(err)
+            Err(Failure::Handler(err))
         }
     }
 }

@@ -33,9 +33,9 @@ pub(crate) struct NativeNode {
 pub(crate) fn seconds(what: &str, t: f64, allow_zero: bool) -> PyResult<Duration> {
     if !t.is_finite() || t < 0.0 || (!allow_zero && t == 0.0) || t > 1e9 {
         let want = if allow_zero {
-            "0 or more"
+            "from 0 to 1e9"
         } else {
-            "more than 0"
+            "more than 0, at most 1e9"
         };
         return Err(value_error(format!(
             "{what} must be a finite number of seconds, {want}, not {t}"
@@ -44,14 +44,27 @@ pub(crate) fn seconds(what: &str, t: f64, allow_zero: bool) -> PyResult<Duration
     Ok(Duration::from_secs_f64(t))
 }
 
-fn parse_addr(what: &str, text: &str) -> PyResult<SocketAddr> {
+/// Checks the timeout of a wait for the stop (None: no limit).
+fn check_wait(timeout: Option<f64>) -> PyResult<()> {
+    timeout.map_or(Ok(()), |t| seconds("timeout", t, true).map(|_| ()))
+}
+
+fn parse_addr(py: Python<'_>, what: &str, text: &str) -> PyResult<SocketAddr> {
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);
     }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut it| it.next())
-        .ok_or_else(|| value_error(format!("{what} {text:?} is not a host:port address")))
+    // A host name: resolved without the GIL, as DNS may take seconds.
+    let name = text.to_string();
+    match py.detach(move || name.to_socket_addrs().map(|mut it| it.next())) {
+        Ok(Some(a)) => Ok(a),
+        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(to_py(
+            py,
+            tribe::Error::Io(format!("{what} {text:?} could not be resolved: {e}")),
+        )),
+        _ => Err(value_error(format!(
+            "{what} {text:?} is not a host:port address"
+        ))),
+    }
 }
 
 fn kind(text: &str) -> PyResult<PluginKind> {
@@ -180,10 +193,10 @@ impl NativeNode {
         limits: BTreeMap<String, usize>,
     ) -> PyResult<NativeNode> {
         let mut cfg = Config::new(name);
-        cfg.bind = parse_addr("bind", bind)?;
+        cfg.bind = parse_addr(py, "bind", bind)?;
         cfg.seeds = seeds
             .iter()
-            .map(|s| parse_addr("seed", s))
+            .map(|s| parse_addr(py, "seed", s))
             .collect::<PyResult<_>>()?;
         cfg.facts = facts;
         cfg.collect_facts = collect_facts;
@@ -213,7 +226,7 @@ impl NativeNode {
             ));
         }
         if let Some(a) = advertise {
-            cfg.advertise = Some(parse_addr("advertise", a)?);
+            cfg.advertise = Some(parse_addr(py, "advertise", a)?);
         }
         if let Some(limit) = max_payload {
             // Frames carry the payload and 64 KiB of headroom, up to 1 GiB.
@@ -564,6 +577,8 @@ impl NativeNode {
     /// node has stopped.
     #[pyo3(signature = (timeout=None))]
     fn shutdown(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        // A bad timeout is refused before anything stops.
+        check_wait(timeout)?;
         self.begin_stop(true)?;
         self.wait_stopped(py, timeout)
     }
@@ -571,6 +586,7 @@ impl NativeNode {
     /// Stops without a goodbye (peers record *failed*); waits like `shutdown`.
     #[pyo3(signature = (timeout=None))]
     fn abort(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
+        check_wait(timeout)?;
         self.begin_stop(false)?;
         self.wait_stopped(py, timeout)
     }

@@ -1,0 +1,71 @@
+"""Edges found by review: a stop with a bad timeout, a handler unserved while
+calls wait for it, host names, and the event types type checkers see."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import List
+
+import pytest
+
+import pytribe
+from conftest import Cluster, start, wait_for
+from test_calls import pair, wait_endpoint
+
+
+def pool_threads(name: str) -> int:
+    return sum(1 for t in threading.enumerate() if t.name.startswith(f"pytribe-handler-{name}-"))
+
+
+def test_a_bad_close_timeout_stops_nothing() -> None:
+    node = start("badclose", bind="127.0.0.1:0")
+    node.serve("echo", "1", "processor", lambda payload, info: payload)  # starts the pool
+    assert pool_threads("badclose") > 0
+    for bad in (1e10, 10**400, float("nan"), -1):
+        with pytest.raises(ValueError):
+            node.close(timeout=bad)
+        assert not node.closed
+    assert node.close(timeout=5.0)
+    wait_for("the handler pool to stop", lambda: pool_threads("badclose") == 0, 5.0)
+
+
+def test_calls_queued_for_an_unserved_handler_move_on(cluster: Cluster) -> None:
+    host, caller = pair(cluster, handler_threads=1)
+    release = threading.Event()
+
+    def slow(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        release.wait(5.0)
+        return payload
+
+    host.serve("slow", "1", "processor", slow)
+    wait_endpoint(caller, "slow")
+    outcomes: List[BaseException] = []
+
+    def call() -> None:
+        try:
+            caller.call("svc", "slow", b"x", timeout=5.0)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+            outcomes.append(e)
+
+    threads = [threading.Thread(target=call) for _ in range(3)]
+    for t in threads:
+        t.start()
+    # One call runs (one pool thread), two wait in the queue.
+    time.sleep(0.5)
+    host.unserve("slow", "1")
+    release.set()
+    for t in threads:
+        t.join(10.0)
+    # The running call may finish or not; the queued ones are refused as by
+    # a stopping host, and with no other provider that is NoProviderError.
+    assert len(outcomes) >= 2, outcomes
+    assert all(isinstance(e, pytribe.NoProviderError) for e in outcomes), outcomes
+
+
+def test_a_host_name_binds() -> None:
+    node = start("byname", bind="localhost:0")
+    try:
+        assert node.addr.startswith("127.0.0.1:") or node.addr.startswith("[::1]:")
+    finally:
+        node.close()
