@@ -347,7 +347,14 @@ class _ForkedNative:
 _forked_natives: List[Any] = []
 
 
+# Forks so far (in this process's line): a subscriber made before a fork
+# has no runtime behind it in the child and ends there.
+_fork_generation = 0
+
+
 def _after_fork_in_child() -> None:
+    global _fork_generation
+    _fork_generation += 1
     """In a child of fork(): the parent's nodes are closed here without a
     goodbye of their own (they live on in the parent), and the next node
     starts a new runtime."""
@@ -378,6 +385,7 @@ class Events:
     def __init__(self, native: _native.NativeEvents, timeout: Optional[float]) -> None:
         self._native = native
         self._timeout = timeout
+        self._generation = _fork_generation
         self.closed = False
 
     def __iter__(self) -> Events:
@@ -393,6 +401,9 @@ class Events:
         """The next event, or None after ``timeout`` seconds without one
         (None: wait as long as it takes) or once the node has stopped."""
         _check_timeout(timeout, allow_none=True)
+        if self._generation != _fork_generation:
+            self.closed = True
+            return None
         got = self._native.next(timeout)
         if got is False:
             self.closed = True
@@ -404,6 +415,8 @@ class Events:
     def drain(self) -> List[AnyEvent]:
         """The events already queued, without waiting."""
         out: List[AnyEvent] = []
+        if self._generation != _fork_generation:
+            return out
         while True:
             got = self._native.try_next()
             if got is None:
@@ -417,6 +430,7 @@ class AsyncEvents:
 
     def __init__(self, native: _native.NativeEvents) -> None:
         self._native = native
+        self._generation = _fork_generation
         # The take in progress, kept across a cancelled __anext__ so that
         # the event it takes goes to the next one instead of being lost.
         self._pending: Optional[asyncio.Future[Any]] = None
@@ -425,6 +439,8 @@ class AsyncEvents:
         return self
 
     async def __anext__(self) -> AnyEvent:
+        if self._generation != _fork_generation:
+            raise StopAsyncIteration
         loop = asyncio.get_running_loop()
         pending = self._pending
         if pending is None or pending.get_loop() is not loop or pending.cancelled():

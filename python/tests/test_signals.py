@@ -139,6 +139,7 @@ FORK = textwrap.dedent(
     import pytribe
     used = pytribe.Node("used", profile="local", collect_facts=False)
     used.create_tribe("t")
+    events = used.events(timeout=None)
     pid = os.fork()
     if pid == 0:
         # The parent's node is closed here, and the child's own works.
@@ -147,6 +148,9 @@ FORK = textwrap.dedent(
             sys.exit(3)
         except pytribe.ShutdownError:
             pass
+        # A subscriber made before the fork ends (it waited forever).
+        if list(events) != [] or events.get() is not None or not events.closed:
+            sys.exit(4)
         child = pytribe.Node("child", profile="local", collect_facts=False)
         child.create_tribe("c")
         child.join("c")
