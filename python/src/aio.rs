@@ -1,10 +1,12 @@
 //! asyncio integration: a runtime task whose outcome completes an asyncio
 //! future through the loop's `call_soon_threadsafe`, attached to the
-//! interpreter from tokio's blocking pool (never from a runtime worker).
-//! Cancelling the asyncio future aborts the task, which drops (abandons)
-//! what it was doing.
+//! interpreter from one completer thread (never from a runtime worker),
+//! which hands over what finished meanwhile in one attach. Cancelling the
+//! asyncio future aborts the task, which drops (abandons) what it was doing.
 
 use std::future::Future;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::Mutex;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -72,25 +74,15 @@ where
         .clone_ref(py);
     let task = rt.spawn(async move {
         let outcome = work.await;
-        // Attach from the blocking pool: a runtime worker never waits for
-        // the GIL.
-        let _ = tokio::task::spawn_blocking(move || {
-            if !crate::may_call_python() {
-                return;
-            }
-            let _ = Python::try_attach(|py| {
-                let (failed, value) = match outcome(py) {
-                    Ok(v) => (false, v),
-                    Err(e) => (true, e.into_value(py).into_any()),
-                };
-                // A closed loop refuses; nobody is waiting then.
-                let _ = loop_ref.bind(py).call_method1(
-                    "call_soon_threadsafe",
-                    (complete.bind(py), fut_ref.bind(py), failed, value),
-                );
+        // To the completer thread: a runtime worker never waits for the GIL.
+        if let Some(to) = completer() {
+            let _ = to.send(Delivery {
+                outcome,
+                loop_ref,
+                fut_ref,
+                complete,
             });
-        })
-        .await;
+        }
     });
     let canceller = Bound::new(
         py,
@@ -100,4 +92,58 @@ where
     )?;
     fut.call_method1("add_done_callback", (canceller,))?;
     Ok(fut)
+}
+
+/// A finished task's outcome on its way to its asyncio future.
+struct Delivery {
+    outcome: Outcome,
+    loop_ref: Py<PyAny>,
+    fut_ref: Py<PyAny>,
+    complete: Py<PyAny>,
+}
+
+/// The completer thread's queue; None until first used, and again in a
+/// forked child (where the thread does not exist).
+static COMPLETER: Mutex<Option<Sender<Delivery>>> = Mutex::new(None);
+
+/// The queue of the completer thread, started on first use.
+fn completer() -> Option<Sender<Delivery>> {
+    let mut slot = COMPLETER.lock().unwrap_or_else(|p| p.into_inner());
+    if slot.is_none() {
+        let (to, from) = channel();
+        std::thread::Builder::new()
+            .name("pytribe-aio".into())
+            .spawn(move || complete_all(&from))
+            .ok()?;
+        *slot = Some(to);
+    }
+    slot.clone()
+}
+
+/// Forgets the parent's completer in a forked child.
+pub(crate) fn after_fork_in_child() {
+    *COMPLETER.lock().unwrap_or_else(|p| p.into_inner()) = None;
+}
+
+/// The completer thread: attaches once for what finished meanwhile.
+fn complete_all(from: &Receiver<Delivery>) {
+    while let Ok(first) = from.recv() {
+        let batch: Vec<Delivery> = std::iter::once(first).chain(from.try_iter()).collect();
+        if !crate::may_call_python() {
+            continue;
+        }
+        let _ = Python::try_attach(|py| {
+            for d in batch {
+                let (failed, value) = match (d.outcome)(py) {
+                    Ok(v) => (false, v),
+                    Err(e) => (true, e.into_value(py).into_any()),
+                };
+                // A closed loop refuses; nobody is waiting then.
+                let _ = d.loop_ref.bind(py).call_method1(
+                    "call_soon_threadsafe",
+                    (d.complete.bind(py), d.fut_ref.bind(py), failed, value),
+                );
+            }
+        });
+    }
 }

@@ -63,6 +63,7 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
 #[pyfunction]
 fn _after_fork_in_child() {
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    aio::after_fork_in_child();
     EXITING.store(false, Ordering::Release);
 }
 

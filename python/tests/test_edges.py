@@ -1,8 +1,10 @@
 """Edges found by review: a stop with a bad timeout, a handler unserved while
-calls wait for it, host names, and the event types type checkers see."""
+calls wait for it, host names, and many asyncio calls at once."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import time
 from typing import List
@@ -69,3 +71,28 @@ def test_a_host_name_binds() -> None:
         assert node.addr.startswith("127.0.0.1:") or node.addr.startswith("[::1]:")
     finally:
         node.close()
+
+
+def test_many_async_calls_start_no_thread_each(cluster: Cluster) -> None:
+    host, caller = pair(cluster, handler_threads=4)
+    host.serve("echo", "1", "processor", lambda payload, info: payload)
+    wait_endpoint(caller, "echo")
+
+    def os_threads() -> int:
+        return len(os.listdir("/proc/self/task"))
+
+    async def burst() -> int:
+        calls = [caller.call_async("svc", "echo", b"%d" % i, timeout=10.0) for i in range(200)]
+        peak = 0
+        pending = [asyncio.ensure_future(c) for c in calls]
+        while not all(p.done() for p in pending):
+            peak = max(peak, os_threads())
+            await asyncio.sleep(0.001)
+        replies = [p.result() for p in pending]
+        assert replies == [b"%d" % i for i in range(200)]
+        return peak
+
+    before = os_threads()
+    peak = asyncio.run(burst())
+    # One completer thread hands every outcome over, not a thread per call.
+    assert peak - before < 20, (before, peak)
