@@ -401,12 +401,14 @@ pub extern "C" fn tribe_event_take_responder(
         let event = cast::handle_mut(event, "event")?;
         match &mut event.body {
             Body::Call(slot) => {
-                let responder = slot
+                let mut responder = slot
                     .take()
                     .ok_or_else(|| FfiError::consumed("the responder"))?;
+                // Moved, not copied (this is on every call's path): the
+                // responder's accessors read their own C strings.
                 event.taken_call = Some(TakenCall {
-                    version: responder.info.version.clone(),
-                    caller: responder.info.caller.clone(),
+                    version: std::mem::take(&mut responder.info.version),
+                    caller: std::mem::take(&mut responder.info.caller),
                     budget_ms: responder.info.budget.as_millis() as u64,
                     payload_len: responder.payload.len(),
                 });
