@@ -426,30 +426,28 @@ class Events:
 
 class AsyncEvents:
     """An asyncio subscriber to a node's events (from :meth:`Node.aevents`);
-    ends when the node stops. Cancelling a pending ``__anext__`` loses no event."""
+    ends when the node stops. Cancelling a pending ``__anext__`` loses no
+    event, and the subscriber may be used from one event loop after another."""
 
     def __init__(self, native: _native.NativeEvents) -> None:
         self._native = native
         self._generation = _fork_generation
-        # The take in progress, kept across a cancelled __anext__ so that
-        # the event it takes goes to the next one instead of being lost.
-        self._pending: Optional[asyncio.Future[Any]] = None
 
     def __aiter__(self) -> AsyncEvents:
         return self
 
     async def __anext__(self) -> AnyEvent:
-        if self._generation != _fork_generation:
-            raise StopAsyncIteration
         loop = asyncio.get_running_loop()
-        pending = self._pending
-        if pending is None or pending.get_loop() is not loop or pending.cancelled():
-            pending = self._pending = self._native.anext(loop)
-        got = await asyncio.shield(pending)
-        self._pending = None
-        if not isinstance(got, dict):
-            raise StopAsyncIteration
-        return _event(got)
+        while True:
+            if self._generation != _fork_generation:
+                raise StopAsyncIteration
+            got = self._native.try_next()
+            if got is not None:
+                return _event(got)
+            # True once an event waits for try_next: the event itself stays
+            # with the subscriber, not in a future of this loop.
+            if await self._native.anext(loop) is False:
+                raise StopAsyncIteration
 
 
 # ------------------------------------------------------------------ node

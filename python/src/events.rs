@@ -11,13 +11,37 @@ use tokio::sync::Mutex;
 /// node also gets those since start).
 #[pyclass(frozen, module = "pytribe._native")]
 pub(crate) struct NativeEvents {
-    stream: Arc<Mutex<tribe::EventStream>>,
+    sub: Arc<Mutex<Subscriber>>,
+}
+
+/// The stream, and an event an asyncio wait took from it and has not
+/// handed out yet. The asyncio wait only announces that an event is
+/// there; the loop then takes it with `try_next`. So an event never rides
+/// in a future of a loop that may be gone (a loop closed mid-wait, a
+/// subscriber reused under a second `asyncio.run`): it waits here for
+/// whoever reads next.
+struct Subscriber {
+    stream: tribe::EventStream,
+    held: Option<tribe::Event>,
+}
+
+impl Subscriber {
+    async fn next(&mut self) -> Option<tribe::Event> {
+        match self.held.take() {
+            Some(e) => Some(e),
+            None => self.stream.next().await,
+        }
+    }
+
+    fn try_next(&mut self) -> Option<tribe::Event> {
+        self.held.take().or_else(|| self.stream.try_next())
+    }
 }
 
 impl NativeEvents {
     pub(crate) fn new(stream: tribe::EventStream) -> Self {
         NativeEvents {
-            stream: Arc::new(Mutex::new(stream)),
+            sub: Arc::new(Mutex::new(Subscriber { stream, held: None })),
         }
     }
 }
@@ -51,12 +75,13 @@ impl NativeEvents {
                 None => crate::SLICE,
                 Some(l) => l.saturating_sub(start.elapsed()).min(crate::SLICE),
             };
-            let stream = self.stream.clone();
+            let sub = self.sub.clone();
+            // The lock is inside the time limit: an asyncio wait may hold it.
             let got = py.detach(move || {
-                rt.block_on(async move {
-                    let mut s = stream.lock().await;
-                    tokio::time::timeout(slice, s.next()).await.ok()
-                })
+                rt.block_on(tokio::time::timeout(slice, async move {
+                    sub.lock().await.next().await
+                }))
+                .ok()
             });
             if got.is_some() {
                 return outcome(py, got);
@@ -70,7 +95,7 @@ impl NativeEvents {
 
     /// An event already queued (a dict), or `None`.
     fn try_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let got = match self.stream.try_lock() {
+        let got = match self.sub.try_lock() {
             Ok(mut s) => s.try_next(),
             Err(_) => None,
         };
@@ -80,20 +105,26 @@ impl NativeEvents {
         }
     }
 
-    /// An asyncio future (of `loop`) of the next event: a dict, or `False`
-    /// once the node has stopped. Cancelling it leaves the stream intact.
+    /// An asyncio future (of `loop`) that is `True` once an event waits
+    /// for `try_next`, or `False` once the node has stopped. Cancelling it
+    /// loses nothing.
     fn anext<'py>(
         &self,
         py: Python<'py>,
         r#loop: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let stream = self.stream.clone();
+        let sub = self.sub.clone();
         crate::aio::spawn(py, r#loop, async move {
-            let got = {
-                let mut s = stream.lock().await;
-                s.next().await
+            let ready = {
+                let mut s = sub.lock().await;
+                if s.held.is_none() {
+                    // Cancel-safe: an abort here leaves the event queued.
+                    s.held = s.stream.next().await;
+                }
+                s.held.is_some()
             };
-            let out: crate::aio::Outcome = Box::new(move |py| Ok(outcome(py, Some(got))?.unbind()));
+            let out: crate::aio::Outcome =
+                Box::new(move |py| Ok(ready.into_pyobject(py)?.to_owned().into_any().unbind()));
             out
         })
     }

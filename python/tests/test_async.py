@@ -81,3 +81,37 @@ def test_cancelled_anext_loses_no_event() -> None:
 
     assert asyncio.run(main()) == count
     node.close()
+
+
+def test_a_subscriber_outlives_its_event_loop() -> None:
+    """A wait left pending when its loop ends (a timeout, a test's loop
+    closed) must not take the next event into that dead loop."""
+    node = start("aio-loops")
+    events = node.aevents()
+
+    async def first() -> None:
+        # Times out: the take it started is still waiting when the loop ends.
+        try:
+            await asyncio.wait_for(events.__anext__(), 0.2)
+        except asyncio.TimeoutError:
+            pass
+        # Drain what start queued, so the next event is the tribe's.
+        while True:
+            try:
+                await asyncio.wait_for(events.__anext__(), 0.3)
+            except asyncio.TimeoutError:
+                return
+
+    async def second() -> pytribe.AnyEvent:
+        node.create_tribe("after-loop")
+        return await asyncio.wait_for(events.__anext__(), 5.0)
+
+    asyncio.run(first())
+    loop = asyncio.new_event_loop()
+    # A loop closed under a pending wait, without cancelling it.
+    stale = loop.create_task(events.__anext__())
+    loop.run_until_complete(asyncio.sleep(0.05))
+    loop.close()
+    del stale
+    assert asyncio.run(second()) == pytribe.TribeCreated(tribe="after-loop")
+    node.close()
