@@ -347,12 +347,14 @@ func (in *node) dispatch(ev *C.tribe_event) {
 		var text *C.char
 		var n C.size_t
 		rc := C.tribe_event_json(ev, &text, &n, nil)
-		var e Event
+		e := Event{Kind: EventKind(kind)}
 		if rc == C.TRIBE_OK {
-			e, _ = decodeEvent(EventKind(kind), C.GoBytes(unsafe.Pointer(text), C.int(n)))
+			var err error
+			if e, err = decodeEvent(e.Kind, goBytes((*C.uint8_t)(unsafe.Pointer(text)), n)); err != nil {
+				// Still delivered: its kind says what happened.
+				e.Message = "libtribe: undecodable event details: " + err.Error()
+			}
 			C.tribe_string_free(text)
-		} else {
-			e = Event{Kind: EventKind(kind)}
 		}
 		C.tribe_event_free(ev)
 		select {
