@@ -5,7 +5,7 @@
 use std::ffi::c_char;
 
 use super::cast;
-use super::commands::{command, plugin_kind};
+use super::commands::{command, entry_args};
 use super::error::{FfiError, TRIBE_UNKNOWN_ARTIFACT};
 use super::node::{node_handle, TribeNode};
 
@@ -31,15 +31,12 @@ pub extern "C" fn tribe_node_load_plugin_artifact(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        let tribe = cast::text(tribe, "tribe")?;
-        let name = cast::text(name, "name")?;
-        let version = cast::text(version, "version")?;
-        let kind = plugin_kind(kind)?;
+        let e = entry_args(tribe, name, version, kind)?;
         let bytes = cast::bytes(bytes, bytes_len, "bytes")?.to_vec();
         let artifact = node_handle(node)?.live()?.hold_artifact(bytes)?;
         let entry = Some(artifact.clone());
         command(node, |n| {
-            Ok(n.load_plugin(tribe, name, version, kind, entry))
+            Ok(n.load_plugin(e.tribe, e.name, e.version, e.kind, entry))
         })?;
         if !sha256_out.is_null() {
             cast::give_string(

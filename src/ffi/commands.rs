@@ -175,6 +175,28 @@ pub extern "C" fn tribe_node_leave(
     })
 }
 
+/// The arguments naming a plugin entry of a tribe's catalog, checked.
+pub(super) struct EntryArgs<'a> {
+    pub tribe: &'a str,
+    pub name: &'a str,
+    pub version: &'a str,
+    pub kind: crate::PluginKind,
+}
+
+pub(super) fn entry_args<'a>(
+    tribe: *const c_char,
+    name: *const c_char,
+    version: *const c_char,
+    kind: u32,
+) -> Result<EntryArgs<'a>, FfiError> {
+    Ok(EntryArgs {
+        tribe: cast::text(tribe, "tribe")?,
+        name: cast::text(name, "name")?,
+        version: cast::text(version, "version")?,
+        kind: plugin_kind(kind)?,
+    })
+}
+
 pub(super) fn plugin_kind(kind: u32) -> Result<crate::PluginKind, FfiError> {
     use super::call::{TRIBE_KIND_COLLECTOR, TRIBE_KIND_PROCESSOR, TRIBE_KIND_PUBLISHER};
     match kind {
@@ -209,14 +231,10 @@ pub extern "C" fn tribe_node_load_plugin(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        let tribe = cast::text(tribe, "tribe")?;
-        let name = cast::text(name, "name")?;
-        let version = cast::text(version, "version")?;
-        let kind = plugin_kind(kind)?;
-        command(
-            node,
-            |n| Ok(n.load_plugin(tribe, name, version, kind, None)),
-        )
+        let e = entry_args(tribe, name, version, kind)?;
+        command(node, |n| {
+            Ok(n.load_plugin(e.tribe, e.name, e.version, e.kind, None))
+        })
     })
 }
 
