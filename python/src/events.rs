@@ -78,10 +78,11 @@ impl NativeEvents {
             let sub = self.sub.clone();
             // The lock is inside the time limit: an asyncio wait may hold it.
             let got = py.detach(move || {
-                rt.block_on(tokio::time::timeout(slice, async move {
-                    sub.lock().await.next().await
-                }))
-                .ok()
+                rt.block_on(async move {
+                    tokio::time::timeout(slice, async move { sub.lock().await.next().await })
+                        .await
+                        .ok()
+                })
             });
             if got.is_some() {
                 return outcome(py, got);
