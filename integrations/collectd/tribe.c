@@ -107,12 +107,41 @@ __attribute__((format(printf, 2, 3))) static void buf_printf(buf_t *b,
   b->len += (size_t)n;
 }
 
-/* A JSON string; false (nothing written) when it holds control characters,
- * which metric batches refuse. */
+/* Whether a string may go into a metric batch: valid UTF-8 with no control
+ * character (U+0000-U+001F, U+007F-U+009F). A receiver refuses a whole
+ * batch over one such string. */
 static bool json_string_ok(const char *s) {
-  for (const unsigned char *p = (const unsigned char *)s; *p; p++)
-    if (*p < 0x20 || *p == 0x7f)
+  const unsigned char *p = (const unsigned char *)s;
+  while (*p) {
+    uint32_t cp;
+    size_t len;
+    if (*p < 0x80) {
+      cp = *p;
+      len = 1;
+    } else if ((*p & 0xe0) == 0xc0) {
+      cp = *p & 0x1f;
+      len = 2;
+    } else if ((*p & 0xf0) == 0xe0) {
+      cp = *p & 0x0f;
+      len = 3;
+    } else if ((*p & 0xf8) == 0xf0) {
+      cp = *p & 0x07;
+      len = 4;
+    } else {
       return false;
+    }
+    for (size_t i = 1; i < len; i++) {
+      if ((p[i] & 0xc0) != 0x80) /* also stops at the terminating NUL */
+        return false;
+      cp = (cp << 6) | (p[i] & 0x3f);
+    }
+    static const uint32_t least[] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < least[len] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+      return false; /* overlong, out of range, or a surrogate */
+    if (cp < 0x20 || (cp >= 0x7f && cp <= 0x9f))
+      return false;
+    p += len;
+  }
   return true;
 }
 
@@ -183,6 +212,7 @@ static struct {
   size_t current_metrics;
   cdtime_t current_since;
   uint64_t published, dropped, skipped;
+  uint64_t bad_names; /* values skipped for their names (the first is logged) */
   uint64_t drops_unlogged;
   uint64_t events_dropped; /* node events libtribe dropped, as last logged */
   char last_error[256];
@@ -194,6 +224,8 @@ static struct {
     .queue_limit = 8,
     .max_inflight = 2,
     .call_timeout_ms = 5000,
+    .event_interval = MS_TO_CDTIME_T(200),
+    .shutdown_timeout = TIME_T_TO_CDTIME_T(2),
     .collect_facts = true,
     .lock = PTHREAD_MUTEX_INITIALIZER,
 };
@@ -273,6 +305,24 @@ static int cfg_int_range(oconfig_item_t *ci, int *out, int lo, int hi) {
   return 0;
 }
 
+/* A duration in seconds, from lo_ms to hi_ms milliseconds. */
+static int cfg_seconds(oconfig_item_t *ci, cdtime_t *out, int lo_ms,
+                       int hi_ms) {
+  cdtime_t t = 0;
+  if (ci->values_num != 1 || ci->values[0].type != OCONFIG_TYPE_NUMBER ||
+      !(ci->values[0].value.number >= lo_ms / 1000.0 &&
+        ci->values[0].value.number <= hi_ms / 1000.0) ||
+      cf_util_get_cdtime(ci, &t) != 0) {
+    ERROR(PLUGIN_NAME " plugin: `%s' must be %g to %g seconds", ci->key,
+          lo_ms / 1000.0, hi_ms / 1000.0);
+    return -1;
+  }
+  *out = t;
+  return 0;
+}
+
+static bool build_config(const char *name, tribe_config **out);
+
 static int tribe_config_cb(oconfig_item_t *ci) {
   int status = 0;
   pthread_mutex_lock(&g.lock);
@@ -324,7 +374,8 @@ static int tribe_config_cb(oconfig_item_t *ci) {
             strcmp(t->key, "ds_type") == 0) {
           ERROR(PLUGIN_NAME " plugin: `Tag' wants a key of 1 to 128 bytes "
                             "other than host and ds_type, a value of at most "
-                            "256 bytes, no control characters");
+                            "256 bytes, valid UTF-8 with no control "
+                            "characters");
           status = -1;
         }
       }
@@ -339,23 +390,26 @@ static int tribe_config_cb(oconfig_item_t *ci) {
       status = cfg_int_range(c, &g.max_inflight, 1, MAX_INFLIGHT_LIMIT);
     else if (strcasecmp(c->key, "CallTimeout") == 0) {
       cdtime_t t = 0;
-      status = cf_util_get_cdtime(c, &t);
-      if (status == 0 && (t < MS_TO_CDTIME_T(1) || t > TIME_T_TO_CDTIME_T(600))) {
-        ERROR(PLUGIN_NAME " plugin: `CallTimeout' must be 0.001 to 600 s");
-        status = -1;
-      }
-      g.call_timeout_ms = (int)CDTIME_T_TO_MS(t);
+      status = cfg_seconds(c, &t, 1, 600000);
+      if (status == 0)
+        g.call_timeout_ms = (int)CDTIME_T_TO_MS(t);
     } else if (strcasecmp(c->key, "FlushInterval") == 0)
-      status = cf_util_get_cdtime(c, &g.flush_interval);
+      status = cfg_seconds(c, &g.flush_interval, 0, 3600000);
     else if (strcasecmp(c->key, "EventInterval") == 0)
-      status = cf_util_get_cdtime(c, &g.event_interval);
+      status = cfg_seconds(c, &g.event_interval, 1, 60000);
     else if (strcasecmp(c->key, "ShutdownTimeout") == 0)
-      status = cf_util_get_cdtime(c, &g.shutdown_timeout);
+      status = cfg_seconds(c, &g.shutdown_timeout, 0, 600000);
     else {
       ERROR(PLUGIN_NAME " plugin: unknown option `%s'", c->key);
       status = -1;
     }
   }
+  /* Every option libtribe checks is checked now, so a bad one fails
+   * collectd's configuration instead of the plugin's start. */
+  tribe_config *probe = NULL;
+  if (status == 0 && !build_config(g.name ? g.name : "collectd", &probe))
+    status = -1;
+  tribe_config_free(probe);
   pthread_mutex_unlock(&g.lock);
   return status;
 }
@@ -565,7 +619,15 @@ static int tribe_write(const data_set_t *ds, const value_list_t *vl,
     }
     if (bad || m < 0 || (size_t)m > MAX_NAME_BYTES ||
         !json_string_ok(ds->ds[i].name)) {
-      g.skipped++; /* a receiver would refuse the whole batch */
+      /* a receiver would refuse the whole batch */
+      if (g.bad_names++ == 0)
+        WARNING(PLUGIN_NAME " plugin: left out a value of host \"%s\" plugin "
+                           "\"%s\" type \"%s\" (and will leave out others "
+                           "like it, counted in tribe/derive-skipped): its "
+                           "name is over %d bytes, or not UTF-8, or holds "
+                           "control characters",
+                vl->host, vl->plugin, vl->type, MAX_NAME_BYTES);
+      g.skipped++;
       continue;
     }
     add_metric(name, value, ds_type, vl);
@@ -857,11 +919,15 @@ static void drain_events(tribe_node *node) {
 /* ---------------------------------------------------------------- read */
 
 static void dispatch_stats(uint64_t published, uint64_t dropped,
-                           size_t queued) {
+                           uint64_t skipped, size_t queued) {
   value_list_t vl = VALUE_LIST_INIT;
   value_t v;
   vl.values = &v;
   vl.values_len = 1;
+  /* They go out once per Interval, not per EventInterval (the read
+   * callback's, which collectd would give them): rates and the cache's
+   * timeout follow it. */
+  vl.interval = cf_get_default_interval();
   sstrncpy(vl.plugin, PLUGIN_NAME, sizeof vl.plugin);
   sstrncpy(vl.type, "derive", sizeof vl.type);
   sstrncpy(vl.type_instance, "published", sizeof vl.type_instance);
@@ -869,6 +935,9 @@ static void dispatch_stats(uint64_t published, uint64_t dropped,
   plugin_dispatch_values(&vl);
   sstrncpy(vl.type_instance, "dropped", sizeof vl.type_instance);
   v.derive = (derive_t)dropped;
+  plugin_dispatch_values(&vl);
+  sstrncpy(vl.type_instance, "skipped", sizeof vl.type_instance);
+  v.derive = (derive_t)skipped;
   plugin_dispatch_values(&vl);
   sstrncpy(vl.type, "gauge", sizeof vl.type);
   sstrncpy(vl.type_instance, "queued", sizeof vl.type_instance);
@@ -889,7 +958,7 @@ static int tribe_read(user_data_t *ud) {
 
   cdtime_t now = cdtime();
   bool stats_due = false;
-  uint64_t published = 0, dropped = 0;
+  uint64_t published = 0, dropped = 0, skipped = 0;
   size_t queued = 0;
   pthread_mutex_lock(&g.lock);
   if (g.current_metrics > 0 && now - g.current_since >= g.flush_interval)
@@ -907,6 +976,7 @@ static int tribe_read(user_data_t *ud) {
     stats_due = true;
     published = g.published;
     dropped = g.dropped;
+    skipped = g.skipped;
     queued = g.current_metrics;
     for (size_t i = 0; i < g.ntargets; i++)
       for (size_t j = 0; j < g.targets[i].count; j++)
@@ -916,7 +986,7 @@ static int tribe_read(user_data_t *ud) {
   }
   pthread_mutex_unlock(&g.lock);
   if (stats_due)
-    dispatch_stats(published, dropped, queued);
+    dispatch_stats(published, dropped, skipped, queued);
   return 0;
 }
 
@@ -949,28 +1019,9 @@ static int read_key_file(const char *path, char *key, size_t cap) {
     }                                                                          \
   } while (0)
 
-static int tribe_init(void) {
-  pthread_mutex_lock(&g.lock);
-  if (g.node != NULL) { /* init is called again after a reload */
-    pthread_mutex_unlock(&g.lock);
-    return 0;
-  }
-  if (g.flush_interval == 0)
-    g.flush_interval = cf_get_default_interval();
-  if (g.event_interval == 0)
-    g.event_interval = MS_TO_CDTIME_T(200);
-  if (g.shutdown_timeout == 0)
-    g.shutdown_timeout = TIME_T_TO_CDTIME_T(2);
-  for (size_t i = 0; i < g.ntargets; i++) {
-    g.targets[i].queue = calloc((size_t)g.queue_limit, sizeof(batch_t *));
-    if (g.targets[i].queue == NULL) {
-      pthread_mutex_unlock(&g.lock);
-      return -1;
-    }
-  }
-  const char *name = g.name ? g.name : hostname_g;
+/* libtribe's config from the options; false (logged) when one is bad. */
+static bool build_config(const char *name, tribe_config **out) {
   tribe_config *cfg = NULL;
-  tribe_node *node = NULL;
   char key[256];
   CHECK_SET("config", tribe_config_new(name, &cfg, &e_));
   if (g.bind)
@@ -991,9 +1042,6 @@ static int tribe_init(void) {
   }
   if (g.key)
     CHECK_SET("Key", tribe_config_add_key(cfg, g.key, &e_));
-  if (!g.key_file && !g.key)
-    WARNING(PLUGIN_NAME " plugin: no KeyFile: gossip and calls travel in "
-                       "plaintext (for tests only)");
   if (g.encryption)
     CHECK_SET("Encryption", tribe_config_set_encryption(cfg, g.encryption, &e_));
   if (g.profile)
@@ -1004,6 +1052,37 @@ static int tribe_init(void) {
     CHECK_SET("Label", tribe_config_set_label(cfg, g.label, &e_));
   CHECK_SET("LogLevel", tribe_config_set_log_level(
                             cfg, g.log_level ? g.log_level : "warn", &e_));
+  memset(key, 0, sizeof key);
+  *out = cfg;
+  return true;
+fail:
+  memset(key, 0, sizeof key);
+  tribe_config_free(cfg);
+  return false;
+}
+
+static int tribe_init(void) {
+  pthread_mutex_lock(&g.lock);
+  if (g.node != NULL) { /* init is called again after a reload */
+    pthread_mutex_unlock(&g.lock);
+    return 0;
+  }
+  if (g.flush_interval == 0)
+    g.flush_interval = cf_get_default_interval();
+  for (size_t i = 0; i < g.ntargets; i++) {
+    g.targets[i].queue = calloc((size_t)g.queue_limit, sizeof(batch_t *));
+    if (g.targets[i].queue == NULL) {
+      pthread_mutex_unlock(&g.lock);
+      return -1;
+    }
+  }
+  tribe_config *cfg = NULL;
+  tribe_node *node = NULL;
+  if (!build_config(g.name ? g.name : hostname_g, &cfg))
+    goto fail;
+  if (!g.key_file && !g.key)
+    WARNING(PLUGIN_NAME " plugin: no KeyFile: gossip and calls travel in "
+                       "plaintext (for tests only)");
 
   /* libtribe's threads start here: they get every signal blocked, so
    * collectd's signal handling stays on collectd's threads. */
@@ -1015,7 +1094,6 @@ static int tribe_init(void) {
   pthread_sigmask(SIG_SETMASK, &old, NULL);
   tribe_config_free(cfg);
   cfg = NULL;
-  memset(key, 0, sizeof key);
   if (rc != TRIBE_OK) {
     log_tribe_error(LOG_ERR, "cannot start the node", rc, err);
     goto fail;
@@ -1040,7 +1118,6 @@ static int tribe_init(void) {
   return 0;
 
 fail:
-  memset(key, 0, sizeof key);
   tribe_config_free(cfg);
   if (node) {
     tribe_node_abort(node, NULL);
@@ -1066,8 +1143,10 @@ static int tribe_shutdown(void) {
     pthread_mutex_unlock(&g.lock);
     return 0;
   }
-  /* A last flush, bounded by ShutdownTimeout. */
+  /* A last flush, bounded by ShutdownTimeout; also before the node has
+   * joined (calls that find no tribe fail at once, as drops). */
   seal_current();
+  g.ready = true;
   dispatch();
   pthread_mutex_unlock(&g.lock);
   cdtime_t deadline = cdtime() + g.shutdown_timeout;
@@ -1105,20 +1184,27 @@ static int tribe_shutdown(void) {
     tribe_event_free(ev);
   }
   pthread_mutex_lock(&g.lock);
-  maybe_log_drops();
-  INFO(PLUGIN_NAME " plugin: node %s left; %" PRIu64 " metrics published, %"
-                  PRIu64 " dropped",
-       tribe_node_name(node), g.published, g.dropped);
-  g.node = NULL;
+  /* Batches ShutdownTimeout left no time for. */
   for (size_t i = 0; i < g.ntargets; i++) {
     target_t *t = &g.targets[i];
     while (t->count > 0) {
-      batch_unref(t->queue[t->head]);
+      batch_t *b = t->queue[t->head];
+      char why[192];
+      snprintf(why, sizeof why, "%s/%s: still queued at shutdown", t->tribe,
+               t->plugin);
+      note_drop(b->metrics, why);
+      batch_unref(b);
       t->head = (t->head + 1) % (size_t)g.queue_limit;
       t->count--;
     }
     t->ninflight = 0;
   }
+  g.last_drop_log_ms = 0; /* the last drops are logged now */
+  maybe_log_drops();
+  INFO(PLUGIN_NAME " plugin: node %s left; %" PRIu64 " metrics published, %"
+                  PRIu64 " dropped, %" PRIu64 " skipped",
+       tribe_node_name(node), g.published, g.dropped, g.skipped);
+  g.node = NULL;
   pthread_mutex_unlock(&g.lock);
   tribe_node_free(node);
   return 0;
