@@ -314,6 +314,94 @@ static void row_async(const char *label, tribe_node *caller, int c, double warm,
     free(samples);
 }
 
+/* Replies to the calls waiting at `host` (up to 64), without waiting for
+ * more than `timeout_ms`; how many it answered. */
+static size_t answer(tribe_node *host, int timeout_ms) {
+    tribe_event *evs[64];
+    size_t n = 0;
+    if (tribe_node_next_events(host, timeout_ms, evs, 64, &n, NULL) != TRIBE_OK) return 0;
+    for (size_t i = 0; i < n; i++) {
+        tribe_responder *r = NULL;
+        if (tribe_event_kind(evs[i]) == TRIBE_EVENT_CALL &&
+            tribe_event_take_responder(evs[i], &r, NULL) == TRIBE_OK) {
+            size_t len = 0;
+            const uint8_t *p = tribe_responder_payload(r, &len);
+            tribe_responder_reply(r, p, len, NULL);
+            tribe_responder_free(r);
+        }
+        tribe_event_free(evs[i]);
+    }
+    return n;
+}
+
+/* One thread is both sides, as one tokio worker runs a Rust caller's and a
+ * Rust handler's tasks: it starts c calls with tribe_node_call_async, then
+ * answers them at the host and takes their completions at the caller, in
+ * turn. Each wait drives that node's call streams on this thread. */
+static void row_one_thread(const char *label, tribe_node *host, tribe_node *caller, int c,
+                           double warm, double window) {
+    uint8_t payload[PAYLOAD];
+    memset(payload, 'x', sizeof payload);
+    uint64_t ids[16];
+    double started[16];
+    uint32_t *samples = malloc(MAX_SAMPLES * 4);
+    size_t total = 0, all_calls = 0;
+    long errors = 0;
+    int in_flight = 0;
+    usage u0 = usage_now();
+    double t = now_s(), warm_end = t + warm, end = t + warm + window;
+    for (int i = 0; i < c; i++) {
+        tribe_error *err = NULL;
+        started[i] = now_s();
+        need(tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR, payload,
+                                   sizeof payload, 10000, &ids[i], &err),
+             err, "call_async");
+        in_flight++;
+    }
+    tribe_event *evs[64];
+    while (in_flight > 0) {
+        size_t answered = answer(host, 100);
+        size_t n = 0;
+        if (tribe_node_next_events(caller, answered ? 100 : 0, evs, 64, &n, NULL) != TRIBE_OK) break;
+        double t1 = now_s();
+        for (size_t k = 0; k < n; k++) {
+            uint64_t id = 0;
+            if (tribe_event_kind(evs[k]) != TRIBE_EVENT_CALL_DONE ||
+                tribe_event_call_id(evs[k], &id, NULL) != TRIBE_OK) {
+                tribe_event_free(evs[k]);
+                continue;
+            }
+            int i = 0;
+            while (i < c && ids[i] != id) i++;
+            uint8_t *reply = NULL;
+            size_t len = 0;
+            uint32_t rc = tribe_event_take_reply(evs[k], &reply, &len, NULL);
+            tribe_bytes_free(reply, len);
+            tribe_event_free(evs[k]);
+            if (i == c) continue;
+            in_flight--;
+            all_calls++;
+            if (started[i] >= warm_end) {
+                if (rc != TRIBE_OK || len != PAYLOAD) errors++;
+                else if (total < MAX_SAMPLES) samples[total++] = (uint32_t)((t1 - started[i]) * 1e7);
+            }
+            if (t1 < end) {
+                started[i] = now_s();
+                if (tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                          payload, sizeof payload, 10000, &ids[i], NULL) == TRIBE_OK)
+                    in_flight++;
+                else
+                    errors++;
+            }
+        }
+    }
+    qsort(samples, total, 4, cmp);
+    char one_label[96];
+    snprintf(one_label, sizeof one_label, "%s, one thread", label);
+    print_row(one_label, c, total, all_calls, window, samples, errors, u0);
+    free(samples);
+}
+
 static bool endpoint_seen(tribe_node *caller) {
     char *json = NULL;
     if (tribe_node_tribe_json(caller, "bench", &json, NULL, NULL) != TRIBE_OK) return false;
@@ -326,21 +414,31 @@ static bool endpoint_seen(tribe_node *caller) {
     return in;
 }
 
-/* The host of tribe "bench", serving echo on handler_threads threads. */
-static tribe_node *start_host(const char *name, const char *key, pthread_t *handlers) {
+/* The host of tribe "bench", serving echo on `threads` handler threads. */
+static tribe_node *start_host(const char *name, const char *key, pthread_t *handlers,
+                              int threads) {
     tribe_node *host = start(name, key, NULL);
     tribe_error *err = NULL;
     need(tribe_node_create_tribe(host, "bench", &err), err, "create");
     need(tribe_node_join(host, "bench", NULL, &err), err, "join");
     need(tribe_node_serve(host, "echo", "1", TRIBE_KIND_PROCESSOR, &err), err, "serve");
-    for (int i = 0; i < handler_threads; i++) pthread_create(&handlers[i], NULL, serve, host);
+    for (int i = 0; i < threads; i++) pthread_create(&handlers[i], NULL, serve, host);
     return host;
 }
 
-static void stop_host(tribe_node *host, pthread_t *handlers) {
+static void stop_host(tribe_node *host, pthread_t *handlers, int threads) {
     tribe_node_shutdown(host, NULL);
-    for (int i = 0; i < handler_threads; i++) pthread_join(handlers[i], NULL);
+    for (int i = 0; i < threads; i++) pthread_join(handlers[i], NULL);
     tribe_node_free(host);
+}
+
+static void wait_for_endpoint(tribe_node *caller) {
+    double limit = now_s() + 30;
+    while (!endpoint_seen(caller)) {
+        if (now_s() > limit) { fprintf(stderr, "calls: the endpoint never arrived\n"); exit(1); }
+        struct timespec ts = {0, 50000000};
+        nanosleep(&ts, NULL);
+    }
 }
 
 /* The four rows of a caller node joined to the host at `seed`. */
@@ -350,12 +448,7 @@ static void calls_from(const char *label, const char *name, const char *key, con
     pthread_t drainer;
     atomic_store(&draining, true);
     pthread_create(&drainer, NULL, drain, caller);
-    double limit = now_s() + 30;
-    while (!endpoint_seen(caller)) {
-        if (now_s() > limit) { fprintf(stderr, "calls: the endpoint never arrived\n"); exit(1); }
-        struct timespec ts = {0, 50000000};
-        nanosleep(&ts, NULL);
-    }
+    wait_for_endpoint(caller);
     row(label, caller, 1, warm, window);
     row(label, caller, 16, warm, window);
     atomic_store(&draining, false);
@@ -371,20 +464,30 @@ static void pair(const char *label, const char *key, double warm, double window)
     snprintf(host_name, sizeof host_name, "bench-host-%s", key ? "s" : "p");
     snprintf(caller_name, sizeof caller_name, "bench-caller-%s", key ? "s" : "p");
     pthread_t handlers[8];
-    tribe_node *host = start_host(host_name, key, handlers);
+    tribe_node *host = start_host(host_name, key, handlers, handler_threads);
     calls_from(label, caller_name, key, tribe_node_addr(host), warm, window);
-    stop_host(host, handlers);
+    stop_host(host, handlers, handler_threads);
+
+    /* Both sides on this thread: a host with no handler thread. */
+    host = start_host(host_name, key, handlers, 0);
+    tribe_node *caller = start(caller_name, key, tribe_node_addr(host));
+    wait_for_endpoint(caller);
+    row_one_thread(label, host, caller, 1, warm, window);
+    row_one_thread(label, host, caller, 16, warm, window);
+    tribe_node_shutdown(caller, NULL);
+    tribe_node_free(caller);
+    stop_host(host, handlers, 0);
 }
 
 /* A host alone, for a caller in another process: serves until stdin ends. */
 static int host_apart(const char *key) {
     pthread_t handlers[8];
-    tribe_node *host = start_host("bench-host", key, handlers);
+    tribe_node *host = start_host("bench-host", key, handlers, handler_threads);
     printf("%s %d\n", tribe_node_addr(host), (int)getpid());
     fflush(stdout);
     char line[64];
     while (fgets(line, sizeof line, stdin)) {}
-    stop_host(host, handlers);
+    stop_host(host, handlers, handler_threads);
     return 0;
 }
 
