@@ -11,7 +11,7 @@
  *   agent --seed HOST:PORT --key-file FILE [--name NAME] [--fact k=v ...]
  *         [--tribe storage] [--publisher file] [--interval-ms 1000] [--count N]
  *
- * Build: cc -std=c11 -O2 examples/c/agent.c $(pkg-config --cflags --libs tribe) -o agent
+ * Build: cc -std=c11 -O2 examples/c/agent.c $(pkg-config --cflags --libs tribe) -o c-agent
  */
 #define _POSIX_C_SOURCE 200809L
 #include <errno.h>
