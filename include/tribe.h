@@ -967,8 +967,11 @@ uint32_t tribe_config_set_advertise(struct tribe_config *cfg,
                                     struct tribe_error **err);
 
 /**
- * Adds a seed (`host:port` of a node to join through); repeatable. May
- * block on DNS for a name.
+ * Adds a seed (`host:port` of a node to join through); repeatable. A name
+ * is not looked up here (this does not block): the node looks it up when
+ * it starts and again while it has no live peer, so one that does not
+ * resolve yet is no error (see `seed_lookups_failed` in the counters).
+ * `TRIBE_INVALID_ARGUMENT` when `addr` is not an address or a `host:port`.
  */
 uint32_t tribe_config_add_seed(struct tribe_config *cfg,
                                const char *addr,

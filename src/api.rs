@@ -169,6 +169,13 @@ impl Node {
         let mut driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone())?;
         driver.dir_lock = dir_lock;
         let task = tokio::spawn(driver.run());
+        if !config.seed_names.is_empty() {
+            tokio::spawn(crate::seeds::follow(
+                config.seed_names.clone(),
+                Arc::downgrade(&shared),
+                config.effective_timings().join_retry,
+            ));
+        }
         tracing::info!(name = %config.name, %addr, "node started");
         Ok(Node {
             inner: Arc::new(Inner {

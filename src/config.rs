@@ -144,6 +144,11 @@ pub struct Config {
     pub advertise: Option<SocketAddr>,
     /// Nodes to join through.
     pub seeds: Vec<SocketAddr>,
+    /// Nodes to join through, by name (`host:port`, see [`Config::add_seed`]):
+    /// resolved when the node starts and again while it has no live peer,
+    /// so a name that does not resolve yet (DNS not up at boot, a peer not
+    /// scheduled yet) is tried later rather than failing the start.
+    pub seed_names: Vec<String>,
     /// Timing profile.
     pub profile: Profile,
     /// Overrides of the profile's timings.
@@ -307,6 +312,33 @@ fn check_durations(t: &Timings) -> Result<(), Error> {
     Ok(())
 }
 
+/// Seeds by name a config may hold.
+pub const MAX_SEED_NAMES: usize = 64;
+
+/// Checks a seed name's form: `host:port`, the host 1 to 253 bytes of
+/// letters, digits, `-`, `_` and `.`, the port 1 to 65535.
+fn check_seed_name(seed: &str) -> Result<(), Error> {
+    let bad = |why: &str| {
+        Err(Error::Config(format!(
+            "seed {seed:?} is not host:port: {why}"
+        )))
+    };
+    let Some((host, port)) = seed.rsplit_once(':') else {
+        return bad("no port");
+    };
+    if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
+        return bad("the port is not 1 to 65535");
+    }
+    let host_ok = (1..=253).contains(&host.len())
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !host_ok {
+        return bad("the host is not a DNS name or an address");
+    }
+    Ok(())
+}
+
 impl Config {
     /// A config with defaults: bind 127.0.0.1:0, `lan` profile, facts collected.
     pub fn new(name: impl Into<String>) -> Self {
@@ -315,6 +347,7 @@ impl Config {
             bind: SocketAddr::from(([127, 0, 0, 1], 0)),
             advertise: None,
             seeds: Vec::new(),
+            seed_names: Vec::new(),
             profile: Profile::Lan,
             timings: None,
             facts: BTreeMap::new(),
@@ -380,9 +413,35 @@ impl Config {
         Ok(())
     }
 
+    /// Adds a seed: an address (`10.0.0.5:7946`, `[fd00::5]:7946`) to
+    /// [`Config::seeds`], or a name (`tribe-0.tribe.svc:7946`) to
+    /// [`Config::seed_names`]. Looks nothing up: a name is checked for its
+    /// form only.
+    pub fn add_seed(&mut self, seed: &str) -> Result<(), Error> {
+        if let Ok(addr) = seed.parse::<SocketAddr>() {
+            if !self.seeds.contains(&addr) {
+                self.seeds.push(addr);
+            }
+            return Ok(());
+        }
+        check_seed_name(seed)?;
+        if !self.seed_names.iter().any(|n| n == seed) {
+            self.seed_names.push(seed.to_string());
+        }
+        Ok(())
+    }
+
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
+        if self.seed_names.len() > MAX_SEED_NAMES {
+            return Err(Error::Config(format!(
+                "at most {MAX_SEED_NAMES} seeds by name"
+            )));
+        }
+        for name in &self.seed_names {
+            check_seed_name(name)?;
+        }
         if self.cluster_label.len() > crate::wire::MAX_LABEL_LEN {
             return Err(Error::Config(
                 "cluster label is longer than 64 bytes".into(),

@@ -43,6 +43,9 @@ pub struct Counters {
     /// Writes of the data dir (state or keyring) that failed; retried each
     /// second.
     pub data_dir_errors: u64,
+    /// Lookups of a seed given by name that failed (no such name yet, DNS
+    /// down); retried while the node is alone.
+    pub seed_lookups_failed: u64,
     /// Suspects declared down early because their address refused a
     /// connection (nothing listens there any more).
     pub suspects_confirmed: u64,

@@ -47,6 +47,7 @@ internal_mod!(policy_set);
 pub mod records;
 pub mod rpc;
 internal_mod!(runtime);
+mod seeds;
 pub mod sim;
 internal_mod!(state);
 internal_mod!(stream);

@@ -299,3 +299,42 @@ async fn event_streams_asked_for_after_a_stop_end_at_once() {
         assert!(ended.is_ok(), "an event stream outlived the node");
     }
 }
+
+/// A seed given by name is looked up by the node, not at configuration: a
+/// name that does not resolve is counted and retried, and the start does
+/// not fail; one that does resolve (`localhost`) is joined through, also by
+/// a node that has no seed by address at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeds_by_name_are_looked_up_by_the_node() {
+    let first = Node::start(test_config("byname0")).await.unwrap();
+    let mut cfg = test_config("byname1");
+    cfg.add_seed("no-such-seed.invalid:7946").unwrap();
+    cfg.add_seed(&format!("localhost:{}", first.addr().port()))
+        .unwrap();
+    assert!(cfg.seeds.is_empty(), "a name went to the addresses");
+    let second = Node::start(cfg)
+        .await
+        .expect("an unresolvable seed failed the start");
+    let nodes = [first, second];
+    wait_converged_members(&nodes, 2).await;
+    assert!(nodes[1].counters().seed_lookups_failed >= 1);
+    // Forms that are neither an address nor host:port are refused at once.
+    let mut cfg = test_config("byname2");
+    for bad in [
+        "localhost",
+        "localhost:0",
+        "localhost:99999",
+        "bad host:1",
+        ":7946",
+    ] {
+        assert!(
+            matches!(cfg.add_seed(bad), Err(Error::Config(_))),
+            "{bad:?}"
+        );
+    }
+    cfg.add_seed("[::1]:7946").unwrap();
+    assert_eq!(cfg.seeds, vec!["[::1]:7946".parse().unwrap()]);
+    for x in &nodes {
+        x.shutdown().await.unwrap();
+    }
+}

@@ -31,7 +31,9 @@ type Config struct {
 	// Advertise is the address peers use to reach this node (NAT, binding
 	// 0.0.0.0). Default: the bound address.
 	Advertise string
-	// Seeds are nodes ("host:port") to join through.
+	// Seeds are nodes ("host:port") to join through. A host name is looked
+	// up by the node when it starts and again while it has no live peer: one
+	// that does not resolve yet is retried, not an error.
 	Seeds []string
 	// Facts are user facts; they override collected host facts of the same key.
 	Facts map[string]string

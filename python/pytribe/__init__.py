@@ -477,7 +477,8 @@ class Node:
     """A running node of a tribe cluster.
 
     ``Node(...)`` binds its sockets (UDP gossip and TCP streams on one port;
-    port 0 picks a free one), starts and joins through ``seeds``. Use it as a
+    port 0 picks a free one), starts and joins through ``seeds`` (``host:port``;
+    a name is looked up by the node at start and again while it is alone). Use it as a
     context manager, or call :meth:`close` (graceful: peers record *left*) or
     :meth:`abort` (peers record *failed*). A node still open at interpreter
     exit is closed then.

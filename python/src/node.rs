@@ -194,10 +194,10 @@ impl NativeNode {
     ) -> PyResult<NativeNode> {
         let mut cfg = Config::new(name);
         cfg.bind = parse_addr(py, "bind", bind)?;
-        cfg.seeds = seeds
-            .iter()
-            .map(|s| parse_addr(py, "seed", s))
-            .collect::<PyResult<_>>()?;
+        // A name is looked up by the node, at start and while it is alone.
+        for seed in &seeds {
+            cfg.add_seed(seed).map_err(|e| value_error(e.to_string()))?;
+        }
         cfg.facts = facts;
         cfg.collect_facts = collect_facts;
         cfg.profile = profile

@@ -73,6 +73,16 @@ def test_a_host_name_binds() -> None:
         node.close()
 
 
+def test_seed_names_are_looked_up_by_the_node(cluster: Cluster) -> None:
+    first = cluster.start("seed-by-name-0")
+    port = first.addr.rsplit(":", 1)[1]
+    # One that never resolves does not fail the start; localhost is joined.
+    second = cluster.start("seed-by-name-1", seeds=["no-such-seed.invalid:7946", f"localhost:{port}"])
+    wait_for("the join through localhost", lambda: second.members_alive() == 2)
+    with pytest.raises(ValueError):
+        start("seed-bad", seeds=["localhost"])
+
+
 def test_many_async_calls_start_no_thread_each(cluster: Cluster) -> None:
     host, caller = pair(cluster, handler_threads=4)
     host.serve("echo", "1", "processor", lambda payload, info: payload)

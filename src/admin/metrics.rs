@@ -178,6 +178,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "seed_lookups_failed",
+        "Lookups of a seed given by name that failed; retried while the node is alone",
+        c.seed_lookups_failed,
+    );
+    counter(
+        &mut r,
         "accept_errors",
         "Connections the TCP listener failed to accept (out of file descriptors, say)",
         c.accept_errors,

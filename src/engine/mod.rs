@@ -766,4 +766,9 @@ impl Engine {
     pub fn data_dir_write_failed(&mut self) {
         lock(&self.shared).counters.data_dir_errors += 1;
     }
+
+    /// Counts a lookup of a seed name that failed.
+    pub fn seed_lookup_failed(&mut self) {
+        lock(&self.shared).counters.seed_lookups_failed += 1;
+    }
 }

@@ -36,6 +36,10 @@ use crate::hlc::Hlc;
 use crate::names;
 use crate::records::{Entry, Key};
 use crate::state::{self, BUCKETS};
+
+/// Seeds a node keeps at most: names that resolve to ever new addresses
+/// (a scheduler moving peers around) must not grow the list without bound.
+const MAX_SEEDS: usize = 256;
 use crate::wire;
 
 /// Messages of an exchange.
@@ -748,6 +752,36 @@ impl Engine {
         let retry = self.join_backoff;
         self.join_backoff = (self.join_backoff * 2).min(std::time::Duration::from_secs(30));
         self.schedule(super::Timer::Join, retry);
+    }
+
+    /// Adds seeds found after the start (names the runtime resolved); a
+    /// node still alone joins through the new ones at once. How many were
+    /// new.
+    pub fn add_seeds(&mut self, now_ms: u64, addrs: &[std::net::SocketAddr]) -> usize {
+        self.tick(now_ms);
+        if self.left {
+            return 0;
+        }
+        let me = lock(&self.shared).own.addr;
+        let retrying = !self.seeds.is_empty();
+        let mut fresh = Vec::new();
+        for &addr in addrs {
+            if addr != me && !self.seeds.contains(&addr) && self.seeds.len() < MAX_SEEDS {
+                self.seeds.push(addr);
+                fresh.push(addr);
+            }
+        }
+        if !self.active && !fresh.is_empty() {
+            for &seed in &fresh {
+                self.start_sync(seed, true);
+            }
+            // With no seed before, no join retries were scheduled.
+            if !retrying {
+                let retry = self.join_backoff;
+                self.schedule(super::Timer::Join, retry);
+            }
+        }
+        fresh.len()
     }
 
     /// Exchanges state with one random live member (or a seed when alone).

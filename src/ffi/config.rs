@@ -154,8 +154,11 @@ pub extern "C" fn tribe_config_set_advertise(
     })
 }
 
-/// Adds a seed (`host:port` of a node to join through); repeatable. May
-/// block on DNS for a name.
+/// Adds a seed (`host:port` of a node to join through); repeatable. A name
+/// is not looked up here (this does not block): the node looks it up when
+/// it starts and again while it has no live peer, so one that does not
+/// resolve yet is no error (see `seed_lookups_failed` in the counters).
+/// `TRIBE_INVALID_ARGUMENT` when `addr` is not an address or a `host:port`.
 #[no_mangle]
 pub extern "C" fn tribe_config_add_seed(
     cfg: *mut TribeConfig,
@@ -163,10 +166,11 @@ pub extern "C" fn tribe_config_add_seed(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        let addr = address(cast::text(addr, "addr")?, "seed")?;
+        let addr = cast::text(addr, "addr")?;
         with_config(cfg, |p| {
-            p.config.seeds.push(addr);
-            Ok(())
+            p.config
+                .add_seed(addr)
+                .map_err(|e| FfiError::invalid(e.to_string()))
         })
     })
 }

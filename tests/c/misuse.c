@@ -22,6 +22,16 @@ static void config_misuse(void) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(cfg, NULL, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "not an address", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_seed(cfg, NULL, &err));
+    {
+        /* A seed name is not looked up here: one that does not resolve (yet)
+         * is accepted; a text that is not host:port is not. */
+        tribe_config *named = NULL;
+        EXPECT(TRIBE_OK, tribe_config_new("named", &named, &err));
+        EXPECT(TRIBE_OK, tribe_config_add_seed(named, "no-such-seed.invalid:7946", &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_add_seed(named, "no-port", &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_add_seed(named, "host:0", &err));
+        tribe_config_free(named);
+    }
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_advertise(cfg, NULL, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_fact(cfg, NULL, "v", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_fact(cfg, "k", NULL, &err));

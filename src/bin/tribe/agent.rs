@@ -195,11 +195,6 @@ impl AgentArgs {
         // Lists add up, as serf's: the file's seeds and facts first, then the
         // flags' (a flag's fact overrides the file's fact of the same key).
         let seed_texts: Vec<String> = file.seed.into_iter().chain(self.seeds).collect();
-        let mut seeds = seed_texts
-            .iter()
-            .map(|s| resolve_addr("seed", s))
-            .collect::<Result<Vec<_>, _>>()?;
-        seeds.dedup();
         let fact_texts: Vec<String> = file.fact.into_iter().chain(self.facts).collect();
         let mut config = Config::new(name);
         for text in &fact_texts {
@@ -231,7 +226,12 @@ impl AgentArgs {
         }
         config.bind = bind;
         config.advertise = advertise;
-        config.seeds = seeds;
+        // A name is looked up by the node, at start and while it is alone.
+        for text in &seed_texts {
+            config
+                .add_seed(text)
+                .map_err(|e| format!("--seed {text:?}: {e}"))?;
+        }
         config.data_dir = self.data_dir.or(file.data_dir);
         config.cluster_label = self.label.or(file.label).unwrap_or_default();
         config.keyring = read_key(self.key.or(file.key), self.key_file.or(file.key_file))?
