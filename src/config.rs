@@ -147,7 +147,8 @@ pub struct Config {
     /// Nodes to join through, by name (`host:port`, see [`Config::add_seed`]):
     /// resolved when the node starts and again while it has no live peer,
     /// so a name that does not resolve yet (DNS not up at boot, a peer not
-    /// scheduled yet) is tried later rather than failing the start.
+    /// scheduled yet) is tried later rather than failing the start. (The
+    /// simulator looks nothing up: its nodes take addresses.)
     pub seed_names: Vec<String>,
     /// Timing profile.
     pub profile: Profile,

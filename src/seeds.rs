@@ -3,52 +3,56 @@
 //! whenever the node has no live peer. A name that does not resolve yet (a
 //! machine booting before its DNS, a peer its scheduler has not placed)
 //! costs a warning and a counter, not the start.
+//!
+//! Each lookup runs on a thread of its own that nobody waits for: the
+//! system resolver cannot be cancelled, and a node must stop (and its
+//! runtime shut down) at once even while DNS hangs. A name whose lookup is
+//! still running is not looked up again.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Weak;
 use std::time::Duration;
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use tokio::sync::oneshot;
+
 use crate::runtime::{DriverInput, Shared};
 
-/// How long one lookup may take.
+/// How long a round waits for its lookups (they run at the same time).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two rounds of lookups.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
+
+type Answer = Result<Vec<SocketAddr>, String>;
+
+/// One name, its lookup under way and the addresses it last gave.
+struct Seed {
+    name: String,
+    running: Option<oneshot::Receiver<Answer>>,
+    last: Vec<SocketAddr>,
+    warned: bool,
+}
 
 /// Looks `names` up while the node runs; `first_pause` is the pause after
 /// the first round, doubled after each round up to [`MAX_PAUSE`].
 pub(crate) async fn follow(names: Vec<String>, shared: Weak<Shared>, first_pause: Duration) {
     let first_pause = first_pause.clamp(Duration::from_millis(100), MAX_PAUSE);
     let mut pause = first_pause;
-    let mut warned = vec![false; names.len()];
+    let mut seeds: Vec<Seed> = names
+        .into_iter()
+        .map(|name| Seed {
+            name,
+            running: None,
+            last: Vec::new(),
+            warned: false,
+        })
+        .collect();
     loop {
         let Some(wake) = shared.upgrade().map(|s| s.wake.clone()) else {
             return;
         };
         if alone(&shared) {
-            let mut found = Vec::new();
-            for (name, warned) in names.iter().zip(&mut warned) {
-                match lookup(name).await {
-                    Ok(addrs) => {
-                        *warned = false;
-                        found.extend(addrs);
-                    }
-                    Err(why) => {
-                        if !std::mem::replace(warned, true) {
-                            tracing::warn!(seed = %name, %why, "a seed name does not resolve; retrying while alone");
-                        }
-                        if let Some(s) = shared.upgrade() {
-                            s.engine().seed_lookup_failed();
-                        }
-                    }
-                }
-            }
-            if let Some(s) = shared.upgrade() {
-                let added = s.engine().add_seeds(s.now_ms(), &found);
-                if added > 0 {
-                    let _ = s.wake.send(DriverInput::Wake);
-                }
-            }
+            round(&mut seeds, &shared).await;
         } else {
             pause = first_pause;
         }
@@ -61,21 +65,91 @@ pub(crate) async fn follow(names: Vec<String>, shared: Weak<Shared>, first_pause
     }
 }
 
-fn alone(shared: &Weak<Shared>) -> bool {
-    shared.upgrade().is_some_and(|s| !s.engine().is_active())
-}
-
-async fn lookup(name: &str) -> Result<Vec<SocketAddr>, String> {
-    match tokio::time::timeout(LOOKUP_TIMEOUT, tokio::net::lookup_host(name)).await {
-        Ok(Ok(addrs)) => {
-            let addrs: Vec<SocketAddr> = addrs.collect();
-            if addrs.is_empty() {
-                Err("no address".into())
-            } else {
-                Ok(addrs)
+/// Starts the lookups not running yet and waits for them, at most
+/// [`LOOKUP_TIMEOUT`], handing the addresses to the engine as each answer
+/// comes (a name that hangs holds up no other); a lookup still running at
+/// the end is waited for again in the next round.
+async fn round(seeds: &mut [Seed], shared: &Weak<Shared>) {
+    let deadline = tokio::time::Instant::now() + LOOKUP_TIMEOUT;
+    let mut answers: FuturesUnordered<_> = seeds
+        .iter_mut()
+        .enumerate()
+        .map(|(i, seed)| {
+            let mut running = seed
+                .running
+                .take()
+                .unwrap_or_else(|| start_lookup(&seed.name));
+            async move {
+                let answer = tokio::time::timeout_at(deadline, &mut running).await;
+                (i, answer, running)
+            }
+        })
+        .collect();
+    while let Some((i, answer, running)) = answers.next().await {
+        let seed = &mut seeds[i];
+        match answer {
+            Ok(Ok(Ok(addrs))) => {
+                seed.warned = false;
+                seed.last = addrs;
+                hand_over(seeds, shared);
+            }
+            // The addresses it gave before stay: DNS may only be down.
+            Ok(Ok(Err(why))) => fail(seed, &why, shared),
+            Ok(Err(_)) => fail(seed, "the lookup thread ended without an answer", shared),
+            Err(_) => {
+                seed.running = Some(running);
+                fail(seed, "the lookup takes over 5 s", shared);
             }
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("the lookup timed out".into()),
     }
+}
+
+/// Gives the engine every address the names last gave.
+fn hand_over(seeds: &[Seed], shared: &Weak<Shared>) {
+    let found: Vec<SocketAddr> = seeds.iter().flat_map(|s| s.last.iter().copied()).collect();
+    if let Some(s) = shared.upgrade().filter(|s| !s.wake.is_closed()) {
+        let fresh = s.engine().set_named_seeds(s.now_ms(), &found);
+        if fresh > 0 {
+            let _ = s.wake.send(DriverInput::Wake);
+        }
+    }
+}
+
+fn fail(seed: &mut Seed, why: &str, shared: &Weak<Shared>) {
+    if !std::mem::replace(&mut seed.warned, true) {
+        tracing::warn!(seed = %seed.name, %why, "a seed name does not resolve; retrying while alone");
+    }
+    if let Some(s) = shared.upgrade() {
+        s.engine().seed_lookup_failed();
+    }
+}
+
+/// Looks `name` up on a thread of its own.
+fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
+    let (tx, rx) = oneshot::channel();
+    let name = name.to_string();
+    let spawned = std::thread::Builder::new()
+        .name("tribe-seed-lookup".into())
+        .spawn(move || {
+            let answer = match name.to_socket_addrs() {
+                Ok(addrs) => {
+                    let addrs: Vec<SocketAddr> = addrs.collect();
+                    if addrs.is_empty() {
+                        Err("no address".to_string())
+                    } else {
+                        Ok(addrs)
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            let _ = tx.send(answer);
+        });
+    // No thread (the process at its thread limit): `tx` is gone, and the
+    // round reads that as a failed lookup.
+    drop(spawned);
+    rx
+}
+
+fn alone(shared: &Weak<Shared>) -> bool {
+    shared.upgrade().is_some_and(|s| !s.engine().is_active())
 }

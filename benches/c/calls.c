@@ -337,7 +337,8 @@ static size_t answer(tribe_node *host, int timeout_ms) {
 /* One thread is both sides, as one tokio worker runs a Rust caller's and a
  * Rust handler's tasks: it starts c calls with tribe_node_call_async, then
  * answers them at the host and takes their completions at the caller, in
- * turn. Each wait drives that node's call streams on this thread. */
+ * turn. Each wait (but one of 0 ms) drives that node's call streams on this
+ * thread. */
 static void row_one_thread(const char *label, tribe_node *host, tribe_node *caller, int c,
                            double warm, double window) {
     uint8_t payload[PAYLOAD];

@@ -150,6 +150,10 @@ pub struct Engine {
     rng: StdRng,
     active: bool,
     join_backoff: Duration,
+    /// Whether a `Timer::Join` is scheduled: never two retry chains.
+    join_pending: bool,
+    /// Seeds given by name, as the runtime last looked them up.
+    named_seeds: Vec<SocketAddr>,
     left: bool,
     /// A write too big for gossip asks for an early exchange.
     sync_soon: bool,
@@ -284,6 +288,8 @@ impl Engine {
             name: cfg.name.clone(),
             label: cfg.cluster_label.clone(),
             join_backoff: timings.join_retry,
+            join_pending: false,
+            named_seeds: Vec::new(),
             timings,
             seeds: cfg.seeds.iter().copied().filter(|s| *s != addr).collect(),
             gossip_deltas: cfg.gossip_deltas,
@@ -426,6 +432,7 @@ impl Engine {
                 }
             }
             Timer::Join => {
+                self.join_pending = false;
                 if !self.active && !self.left {
                     self.join();
                 }
@@ -659,7 +666,7 @@ impl Engine {
                 if !self.left {
                     self.emit(Event::Isolated);
                     let retry = self.timings.join_retry;
-                    self.schedule(Timer::Join, retry);
+                    self.schedule_join(retry);
                 }
             }
             OwnedNotification::Rejoin(id) => {

@@ -37,9 +37,9 @@ use crate::names;
 use crate::records::{Entry, Key};
 use crate::state::{self, BUCKETS};
 
-/// Seeds a node keeps at most: names that resolve to ever new addresses
-/// (a scheduler moving peers around) must not grow the list without bound.
-const MAX_SEEDS: usize = 256;
+/// Addresses of seeds given by name a node keeps at most (the latest
+/// lookups replace the earlier ones).
+const MAX_NAMED_SEEDS: usize = 256;
 use crate::wire;
 
 /// Messages of an exchange.
@@ -743,43 +743,57 @@ impl Engine {
 
     /// Joins through every seed (and announces to known ones).
     pub(super) fn join(&mut self) {
-        if self.seeds.is_empty() {
+        let mut seeds = self.seeds.clone();
+        for addr in &self.named_seeds {
+            if !seeds.contains(addr) {
+                seeds.push(*addr);
+            }
+        }
+        if seeds.is_empty() {
             return;
         }
-        for seed in self.seeds.clone() {
+        for seed in seeds {
             self.start_sync(seed, true);
         }
         let retry = self.join_backoff;
         self.join_backoff = (self.join_backoff * 2).min(std::time::Duration::from_secs(30));
-        self.schedule(super::Timer::Join, retry);
+        self.schedule_join(retry);
     }
 
-    /// Adds seeds found after the start (names the runtime resolved); a
-    /// node still alone joins through the new ones at once. How many were
-    /// new.
-    pub fn add_seeds(&mut self, now_ms: u64, addrs: &[std::net::SocketAddr]) -> usize {
+    /// Schedules the next join attempt, unless one is scheduled already.
+    pub(super) fn schedule_join(&mut self, after: std::time::Duration) {
+        if !std::mem::replace(&mut self.join_pending, true) {
+            self.schedule(super::Timer::Join, after);
+        }
+    }
+
+    /// Sets the seeds given by name to what the runtime last looked up (at
+    /// most [`MAX_NAMED_SEEDS`]); a node still alone joins through the new
+    /// ones at once. How many were new.
+    pub fn set_named_seeds(&mut self, now_ms: u64, addrs: &[std::net::SocketAddr]) -> usize {
         self.tick(now_ms);
         if self.left {
             return 0;
         }
         let me = lock(&self.shared).own.addr;
-        let retrying = !self.seeds.is_empty();
-        let mut fresh = Vec::new();
+        let mut named = Vec::new();
         for &addr in addrs {
-            if addr != me && !self.seeds.contains(&addr) && self.seeds.len() < MAX_SEEDS {
-                self.seeds.push(addr);
-                fresh.push(addr);
+            if addr != me && !named.contains(&addr) && named.len() < MAX_NAMED_SEEDS {
+                named.push(addr);
             }
         }
+        let fresh: Vec<_> = named
+            .iter()
+            .copied()
+            .filter(|a| !self.named_seeds.contains(a) && !self.seeds.contains(a))
+            .collect();
+        self.named_seeds = named;
         if !self.active && !fresh.is_empty() {
             for &seed in &fresh {
                 self.start_sync(seed, true);
             }
-            // With no seed before, no join retries were scheduled.
-            if !retrying {
-                let retry = self.join_backoff;
-                self.schedule(super::Timer::Join, retry);
-            }
+            let retry = self.join_backoff;
+            self.schedule_join(retry);
         }
         fresh.len()
     }
@@ -850,5 +864,72 @@ fn severity(state: foca::State) -> u8 {
         foca::State::Alive => 0,
         foca::State::Suspect => 1,
         foca::State::Down => 2,
+    }
+}
+
+#[cfg(test)]
+mod named_seed_tests {
+    use std::net::SocketAddr;
+
+    use super::super::{Engine, Output, Timer};
+    use crate::config::Config;
+
+    fn engine() -> Engine {
+        let cfg = Config::new("named");
+        let me: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let mut e = Engine::new(&cfg, me, 1, Default::default(), 1_000, 7).unwrap();
+        e.start(1_000);
+        while e.poll_output().is_some() {}
+        e
+    }
+
+    /// (streams opened, to where; join retries scheduled)
+    fn drain(e: &mut Engine) -> (Vec<SocketAddr>, usize) {
+        let (mut dialled, mut joins) = (Vec::new(), 0);
+        while let Some(out) = e.poll_output() {
+            match out {
+                Output::Connect { to, .. } => dialled.push(to),
+                Output::Schedule {
+                    timer: Timer::Join, ..
+                } => joins += 1,
+                _ => {}
+            }
+        }
+        (dialled, joins)
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn names_found_later_are_joined_through_with_one_retry_chain() {
+        let mut e = engine();
+        // Alone, no seed: the first address found is dialled, retries start.
+        assert_eq!(e.set_named_seeds(2_000, &[addr(7001)]), 1);
+        assert_eq!(drain(&mut e), (vec![addr(7001)], 1));
+        // More found before the retry: dialled, but no second chain.
+        assert_eq!(e.set_named_seeds(2_100, &[addr(7001), addr(7002)]), 1);
+        assert_eq!(drain(&mut e), (vec![addr(7002)], 0));
+        // The retry dials both, and schedules the next one.
+        e.handle_timer(3_000, Timer::Join);
+        let (dialled, joins) = drain(&mut e);
+        assert!(dialled.contains(&addr(7001)) && dialled.contains(&addr(7002)));
+        assert_eq!(joins, 1);
+        // This node's own address is never a seed.
+        assert_eq!(e.set_named_seeds(3_100, &[addr(7000)]), 0);
+    }
+
+    #[test]
+    fn the_latest_lookups_replace_the_earlier_ones() {
+        let mut e = engine();
+        // A name that gave many dead addresses, past the cap...
+        let dead: Vec<SocketAddr> = (10_000..10_400).map(addr).collect();
+        e.set_named_seeds(2_000, &dead);
+        let (dialled, _) = drain(&mut e);
+        assert_eq!(dialled.len(), super::MAX_NAMED_SEEDS);
+        // ...and later the live one: it is dialled at once.
+        assert_eq!(e.set_named_seeds(3_000, &[addr(7001)]), 1);
+        assert_eq!(drain(&mut e).0, vec![addr(7001)]);
     }
 }

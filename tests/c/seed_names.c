@@ -1,0 +1,86 @@
+/* Seeds given by name are looked up by the node, not by
+ * tribe_config_add_seed, and never hold it up: this program stands in for
+ * the system resolver (it defines getaddrinfo, which libtribe's lookups
+ * then reach) with a name whose lookup hangs, as when DNS is down.
+ *   - a node with that name and "localhost:PORT" as seeds starts at once
+ *     and joins through localhost while the other lookup still hangs;
+ *   - a node whose only seed hangs stops and is freed while the lookup
+ *     still hangs (the lookup runs on a thread nobody waits for). */
+#define _GNU_SOURCE
+#include "util.h"
+
+#include <dlfcn.h>
+#include <netdb.h>
+#include <stdatomic.h>
+#include <unistd.h>
+
+#define HANG_SECONDS 60
+static atomic_int hanging;      /* lookups of the hanging name under way */
+static atomic_bool hang_ended;  /* one of them has returned */
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res) {
+    static int (*real)(const char *, const char *, const struct addrinfo *,
+                       struct addrinfo **);
+    if (node && strcmp(node, "dns-down.test") == 0) {
+        atomic_fetch_add(&hanging, 1);
+        sleep(HANG_SECONDS);
+        atomic_store(&hang_ended, true);
+        return EAI_AGAIN;
+    }
+    if (!real) *(void **)&real = dlsym(RTLD_NEXT, "getaddrinfo");
+    return real(node, service, hints, res);
+}
+
+static int alive(tribe_node *n) {
+    char *json = tribe_json(n, NULL);
+    int count = 0;
+    for (char *p = json; p && (p = strstr(p, "\"alive\"")); p++) count++;
+    tribe_string_free(json);
+    return count;
+}
+
+static bool both_alive(void *arg) { return alive(arg) == 2; }
+
+static bool lookup_started(void *arg) {
+    (void)arg;
+    return atomic_load(&hanging) > 0;
+}
+
+int main(void) {
+    tribe_node *first = start_node("named-0", NULL, NULL, NULL);
+    char seed[64];
+    snprintf(seed, sizeof seed, "localhost:%s", strrchr(tribe_node_addr(first), ':') + 1);
+
+    tribe_config *cfg = NULL;
+    OK(tribe_config_new("named-1", &cfg, NULL));
+    OK(tribe_config_set_profile(cfg, "local", NULL));
+    OK(tribe_config_set_collect_facts(cfg, false, NULL));
+    OK(tribe_config_add_seed(cfg, "dns-down.test:7946", NULL));
+    OK(tribe_config_add_seed(cfg, seed, NULL));
+    CHECK(atomic_load(&hanging) == 0); /* nothing looked up yet */
+    tribe_node *second = NULL;
+    double started = now_s();
+    OK(tribe_node_start(cfg, &second, NULL));
+    tribe_config_free(cfg);
+    CHECK(wait_for(both_alive, second, 30));
+    /* Before the 5 s a round of lookups waits for a hanging one: the
+     * answer for localhost was not held up by it. */
+    CHECK(now_s() - started < 4.0);
+    CHECK(!atomic_load(&hang_ended));
+    printf("joined through %s while the other seed's lookup hangs\n", seed);
+    OK(tribe_node_shutdown(second, NULL));
+    tribe_node_free(second);
+
+    tribe_node *alone = start_node("named-2", NULL, "dns-down.test:7946", NULL);
+    CHECK(wait_for(lookup_started, NULL, 30));
+    OK(tribe_node_shutdown(alone, NULL));
+    tribe_node_free(alone);
+    CHECK(!atomic_load(&hang_ended));
+    printf("a node whose seed's lookup hangs stops and is freed at once\n");
+
+    OK(tribe_node_shutdown(first, NULL));
+    tribe_node_free(first);
+    printf("seed_names: all checks passed\n");
+    return 0;
+}
