@@ -249,69 +249,99 @@ static void row(const char *label, tribe_node *caller, int c, double warm, doubl
     free(all);
 }
 
+/* Asynchronous calls kept in flight: c at a time, each started again when
+ * it completes until the window ends. */
+typedef struct {
+    tribe_node *caller;
+    int c, in_flight;
+    uint8_t payload[PAYLOAD];
+    uint64_t ids[16];
+    double started[16], warm_end, end;
+    uint32_t *samples;
+    size_t total, all_calls;
+    long errors;
+    usage u0;
+} flight;
+
+static void flight_start(flight *f, tribe_node *caller, int c, double warm, double window) {
+    memset(f, 0, sizeof *f);
+    f->caller = caller;
+    f->c = c;
+    memset(f->payload, 'x', sizeof f->payload);
+    f->samples = malloc(MAX_SAMPLES * 4);
+    f->u0 = usage_now();
+    double t = now_s();
+    f->warm_end = t + warm;
+    f->end = t + warm + window;
+    for (int i = 0; i < c; i++) {
+        tribe_error *err = NULL;
+        f->started[i] = now_s();
+        need(tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR, f->payload,
+                                   sizeof f->payload, 10000, &f->ids[i], &err),
+             err, "call_async");
+        f->in_flight++;
+    }
+}
+
+/* Takes the completions among `n` events (freeing them all) and starts the
+ * next calls while the window lasts. */
+static void flight_complete(flight *f, tribe_event **evs, size_t n) {
+    double t1 = now_s();
+    for (size_t k = 0; k < n; k++) {
+        uint64_t id = 0;
+        if (tribe_event_kind(evs[k]) != TRIBE_EVENT_CALL_DONE ||
+            tribe_event_call_id(evs[k], &id, NULL) != TRIBE_OK) {
+            tribe_event_free(evs[k]);
+            continue;
+        }
+        int i = 0;
+        while (i < f->c && f->ids[i] != id) i++;
+        uint8_t *reply = NULL;
+        size_t len = 0;
+        uint32_t rc = tribe_event_take_reply(evs[k], &reply, &len, NULL);
+        tribe_bytes_free(reply, len);
+        tribe_event_free(evs[k]);
+        if (i == f->c) continue;
+        f->in_flight--;
+        f->all_calls++;
+        if (f->started[i] >= f->warm_end) {
+            if (rc != TRIBE_OK || len != PAYLOAD) f->errors++;
+            else if (f->total < MAX_SAMPLES)
+                f->samples[f->total++] = (uint32_t)((t1 - f->started[i]) * 1e7);
+        }
+        if (t1 < f->end) {
+            f->started[i] = now_s();
+            if (tribe_node_call_async(f->caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                      f->payload, sizeof f->payload, 10000, &f->ids[i],
+                                      NULL) == TRIBE_OK)
+                f->in_flight++;
+            else
+                f->errors++;
+        }
+    }
+}
+
+static void flight_print(flight *f, const char *label, const char *shape, double window) {
+    qsort(f->samples, f->total, 4, cmp);
+    char full[96];
+    snprintf(full, sizeof full, "%s, %s", label, shape);
+    print_row(full, f->c, f->total, f->all_calls, window, f->samples, f->errors, f->u0);
+    free(f->samples);
+}
+
 /* One thread keeps c calls in flight with tribe_node_call_async and takes
  * their completions in bursts with tribe_node_next_events: the pattern of
  * an event-loop daemon, with no thread blocked per call. */
 static void row_async(const char *label, tribe_node *caller, int c, double warm, double window) {
-    uint8_t payload[PAYLOAD];
-    memset(payload, 'x', sizeof payload);
-    uint64_t ids[16];
-    double started[16];
-    uint32_t *samples = malloc(MAX_SAMPLES * 4);
-    size_t total = 0, all_calls = 0;
-    long errors = 0;
-    int in_flight = 0;
-    usage u0 = usage_now();
-    double t = now_s(), warm_end = t + warm, end = t + warm + window;
-    for (int i = 0; i < c; i++) {
-        tribe_error *err = NULL;
-        started[i] = now_s();
-        need(tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR, payload,
-                                   sizeof payload, 10000, &ids[i], &err),
-             err, "call_async");
-        in_flight++;
-    }
+    flight f;
+    flight_start(&f, caller, c, warm, window);
     tribe_event *evs[64];
-    while (in_flight > 0) {
+    while (f.in_flight > 0) {
         size_t n = 0;
         if (tribe_node_next_events(caller, 1000, evs, 64, &n, NULL) != TRIBE_OK) break;
-        double t1 = now_s();
-        for (size_t k = 0; k < n; k++) {
-            uint64_t id = 0;
-            if (tribe_event_kind(evs[k]) != TRIBE_EVENT_CALL_DONE ||
-                tribe_event_call_id(evs[k], &id, NULL) != TRIBE_OK) {
-                tribe_event_free(evs[k]);
-                continue;
-            }
-            int i = 0;
-            while (i < c && ids[i] != id) i++;
-            uint8_t *reply = NULL;
-            size_t len = 0;
-            uint32_t rc = tribe_event_take_reply(evs[k], &reply, &len, NULL);
-            tribe_bytes_free(reply, len);
-            tribe_event_free(evs[k]);
-            if (i == c) continue;
-            in_flight--;
-            all_calls++;
-            if (started[i] >= warm_end) {
-                if (rc != TRIBE_OK || len != PAYLOAD) errors++;
-                else if (total < MAX_SAMPLES) samples[total++] = (uint32_t)((t1 - started[i]) * 1e7);
-            }
-            if (t1 < end) {
-                started[i] = now_s();
-                if (tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR,
-                                          payload, sizeof payload, 10000, &ids[i], NULL) == TRIBE_OK)
-                    in_flight++;
-                else
-                    errors++;
-            }
-        }
+        flight_complete(&f, evs, n);
     }
-    qsort(samples, total, 4, cmp);
-    char async_label[96];
-    snprintf(async_label, sizeof async_label, "%s, async", label);
-    print_row(async_label, c, total, all_calls, window, samples, errors, u0);
-    free(samples);
+    flight_print(&f, label, "async", window);
 }
 
 /* Replies to the calls waiting at `host` (up to 64), without waiting for
@@ -341,66 +371,16 @@ static size_t answer(tribe_node *host, int timeout_ms) {
  * thread. */
 static void row_one_thread(const char *label, tribe_node *host, tribe_node *caller, int c,
                            double warm, double window) {
-    uint8_t payload[PAYLOAD];
-    memset(payload, 'x', sizeof payload);
-    uint64_t ids[16];
-    double started[16];
-    uint32_t *samples = malloc(MAX_SAMPLES * 4);
-    size_t total = 0, all_calls = 0;
-    long errors = 0;
-    int in_flight = 0;
-    usage u0 = usage_now();
-    double t = now_s(), warm_end = t + warm, end = t + warm + window;
-    for (int i = 0; i < c; i++) {
-        tribe_error *err = NULL;
-        started[i] = now_s();
-        need(tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR, payload,
-                                   sizeof payload, 10000, &ids[i], &err),
-             err, "call_async");
-        in_flight++;
-    }
+    flight f;
+    flight_start(&f, caller, c, warm, window);
     tribe_event *evs[64];
-    while (in_flight > 0) {
+    while (f.in_flight > 0) {
         size_t answered = answer(host, 100);
         size_t n = 0;
         if (tribe_node_next_events(caller, answered ? 100 : 0, evs, 64, &n, NULL) != TRIBE_OK) break;
-        double t1 = now_s();
-        for (size_t k = 0; k < n; k++) {
-            uint64_t id = 0;
-            if (tribe_event_kind(evs[k]) != TRIBE_EVENT_CALL_DONE ||
-                tribe_event_call_id(evs[k], &id, NULL) != TRIBE_OK) {
-                tribe_event_free(evs[k]);
-                continue;
-            }
-            int i = 0;
-            while (i < c && ids[i] != id) i++;
-            uint8_t *reply = NULL;
-            size_t len = 0;
-            uint32_t rc = tribe_event_take_reply(evs[k], &reply, &len, NULL);
-            tribe_bytes_free(reply, len);
-            tribe_event_free(evs[k]);
-            if (i == c) continue;
-            in_flight--;
-            all_calls++;
-            if (started[i] >= warm_end) {
-                if (rc != TRIBE_OK || len != PAYLOAD) errors++;
-                else if (total < MAX_SAMPLES) samples[total++] = (uint32_t)((t1 - started[i]) * 1e7);
-            }
-            if (t1 < end) {
-                started[i] = now_s();
-                if (tribe_node_call_async(caller, "bench", "echo", NULL, TRIBE_KIND_PROCESSOR,
-                                          payload, sizeof payload, 10000, &ids[i], NULL) == TRIBE_OK)
-                    in_flight++;
-                else
-                    errors++;
-            }
-        }
+        flight_complete(&f, evs, n);
     }
-    qsort(samples, total, 4, cmp);
-    char one_label[96];
-    snprintf(one_label, sizeof one_label, "%s, one thread", label);
-    print_row(one_label, c, total, all_calls, window, samples, errors, u0);
-    free(samples);
+    flight_print(&f, label, "one thread", window);
 }
 
 static bool endpoint_seen(tribe_node *caller) {
