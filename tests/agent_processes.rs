@@ -446,6 +446,24 @@ fn kill_9_is_detected_and_a_restart_with_its_data_dir_rejoins_its_tribes() {
             .any(|l| l.starts_with("a4 ") && l.contains("failed")),
         "{members_table}"
     );
+    // A reader that went away (`tribe members | head`) is no error.
+    let mut piped = Command::new(TRIBE)
+        .args(["members", "--admin", &agents[0].admin.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(piped.stdout.take());
+    let out = piped.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{:?}: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A log that is not a terminal gets no colour codes.
+    let log = std::fs::read_to_string(dir.join("a1.log")).unwrap();
+    assert!(!log.is_empty() && !log.contains('\x1b'), "{log}");
 
     // a2 stops gracefully (SIGTERM), then restarts with its data dir and no seed.
     let a2 = agents.remove(1);

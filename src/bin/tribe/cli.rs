@@ -220,22 +220,36 @@ pub enum AdminCommand {
     Keys(KeysCmd),
 }
 
+/// What a write to stdout comes to: nothing more to do when the reader went
+/// away (`tribe members | head`), an error otherwise.
+fn stdout_result(result: std::io::Result<()>) -> Result<(), String> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.map_err(|e| format!("writing to stdout: {e}")),
+    }
+}
+
+/// One line on stdout.
+fn print_line(text: impl std::fmt::Display) -> Result<(), String> {
+    stdout_result(writeln!(std::io::stdout(), "{text}"))
+}
+
 /// Aligned columns with a header row.
 fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
     let mut tw = tabwriter::TabWriter::new(std::io::stdout()).padding(3);
-    let mut write = |cells: Vec<String>| writeln!(tw, "{}", cells.join("\t"));
-    let io = |e: std::io::Error| format!("writing to stdout: {e}");
-    write(headers.iter().map(|h| h.to_string()).collect()).map_err(io)?;
-    for row in rows {
-        write(row).map_err(io)?;
-    }
-    tw.flush().map_err(io)
+    let write_all = || -> std::io::Result<()> {
+        writeln!(tw, "{}", headers.join("\t"))?;
+        for row in rows {
+            writeln!(tw, "{}", row.join("\t"))?;
+        }
+        tw.flush()
+    };
+    stdout_result(write_all())
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    println!("{text}");
-    Ok(())
+    print_line(text)
 }
 
 fn list_or_dash(items: &[String]) -> String {
@@ -255,8 +269,7 @@ fn done(opts: &AdminOpts, reply: Reply, what: String) -> Result<(), String> {
     if opts.json {
         print_json(&reply.unwrap_or_else(|| json!({})))
     } else {
-        println!("{what}");
-        Ok(())
+        print_line(what)
     }
 }
 
@@ -614,15 +627,14 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
             }
             let keys: Keys = serde_json::from_value(value).map_err(|e| e.to_string())?;
             if keys.encryption.is_none() {
-                println!("encryption is off on this agent");
-                return Ok(());
+                return print_line("encryption is off on this agent");
             }
-            println!(
+            print_line(format_args!(
                 "mode {}, primary {}, {} live nodes",
                 keys.encryption.unwrap_or_default(),
                 keys.primary.unwrap_or_default(),
                 keys.members
-            );
+            ))?;
             let rows = keys
                 .keys
                 .into_iter()
