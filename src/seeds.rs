@@ -48,10 +48,13 @@ pub(crate) async fn follow(names: Vec<String>, shared: Weak<Shared>, first_pause
         })
         .collect();
     loop {
-        let Some(wake) = shared.upgrade().map(|s| s.wake.clone()) else {
+        let Some(node) = shared.upgrade() else {
             return;
         };
-        if alone(&shared) {
+        let wake = node.wake.clone();
+        let alone = !node.engine().is_active();
+        drop(node);
+        if alone {
             round(&mut seeds, &shared).await;
         } else {
             pause = first_pause;
@@ -148,8 +151,4 @@ fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
     // round reads that as a failed lookup.
     drop(spawned);
     rx
-}
-
-fn alone(shared: &Weak<Shared>) -> bool {
-    shared.upgrade().is_some_and(|s| !s.engine().is_active())
 }
