@@ -18,6 +18,8 @@
  *   *out_len` are owned: free them with tribe_bytes_free(out, out_len); an
  *   empty buffer is NULL. `const char *` results are borrowed from the object
  *   they came from and valid until it is freed, unless said to be static.
+ * - Each object is freed once, with its own free function; freeing it again
+ *   or using it after its free is undefined behaviour, as with free(3).
  * - A panic inside libtribe is caught and returned as TRIBE_PANIC; nothing
  *   unwinds into C. libtribe installs no signal handlers, and its socket
  *   writes (also those made on the host's threads) never raise SIGPIPE.
@@ -34,6 +36,21 @@
  * - A tribe_responder may be answered from any thread, one thread at a time.
  * - tribe_config, tribe_event and tribe_error objects must not be used from
  *   two threads at once (hand them over between threads freely).
+ *
+ * Blocking, and after a shutdown
+ * - Where a function's comment says nothing else: a command (tribes,
+ *   policies, facts, catalog, keys, serve/unserve) blocks until the node's
+ *   own loop has applied it (with a data dir, also written it), never for
+ *   the network or for peers; a snapshot (`*_json`, counters, state digest)
+ *   reads the node's current state; both return TRIBE_SHUTTING_DOWN once
+ *   tribe_node_shutdown or tribe_node_abort has begun. tribe_node_name,
+ *   tribe_node_addr and tribe_node_event_fd work until tribe_node_free.
+ * - Incoming calls are bounded by the node's serving places
+ *   (tribe_config_set_rpc_limits: max_serving, max_inflight_per_conn): a
+ *   call holds its places until its responder is answered or freed, also
+ *   while it waits in the queue and past its budget, so a host that stops
+ *   polling makes the node refuse new calls (TRIBE_OVERLOADED at the
+ *   caller) rather than queue them without end.
  *
  * Lifecycle and shutdown order
  *   tribe_config_new -> tribe_config_set_* -> tribe_node_start (consumes the
@@ -83,6 +100,13 @@
  * Sends metrics somewhere.
  */
 #define TRIBE_KIND_PUBLISHER 3
+
+/**
+ * The longest a host runs a call, in ms (5 minutes): a call's handler gets
+ * at most this budget, so a call with a longer `timeout_ms` ends with
+ * `TRIBE_TIMEOUT` after it unless answered first.
+ */
+#define TRIBE_MAX_CALL_BUDGET_MS 300000
 
 /**
  * Task states for `tribe_node_add_task` and `tribe_node_set_task_state`.
@@ -610,7 +634,8 @@ uint32_t tribe_node_unserve(const struct tribe_node *node,
  * Calls `plugin` (`version`: NULL for any) of kind `kind` served by a live
  * member of `tribe`: this node first when it serves it, then the member
  * with the fewest calls outstanding. Blocks the calling thread until the
- * reply, an error, `timeout_ms` (at least 1), or a shutdown of the node from
+ * reply, an error, `timeout_ms` (at least 1; a host runs the call for at
+ * most `TRIBE_MAX_CALL_BUDGET_MS`), or a shutdown of the node from
  * another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
  * an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
  * for an empty reply). Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
@@ -666,7 +691,8 @@ uint32_t tribe_node_call_async(const struct tribe_node *node,
 /**
  * Cancels an asynchronous call: if it has not finished, it is abandoned
  * and its `TRIBE_EVENT_CALL_DONE` event carries `TRIBE_CANCELLED`. An id
- * that already finished (or never existed) is ignored. Does not block.
+ * that already finished (or never existed) is ignored, also after a
+ * shutdown (`TRIBE_OK`: the stop ended every call). Does not block.
  */
 uint32_t tribe_node_call_cancel(const struct tribe_node *node,
                                 uint64_t call_id,
@@ -1285,10 +1311,12 @@ uint32_t tribe_node_start(struct tribe_config *cfg,
  * with `TRIBE_SHUTTING_DOWN` events, and every later command returns
  * `TRIBE_SHUTTING_DOWN`. Idempotent: a second call (also from another
  * thread) returns `TRIBE_OK` once the first has finished. Blocks while the
- * goodbye is sent (well under a second on a LAN). Calls to this node's
- * plugins are refused from the start (callers move them to another host);
- * those it already runs are still answered, and its call streams close
- * once they are, or at `tribe_node_free`.
+ * goodbye is sent: well under a second on a LAN, and 1.5 s at most (when
+ * peers do not answer it, as when they stop at the same time). Calls to
+ * this node's plugins are refused from the start (callers move them to
+ * another host); those it already runs are still answered, and its call
+ * streams close once they are, or at `tribe_node_free` (whose callers
+ * then get `TRIBE_DISCONNECTED`, and whose responders turn abandoned).
  */
 uint32_t tribe_node_shutdown(const struct tribe_node *node,
                              struct tribe_error **err);
@@ -1322,8 +1350,11 @@ const char *tribe_node_addr(const struct tribe_node *node);
 /**
  * A file descriptor that is readable while events wait for
  * `tribe_node_next_event`, and stays readable once the node has stopped.
- * Owned by the node (do not read, write or close it); valid until
- * `tribe_node_free`. -1 for NULL, and in a forked child.
+ * It is a level: with `EPOLLET`, take events until none is left (a wait
+ * of 0 ms that gives none) before waiting again, as an event queued while
+ * others wait makes no new edge. Owned by the node (do not read, write or
+ * close it); valid until `tribe_node_free`. -1 for NULL, and in a forked
+ * child.
  */
 int tribe_node_event_fd(const struct tribe_node *node);
 

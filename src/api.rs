@@ -600,7 +600,9 @@ impl Node {
     /// outstanding. A host that refuses or cannot be reached before the call
     /// ran is failed over; every call ends with the reply or an error
     /// (`NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
-    /// `Disconnected`, `ShuttingDown`).
+    /// `Disconnected`, `ShuttingDown`). A host runs a call for at most 5
+    /// minutes: a longer `timeout` ends with `Timeout` after that, unless
+    /// answered first.
     pub async fn call(
         &self,
         target: &crate::CallTarget,

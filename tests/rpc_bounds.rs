@@ -247,11 +247,14 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     })
     .await;
     assert_eq!(host.rpc_stats().cancelled, 2 * PER_STREAM as u64);
-    let echo = caller
-        .call(&target("echo"), b"f".to_vec(), 5 * SECOND)
-        .await;
-    assert_eq!(echo.unwrap(), b"f");
-    // A late answer to a cancelled call is dropped, and the stream lives on.
+    // A responder call holds its places until its responder goes, also
+    // once abandoned: the host still holds it.
+    match caller.call(&target("echo"), b"f".to_vec(), SECOND).await {
+        Err(Error::Overloaded) => {}
+        r => panic!("expected Overloaded while the abandoned calls are held, got {r:?}"),
+    }
+    // A late answer to a cancelled call is dropped, gives the places back,
+    // and the stream lives on.
     for r in held.lock().unwrap().drain(..) {
         r.reply(b"late".to_vec());
     }
@@ -280,10 +283,11 @@ async fn echo_gets_a_place(caller: &Node, within: Duration) -> bool {
     }
 }
 
-/// A responder call its host never answers gives its places back when its
-/// budget runs out: no cancel comes, since the caller's own deadline passed.
+/// A responder call its host declines (never answers) gives its places back
+/// with its responder: its caller's own deadline ends the call, and no
+/// cancel comes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_unanswered_responder_call_frees_its_place_at_its_budget() {
+async fn a_declined_responder_call_frees_its_place() {
     const PER_STREAM: usize = 2;
     let nodes = host_cluster("ub", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
     let (caller, host) = (&nodes[0], &nodes[1]);
@@ -310,8 +314,8 @@ async fn an_unanswered_responder_call_frees_its_place_at_its_budget() {
 }
 
 /// A node that stops ends its calls in flight (`ShuttingDown`) and their
-/// streams; a responder call still unanswered when its stream ends gives
-/// the host's place back then, not at its budget.
+/// streams; a responder call still unanswered when its stream ends turns
+/// abandoned then, and gives the host's place back with its responder.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_held_call_frees_its_place_when_its_stream_ends() {
     let nodes = host_cluster("he", 3, |cfg| cfg.rpc.max_serving = 1).await;
@@ -346,11 +350,42 @@ async fn a_held_call_frees_its_place_when_its_stream_ends() {
         .expect("the call ends with its node")
         .unwrap();
     assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
+    wait_for("the held call is abandoned", 10 * SECOND, || {
+        held.lock().unwrap()[0].is_abandoned()
+    })
+    .await;
+    held.lock().unwrap().clear();
     assert!(
         echo_gets_a_place(other, 10 * SECOND).await,
         "the held call of a stream that ended still holds the place"
     );
-    assert!(held.lock().unwrap()[0].is_abandoned());
+}
+
+/// A call to this node's own handler that the host refuses as stopping
+/// while the node stops (its handlers stop with it, as the Go package's do
+/// at `Close`) ends `ShuttingDown` when no other member serves the plugin,
+/// not `NoProvider`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_call_refused_as_stopping_ends_shutting_down() {
+    let nodes = host_cluster("ls", 2, |_| {}).await;
+    let host = &nodes[1];
+    let held = serve_hold(host).await;
+    let waiting = {
+        let host = host.clone();
+        tokio::spawn(async move { host.call(&target("hold"), b"x".to_vec(), 30 * SECOND).await })
+    };
+    wait_for("the call is held", 10 * SECOND, || {
+        held.lock().unwrap().len() == 1
+    })
+    .await;
+    host.shutdown().await.unwrap();
+    let r = held.lock().unwrap().pop().unwrap();
+    r.refuse_stopping();
+    let ended = tokio::time::timeout(5 * SECOND, waiting)
+        .await
+        .expect("the call ends at the refusal")
+        .unwrap();
+    assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

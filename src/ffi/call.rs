@@ -293,10 +293,17 @@ fn timeout(ms: u32) -> Result<Duration, FfiError> {
     Ok(Duration::from_millis(ms.into()))
 }
 
+/// The longest a host runs a call, in ms (5 minutes): a call's handler gets
+/// at most this budget, so a call with a longer `timeout_ms` ends with
+/// `TRIBE_TIMEOUT` after it unless answered first.
+#[allow(dead_code)] // For C only; a test ties it to the host's bound.
+pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
+
 /// Calls `plugin` (`version`: NULL for any) of kind `kind` served by a live
 /// member of `tribe`: this node first when it serves it, then the member
 /// with the fewest calls outstanding. Blocks the calling thread until the
-/// reply, an error, `timeout_ms` (at least 1), or a shutdown of the node from
+/// reply, an error, `timeout_ms` (at least 1; a host runs the call for at
+/// most `TRIBE_MAX_CALL_BUDGET_MS`), or a shutdown of the node from
 /// another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
 /// an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
 /// for an empty reply). Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
@@ -325,10 +332,10 @@ pub extern "C" fn tribe_node_call(
         let reply_len = cast::out(reply_len, "reply_len")?;
         cast::write(reply, std::ptr::null_mut());
         cast::write(reply_len, 0);
+        let handle = super::node::node_handle(node)?;
         let target = target(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let timeout = timeout(timeout_ms)?;
-        let handle = super::node::node_handle(node)?;
         let n = handle.live()?;
         let mut closing = handle.closing.subscribe();
         let bytes = handle.block_on(async {
@@ -442,7 +449,8 @@ fn caught<T>(
 
 /// Cancels an asynchronous call: if it has not finished, it is abandoned
 /// and its `TRIBE_EVENT_CALL_DONE` event carries `TRIBE_CANCELLED`. An id
-/// that already finished (or never existed) is ignored. Does not block.
+/// that already finished (or never existed) is ignored, also after a
+/// shutdown (`TRIBE_OK`: the stop ended every call). Does not block.
 #[no_mangle]
 pub extern "C" fn tribe_node_call_cancel(
     node: *const TribeNode,
@@ -673,6 +681,14 @@ pub extern "C" fn tribe_responder_free(r: *mut TribeResponder) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_budget_cap_in_the_header_is_the_hosts() {
+        assert_eq!(
+            Duration::from_millis(TRIBE_MAX_CALL_BUDGET_MS.into()),
+            crate::rpc::server::MAX_CALL_BUDGET
+        );
+    }
 
     fn run<T>(f: impl Future<Output = T>) -> T {
         let rt = tokio::runtime::Builder::new_current_thread()

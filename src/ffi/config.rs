@@ -255,9 +255,10 @@ pub extern "C" fn tribe_config_add_key(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        let key = SecretKey::from_base64(cast::text(key, "key")?)
-            .map_err(|e| FfiError::invalid(e.to_string()))?;
+        // The config first: a NULL one is TRIBE_NULL_ARGUMENT, whatever the key.
         with_config(cfg, |p| {
+            let key = SecretKey::from_base64(cast::text(key, "key")?)
+                .map_err(|e| FfiError::invalid(e.to_string()))?;
             if p.keys.len() >= crate::crypto::MAX_KEYS {
                 return Err(crate::Error::KeyringFull.into());
             }

@@ -292,10 +292,12 @@ fn build_runtime(
 /// with `TRIBE_SHUTTING_DOWN` events, and every later command returns
 /// `TRIBE_SHUTTING_DOWN`. Idempotent: a second call (also from another
 /// thread) returns `TRIBE_OK` once the first has finished. Blocks while the
-/// goodbye is sent (well under a second on a LAN). Calls to this node's
-/// plugins are refused from the start (callers move them to another host);
-/// those it already runs are still answered, and its call streams close
-/// once they are, or at `tribe_node_free`.
+/// goodbye is sent: well under a second on a LAN, and 1.5 s at most (when
+/// peers do not answer it, as when they stop at the same time). Calls to
+/// this node's plugins are refused from the start (callers move them to
+/// another host); those it already runs are still answered, and its call
+/// streams close once they are, or at `tribe_node_free` (whose callers
+/// then get `TRIBE_DISCONNECTED`, and whose responders turn abandoned).
 #[no_mangle]
 pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, {
@@ -345,8 +347,11 @@ pub extern "C" fn tribe_node_addr(node: *const TribeNode) -> *const c_char {
 
 /// A file descriptor that is readable while events wait for
 /// `tribe_node_next_event`, and stays readable once the node has stopped.
-/// Owned by the node (do not read, write or close it); valid until
-/// `tribe_node_free`. -1 for NULL, and in a forked child.
+/// It is a level: with `EPOLLET`, take events until none is left (a wait
+/// of 0 ms that gives none) before waiting again, as an event queued while
+/// others wait makes no new edge. Owned by the node (do not read, write or
+/// close it); valid until `tribe_node_free`. -1 for NULL, and in a forked
+/// child.
 #[no_mangle]
 pub extern "C" fn tribe_node_event_fd(node: *const TribeNode) -> c_int {
     ffi_infallible!(-1, { here(node).map_or(-1, |n| n.mailbox.fd()) })

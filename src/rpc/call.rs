@@ -97,6 +97,8 @@ impl Rpc {
         budget: Duration,
     ) -> Result<Vec<u8>> {
         self.admit(payload.len())?;
+        // As a remote host caps what a caller asks for.
+        let budget = budget.min(super::server::MAX_CALL_BUDGET);
         let (version, handler) = self
             .server
             .lookup(call.plugin, call.version, call.kind)
@@ -310,6 +312,10 @@ impl Rpc {
         }
         Err(if overloaded {
             Error::Overloaded
+        } else if self.server.is_stopping() {
+            // This node stops (its own handler refused the call for that),
+            // and no other host took it.
+            Error::ShuttingDown
         } else {
             no_provider()
         })

@@ -126,8 +126,12 @@ pub(crate) enum LocalRefusal {
     Stopping,
 }
 
-/// A served call's places: one of its stream's and one of the node's,
-/// given back once the call is answered or abandoned.
+/// A served call's places: one of its stream's and one of the node's. A
+/// responder call holds them until its responder is answered or dropped,
+/// also after its budget ran out or its caller gave up: a host that keeps
+/// calls unanswered (a C host that does not poll, handlers that hang) then
+/// reaches the node's bounds and new calls are refused as overloaded,
+/// rather than queueing without end.
 pub(crate) type Places = (OwnedSemaphorePermit, OwnedSemaphorePermit);
 
 /// Where an answer goes.
@@ -138,11 +142,7 @@ enum Sink {
     /// next waits for events: left to the flusher, the answers of a whole
     /// burst would wait for the last one (apart, async c16 went from about
     /// 80k to 140k calls/s written at once).
-    Stream {
-        outbox: Arc<Outbox>,
-        id: u64,
-        places: Places,
-    },
+    Stream { outbox: Arc<Outbox>, id: u64 },
     /// A call this node made to itself.
     Local(oneshot::Sender<LocalAnswer>),
 }
@@ -168,10 +168,7 @@ impl Slot {
         RpcCounters::bump(&self.counters.served);
         let result = bounded(result, self.max_payload, &self.counters);
         match sink {
-            Sink::Stream { outbox, id, places } => {
-                write_reply(&outbox, id, result, true);
-                drop(places);
-            }
+            Sink::Stream { outbox, id } => write_reply(&outbox, id, result, true),
             Sink::Local(tx) => {
                 let _ = tx.send(result.map_err(LocalRefusal::Failed));
             }
@@ -187,8 +184,8 @@ impl Slot {
             .is_none()
     }
 
-    /// Ends a call its caller gave up on: no answer is sent, a later one
-    /// is dropped, and the call's places are given back.
+    /// Ends a call its caller gave up on: no answer is sent, and a later
+    /// one is dropped.
     pub(crate) fn abandon(&self) {
         drop(self.take());
     }
@@ -202,15 +199,12 @@ impl Slot {
         };
         RpcCounters::bump(&self.counters.refused);
         match sink {
-            Sink::Stream {
-                outbox, id, places, ..
-            } => {
+            Sink::Stream { outbox, id } => {
                 let refusal = RpcMsg::Refused {
                     id,
                     why: super::proto::Refusal::ShuttingDown,
                 };
                 let _ = outbox.send(&refusal, true);
-                drop(places);
             }
             Sink::Local(tx) => {
                 let _ = tx.send(Err(LocalRefusal::Stopping));
@@ -235,6 +229,8 @@ impl Slot {
 /// unanswered answers the caller with the error code `"unanswered"`.
 pub struct Responder {
     slot: Option<Arc<Slot>>,
+    /// Given back when the responder goes, after its answer.
+    _places: Option<Places>,
 }
 
 impl std::fmt::Debug for Responder {
@@ -244,7 +240,12 @@ impl std::fmt::Debug for Responder {
 }
 
 impl Responder {
-    fn new(sink: Sink, max_payload: usize, counters: Arc<RpcCounters>) -> (Responder, Arc<Slot>) {
+    fn new(
+        sink: Sink,
+        places: Option<Places>,
+        max_payload: usize,
+        counters: Arc<RpcCounters>,
+    ) -> (Responder, Arc<Slot>) {
         let slot = Arc::new(Slot {
             sink: Mutex::new(Some(sink)),
             max_payload,
@@ -253,13 +254,14 @@ impl Responder {
         (
             Responder {
                 slot: Some(slot.clone()),
+                _places: places,
             },
             slot,
         )
     }
 
     /// A responder for call `id` of a call stream, holding the call's
-    /// places until it is answered.
+    /// places until it is answered or dropped.
     pub(crate) fn for_stream(
         outbox: Arc<Outbox>,
         id: u64,
@@ -267,8 +269,12 @@ impl Responder {
         max_payload: usize,
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>) {
-        let sink = Sink::Stream { outbox, id, places };
-        Responder::new(sink, max_payload, counters)
+        Responder::new(
+            Sink::Stream { outbox, id },
+            Some(places),
+            max_payload,
+            counters,
+        )
     }
 
     /// A responder for a call this node makes to itself.
@@ -277,7 +283,7 @@ impl Responder {
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>, oneshot::Receiver<LocalAnswer>) {
         let (tx, rx) = oneshot::channel();
-        let (r, slot) = Responder::new(Sink::Local(tx), max_payload, counters);
+        let (r, slot) = Responder::new(Sink::Local(tx), None, max_payload, counters);
         (r, slot, rx)
     }
 
@@ -393,7 +399,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_call_whose_stream_ended_is_abandoned() {
+    async fn a_call_holds_its_places_until_its_responder_goes() {
         let (_far, near) = tokio::io::duplex(1024);
         let (outbox, _flusher) = Outbox::new(crate::stream::Sealer::plaintext_for_tests(), near);
         let slots = Arc::new(tokio::sync::Semaphore::new(4));
@@ -406,14 +412,18 @@ mod tests {
         let (responder, slot) = Responder::for_stream(outbox.clone(), 1, places, 1024, counters);
         assert!(!responder.is_abandoned());
         outbox.close();
-        assert!(responder.is_abandoned());
-        responder.decline();
-        assert_eq!(node.available_permits(), 0, "held until the call ends");
+        assert!(responder.is_abandoned(), "its stream ended");
         slot.abandon();
+        assert_eq!(
+            node.available_permits(),
+            0,
+            "held while the host still holds the call"
+        );
+        responder.decline();
         assert_eq!(
             (slots.available_permits(), node.available_permits()),
             (4, 1),
-            "an abandoned call gives its places back"
+            "the places come back with the responder"
         );
     }
 }

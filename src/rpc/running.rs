@@ -147,9 +147,9 @@ impl Running {
         self.by_id.is_empty()
     }
 
-    /// The stream ended: a responder's later answer is dropped, and the
-    /// places of its call are given back now (the stream's handler tasks
-    /// are aborted with their `JoinSet`).
+    /// The stream ended: its responder calls are abandoned (a later answer
+    /// is dropped; their places come back with their responders), and its
+    /// handler tasks are aborted with their `JoinSet`.
     pub(super) fn end(&mut self) {
         self.by_id.clear();
         for d in self.due.drain() {

@@ -157,6 +157,9 @@ static void node_null_arguments(tribe_node *n) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_serve(n, "p", NULL, TRIBE_KIND_PROCESSOR, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_unserve(n, NULL, "1", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(NULL, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
+    /* A NULL node is reported before the other arguments' faults. */
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(NULL, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_key(NULL, "not a key", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, NULL, "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", NULL, NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 5, 100, &b, &len, &err));

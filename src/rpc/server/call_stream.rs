@@ -195,6 +195,17 @@ impl Server {
     }
 }
 
+impl Drop for Calls {
+    /// Also when the stream's task is dropped mid-stream (its runtime
+    /// stopped, as at a C node's free): its calls are abandoned and the
+    /// stream cut, so their callers learn now, not when the host lets go of
+    /// their responders. After a normal end both were done already.
+    fn drop(&mut self) {
+        self.running.end();
+        self.outbox.cut();
+    }
+}
+
 impl Calls {
     fn new(server: Arc<Server>, outbox: Arc<Outbox>) -> Calls {
         let bound = server.limits.max_inflight_per_conn;

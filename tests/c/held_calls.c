@@ -1,0 +1,152 @@
+/* Calls a C host holds without answering:
+ * - a host that does not poll its events keeps at most its serving places
+ *   of calls queued (max_serving): later calls are refused as overloaded,
+ *   also once the queued ones timed out at their callers;
+ * - a responder kept across tribe_node_free turns abandoned, and its caller
+ *   learns at the free (TRIBE_DISCONNECTED), not when the responder goes. */
+#include "util.h"
+
+#define SERVING 4
+
+static bool endpoint_seen(void *arg) {
+    const tribe_node *caller = arg;
+    char *json = tribe_json(caller, NULL);
+    bool seen = json && strstr(json, "\"name\":\"held\"") != NULL;
+    tribe_string_free(json);
+    return seen;
+}
+
+static tribe_node *start_host(void) {
+    tribe_config *cfg = NULL;
+    tribe_node *node = NULL;
+    OK(tribe_config_new("holder", &cfg, NULL));
+    OK(tribe_config_set_profile(cfg, "local", NULL));
+    OK(tribe_config_set_collect_facts(cfg, false, NULL));
+    OK(tribe_config_set_rpc_limits(cfg, 0, 0, 0, SERVING, NULL));
+    OK(tribe_node_start(cfg, &node, NULL));
+    tribe_config_free(cfg);
+    OK(tribe_node_create_tribe(node, "t", NULL));
+    OK(tribe_node_join(node, "t", NULL, NULL));
+    OK(tribe_node_serve(node, "held", "1", TRIBE_KIND_PROCESSOR, NULL));
+    return node;
+}
+
+/* Starts n asynchronous calls and waits for their outcomes. */
+static void wave(tribe_node *caller, int n, uint32_t timeout_ms, uint32_t *rcs) {
+    for (int i = 0; i < n; i++) {
+        uint64_t id = 0;
+        OK(tribe_node_call_async(caller, "t", "held", NULL, TRIBE_KIND_PROCESSOR,
+                                 (const uint8_t *)"x", 1, timeout_ms, &id, NULL));
+    }
+    int done = 0;
+    double end = now_s() + 15;
+    while (done < n && now_s() < end) {
+        tribe_event *ev = NULL;
+        OK(tribe_node_next_event(caller, 100, &ev, NULL));
+        if (ev == NULL) continue;
+        if (tribe_event_kind(ev) == TRIBE_EVENT_CALL_DONE) {
+            uint8_t *reply = NULL;
+            size_t len = 0;
+            tribe_error *err = NULL;
+            rcs[done++] = tribe_event_take_reply(ev, &reply, &len, &err);
+            tribe_error_free(err);
+            tribe_bytes_free(reply, len);
+        }
+        tribe_event_free(ev);
+    }
+    CHECK(done == n);
+}
+
+/* Takes every call event queued at the host: how many there were. */
+static int drain_calls(tribe_node *host, bool want_abandoned) {
+    int calls = 0;
+    for (;;) {
+        tribe_event *ev = NULL;
+        uint32_t rc = tribe_node_next_event(host, 0, &ev, NULL);
+        if (rc == TRIBE_SHUTTING_DOWN) return calls;
+        OK(rc);
+        if (ev == NULL) return calls;
+        if (tribe_event_kind(ev) == TRIBE_EVENT_CALL) {
+            tribe_responder *r = NULL;
+            OK(tribe_event_take_responder(ev, &r, NULL));
+            if (want_abandoned) CHECK(tribe_responder_is_abandoned(r));
+            tribe_responder_free(r);
+            calls++;
+        }
+        tribe_event_free(ev);
+    }
+}
+
+typedef struct {
+    tribe_node *caller;
+    uint32_t rc;
+    double ended;
+} blocked_call;
+
+static void *call_blocking(void *arg) {
+    blocked_call *c = arg;
+    uint8_t *reply = NULL;
+    size_t len = 0;
+    c->rc = tribe_node_call(c->caller, "t", "held", NULL, TRIBE_KIND_PROCESSOR,
+                            (const uint8_t *)"y", 1, 20000, &reply, &len, NULL);
+    c->ended = now_s();
+    tribe_bytes_free(reply, len);
+    return NULL;
+}
+
+int main(void) {
+    tribe_node *host = start_host();
+    tribe_node *caller = start_node("asker", NULL, tribe_node_addr(host), NULL);
+    CHECK(wait_for(endpoint_seen, caller, 30));
+
+    /* The host does not poll: the first wave fills its places and times
+     * out; the next waves find the places still held by the queue. */
+    uint32_t rcs[SERVING];
+    wave(caller, SERVING, 300, rcs);
+    for (int i = 0; i < SERVING; i++) CHECK(rcs[i] == TRIBE_TIMEOUT);
+    for (int w = 0; w < 3; w++) {
+        wave(caller, SERVING, 300, rcs);
+        for (int i = 0; i < SERVING; i++) {
+            if (rcs[i] != TRIBE_OVERLOADED)
+                die(__FILE__, __LINE__, "wave %d call %d: %s, want overloaded", w + 2, i,
+                    tribe_result_name(rcs[i]));
+        }
+    }
+    int queued = drain_calls(host, true);
+    if (queued != SERVING) die(__FILE__, __LINE__, "%d calls were queued, want %d", queued, SERVING);
+
+    /* The places came back with the responders. */
+    blocked_call c = {caller, 0, 0};
+    pthread_t t;
+    pthread_create(&t, NULL, call_blocking, &c);
+    tribe_responder *r = NULL;
+    double end = now_s() + 10;
+    while (r == NULL && now_s() < end) {
+        tribe_event *ev = NULL;
+        OK(tribe_node_next_event(host, 100, &ev, NULL));
+        if (ev != NULL && tribe_event_kind(ev) == TRIBE_EVENT_CALL) OK(tribe_event_take_responder(ev, &r, NULL));
+        tribe_event_free(ev);
+    }
+    CHECK(r != NULL);
+    CHECK(!tribe_responder_is_abandoned(r));
+
+    /* Kept across the host's stop and free: the caller learns at the free. */
+    OK(tribe_node_shutdown(host, NULL));
+    drain_calls(host, false);
+    double freed = now_s();
+    tribe_node_free(host);
+    CHECK(tribe_responder_is_abandoned(r));
+    pthread_join(t, NULL);
+    if (c.rc != TRIBE_DISCONNECTED)
+        die(__FILE__, __LINE__, "the held call ended %s, want disconnected", tribe_result_name(c.rc));
+    if (c.ended - freed > 3.0)
+        die(__FILE__, __LINE__, "the held call ended %.1f s after the free", c.ended - freed);
+    CHECK(tribe_responder_reply(r, (const uint8_t *)"late", 4, NULL) == TRIBE_OK);
+    tribe_responder_free(r);
+
+    OK(tribe_node_shutdown(caller, NULL));
+    drain_calls(caller, false);
+    tribe_node_free(caller);
+    printf("held_calls: ok\n");
+    return 0;
+}
