@@ -125,12 +125,22 @@ func shuttingDown() error {
 	return &Error{Code: "shutting_down", Message: "the node stopped with the call in flight", num: C.TRIBE_SHUTTING_DOWN}
 }
 
+// MaxCallBudget is the longest a host runs a call: a call whose deadline is
+// further away, or that has none, ends with ErrTimeout after this long
+// (without matching context.DeadlineExceeded, as its context has not
+// expired).
+const MaxCallBudget = 5 * time.Minute
+
 // Call calls a plugin served by a live member of t.Tribe (this node first
 // when it serves it) and returns its reply. The context's deadline is the
-// call's timeout (without a deadline the call waits as long as it takes);
-// cancelling the context abandons the call at once. Errors: ErrNoProvider,
-// ErrTimeout (also matching context.DeadlineExceeded), ErrCancelled (also
-// matching context.Canceled), *RemoteError, ErrTooLarge, ErrOverloaded,
+// call's timeout, up to MaxCallBudget (without a deadline the call waits up
+// to MaxCallBudget); cancelling the context abandons the call at once.
+// Errors: ErrUnknownTribe (this node does not know the tribe, or not yet:
+// it learns tribes from its peers after Start), ErrNoProvider (no live
+// member serves the plugin), ErrTimeout (also matching
+// context.DeadlineExceeded when the context's deadline was reached),
+// ErrCancelled (also matching context.Canceled), *RemoteError, ErrTooLarge
+// (the payload, or the reply, is over a node's limit), ErrOverloaded,
 // ErrDisconnected, ErrShuttingDown, ErrClosed.
 func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, error) {
 	defer runtime.KeepAlive(n)
@@ -194,7 +204,10 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 	}
 	chanPool.Put(ch)
 	if res.err != nil {
-		if hasDeadline && errors.Is(res.err, ErrTimeout) {
+		// Only when the deadline was reached: a host runs a call for at
+		// most MaxCallBudget, so a longer deadline can time out first.
+		// (libtribe's timeout is the deadline rounded up to a millisecond.)
+		if hasDeadline && errors.Is(res.err, ErrTimeout) && time.Until(deadline) < time.Millisecond {
 			return nil, withContext(res.err, context.DeadlineExceeded)
 		}
 		return nil, res.err
@@ -411,7 +424,9 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	h := in.handlers[handlerKey(info.Plugin, info.Version)]
 	in.handlersMu.RUnlock()
 	if h == nil {
-		fail(r, "no_handler", fmt.Sprintf("no Go handler for %s %s", info.Plugin, info.Version))
+		// Unserved after libtribe took the call: not run here, so the
+		// caller moves it to another member (or gets ErrNoProvider).
+		C.tribe_responder_refuse_stopping(r, nil)
 		return
 	}
 	ctx = newCallCtx(in.base, info.Budget, r)

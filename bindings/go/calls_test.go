@@ -72,6 +72,9 @@ func TestCallsThroughATribe(t *testing.T) {
 			m["boom"]++ // nil map write
 			return nil, nil
 		},
+		"huge": func(context.Context, CallInfo, []byte) ([]byte, error) {
+			return make([]byte, 5<<20), nil // over the default 4 MiB
+		},
 		"slow": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
 			<-ctx.Done()
 			slowEnded <- ctx.Err()
@@ -151,6 +154,14 @@ func TestCallsThroughATribe(t *testing.T) {
 		reply, err := caller.Call(bg, target("echo"), []byte("after"))
 		if err != nil || string(reply) != "echo:after" {
 			t.Fatalf("after a panic: %q %v", reply, err)
+		}
+	})
+
+	t.Run("a reply over the limit", func(t *testing.T) {
+		_, err := caller.Call(bg, target("huge"), nil)
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Code != "too_large" || !errors.Is(err, ErrTooLarge) {
+			t.Fatalf("got %v", err)
 		}
 	})
 

@@ -178,3 +178,55 @@ func TestNoGoroutineLeakAndCleanupSafetyNet(t *testing.T) {
 		t.Fatalf("goroutines: %d before, %d after the cleanup:\n%s", before, after, goroutineDump())
 	}
 }
+
+// Calls a node makes to its own handler, in flight when it closes, end
+// with ErrShuttingDown: the handlers' contexts end first, and a handler
+// that returns for that refuses the call as stopping, which no other
+// member takes.
+func TestCloseEndsLocalCallsShuttingDown(t *testing.T) {
+	for round := 0; round < 20; round++ {
+		n := startNode(t, "self", nil)
+		if err := n.CreateTribe("svc"); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Join("svc", ""); err != nil {
+			t.Fatal(err)
+		}
+		started := make(chan struct{}, 4)
+		err := n.Serve("block", "1", Processor, func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			started <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		results := make(chan error, 4)
+		for i := 0; i < 4; i++ {
+			go func() {
+				_, err := n.Call(context.Background(), target("block"), nil)
+				results <- err
+			}()
+		}
+		for i := 0; i < 4; i++ {
+			select {
+			case <-started:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the calls did not reach the handler")
+			}
+		}
+		if err := n.Close(); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 4; i++ {
+			select {
+			case err := <-results:
+				if !errors.Is(err, ErrShuttingDown) {
+					t.Errorf("round %d: a local call in flight at Close ended %v, want ErrShuttingDown", round, err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a local call did not end at Close")
+			}
+		}
+	}
+}

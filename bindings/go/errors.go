@@ -56,8 +56,9 @@ func (e *Error) Unwrap() error { return e.cause }
 
 // RemoteError is the failure a handler on the serving node reported: the
 // code it chose ("error" for a plain Go error, "panic" for a handler that
-// panicked, "unanswered" for a call the serving host dropped) and its
-// message. It matches ErrRemote.
+// panicked, "unanswered" for a call the serving host dropped, "too_large"
+// for a reply over the serving node's payload limit) and its message. It
+// matches ErrRemote (and "too_large" also ErrTooLarge).
 type RemoteError struct {
 	Code    string
 	Message string
@@ -67,8 +68,12 @@ func (e *RemoteError) Error() string {
 	return fmt.Sprintf("tribe: remote handler failed (%s): %s", e.Code, e.Message)
 }
 
-// Is makes a RemoteError match ErrRemote.
-func (e *RemoteError) Is(target error) bool { return target == ErrRemote }
+// Is makes a RemoteError match ErrRemote, and also ErrTooLarge when the
+// handler's reply was over the serving node's payload limit (code
+// "too_large").
+func (e *RemoteError) Is(target error) bool {
+	return target == ErrRemote || (target == ErrTooLarge && e.Code == "too_large")
+}
 
 // PolicyError is a policy expression that did not compile, with the position
 // of the error (line and column from 1; 0 when unknown). It matches

@@ -21,6 +21,10 @@ import (
 // Config.EventBuffer is 0.
 const DefaultEventBuffer = 1024
 
+// MaxEventBuffer is the largest Config.EventBuffer: the channel's memory is
+// allocated at Start.
+const MaxEventBuffer = 1 << 20
+
 // Config says how to start a node. Only Name is required.
 type Config struct {
 	// Name of the node, unique in the cluster.
@@ -69,7 +73,8 @@ type Config struct {
 	Limits Limits
 	// StateLimits cap the replicated state; zero fields keep the defaults.
 	StateLimits StateLimits
-	// EventBuffer is the capacity of the Events channel (0: DefaultEventBuffer).
+	// EventBuffer is the capacity of the Events channel (0: DefaultEventBuffer;
+	// at most MaxEventBuffer).
 	EventBuffer int
 }
 
@@ -199,6 +204,9 @@ func Start(cfg Config) (*Node, error) {
 		// libtribe seals with the first key given: an extra key alone would.
 		return nil, &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)", num: C.TRIBE_CONFIG}
 	}
+	if cfg.EventBuffer < 0 || cfg.EventBuffer > MaxEventBuffer {
+		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer), num: C.TRIBE_INVALID_ARGUMENT}
+	}
 	if cfg.WorkerThreads > 64 {
 		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads), num: C.TRIBE_INVALID_ARGUMENT}
 	}
@@ -287,7 +295,7 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	buffer := cfg.EventBuffer
-	if buffer <= 0 {
+	if buffer == 0 {
 		buffer = DefaultEventBuffer
 	}
 	base, cancel := context.WithCancel(context.Background())
@@ -426,7 +434,6 @@ func (in *node) stop(graceful bool) error {
 	gcPoint()
 	in.closing.Store(true)
 	in.unpin()
-	in.cancelBase()
 	var cerr *C.tribe_error
 	var rc C.uint32_t
 	in.mu.RLock()
@@ -436,6 +443,10 @@ func (in *node) stop(graceful bool) error {
 		rc = C.tribe_node_abort(in.ptr, &cerr)
 	}
 	in.mu.RUnlock()
+	// Only now that libtribe counts the node as stopping: a handler that
+	// returns for this refuses its call as stopping, and a call this node
+	// made to itself then ends ErrShuttingDown, not ErrNoProvider.
+	in.cancelBase()
 	err := takeError(rc, cerr)
 	// The shutdown wakes the polling goroutine, which hands out what was
 	// queued, fails the calls still waiting and closes Events.

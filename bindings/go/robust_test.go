@@ -78,6 +78,13 @@ func TestConfigChecks(t *testing.T) {
 	if !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("WorkerThreads 1<<32+1: %v", err)
 	}
+	// The channel is made at Start: a size past the bound would take the
+	// process down (out of memory) instead of returning an error.
+	for _, size := range []int{-1, MaxEventBuffer + 1, 1 << 40} {
+		if _, err := Start(Config{Name: "k", Bind: "127.0.0.1:0", EventBuffer: size}); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("EventBuffer %d: %v", size, err)
+		}
+	}
 }
 
 // A node that serves a plugin stays up when no reference to it is left:

@@ -173,7 +173,7 @@ type CallInfo struct {
 	Tribe   string
 	Plugin  string
 	Version string
-	// Budget is how long the caller still waited when the call arrived; the
-	// handler's context ends when it runs out.
+	// Budget is how long the caller still waited when the call arrived (at
+	// most MaxCallBudget); the handler's context ends when it runs out.
 	Budget time.Duration
 }

@@ -117,6 +117,8 @@ func main() {
 		case err == nil:
 			sent++
 			log.Printf("published %d metrics through tribe %s to %s (reply %q)", len(batch), *pubTribe, *plugin, reply)
+		case errors.Is(err, tribe.ErrUnknownTribe):
+			log.Printf("tribe %s not known yet (no peer reached)", *pubTribe)
 		case errors.Is(err, tribe.ErrNoProvider):
 			log.Printf("no member of %s serves %s yet", *pubTribe, *plugin)
 		default:
