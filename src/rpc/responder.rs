@@ -151,6 +151,8 @@ enum Sink {
 /// first answers.
 pub(crate) struct Slot {
     sink: Mutex<Option<Sink>>,
+    /// Held until the responder goes (see [`Places`]).
+    places: Mutex<Option<Places>>,
     max_payload: usize,
     counters: Arc<RpcCounters>,
 }
@@ -228,9 +230,30 @@ impl Slot {
 /// The right to answer one call, once, from any thread. Dropping it
 /// unanswered answers the caller with the error code `"unanswered"`.
 pub struct Responder {
-    slot: Option<Arc<Slot>>,
-    /// Given back when the responder goes, after its answer.
-    _places: Option<Places>,
+    slot: Option<Held>,
+}
+
+/// A responder's hold on its call: the call's places come back when it
+/// goes, after whatever answer it gave.
+struct Held(Arc<Slot>);
+
+impl std::ops::Deref for Held {
+    type Target = Slot;
+    fn deref(&self) -> &Slot {
+        &self.0
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        drop(
+            self.0
+                .places
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take(),
+        );
+    }
 }
 
 impl std::fmt::Debug for Responder {
@@ -248,13 +271,13 @@ impl Responder {
     ) -> (Responder, Arc<Slot>) {
         let slot = Arc::new(Slot {
             sink: Mutex::new(Some(sink)),
+            places: Mutex::new(places),
             max_payload,
             counters,
         });
         (
             Responder {
-                slot: Some(slot.clone()),
-                _places: places,
+                slot: Some(Held(slot.clone())),
             },
             slot,
         )
