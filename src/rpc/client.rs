@@ -267,8 +267,8 @@ struct Host<'a> {
 
 /// Takes `id` out of the pending map when the waiting call gives up; a
 /// call given up before its deadline (its caller cancelled it) is also
-/// cancelled at the host, which frees its place there at once instead of at
-/// the deadline.
+/// cancelled at the host, which stops its handler there at once instead of
+/// at the deadline (a responder's handler sees it abandoned).
 struct Forget<'a> {
     conn: &'a Conn,
     id: u64,

@@ -19,7 +19,8 @@ enum Call {
     /// A future handler's task: aborted.
     Task(tokio::task::AbortHandle),
     /// A responder's call: its slot is taken unanswered, which tells the
-    /// handler (`Responder::is_abandoned`) and gives the call's places back.
+    /// handler (`Responder::is_abandoned`); its places come back when the
+    /// handler lets go of its responder.
     Slot(Arc<Slot>),
 }
 
