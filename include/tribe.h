@@ -47,8 +47,9 @@
  *   tribe_node_addr and tribe_node_event_fd work until tribe_node_free.
  * - Incoming calls are bounded by the node's serving places
  *   (tribe_config_set_rpc_limits: max_serving, max_inflight_per_conn): a
- *   call holds its places until its responder is answered or freed, also
- *   while it waits in the queue and past its budget, so a host that stops
+ *   call holds its places until its responder is answered or freed (a
+ *   declined one until its budget runs out), also while it waits in the
+ *   queue and past its budget, so a host that stops
  *   polling makes the node refuse new calls (TRIBE_OVERLOADED at the
  *   caller) rather than queue them without end.
  *
@@ -1311,8 +1312,9 @@ uint32_t tribe_node_start(struct tribe_config *cfg,
  * with `TRIBE_SHUTTING_DOWN` events, and every later command returns
  * `TRIBE_SHUTTING_DOWN`. Idempotent: a second call (also from another
  * thread) returns `TRIBE_OK` once the first has finished. Blocks while the
- * goodbye is sent: well under a second on a LAN, and 1.5 s at most (when
- * peers do not answer it, as when they stop at the same time). Calls to
+ * goodbye is sent (well under a second on a LAN, 1.5 s at most when peers
+ * do not answer it, as when they stop at the same time) and, with a data
+ * dir, while the node's last state is written. Calls to
  * this node's plugins are refused from the start (callers move them to
  * another host); those it already runs are still answered, and its call
  * streams close once they are, or at `tribe_node_free` (whose callers

@@ -283,11 +283,11 @@ async fn echo_gets_a_place(caller: &Node, within: Duration) -> bool {
     }
 }
 
-/// A responder call its host declines (never answers) gives its places back
-/// with its responder: its caller's own deadline ends the call, and no
-/// cancel comes.
+/// A responder call its host declines (never answers) holds its places as
+/// if its handler still ran, and gives them back when its budget runs out:
+/// no cancel comes, since the caller's own deadline passed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_declined_responder_call_frees_its_place() {
+async fn a_declined_responder_call_frees_its_place_at_its_budget() {
     const PER_STREAM: usize = 2;
     let nodes = host_cluster("ub", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
     let (caller, host) = (&nodes[0], &nodes[1]);
@@ -471,4 +471,59 @@ async fn each_side_names_its_own_limit_when_a_payload_is_over_it() {
         }
         other => panic!("expected the caller's limit, got {other:?}"),
     }
+}
+
+/// A call a node makes to its own responder handler holds one of the
+/// node's serving places until the host lets go of the responder, also
+/// after the caller's wait ended: a host that never answers makes the node
+/// refuse calls as overloaded instead of piling them up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_call_the_host_holds_keeps_its_place() {
+    let nodes = host_cluster("lh", 2, |cfg| cfg.rpc.max_serving = 1).await;
+    let host = &nodes[1];
+    let held = serve_hold(host).await;
+    let short = Duration::from_millis(200);
+    let first = host.call(&target("hold"), b"x".to_vec(), short).await;
+    assert!(matches!(first, Err(Error::Timeout)), "{first:?}");
+    assert_eq!(held.lock().unwrap().len(), 1);
+    let second = host.call(&target("hold"), b"x".to_vec(), short).await;
+    assert!(matches!(second, Err(Error::Overloaded)), "{second:?}");
+    assert_eq!(
+        held.lock().unwrap().len(),
+        1,
+        "a second call reached the host"
+    );
+    held.lock().unwrap().clear();
+    let third = host.call(&target("echo"), b"e".to_vec(), 5 * SECOND).await;
+    assert_eq!(third.unwrap(), b"e");
+}
+
+/// Many calls a host declines stay within its serving places: the ones
+/// over the bound are refused as overloaded until the declined ones' budget
+/// runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declined_calls_stay_within_the_serving_places() {
+    let nodes = host_cluster("dc", 2, |cfg| cfg.rpc.max_serving = 2).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.serve_responder("ignore", "1", PluginKind::Processor, |_, _, r| r.decline())
+        .await
+        .unwrap();
+    wait_for("endpoints seen", 20 * SECOND, || {
+        caller.members().iter().any(|m| m.endpoints.len() == 3)
+    })
+    .await;
+    let ignore = target("ignore");
+    let results = futures_util::future::join_all(
+        (0..20).map(|_| caller.call(&ignore, b"x".to_vec(), 2 * SECOND)),
+    )
+    .await;
+    let timeouts = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Timeout)))
+        .count();
+    let overloaded = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Overloaded)))
+        .count();
+    assert_eq!((timeouts, overloaded), (2, 18), "{results:?}");
 }

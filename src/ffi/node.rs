@@ -292,8 +292,9 @@ fn build_runtime(
 /// with `TRIBE_SHUTTING_DOWN` events, and every later command returns
 /// `TRIBE_SHUTTING_DOWN`. Idempotent: a second call (also from another
 /// thread) returns `TRIBE_OK` once the first has finished. Blocks while the
-/// goodbye is sent: well under a second on a LAN, and 1.5 s at most (when
-/// peers do not answer it, as when they stop at the same time). Calls to
+/// goodbye is sent (well under a second on a LAN, 1.5 s at most when peers
+/// do not answer it, as when they stop at the same time) and, with a data
+/// dir, while the node's last state is written. Calls to
 /// this node's plugins are refused from the start (callers move them to
 /// another host); those it already runs are still answered, and its call
 /// streams close once they are, or at `tribe_node_free` (whose callers

@@ -106,7 +106,7 @@ impl Rpc {
                 tribe: call.tribe.to_string(),
                 plugin: call.plugin.to_string(),
             })?;
-        let _slot = self.server.try_slot().ok_or(Error::Overloaded)?;
+        let place = self.server.try_slot().ok_or(Error::Overloaded)?;
         let info = CallInfo {
             caller: call.caller.to_string(),
             tribe: call.tribe.to_string(),
@@ -117,14 +117,18 @@ impl Rpc {
         match handler {
             Serving::Future(handler) => {
                 RpcCounters::bump(&self.counters.served);
-                self.server
-                    .run_handler(handler, info, payload)
-                    .await
-                    .map_err(from_handler)
+                let result = self.server.run_handler(handler, info, payload).await;
+                drop(place);
+                result.map_err(from_handler)
             }
             Serving::Responder(handler) => {
-                let (responder, slot, answer) =
-                    Responder::local(self.server.limits().max_payload, self.counters.clone());
+                // The place goes with the responder: the host may hold the
+                // call past this caller's wait.
+                let (responder, slot, answer) = Responder::local(
+                    place,
+                    self.server.limits().max_payload,
+                    self.counters.clone(),
+                );
                 self.server
                     .start_responder(&handler, info, payload, responder, &slot);
                 match tokio::time::timeout(budget, answer).await {

@@ -5,6 +5,7 @@
 //! `rpc::outbox`), so a host that runs its handlers on threads of its
 //! own (C, Go, Python) costs no extra hop back through the runtime.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -126,13 +127,20 @@ pub(crate) enum LocalRefusal {
     Stopping,
 }
 
-/// A served call's places: one of its stream's and one of the node's. A
-/// responder call holds them until its responder is answered or dropped,
-/// also after its budget ran out or its caller gave up: a host that keeps
-/// calls unanswered (a C host that does not poll, handlers that hang) then
-/// reaches the node's bounds and new calls are refused as overloaded,
-/// rather than queueing without end.
+/// A served call's places: one of its stream's and one of the node's.
 pub(crate) type Places = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+
+/// The places a responder call holds (a call this node makes to itself
+/// has none of a stream's). They come back once the call is over (answered,
+/// its budget ran out, its caller gave up, its stream ended) *and* its
+/// responder is gone: a host that keeps calls unanswered (a C host that
+/// does not poll, handlers that hang) reaches the node's bounds and new
+/// calls are refused as overloaded, rather than queueing without end; a
+/// declined call holds them as if its handler still ran.
+struct Held {
+    _stream: Option<OwnedSemaphorePermit>,
+    _node: OwnedSemaphorePermit,
+}
 
 /// Where an answer goes.
 enum Sink {
@@ -151,15 +159,35 @@ enum Sink {
 /// first answers.
 pub(crate) struct Slot {
     sink: Mutex<Option<Sink>>,
-    /// Held until the responder goes (see [`Places`]).
-    places: Mutex<Option<Places>>,
+    /// Given back once the sink is taken and the responder gone.
+    places: Mutex<Option<Held>>,
+    /// The responder is gone (answered, dropped or declined).
+    gone: AtomicBool,
     max_payload: usize,
     counters: Arc<RpcCounters>,
 }
 
 impl Slot {
     fn take(&self) -> Option<Sink> {
-        self.sink.lock().unwrap_or_else(|p| p.into_inner()).take()
+        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
+        // After the take: a responder going meanwhile sees the call over.
+        if self.gone.load(Ordering::SeqCst) {
+            self.give_places_back();
+        }
+        sink
+    }
+
+    /// The responder went: the places come back now if the call is over,
+    /// else when it ends.
+    fn responder_gone(&self) {
+        self.gone.store(true, Ordering::SeqCst);
+        if self.is_answered() {
+            self.give_places_back();
+        }
+    }
+
+    fn give_places_back(&self) {
+        drop(self.places.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
     /// Answers unless someone did already; false when someone did.
@@ -230,29 +258,23 @@ impl Slot {
 /// The right to answer one call, once, from any thread. Dropping it
 /// unanswered answers the caller with the error code `"unanswered"`.
 pub struct Responder {
-    slot: Option<Held>,
+    slot: Option<Holder>,
 }
 
-/// A responder's hold on its call: the call's places come back when it
-/// goes, after whatever answer it gave.
-struct Held(Arc<Slot>);
+/// A responder's link to its call: tells the call when the responder
+/// goes, after whatever answer it gave (see [`Held`]).
+struct Holder(Arc<Slot>);
 
-impl std::ops::Deref for Held {
+impl std::ops::Deref for Holder {
     type Target = Slot;
     fn deref(&self) -> &Slot {
         &self.0
     }
 }
 
-impl Drop for Held {
+impl Drop for Holder {
     fn drop(&mut self) {
-        drop(
-            self.0
-                .places
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take(),
-        );
+        self.0.responder_gone();
     }
 }
 
@@ -265,48 +287,54 @@ impl std::fmt::Debug for Responder {
 impl Responder {
     fn new(
         sink: Sink,
-        places: Option<Places>,
+        places: Held,
         max_payload: usize,
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>) {
         let slot = Arc::new(Slot {
             sink: Mutex::new(Some(sink)),
-            places: Mutex::new(places),
+            places: Mutex::new(Some(places)),
+            gone: AtomicBool::new(false),
             max_payload,
             counters,
         });
         (
             Responder {
-                slot: Some(Held(slot.clone())),
+                slot: Some(Holder(slot.clone())),
             },
             slot,
         )
     }
 
     /// A responder for call `id` of a call stream, holding the call's
-    /// places until it is answered or dropped.
+    /// places (see [`Held`]).
     pub(crate) fn for_stream(
         outbox: Arc<Outbox>,
         id: u64,
-        places: Places,
+        (stream, node): Places,
         max_payload: usize,
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>) {
-        Responder::new(
-            Sink::Stream { outbox, id },
-            Some(places),
-            max_payload,
-            counters,
-        )
+        let places = Held {
+            _stream: Some(stream),
+            _node: node,
+        };
+        Responder::new(Sink::Stream { outbox, id }, places, max_payload, counters)
     }
 
-    /// A responder for a call this node makes to itself.
+    /// A responder for a call this node makes to itself, holding its place
+    /// among the node's serving ones (see [`Held`]).
     pub(crate) fn local(
+        place: OwnedSemaphorePermit,
         max_payload: usize,
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>, oneshot::Receiver<LocalAnswer>) {
         let (tx, rx) = oneshot::channel();
-        let (r, slot) = Responder::new(Sink::Local(tx), None, max_payload, counters);
+        let places = Held {
+            _stream: None,
+            _node: place,
+        };
+        let (r, slot) = Responder::new(Sink::Local(tx), places, max_payload, counters);
         (r, slot, rx)
     }
 
@@ -401,7 +429,10 @@ mod tests {
     #[test]
     fn a_responder_dropped_while_its_thread_panics_answers_panic() {
         let counters = Arc::new(RpcCounters::default());
-        let (responder, _slot, mut answer) = Responder::local(1024, counters.clone());
+        let place = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let (responder, _slot, mut answer) = Responder::local(place, 1024, counters.clone());
         let unwound = std::thread::spawn(move || {
             let _held = responder;
             panic!("a host thread's bug");
@@ -448,5 +479,24 @@ mod tests {
             (4, 1),
             "the places come back with the responder"
         );
+    }
+
+    #[tokio::test]
+    async fn a_declined_call_holds_its_places_until_it_ends() {
+        let (_far, near) = tokio::io::duplex(1024);
+        let (outbox, _flusher) = Outbox::new(crate::stream::Sealer::plaintext_for_tests(), near);
+        let node = Arc::new(tokio::sync::Semaphore::new(1));
+        let places = (
+            Arc::new(tokio::sync::Semaphore::new(1))
+                .try_acquire_owned()
+                .unwrap(),
+            node.clone().try_acquire_owned().unwrap(),
+        );
+        let counters = Arc::new(RpcCounters::default());
+        let (responder, slot) = Responder::for_stream(outbox, 1, places, 1024, counters);
+        responder.decline();
+        assert_eq!(node.available_permits(), 0, "held as if the handler ran");
+        slot.overran(Duration::from_millis(5));
+        assert_eq!(node.available_permits(), 1, "given back at the budget");
     }
 }
