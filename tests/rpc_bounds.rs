@@ -283,6 +283,18 @@ async fn echo_gets_a_place(caller: &Node, within: Duration) -> bool {
     }
 }
 
+/// Serves "ignore", whose handler declines every call, and waits until
+/// `caller` sees it.
+async fn serve_declining(caller: &Node, host: &Node) {
+    host.serve_responder("ignore", "1", PluginKind::Processor, |_, _, r| r.decline())
+        .await
+        .unwrap();
+    wait_for("endpoints seen", 20 * SECOND, || {
+        caller.members().iter().any(|m| m.endpoints.len() == 3)
+    })
+    .await;
+}
+
 /// A responder call its host declines (never answers) holds its places as
 /// if its handler still ran, and gives them back when its budget runs out:
 /// no cancel comes, since the caller's own deadline passed.
@@ -291,13 +303,7 @@ async fn a_declined_responder_call_frees_its_place_at_its_budget() {
     const PER_STREAM: usize = 2;
     let nodes = host_cluster("ub", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
     let (caller, host) = (&nodes[0], &nodes[1]);
-    host.serve_responder("ignore", "1", PluginKind::Processor, |_, _, r| r.decline())
-        .await
-        .unwrap();
-    wait_for("endpoints seen", 20 * SECOND, || {
-        caller.members().iter().any(|m| m.endpoints.len() == 3)
-    })
-    .await;
+    serve_declining(caller, host).await;
     let short = Duration::from_millis(300);
     let ignore = target("ignore");
     let ignored = futures_util::future::join_all(
@@ -505,13 +511,7 @@ async fn a_local_call_the_host_holds_keeps_its_place() {
 async fn declined_calls_stay_within_the_serving_places() {
     let nodes = host_cluster("dc", 2, |cfg| cfg.rpc.max_serving = 2).await;
     let (caller, host) = (&nodes[0], &nodes[1]);
-    host.serve_responder("ignore", "1", PluginKind::Processor, |_, _, r| r.decline())
-        .await
-        .unwrap();
-    wait_for("endpoints seen", 20 * SECOND, || {
-        caller.members().iter().any(|m| m.endpoints.len() == 3)
-    })
-    .await;
+    serve_declining(caller, host).await;
     let ignore = target("ignore");
     let results = futures_util::future::join_all(
         (0..20).map(|_| caller.call(&ignore, b"x".to_vec(), 2 * SECOND)),
