@@ -204,6 +204,13 @@ async fn fetch(
 /// ([`MAX_HELD_BYTES`]); refused bytes are not kept.
 pub(crate) fn hold(shared: &Shared, bytes: Arc<Vec<u8>>) -> crate::Result<ArtifactRef> {
     use std::sync::atomic::Ordering;
+    // Members would refuse to fetch it: refused here, where it is made.
+    if bytes.len() as u64 > MAX_ARTIFACT {
+        return Err(crate::Error::TooLarge {
+            size: bytes.len(),
+            limit: MAX_ARTIFACT as usize,
+        });
+    }
     let artifact = ArtifactRef {
         sha256: sha256(&bytes),
         size: bytes.len() as u64,

@@ -180,3 +180,15 @@ async fn unloading_a_plugin_whose_artifact_is_still_awaited_cancels_its_load() {
         assert!(!about_it, "{e:?}");
     }
 }
+
+/// An artifact over the size members fetch is refused where it is made,
+/// not accepted and then left unfetchable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_artifact_over_the_fetch_limit_is_refused_at_once() {
+    let nodes = start_cluster("big", 1, |_| {}).await;
+    let over = 256 * 1024 * 1024 + 1; // members fetch up to 256 MiB
+    match nodes[0].hold_artifact(vec![0u8; over]) {
+        Err(tribe::Error::TooLarge { size, .. }) => assert_eq!(size, over),
+        other => panic!("expected TooLarge, got {other:?}"),
+    }
+}

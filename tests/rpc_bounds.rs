@@ -527,3 +527,27 @@ async fn declined_calls_stay_within_the_serving_places() {
         .count();
     assert_eq!((timeouts, overloaded), (2, 18), "{results:?}");
 }
+
+/// A call a node makes to its own handler ends when the node is aborted,
+/// and its handler sees it abandoned (a graceful stop lets it be answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_call_ends_when_its_node_is_aborted() {
+    let nodes = host_cluster("la", 2, |_| {}).await;
+    let host = &nodes[1];
+    let held = serve_hold(host).await;
+    let waiting = {
+        let host = host.clone();
+        tokio::spawn(async move { host.call(&target("hold"), b"x".to_vec(), 30 * SECOND).await })
+    };
+    wait_for("the call is held", 10 * SECOND, || {
+        held.lock().unwrap().len() == 1
+    })
+    .await;
+    host.abort().await;
+    let ended = tokio::time::timeout(5 * SECOND, waiting)
+        .await
+        .expect("the call ends with its node")
+        .unwrap();
+    assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
+    assert!(held.lock().unwrap()[0].is_abandoned());
+}

@@ -5,10 +5,13 @@ nodes with CEL policies; inherit each tribe's plugin and task catalogs;
 serve plugins and call the plugins other members serve; all traffic sealed
 with a rotating keyring. A thin, typed face over the Rust library::
 
-    import pytribe
-    with pytribe.Node(name="py-1", seeds=["127.0.0.1:7946"], key=key) as node:
+    import time, pytribe
+    with pytribe.Node(name="py-1", seeds=["127.0.0.1:7946"], facts={"rack": "r1"},
+                      key=key) as node:
         node.add_policy("core", "core", 'facts.rack == "r1"')
         node.serve("upper", "1", "processor", lambda payload, info: payload.upper())
+        while node.tribe("core") is None:  # policies apply in the background
+            time.sleep(0.05)
         print(node.call("core", "upper", b"hi", kind="processor"))
         for event in node.events(timeout=1.0):
             print(event)
@@ -289,7 +292,16 @@ def _at_exit() -> None:
         t.join(0.5)
 
 
-atexit.register(_at_exit)
+# Run where concurrent.futures runs its own: when the main thread ends,
+# before the interpreter waits for non-daemon threads, so a thread that
+# iterates events() or waits in a call ends with its node instead of
+# keeping the process alive (plain atexit hooks run only after those
+# threads have ended).
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_at_exit)
+else:  # pragma: no cover - Python without the hook
+    atexit.register(_at_exit)
 
 
 class _Dispatch:
@@ -683,7 +695,9 @@ class Node:
 
     def add_policy(self, name: str, tribe: str, when: str) -> None:
         """Adds a policy: nodes whose facts make the CEL expression ``when``
-        hold are in ``tribe`` (created when missing). A bad expression raises
+        hold are in ``tribe`` (created when a node first matches; policies
+        apply in the background, so the tribe may appear a moment after this
+        returns). A bad expression raises
         :class:`InvalidPolicyError` with ``.line`` and ``.column``."""
         self._native.add_policy(name, tribe, when)
 

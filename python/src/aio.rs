@@ -129,6 +129,7 @@ pub(crate) fn after_fork_in_child() {
 fn complete_all(from: &Receiver<Delivery>) {
     while let Ok(first) = from.recv() {
         let batch: Vec<Delivery> = std::iter::once(first).chain(from.try_iter()).collect();
+        let _gate = crate::PY_GATE.lock().unwrap_or_else(|p| p.into_inner());
         if !crate::may_call_python() {
             continue;
         }

@@ -133,10 +133,21 @@ fn key_id(key: &str) -> PyResult<String> {
     Ok(key.id().to_string())
 }
 
+/// Held by a thread of the module's own (the asyncio completer) while it
+/// is attached to the interpreter, and by the exit hook while it marks the
+/// exit: once the hook has it, no such thread is in Python or will enter
+/// it. (One that were, when the interpreter finalizes, would be ended by
+/// `pthread_exit` inside Rust frames, which aborts the process.)
+pub(crate) static PY_GATE: Mutex<()> = Mutex::new(());
+
 /// Marks the interpreter as exiting (called by the package's atexit hook).
 #[pyfunction]
-fn _set_exiting() {
-    EXITING.store(true, Ordering::Release);
+fn _set_exiting(py: Python<'_>) {
+    // Detached: the thread inside may need the GIL to leave.
+    py.detach(|| {
+        let _gate = PY_GATE.lock().unwrap_or_else(|p| p.into_inner());
+        EXITING.store(true, Ordering::Release);
+    });
 }
 
 #[pymodule(gil_used = false)]

@@ -133,6 +133,32 @@ def test_exit_with_a_live_node_and_a_running_handler_is_clean() -> None:
     print(f"exited in {time.monotonic() - start:.2f} s")
 
 
+NON_DAEMON_READERS = textwrap.dedent(
+    """
+    import threading
+    import pytribe
+    node = pytribe.Node("stays", profile="local", collect_facts=False)
+    # Threads a program forgot to make daemons, waiting for events of the
+    # node for ever. The main thread then ends.
+    events = node.events(timeout=None)
+    threading.Thread(target=lambda: list(node.events(timeout=None))).start()
+    threading.Thread(target=lambda: events.get(timeout=None)).start()
+    print("READY", flush=True)
+    """
+)
+
+
+def test_non_daemon_threads_waiting_on_a_node_end_with_it_at_exit() -> None:
+    proc = spawn(NON_DAEMON_READERS)
+    try:
+        out, err = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the process did not exit: non-daemon threads kept waiting on the node")
+    assert "READY" in out, err
+    assert proc.returncode == 0, err
+
+
 FORK = textwrap.dedent(
     """
     import os, sys

@@ -131,7 +131,16 @@ impl Rpc {
                 );
                 self.server
                     .start_responder(&handler, info, payload, responder, &slot);
-                match tokio::time::timeout(budget, answer).await {
+                let answer = tokio::select! {
+                    answer = tokio::time::timeout(budget, answer) => answer,
+                    // Aborted: the handler is told, and the caller ends now
+                    // (a graceful stop lets running calls be answered).
+                    () = self.server.killed() => {
+                        slot.abandon();
+                        return Err(Error::ShuttingDown);
+                    }
+                };
+                match answer {
                     Ok(Ok(Ok(reply))) => Ok(reply),
                     Ok(Ok(Err(LocalRefusal::Failed(e)))) => Err(from_handler(e)),
                     // As a stopping host's refusal: the route moves on.

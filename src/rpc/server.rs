@@ -189,6 +189,14 @@ impl Server {
         self.epoch.send_modify(|e| *e += 1);
     }
 
+    /// Ends when the node is killed (aborted); pending for ever otherwise.
+    pub(crate) async fn killed(&self) {
+        let mut killed = self.killed.subscribe();
+        if killed.wait_for(|k| *k).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
     /// Whether the server refuses new calls.
     pub fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Relaxed)
