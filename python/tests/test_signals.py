@@ -151,11 +151,10 @@ NON_DAEMON_READERS = textwrap.dedent(
 def test_non_daemon_threads_waiting_on_a_node_end_with_it_at_exit() -> None:
     proc = spawn(NON_DAEMON_READERS)
     try:
-        out, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
         pytest.fail("the process did not exit: non-daemon threads kept waiting on the node")
-    assert "READY" in out, err
     assert proc.returncode == 0, err
 
 
