@@ -367,14 +367,14 @@ async fn a_held_call_frees_its_place_when_its_stream_ends() {
     );
 }
 
-/// A call to this node's own handler that the host refuses as stopping
-/// while the node stops (its handlers stop with it, as the Go package's do
-/// at `Close`) ends `ShuttingDown` when no other member serves the plugin,
-/// not `NoProvider`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_local_call_refused_as_stopping_ends_shutting_down() {
-    let nodes = host_cluster("ls", 2, |_| {}).await;
-    let host = &nodes[1];
+/// Serves "hold" on `host` and makes a call from `host` to itself that the
+/// handler keeps: its responders, and the call's task.
+async fn hold_a_local_call(
+    host: &Node,
+) -> (
+    Arc<Mutex<Vec<tribe::Responder>>>,
+    tokio::task::JoinHandle<tribe::Result<Vec<u8>>>,
+) {
     let held = serve_hold(host).await;
     let waiting = {
         let host = host.clone();
@@ -384,6 +384,18 @@ async fn a_local_call_refused_as_stopping_ends_shutting_down() {
         held.lock().unwrap().len() == 1
     })
     .await;
+    (held, waiting)
+}
+
+/// A call to this node's own handler that the host refuses as stopping
+/// while the node stops (its handlers stop with it, as the Go package's do
+/// at `Close`) ends `ShuttingDown` when no other member serves the plugin,
+/// not `NoProvider`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_call_refused_as_stopping_ends_shutting_down() {
+    let nodes = host_cluster("ls", 2, |_| {}).await;
+    let host = &nodes[1];
+    let (held, waiting) = hold_a_local_call(host).await;
     host.shutdown().await.unwrap();
     let r = held.lock().unwrap().pop().unwrap();
     r.refuse_stopping();
@@ -534,15 +546,7 @@ async fn declined_calls_stay_within_the_serving_places() {
 async fn a_local_call_ends_when_its_node_is_aborted() {
     let nodes = host_cluster("la", 2, |_| {}).await;
     let host = &nodes[1];
-    let held = serve_hold(host).await;
-    let waiting = {
-        let host = host.clone();
-        tokio::spawn(async move { host.call(&target("hold"), b"x".to_vec(), 30 * SECOND).await })
-    };
-    wait_for("the call is held", 10 * SECOND, || {
-        held.lock().unwrap().len() == 1
-    })
-    .await;
+    let (held, waiting) = hold_a_local_call(host).await;
     host.abort().await;
     let ended = tokio::time::timeout(5 * SECOND, waiting)
         .await
