@@ -1210,6 +1210,29 @@ uint32_t tribe_node_next_events(const struct tribe_node *node,
                                 struct tribe_error **err);
 
 /**
+ * Takes up to `cap` events of `node` without blocking, after driving its
+ * call streams for one turn on the calling thread: the tasks ready now
+ * run, and what the node's sockets hold is read, so incoming calls and
+ * answers that arrived are among the events taken. Otherwise as
+ * `tribe_node_next_events` with `timeout_ms` 0 (the same `out`, `cap` and
+ * `*out_len`; after shutdown the queued events, then
+ * `TRIBE_SHUTTING_DOWN`). When another thread drives the streams at that
+ * moment it only takes what is queued.
+ *
+ * For a host thread that must not block, yet may find the answers it
+ * waits for before it would sleep: a Go poller that yields to its other
+ * goroutines between looks (several nodes in one process each have one,
+ * and one blocked in C holds a thread the others need), or an event loop
+ * spinning briefly before it sleeps. A `tribe_node_next_events` with 0 ms
+ * only takes what other threads queued.
+ */
+uint32_t tribe_node_poll_events(const struct tribe_node *node,
+                                struct tribe_event **out,
+                                size_t cap,
+                                size_t *out_len,
+                                struct tribe_error **err);
+
+/**
  * The kind of an event (`TRIBE_EVENT_*`); `TRIBE_EVENT_NONE` for NULL.
  */
 uint32_t tribe_event_kind(const struct tribe_event *event);

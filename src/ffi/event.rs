@@ -308,27 +308,69 @@ pub extern "C" fn tribe_node_next_events(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        let out_len = cast::out(out_len, "out_len")?;
-        cast::write(out_len, 0);
-        if cap == 0 {
-            return Err(FfiError::invalid("cap must be at least 1"));
-        }
-        let slots = cast::out_array(out, cap, "out")?;
-        let node = super::node::node_handle(node)?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
-        match node.take_events(timeout, cap) {
-            Taken::Item(bodies) => {
-                let n = bodies.len();
-                for (slot, body) in slots.iter_mut().zip(bodies) {
-                    slot.write(cast::into_handle(TribeEvent::new(body)));
-                }
-                cast::write(out_len, n);
-                Ok(())
-            }
-            Taken::Empty => Ok(()),
-            Taken::Closed => Err(crate::Error::ShuttingDown.into()),
-        }
+        take_into(node, out, cap, out_len, |node| {
+            node.take_events(timeout, cap)
+        })
     })
+}
+
+/// Takes up to `cap` events of `node` without blocking, after driving its
+/// call streams for one turn on the calling thread: the tasks ready now
+/// run, and what the node's sockets hold is read, so incoming calls and
+/// answers that arrived are among the events taken. Otherwise as
+/// `tribe_node_next_events` with `timeout_ms` 0 (the same `out`, `cap` and
+/// `*out_len`; after shutdown the queued events, then
+/// `TRIBE_SHUTTING_DOWN`). When another thread drives the streams at that
+/// moment it only takes what is queued.
+///
+/// For a host thread that must not block, yet may find the answers it
+/// waits for before it would sleep: a Go poller that yields to its other
+/// goroutines between looks (several nodes in one process each have one,
+/// and one blocked in C holds a thread the others need), or an event loop
+/// spinning briefly before it sleeps. A `tribe_node_next_events` with 0 ms
+/// only takes what other threads queued.
+#[no_mangle]
+pub extern "C" fn tribe_node_poll_events(
+    node: *const TribeNode,
+    out: *mut *mut TribeEvent,
+    cap: usize,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        take_into(node, out, cap, out_len, |node| node.poll_events(cap))
+    })
+}
+
+/// Checks the arguments of the batch takes, takes with `take`, and hands
+/// the events out.
+fn take_into(
+    node: *const TribeNode,
+    out: *mut *mut TribeEvent,
+    cap: usize,
+    out_len: *mut usize,
+    take: impl FnOnce(&TribeNode) -> Taken<Vec<Body>>,
+) -> Result<(), FfiError> {
+    let out_len = cast::out(out_len, "out_len")?;
+    cast::write(out_len, 0);
+    if cap == 0 {
+        return Err(FfiError::invalid("cap must be at least 1"));
+    }
+    let slots = cast::out_array(out, cap, "out")?;
+    let node = super::node::node_handle(node)?;
+    match take(node) {
+        Taken::Item(bodies) => {
+            let n = bodies.len();
+            for (slot, body) in slots.iter_mut().zip(bodies) {
+                slot.write(cast::into_handle(TribeEvent::new(body)));
+            }
+            cast::write(out_len, n);
+            Ok(())
+        }
+        Taken::Empty => Ok(()),
+        Taken::Closed => Err(crate::Error::ShuttingDown.into()),
+    }
 }
 
 /// The kind of an event (`TRIBE_EVENT_*`); `TRIBE_EVENT_NONE` for NULL.

@@ -186,6 +186,29 @@ impl HostIo {
         self.runtime().block_on(fut)
     }
 
+    /// Drives the call streams for one turn without blocking: runs the
+    /// tasks ready now, polls the sockets, and runs what they made ready.
+    /// Does nothing when another thread drives them.
+    pub(super) fn turn(&self) {
+        // Not counted as a host inside: the caretaker, sleeping until the
+        // last host leaves, would be woken by every turn. A turn only
+        // restarts its countdown, and takes the runtime from it.
+        let take_over = {
+            let mut state = self.shared.lock();
+            state.exits += 1;
+            state.caretaker_driving
+        };
+        if take_over {
+            self.shared.host_came.notify_one();
+        }
+        self.runtime().block_on(async {
+            // Each yield lets the runtime poll its driver once before
+            // this future runs again.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        })
+    }
+
     /// Stops the caretaker and the runtime; tasks still there are dropped.
     pub(super) fn shut_down(&mut self) {
         self.shared.lock().stop = true;
@@ -340,6 +363,49 @@ mod tests {
             ran.is_ok(),
             "handed-over work did not run while a host drove"
         );
+    }
+
+    /// A turn reads what a socket holds and runs the task it readies on
+    /// the calling thread. Turns keep the caretaker off (each restarts its
+    /// countdown), unless this thread stalls for a whole tick: one of three
+    /// tries is enough.
+    #[test]
+    fn a_turn_reads_the_sockets_on_the_calling_thread() {
+        let io = HostIo::new(|| {}).unwrap();
+        let here = std::thread::current().id();
+        let on_this_thread = (0..3).any(|_| {
+            io.turn();
+            let std_socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            std_socket.set_nonblocking(true).unwrap();
+            let addr = std_socket.local_addr().unwrap();
+            let socket = {
+                let _runtime = io.handle().enter();
+                tokio::net::UdpSocket::from_std(std_socket).unwrap()
+            };
+            let (tx, rx) = std::sync::mpsc::channel();
+            io.handle().spawn(async move {
+                let mut buf = [0u8; 8];
+                if socket.recv(&mut buf).await.is_ok() {
+                    let _ = tx.send(std::thread::current().id());
+                }
+            });
+            // The task's first poll registers its interest in the socket.
+            io.turn();
+            let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            sender.send_to(b"x", addr).unwrap();
+            let began = Instant::now();
+            loop {
+                io.turn();
+                if let Ok(by) = rx.try_recv() {
+                    return by == here;
+                }
+                assert!(
+                    began.elapsed() < Duration::from_secs(5),
+                    "no turn read the socket"
+                );
+            }
+        });
+        assert!(on_this_thread, "turns did not run the task themselves");
     }
 
     /// Many host threads waiting at once all finish; the runtime stops

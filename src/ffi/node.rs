@@ -75,6 +75,14 @@ impl TribeNode {
         })
     }
 
+    /// Takes up to `max` events queued after one turn of the node's call
+    /// streams on this thread (see [`HostIo::turn`]), without blocking.
+    pub(super) fn poll_events(&self, max: usize) -> Taken<Vec<Body>> {
+        super::log::with_sink(self.log_sink.as_ref(), || self.host_io.turn());
+        self.mailbox
+            .take_many(Some(std::time::Duration::ZERO), max, Body::is_droppable)
+    }
+
     /// Refuses work once the node is stopping.
     pub(super) fn live(&self) -> Result<&Node, FfiError> {
         if *self.closing.borrow() {

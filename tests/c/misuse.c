@@ -178,6 +178,12 @@ static void node_null_arguments(tribe_node *n) {
         EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_events(n, 0, NULL, 4, &got, &err));
         EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_events(n, 0, evs, 4, NULL, &err));
         EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_next_events(n, 0, evs, 0, &got, &err));
+        got = 99;
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_poll_events(NULL, evs, 4, &got, &err));
+        CHECK(got == 0);
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_poll_events(n, NULL, 4, &got, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_poll_events(n, evs, 4, NULL, &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_poll_events(n, evs, 0, &got, &err));
         CHECK(evs[0] == NULL);
     }
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_keygen(NULL, NULL, &err));
@@ -409,6 +415,12 @@ static void after_shutdown(tribe_node *n) {
             CHECK(evs[i] != NULL && tribe_event_kind(evs[i]) != TRIBE_EVENT_NONE);
             tribe_event_free(evs[i]);
         }
+    }
+    {
+        tribe_event *evs[3] = {NULL, NULL, NULL};
+        size_t got = 99;
+        EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_poll_events(n, evs, 3, &got, &err));
+        CHECK(got == 0 && evs[0] == NULL);
     }
     double t0 = now_s();
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_next_event(n, -1, &ev, &err));
