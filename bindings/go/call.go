@@ -3,6 +3,48 @@ package tribe
 /*
 #include <stdlib.h>
 #include "tribe.h"
+
+// The polling goroutine's steps, each in one crossing into C (a crossing
+// costs more than the C calls it makes).
+
+// Takes a burst of events (waiting up to timeout_ms, or looking once more
+// with tribe_node_poll_events when look is set) and their kinds.
+static uint32_t go_take_events(const tribe_node *node, int look, int32_t timeout_ms,
+                               tribe_event **evs, uint32_t *kinds, size_t cap,
+                               size_t *n, tribe_error **err) {
+	uint32_t rc = look ? tribe_node_poll_events(node, evs, cap, n, err)
+	                   : tribe_node_next_events(node, timeout_ms, evs, cap, n, err);
+	for (size_t i = 0; rc == TRIBE_OK && i < *n; i++) kinds[i] = tribe_event_kind(evs[i]);
+	return rc;
+}
+
+// A completion: its call's id and outcome; frees the event.
+static uint32_t go_take_done(tribe_event *ev, uint64_t *id, uint8_t **reply, size_t *len,
+                             tribe_error **err) {
+	tribe_event_call_id(ev, id, NULL);
+	uint32_t rc = tribe_event_take_reply(ev, reply, len, err);
+	tribe_event_free(ev);
+	return rc;
+}
+
+// A handler's reply; frees the responder.
+static void go_reply(tribe_responder *r, const uint8_t *data, size_t len) {
+	tribe_responder_reply(r, data, len, NULL);
+	tribe_responder_free(r);
+}
+
+// An incoming call: its responder and details; frees the event.
+static uint32_t go_take_call(tribe_event *ev, tribe_responder **r, tribe_call_info *info) {
+	uint32_t rc = tribe_event_take_responder(ev, r, NULL);
+	tribe_event_free(ev);
+	if (rc != TRIBE_OK) return rc;
+	rc = tribe_responder_info(*r, info, NULL);
+	if (rc != TRIBE_OK) {
+		tribe_responder_free(*r);
+		*r = NULL;
+	}
+	return rc;
+}
 */
 import "C"
 
@@ -304,13 +346,17 @@ func (in *node) poll() {
 	defer in.calls.end()
 	// C pointers only: Go memory that C may write during the call.
 	var evs [pollBatch]*C.tribe_event
+	var kinds [pollBatch]C.uint32_t
 	var spin spinner
 	for {
 		gcPoint()
 		var n C.size_t
 		var cerr *C.tribe_error
-		// ptr stays valid: the free waits for this goroutine to end.
-		rc := C.tribe_node_next_events(in.ptr, 0, &evs[0], pollBatch, &n, &cerr)
+		take := func(look C.int, timeout C.int32_t) C.uint32_t {
+			// ptr stays valid: the free waits for this goroutine to end.
+			return C.go_take_events(in.ptr, look, timeout, &evs[0], &kinds[0], pollBatch, &n, &cerr)
+		}
+		rc := take(0, 0)
 		looks, blocked := 0, false
 		for rc == C.TRIBE_OK && n == 0 {
 			// Nothing queued: before this thread blocks in C (keeping its
@@ -319,12 +365,12 @@ func (in *node) poll() {
 			// rather than wait for another thread to wake and steal them.
 			runtime.Gosched()
 			if !spin.again(looks) {
-				rc = C.tribe_node_next_events(in.ptr, -1, &evs[0], pollBatch, &n, &cerr)
+				rc = take(0, -1)
 				blocked = true
 				break
 			}
 			looks++
-			rc = C.tribe_node_poll_events(in.ptr, &evs[0], pollBatch, &n, &cerr)
+			rc = take(1, 0)
 		}
 		spin.learn(looks, blocked)
 		if rc != C.TRIBE_OK {
@@ -334,7 +380,7 @@ func (in *node) poll() {
 			return
 		}
 		for i := 0; i < int(n); i++ {
-			in.dispatch(evs[i])
+			in.dispatch(evs[i], kinds[i])
 			evs[i] = nil
 		}
 	}
@@ -381,35 +427,29 @@ func (s *spinner) learn(looks int, blocked bool) {
 	}
 }
 
-func (in *node) dispatch(ev *C.tribe_event) {
-	switch kind := C.tribe_event_kind(ev); kind {
+// dispatch hands one event on; it owns ev.
+func (in *node) dispatch(ev *C.tribe_event, kind C.uint32_t) {
+	switch kind {
 	case C.TRIBE_EVENT_CALL_DONE:
 		var id C.uint64_t
-		C.tribe_event_call_id(ev, &id, nil)
 		var buf *C.uint8_t
 		var n C.size_t
 		var cerr *C.tribe_error
 		var res callResult
-		if rc := C.tribe_event_take_reply(ev, &buf, &n, &cerr); rc == C.TRIBE_OK {
+		if rc := C.go_take_done(ev, &id, &buf, &n, &cerr); rc == C.TRIBE_OK {
 			res.reply = goBytes(buf, n)
 			C.tribe_bytes_free(buf, n)
 		} else {
 			res.err = takeError(rc, cerr)
 		}
-		C.tribe_event_free(ev)
 		in.calls.complete(uint64(id), res)
 	case C.TRIBE_EVENT_CALL:
 		var r *C.tribe_responder
-		rc := C.tribe_event_take_responder(ev, &r, nil)
-		C.tribe_event_free(ev)
-		if rc != C.TRIBE_OK {
+		var ci C.tribe_call_info
+		if C.go_take_call(ev, &r, &ci) != C.TRIBE_OK {
 			return
 		}
-		info, payload, ok := in.callOf(r)
-		if !ok {
-			C.tribe_responder_free(r)
-			return
-		}
+		info, payload := in.callOf(&ci)
 		in.handlerWG.Add(1)
 		go in.serveCall(r, info, payload)
 	default:
@@ -442,14 +482,10 @@ func goBytes(p *C.uint8_t, n C.size_t) []byte {
 	return bytes.Clone(unsafe.Slice((*byte)(unsafe.Pointer(p)), int(n)))
 }
 
-// callOf reads an incoming call's details in one crossing into C. The
-// strings are interned: the same few tribe, plugin and caller names come
-// with every call. Only the polling goroutine calls it.
-func (in *node) callOf(r *C.tribe_responder) (CallInfo, []byte, bool) {
-	var ci C.tribe_call_info
-	if C.tribe_responder_info(r, &ci, nil) != C.TRIBE_OK {
-		return CallInfo{}, nil, false
-	}
+// callOf copies an incoming call's details into Go. The strings are
+// interned: the same few tribe, plugin and caller names come with every
+// call. Only the polling goroutine calls it.
+func (in *node) callOf(ci *C.tribe_call_info) (CallInfo, []byte) {
 	info := CallInfo{
 		Caller:  in.names.intern(ci.caller),
 		Tribe:   in.names.intern(ci.tribe),
@@ -457,7 +493,7 @@ func (in *node) callOf(r *C.tribe_responder) (CallInfo, []byte, bool) {
 		Version: in.names.intern(ci.version),
 		Budget:  time.Duration(ci.budget_us) * time.Microsecond,
 	}
-	return info, goBytes(ci.payload, ci.payload_len), true
+	return info, goBytes(ci.payload, ci.payload_len)
 }
 
 // serveCall runs a handler for one incoming call and answers it.
@@ -516,7 +552,8 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	if len(reply) > 0 {
 		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(reply)))
 	}
-	C.tribe_responder_reply(r, data, C.size_t(len(reply)), nil)
+	held = true // freed by go_reply
+	C.go_reply(r, data, C.size_t(len(reply)))
 }
 
 // panicError is a recovered handler panic.

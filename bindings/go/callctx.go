@@ -132,11 +132,14 @@ func (c *callCtx) endLocked(err error) {
 // free, also after a runtime.Goexit), before the responder
 // is answered or freed: the context ends (as a context.WithCancel's
 // cancel would end it) and stops looking at the responder. It tells
-// whether the deadline had passed, with the node still open.
+// whether the deadline had passed, with the node still open (false when
+// called again).
 func (c *callCtx) finish() (expired bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	expired = c.base.Err() == nil && !time.Now().Before(c.deadline)
+	if c.finished {
+		return false
+	}
 	c.finished = true
 	if c.timer != nil {
 		c.timer.Stop()
@@ -144,10 +147,11 @@ func (c *callCtx) finish() (expired bool) {
 	if c.stopBase != nil {
 		c.stopBase()
 	}
+	// One look at the clock: it is slow to read on some virtual machines.
 	if time.Now().Before(c.deadline) {
 		c.endLocked(context.Canceled)
-	} else {
-		c.endLocked(context.DeadlineExceeded)
+		return false
 	}
-	return expired
+	c.endLocked(context.DeadlineExceeded)
+	return c.base.Err() == nil
 }
