@@ -272,7 +272,8 @@ func (in *node) cancel(id uint64) {
 // time keeps its responder unanswered, so that the caller times out first.
 const responderHold = 200 * time.Millisecond
 
-func handlerKey(name, version string) string { return name + "\x00" + version }
+// handlerKey names a served plugin (a struct: no string built per call).
+type handlerKey struct{ name, version string }
 
 // Serve serves a plugin: the node advertises it, and members of this node's
 // tribes can call it. Serving the same name and version again replaces the
@@ -285,7 +286,7 @@ func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 	if h == nil {
 		return &Error{Code: "invalid_argument", Message: "the handler is nil", num: C.TRIBE_INVALID_ARGUMENT}
 	}
-	key := handlerKey(name, version)
+	key := handlerKey{name, version}
 	// One Serve or Unserve at a time, so the handlers always match what
 	// libtribe serves.
 	in.serveMu.Lock()
@@ -322,7 +323,7 @@ func (n *Node) Unserve(name, version string) error {
 	}, name, version)
 	if err == nil {
 		in.handlersMu.Lock()
-		delete(in.handlers, handlerKey(name, version))
+		delete(in.handlers, handlerKey{name, version})
 		in.handlersMu.Unlock()
 	}
 	return err
@@ -513,7 +514,7 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	}()
 	gcPoint()
 	in.handlersMu.RLock()
-	h := in.handlers[handlerKey(info.Plugin, info.Version)]
+	h := in.handlers[handlerKey{info.Plugin, info.Version}]
 	in.handlersMu.RUnlock()
 	if h == nil {
 		// Unserved after libtribe took the call: not run here, so the

@@ -137,7 +137,7 @@ type node struct {
 	// serveMu orders Serve and Unserve (each updates handlers and libtribe).
 	serveMu    sync.Mutex
 	handlersMu sync.RWMutex
-	handlers   map[string]Handler
+	handlers   map[handlerKey]Handler
 	handlerWG  sync.WaitGroup
 
 	calls callRegistry
@@ -307,7 +307,7 @@ func Start(cfg Config) (*Node, error) {
 		pollDone:   make(chan struct{}),
 		base:       base,
 		cancelBase: cancel,
-		handlers:   map[string]Handler{},
+		handlers:   map[handlerKey]Handler{},
 	}
 	in.calls.init()
 	go in.poll()
