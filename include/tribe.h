@@ -519,7 +519,8 @@ typedef struct tribe_call_info {
      */
     const char *plugin;
     /**
-     * The plugin version called ("" for any).
+     * The version of the served plugin that takes the call (also when the
+     * caller asked for any version).
      */
     const char *version;
     /**
@@ -700,6 +701,18 @@ uint32_t tribe_node_call_cancel(const struct tribe_node *node,
                                 struct tribe_error **err);
 
 /**
+ * Ends an asynchronous call as timed out, for a host that keeps the
+ * call's deadline itself (a Go context's): if it has not finished, it is
+ * abandoned, its `TRIBE_EVENT_CALL_DONE` event carries `TRIBE_TIMEOUT`,
+ * and it counts as a timeout in the node's counters, as a call libtribe
+ * timed out does. An id that already finished (or never existed) is
+ * ignored, also after a shutdown. Does not block.
+ */
+uint32_t tribe_node_call_expire(const struct tribe_node *node,
+                                uint64_t call_id,
+                                struct tribe_error **err);
+
+/**
  * The payload of a call. `*len` receives its length; the bytes are
  * borrowed until `tribe_responder_free` (NULL when empty or for NULL).
  */
@@ -776,7 +789,9 @@ uint32_t tribe_responder_reply(const struct tribe_responder *r,
 /**
  * Answers a call with an error: the caller gets `TRIBE_REMOTE` with this
  * `code` (short, stable; NULL gives `"error"`) and `message` (NULL gives
- * ""). Otherwise like `tribe_responder_reply`.
+ * ""). The code `"timeout"` is reserved: it reaches the caller as
+ * `TRIBE_TIMEOUT`, without the message, as a host's answer to a handler
+ * that overran the caller's budget. Otherwise like `tribe_responder_reply`.
  */
 uint32_t tribe_responder_fail(const struct tribe_responder *r,
                               const char *code,

@@ -86,6 +86,9 @@ impl Node {
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
         let addr = match config.advertise {
+            // Port 0 there means "the port bound" (as for a bind to port 0,
+            // behind the same address a NAT or container maps).
+            Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
             Some(a) => a,
             None if bound.ip().is_unspecified() => {
                 return Err(Error::Config(
@@ -598,9 +601,11 @@ impl Node {
     /// Calls a plugin served by a live member of `target.tribe`: this node
     /// first when it serves it, then the member with the fewest calls
     /// outstanding. A host that refuses or cannot be reached before the call
-    /// ran is failed over; every call ends with the reply or an error
+    /// ran is failed over, also to a member that began serving the plugin
+    /// while the call ran; every call ends with the reply or an error
     /// (`NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
-    /// `Disconnected`, `ShuttingDown`). A host runs a call for at most 5
+    /// `Disconnected`, `ShuttingDown`; `InvalidName` for a tribe or plugin
+    /// name no command would take). A host runs a call for at most 5
     /// minutes: a longer `timeout` ends with `Timeout` after that, unless
     /// answered first.
     pub async fn call(
@@ -609,7 +614,7 @@ impl Node {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>> {
-        self.call_carried(target, payload, timeout, Carry::Shared)
+        self.call_carried(target, payload, timeout, Carry::Shared, true)
             .await
     }
 
@@ -641,7 +646,26 @@ impl Node {
         } else {
             Carry::Borrowed
         };
-        self.call_carried(target, payload, timeout, carry).await
+        self.call_carried(target, payload, timeout, carry, true)
+            .await
+    }
+
+    /// [`Node::call`] whose outcome is not counted yet: a C host's
+    /// asynchronous call, which its host may end first
+    /// (`tribe_node_call_expire`), counts as whichever ends it.
+    pub(crate) async fn call_uncounted(
+        &self,
+        target: &crate::CallTarget,
+        payload: Vec<u8>,
+        timeout: std::time::Duration,
+    ) -> Result<Vec<u8>> {
+        self.call_carried(target, payload, timeout, Carry::Shared, false)
+            .await
+    }
+
+    /// Counts a call's outcome in [`Node::rpc_stats`].
+    pub(crate) fn count_call(&self, result: &Result<Vec<u8>>) {
+        crate::rpc::client::count(&self.inner.rpc.counters, result);
     }
 
     async fn call_carried(
@@ -650,31 +674,35 @@ impl Node {
         payload: Vec<u8>,
         timeout: std::time::Duration,
         carry: Carry,
+        counted: bool,
     ) -> Result<Vec<u8>> {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        // A version no plugin could be served under is the caller's error,
-        // as it is for `serve`, not a missing provider.
+        // A name no tribe or plugin could have, or a version no plugin
+        // could be served under, is the caller's error (as it is for
+        // `serve`), not a missing tribe or provider.
+        crate::names::check("tribe name", &target.tribe)?;
+        crate::names::check("plugin name", &target.plugin)?;
         if let Some(version) = &target.version {
             crate::names::check_version(version)?;
         }
-        let snap = {
-            let engine = self.inner.shared.engine();
-            crate::rpc::call::Snapshot {
-                me: self.inner.name.clone(),
-                providers: engine.providers(
-                    &target.tribe,
-                    &target.plugin,
-                    target.version.as_deref(),
-                    target.kind,
-                ),
-                security: engine.stream_security(),
-            }
+        let providers = || {
+            self.inner.shared.engine().providers(
+                &target.tribe,
+                &target.plugin,
+                target.version.as_deref(),
+                target.kind,
+            )
+        };
+        let snap = crate::rpc::call::Snapshot {
+            me: self.inner.name.clone(),
+            providers: providers(),
+            security: self.inner.shared.engine().stream_security(),
         };
         self.inner
             .rpc
-            .call(snap, target, payload, timeout, carry)
+            .call(snap, &providers, target, payload, timeout, carry, counted)
             .await
     }
 

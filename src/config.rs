@@ -141,6 +141,7 @@ pub struct Config {
     /// Port 0 picks a free port.
     pub bind: SocketAddr,
     /// Address peers should use, when it differs from `bind` (NAT, 0.0.0.0).
+    /// Port 0 advertises the port bound.
     pub advertise: Option<SocketAddr>,
     /// Nodes to join through.
     pub seeds: Vec<SocketAddr>,

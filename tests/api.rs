@@ -35,11 +35,22 @@ async fn commands_fail_with_clear_errors() {
         n.leave("t", "err1").await,
         Err(Error::NotMember { .. })
     ));
-    for bad in ["", "has space", "-dash", &"x".repeat(65)] {
+    let huge = "x".repeat(1 << 20);
+    for bad in ["", "has space", "-dash", &"x".repeat(65), &huge] {
         assert!(
             matches!(n.create_tribe(bad).await, Err(Error::InvalidName { .. })),
             "{bad:?}"
         );
+        // A call names a tribe and a plugin as the commands do.
+        let second = std::time::Duration::from_secs(1);
+        for target in [
+            tribe::CallTarget::new(bad, "p", PluginKind::Processor),
+            tribe::CallTarget::new("t", bad, PluginKind::Processor),
+        ] {
+            let err = n.call(&target, Vec::new(), second).await.unwrap_err();
+            assert!(matches!(err, Error::InvalidName { .. }), "{err:?}");
+            assert!(err.to_string().len() < 300, "the name is not echoed whole");
+        }
     }
     assert!(matches!(
         n.load_plugin("ghost", "p", "1", PluginKind::Collector, None)
@@ -270,6 +281,15 @@ async fn bind_and_advertise_are_separate() {
         .find(|m| m.name == "adv1")
         .unwrap();
     assert_eq!(seen.addr.to_string(), format!("127.0.0.1:{port}"));
+    // Advertised port 0 is the port bound, as for a bind to port 0.
+    let mut cfg = test_config("adv3");
+    cfg.bind = "0.0.0.0:0".parse().unwrap();
+    cfg.advertise = Some("127.0.0.1:0".parse().unwrap());
+    cfg.seeds = vec![nodes[0].addr()];
+    let third = Node::start(cfg).await.unwrap();
+    assert_ne!(third.addr().port(), 0);
+    wait_converged_members(&[nodes[0].clone(), third.clone()], 3).await;
+    third.shutdown().await.unwrap();
     // Binding to 0.0.0.0 without an advertise address is refused clearly.
     let mut cfg = test_config("adv2");
     cfg.bind = "0.0.0.0:0".parse().unwrap();

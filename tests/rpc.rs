@@ -663,3 +663,56 @@ async fn a_call_right_after_a_host_leaves_is_refused_not_lost() {
         "{second:?}"
     );
 }
+
+/// A call whose one known host refuses it as stopping goes to a host that
+/// began serving the plugin while it ran, not to `NoProvider`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_call_moves_to_a_host_that_appeared_meanwhile() {
+    let nodes = start_cluster("mv", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    let (caller, old, new) = (nodes[0].clone(), &nodes[1], &nodes[2]);
+    old.create_tribe("svc").await.unwrap();
+    old.join("svc", old.name()).await.unwrap();
+    old.join("svc", new.name()).await.unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    old.serve_responder("moved", "1", PluginKind::Processor, move |_i, _p, r| {
+        keep.lock().unwrap().push(r)
+    })
+    .await
+    .unwrap();
+    wait_for("the first host's endpoint seen", 20 * SECOND, || {
+        caller.members().iter().any(|m| !m.endpoints.is_empty())
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 2)
+    })
+    .await;
+    let target = CallTarget::new("svc", "moved", PluginKind::Processor);
+    let waiting = {
+        let (caller, target) = (caller.clone(), target.clone());
+        tokio::spawn(async move { caller.call(&target, b"x".to_vec(), 30 * SECOND).await })
+    };
+    wait_for("the call reached the first host", 10 * SECOND, || {
+        held.lock().unwrap().len() == 1
+    })
+    .await;
+    new.serve("moved", "1", PluginKind::Processor, |_i, p| async move {
+        Ok([b"new:".as_slice(), &p].concat())
+    })
+    .await
+    .unwrap();
+    wait_for("the caller sees the second host", 20 * SECOND, || {
+        caller
+            .members()
+            .iter()
+            .filter(|m| !m.endpoints.is_empty())
+            .count()
+            == 2
+    })
+    .await;
+    let responder = held.lock().unwrap().pop().unwrap();
+    responder.refuse_stopping();
+    assert_eq!(waiting.await.unwrap().unwrap(), b"new:x");
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

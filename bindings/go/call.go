@@ -237,7 +237,7 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		case res = <-ch:
 		case <-ctx.Done():
 			if in.calls.abandon(uint64(id)) {
-				in.cancel(uint64(id))
+				in.cancel(uint64(id), errors.Is(ctx.Err(), context.DeadlineExceeded))
 				chanPool.Put(ch)
 				return nil, contextError(ctx.Err())
 			}
@@ -259,11 +259,18 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 }
 
 // cancel tells libtribe to abandon a call; its completion is discarded.
-func (in *node) cancel(id uint64) {
+// A call whose deadline passed counts as a timeout in the node's counters,
+// as one libtribe timed out itself.
+func (in *node) cancel(id uint64, expired bool) {
 	gcPoint()
 	in.mu.RLock()
 	defer in.mu.RUnlock()
-	if in.ptr != nil {
+	if in.ptr == nil {
+		return
+	}
+	if expired {
+		C.tribe_node_call_expire(in.ptr, C.uint64_t(id), nil)
+	} else {
 		C.tribe_node_call_cancel(in.ptr, C.uint64_t(id), nil)
 	}
 }

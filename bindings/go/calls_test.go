@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -177,6 +178,14 @@ func TestCallsThroughATribe(t *testing.T) {
 	})
 
 	t.Run("deadline", func(t *testing.T) {
+		timeouts := func() string {
+			c, err := caller.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c["calls"]["timeout"].String()
+		}
+		before := timeouts()
 		ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -187,6 +196,20 @@ func TestCallsThroughATribe(t *testing.T) {
 		}
 		if took > 3*time.Second {
 			t.Fatalf("the call took %v", took)
+		}
+		// Each counted as a timeout, whichever deadline (the context's or
+		// libtribe's) ended it first.
+		for i := 0; i < 9; i++ {
+			ctx, cancel := context.WithTimeout(bg, 20*time.Millisecond)
+			_, err := caller.Call(ctx, target("slow"), nil)
+			cancel()
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("got %v", err)
+			}
+		}
+		b, _ := strconv.Atoi(before)
+		if after, _ := strconv.Atoi(timeouts()); after != b+10 {
+			t.Fatalf("calls.timeout went from %d to %d after 10 timeouts", b, after)
 		}
 		// The handler's context ended with the caller's budget.
 		select {

@@ -97,7 +97,8 @@ func (e *PolicyError) Is(target error) bool { return target == ErrInvalidPolicy 
 
 // HandlerError is what a Handler returns to choose the code and message the
 // caller sees in its RemoteError. Any other error gives the code "error"
-// with the error's text.
+// with the error's text. The code "timeout" is reserved: the caller gets
+// ErrTimeout (without the message), as when a handler overran its budget.
 type HandlerError struct {
 	Code    string
 	Message string
@@ -218,7 +219,7 @@ func withContext(err error, ctxErr error) error {
 // contextError is the error of a call abandoned because ctx ended first.
 func contextError(ctxErr error) error {
 	if errors.Is(ctxErr, context.DeadlineExceeded) {
-		return &Error{Code: "timeout", Message: "the call's deadline passed", num: C.TRIBE_TIMEOUT, cause: ctxErr}
+		return &Error{Code: "timeout", Message: "the call did not complete before its deadline", num: C.TRIBE_TIMEOUT, cause: ctxErr}
 	}
 	return &Error{Code: "cancelled", Message: "the call was cancelled", num: C.TRIBE_CANCELLED, cause: ctxErr}
 }

@@ -97,21 +97,48 @@ impl AsyncCalls {
         }
     }
 
-    /// Reports the completion of `id` unless someone did already; the task
-    /// is aborted (a no-op when it is the one reporting).
+    /// Reports the completion of `id` unless someone did already (then
+    /// false); the task is aborted (a no-op when it is the one reporting).
     pub(super) fn finish(
         &self,
         id: u64,
         mailbox: &Mailbox<Body>,
         result: Result<Vec<u8>, FfiError>,
+    ) -> bool {
+        let mut p = self.lock();
+        let Some(task) = p.calls.remove(&id) else {
+            return false;
+        };
+        if let Some(task) = task {
+            task.abort();
+        }
+        self.report(mailbox, id, result);
+        true
+    }
+
+    /// Reports what a call's task ended with, unless someone ended the call
+    /// first (`count`ed only then, so an expired call counts once); a
+    /// panic becomes `TRIBE_PANIC`.
+    fn complete(
+        &self,
+        id: u64,
+        mailbox: &Mailbox<Body>,
+        outcome: std::thread::Result<Result<Vec<u8>, Error>>,
+        count: impl FnOnce(&Result<Vec<u8>, Error>),
     ) {
         let mut p = self.lock();
-        if let Some(task) = p.calls.remove(&id) {
-            if let Some(task) = task {
-                task.abort();
-            }
-            self.report(mailbox, id, result);
+        if p.calls.remove(&id).is_none() {
+            return;
         }
+        let result = match outcome {
+            Ok(result) => {
+                count(&result);
+                result.map_err(FfiError::from)
+            }
+            Err(panic) => Err(FfiError::panic(panic)),
+        };
+        // Not aborted: this is the call's own task, ending.
+        self.report(mailbox, id, result);
     }
 
     /// Queues the one completion of `id`, counted until the host frees it.
@@ -397,8 +424,10 @@ pub extern "C" fn tribe_node_call_async(
         cast::write(call_id, id);
         let registry = calls.clone();
         let mut call = Box::pin(async move {
-            let result = caught(n.call(&target, payload, timeout)).await;
-            registry.finish(id, &mailbox, result);
+            let outcome = AssertUnwindSafe(n.call_uncounted(&target, payload, timeout))
+                .catch_unwind()
+                .await;
+            registry.complete(id, &mailbox, outcome, |result| n.count_call(result));
         });
         // The call runs where the node's call streams do (see `host_io`):
         // a host thread waiting for events reads its answer.
@@ -432,21 +461,6 @@ pub extern "C" fn tribe_node_call_async(
     })
 }
 
-/// A call's outcome, with a panic inside it turned into `TRIBE_PANIC`: the
-/// host waits for the completion event and would otherwise wait forever.
-/// Not an `async fn`: one would hold `call` twice (as its argument and as
-/// the future it awaits), doubling the size of every call's task.
-fn caught<T>(
-    call: impl Future<Output = Result<T, Error>>,
-) -> impl Future<Output = Result<T, FfiError>> {
-    AssertUnwindSafe(call)
-        .catch_unwind()
-        .map(|outcome| match outcome {
-            Ok(result) => result.map_err(FfiError::from),
-            Err(panic) => Err(FfiError::panic(panic)),
-        })
-}
-
 /// Cancels an asynchronous call: if it has not finished, it is abandoned
 /// and its `TRIBE_EVENT_CALL_DONE` event carries `TRIBE_CANCELLED`. An id
 /// that already finished (or never existed) is ignored, also after a
@@ -463,6 +477,32 @@ pub extern "C" fn tribe_node_call_cancel(
         handle
             .calls
             .finish(call_id, &handle.mailbox, Err(cancelled));
+        Ok(())
+    })
+}
+
+/// Ends an asynchronous call as timed out, for a host that keeps the
+/// call's deadline itself (a Go context's): if it has not finished, it is
+/// abandoned, its `TRIBE_EVENT_CALL_DONE` event carries `TRIBE_TIMEOUT`,
+/// and it counts as a timeout in the node's counters, as a call libtribe
+/// timed out does. An id that already finished (or never existed) is
+/// ignored, also after a shutdown. Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_node_call_expire(
+    node: *const TribeNode,
+    call_id: u64,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let handle = super::node::node_handle(node)?;
+        let expired = Error::Timeout;
+        if handle.calls.finish(
+            call_id,
+            &handle.mailbox,
+            Err(FfiError::from(Error::Timeout)),
+        ) {
+            handle.node.count_call(&Err(expired));
+        }
         Ok(())
     })
 }
@@ -491,7 +531,8 @@ pub struct TribeCallInfo {
     pub tribe: *const c_char,
     /// The plugin called.
     pub plugin: *const c_char,
-    /// The plugin version called ("" for any).
+    /// The version of the served plugin that takes the call (also when the
+    /// caller asked for any version).
     pub version: *const c_char,
     /// The payload (NULL when empty) and its length.
     pub payload: *const u8,
@@ -625,7 +666,9 @@ pub extern "C" fn tribe_responder_reply(
 
 /// Answers a call with an error: the caller gets `TRIBE_REMOTE` with this
 /// `code` (short, stable; NULL gives `"error"`) and `message` (NULL gives
-/// ""). Otherwise like `tribe_responder_reply`.
+/// ""). The code `"timeout"` is reserved: it reaches the caller as
+/// `TRIBE_TIMEOUT`, without the message, as a host's answer to a handler
+/// that overran the caller's budget. Otherwise like `tribe_responder_reply`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_fail(
     r: *const TribeResponder,
@@ -690,30 +733,63 @@ mod tests {
         );
     }
 
-    fn run<T>(f: impl Future<Output = T>) -> T {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        rt.block_on(f)
+    /// The result of the one completion `calls` queued for `id`.
+    fn completion(
+        calls: &AsyncCalls,
+        id: u64,
+        outcome: std::thread::Result<Result<Vec<u8>, Error>>,
+    ) -> (Result<Vec<u8>, FfiError>, bool) {
+        let mailbox = Mailbox::new().unwrap();
+        calls.register(id).unwrap();
+        let mut counted = false;
+        calls.complete(id, &mailbox, outcome, |_| counted = true);
+        match mailbox.take(Some(Duration::ZERO), |_| false) {
+            super::super::mailbox::Taken::Item(Body::CallDone {
+                result: Some(result),
+                ..
+            }) => (result, counted),
+            _ => panic!("no completion queued"),
+        }
     }
 
     #[test]
     fn a_call_that_panics_completes_as_a_panic() {
-        let outcome = run(caught(async {
-            if true {
-                panic!("broken call");
-            }
-            Ok::<(), Error>(())
-        }));
-        let err = outcome.unwrap_err();
+        let calls = AsyncCalls::new(4);
+        let panic =
+            std::panic::catch_unwind(|| -> Result<Vec<u8>, Error> { panic!("broken call") });
+        let (result, counted) = completion(&calls, 1, panic);
+        let err = result.unwrap_err();
         assert_eq!(err.code, super::super::error::TRIBE_PANIC);
         assert!(format!("{err:?}").contains("broken call"), "{err:?}");
+        assert!(!counted, "a panic is not a call outcome");
     }
 
     #[test]
     fn a_call_that_fails_keeps_its_code() {
-        let outcome = run(caught(async { Err::<(), _>(Error::Timeout) }));
-        let err = outcome.unwrap_err();
+        let calls = AsyncCalls::new(4);
+        let (result, counted) = completion(&calls, 1, Ok(Err(Error::Timeout)));
+        let err = result.unwrap_err();
         assert_eq!(err.code, super::super::error::code_of(&Error::Timeout));
+        assert!(counted);
+    }
+
+    #[test]
+    fn a_call_ended_by_its_host_first_is_counted_by_the_host_only() {
+        let calls = AsyncCalls::new(4);
+        let mailbox = Mailbox::new().unwrap();
+        calls.register(7).unwrap();
+        assert!(calls.finish(7, &mailbox, Err(Error::Timeout.into())));
+        // The call's own task ends after: neither reported nor counted.
+        let mut counted = false;
+        calls.complete(7, &mailbox, Ok(Err(Error::Timeout)), |_| counted = true);
+        assert!(!counted);
+        assert!(!calls.finish(7, &mailbox, Err(Error::Timeout.into())));
+        let mut events = 0;
+        while let super::super::mailbox::Taken::Item(_) =
+            mailbox.take(Some(Duration::ZERO), |_| false)
+        {
+            events += 1;
+        }
+        assert_eq!(events, 1, "one completion per call");
     }
 }

@@ -45,6 +45,30 @@ pub enum Carry {
     Borrowed,
 }
 
+/// How many times a call whose known hosts all refused reads the target's
+/// providers again for hosts that appeared meanwhile.
+const REREADS: usize = 2;
+
+/// What one host's try at a call needs.
+struct Host<'a> {
+    snap: &'a Snapshot,
+    target: &'a CallTarget,
+    cand: &'a client::Candidate,
+    deadline: Instant,
+    carry: Carry,
+    size: usize,
+}
+
+/// How one host's try ended.
+enum Step {
+    /// With the call's result.
+    Done(Result<Vec<u8>>),
+    /// Refused as busy; another host may take it.
+    Busy,
+    /// Refused or unreachable before it ran; another host may take it.
+    Next,
+}
+
 /// A handler's error as the caller sees it.
 pub fn from_handler(e: HandlerError) -> Error {
     if e.code == "timeout" {
@@ -159,23 +183,33 @@ impl Rpc {
         }
     }
 
-    /// Makes one call; see [`crate::Node::call`].
+    /// Makes one call; see [`crate::Node::call`]. `refresh` reads the
+    /// target's providers again, for hosts that appeared while the first
+    /// ones refused. The outcome is counted when `counted`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn call(
         &self,
         snap: Snapshot,
+        refresh: &(dyn Fn() -> Option<Vec<client::Candidate>> + Sync),
         target: &CallTarget,
         payload: Vec<u8>,
         timeout: Duration,
         carry: Carry,
+        counted: bool,
     ) -> Result<Vec<u8>> {
-        let result = self.route(snap, target, payload, timeout, carry).await;
-        client::count(&self.counters, &result);
+        let result = self
+            .route(snap, refresh, target, payload, timeout, carry)
+            .await;
+        if counted {
+            client::count(&self.counters, &result);
+        }
         result
     }
 
     async fn route(
         &self,
-        snap: Snapshot,
+        mut snap: Snapshot,
+        refresh: &(dyn Fn() -> Option<Vec<client::Candidate>> + Sync),
         target: &CallTarget,
         payload: Vec<u8>,
         timeout: Duration,
@@ -184,15 +218,15 @@ impl Rpc {
         self.admit(payload.len())?;
         let size = payload.len();
         let mut payload = Some(payload);
-        let limit = self.pool.limits().max_payload;
         let providers = snap
             .providers
+            .take()
             .ok_or_else(|| Error::UnknownTribe(target.tribe.clone()))?;
         let no_provider = || Error::NoProvider {
             tribe: target.tribe.clone(),
             plugin: target.plugin.clone(),
         };
-        let cands = client::order(providers, &self.pool);
+        let mut cands = client::order(providers, &self.pool);
         if cands.is_empty() {
             return Err(no_provider());
         }
@@ -201,127 +235,52 @@ impl Rpc {
             .checked_add(timeout)
             .ok_or_else(|| Error::InvalidArgument("the call's timeout is too large".into()))?;
         let mut overloaded = false;
-        let last = cands.len() - 1;
-        for (attempt, cand) in cands.iter().enumerate() {
-            // Only a host that may fail over needs its own copy; the last
-            // one takes the caller's bytes (no copy of a large payload).
-            let Some(bytes) = (if attempt == last {
-                payload.take()
-            } else {
-                payload.clone()
-            }) else {
-                break;
-            };
-            if attempt > 0 {
-                RpcCounters::bump(&self.counters.failovers);
-            }
-            let budget = deadline.saturating_duration_since(Instant::now());
-            if budget.is_zero() {
-                return Err(Error::Timeout);
-            }
-            if cand.local {
-                let local = Local {
-                    caller: &snap.me,
-                    tribe: &target.tribe,
-                    plugin: &target.plugin,
-                    version: Some(&cand.version),
-                    kind: target.kind,
+        let mut tried: Vec<String> = Vec::new();
+        for round in 0..=REREADS {
+            // A large payload is not copied for hosts that may appear
+            // later: its last known host takes the caller's bytes.
+            let may_reread = round < REREADS && size < client::LARGE_CALL;
+            let last = cands.len() - 1;
+            for (i, cand) in cands.iter().enumerate() {
+                let Some(bytes) = (if i == last && !may_reread {
+                    payload.take()
+                } else {
+                    payload.clone()
+                }) else {
+                    break;
                 };
-                // Boxed, as the borrowed request below: rarer paths whose
-                // state would make every call's future as large as theirs.
-                match Box::pin(self.run_local(local, bytes, budget)).await {
-                    Err(Error::NoProvider { .. }) => continue,
-                    Err(Error::Overloaded) => {
-                        overloaded = true;
-                        continue;
-                    }
-                    other => return other,
+                if !tried.is_empty() {
+                    RpcCounters::bump(&self.counters.failovers);
+                }
+                tried.push(cand.name.clone());
+                let at = Host {
+                    snap: &snap,
+                    target,
+                    cand,
+                    deadline,
+                    carry,
+                    size,
+                };
+                match self.attempt(at, bytes).await {
+                    Step::Done(result) => return result,
+                    Step::Busy => overloaded = true,
+                    Step::Next => {}
                 }
             }
-            let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
-            let _load = self.pool.reserve(cand.addr);
-            let large = bytes.len() >= super::client::LARGE_CALL;
-            // Numbered by the stream it goes on.
-            let msg = RpcMsg::Call {
-                id: 0,
-                caller: snap.me.clone(),
-                tribe: target.tribe.clone(),
-                plugin: target.plugin.clone(),
-                version: cand.version.clone(),
-                kind: target.kind,
-                budget_ms,
-                payload: bytes,
-            };
-            let (addr, security) = (cand.addr, &snap.security);
-            let sent = match carry {
-                Carry::Shared => Ok(msg),
-                Carry::Borrowed => {
-                    match Box::pin(self.pool.request_borrowing(addr, security, deadline, msg)).await {
-                        Ok(Outcome::Done(answer)) => Err(Ok(answer)),
-                        Ok(Outcome::Share(msg)) => Ok(msg),
-                        Err(e) => Err(Err(e)),
-                    }
-                }
-            };
-            let sent = match sent {
-                Ok(msg) => {
-                    self.pool
-                        .request(addr, security, deadline, large, |_| msg)
-                        .await
-                }
-                Err(done) => done,
-            };
-            match sent {
-                Err(NotSent::Connect(e)) => {
-                    self.pool.mark_unreachable(cand.addr);
-                    tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
-                }
-                Err(NotSent::Busy) => overloaded = true,
-                Err(NotSent::OutOfTime) => return Err(Error::Timeout),
-                Ok(None) => return Err(Error::Timeout),
-                // The caller's own bound holds for what it accepts too.
-                Ok(Some(Answer::Reply(Ok(bytes)))) if bytes.len() > limit => {
-                    return Err(Error::TooLarge {
-                        size: bytes.len(),
-                        limit,
-                    })
-                }
-                Ok(Some(Answer::Reply(Ok(bytes)))) => return Ok(bytes),
-                Ok(Some(Answer::Reply(Err((code, message))))) => {
-                    return Err(from_handler(HandlerError { code, message }))
-                }
-                Ok(Some(Answer::Refused(Refusal::Overloaded))) => overloaded = true,
-                Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
-                    return Err(Error::TooLarge { size, limit })
-                }
-                Ok(Some(Answer::Refused(Refusal::TooLargeFor { limit }))) => {
-                    return Err(Error::TooLarge {
-                        size,
-                        limit: usize::try_from(limit).unwrap_or(usize::MAX),
-                    })
-                }
-                Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => {}
-                Ok(Some(Answer::Lost | Answer::Unsent)) if self.pool.is_closed() => {
-                    return Err(Error::ShuttingDown)
-                }
-                // The stream ended before the request left: another host
-                // may take it.
-                Ok(Some(Answer::Unsent)) => {
-                    self.pool.mark_unreachable(cand.addr);
-                    tracing::debug!(host = %cand.name, "call not sent before its stream ended; trying another host");
-                }
-                Ok(Some(Answer::Lost)) => {
-                    return Err(Error::Disconnected {
-                        host: cand.name.clone(),
-                    })
-                }
-                Ok(Some(Answer::Chunk(_))) => {
-                    return Err(Error::Remote {
-                        code: "protocol".into(),
-                        message: "the host answered a call with artifact bytes".into(),
-                    })
-                }
+            if payload.is_none() || Instant::now() >= deadline {
+                break;
             }
+            // Every known host refused or could not be reached: members
+            // that began serving meanwhile may take it.
+            let fresh: Vec<_> = refresh()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|c| !tried.contains(&c.name))
+                .collect();
+            if fresh.is_empty() {
+                break;
+            }
+            cands = client::order(fresh, &self.pool);
         }
         Err(if overloaded {
             Error::Overloaded
@@ -332,5 +291,118 @@ impl Rpc {
         } else {
             no_provider()
         })
+    }
+
+    /// One host's try at a call.
+    async fn attempt(&self, at: Host<'_>, bytes: Vec<u8>) -> Step {
+        let Host {
+            snap,
+            target,
+            cand,
+            deadline,
+            carry,
+            size,
+        } = at;
+        let limit = self.pool.limits().max_payload;
+        let budget = deadline.saturating_duration_since(Instant::now());
+        if budget.is_zero() {
+            return Step::Done(Err(Error::Timeout));
+        }
+        if cand.local {
+            let local = Local {
+                caller: &snap.me,
+                tribe: &target.tribe,
+                plugin: &target.plugin,
+                version: Some(&cand.version),
+                kind: target.kind,
+            };
+            // Boxed, as the borrowed request below: rarer paths whose
+            // state would make every call's future as large as theirs.
+            return match Box::pin(self.run_local(local, bytes, budget)).await {
+                Err(Error::NoProvider { .. }) => Step::Next,
+                Err(Error::Overloaded) => Step::Busy,
+                other => Step::Done(other),
+            };
+        }
+        let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
+        let _load = self.pool.reserve(cand.addr);
+        let large = bytes.len() >= super::client::LARGE_CALL;
+        // Numbered by the stream it goes on.
+        let msg = RpcMsg::Call {
+            id: 0,
+            caller: snap.me.clone(),
+            tribe: target.tribe.clone(),
+            plugin: target.plugin.clone(),
+            version: cand.version.clone(),
+            kind: target.kind,
+            budget_ms,
+            payload: bytes,
+        };
+        let (addr, security) = (cand.addr, &snap.security);
+        let sent = match carry {
+            Carry::Shared => Ok(msg),
+            Carry::Borrowed => {
+                match Box::pin(self.pool.request_borrowing(addr, security, deadline, msg)).await {
+                    Ok(Outcome::Done(answer)) => Err(Ok(answer)),
+                    Ok(Outcome::Share(msg)) => Ok(msg),
+                    Err(e) => Err(Err(e)),
+                }
+            }
+        };
+        let sent = match sent {
+            Ok(msg) => {
+                self.pool
+                    .request(addr, security, deadline, large, |_| msg)
+                    .await
+            }
+            Err(done) => done,
+        };
+        let done = |r| Step::Done(r);
+        match sent {
+            Err(NotSent::Connect(e)) => {
+                self.pool.mark_unreachable(cand.addr);
+                tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
+                Step::Next
+            }
+            Err(NotSent::Busy) => Step::Busy,
+            Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout)),
+            // The caller's own bound holds for what it accepts too.
+            Ok(Some(Answer::Reply(Ok(bytes)))) if bytes.len() > limit => done(Err(Error::TooLarge {
+                size: bytes.len(),
+                limit,
+            })),
+            Ok(Some(Answer::Reply(Ok(bytes)))) => done(Ok(bytes)),
+            Ok(Some(Answer::Reply(Err((code, message))))) => {
+                done(Err(from_handler(HandlerError { code, message })))
+            }
+            Ok(Some(Answer::Refused(Refusal::Overloaded))) => Step::Busy,
+            Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
+                done(Err(Error::TooLarge { size, limit }))
+            }
+            Ok(Some(Answer::Refused(Refusal::TooLargeFor { limit }))) => {
+                done(Err(Error::TooLarge {
+                    size,
+                    limit: usize::try_from(limit).unwrap_or(usize::MAX),
+                }))
+            }
+            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => Step::Next,
+            Ok(Some(Answer::Lost | Answer::Unsent)) if self.pool.is_closed() => {
+                done(Err(Error::ShuttingDown))
+            }
+            // The stream ended before the request left: another host
+            // may take it.
+            Ok(Some(Answer::Unsent)) => {
+                self.pool.mark_unreachable(cand.addr);
+                tracing::debug!(host = %cand.name, "call not sent before its stream ended; trying another host");
+                Step::Next
+            }
+            Ok(Some(Answer::Lost)) => done(Err(Error::Disconnected {
+                host: cand.name.clone(),
+            })),
+            Ok(Some(Answer::Chunk(_))) => done(Err(Error::Remote {
+                code: "protocol".into(),
+                message: "the host answered a call with artifact bytes".into(),
+            })),
+        }
     }
 }

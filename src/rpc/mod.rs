@@ -68,7 +68,9 @@ pub struct CallInfo {
 
 /// A handler's error, returned to the caller as [`crate::Error::Remote`].
 /// An empty code reaches the caller as `"error"`; a code over 256 bytes or
-/// a message over 64 KiB is cut (and ends with `…`).
+/// a message over 64 KiB is cut (and ends with `…`). The code `"timeout"`
+/// is reserved: it reaches the caller as [`crate::Error::Timeout`] (without
+/// the message), as a host's answer to a handler that overran its budget.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
     /// Short stable code chosen by the handler.
