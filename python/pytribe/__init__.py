@@ -672,8 +672,15 @@ class Node:
         return Keys._from(self._native.keys())
 
     def rpc_stats(self) -> Dict[str, int]:
-        """Counters of the call path since start."""
+        """Counters of the call path since start, named as the ``calls``
+        object of the admin API's ``GET /v1/counters``; also after close."""
         return dict(self._native.rpc_stats())
+
+    def counters(self) -> Dict[str, Dict[str, int]]:
+        """Every counter, as the admin API's ``GET /v1/counters`` (and the C
+        and Go ``counters``): ``{"engine": {...}, "calls": {...}}``; also
+        after close."""
+        return self._native.counters()
 
     # --------------------------------------------------------- commands
 

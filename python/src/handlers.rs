@@ -306,26 +306,25 @@ fn handler_error(py: Python<'_>, e: &PyErr) -> HandlerError {
         .ok()
         .filter(|cls| value.is_instance(cls).unwrap_or(false));
     if explicit.is_some() {
-        let code: String = value
-            .getattr("code")
-            .and_then(|c| c.extract())
-            .unwrap_or_else(|_| "error".into());
-        let message: String = value
-            .getattr("message")
-            .and_then(|m| m.extract())
-            .unwrap_or_default();
+        let code = text_of(value.getattr("code")).unwrap_or_else(|| "error".into());
+        let message = text_of(value.getattr("message")).unwrap_or_default();
         return HandlerError::new(code, message);
     }
     let code = value
         .get_type()
         .name()
-        .map(|n| n.to_string())
+        .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "Exception".into());
-    let message = value
-        .str()
-        .map(|s| s.to_string())
-        .unwrap_or_else(|_| String::new());
+    let message = text_of(value.str().map(|s| s.into_any())).unwrap_or_default();
     HandlerError::new(code, message)
+}
+
+/// A `str`'s text, with what UTF-8 cannot hold (lone surrogates) replaced
+/// rather than the whole text lost.
+fn text_of(obj: PyResult<Bound<'_, PyAny>>) -> Option<String> {
+    let obj = obj.ok()?;
+    let s = obj.cast::<pyo3::types::PyString>().ok()?;
+    Some(s.to_string_lossy().into_owned())
 }
 
 /// Logs a failed handler on the serving side (logger `pytribe`).

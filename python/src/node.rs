@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList};
+use pyo3::types::{PyBytes, PyList};
 use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile, SecretKey};
 
 use crate::errors::{check, to_py, value_error};
@@ -127,6 +127,15 @@ fn hex(bytes: &[u8]) -> String {
 impl NativeNode {
     pub(crate) fn node(&self) -> &tribe::Node {
         &self.node
+    }
+
+    /// `ShutdownError` once the node is closed: what it last knew is no
+    /// longer the cluster's state.
+    fn live(&self, py: Python<'_>) -> PyResult<()> {
+        if self.closed() {
+            return Err(to_py(py, tribe::Error::ShuttingDown));
+        }
+        Ok(())
     }
 
     fn command<F>(&self, py: Python<'_>, fut: F) -> PyResult<()>
@@ -273,6 +282,7 @@ impl NativeNode {
     }
 
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.live(py)?;
         let members = py.detach(|| self.node.members());
         let list = PyList::empty(py);
         for m in &members {
@@ -281,11 +291,13 @@ impl NativeNode {
         Ok(list)
     }
 
-    fn members_alive(&self, py: Python<'_>) -> usize {
-        py.detach(|| self.node.members_alive())
+    fn members_alive(&self, py: Python<'_>) -> PyResult<usize> {
+        self.live(py)?;
+        Ok(py.detach(|| self.node.members_alive()))
     }
 
     fn tribes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.live(py)?;
         let tribes = py.detach(|| self.node.tribes());
         let list = PyList::empty(py);
         for t in &tribes {
@@ -295,12 +307,14 @@ impl NativeNode {
     }
 
     fn tribe<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Option<Bound<'py, PyAny>>> {
+        self.live(py)?;
         let t = py.detach(|| self.node.tribe(name));
         t.map(|t| convert::to_py(py, &convert::tribe_info(&t)))
             .transpose()
     }
 
     fn policies<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.live(py)?;
         let policies = py.detach(|| self.node.policies());
         let list = PyList::empty(py);
         for p in &policies {
@@ -309,36 +323,29 @@ impl NativeNode {
         Ok(list)
     }
 
-    fn state_digest(&self, py: Python<'_>) -> String {
-        py.detach(|| self.node.state_digest())
+    fn state_digest(&self, py: Python<'_>) -> PyResult<String> {
+        self.live(py)?;
+        Ok(py.detach(|| self.node.state_digest()))
     }
 
     fn keys<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.live(py)?;
         let status = py.detach(|| self.node.keyring_status());
         convert::to_py(py, &convert::keys(&status))
     }
 
-    fn rpc_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.node.rpc_stats();
-        let d = PyDict::new(py);
-        for (k, v) in [
-            ("ok", s.ok),
-            ("no_provider", s.no_provider),
-            ("timeout", s.timeout),
-            ("remote_error", s.remote_error),
-            ("too_large", s.too_large),
-            ("overloaded", s.overloaded),
-            ("disconnected", s.disconnected),
-            ("failovers", s.failovers),
-            ("served", s.served),
-            ("refused", s.refused),
-            ("panics", s.panics),
-            ("stream_errors", s.stream_errors),
-            ("streams_refused", s.streams_refused),
-        ] {
-            d.set_item(k, v)?;
-        }
-        Ok(d)
+    /// Every counter of the call path, named as in the admin API's
+    /// `GET /v1/counters` `calls` object; also after close.
+    fn rpc_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        convert::to_py(py, &serde_json::json!(self.node.rpc_stats()))
+    }
+
+    /// The node's counters as `GET /v1/counters`: `{"engine": ..., "calls":
+    /// ...}`; also after close.
+    fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let engine = py.detach(|| self.node.counters());
+        let counters = serde_json::json!({ "engine": engine, "calls": self.node.rpc_stats() });
+        convert::to_py(py, &counters)
     }
 
     fn create_tribe(&self, py: Python<'_>, tribe: &str) -> PyResult<()> {

@@ -153,6 +153,18 @@ def test_closed_node_raises_shutdown_error_and_close_is_idempotent() -> None:
     assert e.value.code == "shutting_down"
     with pytest.raises(pytribe.ShutdownError):
         node.call("t", "p", b"x")
+    # What a closed node last knew is not the cluster's state.
+    for snapshot in (node.members, node.members_alive, node.tribes, node.policies, node.state_digest, node.keys):
+        with pytest.raises(pytribe.ShutdownError):
+            snapshot()
+    with pytest.raises(pytribe.ShutdownError):
+        node.tribe("t")
+    # Counters stay readable, with every counter of the admin API.
+    counters = node.counters()
+    assert set(counters) == {"engine", "calls"}
+    assert counters["calls"] == node.rpc_stats()
+    assert {"replies_too_large", "chunks_served", "artifacts_fetched", "cancelled"} <= set(node.rpc_stats())
+    assert counters["engine"]["events_dropped"] >= 0
 
 
 def test_exception_hierarchy() -> None:

@@ -129,6 +129,9 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
     def fails(payload: bytes, info: pytribe.CallInfo) -> bytes:
         if payload == b"explicit":
             raise pytribe.HandlerError("no_disk", "disk full")
+        if payload == b"surrogate":
+            # Text Python can hold but UTF-8 cannot (a file name's bytes).
+            raise pytribe.HandlerError("bad_\udcff", "bad name \udcff here")
         if payload == b"type":
             return "not bytes"  # type: ignore[return-value]
         raise ValueError(f"bad payload {payload!r}")
@@ -152,6 +155,11 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
     with pytest.raises(pytribe.RemoteError) as e:
         caller.call("svc", "fails", b"explicit")
     assert (e.value.code, e.value.message) == ("no_disk", "disk full")
+    with pytest.raises(pytribe.RemoteError) as e:
+        caller.call("svc", "fails", b"surrogate")
+    # Only what UTF-8 cannot hold is replaced, not the whole text lost.
+    assert e.value.code.startswith("bad_") and e.value.message.startswith("bad name ")
+    assert e.value.message.endswith(" here"), e.value.message
     with pytest.raises(pytribe.RemoteError) as e:
         caller.call("svc", "fails", b"type")
     assert e.value.code == "TypeError" and "bytes" in e.value.message
