@@ -14,6 +14,8 @@ pub const STATE_FILE: &str = "node-state.json";
 pub const KEYRING_FILE: &str = "keyring.json";
 /// File name of the lock held by the node using the data directory.
 pub const LOCK_FILE: &str = "lock";
+/// The id (not the key) of the primary key configured at the last start.
+pub const CONFIGURED_KEY_FILE: &str = "configured-key";
 /// A state file larger than this is refused as corrupt (the whole
 /// replicated state is kept, and its records are bounded by the limits).
 const MAX_STATE_FILE: u64 = 1024 * 1024 * 1024;
@@ -192,19 +194,51 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 
 /// The keyring to start with: the kept one (the cluster may have rotated
 /// keys since the configured key was written down) plus the configured key.
+/// A configured primary that differs from the one configured at the last
+/// start is the operator's newer word (the cluster rotated while this node
+/// was away): it becomes the primary, or the node would seal with a key the
+/// cluster may have removed and stay locked out.
 pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<Keyring>> {
     let kept = load_keyring(dir)?;
-    Ok(match (kept, configured) {
+    let last = std::fs::read_to_string(dir.join(CONFIGURED_KEY_FILE)).ok();
+    let merged = match (kept, &configured) {
         (Some(mut kept), Some(configured)) => {
             for key in configured.keys() {
                 if kept.install(key.clone()).is_err() {
                     tracing::warn!(key = %key.id(), "keyring kept in the data dir is full; configured key not added");
                 }
             }
+            let primary = configured.primary_id();
+            let changed = last
+                .as_deref()
+                .is_some_and(|last| last.trim() != primary.to_string());
+            if changed && kept.primary_id() != primary && kept.use_key(primary).is_ok() {
+                tracing::info!(key = %primary, "the configured key changed since the last start: it is the primary now");
+                // Kept at once: a crash before the first save must not
+                // bring the old primary back.
+                save_keyring(dir, &kept).map_err(|e| {
+                    Error::Config(format!(
+                        "cannot write {}: {e}",
+                        dir.join(KEYRING_FILE).display()
+                    ))
+                })?;
+            }
             Some(kept)
         }
-        (kept, configured) => kept.or(configured),
-    })
+        (kept, configured) => kept.or(configured.clone()),
+    };
+    if let Some(configured) = &configured {
+        let id = configured.primary_id().to_string();
+        if last.as_deref().map(str::trim) != Some(id.as_str()) {
+            write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()).map_err(|e| {
+                Error::Config(format!(
+                    "cannot write {}: {e}",
+                    dir.join(CONFIGURED_KEY_FILE).display()
+                ))
+            })?;
+        }
+    }
+    Ok(merged)
 }
 
 #[cfg(test)]
@@ -248,6 +282,12 @@ mod tests {
             records: Vec::new(),
             generation: 7,
             last_contact_ms: 9,
+            fact_changes: [
+                ("rack".to_string(), Some("r2".to_string())),
+                ("old".to_string(), None),
+            ]
+            .into_iter()
+            .collect(),
         };
         save(&dir, &durable).unwrap();
         assert_eq!(load(&dir).unwrap(), Some(durable));
@@ -278,6 +318,16 @@ mod tests {
         let merged = merge_keyring(&dir, Some(third.clone())).unwrap().unwrap();
         assert_eq!(merged.primary_id(), second.id());
         assert_eq!(merged.len(), 3);
+        // The same configured key again: the cluster rotated since it was
+        // written down, so the kept primary still stays.
+        let merged = merge_keyring(&dir, Some(third.clone())).unwrap().unwrap();
+        assert_eq!(merged.primary_id(), second.id());
+        // Another configured key than at the last start is the operator's
+        // newer word: it becomes the primary.
+        let fourth = Keyring::new(SecretKey::generate());
+        let merged = merge_keyring(&dir, Some(fourth.clone())).unwrap().unwrap();
+        assert_eq!(merged.primary_id(), fourth.primary_id());
+        assert!(merged.get(second.id()).is_some(), "the kept keys stay");
         std::fs::write(
             dir.join(KEYRING_FILE),
             b"{\"primary\": \"c2VjcmV0\", \"keys\": []}",

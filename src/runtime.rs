@@ -146,7 +146,7 @@ pub(crate) enum DriverInput {
 /// A data-dir write on the node's writer thread.
 struct SaveJob {
     result: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
-    revision: (u64, usize, usize),
+    revision: (u64, usize, usize, usize),
     ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
 }
 
@@ -225,7 +225,7 @@ pub(crate) struct Driver {
     /// Held while the driver runs: no second node uses the data dir.
     pub(crate) dir_lock: Option<crate::datadir::DirLock>,
     /// Revision of the durable state last written to the data dir.
-    saved_revision: Option<(u64, usize, usize)>,
+    saved_revision: Option<(u64, usize, usize, usize)>,
     /// The data-dir write under way.
     saving: Option<SaveJob>,
     /// The engine's security epoch the call streams were set up under.
@@ -435,7 +435,7 @@ impl Driver {
     fn saved(
         &mut self,
         result: Option<std::io::Result<()>>,
-        revision: (u64, usize, usize),
+        revision: (u64, usize, usize, usize),
         ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
     ) {
         match result {

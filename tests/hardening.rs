@@ -288,6 +288,10 @@ async fn a_whole_cluster_restart_keeps_tribes_policies_plugins_and_tasks() {
     w.add_task("kept", "cpu", "{}", TaskState::Running)
         .await
         .unwrap();
+    // A fact set by a command is kept too (and places the node again).
+    w.set_fact("role", "db").await.unwrap();
+    w.set_fact("gone", "soon").await.unwrap();
+    w.remove_fact("gone").await.unwrap();
     wait_same_digest(&nodes).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     for n in nodes.drain(..) {
@@ -304,11 +308,19 @@ async fn a_whole_cluster_restart_keeps_tribes_policies_plugins_and_tasks() {
     wait_for("everything back on every node", LONG, || {
         nodes.iter().all(|n| {
             n.policies().len() == 1
-                && n.tribe("kept")
-                    .is_some_and(|t| t.plugins.len() == 1 && t.tasks.len() == 1)
+                && n.tribe("kept").is_some_and(|t| {
+                    t.plugins.len() == 1 && t.tasks.len() == 1 && t.members == ["restart1"]
+                })
         })
     })
     .await;
+    let me = nodes[1]
+        .members()
+        .into_iter()
+        .find(|m| m.name == "restart1")
+        .unwrap();
+    assert_eq!(me.facts.get("role").map(String::as_str), Some("db"));
+    assert!(!me.facts.contains_key("gone"));
     for n in &nodes {
         n.shutdown().await.unwrap();
     }

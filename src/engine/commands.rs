@@ -366,7 +366,8 @@ impl Engine {
                 crate::facts::validate_fact(&key, &value)
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
                 if self.user_facts.get(&key) != Some(&value) {
-                    self.user_facts.insert(key, value);
+                    self.user_facts.insert(key.clone(), value.clone());
+                    self.note_fact_change(key, Some(value));
                     self.facts_changed();
                 }
             }
@@ -374,6 +375,7 @@ impl Engine {
                 if self.user_facts.remove(&key).is_none() {
                     return Err(Error::UnknownFact(key));
                 }
+                self.note_fact_change(key, None);
                 self.facts_changed();
             }
             Command::LoadPlugin {
@@ -469,7 +471,13 @@ impl Engine {
         Ok(())
     }
 
-    fn facts_changed(&mut self) {
+    /// Keeps a fact command for the data dir (a restart applies it again).
+    fn note_fact_change(&mut self, key: String, value: Option<String>) {
+        self.fact_changes.insert(key, value);
+        self.fact_revision += 1;
+    }
+
+    pub(super) fn facts_changed(&mut self) {
         self.record.facts = self.merged_facts();
         self.publish_record();
     }

@@ -36,6 +36,10 @@ pub struct Durable {
     /// ms; 0 if never).
     #[serde(default)]
     pub last_contact_ms: u64,
+    /// This node's facts set (a value) or removed (`None`) by commands, in
+    /// any earlier run: applied over the configured facts at a restart.
+    #[serde(default)]
+    pub fact_changes: BTreeMap<String, Option<String>>,
 }
 
 /// Whether a record belongs in the data dir.
@@ -73,13 +77,19 @@ impl Engine {
             records,
             generation: self.swim.identity().generation,
             last_contact_ms: self.last_contact_ms,
+            fact_changes: self.fact_changes.clone(),
         }
     }
 
     /// Changes whenever [`Engine::durable`] may have changed.
-    pub fn durable_revision(&self) -> (u64, usize, usize) {
+    pub fn durable_revision(&self) -> (u64, usize, usize, usize) {
         let revision = lock(&self.shared).state.revision();
-        (revision, self.pending.len(), self.members.count_up())
+        (
+            revision,
+            self.pending.len(),
+            self.members.count_up(),
+            self.fact_revision,
+        )
     }
 
     /// Takes back what an earlier run kept. Records go through the same
@@ -89,6 +99,7 @@ impl Engine {
     pub fn restore(&mut self, now_ms: u64, durable: Durable) {
         self.tick(now_ms);
         self.last_contact_ms = durable.last_contact_ms;
+        self.restore_facts(durable.fact_changes);
         let grace = self.timings.tombstone_grace.as_millis() as u64;
         let away = durable.last_contact_ms > 0
             && durable.last_contact_ms.saturating_add(grace) < self.now_ms();
@@ -155,5 +166,29 @@ impl Engine {
         }
         lock(&self.shared).counters.stale_records_dropped += dropped;
         self.merge_records(confirmed);
+    }
+}
+
+impl Engine {
+    /// Applies the fact commands of earlier runs over the configured facts
+    /// (each checked again, as the file may have been edited).
+    fn restore_facts(&mut self, changes: BTreeMap<String, Option<String>>) {
+        if changes.is_empty() {
+            return;
+        }
+        for (key, value) in &changes {
+            match value {
+                Some(v) if crate::facts::validate_fact(key, v).is_ok() => {
+                    self.user_facts.insert(key.clone(), v.clone());
+                }
+                Some(_) => tracing::warn!(fact = %key, "a kept fact is not valid; skipped"),
+                None => {
+                    self.user_facts.remove(key);
+                }
+            }
+        }
+        self.fact_changes = changes;
+        self.fact_revision += 1;
+        self.facts_changed();
     }
 }

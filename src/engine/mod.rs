@@ -144,6 +144,11 @@ pub struct Engine {
     /// Collected facts (user facts live in `user_facts` and win).
     collected_facts: crate::facts::Facts,
     user_facts: crate::facts::Facts,
+    /// Facts set or removed by commands, in this run or kept from earlier
+    /// ones (see `durable`).
+    fact_changes: std::collections::BTreeMap<String, Option<String>>,
+    /// Grows with each change of `fact_changes`.
+    fact_revision: usize,
     outputs: VecDeque<Output>,
     conns: BTreeMap<ConnId, sync::Exchange>,
     next_conn: u64,
@@ -300,6 +305,8 @@ impl Engine {
             record,
             collected_facts,
             user_facts: cfg.facts.clone(),
+            fact_changes: Default::default(),
+            fact_revision: 0,
             outputs: VecDeque::new(),
             conns: BTreeMap::new(),
             next_conn: 0,
