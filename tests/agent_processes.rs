@@ -733,6 +733,24 @@ fn agents_run_their_tribes_tasks_and_publish_through_a_remote_member() {
     });
     cli_ok(&store, &["tribe", "join", "storage"]);
     cli_ok(&worker, &["tribe", "join", "work"]);
+    // A manifest no agent could run is refused, naming the field.
+    let (status, body) = call(
+        &worker,
+        "POST",
+        "/v1/tribes/work/tasks",
+        Some(
+            json!({"id": "bad", "manifest": {"schedule": {"interval": "5 parsecs"}, "collect": {"plugin": "proc"}}}),
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"], "invalid_manifest", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("schedule.interval"),
+        "{body}"
+    );
     cli_ok(
         &worker,
         &[
@@ -830,6 +848,40 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         .send_json(json!({"name": "x"}))
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
+    // A body over 2 MiB: 413 in the API's JSON error shape.
+    let mut resp = http
+        .post(&url)
+        .header("Authorization", "Bearer s3cret")
+        .send_json(json!({"name": "x".repeat(3 << 20)}))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 413);
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(body["error"], "too_large", "{body}");
+    // Clients that connect and stall (one mid-headers, one silent) do not
+    // hold up a SIGTERM.
+    use std::io::Write as _;
+    let mut stalled = std::net::TcpStream::connect(agent.admin).unwrap();
+    stalled.write_all(b"GET /v1/status HTTP/1.1\r\n").unwrap();
+    let _silent = std::net::TcpStream::connect(agent.admin).unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let mut agent = agent;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let began = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            began.elapsed() < Duration::from_secs(15),
+            "the agent did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

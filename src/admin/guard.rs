@@ -28,7 +28,7 @@ impl std::fmt::Debug for Guard {
     }
 }
 
-fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn refuse(status: StatusCode, code: &str, message: &str) -> Response {
     (
         status,
         Json(ErrorBody {

@@ -25,13 +25,17 @@
 //! | `GET /metrics` | Prometheus text |
 //!
 //! Errors are `{"error": code, "message": text}` with a 4xx/5xx status; the
-//! codes are [`crate::Error::code`] plus `invalid_json`, `not_found` and
-//! `method_not_allowed`.
+//! codes are [`crate::Error::code`] plus `invalid_json`, `invalid_manifest`
+//! (a task manifest the agents could not run), `not_found`,
+//! `method_not_allowed` and `request_timeout` (a request not sent and
+//! answered within 30 s; a body over 2 MiB is `too_large`).
 
+mod bounds;
 pub mod guard;
 pub mod json;
 pub mod metrics;
 mod routes;
+mod server;
 
 use std::future::Future;
 
@@ -98,11 +102,14 @@ pub fn router(node: Node, guard: guard::Guard) -> Router {
         .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })
         .with_state(node)
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
+        .layer(axum::extract::DefaultBodyLimit::max(bounds::MAX_BODY))
+        .layer(axum::middleware::from_fn(bounds::bound))
 }
 
-/// Serves the admin API on `listener` until `shutdown` completes. A listener
-/// other hosts can reach is refused unless the guard holds a token: the API
-/// changes the whole tribe.
+/// Serves the admin API on `listener` until `shutdown` completes, then
+/// lets requests being answered finish for a few seconds. A listener other
+/// hosts can reach is refused unless the guard holds a token: the API
+/// changes the whole tribe. Clients that stall get cut (see `server`).
 pub async fn serve(
     node: Node,
     listener: tokio::net::TcpListener,
@@ -110,9 +117,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     guard::check_exposure(listener.local_addr()?, &guard)?;
-    axum::serve(listener, router(node, guard))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let bounds = server::Bounds::default();
+    server::run(listener, router(node, guard), bounds, shutdown).await
 }
 
 /// One admin write as the router would dispatch it, for the fuzz targets:

@@ -245,8 +245,17 @@ pub(super) async fn add_task(
 ) -> ApiResult<Response> {
     let req: AddTask = parse(&body)?;
     let state = task_state(req.state.as_deref())?;
-    node.add_task(&tribe, &req.id, &req.manifest.to_string(), state)
-        .await?;
+    let manifest = req.manifest.to_string();
+    // The agents run what this API adds: a manifest they would refuse to
+    // run is refused here, naming the field.
+    crate::workflow::manifest::Manifest::parse(&req.id, &manifest).map_err(|e| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_manifest",
+            format!("task manifest: {e}"),
+        )
+    })?;
+    node.add_task(&tribe, &req.id, &manifest, state).await?;
     Ok(created(TaskJson {
         id: req.id,
         state: state.as_str().to_string(),

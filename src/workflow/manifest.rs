@@ -39,7 +39,8 @@
 //! A *name* is 1..=64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:` or
 //! `@`, starting with a letter or digit; a *plugin version* is a name of at
 //! most 32 bytes. Unknown fields are refused at every level, and a manifest
-//! larger than 256 KiB is refused before it is parsed.
+//! larger than 64 KiB (what a task record holds) is refused before it is
+//! parsed.
 //!
 //! Serialising a [`Manifest`] gives the same shape back: `id` is always
 //! written, the interval is written in the largest unit that divides it
@@ -65,8 +66,9 @@ pub use super::glob::{metric_matches, pattern_problem, MAX_PATTERN_LEN};
 pub const MIN_INTERVAL: Duration = Duration::from_millis(100);
 /// Longest schedule interval.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(24 * 3600);
-/// Largest manifest text [`Manifest::parse`] looks at, in bytes.
-pub const MAX_MANIFEST_BYTES: usize = 256 * 1024;
+/// Largest manifest text [`Manifest::parse`] looks at, in bytes: what a
+/// task record holds.
+pub const MAX_MANIFEST_BYTES: usize = crate::records::limits::MAX_MANIFEST_LEN;
 /// Most process steps, and separately most publish steps, in a manifest.
 pub const MAX_STEPS: usize = 16;
 /// Most metric patterns in `collect.metrics`.

@@ -1,0 +1,47 @@
+//! Bounds on each admin request: a deadline for reading its body and
+//! answering it, and the refusals of axum's own extractors (a body over
+//! its limit) in the API's JSON error shape.
+
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::guard::refuse;
+
+/// How long one request may take to send its body and be answered.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request body the API reads (axum's default limit).
+pub const MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// The middleware.
+pub async fn bound(request: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Err(_) => refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "request_timeout",
+            "the request was not sent and answered within 30 s",
+        ),
+        Ok(response)
+            if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&response) =>
+        {
+            refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                "the request body is over 2 MiB",
+            )
+        }
+        Ok(response) => response,
+    }
+}
+
+fn is_json(response: &Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"))
+}
