@@ -857,6 +857,19 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     assert_eq!(resp.status().as_u16(), 413);
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body["error"], "too_large", "{body}");
+    // SIGHUP (a closed terminal, a reload) changes nothing.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.child.id() as i32),
+        nix::sys::signal::Signal::SIGHUP,
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let resp = http
+        .get(&url)
+        .header("Authorization", "Bearer s3cret")
+        .call()
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "the agent survives SIGHUP");
     // Clients that connect and stall (one mid-headers, one silent) do not
     // hold up a SIGTERM.
     use std::io::Write as _;
@@ -1016,5 +1029,56 @@ fn an_admin_api_reachable_from_other_hosts_needs_a_token() {
             .output()
             .unwrap();
         assert!(!out.status.success(), "{admin} from the environment");
+    }
+}
+
+/// Whether `pid` still runs (a zombie no one reaped does not).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+        !s.rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+#[test]
+fn a_demo_stopped_by_a_signal_stops_its_agents() {
+    let bad = Command::new(TRIBE)
+        .args(["demo", "--nodes", "40"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("3..=16"));
+
+    let mut demo = Command::new(TRIBE)
+        .args(["demo", "--nodes", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(rest) = line.split("(pid ").nth(1) {
+            pids.push(rest.split(')').next().unwrap().parse::<i32>().unwrap());
+        }
+        if pids.len() == 2 {
+            break;
+        }
+    }
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(demo.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    std::thread::spawn(move || lines.for_each(drop));
+    let status = demo.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), None);
+    assert_eq!(status.code(), Some(143), "{status}");
+    for pid in pids {
+        assert!(!running(pid), "agent {pid} outlived the demo");
     }
 }

@@ -344,6 +344,10 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
+    // A closed terminal or a service manager's "reload" must not kill the
+    // node without a goodbye: there is nothing to reload, so it is logged.
+    let mut sighup =
+        signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
 
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
         .await
@@ -397,9 +401,16 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let _ = out.flush();
     drop(out);
 
-    tokio::select! {
-        _ = sigterm.recv() => tracing::info!("SIGTERM: leaving the tribe"),
-        _ = sigint.recv() => tracing::info!("SIGINT: leaving the tribe"),
+    loop {
+        tokio::select! {
+            _ = sigterm.recv() => tracing::info!("SIGTERM: leaving the tribe"),
+            _ = sigint.recv() => tracing::info!("SIGINT: leaving the tribe"),
+            _ = sighup.recv() => {
+                tracing::info!("SIGHUP: nothing to reload (change facts, keys and tribes through the admin API); still running");
+                continue;
+            }
+        }
+        break;
     }
     let left = node.shutdown().await;
     let _ = stop_admin.send(());

@@ -9,6 +9,7 @@ use std::io::{BufRead as _, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -20,8 +21,8 @@ use crate::client::Admin;
 #[derive(clap::Args)]
 pub struct DemoArgs {
     /// Number of agents to start (3 to 16).
-    #[arg(long, default_value_t = 5)]
-    nodes: usize,
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u8).range(3..=16))]
+    nodes: u8,
     /// Leave the tribe running at the end and print how to reach it.
     #[arg(long)]
     keep: bool,
@@ -53,11 +54,21 @@ struct Demo {
     dir: PathBuf,
     start: Instant,
     keep: bool,
+    /// The agents' pids, for the thread that stops them on a signal.
+    pids: Arc<Mutex<Vec<u32>>>,
+}
+
+/// Set when a signal stops the demo: its thread stops the agents, and the
+/// main thread leaves them to it.
+static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn stopping() -> bool {
+    STOPPING.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 impl Drop for Demo {
     fn drop(&mut self) {
-        if self.keep {
+        if self.keep || stopping() {
             return;
         }
         for a in &mut self.agents {
@@ -110,7 +121,7 @@ impl Demo {
         facts: &[(&str, &str)],
         seed: Option<SocketAddr>,
     ) -> DemoResult<usize> {
-        let agent = spawn_agent(&self.dir, name, facts, seed)?;
+        let agent = spawn_agent(&self.dir, name, facts, seed, &self.pids)?;
         self.say(&format!(
             "started agent {name} (pid {}) gossip {} admin {}  facts {}",
             agent.child.id(),
@@ -150,6 +161,7 @@ fn spawn_agent(
     name: &str,
     facts: &[(&str, &str)],
     seed: Option<SocketAddr>,
+    pids: &Mutex<Vec<u32>>,
 ) -> DemoResult<Agent> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the tribe binary: {e}"))?;
     let log_path = dir.join(format!("{name}.log"));
@@ -189,6 +201,15 @@ fn spawn_agent(
     let mut child = cmd
         .spawn()
         .map_err(|e| format!("cannot start agent {name}: {e}"))?;
+    pids.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(child.id());
+    // Started after the signal's thread took the pids: stopped here.
+    if stopping() {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("stopping".into());
+    }
     let stdout = child.stdout.take().ok_or("agent stdout not captured")?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -317,16 +338,84 @@ fn facts_of(i: usize) -> [(&'static str, &'static str); 3] {
     ]
 }
 
+/// On SIGINT, SIGTERM or SIGHUP while the demo runs: its agents leave
+/// (SIGTERM, then SIGKILL for any still there after 2 s), its directory
+/// goes, and it exits as killed by that signal would (128 + its number).
+/// Without this, a signal would end the demo before its cleanup and leave
+/// the agents running.
+fn stop_on_signal(pids: Arc<Mutex<Vec<u32>>>, dir: PathBuf) -> DemoResult {
+    use nix::sys::signal::{kill, Signal};
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    let watched = {
+        let _entered = runtime.enter();
+        [
+            (SignalKind::interrupt(), Signal::SIGINT),
+            (SignalKind::terminate(), Signal::SIGTERM),
+            (SignalKind::hangup(), Signal::SIGHUP),
+        ]
+        .map(|(kind, sig)| signal(kind).map(|s| (s, sig)))
+    };
+    let mut watched: Vec<_> = watched
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    std::thread::spawn(move || {
+        let caught = runtime.block_on(async {
+            let waits = watched.iter_mut().map(|(s, sig)| {
+                let sig = *sig;
+                Box::pin(async move {
+                    s.recv().await;
+                    sig
+                })
+            });
+            futures_util::future::select_all(waits).await.0
+        });
+        STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
+        println!("\n{caught}: stopping the agents");
+        let pids = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let pid = |p: u32| nix::unistd::Pid::from_raw(p as i32);
+        for &p in &pids {
+            let _ = kill(pid(p), Signal::SIGTERM);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+        for &p in &pids {
+            let _ = kill(pid(p), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+        std::process::exit(128 + caught as i32);
+    });
+    Ok(())
+}
+
 /// Runs the demo; every agent is stopped before it returns (unless `--keep`).
 pub fn run(args: DemoArgs) -> DemoResult {
-    let n = args.nodes.clamp(3, 16);
+    let result = run_demo(args);
+    if stopping() {
+        // What failed failed because a signal stops the agents: the
+        // signal's thread ends the process.
+        loop {
+            std::thread::park();
+        }
+    }
+    result
+}
+
+fn run_demo(args: DemoArgs) -> DemoResult {
+    let n = usize::from(args.nodes);
     let dir = std::env::temp_dir().join(format!("tribe-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let pids = Arc::new(Mutex::new(Vec::new()));
+    stop_on_signal(pids.clone(), dir.clone())?;
     let mut t = Demo {
         agents: Vec::new(),
         dir,
         start: Instant::now(),
         keep: false,
+        pids,
     };
     let first_key = tribe::SecretKey::generate();
     write_private(&t.dir.join(KEY_FILE), &first_key.to_base64())?;
