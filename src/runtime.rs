@@ -267,15 +267,22 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 /// Binds the UDP socket and a TCP listener on the same port. With port 0 the
 /// UDP port is picked first and TCP tries it; a few retries cover the rare
 /// case where that TCP port is taken.
+/// Errors name the address and the socket, keeping the system's reason.
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    let named = |what: &str, at: SocketAddr, e: std::io::Error| {
+        std::io::Error::new(e.kind(), format!("cannot bind {what} {at}: {e}"))
+    };
     let mut last_err = None;
     for _ in 0..16 {
-        let udp = UdpSocket::bind(addr).await?;
+        let udp = UdpSocket::bind(addr)
+            .await
+            .map_err(|e| named("the gossip socket (UDP)", addr, e))?;
         let port = udp.local_addr()?.port();
-        match TcpListener::bind(SocketAddr::new(addr.ip(), port)).await {
+        let at = SocketAddr::new(addr.ip(), port);
+        match TcpListener::bind(at).await {
             Ok(tcp) => return Ok((udp, tcp)),
-            Err(e) if addr.port() == 0 => last_err = Some(e),
-            Err(e) => return Err(e),
+            Err(e) if addr.port() == 0 => last_err = Some(named("the stream listener (TCP)", at, e)),
+            Err(e) => return Err(named("the stream listener (TCP)", at, e)),
         }
     }
     Err(last_err.unwrap_or_else(|| std::io::Error::other("could not bind")))

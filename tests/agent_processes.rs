@@ -857,6 +857,18 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     assert_eq!(resp.status().as_u16(), 413);
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body["error"], "too_large", "{body}");
+    // A seed that never answers is said in the log, not only at debug.
+    let lonely = start_agent(&dir, "lonely", &args(&["--seed", "127.0.0.1:9"]));
+    wait_for(
+        "the unanswered seed in the log",
+        Duration::from_secs(15),
+        || {
+            std::fs::read_to_string(dir.join("lonely.log")).is_ok_and(|log| {
+                log.contains("no seed has answered yet") && log.contains("127.0.0.1:9")
+            })
+        },
+    );
+    drop(lonely);
     // SIGHUP (a closed terminal, a reload) changes nothing.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.child.id() as i32),
@@ -987,6 +999,23 @@ fn an_agent_without_a_key_refuses_to_start_unless_told_plaintext() {
         &[("TRIBE_INSECURE_PLAINTEXT", "false")],
     );
     assert_eq!(get(&again, "/v1/status")["encryption"], "require");
+    drop(again);
+    // Asking for plaintext over a kept keyring is refused, naming the file.
+    let out = bare_agent_command(&[
+        "--name",
+        "kept",
+        "--data-dir",
+        data_dir,
+        "--insecure-plaintext",
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("keyring.json") && err.contains("--insecure-plaintext"),
+        "{err}"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 

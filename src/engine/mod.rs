@@ -155,6 +155,8 @@ pub struct Engine {
     rng: StdRng,
     active: bool,
     join_backoff: Duration,
+    /// Join attempts since this node was last joined.
+    join_attempts: u32,
     /// Whether a `Timer::Join` is scheduled: never two retry chains.
     join_pending: bool,
     /// Seeds given by name, as the runtime last looked them up.
@@ -293,6 +295,7 @@ impl Engine {
             name: cfg.name.clone(),
             label: cfg.cluster_label.clone(),
             join_backoff: timings.join_retry,
+            join_attempts: 0,
             join_pending: false,
             named_seeds: Vec::new(),
             timings,
@@ -664,6 +667,7 @@ impl Engine {
                 // change from isolated to joined.
                 let was_active = std::mem::replace(&mut self.active, true);
                 self.join_backoff = self.timings.join_retry;
+                self.join_attempts = 0;
                 if !was_active {
                     self.emit(Event::Joined);
                 }

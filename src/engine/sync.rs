@@ -752,6 +752,18 @@ impl Engine {
         if seeds.is_empty() {
             return;
         }
+        self.join_attempts += 1;
+        // Said after the first retry, then ever more rarely (the 4th, 8th,
+        // ... attempt): an operator whose seeds are wrong or down hears of
+        // it without a log line every few seconds.
+        if self.join_attempts >= 2 && self.join_attempts.is_power_of_two() {
+            let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+            tracing::warn!(
+                attempts = self.join_attempts - 1,
+                seeds = %list.join(", "),
+                "no seed has answered yet; still trying"
+            );
+        }
         for seed in seeds {
             self.start_sync(seed, true);
         }

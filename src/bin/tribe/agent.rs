@@ -278,6 +278,17 @@ fn check_plaintext(config: &Config, insecure_plaintext: bool) -> Result<bool, St
         (true, true) if config.keyring.is_some() => {
             Err("--insecure-plaintext and an encryption key contradict each other: give one".into())
         }
+        (true, true) => Err(format!(
+            "--insecure-plaintext, but the data dir keeps a keyring from an earlier run ({}): \
+             the node would encrypt with it; drop --insecure-plaintext, or remove that file \
+             to run in plaintext",
+            config
+                .data_dir
+                .as_deref()
+                .unwrap_or(std::path::Path::new("."))
+                .join(tribe::datadir::KEYRING_FILE)
+                .display()
+        )),
         (true, _) => Ok(false),
         (false, true) => Ok(true),
         (false, false) => Err(
