@@ -601,8 +601,9 @@ impl Node {
     /// Calls a plugin served by a live member of `target.tribe`: this node
     /// first when it serves it, then the member with the fewest calls
     /// outstanding. A host that refuses or cannot be reached before the call
-    /// ran is failed over, also to a member that began serving the plugin
-    /// while the call ran; every call ends with the reply or an error
+    /// ran is failed over, also (for a payload under 16 KiB) to a member
+    /// that began serving the plugin while the call ran; every call ends
+    /// with the reply or an error
     /// (`NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
     /// `Disconnected`, `ShuttingDown`; `InvalidName` for a tribe or plugin
     /// name no command would take). A host runs a call for at most 5

@@ -201,6 +201,9 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<Keyring>> {
     let kept = load_keyring(dir)?;
     let last = std::fs::read_to_string(dir.join(CONFIGURED_KEY_FILE)).ok();
+    // Whether the configured primary is held, so that the next start may
+    // count it as "given last time" (a full kept ring may refuse it).
+    let mut held = true;
     let merged = match (kept, &configured) {
         (Some(mut kept), Some(configured)) => {
             for key in configured.keys() {
@@ -212,6 +215,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
             let changed = last
                 .as_deref()
                 .is_some_and(|last| last.trim() != primary.to_string());
+            held = kept.get(primary).is_some();
             if changed && kept.primary_id() != primary && kept.use_key(primary).is_ok() {
                 tracing::info!(key = %primary, "the configured key changed since the last start: it is the primary now");
                 // Kept at once: a crash before the first save must not
@@ -227,7 +231,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
         }
         (kept, configured) => kept.or(configured.clone()),
     };
-    if let Some(configured) = &configured {
+    if let Some(configured) = configured.as_ref().filter(|_| held) {
         let id = configured.primary_id().to_string();
         if last.as_deref().map(str::trim) != Some(id.as_str()) {
             write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()).map_err(|e| {
@@ -328,6 +332,25 @@ mod tests {
         let merged = merge_keyring(&dir, Some(fourth.clone())).unwrap().unwrap();
         assert_eq!(merged.primary_id(), fourth.primary_id());
         assert!(merged.get(second.id()).is_some(), "the kept keys stay");
+        // A kept ring too full for a newly configured key: the key is not
+        // counted as given, so a start with room still makes it primary.
+        let mut full = Keyring::new(SecretKey::generate());
+        while full.len() < crate::crypto::MAX_KEYS {
+            full.install(SecretKey::generate()).unwrap();
+        }
+        save_keyring(&dir, &full).unwrap();
+        let fifth = Keyring::new(SecretKey::generate());
+        let merged = merge_keyring(&dir, Some(fifth.clone())).unwrap().unwrap();
+        assert_ne!(merged.primary_id(), fifth.primary_id());
+        let some = full
+            .ids()
+            .into_iter()
+            .find(|id| *id != full.primary_id())
+            .unwrap();
+        full.remove(some).unwrap();
+        save_keyring(&dir, &full).unwrap();
+        let merged = merge_keyring(&dir, Some(fifth.clone())).unwrap().unwrap();
+        assert_eq!(merged.primary_id(), fifth.primary_id());
         std::fs::write(
             dir.join(KEYRING_FILE),
             b"{\"primary\": \"c2VjcmV0\", \"keys\": []}",

@@ -751,6 +751,30 @@ fn agents_run_their_tribes_tasks_and_publish_through_a_remote_member() {
             .contains("schedule.interval"),
         "{body}"
     );
+    // A bad id and an unknown tribe keep their own codes.
+    let bad = json!({"schedule": {"interval": "5 parsecs"}});
+    let (status, body) = call(
+        &worker,
+        "POST",
+        "/v1/tribes/work/tasks",
+        Some(json!({"id": "-x", "manifest": bad})),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_name")),
+        "{body}"
+    );
+    let (status, body) = call(
+        &worker,
+        "POST",
+        "/v1/tribes/nope/tasks",
+        Some(json!({"id": "x", "manifest": bad})),
+    );
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (404, Some("unknown_tribe")),
+        "{body}"
+    );
     cli_ok(
         &worker,
         &[

@@ -673,13 +673,14 @@ class Node:
 
     def rpc_stats(self) -> Dict[str, int]:
         """Counters of the call path since start, named as the ``calls``
-        object of the admin API's ``GET /v1/counters``; also after close."""
+        object of C's ``tribe_node_counters_json`` (Go's ``Counters()``);
+        also after close."""
         return dict(self._native.rpc_stats())
 
     def counters(self) -> Dict[str, Dict[str, int]]:
-        """Every counter, as the admin API's ``GET /v1/counters`` (and the C
-        and Go ``counters``): ``{"engine": {...}, "calls": {...}}``; also
-        after close."""
+        """Every counter, as C's ``tribe_node_counters_json`` and Go's
+        ``Counters()`` (the same names as the agent's ``/metrics``):
+        ``{"engine": {...}, "calls": {...}}``; also after close."""
         return self._native.counters()
 
     # --------------------------------------------------------- commands

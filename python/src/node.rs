@@ -334,14 +334,14 @@ impl NativeNode {
         convert::to_py(py, &convert::keys(&status))
     }
 
-    /// Every counter of the call path, named as in the admin API's
-    /// `GET /v1/counters` `calls` object; also after close.
+    /// Every counter of the call path, named as in the `calls` object of
+    /// C's `tribe_node_counters_json` (Go's `Counters()`); also after close.
     fn rpc_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         convert::to_py(py, &serde_json::json!(self.node.rpc_stats()))
     }
 
-    /// The node's counters as `GET /v1/counters`: `{"engine": ..., "calls":
-    /// ...}`; also after close.
+    /// The node's counters as C's `tribe_node_counters_json` (Go's
+    /// `Counters()`): `{"engine": ..., "calls": ...}`; also after close.
     fn counters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let engine = py.detach(|| self.node.counters());
         let counters = serde_json::json!({ "engine": engine, "calls": self.node.rpc_stats() });

@@ -246,6 +246,12 @@ pub(super) async fn add_task(
     let req: AddTask = parse(&body)?;
     let state = task_state(req.state.as_deref())?;
     let manifest = req.manifest.to_string();
+    // The id and the tribe are checked as the command would, first: their
+    // errors keep their own codes.
+    crate::names::check("task id", &req.id)?;
+    if node.tribe(&tribe).is_none() {
+        return Err(Error::UnknownTribe(tribe).into());
+    }
     // The agents run what this API adds: a manifest they would refuse to
     // run is refused here, naming the field.
     crate::workflow::manifest::Manifest::parse(&req.id, &manifest).map_err(|e| {

@@ -1,7 +1,8 @@
 //! The admin API's connections: bounded in number, in how long a client
-//! may take to send a request's headers, and in how long a stop waits for
-//! them, so a stalled or hostile client can neither exhaust descriptors
-//! nor hold up the agent's exit.
+//! may take to send a request's headers, in how long any read or write may
+//! stall, and in how long a stop waits for them, so a stalled or hostile
+//! client can neither exhaust descriptors, hold a place for long, nor hold
+//! up the agent's exit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub struct Bounds {
     /// How long a client may take to send a request's headers (also the
     /// longest an idle kept-alive connection stays open).
     pub header_timeout: Duration,
+    /// How long a read from the client or a write to it may stall (a
+    /// client that stops reading its answer).
+    pub io_timeout: Duration,
     /// How long a stop waits for requests being answered.
     pub stop_grace: Duration,
 }
@@ -31,6 +35,7 @@ impl Default for Bounds {
         Bounds {
             max_connections: 128,
             header_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(30),
             stop_grace: Duration::from_secs(5),
         }
     }
@@ -76,7 +81,10 @@ pub async fn run(
             builder
                 .timer(TokioTimer::new())
                 .header_read_timeout(bounds.header_timeout);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
+            stream.set_read_timeout(Some(bounds.io_timeout));
+            stream.set_write_timeout(Some(bounds.io_timeout));
+            let conn = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -112,6 +120,7 @@ mod tests {
     const SHORT: Bounds = Bounds {
         max_connections: 2,
         header_timeout: Duration::from_millis(300),
+        io_timeout: Duration::from_millis(300),
         stop_grace: Duration::from_millis(300),
     };
 
@@ -122,6 +131,7 @@ mod tests {
     ) {
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
+            .route("/big", get(|| async { "x".repeat(64 << 20) }))
             .route("/hang", get(std::future::pending::<&'static str>));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -202,6 +212,26 @@ mod tests {
             .write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await;
         assert_eq!(read_to_close(&mut extra).await, "", "closed unanswered");
+        stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_client_that_stops_reading_its_answer_is_cut() {
+        let (addr, stop, server) = start().await;
+        let mut slow = TcpStream::connect(addr).await.unwrap();
+        slow.write_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        // Never read: the answer fills the socket buffers and stalls.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Its place is free again: two more clients get in (of two).
+        let _idle = TcpStream::connect(addr).await.unwrap();
+        let mut fine = TcpStream::connect(addr).await.unwrap();
+        fine.write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut fine).await.ends_with("ok"));
         stop.send(true).unwrap();
         server.await.unwrap();
     }

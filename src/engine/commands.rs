@@ -472,8 +472,13 @@ impl Engine {
     }
 
     /// Keeps a fact command for the data dir (a restart applies it again).
-    fn note_fact_change(&mut self, key: String, value: Option<String>) {
-        self.fact_changes.insert(key, value);
+    pub(super) fn note_fact_change(&mut self, key: String, value: Option<String>) {
+        if value.as_ref() == self.configured_facts.get(&key) {
+            // Back to what the node was started with.
+            self.fact_changes.remove(&key);
+        } else {
+            self.fact_changes.insert(key, value);
+        }
         self.fact_revision += 1;
     }
 

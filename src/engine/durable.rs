@@ -176,19 +176,80 @@ impl Engine {
         if changes.is_empty() {
             return;
         }
-        for (key, value) in &changes {
-            match value {
-                Some(v) if crate::facts::validate_fact(key, v).is_ok() => {
+        for (key, value) in changes {
+            match &value {
+                Some(v) if crate::facts::validate_fact(&key, v).is_err() => {
+                    tracing::warn!(fact = %key, "a kept fact is not valid; dropped");
+                    continue;
+                }
+                Some(v) => {
                     self.user_facts.insert(key.clone(), v.clone());
                 }
-                Some(_) => tracing::warn!(fact = %key, "a kept fact is not valid; skipped"),
                 None => {
-                    self.user_facts.remove(key);
+                    self.user_facts.remove(&key);
                 }
             }
+            self.note_fact_change(key, value);
         }
-        self.fact_changes = changes;
-        self.fact_revision += 1;
         self.facts_changed();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::commands::Command;
+    use crate::Config;
+
+    fn engine(facts: &[(&str, &str)]) -> Engine {
+        let mut cfg = Config::new("keeper");
+        for (k, v) in facts {
+            cfg.facts.insert(k.to_string(), v.to_string());
+        }
+        let me: SocketAddr = "127.0.0.1:7000".parse().unwrap();
+        let mut e = Engine::new(&cfg, me, 1, Default::default(), 1_000, 7).unwrap();
+        e.start(1_000);
+        while e.poll_output().is_some() {}
+        e
+    }
+
+    fn set(e: &mut Engine, key: &str, value: Option<&str>) {
+        let cmd = match value {
+            Some(v) => Command::SetFact {
+                key: key.into(),
+                value: v.into(),
+            },
+            None => Command::RemoveFact { key: key.into() },
+        };
+        e.handle_command(2_000, cmd).unwrap();
+    }
+
+    #[test]
+    fn fact_commands_are_kept_only_where_they_differ_from_the_configured_facts() {
+        let mut e = engine(&[("rack", "r1")]);
+        // Keys set and removed again leave nothing behind.
+        for i in 0..100 {
+            let key = format!("job{i}");
+            set(&mut e, &key, Some("x"));
+            set(&mut e, &key, None);
+        }
+        assert!(e.durable().fact_changes.is_empty());
+        // A configured fact changed, removed, and set back.
+        set(&mut e, "rack", Some("r2"));
+        assert_eq!(e.durable().fact_changes["rack"].as_deref(), Some("r2"));
+        set(&mut e, "rack", None);
+        assert_eq!(e.durable().fact_changes["rack"], None);
+        set(&mut e, "rack", Some("r1"));
+        assert!(e.durable().fact_changes.is_empty());
+        // A restart applies what differs, dropping what is not valid.
+        set(&mut e, "role", Some("db"));
+        let mut kept = e.durable();
+        kept.fact_changes.insert("bad key".into(), Some("x".into()));
+        kept.fact_changes.insert("gone".into(), None);
+        let mut again = engine(&[("rack", "r1")]);
+        again.restore(3_000, kept);
+        let changes = again.durable().fact_changes;
+        assert_eq!(changes.len(), 1, "{changes:?}");
+        assert_eq!(again.merged_facts().get("role").map(String::as_str), Some("db"));
     }
 }

@@ -145,8 +145,11 @@ pub struct Engine {
     collected_facts: crate::facts::Facts,
     user_facts: crate::facts::Facts,
     /// Facts set or removed by commands, in this run or kept from earlier
-    /// ones (see `durable`).
+    /// ones (see `durable`): only where they differ from the configured
+    /// facts, so the map stays as small as the facts themselves.
     fact_changes: std::collections::BTreeMap<String, Option<String>>,
+    /// The facts the node was started with.
+    configured_facts: crate::facts::Facts,
     /// Grows with each change of `fact_changes`.
     fact_revision: usize,
     outputs: VecDeque<Output>,
@@ -309,6 +312,7 @@ impl Engine {
             collected_facts,
             user_facts: cfg.facts.clone(),
             fact_changes: Default::default(),
+            configured_facts: cfg.facts.clone(),
             fact_revision: 0,
             outputs: VecDeque::new(),
             conns: BTreeMap::new(),

@@ -168,6 +168,7 @@ static void node_null_arguments(tribe_node *n) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_async(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, NULL, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_async(n, NULL, "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_cancel(NULL, 1, &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_expire(NULL, 1, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(NULL, 0, &ev, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(n, 0, NULL, &err));
     {

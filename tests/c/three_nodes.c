@@ -250,6 +250,21 @@ int main(void) {
     pthread_mutex_unlock(&pumps[2].lock);
     printf("asynchronous call replied; a cancelled one completed once as cancelled\n");
 
+    /* A host that keeps the deadline itself ends the call as timed out. */
+    EXPECT(TRIBE_OK, tribe_node_call_async(nodes[2], "core", "slow", NULL, TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"x", 1, 10000, &id, &err));
+    sleep_ms(100);
+    EXPECT(TRIBE_OK, tribe_node_call_expire(nodes[2], id, &err));
+    EXPECT(TRIBE_OK, tribe_node_call_expire(nodes[2], id, &err)); /* finished: ignored */
+    want = 3;
+    CHECK(wait_for(done_count, &want, 10));
+    sleep_ms(200);
+    pthread_mutex_lock(&pumps[2].lock);
+    CHECK(pumps[2].done_events == 3);
+    CHECK(pumps[2].last_done_id == id && pumps[2].last_done_rc == TRIBE_TIMEOUT);
+    pthread_mutex_unlock(&pumps[2].lock);
+    printf("an expired asynchronous call completed once as a timeout\n");
+
     /* A shutdown from another thread interrupts a blocked call. */
     blocked_call b = {nodes[2], 0, 0};
     pthread_t t;

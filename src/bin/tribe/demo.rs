@@ -5,7 +5,7 @@
 //! late joiner inheriting the catalog, and a restart that rejoins from its
 //! data dir.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -375,16 +375,25 @@ fn stop_on_signal(pids: Arc<Mutex<Vec<u32>>>, dir: PathBuf) -> DemoResult {
             futures_util::future::select_all(waits).await.0
         });
         STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
-        println!("\n{caught}: stopping the agents");
         let pids = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let pid = |p: u32| nix::unistd::Pid::from_raw(p as i32);
-        for &p in &pids {
-            let _ = kill(pid(p), Signal::SIGTERM);
-        }
+        // Only agents not reaped yet (a reaped one's pid may belong to
+        // another process by now): still this process's children.
+        let ours = |p: u32| {
+            use nix::sys::wait::{waitid, Id, WaitPidFlag};
+            let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT;
+            waitid(Id::Pid(nix::unistd::Pid::from_raw(p as i32)), flags).is_ok()
+        };
+        let stop = |sig: Signal| {
+            for &p in pids.iter().filter(|&&p| ours(p)) {
+                let _ = kill(nix::unistd::Pid::from_raw(p as i32), sig);
+            }
+        };
+        stop(Signal::SIGTERM);
+        // Said after the agents were told: a closed stdout must not keep
+        // them running.
+        let _ = writeln!(std::io::stdout(), "\n{caught}: stopping the agents");
         std::thread::sleep(Duration::from_secs(2));
-        for &p in &pids {
-            let _ = kill(pid(p), Signal::SIGKILL);
-        }
+        stop(Signal::SIGKILL);
         let _ = std::fs::remove_dir_all(&dir);
         std::process::exit(128 + caught as i32);
     });
