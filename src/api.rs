@@ -680,14 +680,7 @@ impl Node {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        // A name no tribe or plugin could have, or a version no plugin
-        // could be served under, is the caller's error (as it is for
-        // `serve`), not a missing tribe or provider.
-        crate::names::check("tribe name", &target.tribe)?;
-        crate::names::check("plugin name", &target.plugin)?;
-        if let Some(version) = &target.version {
-            crate::names::check_version(version)?;
-        }
+        target.check()?;
         let providers = || {
             self.inner.shared.engine().providers(
                 &target.tribe,

@@ -35,15 +35,15 @@ pub fn check(what: &'static str, name: &str) -> Result<(), Error> {
 
 /// Checks a plugin version: like a name but up to 32 bytes.
 pub fn check_version(version: &str) -> Result<(), Error> {
-    check("plugin version", version)?;
+    // The length first: a long version is told its own limit.
     if version.len() > MAX_VERSION_LEN {
         return Err(Error::InvalidName {
             what: "plugin version",
-            name: version.to_string(),
+            name: truncate_for_message(version),
             reason: "is longer than 32 bytes",
         });
     }
-    Ok(())
+    check("plugin version", version)
 }
 
 /// Whether `name` would pass [`check`]; for validating records from peers.
@@ -92,5 +92,15 @@ mod tests {
             );
             assert!(!is_valid(name));
         }
+    }
+
+    #[test]
+    fn a_long_version_is_told_its_own_limit() {
+        for len in [33, 65, 1 << 20] {
+            let err = check_version(&"1".repeat(len)).unwrap_err().to_string();
+            assert!(err.contains("longer than 32 bytes"), "{err}");
+            assert!(err.len() < 200, "{err}");
+        }
+        assert!(check_version(&"1".repeat(32)).is_ok());
     }
 }

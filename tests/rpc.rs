@@ -668,7 +668,13 @@ async fn a_call_right_after_a_host_leaves_is_refused_not_lost() {
 /// began serving the plugin while it ran, not to `NoProvider`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_call_moves_to_a_host_that_appeared_meanwhile() {
-    let nodes = start_cluster("mv", 3, |_| {}).await;
+    // Small and large payloads alike (a large one is not copied for it).
+    moved_call("mv", 1).await;
+    moved_call("mvl", 200 * 1024).await;
+}
+
+async fn moved_call(prefix: &str, size: usize) {
+    let nodes = start_cluster(prefix, 3, |_| {}).await;
     wait_converged_members(&nodes, 3).await;
     let (caller, old, new) = (nodes[0].clone(), &nodes[1], &nodes[2]);
     old.create_tribe("svc").await.unwrap();
@@ -689,14 +695,14 @@ async fn a_refused_call_moves_to_a_host_that_appeared_meanwhile() {
     let target = CallTarget::new("svc", "moved", PluginKind::Processor);
     let waiting = {
         let (caller, target) = (caller.clone(), target.clone());
-        tokio::spawn(async move { caller.call(&target, b"x".to_vec(), 30 * SECOND).await })
+        tokio::spawn(async move { caller.call(&target, vec![b'x'; size], 30 * SECOND).await })
     };
     wait_for("the call reached the first host", 10 * SECOND, || {
         held.lock().unwrap().len() == 1
     })
     .await;
     new.serve("moved", "1", PluginKind::Processor, |_i, p| async move {
-        Ok([b"new:".as_slice(), &p].concat())
+        Ok(format!("new:{}", p.len()).into_bytes())
     })
     .await
     .unwrap();
@@ -711,7 +717,10 @@ async fn a_refused_call_moves_to_a_host_that_appeared_meanwhile() {
     .await;
     let responder = held.lock().unwrap().pop().unwrap();
     responder.refuse_stopping();
-    assert_eq!(waiting.await.unwrap().unwrap(), b"new:x");
+    assert_eq!(
+        waiting.await.unwrap().unwrap(),
+        format!("new:{size}").into_bytes()
+    );
     for n in &nodes {
         n.shutdown().await.unwrap();
     }

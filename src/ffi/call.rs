@@ -305,12 +305,16 @@ fn target(
     version: *const c_char,
     kind: u32,
 ) -> Result<CallTarget, FfiError> {
-    Ok(CallTarget {
+    let target = CallTarget {
         tribe: cast::text(tribe, "tribe")?.into(),
         plugin: cast::text(plugin, "plugin")?.into(),
         version: cast::opt_text(version, "version")?.map(Into::into),
         kind: plugin_kind(kind)?,
-    })
+    };
+    // Here, so that an asynchronous call returns it at once, not as its
+    // completion.
+    target.check()?;
+    Ok(target)
 }
 
 fn timeout(ms: u32) -> Result<Duration, FfiError> {

@@ -63,10 +63,11 @@ struct Host<'a> {
 enum Step {
     /// With the call's result.
     Done(Result<Vec<u8>>),
-    /// Refused as busy; another host may take it.
-    Busy,
+    /// Refused as busy; another host may take it (the payload, unless this
+    /// node's own handler took it).
+    Busy(Option<Vec<u8>>),
     /// Refused or unreachable before it ran; another host may take it.
-    Next,
+    Next(Option<Vec<u8>>),
 }
 
 /// A handler's error as the caller sees it.
@@ -237,15 +238,17 @@ impl Rpc {
         let mut overloaded = false;
         let mut tried: Vec<String> = Vec::new();
         for round in 0..=REREADS {
-            // A large payload is not copied for hosts that may appear
-            // later: its last known host takes the caller's bytes.
-            let may_reread = round < REREADS && size < client::LARGE_CALL;
+            let may_reread = round < REREADS;
             let last = cands.len() - 1;
             for (i, cand) in cands.iter().enumerate() {
-                let Some(bytes) = (if i == last && !may_reread {
-                    payload.take()
-                } else {
+                // A remote host that refuses hands the bytes back; this
+                // node's own handler takes them, so it gets a copy while
+                // another host may still need them.
+                let keep = cand.local && (i != last || may_reread);
+                let Some(bytes) = (if keep {
                     payload.clone()
+                } else {
+                    payload.take()
                 }) else {
                     break;
                 };
@@ -261,10 +264,16 @@ impl Rpc {
                     carry,
                     size,
                 };
-                match self.attempt(at, bytes).await {
+                let back = match self.attempt(at, bytes).await {
                     Step::Done(result) => return result,
-                    Step::Busy => overloaded = true,
-                    Step::Next => {}
+                    Step::Busy(back) => {
+                        overloaded = true;
+                        back
+                    }
+                    Step::Next(back) => back,
+                };
+                if payload.is_none() {
+                    payload = back;
                 }
             }
             if payload.is_none() || Instant::now() >= deadline {
@@ -319,8 +328,8 @@ impl Rpc {
             // Boxed, as the borrowed request below: rarer paths whose
             // state would make every call's future as large as theirs.
             return match Box::pin(self.run_local(local, bytes, budget)).await {
-                Err(Error::NoProvider { .. }) => Step::Next,
-                Err(Error::Overloaded) => Step::Busy,
+                Err(Error::NoProvider { .. }) => Step::Next(None),
+                Err(Error::Overloaded) => Step::Busy(None),
                 other => Step::Done(other),
             };
         }
@@ -328,7 +337,7 @@ impl Rpc {
         let _load = self.pool.reserve(cand.addr);
         let large = bytes.len() >= super::client::LARGE_CALL;
         // Numbered by the stream it goes on.
-        let msg = RpcMsg::Call {
+        let mut msg = RpcMsg::Call {
             id: 0,
             caller: snap.me.clone(),
             tribe: target.tribe.clone(),
@@ -339,32 +348,39 @@ impl Rpc {
             payload: bytes,
         };
         let (addr, security) = (cand.addr, &snap.security);
-        let sent = match carry {
-            Carry::Shared => Ok(msg),
+        let borrowed = match carry {
+            Carry::Shared => None,
             Carry::Borrowed => {
-                match Box::pin(self.pool.request_borrowing(addr, security, deadline, msg)).await {
-                    Ok(Outcome::Done(answer)) => Err(Ok(answer)),
-                    Ok(Outcome::Share(msg)) => Ok(msg),
-                    Err(e) => Err(Err(e)),
+                match Box::pin(self.pool.request_borrowing(addr, security, deadline, &mut msg))
+                    .await
+                {
+                    Ok(Outcome::Done(answer)) => Some(Ok(answer)),
+                    Ok(Outcome::Share) => None,
+                    Err(e) => Some(Err(e)),
                 }
             }
         };
-        let sent = match sent {
-            Ok(msg) => {
+        let sent = match borrowed {
+            Some(done) => done,
+            None => {
                 self.pool
-                    .request(addr, security, deadline, large, |_| msg)
+                    .send_request(addr, security, deadline, large, &mut msg)
                     .await
             }
-            Err(done) => done,
+        };
+        // The request did not run there: its bytes go to the next host.
+        let back = || match msg {
+            RpcMsg::Call { payload, .. } => Some(payload),
+            _ => None,
         };
         let done = |r| Step::Done(r);
         match sent {
             Err(NotSent::Connect(e)) => {
                 self.pool.mark_unreachable(cand.addr);
                 tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
-                Step::Next
+                Step::Next(back())
             }
-            Err(NotSent::Busy) => Step::Busy,
+            Err(NotSent::Busy) => Step::Busy(back()),
             Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout)),
             // The caller's own bound holds for what it accepts too.
             Ok(Some(Answer::Reply(Ok(bytes)))) if bytes.len() > limit => done(Err(Error::TooLarge {
@@ -375,7 +391,7 @@ impl Rpc {
             Ok(Some(Answer::Reply(Err((code, message))))) => {
                 done(Err(from_handler(HandlerError { code, message })))
             }
-            Ok(Some(Answer::Refused(Refusal::Overloaded))) => Step::Busy,
+            Ok(Some(Answer::Refused(Refusal::Overloaded))) => Step::Busy(back()),
             Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
                 done(Err(Error::TooLarge { size, limit }))
             }
@@ -385,7 +401,7 @@ impl Rpc {
                     limit: usize::try_from(limit).unwrap_or(usize::MAX),
                 }))
             }
-            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => Step::Next,
+            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => Step::Next(back()),
             Ok(Some(Answer::Lost | Answer::Unsent)) if self.pool.is_closed() => {
                 done(Err(Error::ShuttingDown))
             }
@@ -394,7 +410,7 @@ impl Rpc {
             Ok(Some(Answer::Unsent)) => {
                 self.pool.mark_unreachable(cand.addr);
                 tracing::debug!(host = %cand.name, "call not sent before its stream ended; trying another host");
-                Step::Next
+                Step::Next(back())
             }
             Ok(Some(Answer::Lost)) => done(Err(Error::Disconnected {
                 host: cand.name.clone(),

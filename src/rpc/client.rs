@@ -514,6 +514,21 @@ impl Pool {
         large: bool,
         make: impl FnOnce(u64) -> RpcMsg,
     ) -> Result<Option<Answer>, NotSent> {
+        let mut msg = make(0);
+        self.send_request(addr, security, deadline, large, &mut msg)
+            .await
+    }
+
+    /// [`Pool::request`] of a message the caller keeps: a call refused
+    /// before it ran still holds its payload for another host.
+    pub async fn send_request(
+        &self,
+        addr: SocketAddr,
+        security: &Security,
+        deadline: Instant,
+        large: bool,
+        msg: &mut RpcMsg,
+    ) -> Result<Option<Answer>, NotSent> {
         if self.is_closed() {
             return Ok(Some(Answer::Lost));
         }
@@ -526,7 +541,6 @@ impl Pool {
             slot.end();
             return Ok(Some(Answer::Lost));
         }
-        let mut msg = make(0);
         let mut conn = conn;
         let to = Host {
             slot: &slot,
@@ -534,7 +548,7 @@ impl Pool {
             security,
             large,
         };
-        let mut answer = self.send_renewing(&to, &mut conn, &mut msg, deadline).await?;
+        let mut answer = self.send_renewing(&to, &mut conn, msg, deadline).await?;
         // The host would not take the stream (at its bound of streams), so
         // the call did not run: it goes on the oldest other stream to the
         // same host, if one is open, and no more are opened for a while.
@@ -547,7 +561,7 @@ impl Pool {
                 break;
             };
             conn = other;
-            answer = self.send_renewing(&to, &mut conn, &mut msg, deadline).await?;
+            answer = self.send_renewing(&to, &mut conn, msg, deadline).await?;
         }
         Ok(answer)
     }

@@ -49,6 +49,18 @@ impl CallTarget {
             kind,
         }
     }
+
+    /// A name no tribe or plugin could have, or a version no plugin could
+    /// be served under, is the caller's error (as it is for `serve`), not
+    /// a missing tribe or provider.
+    pub(crate) fn check(&self) -> crate::Result<()> {
+        crate::names::check("tribe name", &self.tribe)?;
+        crate::names::check("plugin name", &self.plugin)?;
+        if let Some(version) = &self.version {
+            crate::names::check_version(version)?;
+        }
+        Ok(())
+    }
 }
 
 /// What a handler learns about a call.

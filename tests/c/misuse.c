@@ -167,6 +167,11 @@ static void node_null_arguments(tribe_node *n) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, NULL, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_async(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, NULL, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_async(n, NULL, "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
+    /* A name no tribe or plugin could have is returned at once, with no
+     * completion event. */
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_call_async(n, "has space", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_call_async(n, "t", "", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_call_async(n, "t", "p", "1 2", TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_cancel(NULL, 1, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_call_expire(NULL, 1, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_next_event(NULL, 0, &ev, &err));
@@ -400,6 +405,11 @@ static void after_shutdown(tribe_node *n) {
                                                       NULL, 0, 100, &id, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_members_json(n, &s, NULL, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_state_digest(n, &s, NULL, &err));
+    /* The counters stay readable until the free: the final counts. */
+    EXPECT(TRIBE_OK, tribe_node_counters_json(n, &s, NULL, &err));
+    CHECK(strstr(s, "\"calls\"") != NULL);
+    tribe_string_free(s);
+    s = NULL;
     /* Drain what is left in bursts, then the queue reports the stop at once. */
     for (;;) {
         tribe_error *err = NULL;

@@ -193,7 +193,7 @@ pub enum Outcome {
     Done(Option<Answer>),
     /// The host takes no more streams, or none could be borrowed: the
     /// request goes on a shared stream (it did not run).
-    Share(RpcMsg),
+    Share,
 }
 
 impl Pool {
@@ -205,14 +205,14 @@ impl Pool {
         addr: SocketAddr,
         security: &Security,
         deadline: Instant,
-        mut msg: RpcMsg,
+        msg: &mut RpcMsg,
     ) -> Result<Outcome, NotSent> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         if let Some(at) = msg.id_mut() {
             *at = id;
         }
         if self.slot(addr).refused_lately() {
-            return Ok(Outcome::Share(msg));
+            return Ok(Outcome::Share);
         }
         let mut reuse = true;
         loop {
@@ -222,7 +222,7 @@ impl Pool {
             let idle = if reuse {
                 match self.borrowed.take_idle(addr) {
                     Ok(idle) => idle,
-                    Err(()) => return Ok(Outcome::Share(msg)),
+                    Err(()) => return Ok(Outcome::Share),
                 }
             } else {
                 None
@@ -233,7 +233,7 @@ impl Pool {
                 None => self.dial_borrowed(addr, security, deadline).await?,
             };
             let mut lease = self.borrowed.lend(addr, stream, reused);
-            let got = match lease.write(&msg, deadline, self).await {
+            let got = match lease.write(msg, deadline, self).await {
                 Written::All => lease.answer(id, deadline, self).await?,
                 Written::OutOfTime => return Ok(Outcome::Done(None)),
                 // A stream that went stale while idle: once more, on a new one.
@@ -257,7 +257,7 @@ impl Pool {
                 // Not again for a while: each try costs a connection.
                 self.slot(addr).note_refused();
             }
-            return Ok(got.outcome(msg));
+            return Ok(got.outcome());
         }
     }
 
@@ -309,10 +309,10 @@ enum Got {
 }
 
 impl Got {
-    fn outcome(self, msg: RpcMsg) -> Outcome {
+    fn outcome(self) -> Outcome {
         match self {
             Got::Answer(answer) => Outcome::Done(answer),
-            Got::Refused => Outcome::Share(msg),
+            Got::Refused => Outcome::Share,
         }
     }
 }
