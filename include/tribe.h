@@ -1451,6 +1451,8 @@ uint32_t tribe_node_status_json(const struct tribe_node *node,
 /**
  * The node's counters (traffic, refusals, sync, calls) as one JSON
  * object: `{"engine": {...}, "calls": {...}}`; names in docs/c-api.md.
+ * Unlike the snapshots, also after a shutdown or an abort (until
+ * `tribe_node_free`): the final counts. Does not block.
  */
 uint32_t tribe_node_counters_json(const struct tribe_node *node,
                                   char **out,

@@ -141,7 +141,8 @@ pub struct Config {
     /// Port 0 picks a free port.
     pub bind: SocketAddr,
     /// Address peers should use, when it differs from `bind` (NAT, 0.0.0.0).
-    /// Port 0 advertises the port bound.
+    /// Port 0 advertises the port bound; an unspecified address (0.0.0.0,
+    /// ::) is refused.
     pub advertise: Option<SocketAddr>,
     /// Nodes to join through.
     pub seeds: Vec<SocketAddr>,
@@ -436,6 +437,11 @@ impl Config {
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
+        if let Some(a) = self.advertise.filter(|a| a.ip().is_unspecified()) {
+            return Err(Error::Config(format!(
+                "advertise {a}: peers need an address they can reach, not an unspecified one"
+            )));
+        }
         if self.seed_names.len() > MAX_SEED_NAMES {
             return Err(Error::Config(format!(
                 "at most {MAX_SEED_NAMES} seeds by name"

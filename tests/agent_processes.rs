@@ -872,6 +872,14 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         .send_json(json!({"name": "x"}))
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
+    // Media types are case-insensitive.
+    let resp = http
+        .post(&url)
+        .header("Authorization", "Bearer s3cret")
+        .header("Content-Type", "Application/JSON; charset=utf-8")
+        .send(r#"{"name": "y"}"#)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
     // A body over 2 MiB: 413 in the API's JSON error shape.
     let mut resp = http
         .post(&url)

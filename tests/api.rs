@@ -290,6 +290,10 @@ async fn bind_and_advertise_are_separate() {
     assert_ne!(third.addr().port(), 0);
     wait_converged_members(&[nodes[0].clone(), third.clone()], 3).await;
     third.shutdown().await.unwrap();
+    // An unspecified advertise address is refused: peers could not reach it.
+    let mut cfg = test_config("adv4");
+    cfg.advertise = Some("0.0.0.0:0".parse().unwrap());
+    assert!(matches!(Node::start(cfg).await, Err(Error::Config(_))));
     // Binding to 0.0.0.0 without an advertise address is refused clearly.
     let mut cfg = test_config("adv2");
     cfg.bind = "0.0.0.0:0".parse().unwrap();

@@ -29,6 +29,11 @@ func TestTwoNodesSeeEachOther(t *testing.T) {
 	if _, err := b.Members(); !errors.Is(err, ErrClosed) || !errors.Is(err, ErrShuttingDown) {
 		t.Fatalf("after Close: %v", err)
 	}
+	// The final counts stay readable.
+	counters, err := b.Counters()
+	if err != nil || counters["engine"]["datagrams_in"].String() == "0" {
+		t.Fatalf("counters after Close: %v %v", counters, err)
+	}
 	waitFor(t, "the closed node to be left", 10*time.Second, func() bool {
 		return memberState(a, b.Name()) == "left"
 	})

@@ -304,10 +304,31 @@ func (n *Node) Status() (Status, error) {
 
 // Counters gives the node's counters (traffic, refusals, sync, calls) as
 // {"engine": {...}, "calls": {...}}; the names are in docs/c-api.md.
+//
+// After Close or Abort it gives the final counts, taken as the node stopped.
 func (n *Node) Counters() (map[string]map[string]json.Number, error) {
+	in := n.inner()
+	in.mu.RLock()
+	final, freed := in.finalCounters, in.ptr == nil
+	in.mu.RUnlock()
+	runtime.KeepAlive(n)
+	if freed && final != nil {
+		return decode[map[string]map[string]json.Number](final, nil)
+	}
 	return decode[map[string]map[string]json.Number](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_counters_json(p, o, l, e)
 	}))
+}
+
+// finalCounters reads the counters of a stopped node, before it is freed.
+func finalCounters(p *C.tribe_node) []byte {
+	var text *C.char
+	var l C.size_t
+	if C.tribe_node_counters_json(p, &text, &l, nil) != C.TRIBE_OK {
+		return nil
+	}
+	defer C.tribe_string_free(text)
+	return C.GoBytes(unsafe.Pointer(text), C.int(l))
 }
 
 // StateDigest is the digest of the replicated state (hex): equal on

@@ -127,9 +127,11 @@ type node struct {
 	stopped bool
 	stopErr error
 
-	events   chan Event
-	dropped  atomic.Uint64
-	pollDone chan struct{}
+	events  chan Event
+	dropped atomic.Uint64
+	// The counters as libtribe last gave them, at Close (Counters then).
+	finalCounters []byte
+	pollDone      chan struct{}
 
 	// base ends at Close: every handler's context derives from it.
 	base       context.Context
@@ -460,6 +462,7 @@ func (in *node) stop(graceful bool) error {
 	in.mu.Lock()
 	// Kept: EventsDropped goes on counting what libtribe dropped.
 	in.dropped.Add(uint64(C.tribe_node_events_dropped(in.ptr)))
+	in.finalCounters = finalCounters(in.ptr)
 	C.tribe_node_free(in.ptr)
 	in.ptr = nil
 	in.mu.Unlock()

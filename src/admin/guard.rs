@@ -95,7 +95,12 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        // Media types are case-insensitive (RFC 9110).
+        .is_some_and(|v| {
+            v.trim_start()
+                .get(..16)
+                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+        });
     let writes = matches!(
         *request.method(),
         Method::POST | Method::PUT | Method::DELETE

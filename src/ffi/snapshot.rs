@@ -115,6 +115,8 @@ pub extern "C" fn tribe_node_status_json(
 
 /// The node's counters (traffic, refusals, sync, calls) as one JSON
 /// object: `{"engine": {...}, "calls": {...}}`; names in docs/c-api.md.
+/// Unlike the snapshots, also after a shutdown or an abort (until
+/// `tribe_node_free`): the final counts. Does not block.
 #[no_mangle]
 pub extern "C" fn tribe_node_counters_json(
     node: *const TribeNode,
@@ -123,9 +125,11 @@ pub extern "C" fn tribe_node_counters_json(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        snapshot(node, out, out_len, |n| {
-            to_json(serde_json::json!({ "engine": n.counters(), "calls": n.rpc_stats() }))
-        })
+        let out = cast::out(out, "out")?;
+        let n = &node_handle(node)?.node;
+        let value = to_json(serde_json::json!({ "engine": n.counters(), "calls": n.rpc_stats() }))?;
+        cast::give_string(out, out_len, value.to_string());
+        Ok(())
     })
 }
 

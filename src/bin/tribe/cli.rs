@@ -651,7 +651,7 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
         }
         KeysCmd::Install { key, wait } => {
             let id = tribe::SecretKey::from_base64(&key)
-                .map_err(|e| format!("the key: {e}"))?
+                .map_err(|e| format!("{e} (invalid_argument)"))?
                 .id();
             let reply = admin.post("/v1/keys", &json!({ "key": key }))?;
             let summary = wait_keys(admin, id, wait, "installed", |k, _| k.installed_on.len())?;
