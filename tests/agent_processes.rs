@@ -872,6 +872,16 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         .send_json(json!({"name": "x"}))
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
+    // A request without a Host header is refused too.
+    {
+        use std::io::{Read as _, Write as _};
+        let mut raw = std::net::TcpStream::connect(agent.admin).unwrap();
+        raw.write_all(b"GET /v1/status HTTP/1.0\r\nAuthorization: Bearer s3cret\r\n\r\n")
+            .unwrap();
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.0 403"), "{answer}");
+    }
     // Media types are case-insensitive.
     let resp = http
         .post(&url)

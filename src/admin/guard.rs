@@ -78,14 +78,15 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
             );
         }
     }
-    if let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) {
-        if !host_allowed(host) {
-            return refuse(
-                StatusCode::FORBIDDEN,
-                "forbidden_host",
-                "the admin API answers only requests addressed to an IP address or localhost",
-            );
-        }
+    // A Host header is required (HTTP/1.1 always sends one), and one that
+    // is not text is refused too rather than let through unchecked.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !host.is_some_and(host_allowed) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "forbidden_host",
+            "the admin API answers only requests addressed to an IP address or localhost",
+        );
     }
     let has_body = headers
         .get(header::CONTENT_LENGTH)
