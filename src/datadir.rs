@@ -206,15 +206,25 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
     let mut held = true;
     let merged = match (kept, &configured) {
         (Some(mut kept), Some(configured)) => {
-            for key in configured.keys() {
-                if kept.install(key.clone()).is_err() {
-                    tracing::warn!(key = %key.id(), "keyring kept in the data dir is full; configured key not added");
-                }
-            }
             let primary = configured.primary_id();
             let changed = last
                 .as_deref()
                 .is_some_and(|last| last.trim() != primary.to_string());
+            // The same configuration as at the last start: a configured key
+            // the kept ring lacks was removed by a rotation since, and stays
+            // revoked (an old key file must not bring it back).
+            let same = last
+                .as_deref()
+                .is_some_and(|last| last.trim() == primary.to_string());
+            for key in configured.keys() {
+                if same && kept.get(key.id()).is_none() {
+                    tracing::warn!(key = %key.id(), "configured key was removed from the keyring since the last start; not installed again (update the key file)");
+                    continue;
+                }
+                if kept.install(key.clone()).is_err() {
+                    tracing::warn!(key = %key.id(), "keyring kept in the data dir is full; configured key not added");
+                }
+            }
             held = kept.get(primary).is_some();
             if changed && kept.primary_id() != primary && kept.use_key(primary).is_ok() {
                 tracing::info!(key = %primary, "the configured key changed since the last start: it is the primary now");
@@ -332,6 +342,18 @@ mod tests {
         let merged = merge_keyring(&dir, Some(fourth.clone())).unwrap().unwrap();
         assert_eq!(merged.primary_id(), fourth.primary_id());
         assert!(merged.get(second.id()).is_some(), "the kept keys stay");
+        // A rotation removes the configured key; a restart with the same
+        // key file must not install it again.
+        let mut rotated = merged.clone();
+        rotated.use_key(second.id()).unwrap();
+        rotated.remove(fourth.primary_id()).unwrap();
+        save_keyring(&dir, &rotated).unwrap();
+        let merged = merge_keyring(&dir, Some(fourth.clone())).unwrap().unwrap();
+        assert!(
+            merged.get(fourth.primary_id()).is_none(),
+            "a removed key stays removed"
+        );
+        assert_eq!(merged.primary_id(), second.id());
         // A kept ring too full for a newly configured key: the key is not
         // counted as given, so a start with room still makes it primary.
         let mut full = Keyring::new(SecretKey::generate());

@@ -546,13 +546,13 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	if err != nil {
 		var he *HandlerError
 		switch {
-		case errors.As(err, &he):
+		case errors.As(err, &he) && he != nil:
 			fail(r, he.Code, he.Message)
 		case in.base.Err() != nil && errors.Is(err, context.Canceled):
 			// Gave up because the node is closing: another host may serve it.
 			C.tribe_responder_refuse_stopping(r, nil)
 		default:
-			fail(r, "error", err.Error())
+			fail(r, "error", errorText(err))
 		}
 		return
 	}
@@ -562,6 +562,18 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	}
 	held = true // freed by go_reply
 	C.go_reply(r, data, C.size_t(len(reply)))
+}
+
+// errorText is err's message; an Error method that panics (a typed nil
+// whose method reads its receiver) gives a fixed text instead of ending the
+// process.
+func errorText(err error) (text string) {
+	defer func() {
+		if p := recover(); p != nil {
+			text = fmt.Sprintf("handler returned a %T whose Error method panicked: %v", err, p)
+		}
+	}()
+	return err.Error()
 }
 
 // panicError is a recovered handler panic.

@@ -73,6 +73,10 @@ func TestCallsThroughATribe(t *testing.T) {
 			m["boom"]++ // nil map write
 			return nil, nil
 		},
+		"typed-nil": func(context.Context, CallInfo, []byte) ([]byte, error) {
+			var he *HandlerError // a nil pointer in a non-nil error
+			return nil, he
+		},
 		"huge": func(context.Context, CallInfo, []byte) ([]byte, error) {
 			return make([]byte, 5<<20), nil // over the default 4 MiB
 		},
@@ -155,6 +159,18 @@ func TestCallsThroughATribe(t *testing.T) {
 		reply, err := caller.Call(bg, target("echo"), []byte("after"))
 		if err != nil || string(reply) != "echo:after" {
 			t.Fatalf("after a panic: %q %v", reply, err)
+		}
+	})
+
+	t.Run("a typed nil error", func(t *testing.T) {
+		_, err := caller.Call(bg, target("typed-nil"), nil)
+		var re *RemoteError
+		if !errors.As(err, &re) || re.Code != "error" {
+			t.Fatalf("got %v", err)
+		}
+		reply, err := caller.Call(bg, target("echo"), []byte("after"))
+		if err != nil || string(reply) != "echo:after" {
+			t.Fatalf("after a typed nil: %q %v", reply, err)
 		}
 	})
 

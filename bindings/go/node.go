@@ -33,7 +33,8 @@ type Config struct {
 	// free one. Default "127.0.0.1:0".
 	Bind string
 	// Advertise is the address peers use to reach this node (NAT, binding
-	// 0.0.0.0). Default: the bound address.
+	// 0.0.0.0). Default: the bound address; required when Bind's host is
+	// unspecified (0.0.0.0 or [::]), which Start refuses otherwise.
 	Advertise string
 	// Seeds are nodes ("host:port") to join through. A host name is looked
 	// up by the node when it starts and again while it has no live peer: one

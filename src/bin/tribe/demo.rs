@@ -5,6 +5,15 @@
 //! late joiner inheriting the catalog, and a restart that rejoins from its
 //! data dir.
 
+/// Prints a line of the narration. A closed stdout (`tribe demo | head`)
+/// must not end the demo before it stops its agents: the text is dropped.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -81,7 +90,7 @@ impl Drop for Demo {
 
 impl Demo {
     fn say(&self, text: &str) {
-        println!("[{:>5.1}s] {text}", self.start.elapsed().as_secs_f64());
+        out!("[{:>5.1}s] {text}", self.start.elapsed().as_secs_f64());
     }
 
     /// Waits for `cond`, saying every few seconds that it still waits.
@@ -105,7 +114,7 @@ impl Demo {
                 ));
             }
             if now > next_note {
-                println!(
+                out!(
                     "          ... still waiting for {what} ({:.0}s)",
                     (now - began).as_secs_f64()
                 );
@@ -122,7 +131,7 @@ impl Demo {
         seed: Option<SocketAddr>,
     ) -> DemoResult<usize> {
         let agent = spawn_agent(&self.dir, name, facts, seed, &self.pids)?;
-        self.say(&format!(
+        let line = format!(
             "started agent {name} (pid {}) gossip {} admin {}  facts {}",
             agent.child.id(),
             agent.gossip,
@@ -132,8 +141,10 @@ impl Demo {
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(" ")
-        ));
+        );
+        // Kept before anything else can fail, so the demo's end stops it.
         self.agents.push(agent);
+        self.say(&line);
         Ok(self.agents.len() - 1)
     }
 }
@@ -428,7 +439,7 @@ fn run_demo(args: DemoArgs) -> DemoResult {
     };
     let first_key = tribe::SecretKey::generate();
     write_private(&t.dir.join(KEY_FILE), &first_key.to_base64())?;
-    println!(
+    out!(
         "libtribe demo: {n} `tribe agent` processes on 127.0.0.1 (UDP gossip + TCP sync, profile 'local'),\n\
          driven through their admin HTTP APIs, all traffic sealed with key {} (like `tribe keygen`).\n\
          Agent logs: {}\n",
@@ -469,8 +480,8 @@ fn run_demo(args: DemoArgs) -> DemoResult {
         "through {}'s admin API: created tribe core and added two policies",
         t.agents[last].name
     ));
-    println!("          core:    facts.os_dist == \"ubuntu\"      -> tribe core");
-    println!("          storage: facts.storage_tier == \"true\"   -> tribe storage (not created beforehand)");
+    out!("          core:    facts.os_dist == \"ubuntu\"      -> tribe core");
+    out!("          storage: facts.storage_tier == \"true\"   -> tribe storage (not created beforehand)");
     t.wait_for(
         "the storage tribe to be created by its policy",
         Duration::from_secs(20),
@@ -502,10 +513,8 @@ fn run_demo(args: DemoArgs) -> DemoResult {
         }}),
     )?;
     t.say("loaded proc and tag into core, file into storage; added task load-to-storage to core:");
-    println!(
-        "          every second each core member collects load/* and mem/* from /proc, tags them"
-    );
-    println!("          locally, and publishes them through a remote call to a storage member's file publisher");
+    out!("          every second each core member collects load/* and mem/* from /proc, tags them");
+    out!("          locally, and publishes them through a remote call to a storage member's file publisher");
     t.wait_for(
         "every agent to agree on the state",
         Duration::from_secs(30),
@@ -521,7 +530,7 @@ fn run_demo(args: DemoArgs) -> DemoResult {
     )?;
     t.say("every agent reports the same state digest; the tribes as n1 sees them:");
     for tribe in t.agents[0].admin.get::<Vec<Tribe>>("/v1/tribes")? {
-        println!("          {}", describe(&tribe));
+        out!("          {}", describe(&tribe));
     }
 
     t.wait_for(
@@ -535,7 +544,7 @@ fn run_demo(args: DemoArgs) -> DemoResult {
         sources.keys().cloned().collect::<Vec<_>>().join(", ")
     ));
     if let Some(sample) = sources.values().next() {
-        println!("          e.g. {sample}");
+        out!("          e.g. {sample}");
     }
 
     let moved = t.agents[1].name.clone();
@@ -620,7 +629,7 @@ fn run_demo(args: DemoArgs) -> DemoResult {
         let view = t.agents[late]
             .admin
             .get::<Tribe>(&format!("/v1/tribes/{tribe}"))?;
-        println!("          {}", describe(&view));
+        out!("          {}", describe(&view));
     }
 
     let keeper = t.agents[0].name.clone();
@@ -717,9 +726,9 @@ fn run_demo(args: DemoArgs) -> DemoResult {
 
     if args.keep {
         t.keep = true;
-        println!("\nThe tribe keeps running. Reach it with, for example:");
+        out!("\nThe tribe keeps running. Reach it with, for example:");
         for a in &t.agents {
-            println!(
+            out!(
                 "  tribe members --admin {}   # {} (pid {})",
                 a.admin_addr,
                 a.name,
@@ -731,17 +740,17 @@ fn run_demo(args: DemoArgs) -> DemoResult {
         let current = t.dir.join(CURRENT_KEY_FILE);
         write_private(&current, &second_key.to_base64())?;
         if let Some(first) = t.agents.first() {
-            println!(
+            out!(
                 "Embed a node in your own program and join it: seed {}, key file {}\n\
                  (tribe 'storage' serves the 'file' publisher; it writes {}/<agent>-published.jsonl)",
                 first.gossip,
                 current.display(),
                 t.dir.display()
             );
-            println!("join seed={} key_file={}", first.gossip, current.display());
+            out!("join seed={} key_file={}", first.gossip, current.display());
         }
         let pids: Vec<String> = t.agents.iter().map(|a| a.child.id().to_string()).collect();
-        println!("Stop it with: kill {}", pids.join(" "));
+        out!("Stop it with: kill {}", pids.join(" "));
         return Ok(());
     }
     // All at once: each graceful leave takes up to 1.5 s of gossip.
