@@ -7,11 +7,14 @@ package tribe
 // elsewhere puts `-L/that/dir` in CGO_LDFLAGS, which is searched first.
 //
 // The native libraries are those `cargo rustc --release --lib --crate-type
-// staticlib -- --print native-static-libs` lists for Linux.
+// staticlib -- --print native-static-libs` lists for Linux, less `-lgcc_s`:
+// the C compiler's driver links the unwinder itself (libgcc_s, or
+// libgcc_eh for a fully static binary, which `-lgcc_s` would make
+// impossible).
 
 /*
 #cgo CFLAGS: -I${SRCDIR}/../../include
-#cgo LDFLAGS: -L${SRCDIR}/../../target/release -l:libtribe.a -lgcc_s -lutil -lrt -lpthread -lm -ldl -lc
+#cgo LDFLAGS: -L${SRCDIR}/../../target/release -l:libtribe.a -lutil -lrt -lpthread -lm -ldl -lc
 #include <stdlib.h>
 #include "tribe.h"
 */

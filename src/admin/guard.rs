@@ -61,6 +61,15 @@ pub fn check_exposure(addr: std::net::SocketAddr, guard: &Guard) -> std::io::Res
     ))
 }
 
+/// The token of an `Authorization: Bearer <token>` value; the scheme's
+/// name is case-insensitive (RFC 9110, section 11.1).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim_start_matches(' '))
+}
+
 /// The middleware.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let headers = request.headers();
@@ -68,7 +77,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(bearer_token)
             .unwrap_or_default();
         if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
             return refuse(
@@ -118,7 +127,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{check_exposure, host_allowed, Guard};
+    use super::{bearer_token, check_exposure, host_allowed, Guard};
 
     #[test]
     fn a_reachable_admin_api_needs_a_token() {
@@ -137,6 +146,20 @@ mod tests {
             assert!(check_exposure(addr, &open).is_err(), "{reachable}");
             assert!(check_exposure(addr, &empty).is_err(), "{reachable}");
             assert!(check_exposure(addr, &token).is_ok(), "{reachable}");
+        }
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        for (value, token) in [
+            ("Bearer s3cret", Some("s3cret")),
+            ("bearer s3cret", Some("s3cret")),
+            ("BEARER  s3cret", Some("s3cret")),
+            ("Basic s3cret", None),
+            ("Bearers3cret", None),
+            ("", None),
+        ] {
+            assert_eq!(bearer_token(value), token, "{value:?}");
         }
     }
 
