@@ -201,21 +201,18 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<Keyring>> {
     let kept = load_keyring(dir)?;
     let last = std::fs::read_to_string(dir.join(CONFIGURED_KEY_FILE)).ok();
+    let last = last.as_deref().map(str::trim);
     // Whether the configured primary is held, so that the next start may
     // count it as "given last time" (a full kept ring may refuse it).
     let mut held = true;
     let merged = match (kept, &configured) {
         (Some(mut kept), Some(configured)) => {
             let primary = configured.primary_id();
-            let changed = last
-                .as_deref()
-                .is_some_and(|last| last.trim() != primary.to_string());
             // The same configuration as at the last start: a configured key
             // the kept ring lacks was removed by a rotation since, and stays
             // revoked (an old key file must not bring it back).
-            let same = last
-                .as_deref()
-                .is_some_and(|last| last.trim() == primary.to_string());
+            let same = last == Some(primary.to_string().as_str());
+            let changed = last.is_some() && !same;
             for key in configured.keys() {
                 if same && kept.get(key.id()).is_none() {
                     tracing::warn!(key = %key.id(), "configured key was removed from the keyring since the last start; not installed again (update the key file)");
@@ -243,7 +240,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
     };
     if let Some(configured) = configured.as_ref().filter(|_| held) {
         let id = configured.primary_id().to_string();
-        if last.as_deref().map(str::trim) != Some(id.as_str()) {
+        if last != Some(id.as_str()) {
             write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()).map_err(|e| {
                 Error::Config(format!(
                     "cannot write {}: {e}",
