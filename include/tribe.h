@@ -58,9 +58,11 @@
  *   config's contents) -> tribe_config_free -> ... -> tribe_node_shutdown
  *   (or tribe_node_abort) -> join the threads that use the node (their
  *   blocked calls return TRIBE_SHUTTING_DOWN) -> drain tribe_node_next_event
- *   until it returns TRIBE_SHUTTING_DOWN (free those events and responders)
- *   -> tribe_node_free. Responders, events and errors are independent objects
- *   and may be freed before or after their node.
+ *   until it returns TRIBE_SHUTTING_DOWN (answer those calls, free those
+ *   events) -> tribe_node_free, which sends the replies still queued before
+ *   it returns (2 s at most), so the process may exit right after it.
+ *   Responders, events and errors are independent objects and may be freed
+ *   before or after their node.
  *
  * fork()
  *   Start nodes after daemonizing. A node's threads stay in the process that
@@ -1369,10 +1371,13 @@ uint32_t tribe_node_abort(const struct tribe_node *node,
                           struct tribe_error **err);
 
 /**
- * Frees a node: aborts it if it was not stopped, ends its threads (waiting
- * up to 2 s for them) and closes its event fd. No other thread may use the
- * node during or after this call. NULL is ignored; in a process forked from
- * the one that started the node, nothing is released (see fork() above).
+ * Frees a node: aborts it if it was not stopped, ends its threads and
+ * closes its event fd. After `tribe_node_shutdown` it first lets the call
+ * streams send the replies given meanwhile (answer every responder before
+ * the free), up to 2 s; the threads get up to 2 s more. No other thread
+ * may use the node during or after this call. NULL is ignored; in a
+ * process forked from the one that started the node, nothing is released
+ * (see fork() above).
  */
 void tribe_node_free(struct tribe_node *node);
 

@@ -506,8 +506,9 @@ impl Node {
     /// this node still has in flight end with [`Error::ShuttingDown`]. Calls
     /// it serves are refused from now on (callers try another host); those
     /// already running are answered (handlers get up to 10 s while the
-    /// runtime runs; a C node's until `tribe_node_free`, which waits at most
-    /// 2 s) before its call streams close.
+    /// runtime runs; a C node's until `tribe_node_free`, which sends the
+    /// replies given by then, waiting at most 2 s) before its call streams
+    /// close.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
@@ -759,6 +760,12 @@ impl Node {
     /// runtime's), from now on.
     pub(crate) fn set_call_executor(&self, handle: tokio::runtime::Handle) {
         self.inner.rpc.server.set_executor(handle);
+    }
+
+    /// Ends once every call stream this node accepted has ended (after a
+    /// graceful stop: once each answered what it read and flushed it).
+    pub(crate) async fn call_streams_ended(&self) {
+        self.inner.rpc.server.streams_ended().await;
     }
 
     /// The raw call path (server, pool, counters); for tests (feature

@@ -67,6 +67,9 @@ func TestMain(m *testing.M) {
 	if os.Getenv("TRIBE_BENCH_ROLE") == "host" {
 		os.Exit(benchHost())
 	}
+	if os.Getenv("TRIBE_TEST_ROLE") == "closing-host" {
+		os.Exit(closingHost())
+	}
 	code := m.Run()
 	for _, p := range benchPairs {
 		p.close()

@@ -1,9 +1,13 @@
 package tribe
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"testing"
@@ -229,4 +233,107 @@ func TestCloseEndsLocalCallsShuttingDown(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A graceful Close lets the handlers running finish and their replies
+// reach the callers, also when the process exits right after Close (the
+// host is another process, run by TestMain as role "closing-host").
+func TestCloseDeliversTheRepliesOfRunningHandlers(t *testing.T) {
+	const calls = 8
+	for round := 0; round < 3; round++ {
+		cmd := exec.Command(os.Args[0], "-test.run=^$")
+		cmd.Env = append(os.Environ(), "TRIBE_TEST_ROLE=closing-host")
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		lines := bufio.NewScanner(stdout)
+		if !lines.Scan() {
+			t.Fatal("the host process did not start")
+		}
+		hostAddr := lines.Text()
+		caller := startNode(t, "caller", func(c *Config) { c.Seeds = []string{hostAddr} })
+		waitFor(t, "the caller to see the host serve finish in tribe svc", 20*time.Second, func() bool {
+			m, err := caller.Member("closing-host")
+			return err == nil && m.State == "alive" && len(m.Endpoints) == 1 &&
+				inTribe(caller, "svc", "closing-host")
+		})
+		type outcome struct {
+			i     int
+			reply []byte
+			err   error
+		}
+		results := make(chan outcome, calls)
+		for i := 0; i < calls; i++ {
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				reply, err := caller.Call(ctx, target("finish"), []byte(fmt.Sprint(i)))
+				results <- outcome{i, reply, err}
+			}()
+		}
+		for i := 0; i < calls; i++ {
+			if !lines.Scan() {
+				t.Fatal("the calls did not reach the host's handler")
+			}
+		}
+		// The host closes while its handlers run, then exits.
+		if _, err := io.WriteString(stdin, "close\n"); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < calls; i++ {
+			o := <-results
+			if want := fmt.Sprintf("done:%d", o.i); o.err != nil || string(o.reply) != want {
+				t.Errorf("round %d, call %d: %q, %v; want %q", round, o.i, o.reply, o.err, want)
+			}
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Errorf("the host process: %v", err)
+		}
+		_ = caller.Close()
+	}
+}
+
+// closingHost serves "finish" in tribe svc (a handler that ignores its
+// context and answers after 300 ms, printing a line when a call begins),
+// prints its address, closes on a line from standard input, and exits.
+func closingHost() int {
+	n, err := Start(Config{Name: "closing-host", Bind: "127.0.0.1:0", Profile: "local", NoHostFacts: true})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "closing host:", err)
+		return 1
+	}
+	var out sync.Mutex
+	finish := func(_ context.Context, _ CallInfo, payload []byte) ([]byte, error) {
+		out.Lock()
+		fmt.Println("started")
+		out.Unlock()
+		time.Sleep(300 * time.Millisecond)
+		return append([]byte("done:"), payload...), nil
+	}
+	for _, err := range []error{
+		n.CreateTribe("svc"),
+		n.Join("svc", ""),
+		n.Serve("finish", "1", Processor, finish),
+	} {
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "closing host:", err)
+			return 1
+		}
+	}
+	fmt.Println(n.Addr())
+	_, _ = bufio.NewReader(os.Stdin).ReadString('\n')
+	if err := n.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, "closing host:", err)
+		return 1
+	}
+	return 0
 }

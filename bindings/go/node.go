@@ -413,7 +413,10 @@ func (n *Node) EventsDropped() uint64 {
 // ErrShuttingDown, the Events channel closes, and Close waits up to
 // handlerDrain (5 s) for running handlers to return; a handler still
 // running after that (one that ignores its context, or that called Close
-// itself) is left to finish on its own, and its answer is dropped.
+// itself) is left to finish on its own, and its answer is dropped. The
+// answers of handlers that returned in time reach their callers before
+// Close returns (it waits up to 2 s more for them to be sent), so a
+// program may exit right after Close.
 // Close is idempotent and safe from many goroutines: later calls wait for
 // the first and return its result. Methods called afterwards return ErrClosed.
 func (n *Node) Close() error {

@@ -18,6 +18,9 @@ use super::mailbox::{Class, Mailbox, Taken};
 use super::owner::Owner;
 use crate::{Error, Node};
 
+/// How long a free waits for the call streams to flush their replies.
+const FREE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A running node.
 pub struct TribeNode {
     pub(super) node: Node,
@@ -110,6 +113,14 @@ impl TribeNode {
 impl Drop for TribeNode {
     fn drop(&mut self) {
         self.stop(false);
+        // After a graceful stop the call streams answer what they read and
+        // flush it; dropping their runtime first would lose replies the
+        // host gave just before the free.
+        let _ = super::log::with_sink(self.log_sink.as_ref(), || {
+            self.host_io.drive(async {
+                tokio::time::timeout(FREE_GRACE, self.node.call_streams_ended()).await
+            })
+        });
         self.host_io.shut_down();
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
@@ -325,10 +336,13 @@ pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiErr
     })
 }
 
-/// Frees a node: aborts it if it was not stopped, ends its threads (waiting
-/// up to 2 s for them) and closes its event fd. No other thread may use the
-/// node during or after this call. NULL is ignored; in a process forked from
-/// the one that started the node, nothing is released (see fork() above).
+/// Frees a node: aborts it if it was not stopped, ends its threads and
+/// closes its event fd. After `tribe_node_shutdown` it first lets the call
+/// streams send the replies given meanwhile (answer every responder before
+/// the free), up to 2 s; the threads get up to 2 s more. No other thread
+/// may use the node during or after this call. NULL is ignored; in a
+/// process forked from the one that started the node, nothing is released
+/// (see fork() above).
 #[no_mangle]
 pub extern "C" fn tribe_node_free(node: *mut TribeNode) {
     ffi_infallible!((), {

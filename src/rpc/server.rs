@@ -48,6 +48,15 @@ pub enum Serving {
     Responder(ResponderHandler),
 }
 
+/// A call stream being served (see [`Server::streams_ended`]).
+struct LiveStream<'a>(&'a tokio::sync::watch::Sender<usize>);
+
+impl Drop for LiveStream<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
 /// What this node serves.
 pub struct Server {
     handlers: RwLock<HashMap<(String, String), Served>>,
@@ -65,6 +74,8 @@ pub struct Server {
     /// farewell: streams say goodbye and end once their calls are answered.
     epoch: tokio::sync::watch::Sender<u64>,
     streams: Arc<Semaphore>,
+    /// Call streams being served, also those draining after a goodbye.
+    live_streams: tokio::sync::watch::Sender<usize>,
     /// Whether this node is in a tribe's live view (set by the node).
     in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where accepted call streams run, when not on the node's runtime.
@@ -91,6 +102,7 @@ impl Server {
             killed: tokio::sync::watch::Sender::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
+            live_streams: tokio::sync::watch::Sender::new(0),
             in_tribe,
             executor: std::sync::OnceLock::new(),
         }
@@ -195,6 +207,18 @@ impl Server {
         if killed.wait_for(|k| *k).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Ends once no call stream is served any more: each answered the
+    /// calls it read and flushed its replies, or was cut.
+    pub(crate) async fn streams_ended(&self) {
+        let _ = self.live_streams.subscribe().wait_for(|n| *n == 0).await;
+    }
+
+    /// Counts a call stream as served until the guard is dropped.
+    fn live_stream(&self) -> LiveStream<'_> {
+        self.live_streams.send_modify(|n| *n += 1);
+        LiveStream(&self.live_streams)
     }
 
     /// Whether the server refuses new calls.
