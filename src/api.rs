@@ -508,7 +508,7 @@ impl Node {
     /// already running are answered (handlers get up to 10 s while the
     /// runtime runs; a C node's until `tribe_node_free`, which sends the
     /// replies given by then, waiting at most 2 s) before its call streams
-    /// close.
+    /// close; [`Node::calls_drained`] tells when they have.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
@@ -762,9 +762,13 @@ impl Node {
         self.inner.rpc.server.set_executor(handle);
     }
 
-    /// Ends once every call stream this node accepted has ended (after a
-    /// graceful stop: once each answered what it read and flushed it).
-    pub(crate) async fn call_streams_ended(&self) {
+    /// Ends once every call stream this node accepted has ended. After
+    /// [`Node::shutdown`], that is once each stream answered the calls it
+    /// had read (the handlers running returned, or their budget ran out)
+    /// and sent the replies, or was cut: a program that exits right after a
+    /// shutdown awaits it (with a timeout of its choice) so that no reply is
+    /// cut short. Pending for ever while the node serves.
+    pub async fn calls_drained(&self) {
         self.inner.rpc.server.streams_ended().await;
     }
 

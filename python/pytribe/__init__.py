@@ -292,16 +292,37 @@ def _at_exit() -> None:
         t.join(0.5)
 
 
-# Run where concurrent.futures runs its own: when the main thread ends,
-# before the interpreter waits for non-daemon threads, so a thread that
-# iterates events() or waits in a call ends with its node instead of
-# keeping the process alive (plain atexit hooks run only after those
-# threads have ended).
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_at_exit)
-else:  # pragma: no cover - Python without the hook
-    atexit.register(_at_exit)
+# A plain atexit hook: it runs once the threads that are not daemons have
+# ended, so such a thread may go on using nodes after the main thread
+# returns (the process lives until it ends, as Python's threads do).
+atexit.register(_at_exit)
+
+
+def _grace(until: Optional[float]) -> float:
+    """How long to wait for pool threads to leave: 1 s, or what is left of
+    the caller's timeout."""
+    if until is None:
+        return 1.0
+    return max(0.0, min(1.0, until - time.monotonic()))
+
+
+def _serve_calls(native: Any) -> None:
+    """Body of a pool thread: runs the handlers of queued calls until the
+    node closes. The loop is Python's, so that no native frame is on the
+    thread's stack while a handler runs: an interpreter exiting meanwhile
+    then ends the (daemon) thread cleanly."""
+    take = native.take_call
+    while True:
+        call = take()
+        if call is None:
+            return
+        try:
+            out = call.handler(call.payload, call.info)
+        except BaseException as e:  # every exception is the caller's answer
+            call.fail(e)
+        else:
+            call.reply(out)
+        del call
 
 
 class _Dispatch:
@@ -345,7 +366,7 @@ class _ForkedNative:
         def refuse(*_args: object, **_kwargs: object) -> Any:
             if attr in ("shutdown", "abort", "wait_stopped"):
                 return True
-            if attr in ("stop_background", "stop_workers"):
+            if attr in ("stop_background", "stop_workers", "take_call"):
                 return None
             raise ShutdownError(
                 f"node {self.name!r} belongs to the parent process; start nodes after fork()"
@@ -604,23 +625,27 @@ class Node:
 
     def close(self, timeout: Optional[float] = None) -> bool:
         """Leaves gracefully (peers record *left*) and stops; waits at most
-        ``timeout`` seconds (None: until done, at most about 2 s). Idempotent.
-        Returns whether the node has stopped."""
+        ``timeout`` seconds (None: until done). Handlers still running get
+        up to 2 s to answer, and their replies are sent before it returns,
+        so a program may exit right after. Idempotent. Returns whether the
+        node has stopped."""
         _check_timeout(timeout, allow_none=True)
+        until = None if timeout is None else time.monotonic() + timeout
         try:
             return self._native.shutdown(timeout)
         finally:
             # Also when the wait is interrupted (KeyboardInterrupt).
-            self._stop_workers(1.0)
+            self._stop_workers(_grace(until))
 
     def abort(self, timeout: Optional[float] = None) -> bool:
         """Stops at once without a goodbye, as a crash would (peers record
-        *failed*). Idempotent."""
+        *failed*); also cuts short a :meth:`close` under way. Idempotent."""
         _check_timeout(timeout, allow_none=True)
+        until = None if timeout is None else time.monotonic() + timeout
         try:
             return self._native.abort(timeout)
         finally:
-            self._stop_workers(1.0)
+            self._stop_workers(_grace(until))
 
     def _stop_workers_nowait(self) -> List[threading.Thread]:
         """Tells this node's pool threads to stop; returns them to join."""
@@ -832,7 +857,8 @@ class Node:
                 return
             for i in range(self._handler_threads):
                 t = threading.Thread(
-                    target=self._native.run_worker,
+                    target=_serve_calls,
+                    args=(self._native,),
                     name=f"pytribe-handler-{self.name}-{i}",
                     daemon=True,
                 )

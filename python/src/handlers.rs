@@ -1,7 +1,7 @@
 //! Python handlers of served plugins. A call reaches the Rust handler on a
 //! runtime worker, which only queues a job with the call's responder; the
-//! Python threads of the node's pool take jobs from the queue, run the
-//! handler attached to the interpreter, and answer through the responder,
+//! Python threads of the node's pool take jobs from the queue
+//! ([`take_call`]), run the handler, and answer through the responder,
 //! which writes the reply to the caller's stream from the pool thread. A
 //! handler never runs on a runtime worker.
 
@@ -189,86 +189,135 @@ impl Pool {
     }
 }
 
-/// Runs queued calls until told to stop; the body of each pool thread.
-pub(crate) fn run_worker(py: Python<'_>, rx: &Receiver<Work>) -> PyResult<()> {
+/// Takes the next call for a pool thread, waiting for it with the GIL
+/// released while the pool is open; `None` once the node closes or the
+/// thread is told to stop. Calls whose caller gave up while they were
+/// queued are skipped.
+pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<TakenCall>> {
     loop {
-        let work = py.detach(|| rx.recv());
-        match work {
-            Ok(Work::Call(job)) => run_job(py, job),
-            Ok(Work::Stop) | Err(_) => return Ok(()),
+        // A closed pool takes nothing more (its queue was drained), and
+        // waits for nothing: at interpreter exit no pool thread may be in
+        // native code with the GIL released (see `TakenCall`).
+        if pool.closed.load(Ordering::Acquire) {
+            return Ok(None);
+        }
+        let work = py.detach(|| pool.rx.recv());
+        let mut job = match work {
+            Ok(Work::Call(job)) => job,
+            Ok(Work::Stop) | Err(_) => return Ok(None),
+        };
+        let Some(responder) = job.responder.take() else {
+            continue;
+        };
+        if responder.is_abandoned() {
+            // The caller gave up while the call was queued.
+            continue;
+        }
+        return TakenCall::new(py, job, responder, pool.closed.clone()).map(Some);
+    }
+}
+
+/// A call a pool thread took: Python runs `handler(payload, info)` and
+/// answers with `reply` or `fail`. The loop around it is Python's
+/// (`pytribe._serve_calls`), so no native frame is on the thread's stack
+/// while a handler runs: an interpreter that exits meanwhile ends the
+/// (daemon) thread cleanly, where unwinding it through native frames would
+/// abort the process.
+#[pyclass(frozen, module = "pytribe._native")]
+pub(crate) struct TakenCall {
+    #[pyo3(get)]
+    handler: Py<PyAny>,
+    #[pyo3(get)]
+    payload: Py<PyBytes>,
+    #[pyo3(get)]
+    info: Py<CallInfo>,
+    call: tribe::CallInfo,
+    running: Running,
+    /// Whether the node closed: then the answer is written with the GIL
+    /// held (a write to a socket), never released while the interpreter may
+    /// be finishing.
+    closed: Arc<AtomicBool>,
+}
+
+impl TakenCall {
+    fn new(
+        py: Python<'_>,
+        job: Job,
+        responder: tribe::Responder,
+        closed: Arc<AtomicBool>,
+    ) -> PyResult<TakenCall> {
+        let running: Running = Arc::new(Mutex::new(Some(responder)));
+        let left = job.info.budget.saturating_sub(job.queued.elapsed());
+        let info = CallInfo {
+            caller: job.info.caller.clone(),
+            tribe: job.info.tribe.clone(),
+            plugin: job.info.plugin.clone(),
+            version: job.info.version.clone(),
+            deadline: monotonic(py)? + left.as_secs_f64(),
+            running: Some(running.clone()),
+        };
+        Ok(TakenCall {
+            handler: job.handler.clone_ref(py),
+            payload: PyBytes::new(py, &job.payload).unbind(),
+            info: Py::new(py, info)?,
+            call: job.info.clone(),
+            running,
+            closed,
+        })
+    }
+
+    /// The responder, once: `None` when the call was answered already or
+    /// abandoned meanwhile.
+    fn take(&self) -> Option<tribe::Responder> {
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+    }
+}
+
+#[pymethods]
+impl TakenCall {
+    /// Answers with the handler's return value (bytes, bytearray or
+    /// memoryview; anything else fails the call with code `TypeError`).
+    fn reply(&self, py: Python<'_>, out: &Bound<'_, PyAny>) {
+        let Some(responder) = self.take() else {
+            return;
+        };
+        match reply_bytes(out) {
+            Ok(reply) if self.closed.load(Ordering::Acquire) => responder.reply(reply),
+            // Written to the caller's stream from this thread, without the GIL.
+            Ok(reply) => py.detach(|| responder.reply(reply)),
+            Err(e) => {
+                let err = HandlerError::new("TypeError", e);
+                log_failure(py, &self.call, &err, None);
+                responder.fail(err);
+            }
         }
     }
-}
 
-fn run_job(py: Python<'_>, mut job: Job) {
-    let Some(responder) = job.responder.take() else {
-        return;
-    };
-    if responder.is_abandoned() {
-        // The caller gave up while the call was queued.
-        return;
-    }
-    let running: Running = Arc::new(Mutex::new(Some(responder)));
-    let result = call_handler(py, &job, &running);
-    let Some(responder) = running.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-        return;
-    };
-    match result {
-        // Written to the caller's stream from this thread, without the GIL.
-        Ok(reply) => py.detach(|| responder.reply(reply)),
-        Err(Failure::Handler(e)) => responder.fail(e),
-        // Unserved while queued: the caller moves the call on.
-        Err(Failure::NotServed) => responder.refuse_stopping(),
-    }
-}
-
-/// Why a queued call got no reply from Python.
-enum Failure {
-    Handler(HandlerError),
-    NotServed,
-}
-
-impl From<HandlerError> for Failure {
-    fn from(e: HandlerError) -> Failure {
-        Failure::Handler(e)
+    /// Answers with the exception the handler raised: a `HandlerError`
+    /// keeps its code, any other exception is named by its class; logged.
+    fn fail(&self, py: Python<'_>, exc: &Bound<'_, PyAny>) {
+        let Some(responder) = self.take() else {
+            return;
+        };
+        let e = PyErr::from_value(exc.clone());
+        let not_served = NOT_SERVED
+            .import(py, "pytribe._errors", "_NotServed")
+            .is_ok_and(|cls| exc.is_instance(cls).unwrap_or(false));
+        if not_served {
+            // Unserved while queued: the caller moves the call on.
+            responder.refuse_stopping();
+            return;
+        }
+        let err = handler_error(py, &e);
+        log_failure(py, &self.call, &err, Some(e));
+        responder.fail(err);
     }
 }
 
 static NOT_SERVED: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
-
-fn call_handler(py: Python<'_>, job: &Job, running: &Running) -> Result<Vec<u8>, Failure> {
-    let internal = |e: PyErr| HandlerError::new("internal", e.to_string());
-    let left = job.info.budget.saturating_sub(job.queued.elapsed());
-    let deadline = monotonic(py).map_err(internal)? + left.as_secs_f64();
-    let info = CallInfo {
-        caller: job.info.caller.clone(),
-        tribe: job.info.tribe.clone(),
-        plugin: job.info.plugin.clone(),
-        version: job.info.version.clone(),
-        deadline,
-        running: Some(running.clone()),
-    };
-    let info = Bound::new(py, info).map_err(internal)?;
-    let payload = PyBytes::new(py, &job.payload);
-    match job.handler.bind(py).call1((payload, info)) {
-        Ok(out) => reply_bytes(&out).map_err(|e| {
-            let err = HandlerError::new("TypeError", e);
-            log_failure(py, &job.info, &err, None);
-            Failure::Handler(err)
-        }),
-        Err(e) => {
-            let not_served = NOT_SERVED
-                .import(py, "pytribe._errors", "_NotServed")
-                .is_ok_and(|cls| e.value(py).is_instance(cls).unwrap_or(false));
-            if not_served {
-                return Err(Failure::NotServed);
-            }
-            let err = handler_error(py, &e);
-            log_failure(py, &job.info, &err, Some(e));
-            Err(Failure::Handler(err))
-        }
-    }
-}
 
 /// Bytes of a handler's reply: `bytes`, `bytearray` or `memoryview`.
 pub(crate) fn reply_bytes(out: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {

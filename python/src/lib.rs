@@ -165,6 +165,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<node::NativeNode>()?;
     m.add_class::<events::NativeEvents>()?;
     m.add_class::<handlers::CallInfo>()?;
+    m.add_class::<handlers::TakenCall>()?;
     m.add_class::<aio::AbortOnCancel>()?;
     logs::install();
     Ok(())

@@ -12,6 +12,10 @@ use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile,
 
 use crate::errors::{check, to_py, value_error};
 use crate::handlers::{Pool, Work};
+
+/// How long a graceful stop waits for the replies of handlers still
+/// running to be sent.
+const DRAIN_GRACE: Duration = Duration::from_secs(2);
 use crate::{convert, wait};
 
 const OPEN: u8 = 0;
@@ -158,8 +162,14 @@ impl NativeNode {
 
     /// Starts a graceful shutdown (`leave`) or an abort on the runtime, so
     /// it finishes even if nobody waits; `false` when one had started already.
+    /// An abort after a graceful shutdown cuts short what it left running:
+    /// its call streams, and this node's calls to its own handlers.
     fn begin_stop(&self, leave: bool) -> PyResult<bool> {
         if !self.mark_closed() {
+            if !leave {
+                let node = self.node.clone();
+                crate::runtime()?.spawn(async move { node.abort().await });
+            }
             return Ok(false);
         }
         let node = self.node.clone();
@@ -167,6 +177,9 @@ impl NativeNode {
         crate::runtime()?.spawn(async move {
             if leave {
                 let _ = node.shutdown().await;
+                // The replies of handlers still running go out before the
+                // node counts as stopped: a program may exit right after.
+                let _ = tokio::time::timeout(DRAIN_GRACE, node.calls_drained()).await;
             } else {
                 node.abort().await;
             }
@@ -479,7 +492,7 @@ impl NativeNode {
     }
 
     /// Serves a plugin with a Python callable `handler(payload, info)`; its
-    /// calls are queued for the pool threads (`run_worker`).
+    /// calls are queued for the pool threads (`take_call`).
     fn serve(
         &self,
         py: Python<'_>,
@@ -503,9 +516,10 @@ impl NativeNode {
         self.command(py, self.node.unserve(name, version))
     }
 
-    /// Body of a pool thread: runs queued calls until `stop_workers`.
-    fn run_worker(&self, py: Python<'_>) -> PyResult<()> {
-        crate::handlers::run_worker(py, &self.pool.rx)
+    /// The next call for a pool thread (see `pytribe._serve_calls`); `None`
+    /// once the node closes or after `stop_workers`.
+    fn take_call(&self, py: Python<'_>) -> PyResult<Option<crate::handlers::TakenCall>> {
+        crate::handlers::take_call(py, &self.pool)
     }
 
     /// Tells `n` pool threads to leave once idle.

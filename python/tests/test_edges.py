@@ -106,3 +106,45 @@ def test_many_async_calls_start_no_thread_each(cluster: Cluster) -> None:
     peak = asyncio.run(burst())
     # One completer thread hands every outcome over, not a thread per call.
     assert peak - before < 20, (before, peak)
+
+
+def test_close_keeps_its_timeout_and_abort_cuts_a_close_short(cluster: Cluster) -> None:
+    host = cluster.start("host")
+    caller = cluster.start("caller", seeds=[host.addr])
+    host.create_tribe("svc")
+    host.join("svc")
+    block = threading.Event()
+    started = threading.Event()
+
+    def stuck(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        started.set()
+        block.wait(30)
+        return b"late"
+
+    host.serve("stuck", "1", "processor", stuck)
+    wait_for("the caller to see stuck", lambda: any(
+        e.name == "stuck" for m in caller.members() for e in m.endpoints))
+    outcome: List[BaseException] = []
+
+    def call() -> None:
+        try:
+            caller.call("svc", "stuck", b"x", timeout=30)
+        except BaseException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        assert started.wait(10)
+        began = time.monotonic()
+        assert host.close(timeout=0.1) is False  # the handler still runs
+        assert time.monotonic() - began < 0.8
+        began = time.monotonic()
+        assert host.abort(timeout=10) is True
+        assert time.monotonic() - began < 5
+        t.join(10)
+        assert not t.is_alive()
+        assert outcome and isinstance(outcome[0], pytribe.TribeError), outcome
+    finally:
+        block.set()
+        t.join(10)

@@ -133,29 +133,131 @@ def test_exit_with_a_live_node_and_a_running_handler_is_clean() -> None:
     print(f"exited in {time.monotonic() - start:.2f} s")
 
 
-NON_DAEMON_READERS = textwrap.dedent(
+# Handlers that take the GIL again and again while the interpreter exits:
+# a pool thread ended by the exit must not be unwound through native code.
+EXIT_IN_BUSY_HANDLERS = textwrap.dedent(
     """
-    import threading
+    import sys, threading, time
     import pytribe
-    node = pytribe.Node("stays", profile="local", collect_facts=False)
-    # Threads a program forgot to make daemons, waiting for events of the
-    # node for ever. The main thread then ends.
-    events = node.events(timeout=None)
-    threading.Thread(target=lambda: list(node.events(timeout=None))).start()
-    threading.Thread(target=lambda: events.get(timeout=None)).start()
+    node = pytribe.Node("solo", profile="local", collect_facts=False, handler_threads=2)
+    node.create_tribe("t")
+    node.join("t")
+    def sleeps(payload, info):
+        for _ in range(500):
+            time.sleep(0.01)
+        return payload
+    def spins(payload, info):
+        end = time.monotonic() + 5
+        while time.monotonic() < end:
+            pass
+        return payload
+    node.serve("sleeps", "1", "processor", sleeps)
+    node.serve("spins", "1", "processor", spins)
+    for plugin in ("sleeps", "spins"):
+        threading.Thread(target=lambda p=plugin: node.call("t", p, b"x", timeout=10), daemon=True).start()
+    time.sleep(0.3)
     print("READY", flush=True)
     """
 )
 
 
-def test_non_daemon_threads_waiting_on_a_node_end_with_it_at_exit() -> None:
-    proc = spawn(NON_DAEMON_READERS)
+def test_exit_while_handlers_run_python_code_is_clean() -> None:
+    for _ in range(3):
+        proc = spawn(EXIT_IN_BUSY_HANDLERS)
+        try:
+            _, err = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            pytest.fail("the child hung at exit")
+        assert proc.returncode == 0, err
+        assert "FATAL" not in err and "Fatal" not in err and "panicked" not in err, err
+
+
+NON_DAEMON_USERS = textwrap.dedent(
+    """
+    import asyncio, threading, time
+    import pytribe
+    node = pytribe.Node("stays", profile="local", collect_facts=False)
+    node.create_tribe("t")
+    node.join("t")
+    node.serve("echo", "1", "processor", lambda payload, info: b"echo:" + payload)
+    def later():
+        # Runs after the main thread returned: the node is still open.
+        time.sleep(0.5)
+        print("SYNC", node.call("t", "echo", b"a").decode(), flush=True)
+        async def main():
+            return await node.call_async("t", "echo", b"b")
+        print("ASYNC", asyncio.run(main()).decode(), flush=True)
+    threading.Thread(target=later).start()
+    print("READY", flush=True)
+    """
+)
+
+
+def test_threads_that_are_not_daemons_keep_using_nodes_after_main_returns() -> None:
+    proc = spawn(NON_DAEMON_USERS)
     try:
-        _, err = proc.communicate(timeout=15)
+        out, err = proc.communicate(timeout=15)
     except subprocess.TimeoutExpired:
         proc.kill()
-        pytest.fail("the process did not exit: non-daemon threads kept waiting on the node")
+        pytest.fail("the process did not exit once its last thread ended")
     assert proc.returncode == 0, err
+    assert "SYNC echo:a" in out and "ASYNC echo:b" in out, (out, err)
+
+
+CLOSING_HOST = textwrap.dedent(
+    """
+    import sys, threading, time
+    import pytribe
+    node = pytribe.Node("closing-host", profile="local", collect_facts=False, handler_threads=8)
+    node.create_tribe("svc")
+    node.join("svc")
+    def finish(payload, info):
+        print("STARTED", flush=True)
+        time.sleep(0.3)
+        return b"done:" + payload
+    node.serve("finish", "1", "processor", finish)
+    print(node.addr, flush=True)
+    sys.stdin.readline()
+    node.close()
+    """
+)
+
+
+def test_a_host_that_exits_right_after_close_answers_its_running_calls() -> None:
+    import concurrent.futures
+
+    import pytribe
+
+    for _ in range(2):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", CLOSING_HOST],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert proc.stdout is not None and proc.stdin is not None
+        addr = proc.stdout.readline().strip()
+        caller = pytribe.Node("caller", profile="local", collect_facts=False, seeds=[addr])
+        try:
+            deadline = time.monotonic() + 20
+            while not (caller.tribe("svc") and "closing-host" in caller.tribe("svc").members
+                       and any(e.name == "finish" for m in caller.members() for e in m.endpoints)):
+                assert time.monotonic() < deadline, "the caller never saw the host serve"
+                time.sleep(0.05)
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                calls = [pool.submit(caller.call, "svc", "finish", str(i).encode(), timeout=10)
+                         for i in range(8)]
+                for _ in range(8):
+                    assert proc.stdout.readline().strip() == "STARTED"
+                proc.stdin.write("close\n")
+                proc.stdin.flush()
+                replies = [c.result() for c in calls]
+            assert replies == [f"done:{i}".encode() for i in range(8)]
+            _, err = proc.communicate(timeout=10)
+            assert proc.returncode == 0, err
+        finally:
+            caller.abort()
+            if proc.poll() is None:
+                proc.kill()
 
 
 FORK = textwrap.dedent(

@@ -117,9 +117,8 @@ impl Drop for TribeNode {
         // flush it; dropping their runtime first would lose replies the
         // host gave just before the free.
         let _ = super::log::with_sink(self.log_sink.as_ref(), || {
-            self.host_io.drive(async {
-                tokio::time::timeout(FREE_GRACE, self.node.call_streams_ended()).await
-            })
+            self.host_io
+                .drive(async { tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await })
         });
         self.host_io.shut_down();
         if let Some(runtime) = self.runtime.take() {
