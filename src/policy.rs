@@ -215,7 +215,8 @@ impl Condition {
     /// Fails if it is empty, longer than [`MAX_EXPRESSION_LEN`], nested deeper
     /// than [`MAX_NESTING`] brackets or [`MAX_AST_DEPTH`] tree levels, not
     /// valid CEL (with the line and column of the first error), refers to a
-    /// variable other than `facts`, nests comprehensions, uses `map` more than
+    /// variable other than `facts` or calls a function or method the
+    /// environment lacks (with its position), nests comprehensions, uses `map` more than
     /// once, builds a message (`T{...}`), or calls `matches()` with a pattern
     /// that is not a valid string literal.
     pub fn compile(when: &str) -> Result<Condition, PolicyError> {
@@ -518,6 +519,9 @@ struct Checked<'a> {
     /// Names bound by comprehensions, anywhere in the tree.
     bound: HashSet<&'a str>,
     patterns: HashMap<String, regex::Regex>,
+    /// Functions called by name (operators aside): the call, and whether
+    /// it is a member call (`x.f()`).
+    calls: Vec<(&'a IdedExpr, &'a str, bool)>,
 }
 
 /// One node still to visit in [`check_tree`].
@@ -544,6 +548,7 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
         depth: 0,
         bound: Default::default(),
         patterns: HashMap::new(),
+        calls: Vec::new(),
     };
     let mut maps = 0;
     let mut stack = vec![Pending {
@@ -606,6 +611,11 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                         compile_pattern(&mut checked.patterns, pattern)
                             .map_err(|message| error_at(message, pattern))?;
                     }
+                }
+                if is_identifier(&call.func_name) {
+                    checked
+                        .calls
+                        .push((expr, &call.func_name, call.target.is_some()));
                 }
                 if let Some(target) = &call.target {
                     push(target, scope, in_loop);
@@ -676,7 +686,61 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
             }
         }
     }
+    for &(call, name, member) in &checked.calls {
+        if !function_exists(name, member) {
+            let form = if member { "method" } else { "function" };
+            return Err(error_at(format!("unknown {form} '{name}'"), call));
+        }
+    }
     Ok(checked)
+}
+
+/// Whether `name` is a plain name (operators are spelled with symbols).
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether a call of `name` (as a method when `member`) reaches a function
+/// of the evaluation environment: asked of cel itself, by evaluating the
+/// bare call, which fails as an undeclared reference only when no function
+/// of that name exists in that form. Names found are remembered (they are
+/// few); names not found are not, so the network cannot grow the set.
+fn function_exists(name: &str, member: bool) -> bool {
+    static KNOWN: OnceLock<std::sync::Mutex<HashSet<(String, bool)>>> = OnceLock::new();
+    if name == "matches" {
+        return true;
+    }
+    let known = KNOWN.get_or_init(Default::default);
+    let key = (name.to_owned(), member);
+    if known
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .contains(&key)
+    {
+        return true;
+    }
+    let source = if member {
+        format!("''.{name}()")
+    } else {
+        format!("{name}()")
+    };
+    let Ok(program) = Program::compile(&source) else {
+        // Not callable this way at all (a reserved word).
+        return false;
+    };
+    let context = Context::with_env(Arc::clone(env()));
+    let exists = !matches!(
+        catch_unwind(AssertUnwindSafe(|| program.execute(&context))),
+        Ok(Err(ExecutionError::UndeclaredReference(ref missing))) if missing.as_str() == name
+    );
+    if exists {
+        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
+    }
+    exists
 }
 
 /// Whether `comprehension` is a `map()`: it builds a list of values computed
@@ -815,10 +879,10 @@ mod tests {
         for (when, says) in [
             ("1 + 1", "yields int"),
             (r#""text""#, "yields string"),
-            ("foo(facts)", "unknown function or name 'foo'"),
+            ("foo(facts)", "unknown function 'foo'"),
             (
                 r#"facts.rack == "r1" || nope(1)"#,
-                "unknown function or name 'nope'",
+                "unknown function 'nope'",
             ),
         ] {
             let e = Condition::compile(when).expect_err(when);
@@ -978,6 +1042,32 @@ mod tests {
         assert!(Condition::compile("facts.exists(k, k == 'a') || k == 'b'").is_err());
         assert!(Condition::compile("optional.of(1) == 1").is_err());
         assert!(Condition::compile("Foo{a: 1} == 1").is_err());
+    }
+
+    #[test]
+    fn unknown_functions_and_methods_are_refused_with_a_position() {
+        let error = Condition::compile("facts.rack.startWith(\"r\")").unwrap_err();
+        assert!(error.message.contains("method 'startWith'"), "{error}");
+        assert_eq!(error.line, Some(1), "{error}");
+        assert!(error.column.is_some(), "{error}");
+        let error = Condition::compile("\"rack\" in facts &&\n  nosuchfn(facts.rack)").unwrap_err();
+        assert!(error.message.contains("function 'nosuchfn'"), "{error}");
+        assert_eq!((error.line, error.column), (Some(2), Some(11)), "{error}");
+        // Behind a short circuit too: never evaluated over these facts.
+        assert!(Condition::compile("facts.a == 'x' && facts.b.nope()").is_err());
+        // Functions and methods of the standard library, in their forms.
+        for ok in [
+            "facts.rack.startsWith('r')",
+            "facts.rack.endsWith('1') || facts.rack.contains('x')",
+            "size(facts.rack) > 1 && facts.rack.size() > 1",
+            "int(facts.cpus) >= 4 && uint(facts.cpus) > 1u && double(facts.load) < 2.0",
+            "bool(facts.ssd) && string(1) == '1' && type(facts) == map",
+            "has(facts.rack) && facts.rack.matches('^r[0-9]$')",
+            "facts.all(k, k.size() > 0) && facts.exists(k, k == 'a')",
+            "dyn(facts.rack) == 'r1' && bytes(facts.rack) == b'r1'",
+        ] {
+            Condition::compile(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]
