@@ -1062,6 +1062,26 @@ fn an_agent_without_a_key_refuses_to_start_unless_told_plaintext() {
 }
 
 #[test]
+fn an_agent_refuses_a_publish_file_it_cannot_write() {
+    let out = bare_agent_command(&[
+        "--name",
+        "sink",
+        "--insecure-plaintext",
+        "--publish-file",
+        "/proc/nonexistent/out.jsonl",
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started: {err}");
+    assert!(out.stdout.is_empty(), "no ready line expected");
+    assert!(
+        err.contains("--publish-file") && err.contains("/proc/nonexistent"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_plaintext_agent_warns_at_start_and_shows_encryption_off() {
     let dir = scratch_dir("plaintext");
     // From the environment variable (the flag is used by every other test).

@@ -272,6 +272,27 @@ impl FilePublisher {
         &self.path
     }
 
+    /// Creates the directory and the file as needed and opens it for
+    /// appending, writing nothing: whether publishing can work at all.
+    pub async fn check(&self) -> Result<(), PluginError> {
+        let _guard = self.append.lock().await;
+        self.open().await.map(drop)
+    }
+
+    async fn open(&self) -> Result<tokio::fs::File, PluginError> {
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| PluginError::io(dir, &e))?;
+        }
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.path)
+            .await
+            .map_err(|e| PluginError::io(&self.path, &e))
+    }
+
     /// Appends one line per metric, creating the directory and the file as
     /// needed, and returns the lines written. Metrics that would not decode
     /// (non-finite values and the like, see
@@ -291,17 +312,7 @@ impl FilePublisher {
             return Ok(0);
         }
         let _guard = self.append.lock().await;
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| PluginError::io(dir, &e))?;
-        }
-        let mut file = tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .await
-            .map_err(|e| PluginError::io(&self.path, &e))?;
+        let mut file = self.open().await?;
         file.write_all(&buf)
             .await
             .map_err(|e| PluginError::io(&self.path, &e))?;

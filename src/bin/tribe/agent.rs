@@ -366,12 +366,16 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| format!("admin listener: {e}"))?;
+    let publisher = match plan.publish_file {
+        Some(path) => Some(crate::tasks::file_publisher(path).await?),
+        None => None,
+    };
     let node = Node::start(plan.config)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
 
     let mut events = node.events();
-    crate::tasks::serve_builtins(&node, plan.publish_file).await?;
+    crate::tasks::serve_builtins(&node, publisher).await?;
     let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
         while let Some(event) = events.next().await {

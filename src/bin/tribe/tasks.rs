@@ -23,8 +23,23 @@ fn bad_request(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::new("bad_input", e.to_string())
 }
 
+/// The `file` publisher appending to `path`, once it is known to be
+/// writable: a file it cannot write would make the agent a sink that fails
+/// every batch sent to it, so it refuses to start instead.
+pub async fn file_publisher(path: PathBuf) -> Result<Arc<FilePublisher>, String> {
+    let publisher = Arc::new(FilePublisher::new(path));
+    publisher
+        .check()
+        .await
+        .map_err(|e| format!("--publish-file cannot be written: {}", e.message))?;
+    Ok(publisher)
+}
+
 /// Serves `tag` and `stdout` on this node, and `file` when `publish_file` is set.
-pub async fn serve_builtins(node: &Node, publish_file: Option<PathBuf>) -> Result<(), String> {
+pub async fn serve_builtins(
+    node: &Node,
+    publish_file: Option<Arc<FilePublisher>>,
+) -> Result<(), String> {
     let host = node.name().to_string();
     node.serve(
         "tag",
@@ -55,21 +70,32 @@ pub async fn serve_builtins(node: &Node, publish_file: Option<PathBuf>) -> Resul
     )
     .await
     .map_err(|e| format!("cannot serve stdout: {e}"))?;
-    if let Some(path) = publish_file {
-        let publisher = Arc::new(FilePublisher::new(path));
+    if let Some(publisher) = publish_file {
+        let last_warning = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
         node.serve(
             "file",
             BUILTIN_VERSION,
             PluginKind::Publisher,
-            move |_, payload| {
+            move |info, payload| {
                 let publisher = publisher.clone();
+                let last_warning = last_warning.clone();
                 async move {
                     let req = StepRequest::decode(&payload).map_err(bad_request)?;
-                    let n = publisher
-                        .publish(&req.metrics)
-                        .await
-                        .map_err(|e| HandlerError::new(e.code, e.message))?;
-                    Ok(n.to_string().into_bytes())
+                    match publisher.publish(&req.metrics).await {
+                        Ok(n) => Ok(n.to_string().into_bytes()),
+                        Err(e) => {
+                            let mut last = last_warning.lock().unwrap_or_else(|p| p.into_inner());
+                            if last.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
+                                *last = Some(std::time::Instant::now());
+                                tracing::warn!(
+                                    caller = %info.caller,
+                                    error = %e.message,
+                                    "the file publisher could not write a batch (logged at most once a minute)"
+                                );
+                            }
+                            Err(HandlerError::new(e.code, e.message))
+                        }
+                    }
                 }
             },
         )
