@@ -426,8 +426,18 @@ pub fn run(args: DemoArgs) -> DemoResult {
 
 fn run_demo(args: DemoArgs) -> DemoResult {
     let n = usize::from(args.nodes);
-    let dir = std::env::temp_dir().join(format!("tribe-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    // A fresh directory only its owner may enter (tempfile makes it 0700,
+    // with a random name): nobody can plant files or links in it first.
+    let dir = tempfile::Builder::new()
+        .prefix("tribe-demo-")
+        .tempdir()
+        .map_err(|e| {
+            format!(
+                "cannot create a directory in {}: {e}",
+                std::env::temp_dir().display()
+            )
+        })?
+        .keep();
     let pids = Arc::new(Mutex::new(Vec::new()));
     stop_on_signal(pids.clone(), dir.clone())?;
     let mut t = Demo {
