@@ -899,6 +899,35 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     assert_eq!(resp.status().as_u16(), 413);
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body["error"], "too_large", "{body}");
+    // A misspelt field is refused, not ignored.
+    let mut resp = http
+        .post(&format!("http://{}/v1/policies", agent.admin))
+        .header("Authorization", "Bearer s3cret")
+        .send_json(json!({"name": "p", "tribe": "t", "when": "true", "whne": "false"}))
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let body: Value = resp.body_mut().read_json().unwrap();
+    assert_eq!(body["error"], "invalid_json", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("whne"), "{body}");
+    // Bad chunked encoding and a path that is not UTF-8: 400 in the JSON
+    // error shape too.
+    for request in [
+        &b"POST /v1/tribes HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\nzz\r\n{}\r\n0\r\n\r\n"[..],
+        &b"GET /v1/tribes/%ff%fe HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\nConnection: close\r\n\r\n"[..],
+    ] {
+        use std::io::{Read as _, Write as _};
+        let mut raw = std::net::TcpStream::connect(agent.admin).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(request).unwrap();
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+        assert!(
+            answer.to_ascii_lowercase().contains("content-type: application/json")
+                && answer.contains(r#""error":"bad_request""#),
+            "{answer}"
+        );
+    }
     // A seed that never answers is said in the log, not only at debug.
     let lonely = start_agent(&dir, "lonely", &args(&["--seed", "127.0.0.1:9"]));
     wait_for(

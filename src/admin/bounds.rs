@@ -34,7 +34,38 @@ pub async fn bound(request: Request, next: Next) -> Response {
                 "the request body is over 2 MiB",
             )
         }
+        // Any other refusal of axum's (a body that could not be read, a path
+        // segment that is not UTF-8) in the API's one error shape.
+        Ok(response)
+            if (response.status().is_client_error() || response.status().is_server_error())
+                && !is_json(&response) =>
+        {
+            let status = response.status();
+            let text = axum::body::to_bytes(response.into_body(), 4096)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+                .unwrap_or_default();
+            let message = if text.trim().is_empty() {
+                status.canonical_reason().unwrap_or("refused").to_owned()
+            } else {
+                text.trim().to_owned()
+            };
+            refuse(status, code_of(status), &message)
+        }
         Ok(response) => response,
+    }
+}
+
+/// The error code of a refusal that carries none.
+fn code_of(status: StatusCode) -> &'static str {
+    match status {
+        StatusCode::BAD_REQUEST => "bad_request",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::METHOD_NOT_ALLOWED => "method_not_allowed",
+        StatusCode::REQUEST_TIMEOUT => "request_timeout",
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => "unsupported_media_type",
+        s if s.is_server_error() => "internal",
+        _ => "bad_request",
     }
 }
 

@@ -112,7 +112,7 @@ pub struct Tribe {
     pub tasks: Vec<TaskJson>,
 }
 
-/// A policy; also the body of `POST /v1/policies`.
+/// A policy, as listed; [`NewPolicy`] is the body that adds one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PolicyJson {
     /// Policy name.
@@ -123,8 +123,22 @@ pub struct PolicyJson {
     pub when: String,
 }
 
+/// Body of `POST /v1/policies`: the fields of [`PolicyJson`], and no other
+/// (a misspelt field is refused, not ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPolicy {
+    /// Policy name.
+    pub name: String,
+    /// Tribe it puts nodes in (created when missing).
+    pub tribe: String,
+    /// CEL expression over `facts`.
+    pub when: String,
+}
+
 /// Body of `POST /v1/tribes`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct CreateTribe {
     /// Tribe name.
     pub name: String,
@@ -132,6 +146,7 @@ pub struct CreateTribe {
 
 /// Body of `POST /v1/tribes/{name}/plugins`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LoadPlugin {
     /// Plugin name.
     pub name: String,
@@ -143,6 +158,7 @@ pub struct LoadPlugin {
 
 /// Body of `POST /v1/tribes/{name}/tasks`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AddTask {
     /// Task id, unique in the tribe.
     pub id: String,
@@ -155,6 +171,7 @@ pub struct AddTask {
 
 /// Body of `PUT /v1/facts/{key}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetFact {
     /// The new value.
     pub value: String,
@@ -186,6 +203,7 @@ pub struct KeyHolding {
 
 /// Body of `POST /v1/keys`. `Debug` never shows the key.
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct InstallKey {
     /// The key, base64 (as `tribe keygen` prints it).
     pub key: String,
@@ -199,6 +217,7 @@ impl std::fmt::Debug for InstallKey {
 
 /// Body of `PUT /v1/encryption`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SetEncryption {
     /// `accept`, `send` or `require`.
     pub mode: String,

@@ -27,8 +27,10 @@
 //! Errors are `{"error": code, "message": text}` with a 4xx/5xx status; the
 //! codes are [`crate::Error::code`] plus `invalid_json`, `invalid_manifest`
 //! (a task manifest the agents could not run), `not_found`,
-//! `method_not_allowed` and `request_timeout` (a request not sent and
-//! answered within 30 s; a body over 2 MiB is `too_large`).
+//! `method_not_allowed`, `request_timeout` (a request not sent and
+//! answered within 30 s; a body over 2 MiB is `too_large`) and
+//! `bad_request` (a body that cannot be read, a path that is not UTF-8).
+//! Write bodies with an unknown field are `invalid_json`.
 
 mod bounds;
 pub mod guard;

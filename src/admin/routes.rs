@@ -9,8 +9,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 
 use super::json::{
-    AddTask, CreateTribe, ErrorBody, InstallKey, Keys, LoadPlugin, Member, Plugin, PolicyJson,
-    SetEncryption, SetFact, Status, TaskJson, Tribe,
+    AddTask, CreateTribe, ErrorBody, InstallKey, Keys, LoadPlugin, Member, NewPolicy, Plugin,
+    PolicyJson, SetEncryption, SetFact, Status, TaskJson, Tribe,
 };
 use super::metrics;
 use crate::{Error, KeyId, Node, SecretKey, TaskState};
@@ -188,9 +188,13 @@ pub(super) async fn policy(
 }
 
 pub(super) async fn add_policy(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
-    let req: PolicyJson = parse(&body)?;
+    let req: NewPolicy = parse(&body)?;
     node.add_policy(&req.name, &req.tribe, &req.when).await?;
-    Ok(created(req))
+    Ok(created(PolicyJson {
+        name: req.name,
+        tribe: req.tribe,
+        when: req.when,
+    }))
 }
 
 pub(super) async fn remove_policy(

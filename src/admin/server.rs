@@ -24,7 +24,9 @@ pub struct Bounds {
     /// longest an idle kept-alive connection stays open).
     pub header_timeout: Duration,
     /// How long a read from the client or a write to it may stall (a
-    /// client that stops reading its answer).
+    /// client that stops reading its answer). Longer than the request
+    /// deadline, so that a body that stalls is answered 408 rather than
+    /// cut.
     pub io_timeout: Duration,
     /// How long a stop waits for requests being answered.
     pub stop_grace: Duration,
@@ -35,7 +37,7 @@ impl Default for Bounds {
         Bounds {
             max_connections: 128,
             header_timeout: Duration::from_secs(10),
-            io_timeout: Duration::from_secs(30),
+            io_timeout: Duration::from_secs(35),
             stop_grace: Duration::from_secs(5),
         }
     }
