@@ -440,6 +440,23 @@ fn kill_9_is_detected_and_a_restart_with_its_data_dir_rejoins_its_tribes() {
     );
     assert!(metrics.contains("tribe_tribes 1"), "{metrics}");
     let members_table = cli_ok(&agents[0], &["members"]);
+    // The admin address may be given as a URL too.
+    let as_url = Command::new(TRIBE)
+        .args([
+            "members",
+            "--admin",
+            &format!("http://{}/", agents[0].admin),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        as_url.status.success(),
+        "{}",
+        String::from_utf8_lossy(&as_url.stderr)
+    );
+    assert!(String::from_utf8_lossy(&as_url.stdout)
+        .lines()
+        .any(|l| l.starts_with("a4 ")));
     assert!(
         members_table
             .lines()
@@ -986,13 +1003,29 @@ fn agents_log_text_by_default_and_json_lines_with_a_flag() {
     let dir = scratch_dir("logs");
     let text = start_agent(&dir, "plain-logs", &[]);
     let json = start_agent(&dir, "json-logs", &args(&["--log-json"]));
-    drop((text, json));
-    let read = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
-    let text = read("plain-logs");
-    assert!(
-        text.contains("agent running") && !text.trim_start().starts_with('{'),
-        "{text}"
+    // The environment turns off what the options file turns on.
+    let options = dir.join("json.toml");
+    std::fs::write(&options, "log-json = true\ninsecure-plaintext = true\n").unwrap();
+    let overridden = start_agent_env(
+        &dir,
+        "env-off",
+        &args(&["--config", options.to_str().unwrap()]),
+        &[("TRIBE_LOG_JSON", "false")],
     );
+    let flag_off = start_agent(
+        &dir,
+        "flag-off",
+        &args(&["--config", options.to_str().unwrap(), "--log-json=false"]),
+    );
+    drop((text, json, overridden, flag_off));
+    let read = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+    for name in ["plain-logs", "env-off", "flag-off"] {
+        let text = read(name);
+        assert!(
+            text.contains("agent running") && !text.trim_start().starts_with('{'),
+            "{name}: {text}"
+        );
+    }
     let json = read("json-logs");
     let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());

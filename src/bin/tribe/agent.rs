@@ -68,9 +68,18 @@ pub struct AgentArgs {
     /// such as `tribe=debug` [default: info].
     #[arg(long, env = "TRIBE_LOG_LEVEL", value_name = "LEVEL")]
     log_level: Option<String>,
-    /// Log as JSON lines instead of human-readable text.
-    #[arg(long, env = "TRIBE_LOG_JSON")]
-    log_json: bool,
+    /// Log as JSON lines instead of human-readable text (`--log-json=false`
+    /// or TRIBE_LOG_JSON=false overrides the options file).
+    #[arg(
+        long,
+        env = "TRIBE_LOG_JSON",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    log_json: Option<bool>,
     /// Encryption key, base64 as `tribe keygen` prints it. Prefer --key-file or
     /// TRIBE_KEY: command lines are visible to other users.
     #[arg(long, env = "TRIBE_KEY", hide_env_values = true, value_name = "BASE64")]
@@ -86,8 +95,16 @@ pub struct AgentArgs {
     /// Run without an encryption key: gossip, sync and calls travel in plaintext
     /// that anyone on the network can read and forge. For tests on one host only;
     /// without it the agent refuses to start with no key.
-    #[arg(long, env = "TRIBE_INSECURE_PLAINTEXT")]
-    insecure_plaintext: bool,
+    #[arg(
+        long,
+        env = "TRIBE_INSECURE_PLAINTEXT",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_name = "BOOL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    insecure_plaintext: Option<bool>,
     /// Token the admin API requires as `Authorization: Bearer <token>` (the admin
     /// commands send TRIBE_ADMIN_TOKEN or --token) [default: none].
     #[arg(
@@ -239,8 +256,12 @@ impl AgentArgs {
         if let Some(mode) = self.encryption.or(file.encryption) {
             config.encryption = mode.parse().map_err(|e| format!("--encryption: {e}"))?;
         }
-        let insecure_plaintext =
-            self.insecure_plaintext || file.insecure_plaintext.unwrap_or(false);
+        // The command line and the environment win over the file, also to
+        // turn a switch off.
+        let insecure_plaintext = self
+            .insecure_plaintext
+            .or(file.insecure_plaintext)
+            .unwrap_or(false);
         let plaintext = check_plaintext(&config, insecure_plaintext)?;
         for (name, value) in &file.limits {
             config
@@ -255,7 +276,7 @@ impl AgentArgs {
                 .log_level
                 .or(file.log_level)
                 .unwrap_or_else(|| "info".into()),
-            log_json: self.log_json || file.log_json.unwrap_or(false),
+            log_json: self.log_json.or(file.log_json).unwrap_or(false),
             publish_file: self.publish_file.or(file.publish_file),
             admin_token,
             plaintext,
@@ -313,11 +334,28 @@ fn read_key(
         (None, Some(path)) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
+            warn_if_shared(&path);
             tribe::SecretKey::from_base64(&text)
                 .map(Some)
                 .map_err(|e| format!("key file {}: {e}", path.display()))
         }
         (None, None) => Ok(None),
+    }
+}
+
+/// Warns (on standard error: logging is not set up yet) when a key file
+/// may be read by other users, as ssh does for a private key.
+fn warn_if_shared(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Ok(meta) = std::fs::metadata(path) {
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            eprintln!(
+                "tribe: warning: key file {} is readable by other users (mode {mode:o}); \
+                 `chmod 600` it",
+                path.display()
+            );
+        }
     }
 }
 

@@ -31,6 +31,10 @@ impl Admin {
             .timeout_global(Some(REQUEST_TIMEOUT))
             .build()
             .into();
+        // `--admin http://127.0.0.1:7947/` names the same API as
+        // `--admin 127.0.0.1:7947`.
+        let addr = addr.strip_prefix("http://").unwrap_or(addr);
+        let addr = addr.trim_end_matches('/');
         Admin {
             base: format!("http://{addr}"),
             agent,
