@@ -3,7 +3,7 @@
 //! with the outcome as an event) and cancelling an asynchronous call.
 
 use std::collections::HashMap;
-use std::ffi::{c_char, CString};
+use std::ffi::c_char;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,6 +13,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::task::AbortHandle;
 
+use super::call_names::CallNames;
 use super::cast;
 use super::commands::plugin_kind;
 use super::error::FfiError;
@@ -170,15 +171,15 @@ impl AsyncCalls {
 
 /// An incoming call waiting for its answer.
 pub struct TribeResponder {
-    pub(super) info: CallInfo,
+    /// Caller, tribe, plugin and version as C strings (shared with the
+    /// call's event).
+    pub(super) names: Arc<CallNames>,
+    /// How long the caller still waited when the call arrived.
+    pub(super) budget: Duration,
     pub(super) payload: Vec<u8>,
     /// Taken by the first answer; dropping it unanswered answers
     /// `"unanswered"`.
     responder: Mutex<Option<Responder>>,
-    caller: CString,
-    tribe: CString,
-    plugin: CString,
-    version: CString,
     /// The process the call arrived in (a forked child may not answer it).
     owner: Owner,
 }
@@ -206,13 +207,9 @@ enum Answer {
 
 impl TribeResponder {
     fn new(info: CallInfo, payload: Vec<u8>, responder: Responder) -> TribeResponder {
-        let c = |s: &str| CString::new(s).unwrap_or_default();
         TribeResponder {
-            caller: c(&info.caller),
-            tribe: c(&info.tribe),
-            plugin: c(&info.plugin),
-            version: c(&info.version),
-            info,
+            names: CallNames::new(&info),
+            budget: info.budget,
             payload,
             responder: Mutex::new(Some(responder)),
             owner: Owner::here(),
@@ -562,17 +559,17 @@ pub extern "C" fn tribe_responder_info(
         cast::write(
             info,
             TribeCallInfo {
-                caller: r.caller.as_ptr(),
-                tribe: r.tribe.as_ptr(),
-                plugin: r.plugin.as_ptr(),
-                version: r.version.as_ptr(),
+                caller: r.names.caller().as_ptr(),
+                tribe: r.names.tribe().as_ptr(),
+                plugin: r.names.plugin().as_ptr(),
+                version: r.names.version().as_ptr(),
                 payload: if r.payload.is_empty() {
                     std::ptr::null()
                 } else {
                     r.payload.as_ptr()
                 },
                 payload_len: r.payload.len(),
-                budget_us: r.info.budget.as_micros().try_into().unwrap_or(u64::MAX),
+                budget_us: r.budget.as_micros().try_into().unwrap_or(u64::MAX),
             },
         );
         Ok(())
@@ -582,26 +579,26 @@ pub extern "C" fn tribe_responder_info(
 /// The calling node's name. Borrowed until `tribe_responder_free`; NULL for NULL.
 #[no_mangle]
 pub extern "C" fn tribe_responder_caller(r: *const TribeResponder) -> *const c_char {
-    cast::field_str(r, |r| &r.caller)
+    cast::field_str(r, |r| r.names.caller())
 }
 
 /// The tribe the call came through. Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_tribe(r: *const TribeResponder) -> *const c_char {
-    cast::field_str(r, |r| &r.tribe)
+    cast::field_str(r, |r| r.names.tribe())
 }
 
 /// The plugin called. Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_plugin(r: *const TribeResponder) -> *const c_char {
-    cast::field_str(r, |r| &r.plugin)
+    cast::field_str(r, |r| r.names.plugin())
 }
 
 /// The version of the served plugin that takes the call (also when the
 /// caller asked for any version). Borrowed until `tribe_responder_free`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_version(r: *const TribeResponder) -> *const c_char {
-    cast::field_str(r, |r| &r.version)
+    cast::field_str(r, |r| r.names.version())
 }
 
 /// How long the caller still waited when the call arrived, in ms; an answer
@@ -609,9 +606,7 @@ pub extern "C" fn tribe_responder_version(r: *const TribeResponder) -> *const c_
 #[no_mangle]
 pub extern "C" fn tribe_responder_budget_ms(r: *const TribeResponder) -> u64 {
     ffi_infallible!(0, {
-        cast::opt_ref(r).map_or(0, |r| {
-            r.info.budget.as_millis().try_into().unwrap_or(u64::MAX)
-        })
+        cast::opt_ref(r).map_or(0, |r| r.budget.as_millis().try_into().unwrap_or(u64::MAX))
     })
 }
 
@@ -621,9 +616,7 @@ pub extern "C" fn tribe_responder_budget_ms(r: *const TribeResponder) -> u64 {
 #[no_mangle]
 pub extern "C" fn tribe_responder_budget_us(r: *const TribeResponder) -> u64 {
     ffi_infallible!(0, {
-        cast::opt_ref(r).map_or(0, |r| {
-            r.info.budget.as_micros().try_into().unwrap_or(u64::MAX)
-        })
+        cast::opt_ref(r).map_or(0, |r| r.budget.as_micros().try_into().unwrap_or(u64::MAX))
     })
 }
 

@@ -2,10 +2,12 @@
 //! on its own thread — node events, incoming calls (carrying a responder)
 //! and the completions of asynchronous calls.
 
-use std::ffi::{c_char, CString};
+use std::ffi::{c_char, CStr, CString};
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::call::TribeResponder;
+use super::call_names::CallNames;
 use super::cast;
 use super::error::{FfiError, TRIBE_WRONG_EVENT};
 use super::mailbox::Taken;
@@ -98,15 +100,14 @@ pub struct TribeEvent {
     body: Body,
     subject: Option<CString>,
     tribe: Option<CString>,
-    /// What a call event's JSON shows of a responder that was taken.
-    taken_call: Option<TakenCall>,
+    /// A call event's details (its subject is the plugin), kept when its
+    /// responder is taken.
+    call: Option<CallSummary>,
 }
 
-/// The parts of a call's details the event keeps when its responder is
-/// taken (tribe and plugin are its `tribe` and `subject`).
-struct TakenCall {
-    version: String,
-    caller: String,
+/// What a call event tells of its call, also once its responder is taken.
+struct CallSummary {
+    names: Arc<CallNames>,
     budget_ms: u64,
     payload_len: usize,
 }
@@ -169,17 +170,38 @@ impl TribeEvent {
                 Event::ClockSkew { peer, .. } => (c(peer), None),
             },
             Body::Log { message, .. } => (Some(super::cast::c_text(message)), None),
-            Body::Call(r) => match r {
-                Some(r) => (c(&r.info.plugin), c(&r.info.tribe)),
-                None => (None, None),
-            },
-            Body::CallDone { .. } => (None, None),
+            // Read from the call's names (see `subject` and `tribe`).
+            Body::Call(_) | Body::CallDone { .. } => (None, None),
+        };
+        let call = match &body {
+            Body::Call(Some(r)) => Some(CallSummary {
+                names: r.names.clone(),
+                budget_ms: u64::try_from(r.budget.as_millis()).unwrap_or(u64::MAX),
+                payload_len: r.payload.len(),
+            }),
+            _ => None,
         };
         TribeEvent {
             body,
             subject,
             tribe,
-            taken_call: None,
+            call,
+        }
+    }
+
+    /// What the event is about, if its kind has a subject.
+    fn subject(&self) -> Option<&CStr> {
+        match &self.call {
+            Some(call) => Some(call.names.plugin()),
+            None => self.subject.as_deref(),
+        }
+    }
+
+    /// The tribe the event is about, if its kind has one.
+    fn tribe(&self) -> Option<&CStr> {
+        match &self.call {
+            Some(call) => Some(call.names.tribe()),
+            None => self.tribe.as_deref(),
         }
     }
 
@@ -197,33 +219,20 @@ impl TribeEvent {
                 "target": target,
                 "message": message,
             }),
-            Body::Call(r) => match r {
-                Some(r) => json!({
-                    "kind": "call",
-                    "tribe": r.info.tribe,
-                    "plugin": r.info.plugin,
-                    "version": r.info.version,
-                    "caller": r.info.caller,
-                    "budget_ms": r.info.budget.as_millis() as u64,
-                    "payload_len": r.payload.len(),
-                }),
-                // The responder was taken: the same from what was kept.
-                None => {
-                    let text =
-                        |s: &Option<CString>| s.as_ref().map(|s| s.to_string_lossy().into_owned());
-                    let mut v = json!({
+            Body::Call(_) => match &self.call {
+                Some(call) => {
+                    let text = |s: &CStr| s.to_string_lossy().into_owned();
+                    json!({
                         "kind": "call",
-                        "tribe": text(&self.tribe),
-                        "plugin": text(&self.subject),
-                    });
-                    if let Some(t) = &self.taken_call {
-                        v["version"] = json!(t.version);
-                        v["caller"] = json!(t.caller);
-                        v["budget_ms"] = json!(t.budget_ms);
-                        v["payload_len"] = json!(t.payload_len);
-                    }
-                    v
+                        "tribe": text(call.names.tribe()),
+                        "plugin": text(call.names.plugin()),
+                        "version": text(call.names.version()),
+                        "caller": text(call.names.caller()),
+                        "budget_ms": call.budget_ms,
+                        "payload_len": call.payload_len,
+                    })
                 }
+                None => json!({ "kind": "call" }),
             },
             Body::CallDone { id, result, .. } => {
                 let outcome = match result {
@@ -239,9 +248,9 @@ impl TribeEvent {
     }
 }
 
-fn borrowed(value: &Option<CString>, out: *mut *const c_char, what: &str) -> Result<(), FfiError> {
+fn borrowed(value: Option<&CStr>, out: *mut *const c_char, what: &str) -> Result<(), FfiError> {
     let out = cast::out(out, "out")?;
-    let value = value.as_ref().ok_or_else(|| {
+    let value = value.ok_or_else(|| {
         FfiError::new(
             TRIBE_WRONG_EVENT,
             format!("this kind of event has no {what}"),
@@ -409,7 +418,7 @@ pub extern "C" fn tribe_event_subject(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        borrowed(&cast::handle(event, "event")?.subject, out, "subject")
+        borrowed(cast::handle(event, "event")?.subject(), out, "subject")
     })
 }
 
@@ -422,7 +431,7 @@ pub extern "C" fn tribe_event_tribe(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, {
-        borrowed(&cast::handle(event, "event")?.tribe, out, "tribe")
+        borrowed(cast::handle(event, "event")?.tribe(), out, "tribe")
     })
 }
 
@@ -443,17 +452,10 @@ pub extern "C" fn tribe_event_take_responder(
         let event = cast::handle_mut(event, "event")?;
         match &mut event.body {
             Body::Call(slot) => {
-                let mut responder = slot
+                // The event keeps what it tells of the call (`call`).
+                let responder = slot
                     .take()
                     .ok_or_else(|| FfiError::consumed("the responder"))?;
-                // Moved, not copied (this is on every call's path): the
-                // responder's accessors read their own C strings.
-                event.taken_call = Some(TakenCall {
-                    version: std::mem::take(&mut responder.info.version),
-                    caller: std::mem::take(&mut responder.info.caller),
-                    budget_ms: responder.info.budget.as_millis() as u64,
-                    payload_len: responder.payload.len(),
-                });
                 cast::write(out, Box::into_raw(responder));
                 Ok(())
             }

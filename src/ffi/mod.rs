@@ -31,6 +31,7 @@ macro_rules! ffi_infallible {
 pub mod artifact;
 pub mod bytes;
 pub mod call;
+mod call_names;
 mod cast;
 pub mod commands;
 pub mod config;
