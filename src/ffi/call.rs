@@ -21,7 +21,7 @@ use super::event::Body;
 use super::mailbox::{Class, Mailbox};
 use super::node::{next_call_id, TribeNode};
 use super::owner::Owner;
-use crate::{CallInfo, CallTarget, Error, HandlerError, Responder};
+use crate::{CallInfo, Error, HandlerError, Responder};
 
 /// Gathers metrics.
 pub const TRIBE_KIND_COLLECTOR: u32 = 1;
@@ -296,24 +296,6 @@ pub extern "C" fn tribe_node_unserve(
     })
 }
 
-fn target(
-    tribe: *const c_char,
-    plugin: *const c_char,
-    version: *const c_char,
-    kind: u32,
-) -> Result<CallTarget, FfiError> {
-    let target = CallTarget {
-        tribe: cast::text(tribe, "tribe")?.into(),
-        plugin: cast::text(plugin, "plugin")?.into(),
-        version: cast::opt_text(version, "version")?.map(Into::into),
-        kind: plugin_kind(kind)?,
-    };
-    // Here, so that an asynchronous call returns it at once, not as its
-    // completion.
-    target.check()?;
-    Ok(target)
-}
-
 fn timeout(ms: u32) -> Result<Duration, FfiError> {
     if ms == 0 {
         return Err(FfiError::invalid("the timeout must be at least 1 ms"));
@@ -361,7 +343,7 @@ pub extern "C" fn tribe_node_call(
         cast::write(reply, std::ptr::null_mut());
         cast::write(reply_len, 0);
         let handle = super::node::node_handle(node)?;
-        let target = target(tribe, plugin, version, kind)?;
+        let target = handle.targets.get(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let timeout = timeout(timeout_ms)?;
         let n = handle.live()?;
@@ -409,10 +391,10 @@ pub extern "C" fn tribe_node_call_async(
 ) -> u32 {
     ffi_call!(err, {
         let call_id = cast::out(call_id, "call_id")?;
-        let target = target(tribe, plugin, version, kind)?;
+        let handle = super::node::node_handle(node)?;
+        let target = handle.targets.get(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let timeout = timeout(timeout_ms)?;
-        let handle = super::node::node_handle(node)?;
         let n = handle.live()?.clone();
         let id = next_call_id(handle);
         let calls = handle.calls.clone();

@@ -43,3 +43,4 @@ mod mailbox;
 pub mod node;
 mod owner;
 pub mod snapshot;
+mod targets;

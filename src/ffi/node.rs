@@ -40,6 +40,8 @@ pub struct TribeNode {
     /// Asynchronous calls not finished yet.
     pub(super) calls: Arc<super::call::AsyncCalls>,
     pub(super) next_call: AtomicU64,
+    /// The targets the host last called.
+    pub(super) targets: super::targets::Targets,
     /// The process that started the node (a forked child may not use it).
     pub(super) owner: Owner,
 }
@@ -264,6 +266,7 @@ pub extern "C" fn tribe_node_start(
             stopped: Mutex::new(false),
             log_sink,
             calls: Arc::new(super::call::AsyncCalls::new(max_inflight)),
+            targets: Default::default(),
             next_call: AtomicU64::new(1),
             owner: Owner::here(),
         };
