@@ -406,12 +406,12 @@ pub extern "C" fn tribe_node_call_async(
         // its completion can exist.
         cast::write(call_id, id);
         let registry = calls.clone();
-        let mut call = Box::pin(async move {
+        let call = async move {
             let outcome = AssertUnwindSafe(n.call_uncounted(&target, payload, timeout))
                 .catch_unwind()
                 .await;
             registry.complete(id, &mailbox, outcome, |result| n.count_call(result));
-        });
+        };
         // The call runs where the node's call streams do (see `host_io`):
         // a host thread waiting for events reads its answer.
         if company > 0 {
@@ -431,6 +431,7 @@ pub extern "C" fn tribe_node_call_async(
         // to write it. What is left runs as a task, whose first poll
         // registers the wakers this one could not.
         let streams = handle.host_io.handle();
+        let mut call = Box::pin(call);
         let first = {
             let _runtime = streams.enter();
             call.as_mut()

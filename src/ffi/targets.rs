@@ -63,57 +63,38 @@ impl Targets {
 mod tests {
     use super::*;
     use crate::ffi::call::TRIBE_KIND_PROCESSOR;
+    use std::ffi::CStr;
+
+    fn get(
+        targets: &Targets,
+        tribe: &CStr,
+        plugin: &CStr,
+        version: Option<&CStr>,
+    ) -> Result<Arc<CallTarget>, FfiError> {
+        let version = version.map_or(std::ptr::null(), CStr::as_ptr);
+        targets.get(
+            tribe.as_ptr(),
+            plugin.as_ptr(),
+            version,
+            TRIBE_KIND_PROCESSOR,
+        )
+    }
 
     #[test]
     fn a_target_is_built_once_and_bad_names_are_refused_every_time() {
         let targets = Targets::default();
-        let a = targets
-            .get(
-                c"svc".as_ptr(),
-                c"echo".as_ptr(),
-                std::ptr::null(),
-                TRIBE_KIND_PROCESSOR,
-            )
-            .unwrap();
-        let b = targets
-            .get(
-                c"svc".as_ptr(),
-                c"echo".as_ptr(),
-                std::ptr::null(),
-                TRIBE_KIND_PROCESSOR,
-            )
-            .unwrap();
+        let a = get(&targets, c"svc", c"echo", None).unwrap();
+        let b = get(&targets, c"svc", c"echo", None).unwrap();
         assert!(Arc::ptr_eq(&a, &b));
-        let v1 = targets
-            .get(
-                c"svc".as_ptr(),
-                c"echo".as_ptr(),
-                c"1".as_ptr(),
-                TRIBE_KIND_PROCESSOR,
-            )
-            .unwrap();
+        let v1 = get(&targets, c"svc", c"echo", Some(c"1")).unwrap();
         assert!(!Arc::ptr_eq(&a, &v1));
         assert_eq!(v1.version.as_deref(), Some("1"));
         for _ in 0..2 {
-            assert!(targets
-                .get(
-                    c"bad name".as_ptr(),
-                    c"echo".as_ptr(),
-                    std::ptr::null(),
-                    TRIBE_KIND_PROCESSOR
-                )
-                .is_err());
+            assert!(get(&targets, c"bad name", c"echo", None).is_err());
         }
         for i in 0..KEPT + 4 {
             let name = std::ffi::CString::new(format!("p{i}")).unwrap();
-            targets
-                .get(
-                    c"svc".as_ptr(),
-                    name.as_ptr(),
-                    std::ptr::null(),
-                    TRIBE_KIND_PROCESSOR,
-                )
-                .unwrap();
+            get(&targets, c"svc", &name, None).unwrap();
         }
         assert_eq!(targets.kept.lock().unwrap().len(), KEPT);
     }
