@@ -173,7 +173,7 @@ impl AsyncCalls {
 pub struct TribeResponder {
     /// Caller, tribe, plugin and version as C strings (shared with the
     /// call's event).
-    pub(super) names: Arc<CallNames>,
+    pub(super) names: CallNames,
     /// How long the caller still waited when the call arrived.
     pub(super) budget: Duration,
     pub(super) payload: Vec<u8>,

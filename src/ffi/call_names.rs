@@ -1,6 +1,6 @@
 //! The names of an incoming call (caller, tribe, plugin, version) as C
 //! strings, in one buffer shared by the call's responder and its event:
-//! one allocation a call where a C string each took six.
+//! one allocation a call, where a C string each took six.
 
 use std::ffi::CStr;
 use std::sync::Arc;
@@ -8,8 +8,10 @@ use std::sync::Arc;
 use crate::CallInfo;
 
 /// Caller, tribe, plugin and version, each NUL-terminated, back to back.
+/// Cloned by reference: the bytes are one allocation.
+#[derive(Clone)]
 pub(super) struct CallNames {
-    buf: Box<[u8]>,
+    buf: Arc<[u8]>,
     /// Where each name starts in `buf`; the last entry is its end.
     starts: [usize; 5],
 }
@@ -19,24 +21,43 @@ const TRIBE: usize = 1;
 const PLUGIN: usize = 2;
 const VERSION: usize = 3;
 
+/// Names that fit this many bytes are gathered on the stack (checked
+/// names are at most 64 bytes, a version 32); longer ones take a vector.
+const ON_STACK: usize = 512;
+
 impl CallNames {
-    pub(super) fn new(info: &CallInfo) -> Arc<CallNames> {
-        let names = [&info.caller, &info.tribe, &info.plugin, &info.version];
-        let mut buf = Vec::with_capacity(names.iter().map(|n| n.len() + 1).sum());
-        let mut starts = [0; 5];
-        for (i, name) in names.into_iter().enumerate() {
-            starts[i] = buf.len();
-            // A name C cannot hold (an inner NUL, from a peer) reads empty.
-            if !name.as_bytes().contains(&0) {
-                buf.extend_from_slice(name.as_bytes());
+    pub(super) fn new(info: &CallInfo) -> CallNames {
+        // A name C cannot hold (an inner NUL, from a peer) reads empty.
+        let names = [&info.caller, &info.tribe, &info.plugin, &info.version].map(|n| {
+            if n.as_bytes().contains(&0) {
+                ""
+            } else {
+                n.as_str()
             }
-            buf.push(0);
+        });
+        let total: usize = names.iter().map(|n| n.len() + 1).sum();
+        let mut starts = [0; 5];
+        let mut at = 0;
+        for (i, name) in names.iter().enumerate() {
+            starts[i] = at;
+            at += name.len() + 1;
         }
-        starts[4] = buf.len();
-        Arc::new(CallNames {
-            buf: buf.into_boxed_slice(),
-            starts,
-        })
+        starts[4] = total;
+        let fill = |buf: &mut [u8]| {
+            for (i, name) in names.iter().enumerate() {
+                buf[starts[i]..starts[i] + name.len()].copy_from_slice(name.as_bytes());
+            }
+        };
+        let buf: Arc<[u8]> = if total <= ON_STACK {
+            let mut stack = [0u8; ON_STACK];
+            fill(&mut stack[..total]);
+            Arc::from(&stack[..total])
+        } else {
+            let mut heap = vec![0u8; total];
+            fill(&mut heap);
+            Arc::from(heap)
+        };
+        CallNames { buf, starts }
     }
 
     fn get(&self, i: usize) -> &CStr {
@@ -73,6 +94,12 @@ mod tests {
             version: String::new(),
             budget: std::time::Duration::from_secs(1),
         };
+        let long = CallInfo {
+            caller: "c".repeat(600),
+            ..info.clone()
+        };
+        assert_eq!(CallNames::new(&long).caller().to_bytes().len(), 600);
+        assert_eq!(CallNames::new(&long).plugin(), c"echo");
         let names = CallNames::new(&info);
         assert_eq!(names.caller(), c"n1");
         assert_eq!(names.tribe(), c"");

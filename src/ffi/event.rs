@@ -3,7 +3,6 @@
 //! and the completions of asynchronous calls.
 
 use std::ffi::{c_char, CStr, CString};
-use std::sync::Arc;
 use std::time::Duration;
 
 use super::call::TribeResponder;
@@ -107,7 +106,7 @@ pub struct TribeEvent {
 
 /// What a call event tells of its call, also once its responder is taken.
 struct CallSummary {
-    names: Arc<CallNames>,
+    names: CallNames,
     budget_ms: u64,
     payload_len: usize,
 }
