@@ -313,16 +313,17 @@ def _serve_calls(native: Any) -> None:
     then ends the (daemon) thread cleanly."""
     take = native.take_call
     while True:
-        call = take()
-        if call is None:
+        taken = take()
+        if taken is None:
             return
+        handler, payload, info, call = taken
         try:
-            out = call.handler(call.payload, call.info)
+            out = handler(payload, info)
         except BaseException as e:  # every exception is the caller's answer
             call.fail(e)
         else:
             call.reply(out)
-        del call
+        del taken, handler, payload, info, call
 
 
 class _Dispatch:

@@ -193,7 +193,7 @@ impl Pool {
 /// released while the pool is open; `None` once the node closes or the
 /// thread is told to stop. Calls whose caller gave up while they were
 /// queued are skipped.
-pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<TakenCall>> {
+pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<Taken>> {
     loop {
         // A closed pool takes nothing more (its queue was drained), and
         // waits for nothing: at interpreter exit no pool thread may be in
@@ -213,9 +213,13 @@ pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<TakenCal
             // The caller gave up while the call was queued.
             continue;
         }
-        return TakenCall::new(py, job, responder, pool.closed.clone()).map(Some);
+        return TakenCall::start(py, job, responder, pool.closed.clone()).map(Some);
     }
 }
+
+/// What [`take_call`] hands a pool thread: the handler, its arguments, and
+/// the call to answer.
+pub(crate) type Taken = (Py<PyAny>, Py<PyBytes>, Py<CallInfo>, TakenCall);
 
 /// A call a pool thread took: Python runs `handler(payload, info)` and
 /// answers with `reply` or `fail`. The loop around it is Python's
@@ -225,12 +229,6 @@ pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<TakenCal
 /// abort the process.
 #[pyclass(frozen, module = "pytribe._native")]
 pub(crate) struct TakenCall {
-    #[pyo3(get)]
-    handler: Py<PyAny>,
-    #[pyo3(get)]
-    payload: Py<PyBytes>,
-    #[pyo3(get)]
-    info: Py<CallInfo>,
     call: tribe::CallInfo,
     running: Running,
     /// Whether the node closed: then the answer is written with the GIL
@@ -240,12 +238,14 @@ pub(crate) struct TakenCall {
 }
 
 impl TakenCall {
-    fn new(
+    /// The call, and the handler and arguments to run it with (apart, so
+    /// that the loop reads no attributes per call).
+    fn start(
         py: Python<'_>,
         job: Job,
         responder: tribe::Responder,
         closed: Arc<AtomicBool>,
-    ) -> PyResult<TakenCall> {
+    ) -> PyResult<Taken> {
         let running: Running = Arc::new(Mutex::new(Some(responder)));
         let left = job.info.budget.saturating_sub(job.queued.elapsed());
         let info = CallInfo {
@@ -256,14 +256,16 @@ impl TakenCall {
             deadline: monotonic(py)? + left.as_secs_f64(),
             running: Some(running.clone()),
         };
-        Ok(TakenCall {
-            handler: job.handler.clone_ref(py),
-            payload: PyBytes::new(py, &job.payload).unbind(),
-            info: Py::new(py, info)?,
-            call: job.info.clone(),
-            running,
-            closed,
-        })
+        Ok((
+            job.handler.clone_ref(py),
+            PyBytes::new(py, &job.payload).unbind(),
+            Py::new(py, info)?,
+            TakenCall {
+                call: job.info.clone(),
+                running,
+                closed,
+            },
+        ))
     }
 
     /// The responder, once: `None` when the call was answered already or

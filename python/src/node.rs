@@ -518,7 +518,7 @@ impl NativeNode {
 
     /// The next call for a pool thread (see `pytribe._serve_calls`); `None`
     /// once the node closes or after `stop_workers`.
-    fn take_call(&self, py: Python<'_>) -> PyResult<Option<crate::handlers::TakenCall>> {
+    fn take_call(&self, py: Python<'_>) -> PyResult<Option<crate::handlers::Taken>> {
         crate::handlers::take_call(py, &self.pool)
     }
 
