@@ -762,14 +762,13 @@ impl Node {
         self.inner.rpc.server.set_executor(handle);
     }
 
-    /// Ends once every call stream this node accepted has ended. After
-    /// [`Node::shutdown`], that is once each stream answered the calls it
-    /// had read (the handlers running returned, or their budget ran out)
-    /// and sent the replies, or was cut: a program that exits right after a
-    /// shutdown awaits it (with a timeout of its choice) so that no reply is
-    /// cut short. Pending for ever while the node serves.
+    /// Ends once every call this node read has been answered and every
+    /// reply written to its stream (or the stream cut). After
+    /// [`Node::shutdown`] a program that exits right after awaits it (with
+    /// a timeout of its choice) so that no reply is cut short. While the
+    /// node serves, it ends at a moment with no call running.
     pub async fn calls_drained(&self) {
-        self.inner.rpc.server.streams_ended().await;
+        self.inner.rpc.server.replies_sent().await;
     }
 
     /// The raw call path (server, pool, counters); for tests (feature

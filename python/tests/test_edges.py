@@ -148,3 +148,18 @@ def test_close_keeps_its_timeout_and_abort_cuts_a_close_short(cluster: Cluster) 
     finally:
         block.set()
         t.join(10)
+
+
+def test_close_after_calls_were_served_does_not_wait_for_idle_callers(cluster: Cluster) -> None:
+    host = cluster.start("host")
+    caller = cluster.start("caller", seeds=[host.addr])
+    host.create_tribe("svc")
+    host.join("svc")
+    host.serve("echo", "1", "processor", lambda payload, info: payload)
+    wait_for("the caller to see echo", lambda: any(
+        e.name == "echo" for m in caller.members() for e in m.endpoints))
+    assert caller.call("svc", "echo", b"x", timeout=10) == b"x"
+    # The caller keeps its stream open; nothing is left to send.
+    began = time.monotonic()
+    assert host.close() is True
+    assert time.monotonic() - began < 1.5

@@ -411,6 +411,13 @@ impl Outbox {
         }
     }
 
+    /// Whether every frame queued so far has been written (or never will
+    /// be: the stream failed or was cut).
+    pub fn is_flushed(&self) -> bool {
+        let queued = self.queue().queued_total;
+        self.is_failed() || self.wire().written_total >= queued
+    }
+
     /// Whether the stream failed (a write error, or it was cut).
     pub fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Relaxed)

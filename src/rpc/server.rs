@@ -76,6 +76,8 @@ pub struct Server {
     streams: Arc<Semaphore>,
     /// Call streams being served, also those draining after a goodbye.
     live_streams: tokio::sync::watch::Sender<usize>,
+    /// The sending sides of the call streams being served.
+    outboxes: std::sync::Mutex<Vec<std::sync::Weak<super::outbox::Outbox>>>,
     /// Whether this node is in a tribe's live view (set by the node).
     in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where accepted call streams run, when not on the node's runtime.
@@ -103,6 +105,7 @@ impl Server {
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
             live_streams: tokio::sync::watch::Sender::new(0),
+            outboxes: Default::default(),
             in_tribe,
             executor: std::sync::OnceLock::new(),
         }
@@ -209,10 +212,42 @@ impl Server {
         }
     }
 
-    /// Ends once no call stream is served any more: each answered the
-    /// calls it read and flushed its replies, or was cut.
-    pub(crate) async fn streams_ended(&self) {
-        let _ = self.live_streams.subscribe().wait_for(|n| *n == 0).await;
+    /// Ends once every call read has been answered and every reply
+    /// written (or its stream cut): a stream that waits for its caller to
+    /// end its side after a goodbye has nothing left to send.
+    pub(crate) async fn replies_sent(&self) {
+        /// How often the streams are looked at: answers come from threads
+        /// that wake nobody here.
+        const LOOK: Duration = Duration::from_millis(5);
+        let mut ended = self.live_streams.subscribe();
+        loop {
+            if *ended.borrow_and_update() == 0 || self.quiet() {
+                return;
+            }
+            tokio::select! {
+                _ = ended.changed() => {}
+                _ = tokio::time::sleep(LOOK) => {}
+            }
+        }
+    }
+
+    /// No call is being served and every stream's replies are written.
+    fn quiet(&self) -> bool {
+        self.serving.available_permits() >= self.limits.max_serving
+            && self
+                .outboxes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .all(|o| o.is_flushed())
+    }
+
+    /// Keeps `outbox` for [`Server::replies_sent`].
+    fn track(&self, outbox: &Arc<super::outbox::Outbox>) {
+        let mut kept = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
+        kept.retain(|o| o.strong_count() > 0);
+        kept.push(Arc::downgrade(outbox));
     }
 
     /// Counts a call stream as served until the guard is dropped.

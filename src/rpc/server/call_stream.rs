@@ -93,6 +93,7 @@ impl Server {
         };
         let mut place = Some(place);
         let (outbox, flusher) = Outbox::new(sealer, writer);
+        self.track(&outbox);
         let mut flushing = tokio::spawn(flusher);
         let mut killed = self.killed.subscribe();
         let mut epoch = self.epoch.subscribe();
