@@ -242,7 +242,7 @@ impl TakenCall {
     /// that the loop reads no attributes per call).
     fn start(
         py: Python<'_>,
-        job: Job,
+        mut job: Job,
         responder: tribe::Responder,
         closed: Arc<AtomicBool>,
     ) -> PyResult<Taken> {
@@ -261,7 +261,14 @@ impl TakenCall {
             PyBytes::new(py, &job.payload).unbind(),
             Py::new(py, info)?,
             TakenCall {
-                call: job.info.clone(),
+                // Moved: the job is done with its names.
+                call: tribe::CallInfo {
+                    caller: std::mem::take(&mut job.info.caller),
+                    tribe: std::mem::take(&mut job.info.tribe),
+                    plugin: std::mem::take(&mut job.info.plugin),
+                    version: std::mem::take(&mut job.info.version),
+                    budget: job.info.budget,
+                },
                 running,
                 closed,
             },

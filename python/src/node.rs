@@ -12,11 +12,11 @@ use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile,
 
 use crate::errors::{check, to_py, value_error};
 use crate::handlers::{Pool, Work};
+use crate::{convert, wait};
 
 /// How long a graceful stop waits for the replies of handlers still
 /// running to be sent.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
-use crate::{convert, wait};
 
 const OPEN: u8 = 0;
 const CLOSED: u8 = 1;

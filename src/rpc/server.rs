@@ -48,15 +48,6 @@ pub enum Serving {
     Responder(ResponderHandler),
 }
 
-/// A call stream being served (see [`Server::streams_ended`]).
-struct LiveStream<'a>(&'a tokio::sync::watch::Sender<usize>);
-
-impl Drop for LiveStream<'_> {
-    fn drop(&mut self) {
-        self.0.send_modify(|n| *n -= 1);
-    }
-}
-
 /// What this node serves.
 pub struct Server {
     handlers: RwLock<HashMap<(String, String), Served>>,
@@ -74,8 +65,6 @@ pub struct Server {
     /// farewell: streams say goodbye and end once their calls are answered.
     epoch: tokio::sync::watch::Sender<u64>,
     streams: Arc<Semaphore>,
-    /// Call streams being served, also those draining after a goodbye.
-    live_streams: tokio::sync::watch::Sender<usize>,
     /// The sending sides of the call streams being served.
     outboxes: std::sync::Mutex<Vec<std::sync::Weak<super::outbox::Outbox>>>,
     /// Whether this node is in a tribe's live view (set by the node).
@@ -104,7 +93,6 @@ impl Server {
             killed: tokio::sync::watch::Sender::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
-            live_streams: tokio::sync::watch::Sender::new(0),
             outboxes: Default::default(),
             in_tribe,
             executor: std::sync::OnceLock::new(),
@@ -219,15 +207,8 @@ impl Server {
         /// How often the streams are looked at: answers come from threads
         /// that wake nobody here.
         const LOOK: Duration = Duration::from_millis(5);
-        let mut ended = self.live_streams.subscribe();
-        loop {
-            if *ended.borrow_and_update() == 0 || self.quiet() {
-                return;
-            }
-            tokio::select! {
-                _ = ended.changed() => {}
-                _ = tokio::time::sleep(LOOK) => {}
-            }
+        while !self.quiet() {
+            tokio::time::sleep(LOOK).await;
         }
     }
 
@@ -248,12 +229,6 @@ impl Server {
         let mut kept = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(|o| o.strong_count() > 0);
         kept.push(Arc::downgrade(outbox));
-    }
-
-    /// Counts a call stream as served until the guard is dropped.
-    fn live_stream(&self) -> LiveStream<'_> {
-        self.live_streams.send_modify(|n| *n += 1);
-        LiveStream(&self.live_streams)
     }
 
     /// Whether the server refuses new calls.

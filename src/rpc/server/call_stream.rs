@@ -74,8 +74,6 @@ impl Server {
         R: AsyncRead + Unpin + Send + 'static,
         W: AsyncWrite + Unpin + Send + 'static,
     {
-        let server = self.clone();
-        let _live = server.live_stream();
         let Ok(place) = self.streams.clone().try_acquire_owned() else {
             RpcCounters::bump(&self.counters.streams_refused);
             // Say why before closing, so the caller's calls end as
