@@ -170,8 +170,12 @@ pub enum Error {
     #[error("invalid configuration: {0}")]
     Config(String),
     /// The replicated state holds as many records of a kind as allowed
-    /// ([`crate::config::StateLimits`]).
-    #[error("the cluster holds {limit} {what} already (the limit); remove some first")]
+    /// ([`crate::config::StateLimits`]). Removed records count until their
+    /// tombstones are collected (after the tombstone grace).
+    #[error(
+        "the cluster holds {limit} {what} already (the limit; removed ones count until \
+         their tombstones are collected, after the tombstone grace)"
+    )]
     LimitReached {
         /// Kind of record, plural.
         what: String,

@@ -324,7 +324,9 @@ pub fn rpc_server(data: &[u8]) {
                 match payload.first() {
                     Some(0) => responder.decline(),
                     Some(1) => drop(responder),
-                    _ => responder.reply(payload),
+                    _ => {
+                        let _ = responder.reply(payload);
+                    }
                 }
             })),
         );

@@ -355,3 +355,72 @@ async fn a_large_call_refused_half_written_goes_on_the_shared_stream() {
     })
     .await;
 }
+
+/// Large replies a host gives from its own threads after it began a
+/// graceful shutdown all reach their callers: a stream draining after its
+/// goodbye closes once each answer is queued on it, not as soon as a
+/// thread took the call to answer it (encoding a reply of megabytes takes
+/// long enough for the stream to close in between, and the reply was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_replies_given_after_a_graceful_shutdown_reach_their_callers() {
+    const CALLS: usize = 6;
+    const SIZE: usize = 3 << 20;
+    let nodes = start_cluster("lr", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    let (held, taken) = std::sync::mpsc::channel::<tribe::Responder>();
+    let held = std::sync::Mutex::new(held);
+    host.serve_responder("big", "1", PluginKind::Processor, move |_, _, r| {
+        let _ = held.lock().unwrap().send(r);
+    })
+    .await
+    .unwrap();
+    wait_for("the host's endpoint seen", Duration::from_secs(20), || {
+        caller.members().iter().any(|m| !m.endpoints.is_empty())
+            && caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let target = CallTarget::new("svc", "big", PluginKind::Processor);
+    // Blocking callers, each on a stream of its own, which ends its side
+    // as soon as it reads the goodbye.
+    let rt = tokio::runtime::Handle::current();
+    let calls: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let (rt, caller, target) = (rt.clone(), caller.clone(), target.clone());
+            std::thread::spawn(move || {
+                rt.block_on(caller.call_blocking(&target, b"x".to_vec(), 20 * SECOND))
+            })
+        })
+        .collect();
+    let responders = tokio::task::spawn_blocking(move || {
+        (0..CALLS)
+            .map(|_| taken.recv_timeout(Duration::from_secs(10)).unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    host.shutdown().await.unwrap();
+    // The host's "threads" answer now, each with megabytes.
+    std::thread::scope(|s| {
+        for r in responders {
+            s.spawn(move || r.reply(vec![7; SIZE]).unwrap());
+        }
+    });
+    let replies = tokio::task::spawn_blocking(move || {
+        calls
+            .into_iter()
+            .map(|c| c.join().unwrap())
+            .collect::<Vec<_>>()
+    })
+    .await
+    .unwrap();
+    for reply in replies {
+        assert!(
+            matches!(&reply, Ok(b) if b.len() == SIZE),
+            "{:?}",
+            reply.map(|b| b.len())
+        );
+    }
+}

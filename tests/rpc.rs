@@ -445,17 +445,21 @@ async fn responders_answer_from_threads_of_the_host() {
     host.join("svc", host.name()).await.unwrap();
     // The host's "pool": one thread taking calls from a channel.
     let (jobs, queue) = std::sync::mpsc::channel::<(Vec<u8>, tribe::Responder)>();
+    // What `reply` told the pool about the reply over the limit.
+    let (told, big_outcome) = std::sync::mpsc::channel();
     let pool = std::thread::spawn(move || {
         for (payload, responder) in queue {
             match payload.as_slice() {
                 b"fail" => responder.fail(HandlerError::new("nope", "refused")),
                 b"decline" => responder.decline(),
                 b"drop" => drop(responder),
-                b"big" => responder.reply(vec![0; 4096]),
+                b"big" => {
+                    let _ = told.send(responder.reply(vec![0; 4096]));
+                }
                 _ => {
                     let mut out = b"pool:".to_vec();
                     out.extend_from_slice(&payload);
-                    responder.reply(out);
+                    responder.reply(out).unwrap();
                 }
             }
         }
@@ -486,6 +490,17 @@ async fn responders_answer_from_threads_of_the_host() {
         assert_eq!(remote_code(call(b"fail", SECOND).await), "nope");
         assert_eq!(remote_code(call(b"drop", SECOND).await), "unanswered");
         assert_eq!(remote_code(call(b"big", SECOND).await), "too_large");
+        let outcome = big_outcome.recv_timeout(Duration::from_secs(5)).unwrap();
+        assert!(
+            matches!(
+                outcome,
+                Err(Error::TooLarge {
+                    size: 4096,
+                    limit: 1024
+                })
+            ),
+            "the handler is told: {outcome:?}"
+        );
         assert_eq!(remote_code(call(b"panic", SECOND).await), "panic");
         let began = std::time::Instant::now();
         let declined = call(b"decline", Duration::from_millis(200)).await;

@@ -256,7 +256,7 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     // A late answer to a cancelled call is dropped, gives the places back,
     // and the stream lives on.
     for r in held.lock().unwrap().drain(..) {
-        r.reply(b"late".to_vec());
+        r.reply(b"late".to_vec()).unwrap();
     }
     let echo = caller
         .call(&target("echo"), b"g".to_vec(), 5 * SECOND)
@@ -423,7 +423,7 @@ async fn a_call_refused_by_a_stopping_handler_moves_to_another_host() {
         .unwrap();
     nodes[2]
         .serve_responder("work", "1", PluginKind::Processor, |_, _, r| {
-            r.reply(b"ran".to_vec())
+            r.reply(b"ran".to_vec()).unwrap();
         })
         .await
         .unwrap();

@@ -294,9 +294,24 @@ impl TakenCall {
             return;
         };
         match reply_bytes(out) {
-            Ok(reply) if self.closed.load(Ordering::Acquire) => responder.reply(reply),
-            // Written to the caller's stream from this thread, without the GIL.
-            Ok(reply) => py.detach(|| responder.reply(reply)),
+            Ok(reply) => {
+                let sent = if self.closed.load(Ordering::Acquire) {
+                    responder.reply(reply)
+                } else {
+                    // Written to the caller's stream from this thread, without the GIL.
+                    py.detach(|| responder.reply(reply))
+                };
+                if let Err(e) = sent {
+                    // The caller got "too_large"; the handler's author
+                    // learns it here.
+                    log_failure(
+                        py,
+                        &self.call,
+                        &HandlerError::new("too_large", e.to_string()),
+                        None,
+                    );
+                }
+            }
             Err(e) => {
                 let err = HandlerError::new("TypeError", e);
                 log_failure(py, &self.call, &err, None);

@@ -187,8 +187,11 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
     # A reply over the host's limit is the same error, with its sizes.
     host.serve("grow", "1", "processor", lambda payload, info: payload * 2)
     wait_endpoint(caller, "grow")
-    with pytest.raises(pytribe.TooLargeError) as tl:
-        caller.call("svc", "grow", b"x" * (40 * 1024))
+    with caplog.at_level("ERROR", logger="pytribe"):
+        with pytest.raises(pytribe.TooLargeError) as tl:
+            caller.call("svc", "grow", b"x" * (40 * 1024))
+        # The handler's side learns it too: the reply was not sent.
+        wait_for("the refused reply logged on the host", lambda: "over the limit of 65536" in caplog.text, 5)
     assert (tl.value.size, tl.value.limit) == (80 * 1024, 64 * 1024)
 
     async def timeout_async() -> None:

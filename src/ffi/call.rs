@@ -232,7 +232,7 @@ impl TribeResponder {
             .take()
             .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
         match answer {
-            Answer::Reply(bytes) => responder.reply(bytes),
+            Answer::Reply(bytes) => responder.reply(bytes)?,
             Answer::Fail(e) => responder.fail(e),
             Answer::RefuseStopping => responder.refuse_stopping(),
             Answer::Decline => responder.decline(),
@@ -625,8 +625,11 @@ pub extern "C" fn tribe_responder_is_abandoned(r: *const TribeResponder) -> bool
 
 /// Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
 /// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
-/// already. An answer the caller no longer waits for (deadline passed,
-/// node stopped) is dropped without an error. The responder must still be
+/// already. `TRIBE_TOO_LARGE` if `reply_len` is over the node's
+/// `max_payload`: the reply is not sent, the caller gets `TRIBE_REMOTE` with
+/// the code `"too_large"`, and the call is answered. An answer the caller no
+/// longer waits for (deadline passed, node stopped) is dropped without an
+/// error. The responder must still be
 /// freed. Does not block: the reply is written to the caller's stream from
 /// this thread with a non-blocking write, and what the socket does not take
 /// at once is left to the node's threads.

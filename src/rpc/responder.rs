@@ -5,7 +5,7 @@
 //! `rpc::outbox`), so a host that runs its handlers on threads of its
 //! own (C, Go, Python) costs no extra hop back through the runtime.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -163,20 +163,40 @@ pub(crate) struct Slot {
     places: Mutex<Option<Held>>,
     /// The responder is gone (answered, dropped or declined).
     gone: AtomicBool,
+    /// Threads between taking the sink and having queued what they send
+    /// there: until then the call is not over (see [`Slot::is_answered`]).
+    answering: AtomicUsize,
     max_payload: usize,
     counters: Arc<RpcCounters>,
 }
 
-impl Slot {
-    fn take(&self) -> Option<Sink> {
-        let sink = self.sink.lock().unwrap_or_else(|p| p.into_inner()).take();
-        // After the take: a responder going meanwhile sees the call over.
-        if self.gone.load(Ordering::SeqCst) {
-            self.give_places_back();
-        }
-        sink
+/// One thread's turn at ending the call (see [`Slot::answering`]).
+struct Answering<'a>(&'a Slot);
+
+impl<'a> Answering<'a> {
+    fn start(slot: &'a Slot) -> Answering<'a> {
+        slot.answering.fetch_add(1, Ordering::SeqCst);
+        Answering(slot)
     }
 
+    /// Takes the sink: whoever takes it first ends the call.
+    fn take(&self) -> Option<Sink> {
+        self.0.sink.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::SeqCst);
+        // After the answer is queued: a responder gone meanwhile sees the
+        // call over, or leaves the places to this.
+        if self.0.gone.load(Ordering::SeqCst) && self.0.is_answered() {
+            self.0.give_places_back();
+        }
+    }
+}
+
+impl Slot {
     /// The responder went: the places come back now if the call is over,
     /// else when it ends.
     fn responder_gone(&self) {
@@ -192,7 +212,8 @@ impl Slot {
 
     /// Answers unless someone did already; false when someone did.
     pub(crate) fn answer(&self, result: Result<Vec<u8>, HandlerError>) -> bool {
-        let Some(sink) = self.take() else {
+        let turn = Answering::start(self);
+        let Some(sink) = turn.take() else {
             return false;
         };
         RpcCounters::bump(&self.counters.served);
@@ -206,25 +227,32 @@ impl Slot {
         true
     }
 
-    /// Whether the call was answered (or abandoned) already.
+    /// Whether the call was answered (its answer queued on the stream) or
+    /// abandoned already. A stream that ends once its calls are answered
+    /// must not close while an answer is still being encoded (a large
+    /// reply takes milliseconds): the sink is taken first, so it is read
+    /// first here.
     pub(crate) fn is_answered(&self) -> bool {
         self.sink
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .is_none()
+            && self.answering.load(Ordering::SeqCst) == 0
     }
 
     /// Ends a call its caller gave up on: no answer is sent, and a later
     /// one is dropped.
     pub(crate) fn abandon(&self) {
-        drop(self.take());
+        let turn = Answering::start(self);
+        drop(turn.take());
     }
 
     /// Tells the caller that this host is stopping and did not run the
     /// call, so it moves the call to another host (nothing when the call
     /// was answered already).
     pub(crate) fn refuse_stopping(&self) {
-        let Some(sink) = self.take() else {
+        let turn = Answering::start(self);
+        let Some(sink) = turn.take() else {
             return;
         };
         RpcCounters::bump(&self.counters.refused);
@@ -295,6 +323,7 @@ impl Responder {
             sink: Mutex::new(Some(sink)),
             places: Mutex::new(Some(places)),
             gone: AtomicBool::new(false),
+            answering: AtomicUsize::new(0),
             max_payload,
             counters,
         });
@@ -338,13 +367,21 @@ impl Responder {
         (r, slot, rx)
     }
 
-    /// Answers with `reply`. A reply over the node's payload limit reaches
-    /// the caller as the error `"too_large"`; an answer the caller no longer
-    /// waits for (its deadline passed, the stream ended) is dropped.
-    pub fn reply(mut self, reply: Vec<u8>) {
-        if let Some(slot) = self.slot.take() {
-            slot.answer(Ok(reply));
+    /// Answers with `reply`. A reply over the node's payload limit is not
+    /// sent: the caller gets the error `"too_large"` instead, and this
+    /// returns [`crate::Error::TooLarge`] so the handler learns it too. An
+    /// answer the caller no longer waits for (its deadline passed, the
+    /// stream ended) is dropped, which is not the handler's error.
+    pub fn reply(mut self, reply: Vec<u8>) -> Result<(), crate::Error> {
+        let Some(slot) = self.slot.take() else {
+            return Ok(());
+        };
+        let (size, limit) = (reply.len(), slot.max_payload);
+        slot.answer(Ok(reply));
+        if size > limit {
+            return Err(crate::Error::TooLarge { size, limit });
         }
+        Ok(())
     }
 
     /// Answers with an error: the caller gets [`crate::Error::Remote`] with

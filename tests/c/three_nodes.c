@@ -177,6 +177,7 @@ int main(void) {
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "fail", "1", TRIBE_KIND_PROCESSOR, &err));
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "slow", "1", TRIBE_KIND_PROCESSOR, &err));
     EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "decline", "1", TRIBE_KIND_PROCESSOR, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(nodes[1], "huge", "1", TRIBE_KIND_PROCESSOR, &err));
     CHECK(wait_for(serves_upper, NULL, 15));
 
     uint8_t *reply = NULL;
@@ -199,6 +200,17 @@ int main(void) {
     CHECK(strcmp(tribe_error_name(err), "remote") == 0);
     CHECK(reply == NULL && reply_len == 0);
     tribe_error_free(err);
+
+    /* A reply over the host's max_payload: the caller gets "too_large",
+     * and the handler's tribe_responder_reply returned TRIBE_TOO_LARGE. */
+    err = NULL;
+    rc = tribe_node_call(nodes[2], "core", "huge", NULL, TRIBE_KIND_PROCESSOR,
+                         (const uint8_t *)"x", 1, 5000, &reply, &reply_len, &err);
+    CHECK(rc == TRIBE_REMOTE && strcmp(tribe_error_remote_code(err), "too_large") == 0);
+    tribe_error_free(err);
+    /* The pump counts it after the answer went out. */
+    for (int i = 0; i < 100 && pump_get(&pumps[1], &pumps[1].too_large_told) < 1; i++) sleep_ms(50);
+    CHECK(pump_get(&pumps[1], &pumps[1].too_large_told) == 1);
 
     /* Nobody serves it; and a handler that does not answer in time. */
     EXPECT(TRIBE_NO_PROVIDER, tribe_node_call(nodes[2], "core", "nobody", NULL, TRIBE_KIND_PROCESSOR,

@@ -117,7 +117,9 @@ static inline tribe_node *start_node(const char *name, const char *key,
  *   upper -> the payload in upper case
  *   fail  -> an error with code "bad_input"
  *   decline -> declined: the caller's own deadline decides
- *   slow  -> kept unanswered until the pump stops (freed: "unanswered") */
+ *   slow  -> kept unanswered until the pump stops (freed: "unanswered")
+ *   huge  -> a reply one byte over the default max_payload (4 MiB), which
+ *            reply refuses with TRIBE_TOO_LARGE (counted in too_large_told) */
 #define MAX_KEPT 64
 typedef struct {
     tribe_node *node;
@@ -127,6 +129,7 @@ typedef struct {
     int artifact_loads;      /* ... of plugin "script", its JSON naming a sha256 */
     int tribe_joined_core;   /* TRIBE_EVENT_TRIBE_JOINED of tribe "core" */
     int calls_served;
+    int too_large_told;      /* replies refused with TRIBE_TOO_LARGE */
     int done_events;         /* TRIBE_EVENT_CALL_DONE seen */
     uint32_t last_done_rc;
     uint64_t last_done_id;
@@ -149,6 +152,22 @@ static inline void answer(pump *p, tribe_responder *r) {
         tribe_responder_free(r);
     } else if (strcmp(plugin, "fail") == 0) {
         OK(tribe_responder_fail(r, "bad_input", "cannot handle this payload", NULL));
+        tribe_responder_free(r);
+    } else if (strcmp(plugin, "huge") == 0) {
+        size_t big = (4u << 20) + 1;
+        uint8_t *out = calloc(big, 1);
+        tribe_error *err = NULL;
+        uint32_t rc = tribe_responder_reply(r, out, big, &err);
+        free(out);
+        if (rc != TRIBE_TOO_LARGE || err == NULL || tribe_error_code(err) != TRIBE_TOO_LARGE)
+            die(__FILE__, __LINE__, "huge reply -> %u", (unsigned)rc);
+        tribe_error_free(err);
+        /* The call is answered (with "too_large"): nothing more to send. */
+        if (tribe_responder_reply(r, NULL, 0, NULL) != TRIBE_CONSUMED)
+            die(__FILE__, __LINE__, "reply after a refused reply");
+        pthread_mutex_lock(&p->lock);
+        p->too_large_told++;
+        pthread_mutex_unlock(&p->lock);
         tribe_responder_free(r);
     } else if (strcmp(plugin, "decline") == 0) {
         OK(tribe_responder_decline(r, NULL));
