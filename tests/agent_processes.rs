@@ -1017,7 +1017,15 @@ fn agents_log_text_by_default_and_json_lines_with_a_flag() {
         "flag-off",
         &args(&["--config", options.to_str().unwrap(), "--log-json=false"]),
     );
-    drop((text, json, overridden, flag_off));
+    // An empty variable (`TRIBE_LOG_JSON=`, as a unit file clears one) is
+    // unset: the options file decides.
+    let env_empty = start_agent_env(
+        &dir,
+        "env-empty",
+        &args(&["--config", options.to_str().unwrap()]),
+        &[("TRIBE_LOG_JSON", "")],
+    );
+    drop((text, json, overridden, flag_off, env_empty));
     let read = |name: &str| std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
     for name in ["plain-logs", "env-off", "flag-off"] {
         let text = read(name);
@@ -1026,15 +1034,17 @@ fn agents_log_text_by_default_and_json_lines_with_a_flag() {
             "{name}: {text}"
         );
     }
-    let json = read("json-logs");
-    let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(!lines.is_empty());
-    for line in lines {
-        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        assert!(
-            v.get("level").is_some() && v.get("fields").is_some(),
-            "{line}"
-        );
+    for name in ["json-logs", "env-empty"] {
+        let json = read(name);
+        let lines: Vec<&str> = json.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert!(!lines.is_empty(), "{name}");
+        for line in lines {
+            let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert!(
+                v.get("level").is_some() && v.get("fields").is_some(),
+                "{line}"
+            );
+        }
     }
     std::fs::remove_dir_all(&dir).ok();
 }

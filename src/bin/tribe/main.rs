@@ -84,7 +84,21 @@ enum Command {
     Keygen,
 }
 
+/// An empty `TRIBE_*` variable counts as unset, as when a unit file or a
+/// shell clears one with `VAR=` (clap would refuse `""` as a value). Runs
+/// first in `main`, while the process has one thread.
+fn unset_empty_tribe_variables() {
+    let empty: Vec<_> = std::env::vars_os()
+        .filter(|(k, v)| v.is_empty() && k.to_str().is_some_and(|k| k.starts_with("TRIBE_")))
+        .map(|(k, _)| k)
+        .collect();
+    for key in empty {
+        std::env::remove_var(key);
+    }
+}
+
 fn main() -> std::process::ExitCode {
+    unset_empty_tribe_variables();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => agent::run(*args),
