@@ -429,8 +429,12 @@ pub extern "C" fn tribe_node_call_async(
         // Alone, the call's first step runs here: its request is written
         // from this thread, where a task would first wake a runtime thread
         // to write it. What is left runs as a task, whose first poll
-        // registers the wakers this one could not.
-        let streams = handle.host_io.handle();
+        // registers the wakers this one could not. When no thread drives
+        // the runtime now (a host thread that calls, then waits for
+        // events), the task is spawned by the next one that does, from
+        // inside: a spawn from here would write the runtime's wake-up
+        // eventfd, and that wait would return once for nothing.
+        let streams = handle.host_io.handle().clone();
         let mut call = Box::pin(call);
         let first = {
             let _runtime = streams.enter();
@@ -438,8 +442,13 @@ pub extern "C" fn tribe_node_call_async(
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
         if first.is_pending() {
-            let task = streams.spawn(call);
-            calls.attach(id, task.abort_handle());
+            let start: super::host_io::Job = Box::new(move || {
+                let task = streams.spawn(call);
+                calls.attach(id, task.abort_handle());
+            });
+            if let Some(start) = handle.host_io.defer(start) {
+                start();
+            }
         }
         Ok(())
     })

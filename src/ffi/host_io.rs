@@ -16,7 +16,10 @@
 //! Work started on a thread that does not drive the runtime (a call from
 //! a Go goroutine while the polling thread waits) can be handed over with
 //! [`HostIo::hand_over`]: a burst of it wakes the driving thread once,
-//! where a spawn each would wake it every time.
+//! where a spawn each would wake it every time. Work started while no
+//! thread drives the runtime at all is left to the next one that does
+//! ([`HostIo::defer`]): a spawn would write to the runtime's wake-up
+//! eventfd for nobody, and the next wait would return at once for it.
 
 use std::future::Future;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -87,7 +90,27 @@ struct State {
     caretaker_driving: bool,
     /// Whether the caretaker sleeps until the last host thread leaves.
     caretaker_waits: bool,
+    /// Host threads inside [`HostIo::turn`].
+    turning: usize,
+    /// Work started while no thread drove the runtime, for the next one
+    /// that does to run from inside it.
+    deferred: Vec<Job>,
     stop: bool,
+}
+
+impl State {
+    /// Whether no thread drives the runtime (none can be woken by a spawn).
+    fn undriven(&self) -> bool {
+        self.hosts == 0 && self.turning == 0 && !self.caretaker_driving && !self.stop
+    }
+}
+
+/// Runs work deferred until a thread drove the runtime; called inside the
+/// runtime, so what it spawns is queued there without a wake-up.
+fn run_deferred(jobs: Vec<Job>) {
+    for job in jobs {
+        job();
+    }
 }
 
 impl Shared {
@@ -136,6 +159,9 @@ impl HostIo {
     /// polls its tasks: only the first job of a burst wakes it. Jobs not
     /// run when the runtime stops are dropped.
     pub(super) fn hand_over(&self, job: Job) {
+        let Some(job) = self.defer(job) else {
+            return;
+        };
         let first = {
             let mut jobs = self.handed.lock();
             jobs.push(job);
@@ -144,6 +170,19 @@ impl HostIo {
         if first {
             self.handed.arrived.notify_one();
         }
+    }
+
+    /// Keeps `job` (work that spawns onto the runtime) for the next thread
+    /// that drives the runtime, when none does now; gives it back
+    /// otherwise, for the caller to run at once (its spawn wakes the
+    /// driving thread, as it must).
+    pub(super) fn defer(&self, job: Job) -> Option<Job> {
+        let mut state = self.shared.lock();
+        if state.undriven() {
+            state.deferred.push(job);
+            return None;
+        }
+        Some(job)
     }
 
     /// Where the call streams run.
@@ -174,34 +213,47 @@ impl HostIo {
                 }
             }
         }
-        let take_over = {
+        let (take_over, deferred) = {
             let mut state = self.shared.lock();
             state.hosts += 1;
-            state.caretaker_driving
+            (state.caretaker_driving, std::mem::take(&mut state.deferred))
         };
         let _inside = Inside(&self.shared);
         if take_over {
             self.shared.host_came.notify_one();
         }
-        self.runtime().block_on(fut)
+        self.runtime().block_on(async move {
+            run_deferred(deferred);
+            fut.await
+        })
     }
 
     /// Drives the call streams for one turn without blocking: runs the
     /// tasks ready now, polls the sockets, and runs what they made ready.
     /// Does nothing when another thread drives them.
     pub(super) fn turn(&self) {
+        /// Counts the turn out also when a deferred job panics.
+        struct Turning<'a>(&'a Shared);
+        impl Drop for Turning<'_> {
+            fn drop(&mut self) {
+                self.0.lock().turning -= 1;
+            }
+        }
         // Not counted as a host inside: the caretaker, sleeping until the
         // last host leaves, would be woken by every turn. A turn only
         // restarts its countdown, and takes the runtime from it.
-        let take_over = {
+        let (take_over, deferred) = {
             let mut state = self.shared.lock();
             state.exits += 1;
-            state.caretaker_driving
+            state.turning += 1;
+            (state.caretaker_driving, std::mem::take(&mut state.deferred))
         };
+        let _turning = Turning(&self.shared);
         if take_over {
             self.shared.host_came.notify_one();
         }
         self.runtime().block_on(async {
+            run_deferred(deferred);
             // Each yield lets the runtime poll its driver once before
             // this future runs again.
             tokio::task::yield_now().await;
@@ -222,6 +274,8 @@ impl HostIo {
         }
         // Dropped here, not by whoever frees the node's last handle.
         drop(std::mem::take(&mut *self.handed.lock()));
+        let deferred = std::mem::take(&mut self.shared.lock().deferred);
+        drop(deferred);
     }
 }
 
@@ -263,8 +317,12 @@ fn care(runtime: &Runtime, shared: &Shared) {
                 .0;
         }
         state.caretaker_driving = true;
+        let deferred = std::mem::take(&mut state.deferred);
         drop(state);
-        runtime.block_on(shared.host_came.notified());
+        runtime.block_on(async {
+            run_deferred(deferred);
+            shared.host_came.notified().await
+        });
         shared.lock().caretaker_driving = false;
         seen = None;
     }
@@ -362,6 +420,54 @@ mod tests {
         assert!(
             ran.is_ok(),
             "handed-over work did not run while a host drove"
+        );
+    }
+
+    /// Work started while no thread drives the runtime is kept for the
+    /// next thread that does, which runs it inside the runtime (so what it
+    /// spawns wakes nobody); with no host thread coming, the caretaker runs
+    /// it.
+    #[test]
+    fn deferred_work_runs_on_the_next_thread_that_drives() {
+        let io = HostIo::new(|| {}).unwrap();
+        let here = std::thread::current().id();
+        let probe = |tx: std::sync::mpsc::Sender<_>| -> Job {
+            Box::new(move || {
+                let inside = tokio::runtime::Handle::try_current().is_ok();
+                let _ = tx.send((std::thread::current().id(), inside));
+            })
+        };
+        // Right after a host thread left, nobody drives (for up to a tick,
+        // unless this thread stalls and the caretaker steps in: try again).
+        let kept = (0..5).any(|_| {
+            io.drive(async {});
+            let (tx, rx) = std::sync::mpsc::channel();
+            match io.defer(probe(tx)) {
+                Some(job) => {
+                    job();
+                    false
+                }
+                None => {
+                    assert!(rx.try_recv().is_err(), "deferred work ran at once");
+                    io.drive(async {});
+                    let (by, inside) = rx.try_recv().expect("the next drive ran it");
+                    assert_eq!(by, here);
+                    assert!(inside, "it ran outside the runtime");
+                    true
+                }
+            }
+        });
+        assert!(kept, "nobody-driving was never seen");
+        // Nobody comes: the caretaker runs it.
+        io.drive(async {});
+        let (tx, rx) = std::sync::mpsc::channel();
+        let ran_here = io.defer(probe(tx)).map(|job| job()).is_some();
+        let (_, inside) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("deferred work never ran");
+        assert!(
+            ran_here || inside,
+            "the caretaker ran it outside the runtime"
         );
     }
 
