@@ -458,6 +458,22 @@ impl Config {
         for (k, v) in &self.facts {
             crate::facts::validate_fact(k, v).map_err(|e| Error::Config(e.to_string()))?;
         }
+        // Peers refuse a record with more facts: the node would stay known
+        // to them with its old record, serving nothing new.
+        let collected = if self.collect_facts {
+            crate::facts::COLLECTED_FACTS
+                .iter()
+                .filter(|k| !self.facts.contains_key(**k))
+                .count()
+        } else {
+            0
+        };
+        if self.facts.len() + collected > crate::records::limits::MAX_FACTS {
+            return Err(Error::Config(format!(
+                "a node has at most {} facts, the {collected} it collects included",
+                crate::records::limits::MAX_FACTS
+            )));
+        }
         let t = self.effective_timings();
         if t.probe_rtt.is_zero() || t.probe_rtt >= t.probe_period {
             return Err(Error::Config(

@@ -133,6 +133,60 @@ async fn commands_fail_with_clear_errors() {
     assert_eq!(nodes[0].create_tribe("z").await, Err(Error::ShuttingDown));
 }
 
+/// A node holds at most as many facts as peers accept in its record
+/// (collected ones included): more are refused where they are given, not
+/// accepted here and then refused by every peer, which kept the node's
+/// old record (and so nothing it served later).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn facts_beyond_what_peers_accept_are_refused_where_given() {
+    let max = 256;
+    let many = |n: usize| -> std::collections::BTreeMap<String, String> {
+        (0..n).map(|i| (format!("k{i}"), "v".to_string())).collect()
+    };
+    let mut cfg = test_config("facts-over");
+    cfg.facts = many(max + 1);
+    assert!(matches!(Node::start(cfg).await, Err(Error::Config(_))));
+    // Collected facts count too.
+    let mut cfg = test_config("facts-over-collected");
+    cfg.facts = many(max);
+    cfg.collect_facts = true;
+    assert!(matches!(Node::start(cfg).await, Err(Error::Config(_))));
+
+    let nodes = start_cluster("facts-max", 2, |cfg| cfg.facts = many(max)).await;
+    wait_converged_members(&nodes, 2).await;
+    let full = &nodes[1];
+    let refused = full.set_fact("one-more", "v").await;
+    assert!(
+        matches!(refused, Err(Error::InvalidArgument(_))),
+        "{refused:?}"
+    );
+    // Changing a fact it has is fine, and what it serves reaches peers.
+    full.set_fact("k0", "changed").await.unwrap();
+    full.serve(
+        "echo",
+        "1",
+        PluginKind::Processor,
+        |_, p| async move { Ok(p) },
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the full node's record reaches its peer",
+        Duration::from_secs(10),
+        || {
+            nodes[0].members().iter().any(|m| {
+                m.name == full.name()
+                    && m.facts.get("k0").map(String::as_str) == Some("changed")
+                    && !m.endpoints.is_empty()
+            })
+        },
+    )
+    .await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn facts_propagate_and_user_facts_override() {
     let nodes = start_cluster("facts", 3, |cfg| {

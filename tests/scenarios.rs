@@ -457,6 +457,40 @@ async fn a_graceful_leave_does_not_come_back_as_a_new_generation() {
     }
 }
 
+/// A node whose SWIM goodbye never reached a peer (its datagrams were lost,
+/// or went to members going down with it) is still *left* there at once:
+/// its goodbye sync carries its record marked left, which takes it down as
+/// left, rather than leaving it alive or suspect until suspicion runs out
+/// (60 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goodbye_that_arrives_only_by_sync_makes_the_node_left_at_once() {
+    let long_suspicion = |cfg: &mut tribe::Config| {
+        let mut t = cfg.effective_timings();
+        t.suspicion_mult = 60;
+        t.reap_after = Duration::from_secs(600);
+        cfg.timings = Some(t);
+    };
+    let nodes = start_cluster("gs", 2, long_suspicion).await;
+    wait_converged_members(&nodes, 2).await;
+    let (observer, leaver) = (&nodes[0], &nodes[1]);
+    // The observer hears no datagram from the leaver any more; streams
+    // the leaver opens still reach it.
+    observer.faults().block(leaver.addr());
+    leaver.shutdown().await.unwrap();
+    wait_for(
+        "the leaver is left at the observer",
+        Duration::from_secs(20),
+        || {
+            observer
+                .members()
+                .iter()
+                .any(|m| m.name == leaver.name() && m.state == MemberState::Left)
+        },
+    )
+    .await;
+    observer.shutdown().await.unwrap();
+}
+
 /// A crashed node's address refuses connections: the suspicion is confirmed
 /// and the node declared failed long before the suspicion timeout (60 s
 /// here). A node cut off by a partition (no refusal) stays alive or

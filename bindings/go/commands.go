@@ -68,7 +68,9 @@ func (n *Node) RemovePolicy(name string) error {
 }
 
 // SetFact sets a user fact of this node (overriding a collected fact of that
-// name); policies are evaluated again and the fact spreads to peers.
+// name); policies are evaluated again and the fact spreads to peers. A node
+// has at most 256 facts, the collected ones included: a new one beyond that
+// is ErrInvalidArgument.
 func (n *Node) SetFact(key, value string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_set_fact(p, a[0], a[1], e)

@@ -365,6 +365,15 @@ impl Engine {
             Command::SetFact { key, value } => {
                 crate::facts::validate_fact(&key, &value)
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
+                // Peers refuse a record with more facts (and keep the old one).
+                if !self.record.facts.contains_key(&key)
+                    && self.record.facts.len() >= crate::records::limits::MAX_FACTS
+                {
+                    return Err(Error::InvalidArgument(format!(
+                        "a node has at most {} facts, collected ones included",
+                        crate::records::limits::MAX_FACTS
+                    )));
+                }
                 if self.user_facts.get(&key) != Some(&value) {
                     self.user_facts.insert(key.clone(), value.clone());
                     self.note_fact_change(key, Some(value));
@@ -502,11 +511,9 @@ impl Engine {
         self.record.left = true;
         self.publish_record();
         // Push the goodbye by anti-entropy too, so it does not hinge on
-        // gossip; to three peers, as one of them may be going down too
-        // (each call prefers a peer with no exchange under way).
-        for _ in 0..3 {
-            self.periodic_sync();
-        }
+        // gossip; to three distinct peers, as one of them may be going
+        // down too.
+        self.sync_with_distinct(3);
         self.left = true;
         if let Err(e) = self.swim.leave_cluster(&mut self.swim_rt) {
             tracing::debug!(error = %e, "leave failed");

@@ -167,10 +167,10 @@ impl Engine {
             for key in &changes {
                 if let Key::Node(name) = &**key {
                     if *name != self.name {
-                        let left = matches!(
-                            lock(&self.shared).state.get(key),
-                            Some(Value::Node(r)) if r.left
-                        );
+                        let left = match lock(&self.shared).state.get(key) {
+                            Some(Value::Node(r)) if r.left => Some(r.generation),
+                            _ => None,
+                        };
                         self.on_peer_record(name, left);
                     }
                 }
@@ -223,8 +223,13 @@ impl Engine {
         }
     }
 
-    fn on_peer_record(&mut self, name: &str, left: bool) {
-        if left && self.members.mark_left(name) {
+    /// A peer's record changed; `left` is the generation it left at, when
+    /// its record says it left.
+    fn on_peer_record(&mut self, name: &str, left: Option<u64>) {
+        if let Some(generation) = left {
+            self.went_away(name, generation);
+        }
+        if left.is_some() && self.members.mark_left(name) {
             self.emit(Event::MemberLeft {
                 name: name.to_string(),
             });
@@ -233,6 +238,26 @@ impl Engine {
             self.emit(Event::MemberUpdated {
                 name: name.to_string(),
             });
+        }
+    }
+
+    /// A member whose record says it left is down now, as *left*, also
+    /// when its goodbye through gossip has not reached this node (it may
+    /// have gone to peers going down too): SWIM is told, so it stops
+    /// probing the member and spreads the news, and its notice below makes
+    /// the member *left* here. Only for the generation that left: a node
+    /// back since then is up under a newer one.
+    fn went_away(&mut self, name: &str, generation: u64) {
+        let Some(row) = self.members.get(name) else {
+            return;
+        };
+        if !row.state.is_up() || row.id.generation != generation {
+            return;
+        }
+        let id = row.id.clone();
+        let down = std::iter::once(foca::Member::down(id));
+        if let Err(e) = self.swim.apply_many(down, true, &mut self.swim_rt) {
+            tracing::debug!(error = %e, "could not mark a departed member down");
         }
     }
 

@@ -836,6 +836,26 @@ impl Engine {
         self.start_summary(&pick);
     }
 
+    /// Starts a sync with up to `n` distinct peers that are up, picked at
+    /// random whether or not an exchange with them is under way: for a
+    /// goodbye, which must not go to one peer twice while another (the one
+    /// a node just joined through, busy with the join's exchange) gets none.
+    pub(super) fn sync_with_distinct(&mut self, n: usize) {
+        let mut up: Vec<NodeId> = self
+            .members
+            .iter()
+            .filter(|(_, r)| r.state.is_up())
+            .map(|(_, r)| r.id.clone())
+            .collect();
+        for _ in 0..n {
+            if up.is_empty() {
+                return;
+            }
+            let pick = up.swap_remove(rand::RngExt::random_range(&mut self.rng, 0..up.len()));
+            self.start_summary(&pick);
+        }
+    }
+
     /// Tries one failed member again: heals partitions whose sides both
     /// declared the other down.
     pub(super) fn reconnect(&mut self) {

@@ -68,7 +68,9 @@ pub extern "C" fn tribe_node_remove_policy(
     })
 }
 /// Sets a user fact of this node (it overrides a collected fact of that
-/// name); policies are evaluated again and the fact spreads to peers.
+/// name); policies are evaluated again and the fact spreads to peers. A
+/// node has at most 256 facts, the collected ones included: a new one
+/// beyond that is `TRIBE_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn tribe_node_set_fact(
     node: *const TribeNode,
