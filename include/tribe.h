@@ -618,7 +618,8 @@ void tribe_bytes_free(uint8_t *bytes,
  * `TRIBE_EVENT_CALL` event for `tribe_node_next_event`; libtribe never
  * calls into the host. A call that arrives once the node is stopping is
  * refused as `tribe_responder_refuse_stopping` would (the caller moves it to
- * another member). Serving the same name and version again is allowed.
+ * another member). Serving the same name and version again replaces the
+ * first (its kind too: a name and version is served as one kind).
  */
 uint32_t tribe_node_serve(const struct tribe_node *node,
                           const char *name,
@@ -854,7 +855,9 @@ uint32_t tribe_node_remove_policy(const struct tribe_node *node,
 
 /**
  * Sets a user fact of this node (it overrides a collected fact of that
- * name); policies are evaluated again and the fact spreads to peers.
+ * name); policies are evaluated again and the fact spreads to peers. A
+ * node has at most 256 facts, the collected ones included: a new one
+ * beyond that is `TRIBE_INVALID_ARGUMENT`.
  */
 uint32_t tribe_node_set_fact(const struct tribe_node *node,
                              const char *key,

@@ -143,8 +143,10 @@ pub enum Error {
         /// The handler's message.
         message: String,
     },
-    /// A payload over the limit.
-    #[error("payload of {size} bytes is over the limit of {limit}")]
+    /// A call's payload or its reply over the limit (the host's
+    /// `max_payload` for what it takes and what it sends, the caller's for
+    /// what it sends and accepts back).
+    #[error("{size} bytes is over the limit of {limit} bytes for a call's payload or reply")]
     TooLarge {
         /// Its size.
         size: usize,

@@ -284,7 +284,7 @@ type handlerKey struct{ name, version string }
 
 // Serve serves a plugin: the node advertises it, and members of this node's
 // tribes can call it. Serving the same name and version again replaces the
-// handler.
+// handler, and its kind (a name and version is served as one kind).
 func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 	in := n.inner()
 	if in.closing.Load() {

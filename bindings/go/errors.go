@@ -85,11 +85,9 @@ type PolicyError struct {
 }
 
 func (e *PolicyError) Error() string {
-	msg := strings.TrimPrefix(e.Message, "invalid policy: ")
-	if e.Line == 0 {
-		return "tribe: invalid policy: " + msg
-	}
-	return fmt.Sprintf("tribe: invalid policy at %d:%d: %s", e.Line, e.Column, msg)
+	// libtribe's message starts with the position ("line 1, column 14: ...")
+	// when it has one.
+	return "tribe: invalid policy: " + strings.TrimPrefix(e.Message, "invalid policy: ")
 }
 
 // Is makes a PolicyError match ErrInvalidPolicy.

@@ -824,7 +824,7 @@ class Node:
         node's pool (``handler_threads``). An exception reaches the caller as
         :class:`RemoteError` (code = its class name, or the code of a
         :class:`HandlerError`) and is logged here. Serving the same name and
-        version again replaces the handler."""
+        version again replaces the handler, and its kind."""
         if not callable(handler):
             raise TypeError(f"handler must be callable, not {type(handler).__name__}")
         if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(

@@ -301,15 +301,11 @@ impl TakenCall {
                     // Written to the caller's stream from this thread, without the GIL.
                     py.detach(|| responder.reply(reply))
                 };
-                if let Err(e) = sent {
+                if let Err(tribe::Error::TooLarge { size, limit }) = sent {
                     // The caller got "too_large"; the handler's author
                     // learns it here.
-                    log_failure(
-                        py,
-                        &self.call,
-                        &HandlerError::new("too_large", e.to_string()),
-                        None,
-                    );
+                    let why = format!("the reply has {size} bytes, over the limit of {limit}");
+                    log_failure(py, &self.call, &HandlerError::new("too_large", why), None);
                 }
             }
             Err(e) => {

@@ -33,6 +33,17 @@ pub(crate) struct NativeNode {
     stopped: tokio::sync::watch::Sender<bool>,
 }
 
+/// A call's timeout: 0 is a deadline already passed (a handler passing on
+/// what is left of its budget, `info.remaining()`, once none is), which
+/// raises `CallTimeoutError` at once, as the call would.
+fn call_timeout(py: Python<'_>, timeout: f64) -> PyResult<Duration> {
+    let timeout = seconds("timeout", timeout, true)?;
+    if timeout.is_zero() {
+        return Err(to_py(py, tribe::Error::Timeout));
+    }
+    Ok(timeout)
+}
+
 /// A duration in seconds: finite, not negative (zero only when allowed).
 pub(crate) fn seconds(what: &str, t: f64, allow_zero: bool) -> PyResult<Duration> {
     if !t.is_finite() || t < 0.0 || (!allow_zero && t == 0.0) || t > 1e9 {
@@ -547,7 +558,7 @@ impl NativeNode {
             version,
             kind: self::kind(kind)?,
         };
-        let timeout = seconds("timeout", timeout, false)?;
+        let timeout = call_timeout(py, timeout)?;
         let payload = payload_bytes(payload)?;
         let node = self.node.clone();
         let r = wait(py, async move {
@@ -575,7 +586,7 @@ impl NativeNode {
             version,
             kind: self::kind(kind)?,
         };
-        let timeout = seconds("timeout", timeout, false)?;
+        let timeout = call_timeout(py, timeout)?;
         let payload = payload_bytes(payload)?;
         let node = self.node.clone();
         crate::aio::spawn(py, r#loop, async move {

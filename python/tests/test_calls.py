@@ -178,6 +178,12 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
     assert isinstance(te.value, TimeoutError) and te.value.code == "timeout"
     assert time.monotonic() - t0 < 5
     release.set()
+    # A deadline already passed (what info.remaining() gives at the end of a
+    # budget) is a timeout too, not a bad argument.
+    with pytest.raises(pytribe.CallTimeoutError):
+        caller.call("svc", "stuck", b"x", timeout=0)
+    with pytest.raises(pytribe.CallTimeoutError):
+        asyncio.run(caller.call_async("svc", "stuck", b"x", timeout=0))
 
     with pytest.raises(pytribe.TooLargeError) as tl:
         caller.call("svc", "fails", b"x" * (128 * 1024))

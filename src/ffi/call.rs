@@ -246,7 +246,8 @@ impl TribeResponder {
 /// `TRIBE_EVENT_CALL` event for `tribe_node_next_event`; libtribe never
 /// calls into the host. A call that arrives once the node is stopping is
 /// refused as `tribe_responder_refuse_stopping` would (the caller moves it to
-/// another member). Serving the same name and version again is allowed.
+/// another member). Serving the same name and version again replaces the
+/// first (its kind too: a name and version is served as one kind).
 #[no_mangle]
 pub extern "C" fn tribe_node_serve(
     node: *const TribeNode,
