@@ -815,12 +815,7 @@ impl Engine {
         if self.left {
             return;
         }
-        let up: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, r)| r.state.is_up())
-            .map(|(_, r)| r.id.clone())
-            .collect();
+        let up = self.up_peers();
         if up.is_empty() {
             return;
         }
@@ -841,12 +836,7 @@ impl Engine {
     /// goodbye, which must not go to one peer twice while another (the one
     /// a node just joined through, busy with the join's exchange) gets none.
     pub(super) fn sync_with_distinct(&mut self, n: usize) {
-        let mut up: Vec<NodeId> = self
-            .members
-            .iter()
-            .filter(|(_, r)| r.state.is_up())
-            .map(|(_, r)| r.id.clone())
-            .collect();
+        let mut up = self.up_peers();
         for _ in 0..n {
             if up.is_empty() {
                 return;
@@ -854,6 +844,15 @@ impl Engine {
             let pick = up.swap_remove(rand::RngExt::random_range(&mut self.rng, 0..up.len()));
             self.start_summary(&pick);
         }
+    }
+
+    /// The members that are up (alive or suspect).
+    fn up_peers(&self) -> Vec<NodeId> {
+        self.members
+            .iter()
+            .filter(|(_, r)| r.state.is_up())
+            .map(|(_, r)| r.id.clone())
+            .collect()
     }
 
     /// Tries one failed member again: heals partitions whose sides both

@@ -421,10 +421,10 @@ pub extern "C" fn tribe_node_call_async(
             // calls from other threads wakes it once (a spawn each would
             // wake it every time).
             let streams = handle.host_io.handle().clone();
-            handle.host_io.hand_over(Box::new(move || {
+            handle.host_io.hand_over(move || {
                 let task = streams.spawn(call);
                 calls.attach(id, task.abort_handle());
-            }));
+            });
             return Ok(());
         }
         // Alone, the call's first step runs here: its request is written
@@ -443,10 +443,10 @@ pub extern "C" fn tribe_node_call_async(
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
         if first.is_pending() {
-            let start: super::host_io::Job = Box::new(move || {
+            let start = move || {
                 let task = streams.spawn(call);
                 calls.attach(id, task.abort_handle());
-            });
+            };
             if let Some(start) = handle.host_io.defer(start) {
                 start();
             }

@@ -158,13 +158,13 @@ impl HostIo {
     /// Runs `job` on the thread that drives the runtime, when it next
     /// polls its tasks: only the first job of a burst wakes it. Jobs not
     /// run when the runtime stops are dropped.
-    pub(super) fn hand_over(&self, job: Job) {
+    pub(super) fn hand_over(&self, job: impl FnOnce() + Send + 'static) {
         let Some(job) = self.defer(job) else {
             return;
         };
         let first = {
             let mut jobs = self.handed.lock();
-            jobs.push(job);
+            jobs.push(Box::new(job));
             jobs.len() == 1
         };
         if first {
@@ -175,11 +175,13 @@ impl HostIo {
     /// Keeps `job` (work that spawns onto the runtime) for the next thread
     /// that drives the runtime, when none does now; gives it back
     /// otherwise, for the caller to run at once (its spawn wakes the
-    /// driving thread, as it must).
-    pub(super) fn defer(&self, job: Job) -> Option<Job> {
+    /// driving thread, as it must). Boxed only when kept. Kept work may run
+    /// before work handed over earlier and not run yet: each job starts
+    /// one call's task, independent of the others.
+    pub(super) fn defer<F: FnOnce() + Send + 'static>(&self, job: F) -> Option<F> {
         let mut state = self.shared.lock();
         if state.undriven() {
-            state.deferred.push(job);
+            state.deferred.push(Box::new(job));
             return None;
         }
         Some(job)
@@ -387,10 +389,10 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         for i in 0..100 {
             let tx = tx.clone();
-            io.hand_over(Box::new(move || {
+            io.hand_over(move || {
                 let on_runtime = tokio::runtime::Handle::try_current().is_ok();
                 let _ = tx.send((i, on_runtime));
-            }));
+            });
         }
         for i in 0..100 {
             let (got, on_runtime) = rx
@@ -403,9 +405,9 @@ mod tests {
         // that thread, or on the caretaker's while it hands over).
         let (tx, rx) = std::sync::mpsc::channel();
         let ran = io.drive(async {
-            io.hand_over(Box::new(move || {
+            io.hand_over(move || {
                 let _ = tx.send(());
-            }));
+            });
             tokio::task::yield_now().await;
             tokio::time::timeout(Duration::from_secs(5), async {
                 loop {
