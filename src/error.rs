@@ -124,13 +124,18 @@ pub enum Error {
         /// How long the step waited for them.
         waited_s: u64,
     },
-    /// No live member of the tribe serves the plugin.
-    #[error("no live member of tribe {tribe:?} serves {plugin:?}")]
+    /// No live member of the tribe serves the plugin (or every one that
+    /// did refused the call as it stopped serving it: stopping, or
+    /// unserving it with the call still queued).
+    #[error("no live member of tribe {tribe:?} serves {plugin:?}{}", stopping_note(.stopping))]
     NoProvider {
         /// The tribe.
         tribe: String,
         /// The plugin.
         plugin: String,
+        /// The members that served it but refused this call, unrun, as they
+        /// stopped serving it (empty when none did).
+        stopping: Vec<String>,
     },
     /// The call did not complete before its deadline.
     #[error("the call did not complete before its deadline")]
@@ -242,5 +247,17 @@ fn where_unknown(tribe: &str) -> String {
         " (this node does not serve it)".into()
     } else {
         format!(" in tribe {tribe:?}")
+    }
+}
+
+/// Which members refused a call as they stopped serving its plugin.
+fn stopping_note(stopping: &[String]) -> String {
+    match stopping {
+        [] => String::new(),
+        [one] => format!("; {one} refused it as it stopped serving it"),
+        many => format!(
+            "; {} refused it as they stopped serving it",
+            many.join(", ")
+        ),
     }
 }

@@ -740,3 +740,35 @@ async fn moved_call(prefix: &str, size: usize) {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A call that every host serving the plugin refuses as it stops is
+/// `NoProvider` naming those hosts: not a bare "no live member serves it"
+/// while the caller can see a member that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_refused_by_every_stopping_host_names_them() {
+    let nodes = start_cluster("stp", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    host.serve_responder("gives-up", "1", PluginKind::Processor, |_i, _p, r| {
+        r.refuse_stopping()
+    })
+    .await
+    .unwrap();
+    wait_served(&caller, 1).await;
+    let target = CallTarget::new("svc", "gives-up", PluginKind::Processor);
+    let err = caller
+        .call(&target, b"x".to_vec(), 10 * SECOND)
+        .await
+        .unwrap_err();
+    match &err {
+        Error::NoProvider { stopping, .. } => assert_eq!(stopping, &[host.name().to_string()]),
+        other => panic!("{other:?}"),
+    }
+    let note = format!("; {} refused it as it stopped serving it", host.name());
+    assert!(err.to_string().ends_with(&note), "{err}");
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

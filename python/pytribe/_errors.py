@@ -189,9 +189,17 @@ class CallError(TribeError):
 
 
 class NoProviderError(CallError):
-    """No live member of the tribe serves the plugin."""
+    """No live member of the tribe serves the plugin (``.tribe``, ``.plugin``).
+
+    ``.stopping`` names the members that served it but refused the call,
+    unrun, as they stopped serving it: closing, or unserving it with the
+    call still queued (empty when none did).
+    """
 
     error_code = "no_provider"
+    tribe: str = ""
+    plugin: str = ""
+    stopping: tuple[str, ...] = ()
 
 
 class CallTimeoutError(CallError, TimeoutError):

@@ -3,7 +3,7 @@
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::PyDict;
+use pyo3::types::{PyDict, PyTuple};
 
 static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
@@ -43,9 +43,14 @@ fn build(py: Python<'_>, e: &tribe::Error) -> PyResult<PyErr> {
             attrs.set_item("limit", limit)?;
         }
         tribe::Error::Disconnected { host } => attrs.set_item("host", host)?,
-        tribe::Error::NoProvider { tribe, plugin } => {
+        tribe::Error::NoProvider {
+            tribe,
+            plugin,
+            stopping,
+        } => {
             attrs.set_item("tribe", tribe)?;
             attrs.set_item("plugin", plugin)?;
+            attrs.set_item("stopping", PyTuple::new(py, stopping)?)?;
         }
         tribe::Error::UnknownTribe(t) | tribe::Error::TribeExists(t) => {
             attrs.set_item("tribe", t)?;

@@ -63,6 +63,11 @@ def test_calls_queued_for_an_unserved_handler_move_on(cluster: Cluster) -> None:
     # a stopping host, and with no other provider that is NoProviderError.
     assert len(outcomes) >= 2, outcomes
     assert all(isinstance(e, pytribe.NoProviderError) for e in outcomes), outcomes
+    # Each names the host that turned it away, not only "nobody serves it".
+    for e in outcomes:
+        assert isinstance(e, pytribe.NoProviderError)
+        assert (e.tribe, e.plugin, e.stopping) == ("svc", "slow", (host.name,)), e
+        assert str(e).endswith(f"; {host.name} refused it as it stopped serving it"), e
 
 
 def test_a_host_name_binds() -> None:

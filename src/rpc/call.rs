@@ -68,6 +68,8 @@ enum Step {
     Busy(Option<Vec<u8>>),
     /// Refused or unreachable before it ran; another host may take it.
     Next(Option<Vec<u8>>),
+    /// Refused by a host that is stopping; another host may take it.
+    Stopping(Option<Vec<u8>>),
 }
 
 /// A handler's error as the caller sees it.
@@ -130,6 +132,7 @@ impl Rpc {
             .ok_or_else(|| Error::NoProvider {
                 tribe: call.tribe.to_string(),
                 plugin: call.plugin.to_string(),
+                stopping: Vec::new(),
             })?;
         let place = self.server.try_slot().ok_or(Error::Overloaded)?;
         let info = CallInfo {
@@ -172,6 +175,7 @@ impl Rpc {
                     Ok(Ok(Err(LocalRefusal::Stopping))) => Err(Error::NoProvider {
                         tribe: call.tribe.to_string(),
                         plugin: call.plugin.to_string(),
+                        stopping: vec![call.caller.to_string()],
                     }),
                     // Every path answers through the slot before it drops.
                     Ok(Err(_)) => Err(Error::Timeout),
@@ -223,13 +227,14 @@ impl Rpc {
             .providers
             .take()
             .ok_or_else(|| Error::UnknownTribe(target.tribe.clone()))?;
-        let no_provider = || Error::NoProvider {
+        let no_provider = |stopping| Error::NoProvider {
             tribe: target.tribe.clone(),
             plugin: target.plugin.clone(),
+            stopping,
         };
         let mut cands = client::order(providers, &self.pool);
         if cands.is_empty() {
-            return Err(no_provider());
+            return Err(no_provider(Vec::new()));
         }
         let _slot = self.pool.try_inflight().ok_or(Error::Overloaded)?;
         let deadline = Instant::now()
@@ -237,6 +242,7 @@ impl Rpc {
             .ok_or_else(|| Error::InvalidArgument("the call's timeout is too large".into()))?;
         let mut overloaded = false;
         let mut tried: Vec<String> = Vec::new();
+        let mut stopping: Vec<String> = Vec::new();
         for round in 0..=REREADS {
             let may_reread = round < REREADS;
             let last = cands.len() - 1;
@@ -271,6 +277,10 @@ impl Rpc {
                         back
                     }
                     Step::Next(back) => back,
+                    Step::Stopping(back) => {
+                        stopping.push(cand.name.clone());
+                        back
+                    }
                 };
                 if payload.is_none() {
                     payload = back;
@@ -298,7 +308,7 @@ impl Rpc {
             // and no other host took it.
             Error::ShuttingDown
         } else {
-            no_provider()
+            no_provider(stopping)
         })
     }
 
@@ -328,6 +338,9 @@ impl Rpc {
             // Boxed, as the borrowed request below: rarer paths whose
             // state would make every call's future as large as theirs.
             return match Box::pin(self.run_local(local, bytes, budget)).await {
+                Err(Error::NoProvider { stopping, .. }) if !stopping.is_empty() => {
+                    Step::Stopping(None)
+                }
                 Err(Error::NoProvider { .. }) => Step::Next(None),
                 Err(Error::Overloaded) => Step::Busy(None),
                 other => Step::Done(other),
@@ -401,7 +414,8 @@ impl Rpc {
                     limit: usize::try_from(limit).unwrap_or(usize::MAX),
                 }))
             }
-            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin | Refusal::ShuttingDown))) => Step::Next(back()),
+            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin))) => Step::Next(back()),
+            Ok(Some(Answer::Refused(Refusal::ShuttingDown))) => Step::Stopping(back()),
             Ok(Some(Answer::Lost | Answer::Unsent)) if self.pool.is_closed() => {
                 done(Err(Error::ShuttingDown))
             }
