@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -336,4 +337,47 @@ func closingHost() int {
 		return 1
 	}
 	return 0
+}
+
+// A handler that gives up because its node closes (it returns its
+// context's error) refuses the call as stopping: with no other member
+// serving the plugin, the caller gets ErrNoProvider naming the host, not a
+// bare "no live member serves it" while it still sees the host.
+func TestAHandlerThatGivesUpAtCloseLeavesItsCallerNoProviderNamingTheHost(t *testing.T) {
+	started := make(chan struct{}, 1)
+	host, caller := servedPair(t, map[string]Handler{
+		"wait": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			started <- struct{}{}
+			<-ctx.Done()
+			return nil, ctx.Err()
+		},
+	})
+	result := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, err := caller.Call(ctx, target("wait"), nil)
+		result <- err
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call did not reach the handler")
+	}
+	if err := host.Close(); err != nil {
+		t.Fatal(err)
+	}
+	var err error
+	select {
+	case err = <-result:
+	case <-time.After(20 * time.Second):
+		t.Fatal("the call did not return after the host closed")
+	}
+	if !errors.Is(err, ErrNoProvider) {
+		t.Fatalf("want ErrNoProvider, got %v", err)
+	}
+	want := fmt.Sprintf("; %s refused it as it stopped serving it", host.Name())
+	if !strings.HasSuffix(err.Error(), want) {
+		t.Errorf("the error does not name the host: %q", err.Error())
+	}
 }
