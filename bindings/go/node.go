@@ -419,6 +419,9 @@ func (n *Node) EventsDropped() uint64 {
 // program may exit right after Close.
 // Close is idempotent and safe from many goroutines: later calls wait for
 // the first and return its result. Methods called afterwards return ErrClosed.
+// A handler that closes its own node and wants its reply sent runs
+// `go n.Close()` and returns: Close inside the handler waits for that very
+// handler.
 func (n *Node) Close() error {
 	defer runtime.KeepAlive(n)
 	return n.inner().stop(true)
