@@ -30,10 +30,14 @@
  *   tribe_node_call_async (TRIBE_EVENT_CALL_DONE) wait in a queue that the host
  *   drains with tribe_node_next_event on a thread of its choosing;
  *   tribe_node_event_fd is readable while the queue is not empty, for poll,
- *   epoll or libuv loops.
+ *   epoll or libuv loops. Several nodes of one process may share a poll
+ *   group (tribe_group_new, tribe_config_set_group), whose one host thread
+ *   waits for all of them in tribe_group_wait.
  * - A tribe_node may be used from many threads at once (every function that
  *   takes a `const tribe_node *`), except tribe_node_free.
  * - A tribe_responder may be answered from any thread, one thread at a time.
+ * - A tribe_group may be used from many threads at once, except
+ *   tribe_group_free.
  * - tribe_config, tribe_event and tribe_error objects must not be used from
  *   two threads at once (hand them over between threads freely).
  *
@@ -492,6 +496,11 @@ typedef struct tribe_config tribe_config;
  * An event taken by the host.
  */
 typedef struct tribe_event tribe_event;
+
+/**
+ * A poll group.
+ */
+typedef struct tribe_group tribe_group;
 
 /**
  * A running node.
@@ -1123,6 +1132,17 @@ uint32_t tribe_config_set_limit(struct tribe_config *cfg,
                                 struct tribe_error **err);
 
 /**
+ * Starts the node in a poll group (see `tribe_group_new`): its call
+ * streams run on the runtime the group's members share, and
+ * `tribe_group_wait` wakes for its events. The config keeps its own
+ * reference: the group handle may be freed before the start. Does not
+ * block.
+ */
+uint32_t tribe_config_set_group(struct tribe_config *cfg,
+                                const struct tribe_group *group,
+                                struct tribe_error **err);
+
+/**
  * Sets how many threads the node's runtime runs (1 to 64; default 2).
  */
 uint32_t tribe_config_set_worker_threads(struct tribe_config *cfg,
@@ -1243,11 +1263,10 @@ uint32_t tribe_node_next_events(const struct tribe_node *node,
  * moment it only takes what is queued.
  *
  * For a host thread that must not block, yet may find the answers it
- * waits for before it would sleep: a Go poller that yields to its other
- * goroutines between looks (several nodes in one process each have one,
- * and one blocked in C holds a thread the others need), or an event loop
- * spinning briefly before it sleeps. A `tribe_node_next_events` with 0 ms
- * only takes what other threads queued.
+ * waits for before it would sleep: a thread that yields to other work
+ * between looks, or an event loop spinning briefly before it sleeps. A
+ * `tribe_node_next_events` with 0 ms only takes what other threads
+ * queued.
  */
 uint32_t tribe_node_poll_events(const struct tribe_node *node,
                                 struct tribe_event **out,
@@ -1333,6 +1352,48 @@ uint32_t tribe_event_take_reply(struct tribe_event *event,
  * answered with the error code `"unanswered"`. NULL is ignored.
  */
 void tribe_event_free(struct tribe_event *event);
+
+/**
+ * Makes a poll group. Pass it to `tribe_config_set_group` for each node
+ * that joins it, and wait for the events of all of them on one thread with
+ * `tribe_group_wait`. `*out` receives an owned group: free it with
+ * `tribe_group_free` (its members keep what they share until they are
+ * freed too). Starts one thread (which drives the members' call streams
+ * while no host thread waits). Does not block.
+ */
+uint32_t tribe_group_new(struct tribe_group **out,
+                         struct tribe_error **err);
+
+/**
+ * Frees the group handle. Nodes started in it go on working; the runtime
+ * they share stops when the last of them is freed. No other thread may
+ * use the handle during or after this call. NULL is ignored.
+ */
+void tribe_group_free(struct tribe_group *group);
+
+/**
+ * Waits until a node of the group has an event queued or has stopped, or
+ * `tribe_group_wake` was called, up to `timeout_ms` milliseconds (0: do
+ * not wait; negative: no limit). While it waits, the calling thread reads
+ * every member's incoming calls and answers from their sockets itself, as
+ * `tribe_node_next_events` does for one node; with 0 it does so for one
+ * turn. Then take the events with `tribe_node_next_events(node, 0, ...)`
+ * from each member. Returns `TRIBE_OK` also when the time ran out, and may
+ * return once for events already taken: take from every member before
+ * waiting again, or an event queued meanwhile waits until the next one.
+ * Blocks the calling thread up to `timeout_ms`.
+ */
+uint32_t tribe_group_wait(const struct tribe_group *group,
+                          int32_t timeout_ms,
+                          struct tribe_error **err);
+
+/**
+ * Makes a `tribe_group_wait` in progress, or the next one, return at once
+ * (for a host that added a node to the set it takes events from). Does not
+ * block; callable from any thread.
+ */
+uint32_t tribe_group_wake(const struct tribe_group *group,
+                          struct tribe_error **err);
 
 /**
  * Starts a node from `cfg`: builds its runtime, binds the sockets, starts

@@ -7,17 +7,6 @@ package tribe
 // The polling goroutine's steps, each in one crossing into C (a crossing
 // costs more than the C calls it makes).
 
-// Takes a burst of events (waiting up to timeout_ms, or looking once more
-// with tribe_node_poll_events when look is set) and their kinds.
-static uint32_t go_take_events(const tribe_node *node, int look, int32_t timeout_ms,
-                               tribe_event **evs, uint32_t *kinds, size_t cap,
-                               size_t *n, tribe_error **err) {
-	uint32_t rc = look ? tribe_node_poll_events(node, evs, cap, n, err)
-	                   : tribe_node_next_events(node, timeout_ms, evs, cap, n, err);
-	for (size_t i = 0; rc == TRIBE_OK && i < *n; i++) kinds[i] = tribe_event_kind(evs[i]);
-	return rc;
-}
-
 // A completion: its call's id and outcome; frees the event.
 static uint32_t go_take_done(tribe_event *ev, uint64_t *id, uint8_t **reply, size_t *len,
                              tribe_error **err) {
@@ -57,7 +46,6 @@ import (
 	"runtime"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 	"unsafe"
 )
@@ -334,105 +322,6 @@ func (n *Node) Unserve(name, version string) error {
 		in.handlersMu.Unlock()
 	}
 	return err
-}
-
-// pollBatch is how many events one crossing into C may take.
-const pollBatch = 64
-
-// pollers counts the polling goroutines of this process (one a node).
-var pollers atomic.Int32
-
-// poll is the node's one polling goroutine: it takes every event from
-// libtribe, a burst at a time, hands completions to their calls, starts a
-// goroutine per incoming call and offers the rest to Events. It ends when
-// the node has stopped and its queue is drained.
-func (in *node) poll() {
-	pollers.Add(1)
-	defer pollers.Add(-1)
-	defer close(in.pollDone)
-	defer close(in.events)
-	defer in.calls.end()
-	// C pointers only: Go memory that C may write during the call.
-	var evs [pollBatch]*C.tribe_event
-	var kinds [pollBatch]C.uint32_t
-	var spin spinner
-	for {
-		gcPoint()
-		var n C.size_t
-		var cerr *C.tribe_error
-		take := func(look C.int, timeout C.int32_t) C.uint32_t {
-			// ptr stays valid: the free waits for this goroutine to end.
-			return C.go_take_events(in.ptr, look, timeout, &evs[0], &kinds[0], pollBatch, &n, &cerr)
-		}
-		rc := take(0, 0)
-		looks, blocked := 0, false
-		for rc == C.TRIBE_OK && n == 0 {
-			// Nothing queued: before this thread blocks in C (keeping its
-			// P until the scheduler takes it back), let the goroutines
-			// just readied (a Call's waiter, a handler) run on this P,
-			// rather than wait for another thread to wake and steal them.
-			runtime.Gosched()
-			if !spin.again(looks) {
-				rc = take(0, -1)
-				blocked = true
-				break
-			}
-			looks++
-			rc = take(1, 0)
-		}
-		spin.learn(looks, blocked)
-		if rc != C.TRIBE_OK {
-			// TRIBE_SHUTTING_DOWN: stopped and drained. Anything else
-			// (a caught panic) would repeat; stop polling either way.
-			_ = takeError(rc, cerr)
-			return
-		}
-		for i := 0; i < int(n); i++ {
-			in.dispatch(evs[i], kinds[i])
-			evs[i] = nil
-		}
-	}
-}
-
-// spinner decides whether a poller that found nothing looks again rather
-// than block in C. Only while another node of this process polls too: a
-// poller blocked in C keeps its P until Go's monitor takes it back (20 µs
-// to 10 ms later), and the other poller, back from C with work, waits for
-// it. Looking again (each look reads the node's sockets itself, see
-// tribe_node_poll_events) keeps the Ps in Go's hands while calls flow.
-// It stops looking again while the looks find nothing (the answers come
-// from another thread, slower than a few looks), and tries again now and
-// then.
-type spinner struct {
-	credit int // looks that found nothing before it stops looking again
-	blocks int // waits in C since the credit ran out
-}
-
-const (
-	spinLooks  = 2  // looks before a wait in C
-	spinCredit = 8  // spins that may find nothing in a row
-	spinProbe  = 16 // waits in C, with no credit left, between two tries
-)
-
-// again says whether to look once more after looks empty looks.
-func (s *spinner) again(looks int) bool {
-	return looks < spinLooks && s.credit > 0 && pollers.Load() > 1
-}
-
-// learn takes the outcome of one round: the looks it spent, and whether
-// it ended waiting in C.
-func (s *spinner) learn(looks int, blocked bool) {
-	switch {
-	case looks > 0 && !blocked:
-		s.credit = spinCredit
-	case looks > 0:
-		s.credit--
-	case blocked && s.credit == 0:
-		if s.blocks++; s.blocks >= spinProbe {
-			s.blocks = 0
-			s.credit = 1
-		}
-	}
 }
 
 // dispatch hands one event on; it owns ev.

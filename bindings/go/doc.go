@@ -8,7 +8,9 @@
 // writes to target/release of the libtribe repository.
 //
 // A node is started with Start and stopped with Close (or Abort). One
-// goroutine per node takes everything libtribe queues for the host: node
+// goroutine takes everything libtribe queues for the host, for every node
+// of the process (they share one poll group, whose call streams that
+// goroutine drives while it waits): node
 // events go to the Events channel, completions of Call go to the waiting
 // call, and each incoming call to a plugin served with Serve runs its
 // Handler in a goroutine of its own. libtribe never calls into Go.

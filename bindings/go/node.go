@@ -293,6 +293,13 @@ func Start(cfg Config) (*Node, error) {
 			return nil, err
 		}
 	}
+	group, err := hubGroup()
+	if err != nil {
+		return nil, err
+	}
+	if err := takeError(C.tribe_config_set_group(ccfg, group, &cerr), cerr); err != nil {
+		return nil, err
+	}
 	var ptr *C.tribe_node
 	if err := takeError(C.tribe_node_start(ccfg, &ptr, &cerr), cerr); err != nil {
 		return nil, err
@@ -313,7 +320,7 @@ func Start(cfg Config) (*Node, error) {
 		handlers:   map[handlerKey]Handler{},
 	}
 	in.calls.init()
-	go in.poll()
+	in.join()
 	out := &Node{n: in}
 	runtime.AddCleanup(out, func(in *node) {
 		go func() {

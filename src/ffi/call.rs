@@ -413,28 +413,12 @@ pub extern "C" fn tribe_node_call_async(
                 .await;
             registry.complete(id, &mailbox, outcome, |result| n.count_call(result));
         };
-        // The call runs where the node's call streams do (see `host_io`):
-        // a host thread waiting for events reads its answer.
-        if company > 0 {
-            // Other calls are in flight, so a host thread will wake for
-            // their answers anyway: the call waits for it, and a burst of
-            // calls from other threads wakes it once (a spawn each would
-            // wake it every time).
-            let streams = handle.host_io.handle().clone();
-            handle.host_io.hand_over(move || {
-                let task = streams.spawn(call);
-                calls.attach(id, task.abort_handle());
-            });
-            return Ok(());
-        }
-        // Alone, the call's first step runs here: its request is written
-        // from this thread, where a task would first wake a runtime thread
-        // to write it. What is left runs as a task, whose first poll
-        // registers the wakers this one could not. When no thread drives
-        // the runtime now (a host thread that calls, then waits for
-        // events), the task is spawned by the next one that does, from
-        // inside: a spawn from here would write the runtime's wake-up
-        // eventfd, and that wait would return once for nothing.
+        // The call's first step runs here: its request is written from
+        // this thread, where a task would first wake the thread that
+        // drives the call streams to write it (and with many callers, the
+        // writing is spread over their threads). What is left runs as a
+        // task on the streams' runtime, whose first poll registers the
+        // wakers this one could not.
         let streams = handle.host_io.handle().clone();
         let mut call = Box::pin(call);
         let first = {
@@ -442,14 +426,26 @@ pub extern "C" fn tribe_node_call_async(
             call.as_mut()
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
-        if first.is_pending() {
-            let start = move || {
-                let task = streams.spawn(call);
-                calls.attach(id, task.abort_handle());
-            };
-            if let Some(start) = handle.host_io.defer(start) {
-                start();
-            }
+        if first.is_ready() {
+            return Ok(());
+        }
+        let start = move || {
+            let task = streams.spawn(call);
+            calls.attach(id, task.abort_handle());
+        };
+        if company > 0 {
+            // Other calls are in flight, so the driving thread will wake
+            // for their answers anyway: the task waits for it, and a burst
+            // of calls from other threads wakes it once (a spawn each
+            // would wake it every time).
+            handle.host_io.hand_over(start);
+        } else if let Some(start) = handle.host_io.defer(start) {
+            // When no thread drives the runtime now (a host thread that
+            // calls, then waits for events), the task is spawned by the
+            // next one that does, from inside: a spawn from here would
+            // write the runtime's wake-up eventfd, and that wait would
+            // return once for nothing.
+            start();
         }
         Ok(())
     })

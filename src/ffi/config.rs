@@ -3,9 +3,11 @@
 
 use std::ffi::c_char;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
 
 use super::cast;
 use super::error::FfiError;
+use super::group::{GroupCore, TribeGroup};
 use crate::{Config, Error, Keyring, SecretKey};
 
 /// What `tribe_node_start` takes.
@@ -23,6 +25,16 @@ pub(super) struct Pending {
     pub(super) log_level: u32,
     /// Whether the host chose an encryption mode, which needs a key.
     pub(super) encryption_set: bool,
+    /// The poll group whose call-stream runtime the node shares.
+    pub(super) group: Option<Arc<GroupCore>>,
+}
+
+/// What a start takes from a config.
+pub(super) struct StartPlan {
+    pub(super) config: Config,
+    pub(super) worker_threads: usize,
+    pub(super) log_level: u32,
+    pub(super) group: Option<Arc<GroupCore>>,
 }
 
 impl TribeConfig {
@@ -33,13 +45,14 @@ impl TribeConfig {
     }
 
     /// Takes the config for a start, building the keyring.
-    pub(super) fn take(&mut self) -> Result<(Config, usize, u32), FfiError> {
+    pub(super) fn take(&mut self) -> Result<StartPlan, FfiError> {
         let Pending {
             mut config,
             keys,
             worker_threads,
             log_level,
             encryption_set,
+            group,
         } = self
             .inner
             .take()
@@ -61,7 +74,12 @@ impl TribeConfig {
             }
             config.keyring = Some(ring);
         }
-        Ok((config, worker_threads, log_level))
+        Ok(StartPlan {
+            config,
+            worker_threads,
+            log_level,
+            group,
+        })
     }
 }
 
@@ -103,6 +121,7 @@ pub extern "C" fn tribe_config_new(
             worker_threads: 2,
             log_level: 0,
             encryption_set: false,
+            group: None,
         };
         cast::write(
             out,
@@ -385,6 +404,26 @@ pub extern "C" fn tribe_config_set_limit(
         // Above usize::MAX the limit is as good as none.
         let value = usize::try_from(value).unwrap_or(usize::MAX);
         with_config(cfg, |p| Ok(p.config.set_limit(name, value)?))
+    })
+}
+
+/// Starts the node in a poll group (see `tribe_group_new`): its call
+/// streams run on the runtime the group's members share, and
+/// `tribe_group_wait` wakes for its events. The config keeps its own
+/// reference: the group handle may be freed before the start. Does not
+/// block.
+#[no_mangle]
+pub extern "C" fn tribe_config_set_group(
+    cfg: *mut TribeConfig,
+    group: *const TribeGroup,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let core = super::group::core_of(group)?;
+        with_config(cfg, |p| {
+            p.group = Some(core);
+            Ok(())
+        })
     })
 }
 

@@ -333,11 +333,10 @@ pub extern "C" fn tribe_node_next_events(
 /// moment it only takes what is queued.
 ///
 /// For a host thread that must not block, yet may find the answers it
-/// waits for before it would sleep: a Go poller that yields to its other
-/// goroutines between looks (several nodes in one process each have one,
-/// and one blocked in C holds a thread the others need), or an event loop
-/// spinning briefly before it sleeps. A `tribe_node_next_events` with 0 ms
-/// only takes what other threads queued.
+/// waits for before it would sleep: a thread that yields to other work
+/// between looks, or an event loop spinning briefly before it sleeps. A
+/// `tribe_node_next_events` with 0 ms only takes what other threads
+/// queued.
 #[no_mangle]
 pub extern "C" fn tribe_node_poll_events(
     node: *const TribeNode,

@@ -29,6 +29,8 @@ pub(super) struct Mailbox<T> {
     /// Wakes the tasks waiting in [`Mailbox::take_many_async`].
     arrived: tokio::sync::Notify,
     fd: EventFd,
+    /// The poll group's notifier, told of every item and of the close.
+    group: Option<std::sync::Arc<tokio::sync::Notify>>,
 }
 
 struct State<T> {
@@ -52,7 +54,15 @@ pub(super) enum Taken<T> {
 }
 
 impl<T> Mailbox<T> {
+    #[cfg(test)]
     pub(super) fn new() -> std::io::Result<Mailbox<T>> {
+        Mailbox::in_group(None)
+    }
+
+    /// A mailbox whose items and close also notify `group`.
+    pub(super) fn in_group(
+        group: Option<std::sync::Arc<tokio::sync::Notify>>,
+    ) -> std::io::Result<Mailbox<T>> {
         Ok(Mailbox {
             state: Mutex::new(State {
                 items: VecDeque::new(),
@@ -66,6 +76,7 @@ impl<T> Mailbox<T> {
             ready: Condvar::new(),
             arrived: tokio::sync::Notify::new(),
             fd: EventFd::new()?,
+            group,
         })
     }
 
@@ -99,6 +110,9 @@ impl<T> Mailbox<T> {
         }
         if waiting_tasks {
             self.arrived.notify_one();
+        }
+        if let Some(group) = &self.group {
+            group.notify_one();
         }
         Ok(())
     }
@@ -222,6 +236,9 @@ impl<T> Mailbox<T> {
         drop(state);
         self.ready.notify_all();
         self.arrived.notify_waiters();
+        if let Some(group) = &self.group {
+            group.notify_one();
+        }
     }
 
     /// Node events dropped because the host fell behind.

@@ -37,6 +37,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod event;
+pub mod group;
 mod host_io;
 pub mod log;
 mod mailbox;

@@ -27,7 +27,7 @@ pub struct TribeNode {
     runtime: Option<tokio::runtime::Runtime>,
     /// The runtime of the node's call streams, driven by host threads that
     /// wait for events (see `host_io`).
-    pub(super) host_io: HostIo,
+    pub(super) host_io: Arc<HostIo>,
     pub(super) mailbox: Arc<Mailbox<Body>>,
     name: CString,
     addr: CString,
@@ -122,7 +122,10 @@ impl Drop for TribeNode {
             self.host_io
                 .drive(async { tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await })
         });
-        self.host_io.shut_down();
+        // In a poll group the runtime stops with its last member.
+        if let Some(io) = Arc::get_mut(&mut self.host_io) {
+            io.shut_down();
+        }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(std::time::Duration::from_secs(2));
         }
@@ -209,9 +212,15 @@ pub extern "C" fn tribe_node_start(
         // The config is consumed on every path, a NULL `out` included.
         let taken = cast::handle_mut(cfg, "config")?.take();
         let out = cast::out(out, "out")?;
-        let (config, threads, log_level) = taken?;
+        let super::config::StartPlan {
+            config,
+            worker_threads: threads,
+            log_level,
+            group,
+        } = taken?;
         let max_inflight = config.rpc.max_inflight;
-        let mailbox = Arc::new(Mailbox::new().map_err(Error::from)?);
+        let notify = group.as_ref().map(|g| g.ready.clone());
+        let mailbox = Arc::new(Mailbox::in_group(notify).map_err(Error::from)?);
         let log_sink = (log_level > 0).then(|| {
             super::log::enable(log_level);
             super::log::Sink::new(&mailbox, log_level)
@@ -233,13 +242,18 @@ pub extern "C" fn tribe_node_start(
         // the blocked mask from this thread; later ones block it themselves.
         let sink = log_sink.clone();
         let (runtime, host_io, node) = with_signals_blocked(|| {
-            let host_io = HostIo::new(move || {
-                block_async_signals();
-                if let Some(sink) = &sink {
-                    super::log::set_thread_sink(sink.clone());
-                }
-            })
-            .map_err(Error::from)?;
+            let host_io = match &group {
+                Some(group) => group.io.clone(),
+                None => Arc::new(
+                    HostIo::new(move || {
+                        block_async_signals();
+                        if let Some(sink) = &sink {
+                            super::log::set_thread_sink(sink.clone());
+                        }
+                    })
+                    .map_err(Error::from)?,
+                ),
+            };
             let runtime = build_runtime(builder)?;
             let node =
                 super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
