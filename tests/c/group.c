@@ -33,13 +33,7 @@ static int take_all(tribe_node *a, tribe_node *b, tally *t) {
                 CHECK(i == 1);
                 tribe_responder *r = NULL;
                 OK(tribe_event_take_responder(evs[k], &r, NULL));
-                size_t len = 0;
-                const uint8_t *p = tribe_responder_payload(r, &len);
-                uint8_t out[64];
-                CHECK(len <= sizeof out);
-                for (size_t j = 0; j < len; j++) out[j] = (p[j] >= 'a' && p[j] <= 'z') ? p[j] - 32 : p[j];
-                OK(tribe_responder_reply(r, out, len, NULL));
-                tribe_responder_free(r);
+                reply_upper(r);
                 t->served = true;
             } else if (kind == TRIBE_EVENT_CALL_DONE) {
                 CHECK(i == 0);
@@ -112,6 +106,23 @@ static void *wait_long(void *arg) {
     return took;
 }
 
+/* Checks that `act(arg)` ends a wait of up to 20 s that another thread
+ * began in the group. */
+static void ends_a_wait(tribe_group *g, void (*act)(void *), void *arg) {
+    pthread_t waiter;
+    void *took = NULL;
+    CHECK(pthread_create(&waiter, NULL, wait_long, g) == 0);
+    sleep_ms(100);
+    act(arg);
+    CHECK(pthread_join(waiter, &took) == 0);
+    CHECK(*(double *)took < 5.0);
+    free(took);
+}
+
+static void wake(void *g) { OK(tribe_group_wake(g, NULL)); }
+
+static void shut_down(void *node) { OK(tribe_node_shutdown(node, NULL)); }
+
 int main(void) {
     char *key = NULL;
     OK(tribe_keygen(&key, NULL, NULL));
@@ -169,27 +180,15 @@ int main(void) {
     printf("one thread served and completed %d calls between two nodes of a group\n", CALLS);
 
     /* A wake, and a member's shutdown, end a wait. */
-    pthread_t waiter;
-    void *took = NULL;
     quiet(g, a, b, &t);
-    CHECK(pthread_create(&waiter, NULL, wait_long, g) == 0);
-    sleep_ms(100);
-    OK(tribe_group_wake(g, NULL));
-    CHECK(pthread_join(waiter, &took) == 0);
-    CHECK(*(double *)took < 5.0);
-    free(took);
+    ends_a_wait(g, wake, g);
     tribe_node *c = start_in(g, "grp-c", key, NULL);
     quiet(g, a, b, &t);
     tribe_event *evs[64];
     size_t got = 0;
     OK(tribe_node_next_events(c, 0, evs, 64, &got, NULL));
     for (size_t i = 0; i < got; i++) tribe_event_free(evs[i]);
-    CHECK(pthread_create(&waiter, NULL, wait_long, g) == 0);
-    sleep_ms(100);
-    OK(tribe_node_shutdown(c, NULL));
-    CHECK(pthread_join(waiter, &took) == 0);
-    CHECK(*(double *)took < 5.0);
-    free(took);
+    ends_a_wait(g, shut_down, c);
     for (;;) {
         tribe_event *ev = NULL;
         uint32_t rc = tribe_node_next_event(c, 0, &ev, NULL);

@@ -70,13 +70,7 @@ static void *poll_loop(void *arg) {
             tribe_responder *r = NULL;
             if (tribe_event_kind(evs[i]) == TRIBE_EVENT_CALL &&
                 tribe_event_take_responder(evs[i], &r, NULL) == TRIBE_OK) {
-                size_t len = 0;
-                const uint8_t *p = tribe_responder_payload(r, &len);
-                uint8_t out[64];
-                CHECK(len <= sizeof out);
-                for (size_t j = 0; j < len; j++) out[j] = (p[j] >= 'a' && p[j] <= 'z') ? p[j] - 32 : p[j];
-                OK(tribe_responder_reply(r, out, len, NULL));
-                tribe_responder_free(r);
+                reply_upper(r);
                 served++;
             }
             tribe_event_free(evs[i]);

@@ -139,17 +139,25 @@ typedef struct {
     bool stopped;            /* next_event returned TRIBE_SHUTTING_DOWN */
 } pump;
 
+/* Answers a call with its payload in upper case, and frees the responder. */
+static inline void reply_upper(tribe_responder *r) {
+    size_t len = 0;
+    const uint8_t *payload = tribe_responder_payload(r, &len);
+    uint8_t *out = malloc(len ? len : 1);
+    if (out == NULL) die(__FILE__, __LINE__, "out of memory");
+    for (size_t i = 0; i < len; i++)
+        out[i] = (payload[i] >= 'a' && payload[i] <= 'z') ? payload[i] - 32 : payload[i];
+    OK(tribe_responder_reply(r, out, len, NULL));
+    free(out);
+    tribe_responder_free(r);
+}
+
 static inline void answer(pump *p, tribe_responder *r) {
     const char *plugin = tribe_responder_plugin(r);
     size_t len = 0;
     const uint8_t *payload = tribe_responder_payload(r, &len);
     if (strcmp(plugin, "upper") == 0) {
-        uint8_t *out = malloc(len ? len : 1);
-        for (size_t i = 0; i < len; i++)
-            out[i] = (payload[i] >= 'a' && payload[i] <= 'z') ? payload[i] - 32 : payload[i];
-        OK(tribe_responder_reply(r, out, len, NULL));
-        free(out);
-        tribe_responder_free(r);
+        reply_upper(r);
     } else if (strcmp(plugin, "fail") == 0) {
         OK(tribe_responder_fail(r, "bad_input", "cannot handle this payload", NULL));
         tribe_responder_free(r);
