@@ -83,3 +83,46 @@ func TestOneGoroutinePollsEveryNodeOfTheProcess(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A call's log records reach its node's Events also though the polling
+// goroutine, which drives every node's calls, belongs to no node: a call
+// to a host that has just died logs that it was not sent.
+func TestACallsLogRecordsReachItsNode(t *testing.T) {
+	caller := startNode(t, "logcall", func(c *Config) { c.LogLevel = "debug" })
+	host := startNode(t, "loghost", func(c *Config) { c.Seeds = []string{caller.Addr()} })
+	if err := caller.AddPolicy("all", "logs", "true"); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Serve("p", "1", Processor, func(context.Context, CallInfo, []byte) ([]byte, error) {
+		return nil, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the host's endpoint at the caller", 20*time.Second, func() bool {
+		ms, _ := caller.Members()
+		for _, m := range ms {
+			if m.Name == host.Name() && len(m.Endpoints) > 0 && len(m.Tribes) > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	host.Abort()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err := caller.Call(ctx, Target{Tribe: "logs", Plugin: "p", Kind: Processor}, nil)
+	cancel()
+	if err == nil {
+		t.Fatal("a call to a host that died was answered")
+	}
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case e := <-caller.Events():
+			if e.Kind == EventLog && strings.Contains(e.Message, "call not sent") {
+				return
+			}
+		case <-deadline:
+			t.Fatalf("no record of the call not sent (the call ended with %v)", err)
+		}
+	}
+}

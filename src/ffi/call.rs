@@ -407,12 +407,18 @@ pub extern "C" fn tribe_node_call_async(
         // its completion can exist.
         cast::write(call_id, id);
         let registry = calls.clone();
-        let call = async move {
+        let mut call = Box::pin(async move {
             let outcome = AssertUnwindSafe(n.call_uncounted(&target, payload, timeout))
                 .catch_unwind()
                 .await;
             registry.complete(id, &mailbox, outcome, |result| n.count_call(result));
-        };
+        });
+        // Its log records go to this node's queue also when a poll group's
+        // thread, which belongs to no node, runs it.
+        let sink = handle.log_sink().cloned();
+        let call = std::future::poll_fn(move |cx| {
+            super::log::with_sink(sink.as_ref(), || call.as_mut().poll(cx))
+        });
         // The call's first step runs here: its request is written from
         // this thread, where a task would first wake the thread that
         // drives the call streams to write it (and with many callers, the
@@ -420,10 +426,10 @@ pub extern "C" fn tribe_node_call_async(
         // task on the streams' runtime, whose first poll registers the
         // wakers this one could not.
         let streams = handle.host_io.handle().clone();
-        let mut call = Box::pin(call);
+        let mut call = call;
         let first = {
             let _runtime = streams.enter();
-            call.as_mut()
+            std::pin::Pin::new(&mut call)
                 .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
         };
         if first.is_ready() {

@@ -88,6 +88,11 @@ impl TribeNode {
             .take_many(Some(std::time::Duration::ZERO), max, Body::is_droppable)
     }
 
+    /// Where the node's log records go, when the host asked for them.
+    pub(super) fn log_sink(&self) -> Option<&super::log::Sink> {
+        self.log_sink.as_ref()
+    }
+
     /// Refuses work once the node is stopping.
     pub(super) fn live(&self) -> Result<&Node, FfiError> {
         if *self.closing.borrow() {
