@@ -8,8 +8,8 @@ package tribe
 // takes what the nodes have queued (from node `start` on, so that a busy
 // node does not starve the others) with their kinds and owners, and marks
 // the nodes that stopped and are drained. When nothing was found and block
-// is set, it waits in the group (driving every node's call streams) and
-// takes once more.
+// is set, it drives every node's call streams (for one turn when block is
+// 2, until something comes when 1) and takes once more.
 static void go_hub_take(const tribe_group *group, tribe_node *const *nodes, size_t count,
                         size_t start, int block, tribe_event **evs, uint32_t *kinds,
                         uint32_t *owners, size_t cap, size_t *n, uint8_t *ended) {
@@ -38,7 +38,7 @@ static void go_hub_take(const tribe_group *group, tribe_node *const *nodes, size
 			*n += got;
 		}
 		if (*n > 0 || any_ended || !block || round == 1) return;
-		tribe_group_wait(group, -1, NULL);
+		tribe_group_wait(group, block == 2 ? 0 : -1, NULL);
 	}
 }
 */
@@ -157,7 +157,12 @@ func hubPoll() {
 			// just readied (a Call's waiter, a handler) run on this P,
 			// rather than wait for another thread to wake and steal them.
 			runtime.Gosched()
-			take(1)
+			// What the goroutines just run sent may be answered already:
+			// one turn reads it without this thread blocking.
+			take(2)
+			if n == 0 && !anySet(ended) {
+				take(1)
+			}
 		}
 		for i := 0; i < int(n); i++ {
 			nodes[owners[i]].dispatch(evs[i], kinds[i])
