@@ -57,11 +57,9 @@ import (
 // thread, not one per node, waits in C (a goroutine waiting in C keeps its
 // P until Go's monitor takes it back, 20 µs to 10 ms later).
 var hub struct {
-	once  sync.Once
-	group *C.tribe_group
-	err   error
-
 	mu sync.Mutex
+	// group is made by the first Start that succeeds in making it.
+	group *C.tribe_group
 	// nodes are polled until each has stopped and been drained.
 	nodes []*node
 	// running says whether the polling goroutine runs.
@@ -69,13 +67,21 @@ var hub struct {
 }
 
 // hubGroup is the process's poll group, made on first use and kept for the
-// life of the process (its thread sleeps while no node is started).
+// life of the process (its thread sleeps while no node is started). A
+// failure to make it (no thread to be had) is tried again by the next
+// Start.
 func hubGroup() (*C.tribe_group, error) {
-	hub.once.Do(func() {
+	hub.mu.Lock()
+	defer hub.mu.Unlock()
+	if hub.group == nil {
+		var g *C.tribe_group
 		var cerr *C.tribe_error
-		hub.err = takeError(C.tribe_group_new(&hub.group, &cerr), cerr)
-	})
-	return hub.group, hub.err
+		if err := takeError(C.tribe_group_new(&g, &cerr), cerr); err != nil {
+			return nil, err
+		}
+		hub.group = g
+	}
+	return hub.group, nil
 }
 
 // join hands a started node to the polling goroutine, starting it when
