@@ -1381,16 +1381,18 @@ void tribe_group_free(struct tribe_group *group);
  * from each member. Returns `TRIBE_OK` also when the time ran out, and may
  * return once for events already taken: take from every member before
  * waiting again, or an event queued meanwhile waits until the next one.
- * Blocks the calling thread up to `timeout_ms`.
+ * With several threads waiting, each notification ends one of their waits
+ * (the one woken takes for all). Blocks the calling thread up to
+ * `timeout_ms`.
  */
 uint32_t tribe_group_wait(const struct tribe_group *group,
                           int32_t timeout_ms,
                           struct tribe_error **err);
 
 /**
- * Makes a `tribe_group_wait` in progress, or the next one, return at once
- * (for a host that added a node to the set it takes events from). Does not
- * block; callable from any thread.
+ * Makes one `tribe_group_wait` in progress, or the next one, return at
+ * once (for a host that added a node to the set it takes events from).
+ * Does not block; callable from any thread.
  */
 uint32_t tribe_group_wake(const struct tribe_group *group,
                           struct tribe_error **err);

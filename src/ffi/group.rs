@@ -84,7 +84,9 @@ pub extern "C" fn tribe_group_free(group: *mut TribeGroup) {
 /// from each member. Returns `TRIBE_OK` also when the time ran out, and may
 /// return once for events already taken: take from every member before
 /// waiting again, or an event queued meanwhile waits until the next one.
-/// Blocks the calling thread up to `timeout_ms`.
+/// With several threads waiting, each notification ends one of their waits
+/// (the one woken takes for all). Blocks the calling thread up to
+/// `timeout_ms`.
 #[no_mangle]
 pub extern "C" fn tribe_group_wait(
     group: *const TribeGroup,
@@ -112,9 +114,9 @@ pub extern "C" fn tribe_group_wait(
     })
 }
 
-/// Makes a `tribe_group_wait` in progress, or the next one, return at once
-/// (for a host that added a node to the set it takes events from). Does not
-/// block; callable from any thread.
+/// Makes one `tribe_group_wait` in progress, or the next one, return at
+/// once (for a host that added a node to the set it takes events from).
+/// Does not block; callable from any thread.
 #[no_mangle]
 pub extern "C" fn tribe_group_wake(group: *const TribeGroup, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, {
