@@ -168,3 +168,23 @@ def test_close_after_calls_were_served_does_not_wait_for_idle_callers(cluster: C
     began = time.monotonic()
     assert host.close() is True
     assert time.monotonic() - began < 1.5
+
+
+def test_a_handler_that_closes_its_own_node_in_a_thread_is_answered(cluster: Cluster) -> None:
+    host = cluster.start("host")
+    caller = cluster.start("caller", seeds=[host.addr])
+    host.create_tribe("svc")
+    host.join("svc")
+
+    def bye(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        threading.Thread(target=host.close).start()
+        return b"bye"
+
+    host.serve("bye", "1", "processor", bye)
+    wait_for("the caller to see bye", lambda: any(
+        e.name == "bye" for m in caller.members() for e in m.endpoints))
+    began = time.monotonic()
+    assert caller.call("svc", "bye", b"x", timeout=10) == b"bye"
+    # Not held up by the close's wait for running handlers (2 s).
+    assert time.monotonic() - began < 1.5
+    wait_for("the host to close", lambda: host.closed)
