@@ -136,6 +136,9 @@ static void need(uint32_t rc, tribe_error *err, const char *what) {
 static unsigned worker_threads = 1; /* TRIBE_BENCH_WORKERS */
 static int handler_threads = 1;      /* TRIBE_BENCH_HANDLERS */
 
+/* The poll group that nodes started while it is set join. */
+static tribe_group *start_group = NULL;
+
 static tribe_node *start(const char *name, const char *key, const char *seed) {
     tribe_config *cfg = NULL;
     tribe_node *node = NULL;
@@ -146,6 +149,7 @@ static tribe_node *start(const char *name, const char *key, const char *seed) {
     need(tribe_config_set_worker_threads(cfg, worker_threads, &err), err, "threads");
     if (key) need(tribe_config_add_key(cfg, key, &err), err, "key");
     if (seed) need(tribe_config_add_seed(cfg, seed, &err), err, "seed");
+    if (start_group) need(tribe_config_set_group(cfg, start_group, &err), err, "group");
     need(tribe_node_start(cfg, &node, &err), err, "start");
     tribe_config_free(cfg);
     return node;
@@ -383,6 +387,25 @@ static void row_one_thread(const char *label, tribe_node *host, tribe_node *call
     flight_print(&f, label, "one thread", window);
 }
 
+/* The one-thread row with both nodes in one poll group: each wait in the
+ * group drives both nodes' call streams, so a call is read by the host and
+ * its answer by the caller in the same wait, as one tokio worker runs both
+ * sides' tasks. */
+static void row_group(const char *label, tribe_group *group, tribe_node *host,
+                      tribe_node *caller, int c, double warm, double window) {
+    flight f;
+    flight_start(&f, caller, c, warm, window);
+    tribe_event *evs[64];
+    while (f.in_flight > 0) {
+        if (tribe_group_wait(group, 100, NULL) != TRIBE_OK) break;
+        answer(host, 0);
+        size_t n = 0;
+        if (tribe_node_next_events(caller, 0, evs, 64, &n, NULL) != TRIBE_OK) break;
+        flight_complete(&f, evs, n);
+    }
+    flight_print(&f, label, "one thread in a group", window);
+}
+
 static bool endpoint_seen(tribe_node *caller) {
     char *json = NULL;
     if (tribe_node_tribe_json(caller, "bench", &json, NULL, NULL) != TRIBE_OK) return false;
@@ -458,6 +481,22 @@ static void pair(const char *label, const char *key, double warm, double window)
     tribe_node_shutdown(caller, NULL);
     tribe_node_free(caller);
     stop_host(host, handlers, 0);
+
+    /* Both sides on this thread, both nodes in one poll group. */
+    tribe_error *err = NULL;
+    tribe_group *group = NULL;
+    need(tribe_group_new(&group, &err), err, "group");
+    start_group = group;
+    host = start_host(host_name, key, handlers, 0);
+    caller = start(caller_name, key, tribe_node_addr(host));
+    start_group = NULL;
+    wait_for_endpoint(caller);
+    row_group(label, group, host, caller, 1, warm, window);
+    row_group(label, group, host, caller, 16, warm, window);
+    tribe_node_shutdown(caller, NULL);
+    tribe_node_free(caller);
+    stop_host(host, handlers, 0);
+    tribe_group_free(group);
 }
 
 /* A host alone, for a caller in another process: serves until stdin ends. */
