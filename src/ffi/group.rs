@@ -63,8 +63,10 @@ pub extern "C" fn tribe_group_new(out: *mut *mut TribeGroup, err: *mut *mut FfiE
 }
 
 /// Frees the group handle. Nodes started in it go on working; the runtime
-/// they share stops when the last of them is freed. No other thread may
-/// use the handle during or after this call. NULL is ignored.
+/// they share stops when the last of them is freed. When no node of the
+/// group is left, it stops the group's thread and runtime (up to about
+/// 2 s). No other thread may use the handle during or after this call.
+/// NULL is ignored.
 #[no_mangle]
 pub extern "C" fn tribe_group_free(group: *mut TribeGroup) {
     ffi_infallible!((), {
@@ -80,7 +82,9 @@ pub extern "C" fn tribe_group_free(group: *mut TribeGroup) {
 /// not wait; negative: no limit). While it waits, the calling thread reads
 /// every member's incoming calls and answers from their sockets itself, as
 /// `tribe_node_next_events` does for one node; with 0 it does so for one
-/// turn. Then take the events with `tribe_node_next_events(node, 0, ...)`
+/// turn. (When another thread drives the group's streams at that moment,
+/// in its own wait, it only waits.) Then take the events with
+/// `tribe_node_next_events(node, 0, ...)`
 /// from each member. Returns `TRIBE_OK` also when the time ran out, and may
 /// return once for events already taken: take from every member before
 /// waiting again, or an event queued meanwhile waits until the next one.

@@ -127,6 +127,10 @@ impl Drop for TribeNode {
             self.host_io
                 .drive(async { tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await })
         });
+        // Then every call stream is cut, also after a graceful stop: in a
+        // poll group the runtime, and the streams' tasks with their queued
+        // calls, outlive this node.
+        self.block_on(self.node.abort());
         // In a poll group the runtime stops with its last member.
         if let Some(io) = Arc::get_mut(&mut self.host_io) {
             io.shut_down();
