@@ -98,6 +98,37 @@ static void quiet(tribe_group *g, tribe_node *a, tribe_node *b, tally *t) {
     }
 }
 
+typedef struct {
+    tribe_node *caller;
+    uint32_t rc;
+    double took;
+} held_call;
+
+/* Calls "hold" (retrying while the caller does not see it served yet),
+ * recording how the call that reached a host ended and how long it took. */
+static void *call_hold(void *arg) {
+    held_call *h = arg;
+    double end = now_s() + 15;
+    for (;;) {
+        uint8_t *reply = NULL;
+        size_t len = 0;
+        double t0 = now_s();
+        h->rc = tribe_node_call(h->caller, "t", "hold", NULL, TRIBE_KIND_PROCESSOR,
+                                (const uint8_t *)"x", 1, 20000, &reply, &len, NULL);
+        h->took = now_s() - t0;
+        tribe_bytes_free(reply, len);
+        if ((h->rc != TRIBE_NO_PROVIDER && h->rc != TRIBE_UNKNOWN_TRIBE) || now_s() > end) return NULL;
+        sleep_ms(50);
+    }
+}
+
+static bool serves_hold(void *arg) {
+    char *json = tribe_json(arg, NULL);
+    bool seen = json != NULL && strstr(json, "\"name\":\"hold\"") != NULL;
+    tribe_string_free(json);
+    return seen;
+}
+
 static void *wait_long(void *arg) {
     double t0 = now_s();
     OK(tribe_group_wait(arg, 20000, NULL));
@@ -199,6 +230,24 @@ int main(void) {
     }
     tribe_node_free(c);
     printf("a wake and a member's shutdown ended waits\n");
+
+    /* A member freed after a graceful shutdown with a call still queued:
+     * its stream is cut, so the caller learns at once, not at its deadline
+     * (the group's runtime outlives the member). */
+    tribe_node *h = start_in(g, "grp-h", key, tribe_node_addr(a));
+    OK(tribe_node_serve(h, "hold", "1", TRIBE_KIND_PROCESSOR, NULL));
+    CHECK(wait_for(serves_hold, a, 20));
+    held_call hc = {.caller = a};
+    pthread_t holder;
+    CHECK(pthread_create(&holder, NULL, call_hold, &hc) == 0);
+    sleep_ms(500); /* the call is queued at h, never taken */
+    OK(tribe_node_shutdown(h, NULL));
+    tribe_node_free(h);
+    CHECK(pthread_join(holder, NULL) == 0);
+    CHECK(hc.rc != TRIBE_OK && hc.rc != TRIBE_TIMEOUT);
+    CHECK(hc.took < 8.0);
+    printf("a member freed with a call queued cut its stream: the caller got %s after %.1f s\n",
+           tribe_result_name(hc.rc), hc.took);
 
     /* The handle may go: the nodes keep what they share, and a node's own
      * wait drives the streams. */
