@@ -363,8 +363,9 @@ func (n *Node) Name() string { return n.inner().name }
 // Addr is the advertised address, "ip:port" with the bound port.
 func (n *Node) Addr() string { return n.inner().addr }
 
-// Events delivers the node's events. One goroutine per node takes them from
-// libtribe and sends them here without ever blocking: when the channel is
+// Events delivers the node's events. One goroutine (for every node of the
+// process) takes them from libtribe and sends them here without ever
+// blocking: when the channel is
 // full (Config.EventBuffer), the event is dropped and counted in
 // EventsDropped, so a slow reader never holds up the node, its calls or its
 // handlers. The channel is closed once the node is closed and every queued
