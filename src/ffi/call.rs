@@ -416,7 +416,7 @@ pub extern "C" fn tribe_node_call_async(
         // Its log records go to this node's queue also when a poll group's
         // thread, which belongs to no node, runs it.
         let sink = handle.log_sink().cloned();
-        let call = std::future::poll_fn(move |cx| {
+        let mut call = std::future::poll_fn(move |cx| {
             super::log::with_sink(sink.as_ref(), || call.as_mut().poll(cx))
         });
         // The call's first step runs here: its request is written from
@@ -426,7 +426,6 @@ pub extern "C" fn tribe_node_call_async(
         // task on the streams' runtime, whose first poll registers the
         // wakers this one could not.
         let streams = handle.host_io.handle().clone();
-        let mut call = call;
         let first = {
             let _runtime = streams.enter();
             std::pin::Pin::new(&mut call)

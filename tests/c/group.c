@@ -98,30 +98,6 @@ static void quiet(tribe_group *g, tribe_node *a, tribe_node *b, tally *t) {
     }
 }
 
-typedef struct {
-    tribe_node *caller;
-    uint32_t rc;
-    double took;
-} held_call;
-
-/* Calls "hold" (retrying while the caller does not see it served yet),
- * recording how the call that reached a host ended and how long it took. */
-static void *call_hold(void *arg) {
-    held_call *h = arg;
-    double end = now_s() + 15;
-    for (;;) {
-        uint8_t *reply = NULL;
-        size_t len = 0;
-        double t0 = now_s();
-        h->rc = tribe_node_call(h->caller, "t", "hold", NULL, TRIBE_KIND_PROCESSOR,
-                                (const uint8_t *)"x", 1, 20000, &reply, &len, NULL);
-        h->took = now_s() - t0;
-        tribe_bytes_free(reply, len);
-        if ((h->rc != TRIBE_NO_PROVIDER && h->rc != TRIBE_UNKNOWN_TRIBE) || now_s() > end) return NULL;
-        sleep_ms(50);
-    }
-}
-
 static bool serves_hold(void *arg) {
     char *json = tribe_json(arg, NULL);
     bool seen = json != NULL && strstr(json, "\"name\":\"hold\"") != NULL;
@@ -237,9 +213,9 @@ int main(void) {
     tribe_node *h = start_in(g, "grp-h", key, tribe_node_addr(a));
     OK(tribe_node_serve(h, "hold", "1", TRIBE_KIND_PROCESSOR, NULL));
     CHECK(wait_for(serves_hold, a, 20));
-    held_call hc = {.caller = a};
+    timed_call hc = {.caller = a, .tribe = "t", .plugin = "hold", .retry_unserved = true};
     pthread_t holder;
-    CHECK(pthread_create(&holder, NULL, call_hold, &hc) == 0);
+    CHECK(pthread_create(&holder, NULL, timed_call_run, &hc) == 0);
     sleep_ms(500); /* the call is queued at h, never taken */
     OK(tribe_node_shutdown(h, NULL));
     tribe_node_free(h);

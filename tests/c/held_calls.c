@@ -77,23 +77,6 @@ static int drain_calls(tribe_node *host, bool want_abandoned) {
     }
 }
 
-typedef struct {
-    tribe_node *caller;
-    uint32_t rc;
-    double ended;
-} blocked_call;
-
-static void *call_blocking(void *arg) {
-    blocked_call *c = arg;
-    uint8_t *reply = NULL;
-    size_t len = 0;
-    c->rc = tribe_node_call(c->caller, "t", "held", NULL, TRIBE_KIND_PROCESSOR,
-                            (const uint8_t *)"y", 1, 20000, &reply, &len, NULL);
-    c->ended = now_s();
-    tribe_bytes_free(reply, len);
-    return NULL;
-}
-
 int main(void) {
     tribe_node *host = start_host();
     tribe_node *caller = start_node("asker", NULL, tribe_node_addr(host), NULL);
@@ -116,9 +99,9 @@ int main(void) {
     if (queued != SERVING) die(__FILE__, __LINE__, "%d calls were queued, want %d", queued, SERVING);
 
     /* The places came back with the responders. */
-    blocked_call c = {caller, 0, 0};
+    timed_call c = {.caller = caller, .tribe = "t", .plugin = "held"};
     pthread_t t;
-    pthread_create(&t, NULL, call_blocking, &c);
+    pthread_create(&t, NULL, timed_call_run, &c);
     tribe_responder *r = NULL;
     double end = now_s() + 10;
     while (r == NULL && now_s() < end) {

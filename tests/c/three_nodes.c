@@ -79,24 +79,6 @@ static bool serves_upper(void *arg) {
     return ok;
 }
 
-typedef struct {
-    tribe_node *node;
-    uint32_t rc;
-    double took;
-} blocked_call;
-
-static void *call_slow(void *arg) {
-    blocked_call *b = arg;
-    uint8_t *reply = NULL;
-    size_t len = 0;
-    double t0 = now_s();
-    b->rc = tribe_node_call(b->node, "core", "slow", NULL, TRIBE_KIND_PROCESSOR,
-                            (const uint8_t *)"x", 1, 20000, &reply, &len, NULL);
-    b->took = now_s() - t0;
-    tribe_bytes_free(reply, len);
-    return NULL;
-}
-
 static bool done_count(void *arg) {
     int want = *(int *)arg;
     return pump_get(&pumps[2], &pumps[2].done_events) >= want;
@@ -278,9 +260,9 @@ int main(void) {
     printf("an expired asynchronous call completed once as a timeout\n");
 
     /* A shutdown from another thread interrupts a blocked call. */
-    blocked_call b = {nodes[2], 0, 0};
+    timed_call b = {.caller = nodes[2], .tribe = "core", .plugin = "slow"};
     pthread_t t;
-    CHECK(pthread_create(&t, NULL, call_slow, &b) == 0);
+    CHECK(pthread_create(&t, NULL, timed_call_run, &b) == 0);
     sleep_ms(500);
     EXPECT(TRIBE_OK, tribe_node_shutdown(nodes[2], &err));
     pthread_join(t, NULL);

@@ -83,6 +83,38 @@ static inline bool wait_for(bool (*cond)(void *), void *arg, double seconds) {
     return cond(arg);
 }
 
+/* A blocking call made on a thread of its own (start it with
+ * pthread_create(&t, NULL, timed_call_run, &call)): calls `plugin` of
+ * `tribe` from `caller` with a 1-byte payload and a 20 s timeout; with
+ * `retry_unserved`, calls again (for up to 15 s) while the caller does not
+ * know the tribe or a member serving it yet. Records how the call ended,
+ * how long it took, and when. */
+typedef struct {
+    tribe_node *caller;
+    const char *tribe, *plugin;
+    bool retry_unserved;
+    uint32_t rc;
+    double took, ended;
+} timed_call;
+
+static inline void *timed_call_run(void *arg) {
+    timed_call *c = arg;
+    double give_up = now_s() + 15;
+    for (;;) {
+        uint8_t *reply = NULL;
+        size_t len = 0;
+        double t0 = now_s();
+        c->rc = tribe_node_call(c->caller, c->tribe, c->plugin, NULL, TRIBE_KIND_PROCESSOR,
+                                (const uint8_t *)"x", 1, 20000, &reply, &len, NULL);
+        c->ended = now_s();
+        c->took = c->ended - t0;
+        tribe_bytes_free(reply, len);
+        bool unserved = c->rc == TRIBE_NO_PROVIDER || c->rc == TRIBE_UNKNOWN_TRIBE;
+        if (!c->retry_unserved || !unserved || now_s() > give_up) return NULL;
+        sleep_ms(50);
+    }
+}
+
 /* A snapshot as a string (freed by the caller with tribe_string_free). */
 static inline char *tribe_json(const tribe_node *n, const char *tribe) {
     char *out = NULL;
