@@ -1245,3 +1245,31 @@ fn a_demo_stopped_by_a_signal_stops_its_agents() {
         assert!(!running(pid), "agent {pid} outlived the demo");
     }
 }
+
+/// A local client that opens more connections than the admin API has
+/// places and sends none of them a whole request does not lock the
+/// operator out until their header timeout (10 s): the CLI is answered
+/// at once, each of its connections taking the place of a stalled one.
+#[test]
+fn stalled_admin_connections_do_not_lock_out_the_cli() {
+    use std::io::Write;
+    let dir = scratch_dir("stalled_admin");
+    let agent = start_agent(&dir, "besieged", &[]);
+    let stalled: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(agent.admin).unwrap();
+            let _ = s.write_all(b"GET /v1/status HTTP/1.1\r\nHost: 1");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let began = Instant::now();
+    let status = cli_json(&agent, &["status"]);
+    assert_eq!(status["name"], "besieged");
+    assert!(
+        began.elapsed() < Duration::from_secs(5),
+        "the CLI waited {:?} for a place",
+        began.elapsed()
+    );
+    drop(stalled);
+}

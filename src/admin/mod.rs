@@ -36,6 +36,7 @@ mod bounds;
 pub mod guard;
 pub mod json;
 pub mod metrics;
+mod places;
 mod routes;
 mod server;
 

@@ -1,24 +1,29 @@
-//! The admin API's connections: bounded in number, in how long a client
-//! may take to send a request's headers, in how long any read or write may
-//! stall, and in how long a stop waits for them, so a stalled or hostile
-//! client can neither exhaust descriptors, hold a place for long, nor hold
-//! up the agent's exit.
+//! The admin API's connections: bounded in number (a newcomer takes the
+//! place of the connection that waited longest for a request, see
+//! [`super::places`]), in how long a client may take to send a request's
+//! headers, in how long any read or write may stall, and in how long a stop
+//! waits for them, so a stalled or hostile client can neither exhaust
+//! descriptors, hold the places, nor hold up the agent's exit.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
+use hyper::service::Service as _;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
+
+use super::places::{Places, Tracked, Watched};
 
 /// The bounds on the connections.
 #[derive(Debug, Clone, Copy)]
 pub struct Bounds {
-    /// Connections served at once; more are closed as they arrive.
+    /// Connections served at once. A connection over it takes the place of
+    /// the one that has waited longest for a request, and is closed at
+    /// once only when every connection is answering one.
     pub max_connections: usize,
     /// How long a client may take to send a request's headers (also the
     /// longest an idle kept-alive connection stays open).
@@ -51,7 +56,7 @@ pub async fn run(
     bounds: Bounds,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let places = Arc::new(Semaphore::new(bounds.max_connections));
+    let places = Places::new(bounds.max_connections);
     let (stopping, stop) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -71,14 +76,27 @@ pub async fn run(
                 continue;
             }
         };
-        let Ok(place) = places.clone().try_acquire_owned() else {
-            tracing::debug!("admin API: connection limit reached; connection closed");
+        let Some(place) = places.admit() else {
+            tracing::debug!("admin API: every place answers a request; connection closed");
             continue;
         };
-        let service = TowerToHyperService::new(app.clone());
+        let app = TowerToHyperService::new(app.clone());
+        let conn_state = place.conn.clone();
+        // Each request counts as being answered until its answer's body
+        // was written whole: only then may a newcomer take the place.
+        let service = hyper::service::service_fn(move |request| {
+            let answering = conn_state.answering();
+            let answer = app.call(request);
+            async move {
+                let response = answer.await?;
+                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
+                    body,
+                    _answering: answering,
+                }))
+            }
+        });
         let mut stop = stop.clone();
         conns.spawn(async move {
-            let _place = place;
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -86,7 +104,11 @@ pub async fn run(
             let mut stream = tokio_io_timeout::TimeoutStream::new(stream);
             stream.set_read_timeout(Some(bounds.io_timeout));
             stream.set_write_timeout(Some(bounds.io_timeout));
-            let conn = builder.serve_connection(TokioIo::new(Box::pin(stream)), service);
+            let stream = Watched {
+                io: Box::pin(stream),
+                conn: place.conn.clone(),
+            };
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 result = conn.as_mut() => {
@@ -96,6 +118,8 @@ pub async fn run(
                     return;
                 }
                 _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
+                // Another connection took the place.
+                () = place.conn.cut() => return,
             }
             let _ = conn.await;
         });
@@ -131,6 +155,16 @@ mod tests {
         watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     ) {
+        start_with(SHORT).await
+    }
+
+    async fn start_with(
+        bounds: Bounds,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+    ) {
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
             .route("/big", get(|| async { "x".repeat(64 << 20) }))
@@ -142,7 +176,7 @@ mod tests {
             let _ = stopped.wait_for(|s| *s).await;
         };
         let server = tokio::spawn(async move {
-            run(listener, app, SHORT, shutdown).await.unwrap();
+            run(listener, app, bounds, shutdown).await.unwrap();
         });
         (addr, stop, server)
     }
@@ -215,6 +249,100 @@ mod tests {
             .await;
         assert_eq!(read_to_close(&mut extra).await, "", "closed unanswered");
         stop.send(true).unwrap();
+        server.await.unwrap();
+    }
+
+    /// Clients that open connections and send no whole request (slowly,
+    /// or not at all) cannot lock others out until their header timeout:
+    /// each newcomer takes the place of the one that waited longest, also
+    /// of a kept-alive connection between requests; a connection still
+    /// writing its answer keeps its place.
+    #[tokio::test]
+    async fn connections_waiting_for_a_request_give_way_to_newcomers() {
+        let (addr, stop, server) = start_with(Bounds {
+            header_timeout: Duration::from_secs(20),
+            io_timeout: Duration::from_secs(20),
+            ..SHORT
+        })
+        .await;
+        let get_ok = b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+        let mut stalled = Vec::new();
+        for _ in 0..SHORT.max_connections {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: 1").await.unwrap();
+            stalled.push(s);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let began = tokio::time::Instant::now();
+        let mut fine = TcpStream::connect(addr).await.unwrap();
+        fine.write_all(get_ok).await.unwrap();
+        assert!(read_to_close(&mut fine).await.ends_with("ok"));
+        // The oldest stalled one was closed for it, long before its timeout.
+        assert_eq!(read_to_close(&mut stalled[0]).await, "");
+        assert!(began.elapsed() < Duration::from_secs(5));
+
+        // A kept-alive connection between requests gives way too.
+        let mut kept = TcpStream::connect(addr).await.unwrap();
+        kept.write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = [0u8; 512];
+        let n = kept.read(&mut answer).await.unwrap();
+        assert!(String::from_utf8_lossy(&answer[..n]).ends_with("ok"));
+        // Places: the second stalled one, then `kept` (waiting since its
+        // answer). A newcomer takes the stalled one's place.
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        next.write_all(get_ok).await.unwrap();
+        assert!(read_to_close(&mut next).await.ends_with("ok"));
+        assert_eq!(read_to_close(&mut stalled[1]).await, "");
+        // A new stalled one takes the place `next` left; the next newcomer
+        // takes the place of `kept`, which has waited longer.
+        let mut late = TcpStream::connect(addr).await.unwrap();
+        late.write_all(b"GET /ok HTTP/1.1\r\nHost: 1")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut next = TcpStream::connect(addr).await.unwrap();
+        next.write_all(get_ok).await.unwrap();
+        assert!(read_to_close(&mut next).await.ends_with("ok"));
+        assert_eq!(read_to_close(&mut kept).await, "");
+        drop(late);
+
+        // An answer still being written keeps its place.
+        let mut big = TcpStream::connect(addr).await.unwrap();
+        big.write_all(b"GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        let mut head = [0u8; 1024];
+        let n = big.read(&mut head).await.unwrap();
+        let body_at = head[..n]
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("the headers come in the first read")
+            + 4;
+        let mut hang = TcpStream::connect(addr).await.unwrap();
+        hang.write_all(b"GET /hang HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        let _ = refused.write_all(get_ok).await;
+        assert_eq!(read_to_close(&mut refused).await, "", "closed unanswered");
+        // The big answer still comes whole.
+        let mut got = n - body_at;
+        let mut chunk = vec![0u8; 1 << 16];
+        let whole = tokio::time::timeout(Duration::from_secs(10), async {
+            while got < 64 << 20 {
+                match big.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got += n,
+                }
+            }
+        });
+        whole.await.expect("the big answer stalled");
+        assert!(got >= 64 << 20, "the big answer was cut after {got} bytes");
+        let _ = stop.send(true);
+        drop(hang);
         server.await.unwrap();
     }
 

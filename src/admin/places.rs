@@ -1,0 +1,252 @@
+//! The admin API's connection places, and who gives one up when they are
+//! all taken.
+//!
+//! A client that opens connections and sends nothing (or sends its headers
+//! a byte at a time) would otherwise hold every place for the header
+//! timeout, again and again, and lock the operator out. So a connection
+//! that arrives when every place is taken takes the place of the one that
+//! has waited longest for a request (a new connection that sent no whole
+//! header yet, or a kept-alive one between requests); it is refused only
+//! when every place is answering a request (or still writing an answer out
+//! to a client that reads it slowly, until the write timeout).
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use hyper::body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+
+/// The places, shared by the accepting loop and the connections.
+pub(super) struct Places {
+    max: usize,
+    held: Mutex<Vec<Arc<Conn>>>,
+}
+
+/// One connection's standing.
+pub(super) struct Conn {
+    /// Requests being answered (their answers' bodies not yet taken whole).
+    answering: AtomicUsize,
+    /// Whether its last write waited for the client to read: an answer
+    /// is still going out.
+    writing: AtomicBool,
+    /// Since when it waits for a request (its arrival, or its last answer).
+    waiting_since: Mutex<Instant>,
+    /// Told to close: another connection took its place.
+    cut: Notify,
+}
+
+impl Places {
+    pub(super) fn new(max: usize) -> Arc<Places> {
+        Arc::new(Places {
+            max: max.max(1),
+            held: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Arc<Conn>>> {
+        self.held.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a new connection: a free one, or the one of the
+    /// connection that has waited longest for a request, which is told to
+    /// close. `None` when every place is answering a request.
+    pub(super) fn admit(self: &Arc<Places>) -> Option<Place> {
+        let mut held = self.lock();
+        if held.len() >= self.max {
+            let (at, _) = held
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.waits_for_a_request())
+                .min_by_key(|(_, c)| *c.waiting())?;
+            let given_up = held.swap_remove(at);
+            given_up.cut.notify_one();
+            tracing::debug!(
+                "admin API: every place taken; the longest-waiting connection is closed"
+            );
+        }
+        let conn = Arc::new(Conn {
+            answering: AtomicUsize::new(0),
+            writing: AtomicBool::new(false),
+            waiting_since: Mutex::new(Instant::now()),
+            cut: Notify::new(),
+        });
+        held.push(conn.clone());
+        Some(Place {
+            places: self.clone(),
+            conn,
+        })
+    }
+}
+
+impl Conn {
+    fn waiting(&self) -> MutexGuard<'_, Instant> {
+        self.waiting_since.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn waits_for_a_request(&self) -> bool {
+        self.answering.load(Ordering::Acquire) == 0 && !self.writing.load(Ordering::Acquire)
+    }
+
+    /// Ends when another connection took this one's place.
+    pub(super) async fn cut(&self) {
+        self.cut.notified().await
+    }
+
+    /// Counts a request as being answered until the guard (carried by its
+    /// answer's body) is dropped.
+    pub(super) fn answering(self: &Arc<Conn>) -> Answering {
+        self.answering.fetch_add(1, Ordering::AcqRel);
+        Answering(self.clone())
+    }
+}
+
+/// A connection's place, given back when dropped.
+pub(super) struct Place {
+    places: Arc<Places>,
+    pub(super) conn: Arc<Conn>,
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        let mut held = self.places.lock();
+        if let Some(at) = held.iter().position(|c| Arc::ptr_eq(c, &self.conn)) {
+            held.swap_remove(at);
+        }
+    }
+}
+
+/// A request being answered; the connection waits for the next one from
+/// when it is dropped.
+pub(super) struct Answering(Arc<Conn>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        // The time first: a connection is never seen idle with an old one.
+        *self.0.waiting() = Instant::now();
+        self.0.answering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An answer's body, holding its request's [`Answering`] until it was
+/// written whole (or dropped with its connection).
+pub(super) struct Tracked<B> {
+    pub(super) body: B,
+    pub(super) _answering: Answering,
+}
+
+impl<B: Body + Unpin> Body for Tracked<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// A connection's stream, noting whether a write waits for the client.
+pub(super) struct Watched<T> {
+    pub(super) io: T,
+    pub(super) conn: Arc<Conn>,
+}
+
+impl<T> Watched<T> {
+    fn note<R>(&self, polled: Poll<R>) -> Poll<R> {
+        self.conn
+            .writing
+            .store(polled.is_pending(), Ordering::Release);
+        polled
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Watched<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.note(polled)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.note(polled)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let polled = Pin::new(&mut self.io).poll_flush(cx);
+        self.note(polled)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+
+    #[test]
+    fn a_full_house_gives_up_the_longest_waiting_place_and_never_a_busy_one() {
+        let places = Places::new(2);
+        let first = places.admit().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let second = places.admit().unwrap();
+        // Both wait: the first, waiting longer, is told to close.
+        let third = places.admit().unwrap();
+        assert!(first.conn.cut.notified().now_or_never().is_some());
+        assert!(second.conn.cut.notified().now_or_never().is_none());
+        // Its place is not given back twice when it closes.
+        drop(first);
+        assert_eq!(places.lock().len(), 2);
+        // Both remaining places answer a request: a newcomer is refused.
+        let a = second.conn.answering();
+        let b = third.conn.answering();
+        assert!(places.admit().is_none());
+        // A write waiting for the client keeps the place too.
+        third.conn.writing.store(true, Ordering::Release);
+        drop(b);
+        assert!(places.admit().is_none());
+        // An answer written whole makes its connection give way again.
+        third.conn.writing.store(false, Ordering::Release);
+        let fourth = places.admit().unwrap();
+        assert!(third.conn.cut.notified().now_or_never().is_some());
+        drop((a, second, third, fourth));
+        assert!(places.lock().is_empty());
+    }
+}
