@@ -248,7 +248,8 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 
 // cancel tells libtribe to abandon a call; its completion is discarded.
 // A call whose deadline passed counts as a timeout in the node's counters,
-// as one libtribe timed out itself.
+// as one libtribe timed out itself, unless libtribe had finished it already
+// (its completion queued, not yet handed over): it counted as it ended.
 func (in *node) cancel(id uint64, expired bool) {
 	gcPoint()
 	in.mu.RLock()
