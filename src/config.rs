@@ -377,7 +377,7 @@ impl Config {
 
     /// Names of the limits [`Config::set_limit`] takes, as the C ABI, the
     /// bindings and the agent's `[limits]` table spell them.
-    pub const LIMIT_NAMES: [&'static str; 7] = [
+    pub const LIMIT_NAMES: [&'static str; 10] = [
         "nodes",
         "tribes",
         "members",
@@ -385,10 +385,14 @@ impl Config {
         "plugins",
         "tasks",
         "max_streams",
+        "max_inflight_per_conn",
+        "max_inflight",
+        "max_serving",
     ];
 
     /// Sets a limit by name (see [`Config::LIMIT_NAMES`]): a cap of
-    /// [`StateLimits`], or `max_streams` of [`RpcLimits`](crate::rpc::RpcLimits).
+    /// [`StateLimits`], or `max_streams`, `max_inflight_per_conn`,
+    /// `max_inflight` or `max_serving` of [`RpcLimits`](crate::rpc::RpcLimits).
     /// Zero and unknown names are [`Error::InvalidArgument`].
     pub fn set_limit(&mut self, name: &str, value: usize) -> Result<(), Error> {
         if value == 0 {
@@ -405,6 +409,9 @@ impl Config {
             "plugins" => &mut l.plugins,
             "tasks" => &mut l.tasks,
             "max_streams" => &mut self.rpc.max_streams,
+            "max_inflight_per_conn" => &mut self.rpc.max_inflight_per_conn,
+            "max_inflight" => &mut self.rpc.max_inflight,
+            "max_serving" => &mut self.rpc.max_serving,
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown limit {other:?} (known: {})",
@@ -590,9 +597,12 @@ mod tests {
                 l.policies,
                 l.plugins,
                 l.tasks,
-                cfg.rpc.max_streams
+                cfg.rpc.max_streams,
+                cfg.rpc.max_inflight_per_conn,
+                cfg.rpc.max_inflight,
+                cfg.rpc.max_serving,
             ],
-            [10, 11, 12, 13, 14, 15, 16]
+            [10, 11, 12, 13, 14, 15, 16, 17, 18, 19]
         );
         assert!(cfg.validate().is_ok());
         assert!(matches!(

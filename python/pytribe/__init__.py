@@ -39,6 +39,7 @@ from typing import (
     List,
     Mapping,
     Optional,
+    Set,
     Tuple,
     Union,
 )
@@ -312,18 +313,27 @@ def _serve_calls(native: Any) -> None:
     thread's stack while a handler runs: an interpreter exiting meanwhile
     then ends the (daemon) thread cleanly."""
     take = native.take_call
+    me = threading.current_thread()
     while True:
         taken = take()
         if taken is None:
             return
         handler, payload, info, call = taken
+        _busy.add(me)
         try:
             out = handler(payload, info)
         except BaseException as e:  # every exception is the caller's answer
             call.fail(e)
         else:
             call.reply(out)
+        finally:
+            _busy.discard(me)
         del taken, handler, payload, info, call
+
+
+# The pool threads running a handler now: abort() and an interrupted
+# close() do not wait for them (a set's add and discard are atomic).
+_busy: Set[threading.Thread] = set()
 
 
 class _Dispatch:
@@ -421,6 +431,10 @@ class Events:
         self._timeout = timeout
         self._generation = _fork_generation
         self.closed = False
+        # The number of the last event handed out: an event whose read a
+        # signal handler interrupted (raising as the read returned) is not
+        # counted, and the next read gets it again.
+        self._got = 0
 
     def __iter__(self) -> Events:
         return self
@@ -438,13 +452,16 @@ class Events:
         if self._generation != _fork_generation:
             self.closed = True
             return None
-        got = self._native.next(timeout)
+        got = self._native.next(timeout, self._got)
         if got is False:
             self.closed = True
             return None
-        if not isinstance(got, dict):
+        if not isinstance(got, tuple):
             return None
-        return _event(got)
+        number, fields = got
+        event = _event(fields)
+        self._got = number
+        return event
 
     def drain(self) -> List[AnyEvent]:
         """The events already queued, without waiting."""
@@ -452,10 +469,12 @@ class Events:
         if self._generation != _fork_generation:
             return out
         while True:
-            got = self._native.try_next()
+            got = self._native.try_next(self._got)
             if got is None:
                 return out
-            out.append(_event(got))
+            number, fields = got
+            out.append(_event(fields))
+            self._got = number
 
 
 class AsyncEvents:
@@ -466,6 +485,7 @@ class AsyncEvents:
     def __init__(self, native: _native.NativeEvents) -> None:
         self._native = native
         self._generation = _fork_generation
+        self._got = 0  # as in Events
 
     def __aiter__(self) -> AsyncEvents:
         return self
@@ -475,9 +495,12 @@ class AsyncEvents:
         while True:
             if self._generation != _fork_generation:
                 raise StopAsyncIteration
-            got = self._native.try_next()
+            got = self._native.try_next(self._got)
             if got is not None:
-                return _event(got)
+                number, fields = got
+                event = _event(fields)
+                self._got = number
+                return event
             # True once an event waits for try_next: the event itself stays
             # with the subscriber, not in a future of this loop.
             if await self._native.anext(loop) is False:
@@ -525,8 +548,11 @@ class Node:
     that run this node's handlers. ``limits`` sets caps by name: of the
     replicated state, ``nodes``, ``tribes``, ``members``, ``policies``,
     ``plugins``, ``tasks`` (keep them equal cluster-wide; a command past one
-    raises :class:`LimitReachedError`), and ``max_streams``, the inbound call
-    streams served at once; an unknown name raises
+    raises :class:`LimitReachedError`), and the call bounds ``max_streams``
+    (inbound call streams served at once), ``max_inflight_per_conn`` (calls
+    in flight on one stream between a caller and a host, 256; both sides'
+    apply), ``max_inflight`` and
+    ``max_serving``; an unknown name raises
     :class:`InvalidArgumentError`.
     """
 
@@ -633,10 +659,14 @@ class Node:
         _check_timeout(timeout, allow_none=True)
         until = None if timeout is None else time.monotonic() + timeout
         try:
-            return self._native.shutdown(timeout)
-        finally:
-            # Also when the wait is interrupted (KeyboardInterrupt).
-            self._stop_workers(_grace(until))
+            stopped = self._native.shutdown(timeout)
+        except BaseException:
+            # Interrupted (KeyboardInterrupt): the pool is told to stop,
+            # and the interruption goes up at once.
+            self._stop_workers(0.0, wait_busy=False)
+            raise
+        self._stop_workers(_grace(until))
+        return stopped
 
     def abort(self, timeout: Optional[float] = None) -> bool:
         """Stops at once without a goodbye, as a crash would (peers record
@@ -646,7 +676,9 @@ class Node:
         try:
             return self._native.abort(timeout)
         finally:
-            self._stop_workers(_grace(until))
+            # Idle pool threads leave at once; those still in a handler
+            # are not waited for (their answers go nowhere).
+            self._stop_workers(_grace(until), wait_busy=False)
 
     def _stop_workers_nowait(self) -> List[threading.Thread]:
         """Tells this node's pool threads to stop; returns them to join."""
@@ -656,14 +688,16 @@ class Node:
             self._native.stop_workers(len(workers))
         return workers
 
-    def _stop_workers(self, grace: float) -> None:
+    def _stop_workers(self, grace: float, wait_busy: bool = True) -> None:
+        """Stops the pool, waiting up to ``grace`` seconds for its threads
+        to leave (only for the idle ones unless ``wait_busy``)."""
         workers = self._stop_workers_nowait()
         if not workers:
             return
         deadline = time.monotonic() + grace
         me = threading.current_thread()
         for w in workers:
-            if w is not me:
+            if w is not me and (wait_busy or w not in _busy):
                 w.join(max(0.0, deadline - time.monotonic()))
 
     # -------------------------------------------------------- snapshots

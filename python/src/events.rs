@@ -20,37 +20,83 @@ pub(crate) struct NativeEvents {
 /// in a future of a loop that may be gone (a loop closed mid-wait, a
 /// subscriber reused under a second `asyncio.run`): it waits here for
 /// whoever reads next.
+///
+/// Events are handed out numbered, and the last one is kept until the
+/// reader's next read names its number: a signal handler that raises as a
+/// read returns (Python checks for signals right after a call, before the
+/// caller stores its result) loses the event in Python, and the next read,
+/// naming the number before it, gets it again.
 struct Subscriber {
     stream: tribe::EventStream,
     held: Option<tribe::Event>,
+    handed: Option<(u64, tribe::Event)>,
+    count: u64,
 }
 
 impl Subscriber {
-    async fn next(&mut self) -> Option<tribe::Event> {
-        match self.held.take() {
-            Some(e) => Some(e),
-            None => self.stream.next().await,
+    /// The last event handed out, again, when the reader (which got up to
+    /// `after`) did not get it.
+    fn again(&mut self, after: u64) -> Option<(u64, tribe::Event)> {
+        match &self.handed {
+            Some((n, e)) if *n > after => Some((*n, e.clone())),
+            _ => {
+                self.handed = None;
+                None
+            }
         }
     }
 
-    fn try_next(&mut self) -> Option<tribe::Event> {
-        self.held.take().or_else(|| self.stream.try_next())
+    fn hand(&mut self, e: tribe::Event) -> (u64, tribe::Event) {
+        self.count += 1;
+        self.handed = Some((self.count, e.clone()));
+        (self.count, e)
+    }
+
+    async fn next(&mut self, after: u64) -> Option<(u64, tribe::Event)> {
+        if let Some(again) = self.again(after) {
+            return Some(again);
+        }
+        let e = match self.held.take() {
+            Some(e) => e,
+            None => self.stream.next().await?,
+        };
+        Some(self.hand(e))
+    }
+
+    fn try_next(&mut self, after: u64) -> Option<(u64, tribe::Event)> {
+        if let Some(again) = self.again(after) {
+            return Some(again);
+        }
+        let e = self.held.take().or_else(|| self.stream.try_next())?;
+        Some(self.hand(e))
     }
 }
 
 impl NativeEvents {
     pub(crate) fn new(stream: tribe::EventStream) -> Self {
         NativeEvents {
-            sub: Arc::new(Mutex::new(Subscriber { stream, held: None })),
+            sub: Arc::new(Mutex::new(Subscriber {
+                stream,
+                held: None,
+                handed: None,
+                count: 0,
+            })),
         }
     }
 }
 
-/// Outcome of one wait: an event as a dict, nothing yet, or the end.
-fn outcome<'py>(py: Python<'py>, got: Option<Option<tribe::Event>>) -> PyResult<Bound<'py, PyAny>> {
+/// Outcome of one wait: an event as `(number, dict)`, nothing yet, or the
+/// end.
+fn outcome<'py>(
+    py: Python<'py>,
+    got: Option<Option<(u64, tribe::Event)>>,
+) -> PyResult<Bound<'py, PyAny>> {
     match got {
         // An event.
-        Some(Some(e)) => crate::convert::to_py(py, &crate::convert::event(&e)),
+        Some(Some((n, e))) => {
+            let event = crate::convert::to_py(py, &crate::convert::event(&e))?;
+            Ok((n, event).into_pyobject(py)?.into_any())
+        }
         // The node stopped: no more events.
         Some(None) => Ok(false.into_pyobject(py)?.to_owned().into_any()),
         // Timed out.
@@ -60,10 +106,17 @@ fn outcome<'py>(py: Python<'py>, got: Option<Option<tribe::Event>>) -> PyResult<
 
 #[pymethods]
 impl NativeEvents {
-    /// The next event (a dict), `None` after `timeout` seconds without one,
-    /// or `False` once the node has stopped. Ctrl-C interrupts the wait.
-    #[pyo3(signature = (timeout=None))]
-    fn next<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Bound<'py, PyAny>> {
+    /// The next event after number `after` (the number of the last one
+    /// the reader got), as `(number, dict)`; `None` after `timeout` seconds
+    /// without one, or `False` once the node has stopped. Ctrl-C interrupts
+    /// the wait.
+    #[pyo3(signature = (timeout=None, after=0))]
+    fn next<'py>(
+        &self,
+        py: Python<'py>,
+        timeout: Option<f64>,
+        after: u64,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let limit = match timeout {
             None => None,
             Some(t) => Some(crate::node::seconds("timeout", t, true)?),
@@ -79,7 +132,7 @@ impl NativeEvents {
             // The lock is inside the time limit: an asyncio wait may hold it.
             let got = py.detach(move || {
                 rt.block_on(async move {
-                    tokio::time::timeout(slice, async move { sub.lock().await.next().await })
+                    tokio::time::timeout(slice, async move { sub.lock().await.next(after).await })
                         .await
                         .ok()
                 })
@@ -94,10 +147,12 @@ impl NativeEvents {
         }
     }
 
-    /// An event already queued (a dict), or `None`.
-    fn try_next<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// An event already queued after number `after`, as `(number, dict)`,
+    /// or `None`.
+    #[pyo3(signature = (after=0))]
+    fn try_next<'py>(&self, py: Python<'py>, after: u64) -> PyResult<Bound<'py, PyAny>> {
         let got = match self.sub.try_lock() {
-            Ok(mut s) => s.try_next(),
+            Ok(mut s) => s.try_next(after),
             Err(_) => None,
         };
         match got {

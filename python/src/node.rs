@@ -31,6 +31,9 @@ pub(crate) struct NativeNode {
     state: AtomicU8,
     /// Turns true once a shutdown or abort has finished.
     stopped: tokio::sync::watch::Sender<bool>,
+    /// Set by an abort: a graceful stop under way stops waiting for the
+    /// replies of handlers still running.
+    aborted: tokio::sync::watch::Sender<bool>,
 }
 
 /// A call's timeout: 0 is a deadline already passed (a handler passing on
@@ -176,6 +179,9 @@ impl NativeNode {
     /// An abort after a graceful shutdown cuts short what it left running:
     /// its call streams, and this node's calls to its own handlers.
     fn begin_stop(&self, leave: bool) -> PyResult<bool> {
+        if !leave {
+            self.aborted.send_replace(true);
+        }
         if !self.mark_closed() {
             if !leave {
                 let node = self.node.clone();
@@ -185,12 +191,20 @@ impl NativeNode {
         }
         let node = self.node.clone();
         let stopped = self.stopped.clone();
+        let mut aborted = self.aborted.subscribe();
         crate::runtime()?.spawn(async move {
             if leave {
                 let _ = node.shutdown().await;
                 // The replies of handlers still running go out before the
                 // node counts as stopped: a program may exit right after.
-                let _ = tokio::time::timeout(DRAIN_GRACE, node.calls_drained()).await;
+                // An abort meanwhile gives them up.
+                let given_up = tokio::select! {
+                    _ = tokio::time::timeout(DRAIN_GRACE, node.calls_drained()) => false,
+                    _ = aborted.wait_for(|a| *a) => true,
+                };
+                if given_up {
+                    node.abort().await;
+                }
             } else {
                 node.abort().await;
             }
@@ -284,6 +298,7 @@ impl NativeNode {
             pool: Pool::new(),
             state: AtomicU8::new(OPEN),
             stopped: tokio::sync::watch::Sender::new(false),
+            aborted: tokio::sync::watch::Sender::new(false),
         })
     }
 

@@ -277,3 +277,37 @@ def test_a_cancelled_call_is_abandoned_for_its_running_handler(cluster: Cluster)
     asyncio.run(cancel_soon())
     wait_for("the handler saw the cancel", lambda: len(saw) == 1)
     assert saw[0] < 5, saw  # told at once, not at the 30 s deadline
+
+
+def test_the_call_bounds_are_set_by_name(cluster: Cluster) -> None:
+    """More calls in flight to one host than ``max_inflight_per_conn``
+    (256 by default; the caller's and the host's both apply) are refused
+    as overloaded; the limit raised on both, they all go through."""
+    host = cluster.start("host", limits={"max_inflight_per_conn": 1024})
+    host.create_tribe("svc")
+    host.join("svc")
+    host.serve("echo", "1", "processor", lambda payload, info: payload)
+
+    def burst(caller: pytribe.Node, n: int) -> Tuple[int, int]:
+        async def run() -> Tuple[int, int]:
+            calls = [caller.call_async("svc", "echo", b"%d" % i, timeout=20.0) for i in range(n)]
+            done = await asyncio.gather(*calls, return_exceptions=True)
+            ok = sum(1 for i, r in enumerate(done) if r == b"%d" % i)
+            overloaded = sum(1 for r in done if isinstance(r, pytribe.OverloadedError))
+            return ok, overloaded
+
+        return asyncio.run(run())
+
+    def seen(caller: pytribe.Node) -> bool:
+        return any(e.name == "echo" for m in caller.members() for e in m.endpoints)
+
+    raised = cluster.start("raised", seeds=[host.addr], limits={"max_inflight_per_conn": 1024})
+    wait_for("the raised caller to see echo", lambda: seen(raised))
+    assert burst(raised, 600) == (600, 0)
+    default = cluster.start("default", seeds=[host.addr])
+    wait_for("the default caller to see echo", lambda: seen(default))
+    ok, overloaded = burst(default, 600)
+    assert overloaded > 0 and ok + overloaded == 600, (ok, overloaded)
+    for bad in ({"max_inflight_per_conn": 0}, {"max_serving": 0}):
+        with pytest.raises(ValueError):
+            pytribe.Node("bad", profile="local", collect_facts=False, limits=bad)

@@ -146,7 +146,8 @@ def test_close_keeps_its_timeout_and_abort_cuts_a_close_short(cluster: Cluster) 
         assert time.monotonic() - began < 0.8
         began = time.monotonic()
         assert host.abort(timeout=10) is True
-        assert time.monotonic() - began < 5
+        # At once: the pool thread still in the handler is not waited for.
+        assert time.monotonic() - began < 0.6
         t.join(10)
         assert not t.is_alive()
         assert outcome and isinstance(outcome[0], pytribe.TribeError), outcome

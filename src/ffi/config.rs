@@ -388,10 +388,12 @@ pub extern "C" fn tribe_config_set_rpc_limits(
 /// `"tribes"` 10,000, `"members"` (memberships by hand) 200,000,
 /// `"policies"` 1,000, `"plugins"` 20,000, `"tasks"` 20,000 (keep them
 /// equal cluster-wide; a command past one fails with
-/// `TRIBE_LIMIT_REACHED`); and `"max_streams"`, inbound call streams served
-/// at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`;
-/// at most 16,777,216, checked at start). An unknown name or a zero value
-/// is `TRIBE_INVALID_ARGUMENT`.
+/// `TRIBE_LIMIT_REACHED`); `"max_streams"`, inbound call streams served
+/// at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`);
+/// and the call bounds `tribe_config_set_rpc_limits` also sets:
+/// `"max_inflight_per_conn"` 256, `"max_inflight"` 4,096, `"max_serving"`
+/// 1,024 (the call bounds at most 16,777,216, checked at start). An
+/// unknown name or a zero value is `TRIBE_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_limit(
     cfg: *mut TribeConfig,
