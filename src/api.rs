@@ -762,8 +762,10 @@ impl Node {
         self.inner.rpc.server.set_executor(handle);
     }
 
-    /// Ends once every call this node read has been answered and every
-    /// reply written to its stream (or the stream cut). After
+    /// Ends once every call this node read has been answered (or is over
+    /// without an answer: its caller gave up, its budget ran out, its
+    /// stream ended; a handler still at work on it has nothing left to
+    /// send) and every reply written to its stream (or the stream cut). After
     /// [`Node::shutdown`] a program that exits right after awaits it (with
     /// a timeout of its choice) so that no reply is cut short. While the
     /// node serves, it ends at a moment with no call running.

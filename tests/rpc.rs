@@ -577,6 +577,54 @@ async fn calls_to_a_host_declared_failed_end_then() {
         .any(|m| m.name == host.name() && m.state == tribe::MemberState::Failed));
 }
 
+/// A stop waits for the replies of calls still being answered, not for a
+/// handler that holds a call its caller gave up on: that call is over, and
+/// nothing is left to send. A call still waited for keeps it waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_calls_their_callers_gave_up_on() {
+    let nodes = start_cluster("gvu", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    // The handler keeps every call's responder, as a host thread still at
+    // work would.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    host.serve_responder("slow", "1", PluginKind::Processor, move |_i, _p, r| {
+        keep.lock().unwrap().push(r)
+    })
+    .await
+    .unwrap();
+    wait_served(&caller, 1).await;
+    let target = CallTarget::new("svc", "slow", PluginKind::Processor);
+    let result = caller.call(&target, b"x".to_vec(), SECOND / 4).await;
+    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    assert_eq!(held.lock().unwrap().len(), 1, "the host holds the call");
+    let drained = tokio::time::timeout(SECOND, host.calls_drained()).await;
+    assert!(drained.is_ok(), "waited for a call its caller gave up on");
+    // A call still waited for is waited for.
+    let waiting = {
+        let caller = caller.clone();
+        let target = target.clone();
+        tokio::spawn(async move { caller.call(&target, b"y".to_vec(), 30 * SECOND).await })
+    };
+    wait_for(
+        "the second call reached the host",
+        Duration::from_secs(10),
+        || held.lock().unwrap().len() == 2,
+    )
+    .await;
+    let drained = tokio::time::timeout(SECOND / 2, host.calls_drained()).await;
+    assert!(drained.is_err(), "did not wait for a call still waited for");
+    let second = held.lock().unwrap().pop().unwrap();
+    second.reply(b"late".to_vec()).unwrap();
+    assert_eq!(waiting.await.unwrap().unwrap(), b"late");
+    tokio::time::timeout(5 * SECOND, host.calls_drained())
+        .await
+        .expect("drained once answered");
+}
+
 /// A host that leaves gracefully tells its callers to retire their streams
 /// to it: a node started again on the same address is reached through a
 /// new stream at once, not refused on the old one as "shutting down".

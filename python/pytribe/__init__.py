@@ -665,7 +665,9 @@ class Node:
             # and the interruption goes up at once.
             self._stop_workers(0.0, wait_busy=False)
             raise
-        self._stop_workers(_grace(until))
+        # Replies of handlers that answered in time are sent: one still at
+        # work past them is not waited for (its thread ends on its own).
+        self._stop_workers(_grace(until), wait_busy=False)
         return stopped
 
     def abort(self, timeout: Optional[float] = None) -> bool:

@@ -128,7 +128,17 @@ pub(crate) enum LocalRefusal {
 }
 
 /// A served call's places: one of its stream's and one of the node's.
-pub(crate) type Places = (OwnedSemaphorePermit, OwnedSemaphorePermit);
+pub(crate) type Places = (OwnedSemaphorePermit, NodePlace);
+
+/// A call's place among the node's: `held`, one of the places its handlers
+/// may hold at once (see [`Held`]), and `open`, which counts the call only
+/// until it is over (answered, its budget ran out, its caller gave up or
+/// its stream ended): what a stop waits for before it cuts the streams. A
+/// handler still holding an abandoned call's responder sends nothing more.
+pub(crate) struct NodePlace {
+    pub(crate) held: OwnedSemaphorePermit,
+    pub(crate) open: OwnedSemaphorePermit,
+}
 
 /// The places a responder call holds (a call this node makes to itself
 /// has none of a stream's). They come back once the call is over (answered,
@@ -161,6 +171,8 @@ pub(crate) struct Slot {
     sink: Mutex<Option<Sink>>,
     /// Given back once the sink is taken and the responder gone.
     places: Mutex<Option<Held>>,
+    /// Given back once the sink is taken (see [`NodePlace`]).
+    open: Mutex<Option<OwnedSemaphorePermit>>,
     /// The responder is gone (answered, dropped or declined).
     gone: AtomicBool,
     /// Threads between taking the sink and having queued what they send
@@ -190,8 +202,11 @@ impl Drop for Answering<'_> {
         self.0.answering.fetch_sub(1, Ordering::SeqCst);
         // After the answer is queued: a responder gone meanwhile sees the
         // call over, or leaves the places to this.
-        if self.0.gone.load(Ordering::SeqCst) && self.0.is_answered() {
-            self.0.give_places_back();
+        if self.0.is_answered() {
+            drop(self.0.open.lock().unwrap_or_else(|p| p.into_inner()).take());
+            if self.0.gone.load(Ordering::SeqCst) {
+                self.0.give_places_back();
+            }
         }
     }
 }
@@ -316,12 +331,14 @@ impl Responder {
     fn new(
         sink: Sink,
         places: Held,
+        open: OwnedSemaphorePermit,
         max_payload: usize,
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>) {
         let slot = Arc::new(Slot {
             sink: Mutex::new(Some(sink)),
             places: Mutex::new(Some(places)),
+            open: Mutex::new(Some(open)),
             gone: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
             max_payload,
@@ -346,24 +363,30 @@ impl Responder {
     ) -> (Responder, Arc<Slot>) {
         let places = Held {
             _stream: Some(stream),
-            _node: node,
+            _node: node.held,
         };
-        Responder::new(Sink::Stream { outbox, id }, places, max_payload, counters)
+        Responder::new(
+            Sink::Stream { outbox, id },
+            places,
+            node.open,
+            max_payload,
+            counters,
+        )
     }
 
     /// A responder for a call this node makes to itself, holding its place
     /// among the node's serving ones (see [`Held`]).
     pub(crate) fn local(
-        place: OwnedSemaphorePermit,
+        place: NodePlace,
         max_payload: usize,
         counters: Arc<RpcCounters>,
     ) -> (Responder, Arc<Slot>, oneshot::Receiver<LocalAnswer>) {
         let (tx, rx) = oneshot::channel();
         let places = Held {
             _stream: None,
-            _node: place,
+            _node: place.held,
         };
-        let (r, slot) = Responder::new(Sink::Local(tx), places, max_payload, counters);
+        let (r, slot) = Responder::new(Sink::Local(tx), places, place.open, max_payload, counters);
         (r, slot, rx)
     }
 
@@ -466,9 +489,7 @@ mod tests {
     #[test]
     fn a_responder_dropped_while_its_thread_panics_answers_panic() {
         let counters = Arc::new(RpcCounters::default());
-        let place = Arc::new(tokio::sync::Semaphore::new(1))
-            .try_acquire_owned()
-            .unwrap();
+        let (place, _, _) = node_place(1);
         let (responder, _slot, mut answer) = Responder::local(place, 1024, counters.clone());
         let unwound = std::thread::spawn(move || {
             let _held = responder;
@@ -494,14 +515,12 @@ mod tests {
         let (_far, near) = tokio::io::duplex(1024);
         let (outbox, _flusher) = Outbox::new(crate::stream::Sealer::plaintext_for_tests(), near);
         let slots = Arc::new(tokio::sync::Semaphore::new(4));
-        let node = Arc::new(tokio::sync::Semaphore::new(1));
-        let places = (
-            slots.clone().try_acquire_owned().unwrap(),
-            node.clone().try_acquire_owned().unwrap(),
-        );
+        let (place, node, open) = node_place(1);
+        let places = (slots.clone().try_acquire_owned().unwrap(), place);
         let counters = Arc::new(RpcCounters::default());
         let (responder, slot) = Responder::for_stream(outbox.clone(), 1, places, 1024, counters);
         assert!(!responder.is_abandoned());
+        assert_eq!(open.available_permits(), 0, "open until it is over");
         outbox.close();
         assert!(responder.is_abandoned(), "its stream ended");
         slot.abandon();
@@ -510,6 +529,7 @@ mod tests {
             0,
             "held while the host still holds the call"
         );
+        assert_eq!(open.available_permits(), 1, "over: nothing left to send");
         responder.decline();
         assert_eq!(
             (slots.available_permits(), node.available_permits()),
@@ -522,18 +542,37 @@ mod tests {
     async fn a_declined_call_holds_its_places_until_it_ends() {
         let (_far, near) = tokio::io::duplex(1024);
         let (outbox, _flusher) = Outbox::new(crate::stream::Sealer::plaintext_for_tests(), near);
-        let node = Arc::new(tokio::sync::Semaphore::new(1));
+        let (place, node, open) = node_place(1);
         let places = (
             Arc::new(tokio::sync::Semaphore::new(1))
                 .try_acquire_owned()
                 .unwrap(),
-            node.clone().try_acquire_owned().unwrap(),
+            place,
         );
         let counters = Arc::new(RpcCounters::default());
         let (responder, slot) = Responder::for_stream(outbox, 1, places, 1024, counters);
         responder.decline();
         assert_eq!(node.available_permits(), 0, "held as if the handler ran");
+        assert_eq!(open.available_permits(), 0);
         slot.overran(Duration::from_millis(5));
         assert_eq!(node.available_permits(), 1, "given back at the budget");
+        assert_eq!(open.available_permits(), 1);
+    }
+
+    /// A node place from two semaphores of `n` places, and the semaphores.
+    fn node_place(
+        n: usize,
+    ) -> (
+        NodePlace,
+        Arc<tokio::sync::Semaphore>,
+        Arc<tokio::sync::Semaphore>,
+    ) {
+        let held = Arc::new(tokio::sync::Semaphore::new(n));
+        let open = Arc::new(tokio::sync::Semaphore::new(n));
+        let place = NodePlace {
+            held: held.clone().try_acquire_owned().unwrap(),
+            open: open.clone().try_acquire_owned().unwrap(),
+        };
+        (place, held, open)
     }
 }

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 mod call_stream;
 
-use super::responder::{self, Responder, ResponderHandler, Slot};
+use super::responder::{self, NodePlace, Responder, ResponderHandler, Slot};
 use super::{CallInfo, Handler, HandlerError, RpcCounters, RpcLimits};
 use crate::records::PluginKind;
 
@@ -53,6 +53,8 @@ pub struct Server {
     handlers: RwLock<HashMap<(String, String), Served>>,
     artifacts: RwLock<HashMap<[u8; 32], Arc<Vec<u8>>>>,
     serving: Arc<Semaphore>,
+    /// Calls not over yet (see [`NodePlace`]).
+    open: Arc<Semaphore>,
     limits: RpcLimits,
     counters: Arc<RpcCounters>,
     stopping: AtomicBool,
@@ -86,6 +88,7 @@ impl Server {
             handlers: RwLock::new(HashMap::new()),
             artifacts: RwLock::new(HashMap::new()),
             serving: Arc::new(Semaphore::new(limits.max_serving)),
+            open: Arc::new(Semaphore::new(limits.max_serving)),
             limits,
             counters,
             stopping: AtomicBool::new(false),
@@ -200,7 +203,8 @@ impl Server {
         }
     }
 
-    /// Ends once every call read has been answered and every reply
+    /// Ends once every call read has been answered (or is over without an
+    /// answer: its caller gave up, its budget ran out) and every reply
     /// written (or its stream cut): a stream that waits for its caller to
     /// end its side after a goodbye has nothing left to send.
     pub(crate) async fn replies_sent(&self) {
@@ -212,9 +216,11 @@ impl Server {
         }
     }
 
-    /// No call is being served and every stream's replies are written.
+    /// No call is being served (none that a handler could still answer:
+    /// one its caller gave up on is over) and every stream's replies are
+    /// written.
     fn quiet(&self) -> bool {
-        self.serving.available_permits() >= self.limits.max_serving
+        self.open.available_permits() >= self.limits.max_serving
             && self
                 .outboxes
                 .lock()
@@ -237,8 +243,12 @@ impl Server {
     }
 
     /// Takes a serving slot, or `None` at the bound.
-    pub fn try_slot(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
-        self.serving.clone().try_acquire_owned().ok()
+    pub(crate) fn try_slot(&self) -> Option<NodePlace> {
+        let held = self.serving.clone().try_acquire_owned().ok()?;
+        // Never short when `serving` is not: a call gives `open` back
+        // first.
+        let open = self.open.clone().try_acquire_owned().ok()?;
+        Some(NodePlace { held, open })
     }
 
     /// Runs one handler within `info.budget`. A panic, an overrun or an
