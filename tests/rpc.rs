@@ -529,25 +529,35 @@ async fn responders_answer_from_threads_of_the_host() {
     drop((nodes, pool));
 }
 
-/// A host that freezes (no answer, no reset: a hung process, a lost
-/// network) is declared failed by the membership; the calls waiting on it
-/// end then as `Disconnected`, not at their deadline.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn calls_to_a_host_declared_failed_end_then() {
-    let nodes = start_cluster("frz", 2, |_| {}).await;
+/// A caller and a host in tribe "svc" whose `plugin` keeps the responder
+/// of every call it gets, unanswered, in the list returned.
+async fn host_keeping_calls(
+    prefix: &str,
+    plugin: &str,
+) -> (Node, Node, Arc<std::sync::Mutex<Vec<tribe::Responder>>>) {
+    let nodes = start_cluster(prefix, 2, |_| {}).await;
     wait_converged_members(&nodes, 2).await;
     let (caller, host) = (nodes[0].clone(), nodes[1].clone());
     host.create_tribe("svc").await.unwrap();
     host.join("svc", host.name()).await.unwrap();
-    // The handler keeps every call unanswered, as a frozen host would.
     let held = Arc::new(std::sync::Mutex::new(Vec::new()));
     let keep = held.clone();
-    host.serve_responder("stuck", "1", PluginKind::Processor, move |_i, _p, r| {
+    host.serve_responder(plugin, "1", PluginKind::Processor, move |_i, _p, r| {
         keep.lock().unwrap().push(r)
     })
     .await
     .unwrap();
     wait_served(&caller, 1).await;
+    (caller, host, held)
+}
+
+/// A host that freezes (no answer, no reset: a hung process, a lost
+/// network) is declared failed by the membership; the calls waiting on it
+/// end then as `Disconnected`, not at their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_host_declared_failed_end_then() {
+    // The handler keeps every call unanswered, as a frozen host would.
+    let (caller, host, held) = host_keeping_calls("frz", "stuck").await;
     let target = CallTarget::new("svc", "stuck", PluginKind::Processor);
     let waiting = {
         let caller = caller.clone();
@@ -582,21 +592,9 @@ async fn calls_to_a_host_declared_failed_end_then() {
 /// nothing is left to send. A call still waited for keeps it waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stop_does_not_wait_for_calls_their_callers_gave_up_on() {
-    let nodes = start_cluster("gvu", 2, |_| {}).await;
-    wait_converged_members(&nodes, 2).await;
-    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
-    host.create_tribe("svc").await.unwrap();
-    host.join("svc", host.name()).await.unwrap();
     // The handler keeps every call's responder, as a host thread still at
     // work would.
-    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let keep = held.clone();
-    host.serve_responder("slow", "1", PluginKind::Processor, move |_i, _p, r| {
-        keep.lock().unwrap().push(r)
-    })
-    .await
-    .unwrap();
-    wait_served(&caller, 1).await;
+    let (caller, host, held) = host_keeping_calls("gvu", "slow").await;
     let target = CallTarget::new("svc", "slow", PluginKind::Processor);
     let result = caller.call(&target, b"x".to_vec(), SECOND / 4).await;
     assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
