@@ -435,6 +435,8 @@ class Events:
         # signal handler interrupted (raising as the read returned) is not
         # counted, and the next read gets it again.
         self._got = 0
+        # Events a drain() took before it was interrupted.
+        self._backlog: List[AnyEvent] = []
 
     def __iter__(self) -> Events:
         return self
@@ -452,6 +454,12 @@ class Events:
         if self._generation != _fork_generation:
             self.closed = True
             return None
+        if self._backlog:
+            # No call between taking it and returning it: Python checks
+            # for signals after calls.
+            event = self._backlog[0]
+            del self._backlog[0]
+            return event
         got = self._native.next(timeout, self._got)
         if got is False:
             self.closed = True
@@ -465,16 +473,23 @@ class Events:
 
     def drain(self) -> List[AnyEvent]:
         """The events already queued, without waiting."""
-        out: List[AnyEvent] = []
+        out, self._backlog = self._backlog, []
         if self._generation != _fork_generation:
             return out
-        while True:
-            got = self._native.try_next(self._got)
-            if got is None:
-                return out
-            number, fields = got
-            out.append(_event(fields))
-            self._got = number
+        try:
+            while True:
+                got = self._native.try_next(self._got)
+                if got is None:
+                    return out
+                number, fields = got
+                event = _event(fields)
+                self._got = number
+                out.append(event)
+        except BaseException:
+            # Interrupted (a signal handler raised): what was taken is
+            # handed out first by the next read.
+            self._backlog = out
+            raise
 
 
 class AsyncEvents:
@@ -699,8 +714,15 @@ class Node:
         deadline = time.monotonic() + grace
         me = threading.current_thread()
         for w in workers:
-            if w is not me and (wait_busy or w not in _busy):
-                w.join(max(0.0, deadline - time.monotonic()))
+            if w is me:
+                continue
+            # In slices: a thread that took a call just before it was told
+            # to stop is seen busy within 10 ms.
+            while w.is_alive() and (wait_busy or w not in _busy):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                w.join(min(left, 0.01))
 
     # -------------------------------------------------------- snapshots
 

@@ -2,13 +2,14 @@
 //! all taken.
 //!
 //! A client that opens connections and sends nothing (or sends its headers
-//! a byte at a time) would otherwise hold every place for the header
-//! timeout, again and again, and lock the operator out. So a connection
-//! that arrives when every place is taken takes the place of the one that
-//! has waited longest for a request (a new connection that sent no whole
-//! header yet, or a kept-alive one between requests); it is refused only
-//! when every place is answering a request (or still writing an answer out
-//! to a client that reads it slowly, until the write timeout).
+//! or a body a byte at a time) would otherwise hold every place for the
+//! header or request timeout, again and again, and lock the operator out.
+//! So a connection that arrives when every place is taken takes the place
+//! of the one that has waited longest for a request (a new connection that
+//! sent no whole header yet, one whose request body has not all come, or
+//! a kept-alive one between requests); it is refused only when every place
+//! is answering a request (or still writing an answer out to a client that
+//! reads it slowly, until the write timeout).
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -30,8 +31,11 @@ pub(super) struct Places {
 pub(super) struct Conn {
     /// Requests being answered (their answers' bodies not yet taken whole).
     answering: AtomicUsize,
-    /// Whether its last write waited for the client to read: an answer
-    /// is still going out.
+    /// Request bodies not yet read whole: such a request still comes.
+    reading: AtomicUsize,
+    /// An answer is still going out: set when its body was taken whole,
+    /// cleared once the stream is flushed (or when a write waits for the
+    /// client to read, set again).
     writing: AtomicBool,
     /// Since when it waits for a request (its arrival, or its last answer).
     waiting_since: Mutex<Instant>,
@@ -70,6 +74,7 @@ impl Places {
         }
         let conn = Arc::new(Conn {
             answering: AtomicUsize::new(0),
+            reading: AtomicUsize::new(0),
             writing: AtomicBool::new(false),
             waiting_since: Mutex::new(Instant::now()),
             cut: Notify::new(),
@@ -88,7 +93,9 @@ impl Conn {
     }
 
     fn waits_for_a_request(&self) -> bool {
-        self.answering.load(Ordering::Acquire) == 0 && !self.writing.load(Ordering::Acquire)
+        let still_coming = self.reading.load(Ordering::Acquire) > 0;
+        !self.writing.load(Ordering::Acquire)
+            && (still_coming || self.answering.load(Ordering::Acquire) == 0)
     }
 
     /// Ends when another connection took this one's place.
@@ -127,7 +134,71 @@ impl Drop for Answering {
     fn drop(&mut self) {
         // The time first: a connection is never seen idle with an old one.
         *self.0.waiting() = Instant::now();
+        // The body was taken whole, not written yet: it goes out until
+        // the stream is flushed.
+        self.0.writing.store(true, Ordering::Release);
         self.0.answering.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A request's body, counted in [`Conn::reading`] until read whole (or
+/// dropped): until then the request is still coming, and the connection
+/// may give its place up as one that sent no whole request.
+pub(super) struct Reading<B> {
+    body: B,
+    conn: Option<Arc<Conn>>,
+}
+
+impl<B: Body> Reading<B> {
+    pub(super) fn new(body: B, conn: &Arc<Conn>) -> Reading<B> {
+        let conn = (!body.is_end_stream()).then(|| {
+            conn.reading.fetch_add(1, Ordering::AcqRel);
+            conn.clone()
+        });
+        Reading { body, conn }
+    }
+}
+
+impl<B> Reading<B> {
+    fn done(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            conn.reading.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+impl<B> Drop for Reading<B> {
+    fn drop(&mut self) {
+        self.done();
+    }
+}
+
+impl<B: Body + Unpin> Body for Reading<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            Poll::Ready(None | Some(Err(_))) => true,
+            Poll::Ready(Some(Ok(_))) => self.body.is_end_stream(),
+            Poll::Pending => false,
+        };
+        if ended {
+            self.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -158,14 +229,24 @@ impl<B: Body + Unpin> Body for Tracked<B> {
     }
 }
 
-/// A connection's stream, noting whether a write waits for the client.
+/// A connection's stream, noting whether an answer is still going out.
 pub(super) struct Watched<T> {
     pub(super) io: T,
     pub(super) conn: Arc<Conn>,
 }
 
 impl<T> Watched<T> {
-    fn note<R>(&self, polled: Poll<R>) -> Poll<R> {
+    /// A write that waits for the client: an answer is going out.
+    fn note_write<R>(&self, polled: Poll<R>) -> Poll<R> {
+        if polled.is_pending() {
+            self.conn.writing.store(true, Ordering::Release);
+        }
+        polled
+    }
+
+    /// The stream flushed: what was written went out (the server flushes
+    /// once its buffer is written).
+    fn note_flush<R>(&self, polled: Poll<R>) -> Poll<R> {
         self.conn
             .writing
             .store(polled.is_pending(), Ordering::Release);
@@ -190,7 +271,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write(cx, buf);
-        self.note(polled)
+        self.note_write(polled)
     }
 
     fn poll_write_vectored(
@@ -199,7 +280,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let polled = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
-        self.note(polled)
+        self.note_write(polled)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -208,7 +289,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Watched<T> {
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let polled = Pin::new(&mut self.io).poll_flush(cx);
-        self.note(polled)
+        self.note_flush(polled)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -238,15 +319,44 @@ mod tests {
         let a = second.conn.answering();
         let b = third.conn.answering();
         assert!(places.admit().is_none());
-        // A write waiting for the client keeps the place too.
-        third.conn.writing.store(true, Ordering::Release);
+        // An answer taken whole keeps the place until the stream flushed.
         drop(b);
         assert!(places.admit().is_none());
-        // An answer written whole makes its connection give way again.
+        // Flushed: its connection gives way again.
         third.conn.writing.store(false, Ordering::Release);
         let fourth = places.admit().unwrap();
         assert!(third.conn.cut.notified().now_or_never().is_some());
         drop((a, second, third, fourth));
         assert!(places.lock().is_empty());
+    }
+
+    #[test]
+    fn a_request_whose_body_still_comes_gives_way() {
+        let places = Places::new(1);
+        let first = places.admit().unwrap();
+        let _answering = first.conn.answering();
+        let body = Reading::new(Coming, &first.conn);
+        let second = places.admit().unwrap();
+        assert!(first.conn.cut.notified().now_or_never().is_some());
+        drop(body);
+        // Read whole (here: dropped by the handler), it is answered.
+        let _answering = second.conn.answering();
+        drop(Reading::new(Coming, &second.conn));
+        assert!(places.admit().is_none());
+    }
+
+    /// A body whose next frame never comes.
+    struct Coming;
+
+    impl Body for Coming {
+        type Data = &'static [u8];
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+            Poll::Pending
+        }
     }
 }

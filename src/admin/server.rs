@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::places::{Places, Tracked, Watched};
+use super::places::{Places, Reading, Tracked, Watched};
 
 /// The bounds on the connections.
 #[derive(Debug, Clone, Copy)]
@@ -84,8 +84,9 @@ pub async fn run(
         let conn_state = place.conn.clone();
         // Each request counts as being answered until its answer's body
         // was written whole: only then may a newcomer take the place.
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
             let answering = conn_state.answering();
+            let request = request.map(|body| Reading::new(body, &conn_state));
             let answer = app.call(request);
             async move {
                 let response = answer.await?;
@@ -167,6 +168,10 @@ mod tests {
     ) {
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
+            .route(
+                "/echo",
+                axum::routing::post(|body: String| async move { body }),
+            )
             .route("/big", get(|| async { "x".repeat(64 << 20) }))
             .route("/hang", get(std::future::pending::<&'static str>));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -343,6 +348,46 @@ mod tests {
         assert!(got >= 64 << 20, "the big answer was cut after {got} bytes");
         let _ = stop.send(true);
         drop(hang);
+        server.await.unwrap();
+    }
+
+    /// A request whose body comes a byte at a time (or not at all) gives
+    /// way like one whose headers do: it is not being answered yet.
+    #[tokio::test]
+    async fn requests_whose_bodies_stall_give_way_to_newcomers() {
+        let (addr, stop, server) = start_with(Bounds {
+            header_timeout: Duration::from_secs(20),
+            io_timeout: Duration::from_secs(20),
+            ..SHORT
+        })
+        .await;
+        let mut stalled = Vec::new();
+        for _ in 0..SHORT.max_connections {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(
+                b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc",
+            )
+            .await
+            .unwrap();
+            stalled.push(s);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let began = tokio::time::Instant::now();
+        let mut fine = TcpStream::connect(addr).await.unwrap();
+        fine.write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut fine).await.ends_with("ok"));
+        assert_eq!(read_to_close(&mut stalled[0]).await, "");
+        assert!(began.elapsed() < Duration::from_secs(5));
+        // A body that comes whole is answered.
+        let mut whole = TcpStream::connect(addr).await.unwrap();
+        whole
+            .write_all(b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi")
+            .await
+            .unwrap();
+        assert!(read_to_close(&mut whole).await.ends_with("hi"));
+        let _ = stop.send(true);
         server.await.unwrap();
     }
 

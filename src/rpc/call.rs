@@ -159,6 +159,16 @@ impl Rpc {
                 );
                 self.server
                     .start_responder(&handler, info, payload, responder, &slot);
+                // A caller that stops waiting (its task cancelled, a
+                // timeout around the call) gives the call up: it is over,
+                // and a stop does not wait for it. A no-op once answered.
+                struct GiveUp<'a>(&'a super::responder::Slot);
+                impl Drop for GiveUp<'_> {
+                    fn drop(&mut self) {
+                        self.0.abandon();
+                    }
+                }
+                let _give_up = GiveUp(&slot);
                 let answer = tokio::select! {
                     answer = tokio::time::timeout(budget, answer) => answer,
                     // Aborted: the handler is told, and the caller ends now

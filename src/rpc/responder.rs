@@ -136,8 +136,10 @@ pub(crate) type Places = (OwnedSemaphorePermit, NodePlace);
 /// its stream ended): what a stop waits for before it cuts the streams. A
 /// handler still holding an abandoned call's responder sends nothing more.
 pub(crate) struct NodePlace {
-    pub(crate) held: OwnedSemaphorePermit,
+    // Dropped first (fields drop in order): `open` is never short while
+    // `held` is free (see `Server::try_slot`).
     pub(crate) open: OwnedSemaphorePermit,
+    pub(crate) held: OwnedSemaphorePermit,
 }
 
 /// The places a responder call holds (a call this node makes to itself
@@ -169,10 +171,11 @@ enum Sink {
 /// first answers.
 pub(crate) struct Slot {
     sink: Mutex<Option<Sink>>,
+    /// Given back once the sink is taken (see [`NodePlace`]); before
+    /// `places` (fields drop in order).
+    open: Mutex<Option<OwnedSemaphorePermit>>,
     /// Given back once the sink is taken and the responder gone.
     places: Mutex<Option<Held>>,
-    /// Given back once the sink is taken (see [`NodePlace`]).
-    open: Mutex<Option<OwnedSemaphorePermit>>,
     /// The responder is gone (answered, dropped or declined).
     gone: AtomicBool,
     /// Threads between taking the sink and having queued what they send
@@ -203,7 +206,7 @@ impl Drop for Answering<'_> {
         // After the answer is queued: a responder gone meanwhile sees the
         // call over, or leaves the places to this.
         if self.0.is_answered() {
-            drop(self.0.open.lock().unwrap_or_else(|p| p.into_inner()).take());
+            self.0.close();
             if self.0.gone.load(Ordering::SeqCst) {
                 self.0.give_places_back();
             }
@@ -221,7 +224,15 @@ impl Slot {
         }
     }
 
+    /// The call is over: its `open` place comes back.
+    fn close(&self) {
+        drop(self.open.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+
+    /// Gives `open` back first, also when another thread that answered
+    /// has not yet (a call then never holds `held` without `open`).
     fn give_places_back(&self) {
+        self.close();
         drop(self.places.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
@@ -337,8 +348,8 @@ impl Responder {
     ) -> (Responder, Arc<Slot>) {
         let slot = Arc::new(Slot {
             sink: Mutex::new(Some(sink)),
-            places: Mutex::new(Some(places)),
             open: Mutex::new(Some(open)),
+            places: Mutex::new(Some(places)),
             gone: AtomicBool::new(false),
             answering: AtomicUsize::new(0),
             max_payload,

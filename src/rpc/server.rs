@@ -246,9 +246,9 @@ impl Server {
     pub(crate) fn try_slot(&self) -> Option<NodePlace> {
         let held = self.serving.clone().try_acquire_owned().ok()?;
         // Never short when `serving` is not: a call gives `open` back
-        // first.
+        // first (see `NodePlace`).
         let open = self.open.clone().try_acquire_owned().ok()?;
-        Some(NodePlace { held, open })
+        Some(NodePlace { open, held })
     }
 
     /// Runs one handler within `info.budget`. A panic, an overrun or an
