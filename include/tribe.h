@@ -1449,7 +1449,9 @@ uint32_t tribe_node_abort(const struct tribe_node *node,
  * Frees a node: aborts it if it was not stopped, ends its threads and
  * closes its event fd. After `tribe_node_shutdown` it first lets the call
  * streams send the replies given meanwhile (answer every responder before
- * the free), up to 2 s; the threads get up to 2 s more. No other thread
+ * the free), up to 2 s, and waits for no call whose caller gave up on it
+ * (its timeout passed, it was cancelled, its stream ended); the threads
+ * get up to 2 s more. No other thread
  * may use the node during or after this call. NULL is ignored; in a
  * process forked from the one that started the node, nothing is released
  * (see fork() above).
