@@ -141,39 +141,55 @@ impl Drop for Answering {
     }
 }
 
-/// A request's body, counted in [`Conn::reading`] until read whole (or
+/// A request's or an answer's body, telling its connection how far it got.
+/// A request's body is counted in [`Conn::reading`] until read whole (or
 /// dropped): until then the request is still coming, and the connection
-/// may give its place up as one that sent no whole request.
-pub(super) struct Reading<B> {
+/// may give its place up as one that sent no whole request. An answer's
+/// body holds its request's [`Answering`] until taken whole (or dropped
+/// with its connection).
+pub(super) struct Watch<B> {
     body: B,
-    conn: Option<Arc<Conn>>,
+    reading: Option<Arc<Conn>>,
+    _answering: Option<Answering>,
 }
 
-impl<B: Body> Reading<B> {
-    pub(super) fn new(body: B, conn: &Arc<Conn>) -> Reading<B> {
-        let conn = (!body.is_end_stream()).then(|| {
+impl<B: Body> Watch<B> {
+    pub(super) fn request(body: B, conn: &Arc<Conn>) -> Watch<B> {
+        let reading = (!body.is_end_stream()).then(|| {
             conn.reading.fetch_add(1, Ordering::AcqRel);
             conn.clone()
         });
-        Reading { body, conn }
+        Watch {
+            body,
+            reading,
+            _answering: None,
+        }
+    }
+
+    pub(super) fn answer(body: B, answering: Answering) -> Watch<B> {
+        Watch {
+            body,
+            reading: None,
+            _answering: Some(answering),
+        }
     }
 }
 
-impl<B> Reading<B> {
-    fn done(&mut self) {
-        if let Some(conn) = self.conn.take() {
+impl<B> Watch<B> {
+    fn read_whole(&mut self) {
+        if let Some(conn) = self.reading.take() {
             conn.reading.fetch_sub(1, Ordering::AcqRel);
         }
     }
 }
 
-impl<B> Drop for Reading<B> {
+impl<B> Drop for Watch<B> {
     fn drop(&mut self) {
-        self.done();
+        self.read_whole();
     }
 }
 
-impl<B: Body + Unpin> Body for Reading<B> {
+impl<B: Body + Unpin> Body for Watch<B> {
     type Data = B::Data;
     type Error = B::Error;
 
@@ -188,36 +204,9 @@ impl<B: Body + Unpin> Body for Reading<B> {
             Poll::Pending => false,
         };
         if ended {
-            self.done();
+            self.read_whole();
         }
         polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-/// An answer's body, holding its request's [`Answering`] until it was
-/// written whole (or dropped with its connection).
-pub(super) struct Tracked<B> {
-    pub(super) body: B,
-    pub(super) _answering: Answering,
-}
-
-impl<B: Body + Unpin> Body for Tracked<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.body).poll_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -335,13 +324,13 @@ mod tests {
         let places = Places::new(1);
         let first = places.admit().unwrap();
         let _answering = first.conn.answering();
-        let body = Reading::new(Coming, &first.conn);
+        let body = Watch::request(Coming, &first.conn);
         let second = places.admit().unwrap();
         assert!(first.conn.cut.notified().now_or_never().is_some());
         drop(body);
         // Read whole (here: dropped by the handler), it is answered.
         let _answering = second.conn.answering();
-        drop(Reading::new(Coming, &second.conn));
+        drop(Watch::request(Coming, &second.conn));
         assert!(places.admit().is_none());
     }
 

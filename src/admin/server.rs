@@ -16,7 +16,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::places::{Places, Reading, Tracked, Watched};
+use super::places::{Places, Watch, Watched};
 
 /// The bounds on the connections.
 #[derive(Debug, Clone, Copy)]
@@ -86,14 +86,13 @@ pub async fn run(
         // was written whole: only then may a newcomer take the place.
         let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
             let answering = conn_state.answering();
-            let request = request.map(|body| Reading::new(body, &conn_state));
+            let request = request.map(|body| Watch::request(body, &conn_state));
             let answer = app.call(request);
             async move {
                 let response = answer.await?;
-                Ok::<_, std::convert::Infallible>(response.map(|body| Tracked {
-                    body,
-                    _answering: answering,
-                }))
+                Ok::<_, std::convert::Infallible>(
+                    response.map(|body| Watch::answer(body, answering)),
+                )
             }
         });
         let mut stop = stop.clone();
