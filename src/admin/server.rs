@@ -150,6 +150,27 @@ mod tests {
         stop_grace: Duration::from_millis(300),
     };
 
+    /// Timeouts long enough that a client cut within the test was cut to
+    /// make room, not for stalling.
+    const PATIENT: Bounds = Bounds {
+        header_timeout: Duration::from_secs(20),
+        io_timeout: Duration::from_secs(20),
+        ..SHORT
+    };
+
+    /// Takes every place with a connection that sent `start` of a request
+    /// and stalls, oldest first.
+    async fn fill_with(addr: std::net::SocketAddr, start: &[u8]) -> Vec<TcpStream> {
+        let mut stalled = Vec::new();
+        for _ in 0..SHORT.max_connections {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(start).await.unwrap();
+            stalled.push(s);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        stalled
+    }
+
     async fn start() -> (
         std::net::SocketAddr,
         watch::Sender<bool>,
@@ -263,20 +284,9 @@ mod tests {
     /// writing its answer keeps its place.
     #[tokio::test]
     async fn connections_waiting_for_a_request_give_way_to_newcomers() {
-        let (addr, stop, server) = start_with(Bounds {
-            header_timeout: Duration::from_secs(20),
-            io_timeout: Duration::from_secs(20),
-            ..SHORT
-        })
-        .await;
+        let (addr, stop, server) = start_with(PATIENT).await;
         let get_ok = b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
-        let mut stalled = Vec::new();
-        for _ in 0..SHORT.max_connections {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(b"GET /ok HTTP/1.1\r\nHost: 1").await.unwrap();
-            stalled.push(s);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut stalled = fill_with(addr, b"GET /ok HTTP/1.1\r\nHost: 1").await;
         let began = tokio::time::Instant::now();
         let mut fine = TcpStream::connect(addr).await.unwrap();
         fine.write_all(get_ok).await.unwrap();
@@ -354,23 +364,9 @@ mod tests {
     /// way like one whose headers do: it is not being answered yet.
     #[tokio::test]
     async fn requests_whose_bodies_stall_give_way_to_newcomers() {
-        let (addr, stop, server) = start_with(Bounds {
-            header_timeout: Duration::from_secs(20),
-            io_timeout: Duration::from_secs(20),
-            ..SHORT
-        })
-        .await;
-        let mut stalled = Vec::new();
-        for _ in 0..SHORT.max_connections {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(
-                b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc",
-            )
-            .await
-            .unwrap();
-            stalled.push(s);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let (addr, stop, server) = start_with(PATIENT).await;
+        let post = b"POST /echo HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 100\r\n\r\nabc";
+        let mut stalled = fill_with(addr, post).await;
         let began = tokio::time::Instant::now();
         let mut fine = TcpStream::connect(addr).await.unwrap();
         fine.write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")

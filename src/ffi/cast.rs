@@ -22,6 +22,16 @@ pub(super) fn free_handle<T>(handle: *mut T) {
     }
 }
 
+/// Frees a handle unless it was made in another process (a forked child
+/// sees its parent's handles, whose threads do not exist there: freeing
+/// would wait for them forever, so they are left to the process's exit).
+pub(super) fn free_owned_handle<T>(handle: *mut T, owner: impl Fn(&T) -> &super::owner::Owner) {
+    if opt_ref(handle).is_some_and(|h| owner(h).is_elsewhere()) {
+        return;
+    }
+    free_handle(handle)
+}
+
 /// A shared reference to a handle, or `None` for NULL.
 pub(super) fn opt_ref<'a, T>(handle: *const T) -> Option<&'a T> {
     // SAFETY: non-NULL handles point to a live object made by libtribe

@@ -69,12 +69,7 @@ pub extern "C" fn tribe_group_new(out: *mut *mut TribeGroup, err: *mut *mut FfiE
 /// NULL is ignored.
 #[no_mangle]
 pub extern "C" fn tribe_group_free(group: *mut TribeGroup) {
-    ffi_infallible!((), {
-        if cast::opt_ref(group).is_some_and(|g| g.owner.is_elsewhere()) {
-            return;
-        }
-        cast::free_handle(group)
-    })
+    ffi_infallible!((), { cast::free_owned_handle(group, |g| &g.owner) })
 }
 
 /// Waits until a node of the group has an event queued or has stopped, or

@@ -372,14 +372,7 @@ pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiErr
 /// (see fork() above).
 #[no_mangle]
 pub extern "C" fn tribe_node_free(node: *mut TribeNode) {
-    ffi_infallible!((), {
-        // In a forked child the node's threads do not exist: stopping it
-        // would wait for them forever, so it is left to the process's exit.
-        if cast::opt_ref(node).is_some_and(|n| n.owner.is_elsewhere()) {
-            return;
-        }
-        cast::free_handle(node)
-    })
+    ffi_infallible!((), { cast::free_owned_handle(node, |n| &n.owner) })
 }
 
 /// The node's name. Borrowed: valid until `tribe_node_free`. NULL for NULL.
