@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::crypto::{Keyring, SecretKey};
+use crate::crypto::{KeyId, Keyring, SecretKey};
 use crate::engine::durable::Durable;
 use crate::error::{Error, Result};
 
@@ -144,18 +144,39 @@ fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// How many ids of removed keys the keyring file remembers.
+const MAX_REMOVED_IDS: usize = 64;
+
 /// The keyring file: base64 keys and which one is primary.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct KeyringFile {
     primary: String,
     keys: Vec<String>,
+    /// Ids of keys that left this node's ring while it ran (a cluster-wide
+    /// `remove`), oldest first: a configured key among them is not
+    /// installed again at a restart, whatever the key file says.
+    #[serde(default)]
+    removed: Vec<String>,
 }
 
-/// Writes the keyring (file mode 0600).
+/// Writes the keyring (file mode 0600). Keys the file held and `ring`
+/// does not were removed: their ids are remembered (see [`KeyringFile`]).
 pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
+    let ids = ring.ids();
+    let mut removed = Vec::new();
+    if let Ok(Some((before, mut was_removed))) = read_keyring_file(dir) {
+        was_removed.extend(before.ids());
+        for id in was_removed {
+            if !ids.contains(&id) && !removed.contains(&id) {
+                removed.push(id);
+            }
+        }
+    }
+    let skip = removed.len().saturating_sub(MAX_REMOVED_IDS);
     let file = KeyringFile {
         primary: ring.primary().to_base64(),
         keys: ring.keys().iter().map(SecretKey::to_base64).collect(),
+        removed: removed.iter().skip(skip).map(KeyId::to_string).collect(),
     };
     let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     write_private(dir, KEYRING_FILE, &text)
@@ -164,6 +185,11 @@ pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
 /// Reads the keyring kept by an earlier run, if any. Errors name the file
 /// but never quote its content.
 pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
+    Ok(read_keyring_file(dir)?.map(|(ring, _)| ring))
+}
+
+/// The kept keyring and the ids of the keys removed from it.
+fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let path = dir.join(KEYRING_FILE);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
@@ -189,7 +215,12 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
         let key = SecretKey::from_base64(k).map_err(|e| bad(e.to_string()))?;
         ring.install(key).map_err(|e| bad(e.to_string()))?;
     }
-    Ok(Some(ring))
+    let removed = file
+        .removed
+        .iter()
+        .map(|id| id.parse::<KeyId>().map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some((ring, removed)))
 }
 
 /// The keyring to start with: the kept one (the cluster may have rotated
@@ -199,7 +230,10 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 /// was away): it becomes the primary, or the node would seal with a key the
 /// cluster may have removed and stay locked out.
 pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<Keyring>> {
-    let kept = load_keyring(dir)?;
+    let (kept, removed) = match read_keyring_file(dir)? {
+        Some((ring, removed)) => (Some(ring), removed),
+        None => (None, Vec::new()),
+    };
     let last = std::fs::read_to_string(dir.join(CONFIGURED_KEY_FILE)).ok();
     let last = last.as_deref().map(str::trim);
     // Whether the configured primary is held, so that the next start may
@@ -214,8 +248,9 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
             let same = last == Some(primary.to_string().as_str());
             let changed = last.is_some() && !same;
             for key in configured.keys() {
-                if same && kept.get(key.id()).is_none() {
-                    tracing::warn!(key = %key.id(), "configured key was removed from the keyring since the last start; not installed again (update the key file)");
+                let gone = (same || removed.contains(&key.id())) && kept.get(key.id()).is_none();
+                if gone {
+                    tracing::warn!(key = %key.id(), "configured key was removed from the tribe's keyring while this node ran; not installed again (update the key file: `tribe keys list` on a member shows the keys in use)");
                     continue;
                 }
                 if kept.install(key.clone()).is_err() {
@@ -380,6 +415,46 @@ mod tests {
             err.contains(KEYRING_FILE) && !err.contains("c2VjcmV0"),
             "{err}"
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key the tribe removed while this node ran stays out of its ring
+    /// when a later start names it again, also after the node was started
+    /// with another key in between (an old key file put back).
+    #[test]
+    fn a_removed_key_stays_removed_whatever_key_file_comes_back() {
+        let dir = scratch("revoked");
+        prepare(&dir).unwrap();
+        let old = Keyring::new(SecretKey::generate());
+        let first = merge_keyring(&dir, Some(old.clone())).unwrap().unwrap();
+        // The tribe rotates: a new key, used, and the old one removed.
+        let new = SecretKey::generate();
+        let mut ring = first.clone();
+        ring.install(new.clone()).unwrap();
+        save_keyring(&dir, &ring).unwrap();
+        ring.use_key(new.id()).unwrap();
+        ring.remove(old.primary_id()).unwrap();
+        save_keyring(&dir, &ring).unwrap();
+        // Restarted with a newer key file, then with the old one again.
+        let newer = Keyring::new(SecretKey::generate());
+        let merged = merge_keyring(&dir, Some(newer.clone())).unwrap().unwrap();
+        assert_eq!(merged.primary_id(), newer.primary_id());
+        save_keyring(&dir, &merged).unwrap();
+        let merged = merge_keyring(&dir, Some(old.clone())).unwrap().unwrap();
+        assert!(
+            merged.get(old.primary_id()).is_none(),
+            "the removed key is back in the ring"
+        );
+        assert_eq!(merged.primary_id(), newer.primary_id());
+        // The memory survives saves, and a key installed again leaves it.
+        save_keyring(&dir, &merged).unwrap();
+        let (_, removed) = read_keyring_file(&dir).unwrap().unwrap();
+        assert_eq!(removed, vec![old.primary_id()]);
+        let mut again = merged.clone();
+        again.install(old.primary().clone()).unwrap();
+        save_keyring(&dir, &again).unwrap();
+        let (_, removed) = read_keyring_file(&dir).unwrap().unwrap();
+        assert!(removed.is_empty(), "{removed:?}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

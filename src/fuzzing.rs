@@ -178,6 +178,7 @@ pub fn gossip_delta(data: &[u8]) {
         limits: crate::config::StateLimits::default(),
         tombstone_grace_ms: 3_600_000,
         accept_keyring_records: flags & 1 == 1,
+        invalid_logged_ms: None,
     };
     for item in split(rest) {
         if let Ok((key, entry)) = wire::decode::<(crate::records::Key, crate::records::Entry)>(item)

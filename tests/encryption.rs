@@ -414,6 +414,37 @@ async fn keyring_steps_run_back_to_back_cut_no_node_off() {
     assert_eq!(lagging.members_alive(), 4);
 }
 
+/// A key only one member still holds (an old key file put back on it) is
+/// removed through any other member, which does not hold it itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_only_another_member_holds_is_removed_through_any_member() {
+    let k1 = SecretKey::generate();
+    let stray = SecretKey::generate();
+    let mut nodes = start_cluster("st", 2, keyed(&k1)).await;
+    let mut cfg = test_config("st-old");
+    cfg.seeds = vec![nodes[0].addr()];
+    let mut ring = Keyring::new(k1.clone());
+    ring.install(stray.clone()).unwrap();
+    cfg.keyring = Some(ring);
+    nodes.push(Node::start(cfg).await.unwrap());
+    wait_for("the stray key seen", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.members_alive() == 3) && holders(&nodes[0], stray.id()).0 == 1
+    })
+    .await;
+    assert!(nodes[0].keyring_status().primary == Some(k1.id()));
+    nodes[0].remove_key(stray.id()).await.unwrap();
+    wait_for("the stray key gone", Duration::from_secs(20), || {
+        nodes.iter().all(|n| holders(n, stray.id()).0 == 0)
+    })
+    .await;
+    // An id no member holds is still unknown.
+    let err = nodes[1]
+        .remove_key(SecretKey::generate().id())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), "unknown_key", "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_plaintext_tribe_moves_to_encryption_without_downtime() {
     let key = SecretKey::generate();

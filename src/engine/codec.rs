@@ -198,6 +198,7 @@ mod tests {
             claims: Vec::new(),
             limits: Default::default(),
             accept_keyring_records: false,
+            invalid_logged_ms: None,
             tombstone_grace_ms: 0,
         })))
     }

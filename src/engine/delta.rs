@@ -13,6 +13,9 @@ use crate::wire;
 
 use super::identity::NodeId;
 
+/// A refused record is logged at most this often (always counted).
+const INVALID_LOG_EVERY_MS: u64 = 10_000;
+
 /// What the engine and the broadcast handler share. foca owns the handler and
 /// offers no access to it, so the store lives behind a lock both can take; the
 /// engine is single-threaded, so the lock is never contended.
@@ -44,6 +47,8 @@ pub struct Shared {
     /// (`require` mode): otherwise an unauthenticated peer could plant or
     /// remove keys.
     pub accept_keyring_records: bool,
+    /// When a refused record was last logged (engine clock, ms).
+    pub invalid_logged_ms: Option<u64>,
 }
 
 impl Shared {
@@ -75,8 +80,16 @@ impl Shared {
     /// Whether a record from a peer is valid and within every bound (and
     /// if so, the clock has seen its version).
     fn admits(&mut self, key: &Key, entry: &Entry) -> bool {
-        if records::validate(key, entry).is_err() {
+        if let Err(e) = records::validate(key, entry) {
             self.counters.invalid_records += 1;
+            // Counted always, logged at a limited rate.
+            let due = self
+                .invalid_logged_ms
+                .is_none_or(|t| self.now_ms.saturating_sub(t) >= INVALID_LOG_EVERY_MS);
+            if due {
+                self.invalid_logged_ms = Some(self.now_ms);
+                tracing::warn!(writer = %entry.version.node, "a record from a peer was refused ({e}); the last valid one is kept");
+            }
             return false;
         }
         if matches!(key, Key::RingKey(_) | Key::RingPrimary) && !self.accept_keyring_records {

@@ -170,6 +170,19 @@ impl Engine {
 }
 
 impl Engine {
+    /// Whether setting fact `key` would give this node more facts than a
+    /// peer accepts in its record.
+    fn over_fact_limit_with(&self, key: &str) -> bool {
+        let only_collected = self
+            .collected_facts
+            .keys()
+            .filter(|k| !self.user_facts.contains_key(*k))
+            .count();
+        !self.user_facts.contains_key(key)
+            && !self.collected_facts.contains_key(key)
+            && self.user_facts.len() + only_collected >= crate::records::limits::MAX_FACTS
+    }
+
     /// Applies the fact commands of earlier runs over the configured facts
     /// (each checked again, as the file may have been edited).
     fn restore_facts(&mut self, changes: BTreeMap<String, Option<String>>) {
@@ -180,6 +193,15 @@ impl Engine {
             match &value {
                 Some(v) if crate::facts::validate_fact(&key, v).is_err() => {
                     tracing::warn!(fact = %key, "a kept fact is not valid; dropped");
+                    continue;
+                }
+                Some(_) if self.over_fact_limit_with(&key) => {
+                    // Peers would refuse the whole record and keep the old.
+                    tracing::warn!(
+                        fact = %key,
+                        "a kept fact would pass the limit of {} facts a node has (the configured and collected ones first); dropped",
+                        crate::records::limits::MAX_FACTS
+                    );
                     continue;
                 }
                 Some(v) => {
@@ -251,5 +273,36 @@ mod tests {
         let changes = again.durable().fact_changes;
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(again.merged_facts().get("role").map(String::as_str), Some("db"));
+    }
+
+    /// Kept facts never take a restarted node past the limit of facts a
+    /// peer accepts in a record (configured facts come first), so its
+    /// record keeps spreading; a kept change to a fact it has still applies.
+    #[test]
+    fn kept_facts_stop_at_the_limit_a_peer_accepts() {
+        let max = crate::records::limits::MAX_FACTS;
+        let mut e = engine(&[]);
+        for i in 0..max - e.merged_facts().len() {
+            set(&mut e, &format!("f{i:03}"), Some("x"));
+        }
+        assert_eq!(e.merged_facts().len(), max);
+        let kept = e.durable();
+        let mut again = engine(&[("new1", "1"), ("new2", "2"), ("f000", "configured")]);
+        again.restore(3_000, kept);
+        let facts = again.merged_facts();
+        assert_eq!(facts.len(), max, "a restart passed the limit");
+        assert_eq!(facts["new1"], "1");
+        assert_eq!(facts["new2"], "2");
+        assert_eq!(facts["f000"], "x", "a kept change to a configured fact applies");
+        let record = crate::records::Value::Node(again.record.clone());
+        let entry = crate::records::Entry {
+            version: crate::hlc::Hlc {
+                millis: 1,
+                counter: 0,
+                node: "keeper".into(),
+            },
+            value: Some(record),
+        };
+        assert!(crate::records::validate(&Key::Node("keeper".into()), &entry).is_ok());
     }
 }

@@ -176,7 +176,10 @@ impl Engine {
         if ring.primary_id() == id || cluster_primary == Some(id) {
             return Err(Error::PrimaryKey(id.to_string()));
         }
-        if ring.get(id).is_none() {
+        // A key only some other member still holds (one put back by an old
+        // key file) is removed through any member, as the docs promise.
+        let held_elsewhere = || self.keyring_status().keys.iter().any(|k| k.id == id);
+        if ring.get(id).is_none() && !held_elsewhere() {
             return Err(Error::UnknownKey(id.to_string()));
         }
         self.write(Key::RingKey(id), None);

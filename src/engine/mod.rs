@@ -272,6 +272,7 @@ impl Engine {
             accept_keyring_records: cfg.keyring.is_some()
                 && cfg.encryption == crate::config::Encryption::Require,
             tombstone_grace_ms: timings.tombstone_grace.as_millis() as u64,
+            invalid_logged_ms: None,
         }));
         let mut rng = StdRng::seed_from_u64(seed);
         let swim_rng = StdRng::seed_from_u64(rng.random());
