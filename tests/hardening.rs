@@ -119,6 +119,78 @@ async fn a_forged_generation_does_not_displace_a_node() {
     }
 }
 
+/// A second node started under a live node's name (a copied config), much
+/// later than the real one, takes the name (the newer generation wins)
+/// without a flood of datagrams; once it stops, the real node is back,
+/// alive at its own address, and its plugin answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_name_was_taken_gets_it_back_when_the_impostor_stops() {
+    let nodes = start_cluster("dup", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    let victim = &nodes[2];
+    victim.create_tribe("svc").await.unwrap();
+    victim.join("svc", "dup2").await.unwrap();
+    victim
+        .serve(
+            "echo",
+            "1",
+            PluginKind::Processor,
+            |_, p| async move { Ok(p) },
+        )
+        .await
+        .unwrap();
+    let echo = tribe::CallTarget::new("svc", "echo", PluginKind::Processor);
+    let call = || nodes[0].call(&echo, b"hi".to_vec(), Duration::from_secs(1));
+    wait_for("the endpoint seen", LONG, || {
+        nodes[0].members().iter().any(|m| !m.endpoints.is_empty())
+    })
+    .await;
+    assert_eq!(call().await.unwrap(), b"hi");
+    let mut cfg = test_config("dup2");
+    cfg.seeds = vec![nodes[0].addr()];
+    let real = generation_of(&nodes[0], "dup2").unwrap().1;
+    cfg.generation = Some(real + 100_000);
+    let sent_before = victim.counters().datagrams_out;
+    let impostor = Node::start(cfg).await.unwrap();
+    let at = |n: &Node, addr| {
+        n.members()
+            .into_iter()
+            .any(|m| m.name == "dup2" && m.addr == addr && m.state == MemberState::Alive)
+    };
+    wait_for("the impostor seen", LONG, || at(&nodes[0], impostor.addr())).await;
+    // Long enough for the two to meet, as a copied config running for a
+    // while would.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let sent = victim.counters().datagrams_out - sent_before;
+    assert!(
+        sent < 5_000,
+        "the real node sent {sent} datagrams in 3 s to win its name back"
+    );
+    impostor.shutdown().await.unwrap();
+    let began = std::time::Instant::now();
+    wait_for("the real node back everywhere", LONG, || {
+        nodes[..2].iter().all(|n| at(n, victim.addr()))
+    })
+    .await;
+    let mut answered = false;
+    while began.elapsed() < LONG {
+        if call().await.is_ok() {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "the real node's plugin never answered again");
+    assert_eq!(victim.members_alive(), 3);
+    for n in &nodes[..2] {
+        let m = n.members().into_iter().find(|m| m.name == "dup2").unwrap();
+        assert_eq!(m.state, MemberState::Alive, "{}: {m:?}", n.name());
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Five nodes, the last with its clock `offset_ms` off from the start.
 async fn skewed_cluster(prefix: &str, offset_ms: i64) -> Vec<Node> {
     let mut nodes = start_cluster(prefix, 4, |_| {}).await;
