@@ -542,7 +542,7 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     let mut cmd = Command::new(TRIBE);
     cmd.args(["agent", "--config", file.to_str().unwrap()])
         .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .env("TRIBE_FACT", "rack=r1,zone=z2")
+        .env("TRIBE_FACT", "rack=r1, zone=z2")
         .env_remove("TRIBE_ADMIN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
@@ -595,6 +595,23 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
         assert!(!out.status.success(), "{bad:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("tribe: "), "{bad:?}: {err}");
+    }
+    // A flag's fact keeps its commas (the later bad profile is what fails);
+    // a misspelt log level is refused rather than silencing every log.
+    for (args, blamed) in [
+        (
+            vec!["agent", "--name", "x", "--fact", "ports=80,443", "--profile", "fast"],
+            "--profile",
+        ),
+        (
+            vec!["agent", "--name", "x", "--insecure-plaintext", "--log-level", "warnn"],
+            "--log-level",
+        ),
+    ] {
+        let out = Command::new(TRIBE).args(&args).output().unwrap();
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with(&format!("tribe: {blamed}")), "{args:?}: {err}");
     }
     let unknown_key = dir.join("bad.toml");
     std::fs::write(&unknown_key, "nmae = \"typo\"\n").unwrap();

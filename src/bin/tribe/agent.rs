@@ -44,13 +44,9 @@ pub struct AgentArgs {
     )]
     seeds: Vec<String>,
     /// A user fact; overrides a collected fact and the file's fact of the same key
-    /// (repeatable; comma-separated in TRIBE_FACT).
-    #[arg(
-        long = "fact",
-        env = "TRIBE_FACT",
-        value_name = "KEY=VALUE",
-        value_delimiter = ','
-    )]
+    /// (repeatable; a value may hold commas; without --fact, TRIBE_FACT gives
+    /// facts separated by commas).
+    #[arg(long = "fact", value_name = "KEY=VALUE")]
     facts: Vec<String>,
     /// Timing profile: lan, wan or local [default: lan].
     #[arg(long, env = "TRIBE_PROFILE")]
@@ -211,12 +207,30 @@ impl AgentArgs {
         };
         // Lists add up, as serf's: the file's seeds and facts first, then the
         // flags' (a flag's fact overrides the file's fact of the same key).
-        let seed_texts: Vec<String> = file.seed.into_iter().chain(self.seeds).collect();
-        let fact_texts: Vec<String> = file.fact.into_iter().chain(self.facts).collect();
+        let seed_texts: Vec<String> = file
+            .seed
+            .into_iter()
+            .chain(self.seeds.iter().map(|s| s.trim().to_string()))
+            .collect();
+        // Commas split facts only in the environment variable: a flag's
+        // value may hold them (`--fact ports=80,443`).
+        let (flag_facts, fact_source) = if self.facts.is_empty() {
+            let listed = std::env::var("TRIBE_FACT").unwrap_or_default();
+            let facts = listed
+                .split(',')
+                .map(str::trim)
+                .filter(|t| !t.is_empty())
+                .map(String::from)
+                .collect();
+            (facts, "TRIBE_FACT")
+        } else {
+            (self.facts, "--fact")
+        };
+        let file_facts = file.fact.into_iter().map(|t| (t, "fact"));
         let mut config = Config::new(name);
-        for text in &fact_texts {
+        for (text, source) in file_facts.chain(flag_facts.into_iter().map(|t| (t, fact_source))) {
             let (k, v) =
-                tribe::facts::parse_fact_arg(text).map_err(|e| format!("--fact {text:?}: {e}"))?;
+                tribe::facts::parse_fact_arg(&text).map_err(|e| format!("{source} {text:?}: {e}"))?;
             config.facts.insert(k, v);
         }
         let profile_text = self
@@ -247,7 +261,7 @@ impl AgentArgs {
         for text in &seed_texts {
             config
                 .add_seed(text)
-                .map_err(|e| format!("--seed {text:?}: {e}"))?;
+                .map_err(|e| format!("--seed (or TRIBE_SEED) {text:?}: {e}"))?;
         }
         config.data_dir = self.data_dir.or(file.data_dir);
         config.cluster_label = self.label.or(file.label).unwrap_or_default();
@@ -359,7 +373,20 @@ fn warn_if_shared(path: &std::path::Path) {
     }
 }
 
+/// Levels a bare word of `--log-level` may be; any other bare word would be
+/// taken as a log target and silence every log (a typo such as `warnn`).
+const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+
 fn init_logging(level: &str, json: bool) -> Result<(), String> {
+    for directive in level.split(',').map(str::trim) {
+        let bare = !directive.contains('=') && !directive.contains("::");
+        if bare && !LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+            return Err(format!(
+                "--log-level {level:?}: {directive:?} is not a level ({}) nor a target=level directive",
+                LOG_LEVELS.join(", ")
+            ));
+        }
+    }
     let filter = tracing_subscriber::EnvFilter::try_new(level)
         .map_err(|e| format!("--log-level {level:?}: {e}"))?;
     // Colours only for a terminal: a log file or journald gets plain text.
