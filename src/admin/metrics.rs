@@ -130,7 +130,7 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut r,
         "auth_failures",
-        "Datagrams dropped for an unknown key or a failed authentication",
+        "Datagrams dropped for an unknown key or a failed authentication (another cluster label, or tampered)",
         c.datagram_auth_errors,
     );
     gauge(&mut r, "keyring_keys", "Keys this node holds", s.keys_held);
@@ -149,7 +149,7 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut r,
         "stream_auth_failures",
-        "Streams cut because a frame failed authentication (tampered, replayed, reordered)",
+        "Streams cut because a frame failed authentication (another cluster label, or tampered, replayed, reordered)",
         c.stream_auth_errors,
     );
     counter(
