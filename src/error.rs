@@ -127,12 +127,15 @@ pub enum Error {
     /// No live member of the tribe serves the plugin (or every one that
     /// did refused the call as it stopped serving it: stopping, or
     /// unserving it with the call still queued).
-    #[error("no live member of tribe {tribe:?} serves {plugin:?}{}", stopping_note(.stopping))]
+    #[error("no live member of tribe {tribe:?} serves {plugin:?} ({wanted}){}", stopping_note(.stopping))]
     NoProvider {
         /// The tribe.
         tribe: String,
         /// The plugin.
         plugin: String,
+        /// The kind and version asked for (`processor, any version`), as
+        /// members may serve the name as another kind or version.
+        wanted: String,
         /// The members that served it but refused this call, unrun, as they
         /// stopped serving it (empty when none did).
         stopping: Vec<String>,
@@ -251,6 +254,14 @@ fn where_unknown(tribe: &str) -> String {
 }
 
 /// Which members refused a call as they stopped serving its plugin.
+/// How [`Error::NoProvider`] names the kind and version a call asked for.
+pub(crate) fn wanted(kind: crate::PluginKind, version: Option<&str>) -> String {
+    match version {
+        Some(v) => format!("{}, version {v:?}", kind.as_str()),
+        None => format!("{}, any version", kind.as_str()),
+    }
+}
+
 fn stopping_note(stopping: &[String]) -> String {
     match stopping {
         [] => String::new(),

@@ -600,18 +600,36 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     // a misspelt log level is refused rather than silencing every log.
     for (args, blamed) in [
         (
-            vec!["agent", "--name", "x", "--fact", "ports=80,443", "--profile", "fast"],
+            vec![
+                "agent",
+                "--name",
+                "x",
+                "--fact",
+                "ports=80,443",
+                "--profile",
+                "fast",
+            ],
             "--profile",
         ),
         (
-            vec!["agent", "--name", "x", "--insecure-plaintext", "--log-level", "warnn"],
+            vec![
+                "agent",
+                "--name",
+                "x",
+                "--insecure-plaintext",
+                "--log-level",
+                "warnn",
+            ],
             "--log-level",
         ),
     ] {
         let out = Command::new(TRIBE).args(&args).output().unwrap();
         assert!(!out.status.success(), "{args:?} should fail");
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.starts_with(&format!("tribe: {blamed}")), "{args:?}: {err}");
+        assert!(
+            err.starts_with(&format!("tribe: {blamed}")),
+            "{args:?}: {err}"
+        );
     }
     let unknown_key = dir.join("bad.toml");
     std::fs::write(&unknown_key, "nmae = \"typo\"\n").unwrap();

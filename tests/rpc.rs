@@ -99,10 +99,10 @@ async fn calls_reach_hosts_across_five_nodes_local_first() {
     // A pinned version that nobody serves, and a tribe with no host.
     let mut v2 = echo();
     v2.version = Some("2".into());
-    assert!(matches!(
-        nodes[0].call(&v2, vec![], SECOND).await,
-        Err(Error::NoProvider { .. })
-    ));
+    let err = nodes[0].call(&v2, vec![], SECOND).await.unwrap_err();
+    assert!(matches!(err, Error::NoProvider { .. }), "{err}");
+    // The message names what was asked for: members do serve the name.
+    assert!(err.to_string().contains("version \"2\""), "{err}");
     nodes[0].create_tribe("empty").await.unwrap();
     let mut none = echo();
     none.tribe = "empty".into();

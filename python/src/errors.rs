@@ -47,6 +47,7 @@ fn build(py: Python<'_>, e: &tribe::Error) -> PyResult<PyErr> {
             tribe,
             plugin,
             stopping,
+            ..
         } => {
             attrs.set_item("tribe", tribe)?;
             attrs.set_item("plugin", plugin)?;

@@ -397,6 +397,7 @@ mod tests {
             Error::NoProvider {
                 tribe: s(),
                 plugin: s(),
+                wanted: s(),
                 stopping: vec![s()],
             },
             Error::Timeout,

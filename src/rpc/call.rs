@@ -132,6 +132,7 @@ impl Rpc {
             .ok_or_else(|| Error::NoProvider {
                 tribe: call.tribe.to_string(),
                 plugin: call.plugin.to_string(),
+                wanted: crate::error::wanted(call.kind, call.version),
                 stopping: Vec::new(),
             })?;
         let place = self.server.try_slot().ok_or(Error::Overloaded)?;
@@ -185,6 +186,7 @@ impl Rpc {
                     Ok(Ok(Err(LocalRefusal::Stopping))) => Err(Error::NoProvider {
                         tribe: call.tribe.to_string(),
                         plugin: call.plugin.to_string(),
+                        wanted: crate::error::wanted(call.kind, call.version),
                         stopping: vec![call.caller.to_string()],
                     }),
                     // Every path answers through the slot before it drops.
@@ -240,6 +242,7 @@ impl Rpc {
         let no_provider = |stopping| Error::NoProvider {
             tribe: target.tribe.clone(),
             plugin: target.plugin.clone(),
+            wanted: crate::error::wanted(target.kind, target.version.as_deref()),
             stopping,
         };
         let mut cands = client::order(providers, &self.pool);

@@ -229,8 +229,8 @@ impl AgentArgs {
         let file_facts = file.fact.into_iter().map(|t| (t, "fact"));
         let mut config = Config::new(name);
         for (text, source) in file_facts.chain(flag_facts.into_iter().map(|t| (t, fact_source))) {
-            let (k, v) =
-                tribe::facts::parse_fact_arg(&text).map_err(|e| format!("{source} {text:?}: {e}"))?;
+            let (k, v) = tribe::facts::parse_fact_arg(&text)
+                .map_err(|e| format!("{source} {text:?}: {e}"))?;
             config.facts.insert(k, v);
         }
         let profile_text = self
