@@ -297,6 +297,11 @@ fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() 
     );
     let policies = cli_json(a1, &["policy", "ls"]);
     assert_eq!(policies.as_array().unwrap().len(), 2, "{policies}");
+    // `remove` and `list` are the other verbs' names for `rm` and `ls`.
+    cli_ok(a1, &["policy", "add", "spare", "core", "true"]);
+    cli_ok(a1, &["policy", "remove", "spare"]);
+    let policies = cli_json(a1, &["policy", "list"]);
+    assert_eq!(policies.as_array().unwrap().len(), 2, "{policies}");
 
     // Plugins and a task through the CLI on one agent, seen by every agent.
     cli_ok(

@@ -71,11 +71,13 @@ pub enum PolicyCmd {
         when: String,
     },
     /// Remove a policy.
+    #[command(visible_alias = "remove")]
     Rm {
         /// Policy name.
         name: String,
     },
     /// List policies.
+    #[command(visible_alias = "list")]
     Ls,
 }
 
@@ -120,6 +122,7 @@ pub enum TaskCmd {
         stopped: bool,
     },
     /// Remove a task.
+    #[command(visible_alias = "remove")]
     Rm {
         /// Tribe name.
         tribe: String,
@@ -146,6 +149,7 @@ pub enum TaskCmd {
 #[derive(Subcommand, Debug)]
 pub enum FactCmd {
     /// List the agent's facts (collected and user ones).
+    #[command(visible_alias = "list")]
     Ls,
     /// Set a user fact of the agent (policies are evaluated again).
     Set {
@@ -155,6 +159,7 @@ pub enum FactCmd {
         value: String,
     },
     /// Remove a user fact of the agent.
+    #[command(visible_alias = "remove")]
     Rm {
         /// Fact key.
         key: String,
@@ -165,6 +170,7 @@ pub enum FactCmd {
 #[derive(Subcommand, Debug)]
 pub enum KeysCmd {
     /// Show which live nodes hold which keys and which key each seals with.
+    #[command(visible_alias = "ls")]
     List,
     /// Install a key (base64) on every node, and wait until every live node holds it.
     Install {
@@ -183,6 +189,7 @@ pub enum KeysCmd {
         wait: u64,
     },
     /// Remove a key from every node's keyring (the primary is refused).
+    #[command(visible_alias = "rm")]
     Remove {
         /// The key (base64) or its id (8 hex digits).
         key: String,
