@@ -601,6 +601,42 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.starts_with("tribe: "), "{bad:?}: {err}");
     }
+    // A key file given by a flag beats TRIBE_KEY (the later bad mode is what
+    // fails); a key file of two lines is named as such.
+    let key_file = dir.join("agent.key");
+    std::fs::write(&key_file, tribe::SecretKey::generate().to_base64()).unwrap();
+    let out = Command::new(TRIBE)
+        .args([
+            "agent",
+            "--name",
+            "x",
+            "--key-file",
+            key_file.to_str().unwrap(),
+        ])
+        .args(["--encryption", "loud"])
+        .env("TRIBE_KEY", "not a key")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tribe: --encryption"), "{err}");
+    let two_lines = dir.join("two.key");
+    std::fs::write(
+        &two_lines,
+        format!("{0}\n{0}\n", tribe::SecretKey::generate().to_base64()),
+    )
+    .unwrap();
+    let out = Command::new(TRIBE)
+        .args([
+            "agent",
+            "--name",
+            "x",
+            "--key-file",
+            two_lines.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("more than one line"), "{err}");
     // A flag's fact keeps its commas (the later bad profile is what fails);
     // a misspelt log level is refused rather than silencing every log.
     for (args, blamed) in [

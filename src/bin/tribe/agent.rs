@@ -77,11 +77,12 @@ pub struct AgentArgs {
     )]
     log_json: Option<bool>,
     /// Encryption key, base64 as `tribe keygen` prints it. Prefer --key-file or
-    /// TRIBE_KEY: command lines are visible to other users.
-    #[arg(long, env = "TRIBE_KEY", hide_env_values = true, value_name = "BASE64")]
+    /// TRIBE_KEY: command lines are visible to other users. A key given by a
+    /// flag beats TRIBE_KEY / TRIBE_KEY_FILE, which beat the config file.
+    #[arg(long, value_name = "BASE64")]
     key: Option<String>,
-    /// File holding the encryption key (base64).
-    #[arg(long, env = "TRIBE_KEY_FILE", value_name = "FILE")]
+    /// File holding the encryption key (base64), or TRIBE_KEY_FILE.
+    #[arg(long, value_name = "FILE")]
     key_file: Option<PathBuf>,
     /// With a key: accept (send plaintext, accept both), send (send sealed, accept
     /// both) or require (sealed only) [default: require]. The first two are the steps
@@ -265,8 +266,21 @@ impl AgentArgs {
         }
         config.data_dir = self.data_dir.or(file.data_dir);
         config.cluster_label = self.label.or(file.label).unwrap_or_default();
-        config.keyring = read_key(self.key.or(file.key), self.key_file.or(file.key_file))?
-            .map(tribe::Keyring::new);
+        // The first place that names a key gives it: flags, then the
+        // environment, then the file (a key and a key file in one place
+        // contradict each other).
+        let env_key = std::env::var("TRIBE_KEY").ok().filter(|k| !k.is_empty());
+        let env_key_file = std::env::var_os("TRIBE_KEY_FILE")
+            .filter(|f| !f.is_empty())
+            .map(PathBuf::from);
+        let (key, key_file, names) = if self.key.is_some() || self.key_file.is_some() {
+            (self.key, self.key_file, ("--key", "--key-file"))
+        } else if env_key.is_some() || env_key_file.is_some() {
+            (env_key, env_key_file, ("TRIBE_KEY", "TRIBE_KEY_FILE"))
+        } else {
+            (file.key, file.key_file, ("key", "key-file"))
+        };
+        config.keyring = read_key(key, key_file, names)?.map(tribe::Keyring::new);
         if let Some(mode) = self.encryption.or(file.encryption) {
             config.encryption = mode.parse().map_err(|e| format!("--encryption: {e}"))?;
         }
@@ -335,20 +349,29 @@ fn check_plaintext(config: &Config, insecure_plaintext: bool) -> Result<bool, St
     }
 }
 
-/// The key from `--key` or `--key-file`; errors never quote the key.
+/// The key from a key or a key file, named as where they came from
+/// (`names`: the key's and the file's); errors never quote the key.
 fn read_key(
     key: Option<String>,
     key_file: Option<PathBuf>,
+    names: (&str, &str),
 ) -> Result<Option<tribe::SecretKey>, String> {
     match (key, key_file) {
-        (Some(_), Some(_)) => Err("give one of --key and --key-file, not both".into()),
+        (Some(_), Some(_)) => Err(format!("give one of {} and {}, not both", names.0, names.1)),
         (Some(text), None) => tribe::SecretKey::from_base64(&text)
             .map(Some)
-            .map_err(|e| format!("--key: {e}")),
+            .map_err(|e| format!("{}: {e}", names.0)),
         (None, Some(path)) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
             warn_if_shared(&path);
+            if text.trim().lines().count() > 1 {
+                return Err(format!(
+                    "key file {} holds more than one line: it must hold the key alone, \
+                     as `tribe keygen > FILE` writes it",
+                    path.display()
+                ));
+            }
             tribe::SecretKey::from_base64(&text)
                 .map(Some)
                 .map_err(|e| format!("key file {}: {e}", path.display()))
