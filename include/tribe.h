@@ -609,6 +609,16 @@ uint32_t tribe_keygen(char **out,
                       struct tribe_error **err);
 
 /**
+ * Checks `name` against the naming rules of nodes, tribes, policies and
+ * plugins (1 to 64 bytes, a letter or a digit first, then letters, digits
+ * and `_ - . : @`): `TRIBE_OK`, or `TRIBE_INVALID_NAME` saying which rule
+ * it breaks, so a host can refuse a bad name in its own configuration
+ * before anything uses it. Does not block; needs no node.
+ */
+uint32_t tribe_name_check(const char *name,
+                          struct tribe_error **err);
+
+/**
  * Frees a string returned by libtribe. NULL is ignored. Passing anything
  * else, or freeing twice, is undefined behaviour.
  */

@@ -283,6 +283,16 @@ static int cfg_publish(oconfig_item_t *ci) {
     ERROR(PLUGIN_NAME " plugin: at most %d `Publish' options", MAX_TARGETS);
     return -1;
   }
+  for (int i = 0; i < 2; i++) {
+    tribe_error *err = NULL;
+    if (tribe_name_check(ci->values[i].value.string, &err) != TRIBE_OK) {
+      ERROR(PLUGIN_NAME " plugin: `Publish' %s \"%s\": %s",
+            i == 0 ? "tribe" : "plugin", ci->values[i].value.string,
+            tribe_error_message(err));
+      tribe_error_free(err);
+      return -1;
+    }
+  }
   target_t *t = &g.targets[g.ntargets++];
   memset(t, 0, sizeof *t);
   t->tribe = strdup(ci->values[0].value.string);
@@ -294,6 +304,12 @@ static int cfg_publish(oconfig_item_t *ci) {
 
 static int cfg_int_range(oconfig_item_t *ci, int *out, int lo, int hi) {
   int v = 0;
+  /* collectd's own reader would cut 1.5 to 1 without a word. */
+  if (ci->values_num == 1 && ci->values[0].type == OCONFIG_TYPE_NUMBER &&
+      ci->values[0].value.number != floor(ci->values[0].value.number)) {
+    ERROR(PLUGIN_NAME " plugin: `%s' must be a whole number", ci->key);
+    return -1;
+  }
   if (cf_util_get_int(ci, &v) != 0)
     return -1;
   if (v < lo || v > hi) {
@@ -403,6 +419,10 @@ static int tribe_config_cb(oconfig_item_t *ci) {
       ERROR(PLUGIN_NAME " plugin: unknown option `%s'", c->key);
       status = -1;
     }
+  }
+  if (status == 0 && g.key && g.key_file) {
+    ERROR(PLUGIN_NAME " plugin: give one of `Key' and `KeyFile', not both");
+    status = -1;
   }
   /* Every option libtribe checks is checked now, so a bad one fails
    * collectd's configuration instead of the plugin's start. */

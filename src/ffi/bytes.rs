@@ -1,5 +1,6 @@
 //! Strings and byte buffers handed to C, their free functions, and the
-//! library-wide functions (version, ABI version, key generation).
+//! library-wide functions (version, ABI version, key generation, the
+//! naming rules).
 
 use std::ffi::c_char;
 
@@ -42,6 +43,20 @@ pub extern "C" fn tribe_keygen(
     ffi_call!(err, {
         let out = cast::out(out, "out")?;
         cast::give_string(out, out_len, crate::SecretKey::generate().to_base64());
+        Ok(())
+    })
+}
+
+/// Checks `name` against the naming rules of nodes, tribes, policies and
+/// plugins (1 to 64 bytes, a letter or a digit first, then letters, digits
+/// and `_ - . : @`): `TRIBE_OK`, or `TRIBE_INVALID_NAME` saying which rule
+/// it breaks, so a host can refuse a bad name in its own configuration
+/// before anything uses it. Does not block; needs no node.
+#[no_mangle]
+pub extern "C" fn tribe_name_check(name: *const c_char, err: *mut *mut FfiError) -> u32 {
+    ffi_call!(err, {
+        let name = cast::text(name, "name")?;
+        crate::names::check("name", name)?;
         Ok(())
     })
 }

@@ -16,6 +16,13 @@ static void config_misuse(void) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_new(NULL, &cfg, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_new("x", NULL, &err));
     EXPECT(TRIBE_INVALID_UTF8, tribe_config_new(BAD_UTF8, &cfg, &err));
+    /* The naming rules, checkable before anything uses a name. */
+    EXPECT(TRIBE_OK, tribe_name_check("web-1.example:a@b_c", &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_name_check("-x", &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_name_check("", &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_name_check("a b", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_name_check(NULL, &err));
+    EXPECT(TRIBE_INVALID_UTF8, tribe_name_check(BAD_UTF8, &err));
     CHECK(cfg == NULL);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(NULL, "127.0.0.1:0", &err));
     EXPECT(TRIBE_OK, tribe_config_new("misuse", &cfg, &err));
