@@ -532,7 +532,7 @@ def _check_timeout(timeout: Optional[float], allow_none: bool = False) -> None:
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     # Compared as given: a huge int must not overflow a float conversion.
     if not 0 <= timeout <= 1e9:
-        raise ValueError(f"timeout must be a finite number of seconds, from 0 to 1e9, not {timeout}")
+        raise InvalidArgumentError(f"timeout must be a finite number of seconds, from 0 to 1e9, not {timeout}")
 
 
 def _str_list(what: str, items: Iterable[str]) -> List[str]:
@@ -592,7 +592,7 @@ class Node:
         if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
             raise TypeError("handler_threads must be an int")
         if not 1 <= handler_threads <= 256:
-            raise ValueError(f"handler_threads must be 1..256, not {handler_threads}")
+            raise InvalidArgumentError(f"handler_threads must be 1..256, not {handler_threads}")
         if facts is not None and not isinstance(facts, Mapping):
             raise TypeError(f"facts must be a mapping of str to str, not {type(facts).__name__}")
         fact_dict: Dict[str, str] = dict(facts or {})
@@ -600,13 +600,13 @@ class Node:
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"facts must map str to str, not {type(k).__name__} to {type(v).__name__}")
         if max_payload is not None and (isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0):
-            raise ValueError("max_payload must be a positive int")
+            raise InvalidArgumentError("max_payload must be a positive int")
         limit_dict: Dict[str, int] = dict(limits or {})
         for limit_name, limit in limit_dict.items():
             if not isinstance(limit_name, str):
                 raise TypeError(f"limits must map str to int, not {type(limit_name).__name__}")
             if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-                raise ValueError(f"limit {limit_name!r} must be a positive int, not {limit!r}")
+                raise InvalidArgumentError(f"limit {limit_name!r} must be a positive int, not {limit!r}")
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
         self._lock = threading.Lock()

@@ -10,7 +10,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile, SecretKey};
 
-use crate::errors::{check, to_py, value_error};
+use crate::errors::{check, config_error, to_py, value_error};
 use crate::handlers::{Pool, Work};
 use crate::{convert, wait};
 
@@ -249,14 +249,14 @@ impl NativeNode {
         cfg.collect_facts = collect_facts;
         cfg.profile = profile
             .parse::<Profile>()
-            .map_err(|_| value_error(format!("profile {profile:?} is not lan, wan or local")))?;
+            .map_err(|_| config_error(format!("profile {profile:?} is not lan, wan or local")))?;
         cfg.cluster_label = label.unwrap_or_default();
         if let Some(k) = key {
             cfg.keyring = Some(Keyring::new(secret(k)?));
         }
         if let Some(mode) = encryption {
             cfg.encryption = mode.parse::<Encryption>().map_err(|_| {
-                value_error(format!(
+                config_error(format!(
                     "encryption {mode:?} is not accept, send or require"
                 ))
             })?;

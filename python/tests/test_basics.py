@@ -269,3 +269,23 @@ def test_snapshots_pickle_copy_and_hash() -> None:
     assert dataclasses.asdict(member)["facts"] == {"rack": "r1"}
     assert member.facts["rack"] == "r1" and dict(member.facts) == {"rack": "r1"}
     node.close()
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [
+        ({"key": "zz"}, pytribe.InvalidArgumentError),
+        ({"bind": "nope"}, pytribe.InvalidArgumentError),
+        ({"max_payload": -1}, pytribe.InvalidArgumentError),
+        ({"handler_threads": 0}, pytribe.InvalidArgumentError),
+        ({"profile": "bogus"}, pytribe.ConfigError),
+        ({"key": pytribe.keygen(), "encryption": "loud"}, pytribe.ConfigError),
+    ],
+)
+def test_bad_config_values_raise_the_library_errors(kwargs: dict, error: type) -> None:
+    # One `except pytribe.TribeError` (or ValueError) catches them all,
+    # each with its code, as the same values give in C and Go.
+    with pytest.raises(error) as e:
+        pytribe.Node("bad-config", **kwargs)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, pytribe.TribeError)
+    assert e.value.code == error.error_code
