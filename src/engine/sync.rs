@@ -758,10 +758,17 @@ impl Engine {
         // it without a log line every few seconds.
         if self.join_attempts >= 2 && self.join_attempts.is_power_of_two() {
             let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
+            // Seeds that refuse this node's streams look like silent ones
+            // from here: name the usual reasons.
+            let hint = if self.keyring.is_none() {
+                "not reachable, or the tribe is encrypted and this node has no key"
+            } else {
+                "not reachable, or they hold other keys or another --label"
+            };
             tracing::warn!(
                 attempts = self.join_attempts - 1,
                 seeds = %list.join(", "),
-                "no seed has answered yet; still trying"
+                "no seed has answered yet ({hint}); still trying"
             );
         }
         for seed in seeds {
