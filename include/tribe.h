@@ -1008,7 +1008,8 @@ uint32_t tribe_node_set_encryption(const struct tribe_node *node,
  * API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key
  * (plaintext: for tests only), 2 runtime threads. `*out` receives an owned
  * config: free it with `tribe_config_free`, also after a start used it.
- * The name is checked at start. Does not block.
+ * A name that breaks the naming rules is `TRIBE_INVALID_NAME` at once (see
+ * `tribe_name_check`), and no config is made. Does not block.
  */
 uint32_t tribe_config_new(const char *name,
                           struct tribe_config **out,

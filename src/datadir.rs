@@ -36,15 +36,14 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| Error::Config(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(DirLock { _lock: lock }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Config(format!(
             "data dir {} is in use by another node",
             dir.display()
         ))),
-        Err((_, e)) => Err(Error::Config(format!(
-            "cannot lock {}: {e}",
+        Err((_, e)) => Err(Error::Io(format!("cannot lock {}: {e}",
             path.display()
         ))),
     }
@@ -62,7 +61,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(dir)
-                .map_err(|e| Error::Config(format!("cannot read data dir {}: {e}", dir.display())))?
+                .map_err(|e| Error::Io(format!("cannot read data dir {}: {e}", dir.display())))?
                 .permissions()
                 .mode();
             if mode & 0o002 != 0 {
@@ -82,7 +81,7 @@ pub fn prepare(dir: &Path) -> Result<()> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .map_err(|e| Error::Config(format!("cannot create data dir {}: {e}", dir.display())))
+        .map_err(|e| Error::Io(format!("cannot create data dir {}: {e}", dir.display())))
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -98,8 +97,7 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read {}: {e}",
+            return Err(Error::Io(format!("cannot read {}: {e}",
                 path.display()
             )))
         }
@@ -111,7 +109,7 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
         )));
     }
     let text = std::fs::read(&path)
-        .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))?;
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_slice(&text).map(Some).map_err(|e| {
         Error::Config(format!(
             "{} is not a valid state file ({e}); remove it to start afresh",
@@ -195,8 +193,7 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => {
-            return Err(Error::Config(format!(
-                "cannot read {}: {e}",
+            return Err(Error::Io(format!("cannot read {}: {e}",
                 path.display()
             )))
         }
@@ -263,8 +260,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
                 // Kept at once: a crash before the first save must not
                 // bring the old primary back.
                 save_keyring(dir, &kept).map_err(|e| {
-                    Error::Config(format!(
-                        "cannot write {}: {e}",
+                    Error::Io(format!("cannot write {}: {e}",
                         dir.join(KEYRING_FILE).display()
                     ))
                 })?;
@@ -277,8 +273,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
         let id = configured.primary_id().to_string();
         if last != Some(id.as_str()) {
             write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()).map_err(|e| {
-                Error::Config(format!(
-                    "cannot write {}: {e}",
+                Error::Io(format!("cannot write {}: {e}",
                     dir.join(CONFIGURED_KEY_FILE).display()
                 ))
             })?;

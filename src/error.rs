@@ -173,7 +173,7 @@ pub enum Error {
     /// The node is shutting down or has stopped.
     #[error("the node is shutting down")]
     ShuttingDown,
-    /// A socket could not be bound or used.
+    /// A socket or a file could not be used.
     #[error("i/o error: {0}")]
     Io(String),
     /// The configuration is inconsistent.

@@ -289,3 +289,11 @@ def test_bad_config_values_raise_the_library_errors(kwargs: dict, error: type) -
         pytribe.Node("bad-config", **kwargs)
     assert isinstance(e.value, ValueError) and isinstance(e.value, pytribe.TribeError)
     assert e.value.code == error.error_code
+
+
+def test_a_data_dir_that_cannot_be_made_is_an_io_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    with pytest.raises(pytribe.TribeIOError) as e:
+        pytribe.Node("no-dir", data_dir=str(not_a_dir / "sub"))
+    assert isinstance(e.value, OSError) and e.value.code == "io"

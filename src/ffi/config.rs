@@ -105,7 +105,8 @@ fn address(text: &str, what: &str) -> Result<SocketAddr, FfiError> {
 /// API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key
 /// (plaintext: for tests only), 2 runtime threads. `*out` receives an owned
 /// config: free it with `tribe_config_free`, also after a start used it.
-/// The name is checked at start. Does not block.
+/// A name that breaks the naming rules is `TRIBE_INVALID_NAME` at once (see
+/// `tribe_name_check`), and no config is made. Does not block.
 #[no_mangle]
 pub extern "C" fn tribe_config_new(
     name: *const c_char,
@@ -115,6 +116,7 @@ pub extern "C" fn tribe_config_new(
     ffi_call!(err, {
         let out = cast::out(out, "out")?;
         let name = cast::text(name, "name")?;
+        crate::names::check("node name", name)?;
         let pending = Pending {
             config: Config::new(name),
             keys: Vec::new(),

@@ -82,10 +82,11 @@ static void config_misuse(void) {
             tribe_config_free(cfg);
         }
     }
-    /* A bad node name is refused at start. */
-    EXPECT(TRIBE_OK, tribe_config_new("bad name with spaces", &cfg, &err));
-    EXPECT(TRIBE_INVALID_NAME, tribe_node_start(cfg, &node, &err));
-    tribe_config_free(cfg);
+    /* A bad node name is refused at once; no config is made. */
+    cfg = NULL;
+    EXPECT(TRIBE_INVALID_NAME, tribe_config_new("bad name with spaces", &cfg, &err));
+    CHECK(cfg == NULL);
+    EXPECT(TRIBE_INVALID_NAME, tribe_config_new("", &cfg, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_start(NULL, &node, &err));
     /* A NULL `out` is refused, and the config is consumed all the same. */
     EXPECT(TRIBE_OK, tribe_config_new("unstarted", &cfg, &err));

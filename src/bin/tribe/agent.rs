@@ -73,6 +73,7 @@ pub struct AgentArgs {
         require_equals = true,
         default_missing_value = "true",
         value_name = "BOOL",
+        hide_possible_values = true,
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     log_json: Option<bool>,
@@ -99,6 +100,7 @@ pub struct AgentArgs {
         require_equals = true,
         default_missing_value = "true",
         value_name = "BOOL",
+        hide_possible_values = true,
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     insecure_plaintext: Option<bool>,
