@@ -43,9 +43,7 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
             "data dir {} is in use by another node",
             dir.display()
         ))),
-        Err((_, e)) => Err(Error::Io(format!("cannot lock {}: {e}",
-            path.display()
-        ))),
+        Err((_, e)) => Err(Error::Io(format!("cannot lock {}: {e}", path.display()))),
     }
 }
 
@@ -96,11 +94,7 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::Io(format!("cannot read {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     };
     if meta.len() > MAX_STATE_FILE {
         return Err(Error::Config(format!(
@@ -158,7 +152,8 @@ struct KeyringFile {
 }
 
 /// Writes the keyring (file mode 0600). Keys the file held and `ring`
-/// does not were removed: their ids are remembered (see [`KeyringFile`]).
+/// does not were removed: their ids are remembered (the last 64), so a
+/// restart never installs them again from a key file.
 pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
     let ids = ring.ids();
     let mut removed = Vec::new();
@@ -192,11 +187,7 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let text = match std::fs::read(&path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(Error::Io(format!("cannot read {}: {e}",
-                path.display()
-            )))
-        }
+        Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     };
     let bad = |why: String| {
         Error::Config(format!(
@@ -260,7 +251,8 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
                 // Kept at once: a crash before the first save must not
                 // bring the old primary back.
                 save_keyring(dir, &kept).map_err(|e| {
-                    Error::Io(format!("cannot write {}: {e}",
+                    Error::Io(format!(
+                        "cannot write {}: {e}",
                         dir.join(KEYRING_FILE).display()
                     ))
                 })?;
@@ -273,7 +265,8 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
         let id = configured.primary_id().to_string();
         if last != Some(id.as_str()) {
             write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()).map_err(|e| {
-                Error::Io(format!("cannot write {}: {e}",
+                Error::Io(format!(
+                    "cannot write {}: {e}",
                     dir.join(CONFIGURED_KEY_FILE).display()
                 ))
             })?;
