@@ -157,13 +157,22 @@ struct KeyringFile {
 pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
     let ids = ring.ids();
     let mut removed = Vec::new();
-    if let Ok(Some((before, mut was_removed))) = read_keyring_file(dir) {
-        was_removed.extend(before.ids());
-        for id in was_removed {
-            if !ids.contains(&id) && !removed.contains(&id) {
-                removed.push(id);
+    match read_keyring_file(dir) {
+        Ok(Some((before, mut was_removed))) => {
+            was_removed.extend(before.ids());
+            for id in was_removed {
+                if !ids.contains(&id) && !removed.contains(&id) {
+                    removed.push(id);
+                }
             }
         }
+        Ok(None) => {}
+        // Written over, the memory of removed keys would be lost: the
+        // caller tries again (the runtime each second).
+        Err(Error::Io(e)) => return Err(std::io::Error::other(e)),
+        // Not a keyring file any more (edited by hand): the ring in use is
+        // what counts; what the file remembered is gone with it.
+        Err(e) => tracing::warn!(error = %e, "rewriting a keyring file that could not be read"),
     }
     let skip = removed.len().saturating_sub(MAX_REMOVED_IDS);
     let file = KeyringFile {
@@ -203,11 +212,19 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
         let key = SecretKey::from_base64(k).map_err(|e| bad(e.to_string()))?;
         ring.install(key).map_err(|e| bad(e.to_string()))?;
     }
+    // Only a memory that hardens revocation: an entry spoilt by hand is
+    // left out, not a reason to refuse the keys.
     let removed = file
         .removed
         .iter()
-        .map(|id| id.parse::<KeyId>().map_err(|e| bad(e.to_string())))
-        .collect::<Result<Vec<_>>>()?;
+        .filter_map(|id| match id.parse::<KeyId>() {
+            Ok(id) => Some(id),
+            Err(_) => {
+                tracing::warn!(file = %path.display(), "an entry of `removed` is not a key id (8 hex digits); left out");
+                None
+            }
+        })
+        .collect();
     Ok(Some((ring, removed)))
 }
 
@@ -443,6 +460,14 @@ mod tests {
         save_keyring(&dir, &again).unwrap();
         let (_, removed) = read_keyring_file(&dir).unwrap().unwrap();
         assert!(removed.is_empty(), "{removed:?}");
+        // An entry spoilt by hand is left out; the keys are still read.
+        let text = std::fs::read_to_string(dir.join(KEYRING_FILE)).unwrap();
+        let spoilt = text.replace("\"removed\": []", "\"removed\": [\"zz\", \"0000abcd\"]");
+        assert_ne!(spoilt, text);
+        std::fs::write(dir.join(KEYRING_FILE), spoilt).unwrap();
+        let (ring, removed) = read_keyring_file(&dir).unwrap().unwrap();
+        assert_eq!(ring.primary_id(), again.primary_id());
+        assert_eq!(removed, vec!["0000abcd".parse().unwrap()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

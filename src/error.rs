@@ -253,7 +253,6 @@ fn where_unknown(tribe: &str) -> String {
     }
 }
 
-/// Which members refused a call as they stopped serving its plugin.
 /// How [`Error::NoProvider`] names the kind and version a call asked for.
 pub(crate) fn wanted(kind: crate::PluginKind, version: Option<&str>) -> String {
     match version {
@@ -262,6 +261,7 @@ pub(crate) fn wanted(kind: crate::PluginKind, version: Option<&str>) -> String {
     }
 }
 
+/// Which members refused a call as they stopped serving its plugin.
 fn stopping_note(stopping: &[String]) -> String {
     match stopping {
         [] => String::new(),

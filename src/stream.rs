@@ -78,7 +78,7 @@ pub enum Refusal {
     PeerNotSealing,
     /// A frame failed authentication (tampered, replayed, reordered, or
     /// another cluster's label).
-    #[error("a frame failed authentication: the peer runs with another cluster label (--label), or the frame was tampered with, replayed or reordered")]
+    #[error("a frame failed authentication: the peer runs with another cluster label, or the frame was tampered with, replayed or reordered")]
     Auth,
     /// The peer did not finish setting the stream up in time.
     #[error("the peer did not finish the stream setup in time")]

@@ -55,7 +55,7 @@ pub enum WireError {
     #[error("sealed with key {0}, which this node does not hold")]
     UnknownKey(KeyId),
     /// Sealed, but authentication failed (tampered, or another cluster's label).
-    #[error("authentication failed: the sender runs with another cluster label (--label), or the datagram was tampered with")]
+    #[error("authentication failed: the sender runs with another cluster label, or the datagram was tampered with")]
     Auth,
     /// Another cluster's label.
     #[error("cluster label mismatch")]

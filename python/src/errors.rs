@@ -1,6 +1,6 @@
 //! `tribe::Error` → the Python exception hierarchy of `pytribe._errors`.
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyTuple};
@@ -77,16 +77,14 @@ fn build(py: Python<'_>, e: &tribe::Error) -> PyResult<PyErr> {
 }
 
 /// A bad value: `InvalidArgumentError` (a `ValueError`), as the library's
-/// own checks raise, so one `except` catches both.
+/// own checks raise, so one `except` catches both; a plain `ValueError`
+/// should the package's error module be unusable.
 pub(crate) fn value_error(msg: impl Into<String>) -> PyErr {
     let msg = msg.into();
-    Python::attach(|py| to_py(py, tribe::Error::InvalidArgument(msg)))
-}
-
-/// A configuration the library would refuse: `ConfigError` (a `ValueError`).
-pub(crate) fn config_error(msg: impl Into<String>) -> PyErr {
-    let msg = msg.into();
-    Python::attach(|py| to_py(py, tribe::Error::Config(msg)))
+    Python::attach(|py| {
+        let e = tribe::Error::InvalidArgument(msg);
+        build(py, &e).unwrap_or_else(|_| PyValueError::new_err(e.to_string()))
+    })
 }
 
 /// Maps a `tribe::Result` to a `PyResult`.

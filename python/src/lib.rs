@@ -129,7 +129,7 @@ fn keygen() -> String {
 #[pyfunction]
 fn key_id(key: &str) -> PyResult<String> {
     let key = tribe::SecretKey::from_base64(key.trim())
-        .map_err(|e| pyo3::exceptions::PyValueError::new_err(e.to_string()))?;
+        .map_err(|e| crate::errors::value_error(e.to_string()))?;
     Ok(key.id().to_string())
 }
 

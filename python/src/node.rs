@@ -5,12 +5,12 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tribe::{CallTarget, Config, Encryption, KeyId, Keyring, PluginKind, Profile, SecretKey};
 
-use crate::errors::{check, config_error, to_py, value_error};
+use crate::errors::{check, to_py, value_error};
 use crate::handlers::{Pool, Work};
 use crate::{convert, wait};
 
@@ -117,7 +117,7 @@ fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
             .unwrap_or_else(|_| "?".into());
         if type_name == "memoryview" {
             // A released view, or one whose buffer cannot be read.
-            return PyValueError::new_err("payload is a memoryview that was released");
+            return value_error("payload is a memoryview that was released");
         }
         PyTypeError::new_err(format!(
             "payload must be bytes, bytearray or memoryview, not {type_name}"
@@ -247,19 +247,14 @@ impl NativeNode {
         }
         cfg.facts = facts;
         cfg.collect_facts = collect_facts;
-        cfg.profile = profile
-            .parse::<Profile>()
-            .map_err(|_| config_error(format!("profile {profile:?} is not lan, wan or local")))?;
+        // The library's own errors, as C and Go get for the same values.
+        cfg.profile = check(py, profile.parse::<Profile>())?;
         cfg.cluster_label = label.unwrap_or_default();
         if let Some(k) = key {
             cfg.keyring = Some(Keyring::new(secret(k)?));
         }
         if let Some(mode) = encryption {
-            cfg.encryption = mode.parse::<Encryption>().map_err(|_| {
-                config_error(format!(
-                    "encryption {mode:?} is not accept, send or require"
-                ))
-            })?;
+            cfg.encryption = check(py, mode.parse::<Encryption>())?;
         }
         cfg.data_dir = data_dir;
         if encryption.is_some() && cfg.keyring.is_none() && cfg.data_dir.is_none() {
@@ -509,11 +504,7 @@ impl NativeNode {
     }
 
     fn set_encryption(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
-        let mode = mode.parse::<Encryption>().map_err(|_| {
-            value_error(format!(
-                "encryption {mode:?} is not accept, send or require"
-            ))
-        })?;
+        let mode = check(py, mode.parse::<Encryption>())?;
         self.command(py, self.node.set_encryption(mode))
     }
 

@@ -279,7 +279,7 @@ def test_snapshots_pickle_copy_and_hash() -> None:
         ({"max_payload": -1}, pytribe.InvalidArgumentError),
         ({"handler_threads": 0}, pytribe.InvalidArgumentError),
         ({"profile": "bogus"}, pytribe.ConfigError),
-        ({"key": pytribe.keygen(), "encryption": "loud"}, pytribe.ConfigError),
+        ({"key": pytribe.keygen(), "encryption": "loud"}, pytribe.InvalidArgumentError),
     ],
 )
 def test_bad_config_values_raise_the_library_errors(kwargs: dict, error: type) -> None:
@@ -289,6 +289,14 @@ def test_bad_config_values_raise_the_library_errors(kwargs: dict, error: type) -
         pytribe.Node("bad-config", **kwargs)
     assert isinstance(e.value, ValueError) and isinstance(e.value, pytribe.TribeError)
     assert e.value.code == error.error_code
+
+
+def test_a_bad_key_or_mode_is_an_invalid_argument_everywhere() -> None:
+    with pytest.raises(pytribe.InvalidArgumentError):
+        pytribe.key_id("zz")
+    with start("modes", key=pytribe.keygen()) as node:
+        with pytest.raises(pytribe.InvalidArgumentError):
+            node.set_encryption("loud")
 
 
 def test_a_data_dir_that_cannot_be_made_is_an_io_error(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -88,7 +88,9 @@ impl Shared {
                 .is_none_or(|t| self.now_ms.saturating_sub(t) >= INVALID_LOG_EVERY_MS);
             if due {
                 self.invalid_logged_ms = Some(self.now_ms);
-                tracing::warn!(writer = %entry.version.node, "a record from a peer was refused ({e}); the last valid one is kept");
+                // The writer's name may be what is wrong: quoted, and cut.
+                let writer: String = entry.version.node.chars().take(64).collect();
+                tracing::warn!(writer = ?writer, "a record from a peer was refused ({e}); the last valid one is kept");
             }
             return false;
         }

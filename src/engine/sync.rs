@@ -761,9 +761,9 @@ impl Engine {
             // Seeds that refuse this node's streams look like silent ones
             // from here: name the usual reasons.
             let hint = if self.keyring.is_none() {
-                "not reachable, or the tribe is encrypted and this node has no key"
+                "not reachable, or the tribe is encrypted and this node has no key, or they run with another cluster label"
             } else {
-                "not reachable, or they hold other keys or another --label"
+                "not reachable, or they hold other keys or run with another cluster label"
             };
             tracing::warn!(
                 attempts = self.join_attempts - 1,

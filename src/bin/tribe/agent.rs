@@ -402,18 +402,30 @@ fn warn_if_shared(path: &std::path::Path) {
 /// taken as a log target and silence every log (a typo such as `warnn`).
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
-fn init_logging(level: &str, json: bool) -> Result<(), String> {
+/// Refuses a bare word that is not a level (`warnn`); directives with a
+/// target, empty ones and numeric levels pass.
+fn check_log_level(level: &str) -> Result<(), String> {
     for directive in level.split(',').map(str::trim) {
-        let bare = !directive.contains('=') && !directive.contains("::");
-        if bare && !LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str()) {
+        let bare = !directive.is_empty() && !directive.contains('=') && !directive.contains("::");
+        let is_level = LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+            || directive
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_ok();
+        if bare && !is_level {
             return Err(format!(
-                "--log-level {level:?}: {directive:?} is not a level ({}) nor a target=level directive",
+                "--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {directive:?} is not a \
+                 level ({}) nor a target=level directive",
                 LOG_LEVELS.join(", ")
             ));
         }
     }
+    Ok(())
+}
+
+fn init_logging(level: &str, json: bool) -> Result<(), String> {
+    check_log_level(level)?;
     let filter = tracing_subscriber::EnvFilter::try_new(level)
-        .map_err(|e| format!("--log-level {level:?}: {e}"))?;
+        .map_err(|e| format!("--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {e}"))?;
     // Colours only for a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -529,5 +541,29 @@ fn log_event(event: &Event) {
     match event {
         Event::PolicyError { .. } => tracing::warn!(?event, "policy error"),
         _ => tracing::info!(?event, "event"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_log_level;
+
+    #[test]
+    fn a_log_level_is_a_level_or_a_directive() {
+        for good in [
+            "info",
+            "WARN",
+            "off",
+            "3",
+            "tribe=debug,",
+            "warn,tribe::rpc=trace",
+            "",
+        ] {
+            assert!(check_log_level(good).is_ok(), "{good:?}");
+        }
+        for bad in ["warnn", "loud", "info,verbose"] {
+            let err = check_log_level(bad).unwrap_err();
+            assert!(err.contains("is not a level"), "{bad:?}: {err}");
+        }
     }
 }
