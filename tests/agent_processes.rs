@@ -605,19 +605,16 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     // fails); a key file of two lines is named as such.
     let key_file = dir.join("agent.key");
     std::fs::write(&key_file, tribe::SecretKey::generate().to_base64()).unwrap();
-    let out = Command::new(TRIBE)
-        .args([
-            "agent",
-            "--name",
-            "x",
-            "--key-file",
-            key_file.to_str().unwrap(),
-        ])
-        .args(["--encryption", "loud"])
-        .env("TRIBE_KEY", "not a key")
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let agent_with_key_file = |file: &std::path::Path, more: &[&str]| {
+        let out = Command::new(TRIBE)
+            .args(["agent", "--name", "x", "--key-file", file.to_str().unwrap()])
+            .args(more)
+            .env("TRIBE_KEY", "not a key")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = agent_with_key_file(&key_file, &["--encryption", "loud"]);
     assert!(err.contains("tribe: --encryption"), "{err}");
     let two_lines = dir.join("two.key");
     std::fs::write(
@@ -625,17 +622,7 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
         format!("{0}\n{0}\n", tribe::SecretKey::generate().to_base64()),
     )
     .unwrap();
-    let out = Command::new(TRIBE)
-        .args([
-            "agent",
-            "--name",
-            "x",
-            "--key-file",
-            two_lines.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = agent_with_key_file(&two_lines, &[]);
     assert!(err.contains("more than one line"), "{err}");
     // A flag's fact keeps its commas (the later bad profile is what fails);
     // a misspelt log level is refused rather than silencing every log.
