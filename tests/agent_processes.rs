@@ -624,6 +624,17 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     .unwrap();
     let err = agent_with_key_file(&two_lines, &[]);
     assert!(err.contains("more than one line"), "{err}");
+    // Environment variables that are not UTF-8 are refused, not ignored.
+    let out = Command::new(TRIBE)
+        .args(["agent", "--name", "x"])
+        .env(
+            "TRIBE_FACT",
+            <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"rack=\xff"),
+        )
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("TRIBE_FACT is not valid UTF-8"), "{err}");
     // A flag's fact keeps its commas (the later bad profile is what fails);
     // a misspelt log level is refused rather than silencing every log.
     for (args, blamed) in [

@@ -189,7 +189,10 @@ impl Engine {
         if changes.is_empty() {
             return;
         }
-        for (key, value) in changes {
+        // Removals first: each frees a place a kept fact may need.
+        let (removals, sets): (Vec<_>, Vec<_>) =
+            changes.into_iter().partition(|(_, value)| value.is_none());
+        for (key, value) in removals.into_iter().chain(sets) {
             match &value {
                 Some(v) if crate::facts::validate_fact(&key, v).is_err() => {
                     tracing::warn!(fact = %key, "a kept fact is not valid; dropped");
@@ -225,6 +228,8 @@ mod tests {
 
     fn engine(facts: &[(&str, &str)]) -> Engine {
         let mut cfg = Config::new("keeper");
+        // No host facts are handed in below: none count against the cap.
+        cfg.collect_facts = false;
         for (k, v) in facts {
             cfg.facts.insert(k.to_string(), v.to_string());
         }
@@ -273,6 +278,28 @@ mod tests {
         let changes = again.durable().fact_changes;
         assert_eq!(changes.len(), 1, "{changes:?}");
         assert_eq!(again.merged_facts().get("role").map(String::as_str), Some("db"));
+    }
+
+    /// A kept removal frees its place for a kept fact, whatever their keys'
+    /// order.
+    #[test]
+    fn a_kept_removal_frees_a_place_for_a_kept_fact() {
+        let max = crate::records::limits::MAX_FACTS;
+        let mut names: Vec<String> = (0..max - 1).map(|i| format!("f{i:03}")).collect();
+        names.push("zzz".into());
+        let configured: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "x")).collect();
+        let mut again = engine(&configured);
+        let kept = Durable {
+            fact_changes: [("aaa".to_string(), Some("1".to_string())), ("zzz".to_string(), None)]
+                .into_iter()
+                .collect(),
+            ..Durable::default()
+        };
+        again.restore(3_000, kept);
+        let facts = again.merged_facts();
+        assert_eq!(facts.get("aaa").map(String::as_str), Some("1"), "{}", facts.len());
+        assert!(!facts.contains_key("zzz"));
+        assert_eq!(facts.len(), max);
     }
 
     /// Kept facts never take a restarted node past the limit of facts a

@@ -218,7 +218,13 @@ impl AgentArgs {
         // Commas split facts only in the environment variable: a flag's
         // value may hold them (`--fact ports=80,443`).
         let (flag_facts, fact_source) = if self.facts.is_empty() {
-            let listed = std::env::var("TRIBE_FACT").unwrap_or_default();
+            let listed = match std::env::var("TRIBE_FACT") {
+                Ok(listed) => listed,
+                Err(std::env::VarError::NotPresent) => String::new(),
+                Err(std::env::VarError::NotUnicode(_)) => {
+                    return Err("TRIBE_FACT is not valid UTF-8".into())
+                }
+            };
             let facts = listed
                 .split(',')
                 .map(str::trim)
@@ -271,7 +277,13 @@ impl AgentArgs {
         // The first place that names a key gives it: flags, then the
         // environment, then the file (a key and a key file in one place
         // contradict each other).
-        let env_key = std::env::var("TRIBE_KEY").ok().filter(|k| !k.is_empty());
+        let env_key = match std::env::var("TRIBE_KEY") {
+            Ok(key) => Some(key).filter(|k| !k.is_empty()),
+            Err(std::env::VarError::NotPresent) => None,
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err("TRIBE_KEY is not valid UTF-8".into())
+            }
+        };
         let env_key_file = std::env::var_os("TRIBE_KEY_FILE")
             .filter(|f| !f.is_empty())
             .map(PathBuf::from);
