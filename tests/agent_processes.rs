@@ -300,6 +300,8 @@ fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() 
     // `remove` and `list` are the other verbs' names for `rm` and `ls`.
     cli_ok(a1, &["policy", "add", "spare", "core", "true"]);
     cli_ok(a1, &["policy", "remove", "spare"]);
+    cli_ok(a1, &["tribe", "create", "scratch"]);
+    cli_ok(a1, &["tribe", "rm", "scratch"]);
     let policies = cli_json(a1, &["policy", "list"]);
     assert_eq!(policies.as_array().unwrap().len(), 2, "{policies}");
 

@@ -38,6 +38,7 @@ pub enum TribeCmd {
         tribe: String,
     },
     /// Delete a tribe with its catalog, memberships and the policies that target it.
+    #[command(visible_aliases = ["rm", "remove"])]
     Delete {
         /// Tribe name.
         tribe: String,
