@@ -344,17 +344,7 @@ async fn keys_rotate_under_traffic_with_a_node_down_during_install_and_use() {
 /// member that never gets the key) is refused and changes nothing.
 /// `nodes[host]` serves `echo` in tribe `svc`, which every node sees.
 async fn serve_echo(nodes: &[Node], host: usize) -> CallTarget {
-    let h = &nodes[host];
-    h.create_tribe("svc").await.unwrap();
-    h.join("svc", h.name()).await.unwrap();
-    h.serve(
-        "echo",
-        "1",
-        PluginKind::Processor,
-        |_, p| async move { Ok(p) },
-    )
-    .await
-    .unwrap();
+    let echo = host_echo(&nodes[host]).await;
     wait_for("the endpoint seen", Duration::from_secs(20), || {
         nodes.iter().all(|n| {
             n.tribe("svc").is_some_and(|t| t.members.len() == 1)
@@ -362,7 +352,7 @@ async fn serve_echo(nodes: &[Node], host: usize) -> CallTarget {
         })
     })
     .await;
-    CallTarget::new("svc", "echo", PluginKind::Processor)
+    echo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

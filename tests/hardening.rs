@@ -128,18 +128,7 @@ async fn a_node_whose_name_was_taken_gets_it_back_when_the_impostor_stops() {
     let nodes = start_cluster("dup", 3, |_| {}).await;
     wait_converged_members(&nodes, 3).await;
     let victim = &nodes[2];
-    victim.create_tribe("svc").await.unwrap();
-    victim.join("svc", "dup2").await.unwrap();
-    victim
-        .serve(
-            "echo",
-            "1",
-            PluginKind::Processor,
-            |_, p| async move { Ok(p) },
-        )
-        .await
-        .unwrap();
-    let echo = tribe::CallTarget::new("svc", "echo", PluginKind::Processor);
+    let echo = host_echo(victim).await;
     let call = || nodes[0].call(&echo, b"hi".to_vec(), Duration::from_secs(1));
     wait_for("the endpoint seen", LONG, || {
         nodes[0].members().iter().any(|m| !m.endpoints.is_empty())

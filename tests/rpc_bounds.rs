@@ -27,16 +27,7 @@ async fn host_cluster(prefix: &str, n: usize, tweak: impl Fn(&mut tribe::Config)
     .await;
     wait_converged_members(&nodes, n).await;
     let host = &nodes[1];
-    host.create_tribe("svc").await.unwrap();
-    host.join("svc", host.name()).await.unwrap();
-    host.serve(
-        "echo",
-        "1",
-        PluginKind::Processor,
-        |_, payload| async move { Ok(payload) },
-    )
-    .await
-    .unwrap();
+    host_echo(host).await;
     host.serve("big", "1", PluginKind::Processor, |_, _| async move {
         Ok(vec![7u8; LIMIT + 1])
     })

@@ -366,9 +366,7 @@ impl Engine {
                 crate::facts::validate_fact(&key, &value)
                     .map_err(|e| Error::InvalidArgument(e.to_string()))?;
                 // Peers refuse a record with more facts (and keep the old one).
-                if !self.record.facts.contains_key(&key)
-                    && self.record.facts.len() >= crate::records::limits::MAX_FACTS
-                {
+                if self.over_fact_limit_with(&key) {
                     return Err(Error::InvalidArgument(format!(
                         "a node has at most {} facts, collected ones included",
                         crate::records::limits::MAX_FACTS

@@ -170,19 +170,6 @@ impl Engine {
 }
 
 impl Engine {
-    /// Whether setting fact `key` would give this node more facts than a
-    /// peer accepts in its record.
-    fn over_fact_limit_with(&self, key: &str) -> bool {
-        let only_collected = self
-            .collected_facts
-            .keys()
-            .filter(|k| !self.user_facts.contains_key(*k))
-            .count();
-        !self.user_facts.contains_key(key)
-            && !self.collected_facts.contains_key(key)
-            && self.user_facts.len() + only_collected >= crate::records::limits::MAX_FACTS
-    }
-
     /// Applies the fact commands of earlier runs over the configured facts
     /// (each checked again, as the file may have been edited).
     fn restore_facts(&mut self, changes: BTreeMap<String, Option<String>>) {

@@ -549,6 +549,19 @@ impl Engine {
         }
     }
 
+    /// Whether setting fact `key` would give this node more facts than a
+    /// peer accepts in its record (collected ones included).
+    fn over_fact_limit_with(&self, key: &str) -> bool {
+        let only_collected = self
+            .collected_facts
+            .keys()
+            .filter(|k| !self.user_facts.contains_key(*k))
+            .count();
+        !self.user_facts.contains_key(key)
+            && !self.collected_facts.contains_key(key)
+            && self.user_facts.len() + only_collected >= crate::records::limits::MAX_FACTS
+    }
+
     fn merged_facts(&self) -> crate::facts::Facts {
         let mut facts = self.collected_facts.clone();
         facts.extend(self.user_facts.clone());

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use tribe::{Config, Event, EventStream, Node, Profile};
+use tribe::{CallTarget, Config, Event, EventStream, Node, PluginKind, Profile};
 
 /// A config for fast local tests: `local` profile, quick anti-entropy.
 pub fn test_config(name: &str) -> Config {
@@ -158,4 +158,21 @@ pub async fn rotate_key(
         nodes.iter().all(|x| holders(x, old.id()).0 == 0)
     })
     .await;
+}
+
+/// Makes `node` the one member of a new tribe `svc` and serves there an
+/// `echo` processor (version 1) that answers with the payload; the target
+/// that calls it.
+pub async fn host_echo(node: &Node) -> CallTarget {
+    node.create_tribe("svc").await.unwrap();
+    node.join("svc", node.name()).await.unwrap();
+    node.serve(
+        "echo",
+        "1",
+        PluginKind::Processor,
+        |_, p| async move { Ok(p) },
+    )
+    .await
+    .unwrap();
+    CallTarget::new("svc", "echo", PluginKind::Processor)
 }

@@ -218,14 +218,8 @@ impl AgentArgs {
         // Commas split facts only in the environment variable: a flag's
         // value may hold them (`--fact ports=80,443`).
         let (flag_facts, fact_source) = if self.facts.is_empty() {
-            let listed = match std::env::var("TRIBE_FACT") {
-                Ok(listed) => listed,
-                Err(std::env::VarError::NotPresent) => String::new(),
-                Err(std::env::VarError::NotUnicode(_)) => {
-                    return Err("TRIBE_FACT is not valid UTF-8".into())
-                }
-            };
-            let facts = listed
+            let facts = env_text("TRIBE_FACT")?
+                .unwrap_or_default()
                 .split(',')
                 .map(str::trim)
                 .filter(|t| !t.is_empty())
@@ -277,13 +271,7 @@ impl AgentArgs {
         // The first place that names a key gives it: flags, then the
         // environment, then the file (a key and a key file in one place
         // contradict each other).
-        let env_key = match std::env::var("TRIBE_KEY") {
-            Ok(key) => Some(key).filter(|k| !k.is_empty()),
-            Err(std::env::VarError::NotPresent) => None,
-            Err(std::env::VarError::NotUnicode(_)) => {
-                return Err("TRIBE_KEY is not valid UTF-8".into())
-            }
-        };
+        let env_key = env_text("TRIBE_KEY")?.filter(|k| !k.is_empty());
         let env_key_file = std::env::var_os("TRIBE_KEY_FILE")
             .filter(|f| !f.is_empty())
             .map(PathBuf::from);
@@ -360,6 +348,16 @@ fn check_plaintext(config: &Config, insecure_plaintext: bool) -> Result<bool, St
              may read and forge, give --insecure-plaintext"
                 .into(),
         ),
+    }
+}
+
+/// An environment variable the agent reads itself (not through clap):
+/// absent is `None`, text that is not UTF-8 an error rather than ignored.
+fn env_text(name: &str) -> Result<Option<String>, String> {
+    match std::env::var(name) {
+        Ok(text) => Ok(Some(text)),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => Err(format!("{name} is not valid UTF-8")),
     }
 }
 
