@@ -444,8 +444,10 @@
 #define TRIBE_EVENT_LOG 21
 
 /**
- * Another identity claims this node's name (`tribe_event_json` has its
- * address and generation).
+ * Another identity uses this node's name, a second node started under it
+ * or a forgery (`tribe_event_json` has its address and generation). The
+ * one with the newer generation holds the name; the other keeps out of the
+ * cluster until the holder goes.
  */
 #define TRIBE_EVENT_IDENTITY_CLAIMED 22
 

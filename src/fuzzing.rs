@@ -174,7 +174,7 @@ pub fn gossip_delta(data: &[u8]) {
             "127.0.0.1:7946".parse().expect("a literal address"),
             1,
         ),
-        claims: Vec::new(),
+        claims: Default::default(),
         limits: crate::config::StateLimits::default(),
         tombstone_grace_ms: 3_600_000,
         accept_keyring_records: flags & 1 == 1,

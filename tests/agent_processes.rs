@@ -192,13 +192,18 @@ fn tribe_members(agent: &Agent, tribe: &str) -> Option<Vec<String>> {
     })
 }
 
-fn member_state(agent: &Agent, name: &str) -> Option<String> {
+/// One text field of the member `name` as `agent` sees it.
+fn member_field(agent: &Agent, name: &str, field: &str) -> Option<String> {
     get(agent, "/v1/members")
         .as_array()
         .unwrap()
         .iter()
         .find(|m| m["name"] == name)
-        .map(|m| m["state"].as_str().unwrap().to_string())
+        .map(|m| m[field].as_str().unwrap().to_string())
+}
+
+fn member_state(agent: &Agent, name: &str) -> Option<String> {
+    member_field(agent, name, "state")
 }
 
 fn alive(agent: &Agent) -> u64 {
@@ -1348,4 +1353,58 @@ fn stalled_admin_connections_do_not_lock_out_the_cli() {
         began.elapsed()
     );
     drop(stalled);
+}
+
+/// Where `agent` sees the member `name`.
+fn member_addr(agent: &Agent, name: &str) -> Option<String> {
+    member_field(agent, name, "addr")
+}
+
+/// A second agent started under a running agent's name (a copied config):
+/// the later one holds the name, steadily; the first keeps out with a
+/// renewal or two (it used to renew once a round trip until its generation
+/// passed the other's, then the two displaced each other many times a
+/// second), and has the name back once the second is killed.
+#[test]
+fn a_second_agent_under_a_running_agents_name_holds_it_and_the_first_gets_it_back() {
+    let dir = scratch_dir("dup");
+    let seed = start_agent(&dir, "seed", &[]);
+    let seed_addr = seed.gossip.to_string();
+    let first = start_agent(&dir, "twin", &args(&["--seed", &seed_addr]));
+    wait_for("the first twin", Duration::from_secs(30), || {
+        member_addr(&seed, "twin") == Some(first.gossip.to_string())
+    });
+    // Generations are start times in ms: two seconds apart.
+    std::thread::sleep(Duration::from_secs(2));
+    let copy_dir = dir.join("copy");
+    std::fs::create_dir_all(&copy_dir).unwrap();
+    let second = start_agent(&copy_dir, "twin", &args(&["--seed", &seed_addr]));
+    let held = second.gossip.to_string();
+    wait_for(
+        "the second twin holds the name",
+        Duration::from_secs(30),
+        || member_addr(&seed, "twin").as_deref() == Some(held.as_str()),
+    );
+    let log = || std::fs::read_to_string(dir.join("twin.log")).unwrap();
+    wait_for("the first twin keeps out", Duration::from_secs(30), || {
+        log().contains("keeps out of the cluster")
+    });
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(4) {
+        assert_eq!(
+            member_addr(&seed, "twin").as_deref(),
+            Some(held.as_str()),
+            "the name went back while the second twin runs"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let renewals = log().matches("rejoining with a new generation").count();
+    assert!(renewals <= 5, "the first twin renewed {renewals} times");
+    drop(second);
+    let back = first.gossip.to_string();
+    wait_for("the first twin back", Duration::from_secs(60), || {
+        member_addr(&seed, "twin").as_deref() == Some(back.as_str())
+            && member_state(&seed, "twin").as_deref() == Some("alive")
+    });
+    assert!(log().contains("taking it back"), "{}", log());
 }

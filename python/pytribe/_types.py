@@ -367,7 +367,11 @@ class PolicyFailed(Event):
 
 @dataclass(frozen=True)
 class IdentityClaimed(Event):
-    """Another identity claims this node's name with a generation that would displace it."""
+    """Another identity uses this node's name: a second node started under it, or a forgery.
+
+    The one with the newer generation holds the name; the other keeps out
+    of the cluster until the holder goes (see the README's Membership).
+    """
 
     kind: ClassVar[str] = "identity_claimed"
     addr: str

@@ -16,6 +16,7 @@ use foca::{Codec, Header, Member, Message, PostcardCodec};
 
 use super::delta::{lock, Shared};
 use super::identity::NodeId;
+use super::name_claims::Heard;
 
 /// Why a packet was not decoded.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,11 @@ pub enum GuardError {
     /// An identity in it was refused.
     #[error("identity refused: {0:?}")]
     Refused(NodeId),
+    /// It says this node is down while a live node elsewhere holds its
+    /// name, or right after a renewal: taken in, it would make this node
+    /// renew again (see [`super::name_claims`]).
+    #[error("a notice that this node is down, not taken now")]
+    KeepingOut,
 }
 
 /// A destination on the wire (see [`NodeId::dst_print`]).
@@ -52,8 +58,8 @@ impl GuardedCodec {
         }
     }
 
-    fn screen(&self, id: &NodeId) -> Result<(), GuardError> {
-        if lock(&self.shared).screen_identity(id) {
+    fn screen(&self, id: &NodeId, heard: Heard) -> Result<(), GuardError> {
+        if lock(&self.shared).screen_identity(id, heard) {
             Ok(())
         } else {
             Err(GuardError::Refused(id.clone()))
@@ -152,7 +158,10 @@ impl Codec<NodeId> for GuardedCodec {
         let used = remaining - rest.len();
         buf.advance(used);
         let (src, src_incarnation, print, message) = wire;
-        self.screen(&src)?;
+        self.screen(&src, Heard::Speaking)?;
+        if message == Message::TurnUndead && lock(&self.shared).deaf_to_down() {
+            return Err(GuardError::KeepingOut);
+        }
         Ok(Header {
             src,
             src_incarnation,
@@ -171,7 +180,14 @@ impl Codec<NodeId> for GuardedCodec {
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeId>, GuardError> {
         let member: Member<NodeId> = PostcardCodec.decode_member(buf)?;
-        self.screen(member.id())?;
+        let down = member.state() == foca::State::Down;
+        self.screen(member.id(), if down { Heard::Down } else { Heard::Listed })?;
+        if down {
+            let sh = lock(&self.shared);
+            if *member.id() == sh.own && sh.deaf_to_down() {
+                return Err(GuardError::KeepingOut);
+            }
+        }
         Ok(member)
     }
 }
@@ -195,7 +211,7 @@ mod tests {
             max_skew_ms: 60_000,
             cluster_offset_ms: 0,
             own,
-            claims: Vec::new(),
+            claims: Default::default(),
             limits: Default::default(),
             accept_keyring_records: false,
             invalid_logged_ms: None,

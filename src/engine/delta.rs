@@ -12,6 +12,7 @@ use crate::state::{SharedWrite, State};
 use crate::wire;
 
 use super::identity::NodeId;
+use super::name_claims::{Heard, NameClaims};
 
 /// A refused record is logged at most this often (always counted).
 const INVALID_LOG_EVERY_MS: u64 = 10_000;
@@ -37,8 +38,8 @@ pub struct Shared {
     pub cluster_offset_ms: i64,
     /// Our current SWIM identity, to tell claims on our name apart.
     pub own: NodeId,
-    /// Identities claiming our name that would displace us, not yet handled.
-    pub claims: Vec<NodeId>,
+    /// What was heard of other identities under our name.
+    pub claims: NameClaims,
     /// Caps per kind of record.
     pub limits: crate::config::StateLimits,
     /// Tombstones older than this are not taken back in.
@@ -135,27 +136,34 @@ impl Shared {
         self.reference_ms().saturating_add(self.max_skew_ms)
     }
 
-    /// Screens an identity heard from a peer: false refuses it (and the
-    /// packet or message carrying it). Refused are generations beyond the
-    /// clock horizon (a forged `u64::MAX` would win every conflict for that
-    /// name) and identities that would displace ours; the latter are kept in
-    /// `claims` for the engine to report and answer.
-    pub fn screen_identity(&mut self, id: &NodeId) -> bool {
+    /// Screens an identity heard from a peer (`heard` says how): false
+    /// refuses it (and the packet or message carrying it). Refused are
+    /// generations beyond the clock horizon (a forged `u64::MAX` would win
+    /// every conflict for that name) and identities that would displace
+    /// ours; the latter are kept in `claims` for the engine to report and
+    /// answer (see [`super::name_claims`]).
+    pub fn screen_identity(&mut self, id: &NodeId, heard: Heard) -> bool {
         if id.generation > self.horizon_ms() {
             self.counters.identities_refused += 1;
             return false;
         }
-        if id.name == self.own.name
-            && *id != self.own
-            && foca::Identity::win_addr_conflict(id, &self.own)
-        {
+        if id.name == self.own.name && *id != self.own && self.claims.note(id, &self.own, heard) {
             self.counters.identity_claims += 1;
-            if !self.claims.contains(id) && self.claims.len() < 64 {
-                self.claims.push(id.clone());
-            }
             return false;
         }
         true
+    }
+
+    /// Whether this node keeps out because a live node elsewhere holds
+    /// its name (see [`super::name_claims`]).
+    pub fn keeping_out(&self) -> bool {
+        self.claims.keeping_out(self.now_ms)
+    }
+
+    /// Whether a "you are down" notice about our identity is dropped
+    /// (see [`super::name_claims::RENEW_QUIET_MS`]).
+    pub fn deaf_to_down(&self) -> bool {
+        self.claims.deaf_to_down(self.now_ms)
     }
 }
 

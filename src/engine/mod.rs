@@ -11,6 +11,7 @@ pub mod durable;
 mod identity;
 pub mod keys;
 mod members;
+mod name_claims;
 mod news;
 mod preload;
 mod reconcile;
@@ -267,7 +268,7 @@ impl Engine {
             max_skew_ms: u64::try_from(cfg.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
             cluster_offset_ms: 0,
             own: id.clone(),
-            claims: Vec::new(),
+            claims: Default::default(),
             limits: cfg.limits,
             accept_keyring_records: cfg.keyring.is_some()
                 && cfg.encryption == crate::config::Encryption::Require,
@@ -570,6 +571,11 @@ impl Engine {
 
     /// Writes our own node record (facts, policy tribes, endpoints, left).
     fn publish_record(&mut self) {
+        // While another node holds our name, its record is the one under
+        // it; ours goes out when the name is back (see `name_claims`).
+        if lock(&self.shared).keeping_out() {
+            return;
+        }
         let value = crate::records::Value::Node(self.record.clone());
         self.write(Key::Node(self.name.clone()), Some(value));
     }
@@ -699,11 +705,18 @@ impl Engine {
                 }
             }
             OwnedNotification::Rejoin(id) => {
-                lock(&self.shared).own = id.clone();
+                {
+                    let mut sh = lock(&self.shared);
+                    sh.own = id.clone();
+                    sh.claims.quiet_until_ms = now.saturating_add(name_claims::RENEW_QUIET_MS);
+                }
                 tracing::info!(
                     generation = id.generation,
                     "rejoining with a new generation"
                 );
+                // "You are down" never says why: a whole exchange names a
+                // node holding this name, if one does.
+                self.ask_for_members();
             }
             OwnedNotification::Defunct => {}
         }

@@ -8,6 +8,7 @@ use crate::policy_set::{PolicyInput, PolicyOutcome, PolicyRequest, PolicyResults
 use crate::records::{Key, PluginRecord, TaskRecord, TribeRecord, Value};
 
 use super::delta::lock;
+use super::name_claims;
 use super::view::{Membership, PluginEntry, Task, View};
 use super::{Engine, Output};
 
@@ -92,9 +93,13 @@ pub enum Event {
         /// Why.
         reason: String,
     },
-    /// Another identity claims this node's name with a generation that
-    /// would displace it (a second node under the same name, or a forgery).
-    /// This node answers with a newer generation when its clock allows.
+    /// Another identity uses this node's name: a second node started
+    /// under it, or a forgery. One with a newer generation takes the name
+    /// while it is up: this node keeps out of the cluster (no writes, no
+    /// answers; `Isolated` follows) and takes the name back, with a newer
+    /// generation, once the other is reported down or gone. One with an
+    /// older generation keeps out itself. Reported once per address and
+    /// generation.
     IdentityClaimed {
         /// Address the claim carries.
         addr: std::net::SocketAddr,
@@ -181,45 +186,89 @@ impl Engine {
         self.forward_news();
     }
 
-    /// Reports identities that claimed our name and takes a generation
-    /// newer than the newest claim, when that is within the clock horizon
-    /// (a claim at the horizon itself cannot be beaten until time passes).
+    /// Reports identities that claimed our name, and answers the claims
+    /// (see [`super::name_claims`]): keeps out while a live node elsewhere
+    /// holds the name; otherwise takes a generation newer than the newest
+    /// claim, when that is within the clock horizon (a claim at the horizon
+    /// itself cannot be beaten until time passes).
     fn answer_claims(&mut self) {
-        let (claims, horizon) = {
+        let (claims, losing, horizon, now) = {
             let mut sh = lock(&self.shared);
-            (std::mem::take(&mut sh.claims), sh.horizon_ms())
+            let claims = std::mem::take(&mut sh.claims.winning);
+            let losing = std::mem::take(&mut sh.claims.losing);
+            (claims, losing, sh.horizon_ms(), sh.now_ms)
         };
-        if claims.is_empty() || self.left {
+        if (claims.is_empty() && losing.is_empty()) || self.left {
             return;
         }
-        let mut newest = 0;
-        for claim in &claims {
-            newest = newest.max(claim.generation);
+        let own = self.swim.identity().clone();
+        let heard = claims.iter().map(|c| (&c.id, true));
+        for (id, wins) in heard.chain(losing.iter().map(|id| (id, false))) {
             if self.claims_seen.len() >= 1024 {
                 self.claims_seen.clear();
             }
-            if self.claims_seen.insert((claim.addr, claim.generation)) {
-                tracing::warn!(
-                    addr = %claim.addr,
-                    generation = claim.generation,
-                    "another identity claims this node's name"
-                );
+            if self.claims_seen.insert((id.addr, id.generation)) {
+                if wins {
+                    tracing::warn!(
+                        addr = %id.addr,
+                        generation = id.generation,
+                        "another identity claims this node's name"
+                    );
+                } else {
+                    tracing::warn!(
+                        addr = %id.addr,
+                        generation = id.generation,
+                        "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
+                        id.addr
+                    );
+                }
                 self.emit(Event::IdentityClaimed {
-                    addr: claim.addr,
-                    generation: claim.generation,
+                    addr: id.addr,
+                    generation: id.generation,
                 });
             }
         }
-        let Some(next) = newest.checked_add(1).filter(|g| *g <= horizon) else {
-            return;
-        };
-        if self.swim.identity().generation >= next {
-            return;
-        }
-        let renewed = self.swim.identity().with_generation(next);
-        lock(&self.shared).own = renewed.clone();
-        if let Err(e) = self.swim.change_identity(renewed, &mut self.swim_rt) {
-            tracing::debug!(error = %e, "could not take a newer generation");
+        match name_claims::answer(&claims, &own) {
+            name_claims::Answer::None => {}
+            name_claims::Answer::KeepOut { addr } => {
+                let mut sh = lock(&self.shared);
+                if !sh.keeping_out() {
+                    tracing::warn!(
+                        holder = %addr,
+                        "a node at {addr} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back"
+                    );
+                }
+                sh.claims.keep_out_until_ms = now.saturating_add(name_claims::KEEP_OUT_MS);
+            }
+            name_claims::Answer::Renew { newest } => {
+                let Some(next) = newest.checked_add(1).filter(|g| *g <= horizon) else {
+                    return;
+                };
+                if own.generation >= next {
+                    return;
+                }
+                let renewed = own.with_generation(next);
+                let was_out = {
+                    let mut sh = lock(&self.shared);
+                    sh.own = renewed.clone();
+                    std::mem::take(&mut sh.claims.keep_out_until_ms) > now
+                };
+                if let Err(e) = self.swim.change_identity(renewed, &mut self.swim_rt) {
+                    tracing::debug!(error = %e, "could not take a newer generation");
+                }
+                if was_out {
+                    tracing::info!(
+                        generation = next,
+                        "the node that held this node's name is gone; taking it back"
+                    );
+                    self.refute_own_record();
+                    if !self.active {
+                        self.join_backoff = self.timings.join_retry;
+                        self.join_attempts = 0;
+                        self.join();
+                    }
+                }
+            }
         }
     }
 

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 
 use super::delta::lock;
 use super::identity::NodeId;
+use super::name_claims::{self, Heard};
 use super::{ConnId, Engine, Output, SYNC_TIMEOUT};
 use crate::hlc::Hlc;
 use crate::names;
@@ -448,7 +449,7 @@ impl Engine {
             lock(&self.shared).counters.label_mismatches += 1;
         } else if !names::is_valid(&from.name) {
             lock(&self.shared).counters.frame_decode_errors += 1;
-        } else if lock(&self.shared).screen_identity(from) {
+        } else if lock(&self.shared).screen_identity(from, Heard::Speaking) {
             return true;
         }
         self.finish(conn, false);
@@ -458,7 +459,7 @@ impl Engine {
     /// Checks the responder's identity in an answer; ends the exchange when
     /// it does not pass.
     fn check_responder(&mut self, conn: ConnId, from: &NodeId) -> bool {
-        if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from) {
+        if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from, Heard::Speaking) {
             return true;
         }
         self.finish(conn, false);
@@ -661,7 +662,9 @@ impl Engine {
         }
         self.finish(conn, true);
         if let Some(from) = from {
-            if join && *from.name != *self.name {
+            // Not while another node holds our name: the seed would
+            // only answer that this node is down.
+            if join && *from.name != *self.name && !lock(&self.shared).keeping_out() {
                 // Now that we know the seed's identity, say hello the SWIM way too.
                 if let Err(e) = self.swim.announce(from, &mut self.swim_rt) {
                     tracing::debug!(error = %e, "announce failed");
@@ -696,7 +699,16 @@ impl Engine {
         let valid: Vec<Member<NodeId>> = {
             let mut sh = lock(&self.shared);
             news.into_iter()
-                .filter(|m| names::is_valid(&m.id().name) && sh.screen_identity(m.id()))
+                .filter(|m| {
+                    let down = m.state() == foca::State::Down;
+                    // Taken in while another node holds our name, our own
+                    // "down" would make foca renew (see `name_claims`).
+                    if down && *m.id() == sh.own && sh.deaf_to_down() {
+                        return false;
+                    }
+                    let heard = if down { Heard::Down } else { Heard::Listed };
+                    names::is_valid(&m.id().name) && sh.screen_identity(m.id(), heard)
+                })
                 .collect()
         };
         if let Err(e) = self
@@ -752,7 +764,13 @@ impl Engine {
         if seeds.is_empty() {
             return;
         }
-        self.join_attempts += 1;
+        // Attempts while another node holds our name are answered (and
+        // are no join): they do not count as silent seeds.
+        if lock(&self.shared).keeping_out() {
+            self.join_attempts = 0;
+        } else {
+            self.join_attempts += 1;
+        }
         // Said after the first retry, then ever more rarely (the 4th, 8th,
         // ... attempt): an operator whose seeds are wrong or down hears of
         // it without a log line every few seconds.
@@ -774,8 +792,15 @@ impl Engine {
         for seed in seeds {
             self.start_sync(seed, true);
         }
-        let retry = self.join_backoff;
-        self.join_backoff = (self.join_backoff * 2).min(std::time::Duration::from_secs(30));
+        // While another node holds our name, its going is looked for
+        // more often than an absent seed.
+        let cap = if lock(&self.shared).keeping_out() {
+            std::time::Duration::from_millis(name_claims::KEEP_OUT_JOIN_RETRY_MS)
+        } else {
+            std::time::Duration::from_secs(30)
+        };
+        let retry = self.join_backoff.min(cap);
+        self.join_backoff = (self.join_backoff * 2).min(cap);
         self.schedule_join(retry);
     }
 
@@ -817,6 +842,24 @@ impl Engine {
         fresh.len()
     }
 
+    /// Opens a whole exchange (member lists included) with one random live
+    /// member, or a seed when alone.
+    pub(super) fn ask_for_members(&mut self) {
+        if self.left {
+            return;
+        }
+        let up = self.up_peers();
+        let to = if up.is_empty() {
+            match self.seeds.first().or(self.named_seeds.first()) {
+                Some(seed) => *seed,
+                None => return,
+            }
+        } else {
+            up[rand::RngExt::random_range(&mut self.rng, 0..up.len())].addr
+        };
+        self.start_sync(to, false);
+    }
+
     /// Exchanges state with one random live member (or a seed when alone).
     pub(super) fn periodic_sync(&mut self) {
         if self.left {
@@ -835,6 +878,11 @@ impl Engine {
             .collect();
         let pool = if idle.is_empty() { &up } else { &idle };
         let pick = pool[rand::RngExt::random_range(&mut self.rng, 0..pool.len())].clone();
+        if lock(&self.shared).keeping_out() {
+            // A summary leaves our own name out: a whole exchange lists
+            // the node holding it, or tells it is gone.
+            return self.start_sync(pick.addr, false);
+        }
         self.start_summary(&pick);
     }
 

@@ -63,8 +63,10 @@ pub const TRIBE_EVENT_CALL_DONE: u32 = 20;
 /// A log record of libtribe (subject: the message; `tribe_event_log_level`),
 /// queued only for nodes started with `tribe_config_set_log_level`.
 pub const TRIBE_EVENT_LOG: u32 = 21;
-/// Another identity claims this node's name (`tribe_event_json` has its
-/// address and generation).
+/// Another identity uses this node's name, a second node started under it
+/// or a forgery (`tribe_event_json` has its address and generation). The
+/// one with the newer generation holds the name; the other keeps out of the
+/// cluster until the holder goes.
 pub const TRIBE_EVENT_IDENTITY_CLAIMED: u32 = 22;
 /// A peer's clock is off this node's (subject: its name; `tribe_event_json`
 /// has the offset).
