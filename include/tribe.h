@@ -621,6 +621,14 @@ uint32_t tribe_name_check(const char *name,
                           struct tribe_error **err);
 
 /**
+ * Checks `version` against the rules of plugin versions (those of names,
+ * up to 32 bytes): `TRIBE_OK`, or `TRIBE_INVALID_NAME` saying which rule
+ * it breaks. Does not block; needs no node.
+ */
+uint32_t tribe_version_check(const char *version,
+                             struct tribe_error **err);
+
+/**
  * Frees a string returned by libtribe. NULL is ignored. Passing anything
  * else, or freeing twice, is undefined behaviour.
  */

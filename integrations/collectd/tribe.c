@@ -293,6 +293,15 @@ static int cfg_publish(oconfig_item_t *ci) {
       return -1;
     }
   }
+  if (ci->values_num == 3) {
+    tribe_error *err = NULL;
+    if (tribe_version_check(ci->values[2].value.string, &err) != TRIBE_OK) {
+      ERROR(PLUGIN_NAME " plugin: `Publish' version \"%s\": %s",
+            ci->values[2].value.string, tribe_error_message(err));
+      tribe_error_free(err);
+      return -1;
+    }
+  }
   target_t *t = &g.targets[g.ntargets++];
   memset(t, 0, sizeof *t);
   t->tribe = strdup(ci->values[0].value.string);

@@ -61,6 +61,18 @@ pub extern "C" fn tribe_name_check(name: *const c_char, err: *mut *mut FfiError)
     })
 }
 
+/// Checks `version` against the rules of plugin versions (those of names,
+/// up to 32 bytes): `TRIBE_OK`, or `TRIBE_INVALID_NAME` saying which rule
+/// it breaks. Does not block; needs no node.
+#[no_mangle]
+pub extern "C" fn tribe_version_check(version: *const c_char, err: *mut *mut FfiError) -> u32 {
+    ffi_call!(err, {
+        let version = cast::text(version, "version")?;
+        crate::names::check_version(version)?;
+        Ok(())
+    })
+}
+
 /// Frees a string returned by libtribe. NULL is ignored. Passing anything
 /// else, or freeing twice, is undefined behaviour.
 #[no_mangle]

@@ -23,6 +23,10 @@ static void config_misuse(void) {
     EXPECT(TRIBE_INVALID_NAME, tribe_name_check("a b", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_name_check(NULL, &err));
     EXPECT(TRIBE_INVALID_UTF8, tribe_name_check(BAD_UTF8, &err));
+    EXPECT(TRIBE_OK, tribe_version_check("1.2.3-rc1", &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_version_check("1 2", &err));
+    EXPECT(TRIBE_INVALID_NAME, tribe_version_check("123456789012345678901234567890123", &err));
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_version_check(NULL, &err));
     CHECK(cfg == NULL);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(NULL, "127.0.0.1:0", &err));
     EXPECT(TRIBE_OK, tribe_config_new("misuse", &cfg, &err));
