@@ -27,11 +27,11 @@ pub enum GuardError {
     /// An identity in it was refused.
     #[error("identity refused: {0:?}")]
     Refused(NodeId),
-    /// It says this node is down while a live node elsewhere holds its
-    /// name, or right after a renewal: taken in, it would make this node
-    /// renew again (see [`super::name_claims`]).
-    #[error("a notice that this node is down, not taken now")]
-    KeepingOut,
+    /// It says this node is down. Such notices never reach foca, which
+    /// would renew at once whatever the reason: the engine asks the sender
+    /// for its member list instead (see [`super::name_claims`]).
+    #[error("a notice that this node is down (asked about, not taken)")]
+    DownNotice,
 }
 
 /// A destination on the wire (see [`NodeId::dst_print`]).
@@ -44,6 +44,8 @@ pub struct GuardedCodec {
     /// Our identity as last seen in `shared`, and its fingerprint.
     own: NodeId,
     own_print: DstPrint,
+    /// The sender of the packet being decoded.
+    src: Option<std::net::SocketAddr>,
 }
 
 impl GuardedCodec {
@@ -55,6 +57,7 @@ impl GuardedCodec {
             shared,
             own,
             own_print,
+            src: None,
         }
     }
 
@@ -159,8 +162,10 @@ impl Codec<NodeId> for GuardedCodec {
         buf.advance(used);
         let (src, src_incarnation, print, message) = wire;
         self.screen(&src, Heard::Speaking)?;
-        if message == Message::TurnUndead && lock(&self.shared).deaf_to_down() {
-            return Err(GuardError::KeepingOut);
+        self.src = Some(src.addr);
+        if message == Message::TurnUndead {
+            lock(&self.shared).note_down_notice(src.addr);
+            return Err(GuardError::DownNotice);
         }
         Ok(Header {
             src,
@@ -183,9 +188,12 @@ impl Codec<NodeId> for GuardedCodec {
         let down = member.state() == foca::State::Down;
         self.screen(member.id(), if down { Heard::Down } else { Heard::Listed })?;
         if down {
-            let sh = lock(&self.shared);
-            if *member.id() == sh.own && sh.deaf_to_down() {
-                return Err(GuardError::KeepingOut);
+            let mut sh = lock(&self.shared);
+            if *member.id() == sh.own {
+                if let Some(src) = self.src {
+                    sh.note_down_notice(src);
+                }
+                return Err(GuardError::DownNotice);
             }
         }
         Ok(member)

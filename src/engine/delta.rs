@@ -160,10 +160,11 @@ impl Shared {
         self.claims.keeping_out(self.now_ms)
     }
 
-    /// Whether a "you are down" notice about our identity is dropped
-    /// (see [`super::name_claims::RENEW_QUIET_MS`]).
-    pub fn deaf_to_down(&self) -> bool {
-        self.claims.deaf_to_down(self.now_ms)
+    /// Notes a "you are down" notice from `from`, to be asked about (see
+    /// [`super::name_claims`]).
+    pub fn note_down_notice(&mut self, from: std::net::SocketAddr) {
+        let now = self.now_ms;
+        self.claims.note_down_notice(from, now);
     }
 }
 

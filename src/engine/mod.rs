@@ -183,6 +183,9 @@ pub struct Engine {
     skewed: BTreeSet<String>,
     /// Claims on our name already reported.
     claims_seen: BTreeSet<(SocketAddr, u64)>,
+    /// Our record changed while another node held our name: it goes out
+    /// when this node no longer keeps out (see [`name_claims`]).
+    record_owed: bool,
     /// See [`Engine::security_epoch`].
     security_epoch: u64,
     /// Records kept from before a long absence, awaiting a peer's word
@@ -332,6 +335,7 @@ impl Engine {
             clock_offsets: BTreeMap::new(),
             skewed: BTreeSet::new(),
             claims_seen: BTreeSet::new(),
+            record_owed: false,
             pending: BTreeMap::new(),
             last_contact_ms: 0,
             last_peers: Vec::new(),
@@ -574,8 +578,10 @@ impl Engine {
         // While another node holds our name, its record is the one under
         // it; ours goes out when the name is back (see `name_claims`).
         if lock(&self.shared).keeping_out() {
+            self.record_owed = true;
             return;
         }
+        self.record_owed = false;
         let value = crate::records::Value::Node(self.record.clone());
         self.write(Key::Node(self.name.clone()), Some(value));
     }
@@ -705,18 +711,11 @@ impl Engine {
                 }
             }
             OwnedNotification::Rejoin(id) => {
-                {
-                    let mut sh = lock(&self.shared);
-                    sh.own = id.clone();
-                    sh.claims.quiet_until_ms = now.saturating_add(name_claims::RENEW_QUIET_MS);
-                }
+                lock(&self.shared).own = id.clone();
                 tracing::info!(
                     generation = id.generation,
                     "rejoining with a new generation"
                 );
-                // "You are down" never says why: a whole exchange names a
-                // node holding this name, if one does.
-                self.ask_for_members();
             }
             OwnedNotification::Defunct => {}
         }

@@ -3,10 +3,18 @@
 //! newer generation, so the two displace each other. If each answered the
 //! other's claim with a still newer generation, the name would flip between
 //! them many times a second for as long as both run. Instead the older one
-//! keeps out: it stops renewing, writes nothing under the name and checks
-//! through its seeds, at the join retry pace, whether the holder is still
-//! up; once the holder is reported down or gone, it takes the name back with
-//! a generation newer than the holder's.
+//! keeps out: it stops renewing, writes nothing under the name and looks at
+//! the member lists of its exchanges with peers (and seeds, when alone)
+//! whether the holder is still up; once the holder is reported down or
+//! gone, it takes the name back with a generation newer than the holder's.
+//!
+//! "You are down" notices (foca's `TurnUndead`, or our identity gossiped as
+//! down) never say why: this node was declared down, or another identity
+//! of its name holds it. foca would renew at once, by one generation, and
+//! with the name held elsewhere be told again, a renewal a round trip. So
+//! such notices never reach foca: each (at most one a second) opens an
+//! exchange with its sender, whose member list tells which it is; our own
+//! identity listed as down there is what makes foca renew.
 //!
 //! A claim at this node's own address is an earlier life of this node (a
 //! restart whose clock went back), and a claim reported down is a node that
@@ -16,23 +24,18 @@ use std::net::SocketAddr;
 
 use super::identity::NodeId;
 
-/// How long one sighting of a live holder keeps this node out. Longer than
-/// the longest gap between two join attempts (30 s) plus the time SWIM takes
-/// to find this node's old peers unresponsive, so a holder still up is seen
-/// again before this runs out.
+/// How long one sighting of a live holder keeps this node out, at least
+/// (three push-pull intervals when that is longer): longer than the gap
+/// between two exchanges, so a holder still up is seen again before this
+/// runs out.
 pub const KEEP_OUT_MS: u64 = 60_000;
 
 /// Join attempts while kept out are at most this far apart, so the name is
 /// taken back soon after its holder goes.
 pub const KEEP_OUT_JOIN_RETRY_MS: u64 = 10_000;
 
-/// After a renewal, "you are down" notices are dropped for this long. A
-/// renewal that does not take (the cluster holds a newer identity of this
-/// name, which such notices never name) would otherwise be followed by
-/// another at once, one a round trip, until this node's generation passed
-/// the other's. The exchange asked for after each renewal names the
-/// holder, and this node then keeps out.
-pub const RENEW_QUIET_MS: u64 = 1_000;
+/// "You are down" notices open an exchange at most this often.
+pub const DOWN_CHECK_GAP_MS: u64 = 1_000;
 
 /// How an identity was heard of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,8 +71,12 @@ pub struct NameClaims {
     /// Until then (engine clock, ms) a live node at another address holds
     /// our name and this node keeps out.
     pub keep_out_until_ms: u64,
-    /// Until then (engine clock, ms) a fresh renewal is given time to take.
-    pub quiet_until_ms: u64,
+    /// The live node this node keeps out for, as last heard of.
+    pub holder: Option<NodeId>,
+    /// A peer that told this node it is down, to be asked why.
+    pub down_notice: Option<SocketAddr>,
+    /// When a peer was last asked why (engine clock, ms).
+    pub down_asked_ms: Option<u64>,
 }
 
 /// At most this many claims wait to be handled.
@@ -107,10 +114,27 @@ impl NameClaims {
         now_ms < self.keep_out_until_ms
     }
 
-    /// Whether a "you are down" notice is dropped at `now_ms`: while this
-    /// node keeps out, or soon after a renewal.
-    pub fn deaf_to_down(&self, now_ms: u64) -> bool {
-        self.keeping_out(now_ms) || now_ms < self.quiet_until_ms
+    /// Notes a "you are down" notice from `from` (not while keeping out:
+    /// the holder is known then).
+    pub fn note_down_notice(&mut self, from: SocketAddr, now_ms: u64) {
+        if !self.keeping_out(now_ms) && self.down_notice.is_none() {
+            self.down_notice = Some(from);
+        }
+    }
+
+    /// The peer to ask why this node was told it is down, at most once per
+    /// [`DOWN_CHECK_GAP_MS`]; notices in between are dropped (peers repeat
+    /// them while it lasts).
+    pub fn take_down_check(&mut self, now_ms: u64) -> Option<SocketAddr> {
+        let from = self.down_notice.take()?;
+        let due = self
+            .down_asked_ms
+            .is_none_or(|t| now_ms >= t.saturating_add(DOWN_CHECK_GAP_MS));
+        if !due {
+            return None;
+        }
+        self.down_asked_ms = Some(now_ms);
+        Some(from)
     }
 }
 
@@ -119,10 +143,10 @@ impl NameClaims {
 pub enum Answer {
     /// Nothing.
     None,
-    /// Keep out: a live node at `addr` holds the name.
+    /// Keep out: a live node holds the name.
     KeepOut {
-        /// The holder's address.
-        addr: SocketAddr,
+        /// The holder.
+        holder: NodeId,
     },
     /// Take a generation newer than `newest`.
     Renew {
@@ -131,18 +155,25 @@ pub enum Answer {
     },
 }
 
-/// Decides about `claims` (this round's) for a node that is `own` now.
-pub fn answer(claims: &[Claim], own: &NodeId) -> Answer {
-    let holder = claims
+/// Decides about `claims` (this round's) for a node that is `own` now and
+/// keeps out for `holder`, if it does. A holder reported down at an older
+/// generation than the one it was last heard alive at is stale news.
+pub fn answer(claims: &[Claim], own: &NodeId, holder: Option<&NodeId>) -> Answer {
+    let live = claims
         .iter()
         .filter(|c| !c.down && c.id.addr != own.addr)
         .max_by_key(|c| (c.id.generation, c.id.addr));
-    if let Some(holder) = holder {
+    if let Some(live) = live {
         return Answer::KeepOut {
-            addr: holder.id.addr,
+            holder: live.id.clone(),
         };
     }
-    match claims.iter().map(|c| c.id.generation).max() {
+    let newest = claims
+        .iter()
+        .map(|c| c.id.generation)
+        .filter(|g| holder.is_none_or(|h| *g >= h.generation))
+        .max();
+    match newest {
         Some(newest) => Answer::Renew { newest },
         None => Answer::None,
     }
@@ -162,15 +193,15 @@ mod tests {
         let mut claims = NameClaims::default();
         assert!(claims.note(&id(7001, 200), &own, Heard::Listed));
         assert_eq!(
-            answer(&claims.winning, &own),
+            answer(&claims.winning, &own, None),
             Answer::KeepOut {
-                addr: ([127, 0, 0, 1], 7001).into()
+                holder: id(7001, 200)
             }
         );
         // The same holder reported down later: the latest word counts.
         assert!(claims.note(&id(7001, 200), &own, Heard::Down));
         assert_eq!(
-            answer(&claims.winning, &own),
+            answer(&claims.winning, &own, Some(&id(7001, 200))),
             Answer::Renew { newest: 200 }
         );
     }
@@ -181,8 +212,21 @@ mod tests {
         let mut claims = NameClaims::default();
         assert!(claims.note(&id(7000, 300), &own, Heard::Speaking));
         assert_eq!(
-            answer(&claims.winning, &own),
+            answer(&claims.winning, &own, None),
             Answer::Renew { newest: 300 }
+        );
+    }
+
+    #[test]
+    fn an_older_life_of_the_holder_reported_down_is_stale_news() {
+        let own = id(7000, 100);
+        let holder = id(7001, 300);
+        let mut claims = NameClaims::default();
+        assert!(claims.note(&id(7001, 200), &own, Heard::Down));
+        assert_eq!(answer(&claims.winning, &own, Some(&holder)), Answer::None);
+        assert_eq!(
+            answer(&claims.winning, &own, None),
+            Answer::Renew { newest: 200 }
         );
     }
 
@@ -196,7 +240,7 @@ mod tests {
         assert!(!claims.note(&id(7002, 60), &own, Heard::Speaking));
         assert!(!claims.note(&id(7002, 60), &own, Heard::Speaking));
         assert_eq!(claims.losing, vec![id(7002, 60)]);
-        assert_eq!(answer(&claims.winning, &own), Answer::None);
+        assert_eq!(answer(&claims.winning, &own, None), Answer::None);
     }
 
     #[test]
@@ -207,11 +251,21 @@ mod tests {
         };
         assert!(claims.keeping_out(999));
         assert!(!claims.keeping_out(1_000));
-        let renewed = NameClaims {
-            quiet_until_ms: 500,
-            ..NameClaims::default()
-        };
-        assert!(renewed.deaf_to_down(499) && !renewed.keeping_out(499));
-        assert!(!renewed.deaf_to_down(500));
+    }
+
+    #[test]
+    fn down_notices_are_asked_about_once_a_second_and_not_while_out() {
+        let peer: SocketAddr = ([127, 0, 0, 1], 7005).into();
+        let mut claims = NameClaims::default();
+        claims.note_down_notice(peer, 1_000);
+        assert_eq!(claims.take_down_check(1_000), Some(peer));
+        claims.note_down_notice(peer, 1_500);
+        assert_eq!(claims.take_down_check(1_500), None, "within the gap");
+        assert_eq!(claims.take_down_check(2_500), None, "dropped, not kept");
+        claims.note_down_notice(peer, 2_500);
+        assert_eq!(claims.take_down_check(2_500), Some(peer));
+        claims.keep_out_until_ms = 10_000;
+        claims.note_down_notice(peer, 5_000);
+        assert_eq!(claims.take_down_check(5_000), None, "kept out");
     }
 }

@@ -8,6 +8,7 @@ use crate::policy_set::{PolicyInput, PolicyOutcome, PolicyRequest, PolicyResults
 use crate::records::{Key, PluginRecord, TaskRecord, TribeRecord, Value};
 
 use super::delta::lock;
+use super::identity::NodeId;
 use super::name_claims;
 use super::view::{Membership, PluginEntry, Task, View};
 use super::{Engine, Output};
@@ -95,11 +96,11 @@ pub enum Event {
     },
     /// Another identity uses this node's name: a second node started
     /// under it, or a forgery. One with a newer generation takes the name
-    /// while it is up: this node keeps out of the cluster (no writes, no
-    /// answers; `Isolated` follows) and takes the name back, with a newer
-    /// generation, once the other is reported down or gone. One with an
-    /// older generation keeps out itself. Reported once per address and
-    /// generation.
+    /// while it is up: this node keeps out (it writes nothing under the
+    /// name and does not renew its generation) and takes the name back,
+    /// with a newer generation, once the other is reported down or gone.
+    /// One with an older generation keeps out itself. Reported once per
+    /// address and generation.
     IdentityClaimed {
         /// Address the claim carries.
         addr: std::net::SocketAddr,
@@ -192,53 +193,40 @@ impl Engine {
     /// claim, when that is within the clock horizon (a claim at the horizon
     /// itself cannot be beaten until time passes).
     fn answer_claims(&mut self) {
-        let (claims, losing, horizon, now) = {
+        if self.left {
+            return;
+        }
+        self.ask_about_down_notice();
+        self.end_lapsed_keep_out();
+        let (claims, losing, horizon, now, holder) = {
             let mut sh = lock(&self.shared);
             let claims = std::mem::take(&mut sh.claims.winning);
             let losing = std::mem::take(&mut sh.claims.losing);
-            (claims, losing, sh.horizon_ms(), sh.now_ms)
+            let holder = sh.claims.holder.clone();
+            (claims, losing, sh.horizon_ms(), sh.now_ms, holder)
         };
-        if (claims.is_empty() && losing.is_empty()) || self.left {
+        if claims.is_empty() && losing.is_empty() {
             return;
         }
         let own = self.swim.identity().clone();
-        let heard = claims.iter().map(|c| (&c.id, true));
-        for (id, wins) in heard.chain(losing.iter().map(|id| (id, false))) {
-            if self.claims_seen.len() >= 1024 {
-                self.claims_seen.clear();
-            }
-            if self.claims_seen.insert((id.addr, id.generation)) {
-                if wins {
-                    tracing::warn!(
-                        addr = %id.addr,
-                        generation = id.generation,
-                        "another identity claims this node's name"
-                    );
-                } else {
-                    tracing::warn!(
-                        addr = %id.addr,
-                        generation = id.generation,
-                        "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
-                        id.addr
-                    );
-                }
-                self.emit(Event::IdentityClaimed {
-                    addr: id.addr,
-                    generation: id.generation,
-                });
-            }
-        }
-        match name_claims::answer(&claims, &own) {
+        self.report_claims(&claims, &losing);
+        match name_claims::answer(&claims, &own, holder.as_ref()) {
             name_claims::Answer::None => {}
-            name_claims::Answer::KeepOut { addr } => {
+            name_claims::Answer::KeepOut { holder } => {
+                let keep_out_ms = u64::try_from(self.timings.push_pull_interval.as_millis())
+                    .unwrap_or(u64::MAX)
+                    .saturating_mul(3)
+                    .max(name_claims::KEEP_OUT_MS);
                 let mut sh = lock(&self.shared);
-                if !sh.keeping_out() {
+                if sh.claims.holder.as_ref().map(|h| h.addr) != Some(holder.addr) {
                     tracing::warn!(
-                        holder = %addr,
-                        "a node at {addr} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back"
+                        holder = %holder.addr,
+                        "a node at {} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back",
+                        holder.addr
                     );
                 }
-                sh.claims.keep_out_until_ms = now.saturating_add(name_claims::KEEP_OUT_MS);
+                sh.claims.keep_out_until_ms = now.saturating_add(keep_out_ms);
+                sh.claims.holder = Some(holder);
             }
             name_claims::Answer::Renew { newest } => {
                 let Some(next) = newest.checked_add(1).filter(|g| *g <= horizon) else {
@@ -251,6 +239,7 @@ impl Engine {
                 let was_out = {
                     let mut sh = lock(&self.shared);
                     sh.own = renewed.clone();
+                    sh.claims.holder = None;
                     std::mem::take(&mut sh.claims.keep_out_until_ms) > now
                 };
                 if let Err(e) = self.swim.change_identity(renewed, &mut self.swim_rt) {
@@ -261,14 +250,81 @@ impl Engine {
                         generation = next,
                         "the node that held this node's name is gone; taking it back"
                     );
-                    self.refute_own_record();
-                    if !self.active {
-                        self.join_backoff = self.timings.join_retry;
-                        self.join_attempts = 0;
-                        self.join();
-                    }
+                }
+                // The claimant wrote under our name: ours goes out again.
+                self.refute_own_record();
+                if was_out && !self.active {
+                    self.join_backoff = self.timings.join_retry;
+                    self.join_attempts = 0;
+                    self.join();
                 }
             }
+        }
+    }
+
+    /// Logs and reports each identity under our name once per address and
+    /// generation.
+    fn report_claims(&mut self, claims: &[name_claims::Claim], losing: &[NodeId]) {
+        let heard = claims.iter().map(|c| (&c.id, true));
+        for (id, wins) in heard.chain(losing.iter().map(|id| (id, false))) {
+            if self.claims_seen.len() >= 1024 {
+                self.claims_seen.clear();
+            }
+            if !self.claims_seen.insert((id.addr, id.generation)) {
+                continue;
+            }
+            if wins {
+                tracing::warn!(
+                    addr = %id.addr,
+                    generation = id.generation,
+                    "another identity claims this node's name"
+                );
+            } else {
+                tracing::warn!(
+                    addr = %id.addr,
+                    generation = id.generation,
+                    "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
+                    id.addr
+                );
+            }
+            self.emit(Event::IdentityClaimed {
+                addr: id.addr,
+                generation: id.generation,
+            });
+        }
+    }
+
+    /// A peer told this node it is down: asks it (at most once a second)
+    /// for its member list, which says whether this node was declared down
+    /// or another node holds its name (see [`super::name_claims`]).
+    fn ask_about_down_notice(&mut self) {
+        let peer = {
+            let mut sh = lock(&self.shared);
+            let now = sh.now_ms;
+            sh.claims.take_down_check(now)
+        };
+        if let Some(peer) = peer {
+            self.start_sync(peer, false);
+        }
+    }
+
+    /// Ends keeping out once it ran out without word of the holder (the
+    /// claim may have been forged, or the holder gone where this node cannot
+    /// see), and sends the record this node held back meanwhile.
+    fn end_lapsed_keep_out(&mut self) {
+        let (lapsed, out) = {
+            let mut sh = lock(&self.shared);
+            let out = sh.keeping_out();
+            let lapsed = !out && sh.claims.holder.take().is_some();
+            (lapsed, out)
+        };
+        if lapsed {
+            tracing::info!(
+                "no word of the node that held this node's name for a while; this node no longer keeps out"
+            );
+        }
+        if self.record_owed && !out {
+            self.publish_record();
         }
     }
 

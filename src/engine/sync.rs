@@ -703,7 +703,7 @@ impl Engine {
                     let down = m.state() == foca::State::Down;
                     // Taken in while another node holds our name, our own
                     // "down" would make foca renew (see `name_claims`).
-                    if down && *m.id() == sh.own && sh.deaf_to_down() {
+                    if down && *m.id() == sh.own && sh.keeping_out() {
                         return false;
                     }
                     let heard = if down { Heard::Down } else { Heard::Listed };
@@ -840,24 +840,6 @@ impl Engine {
             self.schedule_join(retry);
         }
         fresh.len()
-    }
-
-    /// Opens a whole exchange (member lists included) with one random live
-    /// member, or a seed when alone.
-    pub(super) fn ask_for_members(&mut self) {
-        if self.left {
-            return;
-        }
-        let up = self.up_peers();
-        let to = if up.is_empty() {
-            match self.seeds.first().or(self.named_seeds.first()) {
-                Some(seed) => *seed,
-                None => return,
-            }
-        } else {
-            up[rand::RngExt::random_range(&mut self.rng, 0..up.len())].addr
-        };
-        self.start_sync(to, false);
     }
 
     /// Exchanges state with one random live member (or a seed when alone).

@@ -302,6 +302,15 @@ impl Sim {
         i
     }
 
+    /// Adds and starts a node under node `of`'s name at an address of its
+    /// own, as a copied configuration would.
+    pub fn add_twin(&mut self, of: usize) -> usize {
+        let i = self.push_node();
+        self.nodes[i].name = self.nodes[of].name.clone();
+        self.boot(i, true);
+        i
+    }
+
     /// Stops node `i` at once, without a goodbye: its streams break.
     pub fn crash(&mut self, i: usize) {
         if self.nodes[i].engine.take().is_none() {
