@@ -434,13 +434,22 @@ fn holder(sim: &Sim, viewer: usize, name: &str) -> Option<(std::net::SocketAddr,
 /// stalls long enough to be declared down, the first node takes its name
 /// back, and the copy, once it runs again, keeps out instead of renewing
 /// against it (the two used to take turns for 20–35 s, a renewal a second
-/// each, after such a stall).
+/// each, after such a stall). No other node renews meanwhile (the node
+/// kept out used to declare them down and tell them so).
 #[test]
 fn a_copy_under_one_name_holds_it_steadily_and_after_a_stall_the_two_do_not_take_turns() {
     for seed in [13u64, 21, 34] {
         let mut sim = cluster(seed, 5);
         let name = sim.name(2).to_string();
         let first = sim.engine(2).unwrap().identity().addr;
+        let others = [0, 1, 3, 4];
+        let generations = |sim: &Sim| -> Vec<u64> {
+            others
+                .iter()
+                .map(|&i| sim.engine(i).unwrap().identity().generation)
+                .collect()
+        };
+        let before = generations(&sim);
         let twin = sim.add_twin(2);
         let copy = sim.engine(twin).unwrap().identity().addr;
         sim.run_for(Duration::from_secs(10));
@@ -485,6 +494,12 @@ fn a_copy_under_one_name_holds_it_steadily_and_after_a_stall_the_two_do_not_take
             ),
             gens,
             "seed {seed}: renewals after the stall"
+        );
+        // The node kept out tells the others nothing that makes them renew.
+        assert_eq!(
+            generations(&sim),
+            before,
+            "seed {seed}: other nodes renewed"
         );
     }
 }

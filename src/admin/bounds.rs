@@ -20,19 +20,19 @@ pub const MAX_BODY: usize = 2 * 1024 * 1024;
 /// The middleware.
 pub async fn bound(request: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Err(_) => refuse(
+        Err(_) => closing(refuse(
             StatusCode::REQUEST_TIMEOUT,
             "request_timeout",
             "the request was not sent and answered within 30 s",
-        ),
+        )),
         Ok(response)
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&response) =>
         {
-            refuse(
+            closing(refuse(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "too_large",
                 "the request body is over 2 MiB",
-            )
+            ))
         }
         // Any other refusal of axum's (a body that could not be read, a path
         // segment that is not UTF-8) in the API's one error shape.
@@ -54,6 +54,17 @@ pub async fn bound(request: Request, next: Next) -> Response {
         }
         Ok(response) => response,
     }
+}
+
+/// Says the connection closes after this answer: the rest of the
+/// request's body was not read, so the server drops the connection, and a
+/// client that kept it for its next request would see that one fail.
+fn closing(mut response: Response) -> Response {
+    response.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
 }
 
 /// The error code of a refusal that carries none.

@@ -447,6 +447,14 @@ impl Engine {
                 if !self.swim_timer_is_live(&t) {
                     return self.after_change();
                 }
+                // Kept out of its name, this node holds its SWIM view as it
+                // was: run, its probes (unsent) would declare every peer
+                // down, and each would have to renew once this node is
+                // back (see `name_claims`).
+                if lock(&self.shared).keeping_out() {
+                    self.schedule(Timer::Swim(t), Duration::from_secs(1));
+                    return self.after_change();
+                }
                 if let Err(e) = self.swim.handle_timer(t, &mut self.swim_rt) {
                     tracing::debug!(error = %e, "swim timer error");
                 }
@@ -641,6 +649,12 @@ impl Engine {
     /// Wraps one of foca's packets for the wire (sealed when the keyring
     /// says so) and sends it.
     fn send_swim_packet(&mut self, to: SocketAddr, packet: &[u8]) {
+        // A node kept out of its name is silent in SWIM: its view of the
+        // others goes stale (it declares them down), and told to them, that
+        // view would make healthy peers renew (see `name_claims`).
+        if lock(&self.shared).keeping_out() {
+            return;
+        }
         let mut nonce = [0u8; 24];
         if self.seals().is_some() {
             rand::Rng::fill_bytes(&mut self.nonce_rng, &mut nonce);
@@ -782,6 +796,11 @@ impl Engine {
 
     /// Members of the membership protocol worth sending in an exchange.
     fn swim_members(&self) -> Vec<Member<NodeId>> {
+        // Kept out of its name, this node's view is stale (see
+        // `send_swim_packet`): it lists nothing.
+        if lock(&self.shared).keeping_out() {
+            return Vec::new();
+        }
         let mut out: Vec<Member<NodeId>> = self.swim.iter_membership_state().cloned().collect();
         if !self.left {
             out.push(Member::alive(self.swim.identity().clone()));

@@ -24,7 +24,9 @@ impl Engine {
     /// `CHECKERS / cluster size` (an anti-entropy exchange, useful in itself
     /// if the member answers).
     pub(super) fn check_suspects(&mut self) {
-        if self.left || !self.active {
+        // Kept out of its name, this node suspects everyone (it sends no
+        // probes): not news to tell.
+        if self.left || !self.active || lock(&self.shared).keeping_out() {
             return;
         }
         let suspects: Vec<(NodeId, foca::Incarnation)> = self

@@ -696,21 +696,25 @@ impl Engine {
                     .is_none_or(|&known| (m.incarnation(), severity(m.state())) > known)
             })
             .collect();
-        let valid: Vec<Member<NodeId>> = {
+        let (valid, out): (Vec<Member<NodeId>>, bool) = {
             let mut sh = lock(&self.shared);
-            news.into_iter()
+            let out = sh.keeping_out();
+            let valid = news
+                .into_iter()
                 .filter(|m| {
                     let down = m.state() == foca::State::Down;
-                    // Taken in while another node holds our name, our own
-                    // "down" would make foca renew (see `name_claims`).
-                    if down && *m.id() == sh.own && sh.keeping_out() {
-                        return false;
-                    }
                     let heard = if down { Heard::Down } else { Heard::Listed };
                     names::is_valid(&m.id().name) && sh.screen_identity(m.id(), heard)
                 })
-                .collect()
+                .collect();
+            (valid, out)
         };
+        // Kept out of its name, this node only looks for the holder here
+        // (the screen above notes it): fed to foca, the others would come
+        // up and, unanswered, go down again, round after round.
+        if out {
+            return;
+        }
         if let Err(e) = self
             .swim
             .apply_many(valid.into_iter(), true, &mut self.swim_rt)
