@@ -558,3 +558,41 @@ fn a_node_back_from_keeping_out_spreads_its_record() {
         );
     }
 }
+
+/// A node declared down while its streams cannot open (datagrams pass)
+/// still rejoins: "you are down" notices are first asked about over a
+/// stream, and when none completes for 5 s they renew the node as before
+/// (it stayed down for good without that).
+#[test]
+fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
+    for seed in [1u64, 2] {
+        let n = 6;
+        let mut sim = cluster(seed, n);
+        for j in 0..n {
+            if j != 4 {
+                sim.block_streams(4, j);
+            }
+        }
+        sim.run_for(Duration::from_secs(10));
+        let generation = sim.engine(4).unwrap().identity().generation;
+        sim.pause(4, Duration::from_secs(30));
+        sim.run_for(Duration::from_secs(30));
+        let mut back = None;
+        for step in 0..120 {
+            sim.run_for(Duration::from_millis(250));
+            let everywhere = (0..n).filter(|&i| i != 4).all(|i| {
+                sim.engine(i)
+                    .unwrap()
+                    .members()
+                    .iter()
+                    .any(|m| m.name == "sim-4" && m.state == tribe::MemberState::Alive)
+            });
+            if everywhere {
+                back = Some(step);
+                break;
+            }
+        }
+        assert!(back.is_some(), "seed {seed}: sim-4 not back within 30 s");
+        assert!(sim.engine(4).unwrap().identity().generation > generation);
+    }
+}

@@ -164,8 +164,11 @@ impl Codec<NodeId> for GuardedCodec {
         self.screen(&src, Heard::Speaking)?;
         self.src = Some(src.addr);
         if message == Message::TurnUndead {
-            lock(&self.shared).note_down_notice(src.addr);
-            return Err(GuardError::DownNotice);
+            let mut sh = lock(&self.shared);
+            if !sh.claims.pass_down_notices {
+                sh.note_down_notice(src.addr);
+                return Err(GuardError::DownNotice);
+            }
         }
         Ok(Header {
             src,
@@ -189,7 +192,7 @@ impl Codec<NodeId> for GuardedCodec {
         self.screen(member.id(), if down { Heard::Down } else { Heard::Listed })?;
         if down {
             let mut sh = lock(&self.shared);
-            if *member.id() == sh.own {
+            if *member.id() == sh.own && !sh.claims.pass_down_notices {
                 if let Some(src) = self.src {
                     sh.note_down_notice(src);
                 }

@@ -725,7 +725,11 @@ impl Engine {
                 }
             }
             OwnedNotification::Rejoin(id) => {
-                lock(&self.shared).own = id.clone();
+                {
+                    let mut sh = lock(&self.shared);
+                    sh.own = id.clone();
+                    sh.claims.renewed();
+                }
                 tracing::info!(
                     generation = id.generation,
                     "rejoining with a new generation"

@@ -14,7 +14,9 @@
 //! with the name held elsewhere be told again, a renewal a round trip. So
 //! such notices never reach foca: each (at most one a second) opens an
 //! exchange with its sender, whose member list tells which it is; our own
-//! identity listed as down there is what makes foca renew.
+//! identity listed as down there is what makes foca renew. When streams
+//! fail while datagrams pass, no exchange completes: after
+//! [`DOWN_FALLBACK_MS`] of that, notices reach foca again.
 //!
 //! A claim at this node's own address is an earlier life of this node (a
 //! restart whose clock went back), and a claim reported down is a node that
@@ -36,6 +38,12 @@ pub const KEEP_OUT_JOIN_RETRY_MS: u64 = 10_000;
 
 /// "You are down" notices open an exchange at most this often.
 pub const DOWN_CHECK_GAP_MS: u64 = 1_000;
+
+/// When no exchange has completed this long after a notice was first asked
+/// about (streams fail while datagrams pass: out of file descriptors,
+/// peers at their stream cap, a firewall), notices reach foca again, which
+/// renews as it would without this module.
+pub const DOWN_FALLBACK_MS: u64 = 5_000;
 
 /// How an identity was heard of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +85,10 @@ pub struct NameClaims {
     pub down_notice: Option<SocketAddr>,
     /// When a peer was last asked why (engine clock, ms).
     pub down_asked_ms: Option<u64>,
+    /// When the first ask not followed by a completed exchange was made.
+    pub unanswered_since_ms: Option<u64>,
+    /// Whether notices reach foca (see [`DOWN_FALLBACK_MS`]).
+    pub pass_down_notices: bool,
 }
 
 /// At most this many claims wait to be handled.
@@ -134,7 +146,29 @@ impl NameClaims {
             return None;
         }
         self.down_asked_ms = Some(now_ms);
+        self.unanswered_since_ms.get_or_insert(now_ms);
         Some(from)
+    }
+
+    /// Decides whether notices reach foca, given when an exchange last
+    /// completed: only after [`DOWN_FALLBACK_MS`] of asks with none.
+    pub fn settle_fallback(&mut self, now_ms: u64, last_exchange_ms: u64) {
+        if self
+            .unanswered_since_ms
+            .is_some_and(|since| last_exchange_ms >= since)
+        {
+            self.unanswered_since_ms = None;
+        }
+        self.pass_down_notices = !self.keeping_out(now_ms)
+            && self
+                .unanswered_since_ms
+                .is_some_and(|since| now_ms >= since.saturating_add(DOWN_FALLBACK_MS));
+    }
+
+    /// foca renewed: notices are asked about again.
+    pub fn renewed(&mut self) {
+        self.unanswered_since_ms = None;
+        self.pass_down_notices = false;
     }
 }
 
@@ -251,6 +285,25 @@ mod tests {
         };
         assert!(claims.keeping_out(999));
         assert!(!claims.keeping_out(1_000));
+    }
+
+    #[test]
+    fn notices_reach_foca_only_when_asking_gets_no_exchange_done() {
+        let peer: SocketAddr = ([127, 0, 0, 1], 7005).into();
+        let mut claims = NameClaims::default();
+        claims.note_down_notice(peer, 1_000);
+        assert_eq!(claims.take_down_check(1_000), Some(peer));
+        claims.settle_fallback(5_999, 0);
+        assert!(!claims.pass_down_notices);
+        claims.settle_fallback(6_000, 0);
+        assert!(claims.pass_down_notices, "no exchange for 5 s");
+        claims.renewed();
+        assert!(!claims.pass_down_notices);
+        claims.note_down_notice(peer, 7_000);
+        assert_eq!(claims.take_down_check(7_000), Some(peer));
+        claims.settle_fallback(12_500, 7_200);
+        assert!(!claims.pass_down_notices, "an exchange completed after the ask");
+        assert_eq!(claims.unanswered_since_ms, None);
     }
 
     #[test]

@@ -298,10 +298,13 @@ impl Engine {
     /// for its member list, which says whether this node was declared down
     /// or another node holds its name (see [`super::name_claims`]).
     fn ask_about_down_notice(&mut self) {
+        let last_exchange = self.last_contact_ms;
         let peer = {
             let mut sh = lock(&self.shared);
             let now = sh.now_ms;
-            sh.claims.take_down_check(now)
+            let peer = sh.claims.take_down_check(now);
+            sh.claims.settle_fallback(now, last_exchange);
+            peer
         };
         if let Some(peer) = peer {
             self.start_sync(peer, false);

@@ -183,6 +183,8 @@ pub struct Sim {
     rng: StdRng,
     observer: Observer,
     events_processed: u64,
+    /// (from, to): streams `from` opens to `to` time out (datagrams pass).
+    streams_blocked: std::collections::BTreeSet<(usize, usize)>,
 }
 
 impl Sim {
@@ -200,6 +202,7 @@ impl Sim {
             links: BTreeMap::new(),
             observer: Observer::default(),
             events_processed: 0,
+            streams_blocked: Default::default(),
         }
     }
 
@@ -373,6 +376,20 @@ impl Sim {
     /// Restores traffic from `from` to `to`.
     pub fn unblock(&mut self, from: usize, to: usize) {
         self.net.unblock(from, to);
+    }
+
+    /// Makes streams between `a` and `b` (either way) fail to open while
+    /// datagrams still pass: a peer out of file descriptors or at its
+    /// stream cap, a firewall that drops TCP. Open streams are left alone.
+    pub fn block_streams(&mut self, a: usize, b: usize) {
+        self.streams_blocked.insert((a, b));
+        self.streams_blocked.insert((b, a));
+    }
+
+    /// Lets streams between `a` and `b` open again.
+    pub fn unblock_streams(&mut self, a: usize, b: usize) {
+        self.streams_blocked.remove(&(a, b));
+        self.streams_blocked.remove(&(b, a));
     }
 
     /// Splits the nodes in two: `side(i)` says which side node `i` is on.
@@ -631,7 +648,10 @@ impl Sim {
             self.push(CONNECT_TIMEOUT_US, unreachable(()));
             return;
         };
-        if !self.net.connected(i, j) || !self.net.connected(j, i) {
+        if !self.net.connected(i, j)
+            || !self.net.connected(j, i)
+            || self.streams_blocked.contains(&(i, j))
+        {
             self.push(CONNECT_TIMEOUT_US, unreachable(()));
             return;
         }
