@@ -162,14 +162,7 @@ async fn facts_beyond_what_peers_accept_are_refused_where_given() {
     );
     // Changing a fact it has is fine, and what it serves reaches peers.
     full.set_fact("k0", "changed").await.unwrap();
-    full.serve(
-        "echo",
-        "1",
-        PluginKind::Processor,
-        |_, p| async move { Ok(p) },
-    )
-    .await
-    .unwrap();
+    serve_echo(full).await;
     wait_for(
         "the full node's record reaches its peer",
         Duration::from_secs(10),

@@ -188,9 +188,9 @@ impl Codec<NodeId> for GuardedCodec {
 
     fn decode_member(&mut self, buf: impl Buf) -> Result<Member<NodeId>, GuardError> {
         let member: Member<NodeId> = PostcardCodec.decode_member(buf)?;
-        let down = member.state() == foca::State::Down;
-        self.screen(member.id(), if down { Heard::Down } else { Heard::Listed })?;
-        if down {
+        let heard = Heard::listed(member.state());
+        self.screen(member.id(), heard)?;
+        if heard == Heard::Down {
             let mut sh = lock(&self.shared);
             if *member.id() == sh.own && !sh.claims.pass_down_notices {
                 if let Some(src) = self.src {

@@ -649,12 +649,6 @@ impl Engine {
     /// Wraps one of foca's packets for the wire (sealed when the keyring
     /// says so) and sends it.
     fn send_swim_packet(&mut self, to: SocketAddr, packet: &[u8]) {
-        // A node kept out of its name is silent in SWIM: its view of the
-        // others goes stale (it declares them down), and told to them, that
-        // view would make healthy peers renew (see `name_claims`).
-        if lock(&self.shared).keeping_out() {
-            return;
-        }
         let mut nonce = [0u8; 24];
         if self.seals().is_some() {
             rand::Rng::fill_bytes(&mut self.nonce_rng, &mut nonce);
@@ -665,6 +659,13 @@ impl Engine {
         };
         {
             let mut sh = lock(&self.shared);
+            // A node kept out of its name is silent in SWIM: its view of
+            // the others is stale, and told to them, it made healthy peers
+            // renew (see `name_claims`). Checked here, under the lock the
+            // counters take anyway; the packet sealed for nothing is rare.
+            if sh.keeping_out() {
+                return;
+            }
             sh.counters.datagrams_out += 1;
             sh.counters.datagram_bytes_out += bytes.len() as u64;
         }

@@ -57,6 +57,17 @@ pub enum Heard {
     Down,
 }
 
+impl Heard {
+    /// How a member a peer lists in `state` is heard of.
+    pub fn listed(state: foca::State) -> Heard {
+        if state == foca::State::Down {
+            Heard::Down
+        } else {
+            Heard::Listed
+        }
+    }
+}
+
 /// A claim on our name: an identity that would displace ours.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claim {

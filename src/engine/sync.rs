@@ -702,9 +702,8 @@ impl Engine {
             let valid = news
                 .into_iter()
                 .filter(|m| {
-                    let down = m.state() == foca::State::Down;
-                    let heard = if down { Heard::Down } else { Heard::Listed };
-                    names::is_valid(&m.id().name) && sh.screen_identity(m.id(), heard)
+                    names::is_valid(&m.id().name)
+                        && sh.screen_identity(m.id(), Heard::listed(m.state()))
                 })
                 .collect();
             (valid, out)
@@ -768,9 +767,10 @@ impl Engine {
         if seeds.is_empty() {
             return;
         }
+        let out = lock(&self.shared).keeping_out();
         // Attempts while another node holds our name are answered (and
         // are no join): they do not count as silent seeds.
-        if lock(&self.shared).keeping_out() {
+        if out {
             self.join_attempts = 0;
         } else {
             self.join_attempts += 1;
@@ -798,7 +798,7 @@ impl Engine {
         }
         // While another node holds our name, its going is looked for
         // more often than an absent seed.
-        let cap = if lock(&self.shared).keeping_out() {
+        let cap = if out {
             std::time::Duration::from_millis(name_claims::KEEP_OUT_JOIN_RETRY_MS)
         } else {
             std::time::Duration::from_secs(30)

@@ -166,6 +166,13 @@ pub async fn rotate_key(
 pub async fn host_echo(node: &Node) -> CallTarget {
     node.create_tribe("svc").await.unwrap();
     node.join("svc", node.name()).await.unwrap();
+    serve_echo(node).await;
+    CallTarget::new("svc", "echo", PluginKind::Processor)
+}
+
+/// Serves on `node` an `echo` processor (version 1) that answers with the
+/// payload.
+pub async fn serve_echo(node: &Node) {
     node.serve(
         "echo",
         "1",
@@ -174,5 +181,4 @@ pub async fn host_echo(node: &Node) -> CallTarget {
     )
     .await
     .unwrap();
-    CallTarget::new("svc", "echo", PluginKind::Processor)
 }
