@@ -779,6 +779,7 @@ async fn moved_call(prefix: &str, size: usize) {
     })
     .await
     .unwrap();
+    // The second host serves the tribe's calls once it knows itself a member.
     wait_for("the caller sees the second host", 20 * SECOND, || {
         caller
             .members()
@@ -786,6 +787,7 @@ async fn moved_call(prefix: &str, size: usize) {
             .filter(|m| !m.endpoints.is_empty())
             .count()
             == 2
+            && new.tribe("svc").is_some_and(|t| t.members.len() == 2)
     })
     .await;
     let responder = held.lock().unwrap().pop().unwrap();

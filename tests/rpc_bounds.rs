@@ -418,8 +418,12 @@ async fn a_call_refused_by_a_stopping_handler_moves_to_another_host() {
         })
         .await
         .unwrap();
+    // Every node's view, the hosts' too: a host serves a tribe's calls
+    // only once it knows itself a member.
     wait_for("both endpoints seen", 20 * SECOND, || {
-        nodes[0].tribe("svc").is_some_and(|t| t.members.len() == 2)
+        nodes
+            .iter()
+            .all(|n| n.tribe("svc").is_some_and(|t| t.members.len() == 2))
             && nodes[0]
                 .members()
                 .iter()
