@@ -447,7 +447,8 @@
  * Another identity uses this node's name, a second node started under it
  * or a forgery (`tribe_event_json` has its address and generation). The
  * one with the newer generation holds the name; the other keeps out of the
- * cluster until the holder goes.
+ * cluster until the holder goes (meanwhile `name_held_by` in
+ * `tribe_node_status_json` names the holder's address).
  */
 #define TRIBE_EVENT_IDENTITY_CLAIMED 22
 

@@ -461,6 +461,15 @@ impl Node {
         self.inner.shared.engine().members()
     }
 
+    /// While another live node runs under this node's name with a newer
+    /// generation (a copied configuration), the address it runs at: this
+    /// node then keeps out of the cluster (it writes nothing, does not
+    /// renew its generation, and is silent in gossip) until that node goes,
+    /// then takes its name back. `None` while this node holds its name.
+    pub fn name_held_by(&self) -> Option<SocketAddr> {
+        self.inner.shared.engine().name_held_by()
+    }
+
     /// Live members, this node included.
     pub fn members_alive(&self) -> usize {
         self.inner.shared.engine().members_alive()

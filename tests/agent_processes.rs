@@ -1407,6 +1407,23 @@ fn a_second_agent_under_a_running_agents_name_holds_it_and_the_first_gets_it_bac
     }
     let renewals = log().matches("rejoining with a new generation").count();
     assert!(renewals <= 1, "the first twin renewed {renewals} times");
+    // Its operator can tell: status, metrics and the CLI name the holder.
+    assert_eq!(get(&first, "/v1/status")["name_held_by"], held.as_str());
+    assert!(get(&second, "/v1/status")["name_held_by"].is_null());
+    let metrics = get(&first, "/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("tribe_name_held_elsewhere 1"),
+        "{metrics}"
+    );
+    let status = cli(&first, &["status"]);
+    let warning = String::from_utf8_lossy(&status.stderr);
+    assert!(
+        status.status.success() && warning.contains(&format!("another node at {held}")),
+        "{warning}"
+    );
     // The twin kept out tells the others nothing that makes them renew.
     let seed_log = std::fs::read_to_string(dir.join("seed.log")).unwrap();
     let seed_renewals = seed_log.matches("rejoining with a new generation").count();
@@ -1418,4 +1435,13 @@ fn a_second_agent_under_a_running_agents_name_holds_it_and_the_first_gets_it_bac
             && member_state(&seed, "twin").as_deref() == Some("alive")
     });
     assert!(log().contains("taking it back"), "{}", log());
+    assert!(get(&first, "/v1/status")["name_held_by"].is_null());
+    let metrics = get(&first, "/metrics");
+    assert!(
+        metrics
+            .as_str()
+            .unwrap()
+            .contains("tribe_name_held_elsewhere 0"),
+        "{metrics}"
+    );
 }

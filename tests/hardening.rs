@@ -195,6 +195,8 @@ async fn a_node_whose_name_was_taken_gets_it_back_when_the_impostor_stops() {
         sent < 1_000,
         "the real node sent {sent} datagrams in 5 s while kept out"
     );
+    assert_eq!(victim.name_held_by(), Some(impostor.addr()));
+    assert_eq!(impostor.name_held_by(), None);
     impostor.shutdown().await.unwrap();
     let began = std::time::Instant::now();
     wait_for("the real node back everywhere", LONG, || {
@@ -211,6 +213,7 @@ async fn a_node_whose_name_was_taken_gets_it_back_when_the_impostor_stops() {
     }
     assert!(answered, "the real node's plugin never answered again");
     assert_eq!(victim.members_alive(), 3);
+    assert_eq!(victim.name_held_by(), None);
     for n in &nodes[..2] {
         let m = n.members().into_iter().find(|m| m.name == "dup2").unwrap();
         assert_eq!(m.state, MemberState::Alive, "{}: {m:?}", n.name());

@@ -3,6 +3,7 @@ package tribe
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -122,4 +123,50 @@ func TestServingNodeOutlivesItsReference(t *testing.T) {
 		t.Fatalf("after GC: %v (closed: %v)", err, in.closing.Load())
 	}
 	_ = in.stop(false)
+}
+
+// A second node started under a running node's name (a copied config)
+// holds it; the first says so in Status and reports the claim, then has its
+// name back once the second is gone.
+func TestASecondNodeUnderANameHoldsIt(t *testing.T) {
+	seed := startNode(t, "twin-seed", nil)
+	name := fmt.Sprintf("twin-%d", nodeSeq.Add(1))
+	twin := func(c *Config) {
+		c.Name = name
+		c.Seeds = []string{seed.Addr()}
+	}
+	first := startNode(t, "", twin)
+	rec := record(first)
+	addrOf := func() string {
+		m, err := seed.Member(name)
+		if err != nil || m.State != "alive" {
+			return ""
+		}
+		return m.Addr
+	}
+	waitFor(t, "the first twin seen", 20*time.Second, func() bool { return addrOf() == first.Addr() })
+	// Generations are start times in ms: the copy's is newer.
+	time.Sleep(50 * time.Millisecond)
+	second := startNode(t, "", twin)
+	heldBy := func(n *Node) string {
+		st, err := n.Status()
+		if err != nil {
+			t.Fatalf("status: %v", err)
+		}
+		return st.NameHeldBy
+	}
+	waitFor(t, "the first twin keeps out", 30*time.Second, func() bool { return heldBy(first) == second.Addr() })
+	waitFor(t, "the claim reported", 10*time.Second, func() bool {
+		return rec.has(func(e Event) bool { return e.Kind == EventIdentityClaimed && e.Addr == second.Addr() })
+	})
+	if got := heldBy(second); got != "" {
+		t.Fatalf("the holder says its name is held by %q", got)
+	}
+	if got := addrOf(); got != second.Addr() {
+		t.Fatalf("the seed sees the name at %q, not the second twin's %q", got, second.Addr())
+	}
+	second.Abort()
+	waitFor(t, "the first twin back", 60*time.Second, func() bool {
+		return heldBy(first) == "" && addrOf() == first.Addr()
+	})
 }

@@ -137,6 +137,11 @@ type Status struct {
 	// empty without a keyring.
 	Encryption string `json:"encryption"`
 	PrimaryKey string `json:"primary_key"`
+	// NameHeldBy is, while another live node runs under this node's name
+	// with a newer generation (a copied configuration), the address it runs
+	// at: this node keeps out of the cluster until that node goes, then
+	// takes its name back. Empty while this node holds its name.
+	NameHeldBy string `json:"name_held_by"`
 }
 
 // KeyStatus says which live nodes hold which keys (ids only, never keys).

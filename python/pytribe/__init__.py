@@ -751,6 +751,13 @@ class Node:
         """Digest of the replicated state: equal on converged nodes."""
         return self._native.state_digest()
 
+    def name_held_by(self) -> Optional[str]:
+        """While another live node runs under this node's name with a newer
+        generation (a copied configuration), the address it runs at: this
+        node keeps out of the cluster until that node goes, then takes its
+        name back. None while this node holds its name."""
+        return self._native.name_held_by()
+
     def keys(self) -> Keys:
         """Which live nodes hold which keys (ids only)."""
         return Keys._from(self._native.keys())

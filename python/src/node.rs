@@ -357,6 +357,13 @@ impl NativeNode {
         Ok(list)
     }
 
+    fn name_held_by(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.live(py)?;
+        Ok(py
+            .detach(|| self.node.name_held_by())
+            .map(|a| a.to_string()))
+    }
+
     fn state_digest(&self, py: Python<'_>) -> PyResult<String> {
         self.live(py)?;
         Ok(py.detach(|| self.node.state_digest()))

@@ -109,3 +109,27 @@ def test_five_python_nodes_form_tribes_by_policy(cluster: Cluster) -> None:
     assert len({n.state_digest() for n in rest}) == 1 or wait_for(
         "same digest", lambda: len({n.state_digest() for n in rest}) == 1
     ) is None
+
+
+def test_a_second_node_under_a_name_holds_it_and_the_first_says_so(cluster: Cluster) -> None:
+    seed = cluster.start("seed")
+    first = cluster.start("twin", [seed.addr])
+    watch = Watch(first)
+    wait_for("the first twin seen", lambda: any(m.name == "twin" and m.addr == first.addr for m in seed.members()))
+    # Generations are start times in ms: the copy's is newer.
+    time.sleep(0.05)
+    second = cluster.start("twin", [seed.addr])
+    wait_for("the first twin keeps out", lambda: first.name_held_by() == second.addr, timeout=30)
+    watch.wait(
+        "identity_claimed",
+        lambda e: isinstance(e, pytribe.IdentityClaimed) and e.addr == second.addr,
+    )
+    assert second.name_held_by() is None
+    assert next(m.addr for m in seed.members() if m.name == "twin") == second.addr
+    second.abort()
+    wait_for(
+        "the first twin back",
+        lambda: first.name_held_by() is None
+        and any(m.name == "twin" and m.addr == first.addr and m.state == "alive" for m in seed.members()),
+        timeout=60,
+    )

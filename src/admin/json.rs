@@ -33,6 +33,10 @@ pub struct Status {
     /// Primary key id, absent without a keyring.
     #[serde(default)]
     pub primary_key: Option<String>,
+    /// While another live node holds this node's name, the address it
+    /// runs at (this node keeps out meanwhile); absent otherwise.
+    #[serde(default)]
+    pub name_held_by: Option<String>,
 }
 
 /// A plugin a member serves.
@@ -253,6 +257,7 @@ impl Status {
             tribes: node.tribes().len(),
             broadcast_backlog: node.broadcast_backlog(),
             version: env!("CARGO_PKG_VERSION").to_string(),
+            name_held_by: node.name_held_by().map(|a| a.to_string()),
         }
     }
 }

@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub keys_held: usize,
     /// Remote call counters.
     pub rpc: crate::rpc::RpcStats,
+    /// Whether another live node holds this node's name (it keeps out).
+    pub name_held_elsewhere: bool,
 }
 
 type Labels = Vec<(String, String)>;
@@ -92,6 +94,12 @@ pub fn render(s: &Snapshot) -> String {
         "broadcast_backlog",
         "Gossip updates waiting to be sent",
         s.broadcast_backlog,
+    );
+    gauge(
+        &mut r,
+        "name_held_elsewhere",
+        "1 while another live node runs under this node's name and this node keeps out of the cluster for it",
+        usize::from(s.name_held_elsewhere),
     );
 
     let c = &s.counters;
@@ -419,8 +427,10 @@ mod tests {
                 ok: 4,
                 ..Default::default()
             },
+            name_held_elsewhere: true,
         });
         assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
+        assert!(text.contains("tribe_name_held_elsewhere 1"), "{text}");
         assert!(text.contains("tribe_policies 3"), "{text}");
         assert!(
             text.contains("tribe_packets_total{transport=\"udp\",direction=\"in\"} 7"),

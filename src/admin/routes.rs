@@ -379,6 +379,7 @@ pub(super) async fn prometheus(State(node): State<Node>) -> Response {
             .filter(|k| k.installed_on.iter().any(|n| n == node.name()))
             .count(),
         rpc: node.rpc_stats(),
+        name_held_elsewhere: node.name_held_by().is_some(),
     });
     (
         [(

@@ -603,6 +603,17 @@ impl Engine {
         out
     }
 
+    /// The address of the node that holds this node's name while this one
+    /// keeps out of the cluster for it (see [`super::name_claims`]).
+    pub fn name_held_by(&self) -> Option<std::net::SocketAddr> {
+        let sh = lock(&self.shared);
+        if sh.keeping_out() {
+            sh.claims.holder.as_ref().map(|h| h.addr)
+        } else {
+            None
+        }
+    }
+
     /// Number of live members, this node included.
     pub fn members_alive(&self) -> usize {
         self.members.count_up() + usize::from(!self.left)

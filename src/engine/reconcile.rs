@@ -98,7 +98,8 @@ pub enum Event {
     /// under it, or a forgery. One with a newer generation takes the name
     /// while it is up: this node keeps out (it writes nothing under the
     /// name and does not renew its generation) and takes the name back,
-    /// with a newer generation, once the other is reported down or gone.
+    /// with a newer generation, once the other is reported down or gone
+    /// (meanwhile [`crate::Node::name_held_by`] gives the holder's address).
     /// One with an older generation keeps out itself. Reported once per
     /// address and generation.
     IdentityClaimed {

@@ -66,7 +66,8 @@ pub const TRIBE_EVENT_LOG: u32 = 21;
 /// Another identity uses this node's name, a second node started under it
 /// or a forgery (`tribe_event_json` has its address and generation). The
 /// one with the newer generation holds the name; the other keeps out of the
-/// cluster until the holder goes.
+/// cluster until the holder goes (meanwhile `name_held_by` in
+/// `tribe_node_status_json` names the holder's address).
 pub const TRIBE_EVENT_IDENTITY_CLAIMED: u32 = 22;
 /// A peer's clock is off this node's (subject: its name; `tribe_event_json`
 /// has the offset).

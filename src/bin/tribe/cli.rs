@@ -300,6 +300,12 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                 return print_json(&value);
             }
             let s: Status = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            // On standard error, so that the table stays as scripts read it.
+            if let Some(holder) = &s.name_held_by {
+                eprintln!(
+                    "warning: another node at {holder} runs under this node's name (a copied configuration?); this node keeps out of the cluster until that node stops"
+                );
+            }
             print_table(
                 &[
                     "NAME",
