@@ -223,6 +223,69 @@ async fn a_node_whose_name_was_taken_gets_it_back_when_the_impostor_stops() {
     }
 }
 
+/// A node config with the local profile's own push-pull interval (15 s):
+/// what is checked below must not wait for periodic exchanges.
+fn slow_exchanges(name: &str) -> Config {
+    let mut cfg = test_config(name);
+    if let Some(t) = cfg.timings.as_mut() {
+        t.push_pull_interval = tribe::Profile::Local.timings().push_pull_interval;
+    }
+    cfg
+}
+
+/// A copy started with the node whose name it takes as its only seed
+/// (a copied config of a two-node setup): the first node keeps out, yet
+/// still answers the copy, which joins the others through it; once the
+/// copy is gone, the first node has its name back in seconds, not after its
+/// keep-out runs out (60 s): it dials the holder, whose port now refuses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_seeded_with_the_node_it_displaces_joins_through_it_and_goes_without_a_wait() {
+    // The two alone.
+    let first = Node::start(slow_exchanges("cp1")).await.unwrap();
+    let mut cfg = slow_exchanges("cp1");
+    cfg.seeds = vec![first.addr()];
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let copy = Node::start(cfg).await.unwrap();
+    wait_for("the first node keeps out", LONG, || {
+        first.name_held_by() == Some(copy.addr())
+    })
+    .await;
+    assert_eq!(copy.name_held_by(), None);
+    copy.abort().await;
+    wait_for("the name back", Duration::from_secs(20), || {
+        first.name_held_by().is_none()
+    })
+    .await;
+
+    // With a third node that knows only the first.
+    let first = Node::start(slow_exchanges("cp2")).await.unwrap();
+    let mut cfg = slow_exchanges("cp2-other");
+    cfg.seeds = vec![first.addr()];
+    let other = Node::start(cfg).await.unwrap();
+    let at = |addr| {
+        other
+            .members()
+            .into_iter()
+            .any(|m| m.name == "cp2" && m.addr == addr && m.state == MemberState::Alive)
+    };
+    wait_for("the first node seen", LONG, || at(first.addr())).await;
+    let mut cfg = slow_exchanges("cp2");
+    cfg.seeds = vec![first.addr()];
+    let copy = Node::start(cfg).await.unwrap();
+    wait_for("the copy joined through the first node", LONG, || {
+        at(copy.addr()) && copy.members_alive() == 2
+    })
+    .await;
+    assert_eq!(first.name_held_by(), Some(copy.addr()));
+    copy.abort().await;
+    wait_for("the first node back", Duration::from_secs(20), || {
+        first.name_held_by().is_none() && at(first.addr())
+    })
+    .await;
+    other.shutdown().await.unwrap();
+    first.shutdown().await.unwrap();
+}
+
 /// Five nodes, the last with its clock `offset_ms` off from the start.
 async fn skewed_cluster(prefix: &str, offset_ms: i64) -> Vec<Node> {
     let mut nodes = start_cluster(prefix, 4, |_| {}).await;

@@ -789,6 +789,18 @@ impl Engine {
             sh.counters.tombstones_collected += n as u64;
         }
         self.expire_exchanges(now);
+        let holder = {
+            let mut sh = lock(&self.shared);
+            sh.claims.take_holder_check(now)
+        };
+        if let Some(addr) = holder {
+            // The holder itself (a refusal: it is gone), and a peer, whose
+            // member list says when the others found it down (a frozen or
+            // cut-off holder refuses nothing), sooner than a push-pull
+            // round (30 s on a LAN).
+            self.start_sync(addr, false);
+            self.periodic_sync();
+        }
         // News too large for gossip goes to a few peers at once (rumour
         // mongering over streams); with no peer yet, it waits for one.
         if self.sync_soon && self.members.count_up() > 0 {
@@ -802,9 +814,16 @@ impl Engine {
     /// Members of the membership protocol worth sending in an exchange.
     fn swim_members(&self) -> Vec<Member<NodeId>> {
         // Kept out of its name, this node's view is stale (see
-        // `send_swim_packet`): it lists nothing.
+        // `send_swim_packet`): it lists only the members it last knew
+        // alive, not itself (through them a holder that knows only this
+        // node joins the others). Its suspicions are not news to tell.
         if lock(&self.shared).keeping_out() {
-            return Vec::new();
+            return self
+                .swim
+                .iter_membership_state()
+                .filter(|m| m.state() == foca::State::Alive)
+                .cloned()
+                .collect();
         }
         let mut out: Vec<Member<NodeId>> = self.swim.iter_membership_state().cloned().collect();
         if !self.left {

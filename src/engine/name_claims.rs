@@ -18,6 +18,14 @@
 //! fail while datagrams pass, no exchange completes: after
 //! [`DOWN_FALLBACK_MS`] of that, notices reach foca again.
 //!
+//! The holder may know no one but this node (a copy seeded with this node
+//! alone): so a kept-out node still answers the holder's exchanges, with
+//! the members it last knew alive, through which the holder joins the
+//! others; and every [`HOLDER_CHECK_MS`] it dials the holder itself, a
+//! refused connection (no process listens there any more) being word that
+//! the holder is gone, and has a whole exchange with a peer, whose member
+//! list tells when the others found the holder down.
+//!
 //! A claim at this node's own address is an earlier life of this node (a
 //! restart whose clock went back), and a claim reported down is a node that
 //! went away: both are answered at once, as before.
@@ -35,6 +43,10 @@ pub const KEEP_OUT_MS: u64 = 60_000;
 /// Join attempts while kept out are at most this far apart, so the name is
 /// taken back soon after its holder goes.
 pub const KEEP_OUT_JOIN_RETRY_MS: u64 = 10_000;
+
+/// While kept out, the holder is dialled this often (an exchange with it):
+/// a refused connection says it is gone, an answer that it is up.
+pub const HOLDER_CHECK_MS: u64 = 2_000;
 
 /// "You are down" notices open an exchange at most this often.
 pub const DOWN_CHECK_GAP_MS: u64 = 1_000;
@@ -100,6 +112,8 @@ pub struct NameClaims {
     pub unanswered_since_ms: Option<u64>,
     /// Whether notices reach foca (see [`DOWN_FALLBACK_MS`]).
     pub pass_down_notices: bool,
+    /// When the holder was last dialled (engine clock, ms).
+    pub holder_checked_ms: Option<u64>,
 }
 
 /// At most this many claims wait to be handled.
@@ -135,6 +149,37 @@ impl NameClaims {
     /// Whether this node keeps out at `now_ms`.
     pub fn keeping_out(&self, now_ms: u64) -> bool {
         now_ms < self.keep_out_until_ms
+    }
+
+    /// The holder's address, when it is due a check (see
+    /// [`HOLDER_CHECK_MS`]) while this node keeps out.
+    pub fn take_holder_check(&mut self, now_ms: u64) -> Option<SocketAddr> {
+        if !self.keeping_out(now_ms) {
+            return None;
+        }
+        let addr = self.holder.as_ref()?.addr;
+        let due = self
+            .holder_checked_ms
+            .is_none_or(|t| now_ms >= t.saturating_add(HOLDER_CHECK_MS));
+        if !due {
+            return None;
+        }
+        self.holder_checked_ms = Some(now_ms);
+        Some(addr)
+    }
+
+    /// A connection to `addr` was refused: when the holder lives there, it
+    /// is gone (noted as reported down, which ends keeping out). Whether it
+    /// was.
+    pub fn holder_refused(&mut self, addr: SocketAddr, own: &NodeId, now_ms: u64) -> bool {
+        let Some(holder) = self.holder.clone().filter(|h| h.addr == addr) else {
+            return false;
+        };
+        if !self.keeping_out(now_ms) {
+            return false;
+        }
+        self.note(&holder, own, Heard::Down);
+        true
     }
 
     /// Notes a "you are down" notice from `from` (not while keeping out:
@@ -296,6 +341,35 @@ mod tests {
         };
         assert!(claims.keeping_out(999));
         assert!(!claims.keeping_out(1_000));
+    }
+
+    #[test]
+    fn the_holder_is_dialled_every_few_seconds_and_its_refusal_ends_keeping_out() {
+        let own = id(7000, 100);
+        let holder = id(7001, 200);
+        let mut claims = NameClaims {
+            keep_out_until_ms: 60_000,
+            holder: Some(holder.clone()),
+            ..NameClaims::default()
+        };
+        assert_eq!(claims.take_holder_check(1_000), Some(holder.addr));
+        assert_eq!(claims.take_holder_check(2_999), None);
+        assert_eq!(claims.take_holder_check(3_000), Some(holder.addr));
+        // Another address refusing says nothing of the holder.
+        assert!(!claims.holder_refused(id(7002, 1).addr, &own, 3_100));
+        assert!(claims.winning.is_empty());
+        assert!(claims.holder_refused(holder.addr, &own, 3_100));
+        assert_eq!(
+            answer(&claims.winning, &own, Some(&holder)),
+            Answer::Renew { newest: 200 }
+        );
+        // Not kept out: no dial, and a refusal is no word of a holder.
+        let mut free = NameClaims {
+            holder: Some(holder.clone()),
+            ..NameClaims::default()
+        };
+        assert_eq!(free.take_holder_check(1_000), None);
+        assert!(!free.holder_refused(holder.addr, &own, 1_000));
     }
 
     #[test]

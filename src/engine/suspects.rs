@@ -81,6 +81,15 @@ impl Engine {
         let peer = self.conns.get(&conn).and_then(|x| x.peer);
         self.handle_stream_closed(now_ms, conn);
         let Some(addr) = peer else { return };
+        let holder_gone = {
+            let mut sh = lock(&self.shared);
+            let (own, now) = (sh.own.clone(), sh.now_ms);
+            sh.claims.holder_refused(addr, &own, now)
+        };
+        if holder_gone {
+            tracing::debug!(%addr, "the node holding this node's name refused a connection: gone");
+            return self.after_change();
+        }
         let suspect = self
             .swim
             .iter_members()

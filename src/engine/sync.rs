@@ -449,8 +449,22 @@ impl Engine {
             lock(&self.shared).counters.label_mismatches += 1;
         } else if !names::is_valid(&from.name) {
             lock(&self.shared).counters.frame_decode_errors += 1;
-        } else if lock(&self.shared).screen_identity(from, Heard::Speaking) {
-            return true;
+        } else {
+            let mut sh = lock(&self.shared);
+            if sh.screen_identity(from, Heard::Speaking) {
+                return true;
+            }
+            // A node under our name elsewhere, newer (it holds the name):
+            // answered all the same, so that a copy seeded with this node
+            // alone joins the others through it (see `name_claims`). Its
+            // identity never reaches foca: the screen keeps it out of
+            // every member list this node applies.
+            if from.name == sh.own.name
+                && from.addr != sh.own.addr
+                && from.generation <= sh.horizon_ms()
+            {
+                return true;
+            }
         }
         self.finish(conn, false);
         false
