@@ -832,3 +832,54 @@ async fn a_call_refused_by_every_stopping_host_names_them() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A call made as soon as the caller's own view puts a host in the tribe
+/// reaches it, though the host has not heard of it yet (it refuses as not
+/// serving the tribe until it has): the caller tries it again, shortly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_right_after_a_host_was_put_in_the_tribe_waits_for_the_host_to_hear_of_it() {
+    let nodes = start_cluster("fresh", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.serve(
+        "up",
+        "1",
+        PluginKind::Processor,
+        |_i, p| async move { Ok(p) },
+    )
+    .await
+    .unwrap();
+    wait_for("the endpoint seen", 20 * SECOND, || {
+        caller.members().iter().any(|m| !m.endpoints.is_empty())
+    })
+    .await;
+    let target = CallTarget::new("t", "up", PluginKind::Processor);
+    for round in 0..5 {
+        let tribe = format!("t{round}");
+        caller.create_tribe(&tribe).await.unwrap();
+        caller.join(&tribe, host.name()).await.unwrap();
+        assert!(caller
+            .tribe(&tribe)
+            .is_some_and(|t| t.members == [host.name().to_string()]));
+        let target = CallTarget {
+            tribe: tribe.clone(),
+            ..target.clone()
+        };
+        let reply = caller.call(&target, b"hi".to_vec(), 5 * SECOND).await;
+        assert_eq!(reply.unwrap(), b"hi", "round {round}");
+    }
+    // A host that does not serve the tribe at all is still no provider,
+    // after the short retries.
+    caller.create_tribe("never").await.unwrap();
+    let target = CallTarget {
+        tribe: "never".into(),
+        ..target
+    };
+    assert!(matches!(
+        caller.call(&target, b"hi".to_vec(), 5 * SECOND).await,
+        Err(Error::NoProvider { .. })
+    ));
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -49,6 +49,13 @@ pub enum Carry {
 /// providers again for hosts that appeared meanwhile.
 const REREADS: usize = 2;
 
+/// Pauses (ms) before the hosts that said they do not serve a call, yet
+/// are still listed as serving it, are tried again: a host's view may be
+/// behind the caller's (the host was just put in the tribe, or just began
+/// serving, and has not heard of it yet), which gossip closes within tens
+/// of ms on a LAN. Within the call's deadline.
+const NOT_YET_PAUSES_MS: [u64; 4] = [20, 50, 100, 250];
+
 /// What one host's try at a call needs.
 struct Host<'a> {
     snap: &'a Snapshot,
@@ -68,6 +75,10 @@ enum Step {
     Busy(Option<Vec<u8>>),
     /// Refused or unreachable before it ran; another host may take it.
     Next(Option<Vec<u8>>),
+    /// Refused by a remote host as not serving it (not a member of the
+    /// tribe, or not serving the plugin, in its view): another host may
+    /// take it, or this one once its view catches up with the caller's.
+    NotServing(Option<Vec<u8>>),
     /// Refused by a host that is stopping; another host may take it.
     Stopping(Option<Vec<u8>>),
 }
@@ -256,8 +267,11 @@ impl Rpc {
         let mut overloaded = false;
         let mut tried: Vec<String> = Vec::new();
         let mut stopping: Vec<String> = Vec::new();
-        for round in 0..=REREADS {
-            let may_reread = round < REREADS;
+        let mut not_serving: Vec<String> = Vec::new();
+        let mut pauses = NOT_YET_PAUSES_MS.iter();
+        let mut round = 0;
+        loop {
+            let may_reread = round < REREADS || pauses.len() > 0;
             let last = cands.len() - 1;
             for (i, cand) in cands.iter().enumerate() {
                 // A remote host that refuses hands the bytes back; this
@@ -290,6 +304,10 @@ impl Rpc {
                         back
                     }
                     Step::Next(back) => back,
+                    Step::NotServing(back) => {
+                        not_serving.push(cand.name.clone());
+                        back
+                    }
                     Step::Stopping(back) => {
                         stopping.push(cand.name.clone());
                         back
@@ -304,15 +322,31 @@ impl Rpc {
             }
             // Every known host refused or could not be reached: members
             // that began serving meanwhile may take it.
-            let fresh: Vec<_> = refresh()
-                .unwrap_or_default()
+            let listed = refresh().unwrap_or_default();
+            let (fresh, seen): (Vec<_>, Vec<_>) =
+                listed.into_iter().partition(|c| !tried.contains(&c.name));
+            if !fresh.is_empty() && round < REREADS {
+                round += 1;
+                cands = client::order(fresh, &self.pool);
+                continue;
+            }
+            // Hosts that said they do not serve it, and are still listed
+            // as serving it: their view may be behind this node's.
+            let again: Vec<_> = seen
                 .into_iter()
-                .filter(|c| !tried.contains(&c.name))
+                .filter(|c| not_serving.contains(&c.name))
                 .collect();
-            if fresh.is_empty() {
+            let Some(&pause) = pauses.next() else { break };
+            if again.is_empty() {
                 break;
             }
-            cands = client::order(fresh, &self.pool);
+            let pause = Duration::from_millis(pause);
+            if deadline.saturating_duration_since(Instant::now()) <= pause {
+                break;
+            }
+            tokio::time::sleep(pause).await;
+            not_serving.clear();
+            cands = client::order(again, &self.pool);
         }
         Err(if overloaded {
             Error::Overloaded
@@ -427,7 +461,7 @@ impl Rpc {
                     limit: usize::try_from(limit).unwrap_or(usize::MAX),
                 }))
             }
-            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin))) => Step::Next(back()),
+            Ok(Some(Answer::Refused(Refusal::NoSuchPlugin))) => Step::NotServing(back()),
             Ok(Some(Answer::Refused(Refusal::ShuttingDown))) => Step::Stopping(back()),
             Ok(Some(Answer::Lost | Answer::Unsent)) if self.pool.is_closed() => {
                 done(Err(Error::ShuttingDown))
