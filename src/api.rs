@@ -22,6 +22,11 @@ use crate::{MemberInfo, Policy, TribeInfo};
 /// the one before it (see [`Node::use_key`], [`Node::remove_key`]).
 pub const KEY_SPREAD_WAIT: Duration = Duration::from_secs(10);
 
+/// How long [`Node::use_key`] waits for a key no live member is known to
+/// hold to be heard of (installed through another node a moment ago),
+/// before it refuses it as unknown.
+pub const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(3);
+
 /// A running node. Cheap to clone; every clone drives the same node.
 /// Dropping the last clone without [`Node::shutdown`] stops the node without
 /// a goodbye (peers will mark it failed).
@@ -382,25 +387,59 @@ impl Node {
     }
 
     /// Makes an installed key the primary (sealing) key of every node.
-    /// First waits (up to 10 s) until every live member holds the key:
+    /// A key installed through another node a moment ago is waited for
+    /// (up to 3 s, [`UNKNOWN_KEY_WAIT`], until some member is heard to hold
+    /// it; else [`Error::UnknownKey`]).
+    /// Then waits (up to 10 s) until every live member holds the key:
     /// a member sealing with a key another lacks is cut off from it, so a
     /// key not there by then is refused with [`Error::KeyNotSpread`] and
     /// nothing changes.
     pub async fn use_key(&self, id: crate::KeyId) -> Result<()> {
-        if self.keyring_status().keys.iter().any(|k| k.id == id) {
-            self.wait_for_keys(id, false).await?;
+        // A key installed through another node a moment ago may not be
+        // heard of here yet.
+        let deadline = tokio::time::Instant::now() + UNKNOWN_KEY_WAIT;
+        while !self.keyring_status().keys.iter().any(|k| k.id == id) {
+            if self.inner.inbox.is_closed() {
+                return Err(Error::ShuttingDown);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.command(Command::UseKey(id)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.wait_for_keys(id, false).await?;
         self.command(Command::UseKey(id)).await
     }
 
     /// Removes a key from every node's keyring; the primary is refused.
     /// First waits (up to 10 s) until no live member seals with it any
-    /// more (after a [`Node::use_key`] of another key), else refuses with
-    /// [`Error::KeyNotSpread`].
+    /// more (after a [`Node::use_key`] of another key, also one made
+    /// through another node that has not reached this one yet), else
+    /// refuses with [`Error::KeyNotSpread`]. This node's own primary is
+    /// refused ([`Error::PrimaryKey`]) unless a switch to another key is
+    /// heard of within 3 s ([`UNKNOWN_KEY_WAIT`]).
     pub async fn remove_key(&self, id: crate::KeyId) -> Result<()> {
-        if self.keyring_status().primary != Some(id) {
-            self.wait_for_keys(id, true).await?;
+        // A switch made through another node a moment ago may not be heard
+        // of here yet: some member sealing with another key says it is.
+        let deadline = tokio::time::Instant::now() + UNKNOWN_KEY_WAIT;
+        loop {
+            let status = self.keyring_status();
+            let switching = status
+                .keys
+                .iter()
+                .any(|k| k.id != id && !k.primary_on.is_empty());
+            if status.primary != Some(id) || switching {
+                break;
+            }
+            if self.inner.inbox.is_closed() {
+                return Err(Error::ShuttingDown);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return self.command(Command::RemoveKey(id)).await;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
+        self.wait_for_keys(id, true).await?;
         self.command(Command::RemoveKey(id)).await
     }
 

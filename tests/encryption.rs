@@ -404,6 +404,40 @@ async fn keyring_steps_run_back_to_back_cut_no_node_off() {
     assert_eq!(lagging.members_alive(), 4);
 }
 
+/// The same steps, each through another node, back to back: a step taken
+/// through a node that has not yet heard of the one before waits for it
+/// (it used to be refused: the key unknown there, or still its primary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyring_steps_through_different_nodes_run_back_to_back() {
+    let k1 = SecretKey::generate();
+    let nodes = start_cluster("bx", 3, keyed(&k1)).await;
+    wait_converged_members(&nodes, 3).await;
+    let mut old = k1;
+    for round in 0..3 {
+        let new = SecretKey::generate();
+        nodes[round % 3].install_key(new.clone()).await.unwrap();
+        nodes[(round + 1) % 3].use_key(new.id()).await.unwrap();
+        nodes[(round + 2) % 3].remove_key(old.id()).await.unwrap();
+        wait_for(
+            "the new key alone, primary everywhere",
+            Duration::from_secs(20),
+            || {
+                nodes
+                    .iter()
+                    .all(|n| holders(n, old.id()).0 == 0 && holders(n, new.id()) == (3, 3))
+            },
+        )
+        .await;
+        old = new;
+    }
+    // The primary itself, with no switch under way, is refused (after 3 s).
+    let err = nodes[1].remove_key(old.id()).await.unwrap_err();
+    assert_eq!(err.code(), "primary_key", "{err}");
+    for n in &nodes {
+        assert_eq!(n.members_alive(), 3, "{} was cut off", n.name());
+    }
+}
+
 /// A key only one member still holds (an old key file put back on it) is
 /// removed through any other member, which does not hold it itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

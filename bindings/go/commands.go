@@ -195,8 +195,11 @@ func (n *Node) InstallKey(key string) error {
 }
 
 // UseKey makes an installed key (its 8-hex-digit id or the base64 key) the
-// sealing key of every node. It first waits (up to 10 s) until every live
-// member holds the key; ErrKeyNotSpread (nothing changed) if one does not.
+// sealing key of every node. A key installed through another node a moment
+// ago is waited for (up to 3 s until some member is heard to hold it, else
+// ErrUnknownKey). Then it waits (up to 10 s) until every live member, this
+// node included, holds the key; ErrKeyNotSpread (nothing changed) if one
+// does not.
 func (n *Node) UseKey(key string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_use_key(p, a[0], e)
@@ -204,8 +207,10 @@ func (n *Node) UseKey(key string) error {
 }
 
 // RemoveKey removes a key (id or base64) from every node's keyring;
-// ErrPrimaryKey for the primary key. It first waits (up to 10 s) until no
-// live member seals with the key any more; ErrKeyNotSpread otherwise.
+// ErrPrimaryKey for the primary key (this node's own primary after up to 3 s,
+// unless a switch made through another node is heard of by then). It first
+// waits (up to 10 s) until no live member, this node included, seals with
+// the key any more; ErrKeyNotSpread otherwise.
 func (n *Node) RemoveKey(key string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_remove_key(p, a[0], e)

@@ -864,16 +864,22 @@ class Node:
     def use_key(self, key: str) -> str:
         """Makes an installed key (or key id) the primary of every node; returns its id.
 
-        First waits (up to 10 s) until every live member holds the key;
-        raises :class:`KeyNotSpreadError` (nothing changed) if one does not.
+        A key installed through another node a moment ago is waited for (up
+        to 3 s until some member is heard to hold it, else
+        :class:`UnknownKeyError`). Then waits (up to 10 s) until every live
+        member, this one included, holds the key; raises
+        :class:`KeyNotSpreadError` (nothing changed) if one does not.
         """
         return self._native.use_key(key)
 
     def remove_key(self, key: str) -> str:
         """Removes a key (or key id) from every node's keyring; returns its id.
 
-        First waits (up to 10 s) until no live member seals with the key any
-        more; raises :class:`KeyNotSpreadError` (nothing changed) otherwise.
+        This node's own primary is refused (:class:`PrimaryKeyError`) after
+        up to 3 s, unless a switch made through another node is heard of by
+        then. First waits (up to 10 s) until no live member, this one
+        included, seals with the key any more; raises
+        :class:`KeyNotSpreadError` (nothing changed) otherwise.
         """
         return self._native.remove_key(key)
 

@@ -281,13 +281,20 @@ impl Engine {
         }
     }
 
-    /// Live members other than this node, by their records, that do not
-    /// hold `id` yet (`primary: false`) or still seal with it
-    /// (`primary: true`), by name.
+    /// Live members, this node first, that do not hold `id` yet
+    /// (`primary: false`) or still seal with it (`primary: true`), by name
+    /// (peers by their records). This node lags when a step taken through
+    /// another node has not reached it yet.
     pub fn members_lagging(&self, id: KeyId, primary: bool) -> Vec<String> {
+        let mut lagging = Vec::new();
+        if let Some(ring) = &self.keyring {
+            let (holds, seals) = (ring.ids().contains(&id), ring.primary_id() == id);
+            if (primary && seals) || (!primary && !holds) {
+                lagging.push(self.name.to_string());
+            }
+        }
         let sh = lock(&self.shared);
         let view = super::view::View { state: &sh.state };
-        let mut lagging = Vec::new();
         for (name, row) in self.members.iter() {
             if !row.state.is_up() {
                 continue;

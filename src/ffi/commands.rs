@@ -303,9 +303,12 @@ pub extern "C" fn tribe_node_install_key(
 }
 
 /// Makes an installed key (its id, 8 hex digits, or the base64 key) the
-/// sealing key of every node. First blocks (up to 10 s) until every live
-/// member holds the key; a key not there by then is refused with
-/// `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing changes.
+/// sealing key of every node. A key installed through another node a
+/// moment ago is waited for (up to 3 s until some member is heard to hold
+/// it, else `TRIBE_UNKNOWN_KEY`). Then blocks (up to 10 s) until every live
+/// member, this node included, holds the key; a key not there by then is
+/// refused with `TRIBE_KEY_NOT_SPREAD` (naming the members) and nothing
+/// changes.
 #[no_mangle]
 pub extern "C" fn tribe_node_use_key(
     node: *const TribeNode,
@@ -319,8 +322,10 @@ pub extern "C" fn tribe_node_use_key(
 }
 
 /// Removes a key (id or base64) from every node's keyring; the primary key
-/// is refused with `TRIBE_PRIMARY_KEY`. First blocks (up to 10 s) until no
-/// live member seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
+/// is refused with `TRIBE_PRIMARY_KEY` (this node's own primary after up to
+/// 3 s, unless a switch to another key made through another node is heard
+/// of by then). First blocks (up to 10 s) until no live member, this node
+/// included, seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
 #[no_mangle]
 pub extern "C" fn tribe_node_remove_key(
     node: *const TribeNode,
