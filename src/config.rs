@@ -462,6 +462,12 @@ impl Config {
                 "cluster label is longer than 64 bytes".into(),
             ));
         }
+        // Logged and shown as is: no control characters.
+        if self.cluster_label.chars().any(char::is_control) {
+            return Err(Error::Config(
+                "cluster label holds a control character".into(),
+            ));
+        }
         for (k, v) in &self.facts {
             crate::facts::validate_fact(k, v).map_err(|e| Error::Config(e.to_string()))?;
         }
@@ -541,6 +547,15 @@ mod tests {
         f(&mut t);
         cfg.timings = Some(t);
         cfg.validate()
+    }
+
+    #[test]
+    fn a_label_with_a_control_character_is_refused() {
+        let mut cfg = Config::new("n");
+        cfg.cluster_label = "a\0".into();
+        assert!(cfg.validate().is_err());
+        cfg.cluster_label = "prod-eu".into();
+        assert!(cfg.validate().is_ok());
     }
 
     #[test]

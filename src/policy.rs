@@ -298,17 +298,36 @@ impl Compiled {
     /// yields something other than a bool, or names a function or variable
     /// that does not exist. Run over no facts, where a missing fact (the
     /// usual error) says nothing and is let through.
+    ///
+    /// Then run again with every fact the expression names set to "0", so
+    /// that one yielding another type once its facts are there
+    /// (`facts.rack`, `size(facts.rack)`) is refused too.
     fn probe(&self) -> Result<(), PolicyError> {
+        let start = self.source.len() - self.source.trim_start().len();
+        let not_bool = |other: Value, with: &str| {
+            PolicyError::at(
+                format!("expression yields {}, not bool{with}", other.type_of()),
+                &self.source,
+                start,
+            )
+        };
         match catch_unwind(AssertUnwindSafe(|| self.execute(&BTreeMap::new()))) {
-            Ok(Ok(Value::Bool(_))) | Err(_) => Ok(()),
-            Ok(Ok(other)) => Err(PolicyError::new(format!(
-                "expression yields {}, not bool",
-                other.type_of()
-            ))),
-            Ok(Err(ExecutionError::UndeclaredReference(name))) => Err(PolicyError::new(format!(
-                "unknown function or name '{name}'"
-            ))),
-            Ok(Err(_)) => Ok(()),
+            Ok(Ok(Value::Bool(_))) | Err(_) => {}
+            Ok(Ok(other)) => return Err(not_bool(other, "")),
+            Ok(Err(ExecutionError::UndeclaredReference(name))) => {
+                return Err(PolicyError::new(format!(
+                    "unknown function or name '{name}'"
+                )))
+            }
+            Ok(Err(_)) => {}
+        }
+        let named = named_facts(&self.source);
+        if named.is_empty() {
+            return Ok(());
+        }
+        match catch_unwind(AssertUnwindSafe(|| self.execute(&named))) {
+            Ok(Ok(Value::Bool(_))) | Ok(Err(_)) | Err(_) => Ok(()),
+            Ok(Ok(other)) => Err(not_bool(other, " (with the facts it names set to \"0\")")),
         }
     }
 
@@ -375,6 +394,24 @@ fn compile_program(source: &str) -> Result<Compiled, PolicyError> {
     Ok(compiled)
 }
 
+/// The facts `source` names (`facts.x`, `facts["x"]`, `facts['x']`), each
+/// set to "0": a sample for [`Compiled::probe`]. A name inside a string
+/// literal counts too, which only adds a fact.
+fn named_facts(source: &str) -> BTreeMap<String, String> {
+    static NAMED: OnceLock<regex::Regex> = OnceLock::new();
+    let named = NAMED.get_or_init(|| {
+        regex::Regex::new(
+            r#"\bfacts\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\])"#,
+        )
+        .expect("a valid pattern")
+    });
+    named
+        .captures_iter(source)
+        .filter_map(|c| c.get(1).or_else(|| c.get(2)).or_else(|| c.get(3)))
+        .map(|m| (m.as_str().to_owned(), "0".to_owned()))
+        .collect()
+}
+
 /// Turns cel's parse errors into one [`PolicyError`], positioned at the first
 /// error that has a position.
 fn parse_error(source: &str, errors: ParseErrors) -> PolicyError {
@@ -419,17 +456,29 @@ fn parse_error(source: &str, errors: ParseErrors) -> PolicyError {
     error
 }
 
-/// Rejects an empty expression or one longer than [`MAX_EXPRESSION_LEN`]:
-/// the cheap checks, which need no parser (and no thread).
+/// Rejects an empty expression, one longer than [`MAX_EXPRESSION_LEN`] or
+/// one holding a control character other than a tab or a line break
+/// (shown raw by `tribe policy ls`, it would drive the operator's
+/// terminal): the cheap checks, which need no parser (and no thread).
 pub fn check_length(when: &str) -> Result<(), PolicyError> {
     if when.trim().is_empty() {
-        return Err(PolicyError::new("empty expression"));
+        return Err(PolicyError::at("empty expression", when, 0));
     }
     if when.len() > MAX_EXPRESSION_LEN {
         return Err(PolicyError::new(format!(
             "expression is {} bytes long, longer than the limit of {MAX_EXPRESSION_LEN}",
             when.len()
         )));
+    }
+    if let Some((at, c)) = when
+        .char_indices()
+        .find(|&(_, c)| c.is_control() && !matches!(c, '\t' | '\n' | '\r'))
+    {
+        return Err(PolicyError::at(
+            format!("control character U+{:04X} in the expression", u32::from(c)),
+            when,
+            at,
+        ));
     }
     Ok(())
 }
@@ -870,7 +919,12 @@ mod tests {
 
     #[test]
     fn non_bool_result_is_an_error() {
-        let error = eval("facts.os_dist", &ubuntu_node()).unwrap_err();
+        // A bool for the probe's "0", a string for 4.
+        let error = eval(
+            r#"int(facts.processor_count) > 0 ? "many" : true"#,
+            &ubuntu_node(),
+        )
+        .unwrap_err();
         assert_eq!(error.message, "expression yields string, not bool");
     }
 
@@ -880,6 +934,13 @@ mod tests {
             ("1 + 1", "yields int"),
             (r#""text""#, "yields string"),
             ("foo(facts)", "unknown function 'foo'"),
+            // Not bools once the facts they name are there.
+            ("facts.rack", "yields string"),
+            (r#"facts.rack + "x""#, "yields string"),
+            ("size(facts.rack)", "yields int"),
+            (r#"int(facts['rack']) > 2 ? "a" : "b""#, "yields string"),
+            ("", "empty expression"),
+            ("facts.x == \"\u{1b}[31m\"", "control character U+001B"),
             (
                 r#"facts.rack == "r1" || nope(1)"#,
                 "unknown function 'nope'",

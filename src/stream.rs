@@ -71,7 +71,7 @@ pub enum Refusal {
     #[error("the peer seals its traffic but this node has no key")]
     NoKeyring,
     /// The peer refused this node's key.
-    #[error("the peer does not hold this node's key {0}: one of the two is behind a key rotation (a node that missed it needs a current key; a key made primary before it reached every node cuts the others off)")]
+    #[error("the peer does not hold this node's key {0}: it runs without a key (plaintext), or one of the two is behind a key rotation (a node that missed it needs a current key; a key made primary before it reached every node cuts the others off)")]
     KeyRejected(KeyId),
     /// The peer answered a sealed hello in plaintext or not at all.
     #[error("the peer does not speak sealed streams")]

@@ -1180,6 +1180,19 @@ fn an_agent_without_a_key_refuses_to_start_unless_told_plaintext() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("contradict"));
+    // So are plaintext and an encryption mode, which it would ignore.
+    let out = bare_agent_command(&[
+        "--name",
+        "mode",
+        "--insecure-plaintext",
+        "--encryption",
+        "send",
+    ])
+    .output()
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("--encryption send needs a key"), "{err}");
 
     // A keyed run leaves its keyring in the data dir: a restart without the
     // key is encrypted and needs no flag.

@@ -7,6 +7,7 @@ import "C"
 
 import (
 	"encoding/json"
+	"fmt"
 	"runtime"
 	"unsafe"
 )
@@ -270,7 +271,7 @@ func (n *Node) Member(name string) (Member, error) {
 			return m, nil
 		}
 	}
-	return Member{}, &Error{Code: "unknown_node", Message: "no node called " + name + " is known", num: C.TRIBE_UNKNOWN_NODE}
+	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", name), num: C.TRIBE_UNKNOWN_NODE}
 }
 
 // Tribes lists every tribe with its live members and catalog.

@@ -283,7 +283,8 @@ impl AgentArgs {
             (file.key, file.key_file, ("key", "key-file"))
         };
         config.keyring = read_key(key, key_file, names)?.map(tribe::Keyring::new);
-        if let Some(mode) = self.encryption.or(file.encryption) {
+        let mode = self.encryption.or(file.encryption);
+        if let Some(mode) = &mode {
             config.encryption = mode.parse().map_err(|e| format!("--encryption: {e}"))?;
         }
         // The command line and the environment win over the file, also to
@@ -293,6 +294,14 @@ impl AgentArgs {
             .or(file.insecure_plaintext)
             .unwrap_or(false);
         let plaintext = check_plaintext(&config, insecure_plaintext)?;
+        if plaintext {
+            if let Some(mode) = mode {
+                return Err(format!(
+                    "--encryption {mode} needs a key (--key or --key-file): with \
+                     --insecure-plaintext the node neither seals nor opens sealed traffic"
+                ));
+            }
+        }
         for (name, value) in &file.limits {
             config
                 .set_limit(&name.replace('-', "_"), *value)
