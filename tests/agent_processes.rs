@@ -1420,6 +1420,14 @@ fn a_second_agent_under_a_running_agents_name_holds_it_and_the_first_gets_it_bac
     }
     let renewals = log().matches("rejoining with a new generation").count();
     assert!(renewals <= 1, "the first twin renewed {renewals} times");
+    // The holder's operator is told too: the first twin dials it.
+    let copy_log = || std::fs::read_to_string(copy_dir.join("twin.log")).unwrap();
+    wait_for("the holder told", Duration::from_secs(10), || {
+        copy_log().contains(&format!(
+            "a node at {} runs under this node's name with an older generation",
+            first.gossip
+        ))
+    });
     // Its operator can tell: status, metrics and the CLI name the holder.
     assert_eq!(get(&first, "/v1/status")["name_held_by"], held.as_str());
     assert!(get(&second, "/v1/status")["name_held_by"].is_null());
