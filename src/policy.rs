@@ -394,9 +394,14 @@ fn compile_program(source: &str) -> Result<Compiled, PolicyError> {
     Ok(compiled)
 }
 
-/// The facts `source` names (`facts.x`, `facts["x"]`, `facts['x']`), each
-/// set to "0": a sample for [`Compiled::probe`]. A name inside a string
-/// literal counts too, which only adds a fact.
+/// The names of the facts a policy expression names (`facts.x`,
+/// `facts["x"]`, `facts['x']`). A name inside a string literal counts too.
+pub fn fact_names(source: &str) -> std::collections::BTreeSet<String> {
+    named_facts(source).into_keys().collect()
+}
+
+/// The facts `source` names, each set to "0": a sample for
+/// [`Compiled::probe`].
 fn named_facts(source: &str) -> BTreeMap<String, String> {
     static NAMED: OnceLock<regex::Regex> = OnceLock::new();
     let named = NAMED.get_or_init(|| {

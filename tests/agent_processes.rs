@@ -278,6 +278,15 @@ fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() 
             })
         },
     );
+    // `tribe members` shows the facts that placed them, also a collected
+    // one (os_dist) that a policy names; not the other collected ones.
+    let table = cli_ok(a1, &["members"]);
+    let row = table.lines().find(|l| l.starts_with("a1*")).unwrap();
+    assert!(
+        row.contains("os_dist=ubuntu") && row.contains("storage_tier=true"),
+        "{table}"
+    );
+    assert!(!row.contains("processor_count="), "{table}");
 
     // A bad expression: 400 quoting the error, and a one-line CLI error.
     let (status, body) = call(

@@ -210,7 +210,9 @@ pub enum KeysCmd {
 pub enum AdminCommand {
     /// `tribe status`
     Status,
-    /// `tribe members`
+    /// `tribe members`: each member's state, tribes and facts (those set
+    /// by hand, and the collected ones a policy names; every fact with
+    /// `--json`)
     Members,
     /// `tribe tribes`
     Tribes,
@@ -333,13 +335,24 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                 return print_json(&value);
             }
             let members: Vec<Member> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            // Facts set by hand, and the collected ones a policy names (they
+            // place the nodes in tribes); the other collected ones are in
+            // `--json`.
+            let policies: Vec<PolicyJson> = admin.get("/v1/policies")?;
+            let named: std::collections::BTreeSet<String> = policies
+                .iter()
+                .flat_map(|p| tribe::policy::fact_names(&p.when))
+                .collect();
             let rows = members
                 .into_iter()
                 .map(|m| {
                     let facts: Vec<String> = m
                         .facts
                         .iter()
-                        .filter(|(k, _)| !tribe::facts::COLLECTED_FACTS.contains(&k.as_str()))
+                        .filter(|(k, _)| {
+                            !tribe::facts::COLLECTED_FACTS.contains(&k.as_str())
+                                || named.contains(k.as_str())
+                        })
                         .map(|(k, v)| format!("{k}={v}"))
                         .collect();
                     vec![
@@ -355,7 +368,7 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                     ]
                 })
                 .collect();
-            print_table(&["NAME", "ADDR", "STATE", "TRIBES", "CUSTOM FACTS"], rows)
+            print_table(&["NAME", "ADDR", "STATE", "TRIBES", "FACTS"], rows)
         }
         AdminCommand::Tribes => {
             let value = admin.get_value("/v1/tribes")?;
