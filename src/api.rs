@@ -397,17 +397,12 @@ impl Node {
     pub async fn use_key(&self, id: crate::KeyId) -> Result<()> {
         // A key installed through another node a moment ago may not be
         // heard of here yet.
-        let deadline = tokio::time::Instant::now() + UNKNOWN_KEY_WAIT;
-        while !self.keyring_status().keys.iter().any(|k| k.id == id) {
-            if self.inner.inbox.is_closed() {
-                return Err(Error::ShuttingDown);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return self.command(Command::UseKey(id)).await;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        if self
+            .heard_soon(|s| s.keys.iter().any(|k| k.id == id))
+            .await?
+        {
+            self.wait_for_keys(id, false).await?;
         }
-        self.wait_for_keys(id, false).await?;
         self.command(Command::UseKey(id)).await
     }
 
@@ -421,26 +416,35 @@ impl Node {
     pub async fn remove_key(&self, id: crate::KeyId) -> Result<()> {
         // A switch made through another node a moment ago may not be heard
         // of here yet: some member sealing with another key says it is.
+        let switched = |s: &crate::KeyringStatus| {
+            s.primary != Some(id)
+                || s.keys
+                    .iter()
+                    .any(|k| k.id != id && !k.primary_on.is_empty())
+        };
+        if self.heard_soon(switched).await? {
+            self.wait_for_keys(id, true).await?;
+        }
+        self.command(Command::RemoveKey(id)).await
+    }
+
+    /// Whether the keyring status satisfies `heard` within
+    /// [`UNKNOWN_KEY_WAIT`]: a step taken through another node a moment
+    /// ago may not have reached this one yet.
+    async fn heard_soon(&self, heard: impl Fn(&crate::KeyringStatus) -> bool) -> Result<bool> {
         let deadline = tokio::time::Instant::now() + UNKNOWN_KEY_WAIT;
         loop {
-            let status = self.keyring_status();
-            let switching = status
-                .keys
-                .iter()
-                .any(|k| k.id != id && !k.primary_on.is_empty());
-            if status.primary != Some(id) || switching {
-                break;
+            if heard(&self.keyring_status()) {
+                return Ok(true);
             }
             if self.inner.inbox.is_closed() {
                 return Err(Error::ShuttingDown);
             }
             if tokio::time::Instant::now() >= deadline {
-                return self.command(Command::RemoveKey(id)).await;
+                return Ok(false);
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        self.wait_for_keys(id, true).await?;
-        self.command(Command::RemoveKey(id)).await
     }
 
     /// Waits until no live member lags behind the last keyring step on

@@ -841,19 +841,12 @@ async fn a_call_right_after_a_host_was_put_in_the_tribe_waits_for_the_host_to_he
     let nodes = start_cluster("fresh", 2, |_| {}).await;
     wait_converged_members(&nodes, 2).await;
     let (caller, host) = (&nodes[0], &nodes[1]);
-    host.serve(
-        "up",
-        "1",
-        PluginKind::Processor,
-        |_i, p| async move { Ok(p) },
-    )
-    .await
-    .unwrap();
+    serve_echo(host, Duration::ZERO).await;
     wait_for("the endpoint seen", 20 * SECOND, || {
         caller.members().iter().any(|m| !m.endpoints.is_empty())
     })
     .await;
-    let target = CallTarget::new("t", "up", PluginKind::Processor);
+    let target = echo();
     for round in 0..5 {
         let tribe = format!("t{round}");
         caller.create_tribe(&tribe).await.unwrap();
@@ -866,7 +859,7 @@ async fn a_call_right_after_a_host_was_put_in_the_tribe_waits_for_the_host_to_he
             ..target.clone()
         };
         let reply = caller.call(&target, b"hi".to_vec(), 5 * SECOND).await;
-        assert_eq!(reply.unwrap(), b"hi", "round {round}");
+        assert_eq!(host_of(&reply.unwrap()), host.name(), "round {round}");
     }
     // A host that does not serve the tribe at all is still no provider,
     // after the short retries.
