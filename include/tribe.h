@@ -1032,6 +1032,20 @@ uint32_t tribe_config_new(const char *name,
                           struct tribe_error **err);
 
 /**
+ * Checks a config as `tribe_node_start` would before it opens any socket:
+ * the options that only make sense together (an encryption mode with no
+ * key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
+ * address with no advertise address), names, facts, limits and timings.
+ * For a host that reads its configuration before it starts the node (a
+ * collectd plugin, a daemon's `-t` check): a config that passes fails to
+ * start only for what the machine says (a port in use, no thread to be
+ * had, a data dir that cannot be read). Does not consume the config
+ * (`TRIBE_CONSUMED` after a start used it); does not block.
+ */
+uint32_t tribe_config_check(const struct tribe_config *cfg,
+                            struct tribe_error **err);
+
+/**
  * Frees a config (started or not). NULL is ignored.
  */
 void tribe_config_free(struct tribe_config *cfg);

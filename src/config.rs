@@ -444,6 +444,11 @@ impl Config {
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
+        if self.advertise.is_none() && self.bind.ip().is_unspecified() {
+            return Err(Error::Config(
+                "binding to an unspecified address needs an advertise address".into(),
+            ));
+        }
         if let Some(a) = self.advertise.filter(|a| a.ip().is_unspecified()) {
             return Err(Error::Config(format!(
                 "advertise {a}: peers need an address they can reach, not an unspecified one"

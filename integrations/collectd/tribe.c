@@ -403,6 +403,11 @@ static int tribe_config_cb(oconfig_item_t *ci) {
                             "characters");
           status = -1;
         }
+        for (size_t k = 0; status == 0 && k + 1 < g.ntags; k++)
+          if (strcmp(g.tags[k].key, t->key) == 0) {
+            ERROR(PLUGIN_NAME " plugin: `Tag' \"%s\" given twice", t->key);
+            status = -1;
+          }
       }
     }
     else if (strcasecmp(c->key, "ServeLogPublisher") == 0)
@@ -438,6 +443,14 @@ static int tribe_config_cb(oconfig_item_t *ci) {
   tribe_config *probe = NULL;
   if (status == 0 && !build_config(g.name ? g.name : "collectd", &probe))
     status = -1;
+  /* And the options that only make sense together (an Encryption mode
+   * with no key, a Bind to 0.0.0.0 with no Advertise), as a start would. */
+  tribe_error *err = NULL;
+  if (status == 0 && tribe_config_check(probe, &err) != TRIBE_OK) {
+    ERROR(PLUGIN_NAME " plugin: %s", tribe_error_message(err));
+    status = -1;
+  }
+  tribe_error_free(err);
   tribe_config_free(probe);
   pthread_mutex_unlock(&g.lock);
   return status;
@@ -696,6 +709,32 @@ static bool json_skip_string(const char **p, const char *end) {
   return false;
 }
 
+/* Copies the string value of the top-level `key` of the JSON object at
+ * `json` into `out` (escapes other than \" and \\ become '?'), empty
+ * when there is none. For libtribe's own event JSON, whose keys are plain. */
+static void json_string_field(const char *json, size_t len, const char *key,
+                              char *out, size_t cap) {
+  out[0] = '\0';
+  char pattern[64];
+  snprintf(pattern, sizeof pattern, "\"%s\":\"", key);
+  const char *end = json + len;
+  const char *p = strstr(json, pattern);
+  if (p == NULL || cap == 0)
+    return;
+  size_t n = 0;
+  for (p += strlen(pattern); p < end && *p != '"' && n + 1 < cap; p++) {
+    if (*p == '\\' && p + 1 < end) {
+      p++;
+      out[n++] = (*p == '"' || *p == '\\') ? *p : '?';
+      if (*p == 'u')
+        p += p + 4 < end ? 4 : 0;
+    } else {
+      out[n++] = *p;
+    }
+  }
+  out[n] = '\0';
+}
+
 static bool json_skip_value(const char **p, const char *end, int depth) {
   if (depth > 64 || !json_skip_ws(p, end))
     return false;
@@ -848,6 +887,9 @@ static void call_done(tribe_event *ev) {
         g.published += metrics;
         if (t->failing) {
           t->failing = false;
+          /* The drops so far first, so they do not read as new ones. */
+          g.last_drop_log_ms = 0;
+          maybe_log_drops();
           INFO(PLUGIN_NAME " plugin: publishing to %s/%s again", t->tribe,
                t->plugin);
         }
@@ -925,10 +967,18 @@ static void handle_event(tribe_event *ev) {
           tribe ? tribe : "?", kind == TRIBE_EVENT_TASK_RUN ? "task" : "plugin",
           s ? s : "?");
     break;
-  case TRIBE_EVENT_POLICY_ERROR:
-    WARNING(PLUGIN_NAME " plugin: policy %s cannot be evaluated for this node",
-            s ? s : "?");
+  case TRIBE_EVENT_POLICY_ERROR: {
+    char *json = NULL;
+    size_t len = 0;
+    char why[256] = "";
+    if (tribe_event_json(ev, &json, &len, NULL) == TRIBE_OK) {
+      json_string_field(json, len, "message", why, sizeof why);
+      tribe_string_free(json);
+    }
+    WARNING(PLUGIN_NAME " plugin: policy %s cannot be evaluated for this node%s%s",
+            s ? s : "?", why[0] ? ": " : "", why);
     break;
+  }
   default:
     break;
   }

@@ -57,23 +57,7 @@ impl TribeConfig {
             .inner
             .take()
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
-        if encryption_set && keys.is_empty() && config.data_dir.is_none() {
-            // Silently running in plaintext is not what a mode asks for.
-            return Err(Error::Config(
-                "an encryption mode needs a key (tribe_config_add_key) or a data dir holding a keyring"
-                    .into(),
-            )
-            .into());
-        }
-        let mut keys = keys.into_iter();
-        if let Some(primary) = keys.next() {
-            let mut ring = Keyring::new(primary);
-            for key in keys {
-                ring.install(key)
-                    .map_err(|e| FfiError::invalid(e.to_string()))?;
-            }
-            config.keyring = Some(ring);
-        }
+        config.keyring = keyring(&config, keys, encryption_set)?;
         Ok(StartPlan {
             config,
             worker_threads,
@@ -81,6 +65,44 @@ impl TribeConfig {
             group,
         })
     }
+
+    /// What a start would refuse in this config, before any socket.
+    fn check(&self) -> Result<(), FfiError> {
+        let p = self
+            .inner
+            .as_ref()
+            .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
+        let mut config = p.config.clone();
+        config.keyring = keyring(&config, p.keys.clone(), p.encryption_set)?;
+        config.validate()?;
+        Ok(())
+    }
+}
+
+/// The keyring of the keys a config was given (the first one primary).
+fn keyring(
+    config: &Config,
+    keys: Vec<SecretKey>,
+    encryption_set: bool,
+) -> Result<Option<Keyring>, FfiError> {
+    if encryption_set && keys.is_empty() && config.data_dir.is_none() {
+        // Silently running in plaintext is not what a mode asks for.
+        return Err(Error::Config(
+            "an encryption mode needs a key (tribe_config_add_key) or a data dir holding a keyring"
+                .into(),
+        )
+        .into());
+    }
+    let mut keys = keys.into_iter();
+    let Some(primary) = keys.next() else {
+        return Ok(None);
+    };
+    let mut ring = Keyring::new(primary);
+    for key in keys {
+        ring.install(key)
+            .map_err(|e| FfiError::invalid(e.to_string()))?;
+    }
+    Ok(Some(ring))
 }
 
 fn with_config(
@@ -133,6 +155,20 @@ pub extern "C" fn tribe_config_new(
         );
         Ok(())
     })
+}
+
+/// Checks a config as `tribe_node_start` would before it opens any socket:
+/// the options that only make sense together (an encryption mode with no
+/// key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
+/// address with no advertise address), names, facts, limits and timings.
+/// For a host that reads its configuration before it starts the node (a
+/// collectd plugin, a daemon's `-t` check): a config that passes fails to
+/// start only for what the machine says (a port in use, no thread to be
+/// had, a data dir that cannot be read). Does not consume the config
+/// (`TRIBE_CONSUMED` after a start used it); does not block.
+#[no_mangle]
+pub extern "C" fn tribe_config_check(cfg: *const TribeConfig, err: *mut *mut FfiError) -> u32 {
+    ffi_call!(err, { cast::handle(cfg, "config")?.check() })
 }
 
 /// Frees a config (started or not). NULL is ignored.

@@ -67,11 +67,40 @@ static void config_misuse(void) {
     /* A config that fails validation at start is consumed all the same. */
     tribe_node *node = NULL;
     EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(cfg, 1u << 30, 0, 0, 0, &err));
+    /* A check finds it first, and consumes nothing. */
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_check(NULL, &err));
+    EXPECT(TRIBE_CONFIG, tribe_config_check(cfg, &err));
+    EXPECT(TRIBE_CONFIG, tribe_config_check(cfg, &err));
     EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
     CHECK(node == NULL);
     EXPECT(TRIBE_CONSUMED, tribe_node_start(cfg, &node, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_config_check(cfg, &err));
     EXPECT(TRIBE_CONSUMED, tribe_config_set_profile(cfg, "local", &err));
     tribe_config_free(cfg);
+    /* Options that only make sense together are checked before a start. */
+    {
+        tribe_config *pair = NULL;
+        char *key = NULL;
+        EXPECT(TRIBE_OK, tribe_keygen(&key, NULL, &err));
+        EXPECT(TRIBE_OK, tribe_config_new("pair", &pair, &err));
+        EXPECT(TRIBE_OK, tribe_config_check(pair, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_bind(pair, "0.0.0.0:0", &err));
+        tribe_error *why = NULL;
+        CHECK(tribe_config_check(pair, &why) == TRIBE_CONFIG);
+        CHECK(strstr(tribe_error_message(why), "advertise") != NULL);
+        tribe_error_free(why);
+        EXPECT(TRIBE_OK, tribe_config_set_advertise(pair, "127.0.0.1:0", &err));
+        EXPECT(TRIBE_OK, tribe_config_check(pair, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_encryption(pair, "require", &err));
+        why = NULL;
+        CHECK(tribe_config_check(pair, &why) == TRIBE_CONFIG);
+        CHECK(strstr(tribe_error_message(why), "needs a key") != NULL);
+        tribe_error_free(why);
+        EXPECT(TRIBE_OK, tribe_config_add_key(pair, key, &err));
+        EXPECT(TRIBE_OK, tribe_config_check(pair, &err));
+        tribe_config_free(pair);
+        tribe_string_free(key);
+    }
     /* Bounds too large for the call path are refused at start, not panics. */
     {
         const size_t huge = (size_t)-1;
