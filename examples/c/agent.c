@@ -27,6 +27,8 @@
 
 static volatile sig_atomic_t stop;
 static void on_signal(int sig) { (void)sig; stop = 1; }
+/* Batches sent and not yet answered. */
+static long in_flight;
 
 static int fail(const char *what, tribe_error *err) {
     fprintf(stderr, "agent: %s: %s (%s)\n", what, tribe_error_message(err), tribe_error_name(err));
@@ -89,6 +91,7 @@ static int handle(tribe_event *ev) {
         tribe_responder_reply(r, (const uint8_t *)reply, (size_t)n, NULL);
         tribe_responder_free(r);
     } else if (kind == TRIBE_EVENT_CALL_DONE) {
+        in_flight--;
         uint64_t id = 0;
         uint8_t *reply = NULL;
         size_t len = 0;
@@ -117,7 +120,19 @@ int main(int argc, char **argv) {
     long interval = 1000, count = 0;
     tribe_config *cfg = NULL;
     tribe_error *err = NULL;
-    for (int i = 1; i + 1 < argc; i += 2) {
+    static const char *const options[] = {"--name", "--seed", "--key-file", "--tribe", "--publisher",
+                                          "--interval-ms", "--count", "--fact"};
+    for (int i = 1; i < argc; i += 2) {
+        size_t known = 0;
+        while (known < sizeof options / sizeof *options && strcmp(argv[i], options[known]) != 0) known++;
+        if (known == sizeof options / sizeof *options) {
+            fprintf(stderr, "agent: unknown option %s\n", argv[i]);
+            return 2;
+        }
+        if (i + 1 == argc) {
+            fprintf(stderr, "agent: %s wants a value\n", argv[i]);
+            return 2;
+        }
         if (strcmp(argv[i], "--name") == 0) name = argv[i + 1];
         else if (strcmp(argv[i], "--seed") == 0) seed = argv[i + 1];
         else if (strcmp(argv[i], "--key-file") == 0) key_file = argv[i + 1];
@@ -125,10 +140,6 @@ int main(int argc, char **argv) {
         else if (strcmp(argv[i], "--publisher") == 0) publisher = argv[i + 1];
         else if (strcmp(argv[i], "--interval-ms") == 0) interval = atol(argv[i + 1]);
         else if (strcmp(argv[i], "--count") == 0) count = atol(argv[i + 1]);
-        else if (strcmp(argv[i], "--fact") != 0) {
-            fprintf(stderr, "agent: unknown option %s\n", argv[i]);
-            return 2;
-        }
     }
     if (!seed || !key_file || interval <= 0) {
         fprintf(stderr, "usage: agent --seed HOST:PORT --key-file FILE [--name NAME] [--fact k=v ...]\n"
@@ -187,7 +198,18 @@ int main(int argc, char **argv) {
                 printf("tick %ld: %s\n", ticks, tribe_error_message(err));
                 tribe_error_free(err);
                 err = NULL;
+            } else {
+                in_flight++;
             }
+        }
+    }
+    /* The batches still in flight end within their 2 s timeout. */
+    long last = now_ms() + 2500;
+    while (!stop && in_flight > 0 && now_ms() < last) {
+        tribe_event *ev = NULL;
+        if (tribe_node_next_event(node, 100, &ev, NULL) == TRIBE_OK && ev) {
+            published += handle(ev);
+            tribe_event_free(ev);
         }
     }
     printf("published %ld batches in %ld ticks; leaving\n", published, ticks);
