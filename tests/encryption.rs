@@ -693,3 +693,54 @@ async fn a_call_running_through_a_key_change_is_answered() {
         b"y"
     );
 }
+
+/// A node that left gracefully while a rotation went on (the new key
+/// installed, then made primary and the old one removed without it) and
+/// restarts from its data dir with its old key file: no peer holds its old
+/// primary any more and none dials a node that left, so it seals with the
+/// other key it holds, is let in, and takes the cluster's keyring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_left_during_a_rotation_comes_back_with_the_key_it_holds() {
+    let k1 = SecretKey::generate();
+    let k2 = SecretKey::generate();
+    let dir = std::env::temp_dir().join(format!("tribe-test-rot-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut nodes = start_cluster("lr", 3, keyed(&k1)).await;
+    let mut cfg = test_config("lr-away");
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.keyring = Some(Keyring::new(k1.clone()));
+    cfg.data_dir = Some(dir.clone());
+    let away = Node::start(cfg.clone()).await.unwrap();
+    wait_for("four members", Duration::from_secs(20), || {
+        nodes.iter().all(|n| n.members_alive() == 4) && away.members_alive() == 4
+    })
+    .await;
+    nodes[0].install_key(k2.clone()).await.unwrap();
+    wait_for("k2 on the node going away", Duration::from_secs(20), || {
+        away.keyring_status()
+            .keys
+            .iter()
+            .any(|k| k.id == k2.id() && k.installed_on.iter().any(|n| n == "lr-away"))
+    })
+    .await;
+    away.shutdown().await.unwrap();
+    nodes[1].use_key(k2.id()).await.unwrap();
+    nodes[2].remove_key(k1.id()).await.unwrap();
+    wait_for("k1 gone from the others", Duration::from_secs(20), || {
+        nodes.iter().all(|n| holders(n, k1.id()).0 == 0)
+    })
+    .await;
+    // Back with its old key file and its data dir (which holds k2 too).
+    let back = Node::start(cfg).await.unwrap();
+    wait_for("the node back in", Duration::from_secs(30), || {
+        nodes.iter().all(|n| n.members_alive() == 4)
+            && back.members_alive() == 4
+            && back.keyring_status().primary == Some(k2.id())
+    })
+    .await;
+    nodes.push(back);
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

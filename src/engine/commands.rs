@@ -161,6 +161,7 @@ impl Engine {
         }
         if !self.may_gossip(&delta.0) {
             self.sync_soon = true;
+            self.sync_wide = true;
             return;
         }
         let delta = crate::wire::encode(delta);

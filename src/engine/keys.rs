@@ -131,8 +131,8 @@ impl Engine {
         }
         match why {
             // This node cannot take part at all: an error, not a warning.
-            Refusal::KeyRejected(_) => {
-                if self.log_due("key_rejected") {
+            Refusal::KeyRejected(rejected) => {
+                if !self.try_another_key(rejected) && self.log_due("key_rejected") {
                     tracing::error!("{why}");
                 }
             }
@@ -142,6 +142,47 @@ impl Engine {
             _ => self.warn_limited("stream_auth", &format!("stream refused: {why}")),
         }
         self.handle_stream_closed(now_ms, conn);
+    }
+
+    /// A peer refused `rejected`, this node's primary, while this node
+    /// reaches no one: it may have missed the end of a rotation (it left
+    /// gracefully during it, and no peer dials a node that left, so it
+    /// never heard of the switch). If it holds other keys, it seals with
+    /// the next one for its next tries, round the ring; the cluster's own
+    /// records set its primary again once an exchange gets through. A node
+    /// that reaches some peers keeps its primary: those peers hold it.
+    /// Whether the refusal is dealt with: it switched, or sealed with
+    /// another key already (a stream opened before the switch).
+    fn try_another_key(&mut self, rejected: KeyId) -> bool {
+        let Some(ring) = self.keyring.as_mut() else {
+            return false;
+        };
+        if ring.primary_id() != rejected {
+            return true;
+        }
+        if self.members.count_up() > 0 {
+            return false;
+        }
+        let ids = ring.ids();
+        let Some(at) = ids.iter().position(|id| *id == rejected) else {
+            return false;
+        };
+        if ids.len() < 2 {
+            return false;
+        }
+        let next = ids[(at + 1) % ids.len()];
+        if ring.use_key(next).is_err() {
+            return false;
+        }
+        tracing::warn!(
+            refused = %rejected,
+            next = %next,
+            "a peer does not hold this node's key {rejected} and no peer is reachable: sealing with key {next}, which this node holds too (a rotation may have ended while it was away)"
+        );
+        self.security_epoch += 1;
+        self.record.primary_key = Some(next);
+        self.publish_record();
+        true
     }
 
     /// Adds a key to every node's keyring (sent over sealed links only).
