@@ -129,17 +129,24 @@ impl Engine {
                 Refusal::Stalled => c.streams_stalled += 1,
             }
         }
+        // Which peer, so that an operator finds the node behind.
+        let peer = self
+            .conns
+            .get(&conn)
+            .and_then(|x| x.peer)
+            .map_or_else(String::new, |a| format!(" (peer {a})"));
         match why {
             // This node cannot take part at all: an error, not a warning.
             Refusal::KeyRejected(rejected) => {
                 if !self.try_another_key(rejected) && self.log_due("key_rejected") {
-                    tracing::error!("{why}");
+                    tracing::error!("{why}{peer}");
                 }
             }
-            Refusal::Plaintext => {
-                self.warn_limited("plaintext_stream", &format!("stream refused: {why}"))
-            }
-            _ => self.warn_limited("stream_auth", &format!("stream refused: {why}")),
+            Refusal::Plaintext => self.warn_limited(
+                "plaintext_stream",
+                &format!("stream refused: {why}{peer}"),
+            ),
+            _ => self.warn_limited("stream_auth", &format!("stream refused: {why}{peer}")),
         }
         self.handle_stream_closed(now_ms, conn);
     }

@@ -509,7 +509,11 @@ fn run_tribe(opts: &AdminOpts, admin: &Admin, cmd: TribeCmd) -> Result<(), Strin
                 seg(&tribe),
                 seg(&node)
             ))?;
-            done(opts, reply, format!("{node} left tribe {tribe}"))
+            done(
+                opts,
+                reply,
+                format!("{node} is no longer in tribe {tribe} by hand (a policy may still place it there)"),
+            )
         }
     }
 }
