@@ -90,16 +90,12 @@ impl Node {
         config.validate()?;
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
+        // `validate` refused an unspecified bind with no advertise address.
         let addr = match config.advertise {
             // Port 0 there means "the port bound" (as for a bind to port 0,
             // behind the same address a NAT or container maps).
             Some(a) if a.port() == 0 => SocketAddr::new(a.ip(), bound.port()),
             Some(a) => a,
-            None if bound.ip().is_unspecified() => {
-                return Err(Error::Config(
-                    "binding to an unspecified address needs an advertise address".into(),
-                ))
-            }
             None => bound,
         };
         let collected = if config.collect_facts {

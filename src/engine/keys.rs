@@ -174,10 +174,10 @@ impl Engine {
         let Some(at) = ids.iter().position(|id| *id == rejected) else {
             return false;
         };
-        if ids.len() < 2 {
+        let next = ids[(at + 1) % ids.len()];
+        if next == rejected {
             return false;
         }
-        let next = ids[(at + 1) % ids.len()];
         if ring.use_key(next).is_err() {
             return false;
         }
@@ -336,7 +336,7 @@ impl Engine {
     pub fn members_lagging(&self, id: KeyId, primary: bool) -> Vec<String> {
         let mut lagging = Vec::new();
         if let Some(ring) = &self.keyring {
-            let (holds, seals) = (ring.ids().contains(&id), ring.primary_id() == id);
+            let (holds, seals) = (ring.get(id).is_some(), ring.primary_id() == id);
             if (primary && seals) || (!primary && !holds) {
                 lagging.push(self.name.to_string());
             }
