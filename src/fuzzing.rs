@@ -149,7 +149,7 @@ pub fn swim(data: &[u8]) {
     let mut b = engine(&engine_id(), Vec::new());
     drain(&mut b);
     for (i, d) in split(data).into_iter().enumerate() {
-        b.handle_datagram(NOW_MS + 10 * i as u64, d);
+        b.handle_datagram(NOW_MS + 10 * i as u64, peer_id().addr, d);
         drain(&mut b);
     }
     let _ = (b.members(), b.tribes(), b.state_digest());
@@ -554,7 +554,8 @@ pub fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
                     if from_a && to_b.len() < 24 {
                         to_b.push(bytes.clone());
                     }
-                    dst.handle_datagram(now, &bytes);
+                    let from = if from_a { a_id.addr } else { b_id.addr };
+                    dst.handle_datagram(now, from, &bytes);
                 }
                 Output::Connect { conn, .. } if from_a => {
                     a_conn = Some(conn);
@@ -930,7 +931,7 @@ mod tests {
         // A's tribe through SWIM and its gossip deltas.
         let mut b = engine(&engine_id(), Vec::new());
         for d in split(&seed("swim", "all-datagrams")) {
-            b.handle_datagram(NOW_MS, d);
+            b.handle_datagram(NOW_MS, peer_id().addr, d);
         }
         assert!(b.members().iter().any(|m| m.name == "fuzz-a"));
         // The sync seeds carry A's records; the delta seeds merge.

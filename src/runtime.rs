@@ -127,7 +127,7 @@ pub(crate) enum DriverInput {
     /// A frame over the size limit or otherwise unreadable.
     BadFrame(ConnId),
     /// Refused for a security reason (plaintext, unknown key, failed authentication).
-    Refused(ConnId, crate::stream::Refusal),
+    Refused(ConnId, crate::stream::Refusal, Option<SocketAddr>),
     /// The API queued outputs (a command ran).
     Wake,
     /// A dial was refused: nothing listens at the address.
@@ -341,7 +341,7 @@ impl Driver {
                     match received {
                         Ok((len, from)) => {
                             if !self.shared.faults.drop_incoming(&from) {
-                                self.shared.engine().handle_datagram(self.shared.now_ms(), &buf[..len]);
+                                self.shared.engine().handle_datagram(self.shared.now_ms(), from, &buf[..len]);
                             }
                         }
                         Err(e) => tracing::debug!(error = %e, "udp receive error"),
@@ -498,7 +498,7 @@ impl Driver {
                 received = self.udp.recv_from(&mut buf) => {
                     if let Ok((len, from)) = received {
                         if !self.shared.faults.drop_incoming(&from) {
-                            self.shared.engine().handle_datagram(self.shared.now_ms(), &buf[..len]);
+                            self.shared.engine().handle_datagram(self.shared.now_ms(), from, &buf[..len]);
                         }
                     }
                 }
@@ -535,11 +535,11 @@ impl Driver {
                     .engine()
                     .handle_bad_frame(self.shared.now_ms(), conn);
             }
-            DriverInput::Refused(conn, why) => {
+            DriverInput::Refused(conn, why, peer) => {
                 self.conns.remove(&conn);
                 self.shared
                     .engine()
-                    .handle_stream_refused(self.shared.now_ms(), conn, why);
+                    .handle_stream_refused(self.shared.now_ms(), conn, why, peer);
             }
             DriverInput::ConnectRefused(conn) => {
                 self.conns.remove(&conn);
@@ -731,6 +731,10 @@ impl Driver {
         let max_frame = self.shared.max_frame;
         let security = self.shared.engine().stream_security();
         let server = self.shared.rpc.server.clone();
+        let peer = match &target {
+            ConnTarget::Dial(addr) => Some(*addr),
+            ConnTarget::Accepted(stream, _) => stream.peer_addr().ok(),
+        };
         tokio::spawn(async move {
             let stream = match open_stream(target, &faults, max_frame, &security, server).await {
                 Ok(Some(s)) => s,
@@ -744,7 +748,7 @@ impl Driver {
                     return;
                 }
                 Err(e) => {
-                    report(&inbox, conn, e);
+                    report(&inbox, conn, peer, e);
                     let _ = inbox.send(DriverInput::Closed(conn));
                     return;
                 }
@@ -754,7 +758,7 @@ impl Driver {
                     .await;
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => report(&inbox, conn, e),
+                Ok(Err(e)) => report(&inbox, conn, peer, e),
                 Err(_) => tracing::debug!(?conn, "stream timed out"),
             }
             let _ = inbox.send(DriverInput::Closed(conn));
@@ -769,14 +773,19 @@ enum ConnTarget {
     Accepted(TcpStream, tokio::sync::OwnedSemaphorePermit),
 }
 
-/// Hands a stream failure to the engine for counting.
-fn report(inbox: &mpsc::UnboundedSender<DriverInput>, conn: ConnId, e: StreamError) {
+/// Hands a stream failure to the engine for counting (and naming `peer`).
+fn report(
+    inbox: &mpsc::UnboundedSender<DriverInput>,
+    conn: ConnId,
+    peer: Option<SocketAddr>,
+    e: StreamError,
+) {
     match e {
         StreamError::BadFrame(_) => {
             let _ = inbox.send(DriverInput::BadFrame(conn));
         }
         StreamError::Refused(why) => {
-            let _ = inbox.send(DriverInput::Refused(conn, why));
+            let _ = inbox.send(DriverInput::Refused(conn, why, peer));
         }
         StreamError::Io(e) => tracing::debug!(?conn, error = %e, "stream ended with an error"),
     }

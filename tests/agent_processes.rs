@@ -768,6 +768,20 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(alive(&plain), 1);
     drop(plain);
+    // Refusals name the sender, so that an operator can find it.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let sender = udp.local_addr().unwrap();
+    udp.send_to(&tribe::wire::plain_datagram("", b"hello"), agents[0].gossip)
+        .unwrap();
+    let log = || std::fs::read_to_string(dir.join("e1.log")).unwrap();
+    let datagram = format!("plaintext datagram from {sender} refused");
+    wait_for(
+        "the datagram's refusal logged",
+        Duration::from_secs(5),
+        || log().contains(&datagram),
+    );
+    let stream = "plaintext stream refused: encryption is required (peer 127.0.0.1:";
+    assert!(log().contains(stream), "no {stream:?} in: {}", log());
 
     // Rotate with the CLI: install, use, remove; each waits for every node.
     let out = cli_ok(&agents[1], &["keys", "install", &k2]);

@@ -32,7 +32,7 @@ struct Sim {
     /// Ends still reading.
     open: BTreeSet<(usize, ConnId)>,
     streams: BTreeMap<(usize, ConnId), VecDeque<Item>>,
-    datagrams: Vec<(usize, Vec<u8>)>,
+    datagrams: Vec<(SocketAddr, usize, Vec<u8>)>,
     /// Crashed nodes: no inputs, no outputs.
     dead: BTreeSet<usize>,
     rng: StdRng,
@@ -122,7 +122,7 @@ impl Sim {
                     // 2 % loss: anti-entropy has work to do.
                     if let Some(j) = self.index(to) {
                         if self.rng.random_range(0..100) >= 2 {
-                            self.datagrams.push((j, bytes));
+                            self.datagrams.push((self.addrs[i], j, bytes));
                         }
                     }
                 }
@@ -190,11 +190,11 @@ impl Sim {
             return false;
         }
         let k = self.rng.random_range(0..self.datagrams.len());
-        let (j, bytes) = self.datagrams.swap_remove(k);
+        let (from, j, bytes) = self.datagrams.swap_remove(k);
         if self.dead.contains(&j) {
             return true;
         }
-        self.nodes[j].handle_datagram(self.now, &bytes);
+        self.nodes[j].handle_datagram(self.now, from, &bytes);
         self.drain(j);
         true
     }

@@ -115,8 +115,15 @@ impl Engine {
         due
     }
 
-    /// A stream was refused or cut for a security reason.
-    pub fn handle_stream_refused(&mut self, now_ms: u64, conn: ConnId, why: Refusal) {
+    /// A stream with `peer` (when the runtime knows it) was refused or cut
+    /// for a security reason.
+    pub fn handle_stream_refused(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        why: Refusal,
+        peer: Option<std::net::SocketAddr>,
+    ) {
         self.tick(now_ms);
         {
             let mut sh = lock(&self.shared);
@@ -130,10 +137,8 @@ impl Engine {
             }
         }
         // Which peer, so that an operator finds the node behind.
-        let peer = self
-            .conns
-            .get(&conn)
-            .and_then(|x| x.peer)
+        let peer = peer
+            .or_else(|| self.conns.get(&conn).and_then(|x| x.peer))
             .map_or_else(String::new, |a| format!(" (peer {a})"));
         match why {
             // This node cannot take part at all: an error, not a warning.

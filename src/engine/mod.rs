@@ -409,8 +409,8 @@ impl Engine {
         next
     }
 
-    /// A received datagram.
-    pub fn handle_datagram(&mut self, now_ms: u64, bytes: &[u8]) {
+    /// A datagram received from `from` (named in the warnings it earns).
+    pub fn handle_datagram(&mut self, now_ms: u64, from: SocketAddr, bytes: &[u8]) {
         self.tick(now_ms);
         {
             let mut sh = lock(&self.shared);
@@ -425,7 +425,7 @@ impl Engine {
         let opened = match wire::open_datagram(&self.label, self.keyring.as_ref(), bytes) {
             Ok(p) => p,
             Err(e) => {
-                self.count_wire_error(&e);
+                self.count_wire_error(&e, from);
                 return;
             }
         };
@@ -435,7 +435,7 @@ impl Engine {
                     lock(&self.shared).counters.plaintext_datagrams_refused += 1;
                     self.warn_limited(
                         "plaintext_datagram",
-                        "plaintext datagram refused: encryption is required",
+                        &format!("plaintext datagram from {from} refused: encryption is required"),
                     );
                     return;
                 }
@@ -444,7 +444,7 @@ impl Engine {
             wire::Opened::Sealed(p) => p.into(),
         };
         if let Err(e) = self.swim.handle_data(&payload, &mut self.swim_rt) {
-            tracing::debug!(error = %e, "gossip packet refused");
+            tracing::debug!(error = %e, %from, "gossip packet refused");
             // A "you are down" notice, held back on purpose, is no error:
             // peers send one per probe after a pause of this node.
             let held_back = matches!(
@@ -566,7 +566,7 @@ impl Engine {
         self.timings.push_pull_interval.mul_f64(mult)
     }
 
-    fn count_wire_error(&mut self, e: &wire::WireError) {
+    fn count_wire_error(&mut self, e: &wire::WireError, from: SocketAddr) {
         {
             let mut sh = lock(&self.shared);
             match e {
@@ -578,7 +578,7 @@ impl Engine {
             }
         }
         if matches!(e, wire::WireError::UnknownKey(_) | wire::WireError::Auth) {
-            self.warn_limited("datagram_auth", &format!("datagram refused: {e}"));
+            self.warn_limited("datagram_auth", &format!("datagram from {from} refused: {e}"));
         }
     }
 

@@ -97,6 +97,7 @@ struct Node {
 /// What the queue delivers.
 enum Ev {
     Datagram {
+        from: SocketAddr,
         to: usize,
         bytes: Vec<u8>,
     },
@@ -538,7 +539,7 @@ impl Sim {
             return;
         };
         match ev {
-            Ev::Datagram { bytes, .. } => engine.handle_datagram(now_ms, &bytes),
+            Ev::Datagram { from, bytes, .. } => engine.handle_datagram(now_ms, from, &bytes),
             Ev::Timer {
                 incarnation: inc,
                 timer,
@@ -600,7 +601,8 @@ impl Sim {
                         continue;
                     };
                     if let Some(delay) = self.net.datagram(&mut self.rng, i, j) {
-                        self.push(delay, Ev::Datagram { to: j, bytes });
+                        let from = self.nodes[i].addr;
+                        self.push(delay, Ev::Datagram { from, to: j, bytes });
                     }
                 }
                 Output::Connect { conn, to } => self.connect(i, conn, to),
