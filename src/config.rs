@@ -441,6 +441,20 @@ impl Config {
         Ok(())
     }
 
+    /// Whether the node will hold a key: one given in [`Config::keyring`],
+    /// or a keyring kept in the data dir by an earlier run. The bindings
+    /// refuse an encryption mode asked for without one, rather than run in
+    /// plaintext. Errors: the kept keyring file cannot be read.
+    pub fn will_hold_keys(&self) -> Result<bool, Error> {
+        if self.keyring.is_some() {
+            return Ok(true);
+        }
+        match &self.data_dir {
+            Some(dir) => Ok(crate::datadir::load_keyring(dir)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;

@@ -257,8 +257,8 @@ impl NativeNode {
             cfg.encryption = check(py, mode.parse::<Encryption>())?;
         }
         cfg.data_dir = data_dir;
-        if encryption.is_some() && cfg.keyring.is_none() && cfg.data_dir.is_none() {
-            // Silently running in plaintext is not what a mode asks for.
+        // Silently running in plaintext is not what a mode asks for.
+        if encryption.is_some() && !check(py, cfg.will_hold_keys())? {
             return Err(to_py(
                 py,
                 tribe::Error::Config(

@@ -291,6 +291,13 @@ def test_bad_config_values_raise_the_library_errors(kwargs: dict, error: type) -
     assert e.value.code == error.error_code
 
 
+def test_an_encryption_mode_without_any_key_does_not_start_in_plaintext(tmp_path) -> None:
+    # Neither a key nor a keyring kept in the data dir by an earlier run.
+    for extra in ({}, {"data_dir": str(tmp_path)}):
+        with pytest.raises(pytribe.ConfigError, match="needs a key"):
+            pytribe.Node("modal", encryption="require", **extra)
+
+
 def test_a_bad_key_or_mode_is_an_invalid_argument_everywhere() -> None:
     with pytest.raises(pytribe.InvalidArgumentError):
         pytribe.key_id("zz")

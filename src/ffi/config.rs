@@ -85,8 +85,8 @@ fn keyring(
     keys: Vec<SecretKey>,
     encryption_set: bool,
 ) -> Result<Option<Keyring>, FfiError> {
-    if encryption_set && keys.is_empty() && config.data_dir.is_none() {
-        // Silently running in plaintext is not what a mode asks for.
+    // Silently running in plaintext is not what a mode asks for.
+    if encryption_set && keys.is_empty() && !config.will_hold_keys()? {
         return Err(Error::Config(
             "an encryption mode needs a key (tribe_config_add_key) or a data dir holding a keyring"
                 .into(),

@@ -133,6 +133,19 @@ static void config_misuse(void) {
     EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
     CHECK(node == NULL);
     tribe_config_free(cfg);
+    /* Nor with a data dir that keeps no keyring from an earlier run. */
+    {
+        char dir[] = "/tmp/tribe-c-empty-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        EXPECT(TRIBE_OK, tribe_config_new("modal", &cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_encryption(cfg, "require", &err));
+        EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
+        EXPECT(TRIBE_CONFIG, tribe_config_check(cfg, &err));
+        EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
+        CHECK(node == NULL);
+        tribe_config_free(cfg);
+        CHECK(rmdir(dir) == 0);
+    }
     tribe_config_free(NULL);
     /* err may be NULL: the code alone is returned. */
     CHECK(tribe_config_new(NULL, &cfg, NULL) == TRIBE_NULL_ARGUMENT);

@@ -327,13 +327,7 @@ impl AgentArgs {
 /// earlier run) the agent starts only when the operator asked for plaintext.
 /// Returns whether the node will run without encryption.
 fn check_plaintext(config: &Config, insecure_plaintext: bool) -> Result<bool, String> {
-    let has_key = config.keyring.is_some()
-        || match &config.data_dir {
-            Some(dir) => tribe::datadir::load_keyring(dir)
-                .map_err(|e| e.to_string())?
-                .is_some(),
-            None => false,
-        };
+    let has_key = config.will_hold_keys().map_err(|e| e.to_string())?;
     match (has_key, insecure_plaintext) {
         (true, true) if config.keyring.is_some() => {
             Err("--insecure-plaintext and an encryption key contradict each other: give one".into())
