@@ -744,3 +744,29 @@ async fn a_node_that_left_during_a_rotation_comes_back_with_the_key_it_holds() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_holding_only_keys_rotated_away_logs_that_it_is_cut_off() {
+    logged();
+    let current = SecretKey::generate();
+    let nodes = start_cluster("co", 2, keyed(&current)).await;
+    wait_converged_members(&nodes, 2).await;
+    // Two keys the tribe no longer holds: tried in turn, then an error.
+    let mut ring = Keyring::new(SecretKey::generate());
+    ring.install(SecretKey::generate()).unwrap();
+    let mut cfg = test_config("co-stale");
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.keyring = Some(ring);
+    let stale = Node::start(cfg).await.unwrap();
+    wait_for("the cut-off logged", Duration::from_secs(20), || {
+        logged()
+            .lines()
+            .any(|l| l.contains("ERROR") && l.contains("does not hold this node's key"))
+    })
+    .await;
+    assert_eq!(stale.members_alive(), 1);
+    stale.shutdown().await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

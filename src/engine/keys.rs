@@ -147,10 +147,9 @@ impl Engine {
                     tracing::error!("{why}{peer}");
                 }
             }
-            Refusal::Plaintext => self.warn_limited(
-                "plaintext_stream",
-                &format!("stream refused: {why}{peer}"),
-            ),
+            Refusal::Plaintext => {
+                self.warn_limited("plaintext_stream", &format!("stream refused: {why}{peer}"))
+            }
             _ => self.warn_limited("stream_auth", &format!("stream refused: {why}{peer}")),
         }
         self.handle_stream_closed(now_ms, conn);
@@ -164,7 +163,11 @@ impl Engine {
     /// records set its primary again once an exchange gets through. A node
     /// that reaches some peers keeps its primary: those peers hold it.
     /// Whether the refusal is dealt with: it switched, or sealed with
-    /// another key already (a stream opened before the switch).
+    /// another key already (a stream opened before the switch). Once
+    /// every key it holds was refused (since its last whole exchange) it is
+    /// cut off, the tribe's keys rotated without it: an error for the
+    /// caller to log; it goes on round the ring all the same, quietly, in
+    /// case a refusal came from a peer that was behind itself.
     fn try_another_key(&mut self, rejected: KeyId) -> bool {
         let Some(ring) = self.keyring.as_mut() else {
             return false;
@@ -173,28 +176,30 @@ impl Engine {
             return true;
         }
         if self.members.count_up() > 0 {
+            self.refused_keys.clear();
             return false;
         }
+        self.refused_keys.insert(rejected);
         let ids = ring.ids();
+        let cut_off = ids.iter().all(|id| self.refused_keys.contains(id));
         let Some(at) = ids.iter().position(|id| *id == rejected) else {
             return false;
         };
         let next = ids[(at + 1) % ids.len()];
-        if next == rejected {
+        if next == rejected || ring.use_key(next).is_err() {
             return false;
         }
-        if ring.use_key(next).is_err() {
-            return false;
+        if !cut_off {
+            tracing::warn!(
+                refused = %rejected,
+                next = %next,
+                "a peer refused this node's key {rejected} and no peer has accepted this node yet: sealing with key {next}, which this node holds too (a rotation may have ended while it was away)"
+            );
         }
-        tracing::warn!(
-            refused = %rejected,
-            next = %next,
-            "a peer does not hold this node's key {rejected} and no peer is reachable: sealing with key {next}, which this node holds too (a rotation may have ended while it was away)"
-        );
         self.security_epoch += 1;
         self.record.primary_key = Some(next);
         self.publish_record();
-        true
+        !cut_off
     }
 
     /// Adds a key to every node's keyring (sent over sealed links only).
@@ -354,9 +359,9 @@ impl Engine {
             }
             // A member whose record has not arrived yet may hold or seal
             // with anything: it counts as lagging either way.
-            let (holds, seals) = view
-                .node_record(name)
-                .map_or((false, true), |r| (r.keys.contains(&id), r.primary_key == Some(id)));
+            let (holds, seals) = view.node_record(name).map_or((false, true), |r| {
+                (r.keys.contains(&id), r.primary_key == Some(id))
+            });
             if (primary && seals) || (!primary && !holds) {
                 lagging.push(name.to_string());
             }

@@ -198,6 +198,9 @@ pub struct Engine {
     record_owed: bool,
     /// See [`Engine::security_epoch`].
     security_epoch: u64,
+    /// This node's keys that peers refused while it reached no one (see
+    /// `try_another_key`).
+    refused_keys: BTreeSet<crate::crypto::KeyId>,
     /// Records kept from before a long absence, awaiting a peer's word
     /// (see [`durable`]).
     pending: BTreeMap<Key, crate::records::Entry>,
@@ -355,6 +358,7 @@ impl Engine {
             suspects_seen: BTreeSet::new(),
             buddies: Default::default(),
             security_epoch: 0,
+            refused_keys: BTreeSet::new(),
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)
@@ -578,7 +582,10 @@ impl Engine {
             }
         }
         if matches!(e, wire::WireError::UnknownKey(_) | wire::WireError::Auth) {
-            self.warn_limited("datagram_auth", &format!("datagram from {from} refused: {e}"));
+            self.warn_limited(
+                "datagram_auth",
+                &format!("datagram from {from} refused: {e}"),
+            );
         }
     }
 

@@ -310,6 +310,7 @@ impl Engine {
         let mut sh = lock(&self.shared);
         if ok {
             self.last_contact_ms = sh.now_ms;
+            self.refused_keys.clear();
             sh.counters.push_pulls_completed += 1;
         } else {
             sh.counters.push_pulls_failed += 1;
@@ -473,7 +474,8 @@ impl Engine {
     /// Checks the responder's identity in an answer; ends the exchange when
     /// it does not pass.
     fn check_responder(&mut self, conn: ConnId, from: &NodeId) -> bool {
-        if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from, Heard::Speaking) {
+        if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from, Heard::Speaking)
+        {
             return true;
         }
         self.finish(conn, false);

@@ -182,3 +182,30 @@ pub async fn serve_echo(node: &Node) {
     .await
     .unwrap();
 }
+
+/// What the nodes of this test process logged (at `info` and above), as
+/// text: the first call installs the process's subscriber.
+pub fn logged() -> String {
+    use std::sync::{Mutex, OnceLock};
+    static LOG: OnceLock<&'static Mutex<Vec<u8>>> = OnceLock::new();
+    struct Sink(&'static Mutex<Vec<u8>>);
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let log = LOG.get_or_init(|| {
+        let log: &'static Mutex<Vec<u8>> = Box::leak(Box::default());
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::INFO)
+            .with_ansi(false)
+            .with_writer(move || Sink(log))
+            .try_init();
+        log
+    });
+    String::from_utf8_lossy(&log.lock().unwrap()).into_owned()
+}
