@@ -272,6 +272,30 @@ mod tests {
     }
 
     #[test]
+    fn names_no_node_may_take_are_refused_as_sender_and_as_member() {
+        let me = id("node-b", 40_001, 1_764_590_000_000);
+        let mut codec = codec_of(me.clone());
+        for name in [
+            "",
+            "a\0b",
+            "\u{1b}[31mRED\r\nFAKE",
+            "\u{202e}evil",
+            &"n".repeat(1200),
+        ] {
+            let bad = id(name, 40_002, 1_764_590_000_000);
+            let mut buf = Vec::new();
+            codec.encode_header(&ping(&bad, &me), &mut buf).unwrap();
+            assert!(codec.decode_header(&mut &buf[..]).is_err(), "{name:?}");
+            let mut buf = Vec::new();
+            let member = Member::new(bad, 0, foca::State::Alive);
+            codec.encode_member(&member, &mut buf).unwrap();
+            assert!(codec.decode_member(&mut &buf[..]).is_err(), "{name:?}");
+        }
+        let refused = lock(&codec.shared).counters.identities_refused;
+        assert_eq!(refused, 10);
+    }
+
+    #[test]
     fn a_header_to_us_decodes_to_our_identity_and_is_smaller_than_foca_s() {
         let me = id("node-b", 40_001, 1_764_590_000_000);
         let peer = id("node-a", 40_000, 1_764_590_000_123);

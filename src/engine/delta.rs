@@ -143,7 +143,9 @@ impl Shared {
     /// ours; the latter are kept in `claims` for the engine to report and
     /// answer (see [`super::name_claims`]).
     pub fn screen_identity(&mut self, id: &NodeId, heard: Heard) -> bool {
-        if id.generation > self.horizon_ms() {
+        // A name no node may take (control characters, too long) never
+        // enters the member table, nor the tables and logs that show it.
+        if id.generation > self.horizon_ms() || !crate::names::is_valid(&id.name) {
             self.counters.identities_refused += 1;
             return false;
         }
