@@ -551,3 +551,49 @@ async fn a_refused_connection_confirms_a_suspect_but_a_partition_does_not() {
     }
     nodes[4].abort().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_is_placed_by_policy_at_once_while_crashed_members_are_not_yet_found_out() {
+    // LAN timings: anti-entropy only every 30 s, crashes found out in
+    // seconds. The joiners learn the crashed members from their seed and
+    // gossip to them as much as to the seed.
+    let lan = |name: &str| {
+        let mut cfg = test_config(name);
+        cfg.profile = tribe::Profile::Lan;
+        cfg.timings = None;
+        cfg
+    };
+    let seed = tribe::Node::start(lan("jc-seed")).await.unwrap();
+    seed.add_policy("all", "t", "true").await.unwrap();
+    let mut crashed = Vec::new();
+    for i in 0..10 {
+        let mut cfg = lan(&format!("jc-crash-{i}"));
+        cfg.seeds = vec![seed.addr()];
+        crashed.push(tribe::Node::start(cfg).await.unwrap());
+    }
+    wait_for("every node in t", Duration::from_secs(30), || {
+        seed.tribe("t").is_some_and(|t| t.members.len() == 11)
+    })
+    .await;
+    for node in crashed {
+        node.abort().await;
+    }
+    let mut joiners = Vec::new();
+    for i in 0..5 {
+        let name = format!("jc-new-{i}");
+        let mut cfg = lan(&name);
+        cfg.seeds = vec![seed.addr()];
+        joiners.push(tribe::Node::start(cfg).await.unwrap());
+        // One in two waited for anti-entropy (up to 30 s) before.
+        wait_for(
+            &format!("{name} in t at the seed"),
+            Duration::from_secs(3),
+            || seed.tribe("t").is_some_and(|t| t.members.contains(&name)),
+        )
+        .await;
+    }
+    for node in joiners {
+        node.shutdown().await.unwrap();
+    }
+    seed.shutdown().await.unwrap();
+}

@@ -178,6 +178,15 @@ pub struct Engine {
     /// A keyring write (never gossiped) asks for early exchanges with up
     /// to [`KEYRING_FANOUT`] peers, not `gossip_fanout`.
     sync_wide: bool,
+    /// This node's own record changed: it also goes to `last_exchanged`
+    /// (see `push_own_record`).
+    own_news: bool,
+    /// The peer of the last whole exchange, and when it ended: one that
+    /// answered a moment ago, where gossip may pick members that crashed
+    /// and are not yet found out.
+    last_exchanged: Option<(SocketAddr, u64)>,
+    /// When `own_news` last went out.
+    own_news_ms: u64,
     reconcile: reconcile::Reconciler,
     cluster_size_hint: usize,
     /// Keys for sealing; `None` means plaintext.
@@ -339,6 +348,9 @@ impl Engine {
             active: false,
             left: false,
             sync_soon: false,
+            own_news: false,
+            last_exchanged: None,
+            own_news_ms: 0,
             sync_wide: false,
             reconcile: reconcile::Reconciler::default(),
             cluster_size_hint: 1,
@@ -619,6 +631,7 @@ impl Engine {
         self.record_owed = false;
         let value = crate::records::Value::Node(self.record.clone());
         self.write(Key::Node(self.name.clone()), Some(value));
+        self.own_news = true;
     }
 
     /// Sends out what foca produced and reacts to its notifications.
@@ -828,6 +841,7 @@ impl Engine {
             self.start_sync(addr, false);
             self.periodic_sync();
         }
+        self.push_own_record(now);
         // News too large for gossip goes to a few peers at once (rumour
         // mongering over streams); with no peer yet, it waits for one.
         if self.sync_soon && self.members.count_up() > 0 {

@@ -134,6 +134,10 @@ fn digest16(bytes: &[u8]) -> Digest16 {
     out
 }
 
+/// Least time between two pushes of this node's own record (see
+/// [`Engine::push_own_record`]).
+const OWN_NEWS_GAP_MS: u64 = 1_000;
+
 /// Where an exchange stands.
 #[derive(Debug)]
 pub struct Exchange {
@@ -305,12 +309,13 @@ impl Engine {
     }
 
     fn finish(&mut self, conn: ConnId, ok: bool) {
-        self.conns.remove(&conn);
+        let peer = self.conns.remove(&conn).and_then(|x| x.peer);
         self.outputs.push_back(Output::Close { conn });
         let mut sh = lock(&self.shared);
         if ok {
             self.last_contact_ms = sh.now_ms;
             self.refused_keys.clear();
+            self.last_exchanged = peer.map(|p| (p, sh.now_ms));
             sh.counters.push_pulls_completed += 1;
         } else {
             sh.counters.push_pulls_failed += 1;
@@ -886,6 +891,33 @@ impl Engine {
             return self.start_sync(pick.addr, false);
         }
         self.start_summary(&pick);
+    }
+
+    /// A change of this node's own record (its facts, the tribes its
+    /// policies give it) also goes, in an exchange, to the peer of the
+    /// last whole exchange if that ended within a push-pull interval and
+    /// the peer is still up: gossip picks its targets among all members,
+    /// and a node that just joined may know only its seed alive among
+    /// several that crashed a moment ago and are not yet found out (one
+    /// join in six waited 7–20 s for anti-entropy). At most once a second.
+    pub(super) fn push_own_record(&mut self, now: u64) {
+        if !self.own_news || now.saturating_sub(self.own_news_ms) < OWN_NEWS_GAP_MS {
+            return;
+        }
+        // Before the first exchange ends (a join's, under way), wait for it.
+        let Some((addr, at)) = self.last_exchanged else {
+            return;
+        };
+        self.own_news = false;
+        let recent = self.timings.push_pull_interval.as_millis() as u64;
+        if now.saturating_sub(at) > recent || self.left || lock(&self.shared).keeping_out() {
+            return;
+        }
+        let Some(peer) = self.up_peers().into_iter().find(|id| id.addr == addr) else {
+            return;
+        };
+        self.own_news_ms = now;
+        self.start_summary(&peer);
     }
 
     /// Starts a sync with up to `n` distinct peers that are up, picked at
