@@ -8,7 +8,7 @@ with a rotating keyring. A thin, typed face over the Rust library::
     import time, pytribe
     with pytribe.Node(name="py-1", seeds=["127.0.0.1:7946"], facts={"rack": "r1"},
                       key=key) as node:
-        node.add_policy("core", "core", 'facts.rack == "r1"')
+        node.add_policy("core", "core", 'has(facts.rack) && facts.rack == "r1"')
         node.serve("upper", "1", "processor", lambda payload, info: payload.upper())
         while node.tribe("core") is None:  # policies apply in the background
             time.sleep(0.05)
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import functools
 import inspect
 import json
 import logging
@@ -38,9 +39,11 @@ from typing import (
     Iterable,
     List,
     Mapping,
+    NoReturn,
     Optional,
     Set,
     Tuple,
+    TypeVar,
     Union,
 )
 
@@ -206,11 +209,129 @@ Bytes = Union[bytes, bytearray, memoryview]
 _logger = logging.getLogger("pytribe")
 
 
+class _NoCopy:
+    """Base of handles to native state: a copy would share that state (and
+    a collected copy of a node would shut the original down), and a pickle
+    cannot carry it."""
+
+    __slots__ = ()
+
+    def _refuse(self) -> NoReturn:
+        raise TypeError(f"pytribe.{type(self).__name__} cannot be copied or pickled")
+
+    def __copy__(self) -> NoReturn:
+        self._refuse()
+
+    def __deepcopy__(self, memo: object) -> NoReturn:
+        self._refuse()
+
+    def __reduce__(self) -> NoReturn:
+        self._refuse()
+
+
+# The annotations whose wrong types the native module reports without
+# naming the argument, and how an error names what they want.
+_WANTS: Dict[str, Tuple[Tuple[type, ...], str]] = {
+    "str": ((str,), "str"),
+    "Optional[str]": ((str, type(None)), "str or None"),
+    "bool": ((bool,), "bool"),
+}
+
+
+def _unencodable(value: object) -> bool:
+    """Whether ``value`` holds text UTF-8 cannot encode (a lone surrogate),
+    itself or in a list, tuple or mapping."""
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, Mapping):
+        return any(_unencodable(k) or _unencodable(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_unencodable(v) for v in value)
+    return False
+
+
+def _named_error(where: str, sig: inspect.Signature, args: Any, kwargs: Any) -> Optional[Exception]:
+    """The error naming the first bad argument of a call, if one is."""
+    try:
+        bound = sig.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    given = [(name, value, str(sig.parameters[name].annotation)) for name, value in bound.arguments.items()]
+    for name, value, annotation in given:
+        want = _WANTS.get(annotation)
+        if want is not None and not isinstance(value, want[0]):
+            return TypeError(f"{where}: {name} must be {want[1]}, not {type(value).__name__}")
+    for name, value, annotation in given:
+        # Text only where text is wanted (a str payload is a wrong type); a
+        # path may hold surrogates standing for bytes, as os.fsencode takes.
+        if "str" in annotation and "PathLike" not in annotation and _unencodable(value):
+            return InvalidArgumentError(
+                f"{where}: {name} holds text that UTF-8 cannot encode (a lone surrogate)"
+            )
+    return None
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _names_arguments(fn: _F) -> _F:
+    """Makes a wrong type or text that UTF-8 cannot encode raise naming the
+    argument (``set_fact: value must be str, not int``; the latter as
+    :class:`InvalidArgumentError`), where the native module's errors name
+    neither. The arguments are looked at only once the call failed, so a
+    good call pays nothing for it."""
+    sig = inspect.signature(fn)
+    where = fn.__qualname__.split(".")[0] if fn.__name__ == "__init__" else fn.__name__
+
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def checked_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except (TypeError, UnicodeError):
+                named = _named_error(where, sig, args, kwargs)
+                if named is None:
+                    raise
+                raise named from None
+
+        return checked_async  # type: ignore[return-value]
+
+    @functools.wraps(fn)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (TypeError, UnicodeError):
+            named = _named_error(where, sig, args, kwargs)
+            if named is None:
+                raise
+            raise named from None
+
+    return checked  # type: ignore[return-value]
+
+
+_C = TypeVar("_C", bound=type)
+
+
+def _names_arguments_of(cls: _C) -> _C:
+    """:func:`_names_arguments` for every public method of ``cls`` and its
+    constructor."""
+    for name, fn in list(vars(cls).items()):
+        if inspect.isfunction(fn) and (name == "__init__" or not name.startswith("_")):
+            setattr(cls, name, _names_arguments(fn))
+    return cls
+
+
 def keygen() -> str:
     """A new random key: base64 of 32 bytes, as ``tribe keygen`` prints it."""
     return _native.keygen()
 
 
+@_names_arguments
 def key_id(key: str) -> str:
     """The public id (8 hex digits) of a base64 key."""
     return _native.key_id(key)
@@ -418,18 +539,21 @@ if hasattr(os, "register_at_fork"):
 # ---------------------------------------------------------------- events
 
 
-class Events:
+class Events(_NoCopy):
     """A subscriber to a node's events (from :meth:`Node.events`).
 
     Iterating yields events until ``timeout`` seconds pass without one (or
     forever when ``timeout`` is None) or the node stops; iterating the same
-    object again resumes with the events that came since.
+    object again resumes with the events that came since. :meth:`close` (or
+    leaving a ``with`` block) ends it early and frees its queue.
     """
 
-    def __init__(self, native: _native.NativeEvents, timeout: Optional[float]) -> None:
-        self._native = native
+    def __init__(self, native: _native.NativeEvents, timeout: Optional[float], node: str = "") -> None:
+        self._native: Optional[_native.NativeEvents] = native
+        self._node = node
         self._timeout = timeout
         self._generation = _fork_generation
+        #: Whether it has ended (closed, or its node stopped).
         self.closed = False
         # The number of the last event handed out: an event whose read a
         # signal handler interrupted (raising as the read returned) is not
@@ -437,6 +561,24 @@ class Events:
         self._got = 0
         # Events a drain() took before it was interrupted.
         self._backlog: List[AnyEvent] = []
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<pytribe.Events of {self._node!r} timeout={self._timeout} {state}>"
+
+    def __enter__(self) -> Events:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends this subscriber: reads return None, iteration stops, and
+        the events queued for it are dropped. A read under way in another
+        thread still ends as it would have. Idempotent."""
+        self.closed = True
+        self._native = None
+        self._backlog = []
 
     def __iter__(self) -> Events:
         return self
@@ -449,9 +591,10 @@ class Events:
 
     def get(self, timeout: Optional[float] = None) -> Optional[AnyEvent]:
         """The next event, or None after ``timeout`` seconds without one
-        (None: wait as long as it takes) or once the node has stopped."""
+        (None: wait as long as it takes) or once the subscriber has ended."""
         _check_timeout(timeout, allow_none=True)
-        if self._generation != _fork_generation:
+        native = self._native
+        if native is None or self._generation != _fork_generation:
             self.closed = True
             return None
         if self._backlog:
@@ -460,9 +603,9 @@ class Events:
             event = self._backlog[0]
             del self._backlog[0]
             return event
-        got = self._native.next(timeout, self._got)
+        got = native.next(timeout, self._got)
         if got is False:
-            self.closed = True
+            self.close()
             return None
         if not isinstance(got, tuple):
             return None
@@ -474,11 +617,12 @@ class Events:
     def drain(self) -> List[AnyEvent]:
         """The events already queued, without waiting."""
         out, self._backlog = self._backlog, []
-        if self._generation != _fork_generation:
+        native = self._native
+        if native is None or self._generation != _fork_generation:
             return out
         try:
             while True:
-                got = self._native.try_next(self._got)
+                got = native.try_next(self._got)
                 if got is None:
                     return out
                 number, fields = got
@@ -492,15 +636,38 @@ class Events:
             raise
 
 
-class AsyncEvents:
+class AsyncEvents(_NoCopy):
     """An asyncio subscriber to a node's events (from :meth:`Node.aevents`);
-    ends when the node stops. Cancelling a pending ``__anext__`` loses no
+    ends when the node stops or it is closed (:meth:`close`, or leaving an
+    ``async with`` block). Cancelling a pending ``__anext__`` loses no
     event, and the subscriber may be used from one event loop after another."""
 
-    def __init__(self, native: _native.NativeEvents) -> None:
-        self._native = native
+    def __init__(self, native: _native.NativeEvents, node: str = "") -> None:
+        self._native: Optional[_native.NativeEvents] = native
+        self._node = node
         self._generation = _fork_generation
         self._got = 0  # as in Events
+
+    @property
+    def closed(self) -> bool:
+        """Whether it has been closed (or its node stopped and that was seen)."""
+        return self._native is None or self._generation != _fork_generation
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<pytribe.AsyncEvents of {self._node!r} {state}>"
+
+    async def __aenter__(self) -> AsyncEvents:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Ends this subscriber: iteration stops and the events queued for
+        it are dropped (a ``__anext__`` already waiting ends at the next
+        event or when the node stops). Idempotent."""
+        self._native = None
 
     def __aiter__(self) -> AsyncEvents:
         return self
@@ -508,9 +675,10 @@ class AsyncEvents:
     async def __anext__(self) -> AnyEvent:
         loop = asyncio.get_running_loop()
         while True:
-            if self._generation != _fork_generation:
+            native = self._native
+            if native is None or self._generation != _fork_generation:
                 raise StopAsyncIteration
-            got = self._native.try_next(self._got)
+            got = native.try_next(self._got)
             if got is not None:
                 number, fields = got
                 event = _event(fields)
@@ -518,7 +686,8 @@ class AsyncEvents:
                 return event
             # True once an event waits for try_next: the event itself stays
             # with the subscriber, not in a future of this loop.
-            if await self._native.anext(loop) is False:
+            if await native.anext(loop) is False:
+                self.close()
                 raise StopAsyncIteration
 
 
@@ -545,12 +714,15 @@ def _str_list(what: str, items: Iterable[str]) -> List[str]:
     return out
 
 
-class Node:
+@_names_arguments_of
+class Node(_NoCopy):
     """A running node of a tribe cluster.
 
     ``Node(...)`` binds its sockets (UDP gossip and TCP streams on one port;
-    port 0 picks a free one), starts and joins through ``seeds`` (``host:port``;
-    a name is looked up by the node at start and again while it is alone). Use it as a
+    port 0 picks a free one; an unspecified address such as ``0.0.0.0``
+    needs ``advertise``, else :class:`ConfigError`), starts and joins
+    through ``seeds`` (``host:port``; a name is looked up by the node at
+    start and again while it is alone). Use it as a
     context manager, or call :meth:`close` (graceful: peers record *left*) or
     :meth:`abort` (peers record *failed*). A node still open at interpreter
     exit is closed then.
@@ -590,7 +762,7 @@ class Node:
         handler_threads: int = 4,
     ) -> None:
         if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
-            raise TypeError("handler_threads must be an int")
+            raise TypeError(f"handler_threads must be an int, not {type(handler_threads).__name__}")
         if not 1 <= handler_threads <= 256:
             raise InvalidArgumentError(f"handler_threads must be 1..256, not {handler_threads}")
         if facts is not None and not isinstance(facts, Mapping):
@@ -599,14 +771,21 @@ class Node:
         for k, v in fact_dict.items():
             if not isinstance(k, str) or not isinstance(v, str):
                 raise TypeError(f"facts must map str to str, not {type(k).__name__} to {type(v).__name__}")
-        if max_payload is not None and (isinstance(max_payload, bool) or not isinstance(max_payload, int) or max_payload <= 0):
-            raise InvalidArgumentError("max_payload must be a positive int")
+        if max_payload is not None:
+            if isinstance(max_payload, bool) or not isinstance(max_payload, int):
+                raise TypeError(f"max_payload must be an int, not {type(max_payload).__name__}")
+            if max_payload <= 0:
+                raise InvalidArgumentError(f"max_payload must be a positive int, not {max_payload}")
+        if limits is not None and not isinstance(limits, Mapping):
+            raise TypeError(f"limits must be a mapping of str to int, not {type(limits).__name__}")
         limit_dict: Dict[str, int] = dict(limits or {})
         for limit_name, limit in limit_dict.items():
             if not isinstance(limit_name, str):
                 raise TypeError(f"limits must map str to int, not {type(limit_name).__name__}")
-            if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
-                raise InvalidArgumentError(f"limit {limit_name!r} must be a positive int, not {limit!r}")
+            if isinstance(limit, bool) or not isinstance(limit, int):
+                raise TypeError(f"limit {limit_name!r} must be an int, not {type(limit).__name__}")
+            if limit <= 0:
+                raise InvalidArgumentError(f"limit {limit_name!r} must be a positive int, not {limit}")
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
         self._lock = threading.Lock()
@@ -978,9 +1157,17 @@ class Node:
         ``timeout`` seconds without an event (None: never) or when the node
         stops."""
         _check_timeout(timeout, allow_none=True)
-        return Events(self._native.events(), timeout)
+        return Events(self._native.events(), timeout, self.name)
 
     def aevents(self) -> AsyncEvents:
         """A new asyncio subscriber to this node's events."""
-        return AsyncEvents(self._native.events())
+        return AsyncEvents(self._native.events(), self.name)
 
+
+# Tracebacks and reprs name the public classes as users import them
+# (`pytribe.CallTimeoutError`); pickles find them there too.
+for _public in __all__:
+    _obj = globals()[_public]
+    if isinstance(_obj, type) and _obj.__module__ in ("pytribe._errors", "pytribe._types"):
+        _obj.__module__ = __name__
+del _public, _obj

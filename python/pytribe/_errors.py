@@ -276,7 +276,8 @@ class HandlerError(Exception):
     The caller gets :class:`RemoteError` with this ``code`` and ``message``
     (a message that is not a ``str`` is turned into one with ``str()``).
     The code ``"timeout"`` is reserved: the caller gets :class:`CallTimeoutError`
-    (without the message), as when a handler overran its budget.
+    (without the message), as when a handler overran its budget. An empty
+    code reaches the caller as ``"error"``, as in C and Go.
     """
 
     def __init__(self, code: str, message: str = "") -> None:

@@ -8,46 +8,48 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, Iterator, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Mapping, NoReturn, Optional, Tuple, Union
 
 
-class FrozenMap(Mapping[str, Any]):
-    """A read-only mapping that, unlike ``MappingProxyType``, hashes,
-    pickles and copies, so the snapshots holding one do too."""
+class FrozenMap(Dict[str, Any]):
+    """A read-only dict: ``json.dumps`` and ``dataclasses.asdict`` take it
+    as a dict, ``m | other`` gives a new plain dict, and, unlike
+    ``MappingProxyType``, it hashes, pickles and copies, so the snapshots
+    holding one do too. Its mutators raise ``TypeError``."""
 
-    __slots__ = ("_d", "_hash")
+    __slots__ = ("_hash",)
+    _hash: Optional[int]
 
-    def __init__(self, d: Optional[Mapping[str, Any]] = None) -> None:
-        self._d: Dict[str, Any] = dict(d or {})
-        self._hash: Optional[int] = None
+    def __new__(cls, d: Any = None) -> FrozenMap:
+        # Filled here: ``__init__`` is a no-op, so calling it again cannot
+        # change the contents.
+        self = super().__new__(cls)
+        dict.update(self, d or {})
+        self._hash = None
+        return self
 
-    def __getitem__(self, key: str) -> Any:
-        return self._d[key]
+    def __init__(self, d: Any = None) -> None:
+        pass
 
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._d)
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def __hash__(self) -> int:
+    def __hash__(self) -> int:  # type: ignore[override]
         if self._hash is None:
-            self._hash = hash(frozenset(self._d.items()))
+            self._hash = hash(frozenset(self.items()))
         return self._hash
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, Mapping):
-            return dict(self._d) == dict(other)
-        return NotImplemented
+    def _refuse(self, *_args: object, **_kwargs: object) -> NoReturn:
+        raise TypeError("a pytribe snapshot's mapping is read-only (dict(m) gives a mutable copy)")
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
 
     def __reduce__(self) -> Tuple[Any, ...]:
-        return (FrozenMap, (self._d,))
+        return (FrozenMap, (dict(self),))
+
+    def __copy__(self) -> FrozenMap:
+        return self
 
     def __deepcopy__(self, memo: Dict[int, Any]) -> FrozenMap:
         return self
-
-    def __repr__(self) -> str:
-        return repr(self._d)
 
 
 def _ro(d: Optional[Dict[str, Any]]) -> Mapping[str, Any]:

@@ -78,18 +78,36 @@ impl CallInfo {
     /// Whether the call is over without this handler's answer: its caller
     /// cancelled it (or gave up) or its deadline passed.
     /// A long handler may check it and stop early; its answer is dropped.
-    fn abandoned(&self) -> bool {
-        self.running.as_ref().is_some_and(|r| {
+    fn abandoned(&self, py: Python<'_>) -> PyResult<bool> {
+        // The deadline first: a `CallInfo` made in Python has no responder.
+        if monotonic(py)? >= self.deadline {
+            return Ok(true);
+        }
+        Ok(self.running.as_ref().is_some_and(|r| {
             r.lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
                 .is_none_or(tribe::Responder::is_abandoned)
-        })
+        }))
     }
 
     /// Seconds left before the deadline (never negative).
     fn remaining(&self, py: Python<'_>) -> PyResult<f64> {
         Ok((self.deadline - monotonic(py)?).max(0.0))
+    }
+
+    // A view of one live call: a copy or a pickle could not follow it.
+    fn __copy__(&self) -> PyResult<()> {
+        Err(not_copied())
+    }
+
+    fn __deepcopy__(&self, memo: &Bound<'_, PyAny>) -> PyResult<()> {
+        let _ = memo;
+        Err(not_copied())
+    }
+
+    fn __reduce__(&self) -> PyResult<()> {
+        Err(not_copied())
     }
 
     fn __repr__(&self) -> String {
@@ -98,6 +116,10 @@ impl CallInfo {
             self.caller, self.tribe, self.plugin, self.version, self.deadline
         )
     }
+}
+
+fn not_copied() -> PyErr {
+    pyo3::exceptions::PyTypeError::new_err("pytribe.CallInfo cannot be copied or pickled")
 }
 
 static MONOTONIC: PyOnceLock<Py<PyAny>> = PyOnceLock::new();

@@ -108,7 +108,8 @@ fn key_id(text: &str) -> PyResult<KeyId> {
         .id())
 }
 
-fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+/// The bytes of argument `what` (`payload`, `artifact`).
+fn payload_bytes(what: &str, payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     crate::handlers::bytes_like(payload).ok_or_else(|| {
         let type_name = payload
             .get_type()
@@ -117,10 +118,10 @@ fn payload_bytes(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
             .unwrap_or_else(|_| "?".into());
         if type_name == "memoryview" {
             // A released view, or one whose buffer cannot be read.
-            return value_error("payload is a memoryview that was released");
+            return value_error(format!("{what} is a memoryview that was released"));
         }
         PyTypeError::new_err(format!(
-            "payload must be bytes, bytearray or memoryview, not {type_name}"
+            "{what} must be bytes, bytearray or memoryview, not {type_name}"
         ))
     })
 }
@@ -438,7 +439,7 @@ impl NativeNode {
                 Ok(None)
             }
             Some(bytes) => {
-                let bytes = payload_bytes(bytes)?;
+                let bytes = payload_bytes("artifact", bytes)?;
                 let r = wait(
                     py,
                     self.node
@@ -572,7 +573,7 @@ impl NativeNode {
             kind: self::kind(kind)?,
         };
         let timeout = call_timeout(py, timeout)?;
-        let payload = payload_bytes(payload)?;
+        let payload = payload_bytes("payload", payload)?;
         let node = self.node.clone();
         let r = wait(py, async move {
             node.call_blocking(&target, payload, timeout).await
@@ -600,7 +601,7 @@ impl NativeNode {
             kind: self::kind(kind)?,
         };
         let timeout = call_timeout(py, timeout)?;
-        let payload = payload_bytes(payload)?;
+        let payload = payload_bytes("payload", payload)?;
         let node = self.node.clone();
         crate::aio::spawn(py, r#loop, async move {
             let r = node.call(&target, payload, timeout).await;

@@ -198,7 +198,7 @@ def test_state_limits_refuse_the_command_past_them() -> None:
         start("bad-limit", limits={"moons": 3})
     with pytest.raises(ValueError):
         start("zero-limit", limits={"tribes": 0})
-    with pytest.raises(ValueError):
+    with pytest.raises(TypeError):
         start("bool-limit", limits={"tribes": True})
 
 

@@ -321,6 +321,14 @@ def test_a_forked_child_gets_a_runtime_of_its_own_and_exits() -> None:
     assert "CHILD 0" in out.stdout, out.stdout + out.stderr
 
 
+@pytest.mark.skipif(not hasattr(os, "fork") or sys.version_info < (3, 12), reason="needs fork() and Python 3.12+")
+def test_a_fork_after_a_node_started_warns_as_the_docs_say() -> None:
+    # CPython's own warning (the runtime's threads exist); the fork works.
+    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "CHILD 0" in out.stdout, out.stdout + out.stderr
+    assert "DeprecationWarning" in out.stderr and "multi-threaded" in out.stderr, out.stderr
+
+
 INTERRUPTED_EVENT_WAITS = textwrap.dedent(
     """
     import signal, sys, threading, time

@@ -133,3 +133,15 @@ def test_a_second_node_under_a_name_holds_it_and_the_first_says_so(cluster: Clus
         and any(m.name == "twin" and m.addr == first.addr and m.state == "alive" for m in seed.members()),
         timeout=60,
     )
+
+
+def test_a_policy_guarded_with_has_does_not_fail_on_a_node_lacking_the_fact(cluster: Cluster) -> None:
+    # The docs' first example: in a cluster where some nodes lack `rack`.
+    node = cluster.start("no-rack")
+    watch = Watch(node)
+    node.add_policy("guarded", "core", 'has(facts.rack) && facts.rack == "r1"')
+    node.add_policy("bare", "core", 'facts.rack == "r1"')
+    watch.wait("the bare policy's failure", lambda e: isinstance(e, pytribe.PolicyFailed) and e.policy == "bare")
+    failed = [e.policy for e in watch.seen + watch.events.drain() if isinstance(e, pytribe.PolicyFailed)]
+    assert failed == ["bare"], failed
+    assert node.tribe("core") is None
