@@ -58,8 +58,11 @@ fn start_agent_env(dir: &Path, name: &str, extra: &[String], envs: &[(&str, &str
     let mut cmd = Command::new(TRIBE);
     cmd.arg("agent")
         .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
-        .args(["--profile", "local", "--log-level", "debug"])
+        .args(["--profile", "local"])
         .args(extra);
+    if !extra.iter().any(|a| a == "--log-level") {
+        cmd.args(["--log-level", "debug"]);
+    }
     if !keyed(extra, envs) {
         cmd.arg("--insecure-plaintext");
     }
@@ -1488,4 +1491,153 @@ fn a_second_agent_under_a_running_agents_name_holds_it_and_the_first_gets_it_bac
             .contains("tribe_name_held_elsewhere 0"),
         "{metrics}"
     );
+}
+
+/// The non-empty lines of an agent's log.
+fn log_lines(dir: &Path, name: &str) -> Vec<String> {
+    std::fs::read_to_string(dir.join(format!("{name}.log")))
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_log_filter_of_targets_only_keeps_info_for_every_other_target() {
+    let dir = scratch_dir("log-targets");
+    // A misspelt target: without a bare level it would silence everything.
+    let agent = start_agent(&dir, "targets", &args(&["--log-level", "trbie=debug"]));
+    let log = log_lines(&dir, "targets").join("\n");
+    assert!(log.contains("encryption is OFF"), "{log}");
+    assert!(log.contains("agent running"), "{log}");
+    drop(agent);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_key_file_others_may_read_is_used_with_a_warning_in_the_log_format() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch_dir("shared-key");
+    let key_file = dir.join("shared.key");
+    std::fs::write(&key_file, tribe::SecretKey::generate().to_base64()).unwrap();
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let agent = start_agent(
+        &dir,
+        "shared",
+        &args(&["--key-file", key_file.to_str().unwrap(), "--log-json"]),
+    );
+    assert_eq!(get(&agent, "/v1/status")["encryption"], "require");
+    let lines = log_lines(&dir, "shared");
+    let entries: Vec<Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let warning = entries
+        .iter()
+        .find(|v| v.to_string().contains("readable by other users"))
+        .unwrap_or_else(|| panic!("no warning in {lines:?}"));
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    drop(agent);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn a_wrong_admin_token_is_rejected_as_such() {
+    let dir = scratch_dir("wrong-token");
+    let agent = start_agent_env(&dir, "locked", &[], &[("TRIBE_ADMIN_TOKEN", "s3cret")]);
+    let url = format!("http://{}/v1/status", agent.admin);
+    let mut missing = http().get(&url).call().unwrap();
+    let missing: Value = missing.body_mut().read_json().unwrap();
+    let mut wrong = http()
+        .get(&url)
+        .header("Authorization", "Bearer guess")
+        .call()
+        .unwrap();
+    assert_eq!(wrong.status().as_u16(), 401);
+    let wrong: Value = wrong.body_mut().read_json().unwrap();
+    assert_eq!(missing["error"], "unauthorized", "{missing}");
+    assert_eq!(wrong["error"], "unauthorized", "{wrong}");
+    assert!(
+        !missing["message"].as_str().unwrap().contains("rejected"),
+        "{missing}"
+    );
+    assert!(
+        wrong["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("token rejected"),
+        "{wrong}"
+    );
+    let out = cli(&agent, &["status", "--token", "guess"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.starts_with("tribe: token rejected") && err.trim_end().ends_with("(unauthorized)"),
+        "{err}"
+    );
+    drop(agent);
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
+    let run = |list: &[&str]| {
+        let mut cmd = Command::new(TRIBE);
+        cmd.args(list);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("TRIBE_") {
+                cmd.env_remove(key);
+            }
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["status", "--admin", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("tribe: cannot reach the agent at http://127.0.0.1:1")
+            && err.trim_end().ends_with("(unreachable)"),
+        "{err}"
+    );
+    for usage in [
+        &["status", "--bogus"][..],
+        &["tribe"][..],
+        &["policy", "add", "only-a-name"][..],
+    ] {
+        let (code, err) = run(usage);
+        assert_eq!(code, Some(2), "{usage:?}: {err}");
+    }
+}
+
+#[test]
+fn the_running_agents_snippet_of_the_readme_works_as_written() {
+    let dir = scratch_dir("readme");
+    let agent = start_agent(&dir, "web-1", &args(&["--fact", "storage_tier=true"]));
+    let members = cli_ok(&agent, &["members"]);
+    assert!(members.contains("storage_tier=true"), "{members}");
+    cli_ok(&agent, &["tribe", "create", "storage"]);
+    cli_ok(
+        &agent,
+        &[
+            "policy",
+            "add",
+            "storage",
+            "storage",
+            r#"facts.storage_tier == "true""#,
+        ],
+    );
+    cli_ok(
+        &agent,
+        &["plugin", "load", "storage", "disk", "2", "collector"],
+    );
+    let tribes = cli_json(&agent, &["tribes"]);
+    assert_eq!(tribes[0]["name"], "storage", "{tribes}");
+    assert_eq!(tribes[0]["plugins"][0]["name"], "disk", "{tribes}");
+    drop(agent);
+    std::fs::remove_dir_all(&dir).ok();
 }

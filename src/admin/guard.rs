@@ -5,7 +5,7 @@
 //! cannot send that content type without asking first).
 
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -70,22 +70,36 @@ fn bearer_token(value: &str) -> Option<&str> {
         .then(|| token.trim_start_matches(' '))
 }
 
+/// Why a request does not pass the token check, if it does not: an
+/// operator who sent a token learns that this one is wrong, not missing.
+fn token_refusal(headers: &HeaderMap, token: &str) -> Option<&'static str> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Some("this agent's admin API needs its token (--token or TRIBE_ADMIN_TOKEN)");
+    };
+    let given = value
+        .to_str()
+        .ok()
+        .and_then(bearer_token)
+        .unwrap_or_default();
+    if bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
+        None
+    } else {
+        Some(
+            "token rejected: the token sent is not this agent's admin token \
+             (--token or TRIBE_ADMIN_TOKEN, sent as `Authorization: Bearer TOKEN`)",
+        )
+    }
+}
+
 /// The middleware.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let headers = request.headers();
-    if let Some(token) = &guard.token {
-        let given = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(bearer_token)
-            .unwrap_or_default();
-        if !bool::from(given.as_bytes().ct_eq(token.as_bytes())) {
-            return refuse(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "this agent's admin API needs its token (--token or TRIBE_ADMIN_TOKEN)",
-            );
-        }
+    if let Some(why) = guard
+        .token
+        .as_deref()
+        .and_then(|t| token_refusal(headers, t))
+    {
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
     // A Host header is required (HTTP/1.1 always sends one), and one that
     // is not text is refused too rather than let through unchecked.
@@ -127,7 +141,22 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, check_exposure, host_allowed, Guard};
+    use super::{bearer_token, check_exposure, host_allowed, token_refusal, Guard};
+    use axum::http::{header::AUTHORIZATION, HeaderMap};
+
+    #[test]
+    fn a_wrong_token_is_told_apart_from_a_missing_one() {
+        let mut headers = HeaderMap::new();
+        let missing = token_refusal(&headers, "s3cret").unwrap();
+        assert!(missing.contains("needs its token"), "{missing}");
+        for wrong in ["Bearer wrong", "Bearer ", "Basic s3cret"] {
+            headers.insert(AUTHORIZATION, wrong.parse().unwrap());
+            let refusal = token_refusal(&headers, "s3cret").unwrap();
+            assert!(refusal.starts_with("token rejected"), "{wrong}: {refusal}");
+        }
+        headers.insert(AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert_eq!(token_refusal(&headers, "s3cret"), None);
+    }
 
     #[test]
     fn a_reachable_admin_api_needs_a_token() {

@@ -29,7 +29,10 @@
 //! (a task manifest the agents could not run), `not_found`,
 //! `method_not_allowed`, `request_timeout` (a request not sent and
 //! answered within 30 s; a body over 2 MiB is `too_large`) and
-//! `bad_request` (a body that cannot be read, a path that is not UTF-8).
+//! `bad_request` (a body that cannot be read, a path that is not UTF-8);
+//! the guard's `unauthorized` (no token, or `token rejected`),
+//! `forbidden_host` and `unsupported_media_type`; and `internal` for a
+//! failure of the server itself.
 //! Write bodies with an unknown field are `invalid_json`.
 
 mod bounds;

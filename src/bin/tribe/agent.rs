@@ -20,7 +20,8 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:7947";
 #[derive(clap::Args, Default)]
 pub struct AgentArgs {
     /// TOML file with any of the options below; keys are the long flag
-    /// names (`name`, `bind`, `seed = [..]`, `fact = ["k=v", ..]`, `data-dir`, ...).
+    /// names (`name`, `bind`, `seed = [..]`, `fact = ["k=v", ..]`, `data-dir`, ...),
+    /// switches are TOML booleans (`log-json = true`).
     #[arg(long, env = "TRIBE_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     /// Node name, unique in the tribe [default: the host name].
@@ -54,14 +55,17 @@ pub struct AgentArgs {
     /// Where the admin HTTP API listens; port 0 picks one [default: 127.0.0.1:7947].
     #[arg(long, env = "TRIBE_ADMIN", value_name = "HOST:PORT")]
     admin: Option<String>,
-    /// Directory that keeps known peers and memberships by hand across restarts.
+    /// Directory that keeps, across restarts, the replicated records (tribes, memberships
+    /// by hand, policies, plugin entries, tasks, and their deletions), the facts set by
+    /// command, the known peers, the last generation and the keyring.
     #[arg(long, env = "TRIBE_DATA_DIR", value_name = "DIR")]
     data_dir: Option<PathBuf>,
     /// Cluster label: agents with different labels never talk [default: none].
     #[arg(long, env = "TRIBE_LABEL")]
     label: Option<String>,
-    /// Log filter: error, warn, info, debug, trace, or a tracing directive
-    /// such as `tribe=debug` [default: info].
+    /// Log filter: error, warn, info, debug, trace, off, or tracing directives such as
+    /// `tribe=debug` or `warn,tribe::rpc=trace`; a filter with no bare level keeps `info`
+    /// for every other target (`tribe=debug` is `info,tribe=debug`) [default: info].
     #[arg(long, env = "TRIBE_LOG_LEVEL", value_name = "LEVEL")]
     log_level: Option<String>,
     /// Log as JSON lines instead of human-readable text (`--log-json=false`
@@ -87,7 +91,8 @@ pub struct AgentArgs {
     key_file: Option<PathBuf>,
     /// With a key: accept (send plaintext, accept both), send (send sealed, accept
     /// both) or require (sealed only) [default: require]. The first two are the steps
-    /// of turning encryption on in a running tribe.
+    /// of turning encryption on in a running tribe; a mode set later with
+    /// `tribe keys encryption` lasts until the agent stops.
     #[arg(long, env = "TRIBE_ENCRYPTION", value_name = "MODE")]
     encryption: Option<String>,
     /// Run without an encryption key: gossip, sync and calls travel in plaintext
@@ -163,6 +168,8 @@ pub struct AgentPlan {
     pub admin_token: Option<String>,
     /// The node runs with no keyring (`--insecure-plaintext`): warn at start.
     pub plaintext: bool,
+    /// Warnings found while planning, logged once logging is set up.
+    pub warnings: Vec<String>,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
@@ -275,6 +282,7 @@ impl AgentArgs {
         let env_key_file = std::env::var_os("TRIBE_KEY_FILE")
             .filter(|f| !f.is_empty())
             .map(PathBuf::from);
+        let mut warnings = Vec::new();
         let (key, key_file, names) = if self.key.is_some() || self.key_file.is_some() {
             (self.key, self.key_file, ("--key", "--key-file"))
         } else if env_key.is_some() || env_key_file.is_some() {
@@ -282,7 +290,7 @@ impl AgentArgs {
         } else {
             (file.key, file.key_file, ("key", "key-file"))
         };
-        config.keyring = read_key(key, key_file, names)?.map(tribe::Keyring::new);
+        config.keyring = read_key(key, key_file, names, &mut warnings)?.map(tribe::Keyring::new);
         let mode = self.encryption.or(file.encryption);
         if let Some(mode) = &mode {
             config.encryption = mode.parse().map_err(|e| format!("--encryption: {e}"))?;
@@ -302,11 +310,7 @@ impl AgentArgs {
                 ));
             }
         }
-        for (name, value) in &file.limits {
-            config
-                .set_limit(&name.replace('-', "_"), *value)
-                .map_err(|e| format!("[limits] {name}: {e}"))?;
-        }
+        set_file_limits(&mut config, &file.limits)?;
         config.validate().map_err(|e| e.to_string())?;
         Ok(AgentPlan {
             config,
@@ -319,6 +323,7 @@ impl AgentArgs {
             publish_file: self.publish_file.or(file.publish_file),
             admin_token,
             plaintext,
+            warnings,
         })
     }
 }
@@ -354,6 +359,46 @@ fn check_plaintext(config: &Config, insecure_plaintext: bool) -> Result<bool, St
     }
 }
 
+/// The names of `[limits]`, kebab-case as every other key of the file.
+fn file_limit_names() -> Vec<String> {
+    Config::LIMIT_NAMES
+        .iter()
+        .map(|name| name.replace('_', "-"))
+        .collect()
+}
+
+/// Applies the file's `[limits]`. Errors quote the key as the file spells
+/// it and list the names in the file's spelling; the snake_case spelling of
+/// the library (`max_streams`) is taken too, but not both for one limit.
+fn set_file_limits(
+    config: &mut Config,
+    limits: &std::collections::BTreeMap<String, usize>,
+) -> Result<(), String> {
+    let known = file_limit_names();
+    let mut seen = std::collections::BTreeMap::new();
+    for (name, value) in limits {
+        let kebab = name.replace('_', "-");
+        if !known.contains(&kebab) {
+            return Err(format!(
+                "[limits] {name:?} is not a limit (known: {})",
+                known.join(", ")
+            ));
+        }
+        if let Some(other) = seen.insert(kebab.clone(), name) {
+            return Err(format!(
+                "[limits] {other:?} and {name:?} name the same limit: give one"
+            ));
+        }
+        if *value == 0 {
+            return Err(format!("[limits] {name:?} must be at least 1"));
+        }
+        config
+            .set_limit(&kebab.replace('-', "_"), *value)
+            .map_err(|e| format!("[limits] {name:?}: {e}"))?;
+    }
+    Ok(())
+}
+
 /// An environment variable the agent reads itself (not through clap):
 /// absent is `None`, text that is not UTF-8 an error rather than ignored.
 fn env_text(name: &str) -> Result<Option<String>, String> {
@@ -365,11 +410,13 @@ fn env_text(name: &str) -> Result<Option<String>, String> {
 }
 
 /// The key from a key or a key file, named as where they came from
-/// (`names`: the key's and the file's); errors never quote the key.
+/// (`names`: the key's and the file's); errors never quote the key. A key
+/// file other users may read adds a warning.
 fn read_key(
     key: Option<String>,
     key_file: Option<PathBuf>,
     names: (&str, &str),
+    warnings: &mut Vec<String>,
 ) -> Result<Option<tribe::SecretKey>, String> {
     match (key, key_file) {
         (Some(_), Some(_)) => Err(format!("give one of {} and {}, not both", names.0, names.1)),
@@ -379,7 +426,7 @@ fn read_key(
         (None, Some(path)) => {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-            warn_if_shared(&path);
+            warnings.extend(shared_key_file_warning(&path));
             if text.trim().lines().count() > 1 {
                 return Err(format!(
                     "key file {} holds more than one line: it must hold the key alone, \
@@ -395,36 +442,38 @@ fn read_key(
     }
 }
 
-/// Warns (on standard error: logging is not set up yet) when a key file
-/// may be read by other users, as ssh does for a private key.
-fn warn_if_shared(path: &std::path::Path) {
+/// A warning when a key file may be read by other users, as ssh gives
+/// for a private key (the key is still used).
+fn shared_key_file_warning(path: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt as _;
-    if let Ok(meta) = std::fs::metadata(path) {
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            eprintln!(
-                "tribe: warning: key file {} is readable by other users (mode {mode:o}); \
-                 `chmod 600` it",
-                path.display()
-            );
-        }
-    }
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
+    (mode & 0o077 != 0).then(|| {
+        format!(
+            "key file {} is readable by other users (mode {mode:o}); `chmod 600` it",
+            path.display()
+        )
+    })
 }
 
 /// Levels a bare word of `--log-level` may be; any other bare word would be
 /// taken as a log target and silence every log (a typo such as `warnn`).
 const LOG_LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
 
+/// Whether a directive is a bare level (`warn`, `3`), the default for
+/// every target no other directive names.
+fn is_level(directive: &str) -> bool {
+    LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str())
+        || directive
+            .parse::<tracing_subscriber::filter::LevelFilter>()
+            .is_ok()
+}
+
 /// Refuses a bare word that is not a level (`warnn`); directives with a
 /// target, empty ones and numeric levels pass.
 fn check_log_level(level: &str) -> Result<(), String> {
     for directive in level.split(',').map(str::trim) {
         let bare = !directive.is_empty() && !directive.contains('=') && !directive.contains("::");
-        let is_level = LOG_LEVELS.contains(&directive.to_ascii_lowercase().as_str())
-            || directive
-                .parse::<tracing_subscriber::filter::LevelFilter>()
-                .is_ok();
-        if bare && !is_level {
+        if bare && !is_level(directive) {
             return Err(format!(
                 "--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {directive:?} is not a \
                  level ({}) nor a target=level directive",
@@ -435,9 +484,22 @@ fn check_log_level(level: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The filter to use: without a bare level, tracing would log only the
+/// targets named (a misspelt one: nothing at all), silencing warnings such
+/// as "encryption is OFF"; so every other target keeps `info`.
+fn with_default_level(level: &str) -> String {
+    // An empty directive parses as a level but sets none (`tribe=debug,`).
+    let mut directives = level.split(',').map(str::trim).filter(|d| !d.is_empty());
+    if directives.any(is_level) {
+        level.to_string()
+    } else {
+        format!("info,{level}")
+    }
+}
+
 fn init_logging(level: &str, json: bool) -> Result<(), String> {
     check_log_level(level)?;
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    let filter = tracing_subscriber::EnvFilter::try_new(with_default_level(level))
         .map_err(|e| format!("--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {e}"))?;
     // Colours only for a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
@@ -457,6 +519,9 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     let collected = tribe::facts::collect();
     let plan = args.plan(&collected)?;
     init_logging(&plan.log_level, plan.log_json)?;
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -490,7 +555,8 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         .map_err(|e| format!("cannot start the node: {e}"))?;
 
     let mut events = node.events();
-    crate::tasks::serve_builtins(&node, publisher).await?;
+    let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
+    crate::tasks::serve_builtins(&node, publisher, ready_line).await?;
     let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
@@ -519,7 +585,8 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         );
     }
     tracing::info!(name = node.name(), gossip = %node.addr(), admin = %admin_addr, "agent running");
-    // One line on stdout for scripts and the demo; everything else is logs on stderr.
+    // The ready line first on stdout, for scripts and the demo; logs go to
+    // stderr, and only the `stdout` publisher's metric lines follow it.
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -530,6 +597,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     );
     let _ = out.flush();
     drop(out);
+    ready_line_out.send_replace(true);
 
     loop {
         tokio::select! {
@@ -559,7 +627,7 @@ fn log_event(event: &Event) {
 
 #[cfg(test)]
 mod tests {
-    use super::check_log_level;
+    use super::{check_log_level, set_file_limits, with_default_level};
 
     #[test]
     fn a_log_level_is_a_level_or_a_directive() {
@@ -578,5 +646,54 @@ mod tests {
             let err = check_log_level(bad).unwrap_err();
             assert!(err.contains("is not a level"), "{bad:?}: {err}");
         }
+    }
+
+    #[test]
+    fn a_filter_of_targets_only_keeps_info_for_the_rest() {
+        for (given, used) in [
+            ("tribe=debug", "info,tribe=debug"),
+            ("trbie=debug", "info,trbie=debug"),
+            ("tribe::rpc", "info,tribe::rpc"),
+            ("tribe=debug,", "info,tribe=debug,"),
+            ("", "info,"),
+            ("warn", "warn"),
+            ("tribe=trace,error", "tribe=trace,error"),
+            ("OFF", "OFF"),
+            ("2,tribe=debug", "2,tribe=debug"),
+        ] {
+            assert_eq!(with_default_level(given), used, "{given:?}");
+        }
+    }
+
+    fn limits(pairs: &[(&str, usize)]) -> std::collections::BTreeMap<String, usize> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    }
+
+    #[test]
+    fn limit_errors_quote_the_file_and_list_kebab_case_names() {
+        let mut config = tribe::Config::new("x");
+        set_file_limits(
+            &mut config,
+            &limits(&[("max-streams", 7), ("max_serving", 9), ("tribes", 3)]),
+        )
+        .unwrap();
+        assert_eq!(config.rpc.max_streams, 7);
+        assert_eq!(config.rpc.max_serving, 9);
+        assert_eq!(config.limits.tribes, 3);
+        let err = set_file_limits(&mut config, &limits(&[("max-strams", 7)])).unwrap_err();
+        assert!(err.contains("\"max-strams\""), "{err}");
+        assert!(
+            err.contains("max-streams") && err.contains("max-inflight-per-conn"),
+            "{err}"
+        );
+        assert!(!err.contains('_'), "{err}");
+        let err = set_file_limits(&mut config, &limits(&[("max-serving", 0)])).unwrap_err();
+        assert!(err.contains("\"max-serving\" must be at least 1"), "{err}");
+        let err = set_file_limits(
+            &mut config,
+            &limits(&[("max-serving", 1), ("max_serving", 2)]),
+        )
+        .unwrap_err();
+        assert!(err.contains("name the same limit"), "{err}");
     }
 }

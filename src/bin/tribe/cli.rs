@@ -198,7 +198,8 @@ pub enum KeysCmd {
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
         wait: u64,
     },
-    /// Set this agent's encryption mode: accept, send or require.
+    /// Set this agent's encryption mode: accept, send or require. It lasts until the
+    /// agent stops: put it in the agent's configuration before a restart.
     Encryption {
         /// accept | send | require
         mode: String,
@@ -210,9 +211,11 @@ pub enum KeysCmd {
 pub enum AdminCommand {
     /// `tribe status`
     Status,
-    /// `tribe members`: each member's state, tribes and facts (those set
-    /// by hand, and the collected ones a policy names; every fact with
-    /// `--json`)
+    /// `tribe members`: each member's state, tribes and facts (those under
+    /// names no collected fact has, and those a policy names; every fact
+    /// with `--json`). A member's JSON merges its facts, so a user fact
+    /// under a collected fact's name (`kernel`) cannot be told from the
+    /// collected one: it shows only when a policy names it.
     Members,
     /// `tribe tribes`
     Tribes,
@@ -335,9 +338,9 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                 return print_json(&value);
             }
             let members: Vec<Member> = serde_json::from_value(value).map_err(|e| e.to_string())?;
-            // Facts set by hand, and the collected ones a policy names (they
-            // place the nodes in tribes); the other collected ones are in
-            // `--json`.
+            // Facts under names no collected fact has, and those a policy
+            // names (they place the nodes in tribes); the other collected
+            // names are in `--json`.
             let policies: Vec<PolicyJson> = admin.get("/v1/policies")?;
             let named: std::collections::BTreeSet<String> = policies
                 .iter()

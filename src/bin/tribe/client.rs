@@ -62,8 +62,9 @@ impl Admin {
         &self,
         result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<Reply, String> {
-        let mut resp =
-            result.map_err(|e| format!("cannot reach the agent at {}: {e}", self.base))?;
+        // A stable code, as the API's own errors carry, for scripts.
+        let mut resp = result
+            .map_err(|e| format!("cannot reach the agent at {}: {e} (unreachable)", self.base))?;
         let status = resp.status();
         let text = resp
             .body_mut()

@@ -34,7 +34,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Show the agent's name, address, live member count and state digest.
     Status(AdminOpts),
-    /// List the members the agent knows, with state, tribes and facts.
+    /// List the members the agent knows, with state, tribes and facts (FACTS: those
+    /// under names no collected fact has, and those a policy names; --json: all).
     Members(AdminOpts),
     /// List tribes with their live members, plugins and tasks.
     Tribes(AdminOpts),

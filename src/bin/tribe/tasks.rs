@@ -35,10 +35,30 @@ pub async fn file_publisher(path: PathBuf) -> Result<Arc<FilePublisher>, String>
     Ok(publisher)
 }
 
+/// Opens once the agent has printed its ready line. The `stdout` publisher
+/// waits for it, so that the ready line is always stdout's first line.
+#[derive(Clone)]
+pub struct ReadyLine(tokio::sync::watch::Receiver<bool>);
+
+impl ReadyLine {
+    /// A gate not open yet, and what opens it (`send_replace(true)`).
+    pub fn closed() -> (tokio::sync::watch::Sender<bool>, ReadyLine) {
+        let (printed, gate) = tokio::sync::watch::channel(false);
+        (printed, ReadyLine(gate))
+    }
+
+    /// Waits until the ready line is out (at once when the sender is gone:
+    /// the agent is stopping).
+    pub async fn printed(&mut self) {
+        let _ = self.0.wait_for(|printed| *printed).await;
+    }
+}
+
 /// Serves `tag` and `stdout` on this node, and `file` when `publish_file` is set.
 pub async fn serve_builtins(
     node: &Node,
     publish_file: Option<Arc<FilePublisher>>,
+    ready_line: ReadyLine,
 ) -> Result<(), String> {
     let host = node.name().to_string();
     node.serve(
@@ -62,10 +82,14 @@ pub async fn serve_builtins(
         "stdout",
         BUILTIN_VERSION,
         PluginKind::Publisher,
-        |_, payload| async move {
-            let req = StepRequest::decode(&payload).map_err(bad_request)?;
-            let n = StdoutPublisher.publish(&req.metrics);
-            Ok(n.to_string().into_bytes())
+        move |_, payload| {
+            let mut ready_line = ready_line.clone();
+            async move {
+                ready_line.printed().await;
+                let req = StepRequest::decode(&payload).map_err(bad_request)?;
+                let n = StdoutPublisher.publish(&req.metrics);
+                Ok(n.to_string().into_bytes())
+            }
         },
     )
     .await
@@ -206,5 +230,23 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest) {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReadyLine;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn the_stdout_publisher_waits_for_the_ready_line() {
+        let (printed, mut gate) = ReadyLine::closed();
+        let mut early = gate.clone();
+        let waited = tokio::time::timeout(Duration::from_millis(50), early.printed()).await;
+        assert!(waited.is_err(), "opened before the ready line");
+        printed.send_replace(true);
+        tokio::time::timeout(Duration::from_secs(5), gate.printed())
+            .await
+            .expect("open once the ready line is out");
     }
 }
