@@ -301,7 +301,9 @@ impl Compiled {
     ///
     /// Then run again with every fact the expression names set to "0", so
     /// that one yielding another type once its facts are there
-    /// (`facts.rack`, `size(facts.rack)`) is refused too.
+    /// (`facts.rack`, `size(facts.rack)`) is refused too, and one that
+    /// applies an operator to the wrong types (`facts.cores > 1`: facts are
+    /// strings) with "0" and with "1" alike, an error for any values.
     fn probe(&self) -> Result<(), PolicyError> {
         let start = self.source.len() - self.source.trim_start().len();
         let not_bool = |other: Value, with: &str| {
@@ -326,8 +328,24 @@ impl Compiled {
             return Ok(());
         }
         match catch_unwind(AssertUnwindSafe(|| self.execute(&named))) {
-            Ok(Ok(Value::Bool(_))) | Ok(Err(_)) | Err(_) => Ok(()),
-            Ok(Ok(other)) => Err(not_bool(other, " (with the facts it names set to \"0\")")),
+            Ok(Ok(other)) if !matches!(other, Value::Bool(_)) => {
+                Err(not_bool(other, " (with the facts it names set to \"0\")"))
+            }
+            Ok(Err(e)) if is_type_error(&e) => {
+                let ones = named.into_keys().map(|k| (k, "1".to_owned())).collect();
+                match catch_unwind(AssertUnwindSafe(|| self.execute(&ones))) {
+                    Ok(Err(again)) if is_type_error(&again) => Err(PolicyError::at(
+                        format!(
+                            "{} (facts are strings: compare with a quoted value, or convert with int() or double())",
+                            clean_message(&e.to_string())
+                        ),
+                        &self.source,
+                        start,
+                    )),
+                    _ => Ok(()),
+                }
+            }
+            _ => Ok(()),
         }
     }
 
@@ -358,6 +376,20 @@ impl Compiled {
         }
         self.program.execute(&context)
     }
+}
+
+/// An error that comes from the types of the values, not the values: an
+/// operator or function applied to types it does not take.
+fn is_type_error(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::NoSuchOverload(_)
+            | ExecutionError::ValuesNotComparable(..)
+            | ExecutionError::UnsupportedBinaryOperator(..)
+            | ExecutionError::UnexpectedType { .. }
+            | ExecutionError::UnsupportedTargetType { .. }
+            | ExecutionError::NotSupportedAsMethod { .. }
+    )
 }
 
 /// The environment expressions are evaluated in: the standard library, without
@@ -950,15 +982,21 @@ mod tests {
                 r#"facts.rack == "r1" || nope(1)"#,
                 "unknown function 'nope'",
             ),
+            // Wrong types once the facts are there, whatever their values.
+            ("facts.processor_count > 1", "facts are strings"),
+            (r#"facts.a - "1" == """#, "facts are strings"),
         ] {
             let e = Condition::compile(when).expect_err(when);
             assert!(e.message.contains(says), "{when}: {e}");
         }
-        // A missing fact says nothing at compile time.
+        // A missing fact says nothing at compile time, nor an error that
+        // comes from some values only.
         for when in [
             r#"facts.rack == "r1""#,
             r#"facts.os.startsWith("deb")"#,
             "true",
+            "int(facts.a) / int(facts.b) > 1",
+            "int(facts.cores) > 1",
         ] {
             assert!(Condition::compile(when).is_ok(), "{when}");
         }
@@ -966,8 +1004,9 @@ mod tests {
 
     #[test]
     fn wrong_type_is_an_error() {
-        // Facts are strings: comparing with a number needs a conversion.
-        assert!(eval("facts.processor_count >= 2", &ubuntu_node()).is_err());
+        // Facts are strings: comparing with a number needs a conversion
+        // (refused at compile time, an error for any values).
+        assert!(Condition::compile("facts.processor_count >= 2").is_err());
         assert!(eval("int(facts.os_dist) >= 2", &ubuntu_node()).is_err());
         assert!(eval("1 / 0 == 1", &ubuntu_node()).is_err());
     }
@@ -1220,7 +1259,7 @@ mod tests {
         let mut conditions = Vec::new();
         for (head, step, tail) in [
             ("1", "+1", " > 0"),
-            ("facts", "['a']", " == ''"),
+            ("facts.a", "+'a'", " == ''"),
             ("facts.map(k, k)", "+['a']", " != []"),
             ("[", "[", " != []"),
         ] {
