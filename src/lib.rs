@@ -48,6 +48,7 @@ pub mod records;
 pub mod rpc;
 internal_mod!(runtime);
 mod seeds;
+mod setup_slots;
 pub mod sim;
 internal_mod!(state);
 internal_mod!(stream);

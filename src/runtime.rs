@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::blocking::BlockingThread;
+use crate::setup_slots::MAX_SETUPS_PER_HOST;
 use crate::engine::{ConnId, Engine, Event, Output, Timer};
 use crate::stream::{self, Security, StreamError};
 use crate::wire;
@@ -237,6 +238,8 @@ pub(crate) struct Driver {
     /// tasks and buffers. Call streams give theirs back at the handoff (the
     /// call server has its own bound).
     accepting: Arc<tokio::sync::Semaphore>,
+    /// Of those, the ones in their setup, per remote host.
+    setups: crate::setup_slots::SetupSlots,
     /// Policy evaluations: one at a time, off the driver.
     policies: PolicyJobs,
     /// Runs policy evaluations.
@@ -316,6 +319,7 @@ impl Driver {
             saved_ring: None,
             security_epoch: 0,
             accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
+            setups: Default::default(),
             policies: PolicyJobs::default(),
             policy_thread: BlockingThread::start("tribe-policy")?,
             save_thread,
@@ -352,15 +356,23 @@ impl Driver {
                 }
                 accepted = self.listener.accept(), if accept_resume.is_none() => {
                     match accepted {
-                        Ok((stream, _)) => match self.accepting.clone().try_acquire_owned() {
-                            Ok(permit) => {
+                        Ok((stream, from)) => match (
+                            self.setups.try_take(from.ip()),
+                            self.accepting.clone().try_acquire_owned(),
+                        ) {
+                            (Some(setup), Ok(permit)) => {
                                 let conn = self.shared.engine().accept_stream();
-                                self.spawn_conn(conn, ConnTarget::Accepted(stream, permit));
+                                self.spawn_conn(conn, ConnTarget::Accepted(stream, permit, setup));
                             }
                             // Closed at once: cheaper than any reply.
-                            Err(_) => {
+                            (setup, _) => {
                                 drop(stream);
-                                self.shared.engine().stream_over_cap();
+                                let cap = if setup.is_none() {
+                                    format!("{MAX_SETUPS_PER_HOST} connections from its host in their setup already")
+                                } else {
+                                    format!("{MAX_ACCEPTED_STREAMS} accepted connections in their setup or an exchange already")
+                                };
+                                self.shared.engine().stream_over_cap(from, &cap);
                             }
                         },
                         Err(e) => self.accept_failed(e),
@@ -733,7 +745,7 @@ impl Driver {
         let server = self.shared.rpc.server.clone();
         let peer = match &target {
             ConnTarget::Dial(addr) => Some(*addr),
-            ConnTarget::Accepted(stream, _) => stream.peer_addr().ok(),
+            ConnTarget::Accepted(stream, ..) => stream.peer_addr().ok(),
         };
         tokio::spawn(async move {
             let stream = match open_stream(target, &faults, max_frame, &security, server).await {
@@ -769,8 +781,13 @@ impl Driver {
 enum ConnTarget {
     Dial(SocketAddr),
     /// With its place among the accepted streams, held until the stream
-    /// ends or is handed to the call server.
-    Accepted(TcpStream, tokio::sync::OwnedSemaphorePermit),
+    /// ends or is handed to the call server, and its host's place for a
+    /// setup, held until the setup ends.
+    Accepted(
+        TcpStream,
+        tokio::sync::OwnedSemaphorePermit,
+        crate::setup_slots::SetupSlot,
+    ),
 }
 
 /// Hands a stream failure to the engine for counting (and naming `peer`).
@@ -828,10 +845,13 @@ async fn open_stream(
                     _place: None,
                 }))
             }
-            ConnTarget::Accepted(mut s, place) => {
+            ConnTarget::Accepted(mut s, place, setup) => {
                 let _ = s.set_nodelay(true);
-                let (sealer, mut opener) = stream::accept(&mut s, security, max_frame).await?;
+                let (sealer, mut opener) = stream::accept(&mut s, security, max_frame)
+                    .await
+                    .map_err(stalled_if_timed_out)?;
                 let channel = opener.read_frame(&mut s).await?;
+                drop(setup);
                 match channel.as_deref() {
                     Some([wire::CHANNEL_SYNC]) => Ok(Some(SyncStream {
                         stream: s,
@@ -873,6 +893,17 @@ async fn open_stream(
     tokio::time::timeout(stream::HANDSHAKE_TIMEOUT + CONNECT_TIMEOUT, setup)
         .await
         .map_err(|_| StreamError::Refused(crate::stream::Refusal::Stalled))?
+}
+
+/// A peer that did not finish the hello in time is counted as stalled
+/// (and named), like one that did not finish the whole setup.
+fn stalled_if_timed_out(e: StreamError) -> StreamError {
+    match e {
+        StreamError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut => {
+            StreamError::Refused(crate::stream::Refusal::Stalled)
+        }
+        other => other,
+    }
 }
 
 /// One sync stream: queued frames written, received frames handed to the

@@ -105,3 +105,42 @@ async fn a_connection_flood_is_capped_and_the_places_come_back() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_that_never_sends_a_hello_cannot_take_every_place() {
+    let nodes = start_cluster("hello-flood", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let target = &nodes[0];
+    let before = target.counters();
+    // Another host (127.0.0.2) opens 300 connections and sends nothing.
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        flood.push(socket.connect(target.addr()).await.unwrap());
+    }
+    wait_for("the host held to its share", Duration::from_secs(10), || {
+        target.counters().streams_over_cap >= before.streams_over_cap + 300 - 32
+    })
+    .await;
+    // The tribe's own exchanges still get places: a joiner syncs through
+    // the target during the flood.
+    nodes[1].create_tribe("during-flood").await.unwrap();
+    let mut cfg = test_config("hello-flood-late");
+    cfg.seeds = vec![target.addr()];
+    let late = tribe::Node::start(cfg).await.unwrap();
+    wait_for("the joiner synced", Duration::from_secs(15), || {
+        late.tribe("during-flood").is_some() && late.members_alive() == 3
+    })
+    .await;
+    // The setups that never finished are counted as stalled.
+    wait_for("the stalled setups counted", Duration::from_secs(15), || {
+        target.counters().streams_stalled >= before.streams_stalled + 32
+    })
+    .await;
+    drop(flood);
+    late.shutdown().await.unwrap();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

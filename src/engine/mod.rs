@@ -889,9 +889,14 @@ impl Engine {
         ConnId((self.next_conn << 1) | 1)
     }
 
-    /// Counts an accepted connection closed at the cap of inbound streams.
-    pub fn stream_over_cap(&mut self) {
+    /// Counts an accepted connection from `from` closed at once, `cap`
+    /// saying which bound it met.
+    pub fn stream_over_cap(&mut self, from: SocketAddr, cap: &str) {
         lock(&self.shared).counters.streams_over_cap += 1;
+        self.warn_limited(
+            "stream_cap",
+            &format!("connection from {from} closed at once: {cap}"),
+        );
     }
 
     /// Counts a connection the listener failed to accept.
