@@ -153,7 +153,7 @@ func (r *callRegistry) end() {
 }
 
 func shuttingDown() error {
-	return &Error{Code: "shutting_down", Message: "the node stopped with the call in flight", num: C.TRIBE_SHUTTING_DOWN}
+	return &Error{Code: "shutting_down", Message: "the node stopped with the call in flight"}
 }
 
 // MaxCallBudget is the longest a host runs a call: a call whose deadline is
@@ -165,7 +165,9 @@ const MaxCallBudget = 5 * time.Minute
 // Call calls a plugin served by a live member of t.Tribe (this node first
 // when it serves it) and returns its reply. The context's deadline is the
 // call's timeout, up to MaxCallBudget (without a deadline the call waits up
-// to MaxCallBudget); cancelling the context abandons the call at once.
+// to MaxCallBudget); with less than 1 ms left the call is not sent and
+// ends with ErrTimeout at once. Cancelling the context abandons the call
+// at once.
 // Errors: ErrUnknownTribe (this node does not know the tribe, or not yet:
 // it learns tribes from its peers after Start), ErrNoProvider (no live
 // member serves the plugin), ErrTimeout (also matching
@@ -177,7 +179,7 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 	defer runtime.KeepAlive(n)
 	in := n.inner()
 	if ctx == nil {
-		return nil, &Error{Code: "invalid_argument", Message: "nil Context", num: C.TRIBE_INVALID_ARGUMENT}
+		return nil, &Error{Code: "invalid_argument", Message: "nil Context"}
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, contextError(err)
@@ -186,7 +188,9 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 	deadline, hasDeadline := ctx.Deadline()
 	if hasDeadline {
 		left := time.Until(deadline)
-		if left <= 0 {
+		if left < time.Millisecond {
+			// libtribe counts whole ms: a call sent now would start its
+			// handler with an expired context.
 			return nil, contextError(context.DeadlineExceeded)
 		}
 		ms := (left + time.Millisecond - 1) / time.Millisecond
@@ -195,6 +199,9 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		}
 	}
 	if err := nulErr(t.Tribe, t.Plugin, t.Version); err != nil {
+		return nil, err
+	}
+	if err := kindError(t.Kind); err != nil {
 		return nil, err
 	}
 	// The three strings go to C in one Go buffer, valid for the call only
@@ -280,7 +287,10 @@ func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 		return errClosed()
 	}
 	if h == nil {
-		return &Error{Code: "invalid_argument", Message: "the handler is nil", num: C.TRIBE_INVALID_ARGUMENT}
+		return &Error{Code: "invalid_argument", Message: "the handler is nil"}
+	}
+	if err := kindError(kind); err != nil {
+		return err
 	}
 	key := handlerKey{name, version}
 	// One Serve or Unserve at a time, so the handlers always match what

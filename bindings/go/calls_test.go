@@ -278,3 +278,49 @@ func boolInt(b bool) int {
 	}
 	return 0
 }
+
+// nearDeadline is a context whose deadline is always 500 µs away, so that
+// Call sees less than 1 ms left however slow the test runs.
+type nearDeadline struct{ context.Context }
+
+func (nearDeadline) Deadline() (time.Time, bool) { return time.Now().Add(500 * time.Microsecond), true }
+
+// A call with under 1 ms left is not sent: it ends with ErrTimeout (also
+// context.DeadlineExceeded) at once, and no handler starts with an
+// expired context.
+func TestCallUnderAMillisecondIsNotSent(t *testing.T) {
+	n := startNode(t, "near", nil)
+	if err := n.CreateTribe("svc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Join("svc", ""); err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{}, 1)
+	if err := n.Serve("echo", "1", Processor, func(ctx context.Context, c CallInfo, p []byte) ([]byte, error) {
+		started <- struct{}{}
+		return echo(ctx, c, p)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	counts := func() string {
+		c, err := n.Counters()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return fmt.Sprint(c["calls"])
+	}
+	before := counts()
+	_, err := n.Call(nearDeadline{context.Background()}, target("echo"), []byte("x"))
+	if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want ErrTimeout and context.DeadlineExceeded", err)
+	}
+	select {
+	case <-started:
+		t.Fatal("the handler ran")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if after := counts(); after != before {
+		t.Fatalf("the call was sent: calls counters went from %s to %s", before, after)
+	}
+}

@@ -381,3 +381,19 @@ func TestAHandlerThatGivesUpAtCloseLeavesItsCallerNoProviderNamingTheHost(t *tes
 		t.Errorf("the error does not name the host: %q", err.Error())
 	}
 }
+
+// Close is idempotent: a second Close, also one after Abort, returns nil
+// again, while other methods report ErrClosed.
+func TestCloseTwiceReturnsNil(t *testing.T) {
+	closed := startNode(t, "twice", nil)
+	aborted := startNode(t, "twice", nil)
+	aborted.Abort()
+	for _, n := range []*Node{closed, closed, aborted} {
+		if err := n.Close(); err != nil {
+			t.Fatalf("Close: %v", err)
+		}
+	}
+	if err := closed.CreateTribe("t"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("CreateTribe after Close: %v", err)
+	}
+}

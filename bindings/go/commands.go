@@ -88,6 +88,9 @@ func (n *Node) RemoveFact(key string) error {
 // LoadPlugin adds a plugin entry to a tribe's catalog: every member, also a
 // later one, gets an EventPluginLoad.
 func (n *Node) LoadPlugin(tribe, name, version string, kind Kind) error {
+	if err := kindError(kind); err != nil {
+		return err
+	}
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_load_plugin(p, a[0], a[1], a[2], C.uint32_t(kind), e)
 	}, tribe, name, version)
@@ -101,6 +104,9 @@ func (n *Node) LoadPlugin(tribe, name, version string, kind Kind) error {
 // with Artifact. The bytes stay held also when the entry is refused
 // (ErrPluginExists).
 func (n *Node) LoadPluginWithArtifact(tribe, name, version string, kind Kind, artifact []byte) (string, error) {
+	if err := kindError(kind); err != nil {
+		return "", err
+	}
 	var data *C.uint8_t
 	if len(artifact) > 0 {
 		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(artifact)))
@@ -164,7 +170,7 @@ func (n *Node) AddTaskWithState(tribe, id string, manifest any, state TaskState)
 	default:
 		b, err := json.Marshal(m)
 		if err != nil {
-			return &Error{Code: "invalid_argument", Message: "task manifest: " + err.Error(), num: C.TRIBE_INVALID_ARGUMENT}
+			return &Error{Code: "invalid_argument", Message: "task manifest: " + err.Error()}
 		}
 		text = string(b)
 	}
@@ -248,7 +254,7 @@ func decode[T any](text []byte, err error) (T, error) {
 		return v, err
 	}
 	if err := json.Unmarshal(text, &v); err != nil {
-		return v, &Error{Code: "invalid_argument", Message: "decoding libtribe's JSON: " + err.Error(), num: C.TRIBE_INVALID_ARGUMENT}
+		return v, &Error{Code: "invalid_argument", Message: "decoding libtribe's JSON: " + err.Error()}
 	}
 	return v, nil
 }
@@ -271,7 +277,7 @@ func (n *Node) Member(name string) (Member, error) {
 			return m, nil
 		}
 	}
-	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", name), num: C.TRIBE_UNKNOWN_NODE}
+	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", name)}
 }
 
 // Tribes lists every tribe with its live members and catalog.
@@ -365,6 +371,7 @@ func Keygen() (string, error) {
 // LibraryVersion is the version of the linked libtribe, e.g. "0.1.0".
 func LibraryVersion() string { return C.GoString(C.tribe_version()) }
 
-// ABIVersion is the C ABI version of the linked libtribe; this package was
-// written for ABI version 1.
+// ABIVersion is the C ABI version of the linked libtribe. Start refuses
+// with ErrConfig when it is not the version of the header this package was
+// built with (include/tribe.h, TRIBE_ABI_VERSION).
 func ABIVersion() int { return int(C.tribe_abi_version()) }

@@ -18,6 +18,9 @@
 // Errors match the sentinels (ErrNoProvider, ErrTimeout, ...) with
 // errors.Is; *RemoteError and *PolicyError carry details for errors.As.
 //
+// The package needs cgo (CGO_ENABLED=1 and a C compiler); Start refuses a
+// linked libtribe of another C ABI version than include/tribe.h's.
+//
 // Only one Rust static library can be linked into a Go binary: two of them
 // clash on the Rust standard library's symbols.
 package tribe

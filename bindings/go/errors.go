@@ -27,7 +27,6 @@ type Error struct {
 	// Message says what went wrong, for people.
 	Message string
 
-	num   uint32
 	cause error
 }
 
@@ -38,17 +37,15 @@ func (e *Error) Error() string {
 	return "tribe: " + e.Message
 }
 
-// Is reports whether target is a sentinel of the same code. ErrClosed also
-// matches ErrShuttingDown: a closed node has stopped.
+// Is reports whether target is an *Error of the same Code, such as the
+// sentinel of that code. ErrClosed also matches ErrShuttingDown: a closed
+// node has stopped.
 func (e *Error) Is(target error) bool {
 	t, ok := target.(*Error)
-	if !ok {
+	if !ok || t == nil {
 		return false
 	}
-	if t.num == e.num {
-		return true
-	}
-	return e.num == codeClosed && t.num == C.TRIBE_SHUTTING_DOWN
+	return t.Code == e.Code || (e.Code == ErrClosed.Code && t.Code == ErrShuttingDown.Code)
 }
 
 // Unwrap gives the context error a call ended with, if any.
@@ -104,62 +101,93 @@ type HandlerError struct {
 
 func (e *HandlerError) Error() string { return e.Code + ": " + e.Message }
 
-// codeClosed is this package's own code: the Node was closed.
-const codeClosed = 1000
-
-func sentinel(num uint32, code string) *Error {
-	return &Error{Code: code, num: num}
-}
-
-// Sentinels, one per result code of the C ABI (plus ErrClosed).
+// Sentinels, one per result code of the C ABI (plus ErrClosed), each
+// matching every *Error with its Code.
 var (
-	ErrPanic                 = sentinel(C.TRIBE_PANIC, "panic")
-	ErrNullArgument          = sentinel(C.TRIBE_NULL_ARGUMENT, "null_argument")
-	ErrConsumed              = sentinel(C.TRIBE_CONSUMED, "consumed")
-	ErrWrongEvent            = sentinel(C.TRIBE_WRONG_EVENT, "wrong_event")
-	ErrInvalidUTF8           = sentinel(C.TRIBE_INVALID_UTF8, "invalid_utf8")
-	ErrCancelled             = sentinel(C.TRIBE_CANCELLED, "cancelled")
-	ErrForked                = sentinel(C.TRIBE_FORKED, "forked")
-	ErrUnknownArtifact       = sentinel(C.TRIBE_UNKNOWN_ARTIFACT, "unknown_artifact")
-	ErrInvalidName           = sentinel(C.TRIBE_INVALID_NAME, "invalid_name")
-	ErrInvalidArgument       = sentinel(C.TRIBE_INVALID_ARGUMENT, "invalid_argument")
-	ErrUnknownTribe          = sentinel(C.TRIBE_UNKNOWN_TRIBE, "unknown_tribe")
-	ErrTribeExists           = sentinel(C.TRIBE_TRIBE_EXISTS, "tribe_exists")
-	ErrUnknownNode           = sentinel(C.TRIBE_UNKNOWN_NODE, "unknown_node")
-	ErrAlreadyMember         = sentinel(C.TRIBE_ALREADY_MEMBER, "already_member")
-	ErrNotMember             = sentinel(C.TRIBE_NOT_MEMBER, "not_member")
-	ErrInvalidPolicy         = sentinel(C.TRIBE_INVALID_POLICY, "invalid_policy")
-	ErrUnknownPolicy         = sentinel(C.TRIBE_UNKNOWN_POLICY, "unknown_policy")
-	ErrPolicyExists          = sentinel(C.TRIBE_POLICY_EXISTS, "policy_exists")
-	ErrUnknownPlugin         = sentinel(C.TRIBE_UNKNOWN_PLUGIN, "unknown_plugin")
-	ErrPluginExists          = sentinel(C.TRIBE_PLUGIN_EXISTS, "plugin_exists")
-	ErrUnknownTask           = sentinel(C.TRIBE_UNKNOWN_TASK, "unknown_task")
-	ErrTaskExists            = sentinel(C.TRIBE_TASK_EXISTS, "task_exists")
-	ErrUnknownFact           = sentinel(C.TRIBE_UNKNOWN_FACT, "unknown_fact")
-	ErrNoKeyring             = sentinel(C.TRIBE_NO_KEYRING, "no_keyring")
-	ErrEncryptionNotRequired = sentinel(C.TRIBE_ENCRYPTION_NOT_REQUIRED, "encryption_not_required")
-	ErrKeyringFull           = sentinel(C.TRIBE_KEYRING_FULL, "keyring_full")
-	ErrUnknownKey            = sentinel(C.TRIBE_UNKNOWN_KEY, "unknown_key")
-	ErrPrimaryKey            = sentinel(C.TRIBE_PRIMARY_KEY, "primary_key")
-	ErrNoProvider            = sentinel(C.TRIBE_NO_PROVIDER, "no_provider")
-	ErrTimeout               = sentinel(C.TRIBE_TIMEOUT, "timeout")
-	ErrRemote                = sentinel(C.TRIBE_REMOTE, "remote")
-	ErrTooLarge              = sentinel(C.TRIBE_TOO_LARGE, "too_large")
-	ErrOverloaded            = sentinel(C.TRIBE_OVERLOADED, "overloaded")
-	ErrDisconnected          = sentinel(C.TRIBE_DISCONNECTED, "disconnected")
-	ErrShuttingDown          = sentinel(C.TRIBE_SHUTTING_DOWN, "shutting_down")
-	ErrIO                    = sentinel(C.TRIBE_IO, "io")
-	ErrConfig                = sentinel(C.TRIBE_CONFIG, "config")
+	// ErrPanic: libtribe caught a panic of its own; the node may be unusable.
+	ErrPanic = &Error{Code: "panic"}
+	// ErrNullArgument is of the C ABI only (a NULL pointer): this package never returns it.
+	ErrNullArgument = &Error{Code: "null_argument"}
+	// ErrConsumed is of the C ABI only (an object used twice): this package never returns it.
+	ErrConsumed = &Error{Code: "consumed"}
+	// ErrWrongEvent is of the C ABI only (an accessor of another event kind): this package never returns it.
+	ErrWrongEvent = &Error{Code: "wrong_event"}
+	// ErrInvalidUTF8: a string argument is not valid UTF-8.
+	ErrInvalidUTF8 = &Error{Code: "invalid_utf8"}
+	// ErrCancelled: Call's context was cancelled; it also matches context.Canceled.
+	ErrCancelled = &Error{Code: "cancelled"}
+	// ErrForked is of the C ABI only (a node used in a forked child): this package never returns it.
+	ErrForked = &Error{Code: "forked"}
+	// ErrUnknownArtifact: Artifact found no artifact with that SHA-256 on this node.
+	ErrUnknownArtifact = &Error{Code: "unknown_artifact"}
+	// ErrInvalidName: a node, tribe, policy, plugin or task name breaks the naming rules.
+	ErrInvalidName = &Error{Code: "invalid_name"}
+	// ErrInvalidArgument: an argument other than a name is out of range or malformed.
+	ErrInvalidArgument = &Error{Code: "invalid_argument"}
+	// ErrUnknownTribe: the tribe does not exist, or this node has not learned of it yet.
+	ErrUnknownTribe = &Error{Code: "unknown_tribe"}
+	// ErrTribeExists: CreateTribe found the tribe there already.
+	ErrTribeExists = &Error{Code: "tribe_exists"}
+	// ErrUnknownNode: no node of that name is known.
+	ErrUnknownNode = &Error{Code: "unknown_node"}
+	// ErrAlreadyMember: Join found the node a member of the tribe by hand already.
+	ErrAlreadyMember = &Error{Code: "already_member"}
+	// ErrNotMember: Leave found the node not a member of the tribe by hand.
+	ErrNotMember = &Error{Code: "not_member"}
+	// ErrInvalidPolicy: a policy expression did not compile (a *PolicyError has the position).
+	ErrInvalidPolicy = &Error{Code: "invalid_policy"}
+	// ErrUnknownPolicy: RemovePolicy found no policy of that name.
+	ErrUnknownPolicy = &Error{Code: "unknown_policy"}
+	// ErrPolicyExists: AddPolicy found a policy of that name already.
+	ErrPolicyExists = &Error{Code: "policy_exists"}
+	// ErrUnknownPlugin: the plugin entry is not in the tribe's catalog.
+	ErrUnknownPlugin = &Error{Code: "unknown_plugin"}
+	// ErrPluginExists: the plugin entry is in the tribe's catalog already.
+	ErrPluginExists = &Error{Code: "plugin_exists"}
+	// ErrUnknownTask: the task is not in the tribe.
+	ErrUnknownTask = &Error{Code: "unknown_task"}
+	// ErrTaskExists: a task with that id is in the tribe already.
+	ErrTaskExists = &Error{Code: "task_exists"}
+	// ErrUnknownFact: RemoveFact found no user fact of that key on this node.
+	ErrUnknownFact = &Error{Code: "unknown_fact"}
+	// ErrNoKeyring: a key method on a node started without a key.
+	ErrNoKeyring = &Error{Code: "no_keyring"}
+	// ErrEncryptionNotRequired: a key method on a node whose encryption mode is not "require".
+	ErrEncryptionNotRequired = &Error{Code: "encryption_not_required"}
+	// ErrKeyringFull: InstallKey found the keyring full.
+	ErrKeyringFull = &Error{Code: "keyring_full"}
+	// ErrUnknownKey: UseKey or RemoveKey found no such key in the keyring.
+	ErrUnknownKey = &Error{Code: "unknown_key"}
+	// ErrPrimaryKey: RemoveKey was given the key that seals (the primary).
+	ErrPrimaryKey = &Error{Code: "primary_key"}
+	// ErrNoProvider: Call found no live member of the tribe serving the plugin.
+	ErrNoProvider = &Error{Code: "no_provider"}
+	// ErrTimeout: Call did not complete in time; also context.DeadlineExceeded when the context's deadline passed.
+	ErrTimeout = &Error{Code: "timeout"}
+	// ErrRemote: Call's handler failed; the error is a *RemoteError with its code and message.
+	ErrRemote = &Error{Code: "remote"}
+	// ErrTooLarge: a call's payload or reply is over a node's Limits.MaxPayload, or an artifact over its limit.
+	ErrTooLarge = &Error{Code: "too_large"}
+	// ErrOverloaded: Call found too many calls in flight, here or at the host.
+	ErrOverloaded = &Error{Code: "overloaded"}
+	// ErrDisconnected: Call's host went away with the call in flight (it may have run).
+	ErrDisconnected = &Error{Code: "disconnected"}
+	// ErrShuttingDown: the node is shutting down or has stopped (also a call in flight at Close).
+	ErrShuttingDown = &Error{Code: "shutting_down"}
+	// ErrIO: a socket or file could not be used (the bind address, KeyFile, DataDir).
+	ErrIO = &Error{Code: "io"}
+	// ErrConfig: the configuration is inconsistent, or the linked libtribe does not fit this package.
+	ErrConfig = &Error{Code: "config"}
 	// ErrLimitReached: the cluster holds as many records of a kind
 	// (tribes, policies, plugins, tasks, artifacts) as its limits allow.
-	ErrLimitReached = sentinel(C.TRIBE_LIMIT_REACHED, "limit_reached")
+	ErrLimitReached = &Error{Code: "limit_reached"}
 	// ErrKeyNotSpread: UseKey or RemoveKey would cut live members off
 	// (the key has not reached every live member, or some still seal
 	// with it, after 10 s of waiting); nothing changed.
-	ErrKeyNotSpread = sentinel(C.TRIBE_KEY_NOT_SPREAD, "key_not_spread")
+	ErrKeyNotSpread = &Error{Code: "key_not_spread"}
 	// ErrClosed: the Node was closed (or aborted) through this package. It
 	// also matches ErrShuttingDown.
-	ErrClosed = &Error{Code: "closed", Message: "the node is closed", num: codeClosed}
+	ErrClosed = &Error{Code: "closed", Message: "the node is closed"}
 )
 
 // errClosed is what methods of a closed Node return.
@@ -176,12 +204,11 @@ func takeError(rc C.uint32_t, cerr *C.tribe_error) error {
 		return nil
 	}
 	defer C.tribe_error_free(cerr)
-	num := uint32(rc)
 	var message string
 	if cerr != nil {
 		message = C.GoString(C.tribe_error_message(cerr))
 	}
-	switch num {
+	switch rc {
 	case C.TRIBE_REMOTE:
 		if cerr != nil {
 			return &RemoteError{
@@ -197,8 +224,21 @@ func takeError(rc C.uint32_t, cerr *C.tribe_error) error {
 			Message: message,
 		}
 	}
-	return &Error{Code: C.GoString(C.tribe_result_name(rc)), Message: message, num: num}
+	return &Error{Code: resultName(uint32(rc)), Message: message}
 }
+
+// kindError refuses a Kind other than the three in Go's own words (the C
+// ABI's message names its C constants).
+func kindError(k Kind) error {
+	switch k {
+	case Collector, Processor, Publisher:
+		return nil
+	}
+	return &Error{Code: "invalid_argument", Message: fmt.Sprintf("plugin kind %d is not tribe.Collector, tribe.Processor or tribe.Publisher", uint32(k))}
+}
+
+// resultName is the C ABI's snake_case name of a result code.
+func resultName(rc uint32) string { return C.GoString(C.tribe_result_name(C.uint32_t(rc))) }
 
 // withContext marks a call's error as caused by its context's end.
 func withContext(err error, ctxErr error) error {
@@ -217,7 +257,7 @@ func withContext(err error, ctxErr error) error {
 // contextError is the error of a call abandoned because ctx ended first.
 func contextError(ctxErr error) error {
 	if errors.Is(ctxErr, context.DeadlineExceeded) {
-		return &Error{Code: "timeout", Message: "the call did not complete before its deadline", num: C.TRIBE_TIMEOUT, cause: ctxErr}
+		return &Error{Code: "timeout", Message: "the call did not complete before its deadline", cause: ctxErr}
 	}
-	return &Error{Code: "cancelled", Message: "the call was cancelled", num: C.TRIBE_CANCELLED, cause: ctxErr}
+	return &Error{Code: "cancelled", Message: "the call was cancelled", cause: ctxErr}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 )
@@ -223,5 +224,92 @@ func TestIdentityAndSkewEventsDecode(t *testing.T) {
 	}
 	if EventClockSkew.String() != "clock_skew" || EventIdentityClaimed.String() != "identity_claimed" {
 		t.Fatalf("names %v %v", EventClockSkew, EventIdentityClaimed)
+	}
+}
+
+// Errors match by Code: a hand-built *Error matches the sentinel of its
+// code, and errors of different codes never match.
+func TestErrorIsMatchesByCode(t *testing.T) {
+	if !errors.Is(&Error{Code: "no_provider"}, ErrNoProvider) {
+		t.Error("a hand-built no_provider error does not match ErrNoProvider")
+	}
+	if !errors.Is(&Error{Code: "a", Message: "one"}, &Error{Code: "a", Message: "two"}) {
+		t.Error("errors of one code do not match")
+	}
+	if errors.Is(&Error{Code: "a"}, &Error{Code: "b"}) || errors.Is(ErrTimeout, ErrCancelled) {
+		t.Error("errors of different codes match")
+	}
+	if !errors.Is(ErrClosed, ErrShuttingDown) || errors.Is(ErrShuttingDown, ErrClosed) {
+		t.Error("ErrClosed must match ErrShuttingDown, not the other way round")
+	}
+	if errors.Is(ErrTimeout, (*Error)(nil)) {
+		t.Error("an error matches a nil *Error")
+	}
+}
+
+// Every result code of the C ABI has a sentinel of the name libtribe gives
+// it, and every sentinel but ErrClosed is such a code.
+func TestSentinelsCoverTheResultCodes(t *testing.T) {
+	sentinels := []*Error{
+		ErrPanic, ErrNullArgument, ErrConsumed, ErrWrongEvent, ErrInvalidUTF8, ErrCancelled, ErrForked,
+		ErrUnknownArtifact, ErrInvalidName, ErrInvalidArgument, ErrUnknownTribe, ErrTribeExists,
+		ErrUnknownNode, ErrAlreadyMember, ErrNotMember, ErrInvalidPolicy, ErrUnknownPolicy,
+		ErrPolicyExists, ErrUnknownPlugin, ErrPluginExists, ErrUnknownTask, ErrTaskExists,
+		ErrUnknownFact, ErrNoKeyring, ErrEncryptionNotRequired, ErrKeyringFull, ErrUnknownKey,
+		ErrPrimaryKey, ErrNoProvider, ErrTimeout, ErrRemote, ErrTooLarge, ErrOverloaded,
+		ErrDisconnected, ErrShuttingDown, ErrIO, ErrConfig, ErrLimitReached, ErrKeyNotSpread,
+	}
+	codes := map[string]bool{}
+	for _, s := range sentinels {
+		codes[s.Code] = true
+	}
+	named := map[string]bool{}
+	for rc := uint32(1); rc < 1000; rc++ {
+		if name := resultName(rc); name != "unknown" {
+			named[name] = true
+			if !codes[name] {
+				t.Errorf("result code %d (%s) has no sentinel", rc, name)
+			}
+		}
+	}
+	for code := range codes {
+		if !named[code] {
+			t.Errorf("sentinel code %q is no result code of the C ABI", code)
+		}
+	}
+}
+
+// Start refuses a library of another C ABI version than the header's.
+func TestABIMismatchIsAConfigError(t *testing.T) {
+	if err := abiError(headerABI, headerABI); err != nil {
+		t.Fatalf("matching versions: %v", err)
+	}
+	err := abiError(1, 2)
+	if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "version 2") ||
+		!strings.Contains(err.Error(), "version 1") {
+		t.Fatalf("mismatch: %v", err)
+	}
+	if ABIVersion() != headerABI {
+		t.Fatalf("linked ABI %d, header %d", ABIVersion(), headerABI)
+	}
+}
+
+// A Kind other than the three is refused in Go's words, before C would
+// name its own constants.
+func TestInvalidKindNamesTheGoConstants(t *testing.T) {
+	n := startNode(t, "kind", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, callErr := n.Call(ctx, Target{Tribe: "t", Plugin: "p"}, nil)
+	_, artifactErr := n.LoadPluginWithArtifact("t", "p", "1", Kind(9), []byte("x"))
+	for what, err := range map[string]error{
+		"Call":                   callErr,
+		"Serve":                  n.Serve("p", "1", 0, echo),
+		"LoadPlugin":             n.LoadPlugin("t", "p", "1", 0),
+		"LoadPluginWithArtifact": artifactErr,
+	} {
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "tribe.Collector, tribe.Processor or tribe.Publisher") {
+			t.Errorf("%s: %v", what, err)
+		}
 	}
 }

@@ -1,10 +1,5 @@
 package tribe
 
-/*
-#include "tribe.h"
-*/
-import "C"
-
 import (
 	"encoding/json"
 	"fmt"
@@ -15,27 +10,27 @@ type EventKind uint32
 
 // Event kinds (the numbers of the C ABI's TRIBE_EVENT_*).
 const (
-	EventJoined              EventKind = C.TRIBE_EVENT_JOINED               // this node has a live peer
-	EventIsolated            EventKind = C.TRIBE_EVENT_ISOLATED             // this node lost every peer
-	EventMemberJoined        EventKind = C.TRIBE_EVENT_MEMBER_JOINED        // Member became alive (Addr)
-	EventMemberUpdated       EventKind = C.TRIBE_EVENT_MEMBER_UPDATED       // Member's facts or endpoints changed
-	EventMemberLeft          EventKind = C.TRIBE_EVENT_MEMBER_LEFT          // Member left on purpose
-	EventMemberFailed        EventKind = C.TRIBE_EVENT_MEMBER_FAILED        // Member stopped answering
-	EventMemberReaped        EventKind = C.TRIBE_EVENT_MEMBER_REAPED        // Member was forgotten
-	EventTribeCreated        EventKind = C.TRIBE_EVENT_TRIBE_CREATED        // Tribe came into existence
-	EventTribeDeleted        EventKind = C.TRIBE_EVENT_TRIBE_DELETED        // Tribe was deleted
-	EventTribeJoined         EventKind = C.TRIBE_EVENT_TRIBE_JOINED         // this node is in Tribe (ByHand, ByPolicy)
-	EventTribeLeft           EventKind = C.TRIBE_EVENT_TRIBE_LEFT           // this node is no longer in Tribe
-	EventPluginLoad          EventKind = C.TRIBE_EVENT_PLUGIN_LOAD          // load Plugin of Tribe
-	EventPluginUnload        EventKind = C.TRIBE_EVENT_PLUGIN_UNLOAD        // unload Plugin of Tribe
-	EventTaskRun             EventKind = C.TRIBE_EVENT_TASK_RUN             // run Task of Tribe
-	EventTaskStop            EventKind = C.TRIBE_EVENT_TASK_STOP            // stop Task of Tribe
-	EventArtifactCorrupt     EventKind = C.TRIBE_EVENT_ARTIFACT_CORRUPT     // Holder sent bad bytes for Plugin
-	EventArtifactUnavailable EventKind = C.TRIBE_EVENT_ARTIFACT_UNAVAILABLE // Plugin's artifact could not be fetched (Message)
-	EventPolicyError         EventKind = C.TRIBE_EVENT_POLICY_ERROR         // Policy could not be evaluated (Message)
-	EventIdentityClaimed     EventKind = C.TRIBE_EVENT_IDENTITY_CLAIMED     // another identity claims this node's name (Addr, Generation)
-	EventClockSkew           EventKind = C.TRIBE_EVENT_CLOCK_SKEW           // Member's clock is off this node's by OffsetMs
-	EventLog                 EventKind = C.TRIBE_EVENT_LOG                  // a log record of libtribe's (Level, Target, Message; Config.LogLevel)
+	EventJoined              EventKind = 1  // this node has a live peer
+	EventIsolated            EventKind = 2  // this node lost every peer
+	EventMemberJoined        EventKind = 3  // Member became alive (Addr)
+	EventMemberUpdated       EventKind = 4  // Member's facts or endpoints changed
+	EventMemberLeft          EventKind = 5  // Member left on purpose
+	EventMemberFailed        EventKind = 6  // Member stopped answering
+	EventMemberReaped        EventKind = 7  // Member was forgotten
+	EventTribeCreated        EventKind = 8  // Tribe came into existence
+	EventTribeDeleted        EventKind = 9  // Tribe was deleted
+	EventTribeJoined         EventKind = 10 // this node is in Tribe (ByHand, ByPolicy)
+	EventTribeLeft           EventKind = 11 // this node is no longer in Tribe
+	EventPluginLoad          EventKind = 12 // load Plugin of Tribe
+	EventPluginUnload        EventKind = 13 // unload Plugin of Tribe
+	EventTaskRun             EventKind = 14 // run Task of Tribe
+	EventTaskStop            EventKind = 15 // stop Task of Tribe
+	EventArtifactCorrupt     EventKind = 16 // Holder sent bad bytes for Plugin
+	EventArtifactUnavailable EventKind = 17 // Plugin's artifact could not be fetched (Message)
+	EventPolicyError         EventKind = 18 // Policy could not be evaluated (Message)
+	EventIdentityClaimed     EventKind = 22 // another identity claims this node's name (Addr, Generation)
+	EventClockSkew           EventKind = 23 // Member's clock is off this node's by OffsetMs
+	EventLog                 EventKind = 21 // a log record of libtribe's (Level, Target, Message; Config.LogLevel)
 )
 
 var eventNames = map[string]EventKind{

@@ -22,7 +22,7 @@ import (
 const DefaultEventBuffer = 1024
 
 // MaxEventBuffer is the largest Config.EventBuffer: the channel's memory is
-// allocated at Start.
+// allocated at Start (about 176 MiB at this size, see Config.EventBuffer).
 const MaxEventBuffer = 1 << 20
 
 // Config says how to start a node. Only Name is required.
@@ -75,7 +75,10 @@ type Config struct {
 	// StateLimits cap the replicated state; zero fields keep the defaults.
 	StateLimits StateLimits
 	// EventBuffer is the capacity of the Events channel (0: DefaultEventBuffer;
-	// at most MaxEventBuffer).
+	// at most MaxEventBuffer). Each slot holds an Event by value, 176 bytes
+	// on 64-bit platforms, allocated at Start and scanned by every garbage
+	// collection: the default costs 176 KiB, MaxEventBuffer 176 MiB (some
+	// 20 ms of marking per GC cycle). Size it for the bursts to absorb.
 	EventBuffer int
 }
 
@@ -177,7 +180,7 @@ func (c *cstrings) err() error {
 		return nil
 	}
 	// The value is not shown: it may be a key.
-	return &Error{Code: "invalid_argument", Message: fmt.Sprintf("a string argument (%d bytes) holds a NUL byte, which C strings cannot carry", len(c.bad)), num: C.TRIBE_INVALID_ARGUMENT}
+	return &Error{Code: "invalid_argument", Message: fmt.Sprintf("a string argument (%d bytes) holds a NUL byte, which C strings cannot carry", len(c.bad))}
 }
 
 func (c *cstrings) free() {
@@ -188,9 +191,14 @@ func (c *cstrings) free() {
 }
 
 // Start starts a node: it binds its sockets and joins through its seeds in
-// the background (it does not wait for peers).
+// the background (it does not wait for peers). It fails with ErrConfig when
+// the linked libtribe implements another C ABI version than the header this
+// package was built with.
 func Start(cfg Config) (*Node, error) {
 	gcPoint()
+	if err := abiError(headerABI, uint32(C.tribe_abi_version())); err != nil {
+		return nil, err
+	}
 	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.KeyFile, cfg.Encryption, cfg.DataDir, cfg.LogLevel}
 	all = append(all, cfg.Seeds...)
 	all = append(all, cfg.ExtraKeys...)
@@ -201,17 +209,17 @@ func Start(cfg Config) (*Node, error) {
 		return nil, err
 	}
 	if cfg.Key != "" && cfg.KeyFile != "" {
-		return nil, &Error{Code: "config", Message: "Key and KeyFile both set: give one", num: C.TRIBE_CONFIG}
+		return nil, &Error{Code: "config", Message: "Key and KeyFile both set: give one"}
 	}
 	if cfg.Key == "" && cfg.KeyFile == "" && len(cfg.ExtraKeys) > 0 {
 		// libtribe seals with the first key given: an extra key alone would.
-		return nil, &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)", num: C.TRIBE_CONFIG}
+		return nil, &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)"}
 	}
 	if cfg.EventBuffer < 0 || cfg.EventBuffer > MaxEventBuffer {
-		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer), num: C.TRIBE_INVALID_ARGUMENT}
+		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer)}
 	}
 	if cfg.WorkerThreads > 64 {
-		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads), num: C.TRIBE_INVALID_ARGUMENT}
+		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads)}
 	}
 	var cs cstrings
 	defer cs.free()
@@ -286,7 +294,7 @@ func Start(cfg Config) (*Node, error) {
 		return C.tribe_config_set_worker_threads(ccfg, C.uint32_t(cfg.WorkerThreads), e)
 	})
 	if negative || l.MaxPayload < 0 || l.MaxInflightPerConn < 0 || l.MaxInflight < 0 || l.MaxServing < 0 || cfg.WorkerThreads < 0 {
-		return nil, &Error{Code: "invalid_argument", Message: "negative limit or thread count", num: C.TRIBE_INVALID_ARGUMENT}
+		return nil, &Error{Code: "invalid_argument", Message: "negative limit or thread count"}
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
@@ -371,6 +379,12 @@ func (n *Node) Addr() string { return n.inner().addr }
 // handlers. The channel is closed once the node is closed and every queued
 // event has been offered. Incoming calls and call completions never go
 // through this channel.
+//
+// A dropped event is gone, and the state it told of may have changed
+// since. When EventsDropped has grown since it was last looked at, rebuild
+// what the events maintain from snapshots: Members, Tribes (and Tribe for
+// a tribe's plugins and tasks), then carry on with the events that follow,
+// which the snapshots may already include.
 func (n *Node) Events() <-chan Event {
 	n.pin()
 	return n.inner().events
@@ -419,14 +433,16 @@ func (n *Node) EventsDropped() uint64 {
 // Close leaves the cluster gracefully (peers record the node as "left") and
 // releases everything: handler contexts end, calls in flight fail with
 // ErrShuttingDown, the Events channel closes, and Close waits up to
-// handlerDrain (5 s) for running handlers to return; a handler still
+// 5 s for running handlers to return; a handler still
 // running after that (one that ignores its context, or that called Close
 // itself) is left to finish on its own, and its answer is dropped. The
 // answers of handlers that returned in time reach their callers before
 // Close returns (it waits up to 2 s more for them to be sent), so a
 // program may exit right after Close.
-// Close is idempotent and safe from many goroutines: later calls wait for
-// the first and return its result. Methods called afterwards return ErrClosed.
+// Close is idempotent and safe from many goroutines: a later Close (also
+// one after Abort) waits for the first and returns its result again, nil
+// after a clean stop; every other method then returns ErrClosed, and so does
+// Close of a nil or zero Node.
 // A handler that closes its own node and wants its reply sent runs
 // `go n.Close()` and returns: Close inside the handler waits for that very
 // handler.

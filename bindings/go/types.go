@@ -1,10 +1,5 @@
 package tribe
 
-/*
-#include "tribe.h"
-*/
-import "C"
-
 import (
 	"encoding/json"
 	"fmt"
@@ -16,9 +11,9 @@ type Kind uint32
 
 // Plugin kinds.
 const (
-	Collector Kind = C.TRIBE_KIND_COLLECTOR // gathers metrics
-	Processor Kind = C.TRIBE_KIND_PROCESSOR // transforms metrics
-	Publisher Kind = C.TRIBE_KIND_PUBLISHER // sends metrics somewhere
+	Collector Kind = 1 // gathers metrics
+	Processor Kind = 2 // transforms metrics
+	Publisher Kind = 3 // sends metrics somewhere
 )
 
 // String gives "collector", "processor" or "publisher".
@@ -57,8 +52,8 @@ type TaskState uint32
 
 // Task states.
 const (
-	TaskRunning TaskState = C.TRIBE_TASK_RUNNING
-	TaskStopped TaskState = C.TRIBE_TASK_STOPPED
+	TaskRunning TaskState = 1
+	TaskStopped TaskState = 2
 )
 
 // Member is a node of the cluster as this node knows it (GET /v1/members).
