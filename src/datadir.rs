@@ -120,6 +120,12 @@ pub fn save(dir: &Path, durable: &Durable) -> std::io::Result<()> {
 
 /// Writes `name` in `dir` atomically, readable by the owner only.
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    // Said with the file, so that an operator knows where to look.
+    write_private_unnamed(dir, name, bytes)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display())))
+}
+
+fn write_private_unnamed(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = dir.join(format!("{name}.tmp"));
     let _ = std::fs::remove_file(&tmp);

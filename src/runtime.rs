@@ -29,6 +29,8 @@ pub const EVENT_QUEUE: usize = 65_536;
 pub const STREAM_LIFETIME: Duration = Duration::from_secs(30);
 /// How often the durable state is written when it changed.
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+/// Least time between two warnings of failed writes of the data dir.
+const SAVE_WARN_EVERY: Duration = Duration::from_secs(60);
 /// Accepted connections that may be in their setup (hello, channel frame)
 /// or running an anti-entropy exchange at once; one more is closed at once
 /// and counted in `streams_over_cap`. Setups last at most the hello timeout,
@@ -233,6 +235,8 @@ pub(crate) struct Driver {
     security_epoch: u64,
     /// Key ids and primary of the keyring last written to the data dir.
     saved_ring: Option<(Vec<crate::crypto::KeyId>, crate::crypto::KeyId)>,
+    /// Failed writes of the data dir not yet logged, and when the last was.
+    save_failures: (u64, Option<Instant>),
     /// Accepted connections in their setup or running an exchange: bounded,
     /// so a flood of connections that never send a hello cannot pile up
     /// tasks and buffers. Call streams give theirs back at the handoff (the
@@ -317,6 +321,7 @@ impl Driver {
             saved_revision: None,
             saving: None,
             saved_ring: None,
+            save_failures: (0, None),
             security_epoch: 0,
             accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
             setups: Default::default(),
@@ -459,16 +464,37 @@ impl Driver {
     ) {
         match result {
             Some(Ok(())) => {
+                if self.save_failures.1.take().is_some() {
+                    tracing::info!("the data dir is written again");
+                }
+                self.save_failures.0 = 0;
                 self.saved_revision = Some(revision);
                 if ring.is_some() {
                     self.saved_ring = ring;
                 }
                 return;
             }
-            Some(Err(e)) => tracing::warn!(error = %e, "cannot write the data dir"),
-            None => tracing::warn!("the data dir writer failed"),
+            Some(Err(e)) => self.save_failed(&e.to_string()),
+            None => self.save_failed("the writer thread ended"),
         }
         self.shared.engine().data_dir_write_failed();
+    }
+
+    /// Logs a failed write of the data dir: the first at once, then at most
+    /// once a minute while writes keep failing (they are retried each
+    /// second), with how many failed meanwhile.
+    fn save_failed(&mut self, error: &str) {
+        let now = Instant::now();
+        let failures = &mut self.save_failures;
+        failures.0 += 1;
+        if failures.1.is_some_and(|at| now.duration_since(at) < SAVE_WARN_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            failed = failures.0,
+            "cannot write the data dir ({error}); retried every second, logged once a minute"
+        );
+        *failures = (0, Some(now));
     }
 
     /// Waits for the write under way, then writes what is current and

@@ -62,3 +62,41 @@ async fn a_restart_alone_keeps_the_peers_a_later_restart_rejoins_through() {
     b.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_that_keep_failing_are_logged_once_with_the_file() {
+    logged();
+    let dir = scratch("unwritable");
+    let node = Node::start(config(
+        "dd-unwritable",
+        &dir,
+        "127.0.0.1:0".parse().unwrap(),
+    ))
+    .await
+    .unwrap();
+    // The data dir becomes a file: every write fails, even as root.
+    let data = dir.join("dd-unwritable");
+    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::write(&data, b"not a directory").unwrap();
+    let before = node.counters().data_dir_errors;
+    for i in 0..3 {
+        node.set_fact("round", &i.to_string()).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+    }
+    assert!(
+        node.counters().data_dir_errors >= before + 2,
+        "each failure counted"
+    );
+    let warnings: Vec<String> = logged()
+        .lines()
+        .filter(|l| l.contains("cannot write the data dir"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains(&data.display().to_string()),
+        "{warnings:?}"
+    );
+    node.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
