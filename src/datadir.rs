@@ -335,6 +335,7 @@ mod tests {
         prepare(&dir).unwrap();
         assert_eq!(load(&dir).unwrap(), None);
         let durable = Durable {
+            name: "writer".into(),
             peers: vec!["127.0.0.1:7946".parse().unwrap()],
             records: Vec::new(),
             generation: 7,

@@ -100,3 +100,35 @@ async fn writes_that_keep_failing_are_logged_once_with_the_file() {
     node.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_under_another_name_refuses_the_data_dir() {
+    let dir = scratch("other-name");
+    let first = Node::start(config("dd-owner", &dir, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    first.set_fact("owner", "dd-owner").await.unwrap();
+    first.shutdown().await.unwrap();
+    let mut cfg = config("dd-other", &dir, "127.0.0.1:0".parse().unwrap());
+    cfg.data_dir = Some(dir.join("dd-owner"));
+    let Err(e) = Node::start(cfg).await else {
+        panic!("started with another node's data dir");
+    };
+    assert!(matches!(e, tribe::Error::Config(_)), "{e}");
+    assert!(
+        e.to_string().contains("belongs to node \"dd-owner\""),
+        "{e}"
+    );
+    // Its own node still starts with it, and keeps the fact it set.
+    let again = Node::start(config("dd-owner", &dir, "127.0.0.1:0".parse().unwrap()))
+        .await
+        .unwrap();
+    let me = again
+        .members()
+        .into_iter()
+        .find(|m| m.name == "dd-owner")
+        .unwrap();
+    assert_eq!(me.facts.get("owner").map(String::as_str), Some("dd-owner"));
+    again.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

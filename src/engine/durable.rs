@@ -24,6 +24,11 @@ use crate::records::{self, Entry, Key};
 /// Durable part of a node's knowledge.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Durable {
+    /// The node that wrote it (empty in files from before it was kept): a
+    /// node under another name refuses the dir rather than take on the
+    /// writer's facts and peers.
+    #[serde(default)]
+    pub name: String,
     /// Addresses of the members that were up, this node excluded.
     pub peers: Vec<SocketAddr>,
     /// Replicated records (deletions included, so a leave is not undone by
@@ -73,6 +78,7 @@ impl Engine {
             .collect();
         records.extend(self.pending.iter().map(|(k, e)| (k.clone(), e.clone())));
         Durable {
+            name: self.name.clone(),
             peers,
             records,
             generation: self.swim.identity().generation,
