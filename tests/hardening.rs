@@ -507,8 +507,10 @@ async fn two_nodes_cannot_share_a_data_dir() {
     assert!(err.to_string().contains("in use"), "{err}");
     owner.shutdown().await.unwrap();
     drop(owner);
-    // Free again once the owner stopped.
+    // Free again once the owner stopped, for the owner (another name is
+    // refused it: tests/data_dir.rs).
     tokio::time::sleep(Duration::from_millis(200)).await;
+    cfg.name = "owner".into();
     let next = Node::start(cfg).await.unwrap();
     next.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
@@ -583,4 +585,60 @@ async fn refused_artifact_bytes_are_not_kept() {
     let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&extra).into();
     assert!(node.artifact(&sha).is_none(), "refused bytes were kept");
     node.shutdown().await.unwrap();
+}
+
+/// A claim on a node's name sent to that node alone, naming an address that
+/// accepts connections and never answers (no node of the tribe: a forged
+/// packet), keeps it out only until its checks of that "holder" fail three
+/// times in a row; the same claim sent again is then one of a node gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_claim_that_never_answers_keeps_its_victim_out_for_seconds_only() {
+    let nodes = start_cluster("mute", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    let victim = &nodes[2];
+    let real = generation_of(&nodes[0], "mute2").unwrap().1;
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let holding = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = mute.accept().await {
+            held.push(s);
+        }
+    });
+    let courier = NodeId::new("courier", "127.0.0.1:9".parse().unwrap(), 1);
+    let claim = NodeId::new("mute2", mute_addr, real + 1000);
+    let send_claim = || {
+        hello_with_members(
+            victim.addr(),
+            courier.clone(),
+            vec![foca::Member::alive(claim.clone())],
+        )
+    };
+    send_claim().await;
+    wait_for("the victim keeps out", Duration::from_secs(5), || {
+        victim.name_held_by() == Some(mute_addr)
+    })
+    .await;
+    // Before, it kept out for a minute after every sighting.
+    wait_for("the name taken back", Duration::from_secs(20), || {
+        victim.name_held_by().is_none()
+    })
+    .await;
+    send_claim().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        victim.name_held_by(),
+        None,
+        "the same claim kept it out again"
+    );
+    wait_for("the others see the victim alive", LONG, || {
+        nodes[..2].iter().all(|n| {
+            generation_of(n, "mute2").is_some_and(|(s, g)| s == MemberState::Alive && g > real)
+        })
+    })
+    .await;
+    holding.abort();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
 }

@@ -48,6 +48,20 @@ pub const KEEP_OUT_JOIN_RETRY_MS: u64 = 10_000;
 /// a refused connection says it is gone, an answer that it is up.
 pub const HOLDER_CHECK_MS: u64 = 2_000;
 
+/// A holder check whose exchange has not completed this long has failed
+/// (an exchange otherwise waits [`super::SYNC_TIMEOUT`]).
+pub const HOLDER_CHECK_TIMEOUT_MS: u64 = 3_000;
+
+/// Holder checks failed in a row after which the holder counts as gone: a
+/// claim sent by someone who is not a node of the tribe (a forged packet
+/// naming an address that accepts connections and never answers) keeps
+/// this node out for seconds, not for as long as it is repeated.
+pub const HOLDER_MISSES: u32 = 3;
+
+/// Identities that failed their holder checks, remembered so that the
+/// same claim sent again is taken as one of a node that is gone.
+const MAX_DISCREDITED: usize = 16;
+
 /// "You are down" notices open an exchange at most this often.
 pub const DOWN_CHECK_GAP_MS: u64 = 1_000;
 
@@ -114,6 +128,10 @@ pub struct NameClaims {
     pub pass_down_notices: bool,
     /// When the holder was last dialled (engine clock, ms).
     pub holder_checked_ms: Option<u64>,
+    /// Holder checks failed in a row (see [`HOLDER_MISSES`]).
+    pub holder_misses: u32,
+    /// Holders that failed their checks, newest last.
+    pub discredited: Vec<NodeId>,
 }
 
 /// At most this many claims wait to be handled.
@@ -124,7 +142,7 @@ impl NameClaims {
     /// would displace `own` (the packet carrying it is then refused).
     pub fn note(&mut self, id: &NodeId, own: &NodeId, heard: Heard) -> bool {
         if foca::Identity::win_addr_conflict(id, own) {
-            let down = heard == Heard::Down;
+            let down = heard == Heard::Down || self.discredited.contains(id);
             let full = self.winning.len() >= MAX_PENDING;
             match self.winning.iter_mut().find(|c| c.id == *id) {
                 Some(c) => c.down = down,
@@ -180,6 +198,43 @@ impl NameClaims {
         }
         self.note(&holder, own, Heard::Down);
         true
+    }
+
+    /// An exchange with `addr` ended: completed (`answered`), or failed or
+    /// timed out. When the holder lives there, an answer resets its misses;
+    /// the [`HOLDER_MISSES`]th failure in a row discredits it (noted as
+    /// reported down, which ends keeping out). Whether it was.
+    pub fn holder_exchange_ended(
+        &mut self,
+        addr: SocketAddr,
+        answered: bool,
+        own: &NodeId,
+        now_ms: u64,
+    ) -> bool {
+        let Some(holder) = self.holder.clone().filter(|h| h.addr == addr) else {
+            return false;
+        };
+        if answered || !self.keeping_out(now_ms) {
+            self.holder_misses = 0;
+            return false;
+        }
+        self.holder_misses += 1;
+        if self.holder_misses < HOLDER_MISSES {
+            return false;
+        }
+        self.holder_misses = 0;
+        if self.discredited.len() >= MAX_DISCREDITED {
+            self.discredited.remove(0);
+        }
+        self.discredited.push(holder.clone());
+        self.note(&holder, own, Heard::Down);
+        true
+    }
+
+    /// The holder's address while this node keeps out: exchanges with it
+    /// are checks, which fail sooner (see [`HOLDER_CHECK_TIMEOUT_MS`]).
+    pub fn holder_addr(&self, now_ms: u64) -> Option<SocketAddr> {
+        self.holder.as_ref().map(|h| h.addr).filter(|_| self.keeping_out(now_ms))
     }
 
     /// Notes a "you are down" notice from `from` (not while keeping out:
@@ -341,6 +396,33 @@ mod tests {
         };
         assert!(claims.keeping_out(999));
         assert!(!claims.keeping_out(1_000));
+    }
+
+    #[test]
+    fn a_holder_that_never_completes_a_check_is_discredited() {
+        let own = id(7000, 100);
+        let holder = id(7001, 200);
+        let mut claims = NameClaims {
+            keep_out_until_ms: 60_000,
+            holder: Some(holder.clone()),
+            ..NameClaims::default()
+        };
+        // An answer in between resets the count.
+        assert!(!claims.holder_exchange_ended(holder.addr, false, &own, 1_000));
+        assert!(!claims.holder_exchange_ended(holder.addr, true, &own, 2_000));
+        assert!(!claims.holder_exchange_ended(id(7002, 1).addr, false, &own, 2_500));
+        for t in [3_000, 5_000] {
+            assert!(!claims.holder_exchange_ended(holder.addr, false, &own, t));
+        }
+        assert!(claims.holder_exchange_ended(holder.addr, false, &own, 7_000));
+        assert_eq!(
+            answer(&claims.winning, &own, Some(&holder)),
+            Answer::Renew { newest: 200 }
+        );
+        // The same claim again, the claimant speaking, is one of a node gone.
+        claims.winning.clear();
+        assert!(claims.note(&holder, &own, Heard::Speaking));
+        assert!(claims.winning[0].down);
     }
 
     #[test]

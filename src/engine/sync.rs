@@ -158,6 +158,9 @@ pub struct Exchange {
     /// Initiator: a Summary awaits its answer. Responder: a Differ was sent
     /// and the full Hello is awaited.
     summary: bool,
+    /// A frame from the peer decoded on it: someone who speaks the
+    /// protocol answers there (see `NameClaims::holder_exchange_ended`).
+    heard: bool,
 }
 
 impl Exchange {
@@ -172,6 +175,7 @@ impl Exchange {
             theirs: BTreeMap::new(),
             expecting: false,
             summary: false,
+            heard: false,
         }
     }
 }
@@ -309,9 +313,24 @@ impl Engine {
     }
 
     fn finish(&mut self, conn: ConnId, ok: bool) {
-        let peer = self.conns.remove(&conn).and_then(|x| x.peer);
+        let (peer, heard) = self
+            .conns
+            .remove(&conn)
+            .map_or((None, false), |x| (x.peer, x.heard));
         self.outputs.push_back(Output::Close { conn });
         let mut sh = lock(&self.shared);
+        if let Some(addr) = peer {
+            // A holder's answer is refused by our own screen (it holds our
+            // name), yet it answered.
+            let (own, now) = (sh.own.clone(), sh.now_ms);
+            if sh.claims.holder_exchange_ended(addr, ok || heard, &own, now) {
+                tracing::warn!(
+                    %addr,
+                    "the node at {addr} that claimed this node's name did not complete {} exchanges in a row: taking the name back",
+                    super::name_claims::HOLDER_MISSES
+                );
+            }
+        }
         if ok {
             self.last_contact_ms = sh.now_ms;
             self.refused_keys.clear();
@@ -342,6 +361,7 @@ impl Engine {
         let now = self.now_ms();
         let known = self.conns.get_mut(&conn).map(|x| {
             x.active_ms = now;
+            x.heard = true;
             (x.initiator, x.expecting, x.summary)
         });
         match (known, msg) {
@@ -766,10 +786,18 @@ impl Engine {
 
     pub(super) fn expire_exchanges(&mut self, now_ms: u64) {
         let timeout = SYNC_TIMEOUT.as_millis() as u64;
+        let holder = lock(&self.shared).claims.holder_addr(now_ms);
         let stale: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, x)| x.active_ms.saturating_add(timeout) < now_ms)
+            .filter(|(_, x)| {
+                let limit = if x.peer.is_some() && x.peer == holder {
+                    super::name_claims::HOLDER_CHECK_TIMEOUT_MS
+                } else {
+                    timeout
+                };
+                x.active_ms.saturating_add(limit) < now_ms
+            })
             .map(|(c, _)| *c)
             .collect();
         for conn in stale {
