@@ -1576,7 +1576,17 @@ fn a_wrong_admin_token_is_rejected_as_such() {
         err.starts_with("tribe: token rejected") && err.trim_end().ends_with("(unauthorized)"),
         "{err}"
     );
+    // Each refusal counted, and logged once (at most once a minute).
+    let mut metrics = http()
+        .get(format!("http://{}/metrics", agent.admin))
+        .header("Authorization", "Bearer s3cret")
+        .call()
+        .unwrap();
+    let metrics = metrics.body_mut().read_to_string().unwrap();
+    assert!(metrics.contains("tribe_admin_refused_total 3"), "{metrics}");
     drop(agent);
+    let log = std::fs::read_to_string(dir.join("locked.log")).unwrap();
+    assert_eq!(log.matches("admin request refused").count(), 1, "{log}");
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -18,6 +18,8 @@ use super::json::ErrorBody;
 pub struct Guard {
     /// Bearer token every request must carry, if set.
     pub token: Option<String>,
+    /// Requests refused for their token or their `Host`.
+    pub refusals: Refusals,
 }
 
 impl std::fmt::Debug for Guard {
@@ -25,6 +27,42 @@ impl std::fmt::Debug for Guard {
         f.debug_struct("Guard")
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .finish()
+    }
+}
+
+/// Least time between two warnings of refused requests.
+const WARN_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Requests the guard refused (a wrong or missing token, a foreign
+/// `Host`): counted for `/metrics` and logged at most once a minute, so
+/// that guessing at the token shows.
+#[derive(Clone, Default, Debug)]
+pub struct Refusals {
+    count: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    warned: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
+}
+
+impl Refusals {
+    /// How many requests were refused.
+    pub fn count(&self) -> u64 {
+        self.count.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn note(&self, code: &str, why: &str) {
+        let n = self
+            .count
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
+        let mut warned = self.warned.lock().unwrap_or_else(|p| p.into_inner());
+        let now = std::time::Instant::now();
+        if warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
+            *warned = Some(now);
+            tracing::warn!(
+                code,
+                refused = n,
+                "admin request refused: {why} ({n} refused so far; logged once a minute)"
+            );
+        }
     }
 }
 
@@ -99,17 +137,16 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         .as_deref()
         .and_then(|t| token_refusal(headers, t))
     {
+        guard.refusals.note("unauthorized", why);
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
     // A Host header is required (HTTP/1.1 always sends one), and one that
     // is not text is refused too rather than let through unchecked.
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !host.is_some_and(host_allowed) {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            "forbidden_host",
-            "the admin API answers only requests addressed to an IP address or localhost",
-        );
+        let why = "the admin API answers only requests addressed to an IP address or localhost";
+        guard.refusals.note("forbidden_host", why);
+        return refuse(StatusCode::FORBIDDEN, "forbidden_host", why);
     }
     let has_body = headers
         .get(header::CONTENT_LENGTH)
@@ -163,9 +200,11 @@ mod tests {
         let open = Guard::default();
         let empty = Guard {
             token: Some(String::new()),
+            ..Guard::default()
         };
         let token = Guard {
             token: Some("t".into()),
+            ..Guard::default()
         };
         for loopback in ["127.0.0.1:7947", "127.9.9.9:1", "[::1]:7947"] {
             assert!(check_exposure(loopback.parse().unwrap(), &open).is_ok());

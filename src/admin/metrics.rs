@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub rpc: crate::rpc::RpcStats,
     /// Whether another live node holds this node's name (it keeps out).
     pub name_held_elsewhere: bool,
+    /// Admin requests refused for their token or `Host`.
+    pub admin_refusals: u64,
 }
 
 type Labels = Vec<(String, String)>;
@@ -100,6 +102,13 @@ pub fn render(s: &Snapshot) -> String {
         "name_held_elsewhere",
         "1 while another live node runs under this node's name and this node keeps out of the cluster for it",
         usize::from(s.name_held_elsewhere),
+    );
+
+    counter(
+        &mut r,
+        "admin_refused",
+        "Admin API requests refused for a wrong or missing token or a Host that is not an address",
+        s.admin_refusals,
     );
 
     let c = &s.counters;
@@ -428,9 +437,11 @@ mod tests {
                 ..Default::default()
             },
             name_held_elsewhere: true,
+            admin_refusals: 4,
         });
         assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
         assert!(text.contains("tribe_name_held_elsewhere 1"), "{text}");
+        assert!(text.contains("tribe_admin_refused_total 4"), "{text}");
         assert!(text.contains("tribe_policies 3"), "{text}");
         assert!(
             text.contains("tribe_packets_total{transport=\"udp\",direction=\"in\"} 7"),

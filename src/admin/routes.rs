@@ -365,7 +365,10 @@ pub(super) async fn set_encryption(State(node): State<Node>, body: Bytes) -> Api
     Ok(no_content())
 }
 
-pub(super) async fn prometheus(State(node): State<Node>) -> Response {
+pub(super) async fn prometheus(
+    State(node): State<Node>,
+    axum::Extension(refusals): axum::Extension<super::guard::Refusals>,
+) -> Response {
     let text = metrics::render(&metrics::Snapshot {
         members: node.members(),
         tribes: node.tribes(),
@@ -380,6 +383,7 @@ pub(super) async fn prometheus(State(node): State<Node>) -> Response {
             .count(),
         rpc: node.rpc_stats(),
         name_held_elsewhere: node.name_held_by().is_some(),
+        admin_refusals: refusals.count(),
     });
     (
         [(

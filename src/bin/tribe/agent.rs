@@ -559,8 +559,9 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     crate::tasks::serve_builtins(&node, publisher, ready_line).await?;
     let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
+        let mut log = EventLog::default();
         while let Some(event) = events.next().await {
-            log_event(&event);
+            log.event(&event, std::time::Instant::now());
             runner.on_event(&event);
         }
     });
@@ -568,6 +569,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let (stop_admin, admin_stopped) = tokio::sync::oneshot::channel::<()>();
     let guard = tribe::admin::guard::Guard {
         token: plan.admin_token.clone(),
+        ..Default::default()
     };
     let admin = tokio::spawn(tribe::admin::serve(
         node.clone(),
@@ -618,15 +620,67 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     Ok(())
 }
 
-fn log_event(event: &Event) {
-    match event {
-        Event::PolicyError { .. } => tracing::warn!(?event, "policy error"),
-        _ => tracing::info!(?event, "event"),
+/// Events logged per second, at most: a burst (thousands of members
+/// gossiped in at once, or found failed together) would otherwise write a
+/// line each on every node. The rest are counted and the count logged.
+const EVENTS_LOGGED_PER_SECOND: u32 = 50;
+
+/// The agent's log of its node's events, at a bounded rate.
+#[derive(Default)]
+struct EventLog {
+    window: Option<std::time::Instant>,
+    logged: u32,
+    skipped: u64,
+}
+
+impl EventLog {
+    /// Logs `event` at `now`, or counts it when the second's share is used
+    /// up; whether it was logged.
+    fn event(&mut self, event: &Event, now: std::time::Instant) -> bool {
+        let fresh = self
+            .window
+            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1));
+        if fresh {
+            if self.skipped > 0 {
+                tracing::warn!(
+                    skipped = self.skipped,
+                    "{} events not logged (more than {EVENTS_LOGGED_PER_SECOND} a second)",
+                    self.skipped
+                );
+            }
+            *self = EventLog {
+                window: Some(now),
+                ..EventLog::default()
+            };
+        }
+        if self.logged >= EVENTS_LOGGED_PER_SECOND {
+            self.skipped += 1;
+            return false;
+        }
+        self.logged += 1;
+        match event {
+            Event::PolicyError { .. } => tracing::warn!(?event, "policy error"),
+            _ => tracing::info!(?event, "event"),
+        }
+        true
     }
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn events_are_logged_at_a_bounded_rate() {
+        let mut log = super::EventLog::default();
+        let start = std::time::Instant::now();
+        let event = tribe::Event::Joined;
+        let logged = (0..1_000).filter(|_| log.event(&event, start)).count();
+        assert_eq!(logged, super::EVENTS_LOGGED_PER_SECOND as usize);
+        assert_eq!(log.skipped, 1_000 - logged as u64);
+        let later = start + std::time::Duration::from_secs(1);
+        assert!(log.event(&event, later), "a new second, a new share");
+        assert_eq!(log.skipped, 0);
+    }
+
     use super::{check_log_level, set_file_limits, with_default_level};
 
     #[test]
