@@ -58,7 +58,7 @@ pub enum WireError {
     #[error("authentication failed: the sender runs with another cluster label, or the datagram was tampered with")]
     Auth,
     /// Another cluster's label.
-    #[error("cluster label mismatch")]
+    #[error("it carries another cluster label (the sender runs with another --label)")]
     LabelMismatch,
     /// The payload did not decode.
     #[error("malformed payload: {0}")]

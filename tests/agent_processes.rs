@@ -783,6 +783,15 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
         Duration::from_secs(5),
         || log().contains(&datagram),
     );
+    udp.send_to(
+        &tribe::wire::plain_datagram("other", b"hello"),
+        agents[0].gossip,
+    )
+    .unwrap();
+    let labelled = format!("datagram from {sender} refused: it carries another cluster label");
+    wait_for("the other label logged", Duration::from_secs(5), || {
+        log().contains(&labelled)
+    });
     let stream = "plaintext stream refused: encryption is required (peer 127.0.0.1:";
     assert!(log().contains(stream), "no {stream:?} in: {}", log());
 

@@ -593,12 +593,14 @@ impl Engine {
                 _ => sh.counters.datagram_decode_errors += 1,
             }
         }
-        if matches!(e, wire::WireError::UnknownKey(_) | wire::WireError::Auth) {
-            self.warn_limited(
-                "datagram_auth",
-                &format!("datagram from {from} refused: {e}"),
-            );
-        }
+        // Each kind at most once per interval: a flood of any one kind
+        // leaves one line, and the counters tell how many.
+        let kind = match e {
+            wire::WireError::UnknownKey(_) | wire::WireError::Auth => "datagram_auth",
+            wire::WireError::LabelMismatch => "datagram_label",
+            _ => "datagram_malformed",
+        };
+        self.warn_limited(kind, &format!("datagram from {from} refused: {e}"));
     }
 
     /// Whether setting fact `key` would give this node more facts than a
