@@ -119,9 +119,11 @@ async fn one_host_that_never_sends_a_hello_cannot_take_every_place() {
         socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         flood.push(socket.connect(target.addr()).await.unwrap());
     }
-    wait_for("the host held to its share", Duration::from_secs(10), || {
-        target.counters().streams_over_cap >= before.streams_over_cap + 300 - 32
-    })
+    wait_for(
+        "the host held to its share",
+        Duration::from_secs(10),
+        || target.counters().streams_over_cap >= before.streams_over_cap + 300 - 32,
+    )
     .await;
     // The tribe's own exchanges still get places: a joiner syncs through
     // the target during the flood.
@@ -134,9 +136,11 @@ async fn one_host_that_never_sends_a_hello_cannot_take_every_place() {
     })
     .await;
     // The setups that never finished are counted as stalled.
-    wait_for("the stalled setups counted", Duration::from_secs(15), || {
-        target.counters().streams_stalled >= before.streams_stalled + 32
-    })
+    wait_for(
+        "the stalled setups counted",
+        Duration::from_secs(15),
+        || target.counters().streams_stalled >= before.streams_stalled + 32,
+    )
     .await;
     drop(flood);
     late.shutdown().await.unwrap();
