@@ -727,6 +727,11 @@ impl Node {
         crate::rpc::client::count(&self.inner.rpc.counters, result);
     }
 
+    /// Counts a call its caller gave up on in [`Node::rpc_stats`].
+    pub(crate) fn count_abandoned_call(&self) {
+        crate::rpc::RpcCounters::bump(&self.inner.rpc.counters.abandoned);
+    }
+
     async fn call_carried(
         &self,
         target: &crate::CallTarget,

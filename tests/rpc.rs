@@ -876,3 +876,23 @@ async fn a_call_right_after_a_host_was_put_in_the_tribe_waits_for_the_host_to_he
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_its_caller_gives_up_on_is_counted_as_abandoned() {
+    let nodes = svc_cluster("abandon", &[1], 5 * SECOND).await;
+    let caller = &nodes[0];
+    let before = caller.rpc_stats();
+    // The caller stops waiting long before the call's own deadline.
+    let gave_up = tokio::time::timeout(
+        Duration::from_millis(200),
+        caller.call(&echo(), b"x".to_vec(), 10 * SECOND),
+    )
+    .await;
+    assert!(gave_up.is_err());
+    let after = caller.rpc_stats();
+    assert_eq!(after.abandoned, before.abandoned + 1);
+    assert_eq!(after.timeout, before.timeout, "not a timeout of its own");
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

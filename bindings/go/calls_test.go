@@ -239,6 +239,14 @@ func TestCallsThroughATribe(t *testing.T) {
 	})
 
 	t.Run("cancellation", func(t *testing.T) {
+		abandoned := func() string {
+			c, err := caller.Counters()
+			if err != nil {
+				t.Fatal(err)
+			}
+			return c["calls"]["abandoned"].String()
+		}
+		before := abandoned()
 		ctx, cancel := context.WithCancel(bg)
 		go func() { time.Sleep(100 * time.Millisecond); cancel() }()
 		start := time.Now()
@@ -249,6 +257,10 @@ func TestCallsThroughATribe(t *testing.T) {
 		}
 		if took > 2*time.Second {
 			t.Fatalf("a cancelled call took %v to return", took)
+		}
+		// Counted on the calling side too.
+		if b, _ := strconv.Atoi(before); abandoned() != strconv.Itoa(b+1) {
+			t.Fatalf("calls.abandoned went from %s to %s", before, abandoned())
 		}
 		// An already expired context never starts a call.
 		_, err = caller.Call(ctx, target("echo"), nil)

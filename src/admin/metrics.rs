@@ -391,6 +391,12 @@ pub fn render(s: &Snapshot) -> String {
         "Calls served here that their caller abandoned before the answer",
         rpc.cancelled,
     );
+    counter(
+        &mut r,
+        "rpc_abandoned",
+        "Calls made here that their caller gave up on before they ended",
+        rpc.abandoned,
+    );
     counter_family(
         &mut r,
         "artifacts",

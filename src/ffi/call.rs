@@ -469,9 +469,12 @@ pub extern "C" fn tribe_node_call_cancel(
     ffi_call!(err, {
         let handle = super::node::node_handle(node)?;
         let cancelled = FfiError::new(super::error::TRIBE_CANCELLED, "the call was cancelled");
-        handle
+        if handle
             .calls
-            .finish(call_id, &handle.mailbox, Err(cancelled));
+            .finish(call_id, &handle.mailbox, Err(cancelled))
+        {
+            handle.node.count_abandoned_call();
+        }
         Ok(())
     })
 }

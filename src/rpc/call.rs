@@ -225,9 +225,20 @@ impl Rpc {
         carry: Carry,
         counted: bool,
     ) -> Result<Vec<u8>> {
+        // Counts the call as abandoned if this future is dropped first.
+        struct Abandon<'a>(Option<&'a RpcCounters>);
+        impl Drop for Abandon<'_> {
+            fn drop(&mut self) {
+                if let Some(c) = self.0 {
+                    RpcCounters::bump(&c.abandoned);
+                }
+            }
+        }
+        let mut abandon = Abandon(counted.then_some(&*self.counters));
         let result = self
             .route(snap, refresh, target, payload, timeout, carry)
             .await;
+        abandon.0 = None;
         if counted {
             client::count(&self.counters, &result);
         }

@@ -186,6 +186,9 @@ pub struct RpcCounters {
     /// Calls served here that their caller abandoned before the answer
     /// (each handler stopped, or told, and its place freed at once).
     pub cancelled: AtomicU64,
+    /// Calls made here that their caller gave up on before they ended (a
+    /// dropped future, a cancelled context or task).
+    pub abandoned: AtomicU64,
 }
 
 /// A snapshot of [`RpcCounters`].
@@ -229,6 +232,8 @@ pub struct RpcStats {
     pub artifacts_unavailable: u64,
     /// Calls served here that their caller abandoned before the answer.
     pub cancelled: u64,
+    /// Calls made here that their caller gave up on before they ended.
+    pub abandoned: u64,
 }
 
 impl RpcCounters {
@@ -260,6 +265,7 @@ impl RpcCounters {
             artifacts_corrupt: g(&self.artifacts_corrupt),
             artifacts_unavailable: g(&self.artifacts_unavailable),
             cancelled: g(&self.cancelled),
+            abandoned: g(&self.abandoned),
         }
     }
 }
