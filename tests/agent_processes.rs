@@ -771,6 +771,25 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(alive(&plain), 1);
     drop(plain);
+    // One that sends plaintext (mode accept, left over from turning
+    // encryption on) hears why no seed answers.
+    let accept = start_agent_env(
+        &dir,
+        "accept",
+        &args(&[
+            "--seed",
+            &agents[0].gossip.to_string(),
+            "--encryption",
+            "accept",
+        ]),
+        &[("TRIBE_KEY", &k1)],
+    );
+    wait_for("the plaintext hint logged", Duration::from_secs(15), || {
+        std::fs::read_to_string(dir.join("accept.log"))
+            .unwrap()
+            .contains("encryption mode accept")
+    });
+    drop(accept);
     // Refusals name the sender, so that an operator can find it.
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let sender = udp.local_addr().unwrap();

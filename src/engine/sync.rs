@@ -833,6 +833,8 @@ impl Engine {
             // from here: name the usual reasons.
             let hint = if self.keyring.is_none() {
                 "not reachable, or the tribe is encrypted and this node has no key, or they run with another cluster label"
+            } else if self.seals().is_none() {
+                "not reachable, or they require encryption while this node sends plaintext (encryption mode accept: the tribe may have moved on to require), or they hold other keys or run with another cluster label"
             } else {
                 "not reachable, or they hold other keys or run with another cluster label"
             };
