@@ -20,9 +20,18 @@
  *   they came from and valid until it is freed, unless said to be static.
  * - Each object is freed once, with its own free function; freeing it again
  *   or using it after its free is undefined behaviour, as with free(3).
+ * - Out-parameters (a pointer or length a function writes) hold NULL / 0
+ *   unless the function returns TRIBE_OK, whatever the failure (a bad
+ *   argument, a consumed object, a panic), so `if (rc) free(out)` paths
+ *   never free garbage.
  * - A panic inside libtribe is caught and returned as TRIBE_PANIC; nothing
  *   unwinds into C. libtribe installs no signal handlers, and its socket
- *   writes (also those made on the host's threads) never raise SIGPIPE.
+ *   writes (also those made on the host's threads) never raise SIGPIPE. A
+ *   signal does not interrupt a blocked call or wait (no EINTR), and no
+ *   function is async-signal-safe: from a signal handler, write to a
+ *   self-pipe (or use signalfd) and call tribe_node_shutdown from a thread.
+ *   A process that starts a node holds two close-on-exec descriptors of
+ *   tokio's signal socket pair from then on (never more; do not close them).
  *
  * Threads
  * - libtribe never calls into the host from its own threads. Node events,
@@ -126,7 +135,12 @@
 #define TRIBE_TASK_STOPPED 2
 
 /**
- * Success.
+ * Success. Any other code is a failure, and then every out-parameter the
+ * caller passed (a pointer or a length other than `err`) holds NULL or 0,
+ * whatever the cause: a NULL or invalid argument, a used-up object, an
+ * error of the operation, a caught panic. Nothing but the error needs
+ * freeing then. (The slots of an event array are not written: its
+ * length is 0.)
  */
 #define TRIBE_OK 0
 
@@ -680,6 +694,8 @@ uint32_t tribe_node_unserve(const struct tribe_node *node,
  * A call to another node goes on a TCP stream this call borrows whole, and
  * the calling thread reads the reply from the socket itself (a thread
  * blocked here holds one stream to the host it calls; they are reused).
+ * A signal handled on the calling thread does not end the wait (there is
+ * no `EINTR`): it goes on until the reply, the timeout or a shutdown.
  */
 uint32_t tribe_node_call(const struct tribe_node *node,
                          const char *tribe,
@@ -699,11 +715,14 @@ uint32_t tribe_node_call(const struct tribe_node *node,
  * id reports the outcome (`tribe_event_take_reply`): the reply, the call's
  * error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`,
  * `TRIBE_SHUTTING_DOWN` when the node stops first, or `TRIBE_PANIC` if the
- * library panicked while running the call. Errors in the arguments
- * are returned at once and give no event. `*call_id` is written before the
- * call starts, but another thread may take the completion before this
- * function returns: a host that maps ids to waiting callers holds that
- * map's lock across this call (its event thread then waits for the entry).
+ * library panicked while running the call. Errors in the arguments are
+ * returned at once and give no event (`*call_id` is then 0, which no call
+ * has), and so is a payload over the node's `max_payload`:
+ * `TRIBE_TOO_LARGE`, as `tribe_node_call` gives. `*call_id` is written
+ * before the call starts, but another thread may take the completion
+ * before this function returns: a host that maps ids to waiting callers
+ * holds that map's lock across this call (its event thread then waits for
+ * the entry).
  * A call with no other asynchronous call of the node in flight runs its
  * first step on the calling thread: when a stream to the chosen host is
  * open, the request is written before this returns (a write that does
@@ -824,10 +843,13 @@ uint32_t tribe_responder_reply(const struct tribe_responder *r,
 
 /**
  * Answers a call with an error: the caller gets `TRIBE_REMOTE` with this
- * `code` (short, stable; NULL gives `"error"`) and `message` (NULL gives
- * ""). The code `"timeout"` is reserved: it reaches the caller as
- * `TRIBE_TIMEOUT`, without the message, as a host's answer to a handler
- * that overran the caller's budget. Otherwise like `tribe_responder_reply`.
+ * `code` (short, stable; NULL or "" gives `"error"`) and `message` (NULL
+ * gives ""). Longer ones are cut without an error: the code to 256 bytes,
+ * the message to 65,536 (64 KiB), each on a character boundary and ending
+ * in "…" (counted in the limit). The code `"timeout"` is reserved: it
+ * reaches the caller as `TRIBE_TIMEOUT`, without the message, as a host's
+ * answer to a handler that overran the caller's budget. Otherwise like
+ * `tribe_responder_reply`.
  */
 uint32_t tribe_responder_fail(const struct tribe_responder *r,
                               const char *code,
@@ -885,9 +907,12 @@ uint32_t tribe_node_remove_policy(const struct tribe_node *node,
 
 /**
  * Sets a user fact of this node (it overrides a collected fact of that
- * name); policies are evaluated again and the fact spreads to peers. A
- * node has at most 256 facts, the collected ones included: a new one
- * beyond that is `TRIBE_INVALID_ARGUMENT`.
+ * name); policies are evaluated again and the fact spreads to peers. The
+ * key and value follow the rules of `tribe_config_set_fact` (key 1 to 64
+ * bytes of `[A-Za-z_][A-Za-z0-9_]*`, not `true`, `false`, `null` or `in`;
+ * value at most 1,024 bytes, no control characters), else
+ * `TRIBE_INVALID_ARGUMENT`. A node has at most 256 facts, the collected
+ * ones included: a new one beyond that is `TRIBE_INVALID_ARGUMENT`.
  */
 uint32_t tribe_node_set_fact(const struct tribe_node *node,
                              const char *key,
@@ -903,9 +928,12 @@ uint32_t tribe_node_remove_fact(const struct tribe_node *node,
 
 /**
  * Adds a policy: the nodes whose facts satisfy `when` (CEL over
- * `facts`, e.g. `facts.rack == "r1"`) join `tribe`, which is created
- * when missing. A bad expression is `TRIBE_INVALID_POLICY` with the
- * position in `tribe_error_line`/`tribe_error_column`; it never spreads.
+ * `facts`, e.g. `has(facts.rack) && facts.rack == "r1"`) join `tribe`,
+ * which is created when missing. Reading a fact a node lacks is an
+ * evaluation error there (the node stays out and gets a
+ * `TRIBE_EVENT_POLICY_ERROR`): guard optional facts with `has()`. A bad
+ * expression is `TRIBE_INVALID_POLICY` with the position in
+ * `tribe_error_line`/`tribe_error_column`; it never spreads.
  */
 uint32_t tribe_node_add_policy(const struct tribe_node *node,
                                const char *name,
@@ -1021,9 +1049,13 @@ uint32_t tribe_node_set_encryption(const struct tribe_node *node,
 
 /**
  * Makes a config for a node called `name`, with the defaults of the Rust
- * API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key
- * (plaintext: for tests only), 2 runtime threads. `*out` receives an owned
- * config: free it with `tribe_config_free`, also after a start used it.
+ * API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key,
+ * 2 runtime threads. Encryption: with a key (`tribe_config_add_key`, or a
+ * keyring the data dir kept), `require` by default; without one,
+ * plaintext (for tests only); a mode set without a key (or a data dir
+ * that keeps a keyring) is refused at start (`TRIBE_CONFIG`). `*out`
+ * receives an owned config: free it with `tribe_config_free`, also after
+ * a start used it.
  * A name that breaks the naming rules is `TRIBE_INVALID_NAME` at once (see
  * `tribe_name_check`), and no config is made. Does not block.
  */
@@ -1053,6 +1085,8 @@ void tribe_config_free(struct tribe_config *cfg);
 /**
  * Sets the address to bind (UDP gossip and TCP on one port), e.g.
  * `"0.0.0.0:7946"`; port 0 picks a free port. May block on DNS for a name.
+ * `TRIBE_INVALID_ARGUMENT` when `addr` is not `host:port` (the message
+ * says why: no port, a port out of range, a host that does not resolve).
  */
 uint32_t tribe_config_set_bind(struct tribe_config *cfg,
                                const char *addr,
@@ -1078,7 +1112,12 @@ uint32_t tribe_config_add_seed(struct tribe_config *cfg,
                                struct tribe_error **err);
 
 /**
- * Sets a user fact (it overrides a collected fact of that name).
+ * Sets a user fact (it overrides a collected fact of that name). The key
+ * is 1 to 64 bytes of `[A-Za-z_][A-Za-z0-9_]*` other than `true`,
+ * `false`, `null` and `in` (so `facts.key` works in a policy); the value
+ * at most 1,024 bytes of UTF-8 without control characters. Otherwise
+ * `TRIBE_INVALID_ARGUMENT` at once. A node has at most 256 facts, the
+ * collected ones included (checked at start: `TRIBE_CONFIG`).
  */
 uint32_t tribe_config_set_fact(struct tribe_config *cfg,
                                const char *key,
@@ -1110,7 +1149,8 @@ uint32_t tribe_config_set_label(struct tribe_config *cfg,
 /**
  * Adds a cluster key (base64 of 32 bytes, as `tribe_keygen` makes); the
  * first one added seals, all open. Without a key traffic is plaintext,
- * which is for tests only. The key is never logged or shown.
+ * which is for tests only (see `tribe_config_new`). The key is never
+ * logged or shown.
  */
 uint32_t tribe_config_add_key(struct tribe_config *cfg,
                               const char *key,
@@ -1126,8 +1166,12 @@ uint32_t tribe_config_add_key_file(struct tribe_config *cfg,
                                    struct tribe_error **err);
 
 /**
- * Sets the encryption mode: `"require"` (default), `"send"` or `"accept"`
- * (the live migration steps; see docs/operating.md).
+ * Sets the encryption mode: `"require"`, `"send"` or `"accept"` (the live
+ * migration steps; see docs/operating.md). With a key (or a keyring the
+ * data dir kept), `require` by default; without one, plaintext; a mode set
+ * without a key (or a data dir that keeps a keyring) is refused at start
+ * (`TRIBE_CONFIG`; `tribe_config_check` tells it before). An unknown mode
+ * is `TRIBE_INVALID_ARGUMENT`.
  */
 uint32_t tribe_config_set_encryption(struct tribe_config *cfg,
                                      const char *mode,
@@ -1268,7 +1312,9 @@ void tribe_error_free(struct tribe_error *err);
  * Blocks the calling thread up to `timeout_ms`; while it waits, the thread
  * reads the node's incoming calls and the answers to its asynchronous
  * calls from their sockets itself (libtribe's own thread does it while no
- * host thread waits).
+ * host thread waits). A signal handled on the waiting thread does not end
+ * the wait (there is no `EINTR`): with a negative timeout it goes on until
+ * an event or a shutdown.
  */
 uint32_t tribe_node_next_event(const struct tribe_node *node,
                                int32_t timeout_ms,
@@ -1455,7 +1501,13 @@ uint32_t tribe_group_wake(const struct tribe_group *group,
  * of it returns `TRIBE_CONSUMED`, and it must still be freed with
  * `tribe_config_free`. `*out` receives an owned node: stop it with
  * `tribe_node_shutdown` (or `tribe_node_abort`), then free it with
- * `tribe_node_free`.
+ * `tribe_node_free`. The first node (or poll group) of the process also
+ * opens two file descriptors that stay open until the process exits, also
+ * after the last node is freed: a unix socket pair, close-on-exec, that
+ * tokio's runtimes keep process-wide for signal wake-ups. Later nodes
+ * share them, so they never grow; libtribe installs no signal handler,
+ * so nothing is ever sent on them. Do not close them: each later node's
+ * runtime duplicates one.
  */
 uint32_t tribe_node_start(struct tribe_config *cfg,
                           struct tribe_node **out,
@@ -1475,6 +1527,11 @@ uint32_t tribe_node_start(struct tribe_config *cfg,
  * another host); those it already runs are still answered, and its call
  * streams close once they are, or at `tribe_node_free` (whose callers
  * then get `TRIBE_DISCONNECTED`, and whose responders turn abandoned).
+ * Not async-signal-safe (it takes locks, allocates and waits for the
+ * node's threads), nor is any other libtribe function: on SIGTERM, have
+ * the handler write to a self-pipe (or take the signal from a `signalfd`
+ * instead of a handler), and call this from the ordinary thread that
+ * reads it.
  */
 uint32_t tribe_node_shutdown(const struct tribe_node *node,
                              struct tribe_error **err);
@@ -1488,12 +1545,13 @@ uint32_t tribe_node_abort(const struct tribe_node *node,
 
 /**
  * Frees a node: aborts it if it was not stopped, ends its threads and
- * closes its event fd. After `tribe_node_shutdown` it first lets the call
- * streams send the replies given meanwhile (answer every responder before
- * the free), up to 2 s, and waits for no call whose caller gave up on it
- * (its timeout passed, it was cancelled, its stream ended); the threads
- * get up to 2 s more. No other thread
- * may use the node during or after this call. NULL is ignored; in a
+ * closes its sockets and event fd (the two process-wide descriptors
+ * named at `tribe_node_start` stay open). After `tribe_node_shutdown` it
+ * first lets the call streams send the replies given meanwhile (answer
+ * every responder before the free), up to 2 s, and waits for no call
+ * whose caller gave up on it (its timeout passed, it was cancelled, its
+ * stream ended); the threads get up to 2 s more. No other thread may use
+ * the node during or after this call. NULL is ignored; in a
  * process forked from the one that started the node, nothing is released
  * (see fork() above).
  */

@@ -60,12 +60,24 @@ fn is_name_byte(b: u8) -> bool {
 
 /// Keeps error messages bounded when a caller passes something huge.
 fn truncate_for_message(name: &str) -> String {
-    name.chars().take(80).collect()
+    // Marked, so that a cut name does not pass for an 80-character one.
+    match name.char_indices().nth(80) {
+        Some((end, _)) => format!("{}...", &name[..end]),
+        None => name.to_owned(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_long_name_is_cut_visibly_in_the_message() {
+        let long = "a".repeat(70_000);
+        let e = check("node name", &long).unwrap_err().to_string();
+        assert!(e.contains(&format!("\"{}...\"", "a".repeat(80))), "{e}");
+        assert!(e.len() < 200, "{e}");
+    }
 
     #[test]
     fn accepts_ordinary_names() {

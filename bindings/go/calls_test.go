@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -194,14 +193,7 @@ func TestCallsThroughATribe(t *testing.T) {
 	})
 
 	t.Run("deadline", func(t *testing.T) {
-		timeouts := func() string {
-			c, err := caller.Counters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c["calls"]["timeout"].String()
-		}
-		before := timeouts()
+		before := callCount(t, caller, "timeout")
 		ctx, cancel := context.WithTimeout(bg, 300*time.Millisecond)
 		defer cancel()
 		start := time.Now()
@@ -223,9 +215,8 @@ func TestCallsThroughATribe(t *testing.T) {
 				t.Fatalf("got %v", err)
 			}
 		}
-		b, _ := strconv.Atoi(before)
-		if after, _ := strconv.Atoi(timeouts()); after != b+10 {
-			t.Fatalf("calls.timeout went from %d to %d after 10 timeouts", b, after)
+		if after := callCount(t, caller, "timeout"); after != before+10 {
+			t.Fatalf("calls.timeout went from %d to %d after 10 timeouts", before, after)
 		}
 		// The handler's context ended with the caller's budget.
 		select {
@@ -239,14 +230,7 @@ func TestCallsThroughATribe(t *testing.T) {
 	})
 
 	t.Run("cancellation", func(t *testing.T) {
-		abandoned := func() string {
-			c, err := caller.Counters()
-			if err != nil {
-				t.Fatal(err)
-			}
-			return c["calls"]["abandoned"].String()
-		}
-		before := abandoned()
+		before := callCount(t, caller, "abandoned")
 		ctx, cancel := context.WithCancel(bg)
 		go func() { time.Sleep(100 * time.Millisecond); cancel() }()
 		start := time.Now()
@@ -259,8 +243,8 @@ func TestCallsThroughATribe(t *testing.T) {
 			t.Fatalf("a cancelled call took %v to return", took)
 		}
 		// Counted on the calling side too.
-		if b, _ := strconv.Atoi(before); abandoned() != strconv.Itoa(b+1) {
-			t.Fatalf("calls.abandoned went from %s to %s", before, abandoned())
+		if after := callCount(t, caller, "abandoned"); after != before+1 {
+			t.Fatalf("calls.abandoned went from %d to %d", before, after)
 		}
 		// An already expired context never starts a call.
 		_, err = caller.Call(ctx, target("echo"), nil)

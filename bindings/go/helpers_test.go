@@ -161,3 +161,17 @@ func (r *recorder) String() string {
 	}
 	return b.String()
 }
+
+// callCount is one of n's call counters (`calls.<name>` of Counters).
+func callCount(t testing.TB, n *Node, name string) int64 {
+	t.Helper()
+	c, err := n.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := c["calls"][name].Int64()
+	if err != nil {
+		t.Fatalf("calls.%s: %v", name, err)
+	}
+	return v
+}

@@ -30,7 +30,7 @@ pub extern "C" fn tribe_node_load_plugin_artifact(
     sha256_out: *mut *mut c_char,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [sha256_out], {
         let e = entry_args(tribe, name, version, kind)?;
         let bytes = cast::bytes(bytes, bytes_len, "bytes")?.to_vec();
         let artifact = node_handle(node)?.live()?.hold_artifact(bytes)?;
@@ -65,7 +65,7 @@ pub extern "C" fn tribe_node_artifact(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         let text = cast::text(sha256, "sha256")?;
         let out = cast::out(out, "out")?;
         let out_len = cast::out(out_len, "out_len")?;

@@ -40,7 +40,7 @@ pub extern "C" fn tribe_keygen(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         let out = cast::out(out, "out")?;
         cast::give_string(out, out_len, crate::SecretKey::generate().to_base64());
         Ok(())

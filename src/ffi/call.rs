@@ -324,6 +324,8 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// A call to another node goes on a TCP stream this call borrows whole, and
 /// the calling thread reads the reply from the socket itself (a thread
 /// blocked here holds one stream to the host it calls; they are reused).
+/// A signal handled on the calling thread does not end the wait (there is
+/// no `EINTR`): it goes on until the reply, the timeout or a shutdown.
 #[no_mangle]
 pub extern "C" fn tribe_node_call(
     node: *const TribeNode,
@@ -338,11 +340,9 @@ pub extern "C" fn tribe_node_call(
     reply_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [reply, reply_len], {
         let reply = cast::out(reply, "reply")?;
         let reply_len = cast::out(reply_len, "reply_len")?;
-        cast::write(reply, std::ptr::null_mut());
-        cast::write(reply_len, 0);
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
@@ -365,11 +365,14 @@ pub extern "C" fn tribe_node_call(
 /// id reports the outcome (`tribe_event_take_reply`): the reply, the call's
 /// error, `TRIBE_CANCELLED` after `tribe_node_call_cancel`,
 /// `TRIBE_SHUTTING_DOWN` when the node stops first, or `TRIBE_PANIC` if the
-/// library panicked while running the call. Errors in the arguments
-/// are returned at once and give no event. `*call_id` is written before the
-/// call starts, but another thread may take the completion before this
-/// function returns: a host that maps ids to waiting callers holds that
-/// map's lock across this call (its event thread then waits for the entry).
+/// library panicked while running the call. Errors in the arguments are
+/// returned at once and give no event (`*call_id` is then 0, which no call
+/// has), and so is a payload over the node's `max_payload`:
+/// `TRIBE_TOO_LARGE`, as `tribe_node_call` gives. `*call_id` is written
+/// before the call starts, but another thread may take the completion
+/// before this function returns: a host that maps ids to waiting callers
+/// holds that map's lock across this call (its event thread then waits for
+/// the entry).
 /// A call with no other asynchronous call of the node in flight runs its
 /// first step on the calling thread: when a stream to the chosen host is
 /// open, the request is written before this returns (a write that does
@@ -390,13 +393,23 @@ pub extern "C" fn tribe_node_call_async(
     call_id: *mut u64,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [call_id], {
         let call_id = cast::out(call_id, "call_id")?;
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let timeout = timeout(timeout_ms)?;
         let n = handle.live()?.clone();
+        // Refused here, as the blocking call refuses it, rather than in a
+        // completion; counted as the blocking call counts it.
+        if payload.len() > handle.max_payload {
+            let too_large = Error::TooLarge {
+                size: payload.len(),
+                limit: handle.max_payload,
+            };
+            n.count_call(&Err(too_large.clone()));
+            return Err(too_large.into());
+        }
         let id = next_call_id(handle);
         let calls = handle.calls.clone();
         let mailbox = handle.mailbox.clone();
@@ -522,6 +535,7 @@ pub extern "C" fn tribe_responder_payload(r: *const TribeResponder, len: *mut us
 /// What `tribe_responder_info` tells about an incoming call. Every pointer
 /// is borrowed from the responder until `tribe_responder_free`.
 #[repr(C)]
+#[derive(Clone, Copy)]
 pub struct TribeCallInfo {
     /// The calling node's name.
     pub caller: *const c_char,
@@ -540,6 +554,18 @@ pub struct TribeCallInfo {
     pub budget_us: u64,
 }
 
+impl cast::Blank for TribeCallInfo {
+    const BLANK: Self = TribeCallInfo {
+        caller: std::ptr::null(),
+        tribe: std::ptr::null(),
+        plugin: std::ptr::null(),
+        version: std::ptr::null(),
+        payload: std::ptr::null(),
+        payload_len: 0,
+        budget_us: 0,
+    };
+}
+
 /// Everything `tribe_responder_caller`, `_tribe`, `_plugin`, `_version`,
 /// `_payload` and `_budget_us` give, in one call (for bindings, where each
 /// call into C has a cost). Writes `*info`; `TRIBE_NULL_ARGUMENT` for NULL.
@@ -550,7 +576,7 @@ pub extern "C" fn tribe_responder_info(
     info: *mut TribeCallInfo,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [info], {
         let r = cast::handle(r, "responder")?;
         let info = cast::out(info, "info")?;
         cast::write(
@@ -662,10 +688,13 @@ pub extern "C" fn tribe_responder_reply(
 }
 
 /// Answers a call with an error: the caller gets `TRIBE_REMOTE` with this
-/// `code` (short, stable; NULL gives `"error"`) and `message` (NULL gives
-/// ""). The code `"timeout"` is reserved: it reaches the caller as
-/// `TRIBE_TIMEOUT`, without the message, as a host's answer to a handler
-/// that overran the caller's budget. Otherwise like `tribe_responder_reply`.
+/// `code` (short, stable; NULL or "" gives `"error"`) and `message` (NULL
+/// gives ""). Longer ones are cut without an error: the code to 256 bytes,
+/// the message to 65,536 (64 KiB), each on a character boundary and ending
+/// in "…" (counted in the limit). The code `"timeout"` is reserved: it
+/// reaches the caller as `TRIBE_TIMEOUT`, without the message, as a host's
+/// answer to a handler that overran the caller's budget. Otherwise like
+/// `tribe_responder_reply`.
 #[no_mangle]
 pub extern "C" fn tribe_responder_fail(
     r: *const TribeResponder,
@@ -728,6 +757,16 @@ mod tests {
             Duration::from_millis(TRIBE_MAX_CALL_BUDGET_MS.into()),
             crate::rpc::server::MAX_CALL_BUDGET
         );
+    }
+
+    #[test]
+    fn the_limits_the_header_names_are_the_librarys() {
+        // tribe_responder_fail, tribe_config_set_fact, tribe_node_set_fact.
+        assert_eq!(crate::rpc::responder::MAX_ERROR_CODE, 256);
+        assert_eq!(crate::rpc::responder::MAX_ERROR_MESSAGE, 65_536);
+        assert_eq!(crate::facts::MAX_FACT_KEY_LEN, 64);
+        assert_eq!(crate::facts::MAX_FACT_VALUE_LEN, 1024);
+        assert_eq!(crate::records::limits::MAX_FACTS, 256);
     }
 
     /// The result of the one completion `calls` queued for `id`.

@@ -138,6 +138,37 @@ pub(super) fn store<T: Copy>(ptr: *mut T, value: T) {
     }
 }
 
+/// What an out-parameter holds when a call fails: NULL or 0.
+pub(super) trait Blank: Copy {
+    const BLANK: Self;
+}
+
+impl<T> Blank for *mut T {
+    const BLANK: Self = std::ptr::null_mut();
+}
+
+impl<T> Blank for *const T {
+    const BLANK: Self = std::ptr::null();
+}
+
+impl Blank for usize {
+    const BLANK: Self = 0;
+}
+
+impl Blank for u64 {
+    const BLANK: Self = 0;
+}
+
+impl Blank for u32 {
+    const BLANK: Self = 0;
+}
+
+/// Sets an out-parameter to NULL / 0 ([`Blank`]); a NULL one is left alone
+/// (the body refuses it when it is required).
+pub(super) fn clear<T: Blank>(ptr: *mut T) {
+    store(ptr, T::BLANK);
+}
+
 /// A C string of `s`; interior NULs (which would cut the text short in C)
 /// become U+FFFD.
 pub(super) fn c_text(s: &str) -> CString {

@@ -68,9 +68,12 @@ pub extern "C" fn tribe_node_remove_policy(
     })
 }
 /// Sets a user fact of this node (it overrides a collected fact of that
-/// name); policies are evaluated again and the fact spreads to peers. A
-/// node has at most 256 facts, the collected ones included: a new one
-/// beyond that is `TRIBE_INVALID_ARGUMENT`.
+/// name); policies are evaluated again and the fact spreads to peers. The
+/// key and value follow the rules of `tribe_config_set_fact` (key 1 to 64
+/// bytes of `[A-Za-z_][A-Za-z0-9_]*`, not `true`, `false`, `null` or `in`;
+/// value at most 1,024 bytes, no control characters), else
+/// `TRIBE_INVALID_ARGUMENT`. A node has at most 256 facts, the collected
+/// ones included: a new one beyond that is `TRIBE_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn tribe_node_set_fact(
     node: *const TribeNode,
@@ -97,9 +100,12 @@ pub extern "C" fn tribe_node_remove_fact(
     })
 }
 /// Adds a policy: the nodes whose facts satisfy `when` (CEL over
-/// `facts`, e.g. `facts.rack == "r1"`) join `tribe`, which is created
-/// when missing. A bad expression is `TRIBE_INVALID_POLICY` with the
-/// position in `tribe_error_line`/`tribe_error_column`; it never spreads.
+/// `facts`, e.g. `has(facts.rack) && facts.rack == "r1"`) join `tribe`,
+/// which is created when missing. Reading a fact a node lacks is an
+/// evaluation error there (the node stays out and gets a
+/// `TRIBE_EVENT_POLICY_ERROR`): guard optional facts with `has()`. A bad
+/// expression is `TRIBE_INVALID_POLICY` with the position in
+/// `tribe_error_line`/`tribe_error_column`; it never spreads.
 #[no_mangle]
 pub extern "C" fn tribe_node_add_policy(
     node: *const TribeNode,

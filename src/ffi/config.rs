@@ -112,21 +112,34 @@ fn with_config(
     f(cast::handle_mut(cfg, "config")?.pending()?)
 }
 
-/// Resolves `host:port` (a literal address or a host name; may block on DNS).
+/// Resolves `host:port` (a literal address or a host name; may block on
+/// DNS), for the bind and advertise addresses. The message says what is
+/// wrong, as a seed's does (port 0 is allowed here: any free port).
 fn address(text: &str, what: &str) -> Result<SocketAddr, FfiError> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
+    let bad = |why: &str| FfiError::invalid(format!("{what} {text:?} is not host:port: {why}"));
+    let Some((_, port)) = text.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    if port.parse::<u16>().is_err() {
+        return Err(bad("the port is not 0 to 65535"));
+    }
     text.to_socket_addrs()
         .ok()
         .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| FfiError::invalid(format!("{what} {text:?} is not host:port")))
+        .ok_or_else(|| bad("the host is not an address or a name that resolves"))
 }
 
 /// Makes a config for a node called `name`, with the defaults of the Rust
-/// API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key
-/// (plaintext: for tests only), 2 runtime threads. `*out` receives an owned
-/// config: free it with `tribe_config_free`, also after a start used it.
+/// API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key,
+/// 2 runtime threads. Encryption: with a key (`tribe_config_add_key`, or a
+/// keyring the data dir kept), `require` by default; without one,
+/// plaintext (for tests only); a mode set without a key (or a data dir
+/// that keeps a keyring) is refused at start (`TRIBE_CONFIG`). `*out`
+/// receives an owned config: free it with `tribe_config_free`, also after
+/// a start used it.
 /// A name that breaks the naming rules is `TRIBE_INVALID_NAME` at once (see
 /// `tribe_name_check`), and no config is made. Does not block.
 #[no_mangle]
@@ -135,7 +148,7 @@ pub extern "C" fn tribe_config_new(
     out: *mut *mut TribeConfig,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         let out = cast::out(out, "out")?;
         let name = cast::text(name, "name")?;
         crate::names::check("node name", name)?;
@@ -179,6 +192,8 @@ pub extern "C" fn tribe_config_free(cfg: *mut TribeConfig) {
 
 /// Sets the address to bind (UDP gossip and TCP on one port), e.g.
 /// `"0.0.0.0:7946"`; port 0 picks a free port. May block on DNS for a name.
+/// `TRIBE_INVALID_ARGUMENT` when `addr` is not `host:port` (the message
+/// says why: no port, a port out of range, a host that does not resolve).
 #[no_mangle]
 pub extern "C" fn tribe_config_set_bind(
     cfg: *mut TribeConfig,
@@ -232,7 +247,12 @@ pub extern "C" fn tribe_config_add_seed(
     })
 }
 
-/// Sets a user fact (it overrides a collected fact of that name).
+/// Sets a user fact (it overrides a collected fact of that name). The key
+/// is 1 to 64 bytes of `[A-Za-z_][A-Za-z0-9_]*` other than `true`,
+/// `false`, `null` and `in` (so `facts.key` works in a policy); the value
+/// at most 1,024 bytes of UTF-8 without control characters. Otherwise
+/// `TRIBE_INVALID_ARGUMENT` at once. A node has at most 256 facts, the
+/// collected ones included (checked at start: `TRIBE_CONFIG`).
 #[no_mangle]
 pub extern "C" fn tribe_config_set_fact(
     cfg: *mut TribeConfig,
@@ -304,7 +324,8 @@ pub extern "C" fn tribe_config_set_label(
 
 /// Adds a cluster key (base64 of 32 bytes, as `tribe_keygen` makes); the
 /// first one added seals, all open. Without a key traffic is plaintext,
-/// which is for tests only. The key is never logged or shown.
+/// which is for tests only (see `tribe_config_new`). The key is never
+/// logged or shown.
 #[no_mangle]
 pub extern "C" fn tribe_config_add_key(
     cfg: *mut TribeConfig,
@@ -355,8 +376,12 @@ pub extern "C" fn tribe_config_add_key_file(
     })
 }
 
-/// Sets the encryption mode: `"require"` (default), `"send"` or `"accept"`
-/// (the live migration steps; see docs/operating.md).
+/// Sets the encryption mode: `"require"`, `"send"` or `"accept"` (the live
+/// migration steps; see docs/operating.md). With a key (or a keyring the
+/// data dir kept), `require` by default; without one, plaintext; a mode set
+/// without a key (or a data dir that keeps a keyring) is refused at start
+/// (`TRIBE_CONFIG`; `tribe_config_check` tells it before). An unknown mode
+/// is `TRIBE_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_encryption(
     cfg: *mut TribeConfig,

@@ -9,7 +9,12 @@ use std::ffi::{c_char, CStr, CString};
 use super::cast::c_text;
 use crate::Error;
 
-/// Success.
+/// Success. Any other code is a failure, and then every out-parameter the
+/// caller passed (a pointer or a length other than `err`) holds NULL or 0,
+/// whatever the cause: a NULL or invalid argument, a used-up object, an
+/// error of the operation, a caught panic. Nothing but the error needs
+/// freeing then. (The slots of an event array are not written: its
+/// length is 0.)
 pub const TRIBE_OK: u32 = 0;
 /// A panic was caught inside libtribe; the object it happened on may be unusable.
 pub const TRIBE_PANIC: u32 = 1;

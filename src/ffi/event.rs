@@ -272,7 +272,9 @@ fn borrowed(value: Option<&CStr>, out: *mut *const c_char, what: &str) -> Result
 /// Blocks the calling thread up to `timeout_ms`; while it waits, the thread
 /// reads the node's incoming calls and the answers to its asynchronous
 /// calls from their sockets itself (libtribe's own thread does it while no
-/// host thread waits).
+/// host thread waits). A signal handled on the waiting thread does not end
+/// the wait (there is no `EINTR`): with a negative timeout it goes on until
+/// an event or a shutdown.
 #[no_mangle]
 pub extern "C" fn tribe_node_next_event(
     node: *const TribeNode,
@@ -280,9 +282,8 @@ pub extern "C" fn tribe_node_next_event(
     out: *mut *mut TribeEvent,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         let out = cast::out(out, "out")?;
-        cast::write(out, std::ptr::null_mut());
         let node = super::node::node_handle(node)?;
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         match node.take_events(timeout, 1) {
@@ -318,7 +319,7 @@ pub extern "C" fn tribe_node_next_events(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out_len], {
         let timeout = u64::try_from(timeout_ms).ok().map(Duration::from_millis);
         take_into(node, out, cap, out_len, |node| {
             node.take_events(timeout, cap)
@@ -348,7 +349,7 @@ pub extern "C" fn tribe_node_poll_events(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out_len], {
         take_into(node, out, cap, out_len, |node| node.poll_events(cap))
     })
 }
@@ -363,7 +364,6 @@ fn take_into(
     take: impl FnOnce(&TribeNode) -> Taken<Vec<Body>>,
 ) -> Result<(), FfiError> {
     let out_len = cast::out(out_len, "out_len")?;
-    cast::write(out_len, 0);
     if cap == 0 {
         return Err(FfiError::invalid("cap must be at least 1"));
     }
@@ -401,7 +401,7 @@ pub extern "C" fn tribe_event_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         let out = cast::out(out, "out")?;
         let event = cast::handle(event, "event")?;
         cast::give_string(out, out_len, event.json().to_string());
@@ -418,7 +418,7 @@ pub extern "C" fn tribe_event_subject(
     out: *mut *const c_char,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         borrowed(cast::handle(event, "event")?.subject(), out, "subject")
     })
 }
@@ -431,7 +431,7 @@ pub extern "C" fn tribe_event_tribe(
     out: *mut *const c_char,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         borrowed(cast::handle(event, "event")?.tribe(), out, "tribe")
     })
 }
@@ -448,7 +448,7 @@ pub extern "C" fn tribe_event_take_responder(
     out: *mut *mut TribeResponder,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         let out = cast::out(out, "out")?;
         let event = cast::handle_mut(event, "event")?;
         match &mut event.body {
@@ -477,7 +477,7 @@ pub extern "C" fn tribe_event_log_level(
     out: *mut u32,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         let out = cast::out(out, "out")?;
         match &cast::handle(event, "event")?.body {
             Body::Log { level, .. } => {
@@ -500,7 +500,7 @@ pub extern "C" fn tribe_event_call_id(
     out: *mut u64,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         let out = cast::out(out, "out")?;
         match &cast::handle(event, "event")?.body {
             Body::CallDone { id, .. } => {
@@ -527,11 +527,9 @@ pub extern "C" fn tribe_event_take_reply(
     reply_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [reply, reply_len], {
         let reply = cast::out(reply, "reply")?;
         let reply_len = cast::out(reply_len, "reply_len")?;
-        cast::write(reply, std::ptr::null_mut());
-        cast::write(reply_len, 0);
         match &mut cast::handle_mut(event, "event")?.body {
             Body::CallDone { result, .. } => {
                 let bytes = result

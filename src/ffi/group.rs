@@ -45,7 +45,7 @@ pub(super) struct GroupCore {
 /// while no host thread waits). Does not block.
 #[no_mangle]
 pub extern "C" fn tribe_group_new(out: *mut *mut TribeGroup, err: *mut *mut FfiError) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         let out = cast::out(out, "out")?;
         let io =
             super::node::with_signals_blocked(|| HostIo::new(super::node::block_async_signals))

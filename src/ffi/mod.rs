@@ -10,12 +10,28 @@
 
 /// Runs an exported body behind the panic boundary. `$err` is the optional
 /// `tribe_error **` out-parameter; the body returns `Result<(), FfiError>`.
+///
+/// The other out-parameters, listed in brackets, hold NULL / 0 unless the
+/// call succeeds (the header's rule): each non-NULL one is cleared before
+/// the body runs, so no early return can leave the caller's old value, and
+/// again after a failure or a panic, in case the body wrote it first.
 macro_rules! ffi_call {
     ($err:expr, $body:block) => {{
         let err_out: *mut *mut $crate::ffi::error::FfiError = $err;
         let result = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
             || -> ::std::result::Result<(), $crate::ffi::error::FfiError> { $body },
         ));
+        $crate::ffi::error::finish(result, err_out)
+    }};
+    ($err:expr, [$($out:expr),+ $(,)?], $body:block) => {{
+        $( $crate::ffi::cast::clear($out); )+
+        let err_out: *mut *mut $crate::ffi::error::FfiError = $err;
+        let result = ::std::panic::catch_unwind(::std::panic::AssertUnwindSafe(
+            || -> ::std::result::Result<(), $crate::ffi::error::FfiError> { $body },
+        ));
+        if !matches!(result, Ok(Ok(()))) {
+            $( $crate::ffi::cast::clear($out); )+
+        }
         $crate::ffi::error::finish(result, err_out)
     }};
 }

@@ -39,6 +39,8 @@ pub struct TribeNode {
     log_sink: Option<super::log::Sink>,
     /// Asynchronous calls not finished yet.
     pub(super) calls: Arc<super::call::AsyncCalls>,
+    /// The largest payload a call may carry (`max_payload`).
+    pub(super) max_payload: usize,
     pub(super) next_call: AtomicU64,
     /// The targets the host last called.
     pub(super) targets: super::targets::Targets,
@@ -210,14 +212,20 @@ pub(super) fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, F
 /// of it returns `TRIBE_CONSUMED`, and it must still be freed with
 /// `tribe_config_free`. `*out` receives an owned node: stop it with
 /// `tribe_node_shutdown` (or `tribe_node_abort`), then free it with
-/// `tribe_node_free`.
+/// `tribe_node_free`. The first node (or poll group) of the process also
+/// opens two file descriptors that stay open until the process exits, also
+/// after the last node is freed: a unix socket pair, close-on-exec, that
+/// tokio's runtimes keep process-wide for signal wake-ups. Later nodes
+/// share them, so they never grow; libtribe installs no signal handler,
+/// so nothing is ever sent on them. Do not close them: each later node's
+/// runtime duplicates one.
 #[no_mangle]
 pub extern "C" fn tribe_node_start(
     cfg: *mut TribeConfig,
     out: *mut *mut TribeNode,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out], {
         // The config is consumed on every path, a NULL `out` included.
         let taken = cast::handle_mut(cfg, "config")?.take();
         let out = cast::out(out, "out")?;
@@ -228,6 +236,7 @@ pub extern "C" fn tribe_node_start(
             group,
         } = taken?;
         let max_inflight = config.rpc.max_inflight;
+        let max_payload = config.rpc.max_payload;
         let notify = group.as_ref().map(|g| g.ready.clone());
         let mailbox = Arc::new(Mailbox::in_group(notify).map_err(Error::from)?);
         let log_sink = (log_level > 0).then(|| {
@@ -289,6 +298,7 @@ pub extern "C" fn tribe_node_start(
             stopped: Mutex::new(false),
             log_sink,
             calls: Arc::new(super::call::AsyncCalls::new(max_inflight)),
+            max_payload,
             targets: Default::default(),
             next_call: AtomicU64::new(1),
             owner: Owner::here(),
@@ -343,6 +353,11 @@ fn build_runtime(
 /// another host); those it already runs are still answered, and its call
 /// streams close once they are, or at `tribe_node_free` (whose callers
 /// then get `TRIBE_DISCONNECTED`, and whose responders turn abandoned).
+/// Not async-signal-safe (it takes locks, allocates and waits for the
+/// node's threads), nor is any other libtribe function: on SIGTERM, have
+/// the handler write to a self-pipe (or take the signal from a `signalfd`
+/// instead of a handler), and call this from the ordinary thread that
+/// reads it.
 #[no_mangle]
 pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, {
@@ -362,12 +377,13 @@ pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiErr
 }
 
 /// Frees a node: aborts it if it was not stopped, ends its threads and
-/// closes its event fd. After `tribe_node_shutdown` it first lets the call
-/// streams send the replies given meanwhile (answer every responder before
-/// the free), up to 2 s, and waits for no call whose caller gave up on it
-/// (its timeout passed, it was cancelled, its stream ended); the threads
-/// get up to 2 s more. No other thread
-/// may use the node during or after this call. NULL is ignored; in a
+/// closes its sockets and event fd (the two process-wide descriptors
+/// named at `tribe_node_start` stay open). After `tribe_node_shutdown` it
+/// first lets the call streams send the replies given meanwhile (answer
+/// every responder before the free), up to 2 s, and waits for no call
+/// whose caller gave up on it (its timeout passed, it was cancelled, its
+/// stream ended); the threads get up to 2 s more. No other thread may use
+/// the node during or after this call. NULL is ignored; in a
 /// process forked from the one that started the node, nothing is released
 /// (see fork() above).
 #[no_mangle]

@@ -37,7 +37,7 @@ pub extern "C" fn tribe_node_members_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         snapshot(node, out, out_len, |n| {
             to_json(
                 n.members()
@@ -57,7 +57,7 @@ pub extern "C" fn tribe_node_tribes_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         snapshot(node, out, out_len, |n| {
             to_json(n.tribes().iter().map(json::Tribe::from).collect::<Vec<_>>())
         })
@@ -72,7 +72,7 @@ pub extern "C" fn tribe_node_policies_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         snapshot(node, out, out_len, |n| {
             to_json(
                 n.policies()
@@ -92,7 +92,7 @@ pub extern "C" fn tribe_node_keys_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         snapshot(node, out, out_len, |n| {
             to_json(json::Keys::from(&n.keyring_status()))
         })
@@ -108,7 +108,7 @@ pub extern "C" fn tribe_node_status_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         snapshot(node, out, out_len, |n| to_json(json::Status::of(n)))
     })
 }
@@ -124,7 +124,7 @@ pub extern "C" fn tribe_node_counters_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         let out = cast::out(out, "out")?;
         let n = &node_handle(node)?.node;
         let value = to_json(serde_json::json!({ "engine": n.counters(), "calls": n.rpc_stats() }))?;
@@ -142,7 +142,7 @@ pub extern "C" fn tribe_node_tribe_json(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         let tribe = cast::text(tribe, "tribe")?;
         snapshot(node, out, out_len, |n| {
             let info = n
@@ -162,7 +162,7 @@ pub extern "C" fn tribe_node_state_digest(
     out_len: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    ffi_call!(err, {
+    ffi_call!(err, [out, out_len], {
         let out = cast::out(out, "out")?;
         let digest = node_handle(node)?.live()?.state_digest();
         cast::give_string(out, out_len, digest);

@@ -1,7 +1,8 @@
 /* Misuse returns an error and never crashes: NULL for every pointer
  * argument, invalid UTF-8, a bad CEL expression (line and column), a
  * consumed config, a responder answered twice, wrong accessors on events,
- * calls after shutdown, double shutdown, a node used from a forked child. */
+ * calls after shutdown, double shutdown, a node used from a forked child.
+ * A failure leaves every out-parameter NULL / 0. */
 #include "util.h"
 
 #include <poll.h>
@@ -10,6 +11,19 @@
 #include <unistd.h>
 
 static const char BAD_UTF8[] = {(char)0xff, (char)0xfe, 'x', 0};
+
+/* What an out-parameter holds before a call that must clear it. */
+static char junk;
+#define JUNK ((void *)&junk)
+
+/* The message of a failed call, copied; the error is freed and `*err`
+ * set to NULL. (`err` is read here, after the call that fills it.) */
+static void message_of(uint32_t want, uint32_t rc, tribe_error **err, char *buf, size_t cap) {
+    if (rc != want || *err == NULL) die(__FILE__, __LINE__, "-> %u, want %u", (unsigned)rc, (unsigned)want);
+    snprintf(buf, cap, "%s", tribe_error_message(*err));
+    tribe_error_free(*err);
+    *err = NULL;
+}
 
 static void config_misuse(void) {
     tribe_config *cfg = NULL;
@@ -32,6 +46,22 @@ static void config_misuse(void) {
     EXPECT(TRIBE_OK, tribe_config_new("misuse", &cfg, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(cfg, NULL, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "not an address", &err));
+    {
+        /* A port out of range is told as such, for bind and advertise as
+         * for a seed. */
+        char msg[512];
+        tribe_error *e = NULL;
+        message_of(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "127.0.0.1:99999", &e), &e, msg, sizeof msg);
+        CHECK(strstr(msg, "port is not 0 to 65535") != NULL);
+        message_of(TRIBE_INVALID_ARGUMENT, tribe_config_set_advertise(cfg, "10.0.0.1:65536", &e), &e, msg, sizeof msg);
+        CHECK(strstr(msg, "port is not 0 to 65535") != NULL);
+        message_of(TRIBE_INVALID_ARGUMENT, tribe_config_add_seed(cfg, "127.0.0.1:99999", &e), &e, msg, sizeof msg);
+        CHECK(strstr(msg, "port is not 1 to 65535") != NULL);
+        message_of(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "127.0.0.1", &e), &e, msg, sizeof msg);
+        CHECK(strstr(msg, "no port") != NULL);
+        EXPECT(TRIBE_OK, tribe_config_set_bind(cfg, "127.0.0.1:65535", &err));
+        EXPECT(TRIBE_OK, tribe_config_set_bind(cfg, "127.0.0.1:0", &err));
+    }
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_seed(cfg, NULL, &err));
     {
         /* A seed name is not looked up here: one that does not resolve (yet)
@@ -149,6 +179,29 @@ static void config_misuse(void) {
     tribe_config_free(NULL);
     /* err may be NULL: the code alone is returned. */
     CHECK(tribe_config_new(NULL, &cfg, NULL) == TRIBE_NULL_ARGUMENT);
+}
+
+/* A failed config_new or node_start leaves NULL in `*out`, whatever was
+ * there before. */
+static void config_outs_on_failure(void) {
+    tribe_config *cfg = JUNK;
+    EXPECT(TRIBE_INVALID_NAME, tribe_config_new("-bad", &cfg, &err));
+    CHECK(cfg == NULL);
+    cfg = JUNK;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_new(NULL, &cfg, &err));
+    CHECK(cfg == NULL);
+    tribe_node *node = JUNK;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_start(NULL, &node, &err));
+    CHECK(node == NULL);
+    EXPECT(TRIBE_OK, tribe_config_new("modal", &cfg, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_encryption(cfg, "require", &err));
+    node = JUNK;
+    EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &node, &err));
+    CHECK(node == NULL);
+    node = JUNK;
+    EXPECT(TRIBE_CONSUMED, tribe_node_start(cfg, &node, &err));
+    CHECK(node == NULL);
+    tribe_config_free(cfg);
 }
 
 static void node_null_arguments(tribe_node *n) {
@@ -432,6 +485,144 @@ static void responder_and_events(tribe_node *n) {
     tribe_event_free(ev);
 }
 
+/* Every failure leaves each out-parameter NULL / 0: a consumed responder,
+ * wrong accessors, snapshots, calls (blocking and asynchronous), artifacts,
+ * a responder's details. `n` is in tribe "solo" and serves "echo". */
+static void outs_on_failure(tribe_node *n) {
+    char *s = JUNK;
+    size_t len = 99;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_members_json(NULL, &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+    s = JUNK;
+    len = 99;
+    EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_tribe_json(n, "nope", &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+    s = JUNK;
+    len = 99;
+    EXPECT(TRIBE_INVALID_UTF8, tribe_node_tribe_json(n, BAD_UTF8, &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+
+    uint8_t *b = JUNK;
+    len = 99;
+    EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_call(n, "nope", "echo", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &b, &len, &err));
+    CHECK(b == NULL && len == 0);
+    b = JUNK;
+    len = 99;
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_call(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
+    CHECK(b == NULL && len == 0);
+    uint64_t id = 77;
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_call_async(n, "has space", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
+    CHECK(id == 0);
+    b = JUNK;
+    len = 99;
+    const char *zeros = "0000000000000000000000000000000000000000000000000000000000000000";
+    EXPECT(TRIBE_UNKNOWN_ARTIFACT, tribe_node_artifact(n, zeros, &b, &len, &err));
+    CHECK(b == NULL && len == 0);
+    s = JUNK;
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_load_plugin_artifact(n, "solo", "a", "1", 99, (const uint8_t *)"x", 1, &s, &err));
+    CHECK(s == NULL);
+    tribe_call_info info;
+    memset(&info, 0xff, sizeof info);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_responder_info(NULL, &info, &err));
+    CHECK(info.caller == NULL && info.tribe == NULL && info.plugin == NULL && info.version == NULL);
+    CHECK(info.payload == NULL && info.payload_len == 0 && info.budget_us == 0);
+
+    /* A call event: its responder taken twice; accessors of other kinds. */
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "solo", "echo", "1", TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"x", 1, 5000, &id, &err));
+    CHECK(id != 0);
+    tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
+    tribe_responder *r = NULL;
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_responder *again = JUNK;
+    EXPECT(TRIBE_CONSUMED, tribe_event_take_responder(call, &again, &err));
+    CHECK(again == NULL);
+    uint64_t got = 77;
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_call_id(call, &got, &err));
+    CHECK(got == 0);
+    uint32_t level = 77;
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_log_level(call, &level, &err));
+    CHECK(level == 0);
+    b = JUNK;
+    len = 99;
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_take_reply(call, &b, &len, &err));
+    CHECK(b == NULL && len == 0);
+    tribe_event_free(call);
+    EXPECT(TRIBE_OK, tribe_responder_reply(r, NULL, 0, &err));
+    tribe_responder_free(r);
+    tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    const char *text = "junk";
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_subject(done, &text, &err));
+    CHECK(text == NULL);
+    text = "junk";
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_tribe(done, &text, &err));
+    CHECK(text == NULL);
+    again = JUNK;
+    EXPECT(TRIBE_WRONG_EVENT, tribe_event_take_responder(done, &again, &err));
+    CHECK(again == NULL);
+    tribe_event_free(done);
+    s = JUNK;
+    len = 99;
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_event_json(NULL, &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+}
+
+/* An asynchronous call whose payload is over max_payload is refused at
+ * once, with the blocking call's code and message, and gives no event. */
+static void async_payload_limit(void) {
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    EXPECT(TRIBE_OK, tribe_config_new("small-node", &cfg, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_profile(cfg, "local", &err));
+    EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(cfg, 1024, 0, 0, 0, &err));
+    EXPECT(TRIBE_OK, tribe_node_start(cfg, &n, &err));
+    tribe_config_free(cfg);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "small", &err));
+    EXPECT(TRIBE_OK, tribe_node_join(n, "small", NULL, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(n, "echo", "1", TRIBE_KIND_PROCESSOR, &err));
+    static uint8_t big[1025];
+    char blocking[256], async[256];
+    uint8_t *b = NULL;
+    size_t len = 0;
+    tribe_error *e = NULL;
+    message_of(TRIBE_TOO_LARGE, tribe_node_call(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, big,
+                                                sizeof big, 1000, &b, &len, &e), &e, blocking, sizeof blocking);
+    uint64_t id = 77;
+    message_of(TRIBE_TOO_LARGE, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, big,
+                                                      sizeof big, 1000, &id, &e), &e, async, sizeof async);
+    CHECK(id == 0);
+    CHECK(strcmp(blocking, async) == 0);
+    /* No completion follows (nor an incoming call). */
+    double end = now_s() + 0.5;
+    while (now_s() < end) {
+        tribe_event *ev = NULL;
+        OK(tribe_node_next_event(n, 100, &ev, NULL));
+        uint32_t kind = tribe_event_kind(ev);
+        CHECK(kind != TRIBE_EVENT_CALL_DONE && kind != TRIBE_EVENT_CALL);
+        tribe_event_free(ev);
+    }
+    /* At the limit the call goes through. */
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, big,
+                                           sizeof big - 1, 5000, &id, &err));
+    tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
+    tribe_responder *r = NULL;
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_event_free(call);
+    EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"ok", 2, &err));
+    tribe_responder_free(r);
+    tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    uint64_t got = 0;
+    EXPECT(TRIBE_OK, tribe_event_call_id(done, &got, &err));
+    CHECK(got == id);
+    EXPECT(TRIBE_OK, tribe_event_take_reply(done, &b, &len, &err));
+    CHECK(len == 2 && memcmp(b, "ok", 2) == 0);
+    tribe_bytes_free(b, len);
+    tribe_event_free(done);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    tribe_node_free(n);
+}
+
 static void after_shutdown(tribe_node *n) {
     uint8_t *b = NULL;
     size_t len = 0;
@@ -457,8 +648,13 @@ static void after_shutdown(tribe_node *n) {
                                                 NULL, 0, 100, &b, &len, &err));
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
                                                       NULL, 0, 100, &id, &err));
-    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_members_json(n, &s, NULL, &err));
+    s = JUNK;
+    len = 99;
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_members_json(n, &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+    s = JUNK;
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_state_digest(n, &s, NULL, &err));
+    CHECK(s == NULL);
     /* The counters stay readable until the free: the final counts. */
     EXPECT(TRIBE_OK, tribe_node_counters_json(n, &s, NULL, &err));
     CHECK(strstr(s, "\"calls\"") != NULL);
@@ -578,6 +774,80 @@ static void signals_stay_with_the_host(void) {
     tribe_node_free(n);
 }
 
+/* A signal handled on a host thread (no SA_RESTART) does not end its wait
+ * in tribe_node_next_event(-1) or tribe_node_call: no EINTR, no early
+ * return; they end at an event, the call's timeout or a shutdown. */
+static volatile sig_atomic_t usr2_seen;
+static void on_usr2(int sig) { (void)sig; usr2_seen = usr2_seen + 1; }
+
+typedef struct {
+    tribe_node *n;
+    uint32_t rc;
+    int woke_empty;        /* returns of a -1 wait with no event */
+    tribe_responder *held; /* the call, never answered */
+} forever_waiter;
+
+static void *wait_forever(void *arg) {
+    forever_waiter *w = arg;
+    for (;;) {
+        tribe_event *ev = NULL;
+        w->rc = tribe_node_next_event(w->n, -1, &ev, NULL);
+        if (w->rc != TRIBE_OK) return NULL;
+        if (ev == NULL) w->woke_empty++;
+        if (ev && tribe_event_kind(ev) == TRIBE_EVENT_CALL && w->held == NULL)
+            OK(tribe_event_take_responder(ev, &w->held, NULL));
+        tribe_event_free(ev);
+    }
+}
+
+typedef struct {
+    tribe_node *n;
+    uint32_t rc;
+    double took;
+} held_call;
+
+static void *call_held(void *arg) {
+    held_call *c = arg;
+    uint8_t *b = NULL;
+    size_t len = 0;
+    double t0 = now_s();
+    c->rc = tribe_node_call(c->n, "sig", "hold", "1", TRIBE_KIND_PROCESSOR, NULL, 0, 1500, &b, &len, NULL);
+    c->took = now_s() - t0;
+    tribe_bytes_free(b, len);
+    return NULL;
+}
+
+static void signals_do_not_interrupt_waits(void) {
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_usr2;
+    sigemptyset(&sa.sa_mask);
+    CHECK(sigaction(SIGUSR2, &sa, &old) == 0);
+    tribe_node *n = start_node("sig-node", NULL, NULL, "r1");
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(n, "sig", &err));
+    EXPECT(TRIBE_OK, tribe_node_join(n, "sig", NULL, &err));
+    EXPECT(TRIBE_OK, tribe_node_serve(n, "hold", "1", TRIBE_KIND_PROCESSOR, &err));
+    forever_waiter w = {.n = n};
+    held_call c = {.n = n};
+    pthread_t tw, tc;
+    CHECK(pthread_create(&tw, NULL, wait_forever, &w) == 0);
+    CHECK(pthread_create(&tc, NULL, call_held, &c) == 0);
+    double end = now_s() + 1.0;
+    while (now_s() < end) {
+        CHECK(pthread_kill(tw, SIGUSR2) == 0 && pthread_kill(tc, SIGUSR2) == 0);
+        sleep_ms(10);
+    }
+    CHECK(pthread_join(tc, NULL) == 0);
+    CHECK(usr2_seen > 0);
+    CHECK(c.rc == TRIBE_TIMEOUT && c.took >= 1.4);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    CHECK(pthread_join(tw, NULL) == 0);
+    CHECK(w.rc == TRIBE_SHUTTING_DOWN && w.woke_empty == 0 && w.held != NULL);
+    tribe_responder_free(w.held);
+    tribe_node_free(n);
+    CHECK(sigaction(SIGUSR2, &old, NULL) == 0);
+}
+
 #ifndef __SANITIZE_ADDRESS__
 /* A child forked from a process with a live node: the parent's node and
  * responder refuse work with TRIBE_FORKED at once (their threads stayed in
@@ -647,15 +917,19 @@ int main(void) {
     CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
     CHECK(tribe_version() != NULL && strlen(tribe_version()) > 0);
     config_misuse();
+    config_outs_on_failure();
     tribe_node *n = start_node("misuse-node", NULL, NULL, "r1");
     node_null_arguments(n);
     node_bad_values(n);
     responder_and_events(n);
+    outs_on_failure(n);
     after_shutdown(n);
     tribe_node_free(n);
+    async_payload_limit();
     log_feed();
     state_limits();
     signals_stay_with_the_host();
+    signals_do_not_interrupt_waits();
 #ifdef __SANITIZE_ADDRESS__
     /* GCC 12's AddressSanitizer does not hold its allocator's locks across
      * fork: a child of a threaded process can inherit one locked and hang
