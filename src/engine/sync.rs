@@ -136,7 +136,7 @@ fn digest16(bytes: &[u8]) -> Digest16 {
 
 /// Least time between two pushes of this node's own record (see
 /// [`Engine::push_own_record`]).
-const OWN_NEWS_GAP_MS: u64 = 1_000;
+const OWN_NEWS_GAP_MS: u64 = 5_000;
 
 /// Where an exchange stands.
 #[derive(Debug)]
@@ -929,7 +929,9 @@ impl Engine {
     /// the peer is still up: gossip picks its targets among all members,
     /// and a node that just joined may know only its seed alive among
     /// several that crashed a moment ago and are not yet found out (one
-    /// join in six waited 7–20 s for anti-entropy). At most once a second.
+    /// join in six waited 7–20 s for anti-entropy). At most once every
+    /// 5 s: a node whose facts change every second makes no exchange a
+    /// second.
     pub(super) fn push_own_record(&mut self, now: u64) {
         if !self.own_news || now.saturating_sub(self.own_news_ms) < OWN_NEWS_GAP_MS {
             return;
