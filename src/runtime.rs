@@ -307,6 +307,7 @@ impl Driver {
             Some(_) => Some(BlockingThread::start("tribe-save")?),
             None => None,
         };
+        let own_ip = listener.local_addr().ok().map(|a| a.ip());
         Ok(Driver {
             shared,
             udp: Arc::new(udp),
@@ -324,7 +325,7 @@ impl Driver {
             save_failures: (0, None),
             security_epoch: 0,
             accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
-            setups: Default::default(),
+            setups: crate::setup_slots::SetupSlots::new(own_ip),
             policies: PolicyJobs::default(),
             policy_thread: BlockingThread::start("tribe-policy")?,
             save_thread,
