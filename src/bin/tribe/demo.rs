@@ -484,14 +484,15 @@ fn run_demo(args: DemoArgs) -> DemoResult {
     )?;
     admin.post(
         "/v1/policies",
-        &json!({"name": "storage", "tribe": "storage", "when": "facts.storage_tier == \"true\""}),
+        &json!({"name": "storage", "tribe": "storage", "when": "has(facts.storage_tier) && facts.storage_tier == \"true\""}),
     )?;
     t.say(&format!(
         "through {}'s admin API: created tribe core and added two policies",
         t.agents[last].name
     ));
     out!("          core:    facts.os_dist == \"ubuntu\"      -> tribe core");
-    out!("          storage: facts.storage_tier == \"true\"   -> tribe storage (not created beforehand)");
+    out!("          storage: has(facts.storage_tier) && facts.storage_tier == \"true\"");
+    out!("                   -> tribe storage (not created beforehand)");
     t.wait_for(
         "the storage tribe to be created by its policy",
         Duration::from_secs(20),

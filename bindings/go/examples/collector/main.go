@@ -87,10 +87,12 @@ func main() {
 
 	if rack := factMap["rack"]; rack != "" {
 		t := "rack-" + rack
-		err := node.AddPolicy(t, t, fmt.Sprintf("facts.rack == %q", rack))
+		// Guarded: nodes without a rack fact are simply not placed.
+		when := fmt.Sprintf("has(facts.rack) && facts.rack == %q", rack)
+		err := node.AddPolicy(t, t, when)
 		switch {
 		case err == nil:
-			log.Printf("added policy %s: facts.rack == %q -> tribe %s", t, rack, t)
+			log.Printf("added policy %s: %s -> tribe %s", t, when, t)
 		case errors.Is(err, tribe.ErrPolicyExists):
 		default:
 			log.Printf("policy %s: %v", t, err)
