@@ -1666,7 +1666,7 @@ fn the_running_agents_snippet_of_the_readme_works_as_written() {
             "add",
             "storage",
             "storage",
-            r#"facts.storage_tier == "true""#,
+            r#"has(facts.storage_tier) && facts.storage_tier == "true""#,
         ],
     );
     cli_ok(
