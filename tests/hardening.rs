@@ -625,12 +625,45 @@ async fn a_forged_claim_that_never_answers_keeps_its_victim_out_for_seconds_only
     })
     .await;
     send_claim().await;
+    // Nor one from there with a newer generation.
+    let newer = NodeId::new("mute2", mute_addr, real + 2000);
+    hello_with_members(
+        victim.addr(),
+        courier.clone(),
+        vec![foca::Member::alive(newer)],
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         victim.name_held_by(),
         None,
-        "the same claim kept it out again"
+        "a claim from there kept it out again"
     );
+    // A "holder" that accepts and closes at once (any TCP service) fails
+    // its checks too.
+    let closing = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let closing_addr = closing.local_addr().unwrap();
+    let closer = tokio::spawn(async move {
+        while let Ok((s, _)) = closing.accept().await {
+            drop(s);
+        }
+    });
+    let at_closer = NodeId::new("mute2", closing_addr, real + 3000);
+    hello_with_members(
+        victim.addr(),
+        courier.clone(),
+        vec![foca::Member::alive(at_closer)],
+    )
+    .await;
+    wait_for("the victim keeps out again", Duration::from_secs(5), || {
+        victim.name_held_by() == Some(closing_addr)
+    })
+    .await;
+    wait_for("the name taken back again", Duration::from_secs(20), || {
+        victim.name_held_by().is_none()
+    })
+    .await;
+    closer.abort();
     wait_for("the others see the victim alive", LONG, || {
         nodes[..2].iter().all(|n| {
             generation_of(n, "mute2").is_some_and(|(s, g)| s == MemberState::Alive && g > real)

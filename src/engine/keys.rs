@@ -150,6 +150,11 @@ impl Engine {
             Refusal::Plaintext => {
                 self.warn_limited("plaintext_stream", &format!("stream refused: {why}{peer}"))
             }
+            // Its own slot: a flood of idle connections would otherwise
+            // hide a real peer's refusal for keys or label.
+            Refusal::Stalled => {
+                self.warn_limited("stream_stalled", &format!("stream refused: {why}{peer}"))
+            }
             _ => self.warn_limited("stream_auth", &format!("stream refused: {why}{peer}")),
         }
         self.handle_stream_closed(now_ms, conn);

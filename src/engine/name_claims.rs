@@ -58,8 +58,9 @@ pub const HOLDER_CHECK_TIMEOUT_MS: u64 = 3_000;
 /// this node out for seconds, not for as long as it is repeated.
 pub const HOLDER_MISSES: u32 = 3;
 
-/// Identities that failed their holder checks, remembered so that the
-/// same claim sent again is taken as one of a node that is gone.
+/// Addresses whose holders failed their checks, remembered so that a claim
+/// from there again (the same, or with a newer generation) is taken as one
+/// of a node that is gone.
 const MAX_DISCREDITED: usize = 16;
 
 /// "You are down" notices open an exchange at most this often.
@@ -130,8 +131,8 @@ pub struct NameClaims {
     pub holder_checked_ms: Option<u64>,
     /// Holder checks failed in a row (see [`HOLDER_MISSES`]).
     pub holder_misses: u32,
-    /// Holders that failed their checks, newest last.
-    pub discredited: Vec<NodeId>,
+    /// Addresses of holders that failed their checks, newest last.
+    pub discredited: Vec<SocketAddr>,
 }
 
 /// At most this many claims wait to be handled.
@@ -142,7 +143,7 @@ impl NameClaims {
     /// would displace `own` (the packet carrying it is then refused).
     pub fn note(&mut self, id: &NodeId, own: &NodeId, heard: Heard) -> bool {
         if foca::Identity::win_addr_conflict(id, own) {
-            let down = heard == Heard::Down || self.discredited.contains(id);
+            let down = heard == Heard::Down || self.discredited.contains(&id.addr);
             let full = self.winning.len() >= MAX_PENDING;
             match self.winning.iter_mut().find(|c| c.id == *id) {
                 Some(c) => c.down = down,
@@ -226,7 +227,7 @@ impl NameClaims {
         if self.discredited.len() >= MAX_DISCREDITED {
             self.discredited.remove(0);
         }
-        self.discredited.push(holder.clone());
+        self.discredited.push(holder.addr);
         self.note(&holder, own, Heard::Down);
         true
     }

@@ -218,16 +218,23 @@ impl Engine {
                     .unwrap_or(u64::MAX)
                     .saturating_mul(3)
                     .max(name_claims::KEEP_OUT_MS);
-                let mut sh = lock(&self.shared);
-                if sh.claims.holder.as_ref().map(|h| h.addr) != Some(holder.addr) {
-                    tracing::warn!(
-                        holder = %holder.addr,
-                        "a node at {} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back",
-                        holder.addr
+                let new_holder = {
+                    let mut sh = lock(&self.shared);
+                    let new_holder =
+                        sh.claims.holder.as_ref().map(|h| h.addr) != Some(holder.addr);
+                    sh.claims.keep_out_until_ms = now.saturating_add(keep_out_ms);
+                    sh.claims.holder = Some(holder.clone());
+                    new_holder
+                };
+                if new_holder {
+                    self.warn_limited(
+                        "keep_out",
+                        &format!(
+                            "a node at {} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back",
+                            holder.addr
+                        ),
                     );
                 }
-                sh.claims.keep_out_until_ms = now.saturating_add(keep_out_ms);
-                sh.claims.holder = Some(holder);
             }
             name_claims::Answer::Renew { newest } => {
                 let Some(next) = newest.checked_add(1).filter(|g| *g <= horizon) else {
@@ -274,18 +281,24 @@ impl Engine {
             if !self.claims_seen.insert((id.addr, id.generation)) {
                 continue;
             }
+            // Each kind at most once per interval: forged claims with ever
+            // new generations would otherwise write a line each (the
+            // counter and the events tell them all).
             if wins {
-                tracing::warn!(
-                    addr = %id.addr,
-                    generation = id.generation,
-                    "another identity claims this node's name"
+                self.warn_limited(
+                    "claim_winning",
+                    &format!(
+                        "another identity claims this node's name: a node at {} (generation {})",
+                        id.addr, id.generation
+                    ),
                 );
             } else {
-                tracing::warn!(
-                    addr = %id.addr,
-                    generation = id.generation,
-                    "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
-                    id.addr
+                self.warn_limited(
+                    "claim_losing",
+                    &format!(
+                        "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
+                        id.addr
+                    ),
                 );
             }
             self.emit(Event::IdentityClaimed {

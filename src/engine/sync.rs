@@ -158,9 +158,9 @@ pub struct Exchange {
     /// Initiator: a Summary awaits its answer. Responder: a Differ was sent
     /// and the full Hello is awaited.
     summary: bool,
-    /// A frame from the peer decoded on it: someone who speaks the
-    /// protocol answers there (see `NameClaims::holder_exchange_ended`).
-    heard: bool,
+    /// The peer answered under this node's name: the node holding it
+    /// answers there (see `NameClaims::holder_exchange_ended`).
+    holder_spoke: bool,
 }
 
 impl Exchange {
@@ -175,7 +175,7 @@ impl Exchange {
             theirs: BTreeMap::new(),
             expecting: false,
             summary: false,
-            heard: false,
+            holder_spoke: false,
         }
     }
 }
@@ -313,28 +313,14 @@ impl Engine {
     }
 
     fn finish(&mut self, conn: ConnId, ok: bool) {
-        let (peer, heard) = self
-            .conns
-            .remove(&conn)
-            .map_or((None, false), |x| (x.peer, x.heard));
+        let exchange = self.conns.remove(&conn);
         self.outputs.push_back(Output::Close { conn });
+        self.note_holder_check(exchange.as_ref());
         let mut sh = lock(&self.shared);
-        if let Some(addr) = peer {
-            // A holder's answer is refused by our own screen (it holds our
-            // name), yet it answered.
-            let (own, now) = (sh.own.clone(), sh.now_ms);
-            if sh.claims.holder_exchange_ended(addr, ok || heard, &own, now) {
-                tracing::warn!(
-                    %addr,
-                    "the node at {addr} that claimed this node's name did not complete {} exchanges in a row: taking the name back",
-                    super::name_claims::HOLDER_MISSES
-                );
-            }
-        }
         if ok {
             self.last_contact_ms = sh.now_ms;
             self.refused_keys.clear();
-            self.last_exchanged = peer.map(|p| (p, sh.now_ms));
+            self.last_exchanged = exchange.and_then(|x| x.peer).map(|p| (p, sh.now_ms));
             sh.counters.push_pulls_completed += 1;
         } else {
             sh.counters.push_pulls_failed += 1;
@@ -361,7 +347,6 @@ impl Engine {
         let now = self.now_ms();
         let known = self.conns.get_mut(&conn).map(|x| {
             x.active_ms = now;
-            x.heard = true;
             (x.initiator, x.expecting, x.summary)
         });
         match (known, msg) {
@@ -462,9 +447,28 @@ impl Engine {
     /// A stream closed or failed (connect refused, reset, timeout).
     pub fn handle_stream_closed(&mut self, now_ms: u64, conn: ConnId) {
         self.tick(now_ms);
-        if let Some(x) = self.conns.remove(&conn) {
+        let exchange = self.conns.remove(&conn);
+        self.note_holder_check(exchange.as_ref());
+        if let Some(x) = exchange {
             lock(&self.shared).counters.push_pulls_failed += 1;
             tracing::debug!(peer = ?x.peer, "exchange ended early");
+        }
+    }
+
+    /// An exchange ended, however: if it was with the node holding this
+    /// node's name, that node answered under the name or it did not (a
+    /// close, a reset, a timeout, or someone else answering there).
+    fn note_holder_check(&mut self, exchange: Option<&Exchange>) {
+        let Some(x) = exchange else { return };
+        let Some(addr) = x.peer else { return };
+        let mut sh = lock(&self.shared);
+        let (own, now) = (sh.own.clone(), sh.now_ms);
+        if sh.claims.holder_exchange_ended(addr, x.holder_spoke, &own, now) {
+            tracing::warn!(
+                %addr,
+                "the node at {addr} that claimed this node's name did not answer under it {} times in a row: taking the name back",
+                super::name_claims::HOLDER_MISSES
+            );
         }
     }
 
@@ -499,6 +503,11 @@ impl Engine {
     /// Checks the responder's identity in an answer; ends the exchange when
     /// it does not pass.
     fn check_responder(&mut self, conn: ConnId, from: &NodeId) -> bool {
+        let own_name = lock(&self.shared).own.name == from.name;
+        if let Some(x) = self.conns.get_mut(&conn) {
+            // Refused below when it holds our name, yet it answered.
+            x.holder_spoke = own_name && x.peer == Some(from.addr);
+        }
         if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from, Heard::Speaking)
         {
             return true;
