@@ -373,12 +373,12 @@ impl Driver {
                             // Closed at once: cheaper than any reply.
                             (setup, _) => {
                                 drop(stream);
-                                let cap = if setup.is_none() {
-                                    format!("{MAX_SETUPS_PER_HOST} connections from its host in their setup already")
+                                let (limit, what) = if setup.is_none() {
+                                    (MAX_SETUPS_PER_HOST, "connections from its host in their setup")
                                 } else {
-                                    format!("{MAX_ACCEPTED_STREAMS} accepted connections in their setup or an exchange already")
+                                    (MAX_ACCEPTED_STREAMS, "accepted connections in their setup or an exchange")
                                 };
-                                self.shared.engine().stream_over_cap(from, &cap);
+                                self.shared.engine().stream_over_cap(from, limit, what);
                             }
                         },
                         Err(e) => self.accept_failed(e),

@@ -98,10 +98,11 @@ impl Engine {
         self.encryption
     }
 
-    /// Logs a refusal at most once per [`WARN_EVERY_MS`] per kind.
-    pub(super) fn warn_limited(&mut self, kind: &'static str, message: &str) {
+    /// Logs a refusal at most once per [`WARN_EVERY_MS`] per kind; the
+    /// message is made only then (floods of refusals pass here).
+    pub(super) fn warn_limited(&mut self, kind: &'static str, message: impl FnOnce() -> String) {
         if self.log_due(kind) {
-            tracing::warn!(kind, "{message}");
+            tracing::warn!(kind, "{}", message());
         }
     }
 
@@ -137,25 +138,24 @@ impl Engine {
             }
         }
         // Which peer, so that an operator finds the node behind.
-        let peer = peer
-            .or_else(|| self.conns.get(&conn).and_then(|x| x.peer))
-            .map_or_else(String::new, |a| format!(" (peer {a})"));
+        let peer = peer.or_else(|| self.conns.get(&conn).and_then(|x| x.peer));
+        let peer = move || peer.map_or_else(String::new, |a| format!(" (peer {a})"));
         match why {
             // This node cannot take part at all: an error, not a warning.
             Refusal::KeyRejected(rejected) => {
                 if !self.try_another_key(rejected) && self.log_due("key_rejected") {
-                    tracing::error!("{why}{peer}");
+                    tracing::error!("{why}{}", peer());
                 }
             }
             Refusal::Plaintext => {
-                self.warn_limited("plaintext_stream", &format!("stream refused: {why}{peer}"))
+                self.warn_limited("plaintext_stream", || format!("stream refused: {why}{}", peer()))
             }
             // Its own slot: a flood of idle connections would otherwise
             // hide a real peer's refusal for keys or label.
             Refusal::Stalled => {
-                self.warn_limited("stream_stalled", &format!("stream refused: {why}{peer}"))
+                self.warn_limited("stream_stalled", || format!("stream refused: {why}{}", peer()))
             }
-            _ => self.warn_limited("stream_auth", &format!("stream refused: {why}{peer}")),
+            _ => self.warn_limited("stream_auth", || format!("stream refused: {why}{}", peer())),
         }
         self.handle_stream_closed(now_ms, conn);
     }
@@ -333,7 +333,7 @@ impl Engine {
         if full {
             self.warn_limited(
                 "keyring_full",
-                "keyring: a key could not be installed, the ring holds 8 keys; remove one",
+                || "keyring: a key could not be installed, the ring holds 8 keys; remove one".into(),
             );
         }
         if after != before {

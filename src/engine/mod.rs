@@ -451,7 +451,7 @@ impl Engine {
                     lock(&self.shared).counters.plaintext_datagrams_refused += 1;
                     self.warn_limited(
                         "plaintext_datagram",
-                        &format!("plaintext datagram from {from} refused: encryption is required"),
+                        || format!("plaintext datagram from {from} refused: encryption is required"),
                     );
                     return;
                 }
@@ -600,7 +600,7 @@ impl Engine {
             wire::WireError::LabelMismatch => "datagram_label",
             _ => "datagram_malformed",
         };
-        self.warn_limited(kind, &format!("datagram from {from} refused: {e}"));
+        self.warn_limited(kind, || format!("datagram from {from} refused: {e}"));
     }
 
     /// Whether setting fact `key` would give this node more facts than a
@@ -891,14 +891,13 @@ impl Engine {
         ConnId((self.next_conn << 1) | 1)
     }
 
-    /// Counts an accepted connection from `from` closed at once, `cap`
-    /// saying which bound it met.
-    pub fn stream_over_cap(&mut self, from: SocketAddr, cap: &str) {
+    /// Counts an accepted connection from `from` closed at once: `limit`
+    /// of `what` were under way already.
+    pub fn stream_over_cap(&mut self, from: SocketAddr, limit: usize, what: &'static str) {
         lock(&self.shared).counters.streams_over_cap += 1;
-        self.warn_limited(
-            "stream_cap",
-            &format!("connection from {from} closed at once: {cap}"),
-        );
+        self.warn_limited("stream_cap", || {
+            format!("connection from {from} closed at once: {limit} {what} already")
+        });
     }
 
     /// Counts a connection the listener failed to accept.

@@ -227,13 +227,12 @@ impl Engine {
                     new_holder
                 };
                 if new_holder {
-                    self.warn_limited(
-                        "keep_out",
-                        &format!(
+                    self.warn_limited("keep_out", || {
+                        format!(
                             "a node at {} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back",
                             holder.addr
-                        ),
-                    );
+                        )
+                    });
                 }
             }
             name_claims::Answer::Renew { newest } => {
@@ -285,21 +284,19 @@ impl Engine {
             // new generations would otherwise write a line each (the
             // counter and the events tell them all).
             if wins {
-                self.warn_limited(
-                    "claim_winning",
-                    &format!(
+                self.warn_limited("claim_winning", || {
+                    format!(
                         "another identity claims this node's name: a node at {} (generation {})",
                         id.addr, id.generation
-                    ),
-                );
+                    )
+                });
             } else {
-                self.warn_limited(
-                    "claim_losing",
-                    &format!(
+                self.warn_limited("claim_losing", || {
+                    format!(
                         "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
                         id.addr
-                    ),
-                );
+                    )
+                });
             }
             self.emit(Event::IdentityClaimed {
                 addr: id.addr,

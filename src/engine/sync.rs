@@ -462,6 +462,9 @@ impl Engine {
         let Some(x) = exchange else { return };
         let Some(addr) = x.peer else { return };
         let mut sh = lock(&self.shared);
+        if sh.claims.holder.is_none() {
+            return;
+        }
         let (own, now) = (sh.own.clone(), sh.now_ms);
         if sh.claims.holder_exchange_ended(addr, x.holder_spoke, &own, now) {
             tracing::warn!(
@@ -503,13 +506,16 @@ impl Engine {
     /// Checks the responder's identity in an answer; ends the exchange when
     /// it does not pass.
     fn check_responder(&mut self, conn: ConnId, from: &NodeId) -> bool {
-        let own_name = lock(&self.shared).own.name == from.name;
+        let (own_name, passes) = {
+            let mut sh = lock(&self.shared);
+            let own_name = sh.own.name == from.name;
+            (own_name, names::is_valid(&from.name) && sh.screen_identity(from, Heard::Speaking))
+        };
         if let Some(x) = self.conns.get_mut(&conn) {
-            // Refused below when it holds our name, yet it answered.
+            // Refused when it holds our name, yet it answered.
             x.holder_spoke = own_name && x.peer == Some(from.addr);
         }
-        if names::is_valid(&from.name) && lock(&self.shared).screen_identity(from, Heard::Speaking)
-        {
+        if passes {
             return true;
         }
         self.finish(conn, false);
