@@ -74,9 +74,11 @@ async fn writes_that_keep_failing_are_logged_once_with_the_file() {
     ))
     .await
     .unwrap();
-    // The data dir becomes a file: every write fails, even as root.
+    // The data dir becomes a file: every write fails, even as root. It is
+    // moved aside in one step, as the node may be writing into it right now
+    // (a removal would race with that write's temporary file).
     let data = dir.join("dd-unwritable");
-    std::fs::remove_dir_all(&data).unwrap();
+    std::fs::rename(&data, dir.join("moved-aside")).unwrap();
     std::fs::write(&data, b"not a directory").unwrap();
     let before = node.counters().data_dir_errors;
     for i in 0..3 {
