@@ -362,24 +362,25 @@ impl Driver {
                 }
                 accepted = self.listener.accept(), if accept_resume.is_none() => {
                     match accepted {
-                        Ok((stream, from)) => match (
-                            self.setups.try_take(from.ip()),
-                            self.accepting.clone().try_acquire_owned(),
-                        ) {
-                            (Some(setup), Ok(permit)) => {
-                                let conn = self.shared.engine().accept_stream();
-                                self.spawn_conn(conn, ConnTarget::Accepted(stream, permit, setup));
-                            }
-                            // Closed at once: cheaper than any reply.
-                            (setup, _) => {
-                                drop(stream);
-                                let (limit, what) = if setup.is_none() {
-                                    (MAX_SETUPS_PER_HOST, "connections from its host in their setup")
-                                } else {
-                                    (MAX_ACCEPTED_STREAMS, "accepted connections in their setup or an exchange")
-                                };
-                                self.shared.engine().stream_over_cap(from, limit, what);
-                            }
+                        Ok((stream, from)) => match self.setups.try_take(from.ip()) {
+                            None => self.close_at_cap(
+                                stream,
+                                from,
+                                MAX_SETUPS_PER_HOST,
+                                "connections from its host in their setup",
+                            ),
+                            Some(setup) => match self.free_place() {
+                                Some(place) => {
+                                    let conn = self.shared.engine().accept_stream();
+                                    self.spawn_conn(conn, ConnTarget::Accepted(stream, place, setup));
+                                }
+                                None => self.close_at_cap(
+                                    stream,
+                                    from,
+                                    MAX_ACCEPTED_STREAMS,
+                                    "accepted connections in an exchange or a setup from this host",
+                                ),
+                            },
                         },
                         Err(e) => self.accept_failed(e),
                     }
@@ -404,6 +405,24 @@ impl Driver {
                 _ = save_tick.tick() => self.save_durable(),
             }
         }
+    }
+
+    /// A place among the accepted streams for a new connection. When every
+    /// place is taken, the oldest setup of the busiest host makes way for
+    /// it; none when no setup can (all are exchanges or this host's).
+    fn free_place(&self) -> Option<Place> {
+        match self.accepting.clone().try_acquire_owned() {
+            Ok(permit) => Some(Place::Held(permit)),
+            Err(_) if self.setups.evict_one() => Some(Place::MadeWay(self.accepting.clone())),
+            Err(_) => None,
+        }
+    }
+
+    /// Closes a new connection at once (cheaper than any reply), counted
+    /// and logged at a limited rate.
+    fn close_at_cap(&self, stream: TcpStream, from: SocketAddr, limit: usize, what: &'static str) {
+        drop(stream);
+        self.shared.engine().stream_over_cap(from, limit, what);
     }
 
     /// Writes the durable state when it changed, on a blocking thread so
@@ -810,11 +829,14 @@ enum ConnTarget {
     /// With its place among the accepted streams, held until the stream
     /// ends or is handed to the call server, and its host's place for a
     /// setup, held until the setup ends.
-    Accepted(
-        TcpStream,
-        tokio::sync::OwnedSemaphorePermit,
-        crate::setup_slots::SetupSlot,
-    ),
+    Accepted(TcpStream, Place, crate::setup_slots::SetupSlot),
+}
+
+/// An accepted stream's place among the accepted streams.
+enum Place {
+    Held(tokio::sync::OwnedSemaphorePermit),
+    /// Another setup was told to make way: the place is taken once it has.
+    MadeWay(Arc<tokio::sync::Semaphore>),
 }
 
 /// Hands a stream failure to the engine for counting (and naming `peer`).
@@ -872,12 +894,28 @@ async fn open_stream(
                     _place: None,
                 }))
             }
-            ConnTarget::Accepted(mut s, place, setup) => {
-                let _ = s.set_nodelay(true);
-                let (sealer, mut opener) = stream::accept(&mut s, security, max_frame)
-                    .await
-                    .map_err(stalled_if_timed_out)?;
-                let channel = opener.read_frame(&mut s).await?;
+            ConnTarget::Accepted(mut s, place, mut setup) => {
+                let handshake = async {
+                    let place = match place {
+                        Place::Held(permit) => permit,
+                        Place::MadeWay(places) => places
+                            .acquire_owned()
+                            .await
+                            .map_err(|_| std::io::Error::other("the node is stopping"))?,
+                    };
+                    let _ = s.set_nodelay(true);
+                    let (sealer, mut opener) = stream::accept(&mut s, security, max_frame)
+                        .await
+                        .map_err(stalled_if_timed_out)?;
+                    let channel = opener.read_frame(&mut s).await?;
+                    Ok::<_, StreamError>((place, sealer, opener, channel))
+                };
+                let (place, sealer, opener, channel) = tokio::select! {
+                    done = handshake => done?,
+                    () = setup.evicted() => {
+                        return Err(StreamError::Refused(crate::stream::Refusal::MadeWay));
+                    }
+                };
                 drop(setup);
                 match channel.as_deref() {
                     Some([wire::CHANNEL_SYNC]) => Ok(Some(SyncStream {

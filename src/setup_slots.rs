@@ -2,11 +2,16 @@
 //! remote host. The listener's places are shared by every peer; without a
 //! bound per host, one host that opens connections and never sends a hello
 //! (no key needed) holds all of them for the setup timeout, and the
-//! tribe's own exchanges are closed at the cap.
+//! tribe's own exchanges are closed at the cap. With the bound, a few hosts
+//! together still fill every place; so when every place is taken, a new
+//! connection pushes out the oldest setup of the busiest host (in the
+//! busiest /24) instead of being closed: a peer with one setup under way
+//! is never the one pushed out while a flooding host holds more.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
+use tokio::sync::oneshot;
 
 /// Setups one remote host may have under way at once: far above what the
 /// exchanges and call streams of the nodes of one host open together.
@@ -15,19 +20,51 @@ pub const MAX_SETUPS_PER_HOST: usize = 32;
 /// Setups under way, by remote host.
 #[derive(Debug, Clone, Default)]
 pub struct SetupSlots {
-    by_host: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    table: Arc<Mutex<Table>>,
     /// The address the node listens on: connections from it (other nodes
     /// of this host, a local tribe of many nodes on 127.0.0.1) are not
-    /// bounded per host.
+    /// bounded per host and never pushed out.
     own: Option<IpAddr>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    next: u64,
+    /// Per host, its setups by age (oldest first), each with the sender
+    /// that tells it to make way.
+    by_host: HashMap<IpAddr, Vec<(u64, oneshot::Sender<()>)>>,
 }
 
 /// One setup's place; dropping it ends the setup.
 #[derive(Debug)]
 pub struct SetupSlot {
-    /// The host counted, none for this node's own address.
-    host: Option<IpAddr>,
+    /// The host counted and this setup's number, none for this node's own
+    /// address.
+    counted: Option<(IpAddr, u64)>,
+    /// Fires when the setup is to make way for a newer connection.
+    evicted: Option<oneshot::Receiver<()>>,
     slots: SetupSlots,
+}
+
+/// The host a remote address counts as: the address itself, or its /64 for
+/// IPv6, where one party holds a whole /64 as easily as one address.
+fn host_of(addr: IpAddr) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6) & !((1u128 << 64) - 1);
+            IpAddr::V6(bits.into())
+        }
+        v4 => v4,
+    }
+}
+
+/// The network a host counts in when one is chosen to make way: its /24,
+/// or its /64 for IPv6 (the host itself).
+fn network_of(host: IpAddr) -> IpAddr {
+    match host {
+        IpAddr::V4(v4) => IpAddr::V4((u32::from(v4) & !0xff).into()),
+        v6 => v6,
+    }
 }
 
 impl SetupSlots {
@@ -39,50 +76,110 @@ impl SetupSlots {
         }
     }
 
-    fn is_own(&self, host: IpAddr) -> bool {
+    fn is_own(&self, addr: IpAddr) -> bool {
         match self.own {
-            Some(own) if own.is_unspecified() => host.is_loopback(),
-            Some(own) => own == host,
+            Some(own) if own.is_unspecified() => addr.is_loopback(),
+            Some(own) => own == addr,
             None => false,
         }
     }
 
-    /// A place for a setup from `host`, if it has fewer than
-    /// [`MAX_SETUPS_PER_HOST`] under way (or is this node's own address).
-    pub fn try_take(&self, host: IpAddr) -> Option<SetupSlot> {
-        if self.is_own(host) {
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A place for a setup from `addr`, if its host has fewer than
+    /// [`MAX_SETUPS_PER_HOST`] under way (or it is this node's own address).
+    pub fn try_take(&self, addr: IpAddr) -> Option<SetupSlot> {
+        if self.is_own(addr) {
             return Some(SetupSlot {
-                host: None,
+                counted: None,
+                evicted: None,
                 slots: self.clone(),
             });
         }
-        let mut by_host = self.by_host.lock().unwrap_or_else(PoisonError::into_inner);
-        let n = by_host.entry(host).or_insert(0);
-        if *n >= MAX_SETUPS_PER_HOST {
+        let host = host_of(addr);
+        let mut table = self.table();
+        let seq = table.next;
+        let setups = table.by_host.entry(host).or_default();
+        if setups.len() >= MAX_SETUPS_PER_HOST {
             return None;
         }
-        *n += 1;
+        let (tx, rx) = oneshot::channel();
+        setups.push((seq, tx));
+        table.next += 1;
         Some(SetupSlot {
-            host: Some(host),
+            counted: Some((host, seq)),
+            evicted: Some(rx),
             slots: self.clone(),
         })
+    }
+
+    /// Tells the oldest setup of the host with the most setups under way,
+    /// in the network with the most, to make way; false when no counted
+    /// setup is under way. Ties go to the oldest setup, so a newcomer is
+    /// never pushed out before those that came before it.
+    pub fn evict_one(&self) -> bool {
+        let mut table = self.table();
+        let mut per_network: HashMap<IpAddr, usize> = HashMap::new();
+        for (host, setups) in &table.by_host {
+            *per_network.entry(network_of(*host)).or_default() += setups.len();
+        }
+        let busiest = table
+            .by_host
+            .iter()
+            .filter_map(|(host, setups)| {
+                let oldest = setups.first()?.0;
+                let network = per_network[&network_of(*host)];
+                // Most in its network, then most of its own, then oldest.
+                Some(((network, setups.len(), std::cmp::Reverse(oldest)), *host))
+            })
+            .max_by_key(|(rank, _)| *rank)
+            .map(|(_, host)| host);
+        let Some(host) = busiest else {
+            return false;
+        };
+        let Some(setups) = table.by_host.get_mut(&host) else {
+            return false;
+        };
+        let (_, tell) = setups.remove(0);
+        if setups.is_empty() {
+            table.by_host.remove(&host);
+        }
+        // Its place counts as free from now on; the setup itself ends when
+        // its task sees this (or has just ended on its own).
+        let _ = tell.send(());
+        true
+    }
+}
+
+impl SetupSlot {
+    /// Resolves (once) when this setup is to make way for a newer
+    /// connection; never for one that cannot be pushed out.
+    pub async fn evicted(&mut self) {
+        if let Some(rx) = self.evicted.as_mut() {
+            // An error would be an entry gone without a word, which only
+            // this slot's own drop does.
+            let told = rx.await.is_ok();
+            self.evicted = None;
+            if told {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
     }
 }
 
 impl Drop for SetupSlot {
     fn drop(&mut self) {
-        let Some(host) = self.host else {
+        let Some((host, seq)) = self.counted else {
             return;
         };
-        let mut by_host = self
-            .slots
-            .by_host
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(n) = by_host.get_mut(&host) {
-            *n -= 1;
-            if *n == 0 {
-                by_host.remove(&host);
+        let mut table = self.slots.table();
+        if let Some(setups) = table.by_host.get_mut(&host) {
+            setups.retain(|(s, _)| *s != seq);
+            if setups.is_empty() {
+                table.by_host.remove(&host);
             }
         }
     }
@@ -91,6 +188,10 @@ impl Drop for SetupSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn taken(slots: &SetupSlots) -> usize {
+        slots.table().by_host.values().map(Vec::len).sum()
+    }
 
     #[test]
     fn a_host_gets_its_share_and_others_theirs() {
@@ -104,10 +205,7 @@ mod tests {
         assert!(slots.try_take(b).is_some());
         drop(held);
         assert!(slots.try_take(a).is_some());
-        assert!(
-            slots.by_host.lock().unwrap().is_empty(),
-            "ended setups leave nothing"
-        );
+        assert_eq!(taken(&slots), 0, "ended setups leave nothing");
     }
 
     #[test]
@@ -121,6 +219,65 @@ mod tests {
         // Listening on every address, loopback peers are this host's.
         let any = SetupSlots::new(Some([0, 0, 0, 0].into()));
         held.extend((0..100).map(|_| any.try_take(own).unwrap()));
-        assert!(any.by_host.lock().unwrap().is_empty());
+        assert_eq!(taken(&any), 0);
+        assert!(!any.evict_one(), "this host's setups are never pushed out");
+    }
+
+    #[test]
+    fn one_ipv6_64_counts_as_one_host() {
+        let slots = SetupSlots::default();
+        let held: Vec<SetupSlot> = (0..MAX_SETUPS_PER_HOST as u16)
+            .map(|i| {
+                let addr = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i + 1);
+                slots.try_take(addr.into()).unwrap()
+            })
+            .collect();
+        let same_64 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0xffff, 0, 0, 1);
+        let next_64 = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 2, 0, 0, 0, 1);
+        assert!(slots.try_take(same_64.into()).is_none());
+        assert!(slots.try_take(next_64.into()).is_some());
+        drop(held);
+    }
+
+    #[tokio::test]
+    async fn the_busiest_host_in_the_busiest_network_makes_way_oldest_first() {
+        let slots = SetupSlots::default();
+        let peer: IpAddr = [10, 0, 1, 5].into();
+        let mut lone = slots.try_take(peer).unwrap();
+        let flood: Vec<IpAddr> = (2..6).map(|i| IpAddr::from([192, 0, 2, i])).collect();
+        let mut held: Vec<SetupSlot> = Vec::new();
+        for _ in 0..3 {
+            for addr in &flood {
+                held.push(slots.try_take(*addr).unwrap());
+            }
+        }
+        // One more from .2: its host is the busiest, its oldest goes first.
+        held.push(slots.try_take(flood[0]).unwrap());
+        assert!(slots.evict_one());
+        let (first, rest) = held.split_first_mut().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), first.evicted())
+            .await
+            .expect("the oldest setup of the busiest host was told");
+        // Then ties within the flooding /24, oldest first: .3's first.
+        assert!(slots.evict_one());
+        tokio::time::timeout(std::time::Duration::from_secs(1), rest[0].evicted())
+            .await
+            .expect("the next oldest of the busiest network was told");
+        // The lone peer is not pushed out while the flood holds more.
+        for _ in 0..(held.len() - 4) {
+            assert!(slots.evict_one());
+        }
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), lone.evicted())
+                .await
+                .is_err()
+        );
+        for _ in 0..3 {
+            assert!(slots.evict_one());
+        }
+        lone.evicted().await;
+        assert!(!slots.evict_one());
+        drop(held);
+        assert_eq!(taken(&slots), 0);
     }
 }

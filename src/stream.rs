@@ -83,6 +83,10 @@ pub enum Refusal {
     /// The peer did not finish setting the stream up in time.
     #[error("the peer did not finish the stream setup in time")]
     Stalled,
+    /// The peer's setup was pushed out for a newer connection: every place
+    /// was taken and its host had the most setups under way.
+    #[error("the peer's unfinished setup made way for a newer connection (every place was taken, most of them by its host or network)")]
+    MadeWay,
 }
 
 /// Why a stream ended abnormally.

@@ -148,3 +148,70 @@ async fn one_host_that_never_sends_a_hello_cannot_take_every_place() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// Nine other hosts (127.0.0.2–.10), each under its own bound, together
+/// hold more than every place with connections that never send a hello and
+/// come back as soon as they are closed. Each newcomer pushes out the
+/// oldest setup of the busiest host instead of being closed at once, so
+/// the tribe's own exchanges are never turned away and a joiner syncs
+/// through the flooded node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_that_never_send_a_hello_together_cannot_keep_peers_out() {
+    let nodes = start_cluster("hello-flood-many", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let target = nodes[0].addr();
+    let before = nodes[0].counters();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for host in 2..=10u8 {
+        for _ in 0..30 {
+            let stop = stop.clone();
+            flooders.push(tokio::spawn(async move {
+                let from = std::net::SocketAddr::from(([127, 0, 0, host], 0));
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                    socket.bind(from).unwrap();
+                    if let Ok(mut conn) = socket.connect(target).await {
+                        // Held, silent, until the node closes it.
+                        let mut buf = [0u8; 64];
+                        let _ = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
+                        )
+                        .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }));
+        }
+    }
+    wait_for(
+        "setups pushed out for newcomers",
+        Duration::from_secs(10),
+        || nodes[0].counters().streams_stalled >= before.streams_stalled + 14,
+    )
+    .await;
+    nodes[1].create_tribe("during-flood").await.unwrap();
+    let mut cfg = test_config("hello-flood-many-late");
+    cfg.seeds = vec![target];
+    let late = tribe::Node::start(cfg).await.unwrap();
+    wait_for("the joiner synced", Duration::from_secs(10), || {
+        late.tribe("during-flood").is_some() && late.members_alive() == 3
+    })
+    .await;
+    // Push-pulls went on throughout (one every few seconds per node).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = nodes[0].counters();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    assert_eq!(
+        after.streams_over_cap, before.streams_over_cap,
+        "no connection was closed at once: each newcomer took an unfinished setup's place"
+    );
+    late.shutdown().await.unwrap();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -134,7 +134,7 @@ impl Engine {
                 Refusal::UnknownKey(_) | Refusal::NoKeyring => c.stream_unknown_keys += 1,
                 Refusal::KeyRejected(_) => c.key_rejections += 1,
                 Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
-                Refusal::Stalled => c.streams_stalled += 1,
+                Refusal::Stalled | Refusal::MadeWay => c.streams_stalled += 1,
             }
         }
         // Which peer, so that an operator finds the node behind.
@@ -152,7 +152,7 @@ impl Engine {
             }
             // Its own slot: a flood of idle connections would otherwise
             // hide a real peer's refusal for keys or label.
-            Refusal::Stalled => {
+            Refusal::Stalled | Refusal::MadeWay => {
                 self.warn_limited("stream_stalled", || format!("stream refused: {why}{}", peer()))
             }
             _ => self.warn_limited("stream_auth", || format!("stream refused: {why}{}", peer())),
