@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument as _;
 
 use crate::config::Config;
 use crate::counters::Counters;
@@ -88,6 +89,13 @@ impl Node {
 
     async fn start_inner(config: Config, faults: Arc<Faults>) -> Result<Node> {
         config.validate()?;
+        // Every log record of the node's own work names it: each of its
+        // tasks runs in this span (several nodes may share a process).
+        let span = runtime::node_span(&config.name);
+        Node::start_in_span(config, faults).instrument(span).await
+    }
+
+    async fn start_in_span(config: Config, faults: Arc<Faults>) -> Result<Node> {
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
         // `validate` refused an unspecified bind with no advertise address.
@@ -181,15 +189,18 @@ impl Node {
         let _ = home.set(Arc::downgrade(&shared));
         let mut driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone())?;
         driver.dir_lock = dir_lock;
-        let task = tokio::spawn(driver.run());
+        let task = tokio::spawn(driver.run().in_current_span());
         if !config.seed_names.is_empty() {
-            tokio::spawn(crate::seeds::follow(
-                config.seed_names.clone(),
-                Arc::downgrade(&shared),
-                config.effective_timings().join_retry,
-            ));
+            tokio::spawn(
+                crate::seeds::follow(
+                    config.seed_names.clone(),
+                    Arc::downgrade(&shared),
+                    config.effective_timings().join_retry,
+                )
+                .in_current_span(),
+            );
         }
-        tracing::info!(name = %config.name, %addr, "node started");
+        tracing::info!(%addr, "node started");
         Ok(Node {
             inner: Arc::new(Inner {
                 shared,

@@ -5,6 +5,7 @@
 //! round the artifact is reported unavailable. Verified bytes are kept and
 //! advertised, so every loader becomes a holder.
 
+use tracing::Instrument as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -308,6 +309,6 @@ pub(crate) fn load(shared: Arc<Shared>, entry: PluginEntry) {
                 }
             }
         }
-    });
+    }.in_current_span());
     pending.insert(key, task.abort_handle());
 }

@@ -3,6 +3,7 @@
 //! all I/O; the engine (behind a lock shared with the API for reads and
 //! commands) owns all decisions.
 
+use tracing::Instrument as _;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -36,6 +37,12 @@ const SAVE_WARN_EVERY: Duration = Duration::from_secs(60);
 /// and counted in `streams_over_cap`. Setups last at most the hello timeout,
 /// exchanges at most [`STREAM_LIFETIME`].
 pub const MAX_ACCEPTED_STREAMS: usize = 256;
+
+/// The span a node's tasks run in, so that its log records name it. At
+/// error level: enabled whatever level the subscriber lets through.
+pub(crate) fn node_span(name: &str) -> tracing::Span {
+    tracing::error_span!("tribe", node = %name)
+}
 
 /// Wall-clock milliseconds since the Unix epoch.
 pub fn wall_clock_ms() -> u64 {
@@ -699,7 +706,7 @@ impl Driver {
                 Err(_) => DriverInput::PoliciesLost,
             };
             let _ = inbox.send(input);
-        });
+        }.in_current_span());
     }
 
     /// Counts a connection the listener failed to accept and, when the
@@ -820,7 +827,7 @@ impl Driver {
                 Err(_) => tracing::debug!(?conn, "stream timed out"),
             }
             let _ = inbox.send(DriverInput::Closed(conn));
-        });
+        }.in_current_span());
     }
 }
 
@@ -939,12 +946,12 @@ async fn open_stream(
                                     }
                                     Err(e) => tracing::warn!(error = %e, "a call stream could not be moved"),
                                 }
-                            });
+                            }.in_current_span());
                             return Ok(None);
                         }
                         let (reader, writer) = s.into_split();
                         let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
-                        tokio::spawn(server.serve_stream(reader, writer, sealer, opener));
+                        tokio::spawn(server.serve_stream(reader, writer, sealer, opener).in_current_span());
                         Ok(None)
                     }
                     Some(_) => Err(StreamError::BadFrame(wire::WireError::Malformed(

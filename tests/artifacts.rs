@@ -136,6 +136,7 @@ async fn a_corrupt_holder_is_reported_and_a_good_one_is_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_artifact_nobody_holds_is_reported_unavailable() {
+    logged();
     let nodes = cluster().await;
     let mut events = nodes[3].events();
     let missing = tribe::ArtifactRef {
@@ -151,6 +152,15 @@ async fn an_artifact_nobody_holds_is_reported_unavailable() {
         other => panic!("{other:?}"),
     }
     assert_eq!(nodes[3].rpc_stats().artifacts_unavailable, 1);
+    // The warning comes from a task of the loader's, and names it (several
+    // nodes share this process).
+    let loader = format!("tribe{{node={}}}", nodes[3].name());
+    wait_for("the loader's warning", Duration::from_secs(5), || {
+        logged()
+            .lines()
+            .any(|l| l.contains("artifact unavailable") && l.contains(&loader))
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -360,8 +360,10 @@ def _pump_logs() -> None:
         except BaseException:  # pragma: no cover - interpreter going down
             return
         if rec is not None:
-            level, target, message = rec
-            _logger.log(level, "%s", message, extra={"tribe_target": target})
+            level, target, node, message = rec
+            _logger.log(
+                level, "%s", message, extra={"tribe_target": target, "tribe_node": node}
+            )
 
 
 def _start_log_thread() -> None:

@@ -164,14 +164,17 @@ pub(crate) struct Pool {
     pub(crate) tx: Sender<Work>,
     pub(crate) rx: Receiver<Work>,
     pub(crate) closed: Arc<AtomicBool>,
+    /// The node's name, for the records its handlers' failures log.
+    node: Arc<str>,
 }
 
 impl Pool {
-    pub(crate) fn new() -> Pool {
+    pub(crate) fn new(node: &str) -> Pool {
         let (tx, rx) = crossbeam_channel::unbounded();
         Pool {
             tx,
             rx,
+            node: node.into(),
             closed: Arc::default(),
         }
     }
@@ -235,7 +238,7 @@ pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<Taken>> 
             // The caller gave up while the call was queued.
             continue;
         }
-        return TakenCall::start(py, job, responder, pool.closed.clone()).map(Some);
+        return TakenCall::start(py, job, responder, pool).map(Some);
     }
 }
 
@@ -252,6 +255,8 @@ pub(crate) type Taken = (Py<PyAny>, Py<PyBytes>, Py<CallInfo>, TakenCall);
 #[pyclass(frozen, module = "pytribe._native")]
 pub(crate) struct TakenCall {
     call: tribe::CallInfo,
+    /// The serving node's name.
+    node: Arc<str>,
     running: Running,
     /// Whether the node closed: then the answer is written with the GIL
     /// held (a write to a socket), never released while the interpreter may
@@ -266,7 +271,7 @@ impl TakenCall {
         py: Python<'_>,
         mut job: Job,
         responder: tribe::Responder,
-        closed: Arc<AtomicBool>,
+        pool: &Pool,
     ) -> PyResult<Taken> {
         let running: Running = Arc::new(Mutex::new(Some(responder)));
         let left = job.info.budget.saturating_sub(job.queued.elapsed());
@@ -291,8 +296,9 @@ impl TakenCall {
                     version: std::mem::take(&mut job.info.version),
                     budget: job.info.budget,
                 },
+                node: pool.node.clone(),
                 running,
-                closed,
+                closed: pool.closed.clone(),
             },
         ))
     }
@@ -327,12 +333,12 @@ impl TakenCall {
                     // The caller got "too_large"; the handler's author
                     // learns it here.
                     let why = format!("the reply has {size} bytes, over the limit of {limit}");
-                    log_failure(py, &self.call, &HandlerError::new("too_large", why), None);
+                    log_failure(py, self, &HandlerError::new("too_large", why), None);
                 }
             }
             Err(e) => {
                 let err = HandlerError::new("TypeError", e);
-                log_failure(py, &self.call, &err, None);
+                log_failure(py, self, &err, None);
                 responder.fail(err);
             }
         }
@@ -354,7 +360,7 @@ impl TakenCall {
             return;
         }
         let err = handler_error(py, &e);
-        log_failure(py, &self.call, &err, Some(e));
+        log_failure(py, self, &err, Some(e));
         responder.fail(err);
     }
 }
@@ -418,8 +424,10 @@ fn text_of(obj: PyResult<Bound<'_, PyAny>>) -> Option<String> {
     Some(s.to_string_lossy().into_owned())
 }
 
-/// Logs a failed handler on the serving side (logger `pytribe`).
-fn log_failure(py: Python<'_>, info: &tribe::CallInfo, err: &HandlerError, exc: Option<PyErr>) {
+/// Logs a failed handler on the serving side (logger `pytribe`, with the
+/// serving node in `tribe_node` as the library's records have it).
+fn log_failure(py: Python<'_>, call: &TakenCall, err: &HandlerError, exc: Option<PyErr>) {
+    let info = &call.call;
     let logged = (|| -> PyResult<()> {
         let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
             Ok(py
@@ -431,6 +439,10 @@ fn log_failure(py: Python<'_>, info: &tribe::CallInfo, err: &HandlerError, exc: 
         if let Some(exc) = exc {
             kwargs.set_item("exc_info", exc.into_value(py))?;
         }
+        let extra = PyDict::new(py);
+        extra.set_item("tribe_target", "pytribe")?;
+        extra.set_item("tribe_node", &*call.node)?;
+        kwargs.set_item("extra", extra)?;
         logger.bind(py).call_method(
             "error",
             (

@@ -10,7 +10,10 @@ use std::sync::OnceLock;
 use crossbeam_channel::{Receiver, Sender};
 use pyo3::prelude::*;
 use tracing::Level;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 
 const QUEUE: usize = 10_000;
 
@@ -24,9 +27,19 @@ const ERROR: u8 = 40;
 static MIN_LEVEL: AtomicU8 = AtomicU8::new(INFO);
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
+/// A record: Python level, Rust module path, node name (empty when the
+/// record is not about one node's work), message.
+type Record = (u8, String, String, String);
+
 struct Queue {
-    tx: Sender<(u8, String, String)>,
-    rx: Receiver<(u8, String, String)>,
+    tx: Sender<Record>,
+    rx: Receiver<Record>,
+}
+
+thread_local! {
+    /// The node of the record being formatted on this thread, set by
+    /// [`Fields`] just before the record's writer is made.
+    static NODE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
 }
 
 static QUEUE_CELL: OnceLock<Queue> = OnceLock::new();
@@ -59,7 +72,12 @@ impl Write for RecordWriter {
         if !text.is_empty()
             && queue()
                 .tx
-                .try_send((self.level, std::mem::take(&mut self.target), text))
+                .try_send((
+                    self.level,
+                    std::mem::take(&mut self.target),
+                    NODE.with(|n| n.borrow().clone()),
+                    text,
+                ))
                 .is_err()
         {
             DROPPED.fetch_add(1, Ordering::Relaxed);
@@ -92,6 +110,38 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for MakeRecord {
     }
 }
 
+/// Formats a record as its fields alone, and notes the node whose work it
+/// is (the library's `tribe` span, field `node`) for the record's writer.
+struct Fields;
+
+impl<S, N> FormatEvent<S, N> for Fields
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        let node = ctx
+            .event_scope()
+            .into_iter()
+            .flat_map(|scope| scope.from_root())
+            .filter(|span| span.name() == "tribe")
+            .find_map(|span| {
+                let ext = span.extensions();
+                let fields = ext.get::<FormattedFields<N>>()?;
+                Some(fields.fields.strip_prefix("node=")?.to_string())
+            })
+            .unwrap_or_default();
+        NODE.with(|n| *n.borrow_mut() = node);
+        ctx.field_format().format_fields(writer.by_ref(), event)?;
+        writeln!(writer)
+    }
+}
+
 /// Installs the forwarding subscriber as this module's global default (the
 /// module has its own copy of `tracing`; nothing else sets one).
 pub(crate) fn install() {
@@ -101,19 +151,18 @@ pub(crate) fn install() {
     let layer = tracing_subscriber::fmt::layer()
         .with_writer(MakeRecord)
         .with_ansi(false)
-        .without_time()
-        .with_level(false)
-        .with_target(false);
+        .event_format(Fields);
     let subscriber =
         tracing_subscriber::registry().with(tracing_subscriber::Layer::with_filter(layer, filter));
     let _ = tracing::subscriber::set_global_default(subscriber);
 }
 
-/// The next log record `(level, target, message)` of the library, waiting
-/// up to `timeout` seconds (GIL released); `None` when there is none.
+/// The next log record `(level, target, node, message)` of the library,
+/// waiting up to `timeout` seconds (GIL released); `None` when there is
+/// none. `node` is the name of the node whose work logged it, or empty.
 #[pyfunction]
 #[pyo3(signature = (timeout=0.2))]
-pub(crate) fn next_log(py: Python<'_>, timeout: f64) -> PyResult<Option<(u8, String, String)>> {
+pub(crate) fn next_log(py: Python<'_>, timeout: f64) -> PyResult<Option<Record>> {
     let wait = crate::node::seconds("timeout", timeout, false)?.min(crate::SLICE);
     let rx = &queue().rx;
     Ok(py.detach(|| rx.recv_timeout(wait).ok()))

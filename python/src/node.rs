@@ -290,8 +290,8 @@ impl NativeNode {
         Ok(NativeNode {
             name: node.name().to_string(),
             addr: node.addr().to_string(),
+            pool: Pool::new(node.name()),
             node,
-            pool: Pool::new(),
             state: AtomicU8::new(OPEN),
             stopped: tokio::sync::watch::Sender::new(false),
             aborted: tokio::sync::watch::Sender::new(false),

@@ -312,3 +312,23 @@ def test_a_data_dir_that_cannot_be_made_is_an_io_error(tmp_path) -> None:  # typ
     with pytest.raises(pytribe.TribeIOError) as e:
         pytribe.Node("no-dir", data_dir=str(not_a_dir / "sub"))
     assert isinstance(e.value, OSError) and e.value.code == "io"
+
+
+def test_log_records_name_the_node_whose_work_logged_them(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("INFO", logger="pytribe"):
+        a = start("log-a")
+        b = start("log-b")
+        try:
+            def started() -> set:
+                return {
+                    getattr(r, "tribe_node", None)
+                    for r in caplog.records
+                    if r.getMessage().startswith("node started")
+                }
+
+            wait_for("both nodes' start logged", lambda: {"log-a", "log-b"} <= started(), 5)
+            record = next(r for r in caplog.records if r.getMessage().startswith("node started"))
+            assert record.tribe_target == "tribe::api"  # type: ignore[attr-defined]
+        finally:
+            a.close()
+            b.close()

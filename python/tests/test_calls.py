@@ -152,6 +152,8 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
             caller.call("svc", "fails", b"x")
         assert e.value.code == "ValueError" and e.value.message == "bad payload b'x'"
         wait_for("the failure logged on the host", lambda: "bad payload" in caplog.text, 5)
+        failure = next(r for r in caplog.records if "bad payload" in r.getMessage())
+        assert failure.tribe_node == host.name  # type: ignore[attr-defined]
     with pytest.raises(pytribe.RemoteError) as e:
         caller.call("svc", "fails", b"explicit")
     assert (e.value.code, e.value.message) == ("no_disk", "disk full")

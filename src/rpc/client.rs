@@ -3,6 +3,7 @@
 //! id, bounds on calls in flight, and the router that picks a host and
 //! fails over.
 
+use tracing::Instrument as _;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -245,6 +246,9 @@ pub struct Pool {
 struct Dialer {
     max_frame: usize,
     counters: Arc<RpcCounters>,
+    /// The node's span, for the tasks of its call streams (callers run in
+    /// spans of their own).
+    span: tracing::Span,
 }
 
 /// A call counted against a host.
@@ -306,6 +310,7 @@ impl Pool {
             dialer: Dialer {
                 max_frame,
                 counters,
+                span: tracing::Span::current(),
             },
             closed: AtomicBool::new(false),
             borrowed: borrowed::Borrowed::default(),
@@ -484,7 +489,7 @@ impl Pool {
                 }
                 Err(e) => tracing::debug!(%addr, error = ?e, "another call stream not opened"),
             }
-        });
+        }.instrument(self.dialer.span.clone()));
     }
 
     /// Takes `stream` as the call stream to `addr` (the fuzz harness's
@@ -757,7 +762,7 @@ impl Dialer {
                     answer_waiting(&pending, Some(&out), || Answer::Lost);
                 }
                 alive.store(false, Ordering::Relaxed);
-            });
+            }.instrument(self.span.clone()));
         }
         let reader = {
             let pending = pending.clone();
@@ -840,7 +845,7 @@ impl Dialer {
                     Some(why) => answer_waiting(&pending, None, || Answer::Refused(why)),
                     None => answer_waiting(&pending, Some(&out), || Answer::Lost),
                 }
-            })
+            }.instrument(self.span.clone()))
             .abort_handle()
         };
         Conn {

@@ -5,6 +5,7 @@
 //! what the caller sent until the caller ends its side, answers every call
 //! it read, and then closes, so no call on the wire is lost.
 
+use tracing::Instrument as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +93,7 @@ impl Server {
         let mut place = Some(place);
         let (outbox, flusher) = Outbox::new(sealer, writer);
         self.track(&outbox);
-        let mut flushing = tokio::spawn(flusher);
+        let mut flushing = tokio::spawn(flusher.in_current_span());
         let mut killed = self.killed.subscribe();
         let mut epoch = self.epoch.subscribe();
         if *killed.borrow_and_update() {
@@ -353,7 +354,7 @@ impl Calls {
                             RpcCounters::bump(&server.counters.served);
                             company.reply(&outbox, id, result);
                             drop(places);
-                        });
+                        }.in_current_span());
                         self.running.add_task(id, task);
                     }
                     Serving::Responder(handler) => {
