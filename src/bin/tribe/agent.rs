@@ -560,9 +560,17 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
         let mut log = EventLog::default();
-        while let Some(event) = events.next().await {
-            log.event(&event, std::time::Instant::now());
-            runner.on_event(&event);
+        loop {
+            // A quiet second still reports what the last one skipped.
+            let next = tokio::time::timeout(std::time::Duration::from_secs(1), events.next());
+            match next.await {
+                Ok(Some(event)) => {
+                    log.event(&event, std::time::Instant::now());
+                    runner.on_event(&event);
+                }
+                Ok(None) => break,
+                Err(_) => log.roll(std::time::Instant::now()),
+            }
         }
     });
 
@@ -637,21 +645,9 @@ impl EventLog {
     /// Logs `event` at `now`, or counts it when the second's share is used
     /// up; whether it was logged.
     fn event(&mut self, event: &Event, now: std::time::Instant) -> bool {
-        let fresh = self
-            .window
-            .is_none_or(|w| now.duration_since(w) >= std::time::Duration::from_secs(1));
-        if fresh {
-            if self.skipped > 0 {
-                tracing::warn!(
-                    skipped = self.skipped,
-                    "{} events not logged (more than {EVENTS_LOGGED_PER_SECOND} a second)",
-                    self.skipped
-                );
-            }
-            *self = EventLog {
-                window: Some(now),
-                ..EventLog::default()
-            };
+        self.roll(now);
+        if self.window.is_none() {
+            self.window = Some(now);
         }
         if self.logged >= EVENTS_LOGGED_PER_SECOND {
             self.skipped += 1;
@@ -663,6 +659,24 @@ impl EventLog {
             _ => tracing::info!(?event, "event"),
         }
         true
+    }
+
+    /// Ends the second's window once it is over, reporting what it skipped.
+    fn roll(&mut self, now: std::time::Instant) {
+        let over = self
+            .window
+            .is_some_and(|w| now.duration_since(w) >= std::time::Duration::from_secs(1));
+        if !over {
+            return;
+        }
+        if self.skipped > 0 {
+            tracing::warn!(
+                skipped = self.skipped,
+                "{} events not logged (more than {EVENTS_LOGGED_PER_SECOND} a second)",
+                self.skipped
+            );
+        }
+        *self = EventLog::default();
     }
 }
 
@@ -679,6 +693,15 @@ mod tests {
         let later = start + std::time::Duration::from_secs(1);
         assert!(log.event(&event, later), "a new second, a new share");
         assert_eq!(log.skipped, 0);
+        // With no event after a burst, the tick reports the skipped ones.
+        (0..1_000).for_each(|_| {
+            log.event(&event, later);
+        });
+        assert!(log.skipped > 0);
+        log.roll(later + std::time::Duration::from_millis(999));
+        assert!(log.skipped > 0, "not before the second is over");
+        log.roll(later + std::time::Duration::from_secs(1));
+        assert_eq!((log.skipped, log.window), (0, None));
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
