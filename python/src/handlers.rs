@@ -76,19 +76,22 @@ impl CallInfo {
     }
 
     /// Whether the call is over without this handler's answer: its caller
-    /// cancelled it (or gave up) or its deadline passed.
-    /// A long handler may check it and stop early; its answer is dropped.
+    /// cancelled it (or gave up) or its budget ran out (the caller was
+    /// answered "timeout"). A long handler may check it and stop early;
+    /// its answer is dropped.
     fn abandoned(&self, py: Python<'_>) -> PyResult<bool> {
-        // The deadline first: a `CallInfo` made in Python has no responder.
-        if monotonic(py)? >= self.deadline {
-            return Ok(true);
-        }
-        Ok(self.running.as_ref().is_some_and(|r| {
-            r.lock()
+        match &self.running {
+            // Asked of the call itself, as C's `tribe_responder_is_abandoned`:
+            // this side's reading of the deadline may come before the call
+            // is over, and an answer given then still reaches the caller.
+            Some(r) => Ok(r
+                .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .as_ref()
-                .is_none_or(tribe::Responder::is_abandoned)
-        }))
+                .is_none_or(tribe::Responder::is_abandoned)),
+            // A `CallInfo` made in Python has only its deadline.
+            None => Ok(monotonic(py)? >= self.deadline),
+        }
     }
 
     /// Seconds left before the deadline (never negative).

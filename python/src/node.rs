@@ -14,6 +14,10 @@ use crate::errors::{check, to_py, value_error};
 use crate::handlers::{Pool, Work};
 use crate::{convert, wait};
 
+/// The longest cluster label (bytes), as the library and C's
+/// `tribe_config_set_label` bound it.
+const MAX_LABEL: usize = 64;
+
 /// How long a graceful stop waits for the replies of handlers still
 /// running to be sent.
 const DRAIN_GRACE: Duration = Duration::from_secs(2);
@@ -244,13 +248,28 @@ impl NativeNode {
         cfg.bind = parse_addr(py, "bind", bind)?;
         // A name is looked up by the node, at start and while it is alone.
         for seed in &seeds {
-            cfg.add_seed(seed).map_err(|e| value_error(e.to_string()))?;
+            cfg.add_seed(seed).map_err(|e| match e {
+                // Refused as given, not at start: no "invalid configuration".
+                tribe::Error::Config(why) => value_error(why),
+                other => value_error(other.to_string()),
+            })?;
+        }
+        // Each fact and the label are checked as they are given, as C's
+        // setters (and so Go's `Start`) do: `InvalidArgumentError`.
+        for (k, v) in &facts {
+            tribe::facts::validate_fact(k, v).map_err(|e| value_error(e.to_string()))?;
         }
         cfg.facts = facts;
         cfg.collect_facts = collect_facts;
         // The library's own errors, as C and Go get for the same values.
         cfg.profile = check(py, profile.parse::<Profile>())?;
-        cfg.cluster_label = label.unwrap_or_default();
+        let label = label.unwrap_or_default();
+        if label.len() > MAX_LABEL {
+            return Err(value_error(format!(
+                "the label is longer than {MAX_LABEL} bytes"
+            )));
+        }
+        cfg.cluster_label = label;
         if let Some(k) = key {
             cfg.keyring = Some(Keyring::new(secret(k)?));
         }
@@ -272,15 +291,13 @@ impl NativeNode {
             cfg.advertise = Some(parse_addr(py, "advertise", a)?);
         }
         if let Some(limit) = max_payload {
-            // Frames carry the payload and 64 KiB of headroom, up to 1 GiB.
-            const MAX: usize = (1 << 30) - 64 * 1024;
-            if limit == 0 || limit > MAX {
-                return Err(value_error(format!(
-                    "max_payload must be between 1 and {MAX} bytes, not {limit}"
-                )));
-            }
+            // Frames carry the payload and 64 KiB of headroom, up to 1 GiB;
+            // past that the library refuses the configuration at start
+            // (`ConfigError`), as `tribe_node_start` does in C.
             cfg.rpc.max_payload = limit;
-            cfg.max_frame = cfg.max_frame.max(limit.saturating_add(64 * 1024));
+            cfg.max_frame = cfg
+                .max_frame
+                .max(limit.saturating_add(64 * 1024).min(1 << 30));
         }
         for (name, value) in &limits {
             check(py, cfg.set_limit(name, *value))?;

@@ -281,6 +281,23 @@ def test_a_cancelled_call_is_abandoned_for_its_running_handler(cluster: Cluster)
     assert saw[0] < 5, saw  # told at once, not at the 30 s deadline
 
 
+def test_an_answer_given_once_abandoned_never_reaches_the_caller(cluster: Cluster) -> None:
+    host, caller = pair(cluster)
+
+    def until_abandoned(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        t0 = time.monotonic()
+        while not info.abandoned() and time.monotonic() - t0 < 10:
+            time.sleep(0.005)
+        return b"late"
+
+    host.serve("until", "1", "processor", until_abandoned)
+    wait_endpoint(caller, "until")
+    for _ in range(15):
+        # The caller has its own timeout: abandoned() was not true early.
+        with pytest.raises(pytribe.CallTimeoutError):
+            caller.call("svc", "until", b"x", timeout=0.3)
+
+
 def test_the_call_bounds_are_set_by_name(cluster: Cluster) -> None:
     """More calls in flight to one host than ``max_inflight_per_conn``
     (256 by default; the caller's and the host's both apply) are refused

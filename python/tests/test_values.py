@@ -120,12 +120,18 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
 
 def test_config_time_and_command_time_refusals_are_the_documented_classes(node: pytribe.Node) -> None:
     many = {f"f{i}": "v" for i in range(257)}
-    # At start the library refuses the configuration (code "config", as C
-    # and Go get); a command refuses the same value as an invalid argument.
-    for kwargs in ({"facts": many}, {"facts": {"f": "v" * 1025}}, {"label": "x" * 65}, {"bind": "0.0.0.0:0"}):
+    # What holds together only at start is refused there (code "config", as
+    # `tribe_node_start` in C and `Start` in Go give); a bad fact or label is
+    # refused as given (code "invalid_argument", as C's setters and so Go's
+    # `Start` give), and so is the same value given to a command later.
+    for kwargs in ({"facts": many}, {"bind": "0.0.0.0:0"}, {"max_payload": 1 << 31}):
         with pytest.raises(pytribe.ConfigError) as e:
             start("config", **kwargs)
         assert isinstance(e.value, ValueError) and e.value.code == "config"
+    for kwargs in ({"facts": {"f": "v" * 1025}}, {"facts": {"bad-key": "v"}}, {"label": "x" * 65}):
+        with pytest.raises(pytribe.InvalidArgumentError) as e:
+            start("config", **kwargs)
+        assert isinstance(e.value, ValueError) and e.value.code == "invalid_argument"
     with pytest.raises(pytribe.InvalidArgumentError):
         node.set_fact("f", "v" * 1025)
     with pytest.raises(pytribe.InvalidArgumentError):

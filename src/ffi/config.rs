@@ -240,9 +240,11 @@ pub extern "C" fn tribe_config_add_seed(
     ffi_call!(err, {
         let addr = cast::text(addr, "addr")?;
         with_config(cfg, |p| {
-            p.config
-                .add_seed(addr)
-                .map_err(|e| FfiError::invalid(e.to_string()))
+            p.config.add_seed(addr).map_err(|e| match e {
+                // Refused as given, not at start: no "invalid configuration".
+                Error::Config(why) => FfiError::invalid(why),
+                other => FfiError::invalid(other.to_string()),
+            })
         })
     })
 }
