@@ -57,9 +57,9 @@ import (
 // the caller sees (invalid UTF-8 is replaced, an empty code becomes
 // "error"); any other error gives the code "error"; a panic is recovered
 // and gives the code "panic" (the node keeps serving). A handler that
-// returns an error because the node is closing (ctx ended by Close) tells
-// the caller that this host is stopping, and the caller moves the call to
-// another member serving the plugin.
+// returns its context's error because the node is closing (ctx ended by
+// Close) gives the code "shutting_down": it ran, so the caller does not
+// move the call to another member (it may have taken effect).
 type Handler func(ctx context.Context, call CallInfo, payload []byte) ([]byte, error)
 
 // callResult is how an asynchronous call ended.
@@ -449,8 +449,10 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 		case errors.As(err, &he) && he != nil:
 			fail(r, he.Code, he.Message)
 		case in.base.Err() != nil && errors.Is(err, context.Canceled):
-			// Gave up because the node is closing: another host may serve it.
-			C.tribe_responder_refuse_stopping(r, nil)
+			// Gave up because the node is closing. The handler ran, and may
+			// have had effects: the caller must not run the call again
+			// elsewhere, as it would after a refusal.
+			fail(r, "shutting_down", "the host closed while its handler ran; the call may have taken effect")
 		default:
 			fail(r, "error", errorText(err))
 		}

@@ -9,8 +9,8 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -185,9 +185,8 @@ func TestNoGoroutineLeakAndCleanupSafetyNet(t *testing.T) {
 }
 
 // Calls a node makes to its own handler, in flight when it closes, end
-// with ErrShuttingDown: the handlers' contexts end first, and a handler
-// that returns for that refuses the call as stopping, which no other
-// member takes.
+// with ErrShuttingDown: the node's own calls fail before the handlers'
+// contexts end.
 func TestCloseEndsLocalCallsShuttingDown(t *testing.T) {
 	for round := 0; round < 20; round++ {
 		n := startNode(t, "self", nil)
@@ -340,18 +339,22 @@ func closingHost() int {
 }
 
 // A handler that gives up because its node closes (it returns its
-// context's error) refuses the call as stopping: with no other member
-// serving the plugin, the caller gets ErrNoProvider naming the host, not a
-// bare "no live member serves it" while it still sees the host.
-func TestAHandlerThatGivesUpAtCloseLeavesItsCallerNoProviderNamingTheHost(t *testing.T) {
+// context's error) ran, and may have taken effect: its caller gets a
+// *RemoteError with code "shutting_down", and the call is not run again on
+// another member serving the plugin.
+func TestAHandlerThatGivesUpAtCloseIsNotRunAgainElsewhere(t *testing.T) {
+	var runs atomic.Int32
 	started := make(chan struct{}, 1)
-	host, caller := servedPair(t, map[string]Handler{
-		"wait": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
-			started <- struct{}{}
-			<-ctx.Done()
-			return nil, ctx.Err()
-		},
-	})
+	wait := func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+		runs.Add(1)
+		select {
+		case started <- struct{}{}:
+		default:
+		}
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	host, caller := servedPair(t, map[string]Handler{"wait": wait})
 	result := make(chan error, 1)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -364,6 +367,17 @@ func TestAHandlerThatGivesUpAtCloseLeavesItsCallerNoProviderNamingTheHost(t *tes
 	case <-time.After(10 * time.Second):
 		t.Fatal("the call did not reach the handler")
 	}
+	// Now the caller serves the plugin in the tribe too: a refusal would
+	// move the call there.
+	if err := caller.Join("svc", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := caller.Serve("wait", "1", Processor, func(context.Context, CallInfo, []byte) ([]byte, error) {
+		runs.Add(1)
+		return []byte("ran again"), nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	if err := host.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -373,12 +387,12 @@ func TestAHandlerThatGivesUpAtCloseLeavesItsCallerNoProviderNamingTheHost(t *tes
 	case <-time.After(20 * time.Second):
 		t.Fatal("the call did not return after the host closed")
 	}
-	if !errors.Is(err, ErrNoProvider) {
-		t.Fatalf("want ErrNoProvider, got %v", err)
+	var remote *RemoteError
+	if !errors.As(err, &remote) || remote.Code != "shutting_down" {
+		t.Fatalf("want a RemoteError with code shutting_down, got %v", err)
 	}
-	want := fmt.Sprintf("; %s refused it as it stopped serving it", host.Name())
-	if !strings.HasSuffix(err.Error(), want) {
-		t.Errorf("the error does not name the host: %q", err.Error())
+	if n := runs.Load(); n != 1 {
+		t.Errorf("the call ran %d times, want once", n)
 	}
 }
 
