@@ -846,7 +846,10 @@ uint32_t tribe_responder_reply(const struct tribe_responder *r,
  * `code` (short, stable; NULL or "" gives `"error"`) and `message` (NULL
  * gives ""). Longer ones are cut without an error: the code to 256 bytes,
  * the message to 65,536 (64 KiB), each on a character boundary and ending
- * in "…" (counted in the limit). The code `"timeout"` is reserved: it
+ * in "…" (counted in the limit). Bytes that are not UTF-8 (a file name,
+ * `strerror` text in another encoding) are replaced with U+FFFD, not
+ * refused, so the failure still reaches the caller, as in Go and Python.
+ * The code `"timeout"` is reserved: it
  * reaches the caller as `TRIBE_TIMEOUT`, without the message, as a host's
  * answer to a handler that overran the caller's budget. Otherwise like
  * `tribe_responder_reply`.
@@ -859,8 +862,10 @@ uint32_t tribe_responder_fail(const struct tribe_responder *r,
 /**
  * Answers that this host is stopping and did not run the call (a handler
  * pool that stops with calls still queued, a handler that gave up because
- * its node is closing): the caller moves the call to another member that
- * serves the plugin, as for a call that reaches a host already stopping
+ * its node is closing before it had any effect; one that may have had
+ * effects answers with `tribe_responder_fail` instead, or the caller runs
+ * the call again elsewhere): the caller moves the call to another member
+ * that serves the plugin, as for a call that reaches a host already stopping
  * (`TRIBE_NO_PROVIDER` when there is none). `TRIBE_CONSUMED` if the call
  * was answered already. The responder must still be freed. Does not block.
  */

@@ -691,7 +691,10 @@ pub extern "C" fn tribe_responder_reply(
 /// `code` (short, stable; NULL or "" gives `"error"`) and `message` (NULL
 /// gives ""). Longer ones are cut without an error: the code to 256 bytes,
 /// the message to 65,536 (64 KiB), each on a character boundary and ending
-/// in "…" (counted in the limit). The code `"timeout"` is reserved: it
+/// in "…" (counted in the limit). Bytes that are not UTF-8 (a file name,
+/// `strerror` text in another encoding) are replaced with U+FFFD, not
+/// refused, so the failure still reaches the caller, as in Go and Python.
+/// The code `"timeout"` is reserved: it
 /// reaches the caller as `TRIBE_TIMEOUT`, without the message, as a host's
 /// answer to a handler that overran the caller's budget. Otherwise like
 /// `tribe_responder_reply`.
@@ -704,16 +707,18 @@ pub extern "C" fn tribe_responder_fail(
 ) -> u32 {
     ffi_call!(err, {
         let r = cast::handle(r, "responder")?;
-        let code = cast::opt_text(code, "code")?.unwrap_or("error");
-        let message = cast::opt_text(message, "message")?.unwrap_or("");
+        let code = cast::opt_text_lossy(code).unwrap_or("error".into());
+        let message = cast::opt_text_lossy(message).unwrap_or_default();
         r.answer(Answer::Fail(HandlerError::new(code, message)))
     })
 }
 
 /// Answers that this host is stopping and did not run the call (a handler
 /// pool that stops with calls still queued, a handler that gave up because
-/// its node is closing): the caller moves the call to another member that
-/// serves the plugin, as for a call that reaches a host already stopping
+/// its node is closing before it had any effect; one that may have had
+/// effects answers with `tribe_responder_fail` instead, or the caller runs
+/// the call again elsewhere): the caller moves the call to another member
+/// that serves the plugin, as for a call that reaches a host already stopping
 /// (`TRIBE_NO_PROVIDER` when there is none). `TRIBE_CONSUMED` if the call
 /// was answered already. The responder must still be freed. Does not block.
 #[no_mangle]

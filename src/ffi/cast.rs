@@ -78,6 +78,18 @@ pub(super) fn opt_text<'a>(ptr: *const c_char, what: &str) -> Result<Option<&'a 
         .map_err(|_| FfiError::new(TRIBE_INVALID_UTF8, format!("{what} is not valid UTF-8")))
 }
 
+/// An optional string argument whose bytes that are not UTF-8 are replaced
+/// (U+FFFD): for text passed on, such as a failure's code and message,
+/// which is better kept with a mark than lost.
+pub(super) fn opt_text_lossy<'a>(ptr: *const c_char) -> Option<std::borrow::Cow<'a, str>> {
+    if ptr.is_null() {
+        return None;
+    }
+    // SAFETY: non-NULL strings are NUL-terminated and live for the call
+    // (header rule).
+    Some(unsafe { CStr::from_ptr(ptr) }.to_string_lossy())
+}
+
 /// A byte buffer argument; NULL is allowed only with length 0.
 pub(super) fn bytes<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u8], FfiError> {
     if len == 0 {

@@ -182,6 +182,14 @@ int main(void) {
     CHECK(strcmp(tribe_error_name(err), "remote") == 0);
     CHECK(reply == NULL && reply_len == 0);
     tribe_error_free(err);
+    /* Its bytes that are not UTF-8 arrive replaced (U+FFFD), not lost. */
+    err = NULL;
+    rc = tribe_node_call(nodes[2], "core", "fail", NULL, TRIBE_KIND_PROCESSOR,
+                         (const uint8_t *)"latin1", 6, 5000, &reply, &reply_len, &err);
+    CHECK(rc == TRIBE_REMOTE);
+    CHECK(strcmp(tribe_error_remote_code(err), "bad_\xef\xbf\xbd") == 0);
+    CHECK(strcmp(tribe_error_remote_message(err), "caf\xef\xbf\xbd closed") == 0);
+    tribe_error_free(err);
 
     /* A reply over the host's max_payload: the caller gets "too_large",
      * and the handler's tribe_responder_reply returned TRIBE_TOO_LARGE. */

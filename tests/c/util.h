@@ -191,7 +191,12 @@ static inline void answer(pump *p, tribe_responder *r) {
     if (strcmp(plugin, "upper") == 0) {
         reply_upper(r);
     } else if (strcmp(plugin, "fail") == 0) {
-        OK(tribe_responder_fail(r, "bad_input", "cannot handle this payload", NULL));
+        if (len == 6 && memcmp(payload, "latin1", 6) == 0) {
+            /* Text in another encoding is passed on, marked, not refused. */
+            OK(tribe_responder_fail(r, "bad_\xff", "caf\xe9 closed", NULL));
+        } else {
+            OK(tribe_responder_fail(r, "bad_input", "cannot handle this payload", NULL));
+        }
         tribe_responder_free(r);
     } else if (strcmp(plugin, "huge") == 0) {
         size_t big = (4u << 20) + 1;
