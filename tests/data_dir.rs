@@ -134,3 +134,97 @@ async fn a_node_under_another_name_refuses_the_data_dir() {
     again.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A rolling restart of the whole tribe without seeds: the nodes stop one
+/// by one (each seeing the earlier ones leave) and come back in the same
+/// order, a moment apart. Each kept every member it knew, those that had
+/// left too, so each finds whichever came back first, and the tribe comes
+/// back as one, not as islands of the nodes that happened to know each
+/// other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_without_seeds_comes_back_as_one_tribe() {
+    let dir = scratch("rolling");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let names: Vec<String> = (0..5).map(|i| format!("dd-roll{i}")).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for name in &names {
+        let mut cfg = config(name, &dir, any);
+        cfg.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
+        nodes.push(Node::start(cfg).await.unwrap());
+    }
+    wait_converged_members(&nodes, 5).await;
+    let addrs: Vec<_> = nodes.iter().map(Node::addr).collect();
+    for (i, node) in nodes.iter().enumerate() {
+        node.shutdown().await.unwrap();
+        // The others see it leave before the next one stops.
+        for other in &nodes[i + 1..] {
+            let name = node.name().to_string();
+            wait_for("the leave seen", Duration::from_secs(10), || {
+                other
+                    .members()
+                    .iter()
+                    .any(|m| m.name == name && m.state == MemberState::Left)
+            })
+            .await;
+        }
+    }
+    let mut back: Vec<Node> = Vec::new();
+    for (name, addr) in names.iter().zip(&addrs) {
+        back.push(Node::start(config(name, &dir, *addr)).await.unwrap());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_for("one tribe again", Duration::from_secs(15), || {
+        back.iter().all(|n| n.members_alive() == 5)
+    })
+    .await;
+    for n in &back {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two nodes come back first and find each other; the two others come
+/// back later at their addresses but afresh (new data dirs) and find only
+/// each other. The first two keep trying the peers their data dirs kept
+/// that they have not met since, and the two islands merge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_peers_not_met_since_a_restart_are_tried_again_and_islands_merge() {
+    let dir = scratch("islands");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let names: Vec<String> = (0..4).map(|i| format!("dd-isle{i}")).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for name in &names {
+        let mut cfg = config(name, &dir, any);
+        cfg.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
+        nodes.push(Node::start(cfg).await.unwrap());
+    }
+    wait_converged_members(&nodes, 4).await;
+    let addrs: Vec<_> = nodes.iter().map(Node::addr).collect();
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+    // 0 and 1 come back, seeded with each other.
+    let mut first = Vec::new();
+    for (i, other) in [(0, 1), (1, 0)] {
+        let mut cfg = config(&names[i], &dir, addrs[i]);
+        cfg.seeds = vec![addrs[other]];
+        first.push(Node::start(cfg).await.unwrap());
+    }
+    wait_converged_members(&first, 2).await;
+    // 2 and 3 come back afresh, seeded with each other only.
+    let mut later = Vec::new();
+    for (i, other) in [(2, 3), (3, 2)] {
+        let _ = std::fs::remove_dir_all(dir.join(&names[i]));
+        let mut cfg = config(&names[i], &dir, addrs[i]);
+        cfg.seeds = vec![addrs[other]];
+        later.push(Node::start(cfg).await.unwrap());
+    }
+    wait_for("the islands merged", Duration::from_secs(15), || {
+        first.iter().chain(&later).all(|n| n.members_alive() == 4)
+    })
+    .await;
+    for n in first.iter().chain(&later) {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -11,7 +11,7 @@
 //! peer shows whether the peer still knows them (kept) or not (dropped), so
 //! a deleted tribe does not come back.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use serde::{Deserialize, Serialize};
@@ -47,28 +47,19 @@ pub struct Durable {
     pub fact_changes: BTreeMap<String, Option<String>>,
 }
 
+/// The most peers the data dir keeps: all of them a restart dials at once
+/// as seeds, a bound on that burst in a large tribe.
+pub const MAX_KEPT_PEERS: usize = 64;
+
 /// Whether a record belongs in the data dir.
 fn kept(key: &Key) -> bool {
     !matches!(key, Key::Node(_) | Key::RingKey(_) | Key::RingPrimary)
 }
 
 impl Engine {
-    /// The durable part of what this node knows now. While no peer is up
-    /// (a restart before anyone answered, the whole tribe down at once),
-    /// the peers last seen up are kept: a restart without seeds finds the
-    /// tribe through them.
+    /// The durable part of what this node knows now.
     pub fn durable(&mut self) -> Durable {
-        let mut up: Vec<SocketAddr> = self
-            .members
-            .iter()
-            .filter(|(_, r)| r.state.is_up())
-            .map(|(_, r)| r.id.addr)
-            .collect();
-        up.sort();
-        if !up.is_empty() {
-            self.last_peers = up;
-        }
-        let peers = self.last_peers.clone();
+        let peers = self.peers_to_keep();
         let sh = lock(&self.shared);
         let mut records: Vec<(Key, Entry)> = sh
             .state
@@ -85,6 +76,51 @@ impl Engine {
             last_contact_ms: self.last_contact_ms,
             fact_changes: self.fact_changes.clone(),
         }
+    }
+
+    /// The peers the data dir keeps, for a restart without seeds: every
+    /// member this node knows, up ones first, then those that failed or
+    /// left, then the peers an earlier run kept that this one has not met;
+    /// at most [`MAX_KEPT_PEERS`]. Not only those up: a rolling restart of
+    /// the whole tribe stops its nodes one by one and brings them back in
+    /// any order, and each must find whichever came back first (keeping
+    /// only the peers up at its stop, the first to stop knew none of the
+    /// earlier ones, and the tribe came back as islands).
+    fn peers_to_keep(&self) -> Vec<SocketAddr> {
+        let own = self.swim.identity().addr;
+        let mut up = BTreeSet::new();
+        let mut down = BTreeSet::new();
+        for (_, r) in self.members.iter() {
+            if r.state.is_up() {
+                up.insert(r.id.addr);
+            } else {
+                down.insert(r.id.addr);
+            }
+        }
+        let mut peers: Vec<SocketAddr> = Vec::new();
+        for addr in up.iter().chain(&down).chain(&self.unmet_kept_peers()) {
+            if peers.len() == MAX_KEPT_PEERS {
+                break;
+            }
+            if *addr != own && !peers.contains(addr) {
+                peers.push(*addr);
+            }
+        }
+        peers
+    }
+
+    /// The peers an earlier run kept that this run has not met (no member
+    /// at their address), while they are still tried.
+    pub(super) fn unmet_kept_peers(&self) -> Vec<SocketAddr> {
+        if self.now_ms() >= self.kept_until_ms {
+            return Vec::new();
+        }
+        let known: BTreeSet<SocketAddr> = self.members.iter().map(|(_, r)| r.id.addr).collect();
+        self.kept_peers
+            .iter()
+            .filter(|a| !known.contains(a))
+            .copied()
+            .collect()
     }
 
     /// Changes whenever [`Engine::durable`] may have changed.
@@ -131,10 +167,19 @@ impl Engine {
             );
         }
         let me = self.swim.identity().addr;
-        self.last_peers = durable.peers.clone();
-        for peer in durable.peers {
-            if peer != me && !self.seeds.contains(&peer) {
-                self.seeds.push(peer);
+        self.kept_peers = durable
+            .peers
+            .into_iter()
+            .filter(|p| *p != me)
+            .take(MAX_KEPT_PEERS)
+            .collect();
+        // Tried as long as a failed member would be, before it is reaped.
+        self.kept_until_ms = self
+            .now_ms()
+            .saturating_add(self.timings.reap_after.as_millis() as u64);
+        for peer in &self.kept_peers {
+            if !self.seeds.contains(peer) {
+                self.seeds.push(*peer);
             }
         }
     }

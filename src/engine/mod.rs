@@ -215,9 +215,11 @@ pub struct Engine {
     pending: BTreeMap<Key, crate::records::Entry>,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
-    /// The peers last seen up (or, before any, those an earlier run kept):
-    /// what the data dir keeps while none is up.
-    last_peers: Vec<SocketAddr>,
+    /// The peers an earlier run kept (see [`durable`]): seeds at start,
+    /// then tried now and then, as failed members are, while this run has
+    /// not met them, until `kept_until_ms`.
+    kept_peers: Vec<SocketAddr>,
+    kept_until_ms: u64,
     /// Largest stream frame, to size anti-entropy chunks.
     max_frame: usize,
     /// Gossips news before the next tick.
@@ -364,7 +366,8 @@ impl Engine {
             record_owed: false,
             pending: BTreeMap::new(),
             last_contact_ms: 0,
-            last_peers: Vec::new(),
+            kept_peers: Vec::new(),
+            kept_until_ms: 0,
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),

@@ -991,21 +991,33 @@ impl Engine {
             .collect()
     }
 
-    /// Tries one failed member again: heals partitions whose sides both
-    /// declared the other down.
+    /// Tries one failed member again, or a peer an earlier run kept that
+    /// this one has not met: heals partitions whose sides both declared the
+    /// other down, and islands a restart of the whole tribe left (a node
+    /// joins through the first kept peer that answers, and stops dialling
+    /// the others).
     pub(super) fn reconnect(&mut self) {
         if self.left {
             return;
         }
         let failed = self.members.failed();
-        if failed.is_empty() {
+        let unmet = self.unmet_kept_peers();
+        let n = failed.len() + unmet.len();
+        if n == 0 {
             return;
         }
-        let pick = failed[rand::RngExt::random_range(&mut self.rng, 0..failed.len())].clone();
-        tracing::debug!(peer = %pick.name, "reconnecting to a failed member");
-        // Digests first: a failed member mostly refuses the connection, and
-        // then only the summary was queued, not this node's whole view.
-        self.start_summary(&pick);
+        let i = rand::RngExt::random_range(&mut self.rng, 0..n);
+        if let Some(pick) = failed.get(i) {
+            tracing::debug!(peer = %pick.name, "reconnecting to a failed member");
+            // Digests first: a failed member mostly refuses the connection,
+            // and then only the summary was queued, not this node's whole view.
+            self.start_summary(&pick.clone());
+        } else {
+            let addr = unmet[i - failed.len()];
+            tracing::debug!(%addr, "trying a peer an earlier run kept");
+            // As a join: the SWIM announce after it merges the two sides.
+            self.start_sync(addr, true);
+        }
     }
 }
 
