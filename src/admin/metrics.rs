@@ -172,7 +172,7 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut r,
         "streams_stalled",
-        "Streams whose peer did not finish the setup in time",
+        "Streams whose peer did not finish the setup in time, or whose unfinished setup made way for a newer connection at the cap",
         c.streams_stalled,
     );
     counter(
@@ -417,6 +417,32 @@ pub fn render(s: &Snapshot) -> String {
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &r);
+    samples_in_order(&out)
+}
+
+/// The same text with the samples of each metric in label order: a family
+/// keeps its series in a hash map, whose order changed from one scrape to
+/// the next (harmless for Prometheus, noise for a person diffing scrapes).
+fn samples_in_order(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut samples: Vec<&str> = Vec::new();
+    let flush = |samples: &mut Vec<&str>, out: &mut String| {
+        samples.sort_unstable();
+        for line in samples.drain(..) {
+            out.push_str(line);
+            out.push('\n');
+        }
+    };
+    for line in text.lines() {
+        if line.starts_with('#') {
+            flush(&mut samples, &mut out);
+            out.push_str(line);
+            out.push('\n');
+        } else {
+            samples.push(line);
+        }
+    }
+    flush(&mut samples, &mut out);
     out
 }
 
@@ -462,5 +488,36 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn every_scrape_lists_the_series_in_the_same_order() {
+        let snapshot = || Snapshot {
+            members: Vec::new(),
+            tribes: Vec::new(),
+            policies: 0,
+            counters: Counters::default(),
+            broadcast_backlog: 0,
+            keys_held: 0,
+            rpc: crate::rpc::RpcStats {
+                ok: 1,
+                timeout: 2,
+                no_provider: 3,
+                ..Default::default()
+            },
+            name_held_elsewhere: false,
+            admin_refusals: 0,
+        };
+        let first = render(&snapshot());
+        for _ in 0..20 {
+            assert_eq!(render(&snapshot()), first);
+        }
+        let calls: Vec<&str> = first
+            .lines()
+            .filter(|l| l.starts_with("tribe_rpc_calls_total"))
+            .collect();
+        let mut sorted = calls.clone();
+        sorted.sort_unstable();
+        assert_eq!(calls, sorted);
     }
 }
