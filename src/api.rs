@@ -529,6 +529,16 @@ impl Node {
         self.inner.shared.engine().name_held_by()
     }
 
+    /// A peer that refused this node's key in the last minute (until an
+    /// exchange with it succeeds): the tribe may have rotated its keys
+    /// without this node, which was down, frozen or cut off meanwhile, and
+    /// now lives on alone (or with other nodes left behind). Installing the
+    /// tribe's current key on this node ([`Node::install_key`]) brings it
+    /// back. `None` otherwise.
+    pub fn key_refused_by(&self) -> Option<SocketAddr> {
+        self.inner.shared.engine().key_refused_by()
+    }
+
     /// Live members, this node included.
     pub fn members_alive(&self) -> usize {
         self.inner.shared.engine().members_alive()

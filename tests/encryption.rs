@@ -765,6 +765,16 @@ async fn a_node_holding_only_keys_rotated_away_logs_that_it_is_cut_off() {
     })
     .await;
     assert_eq!(stale.members_alive(), 1);
+    // Its status says so too, naming the peer that refused it.
+    assert_eq!(stale.key_refused_by(), Some(nodes[0].addr()));
+    assert_eq!(nodes[0].key_refused_by(), None);
+    // The way back for a node that runs on: the tribe's current key,
+    // installed on it.
+    stale.install_key(current.clone()).await.unwrap();
+    wait_for("the stale node back in", Duration::from_secs(20), || {
+        stale.members_alive() == 3 && stale.key_refused_by().is_none()
+    })
+    .await;
     stale.shutdown().await.unwrap();
     for n in nodes {
         n.shutdown().await.unwrap();

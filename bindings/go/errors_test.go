@@ -107,6 +107,28 @@ func mustKey(t *testing.T) string {
 	return k
 }
 
+// A node whose keys the tribe rotated away says so in its Status, naming
+// the peer that refused it, and comes back once it holds the current key.
+func TestANodeLeftBehindByARotationSaysSoAndComesBack(t *testing.T) {
+	current := mustKey(t)
+	a := startNode(t, "behind", func(c *Config) { c.Key = current })
+	stale := startNode(t, "behind-stale", func(c *Config) { c.Key = mustKey(t); c.Seeds = []string{a.Addr()} })
+	waitFor(t, "the refusal shown", 20*time.Second, func() bool {
+		st, err := stale.Status()
+		return err == nil && st.KeyRefusedBy == a.Addr()
+	})
+	if st, err := a.Status(); err != nil || st.KeyRefusedBy != "" {
+		t.Fatalf("the tribe's node shows a refusal: %+v %v", st, err)
+	}
+	if err := stale.InstallKey(current); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "back in the tribe", 20*time.Second, func() bool {
+		st, err := stale.Status()
+		return err == nil && st.KeyRefusedBy == "" && aliveCount(stale) == 2
+	})
+}
+
 // Key rotation between two Go nodes: install, use, remove; the keyring
 // snapshot follows, and calls keep working.
 func TestKeyRotation(t *testing.T) {

@@ -137,6 +137,12 @@ type Status struct {
 	// at: this node keeps out of the cluster until that node goes, then
 	// takes its name back. Empty while this node holds its name.
 	NameHeldBy string `json:"name_held_by"`
+	// KeyRefusedBy is a peer that refused this node's key in the last
+	// minute (until an exchange with it succeeds): the tribe may have
+	// rotated its keys without this node, which then lives on alone or
+	// with others left behind; InstallKey of the tribe's current key on
+	// this node brings it back. Empty otherwise.
+	KeyRefusedBy string `json:"key_refused_by"`
 }
 
 // KeyStatus says which live nodes hold which keys (ids only, never keys).

@@ -939,6 +939,14 @@ class Node(_NoCopy):
         name back. None while this node holds its name."""
         return self._native.name_held_by()
 
+    def key_refused_by(self) -> Optional[str]:
+        """A peer that refused this node's key in the last minute (until an
+        exchange with it succeeds), as ``host:port``: the tribe may have
+        rotated its keys without this node, which then lives on alone or
+        with others left behind. ``install_key`` of the tribe's current key
+        on this node brings it back. None otherwise."""
+        return self._native.key_refused_by()
+
     def keys(self) -> Keys:
         """Which live nodes hold which keys (ids only)."""
         return Keys._from(self._native.keys())

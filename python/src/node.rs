@@ -382,6 +382,13 @@ impl NativeNode {
             .map(|a| a.to_string()))
     }
 
+    fn key_refused_by(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.live(py)?;
+        Ok(py
+            .detach(|| self.node.key_refused_by())
+            .map(|a| a.to_string()))
+    }
+
     fn state_digest(&self, py: Python<'_>) -> PyResult<String> {
         self.live(py)?;
         Ok(py.detach(|| self.node.state_digest()))

@@ -48,3 +48,13 @@ def test_key_rotation_through_python(cluster: Cluster) -> None:
         raise AssertionError("removing the primary must fail")
     a.remove_key(k1)
     wait_for("only k2", lambda: [k.id for k in a.keys().keys] == [pytribe.key_id(k2)])
+
+
+def test_a_node_left_behind_by_a_rotation_says_so_and_comes_back_with_the_key(cluster: Cluster) -> None:
+    current = pytribe.keygen()
+    a = cluster.start("behind-a", key=current)
+    stale = cluster.start("behind-stale", seeds=[a.addr], key=pytribe.keygen())
+    wait_for("the refusal shown", lambda: stale.key_refused_by() == a.addr)
+    assert a.key_refused_by() is None and stale.members_alive() == 1
+    stale.install_key(current)
+    wait_for("back in the tribe", lambda: stale.members_alive() == 2 and stale.key_refused_by() is None)

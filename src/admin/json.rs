@@ -37,6 +37,10 @@ pub struct Status {
     /// runs at (this node keeps out meanwhile); absent otherwise.
     #[serde(default)]
     pub name_held_by: Option<String>,
+    /// A peer that refused this node's key in the last minute (the tribe
+    /// may have rotated its keys without this node); absent otherwise.
+    #[serde(default)]
+    pub key_refused_by: Option<String>,
 }
 
 /// A plugin a member serves.
@@ -258,6 +262,7 @@ impl Status {
             broadcast_backlog: node.broadcast_backlog(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             name_held_by: node.name_held_by().map(|a| a.to_string()),
+            key_refused_by: node.key_refused_by().map(|a| a.to_string()),
         }
     }
 }

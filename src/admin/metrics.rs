@@ -30,6 +30,8 @@ pub struct Snapshot {
     pub rpc: crate::rpc::RpcStats,
     /// Whether another live node holds this node's name (it keeps out).
     pub name_held_elsewhere: bool,
+    /// Whether a peer refused this node's key in the last minute.
+    pub key_refused: bool,
     /// Admin requests refused for their token or `Host`.
     pub admin_refusals: u64,
 }
@@ -102,6 +104,12 @@ pub fn render(s: &Snapshot) -> String {
         "name_held_elsewhere",
         "1 while another live node runs under this node's name and this node keeps out of the cluster for it",
         usize::from(s.name_held_elsewhere),
+    );
+    gauge(
+        &mut r,
+        "key_refused",
+        "1 while a peer refused this node's key in the last minute: the tribe may have rotated its keys without this node",
+        usize::from(s.key_refused),
     );
 
     counter(
@@ -469,10 +477,12 @@ mod tests {
                 ..Default::default()
             },
             name_held_elsewhere: true,
+            key_refused: true,
             admin_refusals: 4,
         });
         assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
         assert!(text.contains("tribe_name_held_elsewhere 1"), "{text}");
+        assert!(text.contains("tribe_key_refused 1"), "{text}");
         assert!(text.contains("tribe_admin_refused_total 4"), "{text}");
         assert!(text.contains("tribe_policies 3"), "{text}");
         assert!(
@@ -506,6 +516,7 @@ mod tests {
                 ..Default::default()
             },
             name_held_elsewhere: false,
+            key_refused: false,
             admin_refusals: 0,
         };
         let first = render(&snapshot());

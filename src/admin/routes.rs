@@ -383,6 +383,7 @@ pub(super) async fn prometheus(
             .count(),
         rpc: node.rpc_stats(),
         name_held_elsewhere: node.name_held_by().is_some(),
+        key_refused: node.key_refused_by().is_some(),
         admin_refusals: refusals.count(),
     });
     (

@@ -10,6 +10,9 @@ use super::delta::lock;
 use super::view::{MemberInfo, MemberState, Policy, TribeInfo, View};
 use super::Engine;
 
+/// How long a peer's refusal of this node's key is shown (ms).
+const KEY_REFUSAL_SHOWN_MS: u64 = 60_000;
+
 /// A mutation requested by the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -613,6 +616,16 @@ impl Engine {
         } else {
             None
         }
+    }
+
+    /// A peer that refused this node's key in the last minute, until an
+    /// exchange with it succeeds: the tribe may have rotated its keys
+    /// without this node (it was down, frozen or cut off meanwhile), which
+    /// then lives on alone or with others left behind, its status looking
+    /// healthy otherwise.
+    pub fn key_refused_by(&self) -> Option<std::net::SocketAddr> {
+        let (addr, at) = self.key_refused?;
+        (self.now_ms() < at.saturating_add(KEY_REFUSAL_SHOWN_MS)).then_some(addr)
     }
 
     /// Number of live members, this node included.

@@ -139,10 +139,14 @@ impl Engine {
         }
         // Which peer, so that an operator finds the node behind.
         let peer = peer.or_else(|| self.conns.get(&conn).and_then(|x| x.peer));
+        let refused_by = peer;
         let peer = move || peer.map_or_else(String::new, |a| format!(" (peer {a})"));
         match why {
             // This node cannot take part at all: an error, not a warning.
             Refusal::KeyRejected(rejected) => {
+                if let Some(addr) = refused_by {
+                    self.key_refused = Some((addr, now_ms));
+                }
                 if !self.try_another_key(rejected) && self.log_due("key_rejected") {
                     tracing::error!("{why}{}", peer());
                 }

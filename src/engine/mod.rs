@@ -210,6 +210,9 @@ pub struct Engine {
     /// This node's keys that peers refused while it reached no one (see
     /// `try_another_key`).
     refused_keys: BTreeSet<crate::crypto::KeyId>,
+    /// The last peer that refused this node's key, and when (engine clock,
+    /// ms): shown for a while (see [`Engine::key_refused_by`]).
+    key_refused: Option<(SocketAddr, u64)>,
     /// Records kept from before a long absence, awaiting a peer's word
     /// (see [`durable`]).
     pending: BTreeMap<Key, crate::records::Entry>,
@@ -374,6 +377,7 @@ impl Engine {
             buddies: Default::default(),
             security_epoch: 0,
             refused_keys: BTreeSet::new(),
+            key_refused: None,
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)

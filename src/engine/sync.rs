@@ -320,6 +320,11 @@ impl Engine {
         if ok {
             self.last_contact_ms = sh.now_ms;
             self.refused_keys.clear();
+            // The peer that refused this node's key takes it now.
+            let peer = exchange.as_ref().and_then(|x| x.peer);
+            if self.key_refused.is_some_and(|(by, _)| Some(by) == peer) {
+                self.key_refused = None;
+            }
             self.last_exchanged = exchange.and_then(|x| x.peer).map(|p| (p, sh.now_ms));
             sh.counters.push_pulls_completed += 1;
         } else {

@@ -311,6 +311,11 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                     "warning: another node at {holder} runs under this node's name (a copied configuration?); this node keeps out of the cluster until that node stops"
                 );
             }
+            if let Some(peer) = &s.key_refused_by {
+                eprintln!(
+                    "warning: the peer at {peer} refused this node's key in the last minute: the tribe may have rotated its keys without this node; install the tribe's current key on it (tribe keys install KEY --admin THIS-AGENT)"
+                );
+            }
             print_table(
                 &[
                     "NAME",
