@@ -687,7 +687,9 @@ uint32_t tribe_node_unserve(const struct tribe_node *node,
  * most `TRIBE_MAX_CALL_BUDGET_MS`), or a shutdown of the node from
  * another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
  * an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
- * for an empty reply). Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
+ * for an empty reply); `reply` and `reply_len` both NULL drop the reply
+ * (a publisher's, say: its caller wants only the outcome), one of them
+ * NULL is `TRIBE_NULL_ARGUMENT`. Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
  * `TRIBE_REMOTE` (the handler's code and message in the error),
  * `TRIBE_TOO_LARGE`, `TRIBE_OVERLOADED`, `TRIBE_DISCONNECTED`,
  * `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when `payload_len` is 0.

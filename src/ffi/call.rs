@@ -317,7 +317,9 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// most `TRIBE_MAX_CALL_BUDGET_MS`), or a shutdown of the node from
 /// another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
 /// an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
-/// for an empty reply). Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
+/// for an empty reply); `reply` and `reply_len` both NULL drop the reply
+/// (a publisher's, say: its caller wants only the outcome), one of them
+/// NULL is `TRIBE_NULL_ARGUMENT`. Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
 /// `TRIBE_REMOTE` (the handler's code and message in the error),
 /// `TRIBE_TOO_LARGE`, `TRIBE_OVERLOADED`, `TRIBE_DISCONNECTED`,
 /// `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when `payload_len` is 0.
@@ -341,8 +343,12 @@ pub extern "C" fn tribe_node_call(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, [reply, reply_len], {
-        let reply = cast::out(reply, "reply")?;
-        let reply_len = cast::out(reply_len, "reply_len")?;
+        // Both NULL: the reply is not wanted.
+        let wanted = !(reply.is_null() && reply_len.is_null());
+        if wanted {
+            cast::out(reply, "reply")?;
+            cast::out(reply_len, "reply_len")?;
+        }
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
@@ -355,7 +361,9 @@ pub extern "C" fn tribe_node_call(
                 _ = closing.wait_for(|c| *c) => Err(Error::ShuttingDown),
             }
         })?;
-        cast::give_bytes(reply, reply_len, bytes);
+        if wanted {
+            cast::give_bytes(reply, reply_len, bytes);
+        }
         Ok(())
     })
 }

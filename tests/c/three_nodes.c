@@ -171,6 +171,9 @@ int main(void) {
     CHECK(reply_len == strlen(payload) && memcmp(reply, "HELLO TRIBE", reply_len) == 0);
     tribe_bytes_free(reply, reply_len);
     printf("c-c called c-b's C handler through core: HELLO TRIBE\n");
+    /* A caller that wants only the outcome passes no reply buffer. */
+    EXPECT(TRIBE_OK, tribe_node_call(nodes[2], "core", "upper", "1", TRIBE_KIND_PROCESSOR,
+                                     (const uint8_t *)payload, strlen(payload), 5000, NULL, NULL, &err));
 
     /* A handler failure carries the handler's code and message. */
     tribe_error *err = NULL;
