@@ -135,6 +135,24 @@ async fn a_node_under_another_name_refuses_the_data_dir() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `n` nodes `{prefix}0..`, each with a data dir under `dir`, seeded with
+/// the first, converged; their names too.
+async fn tribe_with_data_dirs(
+    dir: &std::path::Path,
+    prefix: &str,
+    n: usize,
+) -> (Vec<String>, Vec<Node>) {
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let mut nodes: Vec<Node> = Vec::new();
+    for name in &names {
+        let mut cfg = config(name, dir, "127.0.0.1:0".parse().unwrap());
+        cfg.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
+        nodes.push(Node::start(cfg).await.unwrap());
+    }
+    wait_converged_members(&nodes, n).await;
+    (names, nodes)
+}
+
 /// A rolling restart of the whole tribe without seeds: the nodes stop one
 /// by one (each seeing the earlier ones leave) and come back in the same
 /// order, a moment apart. Each kept every member it knew, those that had
@@ -144,15 +162,7 @@ async fn a_node_under_another_name_refuses_the_data_dir() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_without_seeds_comes_back_as_one_tribe() {
     let dir = scratch("rolling");
-    let any = "127.0.0.1:0".parse().unwrap();
-    let names: Vec<String> = (0..5).map(|i| format!("dd-roll{i}")).collect();
-    let mut nodes: Vec<Node> = Vec::new();
-    for name in &names {
-        let mut cfg = config(name, &dir, any);
-        cfg.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
-        nodes.push(Node::start(cfg).await.unwrap());
-    }
-    wait_converged_members(&nodes, 5).await;
+    let (names, nodes) = tribe_with_data_dirs(&dir, "dd-roll", 5).await;
     let addrs: Vec<_> = nodes.iter().map(Node::addr).collect();
     for (i, node) in nodes.iter().enumerate() {
         node.shutdown().await.unwrap();
@@ -190,15 +200,7 @@ async fn a_rolling_restart_without_seeds_comes_back_as_one_tribe() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_peers_not_met_since_a_restart_are_tried_again_and_islands_merge() {
     let dir = scratch("islands");
-    let any = "127.0.0.1:0".parse().unwrap();
-    let names: Vec<String> = (0..4).map(|i| format!("dd-isle{i}")).collect();
-    let mut nodes: Vec<Node> = Vec::new();
-    for name in &names {
-        let mut cfg = config(name, &dir, any);
-        cfg.seeds = nodes.first().map(|n| vec![n.addr()]).unwrap_or_default();
-        nodes.push(Node::start(cfg).await.unwrap());
-    }
-    wait_converged_members(&nodes, 4).await;
+    let (names, nodes) = tribe_with_data_dirs(&dir, "dd-isle", 4).await;
     let addrs: Vec<_> = nodes.iter().map(Node::addr).collect();
     for node in &nodes {
         node.shutdown().await.unwrap();
