@@ -57,9 +57,16 @@ fn kept(key: &Key) -> bool {
 }
 
 impl Engine {
-    /// The durable part of what this node knows now.
+    /// The durable part of what this node knows now. While it knows no
+    /// peer at all (alone since a restart, or every member reaped), the
+    /// last peers it knew are kept.
     pub fn durable(&mut self) -> Durable {
-        let peers = self.peers_to_keep();
+        let mut peers = self.peers_to_keep();
+        if peers.is_empty() {
+            peers = self.last_kept.clone();
+        } else {
+            self.last_kept = peers.clone();
+        }
         let sh = lock(&self.shared);
         let mut records: Vec<(Key, Entry)> = sh
             .state
@@ -182,6 +189,7 @@ impl Engine {
                 self.seeds.push(*peer);
             }
         }
+        self.last_kept = self.kept_peers.clone();
     }
 
     /// After an exchange that covered the buckets `covered`, in which the

@@ -223,6 +223,8 @@ pub struct Engine {
     /// not met them, until `kept_until_ms`.
     kept_peers: Vec<SocketAddr>,
     kept_until_ms: u64,
+    /// The last non-empty list of peers the data dir kept.
+    last_kept: Vec<SocketAddr>,
     /// Largest stream frame, to size anti-entropy chunks.
     max_frame: usize,
     /// Gossips news before the next tick.
@@ -371,6 +373,7 @@ impl Engine {
             last_contact_ms: 0,
             kept_peers: Vec::new(),
             kept_until_ms: 0,
+            last_kept: Vec::new(),
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
