@@ -185,6 +185,8 @@ impl Node {
             rpc: rpc.clone(),
             wake: inbox_tx.clone(),
             artifact_loads: Default::default(),
+            // `start_in_span` runs in the node's span.
+            span: tracing::Span::current(),
         });
         let _ = home.set(Arc::downgrade(&shared));
         let mut driver = Driver::new(shared.clone(), udp, listener, inbox_rx, inbox_tx.clone())?;

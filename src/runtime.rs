@@ -183,11 +183,39 @@ pub(crate) struct Shared {
     pub wake: mpsc::UnboundedSender<DriverInput>,
     /// Artifact fetches under way, by plugin entry.
     pub artifact_loads: crate::artifacts::Loads,
+    /// The node's span (see [`node_span`]), entered while the engine is
+    /// locked: what a command logs names the node too, whoever runs it.
+    pub span: tracing::Span,
+}
+
+/// The locked engine, in the node's span.
+pub(crate) struct EngineGuard<'a> {
+    // Dropped first: the lock is released inside the span.
+    engine: MutexGuard<'a, Engine>,
+    _span: tracing::span::Entered<'a>,
+}
+
+impl std::ops::Deref for EngineGuard<'_> {
+    type Target = Engine;
+
+    fn deref(&self) -> &Engine {
+        &self.engine
+    }
+}
+
+impl std::ops::DerefMut for EngineGuard<'_> {
+    fn deref_mut(&mut self) -> &mut Engine {
+        &mut self.engine
+    }
 }
 
 impl Shared {
-    pub fn engine(&self) -> MutexGuard<'_, Engine> {
-        self.engine.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn engine(&self) -> EngineGuard<'_> {
+        let span = self.span.enter();
+        EngineGuard {
+            engine: self.engine.lock().unwrap_or_else(|p| p.into_inner()),
+            _span: span,
+        }
     }
 
     /// Hands an event to every subscriber; one that fell too far behind

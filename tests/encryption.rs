@@ -289,6 +289,22 @@ async fn keys_rotate_under_traffic_with_a_node_down_during_install_and_use() {
         s.primary == Some(k2.id())
     })
     .await;
+    // And every node has heard so: while one still sees r4 sealing with
+    // K1, a removal of K2 through it waits for a switch it takes for under
+    // way (`key_not_spread` after the wait) instead of refusing the primary.
+    wait_for(
+        "every node sees all sealing with K2",
+        Duration::from_secs(20),
+        || {
+            nodes.iter().all(|n| {
+                n.keyring_status()
+                    .keys
+                    .iter()
+                    .all(|k| k.id == k2.id() || k.primary_on.is_empty())
+            })
+        },
+    )
+    .await;
 
     // K1 goes; the primary cannot.
     assert_eq!(
@@ -775,6 +791,14 @@ async fn a_node_holding_only_keys_rotated_away_logs_that_it_is_cut_off() {
         stale.members_alive() == 3 && stale.key_refused_by().is_none()
     })
     .await;
+    // What the command logged names the node, though it ran in this task.
+    assert!(
+        logged()
+            .lines()
+            .any(|l| l.contains("keyring: key installed") && l.contains("tribe{node=co-stale}")),
+        "{}",
+        logged()
+    );
     stale.shutdown().await.unwrap();
     for n in nodes {
         n.shutdown().await.unwrap();
