@@ -399,15 +399,21 @@ mod tests {
         assert!(!claims.keeping_out(1_000));
     }
 
-    #[test]
-    fn a_holder_that_never_completes_a_check_is_discredited() {
-        let own = id(7000, 100);
+    /// This node (`own`) keeping out for a minute while `holder` holds its
+    /// name.
+    fn kept_out_by_a_holder() -> (NodeId, NodeId, NameClaims) {
         let holder = id(7001, 200);
-        let mut claims = NameClaims {
+        let claims = NameClaims {
             keep_out_until_ms: 60_000,
             holder: Some(holder.clone()),
             ..NameClaims::default()
         };
+        (id(7000, 100), holder, claims)
+    }
+
+    #[test]
+    fn a_holder_that_never_completes_a_check_is_discredited() {
+        let (own, holder, mut claims) = kept_out_by_a_holder();
         // An answer in between resets the count.
         assert!(!claims.holder_exchange_ended(holder.addr, false, &own, 1_000));
         assert!(!claims.holder_exchange_ended(holder.addr, true, &own, 2_000));
@@ -428,13 +434,7 @@ mod tests {
 
     #[test]
     fn the_holder_is_dialled_every_few_seconds_and_its_refusal_ends_keeping_out() {
-        let own = id(7000, 100);
-        let holder = id(7001, 200);
-        let mut claims = NameClaims {
-            keep_out_until_ms: 60_000,
-            holder: Some(holder.clone()),
-            ..NameClaims::default()
-        };
+        let (own, holder, mut claims) = kept_out_by_a_holder();
         assert_eq!(claims.take_holder_check(1_000), Some(holder.addr));
         assert_eq!(claims.take_holder_check(2_999), None);
         assert_eq!(claims.take_holder_check(3_000), Some(holder.addr));
