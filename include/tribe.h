@@ -576,7 +576,8 @@ extern "C" {
  * bytes' SHA-256 in lowercase hex (owned: `tribe_string_free`). Blocks for a
  * local write (and the hash of `bytes`). After shutdown:
  * `TRIBE_SHUTTING_DOWN`. The bytes stay held also when the entry is refused
- * (for instance `TRIBE_PLUGIN_EXISTS`).
+ * (for instance `TRIBE_PLUGIN_EXISTS`). `TRIBE_TOO_LARGE` for bytes over
+ * 256 MiB (268,435,456), refused before they are copied.
  */
 uint32_t tribe_node_load_plugin_artifact(const struct tribe_node *node,
                                          const char *tribe,
@@ -691,10 +692,11 @@ uint32_t tribe_node_unserve(const struct tribe_node *node,
  * (a publisher's, say: its caller wants only the outcome), one of them
  * NULL is `TRIBE_NULL_ARGUMENT`. Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
  * `TRIBE_REMOTE` (the handler's code and message in the error),
- * `TRIBE_TOO_LARGE`, `TRIBE_OVERLOADED`, `TRIBE_DISCONNECTED`,
- * `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when `payload_len` is 0.
- * A call to another node goes on a TCP stream this call borrows whole, and
- * the calling thread reads the reply from the socket itself (a thread
+ * `TRIBE_TOO_LARGE` (a payload over the node's `max_payload` is refused
+ * at once, before it is copied; or a reply over it), `TRIBE_OVERLOADED`,
+ * `TRIBE_DISCONNECTED`, `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when
+ * `payload_len` is 0. A call to another node goes on a TCP stream this
+ * call borrows whole, and the calling thread reads the reply from the socket itself (a thread
  * blocked here holds one stream to the host it calls; they are reused).
  * A signal handled on the calling thread does not end the wait (there is
  * no `EINTR`): it goes on until the reply, the timeout or a shutdown.
@@ -830,8 +832,8 @@ bool tribe_responder_is_abandoned(const struct tribe_responder *r);
  * Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
  * Callable from any thread. `TRIBE_CONSUMED` if the call was answered
  * already. `TRIBE_TOO_LARGE` if `reply_len` is over the node's
- * `max_payload`: the reply is not sent, the caller gets `TRIBE_REMOTE` with
- * the code `"too_large"`, and the call is answered. An answer the caller no
+ * `max_payload` (checked before the reply is copied): the reply is not
+ * sent, the caller gets `TRIBE_REMOTE` with the code `"too_large"`, and the call is answered. An answer the caller no
  * longer waits for (deadline passed, node stopped) is dropped without an
  * error. The responder must still be
  * freed. Does not block: the reply is written to the caller's stream from

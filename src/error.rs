@@ -153,8 +153,8 @@ pub enum Error {
     },
     /// A call's payload or its reply over the limit (the host's
     /// `max_payload` for what it takes and what it sends, the caller's for
-    /// what it sends and accepts back).
-    #[error("{size} bytes is over the limit of {limit} bytes for a call's payload or reply")]
+    /// what it sends and accepts back), or a plugin artifact over its limit.
+    #[error("{size} bytes is over the limit of {limit} bytes")]
     TooLarge {
         /// Its size.
         size: usize,

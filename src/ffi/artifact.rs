@@ -8,6 +8,7 @@ use super::cast;
 use super::commands::{command, entry_args};
 use super::error::{FfiError, TRIBE_UNKNOWN_ARTIFACT};
 use super::node::{node_handle, TribeNode};
+use crate::Error;
 
 /// Adds a plugin entry (`kind`: `TRIBE_KIND_*`) that carries `bytes` (copied;
 /// NULL with length 0 for none) to a tribe's catalog. This node holds the
@@ -17,7 +18,8 @@ use super::node::{node_handle, TribeNode};
 /// bytes' SHA-256 in lowercase hex (owned: `tribe_string_free`). Blocks for a
 /// local write (and the hash of `bytes`). After shutdown:
 /// `TRIBE_SHUTTING_DOWN`. The bytes stay held also when the entry is refused
-/// (for instance `TRIBE_PLUGIN_EXISTS`).
+/// (for instance `TRIBE_PLUGIN_EXISTS`). `TRIBE_TOO_LARGE` for bytes over
+/// 256 MiB (268,435,456), refused before they are copied.
 #[no_mangle]
 pub extern "C" fn tribe_node_load_plugin_artifact(
     node: *const TribeNode,
@@ -32,7 +34,16 @@ pub extern "C" fn tribe_node_load_plugin_artifact(
 ) -> u32 {
     ffi_call!(err, [sha256_out], {
         let e = entry_args(tribe, name, version, kind)?;
-        let bytes = cast::bytes(bytes, bytes_len, "bytes")?.to_vec();
+        let bytes = cast::bytes(bytes, bytes_len, "bytes")?;
+        // Refused before the copy: a buffer may be larger than memory allows.
+        if bytes.len() as u64 > crate::artifacts::MAX_ARTIFACT {
+            return Err(Error::TooLarge {
+                size: bytes.len(),
+                limit: crate::artifacts::MAX_ARTIFACT as usize,
+            }
+            .into());
+        }
+        let bytes = bytes.to_vec();
         let artifact = node_handle(node)?.live()?.hold_artifact(bytes)?;
         let entry = Some(artifact.clone());
         command(node, |n| {

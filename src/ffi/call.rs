@@ -198,8 +198,9 @@ impl Drop for TribeResponder {
 }
 
 /// How the host answered.
-enum Answer {
-    Reply(Vec<u8>),
+enum Answer<'a> {
+    /// Copied only when within the node's `max_payload`.
+    Reply(&'a [u8]),
     Fail(HandlerError),
     RefuseStopping,
     Decline,
@@ -232,7 +233,7 @@ impl TribeResponder {
             .take()
             .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
         match answer {
-            Answer::Reply(bytes) => responder.reply(bytes)?,
+            Answer::Reply(bytes) => responder.reply_copied(bytes)?,
             Answer::Fail(e) => responder.fail(e),
             Answer::RefuseStopping => responder.refuse_stopping(),
             Answer::Decline => responder.decline(),
@@ -321,10 +322,11 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// (a publisher's, say: its caller wants only the outcome), one of them
 /// NULL is `TRIBE_NULL_ARGUMENT`. Errors: `TRIBE_NO_PROVIDER`, `TRIBE_TIMEOUT`,
 /// `TRIBE_REMOTE` (the handler's code and message in the error),
-/// `TRIBE_TOO_LARGE`, `TRIBE_OVERLOADED`, `TRIBE_DISCONNECTED`,
-/// `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when `payload_len` is 0.
-/// A call to another node goes on a TCP stream this call borrows whole, and
-/// the calling thread reads the reply from the socket itself (a thread
+/// `TRIBE_TOO_LARGE` (a payload over the node's `max_payload` is refused
+/// at once, before it is copied; or a reply over it), `TRIBE_OVERLOADED`,
+/// `TRIBE_DISCONNECTED`, `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when
+/// `payload_len` is 0. A call to another node goes on a TCP stream this
+/// call borrows whole, and the calling thread reads the reply from the socket itself (a thread
 /// blocked here holds one stream to the host it calls; they are reused).
 /// A signal handled on the calling thread does not end the wait (there is
 /// no `EINTR`): it goes on until the reply, the timeout or a shutdown.
@@ -351,9 +353,10 @@ pub extern "C" fn tribe_node_call(
         }
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
-        let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
+        let payload = cast::bytes(payload, payload_len, "payload")?;
         let timeout = timeout(timeout_ms)?;
         let n = handle.live()?;
+        let payload = within_limit(handle, n, payload)?.to_vec();
         let mut closing = handle.closing.subscribe();
         let bytes = handle.block_on(async {
             tokio::select! {
@@ -366,6 +369,25 @@ pub extern "C" fn tribe_node_call(
         }
         Ok(())
     })
+}
+
+/// `payload` when it is within the node's `max_payload`, else
+/// `TRIBE_TOO_LARGE`, counted as a call refused for it: checked before the
+/// payload is copied, as a host's buffer may be larger than memory allows.
+fn within_limit<'a>(
+    handle: &TribeNode,
+    node: &crate::Node,
+    payload: &'a [u8],
+) -> Result<&'a [u8], FfiError> {
+    if payload.len() <= handle.max_payload {
+        return Ok(payload);
+    }
+    let too_large = Error::TooLarge {
+        size: payload.len(),
+        limit: handle.max_payload,
+    };
+    node.count_call(&Err(too_large.clone()));
+    Err(too_large.into())
 }
 
 /// Starts a call like `tribe_node_call` without blocking: `*call_id`
@@ -405,19 +427,12 @@ pub extern "C" fn tribe_node_call_async(
         let call_id = cast::out(call_id, "call_id")?;
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
-        let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
+        let payload = cast::bytes(payload, payload_len, "payload")?;
         let timeout = timeout(timeout_ms)?;
         let n = handle.live()?.clone();
         // Refused here, as the blocking call refuses it, rather than in a
-        // completion; counted as the blocking call counts it.
-        if payload.len() > handle.max_payload {
-            let too_large = Error::TooLarge {
-                size: payload.len(),
-                limit: handle.max_payload,
-            };
-            n.count_call(&Err(too_large.clone()));
-            return Err(too_large.into());
-        }
+        // completion.
+        let payload = within_limit(handle, &n, payload)?.to_vec();
         let id = next_call_id(handle);
         let calls = handle.calls.clone();
         let mailbox = handle.mailbox.clone();
@@ -674,8 +689,8 @@ pub extern "C" fn tribe_responder_is_abandoned(r: *const TribeResponder) -> bool
 /// Answers a call with `reply` (copied; NULL allowed when `reply_len` is 0).
 /// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
 /// already. `TRIBE_TOO_LARGE` if `reply_len` is over the node's
-/// `max_payload`: the reply is not sent, the caller gets `TRIBE_REMOTE` with
-/// the code `"too_large"`, and the call is answered. An answer the caller no
+/// `max_payload` (checked before the reply is copied): the reply is not
+/// sent, the caller gets `TRIBE_REMOTE` with the code `"too_large"`, and the call is answered. An answer the caller no
 /// longer waits for (deadline passed, node stopped) is dropped without an
 /// error. The responder must still be
 /// freed. Does not block: the reply is written to the caller's stream from
@@ -690,7 +705,7 @@ pub extern "C" fn tribe_responder_reply(
 ) -> u32 {
     ffi_call!(err, {
         let r = cast::handle(r, "responder")?;
-        let reply = cast::bytes(reply, reply_len, "reply")?.to_vec();
+        let reply = cast::bytes(reply, reply_len, "reply")?;
         r.answer(Answer::Reply(reply))
     })
 }

@@ -69,17 +69,20 @@ pub(crate) fn bounded(
             message: cut(message, MAX_ERROR_MESSAGE),
         }),
         Ok(reply) if reply.len() > max_payload => {
-            RpcCounters::bump(&counters.replies_too_large);
-            Err(HandlerError::new(
-                "too_large",
-                format!(
-                    "the reply has {} bytes, over the limit of {max_payload}",
-                    reply.len()
-                ),
-            ))
+            Err(too_large(reply.len(), max_payload, counters))
         }
         other => other,
     }
+}
+
+/// The error a caller gets for a reply of `size` bytes over `max_payload`
+/// (counted).
+fn too_large(size: usize, max_payload: usize, counters: &RpcCounters) -> HandlerError {
+    RpcCounters::bump(&counters.replies_too_large);
+    HandlerError::new(
+        "too_large",
+        format!("the reply has {size} bytes, over the limit of {max_payload}"),
+    )
 }
 
 /// The calls in flight on one call stream, read from its bound.
@@ -416,6 +419,23 @@ impl Responder {
             return Err(crate::Error::TooLarge { size, limit });
         }
         Ok(())
+    }
+
+    /// [`Responder::reply`] with a copy of `reply`, made only when it is
+    /// within the limit: a host's buffer over it (a C caller's, perhaps
+    /// larger than memory allows) is answered `"too_large"` uncopied.
+    pub(crate) fn reply_copied(mut self, reply: &[u8]) -> Result<(), crate::Error> {
+        let Some(slot) = self.slot.as_ref() else {
+            return Ok(());
+        };
+        let (size, limit) = (reply.len(), slot.max_payload);
+        if size <= limit {
+            return self.reply(reply.to_vec());
+        }
+        if let Some(slot) = self.slot.take() {
+            slot.answer(Err(too_large(size, limit, &slot.counters)));
+        }
+        Err(crate::Error::TooLarge { size, limit })
     }
 
     /// Answers with an error: the caller gets [`crate::Error::Remote`] with

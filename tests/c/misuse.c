@@ -3,10 +3,13 @@
  * consumed config, a responder answered twice, wrong accessors on events,
  * calls after shutdown, double shutdown, a node used from a forked child.
  * A failure leaves every out-parameter NULL / 0. */
+/* MAP_ANONYMOUS and MAP_NORESERVE (not in POSIX 2008). */
+#define _DEFAULT_SOURCE
 #include "util.h"
 
 #include <poll.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -567,6 +570,47 @@ static void outs_on_failure(tribe_node *n) {
     CHECK(s == NULL && len == 0);
 }
 
+/* Buffers far larger than memory (a readable 1 TiB mapping that no page
+ * backs) are refused by size before anything copies them: a payload, a
+ * reply and an artifact. */
+static void huge_buffers(tribe_node *n) {
+    size_t huge = (size_t)1 << 40;
+    const uint8_t *p = mmap(NULL, huge, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    CHECK(p != MAP_FAILED);
+    uint8_t *b = JUNK;
+    size_t len = 99;
+    EXPECT(TRIBE_TOO_LARGE, tribe_node_call(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, p, huge,
+                                            1000, &b, &len, &err));
+    CHECK(b == NULL && len == 0);
+    uint64_t id = 77;
+    EXPECT(TRIBE_TOO_LARGE, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, p,
+                                                  huge, 1000, &id, &err));
+    CHECK(id == 0);
+    char *sha = JUNK;
+    EXPECT(TRIBE_TOO_LARGE, tribe_node_load_plugin_artifact(n, "small", "blob", "1", TRIBE_KIND_COLLECTOR,
+                                                            p, huge, &sha, &err));
+    CHECK(sha == NULL);
+    /* A reply that large: refused, and the caller hears "too_large". */
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"x", 1, 5000, &id, &err));
+    tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
+    tribe_responder *r = NULL;
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_event_free(call);
+    EXPECT(TRIBE_TOO_LARGE, tribe_responder_reply(r, p, huge, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_responder_reply(r, (const uint8_t *)"ok", 2, &err));
+    tribe_responder_free(r);
+    tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    tribe_error *e = NULL;
+    b = NULL;
+    len = 0;
+    CHECK(tribe_event_take_reply(done, &b, &len, &e) == TRIBE_REMOTE);
+    CHECK(e != NULL && strcmp(tribe_error_remote_code(e), "too_large") == 0);
+    tribe_error_free(e);
+    tribe_event_free(done);
+    CHECK(munmap((void *)p, huge) == 0);
+}
+
 /* An asynchronous call whose payload is over max_payload is refused at
  * once, with the blocking call's code and message, and gives no event. */
 static void async_payload_limit(void) {
@@ -619,6 +663,7 @@ static void async_payload_limit(void) {
     CHECK(len == 2 && memcmp(b, "ok", 2) == 0);
     tribe_bytes_free(b, len);
     tribe_event_free(done);
+    huge_buffers(n);
     EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
     tribe_node_free(n);
 }
