@@ -1076,12 +1076,15 @@ uint32_t tribe_config_new(const char *name,
  * Checks a config as `tribe_node_start` would before it opens any socket:
  * the options that only make sense together (an encryption mode with no
  * key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
- * address with no advertise address), names, facts, limits and timings.
- * For a host that reads its configuration before it starts the node (a
- * collectd plugin, a daemon's `-t` check): a config that passes fails to
- * start only for what the machine says (a port in use, no thread to be
- * had, a data dir that cannot be read). Does not consume the config
- * (`TRIBE_CONSUMED` after a start used it); does not block.
+ * address with no advertise address), names, facts, limits and timings,
+ * and an existing data dir as the start would (`TRIBE_CONFIG` when any
+ * user may write it, another node holds it or its state file is not one;
+ * nothing is created or changed). For a host that reads its configuration
+ * before it starts the node (a collectd plugin, a daemon's `-t` check): a
+ * config that passes fails to start only for what the machine says (a
+ * port in use, no thread to be had, a data dir that cannot be created or
+ * read). Does not consume the config (`TRIBE_CONSUMED` after a start used
+ * it); does not block on the network.
  */
 uint32_t tribe_config_check(const struct tribe_config *cfg,
                             struct tribe_error **err);
@@ -1148,8 +1151,8 @@ uint32_t tribe_config_set_profile(struct tribe_config *cfg,
                                   struct tribe_error **err);
 
 /**
- * Sets the cluster label (at most 64 bytes): nodes with different labels
- * never talk.
+ * Sets the cluster label (at most 64 bytes, no control characters:
+ * `TRIBE_INVALID_ARGUMENT`): nodes with different labels never talk.
  */
 uint32_t tribe_config_set_label(struct tribe_config *cfg,
                                 const char *label,

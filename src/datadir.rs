@@ -47,6 +47,29 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     }
 }
 
+/// What a start would refuse in an existing data directory (one any user
+/// may write, one another node holds, a state file that cannot be read),
+/// found without creating or changing anything: for a configuration check
+/// before the start. A missing directory passes (the start creates it).
+pub fn check(dir: &Path) -> Result<()> {
+    if !dir.is_dir() {
+        return Ok(());
+    }
+    refuse_world_writable(dir)?;
+    // Held only for this look, through a descriptor opened read-only.
+    if let Ok(file) = std::fs::File::open(dir.join(LOCK_FILE)) {
+        if let Err((_, nix::errno::Errno::EWOULDBLOCK)) =
+            nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+        {
+            return Err(Error::Config(format!(
+                "data dir {} is in use by another node",
+                dir.display()
+            )));
+        }
+    }
+    load(dir).map(drop)
+}
+
 /// Creates the directory, owner-only, when missing. An existing directory
 /// keeps its mode (it may be shared with other programs; the files written
 /// in it are owner-only either way), but one that any user may write is
@@ -55,23 +78,7 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
 /// make them, that group is the owner.)
 pub fn prepare(dir: &Path) -> Result<()> {
     if dir.is_dir() {
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            let mode = std::fs::metadata(dir)
-                .map_err(|e| Error::Io(format!("cannot read data dir {}: {e}", dir.display())))?
-                .permissions()
-                .mode();
-            if mode & 0o002 != 0 {
-                return Err(Error::Config(format!(
-                    "data dir {} is writable by every user (mode {:o}): another user could \
-                     replace its keyring or state; chmod o-w it",
-                    dir.display(),
-                    mode & 0o7777
-                )));
-            }
-        }
-        return Ok(());
+        return refuse_world_writable(dir);
     }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -80,6 +87,26 @@ pub fn prepare(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .map_err(|e| Error::Io(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+fn refuse_world_writable(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir)
+            .map_err(|e| Error::Io(format!("cannot read data dir {}: {e}", dir.display())))?
+            .permissions()
+            .mode();
+        if mode & 0o002 != 0 {
+            return Err(Error::Config(format!(
+                "data dir {} is writable by every user (mode {:o}): another user could \
+                 replace its keyring or state; chmod o-w it",
+                dir.display(),
+                mode & 0o7777
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn state_path(dir: &Path) -> PathBuf {
@@ -306,6 +333,43 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tribe-datadir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_check_finds_what_a_start_would_refuse_and_changes_nothing() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("check");
+        check(&dir).unwrap();
+        assert!(!dir.exists(), "a check creates nothing");
+        prepare(&dir).unwrap();
+        check(&dir).unwrap();
+        assert!(
+            !dir.join(LOCK_FILE).exists(),
+            "a check creates no lock file"
+        );
+        let held = lock(&dir).unwrap();
+        let err = check(&dir).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("in use")),
+            "{err}"
+        );
+        drop(held);
+        check(&dir).unwrap();
+        std::fs::write(state_path(&dir), b"not json").unwrap();
+        let err = check(&dir).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("not a valid state file")),
+            "{err}"
+        );
+        std::fs::remove_file(state_path(&dir)).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let err = check(&dir).unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("writable by every user")),
+            "{err}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[cfg(unix)]

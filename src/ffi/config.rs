@@ -75,6 +75,9 @@ impl TribeConfig {
         let mut config = p.config.clone();
         config.keyring = keyring(&config, p.keys.clone(), p.encryption_set)?;
         config.validate()?;
+        if let Some(dir) = &config.data_dir {
+            crate::datadir::check(dir)?;
+        }
         Ok(())
     }
 }
@@ -173,12 +176,15 @@ pub extern "C" fn tribe_config_new(
 /// Checks a config as `tribe_node_start` would before it opens any socket:
 /// the options that only make sense together (an encryption mode with no
 /// key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
-/// address with no advertise address), names, facts, limits and timings.
-/// For a host that reads its configuration before it starts the node (a
-/// collectd plugin, a daemon's `-t` check): a config that passes fails to
-/// start only for what the machine says (a port in use, no thread to be
-/// had, a data dir that cannot be read). Does not consume the config
-/// (`TRIBE_CONSUMED` after a start used it); does not block.
+/// address with no advertise address), names, facts, limits and timings,
+/// and an existing data dir as the start would (`TRIBE_CONFIG` when any
+/// user may write it, another node holds it or its state file is not one;
+/// nothing is created or changed). For a host that reads its configuration
+/// before it starts the node (a collectd plugin, a daemon's `-t` check): a
+/// config that passes fails to start only for what the machine says (a
+/// port in use, no thread to be had, a data dir that cannot be created or
+/// read). Does not consume the config (`TRIBE_CONSUMED` after a start used
+/// it); does not block on the network.
 #[no_mangle]
 pub extern "C" fn tribe_config_check(cfg: *const TribeConfig, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, { cast::handle(cfg, "config")?.check() })
@@ -304,8 +310,8 @@ pub extern "C" fn tribe_config_set_profile(
     })
 }
 
-/// Sets the cluster label (at most 64 bytes): nodes with different labels
-/// never talk.
+/// Sets the cluster label (at most 64 bytes, no control characters:
+/// `TRIBE_INVALID_ARGUMENT`): nodes with different labels never talk.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_label(
     cfg: *mut TribeConfig,
@@ -316,6 +322,10 @@ pub extern "C" fn tribe_config_set_label(
         let label = cast::text(label, "label")?;
         if label.len() > crate::wire::MAX_LABEL_LEN {
             return Err(FfiError::invalid("the label is longer than 64 bytes"));
+        }
+        // Refused here, as a fact is, rather than only at the start.
+        if label.chars().any(char::is_control) {
+            return Err(FfiError::invalid("the label holds a control character"));
         }
         with_config(cfg, |p| {
             p.config.cluster_label = label.into();

@@ -10,6 +10,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,6 +84,7 @@ static void config_misuse(void) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_profile(cfg, NULL, &err));
     EXPECT(TRIBE_CONFIG, tribe_config_set_profile(cfg, "moon", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_label(cfg, NULL, &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_label(cfg, "prod\teu", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_key(cfg, NULL, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_add_key(cfg, "not base64!", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_encryption(cfg, NULL, &err));
@@ -178,6 +180,32 @@ static void config_misuse(void) {
         CHECK(node == NULL);
         tribe_config_free(cfg);
         CHECK(rmdir(dir) == 0);
+    }
+    /* A check sees what the start would refuse in a data dir: one any user
+     * may write, one another node holds. */
+    {
+        char dir[] = "/tmp/tribe-c-dir-XXXXXX";
+        CHECK(mkdtemp(dir) != NULL);
+        EXPECT(TRIBE_OK, tribe_config_new("held", &cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_profile(cfg, "local", &err));
+        EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
+        EXPECT(TRIBE_OK, tribe_config_check(cfg, &err));
+        CHECK(chmod(dir, 0777) == 0);
+        EXPECT(TRIBE_CONFIG, tribe_config_check(cfg, &err));
+        CHECK(chmod(dir, 0700) == 0);
+        EXPECT(TRIBE_OK, tribe_node_start(cfg, &node, &err));
+        tribe_config_free(cfg);
+        EXPECT(TRIBE_OK, tribe_config_new("second", &cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
+        EXPECT(TRIBE_CONFIG, tribe_config_check(cfg, &err));
+        tribe_config_free(cfg);
+        EXPECT(TRIBE_OK, tribe_node_shutdown(node, &err));
+        tribe_node_free(node);
+        node = NULL;
+        char cmd[64];
+        snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+        CHECK(system(cmd) == 0);
     }
     tribe_config_free(NULL);
     /* err may be NULL: the code alone is returned. */
