@@ -670,6 +670,34 @@ impl Engine {
     /// or `version`), highest version per member; `None` when the tribe does
     /// not exist. Cheaper than a full snapshot: the call router asks per call.
     pub fn providers(
+        &mut self,
+        tribe: &str,
+        plugin: &str,
+        version: Option<&str>,
+        kind: PluginKind,
+    ) -> Option<Vec<super::view::Provider>> {
+        let target = super::providers::Target {
+            tribe,
+            plugin,
+            version,
+            kind,
+        };
+        let stamp = super::providers::Stamp {
+            state: lock(&self.shared).state.revision(),
+            up: self.members.revision(),
+            left: self.left,
+        };
+        if let Some(kept) = self.providers.get(&target, stamp, &self.record.endpoints) {
+            return kept;
+        }
+        let found = self.find_providers(tribe, plugin, version, kind);
+        self.providers
+            .put(&target, stamp, &self.record.endpoints, found.clone());
+        found
+    }
+
+    /// [`Engine::providers`] worked out afresh.
+    fn find_providers(
         &self,
         tribe: &str,
         plugin: &str,

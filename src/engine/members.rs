@@ -55,6 +55,8 @@ pub struct Members {
     /// Rows up, kept in step: read after every notification, and a scan per
     /// read was quadratic in a mass join.
     up: usize,
+    /// Grows whenever a member goes up or down (see [`Members::revision`]).
+    revision: u64,
 }
 
 /// What a notification changed, for events.
@@ -83,10 +85,12 @@ impl Members {
                     since_ms: now_ms,
                 };
                 self.up += 1;
+                self.revision += 1;
                 Change::Up
             }
             None => {
                 self.up += 1;
+                self.revision += 1;
                 self.rows.insert(
                     id.name.clone(),
                     Row {
@@ -116,6 +120,7 @@ impl Members {
         };
         row.since_ms = now_ms;
         self.up -= 1;
+        self.revision += 1;
         Change::Down
     }
 
@@ -146,6 +151,12 @@ impl Members {
             self.rows.remove(name.as_str());
         }
         expired
+    }
+
+    /// Grows whenever a member goes up or down: what was worked out from
+    /// who is up holds while it stays.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The row of `name`.

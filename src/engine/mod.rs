@@ -14,6 +14,7 @@ mod members;
 mod name_claims;
 mod news;
 mod preload;
+mod providers;
 mod reconcile;
 mod skew;
 mod suspects;
@@ -147,6 +148,8 @@ pub struct Engine {
     swim_rt: AccumulatingRuntime<NodeId>,
     shared: Arc<Mutex<Shared>>,
     members: Members,
+    /// The hosts of each call target, while they hold.
+    providers: providers::Cache,
     /// What this node publishes about itself.
     record: NodeRecord,
     /// Collected facts (user facts live in `user_facts` and win).
@@ -342,6 +345,7 @@ impl Engine {
             swim_rt: AccumulatingRuntime::new(),
             shared,
             members: Members::default(),
+            providers: providers::Cache::default(),
             record,
             collected_facts,
             user_facts: cfg.facts.clone(),
