@@ -337,6 +337,7 @@ def key_id(key: str) -> str:
     return _native.key_id(key)
 
 
+@_names_arguments
 def set_log_level(level: str) -> None:
     """Sets the least severe level of the library's records forwarded to the
     ``pytribe`` logger: ``"debug"``, ``"info"`` (the default), ``"warning"``
@@ -548,6 +549,10 @@ class Events(_NoCopy):
     forever when ``timeout`` is None) or the node stops; iterating the same
     object again resumes with the events that came since. :meth:`close` (or
     leaving a ``with`` block) ends it early and frees its queue.
+
+    One thread reads a subscriber at a time (two threads reading one may
+    each be handed the same events): each thread that reads events makes
+    its own with :meth:`Node.events`.
     """
 
     def __init__(self, native: _native.NativeEvents, timeout: Optional[float], node: str = "") -> None:
@@ -709,11 +714,22 @@ def _check_timeout(timeout: Optional[float], allow_none: bool = False) -> None:
 def _str_list(what: str, items: Iterable[str]) -> List[str]:
     if isinstance(items, (str, bytes)):
         raise TypeError(f"{what} must be a list of strings, not a single {type(items).__name__}")
-    out = list(items)
+    try:
+        out = list(items)
+    except TypeError:
+        raise TypeError(f"{what} must be a list of strings, not {type(items).__name__}") from None
     for item in out:
         if not isinstance(item, str):
             raise TypeError(f"{what} must hold strings, not {type(item).__name__}")
     return out
+
+
+def _path(what: str, value: object) -> str:
+    """A path given as str, bytes or os.PathLike, as text (bytes that are
+    not UTF-8 kept as surrogates, as os.fsdecode does)."""
+    if not isinstance(value, (str, bytes, os.PathLike)):
+        raise TypeError(f"{what} must be a str, bytes or os.PathLike, not {type(value).__name__}")
+    return os.fsdecode(value)
 
 
 @_names_arguments_of
@@ -755,7 +771,7 @@ class Node(_NoCopy):
         profile: str = "lan",
         label: Optional[str] = None,
         encryption: Optional[str] = None,
-        data_dir: Union[str, "os.PathLike[str]", None] = None,
+        data_dir: Union[str, bytes, "os.PathLike[str]", None] = None,
         *,
         advertise: Optional[str] = None,
         collect_facts: bool = True,
@@ -802,7 +818,7 @@ class Node(_NoCopy):
             profile,
             label,
             encryption,
-            os.fspath(data_dir) if data_dir is not None else None,
+            _path("data_dir", data_dir) if data_dir is not None else None,
             advertise,
             collect_facts,
             max_payload,

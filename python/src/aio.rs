@@ -72,10 +72,13 @@ where
             Ok(wrap_pyfunction!(_complete, py)?.into_any().unbind())
         })?
         .clone_ref(py);
+    // Taken here, not in the task: a runtime worker holding the queue's
+    // lock when another thread forks would leave it locked in the child.
+    let to = completer();
     let task = rt.spawn(async move {
         let outcome = work.await;
         // To the completer thread: a runtime worker never waits for the GIL.
-        if let Some(to) = completer() {
+        if let Some(to) = to {
             let _ = to.send(Delivery {
                 outcome,
                 loop_ref,
@@ -129,10 +132,9 @@ pub(crate) fn after_fork_in_child() {
 fn complete_all(from: &Receiver<Delivery>) {
     while let Ok(first) = from.recv() {
         let batch: Vec<Delivery> = std::iter::once(first).chain(from.try_iter()).collect();
-        let _gate = crate::PY_GATE.lock().unwrap_or_else(|p| p.into_inner());
-        if !crate::may_call_python() {
+        let Some(_turn) = crate::enter_python() else {
             continue;
-        }
+        };
         let _ = Python::try_attach(|py| {
             for d in batch {
                 let (failed, value) = match (d.outcome)(py) {

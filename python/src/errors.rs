@@ -11,15 +11,27 @@ static FROM_NATIVE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// by the error's stable code, with `.code`, `.message` and the variant's
 /// fields as attributes.
 pub(crate) fn to_py(py: Python<'_>, e: tribe::Error) -> PyErr {
-    match build(py, &e) {
-        Ok(err) => err,
-        // The package's error module could not be used: still an exception.
-        Err(_) => PyRuntimeError::new_err(format!("{}: {e}", e.code())),
-    }
+    built(py, &e, || {
+        PyRuntimeError::new_err(format!("{}: {e}", e.code()))
+    })
 }
 
-fn build(py: Python<'_>, e: &tribe::Error) -> PyResult<PyErr> {
-    let make = FROM_NATIVE.import(py, "pytribe._errors", "_from_native")?;
+/// The exception for `e`, or `fallback`'s should the package's error
+/// module be unusable. Building it runs Python code, where pending signals
+/// are handled: an exception a signal handler raises then (Ctrl-C's
+/// `KeyboardInterrupt`, an alarm's) wins, as it would in Python code,
+/// rather than being lost.
+fn built(py: Python<'_>, e: &tribe::Error, fallback: impl FnOnce() -> PyErr) -> PyErr {
+    if let Err(raised) = py.check_signals() {
+        return raised;
+    }
+    let Ok(make) = FROM_NATIVE.import(py, "pytribe._errors", "_from_native") else {
+        return fallback();
+    };
+    build(py, make, e).unwrap_or_else(|raised| raised)
+}
+
+fn build(py: Python<'_>, make: &Bound<'_, PyAny>, e: &tribe::Error) -> PyResult<PyErr> {
     let attrs = PyDict::new(py);
     let mut code = e.code().to_string();
     let mut message = e.to_string();
@@ -83,7 +95,7 @@ pub(crate) fn value_error(msg: impl Into<String>) -> PyErr {
     let msg = msg.into();
     Python::attach(|py| {
         let e = tribe::Error::InvalidArgument(msg);
-        build(py, &e).unwrap_or_else(|_| PyValueError::new_err(e.to_string()))
+        built(py, &e, || PyValueError::new_err(e.to_string()))
     })
 }
 

@@ -19,7 +19,7 @@ mod logs;
 mod node;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -36,7 +36,7 @@ static RUNTIME: Mutex<Option<&'static Runtime>> = Mutex::new(None);
 
 /// Set by the package's atexit hook: from then on nothing calls into Python
 /// from a thread of the runtime.
-pub(crate) static EXITING: AtomicBool = AtomicBool::new(false);
+static EXITING: AtomicBool = AtomicBool::new(false);
 
 /// The module's runtime, created on first use.
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
@@ -64,7 +64,9 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
 fn _after_fork_in_child() {
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = None;
     aio::after_fork_in_child();
-    EXITING.store(false, Ordering::Release);
+    // The parent's threads counted there do not exist here.
+    IN_PYTHON.store(0, Ordering::SeqCst);
+    EXITING.store(false, Ordering::SeqCst);
 }
 
 /// Drives `fut` to completion on the runtime with the GIL released, waking
@@ -114,11 +116,6 @@ where
     }
 }
 
-/// Whether a runtime thread may still call into Python.
-pub(crate) fn may_call_python() -> bool {
-    !EXITING.load(Ordering::Acquire)
-}
-
 /// A new random key: base64 of 32 bytes, as `tribe keygen` prints it.
 #[pyfunction]
 fn keygen() -> String {
@@ -133,20 +130,44 @@ fn key_id(key: &str) -> PyResult<String> {
     Ok(key.id().to_string())
 }
 
-/// Held by a thread of the module's own (the asyncio completer) while it
-/// is attached to the interpreter, and by the exit hook while it marks the
-/// exit: once the hook has it, no such thread is in Python or will enter
-/// it. (One that were, when the interpreter finalizes, would be ended by
-/// `pthread_exit` inside Rust frames, which aborts the process.)
-pub(crate) static PY_GATE: Mutex<()> = Mutex::new(());
+/// Threads of the module's own (the asyncio completer) attached to the
+/// interpreter or on their way in. The exit hook marks the exit and then
+/// waits until none is: from then on no such thread is in Python or will
+/// enter it. (One that were, when the interpreter finalizes, would be ended
+/// by `pthread_exit` inside Rust frames, which aborts the process.)
+/// Counted rather than locked: a fork copies a lock that another thread
+/// holds (the completer, waiting for the GIL) locked for good, and the
+/// child's exit hook then waited forever.
+static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
+
+/// A module thread's turn in Python; `None` once the interpreter exits.
+pub(crate) fn enter_python() -> Option<InPython> {
+    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+    if EXITING.load(Ordering::SeqCst) {
+        IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+        return None;
+    }
+    Some(InPython)
+}
+
+/// Held while a module thread may be in Python (see [`enter_python`]).
+pub(crate) struct InPython;
+
+impl Drop for InPython {
+    fn drop(&mut self) {
+        IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// Marks the interpreter as exiting (called by the package's atexit hook).
 #[pyfunction]
 fn _set_exiting(py: Python<'_>) {
     // Detached: the thread inside may need the GIL to leave.
     py.detach(|| {
-        let _gate = PY_GATE.lock().unwrap_or_else(|p| p.into_inner());
-        EXITING.store(true, Ordering::Release);
+        EXITING.store(true, Ordering::SeqCst);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     });
 }
 

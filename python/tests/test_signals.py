@@ -7,9 +7,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
+
+import pytribe
 
 SETUP = textwrap.dedent(
     """
@@ -319,6 +322,92 @@ def test_a_forked_child_gets_a_runtime_of_its_own_and_exits() -> None:
     )
     assert out.returncode == 0, out.stderr
     assert "CHILD 0" in out.stdout, out.stdout + out.stderr
+
+
+FORK_UNDER_ASYNCIO = textwrap.dedent(
+    """
+    import asyncio, os, sys, threading, time, warnings
+    import pytribe
+    warnings.simplefilter("ignore", DeprecationWarning)
+    node = pytribe.Node("busy", profile="local", collect_facts=False)
+    node.create_tribe("t")
+    node.join("t")
+    node.serve("echo", "1", "processor", lambda payload, info: payload)
+
+    async def busy():
+        while True:
+            await asyncio.gather(*[node.call_async("t", "echo", b"x") for _ in range(8)])
+
+    threading.Thread(target=lambda: asyncio.run(busy()), daemon=True).start()
+    time.sleep(0.3)
+    hung = 0
+    for _ in range(20):
+        pid = os.fork()
+        if pid == 0:
+            # Through the atexit hook: the parent's completer thread, which
+            # may have been on its way into Python, does not exist here.
+            mine = pytribe.Node("child", profile="local", collect_facts=False)
+            mine.create_tribe("c")
+            mine.join("c")
+            mine.serve("e", "1", "processor", lambda payload, info: payload)
+            got = asyncio.run(asyncio.wait_for(mine.call_async("c", "e", b"hi"), 5))
+            sys.exit(0 if got == b"hi" else 5)
+        started = time.monotonic()
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                if os.waitstatus_to_exitcode(status) != 0:
+                    hung += 100
+                break
+            if time.monotonic() - started > 10:
+                hung += 1
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                break
+            time.sleep(0.01)
+    print("HUNG", hung, flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_children_forked_while_asyncio_calls_complete_run_and_exit() -> None:
+    # The completer thread used to hold a lock while it waited for the GIL;
+    # a child forked then inherited the lock held, and its asyncio calls
+    # and its exit waited for it forever (about 1 child in 5).
+    out = subprocess.run(
+        [sys.executable, "-c", FORK_UNDER_ASYNCIO], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "HUNG 0" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_signal_that_raises_as_a_call_fails_is_not_lost() -> None:
+    # The alarm comes in the call's last wait slice: its handler runs while
+    # the call's error is built, and its exception is the one raised (it
+    # used to be swallowed, and a RuntimeError raised instead).
+    class Deadline(Exception):
+        pass
+
+    def on_alarm(signum: int, frame: object) -> None:
+        raise Deadline()
+
+    node = pytribe.Node("alarmed", profile="local", collect_facts=False)
+    gate = threading.Event()
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    try:
+        node.create_tribe("t")
+        node.join("t")
+        node.serve("stuck", "1", "processor", lambda payload, info: gate.wait(10) and b"")
+        for offset in (0.001, 0.01, 0.02):
+            signal.setitimer(signal.ITIMER_REAL, 0.2 - offset)
+            with pytest.raises(Deadline):
+                node.call("t", "stuck", b"x", timeout=0.2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        gate.set()
+        node.close()
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.version_info < (3, 12), reason="needs fork() and Python 3.12+")

@@ -87,6 +87,8 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
         (lambda: start("limits", limits={"tribes": None}), "limit 'tribes' must be an int, not NoneType"),
         (lambda: start("limits", limits={"tribes": True}), "limit 'tribes' must be an int, not bool"),
         (lambda: start("payload", max_payload="5"), "max_payload must be an int, not str"),
+        (lambda: start("seeded", seeds=None), "seeds must be a list of strings, not NoneType"),  # type: ignore[arg-type]
+        (lambda: start("kept", data_dir=5), "data_dir must be a str, bytes or os.PathLike, not int"),  # type: ignore[arg-type]
     ]
     for make, message in wrong:
         with pytest.raises(TypeError) as e:
@@ -101,6 +103,7 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
         (lambda: node.add_policy("p", "t", "facts.a == '\ud800'"), "add_policy: when"),
         (lambda: start("surrogates", facts={"a": "\udcff"}), "Node: facts"),
         (lambda: start("surrogates", seeds=["\udcff:1"]), "Node: seeds"),
+        (lambda: pytribe.set_log_level("\udcff"), "set_log_level: level"),
     ]
     for make, name in unencodable:
         with pytest.raises(pytribe.InvalidArgumentError) as e2:
