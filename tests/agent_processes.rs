@@ -1347,6 +1347,17 @@ fn an_admin_api_reachable_from_other_hosts_needs_a_token() {
             .unwrap();
         assert!(!out.status.success(), "{admin} from the environment");
     }
+    // A token no HTTP client can send is refused at start (a line end from
+    // a file, surrounding spaces, non-ASCII), rather than locking them out.
+    for token in ["tok\r", " tok ", "t\u{e9}k"] {
+        let out = bare_agent_command(&["--name", "tokened", "--insecure-plaintext"])
+            .env("TRIBE_ADMIN_TOKEN", token)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{token:?}");
+        assert!(err.contains("visible ASCII"), "{token:?}: {err}");
+    }
 }
 
 /// Whether `pid` still runs (a zombie no one reaped does not).
@@ -1678,4 +1689,88 @@ fn the_running_agents_snippet_of_the_readme_works_as_written() {
     assert_eq!(tribes[0]["plugins"][0]["name"], "disk", "{tribes}");
     drop(agent);
     std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A supervisor that reads the ready line and then no more leaves the
+/// agent's stdout a pipe that fills: the `stdout` publisher's lines are
+/// dropped, and the node, its admin API and its signal handling go on.
+/// (A write to the full pipe used to block the runtime's threads: the
+/// admin API stopped answering and SIGTERM was ignored.)
+#[test]
+fn an_agent_whose_stdout_nobody_reads_keeps_working() {
+    let dir = scratch_dir("unread-stdout");
+    let log = std::fs::File::create(dir.join("unread.log")).unwrap();
+    let mut child = bare_agent_command(&[
+        "--name",
+        "unread",
+        "--admin",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(log)
+    .spawn()
+    .unwrap();
+    // Read the ready line, and keep the pipe open without reading it.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let admin: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let agent = Agent {
+        name: "unread".into(),
+        child,
+        gossip: admin,
+        admin,
+    };
+    cli_ok(&agent, &["tribe", "create", "s"]);
+    cli_ok(&agent, &["tribe", "join", "s"]);
+    let flood = r#"{"schedule":{"interval":"100ms"},"collect":{"plugin":"proc"},"publish":[{"plugin":"stdout"}]}"#;
+    for id in ["flood-1", "flood-2", "flood-3", "flood-4"] {
+        cli_ok(&agent, &["task", "add", "s", id, flood]);
+    }
+    // A pipe holds 64 KiB: full within a few seconds, then the admin API
+    // must keep answering.
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(8) {
+        let (status, body) = call(&agent, "GET", "/v1/status", None);
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let pid = agent.child.id() as i32;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let stopped = Instant::now();
+    while running(pid) && stopped.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::read_to_string(dir.join("unread.log")).unwrap_or_default();
+    assert!(!running(pid), "SIGTERM ignored; log: {log}");
+    drop(stdout);
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `tribe keygen` into a full device or a closed pipe says so and fails;
+/// it used to panic.
+#[test]
+fn keygen_reports_a_stdout_it_cannot_write() {
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = Command::new(TRIBE)
+        .arg("keygen")
+        .stdout(full)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.starts_with("tribe: writing to stdout:"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
 }

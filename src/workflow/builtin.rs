@@ -340,7 +340,11 @@ impl StdoutPublisher {
     pub fn write_to<W: Write>(&self, mut out: W, metrics: &[Metric]) -> usize {
         let mut lines = 0;
         for metric in metrics {
-            if writeln!(out, "{}", format_line(metric)).is_err() {
+            // One write per line: a writer shared by several publishers
+            // (a queue to a thread of its own) never interleaves them.
+            let mut line = format_line(metric);
+            line.push('\n');
+            if out.write_all(line.as_bytes()).is_err() {
                 break;
             }
             lines += 1;

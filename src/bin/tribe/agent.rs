@@ -259,6 +259,17 @@ impl AgentArgs {
             .admin_token
             .or(file.admin_token)
             .filter(|t| !t.is_empty());
+        // A client sends it in an HTTP header, trimmed: a space, a line
+        // end or a non-ASCII character would lock every client out.
+        if let Some(bad) = admin_token
+            .as_deref()
+            .and_then(|t| t.chars().find(|c| !c.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "--admin-token (or TRIBE_ADMIN_TOKEN, admin-token) holds {bad:?}: a token is \
+                 visible ASCII only (letters, digits, punctuation), as HTTP clients send it"
+            ));
+        }
         if !admin.ip().is_loopback() && admin_token.is_none() {
             return Err(format!(
                 "--admin {admin} is reachable from other hosts: give --admin-token \
@@ -497,28 +508,35 @@ fn with_default_level(level: &str) -> String {
     }
 }
 
-fn init_logging(level: &str, json: bool) -> Result<(), String> {
+/// Logs to stderr through a thread of their own (see [`crate::output`]);
+/// the guard writes what is queued when dropped.
+fn init_logging(
+    level: &str,
+    json: bool,
+) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
     check_log_level(level)?;
     let filter = tracing_subscriber::EnvFilter::try_new(with_default_level(level))
         .map_err(|e| format!("--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {e}"))?;
+    let (stderr, guard) = crate::output::stream(std::io::stderr(), "tribe-stderr");
     // Colours only for a terminal: a log file or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(stderr);
     let result = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))
+    result.map_err(|e| format!("cannot set up logging: {e}"))?;
+    Ok(guard)
 }
 
 /// Runs the agent until a signal; returns once it has left the tribe.
 pub fn run(args: AgentArgs) -> Result<(), String> {
     let collected = tribe::facts::collect();
     let plan = args.plan(&collected)?;
-    init_logging(&plan.log_level, plan.log_json)?;
+    let _logs = init_logging(&plan.log_level, plan.log_json)?;
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
@@ -556,7 +574,22 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
 
     let mut events = node.events();
     let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
-    crate::tasks::serve_builtins(&node, publisher, ready_line).await?;
+    // The `stdout` publisher's lines; the ready line goes first, directly.
+    let (stdout, _stdout_lines) = crate::output::stream(std::io::stdout(), "tribe-stdout");
+    let mut stdout_drops = crate::output::DropWatch::new(&stdout);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
+        loop {
+            every.tick().await;
+            if let Some(n) = stdout_drops.newly_dropped() {
+                tracing::warn!(
+                    lines = n,
+                    "stdout is not being read: the stdout publisher dropped metric lines"
+                );
+            }
+        }
+    });
+    crate::tasks::serve_builtins(&node, publisher, ready_line, stdout).await?;
     let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
         let mut log = EventLog::default();

@@ -7,6 +7,7 @@ mod agent;
 mod cli;
 mod client;
 mod demo;
+mod output;
 mod tasks;
 
 use cli::{AdminCommand, AdminOpts, FactCmd, KeysCmd, PluginCmd, PolicyCmd, TaskCmd, TribeCmd};
@@ -114,8 +115,11 @@ fn main() -> std::process::ExitCode {
         Command::Fact { cmd, opts } => cli::run(opts, AdminCommand::Fact(cmd)),
         Command::Keys { cmd, opts } => cli::run(opts, AdminCommand::Keys(cmd)),
         Command::Keygen => {
-            println!("{}", tribe::SecretKey::generate().to_base64());
-            Ok(())
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{}", tribe::SecretKey::generate().to_base64())
+                .and_then(|()| out.flush())
+                .map_err(|e| format!("writing to stdout: {e}"))
         }
     };
     match result {

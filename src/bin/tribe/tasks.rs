@@ -59,6 +59,7 @@ pub async fn serve_builtins(
     node: &Node,
     publish_file: Option<Arc<FilePublisher>>,
     ready_line: ReadyLine,
+    stdout: tracing_appender::non_blocking::NonBlocking,
 ) -> Result<(), String> {
     let host = node.name().to_string();
     node.serve(
@@ -84,10 +85,12 @@ pub async fn serve_builtins(
         PluginKind::Publisher,
         move |_, payload| {
             let mut ready_line = ready_line.clone();
+            let stdout = stdout.clone();
             async move {
                 ready_line.printed().await;
                 let req = StepRequest::decode(&payload).map_err(bad_request)?;
-                let n = StdoutPublisher.publish(&req.metrics);
+                // Queued for the stdout thread: never blocks this one.
+                let n = StdoutPublisher.write_to(stdout, &req.metrics);
                 Ok(n.to_string().into_bytes())
             }
         },
