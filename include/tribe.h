@@ -1078,13 +1078,14 @@ uint32_t tribe_config_new(const char *name,
  * key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
  * address with no advertise address), names, facts, limits and timings,
  * and an existing data dir as the start would (`TRIBE_CONFIG` when any
- * user may write it, another node holds it or its state file is not one;
- * nothing is created or changed). For a host that reads its configuration
- * before it starts the node (a collectd plugin, a daemon's `-t` check): a
- * config that passes fails to start only for what the machine says (a
- * port in use, no thread to be had, a data dir that cannot be created or
- * read). Does not consume the config (`TRIBE_CONSUMED` after a start used
- * it); does not block on the network.
+ * user may write it or its state file is not one; nothing is created or
+ * changed). For a host that reads its configuration before it starts the
+ * node (a collectd plugin, a daemon's `-t` check): a config that passes
+ * fails to start only for what the machine says: a port in use, a data
+ * dir another node holds (`TRIBE_CONFIG` at the start; a check made while
+ * the daemon runs passes), no thread to be had, a data dir that cannot be
+ * created or read. Does not consume the config (`TRIBE_CONSUMED` after a
+ * start used it); does not block on the network.
  */
 uint32_t tribe_config_check(const struct tribe_config *cfg,
                             struct tribe_error **err);

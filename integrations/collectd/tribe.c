@@ -854,10 +854,17 @@ static void serve_call(tribe_event *ev) {
         size_t rest = len - (size_t)(first - (const char *)payload);
         show = (int)(rest > 160 ? 160 : rest);
       }
+      /* Another member's bytes: control characters are shown as '?', so
+       * they cannot start lines of their own in collectd's log. */
+      char shown[161];
+      for (int i = 0; i < show; i++) {
+        unsigned char ch = (unsigned char)first[i];
+        shown[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
+      }
+      shown[show] = '\0';
       INFO(PLUGIN_NAME " plugin: " SERVE_NAME ": %ld metrics from %s via "
-                      "tribe %s: %.*s",
-           n, tribe_responder_caller(r), tribe_responder_tribe(r), show,
-           first ? first : "");
+                      "tribe %s: %s",
+           n, tribe_responder_caller(r), tribe_responder_tribe(r), shown);
       char reply[32];
       int m = snprintf(reply, sizeof reply, "%ld", n);
       tribe_responder_reply(r, (const uint8_t *)reply, (size_t)m, NULL);
@@ -1071,6 +1078,8 @@ static int tribe_read(user_data_t *ud) {
 
 /* ---------------------------------------------------------------- init */
 
+/* The key: the first line that is not blank, without surrounding spaces
+ * (as `tribe agent --key-file` reads it). */
 static int read_key_file(const char *path, char *key, size_t cap) {
   FILE *f = fopen(path, "r");
   if (f == NULL) {
@@ -1078,13 +1087,23 @@ static int read_key_file(const char *path, char *key, size_t cap) {
           strerror(errno));
     return -1;
   }
-  bool ok = fgets(key, (int)cap, f) != NULL;
+  bool found = false;
+  while (!found && fgets(key, (int)cap, f) != NULL) {
+    size_t skip = strspn(key, " \t\r\n");
+    memmove(key, key + skip, strlen(key + skip) + 1);
+    key[strcspn(key, "\r\n \t")] = '\0';
+    found = key[0] != '\0';
+  }
+  int failed = ferror(f);
   fclose(f);
-  if (!ok) {
-    ERROR(PLUGIN_NAME " plugin: key file %s is empty", path);
+  if (failed) {
+    ERROR(PLUGIN_NAME " plugin: cannot read key file %s (a directory?)", path);
     return -1;
   }
-  key[strcspn(key, "\r\n \t")] = '\0';
+  if (!found) {
+    ERROR(PLUGIN_NAME " plugin: key file %s holds no key", path);
+    return -1;
+  }
   return 0;
 }
 
@@ -1140,10 +1159,51 @@ fail:
   return false;
 }
 
+/* Whether collectd runs as `collectd -T` (its read test: plugins are
+ * initialised, each read callback runs once, and it exits). Plugins are not
+ * told; collectd's own options are read from /proc/self/cmdline, as its
+ * getopt reads them ("BhtTfC:P:"). A node started then would join the tribe
+ * for an instant, and fail on the port or data dir of the daemon running
+ * beside it. */
+static bool read_test_mode(void) {
+  FILE *f = fopen("/proc/self/cmdline", "r");
+  if (f == NULL)
+    return false;
+  static char args[16384];
+  size_t n = fread(args, 1, sizeof args - 1, f);
+  fclose(f);
+  args[n] = '\0';
+  bool skip_value = false, first = true;
+  for (size_t i = 0; i < n; i += strlen(args + i) + 1) {
+    const char *a = args + i;
+    if (first || skip_value) { /* the program, or an option's value */
+      first = skip_value = false;
+      continue;
+    }
+    if (a[0] != '-' || a[1] == '-' || a[1] == '\0')
+      continue;
+    for (const char *c = a + 1; *c; c++) {
+      if (*c == 'T')
+        return true;
+      if (*c == 'C' || *c == 'P') { /* the value follows, here or next */
+        skip_value = c[1] == '\0';
+        break;
+      }
+    }
+  }
+  return false;
+}
+
 static int tribe_init(void) {
   pthread_mutex_lock(&g.lock);
   if (g.node != NULL) { /* init is called again after a reload */
     pthread_mutex_unlock(&g.lock);
+    return 0;
+  }
+  if (read_test_mode()) {
+    pthread_mutex_unlock(&g.lock);
+    INFO(PLUGIN_NAME " plugin: collectd -T: the configuration was checked; "
+                    "the node is not started");
     return 0;
   }
   if (g.flush_interval == 0)

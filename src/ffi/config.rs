@@ -178,13 +178,14 @@ pub extern "C" fn tribe_config_new(
 /// key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
 /// address with no advertise address), names, facts, limits and timings,
 /// and an existing data dir as the start would (`TRIBE_CONFIG` when any
-/// user may write it, another node holds it or its state file is not one;
-/// nothing is created or changed). For a host that reads its configuration
-/// before it starts the node (a collectd plugin, a daemon's `-t` check): a
-/// config that passes fails to start only for what the machine says (a
-/// port in use, no thread to be had, a data dir that cannot be created or
-/// read). Does not consume the config (`TRIBE_CONSUMED` after a start used
-/// it); does not block on the network.
+/// user may write it or its state file is not one; nothing is created or
+/// changed). For a host that reads its configuration before it starts the
+/// node (a collectd plugin, a daemon's `-t` check): a config that passes
+/// fails to start only for what the machine says: a port in use, a data
+/// dir another node holds (`TRIBE_CONFIG` at the start; a check made while
+/// the daemon runs passes), no thread to be had, a data dir that cannot be
+/// created or read. Does not consume the config (`TRIBE_CONSUMED` after a
+/// start used it); does not block on the network.
 #[no_mangle]
 pub extern "C" fn tribe_config_check(cfg: *const TribeConfig, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, { cast::handle(cfg, "config")?.check() })

@@ -181,8 +181,9 @@ static void config_misuse(void) {
         tribe_config_free(cfg);
         CHECK(rmdir(dir) == 0);
     }
-    /* A check sees what the start would refuse in a data dir: one any user
-     * may write, one another node holds. */
+    /* A check sees what the start would refuse in a data dir's setup (one
+     * any user may write), not that another node holds it now (a daemon's
+     * -t check runs while the daemon does): the start refuses that. */
     {
         char dir[] = "/tmp/tribe-c-dir-XXXXXX";
         CHECK(mkdtemp(dir) != NULL);
@@ -196,9 +197,14 @@ static void config_misuse(void) {
         CHECK(chmod(dir, 0700) == 0);
         EXPECT(TRIBE_OK, tribe_node_start(cfg, &node, &err));
         tribe_config_free(cfg);
+        tribe_node *second = NULL;
         EXPECT(TRIBE_OK, tribe_config_new("second", &cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_profile(cfg, "local", &err));
+        EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
         EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
-        EXPECT(TRIBE_CONFIG, tribe_config_check(cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_check(cfg, &err));
+        EXPECT(TRIBE_CONFIG, tribe_node_start(cfg, &second, &err));
+        CHECK(second == NULL);
         tribe_config_free(cfg);
         EXPECT(TRIBE_OK, tribe_node_shutdown(node, &err));
         tribe_node_free(node);
