@@ -404,6 +404,13 @@ impl Node {
         self.command(Command::InstallKey(key)).await
     }
 
+    /// Waits (up to 10 s) until every live member holds key `id`, else
+    /// [`Error::KeyNotSpread`] naming those without it (the admin API's
+    /// install answers once the key is everywhere).
+    pub(crate) async fn wait_key_installed(&self, id: crate::KeyId) -> Result<()> {
+        self.wait_for_keys(id, false).await
+    }
+
     /// Makes an installed key the primary (sealing) key of every node.
     /// A key installed through another node a moment ago is waited for
     /// (up to 3 s, [`UNKNOWN_KEY_WAIT`], until some member is heard to hold

@@ -1774,3 +1774,72 @@ fn keygen_reports_a_stdout_it_cannot_write() {
     assert!(err.starts_with("tribe: writing to stdout:"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Keys installed at the same moment through two agents, each ring one key
+/// from full: each agent answers 201 only for a key every live node holds,
+/// else 409 `key_not_spread` naming the node without it. (Both used to
+/// answer 201 while each node held only its own key.)
+#[test]
+fn a_key_install_answers_created_only_once_every_live_node_holds_it() {
+    let dir = scratch_dir("key-race");
+    let keygen = || {
+        let out = Command::new(TRIBE).arg("keygen").output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let k1 = keygen();
+    let a = start_agent_env(&dir, "race-a", &[], &[("TRIBE_KEY", &k1)]);
+    let b = start_agent_env(
+        &dir,
+        "race-b",
+        &args(&["--seed", &a.gossip.to_string()]),
+        &[("TRIBE_KEY", &k1)],
+    );
+    wait_for("2 keyed agents", Duration::from_secs(30), || {
+        alive(&a) == 2 && alive(&b) == 2
+    });
+    // Six more keys: seven in every ring, one place left.
+    for _ in 0..6 {
+        let (status, body) = call(&a, "POST", "/v1/keys", Some(json!({ "key": keygen() })));
+        assert_eq!(status, 201, "{body}");
+    }
+    let (x, y) = (keygen(), keygen());
+    // An install waits up to 10 s for the spread: more than `call` allows.
+    let install = |agent: &Agent, key: &str| -> (u16, Value) {
+        let http: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(60)))
+            .build()
+            .into();
+        let url = format!("http://{}/v1/keys", agent.admin);
+        let mut resp = http.post(&url).send_json(json!({ "key": key })).unwrap();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (resp.status().as_u16(), serde_json::from_str(&text).unwrap())
+    };
+    let (ax, by) = std::thread::scope(|s| {
+        let ax = s.spawn(|| install(&a, &x));
+        let by = s.spawn(|| install(&b, &y));
+        (ax.join().unwrap(), by.join().unwrap())
+    });
+    for ((status, body), agent) in [(ax, &a), (by, &b)] {
+        match status {
+            201 => {
+                let id = body["id"].as_str().unwrap().to_string();
+                let keys = get(agent, "/v1/keys");
+                let held = keys["keys"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|k| k["id"] == id.as_str())
+                    .map(|k| k["installed_on"].as_array().unwrap().len());
+                assert_eq!(held, Some(2), "201 for {id}, but: {keys}");
+            }
+            409 => assert!(
+                ["key_not_spread", "keyring_full"].contains(&body["error"].as_str().unwrap()),
+                "{body}"
+            ),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -340,6 +340,9 @@ pub(super) async fn install_key(State(node): State<Node>, body: Bytes) -> ApiRes
         SecretKey::from_base64(&req.key).map_err(|e| Error::InvalidArgument(e.to_string()))?;
     let id = key.id();
     node.install_key(key).await?;
+    // Answered once every live node holds it: a ring full elsewhere (keys
+    // installed at once through other agents) is told, not hidden.
+    node.wait_key_installed(id).await?;
     Ok(created(serde_json::json!({ "id": id.to_string() })))
 }
 

@@ -508,35 +508,30 @@ fn with_default_level(level: &str) -> String {
     }
 }
 
-/// Logs to stderr through a thread of their own (see [`crate::output`]);
-/// the guard writes what is queued when dropped.
-fn init_logging(
-    level: &str,
-    json: bool,
-) -> Result<tracing_appender::non_blocking::WorkerGuard, String> {
+fn init_logging(level: &str, json: bool) -> Result<(), String> {
     check_log_level(level)?;
     let filter = tracing_subscriber::EnvFilter::try_new(with_default_level(level))
         .map_err(|e| format!("--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {e}"))?;
-    let (stderr, guard) = crate::output::stream(std::io::stderr(), "tribe-stderr");
     // Colours only for a terminal: a log file or journald gets plain text.
+    // Written at once (not queued, as stdout's metric lines are): a line
+    // logged before the ready line is on stderr when the ready line is read.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(stderr);
+        .with_writer(std::io::stderr);
     let result = if json {
         builder.json().try_init()
     } else {
         builder.try_init()
     };
-    result.map_err(|e| format!("cannot set up logging: {e}"))?;
-    Ok(guard)
+    result.map_err(|e| format!("cannot set up logging: {e}"))
 }
 
 /// Runs the agent until a signal; returns once it has left the tribe.
 pub fn run(args: AgentArgs) -> Result<(), String> {
     let collected = tribe::facts::collect();
     let plan = args.plan(&collected)?;
-    let _logs = init_logging(&plan.log_level, plan.log_json)?;
+    init_logging(&plan.log_level, plan.log_json)?;
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }

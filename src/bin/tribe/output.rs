@@ -1,8 +1,9 @@
-//! The agent's stdout and stderr, written by threads of their own through
-//! bounded queues. A reader that stops reading (a supervisor that took the
-//! ready line and no more, a pipe left full) loses lines, counted, and
-//! never stalls the node: a write to a full pipe used to block a runtime
-//! thread, and with it the gossip, the admin API and the signal handling.
+//! The agent's stdout after its ready line (the `stdout` publisher's metric
+//! lines), written by a thread of its own through a bounded queue. A
+//! reader that stops reading (a supervisor that took the ready line and no
+//! more, a pipe left full) loses lines, counted, and never stalls the node:
+//! a write to a full pipe used to block a runtime thread, and with it the
+//! gossip, the admin API and the signal handling.
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 
