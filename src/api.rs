@@ -845,7 +845,12 @@ impl Node {
 
     /// Counters of the call path.
     pub fn rpc_stats(&self) -> crate::rpc::RpcStats {
-        self.inner.rpc.counters.stats()
+        let rpc = &self.inner.rpc;
+        let mut stats = rpc.counters.stats();
+        stats.in_flight = rpc.pool.in_flight() as u64;
+        stats.serving = rpc.server.serving() as u64;
+        stats.streams_accepted = rpc.server.streams_accepted() as u64;
+        stats
     }
 
     /// Runs the call streams this node accepts on `handle` (another

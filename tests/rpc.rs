@@ -896,3 +896,34 @@ async fn a_call_its_caller_gives_up_on_is_counted_as_abandoned() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// The gauges of what is open now follow the calls and come back to rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_call_gauges_follow_the_calls_and_come_back_to_rest() {
+    let nodes = svc_cluster("gauge", &[1], Duration::from_millis(800)).await;
+    let (host, caller) = (&nodes[1], &nodes[2]);
+    assert_eq!(caller.rpc_stats().in_flight, 0);
+    assert_eq!(host.rpc_stats().serving, 0);
+    let calls: Vec<_> = (0..3)
+        .map(|i| {
+            let caller = caller.clone();
+            tokio::spawn(async move { caller.call(&echo(), vec![i], 10 * SECOND).await.unwrap() })
+        })
+        .collect();
+    wait_for("three calls open on both sides", 5 * SECOND, || {
+        let (c, h) = (caller.rpc_stats(), host.rpc_stats());
+        c.in_flight == 3 && h.serving == 3 && h.streams_accepted >= 1
+    })
+    .await;
+    for call in calls {
+        call.await.unwrap();
+    }
+    wait_for("nothing open once they are over", 5 * SECOND, || {
+        let (c, h) = (caller.rpc_stats(), host.rpc_stats());
+        c.in_flight == 0 && h.serving == 0
+    })
+    .await;
+    for n in nodes {
+        let _ = n.shutdown().await;
+    }
+}

@@ -405,6 +405,25 @@ pub fn render(s: &Snapshot) -> String {
         "Calls made here that their caller gave up on before they ended",
         rpc.abandoned,
     );
+    // What is open now: each back to its resting level when the load is.
+    gauge(
+        &mut r,
+        "rpc_in_flight",
+        "Calls made here and not over yet",
+        rpc.in_flight as usize,
+    );
+    gauge(
+        &mut r,
+        "rpc_serving",
+        "Calls served here and not over yet (a handler at work or a responder held unanswered)",
+        rpc.serving as usize,
+    );
+    gauge(
+        &mut r,
+        "rpc_streams_accepted",
+        "Call streams other nodes opened to this one, open now",
+        rpc.streams_accepted as usize,
+    );
     counter_family(
         &mut r,
         "artifacts",

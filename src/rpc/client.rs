@@ -322,6 +322,13 @@ impl Pool {
         &self.limits
     }
 
+    /// Calls made here and not over yet.
+    pub fn in_flight(&self) -> usize {
+        self.limits
+            .max_inflight
+            .saturating_sub(self.inflight.available_permits())
+    }
+
     /// A slot of the node-wide bound, or `None` when this node has too many
     /// calls in flight.
     pub fn try_inflight(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {

@@ -234,6 +234,13 @@ pub struct RpcStats {
     pub cancelled: u64,
     /// Calls made here that their caller gave up on before they ended.
     pub abandoned: u64,
+    /// Gauge: calls made here and not over yet.
+    pub in_flight: u64,
+    /// Gauge: calls served here and not over yet (a handler at work, or a
+    /// responder a host holds unanswered).
+    pub serving: u64,
+    /// Gauge: call streams other nodes opened to this one, open now.
+    pub streams_accepted: u64,
 }
 
 impl RpcCounters {
@@ -266,6 +273,10 @@ impl RpcCounters {
             artifacts_unavailable: g(&self.artifacts_unavailable),
             cancelled: g(&self.cancelled),
             abandoned: g(&self.abandoned),
+            // Gauges: read from the pool and the server (see `Rpc::stats`).
+            in_flight: 0,
+            serving: 0,
+            streams_accepted: 0,
         }
     }
 }

@@ -112,6 +112,21 @@ impl Server {
         self.executor.get()
     }
 
+    /// Calls served here and not over yet.
+    pub fn serving(&self) -> usize {
+        self.limits
+            .max_serving
+            .saturating_sub(self.open.available_permits())
+    }
+
+    /// Call streams accepted and open now.
+    pub fn streams_accepted(&self) -> usize {
+        self.limits
+            .max_streams
+            .max(1)
+            .saturating_sub(self.streams.available_permits())
+    }
+
     /// The bounds in force.
     pub fn limits(&self) -> &RpcLimits {
         &self.limits
