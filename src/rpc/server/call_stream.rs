@@ -143,8 +143,17 @@ impl Server {
                     // Quiet while a call runs (one long call alone on
                     // its stream) is not idle: its answer is still due.
                     Err(_) if !calls.running.all_over() => continue,
-                    Ok(Err(_)) | Err(_) => {
+                    Ok(Err(_)) => {
                         RpcCounters::bump(&self.counters.stream_errors);
+                        break Ended::Closed;
+                    }
+                    // Idle: a stream its caller keeps and no longer uses
+                    // (a pooled one) ends without being an error; one left
+                    // in the middle of a frame is stalled.
+                    Err(_) => {
+                        if opener.holds_more() {
+                            RpcCounters::bump(&self.counters.stream_errors);
+                        }
                         break Ended::Closed;
                     }
                 },
@@ -536,5 +545,35 @@ mod tests {
             matches!(&reply, RpcMsg::Reply { id: 9, result: Ok(b) } if b.as_slice() == b"late"),
             "{reply:?}"
         );
+    }
+
+    /// A stream that goes quiet ends at the idle timeout without counting
+    /// as an error (a caller's pooled stream it no longer uses); one left
+    /// in the middle of a frame is a stalled stream, counted.
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_stream_ends_without_an_error_and_a_stalled_frame_counts() {
+        let counters = Arc::new(RpcCounters::default());
+        let server = Arc::new(Server::new(
+            RpcLimits::default(),
+            counters.clone(),
+            Box::new(|_| true),
+        ));
+        let (theirs, _, _, serving) = serve_duplex(&server).await;
+        tokio::time::timeout(CALL_STREAM_IDLE * 2, serving)
+            .await
+            .expect("an idle stream ends")
+            .unwrap();
+        assert_eq!(counters.stats().stream_errors, 0);
+        drop(theirs);
+
+        let (mut theirs, _, _, serving) = serve_duplex(&server).await;
+        // Three bytes of a frame's length header, and no more.
+        theirs.write_all(&[0, 0, 1]).await.unwrap();
+        tokio::time::timeout(CALL_STREAM_IDLE * 2, serving)
+            .await
+            .expect("a stalled stream ends")
+            .unwrap();
+        assert_eq!(counters.stats().stream_errors, 1);
+        drop(theirs);
     }
 }
