@@ -200,18 +200,25 @@ async fn fetch(
     ))
 }
 
+/// Bytes over [`MAX_ARTIFACT`] are refused where the artifact is made
+/// (members would refuse to fetch them); a C host's are checked before
+/// they are copied.
+pub(crate) fn check_size(len: usize) -> crate::Result<()> {
+    if len as u64 > MAX_ARTIFACT {
+        return Err(crate::Error::TooLarge {
+            size: len,
+            limit: MAX_ARTIFACT as usize,
+        });
+    }
+    Ok(())
+}
+
 /// Keeps verified bytes and advertises them. Bounded in count (the node
 /// record advertises at most `MAX_ARTIFACTS`) and in total bytes
 /// ([`MAX_HELD_BYTES`]); refused bytes are not kept.
 pub(crate) fn hold(shared: &Shared, bytes: Arc<Vec<u8>>) -> crate::Result<ArtifactRef> {
     use std::sync::atomic::Ordering;
-    // Members would refuse to fetch it: refused here, where it is made.
-    if bytes.len() as u64 > MAX_ARTIFACT {
-        return Err(crate::Error::TooLarge {
-            size: bytes.len(),
-            limit: MAX_ARTIFACT as usize,
-        });
-    }
+    check_size(bytes.len())?;
     let artifact = ArtifactRef {
         sha256: sha256(&bytes),
         size: bytes.len() as u64,

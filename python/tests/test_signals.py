@@ -98,6 +98,13 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
+def run_script(code: str, timeout: float) -> subprocess.CompletedProcess:
+    """Runs ``code`` in a fresh interpreter to its end, output captured."""
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout
+    )
+
+
 def spawn(code: str) -> subprocess.Popen:
     proc = subprocess.Popen(
         [sys.executable, "-c", code],
@@ -317,9 +324,7 @@ FORK = textwrap.dedent(
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
 def test_a_forked_child_gets_a_runtime_of_its_own_and_exits() -> None:
-    out = subprocess.run(
-        [sys.executable, "-c", FORK], capture_output=True, text=True, timeout=30
-    )
+    out = run_script(FORK, timeout=30)
     assert out.returncode == 0, out.stderr
     assert "CHILD 0" in out.stdout, out.stdout + out.stderr
 
@@ -375,9 +380,7 @@ def test_children_forked_while_asyncio_calls_complete_run_and_exit() -> None:
     # The completer thread used to hold a lock while it waited for the GIL;
     # a child forked then inherited the lock held, and its asyncio calls
     # and its exit waited for it forever (about 1 child in 5).
-    out = subprocess.run(
-        [sys.executable, "-c", FORK_UNDER_ASYNCIO], capture_output=True, text=True, timeout=120
-    )
+    out = run_script(FORK_UNDER_ASYNCIO, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "HUNG 0" in out.stdout, out.stdout + out.stderr
 
@@ -413,7 +416,7 @@ def test_a_signal_that_raises_as_a_call_fails_is_not_lost() -> None:
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.version_info < (3, 12), reason="needs fork() and Python 3.12+")
 def test_a_fork_after_a_node_started_warns_as_the_docs_say() -> None:
     # CPython's own warning (the runtime's threads exist); the fork works.
-    out = subprocess.run([sys.executable, "-c", FORK], capture_output=True, text=True, timeout=30)
+    out = run_script(FORK, timeout=30)
     assert out.returncode == 0 and "CHILD 0" in out.stdout, out.stdout + out.stderr
     assert "DeprecationWarning" in out.stderr and "multi-threaded" in out.stderr, out.stderr
 

@@ -8,7 +8,6 @@ use super::cast;
 use super::commands::{command, entry_args};
 use super::error::{FfiError, TRIBE_UNKNOWN_ARTIFACT};
 use super::node::{node_handle, TribeNode};
-use crate::Error;
 
 /// Adds a plugin entry (`kind`: `TRIBE_KIND_*`) that carries `bytes` (copied;
 /// NULL with length 0 for none) to a tribe's catalog. This node holds the
@@ -36,13 +35,7 @@ pub extern "C" fn tribe_node_load_plugin_artifact(
         let e = entry_args(tribe, name, version, kind)?;
         let bytes = cast::bytes(bytes, bytes_len, "bytes")?;
         // Refused before the copy: a buffer may be larger than memory allows.
-        if bytes.len() as u64 > crate::artifacts::MAX_ARTIFACT {
-            return Err(Error::TooLarge {
-                size: bytes.len(),
-                limit: crate::artifacts::MAX_ARTIFACT as usize,
-            }
-            .into());
-        }
+        crate::artifacts::check_size(bytes.len())?;
         let bytes = bytes.to_vec();
         let artifact = node_handle(node)?.live()?.hold_artifact(bytes)?;
         let entry = Some(artifact.clone());

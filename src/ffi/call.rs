@@ -326,8 +326,9 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// at once, before it is copied; or a reply over it), `TRIBE_OVERLOADED`,
 /// `TRIBE_DISCONNECTED`, `TRIBE_SHUTTING_DOWN`. `payload` may be NULL when
 /// `payload_len` is 0. A call to another node goes on a TCP stream this
-/// call borrows whole, and the calling thread reads the reply from the socket itself (a thread
-/// blocked here holds one stream to the host it calls; they are reused).
+/// call borrows whole, and the calling thread reads the reply from the
+/// socket itself (a thread blocked here holds one stream to the host it
+/// calls; they are reused).
 /// A signal handled on the calling thread does not end the wait (there is
 /// no `EINTR`): it goes on until the reply, the timeout or a shutdown.
 #[no_mangle]
@@ -690,8 +691,8 @@ pub extern "C" fn tribe_responder_is_abandoned(r: *const TribeResponder) -> bool
 /// Callable from any thread. `TRIBE_CONSUMED` if the call was answered
 /// already. `TRIBE_TOO_LARGE` if `reply_len` is over the node's
 /// `max_payload` (checked before the reply is copied): the reply is not
-/// sent, the caller gets `TRIBE_REMOTE` with the code `"too_large"`, and the call is answered. An answer the caller no
-/// longer waits for (deadline passed, node stopped) is dropped without an
+/// sent, the caller gets `TRIBE_REMOTE` with the code `"too_large"`, and
+/// the call is answered. An answer the caller no longer waits for (deadline passed, node stopped) is dropped without an
 /// error. The responder must still be
 /// freed. Does not block: the reply is written to the caller's stream from
 /// this thread with a non-blocking write, and what the socket does not take
