@@ -371,8 +371,9 @@ impl Driver {
     /// Runs until stopped.
     pub async fn run(mut self) {
         let mut buf = vec![0u8; 65_536];
-        let mut save_tick = tokio::time::interval(SAVE_INTERVAL);
-        save_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Saves durable state and closes idle call streams.
+        let mut tick = tokio::time::interval(SAVE_INTERVAL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             self.flush();
             let next_timer = self
@@ -437,7 +438,10 @@ impl Driver {
                     }
                 }
                 _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
-                _ = save_tick.tick() => self.save_durable(),
+                _ = tick.tick() => {
+                    self.save_durable();
+                    self.shared.rpc.pool.close_idle();
+                }
             }
         }
     }

@@ -315,6 +315,12 @@ impl Sealer {
         }
     }
 
+    /// Both halves of a plaintext stream, for tests of what holds streams.
+    #[cfg(test)]
+    pub(crate) fn plaintext_pair_for_tests() -> (Sealer, Opener) {
+        halves(None, None, 1 << 20)
+    }
+
     /// Writes one frame (sealed when the stream is).
     pub async fn write_frame<W: AsyncWrite + Unpin>(
         &mut self,

@@ -125,6 +125,19 @@ impl Slot {
         }
     }
 
+    /// Drops the streams no new call may use (a retired one stays while
+    /// calls wait on it, so that ending the slot ends them).
+    fn drop_unusable(&self, conns: &mut Vec<Arc<Conn>>) {
+        conns.retain(|c| {
+            let usable = c.usable();
+            if !usable && c.refused_whole() {
+                // Refused before any call went on it.
+                self.note_refused();
+            }
+            usable || (c.is_retired() && c.in_flight() > 0)
+        });
+    }
+
     fn add(&self, conn: Conn) -> Arc<Conn> {
         let conn = Arc::new(conn);
         self.conns
@@ -392,6 +405,25 @@ impl Pool {
             slot.end();
         }
         self.borrowed.end(Some(addr));
+    }
+
+    /// Closes the streams no call may take any more: idle past
+    /// [`CLIENT_IDLE`] (their hosts close them at their own idle timeout,
+    /// which would leave our ends half-closed until the next call to the
+    /// host), failed, or opened before the keys changed. A stream a call
+    /// uses stays open until its call ends. Run every second or so.
+    pub fn close_idle(&self) {
+        let slots: Vec<Arc<Slot>> = self
+            .slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        for slot in slots {
+            slot.drop_unusable(&mut slot.conns.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+        self.borrowed.sweep();
     }
 
     /// Later calls open new streams (the node's keys or encryption mode
@@ -940,18 +972,10 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
 
 /// The usable stream to the slot's host with the fewest calls in flight,
 /// with that load, and how many usable streams there are. Streams no
-/// longer usable are dropped (a retired one stays while calls wait on it,
-/// so that ending the slot ends them).
+/// longer usable are dropped.
 fn quietest(slot: &Slot) -> (Option<(Arc<Conn>, usize)>, usize) {
     let mut conns = slot.conns.lock().unwrap_or_else(|p| p.into_inner());
-    conns.retain(|c| {
-        let usable = c.usable();
-        if !usable && c.refused_whole() {
-            // Refused before any call went on it.
-            slot.note_refused();
-        }
-        usable || (c.is_retired() && c.in_flight() > 0)
-    });
+    slot.drop_unusable(&mut conns);
     let count = conns.iter().filter(|c| c.usable()).count();
     let best = conns
         .iter()

@@ -113,13 +113,9 @@ impl Borrowed {
     /// Lends an idle stream to `addr`: `None` when there is none fit to
     /// use; `Err` when `addr` has as many borrowed streams lent as it may.
     fn take_idle(&self, addr: SocketAddr) -> Result<Option<Pooled>, ()> {
-        let generation = self.generation.load(Ordering::Acquire);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Streams a host may be closing, to any host, go.
-        idle.retain(|_, streams| {
-            streams.retain(|s| s.generation == generation && s.last_sent.elapsed() < CLIENT_IDLE);
-            !streams.is_empty()
-        });
+        keep_fit(&mut idle, self.generation.load(Ordering::Acquire));
         if let Some(streams) = idle.get_mut(&addr) {
             while let Some(stream) = streams.pop() {
                 if quiet(&stream.sock) {
@@ -158,6 +154,14 @@ impl Borrowed {
         }
     }
 
+    /// Closes the idle streams no call may take any more (opened before
+    /// the keys changed, or idle so long that their host may be closing
+    /// them), so that none lingers half-closed until the next call.
+    pub(super) fn sweep(&self) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        keep_fit(&mut idle, self.generation.load(Ordering::Acquire));
+    }
+
     /// Streams opened from now on use the node's new keys.
     pub(super) fn forget(&self) {
         self.generation.fetch_add(1, Ordering::AcqRel);
@@ -176,6 +180,15 @@ impl Borrowed {
             }
         }
     }
+}
+
+/// Drops (closes) the idle streams opened before `generation` or idle for
+/// [`CLIENT_IDLE`].
+fn keep_fit(idle: &mut HashMap<SocketAddr, Vec<Pooled>>, generation: u64) {
+    idle.retain(|_, streams| {
+        streams.retain(|s| s.generation == generation && s.last_sent.elapsed() < CLIENT_IDLE);
+        !streams.is_empty()
+    });
 }
 
 /// Whether an idle stream may carry a call: open, and nothing arrived on
@@ -512,5 +525,66 @@ impl AsyncRead for Blocking<'_> {
         let want = buf.remaining().min(READ_CAP);
         let read = (&mut self.sock).read(buf.initialize_unfilled_to(want));
         Poll::Ready(read.map(|n| buf.advance(n)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    /// An idle stream to a listener on 127.0.0.1, its last request sent
+    /// `ago`, and the listener's end of it.
+    fn idle_stream(ago: Duration, generation: u64) -> (Pooled, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let sock = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (host_end, _) = listener.accept().unwrap();
+        host_end.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let (sealer, opener) = Sealer::plaintext_pair_for_tests();
+        let pooled = Pooled {
+            sock: Arc::new(sock),
+            timeout: SLICE,
+            sealer,
+            opener,
+            generation,
+            last_sent: Instant::now() - ago,
+        };
+        (pooled, host_end)
+    }
+
+    /// Whether the host's end saw the stream close (rather than wait).
+    fn closed(mut host_end: &TcpStream) -> bool {
+        host_end
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        matches!(host_end.read(&mut [0u8; 1]), Ok(0))
+    }
+
+    #[tokio::test]
+    async fn a_sweep_closes_the_idle_streams_no_call_may_take_and_keeps_the_others() {
+        let pool = Borrowed::default();
+        let (fresh, fresh_host) = idle_stream(Duration::from_secs(1), 0);
+        let (stale, stale_host) = idle_stream(CLIENT_IDLE + Duration::from_secs(1), 0);
+        let (old_keys, old_keys_host) = idle_stream(Duration::from_secs(1), 0);
+        {
+            let mut idle = pool.idle.lock().unwrap();
+            idle.insert(fresh_host.local_addr().unwrap(), vec![fresh]);
+            idle.insert(stale_host.local_addr().unwrap(), vec![stale]);
+        }
+        pool.sweep();
+        assert!(closed(&stale_host), "a stream idle past CLIENT_IDLE closes");
+        assert!(!closed(&fresh_host), "a fresh idle stream stays open");
+        assert_eq!(pool.idle.lock().unwrap().len(), 1);
+
+        // Keys changed after a stream opened: it goes at the next sweep.
+        pool.generation.fetch_add(1, Ordering::AcqRel);
+        pool.idle
+            .lock()
+            .unwrap()
+            .insert(old_keys_host.local_addr().unwrap(), vec![old_keys]);
+        pool.sweep();
+        assert!(closed(&old_keys_host));
+        assert!(closed(&fresh_host));
+        assert!(pool.idle.lock().unwrap().is_empty());
     }
 }
