@@ -48,6 +48,15 @@ impl Default for Bounds {
     }
 }
 
+/// How long a connection the API ended still has its input read (and
+/// dropped) before it closes, while the client has not closed it: a
+/// socket closed with input unread resets the connection, and a client
+/// still sending a body the API refused (413) would lose the answer
+/// (as `lingering_close` in nginx).
+const LINGER: Duration = Duration::from_secs(5);
+/// Connections lingering at once; past it, one closes at once.
+const MAX_LINGERING: usize = 64;
+
 /// Serves `app` on `listener` until `shutdown` completes, then lets the
 /// requests being answered finish for up to `bounds.stop_grace`.
 pub async fn run(
@@ -57,6 +66,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let places = Places::new(bounds.max_connections);
+    let lingering = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING));
     let (stopping, stop) = watch::channel(false);
     let mut conns = JoinSet::new();
     tokio::pin!(shutdown);
@@ -96,7 +106,11 @@ pub async fn run(
             }
         });
         let mut stop = stop.clone();
+        let lingering = lingering.clone();
         conns.spawn(async move {
+            // A second descriptor of the socket keeps it open once hyper
+            // is done with the first.
+            let lingers = socket2::SockRef::from(&stream).try_clone().ok();
             let mut builder = hyper::server::conn::http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -108,20 +122,31 @@ pub async fn run(
                 io: Box::pin(stream),
                 conn: place.conn.clone(),
             };
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                result = conn.as_mut() => {
-                    if let Err(e) = result {
-                        tracing::debug!(error = %e, "admin API: connection ended");
+            let ended = {
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                // Whether the connection ended of itself; `None` at a stop.
+                let ended = tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "admin API: connection ended");
+                        }
+                        Some(true)
                     }
-                    return;
+                    _ = stop.wait_for(|s| *s) => None,
+                    // Another connection took the place.
+                    () = place.conn.cut() => Some(false),
+                };
+                if ended.is_none() {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
                 }
-                _ = stop.wait_for(|s| *s) => conn.as_mut().graceful_shutdown(),
-                // Another connection took the place.
-                () = place.conn.cut() => return,
+                ended == Some(true)
+            };
+            drop(place);
+            if let (true, Some(sock), Ok(_permit)) = (ended, lingers, lingering.try_acquire()) {
+                linger(sock, &mut stop).await;
             }
-            let _ = conn.await;
         });
     }
     drop(listener);
@@ -134,6 +159,26 @@ pub async fn run(
         tracing::debug!("admin API: requests still open at the stop are dropped");
     }
     Ok(())
+}
+
+/// Closes our side of a connection the API is done with, then reads and
+/// drops what the client still sends until it closes too, for up to
+/// [`LINGER`] or until the agent stops.
+async fn linger(sock: socket2::Socket, stop: &mut watch::Receiver<bool>) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(mut sock) = tokio::net::TcpStream::from_std(sock.into()) else {
+        return;
+    };
+    let _ = sock.shutdown().await;
+    let drain = async {
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(1..) = sock.read(&mut buf).await {}
+    };
+    tokio::select! {
+        () = drain => {}
+        () = tokio::time::sleep(LINGER) => {}
+        _ = stop.wait_for(|s| *s) => {}
+    }
 }
 
 #[cfg(test)]
@@ -193,6 +238,11 @@ mod tests {
                 axum::routing::post(|body: String| async move { body }),
             )
             .route("/big", get(|| async { "x".repeat(64 << 20) }))
+            .route(
+                "/small",
+                axum::routing::post(|body: String| async move { body })
+                    .layer(axum::extract::DefaultBodyLimit::max(1024)),
+            )
             .route("/hang", get(std::future::pending::<&'static str>));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -212,6 +262,35 @@ mod tests {
         let read = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out));
         read.await.expect("the server closed the connection").ok();
         String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_client_still_sending_a_body_the_api_refused_reads_the_answer() {
+        let (addr, stop, server) = start_with(PATIENT).await;
+        // More than the socket buffers hold: the server answers 413 and
+        // closes while the client still writes.
+        let size = 16 << 20;
+        let answer = tokio::task::spawn_blocking(move || {
+            use std::io::{Read as _, Write as _};
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let head = format!(
+                "POST /small HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {size}\r\n\r\n"
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            let chunk = vec![b'x'; 64 << 10];
+            for _ in 0..size / chunk.len() {
+                s.write_all(&chunk).expect("the refused body could be sent");
+            }
+            let mut answer = String::new();
+            s.read_to_string(&mut answer)
+                .expect("the answer could be read");
+            answer
+        })
+        .await
+        .unwrap();
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+        stop.send(true).unwrap();
+        server.await.unwrap();
     }
 
     #[tokio::test]
