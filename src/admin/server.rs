@@ -231,6 +231,21 @@ mod tests {
         watch::Sender<bool>,
         tokio::task::JoinHandle<()>,
     ) {
+        let (addr, stop, server, _) = start_counting(bounds).await;
+        (addr, stop, server)
+    }
+
+    /// As [`start_with`], and how many `/hang` requests reached the app.
+    async fn start_counting(
+        bounds: Bounds,
+    ) -> (
+        std::net::SocketAddr,
+        watch::Sender<bool>,
+        tokio::task::JoinHandle<()>,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        let hanging = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let entered = hanging.clone();
         let app = Router::new()
             .route("/ok", get(|| async { "ok" }))
             .route(
@@ -243,7 +258,13 @@ mod tests {
                 axum::routing::post(|body: String| async move { body })
                     .layer(axum::extract::DefaultBodyLimit::max(1024)),
             )
-            .route("/hang", get(std::future::pending::<&'static str>));
+            .route(
+                "/hang",
+                get(move || {
+                    entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::future::pending::<&'static str>()
+                }),
+            );
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, mut stopped) = watch::channel(false);
@@ -253,7 +274,19 @@ mod tests {
         let server = tokio::spawn(async move {
             run(listener, app, bounds, shutdown).await.unwrap();
         });
-        (addr, stop, server)
+        (addr, stop, server, hanging)
+    }
+
+    /// Waits until `n` `/hang` requests reached the app.
+    async fn wait_hanging(count: &std::sync::atomic::AtomicUsize, n: usize) {
+        let read = async {
+            while count.load(std::sync::atomic::Ordering::SeqCst) < n {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("the /hang requests reached the app");
     }
 
     /// Reads until the server closes the connection; what it sent.
@@ -316,14 +349,14 @@ mod tests {
 
     #[tokio::test]
     async fn a_stop_waits_for_hanging_requests_only_for_its_grace() {
-        let (addr, stop, server) = start().await;
+        let (addr, stop, server, count) = start_counting(SHORT).await;
         let mut hanging = TcpStream::connect(addr).await.unwrap();
         hanging
             .write_all(b"GET /hang HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
         let mut idle = TcpStream::connect(addr).await.unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_hanging(&count, 1).await;
         let began = tokio::time::Instant::now();
         stop.send(true).unwrap();
         tokio::time::timeout(Duration::from_secs(5), server)
@@ -337,7 +370,7 @@ mod tests {
 
     #[tokio::test]
     async fn connections_over_the_bound_are_closed_at_once() {
-        let (addr, stop, server) = start().await;
+        let (addr, stop, server, count) = start_counting(SHORT).await;
         let mut held = Vec::new();
         for _ in 0..SHORT.max_connections {
             let mut s = TcpStream::connect(addr).await.unwrap();
@@ -346,7 +379,7 @@ mod tests {
                 .unwrap();
             held.push(s);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_hanging(&count, SHORT.max_connections).await;
         let mut extra = TcpStream::connect(addr).await.unwrap();
         let _ = extra
             .write_all(b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -363,7 +396,7 @@ mod tests {
     /// writing its answer keeps its place.
     #[tokio::test]
     async fn connections_waiting_for_a_request_give_way_to_newcomers() {
-        let (addr, stop, server) = start_with(PATIENT).await;
+        let (addr, stop, server, count) = start_counting(PATIENT).await;
         let get_ok = b"GET /ok HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
         let mut stalled = fill_with(addr, b"GET /ok HTTP/1.1\r\nHost: 1").await;
         let began = tokio::time::Instant::now();
@@ -417,7 +450,7 @@ mod tests {
         hang.write_all(b"GET /hang HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
             .await
             .unwrap();
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_hanging(&count, 1).await;
         let mut refused = TcpStream::connect(addr).await.unwrap();
         let _ = refused.write_all(get_ok).await;
         assert_eq!(read_to_close(&mut refused).await, "", "closed unanswered");

@@ -354,23 +354,25 @@ mod tests {
     #[test]
     fn a_waiting_host_thread_drives_and_hands_back() {
         let io = HostIo::new(|| {}).unwrap();
-        // Let the caretaker take the runtime first.
-        std::thread::sleep(TICK * 4);
-        let on_host = Arc::new(AtomicBool::new(false));
-        let flag = on_host.clone();
         let host = std::thread::current().id();
-        let ran = io.drive(async move {
-            tokio::spawn(async move {
-                flag.store(std::thread::current().id() == host, Ordering::Relaxed);
-            })
-            .await
-            .is_ok()
+        // The caretaker may still hold the runtime for a moment when the
+        // host comes (a thread stalled on a loaded machine): any of three.
+        let on_host = (0..3).any(|_| {
+            // Let the caretaker take the runtime first.
+            std::thread::sleep(TICK * 4);
+            let on_host = Arc::new(AtomicBool::new(false));
+            let flag = on_host.clone();
+            let ran = io.drive(async move {
+                tokio::spawn(async move {
+                    flag.store(std::thread::current().id() == host, Ordering::Relaxed);
+                })
+                .await
+                .is_ok()
+            });
+            assert!(ran);
+            on_host.load(Ordering::Relaxed)
         });
-        assert!(ran);
-        assert!(
-            on_host.load(Ordering::Relaxed),
-            "the task ran on another thread"
-        );
+        assert!(on_host, "the task ran on another thread each time");
         let (tx, rx) = std::sync::mpsc::channel();
         io.handle().spawn(async move {
             let _ = tx.send(std::thread::current().id());
