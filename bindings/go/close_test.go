@@ -255,9 +255,14 @@ func TestCloseDeliversTheRepliesOfRunningHandlers(t *testing.T) {
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
+		// The reads of its output below block until it prints or exits: a
+		// host that hangs is killed, and they fail, rather than hang the
+		// suite.
+		watchdog := time.AfterFunc(time.Minute, func() { _ = cmd.Process.Kill() })
+		defer watchdog.Stop()
 		lines := bufio.NewScanner(stdout)
 		if !lines.Scan() {
-			t.Fatal("the host process did not start")
+			t.Fatal("the host process did not start (or hung, and was killed after a minute)")
 		}
 		hostAddr := lines.Text()
 		caller := startNode(t, "caller", func(c *Config) { c.Seeds = []string{hostAddr} })
@@ -282,7 +287,7 @@ func TestCloseDeliversTheRepliesOfRunningHandlers(t *testing.T) {
 		}
 		for i := 0; i < calls; i++ {
 			if !lines.Scan() {
-				t.Fatal("the calls did not reach the host's handler")
+				t.Fatal("the calls did not reach the host's handler (or it hung, and was killed after a minute)")
 			}
 		}
 		// The host closes while its handlers run, then exits.
@@ -298,6 +303,7 @@ func TestCloseDeliversTheRepliesOfRunningHandlers(t *testing.T) {
 		if err := cmd.Wait(); err != nil {
 			t.Errorf("the host process: %v", err)
 		}
+		watchdog.Stop()
 		_ = caller.Close()
 	}
 }

@@ -47,6 +47,24 @@ func waitFor(t testing.TB, what string, limit time.Duration, cond func() bool) {
 	}
 }
 
+// waitUntil is waitFor for a check that says what is still missing: it
+// polls check every 50 ms until it returns "" or limit passes, and then
+// fails the test with what check returned last.
+func waitUntil(t testing.TB, what string, limit time.Duration, check func() string) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		missing := check()
+		if missing == "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s: %s", limit, what, missing)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 func aliveCount(n *Node) int {
 	ms, err := n.Members()
 	if err != nil {

@@ -108,18 +108,20 @@ func TestServingNodeOutlivesItsReference(t *testing.T) {
 	}
 	in := host.inner()
 	host = nil
-	call := func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	call := func(limit time.Duration) error {
+		ctx, cancel := context.WithTimeout(context.Background(), limit)
 		defer cancel()
 		_, err := caller.Call(ctx, Target{Tribe: "t", Plugin: "echo", Kind: Processor}, []byte("x"))
 		return err
 	}
-	waitFor(t, "the first call", 15*time.Second, func() bool { return call() == nil })
+	waitFor(t, "the first call", 15*time.Second, func() bool { return call(2*time.Second) == nil })
 	for i := 0; i < 3; i++ {
 		runtime.GC()
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := call(); err != nil || in.closing.Load() {
+	// A host its cleanup closed fails the call; a live one answers it,
+	// also when a loaded machine takes seconds to.
+	if err := call(10 * time.Second); err != nil || in.closing.Load() {
 		t.Fatalf("after GC: %v (closed: %v)", err, in.closing.Load())
 	}
 	_ = in.stop(false)
@@ -162,9 +164,13 @@ func TestASecondNodeUnderANameHoldsIt(t *testing.T) {
 	if got := heldBy(second); got != "" {
 		t.Fatalf("the holder says its name is held by %q", got)
 	}
-	if got := addrOf(); got != second.Addr() {
-		t.Fatalf("the seed sees the name at %q, not the second twin's %q", got, second.Addr())
-	}
+	// The seed learns of the claim by gossip, apart from the first twin.
+	waitUntil(t, "the seed to see the name at the second twin's "+second.Addr(), 10*time.Second, func() string {
+		if got := addrOf(); got != second.Addr() {
+			return fmt.Sprintf("it sees it at %q", got)
+		}
+		return ""
+	})
 	second.Abort()
 	waitFor(t, "the first twin back", 60*time.Second, func() bool {
 		return heldBy(first) == "" && addrOf() == first.Addr()

@@ -3,6 +3,7 @@ package tribe
 import (
 	"fmt"
 	"sort"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,12 +72,25 @@ func TestFiveNodesPoliciesPluginsLateJoinerLeaveAndCrash(t *testing.T) {
 	if err != nil || len(pols) != 2 {
 		t.Fatalf("policies %+v %v", pols, err)
 	}
-	for i, s := range specs {
-		joined := recs[i].has(func(e Event) bool {
+	joinedUbuntu := func(r *recorder) bool {
+		return r.has(func(e Event) bool {
 			return e.Kind == EventTribeJoined && e.Tribe == "ubuntu" && e.ByPolicy && !e.ByHand
 		})
-		if joined != (s.os == "ubuntu") {
-			t.Errorf("%s: tribe_joined ubuntu by policy = %v; events: %s", nodes[i].Name(), joined, recs[i])
+	}
+	// The events come after the state the queries above saw (through the
+	// polling goroutine and the recorder's): waited for.
+	waitUntil(t, "tribe_joined ubuntu by policy on every ubuntu node", 10*time.Second, func() string {
+		var missing []string
+		for i, s := range specs {
+			if s.os == "ubuntu" && !joinedUbuntu(recs[i]) {
+				missing = append(missing, fmt.Sprintf("none on %s; events: %s", nodes[i].Name(), recs[i]))
+			}
+		}
+		return strings.Join(missing, "\n")
+	})
+	for i, s := range specs {
+		if s.os != "ubuntu" && joinedUbuntu(recs[i]) {
+			t.Errorf("%s is not in ubuntu but joined it by policy; events: %s", nodes[i].Name(), recs[i])
 		}
 	}
 
@@ -169,12 +183,20 @@ func TestFiveNodesPoliciesPluginsLateJoinerLeaveAndCrash(t *testing.T) {
 		}
 		return len(sawLeft) == len(rest) && len(sawFailed) == len(rest)
 	})
-	for i, n := range rest {
-		r := []*recorder{recs[0], recs[3], recs[4], lateRec}[i]
-		if !r.has(func(e Event) bool { return e.Kind == EventMemberLeft && e.Member == left.Name() }) {
-			t.Errorf("%s: no member_left event for %s", n.Name(), left.Name())
+	// Events come after the states the queries saw: waited for.
+	restRecs := []*recorder{recs[0], recs[3], recs[4], lateRec}
+	waitUntil(t, "a member_left event for "+left.Name()+" on every remaining node", 10*time.Second, func() string {
+		var missing []string
+		for i, n := range rest {
+			if !restRecs[i].has(func(e Event) bool { return e.Kind == EventMemberLeft && e.Member == left.Name() }) {
+				missing = append(missing, n.Name())
+			}
 		}
-	}
+		if len(missing) == 0 {
+			return ""
+		}
+		return "none on " + strings.Join(missing, ", ")
+	})
 	for _, r := range []*recorder{recs[1], recs[2]} {
 		select {
 		case <-r.done:
