@@ -215,7 +215,8 @@ def test_a_subscriber_made_after_close_ends_at_once() -> None:
     node.close()
     began = time.monotonic()
     list(node.events())  # ends: the node has stopped
-    assert time.monotonic() - began < 2.0
+    # Far from for ever (it used to wait for events that never come).
+    assert time.monotonic() - began < 5.0
 
 
 def test_bad_arguments_are_refused_before_anything_happens() -> None:

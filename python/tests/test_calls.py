@@ -100,12 +100,18 @@ def test_handlers_run_in_parallel_on_the_pool_and_never_on_a_runtime_thread(clus
     lock = threading.Lock()
     running = [0, 0]  # now, most at once
     names: List[str] = []
+    # Set once two handlers run at once; each waits for it (8 s at most), so
+    # that the overlap does not depend on a second call coming within 0.3 s.
+    overlap = threading.Event()
 
     def slow(payload: bytes, info: pytribe.CallInfo) -> bytes:
         with lock:
             running[0] += 1
             running[1] = max(running[1], running[0])
             names.append(threading.current_thread().name)
+            if running[0] >= 2:
+                overlap.set()
+        overlap.wait(8.0)  # releases the GIL
         time.sleep(0.3)  # releases the GIL
         with lock:
             running[0] -= 1
