@@ -821,6 +821,15 @@ uint64_t tribe_responder_budget_ms(const struct tribe_responder *r);
 uint64_t tribe_responder_budget_us(const struct tribe_responder *r);
 
 /**
+ * How long the caller still waits now, in microseconds: the budget less
+ * the time since the call arrived (0 once it has run out). A host that
+ * starts a call's work late (queued behind others) sets its own deadline
+ * from this rather than from the budget, so that it ends when libtribe
+ * answers the caller `"timeout"`. 0 for NULL.
+ */
+uint64_t tribe_responder_remaining_us(const struct tribe_responder *r);
+
+/**
  * Whether the call is over without this responder's answer: its caller
  * cancelled it (`tribe_node_call_cancel`, a cancelled Go context, ...),
  * its budget ran out, or its stream or node ended. An answer given now is

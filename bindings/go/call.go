@@ -429,7 +429,11 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 		C.tribe_responder_refuse_stopping(r, nil)
 		return
 	}
-	ctx = newCallCtx(in.base, info.Budget, r)
+	// What is left of the budget now, not info.Budget: the goroutine may
+	// start well after the call arrived, and libtribe answers the caller
+	// "timeout" when the budget counted from its arrival runs out.
+	left := time.Duration(C.tribe_responder_remaining_us(r)) * time.Microsecond
+	ctx = newCallCtx(in.base, left, r)
 	reply, err := runHandler(ctx, h, info, payload)
 	expired := ctx.finish()
 	gcPoint()

@@ -180,6 +180,7 @@ type CallInfo struct {
 	Plugin  string
 	Version string
 	// Budget is how long the caller still waited when the call arrived (at
-	// most MaxCallBudget); the handler's context ends when it runs out.
+	// most MaxCallBudget); the handler's context ends when it runs out,
+	// counted from the call's arrival (its Deadline).
 	Budget time.Duration
 }

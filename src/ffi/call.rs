@@ -176,6 +176,8 @@ pub struct TribeResponder {
     pub(super) names: CallNames,
     /// How long the caller still waited when the call arrived.
     pub(super) budget: Duration,
+    /// When the call arrived (when the host's clock of its budget began).
+    arrived: std::time::Instant,
     pub(super) payload: Vec<u8>,
     /// Taken by the first answer; dropping it unanswered answers
     /// `"unanswered"`.
@@ -211,6 +213,7 @@ impl TribeResponder {
         TribeResponder {
             names: CallNames::new(&info),
             budget: info.budget,
+            arrived: std::time::Instant::now(),
             payload,
             responder: Mutex::new(Some(responder)),
             owner: Owner::here(),
@@ -664,6 +667,21 @@ pub extern "C" fn tribe_responder_budget_ms(r: *const TribeResponder) -> u64 {
 pub extern "C" fn tribe_responder_budget_us(r: *const TribeResponder) -> u64 {
     ffi_infallible!(0, {
         cast::opt_ref(r).map_or(0, |r| r.budget.as_micros().try_into().unwrap_or(u64::MAX))
+    })
+}
+
+/// How long the caller still waits now, in microseconds: the budget less
+/// the time since the call arrived (0 once it has run out). A host that
+/// starts a call's work late (queued behind others) sets its own deadline
+/// from this rather than from the budget, so that it ends when libtribe
+/// answers the caller `"timeout"`. 0 for NULL.
+#[no_mangle]
+pub extern "C" fn tribe_responder_remaining_us(r: *const TribeResponder) -> u64 {
+    ffi_infallible!(0, {
+        cast::opt_ref(r).map_or(0, |r| {
+            let left = r.budget.saturating_sub(r.arrived.elapsed());
+            left.as_micros().try_into().unwrap_or(u64::MAX)
+        })
     })
 }
 
