@@ -762,9 +762,11 @@ static void after_shutdown(tribe_node *n) {
         EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_poll_events(n, evs, 3, &got, &err));
         CHECK(got == 0 && evs[0] == NULL);
     }
+    /* A wait with no limit that missed the stop would never end; a loaded
+     * box may take a while over one that does not wait at all. */
     double t0 = now_s();
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_next_event(n, -1, &ev, &err));
-    CHECK(now_s() - t0 < 0.5 && ev == NULL);
+    CHECK(now_s() - t0 < 3.0 && ev == NULL);
     CHECK(strcmp(tribe_node_name(n), "misuse-node") == 0);
 }
 
@@ -954,8 +956,10 @@ static void forked_child_is_refused(void) {
         tribe_event *ev = NULL;
         double t0 = now_s();
         EXPECT(TRIBE_FORKED, tribe_node_create_tribe(n, "child", &err));
+        /* A 10 s timeout: a call that waited for it (or for ever) would
+         * show as such below, or at the alarm. */
         EXPECT(TRIBE_FORKED, tribe_node_call(n, "forks", "echo", NULL, TRIBE_KIND_PROCESSOR,
-                                             (const uint8_t *)"x", 1, 1000, &reply, &len, &err));
+                                             (const uint8_t *)"x", 1, 10000, &reply, &len, &err));
         EXPECT(TRIBE_FORKED, tribe_node_next_event(n, -1, &ev, &err));
         EXPECT(TRIBE_FORKED, tribe_responder_reply(r, (const uint8_t *)"no", 2, &err));
         EXPECT(TRIBE_FORKED, tribe_node_shutdown(n, &err));
@@ -963,7 +967,8 @@ static void forked_child_is_refused(void) {
         CHECK(tribe_node_event_fd(n) == -1);
         CHECK(tribe_node_events_dropped(n) == 0);
         CHECK(tribe_responder_is_abandoned(r));
-        CHECK(now_s() - t0 < 1.0);
+        /* At once: none waited (a loaded box may still take a while). */
+        CHECK(now_s() - t0 < 3.0);
         CHECK(strcmp(tribe_result_name(TRIBE_FORKED), "forked") == 0);
         tribe_responder_free(r);
         tribe_node_free(n);

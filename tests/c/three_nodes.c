@@ -74,9 +74,15 @@ static bool serves_upper(void *arg) {
     char *json = tribe_json(nodes[2], NULL);
     if (!json) return false;
     bool ok = strstr(json, "\"name\":\"upper\"") != NULL && strstr(json, "\"name\":\"fail\"") != NULL &&
-              strstr(json, "\"name\":\"slow\"") != NULL && strstr(json, "\"name\":\"decline\"") != NULL;
+              strstr(json, "\"name\":\"slow\"") != NULL && strstr(json, "\"name\":\"decline\"") != NULL &&
+              strstr(json, "\"name\":\"huge\"") != NULL;
     tribe_string_free(json);
     return ok;
+}
+
+static bool joined_core(void *arg) {
+    pump *p = arg;
+    return pump_get(p, &p->tribe_joined_core) >= 1;
 }
 
 static bool done_count(void *arg) {
@@ -115,6 +121,9 @@ int main(void) {
     /* A policy creates tribe "core" and places the two r1 nodes. */
     EXPECT(TRIBE_OK, tribe_node_add_policy(nodes[0], "core-r1", "core", "facts.rack == \"r1\"", &err));
     CHECK(wait_for(placed, NULL, 15));
+    /* c-a's pump counts its TRIBE_JOINED on its own thread, maybe after
+     * the snapshots show the placement: wait for it, then exactly one. */
+    CHECK(wait_for(joined_core, &pumps[0], 5));
     CHECK(pump_get(&pumps[0], &pumps[0].tribe_joined_core) == 1);
     CHECK(pump_get(&pumps[2], &pumps[2].tribe_joined_core) == 0);
     printf("policy placed c-a and c-b in core, not c-c\n");
