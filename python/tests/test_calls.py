@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import List, Tuple
+from typing import Callable, List, Tuple
 
 import pytest
 
@@ -311,11 +311,29 @@ def test_the_call_bounds_are_set_by_name(cluster: Cluster) -> None:
     host = cluster.start("host", limits={"max_inflight_per_conn": 1024})
     host.create_tribe("svc")
     host.join("svc")
-    host.serve("echo", "1", "processor", lambda payload, info: payload)
+    # The handler holds each call until the burst is all out, so the calls
+    # are in flight at once however slowly a loaded machine sends them.
+    gate = threading.Event()
 
-    def burst(caller: pytribe.Node, n: int) -> Tuple[int, int]:
+    def echo(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        gate.wait(30.0)
+        return payload
+
+    host.serve("echo", "1", "processor", echo)
+
+    def burst(caller: pytribe.Node, n: int, out: Callable[[], bool]) -> Tuple[int, int]:
+        """n calls at once; the handler lets them go once `out()` is true."""
         async def run() -> Tuple[int, int]:
-            calls = [caller.call_async("svc", "echo", b"%d" % i, timeout=20.0) for i in range(n)]
+            gate.clear()
+            calls = [asyncio.ensure_future(caller.call_async("svc", "echo", b"%d" % i, timeout=40.0))
+                     for i in range(n)]
+            try:
+                deadline = time.monotonic() + 30.0
+                while not out():
+                    assert time.monotonic() < deadline, caller.counters()["calls"]
+                    await asyncio.sleep(0.05)
+            finally:
+                gate.set()
             done = await asyncio.gather(*calls, return_exceptions=True)
             ok = sum(1 for i, r in enumerate(done) if r == b"%d" % i)
             overloaded = sum(1 for r in done if isinstance(r, pytribe.OverloadedError))
@@ -328,10 +346,12 @@ def test_the_call_bounds_are_set_by_name(cluster: Cluster) -> None:
 
     raised = cluster.start("raised", seeds=[host.addr], limits={"max_inflight_per_conn": 1024})
     wait_for("the raised caller to see echo", lambda: seen(raised))
-    assert burst(raised, 600) == (600, 0)
+    # All 600 held by the host at once.
+    assert burst(raised, 600, lambda: host.counters()["calls"]["serving"] >= 600) == (600, 0)
     default = cluster.start("default", seeds=[host.addr])
     wait_for("the default caller to see echo", lambda: seen(default))
-    ok, overloaded = burst(default, 600)
+    before = default.counters()["calls"]["overloaded"]
+    ok, overloaded = burst(default, 600, lambda: default.counters()["calls"]["overloaded"] > before)
     assert overloaded > 0 and ok + overloaded == 600, (ok, overloaded)
     for bad in ({"max_inflight_per_conn": 0}, {"max_serving": 0}):
         with pytest.raises(ValueError):
