@@ -570,8 +570,8 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let mut events = node.events();
     let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
     // The `stdout` publisher's lines; the ready line goes first, directly.
-    let (stdout, _stdout_lines) = crate::output::stream(std::io::stdout(), "tribe-stdout");
-    let mut stdout_drops = crate::output::DropWatch::new(&stdout);
+    let (stdout, mut stdout_drops, _stdout_lines) =
+        crate::output::stream(std::io::stdout(), "tribe-stdout");
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {

@@ -5,42 +5,77 @@
 //! a write to a full pipe used to block a runtime thread, and with it the
 //! gossip, the admin API and the signal handling.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, NonBlockingBuilder, WorkerGuard};
 
 /// Lines queued per stream at most; past it new lines are dropped.
 const QUEUED_LINES: usize = 16_384;
 
-/// A stream's writer; the guard, when dropped, writes what is queued
-/// (waiting at most about a second for a reader that does not read).
-pub fn stream<W>(inner: W, thread: &str) -> (NonBlocking, WorkerGuard)
+/// A stream's writer, the watch on the lines it loses, and the guard that,
+/// when dropped, writes what is queued (waiting at most about a second for
+/// a reader that does not read).
+pub fn stream<W>(inner: W, thread: &str) -> (NonBlocking, DropWatch, WorkerGuard)
 where
     W: std::io::Write + Send + 'static,
 {
-    NonBlockingBuilder::default()
+    let failed = Arc::new(AtomicUsize::new(0));
+    let inner = Counting {
+        inner,
+        failed: failed.clone(),
+    };
+    let (writer, guard) = NonBlockingBuilder::default()
         .lossy(true)
         .buffered_lines_limit(QUEUED_LINES)
         .thread_name(thread)
-        .finish(inner)
+        .finish(inner);
+    let watch = DropWatch {
+        queue: writer.error_counter(),
+        failed,
+        reported: 0,
+    };
+    (writer, watch, guard)
 }
 
-/// Logs, once each time more were dropped, how many lines a stream lost
-/// because nothing read it.
+/// Counts the lines that could not be written (the reader closed its end:
+/// the writing thread drops them without a word).
+struct Counting<W> {
+    inner: W,
+    failed: Arc<AtomicUsize>,
+}
+
+impl<W: std::io::Write> std::io::Write for Counting<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let written = self.inner.write(buf);
+        // (`write_all` retries an interrupted write, and gives up a line
+        // at its first other error.)
+        if written
+            .as_ref()
+            .is_err_and(|e| e.kind() != std::io::ErrorKind::Interrupted)
+        {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+        written
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// How many lines a stream lost because nothing read it: past the queue,
+/// or refused by a reader that went away.
 pub struct DropWatch {
-    counter: ErrorCounter,
+    queue: ErrorCounter,
+    failed: Arc<AtomicUsize>,
     reported: usize,
 }
 
 impl DropWatch {
-    pub fn new(writer: &NonBlocking) -> DropWatch {
-        DropWatch {
-            counter: writer.error_counter(),
-            reported: 0,
-        }
-    }
-
     /// Lines dropped since the last call, if any.
     pub fn newly_dropped(&mut self) -> Option<usize> {
-        let dropped = self.counter.dropped_lines();
+        let dropped = self.queue.dropped_lines() + self.failed.load(Ordering::Relaxed);
         let new = dropped.saturating_sub(self.reported);
         self.reported = dropped;
         (new > 0).then_some(new)
@@ -70,8 +105,7 @@ mod tests {
     fn writes_to_a_stream_nobody_reads_return_at_once_and_are_counted_dropped() {
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().unwrap();
-        let (mut writer, guard) = stream(Stuck(gate.clone()), "test-out");
-        let mut watch = DropWatch::new(&writer);
+        let (mut writer, mut watch, guard) = stream(Stuck(gate.clone()), "test-out");
         let began = std::time::Instant::now();
         for i in 0..3 * QUEUED_LINES {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
@@ -84,5 +118,30 @@ mod tests {
         assert_eq!(watch.newly_dropped(), None, "each drop is told once");
         drop(held);
         drop(guard);
+    }
+
+    /// A reader that closed its end (EPIPE), as a supervisor that took
+    /// the ready line and closed the pipe.
+    struct Gone;
+
+    impl Write for Gone {
+        fn write(&mut self, _: &[u8]) -> std::io::Result<usize> {
+            Err(std::io::ErrorKind::BrokenPipe.into())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn lines_a_closed_reader_refused_are_counted_dropped() {
+        let (mut writer, mut watch, guard) = stream(Gone, "test-gone");
+        for i in 0..10 {
+            writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
+        }
+        // Written by the stream's thread: wait for it.
+        drop(guard);
+        assert_eq!(watch.newly_dropped(), Some(10));
+        assert_eq!(watch.newly_dropped(), None);
     }
 }
