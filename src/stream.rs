@@ -71,10 +71,10 @@ pub enum Refusal {
     #[error("the peer seals its traffic but this node has no key")]
     NoKeyring,
     /// The peer refused this node's key.
-    #[error("the peer does not hold this node's key {0}: it runs without a key (plaintext), or one of the two is behind a key rotation (a node that missed it needs a current key; a key made primary before it reached every node cuts the others off)")]
+    #[error("the peer does not hold this node's key {0}: the two were given different keys (check the key files), the peer runs without a key (plaintext), or one of the two is behind a key rotation (a node that missed it needs a current key; a key made primary before it reached every node cuts the others off)")]
     KeyRejected(KeyId),
     /// The peer answered a sealed hello in plaintext or not at all.
-    #[error("the peer does not speak sealed streams")]
+    #[error("the peer does not speak sealed streams: it runs without a key, or it is no tribe node (is the address its gossip port, not its admin port?)")]
     PeerNotSealing,
     /// A frame failed authentication (tampered, replayed, reordered, or
     /// another cluster's label).
