@@ -13,7 +13,7 @@ use crate::client::{seg, Admin, Reply};
 /// Where the agent is and how to print. No `Debug`: it may hold a token.
 #[derive(Args, Clone)]
 pub struct AdminOpts {
-    /// Admin API address of the agent to talk to.
+    /// Admin API address of the agent to talk to (a bare port: on 127.0.0.1).
     #[arg(long, global = true, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN)]
     pub admin: String,
     /// Token of the agent's admin API, if it requires one.

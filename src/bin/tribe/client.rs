@@ -35,8 +35,13 @@ impl Admin {
         // `--admin 127.0.0.1:7947`.
         let addr = addr.strip_prefix("http://").unwrap_or(addr);
         let addr = addr.trim_end_matches('/');
+        // `--admin 7947`: the port of an agent on this host.
+        let base = match addr.parse::<u16>() {
+            Ok(port) => format!("http://127.0.0.1:{port}"),
+            Err(_) => format!("http://{addr}"),
+        };
         Admin {
-            base: format!("http://{addr}"),
+            base,
             agent,
             auth: token.map(|t| format!("Bearer {t}")),
         }
