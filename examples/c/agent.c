@@ -73,9 +73,25 @@ static int metric_batch(char *buf, size_t cap, const char *host) {
                     l1, host, ms, l5, host, ms, l15, host, ms);
 }
 
+/* Why no peer answered, when this node is alone: most often a wrong key,
+ * or a seed that is not a member's gossip port. */
+static void why_alone(const tribe_node *node) {
+    char *json = NULL;
+    size_t len = 0;
+    if (tribe_node_status_json(node, &json, &len, NULL) != TRIBE_OK) return;
+    if (strstr(json, "\"members_alive\":1,") != NULL) {
+        const char *refused = strstr(json, "\"key_refused_by\":\"");
+        if (refused != NULL && refused[strlen("\"key_refused_by\":\"")] != '"')
+            printf("  (a peer refused this node's key: use the tribe's current key)\n");
+        else
+            printf("  (no peer answered: check --seed, a member's gossip port, and --key-file)\n");
+    }
+    tribe_string_free(json);
+}
+
 /* Handles one event on the daemon's own thread. Returns 1 for a publish
  * that succeeded, 0 otherwise. */
-static int handle(tribe_event *ev) {
+static int handle(const tribe_node *node, tribe_event *ev) {
     uint32_t kind = tribe_event_kind(ev);
     const char *name = NULL;
     if (kind == TRIBE_EVENT_CALL) {
@@ -103,6 +119,7 @@ static int handle(tribe_event *ev) {
             return 1;
         }
         printf("batch %" PRIu64 " not published: %s\n", id, tribe_error_message(err));
+        if (tribe_error_code(err) == TRIBE_UNKNOWN_TRIBE) why_alone(node);
         tribe_error_free(err);
     } else if (kind == TRIBE_EVENT_TRIBE_JOINED && tribe_event_tribe(ev, &name, NULL) == TRIBE_OK) {
         printf("joined tribe %s\n", name);
@@ -184,7 +201,7 @@ int main(int argc, char **argv) {
         if (ready > 0) {
             tribe_event *ev = NULL;
             while (tribe_node_next_event(node, 0, &ev, NULL) == TRIBE_OK && ev) {
-                published += handle(ev);
+                published += handle(node, ev);
                 tribe_event_free(ev);
             }
         }
@@ -208,7 +225,7 @@ int main(int argc, char **argv) {
     while (!stop && in_flight > 0 && now_ms() < last) {
         tribe_event *ev = NULL;
         if (tribe_node_next_event(node, 100, &ev, NULL) == TRIBE_OK && ev) {
-            published += handle(ev);
+            published += handle(node, ev);
             tribe_event_free(ev);
         }
     }

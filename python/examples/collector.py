@@ -93,14 +93,25 @@ def main(argv: List[str]) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    key = args.key or (read_key(args.key_file) if args.key_file else None)
+    if any("=" not in f for f in args.fact):
+        p.error("--fact takes KEY=VALUE")
     facts = dict(f.split("=", 1) for f in args.fact)
     stop = threading.Event()
-    with pytribe.Node(args.name, bind=args.bind, seeds=args.seed, facts=facts, key=key, profile=args.profile) as node:
+    # A mistake in the setup is one line, not a traceback.
+    try:
+        key = args.key or (read_key(args.key_file) if args.key_file else None)
+        node = pytribe.Node(args.name, bind=args.bind, seeds=args.seed, facts=facts, key=key, profile=args.profile)
+    except (OSError, ValueError, KeyError, pytribe.TribeError) as e:
+        print(f"collector: {e}", file=sys.stderr)
+        return 2
+    with node:
         deadline = time.monotonic() + 15
         while node.tribe(args.tribe) is None and time.monotonic() < deadline:
             time.sleep(0.1)  # the first sync with a seed brings every tribe
         print(f"[{node.name}] up at {node.addr}; {node.members_alive()} members alive", flush=True)
+        if args.seed and node.members_alive() < 2:
+            print(f"[{node.name}] no seed answered: check --seed (a gossip port, not an admin port) "
+                  "and the key (the tribe's current one; none for a plaintext tribe)", file=sys.stderr, flush=True)
         watcher = threading.Thread(target=watch, args=(node, stop), daemon=True)
         watcher.start()
         published = 0

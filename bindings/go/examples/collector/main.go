@@ -120,12 +120,28 @@ func main() {
 			sent++
 			log.Printf("published %d metrics through tribe %s to %s (reply %q)", len(batch), *pubTribe, *plugin, reply)
 		case errors.Is(err, tribe.ErrUnknownTribe):
-			log.Printf("tribe %s not known yet (no peer reached)", *pubTribe)
+			log.Printf("tribe %s not known yet (no peer reached)%s", *pubTribe, whyAlone(node, key != "" || *keyFile != ""))
 		case errors.Is(err, tribe.ErrNoProvider):
 			log.Printf("no member of %s serves %s yet", *pubTribe, *plugin)
 		default:
 			log.Printf("publish: %v", err)
 		}
+	}
+}
+
+// whyAlone hints at why no peer answered: most often a wrong key, or a
+// seed that is not a member's gossip port.
+func whyAlone(node *tribe.Node, keyed bool) string {
+	st, err := node.Status()
+	switch {
+	case err != nil || st.MembersAlive > 1:
+		return ""
+	case st.KeyRefusedBy != "":
+		return fmt.Sprintf(": %s refused this node's key (use the tribe's current key)", st.KeyRefusedBy)
+	case !keyed:
+		return ": if the tribe is encrypted, give its key (-key-file or $TRIBE_KEY)"
+	default:
+		return ": check -seed (a member's gossip port, not its admin port) and the key"
 	}
 }
 
