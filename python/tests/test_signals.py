@@ -419,7 +419,9 @@ FORK_UNDER_ASYNCIO = textwrap.dedent(
                 if os.waitstatus_to_exitcode(status) != 0:
                     hung += 100
                 break
-            if time.monotonic() - started > 10:
+            # A hang is for ever; a child on a box loaded several times
+            # over (start, call, graceful close) can take a few seconds.
+            if time.monotonic() - started > 30:
                 hung += 1
                 os.kill(pid, 9)
                 os.waitpid(pid, 0)
