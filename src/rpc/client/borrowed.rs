@@ -113,12 +113,12 @@ impl Borrowed {
     /// Lends an idle stream to `addr`: `None` when there is none fit to
     /// use; `Err` when `addr` has as many borrowed streams lent as it may.
     fn take_idle(&self, addr: SocketAddr) -> Result<Option<Pooled>, ()> {
+        let generation = self.generation.load(Ordering::Acquire);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        // Streams a host may be closing, to any host, go.
-        keep_fit(&mut idle, self.generation.load(Ordering::Acquire));
+        // Only this host's: the node's tick sweeps the others (`sweep`).
         if let Some(streams) = idle.get_mut(&addr) {
             while let Some(stream) = streams.pop() {
-                if quiet(&stream.sock) {
+                if fit(&stream, generation) && quiet(&stream.sock) {
                     return Ok(Some(stream));
                 }
             }
@@ -186,9 +186,15 @@ impl Borrowed {
 /// [`CLIENT_IDLE`].
 fn keep_fit(idle: &mut HashMap<SocketAddr, Vec<Pooled>>, generation: u64) {
     idle.retain(|_, streams| {
-        streams.retain(|s| s.generation == generation && s.last_sent.elapsed() < CLIENT_IDLE);
+        streams.retain(|s| fit(s, generation));
         !streams.is_empty()
     });
+}
+
+/// Whether an idle stream may still be lent: opened under the node's
+/// current keys, and not idle so long that its host may be closing it.
+fn fit(stream: &Pooled, generation: u64) -> bool {
+    stream.generation == generation && stream.last_sent.elapsed() < CLIENT_IDLE
 }
 
 /// Whether an idle stream may carry a call: open, and nothing arrived on
