@@ -358,6 +358,54 @@ async fn a_held_call_frees_its_place_when_its_stream_ends() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_running_when_their_callers_stream_ends_count_as_cancelled() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let nodes = host_cluster("ce", 2, |_| {}).await;
+    let (gone, host) = (&nodes[0], &nodes[1]);
+    let started = Arc::new(AtomicUsize::new(0));
+    let s = started.clone();
+    host.serve("hang", "1", PluginKind::Processor, move |_, _| {
+        s.fetch_add(1, Ordering::SeqCst);
+        async move {
+            std::future::pending::<()>().await;
+            Ok(Vec::new())
+        }
+    })
+    .await
+    .unwrap();
+    let held = serve_hold(host).await;
+    wait_for("endpoints seen", 20 * SECOND, || {
+        gone.members().iter().any(|m| m.endpoints.len() == 4)
+    })
+    .await;
+    let mut calls = Vec::new();
+    for plugin in ["hang", "hang", "hold", "hold"] {
+        let gone = gone.clone();
+        calls.push(tokio::spawn(async move {
+            gone.call(&target(plugin), b"x".to_vec(), 120 * SECOND)
+                .await
+        }));
+    }
+    wait_for("four calls running at the host", 10 * SECOND, || {
+        started.load(Ordering::SeqCst) == 2 && held.lock().unwrap().len() == 2
+    })
+    .await;
+    assert_eq!(host.rpc_stats().cancelled, 0);
+    // The calling node dies without a word: its streams end with the calls
+    // running, which no caller will hear the answer of.
+    gone.abort().await;
+    wait_for("the host counts the four as cancelled", 10 * SECOND, || {
+        host.rpc_stats().cancelled == 4
+    })
+    .await;
+    assert!(held.lock().unwrap().iter().all(|r| r.is_abandoned()));
+    held.lock().unwrap().clear();
+    for call in calls {
+        let _ = call.await;
+    }
+}
+
 /// Serves "hold" on `host` and makes a call from `host` to itself that the
 /// handler keeps: its responders, and the call's task.
 async fn hold_a_local_call(

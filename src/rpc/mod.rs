@@ -183,8 +183,9 @@ pub struct RpcCounters {
     pub artifacts_corrupt: AtomicU64,
     /// Artifacts given up on.
     pub artifacts_unavailable: AtomicU64,
-    /// Calls served here that their caller abandoned before the answer
-    /// (each handler stopped, or told, and its place freed at once).
+    /// Calls served here that their caller abandoned before the answer:
+    /// it cancelled the call (the handler is stopped, or told, and its
+    /// place freed at once), or its stream ended with the call running.
     pub cancelled: AtomicU64,
     /// Calls made here that their caller gave up on before they ended (a
     /// dropped future, a cancelled context or task).
@@ -230,7 +231,8 @@ pub struct RpcStats {
     pub artifacts_corrupt: u64,
     /// Artifacts given up on.
     pub artifacts_unavailable: u64,
-    /// Calls served here that their caller abandoned before the answer.
+    /// Calls served here that their caller abandoned before the answer (a
+    /// cancel, or its stream's end with the call running).
     pub cancelled: u64,
     /// Calls made here that their caller gave up on before they ended.
     pub abandoned: u64,

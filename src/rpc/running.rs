@@ -150,11 +150,13 @@ impl Running {
 
     /// The stream ended: its responder calls are abandoned (a later answer
     /// is dropped; their places come back with their responders), and its
-    /// handler tasks are aborted with their `JoinSet`.
-    pub(super) fn end(&mut self) {
-        self.by_id.clear();
+    /// handler tasks are aborted with their `JoinSet`. Returns how many
+    /// calls were still running: their caller can no longer get an answer.
+    pub(super) fn end(&mut self) -> u64 {
+        let running = self.by_id.drain().filter(|(_, c)| !c.is_over()).count();
         for d in self.due.drain() {
             d.slot.abandon();
         }
+        running as u64
     }
 }

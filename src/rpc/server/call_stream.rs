@@ -185,8 +185,7 @@ impl Server {
         };
         // Handlers of a stream that ended otherwise are cancelled; their
         // callers have lost the stream and see the calls as disconnected.
-        calls.handlers.abort_all();
-        calls.running.end();
+        calls.end();
         if cut {
             outbox.cut();
             flushing.abort();
@@ -212,12 +211,24 @@ impl Drop for Calls {
     /// stream cut, so their callers learn now, not when the host lets go of
     /// their responders. After a normal end both were done already.
     fn drop(&mut self) {
-        self.running.end();
+        self.end();
         self.outbox.cut();
     }
 }
 
 impl Calls {
+    /// The stream ended: the calls still running have no caller left. They
+    /// count as cancelled, as a caller's own cancel counts them: a caller
+    /// that died, was killed or lost its stream abandoned them as surely.
+    fn end(&mut self) {
+        let abandoned = self.running.end();
+        self.server
+            .counters
+            .cancelled
+            .fetch_add(abandoned, std::sync::atomic::Ordering::Relaxed);
+        self.handlers.abort_all();
+    }
+
     fn new(server: Arc<Server>, outbox: Arc<Outbox>) -> Calls {
         let bound = server.limits.max_inflight_per_conn;
         let per_stream = Arc::new(Semaphore::new(bound));
