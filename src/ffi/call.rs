@@ -357,10 +357,10 @@ pub extern "C" fn tribe_node_call(
         }
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
-        let payload = cast::bytes(payload, payload_len, "payload")?;
         let timeout = timeout(timeout_ms)?;
         let n = handle.live()?;
-        let payload = within_limit(handle, n, payload)?.to_vec();
+        within_limit(handle, n, payload_len)?;
+        let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let mut closing = handle.closing.subscribe();
         let bytes = handle.block_on(async {
             tokio::select! {
@@ -375,19 +375,16 @@ pub extern "C" fn tribe_node_call(
     })
 }
 
-/// `payload` when it is within the node's `max_payload`, else
-/// `TRIBE_TOO_LARGE`, counted as a call refused for it: checked before the
-/// payload is copied, as a host's buffer may be larger than memory allows.
-fn within_limit<'a>(
-    handle: &TribeNode,
-    node: &crate::Node,
-    payload: &'a [u8],
-) -> Result<&'a [u8], FfiError> {
-    if payload.len() <= handle.max_payload {
-        return Ok(payload);
+/// `TRIBE_TOO_LARGE`, counted as a call refused for it, when a payload of
+/// `len` bytes is over the node's `max_payload`: checked before the payload
+/// is looked at or copied, as a host's buffer may be larger than memory
+/// allows (and a length no buffer can have is over it too).
+fn within_limit(handle: &TribeNode, node: &crate::Node, len: usize) -> Result<(), FfiError> {
+    if len <= handle.max_payload {
+        return Ok(());
     }
     let too_large = Error::TooLarge {
-        size: payload.len(),
+        size: len,
         limit: handle.max_payload,
     };
     node.count_call(&Err(too_large.clone()));
@@ -431,12 +428,12 @@ pub extern "C" fn tribe_node_call_async(
         let call_id = cast::out(call_id, "call_id")?;
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
-        let payload = cast::bytes(payload, payload_len, "payload")?;
         let timeout = timeout(timeout_ms)?;
         let n = handle.live()?.clone();
         // Refused here, as the blocking call refuses it, rather than in a
         // completion.
-        let payload = within_limit(handle, &n, payload)?.to_vec();
+        within_limit(handle, &n, payload_len)?;
+        let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
         let id = next_call_id(handle);
         let calls = handle.calls.clone();
         let mailbox = handle.mailbox.clone();

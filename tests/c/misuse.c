@@ -620,6 +620,11 @@ static void huge_buffers(tribe_node *n) {
     EXPECT(TRIBE_TOO_LARGE, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, p,
                                                   huge, 1000, &id, &err));
     CHECK(id == 0);
+    /* A length no buffer can have is over the limit as well. */
+    EXPECT(TRIBE_TOO_LARGE, tribe_node_call(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, p, SIZE_MAX,
+                                            1000, &b, &len, &err));
+    EXPECT(TRIBE_TOO_LARGE, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR, p,
+                                                  SIZE_MAX, 1000, &id, &err));
     char *sha = JUNK;
     EXPECT(TRIBE_TOO_LARGE, tribe_node_load_plugin_artifact(n, "small", "blob", "1", TRIBE_KIND_COLLECTOR,
                                                             p, huge, &sha, &err));
