@@ -1486,20 +1486,23 @@ uint32_t tribe_group_new(struct tribe_group **out,
 void tribe_group_free(struct tribe_group *group);
 
 /**
- * Waits until a node of the group has an event queued or has stopped, or
- * `tribe_group_wake` was called, up to `timeout_ms` milliseconds (0: do
+ * Waits until a member of the group queues an event or stops, or
+ * `tribe_group_wake` is called, up to `timeout_ms` milliseconds (0: do
  * not wait; negative: no limit). While it waits, the calling thread reads
  * every member's incoming calls and answers from their sockets itself, as
  * `tribe_node_next_events` does for one node; with 0 it does so for one
  * turn. (When another thread drives the group's streams at that moment,
  * in its own wait, it only waits.) Then take the events with
  * `tribe_node_next_events(node, 0, ...)`
- * from each member. Returns `TRIBE_OK` also when the time ran out, and may
- * return once for events already taken: take from every member before
- * waiting again, or an event queued meanwhile waits until the next one.
- * With several threads waiting, each notification ends one of their waits
- * (the one woken takes for all). Blocks the calling thread up to
- * `timeout_ms`.
+ * from each member. Returns `TRIBE_OK` also when the time ran out.
+ * It waits for a notification, not for a state: one that came while no
+ * thread waited is kept for the next wait (one at most), but events left
+ * untaken and a member that stopped before do not end a later wait. So
+ * take from every member (until it gives none, or `TRIBE_SHUTTING_DOWN`
+ * once it stopped) before waiting again; it may also return once for
+ * events already taken. With several threads waiting, each notification
+ * ends one of their waits (the one woken takes for all). Blocks the
+ * calling thread up to `timeout_ms`.
  */
 uint32_t tribe_group_wait(const struct tribe_group *group,
                           int32_t timeout_ms,
