@@ -239,7 +239,8 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     .await;
     assert_eq!(host.rpc_stats().cancelled, 2 * PER_STREAM as u64);
     // A responder call holds its places until its responder goes, also
-    // once abandoned: the host still holds it.
+    // once abandoned: the host still holds it, and the gauge says so.
+    assert_eq!(host.rpc_stats().serving, PER_STREAM as u64);
     match caller.call(&target("echo"), b"f".to_vec(), SECOND).await {
         Err(Error::Overloaded) => {}
         r => panic!("expected Overloaded while the abandoned calls are held, got {r:?}"),
@@ -249,6 +250,7 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     for r in held.lock().unwrap().drain(..) {
         r.reply(b"late".to_vec()).unwrap();
     }
+    assert_eq!(host.rpc_stats().serving, 0);
     let echo = caller
         .call(&target("echo"), b"g".to_vec(), 5 * SECOND)
         .await;

@@ -415,7 +415,7 @@ pub fn render(s: &Snapshot) -> String {
     gauge(
         &mut r,
         "rpc_serving",
-        "Calls served here and not over yet (a handler at work or a responder held unanswered)",
+        "Calls served here whose handler still holds its place (at max_serving new calls are refused)",
         rpc.serving as usize,
     );
     gauge(

@@ -238,8 +238,10 @@ pub struct RpcStats {
     pub abandoned: u64,
     /// Gauge: calls made here and not over yet.
     pub in_flight: u64,
-    /// Gauge: calls served here and not over yet (a handler at work, or a
-    /// responder a host holds unanswered).
+    /// Gauge: calls served here whose handler still holds its place (a
+    /// handler at work, or a responder a host holds unanswered, also past
+    /// the call's budget or its caller's cancel); at `max_serving` new
+    /// calls are refused as overloaded.
     pub serving: u64,
     /// Gauge: call streams other nodes opened to this one, open now.
     pub streams_accepted: u64,

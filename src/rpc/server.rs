@@ -112,11 +112,15 @@ impl Server {
         self.executor.get()
     }
 
-    /// Calls served here and not over yet.
+    /// Calls served here whose handler still holds its place: one at work,
+    /// or a responder held unanswered, also once the call is over (its
+    /// budget ran out, its caller gave up). At `max_serving` new calls are
+    /// refused as overloaded, so this is the number to watch, not the calls
+    /// still waiting for an answer.
     pub fn serving(&self) -> usize {
         self.limits
             .max_serving
-            .saturating_sub(self.open.available_permits())
+            .saturating_sub(self.serving.available_permits())
     }
 
     /// Call streams accepted and open now.
