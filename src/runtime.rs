@@ -398,26 +398,7 @@ impl Driver {
                 }
                 accepted = self.listener.accept(), if accept_resume.is_none() => {
                     match accepted {
-                        Ok((stream, from)) => match self.setups.try_take(from.ip()) {
-                            None => self.close_at_cap(
-                                stream,
-                                from,
-                                MAX_SETUPS_PER_HOST,
-                                "connections from its host in their setup",
-                            ),
-                            Some(setup) => match self.free_place() {
-                                Some(place) => {
-                                    let conn = self.shared.engine().accept_stream();
-                                    self.spawn_conn(conn, ConnTarget::Accepted(stream, place, setup));
-                                }
-                                None => self.close_at_cap(
-                                    stream,
-                                    from,
-                                    MAX_ACCEPTED_STREAMS,
-                                    "accepted connections in an exchange or a setup from this host",
-                                ),
-                            },
-                        },
+                        Ok((stream, from)) => self.on_accepted(stream, from),
                         Err(e) => self.accept_failed(e),
                     }
                 }
@@ -428,6 +409,9 @@ impl Driver {
                                 self.leave_gracefully().await;
                             }
                             self.save_durable_now().await;
+                            if leave {
+                                self.accept_backlog();
+                            }
                             // Ends every event stream.
                             *self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             let _ = done.send(());
@@ -820,6 +804,44 @@ impl Driver {
         }
     }
 
+    /// Sets up an accepted connection, within the bounds of setups per
+    /// host and of accepted connections.
+    fn on_accepted(&mut self, stream: TcpStream, from: SocketAddr) {
+        let Some(setup) = self.setups.try_take(from.ip()) else {
+            return self.close_at_cap(
+                stream,
+                from,
+                MAX_SETUPS_PER_HOST,
+                "connections from its host in their setup",
+            );
+        };
+        match self.free_place() {
+            Some(place) => {
+                let conn = self.shared.engine().accept_stream();
+                let held = self.shared.rpc.server.hold_stream();
+                self.spawn_conn(conn, ConnTarget::Accepted(stream, place, setup, held));
+            }
+            None => self.close_at_cap(
+                stream,
+                from,
+                MAX_ACCEPTED_STREAMS,
+                "accepted connections in an exchange or a setup from this host",
+            ),
+        }
+    }
+
+    /// At a graceful stop, takes the connections waiting to be accepted
+    /// before the listener closes, which would reset them: a plaintext
+    /// caller sends its requests without waiting for the host, and would
+    /// see them lost ("may or may not have run") where the stopping host
+    /// refuses them, unrun, and the caller moves them to another member.
+    fn accept_backlog(&mut self) {
+        use futures_util::FutureExt;
+        while let Some(Ok((stream, from))) = self.listener.accept().now_or_never() {
+            self.on_accepted(stream, from);
+        }
+    }
+
     fn spawn_conn(&mut self, conn: ConnId, target: ConnTarget) {
         let (tx, rx) = mpsc::unbounded_channel();
         self.conns.insert(conn, tx);
@@ -868,7 +890,12 @@ enum ConnTarget {
     /// With its place among the accepted streams, held until the stream
     /// ends or is handed to the call server, and its host's place for a
     /// setup, held until the setup ends.
-    Accepted(TcpStream, Place, crate::setup_slots::SetupSlot),
+    Accepted(
+        TcpStream,
+        Place,
+        crate::setup_slots::SetupSlot,
+        crate::rpc::server::StreamHeld,
+    ),
 }
 
 /// An accepted stream's place among the accepted streams.
@@ -933,7 +960,7 @@ async fn open_stream(
                     _place: None,
                 }))
             }
-            ConnTarget::Accepted(mut s, place, mut setup) => {
+            ConnTarget::Accepted(mut s, place, mut setup, held) => {
                 let handshake = async {
                     let place = match place {
                         Place::Held(permit) => permit,
@@ -975,6 +1002,7 @@ async fn open_stream(
                                         let (reader, writer) = s.into_split();
                                         let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
                                         server.serve_stream(reader, writer, sealer, opener).await;
+                                        drop(held);
                                     }
                                     Err(e) => tracing::warn!(error = %e, "a call stream could not be moved"),
                                 }
@@ -983,7 +1011,10 @@ async fn open_stream(
                         }
                         let (reader, writer) = s.into_split();
                         let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
-                        tokio::spawn(server.serve_stream(reader, writer, sealer, opener).in_current_span());
+                        tokio::spawn(async move {
+                            server.serve_stream(reader, writer, sealer, opener).await;
+                            drop(held);
+                        }.in_current_span());
                         Ok(None)
                     }
                     Some(_) => Err(StreamError::BadFrame(wire::WireError::Malformed(

@@ -713,6 +713,49 @@ async fn calls_flowing_while_a_host_leaves_all_succeed() {
     );
 }
 
+/// A host that leaves while its callers are still opening their first
+/// streams to it loses none of their calls: the connections it has not
+/// accepted yet, or not set up, are taken and told to move on before it
+/// cuts its streams, so every call ends at the other host (a plaintext
+/// caller sends its requests without waiting for the host: a reset
+/// connection made them "may or may not have run").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_to_a_host_that_leaves_as_their_streams_open_all_succeed() {
+    let nodes = svc_cluster("lo", &[1, 2], Duration::ZERO).await;
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for c in 0..16u8 {
+        let (node, done) = (nodes[if c % 2 == 0 { 0 } else { 3 }].clone(), done.clone());
+        callers.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            while !done.load(Ordering::Relaxed) {
+                match node.call(&echo(), vec![c; 10], 5 * SECOND).await {
+                    Ok(r) if r.ends_with(&[c; 10]) => {}
+                    other => failed.push(format!("{other:?}")),
+                }
+            }
+            failed
+        }));
+    }
+    nodes[1].shutdown().await.unwrap();
+    tokio::time::timeout(5 * SECOND, nodes[1].calls_drained())
+        .await
+        .expect("drained");
+    nodes[1].abort().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    done.store(true, Ordering::Relaxed);
+    let mut failed = Vec::new();
+    for c in callers {
+        failed.extend(c.await.unwrap());
+    }
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}
+
 /// A host leaving gracefully answers the call it runs, and a call made
 /// right after that learns the host is gone (`NoProvider`): it is never
 /// sent on a new stream the leaving host would not accept, and lost there.

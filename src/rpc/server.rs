@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -60,6 +60,9 @@ pub struct Server {
     stopping: AtomicBool,
     /// Set by [`Server::farewell`].
     farewell: AtomicBool,
+    /// Accepted connections from their setup until their call stream, if
+    /// they carry one, has ended (see [`StreamHeld`]).
+    streams_open: AtomicUsize,
     /// Set when the node stops without a goodbye: every call stream is cut
     /// at once, as a crash would, so callers see their calls lost.
     killed: tokio::sync::watch::Sender<bool>,
@@ -73,6 +76,15 @@ pub struct Server {
     in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where accepted call streams run, when not on the node's runtime.
     executor: std::sync::OnceLock<tokio::runtime::Handle>,
+}
+
+/// An accepted connection counted by [`Server::hold_stream`], until dropped.
+pub(crate) struct StreamHeld(Arc<Server>);
+
+impl Drop for StreamHeld {
+    fn drop(&mut self) {
+        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Server {
@@ -93,6 +105,7 @@ impl Server {
             counters,
             stopping: AtomicBool::new(false),
             farewell: AtomicBool::new(false),
+            streams_open: AtomicUsize::new(0),
             killed: tokio::sync::watch::Sender::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
@@ -121,6 +134,15 @@ impl Server {
         self.limits
             .max_serving
             .saturating_sub(self.serving.available_permits())
+    }
+
+    /// Holds an accepted connection among those [`Server::replies_sent`]
+    /// waits for after the farewell: from before its setup (a caller whose
+    /// setup is done sends its requests at once) to the end of its call
+    /// stream.
+    pub(crate) fn hold_stream(self: &Arc<Self>) -> StreamHeld {
+        self.streams_open.fetch_add(1, Ordering::Relaxed);
+        StreamHeld(self.clone())
     }
 
     /// Call streams accepted and open now.
@@ -223,9 +245,10 @@ impl Server {
     }
 
     /// Ends once every call read has been answered (or is over without an
-    /// answer: its caller gave up, its budget ran out) and every reply
-    /// written (or its stream cut): a stream that waits for its caller to
-    /// end its side after a goodbye has nothing left to send.
+    /// answer: its caller gave up, its budget ran out), every reply
+    /// written (or its stream cut), and, after the farewell, every stream
+    /// has read its caller's last requests (up to the caller's end of the
+    /// stream, 5 s at most) and ended.
     pub(crate) async fn replies_sent(&self) {
         /// How often the streams are looked at: answers come from threads
         /// that wake nobody here.
@@ -236,10 +259,16 @@ impl Server {
     }
 
     /// No call is being served (none that a handler could still answer:
-    /// one its caller gave up on is over) and every stream's replies are
-    /// written.
+    /// one its caller gave up on is over), every stream's replies are
+    /// written, and after the farewell every accepted connection has ended
+    /// its setup and its call stream: each stream reads up to its caller's
+    /// end of it, so requests sent before the caller heard the goodbye are
+    /// read and refused, and the caller moves them to another host rather
+    /// than lose them when the node cuts its streams.
     fn quiet(&self) -> bool {
         self.open.available_permits() >= self.limits.max_serving
+            && (!self.farewell.load(Ordering::Relaxed)
+                || self.streams_open.load(Ordering::Relaxed) == 0)
             && self
                 .outboxes
                 .lock()
