@@ -423,9 +423,11 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	in.handlersMu.RLock()
 	h := in.handlers[handlerKey{info.Plugin, info.Version}]
 	in.handlersMu.RUnlock()
-	if h == nil {
-		// Unserved after libtribe took the call: not run here, so the
-		// caller moves it to another member (or gets ErrNoProvider).
+	if h == nil || in.base.Err() != nil {
+		// Unserved after libtribe took the call, or Close began before its
+		// handler could start: not run here, so the caller moves it to
+		// another member (or gets ErrNoProvider) rather than hear
+		// "shutting_down" from a handler that never ran.
 		C.tribe_responder_refuse_stopping(r, nil)
 		return
 	}

@@ -417,3 +417,82 @@ func TestCloseTwiceReturnsNil(t *testing.T) {
 		t.Fatalf("CreateTribe after Close: %v", err)
 	}
 }
+
+// A call the closing host took but whose handler had not started yet is
+// refused as stopping, so its caller moves it to another member: no handler
+// starts with a context Close already ended, and no caller hears
+// "shutting_down" from a handler that never ran.
+func TestCallsQueuedAtCloseMoveToAnotherMember(t *testing.T) {
+	var ran, endedAtStart atomic.Int64
+	h := func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+		ran.Add(1)
+		if ctx.Err() != nil {
+			endedAtStart.Add(1)
+			return nil, ctx.Err()
+		}
+		return []byte("host"), nil
+	}
+	for round := 0; round < 3; round++ {
+		host, caller := servedPair(t, map[string]Handler{"h": h})
+		backup := startNode(t, "backup", func(c *Config) { c.Seeds = []string{host.Addr()} })
+		waitFor(t, "the backup to learn tribe svc", 20*time.Second, func() bool {
+			_, err := backup.Tribe("svc")
+			return err == nil
+		})
+		if err := backup.Join("svc", ""); err != nil {
+			t.Fatal(err)
+		}
+		if err := backup.Serve("h", "1", Processor, func(context.Context, CallInfo, []byte) ([]byte, error) {
+			return []byte("backup"), nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, "the caller to see the backup serve h", 20*time.Second, func() bool {
+			m, err := caller.Member(backup.Name())
+			return err == nil && m.State == "alive" && len(m.Endpoints) == 1 && inTribe(caller, "svc", backup.Name())
+		})
+		stop := make(chan struct{})
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		var unexpected []error
+		for w := 0; w < 32; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err := caller.Call(ctx, target("h"), nil)
+					cancel()
+					if err != nil {
+						mu.Lock()
+						unexpected = append(unexpected, err)
+						mu.Unlock()
+					}
+				}
+			}()
+		}
+		waitFor(t, "calls served by the host", 10*time.Second, func() bool { return ran.Load() > 100 })
+		if err := host.Close(); err != nil {
+			t.Fatal(err)
+		}
+		close(stop)
+		wg.Wait()
+		if n := endedAtStart.Load(); n > 0 {
+			t.Errorf("round %d: %d handlers started with a context Close had ended", round, n)
+		}
+		for i, err := range unexpected {
+			if i == 5 {
+				t.Errorf("round %d: ... %d calls failed in all", round, len(unexpected))
+				break
+			}
+			t.Errorf("round %d: a call failed while another member served the plugin: %v", round, err)
+		}
+		_ = caller.Close()
+		_ = backup.Close()
+	}
+}

@@ -476,9 +476,11 @@ func (in *node) stop(graceful bool) error {
 		rc = C.tribe_node_abort(in.ptr, &cerr)
 	}
 	in.mu.RUnlock()
-	// Only now that libtribe counts the node as stopping: a handler that
-	// returns for this refuses its call as stopping, and a call this node
-	// made to itself then ends ErrShuttingDown, not ErrNoProvider.
+	// Only now that libtribe counts the node as stopping: a call whose
+	// handler has not started yet is refused as stopping (its caller moves
+	// it), a handler that gives up for this answers "shutting_down", and a
+	// call this node made to itself then ends ErrShuttingDown, not
+	// ErrNoProvider.
 	in.cancelBase()
 	err := takeError(rc, cerr)
 	// The shutdown wakes the polling goroutine, which hands out what was
