@@ -1858,3 +1858,87 @@ fn a_key_install_answers_created_only_once_every_live_node_holds_it() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Calls to an agent stopped with SIGTERM as they begin all end well: the
+/// agent answers what it runs and refuses the rest unrun before it exits,
+/// also on streams still being opened, so every call lands on the other
+/// agent serving `tag` (none "may or may not have run").
+#[test]
+fn calls_to_an_agent_stopped_with_sigterm_move_to_another_agent() {
+    let dir = scratch_dir("sigterm_calls");
+    let a = start_agent(&dir, "st-a", &[]);
+    let b = start_agent(&dir, "st-b", &args(&["--seed", &a.gossip.to_string()]));
+    cli_ok(&a, &["tribe", "create", "svc"]);
+    cli_ok(&a, &["tribe", "join", "svc"]);
+    wait_for("st-b knows svc", Duration::from_secs(20), || {
+        tribe_members(&b, "svc").is_some()
+    });
+    cli_ok(&b, &["tribe", "join", "svc"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let failed = rt.block_on(async {
+        let mut cfg = tribe::Config::new("st-caller");
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.seeds = vec![a.gossip];
+        cfg.profile = tribe::Profile::Local;
+        cfg.collect_facts = false;
+        let node = tribe::Node::start(cfg).await.unwrap();
+        let tag = tribe::CallTarget::new("svc", "tag", tribe::PluginKind::Processor);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.tribe("svc").is_none_or(|t| {
+            t.members.len() < 2
+                || node
+                    .members()
+                    .iter()
+                    .filter(|m| !m.endpoints.is_empty())
+                    .count()
+                    < 2
+        }) {
+            assert!(
+                Instant::now() < deadline,
+                "the caller never saw both agents serve tag"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut callers = Vec::new();
+        for _ in 0..8 {
+            let (node, done, tag) = (node.clone(), done.clone(), tag.clone());
+            callers.push(tokio::spawn(async move {
+                let mut failed = Vec::new();
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let batch = br#"[{"name":"x","value":1.0}]"#.to_vec();
+                    match node.call(&tag, batch, Duration::from_secs(5)).await {
+                        // Ran (the handler's own answer, whatever it says).
+                        Ok(_) | Err(tribe::Error::Remote { .. }) => {}
+                        Err(e) => failed.push(e.to_string()),
+                    }
+                }
+                failed
+            }));
+        }
+        // While the callers open their first streams to it.
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(a.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut failed = Vec::new();
+        for c in callers {
+            failed.extend(c.await.unwrap());
+        }
+        node.shutdown().await.unwrap();
+        failed
+    });
+    assert!(
+        failed.is_empty(),
+        "{} calls failed: {:?}",
+        failed.len(),
+        &failed[..failed.len().min(5)]
+    );
+}

@@ -649,12 +649,19 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         break;
     }
     let left = node.shutdown().await;
+    // The process exits next: the replies of calls still running go out
+    // first, and callers move what came after the goodbye elsewhere.
+    let _ = tokio::time::timeout(EXIT_DRAIN, node.calls_drained()).await;
     let _ = stop_admin.send(());
     let _ = admin.await;
     left.map_err(|e| format!("leaving: {e}"))?;
     tracing::info!("left the tribe");
     Ok(())
 }
+
+/// How long a stopping agent waits for its calls to be answered and its
+/// call streams to end before it exits.
+const EXIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Events logged per second, at most: a burst (thousands of members
 /// gossiped in at once, or found failed together) would otherwise write a
