@@ -250,9 +250,27 @@ impl Node {
             .unwrap_or_else(|p| p.into_inner())
             .as_mut()
         {
+            // Streams dropped since the last event are let go here too, not
+            // only when an event comes: a program that opens a stream now
+            // and then on a quiet node would keep every one.
+            subs.retain(|old| !old.is_closed());
             subs.push(tx);
         }
         EventStream { rx }
+    }
+
+    /// How many event streams the node keeps sending to; for tests
+    /// (feature `internals`).
+    #[cfg(feature = "internals")]
+    #[doc(hidden)]
+    pub fn event_subscribers(&self) -> usize {
+        self.inner
+            .shared
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map_or(0, Vec::len)
     }
 
     /// Fault injection (drop traffic to or from peers, random loss); for

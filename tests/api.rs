@@ -413,3 +413,23 @@ async fn seeds_by_name_are_looked_up_by_the_node() {
         x.shutdown().await.unwrap();
     }
 }
+
+/// Event streams dropped on a quiet node are let go by the next one opened,
+/// not kept until an event comes (a script that opens one every second on
+/// a stable cluster grew by gigabytes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_event_streams_are_let_go_without_an_event() {
+    let nodes = start_cluster("evq", 1, |_| {}).await;
+    let n = &nodes[0];
+    drop(n.events());
+    for _ in 0..1000 {
+        drop(n.events());
+    }
+    let kept = n.event_subscribers();
+    assert!(kept <= 1, "{kept} dropped event streams kept");
+    let live = n.events();
+    drop(n.events());
+    assert_eq!(n.event_subscribers(), 2, "the live stream and the last one");
+    drop(live);
+    n.shutdown().await.unwrap();
+}
