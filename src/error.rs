@@ -140,8 +140,8 @@ pub enum Error {
         /// stopped serving it (empty when none did).
         stopping: Vec<String>,
     },
-    /// The call did not complete before its deadline.
-    #[error("the call did not complete before its deadline")]
+    /// The call did not complete within its timeout.
+    #[error("the call did not complete within its timeout")]
     Timeout,
     /// The handler returned an error (or panicked: code `panic`).
     #[error("the handler failed: {code}: {message}")]
