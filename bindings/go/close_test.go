@@ -496,3 +496,44 @@ func TestCallsQueuedAtCloseMoveToAnotherMember(t *testing.T) {
 		_ = backup.Close()
 	}
 }
+
+// Counters answers while Close waits for a running handler (an agent
+// polling them sees the stop through), and with the final counts after.
+func TestCountersWhileClosing(t *testing.T) {
+	started := make(chan struct{}, 1)
+	release := make(chan struct{})
+	slow := func(_ context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+		started <- struct{}{}
+		<-release // ignores its context: Close waits for it
+		return []byte("late"), nil
+	}
+	host, caller := servedPair(t, map[string]Handler{"slow": slow})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, _ = caller.Call(ctx, target("slow"), nil)
+	}()
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the call did not reach the handler")
+	}
+	closed := make(chan error, 1)
+	go func() { closed <- host.Close() }()
+	waitFor(t, "Close to begin", 10*time.Second, func() bool { return host.Serve("x", "1", Processor, echo) != nil })
+	counters, err := host.Counters()
+	if err != nil {
+		t.Fatalf("Counters while closing: %v", err)
+	}
+	if got := counters["calls"]["serving"].String(); got != "1" {
+		t.Errorf("calls.serving while the handler runs = %s, want 1", got)
+	}
+	close(release)
+	if err := <-closed; err != nil {
+		t.Fatal(err)
+	}
+	if _, err := host.Counters(); err != nil {
+		t.Fatalf("Counters after Close: %v", err)
+	}
+	_ = caller.Close()
+}

@@ -319,19 +319,29 @@ func (n *Node) Status() (Status, error) {
 // Counters gives the node's counters (traffic, refusals, sync, calls) as
 // {"engine": {...}, "calls": {...}}; the names are in docs/c-api.md.
 //
-// After Close or Abort it gives the final counts, taken as the node stopped.
+// While Close or Abort runs it gives the counts so far, and after them the
+// final counts, taken as the node stopped.
 func (n *Node) Counters() (map[string]map[string]json.Number, error) {
+	defer runtime.KeepAlive(n)
+	gcPoint()
 	in := n.inner()
 	in.mu.RLock()
-	final, freed := in.finalCounters, in.ptr == nil
-	in.mu.RUnlock()
-	runtime.KeepAlive(n)
-	if freed && final != nil {
-		return decode[map[string]map[string]json.Number](final, nil)
+	defer in.mu.RUnlock()
+	if in.ptr == nil {
+		if in.finalCounters == nil {
+			return nil, errClosed()
+		}
+		return decode[map[string]map[string]json.Number](in.finalCounters, nil)
 	}
-	return decode[map[string]map[string]json.Number](n.snapshot(func(p *C.tribe_node, _ []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
-		return C.tribe_node_counters_json(p, o, l, e)
-	}))
+	// Also while the node closes: it counts until it is freed.
+	var text *C.char
+	var l C.size_t
+	var cerr *C.tribe_error
+	if err := takeError(C.tribe_node_counters_json(in.ptr, &text, &l, &cerr), cerr); err != nil {
+		return nil, err
+	}
+	defer C.tribe_string_free(text)
+	return decode[map[string]map[string]json.Number](C.GoBytes(unsafe.Pointer(text), C.int(l)), nil)
 }
 
 // finalCounters reads the counters of a stopped node, before it is freed.

@@ -112,10 +112,19 @@ type StateLimits struct {
 
 // Node is a running libtribe node. Its methods may be called from many
 // goroutines at once. Close it when done; a Node that becomes unreachable
-// without Close is closed by a cleanup, as a safety net only.
+// without Close is closed by a cleanup, as a safety net only. Use the
+// *Node that Start returns: a copy of the Node value is closed with the
+// original once that is unreachable (go vet reports copies).
 type Node struct {
+	_ noCopy
 	n *node
 }
+
+// noCopy makes go vet's copylocks check report a copied Node.
+type noCopy struct{}
+
+func (*noCopy) Lock()   {}
+func (*noCopy) Unlock() {}
 
 // node is the state the polling goroutine shares; Node wraps it so that an
 // unreachable Node can be cleaned up while the goroutine still runs.
@@ -452,7 +461,11 @@ func (n *Node) Close() error {
 }
 
 // Abort stops at once without a goodbye, as a crash would (peers record the
-// node as "failed"); otherwise like Close.
+// node as "failed"): calls in flight to its handlers end Disconnected at
+// their callers, and the answers of handlers still running are dropped.
+// Otherwise like Close: handler contexts end, and Abort waits up to 5 s for
+// running handlers to return, so that no handler of the node runs on once
+// it returns (one that ignores its context may).
 func (n *Node) Abort() {
 	defer runtime.KeepAlive(n)
 	_ = n.inner().stop(false)
