@@ -881,13 +881,13 @@ impl Node {
     /// without an answer: its caller gave up, its budget ran out, its
     /// stream ended; a handler still at work on it has nothing left to
     /// send) and every reply written to its stream (or the stream cut).
-    /// After [`Node::shutdown`] it also waits for every call stream to end
-    /// (each reads its caller's requests up to the caller's end, at most
-    /// 5 s, and refuses those that came after the goodbye, so their callers
-    /// move them to another member): a program that exits right after
-    /// awaits it (with a timeout of its choice) so that no reply is cut
-    /// short and no request lost. While the node serves, it ends at a
-    /// moment with no call running.
+    /// After [`Node::shutdown`] it also waits until the connections being
+    /// set up are served and the call streams have gone 50 ms without a
+    /// request: what callers sent before they heard the goodbye is refused
+    /// unrun, and they move it to another member. A program that exits
+    /// right after awaits it (with a timeout of its choice) so that no
+    /// reply is cut short and no request lost. While the node serves, it
+    /// ends at a moment with no call running.
     pub async fn calls_drained(&self) {
         self.inner.rpc.server.replies_sent().await;
     }

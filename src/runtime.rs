@@ -1001,8 +1001,9 @@ async fn open_stream(
                                     Ok(s) => {
                                         let (reader, writer) = s.into_split();
                                         let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
-                                        server.serve_stream(reader, writer, sealer, opener).await;
+                                        // Served from here on: a goodbye is its own.
                                         drop(held);
+                                        server.serve_stream(reader, writer, sealer, opener).await;
                                     }
                                     Err(e) => tracing::warn!(error = %e, "a call stream could not be moved"),
                                 }
@@ -1012,8 +1013,8 @@ async fn open_stream(
                         let (reader, writer) = s.into_split();
                         let writer = crate::rpc::tcp_writer::TcpWriter::new(writer);
                         tokio::spawn(async move {
-                            server.serve_stream(reader, writer, sealer, opener).await;
                             drop(held);
+                            server.serve_stream(reader, writer, sealer, opener).await;
                         }.in_current_span());
                         Ok(None)
                     }

@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -60,9 +60,14 @@ pub struct Server {
     stopping: AtomicBool,
     /// Set by [`Server::farewell`].
     farewell: AtomicBool,
-    /// Accepted connections from their setup until their call stream, if
-    /// they carry one, has ended (see [`StreamHeld`]).
-    streams_open: AtomicUsize,
+    /// Accepted connections in their setup (see [`StreamHeld`]).
+    setups: AtomicUsize,
+    /// When the server was made: the origin of the two times below, in ms.
+    born: std::time::Instant,
+    /// When [`Server::farewell`] was said, and when a stream last read a
+    /// frame after its goodbye (ms since `born`).
+    farewell_at: AtomicU64,
+    read_after_goodbye: AtomicU64,
     /// Set when the node stops without a goodbye: every call stream is cut
     /// at once, as a crash would, so callers see their calls lost.
     killed: tokio::sync::watch::Sender<bool>,
@@ -78,12 +83,21 @@ pub struct Server {
     executor: std::sync::OnceLock<tokio::runtime::Handle>,
 }
 
-/// An accepted connection counted by [`Server::hold_stream`], until dropped.
+/// How long after the farewell, and after the last request a stream read
+/// since its goodbye, [`Server::replies_sent`] waits: requests a caller sent
+/// before it read the goodbye arrive meanwhile and are refused unrun (its
+/// caller moves them), rather than lost when the node cuts its streams. A
+/// caller that reads the goodbye ends its stream at once; an idle one that
+/// does not (a blocking caller's borrowed stream) is not waited for.
+const GOODBYE_SETTLE: Duration = Duration::from_millis(50);
+
+/// An accepted connection in its setup, counted by [`Server::hold_stream`]
+/// until dropped.
 pub(crate) struct StreamHeld(Arc<Server>);
 
 impl Drop for StreamHeld {
     fn drop(&mut self) {
-        self.0.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.setups.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -105,7 +119,10 @@ impl Server {
             counters,
             stopping: AtomicBool::new(false),
             farewell: AtomicBool::new(false),
-            streams_open: AtomicUsize::new(0),
+            setups: AtomicUsize::new(0),
+            born: std::time::Instant::now(),
+            farewell_at: AtomicU64::new(0),
+            read_after_goodbye: AtomicU64::new(0),
             killed: tokio::sync::watch::Sender::new(false),
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
@@ -137,12 +154,35 @@ impl Server {
     }
 
     /// Holds an accepted connection among those [`Server::replies_sent`]
-    /// waits for after the farewell: from before its setup (a caller whose
-    /// setup is done sends its requests at once) to the end of its call
-    /// stream.
+    /// waits for after the farewell, until its call stream is served (a
+    /// caller whose setup is done sends its requests at once).
     pub(crate) fn hold_stream(self: &Arc<Self>) -> StreamHeld {
-        self.streams_open.fetch_add(1, Ordering::Relaxed);
+        self.setups.fetch_add(1, Ordering::Relaxed);
         StreamHeld(self.clone())
+    }
+
+    fn ms_since_born(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// A stream read a frame after its goodbye (see [`GOODBYE_SETTLE`]).
+    pub(super) fn read_after_goodbye(&self) {
+        self.read_after_goodbye
+            .fetch_max(self.ms_since_born(), Ordering::Relaxed);
+    }
+
+    /// Whether the farewell, if said, has settled: no connection is in its
+    /// setup, and no stream has read a request for [`GOODBYE_SETTLE`].
+    fn farewell_settled(&self) -> bool {
+        if !self.farewell.load(Ordering::Relaxed) {
+            return true;
+        }
+        let last = self
+            .farewell_at
+            .load(Ordering::Relaxed)
+            .max(self.read_after_goodbye.load(Ordering::Relaxed));
+        self.setups.load(Ordering::Relaxed) == 0
+            && self.ms_since_born().saturating_sub(last) >= GOODBYE_SETTLE.as_millis() as u64
     }
 
     /// Call streams accepted and open now.
@@ -220,6 +260,8 @@ impl Server {
     /// open a new stream then find nobody, rather than a socket that waits
     /// to be accepted and is reset.
     pub fn farewell(&self) {
+        self.farewell_at
+            .store(self.ms_since_born(), Ordering::Relaxed);
         self.farewell.store(true, Ordering::Relaxed);
         self.epoch.send_modify(|e| *e += 1);
     }
@@ -246,9 +288,9 @@ impl Server {
 
     /// Ends once every call read has been answered (or is over without an
     /// answer: its caller gave up, its budget ran out), every reply
-    /// written (or its stream cut), and, after the farewell, every stream
-    /// has read its caller's last requests (up to the caller's end of the
-    /// stream, 5 s at most) and ended.
+    /// written (or its stream cut), and, after the farewell, every accepted
+    /// connection is past its setup and the streams have read what their
+    /// callers sent before they heard the goodbye (see [`GOODBYE_SETTLE`]).
     pub(crate) async fn replies_sent(&self) {
         /// How often the streams are looked at: answers come from threads
         /// that wake nobody here.
@@ -260,15 +302,10 @@ impl Server {
 
     /// No call is being served (none that a handler could still answer:
     /// one its caller gave up on is over), every stream's replies are
-    /// written, and after the farewell every accepted connection has ended
-    /// its setup and its call stream: each stream reads up to its caller's
-    /// end of it, so requests sent before the caller heard the goodbye are
-    /// read and refused, and the caller moves them to another host rather
-    /// than lose them when the node cuts its streams.
+    /// written, and the farewell, if said, has settled.
     fn quiet(&self) -> bool {
         self.open.available_permits() >= self.limits.max_serving
-            && (!self.farewell.load(Ordering::Relaxed)
-                || self.streams_open.load(Ordering::Relaxed) == 0)
+            && self.farewell_settled()
             && self
                 .outboxes
                 .lock()

@@ -170,6 +170,9 @@ impl Server {
                 // Reap finished handlers so the set does not grow.
                 Some(_) = calls.handlers.join_next(), if !calls.handlers.is_empty() => continue,
             };
+            if read_until.is_some() {
+                self.read_after_goodbye();
+            }
             let Ok(msg) = wire::decode::<RpcMsg>(body) else {
                 RpcCounters::bump(&self.counters.stream_errors);
                 break Ended::Closed;
