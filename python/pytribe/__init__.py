@@ -362,9 +362,14 @@ def _pump_logs() -> None:
             return
         if rec is not None:
             level, target, node, message = rec
-            _logger.log(
-                level, "%s", message, extra={"tribe_target": target, "tribe_node": node}
-            )
+            try:
+                _logger.log(
+                    level, "%s", message, extra={"tribe_target": target, "tribe_node": node}
+                )
+            except Exception:
+                # A filter or handler of the program's that raises loses this
+                # record, not the forwarding of every later one.
+                pass
 
 
 def _start_log_thread() -> None:
@@ -729,7 +734,11 @@ def _path(what: str, value: object) -> str:
     not UTF-8 kept as surrogates, as os.fsdecode does)."""
     if not isinstance(value, (str, bytes, os.PathLike)):
         raise TypeError(f"{what} must be a str, bytes or os.PathLike, not {type(value).__name__}")
-    return os.fsdecode(value)
+    path = os.fsdecode(value)
+    if "\0" in path:
+        # As os.makedirs refuses it, and before any file is touched.
+        raise InvalidArgumentError(f"{what} holds a NUL byte, which no path can")
+    return path
 
 
 @_names_arguments_of

@@ -340,9 +340,11 @@ impl TakenCall {
                 }
             }
             Err(e) => {
+                // Answered before the log: a log handler that blocks (a
+                // full pipe, a network sink) must not hold up the caller.
                 let err = HandlerError::new("TypeError", e);
+                responder.fail(err.clone());
                 log_failure(py, self, &err, None);
-                responder.fail(err);
             }
         }
     }
@@ -363,8 +365,9 @@ impl TakenCall {
             return;
         }
         let err = handler_error(py, &e);
+        // Answered before the log, as in `reply`.
+        responder.fail(err.clone());
         log_failure(py, self, &err, Some(e));
-        responder.fail(err);
     }
 }
 
@@ -378,6 +381,10 @@ pub(crate) fn reply_bytes(out: &Bound<'_, PyAny>) -> Result<Vec<u8>, String> {
             .name()
             .map(|n| n.to_string())
             .unwrap_or_else(|_| "?".into());
+        if type_name == "memoryview" {
+            // A released view, or one whose buffer cannot be read.
+            return "a handler returned a memoryview that was released".to_string();
+        }
         format!("a handler must return bytes, bytearray or memoryview, not {type_name}")
     })
 }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import time
 
 import pytest
@@ -333,3 +334,31 @@ def test_log_records_name_the_node_whose_work_logged_them(caplog: pytest.LogCapt
         finally:
             a.close()
             b.close()
+
+
+def test_a_raising_log_filter_loses_its_record_not_the_forwarding() -> None:
+    """A program's log filter that raises loses that record; the thread that
+    forwards libtribe's records to logging carries on."""
+    raised: list[logging.LogRecord] = []
+
+    class Buggy(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            if not raised:
+                raised.append(record)
+                raise RuntimeError("a buggy filter")
+            return True
+
+    logger = logging.getLogger("pytribe")
+    buggy = Buggy()
+    logger.addFilter(buggy)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    node = start("filtered")
+    try:
+        wait_for("the filter to raise", lambda: bool(raised), 10)
+        time.sleep(0.2)
+        assert pytribe._log_thread is not None and pytribe._log_thread.is_alive()
+    finally:
+        node.close()
+        logger.removeFilter(buggy)
+        logger.setLevel(old_level)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from typing import Callable, List, Tuple
@@ -356,3 +357,38 @@ def test_the_call_bounds_are_set_by_name(cluster: Cluster) -> None:
     for bad in ({"max_inflight_per_conn": 0}, {"max_serving": 0}):
         with pytest.raises(ValueError):
             pytribe.Node("bad", profile="local", collect_facts=False, limits=bad)
+
+
+def test_a_failure_is_answered_before_a_blocked_log_handler_returns(cluster: Cluster) -> None:
+    """The failure reaches the caller before the host logs it: a log handler
+    that blocks (a full pipe, a network sink) holds up no caller."""
+    host, caller = pair(cluster)
+    gate = threading.Event()
+
+    class Blocked(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            gate.wait(20)
+
+    def fails(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        if payload == b"released":
+            view = memoryview(b"abc")
+            view.release()
+            return view  # type: ignore[return-value]
+        raise ValueError("boom")
+
+    host.serve("fails", "1", "processor", fails)
+    wait_endpoint(caller, "fails")
+    blocked = Blocked()
+    logger = logging.getLogger("pytribe")
+    logger.addHandler(blocked)
+    try:
+        with pytest.raises(pytribe.RemoteError) as e:
+            caller.call("svc", "fails", b"x", timeout=5.0)
+        assert e.value.code == "ValueError"
+        with pytest.raises(pytribe.RemoteError) as e:
+            caller.call("svc", "fails", b"released", timeout=5.0)
+        assert e.value.code == "TypeError"
+        assert e.value.message == "a handler returned a memoryview that was released"
+    finally:
+        gate.set()
+        logger.removeHandler(blocked)

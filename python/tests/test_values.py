@@ -94,6 +94,9 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
         with pytest.raises(TypeError) as e:
             make()
         assert str(e.value).startswith(message), e.value
+    # A NUL no path can hold is a bad value, as os.makedirs says, not an I/O error.
+    with pytest.raises(pytribe.InvalidArgumentError, match="data_dir holds a NUL byte"):
+        start("kept", data_dir="/tmp/a\0b")
     with pytest.raises(TypeError, match="^call_async: plugin must be str, not bytes$"):
         asyncio.run(node.call_async("t", b"e", b""))  # type: ignore[arg-type]
 
