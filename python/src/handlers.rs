@@ -26,7 +26,8 @@ pub(crate) struct CallInfo {
     /// Calling node.
     #[pyo3(get)]
     caller: String,
-    /// Tribe the call came through (empty for a local call).
+    /// Tribe the call came through (also for a call this node made to itself
+    /// through a tribe; empty only for a task step that names no tribe).
     #[pyo3(get)]
     tribe: String,
     /// Plugin name.
