@@ -192,17 +192,20 @@ async fn serve_hold(host: &Node) -> Arc<Mutex<Vec<tribe::Responder>>> {
     held
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    const PER_STREAM: usize = 4;
-    let nodes = host_cluster("cx", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
-    let (caller, host) = (&nodes[0], &nodes[1]);
-    // A future handler that never ends unless cancelled.
-    let started = Arc::new(AtomicUsize::new(0));
+/// Serves `hang` on `host` (a future handler that never ends unless
+/// cancelled; the count of its starts is returned) and `hold` (see
+/// [`serve_hold`]), and waits until `caller` sees both.
+async fn serve_hang_and_hold(
+    host: &Node,
+    caller: &Node,
+) -> (
+    Arc<std::sync::atomic::AtomicUsize>,
+    Arc<Mutex<Vec<tribe::Responder>>>,
+) {
+    let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let s = started.clone();
     host.serve("hang", "1", PluginKind::Processor, move |_, _| {
-        s.fetch_add(1, Ordering::SeqCst);
+        s.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         async move {
             std::future::pending::<()>().await;
             Ok(Vec::new())
@@ -210,12 +213,21 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     })
     .await
     .unwrap();
-    // A responder handler whose host keeps the responders unanswered.
     let held = serve_hold(host).await;
     wait_for("endpoints seen", 20 * SECOND, || {
         caller.members().iter().any(|m| m.endpoints.len() == 4)
     })
     .await;
+    (started, held)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
+    use std::sync::atomic::Ordering;
+    const PER_STREAM: usize = 4;
+    let nodes = host_cluster("cx", 2, |cfg| cfg.rpc.max_inflight_per_conn = PER_STREAM).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    let (started, held) = serve_hang_and_hold(host, caller).await;
 
     start_and_cancel(caller, "hang", PER_STREAM, || {
         started.load(Ordering::SeqCst)
@@ -362,25 +374,10 @@ async fn a_held_call_frees_its_place_when_its_stream_ends() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_running_when_their_callers_stream_ends_count_as_cancelled() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     let nodes = host_cluster("ce", 2, |_| {}).await;
     let (gone, host) = (&nodes[0], &nodes[1]);
-    let started = Arc::new(AtomicUsize::new(0));
-    let s = started.clone();
-    host.serve("hang", "1", PluginKind::Processor, move |_, _| {
-        s.fetch_add(1, Ordering::SeqCst);
-        async move {
-            std::future::pending::<()>().await;
-            Ok(Vec::new())
-        }
-    })
-    .await
-    .unwrap();
-    let held = serve_hold(host).await;
-    wait_for("endpoints seen", 20 * SECOND, || {
-        gone.members().iter().any(|m| m.endpoints.len() == 4)
-    })
-    .await;
+    let (started, held) = serve_hang_and_hold(host, gone).await;
     let mut calls = Vec::new();
     for plugin in ["hang", "hang", "hold", "hold"] {
         let gone = gone.clone();
