@@ -980,3 +980,43 @@ async fn open_call_gauges_follow_the_calls_and_come_back_to_rest() {
         let _ = n.shutdown().await;
     }
 }
+
+/// A call made from a short-lived runtime (a test's, a request's) opens the
+/// call stream on it; once that runtime is gone, the next call opens a new
+/// stream rather than find the dead one usable and give up on the host as
+/// unreachable (`NoProvider` for a minute).
+#[test]
+fn a_stream_opened_from_a_runtime_since_dropped_is_not_reused() {
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes = main.block_on(async {
+        let nodes = start_cluster("rtd", 2, |_| {}).await;
+        wait_converged_members(&nodes, 2).await;
+        nodes[1].create_tribe("svc").await.unwrap();
+        nodes[1].join("svc", nodes[1].name()).await.unwrap();
+        serve_echo(&nodes[1], Duration::ZERO).await;
+        wait_served(&nodes[0], 1).await;
+        nodes
+    });
+    let caller = nodes[0].clone();
+    {
+        let short = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reply = short.block_on(caller.call(&echo(), b"a".to_vec(), 5 * SECOND));
+        assert!(reply.unwrap().ends_with(b"a"));
+    }
+    for i in 0..3u8 {
+        let reply = main.block_on(caller.call(&echo(), vec![i], 5 * SECOND));
+        assert!(reply.as_ref().is_ok_and(|r| r.ends_with(&[i])), "{reply:?}");
+    }
+    main.block_on(async {
+        for n in nodes {
+            n.shutdown().await.unwrap();
+        }
+    });
+}

@@ -193,10 +193,13 @@ struct Conn {
 }
 
 impl Conn {
-    /// Whether a new call may use it: not failed, and not idle so long that
+    /// Whether a new call may use it: not failed, its tasks still running
+    /// (they run on the runtime of the call that opened it, which may have
+    /// been dropped since, its tasks with it), and not idle so long that
     /// the host may be closing it.
     fn usable(&self) -> bool {
         self.alive.load(Ordering::Relaxed)
+            && !self.reader.is_finished()
             && self
                 .last_used
                 .lock()
