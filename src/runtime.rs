@@ -330,6 +330,21 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpLis
     Err(last_err.unwrap_or_else(|| std::io::Error::other("could not bind")))
 }
 
+/// Ends every event stream when the driver ends, however it ends: stopped,
+/// or dropped with its runtime while the node's handles live on (their
+/// streams would otherwise wait for ever).
+struct EndStreams(Arc<Shared>);
+
+impl Drop for EndStreams {
+    fn drop(&mut self) {
+        *self
+            .0
+            .subscribers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = None;
+    }
+}
+
 impl Driver {
     pub fn new(
         shared: Arc<Shared>,
@@ -370,6 +385,7 @@ impl Driver {
 
     /// Runs until stopped.
     pub async fn run(mut self) {
+        let _end_streams = EndStreams(self.shared.clone());
         let mut buf = vec![0u8; 65_536];
         // Saves durable state and closes idle call streams.
         let mut tick = tokio::time::interval(SAVE_INTERVAL);
@@ -412,8 +428,6 @@ impl Driver {
                             if leave {
                                 self.accept_backlog();
                             }
-                            // Ends every event stream.
-                            *self.shared.subscribers.lock().unwrap_or_else(|p| p.into_inner()) = None;
                             let _ = done.send(());
                             return;
                         }

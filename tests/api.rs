@@ -433,3 +433,31 @@ async fn dropped_event_streams_are_let_go_without_an_event() {
     drop(live);
     n.shutdown().await.unwrap();
 }
+
+/// The event streams of a node whose runtime was dropped under it end
+/// (after its queued events), as they do at a shutdown: a consumer's loop
+/// does not wait for ever.
+#[test]
+fn event_streams_end_when_the_nodes_runtime_is_dropped() {
+    let first = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let nodes = first.block_on(start_cluster("evd", 1, |_| {}));
+    let node = nodes[0].clone();
+    let mut events = node.events();
+    drop(first);
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    second.block_on(async {
+        let drained = tokio::time::timeout(Duration::from_secs(10), async {
+            while events.next().await.is_some() {}
+        })
+        .await;
+        assert!(drained.is_ok(), "the event stream did not end");
+        assert_eq!(node.create_tribe("t").await, Err(Error::ShuttingDown));
+    });
+}
