@@ -313,6 +313,7 @@ impl Compiled {
                 start,
             )
         };
+        let named = named_facts(&self.source);
         match catch_unwind(AssertUnwindSafe(|| self.execute(&BTreeMap::new()))) {
             Ok(Ok(Value::Bool(_))) | Err(_) => {}
             Ok(Ok(other)) => return Err(not_bool(other, "")),
@@ -321,9 +322,17 @@ impl Compiled {
                     "unknown function or name '{name}'"
                 )))
             }
+            // Naming no fact, it fails the same way on every node: it can
+            // never hold (`1 + "a"`).
+            Ok(Err(e)) if named.is_empty() && is_type_error(&e) => {
+                return Err(PolicyError::at(
+                    clean_message(&e.to_string()),
+                    &self.source,
+                    start,
+                ))
+            }
             Ok(Err(_)) => {}
         }
-        let named = named_facts(&self.source);
         if named.is_empty() {
             return Ok(());
         }
@@ -942,6 +951,21 @@ mod tests {
         assert_eq!(condition.evaluate(&ubuntu_node()), Ok(true));
         let debian = facts(&[("os_dist", "debian"), ("storage_tier", "true")]);
         assert_eq!(condition.evaluate(&debian), Ok(false));
+    }
+
+    #[test]
+    fn a_type_error_naming_no_fact_is_refused_at_once() {
+        for when in [r#"1 + "a""#, r#""x" < 2"#] {
+            assert!(Condition::compile(when).is_err(), "{when} compiled");
+        }
+        // Only its facts decide these: they compile.
+        for when in [
+            r#"int(facts["n"]) + 1 > 2"#,
+            r#"has(facts.rack) && facts.rack == "r1""#,
+            "1 / 0 == 1",
+        ] {
+            assert!(Condition::compile(when).is_ok(), "{when} refused");
+        }
     }
 
     #[test]
