@@ -178,6 +178,7 @@ impl Node {
         let shared = Arc::new(runtime::Shared {
             engine: Mutex::new(engine),
             subscribers: Mutex::new(Some(vec![events_tx])),
+            ended: tokio::sync::watch::Sender::new(false),
             events_dropped: Default::default(),
             faults,
             max_frame: config.max_frame,
@@ -227,7 +228,9 @@ impl Node {
     }
 
     /// The event stream. The first call gets every event since start; later
-    /// calls get events from the moment of the call. A subscriber more than
+    /// calls get events from about the moment of the call (events are
+    /// delivered by the node's task, so one of a command that returned just
+    /// before may still come). A subscriber more than
     /// 65,536 events behind loses new ones (counted in
     /// [`Counters::events_dropped`]); snapshots always give the current truth.
     pub fn events(&self) -> EventStream {
@@ -613,7 +616,9 @@ impl Node {
     /// already running are answered (handlers get up to 10 s while the
     /// runtime runs; a C node's until `tribe_node_free`, which sends the
     /// replies given by then, waiting at most 2 s) before its call streams
-    /// close; [`Node::calls_drained`] tells when they have.
+    /// close; [`Node::calls_drained`] tells when they have. Idempotent: a
+    /// later call, or one after a call whose future was dropped before it
+    /// finished, completes what is left of the stop and returns `Ok`.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
@@ -911,20 +916,14 @@ impl Node {
             .inner
             .inbox
             .send(DriverInput::Stop { leave, done })
-            .is_err()
+            .is_ok()
         {
-            return Err(Error::ShuttingDown);
+            let _ = wait.await;
         }
-        let _ = wait.await;
-        let task = self
-            .inner
-            .task
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(task) = task {
-            let _ = task.await;
-        }
+        // Every step from here is safe to repeat, so a stop whose caller
+        // gave up waiting (a timeout around it) is finished by the next.
+        let mut ended = self.inner.shared.ended.subscribe();
+        let _ = ended.wait_for(|ended| *ended).await;
         // The listener is closed now: callers told to move on find nobody here.
         if leave {
             self.inner.rpc.server.farewell();

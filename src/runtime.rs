@@ -171,6 +171,8 @@ pub(crate) struct Shared {
     /// `None` once the node stopped: every stream has ended, and one asked
     /// for later ends at once.
     pub subscribers: Mutex<Option<Vec<mpsc::Sender<Event>>>>,
+    /// Set once the driver has ended, however it ended.
+    pub ended: tokio::sync::watch::Sender<bool>,
     /// Events dropped because a subscriber fell more than [`EVENT_QUEUE`] behind.
     pub events_dropped: std::sync::atomic::AtomicU64,
     pub faults: Arc<Faults>,
@@ -330,18 +332,19 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpLis
     Err(last_err.unwrap_or_else(|| std::io::Error::other("could not bind")))
 }
 
-/// Ends every event stream when the driver ends, however it ends: stopped,
-/// or dropped with its runtime while the node's handles live on (their
-/// streams would otherwise wait for ever).
-struct EndStreams(Arc<Shared>);
+/// Ends every event stream, and tells those waiting for the stop, when the
+/// driver ends, however it ends: stopped, or dropped with its runtime while
+/// the node's handles live on (they would otherwise wait for ever).
+struct DriverEnded(Arc<Shared>);
 
-impl Drop for EndStreams {
+impl Drop for DriverEnded {
     fn drop(&mut self) {
         *self
             .0
             .subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
+        self.0.ended.send_replace(true);
     }
 }
 
@@ -385,7 +388,7 @@ impl Driver {
 
     /// Runs until stopped.
     pub async fn run(mut self) {
-        let _end_streams = EndStreams(self.shared.clone());
+        let _ended = DriverEnded(self.shared.clone());
         let mut buf = vec![0u8; 65_536];
         // Saves durable state and closes idle call streams.
         let mut tick = tokio::time::interval(SAVE_INTERVAL);

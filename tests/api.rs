@@ -461,3 +461,49 @@ fn event_streams_end_when_the_nodes_runtime_is_dropped() {
         assert_eq!(node.create_tribe("t").await, Err(Error::ShuttingDown));
     });
 }
+
+/// A shutdown whose future is dropped half-way (a timeout around it) is
+/// finished by the next one, which returns Ok: the call streams to other
+/// nodes close, instead of holding a place at each host while handles live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_given_up_half_way_is_finished_by_the_next() {
+    let nodes = start_cluster("cut", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (a, b) = (&nodes[0], &nodes[1]);
+    b.create_tribe("svc").await.unwrap();
+    b.join("svc", b.name()).await.unwrap();
+    b.serve(
+        "echo",
+        "1",
+        PluginKind::Processor,
+        |_, p| async move { Ok(p) },
+    )
+    .await
+    .unwrap();
+    let echo = tribe::CallTarget::new("svc", "echo", PluginKind::Processor);
+    wait_for("a sees b serve echo", Duration::from_secs(20), || {
+        a.members().iter().any(|m| !m.endpoints.is_empty())
+            && a.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    a.call(&echo, b"x".to_vec(), Duration::from_secs(5))
+        .await
+        .unwrap();
+    // "No limit" is a timeout too (a host's 5 minutes bound it).
+    assert_eq!(
+        a.call(&echo, b"y".to_vec(), Duration::MAX).await,
+        Ok(b"y".to_vec())
+    );
+    wait_for("b holds a's stream", Duration::from_secs(5), || {
+        b.rpc_stats().streams_accepted == 1
+    })
+    .await;
+    let _ = tokio::time::timeout(Duration::from_micros(1), a.shutdown()).await;
+    assert_eq!(a.shutdown().await, Ok(()));
+    assert_eq!(a.shutdown().await, Ok(()), "again: idempotent");
+    wait_for("a's stream to b closed", Duration::from_secs(10), || {
+        b.rpc_stats().streams_accepted == 0
+    })
+    .await;
+    b.shutdown().await.unwrap();
+}

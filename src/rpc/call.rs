@@ -272,9 +272,11 @@ impl Rpc {
             return Err(no_provider(Vec::new()));
         }
         let _slot = self.pool.try_inflight().ok_or(Error::Overloaded)?;
-        let deadline = Instant::now()
-            .checked_add(timeout)
-            .ok_or_else(|| Error::InvalidArgument("the call's timeout is too large".into()))?;
+        // A host runs a call for at most MAX_CALL_BUDGET and then answers
+        // `Timeout`: a longer wait (`Duration::MAX` for "no limit") ends
+        // the same way, and overflows no clock.
+        let longest = super::server::MAX_CALL_BUDGET + Duration::from_secs(1);
+        let deadline = Instant::now() + timeout.min(longest);
         let mut overloaded = false;
         let mut tried: Vec<String> = Vec::new();
         let mut stopping: Vec<String> = Vec::new();
