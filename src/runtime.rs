@@ -291,6 +291,8 @@ pub(crate) struct Driver {
     /// file descriptors, say): the pending connection keeps the listener
     /// readable, and retrying at once would spin.
     accept_paused_until: Option<Instant>,
+    /// Dropped with the driver, also with its task never polled.
+    _ended: DriverEnded,
 }
 
 /// The driver's policy evaluations: at most one runs (on a blocking
@@ -334,7 +336,8 @@ pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<(UdpSocket, TcpLis
 
 /// Ends every event stream, and tells those waiting for the stop, when the
 /// driver ends, however it ends: stopped, or dropped with its runtime while
-/// the node's handles live on (they would otherwise wait for ever).
+/// the node's handles live on (they would otherwise wait for ever), also
+/// before its task first ran.
 struct DriverEnded(Arc<Shared>);
 
 impl Drop for DriverEnded {
@@ -362,6 +365,7 @@ impl Driver {
         };
         let own_ip = listener.local_addr().ok().map(|a| a.ip());
         Ok(Driver {
+            _ended: DriverEnded(shared.clone()),
             shared,
             udp: Arc::new(udp),
             listener,
@@ -388,7 +392,6 @@ impl Driver {
 
     /// Runs until stopped.
     pub async fn run(mut self) {
-        let _ended = DriverEnded(self.shared.clone());
         let mut buf = vec![0u8; 65_536];
         // Saves durable state and closes idle call streams.
         let mut tick = tokio::time::interval(SAVE_INTERVAL);
