@@ -19,6 +19,16 @@ pub const MAX_BODY: usize = 2 * 1024 * 1024;
 
 /// The middleware.
 pub async fn bound(request: Request, next: Next) -> Response {
+    // A body declared over the limit is refused before any of it is waited
+    // for (axum's limit acts only as the body is read).
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return closing(too_large());
+    }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Err(_) => closing(refuse(
             StatusCode::REQUEST_TIMEOUT,
@@ -28,11 +38,7 @@ pub async fn bound(request: Request, next: Next) -> Response {
         Ok(response)
             if response.status() == StatusCode::PAYLOAD_TOO_LARGE && !is_json(&response) =>
         {
-            closing(refuse(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                "the request body is over 2 MiB",
-            ))
+            closing(too_large())
         }
         // Any other refusal of axum's (a body that could not be read, a path
         // segment that is not UTF-8) in the API's one error shape.
@@ -54,6 +60,14 @@ pub async fn bound(request: Request, next: Next) -> Response {
         }
         Ok(response) => response,
     }
+}
+
+fn too_large() -> Response {
+    refuse(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+        "the request body is over 2 MiB",
+    )
 }
 
 /// Says the connection closes after this answer: the rest of the

@@ -5,7 +5,7 @@
 //! cannot send that content type without asking first).
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -156,17 +156,15 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
     let json = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        // Media types are case-insensitive (RFC 9110).
+        // The media type before any parameter (`; charset=utf-8`), which
+        // is case-insensitive (RFC 9110): `application/jsonp` is not it.
         .is_some_and(|v| {
-            v.trim_start()
-                .get(..16)
-                .is_some_and(|t| t.eq_ignore_ascii_case("application/json"))
+            v.split(';')
+                .next()
+                .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"))
         });
-    let writes = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::DELETE
-    );
-    if writes && has_body && !json {
+    // Any method: a body is JSON or nothing, as the docs say.
+    if has_body && !json {
         return refuse(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
