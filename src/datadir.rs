@@ -152,9 +152,15 @@ fn write_private_unnamed(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Resul
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp)?;
-    file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, dir.join(name))?;
+    let written = file
+        .write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+    if let Err(e) = written {
+        // Not left behind for an operator to wonder about (a full disk).
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     // The rename itself must reach the disk too, or a power loss can bring
     // back the previous file (an old keyring, say).
     std::fs::File::open(dir)?.sync_all()
@@ -324,6 +330,16 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tribe-datadir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    #[test]
+    fn a_write_that_fails_leaves_no_temporary_file() {
+        let dir = scratch("tmpgone");
+        // The rename fails: the file's place is a directory with something in it.
+        std::fs::create_dir_all(dir.join("f").join("held")).unwrap();
+        assert!(write_private(&dir, "f", b"x").is_err());
+        assert!(!dir.join("f.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[cfg(unix)]

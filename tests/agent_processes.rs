@@ -1056,6 +1056,42 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         .send(r#"{"name": "y"}"#)
         .unwrap();
     assert_eq!(resp.status().as_u16(), 201);
+    // Only that media type, and for a body sent with any method.
+    let resp = http
+        .post(&url)
+        .header("Authorization", "Bearer s3cret")
+        .header("Content-Type", "application/jsonp")
+        .send(r#"{"name": "z"}"#)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 415);
+    {
+        use std::io::{Read as _, Write as _};
+        let mut raw = std::net::TcpStream::connect(agent.admin).unwrap();
+        raw.write_all(
+            b"GET /v1/status HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n\
+              Content-Type: text/plain\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc",
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = raw.read_to_string(&mut answer);
+        assert!(answer.starts_with("HTTP/1.1 415"), "{answer}");
+    }
+    // A body declared over 2 MiB is refused at once, before any is sent
+    // (it waited 30 s for the body, then answered 408).
+    {
+        use std::io::{Read as _, Write as _};
+        let mut raw = std::net::TcpStream::connect(agent.admin).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        raw.write_all(
+            b"POST /v1/tribes HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer s3cret\r\n\
+              Content-Type: application/json\r\nContent-Length: 99999999999\r\n\r\n",
+        )
+        .unwrap();
+        let mut answer = [0u8; 64];
+        let n = raw.read(&mut answer).unwrap_or(0);
+        let answer = String::from_utf8_lossy(&answer[..n]);
+        assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    }
     // A body over 2 MiB: 413 in the API's JSON error shape.
     let mut resp = http
         .post(&url)
@@ -1940,5 +1976,33 @@ fn calls_to_an_agent_stopped_with_sigterm_move_to_another_agent() {
         "{} calls failed: {:?}",
         failed.len(),
         &failed[..failed.len().min(5)]
+    );
+}
+
+/// An agent whose data dir cannot be written when it stops (a full disk)
+/// says so at the stop, whatever it logged a moment before: the state a
+/// restart comes back with is older than the one it left with.
+#[test]
+fn an_agent_that_cannot_save_its_last_state_says_so_at_the_stop() {
+    let dir = scratch_dir("unsaved");
+    let data = dir.join("data");
+    let agent = start_agent(
+        &dir,
+        "unsaved",
+        &args(&["--data-dir", data.to_str().unwrap()]),
+    );
+    // Every write of the state file fails from now on: its temporary file's
+    // place is taken by a directory that cannot be removed as a file.
+    std::fs::create_dir_all(data.join("node-state.json.tmp").join("held")).unwrap();
+    cli_ok(&agent, &["tribe", "create", "lost"]);
+    let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut agent = agent;
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    let log = std::fs::read_to_string(dir.join("unsaved.log")).unwrap();
+    assert!(
+        log.contains("last state could not be written to its data dir"),
+        "{log}"
     );
 }
