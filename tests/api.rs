@@ -470,17 +470,7 @@ async fn a_shutdown_given_up_half_way_is_finished_by_the_next() {
     let nodes = start_cluster("cut", 2, |_| {}).await;
     wait_converged_members(&nodes, 2).await;
     let (a, b) = (&nodes[0], &nodes[1]);
-    b.create_tribe("svc").await.unwrap();
-    b.join("svc", b.name()).await.unwrap();
-    b.serve(
-        "echo",
-        "1",
-        PluginKind::Processor,
-        |_, p| async move { Ok(p) },
-    )
-    .await
-    .unwrap();
-    let echo = tribe::CallTarget::new("svc", "echo", PluginKind::Processor);
+    let echo = host_echo(b).await;
     wait_for("a sees b serve echo", Duration::from_secs(20), || {
         a.members().iter().any(|m| !m.endpoints.is_empty())
             && a.tribe("svc").is_some_and(|t| t.members.len() == 1)
