@@ -1992,8 +1992,13 @@ fn an_agent_that_cannot_save_its_last_state_says_so_at_the_stop() {
         &args(&["--data-dir", data.to_str().unwrap()]),
     );
     // Every write of the state file fails from now on: its temporary file's
-    // place is taken by a directory that cannot be removed as a file.
-    std::fs::create_dir_all(data.join("node-state.json.tmp").join("held")).unwrap();
+    // place is taken by a directory that cannot be removed as a file (tried
+    // again while a write of the agent's holds that place as a file).
+    wait_for(
+        "the temporary file's place taken",
+        Duration::from_secs(10),
+        || std::fs::create_dir_all(data.join("node-state.json.tmp").join("held")).is_ok(),
+    );
     cli_ok(&agent, &["tribe", "create", "lost"]);
     let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
