@@ -564,16 +564,6 @@ impl Driver {
     /// waits for that too; says so at once if that last write failed (the
     /// node stops, and its data dir keeps older state).
     async fn save_durable_now(&mut self) {
-        self.save_durable_now_quietly().await;
-        if self.save_failures.1.is_some() && self.shared.data_dir.is_some() {
-            tracing::error!(
-                "the node's last state could not be written to its data dir (see the warning \
-                 before): a restart from it comes back with what it last saved"
-            );
-        }
-    }
-
-    async fn save_durable_now_quietly(&mut self) {
         // Its failure is logged now, whatever was logged a moment ago.
         self.save_failures.1 = None;
         for _ in 0..2 {
@@ -587,6 +577,13 @@ impl Driver {
         if let Some(job) = self.saving.take() {
             let result = job.result.await.ok();
             self.saved(result, job.revision, job.ring);
+        }
+        // Still failing: a failure since the reset above, none written after.
+        if self.save_failures.1.is_some() && self.shared.data_dir.is_some() {
+            tracing::error!(
+                "the node's last state could not be written to its data dir (see the warning \
+                 before): a restart from it comes back with what it last saved"
+            );
         }
     }
 

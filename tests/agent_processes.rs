@@ -107,6 +107,15 @@ fn start_agent_env(dir: &Path, name: &str, extra: &[String], envs: &[(&str, &str
     }
 }
 
+/// Sends SIGTERM to a child process.
+fn sigterm(child: &Child) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+}
+
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
 }
@@ -508,11 +517,7 @@ fn kill_9_is_detected_and_a_restart_with_its_data_dir_rejoins_its_tribes() {
 
     // a2 stops gracefully (SIGTERM), then restarts with its data dir and no seed.
     let a2 = agents.remove(1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(a2.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&a2.child);
     let mut a2 = a2;
     let status = a2.child.wait().unwrap();
     assert!(status.success(), "a graceful leave exits 0: {status}");
@@ -1169,11 +1174,7 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     let _silent = std::net::TcpStream::connect(agent.admin).unwrap();
     std::thread::sleep(Duration::from_millis(200));
     let mut agent = agent;
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&agent.child);
     let began = std::time::Instant::now();
     let status = loop {
         if let Some(status) = agent.child.try_wait().unwrap() {
@@ -1447,11 +1448,7 @@ fn a_demo_stopped_by_a_signal_stops_its_agents() {
             break;
         }
     }
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(demo.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
+    sigterm(&demo);
     std::thread::spawn(move || lines.for_each(drop));
     let status = demo.wait().unwrap();
     assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), None);
@@ -1957,11 +1954,7 @@ fn calls_to_an_agent_stopped_with_sigterm_move_to_another_agent() {
             }));
         }
         // While the callers open their first streams to it.
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(a.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
+        sigterm(&a.child);
         tokio::time::sleep(Duration::from_millis(1500)).await;
         done.store(true, std::sync::atomic::Ordering::Relaxed);
         let mut failed = Vec::new();
@@ -2000,8 +1993,7 @@ fn an_agent_that_cannot_save_its_last_state_says_so_at_the_stop() {
         || std::fs::create_dir_all(data.join("node-state.json.tmp").join("held")).is_ok(),
     );
     cli_ok(&agent, &["tribe", "create", "lost"]);
-    let pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    sigterm(&agent.child);
     let mut agent = agent;
     let status = agent.child.wait().unwrap();
     assert!(status.success(), "{status}");
