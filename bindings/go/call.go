@@ -423,6 +423,13 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	in.handlersMu.RLock()
 	h := in.handlers[handlerKey{info.Plugin, info.Version}]
 	in.handlersMu.RUnlock()
+	// What is left of the budget now, not info.Budget: the goroutine may
+	// start well after the call arrived, and libtribe answers the caller
+	// "timeout" when the budget counted from its arrival runs out.
+	left := time.Duration(C.tribe_responder_remaining_us(r)) * time.Microsecond
+	// Looked at last before the handler runs: a Close that ends the
+	// context after this look finds the handler started (it may then see
+	// its context end at once, and answer "shutting_down").
 	if h == nil || in.base.Err() != nil {
 		// Unserved after libtribe took the call, or Close began before its
 		// handler could start: not run here, so the caller moves it to
@@ -431,10 +438,6 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 		C.tribe_responder_refuse_stopping(r, nil)
 		return
 	}
-	// What is left of the budget now, not info.Budget: the goroutine may
-	// start well after the call arrived, and libtribe answers the caller
-	// "timeout" when the budget counted from its arrival runs out.
-	left := time.Duration(C.tribe_responder_remaining_us(r)) * time.Microsecond
 	ctx = newCallCtx(in.base, left, r)
 	reply, err := runHandler(ctx, h, info, payload)
 	expired := ctx.finish()
