@@ -1213,8 +1213,8 @@ uint32_t tribe_config_set_data_dir(struct tribe_config *cfg,
 /**
  * Sets the bounds of remote calls; 0 keeps a bound's default. Defaults:
  * payload 4 MiB, 256 calls in flight per connection, 4096 per node, 1024
- * handlers at once. Checked at start (`TRIBE_CONFIG`): the payload must be
- * 1 KiB below the max frame (16 MiB), the others at most 16,777,216.
+ * handlers at once. Checked at start (`TRIBE_CONFIG`): the payload at most
+ * 1 GiB less 1 KiB (1,073,740,800), the others at most 16,777,216.
  */
 uint32_t tribe_config_set_rpc_limits(struct tribe_config *cfg,
                                      size_t max_payload,

@@ -10,6 +10,14 @@ use crate::error::Error;
 /// well inside what a tokio semaphore holds.
 pub const MAX_RPC_BOUND: usize = 1 << 24;
 
+/// The largest [`Config::max_frame`]: above 1 GiB a frame length could be
+/// mistaken for a stream hello.
+pub(crate) const MAX_FRAME_LIMIT: usize = 1 << 30;
+
+/// The largest payload of a call or reply a node can be configured to take:
+/// 1 GiB less 1 KiB (see [`Config::set_max_payload`]).
+pub const MAX_PAYLOAD: usize = MAX_FRAME_LIMIT - 1024;
+
 /// Timing profile, in the spirit of memberlist's default configs.
 ///
 /// | knob | lan | wan | local |
@@ -423,6 +431,18 @@ impl Config {
         Ok(())
     }
 
+    /// Sets the largest payload of a call or reply ([`RpcLimits::max_payload`](crate::rpc::RpcLimits::max_payload))
+    /// and raises [`Config::max_frame`] to carry it (the payload and 64 KiB
+    /// of headroom, at most 1 GiB), so that any payload up to
+    /// [`MAX_PAYLOAD`] starts. Setting the field alone leaves the frame at
+    /// its 16 MiB default, which [`Node::start`](crate::Node::start) checks.
+    pub fn set_max_payload(&mut self, bytes: usize) {
+        self.rpc.max_payload = bytes;
+        self.max_frame = self
+            .max_frame
+            .max(bytes.saturating_add(64 * 1024).min(MAX_FRAME_LIMIT));
+    }
+
     /// Adds a seed: an address (`10.0.0.5:7946`, `[fd00::5]:7946`) to
     /// [`Config::seeds`], or a name (`tribe-0.tribe.svc:7946`) to
     /// [`Config::seed_names`]. Looks nothing up: a name is checked for its
@@ -529,17 +549,20 @@ impl Config {
         if [l.nodes, l.tribes, l.members, l.policies, l.plugins, l.tasks].contains(&0) {
             return Err(Error::Config("state limits must be non-zero".into()));
         }
-        // Above 1 GiB, a frame length could be mistaken for a stream hello.
-        if self.max_frame < 64 * 1024 || self.max_frame > 1 << 30 {
+        if self.max_frame < 64 * 1024 || self.max_frame > MAX_FRAME_LIMIT {
             return Err(Error::Config(
                 "max frame must be between 64 KiB and 1 GiB".into(),
             ));
         }
         let r = &self.rpc;
         if r.max_payload == 0 || r.max_payload > self.max_frame.saturating_sub(1024) {
-            return Err(Error::Config(
-                "rpc max payload must be non-zero and 1 KiB below the max frame".into(),
-            ));
+            return Err(Error::Config(format!(
+                "rpc max payload {} must be non-zero and at most {} (1 KiB below the max frame \
+                 of {} bytes; the largest payload a node takes is {MAX_PAYLOAD})",
+                r.max_payload,
+                self.max_frame.saturating_sub(1024),
+                self.max_frame
+            )));
         }
         let bounds = [
             r.max_inflight_per_conn,
@@ -614,6 +637,32 @@ mod tests {
         let mut cfg = Config::new("n");
         cfg.rpc.max_serving = MAX_RPC_BOUND;
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn any_payload_up_to_the_largest_fits_its_frame() {
+        for bytes in [1, 4 << 20, 17 << 20, MAX_PAYLOAD] {
+            let mut cfg = Config::new("n");
+            cfg.set_max_payload(bytes);
+            assert!(cfg.validate().is_ok(), "{bytes}");
+        }
+        // The frame only grows: a smaller payload set after keeps it.
+        let mut cfg = Config::new("n");
+        cfg.set_max_payload(64 << 20);
+        cfg.set_max_payload(1 << 20);
+        assert_eq!(
+            (cfg.rpc.max_payload, cfg.max_frame),
+            (1 << 20, (64 << 20) + 65_536)
+        );
+        cfg.set_max_payload(MAX_PAYLOAD + 1);
+        let Err(Error::Config(message)) = cfg.validate() else {
+            panic!("one byte over the largest payload passed")
+        };
+        assert!(message.contains(&MAX_PAYLOAD.to_string()), "{message}");
+        // Set by hand, the payload is checked against the frame as it is.
+        let mut cfg = Config::new("n");
+        cfg.rpc.max_payload = 17 << 20;
+        assert!(cfg.validate().is_err());
     }
 
     #[test]

@@ -56,7 +56,7 @@ internal_mod!(wire);
 pub mod workflow;
 
 pub use api::{EventStream, Node};
-pub use config::{Config, Encryption, Profile, Timings};
+pub use config::{Config, Encryption, Profile, Timings, MAX_PAYLOAD};
 pub use crypto::{KeyId, Keyring, SecretKey};
 pub use engine::commands::Command;
 pub use engine::keys::{KeyHolding, KeyringStatus};

@@ -84,7 +84,8 @@ type Config struct {
 
 // Limits bound remote calls. Zero keeps a bound's default.
 type Limits struct {
-	// MaxPayload of a call or reply in bytes (default 4 MiB).
+	// MaxPayload of a call or reply in bytes (default 4 MiB, at most 1 GiB
+	// less 1 KiB; start fails with ErrConfig above).
 	MaxPayload int
 	// MaxInflightPerConn: calls in flight per connection (default 256).
 	MaxInflightPerConn int

@@ -291,13 +291,9 @@ impl NativeNode {
             cfg.advertise = Some(parse_addr(py, "advertise", a)?);
         }
         if let Some(limit) = max_payload {
-            // Frames carry the payload and 64 KiB of headroom, up to 1 GiB;
-            // past that the library refuses the configuration at start
-            // (`ConfigError`), as `tribe_node_start` does in C.
-            cfg.rpc.max_payload = limit;
-            cfg.max_frame = cfg
-                .max_frame
-                .max(limit.saturating_add(64 * 1024).min(1 << 30));
+            // Past `tribe::MAX_PAYLOAD` the library refuses the configuration
+            // at start (`ConfigError`), as `tribe_node_start` does in C.
+            cfg.set_max_payload(limit);
         }
         for (name, value) in &limits {
             check(py, cfg.set_limit(name, *value))?;
@@ -491,6 +487,7 @@ impl NativeNode {
         sha256: &str,
     ) -> PyResult<Option<Bound<'py, PyBytes>>> {
         let sha = hex_sha(sha256)?;
+        self.live(py)?;
         Ok(self.node.artifact(&sha).map(|b| PyBytes::new(py, &b)))
     }
 

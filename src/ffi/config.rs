@@ -435,8 +435,8 @@ pub extern "C" fn tribe_config_set_data_dir(
 
 /// Sets the bounds of remote calls; 0 keeps a bound's default. Defaults:
 /// payload 4 MiB, 256 calls in flight per connection, 4096 per node, 1024
-/// handlers at once. Checked at start (`TRIBE_CONFIG`): the payload must be
-/// 1 KiB below the max frame (16 MiB), the others at most 16,777,216.
+/// handlers at once. Checked at start (`TRIBE_CONFIG`): the payload at most
+/// 1 GiB less 1 KiB (1,073,740,800), the others at most 16,777,216.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_rpc_limits(
     cfg: *mut TribeConfig,
@@ -448,9 +448,11 @@ pub extern "C" fn tribe_config_set_rpc_limits(
 ) -> u32 {
     ffi_call!(err, {
         with_config(cfg, |p| {
-            let r = &mut p.config.rpc;
             let keep = |v: usize, d: usize| if v == 0 { d } else { v };
-            r.max_payload = keep(max_payload, r.max_payload);
+            if max_payload != 0 {
+                p.config.set_max_payload(max_payload);
+            }
+            let r = &mut p.config.rpc;
             r.max_inflight_per_conn = keep(max_inflight_per_conn, r.max_inflight_per_conn);
             r.max_inflight = keep(max_inflight, r.max_inflight);
             r.max_serving = keep(max_serving, r.max_serving);

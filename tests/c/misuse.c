@@ -112,6 +112,22 @@ static void config_misuse(void) {
     EXPECT(TRIBE_CONSUMED, tribe_config_check(cfg, &err));
     EXPECT(TRIBE_CONSUMED, tribe_config_set_profile(cfg, "local", &err));
     tribe_config_free(cfg);
+    /* Any payload up to 1 GiB less 1 KiB starts, as in Rust, Go and Python;
+       one byte more is refused with a message that names the largest. */
+    {
+        tribe_config *big = NULL;
+        EXPECT(TRIBE_OK, tribe_config_new("big", &big, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(big, 17u << 20, 0, 0, 0, &err));
+        EXPECT(TRIBE_OK, tribe_config_check(big, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(big, (1u << 30) - 1024, 0, 0, 0, &err));
+        EXPECT(TRIBE_OK, tribe_config_check(big, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_rpc_limits(big, (1u << 30) - 1023, 0, 0, 0, &err));
+        tribe_error *why = NULL;
+        CHECK(tribe_config_check(big, &why) == TRIBE_CONFIG);
+        CHECK(strstr(tribe_error_message(why), "1073740800") != NULL);
+        tribe_error_free(why);
+        tribe_config_free(big);
+    }
     /* Options that only make sense together are checked before a start. */
     {
         tribe_config *pair = NULL;
