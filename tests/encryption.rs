@@ -812,3 +812,39 @@ async fn a_node_holding_only_keys_rotated_away_logs_that_it_is_cut_off() {
         n.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_left_in_accept_among_sealing_peers_says_so() {
+    logged();
+    let key = SecretKey::generate();
+    let nodes = start_cluster("ac", 2, keyed(&key)).await;
+    wait_converged_members(&nodes, 2).await;
+    let mut cfg = test_config("ac-late");
+    cfg.seeds = vec![nodes[0].addr()];
+    cfg.keyring = Some(Keyring::new(key.clone()));
+    let late = Node::start(cfg).await.unwrap();
+    wait_for("three alive", Duration::from_secs(20), || {
+        late.members_alive() == 3
+    })
+    .await;
+    // Put back in `accept` (as one restarted with it left over from
+    // turning encryption on): it sends plaintext, which its peers refuse,
+    // and hears them seal.
+    late.set_encryption(Encryption::Accept).await.unwrap();
+    let warned = |l: &str| {
+        l.contains("WARN")
+            && l.contains("seals its traffic while this node sends plaintext")
+            && l.contains("tribe{node=ac-late}")
+    };
+    wait_for("the accept node warned", Duration::from_secs(20), || {
+        logged().lines().any(warned)
+    })
+    .await;
+    // Once a minute at most, whatever the traffic.
+    settle(Duration::from_secs(2)).await;
+    assert_eq!(logged().lines().filter(|l| warned(l)).count(), 1);
+    late.shutdown().await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

@@ -15,6 +15,9 @@ use super::{ConnId, Engine};
 /// The same refusal is logged at most this often (it is always counted).
 const WARN_EVERY_MS: u64 = 10_000;
 
+/// How often a node in `accept` mode says that its peers seal.
+const SEALED_PEER_EVERY_MS: u64 = 60_000;
+
 /// Which nodes hold one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyHolding {
@@ -98,6 +101,23 @@ impl Engine {
         self.encryption
     }
 
+    /// A peer sealed a datagram to this node. In `accept` mode this node
+    /// still sends plaintext, which a peer that requires encryption refuses
+    /// (counting it, and warning on its side): without a word here, an
+    /// operator would see only this node's membership flap. Once a minute
+    /// at most: during a migration every node passes through this state.
+    pub(super) fn note_sealed_peer(&mut self, from: std::net::SocketAddr) {
+        if self.encryption == Encryption::Accept && self.log_due_every("sealed_peer", SEALED_PEER_EVERY_MS) {
+            tracing::warn!(
+                kind = "sealed_peer",
+                "{from} seals its traffic while this node sends plaintext (encryption accept): \
+                 a peer that requires encryption refuses this node's datagrams and streams; \
+                 switch this node to send (`tribe keys encryption send`, and `encryption = \"send\"` \
+                 or no `encryption` in its configuration)"
+            );
+        }
+    }
+
     /// Logs a refusal at most once per [`WARN_EVERY_MS`] per kind; the
     /// message is made only then (floods of refusals pass here).
     pub(super) fn warn_limited(&mut self, kind: &'static str, message: impl FnOnce() -> String) {
@@ -107,9 +127,13 @@ impl Engine {
     }
 
     fn log_due(&mut self, kind: &'static str) -> bool {
+        self.log_due_every(kind, WARN_EVERY_MS)
+    }
+
+    fn log_due_every(&mut self, kind: &'static str, every_ms: u64) -> bool {
         let now = self.now_ms();
         let last = self.warned.get(kind).copied();
-        let due = last.is_none_or(|t| now.saturating_sub(t) >= WARN_EVERY_MS);
+        let due = last.is_none_or(|t| now.saturating_sub(t) >= every_ms);
         if due {
             self.warned.insert(kind, now);
         }

@@ -471,7 +471,10 @@ impl Engine {
                 }
                 p.into()
             }
-            wire::Opened::Sealed(p) => p.into(),
+            wire::Opened::Sealed(p) => {
+                self.note_sealed_peer(from);
+                p.into()
+            }
         };
         if let Err(e) = self.swim.handle_data(&payload, &mut self.swim_rt) {
             tracing::debug!(error = %e, %from, "gossip packet refused");
