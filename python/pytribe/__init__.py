@@ -983,9 +983,10 @@ class Node(_NoCopy):
         return dict(self._native.rpc_stats())
 
     def counters(self) -> Dict[str, Dict[str, int]]:
-        """Every counter, as C's ``tribe_node_counters_json`` and Go's
-        ``Counters()`` (the same names as the agent's ``/metrics``):
-        ``{"engine": {...}, "calls": {...}}``; also after close."""
+        """Every counter, with the names of C's ``tribe_node_counters_json``
+        and Go's ``Counters()``: ``{"engine": {...}, "calls": {...}}``; also
+        after close. The agent's ``/metrics`` exports most of them under
+        names of their own (``docs/operating.md`` lists them)."""
         return self._native.counters()
 
     # --------------------------------------------------------- commands

@@ -160,6 +160,11 @@ def test_closed_node_raises_shutdown_error_and_close_is_idempotent() -> None:
             snapshot()
     with pytest.raises(pytribe.ShutdownError):
         node.tribe("t")
+    # Artifacts too, as in C and Go (the hash is checked first).
+    with pytest.raises(pytribe.ShutdownError):
+        node.artifact("00" * 32)
+    with pytest.raises(ValueError):
+        node.artifact("not hex")
     # Counters stay readable, with every counter of the admin API.
     counters = node.counters()
     assert set(counters) == {"engine", "calls"}
