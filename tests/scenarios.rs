@@ -602,3 +602,27 @@ async fn a_joiner_is_placed_by_policy_at_once_while_crashed_members_are_not_yet_
     }
     seed.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_leaving_at_the_same_moment_are_all_seen_as_left() {
+    // A host's collectors, or a fleet stopped at once: each goodbye must
+    // reach the one node that stays, not only peers that are leaving too.
+    let nodes = start_cluster("mass", 13, |_| {}).await;
+    wait_converged_members(&nodes, 13).await;
+    let (stays, leaving) = nodes.split_first().unwrap();
+    for result in futures_util::future::join_all(leaving.iter().map(|n| n.shutdown())).await {
+        result.unwrap();
+    }
+    wait_for("every leaver down where one node stays", LONG, || {
+        stays.members_alive() == 1
+    })
+    .await;
+    let failed: Vec<String> = stays
+        .members()
+        .into_iter()
+        .filter(|m| m.name != stays.name() && m.state != MemberState::Left)
+        .map(|m| format!("{} {:?}", m.name, m.state))
+        .collect();
+    assert!(failed.is_empty(), "seen as not left: {failed:?}");
+    stays.shutdown().await.unwrap();
+}

@@ -1,5 +1,7 @@
 //! Commands (local writes) and snapshot reads.
 
+use std::num::{NonZeroU8, NonZeroUsize};
+
 use crate::error::{Error, Result};
 use crate::names;
 use crate::records::{
@@ -12,6 +14,10 @@ use super::Engine;
 
 /// How long a peer's refusal of this node's key is shown (ms).
 const KEY_REFUSAL_SHOWN_MS: u64 = 60_000;
+
+/// Most members a leaving node sends its goodbye to directly; the others
+/// hear it from them.
+const LEAVE_FANOUT: usize = 128;
 
 /// A mutation requested by the application.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -511,6 +517,21 @@ impl Engine {
             return;
         }
         self.record.left = true;
+        // The goodbye (foca's down notice and the record saying `left`)
+        // goes to every live member, up to LEAVE_FANOUT, not to foca's
+        // three: nodes stopping at the same moment (a host's collectors, a
+        // fleet's `systemctl stop`) drop what they hear, and a goodbye
+        // relayed only through them was lost, its sender then seen as
+        // failed. Set before the record is queued, whose transmissions it
+        // counts; foca is done with the config once it has left.
+        let mut wide = super::foca_config(&self.timings, self.cluster_size_hint);
+        let fanout = self.members.count_up().clamp(1, LEAVE_FANOUT);
+        wide.num_indirect_probes = NonZeroUsize::new(fanout).unwrap_or(NonZeroUsize::MIN);
+        let sends = NonZeroU8::new(fanout.min(255) as u8).unwrap_or(NonZeroU8::MIN);
+        wide.max_transmissions = wide.max_transmissions.max(sends);
+        if let Err(e) = self.swim.set_config(wide) {
+            tracing::debug!(error = %e, "foca refused the goodbye's fanout");
+        }
         self.publish_record();
         // Push the goodbye by anti-entropy too, so it does not hinge on
         // gossip; to three distinct peers, as one of them may be going
