@@ -19,7 +19,7 @@
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
@@ -34,6 +34,47 @@ use crate::stream::Sealer;
 /// the queue grow without end. Well above what a healthy stream holds
 /// (256 calls of 64 KiB in flight queue 16 MiB at worst).
 pub const MAX_UNSENT: usize = 64 * 1024 * 1024;
+
+/// Unsent bytes of all the call streams a node serves together, past which
+/// a stream holding more than [`SHARE_PAST_BUDGET`] stops reading calls:
+/// without it, callers that never read their replies could hold
+/// [`MAX_UNSENT`] on each of a node's streams (64 GiB at 1,024 streams).
+pub const NODE_UNSENT_BUDGET: usize = 256 * 1024 * 1024;
+
+/// What a stream may hold and still read calls once the node's streams
+/// together are past their budget: far above a healthy stream's backlog,
+/// so a stream whose caller reads keeps going.
+pub const SHARE_PAST_BUDGET: usize = 1024 * 1024;
+
+/// Unsent bytes shared by several outboxes (see [`NODE_UNSENT_BUDGET`]).
+#[derive(Debug)]
+pub struct UnsentBudget {
+    total: AtomicUsize,
+    limit: usize,
+    share: usize,
+}
+
+impl UnsentBudget {
+    /// A budget of `limit` bytes, past which an outbox holding more than
+    /// `share` has no room.
+    pub fn new(limit: usize, share: usize) -> Arc<UnsentBudget> {
+        Arc::new(UnsentBudget {
+            total: AtomicUsize::new(0),
+            limit,
+            share,
+        })
+    }
+
+    /// Unsent bytes of every outbox on this budget.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Whether an outbox holding `waiting` bytes may take more calls.
+    fn allows(&self, waiting: usize) -> bool {
+        waiting <= self.share || self.total() <= self.limit
+    }
+}
 
 /// A written buffer larger than this is dropped rather than kept for reuse.
 const KEEP_CAPACITY: usize = 256 * 1024;
@@ -91,11 +132,35 @@ struct Queue {
     /// Bytes ever queued: where the next frame starts on the stream
     /// (sealing keeps a frame's length).
     queued_total: u64,
+    /// The budget this box's bytes count against, and what it counts now.
+    budget: Option<(Arc<UnsentBudget>, usize)>,
 }
 
 impl Queue {
     fn waiting(&self) -> usize {
         self.unsent_bytes + self.in_batch
+    }
+
+    /// Brings the budget's count of this box's bytes up to date; called
+    /// wherever `waiting` changes.
+    fn report(&mut self) {
+        let now = self.waiting();
+        if let Some((budget, counted)) = &mut self.budget {
+            if now >= *counted {
+                budget.total.fetch_add(now - *counted, Ordering::Relaxed);
+            } else {
+                budget.total.fetch_sub(*counted - now, Ordering::Relaxed);
+            }
+            *counted = now;
+        }
+    }
+}
+
+impl Drop for Queue {
+    fn drop(&mut self) {
+        self.unsent_bytes = 0;
+        self.in_batch = 0;
+        self.report();
     }
 }
 
@@ -193,6 +258,7 @@ impl Outbox {
                 token: Token::Free,
                 closing: false,
                 queued_total: 0,
+                budget: None,
             }),
             wire: Mutex::new(Wire {
                 sealer,
@@ -208,6 +274,14 @@ impl Outbox {
         });
         let flusher = outbox.clone().flusher();
         (outbox, flusher)
+    }
+
+    /// Counts this box's unsent bytes against `budget` (a node's, shared
+    /// by the streams it serves); set before anything is queued.
+    pub fn share_budget(&self, budget: Arc<UnsentBudget>) {
+        let mut q = self.queue();
+        q.budget = Some((budget, 0));
+        q.report();
     }
 
     fn queue(&self) -> MutexGuard<'_, Queue> {
@@ -281,6 +355,7 @@ impl Outbox {
             return Err(SendError::Full);
         }
         q.unsent_bytes += frame.len();
+        q.report();
         let starts_at = q.queued_total;
         q.queued_total += frame.len() as u64;
         let small = frame.len() < COPY_BELOW;
@@ -324,6 +399,7 @@ impl Outbox {
                 let mut q = self.queue();
                 if q.unsent.is_empty() {
                     q.in_batch = 0;
+                    q.report();
                     q.token = Token::Free;
                     let closing = q.closing;
                     drop(q);
@@ -394,10 +470,13 @@ impl Outbox {
         }
     }
 
-    /// Whether at most [`MAX_UNSENT`] bytes wait (or the box closed).
+    /// Whether at most [`MAX_UNSENT`] bytes wait, and the budget shared
+    /// with other boxes, if any, allows this box's (or the box closed).
     pub fn has_room(&self) -> bool {
         let q = self.queue();
-        q.closing || q.waiting() <= MAX_UNSENT
+        let waiting = q.waiting();
+        q.closing
+            || (waiting <= MAX_UNSENT && q.budget.as_ref().is_none_or(|(b, _)| b.allows(waiting)))
     }
 
     /// Waits until [`Outbox::has_room`].
@@ -444,6 +523,9 @@ impl Outbox {
             q.unsent = Vec::new();
             q.small_last = false;
             q.unsent_bytes = 0;
+            // What the writer holds is dropped with the writer.
+            q.in_batch = 0;
+            q.report();
         }
         // Waits at most for a write syscall of the token's holder.
         let writer = self.wire().writer.take();
@@ -647,6 +729,46 @@ mod tests {
         flusher.await.unwrap();
         assert!(outbox.is_failed());
         assert_eq!(outbox.send(&refusal(3), true), Err(SendError::Closed));
+    }
+
+    #[tokio::test]
+    async fn streams_past_their_shared_budget_read_on_only_while_they_hold_little() {
+        const KIB: usize = 1024;
+        let budget = UnsentBudget::new(2048 * KIB, 256 * KIB);
+        let unread = || {
+            let (far, near) = tokio::io::duplex(1024);
+            let (outbox, flusher) = Outbox::new(plain_sealer(), near);
+            outbox.share_budget(budget.clone());
+            (far, outbox, tokio::spawn(flusher))
+        };
+        let chunk = |kib: usize| RpcMsg::Chunk {
+            id: 1,
+            data: vec![7; kib * KIB],
+        };
+        let (far_a, a, flusher_a) = unread();
+        let (far_b, b, flusher_b) = unread();
+        // A's caller reads nothing: its replies pass the node's budget,
+        // far below the bound of one stream.
+        for _ in 0..3 {
+            a.send(&chunk(1024), true).unwrap();
+        }
+        assert!(budget.total() > 2048 * KIB, "{}", budget.total());
+        assert!(!a.has_room(), "the stream holding the budget stops reading");
+        // B, holding little, still reads; holding more than its share, not.
+        b.send(&chunk(100), true).unwrap();
+        assert!(b.has_room());
+        b.send(&chunk(400), true).unwrap();
+        assert!(!b.has_room());
+        // A is cut: its bytes leave the budget, and B reads again.
+        a.cut();
+        assert!(b.has_room());
+        assert!(budget.total() < 600 * KIB, "{}", budget.total());
+        drop((far_a, far_b));
+        b.cut();
+        flusher_a.await.unwrap();
+        flusher_b.await.unwrap();
+        drop((a, b));
+        assert_eq!(budget.total(), 0, "dropped boxes count nothing");
     }
 
     /// A writer that takes `left` bytes and then fails.

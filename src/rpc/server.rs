@@ -77,6 +77,8 @@ pub struct Server {
     streams: Arc<Semaphore>,
     /// The sending sides of the call streams being served.
     outboxes: std::sync::Mutex<Vec<std::sync::Weak<super::outbox::Outbox>>>,
+    /// What replies waiting on those streams may hold together.
+    unsent: Arc<super::outbox::UnsentBudget>,
     /// Whether this node is in a tribe's live view (set by the node).
     in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where accepted call streams run, when not on the node's runtime.
@@ -127,6 +129,10 @@ impl Server {
             epoch: tokio::sync::watch::Sender::new(0),
             streams,
             outboxes: Default::default(),
+            unsent: super::outbox::UnsentBudget::new(
+                super::outbox::NODE_UNSENT_BUDGET,
+                super::outbox::SHARE_PAST_BUDGET,
+            ),
             in_tribe,
             executor: std::sync::OnceLock::new(),
         }
@@ -317,6 +323,7 @@ impl Server {
 
     /// Keeps `outbox` for [`Server::replies_sent`].
     fn track(&self, outbox: &Arc<super::outbox::Outbox>) {
+        outbox.share_budget(self.unsent.clone());
         let mut kept = self.outboxes.lock().unwrap_or_else(|p| p.into_inner());
         kept.retain(|o| o.strong_count() > 0);
         kept.push(Arc::downgrade(outbox));
