@@ -215,10 +215,16 @@ async fn confirm_key<S: AsyncRead + AsyncWrite + Unpin>(
             .await
             .map(|frame| frame.map(<[u8]>::is_empty));
         opener.max_frame = limit;
-        match got? {
-            Some(true) => Ok(()),
-            Some(false) => Err(StreamError::Refused(Refusal::Auth)),
-            None => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+        match got {
+            Ok(Some(true)) => Ok(()),
+            // A peer with the key sends exactly an empty sealed frame: any
+            // other header or body is one without it, an authentication
+            // failure rather than a malformed frame.
+            Ok(Some(false)) | Err(StreamError::BadFrame(_)) => {
+                Err(StreamError::Refused(Refusal::Auth))
+            }
+            Ok(None) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+            Err(e) => Err(e),
         }
     };
     tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
@@ -796,10 +802,7 @@ mod tests {
         claim.extend_from_slice(&[0xAB; 4096]);
         let got = forged_peer(claim).await;
         assert!(
-            matches!(
-                got,
-                Err(StreamError::BadFrame(wire::WireError::Oversized(_)))
-            ),
+            matches!(got, Err(StreamError::Refused(Refusal::Auth))),
             "{:?}",
             got.err()
         );

@@ -807,6 +807,17 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
         Duration::from_secs(5),
         || log().contains(&datagram),
     );
+    // Under the target of the module that refused it, so that a log filter
+    // on the keyring's module does not take datagram refusals with it.
+    let line = log()
+        .lines()
+        .find(|l| l.contains(&datagram))
+        .unwrap()
+        .to_string();
+    assert!(
+        line.contains(" tribe::engine:") && !line.contains("engine::keys"),
+        "{line}"
+    );
     udp.send_to(
         &tribe::wire::plain_datagram("other", b"hello"),
         agents[0].gossip,

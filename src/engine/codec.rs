@@ -206,28 +206,13 @@ impl Codec<NodeId> for GuardedCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::counters::Counters;
-    use crate::hlc::Clock;
 
     fn id(name: &str, port: u16, generation: u64) -> NodeId {
         NodeId::new(name, ([127, 0, 0, 1], port).into(), generation)
     }
 
     fn codec_of(own: NodeId) -> GuardedCodec {
-        GuardedCodec::new(Arc::new(Mutex::new(Shared {
-            state: crate::state::State::new(),
-            clock: Clock::new(&own.name),
-            counters: Counters::default(),
-            now_ms: 2_000_000_000_000,
-            max_skew_ms: 60_000,
-            cluster_offset_ms: 0,
-            own,
-            claims: Default::default(),
-            limits: Default::default(),
-            accept_keyring_records: false,
-            invalid_logged_ms: None,
-            tombstone_grace_ms: 0,
-        })))
+        GuardedCodec::new(crate::engine::delta::tests::shared_of(own))
     }
 
     fn ping(src: &NodeId, dst: &NodeId) -> Header<NodeId> {

@@ -244,10 +244,9 @@ impl BroadcastHandler<NodeId> for DeltaHandler {
     ) -> Result<Option<DeltaKey>, DeltaError> {
         let (key, entry): Delta = match wire::decode(data) {
             Ok(delta) => delta,
-            Err(e) => {
-                lock(&self.shared).counters.frame_decode_errors += 1;
-                return Err(DeltaError(e.to_string()));
-            }
+            // It came in a datagram: foca refuses the whole packet and the
+            // engine counts it once, as a gossip error.
+            Err(e) => return Err(DeltaError(e.to_string())),
         };
         let delta_key = DeltaKey::new(key.clone(), entry.version.clone());
         if sender.is_none() {
@@ -256,5 +255,38 @@ impl BroadcastHandler<NodeId> for DeltaHandler {
         }
         let news = lock(&self.shared).accept_remote(key, entry);
         Ok(news.then_some(delta_key))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A store as a node `own` starts with, at a fixed time.
+    pub(crate) fn shared_of(own: NodeId) -> Arc<Mutex<Shared>> {
+        Arc::new(Mutex::new(Shared {
+            state: State::new(),
+            clock: Clock::new(&own.name),
+            counters: Counters::default(),
+            now_ms: 2_000_000_000_000,
+            max_skew_ms: 60_000,
+            cluster_offset_ms: 0,
+            own,
+            claims: Default::default(),
+            limits: Default::default(),
+            accept_keyring_records: false,
+            invalid_logged_ms: None,
+            tombstone_grace_ms: 0,
+        }))
+    }
+
+    #[test]
+    fn a_delta_that_does_not_decode_is_refused_and_counted_by_no_stream_counter() {
+        let me = NodeId::new("me", ([127, 0, 0, 1], 1).into(), 1);
+        let peer = NodeId::new("peer", ([127, 0, 0, 1], 2).into(), 1);
+        let shared = shared_of(me);
+        let mut handler = DeltaHandler::new(shared.clone());
+        assert!(handler.receive_item(&[0xff; 12], Some(&peer)).is_err());
+        assert_eq!(lock(&shared).counters.frame_decode_errors, 0);
     }
 }

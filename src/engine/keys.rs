@@ -118,15 +118,9 @@ impl Engine {
         }
     }
 
-    /// Logs a refusal at most once per [`WARN_EVERY_MS`] per kind; the
-    /// message is made only then (floods of refusals pass here).
-    pub(super) fn warn_limited(&mut self, kind: &'static str, message: impl FnOnce() -> String) {
-        if self.log_due(kind) {
-            tracing::warn!(kind, "{}", message());
-        }
-    }
-
-    fn log_due(&mut self, kind: &'static str) -> bool {
+    /// Whether a line of `kind` is due: at most one per [`WARN_EVERY_MS`]
+    /// (see the engine's `warn_limited!`).
+    pub(super) fn log_due(&mut self, kind: &'static str) -> bool {
         self.log_due_every(kind, WARN_EVERY_MS)
     }
 
@@ -176,14 +170,14 @@ impl Engine {
                 }
             }
             Refusal::Plaintext => {
-                self.warn_limited("plaintext_stream", || format!("stream refused: {why}{}", peer()))
+                warn_limited!(self, "plaintext_stream", || format!("stream refused: {why}{}", peer()))
             }
             // Its own slot: a flood of idle connections would otherwise
             // hide a real peer's refusal for keys or label.
             Refusal::Stalled | Refusal::MadeWay => {
-                self.warn_limited("stream_stalled", || format!("stream refused: {why}{}", peer()))
+                warn_limited!(self, "stream_stalled", || format!("stream refused: {why}{}", peer()))
             }
-            _ => self.warn_limited("stream_auth", || format!("stream refused: {why}{}", peer())),
+            _ => warn_limited!(self, "stream_auth", || format!("stream refused: {why}{}", peer())),
         }
         self.handle_stream_closed(now_ms, conn);
     }
@@ -359,9 +353,9 @@ impl Engine {
         }
         let after = (ring.ids(), ring.primary_id());
         if full {
-            self.warn_limited(
+            warn_limited!(self, 
                 "keyring_full",
-                || "keyring: a key could not be installed, the ring holds 8 keys; remove one".into(),
+                || String::from("keyring: a key could not be installed, the ring holds 8 keys; remove one"),
             );
         }
         if after != before {

@@ -3,6 +3,18 @@
 //! timers to schedule and events. No sockets, threads, sleeps or clocks here,
 //! so the tokio runtime and a deterministic simulator drive the same code.
 
+/// Logs a warning of `kind` at most once per interval (refusals come in
+/// floods; each is counted all the same); the message is made only then.
+/// A macro, so that the line's target is the module that logs it
+/// (`tribe::engine` for datagrams, `tribe::engine::keys` for streams).
+macro_rules! warn_limited {
+    ($engine:expr, $kind:expr, $message:expr $(,)?) => {
+        if $engine.log_due($kind) {
+            tracing::warn!(kind = $kind, "{}", ($message)());
+        }
+    };
+}
+
 mod buddy;
 mod codec;
 pub mod commands;
@@ -463,7 +475,7 @@ impl Engine {
             wire::Opened::Plain(p) => {
                 if self.requires_sealed() {
                     lock(&self.shared).counters.plaintext_datagrams_refused += 1;
-                    self.warn_limited(
+                    warn_limited!(self, 
                         "plaintext_datagram",
                         || format!("plaintext datagram from {from} refused: encryption is required"),
                     );
@@ -617,7 +629,7 @@ impl Engine {
             wire::WireError::LabelMismatch => "datagram_label",
             _ => "datagram_malformed",
         };
-        self.warn_limited(kind, || format!("datagram from {from} refused: {e}"));
+        warn_limited!(self, kind, || format!("datagram from {from} refused: {e}"));
     }
 
     /// Whether setting fact `key` would give this node more facts than a
@@ -912,7 +924,7 @@ impl Engine {
     /// of `what` were under way already.
     pub fn stream_over_cap(&mut self, from: SocketAddr, limit: usize, what: &'static str) {
         lock(&self.shared).counters.streams_over_cap += 1;
-        self.warn_limited("stream_cap", || {
+        warn_limited!(self, "stream_cap", || {
             format!("connection from {from} closed at once: {limit} {what} already")
         });
     }

@@ -227,7 +227,7 @@ impl Engine {
                     new_holder
                 };
                 if new_holder {
-                    self.warn_limited("keep_out", || {
+                    warn_limited!(self, "keep_out", || {
                         format!(
                             "a node at {} runs under this node's name with a newer generation; this node keeps out of the cluster until that node goes, then takes its name back",
                             holder.addr
@@ -284,14 +284,14 @@ impl Engine {
             // new generations would otherwise write a line each (the
             // counter and the events tell them all).
             if wins {
-                self.warn_limited("claim_winning", || {
+                warn_limited!(self, "claim_winning", || {
                     format!(
                         "another identity claims this node's name: a node at {} (generation {})",
                         id.addr, id.generation
                     )
                 });
             } else {
-                self.warn_limited("claim_losing", || {
+                warn_limited!(self, "claim_losing", || {
                     format!(
                         "a node at {} runs under this node's name with an older generation; it keeps out while this one is up",
                         id.addr
