@@ -596,3 +596,47 @@ fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
         assert!(sim.engine(4).unwrap().identity().generation > generation);
     }
 }
+
+#[test]
+fn when_a_cut_off_node_comes_back_no_one_declares_a_healthy_peer_failed() {
+    let mut wrong = Vec::new();
+    for seed in 1..=10 {
+        let n = 6;
+        let mut sim = cluster(seed, n);
+        sim.partition(|i| i == 4);
+        // Long enough for each side to declare the other failed.
+        sim.run_for(Duration::from_secs(25));
+        let cut_off = sim.engine(4).unwrap().identity().name.to_string();
+        let healed_at = sim.now().as_micros() as u64;
+        sim.heal();
+        sim.run_for(Duration::from_secs(60));
+        // The cut-off node's view (everyone else down) reaches the others
+        // in its first exchanges: a suspicion each refutes, not a verdict
+        // (before, every healthy node declared every healthy peer failed:
+        // 153 in these 10 runs). Its gossip can still carry one stale
+        // verdict to the first node it rejoins through (4 runs of 10): foca
+        // takes a down notice in a datagram as final.
+        let before = wrong.len();
+        wrong.extend(
+            sim.false_failures()
+                .iter()
+                .filter(|(observer, subject, at)| {
+                    *at >= healed_at && *observer != 4 && *subject != cut_off
+                })
+                .map(|f| (seed, f.clone())),
+        );
+        assert!(
+            wrong.len() - before <= 1,
+            "seed {seed}: {:?}",
+            &wrong[before..]
+        );
+        for i in 0..n {
+            assert_eq!(
+                sim.engine(i).unwrap().members_alive(),
+                n,
+                "seed {seed}, node {i}"
+            );
+        }
+    }
+    assert!(wrong.len() <= 4, "{wrong:?}");
+}

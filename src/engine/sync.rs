@@ -756,6 +756,25 @@ impl Engine {
                     .get(m.id())
                     .is_none_or(|&known| (m.incarnation(), severity(m.state())) > known)
             })
+            .map(|m| {
+                // A peer's word that a member this node holds up is down
+                // is taken as a suspicion, which the member refutes if it
+                // lives, as memberlist does in a push-pull. Taken as final,
+                // the view of a node cut off for a while made everyone
+                // declare healthy peers failed when the cut healed. A
+                // goodbye (the record says left) stays final, and so does
+                // this node's own down: foca keeps a down identity down, so
+                // only a new generation brings it back where the others
+                // hold it so.
+                let up_here = known
+                    .get(m.id())
+                    .is_some_and(|&(_, s)| s < severity(foca::State::Down));
+                if m.state() == foca::State::Down && up_here && !self.left_flag(&m.id().name) {
+                    Member::new(m.id().clone(), m.incarnation(), foca::State::Suspect)
+                } else {
+                    m
+                }
+            })
             .collect();
         let (valid, out): (Vec<Member<NodeId>>, bool) = {
             let mut sh = lock(&self.shared);
