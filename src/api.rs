@@ -579,6 +579,11 @@ impl Node {
         self.inner.shared.engine().tribes()
     }
 
+    /// How many tribes exist (the status line's count, without a snapshot).
+    pub(crate) fn tribe_count(&self) -> usize {
+        self.inner.shared.engine().tribe_count()
+    }
+
     /// One tribe.
     pub fn tribe(&self, name: &str) -> Option<TribeInfo> {
         self.inner.shared.engine().tribe(name)

@@ -258,7 +258,7 @@ impl Status {
             addr: node.addr().to_string(),
             members_alive: node.members_alive(),
             state_digest: node.state_digest(),
-            tribes: node.tribes().len(),
+            tribes: node.tribe_count(),
             broadcast_backlog: node.broadcast_backlog(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             name_held_by: node.name_held_by().map(|a| a.to_string()),

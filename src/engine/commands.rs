@@ -574,14 +574,16 @@ impl Engine {
     pub fn members(&self) -> Vec<MemberInfo> {
         let sh = lock(&self.shared);
         let view = View { state: &sh.state };
+        // Each node's tribes, in one pass (per member, a walk of every
+        // tribe made the snapshot members × tribes).
+        let mut by_node: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
         let memberships = view.memberships();
-        let tribes_of = |name: &str| -> Vec<String> {
-            memberships
-                .iter()
-                .filter(|(_, nodes)| nodes.contains_key(name))
-                .map(|(t, _)| t.clone())
-                .collect()
-        };
+        for (tribe, nodes) in &memberships {
+            for node in nodes.keys() {
+                by_node.entry(node).or_default().push(tribe.clone());
+            }
+        }
+        let tribes_of = |name: &str| -> Vec<String> { by_node.get(name).cloned().unwrap_or_default() };
         let suspects: std::collections::HashSet<&str> = self
             .swim
             .iter_membership_state()
@@ -661,30 +663,43 @@ impl Engine {
         if !view.tribe_exists(name) {
             return None;
         }
-        let memberships = view.memberships();
-        let members = memberships
-            .get(name)
-            .map(|nodes| {
-                nodes
-                    .keys()
-                    .filter(|n| self.is_up(n))
-                    .cloned()
-                    .collect::<Vec<_>>()
+        Some(self.tribe_info(&view, name, view.memberships_in(name)))
+    }
+
+    /// Every tribe. One pass over the memberships, whatever the number of
+    /// tribes: taken per tribe, a snapshot of 4,000 tribes held the engine
+    /// for seconds (peers then suspected the node).
+    pub fn tribes(&self) -> Vec<TribeInfo> {
+        let sh = lock(&self.shared);
+        let view = View { state: &sh.state };
+        let mut memberships = view.memberships();
+        view.tribe_names()
+            .into_iter()
+            .map(|t| {
+                let nodes = memberships.remove(&t).unwrap_or_default();
+                self.tribe_info(&view, &t, nodes)
             })
-            .unwrap_or_default();
-        Some(TribeInfo {
+            .collect()
+    }
+
+    /// How many tribes exist.
+    pub fn tribe_count(&self) -> usize {
+        self.view_check(|v| v.tribe_names().len())
+    }
+
+    fn tribe_info(
+        &self,
+        view: &View,
+        name: &str,
+        nodes: std::collections::BTreeMap<String, super::view::Membership>,
+    ) -> TribeInfo {
+        TribeInfo {
             name: name.to_string(),
-            members,
+            members: nodes.into_keys().filter(|n| self.is_up(n)).collect(),
             explicit_members: view.explicit_members(name).into_iter().collect(),
             plugins: view.plugins(name),
             tasks: view.tasks(name),
-        })
-    }
-
-    /// Every tribe.
-    pub fn tribes(&self) -> Vec<TribeInfo> {
-        let names = self.view_check(|v| v.tribe_names());
-        names.iter().filter_map(|t| self.tribe(t)).collect()
+        }
     }
 
     /// Live members of `tribe` that serve `plugin` of `kind` (any version,

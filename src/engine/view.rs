@@ -314,6 +314,27 @@ impl<'a> View<'a> {
         out
     }
 
+    /// Membership of every node in one existing tribe, alive or not.
+    pub fn memberships_in(&self, tribe: &str) -> BTreeMap<String, Membership> {
+        let mut out: BTreeMap<String, Membership> = self
+            .explicit_members(tribe)
+            .into_iter()
+            .map(|node| {
+                let by = Membership {
+                    by_hand: true,
+                    by_policy: false,
+                };
+                (node, by)
+            })
+            .collect();
+        for (node, record) in self.node_records() {
+            if record.policy_tribes.contains(tribe) {
+                out.entry(node.clone()).or_default().by_policy = true;
+            }
+        }
+        out
+    }
+
     /// Membership of every node in every existing tribe, alive or not.
     pub fn memberships(&self) -> BTreeMap<String, BTreeMap<String, Membership>> {
         let tribes = self.tribe_names();
