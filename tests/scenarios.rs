@@ -146,6 +146,14 @@ async fn leave_drops_out_of_live_views_and_crash_is_failed_then_reaped() {
         })
     })
     .await;
+    // Their memberships by hand go with them (they piled up with churn).
+    wait_for("reaped nodes' memberships deleted", LONG, || {
+        rest.iter().all(|n| {
+            n.tribe("all")
+                .is_some_and(|t| t.explicit_members == ["lv0", "lv1", "lv2"])
+        })
+    })
+    .await;
     let seen = collect_until(&mut watch, LONG, |seen| {
         seen.contains(&Event::MemberReaped { name: "lv3".into() })
     })

@@ -845,10 +845,23 @@ impl Engine {
             .reap(now, self.timings.reap_after.as_millis() as u64)
         {
             self.forget_clock(&name);
-            // The record of a reaped node goes too; if the node comes back,
-            // it publishes a newer one.
-            let key = Key::Node(name.clone());
-            if lock(&self.shared).state.get(&key).is_some() {
+            // The records of a reaped node go too: its own, and its
+            // memberships by hand (else they pile up with every name that
+            // comes and goes). If the node comes back, it publishes a newer
+            // record, and is joined again by hand.
+            let gone: Vec<Key> = {
+                let sh = lock(&self.shared);
+                let view = view::View { state: &sh.state };
+                let memberships = view.tribe_names().into_iter().map(|tribe| Key::Member {
+                    tribe,
+                    node: name.clone(),
+                });
+                std::iter::once(Key::Node(name.clone()))
+                    .chain(memberships)
+                    .filter(|k| sh.state.get(k).is_some())
+                    .collect()
+            };
+            for key in gone {
                 self.write(key, None);
             }
             self.emit(Event::MemberReaped { name });
