@@ -273,6 +273,28 @@ async fn failing_policy_is_reported_once_and_does_not_hold() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_whose_tribe_cannot_be_created_at_the_limit_says_so() {
+    let nodes = start_cluster("plim", 1, |cfg| cfg.limits.tribes = 2).await;
+    let node = &nodes[0];
+    let mut events = node.events();
+    node.create_tribe("t0").await.unwrap();
+    node.create_tribe("t1").await.unwrap();
+    node.add_policy("everyone", "t2", "true").await.unwrap();
+    let seen = collect_until(&mut events, Duration::from_secs(10), |seen| {
+        seen.iter().any(|e| matches!(e, Event::PolicyError { .. }))
+    })
+    .await;
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::PolicyError { policy, message }
+            if policy == "everyone" && message.contains("limit of 2 tribes"))),
+        "{seen:?}"
+    );
+    assert!(node.tribe("t2").is_none());
+    node.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ipv6_loopback_cluster() {
     let mut nodes: Vec<Node> = Vec::new();
     for i in 0..3 {

@@ -518,6 +518,7 @@ async fn two_nodes_cannot_share_a_data_dir() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn record_limits_refuse_commands_and_peer_records() {
+    logged();
     let nodes = start_cluster("capped", 2, |cfg| cfg.limits.tribes = 3).await;
     wait_converged_members(&nodes, 2).await;
     for t in ["a", "b", "c"] {
@@ -537,6 +538,14 @@ async fn record_limits_refuse_commands_and_peer_records() {
             .all(|n| n.counters().records_over_limit > 0 && n.tribes().len() == 3)
     })
     .await;
+    // Logged too: a node at a limit is otherwise silently out of step.
+    assert!(
+        logged().lines().any(|l| l.contains("WARN")
+            && l.contains("holds its limit of 3 tribes")
+            && l.contains("node=capped")),
+        "{}",
+        logged()
+    );
     for n in nodes.iter().chain([&big]) {
         n.shutdown().await.unwrap();
     }

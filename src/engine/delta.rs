@@ -84,11 +84,7 @@ impl Shared {
         if let Err(e) = records::validate(key, entry) {
             self.counters.invalid_records += 1;
             // Counted always, logged at a limited rate.
-            let due = self
-                .invalid_logged_ms
-                .is_none_or(|t| self.now_ms.saturating_sub(t) >= INVALID_LOG_EVERY_MS);
-            if due {
-                self.invalid_logged_ms = Some(self.now_ms);
+            if self.refusal_log_due() {
                 // The writer's name may be what is wrong: quoted, and cut.
                 let writer: String = entry.version.node.chars().take(64).collect();
                 tracing::warn!(writer = ?writer, "a record from a peer was refused ({e}); the last valid one is kept");
@@ -111,6 +107,18 @@ impl Shared {
         }
         if !self.has_room(key) {
             self.counters.records_over_limit += 1;
+            // Counted always, logged at a limited rate (with invalid
+            // records): a node that takes no more records of a kind is
+            // silently out of step with the tribe otherwise.
+            if self.refusal_log_due() {
+                let kind = key.kind();
+                tracing::warn!(
+                    "a record from a peer was refused: this node holds its limit of {} {} \
+                     (deletions count until collected); raise the limit on every node",
+                    self.limits.of(kind),
+                    kind.as_str()
+                );
+            }
             return false;
         }
         self.clock.observe(&entry.version);
@@ -119,6 +127,18 @@ impl Shared {
 }
 
 impl Shared {
+    /// Whether a refused record may be logged now: one line per
+    /// [`INVALID_LOG_EVERY_MS`] at most.
+    fn refusal_log_due(&mut self) -> bool {
+        let due = self
+            .invalid_logged_ms
+            .is_none_or(|t| self.now_ms.saturating_sub(t) >= INVALID_LOG_EVERY_MS);
+        if due {
+            self.invalid_logged_ms = Some(self.now_ms);
+        }
+        due
+    }
+
     /// Our best guess of the cluster's time: our clock, or later when most
     /// peers' clocks are ahead of ours (a slow clock must not make us deaf).
     pub fn reference_ms(&self) -> u64 {

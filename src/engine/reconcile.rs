@@ -436,11 +436,13 @@ impl Engine {
             return;
         }
         let mut holding = BTreeSet::new();
+        let mut held_by = Vec::new();
         let mut errors = BTreeMap::new();
         for (p, outcome) in results.outcomes {
             match outcome {
                 PolicyOutcome::Holds => {
-                    holding.insert(p.tribe);
+                    holding.insert(p.tribe.clone());
+                    held_by.push((p.name, p.tribe));
                 }
                 PolicyOutcome::DoesNotHold => {}
                 PolicyOutcome::Failed { message, transient } => {
@@ -450,6 +452,31 @@ impl Engine {
                     }
                     errors.insert(p.name, message);
                 }
+            }
+        }
+        // A tribe a policy names is created when the policy first holds;
+        // past the limit of tribes it cannot be, which the policy's error
+        // says (it would do nothing, silently, otherwise).
+        for (policy, tribe) in &held_by {
+            let (exists, room, limit) = {
+                let sh = lock(&self.shared);
+                let key = Key::Tribe(tribe.clone());
+                let exists = View { state: &sh.state }.tribe_exists(tribe);
+                (exists, sh.has_room(&key), sh.limits.tribes)
+            };
+            if exists {
+                continue;
+            }
+            if room {
+                self.create_tribe_record(tribe);
+            } else {
+                errors.insert(
+                    policy.clone(),
+                    format!(
+                        "tribe {tribe:?} does not exist and cannot be created: \
+                         the limit of {limit} tribes is reached"
+                    ),
+                );
             }
         }
         for (policy, message) in &errors {
@@ -462,16 +489,6 @@ impl Engine {
         }
         self.reconcile.reported_errors = errors;
 
-        for tribe in &holding {
-            let exists = {
-                let sh = lock(&self.shared);
-                View { state: &sh.state }.tribe_exists(tribe)
-            };
-            let room = lock(&self.shared).has_room(&Key::Tribe(tribe.clone()));
-            if !exists && room {
-                self.create_tribe_record(tribe);
-            }
-        }
         if holding != self.record.policy_tribes {
             self.record.policy_tribes = holding;
             self.publish_record();
