@@ -253,7 +253,7 @@ pub struct Pool {
     /// Set once the node stops: every stream is ended, none opens again.
     closed: AtomicBool,
     /// Streams lent whole to blocking calls.
-    borrowed: borrowed::Borrowed,
+    borrowed: Arc<borrowed::Borrowed>,
 }
 
 /// Opens call streams; cloned into the tasks that open streams beside the
@@ -329,7 +329,7 @@ impl Pool {
                 span: tracing::Span::current(),
             },
             closed: AtomicBool::new(false),
-            borrowed: borrowed::Borrowed::default(),
+            borrowed: Arc::default(),
         }
     }
 

@@ -154,6 +154,15 @@ impl Borrowed {
         }
     }
 
+    /// Keeps a stream opened for a call that ended first, for the next
+    /// call to `addr`, unless the keys changed or a host failed since.
+    fn keep(&self, addr: SocketAddr, stream: Pooled) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if stream.generation == self.generation.load(Ordering::Acquire) {
+            idle.entry(addr).or_default().push(stream);
+        }
+    }
+
     /// Closes the idle streams no call may take any more (opened before
     /// the keys changed, or idle so long that their host may be closing
     /// them), so that none lingers half-closed until the next call.
@@ -207,6 +216,7 @@ fn quiet(sock: &TcpStream) -> bool {
 }
 
 /// What a borrowed stream made of one request.
+#[derive(Debug)]
 pub enum Outcome {
     /// The answer; `None` when the deadline passed first.
     Done(Option<Answer>),
@@ -288,25 +298,47 @@ impl Pool {
     ) -> Result<Pooled, NotSent> {
         // Read first: keys that change while we dial make the stream old.
         let generation = self.borrowed.generation.load(Ordering::Acquire);
-        let dial = self.dialer.dial(addr, security);
-        let (tcp, sealer, opener) = tokio::time::timeout_at(deadline, dial)
-            .await
-            .map_err(|_| NotSent::OutOfTime)??;
-        let sock = tcp
-            .into_std()
-            .and_then(|s| s.set_nonblocking(false).map(|()| s))
-            .and_then(|s| s.set_read_timeout(Some(SLICE)).map(|()| s))
-            .and_then(|s| s.set_write_timeout(Some(SLICE)).map(|()| s))
-            .map_err(|e| NotSent::Connect(e.to_string()))?;
-        Ok(Pooled {
-            sock: Arc::new(sock),
-            timeout: SLICE,
-            sealer,
-            opener,
-            generation,
-            last_sent: Instant::now(),
-        })
+        let (dialer, owned) = (self.dialer.clone(), security.clone());
+        let mut dial = Box::pin(async move { dialer.dial(addr, &owned).await });
+        let Ok(dialled) = tokio::time::timeout_at(deadline, &mut dial).await else {
+            // A slow link (a WAN round trip of 300 ms: TCP, hellos and key
+            // confirmation take four) can need more than the call's whole
+            // budget to open a stream. Dropped here, every call with that
+            // budget opened one anew and timed out: the dial goes on in a
+            // task of its own (bounded by its connect timeout), and its
+            // stream waits with the idle ones for the next call.
+            let borrowed = self.borrowed.clone();
+            tokio::spawn(async move {
+                if let Ok(Ok(stream)) = dial.await.map(|d| pooled(d, generation)) {
+                    borrowed.keep(addr, stream);
+                }
+            });
+            return Err(NotSent::OutOfTime);
+        };
+        pooled(dialled?, generation)
     }
+}
+
+/// A dialled stream, made ready to be lent (a blocking socket with the
+/// [`SLICE`] timeouts).
+fn pooled(
+    (tcp, sealer, opener): (tokio::net::TcpStream, Sealer, Opener),
+    generation: u64,
+) -> Result<Pooled, NotSent> {
+    let sock = tcp
+        .into_std()
+        .and_then(|s| s.set_nonblocking(false).map(|()| s))
+        .and_then(|s| s.set_read_timeout(Some(SLICE)).map(|()| s))
+        .and_then(|s| s.set_write_timeout(Some(SLICE)).map(|()| s))
+        .map_err(|e| NotSent::Connect(e.to_string()))?;
+    Ok(Pooled {
+        sock: Arc::new(sock),
+        timeout: SLICE,
+        sealer,
+        opener,
+        generation,
+        last_sent: Instant::now(),
+    })
 }
 
 /// How much of a request went out.
@@ -592,5 +624,88 @@ mod tests {
         assert!(closed(&old_keys_host));
         assert!(closed(&fresh_host));
         assert!(pool.idle.lock().unwrap().is_empty());
+    }
+}
+
+#[cfg(test)]
+mod slow_link {
+    use super::*;
+    use crate::config::Encryption;
+    use crate::crypto::{Keyring, SecretKey};
+    use crate::records::PluginKind;
+    use crate::rpc::proto::ByteBuf;
+    use crate::rpc::RpcLimits;
+
+    /// A host whose hello comes after `delay` (a slow link), answering
+    /// every call on every stream with `ok`.
+    async fn slow_host(security: Security, delay: Duration) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut tcp, _)) = listener.accept().await else { return };
+                let security = security.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let (mut sealer, mut opener) =
+                        crate::stream::accept(&mut tcp, &security, 1 << 20).await.unwrap();
+                    while let Ok(Some(frame)) = opener.read_frame(&mut tcp).await {
+                        if let Ok(RpcMsg::Call { id, .. }) = wire::decode::<RpcMsg>(&frame) {
+                            let reply = RpcMsg::Reply {
+                                id,
+                                result: Ok(ByteBuf::from(b"ok".to_vec())),
+                            };
+                            sealer.write_msg(&mut tcp, &reply).await.unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        addr
+    }
+
+    fn call() -> RpcMsg {
+        RpcMsg::Call {
+            id: 0,
+            caller: "a".into(),
+            tribe: "t".into(),
+            plugin: "p".into(),
+            version: "1".into(),
+            kind: PluginKind::Processor,
+            budget_ms: 1_000,
+            payload: vec![1; 10],
+        }
+    }
+
+    /// Opening a stream takes longer than a call's budget: the first call
+    /// runs out of time, and the stream it began serves the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_slower_to_open_than_a_calls_budget_serves_the_next_call() {
+        let security = Security {
+            keyring: Some(Keyring::new(SecretKey::generate())),
+            encryption: Encryption::Require,
+            label: "t".into(),
+        };
+        let addr = slow_host(security.clone(), Duration::from_millis(300)).await;
+        let pool = Arc::new(Pool::new(RpcLimits::default(), 1 << 20, Arc::default()));
+        let runtime = tokio::runtime::Handle::current();
+        let borrow = move |budget: Duration| {
+            let (pool, security, runtime) = (pool.clone(), security.clone(), runtime.clone());
+            tokio::task::spawn_blocking(move || {
+                runtime.block_on(async {
+                    let deadline = Instant::now() + budget;
+                    pool.request_borrowing(addr, &security, deadline, &mut call())
+                        .await
+                })
+            })
+        };
+        let first = borrow(Duration::from_millis(100)).await.unwrap();
+        assert!(matches!(first, Err(NotSent::OutOfTime)), "{first:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let next = borrow(Duration::from_millis(100)).await.unwrap();
+        assert!(
+            matches!(next, Ok(Outcome::Done(Some(Answer::Reply(Ok(ref r))))) if r == b"ok"),
+            "{next:?}"
+        );
     }
 }
