@@ -177,6 +177,8 @@ pub fn gossip_delta(data: &[u8]) {
         claims: Default::default(),
         limits: crate::config::StateLimits::default(),
         tombstone_grace_ms: 3_600_000,
+        verdict_window_ms: 0,
+        softened: Vec::new(),
         accept_keyring_records: flags & 1 == 1,
         invalid_logged_ms: None,
     };

@@ -46,7 +46,13 @@ pub struct GuardedCodec {
     own_print: DstPrint,
     /// The sender of the packet being decoded.
     src: Option<std::net::SocketAddr>,
+    /// When each identity last spoke to this node itself (engine ms).
+    heard: std::collections::HashMap<NodeId, u64>,
 }
+
+/// Identities [`GuardedCodec`] remembers having heard; past it, it starts
+/// over (a flood of forged senders costs it its memory, nothing else).
+const MAX_HEARD: usize = 4096;
 
 impl GuardedCodec {
     /// A codec screening against `shared`.
@@ -58,6 +64,7 @@ impl GuardedCodec {
             own,
             own_print,
             src: None,
+            heard: std::collections::HashMap::new(),
         }
     }
 
@@ -163,6 +170,11 @@ impl Codec<NodeId> for GuardedCodec {
         let (src, src_incarnation, print, message) = wire;
         self.screen(&src, Heard::Speaking)?;
         self.src = Some(src.addr);
+        let now = lock(&self.shared).now_ms;
+        if self.heard.len() >= MAX_HEARD && !self.heard.contains_key(&src) {
+            self.heard.clear();
+        }
+        self.heard.insert(src.clone(), now);
         if message == Message::TurnUndead {
             let mut sh = lock(&self.shared);
             if !sh.claims.pass_down_notices {
@@ -197,6 +209,27 @@ impl Codec<NodeId> for GuardedCodec {
                     sh.note_down_notice(src);
                 }
                 return Err(GuardError::DownNotice);
+            }
+            // A third party's verdict on a member that spoke to this node
+            // itself within a suspicion timeout (so after any suspicion
+            // behind the verdict began) is taken as a suspicion, which the
+            // member refutes if it lives: a node that could not hear (a
+            // one-way cut) or was cut off declared healthy peers down, and
+            // foca takes a down notice as final. The member's own goodbye
+            // comes from its address and stays one.
+            let recent = self
+                .heard
+                .get(member.id())
+                .is_some_and(|&t| sh.now_ms.saturating_sub(t) <= sh.verdict_window_ms);
+            if recent && self.src != Some(member.id().addr) {
+                if sh.softened.len() < MAX_HEARD {
+                    sh.softened.push((member.id().clone(), member.incarnation()));
+                }
+                return Ok(Member::new(
+                    member.id().clone(),
+                    member.incarnation(),
+                    foca::State::Suspect,
+                ));
             }
         }
         Ok(member)

@@ -50,6 +50,11 @@ pub struct Shared {
     pub accept_keyring_records: bool,
     /// When a refused record was last logged (engine clock, ms).
     pub invalid_logged_ms: Option<u64>,
+    /// A down notice about a member heard from itself this recently (ms,
+    /// the suspicion timeout) is taken as a suspicion (see the codec).
+    pub verdict_window_ms: u64,
+    /// Down notices the codec took as suspicions, for the engine to time.
+    pub softened: Vec<(NodeId, u16)>,
 }
 
 impl Shared {
@@ -297,6 +302,8 @@ pub(crate) mod tests {
             accept_keyring_records: false,
             invalid_logged_ms: None,
             tombstone_grace_ms: 0,
+            verdict_window_ms: 0,
+            softened: Vec::new(),
         }))
     }
 

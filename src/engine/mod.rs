@@ -102,6 +102,14 @@ pub enum Timer {
     Housekeeping,
     /// An early gossip round (news faster than the tick).
     News,
+    /// A peer's verdict that `member` is down, taken here as a suspicion
+    /// (see [`suspects`]): down unless refuted by now.
+    Verdict {
+        /// The member.
+        member: NodeId,
+        /// The incarnation the verdict was about.
+        incarnation: u16,
+    },
 }
 
 /// Something the driver must do for the engine.
@@ -248,6 +256,12 @@ pub struct Engine {
     suspects_seen: BTreeSet<(Arc<str>, u64)>,
     /// Suspicions this node started, pinged about (see [`buddy`]).
     buddies: buddy::Buddies,
+    /// When a datagram last got through to SWIM (see [`suspects`]).
+    last_heard_ms: u64,
+    /// Verdicts held while this node hears no one: since when, and when
+    /// last held deaf, by (name, generation, incarnation) (see
+    /// [`suspects`]).
+    held_verdicts: BTreeMap<(Arc<str>, u64, u16), (u64, u64)>,
 }
 
 fn foca_config(t: &Timings, cluster_size: usize) -> foca::Config {
@@ -320,6 +334,8 @@ impl Engine {
             accept_keyring_records: cfg.keyring.is_some()
                 && cfg.encryption == crate::config::Encryption::Require,
             tombstone_grace_ms: timings.tombstone_grace.as_millis() as u64,
+            verdict_window_ms: foca_config(&timings, 1).suspect_to_down_after.as_millis() as u64,
+            softened: Vec::new(),
             invalid_logged_ms: None,
         }));
         let mut rng = StdRng::seed_from_u64(seed);
@@ -394,6 +410,8 @@ impl Engine {
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
             buddies: Default::default(),
+            last_heard_ms: 0,
+            held_verdicts: BTreeMap::new(),
             security_epoch: 0,
             refused_keys: BTreeSet::new(),
             key_refused: None,
@@ -488,7 +506,12 @@ impl Engine {
                 p.into()
             }
         };
-        if let Err(e) = self.swim.handle_data(&payload, &mut self.swim_rt) {
+        let handled = self.swim.handle_data(&payload, &mut self.swim_rt);
+        if handled.is_ok() {
+            self.last_heard_ms = self.now_ms();
+        }
+        self.time_softened_verdicts();
+        if let Err(e) = handled {
             tracing::debug!(error = %e, %from, "gossip packet refused");
             // A "you are down" notice, held back on purpose, is no error:
             // peers send one per probe after a pause of this node.
@@ -520,10 +543,18 @@ impl Engine {
                     self.schedule(Timer::Swim(t), Duration::from_secs(1));
                     return self.after_change();
                 }
+                if self.holds_verdict(&t) {
+                    self.schedule(Timer::Swim(t), self.timings.probe_period);
+                    return self.after_change();
+                }
                 if let Err(e) = self.swim.handle_timer(t, &mut self.swim_rt) {
                     tracing::debug!(error = %e, "swim timer error");
                 }
             }
+            Timer::Verdict {
+                member,
+                incarnation,
+            } => self.verdict_due(&member, incarnation),
             Timer::Join => {
                 self.join_pending = false;
                 if !self.active && !self.left {
@@ -829,6 +860,7 @@ impl Engine {
         let old = foca_config(&self.timings, self.cluster_size_hint);
         let new = foca_config(&self.timings, n);
         self.cluster_size_hint = n;
+        lock(&self.shared).verdict_window_ms = new.suspect_to_down_after.as_millis() as u64;
         if old.max_transmissions != new.max_transmissions
             || old.suspect_to_down_after != new.suspect_to_down_after
         {

@@ -18,6 +18,10 @@ use super::{ConnId, Engine, NodeId};
 /// with probability e^-5, under 1 %; then the suspicion runs its course).
 const CHECKERS: f64 = 5.0;
 
+/// How many suspicion timeouts longer a node that hears no one holds its
+/// verdicts (see [`Engine::holds_verdict`]).
+const HOLD_FACTOR: u64 = 2;
+
 impl Engine {
     /// Looks at the members SWIM suspects: pings again those this node
     /// suspected (see `buddy.rs`), and dials each new one with probability
@@ -72,6 +76,92 @@ impl Engine {
         self.swim.iter_members().any(|m| {
             m.id() == member_id && m.state() == State::Suspect && m.incarnation() == *incarnation
         })
+    }
+
+    /// Whether to hold a suspicion's verdict for now: while this node has
+    /// heard no one for two probe periods (it can send but not receive: a
+    /// one-way cut, a full receive buffer), its probes all fail, it
+    /// suspects everyone, and no refutation reaches it; its verdicts,
+    /// gossiped to peers that hear it, had healthy nodes declared failed
+    /// everywhere. Held, the peers find it down first and then take
+    /// nothing it says. Held for at most [`HOLD_FACTOR`] times the
+    /// suspicion timeout (a last survivor must still find its dead peer
+    /// down; one whose port refuses a dial is down at once anyway).
+    pub(super) fn holds_verdict(&mut self, timer: &foca::Timer<NodeId>) -> bool {
+        let foca::Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation,
+            ..
+        } = timer
+        else {
+            return false;
+        };
+        let now = self.now_ms();
+        let probe = self.timings.probe_period.as_millis() as u64;
+        let suspicion = super::foca_config(&self.timings, self.cluster_size_hint)
+            .suspect_to_down_after
+            .as_millis() as u64;
+        let key = (member_id.name.clone(), member_id.generation, *incarnation);
+        let deaf = now.saturating_sub(self.last_heard_ms) > 2 * probe;
+        let Some(&(since, last)) = self.held_verdicts.get(&key) else {
+            if !deaf {
+                return false;
+            }
+            if self.held_verdicts.len() >= 1024 {
+                self.held_verdicts.clear();
+            }
+            self.held_verdicts.insert(key, (now, now));
+            return true;
+        };
+        // Heard again: the suspect gets a whole suspicion timeout to
+        // refute, now that its refutation can reach this node.
+        let hold = if deaf {
+            now.saturating_sub(since) < HOLD_FACTOR * suspicion
+        } else {
+            now.saturating_sub(last) < suspicion
+        };
+        if !hold {
+            self.held_verdicts.remove(&key);
+        } else if deaf {
+            self.held_verdicts.insert(key, (since, now));
+        }
+        hold
+    }
+
+    /// Times the down notices taken as suspicions (see the codec and
+    /// `apply_members`): foca times only the suspicions it starts itself,
+    /// so without this a member suspected on a peer's word stayed suspect
+    /// until this node probed it (a round of the whole cluster).
+    pub(super) fn time_softened_verdicts(&mut self) {
+        let (softened, window) = {
+            let mut sh = lock(&self.shared);
+            (std::mem::take(&mut sh.softened), sh.verdict_window_ms)
+        };
+        for (member, incarnation) in softened {
+            let timer = super::Timer::Verdict {
+                member,
+                incarnation,
+            };
+            self.schedule(timer, std::time::Duration::from_millis(window));
+        }
+    }
+
+    /// A suspicion taken from a peer's verdict ran its course: the member
+    /// is down unless it refuted it meanwhile.
+    pub(super) fn verdict_due(&mut self, member: &NodeId, incarnation: foca::Incarnation) {
+        let still = self.swim.iter_members().any(|m| {
+            m.id() == member && m.state() == State::Suspect && m.incarnation() == incarnation
+        });
+        if still {
+            let down = Member::new(member.clone(), incarnation, State::Down);
+            if let Err(e) = self
+                .swim
+                .apply_many(std::iter::once(down), true, &mut self.swim_rt)
+            {
+                tracing::debug!(error = %e, "declaring a suspect down failed");
+            }
+        }
+        self.after_change();
     }
 
     /// The driver could not connect stream `conn`: its address refused

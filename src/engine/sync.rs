@@ -770,6 +770,9 @@ impl Engine {
                     .get(m.id())
                     .is_some_and(|&(_, s)| s < severity(foca::State::Down));
                 if m.state() == foca::State::Down && up_here && !self.left_flag(&m.id().name) {
+                    lock(&self.shared)
+                        .softened
+                        .push((m.id().clone(), m.incarnation()));
                     Member::new(m.id().clone(), m.incarnation(), foca::State::Suspect)
                 } else {
                     m
@@ -800,6 +803,7 @@ impl Engine {
         {
             tracing::debug!(error = %e, "apply_many failed");
         }
+        self.time_softened_verdicts();
     }
 
     /// Merges records from an exchange. News is spread on at once, so that
