@@ -519,3 +519,23 @@ async fn a_shutdown_given_up_half_way_is_finished_by_the_next() {
     .await;
     b.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_lost_its_tribe_says_so_rather_than_a_first_join_hint() {
+    logged();
+    let nodes = start_cluster("lost", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    // Its seed goes: it retries its seeds, after being in the tribe.
+    nodes[0].abort().await;
+    wait_for("the lost contact logged", Duration::from_secs(30), || {
+        logged().lines().any(|l| {
+            l.contains("node=lost1")
+                && l.contains("no seed has answered since this node lost contact with the others")
+        })
+    })
+    .await;
+    assert!(!logged()
+        .lines()
+        .any(|l| l.contains("node=lost1") && l.contains("no seed has answered yet")));
+    nodes[1].shutdown().await.unwrap();
+}

@@ -191,6 +191,9 @@ pub struct Engine {
     join_backoff: Duration,
     /// Join attempts since this node was last joined.
     join_attempts: u32,
+    /// Whether this node was ever part of a tribe (its join retries after
+    /// that are a lost contact, not a first join).
+    joined_once: bool,
     /// Whether a `Timer::Join` is scheduled: never two retry chains.
     join_pending: bool,
     /// Seeds given by name, as the runtime last looked them up.
@@ -364,6 +367,7 @@ impl Engine {
             label: cfg.cluster_label.clone(),
             join_backoff: timings.join_retry,
             join_attempts: 0,
+            joined_once: false,
             join_pending: false,
             named_seeds: Vec::new(),
             timings,
@@ -813,6 +817,7 @@ impl Engine {
                 // e.g. while another node claims this name): one event per
                 // change from isolated to joined.
                 let was_active = std::mem::replace(&mut self.active, true);
+                self.joined_once = true;
                 self.join_backoff = self.timings.join_retry;
                 self.join_attempts = 0;
                 if !was_active {

@@ -874,7 +874,9 @@ impl Engine {
             let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             // Seeds that refuse this node's streams look like silent ones
             // from here: name the usual reasons.
-            let hint = if self.keyring.is_none() {
+            let hint = if self.joined_once {
+                "it was in the tribe before: a network cut, or the seeds are down; or it missed a key rotation meanwhile"
+            } else if self.keyring.is_none() {
                 "not reachable, or the tribe is encrypted and this node has no key, or they run with another cluster label"
             } else if self.seals().is_none() {
                 "not reachable, or they require encryption while this node sends plaintext (encryption mode accept: the tribe may have moved on to require), or they hold other keys or run with another cluster label"
@@ -884,7 +886,8 @@ impl Engine {
             tracing::warn!(
                 attempts = self.join_attempts - 1,
                 seeds = %list.join(", "),
-                "no seed has answered yet ({hint}); still trying"
+                "no seed has answered {} ({hint}); still trying",
+                if self.joined_once { "since this node lost contact with the others" } else { "yet" }
             );
         }
         for seed in seeds {
