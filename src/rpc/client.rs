@@ -996,7 +996,7 @@ mod tests {
     use crate::rpc::proto::ByteBuf;
 
     /// Call `id` with a payload of `size` bytes.
-    fn sized_call(id: u64, size: usize) -> RpcMsg {
+    pub(super) fn sized_call(id: u64, size: usize) -> RpcMsg {
         RpcMsg::Call {
             id,
             caller: "a".into(),

@@ -632,7 +632,6 @@ mod slow_link {
     use super::*;
     use crate::config::Encryption;
     use crate::crypto::{Keyring, SecretKey};
-    use crate::records::PluginKind;
     use crate::rpc::proto::ByteBuf;
     use crate::rpc::RpcLimits;
 
@@ -665,16 +664,7 @@ mod slow_link {
     }
 
     fn call() -> RpcMsg {
-        RpcMsg::Call {
-            id: 0,
-            caller: "a".into(),
-            tribe: "t".into(),
-            plugin: "p".into(),
-            version: "1".into(),
-            kind: PluginKind::Processor,
-            budget_ms: 1_000,
-            payload: vec![1; 10],
-        }
+        crate::rpc::client::tests::sized_call(0, 10)
     }
 
     /// Opening a stream takes longer than a call's budget: the first call
