@@ -168,9 +168,14 @@ impl Codec<NodeId> for GuardedCodec {
         let used = remaining - rest.len();
         buf.advance(used);
         let (src, src_incarnation, print, message) = wire;
-        self.screen(&src, Heard::Speaking)?;
+        let now = {
+            let mut sh = lock(&self.shared);
+            if !sh.screen_identity(&src, Heard::Speaking) {
+                return Err(GuardError::Refused(src));
+            }
+            sh.now_ms
+        };
         self.src = Some(src.addr);
-        let now = lock(&self.shared).now_ms;
         if self.heard.len() >= MAX_HEARD && !self.heard.contains_key(&src) {
             self.heard.clear();
         }

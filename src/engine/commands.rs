@@ -684,7 +684,7 @@ impl Engine {
 
     /// How many tribes exist.
     pub fn tribe_count(&self) -> usize {
-        self.view_check(|v| v.tribe_names().len())
+        self.view_check(|v| v.tribe_count())
     }
 
     fn tribe_info(

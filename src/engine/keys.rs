@@ -353,10 +353,9 @@ impl Engine {
         }
         let after = (ring.ids(), ring.primary_id());
         if full {
-            warn_limited!(self, 
-                "keyring_full",
-                || String::from("keyring: a key could not be installed, the ring holds 8 keys; remove one"),
-            );
+            warn_limited!(self, "keyring_full", || {
+                String::from("keyring: a key could not be installed, the ring holds 8 keys; remove one")
+            });
         }
         if after != before {
             self.security_epoch += 1;

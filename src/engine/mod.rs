@@ -497,10 +497,9 @@ impl Engine {
             wire::Opened::Plain(p) => {
                 if self.requires_sealed() {
                     lock(&self.shared).counters.plaintext_datagrams_refused += 1;
-                    warn_limited!(self, 
-                        "plaintext_datagram",
-                        || format!("plaintext datagram from {from} refused: encryption is required"),
-                    );
+                    warn_limited!(self, "plaintext_datagram", || {
+                        format!("plaintext datagram from {from} refused: encryption is required")
+                    });
                     return;
                 }
                 p.into()
@@ -514,7 +513,6 @@ impl Engine {
         if handled.is_ok() {
             self.last_heard_ms = self.now_ms();
         }
-        self.time_softened_verdicts();
         if let Err(e) = handled {
             tracing::debug!(error = %e, %from, "gossip packet refused");
             // A "you are down" notice, held back on purpose, is no error:

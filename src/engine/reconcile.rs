@@ -147,6 +147,7 @@ impl Engine {
     /// Runs after every input: policies, refutation, events, foca output.
     pub(super) fn after_change(&mut self) {
         self.answer_claims();
+        self.time_softened_verdicts();
         // Policies can write (our record, a missing tribe), and writes are
         // changes; two rounds reach a fixed point since a policy step only
         // depends on policies, tribes and our own facts.

@@ -98,9 +98,7 @@ impl Engine {
         };
         let now = self.now_ms();
         let probe = self.timings.probe_period.as_millis() as u64;
-        let suspicion = super::foca_config(&self.timings, self.cluster_size_hint)
-            .suspect_to_down_after
-            .as_millis() as u64;
+        let suspicion = lock(&self.shared).verdict_window_ms;
         let key = (member_id.name.clone(), member_id.generation, *incarnation);
         let deaf = now.saturating_sub(self.last_heard_ms) > 2 * probe;
         let Some(&(since, last)) = self.held_verdicts.get(&key) else {
@@ -129,7 +127,8 @@ impl Engine {
     }
 
     /// Times the down notices taken as suspicions (see the codec and
-    /// `apply_members`): foca times only the suspicions it starts itself,
+    /// `apply_members`; after every input): foca times only the
+    /// suspicions it starts itself,
     /// so without this a member suspected on a peer's word stayed suspect
     /// until this node probed it (a round of the whole cluster).
     pub(super) fn time_softened_verdicts(&mut self) {

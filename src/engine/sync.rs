@@ -803,7 +803,6 @@ impl Engine {
         {
             tracing::debug!(error = %e, "apply_many failed");
         }
-        self.time_softened_verdicts();
     }
 
     /// Merges records from an exchange. News is spread on at once, so that

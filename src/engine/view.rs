@@ -143,6 +143,14 @@ impl<'a> View<'a> {
             .collect()
     }
 
+    /// How many tribes exist.
+    pub fn tribe_count(&self) -> usize {
+        self.state
+            .live_from(&Key::Tribe(String::new()))
+            .take_while(|(k, _)| matches!(k, Key::Tribe(_)))
+            .count()
+    }
+
     /// Whether a child record of a tribe is current: the tribe exists and the
     /// record was written after the deletion that ended its previous life.
     pub fn child_is_current(&self, key: &Key) -> bool {
