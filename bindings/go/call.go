@@ -427,6 +427,9 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	// start well after the call arrived, and libtribe answers the caller
 	// "timeout" when the budget counted from its arrival runs out.
 	left := time.Duration(C.tribe_responder_remaining_us(r)) * time.Microsecond
+	// Made before the look below: an allocation may wait for the
+	// collector, and the look must come right before the handler runs.
+	c := newCallCtx(in.base, left, r)
 	// Looked at last before the handler runs: a Close that ends the
 	// context after this look finds the handler started (it may then see
 	// its context end at once, and answer "shutting_down").
@@ -438,7 +441,7 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 		C.tribe_responder_refuse_stopping(r, nil)
 		return
 	}
-	ctx = newCallCtx(in.base, left, r)
+	ctx = c
 	reply, err := runHandler(ctx, h, info, payload)
 	expired := ctx.finish()
 	gcPoint()
