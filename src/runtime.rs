@@ -605,12 +605,25 @@ impl Driver {
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or(deadline)
                 .min(deadline);
+            let accept_resume = self.accept_paused_until;
             tokio::select! {
                 received = self.udp.recv_from(&mut buf) => {
                     if let Ok((len, from)) = received {
                         if !self.shared.faults.drop_incoming(&from) {
                             self.shared.engine().handle_datagram(self.shared.now_ms(), from, &buf[..len]);
                         }
+                    }
+                }
+                // Peers stopping at the same moment sync their goodbyes
+                // with each other: unanswered, each would wait out the
+                // deadline.
+                _ = tokio::time::sleep_until(accept_resume.unwrap_or_else(Instant::now)), if accept_resume.is_some() => {
+                    self.accept_paused_until = None;
+                }
+                accepted = self.listener.accept(), if accept_resume.is_none() => {
+                    match accepted {
+                        Ok((stream, from)) => self.on_accepted(stream, from),
+                        Err(e) => self.accept_failed(e),
                     }
                 }
                 input = self.inbox.recv() => {
@@ -620,6 +633,12 @@ impl Driver {
                 }
                 _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
             }
+        }
+        if !self.conns.is_empty() {
+            tracing::info!(
+                open = self.conns.len(),
+                "stopped before the goodbye's exchanges with peers ended; they hear of it by gossip"
+            );
         }
         self.flush();
     }

@@ -634,3 +634,21 @@ async fn nodes_leaving_at_the_same_moment_are_all_seen_as_left() {
     assert!(failed.is_empty(), "seen as not left: {failed:?}");
     stays.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_stopping_together_answer_each_others_goodbye_exchanges() {
+    // Each leaver syncs its goodbye with three peers; peers leaving too
+    // must still answer, or every stop waits out the leave's deadline.
+    logged();
+    let nodes = start_cluster("together", 8, |_| {}).await;
+    wait_converged_members(&nodes, 8).await;
+    for result in futures_util::future::join_all(nodes.iter().map(|n| n.shutdown())).await {
+        result.unwrap();
+    }
+    let unanswered: Vec<String> = logged()
+        .lines()
+        .filter(|l| l.contains("node=together") && l.contains("goodbye's exchanges"))
+        .map(str::to_owned)
+        .collect();
+    assert!(unanswered.is_empty(), "{unanswered:#?}");
+}
