@@ -52,7 +52,7 @@ impl std::str::FromStr for Profile {
             "lan" => Ok(Profile::Lan),
             "wan" => Ok(Profile::Wan),
             "local" => Ok(Profile::Local),
-            other => Err(Error::Config(format!(
+            other => Err(Error::InvalidArgument(format!(
                 "profile {other:?} is not lan, wan or local"
             ))),
         }

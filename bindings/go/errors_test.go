@@ -93,7 +93,7 @@ func TestCommandErrors(t *testing.T) {
 	if _, err := Start(Config{Name: "bad name!"}); !errors.Is(err, ErrInvalidName) {
 		t.Fatalf("start with a bad name: %v", err)
 	}
-	if _, err := Start(Config{Name: "x", Profile: "mars"}); !errors.Is(err, ErrInvalidArgument) && !errors.Is(err, ErrConfig) {
+	if _, err := Start(Config{Name: "x", Profile: "mars"}); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("start with a bad profile: %v", err)
 	}
 }

@@ -285,7 +285,7 @@ def test_snapshots_pickle_copy_and_hash() -> None:
         ({"bind": "nope"}, pytribe.InvalidArgumentError),
         ({"max_payload": -1}, pytribe.InvalidArgumentError),
         ({"handler_threads": 0}, pytribe.InvalidArgumentError),
-        ({"profile": "bogus"}, pytribe.ConfigError),
+        ({"profile": "bogus"}, pytribe.InvalidArgumentError),
         ({"key": pytribe.keygen(), "encryption": "loud"}, pytribe.InvalidArgumentError),
     ],
 )
