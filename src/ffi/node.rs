@@ -212,13 +212,9 @@ pub(super) fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, F
 /// of it returns `TRIBE_CONSUMED`, and it must still be freed with
 /// `tribe_config_free`. `*out` receives an owned node: stop it with
 /// `tribe_node_shutdown` (or `tribe_node_abort`), then free it with
-/// `tribe_node_free`. The first node (or poll group) of the process also
-/// opens two file descriptors that stay open until the process exits, also
-/// after the last node is freed: a unix socket pair, close-on-exec, that
-/// tokio's runtimes keep process-wide for signal wake-ups. Later nodes
-/// share them, so they never grow; libtribe installs no signal handler,
-/// so nothing is ever sent on them. Do not close them: each later node's
-/// runtime duplicates one.
+/// `tribe_node_free`. Every descriptor libtribe opens belongs to one node
+/// (or poll group) and is closed by its free: none is process-wide, so a
+/// daemon may close every descriptor after the free and start nodes again.
 #[no_mangle]
 pub extern "C" fn tribe_node_start(
     cfg: *mut TribeConfig,
@@ -377,8 +373,7 @@ pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiErr
 }
 
 /// Frees a node: aborts it if it was not stopped, ends its threads and
-/// closes its sockets and event fd (the two process-wide descriptors
-/// named at `tribe_node_start` stay open). After `tribe_node_shutdown` it
+/// closes its sockets and event fd. After `tribe_node_shutdown` it
 /// first lets the call streams send the replies given meanwhile (answer
 /// every responder before the free), up to 2 s, and waits for no call
 /// whose caller gave up on it (its timeout passed, it was cancelled, its

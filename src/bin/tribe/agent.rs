@@ -543,15 +543,11 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
 }
 
 async fn serve(plan: AgentPlan) -> Result<(), String> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| format!("cannot watch SIGTERM: {e}"))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| format!("cannot watch SIGINT: {e}"))?;
-    // A closed terminal or a service manager's "reload" must not kill the
-    // node without a goodbye: there is nothing to reload, so it is logged.
-    let mut sighup =
-        signal(SignalKind::hangup()).map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // SIGHUP too: a closed terminal or a service manager's "reload" must
+    // not kill the node without a goodbye; there is nothing to reload, so
+    // it is logged.
+    let mut signals = crate::signals::Watch::new(&[SIGTERM, SIGINT, SIGHUP])?;
 
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
         .await
@@ -638,10 +634,10 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     ready_line_out.send_replace(true);
 
     loop {
-        tokio::select! {
-            _ = sigterm.recv() => tracing::info!("SIGTERM: leaving the tribe"),
-            _ = sigint.recv() => tracing::info!("SIGINT: leaving the tribe"),
-            _ = sighup.recv() => {
+        match signals.next().await {
+            SIGTERM => tracing::info!("SIGTERM: leaving the tribe"),
+            SIGINT => tracing::info!("SIGINT: leaving the tribe"),
+            _ => {
                 tracing::info!("SIGHUP: nothing to reload (change facts, keys and tribes through the admin API); still running");
                 continue;
             }

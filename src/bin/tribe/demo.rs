@@ -356,35 +356,13 @@ fn facts_of(i: usize) -> [(&'static str, &'static str); 3] {
 /// the agents running.
 fn stop_on_signal(pids: Arc<Mutex<Vec<u32>>>, dir: PathBuf) -> DemoResult {
     use nix::sys::signal::{kill, Signal};
-    use tokio::signal::unix::{signal, SignalKind};
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .build()
-        .map_err(|e| format!("cannot watch signals: {e}"))?;
-    let watched = {
-        let _entered = runtime.enter();
-        [
-            (SignalKind::interrupt(), Signal::SIGINT),
-            (SignalKind::terminate(), Signal::SIGTERM),
-            (SignalKind::hangup(), Signal::SIGHUP),
-        ]
-        .map(|(kind, sig)| signal(kind).map(|s| (s, sig)))
-    };
-    let mut watched: Vec<_> = watched
-        .into_iter()
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("cannot watch signals: {e}"))?;
+    let mut watch = crate::signals::Watch::new(&[
+        Signal::SIGINT as i32,
+        Signal::SIGTERM as i32,
+        Signal::SIGHUP as i32,
+    ])?;
     std::thread::spawn(move || {
-        let caught = runtime.block_on(async {
-            let waits = watched.iter_mut().map(|(s, sig)| {
-                let sig = *sig;
-                Box::pin(async move {
-                    s.recv().await;
-                    sig
-                })
-            });
-            futures_util::future::select_all(waits).await.0
-        });
+        let caught = Signal::try_from(watch.wait()).unwrap_or(Signal::SIGTERM);
         STOPPING.store(true, std::sync::atomic::Ordering::SeqCst);
         let pids = pids.lock().unwrap_or_else(|p| p.into_inner()).clone();
         // Only agents not reaped yet (a reaped one's pid may belong to

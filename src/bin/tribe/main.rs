@@ -8,6 +8,7 @@ mod cli;
 mod client;
 mod demo;
 mod output;
+mod signals;
 mod tasks;
 
 use cli::{AdminCommand, AdminOpts, FactCmd, KeysCmd, PluginCmd, PolicyCmd, TaskCmd, TribeCmd};
