@@ -32,7 +32,10 @@ async fn a_chain_processes_locally_and_publishes_through_a_tribe() {
         .serve("tag", "1", PluginKind::Processor, |_, payload| async move {
             let req = StepRequest::decode(&payload)
                 .map_err(|e| HandlerError::new("bad_input", e.to_string()))?;
-            Ok(encode_metrics(&Tagger.process(req.metrics, &req.config)))
+            let tagged = Tagger
+                .process(req.metrics, &req.config)
+                .map_err(|e| HandlerError::new("bad_input", e.to_string()))?;
+            Ok(encode_metrics(&tagged))
         })
         .await
         .unwrap();

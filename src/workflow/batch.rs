@@ -99,7 +99,13 @@ fn check_metric(at: &str, metric: &Metric) -> Result<(), ManifestError> {
             ),
         ));
     }
-    for (key, value) in &metric.tags {
+    check_tags(&format!("{at}.tags"), &metric.tags)
+}
+
+/// Checks tags against the rules [`decode_metrics`] applies to a metric's
+/// (`at` names them in the error).
+pub fn check_tags(at: &str, tags: &BTreeMap<String, String>) -> Result<(), ManifestError> {
+    for (key, value) in tags {
         let problem = if key.is_empty() {
             Some("key is empty")
         } else if key.len() > MAX_TAG_KEY_LEN {
@@ -113,7 +119,7 @@ fn check_metric(at: &str, metric: &Metric) -> Result<(), ManifestError> {
         };
         if let Some(reason) = problem {
             return Err(invalid(
-                format!("{at}.tags"),
+                at.to_string(),
                 format!("tag {} {reason}", quoted(key)),
             ));
         }

@@ -11,7 +11,7 @@ use tokio::sync::Mutex;
 
 use super::batch::{Metric, MAX_METRIC_TAGS};
 use super::glob::{metric_matches, pattern_problem};
-use super::manifest::MAX_METRIC_PATTERNS;
+use super::manifest::{ManifestError, MAX_METRIC_PATTERNS};
 
 /// Why a built-in plugin failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -228,12 +228,15 @@ pub struct Tagger;
 impl Tagger {
     /// Sets every tag in `tags` on every metric, replacing values already
     /// there. New keys stop at [`MAX_METRIC_TAGS`] per metric, so tagged
-    /// metrics still decode.
+    /// metrics still decode. Tags a metric may not carry (an empty or
+    /// over-long key, an over-long value, control characters) are refused
+    /// as a whole, rather than leaving out every metric they would spoil.
     pub fn process(
         &self,
         mut metrics: Vec<Metric>,
         tags: &BTreeMap<String, String>,
-    ) -> Vec<Metric> {
+    ) -> Result<Vec<Metric>, ManifestError> {
+        super::batch::check_tags("config", tags)?;
         for metric in &mut metrics {
             for (key, value) in tags {
                 if let Some(existing) = metric.tags.get_mut(key) {
@@ -243,7 +246,7 @@ impl Tagger {
                 }
             }
         }
-        metrics
+        Ok(metrics)
     }
 }
 
@@ -550,7 +553,9 @@ mod tests {
             ("host".to_string(), "node-1".to_string()),
             ("env".to_string(), "prod".to_string()),
         ]);
-        let out = Tagger.process(vec![m, Metric::new("x", 2.0, 1)], &tags);
+        let out = Tagger
+            .process(vec![m, Metric::new("x", 2.0, 1)], &tags)
+            .unwrap();
         assert_eq!(out.len(), 2);
         assert_eq!(
             out[0].tags,
@@ -561,7 +566,7 @@ mod tests {
             ])
         );
         assert_eq!(out[1].tags, tags);
-        assert!(Tagger.process(Vec::new(), &tags).is_empty());
+        assert!(Tagger.process(Vec::new(), &tags).unwrap().is_empty());
     }
 
     #[test]
@@ -574,10 +579,33 @@ mod tests {
             ("k0".to_string(), "new".to_string()),
             ("extra".to_string(), "x".to_string()),
         ]);
-        let out = Tagger.process(vec![m], &tags);
+        let out = Tagger.process(vec![m], &tags).unwrap();
         assert_eq!(out[0].tags.len(), MAX_METRIC_TAGS);
         assert_eq!(out[0].tags["k0"], "new");
         assert!(!out[0].tags.contains_key("extra"));
+    }
+
+    #[test]
+    fn tagger_refuses_tags_no_metric_may_carry() {
+        // Set, they would make every metric invalid, and the batch would
+        // encode as empty: the caller's data lost without an error.
+        for (key, value) in [
+            (String::new(), "v".to_string()),
+            ("k".repeat(129), "v".to_string()),
+            ("k".to_string(), "v".repeat(257)),
+            ("k".to_string(), "a\nb".to_string()),
+        ] {
+            let tags = BTreeMap::from([(key, value)]);
+            let err = Tagger
+                .process(vec![Metric::new("a", 1.0, 1)], &tags)
+                .unwrap_err();
+            assert!(err.to_string().contains("config"), "{err}");
+        }
+        let tags = BTreeMap::from([("k".repeat(128), "v".repeat(256))]);
+        let out = Tagger
+            .process(vec![Metric::new("a", 1.0, 1)], &tags)
+            .unwrap();
+        assert_eq!(out[0].tags, tags);
     }
 
     fn read_lines(path: &Path) -> Vec<Metric> {

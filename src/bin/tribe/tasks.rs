@@ -73,7 +73,8 @@ pub async fn serve_builtins(
                 let mut tags = req.config;
                 tags.entry("tagged_by".into()).or_insert(host);
                 tags.entry("caller".into()).or_insert(info.caller);
-                Ok(encode_metrics(&Tagger.process(req.metrics, &tags)))
+                let tagged = Tagger.process(req.metrics, &tags).map_err(bad_request)?;
+                Ok(encode_metrics(&tagged))
             }
         },
     )
