@@ -130,6 +130,7 @@ __all__ = [
     "ArtifactCorrupt",
     "ArtifactUnavailable",
     "AsyncEvents",
+    "Bytes",
     "CallError",
     "CallInfo",
     "CallTimeoutError",
@@ -204,6 +205,7 @@ __all__ = [
 #: A handler: ``handler(payload, info) -> bytes | bytearray | memoryview``.
 Handler = Callable[[bytes, CallInfo], Union[bytes, bytearray, memoryview]]
 
+#: What a payload, a reply or an artifact may be given as.
 Bytes = Union[bytes, bytearray, memoryview]
 
 _logger = logging.getLogger("pytribe")
@@ -275,6 +277,18 @@ def _named_error(where: str, sig: inspect.Signature, args: Any, kwargs: Any) -> 
     return None
 
 
+def _placed(where: str, e: BaseException) -> Optional[BaseException]:
+    """A wrong type or an out-of-range int found by the checks below a
+    method (``payload must be bytes ...``, ``int too big to convert``),
+    raised again naming the method, as the argument checks above do.
+    Python's own complaints about the call (``call() missing 1 required
+    positional argument``) and messages that name it already stay."""
+    text = str(e)
+    if type(e) not in (TypeError, OverflowError) or text.startswith(f"{where}:") or "()" in text:
+        return None
+    return type(e)(f"{where}: {text}")
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -293,8 +307,8 @@ def _names_arguments(fn: _F) -> _F:
         async def checked_async(*args: Any, **kwargs: Any) -> Any:
             try:
                 return await fn(*args, **kwargs)
-            except (TypeError, UnicodeError):
-                named = _named_error(where, sig, args, kwargs)
+            except (TypeError, UnicodeError, OverflowError) as e:
+                named = _named_error(where, sig, args, kwargs) or _placed(where, e)
                 if named is None:
                     raise
                 raise named from None
@@ -305,8 +319,8 @@ def _names_arguments(fn: _F) -> _F:
     def checked(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (TypeError, UnicodeError):
-            named = _named_error(where, sig, args, kwargs)
+        except (TypeError, UnicodeError, OverflowError) as e:
+            named = _named_error(where, sig, args, kwargs) or _placed(where, e)
             if named is None:
                 raise
             raise named from None
@@ -604,7 +618,7 @@ class Events(_NoCopy):
     def get(self, timeout: Optional[float] = None) -> Optional[AnyEvent]:
         """The next event, or None after ``timeout`` seconds without one
         (None: wait as long as it takes) or once the subscriber has ended."""
-        _check_timeout(timeout, allow_none=True)
+        _check_timeout("Events.get", timeout, allow_none=True)
         native = self._native
         if native is None or self._generation != _fork_generation:
             self.closed = True
@@ -706,14 +720,16 @@ class AsyncEvents(_NoCopy):
 # ------------------------------------------------------------------ node
 
 
-def _check_timeout(timeout: Optional[float], allow_none: bool = False) -> None:
+def _check_timeout(method: str, timeout: Optional[float], allow_none: bool = False) -> None:
     if timeout is None and allow_none:
         return
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+        raise TypeError(f"{method}: timeout must be a number of seconds, not {type(timeout).__name__}")
     # Compared as given: a huge int must not overflow a float conversion.
     if not 0 <= timeout <= 1e9:
-        raise InvalidArgumentError(f"timeout must be a finite number of seconds, from 0 to 1e9, not {timeout}")
+        raise InvalidArgumentError(
+            f"{method}: timeout must be a finite number of seconds, from 0 to 1e9, not {timeout}"
+        )
 
 
 def _str_list(what: str, items: Iterable[str]) -> List[str]:
@@ -821,7 +837,7 @@ class Node(_NoCopy):
         self._native = _native.NativeNode(
             name,
             bind,
-            _str_list("seeds", seeds),
+            _str_list("Node: seeds", seeds),
             fact_dict,
             key,
             profile,
@@ -877,7 +893,7 @@ class Node(_NoCopy):
         up to 2 s to answer, and their replies are sent before it returns,
         so a program may exit right after. Idempotent. Returns whether the
         node has stopped."""
-        _check_timeout(timeout, allow_none=True)
+        _check_timeout("close", timeout, allow_none=True)
         until = None if timeout is None else time.monotonic() + timeout
         try:
             stopped = self._native.shutdown(timeout)
@@ -894,7 +910,7 @@ class Node(_NoCopy):
     def abort(self, timeout: Optional[float] = None) -> bool:
         """Stops at once without a goodbye, as a crash would (peers record
         *failed*); also cuts short a :meth:`close` under way. Idempotent."""
-        _check_timeout(timeout, allow_none=True)
+        _check_timeout("abort", timeout, allow_none=True)
         until = None if timeout is None else time.monotonic() + timeout
         try:
             return self._native.abort(timeout)
@@ -1167,7 +1183,7 @@ class Node(_NoCopy):
         :class:`RemoteError`, :class:`TooLargeError`,
         :class:`OverloadedError`, :class:`DisconnectedError` or
         :class:`ShutdownError`."""
-        _check_timeout(timeout)
+        _check_timeout("call", timeout)
         return self._native.call(tribe, plugin, payload, kind, version, timeout)
 
     async def call_async(
@@ -1180,7 +1196,7 @@ class Node(_NoCopy):
         timeout: float = 2.0,
     ) -> bytes:
         """:meth:`call` for asyncio; cancelling the awaiting task abandons the call."""
-        _check_timeout(timeout)
+        _check_timeout("call_async", timeout)
         loop = asyncio.get_running_loop()
         reply: bytes = await self._native.call_async(loop, tribe, plugin, payload, kind, version, timeout)
         return reply
@@ -1192,7 +1208,7 @@ class Node(_NoCopy):
         also gets the events since start). Iterating it stops after
         ``timeout`` seconds without an event (None: never) or when the node
         stops."""
-        _check_timeout(timeout, allow_none=True)
+        _check_timeout("events", timeout, allow_none=True)
         return Events(self._native.events(), timeout, self.name)
 
     def aevents(self) -> AsyncEvents:

@@ -459,7 +459,7 @@ impl NativeNode {
                 Ok(None)
             }
             Some(bytes) => {
-                let bytes = payload_bytes("artifact", bytes)?;
+                let bytes = payload_bytes("load_plugin: artifact", bytes)?;
                 let r = wait(
                     py,
                     self.node
@@ -594,7 +594,7 @@ impl NativeNode {
             kind: self::kind(kind)?,
         };
         let timeout = call_timeout(py, timeout)?;
-        let payload = payload_bytes("payload", payload)?;
+        let payload = payload_bytes("call: payload", payload)?;
         let node = self.node.clone();
         let r = wait(py, async move {
             node.call_blocking(&target, payload, timeout).await
@@ -622,7 +622,7 @@ impl NativeNode {
             kind: self::kind(kind)?,
         };
         let timeout = call_timeout(py, timeout)?;
-        let payload = payload_bytes("payload", payload)?;
+        let payload = payload_bytes("call_async: payload", payload)?;
         let node = self.node.clone();
         crate::aio::spawn(py, r#loop, async move {
             let r = node.call(&target, payload, timeout).await;

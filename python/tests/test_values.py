@@ -82,13 +82,13 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
         (lambda: node.create_tribe(None), "create_tribe: tribe must be str, not NoneType"),  # type: ignore[arg-type]
         (lambda: start("typed", collect_facts=0), "Node: collect_facts must be bool, not int"),
         (lambda: pytribe.key_id(5), "key_id: key must be str, not int"),  # type: ignore[arg-type]
-        (lambda: node.load_plugin("t", "p", "1", "collector", artifact="abc"), "artifact must be bytes"),  # type: ignore[arg-type]
-        (lambda: start("limits", limits={"tribes": "5"}), "limit 'tribes' must be an int, not str"),
-        (lambda: start("limits", limits={"tribes": None}), "limit 'tribes' must be an int, not NoneType"),
-        (lambda: start("limits", limits={"tribes": True}), "limit 'tribes' must be an int, not bool"),
-        (lambda: start("payload", max_payload="5"), "max_payload must be an int, not str"),
-        (lambda: start("seeded", seeds=None), "seeds must be a list of strings, not NoneType"),  # type: ignore[arg-type]
-        (lambda: start("kept", data_dir=5), "data_dir must be a str, bytes or os.PathLike, not int"),  # type: ignore[arg-type]
+        (lambda: node.load_plugin("t", "p", "1", "collector", artifact="abc"), "load_plugin: artifact must be bytes"),  # type: ignore[arg-type]
+        (lambda: start("limits", limits={"tribes": "5"}), "Node: limit 'tribes' must be an int, not str"),
+        (lambda: start("limits", limits={"tribes": None}), "Node: limit 'tribes' must be an int, not NoneType"),
+        (lambda: start("limits", limits={"tribes": True}), "Node: limit 'tribes' must be an int, not bool"),
+        (lambda: start("payload", max_payload="5"), "Node: max_payload must be an int, not str"),
+        (lambda: start("seeded", seeds=None), "Node: seeds must be a list of strings, not NoneType"),  # type: ignore[arg-type]
+        (lambda: start("kept", data_dir=5), "Node: data_dir must be a str, bytes or os.PathLike, not int"),  # type: ignore[arg-type]
     ]
     for make, message in wrong:
         with pytest.raises(TypeError) as e:
@@ -119,8 +119,14 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
     with pytest.raises(pytribe.InvalidArgumentError):
         start("limits", limits={"tribes": 0})
     # A str payload is a wrong type, not bad text, surrogates or not.
-    with pytest.raises(TypeError, match="^payload must be bytes"):
+    with pytest.raises(TypeError, match="^call: payload must be bytes"):
         node.call("t", "e", "\udcff")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="^call: timeout must be a number of seconds, not bool$"):
+        node.call("t", "e", b"", timeout=True)
+    with pytest.raises(TypeError, match="^Node: seeds must be a list of strings, not a single str$"):
+        start("seeded", seeds="127.0.0.1:1")
+    with pytest.raises(OverflowError, match="^Node: "):
+        start("limits", limits={"tribes": 2**70})
     assert not node.closed
 
 
