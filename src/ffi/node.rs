@@ -268,7 +268,7 @@ pub extern "C" fn tribe_node_start(
                     .map_err(Error::from)?,
                 ),
             };
-            let runtime = build_runtime(builder)?;
+            let runtime = build_runtime(builder, threads)?;
             let node =
                 super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
             Ok::<_, FfiError>((runtime, host_io, node))
@@ -304,6 +304,49 @@ pub extern "C" fn tribe_node_start(
     })
 }
 
+/// Threads a node keeps besides the runtime's workers: the policy thread
+/// and the data-dir writer (made once the thread building the runtime has
+/// ended).
+const START_THREADS: usize = 2;
+
+/// Whether `n` more threads can be made now: they are made, all alive at
+/// once, then ended. tokio panics when it cannot start a worker and keeps
+/// what it had built (its descriptors, at times a thread waiting for
+/// ever), so a start at the thread limit is refused before tokio is asked,
+/// and a host that retries it loses nothing. A thread count that falls
+/// between this look and the build is still caught below.
+fn threads_available(n: usize) -> std::io::Result<()> {
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let mut made = Vec::with_capacity(n);
+    let mut failed = None;
+    for _ in 0..n {
+        let gate = gate.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tribe-start".into())
+            .stack_size(64 * 1024)
+            .spawn(move || {
+                let (open, changed) = &*gate;
+                let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                while !*open {
+                    open = changed.wait(open).unwrap_or_else(|p| p.into_inner());
+                }
+            });
+        match spawned {
+            Ok(thread) => made.push(thread),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    *gate.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    gate.1.notify_all();
+    for thread in made {
+        let _ = thread.join();
+    }
+    failed.map_or(Ok(()), Err)
+}
+
 /// How long building a runtime may take before the start gives up.
 const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -313,12 +356,14 @@ const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// instead of hanging in `tribe_node_start` (that one thread stays stuck).
 fn build_runtime(
     mut builder: tokio::runtime::Builder,
+    workers: usize,
 ) -> Result<tokio::runtime::Runtime, FfiError> {
     let no_threads = |why: &str| {
         FfiError::from(Error::Io(format!(
             "cannot start the node's threads ({why}); is the process at its thread limit?"
         )))
     };
+    threads_available(workers + START_THREADS).map_err(|e| no_threads(&e.to_string()))?;
     let (built, result) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tribe-start".into())
