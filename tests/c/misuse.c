@@ -82,7 +82,7 @@ static void config_misuse(void) {
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_fact(cfg, "k", NULL, &err));
     EXPECT(TRIBE_INVALID_UTF8, tribe_config_set_fact(cfg, "k", BAD_UTF8, &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_profile(cfg, NULL, &err));
-    EXPECT(TRIBE_CONFIG, tribe_config_set_profile(cfg, "moon", &err));
+    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_profile(cfg, "moon", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_label(cfg, NULL, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_config_set_label(cfg, "prod\teu", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_add_key(cfg, NULL, &err));
