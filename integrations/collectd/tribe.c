@@ -179,6 +179,7 @@ typedef struct {
   inflight_t inflight[MAX_INFLIGHT_LIMIT];
   size_t ninflight;
   bool failing; /* the last call failed: log when delivery resumes */
+  uint64_t again_logged_ms; /* when "publishing again" was last logged */
 } target_t;
 
 typedef struct {
@@ -212,6 +213,9 @@ static struct {
   size_t current_metrics;
   cdtime_t current_since;
   uint64_t published, dropped, skipped;
+  uint64_t unconfirmed; /* metrics of calls that ended with no answer */
+  uint64_t unconfirmed_unlogged;
+  int blocks;           /* <Plugin tribe> blocks read */
   uint64_t bad_names; /* values skipped for their names (the first is logged) */
   uint64_t drops_unlogged;
   uint64_t events_dropped; /* node events libtribe dropped, as last logged */
@@ -245,8 +249,13 @@ static void log_tribe_error(int level, const char *what, uint32_t rc,
 
 /* ---------------------------------------------------------------- config */
 
+/* A single-valued option: given twice (also in two blocks) is refused,
+ * rather than one value silently replacing the other. */
 static int cfg_string(oconfig_item_t *ci, char **out) {
-  sfree(*out);
+  if (*out != NULL) {
+    ERROR(PLUGIN_NAME " plugin: `%s' given twice", ci->key);
+    return -1;
+  }
   return cf_util_get_string(ci, out);
 }
 
@@ -351,6 +360,14 @@ static bool build_config(const char *name, tribe_config **out);
 static int tribe_config_cb(oconfig_item_t *ci) {
   int status = 0;
   pthread_mutex_lock(&g.lock);
+  /* The options are checked together (a key for an Encryption mode, an
+   * Advertise for a Bind to 0.0.0.0), which a second block would split. */
+  if (++g.blocks > 1) {
+    ERROR(PLUGIN_NAME " plugin: a second <Plugin tribe> block: give every "
+                      "option of the plugin in one block");
+    pthread_mutex_unlock(&g.lock);
+    return -1;
+  }
   for (int i = 0; i < ci->children_num && status == 0; i++) {
     oconfig_item_t *c = ci->children + i;
     if (strcasecmp(c->key, "Name") == 0)
@@ -369,8 +386,15 @@ static int tribe_config_cb(oconfig_item_t *ci) {
         if (status == 0)
           g.nseeds++;
       }
-    } else if (strcasecmp(c->key, "Fact") == 0)
+    } else if (strcasecmp(c->key, "Fact") == 0) {
       status = cfg_pair(c, g.facts, &g.nfacts, MAX_FACTS);
+      for (size_t k = 0; status == 0 && k + 1 < g.nfacts; k++)
+        if (strcmp(g.facts[k].key, g.facts[g.nfacts - 1].key) == 0) {
+          ERROR(PLUGIN_NAME " plugin: `Fact' \"%s\" given twice",
+                g.facts[k].key);
+          status = -1;
+        }
+    }
     else if (strcasecmp(c->key, "CollectFacts") == 0)
       status = cf_util_get_boolean(c, &g.collect_facts);
     else if (strcasecmp(c->key, "KeyFile") == 0)
@@ -472,17 +496,35 @@ static void note_drop(size_t metrics, const char *why) {
     sstrncpy(g.last_error, why, sizeof g.last_error);
 }
 
-/* Logs the drops since the last line, at most once per DROP_LOG_EVERY_MS. */
+/* A call that ended with no answer (its timeout, its host gone): its
+ * batch may have arrived, so it is not counted as dropped. */
+static void note_unconfirmed(size_t metrics, const char *why) {
+  g.unconfirmed += metrics;
+  g.unconfirmed_unlogged += metrics;
+  sstrncpy(g.last_error, why, sizeof g.last_error);
+}
+
+/* Logs the drops (and the unconfirmed batches) since the last line, at
+ * most once per DROP_LOG_EVERY_MS. */
 static void maybe_log_drops(void) {
-  if (g.drops_unlogged == 0)
+  if (g.drops_unlogged == 0 && g.unconfirmed_unlogged == 0)
     return;
   uint64_t now = mono_ms();
   if (g.last_drop_log_ms != 0 && now - g.last_drop_log_ms < DROP_LOG_EVERY_MS)
     return;
-  WARNING(PLUGIN_NAME " plugin: dropped %" PRIu64 " metrics (%" PRIu64
-                     " in all); last reason: %s",
-          g.drops_unlogged, g.dropped, g.last_error);
+  if (g.unconfirmed_unlogged == 0)
+    WARNING(PLUGIN_NAME " plugin: dropped %" PRIu64 " metrics (%" PRIu64
+                       " in all); last reason: %s",
+            g.drops_unlogged, g.dropped, g.last_error);
+  else
+    WARNING(PLUGIN_NAME " plugin: dropped %" PRIu64 " metrics (%" PRIu64
+                       " in all), %" PRIu64 " unconfirmed (%" PRIu64
+                       " in all: their calls ended with no answer, they may "
+                       "have arrived); last reason: %s",
+            g.drops_unlogged, g.dropped, g.unconfirmed_unlogged, g.unconfirmed,
+            g.last_error);
   g.drops_unlogged = 0;
+  g.unconfirmed_unlogged = 0;
   g.last_drop_log_ms = now;
 }
 
@@ -606,6 +648,18 @@ static void add_metric(const char *name, const char *value,
   g.current_metrics++;
 }
 
+static void drain_events(tribe_node *node);
+
+/* Whether a target has sealed batches waiting for a place among its calls
+ * in flight (lock held). */
+static bool backlog(void) {
+  for (size_t i = 0; i < g.ntargets; i++)
+    if (g.targets[i].count > 0 &&
+        g.targets[i].ninflight >= (size_t)g.max_inflight)
+      return true;
+  return false;
+}
+
 static int tribe_write(const data_set_t *ds, const value_list_t *vl,
                        user_data_t *ud) {
   (void)ud;
@@ -679,7 +733,13 @@ static int tribe_write(const data_set_t *ds, const value_list_t *vl,
     seal_current();
     dispatch();
   }
+  tribe_node *node = backlog() ? g.node : NULL;
   pthread_mutex_unlock(&g.lock);
+  /* Batches wait for calls in flight: the completions that came since the
+   * read callback last looked free their places now, so the pace of
+   * publishing is the publisher's, not EventInterval's. */
+  if (node)
+    drain_events(node);
   return 0;
 }
 
@@ -804,7 +864,9 @@ static long count_metrics(const char *s, size_t len) {
         p++;
       else
         for (;;) {
-          if (!json_skip_value(&p, end, 1) || !json_skip_ws(&p, end))
+          /* Metrics are objects; a receiver refuses anything else. */
+          if (!json_skip_ws(&p, end) || *p != '{' ||
+              !json_skip_value(&p, end, 1) || !json_skip_ws(&p, end))
             return -1;
           count++;
           if (*p == ',') {
@@ -826,6 +888,38 @@ static long count_metrics(const char *s, size_t len) {
     else if (*p != '}')
       return -1;
   }
+}
+
+/* Copies the start of another member's text for collectd's log (at most
+ * `cap` - 1 bytes): characters that could start lines of their own or
+ * steer a terminal (C0 and C1 controls, DEL) and bytes that are not UTF-8
+ * become '?'. */
+static void log_safe(char *out, size_t cap, const unsigned char *in,
+                     size_t len) {
+  size_t o = 0;
+  for (size_t i = 0; i < len && o + 1 < cap;) {
+    unsigned char c = in[i];
+    size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                         : (c & 0xf8) == 0xf0 ? 4 : 0;
+    bool ok = n > 0 && i + n <= len && !(n == 2 && c < 0xc2) &&
+              !(n == 4 && c > 0xf4);
+    uint32_t cp = n == 1 ? c : n ? c & (0x7f >> n) : 0;
+    for (size_t k = 1; ok && k < n; k++) {
+      ok = (in[i + k] & 0xc0) == 0x80;
+      cp = (cp << 6) | (in[i + k] & 0x3f);
+    }
+    ok = ok && !(n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+         !(n == 4 && (cp < 0x10000 || cp > 0x10ffff));
+    if (!ok || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || o + n >= cap) {
+      out[o++] = '?';
+      i += ok ? n : 1;
+      continue;
+    }
+    memcpy(out + o, in + i, n);
+    o += n;
+    i += n;
+  }
+  out[o] = '\0';
 }
 
 /* The "collectd-log" publisher: logs each batch (count, caller, the start of
@@ -854,14 +948,11 @@ static void serve_call(tribe_event *ev) {
         size_t rest = len - (size_t)(first - (const char *)payload);
         show = (int)(rest > 160 ? 160 : rest);
       }
-      /* Another member's bytes: control characters are shown as '?', so
-       * they cannot start lines of their own in collectd's log. */
+      /* Another member's bytes: nothing in them may start a line of its
+       * own in collectd's log. */
       char shown[161];
-      for (int i = 0; i < show; i++) {
-        unsigned char ch = (unsigned char)first[i];
-        shown[i] = (ch < 0x20 || ch == 0x7f) ? '?' : (char)ch;
-      }
-      shown[show] = '\0';
+      log_safe(shown, sizeof shown, (const unsigned char *)first,
+               (size_t)show);
       INFO(PLUGIN_NAME " plugin: " SERVE_NAME ": %ld metrics from %s via "
                       "tribe %s: %s",
            n, tribe_responder_caller(r), tribe_responder_tribe(r), shown);
@@ -894,11 +985,15 @@ static void call_done(tribe_event *ev) {
         g.published += metrics;
         if (t->failing) {
           t->failing = false;
-          /* The drops so far first, so they do not read as new ones. */
-          g.last_drop_log_ms = 0;
-          maybe_log_drops();
-          INFO(PLUGIN_NAME " plugin: publishing to %s/%s again", t->tribe,
-               t->plugin);
+          /* At the drop lines' pace: a flapping link would log each turn. */
+          uint64_t now = mono_ms();
+          if (t->again_logged_ms == 0 ||
+              now - t->again_logged_ms >= DROP_LOG_EVERY_MS) {
+            t->again_logged_ms = now;
+            maybe_log_drops();
+            INFO(PLUGIN_NAME " plugin: publishing to %s/%s again", t->tribe,
+                 t->plugin);
+          }
         }
       } else {
         char why[256];
@@ -906,7 +1001,10 @@ static void call_done(tribe_event *ev) {
         snprintf(why, sizeof why, "%s/%s: %s (%s)%s%s", t->tribe, t->plugin,
                  err ? tribe_error_message(err) : "", tribe_result_name(rc),
                  remote ? ": " : "", remote ? remote : "");
-        note_drop(metrics, why);
+        if (rc == TRIBE_TIMEOUT || rc == TRIBE_DISCONNECTED)
+          note_unconfirmed(metrics, why);
+        else
+          note_drop(metrics, why);
         t->failing = true;
       }
       goto found;
@@ -1005,7 +1103,8 @@ static void drain_events(tribe_node *node) {
 /* ---------------------------------------------------------------- read */
 
 static void dispatch_stats(uint64_t published, uint64_t dropped,
-                           uint64_t skipped, size_t queued) {
+                           uint64_t unconfirmed, uint64_t skipped,
+                           size_t queued) {
   value_list_t vl = VALUE_LIST_INIT;
   value_t v;
   vl.values = &v;
@@ -1021,6 +1120,9 @@ static void dispatch_stats(uint64_t published, uint64_t dropped,
   plugin_dispatch_values(&vl);
   sstrncpy(vl.type_instance, "dropped", sizeof vl.type_instance);
   v.derive = (derive_t)dropped;
+  plugin_dispatch_values(&vl);
+  sstrncpy(vl.type_instance, "unconfirmed", sizeof vl.type_instance);
+  v.derive = (derive_t)unconfirmed;
   plugin_dispatch_values(&vl);
   sstrncpy(vl.type_instance, "skipped", sizeof vl.type_instance);
   v.derive = (derive_t)skipped;
@@ -1044,7 +1146,7 @@ static int tribe_read(user_data_t *ud) {
 
   cdtime_t now = cdtime();
   bool stats_due = false;
-  uint64_t published = 0, dropped = 0, skipped = 0;
+  uint64_t published = 0, dropped = 0, unconfirmed = 0, skipped = 0;
   size_t queued = 0;
   pthread_mutex_lock(&g.lock);
   if (g.current_metrics > 0 && now - g.current_since >= g.flush_interval)
@@ -1062,6 +1164,7 @@ static int tribe_read(user_data_t *ud) {
     stats_due = true;
     published = g.published;
     dropped = g.dropped;
+    unconfirmed = g.unconfirmed;
     skipped = g.skipped;
     queued = g.current_metrics;
     for (size_t i = 0; i < g.ntargets; i++)
@@ -1072,7 +1175,21 @@ static int tribe_read(user_data_t *ud) {
   }
   pthread_mutex_unlock(&g.lock);
   if (stats_due)
-    dispatch_stats(published, dropped, skipped, queued);
+    dispatch_stats(published, dropped, unconfirmed, skipped, queued);
+  return 0;
+}
+
+/* collectd's FLUSH (unixsock, SIGUSR1): the batch being filled goes out
+ * now rather than at FlushInterval. */
+static int tribe_flush(cdtime_t timeout, const char *identifier,
+                       user_data_t *ud) {
+  (void)timeout, (void)identifier, (void)ud;
+  pthread_mutex_lock(&g.lock);
+  if (g.running) {
+    seal_current();
+    dispatch();
+  }
+  pthread_mutex_unlock(&g.lock);
   return 0;
 }
 
@@ -1219,9 +1336,6 @@ static int tribe_init(void) {
   tribe_node *node = NULL;
   if (!build_config(g.name ? g.name : hostname_g, &cfg))
     goto fail;
-  if (!g.key_file && !g.key)
-    WARNING(PLUGIN_NAME " plugin: no KeyFile: gossip and calls travel in "
-                       "plaintext (for tests only)");
 
   /* libtribe's threads start here: they get every signal blocked, so
    * collectd's signal handling stays on collectd's threads. */
@@ -1237,6 +1351,14 @@ static int tribe_init(void) {
     log_tribe_error(LOG_ERR, "cannot start the node", rc, err);
     goto fail;
   }
+  /* Asked of the node: a DataDir's keyring seals as a KeyFile does. */
+  char *status = NULL;
+  size_t status_len = 0;
+  if (tribe_node_status_json(node, &status, &status_len, NULL) == TRIBE_OK &&
+      strstr(status, "\"encryption\":\"off\"") != NULL)
+    WARNING(PLUGIN_NAME " plugin: no KeyFile (and no keyring in a DataDir): "
+                       "gossip and calls travel in plaintext (for tests only)");
+  tribe_string_free(status);
   if (g.serve_log)
     CHECK_SET("serve " SERVE_NAME,
               tribe_node_serve(node, SERVE_NAME, SERVE_VERSION,
@@ -1341,8 +1463,10 @@ static int tribe_shutdown(void) {
   g.last_drop_log_ms = 0; /* the last drops are logged now */
   maybe_log_drops();
   INFO(PLUGIN_NAME " plugin: node %s left; %" PRIu64 " metrics published, %"
-                  PRIu64 " dropped, %" PRIu64 " skipped",
-       tribe_node_name(node), g.published, g.dropped, g.skipped);
+                  PRIu64 " dropped, %" PRIu64 " unconfirmed, %" PRIu64
+                  " skipped",
+       tribe_node_name(node), g.published, g.dropped, g.unconfirmed,
+       g.skipped);
   g.node = NULL;
   pthread_mutex_unlock(&g.lock);
   tribe_node_free(node);
@@ -1353,5 +1477,6 @@ void module_register(void) {
   plugin_register_complex_config(PLUGIN_NAME, tribe_config_cb);
   plugin_register_init(PLUGIN_NAME, tribe_init);
   plugin_register_write(PLUGIN_NAME, tribe_write, NULL);
+  plugin_register_flush(PLUGIN_NAME, tribe_flush, NULL);
   plugin_register_shutdown(PLUGIN_NAME, tribe_shutdown);
 }
