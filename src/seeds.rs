@@ -120,7 +120,7 @@ fn hand_over(seeds: &[Seed], shared: &Weak<Shared>) {
 
 fn fail(seed: &mut Seed, why: &str, shared: &Weak<Shared>) {
     if !std::mem::replace(&mut seed.warned, true) {
-        tracing::warn!(seed = %seed.name, %why, "a seed name does not resolve; retrying while alone");
+        tracing::warn!(seed = %seed.name, %why, "a seed name does not resolve; it is looked up again whenever this node is alone");
     }
     if let Some(s) = shared.upgrade() {
         s.engine().seed_lookup_failed();
