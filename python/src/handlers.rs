@@ -64,16 +64,43 @@ impl PartialEq for CallInfo {
 
 #[pymethods]
 impl CallInfo {
+    /// Made by hand (tests of a handler): each argument is checked and
+    /// named, as the node's methods name theirs.
     #[new]
-    fn new(caller: String, tribe: String, plugin: String, version: String, deadline: f64) -> Self {
-        CallInfo {
-            caller,
-            tribe,
-            plugin,
-            version,
+    fn new(
+        caller: &Bound<'_, PyAny>,
+        tribe: &Bound<'_, PyAny>,
+        plugin: &Bound<'_, PyAny>,
+        version: &Bound<'_, PyAny>,
+        deadline: &Bound<'_, PyAny>,
+    ) -> PyResult<Self> {
+        let deadline_value = if deadline.is_instance_of::<pyo3::types::PyBool>() {
+            None
+        } else {
+            deadline.extract::<f64>().ok()
+        };
+        let deadline = match deadline_value {
+            Some(d) if d.is_nan() => {
+                return Err(crate::errors::value_error(
+                    "CallInfo: deadline must be a number of seconds, not nan",
+                ))
+            }
+            Some(d) => d,
+            None => {
+                return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                    "CallInfo: deadline must be a float, not {}",
+                    type_name(deadline)
+                )))
+            }
+        };
+        Ok(CallInfo {
+            caller: text_argument("caller", caller)?,
+            tribe: text_argument("tribe", tribe)?,
+            plugin: text_argument("plugin", plugin)?,
+            version: text_argument("version", version)?,
             deadline,
             running: None,
-        }
+        })
     }
 
     /// Whether the call is over without this handler's answer: its caller
@@ -116,10 +143,33 @@ impl CallInfo {
 
     fn __repr__(&self) -> String {
         format!(
-            "CallInfo(caller={:?}, tribe={:?}, plugin={:?}, version={:?}, deadline={})",
+            "CallInfo(caller={:?}, tribe={:?}, plugin={:?}, version={:?}, deadline={:?})",
             self.caller, self.tribe, self.plugin, self.version, self.deadline
         )
     }
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// A `str` argument of `CallInfo(...)`, as UTF-8.
+fn text_argument(name: &str, value: &Bound<'_, PyAny>) -> PyResult<String> {
+    let Ok(text) = value.cast::<pyo3::types::PyString>() else {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "CallInfo: {name} must be str, not {}",
+            type_name(value)
+        )));
+    };
+    text.to_cow().map(|t| t.into_owned()).map_err(|_| {
+        crate::errors::value_error(format!(
+            "CallInfo: {name} holds text that UTF-8 cannot encode (a lone surrogate)"
+        ))
+    })
 }
 
 fn not_copied() -> PyErr {

@@ -169,6 +169,16 @@ def test_public_classes_are_named_as_imported() -> None:
 def test_a_hand_made_call_info_is_abandoned_once_its_deadline_passed() -> None:
     assert pytribe.CallInfo("c", "t", "p", "1", time.monotonic() - 1).abandoned()
     assert not pytribe.CallInfo("c", "t", "p", "1", time.monotonic() + 60).abandoned()
+    assert repr(pytribe.CallInfo("c", "t", "p", "1", 0)).endswith("deadline=0.0)")
+    # Its arguments are checked and named, as the node's methods name theirs.
+    with pytest.raises(TypeError, match="^CallInfo: caller must be str, not int$"):
+        pytribe.CallInfo(1, "t", "p", "1", 0.0)  # type: ignore[arg-type]
+    with pytest.raises(pytribe.InvalidArgumentError, match="CallInfo: tribe holds text that UTF-8"):
+        pytribe.CallInfo("c", "t\udcff", "p", "1", 0.0)
+    with pytest.raises(pytribe.InvalidArgumentError, match="CallInfo: deadline must be a number"):
+        pytribe.CallInfo("c", "t", "p", "1", float("nan"))
+    with pytest.raises(TypeError, match="^CallInfo: deadline must be a float, not str$"):
+        pytribe.CallInfo("c", "t", "p", "1", "5")  # type: ignore[arg-type]
 
 
 def test_an_empty_handler_code_reaches_the_caller_as_error(node: pytribe.Node) -> None:
