@@ -68,6 +68,12 @@ fn build(py: Python<'_>, make: &Bound<'_, PyAny>, e: &tribe::Error) -> PyResult<
         tribe::Error::UnknownTribe(t) | tribe::Error::TribeExists(t) => {
             attrs.set_item("tribe", t)?;
         }
+        tribe::Error::UnknownNode(n) => attrs.set_item("node", n)?,
+        tribe::Error::UnknownPolicy(p) | tribe::Error::PolicyExists(p) => {
+            attrs.set_item("policy", p)?;
+        }
+        tribe::Error::UnknownFact(f) => attrs.set_item("fact", f)?,
+        tribe::Error::UnknownKey(k) => attrs.set_item("key", k)?,
         tribe::Error::AlreadyMember { tribe, node } | tribe::Error::NotMember { tribe, node } => {
             attrs.set_item("tribe", tribe)?;
             attrs.set_item("node", node)?;

@@ -77,8 +77,12 @@ def test_commands_snapshots_and_typed_errors() -> None:
         node.unload_plugin("core", "disk", "1")
         node.remove_policy("r1")
         node.remove_fact("rack")
-        with pytest.raises(pytribe.UnknownFactError):
+        with pytest.raises(pytribe.UnknownFactError) as fact_error:
             node.remove_fact("rack")
+        assert fact_error.value.fact == "rack"  # type: ignore[attr-defined]
+        with pytest.raises(pytribe.UnknownPolicyError) as policy_error:
+            node.remove_policy("r1")
+        assert policy_error.value.policy == "r1"  # type: ignore[attr-defined]
         node.leave("core")
         node.delete_tribe("core")
         keys = node.keys()
