@@ -403,7 +403,6 @@ impl Driver {
                 .peek()
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-            let accept_resume = self.accept_paused_until;
             tokio::select! {
                 received = self.udp.recv_from(&mut buf) => {
                     match received {
@@ -415,15 +414,7 @@ impl Driver {
                         Err(e) => tracing::debug!(error = %e, "udp receive error"),
                     }
                 }
-                _ = tokio::time::sleep_until(accept_resume.unwrap_or_else(Instant::now)), if accept_resume.is_some() => {
-                    self.accept_paused_until = None;
-                }
-                accepted = self.listener.accept(), if accept_resume.is_none() => {
-                    match accepted {
-                        Ok((stream, from)) => self.on_accepted(stream, from),
-                        Err(e) => self.accept_failed(e),
-                    }
-                }
+                next = next_connection(&self.listener, self.accept_paused_until) => self.on_connection(next),
                 input = self.inbox.recv() => {
                     match input {
                         Some(DriverInput::Stop { leave, done }) => {
@@ -605,7 +596,6 @@ impl Driver {
                 .map(|Reverse((at, _))| *at)
                 .unwrap_or(deadline)
                 .min(deadline);
-            let accept_resume = self.accept_paused_until;
             tokio::select! {
                 received = self.udp.recv_from(&mut buf) => {
                     if let Ok((len, from)) = received {
@@ -617,15 +607,7 @@ impl Driver {
                 // Peers stopping at the same moment sync their goodbyes
                 // with each other: unanswered, each would wait out the
                 // deadline.
-                _ = tokio::time::sleep_until(accept_resume.unwrap_or_else(Instant::now)), if accept_resume.is_some() => {
-                    self.accept_paused_until = None;
-                }
-                accepted = self.listener.accept(), if accept_resume.is_none() => {
-                    match accepted {
-                        Ok((stream, from)) => self.on_accepted(stream, from),
-                        Err(e) => self.accept_failed(e),
-                    }
-                }
+                next = next_connection(&self.listener, self.accept_paused_until) => self.on_connection(next),
                 input = self.inbox.recv() => {
                     if let Some(input) = input {
                         self.on_stream_input(input);
@@ -776,6 +758,14 @@ impl Driver {
 
     /// Counts a connection the listener failed to accept and, when the
     /// process or system is out of a resource, pauses accepting a moment.
+    fn on_connection(&mut self, next: NextConnection) {
+        match next {
+            NextConnection::Resumed => self.accept_paused_until = None,
+            NextConnection::Accepted(Ok((stream, from))) => self.on_accepted(stream, from),
+            NextConnection::Accepted(Err(e)) => self.accept_failed(e),
+        }
+    }
+
     fn accept_failed(&mut self, e: std::io::Error) {
         self.shared.engine().accept_failed();
         let out_of_resources = matches!(
@@ -1135,4 +1125,22 @@ async fn run_conn(
     // The stream is done when we closed our side and the peer closed theirs,
     // or at the first error on either side.
     tokio::try_join!(writing, reading).map(|_| ())
+}
+
+/// What the listener gave: a connection (or an accept error), or the end
+/// of a pause after running out of descriptors.
+enum NextConnection {
+    Accepted(std::io::Result<(TcpStream, SocketAddr)>),
+    Resumed,
+}
+
+/// The next connection, or the end of the accept pause when one runs.
+async fn next_connection(listener: &TcpListener, paused_until: Option<Instant>) -> NextConnection {
+    match paused_until {
+        Some(until) => {
+            tokio::time::sleep_until(until).await;
+            NextConnection::Resumed
+        }
+        None => NextConnection::Accepted(listener.accept().await),
+    }
 }
