@@ -108,6 +108,18 @@ pub fn sealed_datagram(label: &str, ring: &Keyring, nonce: [u8; 24], payload: &[
     out
 }
 
+/// The key a sealed datagram names (`None` for plaintext or a short one);
+/// read after [`open_datagram`] checked the envelope.
+pub fn sealed_key_id(bytes: &[u8]) -> Option<crypto::KeyId> {
+    let [_, _, _, kind, label_len, rest @ ..] = bytes else {
+        return None;
+    };
+    if *kind != KIND_SEALED {
+        return None;
+    }
+    crypto::datagram_key_id(rest.get(usize::from(*label_len)..)?)
+}
+
 /// Checks the envelope of a received datagram, opens it when sealed, and
 /// returns its payload. Whether plaintext is acceptable is the caller's call.
 pub fn open_datagram<'a>(

@@ -769,6 +769,42 @@ async fn a_node_that_left_during_a_rotation_comes_back_with_the_key_it_holds() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same node, but a peer reaches it before any peer refuses its key
+/// (the whole tribe restarted from its data dirs, this node first): it
+/// hears peers seal with the newer key it holds, so when its own key is
+/// refused it takes theirs, though some peer is up in its view.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_refused_its_key_by_peers_it_hears_takes_the_key_they_seal_with() {
+    let k1 = SecretKey::generate();
+    let k2 = SecretKey::generate();
+    let nodes = start_cluster("hk", 2, keyed(&k2)).await;
+    wait_converged_members(&nodes, 2).await;
+    // Alone, with the old key primary and the new one installed.
+    let mut ring = Keyring::new(k1.clone());
+    ring.install(k2.clone()).unwrap();
+    let mut cfg = test_config("hk-old");
+    cfg.keyring = Some(ring);
+    let old = Node::start(cfg).await.unwrap();
+    // A peer reaches it first: it joins the others through both.
+    let mut cfg = test_config("hk-late");
+    cfg.keyring = Some(Keyring::new(k2.clone()));
+    cfg.seeds = vec![old.addr(), nodes[0].addr()];
+    let late = Node::start(cfg).await.unwrap();
+    wait_for(
+        "the old node in, sealing with the tribe's key",
+        Duration::from_secs(30),
+        || {
+            nodes.iter().chain([&late]).all(|n| n.members_alive() == 4)
+                && old.members_alive() == 4
+                && old.keyring_status().primary == Some(k2.id())
+        },
+    )
+    .await;
+    for n in nodes.iter().chain([&late, &old]) {
+        n.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holding_only_keys_rotated_away_logs_that_it_is_cut_off() {
     logged();

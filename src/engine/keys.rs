@@ -51,6 +51,9 @@ fn key_error(e: KeyError) -> Error {
     }
 }
 
+/// How long a peer's sealing key, as last heard, stands for the tribe's.
+const PEER_KEY_FRESH_MS: u64 = 30_000;
+
 impl Engine {
     /// Whether this node seals what it sends.
     pub(super) fn seals(&self) -> Option<&Keyring> {
@@ -165,7 +168,7 @@ impl Engine {
                 if let Some(addr) = refused_by {
                     self.key_refused = Some((addr, now_ms));
                 }
-                if !self.try_another_key(rejected) && self.log_due("key_rejected") {
+                if !self.try_another_key(now_ms, rejected) && self.log_due("key_rejected") {
                     tracing::error!("{why}{}", peer());
                 }
             }
@@ -182,7 +185,11 @@ impl Engine {
         self.handle_stream_closed(now_ms, conn);
     }
 
-    /// A peer refused `rejected`, this node's primary, while this node
+    /// A peer refused `rejected`, this node's primary. When peers were
+    /// heard sealing with another key this node holds, the tribe moved to
+    /// it while this node was away (a whole tribe restarted from its data
+    /// dirs, this node first, hears its peers before any refuses it): it
+    /// seals with that key. Otherwise, when this node
     /// reaches no one: it may have missed the end of a rotation (it left
     /// gracefully during it, and no peer dials a node that left, so it
     /// never heard of the switch). If it holds other keys, it seals with
@@ -195,12 +202,31 @@ impl Engine {
     /// cut off, the tribe's keys rotated without it: an error for the
     /// caller to log; it goes on round the ring all the same, quietly, in
     /// case a refusal came from a peer that was behind itself.
-    fn try_another_key(&mut self, rejected: KeyId) -> bool {
+    fn try_another_key(&mut self, now_ms: u64, rejected: KeyId) -> bool {
         let Some(ring) = self.keyring.as_mut() else {
             return false;
         };
         if ring.primary_id() != rejected {
             return true;
+        }
+        // Heard lately: an old sighting may name a key the tribe has
+        // left since.
+        let heard = self
+            .peer_key
+            .filter(|(k, at)| *k != rejected && now_ms.saturating_sub(*at) <= PEER_KEY_FRESH_MS);
+        if let Some((theirs, _)) = heard {
+            if ring.use_key(theirs).is_ok() {
+                tracing::warn!(
+                    refused = %rejected,
+                    next = %theirs,
+                    "a peer refused this node's key {rejected}: sealing with key {theirs}, which peers seal with and this node holds (a rotation may have ended while it was away)"
+                );
+                self.refused_keys.clear();
+                self.security_epoch += 1;
+                self.record.primary_key = Some(theirs);
+                self.publish_record();
+                return true;
+            }
         }
         if self.members.count_up() > 0 {
             self.refused_keys.clear();

@@ -239,6 +239,11 @@ pub struct Engine {
     /// The last peer that refused this node's key, and when (engine clock,
     /// ms): shown for a while (see [`Engine::key_refused_by`]).
     key_refused: Option<(SocketAddr, u64)>,
+    /// The key of the last sealed datagram a peer sent with another key
+    /// than this node's primary, and when (engine clock, ms): what the
+    /// tribe seals with, should this node's own key be refused (see
+    /// `try_another_key`).
+    peer_key: Option<(crate::crypto::KeyId, u64)>,
     /// Records kept from before a long absence, awaiting a peer's word
     /// (see [`durable`]).
     pending: BTreeMap<Key, crate::records::Entry>,
@@ -419,6 +424,7 @@ impl Engine {
             security_epoch: 0,
             refused_keys: BTreeSet::new(),
             key_refused: None,
+            peer_key: None,
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)
@@ -506,6 +512,10 @@ impl Engine {
             }
             wire::Opened::Sealed(p) => {
                 self.note_sealed_peer(from);
+                let key = wire::sealed_key_id(bytes);
+                if key.is_some() && key != self.keyring.as_ref().map(|r| r.primary_id()) {
+                    self.peer_key = key.map(|k| (k, self.now_ms()));
+                }
                 p.into()
             }
         };
