@@ -648,6 +648,16 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     .unwrap();
     let err = agent_with_key_file(&two_lines, &[]);
     assert!(err.contains("more than one line"), "{err}");
+    // An endless file is refused after a few KiB, not read into memory.
+    let err = agent_with_key_file(std::path::Path::new("/dev/zero"), &[]);
+    assert!(err.contains("over 4096 bytes"), "{err}");
+    // An empty token flag (a variable left unset in a unit file) would
+    // open the admin API without a word.
+    let err = agent_with_key_file(&key_file, &["--admin-token", ""]);
+    assert!(
+        err.contains("--admin-token (or admin-token in the config file) is empty"),
+        "{err}"
+    );
     // Environment variables that are not UTF-8 are refused, not ignored.
     let out = Command::new(TRIBE)
         .args(["agent", "--name", "x"])

@@ -255,10 +255,19 @@ impl AgentArgs {
             .or(file.admin)
             .unwrap_or_else(|| DEFAULT_ADMIN.to_string());
         let admin = resolve_addr("admin", &admin_text)?;
-        let admin_token = self
-            .admin_token
-            .or(file.admin_token)
-            .filter(|t| !t.is_empty());
+        let given_token = self.admin_token.or(file.admin_token);
+        // An empty variable counts as unset; an empty flag or file entry
+        // (`--admin-token "$TOKEN"` with TOKEN unset) would open the API
+        // without a word.
+        let env_empty = std::env::var_os("TRIBE_ADMIN_TOKEN").is_some_and(|v| v.is_empty());
+        if given_token.as_deref() == Some("") && !env_empty {
+            return Err(
+                "--admin-token (or admin-token in the config file) is empty: give a \
+                 token, or leave the option out for an admin API without one"
+                    .into(),
+            );
+        }
+        let admin_token = given_token.filter(|t| !t.is_empty());
         // A client sends it in an HTTP header, trimmed: a space, a line
         // end or a non-ASCII character would lock every client out.
         if let Some(bad) = admin_token
@@ -435,7 +444,7 @@ fn read_key(
             .map(Some)
             .map_err(|e| format!("{}: {e}", names.0)),
         (None, Some(path)) => {
-            let text = std::fs::read_to_string(&path)
+            let text = read_small(&path, KEY_FILE_MAX)
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
             warnings.extend(shared_key_file_warning(&path));
             if text.trim().lines().count() > 1 {
@@ -451,6 +460,26 @@ fn read_key(
         }
         (None, None) => Ok(None),
     }
+}
+
+/// A key file's bound: a key is 44 characters; what is longer is no key
+/// file (`--key-file /dev/zero` would fill the memory).
+const KEY_FILE_MAX: u64 = 4096;
+
+/// A small text file, read whole (also a pipe, as `<(command)` gives);
+/// one over `max` bytes is refused without being read to its end.
+fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!(
+            "it holds over {max} bytes, where a key is 44"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("it is not UTF-8 text"))
 }
 
 /// A warning when a key file may be read by other users, as ssh gives
