@@ -401,7 +401,8 @@ impl Config {
     /// Sets a limit by name (see [`Config::LIMIT_NAMES`]): a cap of
     /// [`StateLimits`], or `max_streams`, `max_inflight_per_conn`,
     /// `max_inflight` or `max_serving` of [`RpcLimits`](crate::rpc::RpcLimits).
-    /// Zero and unknown names are [`Error::InvalidArgument`].
+    /// Zero, a call bound over 16,777,216 and unknown names are
+    /// [`Error::InvalidArgument`].
     pub fn set_limit(&mut self, name: &str, value: usize) -> Result<(), Error> {
         if value == 0 {
             return Err(Error::InvalidArgument(format!(
@@ -409,17 +410,17 @@ impl Config {
             )));
         }
         let l = &mut self.limits;
-        let slot = match name {
-            "nodes" => &mut l.nodes,
-            "tribes" => &mut l.tribes,
-            "members" => &mut l.members,
-            "policies" => &mut l.policies,
-            "plugins" => &mut l.plugins,
-            "tasks" => &mut l.tasks,
-            "max_streams" => &mut self.rpc.max_streams,
-            "max_inflight_per_conn" => &mut self.rpc.max_inflight_per_conn,
-            "max_inflight" => &mut self.rpc.max_inflight,
-            "max_serving" => &mut self.rpc.max_serving,
+        let (slot, most) = match name {
+            "nodes" => (&mut l.nodes, usize::MAX),
+            "tribes" => (&mut l.tribes, usize::MAX),
+            "members" => (&mut l.members, usize::MAX),
+            "policies" => (&mut l.policies, usize::MAX),
+            "plugins" => (&mut l.plugins, usize::MAX),
+            "tasks" => (&mut l.tasks, usize::MAX),
+            "max_streams" => (&mut self.rpc.max_streams, MAX_RPC_BOUND),
+            "max_inflight_per_conn" => (&mut self.rpc.max_inflight_per_conn, MAX_RPC_BOUND),
+            "max_inflight" => (&mut self.rpc.max_inflight, MAX_RPC_BOUND),
+            "max_serving" => (&mut self.rpc.max_serving, MAX_RPC_BOUND),
             other => {
                 return Err(Error::InvalidArgument(format!(
                     "unknown limit {other:?} (known: {})",
@@ -427,6 +428,12 @@ impl Config {
                 )))
             }
         };
+        // Refused here, naming the limit, rather than at the start.
+        if value > most {
+            return Err(Error::InvalidArgument(format!(
+                "limit {name:?} must be at most {most}"
+            )));
+        }
         *slot = value;
         Ok(())
     }

@@ -826,6 +826,10 @@ mod tests {
         assert!(!err.contains('_'), "{err}");
         let err = set_file_limits(&mut config, &limits(&[("max-serving", 0)])).unwrap_err();
         assert!(err.contains("\"max-serving\" must be at least 1"), "{err}");
+        let err =
+            set_file_limits(&mut config, &limits(&[("max-serving", 99_999_999)])).unwrap_err();
+        assert!(err.contains("\"max-serving\""), "{err}");
+        assert!(err.contains("must be at most 16777216"), "{err}");
         let err = set_file_limits(
             &mut config,
             &limits(&[("max-serving", 1), ("max_serving", 2)]),
