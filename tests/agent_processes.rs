@@ -1726,6 +1726,9 @@ fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
         &["status", "--bogus"][..],
         &["tribe"][..],
         &["policy", "add", "only-a-name"][..],
+        // No address at all: a usage error, not an unreachable agent.
+        &["status", "--admin", "127.0.0.1:99999"][..],
+        &["status", "--admin", ""][..],
     ] {
         let (code, err) = run(usage);
         assert_eq!(code, Some(2), "{usage:?}: {err}");

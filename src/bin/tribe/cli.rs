@@ -14,7 +14,7 @@ use crate::client::{seg, Admin, Reply};
 #[derive(Args, Clone)]
 pub struct AdminOpts {
     /// Admin API address of the agent to talk to (a bare port: on 127.0.0.1).
-    #[arg(long, global = true, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN)]
+    #[arg(long, global = true, env = "TRIBE_ADMIN", value_name = "HOST:PORT", default_value = DEFAULT_ADMIN, value_parser = admin_address)]
     pub admin: String,
     /// Token of the agent's admin API, if it requires one.
     #[arg(long, global = true, env = "TRIBE_ADMIN_TOKEN", hide_env_values = true)]
@@ -293,6 +293,23 @@ fn read_manifest(text: &str) -> Result<serde_json::Value, String> {
         None => text.to_string(),
     };
     serde_json::from_str(&raw).map_err(|e| format!("the manifest is not JSON: {e}"))
+}
+
+/// `--admin`: `HOST:PORT`, `http://HOST:PORT/` or a port of this host; any
+/// other text is a usage error, not an unreachable agent.
+fn admin_address(text: &str) -> Result<String, String> {
+    let bare = text.strip_prefix("http://").unwrap_or(text);
+    let bare = bare.trim_end_matches('/');
+    let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p > 0);
+    let valid = port_ok(bare)
+        || bare
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port_ok(port));
+    if valid {
+        Ok(text.to_string())
+    } else {
+        Err("not HOST:PORT (or a port of this host, 1 to 65535)".into())
+    }
 }
 
 /// Runs one admin command against the agent at `opts.admin`.
