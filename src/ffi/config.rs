@@ -470,8 +470,8 @@ pub extern "C" fn tribe_config_set_rpc_limits(
 /// at once, 1,024 (one more is refused, its calls see `TRIBE_OVERLOADED`);
 /// and the call bounds `tribe_config_set_rpc_limits` also sets:
 /// `"max_inflight_per_conn"` 256, `"max_inflight"` 4,096, `"max_serving"`
-/// 1,024 (the call bounds at most 16,777,216, checked at start). An
-/// unknown name or a zero value is `TRIBE_INVALID_ARGUMENT`.
+/// 1,024. An unknown name, a zero value or a call bound (`max_*`) over
+/// 16,777,216 is `TRIBE_INVALID_ARGUMENT`.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_limit(
     cfg: *mut TribeConfig,
