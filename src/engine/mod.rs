@@ -262,6 +262,9 @@ pub struct Engine {
     news: news::Forwarder,
     /// Suspects this node has decided about dialling (see [`suspects`]).
     suspects_seen: BTreeSet<(Arc<str>, u64)>,
+    /// Members dialed for a peer's verdict this node softened (name,
+    /// generation, incarnation; see `time_softened_verdicts`).
+    softened_dialed: BTreeSet<(Arc<str>, u64, foca::Incarnation)>,
     /// Suspicions this node started, pinged about (see [`buddy`]).
     buddies: buddy::Buddies,
     /// When a datagram last got through to SWIM (see [`suspects`]).
@@ -418,6 +421,7 @@ impl Engine {
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
+            softened_dialed: BTreeSet::new(),
             buddies: Default::default(),
             last_heard_ms: 0,
             held_verdicts: BTreeMap::new(),

@@ -130,13 +130,27 @@ impl Engine {
     /// `apply_members`; after every input): foca times only the
     /// suspicions it starts itself,
     /// so without this a member suspected on a peer's word stayed suspect
-    /// until this node probed it (a round of the whole cluster).
+    /// until this node probed it (a round of the whole cluster). And dials
+    /// each such member at once: a crashed one refuses the connection and
+    /// is down now, as the peer said, rather than a suspicion timeout
+    /// later (in an active cluster most nodes heard the member lately, so
+    /// most softened a true verdict); a healthy one answers, and its
+    /// suspicion runs its course.
     pub(super) fn time_softened_verdicts(&mut self) {
         let (softened, window) = {
             let mut sh = lock(&self.shared);
             (std::mem::take(&mut sh.softened), sh.verdict_window_ms)
         };
+        let dial = !self.left && self.active && !lock(&self.shared).keeping_out();
         for (member, incarnation) in softened {
+            let key = (member.name.clone(), member.generation, incarnation);
+            if dial && !self.softened_dialed.contains(&key) {
+                if self.softened_dialed.len() >= 1024 {
+                    self.softened_dialed.clear();
+                }
+                self.softened_dialed.insert(key);
+                self.start_summary(&member);
+            }
             let timer = super::Timer::Verdict {
                 member,
                 incarnation,
