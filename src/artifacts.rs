@@ -46,6 +46,9 @@ pub struct Loads {
     slots: Arc<tokio::sync::Semaphore>,
     /// Bytes of the artifacts this node holds.
     held_bytes: std::sync::atomic::AtomicU64,
+    /// Held artifacts no plugin entry names, since when (see
+    /// [`release_unreferenced`]).
+    unreferenced: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
 }
 
 impl Default for Loads {
@@ -54,6 +57,7 @@ impl Default for Loads {
             pending: Default::default(),
             slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FETCHES)),
             held_bytes: Default::default(),
+            unreferenced: Default::default(),
         }
     }
 }
@@ -241,6 +245,52 @@ pub(crate) fn hold(shared: &Shared, bytes: Arc<Vec<u8>>) -> crate::Result<Artifa
     }
     shared.rpc.server.hold_artifact(artifact.sha256, bytes);
     Ok(artifact)
+}
+
+/// How long held bytes that no plugin entry names are kept: time for the
+/// entry a hold is made for to be written.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(30);
+
+/// Lets go of the artifacts no plugin entry of the replicated state has
+/// named for [`RELEASE_AFTER`] (unloaded, replaced by a newer version, or
+/// held for a load that was refused), so that the node's bounds on
+/// artifacts held count what it holds now, not what it ever held.
+pub(crate) fn release_unreferenced(shared: &Shared) {
+    use std::sync::atomic::Ordering;
+    let held = shared.rpc.server.held_artifacts();
+    let mut since = shared
+        .artifact_loads
+        .unreferenced
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if held.is_empty() {
+        since.clear();
+        return;
+    }
+    let referenced = shared.engine().referenced_artifacts();
+    let now = std::time::Instant::now();
+    since.retain(|sha, _| !referenced.contains(sha) && held.iter().any(|(h, _)| h == sha));
+    let mut gone = Vec::new();
+    for (sha, size) in held {
+        if referenced.contains(&sha) {
+            continue;
+        }
+        let first = *since.entry(sha).or_insert(now);
+        if now.duration_since(first) >= RELEASE_AFTER {
+            since.remove(&sha);
+            shared.rpc.server.release_artifact(&sha);
+            shared
+                .artifact_loads
+                .held_bytes
+                .fetch_sub(size, Ordering::Relaxed);
+            gone.push(sha);
+        }
+    }
+    drop(since);
+    if !gone.is_empty() {
+        tracing::debug!(count = gone.len(), "released artifacts no plugin entry names");
+        let _ = shared.command(Command::ReleaseArtifacts(gone));
+    }
 }
 
 /// Delivers `PluginLoad(entry)` once its artifact is here and verified. A

@@ -56,6 +56,7 @@ internal_mod!(wire);
 pub mod workflow;
 
 pub use api::{EventStream, Node};
+pub use artifacts::RELEASE_AFTER as ARTIFACT_RELEASE_AFTER;
 pub use config::{Config, Encryption, Profile, Timings, MAX_PAYLOAD};
 pub use crypto::{KeyId, Keyring, SecretKey};
 pub use engine::commands::Command;

@@ -436,6 +436,7 @@ impl Driver {
                 _ = tick.tick() => {
                     self.save_durable();
                     self.shared.rpc.pool.close_idle();
+                    crate::artifacts::release_unreferenced(&self.shared);
                 }
             }
         }

@@ -202,3 +202,40 @@ async fn an_artifact_over_the_fetch_limit_is_refused_at_once() {
         other => panic!("expected TooLarge, got {other:?}"),
     }
 }
+
+/// Bytes no plugin entry names any more (unloaded, replaced, or held for a
+/// load that was refused) are let go after `RELEASE_AFTER`, on the holder
+/// and on the members that fetched them: a node's bound on artifacts held
+/// counts what it holds now, not what it ever held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn artifacts_no_entry_names_are_let_go() {
+    let nodes = cluster().await;
+    let mut loader = nodes[2].events();
+    let used = nodes[0]
+        .load_plugin_with_artifact("t", "p", "1", PluginKind::Processor, bytes(1000, 7))
+        .await
+        .unwrap();
+    assert!(matches!(
+        next_about(&mut loader, "p").await,
+        Event::PluginLoad(_)
+    ));
+    // Held for a load refused as the entry exists.
+    let refused = nodes[0]
+        .load_plugin_with_artifact("t", "p", "1", PluginKind::Processor, bytes(1000, 8))
+        .await;
+    assert!(
+        matches!(refused, Err(tribe::Error::PluginExists { .. })),
+        "{refused:?}"
+    );
+    let orphan = nodes[0].hold_artifact(bytes(1000, 8)).unwrap().sha256;
+    assert!(nodes[0].artifact(&orphan).is_some());
+    nodes[0].unload_plugin("t", "p", "1").await.unwrap();
+    let wait = tribe::ARTIFACT_RELEASE_AFTER + Duration::from_secs(15);
+    wait_for("the bytes let go", wait, || {
+        [&nodes[0], &nodes[2], &nodes[3]]
+            .iter()
+            .all(|n| n.artifact(&used.sha256).is_none())
+            && nodes[0].artifact(&orphan).is_none()
+    })
+    .await;
+}

@@ -134,6 +134,8 @@ pub enum Command {
     Serve(crate::records::Endpoint),
     /// Advertise that this node holds an artifact (by SHA-256).
     HoldArtifact([u8; 32]),
+    /// Stop advertising artifacts this node let go of.
+    ReleaseArtifacts(Vec<[u8; 32]>),
     /// Withdraw a served plugin.
     Unserve {
         /// Plugin name.
@@ -263,6 +265,13 @@ impl Engine {
                     }
                     self.record.artifacts.push(sha);
                     self.record.artifacts.sort();
+                    self.publish_record();
+                }
+            }
+            Command::ReleaseArtifacts(gone) => {
+                let before = self.record.artifacts.len();
+                self.record.artifacts.retain(|sha| !gone.contains(sha));
+                if self.record.artifacts.len() != before {
                     self.publish_record();
                 }
             }
@@ -542,6 +551,28 @@ impl Engine {
             tracing::debug!(error = %e, "leave failed");
         }
         self.after_change();
+    }
+
+    /// The artifacts the plugin entries of the replicated state name.
+    pub fn referenced_artifacts(&self) -> std::collections::BTreeSet<[u8; 32]> {
+        // Keys order by kind first: the plugin entries of every tribe
+        // come together.
+        let first = Key::Plugin {
+            tribe: String::new(),
+            name: String::new(),
+            version: String::new(),
+        };
+        lock(&self.shared)
+            .state
+            .live_from(&first)
+            .take_while(|(k, _)| matches!(k, Key::Plugin { .. }))
+            .filter_map(|(_, v)| match v {
+                Value::Plugin(PluginRecord {
+                    artifact: Some(a), ..
+                }) => Some(a.sha256),
+                _ => None,
+            })
+            .collect()
     }
 
     /// Whether [`Engine::leave`] was called.

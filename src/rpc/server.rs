@@ -246,6 +246,24 @@ impl Server {
             .insert(sha256, bytes);
     }
 
+    /// The artifacts this node holds, with their sizes.
+    pub(crate) fn held_artifacts(&self) -> Vec<([u8; 32], u64)> {
+        self.artifacts
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(sha, bytes)| (*sha, bytes.len() as u64))
+            .collect()
+    }
+
+    /// Lets go of an artifact's bytes.
+    pub(crate) fn release_artifact(&self, sha256: &[u8; 32]) {
+        self.artifacts
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(sha256);
+    }
+
     /// An artifact this node holds.
     pub fn artifact(&self, sha256: &[u8; 32]) -> Option<Arc<Vec<u8>>> {
         self.artifacts
