@@ -49,6 +49,17 @@ pub struct Loads {
     /// Held artifacts no plugin entry names, since when (see
     /// [`release_unreferenced`]).
     unreferenced: std::sync::Mutex<std::collections::HashMap<[u8; 32], std::time::Instant>>,
+    /// Entries reported unavailable, with the holders there were then and
+    /// when: tried again when another holder appears (see [`retry_unavailable`]).
+    unavailable: std::sync::Mutex<std::collections::HashMap<EntryKey, Unavailable>>,
+}
+
+type EntryKey = (String, String, String);
+
+struct Unavailable {
+    entry: PluginEntry,
+    holders: Vec<String>,
+    at: std::time::Instant,
 }
 
 impl Default for Loads {
@@ -58,11 +69,12 @@ impl Default for Loads {
             slots: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_FETCHES)),
             held_bytes: Default::default(),
             unreferenced: Default::default(),
+            unavailable: Default::default(),
         }
     }
 }
 
-fn entry_key(entry: &PluginEntry) -> (String, String, String) {
+fn entry_key(entry: &PluginEntry) -> EntryKey {
     (
         entry.tribe.clone(),
         entry.name.clone(),
@@ -70,8 +82,16 @@ fn entry_key(entry: &PluginEntry) -> (String, String, String) {
     )
 }
 
-/// Cancels a load still waiting for its artifact; true when there was one.
+/// Cancels a load still waiting for its artifact; true when there was one
+/// (also one reported unavailable: neither was handed over).
 pub(crate) fn cancel(shared: &Shared, entry: &PluginEntry) -> bool {
+    let unavailable = shared
+        .artifact_loads
+        .unavailable
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(&entry_key(entry))
+        .is_some();
     let handle = shared
         .artifact_loads
         .pending
@@ -83,7 +103,75 @@ pub(crate) fn cancel(shared: &Shared, entry: &PluginEntry) -> bool {
             h.abort();
             true
         }
-        None => false,
+        None => unavailable,
+    }
+}
+
+/// How often an entry reported unavailable is tried again while its
+/// holders stay the same (at once when a new holder appears).
+const RETRY_UNAVAILABLE: Duration = Duration::from_secs(60);
+
+/// Notes an entry reported unavailable, to try it again later.
+fn note_unavailable(shared: &Shared, entry: &PluginEntry, sha: &[u8; 32]) {
+    let holders = holders(shared, sha).into_iter().map(|(n, _)| n).collect();
+    shared
+        .artifact_loads
+        .unavailable
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(
+            entry_key(entry),
+            Unavailable {
+                entry: entry.clone(),
+                holders,
+                at: std::time::Instant::now(),
+            },
+        );
+}
+
+/// Tries again the entries reported unavailable whose artifact a holder
+/// not tried before now advertises (a member that loaded the same bytes,
+/// a holder back), or any holder after [`RETRY_UNAVAILABLE`].
+pub(crate) fn retry_unavailable(shared: &Arc<Shared>) {
+    let list = || {
+        shared
+            .artifact_loads
+            .unavailable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    };
+    // Looked at without the list's lock: the members' view takes the
+    // engine's, which is held where entries are cancelled.
+    let waiting: Vec<(EntryKey, PluginEntry, Vec<String>, std::time::Instant)> = list()
+        .iter()
+        .map(|(k, u)| (k.clone(), u.entry.clone(), u.holders.clone(), u.at))
+        .collect();
+    if waiting.is_empty() {
+        return;
+    }
+    let now = std::time::Instant::now();
+    let due: Vec<(EntryKey, PluginEntry)> = waiting
+        .into_iter()
+        .filter(|(_, entry, tried, at)| {
+            let Some(artifact) = &entry.artifact else {
+                return false;
+            };
+            let current = holders(shared, &artifact.sha256);
+            let fresh = current.iter().any(|(n, _)| !tried.contains(n));
+            fresh || (!current.is_empty() && now.duration_since(*at) >= RETRY_UNAVAILABLE)
+        })
+        .map(|(k, entry, _, _)| (k, entry))
+        .collect();
+    let due: Vec<PluginEntry> = {
+        let mut list = list();
+        due.into_iter()
+            .filter(|(k, _)| list.remove(k).is_some())
+            .map(|(_, entry)| entry)
+            .collect()
+    };
+    for entry in due {
+        tracing::info!(plugin = %entry.name, "a holder of an unavailable artifact appeared: fetching it again");
+        load(shared.clone(), entry);
     }
 }
 
@@ -347,6 +435,7 @@ pub(crate) fn load(shared: Arc<Shared>, entry: PluginEntry) {
                     Err(e) => {
                         tracing::warn!(plugin = %entry.name, error = %e, "artifact fetched but not kept");
                         if still_wanted {
+                            note_unavailable(&shared, &entry, &artifact.sha256);
                             shared.deliver(Event::ArtifactUnavailable {
                                 plugin: entry,
                                 reason: e.to_string(),
@@ -359,6 +448,7 @@ pub(crate) fn load(shared: Arc<Shared>, entry: PluginEntry) {
                 crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_unavailable);
                 tracing::warn!(plugin = %entry.name, %reason, "artifact unavailable");
                 if still_wanted {
+                    note_unavailable(&shared, &entry, &artifact.sha256);
                     shared.deliver(Event::ArtifactUnavailable {
                         plugin: entry,
                         reason,

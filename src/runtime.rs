@@ -437,6 +437,7 @@ impl Driver {
                     self.save_durable();
                     self.shared.rpc.pool.close_idle();
                     crate::artifacts::release_unreferenced(&self.shared);
+                    crate::artifacts::retry_unavailable(&self.shared);
                 }
             }
         }

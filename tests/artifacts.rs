@@ -239,3 +239,41 @@ async fn artifacts_no_entry_names_are_let_go() {
     })
     .await;
 }
+
+/// A member told an artifact is unavailable tries again when a holder it
+/// did not try appears (another node holds the same bytes), rather than
+/// never: only an unload and a new load of the whole tribe mended it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unavailable_artifact_is_fetched_when_a_new_holder_appears() {
+    let mut nodes = cluster().await;
+    let mut loader = nodes[2].events();
+    let payload = bytes(5000, 9);
+    // Its only holder goes before anyone fetched it.
+    let gone = nodes.remove(1);
+    let artifact = gone.hold_artifact(payload.clone()).unwrap();
+    gone.abort().await;
+    nodes[0]
+        .load_plugin(
+            "t",
+            "late",
+            "1",
+            PluginKind::Processor,
+            Some(artifact.clone()),
+        )
+        .await
+        .unwrap();
+    match next_about(&mut loader, "late").await {
+        Event::ArtifactUnavailable { .. } => {}
+        other => panic!("want unavailable first: {other:?}"),
+    }
+    // Another node holds the same bytes.
+    assert_eq!(nodes[0].hold_artifact(payload.clone()).unwrap(), artifact);
+    match next_about(&mut loader, "late").await {
+        Event::PluginLoad(p) => assert_eq!(p.artifact, Some(artifact.clone())),
+        other => panic!("want a load once a holder appeared: {other:?}"),
+    }
+    assert_eq!(
+        nodes[2].artifact(&artifact.sha256).unwrap().as_slice(),
+        &payload[..]
+    );
+}

@@ -87,7 +87,9 @@ pub enum Event {
         holder: String,
     },
     /// A plugin's artifact could not be fetched and verified from any
-    /// holder; the plugin is not handed over (no `PluginLoad`).
+    /// holder; the plugin is not handed over (no `PluginLoad`) until a
+    /// later try succeeds: when a holder not tried before appears, or
+    /// every minute while some holder is listed.
     ArtifactUnavailable {
         /// The plugin entry.
         plugin: PluginEntry,
