@@ -705,6 +705,13 @@ impl EventLog {
     /// Logs `event` at `now`, or counts it when the second's share is used
     /// up; whether it was logged.
     fn event(&mut self, event: &Event, now: std::time::Instant) -> bool {
+        // Said once per policy and message, and the only word an operator
+        // gets of why a node stays out of a tribe: never left for a burst
+        // of member events to crowd out.
+        if let Event::PolicyError { .. } = event {
+            tracing::warn!(?event, "policy error");
+            return true;
+        }
         self.roll(now);
         if self.window.is_none() {
             self.window = Some(now);
@@ -714,10 +721,7 @@ impl EventLog {
             return false;
         }
         self.logged += 1;
-        match event {
-            Event::PolicyError { .. } => tracing::warn!(?event, "policy error"),
-            _ => tracing::info!(?event, "event"),
-        }
+        tracing::info!(?event, "event");
         true
     }
 
@@ -762,6 +766,15 @@ mod tests {
         assert!(log.skipped > 0, "not before the second is over");
         log.roll(later + std::time::Duration::from_secs(1));
         assert_eq!((log.skipped, log.window), (0, None));
+        // A policy error is logged whatever the burst.
+        (0..1_000).for_each(|_| {
+            log.event(&event, later);
+        });
+        let error = tribe::Event::PolicyError {
+            policy: "p".into(),
+            message: "no such key: rack".into(),
+        };
+        assert!(log.event(&error, later));
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
