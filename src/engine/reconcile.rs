@@ -499,13 +499,32 @@ impl Engine {
         self.after_change();
     }
 
+    /// Creates a tribe. One created again after a deletion starts after
+    /// the deletion and after every record of the tribe this node holds:
+    /// writes made into it while it was gone (concurrent with the
+    /// deletion, or from a node that had not heard of it) belong to no
+    /// tribe, and would otherwise come back in the new one.
     pub(super) fn create_tribe_record(&mut self, tribe: &str) {
         let key = Key::Tribe(tribe.to_string());
-        let after = lock(&self.shared)
-            .state
-            .entry(&key)
-            .filter(|e| e.value.is_none())
-            .map(|e| e.version.clone());
+        let after = {
+            let sh = lock(&self.shared);
+            sh.state
+                .entry(&key)
+                .filter(|e| e.value.is_none())
+                .map(|deleted| {
+                    sh.state
+                        .iter()
+                        .filter(|(k, _)| k.tribe() == Some(tribe))
+                        .map(|(_, e)| &e.version)
+                        .fold(deleted.version.clone(), |latest, v| {
+                            if *v > latest {
+                                v.clone()
+                            } else {
+                                latest
+                            }
+                        })
+                })
+        };
         self.write(key, Some(Value::Tribe(TribeRecord { after })));
     }
 
@@ -690,6 +709,59 @@ mod tests {
             .unwrap();
         drain_events(&mut engine, &mut set);
         assert!(engine.in_tribe("everyone"));
+    }
+
+    #[test]
+    fn a_tribe_created_again_leaves_out_writes_made_while_it_was_gone() {
+        let mut cfg = crate::Config::new("n");
+        cfg.collect_facts = false;
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        let tribe = |t: &str| crate::Command::CreateTribe { tribe: t.into() };
+        engine.handle_command(1_100, tribe("x")).unwrap();
+        engine
+            .handle_command(1_200, crate::Command::DeleteTribe { tribe: "x".into() })
+            .unwrap();
+        // A peer that had not heard of the deletion loaded a plugin into
+        // it after it (by the clock).
+        lock(&engine.shared).accept_remote(
+            Key::Plugin {
+                tribe: "x".into(),
+                name: "pl".into(),
+                version: "1".into(),
+            },
+            Entry {
+                version: Hlc {
+                    millis: 1_300,
+                    counter: 0,
+                    node: "peer".into(),
+                },
+                value: Some(Value::Plugin(crate::records::PluginRecord {
+                    kind: crate::PluginKind::Processor,
+                    artifact: None,
+                })),
+            },
+        );
+        engine.after_change();
+        assert!(engine.tribe("x").is_none());
+        engine.handle_command(2_000, tribe("x")).unwrap();
+        let again = engine.tribe("x").expect("created again");
+        assert!(again.plugins.is_empty(), "{:?}", again.plugins);
+        // What is loaded into the new tribe is in it.
+        engine
+            .handle_command(
+                2_100,
+                crate::Command::LoadPlugin {
+                    tribe: "x".into(),
+                    name: "pl".into(),
+                    version: "2".into(),
+                    kind: crate::PluginKind::Processor,
+                    artifact: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(engine.tribe("x").unwrap().plugins.len(), 1);
     }
 
     fn policy_requests(engine: &mut Engine) -> Vec<PolicyRequest> {
