@@ -432,7 +432,44 @@ fn compile_program(source: &str) -> Result<Compiled, PolicyError> {
         patterns: Arc::new(patterns),
     };
     compiled.probe()?;
+    check_fact_literals(source)?;
     Ok(compiled)
+}
+
+/// Refuses a fact compared for equality with a number, a bool or null
+/// (`facts.cores == 2`, `facts.ssd != true`, `facts.cores in [2, 4]`):
+/// CEL allows it, but facts are strings, so it holds for no node (or, with
+/// `!=`, for every one) and no evaluation ever reports why.
+fn check_fact_literals(source: &str) -> Result<(), PolicyError> {
+    static MIXED: OnceLock<regex::Regex> = OnceLock::new();
+    let mixed = MIXED.get_or_init(|| {
+        let fact = r#"facts\s*(?:\.\s*[A-Za-z_][A-Za-z0-9_]*|\[\s*(?:"[^"\\]*"|'[^'\\]*')\s*\])"#;
+        let literal = r"(?:-?\d[\d.eExXa-fA-Fu]*|true|false|null)\b";
+        regex::Regex::new(&format!(
+            r"\b({fact})\s*(?:==|!=)\s*{literal}|(?:^|[^\w.])({literal})\s*(?:==|!=)\s*({fact})|\b({fact})\s+in\s*\[\s*{literal}"
+        ))
+        .expect("a valid pattern")
+    });
+    let Some(found) = mixed.captures(source) else {
+        return Ok(());
+    };
+    let Some(whole) = found.get(0) else {
+        return Ok(());
+    };
+    // The second form may begin with the character before the literal.
+    let text = whole
+        .as_str()
+        .trim_start_matches(|c: char| !(c.is_alphanumeric() || c == '-'));
+    let at = whole.end() - text.len();
+    let text = text.trim_end();
+    Err(PolicyError::at(
+        format!(
+            "{text:?} compares a fact with a number, a bool or null, which holds for no \
+             value: facts are strings (compare with a string, or convert: int(facts.x) == 2)"
+        ),
+        source,
+        at,
+    ))
 }
 
 /// The names of the facts a policy expression names (`facts.x`,
@@ -1033,6 +1070,37 @@ mod tests {
         assert!(Condition::compile("facts.processor_count >= 2").is_err());
         assert!(eval("int(facts.os_dist) >= 2", &ubuntu_node()).is_err());
         assert!(eval("1 / 0 == 1", &ubuntu_node()).is_err());
+    }
+
+    #[test]
+    fn a_fact_compared_for_equality_with_a_number_is_refused() {
+        // Facts are strings: these would hold for no node, or all.
+        for bad in [
+            "facts.processor_count == 2",
+            "2 == facts.processor_count",
+            "facts['ssd'] != true",
+            "facts.processor_count in [1, 2, 4]",
+            "facts.rack == null",
+            "facts.os_dist == \"ubuntu\" && facts.cores == -1.5",
+        ] {
+            let err = Condition::compile(bad).expect_err(bad);
+            assert!(err.message.contains("facts are strings"), "{bad}: {err}");
+            assert!(err.line.is_some() && err.column.is_some(), "{bad}: {err:?}");
+        }
+        let err =
+            Condition::compile("facts.os_dist == \"ubuntu\" &&\n  facts.cores == 2").unwrap_err();
+        assert_eq!((err.line, err.column), (Some(2), Some(3)), "{err:?}");
+        for good in [
+            "facts.processor_count == \"2\"",
+            "\"2\" == facts.processor_count",
+            "int(facts.processor_count) == 2",
+            "size(facts.rack) == 2",
+            "facts.rack.size() == 2",
+            "facts.rack in [\"r1\", \"r2\"]",
+            "has(facts.ssd) == true",
+        ] {
+            assert!(Condition::compile(good).is_ok(), "{good}");
+        }
     }
 
     #[test]
