@@ -5,14 +5,13 @@
 
 mod plot;
 
-/// `println!` that ends the program quietly when stdout is gone (a
-/// closed pipe, as under `| head`) instead of panicking.
+/// `println!` that goes on quietly when stdout is gone (a closed pipe, as
+/// under `| head`) instead of panicking: the run goes on to write the
+/// `--csv` and `--png` files it was asked for.
 macro_rules! say {
     ($($arg:tt)*) => {{
         use std::io::Write as _;
-        if writeln!(std::io::stdout(), $($arg)*).is_err() {
-            std::process::exit(0);
-        }
+        let _ = writeln!(std::io::stdout(), $($arg)*);
     }};
 }
 
@@ -181,6 +180,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         t.indirect_probes = cli.indirect_probes.unwrap_or(t.indirect_probes);
         t
     });
+    // Timings a node would refuse would leave every simulated node unstarted
+    // and the summary empty: refused here, as a node refuses them.
+    if let Some(t) = &timings {
+        let mut probe = tribe::Config::new("sim");
+        probe.timings = Some(t.clone());
+        probe
+            .validate()
+            .map_err(|e| format!("--suspicion-mult / --indirect-probes: {e}"))?;
+    }
     let cfg = SimConfig {
         seed: cli.seed,
         profile: cli.profile,

@@ -199,6 +199,10 @@ fn bad_flags_are_errors_not_panics() {
         vec!["crash", "--paused", "7"],
         vec!["churn", "--every-secs", "nan"],
         vec!["--formed", "mass-join"],
+        // Timings every node would refuse: no empty run reported as a result.
+        vec!["--indirect-probes", "0", "crash"],
+        vec!["--indirect-probes", "65", "crash"],
+        vec!["--suspicion-mult", "101", "crash"],
     ] {
         let out = Command::new(SIM)
             .args(&args)
