@@ -262,6 +262,9 @@ pub struct Engine {
     news: news::Forwarder,
     /// Suspects this node has decided about dialling (see [`suspects`]).
     suspects_seen: BTreeSet<(Arc<str>, u64)>,
+    /// Since when each suspect has been one here (engine clock, ms; `None`
+    /// once dialed for it; see `check_suspects`).
+    suspects_held: BTreeMap<(Arc<str>, u64), Option<u64>>,
     /// Members dialed for a peer's verdict this node softened (name,
     /// generation, incarnation; see `time_softened_verdicts`).
     softened_dialed: BTreeSet<(Arc<str>, u64, foca::Incarnation)>,
@@ -421,6 +424,7 @@ impl Engine {
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
+            suspects_held: BTreeMap::new(),
             softened_dialed: BTreeSet::new(),
             buddies: Default::default(),
             last_heard_ms: 0,

@@ -45,12 +45,24 @@ impl Engine {
             .map(|(id, _)| (id.name.clone(), id.generation))
             .collect();
         self.suspects_seen.retain(|k| keys.contains(k));
+        self.suspects_held.retain(|k, _| keys.contains(k));
         let p = (CHECKERS / self.swim.num_members().max(1) as f64).min(1.0);
+        let now = self.now_ms();
+        let window = lock(&self.shared).verdict_window_ms;
         for (id, _) in suspects {
-            if self.suspects_seen.insert((id.name.clone(), id.generation))
-                && rand::RngExt::random_bool(&mut self.rng, p)
-            {
+            let key = (id.name.clone(), id.generation);
+            if self.suspects_seen.insert(key.clone()) && rand::RngExt::random_bool(&mut self.rng, p) {
                 // Digests only: the dial is the point.
+                self.start_summary(&id);
+            }
+            // A suspicion learned by gossip has no timer here (foca times
+            // only those it starts): if its down notice never reaches this
+            // node, it would stay suspect until this node's own probe came
+            // round to it. Still suspect after a suspicion timeout, it is
+            // dialed once: a refused dial declares it down.
+            let since = *self.suspects_held.entry(key).or_insert(Some(now));
+            if since.is_some_and(|t| now.saturating_sub(t) >= window) {
+                self.suspects_held.insert((id.name.clone(), id.generation), None);
                 self.start_summary(&id);
             }
         }
