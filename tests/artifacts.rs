@@ -246,10 +246,11 @@ async fn artifacts_no_entry_names_are_let_go() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unavailable_artifact_is_fetched_when_a_new_holder_appears() {
     let mut nodes = cluster().await;
-    let mut loader = nodes[2].events();
-    let payload = bytes(5000, 9);
-    // Its only holder goes before anyone fetched it.
+    // Its only holder (not in the tribe) goes before anyone fetched it;
+    // the members of the tribe are nodes[1] and nodes[2] from here on.
     let gone = nodes.remove(1);
+    let mut loader = nodes[1].events();
+    let payload = bytes(5000, 9);
     let artifact = gone.hold_artifact(payload.clone()).unwrap();
     gone.abort().await;
     nodes[0]
@@ -273,7 +274,7 @@ async fn an_unavailable_artifact_is_fetched_when_a_new_holder_appears() {
         other => panic!("want a load once a holder appeared: {other:?}"),
     }
     assert_eq!(
-        nodes[2].artifact(&artifact.sha256).unwrap().as_slice(),
+        nodes[1].artifact(&artifact.sha256).unwrap().as_slice(),
         &payload[..]
     );
 }
