@@ -152,6 +152,10 @@ impl Scenario {
     }
 }
 
+/// Largest median latency: samples reach 100 times the median, and virtual
+/// time must not overflow.
+const MAX_LATENCY_US: u64 = 60_000_000;
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(&cli) {
@@ -166,6 +170,15 @@ fn run(cli: &Cli) -> Result<(), String> {
     }
     if !(0.0..=1.0).contains(&cli.loss) {
         return Err("--loss must be between 0 and 1".into());
+    }
+    if cli.latency_us > MAX_LATENCY_US {
+        return Err(format!(
+            "--latency-us must be at most {MAX_LATENCY_US} (one minute)"
+        ));
+    }
+    // Output files are tried before the run, not found unwritable after it.
+    for path in [&cli.csv, &cli.png].into_iter().flatten() {
+        std::fs::File::create(path).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     if !(cli.warmup_secs.is_finite() && cli.warmup_secs >= 0.0) {
         return Err("--warmup-secs must be a non-negative number".into());
@@ -450,16 +463,21 @@ fn run(cli: &Cli) -> Result<(), String> {
             // Victims in turn from the last node down, never a seed.
             let candidates: Vec<usize> = (cli.seeds.min(cli.nodes - 1)..cli.nodes).rev().collect();
             let mut down_now: std::collections::VecDeque<(Duration, usize)> = Default::default();
-            let (mut crashes, mut next_crash) = (0usize, start);
+            let (mut crashes, mut skipped, mut turn, mut next_crash) =
+                (0usize, 0usize, 0usize, start);
             let before = sim.false_failures().len();
             while sim.now() < start + secs(*window)? {
                 if sim.now() >= next_crash {
-                    let victim = candidates[crashes % candidates.len()];
+                    let victim = candidates[turn % candidates.len()];
+                    // A victim still down is skipped, not crashed again.
                     if !down_now.iter().any(|&(_, i)| i == victim) {
                         sim.crash(victim);
                         down_now.push_back((sim.now() + down, victim));
+                        crashes += 1;
+                    } else {
+                        skipped += 1;
                     }
-                    crashes += 1;
+                    turn += 1;
                     next_crash += every;
                 }
                 while down_now.front().is_some_and(|&(at, _)| at <= sim.now()) {
@@ -470,7 +488,16 @@ fn run(cli: &Cli) -> Result<(), String> {
                 sim.run_for(Duration::from_secs(1).min(every));
                 meter.sample(&sim, start, &mut series);
             }
-            meter.print(&format!("during churn ({crashes} crashes)"), &sim, start);
+            let skipped = if skipped > 0 {
+                format!(", {skipped} skipped: the victim was still down")
+            } else {
+                String::new()
+            };
+            meter.print(
+                &format!("during churn ({crashes} crashes{skipped})"),
+                &sim,
+                start,
+            );
             say!(
                 "- false failures (a node neither crashed nor paused declared failed): {}",
                 sim.false_failures().len() - before

@@ -203,6 +203,11 @@ fn bad_flags_are_errors_not_panics() {
         vec!["--indirect-probes", "0", "crash"],
         vec!["--indirect-probes", "65", "crash"],
         vec!["--suspicion-mult", "101", "crash"],
+        // Samples reach 100 times the median: virtual time would wrap.
+        vec!["--latency-us", "100000000000", "mass-join"],
+        // Found before the run, not after it.
+        vec!["--csv", "/nonexistent-dir/x.csv", "rest"],
+        vec!["--png", "/nonexistent-dir/x.png", "rest"],
     ] {
         let out = Command::new(SIM)
             .args(&args)
@@ -212,4 +217,24 @@ fn bad_flags_are_errors_not_panics() {
         assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
         assert!(err.starts_with("tribe-sim: "), "{args:?}: {err}");
     }
+}
+
+#[test]
+fn churn_counts_only_the_crashes_it_made() {
+    // Four nodes, three of them seeds: one victim, down 10 s of every crash
+    // turn of 2 s, so most turns find it still down.
+    let out = Command::new(SIM)
+        .args(["-n", "4", "--warmup-secs", "5", "churn", "--secs", "20"])
+        .output()
+        .expect("tribe-sim runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let line = text
+        .lines()
+        .find(|l| l.contains("during churn"))
+        .unwrap_or_else(|| panic!("no churn line: {text}"));
+    assert!(
+        line.contains("(2 crashes, 8 skipped: the victim was still down)"),
+        "{line}"
+    );
 }
