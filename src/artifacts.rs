@@ -14,7 +14,7 @@ use rand::seq::SliceRandom;
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use crate::engine::view::{MemberState, PluginEntry};
+use crate::engine::view::{MemberInfo, MemberState, PluginEntry};
 use crate::engine::Event;
 use crate::records::ArtifactRef;
 use crate::rpc::client::Answer;
@@ -150,13 +150,15 @@ pub(crate) fn retry_unavailable(shared: &Arc<Shared>) {
         return;
     }
     let now = std::time::Instant::now();
+    // One copy of the members for every waiting entry.
+    let members = shared.engine().members();
     let due: Vec<(EntryKey, PluginEntry)> = waiting
         .into_iter()
         .filter(|(_, entry, tried, at)| {
             let Some(artifact) = &entry.artifact else {
                 return false;
             };
-            let current = holders(shared, &artifact.sha256);
+            let current = holders_among(&members, &artifact.sha256);
             let fresh = current.iter().any(|(n, _)| !tried.contains(n));
             fresh || (!current.is_empty() && now.duration_since(*at) >= RETRY_UNAVAILABLE)
         })
@@ -190,16 +192,19 @@ enum Miss {
 
 /// Live holders other than this node.
 fn holders(shared: &Shared, sha: &[u8; 32]) -> Vec<(String, SocketAddr)> {
-    shared
-        .engine()
-        .members()
-        .into_iter()
+    holders_among(&shared.engine().members(), sha)
+}
+
+/// Live holders other than this node, among `members`.
+fn holders_among(members: &[MemberInfo], sha: &[u8; 32]) -> Vec<(String, SocketAddr)> {
+    members
+        .iter()
         .filter(|m| {
             !m.is_local
                 && matches!(m.state, MemberState::Alive | MemberState::Suspect)
                 && m.artifacts.contains(sha)
         })
-        .map(|m| (m.name, m.addr))
+        .map(|m| (m.name.clone(), m.addr))
         .collect()
 }
 
