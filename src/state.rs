@@ -261,6 +261,40 @@ impl State {
             .collect()
     }
 
+    /// Drops the records of tribes that have no record at all (their
+    /// deletion collected), written before `before_ms`; returns how many.
+    /// Such records belong to no tribe: written into one while it was being
+    /// deleted, they would otherwise come back when it is created again
+    /// after its deletion has been forgotten.
+    pub fn drop_orphans(&mut self, before_ms: u64) -> usize {
+        let tribes: BTreeSet<String> = self
+            .entries
+            .range::<Key, _>((Bound::Included(&Key::Tribe(String::new())), Bound::Unbounded))
+            .map_while(|(k, _)| match &**k {
+                Key::Tribe(t) => Some(t.clone()),
+                _ => None,
+            })
+            .collect();
+        let before = self.entries.len();
+        let (counts, buckets, tombstones) = (&mut self.counts, &mut self.buckets, &mut self.tombstones);
+        self.entries.retain(|k, s| {
+            let orphan = !matches!(**k, Key::Tribe(_))
+                && k.tribe().is_some_and(|t| !tribes.contains(t))
+                && s.entry.version.millis < before_ms;
+            if orphan {
+                counts[kind_index(k.kind())] -= 1;
+                buckets.toggle(bucket_of(k), &s.hash);
+                *tombstones -= usize::from(s.entry.value.is_none());
+            }
+            !orphan
+        });
+        let n = before - self.entries.len();
+        if n > 0 {
+            self.revision += 1;
+        }
+        n
+    }
+
     /// Drops tombstones written before `before_ms`; returns how many.
     pub fn collect_tombstones(&mut self, before_ms: u64) -> usize {
         if self.tombstones == 0 {

@@ -74,6 +74,10 @@ pub const MIN_RETRANSMITS: f64 = 5.0;
 /// How often reaping, tombstone collection and exchange timeouts run.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 
+/// How often records of tribes without a record are swept (besides after
+/// every tombstone collection).
+const ORPHAN_SWEEP_EVERY_MS: u64 = 60_000;
+
 /// Peers each node that learns of a keyring step pushes it to at once.
 /// Keyring records never ride gossip; with `gossip_fanout` (3) pushes per
 /// informed node, about e^-3 of the nodes (one in twenty) waited for a
@@ -249,6 +253,9 @@ pub struct Engine {
     pending: BTreeMap<Key, crate::records::Entry>,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
+    /// When records of tribes without a record were last swept (see
+    /// [`crate::state::State::drop_orphans`]).
+    orphans_swept_ms: u64,
     /// The peers an earlier run kept (see [`durable`]): seeds at start,
     /// then tried now and then, as failed members are, while this run has
     /// not met them, until `kept_until_ms`.
@@ -418,6 +425,7 @@ impl Engine {
             record_owed: false,
             pending: BTreeMap::new(),
             last_contact_ms: 0,
+            orphans_swept_ms: 0,
             kept_peers: Vec::new(),
             kept_until_ms: 0,
             last_kept: Vec::new(),
@@ -924,6 +932,13 @@ impl Engine {
             let mut sh = lock(&self.shared);
             let n = sh.state.collect_tombstones(now.saturating_sub(grace));
             sh.counters.tombstones_collected += n as u64;
+            // Right after a collection (a tribe's deletion may be among
+            // it), and now and then for records a peer sent back since.
+            if n > 0 || now.saturating_sub(self.orphans_swept_ms) >= ORPHAN_SWEEP_EVERY_MS {
+                self.orphans_swept_ms = now;
+                let dropped = sh.state.drop_orphans(now.saturating_sub(grace));
+                sh.counters.stale_records_dropped += dropped as u64;
+            }
         }
         self.expire_exchanges(now);
         let holder = {

@@ -764,6 +764,66 @@ mod tests {
         assert_eq!(engine.tribe("x").unwrap().plugins.len(), 1);
     }
 
+    #[test]
+    fn writes_made_while_a_tribe_was_gone_stay_out_after_its_deletion_is_forgotten() {
+        let mut cfg = crate::Config::new("n");
+        cfg.collect_facts = false;
+        let mut timings = crate::Profile::Lan.timings();
+        timings.tombstone_grace = std::time::Duration::from_secs(10);
+        cfg.timings = Some(timings);
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        let tribe = |t: &str| crate::Command::CreateTribe { tribe: t.into() };
+        engine.handle_command(1_100, tribe("x")).unwrap();
+        engine.handle_command(1_100, tribe("kept")).unwrap();
+        engine
+            .handle_command(1_200, crate::Command::DeleteTribe { tribe: "x".into() })
+            .unwrap();
+        let plugin = |tribe: &str, millis: u64| {
+            (
+                Key::Plugin {
+                    tribe: tribe.into(),
+                    name: "pl".into(),
+                    version: "1".into(),
+                },
+                Entry {
+                    version: Hlc {
+                        millis,
+                        counter: 0,
+                        node: "peer".into(),
+                    },
+                    value: Some(Value::Plugin(crate::records::PluginRecord {
+                        kind: crate::PluginKind::Processor,
+                        artifact: None,
+                    })),
+                },
+            )
+        };
+        // Written into x by a peer that had not heard of its deletion, and
+        // into a tribe that exists.
+        for (key, entry) in [plugin("x", 1_300), plugin("kept", 1_300)] {
+            assert!(lock(&engine.shared).accept_remote(key, entry));
+        }
+        // The deletion is forgotten after the grace; the record written
+        // into x goes with it, the one in `kept` stays.
+        engine.handle_timer(12_000, super::super::Timer::Housekeeping);
+        let held = |engine: &Engine, tribe: &str| {
+            lock(&engine.shared).state.entry(&plugin(tribe, 0).0).is_some()
+        };
+        assert!(!held(&engine, "x"));
+        assert!(held(&engine, "kept"));
+        // A peer that kept it sends it back: swept within a minute.
+        let (key, entry) = plugin("x", 1_300);
+        lock(&engine.shared).accept_remote(key, entry);
+        engine.handle_timer(72_500, super::super::Timer::Housekeeping);
+        assert!(!held(&engine, "x"));
+        engine.handle_command(73_000, tribe("x")).unwrap();
+        assert!(engine.tribe("x").unwrap().plugins.is_empty());
+        assert_eq!(engine.tribe("kept").unwrap().plugins.len(), 1);
+        assert_eq!(engine.counters().stale_records_dropped, 2);
+    }
+
     fn policy_requests(engine: &mut Engine) -> Vec<PolicyRequest> {
         std::iter::from_fn(|| engine.poll_output())
             .filter_map(|o| match o {
