@@ -127,7 +127,7 @@ pub enum Error {
     /// No live member of the tribe serves the plugin (or every one that
     /// did refused the call as it stopped serving it: stopping, or
     /// unserving it with the call still queued).
-    #[error("no live member of tribe {tribe:?} serves {plugin:?} ({wanted}){}", stopping_note(.stopping))]
+    #[error("no live member of tribe {tribe:?} serves {plugin:?} ({wanted}){}{}", stopping_note(.stopping), unreachable_note(.unreachable))]
     NoProvider {
         /// The tribe.
         tribe: String,
@@ -139,6 +139,9 @@ pub enum Error {
         /// The members that served it but refused this call, unrun, as they
         /// stopped serving it (empty when none did).
         stopping: Vec<String>,
+        /// The members listed as serving it that could not be reached (the
+        /// call did not run there; empty when none).
+        unreachable: Vec<String>,
     },
     /// The call did not complete within its timeout.
     #[error("the call did not complete within its timeout")]
@@ -262,6 +265,17 @@ pub(crate) fn wanted(kind: crate::PluginKind, version: Option<&str>) -> String {
 }
 
 /// Which members refused a call as they stopped serving its plugin.
+fn unreachable_note(unreachable: &[String]) -> String {
+    match unreachable {
+        [] => String::new(),
+        [one] => format!("; {one}, listed as serving it, could not be reached"),
+        many => format!(
+            "; {}, listed as serving it, could not be reached",
+            many.join(", ")
+        ),
+    }
+}
+
 fn stopping_note(stopping: &[String]) -> String {
     match stopping {
         [] => String::new(),

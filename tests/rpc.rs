@@ -885,6 +885,47 @@ async fn a_call_refused_by_every_stopping_host_names_them() {
     }
 }
 
+/// A call whose only host cannot be reached (gone without a word, still
+/// listed as alive) is `NoProvider` naming it as unreachable: not a bare
+/// "no live member serves it" while the caller lists one that does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_hosts_cannot_be_reached_names_them() {
+    let nodes = start_cluster("unr", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (nodes[0].clone(), nodes[1].clone());
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    serve_echo(&host, Duration::ZERO).await;
+    wait_served(&caller, 1).await;
+    wait_for("the tribe seen", 20 * SECOND, || {
+        caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    host.abort().await;
+    let err = caller
+        .call(&echo(), b"x".to_vec(), 10 * SECOND)
+        .await
+        .unwrap_err();
+    // Unless the caller already found the host down (then nobody serves it).
+    let still_listed = caller
+        .members()
+        .iter()
+        .any(|m| m.name == host.name() && !m.endpoints.is_empty());
+    match &err {
+        Error::NoProvider { unreachable, .. } if !unreachable.is_empty() => {
+            assert_eq!(unreachable, &[host.name().to_string()]);
+            let note = format!(
+                "; {}, listed as serving it, could not be reached",
+                host.name()
+            );
+            assert!(err.to_string().ends_with(&note), "{err}");
+        }
+        Error::NoProvider { .. } => assert!(!still_listed, "{err}"),
+        other => panic!("{other:?}"),
+    }
+    caller.shutdown().await.unwrap();
+}
+
 /// A call made as soon as the caller's own view puts a host in the tribe
 /// reaches it, though the host has not heard of it yet (it refuses as not
 /// serving the tribe until it has): the caller tries it again, shortly.

@@ -193,13 +193,16 @@ class NoProviderError(CallError):
 
     ``.stopping`` names the members that served it but refused the call,
     unrun, as they stopped serving it: closing, or unserving it with the
-    call still queued (empty when none did).
+    call still queued (empty when none did). ``.unreachable`` names the
+    members listed as serving it that could not be reached; the call did not
+    run there (empty when none).
     """
 
     error_code = "no_provider"
     tribe: str = ""
     plugin: str = ""
     stopping: tuple[str, ...] = ()
+    unreachable: tuple[str, ...] = ()
 
 
 class CallTimeoutError(CallError, TimeoutError):

@@ -59,11 +59,13 @@ fn build(py: Python<'_>, make: &Bound<'_, PyAny>, e: &tribe::Error) -> PyResult<
             tribe,
             plugin,
             stopping,
+            unreachable,
             ..
         } => {
             attrs.set_item("tribe", tribe)?;
             attrs.set_item("plugin", plugin)?;
             attrs.set_item("stopping", PyTuple::new(py, stopping)?)?;
+            attrs.set_item("unreachable", PyTuple::new(py, unreachable)?)?;
         }
         tribe::Error::UnknownTribe(t) | tribe::Error::TribeExists(t) => {
             attrs.set_item("tribe", t)?;

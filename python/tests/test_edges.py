@@ -79,6 +79,22 @@ def test_calls_queued_for_an_unserved_handler_move_on(cluster: Cluster) -> None:
         assert str(e).endswith(f"; {host.name} refused it as it stopped serving it"), e
 
 
+def test_a_call_to_an_unreachable_host_names_it(cluster: Cluster) -> None:
+    host, caller = pair(cluster)
+    host.serve("echo", "1", "processor", lambda payload, info: payload)
+    wait_endpoint(caller, "echo")
+    assert host.abort(timeout=10.0)
+    with pytest.raises(pytribe.NoProviderError) as raised:
+        caller.call("svc", "echo", b"x", timeout=10.0)
+    e = raised.value
+    # Unless the caller found the host down first: then nobody serves it.
+    if e.unreachable:
+        assert e.unreachable == (host.name,), e
+        assert str(e).endswith(f"; {host.name}, listed as serving it, could not be reached"), e
+    else:
+        assert all(m.name != host.name or m.state != "alive" for m in caller.members()), e
+
+
 def test_a_host_name_binds() -> None:
     node = start("byname", bind="localhost:0")
     try:

@@ -404,6 +404,7 @@ mod tests {
                 plugin: s(),
                 wanted: s(),
                 stopping: vec![s()],
+                unreachable: vec![s()],
             },
             Error::Timeout,
             Error::Remote {

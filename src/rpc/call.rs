@@ -81,6 +81,8 @@ enum Step {
     NotServing(Option<Vec<u8>>),
     /// Refused by a host that is stopping; another host may take it.
     Stopping(Option<Vec<u8>>),
+    /// Not sent: the host could not be reached; another host may take it.
+    Unreachable(Option<Vec<u8>>),
 }
 
 /// A handler's error as the caller sees it.
@@ -145,6 +147,7 @@ impl Rpc {
                 plugin: call.plugin.to_string(),
                 wanted: crate::error::wanted(call.kind, call.version),
                 stopping: Vec::new(),
+                unreachable: Vec::new(),
             })?;
         let place = self.server.try_slot().ok_or(Error::Overloaded)?;
         let info = CallInfo {
@@ -199,6 +202,7 @@ impl Rpc {
                         plugin: call.plugin.to_string(),
                         wanted: crate::error::wanted(call.kind, call.version),
                         stopping: vec![call.caller.to_string()],
+                        unreachable: Vec::new(),
                     }),
                     // Every path answers through the slot before it drops.
                     Ok(Err(_)) => Err(Error::Timeout),
@@ -261,15 +265,16 @@ impl Rpc {
             .providers
             .take()
             .ok_or_else(|| Error::UnknownTribe(target.tribe.clone()))?;
-        let no_provider = |stopping| Error::NoProvider {
+        let no_provider = |stopping, unreachable| Error::NoProvider {
             tribe: target.tribe.clone(),
             plugin: target.plugin.clone(),
             wanted: crate::error::wanted(target.kind, target.version.as_deref()),
             stopping,
+            unreachable,
         };
         let mut cands = client::order(providers, &self.pool);
         if cands.is_empty() {
-            return Err(no_provider(Vec::new()));
+            return Err(no_provider(Vec::new(), Vec::new()));
         }
         let _slot = self.pool.try_inflight().ok_or(Error::Overloaded)?;
         // A host runs a call for at most MAX_CALL_BUDGET and then answers
@@ -281,6 +286,7 @@ impl Rpc {
         let mut tried: Vec<String> = Vec::new();
         let mut stopping: Vec<String> = Vec::new();
         let mut not_serving: Vec<String> = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
         let mut pauses = NOT_YET_PAUSES_MS.iter();
         let mut round = 0;
         loop {
@@ -323,6 +329,12 @@ impl Rpc {
                     }
                     Step::Stopping(back) => {
                         stopping.push(cand.name.clone());
+                        back
+                    }
+                    Step::Unreachable(back) => {
+                        if !unreachable.contains(&cand.name) {
+                            unreachable.push(cand.name.clone());
+                        }
                         back
                     }
                 };
@@ -368,7 +380,7 @@ impl Rpc {
             // and no other host took it.
             Error::ShuttingDown
         } else {
-            no_provider(stopping)
+            no_provider(stopping, unreachable)
         })
     }
 
@@ -451,7 +463,7 @@ impl Rpc {
             Err(NotSent::Connect(e)) => {
                 self.pool.mark_unreachable(cand.addr);
                 tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
-                Step::Next(back())
+                Step::Unreachable(back())
             }
             Err(NotSent::Busy) => Step::Busy(back()),
             Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout)),
@@ -484,7 +496,7 @@ impl Rpc {
             Ok(Some(Answer::Unsent)) => {
                 self.pool.mark_unreachable(cand.addr);
                 tracing::debug!(host = %cand.name, "call not sent before its stream ended; trying another host");
-                Step::Next(back())
+                Step::Unreachable(back())
             }
             Ok(Some(Answer::Lost)) => done(Err(Error::Disconnected {
                 host: cand.name.clone(),
