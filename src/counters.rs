@@ -96,10 +96,13 @@ pub struct Counters {
     /// Median offset of the peers' clocks from this node's, in ms (a gauge).
     pub clock_offset_ms: i64,
     /// Records kept from before a long absence that the cluster no longer
-    /// knew (deleted since) and that were dropped instead of restored.
+    /// knew (deleted since) and that were dropped instead of restored, and
+    /// records of a tribe whose deletion was collected (written into it
+    /// while it was being deleted).
     pub stale_records_dropped: u64,
     /// Records from peers refused because their kind is at its limit.
     pub records_over_limit: u64,
-    /// Events dropped for subscribers that fell behind (kept by the runtime).
+    /// Events dropped for subscribers that fell behind (kept by the runtime;
+    /// through the C ABI, also those of the host's event queue).
     pub events_dropped: u64,
 }

@@ -378,6 +378,7 @@ func (in *node) dispatch(ev *C.tribe_event, kind C.uint32_t) {
 		case in.events <- e:
 		default:
 			in.dropped.Add(1)
+			in.chanDropped.Add(1)
 		}
 	}
 }

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"runtime"
+	"strconv"
 	"unsafe"
 )
 
@@ -318,6 +319,8 @@ func (n *Node) Status() (Status, error) {
 
 // Counters gives the node's counters (traffic, refusals, sync, calls) as
 // {"engine": {...}, "calls": {...}}; the names are in docs/c-api.md.
+// "events_dropped" counts the events the Events channel had no room for too
+// (as EventsDropped does).
 //
 // While Close or Abort runs it gives the counts so far, and after them the
 // final counts, taken as the node stopped.
@@ -331,7 +334,7 @@ func (n *Node) Counters() (map[string]map[string]json.Number, error) {
 		if in.finalCounters == nil {
 			return nil, errClosed()
 		}
-		return decode[map[string]map[string]json.Number](in.finalCounters, nil)
+		return withChanDropped(in)(decode[map[string]map[string]json.Number](in.finalCounters, nil))
 	}
 	// Also while the node closes: it counts until it is freed.
 	var text *C.char
@@ -341,7 +344,23 @@ func (n *Node) Counters() (map[string]map[string]json.Number, error) {
 		return nil, err
 	}
 	defer C.tribe_string_free(text)
-	return decode[map[string]map[string]json.Number](C.GoBytes(unsafe.Pointer(text), C.int(l)), nil)
+	return withChanDropped(in)(decode[map[string]map[string]json.Number](C.GoBytes(unsafe.Pointer(text), C.int(l)), nil))
+}
+
+// withChanDropped adds the events in's Events channel had no room for to
+// libtribe's "events_dropped".
+func withChanDropped(in *node) func(map[string]map[string]json.Number, error) (map[string]map[string]json.Number, error) {
+	return func(m map[string]map[string]json.Number, err error) (map[string]map[string]json.Number, error) {
+		if err != nil {
+			return nil, err
+		}
+		if engine := m["engine"]; engine != nil {
+			if n, perr := strconv.ParseUint(engine["events_dropped"].String(), 10, 64); perr == nil {
+				engine["events_dropped"] = json.Number(strconv.FormatUint(n+in.chanDropped.Load(), 10))
+			}
+		}
+		return m, nil
+	}
 }
 
 // finalCounters reads the counters of a stopped node, before it is freed.

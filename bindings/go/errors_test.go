@@ -198,6 +198,14 @@ func TestSlowEventReaderDropsNotBlocks(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "dropped events to be counted", 10*time.Second, func() bool { return n.EventsDropped() > 0 })
+	// The counters count them too.
+	counters, err := n.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d, err := counters["engine"]["events_dropped"].Int64(); err != nil || d == 0 {
+		t.Fatalf("engine.events_dropped = %v (%v) with %d dropped", counters["engine"]["events_dropped"], err, n.EventsDropped())
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	reply, err := n.Call(ctx, Target{Tribe: "t0", Plugin: "echo", Kind: Processor}, []byte("hi"))

@@ -143,6 +143,9 @@ type node struct {
 
 	events  chan Event
 	dropped atomic.Uint64
+	// Of dropped, those the Events channel had no room for (libtribe
+	// counts its own in the counters).
+	chanDropped atomic.Uint64
 	// The counters as libtribe last gave them, at Close (Counters then).
 	finalCounters []byte
 	pollDone      chan struct{}

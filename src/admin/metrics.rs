@@ -282,8 +282,14 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut r,
         "stale_records_dropped",
-        "Records kept from before a long absence that the cluster had deleted since",
+        "Records dropped as deleted: kept from before a long absence, or written into a tribe as it was deleted",
         c.stale_records_dropped,
+    );
+    counter(
+        &mut r,
+        "keyring_records_refused",
+        "Keyring records from peers refused because this node does not require encryption",
+        c.keyring_records_refused,
     );
     counter(
         &mut r,

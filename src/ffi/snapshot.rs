@@ -126,8 +126,12 @@ pub extern "C" fn tribe_node_counters_json(
 ) -> u32 {
     ffi_call!(err, [out, out_len], {
         let out = cast::out(out, "out")?;
-        let n = &node_handle(node)?.node;
-        let value = to_json(serde_json::json!({ "engine": n.counters(), "calls": n.rpc_stats() }))?;
+        let handle = node_handle(node)?;
+        let n = &handle.node;
+        let mut engine = n.counters();
+        // The host's queue drops too (`tribe_node_events_dropped`).
+        engine.events_dropped += handle.mailbox.dropped();
+        let value = to_json(serde_json::json!({ "engine": engine, "calls": n.rpc_stats() }))?;
         cast::give_string(out, out_len, value.to_string());
         Ok(())
     })

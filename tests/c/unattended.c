@@ -152,6 +152,24 @@ int main(void) {
     CHECK(done == 20);
     printf("20 asynchronous calls completed for a thread that only looked\n");
 
+    /* A host that never takes its events: past 65,536 waiting they are
+     * dropped, and both tribe_node_events_dropped and the counters say how
+     * many. Each join and leave is one event of the caller's. */
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(caller, "flood", &err));
+    for (int i = 0; i < 34000; i++) {
+        EXPECT(TRIBE_OK, tribe_node_join(caller, "flood", NULL, &err));
+        EXPECT(TRIBE_OK, tribe_node_leave(caller, "flood", NULL, &err));
+    }
+    uint64_t dropped = tribe_node_events_dropped(caller);
+    CHECK(dropped > 0);
+    char *counters = NULL;
+    EXPECT(TRIBE_OK, tribe_node_counters_json(caller, &counters, NULL, &err));
+    const char *at = strstr(counters, "\"events_dropped\":");
+    CHECK(at != NULL);
+    CHECK(strtoull(at + strlen("\"events_dropped\":"), NULL, 10) >= dropped);
+    tribe_string_free(counters);
+    printf("%llu events dropped for a host that took none, and counted\n", (unsigned long long)dropped);
+
     EXPECT(TRIBE_OK, tribe_node_shutdown(caller, &err));
     EXPECT(TRIBE_OK, tribe_node_shutdown(host, &err));
     pthread_join(host_loop, NULL);
