@@ -397,6 +397,7 @@ class UnknownEvent(Event):
     text: str
 
 
+#: Any of the event classes: what ``Events`` and ``AsyncEvents`` give.
 AnyEvent = Union[
     Joined,
     Isolated,
