@@ -472,6 +472,29 @@ fn kill_9_is_detected_and_a_restart_with_its_data_dir_rejoins_its_tribes() {
         "{metrics}"
     );
     assert!(metrics.contains("tribe_tribes 1"), "{metrics}");
+    // Without asking for OpenMetrics: the classic text format.
+    assert!(
+        metrics.contains("# TYPE tribe_admin_refused_total counter\n"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("# EOF"), "{metrics}");
+    // Prometheus asks for OpenMetrics, and gets it.
+    let mut open = http()
+        .get(format!("http://{}/metrics", agents[0].admin))
+        .header(
+            "Accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .call()
+        .unwrap();
+    let kind = open.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let text = open.body_mut().read_to_string().unwrap();
+    assert!(
+        text.contains("# TYPE tribe_admin_refused counter\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
     let members_table = cli_ok(&agents[0], &["members"]);
     // The admin address may be given as a URL too.
     let as_url = Command::new(TRIBE)

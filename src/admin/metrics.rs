@@ -453,6 +453,41 @@ pub fn render(s: &Snapshot) -> String {
     samples_in_order(&out)
 }
 
+/// OpenMetrics text (as [`render`] gives it) in the classic Prometheus text
+/// format (0.0.4): a counter's family is named as its samples, with
+/// `_total`, and there is no `# EOF` or `# UNIT` line.
+pub fn classic(openmetrics: &str) -> String {
+    let counters: std::collections::BTreeSet<&str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let meta = ["# HELP ", "# TYPE "]
+            .into_iter()
+            .find_map(|p| line.strip_prefix(p).map(|rest| (p, rest)));
+        match meta {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                out.push_str(prefix);
+                out.push_str(name);
+                if counters.contains(name) {
+                    out.push_str("_total");
+                }
+                out.push(' ');
+                out.push_str(tail);
+            }
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// The same text with the samples of each metric in label order: a family
 /// keeps its series in a hash map, whose order changed from one scrape to
 /// the next (harmless for Prometheus, noise for a person diffing scrapes).
@@ -523,6 +558,61 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn the_classic_format_names_each_family_as_its_samples() {
+        let text = classic(&render(&Snapshot {
+            members: Vec::new(),
+            tribes: Vec::new(),
+            policies: 1,
+            counters: Counters {
+                datagrams_in: 7,
+                ..Counters::default()
+            },
+            broadcast_backlog: 0,
+            keys_held: 0,
+            rpc: crate::rpc::RpcStats {
+                ok: 4,
+                ..Default::default()
+            },
+            name_held_elsewhere: false,
+            key_refused: false,
+            admin_refusals: 0,
+        }));
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        let mut typed = std::collections::BTreeSet::new();
+        let mut helped = std::collections::BTreeSet::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let (name, kind) = rest.split_once(' ').unwrap();
+                assert!(matches!(kind, "counter" | "gauge"), "{line}");
+                assert_eq!(kind == "counter", name.ends_with("_total"), "{line}");
+                typed.insert(name.to_string());
+            } else if let Some(rest) = line.strip_prefix("# HELP ") {
+                helped.insert(rest.split_once(' ').unwrap().0.to_string());
+            } else {
+                // A sample: its name is a family's, declared before it.
+                let name = line.split(['{', ' ']).next().unwrap();
+                assert!(typed.contains(name), "no # TYPE for {line}");
+                assert!(helped.contains(name), "no # HELP for {line}");
+            }
+        }
+        assert!(
+            text.contains("# TYPE tribe_rpc_calls_total counter\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("tribe_rpc_calls_total{outcome=\"ok\"} 4\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE tribe_policies gauge\ntribe_policies 1\n"),
+            "{text}"
+        );
     }
 
     #[test]

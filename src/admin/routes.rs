@@ -371,6 +371,7 @@ pub(super) async fn set_encryption(State(node): State<Node>, body: Bytes) -> Api
 pub(super) async fn prometheus(
     State(node): State<Node>,
     axum::Extension(refusals): axum::Extension<super::guard::Refusals>,
+    headers: axum::http::HeaderMap,
 ) -> Response {
     let text = metrics::render(&metrics::Snapshot {
         members: node.members(),
@@ -389,12 +390,30 @@ pub(super) async fn prometheus(
         key_refused: node.key_refused_by().is_some(),
         admin_refusals: refusals.count(),
     });
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        text,
-    )
-        .into_response()
+    // OpenMetrics for a scraper that asks for it (Prometheus does), the
+    // classic text format for the rest (curl, promtool, older agents).
+    let openmetrics = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"));
+    if openmetrics {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response()
+    } else {
+        (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            metrics::classic(&text),
+        )
+            .into_response()
+    }
 }
