@@ -47,6 +47,29 @@ from typing import (
     Union,
 )
 
+
+def _in_subinterpreter() -> bool:
+    """Whether this is not the main interpreter, as CPython's private module
+    of interpreters says (renamed in 3.13; none: take it as the main one)."""
+    for name in ("_interpreters", "_xxsubinterpreters"):
+        try:
+            mod = __import__(name)
+            current, main = mod.get_current(), mod.get_main()
+        except Exception:
+            continue
+        # 3.13 gives (id, how it was made), earlier versions the id alone.
+        if isinstance(current, tuple):
+            current, main = current[0], main[0]
+        return int(current) != int(main)
+    return False
+
+
+# The runtime's threads and the handler pools call into one interpreter,
+# the one that imported the native module first: refused elsewhere, before
+# anything starts (a sub-interpreter could abort the process at its end).
+if _in_subinterpreter():
+    raise ImportError("pytribe runs in the main interpreter only, not in a sub-interpreter")
+
 from . import _native
 from ._errors import (
     _NotServed,
@@ -495,6 +518,9 @@ class _Dispatch:
     def __call__(self, payload: bytes, info: CallInfo) -> Any:
         node = self._node()
         handler = None if node is None else node._handlers.get(self._key)
+        # Not held while the handler runs: a node dropped meanwhile is
+        # aborted at once, not when its handlers return.
+        del node
         if handler is None:
             raise _NotServed("unserved, or its node was dropped")
         return handler(payload, info)
@@ -884,6 +910,9 @@ class Node(_NoCopy):
             try:
                 native.stop_background(False)
                 native.stop_workers(len(self._workers))
+                # An abort takes milliseconds: once `del node` returns, its
+                # port and data dir are free, as after abort().
+                native.wait_stopped(1.0)
             except BaseException:
                 pass
 

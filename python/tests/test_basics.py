@@ -5,7 +5,14 @@ from __future__ import annotations
 import base64
 import dataclasses
 import logging
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
 import time
+from typing import List
 
 import pytest
 
@@ -266,6 +273,94 @@ def test_a_node_referred_to_by_its_handler_is_collected_and_aborted() -> None:
     del node
     gc.collect()
     assert ref() is None, "a node kept alive by its own handler"
+
+
+def test_a_node_dropped_while_its_handler_runs_is_aborted_at_once(tmp_path) -> None:
+    import gc
+    import weakref as wr
+
+    host = start("dropped", data_dir=str(tmp_path / "d"))
+    caller = start("dropper", seeds=[host.addr])
+    caller.create_tribe("t")
+    caller.add_policy("all", "t", "true")
+    running = threading.Event()
+    release = threading.Event()
+
+    def slow(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        running.set()
+        release.wait(20.0)
+        return payload
+
+    host.serve("slow", "1", "processor", slow)
+    wait_for(
+        "the endpoint on the caller",
+        lambda: any(e.name == "slow" for m in caller.members() if m.name == "dropped" for e in m.endpoints),
+    )
+
+    def placed(n: pytribe.Node) -> bool:
+        t = n.tribe("t")
+        return t is not None and "dropped" in t.members
+
+    wait_for("the host in t on both", lambda: placed(host) and placed(caller))
+    outcome: List[BaseException] = []
+
+    def call() -> None:
+        try:
+            caller.call("t", "slow", b"x", timeout=20.0)
+        except BaseException as e:  # noqa: BLE001 - recorded for the assertion
+            outcome.append(e)
+
+    t = threading.Thread(target=call)
+    t.start()
+    try:
+        assert running.wait(10.0), "the call did not reach the handler"
+        addr, ref = host.addr, wr.ref(host)
+        del host
+        gc.collect()
+        assert ref() is None, "a node kept alive by its running handler"
+        # Aborted: its port and data dir are free at once, the call is lost.
+        again = pytribe.Node("dropped", bind=addr, data_dir=str(tmp_path / "d"), profile="local", collect_facts=False)
+        t.join(10.0)
+        assert not t.is_alive(), "the call outlived the aborted node"
+        assert outcome and isinstance(outcome[0], (pytribe.DisconnectedError, pytribe.NoProviderError)), outcome
+        again.abort()
+    finally:
+        release.set()
+        t.join(20.0)
+        caller.abort()
+
+
+def test_a_sub_interpreter_is_refused() -> None:
+    # In a fresh process, whose sub-interpreter imports pytribe first.
+    code = textwrap.dedent(
+        """
+        import sys
+        try:
+            import _interpreters as interpreters
+        except ImportError:
+            import _xxsubinterpreters as interpreters
+        interp = interpreters.create()
+        script = (
+            "try:\\n"
+            "    import pytribe\\n"
+            "    result = 'imported'\\n"
+            "except ImportError as e:\\n"
+            "    result = str(e)\\n"
+            "open(%r, 'w').write(result)\\n"
+        )
+        interpreters.run_string(interp, script % sys.argv[1])
+        interpreters.destroy(interp)
+        import pytribe
+        print(pytribe.Node("main-one", profile="local", collect_facts=False).close())
+        """
+    )
+    with tempfile.TemporaryDirectory() as d:
+        out = os.path.join(d, "result")
+        done = subprocess.run([sys.executable, "-c", code, out], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        assert open(out).read() == "pytribe runs in the main interpreter only, not in a sub-interpreter"
+        # The main interpreter still imports it and starts nodes.
+        assert done.stdout.strip() == "True", done.stdout
 
 
 def test_snapshots_pickle_copy_and_hash() -> None:
