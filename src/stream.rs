@@ -21,10 +21,67 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Magic of a refusal sent in place of a hello.
 const REJECT_MAGIC: [u8; 2] = *b"TR";
-/// Refusal reason: the responder does not hold the initiator's key.
-const REJECT_UNKNOWN_KEY: u8 = 1;
+// Refusal reason 1 (the responder does not hold the initiator's key,
+// without proof) is what earlier versions send: read as unproven.
 /// Refusal reason: the responder has no keyring at all.
 const REJECT_NO_KEYRING: u8 = 2;
+/// Refusal reason: the responder does not hold the initiator's key, and
+/// proves which keys it holds: `count (1)` then, per key (its primary
+/// first), `key id (4, BE) | tag (16)`, the tag an empty frame sealed with
+/// a session derived from that key and the initiator's fresh salt. An
+/// initiator holding one of them learns, beyond doubt and not from a
+/// replay, a key this peer takes; a refusal without proof (anyone can send
+/// four bytes) only says the peer refused.
+const REJECT_UNKNOWN_KEY_PROVEN: u8 = 3;
+/// Bound into a refusal's proofs, apart from every stream's keys.
+const REFUSAL_LABEL: &[u8] = b"refusal ";
+/// Bytes of one key's proof in a refusal.
+const PROOF_LEN: usize = 4 + crypto::TAG_LEN;
+
+/// The tag proving `key` to the initiator that sent `salt`.
+fn refusal_tag(key: &crypto::SecretKey, salt: &[u8; 32], label: &str) -> Option<[u8; crypto::TAG_LEN]> {
+    let info = [REFUSAL_LABEL, label.as_bytes()].concat();
+    let mut cipher = StreamCipher::new(key, Role::Responder, salt, &[0u8; 32], &info);
+    cipher.seal_in_place(&mut []).ok()
+}
+
+/// A refusal of the initiator's key, with the proofs of the keys `ring`
+/// holds (its primary first).
+fn proven_refusal(ring: &Keyring, salt: &[u8; 32], label: &str) -> Vec<u8> {
+    let primary = ring.primary_id();
+    let mut keys: Vec<&crypto::SecretKey> = ring.keys().iter().collect();
+    keys.sort_by_key(|k| k.id() != primary);
+    keys.truncate(crypto::MAX_KEYS);
+    let mut out = vec![REJECT_MAGIC[0], REJECT_MAGIC[1], 1, REJECT_UNKNOWN_KEY_PROVEN];
+    let proofs: Vec<(KeyId, [u8; crypto::TAG_LEN])> = keys
+        .into_iter()
+        .filter_map(|k| refusal_tag(k, salt, label).map(|t| (k.id(), t)))
+        .collect();
+    out.push(proofs.len() as u8);
+    for (id, tag) in proofs {
+        out.extend_from_slice(&id.0.to_be_bytes());
+        out.extend_from_slice(&tag);
+    }
+    out
+}
+
+/// The first key of a refusal's proofs that `ring` holds and whose tag is
+/// right, if any.
+fn proven_key(ring: &Keyring, proofs: &[u8], salt: &[u8; 32], label: &str) -> Option<KeyId> {
+    proofs.chunks_exact(PROOF_LEN).find_map(|proof| {
+        let (id, tag) = proof.split_at(4);
+        let id = KeyId(u32::from_be_bytes(id.try_into().ok()?));
+        let key = ring.get(id)?;
+        let expected = refusal_tag(key, salt, label)?;
+        // Constant time: the tag is a secret-derived value.
+        let same = expected
+            .iter()
+            .zip(tag)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+        same.then_some(id)
+    })
+}
 
 /// What a stream needs to know about encryption, taken when it opens.
 #[derive(Clone, Debug)]
@@ -70,9 +127,15 @@ pub enum Refusal {
     /// The peer sealed while this node has no keyring.
     #[error("the peer seals its traffic but this node has no key")]
     NoKeyring,
-    /// The peer refused this node's key.
-    #[error("the peer does not hold this node's key {0}: the two were given different keys (check the key files), the peer runs without a key (plaintext), or one of the two is behind a key rotation (a node that missed it needs a current key; a key made primary before it reached every node cuts the others off)")]
-    KeyRejected(KeyId),
+    /// The peer refused this node's key; with the id of a key the peer
+    /// proved it holds and this node holds too, if it did.
+    #[error("the peer does not hold this node's key {rejected}{}: the two were given different keys (check the key files), the peer runs without a key (plaintext), or one of the two is behind a key rotation (a node that missed it needs a current key; a key made primary before it reached every node cuts the others off)", proven_note(.proven))]
+    KeyRejected {
+        /// This node's key, refused.
+        rejected: KeyId,
+        /// A key the peer proved it holds, which this node holds too.
+        proven: Option<KeyId>,
+    },
     /// The peer answered a sealed hello in plaintext or not at all.
     #[error("the peer does not speak sealed streams: it runs without a key, or it is no tribe node (is the address its gossip port, not its admin port?)")]
     PeerNotSealing,
@@ -87,6 +150,13 @@ pub enum Refusal {
     /// was taken and its host had the most setups under way.
     #[error("the peer's unfinished setup made way for a newer connection (every place was taken, most of them by its host or network)")]
     MadeWay,
+}
+
+fn proven_note(proven: &Option<KeyId>) -> String {
+    match proven {
+        Some(k) => format!(" (it proved it holds key {k}, which this node holds too)"),
+        None => " (and proved no key this node holds)".into(),
+    }
 }
 
 /// Why a stream ended abnormally.
@@ -176,7 +246,19 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
         if magic == REJECT_MAGIC {
             let mut rest = [0u8; 2];
             stream.read_exact(&mut rest).await?;
-            return Err(StreamError::Refused(Refusal::KeyRejected(mine.key_id)));
+            let mut proven = None;
+            if rest == [1, REJECT_UNKNOWN_KEY_PROVEN] {
+                let mut count = [0u8; 1];
+                stream.read_exact(&mut count).await?;
+                let count = usize::from(count[0]).min(crypto::MAX_KEYS);
+                let mut proofs = vec![0u8; count * PROOF_LEN];
+                stream.read_exact(&mut proofs).await?;
+                proven = proven_key(ring, &proofs, &mine.salt, &security.label);
+            }
+            return Err(StreamError::Refused(Refusal::KeyRejected {
+                rejected: mine.key_id,
+                proven,
+            }));
         }
         let mut hello = [0u8; crypto::HELLO_LEN];
         hello[..2].copy_from_slice(&magic);
@@ -289,7 +371,7 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let Some(key) = ring.get(theirs.key_id).cloned() else {
             let _ = stream
-                .write_all(&[REJECT_MAGIC[0], REJECT_MAGIC[1], 1, REJECT_UNKNOWN_KEY])
+                .write_all(&proven_refusal(ring, &theirs.salt, &security.label))
                 .await;
             return Err(StreamError::Refused(Refusal::UnknownKey(theirs.key_id)));
         };
@@ -619,6 +701,60 @@ mod tests {
             }
         );
         ((ca.0, ca.1, a), (cb.0, cb.1, b))
+    }
+
+    fn ring(keys: &[&SecretKey]) -> Security {
+        let mut ring = Keyring::new(keys[0].clone());
+        for k in &keys[1..] {
+            ring.install((*k).clone()).unwrap();
+        }
+        Security {
+            keyring: Some(ring),
+            encryption: Encryption::Require,
+            label: "t".into(),
+        }
+    }
+
+    /// What the dialer learns from a responder that does not hold its key.
+    async fn refusal(dialer: &Security, responder: &Security) -> Refusal {
+        let (mut a, mut b) = duplex(1 << 16);
+        let (dialed, _) = tokio::join!(connect(&mut a, dialer, 1 << 16), accept(&mut b, responder, 1 << 16));
+        match dialed {
+            Err(StreamError::Refused(why)) => why,
+            other => panic!("{:?}", other.map(|_| ())),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_proves_the_keys_the_responder_holds() {
+        let [k1, k2, k3] = [(); 3].map(|_| SecretKey::generate());
+        // The dialer holds one of the responder's keys (not its primary).
+        let got = refusal(&ring(&[&k1, &k3]), &ring(&[&k2, &k3])).await;
+        assert!(
+            matches!(got, Refusal::KeyRejected { rejected, proven: Some(p) } if rejected == k1.id() && p == k3.id()),
+            "{got:?}"
+        );
+        // It holds none of them: refused, and nothing proven.
+        let got = refusal(&ring(&[&k1]), &ring(&[&k2, &k3])).await;
+        assert!(
+            matches!(got, Refusal::KeyRejected { proven: None, .. }),
+            "{got:?}"
+        );
+        // Proofs made for another dialer's salt (a replay) prove nothing.
+        let other = StreamHello::new(k1.id());
+        let replayed = proven_refusal(ring(&[&k2, &k3]).keyring.as_ref().unwrap(), &other.salt, "t");
+        let dialer = ring(&[&k1, &k3]);
+        let (mut a, mut b) = duplex(1 << 16);
+        let (dialed, _) = tokio::join!(connect(&mut a, &dialer, 1 << 16), async {
+            let mut hello = [0u8; crypto::HELLO_LEN];
+            b.read_exact(&mut hello).await.unwrap();
+            b.write_all(&replayed).await.unwrap();
+        });
+        assert!(
+            matches!(dialed, Err(StreamError::Refused(Refusal::KeyRejected { proven: None, .. }))),
+            "{:?}",
+            dialed.map(|_| ())
+        );
     }
 
     #[tokio::test]

@@ -805,6 +805,56 @@ async fn a_node_refused_its_key_by_peers_it_hears_takes_the_key_they_seal_with()
     }
 }
 
+/// A listener at a seed's address that refuses every stream with `answer`.
+async fn refusing_listener(answer: Vec<u8>) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let _ = conn.write_all(&answer).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            });
+        }
+    });
+    addr
+}
+
+/// Anyone who answers at a member's address can refuse a node's key: a
+/// refusal that proves no key the node holds (four bytes, or proofs that do
+/// not hold) switches no key, though it raises the alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_that_proves_no_key_switches_none() {
+    let k1 = SecretKey::generate();
+    let k2 = SecretKey::generate();
+    let mut forged = b"TR\x01\x03\x01".to_vec();
+    forged.extend_from_slice(&k2.id().0.to_be_bytes());
+    forged.extend_from_slice(&[7u8; 16]);
+    for answer in [b"TR\x01\x01".to_vec(), forged] {
+        let fake = refusing_listener(answer).await;
+        let mut ring = Keyring::new(k1.clone());
+        ring.install(k2.clone()).unwrap();
+        let mut cfg = test_config("unproven");
+        cfg.keyring = Some(ring);
+        cfg.seeds = vec![fake];
+        let node = Node::start(cfg).await.unwrap();
+        let switched = std::cell::Cell::new(false);
+        wait_for("refusals", Duration::from_secs(20), || {
+            switched.set(switched.get() || node.keyring_status().primary != Some(k1.id()));
+            node.counters().key_rejections >= 3
+        })
+        .await;
+        assert_eq!(node.key_refused_by(), Some(fake));
+        assert!(
+            !switched.get(),
+            "the node switched its key on a refusal without proof"
+        );
+        assert_eq!(node.keyring_status().primary, Some(k1.id()));
+        node.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holding_only_keys_rotated_away_logs_that_it_is_cut_off() {
     logged();

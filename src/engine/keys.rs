@@ -153,7 +153,7 @@ impl Engine {
             match why {
                 Refusal::Plaintext => c.plaintext_streams_refused += 1,
                 Refusal::UnknownKey(_) | Refusal::NoKeyring => c.stream_unknown_keys += 1,
-                Refusal::KeyRejected(_) => c.key_rejections += 1,
+                Refusal::KeyRejected { .. } => c.key_rejections += 1,
                 Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
                 Refusal::Stalled | Refusal::MadeWay => c.streams_stalled += 1,
             }
@@ -164,11 +164,11 @@ impl Engine {
         let peer = move || peer.map_or_else(String::new, |a| format!(" (peer {a})"));
         match why {
             // This node cannot take part at all: an error, not a warning.
-            Refusal::KeyRejected(rejected) => {
+            Refusal::KeyRejected { rejected, proven } => {
                 if let Some(addr) = refused_by {
                     self.key_refused = Some((addr, now_ms));
                 }
-                if !self.try_another_key(now_ms, rejected) && self.log_due("key_rejected") {
+                if !self.try_another_key(now_ms, rejected, proven) && self.log_due("key_rejected") {
                     tracing::error!("{why}{}", peer());
                 }
             }
@@ -185,74 +185,49 @@ impl Engine {
         self.handle_stream_closed(now_ms, conn);
     }
 
-    /// A peer refused `rejected`, this node's primary. When peers were
-    /// heard sealing with another key this node holds, the tribe moved to
-    /// it while this node was away (a whole tribe restarted from its data
-    /// dirs, this node first, hears its peers before any refuses it): it
-    /// seals with that key. Otherwise, when this node
-    /// reaches no one: it may have missed the end of a rotation (it left
-    /// gracefully during it, and no peer dials a node that left, so it
-    /// never heard of the switch). If it holds other keys, it seals with
-    /// the next one for its next tries, round the ring; the cluster's own
-    /// records set its primary again once an exchange gets through. A node
-    /// that reaches some peers keeps its primary: those peers hold it.
-    /// Whether the refusal is dealt with: it switched, or sealed with
-    /// another key already (a stream opened before the switch). Once
-    /// every key it holds was refused (since its last whole exchange) it is
-    /// cut off, the tribe's keys rotated without it: an error for the
-    /// caller to log; it goes on round the ring all the same, quietly, in
-    /// case a refusal came from a peer that was behind itself.
-    fn try_another_key(&mut self, now_ms: u64, rejected: KeyId) -> bool {
+    /// A peer refused `rejected`, this node's primary, and proved it holds
+    /// `proven`, a key this node holds too (see `stream::proven_refusal`).
+    /// A refusal without proof changes nothing but the alarm: anyone who
+    /// answers at a member's address can send one. With proof, this node
+    /// seals with `proven` when it reaches no peer (it missed the end of a
+    /// rotation: it left gracefully during it, and no peer dials a node
+    /// that left), or when peers were heard sealing with that key lately
+    /// (a whole tribe restarted from its data dirs, this node first, hears
+    /// its peers before any refuses it); a node that reaches peers sealing
+    /// with its own key keeps it (the refusing peer is behind itself). The
+    /// cluster's own records set its primary again once an exchange gets
+    /// through. Whether the refusal is dealt with: it switched, or sealed
+    /// with another key already (a stream opened before the switch).
+    fn try_another_key(&mut self, now_ms: u64, rejected: KeyId, proven: Option<KeyId>) -> bool {
         let Some(ring) = self.keyring.as_mut() else {
             return false;
         };
         if ring.primary_id() != rejected {
             return true;
         }
+        let Some(theirs) = proven.filter(|k| *k != rejected) else {
+            return false;
+        };
         // Heard lately: an old sighting may name a key the tribe has
         // left since.
         let heard = self
             .peer_key
-            .filter(|(k, at)| *k != rejected && now_ms.saturating_sub(*at) <= PEER_KEY_FRESH_MS);
-        if let Some((theirs, _)) = heard {
-            if ring.use_key(theirs).is_ok() {
-                tracing::warn!(
-                    refused = %rejected,
-                    next = %theirs,
-                    "a peer refused this node's key {rejected}: sealing with key {theirs}, which peers seal with and this node holds (a rotation may have ended while it was away)"
-                );
-                self.refused_keys.clear();
-                self.security_epoch += 1;
-                self.record.primary_key = Some(theirs);
-                self.publish_record();
-                return true;
-            }
-        }
-        if self.members.count_up() > 0 {
-            self.refused_keys.clear();
+            .is_some_and(|(k, at)| k == theirs && now_ms.saturating_sub(at) <= PEER_KEY_FRESH_MS);
+        if !heard && self.members.count_up() > 0 {
             return false;
         }
-        self.refused_keys.insert(rejected);
-        let ids = ring.ids();
-        let cut_off = ids.iter().all(|id| self.refused_keys.contains(id));
-        let Some(at) = ids.iter().position(|id| *id == rejected) else {
-            return false;
-        };
-        let next = ids[(at + 1) % ids.len()];
-        if next == rejected || ring.use_key(next).is_err() {
+        if ring.use_key(theirs).is_err() {
             return false;
         }
-        if !cut_off {
-            tracing::warn!(
-                refused = %rejected,
-                next = %next,
-                "a peer refused this node's key {rejected} and no peer has accepted this node yet: sealing with key {next}, which this node holds too (a rotation may have ended while it was away)"
-            );
-        }
+        tracing::warn!(
+            refused = %rejected,
+            next = %theirs,
+            "a peer refused this node's key {rejected} and proved it holds key {theirs}: sealing with it (a rotation may have ended while this node was away)"
+        );
         self.security_epoch += 1;
-        self.record.primary_key = Some(next);
+        self.record.primary_key = Some(theirs);
         self.publish_record();
-        !cut_off
+        true
     }
 
     /// Adds a key to every node's keyring (sent over sealed links only).

@@ -237,9 +237,6 @@ pub struct Engine {
     record_owed: bool,
     /// See [`Engine::security_epoch`].
     security_epoch: u64,
-    /// This node's keys that peers refused while it reached no one (see
-    /// `try_another_key`).
-    refused_keys: BTreeSet<crate::crypto::KeyId>,
     /// The last peer that refused this node's key, and when (engine clock,
     /// ms): shown for a while (see [`Engine::key_refused_by`]).
     key_refused: Option<(SocketAddr, u64)>,
@@ -438,7 +435,6 @@ impl Engine {
             last_heard_ms: 0,
             held_verdicts: BTreeMap::new(),
             security_epoch: 0,
-            refused_keys: BTreeSet::new(),
             key_refused: None,
             peer_key: None,
         };

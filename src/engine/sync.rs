@@ -319,7 +319,6 @@ impl Engine {
         let mut sh = lock(&self.shared);
         if ok {
             self.last_contact_ms = sh.now_ms;
-            self.refused_keys.clear();
             // The peer that refused this node's key takes it now.
             let peer = exchange.as_ref().and_then(|x| x.peer);
             if self.key_refused.is_some_and(|(by, _)| Some(by) == peer) {
