@@ -526,27 +526,62 @@ async fn record_limits_refuse_commands_and_peer_records() {
     }
     let err = nodes[0].create_tribe("d").await.unwrap_err();
     assert_eq!(err.code(), "limit_reached", "{err}");
-    // A peer with a larger limit cannot push more in.
+    // A peer with a larger limit cannot push more in than the margin
+    // taken from peers (4 past a limit of 3: writes racing at the limit).
     let mut cfg = test_config("capped-big");
     cfg.limits.tribes = 10;
     cfg.seeds = vec![nodes[0].addr()];
     let big = Node::start(cfg).await.unwrap();
-    big.create_tribe("e").await.unwrap();
-    wait_for("the extra tribe refused and counted", LONG, || {
+    for t in ["e", "f", "g", "h", "i", "j", "k"] {
+        big.create_tribe(t).await.unwrap();
+    }
+    wait_for("the extra tribes refused and counted", LONG, || {
         nodes
             .iter()
-            .all(|n| n.counters().records_over_limit > 0 && n.tribes().len() == 3)
+            .all(|n| n.counters().records_over_limit > 0 && n.tribes().len() == 7)
     })
     .await;
     // Logged too: a node at a limit is otherwise silently out of step.
     assert!(
         logged().lines().any(|l| l.contains("WARN")
-            && l.contains("holds its limit of 3 tribes")
+            && l.contains("holds its limit of 3 tribes and the 4 more")
             && l.contains("node=capped")),
         "{}",
         logged()
     );
     for n in nodes.iter().chain([&big]) {
+        n.shutdown().await.unwrap();
+    }
+}
+
+/// Writes made through different nodes at the limit, before either heard
+/// of the other's, are taken everywhere: the cluster converges.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_at_a_limit_converge() {
+    let nodes = start_cluster("race", 2, |cfg| cfg.limits.tribes = 3).await;
+    wait_converged_members(&nodes, 2).await;
+    nodes[0].create_tribe("a").await.unwrap();
+    nodes[0].create_tribe("b").await.unwrap();
+    wait_same_digest(&nodes).await;
+    // Apart, each takes the last place.
+    nodes[0].faults().block(nodes[1].addr());
+    nodes[1].faults().block(nodes[0].addr());
+    nodes[0].create_tribe("c").await.unwrap();
+    nodes[1].create_tribe("d").await.unwrap();
+    for n in &nodes {
+        n.faults().heal();
+    }
+    wait_converged_members(&nodes, 2).await;
+    wait_same_digest(&nodes).await;
+    for n in &nodes {
+        assert_eq!(n.tribes().len(), 4);
+        // Commands still stop at the limit.
+        assert_eq!(
+            n.create_tribe("e").await.unwrap_err().code(),
+            "limit_reached"
+        );
+    }
+    for n in &nodes {
         n.shutdown().await.unwrap();
     }
 }

@@ -57,6 +57,12 @@ pub struct Shared {
     pub softened: Vec<(NodeId, u16)>,
 }
 
+/// Records of a kind a node takes from peers past its limit: 1/64 of it,
+/// plus 4 (writes racing at the limit through different nodes).
+pub fn peer_margin(limit: usize) -> usize {
+    limit / 64 + 4
+}
+
 impl Shared {
     /// Validates and merges a record from a peer; true when it was news.
     pub fn accept_remote(&mut self, key: Key, entry: Entry) -> bool {
@@ -110,18 +116,20 @@ impl Shared {
             // An expired deletion: we collected it already, keep it collected.
             return false;
         }
-        if !self.has_room(key) {
+        if !self.has_room_for_peer(key) {
             self.counters.records_over_limit += 1;
             // Counted always, logged at a limited rate (with invalid
             // records): a node that takes no more records of a kind is
             // silently out of step with the tribe otherwise.
             if self.refusal_log_due() {
                 let kind = key.kind();
+                let limit = self.limits.of(kind);
                 tracing::warn!(
-                    "a record from a peer was refused: this node holds its limit of {} {} \
-                     (deletions count until collected); raise the limit on every node",
-                    self.limits.of(kind),
-                    kind.as_str()
+                    "a record from a peer was refused: this node holds its limit of {limit} {} \
+                     and the {} more it takes from peers (deletions count until collected); \
+                     a peer has a larger limit: keep the limits equal on every node",
+                    kind.as_str(),
+                    peer_margin(limit)
                 );
             }
             return false;
@@ -154,6 +162,16 @@ impl Shared {
     /// Whether a record under `key` fits the limits (an update always does).
     pub fn has_room(&self, key: &Key) -> bool {
         self.state.entry(key).is_some() || self.state.count(key.kind()) < self.limits.of(key.kind())
+    }
+
+    /// [`Shared::has_room`] for a record from a peer: up to a margin past
+    /// the limit ([`peer_margin`]). Writes made at the same moment through
+    /// different nodes at the limit are each taken by their own node; were
+    /// each node to refuse the other's, the cluster would never converge.
+    fn has_room_for_peer(&self, key: &Key) -> bool {
+        let limit = self.limits.of(key.kind());
+        self.state.entry(key).is_some()
+            || self.state.count(key.kind()) < limit.saturating_add(peer_margin(limit))
     }
 
     /// The latest version or generation accepted from a peer.
