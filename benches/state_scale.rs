@@ -1,7 +1,8 @@
 //! Snapshot and command costs as a tribe's state grows: one node (and a
 //! peer, so that commands spread), tribes created in batches; after each
-//! batch, the time of the batch's creates and of one `tribes()`,
-//! `members()` and `tribe()` snapshot. A snapshot holds the node's engine,
+//! batch, the time of the batch's creates, of 100 fact writes (a write
+//! that changes no tribe, as most writes in a running tribe), and of one
+//! `tribes()`, `members()` and `tribe()` snapshot. A snapshot holds the node's engine,
 //! so its time is how long the node stops answering gossip.
 //!
 //! ```text
@@ -45,14 +46,19 @@ async fn main() -> Result<(), tribe::Error> {
     while node.members_alive() < 2 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    println!("| tribes | {batch} creates, ms | per create, ms | tribes() ms | members() ms | tribe() ms |");
-    println!("|---:|---:|---:|---:|---:|---:|");
+    println!("| tribes | {batch} creates, ms | per create, ms | per fact write, ms | tribes() ms | members() ms | tribe() ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
     for b in 0..batches {
         let t = Instant::now();
         for i in 0..batch {
             node.create_tribe(&format!("t{b}-{i}")).await?;
         }
         let creates = t.elapsed();
+        let t = Instant::now();
+        for i in 0..100 {
+            node.set_fact("churn", &i.to_string()).await?;
+        }
+        let facts = t.elapsed();
         let t = Instant::now();
         let all = node.tribes();
         let tribes = t.elapsed();
@@ -64,10 +70,11 @@ async fn main() -> Result<(), tribe::Error> {
         let one_t = t.elapsed();
         assert!(one.is_some() && members.len() == 2);
         println!(
-            "| {} | {} | {:.3} | {} | {} | {} |",
+            "| {} | {} | {:.3} | {:.3} | {} | {} | {} |",
             all.len(),
             ms(creates),
             creates.as_secs_f64() * 1e3 / batch as f64,
+            facts.as_secs_f64() * 1e3 / 100.0,
             ms(tribes),
             ms(members_t),
             ms(one_t)

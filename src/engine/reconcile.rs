@@ -143,6 +143,9 @@ pub struct Reconciler {
     policy_asked: Option<(BTreeMap<String, String>, Vec<PolicyInput>)>,
     /// Policy errors reported, by policy name.
     reported_errors: BTreeMap<String, String>,
+    /// What of this node's own record and state the view last derived
+    /// from: its policy tribes, and whether it had left.
+    own_inputs: Option<(BTreeSet<String>, bool)>,
 }
 
 impl Engine {
@@ -185,7 +188,9 @@ impl Engine {
                     }
                 }
             }
-            self.emit_view_changes();
+            if self.view_may_have_changed(&changes) {
+                self.emit_view_changes();
+            }
         }
         self.drain_swim();
         self.forward_news();
@@ -526,6 +531,31 @@ impl Engine {
                 })
         };
         self.write(key, Some(Value::Tribe(TribeRecord { after })));
+    }
+
+    /// Whether `changes` may change what [`Engine::emit_view_changes`]
+    /// derives: deriving it walks every tribe, too much to do for each
+    /// write anywhere (a fact of a peer, say) once the state is large.
+    fn view_may_have_changed(&mut self, changes: &BTreeSet<std::sync::Arc<Key>>) -> bool {
+        let own = {
+            let sh = lock(&self.shared);
+            let tribes = match sh.state.get(&Key::Node(self.name.clone())) {
+                Some(Value::Node(r)) => r.policy_tribes.clone(),
+                _ => BTreeSet::new(),
+            };
+            (tribes, self.left)
+        };
+        let own_changed = self.reconcile.own_inputs.as_ref() != Some(&own);
+        self.reconcile.own_inputs = Some(own);
+        own_changed
+            || changes.iter().any(|k| match &**k {
+                Key::Tribe(_) => true,
+                Key::Member { node, .. } => *node == self.name,
+                Key::Plugin { tribe, .. } | Key::Task { tribe, .. } => {
+                    self.reconcile.mine.contains_key(tribe)
+                }
+                _ => false,
+            })
     }
 
     /// Compares the derived view with what was reported and emits the difference.

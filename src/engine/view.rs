@@ -306,17 +306,28 @@ impl<'a> View<'a> {
     pub fn memberships_of(&self, node: &str) -> BTreeMap<String, Membership> {
         let policy_tribes = self.node_record(node).map(|r| &r.policy_tribes);
         let mut out = BTreeMap::new();
-        for tribe in self.tribe_names() {
-            let key = Key::Member {
-                tribe: tribe.clone(),
-                node: node.to_string(),
-            };
+        // One key for every lookup, its tribe replaced in place.
+        let mut key = Key::Member {
+            tribe: String::new(),
+            node: node.to_string(),
+        };
+        let tribes = self
+            .state
+            .live_from(&Key::Tribe(String::new()))
+            .map_while(|(k, _)| match k {
+                Key::Tribe(t) => Some(t),
+                _ => None,
+            });
+        for tribe in tribes {
+            if let Key::Member { tribe: t, .. } = &mut key {
+                t.clone_from(tribe);
+            }
             let by = Membership {
                 by_hand: self.state.get(&key).is_some() && self.child_is_current(&key),
-                by_policy: policy_tribes.is_some_and(|t| t.contains(&tribe)),
+                by_policy: policy_tribes.is_some_and(|t| t.contains(tribe)),
             };
             if by.by_hand || by.by_policy {
-                out.insert(tribe, by);
+                out.insert(tribe.clone(), by);
             }
         }
         out
