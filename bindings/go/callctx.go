@@ -85,10 +85,21 @@ func (c *callCtx) check() error {
 		return context.DeadlineExceeded
 	}
 	if !c.finished && bool(C.tribe_responder_is_abandoned(c.r)) {
+		// Given up on at the deadline, give or take a hair: libtribe ends
+		// the call when its budget runs out, and the caller's cancel at
+		// its own deadline may arrive a little before this one (a faster
+		// way back than there): that is the deadline, not a cancel.
+		if time.Until(c.deadline) <= deadlineSlack {
+			return context.DeadlineExceeded
+		}
 		return context.Canceled
 	}
 	return nil
 }
+
+// deadlineSlack is how close to the deadline a call given up on counts as
+// past its deadline.
+const deadlineSlack = 50 * time.Millisecond
 
 // nextCheck is when the timer looks next: at the deadline, or sooner to
 // see whether the caller gave up.
