@@ -1117,7 +1117,9 @@ uint32_t tribe_config_set_bind(struct tribe_config *cfg,
 
 /**
  * Sets the address peers use to reach this node (NAT, binding 0.0.0.0).
- * Without it, the bound address is advertised.
+ * Without it, the bound address is advertised; a bind to an unspecified
+ * host (`0.0.0.0`, `[::]`) without it is `TRIBE_CONFIG` at start (see
+ * `tribe_config_check`). The address is parsed as the bind address is.
  */
 uint32_t tribe_config_set_advertise(struct tribe_config *cfg,
                                     const char *addr,

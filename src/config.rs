@@ -326,6 +326,35 @@ fn check_durations(t: &Timings) -> Result<(), Error> {
 /// Seeds by name a config may hold.
 pub const MAX_SEED_NAMES: usize = 64;
 
+/// Resolves `host:port` (a literal address, `[v6]:port`, or a host name;
+/// may block on DNS) for a bind or advertise address. Port 0 is allowed
+/// (any free port). A bad text is `InvalidArgument` whose message says why:
+/// no port, a port out of range, an IPv6 address without brackets, a host
+/// that does not resolve.
+pub fn resolve_address(what: &str, text: &str) -> Result<SocketAddr, Error> {
+    if let Ok(addr) = text.parse() {
+        return Ok(addr);
+    }
+    let bad =
+        |why: &str| Error::InvalidArgument(format!("{what} {text:?} is not host:port: {why}"));
+    // The port follows the host; a bracketed IPv6 host holds colons.
+    let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
+    let Some((host, port)) = after_host.rsplit_once(':') else {
+        return Err(bad("no port"));
+    };
+    if !text.starts_with('[') && host.contains(':') {
+        return Err(bad("an IPv6 address goes in brackets: [ADDRESS]:PORT"));
+    }
+    if port.parse::<u16>().is_err() {
+        return Err(bad("the port is not 0 to 65535"));
+    }
+    use std::net::ToSocketAddrs as _;
+    text.to_socket_addrs()
+        .ok()
+        .and_then(|mut addrs| addrs.next())
+        .ok_or_else(|| bad("the host is not an address or a name that resolves"))
+}
+
 /// Checks a seed name's form: `host:port`, the host 1 to 253 bytes of
 /// letters, digits, `-`, `_` and `.`, the port 1 to 65535.
 fn check_seed_name(seed: &str) -> Result<(), Error> {

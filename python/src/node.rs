@@ -1,7 +1,7 @@
 //! `NativeNode`: one `tribe::Node` and its handler pool.
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
@@ -75,18 +75,11 @@ fn parse_addr(py: Python<'_>, what: &str, text: &str) -> PyResult<SocketAddr> {
     if let Ok(a) = text.parse::<SocketAddr>() {
         return Ok(a);
     }
-    // A host name: resolved without the GIL, as DNS may take seconds.
-    let name = text.to_string();
-    match py.detach(move || name.to_socket_addrs().map(|mut it| it.next())) {
-        Ok(Some(a)) => Ok(a),
-        Err(e) if e.kind() != std::io::ErrorKind::InvalidInput => Err(to_py(
-            py,
-            tribe::Error::Io(format!("{what} {text:?} could not be resolved: {e}")),
-        )),
-        _ => Err(value_error(format!(
-            "{what} {text:?} is not a host:port address"
-        ))),
-    }
+    // A host name: resolved without the GIL, as DNS may take seconds. A bad
+    // or unresolvable one is InvalidArgumentError, as in C and Go.
+    let (what_owned, name) = (what.to_string(), text.to_string());
+    py.detach(move || tribe::config::resolve_address(&what_owned, &name))
+        .map_err(|e| to_py(py, e))
 }
 
 fn kind(text: &str) -> PyResult<PluginKind> {

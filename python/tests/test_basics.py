@@ -412,6 +412,23 @@ def test_a_bad_key_or_mode_is_an_invalid_argument_everywhere() -> None:
             node.set_encryption("loud")
 
 
+@pytest.mark.parametrize(
+    "kwargs, why",
+    [
+        ({"bind": "no-such-host.invalid:0"}, "the host is not an address or a name that resolves"),
+        ({"advertise": "no-such-host.invalid:7946"}, "the host is not an address or a name that resolves"),
+        ({"bind": "[::1]"}, "no port"),
+        ({"bind": "::1:0"}, "an IPv6 address goes in brackets"),
+        ({"advertise": "127.0.0.1:99999"}, "the port is not 0 to 65535"),
+    ],
+)
+def test_a_bad_address_says_why_as_in_c_and_go(kwargs: dict, why: str) -> None:
+    # InvalidArgumentError, a ValueError: as C's tribe_config_set_bind.
+    with pytest.raises(pytribe.InvalidArgumentError) as e:
+        pytribe.Node("bad-addr", profile="local", collect_facts=False, **kwargs)
+    assert why in str(e.value), e.value
+
+
 def test_a_data_dir_that_cannot_be_made_is_an_io_error(tmp_path) -> None:  # type: ignore[no-untyped-def]
     not_a_dir = tmp_path / "file"
     not_a_dir.write_text("x")

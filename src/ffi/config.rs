@@ -2,7 +2,7 @@
 //! by setters, consumed by `tribe_node_start`, freed by `tribe_config_free`.
 
 use std::ffi::c_char;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::cast;
@@ -119,20 +119,7 @@ fn with_config(
 /// DNS), for the bind and advertise addresses. The message says what is
 /// wrong, as a seed's does (port 0 is allowed here: any free port).
 fn address(text: &str, what: &str) -> Result<SocketAddr, FfiError> {
-    if let Ok(addr) = text.parse() {
-        return Ok(addr);
-    }
-    let bad = |why: &str| FfiError::invalid(format!("{what} {text:?} is not host:port: {why}"));
-    let Some((_, port)) = text.rsplit_once(':') else {
-        return Err(bad("no port"));
-    };
-    if port.parse::<u16>().is_err() {
-        return Err(bad("the port is not 0 to 65535"));
-    }
-    text.to_socket_addrs()
-        .ok()
-        .and_then(|mut addrs| addrs.next())
-        .ok_or_else(|| bad("the host is not an address or a name that resolves"))
+    crate::config::resolve_address(what, text).map_err(FfiError::from)
 }
 
 /// Makes a config for a node called `name`, with the defaults of the Rust
@@ -217,7 +204,9 @@ pub extern "C" fn tribe_config_set_bind(
 }
 
 /// Sets the address peers use to reach this node (NAT, binding 0.0.0.0).
-/// Without it, the bound address is advertised.
+/// Without it, the bound address is advertised; a bind to an unspecified
+/// host (`0.0.0.0`, `[::]`) without it is `TRIBE_CONFIG` at start (see
+/// `tribe_config_check`). The address is parsed as the bind address is.
 #[no_mangle]
 pub extern "C" fn tribe_config_set_advertise(
     cfg: *mut TribeConfig,

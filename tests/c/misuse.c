@@ -63,6 +63,10 @@ static void config_misuse(void) {
         CHECK(strstr(msg, "port is not 1 to 65535") != NULL);
         message_of(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "127.0.0.1", &e), &e, msg, sizeof msg);
         CHECK(strstr(msg, "no port") != NULL);
+        message_of(TRIBE_INVALID_ARGUMENT, tribe_config_set_advertise(cfg, "[fd00::1]", &e), &e, msg, sizeof msg);
+        CHECK(strstr(msg, "no port") != NULL);
+        message_of(TRIBE_INVALID_ARGUMENT, tribe_config_set_bind(cfg, "::1:7946", &e), &e, msg, sizeof msg);
+        CHECK(strstr(msg, "in brackets") != NULL);
         EXPECT(TRIBE_OK, tribe_config_set_bind(cfg, "127.0.0.1:65535", &err));
         EXPECT(TRIBE_OK, tribe_config_set_bind(cfg, "127.0.0.1:0", &err));
     }

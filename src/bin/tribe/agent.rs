@@ -5,7 +5,7 @@
 //! the TOML file given with `--config`, then defaults, in that order.
 
 use std::io::Write as _;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -32,7 +32,7 @@ pub struct AgentArgs {
     #[arg(long, env = "TRIBE_BIND", value_name = "HOST:PORT")]
     bind: Option<String>,
     /// Address peers should use to reach this node [default: the bind address; with an
-    /// unspecified bind host, the source address of the default route].
+    /// unspecified bind host, the source address of the default route of its family].
     #[arg(long, env = "TRIBE_ADVERTISE", value_name = "HOST:PORT")]
     advertise: Option<String>,
     /// A node to join through (repeatable; comma-separated in TRIBE_SEED; added to
@@ -173,10 +173,7 @@ pub struct AgentPlan {
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
-    text.to_socket_addrs()
-        .map_err(|e| format!("--{what} {text:?}: {e} (expected HOST:PORT)"))?
-        .next()
-        .ok_or_else(|| format!("--{what} {text:?}: the host has no address"))
+    tribe::config::resolve_address(&format!("--{what}"), text).map_err(|e| e.to_string())
 }
 
 fn read_file_options(path: &PathBuf) -> Result<FileOptions, String> {
@@ -207,10 +204,16 @@ impl AgentArgs {
         let advertise = match self.advertise.or(file.advertise) {
             Some(a) => Some(resolve_addr("advertise", &a)?),
             None if bind.ip().is_unspecified() => {
+                // The route of the bind's family: `[::]` takes IPv6.
+                let (fact, family) = if bind.is_ipv6() {
+                    ("default_ipv6", "IPv6")
+                } else {
+                    ("default_ipv4", "IPv4")
+                };
                 let ip = collected
-                    .get("default_ipv4")
+                    .get(fact)
                     .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
-                    .ok_or("--bind has an unspecified host and no default route was found: give --advertise")?;
+                    .ok_or(format!("--bind has an unspecified host and no {family} default route was found: give --advertise"))?;
                 Some(SocketAddr::new(ip, bind.port()))
             }
             None => None,
@@ -778,6 +781,56 @@ mod tests {
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
+
+    #[test]
+    fn an_unspecified_bind_advertises_the_default_route_of_its_family() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            agent: super::AgentArgs,
+        }
+        use clap::Parser as _;
+        let facts: tribe::facts::Facts =
+            [("default_ipv4", "10.0.0.5"), ("default_ipv6", "fd00::5")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        let plan = |bind: &str, facts: &tribe::facts::Facts| {
+            Cli::try_parse_from([
+                "agent",
+                "--name",
+                "n",
+                "--bind",
+                bind,
+                "--insecure-plaintext",
+            ])
+            .unwrap()
+            .agent
+            .plan(facts)
+            .map(|p| p.config.advertise)
+        };
+        assert_eq!(
+            plan("0.0.0.0:7946", &facts).unwrap(),
+            Some("10.0.0.5:7946".parse().unwrap())
+        );
+        assert_eq!(
+            plan("[::]:7946", &facts).unwrap(),
+            Some("[fd00::5]:7946".parse().unwrap())
+        );
+        let v4_only: tribe::facts::Facts = facts
+            .iter()
+            .filter(|(k, _)| *k == "default_ipv4")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let err = plan("[::]:7946", &v4_only).err().unwrap();
+        assert!(err.contains("no IPv6 default route"), "{err}");
+        // A bad address says why.
+        let err = plan("[::1]", &facts).err().unwrap();
+        assert!(
+            err.contains("--bind \"[::1]\" is not host:port: no port"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_log_level_is_a_level_or_a_directive() {
