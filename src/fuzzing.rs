@@ -179,6 +179,7 @@ pub fn gossip_delta(data: &[u8]) {
         tombstone_grace_ms: 3_600_000,
         verdict_window_ms: 0,
         softened: Vec::new(),
+        last_sender: None,
         accept_keyring_records: flags & 1 == 1,
         invalid_logged_ms: None,
     };

@@ -554,6 +554,30 @@ async fn record_limits_refuse_commands_and_peer_records() {
     }
 }
 
+/// A node whose advertise address is not where it sends from (a wrong
+/// `--advertise`) is named by its peers, instead of flapping in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_advertise_address_is_named_by_peers() {
+    logged();
+    let a = start_cluster("adv", 1, |_| {}).await.remove(0);
+    let mut cfg = test_config("adv-wrong");
+    cfg.advertise = Some("127.0.0.2:0".parse().unwrap());
+    cfg.seeds = vec![a.addr()];
+    let wrong = Node::start(cfg).await.unwrap();
+    wait_for("the mismatch named", LONG, || {
+        logged().lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("node=adv0")
+                && l.contains(&format!("a member advertising {}", wrong.addr()))
+                && l.contains("its advertise address is wrong")
+        })
+    })
+    .await;
+    for n in [a, wrong] {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// Writes made through different nodes at the limit, before either heard
 /// of the other's, are taken everywhere: the cluster converges.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,7 @@ impl Codec<NodeId> for GuardedCodec {
             if !sh.screen_identity(&src, Heard::Speaking) {
                 return Err(GuardError::Refused(src));
             }
+            sh.last_sender = Some(src.addr);
             sh.now_ms
         };
         self.src = Some(src.addr);

@@ -55,6 +55,9 @@ pub struct Shared {
     pub verdict_window_ms: u64,
     /// Down notices the codec took as suspicions, for the engine to time.
     pub softened: Vec<(NodeId, u16)>,
+    /// The address the sender of the datagram being handled advertises
+    /// (set by the codec), to compare with where the datagram came from.
+    pub last_sender: Option<std::net::SocketAddr>,
 }
 
 /// Records of a kind a node takes from peers past its limit: 1/64 of it,
@@ -322,6 +325,7 @@ pub(crate) mod tests {
             tombstone_grace_ms: 0,
             verdict_window_ms: 0,
             softened: Vec::new(),
+            last_sender: None,
         }))
     }
 

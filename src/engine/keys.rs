@@ -127,7 +127,7 @@ impl Engine {
         self.log_due_every(kind, WARN_EVERY_MS)
     }
 
-    fn log_due_every(&mut self, kind: &'static str, every_ms: u64) -> bool {
+    pub(super) fn log_due_every(&mut self, kind: &'static str, every_ms: u64) -> bool {
         let now = self.now_ms();
         let last = self.warned.get(kind).copied();
         let due = last.is_none_or(|t| now.saturating_sub(t) >= every_ms);

@@ -15,6 +15,7 @@ macro_rules! warn_limited {
     };
 }
 
+mod advertise;
 mod buddy;
 mod codec;
 pub mod commands;
@@ -354,6 +355,7 @@ impl Engine {
             tombstone_grace_ms: timings.tombstone_grace.as_millis() as u64,
             verdict_window_ms: foca_config(&timings, 1).suspect_to_down_after.as_millis() as u64,
             softened: Vec::new(),
+            last_sender: None,
             invalid_logged_ms: None,
         }));
         let mut rng = StdRng::seed_from_u64(seed);
@@ -531,9 +533,14 @@ impl Engine {
                 p.into()
             }
         };
+        lock(&self.shared).last_sender = None;
         let handled = self.swim.handle_data(&payload, &mut self.swim_rt);
         if handled.is_ok() {
             self.last_heard_ms = self.now_ms();
+            let advertised = lock(&self.shared).last_sender.take();
+            if let Some(advertised) = advertised {
+                self.check_advertised(advertised, from);
+            }
         }
         if let Err(e) = handled {
             tracing::debug!(error = %e, %from, "gossip packet refused");
