@@ -201,8 +201,18 @@ pub struct NodeRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TribeRecord {
     /// Version of the deletion this incarnation was created after, if the
-    /// creator knew of one.
+    /// creator knew of one, or later: the latest record of the tribe the
+    /// creator held then (see `create_tribe_record`).
     pub after: Option<Hlc>,
+    /// The incarnation: the version of the deletion it was created after
+    /// (`None` for a tribe never deleted, or whose deletion was forgotten).
+    /// Concurrent creations after the same deletion share it. Each child
+    /// record carries the era of the tribe it was written into
+    /// ([`Entry::era`]): one written into an older incarnation (by a node
+    /// cut off from the deletion) is not the new tribe's, and loses every
+    /// conflict with the new tribe's records of the same key.
+    #[serde(default)]
+    pub era: Option<Hlc>,
 }
 
 /// A policy: `when` holds for a node → the node is in `tribe`.
@@ -312,6 +322,18 @@ pub struct Entry {
     pub version: Hlc,
     /// The value, or `None` once deleted.
     pub value: Option<Value>,
+    /// For a tribe's child record (membership by hand, plugin entry, task),
+    /// the era of the tribe it was written into ([`TribeRecord::era`]);
+    /// `None` otherwise. A later era wins a conflict whatever the versions.
+    #[serde(default)]
+    pub era: Option<Hlc>,
+}
+
+impl Entry {
+    /// What orders two writes of one key: the era, then the version.
+    pub fn order(&self) -> (Option<&Hlc>, &Hlc) {
+        (self.era.as_ref(), &self.version)
+    }
 }
 
 /// Bounds on what a peer may send in one record.
@@ -354,6 +376,19 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
     if !names_ok {
         return Err(InvalidRecord("bad name in key"));
     }
+    let child = matches!(
+        key,
+        Key::Member { .. } | Key::Plugin { .. } | Key::Task { .. }
+    );
+    if let Some(era) = &entry.era {
+        if !child {
+            return Err(InvalidRecord("an era on a record that is not a tribe's"));
+        }
+        // An incarnation is a deletion's version, written before the record.
+        if *era >= entry.version || !names::is_valid(&era.node) {
+            return Err(InvalidRecord("an era that is not an earlier version"));
+        }
+    }
     let Some(value) = &entry.value else {
         return Ok(());
     };
@@ -365,7 +400,18 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
             }
             validate_node(rec)
         }
-        (Key::Tribe(_), Value::Tribe(_)) | (Key::Member { .. }, Value::Member) => Ok(()),
+        (Key::Tribe(_), Value::Tribe(t)) => {
+            if t.era
+                .as_ref()
+                .is_some_and(|e| *e >= entry.version || !names::is_valid(&e.node))
+            {
+                return Err(InvalidRecord(
+                    "a tribe's era that is not an earlier version",
+                ));
+            }
+            Ok(())
+        }
+        (Key::Member { .. }, Value::Member) => Ok(()),
         (Key::Policy(_), Value::Policy(p)) => {
             if !names::is_valid(&p.tribe) || p.when.len() > crate::policy::MAX_EXPRESSION_LEN {
                 Err(InvalidRecord("bad policy"))

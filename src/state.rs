@@ -96,7 +96,7 @@ fn kind_index(kind: Kind) -> usize {
 /// well-behaved cluster carry equal values; for hostile input the encoded
 /// bytes decide, so that merge stays commutative.
 fn wins(a: &Entry, a_hash: &[u8; 32], b: &Stored) -> bool {
-    match a.version.cmp(&b.entry.version) {
+    match a.order().cmp(&b.entry.order()) {
         std::cmp::Ordering::Greater => true,
         std::cmp::Ordering::Less => false,
         std::cmp::Ordering::Equal => a_hash > &b.hash,
@@ -383,6 +383,7 @@ mod tests {
             // Re-creation of a tribe after a deletion carries `after`.
             Key::Tribe(_) => Value::Tribe(TribeRecord {
                 after: (flavour > 0).then(|| version(u64::from(flavour), 0, "n0")),
+                era: None,
             }),
             Key::Member { .. } => Value::Member,
             Key::Policy(_) => Value::Policy(PolicyRecord {
@@ -416,7 +417,7 @@ mod tests {
             |(key, millis, counter, node, alive, flavour)| {
                 let v = version(millis, counter, &format!("n{node}"));
                 let value = alive.then(|| value_for(&key, flavour));
-                (key, Entry { version: v, value })
+                (key, Entry { version: v, value, era: None })
             },
         )
     }
@@ -427,6 +428,7 @@ mod tests {
         let entry = Entry {
             version: version(1, 0, "n0"),
             value: Some(value_for(&key, 0)),
+            era: None,
         };
         let mut a = State::new();
         assert!(a.merge(key.clone(), entry.clone()));
@@ -557,11 +559,13 @@ mod tests {
         let key = Key::Tribe("core".into());
         let live = Entry {
             version: version(10, 0, "a"),
-            value: Some(Value::Tribe(TribeRecord { after: None })),
+            value: Some(Value::Tribe(TribeRecord { after: None, era: None })),
+            era: None,
         };
         let dead = Entry {
             version: version(20, 0, "b"),
             value: None,
+            era: None,
         };
         assert!(s.merge(key.clone(), live.clone()));
         assert!(s.merge(key.clone(), dead.clone()));

@@ -569,6 +569,7 @@ async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
             Entry {
                 version: version.clone(),
                 value: Some(Value::RingKey(RingKeyRecord(attacker.clone()))),
+                era: None,
             },
         ),
         (
@@ -576,6 +577,7 @@ async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
             Entry {
                 version,
                 value: Some(Value::RingPrimary(attacker.id())),
+                era: None,
             },
         ),
     ];

@@ -66,6 +66,7 @@ async fn membership_before_its_tribe_converges() {
         Entry {
             version: version(now + 5),
             value: Some(Value::Member),
+            era: None,
         },
     );
     let plugin = (
@@ -80,13 +81,18 @@ async fn membership_before_its_tribe_converges() {
                 kind: PluginKind::Collector,
                 artifact: None,
             })),
+            era: None,
         },
     );
     let tribe_record = (
         Key::Tribe("late-tribe".into()),
         Entry {
             version: created.clone(),
-            value: Some(Value::Tribe(TribeRecord { after: None })),
+            value: Some(Value::Tribe(TribeRecord {
+                after: None,
+                era: None,
+            })),
+            era: None,
         },
     );
 

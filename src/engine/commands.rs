@@ -152,9 +152,21 @@ impl Engine {
         let entry = {
             let mut sh = lock(&self.shared);
             let now = sh.now_ms;
+            // A child record belongs to the tribe's incarnation it is
+            // written into.
+            let era = match key.tribe() {
+                Some(tribe) if !matches!(key, Key::Tribe(_)) => {
+                    match sh.state.get(&Key::Tribe(tribe.to_string())) {
+                        Some(Value::Tribe(t)) => t.era.clone(),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            };
             let entry = Entry {
                 version: sh.clock.tick(now),
                 value,
+                era,
             };
             sh.state.merge(key.clone(), entry.clone());
             entry

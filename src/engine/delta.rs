@@ -236,11 +236,11 @@ pub type Delta = (Key, Entry);
 #[derive(Debug, Clone)]
 pub struct DeltaKey {
     hash: u64,
-    key: Box<(Key, Hlc)>,
+    key: Box<(Key, (Option<Hlc>, Hlc))>,
 }
 
 impl DeltaKey {
-    fn new(key: Key, version: Hlc) -> DeltaKey {
+    fn new(key: Key, version: (Option<Hlc>, Hlc)) -> DeltaKey {
         use std::hash::{Hash, Hasher};
         // Fixed keys: the same hash on every run (the simulator's traces).
         let mut h = std::hash::DefaultHasher::new();
@@ -294,7 +294,7 @@ impl BroadcastHandler<NodeId> for DeltaHandler {
             // engine counts it once, as a gossip error.
             Err(e) => return Err(DeltaError(e.to_string())),
         };
-        let delta_key = DeltaKey::new(key.clone(), entry.version.clone());
+        let delta_key = DeltaKey::new(key.clone(), (entry.era.clone(), entry.version.clone()));
         if sender.is_none() {
             // Our own write, already in the store: always spread it.
             return Ok(Some(delta_key));

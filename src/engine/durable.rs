@@ -375,6 +375,7 @@ mod tests {
                 node: "keeper".into(),
             },
             value: Some(record),
+            era: None,
         };
         assert!(crate::records::validate(&Key::Node("keeper".into()), &entry).is_ok());
     }

@@ -504,33 +504,25 @@ impl Engine {
         self.after_change();
     }
 
-    /// Creates a tribe. One created again after a deletion starts after
-    /// the deletion and after every record of the tribe this node holds:
-    /// writes made into it while it was gone (concurrent with the
-    /// deletion, or from a node that had not heard of it) belong to no
-    /// tribe, and would otherwise come back in the new one.
+    /// Creates a tribe. One created again after a deletion is a new
+    /// incarnation, its era the deletion's version: writes made into the
+    /// old one (concurrent with the deletion, or from a node that had not
+    /// heard of it, also after this creation) belong to no tribe, and lose
+    /// every conflict with this one's records of the same key.
     pub(super) fn create_tribe_record(&mut self, tribe: &str) {
         let key = Key::Tribe(tribe.to_string());
-        let after = {
+        let era = {
             let sh = lock(&self.shared);
             sh.state
                 .entry(&key)
                 .filter(|e| e.value.is_none())
-                .map(|deleted| {
-                    sh.state
-                        .iter()
-                        .filter(|(k, _)| k.tribe() == Some(tribe))
-                        .map(|(_, e)| &e.version)
-                        .fold(deleted.version.clone(), |latest, v| {
-                            if *v > latest {
-                                v.clone()
-                            } else {
-                                latest
-                            }
-                        })
-                })
+                .map(|deleted| deleted.version.clone())
         };
-        self.write(key, Some(Value::Tribe(TribeRecord { after })));
+        // Records written into the older tribe (at the moment of its
+        // deletion, or by a node cut off from it) carry its era: they are
+        // not this one's, whatever their versions.
+        let after = era.clone();
+        self.write(key, Some(Value::Tribe(TribeRecord { after, era })));
     }
 
     /// Whether `changes` may change what [`Engine::emit_view_changes`]
@@ -716,6 +708,7 @@ mod tests {
                     tribe: "everyone".into(),
                     when: "true".into(),
                 })),
+                era: None,
             },
         );
         engine.after_change();
@@ -771,6 +764,7 @@ mod tests {
                     kind: crate::PluginKind::Processor,
                     artifact: None,
                 })),
+                era: None,
             },
         );
         engine.after_change();
@@ -792,6 +786,71 @@ mod tests {
             )
             .unwrap();
         assert_eq!(engine.tribe("x").unwrap().plugins.len(), 1);
+    }
+
+    /// One side of a partition deletes a tribe and creates it again; the
+    /// other, cut off, goes on writing into the old one, later by the
+    /// clock. After the heal the new tribe holds only its own records: the
+    /// cut-off side's removal of an entry of the same key loses to the new
+    /// entry, and its membership and task stay out.
+    #[test]
+    fn writes_into_an_old_incarnation_stay_out_of_one_created_during_a_partition() {
+        let mut cfg = crate::Config::new("n");
+        cfg.collect_facts = false;
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        let load = |kind| crate::Command::LoadPlugin {
+            tribe: "t".into(),
+            name: "pa".into(),
+            version: "1".into(),
+            kind,
+            artifact: None,
+        };
+        engine
+            .handle_command(1_100, crate::Command::CreateTribe { tribe: "t".into() })
+            .unwrap();
+        engine
+            .handle_command(1_200, load(crate::PluginKind::Collector))
+            .unwrap();
+        engine
+            .handle_command(1_300, crate::Command::DeleteTribe { tribe: "t".into() })
+            .unwrap();
+        engine
+            .handle_command(1_400, crate::Command::CreateTribe { tribe: "t".into() })
+            .unwrap();
+        engine
+            .handle_command(1_500, load(crate::PluginKind::Processor))
+            .unwrap();
+        // The cut-off side's writes into the old tribe (era None), later.
+        let cut_off = |millis: u64, key: Key, value: Option<Value>| {
+            let entry = Entry {
+                version: Hlc {
+                    millis,
+                    counter: 0,
+                    node: "b".into(),
+                },
+                value,
+                era: None,
+            };
+            lock(&engine.shared).accept_remote(key, entry)
+        };
+        let plugin = Key::Plugin {
+            tribe: "t".into(),
+            name: "pa".into(),
+            version: "1".into(),
+        };
+        assert!(!cut_off(2_000, plugin, None), "an older era's removal lost");
+        let member = Key::Member {
+            tribe: "t".into(),
+            node: "n4".into(),
+        };
+        cut_off(2_100, member, Some(Value::Member));
+        engine.after_change();
+        let t = engine.tribe("t").unwrap();
+        assert_eq!(t.plugins.len(), 1, "{:?}", t.plugins);
+        assert_eq!(t.plugins[0].kind, crate::PluginKind::Processor);
+        assert!(t.explicit_members.is_empty(), "{:?}", t.explicit_members);
     }
 
     #[test]
@@ -827,6 +886,7 @@ mod tests {
                         kind: crate::PluginKind::Processor,
                         artifact: None,
                     })),
+                    era: None,
                 },
             )
         };

@@ -158,7 +158,9 @@ impl<'a> View<'a> {
             return true;
         };
         match (self.tribe_record(tribe), self.state.entry(key)) {
-            (Some(t), Some(entry)) => t.after.as_ref().is_none_or(|d| entry.version > *d),
+            (Some(t), Some(entry)) => {
+                entry.era == t.era && t.after.as_ref().is_none_or(|d| entry.version > *d)
+            }
             _ => false,
         }
     }
@@ -401,7 +403,9 @@ mod tests {
                 version: v(created, "a"),
                 value: Some(Value::Tribe(TribeRecord {
                     after: after.map(|d| v(d, "a")),
+                    era: None,
                 })),
+                era: None,
             },
         )
     }
@@ -415,6 +419,7 @@ mod tests {
             Entry {
                 version: v(at, "b"),
                 value: Some(Value::Member),
+                era: None,
             },
         )
     }
@@ -432,6 +437,7 @@ mod tests {
                     kind: PluginKind::Collector,
                     artifact: None,
                 })),
+                era: None,
             },
         )
     }
@@ -452,6 +458,7 @@ mod tests {
                     primary_key: None,
                     artifacts: Vec::new(),
                 })),
+                era: None,
             },
         )
     }
@@ -469,6 +476,7 @@ mod tests {
             Entry {
                 version: v(5, "b"),
                 value: Some(Value::Member),
+                era: None,
             },
         );
         for (k, e) in [
