@@ -513,10 +513,33 @@ impl Engine {
         let key = Key::Tribe(tribe.to_string());
         let era = {
             let sh = lock(&self.shared);
-            sh.state
-                .entry(&key)
-                .filter(|e| e.value.is_none())
-                .map(|deleted| deleted.version.clone())
+            match sh.state.entry(&key) {
+                Some(deleted) if deleted.value.is_none() => Some(deleted.version.clone()),
+                Some(_) => None,
+                // No record at all. Records of the tribe of a later era
+                // than none are left from an incarnation whose deletion was
+                // forgotten: this one's era comes after all of them, so
+                // that none wins a conflict with its records. (Records of
+                // no era may be a first tribe's whose record is on its way:
+                // they keep theirs.)
+                None => {
+                    let children: Vec<&crate::records::Entry> = sh
+                        .state
+                        .iter()
+                        .filter(|(k, _)| k.tribe() == Some(tribe))
+                        .map(|(_, e)| e)
+                        .collect();
+                    let latest_era = children.iter().filter_map(|e| e.era.clone()).max();
+                    latest_era.map(|era| {
+                        children
+                            .iter()
+                            .filter(|e| e.era.as_ref() == Some(&era))
+                            .map(|e| e.version.clone())
+                            .max()
+                            .unwrap_or(era)
+                    })
+                }
+            }
         };
         // Records written into the older tribe (at the moment of its
         // deletion, or by a node cut off from it) carry its era: they are
@@ -908,8 +931,30 @@ mod tests {
         lock(&engine.shared).accept_remote(key, entry);
         engine.handle_timer(72_500, super::super::Timer::Housekeeping);
         assert!(!held(&engine, "x"));
+        // One it takes back in before the next sweep is not the new
+        // tribe's either, and loses to its records of the same key.
+        let (key, mut entry) = plugin("x", 72_600);
+        entry.era = Some(Hlc {
+            millis: 1_200,
+            counter: 0,
+            node: "n".into(),
+        });
+        assert!(lock(&engine.shared).accept_remote(key, entry));
         engine.handle_command(73_000, tribe("x")).unwrap();
         assert!(engine.tribe("x").unwrap().plugins.is_empty());
+        engine
+            .handle_command(
+                73_100,
+                crate::Command::LoadPlugin {
+                    tribe: "x".into(),
+                    name: "pl".into(),
+                    version: "1".into(),
+                    kind: crate::PluginKind::Collector,
+                    artifact: None,
+                },
+            )
+            .unwrap();
+        assert_eq!(engine.tribe("x").unwrap().plugins.len(), 1);
         assert_eq!(engine.tribe("kept").unwrap().plugins.len(), 1);
         assert_eq!(engine.counters().stale_records_dropped, 2);
     }
