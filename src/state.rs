@@ -224,6 +224,13 @@ impl State {
             .filter_map(|(k, s)| s.entry.value.as_ref().map(|v| (&**k, v)))
     }
 
+    /// Every entry from `from` on, tombstones included, in key order.
+    pub fn entries_from<'a>(&'a self, from: &Key) -> impl Iterator<Item = (&'a Key, &'a Entry)> + 'a {
+        self.entries
+            .range::<Key, _>((Bound::Included(from), Bound::Unbounded))
+            .map(|(k, s)| (&**k, &s.entry))
+    }
+
     /// Live values from `from` on, in key order.
     pub fn live_from<'a>(&'a self, from: &Key) -> impl Iterator<Item = (&'a Key, &'a Value)> + 'a {
         self.entries

@@ -74,12 +74,7 @@ fn proven_key(ring: &Keyring, proofs: &[u8], salt: &[u8; 32], label: &str) -> Op
         let key = ring.get(id)?;
         let expected = refusal_tag(key, salt, label)?;
         // Constant time: the tag is a secret-derived value.
-        let same = expected
-            .iter()
-            .zip(tag)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0;
-        same.then_some(id)
+        bool::from(subtle::ConstantTimeEq::ct_eq(&expected[..], tag)).then_some(id)
     })
 }
 

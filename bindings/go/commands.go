@@ -334,7 +334,7 @@ func (n *Node) Counters() (map[string]map[string]json.Number, error) {
 		if in.finalCounters == nil {
 			return nil, errClosed()
 		}
-		return withChanDropped(in)(decode[map[string]map[string]json.Number](in.finalCounters, nil))
+		return withChanDropped(in, in.finalCounters)
 	}
 	// Also while the node closes: it counts until it is freed.
 	var text *C.char
@@ -344,23 +344,22 @@ func (n *Node) Counters() (map[string]map[string]json.Number, error) {
 		return nil, err
 	}
 	defer C.tribe_string_free(text)
-	return withChanDropped(in)(decode[map[string]map[string]json.Number](C.GoBytes(unsafe.Pointer(text), C.int(l)), nil))
+	return withChanDropped(in, C.GoBytes(unsafe.Pointer(text), C.int(l)))
 }
 
-// withChanDropped adds the events in's Events channel had no room for to
-// libtribe's "events_dropped".
-func withChanDropped(in *node) func(map[string]map[string]json.Number, error) (map[string]map[string]json.Number, error) {
-	return func(m map[string]map[string]json.Number, err error) (map[string]map[string]json.Number, error) {
-		if err != nil {
-			return nil, err
-		}
-		if engine := m["engine"]; engine != nil {
-			if n, perr := strconv.ParseUint(engine["events_dropped"].String(), 10, 64); perr == nil {
-				engine["events_dropped"] = json.Number(strconv.FormatUint(n+in.chanDropped.Load(), 10))
-			}
-		}
-		return m, nil
+// withChanDropped decodes libtribe's counters and adds the events in's
+// Events channel had no room for to its "events_dropped".
+func withChanDropped(in *node, text []byte) (map[string]map[string]json.Number, error) {
+	m, err := decode[map[string]map[string]json.Number](text, nil)
+	if err != nil {
+		return nil, err
 	}
+	if engine := m["engine"]; engine != nil {
+		if n, perr := strconv.ParseUint(engine["events_dropped"].String(), 10, 64); perr == nil {
+			engine["events_dropped"] = json.Number(strconv.FormatUint(n+in.chanDropped.Load(), 10))
+		}
+	}
+	return m, nil
 }
 
 // finalCounters reads the counters of a stopped node, before it is freed.

@@ -533,10 +533,10 @@ impl Engine {
                 p.into()
             }
         };
-        lock(&self.shared).last_sender = None;
         let handled = self.swim.handle_data(&payload, &mut self.swim_rt);
         if handled.is_ok() {
             self.last_heard_ms = self.now_ms();
+            // Set by the codec for every packet that decodes.
             let advertised = lock(&self.shared).last_sender.take();
             if let Some(advertised) = advertised {
                 self.check_advertised(advertised, from);

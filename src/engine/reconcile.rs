@@ -523,12 +523,7 @@ impl Engine {
                 // no era may be a first tribe's whose record is on its way:
                 // they keep theirs.)
                 None => {
-                    let children: Vec<&crate::records::Entry> = sh
-                        .state
-                        .iter()
-                        .filter(|(k, _)| k.tribe() == Some(tribe))
-                        .map(|(_, e)| e)
-                        .collect();
+                    let children = View { state: &sh.state }.child_entries(tribe);
                     let latest_era = children.iter().filter_map(|e| e.era.clone()).max();
                     latest_era.map(|era| {
                         children
@@ -552,16 +547,29 @@ impl Engine {
     /// derives: deriving it walks every tribe, too much to do for each
     /// write anywhere (a fact of a peer, say) once the state is large.
     fn view_may_have_changed(&mut self, changes: &BTreeSet<std::sync::Arc<Key>>) -> bool {
-        let own = {
-            let sh = lock(&self.shared);
-            let tribes = match sh.state.get(&Key::Node(self.name.clone())) {
-                Some(Value::Node(r)) => r.policy_tribes.clone(),
-                _ => BTreeSet::new(),
+        // This node's own inputs are looked at again only when its record
+        // changed (or it left): most changes are other records.
+        let own_record_changed = changes
+            .iter()
+            .any(|k| matches!(&**k, Key::Node(n) if *n == self.name));
+        let left_changed = self
+            .reconcile
+            .own_inputs
+            .as_ref()
+            .is_none_or(|(_, left)| *left != self.left);
+        let mut own_changed = false;
+        if own_record_changed || left_changed {
+            let own = {
+                let sh = lock(&self.shared);
+                let tribes = match sh.state.get(&Key::Node(self.name.clone())) {
+                    Some(Value::Node(r)) => r.policy_tribes.clone(),
+                    _ => BTreeSet::new(),
+                };
+                (tribes, self.left)
             };
-            (tribes, self.left)
-        };
-        let own_changed = self.reconcile.own_inputs.as_ref() != Some(&own);
-        self.reconcile.own_inputs = Some(own);
+            own_changed = self.reconcile.own_inputs.as_ref() != Some(&own);
+            self.reconcile.own_inputs = Some(own);
+        }
         own_changed
             || changes.iter().any(|k| match &**k {
                 Key::Tribe(_) => true,

@@ -177,6 +177,39 @@ impl<'a> View<'a> {
             .collect()
     }
 
+    /// Every record of a tribe's children (memberships by hand, plugin
+    /// entries, tasks), deletions and records of other eras included.
+    pub fn child_entries(&self, tribe: &str) -> Vec<&'a crate::records::Entry> {
+        let t = || tribe.to_string();
+        let starts = [
+            Key::Member {
+                tribe: t(),
+                node: String::new(),
+            },
+            Key::Plugin {
+                tribe: t(),
+                name: String::new(),
+                version: String::new(),
+            },
+            Key::Task {
+                tribe: t(),
+                id: String::new(),
+            },
+        ];
+        starts
+            .iter()
+            .flat_map(|from| {
+                self.state
+                    .entries_from(from)
+                    .take_while(move |(k, _)| {
+                        k.tribe() == Some(tribe)
+                            && std::mem::discriminant(*k) == std::mem::discriminant(from)
+                    })
+                    .map(|(_, e)| e)
+            })
+            .collect()
+    }
+
     /// Members by hand of a tribe (any liveness).
     pub fn explicit_members(&self, tribe: &str) -> BTreeSet<String> {
         let mk = |t: &str| Key::Member {
