@@ -100,6 +100,10 @@ pub struct Counters {
     /// records of a tribe whose deletion was collected (written into it
     /// while it was being deleted).
     pub stale_records_dropped: u64,
+    /// Members gossip hears alive whose state exchanges with this node
+    /// failed 3 or more times in a row, now (a gauge; see the warning in
+    /// the log).
+    pub members_failing_exchanges: u64,
     /// Records from peers refused because their kind is at its limit.
     pub records_over_limit: u64,
     /// Events dropped for subscribers that fell behind (kept by the runtime;

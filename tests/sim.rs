@@ -605,6 +605,27 @@ fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
     }
 }
 
+/// Exchanges that keep failing with a member gossip hears alive (a
+/// firewall that passes UDP, not TCP) show in a gauge on both sides, and
+/// only there; it clears once they pass again.
+#[test]
+fn members_whose_exchanges_keep_failing_are_counted_until_they_pass() {
+    let failing = |sim: &Sim| -> Vec<u64> {
+        (0..sim.len())
+            .map(|i| sim.engine(i).unwrap().counters().members_failing_exchanges)
+            .collect()
+    };
+    let mut sim = cluster(3, 3);
+    assert_eq!(failing(&sim), vec![0, 0, 0]);
+    sim.block_streams(0, 1);
+    sim.run_for(Duration::from_secs(600));
+    assert_eq!(failing(&sim), vec![1, 1, 0]);
+    assert_eq!(sim.engine(0).unwrap().members_alive(), 3);
+    sim.unblock_streams(0, 1);
+    sim.run_for(Duration::from_secs(300));
+    assert_eq!(failing(&sim), vec![0, 0, 0]);
+}
+
 #[test]
 fn when_a_cut_off_node_comes_back_no_one_declares_a_healthy_peer_failed() {
     let mut wrong = Vec::new();

@@ -279,6 +279,12 @@ pub fn render(s: &Snapshot) -> String {
         "Median distance of the peers' clocks from this node's clock, in ms",
         c.clock_offset_ms.unsigned_abs() as usize,
     );
+    gauge(
+        &mut r,
+        "members_failing_exchanges",
+        "Members heard alive whose state exchanges with this node failed 3 or more times in a row",
+        c.members_failing_exchanges as usize,
+    );
     counter(
         &mut r,
         "stale_records_dropped",

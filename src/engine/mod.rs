@@ -20,6 +20,7 @@ mod buddy;
 mod codec;
 pub mod commands;
 mod delta;
+mod failing;
 pub mod durable;
 mod identity;
 pub mod keys;
@@ -231,6 +232,8 @@ pub struct Engine {
     clock_offsets: BTreeMap<String, i64>,
     /// Peers whose skew was reported and has not gone away since.
     skewed: BTreeSet<String>,
+    /// Exchanges failing in a row with members gossip hears (see [`failing`]).
+    failing: failing::Streaks,
     /// Claims on our name already reported.
     claims_seen: BTreeSet<(SocketAddr, u64)>,
     /// Our record changed while another node held our name: it goes out
@@ -420,6 +423,7 @@ impl Engine {
             warned: BTreeMap::new(),
             clock_offsets: BTreeMap::new(),
             skewed: BTreeSet::new(),
+            failing: Default::default(),
             claims_seen: BTreeSet::new(),
             record_owed: false,
             pending: BTreeMap::new(),
@@ -830,6 +834,7 @@ impl Engine {
             OwnedNotification::MemberDown(id) => {
                 self.news.member_changed();
                 let left = self.left_flag(&id.name);
+                self.forget_failures(id.addr);
                 if self.members.down(&id, left, now) == members::Change::Down {
                     let name = id.name.to_string();
                     self.emit(if left {

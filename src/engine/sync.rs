@@ -141,7 +141,7 @@ const OWN_NEWS_GAP_MS: u64 = 5_000;
 /// Where an exchange stands.
 #[derive(Debug)]
 pub struct Exchange {
-    initiator: bool,
+    pub(super) initiator: bool,
     join: bool,
     /// Last progress (engine clock); the exchange expires after
     /// [`SYNC_TIMEOUT`] without any.
@@ -316,6 +316,7 @@ impl Engine {
         let exchange = self.conns.remove(&conn);
         self.outputs.push_back(Output::Close { conn });
         self.note_holder_check(exchange.as_ref());
+        self.note_exchange_outcome(exchange.as_ref(), ok);
         let mut sh = lock(&self.shared);
         if ok {
             self.last_contact_ms = sh.now_ms;
@@ -443,7 +444,9 @@ impl Engine {
     pub fn handle_bad_frame(&mut self, now_ms: u64, conn: ConnId) {
         self.tick(now_ms);
         lock(&self.shared).counters.frame_decode_errors += 1;
-        if self.conns.remove(&conn).is_some() {
+        let exchange = self.conns.remove(&conn);
+        self.note_exchange_outcome(exchange.as_ref(), false);
+        if exchange.is_some() {
             lock(&self.shared).counters.push_pulls_failed += 1;
         }
     }
@@ -453,6 +456,7 @@ impl Engine {
         self.tick(now_ms);
         let exchange = self.conns.remove(&conn);
         self.note_holder_check(exchange.as_ref());
+        self.note_exchange_outcome(exchange.as_ref(), false);
         if let Some(x) = exchange {
             lock(&self.shared).counters.push_pulls_failed += 1;
             tracing::debug!(peer = ?x.peer, "exchange ended early");
