@@ -84,6 +84,24 @@ async fn commands_fail_with_clear_errors() {
         n.add_task("t", "x", "{}", TaskState::Running).await,
         Err(Error::TaskExists { .. })
     ));
+    // The 64 KiB bound is on the compact form every face measures (the
+    // agent's admin API compacts a manifest it is given): spacing neither
+    // counts nor is kept.
+    let spaced = |len: usize| format!("{{ \"pad\" : \"{}\" }}", "x".repeat(len));
+    let fits = spaced(64 * 1024 - 10);
+    assert!(fits.len() > 64 * 1024);
+    n.add_task("t", "spaced", &fits, TaskState::Stopped)
+        .await
+        .unwrap();
+    let kept = n.tribe("t").unwrap().tasks;
+    let kept = &kept.iter().find(|t| t.id == "spaced").unwrap().manifest;
+    assert_eq!(kept.len(), 64 * 1024);
+    assert!(kept.starts_with("{\"pad\":\"x"), "{}", &kept[..20]);
+    let err = n
+        .add_task("t", "over", &spaced(64 * 1024 - 9), TaskState::Stopped)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("64 KiB"), "{err}");
     assert!(matches!(
         n.remove_task("t", "y").await,
         Err(Error::UnknownTask { .. })

@@ -469,7 +469,7 @@ impl Engine {
             } => {
                 self.require_tribe(&tribe)?;
                 names::check("task id", &id)?;
-                check_manifest(&manifest)?;
+                let manifest = compact_manifest(&manifest)?;
                 let key = Key::Task {
                     tribe: tribe.clone(),
                     id: id.clone(),
@@ -839,19 +839,34 @@ impl Engine {
     }
 }
 
-fn check_manifest(manifest: &str) -> Result<()> {
-    if manifest.len() > crate::records::limits::MAX_MANIFEST_LEN {
-        return Err(Error::InvalidArgument(
-            "task manifest is larger than 64 KiB".into(),
-        ));
+/// Longest manifest text looked at: its compact form must still fit in
+/// [`crate::records::limits::MAX_MANIFEST_LEN`].
+const MAX_MANIFEST_TEXT: usize = 1 << 20;
+
+/// A task's manifest as its record keeps it: compact JSON, which every
+/// face (the agent's admin API, C, Go, Python) measures alike, whatever
+/// spacing its text came with.
+fn compact_manifest(manifest: &str) -> Result<String> {
+    let too_large = || Error::InvalidArgument("task manifest is larger than 64 KiB (as compact JSON)".into());
+    if manifest.len() > MAX_MANIFEST_TEXT {
+        return Err(too_large());
     }
-    match serde_json::from_str::<serde_json::Value>(manifest) {
-        Ok(serde_json::Value::Object(_)) => Ok(()),
-        Ok(_) => Err(Error::InvalidArgument(
-            "task manifest must be a JSON object".into(),
-        )),
-        Err(e) => Err(Error::InvalidArgument(format!(
-            "task manifest is not JSON: {e}"
-        ))),
+    let value = match serde_json::from_str::<serde_json::Value>(manifest) {
+        Ok(v @ serde_json::Value::Object(_)) => v,
+        Ok(_) => {
+            return Err(Error::InvalidArgument(
+                "task manifest must be a JSON object".into(),
+            ))
+        }
+        Err(e) => {
+            return Err(Error::InvalidArgument(format!(
+                "task manifest is not JSON: {e}"
+            )))
+        }
+    };
+    let compact = value.to_string();
+    if compact.len() > crate::records::limits::MAX_MANIFEST_LEN {
+        return Err(too_large());
     }
+    Ok(compact)
 }

@@ -39,8 +39,8 @@
 //! A *name* is 1..=64 bytes of ASCII letters, digits, `_`, `-`, `.`, `:` or
 //! `@`, starting with a letter or digit; a *plugin version* is a name of at
 //! most 32 bytes. Unknown fields are refused at every level, and a manifest
-//! larger than 64 KiB (what a task record holds) is refused before it is
-//! parsed.
+//! text larger than 64 KiB (what a task record holds, as compact JSON) is
+//! refused before it is parsed.
 //!
 //! Serialising a [`Manifest`] gives the same shape back: `id` is always
 //! written, the interval is written in the largest unit that divides it
