@@ -423,6 +423,16 @@ fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() 
     );
     let (status, body) = call(a1, "GET", "/v1/nothing", None);
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    // An empty name is one, also where it leaves a segment of the path empty.
+    let (status, body) = call(a1, "DELETE", "/v1/tribes/", None);
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (400, Some("invalid_name"))
+    );
+    let out = cli(a1, &["fact", "set", "", "v"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("a name in the path is empty"), "{said}");
     let (status, body) = call(a1, "POST", "/v1/tribes", Some(json!({"nom": "x"})));
     assert_eq!(
         (status, body["error"].as_str()),
@@ -1063,6 +1073,9 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // In the admin API's field order, name first (not sorted).
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(printed.starts_with("{\n  \"name\": "), "{printed}");
     let http = http();
     let url = format!("http://{}/v1/tribes", agent.admin);
     // A DNS name as Host (a rebinding page) is refused, even with the token.

@@ -104,7 +104,7 @@ pub fn router(node: Node, guard: guard::Guard) -> Router {
         .route("/v1/keys/{id}/primary", put(routes::use_key))
         .route("/v1/encryption", put(routes::set_encryption))
         .route("/metrics", get(routes::prometheus))
-        .fallback(|| async { routes::ApiError::not_found("no such route") })
+        .fallback(routes::no_route)
         .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })
         .with_state(node)
         .layer(axum::Extension(guard.refusals.clone()))

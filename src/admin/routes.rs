@@ -45,6 +45,27 @@ impl ApiError {
     }
 }
 
+/// A request no route takes. A path with an empty segment where a route
+/// has a name (`DELETE /v1/tribes/`, what `tribe tribe delete ""` sends)
+/// names nothing: said so, as the libraries do, not "no such route".
+pub(super) async fn no_route(uri: axum::http::Uri) -> ApiError {
+    let path = uri.path();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let named = ["tribes", "policies", "facts", "keys"];
+    if segments.len() > 2
+        && segments[0] == "v1"
+        && named.contains(&segments[1])
+        && segments[2..].contains(&"")
+    {
+        return ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_name",
+            "a name in the path is empty",
+        );
+    }
+    ApiError::not_found("no such route")
+}
+
 fn status_of(e: &Error) -> StatusCode {
     match e {
         Error::InvalidName { .. }

@@ -14,16 +14,18 @@ fn snapshot(
     node: *const TribeNode,
     out: *mut *mut c_char,
     out_len: *mut usize,
-    f: impl FnOnce(&Node) -> Result<serde_json::Value, FfiError>,
+    f: impl FnOnce(&Node) -> Result<String, FfiError>,
 ) -> Result<(), FfiError> {
     let out = cast::out(out, "out")?;
-    let value = f(node_handle(node)?.live()?)?;
-    cast::give_string(out, out_len, value.to_string());
+    let text = f(node_handle(node)?.live()?)?;
+    cast::give_string(out, out_len, text);
     Ok(())
 }
 
-fn to_json<T: serde::Serialize>(value: T) -> Result<serde_json::Value, FfiError> {
-    serde_json::to_value(value).map_err(|e| FfiError::invalid(e.to_string()))
+/// The JSON text of `value`, its fields in the order the admin API gives
+/// them (a `serde_json::Value` on the way would sort them).
+fn to_json<T: serde::Serialize>(value: T) -> Result<String, FfiError> {
+    serde_json::to_string(&value).map_err(|e| FfiError::invalid(e.to_string()))
 }
 
 /// Every known member, this node included, as the JSON array of the
@@ -131,8 +133,13 @@ pub extern "C" fn tribe_node_counters_json(
         let mut engine = n.counters();
         // The host's queue drops too (`tribe_node_events_dropped`).
         engine.events_dropped += handle.mailbox.dropped();
-        let value = to_json(serde_json::json!({ "engine": engine, "calls": n.rpc_stats() }))?;
-        cast::give_string(out, out_len, value.to_string());
+        #[derive(serde::Serialize)]
+        struct Counters {
+            engine: crate::counters::Counters,
+            calls: crate::rpc::RpcStats,
+        }
+        let calls = n.rpc_stats();
+        cast::give_string(out, out_len, to_json(Counters { engine, calls })?);
         Ok(())
     })
 }

@@ -116,6 +116,15 @@ int main(void) {
     for (int i = 0; i < 3; i++) pump_start(&pumps[i], nodes[i]);
 
     CHECK(wait_for(three_alive, NULL, 15));
+    /* The fields come in the admin API's order, name first (not sorted). */
+    {
+        char *members = tribe_json(nodes[0], NULL), *status = NULL;
+        OK(tribe_node_status_json(nodes[0], &status, NULL, NULL));
+        CHECK(strncmp(members, "[{\"name\":", 9) == 0);
+        CHECK(strncmp(status, "{\"name\":", 8) == 0);
+        tribe_string_free(members);
+        tribe_string_free(status);
+    }
     printf("three nodes alive, sealed with one key\n");
 
     /* A policy creates tribe "core" and places the two r1 nodes. */
