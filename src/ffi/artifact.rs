@@ -33,9 +33,9 @@ pub extern "C" fn tribe_node_load_plugin_artifact(
 ) -> u32 {
     ffi_call!(err, [sha256_out], {
         let e = entry_args(tribe, name, version, kind)?;
-        let bytes = cast::bytes(bytes, bytes_len, "bytes")?;
         // Refused before the copy: a buffer may be larger than memory allows.
-        crate::artifacts::check_size(bytes.len())?;
+        crate::artifacts::check_size(bytes_len)?;
+        let bytes = cast::bytes(bytes, bytes_len, "bytes")?;
         let bytes = bytes.to_vec();
         let artifact = node_handle(node)?.live()?.hold_artifact(bytes)?;
         let entry = Some(artifact.clone());

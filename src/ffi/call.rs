@@ -203,6 +203,8 @@ impl Drop for TribeResponder {
 enum Answer<'a> {
     /// Copied only when within the node's `max_payload`.
     Reply(&'a [u8]),
+    /// A length no buffer has: over every limit.
+    TooLarge(usize),
     Fail(HandlerError),
     RefuseStopping,
     Decline,
@@ -237,6 +239,7 @@ impl TribeResponder {
             .ok_or_else(|| FfiError::consumed("the responder (it was answered)"))?;
         match answer {
             Answer::Reply(bytes) => responder.reply_copied(bytes)?,
+            Answer::TooLarge(size) => responder.reply_too_large(size)?,
             Answer::Fail(e) => responder.fail(e),
             Answer::RefuseStopping => responder.refuse_stopping(),
             Answer::Decline => responder.decline(),
@@ -721,6 +724,9 @@ pub extern "C" fn tribe_responder_reply(
 ) -> u32 {
     ffi_call!(err, {
         let r = cast::handle(r, "responder")?;
+        if reply_len > isize::MAX as usize {
+            return r.answer(Answer::TooLarge(reply_len));
+        }
         let reply = cast::bytes(reply, reply_len, "reply")?;
         r.answer(Answer::Reply(reply))
     })

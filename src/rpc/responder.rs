@@ -424,17 +424,21 @@ impl Responder {
     /// [`Responder::reply`] with a copy of `reply`, made only when it is
     /// within the limit: a host's buffer over it (a C caller's, perhaps
     /// larger than memory allows) is answered `"too_large"` uncopied.
-    pub(crate) fn reply_copied(mut self, reply: &[u8]) -> Result<(), crate::Error> {
-        let Some(slot) = self.slot.as_ref() else {
+    pub(crate) fn reply_copied(self, reply: &[u8]) -> Result<(), crate::Error> {
+        match &self.slot {
+            Some(slot) if reply.len() <= slot.max_payload => self.reply(reply.to_vec()),
+            _ => self.reply_too_large(reply.len()),
+        }
+    }
+
+    /// Answers `"too_large"` for a reply of `size` bytes, over the limit
+    /// (C's length of a buffer no memory holds, `(size_t)-1`, is one).
+    pub(crate) fn reply_too_large(mut self, size: usize) -> Result<(), crate::Error> {
+        let Some(slot) = self.slot.take() else {
             return Ok(());
         };
-        let (size, limit) = (reply.len(), slot.max_payload);
-        if size <= limit {
-            return self.reply(reply.to_vec());
-        }
-        if let Some(slot) = self.slot.take() {
-            slot.answer(Err(too_large(size, limit, &slot.counters)));
-        }
+        let limit = slot.max_payload;
+        slot.answer(Err(too_large(size, limit, &slot.counters)));
         Err(crate::Error::TooLarge { size, limit })
     }
 

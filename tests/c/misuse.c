@@ -653,24 +653,30 @@ static void huge_buffers(tribe_node *n) {
     EXPECT(TRIBE_TOO_LARGE, tribe_node_load_plugin_artifact(n, "small", "blob", "1", TRIBE_KIND_COLLECTOR,
                                                             p, huge, &sha, &err));
     CHECK(sha == NULL);
-    /* A reply that large: refused, and the caller hears "too_large". */
-    EXPECT(TRIBE_OK, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR,
-                                           (const uint8_t *)"x", 1, 5000, &id, &err));
-    tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
-    tribe_responder *r = NULL;
-    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
-    tribe_event_free(call);
-    EXPECT(TRIBE_TOO_LARGE, tribe_responder_reply(r, p, huge, &err));
-    EXPECT(TRIBE_CONSUMED, tribe_responder_reply(r, (const uint8_t *)"ok", 2, &err));
-    tribe_responder_free(r);
-    tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
-    tribe_error *e = NULL;
-    b = NULL;
-    len = 0;
-    CHECK(tribe_event_take_reply(done, &b, &len, &e) == TRIBE_REMOTE);
-    CHECK(e != NULL && strcmp(tribe_error_remote_code(e), "too_large") == 0);
-    tribe_error_free(e);
-    tribe_event_free(done);
+    EXPECT(TRIBE_TOO_LARGE, tribe_node_load_plugin_artifact(n, "small", "blob", "1", TRIBE_KIND_COLLECTOR,
+                                                            p, SIZE_MAX, &sha, &err));
+    /* A reply that large, or with a length no buffer has (a read() that
+     * returned -1): refused, and the caller hears "too_large" at once. */
+    const size_t reply_lens[] = {huge, SIZE_MAX};
+    for (int i = 0; i < 2; i++) {
+        EXPECT(TRIBE_OK, tribe_node_call_async(n, "small", "echo", "1", TRIBE_KIND_PROCESSOR,
+                                               (const uint8_t *)"x", 1, 5000, &id, &err));
+        tribe_event *call = next_of_kind(n, TRIBE_EVENT_CALL);
+        tribe_responder *r = NULL;
+        EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+        tribe_event_free(call);
+        EXPECT(TRIBE_TOO_LARGE, tribe_responder_reply(r, p, reply_lens[i], &err));
+        EXPECT(TRIBE_CONSUMED, tribe_responder_reply(r, (const uint8_t *)"ok", 2, &err));
+        tribe_responder_free(r);
+        tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+        tribe_error *e = NULL;
+        b = NULL;
+        len = 0;
+        CHECK(tribe_event_take_reply(done, &b, &len, &e) == TRIBE_REMOTE);
+        CHECK(e != NULL && strcmp(tribe_error_remote_code(e), "too_large") == 0);
+        tribe_error_free(e);
+        tribe_event_free(done);
+    }
     CHECK(munmap((void *)p, huge) == 0);
 }
 
