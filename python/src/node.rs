@@ -91,18 +91,12 @@ fn kind(text: &str) -> PyResult<PluginKind> {
 }
 
 fn secret(text: &str) -> PyResult<SecretKey> {
-    SecretKey::from_base64(text.trim()).map_err(|e| value_error(format!("bad key: {e}")))
+    SecretKey::from_base64(text.trim()).map_err(|e| value_error(e.to_string()))
 }
 
 /// A key or its id → the id.
 fn key_id(text: &str) -> PyResult<KeyId> {
-    let text = text.trim();
-    if let Ok(id) = text.parse::<KeyId>() {
-        return Ok(id);
-    }
-    Ok(secret(text)
-        .map_err(|_| value_error("expected a base64 key or an 8-hex-digit key id"))?
-        .id())
+    KeyId::of_key_or_id(text).map_err(|e| value_error(e.to_string()))
 }
 
 /// The bytes of argument `what` (`payload`, `artifact`).
@@ -376,6 +370,13 @@ impl NativeNode {
         Ok(py
             .detach(|| self.node.key_refused_by())
             .map(|a| a.to_string()))
+    }
+
+    /// As the admin API's `GET /v1/status` (C's `tribe_node_status_json`).
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.live(py)?;
+        let status = py.detach(|| tribe::admin::json::Status::of(&self.node));
+        convert::to_py(py, &convert::value(&status))
     }
 
     fn state_digest(&self, py: Python<'_>) -> PyResult<String> {

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 import pytribe
 from conftest import Cluster, wait_for
 
@@ -21,6 +23,10 @@ def test_same_key_forms_a_tribe_wrong_key_or_none_learns_no_member(cluster: Clus
     keys = a.keys()
     assert keys.encryption == "require" and keys.primary == pytribe.key_id(key)
     assert keys.keys[0].installed_on == ("sealed-a", "sealed-b")
+    status = a.status()
+    assert (status.encryption, status.primary_key, status.members_alive) == ("require", pytribe.key_id(key), 2)
+    with pytest.raises(pytribe.InvalidArgumentError, match="^invalid argument: expected a key"):
+        a.use_key("xyz")
 
     wrong = cluster.start("wrong-key", seeds=[a.addr], key=pytribe.keygen())
     plain = cluster.start("no-key", seeds=[a.addr])

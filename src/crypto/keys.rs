@@ -136,6 +136,17 @@ impl FromStr for KeyId {
     }
 }
 
+impl KeyId {
+    /// The id in `text`, or the id of the key `text` is: what every face
+    /// takes to name a key (`tribe keys use`, C, Go, Python).
+    pub fn of_key_or_id(text: &str) -> Result<KeyId, KeyError> {
+        let text = text.trim();
+        text.parse()
+            .or_else(|_| SecretKey::from_base64(text).map(|k| k.id()))
+            .map_err(|_| KeyError::NotKeyNorId)
+    }
+}
+
 /// What can go wrong parsing keys or changing a [`Keyring`].
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
@@ -151,6 +162,9 @@ pub enum KeyError {
     /// A key id is not 8 hex digits.
     #[error("a key id is 8 hex digits")]
     BadId,
+    /// Neither a key id nor a key.
+    #[error("expected a key (base64) or a key id (8 hex digits)")]
+    NotKeyNorId,
     /// The keyring already holds [`MAX_KEYS`] keys.
     #[error("the keyring holds {MAX_KEYS} keys already")]
     Full,

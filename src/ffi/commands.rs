@@ -285,12 +285,7 @@ pub extern "C" fn tribe_node_set_task_state(
 }
 
 fn key_id(text: &str) -> Result<KeyId, FfiError> {
-    // A key id (8 hex digits) or the key itself.
-    text.parse().or_else(|_| {
-        SecretKey::from_base64(text)
-            .map(|k| k.id())
-            .map_err(|_| FfiError::invalid("not a key id (8 hex digits) nor a base64 key"))
-    })
+    KeyId::of_key_or_id(text).map_err(|e| FfiError::invalid(e.to_string()))
 }
 
 /// Adds a key (base64) to every node's keyring. The node must have been

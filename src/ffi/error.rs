@@ -128,8 +128,10 @@ impl FfiError {
         FfiError::new(TRIBE_CONSUMED, format!("{what} was used up already"))
     }
 
+    /// `TRIBE_INVALID_ARGUMENT`, its message as the Rust API words one
+    /// (`invalid argument: ...`).
     pub(super) fn invalid(message: impl AsRef<str>) -> FfiError {
-        FfiError::new(TRIBE_INVALID_ARGUMENT, message)
+        FfiError::from(Error::InvalidArgument(message.as_ref().to_string()))
     }
 
     pub(super) fn panic(payload: Box<dyn Any + Send>) -> FfiError {

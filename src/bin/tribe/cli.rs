@@ -629,12 +629,7 @@ fn run_task(opts: &AdminOpts, admin: &Admin, cmd: TaskCmd) -> Result<(), String>
 
 /// A key id from a key (base64) or an id (8 hex digits).
 fn key_id_of(text: &str) -> Result<tribe::KeyId, String> {
-    if let Ok(id) = text.parse::<tribe::KeyId>() {
-        return Ok(id);
-    }
-    tribe::SecretKey::from_base64(text)
-        .map(|k| k.id())
-        .map_err(|_| "expected a key (base64) or a key id (8 hex digits)".to_string())
+    tribe::KeyId::of_key_or_id(text).map_err(|e| format!("{e} (invalid_argument)"))
 }
 
 /// Polls `/v1/keys` until `done` holds for the key or `wait` passes; says how far it got.
