@@ -133,6 +133,7 @@ from ._types import (
     PluginUnload,
     Policy,
     PolicyFailed,
+    Status,
     Task,
     TaskRun,
     TaskStop,
@@ -199,6 +200,7 @@ __all__ = [
     "KeyNotSpreadError",
     "RemoteError",
     "ShutdownError",
+    "Status",
     "Task",
     "TaskExistsError",
     "TaskRun",
@@ -981,6 +983,11 @@ class Node(_NoCopy):
         """Every known member, this node included."""
         return [Member._from(m) for m in self._native.members()]
 
+    def member(self, name: str) -> Optional[Member]:
+        """One member (this node too), or None when this node knows none
+        by that name."""
+        return next((m for m in self.members() if m.name == name), None)
+
     def members_alive(self) -> int:
         """How many members are alive, this node included."""
         return self._native.members_alive()
@@ -1001,6 +1008,12 @@ class Node(_NoCopy):
     def state_digest(self) -> str:
         """Digest of the replicated state: equal on converged nodes."""
         return self._native.state_digest()
+
+    def status(self) -> Status:
+        """This node at a glance: name, address, members alive, state
+        digest, tribes, gossip backlog, version, encryption and primary key,
+        and the two alarms (``name_held_by``, ``key_refused_by``)."""
+        return Status._from(self._native.status())
 
     def name_held_by(self) -> Optional[str]:
         """While another live node runs under this node's name with a newer

@@ -170,6 +170,48 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class Status:
+    """This node at a glance, as the admin API's ``GET /v1/status``."""
+
+    name: str
+    addr: str
+    #: Members alive, this node included.
+    members_alive: int
+    #: Equal on converged nodes.
+    state_digest: str
+    #: Tribes that exist.
+    tribes: int
+    #: Gossip messages waiting to be sent.
+    broadcast_backlog: int
+    #: The library's version.
+    version: str
+    #: ``"off"`` without a keyring, else the mode (``accept``, ``send``, ``require``).
+    encryption: str
+    #: The primary key's id; None without a keyring.
+    primary_key: Optional[str]
+    #: See ``Node.name_held_by()``.
+    name_held_by: Optional[str]
+    #: See ``Node.key_refused_by()``.
+    key_refused_by: Optional[str]
+
+    @classmethod
+    def _from(cls, d: Dict[str, Any]) -> Status:
+        return cls(
+            name=d["name"],
+            addr=d["addr"],
+            members_alive=d["members_alive"],
+            state_digest=d["state_digest"],
+            tribes=d["tribes"],
+            broadcast_backlog=d["broadcast_backlog"],
+            version=d["version"],
+            encryption=d["encryption"],
+            primary_key=d.get("primary_key"),
+            name_held_by=d.get("name_held_by"),
+            key_refused_by=d.get("key_refused_by"),
+        )
+
+
+@dataclass(frozen=True)
 class KeyHolding:
     """One key across the live members (ids only, never keys)."""
 
