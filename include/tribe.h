@@ -627,6 +627,19 @@ uint32_t tribe_keygen(char **out,
                       struct tribe_error **err);
 
 /**
+ * The public id of a key (base64, as `tribe_keygen` gives): 8 hex digits,
+ * as snapshots and `tribe_node_keys_json` name keys, so a host can watch a
+ * key it installed spread. `*out` receives an owned string (free it with
+ * `tribe_string_free`); `*out_len`, if not NULL, its length.
+ * `TRIBE_INVALID_ARGUMENT` for text that is no key. Does not block; needs
+ * no node.
+ */
+uint32_t tribe_key_id(const char *key,
+                      char **out,
+                      size_t *out_len,
+                      struct tribe_error **err);
+
+/**
  * Checks `name` against the naming rules of nodes, tribes, policies and
  * plugins (1 to 64 bytes, a letter or a digit first, then letters, digits
  * and `_ - . : @`): `TRIBE_OK`, or `TRIBE_INVALID_NAME` saying which rule

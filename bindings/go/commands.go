@@ -396,6 +396,26 @@ func Keygen() (string, error) {
 	return C.GoStringN(text, C.int(l)), nil
 }
 
+// KeyID is the public id (8 hex digits) of a key (base64, as Keygen gives),
+// as Keys and Status name keys: what to watch while a key spreads.
+func KeyID(key string) (string, error) {
+	gcPoint()
+	var args cstrings
+	defer args.free()
+	ckey := args.str(key)
+	if err := args.err(); err != nil {
+		return "", err
+	}
+	var text *C.char
+	var l C.size_t
+	var cerr *C.tribe_error
+	if err := takeError(C.tribe_key_id(ckey, &text, &l, &cerr), cerr); err != nil {
+		return "", err
+	}
+	defer C.tribe_string_free(text)
+	return C.GoStringN(text, C.int(l)), nil
+}
+
 // LibraryVersion is the version of the linked libtribe, e.g. "0.1.0".
 func LibraryVersion() string { return C.GoString(C.tribe_version()) }
 

@@ -107,6 +107,22 @@ func mustKey(t *testing.T) string {
 	return k
 }
 
+// KeyID names a key as Status and Keys do; text that is no key is refused.
+func TestKeyIDNamesAKeyAsTheKeyringDoes(t *testing.T) {
+	key := mustKey(t)
+	n := startNode(t, "key-id", func(c *Config) { c.Key = key })
+	id, err := KeyID(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := n.Status(); err != nil || st.PrimaryKey != id {
+		t.Fatalf("KeyID %q, status %+v %v", id, st, err)
+	}
+	if _, err := KeyID("not a key"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("a bad key: %v", err)
+	}
+}
+
 // A node whose keys the tribe rotated away says so in its Status, naming
 // the peer that refused it, and comes back once it holds the current key.
 func TestANodeLeftBehindByARotationSaysSoAndComesBack(t *testing.T) {

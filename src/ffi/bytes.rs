@@ -47,6 +47,28 @@ pub extern "C" fn tribe_keygen(
     })
 }
 
+/// The public id of a key (base64, as `tribe_keygen` gives): 8 hex digits,
+/// as snapshots and `tribe_node_keys_json` name keys, so a host can watch a
+/// key it installed spread. `*out` receives an owned string (free it with
+/// `tribe_string_free`); `*out_len`, if not NULL, its length.
+/// `TRIBE_INVALID_ARGUMENT` for text that is no key. Does not block; needs
+/// no node.
+#[no_mangle]
+pub extern "C" fn tribe_key_id(
+    key: *const c_char,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, [out, out_len], {
+        let out = cast::out(out, "out")?;
+        let key = cast::text(key, "key")?;
+        let key = crate::SecretKey::from_base64(key).map_err(|e| FfiError::invalid(e.to_string()))?;
+        cast::give_string(out, out_len, key.id().to_string());
+        Ok(())
+    })
+}
+
 /// Checks `name` against the naming rules of nodes, tribes, policies and
 /// plugins (1 to 64 bytes, a letter or a digit first, then letters, digits
 /// and `_ - . : @`): `TRIBE_OK`, or `TRIBE_INVALID_NAME` saying which rule

@@ -361,6 +361,21 @@ static void node_null_arguments(tribe_node *n) {
         CHECK(evs[0] == NULL);
     }
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_keygen(NULL, NULL, &err));
+    {
+        char *id = JUNK;
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_key_id(NULL, &id, NULL, &err));
+        CHECK(id == NULL);
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_key_id("x", NULL, NULL, &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_key_id("not a key", &id, NULL, &err));
+        /* A key's id is what the keyring snapshot names it by. */
+        char *key = NULL;
+        EXPECT(TRIBE_OK, tribe_keygen(&key, NULL, &err));
+        size_t id_len = 0;
+        EXPECT(TRIBE_OK, tribe_key_id(key, &id, &id_len, &err));
+        CHECK(id_len == 8 && strlen(id) == 8);
+        tribe_string_free(key);
+        tribe_string_free(id);
+    }
     /* Accessors of absent objects give neutral values. */
     CHECK(tribe_node_name(NULL) == NULL && tribe_node_addr(NULL) == NULL);
     CHECK(tribe_node_event_fd(NULL) == -1);
