@@ -966,6 +966,9 @@ uint32_t tribe_node_remove_fact(const struct tribe_node *node,
  * `TRIBE_EVENT_POLICY_ERROR`): guard optional facts with `has()`. A bad
  * expression is `TRIBE_INVALID_POLICY` with the position in
  * `tribe_error_line`/`tribe_error_column`; it never spreads.
+ * `TRIBE_IO` when no thread could be made to compile it on (the process
+ * at its thread limit): try again later. A policy from a peer that meets
+ * the same shortage is evaluated again every half second until it can.
  */
 uint32_t tribe_node_add_policy(const struct tribe_node *node,
                                const char *name,

@@ -335,7 +335,14 @@ impl Node {
     /// Adds a policy; `when` is CEL over `facts`, checked before it is spread.
     pub async fn add_policy(&self, name: &str, tribe: &str, when: &str) -> Result<()> {
         // Checked here, on the caller's thread: the engine never compiles.
-        crate::policy::Condition::compile(when).map_err(Error::InvalidPolicy)?;
+        crate::policy::Condition::compile(when).map_err(|e| {
+            // No thread to compile on says nothing of the expression.
+            if e.is_transient() {
+                Error::Io(e.message)
+            } else {
+                Error::InvalidPolicy(e)
+            }
+        })?;
         self.command(Command::AddPolicy {
             name: name.into(),
             tribe: tribe.into(),
@@ -935,5 +942,26 @@ impl Node {
         }
         self.inner.rpc.pool.close_all();
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A policy that finds no thread to compile on is an I/O error (a
+    /// passing shortage), not an invalid expression.
+    #[tokio::test]
+    async fn a_policy_compiled_without_a_thread_is_an_io_error() {
+        let mut cfg = Config::new("no-thread");
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.collect_facts = false;
+        let node = Node::start(cfg).await.unwrap();
+        crate::policy::FAIL_THREAD_START.with(|f| f.set(true));
+        let refused = node.add_policy("p", "t", "true").await;
+        crate::policy::FAIL_THREAD_START.with(|f| f.set(false));
+        assert!(matches!(refused, Err(Error::Io(_))), "{refused:?}");
+        node.add_policy("p", "t", "true").await.unwrap();
+        node.shutdown().await.unwrap();
     }
 }

@@ -607,6 +607,11 @@ impl Engine {
             }
             Timer::News => self.news.timer_fired(),
             Timer::Housekeeping => {
+                // An evaluation that could not start its thread is asked
+                // again, not only at the next change of facts or policies.
+                if self.reconcile_retry_due() {
+                    self.evaluate_policies();
+                }
                 self.housekeeping();
                 self.check_suspects();
                 self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);

@@ -403,6 +403,12 @@ impl Engine {
         }
     }
 
+    /// Whether the last evaluation failed for a passing shortage (no
+    /// thread) and is to be asked again.
+    pub(super) fn reconcile_retry_due(&self) -> bool {
+        self.reconcile.policy_asked.is_none() && self.reconcile.policy_seq > 0
+    }
+
     /// Asks for every policy to be evaluated over our facts (see
     /// [`crate::policy_set`]), unless nothing changed since the last ask.
     pub(super) fn evaluate_policies(&mut self) {
@@ -455,7 +461,7 @@ impl Engine {
                 PolicyOutcome::DoesNotHold => {}
                 PolicyOutcome::Failed { message, transient } => {
                     if transient {
-                        // Ask again at the next change.
+                        // Asked again at the next housekeeping.
                         self.reconcile.policy_asked = None;
                     }
                     errors.insert(p.name, message);
@@ -751,16 +757,9 @@ mod tests {
             "{events:?}"
         );
         crate::policy::FAIL_THREAD_START.with(|f| f.set(false));
-        // The next evaluation compiles it for real and the policy holds.
-        engine
-            .handle_command(
-                2_000,
-                crate::Command::SetFact {
-                    key: "k".into(),
-                    value: "v".into(),
-                },
-            )
-            .unwrap();
+        // Asked again at the next housekeeping, with no other change: it
+        // compiles for real and the policy holds.
+        engine.handle_timer(1_500, super::super::Timer::Housekeeping);
         drain_events(&mut engine, &mut set);
         assert!(engine.in_tribe("everyone"));
     }
