@@ -1104,8 +1104,8 @@ uint32_t tribe_config_new(const char *name,
  * key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
  * address with no advertise address), names, facts, limits and timings,
  * and an existing data dir as the start would (`TRIBE_CONFIG` when any
- * user may write it or its state file is not one; nothing is created or
- * changed). For a host that reads its configuration before it starts the
+ * user may write it, its state or keyring file is not one, or the state
+ * in it is another node's; nothing is created or changed). For a host that reads its configuration before it starts the
  * node (a collectd plugin, a daemon's `-t` check): a config that passes
  * fails to start only for what the machine says: a port in use, a data
  * dir another node holds (`TRIBE_CONFIG` at the start; a check made while

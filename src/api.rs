@@ -118,17 +118,8 @@ impl Node {
         if let Some(dir) = &config.data_dir {
             crate::datadir::prepare(dir)?;
             dir_lock = Some(crate::datadir::lock(dir)?);
+            durable = crate::datadir::load_for(dir, &config.name)?;
             config.keyring = crate::datadir::merge_keyring(dir, config.keyring.take())?;
-            durable = crate::datadir::load(dir)?;
-            if let Some(writer) = durable.as_ref().map(|d| &d.name) {
-                if !writer.is_empty() && *writer != config.name {
-                    return Err(Error::Config(format!(
-                        "the data dir {} belongs to node {writer:?}, not {:?}: start it under that name, or give this node a data dir of its own",
-                        dir.display(),
-                        config.name
-                    )));
-                }
-            }
         }
         // A restart is newer than the last run even if the clock stepped back.
         let kept_generation = durable.as_ref().map(|d| d.generation.saturating_add(1));

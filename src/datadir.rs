@@ -53,12 +53,29 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
 /// start. A missing directory passes (the start creates it), and so does
 /// one another node holds now: a daemon's configuration check runs while
 /// the daemon does.
-pub fn check(dir: &Path) -> Result<()> {
+pub fn check(dir: &Path, name: &str) -> Result<()> {
     if !dir.is_dir() {
         return Ok(());
     }
     refuse_world_writable(dir)?;
-    load(dir).map(drop)
+    load_for(dir, name).map(drop)
+}
+
+/// What a start of node `name` takes from `dir`, read before anything in
+/// it is written: a refused start (another node's directory, a state or
+/// keyring file that is not one) must leave it as it was, keyring and all.
+pub fn load_for(dir: &Path, name: &str) -> Result<Option<Durable>> {
+    let durable = load(dir)?;
+    if let Some(writer) = durable.as_ref().map(|d| &d.name) {
+        if !writer.is_empty() && writer != name {
+            return Err(Error::Config(format!(
+                "the data dir {} belongs to node {writer:?}, not {name:?}: start it under that name, or give this node a data dir of its own",
+                dir.display(),
+            )));
+        }
+    }
+    read_keyring_file(dir)?;
+    Ok(durable)
 }
 
 /// Creates the directory, owner-only, when missing. An existing directory

@@ -107,14 +107,25 @@ async fn writes_that_keep_failing_are_logged_once_with_the_file() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_under_another_name_refuses_the_data_dir() {
     let dir = scratch("other-name");
-    let first = Node::start(config("dd-owner", &dir, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let key = tribe::SecretKey::generate();
+    let keyed = |name: &str, key: &tribe::SecretKey| {
+        let mut cfg = config(name, &dir, "127.0.0.1:0".parse().unwrap());
+        cfg.keyring = Some(tribe::Keyring::new(key.clone()));
+        cfg.data_dir = Some(dir.join("dd-owner"));
+        cfg
+    };
+    let first = Node::start(keyed("dd-owner", &key)).await.unwrap();
     first.set_fact("owner", "dd-owner").await.unwrap();
     first.shutdown().await.unwrap();
-    let mut cfg = config("dd-other", &dir, "127.0.0.1:0".parse().unwrap());
-    cfg.data_dir = Some(dir.join("dd-owner"));
-    let Err(e) = Node::start(cfg).await else {
+    let files = || {
+        ["keyring.json", "configured-key", "node-state.json"]
+            .map(|f| std::fs::read(dir.join("dd-owner").join(f)).unwrap())
+    };
+    let before = files();
+    // Another node, with a key of another cluster: refused, and the
+    // directory is left as it was (its key was made the owner's primary
+    // before the name was looked at, and let the other cluster in).
+    let Err(e) = Node::start(keyed("dd-other", &tribe::SecretKey::generate())).await else {
         panic!("started with another node's data dir");
     };
     assert!(matches!(e, tribe::Error::Config(_)), "{e}");
@@ -122,10 +133,9 @@ async fn a_node_under_another_name_refuses_the_data_dir() {
         e.to_string().contains("belongs to node \"dd-owner\""),
         "{e}"
     );
+    assert!(files() == before, "a refused start changed the data dir");
     // Its own node still starts with it, and keeps the fact it set.
-    let again = Node::start(config("dd-owner", &dir, "127.0.0.1:0".parse().unwrap()))
-        .await
-        .unwrap();
+    let again = Node::start(keyed("dd-owner", &key)).await.unwrap();
     let me = again
         .members()
         .into_iter()

@@ -76,7 +76,7 @@ impl TribeConfig {
         config.keyring = keyring(&config, p.keys.clone(), p.encryption_set)?;
         config.validate()?;
         if let Some(dir) = &config.data_dir {
-            crate::datadir::check(dir)?;
+            crate::datadir::check(dir, &config.name)?;
         }
         Ok(())
     }
@@ -165,8 +165,8 @@ pub extern "C" fn tribe_config_new(
 /// key and no data dir is `TRIBE_CONFIG`, so is a bind to an unspecified
 /// address with no advertise address), names, facts, limits and timings,
 /// and an existing data dir as the start would (`TRIBE_CONFIG` when any
-/// user may write it or its state file is not one; nothing is created or
-/// changed). For a host that reads its configuration before it starts the
+/// user may write it, its state or keyring file is not one, or the state
+/// in it is another node's; nothing is created or changed). For a host that reads its configuration before it starts the
 /// node (a collectd plugin, a daemon's `-t` check): a config that passes
 /// fails to start only for what the machine says: a port in use, a data
 /// dir another node holds (`TRIBE_CONFIG` at the start; a check made while

@@ -206,8 +206,9 @@ static void config_misuse(void) {
         CHECK(rmdir(dir) == 0);
     }
     /* A check sees what the start would refuse in a data dir's setup (one
-     * any user may write), not that another node holds it now (a daemon's
-     * -t check runs while the daemon does): the start refuses that. */
+     * any user may write, one another node's state is in), not that a node
+     * holds it now (a daemon's -t check runs while the daemon does): the
+     * start refuses that. */
     {
         char dir[] = "/tmp/tribe-c-dir-XXXXXX";
         CHECK(mkdtemp(dir) != NULL);
@@ -222,7 +223,7 @@ static void config_misuse(void) {
         EXPECT(TRIBE_OK, tribe_node_start(cfg, &node, &err));
         tribe_config_free(cfg);
         tribe_node *second = NULL;
-        EXPECT(TRIBE_OK, tribe_config_new("second", &cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_new("held", &cfg, &err));
         EXPECT(TRIBE_OK, tribe_config_set_profile(cfg, "local", &err));
         EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
         EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
@@ -233,6 +234,15 @@ static void config_misuse(void) {
         EXPECT(TRIBE_OK, tribe_node_shutdown(node, &err));
         tribe_node_free(node);
         node = NULL;
+        /* The directory holds node "held"'s state now: another name is
+         * refused by the check, as by the start. */
+        EXPECT(TRIBE_OK, tribe_config_new("other", &cfg, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
+        tribe_error *why = NULL;
+        CHECK(tribe_config_check(cfg, &why) == TRIBE_CONFIG);
+        CHECK(strstr(tribe_error_message(why), "belongs to node") != NULL);
+        tribe_error_free(why);
+        tribe_config_free(cfg);
         char cmd[64];
         snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
         CHECK(system(cmd) == 0);
