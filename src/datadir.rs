@@ -364,27 +364,34 @@ mod tests {
     fn a_check_finds_what_a_start_would_refuse_and_changes_nothing() {
         use std::os::unix::fs::PermissionsExt;
         let dir = scratch("check");
-        check(&dir).unwrap();
+        check(&dir, "n").unwrap();
         assert!(!dir.exists(), "a check creates nothing");
         prepare(&dir).unwrap();
-        check(&dir).unwrap();
+        check(&dir, "n").unwrap();
         assert!(
             !dir.join(LOCK_FILE).exists(),
             "a check creates no lock file"
         );
         // Held by a running node: what a start meets, not the setup.
         let held = lock(&dir).unwrap();
-        check(&dir).unwrap();
+        check(&dir, "n").unwrap();
         drop(held);
         std::fs::write(state_path(&dir), b"not json").unwrap();
-        let err = check(&dir).unwrap_err();
+        let err = check(&dir, "n").unwrap_err();
         assert!(
             matches!(&err, Error::Config(m) if m.contains("not a valid state file")),
             "{err}"
         );
         std::fs::remove_file(state_path(&dir)).unwrap();
+        std::fs::write(dir.join(KEYRING_FILE), b"{}").unwrap();
+        let err = check(&dir, "n").unwrap_err();
+        assert!(
+            matches!(&err, Error::Config(m) if m.contains("not a valid keyring file")),
+            "{err}"
+        );
+        std::fs::remove_file(dir.join(KEYRING_FILE)).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
-        let err = check(&dir).unwrap_err();
+        let err = check(&dir, "n").unwrap_err();
         assert!(
             matches!(&err, Error::Config(m) if m.contains("writable by every user")),
             "{err}"
