@@ -63,7 +63,8 @@ pub extern "C" fn tribe_key_id(
     ffi_call!(err, [out, out_len], {
         let out = cast::out(out, "out")?;
         let key = cast::text(key, "key")?;
-        let key = crate::SecretKey::from_base64(key).map_err(|e| FfiError::invalid(e.to_string()))?;
+        let key =
+            crate::SecretKey::from_base64(key).map_err(|e| FfiError::invalid(e.to_string()))?;
         cast::give_string(out, out_len, key.id().to_string());
         Ok(())
     })
