@@ -169,6 +169,7 @@ pub fn gossip_delta(data: &[u8]) {
         now_ms: NOW_MS,
         max_skew_ms: 60_000,
         cluster_offset_ms: 0,
+        kept_floor_ms: 0,
         own: NodeId::new(
             "fuzz-b",
             "127.0.0.1:7946".parse().expect("a literal address"),

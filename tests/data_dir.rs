@@ -241,3 +241,63 @@ async fn kept_peers_not_met_since_a_restart_are_tried_again_and_islands_merge() 
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A tribe whose clocks all ran 2 h fast is stopped, its clocks set right
+/// and restarted from its data dirs: each node takes its own kept history
+/// and its peers' generations of that time (before, each refused both as
+/// beyond the clock horizon, rewrote its state file empty and stayed apart
+/// from the other), and new writes still win over the old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tribe_whose_clocks_ran_fast_restarts_with_its_history_after_they_are_set_right() {
+    let dir = scratch("fastclock");
+    let fast = || {
+        let faults = std::sync::Arc::new(tribe::runtime::Faults::default());
+        faults.set_clock_offset(2 * 3600 * 1000);
+        faults
+    };
+    let any = "127.0.0.1:0".parse().unwrap();
+    let a = Node::start_with_faults(config("dd-fa", &dir, any), fast())
+        .await
+        .unwrap();
+    let mut c_cfg = config("dd-fc", &dir, any);
+    c_cfg.seeds = vec![a.addr()];
+    let c = Node::start_with_faults(c_cfg, fast()).await.unwrap();
+    a.create_tribe("fast").await.unwrap();
+    a.add_policy("all", "fast", "true").await.unwrap();
+    wait_for("the tribe everywhere", Duration::from_secs(10), || {
+        [&a, &c]
+            .iter()
+            .all(|n| n.tribe("fast").is_some_and(|t| t.members.len() == 2))
+    })
+    .await;
+    let (a_addr, c_addr) = (a.addr(), c.addr());
+    // Two save ticks, so both data dirs hold it all.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+
+    let a = Node::start(config("dd-fa", &dir, a_addr)).await.unwrap();
+    let c = Node::start(config("dd-fc", &dir, c_addr)).await.unwrap();
+    wait_for(
+        "the restarted nodes meet, with their tribe",
+        Duration::from_secs(20),
+        || {
+            sees_alive(&a, "dd-fc")
+                && sees_alive(&c, "dd-fa")
+                && [&a, &c]
+                    .iter()
+                    .all(|n| n.tribe("fast").is_some_and(|t| t.members.len() == 2))
+        },
+    )
+    .await;
+    assert_eq!(a.counters().clock_drift_rejections, 0);
+    // A removal now outranks the writes of the fast hours.
+    c.remove_policy("all").await.unwrap();
+    wait_for("the removal on both", Duration::from_secs(10), || {
+        a.policies().is_empty() && c.policies().is_empty()
+    })
+    .await;
+    a.shutdown().await.unwrap();
+    c.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

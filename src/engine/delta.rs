@@ -36,6 +36,12 @@ pub struct Shared {
     /// Median offset of the peers' clocks from ours (ms; 0 until three
     /// peers were sampled). A slow node uses it to keep accepting writes.
     pub cluster_offset_ms: i64,
+    /// The latest time this node's own data dir shows the tribe reached
+    /// (its kept versions and generation; 0 without one): a clock stepped
+    /// back, or a tribe whose clocks all ran fast and were set right, must
+    /// not make it refuse its own history, nor its peers' generations of
+    /// that time.
+    pub kept_floor_ms: u64,
     /// Our current SWIM identity, to tell claims on our name apart.
     pub own: NodeId,
     /// What was heard of other identities under our name.
@@ -111,6 +117,7 @@ impl Shared {
         }
         if entry.version.millis > self.horizon_ms() {
             self.counters.clock_drift_rejections += 1;
+            self.log_ahead("a record", entry.version.millis);
             return false;
         }
         if entry.value.is_none()
@@ -155,6 +162,20 @@ impl Shared {
         due
     }
 
+    /// Says, at a limited rate, that `what` from a peer was refused for a
+    /// time `at_ms` beyond the horizon: a clock far off (the peer's ahead,
+    /// or this one behind) is otherwise silent but for a counter.
+    fn log_ahead(&mut self, what: &str, at_ms: u64) {
+        if self.refusal_log_due() {
+            let ahead_s = at_ms.saturating_sub(self.now_ms) / 1000;
+            let skew_s = self.max_skew_ms / 1000;
+            tracing::warn!(
+                ahead_s,
+                "{what} from a peer was refused: it is from {ahead_s} s ahead of this node's clock,                  more than the {skew_s} s of clock skew taken; fix the clocks (a node whose clock                  is behind, or a peer's ahead)"
+            );
+        }
+    }
+
     /// Our best guess of the cluster's time: our clock, or later when most
     /// peers' clocks are ahead of ours (a slow clock must not make us deaf).
     pub fn reference_ms(&self) -> u64 {
@@ -179,7 +200,9 @@ impl Shared {
 
     /// The latest version or generation accepted from a peer.
     pub fn horizon_ms(&self) -> u64 {
-        self.reference_ms().saturating_add(self.max_skew_ms)
+        self.reference_ms()
+            .max(self.kept_floor_ms)
+            .saturating_add(self.max_skew_ms)
     }
 
     /// Screens an identity heard from a peer (`heard` says how): false
@@ -193,6 +216,9 @@ impl Shared {
         // enters the member table, nor the tables and logs that show it.
         if id.generation > self.horizon_ms() || !crate::names::is_valid(&id.name) {
             self.counters.identities_refused += 1;
+            if id.generation > self.horizon_ms() {
+                self.log_ahead("a node's identity", id.generation);
+            }
             return false;
         }
         if id.name == self.own.name && *id != self.own && self.claims.note(id, &self.own, heard) {
@@ -317,6 +343,7 @@ pub(crate) mod tests {
             now_ms: 2_000_000_000_000,
             max_skew_ms: 60_000,
             cluster_offset_ms: 0,
+            kept_floor_ms: 0,
             own,
             claims: Default::default(),
             limits: Default::default(),

@@ -154,6 +154,21 @@ impl Engine {
             && durable.last_contact_ms.saturating_add(grace) < self.now_ms();
         {
             let mut sh = lock(&self.shared);
+            let floor = durable
+                .records
+                .iter()
+                .map(|(_, e)| e.version.millis)
+                .chain([durable.generation])
+                .max()
+                .unwrap_or(0);
+            if floor > sh.horizon_ms() {
+                let ahead_s = floor.saturating_sub(sh.now_ms) / 1000;
+                tracing::warn!(
+                    ahead_s,
+                    "the data dir holds writes from up to {ahead_s} s ahead of this node's clock:                      the clock stepped back, or the tribe's clocks ran fast and were set right;                      writes and generations up to that time are taken (a node that keeps no                      such data dir refuses them until its clock gets there: fix the clocks)"
+                );
+            }
+            sh.kept_floor_ms = floor;
             for (key, entry) in durable.records {
                 if !kept(&key) {
                     continue;

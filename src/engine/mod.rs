@@ -350,6 +350,7 @@ impl Engine {
             now_ms,
             max_skew_ms: u64::try_from(cfg.max_clock_skew.as_millis()).unwrap_or(u64::MAX),
             cluster_offset_ms: 0,
+            kept_floor_ms: 0,
             own: id.clone(),
             claims: Default::default(),
             limits: cfg.limits,
