@@ -242,11 +242,17 @@ impl StateLimits {
             Kind::Policy => self.policies,
             Kind::Plugin => self.plugins,
             Kind::Task => self.tasks,
-            // Installed and removed keys: a handful in practice.
-            Kind::Ring => 256,
+            // Installed keys and removed ones until their tombstones are
+            // collected: a rotation a day takes a handful; room for an
+            // automated one every few minutes, and for an emergency after.
+            Kind::Ring => MAX_RING_RECORDS,
         }
     }
 }
+
+/// Keyring records the replicated state holds: installed keys, and removed
+/// ones until their tombstones are collected.
+pub const MAX_RING_RECORDS: usize = 1024;
 
 /// How a node with a keyring treats plaintext: the three steps of turning
 /// encryption on in a running cluster (memberlist's verify-incoming and

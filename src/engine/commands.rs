@@ -225,7 +225,7 @@ impl Engine {
     }
 
     /// Fails when a new record under `key` would pass its kind's limit.
-    fn check_room(&self, key: &Key) -> Result<()> {
+    pub(super) fn check_room(&self, key: &Key) -> Result<()> {
         let sh = lock(&self.shared);
         if sh.has_room(key) {
             Ok(())

@@ -236,6 +236,9 @@ impl Engine {
         let id = key.id();
         let mut probe = self.keyring.clone().ok_or(Error::NoKeyring)?;
         probe.install(key.clone()).map_err(key_error)?;
+        // Refused here, as a limit, not by every peer (the key then stayed
+        // on this node alone and `use` timed out as not spread).
+        self.check_room(&Key::RingKey(id))?;
         self.write(Key::RingKey(id), Some(Value::RingKey(RingKeyRecord(key))));
         Ok(())
     }
@@ -436,5 +439,38 @@ impl Engine {
             keys: holdings.into_values().collect(),
             members,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::commands::Command;
+
+    /// Installed keys and removed ones (until collected) count against the
+    /// keyring records' limit: the install past it is refused where it is
+    /// asked, as a limit, not by every peer.
+    #[test]
+    fn an_install_past_the_keyring_records_limit_is_refused_where_it_is_asked() {
+        let mut cfg = crate::Config::new("n");
+        cfg.keyring = Some(crate::crypto::Keyring::new(SecretKey::generate()));
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        engine.start(1_000);
+        let limit = crate::config::MAX_RING_RECORDS;
+        let mut installed = 0;
+        let refusal = loop {
+            let key = SecretKey::generate();
+            let id = key.id();
+            let now = 2_000 + installed as u64;
+            match engine.handle_command(now, Command::InstallKey(key)) {
+                Ok(()) => installed += 1,
+                Err(e) => break e,
+            }
+            engine.handle_command(now, Command::RemoveKey(id)).unwrap();
+            assert!(installed <= limit, "no refusal past the limit");
+        };
+        assert!(matches!(refusal, Error::LimitReached { .. }), "{refusal}");
+        assert!(installed >= limit - 1, "refused after {installed}");
     }
 }
