@@ -311,6 +311,7 @@ async fn a_declined_responder_call_frees_its_place_at_its_budget() {
     serve_declining(caller, host).await;
     let short = Duration::from_millis(300);
     let ignore = target("ignore");
+    let served = host.rpc_stats().served;
     let ignored = futures_util::future::join_all(
         (0..PER_STREAM).map(|_| caller.call(&ignore, b"x".to_vec(), short)),
     )
@@ -318,6 +319,10 @@ async fn a_declined_responder_call_frees_its_place_at_its_budget() {
     for r in ignored {
         assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
     }
+    // The answers at the end of their budgets are the library's, not the
+    // host's: no call was served.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(host.rpc_stats().served, served);
     assert!(
         echo_gets_a_place(caller, 5 * SECOND).await,
         "the unanswered calls still hold the stream's places"

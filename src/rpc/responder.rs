@@ -241,11 +241,20 @@ impl Slot {
 
     /// Answers unless someone did already; false when someone did.
     pub(crate) fn answer(&self, result: Result<Vec<u8>, HandlerError>) -> bool {
+        self.answer_counted(result, true)
+    }
+
+    /// [`Slot::answer`]; `served` says whether the answer is the host's
+    /// (counted in `served`) rather than the library's own at the end of
+    /// the call's budget.
+    fn answer_counted(&self, result: Result<Vec<u8>, HandlerError>, served: bool) -> bool {
         let turn = Answering::start(self);
         let Some(sink) = turn.take() else {
             return false;
         };
-        RpcCounters::bump(&self.counters.served);
+        if served {
+            RpcCounters::bump(&self.counters.served);
+        }
         let result = bounded(result, self.max_payload, &self.counters);
         match sink {
             Sink::Stream { outbox, id } => write_reply(&outbox, id, result, true),
@@ -301,7 +310,7 @@ impl Slot {
 
     /// Answers a call whose budget ran out (the caller stops waiting now).
     pub(crate) fn overran(&self, budget: Duration) {
-        self.answer(Err(overrun(budget)));
+        self.answer_counted(Err(overrun(budget)), false);
     }
 
     /// Answers a call whose handler panicked.
