@@ -88,6 +88,12 @@ pub fn prepare(dir: &Path) -> Result<()> {
     if dir.is_dir() {
         return refuse_world_writable(dir);
     }
+    if dir.exists() {
+        return Err(Error::Config(format!(
+            "data dir {} is not a directory",
+            dir.display()
+        )));
+    }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
     #[cfg(unix)]
@@ -128,7 +134,7 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
     let path = state_path(dir);
     let meta = match std::fs::metadata(&path) {
         Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return absent(&path).map(|()| None),
         Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     };
     if meta.len() > MAX_STATE_FILE {
@@ -147,6 +153,19 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
     })
 }
 
+/// A file of the data dir that is not there: a first start, unless a link
+/// stands in its place whose target is gone (a volume not mounted, say),
+/// which must not pass for one (the state or the keyring would be lost).
+fn absent(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Err(Error::Io(format!(
+            "{} is a link to a file that does not exist",
+            path.display()
+        ))),
+        Err(_) => Ok(()),
+    }
+}
+
 /// Writes the durable state atomically.
 pub fn save(dir: &Path, durable: &Durable) -> std::io::Result<()> {
     let text = serde_json::to_vec(durable).map_err(std::io::Error::other)?;
@@ -154,25 +173,34 @@ pub fn save(dir: &Path, durable: &Durable) -> std::io::Result<()> {
 }
 
 /// Writes `name` in `dir` atomically, readable by the owner only.
+/// Writes `dir/name` atomically (a temporary file renamed over it). Each
+/// error names the file and the step that failed, so that an operator
+/// knows where to look (a leftover `name.tmp` directory, a full disk).
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
-    // Said with the file, so that an operator knows where to look.
-    write_private_unnamed(dir, name, bytes)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display())))
-}
-
-fn write_private_unnamed(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = dir.join(format!("{name}.tmp"));
+    let said = |what: String| {
+        move |e: std::io::Error| std::io::Error::new(e.kind(), format!("{what}: {e}"))
+    };
+    let (path, tmp) = (dir.join(name), dir.join(format!("{name}.tmp")));
     let _ = std::fs::remove_file(&tmp);
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(&tmp)?;
+    let mut file = options
+        .open(&tmp)
+        .map_err(said(format!("cannot create {}", tmp.display())))?;
     let written = file
         .write_all(bytes)
         .and_then(|()| file.sync_all())
-        .and_then(|()| std::fs::rename(&tmp, dir.join(name)));
+        .map_err(said(format!("cannot write {}", tmp.display())))
+        .and_then(|()| {
+            std::fs::rename(&tmp, &path).map_err(said(format!(
+                "cannot rename {} to {}",
+                tmp.display(),
+                path.display()
+            )))
+        });
     if let Err(e) = written {
         // Not left behind for an operator to wonder about (a full disk).
         let _ = std::fs::remove_file(&tmp);
@@ -180,7 +208,9 @@ fn write_private_unnamed(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Resul
     }
     // The rename itself must reach the disk too, or a power loss can bring
     // back the previous file (an old keyring, say).
-    std::fs::File::open(dir)?.sync_all()
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(said(format!("cannot sync {}", dir.display())))
 }
 
 /// How many ids of removed keys the keyring file remembers.
@@ -242,7 +272,7 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let path = dir.join(KEYRING_FILE);
     let text = match std::fs::read(&path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return absent(&path).map(|()| None),
         Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     };
     let bad = |why: String| {
@@ -314,12 +344,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
                 tracing::info!(key = %primary, "the configured key changed since the last start: it is the primary now");
                 // Kept at once: a crash before the first save must not
                 // bring the old primary back.
-                save_keyring(dir, &kept).map_err(|e| {
-                    Error::Io(format!(
-                        "cannot write {}: {e}",
-                        dir.join(KEYRING_FILE).display()
-                    ))
-                })?;
+                save_keyring(dir, &kept).map_err(|e| Error::Io(e.to_string()))?;
             }
             Some(kept)
         }
@@ -328,12 +353,8 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
     if let Some(configured) = configured.as_ref().filter(|_| held) {
         let id = configured.primary_id().to_string();
         if last != Some(id.as_str()) {
-            write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()).map_err(|e| {
-                Error::Io(format!(
-                    "cannot write {}: {e}",
-                    dir.join(CONFIGURED_KEY_FILE).display()
-                ))
-            })?;
+            write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes())
+                .map_err(|e| Error::Io(e.to_string()))?;
         }
     }
     Ok(merged)
@@ -356,6 +377,37 @@ mod tests {
         std::fs::create_dir_all(dir.join("f").join("held")).unwrap();
         assert!(write_private(&dir, "f", b"x").is_err());
         assert!(!dir.join("f.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_link_to_nothing_a_file_in_place_of_the_dir_and_a_stale_tmp_dir_are_named() {
+        let dir = scratch("named");
+        prepare(&dir).unwrap();
+        for file in [STATE_FILE, KEYRING_FILE] {
+            std::os::unix::fs::symlink(dir.join("gone"), dir.join(file)).unwrap();
+        }
+        let err = load(&dir).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a link to a file that does not exist"),
+            "{err}"
+        );
+        let err = read_keyring_file(&dir).unwrap_err();
+        assert!(err.to_string().contains(KEYRING_FILE), "{err}");
+        std::fs::remove_file(dir.join(STATE_FILE)).unwrap();
+        // A leftover directory where the temporary file goes: named as such.
+        std::fs::create_dir_all(dir.join(format!("{STATE_FILE}.tmp")).join("x")).unwrap();
+        let err = write_private(&dir, STATE_FILE, b"{}").unwrap_err();
+        assert!(
+            err.to_string().contains(&format!("{STATE_FILE}.tmp")),
+            "{err}"
+        );
+        let file = dir.join("a-file");
+        std::fs::write(&file, b"").unwrap();
+        let err = prepare(&file).unwrap_err();
+        assert!(err.to_string().contains("is not a directory"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
