@@ -605,6 +605,29 @@ fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
     }
 }
 
+/// A node whose clock is 3 h behind (a host booted with an old clock)
+/// joins: before it has ever joined it takes its seed's clock as the
+/// tribe's time (it refused every peer's generation as beyond its horizon,
+/// and stayed alone for good).
+#[test]
+fn a_node_whose_clock_is_hours_behind_joins() {
+    let n = 4;
+    let mut sim = cluster(5, n - 1);
+    let slow = sim.add_node();
+    sim.crash(slow);
+    sim.set_clock_offset(slow, -3 * 3600 * 1000);
+    sim.restart(slow);
+    sim.run_for(Duration::from_secs(30));
+    for i in 0..n {
+        assert_eq!(
+            sim.engine(i).unwrap().members_alive(),
+            n,
+            "node {i}: {:?}",
+            sim.engine(i).unwrap().members()
+        );
+    }
+}
+
 /// Exchanges that keep failing with a member gossip hears alive (a
 /// firewall that passes UDP, not TCP) show in a gauge on both sides, and
 /// only there; it clears once they pass again.

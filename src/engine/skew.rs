@@ -24,21 +24,43 @@ impl Engine {
             return;
         }
         self.clock_offsets.insert(peer.to_string(), offset);
-        let median = median(self.clock_offsets.values().copied());
+        // Before it ever joined, a node takes its seeds' word for the
+        // tribe's time: a node with a clock hours behind refuses every
+        // peer's generation otherwise, and never joins to hear three.
+        let fewest = if self.joined_once { MIN_SAMPLES_FOR_MEDIAN } else { 1 };
+        let median = median(self.clock_offsets.values().copied(), fewest);
         {
             let mut sh = lock(&self.shared);
-            sh.cluster_offset_ms = median.unwrap_or(0);
+            // Fewer samples than that keep the offset taken so far (what
+            // let this node in).
+            if let Some(median) = median {
+                sh.cluster_offset_ms = median;
+            }
             sh.counters.clock_offset_ms = sh.cluster_offset_ms;
         }
         let bound = CLOCK_SKEW_REPORT.as_millis() as i64;
         if offset.unsigned_abs() > bound as u64 {
             if self.skewed.insert(peer.to_string()) {
-                lock(&self.shared).counters.clock_skew_reports += 1;
-                tracing::warn!(
-                    peer,
-                    offset_ms = offset,
-                    "peer clock is off this node's clock; fix the clocks (writes still flow, the faster clock wins ties)"
-                );
+                let max_skew_ms = {
+                    let mut sh = lock(&self.shared);
+                    sh.counters.clock_skew_reports += 1;
+                    sh.max_skew_ms
+                };
+                if offset.unsigned_abs() > max_skew_ms {
+                    tracing::warn!(
+                        peer,
+                        offset_ms = offset,
+                        "peer clock is off this node's clock by more than the clock skew taken \
+                         ({} s): writes and generations from beyond it are refused; fix the clocks",
+                        max_skew_ms / 1000
+                    );
+                } else {
+                    tracing::warn!(
+                        peer,
+                        offset_ms = offset,
+                        "peer clock is off this node's clock; fix the clocks (writes still flow, the faster clock wins ties)"
+                    );
+                }
                 self.emit(Event::ClockSkew {
                     peer: peer.to_string(),
                     offset_ms: offset,
@@ -61,10 +83,10 @@ fn clamp_i64(x: i128) -> i64 {
     x.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-/// The lower median, once enough peers were sampled.
-fn median(values: impl Iterator<Item = i64>) -> Option<i64> {
+/// The lower median, once `fewest` peers were sampled.
+fn median(values: impl Iterator<Item = i64>, fewest: usize) -> Option<i64> {
     let mut v: Vec<i64> = values.collect();
-    if v.len() < MIN_SAMPLES_FOR_MEDIAN {
+    if v.is_empty() || v.len() < fewest {
         return None;
     }
     v.sort_unstable();
@@ -77,11 +99,13 @@ mod tests {
 
     #[test]
     fn one_liar_does_not_move_the_median() {
-        assert_eq!(median([5, 0].into_iter()), None);
-        assert_eq!(median([0, 1, i64::MAX].into_iter()), Some(1));
+        assert_eq!(median([5, 0].into_iter(), 3), None);
+        assert_eq!(median([0, 1, i64::MAX].into_iter(), 3), Some(1));
         assert_eq!(
-            median([600_000, 600_000, 600_000, 0].into_iter()),
+            median([600_000, 600_000, 600_000, 0].into_iter(), 3),
             Some(600_000)
         );
+        assert_eq!(median([5].into_iter(), 1), Some(5));
+        assert_eq!(median([].into_iter(), 1), None);
     }
 }

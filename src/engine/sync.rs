@@ -647,10 +647,14 @@ impl Engine {
         clock_ms: u64,
         more: bool,
     ) {
+        // Sampled first: a responder refused for a generation beyond this
+        // node's horizon may be telling it that its own clock is behind.
+        if names::is_valid(&from.name) {
+            self.sample_clock(&from.name, clock_ms);
+        }
         if !self.check_responder(conn, &from) {
             return;
         }
-        self.sample_clock(&from.name, clock_ms);
         let mismatched: BTreeSet<usize> = mismatched
             .into_iter()
             .map(usize::from)
