@@ -601,7 +601,14 @@ impl Opener {
             let want = (needed - pending)
                 .max(SMALL_READ)
                 .min(pending.max(READ_STEP));
-            self.buf.reserve(want);
+            // The peer decides how much comes: memory that cannot be had
+            // ends the stream with an error, not the host process.
+            self.buf.try_reserve(want).map_err(|_| {
+                std::io::Error::new(
+                    std::io::ErrorKind::OutOfMemory,
+                    format!("no memory for {want} more bytes of a frame"),
+                )
+            })?;
             let n = (&mut *reader)
                 .take(want as u64)
                 .read_buf(&mut self.buf)
