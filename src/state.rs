@@ -302,6 +302,31 @@ impl State {
         n
     }
 
+    /// Takes out the live records `which` picks, as if never held (no
+    /// tombstone): records a node can no longer vouch for, to be confirmed
+    /// by a peer first (see `engine::durable`).
+    pub fn take_live(&mut self, mut which: impl FnMut(&Key) -> bool) -> Vec<(Key, Entry)> {
+        let picked: Vec<Arc<Key>> = self
+            .entries
+            .iter()
+            .filter(|(k, s)| s.entry.value.is_some() && which(k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut taken = Vec::with_capacity(picked.len());
+        for key in picked {
+            if let Some(stored) = self.entries.remove(&key) {
+                self.counts[kind_index(key.kind())] -= 1;
+                self.buckets.toggle(bucket_of(&key), &stored.hash);
+                self.changed.insert(key.clone());
+                taken.push(((*key).clone(), stored.entry.clone()));
+            }
+        }
+        if !taken.is_empty() {
+            self.revision += 1;
+        }
+        taken
+    }
+
     /// Drops tombstones written before `before_ms`; returns how many.
     pub fn collect_tombstones(&mut self, before_ms: u64) -> usize {
         if self.tombstones == 0 {

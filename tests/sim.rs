@@ -605,6 +605,60 @@ fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
     }
 }
 
+/// A node that ran nothing for longer than the tombstone grace (a host
+/// suspended, a VM paused) does not bring back what was deleted meanwhile:
+/// its records wait for a peer's word (a deleted tribe came back on every
+/// node), and what the tribe still holds stays.
+#[test]
+fn a_node_suspended_past_the_tombstone_grace_brings_no_deletion_back() {
+    let mut timings = Profile::Lan.timings();
+    timings.tombstone_grace = Duration::from_secs(60);
+    let mut sim = Sim::new(SimConfig {
+        timings: Some(timings),
+        ..config(11)
+    });
+    let n = 4;
+    for _ in 0..n {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(20));
+    for tribe in ["gone", "kept"] {
+        sim.command(
+            0,
+            Command::CreateTribe {
+                tribe: tribe.into(),
+            },
+        )
+        .unwrap();
+    }
+    sim.run_for(Duration::from_secs(10));
+    assert!((0..n).all(|i| sim.engine(i).unwrap().tribe("gone").is_some()));
+    let suspended = n - 1;
+    sim.pause(suspended, Duration::from_secs(200));
+    sim.command(
+        0,
+        Command::DeleteTribe {
+            tribe: "gone".into(),
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(230));
+    for i in 0..n {
+        let e = sim.engine(i).unwrap();
+        assert!(
+            e.tribe("gone").is_none(),
+            "node {i}: the deleted tribe is back"
+        );
+        assert!(
+            e.tribe("kept").is_some(),
+            "node {i}: the kept tribe is lost"
+        );
+        assert_eq!(e.members_alive(), n, "node {i}");
+    }
+    let digest = sim.engine(0).unwrap().state_digest();
+    assert!((0..n).all(|i| sim.engine(i).unwrap().state_digest() == digest));
+}
+
 /// A node whose clock is 3 h behind (a host booted with an old clock)
 /// joins: before it has ever joined it takes its seed's clock as the
 /// tribe's time (it refused every peer's generation as beyond its horizon,

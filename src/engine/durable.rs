@@ -51,6 +51,10 @@ pub struct Durable {
 /// as seeds, a bound on that burst in a large tribe.
 pub const MAX_KEPT_PEERS: usize = 64;
 
+/// How long, after a stall, records wait for a peer's word before they are
+/// taken back unconfirmed.
+const STALL_HOLD_MS: u64 = 30_000;
+
 /// Whether a record belongs in the data dir.
 fn kept(key: &Key) -> bool {
     !matches!(key, Key::Node(_) | Key::RingKey(_) | Key::RingPrimary)
@@ -207,6 +211,55 @@ impl Engine {
         self.last_kept = self.kept_peers.clone();
     }
 
+    /// After a stall longer than the tombstone grace (`stalled_ms`; a
+    /// suspended host or VM: no input at all), records this node holds may
+    /// have been deleted meanwhile and their tombstones collected by its
+    /// peers: sent to them, they would come back everywhere. They wait for
+    /// a peer to confirm them, as a restart's records do after as long an
+    /// absence; meanwhile this node's view (its events) and policies hold
+    /// still, so that confirmed records cause no churn. Alone, no peer can
+    /// confirm them: nothing changes.
+    pub(super) fn after_stall(&mut self, stalled_ms: u64) {
+        if self.members.count_up() == 0 || self.stall_hold_until.is_some() {
+            return;
+        }
+        let taken = lock(&self.shared).state.take_live(kept);
+        if taken.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            records = taken.len(),
+            stalled_s = stalled_ms / 1000,
+            "this node ran nothing for longer than the tombstone grace (a suspended host or VM): \
+             its records wait for a peer to confirm them, so that none deleted meanwhile comes back"
+        );
+        self.pending.extend(taken);
+        self.stall_hold_until = Some(self.now_ms().saturating_add(STALL_HOLD_MS));
+    }
+
+    /// Ends the hold of [`Engine::after_stall`] once its records are
+    /// resolved, or when no peer confirmed them in time (none reachable):
+    /// then they are taken back, as a node alone keeps its state.
+    pub(super) fn end_stall_hold_when_due(&mut self) {
+        let Some(until) = self.stall_hold_until else {
+            return;
+        };
+        if !self.pending.is_empty() {
+            if self.now_ms() < until {
+                return;
+            }
+            let back: Vec<(Key, Entry)> = std::mem::take(&mut self.pending).into_iter().collect();
+            tracing::info!(
+                records = back.len(),
+                "no peer confirmed the records held since the stall: kept as they were"
+            );
+            self.merge_records(back);
+        }
+        self.stall_hold_until = None;
+        self.evaluate_policies();
+        self.emit_view_changes();
+    }
+
     /// After an exchange that covered the buckets `covered`, in which the
     /// peer held `theirs`: pending records the peer knows are merged (it
     /// may hold a newer version or the deletion), the others are dropped.
@@ -240,6 +293,9 @@ impl Engine {
         }
         lock(&self.shared).counters.stale_records_dropped += dropped;
         self.merge_records(confirmed);
+        if self.pending.is_empty() {
+            self.end_stall_hold_when_due();
+        }
     }
 }
 

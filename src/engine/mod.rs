@@ -252,6 +252,10 @@ pub struct Engine {
     /// Records kept from before a long absence, awaiting a peer's word
     /// (see [`durable`]).
     pending: BTreeMap<Key, crate::records::Entry>,
+    /// After a stall longer than the tombstone grace: until when (engine
+    /// clock) this node's view and policies wait for its records to be
+    /// confirmed (see [`Engine::after_stall`]).
+    stall_hold_until: Option<u64>,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
     /// When records of tribes without a record were last swept (see
@@ -428,6 +432,7 @@ impl Engine {
             claims_seen: BTreeSet::new(),
             record_owed: false,
             pending: BTreeMap::new(),
+            stall_hold_until: None,
             last_contact_ms: 0,
             orphans_swept_ms: 0,
             kept_peers: Vec::new(),
@@ -608,6 +613,7 @@ impl Engine {
             }
             Timer::News => self.news.timer_fired(),
             Timer::Housekeeping => {
+                self.end_stall_hold_when_due();
                 // An evaluation that could not start its thread is asked
                 // again, not only at the next change of facts or policies.
                 if self.reconcile_retry_due() {
@@ -644,9 +650,19 @@ impl Engine {
     // ---- internals shared by the submodules ----
 
     fn tick(&mut self, now_ms: u64) {
-        let mut sh = lock(&self.shared);
-        // The wall clock may step back; the engine's notion of now does not.
-        sh.now_ms = sh.now_ms.max(now_ms);
+        let before = {
+            let mut sh = lock(&self.shared);
+            let before = sh.now_ms;
+            // The wall clock may step back; the engine's notion of now does not.
+            sh.now_ms = sh.now_ms.max(now_ms);
+            before
+        };
+        // Timers run every half second: a gap this long is a host that ran
+        // nothing (suspended, a paused VM, SIGSTOP).
+        let grace = self.timings.tombstone_grace.as_millis() as u64;
+        if now_ms.saturating_sub(before) > grace {
+            self.after_stall(now_ms.saturating_sub(before));
+        }
     }
 
     fn now_ms(&self) -> u64 {

@@ -188,7 +188,7 @@ impl Engine {
                     }
                 }
             }
-            if self.view_may_have_changed(&changes) {
+            if self.view_may_have_changed(&changes) && self.stall_hold_until.is_none() {
                 self.emit_view_changes();
             }
         }
@@ -412,7 +412,7 @@ impl Engine {
     /// Asks for every policy to be evaluated over our facts (see
     /// [`crate::policy_set`]), unless nothing changed since the last ask.
     pub(super) fn evaluate_policies(&mut self) {
-        if self.left {
+        if self.left || self.stall_hold_until.is_some() {
             return;
         }
         let policies: Vec<PolicyInput> = {
@@ -588,7 +588,7 @@ impl Engine {
     }
 
     /// Compares the derived view with what was reported and emits the difference.
-    fn emit_view_changes(&mut self) {
+    pub(super) fn emit_view_changes(&mut self) {
         let (tribes, mine, plugins, tasks) = {
             let sh = lock(&self.shared);
             let view = View { state: &sh.state };
