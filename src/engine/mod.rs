@@ -75,6 +75,8 @@ pub const SYNC_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MIN_RETRANSMITS: f64 = 5.0;
 /// How often reaping, tombstone collection and exchange timeouts run.
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
+/// Shortest gap between inputs taken for a stall (see `Engine::after_stall`).
+const MIN_STALL_MS: u64 = 60_000;
 
 /// How often records of tribes without a record are swept (besides after
 /// every tombstone collection).
@@ -658,9 +660,10 @@ impl Engine {
             before
         };
         // Timers run every half second: a gap this long is a host that ran
-        // nothing (suspended, a paused VM, SIGSTOP).
+        // nothing (suspended, a paused VM, SIGSTOP); never one a busy
+        // machine makes (a test's grace of seconds).
         let grace = self.timings.tombstone_grace.as_millis() as u64;
-        if now_ms.saturating_sub(before) > grace {
+        if now_ms.saturating_sub(before) > grace.max(MIN_STALL_MS) {
             self.after_stall(now_ms.saturating_sub(before));
         }
     }
