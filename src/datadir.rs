@@ -25,6 +25,42 @@ const MAX_STATE_FILE: u64 = 1024 * 1024 * 1024;
 #[derive(Debug)]
 pub struct DirLock {
     _lock: nix::fcntl::Flock<std::fs::File>,
+    /// The lock file's identity, to find it gone or replaced later.
+    held: LockId,
+}
+
+/// Device and inode of the lock file this node holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LockId(u64, u64);
+
+impl DirLock {
+    /// The identity of the lock file held, for [`still_held`].
+    pub fn id(&self) -> LockId {
+        self.held
+    }
+}
+
+/// Whether `dir`'s lock file is still the one this node locked: a
+/// directory removed (or replaced) under a running node may have been
+/// taken by another since, and the two must not write into one directory.
+pub fn still_held(dir: &Path, held: LockId) -> std::io::Result<()> {
+    let now = std::fs::metadata(dir.join(LOCK_FILE))
+        .ok()
+        .map(|m| lock_id(&m));
+    if now == Some(held) {
+        return Ok(());
+    }
+    Err(std::io::Error::other(format!(
+        "the data dir {} was removed or replaced while this node ran (its lock file is not the \
+         one this node holds): not written into, so that it does not mix with another node's; \
+         restart the node",
+        dir.display()
+    )))
+}
+
+fn lock_id(meta: &std::fs::Metadata) -> LockId {
+    use std::os::unix::fs::MetadataExt;
+    LockId(meta.dev(), meta.ino())
 }
 
 /// Takes the data directory's lock; fails when another node holds it, so
@@ -37,8 +73,12 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
         .write(true)
         .open(&path)
         .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
+    let held = file
+        .metadata()
+        .map(|m| lock_id(&m))
+        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(DirLock { _lock: lock }),
+        Ok(lock) => Ok(DirLock { _lock: lock, held }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Config(format!(
             "data dir {} is in use by another node",
             dir.display()

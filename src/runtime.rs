@@ -495,7 +495,11 @@ impl Driver {
             (revision, durable, ring.filter(|_| ring_changed))
         };
         let shape = ring.as_ref().map(|r| (r.ids(), r.primary_id()));
+        let held = self.dir_lock.as_ref().map(|l| l.id());
         let result = writer.run(move || -> std::io::Result<()> {
+            if let Some(held) = held {
+                crate::datadir::still_held(&dir, held)?;
+            }
             if let Some(ring) = &ring {
                 crate::datadir::save_keyring(&dir, ring)?;
             }

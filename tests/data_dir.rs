@@ -301,3 +301,40 @@ async fn a_tribe_whose_clocks_ran_fast_restarts_with_its_history_after_they_are_
     c.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A data dir removed under a running node and taken by another node: the
+/// first stops writing into it (its lock file is not the one it holds),
+/// so the directory holds the second node's state alone (both wrote it in
+/// turn before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_data_dir_was_removed_and_taken_writes_no_more_into_it() {
+    let dir = scratch("taken");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let path = dir.join("dd-first");
+    let first = Node::start(config("dd-first", &dir, any)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    std::fs::remove_dir_all(&path).unwrap();
+    let mut cfg = config("dd-second", &dir, any);
+    cfg.data_dir = Some(path.clone());
+    let second = Node::start(cfg).await.unwrap();
+    first.set_fact("who", "first").await.unwrap();
+    second.set_fact("who", "second").await.unwrap();
+    wait_for(
+        "the first node's writes refused",
+        Duration::from_secs(10),
+        || first.counters().data_dir_errors > 0,
+    )
+    .await;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let state = std::fs::read_to_string(path.join("node-state.json")).unwrap();
+        assert!(state.contains("\"dd-second\""), "not the second node's");
+        assert!(
+            !state.contains("\"dd-first\""),
+            "the first node wrote into it"
+        );
+    }
+    first.shutdown().await.unwrap();
+    second.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
