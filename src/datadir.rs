@@ -266,6 +266,11 @@ struct KeyringFile {
     /// installed again at a restart, whatever the key file says.
     #[serde(default)]
     removed: Vec<String>,
+    /// The ids of `primary` and then of `keys`: a key damaged on disk (a
+    /// flipped bit is another valid key) is found, not taken for another.
+    /// Absent in files written before it.
+    #[serde(default)]
+    ids: Vec<String>,
 }
 
 /// Writes the keyring (file mode 0600). Keys the file held and `ring`
@@ -296,6 +301,10 @@ pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
         primary: ring.primary().to_base64(),
         keys: ring.keys().iter().map(SecretKey::to_base64).collect(),
         removed: removed.iter().skip(skip).map(KeyId::to_string).collect(),
+        ids: std::iter::once(ring.primary())
+            .chain(ring.keys())
+            .map(|k| k.id().to_string())
+            .collect(),
     };
     let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
     write_private(dir, KEYRING_FILE, &text)
@@ -324,9 +333,26 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let file: KeyringFile =
         serde_json::from_slice(&text).map_err(|_| bad("not the expected JSON".into()))?;
     let primary = SecretKey::from_base64(&file.primary).map_err(|e| bad(e.to_string()))?;
+    let keys = file
+        .keys
+        .iter()
+        .map(|k| SecretKey::from_base64(k).map_err(|e| bad(e.to_string())))
+        .collect::<Result<Vec<_>>>()?;
+    if !file.ids.is_empty() {
+        let found: Vec<String> = std::iter::once(&primary)
+            .chain(&keys)
+            .map(|k| k.id().to_string())
+            .collect();
+        if found != file.ids {
+            return Err(bad(
+                "a key does not match the id written with it (the file is damaged); \
+                 restore it, or remove it to start with the configured key"
+                    .into(),
+            ));
+        }
+    }
     let mut ring = Keyring::new(primary);
-    for k in &file.keys {
-        let key = SecretKey::from_base64(k).map_err(|e| bad(e.to_string()))?;
+    for key in keys {
         ring.install(key).map_err(|e| bad(e.to_string()))?;
     }
     // Only a memory that hardens revocation: an entry spoilt by hand is
@@ -417,6 +443,25 @@ mod tests {
         std::fs::create_dir_all(dir.join("f").join("held")).unwrap();
         assert!(write_private(&dir, "f", b"x").is_err());
         assert!(!dir.join("f.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_damaged_on_disk_is_found_not_taken_for_another() {
+        let dir = scratch("damaged");
+        prepare(&dir).unwrap();
+        let ring = Keyring::new(SecretKey::generate());
+        save_keyring(&dir, &ring).unwrap();
+        assert!(read_keyring_file(&dir).unwrap().is_some());
+        let path = dir.join(KEYRING_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let key = ring.primary().to_base64();
+        // One character changed: still a valid key, another one.
+        let first = if key.starts_with('A') { "B" } else { "A" };
+        let damaged = format!("{first}{}", &key[1..]);
+        std::fs::write(&path, text.replace(&key, &damaged)).unwrap();
+        let err = read_keyring_file(&dir).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
