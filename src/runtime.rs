@@ -45,6 +45,17 @@ pub(crate) fn node_span(name: &str) -> tracing::Span {
 }
 
 /// Wall-clock milliseconds since the Unix epoch.
+/// Milliseconds of `CLOCK_BOOTTIME`: runs while the process is stopped or
+/// the machine sleeps, never steps (see [`Engine::set_elapsed_ms`]).
+fn boot_clock_ms() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .map(|t| {
+            let ms = i128::from(t.tv_sec()) * 1000 + i128::from(t.tv_nsec()) / 1_000_000;
+            u64::try_from(ms).unwrap_or(0)
+        })
+        .unwrap_or(0)
+}
+
 pub fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -214,8 +225,10 @@ impl std::ops::DerefMut for EngineGuard<'_> {
 impl Shared {
     pub fn engine(&self) -> EngineGuard<'_> {
         let span = self.span.enter();
+        let mut engine = self.engine.lock().unwrap_or_else(|p| p.into_inner());
+        engine.set_elapsed_ms(boot_clock_ms());
         EngineGuard {
-            engine: self.engine.lock().unwrap_or_else(|p| p.into_inner()),
+            engine,
             _span: span,
         }
     }

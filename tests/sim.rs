@@ -611,6 +611,33 @@ fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
 /// node), and what the tribe still holds stays.
 #[test]
 fn a_node_suspended_past_the_tombstone_grace_brings_no_deletion_back() {
+    suspended_past_the_grace(&[3], false);
+}
+
+/// Two nodes that slept together and meet each other first (their peers
+/// out of reach for a while) do not vouch for each other's records.
+#[test]
+fn two_nodes_suspended_together_bring_no_deletion_back() {
+    suspended_past_the_grace(&[2, 3], true);
+}
+
+/// A step of the wall clock on a running node (NTP setting a clock right),
+/// here longer than the tombstone grace,
+/// is no stall: its view stays whole (its tribes vanished for seconds).
+#[test]
+fn a_wall_clock_step_is_no_stall() {
+    let mut sim = cluster(12, 3);
+    sim.command(0, Command::CreateTribe { tribe: "t".into() })
+        .unwrap();
+    sim.run_for(Duration::from_secs(5));
+    sim.set_clock_offset(2, 25 * 3600 * 1000);
+    for _ in 0..20 {
+        sim.run_for(Duration::from_millis(250));
+        assert!(sim.engine(2).unwrap().tribe("t").is_some());
+    }
+}
+
+fn suspended_past_the_grace(suspended: &[usize], peers_late: bool) {
     let mut timings = Profile::Lan.timings();
     timings.tombstone_grace = Duration::from_secs(60);
     let mut sim = Sim::new(SimConfig {
@@ -633,8 +660,9 @@ fn a_node_suspended_past_the_tombstone_grace_brings_no_deletion_back() {
     }
     sim.run_for(Duration::from_secs(10));
     assert!((0..n).all(|i| sim.engine(i).unwrap().tribe("gone").is_some()));
-    let suspended = n - 1;
-    sim.pause(suspended, Duration::from_secs(200));
+    for &i in suspended {
+        sim.pause(i, Duration::from_secs(200));
+    }
     sim.command(
         0,
         Command::DeleteTribe {
@@ -642,6 +670,12 @@ fn a_node_suspended_past_the_tombstone_grace_brings_no_deletion_back() {
         },
     )
     .unwrap();
+    if peers_late {
+        sim.run_for(Duration::from_secs(199));
+        sim.partition(|i| suspended.contains(&i));
+        sim.run_for(Duration::from_secs(11));
+        sim.heal();
+    }
     sim.run_for(Duration::from_secs(230));
     for i in 0..n {
         let e = sim.engine(i).unwrap();

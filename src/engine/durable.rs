@@ -169,7 +169,7 @@ impl Engine {
                 let ahead_s = floor.saturating_sub(sh.now_ms) / 1000;
                 tracing::warn!(
                     ahead_s,
-                    "the data dir holds writes from up to {ahead_s} s ahead of this node's clock:                      the clock stepped back, or the tribe's clocks ran fast and were set right;                      writes and generations up to that time are taken (a node that keeps no                      such data dir refuses them until its clock gets there: fix the clocks)"
+                    "the data dir holds writes from up to {ahead_s} s ahead of this node's clock: the clock stepped back, or the tribe's clocks ran fast and were set right; writes and generations up to that time are taken (a node that keeps no such data dir refuses them until its clock gets there: fix the clocks)"
                 );
             }
             sh.kept_floor_ms = floor;
@@ -245,7 +245,9 @@ impl Engine {
             return;
         };
         if !self.pending.is_empty() {
-            if self.now_ms() < until {
+            // Isolated since (its peers were down when it woke): no one to
+            // confirm them, and a view held still would hide them.
+            if self.now_ms() < until && self.members.count_up() > 0 {
                 return;
             }
             let back: Vec<(Key, Entry)> = std::mem::take(&mut self.pending).into_iter().collect();

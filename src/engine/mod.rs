@@ -258,6 +258,10 @@ pub struct Engine {
     /// clock) this node's view and policies wait for its records to be
     /// confirmed (see [`Engine::after_stall`]).
     stall_hold_until: Option<u64>,
+    /// The last reading given to [`Engine::set_elapsed_ms`].
+    elapsed_ms: Option<u64>,
+    /// A stall found there, for the next input.
+    stalled_ms: Option<u64>,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
     /// When records of tribes without a record were last swept (see
@@ -435,6 +439,8 @@ impl Engine {
             record_owed: false,
             pending: BTreeMap::new(),
             stall_hold_until: None,
+            elapsed_ms: None,
+            stalled_ms: None,
             last_contact_ms: 0,
             orphans_swept_ms: 0,
             kept_peers: Vec::new(),
@@ -652,19 +658,30 @@ impl Engine {
     // ---- internals shared by the submodules ----
 
     fn tick(&mut self, now_ms: u64) {
-        let before = {
+        {
             let mut sh = lock(&self.shared);
-            let before = sh.now_ms;
             // The wall clock may step back; the engine's notion of now does not.
             sh.now_ms = sh.now_ms.max(now_ms);
-            before
+        }
+        if let Some(gap) = self.stalled_ms.take() {
+            self.after_stall(gap);
+        }
+    }
+
+    /// Reads the host's clock that keeps running while the process is
+    /// stopped or the machine sleeps, and never steps (`CLOCK_BOOTTIME`;
+    /// the driver sets it before each input). Timers run every half second:
+    /// a gap longer than the tombstone grace (and a minute) is a host that
+    /// ran nothing (suspended, a paused VM, SIGSTOP), handled at the next
+    /// input. A step of the wall clock is none.
+    pub fn set_elapsed_ms(&mut self, ms: u64) {
+        let Some(before) = self.elapsed_ms.replace(ms) else {
+            return;
         };
-        // Timers run every half second: a gap this long is a host that ran
-        // nothing (suspended, a paused VM, SIGSTOP); never one a busy
-        // machine makes (a test's grace of seconds).
         let grace = self.timings.tombstone_grace.as_millis() as u64;
-        if now_ms.saturating_sub(before) > grace.max(MIN_STALL_MS) {
-            self.after_stall(now_ms.saturating_sub(before));
+        let gap = ms.saturating_sub(before);
+        if gap > grace.max(MIN_STALL_MS) {
+            self.stalled_ms = Some(gap);
         }
     }
 

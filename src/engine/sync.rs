@@ -661,10 +661,12 @@ impl Engine {
             .filter(|&b| b < BUCKETS)
             .collect();
         // Our records the responder cannot vouch for either still count as
-        // known (a whole cluster restarting from its data dirs).
+        // known (a whole cluster restarting from its data dirs); not after a
+        // stall: two nodes that slept together would vouch for each other's
+        // records deleted meanwhile.
         let evidence: Vec<Key> = pending
             .into_iter()
-            .filter(|(k, _)| self.pending.contains_key(k))
+            .filter(|(k, _)| self.pending.contains_key(k) && self.stall_hold_until.is_none())
             .map(|(k, _)| k)
             .collect();
         if let Some(x) = self.conns.get_mut(&conn) {

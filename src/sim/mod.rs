@@ -535,9 +535,13 @@ impl Sim {
         }
         let incarnation = self.nodes[i].incarnation;
         let now_ms = self.wall_ms(i);
+        let elapsed_ms = self.now / 1_000;
         let Some(engine) = self.nodes[i].engine.as_mut() else {
             return;
         };
+        // The simulated host's boot clock: what a pause stops, not the
+        // wall clock an offset shifts.
+        engine.set_elapsed_ms(elapsed_ms);
         match ev {
             Ev::Datagram { from, bytes, .. } => engine.handle_datagram(now_ms, from, &bytes),
             Ev::Timer {
