@@ -171,7 +171,7 @@ impl Shared {
             let skew_s = self.max_skew_ms / 1000;
             tracing::warn!(
                 ahead_s,
-                "{what} from a peer was refused: it is from {ahead_s} s ahead of this node's clock,                  more than the {skew_s} s of clock skew taken; fix the clocks (a node whose clock                  is behind, or a peer's ahead)"
+                "{what} from a peer was refused: it is from {ahead_s} s ahead of this node's clock, more than the {skew_s} s of clock skew taken; fix the clocks (a node whose clock is behind, or a peer's ahead)"
             );
         }
     }

@@ -41,12 +41,15 @@ impl Engine {
         let bound = CLOCK_SKEW_REPORT.as_millis() as i64;
         if offset.unsigned_abs() > bound as u64 {
             if self.skewed.insert(peer.to_string()) {
-                let max_skew_ms = {
+                let (max_skew_ms, beyond) = {
                     let mut sh = lock(&self.shared);
                     sh.counters.clock_skew_reports += 1;
-                    sh.max_skew_ms
+                    // A peer ahead of this node's horizon: its writes are
+                    // refused here (one behind is heard all the same).
+                    let beyond = sh.now_ms.saturating_add_signed(offset) > sh.horizon_ms();
+                    (sh.max_skew_ms, beyond)
                 };
-                if offset.unsigned_abs() > max_skew_ms {
+                if beyond {
                     tracing::warn!(
                         peer,
                         offset_ms = offset,
