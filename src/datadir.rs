@@ -94,7 +94,7 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
 /// one another node holds now: a daemon's configuration check runs while
 /// the daemon does.
 pub fn check(dir: &Path, name: &str) -> Result<()> {
-    if !dir.is_dir() {
+    if !is_directory(dir)? {
         return Ok(());
     }
     refuse_world_writable(dir)?;
@@ -125,14 +125,8 @@ pub fn load_for(dir: &Path, name: &str) -> Result<Option<Durable>> {
 /// (Group-writable is allowed: with a group per user, as many systems
 /// make them, that group is the owner.)
 pub fn prepare(dir: &Path) -> Result<()> {
-    if dir.is_dir() {
+    if is_directory(dir)? {
         return refuse_world_writable(dir);
-    }
-    if dir.exists() {
-        return Err(Error::Config(format!(
-            "data dir {} is not a directory",
-            dir.display()
-        )));
     }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -141,6 +135,27 @@ pub fn prepare(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .map_err(|e| Error::Io(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+/// Whether `dir` is a directory; false when nothing is there (the start
+/// creates it); an error for a file, or a link to nothing, in its place.
+fn is_directory(dir: &Path) -> Result<bool> {
+    if dir.is_dir() {
+        return Ok(true);
+    }
+    if dir.exists() {
+        return Err(Error::Config(format!(
+            "data dir {} is not a directory",
+            dir.display()
+        )));
+    }
+    if std::fs::symlink_metadata(dir).is_ok() {
+        return Err(Error::Config(format!(
+            "data dir {} is a link to a directory that does not exist",
+            dir.display()
+        )));
+    }
+    Ok(false)
 }
 
 fn refuse_world_writable(dir: &Path) -> Result<()> {
@@ -198,7 +213,7 @@ pub fn load(dir: &Path) -> Result<Option<Durable>> {
 /// which must not pass for one (the state or the keyring would be lost).
 fn absent(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
-        Ok(_) => Err(Error::Io(format!(
+        Ok(_) => Err(Error::Config(format!(
             "{} is a link to a file that does not exist",
             path.display()
         ))),
@@ -387,6 +402,9 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
     // Whether the configured primary is held, so that the next start may
     // count it as "given last time" (a full kept ring may refuse it).
     let mut held = true;
+    // The keyring file as it was, should this start write over it and then
+    // fail: a refused start leaves the directory as it found it.
+    let mut written_over: Option<Option<Vec<u8>>> = None;
     let merged = match (kept, &configured) {
         (Some(mut kept), Some(configured)) => {
             let primary = configured.primary_id();
@@ -410,6 +428,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
                 tracing::info!(key = %primary, "the configured key changed since the last start: it is the primary now");
                 // Kept at once: a crash before the first save must not
                 // bring the old primary back.
+                written_over = Some(std::fs::read(dir.join(KEYRING_FILE)).ok());
                 save_keyring(dir, &kept).map_err(|e| Error::Io(e.to_string()))?;
             }
             Some(kept)
@@ -419,8 +438,15 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
     if let Some(configured) = configured.as_ref().filter(|_| held) {
         let id = configured.primary_id().to_string();
         if last != Some(id.as_str()) {
-            write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes())
-                .map_err(|e| Error::Io(e.to_string()))?;
+            if let Err(e) = write_private(dir, CONFIGURED_KEY_FILE, id.as_bytes()) {
+                if let Some(before) = written_over {
+                    let _ = match before {
+                        Some(bytes) => write_private(dir, KEYRING_FILE, &bytes),
+                        None => std::fs::remove_file(dir.join(KEYRING_FILE)),
+                    };
+                }
+                return Err(Error::Io(e.to_string()));
+            }
         }
     }
     Ok(merged)
@@ -443,6 +469,22 @@ mod tests {
         std::fs::create_dir_all(dir.join("f").join("held")).unwrap();
         assert!(write_private(&dir, "f", b"x").is_err());
         assert!(!dir.join("f.tmp").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_start_that_fails_to_note_its_key_leaves_the_keyring_as_it_was() {
+        let dir = scratch("noted");
+        prepare(&dir).unwrap();
+        let first = Keyring::new(SecretKey::generate());
+        merge_keyring(&dir, Some(first.clone())).unwrap();
+        save_keyring(&dir, &first).unwrap();
+        let before = std::fs::read(dir.join(KEYRING_FILE)).unwrap();
+        // `configured-key` cannot be written: its temporary file's place is
+        // a directory with something in it.
+        std::fs::create_dir_all(dir.join(format!("{CONFIGURED_KEY_FILE}.tmp")).join("x")).unwrap();
+        assert!(merge_keyring(&dir, Some(Keyring::new(SecretKey::generate()))).is_err());
+        assert_eq!(std::fs::read(dir.join(KEYRING_FILE)).unwrap(), before);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -493,6 +535,15 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let err = prepare(&file).unwrap_err();
         assert!(err.to_string().contains("is not a directory"), "{err}");
+        assert!(check(&file, "n").is_err(), "the check passed a file");
+        let link = dir.join("a-link");
+        std::os::unix::fs::symlink(dir.join("nowhere"), &link).unwrap();
+        let err = prepare(&link).unwrap_err();
+        assert!(err.to_string().contains("a link to a directory"), "{err}");
+        assert!(
+            check(&link, "n").is_err(),
+            "the check passed a link to nothing"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 
