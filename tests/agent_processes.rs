@@ -424,11 +424,18 @@ fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() 
     let (status, body) = call(a1, "GET", "/v1/nothing", None);
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     // An empty name is one, also where it leaves a segment of the path empty.
-    let (status, body) = call(a1, "DELETE", "/v1/tribes/", None);
-    assert_eq!(
-        (status, body["error"].as_str()),
-        (400, Some("invalid_name"))
-    );
+    for (method, path) in [
+        ("DELETE", "/v1/tribes/"),
+        ("PUT", "/v1/tribes/core/tasks//start"),
+        ("DELETE", "/v1/tribes/core/plugins//1"),
+    ] {
+        let (status, body) = call(a1, method, path, None);
+        assert_eq!(
+            (status, body["error"].as_str()),
+            (400, Some("invalid_name")),
+            "{method} {path}"
+        );
+    }
     let out = cli(a1, &["fact", "set", "", "v"]);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);

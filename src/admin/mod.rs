@@ -107,6 +107,7 @@ pub fn router(node: Node, guard: guard::Guard) -> Router {
         .fallback(routes::no_route)
         .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })
         .with_state(node)
+        .layer(axum::middleware::from_fn(routes::refuse_empty_names))
         .layer(axum::Extension(guard.refusals.clone()))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::extract::DefaultBodyLimit::max(bounds::MAX_BODY))

@@ -45,13 +45,27 @@ impl ApiError {
     }
 }
 
-/// A request no route takes. A path with an empty segment where a route
-/// has a name (`DELETE /v1/tribes/`, what `tribe tribe delete ""` sends)
-/// names nothing: said so, as the libraries do, not "no such route".
-pub(super) async fn no_route(uri: axum::http::Uri) -> ApiError {
-    let path = uri.path();
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    let named = ["tribes", "policies", "facts", "keys"];
+/// A request no route takes.
+pub(super) async fn no_route() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+/// Refuses, before routing, a path with an empty segment where the API
+/// has names (`DELETE /v1/tribes/`, `PUT /v1/tribes/t/tasks//start`: what
+/// `tribe tribe delete ""` sends): it names nothing, and says so as the
+/// libraries do, whatever route it would reach ("no such route", or an
+/// unknown task named "").
+pub(super) async fn refuse_empty_names(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let segments: Vec<&str> = request
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .collect();
+    let named = ["tribes", "policies", "facts", "keys", "members"];
     if segments.len() > 2
         && segments[0] == "v1"
         && named.contains(&segments[1])
@@ -61,9 +75,10 @@ pub(super) async fn no_route(uri: axum::http::Uri) -> ApiError {
             StatusCode::BAD_REQUEST,
             "invalid_name",
             "a name in the path is empty",
-        );
+        )
+        .into_response();
     }
-    ApiError::not_found("no such route")
+    next.run(request).await
 }
 
 fn status_of(e: &Error) -> StatusCode {
@@ -280,11 +295,14 @@ pub(super) async fn add_task(
     // The agents run what this API adds: a manifest they would refuse to
     // run is refused here, naming the field.
     crate::workflow::manifest::Manifest::parse(&req.id, &manifest).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_manifest",
-            format!("task manifest: {e}"),
-        )
+        // A size or JSON error names the manifest itself; a field's does not.
+        let message = match e {
+            crate::workflow::manifest::ManifestError::Invalid { .. } => {
+                format!("task manifest: {e}")
+            }
+            _ => e.to_string(),
+        };
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_manifest", message)
     })?;
     node.add_task(&tribe, &req.id, &manifest, state).await?;
     Ok(created(TaskJson {
