@@ -986,6 +986,8 @@ class Node(_NoCopy):
     def member(self, name: str) -> Optional[Member]:
         """One member (this node too), or None when this node knows none
         by that name."""
+        if not isinstance(name, str):
+            raise TypeError(f"member: name must be str, not {type(name).__name__}")
         return next((m for m in self.members() if m.name == name), None)
 
     def members_alive(self) -> int:

@@ -99,6 +99,8 @@ def test_commands_snapshots_and_typed_errors() -> None:
         assert status.members_alive == 1 and status.tribes == 0 and status.version == pytribe.__version__
         assert status.state_digest == node.state_digest() and status.name_held_by is None
         assert node.member(node.name) == node.members()[0] and node.member("nobody") is None
+        with pytest.raises(TypeError):
+            node.member(5)  # type: ignore[arg-type]
         with pytest.raises(pytribe.NoKeyringError):
             node.install_key(pytribe.keygen())
 

@@ -847,9 +847,14 @@ const MAX_MANIFEST_TEXT: usize = 1 << 20;
 /// face (the agent's admin API, C, Go, Python) measures alike, whatever
 /// spacing its text came with.
 fn compact_manifest(manifest: &str) -> Result<String> {
-    let too_large = || Error::InvalidArgument("task manifest is larger than 64 KiB (as compact JSON)".into());
+    let too_large = |len: usize| {
+        Error::InvalidArgument(format!(
+            "task manifest is {len} bytes as compact JSON, more than the limit of {} (64 KiB)",
+            crate::records::limits::MAX_MANIFEST_LEN
+        ))
+    };
     if manifest.len() > MAX_MANIFEST_TEXT {
-        return Err(too_large());
+        return Err(too_large(manifest.len()));
     }
     let value = match serde_json::from_str::<serde_json::Value>(manifest) {
         Ok(v @ serde_json::Value::Object(_)) => v,
@@ -866,7 +871,7 @@ fn compact_manifest(manifest: &str) -> Result<String> {
     };
     let compact = value.to_string();
     if compact.len() > crate::records::limits::MAX_MANIFEST_LEN {
-        return Err(too_large());
+        return Err(too_large(compact.len()));
     }
     Ok(compact)
 }

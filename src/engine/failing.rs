@@ -72,8 +72,8 @@ impl Engine {
                 %peer,
                 failures = n,
                 "state exchanges with {name} at {peer} failed {n} times in a row while gossip hears it alive: \
-                 state does not converge with it; check that TCP to {peer} passes (a firewall that lets UDP through) \
-                 and that large segments do (path MTU)"
+                 only small writes reach it now (by gossip), and the two repair no difference; check that TCP \
+                 to {peer} passes (a firewall that lets UDP through) and that large segments do (path MTU)"
             );
         }
     }

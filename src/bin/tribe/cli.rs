@@ -629,7 +629,8 @@ fn run_task(opts: &AdminOpts, admin: &Admin, cmd: TaskCmd) -> Result<(), String>
 
 /// A key id from a key (base64) or an id (8 hex digits).
 fn key_id_of(text: &str) -> Result<tribe::KeyId, String> {
-    tribe::KeyId::of_key_or_id(text).map_err(|e| format!("{e} (invalid_argument)"))
+    tribe::KeyId::of_key_or_id(text)
+        .map_err(|e| format!("invalid argument: {e} (invalid_argument)"))
 }
 
 /// Polls `/v1/keys` until `done` holds for the key or `wait` passes; says how far it got.
@@ -702,7 +703,7 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
         }
         KeysCmd::Install { key, wait } => {
             let id = tribe::SecretKey::from_base64(&key)
-                .map_err(|e| format!("{e} (invalid_argument)"))?
+                .map_err(|e| format!("invalid argument: {e} (invalid_argument)"))?
                 .id();
             let reply = admin.post("/v1/keys", &json!({ "key": key }))?;
             let summary = wait_keys(admin, id, wait, "installed", |k, _| k.installed_on.len())?;
