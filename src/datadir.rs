@@ -98,6 +98,15 @@ pub fn check(dir: &Path, name: &str) -> Result<()> {
         return Ok(());
     }
     refuse_world_writable(dir)?;
+    // Files the start writes or locks: a directory in their place fails it.
+    for file in [LOCK_FILE, CONFIGURED_KEY_FILE] {
+        if dir.join(file).is_dir() {
+            return Err(Error::Config(format!(
+                "{} is a directory, not a file",
+                dir.join(file).display()
+            )));
+        }
+    }
     load_for(dir, name).map(drop)
 }
 
@@ -544,6 +553,9 @@ mod tests {
             check(&link, "n").is_err(),
             "the check passed a link to nothing"
         );
+        std::fs::create_dir(dir.join(LOCK_FILE)).unwrap();
+        let err = check(&dir, "n").unwrap_err();
+        assert!(err.to_string().contains("is a directory"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
