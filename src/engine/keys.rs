@@ -454,9 +454,7 @@ mod tests {
     fn an_install_past_the_keyring_records_limit_is_refused_where_it_is_asked() {
         let mut cfg = crate::Config::new("n");
         cfg.keyring = Some(crate::crypto::Keyring::new(SecretKey::generate()));
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
-        engine.start(1_000);
+        let mut engine = Engine::started_for_test(&cfg);
         let limit = crate::config::MAX_RING_RECORDS;
         let mut installed = 0;
         let refusal = loop {

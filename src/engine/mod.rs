@@ -635,6 +635,16 @@ impl Engine {
         self.after_change();
     }
 
+    /// An engine of `cfg` at 127.0.0.1:1, started at 1,000 ms: what unit
+    /// tests drive by hand.
+    #[cfg(test)]
+    pub(crate) fn started_for_test(cfg: &crate::Config) -> Engine {
+        let addr = "127.0.0.1:1".parse().expect("an address");
+        let mut engine = Engine::new(cfg, addr, 1, Default::default(), 1_000, 1).expect("an engine");
+        engine.start(1_000);
+        engine
+    }
+
     /// A snapshot of the counters.
     pub fn counters(&self) -> Counters {
         lock(&self.shared).counters.clone()

@@ -726,10 +726,8 @@ mod tests {
     #[test]
     fn a_compiler_thread_that_could_not_start_is_not_remembered_as_a_bad_policy() {
         let cfg = crate::Config::new("n");
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
+        let mut engine = Engine::started_for_test(&cfg);
         let mut set = PolicySet::new();
-        engine.start(1_000);
         drain_events(&mut engine, &mut set);
         // A policy from a peer, compiled while threads are short.
         crate::policy::FAIL_THREAD_START.with(|f| f.set(true));
@@ -768,9 +766,7 @@ mod tests {
     fn a_tribe_created_again_leaves_out_writes_made_while_it_was_gone() {
         let mut cfg = crate::Config::new("n");
         cfg.collect_facts = false;
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
-        engine.start(1_000);
+        let mut engine = Engine::started_for_test(&cfg);
         let tribe = |t: &str| crate::Command::CreateTribe { tribe: t.into() };
         engine.handle_command(1_100, tribe("x")).unwrap();
         engine
@@ -827,9 +823,7 @@ mod tests {
     fn writes_into_an_old_incarnation_stay_out_of_one_created_during_a_partition() {
         let mut cfg = crate::Config::new("n");
         cfg.collect_facts = false;
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
-        engine.start(1_000);
+        let mut engine = Engine::started_for_test(&cfg);
         let load = |kind| crate::Command::LoadPlugin {
             tribe: "t".into(),
             name: "pa".into(),
@@ -890,9 +884,7 @@ mod tests {
         let mut timings = crate::Profile::Lan.timings();
         timings.tombstone_grace = std::time::Duration::from_secs(10);
         cfg.timings = Some(timings);
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
-        engine.start(1_000);
+        let mut engine = Engine::started_for_test(&cfg);
         let tribe = |t: &str| crate::Command::CreateTribe { tribe: t.into() };
         engine.handle_command(1_100, tribe("x")).unwrap();
         engine.handle_command(1_100, tribe("kept")).unwrap();
@@ -979,9 +971,7 @@ mod tests {
     fn policies_are_evaluated_outside_the_engine_and_stale_answers_are_ignored() {
         let mut cfg = crate::Config::new("n");
         cfg.collect_facts = false;
-        let addr = "127.0.0.1:1".parse().unwrap();
-        let mut engine = Engine::new(&cfg, addr, 1, Default::default(), 1_000, 1).unwrap();
-        engine.start(1_000);
+        let mut engine = Engine::started_for_test(&cfg);
         let mut set = PolicySet::new();
         drain_events(&mut engine, &mut set);
         let add = crate::Command::AddPolicy {
