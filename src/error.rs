@@ -127,9 +127,10 @@ pub enum Error {
     /// No live member of the tribe serves the plugin (or every one that
     /// did refused the call as it stopped serving it: stopping, or
     /// unserving it with the call still queued).
-    #[error("no live member of tribe {tribe:?} serves {plugin:?} ({wanted}){}{}", stopping_note(.stopping), unreachable_note(.unreachable))]
+    #[error("{} {plugin:?} ({wanted}){}{}", who_serves(.tribe), stopping_note(.stopping), unreachable_note(.unreachable))]
     NoProvider {
-        /// The tribe.
+        /// The tribe; empty for a call to the node's own handler (a
+        /// workflow step that names no tribe).
         tribe: String,
         /// The plugin.
         plugin: String,
@@ -264,7 +265,16 @@ pub(crate) fn wanted(kind: crate::PluginKind, version: Option<&str>) -> String {
     }
 }
 
-/// Which members refused a call as they stopped serving its plugin.
+/// Where [`Error::NoProvider`] looked: a tribe's members, or the node alone.
+fn who_serves(tribe: &str) -> String {
+    if tribe.is_empty() {
+        "this node does not serve".to_string()
+    } else {
+        format!("no live member of tribe {tribe:?} serves")
+    }
+}
+
+/// Which members could not be reached though listed as serving the plugin.
 fn unreachable_note(unreachable: &[String]) -> String {
     match unreachable {
         [] => String::new(),
@@ -276,6 +286,7 @@ fn unreachable_note(unreachable: &[String]) -> String {
     }
 }
 
+/// Which members refused a call as they stopped serving its plugin.
 fn stopping_note(stopping: &[String]) -> String {
     match stopping {
         [] => String::new(),

@@ -22,6 +22,7 @@ use serde::de::{Error as _, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
 use super::manifest::{has_control, invalid, quoted, ManifestError};
+use super::object::object_only;
 
 /// Most metrics in one decoded batch.
 pub const MAX_METRICS: usize = 100_000;
@@ -38,6 +39,7 @@ pub const MAX_TAG_VALUE_LEN: usize = 256;
 
 /// One measurement.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct Metric {
     /// Name like `load/1min`.
     pub name: String,
@@ -49,6 +51,12 @@ pub struct Metric {
     /// When it was measured, in milliseconds since the Unix epoch.
     pub timestamp_ms: u64,
 }
+
+object_only!(
+    Metric,
+    "a metric object with name, value, tags and timestamp_ms",
+    serialize
+);
 
 impl Metric {
     /// A metric without tags.
@@ -165,8 +173,6 @@ pub(crate) fn check_batch(metrics: &[Metric]) -> Result<(), ManifestError> {
 
 /// A metric array that stops parsing past [`MAX_METRICS`] elements, so a
 /// hostile batch cannot grow the vector first and be counted afterwards.
-/// A metric array of at most [`MAX_METRICS`] items, refused while parsing
-/// once it grows past that.
 pub(crate) struct Bounded(pub(crate) Vec<Metric>);
 
 impl<'de> Deserialize<'de> for Bounded {
@@ -221,6 +227,22 @@ mod tests {
         // Tags may be absent and unknown fields are ignored.
         let m = decode_metrics(br#"[{"name":"a","value":1,"timestamp_ms":2,"unit":"s"}]"#).unwrap();
         assert_eq!(m, vec![Metric::new("a", 1.0, 2)]);
+    }
+
+    #[test]
+    fn metrics_and_step_requests_written_as_arrays_are_refused() {
+        let e = decode_metrics(br#"[["a",1,{},2]]"#).unwrap_err();
+        assert!(e.to_string().contains("a metric object"), "{e}");
+        for body in [
+            r#"[{"env":"x"},[{"name":"a","value":1,"timestamp_ms":2}]]"#,
+            r#"{"metrics":[["a",1,{},2]]}"#,
+        ] {
+            let e = crate::workflow::StepRequest::decode(body.as_bytes()).unwrap_err();
+            assert_eq!(e.code(), "bad_json", "{body}");
+        }
+        // The same in object form passes.
+        let ok = br#"{"config":{"env":"x"},"metrics":[{"name":"a","value":1,"timestamp_ms":2}]}"#;
+        assert!(crate::workflow::StepRequest::decode(ok).is_ok());
     }
 
     #[test]

@@ -52,6 +52,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize, Serializer};
 
+use super::object::object_only;
+
 use crate::names;
 
 // Their old paths (`workflow::manifest::encode_metrics`, ...), which the
@@ -164,7 +166,7 @@ pub struct Schedule {
 
 /// The collecting plugin and which of its metrics to keep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Collect {
     /// Plugin name.
     pub plugin: String,
@@ -178,7 +180,7 @@ pub struct Collect {
 
 /// A process or publish step.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 pub struct Step {
     /// Plugin name.
     pub plugin: String,
@@ -196,7 +198,7 @@ pub struct Step {
 /// The manifest as written, before its fields are checked; kept private so
 /// only validated manifests escape.
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct RawManifest {
     #[serde(default)]
     id: Option<String>,
@@ -209,10 +211,26 @@ struct RawManifest {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(remote = "Self", deny_unknown_fields)]
 struct RawSchedule {
     interval: String,
 }
+
+object_only!(
+    Collect,
+    "an object with plugin, version and metrics",
+    serialize
+);
+object_only!(
+    Step,
+    "an object with plugin, version, tribe and config",
+    serialize
+);
+object_only!(
+    RawManifest,
+    "an object with schedule, collect, process and publish"
+);
+object_only!(RawSchedule, "an object with interval");
 
 impl Manifest {
     /// Parses and checks the manifest of task `task_id`.
@@ -498,6 +516,22 @@ mod tests {
             let e = Manifest::parse("t", json).unwrap_err();
             assert_eq!(e.code(), "bad_json", "{json}");
             assert!(e.to_string().contains("unknown field"), "{e}");
+        }
+    }
+
+    /// serde's derive takes a struct from an array of its fields too; the
+    /// schema says objects, and a kept array would read back in that shape.
+    #[test]
+    fn refuses_structs_written_as_arrays() {
+        for json in [
+            r#"["t",{"interval":"5s"},{"plugin":"proc"}]"#,
+            r#"{"schedule":["5s"],"collect":{"plugin":"proc"}}"#,
+            r#"{"schedule":{"interval":"5s"},"collect":["proc",null,[]]}"#,
+            &with_publish_steps(r#"["file",null,"t"]"#),
+        ] {
+            let e = Manifest::parse("t", json).unwrap_err();
+            assert_eq!(e.code(), "bad_json", "{json}");
+            assert!(e.to_string().contains("an object with"), "{e}");
         }
     }
 

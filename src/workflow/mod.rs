@@ -6,6 +6,7 @@ pub mod batch;
 pub mod builtin;
 pub mod glob;
 pub mod manifest;
+mod object;
 pub mod run;
 
 pub use batch::Metric;

@@ -11,11 +11,13 @@ use serde::{Deserialize, Serialize};
 
 use super::batch::{check_batch, decode_metrics, Bounded, Metric, MAX_METRICS_BYTES};
 use super::manifest::{Manifest, ManifestError, Step};
+use super::object::object_only;
 use crate::error::{Error, Result};
 use crate::{CallTarget, Node, PluginKind};
 
 /// What a step's plugin receives: the step's `config` and the metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(remote = "Self")]
 pub struct StepRequest {
     /// The step's configuration from the manifest.
     #[serde(default)]
@@ -23,6 +25,8 @@ pub struct StepRequest {
     /// The metrics.
     pub metrics: Vec<Metric>,
 }
+
+object_only!(StepRequest, "an object with config and metrics", serialize);
 
 impl StepRequest {
     /// Encodes a request (metrics a receiver would refuse are left out).
@@ -35,11 +39,13 @@ impl StepRequest {
     /// Decodes and checks a request with the limits of a metric batch.
     pub fn decode(bytes: &[u8]) -> Result<StepRequest, ManifestError> {
         #[derive(Deserialize)]
+        #[serde(remote = "Self")]
         struct Raw {
             #[serde(default)]
             config: BTreeMap<String, String>,
             metrics: Bounded,
         }
+        object_only!(Raw, "an object with config and metrics");
         if bytes.len() > MAX_METRICS_BYTES {
             return Err(ManifestError::TooLarge {
                 what: "step request",

@@ -724,7 +724,24 @@ impl EventLog {
             return false;
         }
         self.logged += 1;
-        tracing::info!(?event, "event");
+        match event {
+            // A manifest may be 64 KiB: its size, not its text, per line.
+            Event::TaskRun(task) | Event::TaskStop(task) => {
+                let kind = if matches!(event, Event::TaskRun(_)) {
+                    "TaskRun"
+                } else {
+                    "TaskStop"
+                };
+                tracing::info!(
+                    event = kind,
+                    tribe = %task.tribe,
+                    task = %task.id,
+                    manifest_bytes = task.manifest.len(),
+                    "event"
+                );
+            }
+            _ => tracing::info!(?event, "event"),
+        }
         true
     }
 
