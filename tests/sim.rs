@@ -611,14 +611,53 @@ fn a_node_declared_down_rejoins_also_when_its_streams_fail() {
 /// node), and what the tribe still holds stays.
 #[test]
 fn a_node_suspended_past_the_tombstone_grace_brings_no_deletion_back() {
-    suspended_past_the_grace(&[3], false);
+    for seed in 1..=6 {
+        suspended_past_the_grace(seed, &[3], None);
+    }
 }
 
 /// Two nodes that slept together and meet each other first (their peers
-/// out of reach for a while) do not vouch for each other's records.
+/// out of reach for a while) do not vouch for each other's records, nor
+/// take each other's held records for deleted ones.
 #[test]
 fn two_nodes_suspended_together_bring_no_deletion_back() {
-    suspended_past_the_grace(&[2, 3], true);
+    for seed in 1..=6 {
+        suspended_past_the_grace(seed, &[2, 3], Some(10));
+    }
+}
+
+/// A node whose link comes up only after it woke (a laptop resumed), before
+/// or after its hold would have ended, waits for a peer all the same.
+#[test]
+fn a_node_whose_link_comes_up_after_it_woke_brings_no_deletion_back() {
+    for seed in 1..=4 {
+        for late_s in [15, 40] {
+            suspended_past_the_grace(seed, &[3], Some(late_s));
+        }
+    }
+}
+
+/// A whole tribe suspended together (one hypervisor, one laptop, a frozen
+/// cgroup) past the grace keeps everything: nothing was deleted (every node
+/// dropped every record, each taking its peers' held records for deleted).
+#[test]
+fn a_tribe_suspended_together_keeps_its_state() {
+    for seed in 1..=4 {
+        let n = 4;
+        let mut sim = four_with_tribes(seed, &["a", "b", "c"]);
+        for i in 0..n {
+            sim.pause(i, Duration::from_secs(200));
+        }
+        sim.run_for(Duration::from_secs(300));
+        for i in 0..n {
+            for t in ["a", "b", "c"] {
+                assert!(
+                    sim.engine(i).unwrap().tribe(t).is_some(),
+                    "seed {seed}: node {i}: tribe {t} lost"
+                );
+            }
+        }
+    }
 }
 
 /// A step of the wall clock on a running node (NTP setting a clock right),
@@ -637,28 +676,41 @@ fn a_wall_clock_step_is_no_stall() {
     }
 }
 
-fn suspended_past_the_grace(suspended: &[usize], peers_late: bool) {
-    let mut timings = Profile::Lan.timings();
-    timings.tombstone_grace = Duration::from_secs(60);
+/// Four nodes with a tombstone grace of 60 s and `tribes` spread to all.
+fn four_with_tribes(seed: u64, tribes: &[&str]) -> Sim {
     let mut sim = Sim::new(SimConfig {
-        timings: Some(timings),
-        ..config(11)
+        timings: Some(short_grace()),
+        ..config(seed)
     });
-    let n = 4;
-    for _ in 0..n {
+    for _ in 0..4 {
         sim.add_node();
     }
     sim.run_for(Duration::from_secs(20));
-    for tribe in ["gone", "kept"] {
+    for tribe in tribes {
         sim.command(
             0,
             Command::CreateTribe {
-                tribe: tribe.into(),
+                tribe: tribe.to_string(),
             },
         )
         .unwrap();
     }
     sim.run_for(Duration::from_secs(10));
+    sim
+}
+
+fn short_grace() -> tribe::Timings {
+    let mut timings = Profile::Lan.timings();
+    timings.tombstone_grace = Duration::from_secs(60);
+    timings
+}
+
+/// Four nodes, a grace of 60 s; `suspended` sleep 200 s while a tribe is
+/// deleted and forgotten. With `cut_s`, their network is down from 1 s
+/// before they wake until that long after.
+fn suspended_past_the_grace(seed: u64, suspended: &[usize], cut_s: Option<u64>) {
+    let n = 4;
+    let mut sim = four_with_tribes(seed, &["gone", "kept"]);
     assert!((0..n).all(|i| sim.engine(i).unwrap().tribe("gone").is_some()));
     for &i in suspended {
         sim.pause(i, Duration::from_secs(200));
@@ -670,24 +722,25 @@ fn suspended_past_the_grace(suspended: &[usize], peers_late: bool) {
         },
     )
     .unwrap();
-    if peers_late {
+    if let Some(cut_s) = cut_s {
         sim.run_for(Duration::from_secs(199));
         sim.partition(|i| suspended.contains(&i));
-        sim.run_for(Duration::from_secs(11));
+        sim.run_for(Duration::from_secs(1 + cut_s));
         sim.heal();
     }
     sim.run_for(Duration::from_secs(230));
+    let case = format!("seed {seed}, {suspended:?} suspended, cut {cut_s:?} s");
     for i in 0..n {
         let e = sim.engine(i).unwrap();
         assert!(
             e.tribe("gone").is_none(),
-            "node {i}: the deleted tribe is back"
+            "{case}: node {i}: the deleted tribe is back"
         );
         assert!(
             e.tribe("kept").is_some(),
-            "node {i}: the kept tribe is lost"
+            "{case}: node {i}: the kept tribe is lost"
         );
-        assert_eq!(e.members_alive(), n, "node {i}");
+        assert_eq!(e.members_alive(), n, "{case}: node {i}");
     }
     let digest = sim.engine(0).unwrap().state_digest();
     assert!((0..n).all(|i| sim.engine(i).unwrap().state_digest() == digest));
@@ -712,6 +765,39 @@ fn a_node_whose_clock_is_hours_behind_joins() {
             n,
             "node {i}: {:?}",
             sim.engine(i).unwrap().members()
+        );
+    }
+}
+
+/// In a tribe of one or two peers, a node's notion of the tribe's time
+/// follows them: it took its seeds' clocks 10 min fast to join, and after
+/// they were set right (and restarted: a running node's time does not step
+/// back) it kept that offset (and a horizon 10 min wider) for good.
+#[test]
+fn in_a_small_tribe_the_clock_offset_follows_the_peers() {
+    for peers in [1usize, 2] {
+        let mut sim = Sim::new(config(3));
+        let mut seeds = Vec::new();
+        for _ in 0..peers {
+            let i = sim.add_node();
+            sim.set_clock_offset(i, 600_000);
+            seeds.push(i);
+        }
+        sim.run_for(Duration::from_secs(20));
+        let late = sim.add_node();
+        sim.run_for(Duration::from_secs(20));
+        let before = sim.engine(late).unwrap().counters().clock_offset_ms;
+        assert!(before > 500_000, "{peers} peers: offset {before} ms");
+        for &i in &seeds {
+            sim.crash(i);
+            sim.set_clock_offset(i, 0);
+            sim.restart(i);
+        }
+        sim.run_for(Duration::from_secs(120));
+        let after = sim.engine(late).unwrap().counters().clock_offset_ms;
+        assert!(
+            after.abs() < 10_000,
+            "{peers} peers: offset stuck at {after} ms"
         );
     }
 }

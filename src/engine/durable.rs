@@ -51,9 +51,13 @@ pub struct Durable {
 /// as seeds, a bound on that burst in a large tribe.
 pub const MAX_KEPT_PEERS: usize = 64;
 
-/// How long, after a stall, records wait for a peer's word before they are
-/// taken back unconfirmed.
+/// How long, after a stall and once a peer is up, records wait for a peer
+/// to decide them before they are taken back unconfirmed.
 const STALL_HOLD_MS: u64 = 30_000;
+
+/// 2200-01-01 in ms since the Unix epoch: a kept time past this is no
+/// clock's, and is not taken as this node's floor.
+const LATEST_PLAUSIBLE_MS: u64 = 7_258_118_400_000;
 
 /// Whether a record belongs in the data dir.
 fn kept(key: &Key) -> bool {
@@ -158,11 +162,16 @@ impl Engine {
             && durable.last_contact_ms.saturating_add(grace) < self.now_ms();
         {
             let mut sh = lock(&self.shared);
+            // Only from records that will be taken, and no later than any
+            // clock could read: one bad record in the file must not move
+            // this node's writes past every peer's horizon.
             let floor = durable
                 .records
                 .iter()
+                .filter(|(k, e)| kept(k) && records::validate(k, e).is_ok())
                 .map(|(_, e)| e.version.millis)
                 .chain([durable.generation])
+                .filter(|&ms| ms <= LATEST_PLAUSIBLE_MS)
                 .max()
                 .unwrap_or(0);
             if floor > sh.horizon_ms() {
@@ -216,46 +225,86 @@ impl Engine {
     /// have been deleted meanwhile and their tombstones collected by its
     /// peers: sent to them, they would come back everywhere. They wait for
     /// a peer to confirm them, as a restart's records do after as long an
-    /// absence; meanwhile this node's view (its events) and policies hold
-    /// still, so that confirmed records cause no churn. Alone, no peer can
-    /// confirm them: nothing changes.
+    /// absence (see [`Engine::hold_after_stall`]).
     pub(super) fn after_stall(&mut self, stalled_ms: u64) {
-        if self.members.count_up() == 0 || self.stall_hold_until.is_some() {
+        if self.stall_unconfirmed {
+            return;
+        }
+        tracing::warn!(
+            stalled_s = stalled_ms / 1000,
+            "this node ran nothing for longer than the tombstone grace (a suspended host or VM): \
+             its records wait for a peer to confirm them, so that none deleted meanwhile comes back"
+        );
+        self.stall_unconfirmed = true;
+        self.hold_after_stall(false);
+    }
+
+    /// Holds the records of a node woken from a stall once a peer is up
+    /// (after every input), or talks to it (`contact`: before this node
+    /// answers its exchange). While held, they are pending, and this node's
+    /// view (its events) and policies hold still, so that confirmed
+    /// records cause no churn. With no peer up, no one can confirm them:
+    /// they stay as they are until one is (a link that comes up after the
+    /// wake).
+    pub(super) fn hold_after_stall(&mut self, contact: bool) {
+        if !self.stall_unconfirmed
+            || self.stall_hold_until.is_some()
+            || (!contact && self.members.count_up() == 0)
+        {
             return;
         }
         let taken = lock(&self.shared).state.take_live(kept);
         if taken.is_empty() {
+            self.stall_unconfirmed = false;
             return;
         }
-        tracing::warn!(
+        tracing::info!(
             records = taken.len(),
-            stalled_s = stalled_ms / 1000,
-            "this node ran nothing for longer than the tombstone grace (a suspended host or VM): \
-             its records wait for a peer to confirm them, so that none deleted meanwhile comes back"
+            "records held until a peer confirms them (after a stall)"
         );
         self.pending.extend(taken);
         self.stall_hold_until = Some(self.now_ms().saturating_add(STALL_HOLD_MS));
     }
 
-    /// Ends the hold of [`Engine::after_stall`] once its records are
-    /// resolved, or when no peer confirmed them in time (none reachable):
-    /// then they are taken back, as a node alone keeps its state.
+    /// Ends the hold of [`Engine::hold_after_stall`] once its records are
+    /// resolved; when no peer decided them in time (every peer reached held
+    /// them too: a tribe that slept together), they are kept. When no peer
+    /// is up any more, they are back until one is.
     pub(super) fn end_stall_hold_when_due(&mut self) {
         let Some(until) = self.stall_hold_until else {
             return;
         };
         if !self.pending.is_empty() {
-            // Isolated since (its peers were down when it woke): no one to
-            // confirm them, and a view held still would hide them.
-            if self.now_ms() < until && self.members.count_up() > 0 {
+            let isolated = self.members.count_up() == 0;
+            if self.now_ms() < until && !isolated {
+                // Only an exchange this node opens decides them: one with
+                // each peer in turn, not one a push-pull interval.
+                if !self.conns.values().any(|x| x.initiator) {
+                    self.periodic_sync();
+                }
                 return;
             }
             let back: Vec<(Key, Entry)> = std::mem::take(&mut self.pending).into_iter().collect();
-            tracing::info!(
-                records = back.len(),
-                "no peer confirmed the records held since the stall: kept as they were"
-            );
-            self.merge_records(back);
+            if isolated {
+                tracing::info!(
+                    records = back.len(),
+                    "no peer is up: the records held since the stall are back until one is"
+                );
+            } else {
+                tracing::info!(
+                    records = back.len(),
+                    "no peer decided the records held since the stall in time: kept as they were"
+                );
+                self.stall_unconfirmed = false;
+            }
+            // Not spread: queued gossip would carry them to the first peer
+            // met, before any exchange could decide them.
+            let mut sh = lock(&self.shared);
+            for (key, entry) in back {
+                sh.accept_remote(key, entry);
+            }
+        } else {
+            self.stall_unconfirmed = false;
         }
         self.stall_hold_until = None;
         self.evaluate_policies();
@@ -263,12 +312,15 @@ impl Engine {
     }
 
     /// After an exchange that covered the buckets `covered`, in which the
-    /// peer held `theirs`: pending records the peer knows are merged (it
-    /// may hold a newer version or the deletion), the others are dropped.
+    /// peer held `theirs` and held `undecided` pending too: pending records
+    /// the peer knows are merged (it may hold a newer version or the
+    /// deletion), those it holds pending too stay pending, the others are
+    /// dropped.
     pub(super) fn resolve_pending(
         &mut self,
-        covered: &std::collections::BTreeSet<usize>,
+        covered: &BTreeSet<usize>,
         theirs: &BTreeMap<Key, Hlc>,
+        undecided: &BTreeSet<Key>,
     ) {
         if self.pending.is_empty() {
             return;
@@ -276,7 +328,9 @@ impl Engine {
         let (resolved, keep): (BTreeMap<Key, Entry>, BTreeMap<Key, Entry>) =
             std::mem::take(&mut self.pending)
                 .into_iter()
-                .partition(|(k, _)| covered.contains(&crate::state::bucket_of(k)));
+                .partition(|(k, _)| {
+                    covered.contains(&crate::state::bucket_of(k)) && !undecided.contains(k)
+                });
         self.pending = keep;
         let mut confirmed = Vec::new();
         let mut dropped = 0u64;
@@ -451,5 +505,48 @@ mod tests {
             era: None,
         };
         assert!(crate::records::validate(&Key::Node("keeper".into()), &entry).is_ok());
+    }
+    /// A record in the file that fails its checks, or dated past any clock,
+    /// moves neither the horizon nor this node's next writes.
+    #[test]
+    fn a_bad_or_far_future_kept_record_does_not_become_the_floor() {
+        let far = 9_000_000_000_000_000u64;
+        let entry = |node: &str| Entry {
+            version: Hlc {
+                millis: far,
+                counter: 0,
+                node: node.into(),
+            },
+            value: Some(records::Value::Member),
+            era: None,
+        };
+        let invalid = Key::Member {
+            tribe: "no such tribe!".into(),
+            node: "x".into(),
+        };
+        assert!(records::validate(&invalid, &entry("keeper")).is_err());
+        let valid = Key::Member {
+            tribe: "t".into(),
+            node: "x".into(),
+        };
+        for key in [invalid, valid] {
+            let mut e = engine(&[]);
+            let kept = Durable {
+                records: vec![(key.clone(), entry("keeper"))],
+                ..Durable::default()
+            };
+            e.restore(3_000, kept);
+            assert!(lock(&e.shared).horizon_ms() < far, "{key:?}");
+            e.handle_command(
+                4_000,
+                Command::CreateTribe {
+                    tribe: "mine".into(),
+                },
+            )
+            .unwrap();
+            let sh = lock(&e.shared);
+            let mine = sh.state.entry(&Key::Tribe("mine".into())).unwrap();
+            assert!(mine.version.millis < far, "{key:?}");
+        }
     }
 }

@@ -258,6 +258,9 @@ pub struct Engine {
     /// clock) this node's view and policies wait for its records to be
     /// confirmed (see [`Engine::after_stall`]).
     stall_hold_until: Option<u64>,
+    /// A stall longer than the tombstone grace happened and no peer has
+    /// decided this node's records since (see [`Engine::after_stall`]).
+    stall_unconfirmed: bool,
     /// The last reading given to [`Engine::set_elapsed_ms`].
     elapsed_ms: Option<u64>,
     /// A stall found there, for the next input.
@@ -439,6 +442,7 @@ impl Engine {
             record_owed: false,
             pending: BTreeMap::new(),
             stall_hold_until: None,
+            stall_unconfirmed: false,
             elapsed_ms: None,
             stalled_ms: None,
             last_contact_ms: 0,

@@ -151,6 +151,7 @@ pub struct Reconciler {
 impl Engine {
     /// Runs after every input: policies, refutation, events, foca output.
     pub(super) fn after_change(&mut self) {
+        self.hold_after_stall(false);
         self.answer_claims();
         self.time_softened_verdicts();
         // Policies can write (our record, a missing tribe), and writes are

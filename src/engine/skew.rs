@@ -8,9 +8,6 @@
 use super::delta::lock;
 use super::{Engine, Event, CLOCK_SKEW_REPORT, MAX_CLOCK_SAMPLES};
 
-/// Fewest peers sampled before the median moves the horizon: one lying
-/// peer must not move it.
-const MIN_SAMPLES_FOR_MEDIAN: usize = 3;
 
 impl Engine {
     /// Records the clock reading `their_ms` that `peer` sent just now.
@@ -24,20 +21,7 @@ impl Engine {
             return;
         }
         self.clock_offsets.insert(peer.to_string(), offset);
-        // Before it ever joined, a node takes its seeds' word for the
-        // tribe's time: a node with a clock hours behind refuses every
-        // peer's generation otherwise, and never joins to hear three.
-        let fewest = if self.joined_once { MIN_SAMPLES_FOR_MEDIAN } else { 1 };
-        let median = median(self.clock_offsets.values().copied(), fewest);
-        {
-            let mut sh = lock(&self.shared);
-            // Fewer samples than that keep the offset taken so far (what
-            // let this node in).
-            if let Some(median) = median {
-                sh.cluster_offset_ms = median;
-            }
-            sh.counters.clock_offset_ms = sh.cluster_offset_ms;
-        }
+        self.follow_peers_clocks();
         let bound = CLOCK_SKEW_REPORT.as_millis() as i64;
         if offset.unsigned_abs() > bound as u64 {
             if self.skewed.insert(peer.to_string()) {
@@ -79,6 +63,19 @@ impl Engine {
     pub(super) fn forget_clock(&mut self, peer: &str) {
         self.clock_offsets.remove(peer);
         self.skewed.remove(peer);
+        self.follow_peers_clocks();
+    }
+
+    /// Takes the lower median of the peers' offsets as the tribe's time:
+    /// among three or more, one peer far off cannot move it; with one or
+    /// two (before it joined, or a small tribe) the node follows them, as
+    /// a node with a clock hours behind refuses every peer's generation
+    /// otherwise.
+    fn follow_peers_clocks(&mut self) {
+        let offset = lower_median(self.clock_offsets.values().copied()).unwrap_or(0);
+        let mut sh = lock(&self.shared);
+        sh.cluster_offset_ms = offset;
+        sh.counters.clock_offset_ms = offset;
     }
 }
 
@@ -86,10 +83,10 @@ fn clamp_i64(x: i128) -> i64 {
     x.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
-/// The lower median, once `fewest` peers were sampled.
-fn median(values: impl Iterator<Item = i64>, fewest: usize) -> Option<i64> {
+/// The lower median; none of no values.
+fn lower_median(values: impl Iterator<Item = i64>) -> Option<i64> {
     let mut v: Vec<i64> = values.collect();
-    if v.is_empty() || v.len() < fewest {
+    if v.is_empty() {
         return None;
     }
     v.sort_unstable();
@@ -98,17 +95,18 @@ fn median(values: impl Iterator<Item = i64>, fewest: usize) -> Option<i64> {
 
 #[cfg(test)]
 mod tests {
-    use super::median;
+    use super::lower_median;
 
     #[test]
-    fn one_liar_does_not_move_the_median() {
-        assert_eq!(median([5, 0].into_iter(), 3), None);
-        assert_eq!(median([0, 1, i64::MAX].into_iter(), 3), Some(1));
+    fn one_liar_among_three_does_not_move_the_median() {
+        assert_eq!(lower_median([0, 1, i64::MAX].into_iter()), Some(1));
+        assert_eq!(lower_median([i64::MIN, 0, 1].into_iter()), Some(0));
         assert_eq!(
-            median([600_000, 600_000, 600_000, 0].into_iter(), 3),
+            lower_median([600_000, 600_000, 600_000, 0].into_iter()),
             Some(600_000)
         );
-        assert_eq!(median([5].into_iter(), 1), Some(5));
-        assert_eq!(median([].into_iter(), 1), None);
+        assert_eq!(lower_median([5, 0].into_iter()), Some(0));
+        assert_eq!(lower_median([5].into_iter()), Some(5));
+        assert_eq!(lower_median([].into_iter()), None);
     }
 }

@@ -153,6 +153,9 @@ pub struct Exchange {
     mismatched: BTreeSet<usize>,
     /// Initiator: versions the responder holds in those buckets.
     theirs: BTreeMap<Key, Hlc>,
+    /// Initiator, held since a stall: records the responder holds pending
+    /// too, which it can neither confirm nor deny.
+    undecided: BTreeSet<Key>,
     /// Chunks of records still expected from the peer.
     expecting: bool,
     /// Initiator: a Summary awaits its answer. Responder: a Differ was sent
@@ -173,6 +176,7 @@ impl Exchange {
             responder: None,
             mismatched: BTreeSet::new(),
             theirs: BTreeMap::new(),
+            undecided: BTreeSet::new(),
             expecting: false,
             summary: false,
             holder_spoke: false,
@@ -544,6 +548,7 @@ impl Engine {
         if !self.admit(conn, &from, &label) {
             return;
         }
+        self.hold_after_stall(true);
         self.sample_clock(&from.name, clock_ms);
         // The initiator must be a live member as this node knows it;
         // otherwise the full exchange tells this node who it is now.
@@ -580,6 +585,7 @@ impl Engine {
         if !self.admit(conn, &hello.from, &hello.label) {
             return;
         }
+        self.hold_after_stall(true);
         if hello.buckets.len() != BUCKETS {
             lock(&self.shared).counters.frame_decode_errors += 1;
             self.finish(conn, false);
@@ -655,29 +661,37 @@ impl Engine {
         if !self.check_responder(conn, &from) {
             return;
         }
+        // Before anything is pushed back (an exchange opened while no peer
+        // was up).
+        self.hold_after_stall(true);
         let mismatched: BTreeSet<usize> = mismatched
             .into_iter()
             .map(usize::from)
             .filter(|&b| b < BUCKETS)
             .collect();
-        // Our records the responder cannot vouch for either still count as
-        // known (a whole cluster restarting from its data dirs); not after a
-        // stall: two nodes that slept together would vouch for each other's
-        // records deleted meanwhile.
-        let evidence: Vec<Key> = pending
+        // Our records the responder holds pending too: after a restart they
+        // count as known (a whole cluster restarting from its data dirs);
+        // after a stall they stay undecided, since two nodes that slept
+        // together would vouch for each other's records deleted meanwhile,
+        // and the hold's end keeps what no awake peer decides.
+        let also_pending = pending
             .into_iter()
-            .filter(|(k, _)| self.pending.contains_key(k) && self.stall_hold_until.is_none())
             .map(|(k, _)| k)
-            .collect();
+            .filter(|k| self.pending.contains_key(k));
+        let after_stall = self.stall_hold_until.is_some();
         if let Some(x) = self.conns.get_mut(&conn) {
             x.responder = Some(from);
             x.mismatched = mismatched;
-            for k in evidence {
-                x.theirs.entry(k).or_insert(Hlc {
-                    millis: 0,
-                    counter: 0,
-                    node: String::new(),
-                });
+            for k in also_pending {
+                if after_stall {
+                    x.undecided.insert(k);
+                } else {
+                    x.theirs.entry(k).or_insert(Hlc {
+                        millis: 0,
+                        counter: 0,
+                        node: String::new(),
+                    });
+                }
             }
         }
         self.apply_members(members);
@@ -707,7 +721,8 @@ impl Engine {
         let from = x.responder.clone();
         let mismatched = std::mem::take(&mut x.mismatched);
         let theirs = std::mem::take(&mut x.theirs);
-        self.resolve_pending(&mismatched, &theirs);
+        let undecided = std::mem::take(&mut x.undecided);
+        self.resolve_pending(&mismatched, &theirs, &undecided);
         if !mismatched.is_empty() {
             let push: Vec<(Key, Entry)> = {
                 let sh = lock(&self.shared);
