@@ -14,7 +14,7 @@ use crate::crypto::{self, KeyId, Keyring, OpenError};
 /// First bytes of every libtribe datagram.
 pub const MAGIC: [u8; 2] = *b"TB";
 /// Wire format version.
-pub const VERSION: u8 = 2;
+pub const VERSION: u8 = 3;
 /// Datagram kind: plaintext payload.
 pub const KIND_PLAIN: u8 = 0;
 /// Datagram kind: sealed payload.
@@ -45,7 +45,7 @@ pub enum WireError {
     #[error("bad magic")]
     BadMagic,
     /// A wire version this build does not speak.
-    #[error("unsupported wire version {0}")]
+    #[error("wire version {0}, where this build speaks {VERSION}: nodes of two wire versions do not form one cluster (upgrade every node together)")]
     UnsupportedVersion(u8),
     /// A datagram kind this build does not know.
     #[error("unknown datagram kind {0}")]
@@ -317,16 +317,19 @@ mod tests {
             Err(WireError::UnsupportedVersion(9))
         );
         assert_eq!(
-            open_plain("", b"TB\x02\x07\x00"),
+            open_plain("", b"TB\x03\x07\x00"),
             Err(WireError::UnknownKind(7))
         );
-        // Version 1 named the destination of a gossip header in full.
+        // Version 1 named the destination of a gossip header in full;
+        // version 2 records had no incarnation (`era`).
+        for old in [1u8, 2] {
+            assert_eq!(
+                open_plain("", &[b'T', b'B', old, 0, 0]),
+                Err(WireError::UnsupportedVersion(old))
+            );
+        }
         assert_eq!(
-            open_plain("", b"TB\x01\x00\x00"),
-            Err(WireError::UnsupportedVersion(1))
-        );
-        assert_eq!(
-            open_plain("abc", b"TB\x02\x00\x09ab"),
+            open_plain("abc", b"TB\x03\x00\x09ab"),
             Err(WireError::Truncated)
         );
         assert!(matches!(
@@ -337,7 +340,7 @@ mod tests {
         for len in 0..80 {
             let junk: Vec<u8> = (0..len).map(|i| (i * 37 + 11) as u8).collect();
             let _ = open_plain("x", &junk);
-            let mut sealed_junk = b"TB\x02\x01\x00".to_vec();
+            let mut sealed_junk = b"TB\x03\x01\x00".to_vec();
             sealed_junk.extend_from_slice(&junk);
             let _ = open_datagram("", Some(&ring), &sealed_junk);
             let _ = decode::<(String, Vec<u64>)>(&junk);

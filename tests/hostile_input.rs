@@ -16,7 +16,7 @@ async fn garbage_is_counted_and_dropped() {
     let before = target.counters();
 
     let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let mut envelope = b"TB\x02\x00\x00".to_vec();
+    let mut envelope = b"TB\x03\x00\x00".to_vec();
     envelope.extend_from_slice(&[0xff; 40]); // valid envelope, garbage SWIM payload
     let datagrams: Vec<Vec<u8>> = vec![
         vec![],
@@ -25,7 +25,7 @@ async fn garbage_is_counted_and_dropped() {
         b"TB\x07\x00\x00".to_vec(),
         b"TB\x01\x00\x09ab".to_vec(),
         vec![0x54; 1500],
-        b"TB\x02\x00\x05other-cluster".to_vec(),
+        b"TB\x03\x00\x05other-cluster".to_vec(),
         envelope,
     ];
     for d in &datagrams {
