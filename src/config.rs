@@ -344,6 +344,11 @@ pub fn resolve_address(what: &str, text: &str) -> Result<SocketAddr, Error> {
     let bad =
         |why: &str| Error::InvalidArgument(format!("{what} {text:?} is not host:port: {why}"));
     // The port follows the host; a bracketed IPv6 host holds colons.
+    if text.starts_with('[') && text.contains('%') {
+        return Err(bad(
+            "IPv6 zone ids (%) are not supported; use an address that needs none",
+        ));
+    }
     let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
     let Some((host, port)) = after_host.rsplit_once(':') else {
         return Err(bad("no port"));
@@ -359,6 +364,40 @@ pub fn resolve_address(what: &str, text: &str) -> Result<SocketAddr, Error> {
         .ok()
         .and_then(|mut addrs| addrs.next())
         .ok_or_else(|| bad("the host is not an address or a name that resolves"))
+}
+
+/// Refuses a bind and advertise address pair that cannot work: an IPv6
+/// zone id (the socket calls drop it), a multicast or broadcast address, or
+/// an advertise address of another family than a socket bound to one
+/// address receives (`[::]` receives both).
+fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<(), Error> {
+    let scoped = |a: &SocketAddr| matches!(a, SocketAddr::V6(v6) if v6.scope_id() != 0);
+    let shared = |a: &SocketAddr| {
+        a.ip().is_multicast() || matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast())
+    };
+    for (what, addr) in [("bind", Some(bind)), ("advertise", advertise)] {
+        let Some(addr) = addr else { continue };
+        if scoped(&addr) {
+            return Err(Error::Config(format!(
+                "{what} {addr}: IPv6 zone ids (%) are not supported; use an address that needs none"
+            )));
+        }
+        if shared(&addr) {
+            return Err(Error::Config(format!(
+                "{what} {addr}: a multicast or broadcast address is no node's own"
+            )));
+        }
+    }
+    if let Some(advertise) = advertise {
+        let both = bind.is_ipv6() && bind.ip().is_unspecified();
+        if !both && bind.is_ipv4() != advertise.is_ipv4() {
+            return Err(Error::Config(format!(
+                "advertise {advertise} and bind {bind} are of two address families: a socket bound \
+                 there receives nothing at the advertised address (bind [::] receives both)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a seed name's form: `host:port`, the host 1 to 253 bytes of
@@ -530,6 +569,12 @@ impl Config {
                 "advertise {a}: peers need an address they can reach, not an unspecified one"
             )));
         }
+        check_addresses(self.bind, self.advertise)?;
+        if let Some(seed) = self.seeds.iter().find(|s| s.port() == 0) {
+            return Err(Error::Config(format!(
+                "seed {seed}: port 0 reaches no node (the port is 1 to 65535)"
+            )));
+        }
         if self.seed_names.len() > MAX_SEED_NAMES {
             return Err(Error::Config(format!(
                 "at most {MAX_SEED_NAMES} seeds by name"
@@ -640,6 +685,42 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.cluster_label = "prod-eu".into();
         assert!(cfg.validate().is_ok());
+    }
+
+    /// Addresses that parse but can never work are refused with the reason,
+    /// not left to fail in silence once running.
+    #[test]
+    fn addresses_that_cannot_work_are_refused() {
+        let check = |bind: &str, advertise: Option<&str>, seed: Option<&str>| {
+            let mut cfg = Config::new("n");
+            cfg.bind = bind.parse().unwrap();
+            cfg.advertise = advertise.map(|a| a.parse().unwrap());
+            if let Some(seed) = seed {
+                cfg.add_seed(seed).unwrap();
+            }
+            cfg.validate().map_err(|e| e.to_string())
+        };
+        assert!(check("127.0.0.1:0", Some("127.0.0.2:0"), Some("[::1]:7946")).is_ok());
+        assert!(check("[::]:0", Some("10.0.0.7:7946"), None).is_ok());
+        for (bind, advertise, seed, why) in [
+            ("127.0.0.1:0", Some("[::1]:0"), None, "two address families"),
+            ("[::1]:0", Some("127.0.0.1:0"), None, "two address families"),
+            (
+                "0.0.0.0:0",
+                Some("[fd00::1]:0"),
+                None,
+                "two address families",
+            ),
+            ("[fe80::1%3]:0", None, None, "zone ids"),
+            ("127.0.0.1:0", Some("255.255.255.255:0"), None, "broadcast"),
+            ("127.0.0.1:0", Some("224.0.0.1:0"), None, "multicast"),
+            ("127.0.0.1:0", None, Some("[::1]:0"), "port 0"),
+        ] {
+            let e = check(bind, advertise, seed).unwrap_err();
+            assert!(e.contains(why), "{bind} {advertise:?} {seed:?}: {e}");
+        }
+        let e = resolve_address("bind", "[fe80::1%eth0]:0").unwrap_err();
+        assert!(e.to_string().contains("zone ids"), "{e}");
     }
 
     #[test]

@@ -304,6 +304,8 @@ pub(crate) struct Driver {
     /// file descriptors, say): the pending connection keeps the listener
     /// readable, and retrying at once would spin.
     accept_paused_until: Option<Instant>,
+    /// When a datagram that could not be sent was last logged.
+    send_failure_logged: Option<Instant>,
     /// Dropped with the driver, also with its task never polled.
     _ended: DriverEnded,
 }
@@ -400,6 +402,7 @@ impl Driver {
             policy_thread: BlockingThread::start("tribe-policy")?,
             save_thread,
             accept_paused_until: None,
+            send_failure_logged: None,
         })
     }
 
@@ -799,6 +802,33 @@ impl Driver {
         }
     }
 
+    /// A full send buffer drops the datagram as the network would; any
+    /// other failure (a member of the other address family, a broadcast
+    /// address) never goes away by itself: said at most once a minute.
+    fn datagram_not_sent(&mut self, to: SocketAddr, e: &std::io::Error) {
+        if e.kind() == std::io::ErrorKind::WouldBlock {
+            tracing::trace!(error = %e, %to, "datagram not sent");
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .send_failure_logged
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(60))
+        {
+            return;
+        }
+        self.send_failure_logged = Some(now);
+        let local = self.udp.local_addr().ok();
+        let hint = match local {
+            Some(l) if l.is_ipv4() != to.is_ipv4() => format!(
+                ": this node's socket ({l}) and the member's address are of two address \
+                 families; every node of a tribe must advertise addresses of one family"
+            ),
+            _ => String::new(),
+        };
+        tracing::warn!(error = %e, %to, "cannot send datagrams to {to}{hint}");
+    }
+
     fn perform(&mut self, out: Output) {
         match out {
             Output::EvaluatePolicies(request) => self.evaluate_policies(request),
@@ -809,7 +839,7 @@ impl Driver {
                 // UDP send on a non-blocking socket: a full buffer drops the
                 // packet, exactly as the network would.
                 if let Err(e) = self.udp.try_send_to(&bytes, to) {
-                    tracing::trace!(error = %e, %to, "datagram not sent");
+                    self.datagram_not_sent(to, &e);
                 }
             }
             Output::Connect { conn, to } => {

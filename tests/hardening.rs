@@ -564,16 +564,38 @@ async fn a_wrong_advertise_address_is_named_by_peers() {
     cfg.advertise = Some("127.0.0.2:0".parse().unwrap());
     cfg.seeds = vec![a.addr()];
     let wrong = Node::start(cfg).await.unwrap();
-    wait_for("the mismatch named", LONG, || {
+    // A wrong port is as wrong (nothing listens on port 9 here).
+    let mut cfg = test_config("adv-port");
+    cfg.advertise = Some("127.0.0.1:9".parse().unwrap());
+    cfg.seeds = vec![a.addr()];
+    let wrong_port = Node::start(cfg).await.unwrap();
+    // Bound to every address and reached where it advertises: its kernel
+    // sends from 127.0.0.1, and that is fine.
+    let mut cfg = test_config("adv-any");
+    cfg.bind = "0.0.0.0:0".parse().unwrap();
+    cfg.advertise = Some("127.0.0.2:0".parse().unwrap());
+    cfg.seeds = vec![a.addr()];
+    let any = Node::start(cfg).await.unwrap();
+    let named = |addr: std::net::SocketAddr| {
         logged().lines().any(|l| {
             l.contains("WARN")
                 && l.contains("node=adv0")
-                && l.contains(&format!("a member advertising {}", wrong.addr()))
+                && l.contains(&format!("a member advertising {addr} "))
                 && l.contains("its advertise address is wrong")
         })
+    };
+    wait_for("the mismatches named", LONG, || {
+        named(wrong.addr()) && named(wrong_port.addr())
     })
     .await;
-    for n in [a, wrong] {
+    wait_for("the node bound to every address alive", LONG, || {
+        a.members()
+            .iter()
+            .any(|m| m.name == "adv-any" && m.state == tribe::MemberState::Alive)
+    })
+    .await;
+    assert!(!named(any.addr()), "{}", logged());
+    for n in [a, wrong, wrong_port, any] {
         n.shutdown().await.unwrap();
     }
 }

@@ -230,6 +230,8 @@ pub struct Engine {
     nonce_rng: StdRng,
     /// When each kind of refusal was last logged.
     warned: BTreeMap<&'static str, u64>,
+    /// Members seen sending from another address than they advertise.
+    advertise_seen: BTreeMap<SocketAddr, advertise::AdvertiseSeen>,
     /// Last clock offset sampled from each peer (their clock − ours, ms).
     clock_offsets: BTreeMap<String, i64>,
     /// Peers whose skew was reported and has not gone away since.
@@ -435,6 +437,7 @@ impl Engine {
             encryption: cfg.encryption,
             nonce_rng,
             warned: BTreeMap::new(),
+            advertise_seen: BTreeMap::new(),
             clock_offsets: BTreeMap::new(),
             skewed: BTreeSet::new(),
             failing: Default::default(),
@@ -891,6 +894,9 @@ impl Engine {
                 self.news.member_changed();
                 let left = self.left_flag(&id.name);
                 self.forget_failures(id.addr);
+                if !left {
+                    self.note_failed_at(id.addr);
+                }
                 if self.members.down(&id, left, now) == members::Change::Down {
                     let name = id.name.to_string();
                     self.emit(if left {
