@@ -29,9 +29,13 @@
 //!   has a known stack need: shallow trees are evaluated on the caller's
 //!   thread, deeper ones on a helper thread with a large stack;
 //! - comprehensions (`all`, `exists`, `exists_one`, `filter`, `map`) cannot
-//!   be nested, and only one `map` is allowed, so the work of an evaluation is
-//!   at most about the size of the expression times the number of facts (a
-//!   chain of `map`s could double a value at every step);
+//!   be nested nor run over values a `map` built with `+`, only one `map` is
+//!   allowed, and
+//!   at most [`MAX_LOOP_ADDITIONS`] `+` run per element, so the work of an
+//!   evaluation is at most about the size of the expression times the
+//!   length of a fact times the elements of one list (a chain of `map`s
+//!   could double a value at every step; a `map` building long strings
+//!   that an `exists` joins again took tens of seconds);
 //! - `matches()` takes a string literal as its pattern, compiled once, here,
 //!   with a small size limit (cel's own `matches` compiles the pattern on every
 //!   call with a 10 MiB limit, tens of milliseconds each for a hostile one).
@@ -662,9 +666,29 @@ struct Pending<'a> {
     depth: usize,
     /// Innermost comprehension scope, an index into the scope list.
     scope: Option<usize>,
-    /// Whether the node runs once per iteration of a comprehension.
-    in_loop: bool,
+    /// Where the node runs: once, in a comprehension's range, or once per
+    /// iteration of a comprehension.
+    place: Place,
 }
+
+/// Where a node of the tree runs (see [`Pending`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Once,
+    /// In a comprehension's range: a `map` there that builds values would
+    /// multiply the outer one's work as nesting would (one building long
+    /// strings that an `exists` joins again took tens of seconds).
+    Range,
+    /// Once per iteration.
+    Loop,
+    /// Once per iteration of a `map` in a comprehension's range.
+    RangedMap,
+}
+
+/// Most `+` run once per iteration of a comprehension: each may copy a
+/// string of up to a fact's length times the terms before it, once per
+/// element of a list of up to thousands.
+pub const MAX_LOOP_ADDITIONS: usize = 8;
 
 /// Validates the tree without recursing (it may be thousands of levels deep):
 /// its depth, the names it uses, its comprehensions and its patterns.
@@ -683,17 +707,18 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
         calls: Vec::new(),
     };
     let mut maps = 0;
+    let mut loop_additions = 0;
     let mut stack = vec![Pending {
         expr: program.expression(),
         depth: 1,
         scope: None,
-        in_loop: false,
+        place: Place::Once,
     }];
     while let Some(Pending {
         expr,
         depth,
         scope,
-        in_loop,
+        place,
     }) = stack.pop()
     {
         if depth > MAX_AST_DEPTH {
@@ -703,12 +728,12 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
             ));
         }
         checked.depth = checked.depth.max(depth);
-        let mut push = |child: &'a IdedExpr, scope: Option<usize>, in_loop: bool| {
+        let mut push = |child: &'a IdedExpr, scope: Option<usize>, place: Place| {
             stack.push(Pending {
                 expr: child,
                 depth: depth + 1,
                 scope,
-                in_loop,
+                place,
             })
         };
         match &expr.expr {
@@ -731,7 +756,7 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                     ));
                 }
             }
-            Expr::Select(select) => push(&select.operand, scope, in_loop),
+            Expr::Select(select) => push(&select.operand, scope, place),
             Expr::Call(call) => {
                 if call.func_name == "matches" {
                     let pattern = if call.target.is_some() {
@@ -749,26 +774,53 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                         .calls
                         .push((expr, &call.func_name, call.target.is_some()));
                 }
+                // A macro's own step (`@result + [x]`) builds its list once.
+                let accumulates = matches!(
+                    call.args.first().map(|a| &a.expr),
+                    Some(Expr::Ident(name)) if name.starts_with('@')
+                );
+                if call.func_name == operators::ADD && !accumulates {
+                    if place == Place::RangedMap {
+                        return Err(error_at(
+                            "a map() whose result another comprehension runs over cannot build \
+                             values with '+'"
+                                .to_owned(),
+                            expr,
+                        ));
+                    }
+                    if place == Place::Loop {
+                        loop_additions += 1;
+                        if loop_additions > MAX_LOOP_ADDITIONS {
+                            return Err(error_at(
+                                format!(
+                                    "more than {MAX_LOOP_ADDITIONS} '+' run for each element \
+                                     of a comprehension"
+                                ),
+                                expr,
+                            ));
+                        }
+                    }
+                }
                 if let Some(target) = &call.target {
-                    push(target, scope, in_loop);
+                    push(target, scope, place);
                 }
                 for arg in &call.args {
-                    push(arg, scope, in_loop);
+                    push(arg, scope, place);
                 }
             }
             Expr::List(list) => {
                 for element in &list.elements {
-                    push(element, scope, in_loop);
+                    push(element, scope, place);
                 }
             }
             Expr::Map(map) => {
                 for entry in &map.entries {
                     match &entry.expr {
                         EntryExpr::MapEntry(entry) => {
-                            push(&entry.key, scope, in_loop);
-                            push(&entry.value, scope, in_loop);
+                            push(&entry.key, scope, place);
+                            push(&entry.value, scope, place);
                         }
-                        EntryExpr::StructField(field) => push(&field.value, scope, in_loop),
+                        EntryExpr::StructField(field) => push(&field.value, scope, place),
                     }
                 }
             }
@@ -782,13 +834,18 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                 ));
             }
             Expr::Comprehension(comprehension) => {
-                if in_loop {
+                if matches!(place, Place::Loop | Place::RangedMap) {
                     return Err(error_at(
                         "comprehensions (all, exists, exists_one, filter, map) cannot be nested"
                             .to_owned(),
                         expr,
                     ));
                 }
+                let body = if place == Place::Range && is_map(comprehension) {
+                    Place::RangedMap
+                } else {
+                    Place::Loop
+                };
                 if is_map(comprehension) {
                     maps += 1;
                     if maps > 1 {
@@ -799,8 +856,8 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                     }
                 }
                 // Evaluated once, outside the loop's scope.
-                push(&comprehension.iter_range, scope, false);
-                push(&comprehension.accu_init, scope, false);
+                push(&comprehension.iter_range, scope, Place::Range);
+                push(&comprehension.accu_init, scope, Place::Once);
                 let mut inner = scope;
                 let names = [
                     Some(comprehension.accu_var.as_str()),
@@ -812,9 +869,9 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                     checked.bound.insert(name);
                     inner = Some(scopes.len() - 1);
                 }
-                push(&comprehension.loop_cond, inner, true);
-                push(&comprehension.loop_step, inner, true);
-                push(&comprehension.result, inner, false);
+                push(&comprehension.loop_cond, inner, body);
+                push(&comprehension.loop_step, inner, body);
+                push(&comprehension.result, inner, Place::Once);
             }
         }
     }
@@ -1401,6 +1458,27 @@ mod tests {
         );
         // A comprehension in the range of another runs once.
         assert!(Condition::compile("facts.filter(k, k != 'a').exists(k, k == 'b')").is_ok());
+        // Not a map: each of its long results joined again in the next
+        // loop took tens of seconds (a 1 KiB fact, 64 copies, 1,400 times).
+        let joined = format!(
+            "has(facts.v) && [{}].map(i, {}).exists(y, y + y == '')",
+            vec!["0"; 1400].join(","),
+            vec!["facts.v"; 64].join(" + ")
+        );
+        let error = Condition::compile(&joined).unwrap_err();
+        assert!(error.message.contains("cannot build values"), "{error}");
+        // At most MAX_LOOP_ADDITIONS `+` run per element.
+        let per_element = |n: usize| {
+            format!(
+                "[0, 1].exists(i, {} == '')",
+                vec!["facts.v"; n + 1].join(" + ")
+            )
+        };
+        assert!(Condition::compile(&per_element(MAX_LOOP_ADDITIONS)).is_ok());
+        let error = Condition::compile(&per_element(MAX_LOOP_ADDITIONS + 1)).unwrap_err();
+        assert!(error.message.contains("for each element"), "{error}");
+        // Outside a loop, as before.
+        assert!(Condition::compile(&format!("{} != ''", vec!["facts.v"; 40].join(" + "))).is_ok());
     }
 
     #[test]
