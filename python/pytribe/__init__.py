@@ -32,9 +32,12 @@ import os
 import threading
 import time
 import weakref
-from typing import (
+# ClassVar and Type too: the public classes of _types and _errors say they
+# live here, so typing.get_type_hints resolves their annotations here.
+from typing import (  # noqa: F401
     Any,
     Callable,
+    ClassVar,
     Dict,
     Iterable,
     List,
@@ -43,6 +46,7 @@ from typing import (
     Optional,
     Set,
     Tuple,
+    Type,
     TypeVar,
     Union,
 )
@@ -1251,7 +1255,8 @@ class Node(_NoCopy):
         """A new subscriber to this node's events (the first one of a node
         also gets the events since start). Iterating it stops after
         ``timeout`` seconds without an event (None: never) or when the node
-        stops."""
+        stops; one made after :meth:`close` ends once it has handed out what
+        was queued (the events since start, for a node's first)."""
         _check_timeout("events", timeout, allow_none=True)
         return Events(self._native.events(), timeout, self.name)
 

@@ -220,6 +220,9 @@ pub(crate) struct Pool {
     pub(crate) closed: Arc<AtomicBool>,
     /// The node's name, for the records its handlers' failures log.
     node: Arc<str>,
+    /// [`crate::forks`] when the pool was made: in a forked child its
+    /// queue is fed by nothing, and a pool thread there takes nothing.
+    forks: u64,
 }
 
 impl Pool {
@@ -230,6 +233,7 @@ impl Pool {
             rx,
             node: node.into(),
             closed: Arc::default(),
+            forks: crate::forks(),
         }
     }
 
@@ -277,7 +281,7 @@ pub(crate) fn take_call(py: Python<'_>, pool: &Pool) -> PyResult<Option<Taken>> 
         // A closed pool takes nothing more (its queue was drained), and
         // waits for nothing: at interpreter exit no pool thread may be in
         // native code with the GIL released (see `TakenCall`).
-        if pool.closed.load(Ordering::Acquire) {
+        if pool.closed.load(Ordering::Acquire) || pool.forks != crate::forks() {
             return Ok(None);
         }
         let work = py.detach(|| pool.rx.recv());
@@ -316,6 +320,25 @@ pub(crate) struct TakenCall {
     /// held (a write to a socket), never released while the interpreter may
     /// be finishing.
     closed: Arc<AtomicBool>,
+    /// [`crate::forks`] when the call was taken: a handler that forked
+    /// returns in the child too, which must not answer on the parent's
+    /// stream (the caller would take the child's answer).
+    forks: u64,
+}
+
+impl Drop for TakenCall {
+    fn drop(&mut self) {
+        // Dropped unanswered, a responder answers the caller: not from a
+        // forked child. No wait on the lock there: a parent thread may
+        // have held it at the fork.
+        if self.forks != crate::forks() {
+            if let Ok(mut running) = self.running.try_lock() {
+                std::mem::forget(running.take());
+            } else {
+                std::mem::forget(self.running.clone());
+            }
+        }
+    }
 }
 
 impl TakenCall {
@@ -353,13 +376,17 @@ impl TakenCall {
                 node: pool.node.clone(),
                 running,
                 closed: pool.closed.clone(),
+                forks: pool.forks,
             },
         ))
     }
 
     /// The responder, once: `None` when the call was answered already or
-    /// abandoned meanwhile.
+    /// abandoned meanwhile, and in a forked child.
     fn take(&self) -> Option<tribe::Responder> {
+        if self.forks != crate::forks() {
+            return None;
+        }
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())

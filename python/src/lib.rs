@@ -19,7 +19,7 @@ mod logs;
 mod node;
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -62,6 +62,7 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
 /// exist here, so the next use starts a new runtime.
 #[pyfunction]
 fn _after_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::SeqCst);
     *RUNTIME.lock().unwrap_or_else(|p| p.into_inner()) = None;
     aio::after_fork_in_child();
     // The parent's threads counted there do not exist here.
@@ -128,6 +129,16 @@ fn key_id(key: &str) -> PyResult<String> {
     let key = tribe::SecretKey::from_base64(key.trim())
         .map_err(|e| crate::errors::value_error(e.to_string()))?;
     Ok(key.id().to_string())
+}
+
+/// Forks in this process's line (bumped in each child): a call taken
+/// before a fork belongs to the parent, whose sockets a child shares.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+/// The count of [`FORKS`] now, for an object to tell later whether it was
+/// made in this process.
+pub(crate) fn forks() -> u64 {
+    FORKS.load(Ordering::SeqCst)
 }
 
 /// Threads of the module's own (the asyncio completer) attached to the

@@ -384,6 +384,63 @@ def test_a_forked_child_gets_a_runtime_of_its_own_and_exits() -> None:
     assert "CHILD 0" in out.stdout, out.stdout + out.stderr
 
 
+FORK_IN_HANDLER = textwrap.dedent(
+    """
+    import os, sys, time, warnings
+    import pytribe
+    warnings.simplefilter("ignore", DeprecationWarning)
+    host = pytribe.Node("host", profile="local", collect_facts=False)
+    host.create_tribe("t")
+    host.join("t")
+    children = []
+
+    def forks(payload, info):
+        pid = os.fork()
+        if pid == 0:
+            # The child returns into the pool's loop too: its answer must
+            # not reach the caller, and its thread must end.
+            return b"from the child"
+        children.append(pid)
+        time.sleep(0.2)
+        return b"from the parent"
+
+    host.serve("forks", "1", "processor", forks)
+    caller = pytribe.Node("caller", seeds=[host.addr], profile="local", collect_facts=False)
+    deadline = time.monotonic() + 20
+    while caller.tribe("t") is None or not caller.tribe("t").members:
+        assert time.monotonic() < deadline, "no tribe"
+        time.sleep(0.05)
+    for _ in range(3):
+        got = caller.call("t", "forks", b"", timeout=5)
+        assert got == b"from the parent", got
+    for pid in children:
+        started = time.monotonic()
+        while True:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() - started > 15:
+                os.kill(pid, 9)
+                os.waitpid(pid, 0)
+                print("HUNG", pid, flush=True)
+                break
+            time.sleep(0.02)
+    caller.close()
+    host.close()
+    print("DONE", len(children), flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_forked_by_a_handler_neither_answers_nor_hangs() -> None:
+    # The child's pool thread answered the parent's call on the parent's
+    # stream, then waited for ever on a queue nothing feeds there.
+    out = run_script(FORK_IN_HANDLER, timeout=90)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "DONE 3" in out.stdout and "HUNG" not in out.stdout, out.stdout + out.stderr
+
+
 FORK_UNDER_ASYNCIO = textwrap.dedent(
     """
     import asyncio, os, sys, threading, time, warnings

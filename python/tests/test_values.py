@@ -218,3 +218,14 @@ def test_event_subscribers_show_and_close(node: pytribe.Node) -> None:
         assert [e async for e in aevents] == []
 
     asyncio.run(asyncio.wait_for(read(), 10))
+
+
+def test_type_hints_of_every_public_class_resolve() -> None:
+    # The classes say they live in pytribe; their annotations named
+    # ClassVar, which was not there (typeguard and friends failed).
+    import typing
+
+    for name in pytribe.__all__:
+        obj = getattr(pytribe, name)
+        if isinstance(obj, type):
+            typing.get_type_hints(obj)
