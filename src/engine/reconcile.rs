@@ -13,6 +13,10 @@ use super::name_claims;
 use super::view::{Membership, PluginEntry, Task, View};
 use super::{Engine, Output};
 
+/// Least time between two reports of one failing policy whose message
+/// changed.
+const POLICY_ERROR_REPEAT_MS: u64 = 60_000;
+
 /// What happened, as this node sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -141,8 +145,8 @@ pub struct Reconciler {
     /// Facts and policies of the last request, to ask only when they change
     /// (cleared when an answer holds a transient failure).
     policy_asked: Option<(BTreeMap<String, String>, Vec<PolicyInput>)>,
-    /// Policy errors reported, by policy name.
-    reported_errors: BTreeMap<String, String>,
+    /// Policy errors reported, by policy name: the message said, and when.
+    reported_errors: BTreeMap<String, (String, u64)>,
     /// What of this node's own record and state the view last derived
     /// from: its policy tribes, and whether it had left.
     own_inputs: Option<(BTreeSet<String>, bool)>,
@@ -494,15 +498,29 @@ impl Engine {
                 );
             }
         }
-        for (policy, message) in &errors {
-            if self.reconcile.reported_errors.get(policy) != Some(message) {
-                self.emit(Event::PolicyError {
-                    policy: policy.clone(),
-                    message: message.clone(),
-                });
-            }
+        // A failing policy is said again when its message changes, but not
+        // more than once a minute: a message that quotes a fact's value
+        // (`division by zero of Int(7)`) changes with every change of it.
+        let now = self.now_ms();
+        let mut reported = BTreeMap::new();
+        for (policy, message) in errors {
+            let said = match self.reconcile.reported_errors.remove(&policy) {
+                Some((before, at))
+                    if before == message || now.saturating_sub(at) < POLICY_ERROR_REPEAT_MS =>
+                {
+                    (before, at)
+                }
+                _ => {
+                    self.emit(Event::PolicyError {
+                        policy: policy.clone(),
+                        message: message.clone(),
+                    });
+                    (message, now)
+                }
+            };
+            reported.insert(policy, said);
         }
-        self.reconcile.reported_errors = errors;
+        self.reconcile.reported_errors = reported;
 
         if holding != self.record.policy_tribes {
             self.record.policy_tribes = holding;
@@ -761,6 +779,36 @@ mod tests {
         engine.handle_timer(1_500, super::super::Timer::Housekeeping);
         drain_events(&mut engine, &mut set);
         assert!(engine.in_tribe("everyone"));
+    }
+
+    #[test]
+    fn a_policy_error_that_quotes_a_changing_fact_is_said_at_most_once_a_minute() {
+        let mut cfg = crate::Config::new("n");
+        cfg.collect_facts = false;
+        let mut engine = Engine::started_for_test(&cfg);
+        let mut set = PolicySet::new();
+        drain_events(&mut engine, &mut set);
+        let policy = crate::Command::AddPolicy {
+            name: "p".into(),
+            tribe: "t".into(),
+            when: "has(facts.ctr) && int(facts.ctr) / 0 == 1".into(),
+        };
+        engine.handle_command(1_100, policy).unwrap();
+        let mut set_ctr = |at: u64, value: u64| {
+            let fact = crate::Command::SetFact {
+                key: "ctr".into(),
+                value: value.to_string(),
+            };
+            engine.handle_command(at, fact).unwrap();
+            drain_events(&mut engine, &mut set)
+                .iter()
+                .filter(|e| matches!(e, Event::PolicyError { .. }))
+                .count()
+        };
+        // Each value gives another message ("... of Int(7)").
+        let said: usize = (0..20).map(|i| set_ctr(2_000 + i * 100, i)).sum();
+        assert_eq!(said, 1);
+        assert_eq!(set_ctr(70_000, 99), 1);
     }
 
     #[test]

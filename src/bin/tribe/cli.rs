@@ -253,11 +253,26 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
     let write_all = || -> std::io::Result<()> {
         writeln!(tw, "{}", headers.join("\t"))?;
         for row in rows {
-            writeln!(tw, "{}", row.join("\t"))?;
+            let cells: Vec<_> = row.iter().map(|c| table_cell(c)).collect();
+            writeln!(tw, "{}", cells.join("\t"))?;
         }
         tw.flush()
     };
     stdout_result(write_all())
+}
+
+/// A value as one table cell: a tab or a line break in it (a policy's
+/// expression may hold them) would start another column or row.
+fn table_cell(value: &str) -> std::borrow::Cow<'_, str> {
+    if value.contains(['\t', '\n', '\r']) {
+        value
+            .replace('\t', "\\t")
+            .replace('\n', "\\n")
+            .replace('\r', "\\r")
+            .into()
+    } else {
+        value.into()
+    }
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), String> {
@@ -727,5 +742,19 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
             let reply = admin.put("/v1/encryption", Some(&json!({ "mode": mode })))?;
             done(opts, reply, format!("encryption mode set to {mode}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::table_cell;
+
+    #[test]
+    fn a_cell_keeps_to_its_row_and_column() {
+        assert_eq!(
+            table_cell("facts.a == 'x' &&\n\tfacts.b == 'y'"),
+            "facts.a == 'x' &&\\n\\tfacts.b == 'y'"
+        );
+        assert_eq!(table_cell("plain"), "plain");
     }
 }
