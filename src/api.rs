@@ -117,7 +117,7 @@ impl Node {
         let mut durable = None;
         if let Some(dir) = &config.data_dir {
             crate::datadir::prepare(dir)?;
-            dir_lock = Some(crate::datadir::lock(dir)?);
+            dir_lock = Some(Arc::new(crate::datadir::lock(dir)?));
             durable = crate::datadir::load_for(dir, &config.name)?;
             config.keyring = crate::datadir::merge_keyring(dir, config.keyring.take())?;
         }

@@ -275,8 +275,10 @@ pub(crate) struct Driver {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     timer_slots: HashMap<u64, Timer>,
     timer_seq: u64,
-    /// Held while the driver runs: no second node uses the data dir.
-    pub(crate) dir_lock: Option<crate::datadir::DirLock>,
+    /// Held while the driver runs, and by a write under way: no second node
+    /// uses the data dir (a node dropped without a shutdown, its write
+    /// still running, let the next start take the lock and race it).
+    pub(crate) dir_lock: Option<Arc<crate::datadir::DirLock>>,
     /// Revision of the durable state last written to the data dir.
     saved_revision: Option<(u64, usize, usize, usize)>,
     /// The data-dir write under way.
@@ -511,10 +513,10 @@ impl Driver {
             (revision, durable, ring.filter(|_| ring_changed))
         };
         let shape = ring.as_ref().map(|r| (r.ids(), r.primary_id()));
-        let held = self.dir_lock.as_ref().map(|l| l.id());
+        let lock = self.dir_lock.clone();
         let result = writer.run(move || -> std::io::Result<()> {
-            if let Some(held) = held {
-                crate::datadir::still_held(&dir, held)?;
+            if let Some(lock) = &lock {
+                crate::datadir::still_held(&dir, lock.id())?;
             }
             if let Some(ring) = &ring {
                 crate::datadir::save_keyring(&dir, ring)?;
