@@ -436,44 +436,53 @@ fn compile_program(source: &str) -> Result<Compiled, PolicyError> {
         patterns: Arc::new(patterns),
     };
     compiled.probe()?;
-    check_fact_literals(source)?;
     Ok(compiled)
 }
 
-/// Refuses a fact compared for equality with a number, a bool or null
-/// (`facts.cores == 2`, `facts.ssd != true`, `facts.cores in [2, 4]`):
+/// Whether `call` compares a fact for equality with a number, a bool or
+/// null (`facts.cores == 2`, `facts.ssd != true`, `facts.cores in [2, 4]`):
 /// CEL allows it, but facts are strings, so it holds for no node (or, with
-/// `!=`, for every one) and no evaluation ever reports why.
-fn check_fact_literals(source: &str) -> Result<(), PolicyError> {
-    static MIXED: OnceLock<regex::Regex> = OnceLock::new();
-    let mixed = MIXED.get_or_init(|| {
-        let fact = r#"facts\s*(?:\.\s*[A-Za-z_][A-Za-z0-9_]*|\[\s*(?:"[^"\\]*"|'[^'\\]*')\s*\])"#;
-        let literal = r"(?:-?\d[\d.eExXa-fA-Fu]*|true|false|null)\b";
-        regex::Regex::new(&format!(
-            r"\b({fact})\s*(?:==|!=)\s*{literal}|(?:^|[^\w.])({literal})\s*(?:==|!=)\s*({fact})|\b({fact})\s+in\s*\[\s*{literal}"
-        ))
-        .expect("a valid pattern")
-    });
-    let Some(found) = mixed.captures(source) else {
-        return Ok(());
+/// `!=`, for every one) and no evaluation ever reports why. Read from the
+/// tree: the same text in a comment or a string is no comparison.
+fn compares_fact_with_non_string(call: &cel::common::ast::CallExpr) -> bool {
+    let is_fact = |e: &IdedExpr| match &e.expr {
+        Expr::Select(select) => {
+            !select.test && matches!(&select.operand.expr, Expr::Ident(n) if n == FACTS_VAR)
+        }
+        Expr::Call(index) if index.func_name == operators::INDEX && index.args.len() == 2 => {
+            matches!(&index.args[0].expr, Expr::Ident(n) if n == FACTS_VAR)
+                && matches!(&index.args[1].expr, Expr::Literal(LiteralValue::String(_)))
+        }
+        _ => false,
     };
-    let Some(whole) = found.get(0) else {
-        return Ok(());
+    let not_a_string = |e: &IdedExpr| {
+        let e = match &e.expr {
+            Expr::Call(neg) if neg.func_name == operators::NEGATE && neg.args.len() == 1 => {
+                &neg.args[0]
+            }
+            _ => e,
+        };
+        matches!(
+            &e.expr,
+            Expr::Literal(
+                LiteralValue::Int(_)
+                    | LiteralValue::UInt(_)
+                    | LiteralValue::Double(_)
+                    | LiteralValue::Boolean(_)
+                    | LiteralValue::Null
+            )
+        )
     };
-    // The second form may begin with the character before the literal.
-    let text = whole
-        .as_str()
-        .trim_start_matches(|c: char| !(c.is_alphanumeric() || c == '-'));
-    let at = whole.end() - text.len();
-    let text = text.trim_end();
-    Err(PolicyError::at(
-        format!(
-            "{text:?} compares a fact with a number, a bool or null, which holds for no \
-             value: facts are strings (compare with a string, or convert: int(facts.x) == 2)"
-        ),
-        source,
-        at,
-    ))
+    match (call.func_name.as_str(), call.args.as_slice()) {
+        (operators::EQUALS | operators::NOT_EQUALS, [a, b]) => {
+            (is_fact(a) && not_a_string(b)) || (not_a_string(a) && is_fact(b))
+        }
+        (operators::IN, [a, b]) => {
+            is_fact(a)
+                && matches!(&b.expr, Expr::List(list) if list.elements.iter().any(not_a_string))
+        }
+        _ => false,
+    }
 }
 
 /// The names of the facts a policy expression names (`facts.x`,
@@ -758,6 +767,14 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
             }
             Expr::Select(select) => push(&select.operand, scope, place),
             Expr::Call(call) => {
+                if compares_fact_with_non_string(call) {
+                    return Err(error_at(
+                        "a fact compared with a number, a bool or null holds for no value: facts \
+                         are strings (compare with a string, or convert: int(facts.x) == 2)"
+                            .to_owned(),
+                        expr,
+                    ));
+                }
                 if call.func_name == "matches" {
                     let pattern = if call.target.is_some() {
                         call.args.first()
@@ -1146,8 +1163,12 @@ mod tests {
         }
         let err =
             Condition::compile("facts.os_dist == \"ubuntu\" &&\n  facts.cores == 2").unwrap_err();
-        assert_eq!((err.line, err.column), (Some(2), Some(3)), "{err:?}");
+        // At the comparison.
+        assert_eq!((err.line, err.column), (Some(2), Some(15)), "{err:?}");
         for good in [
+            // The same text in a comment or a string is no comparison.
+            "int(facts.processor_count) == 2 // was: facts.processor_count == 2",
+            "facts.os_dist == \"facts.idx == 1\"",
             "facts.processor_count == \"2\"",
             "\"2\" == facts.processor_count",
             "int(facts.processor_count) == 2",

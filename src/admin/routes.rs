@@ -295,11 +295,17 @@ pub(super) async fn add_task(
     // The agents run what this API adds: a manifest they would refuse to
     // run is refused here, naming the field.
     crate::workflow::manifest::Manifest::parse(&req.id, &manifest).map_err(|e| {
+        use crate::workflow::manifest::ManifestError;
         // A size or JSON error names the manifest itself; a field's does not.
         let message = match e {
-            crate::workflow::manifest::ManifestError::Invalid { .. } => {
-                format!("task manifest: {e}")
+            ManifestError::Invalid { .. } => format!("task manifest: {e}"),
+            // Parsed from the value written out again, compact: a line and
+            // column there point into text the client never sent.
+            ManifestError::Json { what, message } => ManifestError::Json {
+                what,
+                message: without_position(&message).to_string(),
             }
+            .to_string(),
             _ => e.to_string(),
         };
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_manifest", message)
@@ -310,6 +316,20 @@ pub(super) async fn add_task(
         state: state.as_str().to_string(),
         manifest: req.manifest,
     }))
+}
+
+/// A JSON parser's message without its trailing ` at line L column C`.
+fn without_position(message: &str) -> &str {
+    match message.rsplit_once(" at line ") {
+        Some((head, tail))
+            if tail
+                .split_once(" column ")
+                .is_some_and(|(l, c)| l.parse::<u64>().is_ok() && c.parse::<u64>().is_ok()) =>
+        {
+            head
+        }
+        _ => message,
+    }
 }
 
 pub(super) async fn remove_task(
@@ -454,5 +474,20 @@ pub(super) async fn prometheus(
             metrics::classic(&text),
         )
             .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_position;
+
+    #[test]
+    fn a_position_in_text_the_client_never_sent_is_left_out() {
+        assert_eq!(
+            without_position("unknown field `timeout`, expected `interval` at line 1 column 113"),
+            "unknown field `timeout`, expected `interval`"
+        );
+        assert_eq!(without_position("EOF while parsing"), "EOF while parsing");
+        assert_eq!(without_position("at line one"), "at line one");
     }
 }
