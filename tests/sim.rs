@@ -648,13 +648,17 @@ fn a_tribe_suspended_together_keeps_its_state() {
         for i in 0..n {
             sim.pause(i, Duration::from_secs(200));
         }
-        sim.run_for(Duration::from_secs(300));
-        for i in 0..n {
-            for t in ["a", "b", "c"] {
-                assert!(
-                    sim.engine(i).unwrap().tribe(t).is_some(),
-                    "seed {seed}: node {i}: tribe {t} lost"
-                );
+        // Seen again within seconds of the wake: once every peer up held
+        // them too, no one is left to decide (hidden for the hold's 30 s).
+        for (run_s, when) in [(206, "5 s after the wake"), (94, "at the end")] {
+            sim.run_for(Duration::from_secs(run_s));
+            for i in 0..n {
+                for t in ["a", "b", "c"] {
+                    assert!(
+                        sim.engine(i).unwrap().tribe(t).is_some(),
+                        "seed {seed}: node {i}: tribe {t} lost {when}"
+                    );
+                }
             }
         }
     }

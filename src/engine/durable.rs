@@ -264,19 +264,29 @@ impl Engine {
         );
         self.pending.extend(taken);
         self.stall_hold_until = Some(self.now_ms().saturating_add(STALL_HOLD_MS));
+        self.stall_undecided_by.clear();
     }
 
     /// Ends the hold of [`Engine::hold_after_stall`] once its records are
-    /// resolved; when no peer decided them in time (every peer reached held
-    /// them too: a tribe that slept together), they are kept. When no peer
-    /// is up any more, they are back until one is.
+    /// resolved; when every member held them too (a tribe that slept
+    /// together), or no peer decided them in time, they are kept. When no
+    /// peer is up any more, they are back until one is.
     pub(super) fn end_stall_hold_when_due(&mut self) {
         let Some(until) = self.stall_hold_until else {
             return;
         };
         if !self.pending.is_empty() {
             let isolated = self.members.count_up() == 0;
-            if self.now_ms() < until && !isolated {
+            // Every member slept too (a tribe suspended as a whole): no one
+            // is left to decide, and waiting would only hide the records.
+            // Failed ones count: sleepers cut off from the others may see
+            // them down, and must not vouch for each other sooner.
+            let all_held = self
+                .members
+                .iter()
+                .filter(|(_, r)| r.state != super::members::MemberState::Left)
+                .all(|(name, _)| self.stall_undecided_by.contains(name));
+            if self.now_ms() < until && !isolated && !all_held {
                 // Only an exchange this node opens decides them: one with
                 // each peer in turn, not one a push-pull interval.
                 if !self.conns.values().any(|x| x.initiator) {
@@ -291,9 +301,14 @@ impl Engine {
                     "no peer is up: the records held since the stall are back until one is"
                 );
             } else {
+                let why = if all_held {
+                    "every member held them too (the tribe slept together)"
+                } else {
+                    "no peer decided them in time"
+                };
                 tracing::info!(
                     records = back.len(),
-                    "no peer decided the records held since the stall in time: kept as they were"
+                    "the records held since the stall are kept as they were: {why}"
                 );
                 self.stall_unconfirmed = false;
             }

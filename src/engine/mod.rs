@@ -263,6 +263,9 @@ pub struct Engine {
     /// A stall longer than the tombstone grace happened and no peer has
     /// decided this node's records since (see [`Engine::after_stall`]).
     stall_unconfirmed: bool,
+    /// Peers that held this node's held records pending too, since the hold
+    /// began: once every peer up did, no one is left to decide them.
+    stall_undecided_by: BTreeSet<String>,
     /// The last reading given to [`Engine::set_elapsed_ms`].
     elapsed_ms: Option<u64>,
     /// A stall found there, for the next input.
@@ -446,6 +449,7 @@ impl Engine {
             pending: BTreeMap::new(),
             stall_hold_until: None,
             stall_unconfirmed: false,
+            stall_undecided_by: BTreeSet::new(),
             elapsed_ms: None,
             stalled_ms: None,
             last_contact_ms: 0,
@@ -752,6 +756,9 @@ impl Engine {
         let kind = match e {
             wire::WireError::UnknownKey(_) | wire::WireError::Auth => "datagram_auth",
             wire::WireError::LabelMismatch => "datagram_label",
+            // Its own: junk now and then must not hide a node of another
+            // build.
+            wire::WireError::UnsupportedVersion(_) => "datagram_version",
             _ => "datagram_malformed",
         };
         warn_limited!(self, kind, || format!("datagram from {from} refused: {e}"));

@@ -723,6 +723,10 @@ impl Engine {
         let theirs = std::mem::take(&mut x.theirs);
         let undecided = std::mem::take(&mut x.undecided);
         self.resolve_pending(&mismatched, &theirs, &undecided);
+        if let (false, Some(from)) = (undecided.is_empty(), &from) {
+            self.stall_undecided_by.insert(from.name.to_string());
+            self.end_stall_hold_when_due();
+        }
         if !mismatched.is_empty() {
             let push: Vec<(Key, Entry)> = {
                 let sh = lock(&self.shared);
@@ -906,10 +910,17 @@ impl Engine {
             } else {
                 "not reachable, or they hold other keys or run with another cluster label"
             };
+            // Seeds refuse, without a word, the identity of a node whose
+            // clock runs beyond their horizon.
+            let clock = if self.joined_once {
+                ""
+            } else {
+                "; or this node's clock runs ahead of theirs by more than the clock skew they take (check the clocks)"
+            };
             tracing::warn!(
                 attempts = self.join_attempts - 1,
                 seeds = %list.join(", "),
-                "no seed has answered {} ({hint}); still trying",
+                "no seed has answered {} ({hint}{clock}); still trying",
                 if self.joined_once { "since this node lost contact with the others" } else { "yet" }
             );
         }
