@@ -716,7 +716,8 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
         calls: Vec::new(),
     };
     let mut maps = 0;
-    let mut loop_additions = 0;
+    // By comprehension (its innermost scope: they do not nest).
+    let mut loop_additions: HashMap<Option<usize>, usize> = HashMap::new();
     let mut stack = vec![Pending {
         expr: program.expression(),
         depth: 1,
@@ -806,8 +807,9 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                         ));
                     }
                     if place == Place::Loop {
-                        loop_additions += 1;
-                        if loop_additions > MAX_LOOP_ADDITIONS {
+                        let count = loop_additions.entry(scope).or_default();
+                        *count += 1;
+                        if *count > MAX_LOOP_ADDITIONS {
                             return Err(error_at(
                                 format!(
                                     "more than {MAX_LOOP_ADDITIONS} '+' run for each element \
@@ -1496,6 +1498,13 @@ mod tests {
             )
         };
         assert!(Condition::compile(&per_element(MAX_LOOP_ADDITIONS)).is_ok());
+        // Counted per comprehension.
+        let two = format!(
+            "{} || {}",
+            per_element(MAX_LOOP_ADDITIONS),
+            per_element(MAX_LOOP_ADDITIONS)
+        );
+        assert!(Condition::compile(&two).is_ok(), "{two}");
         let error = Condition::compile(&per_element(MAX_LOOP_ADDITIONS + 1)).unwrap_err();
         assert!(error.message.contains("for each element"), "{error}");
         // Outside a loop, as before.
