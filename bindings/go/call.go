@@ -42,8 +42,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
 	"math"
 	"runtime"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -496,10 +498,15 @@ type panicError struct{ value any }
 
 func (p panicError) Error() string { return fmt.Sprintf("handler panicked: %v", p.value) }
 
+// runHandler runs h; a panic becomes the caller's "panic" answer and, as
+// net/http does for its handlers, a line with the stack in the standard
+// logger of this process: the caller's node gets the message only.
 func runHandler(ctx context.Context, h Handler, info CallInfo, payload []byte) (reply []byte, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			reply, err = nil, &HandlerError{Code: "panic", Message: panicError{v}.Error()}
+			log.Printf("tribe: handler of %s (%s, version %s) panicked on a call from %s: %v\n%s",
+				info.Plugin, info.Tribe, info.Version, info.Caller, v, debug.Stack())
 		}
 	}()
 	return h(ctx, info, payload)

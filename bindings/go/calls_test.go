@@ -5,11 +5,31 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log"
+	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 )
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader goroutine.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
 
 // servedPair starts a host in tribe svc serving the given handlers (name ->
 // handler, all version 1 processors) and a caller outside the tribe, and
@@ -163,10 +183,17 @@ func TestCallsThroughATribe(t *testing.T) {
 	})
 
 	t.Run("handler panic", func(t *testing.T) {
+		var logged syncBuffer
+		log.SetOutput(&logged)
+		defer log.SetOutput(os.Stderr)
 		_, err := caller.Call(bg, target("panics"), nil)
 		var re *RemoteError
 		if !errors.As(err, &re) || re.Code != "panic" || !strings.Contains(re.Message, "nil map") {
 			t.Fatalf("got %v", err)
+		}
+		// The serving process keeps the stack (logged before the answer).
+		if text := logged.String(); !strings.Contains(text, "panicked on a call from") || !strings.Contains(text, "runHandler") {
+			t.Fatalf("logged: %q", text)
 		}
 		// The node keeps serving.
 		reply, err := caller.Call(bg, target("echo"), []byte("after"))
