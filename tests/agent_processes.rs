@@ -1407,6 +1407,8 @@ fn an_agent_refuses_a_publish_file_it_cannot_write() {
     let out = bare_agent_command(&[
         "--name",
         "sink",
+        "--admin",
+        "127.0.0.1:0",
         "--insecure-plaintext",
         "--publish-file",
         "/proc/nonexistent/out.jsonl",

@@ -581,16 +581,18 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     // it is logged.
     let mut signals = crate::signals::Watch::new(&[SIGTERM, SIGINT, SIGHUP])?;
 
+    // The publish file first: a path it cannot write is the operator's
+    // mistake, said before any port is taken (or found taken).
+    let publisher = match plan.publish_file {
+        Some(path) => Some(crate::tasks::file_publisher(path).await?),
+        None => None,
+    };
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
         .await
         .map_err(|e| format!("cannot listen for the admin API on {}: {e}", plan.admin))?;
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| format!("admin listener: {e}"))?;
-    let publisher = match plan.publish_file {
-        Some(path) => Some(crate::tasks::file_publisher(path).await?),
-        None => None,
-    };
     let node = Node::start(plan.config)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
