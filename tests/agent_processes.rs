@@ -1,7 +1,7 @@
 //! `tribe agent` processes on 127.0.0.1, driven only through the admin HTTP
 //! API and the admin commands of the `tribe` binary.
 
-use std::io::{BufRead as _, BufReader};
+use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -881,8 +881,31 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     assert!(log().contains(stream), "no {stream:?} in: {}", log());
 
     // Rotate with the CLI: install, use, remove; each waits for every node.
-    let out = cli_ok(&agents[1], &["keys", "install", &k2]);
-    assert!(out.contains("installed on 3/3"), "{out}");
+    // The key from standard input: a command line is seen by every user.
+    let mut install = Command::new(TRIBE)
+        .args([
+            "keys",
+            "install",
+            "-",
+            "--admin",
+            &agents[1].admin.to_string(),
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    install
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(format!("{k2}\n").as_bytes())
+        .unwrap();
+    let done = install.wait_with_output().unwrap();
+    let out = String::from_utf8_lossy(&done.stdout);
+    assert!(
+        done.status.success() && out.contains("installed on 3/3"),
+        "{out}"
+    );
     let out = cli_ok(&agents[2], &["keys", "use", &k2]);
     assert!(out.contains("primary on 3/3"), "{out}");
     let out = cli(&agents[0], &["keys", "remove", &k2]);
@@ -1232,7 +1255,6 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     assert_eq!(resp.status().as_u16(), 200, "the agent survives SIGHUP");
     // Clients that connect and stall (one mid-headers, one silent) do not
     // hold up a SIGTERM.
-    use std::io::Write as _;
     let mut stalled = std::net::TcpStream::connect(agent.admin).unwrap();
     stalled.write_all(b"GET /v1/status HTTP/1.1\r\n").unwrap();
     let _silent = std::net::TcpStream::connect(agent.admin).unwrap();

@@ -303,6 +303,26 @@ impl Engine {
         Ok(())
     }
 
+    /// After an exchange got through, this node holds the tribe's keyring
+    /// records: a primary taken from a refusing peer's proof (see
+    /// `try_another_key`) goes back to the tribe's once this node holds it.
+    /// The records alone never say so again: they did not change, and the
+    /// tribe went on sealing with its own primary while this node kept the
+    /// stale one for good (and a removal of the old key waited for it).
+    pub(super) fn follow_cluster_primary(&mut self) {
+        let primary = match lock(&self.shared).state.get(&Key::RingPrimary) {
+            Some(Value::RingPrimary(p)) => *p,
+            _ => return,
+        };
+        if self
+            .keyring
+            .as_ref()
+            .is_some_and(|ring| ring.primary_id() != primary && ring.get(primary).is_some())
+        {
+            self.apply_ring();
+        }
+    }
+
     /// Brings the local keyring in line with the replicated operations:
     /// installs live keys, switches to the cluster primary once held, and
     /// drops removed keys (never the one in use).
@@ -446,6 +466,30 @@ impl Engine {
 mod tests {
     use super::*;
     use crate::engine::commands::Command;
+
+    /// A node that took an old key from a stale peer's proof seals with the
+    /// tribe's primary again after its next exchange (it kept the old one
+    /// for good, and a removal of the old key waited for it).
+    #[test]
+    fn a_primary_taken_from_a_stale_peers_proof_goes_back_after_an_exchange() {
+        let old = SecretKey::generate();
+        let old_id = old.id();
+        let mut cfg = crate::Config::new("n");
+        cfg.keyring = Some(crate::crypto::Keyring::new(old));
+        let mut engine = Engine::started_for_test(&cfg);
+        let new = SecretKey::generate();
+        let new_id = new.id();
+        engine.handle_command(2_000, Command::InstallKey(new)).unwrap();
+        engine.handle_command(2_100, Command::UseKey(new_id)).unwrap();
+        let primary = |e: &Engine| e.keyring.as_ref().unwrap().primary_id();
+        assert_eq!(primary(&engine), new_id);
+        // A peer that missed the rotation refuses the new key, proving it
+        // holds the old one; no peer up here, so this node takes it.
+        assert!(engine.try_another_key(3_000, new_id, Some(old_id)));
+        assert_eq!(primary(&engine), old_id);
+        engine.follow_cluster_primary();
+        assert_eq!(primary(&engine), new_id);
+    }
 
     /// Installed keys and removed ones (until collected) count against the
     /// keyring records' limit: the install past it is refused where it is

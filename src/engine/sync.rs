@@ -331,6 +331,8 @@ impl Engine {
             }
             self.last_exchanged = exchange.and_then(|x| x.peer).map(|p| (p, sh.now_ms));
             sh.counters.push_pulls_completed += 1;
+            drop(sh);
+            self.follow_cluster_primary();
         } else {
             sh.counters.push_pulls_failed += 1;
         }

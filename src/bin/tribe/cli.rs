@@ -175,7 +175,8 @@ pub enum KeysCmd {
     List,
     /// Install a key (base64) on every node, and wait until every live node holds it.
     Install {
-        /// The key, as `tribe keygen` prints it.
+        /// The key, as `tribe keygen` prints it, or `-` to read it from
+        /// standard input (a command line is visible to every user of the host).
         key: String,
         /// How long to wait for every live node to report the key, in seconds.
         #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(0..=3600))]
@@ -259,6 +260,19 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
         tw.flush()
     };
     stdout_result(write_all())
+}
+
+/// The key `tribe keys install -` reads: the first line of standard input.
+fn key_from_stdin() -> Result<String, String> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+    let key = line.trim();
+    if key.is_empty() {
+        return Err("invalid argument: no key on standard input (invalid_argument)".into());
+    }
+    Ok(key.to_string())
 }
 
 /// A value as one table cell: a tab or a line break in it (a policy's
@@ -717,6 +731,7 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
             print_table(&["KEY ID", "INSTALLED", "PRIMARY", "NODES"], rows)
         }
         KeysCmd::Install { key, wait } => {
+            let key = if key == "-" { key_from_stdin()? } else { key };
             let id = tribe::SecretKey::from_base64(&key)
                 .map_err(|e| format!("invalid argument: {e} (invalid_argument)"))?
                 .id();
