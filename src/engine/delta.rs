@@ -117,7 +117,7 @@ impl Shared {
         }
         if entry.version.millis > self.horizon_ms() {
             self.counters.clock_drift_rejections += 1;
-            self.log_ahead("a record", entry.version.millis);
+            self.log_ahead("a record from a peer", entry.version.millis);
             return false;
         }
         if entry.value.is_none()
@@ -135,6 +135,8 @@ impl Shared {
                 let kind = key.kind();
                 let limit = self.limits.of(kind);
                 tracing::warn!(
+                    record = ?key,
+                    writer = ?entry.version.node,
                     "a record from a peer was refused: this node holds its limit of {limit} {} \
                      and the {} more it takes from peers (deletions count until collected); \
                      a peer has a larger limit: keep the limits equal on every node",
@@ -162,7 +164,7 @@ impl Shared {
         due
     }
 
-    /// Says, at a limited rate, that `what` from a peer was refused for a
+    /// Says, at a limited rate, that `what` was refused for a
     /// time `at_ms` beyond the horizon: a clock far off (the peer's ahead,
     /// or this one behind) is otherwise silent but for a counter.
     fn log_ahead(&mut self, what: &str, at_ms: u64) {
@@ -171,7 +173,7 @@ impl Shared {
             let skew_s = self.max_skew_ms / 1000;
             tracing::warn!(
                 ahead_s,
-                "{what} from a peer was refused: it is from {ahead_s} s ahead of this node's clock, more than the {skew_s} s of clock skew taken; fix the clocks (a node whose clock is behind, or a peer's ahead)"
+                "{what} was refused: it is from {ahead_s} s ahead of this node's clock, more than the {skew_s} s of clock skew taken; fix the clocks (a node whose clock is behind, or a peer's ahead)"
             );
         }
     }
@@ -217,7 +219,12 @@ impl Shared {
         if id.generation > self.horizon_ms() || !crate::names::is_valid(&id.name) {
             self.counters.identities_refused += 1;
             if id.generation > self.horizon_ms() {
-                self.log_ahead("a node's identity", id.generation);
+                let who = if crate::names::is_valid(&id.name) {
+                    format!("the identity of {:?} at {}", id.name, id.addr)
+                } else {
+                    format!("a node's identity from {}", id.addr)
+                };
+                self.log_ahead(&who, id.generation);
             }
             return false;
         }

@@ -22,6 +22,21 @@ impl Engine {
         }
         self.clock_offsets.insert(peer.to_string(), offset);
         self.follow_peers_clocks();
+        self.report_skew(peer, offset);
+    }
+
+    /// A peer whose identity was refused as from beyond the horizon (its
+    /// start time, `generation`, ahead of this node's clock): reported as a
+    /// skewed clock, naming it, since it is refused before its clock is
+    /// sampled (it cannot join, and only this side can say why).
+    pub(super) fn report_ahead(&mut self, peer: &str, generation: u64) {
+        let now = self.now_ms();
+        self.report_skew(peer, clamp_i64(i128::from(generation) - i128::from(now)));
+    }
+
+    /// Reports a peer's clock `offset` ms off this node's, once until it
+    /// comes back within half the bound.
+    fn report_skew(&mut self, peer: &str, offset: i64) {
         let bound = CLOCK_SKEW_REPORT.as_millis() as i64;
         if offset.unsigned_abs() > bound as u64 {
             if self.skewed.insert(peer.to_string()) {

@@ -497,20 +497,24 @@ impl Engine {
         } else if !names::is_valid(&from.name) {
             lock(&self.shared).counters.frame_decode_errors += 1;
         } else {
-            let mut sh = lock(&self.shared);
-            if sh.screen_identity(from, Heard::Speaking) {
+            let (ahead, answered) = {
+                let mut sh = lock(&self.shared);
+                if sh.screen_identity(from, Heard::Speaking) {
+                    return true;
+                }
+                let ahead = from.generation > sh.horizon_ms();
+                // A node under our name elsewhere, newer (it holds the
+                // name): answered all the same, so that a copy seeded with
+                // this node alone joins the others through it (see
+                // `name_claims`). Its identity never reaches foca: the
+                // screen keeps it out of every member list this node applies.
+                (ahead, from.name == sh.own.name && from.addr != sh.own.addr && !ahead)
+            };
+            if answered {
                 return true;
             }
-            // A node under our name elsewhere, newer (it holds the name):
-            // answered all the same, so that a copy seeded with this node
-            // alone joins the others through it (see `name_claims`). Its
-            // identity never reaches foca: the screen keeps it out of
-            // every member list this node applies.
-            if from.name == sh.own.name
-                && from.addr != sh.own.addr
-                && from.generation <= sh.horizon_ms()
-            {
-                return true;
+            if ahead {
+                self.report_ahead(&from.name, from.generation);
             }
         }
         self.finish(conn, false);
