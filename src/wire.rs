@@ -54,8 +54,9 @@ pub enum WireError {
     /// has no keyring).
     #[error("sealed with key {0}, which this node does not hold")]
     UnknownKey(KeyId),
-    /// Sealed, but authentication failed (tampered, or another cluster's label).
-    #[error("authentication failed: the sender runs with another cluster label, or the datagram was tampered with")]
+    /// Sealed, but authentication failed (tampered or corrupted; another
+    /// cluster's label is found before, in the clear header).
+    #[error("authentication failed: the datagram was tampered with or corrupted on its way")]
     Auth,
     /// Another cluster's label.
     #[error("it carries another cluster label (the sender runs with another --label)")]

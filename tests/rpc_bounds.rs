@@ -152,10 +152,16 @@ async fn replies_over_max_payload_are_refused_and_counted() {
             .unwrap(),
         b"y"
     );
+    // Counted as a size refusal, as the caller is told.
     let stats = caller.rpc_stats();
     assert_eq!(
-        (stats.ok, stats.remote_error, stats.disconnected),
-        (1, 1, 0)
+        (
+            stats.ok,
+            stats.too_large,
+            stats.remote_error,
+            stats.disconnected
+        ),
+        (1, 1, 0, 0)
     );
     assert_eq!(host.rpc_stats().stream_errors, 0);
     for n in nodes {

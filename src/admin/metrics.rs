@@ -65,6 +65,27 @@ fn counter_family(registry: &mut Registry, name: &str, help: &str, rows: &[(Labe
     registry.register(name, help, family);
 }
 
+/// Whether the `Accept` header values ask for OpenMetrics over the classic
+/// text format: by their `q` weights (1 when absent), OpenMetrics when it
+/// weighs more than 0 and no less than `text/plain` or a wildcard.
+pub(super) fn wants_openmetrics<'a>(accept: impl Iterator<Item = &'a str>) -> bool {
+    let (mut openmetrics, mut plain) = (0.0f32, 0.0f32);
+    for range in accept.flat_map(|v| v.split(',')) {
+        let mut parts = range.split(';').map(str::trim);
+        let media = parts.next().unwrap_or_default().to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        match media.as_str() {
+            "application/openmetrics-text" => openmetrics = openmetrics.max(q),
+            "text/plain" | "text/*" | "*/*" => plain = plain.max(q),
+            _ => {}
+        }
+    }
+    openmetrics > 0.0 && openmetrics >= plain
+}
+
 /// Renders a snapshot in the Prometheus text exposition format.
 pub fn render(s: &Snapshot) -> String {
     let mut r = Registry::with_prefix("tribe");
@@ -155,7 +176,7 @@ pub fn render(s: &Snapshot) -> String {
     counter(
         &mut r,
         "auth_failures",
-        "Datagrams dropped for an unknown key or a failed authentication (another cluster label, or tampered)",
+        "Datagrams dropped for an unknown key or a failed authentication (tampered or corrupted)",
         c.datagram_auth_errors,
     );
     gauge(&mut r, "keyring_keys", "Keys this node holds", s.keys_held);
@@ -273,11 +294,14 @@ pub fn render(s: &Snapshot) -> String {
         "Peers found with a clock off this node's by more than 30 s",
         c.clock_skew_reports,
     );
-    gauge(
-        &mut r,
-        "clock_offset_ms",
-        "Median distance of the peers' clocks from this node's clock, in ms",
-        c.clock_offset_ms.unsigned_abs() as usize,
+    // Signed, and in seconds as Prometheus names a unit (`promtool check
+    // metrics` refuses `_ms`); the counters' JSON keeps `clock_offset_ms`.
+    let offset = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    offset.set(c.clock_offset_ms as f64 / 1000.0);
+    r.register(
+        "clock_offset_seconds",
+        "Median offset of the peers' clocks from this node's clock (positive: theirs ahead)",
+        offset,
     );
     gauge(
         &mut r,
@@ -523,6 +547,20 @@ fn samples_in_order(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn openmetrics_goes_to_who_prefers_it() {
+        let wants = |v: &str| wants_openmetrics(std::iter::once(v));
+        // What Prometheus sends.
+        assert!(wants("application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"));
+        assert!(wants("application/openmetrics-text"));
+        assert!(!wants("application/openmetrics-text;q=0"));
+        assert!(!wants(
+            "text/plain;version=0.0.4;q=0.9, application/openmetrics-text;q=0.1"
+        ));
+        assert!(!wants("*/*"));
+        assert!(!wants(""));
+    }
 
     #[test]
     fn renders_states_counters_and_eof() {

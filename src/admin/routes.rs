@@ -451,11 +451,12 @@ pub(super) async fn prometheus(
     });
     // OpenMetrics for a scraper that asks for it (Prometheus does), the
     // classic text format for the rest (curl, promtool, older agents).
-    let openmetrics = headers
-        .get_all(header::ACCEPT)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .any(|v| v.contains("application/openmetrics-text"));
+    let openmetrics = metrics::wants_openmetrics(
+        headers
+            .get_all(header::ACCEPT)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+    );
     if openmetrics {
         (
             [(
