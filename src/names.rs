@@ -17,9 +17,9 @@ pub fn check(what: &'static str, name: &str) -> Result<(), Error> {
     } else if name.len() > MAX_NAME_LEN {
         Some("is longer than 64 bytes")
     } else if !name.as_bytes()[0].is_ascii_alphanumeric() {
-        Some("must start with a letter or a digit")
+        Some("must start with an ASCII letter or digit")
     } else if !name.bytes().all(is_name_byte) {
-        Some("may hold only letters, digits and _ - . : @")
+        Some("may hold only ASCII letters, digits and _ - . : @")
     } else {
         None
     };
