@@ -773,6 +773,25 @@ fn a_node_whose_clock_is_hours_behind_joins() {
     }
 }
 
+/// A node whose clock is hours ahead is refused by its seed (its identity
+/// is from beyond the horizon): the seed reports the skew, naming it, where
+/// it only logged an anonymous refusal and neither side said whose clock.
+#[test]
+fn a_node_hours_ahead_is_reported_by_its_seed() {
+    let mut sim = cluster(6, 2);
+    let fast = sim.add_node();
+    sim.crash(fast);
+    sim.set_clock_offset(fast, 3 * 3600 * 1000);
+    sim.restart(fast);
+    sim.run_for(Duration::from_secs(30));
+    let seed = sim.engine(0).unwrap();
+    assert!(
+        seed.counters().clock_skew_reports >= 1,
+        "{:?}",
+        seed.counters()
+    );
+}
+
 /// In a tribe of one or two peers, a node's notion of the tribe's time
 /// follows them: it took its seeds' clocks 10 min fast to join, and after
 /// they were set right (and restarted: a running node's time does not step
