@@ -297,6 +297,16 @@ struct KeyringFile {
     ids: Vec<String>,
 }
 
+/// The keys' text is wiped when the file's value goes: a removed key must
+/// not stay readable in the process's memory (a core dump, swap).
+impl Drop for KeyringFile {
+    fn drop(&mut self) {
+        use zeroize::Zeroize as _;
+        self.primary.zeroize();
+        self.keys.iter_mut().for_each(|k| k.zeroize());
+    }
+}
+
 /// Writes the keyring (file mode 0600). Keys the file held and `ring`
 /// does not were removed: their ids are remembered (the last 64), so a
 /// restart never installs them again from a key file.
@@ -330,7 +340,8 @@ pub fn save_keyring(dir: &Path, ring: &Keyring) -> std::io::Result<()> {
             .map(|k| k.id().to_string())
             .collect(),
     };
-    let text = serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?;
+    let text =
+        zeroize::Zeroizing::new(serde_json::to_vec_pretty(&file).map_err(std::io::Error::other)?);
     write_private(dir, KEYRING_FILE, &text)
 }
 
@@ -344,7 +355,7 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let path = dir.join(KEYRING_FILE);
     let text = match std::fs::read(&path) {
-        Ok(t) => t,
+        Ok(t) => zeroize::Zeroizing::new(t),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return absent(&path).map(|()| None),
         Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     };
