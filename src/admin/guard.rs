@@ -48,7 +48,7 @@ impl Refusals {
         self.count.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    fn note(&self, code: &str, why: &str) {
+    fn note(&self, code: &str, why: &str, client: Option<std::net::SocketAddr>) {
         let n = self
             .count
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -57,10 +57,11 @@ impl Refusals {
         let now = std::time::Instant::now();
         if warned.is_none_or(|at| now.duration_since(at) >= WARN_EVERY) {
             *warned = Some(now);
+            let from = client.map_or_else(String::new, |c| format!(" from {c}"));
             tracing::warn!(
                 code,
                 refused = n,
-                "admin request refused: {why} ({n} refused so far; logged once a minute)"
+                "admin request{from} refused: {why} ({n} refused so far; logged once a minute)"
             );
         }
     }
@@ -131,13 +132,17 @@ fn token_refusal(headers: &HeaderMap, token: &str) -> Option<&'static str> {
 
 /// The middleware.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
+    let client = request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0);
     let headers = request.headers();
     if let Some(why) = guard
         .token
         .as_deref()
         .and_then(|t| token_refusal(headers, t))
     {
-        guard.refusals.note("unauthorized", why);
+        guard.refusals.note("unauthorized", why, client);
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
     // A Host header is required (HTTP/1.1 always sends one), and one that
@@ -145,7 +150,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !host.is_some_and(host_allowed) {
         let why = "the admin API answers only requests addressed to an IP address or localhost";
-        guard.refusals.note("forbidden_host", why);
+        guard.refusals.note("forbidden_host", why, client);
         return refuse(StatusCode::FORBIDDEN, "forbidden_host", why);
     }
     let has_body = headers

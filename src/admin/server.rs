@@ -76,8 +76,8 @@ pub async fn run(
             accepted = listener.accept() => accepted,
             Some(_) = conns.join_next(), if !conns.is_empty() => continue,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, client) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or a reset before accept: wait a
                 // moment rather than spin.
@@ -96,7 +96,11 @@ pub async fn run(
         // was written whole: only then may a newcomer take the place.
         let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
             let answering = conn_state.answering();
-            let request = request.map(|body| Watch::request(body, &conn_state));
+            let mut request = request.map(|body| Watch::request(body, &conn_state));
+            // Who asked, for the guard's warnings.
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(client));
             let answer = app.call(request);
             async move {
                 let response = answer.await?;
