@@ -29,13 +29,17 @@
 //!   has a known stack need: shallow trees are evaluated on the caller's
 //!   thread, deeper ones on a helper thread with a large stack;
 //! - comprehensions (`all`, `exists`, `exists_one`, `filter`, `map`) cannot
-//!   be nested nor run over values a `map` built with `+`, only one `map` is
-//!   allowed, and
+//!   be nested nor run over values a `map` built with `+`, at most
+//!   [`MAX_COMPREHENSIONS`] are allowed and one `map`, and
 //!   at most [`MAX_LOOP_ADDITIONS`] `+` run per element, so the work of an
 //!   evaluation is at most about the size of the expression times the
 //!   length of a fact times the elements of one list (a chain of `map`s
 //!   could double a value at every step; a `map` building long strings
-//!   that an `exists` joins again took tens of seconds);
+//!   that an `exists` joins again took tens of seconds). That is not
+//!   nothing: a hostile `matches()` over 9 KiB joined strings ran at about
+//!   4 MB/s, some 0.5 s for one comprehension over 250 facts of 1 KiB, so
+//!   a policy's author can still cost each node a second or two per
+//!   evaluation; nothing times an evaluation out;
 //! - `matches()` takes a string literal as its pattern, compiled once, here,
 //!   with a small size limit (cel's own `matches` compiles the pattern on every
 //!   call with a 10 MiB limit, tens of milliseconds each for a hostile one).
@@ -694,6 +698,11 @@ enum Place {
     RangedMap,
 }
 
+/// Most comprehensions in one expression: each may run a `matches()` over
+/// long joined strings once per fact (30 of them took 15 s over 250 facts
+/// of 1 KiB).
+pub const MAX_COMPREHENSIONS: usize = 4;
+
 /// Most `+` run once per iteration of a comprehension: each may copy a
 /// string of up to a fact's length times the terms before it, once per
 /// element of a list of up to thousands.
@@ -716,6 +725,7 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
         calls: Vec::new(),
     };
     let mut maps = 0;
+    let mut comprehensions = 0;
     // By comprehension (its innermost scope: they do not nest).
     let mut loop_additions: HashMap<Option<usize>, usize> = HashMap::new();
     let mut stack = vec![Pending {
@@ -857,6 +867,13 @@ fn check_tree<'a>(source: &str, program: &'a Program) -> Result<Checked<'a>, Pol
                     return Err(error_at(
                         "comprehensions (all, exists, exists_one, filter, map) cannot be nested"
                             .to_owned(),
+                        expr,
+                    ));
+                }
+                comprehensions += 1;
+                if comprehensions > MAX_COMPREHENSIONS {
+                    return Err(error_at(
+                        format!("more than {MAX_COMPREHENSIONS} comprehensions (all, exists, exists_one, filter, map)"),
                         expr,
                     ));
                 }
@@ -1507,6 +1524,11 @@ mod tests {
         assert!(Condition::compile(&two).is_ok(), "{two}");
         let error = Condition::compile(&per_element(MAX_LOOP_ADDITIONS + 1)).unwrap_err();
         assert!(error.message.contains("for each element"), "{error}");
+        // At most MAX_COMPREHENSIONS in one expression.
+        let many = |n: usize| vec!["facts.exists(k, k == 'a')"; n].join(" || ");
+        assert!(Condition::compile(&many(MAX_COMPREHENSIONS)).is_ok());
+        let error = Condition::compile(&many(MAX_COMPREHENSIONS + 1)).unwrap_err();
+        assert!(error.message.contains("comprehensions"), "{error}");
         // Outside a loop, as before.
         assert!(Condition::compile(&format!("{} != ''", vec!["facts.v"; 40].join(" + "))).is_ok());
     }

@@ -210,10 +210,15 @@ impl Engine {
         };
         // Heard lately: an old sighting may name a key the tribe has
         // left since.
-        let heard = self
-            .peer_key
-            .is_some_and(|(k, at)| k == theirs && now_ms.saturating_sub(at) <= PEER_KEY_FRESH_MS);
+        let fresh = |at: u64| now_ms.saturating_sub(at) <= PEER_KEY_FRESH_MS;
+        let heard = self.peer_key.is_some_and(|(k, at)| k == theirs && fresh(at));
         if !heard && self.members.count_up() > 0 {
+            return false;
+        }
+        // Peers seal with this node's own key too: the refusing peer is the
+        // one behind (it missed the rotation), and switching to its key
+        // would undo the rotation here.
+        if self.own_key_heard_ms.is_some_and(fresh) {
             return false;
         }
         if ring.use_key(theirs).is_err() {
@@ -488,6 +493,12 @@ mod tests {
         assert!(engine.try_another_key(3_000, new_id, Some(old_id)));
         assert_eq!(primary(&engine), old_id);
         engine.follow_cluster_primary();
+        assert_eq!(primary(&engine), new_id);
+        // While peers are heard sealing with the new key, a stale peer's
+        // refusal moves nothing: it is the one behind (nodes flipped
+        // between the two keys every few seconds around such a peer).
+        engine.own_key_heard_ms = Some(3_500);
+        assert!(!engine.try_another_key(4_000, new_id, Some(old_id)));
         assert_eq!(primary(&engine), new_id);
     }
 

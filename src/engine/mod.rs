@@ -253,6 +253,9 @@ pub struct Engine {
     /// tribe seals with, should this node's own key be refused (see
     /// `try_another_key`).
     peer_key: Option<(crate::crypto::KeyId, u64)>,
+    /// When a peer last sealed a datagram with this node's own primary
+    /// (engine clock, ms): a peer refusing that key is then the one behind.
+    own_key_heard_ms: Option<u64>,
     /// Records kept from before a long absence, awaiting a peer's word
     /// (see [`durable`]).
     pending: BTreeMap<Key, crate::records::Entry>,
@@ -468,6 +471,7 @@ impl Engine {
             security_epoch: 0,
             key_refused: None,
             peer_key: None,
+            own_key_heard_ms: None,
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)
@@ -556,7 +560,10 @@ impl Engine {
             wire::Opened::Sealed(p) => {
                 self.note_sealed_peer(from);
                 let key = wire::sealed_key_id(bytes);
-                if key.is_some() && key != self.keyring.as_ref().map(|r| r.primary_id()) {
+                let primary = self.keyring.as_ref().map(|r| r.primary_id());
+                if key.is_some() && key == primary {
+                    self.own_key_heard_ms = Some(now_ms);
+                } else if key.is_some() {
                     self.peer_key = key.map(|k| (k, self.now_ms()));
                 }
                 p.into()

@@ -262,17 +262,25 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
     stdout_result(write_all())
 }
 
-/// The key `tribe keys install -` reads: the first line of standard input.
+/// The key `tribe keys install -` reads: the one line of standard input
+/// that is not blank (a key file, `tribe keygen`'s output).
 fn key_from_stdin() -> Result<String, String> {
-    let mut line = String::new();
+    use std::io::Read as _;
+    let mut text = String::new();
+    // A key is 44 characters: more than a page is no key file.
     std::io::stdin()
-        .read_line(&mut line)
+        .take(4096)
+        .read_to_string(&mut text)
         .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
-    let key = line.trim();
-    if key.is_empty() {
-        return Err("invalid argument: no key on standard input (invalid_argument)".into());
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    match (lines.next(), lines.next()) {
+        (Some(key), None) => Ok(key.to_string()),
+        (None, _) => Err("invalid argument: no key on standard input (invalid_argument)".into()),
+        (Some(_), Some(_)) => Err(
+            "invalid argument: standard input holds more than one line: give one key (invalid_argument)"
+                .into(),
+        ),
     }
-    Ok(key.to_string())
 }
 
 /// A value as one table cell: a tab or a line break in it (a policy's
