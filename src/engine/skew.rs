@@ -30,6 +30,11 @@ impl Engine {
     /// skewed clock, naming it, since it is refused before its clock is
     /// sampled (it cannot join, and only this side can say why).
     pub(super) fn report_ahead(&mut self, peer: &str, generation: u64) {
+        // As many as clocks sampled: made-up names (a plaintext tribe, or
+        // a key holder) must not grow the set, nor the log, without end.
+        if self.skewed.len() >= MAX_CLOCK_SAMPLES && !self.skewed.contains(peer) {
+            return;
+        }
         let now = self.now_ms();
         self.report_skew(peer, clamp_i64(i128::from(generation) - i128::from(now)));
     }
