@@ -62,7 +62,9 @@ pub struct Counters {
     pub keyring_records_refused: u64,
     /// Datagrams dropped: another cluster's label.
     pub label_mismatches: u64,
-    /// Datagrams the membership protocol refused (malformed SWIM payload).
+    /// Datagrams the membership protocol refused: a malformed SWIM payload,
+    /// or one it refuses for its state (the reason is logged at most every
+    /// 10 minutes).
     pub gossip_errors: u64,
     /// Stream frames dropped as malformed or unexpected.
     pub frame_decode_errors: u64,

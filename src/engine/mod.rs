@@ -67,6 +67,8 @@ pub const MAX_CLOCK_DRIFT: Duration = Duration::from_secs(3600);
 pub const CLOCK_SKEW_REPORT: Duration = Duration::from_secs(30);
 /// Peers' clock offsets kept for the median.
 const MAX_CLOCK_SAMPLES: usize = 4096;
+/// How often a refused gossip packet is logged (above debug).
+const GOSSIP_REFUSED_LOG_EVERY_MS: u64 = 600_000;
 /// Queue entries past which a drained queue gives its memory back.
 const BURST: usize = 256;
 /// An anti-entropy exchange that takes longer is abandoned.
@@ -589,6 +591,11 @@ impl Engine {
             );
             if !held_back {
                 lock(&self.shared).counters.gossip_errors += 1;
+                // Said now and then, so that a counter that grows has a
+                // reason in the log.
+                if self.log_due_every("gossip_refused", GOSSIP_REFUSED_LOG_EVERY_MS) {
+                    tracing::info!(error = %e, %from, "a gossip packet was refused (counted in gossip_errors; said at most every 10 minutes)");
+                }
             }
         }
         self.after_change();
