@@ -773,6 +773,30 @@ fn a_node_whose_clock_is_hours_behind_joins() {
     }
 }
 
+/// A node that rejoined after a pause sends nothing to its own earlier
+/// identity: foca kept it among its down members and announced to it every
+/// few seconds, a packet refused at this very node as from itself
+/// (`gossip_errors` grew for as long as the node ran).
+#[test]
+fn a_node_back_from_a_pause_sends_nothing_to_its_earlier_self() {
+    for seed in [2, 4] {
+        let mut sim = Sim::new(SimConfig {
+            profile: Profile::Local,
+            ..config(seed)
+        });
+        for _ in 0..6 {
+            sim.add_node();
+        }
+        sim.run_for(Duration::from_secs(20));
+        sim.pause(2, Duration::from_secs(18));
+        sim.run_for(Duration::from_secs(60));
+        let errors: Vec<u64> = (0..6)
+            .map(|i| sim.engine(i).unwrap().counters().gossip_errors)
+            .collect();
+        assert!(errors.iter().all(|&e| e == 0), "seed {seed}: {errors:?}");
+    }
+}
+
 /// A node whose clock is hours ahead is refused by its seed (its identity
 /// is from beyond the horizon): the seed reports the skew, naming it, where
 /// it only logged an anonymous refusal and neither side said whose clock.

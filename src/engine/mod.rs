@@ -839,6 +839,13 @@ impl Engine {
 
     fn drain_swim(&mut self) {
         while let Some((to, packet)) = self.swim_rt.to_send() {
+            // foca keeps this node's earlier identity (from before it
+            // rejoined) among its down members, and announces to it now and
+            // then: a packet to ourselves, refused here as from ourselves
+            // (gossip_errors grew every few seconds after a pause).
+            if *to.name == *self.name {
+                continue;
+            }
             self.send_swim_packet(to.addr, &packet);
         }
         while let Some((after, timer)) = self.swim_rt.to_schedule() {
