@@ -742,6 +742,17 @@ mod tests {
         events
     }
 
+    /// A started engine of no collected facts (only the policies' own),
+    /// its start's outputs drained, and the set that answers its requests.
+    fn started_without_host_facts() -> (Engine, PolicySet) {
+        let mut cfg = crate::Config::new("n");
+        cfg.collect_facts = false;
+        let mut engine = Engine::started_for_test(&cfg);
+        let mut set = PolicySet::new();
+        drain_events(&mut engine, &mut set);
+        (engine, set)
+    }
+
     #[test]
     fn a_compiler_thread_that_could_not_start_is_not_remembered_as_a_bad_policy() {
         let cfg = crate::Config::new("n");
@@ -783,11 +794,7 @@ mod tests {
 
     #[test]
     fn a_policy_error_that_quotes_a_changing_fact_is_said_at_most_once_a_minute() {
-        let mut cfg = crate::Config::new("n");
-        cfg.collect_facts = false;
-        let mut engine = Engine::started_for_test(&cfg);
-        let mut set = PolicySet::new();
-        drain_events(&mut engine, &mut set);
+        let (mut engine, mut set) = started_without_host_facts();
         let policy = crate::Command::AddPolicy {
             name: "p".into(),
             tribe: "t".into(),
@@ -1018,11 +1025,7 @@ mod tests {
 
     #[test]
     fn policies_are_evaluated_outside_the_engine_and_stale_answers_are_ignored() {
-        let mut cfg = crate::Config::new("n");
-        cfg.collect_facts = false;
-        let mut engine = Engine::started_for_test(&cfg);
-        let mut set = PolicySet::new();
-        drain_events(&mut engine, &mut set);
+        let (mut engine, mut set) = started_without_host_facts();
         let add = crate::Command::AddPolicy {
             name: "kv".into(),
             tribe: "kv".into(),
