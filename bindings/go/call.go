@@ -183,8 +183,8 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 	if ctx == nil {
 		return nil, &Error{Code: "invalid_argument", Message: "nil Context"}
 	}
-	if err := ctx.Err(); err != nil {
-		return nil, contextError(err)
+	if ctx.Err() != nil {
+		return nil, contextError(ctxEnd(ctx, nil))
 	}
 	timeout := uint32(math.MaxUint32)
 	deadline, hasDeadline := ctx.Deadline()
@@ -193,7 +193,7 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		if left < time.Millisecond {
 			// libtribe counts whole ms: a call sent now would start its
 			// handler with an expired context.
-			return nil, contextError(context.DeadlineExceeded)
+			return nil, contextError(ctxEnd(ctx, context.DeadlineExceeded))
 		}
 		ms := (left + time.Millisecond - 1) / time.Millisecond
 		if ms < math.MaxUint32 {
@@ -236,7 +236,7 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 			if in.calls.abandon(uint64(id)) {
 				in.cancel(uint64(id), errors.Is(ctx.Err(), context.DeadlineExceeded))
 				chanPool.Put(ch)
-				return nil, contextError(ctx.Err())
+				return nil, contextError(ctxEnd(ctx, nil))
 			}
 			// The completion won the race: it is in ch.
 			res = <-ch
@@ -248,7 +248,13 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		// most MaxCallBudget, so a longer deadline can time out first.
 		// (libtribe's timeout is the deadline rounded up to a millisecond.)
 		if hasDeadline && errors.Is(res.err, ErrTimeout) && time.Until(deadline) < time.Millisecond {
-			return nil, withContext(res.err, context.DeadlineExceeded)
+			// The deadline has passed: ctx's timer ends it at once, and
+			// then says its cause.
+			select {
+			case <-ctx.Done():
+			case <-time.After(10 * time.Millisecond):
+			}
+			return nil, withContext(res.err, ctxEnd(ctx, context.DeadlineExceeded))
 		}
 		return nil, res.err
 	}

@@ -19,7 +19,8 @@ import (
 // A call that ended because its context ended also matches the context's
 // error: errors.Is(err, context.DeadlineExceeded) for an expired deadline
 // (together with ErrTimeout), errors.Is(err, context.Canceled) for a
-// cancelled context (together with ErrCancelled).
+// cancelled context (together with ErrCancelled), and also the cause given
+// to context.WithCancelCause, WithDeadlineCause or WithTimeoutCause.
 type Error struct {
 	// Code is the stable snake_case name of the error, the same as the
 	// admin API's "error" field: "no_provider", "unknown_tribe", ...
@@ -256,8 +257,36 @@ func withContext(err error, ctxErr error) error {
 
 // contextError is the error of a call abandoned because ctx ended first.
 func contextError(ctxErr error) error {
+	msg := "the call was cancelled"
 	if errors.Is(ctxErr, context.DeadlineExceeded) {
-		return &Error{Code: "timeout", Message: "the call did not complete before its deadline", cause: ctxErr}
+		msg = "the call did not complete before its deadline"
 	}
-	return &Error{Code: "cancelled", Message: "the call was cancelled", cause: ctxErr}
+	var c *causeError
+	if errors.As(ctxErr, &c) {
+		msg += ": " + c.cause.Error()
+	}
+	if errors.Is(ctxErr, context.DeadlineExceeded) {
+		return &Error{Code: "timeout", Message: msg, cause: ctxErr}
+	}
+	return &Error{Code: "cancelled", Message: msg, cause: ctxErr}
 }
+
+// ctxEnd is how ctx ended: its error, joined with the cause given to
+// context.WithCancelCause (or WithDeadlineCause) when there is one, or
+// otherwise when ctx has not noticed its end yet.
+func ctxEnd(ctx context.Context, otherwise error) error {
+	err := ctx.Err()
+	if err == nil {
+		return otherwise
+	}
+	if cause := context.Cause(ctx); cause != nil && cause != err {
+		return &causeError{err: err, cause: cause}
+	}
+	return err
+}
+
+// causeError matches both a context's error and its cause.
+type causeError struct{ err, cause error }
+
+func (c *causeError) Error() string   { return c.err.Error() + ": " + c.cause.Error() }
+func (c *causeError) Unwrap() []error { return []error{c.err, c.cause} }

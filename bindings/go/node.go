@@ -80,6 +80,10 @@ type Config struct {
 	// collection: the default costs 176 KiB, MaxEventBuffer 176 MiB (some
 	// 20 ms of marking per GC cycle). Size it for the bursts to absorb.
 	EventBuffer int
+	// BaseContext gives its values (a logger, a tracer) to every handler's
+	// context. Its cancellation and deadline do not reach the handlers:
+	// they end with their call or at Close. Nil is context.Background().
+	BaseContext context.Context
 }
 
 // Limits bound remote calls. Zero keeps a bound's default.
@@ -140,6 +144,13 @@ type node struct {
 	stopMu  sync.Mutex
 	stopped bool
 	stopErr error
+	// aborted closes at the first Abort: it ends a graceful stop's wait
+	// for handlers.
+	aborted   chan struct{}
+	abortOnce sync.Once
+	// drain is how long Close and Abort wait for running handlers
+	// (handlerDrain; tests lengthen it).
+	drain time.Duration
 
 	events  chan Event
 	dropped atomic.Uint64
@@ -329,13 +340,19 @@ func Start(cfg Config) (*Node, error) {
 	if buffer == 0 {
 		buffer = DefaultEventBuffer
 	}
-	base, cancel := context.WithCancel(context.Background())
+	parent := context.Background()
+	if cfg.BaseContext != nil {
+		parent = context.WithoutCancel(cfg.BaseContext)
+	}
+	base, cancel := context.WithCancel(parent)
 	in := &node{
 		ptr:        ptr,
 		name:       C.GoString(C.tribe_node_name(ptr)),
 		addr:       C.GoString(C.tribe_node_addr(ptr)),
 		events:     make(chan Event, buffer),
 		pollDone:   make(chan struct{}),
+		aborted:    make(chan struct{}),
+		drain:      handlerDrain,
 		base:       base,
 		cancelBase: cancel,
 		handlers:   map[handlerKey]Handler{},
@@ -345,7 +362,9 @@ func Start(cfg Config) (*Node, error) {
 	out := &Node{n: in}
 	runtime.AddCleanup(out, func(in *node) {
 		go func() {
-			_ = in.stop(true)
+			ctx, cancel := context.WithTimeout(context.Background(), in.drain)
+			_, _ = in.stop(ctx, true)
+			cancel()
 			cleanupsRun.Add(1)
 		}()
 	}, in)
@@ -355,7 +374,7 @@ func Start(cfg Config) (*Node, error) {
 // closedNode stands in for a nil or zero Node, so that its methods report
 // ErrClosed (or empty values) as a closed node's do, instead of panicking.
 var closedNode = func() *node {
-	in := &node{events: make(chan Event), pollDone: make(chan struct{}), stopped: true, stopErr: ErrClosed}
+	in := &node{events: make(chan Event), pollDone: make(chan struct{}), aborted: make(chan struct{}), stopped: true, stopErr: ErrClosed}
 	in.closing.Store(true)
 	close(in.events)
 	close(in.pollDone)
@@ -461,7 +480,32 @@ func (n *Node) EventsDropped() uint64 {
 // handler.
 func (n *Node) Close() error {
 	defer runtime.KeepAlive(n)
-	return n.inner().stop(true)
+	in := n.inner()
+	ctx, cancel := context.WithTimeout(context.Background(), in.drain)
+	defer cancel()
+	_, err := in.stop(ctx, true)
+	return err
+}
+
+// Shutdown is Close with the wait for running handlers bounded by ctx
+// instead of 5 s, as http.Server's Shutdown: it leaves the cluster
+// gracefully (the goodbye takes at most 1.5 s, whatever ctx says), then
+// waits for running handlers until they return or ctx ends. It returns
+// Close's result, or, when ctx ended while handlers still ran, the
+// context's error (context.Cause): those handlers are left to finish on
+// their own and their answers are dropped. Like Close it is idempotent: a
+// Shutdown or Close after the first returns the first's node result (nil
+// after a clean stop), without the context error.
+func (n *Node) Shutdown(ctx context.Context) error {
+	defer runtime.KeepAlive(n)
+	if ctx == nil {
+		return &Error{Code: "invalid_argument", Message: "nil Context"}
+	}
+	drained, err := n.inner().stop(ctx, true)
+	if err == nil && !drained {
+		return context.Cause(ctx)
+	}
+	return err
 }
 
 // Abort stops at once without a goodbye, as a crash would (peers record the
@@ -469,17 +513,25 @@ func (n *Node) Close() error {
 // their callers, and the answers of handlers still running are dropped.
 // Otherwise like Close: handler contexts end, and Abort waits up to 5 s for
 // running handlers to return, so that no handler of the node runs on once
-// it returns (one that ignores its context may).
+// it returns (one that ignores its context may). An Abort while a Close or
+// Shutdown waits for handlers ends that wait at once (their answers are
+// dropped) and returns once the node is freed.
 func (n *Node) Abort() {
 	defer runtime.KeepAlive(n)
-	_ = n.inner().stop(false)
+	in := n.inner()
+	in.abortOnce.Do(func() { close(in.aborted) })
+	ctx, cancel := context.WithTimeout(context.Background(), in.drain)
+	defer cancel()
+	_, _ = in.stop(ctx, false)
 }
 
-func (in *node) stop(graceful bool) error {
+// stop stops and frees the node once; drained says whether the running
+// handlers returned before ctx ended (or an Abort cut a graceful wait).
+func (in *node) stop(ctx context.Context, graceful bool) (drained bool, err error) {
 	in.stopMu.Lock()
 	defer in.stopMu.Unlock()
 	if in.stopped {
-		return in.stopErr
+		return true, in.stopErr
 	}
 	gcPoint()
 	in.closing.Store(true)
@@ -499,15 +551,22 @@ func (in *node) stop(graceful bool) error {
 	// call this node made to itself then ends ErrShuttingDown, not
 	// ErrNoProvider.
 	in.cancelBase()
-	err := takeError(rc, cerr)
+	err = takeError(rc, cerr)
 	// The shutdown wakes the polling goroutine, which hands out what was
 	// queued, fails the calls still waiting and closes Events.
 	<-in.pollDone
-	drained := make(chan struct{})
-	go func() { in.handlerWG.Wait(); close(drained) }()
+	done := make(chan struct{})
+	go func() { in.handlerWG.Wait(); close(done) }()
+	// An Abort cuts a graceful stop's wait, not its own.
+	cut := in.aborted
+	if !graceful {
+		cut = nil
+	}
 	select {
-	case <-drained:
-	case <-time.After(handlerDrain):
+	case <-done:
+		drained = true
+	case <-ctx.Done():
+	case <-cut:
 	}
 	in.mu.Lock()
 	// Kept: EventsDropped goes on counting what libtribe dropped.
@@ -518,7 +577,7 @@ func (in *node) stop(graceful bool) error {
 	in.mu.Unlock()
 	in.stopped = true
 	in.stopErr = err
-	return err
+	return drained, err
 }
 
 // do runs one C call on the live node, under the read lock that keeps the

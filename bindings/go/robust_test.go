@@ -124,7 +124,7 @@ func TestServingNodeOutlivesItsReference(t *testing.T) {
 	if err := call(10 * time.Second); err != nil || in.closing.Load() {
 		t.Fatalf("after GC: %v (closed: %v)", err, in.closing.Load())
 	}
-	_ = in.stop(false)
+	_, _ = in.stop(context.Background(), false)
 }
 
 // A second node started under a running node's name (a copied config)
