@@ -595,6 +595,29 @@ async fn a_wrong_advertise_address_is_named_by_peers() {
     })
     .await;
     assert!(!named(any.addr()), "{}", logged());
+    // One real crash and restart of it is no wrong address either.
+    let any_addr = any.addr();
+    any.abort().await;
+    wait_for("the crashed node declared failed", LONG, || {
+        a.members()
+            .iter()
+            .any(|m| m.name == "adv-any" && m.state == tribe::MemberState::Failed)
+    })
+    .await;
+    let mut cfg = test_config("adv-any");
+    cfg.bind = format!("0.0.0.0:{}", any_addr.port()).parse().unwrap();
+    cfg.advertise = Some(any_addr);
+    cfg.seeds = vec![a.addr()];
+    let any = Node::start(cfg).await.unwrap();
+    wait_for("the restarted node alive", LONG, || {
+        a.members()
+            .iter()
+            .any(|m| m.name == "adv-any" && m.state == tribe::MemberState::Alive)
+    })
+    .await;
+    // A few rounds of its gossip from 127.0.0.1 after it came back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!named(any.addr()), "{}", logged());
     for n in [a, wrong, wrong_port, any] {
         n.shutdown().await.unwrap();
     }
