@@ -664,6 +664,41 @@ fn a_tribe_suspended_together_keeps_its_state() {
     }
 }
 
+/// The same with a member declared failed before the sleep: it cannot
+/// answer, so the hold runs its 30 s, and the sleepers ask each peer up
+/// once meanwhile (each opened about two exchanges a second, for 30 s).
+#[test]
+fn a_tribe_suspended_together_with_a_failed_member_asks_each_peer_once() {
+    for seed in 1..=3 {
+        let mut sim = four_with_tribes(seed, &["a", "b"]);
+        sim.crash(3);
+        sim.run_for(Duration::from_secs(30));
+        let sleepers = 0..3;
+        for i in sleepers.clone() {
+            sim.pause(i, Duration::from_secs(200));
+        }
+        sim.run_for(Duration::from_secs(201));
+        let opened = |sim: &Sim, i: usize| sim.engine(i).unwrap().counters().push_pulls_started;
+        let before: Vec<u64> = sleepers.clone().map(|i| opened(&sim, i)).collect();
+        sim.run_for(Duration::from_secs(35));
+        for i in sleepers.clone() {
+            let during = opened(&sim, i) - before[i];
+            // Two peers up, and at most a few exchanges of the push-pull
+            // timer besides.
+            assert!(
+                during <= 6,
+                "seed {seed}: node {i} opened {during} exchanges during the hold"
+            );
+            for t in ["a", "b"] {
+                assert!(
+                    sim.engine(i).unwrap().tribe(t).is_some(),
+                    "seed {seed}: node {i}: tribe {t} lost"
+                );
+            }
+        }
+    }
+}
+
 /// A step of the wall clock on a running node (NTP setting a clock right),
 /// here longer than the tombstone grace,
 /// is no stall: its view stays whole (its tribes vanished for seconds).

@@ -288,9 +288,19 @@ impl Engine {
                 .all(|(name, _)| self.stall_undecided_by.contains(name));
             if self.now_ms() < until && !isolated && !all_held {
                 // Only an exchange this node opens decides them: one with
-                // each peer in turn, not one a push-pull interval.
+                // each peer in turn, not one a push-pull interval; a peer
+                // that held them too is not asked again (failed members,
+                // never asked, keep the hold to its end).
                 if !self.conns.values().any(|x| x.initiator) {
-                    self.periodic_sync();
+                    let unasked: Vec<_> = self
+                        .up_peers()
+                        .into_iter()
+                        .filter(|id| !self.stall_undecided_by.contains(&*id.name))
+                        .collect();
+                    if !unasked.is_empty() {
+                        let i = rand::RngExt::random_range(&mut self.rng, 0..unasked.len());
+                        self.exchange_with(&unasked[i]);
+                    }
                 }
                 return;
             }

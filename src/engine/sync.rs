@@ -1001,12 +1001,18 @@ impl Engine {
             .collect();
         let pool = if idle.is_empty() { &up } else { &idle };
         let pick = pool[rand::RngExt::random_range(&mut self.rng, 0..pool.len())].clone();
+        self.exchange_with(&pick);
+    }
+
+    /// Opens an anti-entropy exchange with `peer`: a summary first, or a
+    /// whole exchange while this node keeps out of its name.
+    pub(super) fn exchange_with(&mut self, peer: &NodeId) {
         if lock(&self.shared).keeping_out() {
             // A summary leaves our own name out: a whole exchange lists
             // the node holding it, or tells it is gone.
-            return self.start_sync(pick.addr, false);
+            return self.start_sync(peer.addr, false);
         }
-        self.start_summary(&pick);
+        self.start_summary(peer);
     }
 
     /// A change of this node's own record (its facts, the tribes its
@@ -1054,7 +1060,7 @@ impl Engine {
     }
 
     /// The members that are up (alive or suspect).
-    fn up_peers(&self) -> Vec<NodeId> {
+    pub(super) fn up_peers(&self) -> Vec<NodeId> {
         self.members
             .iter()
             .filter(|(_, r)| r.state.is_up())
