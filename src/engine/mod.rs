@@ -652,6 +652,7 @@ impl Engine {
                 if self.reconcile_retry_due() {
                     self.evaluate_policies();
                 }
+                self.say_held_policy_errors();
                 self.housekeeping();
                 self.check_suspects();
                 self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);

@@ -133,6 +133,15 @@ pub enum Event {
     },
 }
 
+/// A failing policy's message as said, when, and a newer one held back
+/// until a minute has passed since.
+#[derive(Debug)]
+struct SaidError {
+    said: String,
+    at: u64,
+    unsaid: Option<String>,
+}
+
 /// What was last reported to the application.
 #[derive(Debug, Default)]
 pub struct Reconciler {
@@ -145,8 +154,8 @@ pub struct Reconciler {
     /// Facts and policies of the last request, to ask only when they change
     /// (cleared when an answer holds a transient failure).
     policy_asked: Option<(BTreeMap<String, String>, Vec<PolicyInput>)>,
-    /// Policy errors reported, by policy name: the message said, and when.
-    reported_errors: BTreeMap<String, (String, u64)>,
+    /// Policy errors reported, by policy name.
+    reported_errors: BTreeMap<String, SaidError>,
     /// What of this node's own record and state the view last derived
     /// from: its policy tribes, and whether it had left.
     own_inputs: Option<(BTreeSet<String>, bool)>,
@@ -414,6 +423,28 @@ impl Engine {
         self.reconcile.policy_asked.is_none() && self.reconcile.policy_seq > 0
     }
 
+    /// Says the policy errors whose message changed within a minute of the
+    /// last one said, once that minute has passed: policies are evaluated
+    /// again only when facts or policies change, and the newer cause would
+    /// otherwise never be told.
+    pub(super) fn say_held_policy_errors(&mut self) {
+        let now = self.now_ms();
+        let mut due = Vec::new();
+        for (policy, e) in &mut self.reconcile.reported_errors {
+            if now.saturating_sub(e.at) < POLICY_ERROR_REPEAT_MS {
+                continue;
+            }
+            if let Some(message) = e.unsaid.take() {
+                e.said = message.clone();
+                e.at = now;
+                due.push((policy.clone(), message));
+            }
+        }
+        for (policy, message) in due {
+            self.emit(Event::PolicyError { policy, message });
+        }
+    }
+
     /// Asks for every policy to be evaluated over our facts (see
     /// [`crate::policy_set`]), unless nothing changed since the last ask.
     pub(super) fn evaluate_policies(&mut self) {
@@ -501,21 +532,30 @@ impl Engine {
         // A failing policy is said again when its message changes, but not
         // more than once a minute: a message that quotes a fact's value
         // (`division by zero of Int(7)`) changes with every change of it.
+        // A change within the minute is said when it ends
+        // ([`Engine::say_held_policy_errors`]).
         let now = self.now_ms();
         let mut reported = BTreeMap::new();
         for (policy, message) in errors {
             let said = match self.reconcile.reported_errors.remove(&policy) {
-                Some((before, at))
-                    if before == message || now.saturating_sub(at) < POLICY_ERROR_REPEAT_MS =>
-                {
-                    (before, at)
+                Some(mut before) if before.said == message => {
+                    before.unsaid = None;
+                    before
+                }
+                Some(mut before) if now.saturating_sub(before.at) < POLICY_ERROR_REPEAT_MS => {
+                    before.unsaid = Some(message);
+                    before
                 }
                 _ => {
                     self.emit(Event::PolicyError {
                         policy: policy.clone(),
                         message: message.clone(),
                     });
-                    (message, now)
+                    SaidError {
+                        said: message,
+                        at: now,
+                        unsaid: None,
+                    }
                 }
             };
             reported.insert(policy, said);
@@ -815,7 +855,34 @@ mod tests {
         // Each value gives another message ("... of Int(7)").
         let said: usize = (0..20).map(|i| set_ctr(2_000 + i * 100, i)).sum();
         assert_eq!(said, 1);
-        assert_eq!(set_ctr(70_000, 99), 1);
+        // The last cause is told once the minute has passed, with no other
+        // change to evaluate the policy again; once only.
+        let mut housekeeping = |at: u64| {
+            engine.handle_timer(at, super::super::Timer::Housekeeping);
+            drain_events(&mut engine, &mut set)
+                .into_iter()
+                .filter_map(|e| match e {
+                    Event::PolicyError { message, .. } => Some(message),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        assert!(housekeeping(30_000).is_empty());
+        let told = housekeeping(62_500);
+        assert!(told.len() == 1 && told[0].contains("19"), "{told:?}");
+        assert!(housekeeping(63_500).is_empty());
+        let mut set_ctr = |at: u64, value: u64| {
+            let fact = crate::Command::SetFact {
+                key: "ctr".into(),
+                value: value.to_string(),
+            };
+            engine.handle_command(at, fact).unwrap();
+            drain_events(&mut engine, &mut set)
+                .iter()
+                .filter(|e| matches!(e, Event::PolicyError { .. }))
+                .count()
+        };
+        assert_eq!(set_ctr(130_000, 99), 1);
     }
 
     #[test]
