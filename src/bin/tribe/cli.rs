@@ -284,17 +284,26 @@ fn key_from_stdin() -> Result<String, String> {
 }
 
 /// A value as one table cell: a tab or a line break in it (a policy's
-/// expression may hold them) would start another column or row.
+/// expression may hold them) would start another column or row, and other
+/// control characters (an escape sequence in a peer's fact) would reach the
+/// terminal; a backslash is doubled, so that `\n` in a value reads apart
+/// from an escaped line break.
 fn table_cell(value: &str) -> std::borrow::Cow<'_, str> {
-    if value.contains(['\t', '\n', '\r']) {
-        value
-            .replace('\t', "\\t")
-            .replace('\n', "\\n")
-            .replace('\r', "\\r")
-            .into()
-    } else {
-        value.into()
+    if !value.chars().any(|c| c == '\\' || c.is_control()) {
+        return value.into();
     }
+    let mut out = String::with_capacity(value.len() + 8);
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), String> {
@@ -779,5 +788,8 @@ mod tests {
             "facts.a == 'x' &&\\n\\tfacts.b == 'y'"
         );
         assert_eq!(table_cell("plain"), "plain");
+        assert_eq!(table_cell("a\\nb"), "a\\\\nb");
+        assert_eq!(table_cell("x\u{1b}[2Jy\u{7f}"), "x\\u{1b}[2Jy\\u{7f}");
+        assert_eq!(table_cell("é ü"), "é ü");
     }
 }
