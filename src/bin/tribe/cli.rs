@@ -266,12 +266,18 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
 /// that is not blank (a key file, `tribe keygen`'s output).
 fn key_from_stdin() -> Result<String, String> {
     use std::io::Read as _;
-    let mut text = String::new();
+    let mut text = zeroize::Zeroizing::new(String::new());
     // A key is 44 characters: more than a page is no key file.
     std::io::stdin()
-        .take(4096)
+        .take(4097)
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+    if text.len() > 4096 {
+        return Err(
+            "invalid argument: standard input holds more than 4 KiB: give one key (invalid_argument)"
+                .into(),
+        );
+    }
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     match (lines.next(), lines.next()) {
         (Some(key), None) => Ok(key.to_string()),
