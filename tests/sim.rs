@@ -699,6 +699,25 @@ fn a_tribe_suspended_together_with_a_failed_member_asks_each_peer_once() {
     }
 }
 
+/// A node that ran nothing for a while (SIGSTOP, a paused VM) reads the
+/// frames that waited meanwhile: their clocks are as old as the stall, and
+/// are no peer's clock off (every peer was reported 45 s behind).
+#[test]
+fn frames_that_waited_through_a_stall_report_no_clock_skew() {
+    for seed in 1..=3 {
+        let mut sim = cluster(seed, 3);
+        sim.pause(2, Duration::from_secs(45));
+        sim.run_for(Duration::from_secs(60));
+        let engine = sim.engine(2).unwrap();
+        assert_eq!(engine.counters().clock_skew_reports, 0, "seed {seed}");
+        assert!(
+            engine.counters().clock_offset_ms.abs() < 5_000,
+            "seed {seed}: {}",
+            engine.counters().clock_offset_ms
+        );
+    }
+}
+
 /// A step of the wall clock on a running node (NTP setting a clock right),
 /// here longer than the tombstone grace,
 /// is no stall: its view stays whole (its tribes vanished for seconds).

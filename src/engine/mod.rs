@@ -79,6 +79,11 @@ pub const MIN_RETRANSMITS: f64 = 5.0;
 pub const HOUSEKEEPING_INTERVAL: Duration = Duration::from_millis(500);
 /// Shortest gap between inputs taken for a stall (see `Engine::after_stall`).
 const MIN_STALL_MS: u64 = 60_000;
+/// A gap between inputs this long (timers run every half second) means the
+/// process ran nothing; for this long after it, the frames that waited are
+/// read and peers' clocks are not sampled.
+const STALE_FRAMES_GAP_MS: u64 = 5_000;
+const STALE_FRAMES_READ_MS: u64 = 5_000;
 
 /// How often records of tribes without a record are swept (besides after
 /// every tombstone collection).
@@ -275,6 +280,9 @@ pub struct Engine {
     elapsed_ms: Option<u64>,
     /// A stall found there, for the next input.
     stalled_ms: Option<u64>,
+    /// The reading of that clock before which peers' clocks are not
+    /// sampled: just after a gap in this node's running.
+    clock_samples_from_ms: u64,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
     /// When records of tribes without a record were last swept (see
@@ -457,6 +465,7 @@ impl Engine {
             stall_undecided_by: BTreeSet::new(),
             elapsed_ms: None,
             stalled_ms: None,
+            clock_samples_from_ms: 0,
             last_contact_ms: 0,
             orphans_swept_ms: 0,
             kept_peers: Vec::new(),
@@ -718,6 +727,11 @@ impl Engine {
         let gap = ms.saturating_sub(before);
         if gap > grace.max(MIN_STALL_MS) {
             self.stalled_ms = Some(gap);
+        }
+        if gap > STALE_FRAMES_GAP_MS {
+            // The frames that waited in the sockets meanwhile carry clocks
+            // as old as the gap: no peer's clock is off by it.
+            self.clock_samples_from_ms = ms.saturating_add(STALE_FRAMES_READ_MS);
         }
     }
 

@@ -12,7 +12,9 @@ use super::{Engine, Event, CLOCK_SKEW_REPORT, MAX_CLOCK_SAMPLES};
 impl Engine {
     /// Records the clock reading `their_ms` that `peer` sent just now.
     pub(super) fn sample_clock(&mut self, peer: &str, their_ms: u64) {
-        if peer == self.name {
+        // Just after a gap in this node's running, the frame may have
+        // waited in the socket through it.
+        if peer == self.name || self.elapsed_ms.is_some_and(|e| e < self.clock_samples_from_ms) {
             return;
         }
         let now = self.now_ms();
