@@ -175,6 +175,58 @@ async fn leave_drops_out_of_live_views_and_crash_is_failed_then_reaped() {
     }
 }
 
+/// A node whose record is too large for gossip (many facts) leaves
+/// gracefully: its peers tell a leave, never a failure first (its record
+/// saying so came by TCP after foca's down notice, which was told as a
+/// failure at once).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_leave_of_a_node_with_a_large_record_is_no_failure() {
+    let nodes = start_cluster("big-lv", 4, |cfg| {
+        if cfg.name == "big-lv3" {
+            for i in 0..30 {
+                cfg.facts
+                    .insert(format!("label_{i:02}"), format!("value-{i:02}-0123456789"));
+            }
+        }
+    })
+    .await;
+    wait_converged_members(&nodes, 4).await;
+    let mut watches: Vec<_> = nodes[..3].iter().map(|n| n.events()).collect();
+    nodes[3].shutdown().await.unwrap();
+    let rest = &nodes[..3];
+    wait_for("big-lv3 left everywhere", LONG, || {
+        rest.iter().all(|n| {
+            n.members()
+                .iter()
+                .any(|m| m.name == "big-lv3" && m.state == MemberState::Left)
+        })
+    })
+    .await;
+    for watch in &mut watches {
+        // Past the wait of a failure for a record saying it left.
+        let mut seen = Vec::new();
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        while let Ok(Some(e)) = tokio::time::timeout_at(until, watch.next()).await {
+            seen.push(e);
+        }
+        assert!(
+            seen.contains(&Event::MemberLeft {
+                name: "big-lv3".into()
+            }),
+            "{seen:#?}"
+        );
+        assert!(
+            !seen.contains(&Event::MemberFailed {
+                name: "big-lv3".into()
+            }),
+            "{seen:#?}"
+        );
+    }
+    for n in rest {
+        n.shutdown().await.unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_of_a_tribe_gets_plugin_and_task_events() {
     let mut nodes = start_cluster("late", 5, |_| {}).await;

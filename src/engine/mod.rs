@@ -21,6 +21,7 @@ mod codec;
 pub mod commands;
 mod delta;
 mod failing;
+mod goodbyes;
 pub mod durable;
 mod identity;
 pub mod keys;
@@ -301,6 +302,9 @@ pub struct Engine {
     news: news::Forwarder,
     /// Suspects this node has decided about dialling (see [`suspects`]).
     suspects_seen: BTreeSet<(Arc<str>, u64)>,
+    /// Members found down without a suspicion here, and when their failure
+    /// is told unless their record says they left (see `goodbyes`).
+    failures_unsaid: BTreeMap<String, u64>,
     /// Since when each suspect has been one here (engine clock, ms; `None`
     /// once dialed for it; see `check_suspects`).
     suspects_held: BTreeMap<(Arc<str>, u64), Option<u64>>,
@@ -474,6 +478,7 @@ impl Engine {
             max_frame: cfg.max_frame,
             news: news::Forwarder::new(news_gap_ms),
             suspects_seen: BTreeSet::new(),
+            failures_unsaid: BTreeMap::new(),
             suspects_held: BTreeMap::new(),
             softened_dialed: BTreeSet::new(),
             buddies: Default::default(),
@@ -662,6 +667,7 @@ impl Engine {
                     self.evaluate_policies();
                 }
                 self.say_held_policy_errors();
+                self.say_overdue_failures();
                 self.housekeeping();
                 self.check_suspects();
                 self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);
@@ -926,6 +932,7 @@ impl Engine {
         match n {
             OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
                 self.news.member_changed();
+                self.say_failure_before_up(&id.name);
                 if self.members.up(&id, now) == members::Change::Up {
                     self.emit(Event::MemberJoined {
                         name: id.name.to_string(),
@@ -940,13 +947,16 @@ impl Engine {
                 if !left {
                     self.note_failed_at(id.addr);
                 }
+                let suspected = self.was_suspected(&id.name, id.generation);
                 if self.members.down(&id, left, now) == members::Change::Down {
                     let name = id.name.to_string();
-                    self.emit(if left {
-                        Event::MemberLeft { name }
+                    if left {
+                        self.emit(Event::MemberLeft { name });
+                    } else if suspected {
+                        self.emit(Event::MemberFailed { name });
                     } else {
-                        Event::MemberFailed { name }
-                    });
+                        self.defer_failed(name);
+                    }
                 }
             }
             OwnedNotification::Active => {

@@ -42,7 +42,10 @@ pub enum Event {
         /// Its name.
         name: String,
     },
-    /// A node stopped answering and was declared failed.
+    /// A node stopped answering and was declared failed. One found down
+    /// without a suspicion here (as a graceful leave is) is told up to 3 s
+    /// later, unless its record says it left meanwhile ([`Event::MemberLeft`]
+    /// then, alone).
     MemberFailed {
         /// Its name.
         name: String,
@@ -369,6 +372,9 @@ impl Engine {
     fn on_peer_record(&mut self, name: &str, left: Option<u64>) {
         if let Some(generation) = left {
             self.went_away(name, generation);
+        }
+        if left.is_some() {
+            self.left_after_all(name);
         }
         if left.is_some() && self.members.mark_left(name) {
             self.emit(Event::MemberLeft {

@@ -1,0 +1,66 @@
+//! A member that leaves gracefully sends foca's down notice and its record
+//! saying `left`; a record too large to ride on a datagram follows by TCP,
+//! after the notice. A member found down without a suspicion here may be
+//! leaving: its `MemberFailed` waits briefly for that record, so that a
+//! graceful stop is not told as a failure and then as a leave.
+
+use super::{Engine, Event};
+
+/// How long a member's failure waits for its record saying it left.
+const LEAVE_WORD_MS: u64 = 3_000;
+
+impl Engine {
+    /// Whether `name` (of `generation`) was seen suspect here: a crash is,
+    /// before it is found down; a goodbye is not.
+    pub(super) fn was_suspected(&self, name: &str, generation: u64) -> bool {
+        self.suspects_seen
+            .iter()
+            .any(|(n, g)| **n == *name && *g == generation)
+    }
+
+    /// Tells that `name` failed once its record had the time to say it
+    /// left instead (see [`Engine::say_overdue_failures`]).
+    pub(super) fn defer_failed(&mut self, name: String) {
+        let due = self.now_ms().saturating_add(LEAVE_WORD_MS);
+        self.failures_unsaid.insert(name, due);
+    }
+
+    /// The record of `name` says it left: its failure is not told.
+    pub(super) fn left_after_all(&mut self, name: &str) {
+        self.failures_unsaid.remove(name);
+    }
+
+    /// `name` is up again: a failure not told yet is told first, so that
+    /// the events say it went away and came back.
+    pub(super) fn say_failure_before_up(&mut self, name: &str) {
+        if self.failures_unsaid.remove(name).is_some() {
+            self.emit(Event::MemberFailed {
+                name: name.to_string(),
+            });
+        }
+    }
+
+    /// Tells the failures whose wait is over, of members still failed.
+    pub(super) fn say_overdue_failures(&mut self) {
+        if self.failures_unsaid.is_empty() {
+            return;
+        }
+        let now = self.now_ms();
+        let due: Vec<String> = self
+            .failures_unsaid
+            .iter()
+            .filter(|(_, &at)| at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in due {
+            self.failures_unsaid.remove(&name);
+            let failed = self
+                .members
+                .get(&name)
+                .is_some_and(|r| r.state == super::members::MemberState::Failed);
+            if failed {
+                self.emit(Event::MemberFailed { name });
+            }
+        }
+    }
+}
