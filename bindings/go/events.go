@@ -23,7 +23,7 @@ const (
 	EventTribeLeft           EventKind = 11 // this node is no longer in Tribe
 	EventPluginLoad          EventKind = 12 // load Plugin of Tribe
 	EventPluginUnload        EventKind = 13 // unload Plugin of Tribe
-	EventTaskRun             EventKind = 14 // run Task of Tribe
+	EventTaskRun             EventKind = 14 // run Task of Tribe (already running: restart it with its changed manifest)
 	EventTaskStop            EventKind = 15 // stop Task of Tribe
 	EventArtifactCorrupt     EventKind = 16 // Holder sent bad bytes for Plugin
 	EventArtifactUnavailable EventKind = 17 // Plugin's artifact could not be fetched (Message)
