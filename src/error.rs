@@ -187,7 +187,7 @@ pub enum Error {
     /// ([`crate::config::StateLimits`]). Removed records count until their
     /// tombstones are collected (after the tombstone grace).
     #[error(
-        "the cluster holds {limit} {what} already (the limit; removed ones count until \
+        "this node holds {limit} {what} or more already (the limit; removed ones count until \
          their tombstones are collected, after the tombstone grace)"
     )]
     LimitReached {

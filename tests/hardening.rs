@@ -527,24 +527,24 @@ async fn record_limits_refuse_commands_and_peer_records() {
     let err = nodes[0].create_tribe("d").await.unwrap_err();
     assert_eq!(err.code(), "limit_reached", "{err}");
     // A peer with a larger limit cannot push more in than the margin
-    // taken from peers (4 past a limit of 3: writes racing at the limit).
+    // taken from peers (64 past a limit of 3: writes racing at the limit).
     let mut cfg = test_config("capped-big");
-    cfg.limits.tribes = 10;
+    cfg.limits.tribes = 100;
     cfg.seeds = vec![nodes[0].addr()];
     let big = Node::start(cfg).await.unwrap();
-    for t in ["e", "f", "g", "h", "i", "j", "k"] {
-        big.create_tribe(t).await.unwrap();
+    for i in 0..70 {
+        big.create_tribe(&format!("more-{i}")).await.unwrap();
     }
     wait_for("the extra tribes refused and counted", LONG, || {
         nodes
             .iter()
-            .all(|n| n.counters().records_over_limit > 0 && n.tribes().len() == 7)
+            .all(|n| n.counters().records_over_limit > 0 && n.tribes().len() == 67)
     })
     .await;
     // Logged too: a node at a limit is otherwise silently out of step.
     assert!(
         logged().lines().any(|l| l.contains("WARN")
-            && l.contains("holds its limit of 3 tribes and the 4 more")
+            && l.contains("holds its limit of 3 tribes and the 64 more")
             && l.contains("node=capped")),
         "{}",
         logged()
