@@ -900,10 +900,13 @@ impl Engine {
         } else {
             self.join_attempts += 1;
         }
-        // Said after the first retry, then ever more rarely (the 4th, 8th,
-        // ... attempt): an operator whose seeds are wrong or down hears of
-        // it without a log line every few seconds.
-        if self.join_attempts >= 2 && self.join_attempts.is_power_of_two() {
+        // Said after the first retry, then more rarely (the 4th, 8th and
+        // 16th attempt, then every 20th: some 10 minutes apart once the
+        // retries are 30 s apart): an operator whose seeds are wrong or
+        // down hears of it without a log line every few seconds, nor goes
+        // hours without one.
+        let n = self.join_attempts;
+        if n >= 2 && ((n.is_power_of_two() && n <= 16) || n % 20 == 0) {
             let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             // Seeds that refuse this node's streams look like silent ones
             // from here: name the usual reasons.
@@ -924,7 +927,7 @@ impl Engine {
                 "; or this node's clock runs ahead of theirs by more than the clock skew they take (check the clocks)"
             };
             tracing::warn!(
-                attempts = self.join_attempts - 1,
+                unanswered = self.join_attempts - 1,
                 seeds = %list.join(", "),
                 "no seed has answered {} ({hint}{clock}); still trying",
                 if self.joined_once { "since this node lost contact with the others" } else { "yet" }
