@@ -400,6 +400,34 @@ fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<()
     Ok(())
 }
 
+/// Checks that a node bound to `bind` can reach its seeds: none is a
+/// multicast or broadcast address (no one node's), and one at least is of
+/// the bind's address family (a socket bound to `[::]` reaches both; a
+/// list shared by hosts of both families may hold some of the other).
+fn check_seeds(bind: SocketAddr, seeds: &[SocketAddr]) -> Result<(), Error> {
+    let shared = |a: &SocketAddr| {
+        a.ip().is_multicast() || matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast())
+    };
+    if let Some(seed) = seeds.iter().find(|s| shared(s)) {
+        return Err(Error::Config(format!(
+            "seed {seed}: a multicast or broadcast address is no node's own"
+        )));
+    }
+    let both = bind.is_ipv6() && bind.ip().is_unspecified();
+    if !both && !seeds.is_empty() && seeds.iter().all(|s| s.is_ipv4() != bind.is_ipv4()) {
+        return Err(Error::Config(format!(
+            "seeds {} and bind {bind} are of two address families: a socket bound there \
+             cannot send to them (bind [::] reaches both)",
+            seeds
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a seed name's form: `host:port`, the host 1 to 253 bytes of
 /// letters, digits, `-`, `_` and `.`, the port 1 to 65535.
 fn check_seed_name(seed: &str) -> Result<(), Error> {
@@ -575,6 +603,7 @@ impl Config {
                 "seed {seed}: port 0 reaches no node (the port is 1 to 65535)"
             )));
         }
+        check_seeds(self.bind, &self.seeds)?;
         if self.seed_names.len() > MAX_SEED_NAMES {
             return Err(Error::Config(format!(
                 "at most {MAX_SEED_NAMES} seeds by name"
@@ -700,7 +729,11 @@ mod tests {
             }
             cfg.validate().map_err(|e| e.to_string())
         };
-        assert!(check("127.0.0.1:0", Some("127.0.0.2:0"), Some("[::1]:7946")).is_ok());
+        assert!(check("[::]:0", Some("[::1]:7946"), Some("127.0.0.1:7946")).is_ok());
+        let mut mixed = Config::new("n");
+        mixed.add_seed("[::1]:7946").unwrap();
+        mixed.add_seed("127.0.0.1:7946").unwrap();
+        assert!(mixed.validate().is_ok());
         assert!(check("[::]:0", Some("10.0.0.7:7946"), None).is_ok());
         for (bind, advertise, seed, why) in [
             ("127.0.0.1:0", Some("[::1]:0"), None, "two address families"),
@@ -715,6 +748,26 @@ mod tests {
             ("127.0.0.1:0", Some("255.255.255.255:0"), None, "broadcast"),
             ("127.0.0.1:0", Some("224.0.0.1:0"), None, "multicast"),
             ("127.0.0.1:0", None, Some("[::1]:0"), "port 0"),
+            (
+                "127.0.0.1:0",
+                None,
+                Some("[::1]:7946"),
+                "two address families",
+            ),
+            (
+                "[::1]:0",
+                None,
+                Some("127.0.0.1:7946"),
+                "two address families",
+            ),
+            ("127.0.0.1:0", None, Some("224.0.0.1:7946"), "multicast"),
+            (
+                "127.0.0.1:0",
+                None,
+                Some("255.255.255.255:7946"),
+                "broadcast",
+            ),
+            ("127.0.0.1:0", None, Some("[ff02::1]:7946"), "multicast"),
         ] {
             let e = check(bind, advertise, seed).unwrap_err();
             assert!(e.contains(why), "{bind} {advertise:?} {seed:?}: {e}");
