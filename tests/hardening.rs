@@ -368,6 +368,90 @@ fn short_grace(cfg: &mut Config) {
     t.tombstone_grace = Duration::from_secs(2);
 }
 
+/// Two nodes down together for longer than the grace, restarted from their
+/// data dirs, that meet each other before a peer that deleted a tribe
+/// meanwhile, do not vouch for each other's copy of it (it came back
+/// everywhere).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_restarted_together_after_the_grace_bring_no_deletion_back() {
+    let keeper = start_cluster("pair-c", 1, short_grace).await.remove(0);
+    let mut cfgs = Vec::new();
+    let mut pair = Vec::new();
+    for i in 0..2 {
+        let mut cfg = test_config(&format!("pair-{i}"));
+        short_grace(&mut cfg);
+        cfg.seeds = vec![keeper.addr()];
+        cfg.data_dir = Some(scratch(&format!("pair-{i}")));
+        let node = Node::start(cfg.clone()).await.unwrap();
+        // Back on the same address: the other keeps it as a peer.
+        cfg.bind = node.addr();
+        cfgs.push(cfg);
+        pair.push(node);
+    }
+    let all: Vec<&Node> = [&keeper].into_iter().chain(&pair).collect();
+    wait_for("three members everywhere", LONG, || {
+        all.iter().all(|n| n.members_alive() == 3)
+    })
+    .await;
+    keeper.create_tribe("doomed").await.unwrap();
+    keeper.create_tribe("kept").await.unwrap();
+    wait_for("the tribes everywhere", LONG, || {
+        all.iter()
+            .all(|n| n.tribe("doomed").is_some() && n.tribe("kept").is_some())
+    })
+    .await;
+    // Kept in the data dirs, then both crash.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in pair.drain(..) {
+        n.abort().await;
+    }
+    let before = keeper.counters().tombstones_collected;
+    keeper.delete_tribe("doomed").await.unwrap();
+    wait_for("the deletion's tombstone collected", LONG, || {
+        keeper.counters().tombstones_collected > before
+    })
+    .await;
+    // Back together, the keeper out of their reach for a while.
+    for cfg in &cfgs {
+        let faults = Arc::new(Faults::default());
+        faults.block(keeper.addr());
+        let mut cfg = cfg.clone();
+        cfg.seeds = pair.iter().map(Node::addr).collect();
+        pair.push(Node::start_with_faults(cfg, faults).await.unwrap());
+    }
+    wait_for("the pair met", LONG, || {
+        pair.iter().all(|n| n.members_alive() == 2)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for n in &pair {
+        assert!(
+            n.tribe("doomed").is_none(),
+            "{} took its copy as confirmed",
+            n.name()
+        );
+        n.faults().unblock(keeper.addr());
+    }
+    let all: Vec<&Node> = [&keeper].into_iter().chain(&pair).collect();
+    wait_for("the pair decided by the keeper", LONG, || {
+        pair.iter()
+            .all(|n| n.counters().stale_records_dropped >= 1 && n.tribe("kept").is_some())
+    })
+    .await;
+    for _ in 0..20 {
+        for n in &all {
+            assert!(n.tribe("doomed").is_none(), "{} brought it back", n.name());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for n in all {
+        n.shutdown().await.unwrap();
+    }
+    for cfg in cfgs {
+        let _ = std::fs::remove_dir_all(cfg.data_dir.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tribe_deleted_while_a_node_was_down_stays_deleted() {
     let dir = scratch("deleted");

@@ -88,7 +88,10 @@ impl Engine {
             peers,
             records,
             generation: self.swim.identity().generation,
-            last_contact_ms: self.last_contact_ms,
+            // While records are held, the contact before the hold: a
+            // restart meanwhile holds them again (exchanges with peers that
+            // held them too, which decide nothing, are no contact).
+            last_contact_ms: self.held_contact_ms.unwrap_or(self.last_contact_ms),
             fact_changes: self.fact_changes.clone(),
         }
     }
@@ -196,6 +199,11 @@ impl Engine {
             }
         }
         if away {
+            // Held as after a stall (see `hold_after_stall`): a peer that
+            // holds them pending too (restarted with this node) decides
+            // nothing, or the two would vouch for records deleted meanwhile.
+            self.stall_unconfirmed = true;
+            self.held_contact_ms = Some(durable.last_contact_ms);
             tracing::info!(
                 records = self.pending.len(),
                 "out of contact for longer than the tombstone grace: kept records wait for a peer to confirm them"
@@ -236,6 +244,7 @@ impl Engine {
              its records wait for a peer to confirm them, so that none deleted meanwhile comes back"
         );
         self.stall_unconfirmed = true;
+        self.held_contact_ms = Some(self.last_contact_ms);
         self.hold_after_stall(false);
     }
 
@@ -254,8 +263,10 @@ impl Engine {
             return;
         }
         let taken = lock(&self.shared).state.take_live(kept);
-        if taken.is_empty() {
+        // Records restored after a long absence are pending already.
+        if taken.is_empty() && self.pending.is_empty() {
             self.stall_unconfirmed = false;
+            self.held_contact_ms = None;
             return;
         }
         tracing::info!(
@@ -281,11 +292,14 @@ impl Engine {
             // is left to decide, and waiting would only hide the records.
             // Failed ones count: sleepers cut off from the others may see
             // them down, and must not vouch for each other sooner.
+            // So do the peers an earlier run kept and this one has not met
+            // yet: nodes restarted together meet each other first.
             let all_held = self
                 .members
                 .iter()
                 .filter(|(_, r)| r.state != super::members::MemberState::Left)
-                .all(|(name, _)| self.stall_undecided_by.contains(name));
+                .all(|(name, _)| self.stall_undecided_by.contains(name))
+                && self.unmet_kept_peers().is_empty();
             if self.now_ms() < until && !isolated && !all_held {
                 // Only an exchange this node opens decides them: one with
                 // each peer in turn, not one a push-pull interval; a peer
@@ -321,6 +335,7 @@ impl Engine {
                     "the records held since the stall are kept as they were: {why}"
                 );
                 self.stall_unconfirmed = false;
+                self.held_contact_ms = None;
             }
             // Not spread: queued gossip would carry them to the first peer
             // met, before any exchange could decide them.
@@ -330,6 +345,7 @@ impl Engine {
             }
         } else {
             self.stall_unconfirmed = false;
+            self.held_contact_ms = None;
         }
         self.stall_hold_until = None;
         self.evaluate_policies();

@@ -286,6 +286,9 @@ pub struct Engine {
     clock_samples_from_ms: u64,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
+    /// While records are held after a stall or a long absence, the last
+    /// contact before it: what the data dir keeps (see `durable`).
+    held_contact_ms: Option<u64>,
     /// When records of tribes without a record were last swept (see
     /// [`crate::state::State::drop_orphans`]).
     orphans_swept_ms: u64,
@@ -471,6 +474,7 @@ impl Engine {
             stalled_ms: None,
             clock_samples_from_ms: 0,
             last_contact_ms: 0,
+            held_contact_ms: None,
             orphans_swept_ms: 0,
             kept_peers: Vec::new(),
             kept_until_ms: 0,

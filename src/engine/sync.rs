@@ -675,30 +675,19 @@ impl Engine {
             .map(usize::from)
             .filter(|&b| b < BUCKETS)
             .collect();
-        // Our records the responder holds pending too: after a restart they
-        // count as known (a whole cluster restarting from its data dirs);
-        // after a stall they stay undecided, since two nodes that slept
-        // together would vouch for each other's records deleted meanwhile,
-        // and the hold's end keeps what no awake peer decides.
+        // Our records the responder holds pending too stay undecided (after
+        // a stall or a long absence alike): two nodes that slept, or were
+        // down, together would vouch for each other's records deleted
+        // meanwhile; the hold's end keeps what no other peer decides (a
+        // whole cluster restarting from its data dirs).
         let also_pending = pending
             .into_iter()
             .map(|(k, _)| k)
             .filter(|k| self.pending.contains_key(k));
-        let after_stall = self.stall_hold_until.is_some();
         if let Some(x) = self.conns.get_mut(&conn) {
             x.responder = Some(from);
             x.mismatched = mismatched;
-            for k in also_pending {
-                if after_stall {
-                    x.undecided.insert(k);
-                } else {
-                    x.theirs.entry(k).or_insert(Hlc {
-                        millis: 0,
-                        counter: 0,
-                        node: String::new(),
-                    });
-                }
-            }
+            x.undecided.extend(also_pending);
         }
         self.apply_members(members);
         self.on_reply_records(conn, records, more);
