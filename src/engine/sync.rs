@@ -895,7 +895,7 @@ impl Engine {
         // down hears of it without a log line every few seconds, nor goes
         // hours without one.
         let n = self.join_attempts;
-        if n >= 2 && ((n.is_power_of_two() && n <= 16) || n % 20 == 0) {
+        if n >= 2 && ((n.is_power_of_two() && n <= 16) || n.is_multiple_of(20)) {
             let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             // Seeds that refuse this node's streams look like silent ones
             // from here: name the usual reasons.
