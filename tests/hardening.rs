@@ -368,6 +368,64 @@ fn short_grace(cfg: &mut Config) {
     t.tombstone_grace = Duration::from_secs(2);
 }
 
+/// A whole tribe down for longer than the grace and restarted from its
+/// data dirs keeps everything, within seconds: every member held the
+/// records too, and no one is left to decide them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_tribe_restarted_after_the_grace_keeps_its_state() {
+    let mut cfgs = Vec::new();
+    let mut nodes: Vec<Node> = Vec::new();
+    for i in 0..3 {
+        let mut cfg = test_config(&format!("all-back-{i}"));
+        short_grace(&mut cfg);
+        cfg.seeds = nodes.iter().map(Node::addr).take(1).collect();
+        cfg.data_dir = Some(scratch(&format!("all-back-{i}")));
+        let node = Node::start(cfg.clone()).await.unwrap();
+        cfg.bind = node.addr();
+        cfg.seeds = Vec::new(); // back through the peers its data dir keeps
+        cfgs.push(cfg);
+        nodes.push(node);
+    }
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("web").await.unwrap();
+    nodes[1].create_tribe("db").await.unwrap();
+    wait_for("the tribes everywhere", LONG, || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("web").is_some() && n.tribe("db").is_some())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for n in nodes.drain(..) {
+        n.abort().await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await; // past the grace
+    for cfg in &cfgs {
+        nodes.push(Node::start(cfg.clone()).await.unwrap());
+    }
+    wait_converged_members(&nodes, 3).await;
+    // Well before the hold's 30 s.
+    wait_for(
+        "the tribes kept everywhere",
+        Duration::from_secs(15),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.tribe("web").is_some() && n.tribe("db").is_some())
+        },
+    )
+    .await;
+    assert!(nodes
+        .iter()
+        .all(|n| n.counters().stale_records_dropped == 0));
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+    for cfg in cfgs {
+        let _ = std::fs::remove_dir_all(cfg.data_dir.unwrap());
+    }
+}
+
 /// Two nodes down together for longer than the grace, restarted from their
 /// data dirs, that meet each other before a peer that deleted a tribe
 /// meanwhile, do not vouch for each other's copy of it (it came back
