@@ -129,7 +129,6 @@ impl State {
     }
 
     /// Whether the store holds nothing.
-    #[cfg(any(test, feature = "internals"))]
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

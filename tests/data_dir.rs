@@ -338,3 +338,63 @@ async fn a_node_whose_data_dir_was_removed_and_taken_writes_no_more_into_it() {
     second.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A node restarted from its data dir while a plugin of its tribe was
+/// unloaded and another tribe deleted holds its view until its first
+/// exchange: it does not load what is gone, only to unload it a moment
+/// later (an agent would have started a collector for nothing).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_does_not_load_what_was_removed_while_it_was_down() {
+    let dir = scratch("removed");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let keeper = Node::start(config("dd-keeper", &dir, any)).await.unwrap();
+    let mut cfg = config("dd-back", &dir, any);
+    cfg.seeds = vec![keeper.addr()];
+    let node = Node::start(cfg.clone()).await.unwrap();
+    wait_converged_members(&[keeper.clone(), node.clone()], 2).await;
+    for tribe in ["stays", "goes"] {
+        keeper.create_tribe(tribe).await.unwrap();
+        keeper.join(tribe, "dd-back").await.unwrap();
+    }
+    for plugin in ["kept", "unloaded"] {
+        keeper
+            .load_plugin("stays", plugin, "1", tribe::PluginKind::Collector, None)
+            .await
+            .unwrap();
+    }
+    keeper
+        .load_plugin("goes", "gone", "1", tribe::PluginKind::Collector, None)
+        .await
+        .unwrap();
+    wait_for("the catalog on the node", Duration::from_secs(20), || {
+        node.tribe("stays").is_some_and(|t| t.plugins.len() == 2) && node.tribe("goes").is_some()
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(2500)).await; // saved
+    cfg.bind = node.addr();
+    node.abort().await;
+    keeper
+        .unload_plugin("stays", "unloaded", "1")
+        .await
+        .unwrap();
+    keeper.delete_tribe("goes").await.unwrap();
+
+    cfg.seeds = Vec::new(); // back through the peer its data dir keeps
+    let node = Node::start(cfg).await.unwrap();
+    let mut events = node.events();
+    wait_for("the node caught up", Duration::from_secs(20), || {
+        node.tribe("goes").is_none() && node.tribe("stays").is_some_and(|t| t.plugins.len() == 1)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut loaded = Vec::new();
+    while let Some(e) = events.try_next() {
+        if let tribe::Event::PluginLoad(p) = e {
+            loaded.push(p.name);
+        }
+    }
+    assert_eq!(loaded, ["kept"], "plugins loaded at the restart");
+    keeper.shutdown().await.unwrap();
+    node.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -59,6 +59,10 @@ const STALL_HOLD_MS: u64 = 30_000;
 /// clock's, and is not taken as this node's floor.
 const LATEST_PLAUSIBLE_MS: u64 = 7_258_118_400_000;
 
+/// Longest a node restarted from its data dir holds its view still while
+/// it waits for its first exchange (see [`Engine::restore`]).
+const RESTART_VIEW_HOLD_MS: u64 = 5_000;
+
 /// Whether a record belongs in the data dir.
 fn kept(key: &Key) -> bool {
     !matches!(key, Key::Node(_) | Key::RingKey(_) | Key::RingPrimary)
@@ -226,6 +230,26 @@ impl Engine {
             }
         }
         self.last_kept = self.kept_peers.clone();
+        // What changed while this node was down reaches it in its first
+        // exchange: until then (or RESTART_VIEW_HOLD_MS), its view holds
+        // still, so that it does not load, run and then undo what was
+        // deleted or stopped meanwhile.
+        let restored = !lock(&self.shared).state.is_empty();
+        if restored && !away && !self.seeds.is_empty() {
+            self.view_held_until = Some(self.now_ms().saturating_add(RESTART_VIEW_HOLD_MS));
+        }
+    }
+
+    /// Lets the view held since a restart go: at its first exchange, or
+    /// once that is overdue.
+    pub(super) fn release_restart_view(&mut self, exchanged: bool) {
+        let Some(until) = self.view_held_until else {
+            return;
+        };
+        if exchanged || self.now_ms() >= until {
+            self.view_held_until = None;
+            self.emit_view_changes();
+        }
     }
 
     /// After a stall longer than the tombstone grace (`stalled_ms`; a

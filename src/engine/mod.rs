@@ -289,6 +289,9 @@ pub struct Engine {
     /// While records are held after a stall or a long absence, the last
     /// contact before it: what the data dir keeps (see `durable`).
     held_contact_ms: Option<u64>,
+    /// Until when the view of a node restarted from its data dir holds
+    /// still, waiting for its first exchange (see `durable`).
+    view_held_until: Option<u64>,
     /// When records of tribes without a record were last swept (see
     /// [`crate::state::State::drop_orphans`]).
     orphans_swept_ms: u64,
@@ -475,6 +478,7 @@ impl Engine {
             clock_samples_from_ms: 0,
             last_contact_ms: 0,
             held_contact_ms: None,
+            view_held_until: None,
             orphans_swept_ms: 0,
             kept_peers: Vec::new(),
             kept_until_ms: 0,
@@ -672,6 +676,7 @@ impl Engine {
                 }
                 self.say_held_policy_errors();
                 self.say_overdue_failures();
+                self.release_restart_view(false);
                 self.housekeeping();
                 self.check_suspects();
                 self.schedule(Timer::Housekeeping, HOUSEKEEPING_INTERVAL);

@@ -205,7 +205,10 @@ impl Engine {
                     }
                 }
             }
-            if self.view_may_have_changed(&changes) && self.stall_hold_until.is_none() {
+            if self.view_may_have_changed(&changes)
+                && self.stall_hold_until.is_none()
+                && self.view_held_until.is_none()
+            {
                 self.emit_view_changes();
             }
         }

@@ -333,6 +333,7 @@ impl Engine {
             sh.counters.push_pulls_completed += 1;
             drop(sh);
             self.follow_cluster_primary();
+            self.release_restart_view(true);
         } else {
             sh.counters.push_pulls_failed += 1;
         }
