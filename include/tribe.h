@@ -1578,7 +1578,11 @@ uint32_t tribe_node_shutdown(const struct tribe_node *node,
 
 /**
  * Stops at once without a goodbye, as a crash would (peers record the node
- * as *failed*); otherwise like `tribe_node_shutdown`. Idempotent.
+ * as *failed*); otherwise like `tribe_node_shutdown`. Idempotent. After
+ * (or during) a `tribe_node_shutdown`, as a host's second signal or a host
+ * that gave up on its handlers, it makes `tribe_node_free` wait only for
+ * the replies already given to be sent, not for calls still unanswered
+ * (their callers get `TRIBE_DISCONNECTED` at the free).
  */
 uint32_t tribe_node_abort(const struct tribe_node *node,
                           struct tribe_error **err);
@@ -1589,7 +1593,8 @@ uint32_t tribe_node_abort(const struct tribe_node *node,
  * first lets the call streams send the replies given meanwhile (answer
  * every responder before the free), up to 2 s, and waits for no call
  * whose caller gave up on it (its timeout passed, it was cancelled, its
- * stream ended); the threads get up to 2 s more. No other thread may use
+ * stream ended; after a `tribe_node_abort`, for no call still
+ * unanswered); the threads get up to 2 s more. No other thread may use
  * the node during or after this call. NULL is ignored; in a
  * process forked from the one that started the node, nothing is released
  * (see fork() above).

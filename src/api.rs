@@ -900,6 +900,12 @@ impl Node {
         self.inner.rpc.server.replies_sent().await;
     }
 
+    /// [`Node::calls_drained`] without waiting for the calls still
+    /// unanswered (the C ABI's free after a host gave up on its handlers).
+    pub(crate) async fn given_replies_sent(&self) {
+        self.inner.rpc.server.given_replies_sent().await;
+    }
+
     /// The raw call path (server, pool, counters); for tests (feature
     /// `internals`).
     #[cfg(feature = "internals")]

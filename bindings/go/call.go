@@ -367,6 +367,7 @@ func (in *node) dispatch(ev *C.tribe_event, kind C.uint32_t) {
 		}
 		info, payload := in.callOf(&ci)
 		in.handlerWG.Add(1)
+		in.running.Add(1)
 		go in.serveCall(r, info, payload)
 	default:
 		var text *C.char
@@ -416,6 +417,7 @@ func (in *node) callOf(ci *C.tribe_call_info) (CallInfo, []byte) {
 // serveCall runs a handler for one incoming call and answers it.
 func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	defer in.handlerWG.Done()
+	defer in.running.Add(-1)
 	var ctx *callCtx
 	held := false
 	defer func() {

@@ -144,6 +144,8 @@ type node struct {
 	stopMu  sync.Mutex
 	stopped bool
 	stopErr error
+	// running counts the handlers running (handlerWG's count).
+	running atomic.Int64
 	// aborted closes at the first Abort: it ends a graceful stop's wait
 	// for handlers.
 	aborted   chan struct{}
@@ -490,22 +492,31 @@ func (n *Node) Close() error {
 // Shutdown is Close with the wait for running handlers bounded by ctx
 // instead of 5 s, as http.Server's Shutdown: it leaves the cluster
 // gracefully (the goodbye takes at most 1.5 s, whatever ctx says), then
-// waits for running handlers until they return or ctx ends. It returns
-// Close's result, or, when ctx ended while handlers still ran, the
-// context's error (context.Cause): those handlers are left to finish on
-// their own and their answers are dropped. Like Close it is idempotent: a
-// Shutdown or Close after the first returns the first's node result (nil
-// after a clean stop), without the context error.
+// waits for running handlers until they return or ctx ends, so it returns
+// at most 1.5 s after ctx ends. It returns Close's result (nil when no
+// handler was running, also with ctx already done), or, when ctx ended
+// while handlers still ran, an error matching both the context's error
+// and its cause: those handlers are left to finish on their own, their
+// calls end ErrDisconnected at their callers and their answers are
+// dropped. An Abort during the wait ends it the same way, and Shutdown
+// then returns an error matching ErrShuttingDown. Like Close it is
+// idempotent: a Shutdown or Close after the first returns the first's
+// node result (nil after a clean stop), without the context error.
 func (n *Node) Shutdown(ctx context.Context) error {
 	defer runtime.KeepAlive(n)
 	if ctx == nil {
 		return &Error{Code: "invalid_argument", Message: "nil Context"}
 	}
-	drained, err := n.inner().stop(ctx, true)
-	if err == nil && !drained {
-		return context.Cause(ctx)
+	in := n.inner()
+	drained, err := in.stop(ctx, true)
+	switch {
+	case err != nil || drained:
+		return err
+	case ctx.Err() != nil:
+		return ctxEnd(ctx, nil)
+	default:
+		return &Error{Code: ErrShuttingDown.Code, Message: "Abort ended the wait for running handlers: their answers were dropped"}
 	}
-	return err
 }
 
 // Abort stops at once without a goodbye, as a crash would (peers record the
@@ -514,8 +525,9 @@ func (n *Node) Shutdown(ctx context.Context) error {
 // Otherwise like Close: handler contexts end, and Abort waits up to 5 s for
 // running handlers to return, so that no handler of the node runs on once
 // it returns (one that ignores its context may). An Abort while a Close or
-// Shutdown waits for handlers ends that wait at once (their answers are
-// dropped) and returns once the node is freed.
+// Shutdown waits for handlers ends that wait at once (their calls end
+// ErrDisconnected at their callers, their answers are dropped) and
+// returns once the node is freed.
 func (n *Node) Abort() {
 	defer runtime.KeepAlive(n)
 	in := n.inner()
@@ -555,20 +567,29 @@ func (in *node) stop(ctx context.Context, graceful bool) (drained bool, err erro
 	// The shutdown wakes the polling goroutine, which hands out what was
 	// queued, fails the calls still waiting and closes Events.
 	<-in.pollDone
-	done := make(chan struct{})
-	go func() { in.handlerWG.Wait(); close(done) }()
 	// An Abort cuts a graceful stop's wait, not its own.
 	cut := in.aborted
 	if !graceful {
 		cut = nil
 	}
-	select {
-	case <-done:
-		drained = true
-	case <-ctx.Done():
-	case <-cut:
+	if in.running.Load() == 0 {
+		drained = true // none to wait for, whatever ctx says
+	} else {
+		done := make(chan struct{})
+		go func() { in.handlerWG.Wait(); close(done) }()
+		select {
+		case <-done:
+			drained = true
+		case <-ctx.Done():
+		case <-cut:
+		}
 	}
 	in.mu.Lock()
+	if !drained {
+		// The handlers still running are given up: their calls end
+		// Disconnected now, and the free waits for none of their replies.
+		C.tribe_node_abort(in.ptr, nil)
+	}
 	// Kept: EventsDropped goes on counting what libtribe dropped.
 	in.dropped.Add(uint64(C.tribe_node_events_dropped(in.ptr)))
 	in.finalCounters = finalCounters(in.ptr)

@@ -93,7 +93,8 @@ func TestShutdownBoundsTheWaitForHandlers(t *testing.T) {
 	if err := host.Shutdown(context.Background()); err != nil {
 		t.Fatalf("a second Shutdown: %v", err)
 	}
-	if err := host.Shutdown(nil); err == nil { //nolint:staticcheck // a nil Context is refused
+	//lint:ignore SA1012 a nil Context is refused
+	if err := host.Shutdown(nil); err == nil {
 		t.Fatal("Shutdown(nil) was accepted")
 	}
 	select {
@@ -103,6 +104,44 @@ func TestShutdownBoundsTheWaitForHandlers(t *testing.T) {
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("the caller was not answered after Shutdown")
+	}
+}
+
+// A handler given up by Shutdown has its answer dropped, also one that comes
+// a moment later (the free waited 2 s for it, and sent it), and an idle
+// node's Shutdown with a context already done is a clean stop.
+func TestShutdownDropsTheAnswersOfHandlersItGaveUp(t *testing.T) {
+	host, caller := servedPair(t, map[string]Handler{
+		"slow": func(context.Context, CallInfo, []byte) ([]byte, error) {
+			time.Sleep(time.Second)
+			return []byte("late"), nil
+		},
+	})
+	callErr := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		reply, err := caller.Call(ctx, target("slow"), nil)
+		if err == nil {
+			err = errors.New("answered " + string(reply))
+		}
+		callErr <- err
+	}()
+	waitFor(t, "the handler running", 10*time.Second, func() bool { return host.inner().running.Load() == 1 })
+	gone := errors.New("the operator stopped it")
+	ctx, cancel := context.WithTimeoutCause(context.Background(), 100*time.Millisecond, gone)
+	defer cancel()
+	if err := host.Shutdown(ctx); !errors.Is(err, gone) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-callErr; !errors.Is(err, ErrDisconnected) {
+		t.Fatalf("the caller of a handler given up: %v", err)
+	}
+	idle := startNode(t, "idle", nil)
+	done, stop := context.WithCancelCause(context.Background())
+	stop(errors.New("already gone"))
+	if err := idle.Shutdown(done); err != nil {
+		t.Fatalf("Shutdown of an idle node with a context already done: %v", err)
 	}
 }
 
@@ -121,6 +160,21 @@ func TestAbortEndsTheWaitOfARunningClose(t *testing.T) {
 	case err := <-closed:
 		if err != nil {
 			t.Fatalf("Close cut by Abort: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("Abort did not end the running Close")
+	}
+	// Shutdown says it was cut.
+	host, _ = blockingHost(t)
+	host.inner().drain = time.Hour
+	go func() { closed <- host.Shutdown(context.Background()) }()
+	waitFor(t, "Shutdown to begin", 10*time.Second, func() bool { return host.inner().closing.Load() })
+	time.Sleep(100 * time.Millisecond)
+	host.Abort()
+	select {
+	case err := <-closed:
+		if !errors.Is(err, ErrShuttingDown) {
+			t.Fatalf("Shutdown cut by Abort: %v", err)
 		}
 	case <-time.After(30 * time.Second):
 		t.Fatal("Abort did not end the running Close")

@@ -35,6 +35,9 @@ pub struct TribeNode {
     pub(super) closing: watch::Sender<bool>,
     /// Whether the node has stopped (held while it stops).
     stopped: Mutex<bool>,
+    /// Aborted, also after a graceful stop: the free waits for no call
+    /// still unanswered.
+    cut: std::sync::atomic::AtomicBool,
     /// Where log records go, when the host asked for them.
     log_sink: Option<super::log::Sink>,
     /// Asynchronous calls not finished yet.
@@ -104,8 +107,15 @@ impl TribeNode {
     }
 
     fn stop(&self, graceful: bool) {
+        use std::sync::atomic::Ordering;
         self.closing.send_replace(true);
         let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        if !graceful {
+            // After a graceful stop (a host's second signal, or a host
+            // that gave up on its handlers): the free waits for no call
+            // still unanswered.
+            self.cut.store(true, Ordering::SeqCst);
+        }
         if *stopped {
             return;
         }
@@ -121,14 +131,26 @@ impl TribeNode {
 
 impl Drop for TribeNode {
     fn drop(&mut self) {
-        self.stop(false);
+        let graceful = *self.stopped.lock().unwrap_or_else(|p| p.into_inner());
+        let cut = self.cut.load(std::sync::atomic::Ordering::SeqCst);
+        if !graceful {
+            self.stop(false);
+        }
         // After a graceful stop the call streams answer what they read and
         // flush it; dropping their runtime first would lose replies the
-        // host gave just before the free.
-        let _ = super::log::with_sink(self.log_sink.as_ref(), || {
-            self.host_io
-                .drive(async { tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await })
-        });
+        // host gave just before the free. An abort after it waits for the
+        // replies given only.
+        if graceful {
+            let _ = super::log::with_sink(self.log_sink.as_ref(), || {
+                self.host_io.drive(async {
+                    if cut {
+                        tokio::time::timeout(FREE_GRACE, self.node.given_replies_sent()).await
+                    } else {
+                        tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await
+                    }
+                })
+            });
+        }
         // Then every call stream is cut, also after a graceful stop: in a
         // poll group the runtime, and the streams' tasks with their queued
         // calls, outlive this node.
@@ -292,6 +314,7 @@ pub extern "C" fn tribe_node_start(
             mailbox,
             closing: watch::channel(false).0,
             stopped: Mutex::new(false),
+            cut: std::sync::atomic::AtomicBool::new(false),
             log_sink,
             calls: Arc::new(super::call::AsyncCalls::new(max_inflight)),
             max_payload,
@@ -408,7 +431,11 @@ pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut Ffi
 }
 
 /// Stops at once without a goodbye, as a crash would (peers record the node
-/// as *failed*); otherwise like `tribe_node_shutdown`. Idempotent.
+/// as *failed*); otherwise like `tribe_node_shutdown`. Idempotent. After
+/// (or during) a `tribe_node_shutdown`, as a host's second signal or a host
+/// that gave up on its handlers, it makes `tribe_node_free` wait only for
+/// the replies already given to be sent, not for calls still unanswered
+/// (their callers get `TRIBE_DISCONNECTED` at the free).
 #[no_mangle]
 pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, {
@@ -422,7 +449,8 @@ pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiErr
 /// first lets the call streams send the replies given meanwhile (answer
 /// every responder before the free), up to 2 s, and waits for no call
 /// whose caller gave up on it (its timeout passed, it was cancelled, its
-/// stream ended); the threads get up to 2 s more. No other thread may use
+/// stream ended; after a `tribe_node_abort`, for no call still
+/// unanswered); the threads get up to 2 s more. No other thread may use
 /// the node during or after this call. NULL is ignored; in a
 /// process forked from the one that started the node, nothing is released
 /// (see fork() above).

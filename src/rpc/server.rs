@@ -324,12 +324,26 @@ impl Server {
         }
     }
 
+    /// [`Server::replies_sent`] without waiting for the calls still
+    /// unanswered: a host that gave up on its handlers.
+    pub(crate) async fn given_replies_sent(&self) {
+        const LOOK: Duration = Duration::from_millis(5);
+        while !self.flushed() {
+            tokio::time::sleep(LOOK).await;
+        }
+    }
+
     /// No call is being served (none that a handler could still answer:
     /// one its caller gave up on is over), every stream's replies are
     /// written, and the farewell, if said, has settled.
     fn quiet(&self) -> bool {
-        self.open.available_permits() >= self.limits.max_serving
-            && self.farewell_settled()
+        self.open.available_permits() >= self.limits.max_serving && self.flushed()
+    }
+
+    /// Every stream's replies are written, and the farewell, if said, has
+    /// settled.
+    fn flushed(&self) -> bool {
+        self.farewell_settled()
             && self
                 .outboxes
                 .lock()
