@@ -426,7 +426,30 @@ impl Pool {
         for slot in slots {
             slot.drop_unusable(&mut slot.conns.lock().unwrap_or_else(|p| p.into_inner()));
         }
+        self.forget_unused_hosts();
         self.borrowed.sweep();
+    }
+
+    /// Lets go of what is kept per host address for hosts no call uses:
+    /// hosts come and go at new addresses (port 0, DHCP, pods), and each
+    /// address's slot and counter stayed for good (some 200 B each).
+    fn forget_unused_hosts(&self) {
+        self.slots
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, slot| {
+                Arc::strong_count(slot) > 1
+                    || !slot.conns.lock().unwrap_or_else(|p| p.into_inner()).is_empty()
+                    || slot.refused_lately()
+            });
+        self.load
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, count| Arc::strong_count(count) > 1 || count.load(Ordering::Relaxed) > 0);
+        self.unreachable
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, at| at.elapsed() < UNREACHABLE_FOR);
     }
 
     /// Later calls open new streams (the node's keys or encryption mode
@@ -1080,6 +1103,31 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(let_go, "the caller still holds the retired stream");
+    }
+
+    /// What is kept per host address goes once no call uses it: hosts that
+    /// come back at new addresses left an entry each, for good.
+    #[test]
+    fn hosts_no_call_uses_are_forgotten() {
+        let pool = Pool::new(RpcLimits::default(), 1 << 20, Arc::default());
+        let addr = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        for port in 1..=100 {
+            drop(pool.slot(addr(port)));
+            drop(pool.reserve(addr(port)));
+        }
+        let busy = pool.reserve(addr(7));
+        let held = pool.slot(addr(8));
+        pool.close_idle();
+        fn kept<V>(map: &Mutex<HashMap<SocketAddr, V>>) -> Vec<SocketAddr> {
+            let mut keys: Vec<_> = map.lock().unwrap().keys().copied().collect();
+            keys.sort();
+            keys
+        }
+        assert_eq!(kept(&pool.load), [addr(7)]);
+        assert_eq!(kept(&pool.slots), [addr(8)]);
+        drop((busy, held));
+        pool.close_idle();
+        assert!(kept(&pool.load).is_empty() && kept(&pool.slots).is_empty());
     }
 
     /// A host that stops reading, then is declared failed: the call whose
