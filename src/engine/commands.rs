@@ -801,11 +801,24 @@ impl Engine {
             if !self.is_up(&name) {
                 continue;
             }
+            // A member restarted under its name is up at its new address
+            // before its new record arrives: the record of its last run
+            // names the old one (calls went there, and failed, for up to a
+            // few hundred ms). It is called where it is now; one that does
+            // not serve the plugin any more refuses, and the call moves on.
+            let mut moved = None;
             let endpoints = if name == self.name {
                 &self.record.endpoints
             } else {
                 match view.node_record(&name) {
-                    Some(r) => &r.endpoints,
+                    Some(r) => {
+                        moved = self
+                            .members
+                            .get(&name)
+                            .filter(|row| row.id.generation > r.generation && row.id.addr != r.addr)
+                            .map(|row| (r.addr, row.id.addr));
+                        &r.endpoints
+                    }
                     None => continue,
                 }
             };
@@ -816,10 +829,14 @@ impl Engine {
                 })
                 .max_by(|a, b| a.version.cmp(&b.version));
             if let Some(e) = best {
+                let addr = match moved {
+                    Some((old, now)) if e.addr == old => now,
+                    _ => e.addr,
+                };
                 out.push(super::view::Provider {
                     local: name == self.name,
                     name,
-                    addr: e.addr,
+                    addr,
                     version: e.version.clone(),
                 });
             }

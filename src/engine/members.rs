@@ -75,7 +75,12 @@ impl Members {
     pub fn up(&mut self, id: &NodeId, now_ms: u64) -> Change {
         match self.rows.get_mut(&*id.name) {
             Some(row) if row.state.is_up() => {
-                row.id = id.clone();
+                // Renamed (restarted elsewhere under its name): what was
+                // worked out from its address (call targets) is stale.
+                if row.id != *id {
+                    row.id = id.clone();
+                    self.revision += 1;
+                }
                 Change::None
             }
             Some(row) => {

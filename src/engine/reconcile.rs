@@ -841,6 +841,61 @@ mod tests {
         assert!(engine.in_tribe("everyone"));
     }
 
+    /// A member restarted under its name on another address is called
+    /// there, also before its new record arrives (the last run's record
+    /// named the old address, and calls failed there).
+    #[test]
+    fn a_member_restarted_elsewhere_is_called_where_it_is_now() {
+        let (mut engine, mut set) = started_without_host_facts();
+        engine
+            .handle_command(1_100, crate::Command::CreateTribe { tribe: "t".into() })
+            .unwrap();
+        let old: std::net::SocketAddr = "127.0.0.1:7001".parse().unwrap();
+        let now: std::net::SocketAddr = "127.0.0.1:7002".parse().unwrap();
+        let record = crate::records::NodeRecord {
+            addr: old,
+            generation: 500,
+            facts: BTreeMap::new(),
+            policy_tribes: ["t".to_string()].into(),
+            endpoints: vec![crate::Endpoint {
+                name: "p".into(),
+                version: "1".into(),
+                kind: crate::PluginKind::Processor,
+                addr: old,
+            }],
+            left: true,
+            keys: Vec::new(),
+            primary_key: None,
+            artifacts: Vec::new(),
+        };
+        lock(&engine.shared).accept_remote(
+            Key::Node("h".into()),
+            Entry {
+                version: Hlc {
+                    millis: 1_000,
+                    counter: 0,
+                    node: "h".into(),
+                },
+                value: Some(Value::Node(record)),
+                era: None,
+            },
+        );
+        engine.after_change();
+        drain_events(&mut engine, &mut set);
+        let addr = |engine: &mut Engine| {
+            engine
+                .providers("t", "p", None, crate::PluginKind::Processor)
+                .unwrap()
+                .iter()
+                .map(|p| p.addr)
+                .collect::<Vec<_>>()
+        };
+        engine.members.up(&NodeId::new("h", old, 500), 1_200);
+        assert_eq!(addr(&mut engine), [old]);
+        engine.members.up(&NodeId::new("h", now, 900), 1_300);
+        assert_eq!(addr(&mut engine), [now]);
+    }
+
     #[test]
     fn a_policy_error_that_quotes_a_changing_fact_is_said_at_most_once_a_minute() {
         let (mut engine, mut set) = started_without_host_facts();
