@@ -119,6 +119,7 @@ from ._types import (
     ArtifactCorrupt,
     ArtifactUnavailable,
     Endpoint,
+    FrozenMap,
     Event,
     ClockSkew,
     IdentityClaimed,
@@ -169,6 +170,7 @@ __all__ = [
     "Endpoint",
     "Event",
     "Events",
+    "FrozenMap",
     "Handler",
     "HandlerError",
     "IdentityClaimed",
@@ -1109,7 +1111,8 @@ class Node(_NoCopy):
         self._native.unload_plugin(tribe, name, version)
 
     def artifact(self, sha256: str) -> Optional[bytes]:
-        """The verified bytes of a plugin artifact this node holds."""
+        """The verified bytes of a plugin artifact this node holds; None when
+        it holds none of that hash (C and Go: ``unknown_artifact``)."""
         return self._native.artifact(sha256)
 
     def add_task(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, Mapping, NoReturn, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, NoReturn, Optional, Tuple, TypeVar, Union
+
+_V = TypeVar("_V")
 
 
-class FrozenMap(Dict[str, Any]):
+class FrozenMap(Dict[str, _V]):
     """A read-only dict: ``json.dumps`` and ``dataclasses.asdict`` take it
     as a dict, ``m | other`` gives a new plain dict, and, unlike
     ``MappingProxyType``, it hashes, pickles and copies, so the snapshots
@@ -20,7 +22,7 @@ class FrozenMap(Dict[str, Any]):
     __slots__ = ("_hash",)
     _hash: Optional[int]
 
-    def __new__(cls, d: Any = None) -> FrozenMap:
+    def __new__(cls, d: Any = None) -> FrozenMap[_V]:
         # Filled here: ``__init__`` is a no-op, so calling it again cannot
         # change the contents.
         self = super().__new__(cls)
@@ -45,14 +47,14 @@ class FrozenMap(Dict[str, Any]):
     def __reduce__(self) -> Tuple[Any, ...]:
         return (FrozenMap, (dict(self),))
 
-    def __copy__(self) -> FrozenMap:
+    def __copy__(self) -> FrozenMap[_V]:
         return self
 
-    def __deepcopy__(self, memo: Dict[int, Any]) -> FrozenMap:
+    def __deepcopy__(self, memo: Dict[int, Any]) -> FrozenMap[_V]:
         return self
 
 
-def _ro(d: Optional[Dict[str, Any]]) -> Mapping[str, Any]:
+def _ro(d: Optional[Dict[str, Any]]) -> FrozenMap[Any]:
     return FrozenMap(d)
 
 
@@ -75,7 +77,8 @@ class Member:
     #: ``"alive"``, ``"suspect"``, ``"failed"`` or ``"left"``.
     state: str
     generation: int
-    facts: Mapping[str, str]
+    #: Read-only; ``facts | {...}`` and ``dict(facts)`` give plain dicts.
+    facts: FrozenMap[str]
     #: Tribes whose live view holds it.
     tribes: Tuple[str, ...]
     endpoints: Tuple[Endpoint, ...]
