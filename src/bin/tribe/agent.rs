@@ -52,6 +52,11 @@ pub struct AgentArgs {
     /// Timing profile: lan, wan or local [default: lan].
     #[arg(long, env = "TRIBE_PROFILE")]
     profile: Option<String>,
+    /// How long a failed or left member stays listed before it is forgotten
+    /// (its record and memberships by hand deleted), as `90s`, `10m` or `24h`
+    /// [default: the profile's: 24h with lan and wan, 5m with local].
+    #[arg(long, env = "TRIBE_REAP_AFTER", value_name = "DURATION")]
+    reap_after: Option<String>,
     /// Where the admin HTTP API listens; port 0 picks one [default: 127.0.0.1:7947].
     #[arg(long, env = "TRIBE_ADMIN", value_name = "HOST:PORT")]
     admin: Option<String>,
@@ -136,6 +141,7 @@ struct FileOptions {
     #[serde(default)]
     fact: Vec<String>,
     profile: Option<String>,
+    reap_after: Option<String>,
     admin: Option<String>,
     data_dir: Option<PathBuf>,
     label: Option<String>,
@@ -253,6 +259,14 @@ impl AgentArgs {
         config.profile = profile_text
             .parse::<Profile>()
             .map_err(|e| format!("--profile: {e}"))?;
+        if let Some(text) = self.reap_after.or(file.reap_after) {
+            let reap_after = humantime::parse_duration(&text).map_err(|e| {
+                format!("--reap-after {text:?}: {e} (give a duration such as 90s, 10m or 24h)")
+            })?;
+            let mut timings = config.profile.timings();
+            timings.reap_after = reap_after;
+            config.timings = Some(timings);
+        }
         let admin_text = self
             .admin
             .or(file.admin)
@@ -847,6 +861,43 @@ mod tests {
         let err = plan("[::1]", &facts).err().unwrap();
         assert!(
             err.contains("--bind \"[::1]\" is not host:port: no port"),
+            "{err}"
+        );
+    }
+
+    /// An operator shortens how long failed members stay listed (serf's
+    /// reconnect_timeout); a bad duration says what it wants.
+    #[test]
+    fn reap_after_takes_a_duration() {
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            agent: super::AgentArgs,
+        }
+        use clap::Parser as _;
+        let plan = |args: &[&str]| {
+            let base = [
+                "agent",
+                "--name",
+                "n",
+                "--bind",
+                "127.0.0.1:0",
+                "--insecure-plaintext",
+            ];
+            Cli::try_parse_from(base.iter().chain(args))
+                .unwrap()
+                .agent
+                .plan(&tribe::facts::Facts::new())
+                .map(|p| p.config.timings.map(|t| t.reap_after))
+        };
+        assert_eq!(plan(&[]).unwrap(), None);
+        assert_eq!(
+            plan(&["--reap-after", "10m"]).unwrap(),
+            Some(std::time::Duration::from_secs(600))
+        );
+        let err = plan(&["--reap-after", "soon"]).unwrap_err();
+        assert!(
+            err.contains("--reap-after \"soon\"") && err.contains("10m"),
             "{err}"
         );
     }
