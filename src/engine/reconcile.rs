@@ -905,48 +905,38 @@ mod tests {
             when: "has(facts.ctr) && int(facts.ctr) / 0 == 1".into(),
         };
         engine.handle_command(1_100, policy).unwrap();
-        let mut set_ctr = |at: u64, value: u64| {
-            let fact = crate::Command::SetFact {
-                key: "ctr".into(),
-                value: value.to_string(),
-            };
-            engine.handle_command(at, fact).unwrap();
-            drain_events(&mut engine, &mut set)
-                .iter()
-                .filter(|e| matches!(e, Event::PolicyError { .. }))
-                .count()
-        };
-        // Each value gives another message ("... of Int(7)").
-        let said: usize = (0..20).map(|i| set_ctr(2_000 + i * 100, i)).sum();
-        assert_eq!(said, 1);
-        // The last cause is told once the minute has passed, with no other
-        // change to evaluate the policy again; once only.
-        let mut housekeeping = |at: u64| {
-            engine.handle_timer(at, super::super::Timer::Housekeeping);
-            drain_events(&mut engine, &mut set)
+        // The policy errors told after a fact change (or a housekeeping).
+        fn told(engine: &mut Engine, set: &mut PolicySet, at: u64, ctr: Option<u64>) -> Vec<String> {
+            match ctr {
+                Some(value) => {
+                    let fact = crate::Command::SetFact {
+                        key: "ctr".into(),
+                        value: value.to_string(),
+                    };
+                    engine.handle_command(at, fact).unwrap();
+                }
+                None => engine.handle_timer(at, super::super::Timer::Housekeeping),
+            }
+            drain_events(engine, set)
                 .into_iter()
                 .filter_map(|e| match e {
                     Event::PolicyError { message, .. } => Some(message),
                     _ => None,
                 })
-                .collect::<Vec<_>>()
-        };
-        assert!(housekeeping(30_000).is_empty());
-        let told = housekeeping(62_500);
-        assert!(told.len() == 1 && told[0].contains("19"), "{told:?}");
-        assert!(housekeeping(63_500).is_empty());
-        let mut set_ctr = |at: u64, value: u64| {
-            let fact = crate::Command::SetFact {
-                key: "ctr".into(),
-                value: value.to_string(),
-            };
-            engine.handle_command(at, fact).unwrap();
-            drain_events(&mut engine, &mut set)
-                .iter()
-                .filter(|e| matches!(e, Event::PolicyError { .. }))
-                .count()
-        };
-        assert_eq!(set_ctr(130_000, 99), 1);
+                .collect()
+        }
+        // Each value gives another message ("... of Int(7)").
+        let said: usize = (0..20)
+            .map(|i| told(&mut engine, &mut set, 2_000 + i * 100, Some(i)).len())
+            .sum();
+        assert_eq!(said, 1);
+        // The last cause is told once the minute has passed, with no other
+        // change to evaluate the policy again; once only.
+        assert!(told(&mut engine, &mut set, 30_000, None).is_empty());
+        let last = told(&mut engine, &mut set, 62_500, None);
+        assert!(last.len() == 1 && last[0].contains("19"), "{last:?}");
+        assert!(told(&mut engine, &mut set, 63_500, None).is_empty());
+        assert_eq!(told(&mut engine, &mut set, 130_000, Some(99)).len(), 1);
     }
 
     #[test]
