@@ -718,6 +718,67 @@ fn frames_that_waited_through_a_stall_report_no_clock_skew() {
     }
 }
 
+/// Two nodes down for longer than the grace, back from their data dirs
+/// together while the nodes that deleted a tribe meanwhile are out of
+/// reach, do not vouch for each other's copy of it: their first exchange
+/// (before either counted the other up) made the held records live again,
+/// pushed them to the other, and the tribe came back everywhere.
+#[test]
+fn two_nodes_back_from_their_data_dirs_bring_no_deletion_back() {
+    for seed in 1..=8 {
+        let mut sim = four_with_tribes(seed, &["gone", "kept"]);
+        let kept: Vec<_> = [2, 3].iter().map(|&i| sim.data_dir(i).unwrap()).collect();
+        sim.crash(2);
+        sim.crash(3);
+        sim.run_for(Duration::from_secs(5));
+        sim.command(
+            0,
+            Command::DeleteTribe {
+                tribe: "gone".into(),
+            },
+        )
+        .unwrap();
+        sim.run_for(Duration::from_secs(150)); // its tombstone collected
+        for a in [2, 3] {
+            for b in [0, 1] {
+                sim.block(a, b);
+                sim.block(b, a);
+            }
+        }
+        for (i, kept) in [2, 3].into_iter().zip(kept) {
+            sim.restart_from(i, kept);
+        }
+        for _ in 0..10 {
+            sim.run_for(Duration::from_millis(500));
+            for i in [2, 3] {
+                let e = sim.engine(i).unwrap();
+                assert!(
+                    e.tribe("gone").is_none(),
+                    "seed {seed}: node {i} took its copy as confirmed"
+                );
+            }
+        }
+        for a in [2, 3] {
+            for b in [0, 1] {
+                sim.unblock(a, b);
+                sim.unblock(b, a);
+            }
+        }
+        sim.run_for(Duration::from_secs(60));
+        for i in 0..4 {
+            let e = sim.engine(i).unwrap();
+            assert!(
+                e.tribe("gone").is_none(),
+                "seed {seed}: node {i} brought it back"
+            );
+            assert!(
+                e.tribe("kept").is_some(),
+                "seed {seed}: node {i} lost a kept tribe"
+            );
+        }
+    }
+}
+
 /// A step of the wall clock on a running node (NTP setting a clock right),
 /// here longer than the tombstone grace,
 /// is no stall: its view stays whole (its tribes vanished for seconds).

@@ -293,11 +293,11 @@ impl Engine {
             self.held_contact_ms = None;
             return;
         }
-        tracing::info!(
-            records = taken.len(),
-            "records held until a peer confirms them (after a stall)"
-        );
         self.pending.extend(taken);
+        tracing::info!(
+            records = self.pending.len(),
+            "records held until a peer confirms them (after a stall or a long absence)"
+        );
         self.stall_hold_until = Some(self.now_ms().saturating_add(STALL_HOLD_MS));
         self.stall_undecided_by.clear();
     }
@@ -311,7 +311,11 @@ impl Engine {
             return;
         };
         if !self.pending.is_empty() {
-            let isolated = self.members.count_up() == 0;
+            // No peer up, and none answered since the hold began: a peer
+            // that answers before SWIM counts it up (a restart's first
+            // exchange, with a kept peer) is contact, and the records must
+            // not come back (and be pushed to it in that very exchange).
+            let isolated = self.members.count_up() == 0 && self.stall_undecided_by.is_empty();
             // Every member slept too (a tribe suspended as a whole): no one
             // is left to decide, and waiting would only hide the records.
             // Failed ones count: sleepers cut off from the others may see

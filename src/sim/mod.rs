@@ -252,7 +252,7 @@ impl Sim {
     /// nodes. Returns its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.push_node();
-        self.boot(i, true);
+        self.boot(i, true, None);
         i
     }
 
@@ -264,7 +264,7 @@ impl Sim {
         let first = self.nodes.len();
         for _ in 0..n {
             let i = self.push_node();
-            self.boot(i, false);
+            self.boot(i, false, None);
         }
         let running: Vec<usize> = (first..self.nodes.len())
             .filter(|&i| self.nodes[i].engine.is_some())
@@ -311,7 +311,7 @@ impl Sim {
     pub fn add_twin(&mut self, of: usize) -> usize {
         let i = self.push_node();
         self.nodes[i].name = self.nodes[of].name.clone();
-        self.boot(i, true);
+        self.boot(i, true, None);
         i
     }
 
@@ -347,7 +347,23 @@ impl Sim {
     pub fn restart(&mut self, i: usize) {
         if self.nodes[i].engine.is_none() {
             self.nodes[i].incarnation += 1;
-            self.boot(i, true);
+            self.boot(i, true, None);
+        }
+    }
+
+    /// What node `i` would keep in its data dir now; `None` while it is
+    /// down.
+    pub fn data_dir(&mut self, i: usize) -> Option<crate::engine::durable::Durable> {
+        self.nodes[i].engine.as_mut().map(Engine::durable)
+    }
+
+    /// Starts a crashed node again from what its data dir kept, without
+    /// seeds (it joins through the peers kept), as `tribe agent
+    /// --data-dir` does.
+    pub fn restart_from(&mut self, i: usize, kept: crate::engine::durable::Durable) {
+        if self.nodes[i].engine.is_none() {
+            self.nodes[i].incarnation += 1;
+            self.boot(i, false, Some(kept));
         }
     }
 
@@ -482,7 +498,7 @@ impl Sim {
 
     /// Starts node `i`; `seeded`: with the first `SimConfig::seeds` nodes
     /// as seeds (a formed cluster's nodes need none).
-    fn boot(&mut self, i: usize, seeded: bool) {
+    fn boot(&mut self, i: usize, seeded: bool, kept: Option<crate::engine::durable::Durable>) {
         let mut cfg = Config::new(self.nodes[i].name.clone());
         cfg.profile = self.cfg.profile;
         cfg.timings = self.cfg.timings.clone();
@@ -507,6 +523,9 @@ impl Sim {
             seed,
         ) {
             Ok(mut engine) => {
+                if let Some(kept) = kept {
+                    engine.restore(now_ms, kept);
+                }
                 engine.start(now_ms);
                 self.nodes[i].engine = Some(engine);
                 self.observer.booted(i);
