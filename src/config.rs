@@ -70,7 +70,8 @@ pub struct Timings {
     pub indirect_probes: usize,
     /// Suspicion timeout = multiplier × max(1, log10 N) × probe period.
     pub suspicion_mult: u32,
-    /// Retransmissions of an update = multiplier × ceil(log10(N + 1)), at least 5.
+    /// Retransmissions of an update = multiplier × ceil(log10(N + 1)), at least
+    /// ceil(ln N + 4.6) (about 1 % of the nodes miss an update otherwise).
     pub retransmit_mult: u32,
     /// How often updates are gossiped, and to how many members.
     pub gossip_interval: Duration,
