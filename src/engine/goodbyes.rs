@@ -1,21 +1,37 @@
 //! A member that leaves gracefully sends foca's down notice and its record
 //! saying `left`; a record too large to ride on a datagram follows by TCP,
-//! after the notice. A member found down without a suspicion here may be
-//! leaving: its `MemberFailed` waits briefly for that record, so that a
-//! graceful stop is not told as a failure and then as a leave.
+//! after the notice. A member with such a record found down without a
+//! suspicion here may be leaving: its `MemberFailed` waits briefly for that
+//! record, so that a graceful stop is not told as a failure and then as a
+//! leave.
 
+use super::delta::lock;
 use super::{Engine, Event};
+use crate::records::Key;
 
 /// How long a member's failure waits for its record saying it left.
 const LEAVE_WORD_MS: u64 = 3_000;
 
 impl Engine {
-    /// Whether `name` (of `generation`) was seen suspect here: a crash is,
-    /// before it is found down; a goodbye is not.
-    pub(super) fn was_suspected(&self, name: &str, generation: u64) -> bool {
-        self.suspects_seen
+    /// Whether the word that `name` (of `generation`), found down, left
+    /// may still come: not when it was seen suspect here (a crash is, most
+    /// often, before it is found down; a goodbye is not), nor when its
+    /// record rides on gossip (it came with the notice, or before); when no
+    /// record of it is here yet, it may.
+    pub(super) fn leave_word_may_come(&self, name: &str, generation: u64) -> bool {
+        let suspected = self
+            .suspects_seen
             .iter()
-            .any(|(n, g)| **n == *name && *g == generation)
+            .any(|(n, g)| **n == *name && *g == generation);
+        if suspected {
+            return false;
+        }
+        let key = Key::Node(name.to_string());
+        let sh = lock(&self.shared);
+        // No record yet: it comes by TCP, being large, or is on its way.
+        sh.state.entry(&key).is_none_or(|entry| {
+            crate::wire::encode(&(key.clone(), entry.clone())).len() > super::MAX_DELTA_LEN
+        })
     }
 
     /// Tells that `name` failed once its record had the time to say it

@@ -956,15 +956,15 @@ impl Engine {
                 if !left {
                     self.note_failed_at(id.addr);
                 }
-                let suspected = self.was_suspected(&id.name, id.generation);
+                let may_leave = !left && self.leave_word_may_come(&id.name, id.generation);
                 if self.members.down(&id, left, now) == members::Change::Down {
                     let name = id.name.to_string();
                     if left {
                         self.emit(Event::MemberLeft { name });
-                    } else if suspected {
-                        self.emit(Event::MemberFailed { name });
-                    } else {
+                    } else if may_leave {
                         self.defer_failed(name);
+                    } else {
+                        self.emit(Event::MemberFailed { name });
                     }
                 }
             }

@@ -42,9 +42,10 @@ pub enum Event {
         /// Its name.
         name: String,
     },
-    /// A node stopped answering and was declared failed. One found down
-    /// without a suspicion here (as a graceful leave is) is told up to 3 s
-    /// later, unless its record says it left meanwhile ([`Event::MemberLeft`]
+    /// A node stopped answering and was declared failed. One whose record
+    /// is too large for gossip (many facts or tribes), found down without a
+    /// suspicion here (as a graceful leave is), is told up to 3 s later,
+    /// unless its record says it left meanwhile ([`Event::MemberLeft`]
     /// then, alone).
     MemberFailed {
         /// Its name.
