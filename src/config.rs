@@ -406,8 +406,10 @@ fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<()
 /// the bind's address family (a socket bound to `[::]` reaches both; a
 /// list shared by hosts of both families may hold some of the other).
 fn check_seeds(bind: SocketAddr, seeds: &[SocketAddr]) -> Result<(), Error> {
+    // An IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`) is an IPv4 one.
     let shared = |a: &SocketAddr| {
-        a.ip().is_multicast() || matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast())
+        let ip = a.ip().to_canonical();
+        ip.is_multicast() || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast())
     };
     if let Some(seed) = seeds.iter().find(|s| shared(s)) {
         return Err(Error::Config(format!(
@@ -415,7 +417,11 @@ fn check_seeds(bind: SocketAddr, seeds: &[SocketAddr]) -> Result<(), Error> {
         )));
     }
     let both = bind.is_ipv6() && bind.ip().is_unspecified();
-    if !both && !seeds.is_empty() && seeds.iter().all(|s| s.is_ipv4() != bind.is_ipv4()) {
+    // Of the bind's family, and no IPv4-mapped one unless bound to `[::]`.
+    let reachable = |s: &&SocketAddr| {
+        s.is_ipv4() == bind.is_ipv4() && s.ip().to_canonical().is_ipv4() == bind.is_ipv4()
+    };
+    if !both && !seeds.is_empty() && !seeds.iter().any(|s| reachable(&s)) {
         return Err(Error::Config(format!(
             "seeds {} and bind {bind} are of two address families: a socket bound there \
              cannot send to them (bind [::] reaches both)",
@@ -769,6 +775,24 @@ mod tests {
                 "broadcast",
             ),
             ("127.0.0.1:0", None, Some("[ff02::1]:7946"), "multicast"),
+            (
+                "[::1]:0",
+                None,
+                Some("[::ffff:127.0.0.1]:7946"),
+                "two address families",
+            ),
+            (
+                "127.0.0.1:0",
+                None,
+                Some("[::ffff:127.0.0.1]:7946"),
+                "two address families",
+            ),
+            (
+                "127.0.0.1:0",
+                None,
+                Some("[::ffff:224.0.0.1]:7946"),
+                "multicast",
+            ),
         ] {
             let e = check(bind, advertise, seed).unwrap_err();
             assert!(e.contains(why), "{bind} {advertise:?} {seed:?}: {e}");

@@ -142,7 +142,10 @@ impl Shared {
                     writer = ?entry.version.node,
                     "a record from a peer was refused: this node holds its limit of {limit} {} \
                      and the {} more it takes from peers (deletions count until collected); \
-                     a peer has a larger limit: keep the limits equal on every node",
+                     a peer has a larger limit, or writes through several nodes at once went \
+                     past the margin: keep the limits equal on every node, and load in bulk \
+                     through one node (nodes that refused different records hold different \
+                     states)",
                     kind.as_str(),
                     peer_margin(limit)
                 );

@@ -290,12 +290,14 @@ fn key_from_stdin() -> Result<String, String> {
 }
 
 /// A value as one table cell: a tab or a line break in it (a policy's
-/// expression may hold them) would start another column or row, and other
+/// expression may hold them) would start another column or row, other
 /// control characters (an escape sequence in a peer's fact) would reach the
-/// terminal; a backslash is doubled, so that `\n` in a value reads apart
+/// terminal, and bidirectional overrides would make a line read otherwise
+/// than it is; a backslash is doubled, so that `\n` in a value reads apart
 /// from an escaped line break.
 fn table_cell(value: &str) -> std::borrow::Cow<'_, str> {
-    if !value.chars().any(|c| c == '\\' || c.is_control()) {
+    let shown_escaped = |c: char| c == '\\' || c.is_control() || is_bidi_control(c);
+    if !value.chars().any(shown_escaped) {
         return value.into();
     }
     let mut out = String::with_capacity(value.len() + 8);
@@ -305,11 +307,18 @@ fn table_cell(value: &str) -> std::borrow::Cow<'_, str> {
             '\t' => out.push_str("\\t"),
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c if c.is_control() || is_bidi_control(c) => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
             c => out.push(c),
         }
     }
     out.into()
+}
+
+/// The marks and overrides that change the direction text is shown in.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), String> {
@@ -797,5 +806,6 @@ mod tests {
         assert_eq!(table_cell("a\\nb"), "a\\\\nb");
         assert_eq!(table_cell("x\u{1b}[2Jy\u{7f}"), "x\\u{1b}[2Jy\\u{7f}");
         assert_eq!(table_cell("é ü"), "é ü");
+        assert_eq!(table_cell("a\u{202e}b"), "a\\u{202e}b");
     }
 }
