@@ -70,35 +70,52 @@ func (k EventKind) String() string {
 // Event is something that happened to the node or the cluster. Which fields
 // are set depends on Kind (see each EventKind).
 type Event struct {
+	// Kind is what happened; it says which of the other fields are set.
 	Kind EventKind
-	// Tribe the event is about (tribe, plugin and task events).
+	// Tribe the event is about (tribe, plugin, task and artifact events);
+	// empty for other kinds.
 	Tribe string
-	// Member is the node a member or EventClockSkew event is about; Addr
-	// its address for EventMemberJoined, or the claimant's address for
-	// EventIdentityClaimed.
+	// Member is the node a member event (EventMemberJoined ...
+	// EventMemberReaped) or an EventClockSkew is about; empty for other
+	// kinds.
 	Member string
-	Addr   string
-	// ByHand and ByPolicy say how this node is in Tribe (EventTribeJoined).
-	ByHand   bool
+	// Addr is Member's address ("ip:port") for EventMemberJoined, or the
+	// claiming identity's address for EventIdentityClaimed; empty for
+	// other kinds.
+	Addr string
+	// ByHand is true when this node is in Tribe by hand (Join), for
+	// EventTribeJoined; ByHand and ByPolicy may both be true.
+	ByHand bool
+	// ByPolicy is true when a policy puts this node in Tribe, for
+	// EventTribeJoined.
 	ByPolicy bool
-	// Plugin for plugin and artifact events.
+	// Plugin is the catalog entry of plugin and artifact events; nil for
+	// other kinds.
 	Plugin *Plugin
-	// Task for task events.
+	// Task is the task of task events, its manifest included; nil for
+	// other kinds.
 	Task *Task
-	// Holder is the node that sent a corrupt artifact.
+	// Holder is the node that sent a corrupt artifact
+	// (EventArtifactCorrupt); empty for other kinds.
 	Holder string
-	// Policy is the policy an EventPolicyError is about.
+	// Policy is the policy an EventPolicyError is about; empty for other
+	// kinds.
 	Policy string
-	// Message explains an EventPolicyError or EventArtifactUnavailable.
+	// Message explains an EventPolicyError or EventArtifactUnavailable,
+	// and is the text of an EventLog record; empty for other kinds.
 	Message string
-	// Generation is the generation an EventIdentityClaimed claim carries.
+	// Generation is the generation an EventIdentityClaimed claim carries
+	// (compare Member.Generation); 0 for other kinds.
 	Generation uint64
 	// OffsetMs is Member's clock minus this node's, in milliseconds
-	// (EventClockSkew).
+	// (EventClockSkew): positive when Member's clock is ahead; 0 for other
+	// kinds.
 	OffsetMs int64
-	// Level ("error" ... "trace") and Target (the module) of an EventLog;
-	// its text is in Message.
-	Level  string
+	// Level is an EventLog record's level: "error", "warn", "info",
+	// "debug" or "trace"; empty for other kinds.
+	Level string
+	// Target is the Rust module that logged an EventLog record (its
+	// tracing target, e.g. "tribe::engine"); empty for other kinds.
 	Target string
 }
 

@@ -108,9 +108,9 @@ type Limits struct {
 // and a record from a peer that would pass one is refused and counted.
 type StateLimits struct {
 	Nodes    int // members known (default 20,000)
-	Tribes   int // default 10,000
-	Members  int // memberships by hand (default 200,000)
-	Policies int // default 1,000
+	Tribes   int // tribes (default 10,000)
+	Members  int // memberships by hand, all tribes (default 200,000)
+	Policies int // policies (default 1,000)
 	Plugins  int // plugin entries, all tribes (default 20,000)
 	Tasks    int // tasks, all tribes (default 20,000)
 }
@@ -500,8 +500,9 @@ func (n *Node) Close() error {
 // calls end ErrDisconnected at their callers and their answers are
 // dropped. An Abort during the wait ends it the same way, and Shutdown
 // then returns an error matching ErrShuttingDown. Like Close it is
-// idempotent: a Shutdown or Close after the first returns the first's
-// node result (nil after a clean stop), without the context error.
+// idempotent: a Shutdown or Close after the first, or made while it runs
+// (whatever its own ctx says), waits for it and returns its node result
+// (nil after a clean stop), without the context error.
 func (n *Node) Shutdown(ctx context.Context) error {
 	defer runtime.KeepAlive(n)
 	if ctx == nil {

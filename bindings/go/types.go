@@ -52,22 +52,32 @@ type TaskState uint32
 
 // Task states.
 const (
+	// TaskRunning: members run the task (EventTaskRun); Task.State "running".
 	TaskRunning TaskState = 1
+	// TaskStopped: members keep the task stopped (EventTaskStop); Task.State
+	// "stopped".
 	TaskStopped TaskState = 2
 )
 
 // Member is a node of the cluster as this node knows it (GET /v1/members).
 type Member struct {
+	// Name is the node's name (its Config.Name), unique in the cluster.
 	Name string `json:"name"`
+	// Addr is its advertised address, "ip:port": the one port of its UDP
+	// gossip and its TCP streams (Config.Advertise, else its bound address).
 	Addr string `json:"addr"`
 	// State is "alive", "suspect", "failed" or "left".
 	State string `json:"state"`
 	// Generation of its identity; it grows when the node restarts.
-	Generation uint64            `json:"generation"`
-	Facts      map[string]string `json:"facts"`
-	// Tribes whose live view holds it.
+	Generation uint64 `json:"generation"`
+	// Facts are its facts by key: the host facts it collected (none with
+	// Config.NoHostFacts) and its user facts (Config.Facts, SetFact), which
+	// override collected ones of the same key. Empty when it has none.
+	Facts map[string]string `json:"facts"`
+	// Tribes whose live view holds it (by hand or by policy); empty when
+	// it is in none.
 	Tribes []string `json:"tribes"`
-	// Endpoints are the plugins it serves.
+	// Endpoints are the plugins it serves (Serve); empty when none.
 	Endpoints []Endpoint `json:"endpoints"`
 	// Local is true for the node that answered.
 	Local bool `json:"local"`
@@ -75,25 +85,37 @@ type Member struct {
 
 // Endpoint is a plugin a member serves.
 type Endpoint struct {
-	Name    string `json:"name"`
+	// Name is the plugin's name, as given to Serve.
+	Name string `json:"name"`
+	// Version is the version served, as given to Serve (never empty).
 	Version string `json:"version"`
-	Kind    Kind   `json:"kind"`
+	// Kind is the kind it is served as.
+	Kind Kind `json:"kind"`
 	// Addr is the TCP address serving its calls.
 	Addr string `json:"addr"`
 }
 
 // Plugin is an entry of a tribe's plugin catalog.
 type Plugin struct {
-	Name    string `json:"name"`
+	// Name is the plugin's name, as given to LoadPlugin or
+	// LoadPluginWithArtifact.
+	Name string `json:"name"`
+	// Version is the entry's version (never empty).
 	Version string `json:"version"`
-	Kind    Kind   `json:"kind"`
-	// SHA256 (hex) and Size of the artifact, when the entry has one.
+	// Kind is what the plugin does: Collector, Processor or Publisher.
+	Kind Kind `json:"kind"`
+	// SHA256 is the SHA-256 of the entry's artifact, 64 hex digits (what
+	// LoadPluginWithArtifact returned and Artifact takes); empty for an
+	// entry without an artifact (LoadPlugin).
 	SHA256 string `json:"sha256,omitempty"`
-	Size   uint64 `json:"size,omitempty"`
+	// Size is the artifact's length in bytes; 0 without an artifact, or
+	// for an empty one (SHA256 tells them apart).
+	Size uint64 `json:"size,omitempty"`
 }
 
 // Task is a task of a tribe.
 type Task struct {
+	// ID is the task's id, unique in its tribe.
 	ID string `json:"id"`
 	// State is "running" or "stopped".
 	State string `json:"state"`
@@ -103,34 +125,57 @@ type Task struct {
 
 // TribeInfo is a tribe with its live members and catalog (GET /v1/tribes).
 type TribeInfo struct {
+	// Name is the tribe's name.
 	Name string `json:"name"`
 	// Members are the live members, by hand or by policy, sorted.
 	Members []string `json:"members"`
 	// ExplicitMembers are the members by hand, up or not.
 	ExplicitMembers []string `json:"explicit_members"`
-	Plugins         []Plugin `json:"plugins"`
-	Tasks           []Task   `json:"tasks"`
+	// Plugins is the tribe's plugin catalog (LoadPlugin,
+	// LoadPluginWithArtifact); empty when it has none.
+	Plugins []Plugin `json:"plugins"`
+	// Tasks are the tribe's tasks, running and stopped; empty when it has
+	// none.
+	Tasks []Task `json:"tasks"`
 }
 
 // Policy puts the nodes whose facts satisfy When (CEL over facts) in Tribe.
 type Policy struct {
-	Name  string `json:"name"`
+	// Name is the policy's name, unique in the cluster.
+	Name string `json:"name"`
+	// Tribe is the tribe it puts nodes in (created when missing).
 	Tribe string `json:"tribe"`
-	When  string `json:"when"`
+	// When is the CEL expression over a node's facts, e.g.
+	// `has(facts.rack) && facts.rack == "r1"`.
+	When string `json:"when"`
 }
 
 // Status is a summary of the node (GET /v1/status).
 type Status struct {
-	Name             string `json:"name"`
-	Addr             string `json:"addr"`
-	MembersAlive     int    `json:"members_alive"`
-	StateDigest      string `json:"state_digest"`
-	Tribes           int    `json:"tribes"`
-	BroadcastBacklog int    `json:"broadcast_backlog"`
-	Version          string `json:"version"`
-	// Encryption is "off" without a keyring, else the mode; PrimaryKey is
-	// empty without a keyring.
+	// Name is the node's name (Node.Name).
+	Name string `json:"name"`
+	// Addr is the node's advertised address, "ip:port" (Node.Addr).
+	Addr string `json:"addr"`
+	// MembersAlive counts the live members this node knows, itself
+	// included: 1 while it is alone.
+	MembersAlive int `json:"members_alive"`
+	// StateDigest is the digest of the replicated state in hex, as
+	// Node.StateDigest gives it: equal on converged nodes.
+	StateDigest string `json:"state_digest"`
+	// Tribes counts the tribes this node knows to exist in the cluster,
+	// not only those it is in.
+	Tribes int `json:"tribes"`
+	// BroadcastBacklog counts the gossip updates (membership changes and
+	// state deltas) waiting to be sent to peers.
+	BroadcastBacklog int `json:"broadcast_backlog"`
+	// Version is the version of the libtribe that runs the node, as
+	// LibraryVersion gives it.
+	Version string `json:"version"`
+	// Encryption is "off" without a keyring, else the mode: "accept",
+	// "send" or "require".
 	Encryption string `json:"encryption"`
+	// PrimaryKey is the id (8 hex digits, see KeyID) of the key this node
+	// seals with; empty without a keyring.
 	PrimaryKey string `json:"primary_key"`
 	// NameHeldBy is, while another live node runs under this node's name
 	// with a newer generation (a copied configuration), the address it runs
@@ -148,27 +193,43 @@ type Status struct {
 // KeyStatus says which live nodes hold which keys (ids only, never keys).
 type KeyStatus struct {
 	// Encryption is this node's mode ("accept", "send", "require"), empty
-	// without a keyring; Primary its sealing key's id.
-	Encryption string       `json:"encryption"`
-	Primary    string       `json:"primary"`
-	Members    int          `json:"members"`
-	Keys       []KeyHolding `json:"keys"`
+	// without a keyring.
+	Encryption string `json:"encryption"`
+	// Primary is the id (8 hex digits, see KeyID) of the key this node
+	// seals with; empty without a keyring.
+	Primary string `json:"primary"`
+	// Members counts the live members, this node included: those Keys
+	// report on.
+	Members int `json:"members"`
+	// Keys are the keys some live member holds, one each; empty when none
+	// does (no member has a keyring).
+	Keys []KeyHolding `json:"keys"`
 }
 
 // KeyHolding is one key across the live members.
 type KeyHolding struct {
-	ID          string   `json:"id"`
+	// ID is the key's public id, 8 hex digits (see KeyID).
+	ID string `json:"id"`
+	// InstalledOn names the live nodes whose keyring holds the key.
 	InstalledOn []string `json:"installed_on"`
-	PrimaryOn   []string `json:"primary_on"`
+	// PrimaryOn names the live nodes that seal with the key (their
+	// primary); empty when none does yet, or any more.
+	PrimaryOn []string `json:"primary_on"`
 }
 
 // Target names a plugin to call: a plugin of Kind served by a live member of
 // Tribe (this node first when it serves it). An empty Version takes any.
 type Target struct {
-	Tribe   string
-	Plugin  string
+	// Tribe is the tribe whose live members are asked. The calling node
+	// need not be in it, but must know it (ErrUnknownTribe otherwise).
+	Tribe string
+	// Plugin is the plugin's name, as its members serve it (Serve).
+	Plugin string
+	// Version is the version wanted; empty for any version served.
 	Version string
-	Kind    Kind
+	// Kind is the kind the plugin is served as: Collector, Processor or
+	// Publisher (the zero Kind is ErrInvalidArgument).
+	Kind Kind
 }
 
 // CallInfo describes an incoming call.
@@ -176,8 +237,11 @@ type CallInfo struct {
 	// Caller is the calling node's name.
 	Caller string
 	// Tribe the call came through.
-	Tribe   string
-	Plugin  string
+	Tribe string
+	// Plugin is the plugin called, as given to Serve.
+	Plugin string
+	// Version is the version of the served plugin that takes the call, as
+	// given to Serve, also when the caller asked for any version.
 	Version string
 	// Budget is how long the caller still waited when the call arrived (at
 	// most MaxCallBudget); the handler's context ends when it runs out,
