@@ -58,7 +58,13 @@ func (e *Error) Unwrap() error { return e.cause }
 // for a reply over the serving node's payload limit) and its message. It
 // matches ErrRemote (and "too_large" also ErrTooLarge).
 type RemoteError struct {
-	Code    string
+	// Code is the code the serving node answered with: the one its handler
+	// chose (a HandlerError's Code, cut to 256 bytes), or "error",
+	// "panic", "unanswered", "too_large" or "shutting_down" (see Handler);
+	// never empty.
+	Code string
+	// Message is the answer's text, for people: a HandlerError's Message,
+	// a plain error's text or the panic's (cut to 64 KiB); it may be empty.
 	Message string
 }
 
@@ -77,8 +83,14 @@ func (e *RemoteError) Is(target error) bool {
 // of the error (line and column from 1; 0 when unknown). It matches
 // ErrInvalidPolicy.
 type PolicyError struct {
-	Line    int
-	Column  int
+	// Line is the line of the expression where the error is, from 1; 0
+	// when unknown.
+	Line int
+	// Column is the column of that line where the error is, from 1; 0
+	// when unknown.
+	Column int
+	// Message is libtribe's message, position included when known, e.g.
+	// "invalid policy: line 1, column 15: mismatched input ...".
 	Message string
 }
 
@@ -96,7 +108,14 @@ func (e *PolicyError) Is(target error) bool { return target == ErrInvalidPolicy 
 // with the error's text. The code "timeout" is reserved: the caller gets
 // ErrTimeout (without the message), as when a handler overran its budget.
 type HandlerError struct {
-	Code    string
+	// Code is the code the caller sees as RemoteError.Code: short and
+	// stable, snake_case by convention ("bad_input"). Empty gives "error";
+	// invalid UTF-8 is replaced and a NUL byte becomes '?'; over 256 bytes
+	// it is cut.
+	Code string
+	// Message is the text the caller sees as RemoteError.Message (may be
+	// empty; cut at 64 KiB, invalid UTF-8 and NUL bytes replaced as in
+	// Code).
 	Message string
 }
 
@@ -250,6 +269,10 @@ func withContext(err error, ctxErr error) error {
 	if errors.As(err, &e) {
 		c := *e
 		c.cause = ctxErr
+		var ce *causeError
+		if errors.As(ctxErr, &ce) {
+			c.Message += ": " + ce.cause.Error()
+		}
 		return &c
 	}
 	return err
