@@ -453,7 +453,7 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 		return
 	}
 	ctx = c
-	reply, err := runHandler(ctx, h, info, payload)
+	reply, err := runHandler(ctx, h, info, payload, in.errorLog)
 	expired := ctx.finish()
 	gcPoint()
 	if err != nil && expired {
@@ -507,13 +507,18 @@ type panicError struct{ value any }
 func (p panicError) Error() string { return fmt.Sprintf("handler panicked: %v", p.value) }
 
 // runHandler runs h; a panic becomes the caller's "panic" answer and, as
-// net/http does for its handlers, a line with the stack in the standard
-// logger of this process: the caller's node gets the message only.
-func runHandler(ctx context.Context, h Handler, info CallInfo, payload []byte) (reply []byte, err error) {
+// net/http does for its handlers, a line with the stack in errorLog (nil:
+// the standard logger) of this process: the caller's node gets the message
+// only.
+func runHandler(ctx context.Context, h Handler, info CallInfo, payload []byte, errorLog *log.Logger) (reply []byte, err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			reply, err = nil, &HandlerError{Code: "panic", Message: panicError{v}.Error()}
-			log.Printf("tribe: handler of %s (%s, version %s) panicked on a call from %s: %v\n%s",
+			logf := log.Printf
+			if errorLog != nil {
+				logf = errorLog.Printf
+			}
+			logf("tribe: handler of %s (%s, version %s) panicked on a call from %s: %v\n%s",
 				info.Plugin, info.Tribe, info.Version, info.Caller, v, debug.Stack())
 		}
 	}()

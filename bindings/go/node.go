@@ -9,6 +9,7 @@ import "C"
 import (
 	"context"
 	"fmt"
+	"log"
 	"runtime"
 	"strings"
 	"sync"
@@ -84,6 +85,10 @@ type Config struct {
 	// context. Its cancellation and deadline do not reach the handlers:
 	// they end with their call or at Close. Nil is context.Background().
 	BaseContext context.Context
+	// ErrorLog takes the line, with the stack, that a handler's panic
+	// writes in the serving process (as http.Server.ErrorLog). Nil is the
+	// standard logger of package log.
+	ErrorLog *log.Logger
 }
 
 // Limits bound remote calls. Zero keeps a bound's default.
@@ -150,6 +155,8 @@ type node struct {
 	// for handlers.
 	aborted   chan struct{}
 	abortOnce sync.Once
+	// errorLog takes handler panics (Config.ErrorLog, or log's standard one).
+	errorLog *log.Logger
 	// drain is how long Close and Abort wait for running handlers
 	// (handlerDrain; tests lengthen it).
 	drain time.Duration
@@ -355,6 +362,7 @@ func Start(cfg Config) (*Node, error) {
 		pollDone:   make(chan struct{}),
 		aborted:    make(chan struct{}),
 		drain:      handlerDrain,
+		errorLog:   cfg.ErrorLog,
 		base:       base,
 		cancelBase: cancel,
 		handlers:   map[handlerKey]Handler{},

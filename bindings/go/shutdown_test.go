@@ -3,6 +3,8 @@ package tribe
 import (
 	"context"
 	"errors"
+	"log"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -216,5 +218,38 @@ func TestHandlersSeeTheBaseContextsValues(t *testing.T) {
 	reply, err := caller.Call(ctx, target("who"), nil)
 	if err != nil || string(reply) != "collector-7" || <-seen != "collector-7" {
 		t.Fatalf("a handler's context value: %q, %v", reply, err)
+	}
+}
+
+// A handler's panic goes to Config.ErrorLog, not to the standard logger.
+func TestAHandlersPanicGoesToTheErrorLog(t *testing.T) {
+	var own, std syncBuffer
+	log.SetOutput(&std)
+	defer log.SetOutput(os.Stderr)
+	host := startNode(t, "host", func(c *Config) { c.ErrorLog = log.New(&own, "svc: ", 0) })
+	caller := startNode(t, "caller", func(c *Config) { c.Seeds = []string{host.Addr()} })
+	if err := host.CreateTribe("svc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Join("svc", ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := host.Serve("boom", "1", Processor, func(context.Context, CallInfo, []byte) ([]byte, error) {
+		panic("boom")
+	}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the caller to see the host serve", 20*time.Second, func() bool {
+		m, err := caller.Member(host.Name())
+		return err == nil && len(m.Endpoints) == 1 && inTribe(caller, "svc", host.Name())
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var re *RemoteError
+	if _, err := caller.Call(ctx, target("boom"), nil); !errors.As(err, &re) || re.Code != "panic" {
+		t.Fatalf("a panicking handler: %v", err)
+	}
+	if !strings.HasPrefix(own.String(), "svc: tribe: handler of boom") || strings.Contains(std.String(), "panicked") {
+		t.Fatalf("error log %q, standard log %q", own.String(), std.String())
 	}
 }
