@@ -59,6 +59,12 @@ const STALL_HOLD_MS: u64 = 30_000;
 /// clock's, and is not taken as this node's floor.
 const LATEST_PLAUSIBLE_MS: u64 = 7_258_118_400_000;
 
+/// Furthest ahead of this node's clock a kept time is taken as its floor:
+/// a tribe whose clocks ran hours or days fast keeps its history; one
+/// record dated decades ahead (an edited or damaged file) must not move
+/// every write of this node past its peers' horizon.
+const MAX_KEPT_AHEAD_MS: u64 = 30 * 24 * 3600 * 1000;
+
 /// Longest a node restarted from its data dir holds its view still while
 /// it waits for its first exchange (see [`Engine::restore`]).
 const RESTART_VIEW_HOLD_MS: u64 = 5_000;
@@ -178,7 +184,9 @@ impl Engine {
                 .filter(|(k, e)| kept(k) && records::validate(k, e).is_ok())
                 .map(|(_, e)| e.version.millis)
                 .chain([durable.generation])
-                .filter(|&ms| ms <= LATEST_PLAUSIBLE_MS)
+                .filter(|&ms| {
+                    ms <= LATEST_PLAUSIBLE_MS && ms <= sh.now_ms.saturating_add(MAX_KEPT_AHEAD_MS)
+                })
                 .max()
                 .unwrap_or(0);
             if floor > sh.horizon_ms() {
@@ -579,7 +587,12 @@ mod tests {
     /// moves neither the horizon nor this node's next writes.
     #[test]
     fn a_bad_or_far_future_kept_record_does_not_become_the_floor() {
-        let far = 9_000_000_000_000_000u64;
+        for far in [9_000_000_000_000_000u64, 3_000 + MAX_KEPT_AHEAD_MS + 1] {
+            far_kept_record_is_no_floor(far);
+        }
+    }
+
+    fn far_kept_record_is_no_floor(far: u64) {
         let entry = |node: &str| Entry {
             version: Hlc {
                 millis: far,
