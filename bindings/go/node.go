@@ -172,7 +172,7 @@ type node struct {
 
 	// base ends at Close: every handler's context derives from it.
 	base       context.Context
-	cancelBase context.CancelFunc
+	cancelBase context.CancelCauseFunc
 	// serveMu orders Serve and Unserve (each updates handlers and libtribe).
 	serveMu    sync.Mutex
 	handlersMu sync.RWMutex
@@ -353,7 +353,7 @@ func Start(cfg Config) (*Node, error) {
 	if cfg.BaseContext != nil {
 		parent = context.WithoutCancel(cfg.BaseContext)
 	}
-	base, cancel := context.WithCancel(parent)
+	base, cancel := context.WithCancelCause(parent)
 	in := &node{
 		ptr:        ptr,
 		name:       C.GoString(C.tribe_node_name(ptr)),
@@ -388,8 +388,8 @@ var closedNode = func() *node {
 	in.closing.Store(true)
 	close(in.events)
 	close(in.pollDone)
-	in.base, in.cancelBase = context.WithCancel(context.Background())
-	in.cancelBase()
+	in.base, in.cancelBase = context.WithCancelCause(context.Background())
+	in.cancelBase(ErrClosed)
 	return in
 }()
 
@@ -571,7 +571,8 @@ func (in *node) stop(ctx context.Context, graceful bool) (drained bool, err erro
 	// it), a handler that gives up for this answers "shutting_down", and a
 	// call this node made to itself then ends ErrShuttingDown, not
 	// ErrNoProvider.
-	in.cancelBase()
+	// context.Cause of a handler's context then says why it ended.
+	in.cancelBase(ErrShuttingDown)
 	err = takeError(rc, cerr)
 	// The shutdown wakes the polling goroutine, which hands out what was
 	// queued, fails the calls still waiting and closes Events.

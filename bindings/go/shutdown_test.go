@@ -253,3 +253,34 @@ func TestAHandlersPanicGoesToTheErrorLog(t *testing.T) {
 		t.Fatalf("error log %q, standard log %q", own.String(), std.String())
 	}
 }
+
+// context.Cause of a handler's context says the node is closing, apart from
+// a caller that gave up (context.Canceled alone).
+func TestAHandlersContextSaysWhyItEnded(t *testing.T) {
+	causes := make(chan error, 2)
+	host, caller := servedPair(t, map[string]Handler{
+		"wait": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			<-ctx.Done()
+			causes <- context.Cause(ctx)
+			return nil, ctx.Err()
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	go func() { _, _ = caller.Call(ctx, target("wait"), nil) }()
+	waitFor(t, "the handler running", 10*time.Second, func() bool { return host.inner().running.Load() == 1 })
+	cancel()
+	if cause := <-causes; !errors.Is(cause, context.Canceled) || errors.Is(cause, ErrShuttingDown) {
+		t.Fatalf("a caller that gave up: %v", cause)
+	}
+	waitFor(t, "the first handler done", 10*time.Second, func() bool { return host.inner().running.Load() == 0 })
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = caller.Call(ctx, target("wait"), nil)
+	}()
+	waitFor(t, "the handler running", 10*time.Second, func() bool { return host.inner().running.Load() == 1 })
+	go host.Close()
+	if cause := <-causes; !errors.Is(cause, ErrShuttingDown) {
+		t.Fatalf("a node closing: %v", cause)
+	}
+}
