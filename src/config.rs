@@ -373,9 +373,6 @@ pub fn resolve_address(what: &str, text: &str) -> Result<SocketAddr, Error> {
 /// address receives (`[::]` receives both).
 fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<(), Error> {
     let scoped = |a: &SocketAddr| matches!(a, SocketAddr::V6(v6) if v6.scope_id() != 0);
-    let shared = |a: &SocketAddr| {
-        a.ip().is_multicast() || matches!(a.ip(), std::net::IpAddr::V4(v4) if v4.is_broadcast())
-    };
     for (what, addr) in [("bind", Some(bind)), ("advertise", advertise)] {
         let Some(addr) = addr else { continue };
         if scoped(&addr) {
@@ -383,7 +380,7 @@ fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<()
                 "{what} {addr}: IPv6 zone ids (%) are not supported; use an address that needs none"
             )));
         }
-        if shared(&addr) {
+        if is_shared(&addr) {
             return Err(Error::Config(format!(
                 "{what} {addr}: a multicast or broadcast address is no node's own"
             )));
@@ -401,17 +398,19 @@ fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<()
     Ok(())
 }
 
+/// Whether `addr` is a multicast or broadcast address, no one node's (an
+/// IPv4-mapped IPv6 address, `[::ffff:a.b.c.d]`, counts as the IPv4 one).
+fn is_shared(addr: &SocketAddr) -> bool {
+    let ip = addr.ip().to_canonical();
+    ip.is_multicast() || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast())
+}
+
 /// Checks that a node bound to `bind` can reach its seeds: none is a
 /// multicast or broadcast address (no one node's), and one at least is of
 /// the bind's address family (a socket bound to `[::]` reaches both; a
 /// list shared by hosts of both families may hold some of the other).
 fn check_seeds(bind: SocketAddr, seeds: &[SocketAddr]) -> Result<(), Error> {
-    // An IPv4-mapped IPv6 address (`[::ffff:a.b.c.d]`) is an IPv4 one.
-    let shared = |a: &SocketAddr| {
-        let ip = a.ip().to_canonical();
-        ip.is_multicast() || matches!(ip, std::net::IpAddr::V4(v4) if v4.is_broadcast())
-    };
-    if let Some(seed) = seeds.iter().find(|s| shared(s)) {
+    if let Some(seed) = seeds.iter().find(|s| is_shared(s)) {
         return Err(Error::Config(format!(
             "seed {seed}: a multicast or broadcast address is no node's own"
         )));

@@ -556,15 +556,13 @@ impl Engine {
         if let Err(e) = self.swim.set_config(wide) {
             tracing::debug!(error = %e, "foca refused the goodbye's fanout");
         }
-        let too_large = |e: &Self| lock(&e.shared).counters.deltas_too_large;
-        let before = too_large(self);
         self.publish_record();
         // Push the goodbye by anti-entropy too, so it does not hinge on
         // gossip; to three distinct peers, as one of them may be going
         // down too. A record too large for gossip (many facts or tribes)
         // goes so to more: the others would hear foca's notice alone, and
         // wait for the record to tell a leave from a failure.
-        let gossiped = too_large(self) == before;
+        let gossiped = self.record_rides_gossip(&self.name) != Some(false);
         self.sync_with_distinct(if gossiped { 3 } else { LEAVE_SYNCS });
         self.left = true;
         if let Err(e) = self.swim.leave_cluster(&mut self.swim_rt) {

@@ -26,12 +26,17 @@ impl Engine {
         if suspected {
             return false;
         }
+        // No record yet: it comes by TCP, being large, or is on its way.
+        self.record_rides_gossip(name) != Some(true)
+    }
+
+    /// Whether the record of node `name` is small enough to ride on gossip
+    /// (see [`Engine::spread`]); `None` when there is none here.
+    pub(super) fn record_rides_gossip(&self, name: &str) -> Option<bool> {
         let key = Key::Node(name.to_string());
         let sh = lock(&self.shared);
-        // No record yet: it comes by TCP, being large, or is on its way.
-        sh.state.entry(&key).is_none_or(|entry| {
-            crate::wire::encode(&(key.clone(), entry.clone())).len() > super::MAX_DELTA_LEN
-        })
+        let entry = sh.state.entry(&key)?;
+        Some(crate::wire::encode(&(&key, entry)).len() <= super::MAX_DELTA_LEN)
     }
 
     /// Tells that `name` failed once its record had the time to say it

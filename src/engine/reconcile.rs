@@ -792,6 +792,21 @@ mod tests {
         events
     }
 
+    /// Takes `value` under `key` as a record written by peer `writer` at
+    /// `millis`.
+    fn from_peer(engine: &Engine, key: Key, value: Value, millis: u64, writer: &str) {
+        let entry = Entry {
+            version: Hlc {
+                millis,
+                counter: 0,
+                node: writer.into(),
+            },
+            value: Some(value),
+            era: None,
+        };
+        lock(&engine.shared).accept_remote(key, entry);
+    }
+
     /// A started engine of no collected facts (only the policies' own),
     /// its start's outputs drained, and the set that answers its requests.
     fn started_without_host_facts() -> (Engine, PolicySet) {
@@ -811,21 +826,10 @@ mod tests {
         drain_events(&mut engine, &mut set);
         // A policy from a peer, compiled while threads are short.
         crate::policy::FAIL_THREAD_START.with(|f| f.set(true));
-        lock(&engine.shared).accept_remote(
-            Key::Policy("all".into()),
-            Entry {
-                version: Hlc {
-                    millis: 900,
-                    counter: 0,
-                    node: "peer".into(),
-                },
-                value: Some(Value::Policy(PolicyRecord {
+        from_peer(&engine, Key::Policy("all".into()), Value::Policy(PolicyRecord {
                     tribe: "everyone".into(),
                     when: "true".into(),
-                })),
-                era: None,
-            },
-        );
+                }), 900, "peer");
         engine.after_change();
         let events = drain_events(&mut engine, &mut set);
         assert!(
@@ -869,18 +873,7 @@ mod tests {
             primary_key: None,
             artifacts: Vec::new(),
         };
-        lock(&engine.shared).accept_remote(
-            Key::Node("h".into()),
-            Entry {
-                version: Hlc {
-                    millis: 1_000,
-                    counter: 0,
-                    node: "h".into(),
-                },
-                value: Some(Value::Node(record)),
-                era: None,
-            },
-        );
+        from_peer(&engine, Key::Node("h".into()), Value::Node(record), 1_000, "h");
         engine.after_change();
         drain_events(&mut engine, &mut set);
         let addr = |engine: &mut Engine| {
@@ -952,25 +945,14 @@ mod tests {
             .unwrap();
         // A peer that had not heard of the deletion loaded a plugin into
         // it after it (by the clock).
-        lock(&engine.shared).accept_remote(
-            Key::Plugin {
+        from_peer(&engine, Key::Plugin {
                 tribe: "x".into(),
                 name: "pl".into(),
                 version: "1".into(),
-            },
-            Entry {
-                version: Hlc {
-                    millis: 1_300,
-                    counter: 0,
-                    node: "peer".into(),
-                },
-                value: Some(Value::Plugin(crate::records::PluginRecord {
+            }, Value::Plugin(crate::records::PluginRecord {
                     kind: crate::PluginKind::Processor,
                     artifact: None,
-                })),
-                era: None,
-            },
-        );
+                }), 1_300, "peer");
         engine.after_change();
         assert!(engine.tribe("x").is_none());
         engine.handle_command(2_000, tribe("x")).unwrap();
