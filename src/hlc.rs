@@ -58,6 +58,12 @@ impl Clock {
         }
     }
 
+    /// The latest point issued or observed: every later [`Clock::tick`]
+    /// orders after it.
+    pub fn latest(&self) -> (u64, u32) {
+        (self.millis, self.counter)
+    }
+
     fn bump_counter(&mut self) {
         // On counter overflow borrow the next millisecond rather than wrap.
         match self.counter.checked_add(1) {

@@ -304,11 +304,11 @@ impl State {
     /// Takes out the live records `which` picks, as if never held (no
     /// tombstone): records a node can no longer vouch for, to be confirmed
     /// by a peer first (see `engine::durable`).
-    pub fn take_live(&mut self, mut which: impl FnMut(&Key) -> bool) -> Vec<(Key, Entry)> {
+    pub fn take_live(&mut self, mut which: impl FnMut(&Key, &Entry) -> bool) -> Vec<(Key, Entry)> {
         let picked: Vec<Arc<Key>> = self
             .entries
             .iter()
-            .filter(|(k, s)| s.entry.value.is_some() && which(k))
+            .filter(|(k, s)| s.entry.value.is_some() && which(k, &s.entry))
             .map(|(k, _)| k.clone())
             .collect();
         let mut taken = Vec::with_capacity(picked.len());

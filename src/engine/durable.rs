@@ -214,7 +214,15 @@ impl Engine {
             // Held as after a stall (see `hold_after_stall`): a peer that
             // holds them pending too (restarted with this node) decides
             // nothing, or the two would vouch for records deleted meanwhile.
-            self.stall_unconfirmed = true;
+            // Past the kept records too (the clock has not seen them): once
+            // back after an isolated hold, the next hold takes them again.
+            let upto = self
+                .pending
+                .values()
+                .map(|e| (e.version.millis, e.version.counter))
+                .chain([lock(&self.shared).clock.latest()])
+                .max();
+            self.stall_unconfirmed = upto;
             self.held_contact_ms = Some(durable.last_contact_ms);
             tracing::info!(
                 records = self.pending.len(),
@@ -267,7 +275,7 @@ impl Engine {
     /// a peer to confirm them, as a restart's records do after as long an
     /// absence (see [`Engine::hold_after_stall`]).
     pub(super) fn after_stall(&mut self, stalled_ms: u64) {
-        if self.stall_unconfirmed {
+        if self.stall_unconfirmed.is_some() {
             return;
         }
         tracing::warn!(
@@ -275,7 +283,7 @@ impl Engine {
             "this node ran nothing for longer than the tombstone grace (a suspended host or VM): \
              its records wait for a peer to confirm them, so that none deleted meanwhile comes back"
         );
-        self.stall_unconfirmed = true;
+        self.stall_unconfirmed = Some(lock(&self.shared).clock.latest());
         self.held_contact_ms = Some(self.last_contact_ms);
         self.hold_after_stall(false);
     }
@@ -288,16 +296,20 @@ impl Engine {
     /// they stay as they are until one is (a link that comes up after the
     /// wake).
     pub(super) fn hold_after_stall(&mut self, contact: bool) {
-        if !self.stall_unconfirmed
-            || self.stall_hold_until.is_some()
-            || (!contact && self.members.count_up() == 0)
-        {
+        let Some(upto) = self.stall_unconfirmed else {
+            return;
+        };
+        if self.stall_hold_until.is_some() || (!contact && self.members.count_up() == 0) {
             return;
         }
-        let taken = lock(&self.shared).state.take_live(kept);
+        // Only what was written before the stall or the restart: a command
+        // given since is news, and no peer could vouch for it yet.
+        let taken = lock(&self.shared)
+            .state
+            .take_live(|k, e| kept(k) && (e.version.millis, e.version.counter) <= upto);
         // Records restored after a long absence are pending already.
         if taken.is_empty() && self.pending.is_empty() {
-            self.stall_unconfirmed = false;
+            self.stall_unconfirmed = None;
             self.held_contact_ms = None;
             return;
         }
@@ -370,7 +382,7 @@ impl Engine {
                     records = back.len(),
                     "the records held since the stall are kept as they were: {why}"
                 );
-                self.stall_unconfirmed = false;
+                self.stall_unconfirmed = None;
                 self.held_contact_ms = None;
             }
             // Not spread: queued gossip would carry them to the first peer
@@ -380,7 +392,7 @@ impl Engine {
                 sh.accept_remote(key, entry);
             }
         } else {
-            self.stall_unconfirmed = false;
+            self.stall_unconfirmed = None;
             self.held_contact_ms = None;
         }
         self.stall_hold_until = None;

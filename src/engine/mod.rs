@@ -271,9 +271,12 @@ pub struct Engine {
     /// clock) this node's view and policies wait for its records to be
     /// confirmed (see [`Engine::after_stall`]).
     stall_hold_until: Option<u64>,
-    /// A stall longer than the tombstone grace happened and no peer has
-    /// decided this node's records since (see [`Engine::after_stall`]).
-    stall_unconfirmed: bool,
+    /// A stall longer than the tombstone grace happened (or a restart after
+    /// as long an absence) and no peer has decided this node's records
+    /// since (see [`Engine::after_stall`]): the clock's latest point then.
+    /// Records written after it (commands since, peers' writes) are news
+    /// the cluster holds or will hold, and are not held.
+    stall_unconfirmed: Option<(u64, u32)>,
     /// Peers that held this node's held records pending too, since the hold
     /// began: once every peer up did, no one is left to decide them.
     stall_undecided_by: BTreeSet<String>,
@@ -471,7 +474,7 @@ impl Engine {
             record_owed: false,
             pending: BTreeMap::new(),
             stall_hold_until: None,
-            stall_unconfirmed: false,
+            stall_unconfirmed: None,
             stall_undecided_by: BTreeSet::new(),
             elapsed_ms: None,
             stalled_ms: None,
