@@ -121,8 +121,19 @@ impl Node {
             durable = crate::datadir::load_for(dir, &config.name)?;
             config.keyring = crate::datadir::merge_keyring(dir, config.keyring.take())?;
         }
-        // A restart is newer than the last run even if the clock stepped back.
-        let kept_generation = durable.as_ref().map(|d| d.generation.saturating_add(1));
+        // A restart is newer than the last run even if the clock stepped
+        // back; not past the peers' horizon for a damaged kept time.
+        let kept_generation = durable.as_ref().map(|d| d.generation).filter(|&g| {
+            let plausible = crate::engine::durable::plausible_kept_ms(g, now);
+            if !plausible {
+                tracing::warn!(
+                    ahead_s = g.saturating_sub(now) / 1000,
+                    "the data dir's start time of this node is far ahead of its clock (more than 30 days): taken as damaged, not as this node's floor"
+                );
+            }
+            plausible
+        });
+        let kept_generation = kept_generation.map(|g| g.saturating_add(1));
         let generation = config
             .generation
             .unwrap_or(now)

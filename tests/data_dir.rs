@@ -398,3 +398,37 @@ async fn a_restarted_node_does_not_load_what_was_removed_while_it_was_down() {
     node.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A data dir whose start time of the node is far ahead of any clock (a
+/// damaged or edited file, 40 days) does not become the node's identity:
+/// its peers would refuse it as from beyond their horizon, and it would
+/// never rejoin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_future_start_time_in_the_data_dir_does_not_keep_the_node_out() {
+    let dir = scratch("far-generation");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let keeper = Node::start(test_config("dd-keeper")).await.unwrap();
+    let mut cfg = config("dd-ahead", &dir, any);
+    cfg.seeds = vec![keeper.addr()];
+    let node = Node::start(cfg.clone()).await.unwrap();
+    wait_converged_members(&[keeper.clone(), node.clone()], 2).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // saved
+    cfg.bind = node.addr();
+    node.shutdown().await.unwrap();
+    let file = dir.join("dd-ahead").join("node-state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let generation = state["generation"].as_u64().expect("a generation kept");
+    state["generation"] = (generation + 40 * 24 * 3600 * 1000).into();
+    std::fs::write(&file, state.to_string()).unwrap();
+    let node = Node::start(cfg).await.unwrap();
+    wait_for(
+        "the node back in the tribe",
+        Duration::from_secs(20),
+        || sees_alive(&keeper, "dd-ahead") && sees_alive(&node, "dd-keeper"),
+    )
+    .await;
+    node.shutdown().await.unwrap();
+    keeper.shutdown().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -65,6 +65,13 @@ const LATEST_PLAUSIBLE_MS: u64 = 7_258_118_400_000;
 /// every write of this node past its peers' horizon.
 const MAX_KEPT_AHEAD_MS: u64 = 30 * 24 * 3600 * 1000;
 
+/// Whether a time kept in the data dir (a record's version, the node's
+/// generation) may be taken at `now_ms`: neither past any clock's reading
+/// nor more than [`MAX_KEPT_AHEAD_MS`] ahead.
+pub(crate) fn plausible_kept_ms(ms: u64, now_ms: u64) -> bool {
+    ms <= LATEST_PLAUSIBLE_MS && ms <= now_ms.saturating_add(MAX_KEPT_AHEAD_MS)
+}
+
 /// Longest a node restarted from its data dir holds its view still while
 /// it waits for its first exchange (see [`Engine::restore`]).
 const RESTART_VIEW_HOLD_MS: u64 = 5_000;
@@ -184,9 +191,7 @@ impl Engine {
                 .filter(|(k, e)| kept(k) && records::validate(k, e).is_ok())
                 .map(|(_, e)| e.version.millis)
                 .chain([durable.generation])
-                .filter(|&ms| {
-                    ms <= LATEST_PLAUSIBLE_MS && ms <= sh.now_ms.saturating_add(MAX_KEPT_AHEAD_MS)
-                })
+                .filter(|&ms| plausible_kept_ms(ms, sh.now_ms))
                 .max()
                 .unwrap_or(0);
             if floor > sh.horizon_ms() {
