@@ -385,6 +385,13 @@ fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<()
                 "{what} {addr}: a multicast or broadcast address is no node's own"
             )));
         }
+        if matches!(addr, SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_some()) {
+            return Err(Error::Config(format!(
+                "{what} {addr}: an IPv4-mapped address reaches no IPv4 peer; use the IPv4 \
+                 address ({})",
+                addr.ip().to_canonical()
+            )));
+        }
     }
     if let Some(advertise) = advertise {
         let both = bind.is_ipv6() && bind.ip().is_unspecified();
@@ -751,6 +758,8 @@ mod tests {
                 "two address families",
             ),
             ("[fe80::1%3]:0", None, None, "zone ids"),
+            ("[::ffff:127.0.0.1]:0", None, None, "IPv4-mapped"),
+            ("[::]:0", Some("[::ffff:10.0.0.7]:7946"), None, "IPv4-mapped"),
             ("127.0.0.1:0", Some("255.255.255.255:0"), None, "broadcast"),
             ("127.0.0.1:0", Some("224.0.0.1:0"), None, "multicast"),
             ("127.0.0.1:0", None, Some("[::1]:0"), "port 0"),
