@@ -906,6 +906,28 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
         done.status.success() && out.contains("installed on 3/3"),
         "{out}"
     );
+    // Standard input that is no key: over 4 KiB (a character cut at the
+    // limit says so too), or not text.
+    let mut over = "a".repeat(4095).into_bytes();
+    over.extend("é".as_bytes());
+    for (input, why) in [(over, "more than 4 KiB"), (vec![0xff, b'\n'], "not UTF-8")] {
+        let mut refused = Command::new(TRIBE)
+            .args([
+                "keys",
+                "install",
+                "-",
+                "--admin",
+                &agents[1].admin.to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        refused.stdin.take().unwrap().write_all(&input).unwrap();
+        let done = refused.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&done.stderr);
+        assert!(!done.status.success() && err.contains(why), "{why}: {err}");
+    }
     let out = cli_ok(&agents[2], &["keys", "use", &k2]);
     assert!(out.contains("primary on 3/3"), "{out}");
     let out = cli(&agents[0], &["keys", "remove", &k2]);

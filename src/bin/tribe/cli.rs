@@ -266,18 +266,25 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) -> Result<(), String> {
 /// that is not blank (a key file, `tribe keygen`'s output).
 fn key_from_stdin() -> Result<String, String> {
     use std::io::Read as _;
-    let mut text = zeroize::Zeroizing::new(String::new());
-    // A key is 44 characters: more than a page is no key file.
+    // A key is 44 characters: more than a page is no key file. Sized
+    // ahead, so that no reallocation leaves a copy behind; the length is
+    // checked before the text (a character cut at the limit is no error
+    // of its own).
+    let mut bytes = zeroize::Zeroizing::new(Vec::with_capacity(4097));
     std::io::stdin()
         .take(4097)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
-    if text.len() > 4096 {
+    if bytes.len() > 4096 {
         return Err(
             "invalid argument: standard input holds more than 4 KiB: give one key (invalid_argument)"
                 .into(),
         );
     }
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
+        "invalid argument: standard input is not UTF-8 text: give one key (invalid_argument)"
+            .to_string()
+    })?;
     let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
     match (lines.next(), lines.next()) {
         (Some(key), None) => Ok(key.to_string()),
@@ -318,7 +325,10 @@ fn table_cell(value: &str) -> std::borrow::Cow<'_, str> {
 
 /// The marks and overrides that change the direction text is shown in.
 fn is_bidi_control(c: char) -> bool {
-    matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    matches!(
+        c,
+        '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+    )
 }
 
 fn print_json(value: &serde_json::Value) -> Result<(), String> {
@@ -807,5 +817,6 @@ mod tests {
         assert_eq!(table_cell("x\u{1b}[2Jy\u{7f}"), "x\\u{1b}[2Jy\\u{7f}");
         assert_eq!(table_cell("é ü"), "é ü");
         assert_eq!(table_cell("a\u{202e}b"), "a\\u{202e}b");
+        assert_eq!(table_cell("a\u{61c}b"), "a\\u{61c}b");
     }
 }
