@@ -759,7 +759,12 @@ mod tests {
             ),
             ("[fe80::1%3]:0", None, None, "zone ids"),
             ("[::ffff:127.0.0.1]:0", None, None, "IPv4-mapped"),
-            ("[::]:0", Some("[::ffff:10.0.0.7]:7946"), None, "IPv4-mapped"),
+            (
+                "[::]:0",
+                Some("[::ffff:10.0.0.7]:7946"),
+                None,
+                "IPv4-mapped",
+            ),
             ("127.0.0.1:0", Some("255.255.255.255:0"), None, "broadcast"),
             ("127.0.0.1:0", Some("224.0.0.1:0"), None, "multicast"),
             ("127.0.0.1:0", None, Some("[::1]:0"), "port 0"),

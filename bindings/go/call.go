@@ -440,7 +440,7 @@ func (in *node) serveCall(r *C.tribe_responder, info CallInfo, payload []byte) {
 	left := time.Duration(C.tribe_responder_remaining_us(r)) * time.Microsecond
 	// Made before the look below: an allocation may wait for the
 	// collector, and the look must come right before the handler runs.
-	c := newCallCtx(in.base, left, r)
+	c := newCallCtx(in.base, in.values, left, r)
 	// Looked at last before the handler runs: a Close that ends the
 	// context after this look finds the handler started (it may then see
 	// its context end at once, and answer "shutting_down").

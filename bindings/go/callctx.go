@@ -8,6 +8,7 @@ import "C"
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -23,8 +24,12 @@ const abandonPoll = 50 * time.Millisecond
 // registration every time.
 type callCtx struct {
 	base     context.Context // ends at Close
+	values   context.Context // base's values, without its end
 	deadline time.Time
 	r        *C.tribe_responder
+	// byBase says the context ended because the node closed: only then
+	// does context.Cause look past it to the node's (ErrShuttingDown).
+	byBase atomic.Bool
 
 	mu       sync.Mutex
 	done     chan struct{}
@@ -36,13 +41,22 @@ type callCtx struct {
 
 var closedChan = func() chan struct{} { c := make(chan struct{}); close(c); return c }()
 
-func newCallCtx(base context.Context, budget time.Duration, r *C.tribe_responder) *callCtx {
-	return &callCtx{base: base, deadline: time.Now().Add(budget), r: r}
+func newCallCtx(base, values context.Context, budget time.Duration, r *C.tribe_responder) *callCtx {
+	return &callCtx{base: base, values: values, deadline: time.Now().Add(budget), r: r}
 }
 
 func (c *callCtx) Deadline() (time.Time, bool) { return c.deadline, true }
 
-func (c *callCtx) Value(key any) any { return c.base.Value(key) }
+// Value looks up the node's base context's values. context.Cause finds the
+// node's cause through it only when the node's close ended this context:
+// one that ended at its deadline or by its caller keeps its own error as
+// its cause, also once the node closes later.
+func (c *callCtx) Value(key any) any {
+	if c.byBase.Load() {
+		return c.base.Value(key)
+	}
+	return c.values.Value(key)
+}
 
 func (c *callCtx) Done() <-chan struct{} {
 	c.mu.Lock()
@@ -61,7 +75,14 @@ func (c *callCtx) Done() <-chan struct{} {
 		return c.done
 	}
 	c.done = make(chan struct{})
-	c.stopBase = context.AfterFunc(c.base, func() { c.end(context.Canceled) })
+	c.stopBase = context.AfterFunc(c.base, func() {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		if c.err == nil {
+			c.byBase.Store(true)
+		}
+		c.endLocked(context.Canceled)
+	})
 	c.timer = time.AfterFunc(c.nextCheck(), c.tick)
 	return c.done
 }
@@ -79,6 +100,8 @@ func (c *callCtx) Err() error {
 // check is why the context is over now, or nil. Called with mu held.
 func (c *callCtx) check() error {
 	if c.base.Err() != nil {
+		// Every caller keeps what check returns as the context's error.
+		c.byBase.Store(true)
 		return context.Canceled
 	}
 	if !time.Now().Before(c.deadline) {
@@ -118,12 +141,6 @@ func (c *callCtx) tick() {
 		return
 	}
 	c.timer.Reset(c.nextCheck())
-}
-
-func (c *callCtx) end(err error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	c.endLocked(err)
 }
 
 func (c *callCtx) endLocked(err error) {

@@ -173,6 +173,8 @@ type node struct {
 	// base ends at Close: every handler's context derives from it.
 	base       context.Context
 	cancelBase context.CancelCauseFunc
+	// values is base without its end: what handlers' contexts look up.
+	values context.Context
 	// serveMu orders Serve and Unserve (each updates handlers and libtribe).
 	serveMu    sync.Mutex
 	handlersMu sync.RWMutex
@@ -365,6 +367,7 @@ func Start(cfg Config) (*Node, error) {
 		errorLog:   cfg.ErrorLog,
 		base:       base,
 		cancelBase: cancel,
+		values:     parent,
 		handlers:   map[handlerKey]Handler{},
 	}
 	in.calls.init()
@@ -389,6 +392,7 @@ var closedNode = func() *node {
 	close(in.events)
 	close(in.pollDone)
 	in.base, in.cancelBase = context.WithCancelCause(context.Background())
+	in.values = context.Background()
 	in.cancelBase(ErrClosed)
 	return in
 }()

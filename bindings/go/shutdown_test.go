@@ -284,3 +284,32 @@ func TestAHandlersContextSaysWhyItEnded(t *testing.T) {
 		t.Fatalf("a node closing: %v", cause)
 	}
 }
+
+// A handler's context that ended at its deadline keeps that as its cause
+// when the node closes afterwards (it said ErrShuttingDown, while Err said
+// DeadlineExceeded).
+func TestAHandlersContextEndedBeforeCloseKeepsItsCause(t *testing.T) {
+	ended, closing := make(chan struct{}), make(chan struct{})
+	causes := make(chan error, 1)
+	host, caller := servedPair(t, map[string]Handler{
+		"late": func(ctx context.Context, _ CallInfo, _ []byte) ([]byte, error) {
+			<-ctx.Done()
+			close(ended)
+			<-closing
+			causes <- context.Cause(ctx)
+			return nil, ctx.Err()
+		},
+	})
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		_, _ = caller.Call(ctx, target("late"), nil)
+	}()
+	<-ended
+	go host.Close()
+	waitFor(t, "the node closing", 10*time.Second, func() bool { return host.inner().base.Err() != nil })
+	close(closing)
+	if cause := <-causes; !errors.Is(cause, context.DeadlineExceeded) {
+		t.Fatalf("cause %v, want the deadline", cause)
+	}
+}
