@@ -1519,8 +1519,9 @@ void tribe_group_free(struct tribe_group *group);
  * take from every member (until it gives none, or `TRIBE_SHUTTING_DOWN`
  * once it stopped) before waiting again; it may also return once for
  * events already taken. With several threads waiting, each notification
- * ends one of their waits (the one woken takes for all). Blocks the
- * calling thread up to `timeout_ms`.
+ * of events ends one of their waits (the one woken takes for all); a
+ * member that stops ends them all. Blocks the calling thread up to
+ * `timeout_ms`.
  */
 uint32_t tribe_group_wait(const struct tribe_group *group,
                           int32_t timeout_ms,

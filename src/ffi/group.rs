@@ -87,8 +87,9 @@ pub extern "C" fn tribe_group_free(group: *mut TribeGroup) {
 /// take from every member (until it gives none, or `TRIBE_SHUTTING_DOWN`
 /// once it stopped) before waiting again; it may also return once for
 /// events already taken. With several threads waiting, each notification
-/// ends one of their waits (the one woken takes for all). Blocks the
-/// calling thread up to `timeout_ms`.
+/// of events ends one of their waits (the one woken takes for all); a
+/// member that stops ends them all. Blocks the calling thread up to
+/// `timeout_ms`.
 #[no_mangle]
 pub extern "C" fn tribe_group_wait(
     group: *const TribeGroup,
