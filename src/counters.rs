@@ -102,6 +102,10 @@ pub struct Counters {
     /// records of a tribe whose deletion was collected (written into it
     /// while it was being deleted).
     pub stale_records_dropped: u64,
+    /// Records in gossip datagrams written longer ago than the tombstone
+    /// grace (recorded traffic replayed, or a writer whose clock is that
+    /// far behind), refused: only exchanges bring records that old.
+    pub stale_gossip_refused: u64,
     /// Members gossip hears alive whose state exchanges with this node
     /// failed 3 or more times in a row, now (a gauge; see the warning in
     /// the log).

@@ -882,6 +882,68 @@ fn long_policy() -> String {
         .join(" || ")
 }
 
+/// Datagrams recorded on the path and sent again once the tombstones of
+/// what they carried are collected bring nothing back (a deleted tribe and
+/// policy came back on every node: only a tombstone made a replayed
+/// record lose).
+#[test]
+fn replayed_datagrams_bring_no_deletion_back_after_the_grace() {
+    for seed in 1..=3 {
+        let mut sim = four_with_tribes(seed, &["kept"]);
+        sim.record_datagrams();
+        sim.command(
+            0,
+            Command::CreateTribe {
+                tribe: "gone".into(),
+            },
+        )
+        .unwrap();
+        sim.command(
+            1,
+            Command::AddPolicy {
+                name: "p".into(),
+                tribe: "gone".into(),
+                when: "true".into(),
+            },
+        )
+        .unwrap();
+        sim.run_for(Duration::from_secs(10));
+        assert!((0..4).all(|i| sim.engine(i).unwrap().tribe("gone").is_some()));
+        sim.command(2, Command::RemovePolicy { name: "p".into() })
+            .unwrap();
+        sim.command(
+            2,
+            Command::DeleteTribe {
+                tribe: "gone".into(),
+            },
+        )
+        .unwrap();
+        sim.run_for(Duration::from_secs(150)); // the tombstones collected
+        let replayed = sim.replay_recorded();
+        assert!(replayed > 100, "seed {seed}: {replayed} datagrams recorded");
+        sim.run_for(Duration::from_secs(30));
+        for i in 0..4 {
+            let e = sim.engine(i).unwrap();
+            assert!(
+                e.tribe("gone").is_none(),
+                "seed {seed}: node {i}: gone is back"
+            );
+            assert!(
+                e.policies().is_empty(),
+                "seed {seed}: node {i}: the policy is back"
+            );
+            assert!(
+                e.tribe("kept").is_some(),
+                "seed {seed}: node {i}: kept lost"
+            );
+        }
+        let refused: u64 = (0..4)
+            .map(|i| sim.engine(i).unwrap().counters().stale_gossip_refused)
+            .sum();
+        assert!(refused > 0, "seed {seed}: no replayed record counted");
+    }
+}
+
 /// A step of the wall clock on a running node (NTP setting a clock right),
 /// here longer than the tombstone grace,
 /// is no stall: its view stays whole (its tribes vanished for seconds).

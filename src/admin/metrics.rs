@@ -317,6 +317,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "stale_gossip_refused",
+        "Records in gossip datagrams written longer ago than the tombstone grace, refused (replayed traffic, or a clock that far behind)",
+        c.stale_gossip_refused,
+    );
+    counter(
+        &mut r,
         "keyring_records_refused",
         "Keyring records from peers refused because this node does not require encryption",
         c.keyring_records_refused,

@@ -338,7 +338,16 @@ impl BroadcastHandler<NodeId> for DeltaHandler {
             // Our own write, already in the store: always spread it.
             return Ok(Some(delta_key));
         }
-        let news = lock(&self.shared).accept_remote(key, entry);
+        let mut sh = lock(&self.shared);
+        // A datagram carries news: one older than the grace may be recorded
+        // traffic sent again, to bring back what was deleted and whose
+        // tombstone is collected. Exchanges (whose streams refuse replays)
+        // bring records that old.
+        if entry.version.millis.saturating_add(sh.tombstone_grace_ms) < sh.now_ms {
+            sh.counters.stale_gossip_refused += 1;
+            return Ok(None);
+        }
+        let news = sh.accept_remote(key, entry);
         Ok(news.then_some(delta_key))
     }
 }

@@ -186,6 +186,9 @@ pub struct Sim {
     events_processed: u64,
     /// (from, to): streams `from` opens to `to` time out (datagrams pass).
     streams_blocked: std::collections::BTreeSet<(usize, usize)>,
+    /// Datagrams sent while recording (sender's address, receiver, bytes),
+    /// for an attacker on the path to send again.
+    recorded: Option<Vec<(SocketAddr, usize, Vec<u8>)>>,
 }
 
 impl Sim {
@@ -204,6 +207,7 @@ impl Sim {
             observer: Observer::default(),
             events_processed: 0,
             streams_blocked: Default::default(),
+            recorded: None,
         }
     }
 
@@ -355,6 +359,23 @@ impl Sim {
     /// down.
     pub fn data_dir(&mut self, i: usize) -> Option<crate::engine::durable::Durable> {
         self.nodes[i].engine.as_mut().map(Engine::durable)
+    }
+
+    /// Records every datagram sent from now on (as an attacker on the path
+    /// can), until [`Sim::replay_recorded`].
+    pub fn record_datagrams(&mut self) {
+        self.recorded = Some(Vec::new());
+    }
+
+    /// Sends every recorded datagram again, as from its sender, to its
+    /// receiver (now), and stops recording; returns how many.
+    pub fn replay_recorded(&mut self) -> usize {
+        let recorded = self.recorded.take().unwrap_or_default();
+        let n = recorded.len();
+        for (from, to, bytes) in recorded {
+            self.push(0, Ev::Datagram { from, to, bytes });
+        }
+        n
     }
 
     /// Starts a crashed node again from what its data dir kept, without
@@ -623,8 +644,11 @@ impl Sim {
                     let Some(&j) = self.by_addr.get(&to) else {
                         continue;
                     };
+                    let from = self.nodes[i].addr;
+                    if let Some(recorded) = self.recorded.as_mut() {
+                        recorded.push((from, j, bytes.clone()));
+                    }
                     if let Some(delay) = self.net.datagram(&mut self.rng, i, j) {
-                        let from = self.nodes[i].addr;
                         self.push(delay, Ev::Datagram { from, to: j, bytes });
                     }
                 }
