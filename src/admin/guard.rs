@@ -79,14 +79,29 @@ pub(super) fn refuse(status: StatusCode, code: &str, message: &str) -> Response 
 }
 
 /// Whether a `Host` header names an IP address or localhost.
+/// A port, when given, is a port: nothing else follows the name.
 pub fn host_allowed(host: &str) -> bool {
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        // [v6]:port
-        rest.split(']').next().unwrap_or_default()
+    let (name, port) = if let Some(rest) = host.strip_prefix('[') {
+        // [v6] or [v6]:port
+        let Some((name, after)) = rest.split_once(']') else {
+            return false;
+        };
+        match after {
+            "" => (name, None),
+            _ => match after.strip_prefix(':') {
+                Some(port) => (name, Some(port)),
+                None => return false,
+            },
+        }
     } else {
-        host.rsplit_once(':').map_or(host, |(h, _)| h)
+        match host.rsplit_once(':') {
+            Some((name, port)) => (name, Some(port)),
+            None => (host, None),
+        }
     };
-    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+    let port_ok =
+        port.is_none_or(|p| p.bytes().all(|b| b.is_ascii_digit()) && p.parse::<u16>().is_ok());
+    port_ok && (name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok())
 }
 
 /// Refuses to serve on a non-loopback address without a token.
@@ -240,6 +255,7 @@ mod tests {
             "127.0.0.1:7947",
             "localhost:7947",
             "[::1]:7947",
+            "[::1]",
             "10.0.0.5",
             "LOCALHOST",
         ] {
@@ -250,6 +266,11 @@ mod tests {
             "attacker.test",
             "127.0.0.1.nip.io:7947",
             "",
+            "localhost:80@evil",
+            "[::1]evil",
+            "[::1]:",
+            "127.0.0.1:99999",
+            "127.0.0.1:+80",
         ] {
             assert!(!host_allowed(bad), "{bad}");
         }
