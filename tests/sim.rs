@@ -882,6 +882,43 @@ fn long_policy() -> String {
         .join(" || ")
 }
 
+/// A node back from its data dir after longer than the grace, with a
+/// clock that stepped back across the restart (a dead RTC battery) so
+/// that by its own clock it was away briefly, learns from its first peer
+/// that it was not, and holds its records (it pushed a tribe deleted
+/// meanwhile back to every node).
+#[test]
+fn a_node_back_with_a_clock_behind_brings_no_deletion_back() {
+    for seed in 1..=4 {
+        let mut sim = four_with_tribes(seed, &["gone", "kept"]);
+        let kept = sim.data_dir(3).unwrap();
+        sim.crash(3);
+        sim.run_for(Duration::from_secs(5));
+        sim.command(
+            0,
+            Command::DeleteTribe {
+                tribe: "gone".into(),
+            },
+        )
+        .unwrap();
+        sim.run_for(Duration::from_secs(150)); // its tombstone collected
+        sim.set_clock_offset(3, -120_000);
+        sim.restart_from(3, kept);
+        sim.run_for(Duration::from_secs(60));
+        for i in 0..4 {
+            let e = sim.engine(i).unwrap();
+            assert!(
+                e.tribe("gone").is_none(),
+                "seed {seed}: node {i}: gone is back"
+            );
+            assert!(
+                e.tribe("kept").is_some(),
+                "seed {seed}: node {i}: kept lost"
+            );
+        }
+    }
+}
+
 /// Datagrams recorded on the path and sent again once the tombstones of
 /// what they carried are collected bring nothing back (a deleted tribe and
 /// policy came back on every node: only a tombstone made a replayed

@@ -202,8 +202,13 @@ impl Engine {
                 );
             }
             sh.kept_floor_ms = floor;
+            let mut implausible = 0usize;
             for (key, entry) in durable.records {
                 if !kept(&key) {
+                    continue;
+                }
+                if !plausible_kept_ms(entry.version.millis, sh.now_ms) {
+                    implausible += 1;
                     continue;
                 }
                 if away {
@@ -214,6 +219,17 @@ impl Engine {
                     sh.accept_remote(key, entry);
                 }
             }
+            if implausible > 0 {
+                tracing::warn!(
+                    records = implausible,
+                    "records in the data dir dated more than 30 days ahead of this node's clock \
+                     (an edited or damaged file) are not taken"
+                );
+            }
+        }
+        if !away && durable.last_contact_ms > 0 {
+            let upto = lock(&self.shared).clock.latest();
+            self.absence_unchecked = Some((durable.last_contact_ms, upto));
         }
         if away {
             // Held as after a stall (see `hold_after_stall`): a peer that
@@ -291,6 +307,31 @@ impl Engine {
         self.stall_unconfirmed = Some(lock(&self.shared).clock.latest());
         self.held_contact_ms = Some(self.last_contact_ms);
         self.hold_after_stall(false);
+    }
+
+    /// At the first contact after a restart that this node's clock put
+    /// within the grace: a peer clock (`their_ms`, of an admitted peer)
+    /// past the kept last contact plus the grace means this node's clock
+    /// stepped back (a dead RTC battery, a clock set by hand), and it was
+    /// away as long: its kept records are held as after a long absence
+    /// (a tribe deleted meanwhile came back everywhere). Call before
+    /// [`Engine::hold_after_stall`] with `contact`.
+    pub(super) fn check_absence(&mut self, their_ms: u64) {
+        let Some((last_contact_ms, upto)) = self.absence_unchecked.take() else {
+            return;
+        };
+        let grace = self.timings.tombstone_grace.as_millis() as u64;
+        if last_contact_ms.saturating_add(grace) >= their_ms || self.stall_unconfirmed.is_some() {
+            return;
+        }
+        tracing::warn!(
+            behind_s = their_ms.saturating_sub(self.now_ms()) / 1000,
+            "a peer's clock says this node was out of contact for longer than the tombstone grace \
+             (its clock is behind, or stepped back across the restart): kept records wait for a \
+             peer to confirm them; fix the clock"
+        );
+        self.stall_unconfirmed = Some(upto);
+        self.held_contact_ms = Some(last_contact_ms);
     }
 
     /// Holds the records of a node woken from a stall once a peer is up

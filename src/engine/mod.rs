@@ -292,6 +292,11 @@ pub struct Engine {
     /// While records are held after a stall or a long absence, the last
     /// contact before it: what the data dir keeps (see `durable`).
     held_contact_ms: Option<u64>,
+    /// Restored from a data dir whose last contact (kept here, with the
+    /// clock's latest point then) is within the grace by this node's clock:
+    /// the first peer's clock says whether it really is (a clock that
+    /// stepped back across the restart); see `durable`.
+    absence_unchecked: Option<(u64, (u64, u32))>,
     /// Until when the view of a node restarted from its data dir holds
     /// still, waiting for its first exchange (see `durable`).
     view_held_until: Option<u64>,
@@ -481,6 +486,7 @@ impl Engine {
             clock_samples_from_ms: 0,
             last_contact_ms: 0,
             held_contact_ms: None,
+            absence_unchecked: None,
             view_held_until: None,
             orphans_swept_ms: 0,
             kept_peers: Vec::new(),

@@ -555,6 +555,7 @@ impl Engine {
         if !self.admit(conn, &from, &label) {
             return;
         }
+        self.check_absence(clock_ms);
         self.hold_after_stall(true);
         self.sample_clock(&from.name, clock_ms);
         // The initiator must be a live member as this node knows it;
@@ -592,6 +593,7 @@ impl Engine {
         if !self.admit(conn, &hello.from, &hello.label) {
             return;
         }
+        self.check_absence(hello.clock_ms);
         self.hold_after_stall(true);
         if hello.buckets.len() != BUCKETS {
             lock(&self.shared).counters.frame_decode_errors += 1;
@@ -670,6 +672,7 @@ impl Engine {
         }
         // Before anything is pushed back (an exchange opened while no peer
         // was up).
+        self.check_absence(clock_ms);
         self.hold_after_stall(true);
         let mismatched: BTreeSet<usize> = mismatched
             .into_iter()
