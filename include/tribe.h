@@ -658,6 +658,21 @@ uint32_t tribe_version_check(const char *version,
                              struct tribe_error **err);
 
 /**
+ * Checks a step request, the payload a publisher or processor of a task
+ * receives (`{"config": {...}, "metrics": [...]}`), as the agent's
+ * publishers do: `TRIBE_OK` with the number of metrics in `*metrics`, or
+ * `TRIBE_INVALID_ARGUMENT` saying what is wrong (not JSON, trailing text,
+ * a metric without a name, a control character, over the batch limits);
+ * `*metrics` is 0 then. The answer a publisher gives is that number, as
+ * text. `payload` may be NULL only with `len` 0. Does not block; needs no
+ * node.
+ */
+uint32_t tribe_step_request_check(const uint8_t *payload,
+                                  size_t len,
+                                  size_t *metrics,
+                                  struct tribe_error **err);
+
+/**
  * Frees a string returned by libtribe. NULL is ignored. Passing anything
  * else, or freeing twice, is undefined behaviour.
  */

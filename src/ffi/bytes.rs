@@ -96,6 +96,31 @@ pub extern "C" fn tribe_version_check(version: *const c_char, err: *mut *mut Ffi
     })
 }
 
+/// Checks a step request, the payload a publisher or processor of a task
+/// receives (`{"config": {...}, "metrics": [...]}`), as the agent's
+/// publishers do: `TRIBE_OK` with the number of metrics in `*metrics`, or
+/// `TRIBE_INVALID_ARGUMENT` saying what is wrong (not JSON, trailing text,
+/// a metric without a name, a control character, over the batch limits);
+/// `*metrics` is 0 then. The answer a publisher gives is that number, as
+/// text. `payload` may be NULL only with `len` 0. Does not block; needs no
+/// node.
+#[no_mangle]
+pub extern "C" fn tribe_step_request_check(
+    payload: *const u8,
+    len: usize,
+    metrics: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, [metrics], {
+        let metrics = cast::out(metrics, "metrics")?;
+        let payload = cast::bytes(payload, len, "payload")?;
+        let request = crate::workflow::StepRequest::decode(payload)
+            .map_err(|e| FfiError::invalid(e.to_string()))?;
+        cast::write(metrics, request.metrics.len());
+        Ok(())
+    })
+}
+
 /// Frees a string returned by libtribe. NULL is ignored. Passing anything
 /// else, or freeing twice, is undefined behaviour.
 #[no_mangle]

@@ -45,6 +45,25 @@ static void config_misuse(void) {
     EXPECT(TRIBE_INVALID_NAME, tribe_version_check("1 2", &err));
     EXPECT(TRIBE_INVALID_NAME, tribe_version_check("123456789012345678901234567890123", &err));
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_version_check(NULL, &err));
+    {
+        /* A step request as a publisher receives it, checked as the
+         * agent's publishers check it. */
+        static const char ok[] = "{\"config\":{},\"metrics\":[{\"name\":\"a\",\"value\":1,"
+                                 "\"timestamp_ms\":1},{\"name\":\"b\",\"value\":2,\"timestamp_ms\":1}]}";
+        static const char trailing[] = "{\"metrics\":[]} xyz";
+        static const char nameless[] = "{\"metrics\":[{}]}";
+        size_t n = 99;
+        EXPECT(TRIBE_OK, tribe_step_request_check((const uint8_t *)ok, strlen(ok), &n, &err));
+        CHECK(n == 2);
+        EXPECT(TRIBE_INVALID_ARGUMENT,
+               tribe_step_request_check((const uint8_t *)trailing, strlen(trailing), &n, &err));
+        CHECK(n == 0);
+        EXPECT(TRIBE_INVALID_ARGUMENT,
+               tribe_step_request_check((const uint8_t *)nameless, strlen(nameless), &n, &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_step_request_check(NULL, 0, &n, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_step_request_check(NULL, 3, &n, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_step_request_check((const uint8_t *)ok, strlen(ok), NULL, &err));
+    }
     CHECK(cfg == NULL);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(NULL, "127.0.0.1:0", &err));
     EXPECT(TRIBE_OK, tribe_config_new("misuse", &cfg, &err));
