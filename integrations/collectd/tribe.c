@@ -19,12 +19,14 @@
  * Built on libtribe's C ABI only (include/tribe.h).
  */
 #include "collectd/core/daemon/collectd.h"
+#include "collectd/core/daemon/configfile.h"
 #include "collectd/core/daemon/globals.h"
 #include "collectd/core/daemon/plugin.h"
 #include "collectd/core/daemon/utils_time.h"
 #include "collectd/core/utils/common/common.h"
 
 #include <math.h>
+#include <netdb.h>
 #include <pthread.h>
 #include <signal.h>
 #include <time.h>
@@ -259,6 +261,12 @@ static int cfg_string(oconfig_item_t *ci, char **out) {
   return cf_util_get_string(ci, out);
 }
 
+/* The options that may be given more than once (each value once). */
+static bool multi_valued(const char *key) {
+  return strcasecmp(key, "Seed") == 0 || strcasecmp(key, "Fact") == 0 ||
+         strcasecmp(key, "Tag") == 0 || strcasecmp(key, "Publish") == 0;
+}
+
 static int cfg_pair(oconfig_item_t *ci, pair_t *list, size_t *n, size_t max) {
   if (ci->values_num != 2 || ci->values[0].type != OCONFIG_TYPE_STRING ||
       ci->values[1].type != OCONFIG_TYPE_STRING) {
@@ -311,6 +319,19 @@ static int cfg_publish(oconfig_item_t *ci) {
       return -1;
     }
   }
+  const char *version = ci->values_num == 3 ? ci->values[2].value.string : NULL;
+  for (size_t i = 0; i < g.ntargets; i++) {
+    const target_t *o = &g.targets[i];
+    if (strcmp(o->tribe, ci->values[0].value.string) == 0 &&
+        strcmp(o->plugin, ci->values[1].value.string) == 0 &&
+        ((o->version == NULL && version == NULL) ||
+         (o->version && version && strcmp(o->version, version) == 0))) {
+      /* Every value would reach it twice. */
+      ERROR(PLUGIN_NAME " plugin: `Publish' \"%s\" \"%s\" given twice",
+            o->tribe, o->plugin);
+      return -1;
+    }
+  }
   target_t *t = &g.targets[g.ntargets++];
   memset(t, 0, sizeof *t);
   t->tribe = strdup(ci->values[0].value.string);
@@ -356,6 +377,7 @@ static int cfg_seconds(oconfig_item_t *ci, cdtime_t *out, int lo_ms,
 }
 
 static bool build_config(const char *name, tribe_config **out);
+static const char *config_time_name(char *buf, size_t len);
 
 static int tribe_config_cb(oconfig_item_t *ci) {
   int status = 0;
@@ -370,6 +392,16 @@ static int tribe_config_cb(oconfig_item_t *ci) {
   }
   for (int i = 0; i < ci->children_num && status == 0; i++) {
     oconfig_item_t *c = ci->children + i;
+    /* A single-valued option given twice is refused, rather than one value
+     * silently replacing the other. */
+    for (int k = 0; k < i && !multi_valued(c->key); k++)
+      if (strcasecmp(ci->children[k].key, c->key) == 0) {
+        ERROR(PLUGIN_NAME " plugin: `%s' given twice", c->key);
+        status = -1;
+        break;
+      }
+    if (status != 0)
+      break;
     if (strcasecmp(c->key, "Name") == 0)
       status = cfg_string(c, &g.name);
     else if (strcasecmp(c->key, "Bind") == 0)
@@ -385,6 +417,11 @@ static int tribe_config_cb(oconfig_item_t *ci) {
         status = cf_util_get_string(c, &g.seeds[g.nseeds]);
         if (status == 0)
           g.nseeds++;
+        for (size_t k = 0; status == 0 && k + 1 < g.nseeds; k++)
+          if (strcmp(g.seeds[k], g.seeds[g.nseeds - 1]) == 0) {
+            ERROR(PLUGIN_NAME " plugin: `Seed' \"%s\" given twice", g.seeds[k]);
+            status = -1;
+          }
       }
     } else if (strcasecmp(c->key, "Fact") == 0) {
       status = cfg_pair(c, g.facts, &g.nfacts, MAX_FACTS);
@@ -465,7 +502,8 @@ static int tribe_config_cb(oconfig_item_t *ci) {
   /* Every option libtribe checks is checked now, so a bad one fails
    * collectd's configuration instead of the plugin's start. */
   tribe_config *probe = NULL;
-  if (status == 0 && !build_config(g.name ? g.name : "collectd", &probe))
+  char host[256];
+  if (status == 0 && !build_config(config_time_name(host, sizeof host), &probe))
     status = -1;
   /* And the options that only make sense together (an Encryption mode
    * with no key, a Bind to 0.0.0.0 with no Advertise), as a start would. */
@@ -745,30 +783,6 @@ static int tribe_write(const data_set_t *ds, const value_list_t *vl,
 
 /* ---------------------------------------------------------------- events */
 
-/* Skips one JSON value starting at *p (whitespace allowed before it);
- * false when the text is not JSON. Enough to count a batch's metrics. */
-static bool json_skip_ws(const char **p, const char *end) {
-  while (*p < end && (**p == ' ' || **p == '\t' || **p == '\n' || **p == '\r'))
-    (*p)++;
-  return *p < end;
-}
-
-static bool json_skip_string(const char **p, const char *end) {
-  if (*p >= end || **p != '"')
-    return false;
-  for ((*p)++; *p < end; (*p)++) {
-    if (**p == '\\') {
-      (*p)++;
-      continue;
-    }
-    if (**p == '"') {
-      (*p)++;
-      return true;
-    }
-  }
-  return false;
-}
-
 /* Copies the string value of the top-level `key` of the JSON object at
  * `json` into `out` (escapes other than \" and \\ become '?'), empty
  * when there is none. For libtribe's own event JSON, whose keys are plain. */
@@ -793,101 +807,6 @@ static void json_string_field(const char *json, size_t len, const char *key,
     }
   }
   out[n] = '\0';
-}
-
-static bool json_skip_value(const char **p, const char *end, int depth) {
-  if (depth > 64 || !json_skip_ws(p, end))
-    return false;
-  char c = **p;
-  if (c == '"')
-    return json_skip_string(p, end);
-  if (c == '{' || c == '[') {
-    char close = c == '{' ? '}' : ']';
-    (*p)++;
-    if (!json_skip_ws(p, end))
-      return false;
-    if (**p == close) {
-      (*p)++;
-      return true;
-    }
-    for (;;) {
-      if (c == '{') {
-        if (!json_skip_ws(p, end) || !json_skip_string(p, end) ||
-            !json_skip_ws(p, end) || **p != ':')
-          return false;
-        (*p)++;
-      }
-      if (!json_skip_value(p, end, depth + 1) || !json_skip_ws(p, end))
-        return false;
-      if (**p == ',') {
-        (*p)++;
-        continue;
-      }
-      if (**p == close) {
-        (*p)++;
-        return true;
-      }
-      return false;
-    }
-  }
-  const char *start = *p;
-  while (*p < end && **p != '\0' && strchr("+-0123456789.eEtruefalsn", **p))
-    (*p)++;
-  return *p > start;
-}
-
-/* The number of metrics of a step request, or -1 if it is not one. */
-static long count_metrics(const char *s, size_t len) {
-  const char *p = s, *end = s + len;
-  if (!json_skip_ws(&p, end) || *p != '{')
-    return -1;
-  p++;
-  long count = -1;
-  for (;;) {
-    if (!json_skip_ws(&p, end))
-      return -1;
-    if (*p == '}')
-      return count;
-    const char *key = p;
-    if (!json_skip_string(&p, end) || !json_skip_ws(&p, end) || *p != ':')
-      return -1;
-    bool metrics = (size_t)(p - key) == 9 && memcmp(key, "\"metrics\"", 9) == 0;
-    p++;
-    if (metrics) {
-      if (!json_skip_ws(&p, end) || *p != '[')
-        return -1;
-      p++;
-      count = 0;
-      if (!json_skip_ws(&p, end))
-        return -1;
-      if (*p == ']')
-        p++;
-      else
-        for (;;) {
-          /* Metrics are objects; a receiver refuses anything else. */
-          if (!json_skip_ws(&p, end) || *p != '{' ||
-              !json_skip_value(&p, end, 1) || !json_skip_ws(&p, end))
-            return -1;
-          count++;
-          if (*p == ',') {
-            p++;
-            continue;
-          }
-          if (*p != ']')
-            return -1;
-          p++;
-          break;
-        }
-    } else if (!json_skip_value(&p, end, 1)) {
-      return -1;
-    }
-    if (!json_skip_ws(&p, end))
-      return -1;
-    if (*p == ',')
-      p++;
-    else if (*p != '}')
-      return -1;
-  }
 }
 
 /* Copies the start of another member's text for collectd's log (at most
@@ -934,13 +853,15 @@ static void serve_call(tribe_event *ev) {
   if (plugin == NULL || strcmp(plugin, SERVE_NAME) != 0) {
     tribe_responder_fail(r, "unknown_plugin", "not served by this node", NULL);
   } else {
-    long n = count_metrics((const char *)payload, len);
-    if (n < 0) {
+    /* Checked as the agent's publishers check it. */
+    size_t n = 0;
+    tribe_error *bad = NULL;
+    if (tribe_step_request_check(payload, len, &n, &bad) != TRIBE_OK) {
       WARNING(PLUGIN_NAME " plugin: " SERVE_NAME ": %s sent %zu bytes that "
                          "are not a step request",
               tribe_responder_caller(r), len);
-      tribe_responder_fail(r, "bad_input",
-                           "not a step request {\"config\",\"metrics\"}", NULL);
+      tribe_responder_fail(r, "bad_input", tribe_error_message(bad), NULL);
+      tribe_error_free(bad);
     } else {
       const char *first = payload ? memchr(payload, '[', len) : NULL;
       int show = 0;
@@ -953,11 +874,11 @@ static void serve_call(tribe_event *ev) {
       char shown[161];
       log_safe(shown, sizeof shown, (const unsigned char *)first,
                (size_t)show);
-      INFO(PLUGIN_NAME " plugin: " SERVE_NAME ": %ld metrics from %s via "
+      INFO(PLUGIN_NAME " plugin: " SERVE_NAME ": %zu metrics from %s via "
                       "tribe %s: %s",
            n, tribe_responder_caller(r), tribe_responder_tribe(r), shown);
       char reply[32];
-      int m = snprintf(reply, sizeof reply, "%ld", n);
+      int m = snprintf(reply, sizeof reply, "%zu", n);
       tribe_responder_reply(r, (const uint8_t *)reply, (size_t)m, NULL);
     }
   }
@@ -1001,7 +922,10 @@ static void call_done(tribe_event *ev) {
         snprintf(why, sizeof why, "%s/%s: %s (%s)%s%s", t->tribe, t->plugin,
                  err ? tribe_error_message(err) : "", tribe_result_name(rc),
                  remote ? ": " : "", remote ? remote : "");
-        if (rc == TRIBE_TIMEOUT || rc == TRIBE_DISCONNECTED)
+        /* No answer, but it may have arrived: its time ran out, its host
+         * went, or this node stopped while it was on its way. */
+        if (rc == TRIBE_TIMEOUT || rc == TRIBE_DISCONNECTED ||
+            rc == TRIBE_SHUTTING_DOWN)
           note_unconfirmed(metrics, why);
         else
           note_drop(metrics, why);
@@ -1233,6 +1157,35 @@ static int read_key_file(const char *path, char *key, size_t cap) {
       goto fail;                                                               \
     }                                                                          \
   } while (0)
+
+/* The node's name as the start will have it, while the configuration is
+ * read (collectd sets hostname_g only after): `Name', else collectd's
+ * `Hostname' as given so far, else the host's name as collectd looks it up
+ * (canonical with FQDNLookup, its default). The data dir's owner is checked
+ * against it. */
+static const char *config_time_name(char *buf, size_t len) {
+  if (g.name)
+    return g.name;
+  const char *given = global_option_get("Hostname");
+  if (given && given[0])
+    return given;
+  if (gethostname(buf, len) != 0)
+    return "collectd";
+  buf[len - 1] = '\0';
+  const char *fqdn = global_option_get("FQDNLookup");
+  if (fqdn == NULL || IS_TRUE(fqdn)) {
+    struct addrinfo hints = {.ai_flags = AI_CANONNAME}, *found = NULL;
+    if (getaddrinfo(buf, NULL, &hints, &found) == 0) {
+      for (struct addrinfo *a = found; a; a = a->ai_next)
+        if (a->ai_canonname && a->ai_canonname[0]) {
+          sstrncpy(buf, a->ai_canonname, len);
+          break;
+        }
+      freeaddrinfo(found);
+    }
+  }
+  return buf;
+}
 
 /* libtribe's config from the options; false (logged) when one is bad. */
 static bool build_config(const char *name, tribe_config **out) {
