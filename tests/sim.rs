@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use tribe::sim::{Latency, NetConfig, Sim, SimConfig, Spread, Watch};
-use tribe::{Command, PluginKind, Profile};
+use tribe::{Command, MemberState, PluginKind, Profile};
 
 fn config(seed: u64) -> SimConfig {
     SimConfig {
@@ -915,6 +915,49 @@ fn a_node_back_with_a_clock_behind_brings_no_deletion_back() {
                 e.tribe("kept").is_some(),
                 "seed {seed}: node {i}: kept lost"
             );
+        }
+    }
+}
+
+fn member(sim: &Sim, viewer: usize, name: &str) -> Option<tribe::MemberInfo> {
+    sim.engine(viewer)?
+        .members()
+        .into_iter()
+        .find(|m| m.name == name)
+}
+
+/// A node whose record is too large for gossip (many facts) leaves on a
+/// path where its exchanges do not finish before it stops (a slow, lossy
+/// link; here its streams fail): its peers tell a leave, not a failure
+/// (they said failed, for good).
+#[test]
+fn a_large_record_node_whose_goodbye_exchanges_fail_is_told_as_left() {
+    for seed in 1..=4 {
+        let mut sim = cluster(seed, 4);
+        for i in 0..30 {
+            sim.command(
+                3,
+                Command::SetFact {
+                    key: format!("label_{i:02}"),
+                    value: format!("value-{i:02}-0123456789"),
+                },
+            )
+            .unwrap();
+        }
+        sim.run_for(Duration::from_secs(20));
+        for p in 0..3 {
+            assert_eq!(
+                member(&sim, p, "sim-3").map(|m| m.facts.len() >= 30),
+                Some(true),
+                "seed {seed}: node {p} has not the facts"
+            );
+            sim.block_streams(3, p);
+        }
+        sim.leave(3, Duration::from_secs(2));
+        sim.run_for(Duration::from_secs(20));
+        for p in 0..3 {
+            let state = member(&sim, p, "sim-3").map(|m| m.state);
+            assert_eq!(state, Some(MemberState::Left), "seed {seed}: node {p}");
         }
     }
 }

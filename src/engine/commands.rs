@@ -557,6 +557,17 @@ impl Engine {
             tracing::debug!(error = %e, "foca refused the goodbye's fanout");
         }
         self.publish_record();
+        if self.record_rides_gossip(&self.name) == Some(false) {
+            // Too large for a datagram (many facts), the goodbye would hang
+            // on exchanges a slow or lossy link does not finish before the
+            // process exits: peers then told a failure, for good. What a
+            // left node serves, holds and states about itself tells them
+            // nothing more, so its last record goes without.
+            self.record.facts.clear();
+            self.record.endpoints.clear();
+            self.record.artifacts.clear();
+            self.publish_record();
+        }
         // Push the goodbye by anti-entropy too, so it does not hinge on
         // gossip; to three distinct peers, as one of them may be going
         // down too. A record too large for gossip (many facts or tribes)

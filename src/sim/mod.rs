@@ -319,6 +319,19 @@ impl Sim {
         i
     }
 
+    /// Node `i` leaves gracefully: it says goodbye now and stops `after`
+    /// that (as a process exits once its goodbye's time is up).
+    pub fn leave(&mut self, i: usize, after: Duration) {
+        let now_ms = self.wall_ms(i);
+        let Some(engine) = self.nodes[i].engine.as_mut() else {
+            return;
+        };
+        engine.leave(now_ms);
+        self.drain(i);
+        self.run_for(after);
+        self.crash(i);
+    }
+
     /// Stops node `i` at once, without a goodbye: its streams break.
     pub fn crash(&mut self, i: usize) {
         if self.nodes[i].engine.take().is_none() {
