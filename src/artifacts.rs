@@ -267,6 +267,8 @@ async fn fetch(
     let limits = shared.rpc.pool.limits();
     let rounds = limits.artifact_rounds.max(1);
     let mut backoff = limits.artifact_backoff;
+    // What the rounds met, to say why they failed.
+    let (mut asked, mut corrupt) = (0usize, 0usize);
     for round in 0..rounds {
         if round > 0 {
             tokio::time::sleep(backoff).await;
@@ -275,9 +277,11 @@ async fn fetch(
         let mut holders = holders(shared, &artifact.sha256);
         holders.shuffle(&mut rand::rng());
         for (name, addr) in holders {
+            asked += 1;
             match fetch_from(shared, addr, artifact).await {
                 Ok(bytes) => return Ok(bytes),
                 Err(Miss::Corrupt) => {
+                    corrupt += 1;
                     crate::rpc::RpcCounters::bump(&shared.rpc.counters.artifacts_corrupt);
                     tracing::warn!(holder = %name, plugin = %entry.name, "artifact bytes do not match their hash; trying another holder");
                     shared.deliver(Event::ArtifactCorrupt {
@@ -292,9 +296,13 @@ async fn fetch(
             return Err("the node is shutting down".into());
         }
     }
-    Err(format!(
-        "no live holder gave bytes matching the hash in {rounds} rounds"
-    ))
+    Err(match (asked, corrupt) {
+        (0, _) => format!("no live member held it in {rounds} rounds (its holders left or failed)"),
+        (_, 0) => format!("no live holder could hand it out in {rounds} rounds ({asked} asked)"),
+        _ => format!(
+            "no live holder gave bytes matching the hash in {rounds} rounds ({corrupt} of {asked} gave others)"
+        ),
+    })
 }
 
 /// Bytes over [`MAX_ARTIFACT`] are refused where the artifact is made
