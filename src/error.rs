@@ -145,8 +145,12 @@ pub enum Error {
         unreachable: Vec<String>,
     },
     /// The call did not complete within its timeout.
-    #[error("the call did not complete within its timeout")]
-    Timeout,
+    #[error("the call did not complete within its timeout{}", waiting_on(.host))]
+    Timeout {
+        /// The member the call waited on when its time ran out (`None`
+        /// before one was tried, or for a handler's own `timeout`).
+        host: Option<String>,
+    },
     /// The handler returned an error (or panicked: code `panic`).
     #[error("the handler failed: {code}: {message}")]
     Remote {
@@ -225,7 +229,7 @@ impl Error {
             Error::PrimaryKey(_) => "primary_key",
             Error::KeyNotSpread { .. } => "key_not_spread",
             Error::NoProvider { .. } => "no_provider",
-            Error::Timeout => "timeout",
+            Error::Timeout { .. } => "timeout",
             Error::Remote { .. } => "remote",
             Error::TooLarge { .. } => "too_large",
             Error::Overloaded => "overloaded",
@@ -296,4 +300,11 @@ fn stopping_note(stopping: &[String]) -> String {
             many.join(", ")
         ),
     }
+}
+
+/// The host part of a timeout's message.
+fn waiting_on(host: &Option<String>) -> String {
+    host.as_ref()
+        .map(|h| format!(" (waiting on {h:?})"))
+        .unwrap_or_default()
 }

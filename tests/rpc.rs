@@ -260,7 +260,7 @@ async fn deadlines_overload_size_limits_and_failing_handlers() {
     let began = std::time::Instant::now();
     assert!(matches!(
         caller.call(&slow, vec![], Duration::from_millis(200)).await,
-        Err(Error::Timeout)
+        Err(Error::Timeout { .. })
     ));
     assert!(began.elapsed() < 5 * SECOND, "{:?}", began.elapsed());
 
@@ -505,7 +505,10 @@ async fn responders_answer_from_threads_of_the_host() {
         assert_eq!(remote_code(call(b"panic", SECOND).await), "panic");
         let began = std::time::Instant::now();
         let declined = call(b"decline", Duration::from_millis(200)).await;
-        assert!(matches!(declined, Err(Error::Timeout)), "{declined:?}");
+        assert!(
+            matches!(declined, Err(Error::Timeout { .. })),
+            "{declined:?}"
+        );
         assert!(began.elapsed() < 5 * SECOND, "{:?}", began.elapsed());
         // Many at once, all answered by the one pool thread.
         let many: Vec<_> = (0..64)
@@ -599,7 +602,12 @@ async fn a_stop_does_not_wait_for_calls_their_callers_gave_up_on() {
     let target = CallTarget::new("svc", "slow", PluginKind::Processor);
     // Long enough for the first stream's setup on a loaded machine.
     let result = caller.call(&target, b"x".to_vec(), SECOND).await;
-    assert!(matches!(result, Err(Error::Timeout)), "{result:?}");
+    // It says which member it waited on.
+    assert!(
+        matches!(&result, Err(e @ Error::Timeout { host: Some(h) })
+            if *h == host.name() && e.to_string().contains(host.name())),
+        "{result:?}"
+    );
     wait_for("the host holds the call", 5 * SECOND, || {
         held.lock().unwrap().len() == 1
     })

@@ -323,7 +323,7 @@ async fn a_declined_responder_call_frees_its_place_at_its_budget() {
     )
     .await;
     for r in ignored {
-        assert!(matches!(r, Err(Error::Timeout)), "{r:?}");
+        assert!(matches!(r, Err(Error::Timeout { .. })), "{r:?}");
     }
     // The answers at the end of their budgets are the library's, not the
     // host's: no call was served.
@@ -555,7 +555,7 @@ async fn a_local_call_the_host_holds_keeps_its_place() {
     let held = serve_hold(host).await;
     let short = SECOND;
     let first = host.call(&target("hold"), b"x".to_vec(), short).await;
-    assert!(matches!(first, Err(Error::Timeout)), "{first:?}");
+    assert!(matches!(first, Err(Error::Timeout { .. })), "{first:?}");
     wait_for("the host holds the call", 5 * SECOND, || {
         held.lock().unwrap().len() == 1
     })
@@ -588,7 +588,7 @@ async fn declined_calls_stay_within_the_serving_places() {
     .await;
     let timeouts = results
         .iter()
-        .filter(|r| matches!(r, Err(Error::Timeout)))
+        .filter(|r| matches!(r, Err(Error::Timeout { .. })))
         .count();
     let overloaded = results
         .iter()

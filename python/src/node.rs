@@ -46,7 +46,7 @@ pub(crate) struct NativeNode {
 fn call_timeout(py: Python<'_>, timeout: f64) -> PyResult<Duration> {
     let timeout = seconds("timeout", timeout, true)?;
     if timeout.is_zero() {
-        return Err(to_py(py, tribe::Error::Timeout));
+        return Err(to_py(py, tribe::Error::Timeout { host: None }));
     }
     Ok(timeout)
 }

@@ -533,11 +533,11 @@ pub extern "C" fn tribe_node_call_expire(
 ) -> u32 {
     ffi_call!(err, {
         let handle = super::node::node_handle(node)?;
-        let expired = Error::Timeout;
+        let expired = Error::Timeout { host: None };
         if handle.calls.finish(
             call_id,
             &handle.mailbox,
-            Err(FfiError::from(Error::Timeout)),
+            Err(FfiError::from(Error::Timeout { host: None })),
         ) {
             handle.node.count_call(&Err(expired));
         }
@@ -853,9 +853,12 @@ mod tests {
     #[test]
     fn a_call_that_fails_keeps_its_code() {
         let calls = AsyncCalls::new(4);
-        let (result, counted) = completion(&calls, 1, Ok(Err(Error::Timeout)));
+        let (result, counted) = completion(&calls, 1, Ok(Err(Error::Timeout { host: None })));
         let err = result.unwrap_err();
-        assert_eq!(err.code, super::super::error::code_of(&Error::Timeout));
+        assert_eq!(
+            err.code,
+            super::super::error::code_of(&Error::Timeout { host: None })
+        );
         assert!(counted);
     }
 
@@ -864,12 +867,14 @@ mod tests {
         let calls = AsyncCalls::new(4);
         let mailbox = Mailbox::new().unwrap();
         calls.register(7).unwrap();
-        assert!(calls.finish(7, &mailbox, Err(Error::Timeout.into())));
+        assert!(calls.finish(7, &mailbox, Err(Error::Timeout { host: None }.into())));
         // The call's own task ends after: neither reported nor counted.
         let mut counted = false;
-        calls.complete(7, &mailbox, Ok(Err(Error::Timeout)), |_| counted = true);
+        calls.complete(7, &mailbox, Ok(Err(Error::Timeout { host: None })), |_| {
+            counted = true
+        });
         assert!(!counted);
-        assert!(!calls.finish(7, &mailbox, Err(Error::Timeout.into())));
+        assert!(!calls.finish(7, &mailbox, Err(Error::Timeout { host: None }.into())));
         let mut events = 0;
         while let super::super::mailbox::Taken::Item(_) =
             mailbox.take(Some(Duration::ZERO), |_| false)

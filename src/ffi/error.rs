@@ -168,7 +168,7 @@ pub fn code_of(e: &Error) -> u32 {
         Error::UnknownKey(_) => TRIBE_UNKNOWN_KEY,
         Error::PrimaryKey(_) => TRIBE_PRIMARY_KEY,
         Error::NoProvider { .. } => TRIBE_NO_PROVIDER,
-        Error::Timeout => TRIBE_TIMEOUT,
+        Error::Timeout { .. } => TRIBE_TIMEOUT,
         Error::Remote { .. } => TRIBE_REMOTE,
         Error::TooLarge { .. } => TRIBE_TOO_LARGE,
         Error::Overloaded => TRIBE_OVERLOADED,
@@ -408,7 +408,7 @@ mod tests {
                 stopping: vec![s()],
                 unreachable: vec![s()],
             },
-            Error::Timeout,
+            Error::Timeout { host: None },
             Error::Remote {
                 code: "bad".into(),
                 message: "m\0n".into(),

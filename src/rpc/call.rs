@@ -88,7 +88,7 @@ enum Step {
 /// A handler's error as the caller sees it.
 pub fn from_handler(e: HandlerError) -> Error {
     if e.code == "timeout" {
-        Error::Timeout
+        Error::Timeout { host: None }
     } else {
         Error::Remote {
             code: e.code,
@@ -205,10 +205,12 @@ impl Rpc {
                         unreachable: Vec::new(),
                     }),
                     // Every path answers through the slot before it drops.
-                    Ok(Err(_)) => Err(Error::Timeout),
+                    Ok(Err(_)) => Err(Error::Timeout { host: None }),
                     Err(_) => {
                         slot.overran(budget);
-                        Err(Error::Timeout)
+                        Err(Error::Timeout {
+                            host: Some(call.caller.to_string()),
+                        })
                     }
                 }
             }
@@ -397,7 +399,7 @@ impl Rpc {
         let limit = self.pool.limits().max_payload;
         let budget = deadline.saturating_duration_since(Instant::now());
         if budget.is_zero() {
-            return Step::Done(Err(Error::Timeout));
+            return Step::Done(Err(Error::Timeout { host: None }));
         }
         if cand.local {
             let local = Local {
@@ -466,7 +468,9 @@ impl Rpc {
                 Step::Unreachable(back())
             }
             Err(NotSent::Busy) => Step::Busy(back()),
-            Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout)),
+            Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout {
+                host: Some(cand.name.clone()),
+            })),
             // The caller's own bound holds for what it accepts too.
             Ok(Some(Answer::Reply(Ok(bytes)))) if bytes.len() > limit => done(Err(Error::TooLarge {
                 size: bytes.len(),

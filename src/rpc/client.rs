@@ -986,7 +986,7 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
     let c = match result {
         Ok(_) => &counters.ok,
         Err(Error::NoProvider { .. }) => &counters.no_provider,
-        Err(Error::Timeout) => &counters.timeout,
+        Err(Error::Timeout { .. }) => &counters.timeout,
         // The host refused to send a reply over the limit: a size refusal,
         // as every face tells the caller.
         Err(Error::Remote { code, .. }) if code == "too_large" => &counters.too_large,
