@@ -2121,3 +2121,56 @@ fn an_agent_that_cannot_save_its_last_state_says_so_at_the_stop() {
         "{log}"
     );
 }
+
+/// An agent whose log pipe's reader went (`2>&1 | logger`, a `tee` that
+/// died) keeps running and, on SIGTERM, still leaves gracefully: the first
+/// log line after it panicked the agent (exit 101), and a SIGTERM then
+/// killed it mid-goodbye, told failed by its peers.
+#[test]
+fn an_agent_whose_log_reader_went_runs_on_and_leaves_gracefully() {
+    let dir = scratch_dir("epipe");
+    let first = start_agent(&dir, "ep1", &[]);
+    let mut child = Command::new(TRIBE)
+        .args(["agent", "--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
+        .args([
+            "--profile",
+            "local",
+            "--insecure-plaintext",
+            "--log-level",
+            "debug",
+        ])
+        .args(["--name", "ep2", "--seed", &first.gossip.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stderr.take());
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        // Read to the end: only the log's reader goes.
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(Ok(_)) = lines.next() {}
+    });
+    wait_for("ep2 alive at ep1", Duration::from_secs(30), || {
+        member_state(&first, "ep2").as_deref() == Some("alive")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "ep2 exited while running"
+    );
+    sigterm(&child);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "ep2 did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "ep2 ended with {status:?}");
+    wait_for("ep2 left at ep1", Duration::from_secs(10), || {
+        member_state(&first, "ep2").as_deref() == Some("left")
+    });
+}

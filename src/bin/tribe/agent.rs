@@ -564,7 +564,11 @@ fn init_logging(level: &str, json: bool) -> Result<(), String> {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A log pipe whose reader went (`| logger`, `| tee` that died):
+        // its lines are lost, and reporting that on stderr would panic
+        // (a node killed mid-goodbye, told failed by its peers).
+        .log_internal_errors(false);
     let result = if json {
         builder.json().try_init()
     } else {

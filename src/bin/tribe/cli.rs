@@ -331,6 +331,13 @@ fn is_bidi_control(c: char) -> bool {
     )
 }
 
+/// A line on standard error; lost if it is closed (no panic, as
+/// `eprintln!` would).
+fn warn_line(text: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{text}");
+}
+
 fn print_json(value: &serde_json::Value) -> Result<(), String> {
     let text = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
     print_line(text)
@@ -395,14 +402,14 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
             let s: Status = serde_json::from_value(value).map_err(|e| e.to_string())?;
             // On standard error, so that the table stays as scripts read it.
             if let Some(holder) = &s.name_held_by {
-                eprintln!(
+                warn_line(&format!(
                     "warning: another node at {holder} runs under this node's name (a copied configuration?); this node keeps out of the cluster until that node stops"
-                );
+                ));
             }
             if let Some(peer) = &s.key_refused_by {
-                eprintln!(
+                warn_line(&format!(
                     "warning: the peer at {peer} refused this node's key in the last minute: the tribe may have rotated its keys without this node; install the tribe's current key on it (tribe keys install KEY --admin THIS-AGENT)"
-                );
+                ));
             }
             print_table(
                 &[

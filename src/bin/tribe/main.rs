@@ -126,7 +126,9 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tribe: {e}");
+            // Not eprintln!: a closed stderr must not turn an error into a
+            // panic.
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("tribe: {e}\n"));
             std::process::ExitCode::FAILURE
         }
     }
