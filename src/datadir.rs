@@ -20,6 +20,49 @@ pub const CONFIGURED_KEY_FILE: &str = "configured-key";
 /// replicated state is kept, and its records are bounded by the limits).
 const MAX_STATE_FILE: u64 = 1024 * 1024 * 1024;
 
+/// Largest keyring file (8 keys and the removed ids take a few KiB) or
+/// configured-key file read.
+const MAX_SMALL_FILE: u64 = 1024 * 1024;
+
+/// Why a file of the data dir was not read.
+enum Unread {
+    Missing,
+    TooLarge,
+    Failed(std::io::Error),
+}
+
+/// Reads a file of the data dir, up to `max` bytes, refusing anything but
+/// a regular file: a FIFO there blocked the start for good (deaf to
+/// signals), and a link to a device was read without end.
+fn read_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, Unread> {
+    use std::io::Read as _;
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options.open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => Unread::Missing,
+        _ => Unread::Failed(e),
+    })?;
+    let meta = file.metadata().map_err(Unread::Failed)?;
+    if !meta.is_file() {
+        return Err(Unread::Failed(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a regular file",
+        )));
+    }
+    if meta.len() > max {
+        return Err(Unread::TooLarge);
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(Unread::Failed)?;
+    if bytes.len() as u64 > max {
+        return Err(Unread::TooLarge);
+    }
+    Ok(bytes)
+}
+
 /// An exclusive lock on a data directory, released when dropped (or when
 /// the process dies, so a crash leaves no stale lock behind).
 #[derive(Debug)]
@@ -67,16 +110,23 @@ fn lock_id(meta: &std::fs::Metadata) -> LockId {
 /// two agents never write the same directory.
 pub fn lock(dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
+    let mut options = std::fs::OpenOptions::new();
+    options.create(true).truncate(false).write(true);
+    // Not blocked by a FIFO in its place (refused below).
+    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    let file = options
         .open(&path)
         .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
-    let held = file
+    let meta = file
         .metadata()
-        .map(|m| lock_id(&m))
         .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
+    if !meta.is_file() {
+        return Err(Error::Config(format!(
+            "{} is not a regular file; remove it",
+            path.display()
+        )));
+    }
+    let held = lock_id(&meta);
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(DirLock { _lock: lock, held }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Config(format!(
@@ -196,19 +246,19 @@ fn state_path(dir: &Path) -> PathBuf {
 /// silently ignored: starting without it would quietly drop memberships.
 pub fn load(dir: &Path) -> Result<Option<Durable>> {
     let path = state_path(dir);
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return absent(&path).map(|()| None),
-        Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
+    let text = match read_file(&path, MAX_STATE_FILE) {
+        Ok(text) => text,
+        Err(Unread::Missing) => return absent(&path).map(|()| None),
+        Err(Unread::TooLarge) => {
+            return Err(Error::Config(format!(
+                "{} is larger than {MAX_STATE_FILE} bytes; remove it to start afresh",
+                path.display()
+            )))
+        }
+        Err(Unread::Failed(e)) => {
+            return Err(Error::Io(format!("cannot read {}: {e}", path.display())))
+        }
     };
-    if meta.len() > MAX_STATE_FILE {
-        return Err(Error::Config(format!(
-            "{} is larger than {MAX_STATE_FILE} bytes; remove it to start afresh",
-            path.display()
-        )));
-    }
-    let text = std::fs::read(&path)
-        .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     serde_json::from_slice(&text).map(Some).map_err(|e| {
         Error::Config(format!(
             "{} is not a valid state file ({e}); remove it to start afresh",
@@ -236,8 +286,7 @@ pub fn save(dir: &Path, durable: &Durable) -> std::io::Result<()> {
     write_private(dir, STATE_FILE, &text)
 }
 
-/// Writes `name` in `dir` atomically, readable by the owner only.
-/// Writes `dir/name` atomically (a temporary file renamed over it). Each
+/// Writes `dir/name` atomically, readable by the owner only (a temporary file renamed over it). Each
 /// error names the file and the step that failed, so that an operator
 /// knows where to look (a leftover `name.tmp` directory, a full disk).
 fn write_private(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
@@ -354,10 +403,18 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 /// The kept keyring and the ids of the keys removed from it.
 fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let path = dir.join(KEYRING_FILE);
-    let text = match std::fs::read(&path) {
+    let text = match read_file(&path, MAX_SMALL_FILE) {
         Ok(t) => zeroize::Zeroizing::new(t),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return absent(&path).map(|()| None),
-        Err(e) => return Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
+        Err(Unread::Missing) => return absent(&path).map(|()| None),
+        Err(Unread::TooLarge) => {
+            return Err(Error::Config(format!(
+                "{} is larger than {MAX_SMALL_FILE} bytes: no keyring file",
+                path.display()
+            )))
+        }
+        Err(Unread::Failed(e)) => {
+            return Err(Error::Io(format!("cannot read {}: {e}", path.display())))
+        }
     };
     let bad = |why: String| {
         Error::Config(format!(
@@ -417,7 +474,9 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
         Some((ring, removed)) => (Some(ring), removed),
         None => (None, Vec::new()),
     };
-    let last = std::fs::read_to_string(dir.join(CONFIGURED_KEY_FILE)).ok();
+    let last = read_file(&dir.join(CONFIGURED_KEY_FILE), MAX_SMALL_FILE)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok());
     let last = last.as_deref().map(str::trim);
     // Whether the configured primary is held, so that the next start may
     // count it as "given last time" (a full kept ring may refuse it).
@@ -448,7 +507,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
                 tracing::info!(key = %primary, "the configured key changed since the last start: it is the primary now");
                 // Kept at once: a crash before the first save must not
                 // bring the old primary back.
-                written_over = Some(std::fs::read(dir.join(KEYRING_FILE)).ok());
+                written_over = Some(read_file(&dir.join(KEYRING_FILE), MAX_SMALL_FILE).ok());
                 save_keyring(dir, &kept).map_err(|e| Error::Io(e.to_string()))?;
             }
             Some(kept)
@@ -480,6 +539,35 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tribe-datadir-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         dir
+    }
+
+    /// A FIFO or a link to a device in a file's place is refused at once,
+    /// naming the file (a FIFO blocked the start for good; /dev/zero was
+    /// read until memory ran out).
+    #[test]
+    fn files_that_are_not_regular_are_refused_at_once() {
+        for name in [STATE_FILE, KEYRING_FILE, LOCK_FILE] {
+            for odd in ["fifo", "device"] {
+                let dir = scratch(&format!("odd-{odd}"));
+                prepare(&dir).unwrap();
+                let path = dir.join(name);
+                if odd == "fifo" {
+                    nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+                } else {
+                    std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
+                }
+                let err = if name == LOCK_FILE {
+                    lock(&dir).err()
+                } else if name == KEYRING_FILE {
+                    load_keyring(&dir).err()
+                } else {
+                    load(&dir).err()
+                };
+                let err = err.unwrap_or_else(|| panic!("{name} as a {odd} was taken"));
+                assert!(err.to_string().contains(name), "{name}, {odd}: {err}");
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
     }
 
     #[test]
