@@ -265,6 +265,7 @@ pub extern "C" fn tribe_node_start(
         builder
             .worker_threads(threads)
             .thread_name("tribe-worker")
+            .thread_stack_size(WORKER_STACK)
             .enable_all();
         let sink = log_sink.clone();
         crate::blocking::set_inherit(super::log::inherit_sink);
@@ -332,6 +333,11 @@ pub extern "C" fn tribe_node_start(
 /// ended).
 const START_THREADS: usize = 2;
 
+/// The stack of the runtime's threads (tokio's default, said here so that
+/// [`threads_available`] tries the same: under an address-space limit,
+/// small stacks fit where the workers' do not).
+const WORKER_STACK: usize = 2 * 1024 * 1024;
+
 /// Whether `n` more threads can be made now: they are made, all alive at
 /// once, then ended. tokio panics when it cannot start a worker and keeps
 /// what it had built (its descriptors, at times a thread waiting for
@@ -346,7 +352,7 @@ fn threads_available(n: usize) -> std::io::Result<()> {
         let gate = gate.clone();
         let spawned = std::thread::Builder::new()
             .name("tribe-start".into())
-            .stack_size(64 * 1024)
+            .stack_size(WORKER_STACK)
             .spawn(move || {
                 let (open, changed) = &*gate;
                 let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
@@ -383,7 +389,7 @@ fn build_runtime(
 ) -> Result<tokio::runtime::Runtime, FfiError> {
     let no_threads = |why: &str| {
         FfiError::from(Error::Io(format!(
-            "cannot start the node's threads ({why}); is the process at its thread limit?"
+            "cannot start the node's threads ({why}); is the process at its thread or address-space limit?"
         )))
     };
     threads_available(workers + START_THREADS).map_err(|e| no_threads(&e.to_string()))?;
