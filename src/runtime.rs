@@ -308,6 +308,9 @@ pub(crate) struct Driver {
     accept_paused_until: Option<Instant>,
     /// When a datagram that could not be sent was last logged.
     send_failure_logged: Option<Instant>,
+    /// When accepting last failed for want of descriptors or memory and
+    /// said so (once a minute: the failures are counted).
+    accept_failure_logged: Option<Instant>,
     /// Dropped with the driver, also with its task never polled.
     _ended: DriverEnded,
 }
@@ -404,6 +407,7 @@ impl Driver {
             policy_thread: BlockingThread::start("tribe-policy")?,
             save_thread,
             accept_paused_until: None,
+            accept_failure_logged: None,
             send_failure_logged: None,
         })
     }
@@ -797,8 +801,18 @@ impl Driver {
             Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
         );
         if out_of_resources {
-            tracing::warn!(error = %e, "cannot accept connections; pausing");
-            self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
+            let now = Instant::now();
+            let due = self
+                .accept_failure_logged
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60));
+            if due {
+                self.accept_failure_logged = Some(now);
+                tracing::warn!(
+                    error = %e,
+                    "cannot accept connections; pausing (said once a minute; counted in accept_errors_total)"
+                );
+            }
+            self.accept_paused_until = Some(now + ACCEPT_PAUSE);
         } else {
             tracing::debug!(error = %e, "accept error");
         }

@@ -10,6 +10,7 @@ use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_out_of_descriptors_pauses_instead_of_spinning() {
+    logged();
     let nodes = start_cluster("fds", 1, |_| {}).await;
     let node = &nodes[0];
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
@@ -32,6 +33,12 @@ async fn a_listener_out_of_descriptors_pauses_instead_of_spinning() {
     // retrying at once made tens of thousands and took a whole core.
     assert!(failed >= 1, "the accept never failed");
     assert!(failed <= 30, "{failed} accept failures in one second");
+    // Said once, not at every failure (ten lines a second, all day long).
+    let said = logged().matches("cannot accept connections").count();
+    assert!(
+        failed < 2 || said == 1,
+        "{said} warnings for {failed} failures"
+    );
 
     // With descriptors back, the waiting connection is taken.
     let mut accepted = false;
