@@ -44,6 +44,14 @@ impl BlockingThread {
                     // the sender dropped); the thread serves the next one.
                     let _ = catch_unwind(AssertUnwindSafe(job));
                 }
+            })
+            .map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "cannot start the {name} thread ({e}); is the process at its thread limit?"
+                    ),
+                )
             })?;
         Ok(BlockingThread { jobs })
     }

@@ -611,15 +611,18 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let admin_addr = admin_listener
         .local_addr()
         .map_err(|e| format!("admin listener: {e}"))?;
+    // The `stdout` publisher's lines (the ready line goes first,
+    // directly); its thread is made before the node's, so that at the
+    // process's thread limit the node's start says so (the stream's thread
+    // cannot fail but by panicking).
+    let (stdout, mut stdout_drops, _stdout_lines) =
+        crate::output::stream(std::io::stdout(), "tribe-stdout")?;
     let node = Node::start(plan.config)
         .await
         .map_err(|e| format!("cannot start the node: {e}"))?;
 
     let mut events = node.events();
     let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
-    // The `stdout` publisher's lines; the ready line goes first, directly.
-    let (stdout, mut stdout_drops, _stdout_lines) =
-        crate::output::stream(std::io::stdout(), "tribe-stdout");
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {

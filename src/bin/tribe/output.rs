@@ -16,10 +16,18 @@ const QUEUED_LINES: usize = 16_384;
 /// A stream's writer, the watch on the lines it loses, and the guard that,
 /// when dropped, writes what is queued (waiting at most about a second for
 /// a reader that does not read).
-pub fn stream<W>(inner: W, thread: &str) -> (NonBlocking, DropWatch, WorkerGuard)
+pub fn stream<W>(inner: W, thread: &str) -> Result<(NonBlocking, DropWatch, WorkerGuard), String>
 where
     W: std::io::Write + Send + 'static,
 {
+    // tracing-appender panics when it cannot make its thread: one is made
+    // (and ended) first, so that the process's thread limit is an error.
+    std::thread::Builder::new()
+        .spawn(|| {})
+        .and_then(|t| t.join().map_err(|_| std::io::Error::other("panicked")))
+        .map_err(|e| {
+            format!("cannot start the {thread} thread ({e}); is the process at its thread limit?")
+        })?;
     let failed = Arc::new(AtomicUsize::new(0));
     let inner = Counting {
         inner,
@@ -35,7 +43,7 @@ where
         failed,
         reported: 0,
     };
-    (writer, watch, guard)
+    Ok((writer, watch, guard))
 }
 
 /// Counts the lines that could not be written (the reader closed its end:
@@ -105,7 +113,7 @@ mod tests {
     fn writes_to_a_stream_nobody_reads_return_at_once_and_are_counted_dropped() {
         let gate = Arc::new(Mutex::new(()));
         let held = gate.lock().unwrap();
-        let (mut writer, mut watch, guard) = stream(Stuck(gate.clone()), "test-out");
+        let (mut writer, mut watch, guard) = stream(Stuck(gate.clone()), "test-out").unwrap();
         let began = std::time::Instant::now();
         for i in 0..3 * QUEUED_LINES {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
@@ -135,7 +143,7 @@ mod tests {
 
     #[test]
     fn lines_a_closed_reader_refused_are_counted_dropped() {
-        let (mut writer, mut watch, guard) = stream(Gone, "test-gone");
+        let (mut writer, mut watch, guard) = stream(Gone, "test-gone").unwrap();
         for i in 0..10 {
             writer.write_all(format!("line {i}\n").as_bytes()).unwrap();
         }

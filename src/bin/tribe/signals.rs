@@ -28,7 +28,11 @@ impl Watch {
                     }
                 }
             })
-            .map_err(|e| format!("cannot watch signals: {e}"))?;
+            .map_err(|e| {
+                format!(
+                    "cannot start the tribe-signals thread ({e}); is the process at its thread limit?"
+                )
+            })?;
         Ok(Watch { received, handle })
     }
 
