@@ -209,9 +209,16 @@ fn is_directory(dir: &Path) -> Result<bool> {
         )));
     }
     if std::fs::symlink_metadata(dir).is_ok() {
+        let looped = std::fs::metadata(dir)
+            .is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP));
         return Err(Error::Config(format!(
-            "data dir {} is a link to a directory that does not exist",
-            dir.display()
+            "data dir {} is a link {}",
+            dir.display(),
+            if looped {
+                "in a loop of links"
+            } else {
+                "to a directory that does not exist"
+            }
         )));
     }
     Ok(false)
