@@ -589,7 +589,11 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    runtime.block_on(serve(plan))
+    let served = runtime.block_on(serve(plan));
+    // Not waiting for the workers: one may be stuck in a start a signal
+    // ended (the process exits next).
+    runtime.shutdown_background();
+    served
 }
 
 async fn serve(plan: AgentPlan) -> Result<(), String> {
@@ -617,9 +621,21 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     // cannot fail but by panicking).
     let (stdout, mut stdout_drops, _stdout_lines) =
         crate::output::stream(std::io::stdout(), "tribe-stdout")?;
-    let node = Node::start(plan.config)
-        .await
-        .map_err(|e| format!("cannot start the node: {e}"))?;
+    // On a task of its own: a start stuck in the file system (a hung
+    // network mount under the data dir) still ends at SIGTERM or SIGINT.
+    let mut starting = tokio::spawn(Node::start(plan.config));
+    let node = loop {
+        tokio::select! {
+            started = &mut starting => break started
+                .map_err(|e| format!("cannot start the node: {e}"))?
+                .map_err(|e| format!("cannot start the node: {e}"))?,
+            signal = signals.next() => {
+                if signal != SIGHUP {
+                    return Err("stopped by a signal while starting".into());
+                }
+            }
+        }
+    };
 
     let mut events = node.events();
     let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
