@@ -177,6 +177,12 @@ pub fn load_for(dir: &Path, name: &str) -> Result<Option<Durable>> {
     Ok(durable)
 }
 
+/// The node a data dir belongs to: the name its state was kept under, or
+/// `None` for a dir with no state (or one from before names were kept).
+pub fn owner(dir: &Path) -> Result<Option<String>> {
+    Ok(load(dir)?.map(|d| d.name).filter(|n| !n.is_empty()))
+}
+
 /// Creates the directory, owner-only, when missing. An existing directory
 /// keeps its mode (it may be shared with other programs; the files written
 /// in it are owner-only either way), but one that any user may write is
@@ -209,8 +215,7 @@ fn is_directory(dir: &Path) -> Result<bool> {
         )));
     }
     if std::fs::symlink_metadata(dir).is_ok() {
-        let looped = std::fs::metadata(dir)
-            .is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP));
+        let looped = std::fs::metadata(dir).is_err_and(|e| e.raw_os_error() == Some(libc::ELOOP));
         return Err(Error::Config(format!(
             "data dir {} is a link {}",
             dir.display(),

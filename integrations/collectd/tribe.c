@@ -1160,15 +1160,25 @@ static int read_key_file(const char *path, char *key, size_t cap) {
 
 /* The node's name as the start will have it, while the configuration is
  * read (collectd sets hostname_g only after): `Name', else collectd's
- * `Hostname' as given so far, else the host's name as collectd looks it up
- * (canonical with FQDNLookup, its default). The data dir's owner is checked
- * against it. */
+ * `Hostname' as given so far. Else (a `Hostname' may come later in the file)
+ * the data dir's owner, whose check then waits for the start; else the
+ * host's name as collectd looks it up (canonical with FQDNLookup, its
+ * default). */
 static const char *config_time_name(char *buf, size_t len) {
   if (g.name)
     return g.name;
   const char *given = global_option_get("Hostname");
   if (given && given[0])
     return given;
+  if (g.data_dir) {
+    char *owner = NULL;
+    if (tribe_data_dir_owner(g.data_dir, &owner, NULL, NULL) == TRIBE_OK &&
+        owner) {
+      sstrncpy(buf, owner, len);
+      tribe_string_free(owner);
+      return buf;
+    }
+  }
   if (gethostname(buf, len) != 0)
     return "collectd";
   buf[len - 1] = '\0';

@@ -422,6 +422,36 @@ pub extern "C" fn tribe_config_set_data_dir(
     })
 }
 
+/// The node the data dir `dir` belongs to (the name its state was kept
+/// under): `*out` receives an owned string (free it with
+/// `tribe_string_free`), or NULL when the dir holds no state (missing,
+/// empty, or kept before names were); `*out_len`, if not NULL, its length.
+/// For a host that learns its node's name only later (collectd's
+/// `Hostname`) and checks the rest of its configuration now.
+/// `TRIBE_CONFIG` for a state file that is damaged or not a regular file,
+/// `TRIBE_IO` for one that cannot be read. Reads the state file (up to its
+/// size); does not block on the network; needs no node.
+#[no_mangle]
+pub extern "C" fn tribe_data_dir_owner(
+    dir: *const c_char,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, [out, out_len], {
+        let out = cast::out(out, "out")?;
+        let dir = cast::text(dir, "dir")?;
+        match crate::datadir::owner(std::path::Path::new(dir))? {
+            Some(name) => cast::give_string(out, out_len, name),
+            None => {
+                cast::write(out, std::ptr::null_mut());
+                cast::store(out_len, 0);
+            }
+        }
+        Ok(())
+    })
+}
+
 /// Sets the bounds of remote calls; 0 keeps a bound's default. Defaults:
 /// payload 4 MiB, 256 calls in flight per connection, 4096 per node, 1024
 /// handlers at once. Checked at start (`TRIBE_CONFIG`): the payload at most

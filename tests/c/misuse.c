@@ -64,6 +64,16 @@ static void config_misuse(void) {
         EXPECT(TRIBE_NULL_ARGUMENT, tribe_step_request_check(NULL, 3, &n, &err));
         EXPECT(TRIBE_NULL_ARGUMENT, tribe_step_request_check((const uint8_t *)ok, strlen(ok), NULL, &err));
     }
+    {
+        /* A data dir's owner, read without a node: none for a missing dir. */
+        char *owner = JUNK;
+        size_t len = 7;
+        EXPECT(TRIBE_OK, tribe_data_dir_owner("/nonexistent/tribe-dd", &owner, &len, &err));
+        CHECK(owner == NULL && len == 0);
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_data_dir_owner(NULL, &owner, NULL, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_data_dir_owner("/tmp", NULL, NULL, &err));
+        EXPECT(TRIBE_INVALID_UTF8, tribe_data_dir_owner(BAD_UTF8, &owner, NULL, &err));
+    }
     CHECK(cfg == NULL);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_config_set_bind(NULL, "127.0.0.1:0", &err));
     EXPECT(TRIBE_OK, tribe_config_new("misuse", &cfg, &err));
@@ -262,6 +272,12 @@ static void config_misuse(void) {
         CHECK(strstr(tribe_error_message(why), "belongs to node") != NULL);
         tribe_error_free(why);
         tribe_config_free(cfg);
+        /* Which is said without a config. */
+        char *owner = NULL;
+        size_t owner_len = 0;
+        EXPECT(TRIBE_OK, tribe_data_dir_owner(dir, &owner, &owner_len, &err));
+        CHECK(owner != NULL && strcmp(owner, "held") == 0 && owner_len == 4);
+        tribe_string_free(owner);
         char cmd[64];
         snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
         CHECK(system(cmd) == 0);
