@@ -962,6 +962,50 @@ fn a_large_record_node_whose_goodbye_exchanges_fail_is_told_as_left() {
     }
 }
 
+/// A node whose clock is behind by more than the tombstone grace writes at
+/// the tribe's time: its writes spread by gossip at once (they were taken
+/// for replayed ones, and waited for exchanges), and its deletions stick
+/// (they were taken for collected ones, and the tribe came back).
+#[test]
+fn a_node_whose_clock_is_far_behind_writes_at_the_tribes_time() {
+    for seed in 1..=3 {
+        let mut sim = four_with_tribes(seed, &["a"]);
+        sim.set_clock_offset(3, -200_000);
+        sim.run_for(Duration::from_secs(100));
+        sim.command(
+            3,
+            Command::CreateTribe {
+                tribe: "late".into(),
+            },
+        )
+        .unwrap();
+        sim.command(3, Command::DeleteTribe { tribe: "a".into() })
+            .unwrap();
+        sim.run_for(Duration::from_secs(3));
+        for i in 0..4 {
+            let e = sim.engine(i).unwrap();
+            assert!(
+                e.tribe("late").is_some(),
+                "seed {seed}: node {i}: late not there"
+            );
+            assert!(
+                e.tribe("a").is_none(),
+                "seed {seed}: node {i}: a not deleted"
+            );
+        }
+        sim.run_for(Duration::from_secs(185));
+        for i in 0..4 {
+            let e = sim.engine(i).unwrap();
+            assert!(e.tribe("a").is_none(), "seed {seed}: node {i}: a is back");
+            assert_eq!(
+                e.counters().stale_gossip_refused,
+                0,
+                "seed {seed}: node {i}"
+            );
+        }
+    }
+}
+
 /// Datagrams recorded on the path and sent again once the tombstones of
 /// what they carried are collected bring nothing back (a deleted tribe and
 /// policy came back on every node: only a tombstone made a replayed

@@ -166,8 +166,12 @@ impl Engine {
                 }
                 _ => None,
             };
+            // At the tribe's time when this clock is behind it: a write
+            // stamped further back than the tombstone grace would be taken
+            // for replayed gossip, and a deletion for a collected one.
+            let at = sh.reference_ms().max(now);
             let entry = Entry {
-                version: sh.clock.tick(now),
+                version: sh.clock.tick(at),
                 value,
                 era,
             };
