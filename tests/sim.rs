@@ -1006,6 +1006,41 @@ fn a_node_whose_clock_is_far_behind_writes_at_the_tribes_time() {
     }
 }
 
+/// A partition longer than the tombstone grace heals by exchanges, with no
+/// record gossiped that gossip refuses (what each side wrote early was
+/// spread on as gossip after the heal, refused everywhere, and counted as
+/// replayed traffic).
+#[test]
+fn a_heal_after_the_grace_gossips_nothing_gossip_refuses() {
+    for seed in 1..=3 {
+        let mut sim = four_with_tribes(seed, &["kept"]);
+        sim.partition(|i| i < 2);
+        for (i, tribe) in [(0, "west"), (3, "east")] {
+            sim.command(
+                i,
+                Command::CreateTribe {
+                    tribe: tribe.into(),
+                },
+            )
+            .unwrap();
+        }
+        sim.run_for(Duration::from_secs(120));
+        sim.heal();
+        sim.run_for(Duration::from_secs(30));
+        let digest = sim.engine(0).unwrap().state_digest();
+        for i in 0..4 {
+            let e = sim.engine(i).unwrap();
+            assert!(e.tribe("west").is_some() && e.tribe("east").is_some());
+            assert_eq!(e.state_digest(), digest, "seed {seed}: node {i}");
+            assert_eq!(
+                e.counters().stale_gossip_refused,
+                0,
+                "seed {seed}: node {i}"
+            );
+        }
+    }
+}
+
 /// Datagrams recorded on the path and sent again once the tombstones of
 /// what they carried are collected bring nothing back (a deleted tribe and
 /// policy came back on every node: only a tombstone made a replayed

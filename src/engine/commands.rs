@@ -194,6 +194,12 @@ impl Engine {
             self.sync_wide = true;
             return;
         }
+        // Older than gossip takes (merged after a long partition): by an
+        // early exchange, as a large record goes.
+        if !lock(&self.shared).gossip_takes(&delta.1) {
+            self.sync_soon = true;
+            return;
+        }
         let delta = crate::wire::encode(delta);
         if delta.len() > super::MAX_DELTA_LEN {
             lock(&self.shared).counters.deltas_too_large += 1;

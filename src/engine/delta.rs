@@ -191,6 +191,15 @@ impl Shared {
             .saturating_add(u64::try_from(self.cluster_offset_ms).unwrap_or(0))
     }
 
+    /// Whether a record may travel in a gossip datagram: a datagram carries
+    /// news, and one written longer ago than the grace may be recorded
+    /// traffic sent again, to bring back what was deleted and whose
+    /// tombstone is collected. Exchanges (whose streams refuse replays)
+    /// carry records that old.
+    pub fn gossip_takes(&self, entry: &Entry) -> bool {
+        entry.version.millis.saturating_add(self.tombstone_grace_ms) >= self.now_ms
+    }
+
     /// Whether a record under `key` fits the limits (an update always does).
     pub fn has_room(&self, key: &Key) -> bool {
         self.state.entry(key).is_some() || self.state.count(key.kind()) < self.limits.of(key.kind())
@@ -339,11 +348,7 @@ impl BroadcastHandler<NodeId> for DeltaHandler {
             return Ok(Some(delta_key));
         }
         let mut sh = lock(&self.shared);
-        // A datagram carries news: one older than the grace may be recorded
-        // traffic sent again, to bring back what was deleted and whose
-        // tombstone is collected. Exchanges (whose streams refuse replays)
-        // bring records that old.
-        if entry.version.millis.saturating_add(sh.tombstone_grace_ms) < sh.now_ms {
+        if !sh.gossip_takes(&entry) {
             sh.counters.stale_gossip_refused += 1;
             return Ok(None);
         }
