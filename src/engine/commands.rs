@@ -567,16 +567,18 @@ impl Engine {
             tracing::debug!(error = %e, "foca refused the goodbye's fanout");
         }
         self.publish_record();
-        if self.record_rides_gossip(&self.name) == Some(false) {
+        if !self.record_owed && self.record_rides_gossip(&self.name) == Some(false) {
             // Too large for a datagram (many facts), the goodbye would hang
             // on exchanges a slow or lossy link does not finish before the
             // process exits: peers then told a failure, for good. What a
             // left node serves, holds and states about itself tells them
-            // nothing more, so its last record goes without.
-            self.record.facts.clear();
-            self.record.endpoints.clear();
-            self.record.artifacts.clear();
-            self.publish_record();
+            // nothing more, so its last record goes without (this node
+            // still shows its own while it stops).
+            let mut slim = self.record.clone();
+            slim.facts.clear();
+            slim.endpoints.clear();
+            slim.artifacts.clear();
+            self.publish(slim);
         }
         // Push the goodbye by anti-entropy too, so it does not hinge on
         // gossip; to three distinct peers, as one of them may be going

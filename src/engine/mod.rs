@@ -845,7 +845,12 @@ impl Engine {
             return;
         }
         self.record_owed = false;
-        let value = crate::records::Value::Node(self.record.clone());
+        self.publish(self.record.clone());
+    }
+
+    /// Writes `record` as this node's.
+    fn publish(&mut self, record: crate::records::NodeRecord) {
+        let value = crate::records::Value::Node(record);
         self.write(Key::Node(self.name.clone()), Some(value));
         self.own_news = true;
     }
