@@ -85,10 +85,12 @@ enum Step {
     Unreachable(Option<Vec<u8>>),
 }
 
-/// A handler's error as the caller sees it.
-pub fn from_handler(e: HandlerError) -> Error {
+/// A handler's error as the caller sees it; `host` ran the handler.
+pub fn from_handler(e: HandlerError, host: &str) -> Error {
     if e.code == "timeout" {
-        Error::Timeout { host: None }
+        Error::Timeout {
+            host: Some(host.to_string()),
+        }
     } else {
         Error::Remote {
             code: e.code,
@@ -162,7 +164,7 @@ impl Rpc {
                 RpcCounters::bump(&self.counters.served);
                 let result = self.server.run_handler(handler, info, payload).await;
                 drop(place);
-                result.map_err(from_handler)
+                result.map_err(|e| from_handler(e, call.caller))
             }
             Serving::Responder(handler) => {
                 // The place goes with the responder: the host may hold the
@@ -195,7 +197,7 @@ impl Rpc {
                 };
                 match answer {
                     Ok(Ok(Ok(reply))) => Ok(reply),
-                    Ok(Ok(Err(LocalRefusal::Failed(e)))) => Err(from_handler(e)),
+                    Ok(Ok(Err(LocalRefusal::Failed(e)))) => Err(from_handler(e, call.caller)),
                     // As a stopping host's refusal: the route moves on.
                     Ok(Ok(Err(LocalRefusal::Stopping))) => Err(Error::NoProvider {
                         tribe: call.tribe.to_string(),
@@ -478,7 +480,7 @@ impl Rpc {
             })),
             Ok(Some(Answer::Reply(Ok(bytes)))) => done(Ok(bytes)),
             Ok(Some(Answer::Reply(Err((code, message))))) => {
-                done(Err(from_handler(HandlerError { code, message })))
+                done(Err(from_handler(HandlerError { code, message }, &cand.name)))
             }
             Ok(Some(Answer::Refused(Refusal::Overloaded))) => Step::Busy(back()),
             Ok(Some(Answer::Refused(Refusal::TooLarge))) => {
