@@ -213,6 +213,9 @@ impl Engine {
                 }
                 if away {
                     if records::validate(&key, &entry).is_ok() && entry.value.is_some() {
+                        // As a merge would: this node's next writes order
+                        // after what it kept.
+                        sh.clock.observe(&entry.version);
                         self.pending.insert(key, entry);
                     }
                 } else {
@@ -223,7 +226,7 @@ impl Engine {
                 tracing::warn!(
                     records = implausible,
                     "records in the data dir dated more than 30 days ahead of this node's clock \
-                     (an edited or damaged file) are not taken"
+                     (an edited or damaged file, or this clock far behind: fix it) are not taken"
                 );
             }
         }
@@ -235,15 +238,9 @@ impl Engine {
             // Held as after a stall (see `hold_after_stall`): a peer that
             // holds them pending too (restarted with this node) decides
             // nothing, or the two would vouch for records deleted meanwhile.
-            // Past the kept records too (the clock has not seen them): once
+            // Past the kept records too (the clock has seen them): once
             // back after an isolated hold, the next hold takes them again.
-            let upto = self
-                .pending
-                .values()
-                .map(|e| (e.version.millis, e.version.counter))
-                .chain([lock(&self.shared).clock.latest()])
-                .max();
-            self.stall_unconfirmed = upto;
+            self.stall_unconfirmed = Some(lock(&self.shared).clock.latest());
             self.held_contact_ms = Some(durable.last_contact_ms);
             tracing::info!(
                 records = self.pending.len(),
