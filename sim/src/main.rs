@@ -99,7 +99,8 @@ enum Scenario {
     Policy,
     /// A 50/50 partition with writes on both sides, then the heal.
     Partition {
-        /// Virtual seconds the partition lasts.
+        /// Virtual seconds the partition lasts after the writes on both
+        /// sides (made 2 s after the cut).
         #[arg(long, default_value_t = 60.0)]
         secs: f64,
     },
@@ -145,7 +146,9 @@ impl Scenario {
                 down_secs,
             } => {
                 secs(*s)?;
-                secs(*every_secs)?;
+                if secs(*every_secs)? < Duration::from_millis(100) {
+                    return Err("--every-secs must be at least 0.1".into());
+                }
                 secs(*down_secs).map(drop)
             }
         }
@@ -164,9 +167,32 @@ fn main() {
     }
 }
 
+/// Most nodes simulated: about 11,000 fit in 24 GB (docs/simulation.md);
+/// a typo must not take the machine's memory.
+const MAX_NODES: usize = 50_000;
+
 fn run(cli: &Cli) -> Result<(), String> {
-    if cli.nodes < 2 {
-        return Err("--nodes must be at least 2".into());
+    if !(2..=MAX_NODES).contains(&cli.nodes) {
+        return Err(format!(
+            "--nodes must be between 2 and {MAX_NODES} (about 2 MB of memory a node)"
+        ));
+    }
+    for (flag, value) in [
+        ("--latency-us", cli.latency_us),
+        ("--bandwidth", cli.bandwidth),
+        ("--seeds", cli.seeds as u64),
+        ("--suspicion-mult", cli.suspicion_mult.map_or(1, u64::from)),
+    ] {
+        if value == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
+    if cli
+        .png
+        .as_ref()
+        .is_some_and(|p| !p.extension().is_some_and(|e| e.eq_ignore_ascii_case("png")))
+    {
+        return Err("--png wants a file name ending in .png".into());
     }
     if !(0.0..=1.0).contains(&cli.loss) {
         return Err("--loss must be between 0 and 1".into());
@@ -184,12 +210,15 @@ fn run(cli: &Cli) -> Result<(), String> {
         return Err("--warmup-secs must be a non-negative number".into());
     }
     cli.scenario.check()?;
+    if matches!(cli.scenario, Scenario::Churn { .. }) && cli.seeds >= cli.nodes {
+        return Err("churn crashes nodes that are no seeds: give --seeds below --nodes".into());
+    }
     if cli.formed && matches!(cli.scenario, Scenario::MassJoin) {
         return Err("mass-join simulates the join: leave out --formed".into());
     }
     let timings = (cli.suspicion_mult.is_some() || cli.indirect_probes.is_some()).then(|| {
         let mut t = cli.profile.timings();
-        t.suspicion_mult = cli.suspicion_mult.unwrap_or(t.suspicion_mult).max(1);
+        t.suspicion_mult = cli.suspicion_mult.unwrap_or(t.suspicion_mult);
         t.indirect_probes = cli.indirect_probes.unwrap_or(t.indirect_probes);
         t
     });
@@ -208,13 +237,18 @@ fn run(cli: &Cli) -> Result<(), String> {
         timings,
         net: NetConfig {
             latency: Latency::LogNormal {
-                median_us: cli.latency_us.max(1),
+                median_us: cli.latency_us,
                 sigma: 0.5,
             },
-            loss: 0.0,
-            bandwidth: cli.bandwidth.max(1),
+            // The warm-up is lossless, but for the mass join it measures.
+            loss: if matches!(cli.scenario, Scenario::MassJoin) {
+                cli.loss
+            } else {
+                0.0
+            },
+            bandwidth: cli.bandwidth,
         },
-        seeds: cli.seeds.max(1),
+        seeds: cli.seeds,
     };
     let wall = Instant::now();
     let mut sim = Sim::new(cfg);
@@ -225,8 +259,13 @@ fn run(cli: &Cli) -> Result<(), String> {
         cli.seed
     );
     let nodes = Some(cli.nodes as f64);
+    let join_about = if matches!(cli.scenario, Scenario::MassJoin) {
+        about.clone()
+    } else {
+        format!("{} nodes, lossless warm-up, seed {}", cli.nodes, cli.seed)
+    };
     let mut series = Series::new(
-        format!("Mass join: nodes that see all alive ({about})"),
+        format!("Mass join: nodes that see all alive ({join_about})"),
         "nodes",
         &["t_s", "nodes_converged"],
         nodes,
@@ -281,8 +320,13 @@ fn run(cli: &Cli) -> Result<(), String> {
             cli.nodes
         );
     } else {
+        let lossless = if matches!(cli.scenario, Scenario::MassJoin) {
+            ""
+        } else {
+            " (lossless)"
+        };
         say!(
-            "- mass join: every node saw all {} alive after {all_at}",
+            "- mass join{lossless}: every node saw all {} alive after {all_at}",
             cli.nodes
         );
     }
@@ -337,7 +381,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             print_spread("crash declared by", &seen);
             let false_failures = sim.false_failures().len() - before;
             say!(
-                "- false failures (a node neither crashed nor paused declared failed) over {observe_secs} s: {false_failures}"
+                "- false failure reports (a node neither crashed nor paused declared failed) over {observe_secs} s: {false_failures}"
             );
             print_first_false_failures(&sim, before);
         }
@@ -415,8 +459,14 @@ fn run(cli: &Cli) -> Result<(), String> {
                 nodes,
             );
             let mut same_at = None;
+            let mut first = true;
             while sim.now() < healed + Duration::from_secs(300) {
-                sim.run_for(Duration::from_millis(500));
+                // A row at the heal itself: a heal done by the first sample
+                // still draws a line.
+                if !first {
+                    sim.run_for(Duration::from_millis(500));
+                }
+                first = false;
                 let digests: Vec<String> = (0..n)
                     .filter_map(|i| sim.engine(i).map(|e| e.state_digest()))
                     .collect();
@@ -453,7 +503,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             every_secs,
             down_secs,
         } => {
-            let every = secs(*every_secs)?.max(Duration::from_millis(100));
+            let every = secs(*every_secs)?;
             let down = secs(*down_secs)?;
             series = traffic_series(format!(
                 "Churn: bytes/s per node, a crash every {every_secs} s, down {down_secs} s ({about})"
@@ -499,7 +549,7 @@ fn run(cli: &Cli) -> Result<(), String> {
                 start,
             );
             say!(
-                "- false failures (a node neither crashed nor paused declared failed): {}",
+                "- false failure reports (a node neither crashed nor paused declared failed): {}",
                 sim.false_failures().len() - before
             );
         }
@@ -618,7 +668,14 @@ fn policy_change(sim: &mut Sim, n: usize, about: &str, series: &mut Series) -> R
     Ok(())
 }
 
+/// Longest virtual duration taken: a year (virtual time counts µs in 64
+/// bits; far longer ones wrapped).
+const MAX_SECS: f64 = 365.0 * 24.0 * 3600.0;
+
 fn secs(s: f64) -> Result<Duration, String> {
+    if s > MAX_SECS {
+        return Err(format!("{s} s is more than a year of virtual time"));
+    }
     Duration::try_from_secs_f64(s).map_err(|_| format!("{s} is not a duration in seconds"))
 }
 
