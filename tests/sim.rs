@@ -726,19 +726,7 @@ fn frames_that_waited_through_a_stall_report_no_clock_skew() {
 #[test]
 fn two_nodes_back_from_their_data_dirs_bring_no_deletion_back() {
     for seed in 1..=8 {
-        let mut sim = four_with_tribes(seed, &["gone", "kept"]);
-        let kept: Vec<_> = [2, 3].iter().map(|&i| sim.data_dir(i).unwrap()).collect();
-        sim.crash(2);
-        sim.crash(3);
-        sim.run_for(Duration::from_secs(5));
-        sim.command(
-            0,
-            Command::DeleteTribe {
-                tribe: "gone".into(),
-            },
-        )
-        .unwrap();
-        sim.run_for(Duration::from_secs(150)); // its tombstone collected
+        let (mut sim, kept) = gone_deleted_while_down(seed, &[2, 3]);
         for a in [2, 3] {
             for b in [0, 1] {
                 sim.block(a, b);
@@ -765,17 +753,7 @@ fn two_nodes_back_from_their_data_dirs_bring_no_deletion_back() {
             }
         }
         sim.run_for(Duration::from_secs(60));
-        for i in 0..4 {
-            let e = sim.engine(i).unwrap();
-            assert!(
-                e.tribe("gone").is_none(),
-                "seed {seed}: node {i} brought it back"
-            );
-            assert!(
-                e.tribe("kept").is_some(),
-                "seed {seed}: node {i} lost a kept tribe"
-            );
-        }
+        assert_gone_stays_gone(&sim, seed);
     }
 }
 
@@ -786,18 +764,8 @@ fn two_nodes_back_from_their_data_dirs_bring_no_deletion_back() {
 #[test]
 fn a_command_on_a_node_back_from_a_long_absence_is_kept() {
     for seed in 1..=4 {
-        let mut sim = four_with_tribes(seed, &["gone", "kept"]);
-        let kept = sim.data_dir(3).unwrap();
-        sim.crash(3);
-        sim.run_for(Duration::from_secs(5));
-        sim.command(
-            0,
-            Command::DeleteTribe {
-                tribe: "gone".into(),
-            },
-        )
-        .unwrap();
-        sim.run_for(Duration::from_secs(150)); // its tombstone collected
+        let (mut sim, kept) = gone_deleted_while_down(seed, &[3]);
+        let kept = kept.into_iter().next().unwrap();
         for b in 0..3 {
             sim.block(3, b);
             sim.block(b, 3);
@@ -820,20 +788,16 @@ fn a_command_on_a_node_back_from_a_long_absence_is_kept() {
         }
         sim.run_for(Duration::from_secs(60));
         for i in 0..4 {
-            let e = sim.engine(i).unwrap();
             assert!(
-                e.policies().iter().any(|p| p.name == "big"),
+                sim.engine(i)
+                    .unwrap()
+                    .policies()
+                    .iter()
+                    .any(|p| p.name == "big"),
                 "seed {seed}: node {i} lost the policy added after the restart"
             );
-            assert!(
-                e.tribe("gone").is_none(),
-                "seed {seed}: node {i}: gone is back"
-            );
-            assert!(
-                e.tribe("kept").is_some(),
-                "seed {seed}: node {i}: kept lost"
-            );
         }
+        assert_gone_stays_gone(&sim, seed);
     }
 }
 
@@ -890,32 +854,11 @@ fn long_policy() -> String {
 #[test]
 fn a_node_back_with_a_clock_behind_brings_no_deletion_back() {
     for seed in 1..=4 {
-        let mut sim = four_with_tribes(seed, &["gone", "kept"]);
-        let kept = sim.data_dir(3).unwrap();
-        sim.crash(3);
-        sim.run_for(Duration::from_secs(5));
-        sim.command(
-            0,
-            Command::DeleteTribe {
-                tribe: "gone".into(),
-            },
-        )
-        .unwrap();
-        sim.run_for(Duration::from_secs(150)); // its tombstone collected
+        let (mut sim, kept) = gone_deleted_while_down(seed, &[3]);
         sim.set_clock_offset(3, -120_000);
-        sim.restart_from(3, kept);
+        sim.restart_from(3, kept.into_iter().next().unwrap());
         sim.run_for(Duration::from_secs(60));
-        for i in 0..4 {
-            let e = sim.engine(i).unwrap();
-            assert!(
-                e.tribe("gone").is_none(),
-                "seed {seed}: node {i}: gone is back"
-            );
-            assert!(
-                e.tribe("kept").is_some(),
-                "seed {seed}: node {i}: kept lost"
-            );
-        }
+        assert_gone_stays_gone(&sim, seed);
     }
 }
 
@@ -1116,6 +1059,45 @@ fn a_wall_clock_step_is_no_stall() {
     for _ in 0..20 {
         sim.run_for(Duration::from_millis(250));
         assert!(sim.engine(2).unwrap().tribe("t").is_some());
+    }
+}
+
+/// Four nodes with tribes "gone" and "kept"; `down` crash (their data
+/// dirs kept, returned), node 0 deletes "gone", and its tombstone is
+/// collected before they are back.
+fn gone_deleted_while_down(
+    seed: u64,
+    down: &[usize],
+) -> (Sim, Vec<tribe::engine::durable::Durable>) {
+    let mut sim = four_with_tribes(seed, &["gone", "kept"]);
+    let kept: Vec<_> = down.iter().map(|&i| sim.data_dir(i).unwrap()).collect();
+    for &i in down {
+        sim.crash(i);
+    }
+    sim.run_for(Duration::from_secs(5));
+    sim.command(
+        0,
+        Command::DeleteTribe {
+            tribe: "gone".into(),
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(150)); // its tombstone collected
+    (sim, kept)
+}
+
+/// On every node "gone" stays deleted and "kept" stays.
+fn assert_gone_stays_gone(sim: &Sim, seed: u64) {
+    for i in 0..sim.len() {
+        let e = sim.engine(i).unwrap();
+        assert!(
+            e.tribe("gone").is_none(),
+            "seed {seed}: node {i}: gone is back"
+        );
+        assert!(
+            e.tribe("kept").is_some(),
+            "seed {seed}: node {i}: kept lost"
+        );
     }
 }
 
