@@ -882,25 +882,19 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
 
     // Rotate with the CLI: install, use, remove; each waits for every node.
     // The key from standard input: a command line is seen by every user.
-    let mut install = Command::new(TRIBE)
-        .args([
-            "keys",
-            "install",
-            "-",
-            "--admin",
-            &agents[1].admin.to_string(),
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    install
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{k2}\n").as_bytes())
-        .unwrap();
-    let done = install.wait_with_output().unwrap();
+    let install_from_stdin = |input: &[u8]| {
+        let admin = agents[1].admin.to_string();
+        let mut install = Command::new(TRIBE)
+            .args(["keys", "install", "-", "--admin", &admin])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        install.stdin.take().unwrap().write_all(input).unwrap();
+        install.wait_with_output().unwrap()
+    };
+    let done = install_from_stdin(format!("{k2}\n").as_bytes());
     let out = String::from_utf8_lossy(&done.stdout);
     assert!(
         done.status.success() && out.contains("installed on 3/3"),
@@ -911,20 +905,7 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     let mut over = "a".repeat(4095).into_bytes();
     over.extend("é".as_bytes());
     for (input, why) in [(over, "more than 4 KiB"), (vec![0xff, b'\n'], "not UTF-8")] {
-        let mut refused = Command::new(TRIBE)
-            .args([
-                "keys",
-                "install",
-                "-",
-                "--admin",
-                &agents[1].admin.to_string(),
-            ])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        refused.stdin.take().unwrap().write_all(&input).unwrap();
-        let done = refused.wait_with_output().unwrap();
+        let done = install_from_stdin(&input);
         let err = String::from_utf8_lossy(&done.stderr);
         assert!(!done.status.success() && err.contains(why), "{why}: {err}");
     }
