@@ -31,6 +31,20 @@ enum Unread {
     Failed(std::io::Error),
 }
 
+/// A file an earlier run kept, or `None` on a first start; each failure an
+/// error naming the file.
+fn read_kept(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
+    match read_file(path, max) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(Unread::Missing) => absent(path).map(|()| None),
+        Err(Unread::TooLarge) => Err(Error::Config(format!(
+            "{} is larger than {max} bytes; remove it to start afresh",
+            path.display()
+        ))),
+        Err(Unread::Failed(e)) => Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
+    }
+}
+
 /// Reads a file of the data dir, up to `max` bytes, refusing anything but
 /// a regular file: a FIFO there blocked the start for good (deaf to
 /// signals), and a link to a device was read without end.
@@ -258,18 +272,8 @@ fn state_path(dir: &Path) -> PathBuf {
 /// silently ignored: starting without it would quietly drop memberships.
 pub fn load(dir: &Path) -> Result<Option<Durable>> {
     let path = state_path(dir);
-    let text = match read_file(&path, MAX_STATE_FILE) {
-        Ok(text) => text,
-        Err(Unread::Missing) => return absent(&path).map(|()| None),
-        Err(Unread::TooLarge) => {
-            return Err(Error::Config(format!(
-                "{} is larger than {MAX_STATE_FILE} bytes; remove it to start afresh",
-                path.display()
-            )))
-        }
-        Err(Unread::Failed(e)) => {
-            return Err(Error::Io(format!("cannot read {}: {e}", path.display())))
-        }
+    let Some(text) = read_kept(&path, MAX_STATE_FILE)? else {
+        return Ok(None);
     };
     serde_json::from_slice(&text).map(Some).map_err(|e| {
         Error::Config(format!(
@@ -415,18 +419,8 @@ pub fn load_keyring(dir: &Path) -> Result<Option<Keyring>> {
 /// The kept keyring and the ids of the keys removed from it.
 fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     let path = dir.join(KEYRING_FILE);
-    let text = match read_file(&path, MAX_SMALL_FILE) {
-        Ok(t) => zeroize::Zeroizing::new(t),
-        Err(Unread::Missing) => return absent(&path).map(|()| None),
-        Err(Unread::TooLarge) => {
-            return Err(Error::Config(format!(
-                "{} is larger than {MAX_SMALL_FILE} bytes: no keyring file",
-                path.display()
-            )))
-        }
-        Err(Unread::Failed(e)) => {
-            return Err(Error::Io(format!("cannot read {}: {e}", path.display())))
-        }
+    let Some(text) = read_kept(&path, MAX_SMALL_FILE)?.map(zeroize::Zeroizing::new) else {
+        return Ok(None);
     };
     let bad = |why: String| {
         Error::Config(format!(
