@@ -46,6 +46,7 @@ pub mod policy;
 internal_mod!(policy_set);
 pub mod records;
 pub mod rpc;
+pub mod runtime_build;
 internal_mod!(runtime);
 mod seeds;
 mod setup_slots;

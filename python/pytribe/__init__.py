@@ -411,9 +411,10 @@ def _pump_logs() -> None:
                 _logger.log(
                     level, "%s", message, extra={"tribe_target": target, "tribe_node": node}
                 )
-            except Exception:
-                # A filter or handler of the program's that raises loses this
-                # record, not the forwarding of every later one.
+            except BaseException:
+                # A filter or handler of the program's that raises (even
+                # SystemExit, which would end this thread) loses this record,
+                # not the forwarding of every later one.
                 pass
 
 
@@ -422,8 +423,11 @@ def _start_log_thread() -> None:
     with _log_lock:
         if _log_thread is None or not _log_thread.is_alive():
             _log_stop.clear()
-            _log_thread = threading.Thread(target=_pump_logs, name="pytribe-log", daemon=True)
-            _log_thread.start()
+            t = threading.Thread(target=_pump_logs, name="pytribe-log", daemon=True)
+            # Kept once started: one that could not start (the thread limit)
+            # is not joined at exit.
+            t.start()
+            _log_thread = t
 
 
 # ------------------------------------------------------------------ exit
@@ -1187,6 +1191,9 @@ class Node(_NoCopy):
                 "handler must be a plain function (it runs on a pool thread); "
                 "an async def handler would never be awaited"
             )
+        # The pool first: a node that cannot run handlers (at the process's
+        # thread limit) serves nothing, rather than take calls that time out.
+        self._start_workers()
         key = (name, version)
         old = self._handlers.get(key)
         self._handlers[key] = handler
@@ -1198,7 +1205,6 @@ class Node(_NoCopy):
             else:
                 self._handlers[key] = old
             raise
-        self._start_workers()
 
     def unserve(self, name: str, version: str) -> None:
         """Stops serving a plugin and withdraws its endpoint."""
@@ -1207,13 +1213,14 @@ class Node(_NoCopy):
 
     def _start_workers(self) -> None:
         with self._lock:
-            if self._workers or self._native.closed:
+            if self._native.closed:
                 return
-            for i in range(self._handler_threads):
+            # Those missing: a start that failed part way is taken up again.
+            while len(self._workers) < self._handler_threads:
                 t = threading.Thread(
                     target=_serve_calls,
                     args=(self._native,),
-                    name=f"pytribe-handler-{self.name}-{i}",
+                    name=f"pytribe-handler-{self.name}-{len(self._workers)}",
                     daemon=True,
                 )
                 t.start()

@@ -38,20 +38,30 @@ static RUNTIME: Mutex<Option<&'static Runtime>> = Mutex::new(None);
 /// from a thread of the runtime.
 static EXITING: AtomicBool = AtomicBool::new(false);
 
+/// The runtime's worker threads.
+const RUNTIME_WORKERS: usize = 2;
+
+/// Threads the first node makes besides the runtime's (its policy and
+/// data-dir threads): tried with the runtime's.
+const NODE_THREADS: usize = 2;
+
 /// The module's runtime, created on first use.
 pub(crate) fn runtime() -> PyResult<&'static Runtime> {
     let mut slot = RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
     if let Some(rt) = *slot {
         return Ok(rt);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder
+        .worker_threads(RUNTIME_WORKERS)
         .thread_name("pytribe-rt")
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the runtime: {e}"))
-        })?;
+        .enable_all();
+    // Guarded: at the process's thread limit tokio panics (a
+    // PanicException no `except Exception` catches, descriptors leaked at
+    // each retry) or hangs the caller with the GIL held.
+    let rt = tribe::runtime_build::build(builder, RUNTIME_WORKERS, NODE_THREADS).map_err(|e| {
+        pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the runtime: {e}"))
+    })?;
     let rt: &'static Runtime = Box::leak(Box::new(rt));
     *slot = Some(rt);
     Ok(rt)

@@ -464,16 +464,18 @@ def test_log_records_name_the_node_whose_work_logged_them(caplog: pytest.LogCapt
             b.close()
 
 
-def test_a_raising_log_filter_loses_its_record_not_the_forwarding() -> None:
+@pytest.mark.parametrize("error", [RuntimeError, SystemExit])
+def test_a_raising_log_filter_loses_its_record_not_the_forwarding(error: type) -> None:
     """A program's log filter that raises loses that record; the thread that
-    forwards libtribe's records to logging carries on."""
+    forwards libtribe's records to logging carries on (also past SystemExit,
+    which ended it)."""
     raised: list[logging.LogRecord] = []
 
     class Buggy(logging.Filter):
         def filter(self, record: logging.LogRecord) -> bool:
             if not raised:
                 raised.append(record)
-                raise RuntimeError("a buggy filter")
+                raise error("a buggy filter")
             return True
 
     logger = logging.getLogger("pytribe")

@@ -246,3 +246,32 @@ def test_a_handler_that_closes_its_own_node_in_a_thread_is_answered(cluster: Clu
     # reply takes a few ms, and the bound stays just under those 2 s.
     assert answered - closing[0] < 1.9
     wait_for("the host to close", lambda: host.closed)
+
+
+def test_a_serve_whose_handler_threads_cannot_start_serves_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """At the process's thread limit ``serve`` raises, and nothing is
+    advertised (the plugin stayed served, callers timing out); once threads
+    can be made again, a serve takes up the pool where it stopped."""
+    node = start("nothreads", bind="127.0.0.1:0")
+    try:
+        real_start = threading.Thread.start
+        started: List[str] = []
+
+        def limited(self: threading.Thread) -> None:
+            if self.name.startswith("pytribe-handler-nothreads-") and len(started) >= 1:
+                raise RuntimeError("can't start new thread")
+            started.append(self.name)
+            real_start(self)
+
+        monkeypatch.setattr(threading.Thread, "start", limited)
+        with pytest.raises(RuntimeError):
+            node.serve("p", "1", "processor", lambda payload, info: payload)
+        assert not any(e.name == "p" for m in node.members() for e in m.endpoints)
+        monkeypatch.setattr(threading.Thread, "start", real_start)
+        node.serve("p", "1", "processor", lambda payload, info: payload)
+        assert any(e.name == "p" for m in node.members() for e in m.endpoints)
+        assert pool_threads("nothreads") == node._handler_threads
+    finally:
+        node.close()

@@ -265,7 +265,6 @@ pub extern "C" fn tribe_node_start(
         builder
             .worker_threads(threads)
             .thread_name("tribe-worker")
-            .thread_stack_size(WORKER_STACK)
             .enable_all();
         let sink = log_sink.clone();
         crate::blocking::set_inherit(super::log::inherit_sink);
@@ -291,7 +290,8 @@ pub extern "C" fn tribe_node_start(
                     .map_err(Error::from)?,
                 ),
             };
-            let runtime = build_runtime(builder, threads)?;
+            let runtime = crate::runtime_build::build(builder, threads, START_THREADS)
+                .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
             let node =
                 super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
             Ok::<_, FfiError>((runtime, host_io, node))
@@ -332,83 +332,6 @@ pub extern "C" fn tribe_node_start(
 /// and the data-dir writer (made once the thread building the runtime has
 /// ended).
 const START_THREADS: usize = 2;
-
-/// The stack of the runtime's threads (tokio's default, said here so that
-/// [`threads_available`] tries the same: under an address-space limit,
-/// small stacks fit where the workers' do not).
-const WORKER_STACK: usize = 2 * 1024 * 1024;
-
-/// Whether `n` more threads can be made now: they are made, all alive at
-/// once, then ended. tokio panics when it cannot start a worker and keeps
-/// what it had built (its descriptors, at times a thread waiting for
-/// ever), so a start at the thread limit is refused before tokio is asked,
-/// and a host that retries it loses nothing. A thread count that falls
-/// between this look and the build is still caught below.
-fn threads_available(n: usize) -> std::io::Result<()> {
-    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
-    let mut made = Vec::with_capacity(n);
-    let mut failed = None;
-    for _ in 0..n {
-        let gate = gate.clone();
-        let spawned = std::thread::Builder::new()
-            .name("tribe-start".into())
-            .stack_size(WORKER_STACK)
-            .spawn(move || {
-                let (open, changed) = &*gate;
-                let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
-                while !*open {
-                    open = changed.wait(open).unwrap_or_else(|p| p.into_inner());
-                }
-            });
-        match spawned {
-            Ok(thread) => made.push(thread),
-            Err(e) => {
-                failed = Some(e);
-                break;
-            }
-        }
-    }
-    *gate.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
-    gate.1.notify_all();
-    for thread in made {
-        let _ = thread.join();
-    }
-    failed.map_or(Ok(()), Err)
-}
-
-/// How long building a runtime may take before the start gives up.
-const BUILD_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Builds the node's runtime on a thread of its own. At the process's thread
-/// limit tokio panics while starting its workers and then waits for ever
-/// for those that did start; the host gets `TRIBE_IO` after [`BUILD_WAIT`]
-/// instead of hanging in `tribe_node_start` (that one thread stays stuck).
-fn build_runtime(
-    mut builder: tokio::runtime::Builder,
-    workers: usize,
-) -> Result<tokio::runtime::Runtime, FfiError> {
-    let no_threads = |why: &str| {
-        FfiError::from(Error::Io(format!(
-            "cannot start the node's threads ({why}); is the process at its thread or address-space limit?"
-        )))
-    };
-    threads_available(workers + START_THREADS).map_err(|e| no_threads(&e.to_string()))?;
-    let (built, result) = std::sync::mpsc::channel();
-    std::thread::Builder::new()
-        .name("tribe-start".into())
-        .spawn(move || {
-            let outcome =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.build()));
-            let _ = built.send(outcome);
-        })
-        .map_err(|e| no_threads(&e.to_string()))?;
-    match result.recv_timeout(BUILD_WAIT) {
-        Ok(Ok(Ok(runtime))) => Ok(runtime),
-        Ok(Ok(Err(e))) => Err(Error::Io(e.to_string()).into()),
-        Ok(Err(_)) => Err(no_threads("a thread could not be made")),
-        Err(_) => Err(no_threads("no answer in 10 s")),
-    }
-}
 
 /// Leaves the cluster gracefully (peers record the node as *left*) and
 /// stops: blocked `tribe_node_call`s and `tribe_node_next_event`s on other

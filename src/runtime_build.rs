@@ -1,0 +1,85 @@
+//! Building a tokio runtime in a process that may be at its thread limit
+//! (or its address-space limit): tokio panics when it cannot start a
+//! worker, keeps what it had built (descriptors, at times a thread waiting
+//! for ever) and may hang the caller. Used by every face that makes a
+//! runtime for its host (the C ABI, pytribe), so that a refused start is an
+//! error, and a host that retries it loses nothing.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// The stack of the runtime's threads (tokio's default, said here so that
+/// [`threads_available`] tries the same: under an address-space limit,
+/// small stacks fit where the workers' do not).
+const WORKER_STACK: usize = 2 * 1024 * 1024;
+
+/// How long building a runtime may take before the start gives up.
+const BUILD_WAIT: Duration = Duration::from_secs(10);
+
+/// Builds `builder`'s runtime of `workers` threads, with `extra` more
+/// threads the caller will make next, or an error saying why: the threads
+/// are tried first (made, all alive at once, then ended), then the runtime
+/// is built on a thread of its own under `catch_unwind`, waited for at most
+/// 10 s (a thread count that falls between the two is caught there; the
+/// one stuck thread is left).
+pub fn build(
+    mut builder: tokio::runtime::Builder,
+    workers: usize,
+    extra: usize,
+) -> std::io::Result<tokio::runtime::Runtime> {
+    let no_threads = |why: &str| {
+        std::io::Error::other(format!(
+            "cannot start the node's threads ({why}); is the process at its thread or address-space limit?"
+        ))
+    };
+    builder.thread_stack_size(WORKER_STACK);
+    threads_available(workers + extra).map_err(|e| no_threads(&e.to_string()))?;
+    let (built, result) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("tribe-start".into())
+        .spawn(move || {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.build()));
+            let _ = built.send(outcome);
+        })
+        .map_err(|e| no_threads(&e.to_string()))?;
+    match result.recv_timeout(BUILD_WAIT) {
+        Ok(Ok(Ok(runtime))) => Ok(runtime),
+        Ok(Ok(Err(e))) => Err(e),
+        Ok(Err(_)) => Err(no_threads("a thread could not be made")),
+        Err(_) => Err(no_threads("no answer in 10 s")),
+    }
+}
+
+/// Whether `n` more threads can be made now.
+fn threads_available(n: usize) -> std::io::Result<()> {
+    let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+    let mut made = Vec::with_capacity(n);
+    let mut failed = None;
+    for _ in 0..n {
+        let gate = gate.clone();
+        let spawned = std::thread::Builder::new()
+            .name("tribe-start".into())
+            .stack_size(WORKER_STACK)
+            .spawn(move || {
+                let (open, changed) = &*gate;
+                let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
+                while !*open {
+                    open = changed.wait(open).unwrap_or_else(|p| p.into_inner());
+                }
+            });
+        match spawned {
+            Ok(thread) => made.push(thread),
+            Err(e) => {
+                failed = Some(e);
+                break;
+            }
+        }
+    }
+    *gate.0.lock().unwrap_or_else(|p| p.into_inner()) = true;
+    gate.1.notify_all();
+    for thread in made {
+        let _ = thread.join();
+    }
+    failed.map_or(Ok(()), Err)
+}
