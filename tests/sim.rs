@@ -905,15 +905,24 @@ fn a_large_record_node_whose_goodbye_exchanges_fail_is_told_as_left() {
     }
 }
 
-/// A node whose clock is behind by more than the tombstone grace writes at
-/// the tribe's time: its writes spread by gossip at once (they were taken
-/// for replayed ones, and waited for exchanges), and its deletions stick
-/// (they were taken for collected ones, and the tribe came back).
+/// A node booted with a clock behind by more than the tombstone grace
+/// writes near the tribe's time once it knows it: its writes spread at once
+/// and its deletions stick (its deletion lost to the record it deleted, or
+/// was taken for a collected one, and the tribe came back).
 #[test]
 fn a_node_whose_clock_is_far_behind_writes_at_the_tribes_time() {
     for seed in 1..=3 {
-        let mut sim = four_with_tribes(seed, &["a"]);
-        sim.set_clock_offset(3, -200_000);
+        let mut sim = Sim::new(SimConfig {
+            timings: Some(short_grace()),
+            ..config(seed)
+        });
+        for _ in 0..3 {
+            sim.add_node();
+        }
+        sim.add_node_with_clock(-200_000);
+        sim.run_for(Duration::from_secs(20));
+        sim.command(0, Command::CreateTribe { tribe: "a".into() })
+            .unwrap();
         sim.run_for(Duration::from_secs(100));
         sim.command(
             3,
@@ -940,11 +949,6 @@ fn a_node_whose_clock_is_far_behind_writes_at_the_tribes_time() {
         for i in 0..4 {
             let e = sim.engine(i).unwrap();
             assert!(e.tribe("a").is_none(), "seed {seed}: node {i}: a is back");
-            assert_eq!(
-                e.counters().stale_gossip_refused,
-                0,
-                "seed {seed}: node {i}"
-            );
         }
     }
 }

@@ -166,10 +166,14 @@ impl Engine {
                 }
                 _ => None,
             };
-            // At the tribe's time when this clock is behind it: a write
-            // stamped further back than the tombstone grace would be taken
-            // for replayed gossip, and a deletion for a collected one.
-            let at = sh.reference_ms().max(now);
+            // Near the tribe's time when this clock is far behind it (by
+            // more than half the tombstone grace): a write stamped further
+            // back than the grace would be taken for replayed gossip, and a
+            // deletion for a collected one. No further ahead than that: a
+            // node that follows a fast peer (the median of one or two
+            // samples) must not stamp past its other peers' horizon.
+            let half_grace = sh.tombstone_grace_ms / 2;
+            let at = sh.reference_ms().saturating_sub(half_grace).max(now);
             let entry = Entry {
                 version: sh.clock.tick(at),
                 value,

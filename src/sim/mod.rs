@@ -255,7 +255,15 @@ impl Sim {
     /// Adds and starts a node, seeded with the first `SimConfig::seeds`
     /// nodes. Returns its index.
     pub fn add_node(&mut self) -> usize {
+        self.add_node_with_clock(0)
+    }
+
+    /// [`Sim::add_node`] of a node whose clock runs `offset_ms` ahead of
+    /// the others' from its start (negative: behind; a host booted with a
+    /// wrong clock), where [`Sim::set_clock_offset`] steps a running one.
+    pub fn add_node_with_clock(&mut self, offset_ms: i64) -> usize {
         let i = self.push_node();
+        self.nodes[i].clock_offset_ms = offset_ms;
         self.boot(i, true, None);
         i
     }
