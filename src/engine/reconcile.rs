@@ -415,6 +415,11 @@ impl Engine {
     /// Someone overwrote our record (a tombstone, or a copy from before a
     /// restart that carried a later version): publish ours again, newer.
     fn refute_own_record(&mut self) {
+        // Left: the goodbye stands (a slim one differs from `record` on
+        // purpose, and writing the whole record back undid it).
+        if self.left {
+            return;
+        }
         let stale = {
             let sh = lock(&self.shared);
             match sh.state.get(&Key::Node(self.name.clone())) {
