@@ -28,6 +28,7 @@ const MAX_SMALL_FILE: u64 = 1024 * 1024;
 enum Unread {
     Missing,
     TooLarge,
+    NotRegular,
     Failed(std::io::Error),
 }
 
@@ -41,8 +42,16 @@ fn read_kept(path: &Path, max: u64) -> Result<Option<Vec<u8>>> {
             "{} is larger than {max} bytes; remove it to start afresh",
             path.display()
         ))),
+        Err(Unread::NotRegular) => Err(not_regular(path)),
         Err(Unread::Failed(e)) => Err(Error::Io(format!("cannot read {}: {e}", path.display()))),
     }
+}
+
+fn not_regular(path: &Path) -> Error {
+    Error::Config(format!(
+        "{} is not a regular file; remove it",
+        path.display()
+    ))
 }
 
 /// Reads a file of the data dir, up to `max` bytes, refusing anything but
@@ -59,10 +68,7 @@ fn read_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, Unread> {
     })?;
     let meta = file.metadata().map_err(Unread::Failed)?;
     if !meta.is_file() {
-        return Err(Unread::Failed(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a regular file",
-        )));
+        return Err(Unread::NotRegular);
     }
     if meta.len() > max {
         return Err(Unread::TooLarge);
@@ -124,6 +130,10 @@ fn lock_id(meta: &std::fs::Metadata) -> LockId {
 /// two agents never write the same directory.
 pub fn lock(dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_FILE);
+    // A FIFO there would not open (no reader), and say so obscurely.
+    if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+        return Err(not_regular(&path));
+    }
     let mut options = std::fs::OpenOptions::new();
     options.create(true).truncate(false).write(true);
     // Not blocked by a FIFO in its place (refused below).
@@ -135,10 +145,7 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
         .metadata()
         .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     if !meta.is_file() {
-        return Err(Error::Config(format!(
-            "{} is not a regular file; remove it",
-            path.display()
-        )));
+        return Err(not_regular(&path));
     }
     let held = lock_id(&meta);
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
@@ -570,7 +577,11 @@ mod tests {
                     load(&dir).err()
                 };
                 let err = err.unwrap_or_else(|| panic!("{name} as a {odd} was taken"));
-                assert!(err.to_string().contains(name), "{name}, {odd}: {err}");
+                assert!(
+                    matches!(err, Error::Config(_))
+                        && err.to_string().contains("not a regular file"),
+                    "{name}, {odd}: {err}"
+                );
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
