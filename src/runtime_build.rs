@@ -8,10 +8,16 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The stack of the runtime's threads (tokio's default, said here so that
-/// [`threads_available`] tries the same: under an address-space limit,
-/// small stacks fit where the workers' do not).
-const WORKER_STACK: usize = 2 * 1024 * 1024;
+/// The stack of the runtime's threads: tokio's default, or a larger
+/// `RUST_MIN_STACK` a host set (said here so that [`threads_available`]
+/// tries the same: under an address-space limit, small stacks fit where the
+/// workers' do not).
+fn worker_stack() -> usize {
+    let asked = std::env::var("RUST_MIN_STACK")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok());
+    asked.unwrap_or(0).max(2 * 1024 * 1024)
+}
 
 /// How long building a runtime may take before the start gives up.
 const BUILD_WAIT: Duration = Duration::from_secs(10);
@@ -32,8 +38,9 @@ pub fn build(
             "cannot start the node's threads ({why}); is the process at its thread or address-space limit?"
         ))
     };
-    builder.thread_stack_size(WORKER_STACK);
-    threads_available(workers + extra).map_err(|e| no_threads(&e.to_string()))?;
+    let stack = worker_stack();
+    builder.thread_stack_size(stack);
+    threads_available(workers + extra, stack).map_err(|e| no_threads(&e.to_string()))?;
     let (built, result) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tribe-start".into())
@@ -52,7 +59,7 @@ pub fn build(
 }
 
 /// Whether `n` more threads can be made now.
-fn threads_available(n: usize) -> std::io::Result<()> {
+fn threads_available(n: usize, stack: usize) -> std::io::Result<()> {
     let gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
     let mut made = Vec::with_capacity(n);
     let mut failed = None;
@@ -60,7 +67,7 @@ fn threads_available(n: usize) -> std::io::Result<()> {
         let gate = gate.clone();
         let spawned = std::thread::Builder::new()
             .name("tribe-start".into())
-            .stack_size(WORKER_STACK)
+            .stack_size(stack)
             .spawn(move || {
                 let (open, changed) = &*gate;
                 let mut open = open.lock().unwrap_or_else(|p| p.into_inner());
