@@ -624,15 +624,21 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     // On a task of its own: a start stuck in the file system (a hung
     // network mount under the data dir) still ends at SIGTERM or SIGINT.
     let mut starting = tokio::spawn(Node::start(plan.config));
+    // A signal that comes as the start ends: the node leaves at once.
+    let mut stop_at_once = false;
     let node = loop {
         tokio::select! {
             started = &mut starting => break started
                 .map_err(|e| format!("cannot start the node: {e}"))?
                 .map_err(|e| format!("cannot start the node: {e}"))?,
             signal = signals.next() => {
-                if signal != SIGHUP {
+                if signal == SIGHUP {
+                    continue;
+                }
+                if !starting.is_finished() {
                     return Err("stopped by a signal while starting".into());
                 }
+                stop_at_once = true;
             }
         }
     };
@@ -704,16 +710,20 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     drop(out);
     ready_line_out.send_replace(true);
 
-    loop {
-        match signals.next().await {
-            SIGTERM => tracing::info!("SIGTERM: leaving the tribe"),
-            SIGINT => tracing::info!("SIGINT: leaving the tribe"),
-            _ => {
-                tracing::info!("SIGHUP: nothing to reload (change facts, keys and tribes through the admin API); still running");
-                continue;
+    if stop_at_once {
+        tracing::info!("a signal came as the node started: leaving the tribe");
+    } else {
+        loop {
+            match signals.next().await {
+                SIGTERM => tracing::info!("SIGTERM: leaving the tribe"),
+                SIGINT => tracing::info!("SIGINT: leaving the tribe"),
+                _ => {
+                    tracing::info!("SIGHUP: nothing to reload (change facts, keys and tribes through the admin API); still running");
+                    continue;
+                }
             }
+            break;
         }
-        break;
     }
     let left = node.shutdown().await;
     // The process exits next: the replies of calls still running go out
