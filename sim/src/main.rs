@@ -281,6 +281,7 @@ fn run(cli: &Cli) -> Result<(), String> {
     let formed_in = wall.elapsed();
     let warmup = secs(cli.warmup_secs)?;
     let mut all_at = None;
+    let mut done_at_end = 0;
     while sim.now() < warmup {
         sim.run_for(Duration::from_millis(100));
         let done = sim
@@ -289,6 +290,7 @@ fn run(cli: &Cli) -> Result<(), String> {
             .filter(|&&c| c == cli.nodes)
             .count();
         series.row(&[sim.now().as_secs_f64(), done as f64]);
+        done_at_end = done;
         if done == cli.nodes && all_at.is_none() {
             all_at = Some(sim.now());
         }
@@ -310,6 +312,7 @@ fn run(cli: &Cli) -> Result<(), String> {
         cli.loss,
         cli.latency_us
     );
+    let everyone_saw_all = all_at.is_some();
     let all_at = all_at.map_or("(not within the warm-up)".to_string(), |t| {
         format!("{:.1} s", t.as_secs_f64())
     });
@@ -325,8 +328,14 @@ fn run(cli: &Cli) -> Result<(), String> {
         } else {
             " (lossless)"
         };
+        // Under heavy loss, nodes may lose sight of others again.
+        let at_end = if everyone_saw_all && done_at_end < cli.nodes {
+            format!("; {done_at_end} saw all alive at the end of the warm-up")
+        } else {
+            String::new()
+        };
         say!(
-            "- mass join{lossless}: every node saw all {} alive after {all_at}",
+            "- mass join{lossless}: every node saw all {} alive after {all_at}{at_end}",
             cli.nodes
         );
     }
