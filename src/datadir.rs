@@ -169,13 +169,18 @@ pub fn check(dir: &Path, name: &str) -> Result<()> {
         return Ok(());
     }
     refuse_world_writable(dir)?;
-    // Files the start writes or locks: a directory in their place fails it.
+    // Files the start writes or locks: anything but a file in their place
+    // (a directory, a FIFO, a device) fails it.
     for file in [LOCK_FILE, CONFIGURED_KEY_FILE] {
-        if dir.join(file).is_dir() {
+        let path = dir.join(file);
+        if path.is_dir() {
             return Err(Error::Config(format!(
                 "{} is a directory, not a file",
-                dir.join(file).display()
+                path.display()
             )));
+        }
+        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
+            return Err(not_regular(&path));
         }
     }
     load_for(dir, name).map(drop)
@@ -487,8 +492,9 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
         Some((ring, removed)) => (Some(ring), removed),
         None => (None, Vec::new()),
     };
-    let last = read_file(&dir.join(CONFIGURED_KEY_FILE), MAX_SMALL_FILE)
-        .ok()
+    // Refused as the other files are when it is no file; unreadable text
+    // counts as no key given last time.
+    let last = read_kept(&dir.join(CONFIGURED_KEY_FILE), MAX_SMALL_FILE)?
         .and_then(|b| String::from_utf8(b).ok());
     let last = last.as_deref().map(str::trim);
     // Whether the configured primary is held, so that the next start may
@@ -559,7 +565,7 @@ mod tests {
     /// read until memory ran out).
     #[test]
     fn files_that_are_not_regular_are_refused_at_once() {
-        for name in [STATE_FILE, KEYRING_FILE, LOCK_FILE] {
+        for name in [STATE_FILE, KEYRING_FILE, LOCK_FILE, CONFIGURED_KEY_FILE] {
             for odd in ["fifo", "device"] {
                 let dir = scratch(&format!("odd-{odd}"));
                 prepare(&dir).unwrap();
@@ -569,8 +575,16 @@ mod tests {
                 } else {
                     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
                 }
+                // The check a host makes before the start sees it too.
+                let checked = check(&dir, "odd").err();
+                assert!(
+                    checked.is_some_and(|e| e.to_string().contains("not a regular file")),
+                    "{name}, {odd}: passed the check"
+                );
                 let err = if name == LOCK_FILE {
                     lock(&dir).err()
+                } else if name == CONFIGURED_KEY_FILE {
+                    merge_keyring(&dir, None).err()
                 } else if name == KEYRING_FILE {
                     load_keyring(&dir).err()
                 } else {

@@ -40,7 +40,8 @@ pub fn build(
     };
     let stack = worker_stack();
     builder.thread_stack_size(stack);
-    threads_available(workers + extra, stack).map_err(|e| no_threads(&e.to_string()))?;
+    // And the thread that builds it, alive while the workers start.
+    threads_available(workers + extra + 1, stack).map_err(|e| no_threads(&e.to_string()))?;
     let (built, result) = std::sync::mpsc::channel();
     std::thread::Builder::new()
         .name("tribe-start".into())

@@ -69,6 +69,8 @@ pub async fn run(
     let lingering = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_LINGERING));
     let (stopping, stop) = watch::channel(false);
     let mut conns = JoinSet::new();
+    // When an accept last failed and it was said (once a minute).
+    let mut accept_failure_said: Option<tokio::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -80,8 +82,15 @@ pub async fn run(
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or a reset before accept: wait a
-                // moment rather than spin.
-                tracing::debug!(error = %e, "admin API: accept failed");
+                // moment rather than spin. Said once a minute: the admin
+                // API answers nothing meanwhile.
+                let now = tokio::time::Instant::now();
+                if accept_failure_said
+                    .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(60))
+                {
+                    accept_failure_said = Some(now);
+                    tracing::warn!(error = %e, "admin API: cannot accept connections (said once a minute)");
+                }
                 tokio::time::sleep(Duration::from_millis(50)).await;
                 continue;
             }

@@ -585,9 +585,11 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     for warning in &plan.warnings {
         tracing::warn!("{warning}");
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    // Guarded: at the thread limit tokio panics, or hangs.
+    let runtime = tribe::runtime_build::build(builder, workers, 0)
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
     let served = runtime.block_on(serve(plan));
     // Not waiting for the workers: one may be stuck in a start a signal
@@ -633,6 +635,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
                 .map_err(|e| format!("cannot start the node: {e}"))?,
             signal = signals.next() => {
                 if signal == SIGHUP {
+                    tracing::info!("SIGHUP while starting: nothing to reload; still starting");
                     continue;
                 }
                 if !starting.is_finished() {
