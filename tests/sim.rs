@@ -772,15 +772,7 @@ fn a_command_on_a_node_back_from_a_long_absence_is_kept() {
         }
         sim.restart_from(3, kept);
         sim.run_for(Duration::from_secs(1));
-        sim.command(
-            3,
-            Command::AddPolicy {
-                name: "big".into(),
-                tribe: "new".into(),
-                when: long_policy(),
-            },
-        )
-        .unwrap();
+        add_long_policy(&mut sim, 3);
         sim.run_for(Duration::from_secs(2));
         for b in 0..3 {
             sim.unblock(3, b);
@@ -812,15 +804,7 @@ fn a_command_on_a_node_woken_from_a_long_stall_is_kept() {
         sim.run_for(Duration::from_secs(199));
         sim.partition(|i| i == 3);
         sim.run_for(Duration::from_secs(40));
-        sim.command(
-            3,
-            Command::AddPolicy {
-                name: "big".into(),
-                tribe: "new".into(),
-                when: long_policy(),
-            },
-        )
-        .unwrap();
+        add_long_policy(&mut sim, 3);
         sim.run_for(Duration::from_secs(2));
         sim.heal();
         sim.run_for(Duration::from_secs(60));
@@ -838,12 +822,22 @@ fn a_command_on_a_node_woken_from_a_long_stall_is_kept() {
     }
 }
 
-/// A policy too large to ride on gossip (40 comparisons).
-fn long_policy() -> String {
-    (0..40)
+/// Adds on node `i` policy "big", too large to ride on gossip (40
+/// comparisons).
+fn add_long_policy(sim: &mut Sim, i: usize) {
+    let when = (0..40)
         .map(|i| format!("facts.k{i:03} == \"v\""))
         .collect::<Vec<_>>()
-        .join(" || ")
+        .join(" || ");
+    sim.command(
+        i,
+        Command::AddPolicy {
+            name: "big".into(),
+            tribe: "new".into(),
+            when,
+        },
+    )
+    .unwrap();
 }
 
 /// A node back from its data dir after longer than the grace, with a
