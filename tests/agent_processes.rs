@@ -2155,3 +2155,64 @@ fn an_agent_whose_log_reader_went_runs_on_and_leaves_gracefully() {
         member_state(&first, "ep2").as_deref() == Some("left")
     });
 }
+
+/// `tribe ARGS` under a process limit of `limit` (`prlimit --nproc`), as the
+/// nobody user when the tests run as root (the limit does not bind root).
+fn tribe_at_process_limit(limit: u32, list: &[&str]) -> Output {
+    use std::os::unix::fs::MetadataExt as _;
+    // `/proc/self` belongs to the process's effective user.
+    let root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let mut cmd = if root {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "prlimit",
+        ]);
+        c
+    } else {
+        Command::new("prlimit")
+    };
+    cmd.arg(format!("--nproc={limit}:{limit}"))
+        .arg(TRIBE)
+        .args(list)
+        .stdin(Stdio::null());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRIBE_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.output().expect("run tribe under a process limit")
+}
+
+#[test]
+fn at_a_thread_limit_the_agent_and_the_admin_commands_end_with_an_error_not_a_panic() {
+    let dir = scratch_dir("thread-limit");
+    let agent = start_agent(&dir, "tl1", &[]);
+    let admin = agent.admin.to_string();
+    // The admin commands need no thread of their own.
+    let out = tribe_at_process_limit(1, &["status", "--admin", &admin, "--json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "status at a limit of 1: {stderr}");
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["name"], "tl1", "{status}");
+    // An agent that cannot make its threads says so and exits.
+    for limit in 1..=4 {
+        let out = tribe_at_process_limit(
+            limit,
+            &[
+                "agent",
+                "--bind",
+                "127.0.0.1:0",
+                "--admin",
+                "127.0.0.1:0",
+                "--insecure-plaintext",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "limit {limit}: {stderr}");
+        assert!(stderr.contains("thread"), "limit {limit}: {stderr}");
+        assert!(!stderr.contains("panicked"), "limit {limit}: {stderr}");
+    }
+}

@@ -12,6 +12,9 @@ use tribe::admin::json::ErrorBody;
 /// so its answer is what the user sees.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long connecting to the agent may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Talks to one agent.
 pub struct Admin {
     base: String,
@@ -26,9 +29,16 @@ pub type Reply = Option<serde_json::Value>;
 impl Admin {
     /// A client of the agent whose admin API listens on `addr`.
     pub fn new(addr: &str, token: Option<String>) -> Admin {
+        // Each phase has its own bound and the name lookup none: with an
+        // overall bound ureq looks the name up on a thread of its own, and
+        // where no thread can be made (`ulimit -u`) it panics.
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(REQUEST_TIMEOUT))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
+            .timeout_send_request(Some(REQUEST_TIMEOUT))
+            .timeout_send_body(Some(REQUEST_TIMEOUT))
+            .timeout_recv_response(Some(REQUEST_TIMEOUT))
+            .timeout_recv_body(Some(REQUEST_TIMEOUT))
             .build()
             .into();
         // `--admin http://127.0.0.1:7947/` names the same API as
