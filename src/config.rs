@@ -333,23 +333,25 @@ fn check_durations(t: &Timings) -> Result<(), Error> {
 /// Seeds by name a config may hold.
 pub const MAX_SEED_NAMES: usize = 64;
 
+/// Why an address with an IPv6 zone id is refused.
+const ZONE_IDS: &str = "IPv6 zone ids (%) are not supported; use an address that needs none";
+
 /// Resolves `host:port` (a literal address, `[v6]:port`, or a host name;
 /// may block on DNS) for a bind or advertise address. Port 0 is allowed
 /// (any free port). A bad text is `InvalidArgument` whose message says why:
-/// no port, a port out of range, an IPv6 address without brackets, a host
-/// that does not resolve.
+/// no port, a port out of range, an IPv6 address without brackets or with a
+/// zone id by name, a host that does not resolve.
 pub fn resolve_address(what: &str, text: &str) -> Result<SocketAddr, Error> {
     if let Ok(addr) = text.parse() {
         return Ok(addr);
     }
     let bad =
         |why: &str| Error::InvalidArgument(format!("{what} {text:?} is not host:port: {why}"));
-    // The port follows the host; a bracketed IPv6 host holds colons.
+    // A zone id by name does not parse (a numeric one is refused at start).
     if text.starts_with('[') && text.contains('%') {
-        return Err(bad(
-            "IPv6 zone ids (%) are not supported; use an address that needs none",
-        ));
+        return Err(bad(ZONE_IDS));
     }
+    // The port follows the host; a bracketed IPv6 host holds colons.
     let after_host = text.rsplit_once(']').map_or(text, |(_, rest)| rest);
     let Some((host, port)) = after_host.rsplit_once(':') else {
         return Err(bad("no port"));
@@ -376,9 +378,7 @@ fn check_addresses(bind: SocketAddr, advertise: Option<SocketAddr>) -> Result<()
     for (what, addr) in [("bind", Some(bind)), ("advertise", advertise)] {
         let Some(addr) = addr else { continue };
         if scoped(&addr) {
-            return Err(Error::Config(format!(
-                "{what} {addr}: IPv6 zone ids (%) are not supported; use an address that needs none"
-            )));
+            return Err(Error::Config(format!("{what} {addr}: {ZONE_IDS}")));
         }
         if is_shared(&addr) {
             return Err(Error::Config(format!(
@@ -452,6 +452,12 @@ fn check_seed_name(seed: &str) -> Result<(), Error> {
     let Some((host, port)) = seed.rsplit_once(':') else {
         return bad("no port");
     };
+    if host.starts_with('[') && host.contains('%') {
+        return bad(ZONE_IDS);
+    }
+    if !host.starts_with('[') && host.contains(':') {
+        return bad("an IPv6 address goes in brackets: [ADDRESS]:PORT");
+    }
     if !matches!(port.parse::<u16>(), Ok(p) if p > 0) {
         return bad("the port is not 1 to 65535");
     }
@@ -812,6 +818,14 @@ mod tests {
         }
         let e = resolve_address("bind", "[fe80::1%eth0]:0").unwrap_err();
         assert!(e.to_string().contains("zone ids"), "{e}");
+        for (seed, why) in [
+            ("fd00::1:7946", "in brackets"),
+            ("[fe80::1%eth0]:7946", "zone ids"),
+            ("host:0", "1 to 65535"),
+        ] {
+            let e = Config::new("n").add_seed(seed).unwrap_err();
+            assert!(e.to_string().contains(why), "{seed}: {e}");
+        }
     }
 
     #[test]
