@@ -22,10 +22,13 @@ pub(crate) fn set_inherit(inherit: Inherit) {
     let _ = INHERIT.set(inherit);
 }
 
-/// Runs jobs one after another on one thread, which ends once this handle
-/// is dropped and the queued jobs are done.
+/// Runs jobs one after another on one thread. Dropping this handle lets
+/// the queued jobs finish and waits for the thread to end: what it holds
+/// (the host's log sink, its thread-locals) goes before the node's free
+/// returns, not later, when a host may have reused the descriptors.
 pub(crate) struct BlockingThread {
-    jobs: mpsc::Sender<Job>,
+    jobs: Option<mpsc::Sender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BlockingThread {
@@ -33,7 +36,7 @@ impl BlockingThread {
     pub fn start(name: &str) -> std::io::Result<BlockingThread> {
         let (jobs, queued) = mpsc::channel::<Job>();
         let inherited = INHERIT.get().map(|capture| capture());
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
                 if let Some(take_over) = inherited {
@@ -53,7 +56,10 @@ impl BlockingThread {
                     ),
                 )
             })?;
-        Ok(BlockingThread { jobs })
+        Ok(BlockingThread {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        })
     }
 
     /// Runs `f` on the thread; its result comes on the receiver, which
@@ -64,10 +70,25 @@ impl BlockingThread {
     ) -> tokio::sync::oneshot::Receiver<T> {
         let (done, result) = tokio::sync::oneshot::channel();
         // The thread lives as long as this handle, so the send succeeds.
-        let _ = self.jobs.send(Box::new(move || {
-            let _ = done.send(f());
-        }));
+        if let Some(jobs) = &self.jobs {
+            let _ = jobs.send(Box::new(move || {
+                let _ = done.send(f());
+            }));
+        }
         result
+    }
+}
+
+impl Drop for BlockingThread {
+    fn drop(&mut self) {
+        // The closed queue ends the thread after its last job.
+        self.jobs = None;
+        if let Some(thread) = self.thread.take() {
+            // A job that dropped its own thread's handle cannot wait for it.
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
     }
 }
 
@@ -84,5 +105,19 @@ mod tests {
         assert_eq!(first.await.unwrap().as_deref(), Some("tribe-test"));
         assert!(panicked.await.is_err());
         assert_eq!(after.await.unwrap(), 7);
+    }
+
+    #[test]
+    fn a_dropped_handle_waits_for_its_jobs_and_its_thread() {
+        let thread = BlockingThread::start("tribe-test").unwrap();
+        let held = std::sync::Arc::new(());
+        let in_job = held.clone();
+        let _ = thread.run(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            drop(in_job);
+        });
+        drop(thread);
+        // The job, and what it held, ended before the drop returned.
+        assert_eq!(std::sync::Arc::strong_count(&held), 1);
     }
 }

@@ -87,6 +87,9 @@ fn read_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, Unread> {
 /// the process dies, so a crash leaves no stale lock behind).
 #[derive(Debug)]
 pub struct DirLock {
+    /// Listed so that a forked child closes its copy (it would keep the
+    /// lock after this process died); dropped first, before the close.
+    _listed: crate::ffi::fork_locks::Listed,
     _lock: nix::fcntl::Flock<std::fs::File>,
     /// The lock file's identity, to find it gone or replaced later.
     held: LockId,
@@ -149,7 +152,11 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     }
     let held = lock_id(&meta);
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
-        Ok(lock) => Ok(DirLock { _lock: lock, held }),
+        Ok(lock) => Ok(DirLock {
+            _listed: crate::ffi::fork_locks::list(std::os::fd::AsRawFd::as_raw_fd(&*lock)),
+            _lock: lock,
+            held,
+        }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Config(format!(
             "data dir {} is in use by another node",
             dir.display()

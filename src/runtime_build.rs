@@ -53,7 +53,11 @@ pub fn build(
         .map_err(|e| no_threads(&e.to_string()))?;
     match result.recv_timeout(BUILD_WAIT) {
         Ok(Ok(Ok(runtime))) => Ok(runtime),
-        Ok(Ok(Err(e))) => Err(e),
+        // tokio's own error names no step (out of descriptors, say).
+        Ok(Ok(Err(e))) => Err(std::io::Error::new(
+            e.kind(),
+            format!("cannot make the node's runtime (its event loop): {e}"),
+        )),
         Ok(Err(_)) => Err(no_threads("a thread could not be made")),
         Err(_) => Err(no_threads("no answer in 10 s")),
     }

@@ -129,7 +129,13 @@ impl HostIo {
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .on_thread_start(move || on_start())
-                .build()?
+                .build()
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot make the event loop of the call streams: {e}"),
+                    )
+                })?
         });
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -143,6 +149,15 @@ impl HostIo {
                 .spawn(move || {
                     on_start();
                     care(&runtime, &shared);
+                })
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot start the tribe-calls thread ({e}); is the process at its \
+                             thread limit?"
+                        ),
+                    )
                 })?
         };
         let handed = Arc::new(Handed::default());

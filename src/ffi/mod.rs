@@ -53,6 +53,7 @@ pub mod commands;
 pub mod config;
 pub mod error;
 pub mod event;
+pub(crate) mod fork_locks;
 pub mod group;
 mod host_io;
 pub mod log;

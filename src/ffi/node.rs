@@ -192,7 +192,7 @@ fn async_signals() -> libc::sigset_t {
 pub(super) fn block_async_signals() {
     let set = async_signals();
     // SAFETY: only the calling thread's mask changes; `set` is initialised.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
 }
 
 /// Runs `f` with asynchronous signals blocked on this (host) thread, so
@@ -212,7 +212,7 @@ pub(super) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: sigset_t is plain data, filled in by pthread_sigmask.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: only the calling thread's mask changes; both sets are valid.
-    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, &mut old) };
     let _restore = Restore(old);
     f()
 }
@@ -256,7 +256,11 @@ pub extern "C" fn tribe_node_start(
         let max_inflight = config.rpc.max_inflight;
         let max_payload = config.rpc.max_payload;
         let notify = group.as_ref().map(|g| g.ready.clone());
-        let mailbox = Arc::new(Mailbox::in_group(notify).map_err(Error::from)?);
+        let mailbox = Arc::new(Mailbox::in_group(notify).map_err(|e| {
+            Error::Io(format!(
+                "cannot make the node's event queue (its eventfd): {e}"
+            ))
+        })?);
         let log_sink = (log_level > 0).then(|| {
             super::log::enable(log_level);
             super::log::Sink::new(&mailbox, log_level)

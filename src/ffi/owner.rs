@@ -26,15 +26,16 @@ static REGISTER: Once = Once::new();
 static COUNTING: AtomicBool = AtomicBool::new(false);
 
 /// Runs in the child of every `fork()`, on its only thread; it touches
-/// nothing but atomics and `getpid`, which are async-signal-safe.
+/// nothing but atomics, `getpid` and `close`, which are async-signal-safe.
 extern "C" fn forked() {
     // SAFETY: getpid takes no arguments and cannot fail.
     PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
     FORKS.fetch_add(1, Ordering::Relaxed);
+    super::fork_locks::close_in_child();
 }
 
 /// Whether forks are counted (registers the handler on first use).
-fn counting() -> bool {
+pub(super) fn watch_forks() -> bool {
     REGISTER.call_once(|| {
         PID.store(std::process::id(), Ordering::Relaxed);
         // SAFETY: `forked` is a plain function that lives as long as this
@@ -58,7 +59,7 @@ pub(super) struct Owner {
 impl Owner {
     /// The calling process.
     pub fn here() -> Owner {
-        if counting() {
+        if watch_forks() {
             Owner {
                 pid: PID.load(Ordering::Relaxed),
                 forks: Some(FORKS.load(Ordering::Relaxed)),

@@ -3,11 +3,19 @@
  * keeps no process-wide descriptor that the daemon's own files could come
  * to sit at. Before, tokio's signal socket pair was process-wide; a later
  * node's runtime duplicated whatever file had taken its number, read the
- * daemon's pipe (its bytes lost) or panicked on it. */
+ * daemon's pipe (its bytes lost) or panicked on it. And every thread and
+ * descriptor of a node is gone when its free returns: before, after an
+ * abort the data-dir thread could outlive the free with the runtime's
+ * descriptors, and close the daemon's own files that took their numbers.
+ * A helper the daemon forked keeps no lock of its data dir: before, after
+ * the daemon crashed its restart found the dir "in use" while the helper
+ * lived. */
 #include "util.h"
 
 #include <dirent.h>
 #include <poll.h>
+#include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define PIPES 8
@@ -24,6 +32,46 @@ static int open_fds(void) {
 
 static bool back_to(void *arg) { return open_fds() <= *(int *)arg; }
 
+static int threads(void) {
+    DIR *d = opendir("/proc/self/task");
+    if (!d) die(__FILE__, __LINE__, "cannot list /proc/self/task");
+    int n = 0;
+    for (struct dirent *e; (e = readdir(d));)
+        if (e->d_name[0] != '.') n++;
+    closedir(d);
+    return n;
+}
+
+/* Nodes with a data dir, aborted and freed: nothing of theirs outlives the
+ * free (checked at once, no waiting). */
+static void aborted_nodes_leave_nothing(void) {
+    char dir[] = "/tmp/tribe-daemonize-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    int fds = open_fds(), tasks = threads();
+    for (int i = 0; i < 40; i++) {
+        tribe_config *cfg = NULL;
+        tribe_node *n = NULL;
+        OK(tribe_config_new("aborted", &cfg, NULL));
+        OK(tribe_config_set_profile(cfg, "local", NULL));
+        OK(tribe_config_set_collect_facts(cfg, false, NULL));
+        OK(tribe_config_set_data_dir(cfg, dir, NULL));
+        OK(tribe_node_start(cfg, &n, NULL));
+        tribe_config_free(cfg);
+        if (i % 2) { /* some work to save, or an abort at once */
+            OK(tribe_node_create_tribe(n, "x", NULL));
+            OK(tribe_node_delete_tribe(n, "x", NULL));
+        }
+        OK(tribe_node_abort(n, NULL));
+        tribe_node_free(n);
+        if (open_fds() != fds || threads() != tasks)
+            die(__FILE__, __LINE__, "round %d: %d descriptors and %d threads after the free, %d and %d before",
+                i, open_fds(), threads(), fds, tasks);
+    }
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 /* A node does some work: a tribe made, seen in its own view. */
 static void use_node(const char *name) {
     tribe_node *n = start_node(name, NULL, NULL, "r1");
@@ -35,7 +83,62 @@ static void use_node(const char *name) {
     tribe_node_free(n);
 }
 
+static tribe_node *start_in(const char *dir, tribe_error **err) {
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    OK(tribe_config_new("locker", &cfg, NULL));
+    OK(tribe_config_set_profile(cfg, "local", NULL));
+    OK(tribe_config_set_collect_facts(cfg, false, NULL));
+    OK(tribe_config_set_data_dir(cfg, dir, NULL));
+    tribe_node_start(cfg, &n, err);
+    tribe_config_free(cfg);
+    return n;
+}
+
+static void a_crashed_daemons_helper_keeps_no_lock(void) {
+    char dir[] = "/tmp/tribe-forklock-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    int ready[2];
+    CHECK(pipe(ready) == 0);
+    pid_t daemon = fork();
+    CHECK(daemon >= 0);
+    if (daemon == 0) {
+        /* The daemon: a node on the dir, a helper forked without exec, then
+         * a crash (no free). The helper reports its pid and sleeps. */
+        tribe_node *n = start_in(dir, NULL);
+        if (!n) _exit(3);
+        pid_t helper = fork();
+        if (helper == 0) {
+            sleep(30);
+            _exit(0);
+        }
+        if (write(ready[1], &helper, sizeof helper) != (ssize_t)sizeof helper) _exit(4);
+        kill(getpid(), SIGKILL);
+    }
+    close(ready[1]);
+    pid_t helper = 0;
+    CHECK(read(ready[0], &helper, sizeof helper) == (ssize_t)sizeof helper);
+    close(ready[0]);
+    int status = 0;
+    CHECK(waitpid(daemon, &status, 0) == daemon && WIFSIGNALED(status));
+    /* The restart, while the helper lives. */
+    tribe_error *err = NULL;
+    tribe_node *n = start_in(dir, &err);
+    if (!n) {
+        kill(helper, SIGKILL);
+        die(__FILE__, __LINE__, "restart on the dir: %s", tribe_error_message(err));
+    }
+    OK(tribe_node_shutdown(n, NULL));
+    tribe_node_free(n);
+    kill(helper, SIGKILL);
+    char cmd[64];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
+    a_crashed_daemons_helper_keeps_no_lock();
+    aborted_nodes_leave_nothing();
     int before = open_fds();
     use_node("first");
     /* Every descriptor goes with its node: none stays process-wide. */
