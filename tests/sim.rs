@@ -1360,3 +1360,49 @@ fn a_node_that_hears_no_one_gets_no_healthy_peer_declared_failed() {
         wrong.len()
     );
 }
+
+/// A policy that holds puts its node in its tribe also when a deletion of
+/// that tribe raced the policy's creation: the tribe is made again. Before,
+/// the node's record named the tribe while no node had it, for good.
+#[test]
+fn a_tribe_deleted_while_a_new_policy_for_it_spreads_is_made_again() {
+    let mut sim = Sim::new(SimConfig {
+        seed: 288,
+        ..Default::default()
+    });
+    for _ in 0..4 {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(10));
+    let when = r#"has(facts.role) && facts.role == "a""#.to_string();
+    let policy = |name: &str| Command::AddPolicy {
+        name: name.into(),
+        tribe: "t1".into(),
+        when: when.clone(),
+    };
+    sim.command(
+        2,
+        Command::SetFact {
+            key: "role".into(),
+            value: "a".into(),
+        },
+    )
+    .unwrap();
+    sim.command(0, policy("p0")).unwrap();
+    sim.run_for(Duration::from_millis(2539));
+    // At one instant: the old policy and its tribe go, a new one comes.
+    sim.command(0, Command::RemovePolicy { name: "p0".into() })
+        .unwrap();
+    sim.command(0, Command::DeleteTribe { tribe: "t1".into() })
+        .unwrap();
+    sim.command(3, policy("p2")).unwrap();
+    sim.run_for(Duration::from_secs(120));
+    let placed = sim.name(2).to_string();
+    for i in 0..4 {
+        let e = sim.engine(i).unwrap();
+        let names: Vec<_> = e.policies().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["p2"], "node {i}");
+        let members = e.tribe("t1").map(|t| t.members);
+        assert_eq!(members, Some(vec![placed.clone()]), "node {i}");
+    }
+}

@@ -147,6 +147,16 @@ struct SaidError {
 }
 
 /// What was last reported to the application.
+/// What a policy request was asked over (see [`Engine::evaluate_policies`]).
+#[derive(Debug, PartialEq)]
+struct PolicyAsked {
+    facts: BTreeMap<String, String>,
+    policies: Vec<PolicyInput>,
+    /// Tribes our policies held for that did not exist: one deleted (by a
+    /// command that raced the policy) is made again by the next answer.
+    missing: BTreeSet<String>,
+}
+
 #[derive(Debug, Default)]
 pub struct Reconciler {
     tribes: BTreeSet<String>,
@@ -155,9 +165,10 @@ pub struct Reconciler {
     tasks: BTreeMap<(String, String), TaskRecord>,
     /// Ordinal of the last policy request.
     policy_seq: u64,
-    /// Facts and policies of the last request, to ask only when they change
-    /// (cleared when an answer holds a transient failure).
-    policy_asked: Option<(BTreeMap<String, String>, Vec<PolicyInput>)>,
+    /// Facts and policies of the last request, and which of their tribes
+    /// were missing then, to ask only when one of them changes (cleared
+    /// when an answer holds a transient failure).
+    policy_asked: Option<PolicyAsked>,
     /// Policy errors reported, by policy name.
     reported_errors: BTreeMap<String, SaidError>,
     /// What of this node's own record and state the view last derived
@@ -466,9 +477,10 @@ impl Engine {
         if self.left || self.stall_hold_until.is_some() {
             return;
         }
-        let policies: Vec<PolicyInput> = {
+        let (policies, missing) = {
             let sh = lock(&self.shared);
-            View { state: &sh.state }
+            let view = View { state: &sh.state };
+            let policies: Vec<PolicyInput> = view
                 .policies()
                 .into_iter()
                 .map(|p| PolicyInput {
@@ -476,17 +488,29 @@ impl Engine {
                     tribe: p.tribe,
                     when: p.when,
                 })
-                .collect()
+                .collect();
+            let missing = self
+                .record
+                .policy_tribes
+                .iter()
+                .filter(|t| !view.tribe_exists(t))
+                .cloned()
+                .collect();
+            (policies, missing)
         };
-        let asked = (self.record.facts.clone(), policies);
+        let asked = PolicyAsked {
+            facts: self.record.facts.clone(),
+            policies,
+            missing,
+        };
         if self.reconcile.policy_asked.as_ref() == Some(&asked) {
             return;
         }
         self.reconcile.policy_seq += 1;
         let request = PolicyRequest {
             seq: self.reconcile.policy_seq,
-            facts: asked.0.clone(),
-            policies: asked.1.clone(),
+            facts: asked.facts.clone(),
+            policies: asked.policies.clone(),
         };
         self.reconcile.policy_asked = Some(asked);
         self.outputs.push_back(Output::EvaluatePolicies(request));
