@@ -112,11 +112,12 @@ mod tests {
         let thread = BlockingThread::start("tribe-test").unwrap();
         let held = std::sync::Arc::new(());
         let in_job = held.clone();
-        let _ = thread.run(move || {
+        let result = thread.run(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));
             drop(in_job);
         });
         drop(thread);
+        drop(result);
         // The job, and what it held, ended before the drop returned.
         assert_eq!(std::sync::Arc::strong_count(&held), 1);
     }
