@@ -73,8 +73,10 @@ impl EventStream {
 
 impl Node {
     /// Binds the sockets, starts the engine and joins through the seeds. Must
-    /// be called inside a tokio runtime. Events from the very start are kept
-    /// for the first [`Node::events`] call.
+    /// be called inside a tokio runtime with I/O and timers enabled
+    /// (`enable_all`); without them it panics with tokio's message, here
+    /// rather than in the node's tasks later. Events from the very start are
+    /// kept for the first [`Node::events`] call.
     pub async fn start(config: Config) -> Result<Node> {
         Node::start_inner(config, Arc::new(Faults::default())).await
     }
@@ -96,6 +98,9 @@ impl Node {
     }
 
     async fn start_in_span(config: Config, faults: Arc<Faults>) -> Result<Node> {
+        // Without timers the driver would die in its first turn and leave a
+        // node that only says "shutting down": tokio's panic says why, here.
+        tokio::time::sleep(Duration::ZERO).await;
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
         // `validate` refused an unspecified bind with no advertise address.
@@ -181,6 +186,7 @@ impl Node {
             engine: Mutex::new(engine),
             subscribers: Mutex::new(Some(vec![events_tx])),
             ended: tokio::sync::watch::Sender::new(false),
+            stop_taken: std::sync::atomic::AtomicBool::new(false),
             events_dropped: Default::default(),
             faults,
             max_frame: config.max_frame,
@@ -633,6 +639,9 @@ impl Node {
     /// close; [`Node::calls_drained`] tells when they have. Idempotent: a
     /// later call, or one after a call whose future was dropped before it
     /// finished, completes what is left of the stop and returns `Ok`.
+    /// [`Error::ShuttingDown`] when the node had stopped without being
+    /// told (the runtime it started on ended): it said no goodbye, and its
+    /// peers record it *failed*.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
@@ -940,6 +949,11 @@ impl Node {
         {
             let _ = wait.await;
         }
+        let stop_taken = self
+            .inner
+            .shared
+            .stop_taken
+            .load(std::sync::atomic::Ordering::SeqCst);
         // Every step from here is safe to repeat, so a stop whose caller
         // gave up waiting (a timeout around it) is finished by the next.
         let mut ended = self.inner.shared.ended.subscribe();
@@ -949,6 +963,10 @@ impl Node {
             self.inner.rpc.server.farewell();
         }
         self.inner.rpc.pool.close_all();
+        // The runtime ended before any stop: no goodbye went out.
+        if leave && !stop_taken {
+            return Err(Error::ShuttingDown);
+        }
         Ok(())
     }
 }

@@ -47,7 +47,7 @@ pub enum Error {
     },
     /// A policy expression did not compile.
     #[error("invalid policy: {0}")]
-    InvalidPolicy(PolicyError),
+    InvalidPolicy(#[source] PolicyError),
     /// The policy does not exist.
     #[error("unknown policy {0:?}")]
     UnknownPolicy(String),
@@ -160,8 +160,11 @@ pub enum Error {
         message: String,
     },
     /// A call's payload or its reply over the limit (the host's
-    /// `max_payload` for what it takes and what it sends, the caller's for
-    /// what it sends and accepts back), or a plugin artifact over its limit.
+    /// `max_payload` for what it takes, the caller's for what it sends and
+    /// accepts back), or a plugin artifact over its limit. A reply over the
+    /// host's own limit is not sent: the caller gets
+    /// [`Error::Remote`] with code `"too_large"` (as C does);
+    /// [`Error::is_too_large`] matches both.
     #[error("{size} bytes is over the limit of {limit} bytes")]
     TooLarge {
         /// Its size.
@@ -203,6 +206,17 @@ pub enum Error {
 }
 
 impl Error {
+    /// Whether a payload or a reply was over a limit: [`Error::TooLarge`],
+    /// or a host's refusal of its handler's reply ([`Error::Remote`] with
+    /// code `"too_large"`), as Go's `ErrTooLarge` matches both.
+    pub fn is_too_large(&self) -> bool {
+        match self {
+            Error::TooLarge { .. } => true,
+            Error::Remote { code, .. } => code == "too_large",
+            _ => false,
+        }
+    }
+
     /// A stable snake_case code for the variant, used by the admin API's
     /// `{"error": code}` bodies and by bindings.
     pub fn code(&self) -> &'static str {

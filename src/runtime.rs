@@ -184,6 +184,9 @@ pub(crate) struct Shared {
     pub subscribers: Mutex<Option<Vec<mpsc::Sender<Event>>>>,
     /// Set once the driver has ended, however it ended.
     pub ended: tokio::sync::watch::Sender<bool>,
+    /// Set once the driver has taken a stop (with or without a goodbye):
+    /// a driver that ended without one ended with its runtime.
+    pub stop_taken: std::sync::atomic::AtomicBool,
     /// Events dropped because a subscriber fell more than [`EVENT_QUEUE`] behind.
     pub events_dropped: std::sync::atomic::AtomicU64,
     pub faults: Arc<Faults>,
@@ -440,6 +443,9 @@ impl Driver {
                 input = self.inbox.recv() => {
                     match input {
                         Some(DriverInput::Stop { leave, done }) => {
+                            self.shared
+                                .stop_taken
+                                .store(true, std::sync::atomic::Ordering::SeqCst);
                             if leave {
                                 self.leave_gracefully().await;
                             }

@@ -168,6 +168,17 @@ pub enum StreamError {
     Refused(Refusal),
 }
 
+/// Whether a stream ended because its peer closed or reset it (a frame
+/// cut off by the close included), not for a fault of what it sent.
+pub fn caller_went_away(e: &StreamError) -> bool {
+    matches!(e, StreamError::Io(io) if matches!(
+        io.kind(),
+        std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::BrokenPipe
+    ))
+}
+
 /// A frame buffer that grew past this is dropped after use rather than
 /// kept for the stream's life: a rare large frame does not pin its memory.
 const KEEP_CAPACITY: usize = 256 * 1024;

@@ -499,6 +499,8 @@ fn event_streams_end_when_the_nodes_runtime_is_dropped() {
         .await;
         assert!(drained.is_ok(), "the event stream did not end");
         assert_eq!(node.create_tribe("t").await, Err(Error::ShuttingDown));
+        // It said no goodbye, and a shutdown now says so.
+        assert_eq!(node.shutdown().await, Err(Error::ShuttingDown));
     });
 }
 
@@ -558,4 +560,26 @@ async fn a_node_that_lost_its_tribe_says_so_rather_than_a_first_join_hint() {
         .lines()
         .any(|l| l.contains("node=lost1") && l.contains("no seed has answered yet")));
     nodes[1].shutdown().await.unwrap();
+}
+
+/// A runtime without timers cannot run a node: the start panics with
+/// tokio's message, instead of returning a node whose tasks died at once.
+#[test]
+fn a_start_on_a_runtime_without_timers_says_why() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let mut cfg = tribe::Config::new("no-timers");
+    cfg.collect_facts = false;
+    let started = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        rt.block_on(Node::start(cfg)).map(|_| ())
+    }));
+    let why = started.expect_err("the start should not succeed");
+    let text = why
+        .downcast_ref::<String>()
+        .cloned()
+        .or_else(|| why.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_default();
+    assert!(text.contains("timers are disabled"), "{text}");
 }

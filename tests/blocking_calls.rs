@@ -443,3 +443,31 @@ async fn large_replies_given_after_a_graceful_shutdown_reach_their_callers() {
         );
     }
 }
+
+/// Calls given up while their large request is still being written (the
+/// stream dropped half-way) are no stream errors at the host: the caller
+/// went away, it sent nothing wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_given_up_mid_request_are_no_stream_errors_at_the_host() {
+    let (caller, host) = pair("gu", |_| {}).await;
+    let rt = tokio::runtime::Handle::current();
+    let (c, r) = (caller.clone(), rt.clone());
+    let outcomes = on_host_thread(move || {
+        (0..30u64)
+            .map(|i| {
+                let payload = vec![0u8; 3 << 20];
+                call(&r, &c, payload, Duration::from_millis(2 + i % 8)).is_ok()
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    assert!(outcomes.iter().any(|ok| !ok), "some calls were given up");
+    // The host is fine, and counts no error for them.
+    let (c, r) = (caller.clone(), rt.clone());
+    let after = on_host_thread(move || call(&r, &c, b"\0after".to_vec(), 5 * SECOND)).await;
+    assert_eq!(after.unwrap(), b"\0after");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(host.rpc_stats().stream_errors, 0, "{:?}", host.rpc_stats());
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}

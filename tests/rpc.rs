@@ -490,7 +490,9 @@ async fn responders_answer_from_threads_of_the_host() {
         };
         assert_eq!(remote_code(call(b"fail", SECOND).await), "nope");
         assert_eq!(remote_code(call(b"drop", SECOND).await), "unanswered");
-        assert_eq!(remote_code(call(b"big", SECOND).await), "too_large");
+        let big = call(b"big", SECOND).await;
+        assert!(big.as_ref().is_err_and(Error::is_too_large), "{big:?}");
+        assert_eq!(remote_code(big), "too_large");
         let outcome = big_outcome.recv_timeout(Duration::from_secs(5)).unwrap();
         assert!(
             matches!(
@@ -1068,4 +1070,54 @@ fn a_stream_opened_from_a_runtime_since_dropped_is_not_reused() {
             n.shutdown().await.unwrap();
         }
     });
+}
+
+/// A handler whose state panics when dropped (at its budget) fails its call
+/// alone, also on the host's own call, which runs in the caller's task.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_panics_when_dropped_at_its_budget_fails_only_its_call() {
+    struct PanicsOnDrop;
+    impl Drop for PanicsOnDrop {
+        fn drop(&mut self) {
+            panic!("the handler's state panicked as it was dropped");
+        }
+    }
+    let nodes = start_cluster("dp", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    host.serve(
+        "slow",
+        "1",
+        PluginKind::Processor,
+        |_info, _payload| async {
+            let _guard = PanicsOnDrop;
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok(Vec::new())
+        },
+    )
+    .await
+    .unwrap();
+    wait_served(caller, 1).await;
+    let slow = CallTarget::new("svc", "slow", PluginKind::Processor);
+    for node in [caller, host] {
+        let r = node
+            .call(&slow, b"x".to_vec(), Duration::from_millis(300))
+            .await;
+        assert!(
+            matches!(r, Err(Error::Timeout { .. } | Error::Remote { .. })),
+            "{r:?}"
+        );
+    }
+    // Both nodes go on: the host answers an ordinary call after it.
+    serve_echo(host, Duration::ZERO).await;
+    wait_served(caller, 2).await;
+    for node in [caller, host] {
+        let reply = node.call(&echo(), b"after".to_vec(), SECOND).await.unwrap();
+        assert_eq!(reply, format!("{}:after", host.name()).into_bytes());
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
 }

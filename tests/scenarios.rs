@@ -374,6 +374,9 @@ async fn policies_place_nodes_and_follow_fact_changes() {
         matches!(err, tribe::Error::InvalidPolicy(ref e) if e.line.is_some()),
         "{err}"
     );
+    // The compiler's error is the source, for `?` chains that walk it.
+    let source = std::error::Error::source(&err).map(ToString::to_string);
+    assert!(source.is_some_and(|s| s.contains("line")), "{err:?}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(nodes
         .iter()

@@ -111,13 +111,20 @@ impl ZeroizeOnDrop for SecretKey {}
 /// Public fingerprint of a key, sent in the clear so a receiver picks the
 /// key without trial decryption. Displays as 8 lowercase hex digits.
 #[derive(
-    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
+    Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize,
 )]
 pub struct KeyId(pub u32);
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:08x}", self.0)
+    }
+}
+
+/// In hex too (`KeyId(fd7e6646)`), as logs and the CLI show ids.
+impl fmt::Debug for KeyId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeyId({self})")
     }
 }
 
@@ -322,6 +329,7 @@ mod tests {
             assert_eq!(id.to_string().parse::<KeyId>(), Ok(id));
         }
         assert_eq!("DEADBEEF".parse::<KeyId>(), Ok(KeyId(0xdeadbeef)));
+        assert_eq!(format!("{:?}", KeyId(0xdeadbeef)), "KeyId(deadbeef)");
         for bad in [
             "",
             "1234567",

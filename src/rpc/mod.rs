@@ -219,7 +219,8 @@ pub struct RpcStats {
     pub replies_too_large: u64,
     /// Handler panics here.
     pub panics: u64,
-    /// Call streams cut for a malformed, unauthentic or stalled frame.
+    /// Call streams cut for a malformed, unauthentic or stalled frame (a
+    /// caller closing its stream mid-frame, giving up, is not one).
     pub stream_errors: u64,
     /// Call streams refused at the bound.
     pub streams_refused: u64,

@@ -17,7 +17,7 @@ use tokio::sync::Semaphore;
 mod call_stream;
 
 use super::responder::{self, NodePlace, Responder, ResponderHandler, Slot};
-use super::{CallInfo, Handler, HandlerError, RpcCounters, RpcLimits};
+use super::{CallInfo, Handler, HandlerError, HandlerFuture, RpcCounters, RpcLimits};
 use crate::records::PluginKind;
 
 /// Largest artifact chunk sent in one frame.
@@ -395,7 +395,7 @@ impl Server {
         };
         // The handler runs in the calling task (no extra hop between
         // threads); a panic is caught here and an overrun drops the future.
-        let guarded = futures_util::FutureExt::catch_unwind(AssertUnwindSafe(future));
+        let guarded = futures_util::FutureExt::catch_unwind(AssertUnwindSafe(Contained(Some(future))));
         let result = match tokio::time::timeout(budget, guarded).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(panicked(&self.counters)),
@@ -417,6 +417,34 @@ impl Server {
         if std::panic::catch_unwind(AssertUnwindSafe(|| handler(info, payload, responder))).is_err()
         {
             slot.panicked();
+        }
+    }
+}
+
+/// A handler's future whose drop (at its budget, or when the call is
+/// dropped) cannot unwind into the task that runs it: on a local call that
+/// is the caller's own task, which a panicking `Drop` of the handler's
+/// state took down.
+struct Contained(Option<HandlerFuture>);
+
+impl std::future::Future for Contained {
+    type Output = Result<Vec<u8>, HandlerError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        match self.0.as_mut() {
+            Some(future) => future.as_mut().poll(cx),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Contained {
+    fn drop(&mut self) {
+        if let Some(future) = self.0.take() {
+            let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(future)));
         }
     }
 }

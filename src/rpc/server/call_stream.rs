@@ -143,8 +143,12 @@ impl Server {
                     // Quiet while a call runs (one long call alone on
                     // its stream) is not idle: its answer is still due.
                     Err(_) if !calls.running.all_over() => continue,
-                    Ok(Err(_)) => {
-                        RpcCounters::bump(&self.counters.stream_errors);
+                    // A caller that gave up on a call mid-request (its
+                    // stream dropped half-written) is gone, not in error.
+                    Ok(Err(e)) => {
+                        if !crate::stream::caller_went_away(&e) {
+                            RpcCounters::bump(&self.counters.stream_errors);
+                        }
                         break Ended::Closed;
                     }
                     // Idle: a stream its caller keeps and no longer uses
