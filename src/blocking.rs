@@ -5,7 +5,8 @@
 //! it, while a thread that cannot be started here fails the start cleanly.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{mpsc, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, OnceLock};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -29,6 +30,12 @@ pub(crate) fn set_inherit(inherit: Inherit) {
 pub(crate) struct BlockingThread {
     jobs: Option<mpsc::Sender<Job>>,
     thread: Option<std::thread::JoinHandle<()>>,
+    /// Set as the handle drops: a long job (policies) gives up at its next
+    /// step rather than hold the stop (see [`BlockingThread::stopping`]).
+    stopping: Arc<AtomicBool>,
+    /// The process that started the thread: in a child forked since, the
+    /// thread does not exist (nothing to wait for).
+    pid: u32,
 }
 
 impl BlockingThread {
@@ -59,7 +66,14 @@ impl BlockingThread {
         Ok(BlockingThread {
             jobs: Some(jobs),
             thread: Some(thread),
+            stopping: Arc::new(AtomicBool::new(false)),
+            pid: std::process::id(),
         })
+    }
+
+    /// Set once the handle drops: a long job checks it between its steps.
+    pub fn stopping(&self) -> Arc<AtomicBool> {
+        self.stopping.clone()
     }
 
     /// Runs `f` on the thread; its result comes on the receiver, which
@@ -83,11 +97,16 @@ impl Drop for BlockingThread {
     fn drop(&mut self) {
         // The closed queue ends the thread after its last job.
         self.jobs = None;
-        if let Some(thread) = self.thread.take() {
+        self.stopping.store(true, Ordering::Relaxed);
+        let Some(thread) = self.thread.take() else {
+            return;
+        };
+        if self.pid != std::process::id() {
+            // A forked child's copy: its thread was never here.
+            std::mem::forget(thread);
+        } else if thread.thread().id() != std::thread::current().id() {
             // A job that dropped its own thread's handle cannot wait for it.
-            if thread.thread().id() != std::thread::current().id() {
-                let _ = thread.join();
-            }
+            let _ = thread.join();
         }
     }
 }
@@ -120,5 +139,27 @@ mod tests {
         drop(result);
         // The job, and what it held, ended before the drop returned.
         assert_eq!(std::sync::Arc::strong_count(&held), 1);
+    }
+
+    #[test]
+    fn a_long_job_that_looks_at_the_flag_ends_with_the_handle() {
+        let thread = BlockingThread::start("tribe-test").unwrap();
+        let stopping = thread.stopping();
+        let (started, has_started) = std::sync::mpsc::channel();
+        let result = thread.run(move || {
+            let _ = started.send(());
+            // A job of many steps (policies), each looking at the flag.
+            for _ in 0..3_000 {
+                if stopping.load(Ordering::Relaxed) {
+                    return false;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            true
+        });
+        has_started.recv().unwrap();
+        drop(thread);
+        // Given up at its next step, not run to its end (30 s).
+        assert_eq!(result.blocking_recv(), Ok(false));
     }
 }

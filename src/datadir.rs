@@ -90,7 +90,9 @@ pub struct DirLock {
     /// Listed so that a forked child closes its copy (it would keep the
     /// lock after this process died); dropped first, before the close.
     _listed: crate::ffi::fork_locks::Listed,
-    _lock: nix::fcntl::Flock<std::fs::File>,
+    lock: Option<nix::fcntl::Flock<std::fs::File>>,
+    /// The process that took the lock (see the drop).
+    pid: u32,
     /// The lock file's identity, to find it gone or replaced later.
     held: LockId,
 }
@@ -98,6 +100,17 @@ pub struct DirLock {
 /// Device and inode of the lock file this node holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LockId(u64, u64);
+
+impl Drop for DirLock {
+    fn drop(&mut self) {
+        // A forked child's copy is left alone: unlocking would take the
+        // parent's lock (the child shares it), and its descriptor was
+        // closed in the child at the fork (its number may be reused since).
+        if self.pid != std::process::id() {
+            std::mem::forget(self.lock.take());
+        }
+    }
+}
 
 impl DirLock {
     /// The identity of the lock file held, for [`still_held`].
@@ -154,7 +167,8 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
         Ok(lock) => Ok(DirLock {
             _listed: crate::ffi::fork_locks::list(std::os::fd::AsRawFd::as_raw_fd(&*lock)),
-            _lock: lock,
+            lock: Some(lock),
+            pid: std::process::id(),
             held,
         }),
         Err((_, nix::errno::Errno::EWOULDBLOCK)) => Err(Error::Config(format!(

@@ -73,8 +73,21 @@ impl PolicySet {
     /// Compiles what is new (a transient failure is not remembered),
     /// evaluates every policy, and forgets sources no longer asked for.
     pub fn answer(&mut self, request: &PolicyRequest) -> PolicyResults {
+        self.answer_unless(request, &std::sync::atomic::AtomicBool::new(false))
+    }
+
+    /// [`PolicySet::answer`], given up between two policies once `stop` is
+    /// set (the node stops: what is answered then goes nowhere).
+    pub fn answer_unless(
+        &mut self,
+        request: &PolicyRequest,
+        stop: &std::sync::atomic::AtomicBool,
+    ) -> PolicyResults {
         let mut outcomes = Vec::with_capacity(request.policies.len());
         for p in &request.policies {
+            if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
             if !self.compiled.contains_key(&p.when) {
                 match Condition::compile(&p.when) {
                     Err(e) if e.is_transient() => {
@@ -143,6 +156,14 @@ mod tests {
                 })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn an_answer_given_up_evaluates_nothing_more() {
+        let mut set = PolicySet::new();
+        let stop = std::sync::atomic::AtomicBool::new(true);
+        let got = set.answer_unless(&request(3, &["true", "true"]), &stop);
+        assert!(got.outcomes.is_empty());
     }
 
     #[test]

@@ -762,12 +762,13 @@ impl Driver {
         self.policies.running = true;
         let set = self.policies.set.clone();
         let inbox = self.inbox_tx.clone();
+        let stopping = self.policy_thread.stopping();
         let answered = self.policy_thread.run(move || {
             let started = Instant::now();
             let results = set
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .answer(&request);
+                .answer_unless(&request, &stopping);
             let took = started.elapsed();
             if took > SLOW_POLICIES {
                 tracing::warn!(

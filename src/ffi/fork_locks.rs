@@ -16,23 +16,29 @@ static HELD: [AtomicI32; 64] = [const { AtomicI32::new(-1) }; 64];
 /// A lock descriptor listed for forks; unlisted when dropped, before the
 /// descriptor closes (so no later file at that number is closed in a child).
 #[derive(Debug)]
-pub(crate) struct Listed(Option<usize>);
+pub(crate) struct Listed {
+    slot: Option<usize>,
+    /// The process that listed it: a forked child's copy unlists nothing
+    /// (the fork handler emptied the slots; the child may fill them again).
+    pid: u32,
+}
 
 /// Lists `fd` (registering the fork handler on first use).
 pub(crate) fn list(fd: RawFd) -> Listed {
+    let pid = std::process::id();
     if !super::owner::watch_forks() {
-        return Listed(None);
+        return Listed { slot: None, pid };
     }
     let slot = HELD.iter().position(|s| {
         s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire)
             .is_ok()
     });
-    Listed(slot)
+    Listed { slot, pid }
 }
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        if let Some(slot) = self.0 {
+        if let Some(slot) = self.slot.filter(|_| self.pid == std::process::id()) {
             HELD[slot].store(-1, Ordering::Release);
         }
     }
@@ -45,8 +51,9 @@ pub(super) fn close_in_child() {
         if fd >= 0 {
             // SAFETY: `fd` is a lock descriptor the parent listed, copied
             // into this child by fork; nothing in the child uses it (the
-            // parent's nodes refuse work here and release nothing when
-            // freed), and close is async-signal-safe.
+            // parent's nodes refuse work here, and a copied lock, dropped
+            // in the child, neither unlocks nor closes it: `DirLock`'s
+            // drop), and close is async-signal-safe.
             unsafe { libc::close(fd) };
         }
     }
