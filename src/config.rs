@@ -417,6 +417,12 @@ fn is_shared(addr: &SocketAddr) -> bool {
 /// the bind's address family (a socket bound to `[::]` reaches both; a
 /// list shared by hosts of both families may hold some of the other).
 fn check_seeds(bind: SocketAddr, seeds: &[SocketAddr]) -> Result<(), Error> {
+    if let Some(seed) = seeds
+        .iter()
+        .find(|s| matches!(s, SocketAddr::V6(v6) if v6.scope_id() != 0))
+    {
+        return Err(Error::Config(format!("seed {seed}: {ZONE_IDS}")));
+    }
     if let Some(seed) = seeds.iter().find(|s| is_shared(s)) {
         return Err(Error::Config(format!(
             "seed {seed}: a multicast or broadcast address is no node's own"
@@ -449,9 +455,12 @@ fn check_seed_name(seed: &str) -> Result<(), Error> {
             "seed {seed:?} is not host:port: {why}"
         )))
     };
-    let Some((host, port)) = seed.rsplit_once(':') else {
+    // The port follows the host; a bracketed IPv6 host holds colons.
+    let after_host = seed.rsplit_once(']').map_or(seed, |(_, rest)| rest);
+    let Some((_, port)) = after_host.rsplit_once(':') else {
         return bad("no port");
     };
+    let host = &seed[..seed.len() - port.len() - 1];
     if host.starts_with('[') && host.contains('%') {
         return bad(ZONE_IDS);
     }
@@ -794,6 +803,7 @@ mod tests {
                 "broadcast",
             ),
             ("127.0.0.1:0", None, Some("[ff02::1]:7946"), "multicast"),
+            ("[::1]:0", None, Some("[fe80::1%1]:7946"), "zone ids"),
             (
                 "[::1]:0",
                 None,
@@ -821,6 +831,7 @@ mod tests {
         for (seed, why) in [
             ("fd00::1:7946", "in brackets"),
             ("[fe80::1%eth0]:7946", "zone ids"),
+            ("[fd00::1]", "no port"),
             ("host:0", "1 to 65535"),
         ] {
             let e = Config::new("n").add_seed(seed).unwrap_err();

@@ -583,3 +583,33 @@ fn a_start_on_a_runtime_without_timers_says_why() {
         .unwrap_or_default();
     assert!(text.contains("timers are disabled"), "{text}");
 }
+
+/// A policy's tribe refused at the limit of tribes is made once room frees
+/// (a tribe deleted and its tombstone collected), with no other change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_tribe_refused_at_the_limit_is_made_once_room_frees() {
+    let nodes = start_cluster("room", 1, |cfg| {
+        cfg.set_limit("tribes", 3).unwrap();
+        let mut t = cfg.effective_timings();
+        t.tombstone_grace = Duration::from_secs(2);
+        cfg.timings = Some(t);
+        cfg.facts.insert("role".into(), "a".into());
+    })
+    .await;
+    let node = &nodes[0];
+    for t in ["a", "b", "c"] {
+        node.create_tribe(t).await.unwrap();
+    }
+    node.add_policy("p", "want", r#"has(facts.role) && facts.role == "a""#)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(node.tribe("want").is_none(), "no room yet");
+    node.delete_tribe("a").await.unwrap();
+    wait_for("the policy's tribe made", Duration::from_secs(40), || {
+        node.tribe("want")
+            .is_some_and(|t| t.members.iter().any(|m| m == node.name()))
+    })
+    .await;
+    node.shutdown().await.unwrap();
+}

@@ -146,7 +146,6 @@ struct SaidError {
     unsaid: Option<String>,
 }
 
-/// What was last reported to the application.
 /// What a policy request was asked over (see [`Engine::evaluate_policies`]).
 #[derive(Debug, PartialEq)]
 struct PolicyAsked {
@@ -155,8 +154,12 @@ struct PolicyAsked {
     /// Tribes our policies held for that did not exist: one deleted (by a
     /// command that raced the policy) is made again by the next answer.
     missing: BTreeSet<String>,
+    /// Whether a tribe could be made then (below the limit of tribes): one
+    /// refused at the limit is made once room frees.
+    room: bool,
 }
 
+/// What was last reported to the application.
 #[derive(Debug, Default)]
 pub struct Reconciler {
     tribes: BTreeSet<String>,
@@ -446,7 +449,12 @@ impl Engine {
     /// Whether the last evaluation failed for a passing shortage (no
     /// thread) and is to be asked again.
     pub(super) fn reconcile_retry_due(&self) -> bool {
-        self.reconcile.policy_asked.is_none() && self.reconcile.policy_seq > 0
+        match &self.reconcile.policy_asked {
+            None => self.reconcile.policy_seq > 0,
+            // A tribe our policies want is missing: asked again when room
+            // for it frees (a tombstone collected changes no record).
+            Some(asked) => !asked.missing.is_empty(),
+        }
     }
 
     /// Says the policy errors whose message changed within a minute of the
@@ -477,7 +485,7 @@ impl Engine {
         if self.left || self.stall_hold_until.is_some() {
             return;
         }
-        let (policies, missing) = {
+        let (policies, missing, room) = {
             let sh = lock(&self.shared);
             let view = View { state: &sh.state };
             let policies: Vec<PolicyInput> = view
@@ -489,19 +497,23 @@ impl Engine {
                     when: p.when,
                 })
                 .collect();
-            let missing = self
+            let missing: BTreeSet<String> = self
                 .record
                 .policy_tribes
                 .iter()
                 .filter(|t| !view.tribe_exists(t))
                 .cloned()
                 .collect();
-            (policies, missing)
+            let room = missing
+                .first()
+                .is_some_and(|t| sh.has_room(&Key::Tribe(t.clone())));
+            (policies, missing, room)
         };
         let asked = PolicyAsked {
             facts: self.record.facts.clone(),
             policies,
             missing,
+            room,
         };
         if self.reconcile.policy_asked.as_ref() == Some(&asked) {
             return;
