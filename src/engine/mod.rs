@@ -289,6 +289,8 @@ pub struct Engine {
     clock_samples_from_ms: u64,
     /// When an exchange last completed (engine clock, ms; 0 if never).
     last_contact_ms: u64,
+    /// When an exchange last completed, by [`Engine::steady_ms`].
+    last_exchange_steady_ms: u64,
     /// While records are held after a stall or a long absence, the last
     /// contact before it: what the data dir keeps (see `durable`).
     held_contact_ms: Option<u64>,
@@ -485,6 +487,7 @@ impl Engine {
             stalled_ms: None,
             clock_samples_from_ms: 0,
             last_contact_ms: 0,
+            last_exchange_steady_ms: 0,
             held_contact_ms: None,
             absence_unchecked: None,
             view_held_until: None,
@@ -761,6 +764,14 @@ impl Engine {
 
     fn now_ms(&self) -> u64 {
         lock(&self.shared).now_ms
+    }
+
+    /// A clock for gaps between this node's own acts: the boot clock when
+    /// the driver gives it (it never steps), else the engine's. The
+    /// engine's stands still after the wall clock steps back (it never
+    /// goes back), which would hold a gap open for as long as the step.
+    fn steady_ms(&self) -> u64 {
+        self.elapsed_ms.unwrap_or_else(|| self.now_ms())
     }
 
     fn schedule(&mut self, timer: Timer, after: Duration) {

@@ -263,15 +263,17 @@ impl NameClaims {
     }
 
     /// Decides whether notices reach foca, given when an exchange last
-    /// completed: only after [`DOWN_FALLBACK_MS`] of asks with none.
-    pub fn settle_fallback(&mut self, now_ms: u64, last_exchange_ms: u64) {
+    /// completed (on the clock of [`NameClaims::take_down_check`]) and
+    /// whether this node keeps out: only after [`DOWN_FALLBACK_MS`] of asks
+    /// with none.
+    pub fn settle_fallback(&mut self, now_ms: u64, last_exchange_ms: u64, kept_out: bool) {
         if self
             .unanswered_since_ms
             .is_some_and(|since| last_exchange_ms >= since)
         {
             self.unanswered_since_ms = None;
         }
-        self.pass_down_notices = !self.keeping_out(now_ms)
+        self.pass_down_notices = !kept_out
             && self
                 .unanswered_since_ms
                 .is_some_and(|since| now_ms >= since.saturating_add(DOWN_FALLBACK_MS));
@@ -461,15 +463,15 @@ mod tests {
         let mut claims = NameClaims::default();
         claims.note_down_notice(peer, 1_000);
         assert_eq!(claims.take_down_check(1_000), Some(peer));
-        claims.settle_fallback(5_999, 0);
+        claims.settle_fallback(5_999, 0, false);
         assert!(!claims.pass_down_notices);
-        claims.settle_fallback(6_000, 0);
+        claims.settle_fallback(6_000, 0, false);
         assert!(claims.pass_down_notices, "no exchange for 5 s");
         claims.renewed();
         assert!(!claims.pass_down_notices);
         claims.note_down_notice(peer, 7_000);
         assert_eq!(claims.take_down_check(7_000), Some(peer));
-        claims.settle_fallback(12_500, 7_200);
+        claims.settle_fallback(12_500, 7_200, false);
         assert!(!claims.pass_down_notices, "an exchange completed after the ask");
         assert_eq!(claims.unanswered_since_ms, None);
     }

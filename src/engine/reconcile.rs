@@ -352,12 +352,17 @@ impl Engine {
     /// for its member list, which says whether this node was declared down
     /// or another node holds its name (see [`super::name_claims`]).
     fn ask_about_down_notice(&mut self) {
-        let last_exchange = self.last_contact_ms;
+        // By the steady clock: after a step back of the wall clock the
+        // engine's stands still, and a gap by it would not pass until the
+        // wall clock caught up (minutes without an ask, the node counted
+        // failed by a peer meanwhile).
+        let last_exchange = self.last_exchange_steady_ms;
+        let now = self.steady_ms();
         let peer = {
             let mut sh = lock(&self.shared);
-            let now = sh.now_ms;
             let peer = sh.claims.take_down_check(now);
-            sh.claims.settle_fallback(now, last_exchange);
+            let kept_out = sh.keeping_out();
+            sh.claims.settle_fallback(now, last_exchange, kept_out);
             peer
         };
         if let Some(peer) = peer {

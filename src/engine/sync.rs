@@ -321,9 +321,11 @@ impl Engine {
         self.outputs.push_back(Output::Close { conn });
         self.note_holder_check(exchange.as_ref());
         self.note_exchange_outcome(exchange.as_ref(), ok);
+        let steady = self.steady_ms();
         let mut sh = lock(&self.shared);
         if ok {
             self.last_contact_ms = sh.now_ms;
+            self.last_exchange_steady_ms = steady;
             // The peer that refused this node's key takes it now.
             let peer = exchange.as_ref().and_then(|x| x.peer);
             if self.key_refused.is_some_and(|(by, _)| Some(by) == peer) {
