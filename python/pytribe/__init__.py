@@ -29,6 +29,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 import threading
 import time
 import weakref
@@ -435,10 +436,18 @@ def _start_log_thread() -> None:
 _live: "weakref.WeakSet[Node]" = weakref.WeakSet()
 
 
+# The process whose exit has run (`_at_exit` runs once per process).
+_exited_pid: Optional[int] = None
+
+
 def _at_exit() -> None:
     """Closes every live node (gracefully, in parallel, 2 s at most), stops
     their handler pools (a handler still running is abandoned) and the log
     thread; from then on no runtime thread calls into Python."""
+    global _exited_pid
+    if _exited_pid == os.getpid():
+        return
+    _exited_pid = os.getpid()
     nodes = list(_live)
     for node in nodes:
         try:
@@ -475,6 +484,23 @@ def _at_exit() -> None:
 # ended, so such a thread may go on using nodes after the main thread
 # returns (the process lives until it ends, as Python's threads do).
 atexit.register(_at_exit)
+
+# The process that registered `_at_exit` with multiprocessing.
+_mp_watched_pid: Optional[int] = None
+
+
+def _watch_multiprocessing_exit() -> None:
+    """In a multiprocessing child (fork or forkserver start), which ends
+    with `os._exit` and so runs no atexit hook, has multiprocessing's own
+    exit close the nodes: its finalizers run as the child's target returns."""
+    global _mp_watched_pid
+    mp = sys.modules.get("multiprocessing")
+    if _mp_watched_pid == os.getpid() or mp is None or mp.parent_process() is None:
+        return
+    import multiprocessing.util
+
+    multiprocessing.util.Finalize(None, _at_exit, exitpriority=100)
+    _mp_watched_pid = os.getpid()
 
 
 def _grace(until: Optional[float]) -> float:
@@ -888,6 +914,7 @@ class Node(_NoCopy):
             limit_dict,
         )
         _live.add(self)
+        _watch_multiprocessing_exit()
 
     # ----------------------------------------------------------- basics
 

@@ -31,9 +31,14 @@ static DROPPED: AtomicU64 = AtomicU64::new(0);
 /// record is not about one node's work), message.
 type Record = (u8, String, String, String);
 
+/// A record as queued, with the fork count of the process that queued it:
+/// a forked child finds its parent's queued records in its copy of the
+/// queue, and drops them (they are the parent's to log).
+type Queued = (Record, u64);
+
 struct Queue {
-    tx: Sender<Record>,
-    rx: Receiver<Record>,
+    tx: Sender<Queued>,
+    rx: Receiver<Queued>,
 }
 
 thread_local! {
@@ -73,10 +78,13 @@ impl Write for RecordWriter {
             && queue()
                 .tx
                 .try_send((
-                    self.level,
-                    std::mem::take(&mut self.target),
-                    NODE.with(|n| n.borrow().clone()),
-                    text,
+                    (
+                        self.level,
+                        std::mem::take(&mut self.target),
+                        NODE.with(|n| n.borrow().clone()),
+                        text,
+                    ),
+                    crate::forks(),
                 ))
                 .is_err()
         {
@@ -165,7 +173,18 @@ pub(crate) fn install() {
 pub(crate) fn next_log(py: Python<'_>, timeout: f64) -> PyResult<Option<Record>> {
     let wait = crate::node::seconds("timeout", timeout, false)?.min(crate::SLICE);
     let rx = &queue().rx;
-    Ok(py.detach(|| rx.recv_timeout(wait).ok()))
+    Ok(py.detach(|| {
+        let until = std::time::Instant::now() + wait;
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((record, forks)) if forks == crate::forks() => return Some(record),
+                // The parent's, copied at a fork.
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }))
 }
 
 /// Sets the least severe level forwarded to `logging`: `debug`, `info`,

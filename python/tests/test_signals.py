@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -611,3 +612,99 @@ def test_an_interrupted_events_wait_loses_no_event(mode: str) -> None:
     assert int(interrupts) > 10, f"only {interrupts} interrupts: the test did not interrupt"
     assert int(missing) == 0, f"{missing} events lost over {interrupts} interrupts: {first}"
     assert int(seen) == 150, f"{seen} events seen of 150"
+
+
+LOGS_AT_FORK = textwrap.dedent(
+    """
+    import logging, os, sys, time, warnings
+    import pytribe
+    warnings.simplefilter("ignore", DeprecationWarning)
+
+    class Slow(logging.Handler):
+        # A slow handler (a network syslog): the library's queue fills.
+        def emit(self, record):
+            time.sleep(0.1)
+            node = getattr(record, "tribe_node", "")
+            print(f"RECORD pid={os.getpid()} node={node}", flush=True)
+
+    log = logging.getLogger("pytribe")
+    log.addHandler(Slow())
+    log.setLevel(logging.DEBUG)
+    pytribe.set_log_level("debug")
+    a = pytribe.Node("parent", profile="local", collect_facts=False)
+    b = pytribe.Node("peer", seeds=[a.addr], profile="local", collect_facts=False)
+    time.sleep(1.0)
+    pid = os.fork()
+    if pid == 0:
+        c = pytribe.Node("child", profile="local", collect_facts=False)
+        time.sleep(2.0)
+        print(f"CHILD pid={os.getpid()}", flush=True)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    b.abort()
+    a.abort()
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_logs_none_of_its_parents_queued_records() -> None:
+    out = run_script(LOGS_AT_FORK, timeout=60)
+    assert out.returncode == 0, out.stderr
+    child = [l for l in out.stdout.splitlines() if l.startswith("CHILD ")]
+    assert child, out.stdout + out.stderr
+    pid = child[0].split("pid=")[1]
+    in_child = [l for l in out.stdout.splitlines() if l.startswith(f"RECORD pid={pid} ")]
+    parents = [l for l in in_child if l.endswith(("node=parent", "node=peer"))]
+    assert not parents, "\n".join(parents)
+
+
+MP_CHILD_EXIT = textwrap.dedent(
+    """
+    import multiprocessing as mp, sys, time, warnings
+    import pytribe
+    warnings.simplefilter("ignore", DeprecationWarning)
+    WORKER = None
+
+    def work(seed):
+        # A node kept in a global, as a worker's setup keeps it; the target
+        # returns without closing it.
+        global WORKER
+        WORKER = pytribe.Node("worker", seeds=[seed], profile="local", collect_facts=False)
+        deadline = time.monotonic() + 20
+        while WORKER.members_alive() < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    if __name__ == "__main__":
+        method = sys.argv[1]
+        watcher = pytribe.Node("watcher", profile="local", collect_facts=False)
+        p = mp.get_context(method).Process(target=work, args=(watcher.addr,))
+        p.start()
+        p.join(30)
+        deadline = time.monotonic() + 10
+        state = None
+        while time.monotonic() < deadline:
+            states = [m.state for m in watcher.members() if m.name == "worker"]
+            state = states[0] if states else None
+            if state in ("left", "failed"):
+                break
+            time.sleep(0.05)
+        print("STATE", method, state, flush=True)
+        watcher.close()
+    """
+)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_node_of_a_multiprocessing_child_leaves_when_its_target_returns(
+    method: str, tmp_path: Path
+) -> None:
+    # A file, not `-c`: spawn and forkserver children import the main module.
+    script = tmp_path / "mp_child_exit.py"
+    script.write_text(MP_CHILD_EXIT)
+    out = subprocess.run(
+        [sys.executable, str(script), method], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"STATE {method} left" in out.stdout, out.stdout + out.stderr
