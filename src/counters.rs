@@ -3,6 +3,7 @@
 
 /// Counts of what the engine saw and did since it started.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct Counters {
     /// Datagrams received.
     pub datagrams_in: u64,

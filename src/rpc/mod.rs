@@ -194,6 +194,7 @@ pub struct RpcCounters {
 
 /// A snapshot of [`RpcCounters`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[non_exhaustive]
 pub struct RpcStats {
     /// Calls answered with a reply.
     pub ok: u64,
