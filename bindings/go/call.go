@@ -169,7 +169,8 @@ const MaxCallBudget = 5 * time.Minute
 // call's timeout, up to MaxCallBudget (without a deadline the call waits up
 // to MaxCallBudget); with less than 1 ms left the call is not sent and
 // ends with ErrTimeout at once. Cancelling the context abandons the call
-// at once.
+// at once; at its deadline, libtribe's own timeout ends it (within
+// deadlineGrace, 5 ms), and the error names the host the call waited on.
 // Errors: ErrUnknownTribe (this node does not know the tribe, or not yet:
 // it learns tribes from its peers after Start), ErrNoProvider (no live
 // member serves the plugin), ErrTimeout (also matching
@@ -230,16 +231,10 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 	ch := chanPool.Get().(chan callResult)
 	res, done := in.calls.register(uint64(id), ch)
 	if !done {
-		select {
-		case res = <-ch:
-		case <-ctx.Done():
-			if in.calls.abandon(uint64(id)) {
-				in.cancel(uint64(id), errors.Is(ctx.Err(), context.DeadlineExceeded))
-				chanPool.Put(ch)
-				return nil, contextError(ctxEnd(ctx, nil))
-			}
-			// The completion won the race: it is in ch.
-			res = <-ch
+		var ok bool
+		if res, ok = in.await(ctx, uint64(id), ch); !ok {
+			chanPool.Put(ch)
+			return nil, contextError(ctxEnd(ctx, nil))
 		}
 	}
 	chanPool.Put(ch)
@@ -259,6 +254,37 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		return nil, res.err
 	}
 	return res.reply, nil
+}
+
+// deadlineGrace is how long a call whose context's deadline passed waits
+// for libtribe's own timeout, which ends it at the same deadline (rounded up
+// to a millisecond) and names the host the call waited on.
+const deadlineGrace = 5 * time.Millisecond
+
+// await waits for call id's completion on ch; false when ctx ended first
+// and the call was abandoned.
+func (in *node) await(ctx context.Context, id uint64, ch chan callResult) (callResult, bool) {
+	select {
+	case res := <-ch:
+		return res, true
+	case <-ctx.Done():
+	}
+	expired := errors.Is(ctx.Err(), context.DeadlineExceeded)
+	if expired {
+		grace := time.NewTimer(deadlineGrace)
+		defer grace.Stop()
+		select {
+		case res := <-ch:
+			return res, true
+		case <-grace.C:
+		}
+	}
+	if in.calls.abandon(id) {
+		in.cancel(id, expired)
+		return callResult{}, false
+	}
+	// The completion won the race: it is in ch.
+	return <-ch, true
 }
 
 // cancel tells libtribe to abandon a call; its completion is discarded.

@@ -243,6 +243,10 @@ func TestCallsThroughATribe(t *testing.T) {
 		if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v", err)
 		}
+		// libtribe's own timeout ended it, and says where it waited.
+		if !strings.Contains(err.Error(), host.Name()) {
+			t.Fatalf("the timeout names no host: %v", err)
+		}
 		if took > 3*time.Second {
 			t.Fatalf("the call took %v", took)
 		}
