@@ -20,25 +20,33 @@
 
 #define PIPES 8
 
-static int open_fds(void) {
-    DIR *d = opendir("/proc/self/fd");
-    if (!d) die(__FILE__, __LINE__, "cannot list /proc/self/fd");
+/* Entries of a /proc directory, "." and ".." aside. */
+static int entries(const char *path) {
+    DIR *d = opendir(path);
+    if (!d) die(__FILE__, __LINE__, "cannot list %s", path);
     int n = 0;
     for (struct dirent *e; (e = readdir(d));)
         if (e->d_name[0] != '.') n++;
     closedir(d);
-    return n - 1; /* the listing's own */
+    return n;
 }
+
+static int open_fds(void) { return entries("/proc/self/fd") - 1; /* the listing's own */ }
 
 static bool back_to(void *arg) { return open_fds() <= *(int *)arg; }
 
-static int threads(void) {
-    DIR *d = opendir("/proc/self/task");
-    if (!d) die(__FILE__, __LINE__, "cannot list /proc/self/task");
-    int n = 0;
-    for (struct dirent *e; (e = readdir(d));)
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
+static int threads(void) { return entries("/proc/self/task"); }
+
+/* A node on data dir `dir`; NULL (and *err) when it cannot start. */
+static tribe_node *start_in(const char *dir, tribe_error **err) {
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    OK(tribe_config_new("locker", &cfg, NULL));
+    OK(tribe_config_set_profile(cfg, "local", NULL));
+    OK(tribe_config_set_collect_facts(cfg, false, NULL));
+    OK(tribe_config_set_data_dir(cfg, dir, NULL));
+    tribe_node_start(cfg, &n, err);
+    tribe_config_free(cfg);
     return n;
 }
 
@@ -49,14 +57,8 @@ static void aborted_nodes_leave_nothing(void) {
     CHECK(mkdtemp(dir) != NULL);
     int fds = open_fds(), tasks = threads();
     for (int i = 0; i < 40; i++) {
-        tribe_config *cfg = NULL;
-        tribe_node *n = NULL;
-        OK(tribe_config_new("aborted", &cfg, NULL));
-        OK(tribe_config_set_profile(cfg, "local", NULL));
-        OK(tribe_config_set_collect_facts(cfg, false, NULL));
-        OK(tribe_config_set_data_dir(cfg, dir, NULL));
-        OK(tribe_node_start(cfg, &n, NULL));
-        tribe_config_free(cfg);
+        tribe_node *n = start_in(dir, NULL);
+        CHECK(n != NULL);
         if (i % 2) { /* some work to save, or an abort at once */
             OK(tribe_node_create_tribe(n, "x", NULL));
             OK(tribe_node_delete_tribe(n, "x", NULL));
@@ -81,18 +83,6 @@ static void use_node(const char *name) {
     tribe_string_free(json);
     OK(tribe_node_shutdown(n, NULL));
     tribe_node_free(n);
-}
-
-static tribe_node *start_in(const char *dir, tribe_error **err) {
-    tribe_config *cfg = NULL;
-    tribe_node *n = NULL;
-    OK(tribe_config_new("locker", &cfg, NULL));
-    OK(tribe_config_set_profile(cfg, "local", NULL));
-    OK(tribe_config_set_collect_facts(cfg, false, NULL));
-    OK(tribe_config_set_data_dir(cfg, dir, NULL));
-    tribe_node_start(cfg, &n, err);
-    tribe_config_free(cfg);
-    return n;
 }
 
 static void a_crashed_daemons_helper_keeps_no_lock(void) {
