@@ -499,8 +499,19 @@ def _watch_multiprocessing_exit() -> None:
         return
     import multiprocessing.util
 
-    multiprocessing.util.Finalize(None, _at_exit, exitpriority=100)
+    multiprocessing.util.Finalize(None, _at_multiprocessing_exit, exitpriority=100)
     _mp_watched_pid = os.getpid()
+
+
+def _at_multiprocessing_exit() -> None:
+    """`_at_exit` where multiprocessing ends a child: its finalizers run
+    before the threads that are not daemons are waited for, so they are
+    waited for here first, as they are before an atexit hook."""
+    me = threading.current_thread()
+    for t in threading.enumerate():
+        if t is not me and not t.daemon:
+            t.join()
+    _at_exit()
 
 
 def _grace(until: Optional[float]) -> float:

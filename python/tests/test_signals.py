@@ -661,10 +661,17 @@ def test_a_forked_child_logs_none_of_its_parents_queued_records() -> None:
 
 MP_CHILD_EXIT = textwrap.dedent(
     """
-    import multiprocessing as mp, sys, time, warnings
+    import multiprocessing as mp, sys, threading, time, warnings
     import pytribe
     warnings.simplefilter("ignore", DeprecationWarning)
     WORKER = None
+
+    def keep_using(node):
+        # A thread that is no daemon uses the node after the target returns.
+        for i in range(10):
+            time.sleep(0.05)
+            node.set_fact("step", str(i))
+        print("THREAD done", flush=True)
 
     def work(seed):
         # A node kept in a global, as a worker's setup keeps it; the target
@@ -674,6 +681,7 @@ MP_CHILD_EXIT = textwrap.dedent(
         deadline = time.monotonic() + 20
         while WORKER.members_alive() < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        threading.Thread(target=keep_using, args=(WORKER,)).start()
 
     if __name__ == "__main__":
         method = sys.argv[1]
@@ -707,4 +715,5 @@ def test_a_node_of_a_multiprocessing_child_leaves_when_its_target_returns(
         [sys.executable, str(script), method], capture_output=True, text=True, timeout=60
     )
     assert out.returncode == 0, out.stderr
+    assert "THREAD done" in out.stdout, out.stdout + out.stderr
     assert f"STATE {method} left" in out.stdout, out.stdout + out.stderr

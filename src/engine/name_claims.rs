@@ -121,7 +121,8 @@ pub struct NameClaims {
     pub holder: Option<NodeId>,
     /// A peer that told this node it is down, to be asked why.
     pub down_notice: Option<SocketAddr>,
-    /// When a peer was last asked why (engine clock, ms).
+    /// When a peer was last asked why (steady clock, ms: the engine's stands
+    /// still after a step back of the wall clock).
     pub down_asked_ms: Option<u64>,
     /// When the first ask not followed by a completed exchange was made.
     pub unanswered_since_ms: Option<u64>,
