@@ -101,6 +101,7 @@ impl Node {
         // Without timers the driver would die in its first turn and leave a
         // node that only says "shutting down": tokio's panic says why, here.
         tokio::time::sleep(Duration::ZERO).await;
+        crate::policy::warm_up();
         let (udp, listener) = runtime::bind(config.bind).await?;
         let bound = udp.local_addr()?;
         // `validate` refused an unspecified bind with no advertise address.

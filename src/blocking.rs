@@ -106,10 +106,21 @@ impl Drop for BlockingThread {
             std::mem::forget(thread);
         } else if thread.thread().id() != std::thread::current().id() {
             // A job that dropped its own thread's handle cannot wait for it.
-            let _ = thread.join();
+            // A job stuck for good (a lock a fork left held) is left to
+            // itself after a while rather than hang the node's stop.
+            let until = std::time::Instant::now() + JOIN_WAIT;
+            while !thread.is_finished() && std::time::Instant::now() < until {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }
+
+/// How long a dropped handle waits for its thread's last job.
+const JOIN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 #[cfg(test)]
 mod tests {
@@ -139,6 +150,22 @@ mod tests {
         drop(result);
         // The job, and what it held, ended before the drop returned.
         assert_eq!(std::sync::Arc::strong_count(&held), 1);
+    }
+
+    #[test]
+    fn a_job_stuck_for_good_does_not_hold_the_drop() {
+        let thread = BlockingThread::start("tribe-test").unwrap();
+        let (_never, stuck) = std::sync::mpsc::channel::<()>();
+        let (started, has_started) = std::sync::mpsc::channel();
+        let _result = thread.run(move || {
+            let _ = started.send(());
+            let _ = stuck.recv();
+        });
+        has_started.recv().unwrap();
+        let began = std::time::Instant::now();
+        drop(thread);
+        assert!(began.elapsed() >= JOIN_WAIT);
+        assert!(began.elapsed() < JOIN_WAIT * 10, "{:?}", began.elapsed());
     }
 
     #[test]

@@ -409,6 +409,30 @@ fn is_type_error(e: &ExecutionError) -> bool {
     )
 }
 
+/// Builds the process-wide tables policies use (the evaluation environment,
+/// the fact-name pattern, the set of known functions) on the calling
+/// thread, at a node's start. Built lazily on a compiler thread instead, a
+/// `fork()` made meanwhile (a prefork server forking its workers) left the
+/// child a table marked as being built by a thread it does not have: every
+/// policy compile there waited for ever.
+pub(crate) fn warm_up() {
+    // A flag, not a `Once`: a `Once` caught mid-call by a fork would hang
+    // the child's start the same way.
+    static WARM: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if WARM.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    let _ = env();
+    // A whole policy, compiled and evaluated: the expression library's
+    // own lazy tables too.
+    if let Ok(cond) =
+        Condition::compile(r#"has(facts.k) && size(facts.k) > 0 && facts.k.matches("^v")"#)
+    {
+        let _ = cond.evaluate(&BTreeMap::from([("k".to_string(), "v".to_string())]));
+    }
+    WARM.store(true, std::sync::atomic::Ordering::Release);
+}
+
 /// The environment expressions are evaluated in: the standard library, without
 /// `optional` (its syntax is off too).
 fn env() -> &'static Arc<Env> {
@@ -498,13 +522,14 @@ pub fn fact_names(source: &str) -> std::collections::BTreeSet<String> {
 /// The facts `source` names, each set to "0": a sample for
 /// [`Compiled::probe`].
 fn named_facts(source: &str) -> BTreeMap<String, String> {
-    static NAMED: OnceLock<regex::Regex> = OnceLock::new();
-    let named = NAMED.get_or_init(|| {
-        regex::Regex::new(
-            r#"\bfacts\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\])"#,
-        )
-        .expect("a valid pattern")
-    });
+    // Built per call, not shared: a shared regex keeps its scratch space in
+    // a pool behind a lock, which a `fork()` could catch held (a compile is
+    // rare, and the pattern small).
+    let Ok(named) = regex::Regex::new(
+        r#"\bfacts\s*(?:\.\s*([A-Za-z_][A-Za-z0-9_]*)|\[\s*(?:"([^"\\]*)"|'([^'\\]*)')\s*\])"#,
+    ) else {
+        return BTreeMap::new();
+    };
     named
         .captures_iter(source)
         .filter_map(|c| c.get(1).or_else(|| c.get(2)).or_else(|| c.get(3)))
@@ -932,20 +957,11 @@ fn is_identifier(name: &str) -> bool {
 /// Whether a call of `name` (as a method when `member`) reaches a function
 /// of the evaluation environment: asked of cel itself, by evaluating the
 /// bare call, which fails as an undeclared reference only when no function
-/// of that name exists in that form. Names found are remembered (they are
-/// few); names not found are not, so the network cannot grow the set.
+/// of that name exists in that form. Asked anew each time (a compile is
+/// rare): a process-wide cache behind a lock, caught held by a `fork()`,
+/// hung every later compile in the child.
 fn function_exists(name: &str, member: bool) -> bool {
-    static KNOWN: OnceLock<std::sync::Mutex<HashSet<(String, bool)>>> = OnceLock::new();
     if name == "matches" {
-        return true;
-    }
-    let known = KNOWN.get_or_init(Default::default);
-    let key = (name.to_owned(), member);
-    if known
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .contains(&key)
-    {
         return true;
     }
     let source = if member {
@@ -958,14 +974,10 @@ fn function_exists(name: &str, member: bool) -> bool {
         return false;
     };
     let context = Context::with_env(Arc::clone(env()));
-    let exists = !matches!(
+    !matches!(
         catch_unwind(AssertUnwindSafe(|| program.execute(&context))),
         Ok(Err(ExecutionError::UndeclaredReference(ref missing))) if missing.as_str() == name
-    );
-    if exists {
-        known.lock().unwrap_or_else(|p| p.into_inner()).insert(key);
-    }
-    exists
+    )
 }
 
 /// Whether `comprehension` is a `map()`: it builds a list of values computed
