@@ -323,14 +323,16 @@ pub struct Entry {
     /// The value, or `None` once deleted.
     pub value: Option<Value>,
     /// For a tribe's child record (membership by hand, plugin entry, task),
-    /// the era of the tribe it was written into ([`TribeRecord::era`]);
-    /// `None` otherwise. A later era wins a conflict whatever the versions.
+    /// the era of the tribe it was written into ([`TribeRecord::era`]): a
+    /// later era wins a conflict whatever the versions. On a tribe's
+    /// deletion, the latest era of the records it beat. `None` otherwise.
     #[serde(default)]
     pub era: Option<Hlc>,
 }
 
 impl Entry {
-    /// What orders two writes of one key: the era, then the version.
+    /// What orders two writes of one child key: the era, then the version
+    /// (a tribe's own key is ordered by its version alone).
     pub fn order(&self) -> (Option<&Hlc>, &Hlc) {
         (self.era.as_ref(), &self.version)
     }
@@ -380,8 +382,10 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
         key,
         Key::Member { .. } | Key::Plugin { .. } | Key::Task { .. }
     );
+    // A tribe's deletion keeps the era of the records it beat (see `State`).
+    let tribe_deletion = matches!(key, Key::Tribe(_)) && entry.value.is_none();
     if let Some(era) = &entry.era {
-        if !child {
+        if !child && !tribe_deletion {
             return Err(InvalidRecord("an era on a record that is not a tribe's"));
         }
         // An incarnation is a deletion's version, written before the record.

@@ -30,6 +30,18 @@ pub(crate) struct SharedWrite {
 }
 
 impl SharedWrite {
+    fn new(key: Key, entry: Entry, hash: [u8; 32]) -> Self {
+        SharedWrite {
+            key: Arc::new(key),
+            stored: Arc::new(Stored { entry, hash }),
+        }
+    }
+
+    fn of(key: Key, entry: Entry) -> Self {
+        let hash = entry_hash(&key, &entry);
+        Self::new(key, entry, hash)
+    }
+
     pub(crate) fn key(&self) -> &Key {
         &self.key
     }
@@ -103,6 +115,76 @@ fn wins(a: &Entry, a_hash: &[u8; 32], b: &Stored) -> bool {
     }
 }
 
+/// What a store keeps when a write meets the one it holds under its key.
+enum Settled {
+    /// The held write stands.
+    Kept,
+    /// The incoming write replaces it.
+    Taken,
+    /// The winner of a tribe's key, with the latest era of the two.
+    Lifted(Box<Entry>),
+}
+
+fn settle(key: &Key, entry: &Entry, hash: &[u8; 32], current: &Stored) -> Settled {
+    if !matches!(key, Key::Tribe(_)) || *hash == current.hash {
+        return if wins(entry, hash, current) {
+            Settled::Taken
+        } else {
+            Settled::Kept
+        };
+    }
+    let incoming_wins = match entry.version.cmp(&current.entry.version) {
+        std::cmp::Ordering::Equal => without_era(key, entry) > without_era(key, &current.entry),
+        later => later.is_gt(),
+    };
+    let (winner, loser) = if incoming_wins {
+        (entry, &current.entry)
+    } else {
+        (&current.entry, entry)
+    };
+    let settled = with_era(winner, era_of(winner).max(era_of(loser)));
+    if settled == current.entry {
+        Settled::Kept
+    } else if settled == *entry {
+        Settled::Taken
+    } else {
+        Settled::Lifted(Box::new(settled))
+    }
+}
+
+/// A tribe's era as its key's write holds it: a record's own, or on a
+/// deletion the latest era of the records it beat.
+///
+/// A node that never heard of a tribe's deletion (restarted empty, or cut
+/// off) creates it blind, with no era, and its later version wins: if the
+/// winner did not take the era of the incarnation it beat, that
+/// incarnation's records (which carry it) would all stop being the tribe's,
+/// and every later write into it (made with the winner's era) would lose to
+/// them, a join that returns `Ok` and never takes effect. A deletion keeps
+/// the era of what it beat, so that stores which met the writes in any
+/// order settle on the same era (the latest of all), whatever came between.
+fn era_of(entry: &Entry) -> Option<&crate::hlc::Hlc> {
+    match &entry.value {
+        Some(Value::Tribe(t)) => t.era.as_ref(),
+        _ => entry.era.as_ref(),
+    }
+}
+
+fn with_era(entry: &Entry, era: Option<&crate::hlc::Hlc>) -> Entry {
+    let mut settled = entry.clone();
+    match &mut settled.value {
+        Some(Value::Tribe(t)) => t.era = era.cloned(),
+        _ => settled.era = era.cloned(),
+    }
+    settled
+}
+
+/// Equal versions of a tribe's key (hostile input) are ordered by what was
+/// written, not by the eras stores gave it since.
+fn without_era(key: &Key, entry: &Entry) -> [u8; 32] {
+    entry_hash(key, &with_era(entry, None))
+}
+
 fn entry_hash(key: &Key, entry: &Entry) -> [u8; 32] {
     let mut h = Sha256::new();
     // Encoding these plain types into a Vec cannot fail.
@@ -146,25 +228,30 @@ impl State {
     /// Merges one write. Returns true when it was news (it replaced what we had).
     pub fn merge(&mut self, key: Key, entry: Entry) -> bool {
         let hash = entry_hash(&key, &entry);
-        if let Some(current) = self.entries.get(&key) {
-            if !wins(&entry, &hash, current) {
-                return false;
-            }
-        }
-        self.insert(SharedWrite {
-            key: Arc::new(key),
-            stored: Arc::new(Stored { entry, hash }),
-        });
+        let write = match self.entries.get(&key) {
+            Some(current) => match settle(&key, &entry, &hash, current) {
+                Settled::Kept => return false,
+                Settled::Taken => SharedWrite::new(key, entry, hash),
+                Settled::Lifted(lifted) => SharedWrite::of(key, *lifted),
+            },
+            None => SharedWrite::new(key, entry, hash),
+        };
+        self.insert(write);
         true
     }
 
     /// [`State::merge`] of a write another store holds.
     pub(crate) fn merge_shared(&mut self, write: SharedWrite) -> bool {
-        if let Some(current) = self.entries.get(&*write.key) {
-            if !wins(&write.stored.entry, &write.stored.hash, current) {
-                return false;
+        let write = match self.entries.get(&*write.key) {
+            Some(current) => {
+                match settle(&write.key, &write.stored.entry, &write.stored.hash, current) {
+                    Settled::Kept => return false,
+                    Settled::Taken => write,
+                    Settled::Lifted(lifted) => SharedWrite::of((*write.key).clone(), *lifted),
+                }
             }
-        }
+            None => write,
+        };
         self.insert(write);
         true
     }
@@ -411,10 +498,11 @@ mod tests {
                 primary_key: None,
                 artifacts: vec![[flavour; 32]],
             }),
-            // Re-creation of a tribe after a deletion carries `after`.
+            // Re-creation of a tribe after a deletion carries `after`,
+            // and the deletion's version as its era.
             Key::Tribe(_) => Value::Tribe(TribeRecord {
                 after: (flavour > 0).then(|| version(u64::from(flavour), 0, "n0")),
-                era: None,
+                era: (flavour > 0).then(|| version(u64::from(flavour), 0, "n0")),
             }),
             Key::Member { .. } => Value::Member,
             Key::Policy(_) => Value::Policy(PolicyRecord {
@@ -448,7 +536,10 @@ mod tests {
             |(key, millis, counter, node, alive, flavour)| {
                 let v = version(millis, counter, &format!("n{node}"));
                 let value = alive.then(|| value_for(&key, flavour));
-                (key, Entry { version: v, value, era: None })
+                // A tribe's deletion may carry the era of what it beat.
+                let era = (!alive && matches!(key, Key::Tribe(_)) && flavour > 0)
+                    .then(|| version(u64::from(flavour), 0, "n1"));
+                (key, Entry { version: v, value, era })
             },
         )
     }
@@ -582,6 +673,54 @@ mod tests {
                 prop_assert_eq!(sa.digest(), sb.digest());
             }
         }
+    }
+
+    #[test]
+    fn a_blind_creation_that_wins_keeps_the_incarnations_era() {
+        let key = Key::Tribe("core".into());
+        let d20 = version(20, 0, "d");
+        let tribe = |millis, node, after: Option<Hlc>, era: Option<Hlc>| Entry {
+            version: version(millis, 0, node),
+            value: Some(Value::Tribe(TribeRecord { after, era })),
+            era: None,
+        };
+        // Created again after the deletion at 20, and later created blind
+        // by a node that never heard of the deletion.
+        let incarnation = tribe(30, "a", Some(d20.clone()), Some(d20.clone()));
+        let blind = tribe(40, "b", None, None);
+        let lifted = tribe(40, "b", None, Some(d20.clone()));
+        for order in [[&incarnation, &blind], [&blind, &incarnation]] {
+            let mut s = State::new();
+            for e in order {
+                assert!(s.merge(key.clone(), e.clone()));
+            }
+            assert_eq!(s.entry(&key), Some(&lifted));
+            // Met again, from a store that had not lifted it: no news.
+            assert!(!s.merge(key.clone(), blind.clone()));
+            assert!(!s.merge(key.clone(), incarnation.clone()));
+            let mut from_lifted = State::new();
+            assert!(from_lifted.merge(key.clone(), blind.clone()));
+            assert!(from_lifted.merge(key.clone(), lifted.clone()));
+            assert_eq!(s.digest(), from_lifted.digest());
+        }
+        // A deletion between them keeps the era for the blind creation.
+        let deletion = Entry {
+            version: version(35, 0, "c"),
+            value: None,
+            era: None,
+        };
+        let mut s = State::new();
+        for e in [&incarnation, &deletion, &blind] {
+            assert!(s.merge(key.clone(), e.clone()));
+        }
+        assert_eq!(s.entry(&key), Some(&lifted));
+        // A deletion that lost to a creation leaves its era alone: it
+        // deleted an incarnation older than the one that beat it.
+        let mut s = State::new();
+        for e in [&deletion, &blind] {
+            assert!(s.merge(key.clone(), e.clone()));
+        }
+        assert_eq!(s.entry(&key), Some(&blind));
     }
 
     #[test]

@@ -1611,3 +1611,84 @@ fn a_node_whose_clock_stepped_back_asks_about_down_notices_again() {
         "a member is still counted down a minute after the heal"
     );
 }
+
+fn t1_members(sim: &Sim, i: usize) -> Option<Vec<String>> {
+    sim.engine(i)
+        .and_then(|e| e.tribe("t1"))
+        .map(|t| t.explicit_members)
+}
+
+/// A node restarted empty and cut off creates a tribe that exists, blind
+/// (it never heard of the tribe's deletion and re-creation), and joins it;
+/// its later creation wins: the tribe keeps the era of the incarnation it
+/// beat, so that incarnation's member stays one, the join made while cut
+/// off is made again into that era, and a leave and a join made after the
+/// heal take effect everywhere. Before, the incarnation's records all
+/// stopped being the tribe's, and every later join of that node was
+/// dropped by every store, its writer's included (a join that returned
+/// `Ok` and never took effect; randomized convergence test, seed 200).
+#[test]
+fn a_tribe_created_blind_keeps_the_incarnation_it_beat() {
+    let t1 = || "t1".to_string();
+    let n = 4;
+    let mut sim = play(
+        200,
+        n,
+        &[
+            S::Cmd(0, Command::CreateTribe { tribe: t1() }),
+            S::Run(3000),
+            S::Cmd(0, Command::DeleteTribe { tribe: t1() }),
+            S::Run(3000),
+            S::Cmd(0, Command::CreateTribe { tribe: t1() }),
+            S::Run(3000),
+            S::Cmd(
+                2,
+                Command::Join {
+                    tribe: t1(),
+                    node: "sim-0".into(),
+                },
+            ),
+            S::Run(3000),
+            S::Crash(3, false),
+            S::Partition(vec![false, false, false, true]),
+            S::Restart(3),
+            S::Run(2000),
+            S::Cmd(3, Command::CreateTribe { tribe: t1() }),
+            S::Cmd(
+                3,
+                Command::Join {
+                    tribe: t1(),
+                    node: "sim-3".into(),
+                },
+            ),
+            S::Run(1000),
+        ],
+    );
+    sim.run_for(Duration::from_secs(30));
+    let both = || vec!["sim-0".to_string(), "sim-3".to_string()];
+    for i in 0..n {
+        assert_eq!(t1_members(&sim, i), Some(both()), "node {i}");
+    }
+    let leave = Command::Leave {
+        tribe: t1(),
+        node: "sim-0".into(),
+    };
+    sim.command(3, leave).unwrap();
+    sim.run_for(Duration::from_secs(10));
+    for i in 0..n {
+        assert_eq!(
+            t1_members(&sim, i),
+            Some(vec!["sim-3".to_string()]),
+            "node {i}"
+        );
+    }
+    let join = Command::Join {
+        tribe: t1(),
+        node: "sim-0".into(),
+    };
+    sim.command(3, join).unwrap();
+    sim.run_for(Duration::from_secs(10));
+    for i in 0..n {
+        assert_eq!(t1_members(&sim, i), Some(both()), "node {i}");
+    }
+}

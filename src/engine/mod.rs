@@ -20,6 +20,7 @@ mod buddy;
 mod codec;
 pub mod commands;
 mod delta;
+mod eras;
 mod failing;
 mod goodbyes;
 pub mod durable;

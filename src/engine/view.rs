@@ -179,7 +179,7 @@ impl<'a> View<'a> {
 
     /// Every record of a tribe's children (memberships by hand, plugin
     /// entries, tasks), deletions and records of other eras included.
-    pub fn child_entries(&self, tribe: &str) -> Vec<&'a crate::records::Entry> {
+    pub fn child_entries(&self, tribe: &str) -> Vec<(&'a Key, &'a crate::records::Entry)> {
         let t = || tribe.to_string();
         let starts = [
             Key::Member {
@@ -205,7 +205,6 @@ impl<'a> View<'a> {
                         k.tribe() == Some(tribe)
                             && std::mem::discriminant(*k) == std::mem::discriminant(from)
                     })
-                    .map(|(_, e)| e)
             })
             .collect()
     }
