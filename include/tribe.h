@@ -61,7 +61,9 @@
  * - Incoming calls are bounded by the node's serving places
  *   (tribe_config_set_rpc_limits: max_serving, max_inflight_per_conn): a
  *   call holds its places until its responder is answered or freed (a
- *   declined one until its budget runs out), also while it waits in the
+ *   declined one until its budget runs out; an answer gives them back
+ *   before it is sent, so a caller that waits for each answer before its
+ *   next call never finds them taken), also while it waits in the
  *   queue and past its budget, so a host that stops
  *   polling makes the node refuse new calls (TRIBE_OVERLOADED at the
  *   caller) rather than queue them without end.

@@ -612,3 +612,57 @@ async fn a_local_call_ends_when_its_node_is_aborted() {
     assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
     assert!(held.lock().unwrap()[0].is_abandoned());
 }
+
+/// A call's places come back before its answer is written: a caller that
+/// makes one call at a time, each once it has the last one's answer,
+/// never finds them taken, at `max_serving` 1, whether the answer comes
+/// from a future handler or from a responder answered on another thread
+/// (as a C, Go or Python host does), over a stream or to the node itself.
+/// Before, they came back just after, and such a caller was refused as
+/// overloaded for up to 3 calls in 4.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_at_a_time_is_never_refused_at_max_serving_one() {
+    let nodes = host_cluster("sq", 2, |cfg| cfg.rpc.max_serving = 1).await;
+    let host = &nodes[1];
+    let (tx, rx) = std::sync::mpsc::channel::<(Vec<u8>, tribe::Responder)>();
+    let answering = std::thread::spawn(move || {
+        for (payload, responder) in rx {
+            responder.reply(payload).unwrap();
+        }
+    });
+    let tx = Mutex::new(tx);
+    host.serve_responder(
+        "answer",
+        "1",
+        PluginKind::Processor,
+        move |_, payload, r| {
+            let _ = tx.lock().unwrap().send((payload, r));
+        },
+    )
+    .await
+    .unwrap();
+    wait_for("endpoints seen", 20 * SECOND, || {
+        nodes[0].members().iter().any(|m| m.endpoints.len() == 3)
+    })
+    .await;
+    for plugin in ["echo", "answer"] {
+        for caller in [&nodes[0], host] {
+            let mut refused = 0;
+            for i in 0..300u32 {
+                let payload = i.to_le_bytes().to_vec();
+                match caller.call(&target(plugin), payload.clone(), SECOND).await {
+                    Ok(reply) => assert_eq!(reply, payload),
+                    Err(Error::Overloaded) => refused += 1,
+                    Err(other) => panic!("{plugin}: {other:?}"),
+                }
+            }
+            assert_eq!(refused, 0, "{plugin} from {}", caller.name());
+        }
+    }
+    host.unserve("answer", "1").await.unwrap();
+    for node in &nodes {
+        node.shutdown().await.unwrap();
+    }
+    drop(nodes);
+    answering.join().unwrap();
+}

@@ -138,9 +138,9 @@ pub(crate) type Places = (OwnedSemaphorePermit, NodePlace);
 /// until it is over (answered, its budget ran out, its caller gave up or
 /// its stream ended): what a stop waits for before it cuts the streams. A
 /// handler still holding an abandoned call's responder sends nothing more.
+/// `held` may come back first (before the answer is written), `open` only
+/// once the answer is queued; `open` counts and bounds nothing.
 pub(crate) struct NodePlace {
-    // Dropped first (fields drop in order): `open` is never short while
-    // `held` is free (see `Server::try_slot`).
     pub(crate) open: OwnedSemaphorePermit,
     pub(crate) held: OwnedSemaphorePermit,
 }
@@ -232,8 +232,8 @@ impl Slot {
         drop(self.open.lock().unwrap_or_else(|p| p.into_inner()).take());
     }
 
-    /// Gives `open` back first, also when another thread that answered
-    /// has not yet (a call then never holds `held` without `open`).
+    /// Gives `open` back too, also when another thread that answered has
+    /// not yet.
     fn give_places_back(&self) {
         self.close();
         drop(self.places.lock().unwrap_or_else(|p| p.into_inner()).take());
@@ -241,17 +241,35 @@ impl Slot {
 
     /// Answers unless someone did already; false when someone did.
     pub(crate) fn answer(&self, result: Result<Vec<u8>, HandlerError>) -> bool {
-        self.answer_counted(result, true)
+        self.answer_counted(result, true, false)
+    }
+
+    /// [`Slot::answer`] by the responder, which goes with it: the places
+    /// it held come back before the answer is written, so that a caller
+    /// that makes its next call once it has this answer finds them free
+    /// (at `max_serving` 1, one that made one call at a time was refused
+    /// as overloaded). `open` comes back after, as always: a stop waits
+    /// for the answer to be queued.
+    fn answer_going(&self, result: Result<Vec<u8>, HandlerError>) -> bool {
+        self.answer_counted(result, true, true)
     }
 
     /// [`Slot::answer`]; `served` says whether the answer is the host's
     /// (counted in `served`) rather than the library's own at the end of
-    /// the call's budget.
-    fn answer_counted(&self, result: Result<Vec<u8>, HandlerError>, served: bool) -> bool {
+    /// the call's budget; `going`, whether the responder goes with it.
+    fn answer_counted(
+        &self,
+        result: Result<Vec<u8>, HandlerError>,
+        served: bool,
+        going: bool,
+    ) -> bool {
         let turn = Answering::start(self);
         let Some(sink) = turn.take() else {
             return false;
         };
+        if going {
+            drop(self.places.lock().unwrap_or_else(|p| p.into_inner()).take());
+        }
         if served {
             RpcCounters::bump(&self.counters.served);
         }
@@ -310,7 +328,7 @@ impl Slot {
 
     /// Answers a call whose budget ran out (the caller stops waiting now).
     pub(crate) fn overran(&self, budget: Duration) {
-        self.answer_counted(Err(overrun(budget)), false);
+        self.answer_counted(Err(overrun(budget)), false, false);
     }
 
     /// Answers a call whose handler panicked.
@@ -423,7 +441,7 @@ impl Responder {
             return Ok(());
         };
         let (size, limit) = (reply.len(), slot.max_payload);
-        slot.answer(Ok(reply));
+        slot.answer_going(Ok(reply));
         if size > limit {
             return Err(crate::Error::TooLarge { size, limit });
         }
@@ -447,7 +465,7 @@ impl Responder {
             return Ok(());
         };
         let limit = slot.max_payload;
-        slot.answer(Err(too_large(size, limit, &slot.counters)));
+        slot.answer_going(Err(too_large(size, limit, &slot.counters)));
         Err(crate::Error::TooLarge { size, limit })
     }
 
@@ -455,7 +473,7 @@ impl Responder {
     /// its code and message.
     pub fn fail(mut self, error: HandlerError) {
         if let Some(slot) = self.slot.take() {
-            slot.answer(Err(error));
+            slot.answer_going(Err(error));
         }
     }
 
@@ -502,7 +520,7 @@ impl Drop for Responder {
             // caller learns now rather than at its deadline.
             slot.panicked();
         } else {
-            slot.answer(Err(HandlerError::new(
+            slot.answer_going(Err(HandlerError::new(
                 "unanswered",
                 "the handler dropped the call without answering it",
             )));

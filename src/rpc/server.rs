@@ -53,7 +53,9 @@ pub struct Server {
     handlers: RwLock<HashMap<(String, String), Served>>,
     artifacts: RwLock<HashMap<[u8; 32], Arc<Vec<u8>>>>,
     serving: Arc<Semaphore>,
-    /// Calls not over yet (see [`NodePlace`]).
+    /// Calls not over yet (see [`NodePlace`]): a count, not a bound
+    /// (`serving` bounds them), since a call gives `held` back before its
+    /// answer is written and `open` after.
     open: Arc<Semaphore>,
     limits: RpcLimits,
     counters: Arc<RpcCounters>,
@@ -116,7 +118,7 @@ impl Server {
             handlers: RwLock::new(HashMap::new()),
             artifacts: RwLock::new(HashMap::new()),
             serving: Arc::new(Semaphore::new(limits.max_serving)),
-            open: Arc::new(Semaphore::new(limits.max_serving)),
+            open: Arc::new(Semaphore::new(Semaphore::MAX_PERMITS)),
             limits,
             counters,
             stopping: AtomicBool::new(false),
@@ -337,7 +339,7 @@ impl Server {
     /// one its caller gave up on is over), every stream's replies are
     /// written, and the farewell, if said, has settled.
     fn quiet(&self) -> bool {
-        self.open.available_permits() >= self.limits.max_serving && self.flushed()
+        self.open.available_permits() >= Semaphore::MAX_PERMITS && self.flushed()
     }
 
     /// Every stream's replies are written, and the farewell, if said, has
@@ -369,8 +371,7 @@ impl Server {
     /// Takes a serving slot, or `None` at the bound.
     pub(crate) fn try_slot(&self) -> Option<NodePlace> {
         let held = self.serving.clone().try_acquire_owned().ok()?;
-        // Never short when `serving` is not: a call gives `open` back
-        // first (see `NodePlace`).
+        // Never short: `open` counts (see `NodePlace`).
         let open = self.open.clone().try_acquire_owned().ok()?;
         Some(NodePlace { open, held })
     }

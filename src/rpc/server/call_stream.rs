@@ -379,8 +379,13 @@ impl Calls {
                         let task = self.handlers.spawn(async move {
                             let result = server.run_handler(handler, info, payload).await;
                             RpcCounters::bump(&server.counters.served);
+                            // The places come back before the answer goes
+                            // out (a caller's next call may come at once),
+                            // `open` after it (see `NodePlace`).
+                            let (stream, node) = places;
+                            drop((stream, node.held));
                             company.reply(&outbox, id, result);
-                            drop(places);
+                            drop(node.open);
                         }.in_current_span());
                         self.running.add_task(id, task);
                     }
