@@ -717,8 +717,10 @@ uint32_t tribe_node_unserve(const struct tribe_node *node,
  * Calls `plugin` (`version`: NULL for any) of kind `kind` served by a live
  * member of `tribe`: this node first when it serves it, then the member
  * with the fewest calls outstanding. Blocks the calling thread until the
- * reply, an error, `timeout_ms` (at least 1; a host runs the call for at
- * most `TRIBE_MAX_CALL_BUDGET_MS`), or a shutdown of the node from
+ * reply, an error, `timeout_ms` (a host runs the call for at most
+ * `TRIBE_MAX_CALL_BUDGET_MS`; 0 is a deadline already passed, as a handler
+ * passing on `tribe_responder_remaining_us(r) / 1000` gets once its budget
+ * is spent: `TRIBE_TIMEOUT` at once, as in Go and Python), or a shutdown of the node from
  * another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
  * an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
  * for an empty reply); `reply` and `reply_len` both NULL drop the reply
@@ -755,8 +757,9 @@ uint32_t tribe_node_call(const struct tribe_node *node,
  * `TRIBE_SHUTTING_DOWN` when the node stops first, or `TRIBE_PANIC` if the
  * library panicked while running the call. Errors in the arguments are
  * returned at once and give no event (`*call_id` is then 0, which no call
- * has), and so is a payload over the node's `max_payload`:
- * `TRIBE_TOO_LARGE`, as `tribe_node_call` gives. `*call_id` is written
+ * has), and so are a payload over the node's `max_payload`
+ * (`TRIBE_TOO_LARGE`) and a `timeout_ms` of 0 (`TRIBE_TIMEOUT`), as
+ * `tribe_node_call` gives them. `*call_id` is written
  * before the call starts, but another thread may take the completion
  * before this function returns: a host that maps ids to waiting callers
  * holds that map's lock across this call (its event thread then waits for

@@ -304,9 +304,13 @@ pub extern "C" fn tribe_node_unserve(
     })
 }
 
+/// A call's timeout, checked after its other arguments: 0 is a deadline
+/// already passed (a handler passing on what is left of its budget,
+/// `tribe_responder_remaining_us`, once none is), `TRIBE_TIMEOUT` at once
+/// as the call would end, the way Go and Python take it.
 fn timeout(ms: u32) -> Result<Duration, FfiError> {
     if ms == 0 {
-        return Err(FfiError::invalid("the timeout must be at least 1 ms"));
+        return Err(crate::Error::Timeout { host: None }.into());
     }
     Ok(Duration::from_millis(ms.into()))
 }
@@ -320,8 +324,10 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// Calls `plugin` (`version`: NULL for any) of kind `kind` served by a live
 /// member of `tribe`: this node first when it serves it, then the member
 /// with the fewest calls outstanding. Blocks the calling thread until the
-/// reply, an error, `timeout_ms` (at least 1; a host runs the call for at
-/// most `TRIBE_MAX_CALL_BUDGET_MS`), or a shutdown of the node from
+/// reply, an error, `timeout_ms` (a host runs the call for at most
+/// `TRIBE_MAX_CALL_BUDGET_MS`; 0 is a deadline already passed, as a handler
+/// passing on `tribe_responder_remaining_us(r) / 1000` gets once its budget
+/// is spent: `TRIBE_TIMEOUT` at once, as in Go and Python), or a shutdown of the node from
 /// another thread (`TRIBE_SHUTTING_DOWN`). On `TRIBE_OK`, `*reply` receives
 /// an owned buffer (free with `tribe_bytes_free(*reply, *reply_len)`; NULL
 /// for an empty reply); `reply` and `reply_len` both NULL drop the reply
@@ -360,10 +366,10 @@ pub extern "C" fn tribe_node_call(
         }
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
-        let timeout = timeout(timeout_ms)?;
         let n = handle.live()?;
         within_limit(handle, n, payload_len)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
+        let timeout = timeout(timeout_ms)?;
         let mut closing = handle.closing.subscribe();
         let bytes = handle.block_on(async {
             tokio::select! {
@@ -401,8 +407,9 @@ fn within_limit(handle: &TribeNode, node: &crate::Node, len: usize) -> Result<()
 /// `TRIBE_SHUTTING_DOWN` when the node stops first, or `TRIBE_PANIC` if the
 /// library panicked while running the call. Errors in the arguments are
 /// returned at once and give no event (`*call_id` is then 0, which no call
-/// has), and so is a payload over the node's `max_payload`:
-/// `TRIBE_TOO_LARGE`, as `tribe_node_call` gives. `*call_id` is written
+/// has), and so are a payload over the node's `max_payload`
+/// (`TRIBE_TOO_LARGE`) and a `timeout_ms` of 0 (`TRIBE_TIMEOUT`), as
+/// `tribe_node_call` gives them. `*call_id` is written
 /// before the call starts, but another thread may take the completion
 /// before this function returns: a host that maps ids to waiting callers
 /// holds that map's lock across this call (its event thread then waits for
@@ -431,12 +438,12 @@ pub extern "C" fn tribe_node_call_async(
         let call_id = cast::out(call_id, "call_id")?;
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
-        let timeout = timeout(timeout_ms)?;
         let n = handle.live()?.clone();
         // Refused here, as the blocking call refuses it, rather than in a
         // completion.
         within_limit(handle, &n, payload_len)?;
         let payload = cast::bytes(payload, payload_len, "payload")?.to_vec();
+        let timeout = timeout(timeout_ms)?;
         let id = next_call_id(handle);
         let calls = handle.calls.clone();
         let mailbox = handle.mailbox.clone();

@@ -452,7 +452,8 @@ static void node_bad_values(tribe_node *n) {
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_load_plugin(n, "t", "p", "1", 99, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_add_task(n, "t", "i", "{}", 7, &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_call(n, "t", "p", NULL, 0, NULL, 0, 100, &b, &len, &err));
-    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
+    /* A timeout of 0 is a deadline already passed, as in Go and Python. */
+    EXPECT(TRIBE_TIMEOUT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
     EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_delete_tribe(n, "nope", &err));
     EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_tribe_json(n, "nope", (char **)&b, &len, &err));
     EXPECT(TRIBE_NO_KEYRING, tribe_node_install_key(n, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &err));
@@ -629,9 +630,12 @@ static void outs_on_failure(tribe_node *n) {
     CHECK(b == NULL && len == 0);
     b = JUNK;
     len = 99;
-    EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_call(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
+    EXPECT(TRIBE_TIMEOUT, tribe_node_call(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
     CHECK(b == NULL && len == 0);
     uint64_t id = 77;
+    EXPECT(TRIBE_TIMEOUT, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &id, &err));
+    CHECK(id == 0);
+    id = 77;
     EXPECT(TRIBE_INVALID_NAME, tribe_node_call_async(n, "has space", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 100, &id, &err));
     CHECK(id == 0);
     b = JUNK;
