@@ -221,11 +221,13 @@ class RemoteError(CallError):
 
 
 class TooLargeError(CallError, ValueError):
-    """A payload or reply over the size limit (``.size``, ``.limit``)."""
+    """A payload or reply over the size limit (``.size``, ``.limit``; both
+    None when the host did not say them, as for a handler that failed with
+    the code ``too_large`` itself)."""
 
     error_code = "too_large"
-    size: int = 0
-    limit: int = 0
+    size: Optional[int] = None
+    limit: Optional[int] = None
 
 
 class OverloadedError(CallError):

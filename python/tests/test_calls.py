@@ -209,6 +209,16 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
         wait_for("the refused reply logged on the host", lambda: "over the limit of 65536" in caplog.text, 5)
     assert (tl.value.size, tl.value.limit) == (80 * 1024, 64 * 1024)
 
+    # A handler's own "too_large" is the same error, without sizes it never said.
+    def own_too_large(payload: bytes, info: pytribe.CallInfo) -> bytes:
+        raise pytribe.HandlerError("too_large", "this input is too big for it")
+
+    host.serve("own_too_large", "1", "processor", own_too_large)
+    wait_endpoint(caller, "own_too_large")
+    with pytest.raises(pytribe.TooLargeError) as tl:
+        caller.call("svc", "own_too_large", b"x")
+    assert (tl.value.size, tl.value.limit) == (None, None)
+
     async def timeout_async() -> None:
         release.clear()
         with pytest.raises(pytribe.CallTimeoutError):
