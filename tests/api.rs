@@ -562,6 +562,28 @@ async fn a_node_that_lost_its_tribe_says_so_rather_than_a_first_join_hint() {
     nodes[1].shutdown().await.unwrap();
 }
 
+/// A node whose peers all left, saying goodbye, says so when it retries
+/// its seeds, rather than blaming a network cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_peers_all_left_says_so_rather_than_a_cut() {
+    logged();
+    let nodes = start_cluster("alone", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let before = logged().len();
+    nodes[0].shutdown().await.unwrap();
+    let since = || logged()[before..].to_string();
+    wait_for("the goodbyes logged", Duration::from_secs(30), || {
+        since()
+            .lines()
+            .any(|l| l.contains("node=alone1") && l.contains("every other member it knew left"))
+    })
+    .await;
+    assert!(!since()
+        .lines()
+        .any(|l| l.contains("node=alone1") && l.contains("a network cut")));
+    nodes[1].shutdown().await.unwrap();
+}
+
 /// A runtime without timers cannot run a node: the start panics with
 /// tokio's message, instead of returning a node whose tasks died at once.
 #[test]

@@ -905,7 +905,14 @@ impl Engine {
             let list: Vec<String> = seeds.iter().map(ToString::to_string).collect();
             // Seeds that refuse this node's streams look like silent ones
             // from here: name the usual reasons.
-            let hint = if self.joined_once {
+            let everyone_left = self.members.iter().next().is_some()
+                && self
+                    .members
+                    .iter()
+                    .all(|(_, row)| row.state == super::members::MemberState::Left);
+            let hint = if self.joined_once && everyone_left {
+                "every other member it knew left, saying goodbye: it joins again when one of them, or a seed, is back"
+            } else if self.joined_once {
                 "it was in the tribe before: a network cut, or the seeds are down; or it missed a key rotation meanwhile"
             } else if self.keyring.is_none() {
                 "not reachable, or the tribe is encrypted and this node has no key, or they run with another cluster label"
@@ -915,8 +922,10 @@ impl Engine {
                 "not reachable, or they hold other keys or run with another cluster label"
             };
             // Seeds refuse, without a word, the identity of a node whose
-            // clock runs beyond their horizon.
-            let clock = if self.joined_once {
+            // clock runs beyond their horizon: also one that was in the
+            // tribe (its clock stepped ahead, or the peers' gossip reached
+            // it before they refused it).
+            let clock = if everyone_left {
                 ""
             } else {
                 "; or this node's clock runs ahead of theirs by more than the clock skew they take (check the clocks)"
