@@ -1692,3 +1692,30 @@ fn a_tribe_created_blind_keeps_the_incarnation_it_beat() {
         assert_eq!(t1_members(&sim, i), Some(both()), "node {i}");
     }
 }
+
+/// A node whose wall clock stepped back reaps a failed member on time, by
+/// its steady clock: before, its engine clock stood still for as long as
+/// the step (ten minutes here), and so did its reaping.
+#[test]
+fn a_node_whose_clock_stepped_back_reaps_on_time() {
+    let mut timings = Profile::Lan.timings();
+    timings.reap_after = Duration::from_secs(20);
+    let mut sim = Sim::new(SimConfig {
+        timings: Some(timings),
+        ..config(31)
+    });
+    for _ in 0..4 {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(20));
+    sim.set_clock_offset(3, -10 * 60 * 1000);
+    sim.run_for(Duration::from_secs(2));
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(60));
+    for viewer in [0, 1, 3] {
+        assert!(
+            member(&sim, viewer, "sim-2").is_none(),
+            "node {viewer} still lists sim-2"
+        );
+    }
+}

@@ -120,7 +120,12 @@ impl Shared {
         }
         if entry.version.millis > self.horizon_ms() {
             self.counters.clock_drift_rejections += 1;
-            self.log_ahead("a record from a peer", entry.version.millis);
+            let writer = &entry.version.node;
+            // The writer's name may be what is wrong: quoted, and cut.
+            self.log_ahead(
+                || format!("a record written by {:?}", writer.chars().take(64).collect::<String>()),
+                entry.version.millis,
+            );
             return false;
         }
         if entry.value.is_none()
@@ -173,8 +178,9 @@ impl Shared {
     /// Says, at a limited rate, that `what` was refused for a
     /// time `at_ms` beyond the horizon: a clock far off (the peer's ahead,
     /// or this one behind) is otherwise silent but for a counter.
-    fn log_ahead(&mut self, what: &str, at_ms: u64) {
+    fn log_ahead(&mut self, what: impl FnOnce() -> String, at_ms: u64) {
         if self.refusal_log_due() {
+            let what = what();
             let ahead_s = at_ms.saturating_sub(self.now_ms) / 1000;
             let skew_s = self.max_skew_ms / 1000;
             tracing::warn!(
@@ -234,12 +240,14 @@ impl Shared {
         if id.generation > self.horizon_ms() || !crate::names::is_valid(&id.name) {
             self.counters.identities_refused += 1;
             if id.generation > self.horizon_ms() {
-                let who = if crate::names::is_valid(&id.name) {
-                    format!("the identity of {:?} at {}", id.name, id.addr)
-                } else {
-                    format!("a node's identity from {}", id.addr)
+                let who = || {
+                    if crate::names::is_valid(&id.name) {
+                        format!("the identity of {:?} at {}", id.name, id.addr)
+                    } else {
+                        format!("a node's identity from {}", id.addr)
+                    }
                 };
-                self.log_ahead(&who, id.generation);
+                self.log_ahead(who, id.generation);
             }
             return false;
         }

@@ -43,7 +43,8 @@ pub struct Row {
     pub id: NodeId,
     /// Down (failed or left) or up; suspicion comes from foca at read time.
     pub state: MemberState,
-    /// When `state` last changed (engine clock, ms).
+    /// When `state` last changed (steady clock, ms: a step of the wall
+    /// clock moves no reaping).
     pub since_ms: u64,
 }
 

@@ -953,7 +953,9 @@ impl Engine {
     }
 
     fn on_notification(&mut self, n: OwnedNotification<NodeId>) {
-        let now = self.now_ms();
+        // Members are reaped by the steady clock: after the wall clock
+        // stepped back, the engine's stands still for as long as the step.
+        let now = self.steady_ms();
         // foca can report an earlier identity of this very node (stale gossip
         // about it arriving after a rejoin); the member table is for others.
         if let OwnedNotification::MemberUp(id)
@@ -1059,9 +1061,10 @@ impl Engine {
 
     fn housekeeping(&mut self) {
         let now = self.now_ms();
+        let steady = self.steady_ms();
         for name in self
             .members
-            .reap(now, self.timings.reap_after.as_millis() as u64)
+            .reap(steady, self.timings.reap_after.as_millis() as u64)
         {
             self.forget_clock(&name);
             // The records of a reaped node go too: its own, and its

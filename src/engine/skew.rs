@@ -63,6 +63,16 @@ impl Engine {
                          ({} s): writes and generations from beyond it are refused; fix the clocks",
                         max_skew_ms / 1000
                     );
+                } else if offset < 0 && offset.unsigned_abs() > max_skew_ms {
+                    // This node is the one ahead: the peer's horizon is
+                    // behind this node's writes.
+                    tracing::warn!(
+                        peer,
+                        offset_ms = offset,
+                        "this node's clock runs ahead of the peer's by more than the clock skew taken \
+                         ({} s): this node's writes and generations are refused there; fix the clocks",
+                        max_skew_ms / 1000
+                    );
                 } else {
                     tracing::warn!(
                         peer,
