@@ -1719,3 +1719,59 @@ fn a_node_whose_clock_stepped_back_reaps_on_time() {
         );
     }
 }
+
+/// Both sides of a split delete a tribe and create it again; one side also
+/// joins a node and loads a plugin into its incarnation, then deletes it;
+/// the other side's creation comes last and wins, with an older era than
+/// the deleted incarnation's. It takes that incarnation's era, so a join
+/// and a plugin entry made after the heal take effect everywhere. Before,
+/// the deletion's removals (of a later era) beat every such write: they
+/// returned `Ok` and never took effect (randomized convergence test, seeds
+/// 6121 and 12101).
+#[test]
+fn a_creation_that_wins_with_an_older_era_takes_the_later_one() {
+    let n = 4;
+    let mut sim = Sim::new(config(11));
+    for _ in 0..n {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(10));
+    let t = || "t".to_string();
+    let join = || Command::Join {
+        tribe: t(),
+        node: "sim-3".into(),
+    };
+    let load = || Command::LoadPlugin {
+        tribe: t(),
+        name: "pl".into(),
+        version: "1".into(),
+        kind: PluginKind::Collector,
+        artifact: None,
+    };
+    let half = Duration::from_millis(500);
+    sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
+    sim.run_for(Duration::from_secs(3));
+    sim.partition(|i| i < 2);
+    sim.run_for(Duration::from_secs(1));
+    sim.command(0, Command::DeleteTribe { tribe: t() }).unwrap();
+    sim.run_for(half);
+    sim.command(2, Command::DeleteTribe { tribe: t() }).unwrap();
+    sim.command(2, Command::CreateTribe { tribe: t() }).unwrap();
+    sim.command(2, join()).unwrap();
+    sim.command(2, load()).unwrap();
+    sim.run_for(half);
+    sim.command(2, Command::DeleteTribe { tribe: t() }).unwrap();
+    sim.run_for(half);
+    sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
+    sim.run_for(Duration::from_secs(1));
+    sim.heal();
+    sim.run_for(Duration::from_secs(30));
+    sim.command(1, join()).unwrap();
+    sim.command(3, load()).unwrap();
+    sim.run_for(Duration::from_secs(30));
+    for i in 0..n {
+        let seen = sim.engine(i).unwrap().tribe("t").unwrap();
+        assert_eq!(seen.explicit_members, ["sim-3"], "node {i}");
+        assert_eq!(seen.plugins.len(), 1, "node {i}");
+    }
+}
