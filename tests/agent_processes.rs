@@ -2216,3 +2216,68 @@ fn at_a_thread_limit_the_agent_and_the_admin_commands_end_with_an_error_not_a_pa
         assert!(!stderr.contains("panicked"), "limit {limit}: {stderr}");
     }
 }
+
+/// A log collector that stops reading leaves the agent's stderr a pipe that
+/// fills: log lines are dropped (and counted, and told once the reader is
+/// back), and the node, its admin API and its signal handling go on. (Each
+/// log line used to be written at once: on the full pipe a runtime thread
+/// blocked, the admin API stopped answering, peers found the node failed
+/// and SIGTERM was ignored.)
+#[test]
+fn an_agent_whose_stderr_nobody_reads_keeps_working() {
+    let mut child = bare_agent_command(&[
+        "--name",
+        "quiet",
+        "--admin",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    // The log pipe is kept open and never read.
+    let stderr = child.stderr.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let admin: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let agent = Agent {
+        name: "quiet".into(),
+        child,
+        gossip: admin,
+        admin,
+    };
+    // Far more than a pipe's 64 KiB of log lines (each policy's error, a
+    // fact it lacks, is logged once, some 450 bytes), while the admin API
+    // keeps answering.
+    let lacking = "f".repeat(200);
+    for i in 0..300 {
+        let when = format!("facts.{lacking}_{i} == 'x'");
+        let policy = json!({"name": format!("p{i}"), "tribe": "t", "when": when});
+        let (status, body) = call(&agent, "POST", "/v1/policies", Some(policy));
+        assert_eq!(status, 201, "{body}");
+    }
+    let began = Instant::now();
+    while began.elapsed() < Duration::from_secs(5) {
+        let (status, body) = call(&agent, "GET", "/v1/status", None);
+        assert_eq!(status, 200, "{body}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let pid = agent.child.id() as i32;
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let stopped = Instant::now();
+    while running(pid) && stopped.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!running(pid), "SIGTERM ignored");
+    drop(stderr);
+    drop(agent);
+}

@@ -559,12 +559,12 @@ fn init_logging(level: &str, json: bool) -> Result<(), String> {
     let filter = tracing_subscriber::EnvFilter::try_new(with_default_level(level))
         .map_err(|e| format!("--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {e}"))?;
     // Colours only for a terminal: a log file or journald gets plain text.
-    // Written at once (not queued, as stdout's metric lines are): a line
-    // logged before the ready line is on stderr when the ready line is read.
+    // Written at once until the ready line, queued after it (see
+    // `log_writer`).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(crate::log_writer::LogWriter)
         // A log pipe whose reader went (`| logger`, `| tee` that died):
         // its lines are lost, and reporting that on stderr would panic
         // (a node killed mid-goodbye, told failed by its peers).
@@ -623,6 +623,8 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     // cannot fail but by panicking).
     let (stdout, mut stdout_drops, _stdout_lines) =
         crate::output::stream(std::io::stdout(), "tribe-stdout")?;
+    // Made now, used from the ready line on (see `log_writer`).
+    let log_queue = crate::log_writer::queue_later()?;
     // On a task of its own: a start stuck in the file system (a hung
     // network mount under the data dir) still ends at SIGTERM or SIGINT.
     let mut starting = tokio::spawn(Node::start(plan.config));
@@ -648,6 +650,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
 
     let mut events = node.events();
     let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
+    let (mut log_drops, _log_lines) = log_queue;
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
@@ -656,6 +659,13 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
                 tracing::warn!(
                     lines = n,
                     "stdout is not being read: the stdout publisher dropped metric lines"
+                );
+            }
+            // Told in the log itself, once its reader reads again.
+            if let Some(n) = log_drops.newly_dropped() {
+                tracing::warn!(
+                    lines = n,
+                    "stderr was not being read: log lines were dropped meanwhile"
                 );
             }
         }
@@ -711,6 +721,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     );
     let _ = out.flush();
     drop(out);
+    crate::log_writer::queue_from_now();
     ready_line_out.send_replace(true);
 
     if stop_at_once {

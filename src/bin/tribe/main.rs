@@ -7,6 +7,7 @@ mod agent;
 mod cli;
 mod client;
 mod demo;
+mod log_writer;
 mod output;
 mod signals;
 mod tasks;

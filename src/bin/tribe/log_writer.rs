@@ -1,0 +1,75 @@
+//! Where the agent's log lines go: straight to stderr until the ready line
+//! (a line logged before it is on stderr when the ready line is read), then
+//! through a bounded queue that a thread of its own writes (see
+//! [`crate::output::stream`]). A log collector that stops reading (a stuck
+//! `journald` pipe, a `| tee` that hangs) loses lines, counted, and never
+//! stalls the node: a write to a full stderr pipe used to block a runtime
+//! thread, and with it the gossip (peers found the node failed), the admin
+//! API and the handling of SIGTERM.
+
+use std::io::Write;
+use std::sync::OnceLock;
+
+use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
+use tracing_subscriber::fmt::MakeWriter;
+
+use crate::output::DropWatch;
+
+/// The queue, once the agent is ready.
+static QUEUED: OnceLock<NonBlocking> = OnceLock::new();
+
+/// The writer the log subscriber makes per line.
+pub struct LogWriter;
+
+/// One line's writer: stderr, or the queue.
+pub enum LogLine {
+    Direct(std::io::Stderr),
+    Queued(NonBlocking),
+}
+
+impl Write for LogLine {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            LogLine::Direct(w) => w.write(buf),
+            LogLine::Queued(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            LogLine::Direct(w) => w.flush(),
+            LogLine::Queued(w) => w.flush(),
+        }
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        match QUEUED.get() {
+            Some(queue) => LogLine::Queued(queue.clone()),
+            None => LogLine::Direct(std::io::stderr()),
+        }
+    }
+}
+
+/// The queue, made before the node starts (so that at the process's
+/// thread limit the start says so) and used from [`queue_from_now`] on.
+static MADE: std::sync::Mutex<Option<NonBlocking>> = std::sync::Mutex::new(None);
+
+/// Makes the queue's thread; the guard, dropped at exit, writes what is
+/// queued (waiting about a second at most).
+pub fn queue_later() -> Result<(DropWatch, WorkerGuard), String> {
+    let (writer, watch, guard) = crate::output::stream(std::io::stderr(), "tribe-log")?;
+    *MADE.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
+    Ok((watch, guard))
+}
+
+/// From now on, log lines go through the queue.
+pub fn queue_from_now() {
+    if let Some(writer) = MADE.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        // Set once: the agent runs once per process.
+        let _ = QUEUED.set(writer);
+    }
+}
