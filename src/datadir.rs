@@ -154,6 +154,9 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     options.create(true).truncate(false).write(true);
     // Not blocked by a FIFO in its place (refused below).
     std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    // Only this user may open it: anyone who can (read access is enough)
+    // can take the lock and keep the node from starting.
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let file = options
         .open(&path)
         .map_err(|e| Error::Io(format!("cannot open {}: {e}", path.display())))?;
@@ -162,6 +165,11 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
         .map_err(|e| Error::Io(format!("cannot read {}: {e}", path.display())))?;
     if !meta.is_file() {
         return Err(not_regular(&path));
+    }
+    // One made before (under another umask, or by an older build).
+    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+        use std::os::unix::fs::PermissionsExt as _;
+        let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
     }
     let held = lock_id(&meta);
     match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
@@ -620,6 +628,29 @@ mod tests {
                 let _ = std::fs::remove_dir_all(&dir);
             }
         }
+    }
+
+    /// Only this user may open the lock file (anyone who can may take the
+    /// lock and keep the node from starting), also one made before with
+    /// wider modes.
+    #[test]
+    fn the_lock_file_is_this_users_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("lockmode");
+        prepare(&dir).unwrap();
+        let path = dir.join(LOCK_FILE);
+        std::fs::write(&path, b"").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let held = lock(&dir).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(held);
+        std::fs::remove_file(&path).unwrap();
+        let held = lock(&dir).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
