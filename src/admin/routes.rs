@@ -389,7 +389,17 @@ pub(super) async fn keys(State(node): State<Node>) -> Json<Keys> {
 
 fn key_id(text: &str) -> ApiResult<KeyId> {
     text.parse().map_err(|_| {
-        Error::InvalidArgument(format!("{text:?} is not a key id (8 hex digits)")).into()
+        // Repeated only when too short to be a key (44 characters): the
+        // CLI takes a key or its id, and a path does not (proxies log it).
+        let given = if text.len() <= 16 {
+            format!("{text:?}")
+        } else {
+            format!("the text given ({} bytes)", text.len())
+        };
+        Error::InvalidArgument(format!(
+            "{given} is not a key id (8 hex digits; `tribe keys` lists them)"
+        ))
+        .into()
     })
 }
 
