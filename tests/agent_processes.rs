@@ -1732,6 +1732,24 @@ fn a_key_file_others_may_read_is_used_with_a_warning_in_the_log_format() {
         .unwrap_or_else(|| panic!("no warning in {lines:?}"));
     assert_eq!(warning["level"], "WARN", "{warning}");
     drop(agent);
+    // So does a config file that holds the key.
+    let config = dir.join("shared.toml");
+    let key = tribe::SecretKey::generate().to_base64();
+    std::fs::write(&config, format!("name = \"shared2\"\nkey = \"{key}\"\n")).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let agent = start_agent(
+        &dir,
+        "shared2",
+        &args(&["--config", config.to_str().unwrap()]),
+    );
+    let lines = log_lines(&dir, "shared2");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("config file") && l.contains("readable by other users")),
+        "no warning in {lines:?}"
+    );
+    drop(agent);
     std::fs::remove_dir_all(&dir).ok();
 }
 

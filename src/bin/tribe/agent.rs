@@ -197,6 +197,7 @@ impl AgentArgs {
             Some(path) => read_file_options(path)?,
             None => FileOptions::default(),
         };
+        let file_holds_secret = file.key.is_some() || file.admin_token.is_some();
         let name = self
             .name
             .or(file.name)
@@ -320,6 +321,14 @@ impl AgentArgs {
             .filter(|f| !f.is_empty())
             .map(PathBuf::from);
         let mut warnings = Vec::new();
+        if let Some(path) = &self.config {
+            if file_holds_secret {
+                warnings.extend(shared_secret_warning(
+                    "config file (it holds a key or the admin token)",
+                    path,
+                ));
+            }
+        }
         let (key, key_file, names) = if self.key.is_some() || self.key_file.is_some() {
             (self.key, self.key_file, ("--key", "--key-file"))
         } else if env_key.is_some() || env_key_file.is_some() {
@@ -463,7 +472,7 @@ fn read_key(
         (None, Some(path)) => {
             let text = read_small(&path, KEY_FILE_MAX)
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-            warnings.extend(shared_key_file_warning(&path));
+            warnings.extend(shared_secret_warning("key file", &path));
             if text.trim().lines().count() > 1 {
                 return Err(format!(
                     "key file {} holds more than one line: it must hold the key alone, \
@@ -499,14 +508,14 @@ fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("it is not UTF-8 text"))
 }
 
-/// A warning when a key file may be read by other users, as ssh gives
-/// for a private key (the key is still used).
-fn shared_key_file_warning(path: &std::path::Path) -> Option<String> {
+/// A warning when a file holding a secret (`what`) may be read by other
+/// users, as ssh gives for a private key (the file is still used).
+fn shared_secret_warning(what: &str, path: &std::path::Path) -> Option<String> {
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
     (mode & 0o077 != 0).then(|| {
         format!(
-            "key file {} is readable by other users (mode {mode:o}); `chmod 600` it",
+            "{what} {} is readable by other users (mode {mode:o}); `chmod 600` it",
             path.display()
         )
     })
