@@ -6,10 +6,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::Mutex;
+use tokio::io::AsyncReadExt;
 
 use super::batch::{Metric, MAX_METRIC_TAGS};
+pub use super::file_publisher::FilePublisher;
 use super::glob::{metric_matches, pattern_problem};
 use super::manifest::{ManifestError, MAX_METRIC_PATTERNS};
 
@@ -250,84 +250,6 @@ impl Tagger {
     }
 }
 
-/// Appends metrics to a file, one JSON object per line.
-///
-/// Calls on one publisher never interleave; share one publisher per path
-/// rather than making several for the same file.
-#[derive(Debug)]
-pub struct FilePublisher {
-    path: PathBuf,
-    // Held across the whole append so concurrent batches land whole.
-    append: Mutex<()>,
-}
-
-impl FilePublisher {
-    /// A publisher appending to `path`; nothing is opened until a publish.
-    pub fn new(path: impl Into<PathBuf>) -> FilePublisher {
-        FilePublisher {
-            path: path.into(),
-            append: Mutex::new(()),
-        }
-    }
-
-    /// The file appended to.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Creates the directory and the file as needed and opens it for
-    /// appending, writing nothing: whether publishing can work at all.
-    pub async fn check(&self) -> Result<(), PluginError> {
-        let _guard = self.append.lock().await;
-        self.open().await.map(drop)
-    }
-
-    async fn open(&self) -> Result<tokio::fs::File, PluginError> {
-        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| PluginError::io(dir, &e))?;
-        }
-        tokio::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)
-            .await
-            .map_err(|e| PluginError::io(&self.path, &e))
-    }
-
-    /// Appends one line per metric, creating the directory and the file as
-    /// needed, and returns the lines written. Metrics that would not decode
-    /// (non-finite values and the like, see
-    /// [`Metric::validate`]) are left out.
-    pub async fn publish(&self, metrics: &[Metric]) -> Result<usize, PluginError> {
-        let mut buf = Vec::new();
-        let mut lines = 0;
-        for metric in metrics.iter().filter(|m| m.validate().is_ok()) {
-            // Serialise each line apart so a failure cannot leave half a line.
-            if let Ok(line) = serde_json::to_vec(metric) {
-                buf.extend_from_slice(&line);
-                buf.push(b'\n');
-                lines += 1;
-            }
-        }
-        if lines == 0 {
-            return Ok(0);
-        }
-        let _guard = self.append.lock().await;
-        let mut file = self.open().await?;
-        file.write_all(&buf)
-            .await
-            .map_err(|e| PluginError::io(&self.path, &e))?;
-        // A tokio write may still be in flight until flushed; finish it while
-        // the lock is held.
-        file.flush()
-            .await
-            .map_err(|e| PluginError::io(&self.path, &e))?;
-        Ok(lines)
-    }
-}
-
 /// Prints metrics to stdout, one `name value tag=v,...` line each.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct StdoutPublisher;
@@ -380,7 +302,6 @@ fn format_line(metric: &Metric) -> String {
 mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     /// A temporary directory removed on drop.
     struct TempDir(PathBuf);
@@ -606,83 +527,6 @@ mod tests {
             .process(vec![Metric::new("a", 1.0, 1)], &tags)
             .unwrap();
         assert_eq!(out[0].tags, tags);
-    }
-
-    fn read_lines(path: &Path) -> Vec<Metric> {
-        std::fs::read_to_string(path)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
-    }
-
-    #[tokio::test]
-    async fn file_publisher_appends_lines_creating_the_directory() {
-        let dir = TempDir::new("file");
-        let path = dir.0.join("deep/er/metrics.jsonl");
-        let publisher = FilePublisher::new(&path);
-        assert_eq!(publisher.path(), path);
-        assert_eq!(publisher.publish(&[]).await, Ok(0));
-        assert!(!path.exists());
-
-        let batch = vec![
-            Metric::new("a", 1.0, 1),
-            Metric::new("b", f64::NAN, 2),
-            Metric::new("c", 3.5, 3),
-        ];
-        assert_eq!(publisher.publish(&batch).await, Ok(2));
-        assert_eq!(publisher.publish(&batch[..1]).await, Ok(1));
-        let lines = read_lines(&path);
-        let names: Vec<&str> = lines.iter().map(|m| m.name.as_str()).collect();
-        assert_eq!(names, ["a", "c", "a"]);
-        assert_eq!(lines[1], batch[2]);
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-    async fn concurrent_publishes_write_whole_lines() {
-        let dir = TempDir::new("concurrent");
-        let path = dir.0.join("m.jsonl");
-        let publisher = Arc::new(FilePublisher::new(&path));
-        let long_tag = "v".repeat(200);
-        let mut tasks = Vec::new();
-        for t in 0..16u64 {
-            let publisher = Arc::clone(&publisher);
-            let long_tag = long_tag.clone();
-            tasks.push(tokio::spawn(async move {
-                let batch: Vec<Metric> = (0..300u64)
-                    .map(|i| {
-                        let mut m = Metric::new(format!("task{t}/m{i}"), i as f64, t);
-                        m.tags.insert("pad".into(), long_tag.clone());
-                        m
-                    })
-                    .collect();
-                publisher.publish(&batch).await
-            }));
-        }
-        for task in tasks {
-            assert_eq!(task.await.unwrap(), Ok(300));
-        }
-        let lines = read_lines(&path);
-        assert_eq!(lines.len(), 16 * 300);
-        // Each batch lands contiguously and in order.
-        for chunk in lines.chunks(300) {
-            let t = chunk[0].timestamp_ms;
-            for (i, m) in chunk.iter().enumerate() {
-                assert_eq!(m.name, format!("task{t}/m{i}"));
-            }
-        }
-    }
-
-    #[tokio::test]
-    async fn file_publisher_reports_io_errors() {
-        let dir = TempDir::new("ioerr");
-        dir.write("blocker", "not a directory");
-        let publisher = FilePublisher::new(dir.0.join("blocker/m.jsonl"));
-        let err = publisher
-            .publish(&[Metric::new("a", 1.0, 1)])
-            .await
-            .unwrap_err();
-        assert_eq!(err.code, "io");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! run by this node's own handler.
 pub mod batch;
 pub mod builtin;
+mod file_publisher;
 pub mod glob;
 pub mod manifest;
 mod object;
