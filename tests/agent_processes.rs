@@ -1464,6 +1464,44 @@ fn an_agent_refuses_a_publish_file_it_cannot_write() {
     );
 }
 
+/// A publish file whose open hangs (a FIFO nobody reads stands in for a
+/// hung mount) holds the start up; SIGTERM ends it, exit 1, as for a hung
+/// data dir. (The open used to ignore signals: only SIGKILL ended it.)
+#[test]
+fn a_start_stuck_opening_the_publish_file_ends_at_sigterm() {
+    let dir = scratch_dir("fifo-publish");
+    let fifo = dir.join("out.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut child = bare_agent_command(&[
+        "--name",
+        "stuck",
+        "--admin",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+        "--publish-file",
+        fifo.to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("SIGTERM did not end the start");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stopped by a signal while starting"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_plaintext_agent_warns_at_start_and_shows_encryption_off() {
     let dir = scratch_dir("plaintext");

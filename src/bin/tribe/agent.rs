@@ -617,7 +617,23 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     // The publish file first: a path it cannot write is the operator's
     // mistake, said before any port is taken (or found taken).
     let publisher = match plan.publish_file {
-        Some(path) => Some(crate::tasks::file_publisher(path).await?),
+        Some(path) => {
+            // Raced with the signals, as the node's start: the file may sit
+            // on a hung mount.
+            let opening = crate::tasks::file_publisher(path);
+            tokio::pin!(opening);
+            loop {
+                tokio::select! {
+                    opened = &mut opening => break Some(opened?),
+                    signal = signals.next() => {
+                        if signal != SIGHUP {
+                            return Err("stopped by a signal while starting".into());
+                        }
+                        tracing::info!("SIGHUP while starting: nothing to reload; still starting");
+                    }
+                }
+            }
+        }
         None => None,
     };
     let admin_listener = tokio::net::TcpListener::bind(plan.admin)
