@@ -32,6 +32,9 @@ pub const STREAM_LIFETIME: Duration = Duration::from_secs(30);
 pub const SAVE_INTERVAL: Duration = Duration::from_secs(1);
 /// Least time between two warnings of failed writes of the data dir.
 const SAVE_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// How long a stop waits for its data dir to take the node's last state.
+const SAVE_AT_STOP: Duration = Duration::from_secs(5);
 /// Accepted connections that may be in their setup (hello, channel frame)
 /// or running an anti-entropy exchange at once; one more is closed at once
 /// and counted in `streams_over_cap`. Setups last at most the hello timeout,
@@ -72,6 +75,8 @@ pub struct Faults {
     loss_per_mille: Mutex<u32>,
     /// Added to every wall-clock reading of the node (a skewed clock).
     clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// How long each write to the data dir takes first (a slow disk).
+    save_delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Faults {
@@ -115,6 +120,20 @@ impl Faults {
     pub fn set_clock_offset(&self, offset_ms: i64) {
         self.clock_offset_ms
             .store(offset_ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Makes every write to the data dir take `delay` first (a slow or
+    /// hung disk).
+    #[cfg(any(test, feature = "internals"))]
+    pub fn delay_saves(&self, delay: Duration) {
+        self.save_delay_ms.store(
+            u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    fn save_delay(&self) -> Duration {
+        Duration::from_millis(self.save_delay_ms.load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The node's wall clock: the real one plus the injected offset.
@@ -524,7 +543,11 @@ impl Driver {
         };
         let shape = ring.as_ref().map(|r| (r.ids(), r.primary_id()));
         let lock = self.dir_lock.clone();
+        let delay = self.shared.faults.save_delay();
         let result = writer.run(move || -> std::io::Result<()> {
+            if !delay.is_zero() {
+                std::thread::sleep(delay);
+            }
             if let Some(lock) = &lock {
                 crate::datadir::still_held(&dir, lock.id())?;
             }
@@ -591,17 +614,26 @@ impl Driver {
     async fn save_durable_now(&mut self) {
         // Its failure is logged now, whatever was logged a moment ago.
         self.save_failures.1 = None;
-        for _ in 0..2 {
+        // Bounded: a supervisor's stop timeout would kill a process that
+        // waits on a hung disk, and its goodbye is said already. A write
+        // still under way holds the data dir's lock until it ends.
+        let deadline = Instant::now() + SAVE_AT_STOP;
+        for last in [false, false, true] {
             if let Some(job) = self.saving.take() {
-                let result = job.result.await.ok();
-                self.saved(result, job.revision, job.ring);
+                let Ok(result) = tokio::time::timeout_at(deadline, job.result).await else {
+                    tracing::error!(
+                        "the data dir did not take the node's last state within {} s (a slow \
+                         or hung disk): the node stops without it; a restart from it comes \
+                         back with what it last saved",
+                        SAVE_AT_STOP.as_secs()
+                    );
+                    return;
+                };
+                self.saved(result.ok(), job.revision, job.ring);
             }
-            self.save_durable();
-        }
-        // The data dir's lock is released after this: no write may go on.
-        if let Some(job) = self.saving.take() {
-            let result = job.result.await.ok();
-            self.saved(result, job.revision, job.ring);
+            if !last {
+                self.save_durable();
+            }
         }
         // Still failing: a failure since the reset above, none written after.
         if self.save_failures.1.is_some() && self.shared.data_dir.is_some() {

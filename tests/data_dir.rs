@@ -432,3 +432,36 @@ async fn a_far_future_start_time_in_the_data_dir_does_not_keep_the_node_out() {
     keeper.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A stop waits a bounded time for a slow or hung data dir (a supervisor's
+/// stop timeout would kill it first), says the last state was not saved,
+/// and a restart finds the lock held until that write ends. (It waited
+/// for every write under way and one more: 27 s on a disk that took 15 s a
+/// write.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_waits_a_bounded_time_for_a_hung_data_dir() {
+    logged();
+    let dir = scratch("hungdisk");
+    let faults = std::sync::Arc::new(tribe::runtime::Faults::default());
+    let cfg = config("dd-hung", &dir, "127.0.0.1:0".parse().unwrap());
+    let node = Node::start_with_faults(cfg.clone(), faults.clone())
+        .await
+        .unwrap();
+    faults.delay_saves(Duration::from_secs(30));
+    node.set_fact("round", "1").await.unwrap();
+    let began = std::time::Instant::now();
+    node.shutdown().await.unwrap();
+    let took = began.elapsed();
+    assert!(took < Duration::from_secs(20), "the stop took {took:?}");
+    assert!(
+        logged().contains("the data dir did not take the node's last state"),
+        "no word of the lost save"
+    );
+    // The write still under way holds the data dir.
+    let again = Node::start(cfg).await.err();
+    assert!(
+        again.is_some_and(|e| e.to_string().contains("in use")),
+        "a second node took the data dir while a write was under way"
+    );
+    drop(node);
+}
