@@ -1244,8 +1244,9 @@ uint32_t tribe_config_set_encryption(struct tribe_config *cfg,
 /**
  * Sets the data directory (known peers, memberships by hand, keyring kept
  * across restarts). Created at start (owner-only) if missing; an existing
- * one keeps its mode, but one every user may write is refused at start
- * (`TRIBE_CONFIG`).
+ * one keeps its mode, but one every user may write, or one that belongs
+ * to another user than root or this process's, is refused at start
+ * (`TRIBE_CONFIG`; one its group may write is taken, with a warning).
  */
 uint32_t tribe_config_set_data_dir(struct tribe_config *cfg,
                                    const char *dir,

@@ -288,10 +288,9 @@ fn refuse_world_writable(dir: &Path) -> Result<()> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let mode = std::fs::metadata(dir)
-            .map_err(|e| Error::Io(format!("cannot read data dir {}: {e}", dir.display())))?
-            .permissions()
-            .mode();
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| Error::Io(format!("cannot read data dir {}: {e}", dir.display())))?;
+        let mode = meta.permissions().mode();
         if mode & 0o002 != 0 {
             return Err(Error::Config(format!(
                 "data dir {} is writable by every user (mode {:o}): another user could \
@@ -299,6 +298,25 @@ fn refuse_world_writable(dir: &Path) -> Result<()> {
                 dir.display(),
                 mode & 0o7777
             )));
+        }
+        // Its owner may change its mode, and so its files: this user or
+        // root, who may anyway.
+        let owner = std::os::unix::fs::MetadataExt::uid(&meta);
+        let me = nix::unistd::geteuid().as_raw();
+        if owner != me && owner != 0 {
+            return Err(Error::Config(format!(
+                "data dir {} belongs to another user (uid {owner}, this process runs as \
+                 uid {me}), who could replace its keyring or state; chown it",
+                dir.display()
+            )));
+        }
+        if mode & 0o020 != 0 {
+            tracing::warn!(
+                data_dir = %dir.display(),
+                "the data dir is writable by its group (mode {:o}): its members could replace \
+                 its keyring or state; chmod g-w it unless they are trusted",
+                mode & 0o7777
+            );
         }
     }
     Ok(())
@@ -650,6 +668,28 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A data dir that belongs to another user (not root) is refused: its
+    /// owner could replace the keyring. One this user's group may write is
+    /// taken, with a warning.
+    #[test]
+    fn a_data_dir_of_another_user_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("owner");
+        prepare(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o770)).unwrap();
+        check(&dir, "owner").unwrap();
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        if nix::unistd::chown(&dir, nobody, None).is_err() {
+            // Only root may give a directory away.
+            assert!(!nix::unistd::geteuid().is_root());
+            eprintln!("not root: a data dir of another user is not tried");
+            return;
+        }
+        let err = check(&dir, "owner").unwrap_err().to_string();
+        assert!(err.contains("belongs to another user (uid 65534"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
