@@ -323,9 +323,10 @@ pub struct Entry {
     /// The value, or `None` once deleted.
     pub value: Option<Value>,
     /// For a tribe's child record (membership by hand, plugin entry, task),
-    /// the era of the tribe it was written into ([`TribeRecord::era`]): a
-    /// later era wins a conflict whatever the versions. On a tribe's
-    /// deletion, the latest era of the records it beat. `None` otherwise.
+    /// the era of the tribe it was written into ([`TribeRecord::era`], or
+    /// the tribe's mark when later): a later era wins a conflict whatever
+    /// the versions. On a tribe's own key, its mark: the latest era of the
+    /// writes it beat, whose records are the tribe's too. `None` otherwise.
     #[serde(default)]
     pub era: Option<Hlc>,
 }
@@ -382,10 +383,10 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
         key,
         Key::Member { .. } | Key::Plugin { .. } | Key::Task { .. }
     );
-    // A tribe's deletion keeps the era of the records it beat (see `State`).
-    let tribe_deletion = matches!(key, Key::Tribe(_)) && entry.value.is_none();
+    // A tribe's write carries the latest era of those it beat (see `State`).
+    let tribe = matches!(key, Key::Tribe(_));
     if let Some(era) = &entry.era {
-        if !child && !tribe_deletion {
+        if !child && !tribe {
             return Err(InvalidRecord("an era on a record that is not a tribe's"));
         }
         // An incarnation is a deletion's version, written before the record.

@@ -121,8 +121,8 @@ enum Settled {
     Kept,
     /// The incoming write replaces it.
     Taken,
-    /// The winner of a tribe's key, with the latest era of the two.
-    Lifted(Box<Entry>),
+    /// The winner of a tribe's key, marked with what the loser knew.
+    Marked(Box<Entry>),
 }
 
 fn settle(key: &Key, entry: &Entry, hash: &[u8; 32], current: &Stored) -> Settled {
@@ -133,56 +133,67 @@ fn settle(key: &Key, entry: &Entry, hash: &[u8; 32], current: &Stored) -> Settle
             Settled::Kept
         };
     }
-    let incoming_wins = match entry.version.cmp(&current.entry.version) {
-        std::cmp::Ordering::Equal => without_era(key, entry) > without_era(key, &current.entry),
-        later => later.is_gt(),
+    // Two marks of one write (met through stores that had marked it
+    // apart): the latest mark; it knows no more than that of itself.
+    let (incoming_wins, twins) = match entry.version.cmp(&current.entry.version) {
+        std::cmp::Ordering::Equal => {
+            let (a, b) = (unmarked(key, entry), unmarked(key, &current.entry));
+            (a > b, a == b)
+        }
+        later => (later.is_gt(), false),
     };
     let (winner, loser) = if incoming_wins {
         (entry, &current.entry)
     } else {
         (&current.entry, entry)
     };
-    let settled = with_era(winner, era_of(winner).max(era_of(loser)));
+    let met = if twins {
+        loser.era.clone()
+    } else {
+        latest_era(loser)
+    };
+    let mut settled = winner.clone();
+    settled.era = winner.era.clone().max(met);
     if settled == current.entry {
         Settled::Kept
     } else if settled == *entry {
         Settled::Taken
     } else {
-        Settled::Lifted(Box::new(settled))
+        Settled::Marked(Box::new(settled))
     }
 }
 
-/// A tribe's era as its key's write holds it: a record's own, or on a
-/// deletion the latest era of the records it beat.
+/// The latest incarnation a write of a tribe's key knows of: a creation's
+/// own era ([`crate::records::TribeRecord::era`]), a deletion's version
+/// (what is created after it is a new incarnation), and the mark it carries
+/// (`Entry::era`: the latest of the writes it beat).
 ///
-/// A node that never heard of a tribe's deletion (restarted empty, or cut
-/// off) creates it blind, with no era, and its later version wins: if the
-/// winner did not take the era of the incarnation it beat, that
-/// incarnation's records (which carry it) would all stop being the tribe's,
-/// and every later write into it (made with the winner's era) would lose to
-/// them, a join that returns `Ok` and never takes effect. A deletion keeps
-/// the era of what it beat, so that stores which met the writes in any
-/// order settle on the same era (the latest of all), whatever came between.
-fn era_of(entry: &Entry) -> Option<&crate::hlc::Hlc> {
-    match &entry.value {
-        Some(Value::Tribe(t)) => t.era.as_ref(),
-        _ => entry.era.as_ref(),
-    }
-}
-
-fn with_era(entry: &Entry, era: Option<&crate::hlc::Hlc>) -> Entry {
-    let mut settled = entry.clone();
-    match &mut settled.value {
-        Some(Value::Tribe(t)) => t.era = era.cloned(),
-        _ => settled.era = era.cloned(),
-    }
-    settled
+/// The key is decided by version, as any; the winner keeps the latest era
+/// of every write it beat as its mark. A tribe's records written into that
+/// era are the tribe's too (as are those of its own era), and what is
+/// written into the tribe from then on takes it. So when two incarnations
+/// meet (a node that never heard of the deletion, restarted empty or cut
+/// off, created the tribe blind; or both sides of a split deleted and
+/// created it), the records of the one that lost stay (if live), and later
+/// writes win over them: before, their later era beat every such write,
+/// a join that returned `Ok` and never took effect. Records of an
+/// incarnation that a deletion ended stay out: the deletion's version is
+/// the later era. Marks only grow, so stores that met the writes in any
+/// order hold the same.
+fn latest_era(entry: &Entry) -> Option<crate::hlc::Hlc> {
+    let own = match &entry.value {
+        Some(Value::Tribe(t)) => t.era.clone(),
+        _ => Some(entry.version.clone()),
+    };
+    entry.era.clone().max(own)
 }
 
 /// Equal versions of a tribe's key (hostile input) are ordered by what was
-/// written, not by the eras stores gave it since.
-fn without_era(key: &Key, entry: &Entry) -> [u8; 32] {
-    entry_hash(key, &with_era(entry, None))
+/// written, not by the marks stores gave it since.
+fn unmarked(key: &Key, entry: &Entry) -> [u8; 32] {
+    let mut bare = entry.clone();
+    bare.era = None;
+    entry_hash(key, &bare)
 }
 
 fn entry_hash(key: &Key, entry: &Entry) -> [u8; 32] {
@@ -232,7 +243,7 @@ impl State {
             Some(current) => match settle(&key, &entry, &hash, current) {
                 Settled::Kept => return false,
                 Settled::Taken => SharedWrite::new(key, entry, hash),
-                Settled::Lifted(lifted) => SharedWrite::of(key, *lifted),
+                Settled::Marked(marked) => SharedWrite::of(key, *marked),
             },
             None => SharedWrite::new(key, entry, hash),
         };
@@ -247,7 +258,7 @@ impl State {
                 match settle(&write.key, &write.stored.entry, &write.stored.hash, current) {
                     Settled::Kept => return false,
                     Settled::Taken => write,
-                    Settled::Lifted(lifted) => SharedWrite::of((*write.key).clone(), *lifted),
+                    Settled::Marked(marked) => SharedWrite::of((*write.key).clone(), *marked),
                 }
             }
             None => write,
@@ -536,8 +547,8 @@ mod tests {
             |(key, millis, counter, node, alive, flavour)| {
                 let v = version(millis, counter, &format!("n{node}"));
                 let value = alive.then(|| value_for(&key, flavour));
-                // A tribe's deletion may carry the era of what it beat.
-                let era = (!alive && matches!(key, Key::Tribe(_)) && flavour > 0)
+                // A tribe's write may carry the mark of what it beat.
+                let era = (matches!(key, Key::Tribe(_)) && flavour > 0 && counter == 1)
                     .then(|| version(u64::from(flavour), 0, "n1"));
                 (key, Entry { version: v, value, era })
             },
@@ -676,51 +687,55 @@ mod tests {
     }
 
     #[test]
-    fn a_blind_creation_that_wins_keeps_the_incarnations_era() {
+    fn a_creation_that_wins_is_marked_with_the_latest_era_it_beat() {
         let key = Key::Tribe("core".into());
         let d20 = version(20, 0, "d");
-        let tribe = |millis, node, after: Option<Hlc>, era: Option<Hlc>| Entry {
+        let tribe = |millis, node, era: Option<Hlc>, mark: Option<Hlc>| Entry {
             version: version(millis, 0, node),
-            value: Some(Value::Tribe(TribeRecord { after, era })),
-            era: None,
+            value: Some(Value::Tribe(TribeRecord {
+                after: era.clone(),
+                era,
+            })),
+            era: mark,
         };
         // Created again after the deletion at 20, and later created blind
         // by a node that never heard of the deletion.
-        let incarnation = tribe(30, "a", Some(d20.clone()), Some(d20.clone()));
+        let incarnation = tribe(30, "a", Some(d20.clone()), None);
         let blind = tribe(40, "b", None, None);
-        let lifted = tribe(40, "b", None, Some(d20.clone()));
+        let marked = tribe(40, "b", None, Some(d20.clone()));
         for order in [[&incarnation, &blind], [&blind, &incarnation]] {
             let mut s = State::new();
             for e in order {
                 assert!(s.merge(key.clone(), e.clone()));
             }
-            assert_eq!(s.entry(&key), Some(&lifted));
-            // Met again, from a store that had not lifted it: no news.
+            assert_eq!(s.entry(&key), Some(&marked));
+            // Met again, from a store that had not marked it: no news.
             assert!(!s.merge(key.clone(), blind.clone()));
             assert!(!s.merge(key.clone(), incarnation.clone()));
-            let mut from_lifted = State::new();
-            assert!(from_lifted.merge(key.clone(), blind.clone()));
-            assert!(from_lifted.merge(key.clone(), lifted.clone()));
-            assert_eq!(s.digest(), from_lifted.digest());
+            let mut from_marked = State::new();
+            assert!(from_marked.merge(key.clone(), blind.clone()));
+            assert!(from_marked.merge(key.clone(), marked.clone()));
+            assert_eq!(s.digest(), from_marked.digest());
         }
-        // A deletion between them keeps the era for the blind creation.
+        // A deletion that ended the incarnation marks the creation after
+        // it with its own version: the incarnation's records stay out.
         let deletion = Entry {
             version: version(35, 0, "c"),
             value: None,
             era: None,
         };
-        let mut s = State::new();
-        for e in [&incarnation, &deletion, &blind] {
-            assert!(s.merge(key.clone(), e.clone()));
+        let after_deletion = tribe(40, "b", None, Some(version(35, 0, "c")));
+        for order in [
+            [&incarnation, &deletion, &blind],
+            [&blind, &deletion, &incarnation],
+            [&deletion, &blind, &incarnation],
+        ] {
+            let mut s = State::new();
+            for e in order {
+                s.merge(key.clone(), e.clone());
+            }
+            assert_eq!(s.entry(&key), Some(&after_deletion));
         }
-        assert_eq!(s.entry(&key), Some(&lifted));
-        // A deletion that lost to a creation leaves its era alone: it
-        // deleted an incarnation older than the one that beat it.
-        let mut s = State::new();
-        for e in [&deletion, &blind] {
-            assert!(s.merge(key.clone(), e.clone()));
-        }
-        assert_eq!(s.entry(&key), Some(&blind));
     }
 
     #[test]

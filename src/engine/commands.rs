@@ -156,11 +156,15 @@ impl Engine {
             let mut sh = lock(&self.shared);
             let now = sh.now_ms;
             // A child record belongs to the tribe's incarnation it is
-            // written into.
+            // written into: the latest it met (see `State`).
             let era = match key.tribe() {
                 Some(tribe) if !matches!(key, Key::Tribe(_)) => {
-                    match sh.state.get(&Key::Tribe(tribe.to_string())) {
-                        Some(Value::Tribe(t)) => t.era.clone(),
+                    match sh.state.entry(&Key::Tribe(tribe.to_string())) {
+                        Some(Entry {
+                            value: Some(Value::Tribe(t)),
+                            era: mark,
+                            ..
+                        }) => t.era.clone().max(mark.clone()),
                         _ => None,
                     }
                 }

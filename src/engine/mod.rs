@@ -20,7 +20,6 @@ mod buddy;
 mod codec;
 pub mod commands;
 mod delta;
-mod eras;
 mod failing;
 mod goodbyes;
 pub mod durable;

@@ -206,9 +206,6 @@ impl Engine {
             {
                 self.apply_ring();
             }
-            if changes.iter().any(|k| matches!(**k, Key::Tribe(_))) {
-                self.rewrite_into_later_eras(&changes);
-            }
             if policy_relevant {
                 self.evaluate_policies();
             }
@@ -648,12 +645,12 @@ impl Engine {
                 // they keep theirs.)
                 None => {
                     let children = View { state: &sh.state }.child_entries(tribe);
-                    let latest_era = children.iter().filter_map(|(_, e)| e.era.clone()).max();
+                    let latest_era = children.iter().filter_map(|e| e.era.clone()).max();
                     latest_era.map(|era| {
                         children
                             .iter()
-                            .filter(|(_, e)| e.era.as_ref() == Some(&era))
-                            .map(|(_, e)| e.version.clone())
+                            .filter(|e| e.era.as_ref() == Some(&era))
+                            .map(|e| e.version.clone())
                             .max()
                             .unwrap_or(era)
                     })

@@ -157,9 +157,19 @@ impl<'a> View<'a> {
         let Some(tribe) = key.tribe() else {
             return true;
         };
-        match (self.tribe_record(tribe), self.state.entry(key)) {
-            (Some(t), Some(entry)) => {
-                entry.era == t.era && t.after.as_ref().is_none_or(|d| entry.version > *d)
+        let created = self.state.entry(&Key::Tribe(tribe.to_string()));
+        match (created, self.state.entry(key)) {
+            (
+                Some(crate::records::Entry {
+                    value: Some(Value::Tribe(t)),
+                    era: mark,
+                    ..
+                }),
+                Some(entry),
+            ) => {
+                // Its own era's, or the latest one it met (see `State`).
+                let era_ok = entry.era == t.era || (mark.is_some() && entry.era == *mark);
+                era_ok && t.after.as_ref().is_none_or(|d| entry.version > *d)
             }
             _ => false,
         }
@@ -179,7 +189,7 @@ impl<'a> View<'a> {
 
     /// Every record of a tribe's children (memberships by hand, plugin
     /// entries, tasks), deletions and records of other eras included.
-    pub fn child_entries(&self, tribe: &str) -> Vec<(&'a Key, &'a crate::records::Entry)> {
+    pub fn child_entries(&self, tribe: &str) -> Vec<&'a crate::records::Entry> {
         let t = || tribe.to_string();
         let starts = [
             Key::Member {
@@ -205,6 +215,7 @@ impl<'a> View<'a> {
                         k.tribe() == Some(tribe)
                             && std::mem::discriminant(*k) == std::mem::discriminant(from)
                     })
+                    .map(|(_, e)| e)
             })
             .collect()
     }
