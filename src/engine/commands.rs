@@ -156,17 +156,22 @@ impl Engine {
             let mut sh = lock(&self.shared);
             let now = sh.now_ms;
             // A child record belongs to the tribe's incarnation it is
-            // written into: the latest it met (see `State`).
+            // written into: the latest it met (see `State`), or that of the
+            // record it replaces when later (written into a creation whose
+            // record has not reached this node yet: with an earlier era,
+            // this write would lose to it, here too, and its command would
+            // return Ok for nothing).
             let era = match key.tribe() {
                 Some(tribe) if !matches!(key, Key::Tribe(_)) => {
-                    match sh.state.entry(&Key::Tribe(tribe.to_string())) {
+                    let into = match sh.state.entry(&Key::Tribe(tribe.to_string())) {
                         Some(Entry {
                             value: Some(Value::Tribe(t)),
                             era: mark,
                             ..
                         }) => t.era.clone().max(mark.clone()),
                         _ => None,
-                    }
+                    };
+                    into.max(sh.state.entry(&key).and_then(|held| held.era.clone()))
                 }
                 _ => None,
             };
