@@ -1556,6 +1556,17 @@ fn an_admin_api_reachable_from_other_hosts_needs_a_token() {
 }
 
 /// Whether `pid` still runs (a zombie no one reaped does not).
+/// Sends SIGTERM to `child`; whether it ended within `limit`.
+fn stops_at_sigterm(child: &Child, limit: Duration) -> bool {
+    let pid = child.id() as i32;
+    sigterm(child);
+    let sent = Instant::now();
+    while running(pid) && sent.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    !running(pid)
+}
+
 fn running(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         !s.rsplit(')')
@@ -1958,17 +1969,9 @@ fn an_agent_whose_stdout_nobody_reads_keeps_working() {
         assert_eq!(status, 200, "{body}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    let pid = agent.child.id() as i32;
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let stopped = Instant::now();
-    while running(pid) && stopped.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let stopped = stops_at_sigterm(&agent.child, Duration::from_secs(10));
     let log = std::fs::read_to_string(dir.join("unread.log")).unwrap_or_default();
-    assert!(!running(pid), "SIGTERM ignored; log: {log}");
+    assert!(stopped, "SIGTERM ignored; log: {log}");
     drop(stdout);
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);
@@ -2339,16 +2342,10 @@ fn an_agent_whose_stderr_nobody_reads_keeps_working() {
         assert_eq!(status, 200, "{body}");
         std::thread::sleep(Duration::from_millis(250));
     }
-    let pid = agent.child.id() as i32;
-    Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let stopped = Instant::now();
-    while running(pid) && stopped.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(!running(pid), "SIGTERM ignored");
+    assert!(
+        stops_at_sigterm(&agent.child, Duration::from_secs(10)),
+        "SIGTERM ignored"
+    );
     drop(stderr);
     drop(agent);
 }

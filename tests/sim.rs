@@ -1720,6 +1720,19 @@ fn a_node_whose_clock_stepped_back_reaps_on_time() {
     }
 }
 
+/// Four nodes (seed `seed`) that created tribe "t" and took 3 s to spread it.
+fn four_with_t(seed: u64) -> Sim {
+    let mut sim = Sim::new(config(seed));
+    for _ in 0..4 {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(10));
+    sim.command(0, Command::CreateTribe { tribe: "t".into() })
+        .unwrap();
+    sim.run_for(Duration::from_secs(3));
+    sim
+}
+
 /// Both sides of a split delete a tribe and create it again; one side also
 /// joins a node and loads a plugin into its incarnation, then deletes it;
 /// the other side's creation comes last and wins, with an older era than
@@ -1731,11 +1744,7 @@ fn a_node_whose_clock_stepped_back_reaps_on_time() {
 #[test]
 fn a_creation_that_wins_with_an_older_era_takes_the_later_one() {
     let n = 4;
-    let mut sim = Sim::new(config(11));
-    for _ in 0..n {
-        sim.add_node();
-    }
-    sim.run_for(Duration::from_secs(10));
+    let mut sim = four_with_t(11);
     let t = || "t".to_string();
     let join = || Command::Join {
         tribe: t(),
@@ -1749,8 +1758,6 @@ fn a_creation_that_wins_with_an_older_era_takes_the_later_one() {
         artifact: None,
     };
     let half = Duration::from_millis(500);
-    sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
-    sim.run_for(Duration::from_secs(3));
     sim.partition(|i| i < 2);
     sim.run_for(Duration::from_secs(1));
     sim.command(0, Command::DeleteTribe { tribe: t() }).unwrap();
@@ -1795,13 +1802,7 @@ fn t_members(sim: &Sim, n: usize) -> Vec<Option<(Vec<String>, usize)>> {
 fn a_join_into_the_creation_that_wins_stays_after_the_heal() {
     let n = 4;
     let t = || "t".to_string();
-    let mut sim = Sim::new(config(11));
-    for _ in 0..n {
-        sim.add_node();
-    }
-    sim.run_for(Duration::from_secs(10));
-    sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
-    sim.run_for(Duration::from_secs(3));
+    let mut sim = four_with_t(11);
     sim.partition(|i| i < 2);
     sim.run_for(Duration::from_secs(1));
     sim.command(0, Command::DeleteTribe { tribe: t() }).unwrap();
@@ -1837,13 +1838,7 @@ fn a_join_into_the_creation_that_wins_stays_after_the_heal() {
 fn a_blind_creation_brings_back_nothing_of_a_deleted_incarnation() {
     let n = 4;
     let t = || "t".to_string();
-    let mut sim = Sim::new(config(21));
-    for _ in 0..n {
-        sim.add_node();
-    }
-    sim.run_for(Duration::from_secs(10));
-    sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
-    sim.run_for(Duration::from_secs(3));
+    let mut sim = four_with_t(21);
     sim.command(0, Command::DeleteTribe { tribe: t() }).unwrap();
     sim.run_for(Duration::from_secs(3));
     sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
@@ -1895,13 +1890,7 @@ fn a_blind_creation_brings_back_nothing_of_a_deleted_incarnation() {
 fn a_write_over_a_record_of_a_later_era_takes_that_era() {
     let n = 4;
     let t = || "t".to_string();
-    let mut sim = Sim::new(config(12));
-    for _ in 0..n {
-        sim.add_node();
-    }
-    sim.run_for(Duration::from_secs(10));
-    sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
-    sim.run_for(Duration::from_secs(3));
+    let mut sim = four_with_t(12);
     sim.partition(|i| i < 2);
     sim.command(0, Command::DeleteTribe { tribe: t() }).unwrap();
     sim.command(0, Command::CreateTribe { tribe: t() }).unwrap();
