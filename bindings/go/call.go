@@ -193,7 +193,15 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		left := time.Until(deadline)
 		if left < time.Millisecond {
 			// libtribe counts whole ms: a call sent now would start its
-			// handler with an expired context.
+			// handler with an expired context. Its end is waited for (less
+			// than a ms), so that the error carries the context's cause and
+			// ctx.Err() is set when Call returns.
+			expired := time.NewTimer(left + deadlineGrace)
+			select {
+			case <-ctx.Done():
+			case <-expired.C:
+			}
+			expired.Stop()
 			return nil, contextError(ctxEnd(ctx, context.DeadlineExceeded))
 		}
 		ms := (left + time.Millisecond - 1) / time.Millisecond

@@ -44,6 +44,17 @@ func TestCallErrorsKeepTheContextsCause(t *testing.T) {
 			t.Fatalf("timed out with a cause: %v", err)
 		}
 	}
+	// Under a ms left: refused before it is sent, with the cause, and the
+	// context has ended when Call returns.
+	for _, left := range []time.Duration{time.Microsecond, 500 * time.Microsecond} {
+		ctx, cancel := context.WithTimeoutCause(context.Background(), left, late)
+		_, err := caller.Call(ctx, target("wait"), nil)
+		ended := ctx.Err()
+		cancel()
+		if !errors.Is(err, ErrTimeout) || !errors.Is(err, late) || ended == nil {
+			t.Fatalf("%v left: %v (ctx.Err() %v)", left, err, ended)
+		}
+	}
 	// Without a cause, as before (whichever end's timer came first).
 	plain, done := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	defer done()
