@@ -171,15 +171,15 @@ fn settle(key: &Key, entry: &Entry, hash: &[u8; 32], current: &Stored) -> Settle
 /// The key is decided by version, as any; the winner keeps the latest era
 /// of every write it beat as its mark. A tribe's records written into that
 /// era are the tribe's too (as are those of its own era), and what is
-/// written into the tribe from then on takes it. So when two incarnations
-/// meet (a node that never heard of the deletion, restarted empty or cut
-/// off, created the tribe blind; or both sides of a split deleted and
-/// created it), the records of the one that lost stay (if live), and later
-/// writes win over them: before, their later era beat every such write,
-/// a join that returned `Ok` and never took effect. Records of an
-/// incarnation that a deletion ended stay out: the deletion's version is
-/// the later era. Marks only grow, so stores that met the writes in any
-/// order hold the same.
+/// written into the tribe from then on takes it. So when a node that never
+/// heard of a deletion (restarted empty, or cut off) created the tribe
+/// blind, the records of the incarnation its creation beat stay, and later
+/// writes win over them: before, their later era beat every such write, a
+/// join that returned `Ok` and never took effect. Records of an
+/// incarnation that a deletion ended stay out (the deletion's version is
+/// the later era), as do those of an incarnation older than the latest.
+/// Marks only grow, so stores that met the writes in any order hold the
+/// same.
 fn latest_era(entry: &Entry) -> Option<crate::hlc::Hlc> {
     let own = match &entry.value {
         Some(Value::Tribe(t)) => t.era.clone(),
