@@ -1121,3 +1121,41 @@ async fn a_handler_that_panics_when_dropped_at_its_budget_fails_only_its_call() 
         n.shutdown().await.unwrap();
     }
 }
+
+/// A call with under a millisecond left (a handler passing on what is left
+/// of its own budget) reaches its host with a budget of a millisecond, not
+/// none: its handler ran with nothing left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_budget_under_a_millisecond_reaches_the_host_rounded_up() {
+    let nodes = start_cluster("subms", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let host = &nodes[1];
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    let budgets = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = budgets.clone();
+    host.serve("note", "1", PluginKind::Processor, move |info, _| {
+        seen.lock().unwrap().push(info.budget);
+        async { Ok(vec![]) }
+    })
+    .await
+    .unwrap();
+    let target = CallTarget::new("svc", "note", PluginKind::Processor);
+    wait_for("the endpoint seen", Duration::from_secs(20), || {
+        nodes[0].tribe("svc").is_some_and(|t| t.members.len() == 1)
+            && nodes[0].members().iter().any(|m| !m.endpoints.is_empty())
+    })
+    .await;
+    nodes[0]
+        .call(&target, vec![], Duration::from_secs(2))
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        let _ = nodes[0]
+            .call(&target, vec![], Duration::from_micros(900))
+            .await;
+    }
+    let budgets = budgets.lock().unwrap().clone();
+    assert!(budgets.len() > 1, "no short call reached the host");
+    assert!(budgets.iter().all(|b| !b.is_zero()), "{budgets:?}");
+}

@@ -422,7 +422,9 @@ impl Rpc {
                 other => Step::Done(other),
             };
         }
-        let budget_ms = u32::try_from(budget.as_millis()).unwrap_or(u32::MAX);
+        // Rounded up: a budget under a ms (a handler passing on what is
+        // left of its own) would reach the host as none at all.
+        let budget_ms = u32::try_from(budget.as_micros().div_ceil(1000)).unwrap_or(u32::MAX);
         let _load = self.pool.reserve(cand.addr);
         let large = bytes.len() >= super::client::LARGE_CALL;
         // Numbered by the stream it goes on.
