@@ -97,19 +97,18 @@ impl Company {
     pub(crate) fn alone(&self) -> bool {
         self.max.saturating_sub(self.slots.available_permits()) <= 1
     }
-
-    /// Writes call `id`'s answer: alone on the stream, from this thread;
-    /// with company, left to the flusher to batch with others. A stream
-    /// that ended has no caller left to answer.
-    pub(crate) fn reply(&self, outbox: &Outbox, id: u64, result: Result<Vec<u8>, HandlerError>) {
-        write_reply(outbox, id, result, self.alone());
-    }
 }
 
-/// Writes call `id`'s answer to `outbox`: from this thread when `now`,
-/// else left to the flusher. A stream that ended has no caller left to
+/// Writes call `id`'s answer to `outbox`: from this thread when `now`
+/// (a call alone on its stream, see [`Company::alone`]), else left to the
+/// flusher to batch with others. A stream that ended has no caller left to
 /// answer.
-fn write_reply(outbox: &Outbox, id: u64, result: Result<Vec<u8>, HandlerError>, now: bool) {
+pub(crate) fn write_reply(
+    outbox: &Outbox,
+    id: u64,
+    result: Result<Vec<u8>, HandlerError>,
+    now: bool,
+) {
     let result = result.map(ByteBuf::from).map_err(|e| (e.code, e.message));
     let reply = RpcMsg::Reply { id, result };
     let _ = if now {

@@ -17,7 +17,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::super::outbox::Outbox;
 use super::super::proto::{Refusal, RpcMsg};
-use super::super::responder::{Company, Responder};
+use super::super::responder::{write_reply, Company, Responder};
 use super::super::running::Running;
 use super::super::{CallInfo, RpcCounters};
 use super::{
@@ -381,10 +381,12 @@ impl Calls {
                             RpcCounters::bump(&server.counters.served);
                             // The places come back before the answer goes
                             // out (a caller's next call may come at once),
-                            // `open` after it (see `NodePlace`).
+                            // `open` after it (see `NodePlace`); whether it
+                            // has company is read while it holds its place.
+                            let alone = company.alone();
                             let (stream, node) = places;
                             drop((stream, node.held));
-                            company.reply(&outbox, id, result);
+                            write_reply(&outbox, id, result, alone);
                             drop(node.open);
                         }.in_current_span());
                         self.running.add_task(id, task);
