@@ -389,8 +389,16 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
         if !child && !tribe {
             return Err(InvalidRecord("an era on a record that is not a tribe's"));
         }
-        // An incarnation is a deletion's version, written before the record.
-        if *era >= entry.version || !names::is_valid(&era.node) {
+        // An incarnation is a deletion's version, written before the
+        // record. A tribe's mark may reach its own version: another write
+        // under the same version (hostile input only) marks it so in every
+        // store that met both, and a store must not hold what peers refuse.
+        let too_late = if tribe {
+            *era > entry.version
+        } else {
+            *era >= entry.version
+        };
+        if too_late || !names::is_valid(&era.node) {
             return Err(InvalidRecord("an era that is not an earlier version"));
         }
     }

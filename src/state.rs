@@ -738,6 +738,30 @@ mod tests {
         }
     }
 
+    /// Two writes under one version of a tribe's key (hostile input) leave
+    /// a write every peer takes: a store holds nothing they refuse.
+    #[test]
+    fn equal_versions_of_a_tribe_key_leave_a_valid_write() {
+        let key = Key::Tribe("core".into());
+        let created = Entry {
+            version: version(40, 0, "b"),
+            value: Some(Value::Tribe(TribeRecord { after: None, era: None })),
+            era: None,
+        };
+        let deleted = Entry {
+            value: None,
+            ..created.clone()
+        };
+        for order in [[&created, &deleted], [&deleted, &created]] {
+            let mut s = State::new();
+            for e in order {
+                s.merge(key.clone(), e.clone());
+            }
+            let held = s.entry(&key).unwrap();
+            assert_eq!(crate::records::validate(&key, held), Ok(()), "{held:?}");
+        }
+    }
+
     #[test]
     fn later_write_wins_and_tombstones_are_collected() {
         let mut s = State::new();
