@@ -70,7 +70,9 @@ impl Engine {
                         peer,
                         offset_ms = offset,
                         "this node's clock runs ahead of the peer's by more than the clock skew taken \
-                         ({} s): this node's writes and generations are refused there; fix the clocks",
+                         ({} s): this node's writes and generations are refused there, unless the \
+                         peer follows this node's clock (a tribe of two follows its one peer); fix \
+                         the clocks",
                         max_skew_ms / 1000
                     );
                 } else {
