@@ -687,12 +687,12 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
                 );
             }
             // Told in the log itself, once its reader reads again.
-            if let Some(n) = log_drops.newly_dropped() {
+            log_drops.tell_dropped(|n| {
                 tracing::warn!(
                     lines = n,
                     "stderr was not being read: log lines were dropped meanwhile"
                 );
-            }
+            });
         }
     });
     crate::tasks::serve_builtins(&node, publisher, ready_line, stdout).await?;

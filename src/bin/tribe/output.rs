@@ -81,12 +81,32 @@ pub struct DropWatch {
 }
 
 impl DropWatch {
+    fn dropped(&self) -> usize {
+        self.queue.dropped_lines() + self.failed.load(Ordering::Relaxed)
+    }
+
     /// Lines dropped since the last call, if any.
     pub fn newly_dropped(&mut self) -> Option<usize> {
-        let dropped = self.queue.dropped_lines() + self.failed.load(Ordering::Relaxed);
+        let dropped = self.dropped();
         let new = dropped.saturating_sub(self.reported);
         self.reported = dropped;
         (new > 0).then_some(new)
+    }
+
+    /// Tells `say` how many lines were dropped since they were last told,
+    /// if any; they count as told only if no line was dropped meanwhile
+    /// (the log's own count, said into the log, is lost with the lines
+    /// while its reader stays away: it is told again, once it reads).
+    pub fn tell_dropped(&mut self, say: impl FnOnce(usize)) {
+        let dropped = self.dropped();
+        let new = dropped.saturating_sub(self.reported);
+        if new == 0 {
+            return;
+        }
+        say(new);
+        if self.dropped() == dropped {
+            self.reported = dropped;
+        }
     }
 }
 
@@ -125,6 +145,44 @@ mod tests {
         assert!(dropped >= QUEUED_LINES, "{dropped}");
         assert_eq!(watch.newly_dropped(), None, "each drop is told once");
         drop(held);
+        drop(guard);
+    }
+
+    /// The count of dropped lines, told into the stream that dropped them
+    /// while its reader is away, is lost with them: it is told again, in
+    /// full, once a line gets through.
+    #[test]
+    fn a_count_told_into_a_stuck_stream_is_told_again() {
+        let gate = Arc::new(Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let (writer, mut watch, guard) = stream(Stuck(gate.clone()), "test-told").unwrap();
+        let line = |w: &NonBlocking, text: &str| {
+            let mut w = w.clone();
+            w.write_all(text.as_bytes()).unwrap();
+        };
+        for i in 0..2 * QUEUED_LINES {
+            line(&writer, &format!("line {i}\n"));
+        }
+        let mut told = Vec::new();
+        watch.tell_dropped(|n| {
+            told.push(n);
+            line(&writer, "dropped, with its count\n");
+        });
+        drop(held);
+        // The queue drains: the next line gets through.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        watch.tell_dropped(|n| {
+            told.push(n);
+            line(&writer, "told\n");
+        });
+        assert_eq!(told.len(), 2, "{told:?}");
+        assert!(told[1] > told[0], "{told:?}");
+        watch.tell_dropped(|n| told.push(n));
+        assert_eq!(
+            told.len(),
+            2,
+            "each count is told once it got through: {told:?}"
+        );
         drop(guard);
     }
 
