@@ -49,7 +49,7 @@ impl FilePublisher {
     /// Creates the directory and the file as needed and opens it for
     /// appending, writing nothing: whether publishing can work at all.
     pub async fn check(&self) -> Result<(), PluginError> {
-        self.append(Vec::new()).await
+        self.append(Vec::new(), self.wait).await
     }
 
     /// Appends one line per metric, creating the directory and the file as
@@ -57,6 +57,18 @@ impl FilePublisher {
     /// (non-finite values and the like, see
     /// [`Metric::validate`]) are left out.
     pub async fn publish(&self, metrics: &[Metric]) -> Result<usize, PluginError> {
+        self.publish_within(metrics, self.wait).await
+    }
+
+    /// [`FilePublisher::publish`], waiting at most `wait` (and 10 s) for
+    /// the write before it: a handler gives what is left of its call's
+    /// budget, so that the error naming the file reaches the caller
+    /// rather than the call's timeout.
+    pub async fn publish_within(
+        &self,
+        metrics: &[Metric],
+        wait: Duration,
+    ) -> Result<usize, PluginError> {
         let mut buf = Vec::new();
         let mut lines = 0;
         for metric in metrics.iter().filter(|m| m.validate().is_ok()) {
@@ -70,22 +82,23 @@ impl FilePublisher {
         if lines == 0 {
             return Ok(0);
         }
-        self.append(buf).await?;
+        self.append(buf, wait.min(self.wait)).await?;
         Ok(lines)
     }
 
-    /// Appends `bytes` on a blocking thread, after the write before it.
-    async fn append(&self, bytes: Vec<u8>) -> Result<(), PluginError> {
+    /// Appends `bytes` on a blocking thread, after the write before it,
+    /// waited for at most `wait`.
+    async fn append(&self, bytes: Vec<u8>, wait: Duration) -> Result<(), PluginError> {
         let stuck = || PluginError {
             code: "io",
             message: format!(
-                "{}: the write before this one has not finished in {} s (a hung file \
+                "{}: the write before this one has not finished in {:.1} s (a hung file \
                  system, or a FIFO nobody reads?); this batch is not written",
                 self.path.display(),
-                self.wait.as_secs()
+                wait.as_secs_f64()
             ),
         };
-        let permit = tokio::time::timeout(self.wait, self.writing.clone().acquire_owned())
+        let permit = tokio::time::timeout(wait, self.writing.clone().acquire_owned())
             .await
             .map_err(|_| stuck())?
             .map_err(|_| stuck())?;
