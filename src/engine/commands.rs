@@ -163,14 +163,7 @@ impl Engine {
             // return Ok for nothing).
             let era = match key.tribe() {
                 Some(tribe) if !matches!(key, Key::Tribe(_)) => {
-                    let into = match sh.state.entry(&Key::Tribe(tribe.to_string())) {
-                        Some(Entry {
-                            value: Some(Value::Tribe(t)),
-                            era: mark,
-                            ..
-                        }) => t.era.clone().max(mark.clone()),
-                        _ => None,
-                    };
+                    let into = super::view::View { state: &sh.state }.era_to_write(tribe);
                     into.max(sh.state.entry(&key).and_then(|held| held.era.clone()))
                 }
                 _ => None,

@@ -157,22 +157,33 @@ impl<'a> View<'a> {
         let Some(tribe) = key.tribe() else {
             return true;
         };
-        let created = self.state.entry(&Key::Tribe(tribe.to_string()));
-        match (created, self.state.entry(key)) {
-            (
-                Some(crate::records::Entry {
-                    value: Some(Value::Tribe(t)),
-                    era: mark,
-                    ..
-                }),
-                Some(entry),
-            ) => {
+        match (self.tribe_created(tribe), self.state.entry(key)) {
+            (Some((t, mark)), Some(entry)) => {
                 // Its own era's, or the latest one it met (see `State`).
-                let era_ok = entry.era == t.era || (mark.is_some() && entry.era == *mark);
+                let era_ok = entry.era == t.era || (mark.is_some() && entry.era.as_ref() == mark);
                 era_ok && t.after.as_ref().is_none_or(|d| entry.version > *d)
             }
             _ => false,
         }
+    }
+
+    /// A tribe's record and its mark: the latest era it met (see `State`).
+    pub fn tribe_created(
+        &self,
+        tribe: &str,
+    ) -> Option<(&'a TribeRecord, Option<&'a crate::hlc::Hlc>)> {
+        let entry = self.state.entry(&Key::Tribe(tribe.to_string()))?;
+        match &entry.value {
+            Some(Value::Tribe(t)) => Some((t, entry.era.as_ref())),
+            _ => None,
+        }
+    }
+
+    /// The era a record written into `tribe` now takes: the later of its
+    /// record's own and its mark.
+    pub fn era_to_write(&self, tribe: &str) -> Option<crate::hlc::Hlc> {
+        let (t, mark) = self.tribe_created(tribe)?;
+        t.era.clone().max(mark.cloned())
     }
 
     fn tribe_range(&self, tribe: &str, kind: fn(&str) -> Key) -> Vec<(&'a Key, &'a Value)> {

@@ -675,7 +675,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
 
     let mut events = node.events();
     let (ready_line_out, ready_line) = crate::tasks::ReadyLine::closed();
-    let (mut log_drops, _log_lines) = log_queue;
+    let (log_queue, mut log_drops, _log_lines) = log_queue;
     tokio::spawn(async move {
         let mut every = tokio::time::interval(std::time::Duration::from_secs(10));
         loop {
@@ -746,7 +746,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     );
     let _ = out.flush();
     drop(out);
-    crate::log_writer::queue_from_now();
+    crate::log_writer::queue_from_now(log_queue);
     ready_line_out.send_replace(true);
 
     if stop_at_once {

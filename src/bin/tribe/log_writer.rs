@@ -54,22 +54,16 @@ impl<'a> MakeWriter<'a> for LogWriter {
     }
 }
 
-/// The queue, made before the node starts (so that at the process's
-/// thread limit the start says so) and used from [`queue_from_now`] on.
-static MADE: std::sync::Mutex<Option<NonBlocking>> = std::sync::Mutex::new(None);
-
-/// Makes the queue's thread; the guard, dropped at exit, writes what is
-/// queued (waiting about a second at most).
-pub fn queue_later() -> Result<(DropWatch, WorkerGuard), String> {
-    let (writer, watch, guard) = crate::output::stream(std::io::stderr(), "tribe-log")?;
-    *MADE.lock().unwrap_or_else(|p| p.into_inner()) = Some(writer);
-    Ok((watch, guard))
+/// Makes the queue's thread before the node starts (so that at the
+/// process's thread limit the start says so); the writer goes to
+/// [`queue_from_now`] at the ready line, the guard, dropped at exit, writes
+/// what is queued (waiting about a second at most).
+pub fn queue_later() -> Result<(NonBlocking, DropWatch, WorkerGuard), String> {
+    crate::output::stream(std::io::stderr(), "tribe-log")
 }
 
-/// From now on, log lines go through the queue.
-pub fn queue_from_now() {
-    if let Some(writer) = MADE.lock().unwrap_or_else(|p| p.into_inner()).take() {
-        // Set once: the agent runs once per process.
-        let _ = QUEUED.set(writer);
-    }
+/// From now on, log lines go through `queue`.
+pub fn queue_from_now(queue: NonBlocking) {
+    // Set once: the agent runs once per process.
+    let _ = QUEUED.set(queue);
 }
