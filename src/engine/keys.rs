@@ -218,7 +218,10 @@ impl Engine {
         // Peers seal with this node's own key too: the refusing peer is the
         // one behind (it missed the rotation), and switching to its key
         // would undo the rotation here.
-        if self.own_key_heard_ms.is_some_and(fresh) {
+        if self
+            .own_key_heard
+            .is_some_and(|(k, at)| k == rejected && fresh(at))
+        {
             return false;
         }
         if ring.use_key(theirs).is_err() {
@@ -350,6 +353,12 @@ impl Engine {
             };
             (installs, removes, primary)
         };
+        // The key peers were heard sealing with lately (see below).
+        let now = self.now_ms();
+        let heard = self
+            .peer_key
+            .filter(|(_, at)| now.saturating_sub(*at) <= PEER_KEY_FRESH_MS)
+            .map(|(k, _)| k);
         let Some(ring) = self.keyring.as_mut() else {
             return;
         };
@@ -369,9 +378,36 @@ impl Engine {
                 Err(_) => full = true,
             }
         }
+        // A `use` and a `remove` of the same key that crossed (the `use`
+        // through a node cut off from the one that took the removal) leave
+        // the cluster's primary naming a removed key: the removal wins.
+        // Following that primary, or keeping it, leaves the nodes that still
+        // hold the key sealing with one their peers dropped, for good (each
+        // hears the other seal with it, so no refusal moves it). Such a
+        // node seals with a key it holds that was not removed instead: the
+        // one peers were heard sealing with lately, else the lowest id.
+        let primary = primary.filter(|p| !removes.contains(p));
         if let Some(p) = primary {
             if ring.primary_id() != p && ring.use_key(p).is_ok() {
                 tracing::info!(key = %p, "keyring: primary key changed");
+            }
+        } else if removes.contains(&ring.primary_id()) {
+            let kept: Vec<KeyId> = ring
+                .ids()
+                .into_iter()
+                .filter(|k| !removes.contains(k))
+                .collect();
+            let next = heard
+                .filter(|k| kept.contains(k))
+                .or_else(|| kept.iter().min().copied());
+            if let Some(next) = next {
+                if ring.use_key(next).is_ok() {
+                    tracing::warn!(
+                        removed = %before.1,
+                        key = %next,
+                        "keyring: this node's primary key was removed (a `use` and a `remove` of it crossed): sealing with {next}"
+                    );
+                }
             }
         }
         // A removed key that was primary until the switch above goes now.
@@ -497,9 +533,15 @@ mod tests {
         // While peers are heard sealing with the new key, a stale peer's
         // refusal moves nothing: it is the one behind (nodes flipped
         // between the two keys every few seconds around such a peer).
-        engine.own_key_heard_ms = Some(3_500);
+        engine.own_key_heard = Some((new_id, 3_500));
         assert!(!engine.try_another_key(4_000, new_id, Some(old_id)));
         assert_eq!(primary(&engine), new_id);
+        // A sighting of a former primary stands for no peer sealing with
+        // the current one: a node switched while cut off (its old key
+        // heard up to the cut) takes the key a refusing peer proves.
+        engine.own_key_heard = Some((old_id, 3_500));
+        assert!(engine.try_another_key(4_000, new_id, Some(old_id)));
+        assert_eq!(primary(&engine), old_id);
     }
 
     /// Installed keys and removed ones (until collected) count against the

@@ -261,9 +261,11 @@ pub struct Engine {
     /// tribe seals with, should this node's own key be refused (see
     /// `try_another_key`).
     peer_key: Option<(crate::crypto::KeyId, u64)>,
-    /// When a peer last sealed a datagram with this node's own primary
-    /// (engine clock, ms): a peer refusing that key is then the one behind.
-    own_key_heard_ms: Option<u64>,
+    /// The key of the last datagram a peer sealed with this node's own
+    /// primary (as it was then), and when (engine clock, ms): a peer
+    /// refusing that same key is then the one behind. The key is kept: a
+    /// sighting of a former primary says nothing about the current one.
+    own_key_heard: Option<(crate::crypto::KeyId, u64)>,
     /// Records kept from before a long absence, awaiting a peer's word
     /// (see [`durable`]).
     pending: BTreeMap<Key, crate::records::Entry>,
@@ -507,7 +509,7 @@ impl Engine {
             security_epoch: 0,
             key_refused: None,
             peer_key: None,
-            own_key_heard_ms: None,
+            own_key_heard: None,
         };
         engine.record.facts = engine.merged_facts();
         Ok(engine)
@@ -597,8 +599,8 @@ impl Engine {
                 self.note_sealed_peer(from);
                 let key = wire::sealed_key_id(bytes);
                 let primary = self.keyring.as_ref().map(|r| r.primary_id());
-                if key.is_some() && key == primary {
-                    self.own_key_heard_ms = Some(now_ms);
+                if let Some(k) = key.filter(|k| Some(*k) == primary) {
+                    self.own_key_heard = Some((k, now_ms));
                 } else if key.is_some() {
                     self.peer_key = key.map(|k| (k, self.now_ms()));
                 }
