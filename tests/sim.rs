@@ -1926,3 +1926,24 @@ fn a_write_over_a_record_of_a_later_era_takes_that_era() {
         "the second add returned {second:?}; tasks {manifests:?}"
     );
 }
+
+/// A member whose clock was reported off, restarted with a clock off the
+/// other way, is reported again: its report was once per name until its
+/// clock came back, so the worse clock went unsaid.
+#[test]
+fn a_member_back_with_another_clock_is_reported_again() {
+    let mut sim = cluster(7, 3);
+    sim.crash(2);
+    sim.set_clock_offset(2, 45_000);
+    sim.restart(2);
+    sim.run_for(Duration::from_secs(20));
+    let reports = |sim: &Sim| sim.engine(0).unwrap().counters().clock_skew_reports;
+    let first = reports(&sim);
+    assert!(first >= 1, "the fast clock unreported");
+    sim.crash(2);
+    sim.run_for(Duration::from_secs(10));
+    sim.set_clock_offset(2, -2 * 3600 * 1000);
+    sim.restart(2);
+    sim.run_for(Duration::from_secs(30));
+    assert!(reports(&sim) > first, "the slow clock unreported");
+}

@@ -972,6 +972,9 @@ impl Engine {
                 self.news.member_changed();
                 self.say_failure_before_up(&id.name);
                 if self.members.up(&id, now) == members::Change::Up {
+                    // Back (perhaps restarted, with another clock): its
+                    // clock is told again if it is off.
+                    self.skewed.remove(&*id.name);
                     self.emit(Event::MemberJoined {
                         name: id.name.to_string(),
                         addr: id.addr,
