@@ -76,7 +76,12 @@ func (e *RemoteError) Error() string {
 // handler's reply was over the serving node's payload limit (code
 // "too_large").
 func (e *RemoteError) Is(target error) bool {
-	return target == ErrRemote || (target == ErrTooLarge && e.Code == "too_large")
+	t, ok := target.(*Error)
+	if !ok || t == nil {
+		return false
+	}
+	// By code, as *Error matches: ErrRemote, or ErrTooLarge for "too_large".
+	return t.Code == ErrRemote.Code || (t.Code == ErrTooLarge.Code && e.Code == "too_large")
 }
 
 // PolicyError is a policy expression that did not compile, with the position
@@ -101,7 +106,10 @@ func (e *PolicyError) Error() string {
 }
 
 // Is makes a PolicyError match ErrInvalidPolicy.
-func (e *PolicyError) Is(target error) bool { return target == ErrInvalidPolicy }
+func (e *PolicyError) Is(target error) bool {
+	t, ok := target.(*Error)
+	return ok && t != nil && t.Code == ErrInvalidPolicy.Code
+}
 
 // HandlerError is what a Handler returns to choose the code and message the
 // caller sees in its RemoteError. Any other error gives the code "error"

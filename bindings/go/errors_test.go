@@ -291,6 +291,16 @@ func TestErrorIsMatchesByCode(t *testing.T) {
 	if errors.Is(ErrTimeout, (*Error)(nil)) {
 		t.Error("an error matches a nil *Error")
 	}
+	// The typed errors match by code too, as *Error does.
+	remote := &RemoteError{Code: "too_large", Message: "m"}
+	if !errors.Is(remote, &Error{Code: "remote"}) || !errors.Is(remote, &Error{Code: "too_large"}) ||
+		errors.Is(remote, &Error{Code: "timeout"}) || errors.Is(remote, (*Error)(nil)) {
+		t.Error("a RemoteError does not match by code")
+	}
+	policy := &PolicyError{Line: 1, Column: 2, Message: "m"}
+	if !errors.Is(policy, &Error{Code: "invalid_policy"}) || errors.Is(policy, ErrRemote) {
+		t.Error("a PolicyError does not match by code")
+	}
 }
 
 // Every result code of the C ABI has a sentinel of the name libtribe gives
