@@ -1682,6 +1682,17 @@ uint32_t tribe_node_members_json(const struct tribe_node *node,
                                  struct tribe_error **err);
 
 /**
+ * One member by name, this node included, as the admin API's
+ * `GET /v1/members/{name}`; `TRIBE_UNKNOWN_NODE` if none. `*out` is
+ * owned (`tribe_string_free`). Does not block.
+ */
+uint32_t tribe_node_member_json(const struct tribe_node *node,
+                                const char *name,
+                                char **out,
+                                size_t *out_len,
+                                struct tribe_error **err);
+
+/**
  * Every tribe with its live members and catalog, as `GET /v1/tribes`.
  */
 uint32_t tribe_node_tribes_json(const struct tribe_node *node,

@@ -51,6 +51,30 @@ pub extern "C" fn tribe_node_members_json(
     })
 }
 
+/// One member by name, this node included, as the admin API's
+/// `GET /v1/members/{name}`; `TRIBE_UNKNOWN_NODE` if none. `*out` is
+/// owned (`tribe_string_free`). Does not block.
+#[no_mangle]
+pub extern "C" fn tribe_node_member_json(
+    node: *const TribeNode,
+    name: *const c_char,
+    out: *mut *mut c_char,
+    out_len: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, [out, out_len], {
+        let name = cast::text(name, "name")?;
+        snapshot(node, out, out_len, |n| {
+            let members = n.members();
+            let member = members
+                .iter()
+                .find(|m| m.name == name)
+                .ok_or_else(|| Error::UnknownNode(name.into()))?;
+            to_json(json::Member::from(member))
+        })
+    })
+}
+
 /// Every tribe with its live members and catalog, as `GET /v1/tribes`.
 #[no_mangle]
 pub extern "C" fn tribe_node_tribes_json(

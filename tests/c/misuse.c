@@ -623,6 +623,15 @@ static void outs_on_failure(tribe_node *n) {
     len = 99;
     EXPECT(TRIBE_INVALID_UTF8, tribe_node_tribe_json(n, BAD_UTF8, &s, &len, &err));
     CHECK(s == NULL && len == 0);
+    s = JUNK;
+    len = 99;
+    EXPECT(TRIBE_UNKNOWN_NODE, tribe_node_member_json(n, "nobody", &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_member_json(n, NULL, &s, &len, &err));
+    /* One member by name: this node itself, in the admin API's schema. */
+    OK(tribe_node_member_json(n, tribe_node_name(n), &s, &len, NULL));
+    CHECK(strlen(s) == len && strstr(s, "\"state\":\"alive\"") != NULL && s[0] == '{');
+    tribe_string_free(s);
 
     uint8_t *b = JUNK;
     len = 99;
