@@ -1556,6 +1556,26 @@ fn an_admin_api_reachable_from_other_hosts_needs_a_token() {
 }
 
 /// Whether `pid` still runs (a zombie no one reaped does not).
+/// Reads a spawned agent's ready line; the agent (admin address only) and
+/// its stdout, left open.
+fn read_ready_line(name: &str, mut child: Child) -> (Agent, BufReader<std::process::ChildStdout>) {
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let admin: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("admin="))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
+    let agent = Agent {
+        name: name.into(),
+        child,
+        gossip: admin,
+        admin,
+    };
+    (agent, stdout)
+}
+
 /// Sends SIGTERM to `child`; whether it ended within `limit`.
 fn stops_at_sigterm(child: &Child, limit: Duration) -> bool {
     let pid = child.id() as i32;
@@ -1929,7 +1949,7 @@ fn the_running_agents_snippet_of_the_readme_works_as_written() {
 fn an_agent_whose_stdout_nobody_reads_keeps_working() {
     let dir = scratch_dir("unread-stdout");
     let log = std::fs::File::create(dir.join("unread.log")).unwrap();
-    let mut child = bare_agent_command(&[
+    let child = bare_agent_command(&[
         "--name",
         "unread",
         "--admin",
@@ -1941,20 +1961,7 @@ fn an_agent_whose_stdout_nobody_reads_keeps_working() {
     .spawn()
     .unwrap();
     // Read the ready line, and keep the pipe open without reading it.
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let admin: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
-    let agent = Agent {
-        name: "unread".into(),
-        child,
-        gossip: admin,
-        admin,
-    };
+    let (agent, stdout) = read_ready_line("unread", child);
     cli_ok(&agent, &["tribe", "create", "s"]);
     cli_ok(&agent, &["tribe", "join", "s"]);
     let flood = r#"{"schedule":{"interval":"100ms"},"collect":{"plugin":"proc"},"publish":[{"plugin":"stdout"}]}"#;
@@ -2312,20 +2319,7 @@ fn an_agent_whose_stderr_nobody_reads_keeps_working() {
     .unwrap();
     // The log pipe is kept open and never read.
     let stderr = child.stderr.take().unwrap();
-    let mut stdout = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    stdout.read_line(&mut line).unwrap();
-    let admin: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("admin="))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no ready line: {line:?}"));
-    let agent = Agent {
-        name: "quiet".into(),
-        child,
-        gossip: admin,
-        admin,
-    };
+    let (agent, _stdout) = read_ready_line("quiet", child);
     // Far more than a pipe's 64 KiB of log lines (each policy's error, a
     // fact it lacks, is logged once, some 450 bytes), while the admin API
     // keeps answering.
