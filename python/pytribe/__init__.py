@@ -845,8 +845,12 @@ class Node(_NoCopy):
     :meth:`abort` (peers record *failed*). A node still open at interpreter
     exit is closed then.
 
-    ``key`` (base64, from :func:`keygen`) seals all traffic; ``encryption``
-    is ``"require"`` (default with a key), ``"send"`` or ``"accept"``.
+    ``key`` (base64, from :func:`keygen`) seals all traffic, or
+    ``key_file``, a file holding it (as ``tribe keygen > FILE`` writes it;
+    not both, :class:`ConfigError`); ``extra_keys`` also open it (a node
+    started in the middle of a rotation), and need one of them.
+    ``encryption`` is ``"require"`` (default with a key), ``"send"`` or
+    ``"accept"``.
     ``profile`` is ``"lan"``, ``"wan"`` or ``"local"``. ``label`` keeps
     clusters apart. ``data_dir`` keeps peers, memberships by hand and the
     keyring across restarts. ``handler_threads`` bounds the Python threads
@@ -878,6 +882,8 @@ class Node(_NoCopy):
         max_payload: Optional[int] = None,
         limits: Optional[Mapping[str, int]] = None,
         handler_threads: int = 4,
+        key_file: Union[str, bytes, "os.PathLike[str]", None] = None,
+        extra_keys: Iterable[str] = (),
     ) -> None:
         if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
             raise TypeError(f"handler_threads must be an int, not {type(handler_threads).__name__}")
@@ -923,6 +929,8 @@ class Node(_NoCopy):
             collect_facts,
             max_payload,
             limit_dict,
+            _path("key_file", key_file) if key_file is not None else None,
+            _str_list("Node: extra_keys", extra_keys),
         )
         _live.add(self)
         _watch_multiprocessing_exit()

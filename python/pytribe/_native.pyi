@@ -102,6 +102,8 @@ class NativeNode:
         collect_facts: bool = True,
         max_payload: Optional[int] = None,
         limits: Dict[str, int] = ...,
+        key_file: Optional[str] = None,
+        extra_keys: List[str] = ...,
     ) -> NativeNode: ...
     @property
     def name(self) -> str: ...

@@ -94,6 +94,56 @@ fn secret(text: &str) -> PyResult<SecretKey> {
     SecretKey::from_base64(text.trim()).map_err(|e| value_error(e.to_string()))
 }
 
+/// The keyring a node starts with: `key` or the one in `key_file` seals,
+/// `extra` also open (as C's `tribe_config_add_key` and Go's `ExtraKeys`).
+fn keyring(
+    py: Python<'_>,
+    key: Option<&str>,
+    key_file: Option<&std::path::Path>,
+    extra: &[String],
+) -> PyResult<Option<Keyring>> {
+    let config = |why: &str| to_py(py, tribe::Error::Config(why.into()));
+    let primary = match (key, key_file) {
+        (Some(_), Some(_)) => return Err(config("key and key_file both given: give one")),
+        (Some(k), None) => secret(k)?,
+        (None, Some(path)) => {
+            // A key file holds 44 characters and a newline.
+            let mut text = String::new();
+            std::io::Read::read_to_string(
+                &mut std::io::Read::take(
+                    std::fs::File::open(path).map_err(|e| key_file_error(py, path, &e))?,
+                    4096,
+                ),
+                &mut text,
+            )
+            .map_err(|e| key_file_error(py, path, &e))?;
+            SecretKey::from_base64(text.trim())
+                .map_err(|e| value_error(format!("key file {}: {e}", path.display())))?
+        }
+        (None, None) if extra.is_empty() => return Ok(None),
+        (None, None) => {
+            return Err(config(
+                "extra_keys need a key or key_file (the key that seals)",
+            ))
+        }
+    };
+    let mut ring = Keyring::new(primary);
+    for k in extra {
+        ring.install(secret(k)?).map_err(|e| match e {
+            tribe::crypto::KeyError::Full => to_py(py, tribe::Error::KeyringFull),
+            other => value_error(other.to_string()),
+        })?;
+    }
+    Ok(Some(ring))
+}
+
+fn key_file_error(py: Python<'_>, path: &std::path::Path, e: &std::io::Error) -> PyErr {
+    to_py(
+        py,
+        tribe::Error::Io(format!("cannot read key file {}: {e}", path.display())),
+    )
+}
+
 /// A key or its id → the id.
 fn key_id(text: &str) -> PyResult<KeyId> {
     KeyId::of_key_or_id(text).map_err(|e| value_error(e.to_string()))
@@ -212,7 +262,8 @@ impl NativeNode {
     #[pyo3(signature = (
         name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
         profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
-        collect_facts=true, max_payload=None, limits=BTreeMap::new()
+        collect_facts=true, max_payload=None, limits=BTreeMap::new(), key_file=None,
+        extra_keys=Vec::new()
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -230,6 +281,8 @@ impl NativeNode {
         collect_facts: bool,
         max_payload: Option<usize>,
         limits: BTreeMap<String, usize>,
+        key_file: Option<std::path::PathBuf>,
+        extra_keys: Vec<String>,
     ) -> PyResult<NativeNode> {
         let mut cfg = Config::new(name);
         cfg.bind = parse_addr(py, "bind", bind)?;
@@ -257,9 +310,7 @@ impl NativeNode {
             )));
         }
         cfg.cluster_label = label;
-        if let Some(k) = key {
-            cfg.keyring = Some(Keyring::new(secret(k)?));
-        }
+        cfg.keyring = keyring(py, key, key_file.as_deref(), &extra_keys)?;
         if let Some(mode) = encryption {
             cfg.encryption = check(py, mode.parse::<Encryption>())?;
         }

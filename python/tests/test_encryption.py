@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -35,6 +36,25 @@ def test_same_key_forms_a_tribe_wrong_key_or_none_learns_no_member(cluster: Clus
         assert [m.name for m in outsider.members()] == [outsider.name]
         assert outsider.tribes() == []
     assert sorted(m.name for m in a.members()) == ["sealed-a", "sealed-b"]
+
+
+def test_a_key_file_and_extra_keys_open_traffic_sealed_with_either(cluster: Cluster, tmp_path: "os.PathLike[str]") -> None:
+    old, new = pytribe.keygen(), pytribe.keygen()
+    # Started in the middle of a rotation: each seals with one key and opens both.
+    a = cluster.start("ring-a", key=old, extra_keys=[new])
+    key_file = os.path.join(os.fspath(tmp_path), "new.key")
+    with open(key_file, "w") as f:
+        f.write(new + "\n")
+    b = cluster.start("ring-b", seeds=[a.addr], key_file=key_file, extra_keys=[old])
+    wait_for("two members", lambda: a.members_alive() == 2 and b.members_alive() == 2)
+    assert (a.keys().primary, b.keys().primary) == (pytribe.key_id(old), pytribe.key_id(new))
+    assert sorted(k.id for k in b.keys().keys) == sorted(map(pytribe.key_id, (old, new)))
+    with pytest.raises(pytribe.ConfigError, match="both"):
+        pytribe.Node("ring-c", key=old, key_file=key_file)
+    with pytest.raises(pytribe.ConfigError, match="extra_keys need a key"):
+        pytribe.Node("ring-c", extra_keys=[old])
+    with pytest.raises(pytribe.TribeIOError, match="cannot read key file"):
+        pytribe.Node("ring-c", key_file=key_file + ".missing")
 
 
 def test_key_rotation_through_python(cluster: Cluster) -> None:
