@@ -733,7 +733,9 @@ uint32_t tribe_node_unserve(const struct tribe_node *node,
  * `payload_len` is 0. A call to another node goes on a TCP stream this
  * call borrows whole, and the calling thread reads the reply from the
  * socket itself (a thread blocked here holds one stream to the host it
- * calls; they are reused).
+ * calls; they are reused). Before the thread blocks in the socket it
+ * looks for the reply for up to 50 µs while this stream's recent replies
+ * came that fast (see `tribe_node_next_event`).
  * A signal handled on the calling thread does not end the wait (there is
  * no `EINTR`): it goes on until the reply, the timeout or a shutdown.
  */
@@ -1393,9 +1395,13 @@ void tribe_error_free(struct tribe_error *err);
  * Blocks the calling thread up to `timeout_ms`; while it waits, the thread
  * reads the node's incoming calls and the answers to its asynchronous
  * calls from their sockets itself (libtribe's own thread does it while no
- * host thread waits). A signal handled on the waiting thread does not end
- * the wait (there is no `EINTR`): with a negative timeout it goes on until
- * an event or a shutdown.
+ * host thread waits). Before it blocks, a thread looks for events for up
+ * to 50 µs, busy on its CPU, while this node's recent waits ended that
+ * fast (a quick exchange of calls), since waking a thread that slept
+ * costs more than that on a virtual machine; after long waits it blocks
+ * at once. A signal handled on the waiting thread does not end the wait
+ * (there is no `EINTR`): with a negative timeout it goes on until an
+ * event or a shutdown.
  */
 uint32_t tribe_node_next_event(const struct tribe_node *node,
                                int32_t timeout_ms,

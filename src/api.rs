@@ -761,7 +761,9 @@ impl Node {
     /// A call to another node borrows a stream of its own, and the thread
     /// polling this future writes the request and waits in the socket for
     /// the answer itself: no runtime thread is woken to read the answer
-    /// and hand it over. Each poll may block the thread for about 20 ms
+    /// and hand it over. While the stream's recent answers came within
+    /// microseconds, the thread looks for the answer for up to 50 µs
+    /// before it blocks in the socket. Each poll may block the thread for about 20 ms
     /// (40 at most), after which the future is ready to be polled again at
     /// once, so a `select!` or `timeout` around it is looked at that often.
     ///

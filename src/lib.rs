@@ -51,6 +51,7 @@ internal_mod!(runtime);
 mod seeds;
 mod setup_slots;
 pub mod sim;
+mod spin;
 internal_mod!(state);
 internal_mod!(stream);
 internal_mod!(wire);

@@ -340,7 +340,9 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// `payload_len` is 0. A call to another node goes on a TCP stream this
 /// call borrows whole, and the calling thread reads the reply from the
 /// socket itself (a thread blocked here holds one stream to the host it
-/// calls; they are reused).
+/// calls; they are reused). Before the thread blocks in the socket it
+/// looks for the reply for up to 50 µs while this stream's recent replies
+/// came that fast (see `tribe_node_next_event`).
 /// A signal handled on the calling thread does not end the wait (there is
 /// no `EINTR`): it goes on until the reply, the timeout or a shutdown.
 #[no_mangle]

@@ -272,9 +272,13 @@ fn borrowed(value: Option<&CStr>, out: *mut *const c_char, what: &str) -> Result
 /// Blocks the calling thread up to `timeout_ms`; while it waits, the thread
 /// reads the node's incoming calls and the answers to its asynchronous
 /// calls from their sockets itself (libtribe's own thread does it while no
-/// host thread waits). A signal handled on the waiting thread does not end
-/// the wait (there is no `EINTR`): with a negative timeout it goes on until
-/// an event or a shutdown.
+/// host thread waits). Before it blocks, a thread looks for events for up
+/// to 50 µs, busy on its CPU, while this node's recent waits ended that
+/// fast (a quick exchange of calls), since waking a thread that slept
+/// costs more than that on a virtual machine; after long waits it blocks
+/// at once. A signal handled on the waiting thread does not end the wait
+/// (there is no `EINTR`): with a negative timeout it goes on until an
+/// event or a shutdown.
 #[no_mangle]
 pub extern "C" fn tribe_node_next_event(
     node: *const TribeNode,

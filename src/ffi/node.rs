@@ -49,6 +49,8 @@ pub struct TribeNode {
     pub(super) targets: super::targets::Targets,
     /// The process that started the node (a forked child may not use it).
     pub(super) owner: Owner,
+    /// How long a host thread looks for events before it blocks.
+    pub(super) wait_spin: crate::spin::SpinWindow,
 }
 
 impl TribeNode {
@@ -74,15 +76,32 @@ impl TribeNode {
         if timeout == Some(std::time::Duration::ZERO) {
             return self.mailbox.take_many(timeout, max, Body::is_droppable);
         }
+        let begun = std::time::Instant::now();
+        let spun = self
+            .wait_spin
+            .spin(timeout.unwrap_or(std::time::Duration::MAX), || {
+                match self.poll_events(max) {
+                    Taken::Empty => None,
+                    taken => Some(taken),
+                }
+            });
+        if let Some(taken) = spun {
+            self.wait_spin.waited(begun.elapsed());
+            return taken;
+        }
         let wait = self.mailbox.take_many_async(max, Body::is_droppable);
-        super::log::with_sink(self.log_sink.as_ref(), || {
+        let taken = super::log::with_sink(self.log_sink.as_ref(), || {
             self.host_io.drive(async {
                 match timeout {
                     None => wait.await,
-                    Some(t) => tokio::time::timeout(t, wait).await.unwrap_or(Taken::Empty),
+                    Some(t) => tokio::time::timeout(t.saturating_sub(begun.elapsed()), wait)
+                        .await
+                        .unwrap_or(Taken::Empty),
                 }
             })
-        })
+        });
+        self.wait_spin.waited(begun.elapsed());
+        taken
     }
 
     /// Takes up to `max` events queued after one turn of the node's call
@@ -326,6 +345,7 @@ pub extern "C" fn tribe_node_start(
             targets: Default::default(),
             next_call: AtomicU64::new(1),
             owner: Owner::here(),
+            wait_spin: Default::default(),
         };
         cast::write(out, cast::into_handle(handle));
         Ok(())

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 use super::{Answer, NotSent, Pool, CLIENT_IDLE, REFUSAL_GRACE};
 use crate::rpc::proto::RpcMsg;
 use crate::rpc::server::STREAM_REFUSAL_ID;
+use crate::spin::SpinWindow;
 use crate::stream::{Opener, Sealer, Security, StreamError};
 use crate::wire;
 
@@ -67,6 +68,9 @@ struct Pooled {
     /// When its last request went out: the host's idle clock runs from
     /// the last frame it read.
     last_sent: Instant,
+    /// How long a call looks for its answer before it blocks in the
+    /// socket.
+    spin: SpinWindow,
 }
 
 /// A stream lent to one call; back to the idle ones on drop when `keep`.
@@ -338,6 +342,7 @@ fn pooled(
         opener,
         generation,
         last_sent: Instant::now(),
+        spin: SpinWindow::default(),
     })
 }
 
@@ -447,6 +452,7 @@ impl Lease<'_> {
     /// `deadline` passes.
     async fn answer(&mut self, id: u64, deadline: Instant, pool: &Pool) -> Result<Got, NotSent> {
         let mut waited = false;
+        let begun = Instant::now();
         loop {
             if waited {
                 // Whoever polls this call may have more to look at.
@@ -456,6 +462,10 @@ impl Lease<'_> {
                 }
             }
             let stream = self.stream();
+            if !waited {
+                let left = deadline.saturating_duration_since(Instant::now());
+                stream.spin.spin(left, || readable(&stream.sock).then_some(()));
+            }
             match stream.slice(deadline) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return Ok(Got::Answer(None)),
@@ -492,6 +502,7 @@ impl Lease<'_> {
                 Err(_) => return Ok(Got::Answer(Some(Answer::Lost))),
             };
             self.keep = true;
+            self.stream().spin.waited(begun.elapsed());
             return Ok(Got::Answer(Some(answer)));
         }
     }
@@ -513,6 +524,16 @@ impl Pooled {
         }
         Ok(())
     }
+}
+
+/// Whether the socket holds a byte to read (or an end or an error to
+/// report), without blocking.
+fn readable(sock: &TcpStream) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+    !matches!(
+        socket2::SockRef::from(sock).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock
+    )
 }
 
 /// Whether a socket call ended only because its time slice did (or a
@@ -586,6 +607,7 @@ mod tests {
             opener,
             generation,
             last_sent: Instant::now() - ago,
+            spin: SpinWindow::default(),
         };
         (pooled, host_end)
     }
