@@ -8,10 +8,12 @@
 //! event first looks again for up to a window, the way the guest kernel's
 //! `haltpoll` governor polls before it halts, and adapts that window the
 //! same way: a wait the window caught keeps it, a short wait it missed
-//! doubles it (up to [`MAX`]), and a long wait halves it down to none. So a
-//! thread that waits long (an idle daemon, many calls in flight sharing
-//! two cores) soon spins not at all, and one in a quick exchange of calls
-//! spins through each of them instead of sleeping.
+//! doubles it (up to [`MAX`]), and a long wait halves it down to none, as
+//! does a wait that even the whole window missed (an answer from across a
+//! network, later than any spin would catch). So a thread that waits long
+//! (an idle daemon, many calls in flight sharing two cores) soon spins not
+//! at all, and one in a quick exchange of calls spins through each of them
+//! instead of sleeping.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -68,7 +70,7 @@ impl SpinWindow {
         let now = self.micros.load(Ordering::Relaxed);
         let next = if wait <= now {
             return;
-        } else if wait <= WORTH {
+        } else if wait <= WORTH && now < MAX {
             (now * 2).clamp(START, MAX)
         } else if now / 2 < START {
             0
@@ -100,12 +102,16 @@ mod tests {
         assert_eq!(w.micros(), 0);
         w.waited(us(70));
         assert_eq!(w.micros(), START);
-        for _ in 0..10 {
+        for _ in 0..3 {
             w.waited(us(70));
         }
         assert_eq!(w.micros(), MAX);
         w.waited(us(20));
         assert_eq!(w.micros(), MAX, "a caught wait changes nothing");
+        w.waited(us(70));
+        assert_eq!(w.micros(), MAX / 2, "the whole window missed it");
+        w.waited(us(70));
+        assert_eq!(w.micros(), MAX);
         w.waited(us(5_000));
         assert_eq!(w.micros(), MAX / 2);
         for _ in 0..10 {
@@ -131,9 +137,10 @@ mod tests {
             None
         );
         assert_eq!(looked, 0);
-        for _ in 0..10 {
+        for _ in 0..4 {
             w.waited(us(70));
         }
+        assert_eq!(w.micros(), MAX);
         let mut left = 3;
         let found = w.spin(Duration::from_secs(1), || {
             left -= 1;
