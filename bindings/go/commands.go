@@ -416,6 +416,64 @@ func KeyID(key string) (string, error) {
 	return C.GoStringN(text, C.int(l)), nil
 }
 
+// CheckName checks name against the naming rules of nodes, tribes,
+// policies and plugins (1 to 64 bytes, a letter or a digit first, then
+// letters, digits and _ - . : @), so that a program can refuse a bad name
+// in its own configuration before anything uses it. It returns nil, or the
+// error a command given that name would return: ErrInvalidName with a
+// message saying which rule the name breaks; ErrInvalidArgument for a NUL
+// byte and ErrInvalidUTF8 for invalid UTF-8, as for every string this
+// package hands to libtribe. It needs no node and does not block.
+func CheckName(name string) error {
+	return checkText(name, func(s *C.char, e **C.tribe_error) C.uint32_t { return C.tribe_name_check(s, e) })
+}
+
+// CheckVersion checks a plugin version against its rules, those of names
+// (see CheckName) but up to 32 bytes. It returns nil, or the error
+// LoadPlugin or Serve would return: ErrInvalidName with a message saying
+// which rule the version breaks; ErrInvalidArgument for a NUL byte and
+// ErrInvalidUTF8 for invalid UTF-8. It needs no node and does not block.
+func CheckVersion(version string) error {
+	return checkText(version, func(s *C.char, e **C.tribe_error) C.uint32_t { return C.tribe_version_check(s, e) })
+}
+
+// checkText runs one of the C ABI's string checks on s.
+func checkText(s string, check func(s *C.char, e **C.tribe_error) C.uint32_t) error {
+	gcPoint()
+	var args cstrings
+	defer args.free()
+	cs := args.str(s)
+	if err := args.err(); err != nil {
+		return err
+	}
+	var cerr *C.tribe_error
+	return takeError(check(cs, &cerr), cerr)
+}
+
+// CheckStepRequest checks a step request, the payload a publisher or
+// processor of a task receives ({"config": {...}, "metrics": [...]}), as
+// the agent's publishers do, and returns the number of metrics in it (a
+// publisher answers that number, as text). An empty payload, one that is
+// not JSON or has text after it, a metric without a name, a control
+// character or a batch over the limits is ErrInvalidArgument with a
+// message saying what is wrong, and 0. It needs no node and does not
+// block.
+func CheckStepRequest(payload []byte) (int, error) {
+	gcPoint()
+	var data *C.uint8_t
+	if len(payload) > 0 {
+		data = (*C.uint8_t)(unsafe.Pointer(unsafe.SliceData(payload)))
+	}
+	var metrics C.size_t
+	var cerr *C.tribe_error
+	err := takeError(C.tribe_step_request_check(data, C.size_t(len(payload)), &metrics, &cerr), cerr)
+	runtime.KeepAlive(payload)
+	if err != nil {
+		return 0, err
+	}
+	return int(metrics), nil
+}
+
 // LibraryVersion is the version of the linked libtribe, e.g. "0.1.0".
 func LibraryVersion() string { return C.GoString(C.tribe_version()) }
 

@@ -271,3 +271,37 @@ func ExampleNode_Shutdown() {
 	fmt.Println("closed:", errors.Is(err, tribe.ErrClosed))
 	// Output: closed: true
 }
+
+// A program checks names and its node's configuration when it reads them,
+// before it starts anything (a daemon's -t flag): no node is needed.
+func ExampleConfig_Check() {
+	for _, name := range []string{"collector-1", "-collector"} {
+		err := tribe.CheckName(name)
+		fmt.Printf("%q: %v (invalid name: %v)\n", name, err, errors.Is(err, tribe.ErrInvalidName))
+	}
+
+	cfg := tribe.Config{Name: "collector-1", Bind: "0.0.0.0:7946"}
+	err := cfg.Check()
+	fmt.Println("config error:", errors.Is(err, tribe.ErrConfig))
+	cfg.Advertise = "10.0.0.7:7946" // the address peers reach
+	fmt.Println("with an advertise address:", cfg.Check())
+	// Output:
+	// "collector-1": <nil> (invalid name: false)
+	// "-collector": tribe: invalid name "-collector": must start with an ASCII letter or digit (invalid name: true)
+	// config error: true
+	// with an advertise address: <nil>
+}
+
+// A publisher served with Serve checks the step request a task sends it
+// and answers the number of metrics, as the agent's publishers do.
+func ExampleCheckStepRequest() {
+	n, err := tribe.CheckStepRequest([]byte(`{"config": {}, "metrics": [
+		{"name": "load/1min", "value": 0.25, "tags": {"rack": "r1"}, "timestamp_ms": 1700000000000},
+		{"name": "load/5min", "value": 0.5, "timestamp_ms": 1700000000000}]}`))
+	fmt.Println(n, err)
+	_, err = tribe.CheckStepRequest([]byte(`{"metrics": [{"value": 1, "timestamp_ms": 1}]}`))
+	fmt.Println("invalid argument:", errors.Is(err, tribe.ErrInvalidArgument))
+	// Output:
+	// 2 <nil>
+	// invalid argument: true
+}

@@ -228,11 +228,98 @@ func (c *cstrings) free() {
 // Start starts a node: it binds its sockets and joins through its seeds in
 // the background (it does not wait for peers). It fails with ErrConfig when
 // the linked libtribe implements another C ABI version than the header this
-// package was built with.
+// package was built with. Config.Check tells the errors of a
+// configuration without starting a node.
 func Start(cfg Config) (*Node, error) {
 	gcPoint()
-	if err := abiError(headerABI, uint32(C.tribe_abi_version())); err != nil {
+	var ptr *C.tribe_node
+	err := cfg.withC(func(ccfg *C.tribe_config) error {
+		group, err := hubGroup()
+		if err != nil {
+			return err
+		}
+		var cerr *C.tribe_error
+		if err := takeError(C.tribe_config_set_group(ccfg, group, &cerr), cerr); err != nil {
+			return err
+		}
+		return takeError(C.tribe_node_start(ccfg, &ptr, &cerr), cerr)
+	})
+	if err != nil {
 		return nil, err
+	}
+	buffer := cfg.EventBuffer
+	if buffer == 0 {
+		buffer = DefaultEventBuffer
+	}
+	parent := context.Background()
+	if cfg.BaseContext != nil {
+		parent = context.WithoutCancel(cfg.BaseContext)
+	}
+	base, cancel := context.WithCancelCause(parent)
+	in := &node{
+		ptr:        ptr,
+		name:       C.GoString(C.tribe_node_name(ptr)),
+		addr:       C.GoString(C.tribe_node_addr(ptr)),
+		events:     make(chan Event, buffer),
+		pollDone:   make(chan struct{}),
+		aborted:    make(chan struct{}),
+		drain:      handlerDrain,
+		errorLog:   cfg.ErrorLog,
+		base:       base,
+		cancelBase: cancel,
+		values:     parent,
+		handlers:   map[handlerKey]Handler{},
+	}
+	in.calls.init()
+	in.join()
+	out := &Node{n: in}
+	runtime.AddCleanup(out, func(in *node) {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), in.drain)
+			_, _ = in.stop(ctx, true)
+			cancel()
+			cleanupsRun.Add(1)
+		}()
+	}, in)
+	return out, nil
+}
+
+// Check checks c as Start would before it opens any socket, without
+// starting a node, and returns the error Start would give: the checks this
+// package makes itself (NUL bytes, Key with KeyFile, ExtraKeys without a
+// key, EventBuffer, WorkerThreads, negative limits, the linked library's C
+// ABI version); each field as libtribe takes it (ErrInvalidName for Name;
+// ErrInvalidArgument for a malformed Bind, Advertise, seed, fact, Profile,
+// Label, key, Encryption or LogLevel; ErrIO for an unreadable KeyFile);
+// then libtribe's tribe_config_check: the options that only make sense
+// together (ErrConfig for an Encryption mode with no key and no DataDir,
+// or a Bind to an unspecified host such as 0.0.0.0 without Advertise),
+// limits and timings, and an existing DataDir (ErrConfig when any user may
+// write it, its state or keyring file is not a regular file, or its state
+// is another node's). Nothing is created or changed: a missing DataDir is
+// not made.
+//
+// A config that passes fails to start only for what the machine says: a
+// port in use, a DataDir another node holds (a check made while that node
+// runs passes), no thread to be had, a DataDir that cannot be created or
+// read. Check needs no node and does not block, except to look up a host
+// name in Bind or Advertise, as Start does. It is meant for a program that
+// checks its configuration before it starts its node (a daemon's -t flag).
+func (c Config) Check() error {
+	gcPoint()
+	return c.withC(func(ccfg *C.tribe_config) error {
+		var cerr *C.tribe_error
+		return takeError(C.tribe_config_check(ccfg, &cerr), cerr)
+	})
+}
+
+// withC checks cfg as far as this package can, builds its C config and
+// runs use with it: Start and Check share it. The C config and the C
+// copies of cfg's strings are freed when withC returns, on every path
+// (libtribe copies what it keeps).
+func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
+	if err := abiError(headerABI, uint32(C.tribe_abi_version())); err != nil {
+		return err
 	}
 	all := []string{cfg.Name, cfg.Bind, cfg.Advertise, cfg.Profile, cfg.Label, cfg.Key, cfg.KeyFile, cfg.Encryption, cfg.DataDir, cfg.LogLevel}
 	all = append(all, cfg.Seeds...)
@@ -241,27 +328,27 @@ func Start(cfg Config) (*Node, error) {
 		all = append(all, k, v)
 	}
 	if err := nulErr(all...); err != nil {
-		return nil, err
+		return err
 	}
 	if cfg.Key != "" && cfg.KeyFile != "" {
-		return nil, &Error{Code: "config", Message: "Key and KeyFile both set: give one"}
+		return &Error{Code: "config", Message: "Key and KeyFile both set: give one"}
 	}
 	if cfg.Key == "" && cfg.KeyFile == "" && len(cfg.ExtraKeys) > 0 {
 		// libtribe seals with the first key given: an extra key alone would.
-		return nil, &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)"}
+		return &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)"}
 	}
 	if cfg.EventBuffer < 0 || cfg.EventBuffer > MaxEventBuffer {
-		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer)}
+		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer)}
 	}
 	if cfg.WorkerThreads > 64 {
-		return nil, &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads)}
+		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads)}
 	}
 	var cs cstrings
 	defer cs.free()
 	var ccfg *C.tribe_config
 	var cerr *C.tribe_error
 	if err := takeError(C.tribe_config_new(cs.str(cfg.Name), &ccfg, &cerr), cerr); err != nil {
-		return nil, err
+		return err
 	}
 	defer C.tribe_config_free(ccfg)
 	set := func(f func(e **C.tribe_error) C.uint32_t) error {
@@ -329,59 +416,14 @@ func Start(cfg Config) (*Node, error) {
 		return C.tribe_config_set_worker_threads(ccfg, C.uint32_t(cfg.WorkerThreads), e)
 	})
 	if negative || l.MaxPayload < 0 || l.MaxInflightPerConn < 0 || l.MaxInflight < 0 || l.MaxServing < 0 || cfg.WorkerThreads < 0 {
-		return nil, &Error{Code: "invalid_argument", Message: "negative limit or thread count"}
+		return &Error{Code: "invalid_argument", Message: "negative limit or thread count"}
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	group, err := hubGroup()
-	if err != nil {
-		return nil, err
-	}
-	if err := takeError(C.tribe_config_set_group(ccfg, group, &cerr), cerr); err != nil {
-		return nil, err
-	}
-	var ptr *C.tribe_node
-	if err := takeError(C.tribe_node_start(ccfg, &ptr, &cerr), cerr); err != nil {
-		return nil, err
-	}
-	buffer := cfg.EventBuffer
-	if buffer == 0 {
-		buffer = DefaultEventBuffer
-	}
-	parent := context.Background()
-	if cfg.BaseContext != nil {
-		parent = context.WithoutCancel(cfg.BaseContext)
-	}
-	base, cancel := context.WithCancelCause(parent)
-	in := &node{
-		ptr:        ptr,
-		name:       C.GoString(C.tribe_node_name(ptr)),
-		addr:       C.GoString(C.tribe_node_addr(ptr)),
-		events:     make(chan Event, buffer),
-		pollDone:   make(chan struct{}),
-		aborted:    make(chan struct{}),
-		drain:      handlerDrain,
-		errorLog:   cfg.ErrorLog,
-		base:       base,
-		cancelBase: cancel,
-		values:     parent,
-		handlers:   map[handlerKey]Handler{},
-	}
-	in.calls.init()
-	in.join()
-	out := &Node{n: in}
-	runtime.AddCleanup(out, func(in *node) {
-		go func() {
-			ctx, cancel := context.WithTimeout(context.Background(), in.drain)
-			_, _ = in.stop(ctx, true)
-			cancel()
-			cleanupsRun.Add(1)
-		}()
-	}, in)
-	return out, nil
+	return use(ccfg)
 }
 
 // closedNode stands in for a nil or zero Node, so that its methods report
