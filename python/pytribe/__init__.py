@@ -229,6 +229,9 @@ __all__ = [
     "UnknownPolicyError",
     "UnknownTaskError",
     "UnknownTribeError",
+    "check_name",
+    "check_step_request",
+    "check_version",
     "key_id",
     "keygen",
     "set_log_level",
@@ -324,14 +327,18 @@ def _placed(where: str, e: BaseException) -> Optional[BaseException]:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _names_arguments(fn: _F) -> _F:
+def _names_arguments(fn: _F, named: Optional[str] = None) -> _F:
     """Makes a wrong type or text that UTF-8 cannot encode raise naming the
     argument (``set_fact: value must be str, not int``; the latter as
     :class:`InvalidArgumentError`), where the native module's errors name
     neither. The arguments are looked at only once the call failed, so a
-    good call pays nothing for it."""
+    good call pays nothing for it. ``named`` names the function in
+    messages (by default its class for a constructor, else its own name)."""
     sig = inspect.signature(fn)
-    where = fn.__qualname__.split(".")[0] if fn.__name__ == "__init__" else fn.__name__
+    if named is not None:
+        where = named
+    else:
+        where = fn.__qualname__.split(".")[0] if fn.__name__ == "__init__" else fn.__name__
 
     if inspect.iscoroutinefunction(fn):
 
@@ -365,10 +372,14 @@ _C = TypeVar("_C", bound=type)
 
 def _names_arguments_of(cls: _C) -> _C:
     """:func:`_names_arguments` for every public method of ``cls`` and its
-    constructor."""
+    constructor; a static method is named with its class
+    (``Node.check_config: ...``)."""
     for name, fn in list(vars(cls).items()):
         if inspect.isfunction(fn) and (name == "__init__" or not name.startswith("_")):
             setattr(cls, name, _names_arguments(fn))
+        elif isinstance(fn, staticmethod) and not name.startswith("_"):
+            where = f"{cls.__name__}.{name}"
+            setattr(cls, name, staticmethod(_names_arguments(fn.__func__, where)))
     return cls
 
 
@@ -391,6 +402,39 @@ def set_log_level(level: str) -> None:
     if not isinstance(level, str):
         raise TypeError(f"level must be a str, not {type(level).__name__}")
     _native.set_log_level(level)
+
+
+@_names_arguments
+def check_name(name: str) -> None:
+    """Checks ``name`` against the naming rules of nodes, tribes, policies
+    and plugins (as C's ``tribe_name_check``): 1 to 64 bytes, an ASCII
+    letter or digit first, then ASCII letters, digits and ``_ - . : @``.
+    Returns None, or raises :class:`InvalidNameError` saying which rule it
+    breaks (``.reason``), so a program can refuse a bad name in its own
+    configuration before anything uses it. Needs no node; does not block."""
+    _native.check_name(name)
+
+
+@_names_arguments
+def check_version(version: str) -> None:
+    """Checks a plugin version against its rules (as C's
+    ``tribe_version_check``): those of names (:func:`check_name`), up to 32
+    bytes. Returns None, or raises :class:`InvalidNameError` saying which
+    rule it breaks. Needs no node; does not block."""
+    _native.check_version(version)
+
+
+@_names_arguments
+def check_step_request(payload: Bytes) -> int:
+    """Checks a step request, the payload a publisher or processor of a
+    task receives (``{"config": {...}, "metrics": [...]}``), as the agent's
+    publishers check it (as C's ``tribe_step_request_check``): returns the
+    number of its metrics (what a publisher answers, as text), or raises
+    :class:`InvalidArgumentError` saying what is wrong (not JSON, trailing
+    text, a metric without a name, a control character, over the batch
+    limits). Needs no node; does not block (the payload is decoded with the
+    GIL released)."""
+    return _native.check_step_request(payload)
 
 
 # ------------------------------------------------------------------ logs
@@ -832,6 +876,74 @@ def _path(what: str, value: object) -> str:
     return path
 
 
+def _node_args(
+    where: str,
+    name: str,
+    bind: str,
+    seeds: Iterable[str],
+    facts: Optional[Mapping[str, str]],
+    key: Optional[str],
+    profile: str,
+    label: Optional[str],
+    encryption: Optional[str],
+    data_dir: Union[str, bytes, "os.PathLike[str]", None],
+    advertise: Optional[str],
+    collect_facts: bool,
+    max_payload: Optional[int],
+    limits: Optional[Mapping[str, int]],
+    handler_threads: int,
+    key_file: Union[str, bytes, "os.PathLike[str]", None],
+    extra_keys: Iterable[str],
+) -> Tuple[Any, ...]:
+    """The arguments of ``NativeNode(...)`` (and of its ``check_config``)
+    for those of :class:`Node`, after the checks made here: one conversion
+    for the start and for :meth:`Node.check_config`, so that both refuse
+    the same values with the same errors. ``where`` names the caller in
+    messages."""
+    if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
+        raise TypeError(f"handler_threads must be an int, not {type(handler_threads).__name__}")
+    if not 1 <= handler_threads <= 256:
+        raise InvalidArgumentError(f"handler_threads must be 1..256, not {handler_threads}")
+    if facts is not None and not isinstance(facts, Mapping):
+        raise TypeError(f"facts must be a mapping of str to str, not {type(facts).__name__}")
+    fact_dict: Dict[str, str] = dict(facts or {})
+    for k, v in fact_dict.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise TypeError(f"facts must map str to str, not {type(k).__name__} to {type(v).__name__}")
+    if max_payload is not None:
+        if isinstance(max_payload, bool) or not isinstance(max_payload, int):
+            raise TypeError(f"max_payload must be an int, not {type(max_payload).__name__}")
+        if max_payload <= 0:
+            raise InvalidArgumentError(f"max_payload must be a positive int, not {max_payload}")
+    if limits is not None and not isinstance(limits, Mapping):
+        raise TypeError(f"limits must be a mapping of str to int, not {type(limits).__name__}")
+    limit_dict: Dict[str, int] = dict(limits or {})
+    for limit_name, limit in limit_dict.items():
+        if not isinstance(limit_name, str):
+            raise TypeError(f"limits must map str to int, not {type(limit_name).__name__}")
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise TypeError(f"limit {limit_name!r} must be an int, not {type(limit).__name__}")
+        if limit <= 0:
+            raise InvalidArgumentError(f"limit {limit_name!r} must be a positive int, not {limit}")
+    return (
+        name,
+        bind,
+        _str_list(f"{where}: seeds", seeds),
+        fact_dict,
+        key,
+        profile,
+        label,
+        encryption,
+        _path("data_dir", data_dir) if data_dir is not None else None,
+        advertise,
+        collect_facts,
+        max_payload,
+        limit_dict,
+        _path("key_file", key_file) if key_file is not None else None,
+        _str_list(f"{where}: extra_keys", extra_keys),
+    )
+
+
 @_names_arguments_of
 class Node(_NoCopy):
     """A running node of a tribe cluster.
@@ -885,55 +997,71 @@ class Node(_NoCopy):
         key_file: Union[str, bytes, "os.PathLike[str]", None] = None,
         extra_keys: Iterable[str] = (),
     ) -> None:
-        if isinstance(handler_threads, bool) or not isinstance(handler_threads, int):
-            raise TypeError(f"handler_threads must be an int, not {type(handler_threads).__name__}")
-        if not 1 <= handler_threads <= 256:
-            raise InvalidArgumentError(f"handler_threads must be 1..256, not {handler_threads}")
-        if facts is not None and not isinstance(facts, Mapping):
-            raise TypeError(f"facts must be a mapping of str to str, not {type(facts).__name__}")
-        fact_dict: Dict[str, str] = dict(facts or {})
-        for k, v in fact_dict.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"facts must map str to str, not {type(k).__name__} to {type(v).__name__}")
-        if max_payload is not None:
-            if isinstance(max_payload, bool) or not isinstance(max_payload, int):
-                raise TypeError(f"max_payload must be an int, not {type(max_payload).__name__}")
-            if max_payload <= 0:
-                raise InvalidArgumentError(f"max_payload must be a positive int, not {max_payload}")
-        if limits is not None and not isinstance(limits, Mapping):
-            raise TypeError(f"limits must be a mapping of str to int, not {type(limits).__name__}")
-        limit_dict: Dict[str, int] = dict(limits or {})
-        for limit_name, limit in limit_dict.items():
-            if not isinstance(limit_name, str):
-                raise TypeError(f"limits must map str to int, not {type(limit_name).__name__}")
-            if isinstance(limit, bool) or not isinstance(limit, int):
-                raise TypeError(f"limit {limit_name!r} must be an int, not {type(limit).__name__}")
-            if limit <= 0:
-                raise InvalidArgumentError(f"limit {limit_name!r} must be a positive int, not {limit}")
+        args = _node_args(
+            "Node", name, bind, seeds, facts, key, profile, label, encryption, data_dir,
+            advertise, collect_facts, max_payload, limits, handler_threads, key_file, extra_keys,
+        )
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
         self._lock = threading.Lock()
         self._handlers: Dict[Tuple[str, str], Handler] = {}
         _start_log_thread()
-        self._native = _native.NativeNode(
-            name,
-            bind,
-            _str_list("Node: seeds", seeds),
-            fact_dict,
-            key,
-            profile,
-            label,
-            encryption,
-            _path("data_dir", data_dir) if data_dir is not None else None,
-            advertise,
-            collect_facts,
-            max_payload,
-            limit_dict,
-            _path("key_file", key_file) if key_file is not None else None,
-            _str_list("Node: extra_keys", extra_keys),
-        )
+        self._native = _native.NativeNode(*args)
         _live.add(self)
         _watch_multiprocessing_exit()
+
+    @staticmethod
+    def check_config(
+        name: str,
+        bind: str = "127.0.0.1:0",
+        seeds: Iterable[str] = (),
+        facts: Optional[Mapping[str, str]] = None,
+        key: Optional[str] = None,
+        profile: str = "lan",
+        label: Optional[str] = None,
+        encryption: Optional[str] = None,
+        data_dir: Union[str, bytes, "os.PathLike[str]", None] = None,
+        *,
+        advertise: Optional[str] = None,
+        collect_facts: bool = True,
+        max_payload: Optional[int] = None,
+        limits: Optional[Mapping[str, int]] = None,
+        handler_threads: int = 4,
+        key_file: Union[str, bytes, "os.PathLike[str]", None] = None,
+        extra_keys: Iterable[str] = (),
+    ) -> None:
+        """Checks the arguments of a :class:`Node` without starting it, as
+        C's ``tribe_config_check``: returns None when ``Node(...)`` with
+        them would start but for what only the machine can say (a port in
+        use, a data dir another running node holds, one that cannot be
+        created or read, no thread to be had), else raises what the start
+        would raise: :class:`InvalidArgumentError` or ``TypeError`` for a
+        bad value (a ``bind`` that is not ``host:port``, a bad key),
+        :class:`InvalidNameError` for a bad ``name``, :class:`ConfigError`
+        for options that do not hold together (an unspecified ``bind``
+        without ``advertise``, an ``encryption`` mode without a key, more
+        than 256 facts, a ``max_payload`` too large) and for an existing
+        ``data_dir`` the start would refuse (writable by every user, owned
+        by another user, holding another node's state, its state or keyring
+        file not a file), :class:`TribeIOError` for a ``key_file`` that
+        cannot be read.
+
+        Needs no node, binds no socket, and creates or changes nothing (a
+        missing ``data_dir`` passes: the start would create it). Does not
+        block on the network, except to look up a host name given as
+        ``bind`` or ``advertise``, as the start does; files (``key_file``,
+        the data dir) are read with the GIL released. For a program that
+        checks its configuration before it starts its node (a daemon's
+        ``--check``)."""
+        args = _node_args(
+            "Node.check_config", name, bind, seeds, facts, key, profile, label, encryption,
+            data_dir, advertise, collect_facts, max_payload, limits, handler_threads, key_file,
+            extra_keys,
+        )
+        # A warning of the check (a data dir its group may write) reaches
+        # the `pytribe` logger.
+        _start_log_thread()
+        _native.NativeNode.check_config(*args)
 
     # ----------------------------------------------------------- basics
 

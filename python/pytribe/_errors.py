@@ -44,9 +44,15 @@ def _rebuild(cls: Type[TribeError], message: str, code: str, extra: Dict[str, An
 
 
 class InvalidNameError(TribeError, ValueError):
-    """A node, tribe, policy, plugin, task or fact name broke the naming rules."""
+    """A node, tribe, policy, plugin, task or fact name broke the naming
+    rules: ``.what`` it names (``"node name"``, ``"plugin version"``…),
+    ``.name`` (cut when long) and ``.reason``, the rule it breaks
+    (``"is empty"``…)."""
 
     error_code = "invalid_name"
+    what: str = ""
+    name: str = ""
+    reason: str = ""
 
 
 class InvalidArgumentError(TribeError, ValueError):

@@ -9,6 +9,9 @@ __all__ = [
     "__version__",
     "keygen",
     "key_id",
+    "check_name",
+    "check_version",
+    "check_step_request",
     "_set_exiting",
     "_after_fork_in_child",
     "_complete",
@@ -29,6 +32,9 @@ _Bytes = Union[bytes, bytearray, memoryview]
 
 def keygen() -> str: ...
 def key_id(key: str) -> str: ...
+def check_name(name: str) -> None: ...
+def check_version(version: str) -> None: ...
+def check_step_request(payload: _Bytes) -> int: ...
 def _set_exiting() -> None: ...
 def _after_fork_in_child() -> None: ...
 def _complete(fut: asyncio.Future[Any], failed: bool, value: Any) -> None: ...
@@ -105,6 +111,24 @@ class NativeNode:
         key_file: Optional[str] = None,
         extra_keys: List[str] = ...,
     ) -> NativeNode: ...
+    @staticmethod
+    def check_config(
+        name: str,
+        bind: str = "127.0.0.1:0",
+        seeds: List[str] = ...,
+        facts: Dict[str, str] = ...,
+        key: Optional[str] = None,
+        profile: str = "lan",
+        label: Optional[str] = None,
+        encryption: Optional[str] = None,
+        data_dir: Optional[str] = None,
+        advertise: Optional[str] = None,
+        collect_facts: bool = True,
+        max_payload: Optional[int] = None,
+        limits: Dict[str, int] = ...,
+        key_file: Optional[str] = None,
+        extra_keys: List[str] = ...,
+    ) -> None: ...
     @property
     def name(self) -> str: ...
     @property

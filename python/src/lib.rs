@@ -11,6 +11,7 @@
 
 mod aio;
 mod bench;
+mod checks;
 mod convert;
 mod errors;
 mod events;
@@ -197,6 +198,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(key_id, m)?)?;
+    m.add_function(wrap_pyfunction!(checks::check_name, m)?)?;
+    m.add_function(wrap_pyfunction!(checks::check_version, m)?)?;
+    m.add_function(wrap_pyfunction!(checks::check_step_request, m)?)?;
     m.add_function(wrap_pyfunction!(_set_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
     m.add_function(wrap_pyfunction!(aio::_complete, m)?)?;

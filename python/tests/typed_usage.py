@@ -14,3 +14,11 @@ def merged_facts(member: pytribe.Member) -> Dict[str, str]:
     copy = dict(member.facts)
     copy.update(both)
     return copy
+
+
+def checked_before_start(name: str, version: str, request: bytes, data_dir: str) -> int:
+    # The checks that need no node: None or an exception, the metric count.
+    pytribe.check_name(name)
+    pytribe.check_version(version)
+    pytribe.Node.check_config(name, data_dir=data_dir, encryption="require", key=pytribe.keygen())
+    return pytribe.check_step_request(request) + pytribe.check_step_request(memoryview(request))
