@@ -895,8 +895,8 @@ def _node_args(
     key_file: Union[str, bytes, "os.PathLike[str]", None],
     extra_keys: Iterable[str],
 ) -> Tuple[Any, ...]:
-    """The arguments of ``NativeNode(...)`` (and of its ``check_config``)
-    for those of :class:`Node`, after the checks made here: one conversion
+    """The arguments of ``NativeConfig(...)`` for those of :class:`Node`,
+    after the checks made here: one conversion
     for the start and for :meth:`Node.check_config`, so that both refuse
     the same values with the same errors. ``where`` names the caller in
     messages."""
@@ -1006,7 +1006,7 @@ class Node(_NoCopy):
         self._lock = threading.Lock()
         self._handlers: Dict[Tuple[str, str], Handler] = {}
         _start_log_thread()
-        self._native = _native.NativeNode(*args)
+        self._native = _native.NativeNode(_native.NativeConfig(*args))
         _live.add(self)
         _watch_multiprocessing_exit()
 
@@ -1061,7 +1061,7 @@ class Node(_NoCopy):
         # A warning of the check (a data dir its group may write) reaches
         # the `pytribe` logger.
         _start_log_thread()
-        _native.NativeNode.check_config(*args)
+        _native.NativeConfig(*args).check()
 
     # ----------------------------------------------------------- basics
 

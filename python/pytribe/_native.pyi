@@ -19,6 +19,7 @@ __all__ = [
     "set_log_level",
     "_bench_serve_echo",
     "_bench_rust_calls",
+    "NativeConfig",
     "NativeNode",
     "NativeEvents",
     "TakenCall",
@@ -92,7 +93,7 @@ class NativeEvents:
     def anext(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[bool]: ...
 
 @final
-class NativeNode:
+class NativeConfig:
     def __new__(
         cls,
         name: str,
@@ -110,25 +111,12 @@ class NativeNode:
         limits: Dict[str, int] = ...,
         key_file: Optional[str] = None,
         extra_keys: List[str] = ...,
-    ) -> NativeNode: ...
-    @staticmethod
-    def check_config(
-        name: str,
-        bind: str = "127.0.0.1:0",
-        seeds: List[str] = ...,
-        facts: Dict[str, str] = ...,
-        key: Optional[str] = None,
-        profile: str = "lan",
-        label: Optional[str] = None,
-        encryption: Optional[str] = None,
-        data_dir: Optional[str] = None,
-        advertise: Optional[str] = None,
-        collect_facts: bool = True,
-        max_payload: Optional[int] = None,
-        limits: Dict[str, int] = ...,
-        key_file: Optional[str] = None,
-        extra_keys: List[str] = ...,
-    ) -> None: ...
+    ) -> NativeConfig: ...
+    def check(self) -> None: ...
+
+@final
+class NativeNode:
+    def __new__(cls, config: NativeConfig) -> NativeNode: ...
     @property
     def name(self) -> str: ...
     @property

@@ -1,6 +1,6 @@
 //! Checks that need no node, as C's `tribe_name_check`,
 //! `tribe_version_check` and `tribe_step_request_check` (the config check
-//! is `NativeNode.check_config`, beside the code that builds a config).
+//! is `NativeConfig.check`, beside the code that builds a config).
 
 use pyo3::prelude::*;
 

@@ -208,6 +208,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(logs::set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_serve_echo, m)?)?;
     m.add_function(wrap_pyfunction!(bench::_bench_rust_calls, m)?)?;
+    m.add_class::<node::NativeConfig>()?;
     m.add_class::<node::NativeNode>()?;
     m.add_class::<events::NativeEvents>()?;
     m.add_class::<handlers::CallInfo>()?;

@@ -186,86 +186,121 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The `tribe::Config` a node started with these arguments gets (the
-/// arguments of `NativeNode(...)` and `NativeNode.check_config(...)`):
-/// each value refused as given (`InvalidArgumentError`, as C's setters and
-/// Go's `Start` refuse it), and the options that need each other
-/// (`ConfigError`: an encryption mode with no key, `key` and `key_file`
-/// both). What only holds together is left to `Config::validate`. The
-/// files it reads (a key file, a data dir's keyring) are read with the GIL
-/// released; a host name is looked up so too.
-#[allow(clippy::too_many_arguments)]
-fn config(
-    py: Python<'_>,
-    name: String,
-    bind: &str,
-    seeds: Vec<String>,
-    facts: BTreeMap<String, String>,
-    key: Option<&str>,
-    profile: &str,
-    label: Option<String>,
-    encryption: Option<&str>,
-    data_dir: Option<std::path::PathBuf>,
-    advertise: Option<&str>,
-    collect_facts: bool,
-    max_payload: Option<usize>,
-    limits: BTreeMap<String, usize>,
-    key_file: Option<std::path::PathBuf>,
-    extra_keys: Vec<String>,
-) -> PyResult<Config> {
-    let mut cfg = Config::new(name);
-    cfg.bind = parse_addr(py, "bind", bind)?;
-    // A name is looked up by the node, at start and while it is alone.
-    for seed in &seeds {
-        cfg.add_seed(seed).map_err(|e| match e {
-            // Refused as given, not at start: no "invalid configuration".
-            tribe::Error::Config(why) => value_error(why),
-            other => value_error(other.to_string()),
-        })?;
+/// The `tribe::Config` a node started with some arguments gets, built
+/// once for `NativeNode(config)` or `config.check()`.
+#[pyclass(frozen)]
+pub(crate) struct NativeConfig {
+    cfg: Config,
+}
+
+#[pymethods]
+impl NativeConfig {
+    /// Builds the config of these arguments (those of `pytribe.Node`):
+    /// each value refused as given (`InvalidArgumentError`, as C's setters
+    /// and Go's `Start` refuse it), and the options that need each other
+    /// (`ConfigError`: an encryption mode with no key, `key` and
+    /// `key_file` both). What only holds together is left to
+    /// `Config::validate`. The files it reads (a key file, a data dir's
+    /// keyring) are read with the GIL released; a host name is looked up
+    /// so too.
+    #[new]
+    #[pyo3(signature = (
+        name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
+        profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
+        collect_facts=true, max_payload=None, limits=BTreeMap::new(), key_file=None,
+        extra_keys=Vec::new()
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        name: String,
+        bind: &str,
+        seeds: Vec<String>,
+        facts: BTreeMap<String, String>,
+        key: Option<&str>,
+        profile: &str,
+        label: Option<String>,
+        encryption: Option<&str>,
+        data_dir: Option<std::path::PathBuf>,
+        advertise: Option<&str>,
+        collect_facts: bool,
+        max_payload: Option<usize>,
+        limits: BTreeMap<String, usize>,
+        key_file: Option<std::path::PathBuf>,
+        extra_keys: Vec<String>,
+    ) -> PyResult<NativeConfig> {
+        let mut cfg = Config::new(name);
+        cfg.bind = parse_addr(py, "bind", bind)?;
+        // A name is looked up by the node, at start and while it is alone.
+        for seed in &seeds {
+            cfg.add_seed(seed).map_err(|e| match e {
+                // Refused as given, not at start: no "invalid configuration".
+                tribe::Error::Config(why) => value_error(why),
+                other => value_error(other.to_string()),
+            })?;
+        }
+        // Each fact and the label are checked as they are given, as C's
+        // setters (and so Go's `Start`) do: `InvalidArgumentError`.
+        for (k, v) in &facts {
+            tribe::facts::validate_fact(k, v).map_err(|e| value_error(e.to_string()))?;
+        }
+        cfg.facts = facts;
+        cfg.collect_facts = collect_facts;
+        // The library's own errors, as C and Go get for the same values.
+        cfg.profile = check(py, profile.parse::<Profile>())?;
+        let label = label.unwrap_or_default();
+        if label.len() > MAX_LABEL {
+            return Err(value_error(format!(
+                "the label is longer than {MAX_LABEL} bytes"
+            )));
+        }
+        cfg.cluster_label = label;
+        cfg.keyring = keyring(py, key, key_file.as_deref(), &extra_keys)?;
+        if let Some(mode) = encryption {
+            cfg.encryption = check(py, mode.parse::<Encryption>())?;
+        }
+        cfg.data_dir = data_dir;
+        // Silently running in plaintext is not what a mode asks for.
+        // (A data dir's keyring is read without the GIL.)
+        if encryption.is_some() && !check(py, py.detach(|| cfg.will_hold_keys()))? {
+            return Err(to_py(
+                py,
+                tribe::Error::Config(
+                    "an encryption mode needs a key (key=...) or a data_dir holding a keyring"
+                        .into(),
+                ),
+            ));
+        }
+        if let Some(a) = advertise {
+            cfg.advertise = Some(parse_addr(py, "advertise", a)?);
+        }
+        if let Some(limit) = max_payload {
+            // Past `tribe::MAX_PAYLOAD` the library refuses the configuration
+            // at start (`ConfigError`), as `tribe_node_start` does in C.
+            cfg.set_max_payload(limit);
+        }
+        for (name, value) in &limits {
+            check(py, cfg.set_limit(name, *value))?;
+        }
+        Ok(NativeConfig { cfg })
     }
-    // Each fact and the label are checked as they are given, as C's
-    // setters (and so Go's `Start`) do: `InvalidArgumentError`.
-    for (k, v) in &facts {
-        tribe::facts::validate_fact(k, v).map_err(|e| value_error(e.to_string()))?;
+
+    /// Checks the config as the start would before it opens any socket
+    /// (as C's `tribe_config_check`): `Config::validate`, and an existing
+    /// data dir as the start would take it (`tribe::datadir::check`:
+    /// nothing is created or changed). Raises what the start would raise;
+    /// the GIL is released meanwhile.
+    fn check(&self, py: Python<'_>) -> PyResult<()> {
+        let cfg = &self.cfg;
+        let checked = py.detach(|| {
+            cfg.validate()?;
+            match &cfg.data_dir {
+                Some(dir) => tribe::datadir::check(dir, &cfg.name),
+                None => Ok(()),
+            }
+        });
+        check(py, checked)
     }
-    cfg.facts = facts;
-    cfg.collect_facts = collect_facts;
-    // The library's own errors, as C and Go get for the same values.
-    cfg.profile = check(py, profile.parse::<Profile>())?;
-    let label = label.unwrap_or_default();
-    if label.len() > MAX_LABEL {
-        return Err(value_error(format!(
-            "the label is longer than {MAX_LABEL} bytes"
-        )));
-    }
-    cfg.cluster_label = label;
-    cfg.keyring = keyring(py, key, key_file.as_deref(), &extra_keys)?;
-    if let Some(mode) = encryption {
-        cfg.encryption = check(py, mode.parse::<Encryption>())?;
-    }
-    cfg.data_dir = data_dir;
-    // Silently running in plaintext is not what a mode asks for.
-    // (A data dir's keyring is read without the GIL.)
-    if encryption.is_some() && !check(py, py.detach(|| cfg.will_hold_keys()))? {
-        return Err(to_py(
-            py,
-            tribe::Error::Config(
-                "an encryption mode needs a key (key=...) or a data_dir holding a keyring".into(),
-            ),
-        ));
-    }
-    if let Some(a) = advertise {
-        cfg.advertise = Some(parse_addr(py, "advertise", a)?);
-    }
-    if let Some(limit) = max_payload {
-        // Past `tribe::MAX_PAYLOAD` the library refuses the configuration
-        // at start (`ConfigError`), as `tribe_node_start` does in C.
-        cfg.set_max_payload(limit);
-    }
-    for (name, value) in &limits {
-        check(py, cfg.set_limit(name, *value))?;
-    }
-    Ok(cfg)
 }
 
 impl NativeNode {
@@ -343,49 +378,8 @@ impl NativeNode {
 #[pymethods]
 impl NativeNode {
     #[new]
-    #[pyo3(signature = (
-        name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
-        profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
-        collect_facts=true, max_payload=None, limits=BTreeMap::new(), key_file=None,
-        extra_keys=Vec::new()
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        name: String,
-        bind: &str,
-        seeds: Vec<String>,
-        facts: BTreeMap<String, String>,
-        key: Option<&str>,
-        profile: &str,
-        label: Option<String>,
-        encryption: Option<&str>,
-        data_dir: Option<std::path::PathBuf>,
-        advertise: Option<&str>,
-        collect_facts: bool,
-        max_payload: Option<usize>,
-        limits: BTreeMap<String, usize>,
-        key_file: Option<std::path::PathBuf>,
-        extra_keys: Vec<String>,
-    ) -> PyResult<NativeNode> {
-        let cfg = config(
-            py,
-            name,
-            bind,
-            seeds,
-            facts,
-            key,
-            profile,
-            label,
-            encryption,
-            data_dir,
-            advertise,
-            collect_facts,
-            max_payload,
-            limits,
-            key_file,
-            extra_keys,
-        )?;
+    fn new(py: Python<'_>, config: &NativeConfig) -> PyResult<NativeNode> {
+        let cfg = config.cfg.clone();
         let started = wait(py, async move { tribe::Node::start(cfg).await })?;
         let node = check(py, started)?;
         Ok(NativeNode {
@@ -397,66 +391,6 @@ impl NativeNode {
             stopped: tokio::sync::watch::Sender::new(false),
             aborted: tokio::sync::watch::Sender::new(false),
         })
-    }
-
-    /// Checks the arguments of `NativeNode(...)` as the start would before
-    /// it opens any socket (as C's `tribe_config_check`): the config built
-    /// from them, `Config::validate`, and an existing data dir as the
-    /// start would take it (`tribe::datadir::check`: nothing is created or
-    /// changed). Raises what the start would raise; the GIL is released
-    /// around everything that reads files.
-    #[staticmethod]
-    #[pyo3(signature = (
-        name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
-        profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
-        collect_facts=true, max_payload=None, limits=BTreeMap::new(), key_file=None,
-        extra_keys=Vec::new()
-    ))]
-    #[allow(clippy::too_many_arguments)]
-    fn check_config(
-        py: Python<'_>,
-        name: String,
-        bind: &str,
-        seeds: Vec<String>,
-        facts: BTreeMap<String, String>,
-        key: Option<&str>,
-        profile: &str,
-        label: Option<String>,
-        encryption: Option<&str>,
-        data_dir: Option<std::path::PathBuf>,
-        advertise: Option<&str>,
-        collect_facts: bool,
-        max_payload: Option<usize>,
-        limits: BTreeMap<String, usize>,
-        key_file: Option<std::path::PathBuf>,
-        extra_keys: Vec<String>,
-    ) -> PyResult<()> {
-        let cfg = config(
-            py,
-            name,
-            bind,
-            seeds,
-            facts,
-            key,
-            profile,
-            label,
-            encryption,
-            data_dir,
-            advertise,
-            collect_facts,
-            max_payload,
-            limits,
-            key_file,
-            extra_keys,
-        )?;
-        let checked = py.detach(|| {
-            cfg.validate()?;
-            match &cfg.data_dir {
-                Some(dir) => tribe::datadir::check(dir, &cfg.name),
-                None => Ok(()),
-            }
-        });
-        check(py, checked)
     }
 
     /// This node's name.
