@@ -8,9 +8,10 @@
 //! event first looks again for up to a window, the way the guest kernel's
 //! `haltpoll` governor polls before it halts, and adapts that window the
 //! same way: a wait the window caught keeps it, a short wait it missed
-//! doubles it (up to [`MAX`]), and a long wait halves it down to none, as
-//! does a wait that even the whole window missed (an answer from across a
-//! network, later than any spin would catch). So a thread that waits long
+//! doubles it (up to [`MAX`]; one it missed at [`MAX`] halves it), and a
+//! long wait halves it down to none. [`GIVE_UP`] short waits missed in a
+//! row (answers from across a network, or from a thread that does not spin
+//! and is woken each time) close it for the next [`REST`] waits. So a thread that waits long
 //! (an idle daemon, many calls in flight sharing two cores) soon spins not
 //! at all, and one in a quick exchange of calls spins through each of them
 //! instead of sleeping.
@@ -25,6 +26,12 @@ const START: u32 = 10;
 /// A wait up to this long (µs) is one a longer window could have caught
 /// once both sides spin: it grows the window. A longer one shrinks it.
 const WORTH: u32 = 2 * MAX;
+/// Short waits missed in a row (opening the window from none takes four)
+/// after which it closes for [`REST`] waits.
+const GIVE_UP: u32 = 8;
+/// Short waits the window stays closed for after it gave up; then it opens
+/// again, in case the other end spins by then.
+const REST: u32 = 64;
 
 /// How long a thread looks again before it blocks, adapted to the waits
 /// it saw. Shared by the threads waiting on one thing, of which one spins
@@ -34,48 +41,90 @@ const WORTH: u32 = 2 * MAX;
 pub(crate) struct SpinWindow {
     micros: AtomicU32,
     spinning: AtomicBool,
+    /// Short waits missed in a row.
+    missed: AtomicU32,
+    /// Short waits left before the window may open again, after it missed
+    /// [`GIVE_UP`] in a row.
+    resting: AtomicU32,
+}
+
+/// What a spin gave.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Spun<T> {
+    /// What it looked for.
+    Found(T),
+    /// Nothing within the window (none, when it is closed): the thread
+    /// blocks next, and its whole wait is one to adapt the window to.
+    Missed,
+    /// Another thread spins on the window, or `look` need not be tried:
+    /// this thread's wait says nothing about the window.
+    Busy,
 }
 
 impl SpinWindow {
     /// Looks with `look` until it finds something, for up to the window
     /// and `limit`. Never looks when the window is closed or another
-    /// thread spins on it.
-    pub(crate) fn spin<T>(
-        &self,
-        limit: Duration,
-        mut look: impl FnMut() -> Option<T>,
-    ) -> Option<T> {
-        let window = Duration::from_micros(self.micros.load(Ordering::Relaxed).into()).min(limit);
-        if window.is_zero() || self.spinning.swap(true, Ordering::Acquire) {
-            return None;
+    /// thread spins on it. Between looks it yields its CPU: a thread it
+    /// woke (the other end of a loopback call) is often placed on the
+    /// waker's CPU, and would otherwise wait for the spin to end.
+    pub(crate) fn spin<T>(&self, limit: Duration, mut look: impl FnMut() -> Option<T>) -> Spun<T> {
+        /// Lets another thread spin also when `look` panics.
+        struct Spinning<'a>(&'a AtomicBool);
+        impl Drop for Spinning<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
         }
+        let window = Duration::from_micros(self.micros.load(Ordering::Relaxed).into()).min(limit);
+        if window.is_zero() {
+            return Spun::Missed;
+        }
+        if self.spinning.swap(true, Ordering::Acquire) {
+            return Spun::Busy;
+        }
+        let _spinning = Spinning(&self.spinning);
         let begun = Instant::now();
-        let found = loop {
+        loop {
             if let Some(found) = look() {
-                break Some(found);
+                return Spun::Found(found);
             }
             if begun.elapsed() >= window {
-                break None;
+                return Spun::Missed;
             }
-            std::hint::spin_loop();
-        };
-        self.spinning.store(false, Ordering::Release);
-        found
+            std::thread::yield_now();
+        }
     }
 
-    /// Adapts the window to a whole wait (spin and block) that just ended
-    /// with what it waited for.
+    /// Adapts the window to a whole wait (spin and block) that just ended,
+    /// with what it waited for or with its timeout (a long wait, which
+    /// closes the window).
     pub(crate) fn waited(&self, wait: Duration) {
         let wait = u32::try_from(wait.as_micros()).unwrap_or(u32::MAX);
         let now = self.micros.load(Ordering::Relaxed);
+        if wait <= now || wait > WORTH {
+            self.missed.store(0, Ordering::Relaxed);
+        }
         let next = if wait <= now {
             return;
-        } else if wait <= WORTH && now < MAX {
-            (now * 2).clamp(START, MAX)
-        } else if now / 2 < START {
+        } else if wait > WORTH {
+            if now / 2 < START {
+                0
+            } else {
+                now / 2
+            }
+        } else if self.resting.load(Ordering::Relaxed) > 0 {
+            self.resting.fetch_sub(1, Ordering::Relaxed);
+            return;
+        } else if self.missed.fetch_add(1, Ordering::Relaxed) + 1 >= GIVE_UP {
+            // Short waits that the window keeps missing: the other end
+            // does not spin (its own waits are long), so ours only cost CPU.
+            self.missed.store(0, Ordering::Relaxed);
+            self.resting.store(REST, Ordering::Relaxed);
             0
-        } else {
+        } else if now >= MAX {
             now / 2
+        } else {
+            (now * 2).clamp(START, MAX)
         };
         self.micros.store(next, Ordering::Relaxed);
     }
@@ -110,7 +159,22 @@ mod tests {
         assert_eq!(w.micros(), MAX, "a caught wait changes nothing");
         w.waited(us(70));
         assert_eq!(w.micros(), MAX / 2, "the whole window missed it");
-        w.waited(us(70));
+        w.waited(us(20));
+        assert_eq!(w.micros(), MAX / 2, "a caught wait changes nothing");
+        // Short waits missed in a row: it gives up and rests.
+        let mut widths = Vec::new();
+        for _ in 0..GIVE_UP {
+            w.waited(us(70));
+            widths.push(w.micros());
+        }
+        assert_eq!(widths, [MAX, MAX / 2, MAX, MAX / 2, MAX, MAX / 2, MAX, 0]);
+        for _ in 0..REST {
+            w.waited(us(70));
+            assert_eq!(w.micros(), 0, "it opened before its rest ended");
+        }
+        for _ in 0..4 {
+            w.waited(us(70));
+        }
         assert_eq!(w.micros(), MAX);
         w.waited(us(5_000));
         assert_eq!(w.micros(), MAX / 2);
@@ -129,13 +193,11 @@ mod tests {
     fn spinning_looks_within_the_window() {
         let w = SpinWindow::default();
         let mut looked = 0;
-        assert_eq!(
-            w.spin(Duration::from_secs(1), || {
-                looked += 1;
-                Some(())
-            }),
-            None
-        );
+        let spun = w.spin(Duration::from_secs(1), || {
+            looked += 1;
+            Some(())
+        });
+        assert_eq!(spun, Spun::Missed);
         assert_eq!(looked, 0);
         for _ in 0..4 {
             w.waited(us(70));
@@ -146,19 +208,37 @@ mod tests {
             left -= 1;
             (left == 0).then_some(7)
         });
-        assert_eq!(found, Some(7));
+        assert_eq!(found, Spun::Found(7));
         let begun = Instant::now();
-        assert_eq!(w.spin(Duration::from_secs(1), || None::<()>), None);
+        assert_eq!(w.spin(Duration::from_secs(1), || None::<()>), Spun::Missed);
         assert!(begun.elapsed() >= us(MAX.into()));
-        assert_eq!(
-            w.spin(Duration::ZERO, || -> Option<()> {
-                panic!("looked past a zero limit")
-            }),
-            None
-        );
+        let spun = w.spin(Duration::ZERO, || -> Option<()> {
+            panic!("looked past a zero limit")
+        });
+        assert_eq!(spun, Spun::Missed);
         let inner = w.spin(Duration::from_secs(1), || {
             Some(w.spin(Duration::from_secs(1), || Some(())))
         });
-        assert_eq!(inner, Some(None), "a second thread spun at once");
+        assert_eq!(
+            inner,
+            Spun::Found(Spun::Busy),
+            "a second thread spun at once"
+        );
+    }
+
+    /// A look that panics leaves the window free for the next thread.
+    #[test]
+    fn a_panicking_look_frees_the_window() {
+        let w = SpinWindow::default();
+        for _ in 0..4 {
+            w.waited(us(70));
+        }
+        let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            w.spin(Duration::from_secs(1), || -> Option<()> {
+                panic!("a look failed")
+            })
+        }));
+        assert!(panicked.is_err());
+        assert_eq!(w.spin(Duration::from_secs(1), || Some(1)), Spun::Found(1));
     }
 }

@@ -202,6 +202,12 @@ impl HostIo {
         Some(job)
     }
 
+    /// Whether a host thread drives the call streams now (inside
+    /// [`HostIo::drive`]).
+    pub(super) fn host_drives(&self) -> bool {
+        self.shared.lock().hosts > 0
+    }
+
     /// Where the call streams run.
     pub(super) fn handle(&self) -> &tokio::runtime::Handle {
         self.runtime().handle()

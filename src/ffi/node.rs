@@ -16,6 +16,7 @@ use super::event::Body;
 use super::host_io::HostIo;
 use super::mailbox::{Class, Mailbox, Taken};
 use super::owner::Owner;
+use crate::spin::Spun;
 use crate::{Error, Node};
 
 /// How long a free waits for the call streams to flush their replies.
@@ -77,15 +78,19 @@ impl TribeNode {
             return self.mailbox.take_many(timeout, max, Body::is_droppable);
         }
         let begun = std::time::Instant::now();
-        let spun = self
-            .wait_spin
-            .spin(timeout.unwrap_or(std::time::Duration::MAX), || {
-                match self.poll_events(max) {
-                    Taken::Empty => None,
-                    taken => Some(taken),
-                }
-            });
-        if let Some(taken) = spun {
+        // While another host thread drives the call streams, a turn here
+        // would do nothing but contend with it for their state.
+        let spun = if self.host_io.host_drives() {
+            Spun::Busy
+        } else {
+            let limit = timeout.unwrap_or(std::time::Duration::MAX);
+            self.wait_spin.spin(limit, || match self.poll_events(max) {
+                Taken::Empty => None,
+                taken => Some(taken),
+            })
+        };
+        let adapt = !matches!(spun, Spun::Busy);
+        if let Spun::Found(taken) = spun {
             self.wait_spin.waited(begun.elapsed());
             return taken;
         }
@@ -100,7 +105,9 @@ impl TribeNode {
                 }
             })
         });
-        self.wait_spin.waited(begun.elapsed());
+        if adapt {
+            self.wait_spin.waited(begun.elapsed());
+        }
         taken
     }
 

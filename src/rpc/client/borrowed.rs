@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::{Answer, NotSent, Pool, CLIENT_IDLE, REFUSAL_GRACE};
 use crate::rpc::proto::RpcMsg;
 use crate::rpc::server::STREAM_REFUSAL_ID;
-use crate::spin::SpinWindow;
+use crate::spin::{SpinWindow, Spun};
 use crate::stream::{Opener, Sealer, Security, StreamError};
 use crate::wire;
 
@@ -452,6 +452,8 @@ impl Lease<'_> {
     /// `deadline` passes.
     async fn answer(&mut self, id: u64, deadline: Instant, pool: &Pool) -> Result<Got, NotSent> {
         let mut waited = false;
+        let mut looked = false;
+        let mut adapt = true;
         let begun = Instant::now();
         loop {
             if waited {
@@ -462,9 +464,11 @@ impl Lease<'_> {
                 }
             }
             let stream = self.stream();
-            if !waited {
+            if !looked {
+                looked = true;
                 let left = deadline.saturating_duration_since(Instant::now());
-                stream.spin.spin(left, || readable(&stream.sock).then_some(()));
+                let spun = stream.spin.spin(left, || readable(&stream.sock).then_some(()));
+                adapt = spun != Spun::Busy;
             }
             match stream.slice(deadline) {
                 Ok(()) => {}
@@ -502,7 +506,9 @@ impl Lease<'_> {
                 Err(_) => return Ok(Got::Answer(Some(Answer::Lost))),
             };
             self.keep = true;
-            self.stream().spin.waited(begun.elapsed());
+            if adapt {
+                self.stream().spin.waited(begun.elapsed());
+            }
             return Ok(Got::Answer(Some(answer)));
         }
     }
