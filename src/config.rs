@@ -612,6 +612,20 @@ impl Config {
         }
     }
 
+    /// What a start would refuse before it opens any socket: this
+    /// config's values ([`Config::validate`]), then an existing data dir
+    /// as the start would take it ([`crate::datadir::check`]: nothing is
+    /// created or changed). The bindings' configuration checks
+    /// (`tribe_config_check`, Go's `Config.Check`, pytribe's
+    /// `Node.check_config`) are this. Reads the file system; no network.
+    pub fn check(&self) -> Result<(), Error> {
+        self.validate()?;
+        match &self.data_dir {
+            Some(dir) => crate::datadir::check(dir, &self.name),
+            None => Ok(()),
+        }
+    }
+
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;

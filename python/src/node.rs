@@ -286,20 +286,11 @@ impl NativeConfig {
     }
 
     /// Checks the config as the start would before it opens any socket
-    /// (as C's `tribe_config_check`): `Config::validate`, and an existing
-    /// data dir as the start would take it (`tribe::datadir::check`:
-    /// nothing is created or changed). Raises what the start would raise;
-    /// the GIL is released meanwhile.
+    /// (`Config::check`, as C's `tribe_config_check`): raises what the
+    /// start would raise; the GIL is released meanwhile.
     fn check(&self, py: Python<'_>) -> PyResult<()> {
         let cfg = &self.cfg;
-        let checked = py.detach(|| {
-            cfg.validate()?;
-            match &cfg.data_dir {
-                Some(dir) => tribe::datadir::check(dir, &cfg.name),
-                None => Ok(()),
-            }
-        });
-        check(py, checked)
+        check(py, py.detach(|| cfg.check()))
     }
 }
 

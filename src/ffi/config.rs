@@ -74,11 +74,7 @@ impl TribeConfig {
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
         let mut config = p.config.clone();
         config.keyring = keyring(&config, p.keys.clone(), p.encryption_set)?;
-        config.validate()?;
-        if let Some(dir) = &config.data_dir {
-            crate::datadir::check(dir, &config.name)?;
-        }
-        Ok(())
+        Ok(config.check()?)
     }
 }
 

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 use super::{Answer, NotSent, Pool, CLIENT_IDLE, REFUSAL_GRACE};
 use crate::rpc::proto::RpcMsg;
 use crate::rpc::server::STREAM_REFUSAL_ID;
-use crate::spin::{SpinWindow, Spun};
+use crate::spin::SpinWindow;
 use crate::stream::{Opener, Sealer, Security, StreamError};
 use crate::wire;
 
@@ -453,7 +453,6 @@ impl Lease<'_> {
     async fn answer(&mut self, id: u64, deadline: Instant, pool: &Pool) -> Result<Got, NotSent> {
         let mut waited = false;
         let mut looked = false;
-        let mut adapt = true;
         let begun = Instant::now();
         loop {
             if waited {
@@ -467,8 +466,8 @@ impl Lease<'_> {
             if !looked {
                 looked = true;
                 let left = deadline.saturating_duration_since(Instant::now());
-                let spun = stream.spin.spin(left, || readable(&stream.sock).then_some(()));
-                adapt = spun != Spun::Busy;
+                // One call at a time on a stream: never busy.
+                stream.spin.spin(left, || readable(&stream.sock).then_some(()));
             }
             match stream.slice(deadline) {
                 Ok(()) => {}
@@ -506,9 +505,7 @@ impl Lease<'_> {
                 Err(_) => return Ok(Got::Answer(Some(Answer::Lost))),
             };
             self.keep = true;
-            if adapt {
-                self.stream().spin.waited(begun.elapsed());
-            }
+            self.stream().spin.waited(begun.elapsed());
             return Ok(Got::Answer(Some(answer)));
         }
     }
