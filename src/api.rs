@@ -41,7 +41,7 @@ struct Inner {
     inbox: mpsc::UnboundedSender<DriverInput>,
     name: String,
     addr: SocketAddr,
-    first_events: Mutex<Option<mpsc::Receiver<Event>>>,
+    first_events: Mutex<Option<EventStream>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     rpc: Arc<crate::rpc::call::Rpc>,
 }
@@ -57,9 +57,30 @@ impl Drop for Inner {
 /// Events of one subscriber, in order.
 pub struct EventStream {
     rx: mpsc::Receiver<Event>,
+    missed: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl EventStream {
+    /// A stream and the node's side of it.
+    fn new() -> (runtime::Subscriber, EventStream) {
+        let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
+        let missed = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sub = runtime::Subscriber {
+            tx,
+            missed: missed.clone(),
+        };
+        (sub, EventStream { rx, missed })
+    }
+
+    /// How many events this stream has lost so far because it fell more
+    /// than 65,536 events behind (the node-wide sum is
+    /// [`Counters::events_dropped`]). When it grows, what the stream showed
+    /// is incomplete from that point: read the snapshots
+    /// ([`Node::members`], [`Node::tribes`], ...) again for the current truth.
+    pub fn missed(&self) -> u64 {
+        self.missed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The next event; `None` once the node has stopped.
     pub async fn next(&mut self) -> Option<Event> {
         self.rx.recv().await
@@ -181,11 +202,11 @@ impl Node {
             ),
             counters: rpc_counters,
         });
-        let (events_tx, events_rx) = mpsc::channel(runtime::EVENT_QUEUE);
+        let (first_sub, first_events) = EventStream::new();
         let (inbox_tx, inbox_rx) = mpsc::unbounded_channel();
         let shared = Arc::new(runtime::Shared {
             engine: Mutex::new(engine),
-            subscribers: Mutex::new(Some(vec![events_tx])),
+            subscribers: Mutex::new(Some(vec![first_sub])),
             ended: tokio::sync::watch::Sender::new(false),
             stop_taken: std::sync::atomic::AtomicBool::new(false),
             events_dropped: Default::default(),
@@ -219,7 +240,7 @@ impl Node {
                 inbox: inbox_tx,
                 name: config.name,
                 addr,
-                first_events: Mutex::new(Some(events_rx)),
+                first_events: Mutex::new(Some(first_events)),
                 task: Mutex::new(Some(task)),
                 rpc,
             }),
@@ -240,20 +261,21 @@ impl Node {
     /// calls get events from about the moment of the call (events are
     /// delivered by the node's task, so one of a command that returned just
     /// before may still come). A subscriber more than
-    /// 65,536 events behind loses new ones (counted in
-    /// [`Counters::events_dropped`]); snapshots always give the current truth.
+    /// 65,536 events behind loses new ones (counted in its
+    /// [`EventStream::missed`] and in [`Counters::events_dropped`]);
+    /// snapshots always give the current truth.
     pub fn events(&self) -> EventStream {
-        if let Some(rx) = self
+        if let Some(stream) = self
             .inner
             .first_events
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take()
         {
-            return EventStream { rx };
+            return stream;
         }
-        let (tx, rx) = mpsc::channel(runtime::EVENT_QUEUE);
-        // After the node stopped, `tx` is dropped here and the stream ends.
+        let (sub, stream) = EventStream::new();
+        // After the node stopped, `sub` is dropped here and the stream ends.
         if let Some(subs) = self
             .inner
             .shared
@@ -265,10 +287,10 @@ impl Node {
             // Streams dropped since the last event are let go here too, not
             // only when an event comes: a program that opens a stream now
             // and then on a quiet node would keep every one.
-            subs.retain(|old| !old.is_closed());
-            subs.push(tx);
+            subs.retain(|old| !old.tx.is_closed());
+            subs.push(sub);
         }
-        EventStream { rx }
+        stream
     }
 
     /// How many event streams the node keeps sending to; for tests

@@ -195,12 +195,19 @@ enum ConnOut {
     Close,
 }
 
+/// One event stream's sending side, and how many events it lost.
+pub(crate) struct Subscriber {
+    pub tx: mpsc::Sender<Event>,
+    /// Read by the stream ([`crate::EventStream::missed`]).
+    pub missed: Arc<std::sync::atomic::AtomicU64>,
+}
+
 /// What the driver shares with the API.
 pub(crate) struct Shared {
     pub engine: Mutex<Engine>,
     /// `None` once the node stopped: every stream has ended, and one asked
     /// for later ends at once.
-    pub subscribers: Mutex<Option<Vec<mpsc::Sender<Event>>>>,
+    pub subscribers: Mutex<Option<Vec<Subscriber>>>,
     /// Set once the driver has ended, however it ended.
     pub ended: tokio::sync::watch::Sender<bool>,
     /// Set once the driver has taken a stop (with or without a goodbye):
@@ -262,10 +269,12 @@ impl Shared {
         let Some(subs) = subs.as_mut() else {
             return;
         };
-        subs.retain(|tx| match tx.try_send(event.clone()) {
+        subs.retain(|sub| match sub.tx.try_send(event.clone()) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 self.events_dropped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                sub.missed
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 true
             }

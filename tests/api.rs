@@ -635,3 +635,52 @@ async fn a_policy_tribe_refused_at_the_limit_is_made_once_room_frees() {
     .await;
     node.shutdown().await.unwrap();
 }
+
+/// A stream that falls more than 65,536 events behind says how many it
+/// lost, and only its own: a stream read meanwhile lost none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_fell_behind_says_how_many_events_it_missed() {
+    let nodes = start_cluster("lag", 1, |_| {}).await;
+    let n = &nodes[0];
+    let mut read = n.events();
+    let unread = n.events();
+    n.create_tribe("t").await.unwrap();
+    let name = n.name().to_string();
+    let reader = tokio::spawn(async move {
+        let mut seen = 0u64;
+        while let Some(event) = read.next().await {
+            if matches!(event, Event::TribeJoined { .. } | Event::TribeLeft { .. }) {
+                seen += 1;
+            }
+        }
+        (seen, read.missed())
+    });
+    // 35,000 joins and leaves: 70,000 events, more than a stream holds.
+    for _ in 0..35_000 {
+        n.join("t", &name).await.unwrap();
+        n.leave("t", &name).await.unwrap();
+    }
+    n.shutdown().await.unwrap();
+    let (seen, read_missed) = reader.await.unwrap();
+    assert_eq!(read_missed, 0);
+    assert_eq!(
+        seen, 70_000,
+        "the stream read meanwhile has every join and leave"
+    );
+    let mut unread = unread;
+    let mut queued = 0;
+    while unread.next().await.is_some() {
+        queued += 1;
+    }
+    let missed = unread.missed();
+    assert_eq!(queued, 65_536, "the unread stream held as much as it could");
+    assert!(
+        missed >= 70_000 - 65_536,
+        "the unread stream says it missed {missed}"
+    );
+    assert_eq!(
+        n.counters().events_dropped,
+        missed,
+        "only the unread stream lost events"
+    );
+}

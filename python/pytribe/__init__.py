@@ -706,10 +706,22 @@ class Events(_NoCopy):
         self._got = 0
         # Events a drain() took before it was interrupted.
         self._backlog: List[AnyEvent] = []
+        self._missed = 0
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<pytribe.Events of {self._node!r} timeout={self._timeout} {state}>"
+
+    @property
+    def missed(self) -> int:
+        """How many events this subscriber has lost by falling more than
+        65,536 behind (while another thread reads it: as of that read's
+        start). When it grows, what it showed is incomplete: read the
+        snapshots (:meth:`Node.members`, :meth:`Node.tribes`) again."""
+        native = self._native
+        if native is not None and self._generation == _fork_generation:
+            self._missed = native.missed()
+        return self._missed
 
     def __enter__(self) -> Events:
         return self
@@ -721,6 +733,7 @@ class Events(_NoCopy):
         """Ends this subscriber: reads return None, iteration stops, and
         the events queued for it are dropped. A read under way in another
         thread still ends as it would have. Idempotent."""
+        self._missed = self.missed  # kept: the count stays readable
         self.closed = True
         self._native = None
         self._backlog = []
@@ -792,6 +805,16 @@ class AsyncEvents(_NoCopy):
         self._node = node
         self._generation = _fork_generation
         self._got = 0  # as in Events
+        self._missed = 0
+
+    @property
+    def missed(self) -> int:
+        """How many events this subscriber has lost by falling more than
+        65,536 behind, as :attr:`Events.missed`."""
+        native = self._native
+        if native is not None and self._generation == _fork_generation:
+            self._missed = native.missed()
+        return self._missed
 
     @property
     def closed(self) -> bool:
@@ -812,6 +835,7 @@ class AsyncEvents(_NoCopy):
         """Ends this subscriber: iteration stops and the events queued for
         it are dropped (a ``__anext__`` already waiting ends at the next
         event or when the node stops). Idempotent."""
+        self._missed = self.missed  # kept: the count stays readable
         self._native = None
 
     def __aiter__(self) -> AsyncEvents:

@@ -1,6 +1,7 @@
 //! A subscriber to a node's events, read blocking (GIL released, signals
 //! checked) or through asyncio.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,6 +13,9 @@ use tokio::sync::Mutex;
 #[pyclass(frozen, module = "pytribe._native")]
 pub(crate) struct NativeEvents {
     sub: Arc<Mutex<Subscriber>>,
+    /// The stream's count of lost events as of its last read, for a look
+    /// while a read holds the subscriber.
+    missed: Arc<AtomicU64>,
 }
 
 /// The stream, and an event an asyncio wait took from it and has not
@@ -31,9 +35,15 @@ struct Subscriber {
     held: Option<tribe::Event>,
     handed: Option<(u64, tribe::Event)>,
     count: u64,
+    missed: Arc<AtomicU64>,
 }
 
 impl Subscriber {
+    /// Notes the stream's count of lost events (after each read).
+    fn note_missed(&self) {
+        self.missed.store(self.stream.missed(), Ordering::Relaxed);
+    }
+
     /// The last event handed out, again, when the reader (which got up to
     /// `after`) did not get it.
     fn again(&mut self, after: u64) -> Option<(u64, tribe::Event)> {
@@ -58,7 +68,11 @@ impl Subscriber {
         }
         let e = match self.held.take() {
             Some(e) => e,
-            None => self.stream.next().await?,
+            None => {
+                let e = self.stream.next().await;
+                self.note_missed();
+                e?
+            }
         };
         Some(self.hand(e))
     }
@@ -67,20 +81,24 @@ impl Subscriber {
         if let Some(again) = self.again(after) {
             return Some(again);
         }
-        let e = self.held.take().or_else(|| self.stream.try_next())?;
-        Some(self.hand(e))
+        let e = self.held.take().or_else(|| self.stream.try_next());
+        self.note_missed();
+        Some(self.hand(e?))
     }
 }
 
 impl NativeEvents {
     pub(crate) fn new(stream: tribe::EventStream) -> Self {
+        let missed = Arc::new(AtomicU64::new(0));
         NativeEvents {
             sub: Arc::new(Mutex::new(Subscriber {
                 stream,
                 held: None,
                 handed: None,
                 count: 0,
+                missed: missed.clone(),
             })),
+            missed,
         }
     }
 }
@@ -161,6 +179,15 @@ impl NativeEvents {
         }
     }
 
+    /// How many events this subscriber has lost by falling more than
+    /// 65,536 behind (as of its last read when a read is under way).
+    fn missed(&self) -> u64 {
+        if let Ok(s) = self.sub.try_lock() {
+            s.note_missed();
+        }
+        self.missed.load(Ordering::Relaxed)
+    }
+
     /// An asyncio future (of `loop`) that is `True` once an event waits
     /// for `try_next`, or `False` once the node has stopped. Cancelling it
     /// loses nothing.
@@ -176,6 +203,7 @@ impl NativeEvents {
                 if s.held.is_none() {
                     // Cancel-safe: an abort here leaves the event queued.
                     s.held = s.stream.next().await;
+                    s.note_missed();
                 }
                 s.held.is_some()
             };

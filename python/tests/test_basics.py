@@ -492,3 +492,21 @@ def test_a_raising_log_filter_loses_its_record_not_the_forwarding(error: type) -
         node.close()
         logger.removeFilter(buggy)
         logger.setLevel(old_level)
+
+
+def test_a_subscriber_that_fell_behind_says_how_many_events_it_missed() -> None:
+    with start("lag") as node:
+        kept = node.events(timeout=0)
+        unread = node.events()
+        node.create_tribe("t")
+        # 35,000 joins and leaves: 70,000 events, more than a subscriber holds.
+        for _ in range(35_000):
+            node.join("t")
+            node.leave("t")
+        wait_for("the unread subscriber to count its losses", lambda: unread.missed >= 70_000 - 65_536)
+        assert kept.missed == unread.missed, "neither subscriber was read"
+        assert node.counters()["engine"]["events_dropped"] >= 2 * unread.missed
+        got = kept.drain()
+        assert len(got) == 65_536 and kept.missed >= 70_000 - 65_536
+        unread.close()
+        assert unread.missed >= 70_000 - 65_536, "the count outlives close()"
