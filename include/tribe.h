@@ -1135,7 +1135,7 @@ uint32_t tribe_config_new(const char *name,
  * fails to start only for what the machine says: a port in use, a data
  * dir another node holds (`TRIBE_CONFIG` at the start; a check made while
  * the daemon runs passes), no thread to be had, a data dir that cannot be
- * created or read. Does not consume the config (`TRIBE_CONSUMED` after a
+ * created, read or written (`TRIBE_IO`). Does not consume the config (`TRIBE_CONSUMED` after a
  * start used it); does not block on the network.
  */
 uint32_t tribe_config_check(const struct tribe_config *cfg,
@@ -1225,7 +1225,11 @@ uint32_t tribe_config_add_key(struct tribe_config *cfg,
 /**
  * Adds a cluster key read from a file holding it as base64 (what `tribe
  * keygen` prints; surrounding whitespace is ignored), as
- * `tribe_config_add_key`. Reads the file; the key is never shown.
+ * `tribe_config_add_key`. Reads the file, which must be a regular file of
+ * at most 4096 bytes (a link to one is followed; a FIFO or a device is
+ * refused at once with `TRIBE_CONFIG`, not waited on); a file that cannot
+ * be read is `TRIBE_IO`, one that holds no key `TRIBE_INVALID_ARGUMENT`.
+ * The key is never shown.
  */
 uint32_t tribe_config_add_key_file(struct tribe_config *cfg,
                                    const char *path,
@@ -1392,7 +1396,9 @@ void tribe_error_free(struct tribe_error *err);
  * out. After `tribe_node_shutdown` or `tribe_node_abort`, the events still
  * queued are handed out, then every call returns `TRIBE_SHUTTING_DOWN`
  * at once; a shutdown from another thread wakes a waiting call.
- * Blocks the calling thread up to `timeout_ms`; while it waits, the thread
+ * Blocks the calling thread up to `timeout_ms` (never less; as the timer
+ * counts whole milliseconds, a wait that times out may last about 1 ms
+ * longer, so a 1 ms timeout takes about 2); while it waits, the thread
  * reads the node's incoming calls and the answers to its asynchronous
  * calls from their sockets itself (libtribe's own thread does it while no
  * host thread waits). Before it blocks, a thread looks for events for up

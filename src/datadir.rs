@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use crate::crypto::{KeyId, Keyring, SecretKey};
 use crate::engine::durable::Durable;
 use crate::error::{Error, Result};
+use crate::small_file::{read_file, Unread};
 
 /// File name of the durable state inside the data directory.
 pub const STATE_FILE: &str = "node-state.json";
@@ -23,14 +24,6 @@ const MAX_STATE_FILE: u64 = 1024 * 1024 * 1024;
 /// Largest keyring file (8 keys and the removed ids take a few KiB) or
 /// configured-key file read.
 const MAX_SMALL_FILE: u64 = 1024 * 1024;
-
-/// Why a file of the data dir was not read.
-enum Unread {
-    Missing,
-    TooLarge,
-    NotRegular,
-    Failed(std::io::Error),
-}
 
 /// A file an earlier run kept, or `None` on a first start; each failure an
 /// error naming the file.
@@ -54,33 +47,19 @@ fn not_regular(path: &Path) -> Error {
     ))
 }
 
-/// Reads a file of the data dir, up to `max` bytes, refusing anything but
-/// a regular file: a FIFO there blocked the start for good (deaf to
-/// signals), and a link to a device was read without end.
-fn read_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, Unread> {
-    use std::io::Read as _;
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
-    let file = options.open(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => Unread::Missing,
-        _ => Unread::Failed(e),
-    })?;
-    let meta = file.metadata().map_err(Unread::Failed)?;
-    if !meta.is_file() {
-        return Err(Unread::NotRegular);
+/// Refuses a lock file that is not a plain file: a FIFO would not open (no
+/// reader) and say so obscurely, and a link would have the start create or
+/// chmod the file it points to, wherever that is (a member of the dir's
+/// group could have a node running as root chmod any file).
+fn refuse_odd_lock(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_symlink() => Err(Error::Config(format!(
+            "{} is a symbolic link; remove it (the node makes its lock file itself)",
+            path.display()
+        ))),
+        Ok(m) if !m.is_file() => Err(not_regular(path)),
+        _ => Ok(()),
     }
-    if meta.len() > max {
-        return Err(Unread::TooLarge);
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(max + 1)
-        .read_to_end(&mut bytes)
-        .map_err(Unread::Failed)?;
-    if bytes.len() as u64 > max {
-        return Err(Unread::TooLarge);
-    }
-    Ok(bytes)
 }
 
 /// An exclusive lock on a data directory, released when dropped (or when
@@ -146,14 +125,16 @@ fn lock_id(meta: &std::fs::Metadata) -> LockId {
 /// two agents never write the same directory.
 pub fn lock(dir: &Path) -> Result<DirLock> {
     let path = dir.join(LOCK_FILE);
-    // A FIFO there would not open (no reader), and say so obscurely.
-    if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
-        return Err(not_regular(&path));
-    }
+    refuse_odd_lock(&path)?;
     let mut options = std::fs::OpenOptions::new();
     options.create(true).truncate(false).write(true);
-    // Not blocked by a FIFO in its place (refused below).
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    // Not blocked by a FIFO in its place (refused below), and no link
+    // followed: one put there since the look above would be made or
+    // chmodded wherever it points.
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | libc::O_NOFOLLOW,
+    );
     // Only this user may open it: anyone who can (read access is enough)
     // can take the lock and keep the node from starting.
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
@@ -198,20 +179,8 @@ pub fn check(dir: &Path, name: &str) -> Result<()> {
         return Ok(());
     }
     refuse_world_writable(dir)?;
-    // Files the start writes or locks: anything but a file in their place
-    // (a directory, a FIFO, a device) fails it.
-    for file in [LOCK_FILE, CONFIGURED_KEY_FILE] {
-        let path = dir.join(file);
-        if path.is_dir() {
-            return Err(Error::Config(format!(
-                "{} is a directory, not a file",
-                path.display()
-            )));
-        }
-        if std::fs::metadata(&path).is_ok_and(|m| !m.is_file()) {
-            return Err(not_regular(&path));
-        }
-    }
+    refuse_odd_lock(&dir.join(LOCK_FILE))?;
+    read_kept(&dir.join(CONFIGURED_KEY_FILE), MAX_SMALL_FILE)?;
     load_for(dir, name).map(drop)
 }
 
@@ -622,10 +591,16 @@ mod tests {
                 } else {
                     std::os::unix::fs::symlink("/dev/zero", &path).unwrap();
                 }
+                // A link in the lock's place is refused as a link.
+                let why = if name == LOCK_FILE && odd == "device" {
+                    "symbolic link"
+                } else {
+                    "not a regular file"
+                };
                 // The check a host makes before the start sees it too.
                 let checked = check(&dir, "odd").err();
                 assert!(
-                    checked.is_some_and(|e| e.to_string().contains("not a regular file")),
+                    checked.is_some_and(|e| e.to_string().contains(why)),
                     "{name}, {odd}: passed the check"
                 );
                 let err = if name == LOCK_FILE {
@@ -639,8 +614,7 @@ mod tests {
                 };
                 let err = err.unwrap_or_else(|| panic!("{name} as a {odd} was taken"));
                 assert!(
-                    matches!(err, Error::Config(_))
-                        && err.to_string().contains("not a regular file"),
+                    matches!(err, Error::Config(_)) && err.to_string().contains(why),
                     "{name}, {odd}: {err}"
                 );
                 let _ = std::fs::remove_dir_all(&dir);
@@ -777,7 +751,61 @@ mod tests {
         );
         std::fs::create_dir(dir.join(LOCK_FILE)).unwrap();
         let err = check(&dir, "n").unwrap_err();
-        assert!(err.to_string().contains("is a directory"), "{err}");
+        let start = lock(&dir).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            start.to_string(),
+            "the check and the start differ"
+        );
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A lock file that is a link is refused by the check and the start,
+    /// which neither create nor chmod what it points to (a member of the
+    /// dir's group could have a node running as root chmod any file).
+    #[test]
+    fn a_lock_file_that_is_a_link_is_refused_and_its_target_left_alone() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("locklink");
+        prepare(&dir).unwrap();
+        let victim = dir.join("victim");
+        std::fs::write(&victim, b"x").unwrap();
+        std::fs::set_permissions(&victim, std::fs::Permissions::from_mode(0o644)).unwrap();
+        std::os::unix::fs::symlink(&victim, dir.join(LOCK_FILE)).unwrap();
+        for err in [check(&dir, "n").unwrap_err(), lock(&dir).unwrap_err()] {
+            assert!(matches!(err, Error::Config(_)), "{err}");
+            assert!(err.to_string().contains("symbolic link"), "{err}");
+        }
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the link's target was chmodded");
+        std::fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+        let missing = dir.join("made");
+        std::os::unix::fs::symlink(&missing, dir.join(LOCK_FILE)).unwrap();
+        assert!(lock(&dir).is_err());
+        assert!(!missing.exists(), "the link's target was created");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What the start refuses in the configured-key file (too large, a
+    /// link to nothing), the check refuses too, with the same error.
+    #[test]
+    fn a_configured_key_file_the_start_refuses_fails_the_check() {
+        let dir = scratch("ckcheck");
+        prepare(&dir).unwrap();
+        let path = dir.join(CONFIGURED_KEY_FILE);
+        std::fs::write(&path, vec![b'a'; 2 * 1024 * 1024]).unwrap();
+        let err = check(&dir, "n").unwrap_err();
+        let start = merge_keyring(&dir, None).unwrap_err();
+        assert_eq!(err.to_string(), start.to_string());
+        assert!(err.to_string().contains("larger than"), "{err}");
+        std::fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(dir.join("nowhere"), &path).unwrap();
+        let err = check(&dir, "n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            merge_keyring(&dir, None).unwrap_err().to_string()
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -32,6 +32,7 @@ pub mod datadir;
 internal_mod!(engine);
 pub mod error;
 pub mod facts;
+pub mod keyfile;
 // Entry points of the fuzz targets (`fuzz/`); compiled for tests too, so the
 // seed corpora replay under plain `cargo test`.
 #[cfg(any(test, feature = "fuzzing"))]
@@ -51,6 +52,7 @@ internal_mod!(runtime);
 mod seeds;
 mod setup_slots;
 pub mod sim;
+mod small_file;
 mod spin;
 internal_mod!(state);
 internal_mod!(stream);

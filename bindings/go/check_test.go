@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -202,6 +203,12 @@ func TestConfigCheckRefusesWhatStartWould(t *testing.T) {
 	if err := os.Chmod(owned, 0o700); err != nil {
 		t.Fatal(err)
 	}
+	// A key file that is a FIFO without a writer: refused at once, not
+	// waited on.
+	fifo := filepath.Join(t.TempDir(), "fifo.key")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	if err := (Config{Name: "checked-3", DataDir: owned}).Check(); err != nil {
 		t.Fatalf("a data dir only its owner may write: %v", err)
 	}
@@ -221,6 +228,8 @@ func TestConfigCheckRefusesWhatStartWould(t *testing.T) {
 		{"an unspecified bind without advertise", func(c *Config) { c.Bind = "0.0.0.0:0" }, ErrConfig, "advertise"},
 		{"Key and KeyFile", func(c *Config) { c.Key, c.KeyFile = mustKey(t), "/nonexistent" }, ErrConfig, "KeyFile"},
 		{"a negative limit", func(c *Config) { c.Limits.MaxServing = -1 }, ErrInvalidArgument, "negative"},
+		{"a key file that is a FIFO", func(c *Config) { c.KeyFile = fifo }, ErrConfig, "not a regular file"},
+		{"a key file that is a device", func(c *Config) { c.KeyFile = "/dev/zero" }, ErrConfig, "not a regular file"},
 	} {
 		cfg := Config{Name: "checked-bad", Bind: "127.0.0.1:0", Profile: "local", NoHostFacts: true}
 		c.change(&cfg)

@@ -51,7 +51,9 @@ type Config struct {
 	// and opens traffic. Without a key traffic is plaintext: for tests only.
 	Key string
 	// KeyFile is a file holding the cluster key (as `tribe keygen` writes
-	// it), in place of Key: ErrConfig with both, ErrIO when unreadable.
+	// it), in place of Key: ErrConfig with both, ErrIO when unreadable,
+	// ErrConfig when it is not a regular file (a FIFO or a device is
+	// refused at once, not waited on) or is over 4096 bytes.
 	KeyFile string
 	// ExtraKeys also open traffic (they do not seal); they need a Key or
 	// KeyFile (ErrConfig without one).
@@ -290,7 +292,8 @@ func Start(cfg Config) (*Node, error) {
 // key, EventBuffer, WorkerThreads, negative limits, the linked library's C
 // ABI version); each field as libtribe takes it (ErrInvalidName for Name;
 // ErrInvalidArgument for a malformed Bind, Advertise, seed, fact, Profile,
-// Label, key, Encryption or LogLevel; ErrIO for an unreadable KeyFile);
+// Label, key, Encryption or LogLevel; ErrIO for an unreadable KeyFile,
+// ErrConfig for one that is not a regular file);
 // then libtribe's tribe_config_check: the options that only make sense
 // together (ErrConfig for an Encryption mode with no key and no DataDir,
 // or a Bind to an unspecified host such as 0.0.0.0 without Advertise),
@@ -301,8 +304,8 @@ func Start(cfg Config) (*Node, error) {
 //
 // A config that passes fails to start only for what the machine says: a
 // port in use, a DataDir another node holds (a check made while that node
-// runs passes), no thread to be had, a DataDir that cannot be created or
-// read. Check needs no node and does not block, except to look up a host
+// runs passes), no thread to be had, a DataDir that cannot be created,
+// read or written (ErrIO). Check needs no node and does not block, except to look up a host
 // name in Bind or Advertise, as Start does. It is meant for a program that
 // checks its configuration before it starts its node (a daemon's -t flag).
 func (c Config) Check() error {

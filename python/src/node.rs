@@ -107,20 +107,9 @@ fn keyring(
         (Some(_), Some(_)) => return Err(config("key and key_file both given: give one")),
         (Some(k), None) => secret(k)?,
         (None, Some(path)) => {
-            // A key file holds 44 characters and a newline; read without
-            // the GIL (a file system may be slow).
-            let text = py
-                .detach(|| {
-                    let mut text = String::new();
-                    std::io::Read::read_to_string(
-                        &mut std::io::Read::take(std::fs::File::open(path)?, 4096),
-                        &mut text,
-                    )
-                    .map(|_| text)
-                })
-                .map_err(|e| key_file_error(py, path, &e))?;
-            SecretKey::from_base64(text.trim())
-                .map_err(|e| value_error(format!("key file {}: {e}", path.display())))?
+            // Read without the GIL (a file system may be slow).
+            py.detach(|| tribe::keyfile::read(path))
+                .map_err(|e| to_py(py, e))?
         }
         (None, None) if extra.is_empty() => return Ok(None),
         (None, None) => {
@@ -137,13 +126,6 @@ fn keyring(
         })?;
     }
     Ok(Some(ring))
-}
-
-fn key_file_error(py: Python<'_>, path: &std::path::Path, e: &std::io::Error) -> PyErr {
-    to_py(
-        py,
-        tribe::Error::Io(format!("cannot read key file {}: {e}", path.display())),
-    )
 }
 
 /// A key or its id → the id.

@@ -248,6 +248,14 @@ def test_check_config_reads_a_key_file(tmp_path: Path) -> None:
     pytribe.Node.check_config("keyed", key_file=key_file, encryption="require")
     with pytest.raises(pytribe.TribeIOError, match="cannot read key file"):
         pytribe.Node.check_config("keyed", key_file=tmp_path / "missing.key")
+    # A FIFO without a writer, or a device, is refused at once (not waited on).
+    fifo = tmp_path / "fifo.key"
+    os.mkfifo(fifo)
+    for odd in (fifo, Path("/dev/zero")):
+        with pytest.raises(pytribe.ConfigError, match="not a regular file"):
+            pytribe.Node.check_config("keyed", key_file=odd)
+        with pytest.raises(pytribe.ConfigError, match="not a regular file"):
+            pytribe.Node("keyed", key_file=odd)
 
 
 def test_check_config_names_itself_in_type_errors() -> None:

@@ -167,7 +167,7 @@ pub extern "C" fn tribe_config_new(
 /// fails to start only for what the machine says: a port in use, a data
 /// dir another node holds (`TRIBE_CONFIG` at the start; a check made while
 /// the daemon runs passes), no thread to be had, a data dir that cannot be
-/// created or read. Does not consume the config (`TRIBE_CONSUMED` after a
+/// created, read or written (`TRIBE_IO`). Does not consume the config (`TRIBE_CONSUMED` after a
 /// start used it); does not block on the network.
 #[no_mangle]
 pub extern "C" fn tribe_config_check(cfg: *const TribeConfig, err: *mut *mut FfiError) -> u32 {
@@ -346,7 +346,11 @@ pub extern "C" fn tribe_config_add_key(
 
 /// Adds a cluster key read from a file holding it as base64 (what `tribe
 /// keygen` prints; surrounding whitespace is ignored), as
-/// `tribe_config_add_key`. Reads the file; the key is never shown.
+/// `tribe_config_add_key`. Reads the file, which must be a regular file of
+/// at most 4096 bytes (a link to one is followed; a FIFO or a device is
+/// refused at once with `TRIBE_CONFIG`, not waited on); a file that cannot
+/// be read is `TRIBE_IO`, one that holds no key `TRIBE_INVALID_ARGUMENT`.
+/// The key is never shown.
 #[no_mangle]
 pub extern "C" fn tribe_config_add_key_file(
     cfg: *mut TribeConfig,
@@ -357,13 +361,7 @@ pub extern "C" fn tribe_config_add_key_file(
         // The config first: no file is read for a NULL or used-up one.
         cast::handle_mut(cfg, "config")?.pending()?;
         let path = cast::text(path, "path")?;
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            FfiError::from(crate::Error::Io(format!(
-                "cannot read key file {path:?}: {e}"
-            )))
-        })?;
-        let key = SecretKey::from_base64(text.trim())
-            .map_err(|e| FfiError::invalid(format!("key file {path:?}: {e}")))?;
+        let key = crate::keyfile::read(std::path::Path::new(path))?;
         with_config(cfg, |p| {
             if p.keys.len() >= crate::crypto::MAX_KEYS {
                 return Err(crate::Error::KeyringFull.into());

@@ -269,7 +269,9 @@ fn borrowed(value: Option<&CStr>, out: *mut *const c_char, what: &str) -> Result
 /// out. After `tribe_node_shutdown` or `tribe_node_abort`, the events still
 /// queued are handed out, then every call returns `TRIBE_SHUTTING_DOWN`
 /// at once; a shutdown from another thread wakes a waiting call.
-/// Blocks the calling thread up to `timeout_ms`; while it waits, the thread
+/// Blocks the calling thread up to `timeout_ms` (never less; as the timer
+/// counts whole milliseconds, a wait that times out may last about 1 ms
+/// longer, so a 1 ms timeout takes about 2); while it waits, the thread
 /// reads the node's incoming calls and the answers to its asynchronous
 /// calls from their sockets itself (libtribe's own thread does it while no
 /// host thread waits). Before it blocks, a thread looks for events for up

@@ -6,6 +6,7 @@
  * LeakSanitizer sees a whole start / work / shutdown / free cycle. */
 #include "util.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 static tribe_node *nodes[3];
@@ -104,6 +105,16 @@ int main(void) {
     OK(tribe_config_new("k", &kcfg, NULL));
     EXPECT(TRIBE_OK, tribe_config_add_key_file(kcfg, key_path, &err));
     EXPECT(TRIBE_IO, tribe_config_add_key_file(kcfg, "/nonexistent/key", &err));
+    /* A FIFO (no writer) or a device is refused at once, not waited on. */
+    char fifo_path[] = "/tmp/tribe-c-fifo-XXXXXX";
+    CHECK(mkdtemp(fifo_path) != NULL);
+    char fifo[64];
+    snprintf(fifo, sizeof fifo, "%s/key", fifo_path);
+    CHECK(mkfifo(fifo, 0600) == 0);
+    EXPECT(TRIBE_CONFIG, tribe_config_add_key_file(kcfg, fifo, &err));
+    EXPECT(TRIBE_CONFIG, tribe_config_add_key_file(kcfg, "/dev/zero", &err));
+    unlink(fifo);
+    rmdir(fifo_path);
     tribe_config_free(kcfg);
     unlink(key_path);
 
