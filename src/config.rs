@@ -629,6 +629,14 @@ impl Config {
     /// Checks names, facts, label and timings.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
+        if self
+            .data_dir
+            .as_ref()
+            .is_some_and(|d| d.as_os_str().is_empty())
+        {
+            // Not the current directory, which a node would take over.
+            return Err(Error::InvalidArgument("the data dir is empty".into()));
+        }
         if self.advertise.is_none() && self.bind.ip().is_unspecified() {
             return Err(Error::Config(
                 "binding to an unspecified address needs an advertise address".into(),
@@ -747,6 +755,16 @@ mod tests {
         f(&mut t);
         cfg.timings = Some(t);
         cfg.validate()
+    }
+
+    /// An empty data dir would be the current directory, which the node
+    /// would take over (its lock and state written there).
+    #[test]
+    fn an_empty_data_dir_is_refused() {
+        let mut cfg = Config::new("n");
+        cfg.data_dir = Some(std::path::PathBuf::new());
+        assert!(matches!(cfg.validate(), Err(Error::InvalidArgument(_))));
+        assert!(matches!(cfg.check(), Err(Error::InvalidArgument(_))));
     }
 
     #[test]

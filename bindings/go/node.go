@@ -334,11 +334,11 @@ func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
 		return err
 	}
 	if cfg.Key != "" && cfg.KeyFile != "" {
-		return &Error{Code: "config", Message: "Key and KeyFile both set: give one"}
+		return &Error{Code: "config", Message: "invalid configuration: Key and KeyFile both set: give one"}
 	}
 	if cfg.Key == "" && cfg.KeyFile == "" && len(cfg.ExtraKeys) > 0 {
 		// libtribe seals with the first key given: an extra key alone would.
-		return &Error{Code: "config", Message: "ExtraKeys need a Key or KeyFile (the key that seals)"}
+		return &Error{Code: "config", Message: "invalid configuration: ExtraKeys need a Key or KeyFile (the key that seals)"}
 	}
 	if cfg.EventBuffer < 0 || cfg.EventBuffer > MaxEventBuffer {
 		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer)}

@@ -393,11 +393,15 @@ def test_snapshots_pickle_copy_and_hash() -> None:
         ({"handler_threads": 0}, pytribe.InvalidArgumentError),
         ({"profile": "bogus"}, pytribe.InvalidArgumentError),
         ({"key": pytribe.keygen(), "encryption": "loud"}, pytribe.InvalidArgumentError),
+        # Not the current directory, which the node would take over.
+        ({"data_dir": ""}, pytribe.InvalidArgumentError),
     ],
 )
 def test_bad_config_values_raise_the_library_errors(kwargs: dict, error: type) -> None:
     # One `except pytribe.TribeError` (or ValueError) catches them all,
     # each with its code, as the same values give in C and Go.
+    with pytest.raises(error) as e:
+        pytribe.Node.check_config("bad-config", **kwargs)
     with pytest.raises(error) as e:
         pytribe.Node("bad-config", **kwargs)
     assert isinstance(e.value, ValueError) and isinstance(e.value, pytribe.TribeError)

@@ -87,8 +87,7 @@ fn keyring(
     // Silently running in plaintext is not what a mode asks for.
     if encryption_set && keys.is_empty() && !config.will_hold_keys()? {
         return Err(Error::Config(
-            "an encryption mode needs a key (tribe_config_add_key) or a data dir holding a keyring"
-                .into(),
+            "an encryption mode needs a key or a data dir holding a keyring".into(),
         )
         .into());
     }
