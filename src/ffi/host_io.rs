@@ -344,7 +344,16 @@ fn care(runtime: &Runtime, shared: &Shared) {
         drop(state);
         runtime.block_on(async {
             run_deferred(deferred);
-            shared.host_came.notified().await
+            loop {
+                shared.host_came.notified().await;
+                // A permit left by a turn that came while this thread was
+                // handing over before says nothing now: keep driving
+                // unless a thread is here to drive (or the node stops).
+                let state = shared.lock();
+                if state.hosts > 0 || state.turning > 0 || state.stop {
+                    break;
+                }
+            }
         });
         shared.lock().caretaker_driving = false;
         seen = None;
@@ -356,6 +365,28 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
+
+    /// A wake-up meant for a hand-over that already happened (a turn that
+    /// came while the caretaker was handing over) does not make the
+    /// caretaker let go of the runtime with no thread to take it.
+    #[test]
+    fn a_stale_wake_up_does_not_leave_the_runtime_undriven() {
+        let io = HostIo::new(|| {}).unwrap();
+        let driving = || io.shared.lock().caretaker_driving;
+        let begun = Instant::now();
+        while !driving() {
+            assert!(
+                begun.elapsed() < Duration::from_secs(5),
+                "the caretaker never drove"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        io.shared.host_came.notify_one();
+        // Given time to let go (it would then wait a whole tick before
+        // driving again).
+        std::thread::sleep(TICK / 5);
+        assert!(driving(), "the caretaker let go with no thread to drive");
+    }
 
     /// A task on the runtime makes progress with no host thread driving it.
     #[test]
