@@ -88,6 +88,10 @@ struct State {
     exits: u64,
     /// Whether the caretaker drives the runtime.
     caretaker_driving: bool,
+    /// Whether a host thread asked the driving caretaker to hand the
+    /// runtime over (cleared as it does): a wake-up without it is one left
+    /// over from a hand-over already made.
+    take_over: bool,
     /// Whether the caretaker sleeps until the last host thread leaves.
     caretaker_waits: bool,
     /// Host threads inside [`HostIo::turn`].
@@ -239,6 +243,7 @@ impl HostIo {
         let (take_over, deferred) = {
             let mut state = self.shared.lock();
             state.hosts += 1;
+            state.take_over |= state.caretaker_driving;
             (state.caretaker_driving, std::mem::take(&mut state.deferred))
         };
         let _inside = Inside(&self.shared);
@@ -269,6 +274,7 @@ impl HostIo {
             let mut state = self.shared.lock();
             state.exits += 1;
             state.turning += 1;
+            state.take_over |= state.caretaker_driving;
             (state.caretaker_driving, std::mem::take(&mut state.deferred))
         };
         let _turning = Turning(&self.shared);
@@ -346,16 +352,18 @@ fn care(runtime: &Runtime, shared: &Shared) {
             run_deferred(deferred);
             loop {
                 shared.host_came.notified().await;
-                // A permit left by a turn that came while this thread was
-                // handing over before says nothing now: keep driving
-                // unless a thread is here to drive (or the node stops).
+                // A permit left by a thread that asked while this one was
+                // handing over before says nothing now: keep driving.
                 let state = shared.lock();
-                if state.hosts > 0 || state.turning > 0 || state.stop {
+                if state.take_over || state.stop {
                     break;
                 }
             }
         });
-        shared.lock().caretaker_driving = false;
+        let mut state = shared.lock();
+        state.caretaker_driving = false;
+        state.take_over = false;
+        drop(state);
         seen = None;
     }
 }
@@ -386,6 +394,16 @@ mod tests {
         // driving again).
         std::thread::sleep(TICK / 5);
         assert!(driving(), "the caretaker let go with no thread to drive");
+        // A turn still takes the runtime from it, however short.
+        io.turn();
+        let begun = Instant::now();
+        while driving() {
+            assert!(
+                begun.elapsed() < Duration::from_secs(5),
+                "a turn did not take over"
+            );
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
 
     /// A task on the runtime makes progress with no host thread driving it.
