@@ -12,34 +12,73 @@ pub const MAX_KEY_FILE: u64 = 4096;
 
 /// Reads the key in a key file (surrounding whitespace ignored). The file
 /// must be a regular file (a link to one is followed): a FIFO or a device
-/// is refused at once, not waited on or read without end. Errors:
-/// [`Error::Io`] when it cannot be read (missing, no permission),
-/// [`Error::Config`] when it is not a regular file or is larger than
-/// [`MAX_KEY_FILE`], [`Error::InvalidArgument`] when it holds no key. The
-/// key is never quoted.
+/// is refused at once, not waited on or read without end. One that other
+/// users may read, or that another user owns, is taken with a warning in
+/// the log ([`exposure`]). Errors: [`Error::Io`] when it cannot be read
+/// (missing, no permission), [`Error::Config`] when it is not a regular
+/// file or is larger than [`MAX_KEY_FILE`], [`Error::InvalidArgument`] for
+/// an empty path or a file that does not hold one key alone. The key is
+/// never quoted.
 pub fn read(path: &Path) -> Result<SecretKey> {
+    if path.as_os_str().is_empty() {
+        return Err(Error::InvalidArgument("the key file path is empty".into()));
+    }
     let bytes = read_file(path, MAX_KEY_FILE).map_err(|why| match why {
-        Unread::Missing => Error::Io(format!(
-            "cannot read key file {}: it does not exist",
-            path.display()
-        )),
-        Unread::Failed(e) => Error::Io(format!("cannot read key file {}: {e}", path.display())),
+        Unread::Missing => Error::Io(format!("cannot read key file {path:?}: it does not exist")),
+        Unread::Failed(e) => Error::Io(format!("cannot read key file {path:?}: {e}")),
         Unread::NotRegular => Error::Config(format!(
-            "key file {} is not a regular file (a FIFO or a device is not read)",
-            path.display()
+            "key file {path:?} is not a regular file (a directory, a FIFO or a device)"
         )),
         Unread::TooLarge => Error::Config(format!(
-            "key file {} is larger than {MAX_KEY_FILE} bytes: it must hold the key alone, \
-             as `tribe keygen > FILE` writes it",
-            path.display()
+            "key file {path:?} is larger than {MAX_KEY_FILE} bytes: it must hold the key \
+             alone, as `tribe keygen > FILE` writes it"
         )),
     })?;
+    if let Some(warning) = exposure("key file", path) {
+        tracing::warn!("{warning}");
+    }
     let bytes = zeroize::Zeroizing::new(bytes);
-    let text = std::str::from_utf8(&bytes).map_err(|_| {
-        Error::InvalidArgument(format!("key file {}: not UTF-8 text", path.display()))
-    })?;
+    let text = std::str::from_utf8(&bytes)
+        .map_err(|_| Error::InvalidArgument(format!("key file {path:?}: not UTF-8 text")))?;
+    parse(path, text)
+}
+
+/// The key in the text of key file `path` (named in errors only):
+/// [`Error::InvalidArgument`] when it holds more than one line (a comment,
+/// two keys) or no valid key.
+pub fn parse(path: &Path, text: &str) -> Result<SecretKey> {
+    if text.trim().lines().count() > 1 {
+        return Err(Error::InvalidArgument(format!(
+            "key file {path:?} holds more than one line: it must hold the key alone, \
+             as `tribe keygen > FILE` writes it"
+        )));
+    }
     SecretKey::from_base64(text)
-        .map_err(|e| Error::InvalidArgument(format!("key file {}: {e}", path.display())))
+        .map_err(|e| Error::InvalidArgument(format!("key file {path:?}: {e}")))
+}
+
+/// Why a file holding a secret (`what`: "key file", ...) is exposed, if it
+/// is: other users may read it, or another user (not root) owns it and
+/// could replace it.
+pub fn exposure(what: &str, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Some(format!(
+            "{what} {} is readable by other users (mode {mode:o}); `chmod 600` it",
+            path.display()
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    (meta.uid() != me && meta.uid() != 0).then(|| {
+        format!(
+            "{what} {} is owned by another user (uid {}), who could replace it; \
+             `chown` it to this user",
+            path.display(),
+            meta.uid()
+        )
+    })
 }
 
 #[cfg(test)]
@@ -79,6 +118,34 @@ mod tests {
         std::fs::write(&junk, b"not a key").unwrap();
         assert!(matches!(read(&junk), Err(Error::InvalidArgument(_))));
         assert!(matches!(read(&dir.join("missing")), Err(Error::Io(_))));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_key_file_others_may_read_or_own_is_named_exposed() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = scratch("exposed");
+        let path = dir.join("k");
+        std::fs::write(&path, SecretKey::generate().to_base64()).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(exposure("key file", &path), None);
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let warning = exposure("key file", &path).unwrap();
+        assert!(
+            warning.contains("readable by other users (mode 644)"),
+            "{warning}"
+        );
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let nobody = nix::unistd::Uid::from_raw(65534);
+        if nix::unistd::chown(&path, Some(nobody), None).is_ok() {
+            let warning = exposure("key file", &path).unwrap();
+            assert!(
+                warning.contains("owned by another user (uid 65534)"),
+                "{warning}"
+            );
+        } else {
+            eprintln!("not root: a key file of another user is not tried");
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -18,7 +18,12 @@ pub(crate) fn read_file(path: &Path, max: u64) -> std::result::Result<Vec<u8>, U
     use std::io::Read as _;
     let mut options = std::fs::OpenOptions::new();
     options.read(true);
-    std::os::unix::fs::OpenOptionsExt::custom_flags(&mut options, libc::O_NONBLOCK);
+    // A terminal opened here would become the controlling terminal of a
+    // process that has none (a daemon), before it is refused.
+    std::os::unix::fs::OpenOptionsExt::custom_flags(
+        &mut options,
+        libc::O_NONBLOCK | libc::O_NOCTTY,
+    );
     let file = options.open(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Unread::Missing,
         _ => Unread::Failed(e),

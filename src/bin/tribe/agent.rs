@@ -323,7 +323,7 @@ impl AgentArgs {
         let mut warnings = Vec::new();
         if let Some(path) = &self.config {
             if file_holds_secret {
-                warnings.extend(shared_secret_warning(
+                warnings.extend(tribe::keyfile::exposure(
                     "config file (it holds a key or the admin token)",
                     path,
                 ));
@@ -472,17 +472,10 @@ fn read_key(
         (None, Some(path)) => {
             let text = read_small(&path, KEY_FILE_MAX)
                 .map_err(|e| format!("cannot read key file {}: {e}", path.display()))?;
-            warnings.extend(shared_secret_warning("key file", &path));
-            if text.trim().lines().count() > 1 {
-                return Err(format!(
-                    "key file {} holds more than one line: it must hold the key alone, \
-                     as `tribe keygen > FILE` writes it",
-                    path.display()
-                ));
-            }
-            tribe::SecretKey::from_base64(&text)
+            warnings.extend(tribe::keyfile::exposure("key file", &path));
+            tribe::keyfile::parse(&path, &text)
                 .map(Some)
-                .map_err(|e| format!("key file {}: {e}", path.display()))
+                .map_err(|e| e.to_string())
         }
         (None, None) => Ok(None),
     }
@@ -490,7 +483,7 @@ fn read_key(
 
 /// A key file's bound: a key is 44 characters; what is longer is no key
 /// file (`--key-file /dev/zero` would fill the memory).
-const KEY_FILE_MAX: u64 = 4096;
+const KEY_FILE_MAX: u64 = tribe::keyfile::MAX_KEY_FILE;
 
 /// A small text file, read whole (also a pipe, as `<(command)` gives);
 /// one over `max` bytes is refused without being read to its end.
@@ -506,19 +499,6 @@ fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
         )));
     }
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("it is not UTF-8 text"))
-}
-
-/// A warning when a file holding a secret (`what`) may be read by other
-/// users, as ssh gives for a private key (the file is still used).
-fn shared_secret_warning(what: &str, path: &std::path::Path) -> Option<String> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o777;
-    (mode & 0o077 != 0).then(|| {
-        format!(
-            "{what} {} is readable by other users (mode {mode:o}); `chmod 600` it",
-            path.display()
-        )
-    })
 }
 
 /// Levels a bare word of `--log-level` may be; any other bare word would be
