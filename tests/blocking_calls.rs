@@ -471,3 +471,35 @@ async fn calls_given_up_mid_request_are_no_stream_errors_at_the_host() {
     caller.shutdown().await.unwrap();
     host.shutdown().await.unwrap();
 }
+
+/// Many threads that call one host at the same moment open no more than 32
+/// borrowed streams to it (the rest share the multiplexed one): the bound
+/// holds while the streams are still being opened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_start_together_open_at_most_32_streams_to_a_host() {
+    let (caller, host) = pair("many", |_| {}).await;
+    let rt = tokio::runtime::Handle::current();
+    let together = Arc::new(Barrier::new(64));
+    let mut threads = Vec::new();
+    for t in 0..64u8 {
+        let (rt, caller, together) = (rt.clone(), caller.clone(), together.clone());
+        threads.push(on_host_thread(move || {
+            together.wait();
+            // 300 ms in the handler: all of them overlap.
+            let payload = vec![30, t];
+            call(&rt, &caller, payload.clone(), 10 * SECOND).map(|r| r == payload)
+        }));
+    }
+    let (results, most) = most_streams_during(&host, futures_util::future::join_all(threads)).await;
+    for ok in results {
+        assert!(ok.unwrap(), "a reply differed from its payload");
+    }
+    // 32 borrowed streams, the shared one, and an anti-entropy exchange
+    // now and then.
+    assert!(
+        most <= 34,
+        "64 calls started together opened {most} streams"
+    );
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}

@@ -54,6 +54,28 @@ pub(super) struct Borrowed {
     /// a stream opened before is not lent again.
     generation: AtomicU64,
     next_lease: AtomicU64,
+    /// Streams being opened to each host for a call, counted with the lent
+    /// ones: calls that start together would otherwise all find room.
+    dialing: Mutex<HashMap<SocketAddr, usize>>,
+}
+
+/// Room held among a host's borrowed streams while a call opens one, given
+/// back when dropped (the stream lent, or the opening failed).
+struct Reserved<'a> {
+    pool: &'a Borrowed,
+    addr: SocketAddr,
+}
+
+impl Drop for Reserved<'_> {
+    fn drop(&mut self) {
+        let mut dialing = self.pool.dialing.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = dialing.get_mut(&self.addr) {
+            *n -= 1;
+            if *n == 0 {
+                dialing.remove(&self.addr);
+            }
+        }
+    }
 }
 
 /// One borrowed stream.
@@ -114,31 +136,36 @@ impl Drop for Lease<'_> {
 }
 
 impl Borrowed {
-    /// Lends an idle stream to `addr`: `None` when there is none fit to
-    /// use; `Err` when `addr` has as many borrowed streams lent as it may.
-    fn take_idle(&self, addr: SocketAddr) -> Result<Option<Pooled>, ()> {
+    /// An idle stream to `addr` fit to use, if any.
+    fn take_idle(&self, addr: SocketAddr) -> Option<Pooled> {
         let generation = self.generation.load(Ordering::Acquire);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         // Only this host's: the node's tick sweeps the others (`sweep`).
         if let Some(streams) = idle.get_mut(&addr) {
             while let Some(stream) = streams.pop() {
                 if fit(&stream, generation) && quiet(&stream.sock) {
-                    return Ok(Some(stream));
+                    return Some(stream);
                 }
             }
         }
-        drop(idle);
-        let lent = self
-            .lent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|(a, _)| *a == addr)
-            .count();
-        if lent >= MAX_LENT_PER_HOST {
+        None
+    }
+
+    /// Room to open a stream to `addr`; `Err` when `addr` has as many
+    /// borrowed streams lent (or being opened) as it may.
+    fn reserve(&self, addr: SocketAddr) -> Result<Reserved<'_>, ()> {
+        let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
+        let mut dialing = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
+        let opening = dialing.entry(addr).or_default();
+        let held = lent.values().filter(|(a, _)| *a == addr).count() + *opening;
+        if held >= MAX_LENT_PER_HOST {
+            if *opening == 0 {
+                dialing.remove(&addr);
+            }
             return Err(());
         }
-        Ok(None)
+        *opening += 1;
+        Ok(Reserved { pool: self, addr })
     }
 
     fn lend(&self, addr: SocketAddr, stream: Pooled, reused: bool) -> Lease<'_> {
@@ -253,19 +280,30 @@ impl Pool {
                 return Ok(Outcome::Done(Some(Answer::Lost)));
             }
             let idle = if reuse {
-                match self.borrowed.take_idle(addr) {
-                    Ok(idle) => idle,
-                    Err(()) => return Ok(Outcome::Share),
-                }
+                self.borrowed.take_idle(addr)
             } else {
                 None
             };
             let reused = idle.is_some();
-            let stream = match idle {
-                Some(stream) => stream,
-                None => self.dial_borrowed(addr, security, deadline).await?,
+            let (stream, room) = match idle {
+                Some(stream) => (stream, None),
+                None => {
+                    // A retry after a stale idle stream takes the place that
+                    // stream just gave back, without a second look.
+                    let room = if reuse {
+                        match self.borrowed.reserve(addr) {
+                            Ok(room) => Some(room),
+                            Err(()) => return Ok(Outcome::Share),
+                        }
+                    } else {
+                        None
+                    };
+                    (self.dial_borrowed(addr, security, deadline).await?, room)
+                }
             };
             let mut lease = self.borrowed.lend(addr, stream, reused);
+            // Counted as lent now.
+            drop(room);
             let got = match lease.write(msg, deadline, self).await {
                 Written::All => lease.answer(id, deadline, self).await?,
                 Written::OutOfTime => return Ok(Outcome::Done(None)),
