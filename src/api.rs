@@ -30,10 +30,33 @@ pub const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(3);
 
 /// A running node. Cheap to clone; every clone drives the same node.
 /// Dropping the last clone without [`Node::shutdown`] stops the node without
-/// a goodbye (peers will mark it failed).
+/// a goodbye (peers will mark it failed). A handler served by a node that
+/// keeps a clone of that node keeps it alive (the node holds its handlers)
+/// until [`Node::shutdown`] or [`Node::abort`]; a handler that only needs
+/// it while the node runs keeps a [`WeakNode`] instead.
 #[derive(Clone)]
 pub struct Node {
     inner: Arc<Inner>,
+}
+
+/// A handle that does not keep its node running (see [`Node::downgrade`]):
+/// for a handler or a task that calls back into the node serving it.
+#[derive(Clone)]
+pub struct WeakNode {
+    inner: std::sync::Weak<Inner>,
+}
+
+impl WeakNode {
+    /// The node, while any [`Node`] clone of it is left.
+    pub fn upgrade(&self) -> Option<Node> {
+        self.inner.upgrade().map(|inner| Node { inner })
+    }
+}
+
+impl std::fmt::Debug for WeakNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WeakNode").finish_non_exhaustive()
+    }
 }
 
 struct Inner {
@@ -110,8 +133,19 @@ impl Node {
         Node::start_inner(config, faults).await
     }
 
-    async fn start_inner(config: Config, faults: Arc<Faults>) -> Result<Node> {
+    async fn start_inner(mut config: Config, faults: Arc<Faults>) -> Result<Node> {
         config.validate()?;
+        // Fixed now: a relative data dir would move with the process's
+        // working directory (a daemon's chdir), and the node would then
+        // write its state somewhere else, or nowhere.
+        if let Some(dir) = config.data_dir.take() {
+            config.data_dir = Some(std::path::absolute(&dir).map_err(|e| {
+                Error::Io(format!(
+                    "cannot make data dir {} absolute: {e}",
+                    dir.display()
+                ))
+            })?);
+        }
         // Every log record of the node's own work names it: each of its
         // tasks runs in this span (several nodes may share a process).
         let span = runtime::node_span(&config.name);
@@ -145,6 +179,7 @@ impl Node {
         if let Some(dir) = &config.data_dir {
             crate::datadir::prepare(dir)?;
             dir_lock = Some(Arc::new(crate::datadir::lock(dir)?));
+            crate::datadir::refuse_unwritable(dir)?;
             durable = crate::datadir::load_for(dir, &config.name)?;
             config.keyring = crate::datadir::merge_keyring(dir, config.keyring.take())?;
         }
@@ -245,6 +280,15 @@ impl Node {
                 rpc,
             }),
         })
+    }
+
+    /// A handle to this node that does not keep it running: a handler the
+    /// node serves that calls back into it keeps one of these, not a
+    /// [`Node`] clone (which would keep the node alive while it serves).
+    pub fn downgrade(&self) -> WeakNode {
+        WeakNode {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// This node's name.
@@ -761,7 +805,8 @@ impl Node {
     /// ran is failed over, also (for a payload under 16 KiB) to a member
     /// that began serving the plugin while the call ran; every call ends
     /// with the reply or an error
-    /// (`NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
+    /// (`UnknownTribe` when this node does not know the tribe, or not yet;
+    /// `NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
     /// `Disconnected`, `ShuttingDown`; `InvalidName` for a tribe or plugin
     /// name no command would take). A host runs a call for at most 5
     /// minutes: a longer `timeout` ends with `Timeout` after that, unless
@@ -988,6 +1033,9 @@ impl Node {
             self.inner.rpc.server.farewell();
         }
         self.inner.rpc.pool.close_all();
+        // No call comes any more: the handlers go, and with them any
+        // clone of this node they kept (calls still running keep theirs).
+        self.inner.rpc.server.forget_handlers();
         // The runtime ended before any stop: no goodbye went out.
         if leave && !stop_taken {
             return Err(Error::ShuttingDown);

@@ -179,7 +179,11 @@ pub struct Config {
     /// Start generation; `None` uses the wall clock, so a restart is newer.
     pub generation: Option<u64>,
     /// Directory for what must survive a restart (known peers, memberships
-    /// by hand). `None` keeps nothing: a restarted node needs seeds again.
+    /// by hand, the keyring). `None` keeps nothing: a restarted node needs
+    /// seeds again. Created at start when missing, with its missing
+    /// parents (mode 0700); a relative path is made absolute at start (a
+    /// later change of the working directory does not move it); the node
+    /// must be able to write in it.
     pub data_dir: Option<std::path::PathBuf>,
     /// Keys for sealing traffic; `None` leaves it in plaintext. With a data
     /// dir, a keyring kept there by an earlier run takes precedence (the
@@ -626,7 +630,8 @@ impl Config {
         }
     }
 
-    /// Checks names, facts, label and timings.
+    /// Checks this config's values: names, facts, label, addresses and
+    /// seeds, timings, limits, and that a data dir given is not empty.
     pub fn validate(&self) -> Result<(), Error> {
         crate::names::check("node name", &self.name)?;
         if self

@@ -1,5 +1,6 @@
 //! The data directory: where a node keeps what it needs to rejoin after a
-//! restart (see `engine::durable`). Files are written to a temporary
+//! restart (known peers, memberships by hand, the keyring). Files are
+//! written to a temporary
 //! name and renamed, so a crash mid-write leaves the previous copy intact.
 
 use std::path::{Path, PathBuf};
@@ -47,10 +48,18 @@ fn not_regular(path: &Path) -> Error {
     ))
 }
 
+fn hard_linked(path: &Path) -> Error {
+    Error::Config(format!(
+        "{} has other hard links; remove it (the node makes its lock file itself)",
+        path.display()
+    ))
+}
+
 /// Refuses a lock file that is not a plain file: a FIFO would not open (no
-/// reader) and say so obscurely, and a link would have the start create or
-/// chmod the file it points to, wherever that is (a member of the dir's
-/// group could have a node running as root chmod any file).
+/// reader) and say so obscurely, and a link (symbolic or hard) would have
+/// the start create or chmod the file it points to, wherever that is (a
+/// member of the dir's group could have a node running as root chmod any
+/// file).
 fn refuse_odd_lock(path: &Path) -> Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_symlink() => Err(Error::Config(format!(
@@ -58,6 +67,7 @@ fn refuse_odd_lock(path: &Path) -> Result<()> {
             path.display()
         ))),
         Ok(m) if !m.is_file() => Err(not_regular(path)),
+        Ok(m) if std::os::unix::fs::MetadataExt::nlink(&m) > 1 => Err(hard_linked(path)),
         _ => Ok(()),
     }
 }
@@ -147,8 +157,15 @@ pub fn lock(dir: &Path) -> Result<DirLock> {
     if !meta.is_file() {
         return Err(not_regular(&path));
     }
-    // One made before (under another umask, or by an older build).
-    if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
+    // A hard link to a file elsewhere would be chmodded below, as a
+    // symbolic one would have been.
+    if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return Err(hard_linked(&path));
+    }
+    // One made before (under another umask, or by an older build); only
+    // this user's own (root's is not chmodded into another user's file).
+    let mine = std::os::unix::fs::MetadataExt::uid(&meta) == nix::unistd::geteuid().as_raw();
+    if mine && std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0 {
         use std::os::unix::fs::PermissionsExt as _;
         let _ = file.set_permissions(std::fs::Permissions::from_mode(0o600));
     }
@@ -224,6 +241,22 @@ pub fn prepare(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .map_err(|e| Error::Io(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+/// Refuses a data dir this process cannot write in (a directory made
+/// read-only after a first run, whose lock file still opens): the node
+/// would start and save nothing. Called with the dir locked, so the file it
+/// writes and removes is this node's alone.
+pub fn refuse_unwritable(dir: &Path) -> Result<()> {
+    let probe = dir.join("write-check.tmp");
+    // One a crash left between the two steps.
+    let _ = std::fs::remove_file(&probe);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .and_then(|_| std::fs::remove_file(&probe))
+        .map_err(|e| Error::Io(format!("cannot write in data dir {}: {e}", dir.display())))
 }
 
 /// Whether `dir` is a directory; false when nothing is there (the start
@@ -779,6 +812,13 @@ mod tests {
         }
         let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o644, "the link's target was chmodded");
+        std::fs::remove_file(dir.join(LOCK_FILE)).unwrap();
+        std::fs::hard_link(&victim, dir.join(LOCK_FILE)).unwrap();
+        for err in [check(&dir, "n").unwrap_err(), lock(&dir).unwrap_err()] {
+            assert!(err.to_string().contains("hard links"), "{err}");
+        }
+        let mode = std::fs::metadata(&victim).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the hard link's file was chmodded");
         std::fs::remove_file(dir.join(LOCK_FILE)).unwrap();
         let missing = dir.join("made");
         std::os::unix::fs::symlink(&missing, dir.join(LOCK_FILE)).unwrap();

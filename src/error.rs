@@ -117,7 +117,7 @@ pub enum Error {
         /// The key's id.
         key: String,
         /// What the members named have not done yet (`"installed"`, or
-        /// `"switched to another primary"`).
+        /// `"switched to another primary key"`).
         step: String,
         /// The live members not there yet.
         waiting_for: Vec<String>,

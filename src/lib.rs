@@ -59,7 +59,7 @@ internal_mod!(stream);
 internal_mod!(wire);
 pub mod workflow;
 
-pub use api::{EventStream, Node};
+pub use api::{EventStream, Node, WeakNode};
 pub use artifacts::RELEASE_AFTER as ARTIFACT_RELEASE_AFTER;
 pub use config::{Config, Encryption, Profile, Timings, MAX_PAYLOAD};
 pub use crypto::{KeyId, Keyring, SecretKey};

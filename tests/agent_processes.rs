@@ -2343,3 +2343,76 @@ fn an_agent_whose_stderr_nobody_reads_keeps_working() {
     drop(stderr);
     drop(agent);
 }
+
+/// A data dir made read-only after a first run (its lock file still opens)
+/// is refused at start: the agent would run and save nothing. As root,
+/// whom modes do not stop, the agent runs as user nobody (`setpriv`).
+#[test]
+fn an_agent_refuses_a_data_dir_it_cannot_write_in() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = scratch_dir("ro-data-dir");
+    let data = dir.join("data");
+    let root = nix::unistd::geteuid().is_root();
+    // A copy nobody may run, wherever the checkout is.
+    let tribe = dir.join("tribe");
+    std::fs::copy(TRIBE, &tribe).unwrap();
+    std::fs::set_permissions(&tribe, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let run = |expect_ok: bool| {
+        let mut cmd = if root {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid", "65534", "--regid", "65534", "--clear-groups"]);
+            cmd.arg(&tribe).arg("agent");
+            cmd.args(["--bind", "127.0.0.1:0", "--profile", "local"])
+                .stdin(Stdio::null());
+            cmd
+        } else {
+            bare_agent_command(&[])
+        };
+        let child = cmd
+            .args([
+                "--name",
+                "ro",
+                "--admin",
+                "127.0.0.1:0",
+                "--insecure-plaintext",
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv (util-linux) and the tribe binary run");
+        if expect_ok {
+            let (agent, _ready) = read_ready_line("ro", child);
+            sigterm(&agent.child);
+            let mut agent = agent;
+            assert!(agent.child.wait().unwrap().success());
+            return String::new();
+        }
+        let mut child = child;
+        let began = std::time::Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if began.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("started in a read-only data dir");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = child.wait_with_output().unwrap();
+        assert!(!out.status.success(), "started in a read-only data dir");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    if root {
+        let nobody = Some(nix::unistd::Uid::from_raw(65534));
+        nix::unistd::chown(&data, nobody, Some(nix::unistd::Gid::from_raw(65534))).unwrap();
+    }
+    run(true);
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
+    let err = run(false);
+    assert!(err.contains("cannot write in data dir"), "{err}");
+    let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
+    let _ = std::fs::remove_dir_all(&dir);
+}

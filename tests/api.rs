@@ -684,3 +684,67 @@ async fn a_stream_that_fell_behind_says_how_many_events_it_missed() {
         "only the unread stream lost events"
     );
 }
+
+/// A handler that keeps a clone of the node serving it no longer keeps the
+/// node (its sockets, tasks and memory) once it has shut down; one that
+/// keeps a `WeakNode` lets the node stop when its last handle is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_holding_their_node_let_it_go() {
+    let nodes = start_cluster("cycle", 1, |_| {}).await;
+    let node = nodes.into_iter().next().unwrap();
+    let held = node.clone();
+    node.serve("self", "1", PluginKind::Processor, move |_, _| {
+        let node = held.clone();
+        async move { Ok(node.name().as_bytes().to_vec()) }
+    })
+    .await
+    .unwrap();
+    let weak = node.downgrade();
+    node.shutdown().await.unwrap();
+    drop(node);
+    assert!(
+        weak.upgrade().is_none(),
+        "the stopped node is still held by its handler"
+    );
+
+    let nodes = start_cluster("weak", 2, |_| {}).await;
+    let mut nodes = nodes.into_iter();
+    let (node, peer) = (nodes.next().unwrap(), nodes.next().unwrap());
+    let back = node.downgrade();
+    node.serve("self", "1", PluginKind::Processor, move |_, _| {
+        let node = back.upgrade();
+        async move {
+            let name = node.map(|n| n.name().to_string()).unwrap_or_default();
+            Ok(name.into_bytes())
+        }
+    })
+    .await
+    .unwrap();
+    let weak = node.downgrade();
+    let name = node.name().to_string();
+    wait_for("the peer to see the node", Duration::from_secs(20), || {
+        peer.members()
+            .iter()
+            .any(|m| m.name == name && m.state == tribe::MemberState::Alive)
+    })
+    .await;
+    drop(node);
+    assert!(
+        weak.upgrade().is_none(),
+        "a handler's weak handle kept the node"
+    );
+    // Dropped without a goodbye: the peer finds it failed.
+    let began = std::time::Instant::now();
+    while !peer
+        .members()
+        .iter()
+        .any(|m| m.name == name && m.state != tribe::MemberState::Alive)
+    {
+        assert!(
+            began.elapsed() < Duration::from_secs(30),
+            "the dropped node still looks alive"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    peer.shutdown().await.unwrap();
+}

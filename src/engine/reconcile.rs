@@ -118,8 +118,7 @@ pub enum Event {
         /// Generation the claim carries.
         generation: u64,
     },
-    /// A peer's clock is off this node's by more than
-    /// `CLOCK_SKEW_REPORT` (30 s). Writes still flow
+    /// A peer's clock is off this node's by more than 30 s. Writes still flow
     /// both ways; last-writer-wins favours the faster clock until fixed.
     ClockSkew {
         /// The peer.

@@ -214,6 +214,13 @@ impl Server {
             .insert((name.into(), version.into()), Served { kind, handler });
     }
 
+    /// Drops every handler: the node has stopped.
+    pub(crate) fn forget_handlers(&self) {
+        // Dropped outside the lock: a handler's drop may do anything.
+        let gone = std::mem::take(&mut *self.handlers.write().unwrap_or_else(|p| p.into_inner()));
+        drop(gone);
+    }
+
     /// Drops a handler; false when there was none.
     pub fn unregister(&self, name: &str, version: &str) -> bool {
         self.handlers
