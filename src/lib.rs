@@ -28,6 +28,8 @@ mod blocking;
 pub mod config;
 pub mod counters;
 pub mod crypto;
+// The data dir's files, for the `tribe` command: not part of the API.
+#[doc(hidden)]
 pub mod datadir;
 internal_mod!(engine);
 pub mod error;
@@ -47,10 +49,16 @@ pub mod policy;
 internal_mod!(policy_set);
 pub mod records;
 pub mod rpc;
+// The runtime the bindings and the `tribe` command build: not part of the API.
+#[doc(hidden)]
 pub mod runtime_build;
 internal_mod!(runtime);
 mod seeds;
 mod setup_slots;
+// The engine in virtual time, for `tribe-sim` and the tests: nothing else
+// in the crate uses it.
+#[cfg(feature = "internals")]
+#[doc(hidden)]
 pub mod sim;
 mod small_file;
 mod spin;

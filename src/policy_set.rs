@@ -70,6 +70,7 @@ impl PolicySet {
         PolicySet::default()
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Compiles what is new (a transient failure is not remembered),
     /// evaluates every policy, and forgets sources no longer asked for.
     pub fn answer(&mut self, request: &PolicyRequest) -> PolicyResults {

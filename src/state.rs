@@ -42,10 +42,12 @@ impl SharedWrite {
         Self::new(key, entry, hash)
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     pub(crate) fn key(&self) -> &Key {
         &self.key
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     pub(crate) fn entry(&self) -> &Entry {
         &self.stored.entry
     }
@@ -216,6 +218,7 @@ impl State {
         Self::default()
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Number of records, tombstones included.
     pub fn len(&self) -> usize {
         self.entries.len()
@@ -251,6 +254,7 @@ impl State {
         true
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// [`State::merge`] of a write another store holds.
     pub(crate) fn merge_shared(&mut self, write: SharedWrite) -> bool {
         let write = match self.entries.get(&*write.key) {
@@ -284,6 +288,7 @@ impl State {
         }
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// The write under `key`, to hand to another store.
     pub(crate) fn shared(&self, key: &Key) -> Option<SharedWrite> {
         let (key, stored) = self.entries.get_key_value(key)?;

@@ -90,6 +90,7 @@ pub struct Security {
 }
 
 impl Security {
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Plaintext streams.
     pub fn plaintext(label: &str) -> Security {
         Security {

@@ -8,7 +8,9 @@ use foca::{BroadcastHandler, Invalidates};
 use crate::counters::Counters;
 use crate::hlc::{Clock, Hlc};
 use crate::records::{self, Entry, Key};
-use crate::state::{SharedWrite, State};
+#[cfg(feature = "internals")]
+use crate::state::SharedWrite;
+use crate::state::State;
 use crate::wire;
 
 use super::identity::NodeId;
@@ -85,6 +87,7 @@ impl Shared {
         self.merged(news)
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// [`Shared::accept_remote`] of a write another engine holds.
     pub(crate) fn accept_shared(&mut self, write: SharedWrite) -> bool {
         if !self.admits(write.key(), write.entry()) {

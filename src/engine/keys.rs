@@ -99,6 +99,7 @@ impl Engine {
         self.keyring.as_ref()
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// This node's encryption mode.
     pub fn encryption(&self) -> Encryption {
         self.encryption

@@ -28,6 +28,8 @@ pub mod keys;
 mod members;
 mod name_claims;
 mod news;
+// The simulator's: nothing else preloads an engine.
+#[cfg(feature = "internals")]
 mod preload;
 mod providers;
 mod reconcile;
@@ -538,11 +540,13 @@ impl Engine {
         self.schedule_jittered(Timer::Reconnect, self.timings.reconnect_interval);
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Name of this node.
     pub fn name(&self) -> &str {
         &self.name
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Current SWIM identity of this node.
     pub fn identity(&self) -> &NodeId {
         self.swim.identity()
@@ -724,6 +728,7 @@ impl Engine {
         lock(&self.shared).state.digest_hex()
     }
 
+    #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Number of replicated records (tombstones included).
     pub fn state_len(&self) -> usize {
         lock(&self.shared).state.len()
