@@ -835,7 +835,9 @@ impl Node {
     /// once, so a `select!` or `timeout` around it is looked at that often.
     ///
     /// Polled from a task, or on a current-thread runtime, it behaves as
-    /// [`Node::call`] and never blocks.
+    /// [`Node::call`] and never blocks. Driven by another executor than
+    /// tokio's (outside any tokio runtime), it ends at once with
+    /// `InvalidArgument`, as [`Node::call`] does.
     pub async fn call_blocking(
         &self,
         target: &crate::CallTarget,
@@ -888,6 +890,15 @@ impl Node {
     ) -> Result<Vec<u8>> {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
+        }
+        // Its timers and sockets are tokio's: another executor would have
+        // them panic.
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(Error::InvalidArgument(
+                "a call needs a tokio runtime: poll it in a task, or drive it with \
+                 tokio's Handle::block_on"
+                    .into(),
+            ));
         }
         target.check()?;
         let providers = || {

@@ -503,3 +503,33 @@ async fn calls_that_start_together_open_at_most_32_streams_to_a_host() {
     caller.shutdown().await.unwrap();
     host.shutdown().await.unwrap();
 }
+
+/// A call driven by another executor than tokio's (outside any tokio
+/// runtime) ends with an error saying so, rather than panicking in tokio.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_outside_any_tokio_runtime_is_an_error_not_a_panic() {
+    let (caller, host) = pair("exec", |_| {}).await;
+    let node = caller.clone();
+    let outcomes = on_host_thread(move || {
+        use std::future::Future as _;
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        let target = echo();
+        let mut blocking = std::pin::pin!(node.call_blocking(&target, vec![0], SECOND));
+        out.push(blocking.as_mut().poll(&mut cx));
+        let mut shared = std::pin::pin!(node.call(&target, vec![0], SECOND));
+        out.push(shared.as_mut().poll(&mut cx));
+        out
+    })
+    .await;
+    for outcome in outcomes {
+        match outcome {
+            std::task::Poll::Ready(Err(tribe::Error::InvalidArgument(why))) => {
+                assert!(why.contains("tokio"), "{why}")
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    caller.shutdown().await.unwrap();
+    host.shutdown().await.unwrap();
+}
