@@ -20,6 +20,7 @@ const SEALED_PEER_EVERY_MS: u64 = 60_000;
 
 /// Which nodes hold one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyHolding {
     /// The key's public id.
     pub id: KeyId,
@@ -31,6 +32,7 @@ pub struct KeyHolding {
 
 /// The keyring across the live members, as their records report it.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct KeyringStatus {
     /// This node's mode, `None` without a keyring.
     pub encryption: Option<Encryption>,

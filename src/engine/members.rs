@@ -8,6 +8,7 @@ use super::identity::NodeId;
 
 /// Liveness of a member as this node sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum MemberState {
     /// Answering probes.
     Alive,

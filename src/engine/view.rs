@@ -15,6 +15,7 @@ pub use super::members::MemberState;
 
 /// A member as seen by this node.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct MemberInfo {
     /// Node name.
     pub name: String,
@@ -38,6 +39,7 @@ pub struct MemberInfo {
 
 /// How a node is in a tribe.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct Membership {
     /// Joined by hand (explicit membership record).
     pub by_hand: bool,
@@ -47,6 +49,7 @@ pub struct Membership {
 
 /// A plugin entry of a tribe's catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PluginEntry {
     /// Tribe.
     pub tribe: String,
@@ -62,6 +65,7 @@ pub struct PluginEntry {
 
 /// A task of a tribe.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Task {
     /// Tribe.
     pub tribe: String,
@@ -88,6 +92,7 @@ pub struct Provider {
 
 /// A policy.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Policy {
     /// Policy name.
     pub name: String,
@@ -99,6 +104,7 @@ pub struct Policy {
 
 /// A tribe with its live view and catalog.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TribeInfo {
     /// Tribe name.
     pub name: String,
