@@ -243,10 +243,11 @@ func TestCallsThroughATribe(t *testing.T) {
 		if !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("got %v", err)
 		}
-		// libtribe's own timeout ended it, and says where it waited.
-		if !strings.Contains(err.Error(), host.Name()) {
-			t.Fatalf("the timeout names no host: %v", err)
-		}
+		// libtribe's own timeout ends it, and says where it waited, unless
+		// its answer comes more than deadlineGrace after the context's
+		// deadline (a loaded machine): then the error is the context's.
+		// One of the ten calls here must name the host.
+		named := strings.Contains(err.Error(), host.Name())
 		if took > 3*time.Second {
 			t.Fatalf("the call took %v", took)
 		}
@@ -261,6 +262,10 @@ func TestCallsThroughATribe(t *testing.T) {
 			if !errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("got %v", err)
 			}
+			named = named || strings.Contains(err.Error(), host.Name())
+		}
+		if !named {
+			t.Fatalf("no timeout of ten named the host: the first said %v", err)
 		}
 		if after := callCount(t, caller, "timeout"); after != before+10 {
 			t.Fatalf("calls.timeout went from %d to %d after 10 timeouts", before, after)
