@@ -1249,7 +1249,10 @@ uint32_t tribe_config_set_encryption(struct tribe_config *cfg,
 
 /**
  * Sets the data directory (known peers, memberships by hand, keyring kept
- * across restarts). Created at start (owner-only) if missing; an existing
+ * across restarts). A relative path is made absolute now, against the
+ * working directory of this call (a daemon that changes directory before
+ * it starts the node keeps the dir its configuration named and
+ * `tribe_config_check` checked). Created at start (owner-only) if missing; an existing
  * one keeps its mode, but one every user may write, or one that belongs
  * to another user than root or this process's, is refused at start
  * (`TRIBE_CONFIG`; one its group may write is taken, with a warning).

@@ -196,6 +196,7 @@ pub fn check(dir: &Path, name: &str) -> Result<()> {
         return Ok(());
     }
     refuse_world_writable(dir)?;
+    refuse_unlistable(dir)?;
     refuse_odd_lock(&dir.join(LOCK_FILE))?;
     read_kept(&dir.join(CONFIGURED_KEY_FILE), MAX_SMALL_FILE)?;
     load_for(dir, name).map(drop)
@@ -232,7 +233,8 @@ pub fn owner(dir: &Path) -> Result<Option<String>> {
 /// make them, that group is the owner.)
 pub fn prepare(dir: &Path) -> Result<()> {
     if is_directory(dir)? {
-        return refuse_world_writable(dir);
+        refuse_world_writable(dir)?;
+        return refuse_unlistable(dir);
     }
     let mut builder = std::fs::DirBuilder::new();
     builder.recursive(true);
@@ -241,6 +243,23 @@ pub fn prepare(dir: &Path) -> Result<()> {
     builder
         .create(dir)
         .map_err(|e| Error::Io(format!("cannot create data dir {}: {e}", dir.display())))
+}
+
+/// Refuses a data dir this process cannot list, naming the dir, its owner
+/// and mode (a file inside it would be named instead, as if it were the
+/// one at fault).
+fn refuse_unlistable(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    let Err(e) = std::fs::read_dir(dir) else {
+        return Ok(());
+    };
+    let whose = std::fs::metadata(dir)
+        .map(|m| format!(" (owner uid {}, mode {:o})", m.uid(), m.mode() & 0o7777))
+        .unwrap_or_default();
+    Err(Error::Io(format!(
+        "cannot read data dir {}{whose}: {e}",
+        dir.display()
+    )))
 }
 
 /// Refuses a data dir this process cannot write in (a directory made

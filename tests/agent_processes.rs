@@ -2345,10 +2345,11 @@ fn an_agent_whose_stderr_nobody_reads_keeps_working() {
 }
 
 /// A data dir made read-only after a first run (its lock file still opens)
-/// is refused at start: the agent would run and save nothing. As root,
+/// is refused at start: the agent would run and save nothing. One it
+/// cannot list is refused naming the dir, not a file in it. As root,
 /// whom modes do not stop, the agent runs as user nobody (`setpriv`).
 #[test]
-fn an_agent_refuses_a_data_dir_it_cannot_write_in() {
+fn an_agent_refuses_a_data_dir_it_cannot_write_in_or_list() {
     use std::os::unix::fs::PermissionsExt as _;
     let dir = scratch_dir("ro-data-dir");
     let data = dir.join("data");
@@ -2413,6 +2414,10 @@ fn an_agent_refuses_a_data_dir_it_cannot_write_in() {
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o500)).unwrap();
     let err = run(false);
     assert!(err.contains("cannot write in data dir"), "{err}");
+    // One it cannot list is named, with its owner and mode (not a file in it).
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o300)).unwrap();
+    let err = run(false);
+    assert!(err.contains("cannot read data dir") && err.contains("mode 300"), "{err}");
     let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -394,7 +394,10 @@ pub extern "C" fn tribe_config_set_encryption(
 }
 
 /// Sets the data directory (known peers, memberships by hand, keyring kept
-/// across restarts). Created at start (owner-only) if missing; an existing
+/// across restarts). A relative path is made absolute now, against the
+/// working directory of this call (a daemon that changes directory before
+/// it starts the node keeps the dir its configuration named and
+/// `tribe_config_check` checked). Created at start (owner-only) if missing; an existing
 /// one keeps its mode, but one every user may write, or one that belongs
 /// to another user than root or this process's, is refused at start
 /// (`TRIBE_CONFIG`; one its group may write is taken, with a warning).
@@ -409,8 +412,15 @@ pub extern "C" fn tribe_config_set_data_dir(
         if dir.is_empty() {
             return Err(FfiError::invalid("the data dir is empty"));
         }
+        // Against the working directory now: a daemon that reads its
+        // configuration and then changes directory keeps the dir it checked.
+        let dir = std::path::absolute(dir).map_err(|e| {
+            FfiError::from(crate::Error::Io(format!(
+                "cannot make data dir {dir:?} absolute: {e}"
+            )))
+        })?;
         with_config(cfg, |p| {
-            p.config.data_dir = Some(dir.into());
+            p.config.data_dir = Some(dir);
             Ok(())
         })
     })

@@ -126,7 +126,40 @@ static void a_crashed_daemons_helper_keeps_no_lock(void) {
     CHECK(system(cmd) == 0);
 }
 
+/* A relative data dir is the one named when it was set: a daemon that
+ * reads its configuration, then changes directory (to "/", say) and then
+ * starts its node keeps its state where the configuration said. */
+static void a_relative_data_dir_is_fixed_when_set(void) {
+    char home[] = "/tmp/tribe-reldir-XXXXXX", elsewhere[] = "/tmp/tribe-elsewhere-XXXXXX";
+    CHECK(mkdtemp(home) != NULL && mkdtemp(elsewhere) != NULL);
+    char was[4096];
+    CHECK(getcwd(was, sizeof was) != NULL);
+    CHECK(chdir(home) == 0);
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    OK(tribe_config_new("reldir", &cfg, NULL));
+    OK(tribe_config_set_profile(cfg, "local", NULL));
+    OK(tribe_config_set_collect_facts(cfg, false, NULL));
+    OK(tribe_config_set_data_dir(cfg, "state", NULL));
+    OK(tribe_config_check(cfg, NULL));
+    CHECK(chdir(elsewhere) == 0);
+    OK(tribe_node_start(cfg, &n, NULL));
+    tribe_config_free(cfg);
+    OK(tribe_node_shutdown(n, NULL));
+    tribe_node_free(n);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/state/lock", home);
+    if (access(path, F_OK) != 0) die(__FILE__, __LINE__, "no state under %s/state", home);
+    snprintf(path, sizeof path, "%s/state", elsewhere);
+    if (access(path, F_OK) == 0) die(__FILE__, __LINE__, "the state moved to %s", path);
+    CHECK(chdir(was) == 0);
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s %s", home, elsewhere);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
+    a_relative_data_dir_is_fixed_when_set();
     a_crashed_daemons_helper_keeps_no_lock();
     aborted_nodes_leave_nothing();
     int before = open_fds();
