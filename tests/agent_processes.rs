@@ -2417,7 +2417,91 @@ fn an_agent_refuses_a_data_dir_it_cannot_write_in_or_list() {
     // One it cannot list is named, with its owner and mode (not a file in it).
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o300)).unwrap();
     let err = run(false);
-    assert!(err.contains("cannot read data dir") && err.contains("mode 300"), "{err}");
+    assert!(
+        err.contains("cannot read data dir") && err.contains("mode 300"),
+        "{err}"
+    );
     let _ = std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Established TCP connections of this process's sockets to `to` (from
+/// `/proc/net/tcp`): call streams, and now and then an anti-entropy
+/// exchange, which uses the same port.
+fn connections_to(to: SocketAddr) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = format!(":{:04X}", to.port());
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            cols.len() > 3 && cols[2].ends_with(&port) && cols[3] == "01"
+        })
+        .count()
+}
+
+/// Blocking calls that give up while their streams are still being opened
+/// to a stalled host (SIGSTOP) leave at most 32 streams to it once it runs
+/// again: the dials that go on after their calls keep their places. Before,
+/// each round of calls opened new ones, up to the host's bound of streams,
+/// and every other node's calls to it were refused for a minute.
+#[test]
+fn blocking_calls_to_a_stalled_host_open_at_most_32_streams() {
+    let dir = scratch_dir("stalled_host");
+    let host = start_agent(&dir, "stall-host", &[]);
+    cli_ok(&host, &["tribe", "create", "svc"]);
+    cli_ok(&host, &["tribe", "join", "svc"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut cfg = tribe::Config::new("stall-caller");
+    cfg.bind = "127.0.0.1:0".parse().unwrap();
+    cfg.seeds = vec![host.gossip];
+    cfg.profile = tribe::Profile::Local;
+    cfg.collect_facts = false;
+    let node = rt.block_on(tribe::Node::start(cfg)).unwrap();
+    let tag = tribe::CallTarget::new("svc", "tag", tribe::PluginKind::Processor);
+    wait_for(
+        "the caller sees tag served in svc",
+        Duration::from_secs(30),
+        || {
+            node.members().iter().any(|m| !m.endpoints.is_empty())
+                && node.tribe("svc").is_some_and(|t| !t.members.is_empty())
+        },
+    );
+    let batch = br#"[{"name":"x","value":1.0}]"#.to_vec();
+    let call = |timeout: Duration| rt.block_on(node.call_blocking(&tag, batch.clone(), timeout));
+    // Run by the host (the handler's own answer, whatever it says).
+    match call(Duration::from_secs(5)) {
+        Ok(_) | Err(tribe::Error::Remote { .. }) => {}
+        Err(e) => panic!("a first call: {e}"),
+    }
+    let pid = nix::unistd::Pid::from_raw(host.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    for _round in 0..10 {
+        std::thread::scope(|s| {
+            for _ in 0..64 {
+                s.spawn(|| call(Duration::from_millis(30)));
+            }
+        });
+    }
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // The dials still under way end (their connect timeout is 3 s).
+    std::thread::sleep(Duration::from_secs(4));
+    let streams = connections_to(host.gossip);
+    assert!(
+        streams <= 34,
+        "{streams} streams to the host after the stall"
+    );
+    // Run by the host (the handler's own answer, whatever it says).
+    match call(Duration::from_secs(5)) {
+        Ok(_) | Err(tribe::Error::Remote { .. }) => {}
+        Err(e) => panic!("a call after the stall: {e}"),
+    }
+    rt.block_on(node.shutdown()).unwrap();
+    drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }

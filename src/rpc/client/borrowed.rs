@@ -59,14 +59,15 @@ pub(super) struct Borrowed {
     dialing: Mutex<HashMap<SocketAddr, usize>>,
 }
 
-/// Room held among a host's borrowed streams while a call opens one, given
-/// back when dropped (the stream lent, or the opening failed).
-struct Reserved<'a> {
-    pool: &'a Borrowed,
+/// Room held among a host's borrowed streams while a stream is opened for
+/// a call, given back when dropped (the stream lent or kept idle, or the
+/// opening failed); a dial that goes on after its call gave up keeps it.
+struct Reserved {
+    pool: Arc<Borrowed>,
     addr: SocketAddr,
 }
 
-impl Drop for Reserved<'_> {
+impl Drop for Reserved {
     fn drop(&mut self) {
         let mut dialing = self.pool.dialing.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = dialing.get_mut(&self.addr) {
@@ -153,7 +154,7 @@ impl Borrowed {
 
     /// Room to open a stream to `addr`; `Err` when `addr` has as many
     /// borrowed streams lent (or being opened) as it may.
-    fn reserve(&self, addr: SocketAddr) -> Result<Reserved<'_>, ()> {
+    fn reserve(self: &Arc<Self>, addr: SocketAddr) -> Result<Reserved, ()> {
         let lent = self.lent.lock().unwrap_or_else(|p| p.into_inner());
         let mut dialing = self.dialing.lock().unwrap_or_else(|p| p.into_inner());
         let opening = dialing.entry(addr).or_default();
@@ -165,7 +166,10 @@ impl Borrowed {
             return Err(());
         }
         *opening += 1;
-        Ok(Reserved { pool: self, addr })
+        Ok(Reserved {
+            pool: self.clone(),
+            addr,
+        })
     }
 
     fn lend(&self, addr: SocketAddr, stream: Pooled, reused: bool) -> Lease<'_> {
@@ -186,11 +190,16 @@ impl Borrowed {
     }
 
     /// Keeps a stream opened for a call that ended first, for the next
-    /// call to `addr`, unless the keys changed or a host failed since.
+    /// call to `addr`, unless the keys changed or a host failed since, or
+    /// `addr` has as many idle streams as may be lent to it (each holds
+    /// one of the host's stream slots).
     fn keep(&self, addr: SocketAddr, stream: Pooled) {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if stream.generation == self.generation.load(Ordering::Acquire) {
-            idle.entry(addr).or_default().push(stream);
+        let kept = idle.entry(addr).or_default();
+        if stream.generation == self.generation.load(Ordering::Acquire)
+            && kept.len() < MAX_LENT_PER_HOST
+        {
+            kept.push(stream);
         }
     }
 
@@ -288,17 +297,12 @@ impl Pool {
             let (stream, room) = match idle {
                 Some(stream) => (stream, None),
                 None => {
-                    // A retry after a stale idle stream takes the place that
-                    // stream just gave back, without a second look.
-                    let room = if reuse {
-                        match self.borrowed.reserve(addr) {
-                            Ok(room) => Some(room),
-                            Err(()) => return Ok(Outcome::Share),
-                        }
-                    } else {
-                        None
+                    let Ok(room) = self.borrowed.reserve(addr) else {
+                        return Ok(Outcome::Share);
                     };
-                    (self.dial_borrowed(addr, security, deadline).await?, room)
+                    let mut room = Some(room);
+                    let stream = self.dial_borrowed(addr, security, deadline, &mut room).await?;
+                    (stream, room)
                 }
             };
             let mut lease = self.borrowed.lend(addr, stream, reused);
@@ -332,11 +336,14 @@ impl Pool {
         }
     }
 
+    /// Opens a stream to `addr` for a call; `room` is its place among the
+    /// host's borrowed streams, which a dial that outlives the call keeps.
     async fn dial_borrowed(
         &self,
         addr: SocketAddr,
         security: &Security,
         deadline: Instant,
+        room: &mut Option<Reserved>,
     ) -> Result<Pooled, NotSent> {
         // Read first: keys that change while we dial make the stream old.
         let generation = self.borrowed.generation.load(Ordering::Acquire);
@@ -350,10 +357,12 @@ impl Pool {
             // task of its own (bounded by its connect timeout), and its
             // stream waits with the idle ones for the next call.
             let borrowed = self.borrowed.clone();
+            let room = room.take();
             tokio::spawn(async move {
                 if let Ok(Ok(stream)) = dial.await.map(|d| pooled(d, generation)) {
                     borrowed.keep(addr, stream);
                 }
+                drop(room);
             });
             return Err(NotSent::OutOfTime);
         };
