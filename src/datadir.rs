@@ -270,12 +270,35 @@ pub fn refuse_unwritable(dir: &Path) -> Result<()> {
     let probe = dir.join("write-check.tmp");
     // One a crash left between the two steps.
     let _ = std::fs::remove_file(&probe);
-    std::fs::OpenOptions::new()
+    let written = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .open(&probe)
-        .and_then(|_| std::fs::remove_file(&probe))
-        .map_err(|e| Error::Io(format!("cannot write in data dir {}: {e}", dir.display())))
+        .and_then(|_| std::fs::remove_file(&probe));
+    match written {
+        Ok(()) => Ok(()),
+        // Not allowed, for good: refused.
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EACCES | libc::EPERM | libc::EROFS)
+            ) =>
+        {
+            Err(Error::Io(format!(
+                "cannot write in data dir {}: {e}",
+                dir.display()
+            )))
+        }
+        // A full disk (or quota) may pass: a monitoring agent still starts,
+        // and retries its saves (warning) until they succeed.
+        Err(e) => {
+            tracing::warn!(
+                "cannot write in data dir {} now ({e}); the node starts and retries its saves",
+                dir.display()
+            );
+            Ok(())
+        }
+    }
 }
 
 /// Whether `dir` is a directory; false when nothing is there (the start
