@@ -27,6 +27,9 @@ pub(super) struct Pending {
     pub(super) encryption_set: bool,
     /// The poll group whose call-stream runtime the node shares.
     pub(super) group: Option<Arc<GroupCore>>,
+    /// Warnings about what was given (a key file others may read), logged
+    /// by the node at its start: no node's log is there to take them now.
+    pub(super) warnings: Vec<String>,
 }
 
 /// What a start takes from a config.
@@ -35,6 +38,7 @@ pub(super) struct StartPlan {
     pub(super) worker_threads: usize,
     pub(super) log_level: u32,
     pub(super) group: Option<Arc<GroupCore>>,
+    pub(super) warnings: Vec<String>,
 }
 
 impl TribeConfig {
@@ -53,6 +57,7 @@ impl TribeConfig {
             log_level,
             encryption_set,
             group,
+            warnings,
         } = self
             .inner
             .take()
@@ -63,6 +68,7 @@ impl TribeConfig {
             worker_threads,
             log_level,
             group,
+            warnings,
         })
     }
 
@@ -144,6 +150,7 @@ pub extern "C" fn tribe_config_new(
             log_level: 0,
             encryption_set: false,
             group: None,
+            warnings: Vec::new(),
         };
         cast::write(
             out,
@@ -361,11 +368,13 @@ pub extern "C" fn tribe_config_add_key_file(
         cast::handle_mut(cfg, "config")?.pending()?;
         let path = cast::text(path, "path")?;
         let key = crate::keyfile::read(std::path::Path::new(path))?;
+        let exposed = crate::keyfile::exposure("key file", std::path::Path::new(path));
         with_config(cfg, |p| {
             if p.keys.len() >= crate::crypto::MAX_KEYS {
                 return Err(crate::Error::KeyringFull.into());
             }
             p.keys.push(key);
+            p.warnings.extend(exposed);
             Ok(())
         })
     })

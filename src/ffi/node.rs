@@ -278,6 +278,7 @@ pub extern "C" fn tribe_node_start(
             worker_threads: threads,
             log_level,
             group,
+            warnings,
         } = taken?;
         let max_inflight = config.rpc.max_inflight;
         let max_payload = config.rpc.max_payload;
@@ -322,8 +323,13 @@ pub extern "C" fn tribe_node_start(
             };
             let runtime = crate::runtime_build::build(builder, threads, START_THREADS)
                 .map_err(|e| FfiError::from(Error::Io(e.to_string())))?;
-            let node =
-                super::log::with_sink(log_sink.as_ref(), || runtime.block_on(Node::start(config)))?;
+            let node = super::log::with_sink(log_sink.as_ref(), || {
+                let node = runtime.block_on(Node::start(config))?;
+                for warning in &warnings {
+                    tracing::warn!("{warning}");
+                }
+                Ok::<_, Error>(node)
+            })?;
             Ok::<_, FfiError>((runtime, host_io, node))
         })?;
         node.set_call_executor(host_io.handle().clone());

@@ -909,6 +909,40 @@ static void log_feed(void) {
     tribe_node_free(n);
 }
 
+/* A key file other users may read is named in the node's log (at its
+ * start: no node's log is there when the config reads the file). */
+static void an_exposed_key_file_is_named_in_the_log(void) {
+    char *key = NULL;
+    size_t key_len = 0;
+    EXPECT(TRIBE_OK, tribe_keygen(&key, &key_len, &err));
+    char path[] = "/tmp/tribe-c-exposed-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0 && write(fd, key, key_len) == (ssize_t)key_len);
+    close(fd);
+    tribe_string_free(key);
+    CHECK(chmod(path, 0644) == 0);
+    tribe_config *cfg = NULL;
+    tribe_node *n = NULL;
+    EXPECT(TRIBE_OK, tribe_config_new("exposed-node", &cfg, &err));
+    EXPECT(TRIBE_OK, tribe_config_add_key_file(cfg, path, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_log_level(cfg, "warn", &err));
+    EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
+    EXPECT(TRIBE_OK, tribe_node_start(cfg, &n, &err));
+    tribe_config_free(cfg);
+    bool named = false;
+    for (int i = 0; i < 10 && !named; i++) {
+        tribe_event *ev = next_of_kind(n, TRIBE_EVENT_LOG);
+        const char *message = NULL;
+        EXPECT(TRIBE_OK, tribe_event_subject(ev, &message, &err));
+        named = strstr(message, "readable by other users") != NULL;
+        tribe_event_free(ev);
+    }
+    CHECK(named);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(n, &err));
+    tribe_node_free(n);
+    unlink(path);
+}
+
 /* A state limit set in the config refuses the command that would pass it,
  * and the refused tribe is not created. */
 static void state_limits(void) {
@@ -1119,6 +1153,7 @@ int main(void) {
     tribe_node_free(n);
     async_payload_limit();
     log_feed();
+    an_exposed_key_file_is_named_in_the_log();
     state_limits();
     signals_stay_with_the_host();
     signals_do_not_interrupt_waits();
