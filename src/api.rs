@@ -1044,9 +1044,6 @@ impl Node {
             self.inner.rpc.server.farewell();
         }
         self.inner.rpc.pool.close_all();
-        // No call comes any more: the handlers go, and with them any
-        // clone of this node they kept (calls still running keep theirs).
-        self.inner.rpc.server.forget_handlers();
         // The runtime ended before any stop: no goodbye went out.
         if leave && !stop_taken {
             return Err(Error::ShuttingDown);

@@ -398,6 +398,10 @@ impl Drop for DriverEnded {
             .subscribers
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = None;
+        // No call is taken any more: the handlers go, and any clone of the
+        // node they kept with them, also when no stop ran to its end (its
+        // future dropped half-way).
+        self.0.rpc.server.forget_handlers();
         self.0.ended.send_replace(true);
     }
 }

@@ -748,3 +748,38 @@ async fn handlers_holding_their_node_let_it_go() {
     }
     peer.shutdown().await.unwrap();
 }
+
+/// A shutdown given up after its first step (its future dropped) still
+/// lets a node go whose handler keeps a clone of it, once its last handle
+/// is dropped: the handlers go when the node's driver ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shutdown_given_up_half_way_still_lets_a_self_holding_node_go() {
+    let nodes = start_cluster("halfcycle", 1, |_| {}).await;
+    let node = nodes.into_iter().next().unwrap();
+    let held = node.clone();
+    node.serve("self", "1", PluginKind::Processor, move |_, _| {
+        let node = held.clone();
+        async move { Ok(node.name().as_bytes().to_vec()) }
+    })
+    .await
+    .unwrap();
+    let weak = node.downgrade();
+    {
+        let shutdown = node.shutdown();
+        tokio::pin!(shutdown);
+        tokio::select! {
+            biased;
+            _ = &mut shutdown => {}
+            () = tokio::task::yield_now() => {}
+        }
+    }
+    drop(node);
+    let began = std::time::Instant::now();
+    while weak.upgrade().is_some() {
+        assert!(
+            began.elapsed() < Duration::from_secs(10),
+            "the node is still held by its handler"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
