@@ -1,6 +1,8 @@
 //! `tribe agent` processes on 127.0.0.1, driven only through the admin HTTP
 //! API and the admin commands of the `tribe` binary.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -2425,22 +2427,6 @@ fn an_agent_refuses_a_data_dir_it_cannot_write_in_or_list() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Established TCP connections of this process's sockets to `to` (from
-/// `/proc/net/tcp`): call streams, and now and then an anti-entropy
-/// exchange, which uses the same port.
-fn connections_to(to: SocketAddr) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let port = format!(":{:04X}", to.port());
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            cols.len() > 3 && cols[2].ends_with(&port) && cols[3] == "01"
-        })
-        .count()
-}
-
 /// Blocking calls that give up while their streams are still being opened
 /// to a stalled host (SIGSTOP) leave at most 32 streams to it once it runs
 /// again: the dials that go on after their calls keep their places. Before,
@@ -2491,7 +2477,7 @@ fn blocking_calls_to_a_stalled_host_open_at_most_32_streams() {
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
     // The dials still under way end (their connect timeout is 3 s).
     std::thread::sleep(Duration::from_secs(4));
-    let streams = connections_to(host.gossip);
+    let streams = common::connections_to(host.gossip);
     assert!(
         streams <= 34,
         "{streams} streams to the host after the stall"

@@ -685,12 +685,9 @@ async fn a_stream_that_fell_behind_says_how_many_events_it_missed() {
     );
 }
 
-/// A handler that keeps a clone of the node serving it no longer keeps the
-/// node (its sockets, tasks and memory) once it has shut down; one that
-/// keeps a `WeakNode` lets the node stop when its last handle is dropped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handlers_holding_their_node_let_it_go() {
-    let nodes = start_cluster("cycle", 1, |_| {}).await;
+/// A node serving a handler that keeps a clone of it.
+async fn self_holding_node(name: &str) -> Node {
+    let nodes = start_cluster(name, 1, |_| {}).await;
     let node = nodes.into_iter().next().unwrap();
     let held = node.clone();
     node.serve("self", "1", PluginKind::Processor, move |_, _| {
@@ -699,6 +696,15 @@ async fn handlers_holding_their_node_let_it_go() {
     })
     .await
     .unwrap();
+    node
+}
+
+/// A handler that keeps a clone of the node serving it no longer keeps the
+/// node (its sockets, tasks and memory) once it has shut down; one that
+/// keeps a `WeakNode` lets the node stop when its last handle is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_holding_their_node_let_it_go() {
+    let node = self_holding_node("cycle").await;
     let weak = node.downgrade();
     node.shutdown().await.unwrap();
     drop(node);
@@ -754,15 +760,7 @@ async fn handlers_holding_their_node_let_it_go() {
 /// is dropped: the handlers go when the node's driver ends.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shutdown_given_up_half_way_still_lets_a_self_holding_node_go() {
-    let nodes = start_cluster("halfcycle", 1, |_| {}).await;
-    let node = nodes.into_iter().next().unwrap();
-    let held = node.clone();
-    node.serve("self", "1", PluginKind::Processor, move |_, _| {
-        let node = held.clone();
-        async move { Ok(node.name().as_bytes().to_vec()) }
-    })
-    .await
-    .unwrap();
+    let node = self_holding_node("halfcycle").await;
     let weak = node.downgrade();
     {
         let shutdown = node.shutdown();

@@ -5,7 +5,6 @@
 //! a restarted host, or a host at its bound of streams.
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -77,22 +76,6 @@ fn call(
     timeout: Duration,
 ) -> tribe::Result<Vec<u8>> {
     rt.block_on(node.call_blocking(&echo(), payload, timeout))
-}
-
-/// Established TCP connections of this process's sockets to `to` (from
-/// `/proc/net/tcp`): call streams, and for a moment now and then an
-/// anti-entropy exchange, which uses the same port.
-fn streams_to(to: SocketAddr) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let port = format!(":{:04X}", to.port());
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let cols: Vec<&str> = line.split_whitespace().collect();
-            cols.len() > 3 && cols[2].ends_with(&port) && cols[3] == "01"
-        })
-        .count()
 }
 
 /// What `work` gives, and the most call streams `host` had open at once
@@ -316,7 +299,7 @@ async fn a_host_at_its_bound_of_streams_is_called_on_the_shared_one() {
     .await;
     // (An anti-entropy exchange to the host's port may be open a moment.)
     wait_for("one stream to the host", 5 * SECOND, || {
-        streams_to(host.addr()) == 1
+        connections_to(host.addr()) == 1
     })
     .await;
     caller.shutdown().await.unwrap();
