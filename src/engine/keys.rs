@@ -233,7 +233,7 @@ impl Engine {
         tracing::warn!(
             refused = %rejected,
             next = %theirs,
-            "a peer refused this node's key {rejected} and proved it holds key {theirs}: sealing with it (a rotation may have ended while this node was away)"
+            "a peer refused this node's key {rejected} and proved it holds key {theirs}: sealing with it (a rotation may have ended while this node was away, or this node was started with a key the tribe has not been told to use: run `tribe keys use` for it)"
         );
         self.security_epoch += 1;
         self.record.primary_key = Some(theirs);
