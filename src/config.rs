@@ -59,8 +59,10 @@ impl std::str::FromStr for Profile {
     }
 }
 
-/// Concrete protocol timings, derived from a [`Profile`] and overridable.
+/// Concrete protocol timings, derived from a [`Profile`] and overridable
+/// (take [`Profile::timings`] and change fields; `#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Timings {
     /// How often a random member is probed.
     pub probe_period: Duration,
@@ -141,8 +143,11 @@ impl Profile {
     }
 }
 
-/// Everything a node needs to start.
+/// Everything a node needs to start. Made with [`Config::new`] and then
+/// changed field by field: it is `#[non_exhaustive]`, so that fields can be
+/// added without breaking programs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Unique node name (see [`crate::names::check`]).
     pub name: String,
@@ -206,8 +211,9 @@ pub struct Config {
 /// Caps on the replicated state, per kind of record (tombstones included).
 /// A command that would pass one fails with [`Error::LimitReached`]; a record
 /// from a peer that would pass one is refused and counted. Keep them equal
-/// cluster-wide.
+/// cluster-wide. Start from [`StateLimits::default`] (`#[non_exhaustive]`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StateLimits {
     /// Node records (members known).
     pub nodes: usize,

@@ -106,8 +106,10 @@ pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, HandlerErro
 /// A served plugin's handler.
 pub type Handler = Arc<dyn Fn(CallInfo, Vec<u8>) -> HandlerFuture + Send + Sync>;
 
-/// Bounds of the call path.
+/// Bounds of the call path. Start from [`RpcLimits::default`]
+/// (`#[non_exhaustive]`).
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RpcLimits {
     /// Largest payload of a call or reply.
     pub max_payload: usize,
