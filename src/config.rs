@@ -244,7 +244,7 @@ impl Default for StateLimits {
 
 impl StateLimits {
     /// The cap for records of `kind`.
-    pub fn of(&self, kind: crate::records::Kind) -> usize {
+    pub(crate) fn of(&self, kind: crate::records::Kind) -> usize {
         use crate::records::Kind;
         match kind {
             Kind::Node => self.nodes,

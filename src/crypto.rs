@@ -14,58 +14,38 @@
 //! upgrade still talk.
 
 mod aead;
-mod datagram;
+internal_mod!(datagram);
+internal_mod!(format);
 mod keys;
-mod session;
+internal_mod!(session);
 #[cfg(test)]
 mod vectors;
 
-pub use aead::TAG_LEN;
-pub use datagram::{datagram_key_id, open_datagram, seal_datagram};
 pub use keys::{KeyError, KeyId, Keyring, SecretKey};
-pub use session::{Role, StreamCipher, StreamHello};
+
+// The wire formats are the engine's, not an API: public only with the
+// `internals` feature (the crypto benches and the fuzz targets).
+#[cfg(feature = "internals")]
+#[doc(hidden)]
+pub use wire_items::*;
+#[cfg(not(feature = "internals"))]
+pub(crate) use wire_items::*;
+
+mod wire_items {
+    pub use super::aead::TAG_LEN;
+    pub use super::datagram::{datagram_key_id, open_datagram, seal_datagram};
+    pub use super::format::{OpenError, DATAGRAM_OVERHEAD, FRAME_OVERHEAD, HELLO_LEN, HELLO_MAGIC};
+    pub use super::session::{Role, StreamCipher, StreamHello};
+}
+use format::{HELLO_VERSION, ID_LEN, SALT_LEN};
 
 /// Length of a [`SecretKey`] in bytes.
 pub const KEY_LEN: usize = 32;
 /// Most keys a [`Keyring`] holds: enough for a rotation with stragglers,
 /// few enough that a linear id lookup costs nothing.
 pub const MAX_KEYS: usize = 8;
-/// Bytes added to a datagram payload: key id (4) + nonce (24) + tag (16).
-pub const DATAGRAM_OVERHEAD: usize = ID_LEN + XNONCE_LEN + TAG_LEN;
-/// Bytes added to a stream frame: tag (16).
-pub const FRAME_OVERHEAD: usize = TAG_LEN;
-/// Encoded size of a [`StreamHello`]: magic (2) + version (1) + key id (4) + salt (32).
-pub const HELLO_LEN: usize = HELLO_MAGIC.len() + 1 + ID_LEN + SALT_LEN;
-
-const ID_LEN: usize = 4;
-use aead::XNONCE_LEN;
-const SALT_LEN: usize = 32;
-/// First two bytes of a [`StreamHello`], so an acceptor can tell a sealed
-/// stream from a plaintext one by its first bytes.
-pub const HELLO_MAGIC: [u8; 2] = *b"TS";
-const HELLO_VERSION: u8 = 1;
 const KEY_ID_CONTEXT: &[u8] = b"libtribe key id v1";
 const STREAM_INFO: &[u8] = b"libtribe stream v1 ";
-/// Why a datagram, hello or frame could not be opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum OpenError {
-    /// Too short or malformed to parse (or, when sealing, a frame counter
-    /// or length limit was reached).
-    #[error("the message is truncated or malformed")]
-    Truncated,
-    /// Sealed with a key this node does not have.
-    #[error("sealed with key {0}, which is not in the keyring")]
-    UnknownKey(KeyId),
-    /// Failed authentication: wrong key or label, tampered, replayed or
-    /// reordered.
-    #[error("the message failed authentication")]
-    Auth,
-    /// Reserved for a frame known to be out of order; counter nonces make
-    /// that indistinguishable from tampering, so [`OpenError::Auth`] is
-    /// returned instead.
-    #[error("the frame arrived out of order")]
-    OutOfOrder,
-}
 
 #[cfg(test)]
 pub(crate) mod testkit {

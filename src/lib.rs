@@ -47,7 +47,7 @@ internal_mod!(hlc);
 pub mod names;
 pub mod policy;
 internal_mod!(policy_set);
-pub mod records;
+internal_mod!(records);
 pub mod rpc;
 // The runtime the bindings and the `tribe` command build: not part of the API.
 #[doc(hidden)]

@@ -13,6 +13,7 @@ use crate::names;
 /// Stable key of a replicated record. Ordering groups the records of one kind
 /// and, within a kind, those of one tribe, so a tribe's records are a range.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[allow(clippy::enum_variant_names)] // `RingKey` says which key: a keyring's
 pub enum Key {
     /// A node's own record (written only by that node).
     Node(String),

@@ -51,7 +51,7 @@ use axum::Router;
 use crate::Node;
 
 /// The admin API's routes over one node, behind `guard`.
-pub fn router(node: Node, guard: guard::Guard) -> Router {
+pub(crate) fn router(node: Node, guard: guard::Guard) -> Router {
     Router::new()
         .route("/v1/status", get(routes::status))
         .route("/v1/members", get(routes::members))

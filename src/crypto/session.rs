@@ -165,7 +165,9 @@ impl StreamCipher {
         Ok(ciphertext.len())
     }
 
-    /// [`StreamCipher::seal_in_place`] into a new `ciphertext || tag`.
+    /// [`StreamCipher::seal_in_place`] into a new `ciphertext || tag`
+    /// (the tests' and benches').
+    #[cfg(any(test, feature = "internals"))]
     pub fn seal(&mut self, plaintext: &[u8]) -> Result<Vec<u8>, OpenError> {
         let mut out = Vec::with_capacity(plaintext.len() + TAG_LEN);
         out.extend_from_slice(plaintext);
@@ -174,7 +176,9 @@ impl StreamCipher {
         Ok(out)
     }
 
-    /// [`StreamCipher::open_in_place`] on a copy; returns the plaintext.
+    /// [`StreamCipher::open_in_place`] on a copy; returns the plaintext
+    /// (the tests' and benches').
+    #[cfg(any(test, feature = "internals"))]
     pub fn open(&mut self, sealed: &[u8]) -> Result<Vec<u8>, OpenError> {
         let mut plaintext = sealed.to_vec();
         let len = self.open_in_place(&mut plaintext)?;
