@@ -28,6 +28,18 @@ pub const KEY_SPREAD_WAIT: Duration = Duration::from_secs(10);
 /// before it refuses it as unknown.
 pub const UNKNOWN_KEY_WAIT: Duration = Duration::from_secs(3);
 
+/// `InvalidArgument` unless polled inside a tokio runtime: `what` waits on
+/// tokio's timers or sockets, which panic anywhere else.
+fn need_tokio(what: &str) -> Result<()> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::InvalidArgument(format!(
+            "{what} needs a tokio runtime: poll it in a task, or drive it with \
+             tokio's Handle::block_on"
+        )));
+    }
+    Ok(())
+}
+
 /// A running node. Cheap to clone; every clone drives the same node.
 /// Dropping the last clone without [`Node::shutdown`] stops the node without
 /// a goodbye (peers will mark it failed). A handler served by a node that
@@ -571,6 +583,7 @@ impl Node {
             if tokio::time::Instant::now() >= deadline {
                 return Ok(false);
             }
+            need_tokio("a keyring step that waits for the members")?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -603,6 +616,7 @@ impl Node {
                     waited_s: KEY_SPREAD_WAIT.as_secs(),
                 });
             }
+            need_tokio("a keyring step that waits for the members")?;
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -891,15 +905,7 @@ impl Node {
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
-        // Its timers and sockets are tokio's: another executor would have
-        // them panic.
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(Error::InvalidArgument(
-                "a call needs a tokio runtime: poll it in a task, or drive it with \
-                 tokio's Handle::block_on"
-                    .into(),
-            ));
-        }
+        need_tokio("a call")?;
         target.check()?;
         let providers = || {
             self.inner.shared.engine().providers(
@@ -930,6 +936,7 @@ impl Node {
         payload: Vec<u8>,
         timeout: std::time::Duration,
     ) -> Result<Vec<u8>> {
+        need_tokio("a call")?;
         let rpc = &self.inner.rpc;
         let local = crate::rpc::call::Local {
             caller: &self.inner.name,
@@ -996,9 +1003,12 @@ impl Node {
     /// unrun, and they move it to another member. A program that exits
     /// right after awaits it (with a timeout of its choice) so that no
     /// reply is cut short and no request lost. While the node serves, it
-    /// ends at a moment with no call running.
-    pub async fn calls_drained(&self) {
+    /// ends at a moment with no call running. `InvalidArgument` when
+    /// polled outside a tokio runtime (its timers are tokio's).
+    pub async fn calls_drained(&self) -> Result<()> {
+        need_tokio("calls_drained")?;
         self.inner.rpc.server.replies_sent().await;
+        Ok(())
     }
 
     /// [`Node::calls_drained`] without waiting for the calls still

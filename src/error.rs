@@ -256,6 +256,21 @@ impl Error {
     }
 }
 
+/// A key that could not be parsed, or a keyring step the keyring refused,
+/// as a libtribe error (so `?` takes a [`SecretKey`](crate::SecretKey)
+/// parse in a function returning [`Result`]).
+impl From<crate::crypto::KeyError> for Error {
+    fn from(e: crate::crypto::KeyError) -> Self {
+        use crate::crypto::KeyError;
+        match e {
+            KeyError::Full => Error::KeyringFull,
+            KeyError::UnknownKey(id) => Error::UnknownKey(id.to_string()),
+            KeyError::IsPrimary(id) => Error::PrimaryKey(id.to_string()),
+            other => Error::InvalidArgument(other.to_string()),
+        }
+    }
+}
+
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {
         Error::Io(e.to_string())

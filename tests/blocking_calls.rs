@@ -489,8 +489,9 @@ async fn calls_that_start_together_open_at_most_32_streams_to_a_host() {
     host.shutdown().await.unwrap();
 }
 
-/// A call driven by another executor than tokio's (outside any tokio
-/// runtime) ends with an error saying so, rather than panicking in tokio.
+/// A call, a keyring step that waits, or `calls_drained`, driven by another
+/// executor than tokio's (outside any tokio runtime), ends with an error
+/// saying so, rather than panicking in tokio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_outside_any_tokio_runtime_is_an_error_not_a_panic() {
     let (caller, host) = pair("exec", |_| {}).await;
@@ -504,9 +505,34 @@ async fn a_call_outside_any_tokio_runtime_is_an_error_not_a_panic() {
         out.push(blocking.as_mut().poll(&mut cx));
         let mut shared = std::pin::pin!(node.call(&target, vec![0], SECOND));
         out.push(shared.as_mut().poll(&mut cx));
+        let mut local = std::pin::pin!(node.call_local(
+            "echo",
+            None,
+            tribe::PluginKind::Processor,
+            vec![0],
+            SECOND
+        ));
+        out.push(local.as_mut().poll(&mut cx));
+        // A key no member holds is waited for: tokio's timers.
+        let unknown = tribe::SecretKey::generate().id();
+        let mut use_key = std::pin::pin!(node.use_key(unknown));
+        out.push(
+            use_key
+                .as_mut()
+                .poll(&mut cx)
+                .map(|r| r.map(|()| Vec::new())),
+        );
+        let mut drained = std::pin::pin!(node.calls_drained());
+        out.push(
+            drained
+                .as_mut()
+                .poll(&mut cx)
+                .map(|r| r.map(|()| Vec::new())),
+        );
         out
     })
     .await;
+    assert_eq!(outcomes.len(), 5);
     for outcome in outcomes {
         match outcome {
             std::task::Poll::Ready(Err(tribe::Error::InvalidArgument(why))) => {

@@ -648,7 +648,8 @@ async fn a_stop_does_not_wait_for_calls_their_callers_gave_up_on() {
     assert_eq!(waiting.await.unwrap().unwrap(), b"late");
     tokio::time::timeout(5 * SECOND, host.calls_drained())
         .await
-        .expect("drained once answered");
+        .expect("drained once answered")
+        .expect("inside tokio");
 }
 
 /// A host that leaves gracefully tells its callers to retire their streams
@@ -750,7 +751,8 @@ async fn calls_to_a_host_that_leaves_as_their_streams_open_all_succeed() {
     nodes[1].shutdown().await.unwrap();
     tokio::time::timeout(5 * SECOND, nodes[1].calls_drained())
         .await
-        .expect("drained");
+        .expect("drained")
+        .expect("inside tokio");
     nodes[1].abort().await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     done.store(true, Ordering::Relaxed);

@@ -45,12 +45,7 @@ pub struct KeyringStatus {
 }
 
 fn key_error(e: KeyError) -> Error {
-    match e {
-        KeyError::Full => Error::KeyringFull,
-        KeyError::UnknownKey(id) => Error::UnknownKey(id.to_string()),
-        KeyError::IsPrimary(id) => Error::PrimaryKey(id.to_string()),
-        other => Error::InvalidArgument(other.to_string()),
-    }
+    e.into()
 }
 
 /// How long a peer's sealing key, as last heard, stands for the tribe's.

@@ -167,12 +167,13 @@ impl Drop for TribeNode {
         // host gave just before the free. An abort after it waits for the
         // replies given only.
         if graceful {
-            let _ = super::log::with_sink(self.log_sink.as_ref(), || {
+            super::log::with_sink(self.log_sink.as_ref(), || {
                 self.host_io.drive(async {
                     if cut {
-                        tokio::time::timeout(FREE_GRACE, self.node.given_replies_sent()).await
+                        let _ =
+                            tokio::time::timeout(FREE_GRACE, self.node.given_replies_sent()).await;
                     } else {
-                        tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await
+                        let _ = tokio::time::timeout(FREE_GRACE, self.node.calls_drained()).await;
                     }
                 })
             });
