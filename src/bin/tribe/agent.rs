@@ -185,7 +185,28 @@ fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
 fn read_file_options(path: &PathBuf) -> Result<FileOptions, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    toml::from_str(&text).map_err(|e| toml_error(path, &text, &e))
+}
+
+/// A config file's parse error by line and column, without the file's text:
+/// `toml` quotes the offending line, and values in it (a key, the admin
+/// token) would end up in a service manager's log. Quoted values in the
+/// message are withheld too.
+fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
+    let quoted = regex::Regex::new(r#""(?:[^"\\]|\\.)*""#).expect("a valid regex");
+    let message = quoted.replace_all(e.message(), "(a value, withheld)");
+    match e.span() {
+        Some(span) => {
+            let before = text.get(..span.start).unwrap_or(text);
+            let line = before.matches('\n').count() + 1;
+            let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            format!(
+                "config file {}, line {line}, column {column}: {message}",
+                path.display()
+            )
+        }
+        None => format!("config file {}: {message}", path.display()),
+    }
 }
 
 impl AgentArgs {
@@ -863,6 +884,31 @@ mod tests {
             message: "no such key: rack".into(),
         };
         assert!(log.event(&error, later));
+    }
+
+    /// A config file that does not parse is named by line and column; the
+    /// values in it (a key, the admin token) are not quoted back.
+    #[test]
+    fn config_file_errors_withhold_the_values() {
+        let key = "mp+coKP5jV6+EoGcLD+P8dkO+T6nKt+k44zZ4omecOE=";
+        let path = std::path::Path::new("/etc/tribe/agent.toml");
+        for (text, line) in [
+            (format!("name = \"a\"\nkey = \"{key}\n"), 2),
+            (format!("kee = \"{key}\"\n"), 1),
+            (format!("name = \"a\"\nport = \"{key}\"\n"), 2),
+            ("admin-token = \"s3cr3t-token\n".to_string(), 1),
+        ] {
+            let Err(e) = toml::from_str::<super::FileOptions>(&text) else {
+                panic!("parsed: {text}")
+            };
+            let message = super::toml_error(path, &text, &e);
+            assert!(!message.contains(key), "{message}");
+            assert!(!message.contains("s3cr3t"), "{message}");
+            assert!(
+                message.starts_with(&format!("config file {}, line {line}, ", path.display())),
+                "{message}"
+            );
+        }
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
