@@ -1229,6 +1229,26 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
     let body: Value = resp.body_mut().read_json().unwrap();
     assert_eq!(body["error"], "invalid_json", "{body}");
     assert!(body["message"].as_str().unwrap().contains("whne"), "{body}");
+    // A body is one object: an array is not taken field by field, and a key
+    // sent in the wrong shape is not echoed back.
+    let key = tribe::SecretKey::generate().to_base64();
+    for (path, body) in [
+        ("/v1/policies", json!(["pa", "t", "true"])),
+        ("/v1/keys", json!([key.clone()])),
+        ("/v1/keys", json!(key.clone())),
+        ("/v1/keys", json!({"key": 5, "note": key.clone()})),
+        ("/v1/keys", json!({"key": [key.clone()]})),
+    ] {
+        let mut resp = http
+            .post(&format!("http://{}{path}", agent.admin))
+            .header("Authorization", "Bearer s3cret")
+            .send_json(&body)
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{path} {body}");
+        let answer: Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(answer["error"], "invalid_json", "{answer}");
+        assert!(!answer.to_string().contains(&key), "{answer}");
+    }
     // Bad chunked encoding and a path that is not UTF-8: 400 in the JSON
     // error shape too.
     for request in [
