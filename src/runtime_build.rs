@@ -19,6 +19,28 @@ fn worker_stack() -> usize {
     asked.unwrap_or(0).max(2 * 1024 * 1024)
 }
 
+/// Blocks the host's asynchronous signals (SIGINT, SIGTERM, SIGCHLD, ...)
+/// on the calling thread: a thread a face makes for libtribe calls it first,
+/// so that process-directed signals reach the host's own threads.
+pub fn block_async_signals() {
+    crate::ffi::node::block_async_signals()
+}
+
+/// Has every thread a node makes for itself (policies, data-dir writes)
+/// block the host's asynchronous signals as it starts, whatever the mask
+/// of the host thread that started the node (pytribe's; the C ABI sets its
+/// own, which also carries its log sink). The first registration stays.
+pub fn block_signals_on_node_threads() {
+    crate::blocking::set_inherit(|| Box::new(block_async_signals));
+}
+
+/// Runs `f` with the host's asynchronous signals blocked on the calling
+/// (host) thread, so that every thread `f` makes starts with them blocked
+/// (a node's own threads among them); the thread's mask is restored after.
+pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+    crate::ffi::node::with_signals_blocked(f)
+}
+
 /// How long building a runtime may take before the start gives up.
 const BUILD_WAIT: Duration = Duration::from_secs(10);
 

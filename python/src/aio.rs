@@ -116,7 +116,10 @@ fn completer() -> Option<Sender<Delivery>> {
         let (to, from) = channel();
         std::thread::Builder::new()
             .name("pytribe-aio".into())
-            .spawn(move || complete_all(&from))
+            .spawn(move || {
+                tribe::runtime_build::block_async_signals();
+                complete_all(&from)
+            })
             .ok()?;
         *slot = Some(to);
     }

@@ -56,11 +56,19 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
     builder
         .worker_threads(RUNTIME_WORKERS)
         .thread_name("pytribe-rt")
-        .enable_all();
+        .enable_all()
+        // Signals are the host's: Python runs its handlers on the main
+        // thread, and a daemon that blocks SIGTERM to `sigwait` for it
+        // must not have it taken (and the process killed) by ours.
+        .on_thread_start(tribe::runtime_build::block_async_signals);
     // Guarded: at the process's thread limit tokio panics (a
     // PanicException no `except Exception` catches, descriptors leaked at
     // each retry) or hangs the caller with the GIL held.
-    let rt = tribe::runtime_build::build(builder, RUNTIME_WORKERS, NODE_THREADS).map_err(|e| {
+    tribe::runtime_build::block_signals_on_node_threads();
+    let rt = tribe::runtime_build::with_signals_blocked(|| {
+        tribe::runtime_build::build(builder, RUNTIME_WORKERS, NODE_THREADS)
+    })
+    .map_err(|e| {
         pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the runtime: {e}"))
     })?;
     let rt: &'static Runtime = Box::leak(Box::new(rt));

@@ -717,3 +717,50 @@ def test_a_node_of_a_multiprocessing_child_leaves_when_its_target_returns(
     assert out.returncode == 0, out.stderr
     assert "THREAD done" in out.stdout, out.stdout + out.stderr
     assert f"STATE {method} left" in out.stdout, out.stdout + out.stderr
+
+
+def test_the_native_threads_keep_the_hosts_signals_blocked() -> None:
+    # Every native thread pytribe makes (the runtime's, a node's own, the
+    # asyncio completer) blocks the host's asynchronous signals, whatever
+    # the mask of the thread that made it (here: none blocked), so that a
+    # process-directed SIGTERM or SIGCHLD goes to the program's threads
+    # (a daemon that blocks SIGTERM to sigwait for it is not killed by it
+    # on one of ours). Faults stay deliverable.
+    code = textwrap.dedent(
+        """
+        import asyncio, os, signal
+        import pytribe
+        assert not signal.pthread_sigmask(signal.SIG_BLOCK, set())
+        node = pytribe.Node("daemon", profile="local", collect_facts=False)
+        node.create_tribe("svc")
+        node.join("svc")
+        node.serve("echo", "1", "processor", lambda payload, info: payload)
+        # The asyncio completer thread starts with the first async call.
+        async def first_call():
+            while True:
+                try:
+                    return await node.call_async("svc", "echo", b"x", timeout=5)
+                except (pytribe.NoProviderError, pytribe.UnknownTribeError):
+                    await asyncio.sleep(0.02)
+        assert asyncio.run(first_call()) == b"x"
+        ours = {}
+        for tid in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{tid}/status") as f:
+                fields = dict(line.rstrip("\\n").split(":\\t", 1) for line in f if ":\\t" in line)
+            if fields["Name"].startswith(("pytribe", "tribe")):
+                ours.setdefault(fields["Name"], []).append(int(fields["SigBlk"], 16))
+        for name, masks in ours.items():
+            for mask in masks:
+                for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGUSR1):
+                    assert mask & (1 << (sig - 1)), (name, sig, hex(mask))
+                for sig in (signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE):
+                    assert not mask & (1 << (sig - 1)), (name, sig, hex(mask))
+        print(" ".join(sorted(ours)))
+        node.close()
+        """
+    )
+    done = run_script(code, timeout=60)
+    assert done.returncode == 0, done.stderr
+    threads = done.stdout.split()
+    for name in ("pytribe-rt", "pytribe-aio", "tribe-policy"):
+        assert name in threads, threads

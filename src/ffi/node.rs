@@ -216,7 +216,7 @@ fn async_signals() -> libc::sigset_t {
 
 /// Keeps the host's signals off libtribe's threads, so process-directed
 /// signals (SIGINT, SIGTERM, SIGCHLD, ...) reach the host's own threads.
-pub(super) fn block_async_signals() {
+pub(crate) fn block_async_signals() {
     let set = async_signals();
     // SAFETY: only the calling thread's mask changes; `set` is initialised.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) };
@@ -224,7 +224,7 @@ pub(super) fn block_async_signals() {
 
 /// Runs `f` with asynchronous signals blocked on this (host) thread, so
 /// threads it creates start with them blocked; the mask is restored after.
-pub(super) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
     /// Puts the host thread's mask back also when `f` panics (the panic
     /// is caught further up and the host goes on with this thread).
     struct Restore(libc::sigset_t);
