@@ -56,8 +56,27 @@ fn keyed(extra: &[String], envs: &[(&str, &str)]) -> bool {
 /// caller's TRIBE_* variables are not passed on). An agent given no key runs
 /// with `--insecure-plaintext`.
 fn start_agent_env(dir: &Path, name: &str, extra: &[String], envs: &[(&str, &str)]) -> Agent {
+    start_agent_in(dir, name, extra, envs, None)
+}
+
+/// [`start_agent_env`], the agent run by `bash -c` after `shell` (limits
+/// set with `ulimit`, say), when given.
+fn start_agent_in(
+    dir: &Path,
+    name: &str,
+    extra: &[String],
+    envs: &[(&str, &str)],
+    shell: Option<&str>,
+) -> Agent {
     let log = std::fs::File::create(dir.join(format!("{name}.log"))).unwrap();
-    let mut cmd = Command::new(TRIBE);
+    let mut cmd = match shell {
+        None => Command::new(TRIBE),
+        Some(shell) => {
+            let mut cmd = Command::new("bash");
+            cmd.args(["-c", &format!("{shell}; exec \"$0\" \"$@\""), TRIBE]);
+            cmd
+        }
+    };
     cmd.arg("agent")
         .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .args(["--profile", "local"])
@@ -2509,5 +2528,45 @@ fn blocking_calls_to_a_stalled_host_open_at_most_32_streams() {
     }
     rt.block_on(node.shutdown()).unwrap();
     drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A write past the file-size limit (`ulimit -f`) fails and is counted and
+/// retried like any failed write of the data dir; SIGXFSZ's default action
+/// would kill the agent with no goodbye and no log line.
+#[test]
+fn an_agent_past_its_file_size_limit_counts_the_failed_writes_and_keeps_running() {
+    let dir = scratch_dir("fsize");
+    let data = dir.join("data");
+    let mut agent = start_agent_in(
+        &dir,
+        "fsize",
+        &args(&["--data-dir", data.to_str().unwrap(), "--log-level", "warn"]),
+        &[],
+        Some("ulimit -f 8"),
+    );
+    let value = "v".repeat(200);
+    for i in 0..80 {
+        let (status, body) = call(
+            &agent,
+            "PUT",
+            &format!("/v1/facts/f{i}"),
+            Some(json!({ "value": value })),
+        );
+        assert_eq!(status, 204, "{body}");
+    }
+    wait_for("a failed write counted", Duration::from_secs(20), || {
+        let Value::String(metrics) = get(&agent, "/metrics") else {
+            return false;
+        };
+        metrics.lines().any(|l| {
+            l.starts_with("tribe_data_dir_errors_total ")
+                && l.split_whitespace().nth(1).is_some_and(|v| v != "0")
+        })
+    });
+    assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
+    sigterm(&agent.child);
+    let status = agent.child.wait().unwrap();
+    assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -103,6 +103,15 @@ fn unset_empty_tribe_variables() {
 
 fn main() -> std::process::ExitCode {
     unset_empty_tribe_variables();
+    // A write past the file-size limit (`ulimit -f`: the data dir, the file
+    // publisher, a log file) then fails with EFBIG, counted and retried
+    // like any failed write, instead of SIGXFSZ killing the process with no
+    // goodbye. (The library sets no signal disposition: this is the
+    // command's own process.)
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGXFSZ,
+        std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    );
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Agent(args) => agent::run(*args),
