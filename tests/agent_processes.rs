@@ -940,6 +940,17 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     let keys = cli_json(&agents[0], &["keys", "list"]);
     assert_eq!(keys["keys"].as_array().unwrap().len(), 1, "{keys}");
     assert_eq!(keys["keys"][0]["installed_on"].as_array().unwrap().len(), 3);
+    // Every agent gives the same answer: the lists are sorted by name.
+    let names: Vec<&str> = agents.iter().map(|a| a.name.as_str()).collect();
+    let mut sorted = names.clone();
+    sorted.sort_unstable();
+    for agent in &agents {
+        let keys = cli_json(agent, &["keys", "list"]);
+        let key = &keys["keys"][0];
+        for list in ["installed_on", "primary_on"] {
+            assert_eq!(key[list], json!(sorted), "{} {list}: {keys}", agent.name);
+        }
+    }
     let table = cli_ok(&agents[0], &["keys", "list"]);
     assert!(table.contains("KEY ID") && table.contains("3/3"), "{table}");
 

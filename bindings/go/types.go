@@ -74,8 +74,9 @@ type Member struct {
 	// Config.NoHostFacts) and its user facts (Config.Facts, SetFact), which
 	// override collected ones of the same key. Empty when it has none.
 	Facts map[string]string `json:"facts"`
-	// Tribes whose live view holds it (by hand or by policy); empty when
-	// it is in none.
+	// Tribes whose live view holds it (by hand or by policy); for a
+	// failed or left member, the tribes it would be in were it up. Empty
+	// when it is in none.
 	Tribes []string `json:"tribes"`
 	// Endpoints are the plugins it serves (Serve); empty when none.
 	Endpoints []Endpoint `json:"endpoints"`

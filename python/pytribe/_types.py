@@ -79,7 +79,8 @@ class Member:
     generation: int
     #: Read-only; ``facts | {...}`` and ``dict(facts)`` give plain dicts.
     facts: FrozenMap[str]
-    #: Tribes whose live view holds it.
+    #: Tribes whose live view holds it; for a failed or left member, the
+    #: tribes it would be in were it up.
     tribes: Tuple[str, ...]
     endpoints: Tuple[Endpoint, ...]
     #: Whether it is the node answering.

@@ -69,7 +69,8 @@ pub struct Member {
     pub generation: u64,
     /// Its facts.
     pub facts: BTreeMap<String, String>,
-    /// Tribes whose live view holds it.
+    /// Tribes whose live view holds it; for a failed or left member, the
+    /// tribes it would be in (by hand or by policy) were it up.
     pub tribes: Vec<String>,
     /// Plugins it serves.
     pub endpoints: Vec<EndpointJson>,

@@ -24,9 +24,9 @@ const SEALED_PEER_EVERY_MS: u64 = 60_000;
 pub struct KeyHolding {
     /// The key's public id.
     pub id: KeyId,
-    /// Live nodes (this one included) that hold it.
+    /// Live nodes (this one included) that hold it, sorted by name.
     pub installed_on: Vec<String>,
-    /// Live nodes that seal with it.
+    /// Live nodes that seal with it, sorted by name.
     pub primary_on: Vec<String>,
 }
 
@@ -491,6 +491,12 @@ impl Engine {
             if let Some(rec) = view.node_record(name) {
                 note(name, &rec.keys, rec.primary_key);
             }
+        }
+        // Sorted, as every list of the snapshots: every node of a tribe
+        // gives the same answer, whichever one is asked.
+        for h in holdings.values_mut() {
+            h.installed_on.sort_unstable();
+            h.primary_on.sort_unstable();
         }
         KeyringStatus {
             encryption: self.keyring.as_ref().map(|_| self.encryption),

@@ -27,7 +27,8 @@ pub struct MemberInfo {
     pub generation: u64,
     /// Its facts (empty until its record arrives).
     pub facts: BTreeMap<String, String>,
-    /// Tribes whose live view holds it (for down members: the tribes it would be in).
+    /// Tribes whose live view holds it; for a failed or left member, the
+    /// tribes it would be in (by hand or by policy) were it up.
     pub tribes: Vec<String>,
     /// Plugins it serves.
     pub endpoints: Vec<Endpoint>,
