@@ -5,7 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use tribe::{Event, MemberState, PluginKind, TaskState};
+use tribe::{Event, MemberState, Node, PluginKind, TaskState};
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -706,4 +706,71 @@ async fn nodes_stopping_together_answer_each_others_goodbye_exchanges() {
         .map(str::to_owned)
         .collect();
     assert!(unanswered.is_empty(), "{unanswered:#?}");
+}
+
+/// A node that died while the nodes that saw it fail all restarted (a
+/// rolling restart, before `reap_after`) is still forgotten: no member
+/// lists it after the restarts, and its record and membership by hand go
+/// after `reap_after` all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_died_before_every_restart_is_still_reaped() {
+    let mut nodes = start_cluster("rr", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("s").await.unwrap();
+    nodes[0].join("s", "rr2").await.unwrap();
+    wait_for("rr2 is in s everywhere", LONG, || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("s").is_some_and(|t| t.members == ["rr2"]))
+    })
+    .await;
+    let ghost = nodes.pop().unwrap();
+    ghost.abort().await;
+    wait_for("rr2 is failed everywhere", LONG, || {
+        nodes.iter().all(|n| {
+            n.members()
+                .iter()
+                .any(|m| m.name == "rr2" && m.state == MemberState::Failed)
+        })
+    })
+    .await;
+    // Both restart (each from the other) before the 6 s of reap_after:
+    // neither member table lists rr2 any more, its records stay.
+    async fn restart(seed: &Node, node: Node) -> Node {
+        let (name, addr) = (node.name().to_string(), node.addr());
+        node.shutdown().await.unwrap();
+        let mut cfg = test_config(&name);
+        cfg.bind = addr;
+        cfg.seeds = vec![seed.addr()];
+        let again = Node::start(cfg).await.unwrap();
+        wait_for("the tribe learnt back", LONG, || {
+            again
+                .tribe("s")
+                .is_some_and(|t| t.explicit_members == ["rr2"])
+        })
+        .await;
+        again
+    }
+    let first = nodes.remove(0);
+    let survivor = nodes.pop().unwrap();
+    let again = restart(&survivor, first).await;
+    let survivor_again = restart(&again, survivor).await;
+    let nodes = [again, survivor_again];
+    for n in &nodes {
+        assert!(
+            n.tribe("s").is_some_and(|t| t.explicit_members == ["rr2"]),
+            "{:?}",
+            n.tribe("s")
+        );
+        assert!(n.members().iter().all(|m| m.name != "rr2"));
+    }
+    wait_for("rr2's records reaped everywhere", LONG, || {
+        nodes
+            .iter()
+            .all(|n| n.tribe("s").is_some_and(|t| t.explicit_members.is_empty()))
+    })
+    .await;
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
 }

@@ -186,6 +186,11 @@ pub struct Engine {
     swim_rt: AccumulatingRuntime<NodeId>,
     shared: Arc<Mutex<Shared>>,
     members: Members,
+    /// Nodes with a record that the member table has not listed, and the
+    /// steady time (ms) each was first found so: a node that died before
+    /// this process started (every node that saw it fail restarted since)
+    /// is forgotten after `reap_after` like one seen to fail.
+    unlisted_since: std::collections::BTreeMap<String, u64>,
     /// The hosts of each call target, while they hold.
     providers: providers::Cache,
     /// What this node publishes about itself.
@@ -453,6 +458,7 @@ impl Engine {
             swim_rt: AccumulatingRuntime::new(),
             shared,
             members: Members::default(),
+            unlisted_since: Default::default(),
             providers: providers::Cache::default(),
             record,
             collected_facts,
@@ -1068,34 +1074,68 @@ impl Engine {
         }
     }
 
+    /// Forgets a node down for longer than `reap_after`, with its records:
+    /// its own, and its memberships by hand (else they pile up with every
+    /// name that comes and goes). If the node comes back, it publishes a
+    /// newer record, and is joined again by hand.
+    fn reap_member(&mut self, name: String) {
+        self.forget_clock(&name);
+        let gone: Vec<Key> = {
+            let sh = lock(&self.shared);
+            let view = view::View { state: &sh.state };
+            let memberships = view.tribe_names().into_iter().map(|tribe| Key::Member {
+                tribe,
+                node: name.clone(),
+            });
+            std::iter::once(Key::Node(name.clone()))
+                .chain(memberships)
+                .filter(|k| sh.state.get(k).is_some())
+                .collect()
+        };
+        for key in gone {
+            self.write(key, None);
+        }
+        self.emit(Event::MemberReaped { name });
+    }
+
+    /// Nodes whose record has stood for `reap_after` while the member
+    /// table never listed them: down since before this process started
+    /// (no member that is up lists a node it never heard from), so that
+    /// no row of the table would ever reap them.
+    fn unlisted_to_reap(&mut self, steady: u64, reap_after: u64) -> Vec<String> {
+        let unlisted: Vec<String> = {
+            let sh = lock(&self.shared);
+            let view = view::View { state: &sh.state };
+            view.node_records()
+                .map(|(name, _)| name)
+                .filter(|name| **name != self.name && self.members.get(name).is_none())
+                .cloned()
+                .collect()
+        };
+        // Sorted (a BTreeMap's keys): the ones listed since, or whose
+        // record went, are dropped.
+        self.unlisted_since
+            .retain(|name, _| unlisted.binary_search(name).is_ok());
+        let mut expired = Vec::new();
+        for name in unlisted {
+            let since = *self.unlisted_since.entry(name.clone()).or_insert(steady);
+            if since.saturating_add(reap_after) <= steady {
+                self.unlisted_since.remove(&name);
+                expired.push(name);
+            }
+        }
+        expired
+    }
+
     fn housekeeping(&mut self) {
         let now = self.now_ms();
         let steady = self.steady_ms();
-        for name in self
-            .members
-            .reap(steady, self.timings.reap_after.as_millis() as u64)
-        {
-            self.forget_clock(&name);
-            // The records of a reaped node go too: its own, and its
-            // memberships by hand (else they pile up with every name that
-            // comes and goes). If the node comes back, it publishes a newer
-            // record, and is joined again by hand.
-            let gone: Vec<Key> = {
-                let sh = lock(&self.shared);
-                let view = view::View { state: &sh.state };
-                let memberships = view.tribe_names().into_iter().map(|tribe| Key::Member {
-                    tribe,
-                    node: name.clone(),
-                });
-                std::iter::once(Key::Node(name.clone()))
-                    .chain(memberships)
-                    .filter(|k| sh.state.get(k).is_some())
-                    .collect()
-            };
-            for key in gone {
-                self.write(key, None);
-            }
-            self.emit(Event::MemberReaped { name });
+        let reap_after = self.timings.reap_after.as_millis() as u64;
+        for name in self.members.reap(steady, reap_after) {
+            self.reap_member(name);
+        }
+        for name in self.unlisted_to_reap(steady, reap_after) {
+            self.reap_member(name);
         }
         let grace = self.timings.tombstone_grace.as_millis() as u64;
         {
