@@ -711,13 +711,17 @@ impl Node {
         self.inner.shared.engine().broadcast_backlog()
     }
 
-    /// Leaves the cluster gracefully (peers record *left*) and stops. Calls
+    /// Leaves the cluster gracefully (peers record *left*) and stops; it
+    /// returns once the goodbye has gone out (about 1.5 s at most when
+    /// peers do not answer). Calls
     /// this node still has in flight end with [`Error::ShuttingDown`]. Calls
     /// it serves are refused from now on (callers try another host); those
     /// already running are answered (handlers get up to 10 s while the
     /// runtime runs; a C node's until `tribe_node_free`, which sends the
     /// replies given by then, waiting at most 2 s) before its call streams
-    /// close; [`Node::calls_drained`] tells when they have. Idempotent: a
+    /// close; [`Node::calls_drained`] tells when they have. A handler still
+    /// running after those 10 s is cut off: its caller gets
+    /// [`Error::Disconnected`] (the call may have run). Idempotent: a
     /// later call, or one after a call whose future was dropped before it
     /// finished, completes what is left of the stop and returns `Ok`.
     /// [`Error::ShuttingDown`] when the node had stopped without being
@@ -735,7 +739,12 @@ impl Node {
 
     /// Serves a plugin: registers `handler` and advertises the endpoint in
     /// this node's record, so members of this node's tribes can call it.
-    /// Serving the same name and version again replaces the handler.
+    /// Serving the same name and version again replaces the handler. The
+    /// handler's future runs on the runtime's threads, beside the node's
+    /// own work: it must not block them (a `std::thread::sleep` or a
+    /// blocking read there delays every call and the node's protocol, and
+    /// peers may suspect it); blocking work goes to
+    /// `tokio::task::spawn_blocking` or [`Node::serve_responder`].
     pub async fn serve<F, Fut>(
         &self,
         name: &str,

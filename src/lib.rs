@@ -71,7 +71,7 @@ pub use api::{EventStream, Node, WeakNode};
 pub use artifacts::RELEASE_AFTER as ARTIFACT_RELEASE_AFTER;
 pub use config::{Config, Encryption, Profile, Timings, MAX_PAYLOAD};
 pub use crypto::{KeyId, Keyring, SecretKey};
-pub use engine::commands::Command;
+pub(crate) use engine::commands::Command;
 pub use engine::keys::{KeyHolding, KeyringStatus};
 pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo};
 pub use engine::Event;

@@ -12,9 +12,10 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
+use tribe::engine::commands::Command;
 use tribe::engine::{ConnId, Engine, Output, Timer};
 use tribe::policy_set::{PolicyResults, PolicySet};
-use tribe::{Command, Config, PluginKind, Profile, TaskState};
+use tribe::{Config, PluginKind, Profile, TaskState};
 
 enum Item {
     Frame(Vec<u8>),

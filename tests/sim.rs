@@ -4,8 +4,9 @@
 
 use std::time::Duration;
 
+use tribe::engine::commands::Command;
 use tribe::sim::{Latency, NetConfig, Sim, SimConfig, Spread, Watch};
-use tribe::{Command, MemberState, PluginKind, Profile};
+use tribe::{MemberState, PluginKind, Profile};
 
 fn config(seed: u64) -> SimConfig {
     SimConfig {

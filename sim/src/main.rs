@@ -20,8 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use tribe::engine::commands::Command;
 use tribe::sim::{Latency, NetConfig, Sim, SimConfig, Spread, Watch};
-use tribe::{Command, PluginKind, Profile};
+use tribe::{PluginKind, Profile};
 
 #[derive(Parser)]
 #[command(

@@ -102,9 +102,9 @@ impl HandlerError {
 }
 
 /// The future a handler returns.
-pub type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, HandlerError>> + Send>>;
+pub(crate) type HandlerFuture = Pin<Box<dyn Future<Output = Result<Vec<u8>, HandlerError>> + Send>>;
 /// A served plugin's handler.
-pub type Handler = Arc<dyn Fn(CallInfo, Vec<u8>) -> HandlerFuture + Send + Sync>;
+pub(crate) type Handler = Arc<dyn Fn(CallInfo, Vec<u8>) -> HandlerFuture + Send + Sync>;
 
 /// Bounds of the call path. Start from [`RpcLimits::default`]
 /// (`#[non_exhaustive]`).
@@ -147,6 +147,8 @@ impl Default for RpcLimits {
 
 /// Counters of the call path (read by `/metrics`).
 #[derive(Debug, Default)]
+// The call path's own counters; read them through `Node::rpc_stats`.
+#[doc(hidden)]
 pub struct RpcCounters {
     /// Calls answered with a reply.
     pub ok: AtomicU64,
