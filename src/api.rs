@@ -86,6 +86,11 @@ impl Drop for Inner {
         if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
+        // As an abort: the call streams go with the node (they would
+        // otherwise live on, refusing every call as not served by a host
+        // its callers still list alive), and so do its own.
+        self.rpc.server.kill();
+        self.rpc.pool.close_all();
     }
 }
 
@@ -831,7 +836,9 @@ impl Node {
     /// (`UnknownTribe` when this node does not know the tribe, or not yet;
     /// `NoProvider`, `Timeout`, `Remote`, `TooLarge`, `Overloaded`,
     /// `Disconnected`, `ShuttingDown`; `InvalidName` for a tribe or plugin
-    /// name no command would take). A host runs a call for at most 5
+    /// name no command would take; `Io` when this process could not open a
+    /// connection to any host for want of its own descriptors, buffers or
+    /// local ports, which no host is blamed for). A host runs a call for at most 5
     /// minutes: a longer `timeout` ends with `Timeout` after that, unless
     /// answered first.
     pub async fn call(

@@ -1161,3 +1161,43 @@ async fn a_budget_under_a_millisecond_reaches_the_host_rounded_up() {
     assert!(budgets.len() > 1, "no short call reached the host");
     assert!(budgets.iter().all(|b| !b.is_zero()), "{budgets:?}");
 }
+
+/// A host whose program dropped its last handle without a stop is gone:
+/// its call streams are cut, so a call names it as unreachable (or
+/// disconnected) at once, rather than being refused as not served by a
+/// host that is still listed alive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_dropped_without_a_stop_is_unreachable_at_once() {
+    let mut nodes = svc_cluster("dr", &[1], Duration::ZERO).await;
+    let caller = nodes.remove(0);
+    let reply = caller
+        .call(&echo(), b"x".to_vec(), Duration::from_secs(5))
+        .await;
+    assert_eq!(host_of(&reply.unwrap()), "dr1");
+    drop(nodes.remove(0));
+    // A call that raced with the drop may still be answered.
+    let mut outcomes = Vec::new();
+    for _ in 0..50 {
+        let outcome = caller
+            .call(&echo(), b"x".to_vec(), Duration::from_secs(5))
+            .await;
+        let done = outcome.is_err();
+        outcomes.push(outcome);
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let err = outcomes.pop().unwrap().expect_err("the host is gone");
+    match &err {
+        Error::NoProvider { unreachable, .. } => {
+            assert_eq!(unreachable, &["dr1"], "{err}")
+        }
+        Error::Disconnected { host } => assert_eq!(host, "dr1"),
+        other => panic!("{other:?}"),
+    }
+    caller.shutdown().await.unwrap();
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}
