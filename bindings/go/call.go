@@ -177,7 +177,9 @@ const MaxCallBudget = 5 * time.Minute
 // context.DeadlineExceeded when the context's deadline was reached),
 // ErrCancelled (also matching context.Canceled), *RemoteError, ErrTooLarge
 // (the payload, or the reply, is over a node's limit), ErrOverloaded,
-// ErrDisconnected, ErrShuttingDown, ErrClosed.
+// ErrDisconnected, ErrShuttingDown, ErrClosed, ErrIO (this process could
+// not open a connection: out of descriptors, buffers or local ports; no
+// host is blamed).
 func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, error) {
 	defer runtime.KeepAlive(n)
 	in := n.inner()

@@ -202,7 +202,8 @@ var (
 	ErrDisconnected = &Error{Code: "disconnected"}
 	// ErrShuttingDown: the node is shutting down or has stopped (also a call in flight at Close).
 	ErrShuttingDown = &Error{Code: "shutting_down"}
-	// ErrIO: a socket or file could not be used (the bind address, KeyFile, DataDir).
+	// ErrIO: a socket or file could not be used (the bind address, KeyFile,
+	// DataDir; a call's connection, when the process is out of descriptors).
 	ErrIO = &Error{Code: "io"}
 	// ErrConfig: the configuration is inconsistent, or the linked libtribe does not fit this package.
 	ErrConfig = &Error{Code: "config"}

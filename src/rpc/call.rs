@@ -83,6 +83,9 @@ enum Step {
     Stopping(Option<Vec<u8>>),
     /// Not sent: the host could not be reached; another host may take it.
     Unreachable(Option<Vec<u8>>),
+    /// Not sent: this process could not open a connection (why), through
+    /// no fault of the host; a host with an open stream may take it.
+    Local(Option<Vec<u8>>, String),
 }
 
 /// A handler's error as the caller sees it; `host` ran the handler.
@@ -291,6 +294,8 @@ impl Rpc {
         let mut stopping: Vec<String> = Vec::new();
         let mut not_serving: Vec<String> = Vec::new();
         let mut unreachable: Vec<String> = Vec::new();
+        // Why this process could not open a connection, last time.
+        let mut local: Option<String> = None;
         let mut pauses = NOT_YET_PAUSES_MS.iter();
         let mut round = 0;
         loop {
@@ -341,6 +346,10 @@ impl Rpc {
                         }
                         back
                     }
+                    Step::Local(back, why) => {
+                        local = Some(why);
+                        back
+                    }
                 };
                 if payload.is_none() {
                     payload = back;
@@ -383,6 +392,12 @@ impl Rpc {
             // This node stops (its own handler refused the call for that),
             // and no other host took it.
             Error::ShuttingDown
+        } else if let Some(why) = local {
+            // The hosts are not to blame: the cause is this process's.
+            Error::Io(format!(
+                "call to {:?} in tribe {:?} not sent: {why}",
+                target.plugin, target.tribe
+            ))
         } else {
             no_provider(stopping, unreachable)
         })
@@ -470,6 +485,12 @@ impl Rpc {
                 self.pool.mark_unreachable(cand.addr);
                 tracing::debug!(host = %cand.name, error = %e, "call not sent; trying another host");
                 Step::Unreachable(back())
+            }
+            // Not the host's fault: it is not marked unreachable; a host
+            // with an open stream may still take the call.
+            Err(NotSent::Local(why)) => {
+                tracing::debug!(host = %cand.name, error = %why, "call not sent; trying another host");
+                Step::Local(back(), why)
             }
             Err(NotSent::Busy) => Step::Busy(back()),
             Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout {

@@ -69,6 +69,10 @@ pub enum Answer {
 pub enum NotSent {
     /// Could not connect (or the handshake failed).
     Connect(String),
+    /// Could not open a connection for want of this process's own
+    /// resources (descriptors, buffers, local ports): no host is to blame,
+    /// and every host not reached through an open stream fails the same.
+    Local(String),
     /// The stream to this host is at its bound of calls in flight.
     Busy,
     /// The caller's deadline passed while connecting.
@@ -733,6 +737,16 @@ impl Pool {
     }
 }
 
+/// Whether a connect failed for want of this process's (or this
+/// machine's) own resources, not because of the host: out of descriptors,
+/// of socket buffers or memory, of local ports.
+fn is_local_shortage(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+    )
+}
+
 impl Dialer {
     async fn open(&self, addr: SocketAddr, security: &Security) -> Result<Conn, NotSent> {
         let (tcp, sealer, opener) = self.dial(addr, security).await?;
@@ -748,14 +762,22 @@ impl Dialer {
         security: &Security,
     ) -> Result<(TcpStream, stream::Sealer, stream::Opener), NotSent> {
         let connect = async {
-            let mut tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+            let mut tcp = TcpStream::connect(addr).await.map_err(|e| {
+                if is_local_shortage(&e) {
+                    NotSent::Local(format!("cannot open a connection: {e}"))
+                } else {
+                    NotSent::Connect(e.to_string())
+                }
+            })?;
             let _ = tcp.set_nodelay(true);
-            let (sealer, opener) = self.handshake(&mut tcp, security).await?;
-            Ok::<_, String>((tcp, sealer, opener))
+            let (sealer, opener) = self
+                .handshake(&mut tcp, security)
+                .await
+                .map_err(NotSent::Connect)?;
+            Ok::<_, NotSent>((tcp, sealer, opener))
         };
         match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-            Ok(Ok(dialled)) => Ok(dialled),
-            Ok(Err(e)) => Err(NotSent::Connect(e)),
+            Ok(result) => result,
             Err(_) => Err(NotSent::Connect("connect timed out".into())),
         }
     }
