@@ -303,6 +303,18 @@ impl Server {
     pub fn kill(&self) {
         self.stopping.store(true, Ordering::Relaxed);
         self.killed.send_replace(true);
+        // Their streams are cut on their own tasks, a moment later: the
+        // responders of the calls in flight read as abandoned (and take no
+        // answer) from now on.
+        for outbox in self
+            .outboxes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+        {
+            outbox.close();
+        }
     }
 
     /// Ends every call stream after a goodbye, once its calls are answered:

@@ -253,6 +253,19 @@ int main(void) {
     CHECK(t.done_ok == 20 && t.in_flight == 0);
     printf("after the group handle's free, its nodes still call each other\n");
 
+    /* A responder kept past its node's free reads as abandoned as the free
+     * returns (the node's streams outlive it a moment in a group's
+     * runtime). */
+    call(a, &t);
+    tribe_responder *held = NULL;
+    end = now_s() + 10;
+    while (held == NULL && now_s() < end) {
+        tribe_event *ev = NULL;
+        OK(tribe_node_next_event(b, 20, &ev, NULL));
+        if (ev != NULL && tribe_event_kind(ev) == TRIBE_EVENT_CALL) OK(tribe_event_take_responder(ev, &held, NULL));
+        tribe_event_free(ev);
+    }
+    CHECK(held != NULL && !tribe_responder_is_abandoned(held));
     tribe_node_shutdown(b, NULL);
     tribe_node_shutdown(a, NULL);
     for (;;) {
@@ -263,6 +276,8 @@ int main(void) {
         tribe_event_free(ev);
     }
     tribe_node_free(b);
+    CHECK(tribe_responder_is_abandoned(held));
+    tribe_responder_free(held);
     tribe_node_free(a);
     tribe_string_free(key);
     return 0;
