@@ -1948,3 +1948,70 @@ fn a_member_back_with_another_clock_is_reported_again() {
     sim.run_for(Duration::from_secs(30));
     assert!(reports(&sim) > first, "the slow clock unreported");
 }
+
+/// A node restarted from its data dir while cut off from every peer lists
+/// no member, and forgets none of the memberships it restored, however
+/// long it stays alone (deletions made then would reach the whole tribe
+/// once it joins again); once back, everyone's memberships by hand stand.
+/// (The data dir keeps no node records, and the reaping of nodes the
+/// member table never listed waits for a member to be up.)
+#[test]
+fn a_node_alone_since_its_restart_forgets_no_one() {
+    let mut cfg = config(5);
+    let mut timings = Profile::Lan.timings();
+    timings.reap_after = Duration::from_secs(60);
+    cfg.timings = Some(timings);
+    let mut sim = Sim::new(cfg);
+    for _ in 0..3 {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(20));
+    let tribe = "s".to_string();
+    sim.command(
+        0,
+        Command::CreateTribe {
+            tribe: tribe.clone(),
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(2));
+    for i in 1..3 {
+        let node = sim.name(i).to_string();
+        sim.command(
+            0,
+            Command::Join {
+                tribe: tribe.clone(),
+                node,
+            },
+        )
+        .unwrap();
+    }
+    sim.run_for(Duration::from_secs(5));
+    let members = |sim: &Sim, i: usize| {
+        sim.engine(i)
+            .expect("running")
+            .tribe("s")
+            .map(|t| t.explicit_members)
+            .unwrap_or_default()
+    };
+    let all = vec![sim.name(1).to_string(), sim.name(2).to_string()];
+    assert_eq!(members(&sim, 0), all);
+    let kept = sim.data_dir(0).expect("node 0 runs");
+    sim.crash(0);
+    for b in 1..3 {
+        sim.block(0, b);
+        sim.block(b, 0);
+    }
+    sim.restart_from(0, kept);
+    // Alone for twice reap_after.
+    sim.run_for(Duration::from_secs(120));
+    assert_eq!(members(&sim, 0), all, "the node alone forgot its peers");
+    for b in 1..3 {
+        sim.unblock(0, b);
+        sim.unblock(b, 0);
+    }
+    sim.run_for(Duration::from_secs(60));
+    for i in 0..3 {
+        assert_eq!(members(&sim, i), all, "node {i}");
+    }
+}

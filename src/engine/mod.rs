@@ -1098,11 +1098,19 @@ impl Engine {
         self.emit(Event::MemberReaped { name });
     }
 
-    /// Nodes whose record has stood for `reap_after` while the member
-    /// table never listed them: down since before this process started
-    /// (no member that is up lists a node it never heard from), so that
-    /// no row of the table would ever reap them.
+    /// Nodes whose record has stood for `reap_after`, while some member was
+    /// up, without the member table listing them: down since before this
+    /// process started (no member that is up lists a node it never heard
+    /// from), so that no row of the table would ever reap them.
     fn unlisted_to_reap(&mut self, steady: u64, reap_after: u64) -> Vec<String> {
+        // Only while some member is up: a node alone since its start (its
+        // records restored from the data dir, the network down) lists no
+        // one, and would delete every record it holds, to the whole
+        // tribe's loss once it joins again.
+        if self.members.count_up() == 0 {
+            self.unlisted_since.clear();
+            return Vec::new();
+        }
         let unlisted: Vec<String> = {
             let sh = lock(&self.shared);
             let view = view::View { state: &sh.state };
