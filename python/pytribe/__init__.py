@@ -1437,8 +1437,10 @@ class Node(_NoCopy):
         first when it serves it) and returns the reply. Raises
         :class:`NoProviderError`, :class:`CallTimeoutError`,
         :class:`RemoteError`, :class:`TooLargeError`,
-        :class:`OverloadedError`, :class:`DisconnectedError` or
-        :class:`ShutdownError`."""
+        :class:`OverloadedError`, :class:`DisconnectedError`,
+        :class:`ShutdownError`, or :class:`TribeIOError` when this process
+        could not open a connection (out of descriptors, buffers or local
+        ports; no member is blamed)."""
         _check_timeout("call", timeout)
         return self._native.call(tribe, plugin, payload, kind, version, timeout)
 
