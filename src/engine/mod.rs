@@ -1231,6 +1231,13 @@ impl Engine {
     /// Counts a connection the listener failed to accept.
     pub fn accept_failed(&mut self) {
         lock(&self.shared).counters.accept_errors += 1;
+        // The connections that wait in the listen backlog meanwhile (out of
+        // descriptors, for as long as that lasts) bring clocks as old as
+        // their wait when they are taken: none is sampled until a while
+        // after the last refusal.
+        if let Some(now) = self.elapsed_ms {
+            self.clock_samples_from_ms = now.saturating_add(STALE_FRAMES_READ_MS);
+        }
     }
 
     /// Counts a write of the data dir that failed.

@@ -131,6 +131,22 @@ fn lower_median(values: impl Iterator<Item = i64>) -> Option<i64> {
 mod tests {
     use super::lower_median;
 
+    /// Frames that waited in the listen backlog while the node could not
+    /// accept (out of descriptors) carry old clocks: none is sampled until
+    /// a while after the last refusal; then a skewed peer is reported.
+    #[test]
+    fn clocks_from_the_backlog_of_refused_accepts_are_not_sampled() {
+        let mut engine = super::Engine::started_for_test(&crate::Config::new("n"));
+        engine.set_elapsed_ms(10_000);
+        engine.accept_failed();
+        let an_hour_ahead = 1_000 + 3_600_000;
+        engine.sample_clock("p", an_hour_ahead);
+        assert_eq!(engine.counters().clock_skew_reports, 0);
+        engine.set_elapsed_ms(10_000 + super::super::STALE_FRAMES_READ_MS);
+        engine.sample_clock("p", an_hour_ahead);
+        assert_eq!(engine.counters().clock_skew_reports, 1);
+    }
+
     #[test]
     fn one_liar_among_three_does_not_move_the_median() {
         assert_eq!(lower_median([0, 1, i64::MAX].into_iter()), Some(1));
