@@ -391,6 +391,7 @@ pub fn render(s: &Snapshot) -> String {
             (outcome("too_large"), rpc.too_large),
             (outcome("overloaded"), rpc.overloaded),
             (outcome("disconnected"), rpc.disconnected),
+            (outcome("not_sent"), rpc.not_sent),
         ],
     );
     counter(

@@ -1016,6 +1016,8 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
         Err(Error::TooLarge { .. }) => &counters.too_large,
         Err(Error::Overloaded) => &counters.overloaded,
         Err(Error::Disconnected { .. }) => &counters.disconnected,
+        // The one `Io` a call ends with: no connection could be opened.
+        Err(Error::Io(_)) => &counters.not_sent,
         Err(_) => return,
     };
     RpcCounters::bump(c);

@@ -164,6 +164,9 @@ pub struct RpcCounters {
     pub overloaded: AtomicU64,
     /// Calls whose host went away with the call in flight.
     pub disconnected: AtomicU64,
+    /// Calls not sent: this process could not open a connection (out of
+    /// descriptors, socket buffers or local ports).
+    pub not_sent: AtomicU64,
     /// Calls that moved to another host after a refusal or a failed connect.
     pub failovers: AtomicU64,
     /// Calls this node's handlers served.
@@ -214,6 +217,9 @@ pub struct RpcStats {
     pub overloaded: u64,
     /// Calls whose host went away with the call in flight.
     pub disconnected: u64,
+    /// Calls not sent: this process could not open a connection (out of
+    /// descriptors, socket buffers or local ports; the error is `Io`).
+    pub not_sent: u64,
     /// Failovers to another host.
     pub failovers: u64,
     /// Calls served here.
@@ -270,6 +276,7 @@ impl RpcCounters {
             too_large: g(&self.too_large),
             overloaded: g(&self.overloaded),
             disconnected: g(&self.disconnected),
+            not_sent: g(&self.not_sent),
             failovers: g(&self.failovers),
             served: g(&self.served),
             refused: g(&self.refused),
