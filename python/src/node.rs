@@ -299,11 +299,12 @@ impl NativeNode {
     }
 
     /// Marks the node closed; `false` when it was already.
+    /// Closes the handler pool: its threads take no more calls. The calls
+    /// still queued are dropped by the stop (see `begin_stop`).
     fn mark_closed(&self) -> bool {
         let first = self.state.swap(CLOSED, Ordering::AcqRel) == OPEN;
         if first {
             self.pool.closed.store(true, Ordering::Release);
-            self.pool.drain();
         }
         first
     }
@@ -326,9 +327,38 @@ impl NativeNode {
         let node = self.node.clone();
         let stopped = self.stopped.clone();
         let mut aborted = self.aborted.subscribe();
-        crate::runtime()?.spawn(async move {
+        let queued = self.pool.clone_queue();
+        let runtime = match crate::runtime() {
+            Ok(runtime) => runtime,
+            Err(e) => {
+                queued.drain();
+                return Err(e);
+            }
+        };
+        runtime.spawn(async move {
+            // The stop's first step refuses new calls; the calls still
+            // queued for the pool are dropped after it, as refused by a
+            // stopping node: their callers move them, and this node's own
+            // calls among them end ShuttingDown (not NoProvider naming
+            // this node).
+            let first = node.clone();
+            let mut stop = std::pin::pin!(async move {
+                if leave {
+                    let _ = first.shutdown().await;
+                } else {
+                    first.abort().await;
+                }
+            });
+            let done = tokio::select! {
+                biased;
+                () = &mut stop => true,
+                () = std::future::ready(()) => false,
+            };
+            queued.drain();
+            if !done {
+                stop.await;
+            }
             if leave {
-                let _ = node.shutdown().await;
                 // The replies of handlers still running go out before the
                 // node counts as stopped: a program may exit right after.
                 // An abort meanwhile gives them up.
@@ -339,8 +369,6 @@ impl NativeNode {
                 if given_up {
                     node.abort().await;
                 }
-            } else {
-                node.abort().await;
             }
             stopped.send_replace(true);
         });

@@ -270,6 +270,41 @@ def test_a_call_from_a_closed_host_reports_shutdown_or_no_provider(cluster: Clus
         caller.call("svc", "echo", b"2")
 
 
+def test_calls_to_its_own_handlers_as_a_node_closes_end_in_shutdown(cluster: Cluster) -> None:
+    # Calls still queued for the pool as the node closes are refused as by
+    # a stopping node, after the node refuses new calls: this node's own
+    # calls among them end ShutdownError, never NoProviderError naming it.
+    seen: List[str] = []
+    lock = threading.Lock()
+    for run in range(5):
+        node = cluster.start(f"selfclose{run}")
+        node.create_tribe("s")
+        node.join("s")
+        node.serve("echo", "1", "processor", lambda p, i: (time.sleep(0.01 * (len(seen) % 3)), p)[1])
+        wait_for("its own endpoint", lambda: node.tribe("s") is not None and len(node.tribe("s").members) == 1)
+
+        def caller(node: pytribe.Node = node) -> None:
+            while True:
+                try:
+                    node.call("s", "echo", b"x", timeout=5.0)
+                    outcome = "ok"
+                except pytribe.TribeError as e:
+                    outcome = type(e).__name__
+                with lock:
+                    seen.append(outcome)
+                if outcome == "ShutdownError":
+                    return
+
+        threads = [threading.Thread(target=caller) for _ in range(6)]
+        for t in threads:
+            t.start()
+        time.sleep(0.3)
+        node.close()
+        for t in threads:
+            t.join(30)
+    assert set(seen) == {"ok", "ShutdownError"}, [o for o in seen if o != "ok"]
+
+
 def test_a_cancelled_call_is_abandoned_for_its_running_handler(cluster: Cluster) -> None:
     host, caller = pair(cluster)
     saw: List[float] = []
