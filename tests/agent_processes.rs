@@ -1268,6 +1268,10 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         ("/v1/keys", json!(key.clone())),
         ("/v1/keys", json!({"key": 5, "note": key.clone()})),
         ("/v1/keys", json!({"key": [key.clone()]})),
+        (
+            "/v1/keys",
+            Value::Object([(key.clone(), json!(1))].into_iter().collect()),
+        ),
     ] {
         let mut resp = http
             .post(&format!("http://{}{path}", agent.admin))
@@ -1279,6 +1283,22 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         assert_eq!(answer["error"], "invalid_json", "{answer}");
         assert!(!answer.to_string().contains(&key), "{answer}");
     }
+    // A field given twice is refused, not taken as its last value.
+    let mut resp = http
+        .post(&format!("http://{}/v1/tribes", agent.admin))
+        .header("Authorization", "Bearer s3cret")
+        .header("Content-Type", "application/json")
+        .send(r#"{"name": "twice-a", "name": "twice-b"}"#)
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let answer: Value = resp.body_mut().read_json().unwrap();
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains("duplicate field"),
+        "{answer}"
+    );
     // Bad chunked encoding and a path that is not UTF-8: 400 in the JSON
     // error shape too.
     for request in [

@@ -193,15 +193,30 @@ fn read_file_options(path: &PathBuf) -> Result<FileOptions, String> {
 /// token) would end up in a service manager's log. Quoted values in the
 /// message are withheld too.
 fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
-    let quoted = regex::Regex::new(r#""(?:[^"\\]|\\.)*""#).expect("a valid regex");
+    // And names in backticks longer than any option's (a key given as one).
+    let quoted = regex::Regex::new(r#""(?:[^"\\]|\\.)*"|`[^`]{33,}`"#).expect("a valid regex");
     let message = quoted.replace_all(e.message(), "(a value, withheld)");
     match e.span() {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            // The option the line sets, when it is a plain one: never its
+            // value.
+            let option = text
+                .lines()
+                .nth(line - 1)
+                .and_then(|l| l.split('=').next())
+                .map(str::trim)
+                .filter(|o| {
+                    (1..=32).contains(&o.len())
+                        && o.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                })
+                .map(|o| format!(" (`{o}`)"))
+                .unwrap_or_default();
             format!(
-                "config file {}, line {line}, column {column}: {message}",
+                "config file {}, line {line}{option}, column {column}: {message}",
                 path.display()
             )
         }
@@ -897,6 +912,8 @@ mod tests {
             (format!("kee = \"{key}\"\n"), 1),
             (format!("name = \"a\"\nport = \"{key}\"\n"), 2),
             ("admin-token = \"s3cr3t-token\n".to_string(), 1),
+            (format!("\"{key}\" = \"x\"\n"), 1),
+            (format!("[{key}]\n"), 1),
         ] {
             let Err(e) = toml::from_str::<super::FileOptions>(&text) else {
                 panic!("parsed: {text}")
@@ -905,10 +922,17 @@ mod tests {
             assert!(!message.contains(key), "{message}");
             assert!(!message.contains("s3cr3t"), "{message}");
             assert!(
-                message.starts_with(&format!("config file {}, line {line}, ", path.display())),
+                message.starts_with(&format!("config file {}, line {line}", path.display())),
                 "{message}"
             );
         }
+        // A line that sets an option twice names the option.
+        let text = "seed = [\"127.0.0.1:1\"]\nseed = [\"127.0.0.1:2\"]\n";
+        let Err(e) = toml::from_str::<super::FileOptions>(text) else {
+            panic!("parsed: {text}")
+        };
+        let message = super::toml_error(path, text, &e);
+        assert!(message.contains("line 2 (`seed`)"), "{message}");
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
