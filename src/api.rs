@@ -42,7 +42,9 @@ fn need_tokio(what: &str) -> Result<()> {
 
 /// A running node. Cheap to clone; every clone drives the same node.
 /// Dropping the last clone without [`Node::shutdown`] stops the node without
-/// a goodbye (peers will mark it failed). A handler served by a node that
+/// a goodbye (peers will mark it failed); calls it serves are refused from
+/// then on (their callers move them), those running are still answered,
+/// and calls it made end `ShuttingDown`. A handler served by a node that
 /// keeps a clone of that node keeps it alive (the node holds its handlers)
 /// until [`Node::shutdown`] or [`Node::abort`]; a handler that only needs
 /// it while the node runs keeps a [`WeakNode`] instead.
@@ -86,10 +88,14 @@ impl Drop for Inner {
         if let Some(task) = self.task.lock().unwrap_or_else(|p| p.into_inner()).take() {
             task.abort();
         }
-        // As an abort: the call streams go with the node (they would
-        // otherwise live on, refusing every call as not served by a host
-        // its callers still list alive), and so do its own.
-        self.rpc.server.kill();
+        // The call streams go with the node (they would otherwise live on,
+        // refusing every call as not served by a host its callers still
+        // list alive): new calls are refused as by a stopping node (their
+        // callers move them), and each stream says goodbye and ends once
+        // its calls are answered (a handler that dropped the node's last
+        // handle still answers). The node's own streams close.
+        self.rpc.server.stop();
+        self.rpc.server.farewell();
         self.rpc.pool.close_all();
     }
 }

@@ -100,7 +100,11 @@ async fn a_call_out_of_descriptors_says_so_and_blames_no_host() {
         other => panic!("{other:?}"),
     }
     let stats = caller.rpc_stats();
-    assert_eq!((stats.not_sent, stats.no_provider), (1, 0), "{stats:?}");
+    assert_eq!(
+        (stats.not_sent, stats.no_provider, stats.failovers),
+        (1, 0, 0),
+        "{stats:?}"
+    );
     let reply = caller
         .call(&target, b"x".to_vec(), Duration::from_secs(5))
         .await

@@ -296,6 +296,7 @@ impl Rpc {
         let mut unreachable: Vec<String> = Vec::new();
         // Why this process could not open a connection, last time.
         let mut local: Option<String> = None;
+        let mut last_was_local = false;
         let mut pauses = NOT_YET_PAUSES_MS.iter();
         let mut round = 0;
         loop {
@@ -313,7 +314,9 @@ impl Rpc {
                 }) else {
                     break;
                 };
-                if !tried.is_empty() {
+                // A try after one this process could not open a connection
+                // for is no failover: no host failed.
+                if !tried.is_empty() && !last_was_local {
                     RpcCounters::bump(&self.counters.failovers);
                 }
                 tried.push(cand.name.clone());
@@ -325,7 +328,9 @@ impl Rpc {
                     carry,
                     size,
                 };
-                let back = match self.attempt(at, bytes).await {
+                let step = self.attempt(at, bytes).await;
+                last_was_local = matches!(step, Step::Local(..));
+                let back = match step {
                     Step::Done(result) => return result,
                     Step::Busy(back) => {
                         overloaded = true;
