@@ -262,8 +262,10 @@ class LimitReachedError(TribeError):
 
 
 class TribeIOError(TribeError, OSError):
-    """A socket could not be bound or used. ``errno`` and ``strerror`` are
-    set when the system said why (e.g. ``errno.EADDRINUSE``)."""
+    """A socket or file could not be bound or used: also a call this process
+    could not open a connection for (out of descriptors, socket buffers or
+    local ports; no member is blamed). ``errno`` and ``strerror`` are set
+    when the system said why (e.g. ``errno.EADDRINUSE``, ``errno.EMFILE``)."""
 
     error_code = "io"
 
