@@ -291,7 +291,12 @@ impl Node {
                 .in_current_span(),
             );
         }
-        tracing::info!(%addr, "node started");
+        // Said with the start: a node given no keyring runs in plaintext.
+        let encryption = match &config.keyring {
+            Some(_) => config.encryption.as_str(),
+            None => "off (no keyring)",
+        };
+        tracing::info!(%addr, encryption, "node started");
         Ok(Node {
             inner: Arc::new(Inner {
                 shared,
