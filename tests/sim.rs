@@ -2015,3 +2015,60 @@ fn a_node_alone_since_its_restart_forgets_no_one() {
         assert_eq!(members(&sim, i), all, "node {i}");
     }
 }
+
+/// A node kept out of its name by a twin feeds no member news to its
+/// member table: a node that joins meanwhile is unlisted there though
+/// alive, and is not reaped for it (its memberships by hand would go
+/// tribe-wide, again at every `reap_after`).
+#[test]
+fn a_node_kept_out_of_its_name_reaps_no_one_who_joined_meanwhile() {
+    let mut cfg = config(8);
+    let mut timings = Profile::Lan.timings();
+    timings.reap_after = Duration::from_secs(20);
+    cfg.timings = Some(timings);
+    let mut sim = Sim::new(cfg);
+    for _ in 0..3 {
+        sim.add_node();
+    }
+    sim.run_for(Duration::from_secs(20));
+    let tribe = "s".to_string();
+    sim.command(
+        0,
+        Command::CreateTribe {
+            tribe: tribe.clone(),
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(2));
+    let _twin = sim.add_twin(1);
+    sim.run_for(Duration::from_secs(10));
+    assert!(
+        sim.engine(1).unwrap().name_held_by().is_some(),
+        "node 1 keeps out"
+    );
+    let late = sim.add_node();
+    sim.run_for(Duration::from_secs(5));
+    let name = sim.name(late).to_string();
+    sim.command(
+        0,
+        Command::Join {
+            tribe: tribe.clone(),
+            node: name.clone(),
+        },
+    )
+    .unwrap();
+    sim.run_for(Duration::from_secs(70));
+    assert!(
+        sim.engine(1).unwrap().name_held_by().is_some(),
+        "node 1 still keeps out"
+    );
+    for i in [0, 2, late] {
+        let members = sim
+            .engine(i)
+            .unwrap()
+            .tribe("s")
+            .map(|t| t.explicit_members)
+            .unwrap_or_default();
+        assert_eq!(members, std::slice::from_ref(&name), "node {i}");
+    }
+}

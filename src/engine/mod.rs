@@ -1107,7 +1107,10 @@ impl Engine {
         // records restored from the data dir, the network down) lists no
         // one, and would delete every record it holds, to the whole
         // tribe's loss once it joins again.
-        if self.members.count_up() == 0 {
+        // Nor while kept out of its name: it feeds no member news to its
+        // table then, so the nodes that join meanwhile are unlisted here
+        // though alive.
+        if self.members.count_up() == 0 || lock(&self.shared).keeping_out() {
             self.unlisted_since.clear();
             return Vec::new();
         }
