@@ -91,6 +91,11 @@ const STALE_FRAMES_READ_MS: u64 = 5_000;
 /// How often records of tribes without a record are swept (besides after
 /// every tombstone collection).
 const ORPHAN_SWEEP_EVERY_MS: u64 = 60_000;
+/// How often the records are scanned for nodes the member table does not
+/// list (at most; a quarter of `reap_after` when that is shorter): a scan
+/// reads every node record, too many to read at each housekeeping tick in
+/// a large tribe.
+const UNLISTED_SCAN_EVERY_MS: u64 = 30_000;
 
 /// Peers each node that learns of a keyring step pushes it to at once.
 /// Keyring records never ride gossip; with `gossip_fanout` (3) pushes per
@@ -191,6 +196,8 @@ pub struct Engine {
     /// this process started (every node that saw it fail restarted since)
     /// is forgotten after `reap_after` like one seen to fail.
     unlisted_since: std::collections::BTreeMap<String, u64>,
+    /// When (steady ms) the records were last scanned for them.
+    unlisted_scanned_ms: Option<u64>,
     /// The hosts of each call target, while they hold.
     providers: providers::Cache,
     /// What this node publishes about itself.
@@ -459,6 +466,7 @@ impl Engine {
             shared,
             members: Members::default(),
             unlisted_since: Default::default(),
+            unlisted_scanned_ms: None,
             providers: providers::Cache::default(),
             record,
             collected_facts,
@@ -1114,6 +1122,14 @@ impl Engine {
             self.unlisted_since.clear();
             return Vec::new();
         }
+        let every = UNLISTED_SCAN_EVERY_MS.min(reap_after / 4);
+        if self
+            .unlisted_scanned_ms
+            .is_some_and(|at| steady.saturating_sub(at) < every)
+        {
+            return Vec::new();
+        }
+        self.unlisted_scanned_ms = Some(steady);
         let unlisted: Vec<String> = {
             let sh = lock(&self.shared);
             let view = view::View { state: &sh.state };
