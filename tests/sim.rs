@@ -1949,17 +1949,11 @@ fn a_member_back_with_another_clock_is_reported_again() {
     assert!(reports(&sim) > first, "the slow clock unreported");
 }
 
-/// A node restarted from its data dir while cut off from every peer lists
-/// no member, and forgets none of the memberships it restored, however
-/// long it stays alone (deletions made then would reach the whole tribe
-/// once it joins again); once back, everyone's memberships by hand stand.
-/// (The data dir keeps no node records, and the reaping of nodes the
-/// member table never listed waits for a member to be up.)
-#[test]
-fn a_node_alone_since_its_restart_forgets_no_one() {
-    let mut cfg = config(5);
+/// Three nodes reaping after `reap_after`, formed, with tribe `s` created.
+fn three_in_tribe_s(seed: u64, reap_after: Duration) -> (Sim, String) {
+    let mut cfg = config(seed);
     let mut timings = Profile::Lan.timings();
-    timings.reap_after = Duration::from_secs(60);
+    timings.reap_after = reap_after;
     cfg.timings = Some(timings);
     let mut sim = Sim::new(cfg);
     for _ in 0..3 {
@@ -1975,6 +1969,18 @@ fn a_node_alone_since_its_restart_forgets_no_one() {
     )
     .unwrap();
     sim.run_for(Duration::from_secs(2));
+    (sim, tribe)
+}
+
+/// A node restarted from its data dir while cut off from every peer lists
+/// no member, and forgets none of the memberships it restored, however
+/// long it stays alone (deletions made then would reach the whole tribe
+/// once it joins again); once back, everyone's memberships by hand stand.
+/// (The data dir keeps no node records, and the reaping of nodes the
+/// member table never listed waits for a member to be up.)
+#[test]
+fn a_node_alone_since_its_restart_forgets_no_one() {
+    let (mut sim, tribe) = three_in_tribe_s(5, Duration::from_secs(60));
     for i in 1..3 {
         let node = sim.name(i).to_string();
         sim.command(
@@ -2022,24 +2028,7 @@ fn a_node_alone_since_its_restart_forgets_no_one() {
 /// tribe-wide, again at every `reap_after`).
 #[test]
 fn a_node_kept_out_of_its_name_reaps_no_one_who_joined_meanwhile() {
-    let mut cfg = config(8);
-    let mut timings = Profile::Lan.timings();
-    timings.reap_after = Duration::from_secs(20);
-    cfg.timings = Some(timings);
-    let mut sim = Sim::new(cfg);
-    for _ in 0..3 {
-        sim.add_node();
-    }
-    sim.run_for(Duration::from_secs(20));
-    let tribe = "s".to_string();
-    sim.command(
-        0,
-        Command::CreateTribe {
-            tribe: tribe.clone(),
-        },
-    )
-    .unwrap();
-    sim.run_for(Duration::from_secs(2));
+    let (mut sim, tribe) = three_in_tribe_s(8, Duration::from_secs(20));
     let _twin = sim.add_twin(1);
     sim.run_for(Duration::from_secs(10));
     assert!(
