@@ -298,15 +298,17 @@ impl NativeNode {
         check(py, r)
     }
 
-    /// Marks the node closed; `false` when it was already.
-    /// Closes the handler pool: its threads take no more calls. The calls
-    /// still queued are dropped by the stop (see `begin_stop`).
+    /// Marks the node closed; `false` when it was already. Its handler
+    /// pool is closed by the stop (see `begin_stop`).
     fn mark_closed(&self) -> bool {
-        let first = self.state.swap(CLOSED, Ordering::AcqRel) == OPEN;
-        if first {
-            self.pool.closed.store(true, Ordering::Release);
-        }
-        first
+        self.state.swap(CLOSED, Ordering::AcqRel) == OPEN
+    }
+
+    /// Closes the handler pool: its threads take no more calls, and the
+    /// calls still queued are dropped (their callers move them).
+    fn close_pool(&self) {
+        self.pool.closed.store(true, Ordering::Release);
+        self.pool.clone_queue().drain();
     }
 
     /// Starts a graceful shutdown (`leave`) or an abort on the runtime, so
@@ -327,34 +329,35 @@ impl NativeNode {
         let node = self.node.clone();
         let stopped = self.stopped.clone();
         let mut aborted = self.aborted.subscribe();
-        let queued = self.pool.clone_queue();
         let runtime = match crate::runtime() {
             Ok(runtime) => runtime,
             Err(e) => {
-                queued.drain();
+                self.close_pool();
                 return Err(e);
             }
         };
-        runtime.spawn(async move {
-            // The stop's first step refuses new calls; the calls still
-            // queued for the pool are dropped after it, as refused by a
-            // stopping node: their callers move them, and this node's own
-            // calls among them end ShuttingDown (not NoProvider naming
-            // this node).
-            let first = node.clone();
-            let mut stop = std::pin::pin!(async move {
+        // The stop's first step, taken here, refuses new calls; only then
+        // is the pool closed, its queued calls refused as by a stopping
+        // node: their callers move them, and this node's own calls among
+        // them end ShuttingDown (not NoProvider naming this node).
+        let first = node.clone();
+        let mut stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
+            Box::pin(async move {
                 if leave {
                     let _ = first.shutdown().await;
                 } else {
                     first.abort().await;
                 }
             });
-            let done = tokio::select! {
+        let done = runtime.block_on(async {
+            tokio::select! {
                 biased;
                 () = &mut stop => true,
                 () = std::future::ready(()) => false,
-            };
-            queued.drain();
+            }
+        });
+        self.close_pool();
+        runtime.spawn(async move {
             if !done {
                 stop.await;
             }

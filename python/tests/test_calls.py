@@ -276,7 +276,7 @@ def test_calls_to_its_own_handlers_as_a_node_closes_end_in_shutdown(cluster: Clu
     # calls among them end ShutdownError, never NoProviderError naming it.
     seen: List[str] = []
     lock = threading.Lock()
-    for run in range(5):
+    for run in range(10):
         node = cluster.start(f"selfclose{run}")
         node.create_tribe("s")
         node.join("s")
@@ -295,7 +295,7 @@ def test_calls_to_its_own_handlers_as_a_node_closes_end_in_shutdown(cluster: Clu
                 if outcome == "ShutdownError":
                     return
 
-        threads = [threading.Thread(target=caller) for _ in range(6)]
+        threads = [threading.Thread(target=caller) for _ in range(8)]
         for t in threads:
             t.start()
         time.sleep(0.3)
