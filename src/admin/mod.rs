@@ -50,6 +50,18 @@ use axum::Router;
 
 use crate::Node;
 
+/// `why`, a parser's message about input that may hold a key or a token
+/// (an admin API body, the agent's config file), with each quoted string in
+/// it withheld, and each name in backticks of 20 characters or more (longer
+/// than any field's or option's: a key given as a name).
+#[doc(hidden)]
+pub fn withhold_values(why: &str) -> String {
+    static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#""(?:[^"\\]|\\.)*"|`[^`]{20,}`"#).expect("a valid regex")
+    });
+    QUOTED.replace_all(why, "(a value, withheld)").into_owned()
+}
+
 /// The admin API's routes over one node, behind `guard`.
 pub(crate) fn router(node: Node, guard: guard::Guard) -> Router {
     Router::new()

@@ -140,16 +140,7 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(invalid("the body must be a JSON object".into()));
     }
-    serde_json::from_slice(body).map_err(|e| invalid(withhold_values(&e.to_string())))
-}
-
-/// `why` with each quoted string in it withheld, and each name in
-/// backticks longer than any field's (a key sent as a field name).
-fn withhold_values(why: &str) -> String {
-    static QUOTED: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r#""(?:[^"\\]|\\.)*"|`[^`]{33,}`"#).expect("a valid regex")
-    });
-    QUOTED.replace_all(why, "(a value, withheld)").into_owned()
+    serde_json::from_slice(body).map_err(|e| invalid(super::withhold_values(&e.to_string())))
 }
 
 fn created<T: serde::Serialize>(value: T) -> Response {

@@ -129,6 +129,29 @@ pub struct AgentArgs {
     publish_file: Option<PathBuf>,
 }
 
+/// The options a TOML file may set (the fields of [`FileOptions`]).
+const FILE_OPTIONS: [&str; 19] = [
+    "name",
+    "bind",
+    "advertise",
+    "seed",
+    "fact",
+    "profile",
+    "reap-after",
+    "admin",
+    "data-dir",
+    "label",
+    "log-level",
+    "log-json",
+    "key",
+    "key-file",
+    "encryption",
+    "insecure-plaintext",
+    "publish-file",
+    "admin-token",
+    "limits",
+];
+
 /// The same options read from a TOML file. No `Debug`: it may hold a key.
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -193,26 +216,20 @@ fn read_file_options(path: &PathBuf) -> Result<FileOptions, String> {
 /// token) would end up in a service manager's log. Quoted values in the
 /// message are withheld too.
 fn toml_error(path: &std::path::Path, text: &str, e: &toml::de::Error) -> String {
-    // And names in backticks longer than any option's (a key given as one).
-    let quoted = regex::Regex::new(r#""(?:[^"\\]|\\.)*"|`[^`]{33,}`"#).expect("a valid regex");
-    let message = quoted.replace_all(e.message(), "(a value, withheld)");
+    let message = tribe::admin::withhold_values(e.message());
     match e.span() {
         Some(span) => {
             let before = text.get(..span.start).unwrap_or(text);
             let line = before.matches('\n').count() + 1;
             let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
-            // The option the line sets, when it is a plain one: never its
-            // value.
+            // The option the line sets, when it sets one of the file's
+            // options: never anything else of the line.
             let option = text
                 .lines()
                 .nth(line - 1)
-                .and_then(|l| l.split('=').next())
-                .map(str::trim)
-                .filter(|o| {
-                    (1..=32).contains(&o.len())
-                        && o.bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                })
+                .and_then(|l| l.split_once('='))
+                .map(|(o, _)| o.trim())
+                .filter(|o| FILE_OPTIONS.contains(o))
                 .map(|o| format!(" (`{o}`)"))
                 .unwrap_or_default();
             format!(
@@ -914,6 +931,12 @@ mod tests {
             ("admin-token = \"s3cr3t-token\n".to_string(), 1),
             (format!("\"{key}\" = \"x\"\n"), 1),
             (format!("[{key}]\n"), 1),
+            // A value on a line of its own, and a 32-character token.
+            (
+                "name = \"a\"\nadmin-token =\n  0123456789abcdef0123456789abcdef\n".into(),
+                3,
+            ),
+            ("0123456789abcdef0123456789abcdef = 1\n".into(), 1),
         ] {
             let Err(e) = toml::from_str::<super::FileOptions>(&text) else {
                 panic!("parsed: {text}")
@@ -921,6 +944,7 @@ mod tests {
             let message = super::toml_error(path, &text, &e);
             assert!(!message.contains(key), "{message}");
             assert!(!message.contains("s3cr3t"), "{message}");
+            assert!(!message.contains("0123456789abcdef"), "{message}");
             assert!(
                 message.starts_with(&format!("config file {}, line {line}", path.display())),
                 "{message}"
@@ -933,6 +957,19 @@ mod tests {
         };
         let message = super::toml_error(path, text, &e);
         assert!(message.contains("line 2 (`seed`)"), "{message}");
+        // The options named are the file's.
+        let Err(e) = toml::from_str::<super::FileOptions>("nonesuch = 1\n") else {
+            panic!("parsed an unknown option")
+        };
+        let expected: Vec<&str> = e
+            .message()
+            .split_once("expected one of ")
+            .expect("serde lists the options")
+            .1
+            .split(", ")
+            .map(|o| o.trim_matches('`'))
+            .collect();
+        assert_eq!(expected, super::FILE_OPTIONS);
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
