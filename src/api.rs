@@ -849,7 +849,7 @@ impl Node {
     /// `Disconnected`, `ShuttingDown`; `InvalidName` for a tribe or plugin
     /// name no command would take; `Io` when this process could not open a
     /// connection to any host for want of its own descriptors, buffers or
-    /// local ports, which no host is blamed for). A host runs a call for at most 5
+    /// memory, which no host is blamed for). A host runs a call for at most 5
     /// minutes: a longer `timeout` ends with `Timeout` after that, unless
     /// answered first.
     pub async fn call(

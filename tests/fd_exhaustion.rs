@@ -75,13 +75,22 @@ async fn a_listener_out_of_descriptors_pauses_instead_of_spinning() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_out_of_descriptors_says_so_and_blames_no_host() {
     let _turn = TURN.lock().await;
-    let nodes = start_cluster("fdc", 2, |_| {}).await;
-    wait_converged_members(&nodes, 2).await;
+    let nodes = start_cluster("fdc", 3, |_| {}).await;
+    wait_converged_members(&nodes, 3).await;
+    // Two hosts: the call tries both, and moving from one to the other
+    // after a connection this process could not open is no failover.
     let target = host_echo(&nodes[1]).await;
+    nodes[1].join("svc", nodes[2].name()).await.unwrap();
+    serve_echo(&nodes[2]).await;
     let caller = &nodes[0];
-    wait_for("the host serves", Duration::from_secs(20), || {
-        caller.tribe("svc").is_some_and(|t| t.members.len() == 1)
-            && caller.members().iter().any(|m| !m.endpoints.is_empty())
+    wait_for("both hosts serve", Duration::from_secs(20), || {
+        caller.tribe("svc").is_some_and(|t| t.members.len() == 2)
+            && caller
+                .members()
+                .iter()
+                .filter(|m| !m.endpoints.is_empty())
+                .count()
+                == 2
     })
     .await;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();

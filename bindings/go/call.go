@@ -178,7 +178,7 @@ const MaxCallBudget = 5 * time.Minute
 // ErrCancelled (also matching context.Canceled), *RemoteError, ErrTooLarge
 // (the payload, or the reply, is over a node's limit), ErrOverloaded,
 // ErrDisconnected, ErrShuttingDown, ErrClosed, ErrIO (this process could
-// not open a connection: out of descriptors, buffers or local ports; no
+// not open a connection: out of descriptors, buffers or memory; no
 // host is blamed).
 func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, error) {
 	defer runtime.KeepAlive(n)

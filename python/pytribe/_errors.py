@@ -264,7 +264,7 @@ class LimitReachedError(TribeError):
 class TribeIOError(TribeError, OSError):
     """A socket or file could not be bound or used: also a call this process
     could not open a connection for (out of descriptors, socket buffers or
-    local ports; no member is blamed). ``errno`` and ``strerror`` are set
+    memory; no member is blamed). ``errno`` and ``strerror`` are set
     when the system said why (e.g. ``errno.EADDRINUSE``, ``errno.EMFILE``)."""
 
     error_code = "io"

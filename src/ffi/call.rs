@@ -337,8 +337,8 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 /// `TRIBE_TOO_LARGE` (a payload over the node's `max_payload` is refused
 /// at once, before it is copied; or a reply over it), `TRIBE_OVERLOADED`,
 /// `TRIBE_DISCONNECTED`, `TRIBE_SHUTTING_DOWN`, `TRIBE_IO` (this process
-/// could not open a connection: out of descriptors, buffers or local
-/// ports; no host is blamed). `payload` may be NULL when
+/// could not open a connection: out of descriptors, buffers or memory;
+/// no host is blamed). `payload` may be NULL when
 /// `payload_len` is 0. A call to another node goes on a TCP stream this
 /// call borrows whole, and the calling thread reads the reply from the
 /// socket itself (a thread blocked here holds one stream to the host it

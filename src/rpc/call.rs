@@ -297,6 +297,8 @@ impl Rpc {
         // Why this process could not open a connection, last time.
         let mut local: Option<String> = None;
         let mut last_was_local = false;
+        // Whether some host was tried and failed for a reason of its own.
+        let mut host_failed = false;
         let mut pauses = NOT_YET_PAUSES_MS.iter();
         let mut round = 0;
         loop {
@@ -330,6 +332,7 @@ impl Rpc {
                 };
                 let step = self.attempt(at, bytes).await;
                 last_was_local = matches!(step, Step::Local(..));
+                host_failed |= !last_was_local;
                 let back = match step {
                     Step::Done(result) => return result,
                     Step::Busy(back) => {
@@ -397,8 +400,8 @@ impl Rpc {
             // This node stops (its own handler refused the call for that),
             // and no other host took it.
             Error::ShuttingDown
-        } else if let Some(why) = local {
-            // The hosts are not to blame: the cause is this process's.
+        } else if let Some(why) = local.filter(|_| !host_failed) {
+            // No host is to blame: the cause is this process's.
             Error::Io(format!(
                 "call to {:?} in tribe {:?} not sent: {why}",
                 target.plugin, target.tribe

@@ -70,7 +70,7 @@ pub enum NotSent {
     /// Could not connect (or the handshake failed).
     Connect(String),
     /// Could not open a connection for want of this process's own
-    /// resources (descriptors, buffers, local ports): no host is to blame,
+    /// resources (descriptors, buffers, memory): no host is to blame,
     /// and every host not reached through an open stream fails the same.
     Local(String),
     /// The stream to this host is at its bound of calls in flight.
@@ -739,11 +739,13 @@ impl Pool {
 
 /// Whether a connect failed for want of this process's (or this
 /// machine's) own resources, not because of the host: out of descriptors,
-/// of socket buffers or memory, of local ports.
+/// of socket buffers or memory. (Not EADDRNOTAVAIL: besides local ports
+/// run out, it is also a host's address of a family this machine has
+/// turned off.)
 fn is_local_shortage(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM | libc::EADDRNOTAVAIL)
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
     )
 }
 

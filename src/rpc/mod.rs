@@ -165,7 +165,7 @@ pub struct RpcCounters {
     /// Calls whose host went away with the call in flight.
     pub disconnected: AtomicU64,
     /// Calls not sent: this process could not open a connection (out of
-    /// descriptors, socket buffers or local ports).
+    /// descriptors, socket buffers or memory).
     pub not_sent: AtomicU64,
     /// Calls that moved to another host after a refusal or a failed connect.
     pub failovers: AtomicU64,
@@ -218,7 +218,7 @@ pub struct RpcStats {
     /// Calls whose host went away with the call in flight.
     pub disconnected: u64,
     /// Calls not sent: this process could not open a connection (out of
-    /// descriptors, socket buffers or local ports; the error is `Io`).
+    /// descriptors, socket buffers or memory; the error is `Io`).
     pub not_sent: u64,
     /// Failovers to another host.
     pub failovers: u64,
