@@ -1299,6 +1299,14 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
             .contains("duplicate field"),
         "{answer}"
     );
+    // A byte-order mark before the object is ignored.
+    let resp = http
+        .post(&format!("http://{}/v1/tribes", agent.admin))
+        .header("Authorization", "Bearer s3cret")
+        .header("Content-Type", "application/json")
+        .send("\u{feff}{\"name\": \"bom\"}")
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
     // Bad chunked encoding and a path that is not UTF-8: 400 in the JSON
     // error shape too.
     for request in [

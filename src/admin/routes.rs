@@ -135,6 +135,8 @@ type ApiResult<T> = Result<T, ApiError>;
 /// shape would be echoed into the client's output and logs.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     let invalid = |why: String| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", why);
+    // A byte-order mark is ignored, as RFC 8259 allows.
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     // Parsed straight into `T` (a field given twice is refused), once the
     // body is seen to be an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {

@@ -478,8 +478,15 @@ fn set_file_limits(
     for (name, value) in limits {
         let kebab = name.replace('_', "-");
         if !known.contains(&kebab) {
+            // Withheld when longer than any limit's name: a key put here
+            // by mistake.
+            let name = if name.chars().count() >= 20 {
+                "(a name, withheld)".to_string()
+            } else {
+                format!("{name:?}")
+            };
             return Err(format!(
-                "[limits] {name:?} is not a limit (known: {})",
+                "[limits] {name} is not a limit (known: {})",
                 known.join(", ")
             ));
         }
@@ -970,6 +977,15 @@ mod tests {
             .map(|o| o.trim_matches('`'))
             .collect();
         assert_eq!(expected, super::FILE_OPTIONS);
+        // A key put in `[limits]` as a name is withheld; a short typo is
+        // named.
+        let key = "rVQWVDvuJnEUYcexBu4IRDoGcHcU2fX2ni+sz1u5xmM=";
+        let mut config = tribe::Config::new("n");
+        for (name, shown) in [(key, false), ("moons", true)] {
+            let limits = [(name.to_string(), 3)].into_iter().collect();
+            let why = super::set_file_limits(&mut config, &limits).unwrap_err();
+            assert_eq!(why.contains(name), shown, "{why}");
+        }
     }
 
     use super::{check_log_level, set_file_limits, with_default_level};
