@@ -264,19 +264,9 @@ impl Pool {
         }
     }
 
-    /// The queue, to drop what waits in it from elsewhere (a stop).
-    pub(crate) fn clone_queue(&self) -> Queue {
-        Queue(self.rx.clone())
-    }
-}
-
-/// A pool's queue, held by a stop.
-pub(crate) struct Queue(Receiver<Work>);
-
-impl Queue {
     /// Drops every queued call (their callers move them to other hosts).
     pub(crate) fn drain(&self) {
-        while let Ok(work) = self.0.try_recv() {
+        while let Ok(work) = self.rx.try_recv() {
             drop(work);
         }
     }

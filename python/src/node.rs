@@ -308,7 +308,7 @@ impl NativeNode {
     /// calls still queued are dropped (their callers move them).
     fn close_pool(&self) {
         self.pool.closed.store(true, Ordering::Release);
-        self.pool.clone_queue().drain();
+        self.pool.drain();
     }
 
     /// Starts a graceful shutdown (`leave`) or an abort on the runtime, so
