@@ -465,3 +465,60 @@ async fn a_stop_waits_a_bounded_time_for_a_hung_data_dir() {
     );
     drop(node);
 }
+
+/// A node killed, then every other node stopped and started again from its
+/// data dir (an upgrade): the data dirs keep its memberships by hand but no
+/// node record, and no member table lists it. Its memberships are reaped
+/// after reap_after all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memberships_of_a_node_that_died_before_a_stop_all_start_all_are_reaped() {
+    let dir = scratch("upgrade-reap");
+    let any = "127.0.0.1:0".parse().unwrap();
+    let a = Node::start(config("ur-a", &dir, any)).await.unwrap();
+    let mut cfg = config("ur-b", &dir, any);
+    cfg.seeds = vec![a.addr()];
+    let b = Node::start(cfg).await.unwrap();
+    let mut cfg = config("ur-c", &dir, any);
+    cfg.seeds = vec![a.addr()];
+    let c = Node::start(cfg).await.unwrap();
+    let three = [a.clone(), b.clone(), c.clone()];
+    wait_converged_members(&three, 3).await;
+    a.create_tribe("s").await.unwrap();
+    a.join("s", "ur-c").await.unwrap();
+    wait_for("ur-c is in s everywhere", Duration::from_secs(20), || {
+        three
+            .iter()
+            .all(|n| n.tribe("s").is_some_and(|t| t.explicit_members == ["ur-c"]))
+    })
+    .await;
+    c.abort().await;
+    let (a_addr, b_addr) = (a.addr(), b.addr());
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+
+    let a = Node::start(config("ur-a", &dir, a_addr)).await.unwrap();
+    let b = Node::start(config("ur-b", &dir, b_addr)).await.unwrap();
+    let two = [a.clone(), b.clone()];
+    wait_converged_members(&two, 2).await;
+    for n in &two {
+        assert!(
+            n.tribe("s").is_some_and(|t| t.explicit_members == ["ur-c"]),
+            "{:?}",
+            n.tribe("s")
+        );
+        assert!(n.members().iter().all(|m| m.name != "ur-c"));
+    }
+    wait_for(
+        "ur-c's membership reaped everywhere",
+        Duration::from_secs(30),
+        || {
+            two.iter()
+                .all(|n| n.tribe("s").is_some_and(|t| t.explicit_members.is_empty()))
+        },
+    )
+    .await;
+    for n in two {
+        n.shutdown().await.unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1106,8 +1106,9 @@ impl Engine {
         self.emit(Event::MemberReaped { name });
     }
 
-    /// Nodes whose record has stood for `reap_after`, while some member was
-    /// up, without the member table listing them: down since before this
+    /// Nodes whose record, or a membership by hand, has stood for
+    /// `reap_after`, while some member was up, without the member table
+    /// listing them: down since before this
     /// process started (no member that is up lists a node it never heard
     /// from), so that no row of the table would ever reap them.
     fn unlisted_to_reap(&mut self, steady: u64, reap_after: u64) -> Vec<String> {
@@ -1133,10 +1134,21 @@ impl Engine {
         let unlisted: Vec<String> = {
             let sh = lock(&self.shared);
             let view = view::View { state: &sh.state };
-            view.node_records()
-                .map(|(name, _)| name)
-                .filter(|name| **name != self.name && self.members.get(name).is_none())
-                .cloned()
+            // Also names only a membership by hand holds: the data dir
+            // keeps no node records, so after every node stopped and
+            // started again (an upgrade), a node that died before is left
+            // with its memberships alone.
+            let by_hand: BTreeSet<String> = view
+                .tribe_names()
+                .iter()
+                .flat_map(|tribe| view.explicit_members(tribe))
+                .collect();
+            let mut names: BTreeSet<String> =
+                view.node_records().map(|(name, _)| name.clone()).collect();
+            names.extend(by_hand);
+            names
+                .into_iter()
+                .filter(|name| *name != self.name && self.members.get(name).is_none())
                 .collect()
         };
         // Sorted (a BTreeMap's keys): the ones listed since, or whose
