@@ -23,6 +23,18 @@ pub fn read(path: &Path) -> Result<SecretKey> {
     if path.as_os_str().is_empty() {
         return Err(Error::InvalidArgument("the key file path is empty".into()));
     }
+    // A key given where its file's path goes (`key_file = "<key>"`) is
+    // not written into the error: it would end in a service's log.
+    if path
+        .to_str()
+        .is_some_and(|p| SecretKey::from_base64(p).is_ok())
+    {
+        return Err(Error::InvalidArgument(
+            "the key file path given is a key itself (withheld): give the key as a key, or \
+             the path of a file that holds it"
+                .into(),
+        ));
+    }
     let bytes = read_file(path, MAX_KEY_FILE).map_err(|why| match why {
         Unread::Missing => Error::Io(format!("cannot read key file {path:?}: it does not exist")),
         Unread::Failed(e) => Error::Io(format!("cannot read key file {path:?}: {e}")),
@@ -78,6 +90,24 @@ pub fn exposure(what: &str, path: &Path) -> Option<String> {
             path.display(),
             meta.uid()
         )
+    })
+}
+
+/// `text` with every key in it (44 characters of base64 that decode to 32
+/// bytes, as `tribe keygen` prints one) replaced by `(a key, withheld)`:
+/// for messages that quote what a user gave, where a key given under the
+/// wrong option (`--encryption "$KEY"`) would otherwise end in a log.
+pub fn withhold_keys(text: &str) -> std::borrow::Cow<'_, str> {
+    static RUN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r"[A-Za-z0-9+/]{43,}={0,2}").expect("a valid regex")
+    });
+    RUN.replace_all(text, |m: &regex::Captures<'_>| {
+        let run = &m[0];
+        if run.len() == 44 && SecretKey::from_base64(run).is_ok() {
+            "(a key, withheld)".to_string()
+        } else {
+            run.to_string()
+        }
     })
 }
 
@@ -147,5 +177,21 @@ mod tests {
             eprintln!("not root: a key file of another user is not tried");
         }
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn keys_in_a_message_are_withheld_and_nothing_else() {
+        let key = SecretKey::generate().to_base64();
+        let msg = format!("encryption mode \"{key}\" is not accept; and {key}.");
+        let out = withhold_keys(&msg);
+        assert!(!out.contains(&key), "{out}");
+        assert_eq!(out.matches("(a key, withheld)").count(), 2, "{out}");
+        // Base64 that is no key, and a key inside a longer run, stay.
+        let longer = format!("A{key}");
+        for text in ["aGVsbG8gd29ybGQ=", longer.as_str(), "plain text"] {
+            assert_eq!(withhold_keys(text), text);
+        }
+        let err = read(std::path::Path::new(&key)).unwrap_err();
+        assert!(!err.to_string().contains(&key), "{err}");
     }
 }

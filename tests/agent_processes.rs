@@ -2609,3 +2609,36 @@ fn an_agent_past_its_file_size_limit_counts_the_failed_writes_and_keeps_running(
     assert!(status.success(), "{status:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A key given under the wrong option, as a key file's path, or in a wrong
+/// admin API field is never quoted back: it would end in a service
+/// manager's log, or in a proxy's.
+#[test]
+fn a_key_given_in_the_wrong_place_is_withheld_from_every_error() {
+    let key =
+        String::from_utf8(Command::new(TRIBE).arg("keygen").output().unwrap().stdout).unwrap();
+    let key = key.trim();
+    for list in [
+        ["--name", "wk", "--encryption", key],
+        ["--name", "wk", "--key-file", key],
+        ["--name", "wk", "--reap-after", key],
+        ["--name", "wk", "--advertise", key],
+        ["--name", "wk", "--seed", key],
+    ] {
+        let out = bare_agent_command(&list).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{list:?} started");
+        assert!(!err.contains(key), "{list:?}: {err}");
+        assert!(err.contains("withheld"), "{list:?}: {err}");
+    }
+    let dir = scratch_dir("wrong-key-place");
+    let a = start_agent(&dir, "wk-api", &[]);
+    let (status, body) = call(
+        &a,
+        "PUT",
+        "/v1/encryption",
+        Some(serde_json::json!({ "mode": key })),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(!body.to_string().contains(key), "{body}");
+}

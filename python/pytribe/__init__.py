@@ -1439,8 +1439,8 @@ class Node(_NoCopy):
         :class:`RemoteError`, :class:`TooLargeError`,
         :class:`OverloadedError`, :class:`DisconnectedError`,
         :class:`ShutdownError`, or :class:`TribeIOError` when this process
-        could not open a connection (out of descriptors, buffers or local
-        ports; no member is blamed)."""
+        could not open a connection (out of descriptors, buffers or
+        memory; no member is blamed)."""
         _check_timeout("call", timeout)
         return self._native.call(tribe, plugin, payload, kind, version, timeout)
 

@@ -34,7 +34,12 @@ fn built(py: Python<'_>, e: &tribe::Error, fallback: impl FnOnce() -> PyErr) -> 
 fn build(py: Python<'_>, make: &Bound<'_, PyAny>, e: &tribe::Error) -> PyResult<PyErr> {
     let attrs = PyDict::new(py);
     let mut code = e.code().to_string();
-    let mut message = e.to_string();
+    // A key given under the wrong argument is not quoted back (a remote
+    // handler's own message is the handler's).
+    let mut message = match e {
+        tribe::Error::Remote { .. } => e.to_string(),
+        _ => tribe::keyfile::withhold_keys(&e.to_string()).into_owned(),
+    };
     match e {
         tribe::Error::InvalidPolicy(p) => {
             attrs.set_item("line", p.line)?;

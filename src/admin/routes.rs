@@ -23,11 +23,13 @@ pub struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+        // A key sent under the wrong field or value is not quoted back.
+        let message = crate::keyfile::withhold_keys(&message.into()).into_owned();
         ApiError {
             status,
             body: ErrorBody {
                 error: code.to_string(),
-                message: message.into(),
+                message,
             },
         }
     }

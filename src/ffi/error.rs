@@ -114,7 +114,7 @@ impl FfiError {
     pub(super) fn new(code: u32, message: impl AsRef<str>) -> FfiError {
         FfiError {
             code,
-            message: c_text(message.as_ref()),
+            message: c_text(&crate::keyfile::withhold_keys(message.as_ref())),
             remote: None,
             position: (0, 0),
         }
@@ -234,7 +234,12 @@ impl From<Error> for FfiError {
         let code = code_of(&e);
         let mut out = FfiError {
             code,
-            message: c_text(&e.to_string()),
+            // A key given under the wrong argument is not quoted back (a
+            // remote handler's own message is the handler's).
+            message: c_text(&match &e {
+                Error::Remote { .. } => e.to_string(),
+                _ => crate::keyfile::withhold_keys(&e.to_string()).into_owned(),
+            }),
             remote: None,
             position: (0, 0),
         };

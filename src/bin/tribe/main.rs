@@ -112,7 +112,10 @@ fn main() -> std::process::ExitCode {
         signal_hook::consts::SIGXFSZ,
         std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)),
     );
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.command {
         Command::Agent(args) => agent::run(*args),
         Command::Demo(args) => demo::run(args),
@@ -138,8 +141,26 @@ fn main() -> std::process::ExitCode {
         Err(e) => {
             // Not eprintln!: a closed stderr must not turn an error into a
             // panic.
+            // A key given under the wrong option is not quoted back.
+            let e = tribe::keyfile::withhold_keys(&e);
             let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("tribe: {e}\n"));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Prints clap's message for `e` (usage error, `--help`, `--version`) as
+/// clap would, but with any key in it withheld: `--encryption "$KEY"`
+/// would otherwise quote the key into a service manager's log.
+fn usage_error(e: &clap::Error) -> std::process::ExitCode {
+    use std::io::Write as _;
+    let text = e.render().to_string();
+    let text = tribe::keyfile::withhold_keys(&text);
+    // Not eprintln!/println!: a closed stream must not turn this into a panic.
+    let _ = if e.use_stderr() {
+        std::io::stderr().write_all(text.as_bytes())
+    } else {
+        std::io::stdout().write_all(text.as_bytes())
+    };
+    std::process::ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(2))
 }
