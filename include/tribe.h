@@ -1110,6 +1110,28 @@ uint32_t tribe_node_set_encryption(const struct tribe_node *node,
                                    struct tribe_error **err);
 
 /**
+ * Joins the cluster through `places` (`places_len` strings `host:port`:
+ * addresses, or names looked up), also while this node is in a cluster
+ * already (two clusters then merge): each place gets a join exchange, in
+ * which this node sends its view and takes the peer's. The addresses
+ * become seeds too (a node that loses every peer tries them again).
+ * Blocks until every exchange ended: up to 5 s for the lookups plus 10 s
+ * for the exchanges; `tribe_node_shutdown` from another thread ends it
+ * (`TRIBE_SHUTTING_DOWN`). `*joined` (may be NULL) receives how many
+ * addresses completed their exchange, 0 on error.
+ *
+ * Errors: `TRIBE_INVALID_ARGUMENT` (no place, more than 256, one not
+ * `host:port` or of port 0, only this node's own address), `TRIBE_IO`
+ * when no address completed its exchange (the message names each and
+ * why), `TRIBE_OVERLOADED` (64 joins at once), `TRIBE_SHUTTING_DOWN`.
+ */
+uint32_t tribe_node_join_cluster(const struct tribe_node *node,
+                                 const char *const *places,
+                                 size_t places_len,
+                                 size_t *joined,
+                                 struct tribe_error **err);
+
+/**
  * Makes a config for a node called `name`, with the defaults of the Rust
  * API: bind `127.0.0.1:0`, profile `lan`, host facts collected, no key,
  * 2 runtime threads. Encryption: with a key (`tribe_config_add_key`, or a

@@ -19,6 +19,9 @@ use crate::rpc::server::Serving;
 use crate::runtime::{self, Driver, DriverInput, Faults};
 use crate::{MemberInfo, Policy, TribeInfo};
 
+mod join;
+pub use join::MAX_JOIN_PLACES;
+
 /// How long a keyring step waits for the live members to catch up with
 /// the one before it (see [`Node::use_key`], [`Node::remove_key`]).
 pub const KEY_SPREAD_WAIT: Duration = Duration::from_secs(10);

@@ -379,6 +379,34 @@ pub fn resolve_address(what: &str, text: &str) -> Result<SocketAddr, Error> {
         .ok_or_else(|| bad("the host is not an address or a name that resolves"))
 }
 
+/// A place [`crate::Node::join_cluster`] joins through: an address, or a
+/// name the runtime looks up.
+pub(crate) enum JoinPlace {
+    Addr(SocketAddr),
+    Name(String),
+}
+
+/// Checks a place to join through as a seed is checked: `host:port`, the
+/// port 1 to 65535, no zone id, no multicast or broadcast address. A bad
+/// one is `InvalidArgument`. Looks nothing up.
+pub(crate) fn join_place(text: &str) -> Result<JoinPlace, Error> {
+    let config_to_argument = |e: Error| match e {
+        Error::Config(why) => Error::InvalidArgument(why),
+        other => other,
+    };
+    let Ok(addr) = text.parse::<SocketAddr>() else {
+        check_seed_name(text).map_err(config_to_argument)?;
+        return Ok(JoinPlace::Name(text.to_string()));
+    };
+    if addr.port() == 0 {
+        return Err(Error::InvalidArgument(format!(
+            "{addr}: port 0 reaches no node (the port is 1 to 65535)"
+        )));
+    }
+    check_seeds(addr, &[addr]).map_err(config_to_argument)?;
+    Ok(JoinPlace::Addr(addr))
+}
+
 /// Refuses a bind and advertise address pair that cannot work: an IPv6
 /// zone id (the socket calls drop it), a multicast or broadcast address, or
 /// an advertise address of another family than a socket bound to one

@@ -23,7 +23,7 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest pause between two rounds of lookups.
 const MAX_PAUSE: Duration = Duration::from_secs(30);
 
-type Answer = Result<Vec<SocketAddr>, String>;
+pub(crate) type Answer = Result<Vec<SocketAddr>, String>;
 
 /// One name, its lookup under way and the addresses it last gave.
 struct Seed {
@@ -128,7 +128,7 @@ fn fail(seed: &mut Seed, why: &str, shared: &Weak<Shared>) {
 }
 
 /// Looks `name` up on a thread of its own.
-fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
+pub(crate) fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
     let (tx, rx) = oneshot::channel();
     let name = name.to_string();
     let spawned = std::thread::Builder::new()

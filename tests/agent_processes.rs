@@ -2610,6 +2610,64 @@ fn an_agent_past_its_file_size_limit_counts_the_failed_writes_and_keeps_running(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn agents_started_apart_join_through_the_cli_and_a_join_to_no_one_says_why() {
+    let dir = scratch_dir("join");
+    let a = start_agent(&dir, "join-a", &[]);
+    let b = start_agent(&dir, "join-b", &[]);
+    assert_eq!(alive(&b), 1);
+
+    let out = cli_ok(&b, &["join", &a.gossip.to_string()]);
+    assert!(out.contains("joined through 1 address"), "{out}");
+    wait_for(
+        "both agents see both alive",
+        Duration::from_secs(20),
+        || alive(&a) == 2 && alive(&b) == 2,
+    );
+
+    // The admin API: JSON in, JSON out; nobody answering is a 502.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let (status, body) = call(
+        &b,
+        "POST",
+        "/v1/join",
+        Some(serde_json::json!({"addrs": [dead.to_string()]})),
+    );
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "io", "{body}");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains(&dead.to_string()),
+        "{body}"
+    );
+    let (status, body) = call(
+        &b,
+        "POST",
+        "/v1/join",
+        Some(serde_json::json!({"addrs": []})),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = call(
+        &b,
+        "POST",
+        "/v1/join",
+        Some(serde_json::json!({"addrs": [a.gossip.to_string()]})),
+    );
+    assert_eq!((status, body["joined"].as_u64()), (200, Some(1)), "{body}");
+
+    let out = cli(&b, &["join", "no-port"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("invalid_argument"),
+        "{out:?}"
+    );
+}
+
 /// A key given under the wrong option, as a key file's path, or in a wrong
 /// admin API field is never quoted back: it would end in a service
 /// manager's log, or in a proxy's.

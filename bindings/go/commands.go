@@ -1,6 +1,7 @@
 package tribe
 
 /*
+#include <stdlib.h>
 #include "tribe.h"
 */
 import "C"
@@ -481,3 +482,52 @@ func LibraryVersion() string { return C.GoString(C.tribe_version()) }
 // with ErrConfig when it is not the version of the header this package was
 // built with (include/tribe.h, TRIBE_ABI_VERSION).
 func ABIVersion() int { return int(C.tribe_abi_version()) }
+
+// JoinCluster joins the cluster through places ("host:port": addresses, or
+// names looked up, as Config.Seeds takes), also while this node is in a
+// cluster already (two clusters then merge). Each place gets a join
+// exchange: this node sends its view and takes the peer's, so when
+// JoinCluster returns, the node knows the peer's members, tribes and
+// catalogs. The addresses become seeds too: a node that loses every peer
+// tries them again. It returns how many addresses completed their
+// exchange, after waiting for all (up to 5 s for the lookups plus 10 s for
+// the exchanges; Close ends the wait with ErrShuttingDown).
+//
+// Errors: an *Error with code "invalid_argument" (no place, more than 256,
+// one not host:port, only this node's own address); ErrIO when no address
+// completed its exchange (the message names each and why);
+// ErrOverloaded (64 joins at once); ErrShuttingDown, ErrClosed.
+func (n *Node) JoinCluster(places ...string) (int, error) {
+	defer runtime.KeepAlive(n)
+	if err := nulErr(places...); err != nil {
+		return 0, err
+	}
+	if len(places) > maxJoinPlaces {
+		return 0, &Error{Code: "invalid_argument", Message: fmt.Sprintf("%d addresses to join through; at most %d", len(places), maxJoinPlaces)}
+	}
+	// The array of pointers is C memory (Go memory passed to C may not
+	// hold Go pointers), and so are the strings it points to.
+	var array **C.char
+	if len(places) > 0 {
+		array = (**C.char)(C.calloc(C.size_t(len(places)), C.size_t(unsafe.Sizeof((*C.char)(nil)))))
+		ptrs := unsafe.Slice(array, len(places))
+		for i, p := range places {
+			ptrs[i] = C.CString(p)
+		}
+		defer func() {
+			for _, p := range ptrs {
+				C.free(unsafe.Pointer(p))
+			}
+			C.free(unsafe.Pointer(array))
+		}()
+	}
+	var joined C.size_t
+	err := n.inner().do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t {
+		return C.tribe_node_join_cluster(p, array, C.size_t(len(places)), &joined, e)
+	})
+	return int(joined), err
+}
+
+// Places JoinCluster takes at most (libtribe's bound, checked here before
+// any C memory is taken for them).
+const maxJoinPlaces = 256

@@ -1367,6 +1367,30 @@ class Node(_NoCopy):
         """
         return self._native.remove_key(key)
 
+    def join_cluster(self, *places: str) -> int:
+        """Joins the cluster through ``places`` (``"host:port"``: addresses,
+        or names looked up, as ``seeds`` takes), also while this node is in
+        a cluster already (two clusters then merge); returns how many
+        addresses completed their join exchange.
+
+        Each place gets an exchange: this node sends its view and takes the
+        peer's, so on return it knows the peer's members, tribes and
+        catalogs. The addresses become seeds too (a node that loses every
+        peer tries them again). Waits for every exchange: up to 5 s for the
+        lookups plus 10 s for the exchanges (the GIL is released; Ctrl-C
+        interrupts it).
+
+        Raises :class:`InvalidArgumentError` (no place, more than 256, one
+        not ``host:port``, only this node's own address),
+        :class:`TribeIOError` when no address completed its exchange (the
+        message names each and why), :class:`OverloadedError` (64 joins at
+        once), :class:`ShutdownError`.
+        """
+        for place in places:
+            if not isinstance(place, str):
+                raise TypeError(f"places are str, not {type(place).__name__}")
+        return self._native.join_cluster(list(places))
+
     def set_encryption(self, mode: str) -> None:
         """Changes this node's encryption mode: accept, send or require."""
         self._native.set_encryption(mode)

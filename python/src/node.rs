@@ -625,6 +625,13 @@ impl NativeNode {
         Ok(id.to_string())
     }
 
+    /// Joins the cluster through `places` (see `tribe::Node::join_cluster`);
+    /// how many addresses completed their exchange.
+    fn join_cluster(&self, py: Python<'_>, places: Vec<String>) -> PyResult<usize> {
+        let r = wait(py, self.node.join_cluster(&places))?;
+        check(py, r)
+    }
+
     fn set_encryption(&self, py: Python<'_>, mode: &str) -> PyResult<()> {
         let mode = check(py, mode.parse::<Encryption>())?;
         self.command(py, self.node.set_encryption(mode))

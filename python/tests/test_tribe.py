@@ -145,3 +145,45 @@ def test_a_policy_guarded_with_has_does_not_fail_on_a_node_lacking_the_fact(clus
     failed = [e.policy for e in watch.seen + watch.events.drain() if isinstance(e, pytribe.PolicyFailed)]
     assert failed == ["bare"], failed
     assert node.tribe("core") is None
+
+
+def test_a_node_started_alone_joins_a_running_one_later(cluster: Cluster) -> None:
+    a = cluster.start("pjoin-a")
+    a.create_tribe("web")
+    b = cluster.start("pjoin-b")
+    assert b.join_cluster(a.addr) == 1
+    # The exchange has ended: b holds a's state already.
+    assert "web" in [t.name for t in b.tribes()]
+    wait_for(
+        "both alive on both",
+        lambda: all(sum(m.state == "alive" for m in n.members()) == 2 for n in (a, b)),
+    )
+
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = "127.0.0.1:%d" % s.getsockname()[1]
+    c = cluster.start("pjoin-c")
+    try:
+        c.join_cluster(dead)
+        raise AssertionError("a join through a dead port succeeded")
+    except pytribe.TribeIOError as e:
+        assert dead in str(e)
+    for bad in [(), ("no-port",), ("127.0.0.1:0",), (c.addr,)]:
+        try:
+            c.join_cluster(*bad)
+            raise AssertionError(f"join_cluster{bad!r} succeeded")
+        except pytribe.InvalidArgumentError:
+            pass
+    try:
+        c.join_cluster(7946)  # type: ignore[arg-type]
+        raise AssertionError("an int place was taken")
+    except TypeError:
+        pass
+    c.close()
+    try:
+        c.join_cluster(a.addr)
+        raise AssertionError("a closed node joined")
+    except pytribe.ShutdownError:
+        pass

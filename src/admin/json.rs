@@ -224,6 +224,21 @@ impl std::fmt::Debug for InstallKey {
     }
 }
 
+/// Body of `POST /v1/join`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JoinCluster {
+    /// `host:port` places to join through: addresses, or names looked up.
+    pub addrs: Vec<String>,
+}
+
+/// Reply of `POST /v1/join`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Joined {
+    /// Addresses whose join exchange completed.
+    pub joined: usize,
+}
+
 /// Body of `PUT /v1/encryption`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

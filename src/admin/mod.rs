@@ -115,6 +115,7 @@ pub(crate) fn router(node: Node, guard: guard::Guard) -> Router {
         .route("/v1/keys/{id}", axum::routing::delete(routes::remove_key))
         .route("/v1/keys/{id}/primary", put(routes::use_key))
         .route("/v1/encryption", put(routes::set_encryption))
+        .route("/v1/join", axum::routing::post(routes::join_cluster))
         .route("/metrics", get(routes::prometheus))
         .fallback(routes::no_route)
         .method_not_allowed_fallback(|| async { routes::ApiError::method_not_allowed() })

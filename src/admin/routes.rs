@@ -9,8 +9,8 @@ use axum::Json;
 use serde::de::DeserializeOwned;
 
 use super::json::{
-    AddTask, CreateTribe, ErrorBody, InstallKey, Keys, LoadPlugin, Member, NewPolicy, Plugin,
-    PolicyJson, SetEncryption, SetFact, Status, TaskJson, Tribe,
+    AddTask, CreateTribe, ErrorBody, InstallKey, JoinCluster, Joined, Keys, LoadPlugin, Member,
+    NewPolicy, Plugin, PolicyJson, SetEncryption, SetFact, Status, TaskJson, Tribe,
 };
 use super::metrics;
 use crate::{Error, KeyId, Node, SecretKey, TaskState};
@@ -441,6 +441,22 @@ pub(super) async fn remove_key(
 ) -> ApiResult<Response> {
     node.remove_key(key_id(&id)?).await?;
     Ok(no_content())
+}
+
+/// Joins the cluster through the addresses given (`Node::join_cluster`).
+/// When none completed its exchange: 502, as a proxy whose upstreams all
+/// failed (the agent itself is fine).
+pub(super) async fn join_cluster(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {
+    let req: JoinCluster = parse(&body)?;
+    match node.join_cluster(&req.addrs).await {
+        Ok(joined) => Ok(Json(Joined { joined }).into_response()),
+        Err(e @ Error::Io(_)) => Err(ApiError::new(
+            StatusCode::BAD_GATEWAY,
+            e.code(),
+            e.to_string(),
+        )),
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(super) async fn set_encryption(State(node): State<Node>, body: Bytes) -> ApiResult<Response> {

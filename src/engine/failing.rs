@@ -49,6 +49,7 @@ impl Streaks {
 impl Engine {
     /// Follows how an exchange this node opened ended.
     pub(super) fn note_exchange_outcome(&mut self, exchange: Option<&Exchange>, ok: bool) {
+        self.note_join_outcome(exchange, ok);
         let Some(peer) = exchange.filter(|x| x.initiator).and_then(|x| x.peer) else {
             return;
         };

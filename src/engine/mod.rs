@@ -24,6 +24,7 @@ mod failing;
 mod goodbyes;
 pub mod durable;
 mod identity;
+pub mod joins;
 pub mod keys;
 mod members;
 mod name_claims;
@@ -228,6 +229,8 @@ pub struct Engine {
     join_pending: bool,
     /// Seeds given by name, as the runtime last looked them up.
     named_seeds: Vec<SocketAddr>,
+    /// Joins asked for after the start, and their outcomes.
+    joins: joins::Joins,
     left: bool,
     /// A write too big for gossip asks for an early exchange.
     sync_soon: bool,
@@ -458,6 +461,7 @@ impl Engine {
             joined_once: false,
             join_pending: false,
             named_seeds: Vec::new(),
+            joins: joins::Joins::default(),
             timings,
             seeds: cfg.seeds.iter().copied().filter(|s| *s != addr).collect(),
             gossip_deltas: cfg.gossip_deltas,

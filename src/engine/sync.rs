@@ -164,6 +164,8 @@ pub struct Exchange {
     /// The peer answered under this node's name: the node holding it
     /// answers there (see `NameClaims::holder_exchange_ended`).
     holder_spoke: bool,
+    /// The join (`Engine::join_through`) that opened it.
+    pub(super) ticket: Option<u64>,
 }
 
 impl Exchange {
@@ -180,6 +182,7 @@ impl Exchange {
             expecting: false,
             summary: false,
             holder_spoke: false,
+            ticket: None,
         }
     }
 }
@@ -214,16 +217,17 @@ impl Engine {
     }
 
     /// Opens a full exchange with `to`.
-    pub(super) fn start_sync(&mut self, to: std::net::SocketAddr, join: bool) {
+    pub(super) fn start_sync(&mut self, to: std::net::SocketAddr, join: bool) -> ConnId {
         let hello = self.full_hello(join);
-        self.open_exchange(to, join, false, &hello);
+        self.open_exchange(to, join, false, &hello)
     }
 
     /// Opens a periodic exchange with `peer`: digests first, unless this
     /// node holds records it must ask about.
     pub(super) fn start_summary(&mut self, peer: &NodeId) {
         if !self.pending.is_empty() {
-            return self.start_sync(peer.addr, false);
+            self.start_sync(peer.addr, false);
+            return;
         }
         let (buckets, clock_ms) = {
             let sh = lock(&self.shared);
@@ -246,7 +250,7 @@ impl Engine {
         join: bool,
         summary: bool,
         first: &SyncMsg,
-    ) {
+    ) -> ConnId {
         let conn = self.next_conn();
         let mut exchange = Exchange::new(true, join, self.now_ms(), to);
         exchange.summary = summary;
@@ -254,6 +258,7 @@ impl Engine {
         lock(&self.shared).counters.push_pulls_started += 1;
         self.outputs.push_back(Output::Connect { conn, to });
         self.send_frame(conn, first);
+        conn
     }
 
     fn full_hello(&self, join: bool) -> SyncMsg {
@@ -1017,7 +1022,8 @@ impl Engine {
         if lock(&self.shared).keeping_out() {
             // A summary leaves our own name out: a whole exchange lists
             // the node holding it, or tells it is gone.
-            return self.start_sync(peer.addr, false);
+            self.start_sync(peer.addr, false);
+            return;
         }
         self.start_summary(peer);
     }

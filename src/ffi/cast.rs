@@ -106,6 +106,31 @@ pub(super) fn bytes<'a>(ptr: *const u8, len: usize, what: &str) -> Result<&'a [u
     Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
 }
 
+/// An array of `len` UTF-8 strings; NULL is allowed only with length 0,
+/// and an element that is NULL or not UTF-8 is refused by its index.
+pub(super) fn texts<'a>(
+    ptr: *const *const c_char,
+    len: usize,
+    what: &str,
+) -> Result<Vec<&'a str>, FfiError> {
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    if ptr.is_null() {
+        return Err(FfiError::null(what));
+    }
+    if len > isize::MAX as usize / std::mem::size_of::<*const c_char>() {
+        return Err(FfiError::invalid(format!("{what} length is too large")));
+    }
+    // SAFETY: the array holds `len` readable pointers for the call (header
+    // rule); its size was checked against isize::MAX.
+    let ptrs = unsafe { std::slice::from_raw_parts(ptr, len) };
+    ptrs.iter()
+        .enumerate()
+        .map(|(i, p)| text(*p, &format!("{what}[{i}]")))
+        .collect()
+}
+
 /// Checks that an out-parameter is not NULL before any work is done.
 pub(super) fn out<T>(ptr: *mut T, what: &str) -> Result<*mut T, FfiError> {
     if ptr.is_null() {

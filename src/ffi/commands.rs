@@ -1,6 +1,8 @@
 //! The commands of a node (`tribe_node_*`): tribes, memberships, policies,
-//! facts, the catalog (plugins and tasks) and the keyring. Each runs one
-//! command of the Rust API and blocks for a local write only.
+//! facts, the catalog (plugins and tasks), the keyring, and joining a
+//! running cluster. Each runs one command of the Rust API; they block for a
+//! local write only, but for the keyring steps and the join, which wait
+//! for peers (each says how long).
 
 use std::ffi::c_char;
 
@@ -353,5 +355,40 @@ pub extern "C" fn tribe_node_set_encryption(
     ffi_call!(err, {
         let mode = cast::text(mode, "mode")?.parse()?;
         command(node, |n| Ok(n.set_encryption(mode)))
+    })
+}
+
+/// Joins the cluster through `places` (`places_len` strings `host:port`:
+/// addresses, or names looked up), also while this node is in a cluster
+/// already (two clusters then merge): each place gets a join exchange, in
+/// which this node sends its view and takes the peer's. The addresses
+/// become seeds too (a node that loses every peer tries them again).
+/// Blocks until every exchange ended: up to 5 s for the lookups plus 10 s
+/// for the exchanges; `tribe_node_shutdown` from another thread ends it
+/// (`TRIBE_SHUTTING_DOWN`). `*joined` (may be NULL) receives how many
+/// addresses completed their exchange, 0 on error.
+///
+/// Errors: `TRIBE_INVALID_ARGUMENT` (no place, more than 256, one not
+/// `host:port` or of port 0, only this node's own address), `TRIBE_IO`
+/// when no address completed its exchange (the message names each and
+/// why), `TRIBE_OVERLOADED` (64 joins at once), `TRIBE_SHUTTING_DOWN`.
+#[no_mangle]
+pub extern "C" fn tribe_node_join_cluster(
+    node: *const TribeNode,
+    places: *const *const c_char,
+    places_len: usize,
+    joined: *mut usize,
+    err: *mut *mut FfiError,
+) -> u32 {
+    cast::store(joined, 0);
+    ffi_call!(err, {
+        let places = cast::texts(places, places_len, "places")?;
+        let handle: &TribeNode = node_handle(node)?;
+        let n = with_signals_blocked(|| {
+            let node = handle.live()?;
+            Ok::<_, FfiError>(handle.block_on(node.join_cluster(&places))?)
+        })?;
+        cast::store(joined, n);
+        Ok(())
     })
 }

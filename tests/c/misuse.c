@@ -455,6 +455,19 @@ static void node_bad_values(tribe_node *n) {
     /* A timeout of 0 is a deadline already passed, as in Go and Python. */
     EXPECT(TRIBE_TIMEOUT, tribe_node_call(n, "t", "p", NULL, TRIBE_KIND_PROCESSOR, NULL, 0, 0, &b, &len, &err));
     EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_delete_tribe(n, "nope", &err));
+    {
+        const char *places[] = {"127.0.0.1:1", NULL, BAD_UTF8};
+        size_t joined = 7;
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_join_cluster(n, NULL, 1, &joined, &err));
+        CHECK(joined == 0);
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_join_cluster(n, places, 2, &joined, &err));
+        EXPECT(TRIBE_INVALID_UTF8, tribe_node_join_cluster(n, places + 2, 1, &joined, &err));
+        EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_join_cluster(n, NULL, 0, &joined, &err));
+        const char *bad[] = {"no-port", "127.0.0.1:0", tribe_node_addr(n)};
+        for (size_t i = 0; i < 3; i++)
+            EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_join_cluster(n, bad + i, 1, NULL, &err));
+        EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_join_cluster(NULL, places, 1, NULL, &err));
+    }
     EXPECT(TRIBE_UNKNOWN_TRIBE, tribe_node_tribe_json(n, "nope", (char **)&b, &len, &err));
     EXPECT(TRIBE_NO_KEYRING, tribe_node_install_key(n, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=", &err));
     EXPECT(TRIBE_INVALID_ARGUMENT, tribe_node_use_key(n, "xyz", &err));

@@ -5,7 +5,11 @@
  *   - a node with that name and "localhost:PORT" as seeds starts at once
  *     and joins through localhost while the other lookup still hangs;
  *   - a node whose only seed hangs stops and is freed while the lookup
- *     still hangs (the lookup runs on a thread nobody waits for). */
+ *     still hangs (the lookup runs on a thread nobody waits for);
+ *   - a node started without seeds joins later with
+ *     tribe_node_join_cluster: through "localhost:PORT" (one joined),
+ *     and through the hanging name alone (TRIBE_IO after the 5 s lookup
+ *     bound, the name and why in the message). */
 #define _GNU_SOURCE
 #include "util.h"
 
@@ -90,6 +94,27 @@ int main(void) {
     tribe_node_free(alone);
     CHECK(!atomic_load(&hang_ended));
     printf("a node whose seed's lookup hangs stops and is freed at once\n");
+
+    tribe_node *late = start_node("named-3", NULL, NULL, NULL);
+    CHECK(alive(late) == 1);
+    const char *places[] = {seed};
+    size_t count = 99;
+    EXPECT(TRIBE_OK, tribe_node_join_cluster(late, places, 1, &count, &err));
+    CHECK(count == 1);
+    CHECK(wait_for(both_alive, late, 30));
+    printf("a node started alone joined through %s later\n", seed);
+    const char *hanging_only[] = {"dns-down.test:7946"};
+    tribe_error *e = NULL;
+    double asked = now_s();
+    CHECK(tribe_node_join_cluster(late, hanging_only, 1, &count, &e) == TRIBE_IO);
+    CHECK(now_s() - asked < 15.0);
+    CHECK(count == 0);
+    CHECK(strstr(tribe_error_message(e), "dns-down.test:7946: the lookup takes over 5 s"));
+    tribe_error_free(e);
+    printf("a join through a name whose lookup hangs ends TRIBE_IO after the lookup bound\n");
+    OK(tribe_node_shutdown(late, NULL));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_join_cluster(late, places, 1, &count, &err));
+    tribe_node_free(late);
 
     OK(tribe_node_shutdown(first, NULL));
     tribe_node_free(first);

@@ -232,6 +232,8 @@ pub enum AdminCommand {
     Fact(FactCmd),
     /// `tribe keys ...`
     Keys(KeysCmd),
+    /// `tribe join ADDR...`
+    Join(Vec<String>),
 }
 
 /// What a write to stdout comes to: nothing more to do when the reader went
@@ -520,6 +522,15 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
         },
         AdminCommand::Task(cmd) => run_task(&opts, &admin, cmd),
         AdminCommand::Keys(cmd) => run_keys(&opts, &admin, cmd),
+        AdminCommand::Join(addrs) => {
+            let reply = admin.post("/v1/join", &json!({ "addrs": addrs }))?;
+            let joined = reply
+                .as_ref()
+                .and_then(|r| r.get("joined"))
+                .and_then(serde_json::Value::as_u64)
+                .ok_or("unexpected reply to POST /v1/join")?;
+            done(&opts, reply, format!("joined through {joined} address(es)"))
+        }
         AdminCommand::Fact(cmd) => match cmd {
             FactCmd::Ls => {
                 let value = admin.get_value("/v1/facts")?;

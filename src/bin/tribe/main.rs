@@ -84,6 +84,15 @@ enum Command {
         #[command(flatten)]
         opts: AdminOpts,
     },
+    /// Join the agent to a running tribe through ADDR (HOST:PORT of any of its
+    /// nodes; several are tried together), also to merge two tribes.
+    Join {
+        /// HOST:PORT of a node (an address or a name).
+        #[arg(required = true, value_name = "ADDR")]
+        addrs: Vec<String>,
+        #[command(flatten)]
+        opts: AdminOpts,
+    },
     /// Print a new random 32-byte encryption key in base64.
     Keygen,
 }
@@ -127,6 +136,7 @@ fn main() -> std::process::ExitCode {
         Command::Plugin { cmd, opts } => cli::run(opts, AdminCommand::Plugin(cmd)),
         Command::Task { cmd, opts } => cli::run(opts, AdminCommand::Task(cmd)),
         Command::Fact { cmd, opts } => cli::run(opts, AdminCommand::Fact(cmd)),
+        Command::Join { addrs, opts } => cli::run(opts, AdminCommand::Join(addrs)),
         Command::Keys { cmd, opts } => cli::run(opts, AdminCommand::Keys(cmd)),
         Command::Keygen => {
             use std::io::Write;

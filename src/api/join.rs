@@ -1,0 +1,147 @@
+//! Joining a running cluster after the start, through addresses learnt
+//! then (memberlist's and serf's `Join`): a configured seed is one known
+//! before the start.
+
+use std::time::Duration;
+
+use futures_util::future::join_all;
+
+use super::{need_tokio, Node};
+use crate::config::{join_place, JoinPlace};
+use crate::engine::SYNC_TIMEOUT;
+use crate::error::{Error, Result};
+use crate::runtime::DriverInput;
+
+/// Places one join takes at most.
+pub const MAX_JOIN_PLACES: usize = 256;
+/// How long the names given are looked up for, at most (all at once).
+const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the exchanges' outcome is looked at.
+const POLL: Duration = Duration::from_millis(10);
+
+impl Node {
+    /// Joins the cluster through `places` (`host:port`: an address, or a
+    /// name looked up, as [`crate::Config::add_seed`] takes), also while
+    /// this node is in a cluster already (two clusters then merge, as
+    /// their seeds' would). Each place gets a join exchange: this node
+    /// sends its view and takes the peer's, so when this returns this
+    /// node knows the peer's members, tribes and catalogs. The addresses
+    /// become seeds too: a node that loses every peer tries them again.
+    ///
+    /// Returns how many addresses completed their exchange; waits for all
+    /// of them (an exchange is abandoned after [`SYNC_TIMEOUT`], a lookup
+    /// after 5 s). Errors: `InvalidArgument` (no place, more than
+    /// [`MAX_JOIN_PLACES`], one not `host:port`, only this node's own
+    /// address), `Io` when no address completed its exchange (the message
+    /// names each and why: no answer, refused, another key or cluster
+    /// label, a name that does not resolve), `Overloaded` (64 joins at
+    /// once), `ShuttingDown`.
+    pub async fn join_cluster<S: AsRef<str>>(&self, places: &[S]) -> Result<usize> {
+        if places.is_empty() {
+            return Err(Error::InvalidArgument("no address to join through".into()));
+        }
+        if places.len() > MAX_JOIN_PLACES {
+            return Err(Error::InvalidArgument(format!(
+                "{} addresses to join through; at most {MAX_JOIN_PLACES}",
+                places.len()
+            )));
+        }
+        let places: Vec<JoinPlace> = places
+            .iter()
+            .map(|p| join_place(p.as_ref()))
+            .collect::<Result<_>>()?;
+        if self.inner.inbox.is_closed() {
+            return Err(Error::ShuttingDown);
+        }
+        need_tokio("a join")?;
+        let (addrs, mut unreached) = look_up(places).await;
+        if addrs.is_empty() {
+            return Err(none_reached(&unreached));
+        }
+        let shared = &self.inner.shared;
+        let ticket = shared.engine().join_through(shared.now_ms(), &addrs)?;
+        // The engine queued the exchanges; the driver opens them.
+        let _ = self.inner.inbox.send(DriverInput::Wake);
+        // Exchanges expire at the engine's next tick past SYNC_TIMEOUT.
+        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT + Duration::from_secs(2);
+        let outcome = loop {
+            if let Some(outcome) = shared.engine().join_outcome(ticket) {
+                break Some(outcome);
+            }
+            if self.inner.inbox.is_closed() {
+                return Err(Error::ShuttingDown);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break None;
+            }
+            tokio::time::sleep(POLL).await;
+        };
+        let Some(outcome) = outcome else {
+            unreached.push(format!(
+                "{}: no exchange ended in {} s",
+                list(&addrs),
+                SYNC_TIMEOUT.as_secs()
+            ));
+            return Err(none_reached(&unreached));
+        };
+        if outcome.reached.is_empty() {
+            for addr in &outcome.failed {
+                unreached.push(format!(
+                    "{addr}: no exchange (not reachable, or it holds other keys, requires \
+                     encryption this node does not send, or runs another cluster label)"
+                ));
+            }
+            return Err(none_reached(&unreached));
+        }
+        if !outcome.failed.is_empty() || !unreached.is_empty() {
+            tracing::warn!(
+                reached = %list(&outcome.reached),
+                failed = %list(&outcome.failed),
+                "joined through some of the addresses given, not all"
+            );
+        }
+        Ok(outcome.reached.len())
+    }
+}
+
+/// The addresses of `places` (names looked up at once, for at most
+/// [`LOOKUP_TIMEOUT`]), and why each name that gave none did not.
+async fn look_up(places: Vec<JoinPlace>) -> (Vec<std::net::SocketAddr>, Vec<String>) {
+    let mut addrs = Vec::new();
+    let mut names = Vec::new();
+    for place in places {
+        match place {
+            JoinPlace::Addr(a) => addrs.push(a),
+            JoinPlace::Name(n) => names.push(n),
+        }
+    }
+    let answers = join_all(names.iter().map(|name| {
+        let rx = crate::seeds::start_lookup(name);
+        tokio::time::timeout(LOOKUP_TIMEOUT, rx)
+    }))
+    .await;
+    let mut unreached = Vec::new();
+    for (name, answer) in names.iter().zip(answers) {
+        match answer {
+            Ok(Ok(Ok(found))) => addrs.extend(found),
+            Ok(Ok(Err(why))) => unreached.push(format!("{name}: does not resolve: {why}")),
+            Ok(Err(_)) => unreached.push(format!("{name}: no thread to look it up")),
+            Err(_) => unreached.push(format!("{name}: the lookup takes over 5 s")),
+        }
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    addrs.retain(|a| seen.insert(*a));
+    (addrs, unreached)
+}
+
+fn none_reached(why: &[String]) -> Error {
+    Error::Io(format!("joined through no address: {}", why.join("; ")))
+}
+
+fn list(addrs: &[std::net::SocketAddr]) -> String {
+    addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,132 @@
+//! Joins asked for after the start (`Node::join_cluster`): a join exchange
+//! with each address given, as with a seed, and the outcome of each kept
+//! under a ticket until the caller collects it. The addresses become seeds
+//! too, so a node that later loses every peer tries them again.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use super::delta::lock;
+use super::sync::Exchange;
+use super::Engine;
+use crate::error::{Error, Result};
+
+/// Joins waiting for their exchanges at once; more are refused.
+const MAX_OPEN_JOINS: usize = 64;
+/// Seeds a node keeps at most, those of its config included: joins past
+/// that still run, and their addresses are not kept.
+const MAX_SEEDS: usize = 256;
+/// How long (engine ms) the outcome of a join nobody collected is kept.
+const UNCOLLECTED_MS: u64 = 60_000;
+
+/// How the exchanges of one join ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JoinOutcome {
+    /// Addresses whose exchange completed: the node took their view.
+    pub reached: Vec<SocketAddr>,
+    /// Addresses whose exchange failed (no answer, refused, another key
+    /// or cluster label) or timed out.
+    pub failed: Vec<SocketAddr>,
+}
+
+/// One join under way, or ended and not collected yet.
+#[derive(Debug, Default)]
+struct Ticket {
+    pending: usize,
+    outcome: JoinOutcome,
+    /// Engine ms when the last exchange ended.
+    ended_ms: Option<u64>,
+}
+
+/// The joins of one engine.
+#[derive(Debug, Default)]
+pub(super) struct Joins {
+    tickets: BTreeMap<u64, Ticket>,
+    next: u64,
+}
+
+impl Engine {
+    /// Opens a join exchange with each of `addrs` (this node's own
+    /// address left out); their outcome is read with
+    /// [`Engine::join_outcome`] under the ticket returned.
+    pub fn join_through(&mut self, now_ms: u64, addrs: &[SocketAddr]) -> Result<u64> {
+        self.tick(now_ms);
+        if self.left {
+            return Err(Error::ShuttingDown);
+        }
+        let me = lock(&self.shared).own.addr;
+        let mut targets: Vec<SocketAddr> = Vec::new();
+        for &addr in addrs {
+            if addr != me && !targets.contains(&addr) {
+                targets.push(addr);
+            }
+        }
+        if targets.is_empty() {
+            return Err(Error::InvalidArgument(format!(
+                "no address to join through but this node's own ({me})"
+            )));
+        }
+        let now = self.now_ms();
+        self.joins
+            .tickets
+            .retain(|_, t| t.ended_ms.is_none_or(|end| end + UNCOLLECTED_MS > now));
+        if self.joins.tickets.len() >= MAX_OPEN_JOINS {
+            return Err(Error::Overloaded);
+        }
+        let ticket = self.joins.next;
+        self.joins.next += 1;
+        self.joins.tickets.insert(
+            ticket,
+            Ticket {
+                pending: targets.len(),
+                ..Ticket::default()
+            },
+        );
+        for &addr in &targets {
+            if !self.seeds.contains(&addr) && self.seeds.len() < MAX_SEEDS {
+                self.seeds.push(addr);
+            }
+            let conn = self.start_sync(addr, true);
+            if let Some(x) = self.conns.get_mut(&conn) {
+                x.ticket = Some(ticket);
+            }
+        }
+        if !self.active {
+            // Alone: keep trying them (and the other seeds) as at the start.
+            let retry = self.join_backoff;
+            self.schedule_join(retry);
+        }
+        Ok(ticket)
+    }
+
+    /// The outcome of a join once each of its exchanges ended (and the
+    /// ticket is then forgotten); `None` while some still run, or for a
+    /// ticket unknown.
+    pub fn join_outcome(&mut self, ticket: u64) -> Option<JoinOutcome> {
+        let t = self.joins.tickets.get(&ticket)?;
+        if t.pending > 0 {
+            return None;
+        }
+        self.joins.tickets.remove(&ticket).map(|t| t.outcome)
+    }
+
+    /// An exchange ended: if a join opened it, its outcome is noted.
+    pub(super) fn note_join_outcome(&mut self, exchange: Option<&Exchange>, ok: bool) {
+        let Some((ticket, addr)) = exchange.and_then(|x| Some((x.ticket?, x.peer?))) else {
+            return;
+        };
+        let now = self.now_ms();
+        let Some(t) = self.joins.tickets.get_mut(&ticket) else {
+            return;
+        };
+        if ok {
+            t.outcome.reached.push(addr);
+        } else {
+            t.outcome.failed.push(addr);
+        }
+        t.pending = t.pending.saturating_sub(1);
+        if t.pending == 0 {
+            t.ended_ms = Some(now);
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! Joining a running cluster after the start (`Node::join_cluster`).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{start_cluster, test_config, wait_converged_members, wait_for};
+use tribe::{Error, Keyring, Node, SecretKey};
+
+/// A port nobody listens on (bound, then closed).
+fn dead_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_alone_joins_through_an_address_learnt_later() {
+    let a = Node::start(test_config("ja")).await.unwrap();
+    a.create_tribe("web").await.unwrap();
+    let b = Node::start(test_config("jb")).await.unwrap();
+    assert_eq!(b.members_alive(), 1);
+
+    let joined = b.join_cluster(&[a.addr().to_string()]).await.unwrap();
+    assert_eq!(joined, 1);
+    // The exchange has ended: b holds a's state already.
+    assert!(
+        b.tribes().iter().any(|t| t.name == "web"),
+        "{:?}",
+        b.tribes()
+    );
+    wait_converged_members(&[a.clone(), b.clone()], 2).await;
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_running_clusters_merge_through_one_join() {
+    let left = start_cluster("jl", 2, |_| {}).await;
+    let right = start_cluster("jr", 2, |_| {}).await;
+    wait_converged_members(&left, 2).await;
+    wait_converged_members(&right, 2).await;
+    left[0].create_tribe("left-only").await.unwrap();
+
+    let joined = right[1]
+        .join_cluster(&[format!("localhost:{}", left[1].addr().port())])
+        .await
+        .unwrap();
+    assert_eq!(joined, 1);
+    let all: Vec<Node> = left.iter().chain(&right).cloned().collect();
+    wait_converged_members(&all, 4).await;
+    wait_for(
+        "every node knows the left tribe",
+        Duration::from_secs(20),
+        || {
+            all.iter()
+                .all(|n| n.tribes().iter().any(|t| t.name == "left-only"))
+        },
+    )
+    .await;
+    for n in all {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_counts_the_addresses_that_answered_and_says_why_none_did() {
+    let a = Node::start(test_config("jc-a")).await.unwrap();
+    let b = Node::start(test_config("jc-b")).await.unwrap();
+    let dead = dead_addr();
+
+    // One of two answers: Ok(1).
+    let joined = b
+        .join_cluster(&[dead.to_string(), a.addr().to_string()])
+        .await
+        .unwrap();
+    assert_eq!(joined, 1);
+
+    // None answers: Io naming each place and why.
+    let c = Node::start(test_config("jc-c")).await.unwrap();
+    let err = c
+        .join_cluster(&[dead.to_string(), "no-such-host.invalid:7946".to_string()])
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(msg.contains(&dead.to_string()), "{msg}");
+    assert!(
+        msg.contains("no-such-host.invalid:7946: does not resolve"),
+        "{msg}"
+    );
+    assert_eq!(c.members_alive(), 1);
+
+    // Bad places are refused before anything is sent.
+    let none: [&str; 0] = [];
+    for bad in [
+        c.join_cluster(&none).await,
+        c.join_cluster(&["127.0.0.1"]).await,
+        c.join_cluster(&["127.0.0.1:0"]).await,
+        c.join_cluster(&["224.0.0.1:7946"]).await,
+        c.join_cluster(&["host name:7946"]).await,
+        c.join_cluster(&[c.addr().to_string()]).await,
+        c.join_cluster(&vec!["127.0.0.1:9"; tribe::api::MAX_JOIN_PLACES + 1])
+            .await,
+    ] {
+        assert!(matches!(bad, Err(Error::InvalidArgument(_))), "{bad:?}");
+    }
+    for n in [a, b, c] {
+        n.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_a_node_holding_other_keys_fails_and_a_stopped_node_refuses() {
+    let keyed = |name: &str| {
+        let mut cfg = test_config(name);
+        cfg.keyring = Some(Keyring::new(SecretKey::generate()));
+        cfg
+    };
+    let a = Node::start(keyed("jk-a")).await.unwrap();
+    let b = Node::start(keyed("jk-b")).await.unwrap();
+    let err = b.join_cluster(&[a.addr().to_string()]).await.unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("other keys"), "{err}");
+    assert_eq!(b.members_alive(), 1);
+    assert_eq!(a.members_alive(), 1);
+
+    b.shutdown().await.unwrap();
+    let after = b.join_cluster(&[a.addr().to_string()]).await;
+    assert!(matches!(after, Err(Error::ShuttingDown)), "{after:?}");
+    a.shutdown().await.unwrap();
+}
