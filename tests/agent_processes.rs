@@ -2700,3 +2700,73 @@ fn a_key_given_in_the_wrong_place_is_withheld_from_every_error() {
     assert_eq!(status, 400, "{body}");
     assert!(!body.to_string().contains(key), "{body}");
 }
+
+/// A batch the `file` publisher cannot write whole (a full disk, here a
+/// file-size limit) leaves nothing of itself in the file: no lines of a
+/// batch its caller was told failed, no half line for the next batch's
+/// first line to be appended to.
+#[test]
+fn a_batch_the_file_publisher_cannot_write_whole_leaves_nothing_of_itself() {
+    let dir = scratch_dir("publish_fsize");
+    let out = dir.join("published.jsonl");
+    let store = start_agent_in(
+        &dir,
+        "pf-store",
+        &args(&[
+            "--publish-file",
+            out.to_str().unwrap(),
+            "--log-level",
+            "warn",
+        ]),
+        &[],
+        Some("ulimit -f 4"),
+    );
+    cli_ok(&store, &["tribe", "create", "storage"]);
+    cli_ok(&store, &["tribe", "join", "storage"]);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let outcomes = rt.block_on(async {
+        let mut cfg = tribe::Config::new("pf-caller");
+        cfg.bind = "127.0.0.1:0".parse().unwrap();
+        cfg.seeds = vec![store.gossip];
+        cfg.profile = tribe::Profile::Local;
+        cfg.collect_facts = false;
+        let node = tribe::Node::start(cfg).await.unwrap();
+        let file = tribe::CallTarget::new("storage", "file", tribe::PluginKind::Publisher);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while node.tribe("storage").is_none_or(|t| t.members.is_empty()) {
+            assert!(Instant::now() < deadline, "the caller never saw storage");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let mut outcomes = Vec::new();
+        // Each batch about 700 bytes: the 4 KiB limit falls inside one.
+        for i in 0..10 {
+            let metrics: Vec<_> = (0..5)
+                .map(|j| json!({"name": format!("m/{i}/{j}"), "value": j, "timestamp_ms": 1, "tags": {"pad": "p".repeat(100)}}))
+                .collect();
+            let batch = serde_json::to_vec(&json!({ "metrics": metrics })).unwrap();
+            outcomes.push(node.call(&file, batch, Duration::from_secs(5)).await.is_ok());
+        }
+        node.shutdown().await.unwrap();
+        outcomes
+    });
+    assert!(
+        outcomes.iter().any(|ok| !ok),
+        "no write failed: {outcomes:?}"
+    );
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(
+        text.is_empty() || text.ends_with('\n'),
+        "a half line: {text:?}"
+    );
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    // Whole batches only, those told they were written.
+    let written = outcomes.iter().filter(|ok| **ok).count();
+    assert_eq!(lines.len(), 5 * written, "{outcomes:?}: {text}");
+}

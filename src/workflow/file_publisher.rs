@@ -124,7 +124,29 @@ fn append_to(path: &Path, bytes: &[u8]) -> Result<(), PluginError> {
         .append(true)
         .open(path)
         .map_err(|e| PluginError::io(path, &e))?;
-    file.write_all(bytes).map_err(|e| PluginError::io(path, &e))
+    // A batch is written whole or not at all: a write cut short (a full
+    // disk, a file-size limit) would leave some of its lines and half of
+    // one, onto which the next batch's first line is appended, while its
+    // caller hears that none was written. (Only a regular file can be cut
+    // back; a FIFO or a terminal takes what it took.)
+    let before = file
+        .metadata()
+        .ok()
+        .filter(std::fs::Metadata::is_file)
+        .map(|m| m.len());
+    let Err(e) = file.write_all(bytes) else {
+        return Ok(());
+    };
+    let mut failed = PluginError::io(path, &e);
+    if let Some(len) = before {
+        if let Err(cut) = file.set_len(len) {
+            failed.message = format!(
+                "{}; and what was written of this batch could not be taken back: {cut}",
+                failed.message
+            );
+        }
+    }
+    Err(failed)
 }
 
 #[cfg(test)]
