@@ -232,6 +232,26 @@ object_only!(
 );
 object_only!(RawSchedule, "an object with interval");
 
+/// Parses a manifest's JSON; an error names the field it is in
+/// (`process[1].tribe: invalid type: integer `7`, expected a string`).
+fn parse_naming_the_field(json: &str) -> Result<RawManifest, ManifestError> {
+    let error = |message: String| ManifestError::Json {
+        what: "task manifest",
+        message,
+    };
+    let mut de = serde_json::Deserializer::from_str(json);
+    let raw: RawManifest = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        if path == "." {
+            error(e.inner().to_string())
+        } else {
+            error(format!("{path}: {}", e.inner()))
+        }
+    })?;
+    de.end().map_err(|e| error(e.to_string()))?;
+    Ok(raw)
+}
+
 impl Manifest {
     /// Parses and checks the manifest of task `task_id`.
     pub fn parse(task_id: &str, json: &str) -> Result<Manifest, ManifestError> {
@@ -243,10 +263,7 @@ impl Manifest {
             });
         }
         names::check("task", task_id).map_err(|e| invalid("id", e.to_string()))?;
-        let raw: RawManifest = serde_json::from_str(json).map_err(|e| ManifestError::Json {
-            what: "task manifest",
-            message: e.to_string(),
-        })?;
+        let raw: RawManifest = parse_naming_the_field(json)?;
         if let Some(id) = &raw.id {
             if id != task_id {
                 return Err(invalid(
@@ -481,6 +498,31 @@ mod tests {
         assert!(m.process[0].config.is_empty());
         assert_eq!(m.publish[0].plugin, "file");
         assert_eq!(m.publish[0].tribe.as_deref(), Some("storage"));
+    }
+
+    #[test]
+    fn a_wrong_type_or_an_unknown_field_names_where_it_is() {
+        let cases = [
+            (
+                r#"{"schedule":{"interval":"5s"},"collect":{"plugin":"proc"},"process":[{"plugin":"tag"},{"plugin":"tag","tribe":7}]}"#,
+                "process[1].tribe: invalid type: integer `7`",
+            ),
+            (
+                r#"{"schedule":{"interval":"5s"},"collect":{"plugin":5}}"#,
+                "collect.plugin: invalid type: integer `5`",
+            ),
+            (
+                &with_publish_steps(r#"{"plugin":"file","retries":3}"#),
+                "publish[0].retries: unknown field `retries`",
+            ),
+        ];
+        for (json, want) in cases {
+            let got = err("t", json);
+            assert!(got.contains(want), "{json}: {got}");
+        }
+        // Trailing text is still refused.
+        let got = err("t", &format!("{} x", with_publish_steps("")));
+        assert!(got.contains("trailing characters"), "{got}");
     }
 
     #[test]
