@@ -739,16 +739,43 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     let mut runner = crate::tasks::TaskRunner::new(node.clone());
     tokio::spawn(async move {
         let mut log = EventLog::default();
+        let mut missed = 0;
+        // Since when the stream has been behind, its lost events not made
+        // up for yet.
+        let mut behind: Option<std::time::Instant> = None;
         loop {
             // A quiet second still reports what the last one skipped.
             let next = tokio::time::timeout(std::time::Duration::from_secs(1), events.next());
-            match next.await {
+            let quiet = match next.await {
                 Ok(Some(event)) => {
                     log.event(&event, std::time::Instant::now());
                     runner.on_event(&event);
+                    false
                 }
                 Ok(None) => break,
-                Err(_) => log.roll(std::time::Instant::now()),
+                Err(_) => {
+                    log.roll(std::time::Instant::now());
+                    true
+                }
+            };
+            // The stream fell behind (a burst of 65,536 events: a late
+            // joiner of a large tribe) and lost the newest, maybe a TaskRun
+            // or a TaskStop among them. Once the older ones queued before
+            // them are read (a quiet second; 10 s at most), the tribes'
+            // catalogs say what to run.
+            if events.missed() > missed {
+                tracing::warn!(
+                    lost = events.missed() - missed,
+                    "the agent's event stream fell behind and lost events; its tasks are set again from the tribes' catalogs"
+                );
+                missed = events.missed();
+                behind.get_or_insert_with(std::time::Instant::now);
+            }
+            if behind
+                .is_some_and(|since| quiet || since.elapsed() >= std::time::Duration::from_secs(10))
+            {
+                behind = None;
+                runner.resync();
             }
         }
     });

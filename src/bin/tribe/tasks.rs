@@ -18,6 +18,9 @@ use tribe::{Event, HandlerError, Node, PluginKind, Task};
 pub const BUILTIN_VERSION: &str = "1";
 /// A failing task is logged at most this often.
 const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
+/// A task's first run comes at a random point within its first interval
+/// and at most this long after it starts (see `run_task`).
+const FIRST_RUN_SPREAD: Duration = Duration::from_secs(10);
 
 fn bad_request(e: impl std::fmt::Display) -> HandlerError {
     HandlerError::new("bad_input", e.to_string())
@@ -139,7 +142,8 @@ pub async fn serve_builtins(
 /// Runs the tasks this node is asked to run.
 pub struct TaskRunner {
     node: Node,
-    running: HashMap<(String, String), tokio::task::JoinHandle<()>>,
+    /// Each running task's run and the manifest it runs.
+    running: HashMap<(String, String), (tokio::task::JoinHandle<()>, String)>,
 }
 
 impl TaskRunner {
@@ -151,23 +155,63 @@ impl TaskRunner {
         }
     }
 
+    /// Sets the tasks run to what the snapshots say this node should run:
+    /// after the event stream lost events (it fell 65,536 behind), a
+    /// `TaskRun` or `TaskStop` may be among them.
+    pub fn resync(&mut self) {
+        let me = self.node.name().to_string();
+        let wanted: Vec<Task> = self
+            .node
+            .tribes()
+            .into_iter()
+            .filter(|t| t.members.contains(&me))
+            .flat_map(|t| t.tasks)
+            .filter(|task| task.state == tribe::TaskState::Running)
+            .collect();
+        let keys: std::collections::HashSet<(String, String)> = wanted
+            .iter()
+            .map(|t| (t.tribe.clone(), t.id.clone()))
+            .collect();
+        let gone: Vec<(String, String)> = self
+            .running
+            .keys()
+            .filter(|k| !keys.contains(*k))
+            .cloned()
+            .collect();
+        for key in gone {
+            self.stop(&key.0, &key.1);
+        }
+        for task in &wanted {
+            let key = (task.tribe.clone(), task.id.clone());
+            if self
+                .running
+                .get(&key)
+                .is_none_or(|(_, m)| *m != task.manifest)
+            {
+                self.start(task);
+            }
+        }
+    }
+
+    fn stop(&mut self, tribe: &str, id: &str) {
+        if let Some((handle, _)) = self.running.remove(&(tribe.to_string(), id.to_string())) {
+            handle.abort();
+            tracing::info!(%tribe, task = %id, "task stopped");
+        }
+    }
+
     /// Starts, restarts or stops tasks as events say.
     pub fn on_event(&mut self, event: &Event) {
         match event {
             Event::TaskRun(task) => self.start(task),
-            Event::TaskStop(task) => {
-                if let Some(handle) = self.running.remove(&(task.tribe.clone(), task.id.clone())) {
-                    handle.abort();
-                    tracing::info!(tribe = %task.tribe, task = %task.id, "task stopped");
-                }
-            }
+            Event::TaskStop(task) => self.stop(&task.tribe, &task.id),
             _ => {}
         }
     }
 
     fn start(&mut self, task: &Task) {
         let key = (task.tribe.clone(), task.id.clone());
-        if let Some(old) = self.running.remove(&key) {
+        if let Some((old, _)) = self.running.remove(&key) {
             old.abort();
         }
         let manifest = match Manifest::parse(&task.id, &task.manifest) {
@@ -186,11 +230,25 @@ impl TaskRunner {
             );
             return;
         }
+        if manifest
+            .collect
+            .version
+            .as_deref()
+            .is_some_and(|v| v != BUILTIN_VERSION)
+        {
+            tracing::warn!(
+                tribe = %task.tribe,
+                task = %task.id,
+                version = ?manifest.collect.version,
+                "this agent's built-in `proc` collector is version {BUILTIN_VERSION}; not running the task"
+            );
+            return;
+        }
         tracing::info!(tribe = %task.tribe, task = %task.id, interval = ?manifest.schedule.interval, "task running");
         let node = self.node.clone();
         let tribe = task.tribe.clone();
         let handle = tokio::spawn(run_task(node, tribe, manifest));
-        self.running.insert(key, handle);
+        self.running.insert(key, (handle, task.manifest.clone()));
     }
 }
 
@@ -200,7 +258,13 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest) {
     let step_timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
     let workflow = Workflow::new(manifest, step_timeout);
     let collector = ProcCollector::new();
-    let mut tick = tokio::time::interval(interval);
+    // Tasks started together (a late joiner inherits thousands at once)
+    // would tick together for good, each tick opening as many files at
+    // once: the first run comes within the first interval (10 s at most),
+    // at a random point.
+    let spread = interval.min(FIRST_RUN_SPREAD).as_millis() as u64;
+    let first = Duration::from_millis(rand::random_range(0..spread.max(1)));
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_failure_log: Option<tokio::time::Instant> = None;
     let mut succeeded_once = false;
@@ -213,7 +277,10 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest) {
         let mut metrics = match collector.collect(&patterns, now).await {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(%tribe, task = %id, error = %e, "collect failed");
+                if last_failure_log.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
+                    last_failure_log = Some(tokio::time::Instant::now());
+                    tracing::warn!(%tribe, task = %id, error = %e, "collect failed");
+                }
                 continue;
             }
         };
@@ -255,5 +322,56 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), gate.printed())
             .await
             .expect("open once the ready line is out");
+    }
+
+    /// After lost events, the runner takes what to run from the catalogs:
+    /// a task it missed the start of runs, one it missed the stop of stops,
+    /// one whose manifest changed runs the new one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_resync_runs_what_the_catalogs_say() {
+        let mut cfg = tribe::Config::new("resync");
+        cfg.profile = tribe::Profile::Local;
+        cfg.collect_facts = false;
+        let node = tribe::Node::start(cfg).await.unwrap();
+        node.create_tribe("t").await.unwrap();
+        node.join("t", "resync").await.unwrap();
+        let manifest = |interval: &str| {
+            format!(
+                r#"{{"schedule": {{"interval": "{interval}"}}, "collect": {{"plugin": "proc"}}}}"#
+            )
+        };
+        node.add_task("t", "a", &manifest("1s"), tribe::TaskState::Running)
+            .await
+            .unwrap();
+        node.add_task("t", "b", &manifest("1s"), tribe::TaskState::Stopped)
+            .await
+            .unwrap();
+        let mut runner = super::TaskRunner::new(node.clone());
+        let running = |r: &super::TaskRunner| {
+            let mut ids: Vec<String> = r.running.keys().map(|(_, id)| id.clone()).collect();
+            ids.sort();
+            ids
+        };
+        runner.resync();
+        assert_eq!(running(&runner), ["a"]);
+        node.set_task_state("t", "a", tribe::TaskState::Stopped)
+            .await
+            .unwrap();
+        node.set_task_state("t", "b", tribe::TaskState::Running)
+            .await
+            .unwrap();
+        runner.resync();
+        assert_eq!(running(&runner), ["b"]);
+        node.remove_task("t", "b").await.unwrap();
+        node.add_task("t", "b", &manifest("2s"), tribe::TaskState::Running)
+            .await
+            .unwrap();
+        runner.resync();
+        let kept = &runner.running[&("t".to_string(), "b".to_string())].1;
+        assert!(kept.contains(r#""2s""#), "{kept}");
+        node.leave("t", "resync").await.unwrap();
+        runner.resync();
+        assert!(running(&runner).is_empty());
+        node.shutdown().await.unwrap();
     }
 }
