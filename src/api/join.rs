@@ -29,7 +29,7 @@ impl Node {
     /// become seeds too: a node that loses every peer tries them again.
     ///
     /// Returns how many addresses completed their exchange; waits for all
-    /// of them (an exchange is abandoned after [`SYNC_TIMEOUT`], a lookup
+    /// of them (an exchange is abandoned after 10 s, a lookup
     /// after 5 s). Errors: `InvalidArgument` (no place, more than
     /// [`MAX_JOIN_PLACES`], one not `host:port`, only this node's own
     /// address), `Io` when no address completed its exchange (the message
