@@ -122,9 +122,17 @@ async fn calls_reach_hosts_across_five_nodes_local_first() {
         nodes[0].call(&echo(), vec![], SECOND).await,
         Err(Error::NoProvider { .. })
     ));
+    // A tribe no node knows (never created, or deleted under its callers).
+    let mut gone = echo();
+    gone.tribe = "gone".into();
+    assert!(matches!(
+        nodes[0].call(&gone, vec![], SECOND).await,
+        Err(Error::UnknownTribe(_))
+    ));
     let stats = nodes[0].rpc_stats();
     assert_eq!(stats.ok, 30);
     assert_eq!(stats.no_provider, 3);
+    assert_eq!(stats.unknown_tribe, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -392,6 +392,7 @@ pub fn render(s: &Snapshot) -> String {
             (outcome("overloaded"), rpc.overloaded),
             (outcome("disconnected"), rpc.disconnected),
             (outcome("not_sent"), rpc.not_sent),
+            (outcome("unknown_tribe"), rpc.unknown_tribe),
         ],
     );
     counter(

@@ -1020,6 +1020,9 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
         Err(Error::Disconnected { .. }) => &counters.disconnected,
         // The one `Io` a call ends with: no connection could be opened.
         Err(Error::Io(_)) => &counters.not_sent,
+        // A tribe deleted while callers still use it: a dashboard of
+        // outcomes must show those calls failing.
+        Err(Error::UnknownTribe(_)) => &counters.unknown_tribe,
         Err(_) => return,
     };
     RpcCounters::bump(c);

@@ -167,6 +167,9 @@ pub struct RpcCounters {
     /// Calls not sent: this process could not open a connection (out of
     /// descriptors, socket buffers or memory).
     pub not_sent: AtomicU64,
+    /// Calls to a tribe this node does not know (never created, or
+    /// deleted): no member was asked.
+    pub unknown_tribe: AtomicU64,
     /// Calls that moved to another host after a refusal or a failed connect.
     pub failovers: AtomicU64,
     /// Calls this node's handlers served.
@@ -220,6 +223,9 @@ pub struct RpcStats {
     /// Calls not sent: this process could not open a connection (out of
     /// descriptors, socket buffers or memory; the error is `Io`).
     pub not_sent: u64,
+    /// Calls to a tribe this node does not know (never created, or
+    /// deleted; the error is `UnknownTribe`).
+    pub unknown_tribe: u64,
     /// Failovers to another host.
     pub failovers: u64,
     /// Calls served here.
@@ -277,6 +283,7 @@ impl RpcCounters {
             overloaded: g(&self.overloaded),
             disconnected: g(&self.disconnected),
             not_sent: g(&self.not_sent),
+            unknown_tribe: g(&self.unknown_tribe),
             failovers: g(&self.failovers),
             served: g(&self.served),
             refused: g(&self.refused),
