@@ -120,7 +120,7 @@ func main() {
 			sent++
 			log.Printf("published %d metrics through tribe %s to %s (reply %q)", len(batch), *pubTribe, *plugin, reply)
 		case errors.Is(err, tribe.ErrUnknownTribe):
-			log.Printf("tribe %s not known yet (no peer reached)%s", *pubTribe, whyAlone(node, key != "" || *keyFile != ""))
+			log.Printf("tribe %s not known here%s", *pubTribe, whyUnknown(node, key != "" || *keyFile != ""))
 		case errors.Is(err, tribe.ErrNoProvider):
 			log.Printf("no member of %s serves %s yet", *pubTribe, *plugin)
 		default:
@@ -129,19 +129,22 @@ func main() {
 	}
 }
 
-// whyAlone hints at why no peer answered: most often a wrong key, or a
-// seed that is not a member's gossip port.
-func whyAlone(node *tribe.Node, keyed bool) string {
+// whyUnknown says why a tribe is not known: not created yet (or deleted)
+// when peers are reached, else why no peer answered (most often a wrong
+// key, or a seed that is not a member's gossip port).
+func whyUnknown(node *tribe.Node, keyed bool) string {
 	st, err := node.Status()
 	switch {
-	case err != nil || st.MembersAlive > 1:
+	case err != nil:
 		return ""
+	case st.MembersAlive > 1:
+		return ": not created yet, or deleted (tribe tribe create, or a policy, makes it)"
 	case st.KeyRefusedBy != "":
-		return fmt.Sprintf(": %s refused this node's key (use the tribe's current key)", st.KeyRefusedBy)
+		return fmt.Sprintf(" (no peer reached): %s refused this node's key (use the tribe's current key)", st.KeyRefusedBy)
 	case !keyed:
-		return ": if the tribe is encrypted, give its key (-key-file or $TRIBE_KEY)"
+		return " (no peer reached): if the tribe is encrypted, give its key (-key-file or $TRIBE_KEY)"
 	default:
-		return ": check -seed (a member's gossip port, not its admin port) and the key"
+		return " (no peer reached): check -seed (a member's gossip port, not its admin port) and the key"
 	}
 }
 
