@@ -2770,3 +2770,40 @@ fn a_batch_the_file_publisher_cannot_write_whole_leaves_nothing_of_itself() {
     let written = outcomes.iter().filter(|ok| **ok).count();
     assert_eq!(lines.len(), 5 * written, "{outcomes:?}: {text}");
 }
+
+/// Agents stopped together each say goodbye and relay each other's down
+/// notices: one of those can reach an observer before the notice's own
+/// record saying `left`. The observer tells each of them left, never
+/// failed first (an alert on `MemberFailed` would page at every deploy).
+#[test]
+fn agents_stopped_together_are_told_left_never_failed_first() {
+    let dir = scratch_dir("stop_together");
+    for round in 0..3 {
+        let first = start_agent(&dir, &format!("sa{round}-0"), &[]);
+        let seed = args(&["--seed", &first.gossip.to_string()]);
+        let mut agents = vec![first];
+        for i in 1..4 {
+            agents.push(start_agent(&dir, &format!("sa{round}-{i}"), &seed));
+        }
+        let observer = start_agent(&dir, &format!("sa{round}-obs"), &seed);
+        wait_for("five alive", Duration::from_secs(30), || {
+            alive(&observer) == 5
+        });
+        for a in &agents {
+            sigterm(&a.child);
+        }
+        for a in &mut agents {
+            let _ = a.child.wait();
+        }
+        wait_for("every stopped agent left", Duration::from_secs(20), || {
+            (0..4).all(|i| {
+                member_state(&observer, &format!("sa{round}-{i}")).as_deref() == Some("left")
+            })
+        });
+        // A failure told late would come within the second after.
+        std::thread::sleep(Duration::from_millis(1500));
+        let log = std::fs::read_to_string(dir.join(format!("sa{round}-obs.log"))).unwrap();
+        let failed: Vec<&str> = log.lines().filter(|l| l.contains("MemberFailed")).collect();
+        assert!(failed.is_empty(), "round {round}: {failed:#?}");
+    }
+}

@@ -1011,13 +1011,17 @@ impl Engine {
                 if !left {
                     self.note_failed_at(id.addr);
                 }
-                let may_leave = !left && self.leave_word_may_come(&id.name, id.generation);
+                let leave_word = if left {
+                    None
+                } else {
+                    self.leave_word_wait(&id.name, id.generation)
+                };
                 if self.members.down(&id, left, now) == members::Change::Down {
                     let name = id.name.to_string();
                     if left {
                         self.emit(Event::MemberLeft { name });
-                    } else if may_leave {
-                        self.defer_failed(name);
+                    } else if let Some(wait) = leave_word {
+                        self.defer_failed(name, wait);
                     } else {
                         self.emit(Event::MemberFailed { name });
                     }
