@@ -31,7 +31,10 @@
  *   function is async-signal-safe: from a signal handler, write to a
  *   self-pipe (or use signalfd) and call tribe_node_shutdown from a thread.
  *   Every descriptor libtribe opens belongs to one node or poll group and
- *   is closed by its free (none is process-wide).
+ *   is closed by its free (none is process-wide), but a name lookup's
+ *   (seeds by name, tribe_node_join_cluster): it runs on a thread of its
+ *   own that only the system resolver ends, so one that hangs outlives
+ *   its node until the resolver gives up (32 at most in a process).
  *
  * Threads
  * - libtribe never calls into the host from its own threads. Node events,
@@ -1112,18 +1115,28 @@ uint32_t tribe_node_set_encryption(const struct tribe_node *node,
 /**
  * Joins the cluster through `places` (`places_len` strings `host:port`:
  * addresses, or names looked up), also while this node is in a cluster
- * already (two clusters then merge): each place gets a join exchange, in
+ * already (two clusters then merge; their records merge as every record
+ * does, the later write winning: a tribe or policy deleted on one side
+ * within the tombstone grace deletes one of that name on the other when
+ * the deletion is the later write): each place gets a join exchange, in
  * which this node sends its view and takes the peer's. The addresses
- * become seeds too (a node that loses every peer tries them again).
- * Blocks until every exchange ended: up to 5 s for the lookups plus 10 s
- * for the exchanges; `tribe_node_shutdown` from another thread ends it
- * (`TRIBE_SHUTTING_DOWN`). `*joined` (may be NULL) receives how many
- * addresses completed their exchange, 0 on error.
+ * become seeds too, those that did not answer also (a node alone, or one
+ * that loses every peer later, tries them again). Blocks until every
+ * exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
+ * a node runs 16 joins at once, the others wait their turn;
+ * `tribe_node_shutdown` from another thread ends it at once
+ * (`TRIBE_SHUTTING_DOWN`). A name's lookup runs on a thread of its own
+ * (the resolver cannot be cancelled): one that hangs outlives the node
+ * until the resolver gives up; 32 run at once in a process, a name past
+ * that fails at once. `*joined` (may be NULL) receives how many addresses
+ * completed their exchange, 0 on error.
  *
  * Errors: `TRIBE_INVALID_ARGUMENT` (no place, more than 256, one not
  * `host:port` or of port 0, only this node's own address), `TRIBE_IO`
  * when no address completed its exchange (the message names each and
- * why), `TRIBE_OVERLOADED` (64 joins at once), `TRIBE_SHUTTING_DOWN`.
+ * why: refused, no answer, another key, a name that does not resolve,
+ * this node itself through another of its addresses),
+ * `TRIBE_SHUTTING_DOWN`.
  */
 uint32_t tribe_node_join_cluster(const struct tribe_node *node,
                                  const char *const *places,
@@ -1627,7 +1640,9 @@ uint32_t tribe_group_wake(const struct tribe_group *group,
  * `tribe_node_shutdown` (or `tribe_node_abort`), then free it with
  * `tribe_node_free`. Every descriptor libtribe opens belongs to one node
  * (or poll group) and is closed by its free: none is process-wide, so a
- * daemon may close every descriptor after the free and start nodes again.
+ * daemon may close every descriptor after the free and start nodes again
+ * (but a name lookup's, which only the system resolver ends: see the top
+ * of this header).
  */
 uint32_t tribe_node_start(struct tribe_config *cfg,
                           struct tribe_node **out,

@@ -84,6 +84,8 @@ struct Inner {
     first_events: Mutex<Option<EventStream>>,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     rpc: Arc<crate::rpc::call::Rpc>,
+    /// Joins under way at once (see [`Node::join_cluster`]); more wait.
+    joins: tokio::sync::Semaphore,
 }
 
 impl Drop for Inner {
@@ -309,6 +311,7 @@ impl Node {
                 first_events: Mutex::new(Some(first_events)),
                 task: Mutex::new(Some(task)),
                 rpc,
+                joins: tokio::sync::Semaphore::new(join::MAX_JOINS),
             }),
         })
     }

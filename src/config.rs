@@ -390,20 +390,36 @@ pub(crate) enum JoinPlace {
 /// port 1 to 65535, no zone id, no multicast or broadcast address. A bad
 /// one is `InvalidArgument`. Looks nothing up.
 pub(crate) fn join_place(text: &str) -> Result<JoinPlace, Error> {
-    let config_to_argument = |e: Error| match e {
-        Error::Config(why) => Error::InvalidArgument(why),
-        other => other,
-    };
+    let bad = |why: String| Error::InvalidArgument(format!("join address {why}"));
     let Ok(addr) = text.parse::<SocketAddr>() else {
-        check_seed_name(text).map_err(config_to_argument)?;
+        // Its message names a seed: this one is a join's address.
+        check_seed_name(text).map_err(|e| match e {
+            Error::Config(why) => bad(why.strip_prefix("seed ").unwrap_or(&why).to_string()),
+            other => other,
+        })?;
         return Ok(JoinPlace::Name(text.to_string()));
     };
     if addr.port() == 0 {
-        return Err(Error::InvalidArgument(format!(
+        return Err(bad(format!(
             "{addr}: port 0 reaches no node (the port is 1 to 65535)"
         )));
     }
-    check_seeds(addr, &[addr]).map_err(config_to_argument)?;
+    if matches!(addr, SocketAddr::V6(v6) if v6.scope_id() != 0) {
+        return Err(bad(format!("{addr}: {ZONE_IDS}")));
+    }
+    if is_shared(&addr) {
+        return Err(bad(format!(
+            "{addr}: a multicast or broadcast address is no node's own"
+        )));
+    }
+    if let SocketAddr::V6(v6) = addr {
+        if let Some(v4) = v6.ip().to_ipv4_mapped() {
+            return Err(bad(format!(
+                "{addr}: an IPv4-mapped address; give the IPv4 one ({v4}:{})",
+                addr.port()
+            )));
+        }
+    }
     Ok(JoinPlace::Addr(addr))
 }
 

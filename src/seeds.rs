@@ -127,13 +127,50 @@ fn fail(seed: &mut Seed, why: &str, shared: &Weak<Shared>) {
     }
 }
 
-/// Looks `name` up on a thread of its own.
+/// Name lookups under way in this process, each on its thread: a lookup
+/// cannot be cancelled and may outlive its node (until the resolver gives
+/// up), so their number is bounded.
+static LOOKUPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Lookups under way at most; a name asked for beyond that fails at once.
+pub(crate) const MAX_LOOKUPS: usize = 32;
+
+/// Takes one of the [`MAX_LOOKUPS`] places; gives it back when dropped.
+struct LookupPlace;
+
+impl LookupPlace {
+    fn take() -> Option<LookupPlace> {
+        use std::sync::atomic::Ordering;
+        LOOKUPS
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < MAX_LOOKUPS).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| LookupPlace)
+    }
+}
+
+impl Drop for LookupPlace {
+    fn drop(&mut self) {
+        LOOKUPS.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// Looks `name` up on a thread of its own (at most [`MAX_LOOKUPS`] at once
+/// in the process: beyond that the answer is a failure, at once).
 pub(crate) fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
     let (tx, rx) = oneshot::channel();
+    let Some(place) = LookupPlace::take() else {
+        let _ = tx.send(Err(format!(
+            "{MAX_LOOKUPS} name lookups are under way in this process (a resolver that does \
+             not answer holds each up to its own timeout); try again later"
+        )));
+        return rx;
+    };
     let name = name.to_string();
     let spawned = std::thread::Builder::new()
         .name("tribe-seed-lookup".into())
         .spawn(move || {
+            let _place = place;
             let answer = match name.to_socket_addrs() {
                 Ok(addrs) => {
                     let addrs: Vec<SocketAddr> = addrs.collect();

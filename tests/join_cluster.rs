@@ -83,7 +83,10 @@ async fn a_join_counts_the_addresses_that_answered_and_says_why_none_did() {
         .unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, Error::Io(_)), "{err:?}");
-    assert!(msg.contains(&dead.to_string()), "{msg}");
+    assert!(
+        msg.contains(&format!("{dead}: connection refused")),
+        "{msg}"
+    );
     assert!(
         msg.contains("no-such-host.invalid:7946: does not resolve"),
         "{msg}"
@@ -99,6 +102,10 @@ async fn a_join_counts_the_addresses_that_answered_and_says_why_none_did() {
         c.join_cluster(&["224.0.0.1:7946"]).await,
         c.join_cluster(&["host name:7946"]).await,
         c.join_cluster(&[c.addr().to_string()]).await,
+        c.join_cluster(&[format!("0.0.0.0:{}", c.addr().port())])
+            .await,
+        c.join_cluster(&[format!("[::ffff:127.0.0.1]:{}", a.addr().port())])
+            .await,
         c.join_cluster(&vec!["127.0.0.1:9"; tribe::api::MAX_JOIN_PLACES + 1])
             .await,
     ] {
@@ -120,7 +127,10 @@ async fn a_join_through_a_node_holding_other_keys_fails_and_a_stopped_node_refus
     let b = Node::start(keyed("jk-b")).await.unwrap();
     let err = b.join_cluster(&[a.addr().to_string()]).await.unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err:?}");
-    assert!(err.to_string().contains("other keys"), "{err}");
+    assert!(
+        err.to_string().contains("does not hold this node's key"),
+        "{err}"
+    );
     assert_eq!(b.members_alive(), 1);
     assert_eq!(a.members_alive(), 1);
 
@@ -128,4 +138,45 @@ async fn a_join_through_a_node_holding_other_keys_fails_and_a_stopped_node_refus
     let after = b.join_cluster(&[a.addr().to_string()]).await;
     assert!(matches!(after, Err(Error::ShuttingDown)), "{after:?}");
     a.shutdown().await.unwrap();
+}
+
+/// A node bound to every address is reached through another of them: the
+/// exchange answers under its own identity, and the join says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_through_another_address_of_this_node_is_no_join() {
+    let mut cfg = test_config("jself");
+    cfg.bind = "0.0.0.0:0".parse().unwrap();
+    cfg.advertise = Some("127.0.0.1:0".parse().unwrap());
+    let n = Node::start(cfg).await.unwrap();
+    let other = format!("127.0.0.2:{}", n.addr().port());
+    let err = n.join_cluster(&[other.as_str()]).await.unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(err.to_string().contains("this node itself"), "{err}");
+    assert_eq!(n.members_alive(), 1);
+    n.shutdown().await.unwrap();
+}
+
+/// A join waiting on a name whose lookup does not answer ends when the
+/// node stops, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_ends_a_join_at_once() {
+    let n = Node::start(test_config("jstop")).await.unwrap();
+    // A TCP port that accepts and never answers: the exchange waits.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let place = silent.local_addr().unwrap().to_string();
+    let joining = {
+        let n = n.clone();
+        tokio::spawn(async move { n.join_cluster(&[place]).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = std::time::Instant::now();
+    n.shutdown().await.unwrap();
+    let ended = joining.await.unwrap();
+    assert!(matches!(ended, Err(Error::ShuttingDown)), "{ended:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        asked.elapsed()
+    );
+    drop(silent);
 }

@@ -485,18 +485,24 @@ func ABIVersion() int { return int(C.tribe_abi_version()) }
 
 // JoinCluster joins the cluster through places ("host:port": addresses, or
 // names looked up, as Config.Seeds takes), also while this node is in a
-// cluster already (two clusters then merge). Each place gets a join
-// exchange: this node sends its view and takes the peer's, so when
-// JoinCluster returns, the node knows the peer's members, tribes and
-// catalogs. The addresses become seeds too: a node that loses every peer
-// tries them again. It returns how many addresses completed their
-// exchange, after waiting for all (up to 5 s for the lookups plus 10 s for
-// the exchanges; Close ends the wait with ErrShuttingDown).
+// cluster already (two clusters then merge; their records merge as every
+// record does, the later write winning: a tribe or policy deleted on one
+// side within the tombstone grace deletes one of that name on the other
+// when the deletion is the later write). Each place gets a join exchange:
+// this node sends its view and takes the peer's, so when JoinCluster
+// returns, the node knows the peer's members, tribes and catalogs. The
+// addresses become seeds too, those that did not answer also: a node alone,
+// or one that loses every peer later, tries them again. It returns how
+// many addresses completed their exchange, after waiting for all (up to 5 s
+// for the lookups plus 10 s for the exchanges; a node runs 16 joins at
+// once, the others wait their turn; Close ends the wait at once with
+// ErrShuttingDown).
 //
 // Errors: an *Error with code "invalid_argument" (no place, more than 256,
 // one not host:port, only this node's own address); ErrIO when no address
-// completed its exchange (the message names each and why);
-// ErrOverloaded (64 joins at once); ErrShuttingDown, ErrClosed.
+// completed its exchange (the message names each and why: refused, no
+// answer, another key, a name that does not resolve, this node itself);
+// ErrShuttingDown, ErrClosed.
 func (n *Node) JoinCluster(places ...string) (int, error) {
 	defer runtime.KeepAlive(n)
 	if err := nulErr(places...); err != nil {

@@ -297,7 +297,15 @@ def _named_error(where: str, sig: inspect.Signature, args: Any, kwargs: Any) -> 
         bound = sig.bind(*args, **kwargs)
     except TypeError:
         return None
-    given = [(name, value, str(sig.parameters[name].annotation)) for name, value in bound.arguments.items()]
+    given = []
+    for name, value in bound.arguments.items():
+        param = sig.parameters[name]
+        annotation = str(param.annotation)
+        if param.kind is inspect.Parameter.VAR_POSITIONAL:
+            # `*places: str`: each one is a str, the tuple is no argument.
+            given.extend((f"{name}[{i}]", v, annotation) for i, v in enumerate(value))
+        else:
+            given.append((name, value, annotation))
     for name, value, annotation in given:
         want = _WANTS.get(annotation)
         if want is not None and not isinstance(value, want[0]):
@@ -1370,25 +1378,30 @@ class Node(_NoCopy):
     def join_cluster(self, *places: str) -> int:
         """Joins the cluster through ``places`` (``"host:port"``: addresses,
         or names looked up, as ``seeds`` takes), also while this node is in
-        a cluster already (two clusters then merge); returns how many
-        addresses completed their join exchange.
+        a cluster already (two clusters then merge; their records merge as
+        every record does, the later write winning: a tribe or policy
+        deleted on one side within the tombstone grace deletes one of that
+        name on the other when the deletion is the later write); returns
+        how many addresses completed their join exchange.
 
         Each place gets an exchange: this node sends its view and takes the
         peer's, so on return it knows the peer's members, tribes and
-        catalogs. The addresses become seeds too (a node that loses every
-        peer tries them again). Waits for every exchange: up to 5 s for the
-        lookups plus 10 s for the exchanges (the GIL is released; Ctrl-C
-        interrupts it).
+        catalogs. The addresses become seeds too, those that did not answer
+        also (a node alone, or one that loses every peer later, tries them
+        again). Waits for every exchange: up to 5 s for the lookups plus
+        10 s for the exchanges; a node runs 16 joins at once, the others
+        wait their turn (the GIL is released; Ctrl-C interrupts it; a close
+        ends it at once).
 
         Raises :class:`InvalidArgumentError` (no place, more than 256, one
         not ``host:port``, only this node's own address),
         :class:`TribeIOError` when no address completed its exchange (the
-        message names each and why), :class:`OverloadedError` (64 joins at
-        once), :class:`ShutdownError`.
+        message names each and why: refused, no answer, another key, a name
+        that does not resolve, this node itself), :class:`ShutdownError`.
         """
         for place in places:
             if not isinstance(place, str):
-                raise TypeError(f"places are str, not {type(place).__name__}")
+                raise TypeError(f"join_cluster: places must be str, not {type(place).__name__}")
         return self._native.join_cluster(list(places))
 
     def set_encryption(self, mode: str) -> None:

@@ -176,11 +176,12 @@ def test_a_node_started_alone_joins_a_running_one_later(cluster: Cluster) -> Non
             raise AssertionError(f"join_cluster{bad!r} succeeded")
         except pytribe.InvalidArgumentError:
             pass
-    try:
-        c.join_cluster(7946)  # type: ignore[arg-type]
-        raise AssertionError("an int place was taken")
-    except TypeError:
-        pass
+    for wrong, kind in [(7946, "int"), (["a:1"], "list"), (b"a:1", "bytes")]:
+        try:
+            c.join_cluster(wrong)  # type: ignore[arg-type]
+            raise AssertionError(f"a {kind} place was taken")
+        except TypeError as e:
+            assert f"places[0] must be str, not {kind}" in str(e), e
     c.close()
     try:
         c.join_cluster(a.addr)

@@ -14,6 +14,8 @@ use crate::runtime::DriverInput;
 
 /// Places one join takes at most.
 pub const MAX_JOIN_PLACES: usize = 256;
+/// Joins of one node under way at once; more wait for one to end.
+pub(super) const MAX_JOINS: usize = 16;
 /// How long the names given are looked up for, at most (all at once).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the exchanges' outcome is looked at.
@@ -23,19 +25,23 @@ impl Node {
     /// Joins the cluster through `places` (`host:port`: an address, or a
     /// name looked up, as [`crate::Config::add_seed`] takes), also while
     /// this node is in a cluster already (two clusters then merge, as
-    /// their seeds' would). Each place gets a join exchange: this node
-    /// sends its view and takes the peer's, so when this returns this
+    /// their seeds' would: their records merge as every record does, the
+    /// later write winning, so a tribe or policy deleted on one side within
+    /// the tombstone grace deletes one of that name on the other when the
+    /// deletion is the later write). Each place gets a join exchange: this
+    /// node sends its view and takes the peer's, so when this returns this
     /// node knows the peer's members, tribes and catalogs. The addresses
-    /// become seeds too: a node that loses every peer tries them again.
+    /// become seeds too, also those that did not answer: a node that is
+    /// alone, or loses every peer later, tries them again.
     ///
     /// Returns how many addresses completed their exchange; waits for all
-    /// of them (an exchange is abandoned after 10 s, a lookup
-    /// after 5 s). Errors: `InvalidArgument` (no place, more than
-    /// [`MAX_JOIN_PLACES`], one not `host:port`, only this node's own
-    /// address), `Io` when no address completed its exchange (the message
-    /// names each and why: no answer, refused, another key or cluster
-    /// label, a name that does not resolve), `Overloaded` (64 joins at
-    /// once), `ShuttingDown`.
+    /// of them (an exchange is abandoned after 10 s, a lookup after 5 s; a
+    /// node runs 16 joins at once, the others wait their turn). Errors:
+    /// `InvalidArgument` (no place, more than [`MAX_JOIN_PLACES`], one not
+    /// `host:port`, only this node's own address), `Io` when no address
+    /// completed its exchange (the message names each and why: refused,
+    /// no answer, another key, a name that does not resolve, this node
+    /// itself), `ShuttingDown` (also when the node stops meanwhile).
     pub async fn join_cluster<S: AsRef<str>>(&self, places: &[S]) -> Result<usize> {
         if places.is_empty() {
             return Err(Error::InvalidArgument("no address to join through".into()));
@@ -54,6 +60,20 @@ impl Node {
             return Err(Error::ShuttingDown);
         }
         need_tokio("a join")?;
+        // Every wait below ends when the node stops.
+        tokio::select! {
+            joined = self.join_through(places) => joined,
+            () = self.inner.inbox.closed() => Err(Error::ShuttingDown),
+        }
+    }
+
+    async fn join_through(&self, places: Vec<JoinPlace>) -> Result<usize> {
+        let _turn = self
+            .inner
+            .joins
+            .acquire()
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
         let (addrs, mut unreached) = look_up(places).await;
         if addrs.is_empty() {
             return Err(none_reached(&unreached));
@@ -68,9 +88,6 @@ impl Node {
             if let Some(outcome) = shared.engine().join_outcome(ticket) {
                 break Some(outcome);
             }
-            if self.inner.inbox.is_closed() {
-                return Err(Error::ShuttingDown);
-            }
             if tokio::time::Instant::now() >= deadline {
                 break None;
             }
@@ -84,19 +101,19 @@ impl Node {
             ));
             return Err(none_reached(&unreached));
         };
+        unreached.extend(
+            outcome
+                .failed
+                .iter()
+                .map(|(addr, why)| format!("{addr}: {why}")),
+        );
         if outcome.reached.is_empty() {
-            for addr in &outcome.failed {
-                unreached.push(format!(
-                    "{addr}: no exchange (not reachable, or it holds other keys, requires \
-                     encryption this node does not send, or runs another cluster label)"
-                ));
-            }
             return Err(none_reached(&unreached));
         }
-        if !outcome.failed.is_empty() || !unreached.is_empty() {
+        if !unreached.is_empty() {
             tracing::warn!(
                 reached = %list(&outcome.reached),
-                failed = %list(&outcome.failed),
+                failed = %unreached.join("; "),
                 "joined through some of the addresses given, not all"
             );
         }

@@ -11,7 +11,8 @@ use super::sync::Exchange;
 use super::Engine;
 use crate::error::{Error, Result};
 
-/// Joins waiting for their exchanges at once; more are refused.
+/// Joins waiting for their exchanges at once; more are refused (the API
+/// lets fewer in at once).
 const MAX_OPEN_JOINS: usize = 64;
 /// Seeds a node keeps at most, those of its config included: joins past
 /// that still run, and their addresses are not kept.
@@ -24,9 +25,9 @@ const UNCOLLECTED_MS: u64 = 60_000;
 pub struct JoinOutcome {
     /// Addresses whose exchange completed: the node took their view.
     pub reached: Vec<SocketAddr>,
-    /// Addresses whose exchange failed (no answer, refused, another key
-    /// or cluster label) or timed out.
-    pub failed: Vec<SocketAddr>,
+    /// Addresses whose exchange failed, and why (no answer, refused,
+    /// another key or cluster label, this node itself).
+    pub failed: Vec<(SocketAddr, String)>,
 }
 
 /// One join under way, or ended and not collected yet.
@@ -55,9 +56,13 @@ impl Engine {
             return Err(Error::ShuttingDown);
         }
         let me = lock(&self.shared).own.addr;
+        // Its own address, also as the unspecified address of its port
+        // (which reaches this host); other addresses of this host are told
+        // by the exchange, which then answers under this node's identity.
+        let own = |a: SocketAddr| a == me || (a.ip().is_unspecified() && a.port() == me.port());
         let mut targets: Vec<SocketAddr> = Vec::new();
         for &addr in addrs {
-            if addr != me && !targets.contains(&addr) {
+            if !own(addr) && !targets.contains(&addr) {
                 targets.push(addr);
             }
         }
@@ -116,13 +121,22 @@ impl Engine {
             return;
         };
         let now = self.now_ms();
+        let itself = exchange
+            .and_then(|x| x.responder.as_ref())
+            .is_some_and(|r| r == self.swim.identity());
+        let why = exchange.and_then(|x| x.why.clone());
         let Some(t) = self.joins.tickets.get_mut(&ticket) else {
             return;
         };
-        if ok {
+        if itself {
+            t.outcome
+                .failed
+                .push((addr, "this node itself (another of its addresses)".into()));
+        } else if ok {
             t.outcome.reached.push(addr);
         } else {
-            t.outcome.failed.push(addr);
+            let why = why.unwrap_or_else(|| "the exchange failed".into());
+            t.outcome.failed.push((addr, why));
         }
         t.pending = t.pending.saturating_sub(1);
         if t.pending == 0 {

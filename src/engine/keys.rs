@@ -180,6 +180,7 @@ impl Engine {
             }
             _ => warn_limited!(self, "stream_auth", || format!("stream refused: {why}{}", peer())),
         }
+        self.note_why(conn, why.to_string());
         self.handle_stream_closed(now_ms, conn);
     }
 

@@ -193,6 +193,7 @@ impl Engine {
     /// the connection. If a suspect lives there, it is down.
     pub fn handle_connect_refused(&mut self, now_ms: u64, conn: ConnId) {
         self.tick(now_ms);
+        self.note_why(conn, "connection refused: no node listens there");
         let peer = self.conns.get(&conn).and_then(|x| x.peer);
         self.handle_stream_closed(now_ms, conn);
         let Some(addr) = peer else { return };

@@ -148,7 +148,7 @@ pub struct Exchange {
     active_ms: u64,
     pub(super) peer: Option<std::net::SocketAddr>,
     /// Initiator: the responder, once its Reply arrived.
-    responder: Option<NodeId>,
+    pub(super) responder: Option<NodeId>,
     /// Initiator: the buckets the Reply covers.
     mismatched: BTreeSet<usize>,
     /// Initiator: versions the responder holds in those buckets.
@@ -166,6 +166,8 @@ pub struct Exchange {
     holder_spoke: bool,
     /// The join (`Engine::join_through`) that opened it.
     pub(super) ticket: Option<u64>,
+    /// Why it failed, when known (told to the join that opened it).
+    pub(super) why: Option<String>,
 }
 
 impl Exchange {
@@ -183,6 +185,7 @@ impl Exchange {
             summary: false,
             holder_spoke: false,
             ticket: None,
+            why: None,
         }
     }
 }
@@ -359,6 +362,7 @@ impl Engine {
             Err(e) => {
                 tracing::debug!(error = %e, "bad stream frame");
                 lock(&self.shared).counters.frame_decode_errors += 1;
+                self.note_why(conn, "an unreadable frame (another build?)");
                 self.finish(conn, false);
                 return;
             }
@@ -457,6 +461,7 @@ impl Engine {
     /// A frame over the size limit or unreadable arrived; the stream is gone.
     pub fn handle_bad_frame(&mut self, now_ms: u64, conn: ConnId) {
         self.tick(now_ms);
+        self.note_why(conn, "a frame over the size limit or unreadable");
         lock(&self.shared).counters.frame_decode_errors += 1;
         let exchange = self.conns.remove(&conn);
         self.note_exchange_outcome(exchange.as_ref(), false);
@@ -468,6 +473,11 @@ impl Engine {
     /// A stream closed or failed (connect refused, reset, timeout).
     pub fn handle_stream_closed(&mut self, now_ms: u64, conn: ConnId) {
         self.tick(now_ms);
+        self.note_why(
+            conn,
+            "the connection closed before the exchange ended (a node stopping, or one that \
+             refused it: another cluster label, or another key)",
+        );
         let exchange = self.conns.remove(&conn);
         self.note_holder_check(exchange.as_ref());
         self.note_exchange_outcome(exchange.as_ref(), false);
@@ -544,6 +554,7 @@ impl Engine {
         if passes {
             return true;
         }
+        self.note_why(conn, "the peer's identity was refused (a bad name, or a clock far ahead)");
         self.finish(conn, false);
         false
     }
@@ -877,7 +888,18 @@ impl Engine {
             .map(|(c, _)| *c)
             .collect();
         for conn in stale {
+            self.note_why(conn, format!("no answer within {} s", SYNC_TIMEOUT.as_secs()));
             self.finish(conn, false);
+        }
+    }
+
+    /// Why exchange `conn` is failing, for the join that opened it (the
+    /// first reason found stands).
+    pub(super) fn note_why(&mut self, conn: ConnId, why: impl Into<String>) {
+        if let Some(x) = self.conns.get_mut(&conn) {
+            if x.ticket.is_some() && x.why.is_none() {
+                x.why = Some(why.into());
+            }
         }
     }
 

@@ -263,7 +263,9 @@ pub(super) fn node_handle<'a>(node: *const TribeNode) -> Result<&'a TribeNode, F
 /// `tribe_node_shutdown` (or `tribe_node_abort`), then free it with
 /// `tribe_node_free`. Every descriptor libtribe opens belongs to one node
 /// (or poll group) and is closed by its free: none is process-wide, so a
-/// daemon may close every descriptor after the free and start nodes again.
+/// daemon may close every descriptor after the free and start nodes again
+/// (but a name lookup's, which only the system resolver ends: see the top
+/// of this header).
 #[no_mangle]
 pub extern "C" fn tribe_node_start(
     cfg: *mut TribeConfig,

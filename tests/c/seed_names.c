@@ -9,7 +9,8 @@
  *   - a node started without seeds joins later with
  *     tribe_node_join_cluster: through "localhost:PORT" (one joined),
  *     and through the hanging name alone (TRIBE_IO after the 5 s lookup
- *     bound, the name and why in the message). */
+ *     bound, the name and why in the message), and a shutdown ends such a
+ *     join at once (TRIBE_SHUTTING_DOWN). */
 #define _GNU_SOURCE
 #include "util.h"
 
@@ -39,6 +40,21 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
     }
     if (!real) *(void **)&real = dlsym(RTLD_NEXT, "getaddrinfo");
     return real(node, service, hints, res);
+}
+
+typedef struct {
+    tribe_node *node;
+    uint32_t rc;
+    double ended;
+} join_arg;
+
+/* Joins through the name whose lookup hangs; notes how and when it ended. */
+static void *join_hanging(void *arg) {
+    join_arg *ja = arg;
+    const char *places[] = {"dns-down.test:7946"};
+    ja->rc = tribe_node_join_cluster(ja->node, places, 1, NULL, NULL);
+    ja->ended = now_s();
+    return NULL;
 }
 
 static int alive(tribe_node *n) {
@@ -112,7 +128,17 @@ int main(void) {
     CHECK(strstr(tribe_error_message(e), "dns-down.test:7946: the lookup takes over 5 s"));
     tribe_error_free(e);
     printf("a join through a name whose lookup hangs ends TRIBE_IO after the lookup bound\n");
+    /* A shutdown ends a join that waits on that lookup at once. */
+    pthread_t joiner;
+    join_arg ja = {late, TRIBE_OK, 0};
+    CHECK(pthread_create(&joiner, NULL, join_hanging, &ja) == 0);
+    sleep_ms(300);
+    double stopping = now_s();
     OK(tribe_node_shutdown(late, NULL));
+    CHECK(pthread_join(joiner, NULL) == 0);
+    CHECK(ja.rc == TRIBE_SHUTTING_DOWN);
+    CHECK(ja.ended - stopping < 2.0);
+    printf("a shutdown ends a join waiting on a lookup at once\n");
     EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_join_cluster(late, places, 1, &count, &err));
     tribe_node_free(late);
 
