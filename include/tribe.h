@@ -366,7 +366,8 @@
 #define TRIBE_EVENT_ISOLATED 2
 
 /**
- * A node became alive (subject: its name).
+ * A node became alive (subject: its name): new, back after it was found
+ * down, or restarted under its name before it was found down.
  */
 #define TRIBE_EVENT_MEMBER_JOINED 3
 

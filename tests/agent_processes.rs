@@ -2807,3 +2807,33 @@ fn agents_stopped_together_are_told_left_never_failed_first() {
         assert!(failed.is_empty(), "round {round}: {failed:#?}");
     }
 }
+
+/// An agent killed and started again under its name before its peers
+/// found it down is a new life all the same: they tell it joined (as serf
+/// tells a crash and a quick restart), not only that its record changed.
+#[test]
+fn a_crash_and_a_quick_restart_is_told_as_a_join() {
+    let dir = scratch_dir("quick_restart");
+    let seed = start_agent(&dir, "qr-seed", &[]);
+    let seeded = args(&["--seed", &seed.gossip.to_string()]);
+    let mut first = start_agent(&dir, "qr-node", &seeded);
+    wait_for("two alive", Duration::from_secs(30), || alive(&seed) == 2);
+    let joins = || {
+        std::fs::read_to_string(dir.join("qr-seed.log"))
+            .unwrap()
+            .lines()
+            .filter(|l| l.contains("MemberJoined") && l.contains("\"qr-node\""))
+            .count()
+    };
+    assert_eq!(joins(), 1);
+    first.child.kill().unwrap();
+    first.child.wait().unwrap();
+    // Its own dir: its log must not overwrite the first life's.
+    let again = start_agent(&scratch_dir("quick_restart_again"), "qr-node", &seeded);
+    wait_for("the new life seen", Duration::from_secs(20), || {
+        member_addr(&seed, "qr-node").as_deref() == Some(&again.gossip.to_string())
+    });
+    wait_for("a second MemberJoined", Duration::from_secs(10), || {
+        joins() == 2
+    });
+}

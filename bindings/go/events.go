@@ -12,7 +12,7 @@ type EventKind uint32
 const (
 	EventJoined              EventKind = 1  // this node has a live peer
 	EventIsolated            EventKind = 2  // this node lost every peer
-	EventMemberJoined        EventKind = 3  // Member became alive (Addr)
+	EventMemberJoined        EventKind = 3  // Member became alive (Addr): new, back, or restarted before it was found down
 	EventMemberUpdated       EventKind = 4  // Member's facts or endpoints changed
 	EventMemberLeft          EventKind = 5  // Member left on purpose
 	EventMemberFailed        EventKind = 6  // Member stopped answering

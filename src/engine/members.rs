@@ -66,6 +66,9 @@ pub struct Members {
 pub enum Change {
     /// A node became alive (new or back).
     Up,
+    /// A node alive here is alive under a newer generation: it restarted
+    /// (crashed and came back, or moved) before it was found down.
+    Restarted,
     /// A node went down.
     Down,
     /// Nothing visible changed.
@@ -79,11 +82,18 @@ impl Members {
             Some(row) if row.state.is_up() => {
                 // Renamed (restarted elsewhere under its name): what was
                 // worked out from its address (call targets) is stale.
-                if row.id != *id {
-                    row.id = id.clone();
-                    self.revision += 1;
+                if row.id == *id {
+                    return Change::None;
                 }
-                Change::None
+                let restarted = id.generation > row.id.generation;
+                row.id = id.clone();
+                self.revision += 1;
+                if restarted {
+                    row.since_ms = now_ms;
+                    Change::Restarted
+                } else {
+                    Change::None
+                }
             }
             Some(row) => {
                 *row = Row {

@@ -994,7 +994,13 @@ impl Engine {
             OwnedNotification::MemberUp(id) | OwnedNotification::Rename(_, id) => {
                 self.news.member_changed();
                 self.say_failure_before_up(&id.name);
-                if self.members.up(&id, now) == members::Change::Up {
+                // A restart before the node was found down is a new life
+                // all the same: told as a join (serf tells a crash and a
+                // quick restart as a failure and a join).
+                if matches!(
+                    self.members.up(&id, now),
+                    members::Change::Up | members::Change::Restarted
+                ) {
                     // Back (perhaps restarted, with another clock): its
                     // clock is told again if it is off.
                     self.skewed.remove(&*id.name);

@@ -25,7 +25,9 @@ pub enum Event {
     Joined,
     /// This node lost every peer; it keeps trying its seeds.
     Isolated,
-    /// A node became alive.
+    /// A node became alive: new, back after it was found down, or
+    /// restarted under its name (a newer generation) before it was found
+    /// down (a crash and a quick restart, or a move).
     MemberJoined {
         /// Its name.
         name: String,
@@ -42,11 +44,11 @@ pub enum Event {
         /// Its name.
         name: String,
     },
-    /// A node stopped answering and was declared failed. One whose record
-    /// is too large for gossip (many facts or tribes), found down without a
-    /// suspicion here (as a graceful leave is), is told up to 3 s later,
-    /// unless its record says it left meanwhile ([`Event::MemberLeft`]
-    /// then, alone).
+    /// A node stopped answering and was declared failed. One found down
+    /// without a suspicion here (as a graceful leave is) is told a moment
+    /// later (up to 3 s when its record is too large for gossip: many facts
+    /// or tribes), unless its record says it left meanwhile
+    /// ([`Event::MemberLeft`] then, alone).
     MemberFailed {
         /// Its name.
         name: String,

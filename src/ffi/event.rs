@@ -19,7 +19,8 @@ pub const TRIBE_EVENT_NONE: u32 = 0;
 pub const TRIBE_EVENT_JOINED: u32 = 1;
 /// This node lost every peer; it keeps trying its seeds.
 pub const TRIBE_EVENT_ISOLATED: u32 = 2;
-/// A node became alive (subject: its name).
+/// A node became alive (subject: its name): new, back after it was found
+/// down, or restarted under its name before it was found down.
 pub const TRIBE_EVENT_MEMBER_JOINED: u32 = 3;
 /// A node's record (facts, endpoints) changed (subject: its name).
 pub const TRIBE_EVENT_MEMBER_UPDATED: u32 = 4;
