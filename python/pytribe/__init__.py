@@ -297,7 +297,7 @@ def _named_error(where: str, sig: inspect.Signature, args: Any, kwargs: Any) -> 
         bound = sig.bind(*args, **kwargs)
     except TypeError:
         return None
-    given = []
+    given: list[tuple[str, Any, str]] = []
     for name, value in bound.arguments.items():
         param = sig.parameters[name]
         annotation = str(param.annotation)
