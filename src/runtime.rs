@@ -1023,7 +1023,9 @@ impl Driver {
                     return;
                 }
                 Err(e) => {
-                    report(&inbox, conn, peer, e);
+                    // A peer that never answered the setup is told as
+                    // such (a join names why each address failed).
+                    report(&inbox, conn, peer, stalled_if_timed_out(e));
                     let _ = inbox.send(DriverInput::Closed(conn));
                     return;
                 }

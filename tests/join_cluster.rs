@@ -180,3 +180,24 @@ async fn a_stop_ends_a_join_at_once() {
     );
     drop(silent);
 }
+
+/// A place that takes the connection and never answers is told as such,
+/// not as a node that refused this one's key or label.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_place_that_never_answers_is_told_so() {
+    let mut cfg = test_config("jsilent");
+    cfg.keyring = Some(Keyring::new(SecretKey::generate()));
+    let n = Node::start(cfg).await.unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let place = silent.local_addr().unwrap().to_string();
+    let err = n.join_cluster(&[place.as_str()]).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains(&format!(
+            "{place}: the peer did not finish the stream setup in time"
+        )),
+        "{msg}"
+    );
+    drop(silent);
+    n.shutdown().await.unwrap();
+}
