@@ -96,15 +96,20 @@ pub fn exposure(what: &str, path: &Path) -> Option<String> {
 /// `text` with every key in it (44 characters of base64 that decode to 32
 /// bytes, as `tribe keygen` prints one) replaced by `(a key, withheld)`:
 /// for messages that quote what a user gave, where a key given under the
-/// wrong option (`--encryption "$KEY"`) would otherwise end in a log.
+/// wrong option (`--encryption "$KEY"`) would otherwise end in a log. A
+/// key may hold `/`, so one at the end of a path (`/data/<key>`) is part
+/// of a longer run of base64 characters: every 44 characters of a run
+/// that end with its `=` are looked at.
 pub fn withhold_keys(text: &str) -> std::borrow::Cow<'_, str> {
     static RUN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"[A-Za-z0-9+/]{43,}={0,2}").expect("a valid regex")
+        regex::Regex::new(r"[A-Za-z0-9+/]{43,}=").expect("a valid regex")
     });
     RUN.replace_all(text, |m: &regex::Captures<'_>| {
         let run = &m[0];
-        if run.len() == 44 && SecretKey::from_base64(run).is_ok() {
-            "(a key, withheld)".to_string()
+        // ASCII only: byte offsets are char offsets.
+        let key_at = run.len() - 44;
+        if SecretKey::from_base64(&run[key_at..]).is_ok() {
+            format!("{}(a key, withheld)", &run[..key_at])
         } else {
             run.to_string()
         }
@@ -186,10 +191,18 @@ mod tests {
         let out = withhold_keys(&msg);
         assert!(!out.contains(&key), "{out}");
         assert_eq!(out.matches("(a key, withheld)").count(), 2, "{out}");
-        // Base64 that is no key, and a key inside a longer run, stay.
-        let longer = format!("A{key}");
-        for text in ["aGVsbG8gd29ybGQ=", longer.as_str(), "plain text"] {
+        // Base64 that is no key stays.
+        for text in ["aGVsbG8gd29ybGQ=", "plain text", "/a/path/of/names="] {
             assert_eq!(withhold_keys(text), text);
+        }
+        // A key at the end of a path, or after other base64 characters.
+        for before in ["/data/dir/", "A", "x/"] {
+            let text = format!("data dir {before}{key} is not a directory");
+            let out = withhold_keys(&text);
+            assert_eq!(
+                out,
+                format!("data dir {before}(a key, withheld) is not a directory")
+            );
         }
         let err = read(std::path::Path::new(&key)).unwrap_err();
         assert!(!err.to_string().contains(&key), "{err}");

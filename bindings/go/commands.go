@@ -279,7 +279,7 @@ func (n *Node) Member(name string) (Member, error) {
 			return m, nil
 		}
 	}
-	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", name)}
+	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", withheld(name))}
 }
 
 // Tribes lists every tribe with its live members and catalog.

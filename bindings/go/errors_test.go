@@ -369,3 +369,21 @@ func TestInvalidKindNamesTheGoConstants(t *testing.T) {
 		}
 	}
 }
+
+// A key given as a node name or a plugin kind is withheld from the
+// package's own messages, as libtribe withholds it from its own.
+func TestAKeyGivenAsANameIsWithheld(t *testing.T) {
+	key, err := Keygen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := startNode(t, "withhold", nil)
+	_, err = n.Member(key)
+	var k Kind
+	kindErr := k.UnmarshalText([]byte(key))
+	for _, e := range []error{err, kindErr} {
+		if e == nil || strings.Contains(e.Error(), key) || !strings.Contains(e.Error(), "(a key, withheld)") {
+			t.Errorf("error %v quotes the key or withholds nothing", e)
+		}
+	}
+}

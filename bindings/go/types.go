@@ -42,7 +42,7 @@ func (k *Kind) UnmarshalText(b []byte) error {
 	case "publisher":
 		*k = Publisher
 	default:
-		return fmt.Errorf("tribe: unknown plugin kind %q", b)
+		return fmt.Errorf("tribe: unknown plugin kind %q", withheld(string(b)))
 	}
 	return nil
 }

@@ -92,6 +92,19 @@ fn build(py: Python<'_>, make: &Bound<'_, PyAny>, e: &tribe::Error) -> PyResult<
         }
         _ => {}
     }
+    // The names an error carries as attributes are withheld as its message
+    // is, should one be a key given in the wrong place (a handler's own
+    // code and message are the handler's).
+    if !matches!(e, tribe::Error::Remote { .. }) {
+        for (k, v) in attrs.clone().iter() {
+            if let Ok(text) = v.extract::<String>() {
+                let kept = tribe::keyfile::withhold_keys(&text);
+                if kept != text {
+                    attrs.set_item(k, kept.into_owned())?;
+                }
+            }
+        }
+    }
     let kind = if matches!(e, tribe::Error::Remote { .. }) {
         "remote".to_string()
     } else {

@@ -275,3 +275,18 @@ def test_a_serve_whose_handler_threads_cannot_start_serves_nothing(
         assert pool_threads("nothreads") == node._handler_threads
     finally:
         node.close()
+
+
+def test_a_key_given_as_a_name_is_withheld_from_the_error_and_its_attributes(
+    cluster: Cluster,
+) -> None:
+    key = pytribe.keygen()
+    n = cluster.start("withhold")
+    for attempt in (lambda: n.create_tribe(key), lambda: pytribe.check_name(key)):
+        try:
+            attempt()
+            raise AssertionError("a key was taken as a name")
+        except pytribe.InvalidNameError as e:
+            assert key not in str(e), e
+            assert all(key not in str(v) for v in vars(e).values()), vars(e)
+            assert "(a key, withheld)" in str(e), e
