@@ -153,6 +153,10 @@ async fn a_join_through_another_address_of_this_node_is_no_join() {
     assert!(matches!(err, Error::Io(_)), "{err:?}");
     assert!(err.to_string().contains("this node itself"), "{err}");
     assert_eq!(n.members_alive(), 1);
+    // Not kept as a seed: an alone node would dial itself there for good.
+    let started = n.counters().push_pulls_started;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(n.counters().push_pulls_started, started);
     n.shutdown().await.unwrap();
 }
 

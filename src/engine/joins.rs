@@ -125,6 +125,10 @@ impl Engine {
             .and_then(|x| x.responder.as_ref())
             .is_some_and(|r| r == self.swim.identity());
         let why = exchange.and_then(|x| x.why.clone());
+        if itself {
+            // No seed: trying it again would only reach this node again.
+            self.seeds.retain(|s| *s != addr);
+        }
         let Some(t) = self.joins.tickets.get_mut(&ticket) else {
             return;
         };
