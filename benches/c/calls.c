@@ -11,7 +11,9 @@
  * nodes together have as many as the single runtime of benches/rpc.rs on
  * this 2-core machine, as in the Go benchmark) and TRIBE_BENCH_HANDLERS
  * (threads answering calls, default 1: the one thread waiting for events
- * then also reads the calls from their sockets) vary the setup.
+ * then also reads the calls from their sockets) vary the setup. With one
+ * handler thread, a further row runs the sixteen blocked callers against
+ * two ("two handler threads"), as many as the Rust host's tokio workers.
  *
  * Apart, the two nodes run in two processes, as two daemons of a tribe
  * would: `--host` starts the host alone, prints "ADDRESS PID" and serves
@@ -471,6 +473,26 @@ static void pair(const char *label, const char *key, double warm, double window)
     tribe_node *host = start_host(host_name, key, handlers, handler_threads);
     calls_from(label, caller_name, key, tribe_node_addr(host), warm, window);
     stop_host(host, handlers, handler_threads);
+
+    /* Sixteen blocked callers against two handler threads, as many as the
+     * Rust host's tokio workers (one thread is the default: it serves the
+     * c1 and asynchronous rows best, where a second waiter costs wakes). */
+    if (handler_threads == 1) {
+        char two[96];
+        snprintf(two, sizeof two, "%s, two handler threads", label);
+        host = start_host(host_name, key, handlers, 2);
+        tribe_node *caller = start(caller_name, key, tribe_node_addr(host));
+        pthread_t drainer;
+        atomic_store(&draining, true);
+        pthread_create(&drainer, NULL, drain, caller);
+        wait_for_endpoint(caller);
+        row(two, caller, 16, warm, window);
+        atomic_store(&draining, false);
+        pthread_join(drainer, NULL);
+        tribe_node_shutdown(caller, NULL);
+        tribe_node_free(caller);
+        stop_host(host, handlers, 2);
+    }
 
     /* Both sides on this thread: a host with no handler thread. */
     host = start_host(host_name, key, handlers, 0);
