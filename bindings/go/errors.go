@@ -7,7 +7,6 @@ import "C"
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"strings"
@@ -323,16 +322,3 @@ type causeError struct{ err, cause error }
 
 func (c *causeError) Error() string   { return c.err.Error() + ": " + c.cause.Error() }
 func (c *causeError) Unwrap() []error { return []error{c.err, c.cause} }
-
-// withheld is text quoted in an error message, or "(a key, withheld)" when
-// it is a key (44 characters of base64 of 32 bytes, as Keygen makes one)
-// given in the wrong place, which must not end in a log; libtribe withholds
-// keys from its own messages the same way.
-func withheld(text string) string {
-	if len(text) == 44 {
-		if b, err := base64.StdEncoding.DecodeString(text); err == nil && len(b) == 32 {
-			return "(a key, withheld)"
-		}
-	}
-	return text
-}

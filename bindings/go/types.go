@@ -1,6 +1,7 @@
 package tribe
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"time"
@@ -248,4 +249,17 @@ type CallInfo struct {
 	// most MaxCallBudget); the handler's context ends when it runs out,
 	// counted from the call's arrival (its Deadline).
 	Budget time.Duration
+}
+
+// withheld is text quoted in an error message, or "(a key, withheld)" when
+// it is a key (44 characters of base64 of 32 bytes, as Keygen makes one)
+// given in the wrong place, which must not end in a log; libtribe withholds
+// keys from its own messages the same way.
+func withheld(text string) string {
+	if len(text) == 44 {
+		if b, err := base64.StdEncoding.DecodeString(text); err == nil && len(b) == 32 {
+			return "(a key, withheld)"
+		}
+	}
+	return text
 }
