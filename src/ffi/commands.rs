@@ -390,8 +390,7 @@ pub extern "C" fn tribe_node_join_cluster(
     joined: *mut usize,
     err: *mut *mut FfiError,
 ) -> u32 {
-    cast::store(joined, 0);
-    ffi_call!(err, {
+    ffi_call!(err, [joined], {
         let places = cast::texts(places, places_len, "places")?;
         let handle: &TribeNode = node_handle(node)?;
         let n = with_signals_blocked(|| {
