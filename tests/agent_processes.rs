@@ -1091,6 +1091,52 @@ fn agents_run_their_tribes_tasks_and_publish_through_a_remote_member() {
     // The store is not in `work`, so it runs no task of its own.
     let text = std::fs::read_to_string(&out).unwrap();
     assert!(!text.contains("\"source\":\"store\""), "{text}");
+    // A task whose publisher nobody serves fails each run: /metrics counts
+    // its runs by outcome next to the working task's.
+    cli_ok(
+        &worker,
+        &[
+            "task",
+            "add",
+            "work",
+            "orphan",
+            r#"{"schedule":{"interval":"200ms"},"collect":{"plugin":"proc","metrics":["load/*"]},
+               "publish":[{"plugin":"nobody-serves-this","tribe":"work"}]}"#,
+        ],
+    );
+    let runs = |task: &str, outcome: &str| -> u64 {
+        let metrics = get(&worker, "/metrics");
+        let prefix = format!(
+            "tribe_task_runs_total{{tribe=\"work\",task=\"{task}\",outcome=\"{outcome}\"}} "
+        );
+        metrics
+            .as_str()
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .map_or(0, |n| n.trim().parse().unwrap())
+    };
+    wait_for(
+        "task runs counted by outcome",
+        Duration::from_secs(20),
+        || runs("load", "ok") > 0 && runs("orphan", "step_failed") > 0,
+    );
+    assert_eq!(runs("orphan", "ok"), 0);
+    assert!(get(&worker, "/metrics")
+        .as_str()
+        .unwrap()
+        .contains("tribe_tasks_running 2\n"));
+    cli_ok(&worker, &["task", "remove", "work", "orphan"]);
+    wait_for(
+        "a removed task's runs dropped",
+        Duration::from_secs(20),
+        || {
+            !get(&worker, "/metrics")
+                .as_str()
+                .unwrap()
+                .contains("task=\"orphan\"")
+        },
+    );
     // Stopping the task stops the flow.
     cli_ok(&worker, &["task", "stop", "work", "load"]);
     // A run under way at the stop (two calls across three processes) may

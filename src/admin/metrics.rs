@@ -34,6 +34,8 @@ pub struct Snapshot {
     pub key_refused: bool,
     /// Admin requests refused for their token or `Host`.
     pub admin_refusals: u64,
+    /// The runs of the tasks the host runs (none when it runs none).
+    pub task_runs: Vec<super::TaskRunCounts>,
 }
 
 type Labels = Vec<(String, String)>;
@@ -131,6 +133,35 @@ pub fn render(s: &Snapshot) -> String {
         "key_refused",
         "1 while a peer refused this node's key in the last minute: the tribe may have rotated its keys without this node",
         usize::from(s.key_refused),
+    );
+
+    gauge(
+        &mut r,
+        "tasks_running",
+        "Tasks of the catalogs this host runs",
+        s.task_runs.len(),
+    );
+    let runs: Vec<(Labels, u64)> = s
+        .task_runs
+        .iter()
+        .flat_map(|t| {
+            t.runs.iter().map(|(outcome, n)| {
+                (
+                    labels(&[
+                        ("tribe", &t.tribe),
+                        ("task", &t.task),
+                        ("outcome", outcome.as_str()),
+                    ]),
+                    *n,
+                )
+            })
+        })
+        .collect();
+    counter_family(
+        &mut r,
+        "task_runs",
+        "Runs of the tasks this host runs, by outcome (ok, collect_failed, step_failed)",
+        &runs,
     );
 
     counter(
@@ -591,6 +622,7 @@ mod tests {
             name_held_elsewhere: true,
             key_refused: true,
             admin_refusals: 4,
+            task_runs: Vec::new(),
         });
         assert!(text.contains("tribe_members{state=\"alive\"} 0"), "{text}");
         assert!(text.contains("tribe_name_held_elsewhere 1"), "{text}");
@@ -631,7 +663,20 @@ mod tests {
             name_held_elsewhere: false,
             key_refused: false,
             admin_refusals: 0,
+            task_runs: {
+                let runs = super::super::TaskRuns::default();
+                runs.started("web", "cpu \"load\"");
+                runs.ran("web", "cpu \"load\"", super::super::TaskOutcome::StepFailed);
+                runs.counts()
+            },
         }));
+        assert!(
+            text.contains(
+                "tribe_task_runs_total{tribe=\"web\",task=\"cpu \\\"load\\\"\",outcome=\"step_failed\"} 1\n"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("tribe_tasks_running 1\n"), "{text}");
         assert!(
             !text.contains("# EOF") && !text.contains("# UNIT"),
             "{text}"
@@ -685,6 +730,7 @@ mod tests {
             name_held_elsewhere: false,
             key_refused: false,
             admin_refusals: 0,
+            task_runs: Vec::new(),
         };
         let first = render(&snapshot());
         for _ in 0..20 {

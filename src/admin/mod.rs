@@ -42,6 +42,9 @@ pub mod metrics;
 mod places;
 mod routes;
 mod server;
+mod task_runs;
+
+pub use task_runs::{TaskOutcome, TaskRunCounts, TaskRuns};
 
 use std::future::Future;
 
@@ -63,7 +66,7 @@ pub fn withhold_values(why: &str) -> String {
 }
 
 /// The admin API's routes over one node, behind `guard`.
-pub(crate) fn router(node: Node, guard: guard::Guard) -> Router {
+pub(crate) fn router(node: Node, guard: guard::Guard, task_runs: TaskRuns) -> Router {
     Router::new()
         .route("/v1/status", get(routes::status))
         .route("/v1/members", get(routes::members))
@@ -122,6 +125,7 @@ pub(crate) fn router(node: Node, guard: guard::Guard) -> Router {
         .with_state(node)
         .layer(axum::middleware::from_fn(routes::refuse_empty_names))
         .layer(axum::Extension(guard.refusals.clone()))
+        .layer(axum::Extension(task_runs))
         .layer(axum::middleware::from_fn_with_state(guard, guard::check))
         .layer(axum::extract::DefaultBodyLimit::max(bounds::MAX_BODY))
         .layer(axum::middleware::from_fn(bounds::bound))
@@ -137,9 +141,22 @@ pub async fn serve(
     guard: guard::Guard,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with_tasks(node, listener, guard, TaskRuns::default(), shutdown).await
+}
+
+/// [`serve`] for a host that runs tasks: `/metrics` also reports the runs
+/// it notes in `task_runs` (`tribe_tasks_running`,
+/// `tribe_task_runs_total{tribe,task,outcome}`).
+pub async fn serve_with_tasks(
+    node: Node,
+    listener: tokio::net::TcpListener,
+    guard: guard::Guard,
+    task_runs: TaskRuns,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     guard::check_exposure(listener.local_addr()?, &guard)?;
     let bounds = server::Bounds::default();
-    server::run(listener, router(node, guard), bounds, shutdown).await
+    server::run(listener, router(node, guard, task_runs), bounds, shutdown).await
 }
 
 /// One admin write as the router would dispatch it, for the fuzz targets:

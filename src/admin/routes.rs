@@ -468,6 +468,7 @@ pub(super) async fn set_encryption(State(node): State<Node>, body: Bytes) -> Api
 pub(super) async fn prometheus(
     State(node): State<Node>,
     axum::Extension(refusals): axum::Extension<super::guard::Refusals>,
+    axum::Extension(task_runs): axum::Extension<super::TaskRuns>,
     headers: axum::http::HeaderMap,
 ) -> Response {
     let text = metrics::render(&metrics::Snapshot {
@@ -486,6 +487,7 @@ pub(super) async fn prometheus(
         name_held_elsewhere: node.name_held_by().is_some(),
         key_refused: node.key_refused_by().is_some(),
         admin_refusals: refusals.count(),
+        task_runs: task_runs.counts(),
     });
     // OpenMetrics for a scraper that asks for it (Prometheus does), the
     // classic text format for the rest (curl, promtool, older agents).

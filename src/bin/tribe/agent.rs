@@ -736,7 +736,8 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         }
     });
     crate::tasks::serve_builtins(&node, publisher, ready_line, stdout).await?;
-    let mut runner = crate::tasks::TaskRunner::new(node.clone());
+    let task_runs = tribe::admin::TaskRuns::default();
+    let mut runner = crate::tasks::TaskRunner::new(node.clone(), task_runs.clone());
     tokio::spawn(async move {
         let mut log = EventLog::default();
         let mut missed = 0;
@@ -785,10 +786,11 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         token: plan.admin_token.clone(),
         ..Default::default()
     };
-    let admin = tokio::spawn(tribe::admin::serve(
+    let admin = tokio::spawn(tribe::admin::serve_with_tasks(
         node.clone(),
         admin_listener,
         guard,
+        task_runs,
         async {
             let _ = admin_stopped.await;
         },

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use tribe::admin::{TaskOutcome, TaskRuns};
 use tribe::workflow::builtin::{FilePublisher, ProcCollector, StdoutPublisher, Tagger};
 use tribe::workflow::manifest::encode_metrics;
 use tribe::workflow::{Manifest, StepRequest, StepResult, Workflow};
@@ -142,15 +143,18 @@ pub async fn serve_builtins(
 /// Runs the tasks this node is asked to run.
 pub struct TaskRunner {
     node: Node,
+    /// The runs' outcomes, for `/metrics`.
+    runs: TaskRuns,
     /// Each running task's run and the manifest it runs.
     running: HashMap<(String, String), (tokio::task::JoinHandle<()>, String)>,
 }
 
 impl TaskRunner {
-    /// A runner with no task.
-    pub fn new(node: Node) -> TaskRunner {
+    /// A runner with no task, noting its tasks' runs in `runs`.
+    pub fn new(node: Node, runs: TaskRuns) -> TaskRunner {
         TaskRunner {
             node,
+            runs,
             running: HashMap::new(),
         }
     }
@@ -196,6 +200,7 @@ impl TaskRunner {
     fn stop(&mut self, tribe: &str, id: &str) {
         if let Some((handle, _)) = self.running.remove(&(tribe.to_string(), id.to_string())) {
             handle.abort();
+            self.runs.stopped(tribe, id);
             tracing::info!(%tribe, task = %id, "task stopped");
         }
     }
@@ -213,6 +218,7 @@ impl TaskRunner {
         let key = (task.tribe.clone(), task.id.clone());
         if let Some((old, _)) = self.running.remove(&key) {
             old.abort();
+            self.runs.stopped(&task.tribe, &task.id);
         }
         let manifest = match Manifest::parse(&task.id, &task.manifest) {
             Ok(m) => m,
@@ -247,12 +253,13 @@ impl TaskRunner {
         tracing::info!(tribe = %task.tribe, task = %task.id, interval = ?manifest.schedule.interval, "task running");
         let node = self.node.clone();
         let tribe = task.tribe.clone();
-        let handle = tokio::spawn(run_task(node, tribe, manifest));
+        self.runs.started(&task.tribe, &task.id);
+        let handle = tokio::spawn(run_task(node, tribe, manifest, self.runs.clone()));
         self.running.insert(key, (handle, task.manifest.clone()));
     }
 }
 
-async fn run_task(node: Node, tribe: String, manifest: Manifest) {
+async fn run_task(node: Node, tribe: String, manifest: Manifest, runs: TaskRuns) {
     let interval = manifest.schedule.interval;
     let patterns = manifest.collect.metrics.clone();
     let step_timeout = interval.clamp(Duration::from_secs(1), Duration::from_secs(10));
@@ -277,6 +284,7 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest) {
         let mut metrics = match collector.collect(&patterns, now).await {
             Ok(m) => m,
             Err(e) => {
+                runs.ran(&tribe, &id, TaskOutcome::CollectFailed);
                 if last_failure_log.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY) {
                     last_failure_log = Some(tokio::time::Instant::now());
                     tracing::warn!(%tribe, task = %id, error = %e, "collect failed");
@@ -288,6 +296,12 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest) {
             m.tags.insert("source".into(), node.name().to_string());
         }
         let report = workflow.run(&node, metrics).await;
+        let outcome = if report.ok() {
+            TaskOutcome::Ok
+        } else {
+            TaskOutcome::StepFailed
+        };
+        runs.ran(&tribe, &id, outcome);
         if report.ok() {
             if !succeeded_once {
                 succeeded_once = true;
@@ -346,7 +360,8 @@ mod tests {
         node.add_task("t", "b", &manifest("1s"), tribe::TaskState::Stopped)
             .await
             .unwrap();
-        let mut runner = super::TaskRunner::new(node.clone());
+        let runs = tribe::admin::TaskRuns::default();
+        let mut runner = super::TaskRunner::new(node.clone(), runs.clone());
         let running = |r: &super::TaskRunner| {
             let mut ids: Vec<String> = r.running.keys().map(|(_, id)| id.clone()).collect();
             ids.sort();
@@ -354,6 +369,13 @@ mod tests {
         };
         runner.resync();
         assert_eq!(running(&runner), ["a"]);
+        let counted = |runs: &tribe::admin::TaskRuns| {
+            runs.counts()
+                .into_iter()
+                .map(|c| c.task)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(counted(&runs), ["a"]);
         node.set_task_state("t", "a", tribe::TaskState::Stopped)
             .await
             .unwrap();
@@ -362,6 +384,7 @@ mod tests {
             .unwrap();
         runner.resync();
         assert_eq!(running(&runner), ["b"]);
+        assert_eq!(counted(&runs), ["b"]);
         node.remove_task("t", "b").await.unwrap();
         node.add_task("t", "b", &manifest("2s"), tribe::TaskState::Running)
             .await
@@ -372,6 +395,7 @@ mod tests {
         node.leave("t", "resync").await.unwrap();
         runner.resync();
         assert!(running(&runner).is_empty());
+        assert!(counted(&runs).is_empty());
         node.shutdown().await.unwrap();
     }
 }
