@@ -421,3 +421,39 @@ fn the_record_of_a_reaped_node_is_deleted_everywhere() {
     }
     assert_eq!(sim.nodes[0].state_digest(), sim.nodes[1].state_digest());
 }
+
+/// A node that leaves ends the exchanges it opened to join: one waiting on
+/// a seed that never answers would hold its stop up to the goodbye's
+/// deadline.
+#[test]
+fn leaving_ends_the_exchange_with_a_seed_that_never_answered() {
+    let silent = SocketAddr::from(([127, 0, 0, 1], 29_999));
+    let cfg = config(0, Some(silent), |_| {});
+    let addr = SocketAddr::from(([127, 0, 0, 1], 20_000));
+    let mut engine = Engine::new(&cfg, addr, 1, Default::default(), START_MS, 7).unwrap();
+    engine.start(START_MS);
+    let mut dialled = Vec::new();
+    while let Some(out) = engine.poll_output() {
+        if let Output::Connect { conn, to } = out {
+            if to == silent {
+                dialled.push(conn);
+            }
+        }
+    }
+    assert!(!dialled.is_empty(), "the seed was not dialled");
+    engine.leave(START_MS + 100);
+    let mut closed = Vec::new();
+    while let Some(out) = engine.poll_output() {
+        match out {
+            Output::Close { conn } => closed.push(conn),
+            Output::Connect { to, .. } => assert_ne!(to, silent, "a leaving node dials its seed"),
+            _ => {}
+        }
+    }
+    for conn in dialled {
+        assert!(
+            closed.contains(&conn),
+            "the exchange with the seed stays open"
+        );
+    }
+}

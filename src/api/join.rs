@@ -85,7 +85,15 @@ impl Node {
         // Exchanges expire at the engine's next tick past SYNC_TIMEOUT.
         let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT + Duration::from_secs(2);
         let outcome = loop {
-            if let Some(outcome) = shared.engine().join_outcome(ticket) {
+            let (outcome, left) = {
+                let mut engine = shared.engine();
+                (engine.join_outcome(ticket), engine.has_left())
+            };
+            // A node that leaves ends its joins' exchanges.
+            if left {
+                return Err(Error::ShuttingDown);
+            }
+            if let Some(outcome) = outcome {
                 break Some(outcome);
             }
             if tokio::time::Instant::now() >= deadline {

@@ -592,6 +592,7 @@ impl Engine {
         // goes so to more: the others would hear foca's notice alone, and
         // wait for the record to tell a leave from a failure.
         let gossiped = self.record_rides_gossip(&self.name) != Some(false);
+        self.end_joining_exchanges();
         self.sync_with_distinct(if gossiped { 3 } else { LEAVE_SYNCS });
         self.left = true;
         if let Err(e) = self.swim.leave_cluster(&mut self.swim_rt) {

@@ -903,6 +903,23 @@ impl Engine {
         }
     }
 
+    /// Ends the exchanges this node opened to join (through a seed, a
+    /// join, a reconnect): a node that leaves joins nothing, and one
+    /// waiting on a seed that never answers would hold its stop until the
+    /// goodbye's deadline.
+    pub(super) fn end_joining_exchanges(&mut self) {
+        let joining: Vec<ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, x)| x.initiator && x.join)
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in joining {
+            self.note_why(conn, "this node is stopping");
+            self.finish(conn, false);
+        }
+    }
+
     /// Joins through every seed (and announces to known ones).
     pub(super) fn join(&mut self) {
         let mut seeds = self.seeds.clone();
