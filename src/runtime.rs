@@ -1011,7 +1011,28 @@ impl Driver {
             ConnTarget::Accepted(stream, ..) => stream.peer_addr().ok(),
         };
         tokio::spawn(async move {
-            let stream = match open_stream(target, &faults, max_frame, &security, server).await {
+            let mut rx = rx;
+            // The engine may end the exchange while the stream is being set
+            // up (a join given up, a node leaving, an exchange timed out):
+            // the setup, which may wait on a peer that never answers, ends
+            // then too. Frames queued meanwhile are sent once it is set up.
+            let mut early = Vec::new();
+            let opening = open_stream(target, &faults, max_frame, &security, server);
+            tokio::pin!(opening);
+            let opened = loop {
+                tokio::select! {
+                    opened = &mut opening => break Some(opened),
+                    out = rx.recv() => match out {
+                        Some(ConnOut::Frame(body)) => early.push(body),
+                        Some(ConnOut::Close) | None => break None,
+                    },
+                }
+            };
+            let Some(opened) = opened else {
+                let _ = inbox.send(DriverInput::Closed(conn));
+                return;
+            };
+            let stream = match opened {
                 Ok(Some(s)) => s,
                 // A call stream: the server has it; the engine never will.
                 Ok(None) => {
@@ -1031,7 +1052,7 @@ impl Driver {
                 }
             };
             let result =
-                tokio::time::timeout(STREAM_LIFETIME, run_conn(conn, stream, rx, inbox.clone()))
+                tokio::time::timeout(STREAM_LIFETIME, run_conn(conn, stream, early, rx, inbox.clone()))
                     .await;
             match result {
                 Ok(Ok(())) => {}
@@ -1205,6 +1226,7 @@ fn stalled_if_timed_out(e: StreamError) -> StreamError {
 async fn run_conn(
     conn: ConnId,
     stream: SyncStream,
+    early: Vec<Vec<u8>>,
     mut rx: mpsc::UnboundedReceiver<ConnOut>,
     inbox: mpsc::UnboundedSender<DriverInput>,
 ) -> Result<(), StreamError> {
@@ -1217,6 +1239,9 @@ async fn run_conn(
     } = stream;
     let (mut reader, mut writer) = stream.into_split();
     let writing = async move {
+        for body in early {
+            sealer.write_frame(&mut writer, &body).await?;
+        }
         while let Some(out) = rx.recv().await {
             match out {
                 ConnOut::Frame(body) => sealer.write_frame(&mut writer, &body).await?,

@@ -205,3 +205,63 @@ async fn a_place_that_never_answers_is_told_so() {
     drop(silent);
     n.shutdown().await.unwrap();
 }
+
+/// Joins whose callers give up (a timeout, a dropped future, an HTTP
+/// client gone) leave nothing behind: their exchanges end at once, also
+/// one still setting up its stream with a peer that never answers, and
+/// later joins run as if they had never been.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_given_up_on_leave_nothing_behind() {
+    // Sealed: a stream's setup waits for the peer's part of it.
+    let key = SecretKey::generate();
+    let sealed = |name: &str| {
+        let mut cfg = test_config(name);
+        cfg.keyring = Some(Keyring::new(key.clone()));
+        cfg
+    };
+    let a = Node::start(sealed("jgone-a")).await.unwrap();
+    let n = Node::start(sealed("jgone")).await.unwrap();
+    // In a cluster already: the engine tries no seed of its own.
+    assert_eq!(n.join_cluster(&[a.addr().to_string()]).await.unwrap(), 1);
+    // A TCP port that accepts and never answers: each exchange would wait
+    // for its whole timeout.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    silent.set_nonblocking(true).unwrap();
+    let place = silent.local_addr().unwrap().to_string();
+    for _ in 0..80 {
+        let given_up =
+            tokio::time::timeout(Duration::from_millis(30), n.join_cluster(&[place.as_str()]))
+                .await;
+        assert!(given_up.is_err(), "a silent place answered: {given_up:?}");
+    }
+    assert_eq!(n.join_cluster(&[a.addr().to_string()]).await.unwrap(), 1);
+    // Each given-up exchange closed its stream at once, not at the end of
+    // the stream setup's 5 s wait for the peer: the silent side reads the
+    // end of each it accepted.
+    let mut accepted = Vec::new();
+    let mut closed = std::collections::BTreeSet::new();
+    wait_for(
+        "the given-up exchanges to close",
+        Duration::from_secs(3),
+        || {
+            while let Ok((s, _)) = silent.accept() {
+                s.set_nonblocking(true).unwrap();
+                accepted.push(s);
+            }
+            for (i, s) in accepted.iter_mut().enumerate() {
+                use std::io::Read;
+                let mut buf = [0u8; 4096];
+                while let Ok(got) = s.read(&mut buf) {
+                    if got == 0 {
+                        closed.insert(i);
+                        break;
+                    }
+                }
+            }
+            accepted.len() >= 80 && closed.len() == accepted.len()
+        },
+    )
+    .await;
+    n.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}

@@ -36,7 +36,9 @@ impl Node {
     ///
     /// Returns how many addresses completed their exchange; waits for all
     /// of them (an exchange is abandoned after 10 s, a lookup after 5 s; a
-    /// node runs 16 joins at once, the others wait their turn). Errors:
+    /// node runs 16 joins at once, the others wait their turn; a join
+    /// whose future is dropped, as by a timeout, ends its exchanges at
+    /// once). Errors:
     /// `InvalidArgument` (no place, more than [`MAX_JOIN_PLACES`], one not
     /// `host:port`, only this node's own address), `Io` when no address
     /// completed its exchange (the message names each and why: refused,
@@ -80,6 +82,7 @@ impl Node {
         }
         let shared = &self.inner.shared;
         let ticket = shared.engine().join_through(shared.now_ms(), &addrs)?;
+        let _forget = ForgetJoin { node: self, ticket };
         // The engine queued the exchanges; the driver opens them.
         let _ = self.inner.inbox.send(DriverInput::Wake);
         // Exchanges expire at the engine's next tick past SYNC_TIMEOUT.
@@ -126,6 +129,22 @@ impl Node {
             );
         }
         Ok(outcome.reached.len())
+    }
+}
+
+/// Forgets a join's ticket (and ends its exchanges) when its caller gives
+/// up on it; a no-op once the outcome was collected.
+struct ForgetJoin<'a> {
+    node: &'a Node,
+    ticket: u64,
+}
+
+impl Drop for ForgetJoin<'_> {
+    fn drop(&mut self) {
+        let inner = &self.node.inner;
+        inner.shared.engine().forget_join(self.ticket);
+        // The driver closes the streams of the exchanges ended.
+        let _ = inner.inbox.send(DriverInput::Wake);
     }
 }
 

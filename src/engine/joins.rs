@@ -115,6 +115,25 @@ impl Engine {
         self.joins.tickets.remove(&ticket).map(|t| t.outcome)
     }
 
+    /// Forgets a join whose caller gave up on it (a timeout, a dropped
+    /// future, an HTTP client gone) and ends its exchanges still running:
+    /// they would hold their sockets, and the ticket its place, for
+    /// nobody.
+    pub fn forget_join(&mut self, ticket: u64) {
+        if self.joins.tickets.remove(&ticket).is_none() {
+            return;
+        }
+        let running: Vec<super::ConnId> = self
+            .conns
+            .iter()
+            .filter(|(_, x)| x.ticket == Some(ticket))
+            .map(|(conn, _)| *conn)
+            .collect();
+        for conn in running {
+            self.finish(conn, false);
+        }
+    }
+
     /// An exchange ended: if a join opened it, its outcome is noted.
     pub(super) fn note_join_outcome(&mut self, exchange: Option<&Exchange>, ok: bool) {
         let Some((ticket, addr)) = exchange.and_then(|x| Some((x.ticket?, x.peer?))) else {

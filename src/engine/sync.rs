@@ -324,7 +324,7 @@ impl Engine {
         }
     }
 
-    fn finish(&mut self, conn: ConnId, ok: bool) {
+    pub(super) fn finish(&mut self, conn: ConnId, ok: bool) {
         let exchange = self.conns.remove(&conn);
         self.outputs.push_back(Output::Close { conn });
         self.note_holder_check(exchange.as_ref());
