@@ -722,6 +722,15 @@ impl Config {
                 "cluster label is longer than 64 bytes".into(),
             ));
         }
+        // Sent in the clear in every datagram: a key given here by mistake
+        // would go to the whole network.
+        if crate::keyfile::withhold_keys(&self.cluster_label) != self.cluster_label.as_str() {
+            return Err(Error::Config(
+                "the cluster label holds an encryption key (a key of `tribe keygen`), refused: \
+                 a label is sent in the clear in every datagram"
+                    .into(),
+            ));
+        }
         // Logged and shown as is: no control characters.
         if self.cluster_label.chars().any(char::is_control) {
             return Err(Error::Config(
@@ -829,6 +838,18 @@ mod tests {
         assert!(cfg.validate().is_err());
         cfg.cluster_label = "prod-eu".into();
         assert!(cfg.validate().is_ok());
+    }
+
+    #[test]
+    fn a_key_given_as_the_label_is_refused_without_quoting_it() {
+        let key = crate::crypto::SecretKey::generate().to_base64();
+        let mut cfg = Config::new("n");
+        for label in [key.clone(), format!("prod-{key}")] {
+            cfg.cluster_label = label;
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(err.contains("encryption key"), "{err}");
+            assert!(!err.contains(&key[..20]), "{err}");
+        }
     }
 
     /// Addresses that parse but can never work are refused with the reason,

@@ -2735,6 +2735,26 @@ fn a_key_given_in_the_wrong_place_is_withheld_from_every_error() {
         assert!(!err.contains(key), "{list:?}: {err}");
         assert!(err.contains("withheld"), "{list:?}: {err}");
     }
+    // Where a key would be sent to the network (the label in the clear in
+    // every datagram, a fact to every member), it is refused. A key with
+    // neither `+` nor `/` splits at its padding into a valid fact name.
+    let plain_key = (0..200)
+        .map(|_| {
+            let out = Command::new(TRIBE).arg("keygen").output().unwrap().stdout;
+            String::from_utf8(out).unwrap().trim().to_string()
+        })
+        .find(|k| !k.contains(['+', '/']))
+        .expect("a key without + or / in 200");
+    for list in [
+        ["--name", "wk", "--label", key],
+        ["--name", "wk", "--fact", plain_key.as_str()],
+    ] {
+        let out = bare_agent_command(&list).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{list:?} started");
+        assert!(!err.contains(list[3]), "{list:?}: {err}");
+        assert!(err.contains("encryption key"), "{list:?}: {err}");
+    }
     let dir = scratch_dir("wrong-key-place");
     let a = start_agent(&dir, "wk-api", &[]);
     let (status, body) = call(

@@ -387,3 +387,23 @@ func TestAKeyGivenAsANameIsWithheld(t *testing.T) {
 		}
 	}
 }
+
+// A key is withheld also inside a longer text: with a newline from a file,
+// at the end of a path, among other words.
+func TestWithheldFindsKeysInsideText(t *testing.T) {
+	key, err := Keygen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, text := range []string{key, key + "\n", " " + key, "/etc/tribe/" + key, "a " + key + " b"} {
+		got := withheld(text)
+		if strings.Contains(got, key) || !strings.Contains(got, "(a key, withheld)") {
+			t.Errorf("withheld(%q) = %q", text, got)
+		}
+	}
+	for _, text := range []string{"plain", strings.Repeat("A", 60), "web-01"} {
+		if got := withheld(text); got != text {
+			t.Errorf("withheld(%q) = %q, want it unchanged", text, got)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"time"
 )
 
@@ -251,15 +252,20 @@ type CallInfo struct {
 	Budget time.Duration
 }
 
-// withheld is text quoted in an error message, or "(a key, withheld)" when
-// it is a key (44 characters of base64 of 32 bytes, as Keygen makes one)
-// given in the wrong place, which must not end in a log; libtribe withholds
+// withheld is text quoted in an error message with each key in it (44
+// characters of base64 of 32 bytes, as Keygen makes one; also one at the
+// end of a path or a longer run of base64) replaced by "(a key, withheld)":
+// a key given in the wrong place must not end in a log. libtribe withholds
 // keys from its own messages the same way.
 func withheld(text string) string {
-	if len(text) == 44 {
-		if b, err := base64.StdEncoding.DecodeString(text); err == nil && len(b) == 32 {
-			return "(a key, withheld)"
+	return keyRun.ReplaceAllStringFunc(text, func(run string) string {
+		at := len(run) - 44
+		if b, err := base64.StdEncoding.DecodeString(run[at:]); err == nil && len(b) == 32 {
+			return run[:at] + "(a key, withheld)"
 		}
-	}
-	return text
+		return run
+	})
 }
+
+// keyRun is a run of base64 characters long enough to end in a key.
+var keyRun = regexp.MustCompile(`[A-Za-z0-9+/]{43,}=`)

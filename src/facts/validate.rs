@@ -61,6 +61,11 @@ pub enum FactError {
         /// Its byte offset in the value.
         pos: usize,
     },
+    /// The fact is an encryption key given where a fact goes (`--fact
+    /// "$KEY"` splits a key at its `=` padding into a name and an empty
+    /// value): facts are gossiped to every member and shown by every API.
+    #[error("a fact that is an encryption key (a key of `tribe keygen`) is refused: facts are sent to every member and shown by every API")]
+    IsKey,
     /// A command-line fact argument has no `=`.
     #[error("fact argument {arg:?} is not of the form key=value")]
     MissingSeparator {
@@ -77,8 +82,21 @@ pub enum FactError {
 /// Values: at most [`MAX_FACT_VALUE_LEN`] bytes, no control characters; the
 /// empty value is allowed.
 pub fn validate_fact(key: &str, value: &str) -> Result<(), FactError> {
+    // Checked first: the other messages quote the key.
+    if is_split_key(key, value) {
+        return Err(FactError::IsKey);
+    }
     validate_key(key)?;
     validate_value(key, value)
+}
+
+/// Whether `key=value` is an encryption key split at its `=` padding (a
+/// name of 43 base64 characters and an empty value). A key as a value is
+/// not refused: a base64 SHA-256 digest, a fair value, has its shape.
+fn is_split_key(key: &str, value: &str) -> bool {
+    value.is_empty()
+        && key.len() == 43
+        && crate::crypto::SecretKey::from_base64(&format!("{key}=")).is_ok()
 }
 
 /// Parses `"key=value"` (as given on a command line) and validates it.
@@ -212,6 +230,22 @@ mod tests {
             validate_fact(&wide, "v"),
             Err(FactError::KeyTooLong { len: 80, .. })
         ));
+    }
+
+    #[test]
+    fn a_key_given_as_a_fact_is_refused_without_quoting_it() {
+        // A key whose base64 holds neither `+` nor `/` is a valid fact name
+        // once split at its padding.
+        let key = std::iter::repeat_with(crate::crypto::SecretKey::generate)
+            .map(|k| k.to_base64())
+            .find(|k| !k.contains(['+', '/']))
+            .unwrap();
+        let err = parse_fact_arg(&key).unwrap_err();
+        assert_eq!(err, FactError::IsKey);
+        assert!(!err.to_string().contains(&key[..20]), "{err}");
+        // A digest's shape as a value stays a fair value.
+        assert_eq!(validate_fact("config_sha256", &key), Ok(()));
+        assert_ne!(validate_fact(&key[..43], "x"), Err(FactError::IsKey));
     }
 
     #[test]
