@@ -741,9 +741,7 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     tokio::spawn(async move {
         let mut log = EventLog::default();
         let mut missed = 0;
-        // Since when the stream has been behind, its lost events not made
-        // up for yet.
-        let mut behind: Option<std::time::Instant> = None;
+        let mut resync = crate::tasks::ResyncClock::default();
         loop {
             // A quiet second still reports what the last one skipped.
             let next = tokio::time::timeout(std::time::Duration::from_secs(1), events.next());
@@ -770,12 +768,9 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
                     "the agent's event stream fell behind and lost events; its tasks are set again from the tribes' catalogs"
                 );
                 missed = events.missed();
-                behind.get_or_insert_with(std::time::Instant::now);
+                resync.lost_events(std::time::Instant::now());
             }
-            if behind
-                .is_some_and(|since| quiet || since.elapsed() >= std::time::Duration::from_secs(10))
-            {
-                behind = None;
+            if resync.due(quiet, std::time::Instant::now()) {
                 runner.resync();
             }
         }

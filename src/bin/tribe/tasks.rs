@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tribe::admin::{TaskOutcome, TaskRuns};
 use tribe::workflow::builtin::{FilePublisher, ProcCollector, StdoutPublisher, Tagger};
@@ -138,6 +138,49 @@ pub async fn serve_builtins(
         .map_err(|e| format!("cannot serve file: {e}"))?;
     }
     Ok(())
+}
+
+/// When the agent sets its tasks again from the catalogs after its event
+/// stream lost events (it fell 65,536 behind: a late joiner of a large
+/// tribe), maybe a `TaskRun` or a `TaskStop` among them: once the older
+/// events queued before them are read (a quiet second), or after 10 s of a
+/// stream that stays busy, and then again at the next quiet second, since
+/// events older than that resync, read after it, may have undone part of
+/// it.
+#[derive(Debug, Default)]
+pub struct ResyncClock {
+    /// Since when lost events wait to be made up for.
+    behind: Option<Instant>,
+    /// A resync was made while the stream was busy.
+    again_when_quiet: bool,
+}
+
+/// The longest a resync waits for a quiet stream.
+const RESYNC_WAIT: Duration = Duration::from_secs(10);
+
+impl ResyncClock {
+    /// The stream lost events.
+    pub fn lost_events(&mut self, now: Instant) {
+        self.behind.get_or_insert(now);
+    }
+
+    /// Whether to resync now, after a read (`quiet`: a second passed with
+    /// no event).
+    pub fn due(&mut self, quiet: bool, now: Instant) -> bool {
+        if self
+            .behind
+            .is_some_and(|since| quiet || now.duration_since(since) >= RESYNC_WAIT)
+        {
+            self.behind = None;
+            self.again_when_quiet = !quiet;
+            return true;
+        }
+        if quiet && self.again_when_quiet {
+            self.again_when_quiet = false;
+            return true;
+        }
+        false
+    }
 }
 
 /// Runs the tasks this node is asked to run.
@@ -336,6 +379,27 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), gate.printed())
             .await
             .expect("open once the ready line is out");
+    }
+
+    #[test]
+    fn a_resync_made_while_the_stream_is_busy_is_made_again_when_it_is_quiet() {
+        use super::ResyncClock;
+        let t0 = std::time::Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut clock = ResyncClock::default();
+        assert!(!clock.due(true, at(0)), "nothing lost, nothing to do");
+        clock.lost_events(at(0));
+        // Busy: no resync before 10 s, one at 10 s, none more while busy.
+        assert!(!clock.due(false, at(5)));
+        assert!(clock.due(false, at(10)));
+        assert!(!clock.due(false, at(11)));
+        // The first quiet second resyncs again, once.
+        assert!(clock.due(true, at(12)));
+        assert!(!clock.due(true, at(13)));
+        // Lost events read up to a quiet second: one resync only.
+        clock.lost_events(at(20));
+        assert!(clock.due(true, at(21)));
+        assert!(!clock.due(true, at(22)));
     }
 
     /// After lost events, the runner takes what to run from the catalogs:
