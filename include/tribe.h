@@ -1124,7 +1124,8 @@ uint32_t tribe_node_set_encryption(const struct tribe_node *node,
  * become seeds too, those that did not answer also (a node alone, or one
  * that loses every peer later, tries them again). Blocks until every
  * exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
- * a node runs 16 joins at once, the others wait their turn;
+ * a node runs 16 joins at once, the others wait their turn; at most 256
+ * addresses are tried, the first ones, however many the names give;
  * `tribe_node_shutdown` from another thread ends it at once
  * (`TRIBE_SHUTTING_DOWN`). A name's lookup runs on a thread of its own
  * (the resolver cannot be cancelled): one that hangs outlives the node

@@ -172,6 +172,9 @@ pub(crate) enum DriverInput {
     Wake,
     /// A dial was refused: nothing listens at the address.
     ConnectRefused(ConnId),
+    /// A stream failed with an I/O error (why, for a join to tell);
+    /// `Closed` follows.
+    Failed(ConnId, String),
     /// A policy evaluation finished on its blocking thread.
     Policies(crate::policy_set::PolicyResults),
     /// A policy evaluation failed as a whole (a panic); nothing changes.
@@ -732,6 +735,9 @@ impl Driver {
                     .engine()
                     .handle_stream_refused(self.shared.now_ms(), conn, why, peer);
             }
+            DriverInput::Failed(conn, why) => {
+                self.shared.engine().note_stream_failure(conn, why);
+            }
             DriverInput::ConnectRefused(conn) => {
                 self.conns.remove(&conn);
                 self.shared
@@ -1098,7 +1104,24 @@ fn report(
         StreamError::Refused(why) => {
             let _ = inbox.send(DriverInput::Refused(conn, why, peer));
         }
-        StreamError::Io(e) => tracing::debug!(?conn, error = %e, "stream ended with an error"),
+        StreamError::Io(e) => {
+            tracing::debug!(?conn, error = %e, "stream ended with an error");
+            let _ = inbox.send(DriverInput::Failed(conn, io_failure(&e)));
+        }
+    }
+}
+
+/// Why a stream failed, for a join to tell: the process's own shortage is
+/// not the peer's fault.
+fn io_failure(e: &std::io::Error) -> String {
+    let own = matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    );
+    if own {
+        format!("this process could not open a connection ({e}): out of descriptors, socket buffers or memory, not the peer's fault")
+    } else {
+        format!("the connection failed ({e})")
     }
 }
 
@@ -1128,7 +1151,9 @@ async fn open_stream(
                 }
                 let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
                     .await
-                    .map_err(|_| std::io::Error::other("connect timed out"))??;
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
+                    })??;
                 let _ = s.set_nodelay(true);
                 let (mut sealer, opener) = stream::connect(&mut s, security, max_frame).await?;
                 sealer.write_frame(&mut s, &[wire::CHANNEL_SYNC]).await?;
@@ -1286,5 +1311,25 @@ async fn next_connection(listener: &TcpListener, paused_until: Option<Instant>) 
             NextConnection::Resumed
         }
         None => NextConnection::Accepted(listener.accept().await),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_stream_failed_for_want_of_this_process_own_resources_blames_no_peer() {
+        let own = super::io_failure(&std::io::Error::from_raw_os_error(libc::EMFILE));
+        assert!(own.contains("this process could not open a connection"), "{own}");
+        assert!(own.contains("not the peer's fault"), "{own}");
+        let peer = super::io_failure(&std::io::Error::from_raw_os_error(libc::ECONNRESET));
+        assert!(peer.starts_with("the connection failed ("), "{peer}");
+        // A connect that timed out is a peer that never answered.
+        let timed_out = super::stalled_if_timed_out(crate::stream::StreamError::Io(
+            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
+        ));
+        assert!(matches!(
+            timed_out,
+            crate::stream::StreamError::Refused(crate::stream::Refusal::Stalled)
+        ));
     }
 }

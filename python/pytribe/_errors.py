@@ -271,10 +271,12 @@ class TribeIOError(TribeError, OSError):
 
     def __init__(self, message: str = "", code: Optional[str] = None, **attrs: Any) -> None:
         super().__init__(message, code, **attrs)
-        found = re.search(r"(.*?) \(os error (\d+)\)", message)
+        # A literal start: linear in the message, which a join makes long
+        # (a reason per address).
+        found = re.search(r" \(os error (\d+)\)", message)
         if found:
-            self.errno = int(found.group(2))
-            self.strerror = found.group(1).rsplit(": ", 1)[-1]
+            self.errno = int(found.group(1))
+            self.strerror = message[: found.start()].rsplit(": ", 1)[-1]
 
 
 class _NotServed(Exception):

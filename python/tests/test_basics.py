@@ -270,6 +270,21 @@ def test_a_port_in_use_is_an_oserror_with_its_errno() -> None:
     node.close()
 
 
+def test_a_long_io_message_is_read_in_linear_time() -> None:
+    # A join's message names each address and why: long, and without the
+    # pattern in most of it. A quadratic scan of 400,000 characters would
+    # hold the GIL for hours.
+    long = "joined through no address: " + "; ".join(
+        f"127.0.0.{i % 250}:7946: did not finish the stream setup in time" for i in range(6000)
+    )
+    assert len(long) > 300_000
+    e = pytribe.TribeIOError(long)
+    assert not hasattr(e, "errno") or e.errno is None
+    e = pytribe.TribeIOError(long + "; cannot bind: Address in use (os error 98)")
+    assert e.errno == 98
+    assert e.strerror == "Address in use"
+
+
 def test_a_node_referred_to_by_its_handler_is_collected_and_aborted() -> None:
     import gc
     import weakref as wr

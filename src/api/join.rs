@@ -38,7 +38,8 @@ impl Node {
     /// of them (an exchange is abandoned after 10 s, a lookup after 5 s; a
     /// node runs 16 joins at once, the others wait their turn; a join
     /// whose future is dropped, as by a timeout, ends its exchanges at
-    /// once). Errors:
+    /// once; at most [`MAX_JOIN_PLACES`] addresses are tried, the first
+    /// ones, however many the names give). Errors:
     /// `InvalidArgument` (no place, more than [`MAX_JOIN_PLACES`], one not
     /// `host:port`, only this node's own address), `Io` when no address
     /// completed its exchange (the message names each and why: refused,
@@ -175,6 +176,15 @@ async fn look_up(places: Vec<JoinPlace>) -> (Vec<std::net::SocketAddr>, Vec<Stri
     }
     let mut seen = std::collections::BTreeSet::new();
     addrs.retain(|a| seen.insert(*a));
+    // A name may give thousands (a hostile or broken resolver): a join
+    // opens at most as many exchanges as it takes places.
+    if addrs.len() > MAX_JOIN_PLACES {
+        unreached.push(format!(
+            "{} more addresses that the names gave were not tried (a join tries at most {MAX_JOIN_PLACES})",
+            addrs.len() - MAX_JOIN_PLACES
+        ));
+        addrs.truncate(MAX_JOIN_PLACES);
+    }
     (addrs, unreached)
 }
 

@@ -470,6 +470,12 @@ impl Engine {
         }
     }
 
+    /// Why a stream failed (an I/O error), told to the join that opened
+    /// its exchange; the stream's close follows.
+    pub fn note_stream_failure(&mut self, conn: ConnId, why: String) {
+        self.note_why(conn, why);
+    }
+
     /// A stream closed or failed (connect refused, reset, timeout).
     pub fn handle_stream_closed(&mut self, now_ms: u64, conn: ConnId) {
         self.tick(now_ms);

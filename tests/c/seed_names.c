@@ -10,12 +10,15 @@
  *     tribe_node_join_cluster: through "localhost:PORT" (one joined),
  *     and through the hanging name alone (TRIBE_IO after the 5 s lookup
  *     bound, the name and why in the message), and a shutdown ends such a
- *     join at once (TRIBE_SHUTTING_DOWN). */
+ *     join at once (TRIBE_SHUTTING_DOWN);
+ *   - a join through a name that gives 300 addresses tries 256 of them. */
 #define _GNU_SOURCE
 #include "util.h"
 
 #include <dlfcn.h>
 #include <netdb.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <stdatomic.h>
 #include <unistd.h>
 
@@ -23,6 +26,31 @@
 static atomic_int hanging;      /* lookups of the hanging name under way */
 static atomic_bool hang_ended;  /* one of them has returned */
 static atomic_llong first_lookup_ns; /* when a seed's lookup first began (CLOCK_MONOTONIC) */
+
+#define MANY 300
+/* The answer of a name that gives MANY addresses, 127.0.1.1 up, each as
+ * glibc lays an entry out (the address in the entry's own block), so that
+ * freeaddrinfo frees it. */
+static int many_addresses(const char *service, struct addrinfo **res) {
+    struct addrinfo *head = NULL;
+    for (int i = MANY; i > 0; i--) {
+        struct addrinfo *ai = calloc(1, sizeof *ai + sizeof(struct sockaddr_in));
+        if (!ai) return EAI_MEMORY;
+        struct sockaddr_in *sin = (struct sockaddr_in *)(ai + 1);
+        sin->sin_family = AF_INET;
+        sin->sin_port = htons((uint16_t)atoi(service ? service : "0"));
+        sin->sin_addr.s_addr = htonl(0x7f000100u + (uint32_t)i);
+        ai->ai_family = AF_INET;
+        ai->ai_socktype = SOCK_STREAM;
+        ai->ai_protocol = IPPROTO_TCP;
+        ai->ai_addrlen = sizeof *sin;
+        ai->ai_addr = (struct sockaddr *)sin;
+        ai->ai_next = head;
+        head = ai;
+    }
+    *res = head;
+    return 0;
+}
 
 int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
                 struct addrinfo **res) {
@@ -38,6 +66,7 @@ int getaddrinfo(const char *node, const char *service, const struct addrinfo *hi
         atomic_store(&hang_ended, true);
         return EAI_AGAIN;
     }
+    if (node && strcmp(node, "many.test") == 0) return many_addresses(service, res);
     if (!real) *(void **)&real = dlsym(RTLD_NEXT, "getaddrinfo");
     return real(node, service, hints, res);
 }
@@ -128,6 +157,16 @@ int main(void) {
     CHECK(strstr(tribe_error_message(e), "dns-down.test:7946: the lookup takes over 5 s"));
     tribe_error_free(e);
     printf("a join through a name whose lookup hangs ends TRIBE_IO after the lookup bound\n");
+    /* A name that gives more addresses than a join takes places: the
+     * first 256 are tried (nothing listens there: refused), the rest not. */
+    const char *many[] = {"many.test:1"};
+    CHECK(tribe_node_join_cluster(late, many, 1, &count, &e) == TRIBE_IO);
+    CHECK(count == 0);
+    CHECK(strstr(tribe_error_message(e), "44 more addresses that the names gave were not tried"));
+    CHECK(strstr(tribe_error_message(e), "127.0.2.0:1: "));
+    CHECK(!strstr(tribe_error_message(e), "127.0.2.1:1: "));
+    tribe_error_free(e);
+    printf("a join tries at most 256 of the addresses a name gives\n");
     /* A shutdown ends a join that waits on that lookup at once. */
     pthread_t joiner;
     join_arg ja = {late, TRIBE_OK, 0};
