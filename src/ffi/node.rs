@@ -21,6 +21,8 @@ use crate::{Error, Node};
 
 /// How long a free waits for the call streams to flush their replies.
 const FREE_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+/// How long a stop waits for the calls it aborted to end.
+const SETTLE_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// A running node.
 pub struct TribeNode {
@@ -151,7 +153,26 @@ impl TribeNode {
             self.block_on(self.node.abort());
         }
         self.calls.close(&self.mailbox);
+        self.settle_aborted_calls();
         *stopped = true;
+    }
+
+    /// The asynchronous calls a stop aborted end (their places given
+    /// back) when the call streams' runtime next runs their tasks: it runs them here, so that the counters read after the
+    /// stop (the final ones) show them ended.
+    fn settle_aborted_calls(&self) {
+        let node = &self.node;
+        super::log::with_sink(self.log_sink.as_ref(), || {
+            self.host_io.drive(async {
+                let settled = async {
+                    while node.rpc_stats().in_flight > 0 {
+                        tokio::task::yield_now().await;
+                    }
+                };
+                // Blocking calls of other threads end on those threads.
+                let _ = tokio::time::timeout(SETTLE_GRACE, settled).await;
+            })
+        });
     }
 }
 

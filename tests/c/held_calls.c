@@ -151,6 +151,41 @@ int main(void) {
     OK(tribe_node_shutdown(caller, NULL));
     drain_calls(caller, false);
     tribe_node_free(caller);
+
+    /* Asynchronous calls a stop ends: the counters read after it (the
+     * final ones) show them ended, none still in flight (a call ended by
+     * its own node's stop counts under no outcome, as in every face). */
+    host = start_host();
+    caller = start_node("asker-2", NULL, tribe_node_addr(host), NULL);
+    CHECK(wait_for(endpoint_seen, caller, 30));
+    for (int i = 0; i < 3; i++) {
+        uint64_t id = 0;
+        OK(tribe_node_call_async(caller, "t", "held", NULL, TRIBE_KIND_PROCESSOR,
+                                 (const uint8_t *)"x", 1, 20000, &id, NULL));
+    }
+    tribe_responder *held[3] = {NULL, NULL, NULL};
+    int arrived = 0;
+    end = now_s() + 10;
+    while (arrived < 3 && now_s() < end) {
+        tribe_event *ev = NULL;
+        OK(tribe_node_next_event(host, 100, &ev, NULL));
+        if (ev != NULL && tribe_event_kind(ev) == TRIBE_EVENT_CALL)
+            OK(tribe_event_take_responder(ev, &held[arrived++], NULL));
+        tribe_event_free(ev);
+    }
+    CHECK(arrived == 3);
+    OK(tribe_node_shutdown(caller, NULL));
+    char *counters = NULL;
+    OK(tribe_node_counters_json(caller, &counters, NULL, NULL));
+    if (!strstr(counters, "\"in_flight\":0,"))
+        die(__FILE__, __LINE__, "counters after the stop: %s", counters);
+    tribe_string_free(counters);
+    drain_calls(caller, false);
+    tribe_node_free(caller);
+    for (int i = 0; i < 3; i++) tribe_responder_free(held[i]);
+    OK(tribe_node_shutdown(host, NULL));
+    drain_calls(host, false);
+    tribe_node_free(host);
     printf("held_calls: ok\n");
     return 0;
 }
