@@ -1030,7 +1030,11 @@ impl Driver {
                     opened = &mut opening => break Some(opened),
                     out = rx.recv() => match out {
                         Some(ConnOut::Frame(body)) => early.push(body),
-                        Some(ConnOut::Close) | None => break None,
+                        Some(ConnOut::Close) => break None,
+                        // The driver stopped (a graceful stop): a call
+                        // stream still in its setup goes on to the server,
+                        // which refuses its calls as stopping, unrun.
+                        None => break Some((&mut opening).await),
                     },
                 }
             };
@@ -1111,9 +1115,29 @@ fn report(
     }
 }
 
+/// A dial whose connection was not accepted within [`CONNECT_TIMEOUT`]: a
+/// host down behind a firewall that drops, not a peer that stalls its
+/// setup (not counted as a stalled stream).
+#[derive(Debug)]
+struct ConnectTimedOut;
+
+impl std::fmt::Display for ConnectTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "connect timed out")
+    }
+}
+
+impl std::error::Error for ConnectTimedOut {}
+
 /// Why a stream failed, for a join to tell: the process's own shortage is
 /// not the peer's fault.
 fn io_failure(e: &std::io::Error) -> String {
+    if e.get_ref().is_some_and(|inner| inner.is::<ConnectTimedOut>()) {
+        return format!(
+            "no answer (the connection was not accepted within {} s)",
+            CONNECT_TIMEOUT.as_secs()
+        );
+    }
     let own = matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
@@ -1151,9 +1175,7 @@ async fn open_stream(
                 }
                 let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
                     .await
-                    .map_err(|_| {
-                        std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out")
-                    })??;
+                    .map_err(|_| std::io::Error::other(ConnectTimedOut))??;
                 let _ = s.set_nodelay(true);
                 let (mut sealer, opener) = stream::connect(&mut s, security, max_frame).await?;
                 sealer.write_frame(&mut s, &[wire::CHANNEL_SYNC]).await?;
@@ -1316,6 +1338,62 @@ async fn next_connection(listener: &TcpListener, paused_until: Option<Instant>) 
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    /// A plaintext caller's call stream still in its setup when its host
+    /// stops gracefully: the host refuses the call as stopping (a caller
+    /// may move it elsewhere), it does not cut the connection unanswered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_stream_in_its_setup_at_a_graceful_stop_is_refused_not_cut() {
+        use crate::rpc::proto::RpcMsg;
+        let mut cfg = crate::Config::new("setup-at-stop");
+        cfg.profile = crate::Profile::Local;
+        cfg.collect_facts = false;
+        let host = crate::Node::start(cfg).await.unwrap();
+        // Accepted; its setup waits for the stream's first bytes.
+        let mut raw = std::net::TcpStream::connect(host.addr()).unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        host.shutdown().await.unwrap();
+        let call = crate::wire::encode(&RpcMsg::Call {
+            id: 1,
+            caller: "raw".into(),
+            tribe: "t".into(),
+            plugin: "p".into(),
+            version: "1".into(),
+            kind: crate::records::PluginKind::Processor,
+            budget_ms: 5000,
+            payload: b"x".to_vec(),
+        });
+        let mut bytes = vec![0, 0, 0, 1, crate::wire::CHANNEL_RPC];
+        bytes.extend_from_slice(&u32::try_from(call.len()).unwrap().to_be_bytes());
+        bytes.extend_from_slice(&call);
+        raw.write_all(&bytes).unwrap();
+        raw.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = raw.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+        let mut answers = Vec::new();
+        let mut at = 0;
+        while at + 4 <= got.len() {
+            let len = u32::from_be_bytes(got[at..at + 4].try_into().unwrap()) as usize;
+            let Some(frame) = got.get(at + 4..at + 4 + len) else {
+                break;
+            };
+            answers.push(format!("{:?}", crate::wire::decode::<RpcMsg>(frame)));
+            at += 4 + len;
+        }
+        assert!(
+            answers.iter().any(|a| a.contains("ShuttingDown")),
+            "the call was neither run nor refused: {answers:?}"
+        );
+    }
+
     #[test]
     fn a_stream_failed_for_want_of_this_process_own_resources_blames_no_peer() {
         let own = super::io_failure(&std::io::Error::from_raw_os_error(libc::EMFILE));
@@ -1323,13 +1401,12 @@ mod tests {
         assert!(own.contains("not the peer's fault"), "{own}");
         let peer = super::io_failure(&std::io::Error::from_raw_os_error(libc::ECONNRESET));
         assert!(peer.starts_with("the connection failed ("), "{peer}");
-        // A connect that timed out is a peer that never answered.
-        let timed_out = super::stalled_if_timed_out(crate::stream::StreamError::Io(
-            std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"),
-        ));
+        // A connect that timed out is no answer, not a stalled setup.
+        let timed_out = std::io::Error::other(super::ConnectTimedOut);
+        assert!(super::io_failure(&timed_out).starts_with("no answer"));
         assert!(matches!(
-            timed_out,
-            crate::stream::StreamError::Refused(crate::stream::Refusal::Stalled)
+            super::stalled_if_timed_out(crate::stream::StreamError::Io(timed_out)),
+            crate::stream::StreamError::Io(_)
         ));
     }
 }

@@ -500,7 +500,7 @@ impl Engine {
         for (key, value) in removals.into_iter().chain(sets) {
             match &value {
                 Some(v) if crate::facts::validate_fact(&key, v).is_err() => {
-                    tracing::warn!(fact = %key, "a kept fact is not valid; dropped");
+                    tracing::warn!(fact = %crate::keyfile::withhold_keys(&key), "a kept fact is not valid; dropped");
                     continue;
                 }
                 Some(_) if self.over_fact_limit_with(&key) => {

@@ -61,9 +61,9 @@ pub enum FactError {
         /// Its byte offset in the value.
         pos: usize,
     },
-    /// The fact is an encryption key given where a fact goes (`--fact
-    /// "$KEY"` splits a key at its `=` padding into a name and an empty
-    /// value): facts are gossiped to every member and shown by every API.
+    /// A fact argument that is an encryption key (`--fact "$KEY"` would
+    /// split it at its `=` padding into a name and an empty value): facts
+    /// are gossiped to every member and shown by every API.
     #[error("a fact that is an encryption key (a key of `tribe keygen`) is refused: facts are sent to every member and shown by every API")]
     IsKey,
     /// A command-line fact argument has no `=`.
@@ -82,21 +82,8 @@ pub enum FactError {
 /// Values: at most [`MAX_FACT_VALUE_LEN`] bytes, no control characters; the
 /// empty value is allowed.
 pub fn validate_fact(key: &str, value: &str) -> Result<(), FactError> {
-    // Checked first: the other messages quote the key.
-    if is_split_key(key, value) {
-        return Err(FactError::IsKey);
-    }
     validate_key(key)?;
     validate_value(key, value)
-}
-
-/// Whether `key=value` is an encryption key split at its `=` padding (a
-/// name of 43 base64 characters and an empty value). A key as a value is
-/// not refused: a base64 SHA-256 digest, a fair value, has its shape.
-fn is_split_key(key: &str, value: &str) -> bool {
-    value.is_empty()
-        && key.len() == 43
-        && crate::crypto::SecretKey::from_base64(&format!("{key}=")).is_ok()
 }
 
 /// Parses `"key=value"` (as given on a command line) and validates it.
@@ -104,6 +91,12 @@ fn is_split_key(key: &str, value: &str) -> bool {
 /// Splits at the first `=`, so the value may itself contain `=`. Nothing is
 /// trimmed: stray spaces are reported, not silently dropped.
 pub fn parse_fact_arg(arg: &str) -> Result<(String, String), FactError> {
+    // A key, split at its `=` padding, would make a valid fact name; the
+    // other messages quote the argument. (A key as a value is a fair
+    // value: a base64 SHA-256 digest has its shape.)
+    if crate::crypto::SecretKey::from_base64(arg).is_ok() {
+        return Err(FactError::IsKey);
+    }
     let (key, value) = arg
         .split_once('=')
         .ok_or_else(|| FactError::MissingSeparator { arg: shorten(arg) })?;
@@ -243,9 +236,16 @@ mod tests {
         let err = parse_fact_arg(&key).unwrap_err();
         assert_eq!(err, FactError::IsKey);
         assert!(!err.to_string().contains(&key[..20]), "{err}");
-        // A digest's shape as a value stays a fair value.
-        assert_eq!(validate_fact("config_sha256", &key), Ok(()));
-        assert_ne!(validate_fact(&key[..43], "x"), Err(FactError::IsKey));
+        // A digest's shape as a value stays a fair value, and a name of a
+        // key's 43 characters with no value a fair fact.
+        assert_eq!(
+            parse_fact_arg(&format!("config_sha256={key}")).map(|(k, _)| k),
+            Ok("config_sha256".to_string())
+        );
+        assert_eq!(
+            validate_fact("cpuFeatureFlagsAvx512VnniAndBf16SupportedOk", ""),
+            Ok(())
+        );
     }
 
     #[test]

@@ -166,7 +166,9 @@ impl TribeNode {
             self.host_io.drive(async {
                 let settled = async {
                     while node.rpc_stats().in_flight > 0 {
-                        tokio::task::yield_now().await;
+                        // Sleeping drives the runtime (or lets the thread
+                        // driving it run) without spinning.
+                        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     }
                 };
                 // Blocking calls of other threads end on those threads.
