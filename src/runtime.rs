@@ -854,10 +854,7 @@ impl Driver {
 
     fn accept_failed(&mut self, e: std::io::Error) {
         self.shared.engine().accept_failed();
-        let out_of_resources = matches!(
-            e.raw_os_error(),
-            Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-        );
+        let out_of_resources = crate::rpc::client::is_local_shortage(&e);
         if out_of_resources {
             let now = Instant::now();
             let due = self
@@ -1138,11 +1135,7 @@ fn io_failure(e: &std::io::Error) -> String {
             CONNECT_TIMEOUT.as_secs()
         );
     }
-    let own = matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    );
-    if own {
+    if crate::rpc::client::is_local_shortage(e) {
         format!("this process could not open a connection ({e}): out of descriptors, socket buffers or memory, not the peer's fault")
     } else {
         format!("the connection failed ({e})")

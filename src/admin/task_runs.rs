@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 #[non_exhaustive]
 pub enum TaskOutcome {
     /// It collected and every step of its chain succeeded.
-    Ok,
+    Ok = 0,
     /// Its collector failed: nothing went down the chain.
-    CollectFailed,
+    CollectFailed = 1,
     /// A step of its chain (a processor or publisher call) failed.
-    StepFailed,
+    StepFailed = 2,
 }
 
 impl TaskOutcome {
@@ -78,11 +78,8 @@ impl TaskRuns {
     pub fn ran(&self, tribe: &str, task: &str, outcome: TaskOutcome) {
         let mut tasks = self.lock();
         if let Some(counts) = tasks.get_mut(&(tribe.to_string(), task.to_string())) {
-            let slot = TaskOutcome::ALL
-                .iter()
-                .position(|o| *o == outcome)
-                .unwrap_or(0);
-            counts[slot] = counts[slot].saturating_add(1);
+            let slot = &mut counts[outcome as usize];
+            *slot = slot.saturating_add(1);
         }
     }
 

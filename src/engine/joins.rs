@@ -123,15 +123,7 @@ impl Engine {
         if self.joins.tickets.remove(&ticket).is_none() {
             return;
         }
-        let running: Vec<super::ConnId> = self
-            .conns
-            .iter()
-            .filter(|(_, x)| x.ticket == Some(ticket))
-            .map(|(conn, _)| *conn)
-            .collect();
-        for conn in running {
-            self.finish(conn, false);
-        }
+        self.end_exchanges(|x| x.ticket == Some(ticket), "the join was given up");
     }
 
     /// An exchange ended: if a join opened it, its outcome is noted.

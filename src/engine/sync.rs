@@ -324,7 +324,7 @@ impl Engine {
         }
     }
 
-    pub(super) fn finish(&mut self, conn: ConnId, ok: bool) {
+    fn finish(&mut self, conn: ConnId, ok: bool) {
         let exchange = self.conns.remove(&conn);
         self.outputs.push_back(Output::Close { conn });
         self.note_holder_check(exchange.as_ref());
@@ -914,14 +914,19 @@ impl Engine {
     /// waiting on a seed that never answers would hold its stop until the
     /// goodbye's deadline.
     pub(super) fn end_joining_exchanges(&mut self) {
-        let joining: Vec<ConnId> = self
+        self.end_exchanges(|x| x.initiator && x.join, "this node is stopping");
+    }
+
+    /// Ends, as failed for `why`, every exchange `which` picks.
+    pub(super) fn end_exchanges(&mut self, which: impl Fn(&Exchange) -> bool, why: &str) {
+        let picked: Vec<ConnId> = self
             .conns
             .iter()
-            .filter(|(_, x)| x.initiator && x.join)
+            .filter(|(_, x)| which(x))
             .map(|(conn, _)| *conn)
             .collect();
-        for conn in joining {
-            self.note_why(conn, "this node is stopping");
+        for conn in picked {
+            self.note_why(conn, why);
             self.finish(conn, false);
         }
     }

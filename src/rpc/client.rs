@@ -742,7 +742,7 @@ impl Pool {
 /// of socket buffers or memory. (Not EADDRNOTAVAIL: besides local ports
 /// run out, it is also a host's address of a family this machine has
 /// turned off.)
-fn is_local_shortage(e: &std::io::Error) -> bool {
+pub(crate) fn is_local_shortage(e: &std::io::Error) -> bool {
     matches!(
         e.raw_os_error(),
         Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
