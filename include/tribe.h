@@ -49,7 +49,8 @@
  *   takes a `const tribe_node *`), except tribe_node_free.
  * - A tribe_responder may be answered from any thread, one thread at a time.
  * - A tribe_group may be used from many threads at once, except
- *   tribe_group_free.
+ *   tribe_group_free; so may a tribe_cancel, except tribe_cancel_free
+ *   (tribe_cancel_trigger ends a blocking join on another thread).
  * - tribe_config, tribe_event and tribe_error objects must not be used from
  *   two threads at once (hand them over between threads freely).
  *
@@ -514,6 +515,11 @@
 typedef struct tribe_error tribe_error;
 
 /**
+ * A cancel token.
+ */
+typedef struct tribe_cancel tribe_cancel;
+
+/**
  * What `tribe_node_start` takes.
  */
 typedef struct tribe_config tribe_config;
@@ -946,6 +952,34 @@ uint32_t tribe_responder_decline(const struct tribe_responder *r,
 void tribe_responder_free(struct tribe_responder *r);
 
 /**
+ * Makes a cancel token, not triggered. `*out` receives an owned token:
+ * free it with `tribe_cancel_free` once no function given it is still
+ * running. One token may be given to several operations, one after the
+ * other or at once; a triggered token stays triggered. Does not block.
+ */
+uint32_t tribe_cancel_new(struct tribe_cancel **out,
+                          struct tribe_error **err);
+
+/**
+ * Triggers the token: every operation given it ends at once with
+ * `TRIBE_CANCELLED`, and so does every later one. Safe from any thread
+ * (and idempotent); does not block. NULL is ignored.
+ */
+void tribe_cancel_trigger(const struct tribe_cancel *cancel);
+
+/**
+ * Whether the token was triggered. NULL gives false.
+ */
+bool tribe_cancel_is_triggered(const struct tribe_cancel *cancel);
+
+/**
+ * Frees the token. No operation given it may still be running, and no
+ * other thread may use the handle during or after this call. NULL is
+ * ignored.
+ */
+void tribe_cancel_free(struct tribe_cancel *cancel);
+
+/**
  * Creates an empty tribe. Blocks for a local write only (microseconds);
  * the tribe then spreads to every node. `TRIBE_TRIBE_EXISTS` if it exists.
  */
@@ -1112,39 +1146,6 @@ uint32_t tribe_node_remove_key(const struct tribe_node *node,
 uint32_t tribe_node_set_encryption(const struct tribe_node *node,
                                    const char *mode,
                                    struct tribe_error **err);
-
-/**
- * Joins the cluster through `places` (`places_len` strings `host:port`:
- * addresses, or names looked up), also while this node is in a cluster
- * already (two clusters then merge; their records merge as every record
- * does, the later write winning: a tribe or policy deleted on one side
- * within the tombstone grace deletes one of that name on the other when
- * the deletion is the later write): each place gets a join exchange, in
- * which this node sends its view and takes the peer's. The addresses
- * become seeds too, those that did not answer also (a node alone, or one
- * that loses every peer later, tries them again). Blocks until every
- * exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
- * a node runs 16 joins at once, the others wait their turn; at most 256
- * addresses are tried, the first ones, however many the names give;
- * `tribe_node_shutdown` from another thread ends it at once
- * (`TRIBE_SHUTTING_DOWN`). A name's lookup runs on a thread of its own
- * (the resolver cannot be cancelled): one that hangs outlives the node
- * until the resolver gives up; 32 run at once in a process, a name past
- * that fails at once. `*joined` (may be NULL) receives how many addresses
- * completed their exchange, 0 on error.
- *
- * Errors: `TRIBE_INVALID_ARGUMENT` (no place, more than 256, one not
- * `host:port` or of port 0, only this node's own address), `TRIBE_IO`
- * when no address completed its exchange (the message names each and
- * why: refused, no answer, another key, a name that does not resolve,
- * this node itself through another of its addresses),
- * `TRIBE_SHUTTING_DOWN`.
- */
-uint32_t tribe_node_join_cluster(const struct tribe_node *node,
-                                 const char *const *places,
-                                 size_t places_len,
-                                 size_t *joined,
-                                 struct tribe_error **err);
 
 /**
  * Makes a config for a node called `name`, with the defaults of the Rust
@@ -1628,6 +1629,57 @@ uint32_t tribe_group_wait(const struct tribe_group *group,
  */
 uint32_t tribe_group_wake(const struct tribe_group *group,
                           struct tribe_error **err);
+
+/**
+ * Joins the cluster through `places` (`places_len` strings `host:port`:
+ * addresses, or names looked up), also while this node is in a cluster
+ * already (two clusters then merge; their records merge as every record
+ * does, the later write winning: a tribe or policy deleted on one side
+ * within the tombstone grace deletes one of that name on the other when
+ * the deletion is the later write): each place gets a join exchange, in
+ * which this node sends its view and takes the peer's. The addresses
+ * become seeds too, those that did not answer also (a node alone, or one
+ * that loses every peer later, tries them again). Blocks until every
+ * exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
+ * a node runs 16 joins at once, the others wait their turn; at most 256
+ * addresses are tried, the first ones, however many the names give;
+ * `tribe_node_shutdown` from another thread ends it at once
+ * (`TRIBE_SHUTTING_DOWN`). A name's lookup runs on a thread of its own
+ * (the resolver cannot be cancelled): one that hangs outlives the node
+ * until the resolver gives up; 32 run at once in a process, a name past
+ * that fails at once. `*joined` (may be NULL) receives how many addresses
+ * completed their exchange, 0 on error.
+ *
+ * Errors: `TRIBE_INVALID_ARGUMENT` (no place, more than 256, one not
+ * `host:port` or of port 0, only this node's own address), `TRIBE_IO`
+ * when no address completed its exchange (the message names each and
+ * why: refused, no answer, another key, a name that does not resolve,
+ * this node itself through another of its addresses),
+ * `TRIBE_SHUTTING_DOWN`.
+ */
+uint32_t tribe_node_join_cluster(const struct tribe_node *node,
+                                 const char *const *places,
+                                 size_t places_len,
+                                 size_t *joined,
+                                 struct tribe_error **err);
+
+/**
+ * Like `tribe_node_join_cluster`, but gives up after `timeout_ms`
+ * milliseconds (0: no limit of the caller's; the join's own are 5 s for
+ * the lookups plus 10 s for the exchanges) with `TRIBE_TIMEOUT`, and at
+ * once with `TRIBE_CANCELLED` when `cancel` (may be NULL) is triggered,
+ * from another thread or before the call. A join given up ends its
+ * exchanges still under way; those that completed before keep what they
+ * merged (the peers' members, tribes and catalogs), and their addresses
+ * stay seeds. `cancel` must stay alive until this function returns.
+ */
+uint32_t tribe_node_join_cluster_cancellable(const struct tribe_node *node,
+                                             const char *const *places,
+                                             size_t places_len,
+                                             uint64_t timeout_ms,
+                                             const struct tribe_cancel *cancel,
+                                             size_t *joined,
+                                             struct tribe_error **err);
 
 /**
  * Starts a node from `cfg`: builds its runtime, binds the sockets, starts

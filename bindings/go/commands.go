@@ -7,7 +7,9 @@ package tribe
 import "C"
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"runtime"
 	"strconv"
@@ -504,6 +506,50 @@ func ABIVersion() int { return int(C.tribe_abi_version()) }
 // answer, another key, a name that does not resolve, this node itself);
 // ErrShuttingDown, ErrClosed.
 func (n *Node) JoinCluster(places ...string) (int, error) {
+	return n.joinCluster(nil, places)
+}
+
+// JoinClusterContext is JoinCluster, given up when ctx ends: at its
+// deadline with an error matching ErrTimeout and context.DeadlineExceeded,
+// when cancelled with one matching ErrCancelled and context.Canceled. A
+// join given up ends its exchanges still under way; those that completed
+// before keep what they merged (the peers' members, tribes and catalogs),
+// and their addresses stay seeds.
+func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, error) {
+	if ctx == nil {
+		return 0, &Error{Code: "invalid_argument", Message: "nil Context"}
+	}
+	if ctx.Err() != nil {
+		return 0, abandoned("the join", ctxEnd(ctx, nil))
+	}
+	if ctx.Done() == nil {
+		return n.joinCluster(nil, places)
+	}
+	var cancel *C.tribe_cancel
+	if rc := C.tribe_cancel_new(&cancel, nil); rc != C.TRIBE_OK {
+		return 0, takeError(rc, nil)
+	}
+	// The watcher ends before the token is freed.
+	stop, watched := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(watched)
+		select {
+		case <-ctx.Done():
+			C.tribe_cancel_trigger(cancel)
+		case <-stop:
+		}
+	}()
+	joined, err := n.joinCluster(cancel, places)
+	close(stop)
+	<-watched
+	C.tribe_cancel_free(cancel)
+	if errors.Is(err, ErrCancelled) {
+		return 0, abandoned("the join", ctxEnd(ctx, context.Canceled))
+	}
+	return joined, err
+}
+
+func (n *Node) joinCluster(cancel *C.tribe_cancel, places []string) (int, error) {
 	defer runtime.KeepAlive(n)
 	if err := nulErr(places...); err != nil {
 		return 0, err
@@ -529,7 +575,7 @@ func (n *Node) JoinCluster(places ...string) (int, error) {
 	}
 	var joined C.size_t
 	err := n.inner().do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t {
-		return C.tribe_node_join_cluster(p, array, C.size_t(len(places)), &joined, e)
+		return C.tribe_node_join_cluster_cancellable(p, array, C.size_t(len(places)), 0, cancel, &joined, e)
 	})
 	return int(joined), err
 }

@@ -142,7 +142,7 @@ var (
 	ErrWrongEvent = &Error{Code: "wrong_event"}
 	// ErrInvalidUTF8: a string argument is not valid UTF-8.
 	ErrInvalidUTF8 = &Error{Code: "invalid_utf8"}
-	// ErrCancelled: Call's context was cancelled; it also matches context.Canceled.
+	// ErrCancelled: Call's (or JoinClusterContext's) context was cancelled; it also matches context.Canceled.
 	ErrCancelled = &Error{Code: "cancelled"}
 	// ErrForked is of the C ABI only (a node used in a forked child): this package never returns it.
 	ErrForked = &Error{Code: "forked"}
@@ -288,10 +288,14 @@ func withContext(err error, ctxErr error) error {
 }
 
 // contextError is the error of a call abandoned because ctx ended first.
-func contextError(ctxErr error) error {
-	msg := "the call was cancelled"
+func contextError(ctxErr error) error { return abandoned("the call", ctxErr) }
+
+// abandoned is the error of an operation (what: "the call", "the join")
+// given up because its context ended first.
+func abandoned(what string, ctxErr error) error {
+	msg := what + " was cancelled"
 	if errors.Is(ctxErr, context.DeadlineExceeded) {
-		msg = "the call did not complete before its deadline"
+		msg = what + " did not complete before its deadline"
 	}
 	var c *causeError
 	if errors.As(ctxErr, &c) {

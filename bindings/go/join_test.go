@@ -1,6 +1,7 @@
 package tribe
 
 import (
+	"context"
 	"errors"
 	"net"
 	"strings"
@@ -51,4 +52,61 @@ func TestJoinClusterAfterStart(t *testing.T) {
 	if _, err := c.JoinCluster(a.Addr()); !errors.Is(err, ErrClosed) && !errors.Is(err, ErrShuttingDown) {
 		t.Fatalf("after Close: %v", err)
 	}
+}
+
+// A join through a peer that never answers (it would wait 10 s) ends at
+// its context's deadline or cancel, at once for an ended context, and
+// leaves nothing behind: a later join goes through.
+func TestJoinClusterContextEnds(t *testing.T) {
+	silent, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	a := startNode(t, "joinctx-a", nil)
+	b := startNode(t, "joinctx-b", nil)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	began := time.Now()
+	n, err := b.JoinClusterContext(ctx, silent.Addr().String())
+	took := time.Since(began)
+	if n != 0 || !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || took > 3*time.Second {
+		t.Fatalf("join at the deadline = %d, %v after %v", n, err, took)
+	}
+
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() {
+		time.Sleep(100 * time.Millisecond)
+		cancel()
+	}()
+	began = time.Now()
+	n, err = b.JoinClusterContext(ctx, silent.Addr().String())
+	took = time.Since(began)
+	if n != 0 || !errors.Is(err, ErrCancelled) || !errors.Is(err, context.Canceled) || took > 3*time.Second {
+		t.Fatalf("cancelled join = %d, %v after %v", n, err, took)
+	}
+	if _, err := b.JoinClusterContext(ctx, a.Addr()); !errors.Is(err, context.Canceled) {
+		t.Fatalf("join with an ended context = %v", err)
+	}
+	if _, err := b.JoinClusterContext(nil, a.Addr()); err == nil {
+		t.Fatal("a nil Context was taken")
+	}
+
+	for i := 0; i < 20; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := b.JoinClusterContext(ctx, silent.Addr().String())
+		cancel()
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("join %d: %v", i, err)
+		}
+	}
+	ctx, cancel = context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if n, err := b.JoinClusterContext(ctx, a.Addr()); n != 1 || err != nil {
+		t.Fatalf("join after those given up = %d, %v", n, err)
+	}
+	waitFor(t, "both alive on both", 20*time.Second, func() bool {
+		return aliveCount(a) == 2 && aliveCount(b) == 2
+	})
 }

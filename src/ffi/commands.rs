@@ -1,8 +1,8 @@
 //! The commands of a node (`tribe_node_*`): tribes, memberships, policies,
-//! facts, the catalog (plugins and tasks), the keyring, and joining a
-//! running cluster. Each runs one command of the Rust API; they block for a
-//! local write only, but for the keyring steps and the join, which wait
-//! for peers (each says how long).
+//! facts, the catalog (plugins and tasks) and the keyring. Each runs one
+//! command of the Rust API; they block for a local write only, but for the
+//! keyring steps, which wait for peers (each says how long). Joining a
+//! running cluster is in [`super::join`].
 
 use std::ffi::c_char;
 
@@ -355,50 +355,5 @@ pub extern "C" fn tribe_node_set_encryption(
     ffi_call!(err, {
         let mode = cast::text(mode, "mode")?.parse()?;
         command(node, |n| Ok(n.set_encryption(mode)))
-    })
-}
-
-/// Joins the cluster through `places` (`places_len` strings `host:port`:
-/// addresses, or names looked up), also while this node is in a cluster
-/// already (two clusters then merge; their records merge as every record
-/// does, the later write winning: a tribe or policy deleted on one side
-/// within the tombstone grace deletes one of that name on the other when
-/// the deletion is the later write): each place gets a join exchange, in
-/// which this node sends its view and takes the peer's. The addresses
-/// become seeds too, those that did not answer also (a node alone, or one
-/// that loses every peer later, tries them again). Blocks until every
-/// exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
-/// a node runs 16 joins at once, the others wait their turn; at most 256
-/// addresses are tried, the first ones, however many the names give;
-/// `tribe_node_shutdown` from another thread ends it at once
-/// (`TRIBE_SHUTTING_DOWN`). A name's lookup runs on a thread of its own
-/// (the resolver cannot be cancelled): one that hangs outlives the node
-/// until the resolver gives up; 32 run at once in a process, a name past
-/// that fails at once. `*joined` (may be NULL) receives how many addresses
-/// completed their exchange, 0 on error.
-///
-/// Errors: `TRIBE_INVALID_ARGUMENT` (no place, more than 256, one not
-/// `host:port` or of port 0, only this node's own address), `TRIBE_IO`
-/// when no address completed its exchange (the message names each and
-/// why: refused, no answer, another key, a name that does not resolve,
-/// this node itself through another of its addresses),
-/// `TRIBE_SHUTTING_DOWN`.
-#[no_mangle]
-pub extern "C" fn tribe_node_join_cluster(
-    node: *const TribeNode,
-    places: *const *const c_char,
-    places_len: usize,
-    joined: *mut usize,
-    err: *mut *mut FfiError,
-) -> u32 {
-    ffi_call!(err, [joined], {
-        let places = cast::texts(places, places_len, "places")?;
-        let handle: &TribeNode = node_handle(node)?;
-        let n = with_signals_blocked(|| {
-            let node = handle.live()?;
-            Ok::<_, FfiError>(handle.block_on(node.join_cluster(&places))?)
-        })?;
-        cast::store(joined, n);
-        Ok(())
     })
 }
