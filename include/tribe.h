@@ -1668,10 +1668,12 @@ uint32_t tribe_node_join_cluster(const struct tribe_node *node,
  * milliseconds (0: no limit of the caller's; the join's own are 5 s for
  * the lookups plus 10 s for the exchanges) with `TRIBE_TIMEOUT`, and at
  * once with `TRIBE_CANCELLED` when `cancel` (may be NULL) is triggered,
- * from another thread or before the call. A join given up ends its
- * exchanges still under way; those that completed before keep what they
- * merged (the peers' members, tribes and catalogs), and their addresses
- * stay seeds. `cancel` must stay alive until this function returns.
+ * from another thread or before the call (bad places are still told as
+ * `TRIBE_INVALID_ARGUMENT`). A join given up drops its exchanges still
+ * under way at once (their connections closed, their addresses not kept
+ * as seeds); those that completed before keep what they merged (the
+ * peers' members, tribes and catalogs), and their addresses stay seeds;
+ * `*joined` is 0. `cancel` must stay alive until this function returns.
  */
 uint32_t tribe_node_join_cluster_cancellable(const struct tribe_node *node,
                                              const char *const *places,

@@ -195,7 +195,11 @@ struct SaveJob {
 
 enum ConnOut {
     Frame(Vec<u8>),
+    /// Close once the queued frames are sent, and wait for the peer's end.
     Close,
+    /// The exchange was given up: drop the stream at once (a peer that
+    /// never answers would hold its descriptor until the stream's lifetime).
+    Abandon,
 }
 
 /// One event stream's sending side, and how many events it lost.
@@ -921,9 +925,13 @@ impl Driver {
                     let _ = tx.send(ConnOut::Frame(body));
                 }
             }
-            Output::Close { conn } => {
+            Output::Close { conn, abandon } => {
                 if let Some(tx) = self.conns.remove(&conn) {
-                    let _ = tx.send(ConnOut::Close);
+                    let _ = tx.send(if abandon {
+                        ConnOut::Abandon
+                    } else {
+                        ConnOut::Close
+                    });
                 }
             }
             Output::Schedule { timer, after } => {
@@ -1027,7 +1035,7 @@ impl Driver {
                     opened = &mut opening => break Some(opened),
                     out = rx.recv() => match out {
                         Some(ConnOut::Frame(body)) => early.push(body),
-                        Some(ConnOut::Close) => break None,
+                        Some(ConnOut::Close | ConnOut::Abandon) => break None,
                         // The driver stopped (a graceful stop): a call
                         // stream still in its setup goes on to the server,
                         // which refuses its calls as stopping, unrun.
@@ -1278,6 +1286,7 @@ async fn run_conn(
         _place,
     } = stream;
     let (mut reader, mut writer) = stream.into_split();
+    // Whether the engine gave the exchange up.
     let writing = async move {
         for body in early {
             sealer.write_frame(&mut writer, &body).await?;
@@ -1286,9 +1295,11 @@ async fn run_conn(
             match out {
                 ConnOut::Frame(body) => sealer.write_frame(&mut writer, &body).await?,
                 ConnOut::Close => break,
+                ConnOut::Abandon => return Ok(true),
             }
         }
-        writer.shutdown().await.map_err(StreamError::from)
+        writer.shutdown().await.map_err(StreamError::from)?;
+        Ok::<_, StreamError>(false)
     };
     let reading = async move {
         loop {
@@ -1307,8 +1318,25 @@ async fn run_conn(
         }
     };
     // The stream is done when we closed our side and the peer closed theirs,
-    // or at the first error on either side.
-    tokio::try_join!(writing, reading).map(|_| ())
+    // at the first error on either side, or at once when the exchange was
+    // given up.
+    tokio::pin!(writing, reading);
+    let mut read_all = false;
+    loop {
+        tokio::select! {
+            abandoned = &mut writing => {
+                return match abandoned? {
+                    true => Ok(()),
+                    false if read_all => Ok(()),
+                    false => (&mut reading).await,
+                };
+            }
+            read = &mut reading, if !read_all => {
+                read?;
+                read_all = true;
+            }
+        }
+    }
 }
 
 /// What the listener gave: a connection (or an accept error), or the end

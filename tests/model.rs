@@ -150,7 +150,7 @@ impl Sim {
                             .push_back(Item::Frame(body));
                     }
                 }
-                Output::Close { conn } => {
+                Output::Close { conn, .. } => {
                     self.open.remove(&(i, conn));
                     if let Some(peer) = self.links.remove(&(i, conn)) {
                         self.streams
@@ -445,7 +445,7 @@ fn leaving_ends_the_exchange_with_a_seed_that_never_answered() {
     let mut closed = Vec::new();
     while let Some(out) = engine.poll_output() {
         match out {
-            Output::Close { conn } => closed.push(conn),
+            Output::Close { conn, .. } => closed.push(conn),
             Output::Connect { to, .. } => assert_ne!(to, silent, "a leaving node dials its seed"),
             _ => {}
         }
@@ -455,5 +455,63 @@ fn leaving_ends_the_exchange_with_a_seed_that_never_answered() {
             closed.contains(&conn),
             "the exchange with the seed stays open"
         );
+    }
+}
+
+/// A join its caller gave up on drops its streams at once (a peer that
+/// never answers would hold each for the stream's lifetime), and the
+/// address it made a seed is not dialled again; one its exchange reached
+/// would stay.
+#[test]
+fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
+    let silent = SocketAddr::from(([127, 0, 0, 1], 29_998));
+    let cfg = config(0, None, |_| {});
+    let addr = SocketAddr::from(([127, 0, 0, 1], 20_001));
+    let mut engine = Engine::new(&cfg, addr, 1, Default::default(), START_MS, 7).unwrap();
+    engine.start(START_MS);
+    while engine.poll_output().is_some() {}
+    let ticket = engine.join_through(START_MS + 10, &[silent]).unwrap();
+    let mut dialled = Vec::new();
+    let mut timers = Vec::new();
+    while let Some(out) = engine.poll_output() {
+        match out {
+            Output::Connect { conn, to } if to == silent => dialled.push(conn),
+            Output::Schedule { timer, after } => timers.push((timer, after)),
+            _ => {}
+        }
+    }
+    assert_eq!(dialled.len(), 1, "the join did not dial its address once");
+    engine.forget_join(ticket);
+    let mut abandoned = Vec::new();
+    while let Some(out) = engine.poll_output() {
+        if let Output::Close {
+            conn,
+            abandon: true,
+        } = out
+        {
+            abandoned.push(conn);
+        }
+    }
+    assert_eq!(abandoned, dialled, "the given-up exchange's stream is kept");
+    // A minute of the timers an alone node runs: the address is not tried.
+    let mut now = START_MS + 20;
+    for _ in 0..600 {
+        now += 100;
+        for (timer, after) in std::mem::take(&mut timers) {
+            if after.as_millis() as u64 <= 100 {
+                engine.handle_timer(now, timer);
+            } else {
+                timers.push((timer, after - Duration::from_millis(100)));
+            }
+        }
+        while let Some(out) = engine.poll_output() {
+            match out {
+                Output::Connect { to, .. } => {
+                    assert_ne!(to, silent, "a given-up join's address was dialled again")
+                }
+                Output::Schedule { timer, after } => timers.push((timer, after)),
+                _ => {}
+            }
+        }
     }
 }

@@ -512,9 +512,10 @@ func (n *Node) JoinCluster(places ...string) (int, error) {
 // JoinClusterContext is JoinCluster, given up when ctx ends: at its
 // deadline with an error matching ErrTimeout and context.DeadlineExceeded,
 // when cancelled with one matching ErrCancelled and context.Canceled. A
-// join given up ends its exchanges still under way; those that completed
-// before keep what they merged (the peers' members, tribes and catalogs),
-// and their addresses stay seeds.
+// join given up drops its exchanges still under way at once (their
+// connections closed, their addresses not kept as seeds); those that
+// completed before keep what they merged (the peers' members, tribes and
+// catalogs), and their addresses stay seeds.
 func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, error) {
 	if ctx == nil {
 		return 0, &Error{Code: "invalid_argument", Message: "nil Context"}

@@ -37,8 +37,9 @@ impl Node {
     /// Returns how many addresses completed their exchange; waits for all
     /// of them (an exchange is abandoned after 10 s, a lookup after 5 s; a
     /// node runs 16 joins at once, the others wait their turn; a join
-    /// whose future is dropped, as by a timeout, ends its exchanges at
-    /// once; at most [`MAX_JOIN_PLACES`] addresses are tried, the first
+    /// whose future is dropped, as by a timeout, drops its exchanges still
+    /// under way at once, their connections closed and their addresses
+    /// not kept as seeds; at most [`MAX_JOIN_PLACES`] addresses are tried, the first
     /// ones, however many the names give). Errors:
     /// `InvalidArgument` (no place, more than [`MAX_JOIN_PLACES`], one not
     /// `host:port`, only this node's own address), `Io` when no address

@@ -34,6 +34,8 @@ pub struct JoinOutcome {
 #[derive(Debug, Default)]
 struct Ticket {
     pending: usize,
+    /// Addresses this join made seeds (none of them was one before).
+    seeded: Vec<SocketAddr>,
     outcome: JoinOutcome,
     /// Engine ms when the last exchange ended.
     ended_ms: Option<u64>,
@@ -90,6 +92,9 @@ impl Engine {
         for &addr in &targets {
             if !self.seeds.contains(&addr) && self.seeds.len() < MAX_SEEDS {
                 self.seeds.push(addr);
+                if let Some(t) = self.joins.tickets.get_mut(&ticket) {
+                    t.seeded.push(addr);
+                }
             }
             let conn = self.start_sync(addr, true);
             if let Some(x) = self.conns.get_mut(&conn) {
@@ -118,12 +123,25 @@ impl Engine {
     /// Forgets a join whose caller gave up on it (a timeout, a dropped
     /// future, an HTTP client gone) and ends its exchanges still running:
     /// they would hold their sockets, and the ticket its place, for
-    /// nobody.
+    /// nobody. The addresses it made seeds stay seeds only if their
+    /// exchange completed: one the caller gave up on is not dialled again.
     pub fn forget_join(&mut self, ticket: u64) {
-        if self.joins.tickets.remove(&ticket).is_none() {
+        let Some(t) = self.joins.tickets.remove(&ticket) else {
             return;
-        }
+        };
         self.end_exchanges(|x| x.ticket == Some(ticket), "the join was given up");
+        // Kept while another join still dials it.
+        let dialled = |addr: SocketAddr, engine: &Engine| {
+            engine
+                .conns
+                .values()
+                .any(|x| x.ticket.is_some() && x.peer == Some(addr))
+        };
+        for addr in t.seeded {
+            if !t.outcome.reached.contains(&addr) && !dialled(addr, self) {
+                self.seeds.retain(|s| *s != addr);
+            }
+        }
     }
 
     /// An exchange ended: if a join opened it, its outcome is noted.

@@ -164,6 +164,10 @@ pub enum Output {
     Close {
         /// Stream.
         conn: ConnId,
+        /// The exchange was given up (a join abandoned, a node leaving):
+        /// drop the stream at once, queued frames and all, rather than
+        /// wait for the peer to end it.
+        abandon: bool,
     },
     /// Call [`Engine::handle_timer`] with `timer` after `after`.
     Schedule {

@@ -325,8 +325,13 @@ impl Engine {
     }
 
     fn finish(&mut self, conn: ConnId, ok: bool) {
+        self.end_exchange(conn, ok, false);
+    }
+
+    /// Ends an exchange; `abandon`: given up, its stream dropped at once.
+    fn end_exchange(&mut self, conn: ConnId, ok: bool, abandon: bool) {
         let exchange = self.conns.remove(&conn);
-        self.outputs.push_back(Output::Close { conn });
+        self.outputs.push_back(Output::Close { conn, abandon });
         self.note_holder_check(exchange.as_ref());
         self.note_exchange_outcome(exchange.as_ref(), ok);
         let steady = self.steady_ms();
@@ -927,7 +932,7 @@ impl Engine {
             .collect();
         for conn in picked {
             self.note_why(conn, why);
-            self.finish(conn, false);
+            self.end_exchange(conn, false, true);
         }
     }
 

@@ -678,7 +678,7 @@ impl Sim {
                     self.nodes[i].traffic.stream_bytes += body.len() as u64 + 4;
                     self.send_frame(i, conn, body);
                 }
-                Output::Close { conn } => self.close(i, conn),
+                Output::Close { conn, .. } => self.close(i, conn),
                 Output::Schedule { timer, after } => {
                     let incarnation = self.nodes[i].incarnation;
                     self.push(

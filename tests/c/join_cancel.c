@@ -4,12 +4,16 @@
  *   - a limit of 200 ms ends it with TRIBE_TIMEOUT, well before 10 s;
  *   - a token triggered from another thread ends it with TRIBE_CANCELLED,
  *     and so does a token triggered before the call, at once;
- *   - thirty joins given up that way leave nothing behind: a join through
- *     a live node with a fresh token and no limit then completes;
+ *   - bad places are told as such, also with a token triggered already;
+ *   - thirty joins given up that way leave nothing behind (their
+ *     connections are dropped at once, not held by the silent peer): a
+ *     join through a live node with a fresh token and no limit then
+ *     completes;
  *   - NULL handles and tokens are harmless where the header says so. */
 #include "util.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -25,6 +29,19 @@ static void *trigger_later(void *arg) {
     tribe_cancel_trigger(t->cancel);
     return NULL;
 }
+
+static int open_fds(void) {
+    DIR *d = opendir("/proc/self/fd");
+    CHECK(d != NULL);
+    int n = 0;
+    while (readdir(d)) n++;
+    closedir(d);
+    return n;
+}
+
+/* At most two descriptors more than `*arg` are open (a lookup or a
+ * gossip socket of the moment). */
+static bool fds_back(void *arg) { return open_fds() <= *(int *)arg + 2; }
 
 /* A listening socket on 127.0.0.1 that is never accepted from: the kernel
  * completes the connections, and nothing is ever said on them. */
@@ -83,6 +100,18 @@ int main(void) {
     tribe_cancel_trigger(cancel); /* again: no effect */
     tribe_cancel_free(cancel);
 
+    /* Bad places are told as such, also with a token triggered already. */
+    tribe_cancel *fired = NULL;
+    OK(tribe_cancel_new(&fired, NULL));
+    tribe_cancel_trigger(fired);
+    const char *bad[] = {"no-port"};
+    EXPECT(TRIBE_INVALID_ARGUMENT,
+           tribe_node_join_cluster_cancellable(b, bad, 1, 0, fired, &joined, &err));
+    tribe_cancel_free(fired);
+
+    /* Given-up joins drop their connections at once: the silent peer
+     * would hold each open for the stream's lifetime (30 s). */
+    int fds_before = open_fds();
     for (int i = 0; i < 30; i++) {
         tribe_cancel *c = NULL;
         OK(tribe_cancel_new(&c, NULL));
@@ -93,6 +122,8 @@ int main(void) {
         CHECK(pthread_join(t, NULL) == 0);
         tribe_cancel_free(c);
     }
+    CHECK(wait_for(fds_back, &fds_before, 5));
+    printf("30 cancelled joins left no descriptor behind (%d open)\n", open_fds());
     OK(tribe_cancel_new(&cancel, NULL));
     joined = 0;
     EXPECT(TRIBE_OK, tribe_node_join_cluster_cancellable(b, to_a, 1, 0, cancel, &joined, &err));
