@@ -88,6 +88,7 @@ from ._errors import (
     InvalidArgumentError,
     InvalidNameError,
     InvalidPolicyError,
+    JoinTimeoutError,
     KeyringError,
     KeyringFullError,
     LimitReachedError,
@@ -178,6 +179,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidNameError",
     "InvalidPolicyError",
+    "JoinTimeoutError",
     "Isolated",
     "Joined",
     "KeyHolding",
@@ -896,6 +898,13 @@ def _str_list(what: str, items: Iterable[str]) -> List[str]:
     return out
 
 
+def _places(method: str, places: Tuple[str, ...]) -> List[str]:
+    for place in places:
+        if not isinstance(place, str):
+            raise TypeError(f"{method}: places must be str, not {type(place).__name__}")
+    return list(places)
+
+
 def _path(what: str, value: object) -> str:
     """A path given as str, bytes or os.PathLike, as text (bytes that are
     not UTF-8 kept as surrogates, as os.fsdecode does)."""
@@ -1375,7 +1384,7 @@ class Node(_NoCopy):
         """
         return self._native.remove_key(key)
 
-    def join_cluster(self, *places: str) -> int:
+    def join_cluster(self, *places: str, timeout: Optional[float] = None) -> int:
         """Joins the cluster through ``places`` (``"host:port"``: addresses,
         or names looked up, as ``seeds`` takes), also while this node is in
         a cluster already (two clusters then merge; their records merge as
@@ -1391,18 +1400,31 @@ class Node(_NoCopy):
         again). Waits for every exchange: up to 5 s for the lookups plus
         10 s for the exchanges; a node runs 16 joins at once, the others
         wait their turn (the GIL is released; Ctrl-C interrupts it; a close
-        ends it at once).
+        ends it at once). With ``timeout`` (seconds), a join still under way
+        then is given up: its exchanges still under way are dropped (their
+        addresses not kept as seeds), those that completed keep what they
+        merged, and :class:`JoinTimeoutError` is raised.
 
         Raises :class:`InvalidArgumentError` (no place, more than 256, one
         not ``host:port``, only this node's own address),
         :class:`TribeIOError` when no address completed its exchange (the
         message names each and why: refused, no answer, another key, a name
-        that does not resolve, this node itself), :class:`ShutdownError`.
+        that does not resolve, this node itself), :class:`JoinTimeoutError`,
+        :class:`ShutdownError`.
         """
-        for place in places:
-            if not isinstance(place, str):
-                raise TypeError(f"join_cluster: places must be str, not {type(place).__name__}")
-        return self._native.join_cluster(list(places))
+        _check_timeout("join_cluster", timeout, allow_none=True)
+        joined = self._native.join_cluster(_places("join_cluster", places), timeout)
+        if joined is None:
+            raise JoinTimeoutError(f"the join did not end within {timeout} s", "timeout")
+        return joined
+
+    async def join_cluster_async(self, *places: str) -> int:
+        """:meth:`join_cluster` for asyncio; cancelling the awaiting task (or
+        ``asyncio.wait_for``'s timeout) gives the join up, ending its
+        exchanges still under way."""
+        loop = asyncio.get_running_loop()
+        joined: int = await self._native.join_cluster_async(loop, _places("join_cluster_async", places))
+        return joined
 
     def set_encryption(self, mode: str) -> None:
         """Changes this node's encryption mode: accept, send or require."""

@@ -217,6 +217,15 @@ class CallTimeoutError(CallError, TimeoutError):
     error_code = "timeout"
 
 
+class JoinTimeoutError(TribeError, TimeoutError):
+    """A join did not end within the ``timeout`` given to
+    :meth:`Node.join_cluster`: the exchanges still under way were dropped
+    with it (their connections closed, their addresses not kept as seeds);
+    those that completed kept what they merged (the peers' members, tribes
+    and catalogs), and their addresses stay seeds. Its ``.code`` is
+    ``"timeout"``."""
+
+
 class RemoteError(CallError):
     """The handler failed: ``.code`` and ``.message`` are the handler's."""
 

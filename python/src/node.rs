@@ -626,10 +626,43 @@ impl NativeNode {
     }
 
     /// Joins the cluster through `places` (see `tribe::Node::join_cluster`);
-    /// how many addresses completed their exchange.
-    fn join_cluster(&self, py: Python<'_>, places: Vec<String>) -> PyResult<usize> {
-        let r = wait(py, self.node.join_cluster(&places))?;
-        check(py, r)
+    /// how many addresses completed their exchange, or `None` when the join
+    /// did not end within `timeout` seconds (it is given up then).
+    #[pyo3(signature = (places, timeout=None))]
+    fn join_cluster(
+        &self,
+        py: Python<'_>,
+        places: Vec<String>,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<usize>> {
+        let join = self.node.join_cluster(&places);
+        let r = match timeout {
+            None => wait(py, join)?,
+            Some(t) => match crate::wait_for(py, join, seconds("timeout", t, true)?)? {
+                Some(r) => r,
+                None => return Ok(None),
+            },
+        };
+        check(py, r).map(Some)
+    }
+
+    /// `join_cluster` for asyncio: an asyncio future of how many addresses
+    /// completed their exchange; cancelling it gives the join up.
+    fn join_cluster_async<'py>(
+        &self,
+        py: Python<'py>,
+        r#loop: &Bound<'py, PyAny>,
+        places: Vec<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let node = self.node.clone();
+        crate::aio::spawn(py, r#loop, async move {
+            let r = node.join_cluster(&places).await;
+            let out: crate::aio::Outcome = Box::new(move |py| match r {
+                Ok(n) => Ok(n.into_pyobject(py)?.into_any().unbind()),
+                Err(e) => Err(to_py(py, e)),
+            });
+            out
+        })
     }
 
     fn set_encryption(&self, py: Python<'_>, mode: &str) -> PyResult<()> {

@@ -147,6 +147,57 @@ def test_a_policy_guarded_with_has_does_not_fail_on_a_node_lacking_the_fact(clus
     assert node.tribe("core") is None
 
 
+def test_a_join_through_a_silent_peer_is_given_up_at_its_timeout_or_cancel(cluster: Cluster) -> None:
+    import asyncio
+    import socket
+
+    # A peer that takes connections and never answers: a join waits 10 s.
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        place = "127.0.0.1:%d" % silent.getsockname()[1]
+        a = cluster.start("pjt-a")
+        b = cluster.start("pjt-b")
+        began = time.monotonic()
+        try:
+            b.join_cluster(place, timeout=0.3)
+            raise AssertionError("a join through a silent peer ended")
+        except pytribe.JoinTimeoutError as e:
+            assert isinstance(e, TimeoutError) and e.code == "timeout", e
+        assert time.monotonic() - began < 3, time.monotonic() - began
+
+        async def cancelled() -> None:
+            task = asyncio.ensure_future(b.join_cluster_async(place))
+            await asyncio.sleep(0.1)
+            task.cancel()
+            try:
+                await task
+                raise AssertionError("a cancelled join ended")
+            except asyncio.CancelledError:
+                pass
+            try:
+                await asyncio.wait_for(b.join_cluster_async(place), 0.1)
+                raise AssertionError("a join past asyncio.wait_for's timeout ended")
+            except asyncio.TimeoutError:
+                pass
+
+        began = time.monotonic()
+        asyncio.run(cancelled())
+        assert time.monotonic() - began < 3, time.monotonic() - began
+        # Given-up joins leave nothing behind: many more, then a real one.
+        for _ in range(20):
+            try:
+                b.join_cluster(place, timeout=0.02)
+            except pytribe.JoinTimeoutError:
+                pass
+
+        async def joins() -> int:
+            return await b.join_cluster_async(a.addr)
+
+        assert asyncio.run(joins()) == 1
+        assert b.join_cluster(a.addr, timeout=10) == 1
+
+
 def test_a_node_started_alone_joins_a_running_one_later(cluster: Cluster) -> None:
     a = cluster.start("pjoin-a")
     a.create_tribe("web")
