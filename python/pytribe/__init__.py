@@ -684,7 +684,11 @@ def _after_fork_in_child() -> None:
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
+    os.register_at_fork(
+        before=_native._before_fork,
+        after_in_parent=_native._after_fork_in_parent,
+        after_in_child=_after_fork_in_child,
+    )
 
 
 # ---------------------------------------------------------------- events

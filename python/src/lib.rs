@@ -87,6 +87,7 @@ fn _after_fork_in_child() {
     // The parent's threads counted there do not exist here.
     IN_PYTHON.store(0, Ordering::SeqCst);
     EXITING.store(false, Ordering::SeqCst);
+    FORKING.store(false, Ordering::SeqCst);
 }
 
 /// Drives `fut` to completion on the runtime with the GIL released, waking
@@ -172,12 +173,47 @@ static IN_PYTHON: AtomicUsize = AtomicUsize::new(0);
 
 /// A module thread's turn in Python; `None` once the interpreter exits.
 pub(crate) fn enter_python() -> Option<InPython> {
-    IN_PYTHON.fetch_add(1, Ordering::SeqCst);
-    if EXITING.load(Ordering::SeqCst) {
+    loop {
+        IN_PYTHON.fetch_add(1, Ordering::SeqCst);
+        if EXITING.load(Ordering::SeqCst) {
+            IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        if !FORKING.load(Ordering::SeqCst) {
+            return Some(InPython);
+        }
         IN_PYTHON.fetch_sub(1, Ordering::SeqCst);
-        return None;
+        while FORKING.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_micros(100));
+        }
     }
-    Some(InPython)
+}
+
+/// Set from just before a `fork()` until just after it (the package's
+/// at-fork hooks): no module thread enters Python meanwhile. Entering
+/// makes the thread's interpreter state under CPython's interpreter-wide
+/// lock, without the GIL; a fork at that moment left that lock held in
+/// the child, whose own after-fork step then waited for it forever.
+static FORKING: AtomicBool = AtomicBool::new(false);
+
+/// Before a `fork()` (registered with `os.register_at_fork`): waits until
+/// no module thread is in Python or on its way in, and keeps them out
+/// until the fork is done.
+#[pyfunction]
+fn _before_fork(py: Python<'_>) {
+    // Detached: the thread inside may need the GIL to leave.
+    py.detach(|| {
+        FORKING.store(true, Ordering::SeqCst);
+        while IN_PYTHON.load(Ordering::SeqCst) > 0 {
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    });
+}
+
+/// After a `fork()`, in the parent: module threads may enter Python again.
+#[pyfunction]
+fn _after_fork_in_parent() {
+    FORKING.store(false, Ordering::SeqCst);
 }
 
 /// Held while a module thread may be in Python (see [`enter_python`]).
@@ -211,6 +247,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checks::check_step_request, m)?)?;
     m.add_function(wrap_pyfunction!(_set_exiting, m)?)?;
     m.add_function(wrap_pyfunction!(_after_fork_in_child, m)?)?;
+    m.add_function(wrap_pyfunction!(_before_fork, m)?)?;
+    m.add_function(wrap_pyfunction!(_after_fork_in_parent, m)?)?;
     m.add_function(wrap_pyfunction!(aio::_complete, m)?)?;
     m.add_function(wrap_pyfunction!(logs::next_log, m)?)?;
     m.add_function(wrap_pyfunction!(logs::set_log_level, m)?)?;
