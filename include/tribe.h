@@ -1030,7 +1030,9 @@ uint32_t tribe_node_remove_fact(const struct tribe_node *node,
  * evaluation error there (the node stays out and gets a
  * `TRIBE_EVENT_POLICY_ERROR`): guard optional facts with `has()`. A bad
  * expression is `TRIBE_INVALID_POLICY` with the position in
- * `tribe_error_line`/`tribe_error_column`; it never spreads.
+ * `tribe_error_line`/`tribe_error_column`; it never spreads. Policies
+ * apply in the background: the tribe and this node's place in it may
+ * appear a moment (about a millisecond) after this returns.
  * `TRIBE_IO` when no thread could be made to compile it on (the process
  * at its thread limit): try again later. A policy from a peer that meets
  * the same shortage is evaluated again every half second until it can.
@@ -1134,6 +1136,9 @@ uint32_t tribe_node_use_key(const struct tribe_node *node,
  * 3 s, unless a switch to another key made through another node is heard
  * of by then). First blocks (up to 10 s) until no live member, this node
  * included, seals with the key any more, else `TRIBE_KEY_NOT_SPREAD`.
+ * Returns once this node dropped the key; the removal reaches the other
+ * members by gossip (`tribe_node_keys_json` lists it on them until then,
+ * well under a second on a LAN).
  */
 uint32_t tribe_node_remove_key(const struct tribe_node *node,
                                const char *key,

@@ -1016,6 +1016,7 @@ impl Driver {
         let faults = self.shared.faults.clone();
         let max_frame = self.shared.max_frame;
         let security = self.shared.engine().stream_security();
+        let plaintext = !security.dials_sealed();
         let server = self.shared.rpc.server.clone();
         let peer = match &target {
             ConnTarget::Dial(addr) => Some(*addr),
@@ -1061,7 +1062,7 @@ impl Driver {
                 Err(e) => {
                     // A peer that never answered the setup is told as
                     // such (a join names why each address failed).
-                    report(&inbox, conn, peer, stalled_if_timed_out(e));
+                    report(&inbox, conn, peer, plaintext, stalled_if_timed_out(e));
                     let _ = inbox.send(DriverInput::Closed(conn));
                     return;
                 }
@@ -1071,7 +1072,7 @@ impl Driver {
                     .await;
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => report(&inbox, conn, peer, e),
+                Ok(Err(e)) => report(&inbox, conn, peer, plaintext, e),
                 Err(_) => tracing::debug!(?conn, "stream timed out"),
             }
             let _ = inbox.send(DriverInput::Closed(conn));
@@ -1104,6 +1105,7 @@ fn report(
     inbox: &mpsc::UnboundedSender<DriverInput>,
     conn: ConnId,
     peer: Option<SocketAddr>,
+    plaintext: bool,
     e: StreamError,
 ) {
     match e {
@@ -1115,7 +1117,7 @@ fn report(
         }
         StreamError::Io(e) => {
             tracing::debug!(?conn, error = %e, "stream ended with an error");
-            let _ = inbox.send(DriverInput::Failed(conn, io_failure(&e)));
+            let _ = inbox.send(DriverInput::Failed(conn, io_failure(&e, plaintext)));
         }
     }
 }
@@ -1135,8 +1137,10 @@ impl std::fmt::Display for ConnectTimedOut {
 impl std::error::Error for ConnectTimedOut {}
 
 /// Why a stream failed, for a join to tell: the process's own shortage is
-/// not the peer's fault.
-fn io_failure(e: &std::io::Error) -> String {
+/// not the peer's fault, and a plaintext stream cut before any answer is
+/// most likely refused by a peer that requires encryption (which cannot
+/// say so to a node without the key).
+fn io_failure(e: &std::io::Error, plaintext: bool) -> String {
     if e.get_ref().is_some_and(|inner| inner.is::<ConnectTimedOut>()) {
         return format!(
             "no answer (the connection was not accepted within {} s)",
@@ -1145,6 +1149,18 @@ fn io_failure(e: &std::io::Error) -> String {
     }
     if crate::rpc::client::is_local_shortage(e) {
         format!("this process could not open a connection ({e}): out of descriptors, socket buffers or memory, not the peer's fault")
+    } else if plaintext
+        && matches!(
+            e.kind(),
+            std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::BrokenPipe
+        )
+    {
+        format!(
+            "the connection failed ({e}): the peer may require encryption, and this node \
+             sends plaintext (it has no key, or its encryption mode is accept)"
+        )
     } else {
         format!("the connection failed ({e})")
     }
@@ -1417,14 +1433,20 @@ mod tests {
 
     #[test]
     fn a_stream_failed_for_want_of_this_process_own_resources_blames_no_peer() {
-        let own = super::io_failure(&std::io::Error::from_raw_os_error(libc::EMFILE));
+        let own = super::io_failure(&std::io::Error::from_raw_os_error(libc::EMFILE), true);
         assert!(own.contains("this process could not open a connection"), "{own}");
         assert!(own.contains("not the peer's fault"), "{own}");
-        let peer = super::io_failure(&std::io::Error::from_raw_os_error(libc::ECONNRESET));
+        let reset = std::io::Error::from_raw_os_error(libc::ECONNRESET);
+        let peer = super::io_failure(&reset, false);
         assert!(peer.starts_with("the connection failed ("), "{peer}");
+        assert!(!peer.contains("encryption"), "{peer}");
+        // A plaintext stream cut by its peer: most likely one that requires
+        // encryption.
+        let plain = super::io_failure(&reset, true);
+        assert!(plain.contains("the peer may require encryption"), "{plain}");
         // A connect that timed out is no answer, not a stalled setup.
         let timed_out = std::io::Error::other(super::ConnectTimedOut);
-        assert!(super::io_failure(&timed_out).starts_with("no answer"));
+        assert!(super::io_failure(&timed_out, true).starts_with("no answer"));
         assert!(matches!(
             super::stalled_if_timed_out(crate::stream::StreamError::Io(timed_out)),
             crate::stream::StreamError::Io(_)

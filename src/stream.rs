@@ -106,6 +106,11 @@ impl Security {
             .filter(|_| self.encryption != Encryption::Accept)
     }
 
+    /// Whether this node dials sealed streams.
+    pub(crate) fn dials_sealed(&self) -> bool {
+        self.seals().is_some()
+    }
+
     fn requires_sealed(&self) -> bool {
         self.keyring.is_some() && self.encryption == Encryption::Require
     }

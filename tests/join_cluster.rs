@@ -134,6 +134,20 @@ async fn a_join_through_a_node_holding_other_keys_fails_and_a_stopped_node_refus
     assert_eq!(b.members_alive(), 1);
     assert_eq!(a.members_alive(), 1);
 
+    // A node without a key gets no refusal it could check: the stream
+    // its peer cut says what that most likely means.
+    let plain = Node::start(test_config("jk-plain")).await.unwrap();
+    let err = plain
+        .join_cluster(&[a.addr().to_string()])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(
+        err.to_string().contains("the peer may require encryption"),
+        "{err}"
+    );
+    plain.shutdown().await.unwrap();
+
     b.shutdown().await.unwrap();
     let after = b.join_cluster(&[a.addr().to_string()]).await;
     assert!(matches!(after, Err(Error::ShuttingDown)), "{after:?}");

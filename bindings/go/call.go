@@ -170,7 +170,7 @@ const MaxCallBudget = 5 * time.Minute
 // to MaxCallBudget); with less than 1 ms left the call is not sent and
 // ends with ErrTimeout at once. Cancelling the context abandons the call
 // at once; at its deadline, libtribe's own timeout ends it (within
-// deadlineGrace, 5 ms), and the error names the host the call waited on.
+// 5 ms), and the error names the host the call waited on.
 // Errors: ErrUnknownTribe (this node does not know the tribe, or not yet:
 // it learns tribes from its peers after Start), ErrNoProvider (no live
 // member serves the plugin), ErrTimeout (also matching

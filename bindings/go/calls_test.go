@@ -392,3 +392,53 @@ func TestCallUnderAMillisecondIsNotSent(t *testing.T) {
 		t.Fatalf("the call was sent: calls counters went from %s to %s", before, after)
 	}
 }
+
+// Calls this node refuses for its own MaxInflight are counted as
+// overloaded, as a host's refusal is: a collector watching its own
+// counters sees them.
+func TestCallsOverOwnInflightAreCountedOverloaded(t *testing.T) {
+	n := startNode(t, "busy", func(c *Config) { c.Limits = Limits{MaxInflight: 1} })
+	if err := n.CreateTribe("svc"); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Join("svc", ""); err != nil {
+		t.Fatal(err)
+	}
+	release := make(chan struct{})
+	if err := n.Serve("hold", "1", Processor, func(ctx context.Context, c CallInfo, p []byte) ([]byte, error) {
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return p, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	held := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err := n.Call(ctx, target("hold"), []byte("x"))
+		held <- err
+	}()
+	waitFor(t, "the first call in flight", 10*time.Second, func() bool {
+		c, err := n.Counters()
+		return err == nil && c["calls"]["in_flight"].String() == "1"
+	})
+	for i := 0; i < 4; i++ {
+		if _, err := n.Call(context.Background(), target("hold"), []byte("y")); !errors.Is(err, ErrOverloaded) {
+			t.Fatalf("call %d over MaxInflight: %v", i, err)
+		}
+	}
+	c, err := n.Counters()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c["calls"]["overloaded"].String(); got != "4" {
+		t.Fatalf("overloaded = %s, want 4 (%v)", got, c["calls"])
+	}
+	close(release)
+	if err := <-held; err != nil {
+		t.Fatal(err)
+	}
+}

@@ -32,7 +32,9 @@ func (n *Node) DeleteTribe(tribe string) error {
 	}, tribe)
 }
 
-// Join puts node (any known node; "" for this one) in tribe by hand.
+// Join puts node (any known node; "" for this one) in tribe by hand; the
+// tribe must exist (ErrUnknownTribe otherwise: CreateTribe, or a policy,
+// makes it).
 func (n *Node) Join(tribe, node string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		member := a[1]
@@ -58,7 +60,9 @@ func (n *Node) Leave(tribe, node string) error {
 // AddPolicy adds a policy: the nodes whose facts satisfy when (CEL over
 // facts, e.g. `facts.rack == "r1"`) join tribe, which is created when
 // missing. A bad expression gives a *PolicyError (matching
-// ErrInvalidPolicy) and never spreads.
+// ErrInvalidPolicy) and never spreads. Policies apply in the background:
+// the tribe and this node's place in it may appear a moment (about a
+// millisecond) after AddPolicy returns.
 func (n *Node) AddPolicy(name, tribe, when string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_add_policy(p, a[0], a[1], a[2], e)
@@ -221,7 +225,9 @@ func (n *Node) UseKey(key string) error {
 // ErrPrimaryKey for the primary key (this node's own primary after up to 3 s,
 // unless a switch made through another node is heard of by then). It first
 // waits (up to 10 s) until no live member, this node included, seals with
-// the key any more; ErrKeyNotSpread otherwise.
+// the key any more; ErrKeyNotSpread otherwise. It returns once this node
+// dropped the key; the removal reaches the other members by gossip (Keys
+// lists it on them until then, well under a second on a LAN).
 func (n *Node) RemoveKey(key string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_remove_key(p, a[0], e)

@@ -28,9 +28,9 @@ const (
 	EventArtifactCorrupt     EventKind = 16 // Holder sent bad bytes for Plugin
 	EventArtifactUnavailable EventKind = 17 // Plugin's artifact could not be fetched (Message)
 	EventPolicyError         EventKind = 18 // Policy could not be evaluated (Message)
+	EventLog                 EventKind = 21 // a log record of libtribe's (Level, Target, Message; Config.LogLevel)
 	EventIdentityClaimed     EventKind = 22 // another identity claims this node's name (Addr, Generation)
 	EventClockSkew           EventKind = 23 // Member's clock is off this node's by OffsetMs
-	EventLog                 EventKind = 21 // a log record of libtribe's (Level, Target, Message; Config.LogLevel)
 )
 
 var eventNames = map[string]EventKind{

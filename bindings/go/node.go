@@ -533,7 +533,9 @@ func (n *Node) EventsDropped() uint64 {
 // Close is idempotent and safe from many goroutines: a later Close (also
 // one after Abort) waits for the first and returns its result again, nil
 // after a clean stop; every other method then returns ErrClosed, and so does
-// Close of a nil or zero Node.
+// Close of a nil or zero Node. Close returns nil also when handlers were
+// given up (after 5 s, or by an Abort during the wait) and their answers
+// dropped: Shutdown returns an error then.
 // A handler that closes its own node and wants its reply sent runs
 // `go n.Close()` and returns: Close inside the handler waits for that very
 // handler.
@@ -578,14 +580,15 @@ func (n *Node) Shutdown(ctx context.Context) error {
 }
 
 // Abort stops at once without a goodbye, as a crash would (peers record the
-// node as "failed"): calls in flight to its handlers end Disconnected at
+// node as "failed"): calls in flight to its handlers end ErrDisconnected at
 // their callers, and the answers of handlers still running are dropped.
 // Otherwise like Close: handler contexts end, and Abort waits up to 5 s for
 // running handlers to return, so that no handler of the node runs on once
 // it returns (one that ignores its context may). An Abort while a Close or
 // Shutdown waits for handlers ends that wait at once (their calls end
 // ErrDisconnected at their callers, their answers are dropped) and
-// returns once the node is freed.
+// returns once the node is freed. Abort inside one of the node's own
+// handlers waits those 5 s for that very handler: run `go n.Abort()` there.
 func (n *Node) Abort() {
 	defer runtime.KeepAlive(n)
 	in := n.inner()

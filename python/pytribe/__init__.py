@@ -1384,7 +1384,10 @@ class Node(_NoCopy):
         up to 3 s, unless a switch made through another node is heard of by
         then. First waits (up to 10 s) until no live member, this one
         included, seals with the key any more; raises
-        :class:`KeyNotSpreadError` (nothing changed) otherwise.
+        :class:`KeyNotSpreadError` (nothing changed) otherwise. Returns once
+        this node dropped the key; the removal reaches the other members by
+        gossip (:meth:`keys` lists it on them until then, well under a
+        second on a LAN).
         """
         return self._native.remove_key(key)
 

@@ -72,13 +72,13 @@ impl AsyncCalls {
     }
 
     /// Registers `id`; gives how many other calls are in flight.
-    fn register(&self, id: u64) -> Result<usize, FfiError> {
+    fn register(&self, id: u64) -> Result<usize, Error> {
         let mut p = self.lock();
         if p.closed {
-            return Err(Error::ShuttingDown.into());
+            return Err(Error::ShuttingDown);
         }
         if p.calls.len() + self.unread.load(Ordering::Acquire) >= self.bound {
-            return Err(Error::Overloaded.into());
+            return Err(Error::Overloaded);
         }
         p.calls.insert(id, None);
         Ok(p.calls.len() - 1)
@@ -453,7 +453,14 @@ pub extern "C" fn tribe_node_call_async(
         let mailbox = handle.mailbox.clone();
         // The id is registered before the task exists, so a call that
         // finishes at once still finds it.
-        let company = calls.register(id)?;
+        let company = calls.register(id).map_err(|e| {
+            // Refused for this node's own load: counted as the call's
+            // outcome, as a host's refusal is.
+            if matches!(e, Error::Overloaded) {
+                n.count_call(&Err(Error::Overloaded));
+            }
+            FfiError::from(e)
+        })?;
         // Written before the call starts, so the host knows the id before
         // its completion can exist.
         cast::write(call_id, id);
