@@ -285,6 +285,21 @@ static int cfg_pair(oconfig_item_t *ci, pair_t *list, size_t *n, size_t max) {
   return 0;
 }
 
+/* Whether text is a key (base64 of 32 bytes, as `tribe keygen` prints). */
+static bool is_key(const char *text) {
+  char *id = NULL;
+  if (text == NULL || tribe_key_id(text, &id, NULL, NULL) != TRIBE_OK)
+    return false;
+  tribe_string_free(id);
+  return true;
+}
+
+/* Config text as the log may show it: a key given by mistake where a path
+ * or a name goes is withheld (logs travel further than keys may). */
+static const char *shown(const char *text) {
+  return is_key(text) ? "(a key, withheld)" : text;
+}
+
 static int cfg_publish(oconfig_item_t *ci) {
   if (ci->values_num < 2 || ci->values_num > 3) {
     ERROR(PLUGIN_NAME " plugin: `Publish' wants \"tribe\" \"plugin\" "
@@ -304,7 +319,7 @@ static int cfg_publish(oconfig_item_t *ci) {
     tribe_error *err = NULL;
     if (tribe_name_check(ci->values[i].value.string, &err) != TRIBE_OK) {
       ERROR(PLUGIN_NAME " plugin: `Publish' %s \"%s\": %s",
-            i == 0 ? "tribe" : "plugin", ci->values[i].value.string,
+            i == 0 ? "tribe" : "plugin", shown(ci->values[i].value.string),
             tribe_error_message(err));
       tribe_error_free(err);
       return -1;
@@ -314,7 +329,7 @@ static int cfg_publish(oconfig_item_t *ci) {
     tribe_error *err = NULL;
     if (tribe_version_check(ci->values[2].value.string, &err) != TRIBE_OK) {
       ERROR(PLUGIN_NAME " plugin: `Publish' version \"%s\": %s",
-            ci->values[2].value.string, tribe_error_message(err));
+            shown(ci->values[2].value.string), tribe_error_message(err));
       tribe_error_free(err);
       return -1;
     }
@@ -419,7 +434,8 @@ static int tribe_config_cb(oconfig_item_t *ci) {
           g.nseeds++;
         for (size_t k = 0; status == 0 && k + 1 < g.nseeds; k++)
           if (strcmp(g.seeds[k], g.seeds[g.nseeds - 1]) == 0) {
-            ERROR(PLUGIN_NAME " plugin: `Seed' \"%s\" given twice", g.seeds[k]);
+            ERROR(PLUGIN_NAME " plugin: `Seed' \"%s\" given twice",
+                  shown(g.seeds[k]));
             status = -1;
           }
       }
@@ -428,7 +444,7 @@ static int tribe_config_cb(oconfig_item_t *ci) {
       for (size_t k = 0; status == 0 && k + 1 < g.nfacts; k++)
         if (strcmp(g.facts[k].key, g.facts[g.nfacts - 1].key) == 0) {
           ERROR(PLUGIN_NAME " plugin: `Fact' \"%s\" given twice",
-                g.facts[k].key);
+                shown(g.facts[k].key));
           status = -1;
         }
     }
@@ -457,16 +473,16 @@ static int tribe_config_cb(oconfig_item_t *ci) {
         size_t kl = strlen(t->key), vl = strlen(t->value);
         if (kl == 0 || kl > 128 || vl > 256 || !json_string_ok(t->key) ||
             !json_string_ok(t->value) || strcmp(t->key, "host") == 0 ||
-            strcmp(t->key, "ds_type") == 0) {
+            strcmp(t->key, "ds_type") == 0 || is_key(t->key)) {
           ERROR(PLUGIN_NAME " plugin: `Tag' wants a key of 1 to 128 bytes "
-                            "other than host and ds_type, a value of at most "
-                            "256 bytes, valid UTF-8 with no control "
-                            "characters");
+                            "other than host and ds_type (and no encryption "
+                            "key), a value of at most 256 bytes, valid UTF-8 "
+                            "with no control characters");
           status = -1;
         }
         for (size_t k = 0; status == 0 && k + 1 < g.ntags; k++)
           if (strcmp(g.tags[k].key, t->key) == 0) {
-            ERROR(PLUGIN_NAME " plugin: `Tag' \"%s\" given twice", t->key);
+            ERROR(PLUGIN_NAME " plugin: `Tag' \"%s\" given twice", shown(t->key));
             status = -1;
           }
       }
@@ -491,7 +507,7 @@ static int tribe_config_cb(oconfig_item_t *ci) {
     else if (strcasecmp(c->key, "ShutdownTimeout") == 0)
       status = cfg_seconds(c, &g.shutdown_timeout, 0, 600000);
     else {
-      ERROR(PLUGIN_NAME " plugin: unknown option `%s'", c->key);
+      ERROR(PLUGIN_NAME " plugin: unknown option `%s'", shown(c->key));
       status = -1;
     }
   }
@@ -544,16 +560,25 @@ static void note_unconfirmed(size_t metrics, const char *why) {
 
 /* Logs the drops (and the unconfirmed batches) since the last line, at
  * most once per DROP_LOG_EVERY_MS. */
-static void maybe_log_drops(void) {
+/* Logs the drops not logged yet: at most every DROP_LOG_EVERY_MS, or at
+ * once (before a line that says delivery recovered, so that the drops
+ * before it are not told after it). */
+static void log_drops(bool at_once) {
   if (g.drops_unlogged == 0 && g.unconfirmed_unlogged == 0)
     return;
   uint64_t now = mono_ms();
-  if (g.last_drop_log_ms != 0 && now - g.last_drop_log_ms < DROP_LOG_EVERY_MS)
+  if (!at_once && g.last_drop_log_ms != 0 &&
+      now - g.last_drop_log_ms < DROP_LOG_EVERY_MS)
     return;
   if (g.unconfirmed_unlogged == 0)
     WARNING(PLUGIN_NAME " plugin: dropped %" PRIu64 " metrics (%" PRIu64
                        " in all); last reason: %s",
             g.drops_unlogged, g.dropped, g.last_error);
+  else if (g.drops_unlogged == 0)
+    WARNING(PLUGIN_NAME " plugin: %" PRIu64 " metrics unconfirmed (%" PRIu64
+                       " in all: their calls ended with no answer, they may "
+                       "have arrived); last reason: %s",
+            g.unconfirmed_unlogged, g.unconfirmed, g.last_error);
   else
     WARNING(PLUGIN_NAME " plugin: dropped %" PRIu64 " metrics (%" PRIu64
                        " in all), %" PRIu64 " unconfirmed (%" PRIu64
@@ -565,6 +590,8 @@ static void maybe_log_drops(void) {
   g.unconfirmed_unlogged = 0;
   g.last_drop_log_ms = now;
 }
+
+static void maybe_log_drops(void) { log_drops(false); }
 
 /* Moves the batch being filled into every target's queue (lock held). */
 static void seal_current(void) {
@@ -911,7 +938,7 @@ static void call_done(tribe_event *ev) {
           if (t->again_logged_ms == 0 ||
               now - t->again_logged_ms >= DROP_LOG_EVERY_MS) {
             t->again_logged_ms = now;
-            maybe_log_drops();
+            log_drops(true);
             INFO(PLUGIN_NAME " plugin: publishing to %s/%s again", t->tribe,
                  t->plugin);
           }
@@ -1026,6 +1053,13 @@ static void drain_events(tribe_node *node) {
 
 /* ---------------------------------------------------------------- read */
 
+/* How often the plugin's own values go out: every Interval, or every
+ * EventInterval when that is longer (they go out from the read callback). */
+static cdtime_t stats_interval(void) {
+  cdtime_t every = cf_get_default_interval();
+  return g.event_interval > every ? g.event_interval : every;
+}
+
 static void dispatch_stats(uint64_t published, uint64_t dropped,
                            uint64_t unconfirmed, uint64_t skipped,
                            size_t queued) {
@@ -1035,8 +1069,9 @@ static void dispatch_stats(uint64_t published, uint64_t dropped,
   vl.values_len = 1;
   /* They go out once per Interval, not per EventInterval (the read
    * callback's, which collectd would give them): rates and the cache's
-   * timeout follow it. */
-  vl.interval = cf_get_default_interval();
+   * timeout follow it. An EventInterval longer than Interval spaces the
+   * read callbacks, and so these values, further apart: that, then. */
+  vl.interval = stats_interval();
   sstrncpy(vl.plugin, PLUGIN_NAME, sizeof vl.plugin);
   sstrncpy(vl.type, "derive", sizeof vl.type);
   sstrncpy(vl.type_instance, "published", sizeof vl.type_instance);
@@ -1124,7 +1159,7 @@ static int tribe_flush(cdtime_t timeout, const char *identifier,
 static int read_key_file(const char *path, char *key, size_t cap) {
   FILE *f = fopen(path, "r");
   if (f == NULL) {
-    ERROR(PLUGIN_NAME " plugin: cannot open key file %s: %s", path,
+    ERROR(PLUGIN_NAME " plugin: cannot open key file %s: %s", shown(path),
           strerror(errno));
     return -1;
   }
@@ -1138,11 +1173,12 @@ static int read_key_file(const char *path, char *key, size_t cap) {
   int failed = ferror(f);
   fclose(f);
   if (failed) {
-    ERROR(PLUGIN_NAME " plugin: cannot read key file %s (a directory?)", path);
+    ERROR(PLUGIN_NAME " plugin: cannot read key file %s (a directory?)",
+          shown(path));
     return -1;
   }
   if (!found) {
-    ERROR(PLUGIN_NAME " plugin: key file %s holds no key", path);
+    ERROR(PLUGIN_NAME " plugin: key file %s holds no key", shown(path));
     return -1;
   }
   return 0;
