@@ -20,6 +20,7 @@ use crate::runtime::{self, Driver, DriverInput, Faults};
 use crate::{MemberInfo, Policy, TribeInfo};
 
 mod join;
+pub(crate) use join::join_places;
 pub use join::MAX_JOIN_PLACES;
 
 /// How long a keyring step waits for the live members to catch up with

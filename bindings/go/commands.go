@@ -526,15 +526,17 @@ func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, e
 	if ctx == nil {
 		return 0, &Error{Code: "invalid_argument", Message: "nil Context"}
 	}
-	if ctx.Err() != nil {
-		return 0, abandoned("the join", ctxEnd(ctx, nil))
-	}
 	if ctx.Done() == nil {
 		return n.joinCluster(nil, places)
 	}
 	var cancel *C.tribe_cancel
 	if rc := C.tribe_cancel_new(&cancel, nil); rc != C.TRIBE_OK {
 		return 0, takeError(rc, nil)
+	}
+	if ctx.Err() != nil {
+		// Ended already: bad places are still told as such, and a join
+		// through good ones does not start.
+		C.tribe_cancel_trigger(cancel)
 	}
 	// The watcher ends before the token is freed.
 	stop, watched := make(chan struct{}), make(chan struct{})

@@ -89,6 +89,10 @@ func TestJoinClusterContextEnds(t *testing.T) {
 	if _, err := b.JoinClusterContext(ctx, a.Addr()); !errors.Is(err, context.Canceled) {
 		t.Fatalf("join with an ended context = %v", err)
 	}
+	var bad *Error
+	if _, err := b.JoinClusterContext(ctx, "no-port"); !errors.As(err, &bad) || bad.Code != "invalid_argument" {
+		t.Fatalf("bad place with an ended context = %v", err)
+	}
 	if _, err := b.JoinClusterContext(nil, a.Addr()); err == nil {
 		t.Fatal("a nil Context was taken")
 	}

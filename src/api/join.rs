@@ -47,19 +47,7 @@ impl Node {
     /// no answer, another key, a name that does not resolve, this node
     /// itself), `ShuttingDown` (also when the node stops meanwhile).
     pub async fn join_cluster<S: AsRef<str>>(&self, places: &[S]) -> Result<usize> {
-        if places.is_empty() {
-            return Err(Error::InvalidArgument("no address to join through".into()));
-        }
-        if places.len() > MAX_JOIN_PLACES {
-            return Err(Error::InvalidArgument(format!(
-                "{} addresses to join through; at most {MAX_JOIN_PLACES}",
-                places.len()
-            )));
-        }
-        let places: Vec<JoinPlace> = places
-            .iter()
-            .map(|p| join_place(p.as_ref()))
-            .collect::<Result<_>>()?;
+        let places = join_places(places)?;
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
         }
@@ -132,6 +120,22 @@ impl Node {
         }
         Ok(outcome.reached.len())
     }
+}
+
+/// The places of a join, checked: `InvalidArgument` for none, more than
+/// [`MAX_JOIN_PLACES`], or one not `host:port` (a join's first step; the
+/// C ABI checks them before it looks at a cancel token).
+pub(crate) fn join_places<S: AsRef<str>>(places: &[S]) -> Result<Vec<JoinPlace>> {
+    if places.is_empty() {
+        return Err(Error::InvalidArgument("no address to join through".into()));
+    }
+    if places.len() > MAX_JOIN_PLACES {
+        return Err(Error::InvalidArgument(format!(
+            "{} addresses to join through; at most {MAX_JOIN_PLACES}",
+            places.len()
+        )));
+    }
+    places.iter().map(|p| join_place(p.as_ref())).collect()
 }
 
 /// Forgets a join's ticket (and ends its exchanges) when its caller gives

@@ -89,6 +89,8 @@ fn join(
     ffi_call!(err, [joined], {
         let places = cast::texts(places, places_len, "places")?;
         let handle: &TribeNode = node_handle(node)?;
+        // Bad places are told as such, also with a token triggered already.
+        crate::api::join_places(&places)?;
         let n = with_signals_blocked(|| {
             let node = handle.live()?;
             handle.block_on(async {
@@ -105,13 +107,12 @@ fn join(
                         None => std::future::pending().await,
                     }
                 };
-                // Dropping the join (either way) ends its exchanges. The
-                // join is polled first: bad places are told as such also
-                // with a token triggered already.
+                // Dropping the join (either way) ends its exchanges. A
+                // token triggered already ends it before it starts.
                 tokio::select! {
                     biased;
-                    n = join => n,
                     () = cancelled => Err(TribeCancel::error("the join")),
+                    n = join => n,
                     () = late => Err(FfiError::new(
                         TRIBE_TIMEOUT,
                         format!(
