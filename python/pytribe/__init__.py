@@ -999,8 +999,9 @@ class Node(_NoCopy):
     through ``seeds`` (``host:port``; a name is looked up by the node at
     start and again while it is alone). Use it as a
     context manager, or call :meth:`close` (graceful: peers record *left*) or
-    :meth:`abort` (peers record *failed*). A node still open at interpreter
-    exit is closed then.
+    :meth:`abort` (peers record *failed*). A node still open and referenced
+    at interpreter exit is closed then; one garbage-collected while open
+    (a local of a function that returned) is aborted.
 
     ``key`` (base64, from :func:`keygen`) seals all traffic, or
     ``key_file``, a file holding it (as ``tribe keygen > FILE`` writes it;

@@ -80,18 +80,21 @@ class UnknownTribeError(TribeError, KeyError):
     """The tribe does not exist."""
 
     error_code = "unknown_tribe"
+    tribe: str = ""
 
 
 class UnknownNodeError(TribeError, KeyError):
     """No node of that name is known."""
 
     error_code = "unknown_node"
+    node: str = ""
 
 
 class UnknownPolicyError(TribeError, KeyError):
     """The policy does not exist."""
 
     error_code = "unknown_policy"
+    policy: str = ""
 
 
 class UnknownPluginError(TribeError, KeyError):
@@ -110,36 +113,44 @@ class UnknownFactError(TribeError, KeyError):
     """The fact is not a user fact of this node."""
 
     error_code = "unknown_fact"
+    fact: str = ""
 
 
 class UnknownKeyError(TribeError, KeyError):
     """No such key in the keyring."""
 
     error_code = "unknown_key"
+    key: str = ""
 
 
 class TribeExistsError(TribeError):
     """The tribe exists already."""
 
     error_code = "tribe_exists"
+    tribe: str = ""
 
 
 class AlreadyMemberError(TribeError):
     """The node is a member of the tribe by hand already."""
 
     error_code = "already_member"
+    tribe: str = ""
+    node: str = ""
 
 
 class NotMemberError(TribeError):
     """The node is not a member of the tribe by hand."""
 
     error_code = "not_member"
+    tribe: str = ""
+    node: str = ""
 
 
 class PolicyExistsError(TribeError):
     """A policy of that name exists already."""
 
     error_code = "policy_exists"
+    policy: str = ""
 
 
 class PluginExistsError(TribeError):

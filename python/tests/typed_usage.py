@@ -22,3 +22,20 @@ def checked_before_start(name: str, version: str, request: bytes, data_dir: str)
     pytribe.check_version(version)
     pytribe.Node.check_config(name, data_dir=data_dir, encryption="require", key=pytribe.keygen())
     return pytribe.check_step_request(request) + pytribe.check_step_request(memoryview(request))
+
+
+def what_was_missing(error: pytribe.TribeError) -> str:
+    # The attributes the docs' table of errors names.
+    if isinstance(error, pytribe.UnknownTribeError):
+        return error.tribe
+    if isinstance(error, pytribe.UnknownNodeError):
+        return error.node
+    if isinstance(error, pytribe.UnknownPolicyError):
+        return error.policy
+    if isinstance(error, pytribe.UnknownFactError):
+        return error.fact
+    if isinstance(error, pytribe.UnknownKeyError):
+        return error.key
+    if isinstance(error, (pytribe.AlreadyMemberError, pytribe.NotMemberError)):
+        return f"{error.node} in {error.tribe}"
+    return error.code

@@ -137,11 +137,17 @@ impl Engine {
                 .values()
                 .any(|x| x.ticket.is_some() && x.peer == Some(addr))
         };
-        for addr in t.seeded {
-            if !t.outcome.reached.contains(&addr) && !dialled(addr, self) {
-                self.seeds.retain(|s| *s != addr);
-            }
-        }
+        let dropped: Vec<SocketAddr> = t
+            .seeded
+            .into_iter()
+            .filter(|addr| !t.outcome.reached.contains(addr) && !dialled(*addr, self))
+            .collect();
+        self.seeds.retain(|s| !dropped.contains(s));
+        // A node alone dials its seeds meanwhile: those dials end too.
+        self.end_exchanges(
+            |x| x.initiator && x.join && x.ticket.is_none() && x.peer.is_some_and(|p| dropped.contains(&p)),
+            "the join that made it a seed was given up",
+        );
     }
 
     /// An exchange ended: if a join opened it, its outcome is noted.

@@ -142,7 +142,9 @@ const OWN_NEWS_GAP_MS: u64 = 5_000;
 #[derive(Debug)]
 pub struct Exchange {
     pub(super) initiator: bool,
-    join: bool,
+    /// A join exchange (through a seed or a join's address), not
+    /// anti-entropy with a member.
+    pub(super) join: bool,
     /// Last progress (engine clock); the exchange expires after
     /// [`SYNC_TIMEOUT`] without any.
     active_ms: u64,
