@@ -1569,8 +1569,9 @@ uint32_t tribe_event_call_id(const struct tribe_event *event,
  * The outcome of the asynchronous call a `TRIBE_EVENT_CALL_DONE` event
  * finishes: returns what `tribe_node_call` would have returned (`TRIBE_OK`
  * with the reply in `*reply`/`*reply_len`, owned, freed with
- * `tribe_bytes_free`; or the call's error). `TRIBE_CONSUMED` the second
- * time; `TRIBE_WRONG_EVENT` for other kinds.
+ * `tribe_bytes_free`; or the call's error); `reply` and `reply_len` both
+ * NULL take the outcome only (a publisher's), dropping the reply.
+ * `TRIBE_CONSUMED` the second time; `TRIBE_WRONG_EVENT` for other kinds.
  */
 uint32_t tribe_event_take_reply(struct tribe_event *event,
                                 uint8_t **reply,

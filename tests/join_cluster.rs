@@ -154,6 +154,32 @@ async fn a_join_through_a_node_holding_other_keys_fails_and_a_stopped_node_refus
     a.shutdown().await.unwrap();
 }
 
+/// A node started with a key the tribe has left, given the current one
+/// (install, as an operator mends it), joins at once: its peer refuses the
+/// old key and proves the current one, and the join's exchange is opened
+/// again with it rather than failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_right_after_installing_the_current_key_goes_through() {
+    let (old, current) = (SecretKey::generate(), SecretKey::generate());
+    let with = |name: &str, key: &SecretKey| {
+        let mut cfg = test_config(name);
+        cfg.keyring = Some(Keyring::new(key.clone()));
+        cfg
+    };
+    let a = Node::start(with("jr-a", &current)).await.unwrap();
+    let c = Node::start(with("jr-c", &old)).await.unwrap();
+    let err = c.join_cluster(&[a.addr().to_string()]).await.unwrap_err();
+    assert!(
+        err.to_string().contains("does not hold this node's key"),
+        "{err}"
+    );
+    c.install_key(current.clone()).await.unwrap();
+    let joined = c.join_cluster(&[a.addr().to_string()]).await;
+    assert!(matches!(joined, Ok(1)), "{joined:?}");
+    c.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
 /// A node bound to every address is reached through another of them: the
 /// exchange answers under its own identity, and the join says so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -166,8 +166,16 @@ impl Engine {
                 if let Some(addr) = refused_by {
                     self.key_refused = Some((addr, now_ms));
                 }
-                if !self.try_another_key(now_ms, rejected, proven) && self.log_due("key_rejected") {
-                    tracing::error!("{why}{}", peer());
+                if !self.try_another_key(now_ms, rejected, proven) {
+                    if self.log_due("key_rejected") {
+                        tracing::error!("{why}{}", peer());
+                    }
+                } else if self.join_again_sealed_anew(conn) {
+                    // Not the join's failure: it goes on with the key the
+                    // peer proved (a current key installed just before the
+                    // join, on a node still sealing with a removed one).
+                    self.handle_stream_closed(now_ms, conn);
+                    return;
                 }
             }
             Refusal::Plaintext => {
@@ -182,6 +190,28 @@ impl Engine {
         }
         self.note_why(conn, why.to_string());
         self.handle_stream_closed(now_ms, conn);
+    }
+
+    /// Opens a join's exchange that its peer refused for this node's key
+    /// again, once, now that this node seals with another: the join's
+    /// ticket moves to the new exchange. Whether it did.
+    fn join_again_sealed_anew(&mut self, conn: ConnId) -> bool {
+        let Some(x) = self.conns.get_mut(&conn) else {
+            return false;
+        };
+        let (Some(ticket), Some(addr)) = (x.ticket, x.peer) else {
+            return false;
+        };
+        if x.retried || !x.initiator {
+            return false;
+        }
+        x.ticket = None;
+        let again = self.start_sync(addr, true);
+        if let Some(y) = self.conns.get_mut(&again) {
+            y.ticket = Some(ticket);
+            y.retried = true;
+        }
+        true
     }
 
     /// A peer refused `rejected`, this node's primary, and proved it holds

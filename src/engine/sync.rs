@@ -168,6 +168,9 @@ pub struct Exchange {
     holder_spoke: bool,
     /// The join (`Engine::join_through`) that opened it.
     pub(super) ticket: Option<u64>,
+    /// A join's exchange opened again after its peer refused this node's
+    /// key and proved one this node holds (it is not opened a third time).
+    pub(super) retried: bool,
     /// Why it failed, when known (told to the join that opened it).
     pub(super) why: Option<String>,
 }
@@ -187,6 +190,7 @@ impl Exchange {
             summary: false,
             holder_spoke: false,
             ticket: None,
+            retried: false,
             why: None,
         }
     }

@@ -525,8 +525,9 @@ pub extern "C" fn tribe_event_call_id(
 /// The outcome of the asynchronous call a `TRIBE_EVENT_CALL_DONE` event
 /// finishes: returns what `tribe_node_call` would have returned (`TRIBE_OK`
 /// with the reply in `*reply`/`*reply_len`, owned, freed with
-/// `tribe_bytes_free`; or the call's error). `TRIBE_CONSUMED` the second
-/// time; `TRIBE_WRONG_EVENT` for other kinds.
+/// `tribe_bytes_free`; or the call's error); `reply` and `reply_len` both
+/// NULL take the outcome only (a publisher's), dropping the reply.
+/// `TRIBE_CONSUMED` the second time; `TRIBE_WRONG_EVENT` for other kinds.
 #[no_mangle]
 pub extern "C" fn tribe_event_take_reply(
     event: *mut TribeEvent,
@@ -535,14 +536,20 @@ pub extern "C" fn tribe_event_take_reply(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, [reply, reply_len], {
-        let reply = cast::out(reply, "reply")?;
-        let reply_len = cast::out(reply_len, "reply_len")?;
+        // Both NULL: the reply is not wanted, as with `tribe_node_call`.
+        let wanted = !(reply.is_null() && reply_len.is_null());
+        if wanted {
+            cast::out(reply, "reply")?;
+            cast::out(reply_len, "reply_len")?;
+        }
         match &mut cast::handle_mut(event, "event")?.body {
             Body::CallDone { result, .. } => {
                 let bytes = result
                     .take()
                     .ok_or_else(|| FfiError::consumed("the reply"))??;
-                cast::give_bytes(reply, reply_len, bytes);
+                if wanted {
+                    cast::give_bytes(reply, reply_len, bytes);
+                }
                 Ok(())
             }
             _ => Err(FfiError::new(

@@ -590,6 +590,21 @@ static void responder_and_events(tribe_node *n) {
     tribe_error_free(err);
     tribe_event_free(done);
 
+    /* A publisher takes the outcome only: reply and reply_len both NULL
+     * (as tribe_node_call takes them); one of them NULL is refused. */
+    EXPECT(TRIBE_OK, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
+                                           (const uint8_t *)"pub", 3, 5000, &id, &err));
+    call = next_of_kind(n, TRIBE_EVENT_CALL);
+    EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
+    tribe_event_free(call);
+    EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"ok", 2, &err));
+    tribe_responder_free(r);
+    done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
+    EXPECT(TRIBE_NULL_ARGUMENT, tribe_event_take_reply(done, &b, NULL, &err));
+    EXPECT(TRIBE_OK, tribe_event_take_reply(done, NULL, NULL, &err));
+    EXPECT(TRIBE_CONSUMED, tribe_event_take_reply(done, NULL, NULL, &err));
+    tribe_event_free(done);
+
     /* A call to this node's own handler refused as stopping moves on to
      * another member: here there is none. */
     EXPECT(TRIBE_OK, tribe_node_call_async(n, "solo", "echo", NULL, TRIBE_KIND_PROCESSOR,
