@@ -1062,17 +1062,23 @@ impl Driver {
                 Err(e) => {
                     // A peer that never answered the setup is told as
                     // such (a join names why each address failed).
-                    report(&inbox, conn, peer, plaintext, stalled_if_timed_out(e));
+                    report(&inbox, conn, peer, false, stalled_if_timed_out(e));
                     let _ = inbox.send(DriverInput::Closed(conn));
                     return;
                 }
             };
-            let result =
-                tokio::time::timeout(STREAM_LIFETIME, run_conn(conn, stream, early, rx, inbox.clone()))
-                    .await;
+            let heard = std::sync::atomic::AtomicBool::new(false);
+            let result = tokio::time::timeout(
+                STREAM_LIFETIME,
+                run_conn(conn, stream, early, rx, inbox.clone(), &heard),
+            )
+            .await;
+            // A plaintext stream cut before the peer said anything may be
+            // one refused for want of encryption.
+            let unanswered = plaintext && !heard.load(std::sync::atomic::Ordering::Relaxed);
             match result {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => report(&inbox, conn, peer, plaintext, e),
+                Ok(Err(e)) => report(&inbox, conn, peer, unanswered, e),
                 Err(_) => tracing::debug!(?conn, "stream timed out"),
             }
             let _ = inbox.send(DriverInput::Closed(conn));
@@ -1105,7 +1111,7 @@ fn report(
     inbox: &mpsc::UnboundedSender<DriverInput>,
     conn: ConnId,
     peer: Option<SocketAddr>,
-    plaintext: bool,
+    plaintext_unanswered: bool,
     e: StreamError,
 ) {
     match e {
@@ -1117,7 +1123,7 @@ fn report(
         }
         StreamError::Io(e) => {
             tracing::debug!(?conn, error = %e, "stream ended with an error");
-            let _ = inbox.send(DriverInput::Failed(conn, io_failure(&e, plaintext)));
+            let _ = inbox.send(DriverInput::Failed(conn, io_failure(&e, plaintext_unanswered)));
         }
     }
 }
@@ -1137,10 +1143,10 @@ impl std::fmt::Display for ConnectTimedOut {
 impl std::error::Error for ConnectTimedOut {}
 
 /// Why a stream failed, for a join to tell: the process's own shortage is
-/// not the peer's fault, and a plaintext stream cut before any answer is
-/// most likely refused by a peer that requires encryption (which cannot
-/// say so to a node without the key).
-fn io_failure(e: &std::io::Error, plaintext: bool) -> String {
+/// not the peer's fault, and a plaintext stream cut before the peer said
+/// anything may be refused by a peer that requires encryption (which
+/// cannot say so to a node without the key).
+fn io_failure(e: &std::io::Error, plaintext_unanswered: bool) -> String {
     if e.get_ref().is_some_and(|inner| inner.is::<ConnectTimedOut>()) {
         return format!(
             "no answer (the connection was not accepted within {} s)",
@@ -1149,7 +1155,7 @@ fn io_failure(e: &std::io::Error, plaintext: bool) -> String {
     }
     if crate::rpc::client::is_local_shortage(e) {
         format!("this process could not open a connection ({e}): out of descriptors, socket buffers or memory, not the peer's fault")
-    } else if plaintext
+    } else if plaintext_unanswered
         && matches!(
             e.kind(),
             std::io::ErrorKind::ConnectionReset
@@ -1158,8 +1164,9 @@ fn io_failure(e: &std::io::Error, plaintext: bool) -> String {
         )
     {
         format!(
-            "the connection failed ({e}): the peer may require encryption, and this node \
-             sends plaintext (it has no key, or its encryption mode is accept)"
+            "the connection failed ({e}) before the peer said anything: it may require \
+             encryption, which this node does not send (it has no key, or its encryption \
+             mode is accept), or it is no tribe node"
         )
     } else {
         format!("the connection failed ({e})")
@@ -1293,6 +1300,7 @@ async fn run_conn(
     early: Vec<Vec<u8>>,
     mut rx: mpsc::UnboundedReceiver<ConnOut>,
     inbox: mpsc::UnboundedSender<DriverInput>,
+    heard: &std::sync::atomic::AtomicBool,
 ) -> Result<(), StreamError> {
     // `_place` is held until the exchange ends.
     let SyncStream {
@@ -1321,6 +1329,7 @@ async fn run_conn(
         loop {
             match opener.read_frame(&mut reader).await? {
                 Some(body) => {
+                    heard.store(true, std::sync::atomic::Ordering::Relaxed);
                     if inbox.send(DriverInput::Frame(conn, body)).is_err() {
                         return Ok(());
                     }
@@ -1443,7 +1452,7 @@ mod tests {
         // A plaintext stream cut by its peer: most likely one that requires
         // encryption.
         let plain = super::io_failure(&reset, true);
-        assert!(plain.contains("the peer may require encryption"), "{plain}");
+        assert!(plain.contains("it may require encryption"), "{plain}");
         // A connect that timed out is no answer, not a stalled setup.
         let timed_out = std::io::Error::other(super::ConnectTimedOut);
         assert!(super::io_failure(&timed_out, true).starts_with("no answer"));

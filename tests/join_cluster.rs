@@ -143,7 +143,7 @@ async fn a_join_through_a_node_holding_other_keys_fails_and_a_stopped_node_refus
         .unwrap_err();
     assert!(matches!(err, Error::Io(_)), "{err:?}");
     assert!(
-        err.to_string().contains("the peer may require encryption"),
+        err.to_string().contains("it may require encryption"),
         "{err}"
     );
     plain.shutdown().await.unwrap();
@@ -304,4 +304,54 @@ async fn joins_given_up_on_leave_nothing_behind() {
     .await;
     n.shutdown().await.unwrap();
     a.shutdown().await.unwrap();
+}
+
+/// A join given up keeps as a seed an address another join reached
+/// meanwhile: a node alone later still dials it. (Through a proxy that
+/// holds its first connection silent and forwards the others.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_given_up_keeps_a_seed_another_join_reached() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let l = Node::start(test_config("js-l")).await.unwrap();
+    let target = l.addr();
+    let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let via = proxy.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let seen = accepted.clone();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut inbound, _)) = proxy.accept().await {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                held.push(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut out) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+                }
+            });
+        }
+    });
+    let b = Node::start(test_config("js-b")).await.unwrap();
+    let places = [via.to_string()];
+    let held = tokio::time::timeout(Duration::from_secs(2), b.join_cluster(&places));
+    let (held, reached) = tokio::join!(held, async {
+        // Once the held join's connection is in.
+        wait_for("the first join's dial", Duration::from_secs(5), || {
+            accepted.load(Ordering::SeqCst) >= 1
+        })
+        .await;
+        b.join_cluster(&places).await
+    });
+    assert!(held.is_err(), "the held join ended: {held:?}");
+    assert!(matches!(reached, Ok(1)), "{reached:?}");
+    // Alone again, the node dials its seed, the proxy.
+    l.abort().await;
+    let before = accepted.load(Ordering::SeqCst);
+    wait_for("a dial of the kept seed", Duration::from_secs(30), || {
+        accepted.load(Ordering::SeqCst) > before
+    })
+    .await;
+    b.shutdown().await.unwrap();
 }

@@ -50,6 +50,11 @@ impl Engine {
     /// Follows how an exchange this node opened ended.
     pub(super) fn note_exchange_outcome(&mut self, exchange: Option<&Exchange>, ok: bool) {
         self.note_join_outcome(exchange, ok);
+        if let Some(addr) = exchange.filter(|x| ok && x.initiator && x.join).and_then(|x| x.peer) {
+            if self.seeds.contains(&addr) && !self.seeds_answered.contains(&addr) {
+                self.seeds_answered.push(addr);
+            }
+        }
         let Some(peer) = exchange.filter(|x| x.initiator).and_then(|x| x.peer) else {
             return;
         };

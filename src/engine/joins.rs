@@ -123,8 +123,8 @@ impl Engine {
     /// Forgets a join whose caller gave up on it (a timeout, a dropped
     /// future, an HTTP client gone) and ends its exchanges still running:
     /// they would hold their sockets, and the ticket its place, for
-    /// nobody. The addresses it made seeds stay seeds only if their
-    /// exchange completed: one the caller gave up on is not dialled again.
+    /// nobody. The addresses it made seeds stay seeds only if an exchange
+    /// with them completed: one the caller gave up on is not dialled again.
     pub fn forget_join(&mut self, ticket: u64) {
         let Some(t) = self.joins.tickets.remove(&ticket) else {
             return;
@@ -137,10 +137,16 @@ impl Engine {
                 .values()
                 .any(|x| x.ticket.is_some() && x.peer == Some(addr))
         };
+        // Kept too when any join exchange completed with it (another
+        // join's, or this node's own dial of its seeds while alone).
         let dropped: Vec<SocketAddr> = t
             .seeded
             .into_iter()
-            .filter(|addr| !t.outcome.reached.contains(addr) && !dialled(*addr, self))
+            .filter(|addr| {
+                !t.outcome.reached.contains(addr)
+                    && !self.seeds_answered.contains(addr)
+                    && !dialled(*addr, self)
+            })
             .collect();
         self.seeds.retain(|s| !dropped.contains(s));
         // A node alone dials its seeds meanwhile: those dials end too.
@@ -163,6 +169,7 @@ impl Engine {
         if itself {
             // No seed: trying it again would only reach this node again.
             self.seeds.retain(|s| *s != addr);
+            self.seeds_answered.retain(|s| *s != addr);
         }
         let Some(t) = self.joins.tickets.get_mut(&ticket) else {
             return;

@@ -233,6 +233,9 @@ pub struct Engine {
     join_pending: bool,
     /// Seeds given by name, as the runtime last looked them up.
     named_seeds: Vec<SocketAddr>,
+    /// Seeds a join exchange completed with at least once: kept when a
+    /// join that made them seeds is given up.
+    seeds_answered: Vec<SocketAddr>,
     /// Joins asked for after the start, and their outcomes.
     joins: joins::Joins,
     left: bool,
@@ -465,6 +468,7 @@ impl Engine {
             joined_once: false,
             join_pending: false,
             named_seeds: Vec::new(),
+            seeds_answered: Vec::new(),
             joins: joins::Joins::default(),
             timings,
             seeds: cfg.seeds.iter().copied().filter(|s| *s != addr).collect(),
