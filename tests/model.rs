@@ -458,6 +458,39 @@ fn leaving_ends_the_exchange_with_a_seed_that_never_answered() {
     }
 }
 
+/// Runs the engine's timers for `ms` of its time (100 ms steps),
+/// noting its dials to `to`.
+fn run_noting_dials(
+    engine: &mut Engine,
+    now: &mut u64,
+    timers: &mut Vec<(Timer, Duration)>,
+    ms: u64,
+    to: SocketAddr,
+    dialled: &mut Vec<ConnId>,
+) {
+    let end = *now + ms;
+    loop {
+        while let Some(out) = engine.poll_output() {
+            match out {
+                Output::Connect { conn, to: at } if at == to => dialled.push(conn),
+                Output::Schedule { timer, after } => timers.push((timer, after)),
+                _ => {}
+            }
+        }
+        if *now >= end {
+            return;
+        }
+        *now += 100;
+        for (timer, after) in std::mem::take(timers) {
+            if after.as_millis() as u64 <= 100 {
+                engine.handle_timer(*now, timer);
+            } else {
+                timers.push((timer, after - Duration::from_millis(100)));
+            }
+        }
+    }
+}
+
 /// A join its caller gave up on drops its streams at once (a peer that
 /// never answers would hold each for the stream's lifetime), also those
 /// a node alone opened meanwhile to the address as a seed, and the
@@ -474,40 +507,8 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     let mut dialled = Vec::new();
     let mut timers = Vec::new();
     let mut now = START_MS + 10;
-    /// Runs the engine's timers for `ms` of its time (100 ms steps),
-    /// noting its dials to `to`.
-    fn run(
-        engine: &mut Engine,
-        now: &mut u64,
-        timers: &mut Vec<(Timer, Duration)>,
-        ms: u64,
-        to: SocketAddr,
-        dialled: &mut Vec<ConnId>,
-    ) {
-        let end = *now + ms;
-        loop {
-            while let Some(out) = engine.poll_output() {
-                match out {
-                    Output::Connect { conn, to: at } if at == to => dialled.push(conn),
-                    Output::Schedule { timer, after } => timers.push((timer, after)),
-                    _ => {}
-                }
-            }
-            if *now >= end {
-                return;
-            }
-            *now += 100;
-            for (timer, after) in std::mem::take(timers) {
-                if after.as_millis() as u64 <= 100 {
-                    engine.handle_timer(*now, timer);
-                } else {
-                    timers.push((timer, after - Duration::from_millis(100)));
-                }
-            }
-        }
-    }
     // Alone, the node also dials it as a seed while the join waits.
-    run(
+    run_noting_dials(
         &mut engine,
         &mut now,
         &mut timers,
@@ -536,7 +537,7 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     assert_eq!(abandoned, dialled, "a given-up join's streams are kept");
     // A minute more: the address is not tried again.
     let mut later = Vec::new();
-    run(
+    run_noting_dials(
         &mut engine,
         &mut now,
         &mut timers,
@@ -547,5 +548,53 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     assert!(
         later.is_empty(),
         "a given-up join's address was dialled again"
+    );
+}
+
+/// Two joins through one silent address, both given up, the first one
+/// first: the address, kept while the second still dialled it, is dropped
+/// with the second.
+#[test]
+fn two_joins_given_up_through_one_silent_address_drop_it() {
+    let silent = SocketAddr::from(([127, 0, 0, 1], 29_997));
+    let cfg = config(0, None, |_| {});
+    let addr = SocketAddr::from(([127, 0, 0, 1], 20_002));
+    let mut engine = Engine::new(&cfg, addr, 1, Default::default(), START_MS, 7).unwrap();
+    engine.start(START_MS);
+    while engine.poll_output().is_some() {}
+    let (mut now, mut timers, mut dialled) = (START_MS + 10, Vec::new(), Vec::new());
+    let first = engine.join_through(now, &[silent]).unwrap();
+    run_noting_dials(
+        &mut engine,
+        &mut now,
+        &mut timers,
+        200,
+        silent,
+        &mut dialled,
+    );
+    let second = engine.join_through(now, &[silent]).unwrap();
+    run_noting_dials(
+        &mut engine,
+        &mut now,
+        &mut timers,
+        200,
+        silent,
+        &mut dialled,
+    );
+    engine.forget_join(first);
+    engine.forget_join(second);
+    let mut later = Vec::new();
+    run_noting_dials(
+        &mut engine,
+        &mut now,
+        &mut timers,
+        120_000,
+        silent,
+        &mut later,
+    );
+    assert!(
+        later.is_empty(),
+        "dialled {} times after both were given up",
+        later.len()
     );
 }

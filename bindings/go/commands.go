@@ -519,7 +519,7 @@ func (n *Node) JoinCluster(places ...string) (int, error) {
 // deadline with an error matching ErrTimeout and context.DeadlineExceeded,
 // when cancelled with one matching ErrCancelled and context.Canceled. A
 // join given up drops its exchanges still under way at once (their
-// connections closed, their addresses not kept as seeds); those that
+// connections closed, their addresses not kept as seeds unless a join exchange completed with them); those that
 // completed before keep what they merged (the peers' members, tribes and
 // catalogs), and their addresses stay seeds.
 func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, error) {

@@ -1410,7 +1410,7 @@ class Node(_NoCopy):
         wait their turn (the GIL is released; Ctrl-C interrupts it; a close
         ends it at once). With ``timeout`` (seconds), a join still under way
         then is given up: its exchanges still under way are dropped (their
-        addresses not kept as seeds), those that completed keep what they
+        addresses not kept as seeds unless a join exchange completed with them), those that completed keep what they
         merged, and :class:`JoinTimeoutError` is raised.
 
         Raises :class:`InvalidArgumentError` (no place, more than 256, one

@@ -130,24 +130,31 @@ impl Engine {
             return;
         };
         self.end_exchanges(|x| x.ticket == Some(ticket), "the join was given up");
-        // Kept while another join still dials it.
-        let dialled = |addr: SocketAddr, engine: &Engine| {
-            engine
-                .conns
-                .values()
-                .any(|x| x.ticket.is_some() && x.peer == Some(addr))
-        };
-        // Kept too when any join exchange completed with it (another
-        // join's, or this node's own dial of its seeds while alone).
-        let dropped: Vec<SocketAddr> = t
+        // Kept when any join exchange completed with it (another join's,
+        // or this node's own dial of its seeds while alone).
+        let unanswered: Vec<SocketAddr> = t
             .seeded
             .into_iter()
-            .filter(|addr| {
-                !t.outcome.reached.contains(addr)
-                    && !self.seeds_answered.contains(addr)
-                    && !dialled(*addr, self)
-            })
+            .filter(|addr| !t.outcome.reached.contains(addr) && !self.seeds_answered.contains(addr))
             .collect();
+        let mut dropped = Vec::new();
+        for addr in unanswered {
+            // Kept while another join still dials it, and handed to that
+            // join: given up too, it drops the address then.
+            let other = self
+                .conns
+                .values()
+                .find(|x| x.ticket.is_some() && x.peer == Some(addr))
+                .and_then(|x| x.ticket);
+            match other.and_then(|o| self.joins.tickets.get_mut(&o)) {
+                Some(o) => {
+                    if !o.seeded.contains(&addr) {
+                        o.seeded.push(addr);
+                    }
+                }
+                None => dropped.push(addr),
+            }
+        }
         self.seeds.retain(|s| !dropped.contains(s));
         // A node alone dials its seeds meanwhile: those dials end too.
         self.end_exchanges(

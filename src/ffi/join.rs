@@ -52,7 +52,8 @@ pub extern "C" fn tribe_node_join_cluster(
 /// from another thread or before the call (bad places are still told as
 /// `TRIBE_INVALID_ARGUMENT`). A join given up drops its exchanges still
 /// under way at once (their connections closed, their addresses not kept
-/// as seeds); those that completed before keep what they merged (the
+/// as seeds unless a join exchange completed with them); those that
+/// completed before keep what they merged (the
 /// peers' members, tribes and catalogs), and their addresses stay seeds;
 /// `*joined` is 0. `cancel` must stay alive until this function returns.
 #[no_mangle]
