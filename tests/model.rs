@@ -491,6 +491,16 @@ fn run_noting_dials(
     }
 }
 
+/// An engine started with no seed, its start's output taken.
+fn started_alone(port: u16) -> Engine {
+    let cfg = config(0, None, |_| {});
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut engine = Engine::new(&cfg, addr, 1, Default::default(), START_MS, 7).unwrap();
+    engine.start(START_MS);
+    while engine.poll_output().is_some() {}
+    engine
+}
+
 /// A join its caller gave up on drops its streams at once (a peer that
 /// never answers would hold each for the stream's lifetime), also those
 /// a node alone opened meanwhile to the address as a seed, and the
@@ -498,11 +508,7 @@ fn run_noting_dials(
 #[test]
 fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     let silent = SocketAddr::from(([127, 0, 0, 1], 29_998));
-    let cfg = config(0, None, |_| {});
-    let addr = SocketAddr::from(([127, 0, 0, 1], 20_001));
-    let mut engine = Engine::new(&cfg, addr, 1, Default::default(), START_MS, 7).unwrap();
-    engine.start(START_MS);
-    while engine.poll_output().is_some() {}
+    let mut engine = started_alone(20_001);
     let ticket = engine.join_through(START_MS + 10, &[silent]).unwrap();
     let mut dialled = Vec::new();
     let mut timers = Vec::new();
@@ -557,32 +563,23 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
 #[test]
 fn two_joins_given_up_through_one_silent_address_drop_it() {
     let silent = SocketAddr::from(([127, 0, 0, 1], 29_997));
-    let cfg = config(0, None, |_| {});
-    let addr = SocketAddr::from(([127, 0, 0, 1], 20_002));
-    let mut engine = Engine::new(&cfg, addr, 1, Default::default(), START_MS, 7).unwrap();
-    engine.start(START_MS);
-    while engine.poll_output().is_some() {}
+    let mut engine = started_alone(20_002);
     let (mut now, mut timers, mut dialled) = (START_MS + 10, Vec::new(), Vec::new());
-    let first = engine.join_through(now, &[silent]).unwrap();
-    run_noting_dials(
-        &mut engine,
-        &mut now,
-        &mut timers,
-        200,
-        silent,
-        &mut dialled,
-    );
-    let second = engine.join_through(now, &[silent]).unwrap();
-    run_noting_dials(
-        &mut engine,
-        &mut now,
-        &mut timers,
-        200,
-        silent,
-        &mut dialled,
-    );
-    engine.forget_join(first);
-    engine.forget_join(second);
+    let mut tickets = Vec::new();
+    for _ in 0..2 {
+        tickets.push(engine.join_through(now, &[silent]).unwrap());
+        run_noting_dials(
+            &mut engine,
+            &mut now,
+            &mut timers,
+            200,
+            silent,
+            &mut dialled,
+        );
+    }
+    for ticket in tickets {
+        engine.forget_join(ticket);
+    }
     let mut later = Vec::new();
     run_noting_dials(
         &mut engine,
