@@ -362,12 +362,7 @@ pub extern "C" fn tribe_node_call(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, [reply, reply_len], {
-        // Both NULL: the reply is not wanted.
-        let wanted = !(reply.is_null() && reply_len.is_null());
-        if wanted {
-            cast::out(reply, "reply")?;
-            cast::out(reply_len, "reply_len")?;
-        }
+        let wanted = cast::reply_wanted(reply, reply_len)?;
         let handle = super::node::node_handle(node)?;
         let target = handle.targets.get(tribe, plugin, version, kind)?;
         let n = handle.live()?;

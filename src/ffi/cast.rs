@@ -140,6 +140,17 @@ pub(super) fn out<T>(ptr: *mut T, what: &str) -> Result<*mut T, FfiError> {
     }
 }
 
+/// Whether a reply is wanted through `reply`/`reply_len`: both NULL say
+/// no (the outcome only, a publisher's); one NULL is an error.
+pub(super) fn reply_wanted(reply: *mut *mut u8, reply_len: *mut usize) -> Result<bool, FfiError> {
+    if reply.is_null() && reply_len.is_null() {
+        return Ok(false);
+    }
+    out(reply, "reply")?;
+    out(reply_len, "reply_len")?;
+    Ok(true)
+}
+
 /// Writes `value` through an out-parameter already checked by [`out`].
 pub(super) fn write<T>(ptr: *mut T, value: T) {
     // SAFETY: `ptr` was checked non-NULL by `out` and points to writable

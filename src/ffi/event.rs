@@ -536,12 +536,7 @@ pub extern "C" fn tribe_event_take_reply(
     err: *mut *mut FfiError,
 ) -> u32 {
     ffi_call!(err, [reply, reply_len], {
-        // Both NULL: the reply is not wanted, as with `tribe_node_call`.
-        let wanted = !(reply.is_null() && reply_len.is_null());
-        if wanted {
-            cast::out(reply, "reply")?;
-            cast::out(reply_len, "reply_len")?;
-        }
+        let wanted = cast::reply_wanted(reply, reply_len)?;
         match &mut cast::handle_mut(event, "event")?.body {
             Body::CallDone { result, .. } => {
                 let bytes = result
