@@ -172,9 +172,13 @@ pub enum Error {
         /// The limit.
         limit: usize,
     },
-    /// Too many calls in flight, here or at every host.
-    #[error("too many calls in flight; try again later")]
-    Overloaded,
+    /// Too many calls (or joins) under way, here or at every host;
+    /// [`Overload`] says where.
+    #[error("overloaded: {by}; try again later")]
+    Overloaded {
+        /// Which limit refused it.
+        by: Overload,
+    },
     /// The host went away with the call in flight; it may or may not have run.
     #[error("host {host:?} went away with the call in flight (it may or may not have run)")]
     Disconnected {
@@ -201,6 +205,43 @@ pub enum Error {
         /// Kind of record, plural.
         what: String,
         /// The limit.
+        limit: usize,
+    },
+}
+
+/// Which limit refused a call or a join as [`Error::Overloaded`]: this
+/// node's own (raise it, or call less at once) or the hosts' (add hosts,
+/// or retry later).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Overload {
+    /// This node has as many calls in flight as it allows
+    /// ([`crate::rpc::RpcLimits::max_inflight`]).
+    #[error("this node is at its limit of {limit} calls in flight (max_inflight)")]
+    Calls {
+        /// The limit.
+        limit: usize,
+    },
+    /// Every host that serves the plugin (this node too, when it serves
+    /// it) runs as many calls as it allows (its `max_serving`, or its
+    /// `max_streams` streams).
+    #[error("every host serving it runs as many calls as it allows: {}", .0.join(", "))]
+    Hosts(Vec<String>),
+    /// This node has as many joins under way as it allows.
+    #[error("this node is at its limit of {limit} joins under way")]
+    Joins {
+        /// The limit.
+        limit: usize,
+    },
+    /// The C ABI (and the Go package over it): this node's calls in
+    /// flight and completions not yet taken reach its `max_inflight`
+    /// (take completions, or call less at once).
+    #[error(
+        "this node is at its limit of {limit} calls in flight or with completions not yet taken \
+         (max_inflight)"
+    )]
+    Completions {
+        /// The bound.
         limit: usize,
     },
 }
@@ -246,7 +287,7 @@ impl Error {
             Error::Timeout { .. } => "timeout",
             Error::Remote { .. } => "remote",
             Error::TooLarge { .. } => "too_large",
-            Error::Overloaded => "overloaded",
+            Error::Overloaded { .. } => "overloaded",
             Error::Disconnected { .. } => "disconnected",
             Error::ShuttingDown => "shutting_down",
             Error::Io(_) => "io",

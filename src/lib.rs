@@ -75,7 +75,7 @@ pub(crate) use engine::commands::Command;
 pub use engine::keys::{KeyHolding, KeyringStatus};
 pub use engine::view::{MemberInfo, MemberState, Membership, PluginEntry, Policy, Task, TribeInfo};
 pub use engine::Event;
-pub use error::{Error, Result};
+pub use error::{Error, Overload, Result};
 pub use records::{ArtifactRef, Endpoint, PluginKind, TaskState};
 pub use rpc::responder::Responder;
 pub use rpc::{CallInfo, CallTarget, HandlerError};

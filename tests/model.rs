@@ -595,3 +595,31 @@ fn two_joins_given_up_through_one_silent_address_drop_it() {
         later.len()
     );
 }
+
+/// Joins past the engine's bound are refused as overloaded, naming the
+/// bound of joins (not of calls), and one given up makes room again.
+#[test]
+fn joins_past_the_bound_are_refused_naming_the_joins() {
+    let mut engine = started_alone(20_007);
+    let mut tickets = Vec::new();
+    let refused = loop {
+        let port = 30_000 + u16::try_from(tickets.len()).unwrap();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        match engine.join_through(START_MS + 10, &[addr]) {
+            Ok(t) => tickets.push(t),
+            Err(e) => break e,
+        }
+        assert!(tickets.len() <= 1_000, "joins are never refused");
+    };
+    let tribe::Error::Overloaded {
+        by: tribe::Overload::Joins { limit },
+    } = refused
+    else {
+        panic!("expected the joins' bound, got {refused:?}");
+    };
+    assert_eq!(limit, tickets.len());
+    assert!(refused.to_string().contains("joins"), "{refused}");
+    engine.forget_join(tickets[0]);
+    let again = SocketAddr::from(([127, 0, 0, 1], 29_000));
+    assert!(engine.join_through(START_MS + 20, &[again]).is_ok());
+}

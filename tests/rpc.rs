@@ -288,7 +288,7 @@ async fn deadlines_overload_size_limits_and_failing_handlers() {
                 assert_eq!(r, b"late");
                 ok += 1
             }
-            Err(Error::Overloaded) => overloaded += 1,
+            Err(Error::Overloaded { .. }) => overloaded += 1,
             Err(e) => panic!("unexpected {e:?}"),
         }
     }
@@ -430,7 +430,16 @@ async fn calls_in_flight_are_bounded_per_node_and_per_stream() {
         for c in calls {
             match c.await.unwrap() {
                 Ok(_) => ok += 1,
-                Err(Error::Overloaded) => overloaded += 1,
+                // Each bound is named: this node's own, or the host's.
+                Err(Error::Overloaded { by }) => {
+                    let expected = if per_node == 2 {
+                        tribe::Overload::Calls { limit: 2 }
+                    } else {
+                        tribe::Overload::Hosts(vec![host.name().to_string()])
+                    };
+                    assert_eq!(by, expected);
+                    overloaded += 1;
+                }
                 Err(e) => panic!("unexpected {e:?}"),
             }
         }

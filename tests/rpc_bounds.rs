@@ -62,7 +62,9 @@ async fn call_streams_over_the_bound_are_refused_as_overloaded() {
     // The second caller's stream is refused: its call did not run, and it
     // says so rather than reporting the host gone.
     match second.call(&target("echo"), b"b".to_vec(), SECOND).await {
-        Err(Error::Overloaded) => {}
+        Err(Error::Overloaded {
+            by: tribe::Overload::Hosts(hosts),
+        }) => assert_eq!(hosts, [host.name()]),
         other => panic!("expected Overloaded, got {other:?}"),
     }
     assert!(host.rpc_stats().streams_refused >= 1);
@@ -260,7 +262,7 @@ async fn a_cancelled_call_frees_its_place_at_the_host_at_once() {
     // once abandoned: the host still holds it, and the gauge says so.
     assert_eq!(host.rpc_stats().serving, PER_STREAM as u64);
     match caller.call(&target("echo"), b"f".to_vec(), SECOND).await {
-        Err(Error::Overloaded) => {}
+        Err(Error::Overloaded { .. }) => {}
         r => panic!("expected Overloaded while the abandoned calls are held, got {r:?}"),
     }
     // A late answer to a cancelled call is dropped, gives the places back,
@@ -285,10 +287,10 @@ async fn echo_gets_a_place(caller: &Node, within: Duration) -> bool {
                 assert_eq!(reply, b"e");
                 return true;
             }
-            Err(Error::Overloaded) if tokio::time::Instant::now() < end => {
+            Err(Error::Overloaded { .. }) if tokio::time::Instant::now() < end => {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            Err(Error::Overloaded) => return false,
+            Err(Error::Overloaded { .. }) => return false,
             Err(other) => panic!("expected the echo or Overloaded, got {other:?}"),
         }
     }
@@ -362,7 +364,7 @@ async fn a_held_call_frees_its_place_when_its_stream_ends() {
     .await;
     // The host's one serving place is taken.
     match other.call(&target("echo"), b"e".to_vec(), SECOND).await {
-        Err(Error::Overloaded) => {}
+        Err(Error::Overloaded { .. }) => {}
         r => panic!("expected Overloaded while the place is held, got {r:?}"),
     }
     // Its own call ends as the node stops, not at its deadline.
@@ -561,7 +563,15 @@ async fn a_local_call_the_host_holds_keeps_its_place() {
     })
     .await;
     let second = host.call(&target("hold"), b"x".to_vec(), short).await;
-    assert!(matches!(second, Err(Error::Overloaded)), "{second:?}");
+    // The host is this node: the message names it.
+    let second = second.unwrap_err();
+    assert_eq!(
+        second,
+        Error::Overloaded {
+            by: tribe::Overload::Hosts(vec![host.name().to_string()])
+        }
+    );
+    assert!(second.to_string().contains(host.name()), "{second}");
     assert_eq!(
         held.lock().unwrap().len(),
         1,
@@ -592,7 +602,7 @@ async fn declined_calls_stay_within_the_serving_places() {
         .count();
     let overloaded = results
         .iter()
-        .filter(|r| matches!(r, Err(Error::Overloaded)))
+        .filter(|r| matches!(r, Err(Error::Overloaded { .. })))
         .count();
     assert_eq!((timeouts, overloaded), (2, 18), "{results:?}");
 }
@@ -652,7 +662,7 @@ async fn one_call_at_a_time_is_never_refused_at_max_serving_one() {
                 let payload = i.to_le_bytes().to_vec();
                 match caller.call(&target(plugin), payload.clone(), SECOND).await {
                     Ok(reply) => assert_eq!(reply, payload),
-                    Err(Error::Overloaded) => refused += 1,
+                    Err(Error::Overloaded { .. }) => refused += 1,
                     Err(other) => panic!("{plugin}: {other:?}"),
                 }
             }

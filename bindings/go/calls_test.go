@@ -426,8 +426,13 @@ func TestCallsOverOwnInflightAreCountedOverloaded(t *testing.T) {
 		return err == nil && c["calls"]["in_flight"].String() == "1"
 	})
 	for i := 0; i < 4; i++ {
-		if _, err := n.Call(context.Background(), target("hold"), []byte("y")); !errors.Is(err, ErrOverloaded) {
+		_, err := n.Call(context.Background(), target("hold"), []byte("y"))
+		if !errors.Is(err, ErrOverloaded) {
 			t.Fatalf("call %d over MaxInflight: %v", i, err)
+		}
+		// The message names this node's own limit, not a host's.
+		if !strings.Contains(err.Error(), "this node is at its limit of 1 calls in flight") {
+			t.Fatalf("call %d: %v does not name this node's limit", i, err)
 		}
 	}
 	c, err := n.Counters()

@@ -196,7 +196,8 @@ var (
 	ErrRemote = &Error{Code: "remote"}
 	// ErrTooLarge: a call's payload or reply is over a node's Limits.MaxPayload, or an artifact over its limit.
 	ErrTooLarge = &Error{Code: "too_large"}
-	// ErrOverloaded: Call found too many calls in flight, here or at the host.
+	// ErrOverloaded: Call found too many calls in flight; the message says whose limit:
+	// this node's Limits.MaxInflight, or every host serving the plugin (named).
 	ErrOverloaded = &Error{Code: "overloaded"}
 	// ErrDisconnected: Call's host went away with the call in flight (it may have run).
 	ErrDisconnected = &Error{Code: "disconnected"}

@@ -257,7 +257,11 @@ class TooLargeError(CallError, ValueError):
 
 
 class OverloadedError(CallError):
-    """Too many calls in flight, here or at every host; try again later."""
+    """Too many calls in flight; try again later.
+
+    The message says whose limit: this node's ``max_inflight``, or every
+    host that serves the plugin (named).
+    """
 
     error_code = "overloaded"
 

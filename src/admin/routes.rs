@@ -94,7 +94,7 @@ fn status_of(e: &Error) -> StatusCode {
         | Error::KeyringFull
         | Error::PrimaryKey(_) => StatusCode::CONFLICT,
         Error::UnknownKey(_) => StatusCode::NOT_FOUND,
-        Error::NoProvider { .. } | Error::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+        Error::NoProvider { .. } | Error::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
         Error::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         Error::Remote { .. } | Error::Disconnected { .. } => StatusCode::BAD_GATEWAY,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,

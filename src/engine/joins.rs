@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use super::delta::lock;
 use super::sync::Exchange;
 use super::Engine;
-use crate::error::{Error, Result};
+use crate::error::{Error, Overload, Result};
 
 /// Joins waiting for their exchanges at once; more are refused (the API
 /// lets fewer in at once).
@@ -78,7 +78,11 @@ impl Engine {
             .tickets
             .retain(|_, t| t.ended_ms.is_none_or(|end| end + UNCOLLECTED_MS > now));
         if self.joins.tickets.len() >= MAX_OPEN_JOINS {
-            return Err(Error::Overloaded);
+            return Err(Error::Overloaded {
+                by: Overload::Joins {
+                    limit: MAX_OPEN_JOINS,
+                },
+            });
         }
         let ticket = self.joins.next;
         self.joins.next += 1;

@@ -21,7 +21,7 @@ use super::event::Body;
 use super::mailbox::{Class, Mailbox};
 use super::node::{next_call_id, TribeNode};
 use super::owner::Owner;
-use crate::{CallInfo, Error, HandlerError, Responder};
+use crate::{CallInfo, Error, HandlerError, Overload, Responder};
 
 /// Gathers metrics.
 pub const TRIBE_KIND_COLLECTOR: u32 = 1;
@@ -78,7 +78,9 @@ impl AsyncCalls {
             return Err(Error::ShuttingDown);
         }
         if p.calls.len() + self.unread.load(Ordering::Acquire) >= self.bound {
-            return Err(Error::Overloaded);
+            return Err(Error::Overloaded {
+                by: Overload::Completions { limit: self.bound },
+            });
         }
         p.calls.insert(id, None);
         Ok(p.calls.len() - 1)
@@ -451,8 +453,8 @@ pub extern "C" fn tribe_node_call_async(
         let company = calls.register(id).map_err(|e| {
             // Refused for this node's own load: counted as the call's
             // outcome, as a host's refusal is.
-            if matches!(e, Error::Overloaded) {
-                n.count_call(&Err(Error::Overloaded));
+            if matches!(e, Error::Overloaded { .. }) {
+                n.count_call(&Err(e.clone()));
             }
             FfiError::from(e)
         })?;

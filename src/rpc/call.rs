@@ -11,7 +11,7 @@ use super::proto::{Refusal, RpcMsg};
 use super::responder::{LocalRefusal, Responder};
 use super::server::{Server, Serving};
 use super::{CallInfo, CallTarget, HandlerError, RpcCounters};
-use crate::error::{Error, Result};
+use crate::error::{Error, Overload, Result};
 use crate::stream::Security;
 
 /// The call path of one node.
@@ -154,7 +154,9 @@ impl Rpc {
                 stopping: Vec::new(),
                 unreachable: Vec::new(),
             })?;
-        let place = self.server.try_slot().ok_or(Error::Overloaded)?;
+        let place = self.server.try_slot().ok_or_else(|| Error::Overloaded {
+            by: Overload::Hosts(vec![call.caller.to_string()]),
+        })?;
         let info = CallInfo {
             caller: call.caller.to_string(),
             tribe: call.tribe.to_string(),
@@ -283,13 +285,18 @@ impl Rpc {
         if cands.is_empty() {
             return Err(no_provider(Vec::new(), Vec::new()));
         }
-        let _slot = self.pool.try_inflight().ok_or(Error::Overloaded)?;
+        let _slot = self.pool.try_inflight().ok_or(Error::Overloaded {
+            by: Overload::Calls {
+                limit: self.pool.limits().max_inflight,
+            },
+        })?;
         // A host runs a call for at most MAX_CALL_BUDGET and then answers
         // `Timeout`: a longer wait (`Duration::MAX` for "no limit") ends
         // the same way, and overflows no clock.
         let longest = super::server::MAX_CALL_BUDGET + Duration::from_secs(1);
         let deadline = Instant::now() + timeout.min(longest);
-        let mut overloaded = false;
+        // Hosts that refused it as running as many calls as they allow.
+        let mut busy = Vec::new();
         let mut tried: Vec<String> = Vec::new();
         let mut stopping: Vec<String> = Vec::new();
         let mut not_serving: Vec<String> = Vec::new();
@@ -336,7 +343,7 @@ impl Rpc {
                 let back = match step {
                     Step::Done(result) => return result,
                     Step::Busy(back) => {
-                        overloaded = true;
+                        busy.push(cand.name.clone());
                         back
                     }
                     Step::Next(back) => back,
@@ -394,8 +401,10 @@ impl Rpc {
             not_serving.clear();
             cands = client::order(again, &self.pool);
         }
-        Err(if overloaded {
-            Error::Overloaded
+        Err(if !busy.is_empty() {
+            Error::Overloaded {
+                by: Overload::Hosts(busy),
+            }
         } else if self.server.is_stopping() {
             // This node stops (its own handler refused the call for that),
             // and no other host took it.
@@ -441,7 +450,7 @@ impl Rpc {
                     Step::Stopping(None)
                 }
                 Err(Error::NoProvider { .. }) => Step::Next(None),
-                Err(Error::Overloaded) => Step::Busy(None),
+                Err(Error::Overloaded { .. }) => Step::Busy(None),
                 other => Step::Done(other),
             };
         }

@@ -1016,7 +1016,7 @@ pub fn count(counters: &RpcCounters, result: &crate::Result<Vec<u8>>) {
         Err(Error::Remote { code, .. }) if code == "too_large" => &counters.too_large,
         Err(Error::Remote { .. }) => &counters.remote_error,
         Err(Error::TooLarge { .. }) => &counters.too_large,
-        Err(Error::Overloaded) => &counters.overloaded,
+        Err(Error::Overloaded { .. }) => &counters.overloaded,
         Err(Error::Disconnected { .. }) => &counters.disconnected,
         // The one `Io` a call ends with: no connection could be opened.
         Err(Error::Io(_)) => &counters.not_sent,
