@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Callable, ClassVar, Dict, NoReturn, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, ClassVar, Dict, Literal, NoReturn, Optional, Tuple, TypeVar, Union
 
 _V = TypeVar("_V")
 
@@ -263,21 +263,21 @@ class Event:
 class Joined(Event):
     """This node joined a cluster (it has a live peer)."""
 
-    kind: ClassVar[str] = "joined"
+    kind: ClassVar[Literal["joined"]] = "joined"
 
 
 @dataclass(frozen=True)
 class Isolated(Event):
     """This node lost every peer; it keeps trying its seeds."""
 
-    kind: ClassVar[str] = "isolated"
+    kind: ClassVar[Literal["isolated"]] = "isolated"
 
 
 @dataclass(frozen=True)
 class MemberUp(Event):
     """A node became alive."""
 
-    kind: ClassVar[str] = "member_up"
+    kind: ClassVar[Literal["member_up"]] = "member_up"
     name: str
     addr: str
 
@@ -286,7 +286,7 @@ class MemberUp(Event):
 class MemberUpdated(Event):
     """A node's record (facts, endpoints) changed."""
 
-    kind: ClassVar[str] = "member_updated"
+    kind: ClassVar[Literal["member_updated"]] = "member_updated"
     name: str
 
 
@@ -294,7 +294,7 @@ class MemberUpdated(Event):
 class MemberLeft(Event):
     """A node left on purpose."""
 
-    kind: ClassVar[str] = "member_left"
+    kind: ClassVar[Literal["member_left"]] = "member_left"
     name: str
 
 
@@ -302,7 +302,7 @@ class MemberLeft(Event):
 class MemberFailed(Event):
     """A node stopped answering and was declared failed."""
 
-    kind: ClassVar[str] = "member_failed"
+    kind: ClassVar[Literal["member_failed"]] = "member_failed"
     name: str
 
 
@@ -310,7 +310,7 @@ class MemberFailed(Event):
 class MemberReaped(Event):
     """A failed or left node was forgotten."""
 
-    kind: ClassVar[str] = "member_reaped"
+    kind: ClassVar[Literal["member_reaped"]] = "member_reaped"
     name: str
 
 
@@ -318,7 +318,7 @@ class MemberReaped(Event):
 class TribeCreated(Event):
     """A tribe came into existence."""
 
-    kind: ClassVar[str] = "tribe_created"
+    kind: ClassVar[Literal["tribe_created"]] = "tribe_created"
     tribe: str
 
 
@@ -326,7 +326,7 @@ class TribeCreated(Event):
 class TribeDeleted(Event):
     """A tribe was deleted."""
 
-    kind: ClassVar[str] = "tribe_deleted"
+    kind: ClassVar[Literal["tribe_deleted"]] = "tribe_deleted"
     tribe: str
 
 
@@ -334,7 +334,7 @@ class TribeDeleted(Event):
 class TribeJoined(Event):
     """This node is now in a tribe (by hand, by policy, or both)."""
 
-    kind: ClassVar[str] = "tribe_joined"
+    kind: ClassVar[Literal["tribe_joined"]] = "tribe_joined"
     tribe: str
     by_hand: bool
     by_policy: bool
@@ -344,7 +344,7 @@ class TribeJoined(Event):
 class TribeLeft(Event):
     """This node is no longer in a tribe."""
 
-    kind: ClassVar[str] = "tribe_left"
+    kind: ClassVar[Literal["tribe_left"]] = "tribe_left"
     tribe: str
 
 
@@ -352,7 +352,7 @@ class TribeLeft(Event):
 class PluginLoad(Event):
     """Load this plugin: it is in the catalog of a tribe this node is in."""
 
-    kind: ClassVar[str] = "plugin_load"
+    kind: ClassVar[Literal["plugin_load"]] = "plugin_load"
     tribe: str
     plugin: Plugin
 
@@ -361,7 +361,7 @@ class PluginLoad(Event):
 class PluginUnload(Event):
     """Unload this plugin."""
 
-    kind: ClassVar[str] = "plugin_unload"
+    kind: ClassVar[Literal["plugin_unload"]] = "plugin_unload"
     tribe: str
     plugin: Plugin
 
@@ -370,7 +370,7 @@ class PluginUnload(Event):
 class TaskRun(Event):
     """Run this task (new, started, or its manifest changed)."""
 
-    kind: ClassVar[str] = "task_run"
+    kind: ClassVar[Literal["task_run"]] = "task_run"
     tribe: str
     task: Task
 
@@ -379,7 +379,7 @@ class TaskRun(Event):
 class TaskStop(Event):
     """Stop this task (stopped, removed, or this node left its tribe)."""
 
-    kind: ClassVar[str] = "task_stop"
+    kind: ClassVar[Literal["task_stop"]] = "task_stop"
     tribe: str
     task: Task
 
@@ -388,7 +388,7 @@ class TaskStop(Event):
 class ArtifactCorrupt(Event):
     """A holder sent artifact bytes that do not match the hash; another is tried."""
 
-    kind: ClassVar[str] = "artifact_corrupt"
+    kind: ClassVar[Literal["artifact_corrupt"]] = "artifact_corrupt"
     tribe: str
     plugin: Plugin
     holder: str
@@ -398,7 +398,7 @@ class ArtifactCorrupt(Event):
 class ArtifactUnavailable(Event):
     """A plugin's artifact could not be fetched and verified from any holder."""
 
-    kind: ClassVar[str] = "artifact_unavailable"
+    kind: ClassVar[Literal["artifact_unavailable"]] = "artifact_unavailable"
     tribe: str
     plugin: Plugin
     reason: str
@@ -408,7 +408,7 @@ class ArtifactUnavailable(Event):
 class PolicyFailed(Event):
     """A policy could not be evaluated for this node (counts as not holding)."""
 
-    kind: ClassVar[str] = "policy_error"
+    kind: ClassVar[Literal["policy_error"]] = "policy_error"
     policy: str
     message: str
 
@@ -421,7 +421,7 @@ class IdentityClaimed(Event):
     of the cluster until the holder goes (see the README's Membership).
     """
 
-    kind: ClassVar[str] = "identity_claimed"
+    kind: ClassVar[Literal["identity_claimed"]] = "identity_claimed"
     addr: str
     generation: int
 
@@ -430,7 +430,7 @@ class IdentityClaimed(Event):
 class ClockSkew(Event):
     """A peer's clock is off this node's by ``offset_ms`` (its clock minus ours)."""
 
-    kind: ClassVar[str] = "clock_skew"
+    kind: ClassVar[Literal["clock_skew"]] = "clock_skew"
     name: str
     offset_ms: int
 
@@ -439,7 +439,7 @@ class ClockSkew(Event):
 class UnknownEvent(Event):
     """An event of a kind this version of pytribe does not know."""
 
-    kind: ClassVar[str] = "unknown"
+    kind: ClassVar[Literal["unknown"]] = "unknown"
     text: str
 
 

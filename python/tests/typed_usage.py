@@ -39,3 +39,16 @@ def what_was_missing(error: pytribe.TribeError) -> str:
     if isinstance(error, (pytribe.AlreadyMemberError, pytribe.NotMemberError)):
         return f"{error.node} in {error.tribe}"
     return error.code
+
+
+def what_happened(event: pytribe.AnyEvent) -> str:
+    # `kind` is a literal per class: comparing it narrows the union.
+    if event.kind == "member_up":
+        return f"{event.name} at {event.addr}"
+    if event.kind == "tribe_joined":
+        return f"{event.tribe} by policy: {event.by_policy}"
+    if event.kind == "task_run":
+        return event.task.id
+    if event.kind == "clock_skew":
+        return f"{event.name} {event.offset_ms} ms"
+    return event.kind
