@@ -1646,7 +1646,9 @@ uint32_t tribe_group_wake(const struct tribe_group *group,
  * which this node sends its view and takes the peer's. The addresses
  * become seeds too, those that did not answer also (a node alone, or one
  * that loses every peer later, tries them again). Blocks until every
- * exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
+ * exchange ended: up to 5 s for the lookups plus 12 s for the exchanges
+ * (those still under way then are given up; the ones that completed
+ * count);
  * a node runs 16 joins at once, the others wait their turn; at most 256
  * addresses are tried, the first ones, however many the names give;
  * `tribe_node_shutdown` from another thread ends it at once
@@ -1670,17 +1672,20 @@ uint32_t tribe_node_join_cluster(const struct tribe_node *node,
                                  struct tribe_error **err);
 
 /**
- * Like `tribe_node_join_cluster`, but gives up after `timeout_ms`
- * milliseconds (0: no limit of the caller's; the join's own are 5 s for
- * the lookups plus 10 s for the exchanges) with `TRIBE_TIMEOUT`, and at
- * once with `TRIBE_CANCELLED` when `cancel` (may be NULL) is triggered,
- * from another thread or before the call (bad places are still told as
+ * Like `tribe_node_join_cluster`, but waits at most `timeout_ms`
+ * milliseconds in all (0: no limit of the caller's; the join's own are
+ * 5 s for the lookups plus 12 s for the exchanges): then its exchanges
+ * still under way are given up, and the addresses reached by then count
+ * (`TRIBE_OK`, `*joined` of them; `TRIBE_TIMEOUT` when none was, as
+ * memberlist's `Join` succeeds when any address answered). `cancel` (may
+ * be NULL) ends it at once with `TRIBE_CANCELLED` when triggered, from
+ * another thread or before the call (bad places are still told as
  * `TRIBE_INVALID_ARGUMENT`). A join given up drops its exchanges still
  * under way at once (their connections closed, their addresses not kept
  * as seeds unless a join exchange completed with them); those that
- * completed before keep what they merged (the
- * peers' members, tribes and catalogs), and their addresses stay seeds;
- * `*joined` is 0. `cancel` must stay alive until this function returns.
+ * completed before keep what they merged (the peers' members, tribes and
+ * catalogs), and their addresses stay seeds; `*joined` is 0 on an error.
+ * `cancel` must stay alive until this function returns.
  */
 uint32_t tribe_node_join_cluster_cancellable(const struct tribe_node *node,
                                              const char *const *places,

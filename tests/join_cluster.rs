@@ -246,6 +246,40 @@ async fn a_place_that_never_answers_is_told_so() {
     n.shutdown().await.unwrap();
 }
 
+/// A join with a limit counts what it reached by then (a live node beside
+/// one that never answers), gives the rest up, and is `Timeout` when it
+/// reached nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_within_a_limit_counts_what_it_reached_by_then() {
+    let a = Node::start(test_config("jwa")).await.unwrap();
+    let b = Node::start(test_config("jwb")).await.unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let place = silent.local_addr().unwrap().to_string();
+    let limit = Duration::from_millis(800);
+
+    let began = std::time::Instant::now();
+    let err = b
+        .join_cluster_within(&[place.as_str()], limit)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    assert!(began.elapsed() >= limit && began.elapsed() < 5 * limit);
+
+    let began = std::time::Instant::now();
+    let both = [place.clone(), a.addr().to_string()];
+    assert_eq!(b.join_cluster_within(&both, limit).await.unwrap(), 1);
+    assert!(began.elapsed() >= limit && began.elapsed() < 5 * limit);
+    assert_eq!(b.members_alive(), 2);
+    // A limit the join does not need changes nothing.
+    let quick = b
+        .join_cluster_within(&[a.addr().to_string()], Duration::from_secs(30))
+        .await;
+    assert_eq!(quick.unwrap(), 1);
+    drop(silent);
+    b.shutdown().await.unwrap();
+    a.shutdown().await.unwrap();
+}
+
 /// Joins whose callers give up (a timeout, a dropped future, an HTTP
 /// client gone) leave nothing behind: their exchanges end at once, also
 /// one still setting up its stream with a peer that never answers, and

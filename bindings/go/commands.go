@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"runtime"
 	"strconv"
+	"time"
 	"unsafe"
 )
 
@@ -502,7 +503,8 @@ func ABIVersion() int { return int(C.tribe_abi_version()) }
 // addresses become seeds too, those that did not answer also: a node alone,
 // or one that loses every peer later, tries them again. It returns how
 // many addresses completed their exchange, after waiting for all (up to 5 s
-// for the lookups plus 10 s for the exchanges; a node runs 16 joins at
+// for the lookups plus 12 s for the exchanges, then those still under way
+// are given up and the ones that completed count; a node runs 16 joins at
 // once, the others wait their turn; Close ends the wait at once with
 // ErrShuttingDown).
 //
@@ -512,22 +514,30 @@ func ABIVersion() int { return int(C.tribe_abi_version()) }
 // answer, another key, a name that does not resolve, this node itself);
 // ErrShuttingDown, ErrClosed.
 func (n *Node) JoinCluster(places ...string) (int, error) {
-	return n.joinCluster(nil, places)
+	return n.joinCluster(nil, 0, places)
 }
 
-// JoinClusterContext is JoinCluster, given up when ctx ends: at its
-// deadline with an error matching ErrTimeout and context.DeadlineExceeded,
-// when cancelled with one matching ErrCancelled and context.Canceled. A
-// join given up drops its exchanges still under way at once (their
-// connections closed, their addresses not kept as seeds unless a join exchange completed with them); those that
-// completed before keep what they merged (the peers' members, tribes and
-// catalogs), and their addresses stay seeds.
+// JoinClusterContext is JoinCluster within ctx. At ctx's deadline its
+// exchanges still under way are given up and the addresses reached by then
+// count (as memberlist's Join succeeds when any address answered); when
+// none was, the error matches ErrTimeout and context.DeadlineExceeded.
+// Cancelled, it ends at once with an error matching ErrCancelled and
+// context.Canceled. A join given up drops its exchanges still under way
+// at once (their connections closed, their addresses not kept as seeds
+// unless a join exchange completed with them); those that completed before
+// keep what they merged (the peers' members, tribes and catalogs), and
+// their addresses stay seeds.
 func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, error) {
 	if ctx == nil {
 		return 0, &Error{Code: "invalid_argument", Message: "nil Context"}
 	}
 	if ctx.Done() == nil {
-		return n.joinCluster(nil, places)
+		return n.joinCluster(nil, 0, places)
+	}
+	// The deadline is the join's own limit, which counts what it reached.
+	var limitMs uint64
+	if d, ok := ctx.Deadline(); ok {
+		limitMs = uint64(max(1, (time.Until(d)+time.Millisecond-1)/time.Millisecond))
 	}
 	var cancel *C.tribe_cancel
 	if rc := C.tribe_cancel_new(&cancel, nil); rc != C.TRIBE_OK {
@@ -544,21 +554,27 @@ func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, e
 		defer close(watched)
 		select {
 		case <-ctx.Done():
-			C.tribe_cancel_trigger(cancel)
+			// The deadline passing is the limit's to tell.
+			if limitMs == 0 || !errors.Is(ctx.Err(), context.DeadlineExceeded) {
+				C.tribe_cancel_trigger(cancel)
+			}
 		case <-stop:
 		}
 	}()
-	joined, err := n.joinCluster(cancel, places)
+	joined, err := n.joinCluster(cancel, limitMs, places)
 	close(stop)
 	<-watched
 	C.tribe_cancel_free(cancel)
-	if errors.Is(err, ErrCancelled) {
+	switch {
+	case errors.Is(err, ErrCancelled):
 		return 0, abandoned("the join", ctxEnd(ctx, context.Canceled))
+	case errors.Is(err, ErrTimeout) && limitMs > 0:
+		return 0, abandoned("the join", ctxEnd(ctx, context.DeadlineExceeded))
 	}
 	return joined, err
 }
 
-func (n *Node) joinCluster(cancel *C.tribe_cancel, places []string) (int, error) {
+func (n *Node) joinCluster(cancel *C.tribe_cancel, limitMs uint64, places []string) (int, error) {
 	defer runtime.KeepAlive(n)
 	if err := nulErr(places...); err != nil {
 		return 0, err
@@ -584,7 +600,7 @@ func (n *Node) joinCluster(cancel *C.tribe_cancel, places []string) (int, error)
 	}
 	var joined C.size_t
 	err := n.inner().do(func(p *C.tribe_node, e **C.tribe_error) C.uint32_t {
-		return C.tribe_node_join_cluster_cancellable(p, array, C.size_t(len(places)), 0, cancel, &joined, e)
+		return C.tribe_node_join_cluster_cancellable(p, array, C.size_t(len(places)), C.uint64_t(limitMs), cancel, &joined, e)
 	})
 	return int(joined), err
 }

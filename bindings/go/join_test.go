@@ -75,6 +75,17 @@ func TestJoinClusterContextEnds(t *testing.T) {
 		t.Fatalf("join at the deadline = %d, %v after %v", n, err, took)
 	}
 
+	// What the join reached by its deadline counts: a live peer beside
+	// the silent one.
+	ctx, cancel = context.WithTimeout(context.Background(), time.Second)
+	began = time.Now()
+	n, err = b.JoinClusterContext(ctx, silent.Addr().String(), a.Addr())
+	took = time.Since(began)
+	cancel()
+	if n != 1 || err != nil || took < 900*time.Millisecond || took > 5*time.Second {
+		t.Fatalf("join through a live and a silent peer at the deadline = %d, %v after %v", n, err, took)
+	}
+
 	ctx, cancel = context.WithCancel(context.Background())
 	go func() {
 		time.Sleep(100 * time.Millisecond)

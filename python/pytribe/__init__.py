@@ -1406,12 +1406,15 @@ class Node(_NoCopy):
         catalogs. The addresses become seeds too, those that did not answer
         also (a node alone, or one that loses every peer later, tries them
         again). Waits for every exchange: up to 5 s for the lookups plus
-        10 s for the exchanges; a node runs 16 joins at once, the others
-        wait their turn (the GIL is released; Ctrl-C interrupts it; a close
-        ends it at once). With ``timeout`` (seconds), a join still under way
-        then is given up: its exchanges still under way are dropped (their
-        addresses not kept as seeds unless a join exchange completed with them), those that completed keep what they
-        merged, and :class:`JoinTimeoutError` is raised.
+        12 s for the exchanges (those still under way then are given up;
+        the ones that completed count); a node runs 16 joins at once, the
+        others wait their turn (the GIL is released; Ctrl-C interrupts it;
+        a close ends it at once). With ``timeout`` (seconds, in all), a join
+        still under way then is given up: its exchanges still under way are
+        dropped (their addresses not kept as seeds unless a join exchange
+        completed with them), those that completed keep what they merged
+        and count, and :class:`JoinTimeoutError` is raised only when none
+        had (as memberlist's ``Join`` succeeds when any address answered).
 
         Raises :class:`InvalidArgumentError` (no place, more than 256, one
         not ``host:port``, only this node's own address),

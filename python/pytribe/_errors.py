@@ -229,11 +229,10 @@ class CallTimeoutError(CallError, TimeoutError):
 
 
 class JoinTimeoutError(TribeError, TimeoutError):
-    """A join did not end within the ``timeout`` given to
+    """A join reached no address within the ``timeout`` given to
     :meth:`Node.join_cluster`: the exchanges still under way were dropped
-    with it (their connections closed, their addresses not kept as seeds unless a join exchange completed with them);
-    those that completed kept what they merged (the peers' members, tribes
-    and catalogs), and their addresses stay seeds. Its ``.code`` is
+    with it (their connections closed, their addresses not kept as seeds
+    unless a join exchange completed with them). Its ``.code`` is
     ``"timeout"``."""
 
 

@@ -626,8 +626,8 @@ impl NativeNode {
     }
 
     /// Joins the cluster through `places` (see `tribe::Node::join_cluster`);
-    /// how many addresses completed their exchange, or `None` when the join
-    /// did not end within `timeout` seconds (it is given up then).
+    /// how many addresses completed their exchange, or `None` when none
+    /// had within `timeout` seconds (see `join_cluster_within`).
     #[pyo3(signature = (places, timeout=None))]
     fn join_cluster(
         &self,
@@ -635,13 +635,15 @@ impl NativeNode {
         places: Vec<String>,
         timeout: Option<f64>,
     ) -> PyResult<Option<usize>> {
-        let join = self.node.join_cluster(&places);
         let r = match timeout {
-            None => wait(py, join)?,
-            Some(t) => match crate::wait_for(py, join, seconds("timeout", t, true)?)? {
-                Some(r) => r,
-                None => return Ok(None),
-            },
+            None => wait(py, self.node.join_cluster(&places))?,
+            Some(t) => {
+                let limit = seconds("timeout", t, true)?;
+                match wait(py, self.node.join_cluster_within(&places, limit))? {
+                    Err(tribe::Error::Timeout { .. }) => return Ok(None),
+                    r => r,
+                }
+            }
         };
         check(py, r).map(Some)
     }

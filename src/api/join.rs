@@ -35,7 +35,9 @@ impl Node {
     /// alone, or loses every peer later, tries them again.
     ///
     /// Returns how many addresses completed their exchange; waits for all
-    /// of them (an exchange is abandoned after 10 s, a lookup after 5 s; a
+    /// of them (a lookup is abandoned after 5 s, an exchange after 10 s
+    /// without progress; after 12 s of exchanges those still under way
+    /// are given up and the ones that completed count; a
     /// node runs 16 joins at once, the others wait their turn; a join
     /// whose future is dropped, as by a timeout, drops its exchanges still
     /// under way at once, their connections closed and their addresses
@@ -48,6 +50,29 @@ impl Node {
     /// no answer, another key, a name that does not resolve, this node
     /// itself), `ShuttingDown` (also when the node stops meanwhile).
     pub async fn join_cluster<S: AsRef<str>>(&self, places: &[S]) -> Result<usize> {
+        self.join_until(places, None).await
+    }
+
+    /// [`Node::join_cluster`] that waits at most `limit` in all (its turn,
+    /// the lookups and the exchanges): then its exchanges still under way
+    /// are given up, as when the future is dropped, and the addresses
+    /// reached by then count. Returns how many completed their exchange;
+    /// `Timeout` when none had by then (memberlist's `Join` likewise
+    /// succeeds when any address answered).
+    pub async fn join_cluster_within<S: AsRef<str>>(
+        &self,
+        places: &[S],
+        limit: Duration,
+    ) -> Result<usize> {
+        let until = tokio::time::Instant::now().checked_add(limit);
+        self.join_until(places, until).await
+    }
+
+    async fn join_until<S: AsRef<str>>(
+        &self,
+        places: &[S],
+        until: Option<tokio::time::Instant>,
+    ) -> Result<usize> {
         let places = join_places(places)?;
         if self.inner.inbox.is_closed() {
             return Err(Error::ShuttingDown);
@@ -55,19 +80,24 @@ impl Node {
         need_tokio("a join")?;
         // Every wait below ends when the node stops.
         tokio::select! {
-            joined = self.join_through(places) => joined,
+            joined = self.join_through(places, until) => joined,
             () = self.inner.inbox.closed() => Err(Error::ShuttingDown),
         }
     }
 
-    async fn join_through(&self, places: Vec<JoinPlace>) -> Result<usize> {
-        let _turn = self
-            .inner
-            .joins
-            .acquire()
+    /// The join; `until` (the caller's limit) ends it with what it
+    /// reached by then.
+    async fn join_through(
+        &self,
+        places: Vec<JoinPlace>,
+        until: Option<tokio::time::Instant>,
+    ) -> Result<usize> {
+        let late = || Error::Timeout { host: None };
+        let _turn = within(until, self.inner.joins.acquire())
             .await
+            .ok_or_else(late)?
             .map_err(|_| Error::ShuttingDown)?;
-        let (addrs, mut unreached) = look_up(places).await;
+        let (addrs, mut unreached) = within(until, look_up(places)).await.ok_or_else(late)?;
         if addrs.is_empty() {
             return Err(none_reached(&unreached));
         }
@@ -77,7 +107,8 @@ impl Node {
         // The engine queued the exchanges; the driver opens them.
         let _ = self.inner.inbox.send(DriverInput::Wake);
         // Exchanges expire at the engine's next tick past SYNC_TIMEOUT.
-        let deadline = tokio::time::Instant::now() + SYNC_TIMEOUT + Duration::from_secs(2);
+        let own = tokio::time::Instant::now() + SYNC_TIMEOUT + Duration::from_secs(2);
+        let deadline = until.map_or(own, |u| u.min(own));
         let outcome = loop {
             let (outcome, left) = {
                 let mut engine = shared.engine();
@@ -95,13 +126,33 @@ impl Node {
             }
             tokio::time::sleep(POLL).await;
         };
-        let Some(outcome) = outcome else {
-            unreached.push(format!(
-                "{}: no exchange ended in {} s",
-                list(&addrs),
-                SYNC_TIMEOUT.as_secs()
-            ));
-            return Err(none_reached(&unreached));
+        let outcome = match outcome {
+            Some(outcome) => outcome,
+            // Out of time: what completed by now counts, the rest is given
+            // up (by `_forget`).
+            None => {
+                let so_far = shared.engine().join_progress(ticket).unwrap_or_default();
+                let open: Vec<_> = addrs
+                    .iter()
+                    .filter(|a| {
+                        !so_far.reached.contains(a) && !so_far.failed.iter().any(|(f, _)| f == *a)
+                    })
+                    .copied()
+                    .collect();
+                let ours = until.is_some_and(|u| u < own);
+                if so_far.reached.is_empty() && ours {
+                    return Err(late());
+                }
+                let why = if ours {
+                    "still under way at the join's limit".to_string()
+                } else {
+                    format!("no exchange ended in {} s", SYNC_TIMEOUT.as_secs())
+                };
+                if !open.is_empty() {
+                    unreached.push(format!("{}: {why}", list(&open)));
+                }
+                so_far
+            }
         };
         unreached.extend(
             outcome
@@ -192,6 +243,17 @@ async fn look_up(places: Vec<JoinPlace>) -> (Vec<std::net::SocketAddr>, Vec<Stri
         addrs.truncate(MAX_JOIN_PLACES);
     }
     (addrs, unreached)
+}
+
+/// `fut`'s output, or `None` when `until` came first.
+async fn within<F: std::future::Future>(
+    until: Option<tokio::time::Instant>,
+    fut: F,
+) -> Option<F::Output> {
+    match until {
+        Some(u) => tokio::time::timeout_at(u, fut).await.ok(),
+        None => Some(fut.await),
+    }
 }
 
 fn none_reached(why: &[String]) -> Error {

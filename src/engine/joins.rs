@@ -124,6 +124,12 @@ impl Engine {
         self.joins.tickets.remove(&ticket).map(|t| t.outcome)
     }
 
+    /// What a join under way reached and what failed so far (`None` for a
+    /// ticket unknown): what counts when its caller stops waiting.
+    pub fn join_progress(&self, ticket: u64) -> Option<JoinOutcome> {
+        self.joins.tickets.get(&ticket).map(|t| t.outcome.clone())
+    }
+
     /// Forgets a join whose caller gave up on it (a timeout, a dropped
     /// future, an HTTP client gone) and ends its exchanges still running:
     /// they would hold their sockets, and the ticket its place, for

@@ -8,6 +8,7 @@ use super::cancel::TribeCancel;
 use super::cast;
 use super::error::{FfiError, TRIBE_TIMEOUT};
 use super::node::{node_handle, with_signals_blocked, TribeNode};
+use crate::Error;
 
 /// Joins the cluster through `places` (`places_len` strings `host:port`:
 /// addresses, or names looked up), also while this node is in a cluster
@@ -18,7 +19,9 @@ use super::node::{node_handle, with_signals_blocked, TribeNode};
 /// which this node sends its view and takes the peer's. The addresses
 /// become seeds too, those that did not answer also (a node alone, or one
 /// that loses every peer later, tries them again). Blocks until every
-/// exchange ended: up to 5 s for the lookups plus 10 s for the exchanges;
+/// exchange ended: up to 5 s for the lookups plus 12 s for the exchanges
+/// (those still under way then are given up; the ones that completed
+/// count);
 /// a node runs 16 joins at once, the others wait their turn; at most 256
 /// addresses are tried, the first ones, however many the names give;
 /// `tribe_node_shutdown` from another thread ends it at once
@@ -45,17 +48,20 @@ pub extern "C" fn tribe_node_join_cluster(
     join(node, places, places_len, None, None, joined, err)
 }
 
-/// Like `tribe_node_join_cluster`, but gives up after `timeout_ms`
-/// milliseconds (0: no limit of the caller's; the join's own are 5 s for
-/// the lookups plus 10 s for the exchanges) with `TRIBE_TIMEOUT`, and at
-/// once with `TRIBE_CANCELLED` when `cancel` (may be NULL) is triggered,
-/// from another thread or before the call (bad places are still told as
+/// Like `tribe_node_join_cluster`, but waits at most `timeout_ms`
+/// milliseconds in all (0: no limit of the caller's; the join's own are
+/// 5 s for the lookups plus 12 s for the exchanges): then its exchanges
+/// still under way are given up, and the addresses reached by then count
+/// (`TRIBE_OK`, `*joined` of them; `TRIBE_TIMEOUT` when none was, as
+/// memberlist's `Join` succeeds when any address answered). `cancel` (may
+/// be NULL) ends it at once with `TRIBE_CANCELLED` when triggered, from
+/// another thread or before the call (bad places are still told as
 /// `TRIBE_INVALID_ARGUMENT`). A join given up drops its exchanges still
 /// under way at once (their connections closed, their addresses not kept
 /// as seeds unless a join exchange completed with them); those that
-/// completed before keep what they merged (the
-/// peers' members, tribes and catalogs), and their addresses stay seeds;
-/// `*joined` is 0. `cancel` must stay alive until this function returns.
+/// completed before keep what they merged (the peers' members, tribes and
+/// catalogs), and their addresses stay seeds; `*joined` is 0 on an error.
+/// `cancel` must stay alive until this function returns.
 #[no_mangle]
 pub extern "C" fn tribe_node_join_cluster_cancellable(
     node: *const TribeNode,
@@ -95,32 +101,30 @@ fn join(
         let n = with_signals_blocked(|| {
             let node = handle.live()?;
             handle.block_on(async {
-                let join = async { Ok::<_, FfiError>(node.join_cluster(&places).await?) };
+                let join = async {
+                    match limit {
+                        None => Ok(node.join_cluster(&places).await?),
+                        Some(l) => match node.join_cluster_within(&places, l).await {
+                            Err(Error::Timeout { .. }) => Err(FfiError::new(
+                                TRIBE_TIMEOUT,
+                                format!("the join reached no address within {} ms", l.as_millis()),
+                            )),
+                            r => Ok(r?),
+                        },
+                    }
+                };
                 let cancelled = async {
                     match cancel {
                         Some(c) => c.triggered().await,
                         None => std::future::pending().await,
                     }
                 };
-                let late = async {
-                    match limit {
-                        Some(l) => tokio::time::sleep(l).await,
-                        None => std::future::pending().await,
-                    }
-                };
-                // Dropping the join (either way) ends its exchanges. A
-                // token triggered already ends it before it starts.
+                // Dropping the join ends its exchanges. A token triggered
+                // already ends it before it starts.
                 tokio::select! {
                     biased;
                     () = cancelled => Err(TribeCancel::error("the join")),
                     n = join => n,
-                    () = late => Err(FfiError::new(
-                        TRIBE_TIMEOUT,
-                        format!(
-                            "the join did not end within {} ms",
-                            limit.unwrap_or_default().as_millis()
-                        ),
-                    )),
                 }
             })
         })?;

@@ -2,6 +2,8 @@
  * cancel token, against a peer that accepts connections and never answers
  * (a plain join waits 10 s for it):
  *   - a limit of 200 ms ends it with TRIBE_TIMEOUT, well before 10 s;
+ *   - with a live peer beside the silent one, the limit ends it with
+ *     TRIBE_OK and the live peer counted;
  *   - a token triggered from another thread ends it with TRIBE_CANCELLED,
  *     and so does a token triggered before the call, at once;
  *   - bad places are told as such, also with a token triggered already;
@@ -75,6 +77,20 @@ int main(void) {
     CHECK(took >= 0.19 && took < 3.0);
     printf("a join to a silent peer ended at its 200 ms limit after %.0f ms\n", took * 1000);
 
+    /* What was reached by the limit counts: a live node beside the
+     * silent peer. */
+    const char *to_a[] = {tribe_node_addr(a)};
+    const char *to_both[] = {silent, tribe_node_addr(a)};
+    joined = 99;
+    t0 = now_s();
+    EXPECT(TRIBE_OK,
+           tribe_node_join_cluster_cancellable(b, to_both, 2, 1000, NULL, &joined, &err));
+    took = now_s() - t0;
+    CHECK(joined == 1);
+    CHECK(took >= 0.99 && took < 5.0);
+    printf("a join through a live and a silent peer counted the live one at its limit (%.0f ms)\n",
+           took * 1000);
+
     tribe_cancel *cancel = NULL;
     OK(tribe_cancel_new(&cancel, NULL));
     CHECK(!tribe_cancel_is_triggered(cancel));
@@ -92,7 +108,6 @@ int main(void) {
 
     /* A triggered token stays triggered: a join given it ends at once,
      * also through a live node. */
-    const char *to_a[] = {tribe_node_addr(a)};
     t0 = now_s();
     EXPECT(TRIBE_CANCELLED,
            tribe_node_join_cluster_cancellable(b, to_a, 1, 0, cancel, &joined, &err));
