@@ -1648,8 +1648,7 @@ uint32_t tribe_group_wake(const struct tribe_group *group,
  * that loses every peer later, tries them again). Blocks until every
  * exchange ended: up to 5 s for the lookups plus 12 s for the exchanges
  * (those still under way then are given up; the ones that completed
- * count);
- * a node runs 16 joins at once, the others wait their turn; at most 256
+ * count); a node runs 16 joins at once, the others wait their turn; at most 256
  * addresses are tried, the first ones, however many the names give;
  * `tribe_node_shutdown` from another thread ends it at once
  * (`TRIBE_SHUTTING_DOWN`). A name's lookup runs on a thread of its own
