@@ -235,7 +235,7 @@ impl Node {
             tracing::info!(
                 peers = durable.peers.len(),
                 records = durable.records.len(),
-                "restored from the data dir"
+                "read from the data dir"
             );
             engine.restore(now, durable);
         }

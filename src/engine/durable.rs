@@ -203,8 +203,16 @@ impl Engine {
             }
             sh.kept_floor_ms = floor;
             let mut implausible = 0usize;
+            // Told as the file's, not blamed on a peer: the first one's
+            // reason, and how many.
+            let mut invalid: (usize, Option<String>) = (0, None);
             for (key, entry) in durable.records {
                 if !kept(&key) {
+                    continue;
+                }
+                if let Err(e) = records::validate(&key, &entry) {
+                    invalid.0 += 1;
+                    invalid.1.get_or_insert_with(|| e.to_string());
                     continue;
                 }
                 if !plausible_kept_ms(entry.version.millis, sh.now_ms) {
@@ -212,7 +220,7 @@ impl Engine {
                     continue;
                 }
                 if away {
-                    if records::validate(&key, &entry).is_ok() && entry.value.is_some() {
+                    if entry.value.is_some() {
                         // As a merge would: this node's next writes order
                         // after what it kept.
                         sh.clock.observe(&entry.version);
@@ -221,6 +229,13 @@ impl Engine {
                 } else {
                     sh.accept_remote(key, entry);
                 }
+            }
+            if let (records @ 1.., Some(first)) = invalid {
+                tracing::warn!(
+                    records,
+                    first = %first,
+                    "records in the data dir that break the rules (an edited or damaged file) are not taken"
+                );
             }
             if implausible > 0 {
                 tracing::warn!(
@@ -638,6 +653,38 @@ mod tests {
         };
         assert!(crate::records::validate(&Key::Node("keeper".into()), &entry).is_ok());
     }
+    /// A record in the file that fails its checks is the file's fault:
+    /// not taken, and not counted as a peer's refused record; the valid
+    /// ones beside it are taken.
+    #[test]
+    fn an_invalid_kept_record_is_not_blamed_on_a_peer() {
+        let entry = Entry {
+            version: Hlc {
+                millis: 2_500,
+                counter: 0,
+                node: "keeper".into(),
+            },
+            value: Some(records::Value::Member),
+            era: None,
+        };
+        let member = |tribe: &str| Key::Member {
+            tribe: tribe.into(),
+            node: "x".into(),
+        };
+        let (bad, good) = (member("-bad name"), member("good"));
+        assert!(records::validate(&bad, &entry).is_err());
+        let mut e = engine(&[]);
+        let kept = Durable {
+            records: vec![(bad.clone(), entry.clone()), (good.clone(), entry)],
+            ..Durable::default()
+        };
+        e.restore(3_000, kept);
+        let sh = lock(&e.shared);
+        assert_eq!(sh.counters.invalid_records, 0);
+        assert!(sh.state.entry(&good).is_some());
+        assert!(sh.state.entry(&bad).is_none());
+    }
+
     /// A record in the file that fails its checks, or dated past any clock,
     /// moves neither the horizon nor this node's next writes.
     #[test]
