@@ -2025,6 +2025,30 @@ fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
             && err.trim_end().ends_with("(unreachable)"),
         "{err}"
     );
+    // Another server at the address: its page is told in one line, cut.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = other.local_addr().unwrap().to_string();
+    let server = std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let (mut s, _) = other.accept().unwrap();
+        let mut req = [0u8; 4096];
+        let _ = s.read(&mut req);
+        let page = format!("<!DOCTYPE HTML>\n<html>\n{}\n</html>\n", "x".repeat(5_000));
+        let head = format!(
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            page.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(page.as_bytes()).unwrap();
+    });
+    let (code, err) = run(&["status", "--admin", &at]);
+    server.join().unwrap();
+    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.len() < 400 && err.contains("<!DOCTYPE HTML> ..."),
+        "{err}"
+    );
     for usage in [
         &["status", "--bogus"][..],
         &["tribe"][..],

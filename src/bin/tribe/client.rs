@@ -88,7 +88,12 @@ impl Admin {
         if !status.is_success() {
             return Err(match serde_json::from_str::<ErrorBody>(&text) {
                 Ok(body) => format!("{} ({})", body.message, body.error),
-                Err(_) => format!("the agent answered {status}: {}", text.trim()),
+                // Not the API's: another server at that address, perhaps.
+                // One line, cut, as every failure of the CLI is told.
+                Err(_) => format!(
+                    "the agent answered {status}: {} (no error of the admin API: is it a tribe agent?)",
+                    first_line(&text, 200)
+                ),
             });
         }
         if text.trim().is_empty() {
@@ -137,4 +142,18 @@ impl Admin {
 /// Escapes one path segment (names are restricted, but a user may type anything).
 pub fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// The first non-empty line of `text`, cut at `max` characters.
+fn first_line(text: &str, max: usize) -> String {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    let mut cut: String = line.chars().take(max).collect();
+    if cut.len() < line.len() || text.trim().lines().nth(1).is_some() {
+        cut.push_str(" ...");
+    }
+    cut
 }
