@@ -558,17 +558,12 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     }
     // Only a memory that hardens revocation: an entry spoilt by hand is
     // left out, not a reason to refuse the keys.
-    let removed = file
-        .removed
-        .iter()
-        .filter_map(|id| match id.parse::<KeyId>() {
-            Ok(id) => Some(id),
-            Err(_) => {
-                tracing::warn!(file = %path.display(), "an entry of `removed` is not a key id (8 hex digits); left out");
-                None
-            }
-        })
-        .collect();
+    let removed: Vec<KeyId> = file.removed.iter().filter_map(|id| id.parse().ok()).collect();
+    // One line for them all, however many.
+    let spoilt = file.removed.len() - removed.len();
+    if spoilt > 0 {
+        tracing::warn!(file = %path.display(), entries = spoilt, "entries of `removed` that are not key ids (8 hex digits) are left out");
+    }
     Ok(Some((ring, removed)))
 }
 
