@@ -558,7 +558,11 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     }
     // Only a memory that hardens revocation: an entry spoilt by hand is
     // left out, not a reason to refuse the keys.
-    let removed: Vec<KeyId> = file.removed.iter().filter_map(|id| id.parse().ok()).collect();
+    let removed: Vec<KeyId> = file
+        .removed
+        .iter()
+        .filter_map(|id| id.parse().ok())
+        .collect();
     // One line for them all, however many.
     let spoilt = file.removed.len() - removed.len();
     if spoilt > 0 {

@@ -1329,6 +1329,30 @@ fn the_admin_api_wants_its_token_an_address_as_host_and_json_bodies() {
         assert_eq!(answer["error"], "invalid_json", "{answer}");
         assert!(!answer.to_string().contains(&key), "{answer}");
     }
+    // A write route that takes no body refuses one, before it acts.
+    for (method, path) in [
+        ("DELETE", "/v1/tribes/t"),
+        ("PUT", "/v1/tribes/t/tasks/t1/start"),
+        ("PUT", "/v1/keys/0badc0de/primary"),
+    ] {
+        let url = format!("http://{}{path}", agent.admin);
+        let sent = if method == "DELETE" {
+            http.delete(&url)
+                .force_send_body()
+                .header("Authorization", "Bearer s3cret")
+                .header("Content-Type", "application/json")
+                .send(r#"{"bogus": 1}"#)
+        } else {
+            http.put(&url)
+                .header("Authorization", "Bearer s3cret")
+                .header("Content-Type", "application/json")
+                .send(r#"{"bogus": 1}"#)
+        };
+        let mut resp = sent.unwrap();
+        assert_eq!(resp.status().as_u16(), 400, "{method} {path}");
+        let answer: Value = resp.body_mut().read_json().unwrap();
+        assert_eq!(answer["error"], "invalid_json", "{answer}");
+    }
     // A field given twice is refused, not taken as its last value.
     let mut resp = http
         .post(&format!("http://{}/v1/tribes", agent.admin))

@@ -145,6 +145,20 @@ fn token_refusal(headers: &HeaderMap, token: &str) -> Option<&'static str> {
     }
 }
 
+/// Whether a request is addressed to an IP address or localhost: one Host
+/// header (HTTP/1.1 always sends one; two are refused, as RFC 9112 wants,
+/// and one that is not text too, rather than let through unchecked), and
+/// the target's own host when the request line names one (absolute form,
+/// which then counts over `Host`).
+fn addressed_by_ip(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> bool {
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let host = match (hosts.next(), hosts.next()) {
+        (Some(h), None) => h.to_str().ok(),
+        _ => None,
+    };
+    host.is_some_and(host_allowed) && uri.authority().is_none_or(|a| host_allowed(a.as_str()))
+}
+
 /// The middleware.
 pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> Response {
     let client = request
@@ -160,10 +174,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         guard.refusals.note("unauthorized", why, client);
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
-    // A Host header is required (HTTP/1.1 always sends one), and one that
-    // is not text is refused too rather than let through unchecked.
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !host.is_some_and(host_allowed) {
+    if !addressed_by_ip(headers, request.uri()) {
         let why = "the admin API answers only requests addressed to an IP address or localhost";
         guard.refusals.note("forbidden_host", why, client);
         return refuse(StatusCode::FORBIDDEN, "forbidden_host", why);
@@ -196,8 +207,35 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 
 #[cfg(test)]
 mod tests {
-    use super::{bearer_token, check_exposure, host_allowed, token_refusal, Guard};
+    use super::{
+        addressed_by_ip, bearer_token, check_exposure, host_allowed, token_refusal, Guard,
+    };
     use axum::http::{header::AUTHORIZATION, HeaderMap};
+
+    /// Two Host headers, or a request line naming another host, are not
+    /// addressed to an IP address, whatever the first Host says.
+    #[test]
+    fn one_host_and_the_targets_own_must_be_addresses() {
+        let with = |hosts: &[&str]| {
+            let mut h = HeaderMap::new();
+            for v in hosts {
+                h.append(axum::http::header::HOST, v.parse().unwrap());
+            }
+            h
+        };
+        let path: axum::http::Uri = "/v1/status".parse().unwrap();
+        assert!(addressed_by_ip(&with(&["127.0.0.1:8080"]), &path));
+        assert!(!addressed_by_ip(&with(&[]), &path));
+        assert!(!addressed_by_ip(
+            &with(&["127.0.0.1", "evil.example"]),
+            &path
+        ));
+        assert!(!addressed_by_ip(&with(&["127.0.0.1", "127.0.0.1"]), &path));
+        let other: axum::http::Uri = "http://evil.example/v1/status".parse().unwrap();
+        assert!(!addressed_by_ip(&with(&["127.0.0.1"]), &other));
+        let ours: axum::http::Uri = "http://127.0.0.1:8080/v1/status".parse().unwrap();
+        assert!(addressed_by_ip(&with(&["127.0.0.1"]), &ours));
+    }
 
     #[test]
     fn a_wrong_token_is_told_apart_from_a_missing_one() {

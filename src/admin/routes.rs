@@ -147,6 +147,19 @@ fn parse<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| invalid(super::withhold_values(&e.to_string())))
 }
 
+/// A write route that takes no body refuses one: a field sent to it
+/// would otherwise be dropped unseen.
+fn no_body(body: &Bytes) -> ApiResult<()> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::BAD_REQUEST,
+        "invalid_json",
+        "this route takes no body",
+    ))
+}
+
 fn created<T: serde::Serialize>(value: T) -> Response {
     (StatusCode::CREATED, Json(value)).into_response()
 }
@@ -199,7 +212,9 @@ pub(super) async fn create_tribe(State(node): State<Node>, body: Bytes) -> ApiRe
 pub(super) async fn delete_tribe(
     State(node): State<Node>,
     Path(name): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.delete_tribe(&name).await?;
     Ok(no_content())
 }
@@ -207,7 +222,9 @@ pub(super) async fn delete_tribe(
 pub(super) async fn join(
     State(node): State<Node>,
     Path((tribe, member)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.join(&tribe, &member).await?;
     Ok(no_content())
 }
@@ -215,7 +232,9 @@ pub(super) async fn join(
 pub(super) async fn leave(
     State(node): State<Node>,
     Path((tribe, member)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.leave(&tribe, &member).await?;
     Ok(no_content())
 }
@@ -248,7 +267,9 @@ pub(super) async fn add_policy(State(node): State<Node>, body: Bytes) -> ApiResu
 pub(super) async fn remove_policy(
     State(node): State<Node>,
     Path(name): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.remove_policy(&name).await?;
     Ok(no_content())
 }
@@ -274,7 +295,9 @@ pub(super) async fn load_plugin(
 pub(super) async fn unload_plugin(
     State(node): State<Node>,
     Path((tribe, name, version)): Path<(String, String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.unload_plugin(&tribe, &name, &version).await?;
     Ok(no_content())
 }
@@ -347,7 +370,9 @@ fn without_position(message: &str) -> &str {
 pub(super) async fn remove_task(
     State(node): State<Node>,
     Path((tribe, id)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.remove_task(&tribe, &id).await?;
     Ok(no_content())
 }
@@ -355,7 +380,9 @@ pub(super) async fn remove_task(
 pub(super) async fn start_task(
     State(node): State<Node>,
     Path((tribe, id)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.set_task_state(&tribe, &id, TaskState::Running).await?;
     Ok(no_content())
 }
@@ -363,7 +390,9 @@ pub(super) async fn start_task(
 pub(super) async fn stop_task(
     State(node): State<Node>,
     Path((tribe, id)): Path<(String, String)>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.set_task_state(&tribe, &id, TaskState::Stopped).await?;
     Ok(no_content())
 }
@@ -390,7 +419,9 @@ pub(super) async fn set_fact(
 pub(super) async fn remove_fact(
     State(node): State<Node>,
     Path(key): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.remove_fact(&key).await?;
     Ok(no_content())
 }
@@ -430,7 +461,9 @@ pub(super) async fn install_key(State(node): State<Node>, body: Bytes) -> ApiRes
 pub(super) async fn use_key(
     State(node): State<Node>,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.use_key(key_id(&id)?).await?;
     Ok(no_content())
 }
@@ -438,7 +471,9 @@ pub(super) async fn use_key(
 pub(super) async fn remove_key(
     State(node): State<Node>,
     Path(id): Path<String>,
+    body: Bytes,
 ) -> ApiResult<Response> {
+    no_body(&body)?;
     node.remove_key(key_id(&id)?).await?;
     Ok(no_content())
 }
