@@ -1250,6 +1250,18 @@ uint32_t tribe_config_set_profile(struct tribe_config *cfg,
                                   struct tribe_error **err);
 
 /**
+ * Sets how long a failed or left member stays listed before it is
+ * reaped (forgotten, with its memberships), in milliseconds, over the
+ * profile's (24 h for `"lan"` and `"wan"`, 5 min for `"local"`; the
+ * agent's `--reap-after`): keep it alike on every node of a tribe, or a
+ * node keeps members the others forgot. 1 ms to 365 days
+ * (`TRIBE_INVALID_ARGUMENT` otherwise).
+ */
+uint32_t tribe_config_set_reap_after(struct tribe_config *cfg,
+                                     uint64_t reap_after_ms,
+                                     struct tribe_error **err);
+
+/**
  * Sets the cluster label (at most 64 bytes, no control characters:
  * `TRIBE_INVALID_ARGUMENT`): nodes with different labels never talk.
  */

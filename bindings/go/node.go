@@ -45,6 +45,12 @@ type Config struct {
 	Facts map[string]string
 	// Profile is the timing profile: "lan" (default), "wan" or "local".
 	Profile string
+	// ReapAfter is how long a failed or left member stays listed before it
+	// is forgotten, over the profile's (24 h; 5 min with "local"); 0 keeps
+	// the profile's. Keep it alike on every node of a tribe (the agents'
+	// --reap-after). Up to 365 days, rounded up to the millisecond;
+	// ErrInvalidArgument when negative or longer.
+	ReapAfter time.Duration
 	// Label is the cluster label: nodes with different labels never talk.
 	Label string
 	// Key is the cluster key (base64 of 32 bytes, see Keygen) that seals
@@ -343,6 +349,9 @@ func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
 	if cfg.EventBuffer < 0 || cfg.EventBuffer > MaxEventBuffer {
 		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer)}
 	}
+	if cfg.ReapAfter < 0 {
+		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("ReapAfter %v: give 1 ms to 365 days, or 0 for the profile's", cfg.ReapAfter)}
+	}
 	if cfg.WorkerThreads > 64 {
 		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("WorkerThreads %d: worker threads must be 1 to 64", cfg.WorkerThreads)}
 	}
@@ -377,6 +386,9 @@ func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
 	add(cfg.NoHostFacts, func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_collect_facts(ccfg, false, e) })
 	add(cfg.Profile != "", func(e **C.tribe_error) C.uint32_t {
 		return C.tribe_config_set_profile(ccfg, cs.str(cfg.Profile), e)
+	})
+	add(cfg.ReapAfter > 0, func(e **C.tribe_error) C.uint32_t {
+		return C.tribe_config_set_reap_after(ccfg, C.uint64_t((cfg.ReapAfter+time.Millisecond-1)/time.Millisecond), e)
 	})
 	add(cfg.Label != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_set_label(ccfg, cs.str(cfg.Label), e) })
 	add(cfg.Key != "", func(e **C.tribe_error) C.uint32_t { return C.tribe_config_add_key(ccfg, cs.str(cfg.Key), e) })

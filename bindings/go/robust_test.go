@@ -79,6 +79,11 @@ func TestConfigChecks(t *testing.T) {
 	if !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("WorkerThreads 1<<32+1: %v", err)
 	}
+	for _, d := range []time.Duration{-time.Second, 366 * 24 * time.Hour} {
+		if _, err := Start(Config{Name: "k", Bind: "127.0.0.1:0", ReapAfter: d}); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("ReapAfter %v: %v", d, err)
+		}
+	}
 	// The channel is made at Start: a size past the bound would take the
 	// process down (out of memory) instead of returning an error.
 	for _, size := range []int{-1, MaxEventBuffer + 1, 1 << 40} {
@@ -174,5 +179,18 @@ func TestASecondNodeUnderANameHoldsIt(t *testing.T) {
 	second.Abort()
 	waitFor(t, "the first twin back", 60*time.Second, func() bool {
 		return heldBy(first) == "" && addrOf() == first.Addr()
+	})
+}
+
+// ReapAfter forgets a failed member after the time given, not the
+// profile's (5 min with "local").
+func TestReapAfterForgetsAFailedMember(t *testing.T) {
+	a := startNode(t, "reap-a", func(c *Config) { c.ReapAfter = 1500 * time.Millisecond })
+	b := startNode(t, "reap-b", func(c *Config) { c.Seeds = []string{a.Addr()} })
+	waitFor(t, "both alive", 20*time.Second, func() bool { return aliveCount(a) == 2 })
+	b.Abort()
+	waitFor(t, "the failed member forgotten", 40*time.Second, func() bool {
+		ms, err := a.Members()
+		return err == nil && len(ms) == 1
 	})
 }

@@ -33,8 +33,9 @@ import sys
 import threading
 import time
 import weakref
-# ClassVar and Type too: the public classes of _types and _errors say they
-# live here, so typing.get_type_hints resolves their annotations here.
+# ClassVar, Literal and Type too: the public classes of _types and _errors
+# say they live here, so typing.get_type_hints resolves their annotations
+# here.
 from typing import (  # noqa: F401
     Any,
     Callable,
@@ -42,6 +43,7 @@ from typing import (  # noqa: F401
     Dict,
     Iterable,
     List,
+    Literal,
     Mapping,
     NoReturn,
     Optional,
@@ -939,6 +941,7 @@ def _node_args(
     handler_threads: int,
     key_file: Union[str, bytes, "os.PathLike[str]", None],
     extra_keys: Iterable[str],
+    reap_after: Optional[float],
 ) -> Tuple[Any, ...]:
     """The arguments of ``NativeConfig(...)`` for those of :class:`Node`,
     after the checks made here: one conversion
@@ -986,6 +989,7 @@ def _node_args(
         limit_dict,
         _path("key_file", key_file) if key_file is not None else None,
         _str_list(f"{where}: extra_keys", extra_keys),
+        reap_after,
     )
 
 
@@ -1009,7 +1013,11 @@ class Node(_NoCopy):
     started in the middle of a rotation), and need one of them.
     ``encryption`` is ``"require"`` (default with a key), ``"send"`` or
     ``"accept"``.
-    ``profile`` is ``"lan"``, ``"wan"`` or ``"local"``. ``label`` keeps
+    ``profile`` is ``"lan"``, ``"wan"`` or ``"local"``; ``reap_after``
+    (seconds) is how long a failed or left member stays listed before it
+    is forgotten, over the profile's (24 h; 5 min with ``"local"``): keep
+    it alike on every node of a tribe, as the agents' ``--reap-after``.
+    ``label`` keeps
     clusters apart. ``data_dir`` keeps peers, memberships by hand and the
     keyring across restarts. ``handler_threads`` bounds the Python threads
     that run this node's handlers. ``limits`` sets caps by name: of the
@@ -1042,10 +1050,12 @@ class Node(_NoCopy):
         handler_threads: int = 4,
         key_file: Union[str, bytes, "os.PathLike[str]", None] = None,
         extra_keys: Iterable[str] = (),
+        reap_after: Optional[float] = None,
     ) -> None:
         args = _node_args(
             "Node", name, bind, seeds, facts, key, profile, label, encryption, data_dir,
             advertise, collect_facts, max_payload, limits, handler_threads, key_file, extra_keys,
+            reap_after,
         )
         self._handler_threads = handler_threads
         self._workers: List[threading.Thread] = []
@@ -1075,6 +1085,7 @@ class Node(_NoCopy):
         handler_threads: int = 4,
         key_file: Union[str, bytes, "os.PathLike[str]", None] = None,
         extra_keys: Iterable[str] = (),
+        reap_after: Optional[float] = None,
     ) -> None:
         """Checks the arguments of a :class:`Node` without starting it, as
         C's ``tribe_config_check``: returns None when ``Node(...)`` with
@@ -1102,7 +1113,7 @@ class Node(_NoCopy):
         args = _node_args(
             "Node.check_config", name, bind, seeds, facts, key, profile, label, encryption,
             data_dir, advertise, collect_facts, max_payload, limits, handler_threads, key_file,
-            extra_keys,
+            extra_keys, reap_after,
         )
         # A warning of the check (a data dir its group may write) reaches
         # the `pytribe` logger.

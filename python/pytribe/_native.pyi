@@ -116,6 +116,7 @@ class NativeConfig:
         limits: Dict[str, int] = ...,
         key_file: Optional[str] = None,
         extra_keys: List[str] = ...,
+        reap_after: Optional[float] = None,
     ) -> NativeConfig: ...
     def check(self) -> None: ...
 

@@ -175,6 +175,9 @@ pub(crate) struct NativeConfig {
     cfg: Config,
 }
 
+/// The longest `reap_after` a config takes (as `Config::check`).
+const MAX_REAP_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 #[pymethods]
 impl NativeConfig {
     /// Builds the config of these arguments (those of `pytribe.Node`):
@@ -190,7 +193,7 @@ impl NativeConfig {
         name, bind="127.0.0.1:0", seeds=Vec::new(), facts=BTreeMap::new(), key=None,
         profile="lan", label=None, encryption=None, data_dir=None, advertise=None,
         collect_facts=true, max_payload=None, limits=BTreeMap::new(), key_file=None,
-        extra_keys=Vec::new()
+        extra_keys=Vec::new(), reap_after=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -210,6 +213,7 @@ impl NativeConfig {
         limits: BTreeMap<String, usize>,
         key_file: Option<std::path::PathBuf>,
         extra_keys: Vec<String>,
+        reap_after: Option<f64>,
     ) -> PyResult<NativeConfig> {
         let mut cfg = Config::new(name);
         cfg.bind = parse_addr(py, "bind", bind)?;
@@ -263,6 +267,18 @@ impl NativeConfig {
         }
         for (name, value) in &limits {
             check(py, cfg.set_limit(name, *value))?;
+        }
+        if let Some(t) = reap_after {
+            // As C's `tribe_config_set_reap_after`: 1 ms to 365 days.
+            let after = seconds("reap_after", t, false)?;
+            if after < Duration::from_millis(1) || after > MAX_REAP_AFTER {
+                return Err(value_error(format!(
+                    "reap_after must be 0.001 s to 365 days, not {t}"
+                )));
+            }
+            let mut timings = cfg.effective_timings();
+            timings.reap_after = after;
+            cfg.timings = Some(timings);
         }
         Ok(NativeConfig { cfg })
     }

@@ -244,3 +244,19 @@ def test_a_node_started_alone_joins_a_running_one_later(cluster: Cluster) -> Non
         raise AssertionError("a closed node joined")
     except pytribe.ShutdownError:
         pass
+
+
+def test_reap_after_forgets_a_failed_member_sooner_than_the_profile(cluster: Cluster) -> None:
+    for bad in (0, -1.0, 366 * 24 * 3600.0, float("nan")):
+        try:
+            pytribe.Node.check_config("reaper", reap_after=bad)
+            raise AssertionError(f"reap_after={bad} was taken")
+        except pytribe.InvalidArgumentError:
+            pass
+    a = cluster.start("reap-a", reap_after=1.5)
+    b = cluster.start("reap-b", seeds=[a.addr])
+    wait_for("both alive", lambda: sum(m.state == "alive" for m in a.members()) == 2)
+    b.abort()
+    # Found failed within seconds, then forgotten 1.5 s later: the local
+    # profile's own 5 min would keep it listed past this wait.
+    wait_for("the failed member forgotten", lambda: len(a.members()) == 1, timeout=40)

@@ -4,6 +4,7 @@
 use std::ffi::c_char;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::cast;
 use super::error::FfiError;
@@ -30,6 +31,8 @@ pub(super) struct Pending {
     /// Warnings about what was given (a key file others may read), logged
     /// by the node at its start: no node's log is there to take them now.
     pub(super) warnings: Vec<String>,
+    /// Over the profile's, whichever profile is set before or after.
+    pub(super) reap_after: Option<Duration>,
 }
 
 /// What a start takes from a config.
@@ -58,10 +61,12 @@ impl TribeConfig {
             encryption_set,
             group,
             warnings,
+            reap_after,
         } = self
             .inner
             .take()
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
+        with_reap_after(&mut config, reap_after);
         config.keyring = keyring(&config, keys, encryption_set)?;
         Ok(StartPlan {
             config,
@@ -79,8 +84,21 @@ impl TribeConfig {
             .as_ref()
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
         let mut config = p.config.clone();
+        with_reap_after(&mut config, p.reap_after);
         config.keyring = keyring(&config, p.keys.clone(), p.encryption_set)?;
         Ok(config.check()?)
+    }
+}
+
+/// The longest `reap_after` a config takes (as `Config::check`).
+const MAX_REAP_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The profile's timings (or those set), with `reap_after` over them.
+fn with_reap_after(config: &mut Config, reap_after: Option<Duration>) {
+    if let Some(after) = reap_after {
+        let mut timings = config.effective_timings();
+        timings.reap_after = after;
+        config.timings = Some(timings);
     }
 }
 
@@ -151,6 +169,7 @@ pub extern "C" fn tribe_config_new(
             encryption_set: false,
             group: None,
             warnings: Vec::new(),
+            reap_after: None,
         };
         cast::write(
             out,
@@ -297,6 +316,32 @@ pub extern "C" fn tribe_config_set_profile(
         let profile = cast::text(profile, "profile")?.parse()?;
         with_config(cfg, |p| {
             p.config.profile = profile;
+            Ok(())
+        })
+    })
+}
+
+/// Sets how long a failed or left member stays listed before it is
+/// reaped (forgotten, with its memberships), in milliseconds, over the
+/// profile's (24 h for `"lan"` and `"wan"`, 5 min for `"local"`; the
+/// agent's `--reap-after`): keep it alike on every node of a tribe, or a
+/// node keeps members the others forgot. 1 ms to 365 days
+/// (`TRIBE_INVALID_ARGUMENT` otherwise).
+#[no_mangle]
+pub extern "C" fn tribe_config_set_reap_after(
+    cfg: *mut TribeConfig,
+    reap_after_ms: u64,
+    err: *mut *mut FfiError,
+) -> u32 {
+    ffi_call!(err, {
+        let after = Duration::from_millis(reap_after_ms);
+        if after.is_zero() || after > MAX_REAP_AFTER {
+            return Err(FfiError::invalid(format!(
+                "reap_after_ms {reap_after_ms}: give 1 ms to 365 days"
+            )));
+        }
+        with_config(cfg, |p| {
+            p.reap_after = Some(after);
             Ok(())
         })
     })
