@@ -1781,6 +1781,41 @@ fn a_demo_stopped_by_a_signal_stops_its_agents() {
     for pid in pids {
         assert!(!running(pid), "agent {pid} outlived the demo");
     }
+
+    // Killed outright, the demo cannot stop its agents: they leave once
+    // their stdin, whose other end the demo held, ends.
+    let mut demo = Command::new(TRIBE)
+        .args(["demo", "--nodes", "3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut pids = Vec::new();
+    let mut dir = None;
+    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(d) = line.strip_prefix("Agent logs: ") {
+            dir = Some(PathBuf::from(d.trim()));
+        }
+        if let Some(rest) = line.split("(pid ").nth(1) {
+            pids.push(rest.split(')').next().unwrap().parse::<i32>().unwrap());
+        }
+        if pids.len() == 2 {
+            break;
+        }
+    }
+    demo.kill().unwrap();
+    demo.wait().unwrap();
+    drop(lines);
+    wait_for(
+        "the agents of a killed demo to leave",
+        Duration::from_secs(30),
+        || pids.iter().all(|&pid| !running(pid)),
+    );
+    if let Some(dir) = dir {
+        std::fs::remove_dir_all(dir).ok();
+    }
 }
 
 /// A local client that opens more connections than the admin API has

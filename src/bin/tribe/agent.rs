@@ -86,6 +86,10 @@ pub struct AgentArgs {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     log_json: Option<bool>,
+    /// Leave the tribe when stdin ends: `tribe demo` keeps the other end, so
+    /// its agents stop also when the demo is killed (SIGKILL, out of memory).
+    #[arg(long, hide = true)]
+    stop_at_stdin_eof: bool,
     /// Encryption key, base64 as `tribe keygen` prints it. Prefer --key-file or
     /// TRIBE_KEY: command lines are visible to other users. A key given by a
     /// flag beats TRIBE_KEY / TRIBE_KEY_FILE, which beat the config file.
@@ -199,6 +203,8 @@ pub struct AgentPlan {
     pub plaintext: bool,
     /// Warnings found while planning, logged once logging is set up.
     pub warnings: Vec<String>,
+    /// Leave the tribe when stdin ends (`--stop-at-stdin-eof`).
+    pub stop_at_stdin_eof: bool,
 }
 
 fn resolve_addr(what: &str, text: &str) -> Result<SocketAddr, String> {
@@ -423,6 +429,7 @@ impl AgentArgs {
             admin_token,
             plaintext,
             warnings,
+            stop_at_stdin_eof: self.stop_at_stdin_eof,
         })
     }
 }
@@ -626,6 +633,20 @@ fn init_logging(level: &str, json: bool) -> Result<(), String> {
     result.map_err(|e| format!("cannot set up logging: {e}"))
 }
 
+/// Raises SIGTERM (taken by the agent's watch: a graceful leave) once
+/// stdin ends, as it does when the process holding its other end dies.
+fn stop_at_stdin_eof() -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("tribe-stdin".into())
+        .spawn(|| {
+            let _ = std::io::copy(&mut std::io::stdin().lock(), &mut std::io::sink());
+            tracing::info!("stdin ended: the process that started this agent is gone");
+            let _ = signal_hook::low_level::raise(signal_hook::consts::SIGTERM);
+        })
+        .map(drop)
+        .map_err(|e| format!("cannot start the tribe-stdin thread: {e}"))
+}
+
 /// Runs the agent until a signal; returns once it has left the tribe.
 pub fn run(args: AgentArgs) -> Result<(), String> {
     let collected = tribe::facts::collect();
@@ -653,6 +674,9 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
     // not kill the node without a goodbye; there is nothing to reload, so
     // it is logged.
     let mut signals = crate::signals::Watch::new(&[SIGTERM, SIGINT, SIGHUP])?;
+    if plan.stop_at_stdin_eof {
+        stop_at_stdin_eof()?;
+    }
 
     // The publish file first: a path it cannot write is the operator's
     // mistake, said before any port is taken (or found taken).

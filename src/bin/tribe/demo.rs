@@ -51,6 +51,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 struct Agent {
     name: String,
     child: Child,
+    /// The other end of the agent's stdin, held for the demo's life: when
+    /// the demo dies however it dies, the agent leaves (see `--keep`).
+    _lifeline: Option<std::process::ChildStdin>,
     gossip: SocketAddr,
     admin_addr: SocketAddr,
     admin: Admin,
@@ -63,6 +66,8 @@ struct Demo {
     dir: PathBuf,
     start: Instant,
     keep: bool,
+    /// `--keep`: the agents outlive the demo, so they get no lifeline.
+    outlive: bool,
     /// The agents' pids, for the thread that stops them on a signal.
     pids: Arc<Mutex<Vec<u32>>>,
 }
@@ -130,7 +135,7 @@ impl Demo {
         facts: &[(&str, &str)],
         seed: Option<SocketAddr>,
     ) -> DemoResult<usize> {
-        let agent = spawn_agent(&self.dir, name, facts, seed, &self.pids)?;
+        let agent = spawn_agent(&self.dir, name, facts, seed, &self.pids, !self.outlive)?;
         let line = format!(
             "started agent {name} (pid {}) gossip {} admin {}  facts {}",
             agent.child.id(),
@@ -173,6 +178,7 @@ fn spawn_agent(
     facts: &[(&str, &str)],
     seed: Option<SocketAddr>,
     pids: &Mutex<Vec<u32>>,
+    lifeline: bool,
 ) -> DemoResult<Agent> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find the tribe binary: {e}"))?;
     let log_path = dir.join(format!("{name}.log"));
@@ -190,9 +196,16 @@ fn spawn_agent(
         .arg(dir.join(name))
         .arg("--key-file")
         .arg(dir.join(KEY_FILE))
-        .stdin(Stdio::null())
+        .stdin(if lifeline {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(log);
+    if lifeline {
+        cmd.arg("--stop-at-stdin-eof");
+    }
     for (k, v) in facts {
         cmd.arg("--fact").arg(format!("{k}={v}"));
     }
@@ -249,6 +262,7 @@ fn spawn_agent(
     let admin_addr = field("admin=")?;
     Ok(Agent {
         name: name.to_string(),
+        _lifeline: child.stdin.take(),
         child,
         gossip,
         admin_addr,
@@ -423,6 +437,7 @@ fn run_demo(args: DemoArgs) -> DemoResult {
         dir,
         start: Instant::now(),
         keep: false,
+        outlive: args.keep,
         pids,
     };
     let first_key = tribe::SecretKey::generate();
