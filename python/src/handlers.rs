@@ -414,7 +414,7 @@ impl TakenCall {
                     // The caller got "too_large"; the handler's author
                     // learns it here.
                     let why = format!("the reply has {size} bytes, over the limit of {limit}");
-                    log_failure(py, self, &HandlerError::new("too_large", why), None);
+                    log_failure(py, self, &HandlerError::new("too_large", why), None, "error");
                 }
             }
             Err(e) => {
@@ -422,7 +422,7 @@ impl TakenCall {
                 // full pipe, a network sink) must not hold up the caller.
                 let err = HandlerError::new("TypeError", e);
                 responder.fail(err.clone());
-                log_failure(py, self, &err, None);
+                log_failure(py, self, &err, None, "error");
             }
         }
     }
@@ -442,10 +442,16 @@ impl TakenCall {
             responder.refuse_stopping();
             return;
         }
-        let err = handler_error(py, &e);
+        let (err, chosen) = handler_error(py, &e);
         // Answered before the log, as in `reply`.
         responder.fail(err.clone());
-        log_failure(py, self, &err, Some(e));
+        if chosen {
+            // An answer the handler chose (a refusal it expects to give,
+            // maybe at every call): one line at debug, as Go logs none.
+            log_failure(py, self, &err, None, "debug");
+        } else {
+            log_failure(py, self, &err, Some(e), "error");
+        }
     }
 }
 
@@ -483,8 +489,9 @@ pub(crate) fn bytes_like(obj: &Bound<'_, PyAny>) -> Option<Vec<u8>> {
 }
 
 /// A handler's exception as a `HandlerError`: `pytribe.HandlerError(code,
-/// message)` keeps its code; any other exception is named by its class.
-fn handler_error(py: Python<'_>, e: &PyErr) -> HandlerError {
+/// message)` keeps its code (and is told as chosen: `true`); any other
+/// exception is named by its class.
+fn handler_error(py: Python<'_>, e: &PyErr) -> (HandlerError, bool) {
     let value = e.value(py);
     let explicit = HANDLER_ERROR
         .import(py, "pytribe._errors", "HandlerError")
@@ -493,7 +500,7 @@ fn handler_error(py: Python<'_>, e: &PyErr) -> HandlerError {
     if explicit.is_some() {
         let code = text_of(value.getattr("code")).unwrap_or_else(|| "error".into());
         let message = text_of(value.getattr("message")).unwrap_or_default();
-        return HandlerError::new(code, message);
+        return (HandlerError::new(code, message), true);
     }
     let code = value
         .get_type()
@@ -501,7 +508,7 @@ fn handler_error(py: Python<'_>, e: &PyErr) -> HandlerError {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "Exception".into());
     let message = text_of(value.str().map(|s| s.into_any())).unwrap_or_default();
-    HandlerError::new(code, message)
+    (HandlerError::new(code, message), false)
 }
 
 /// A `str`'s text, with what UTF-8 cannot hold (lone surrogates) replaced
@@ -513,8 +520,15 @@ fn text_of(obj: PyResult<Bound<'_, PyAny>>) -> Option<String> {
 }
 
 /// Logs a failed handler on the serving side (logger `pytribe`, with the
-/// serving node in `tribe_node` as the library's records have it).
-fn log_failure(py: Python<'_>, call: &TakenCall, err: &HandlerError, exc: Option<PyErr>) {
+/// serving node in `tribe_node` as the library's records have it), at
+/// `level` (a `logging.Logger` method).
+fn log_failure(
+    py: Python<'_>,
+    call: &TakenCall,
+    err: &HandlerError,
+    exc: Option<PyErr>,
+    level: &str,
+) {
     let info = &call.call;
     let logged = (|| -> PyResult<()> {
         let logger = LOGGER.get_or_try_init(py, || -> PyResult<Py<PyAny>> {
@@ -532,7 +546,7 @@ fn log_failure(py: Python<'_>, call: &TakenCall, err: &HandlerError, exc: Option
         extra.set_item("tribe_node", &*call.node)?;
         kwargs.set_item("extra", extra)?;
         logger.bind(py).call_method(
-            "error",
+            level,
             (
                 "handler %s:%s failed for a call from %s: %s: %s",
                 &info.plugin,

@@ -161,9 +161,15 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
         wait_for("the failure logged on the host", lambda: "bad payload" in caplog.text, 5)
         failure = next(r for r in caplog.records if "bad payload" in r.getMessage())
         assert failure.tribe_node == host.name  # type: ignore[attr-defined]
-    with pytest.raises(pytribe.RemoteError) as e:
-        caller.call("svc", "fails", b"explicit")
-    assert (e.value.code, e.value.message) == ("no_disk", "disk full")
+        assert failure.exc_info is not None, "an unexpected exception's traceback"
+    with caplog.at_level("DEBUG", logger="pytribe"):
+        with pytest.raises(pytribe.RemoteError) as e:
+            caller.call("svc", "fails", b"explicit")
+        assert (e.value.code, e.value.message) == ("no_disk", "disk full")
+        # An answer the handler chose: one line at debug, no traceback.
+        wait_for("the chosen failure logged on the host", lambda: "disk full" in caplog.text, 5)
+        chosen = next(r for r in caplog.records if "disk full" in r.getMessage())
+        assert chosen.levelname == "DEBUG" and chosen.exc_info is None, chosen
     with pytest.raises(pytribe.RemoteError) as e:
         caller.call("svc", "fails", b"surrogate")
     # Only what UTF-8 cannot hold is replaced, not the whole text lost.
