@@ -900,6 +900,9 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     });
     let stream = "plaintext stream refused: encryption is required (peer 127.0.0.1:";
     assert!(log().contains(stream), "no {stream:?} in: {}", log());
+    // Refused streams are logged under their own module, not the keyring's.
+    let line = log().lines().find(|l| l.contains(stream)).unwrap().to_string();
+    assert!(line.contains("tribe::engine::refusals"), "{line}");
 
     // Rotate with the CLI: install, use, remove; each waits for every node.
     // The key from standard input: a command line is seen by every user.

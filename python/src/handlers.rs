@@ -414,7 +414,13 @@ impl TakenCall {
                     // The caller got "too_large"; the handler's author
                     // learns it here.
                     let why = format!("the reply has {size} bytes, over the limit of {limit}");
-                    log_failure(py, self, &HandlerError::new("too_large", why), None, "error");
+                    log_failure(
+                        py,
+                        self,
+                        &HandlerError::new("too_large", why),
+                        None,
+                        "error",
+                    );
                 }
             }
             Err(e) => {

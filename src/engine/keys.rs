@@ -7,7 +7,7 @@ use crate::config::Encryption;
 use crate::crypto::{KeyError, KeyId, Keyring, SecretKey};
 use crate::error::{Error, Result};
 use crate::records::{Key, RingKeyRecord, Value};
-use crate::stream::{Refusal, Security};
+use crate::stream::Security;
 
 use super::delta::lock;
 use super::{ConnId, Engine};
@@ -135,67 +135,10 @@ impl Engine {
         due
     }
 
-    /// A stream with `peer` (when the runtime knows it) was refused or cut
-    /// for a security reason.
-    pub fn handle_stream_refused(
-        &mut self,
-        now_ms: u64,
-        conn: ConnId,
-        why: Refusal,
-        peer: Option<std::net::SocketAddr>,
-    ) {
-        self.tick(now_ms);
-        {
-            let mut sh = lock(&self.shared);
-            let c = &mut sh.counters;
-            match why {
-                Refusal::Plaintext => c.plaintext_streams_refused += 1,
-                Refusal::UnknownKey(_) | Refusal::NoKeyring => c.stream_unknown_keys += 1,
-                Refusal::KeyRejected { .. } => c.key_rejections += 1,
-                Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
-                Refusal::Stalled | Refusal::MadeWay => c.streams_stalled += 1,
-            }
-        }
-        // Which peer, so that an operator finds the node behind.
-        let peer = peer.or_else(|| self.conns.get(&conn).and_then(|x| x.peer));
-        let refused_by = peer;
-        let peer = move || peer.map_or_else(String::new, |a| format!(" (peer {a})"));
-        match why {
-            // This node cannot take part at all: an error, not a warning.
-            Refusal::KeyRejected { rejected, proven } => {
-                if let Some(addr) = refused_by {
-                    self.key_refused = Some((addr, now_ms));
-                }
-                if !self.try_another_key(now_ms, rejected, proven) {
-                    if self.log_due("key_rejected") {
-                        tracing::error!("{why}{}", peer());
-                    }
-                } else if self.join_again_sealed_anew(conn) {
-                    // Not the join's failure: it goes on with the key the
-                    // peer proved (a current key installed just before the
-                    // join, on a node still sealing with a removed one).
-                    self.handle_stream_closed(now_ms, conn);
-                    return;
-                }
-            }
-            Refusal::Plaintext => {
-                warn_limited!(self, "plaintext_stream", || format!("stream refused: {why}{}", peer()))
-            }
-            // Its own slot: a flood of idle connections would otherwise
-            // hide a real peer's refusal for keys or label.
-            Refusal::Stalled | Refusal::MadeWay => {
-                warn_limited!(self, "stream_stalled", || format!("stream refused: {why}{}", peer()))
-            }
-            _ => warn_limited!(self, "stream_auth", || format!("stream refused: {why}{}", peer())),
-        }
-        self.note_why(conn, why.to_string());
-        self.handle_stream_closed(now_ms, conn);
-    }
-
     /// Opens a join's exchange that its peer refused for this node's key
     /// again, once, now that this node seals with another: the join's
     /// ticket moves to the new exchange. Whether it did.
-    fn join_again_sealed_anew(&mut self, conn: ConnId) -> bool {
+    pub(super) fn join_again_sealed_anew(&mut self, conn: ConnId) -> bool {
         let Some(x) = self.conns.get_mut(&conn) else {
             return false;
         };
@@ -227,7 +170,12 @@ impl Engine {
     /// cluster's own records set its primary again once an exchange gets
     /// through. Whether the refusal is dealt with: it switched, or sealed
     /// with another key already (a stream opened before the switch).
-    fn try_another_key(&mut self, now_ms: u64, rejected: KeyId, proven: Option<KeyId>) -> bool {
+    pub(super) fn try_another_key(
+        &mut self,
+        now_ms: u64,
+        rejected: KeyId,
+        proven: Option<KeyId>,
+    ) -> bool {
         let Some(ring) = self.keyring.as_mut() else {
             return false;
         };

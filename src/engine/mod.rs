@@ -34,6 +34,7 @@ mod news;
 mod preload;
 mod providers;
 mod reconcile;
+mod refusals;
 mod skew;
 mod suspects;
 pub mod sync;

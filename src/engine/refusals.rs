@@ -1,0 +1,67 @@
+//! Streams refused or cut for a security reason (a key, plaintext, a
+//! peer that stalled its setup): counted, logged at a limited rate under
+//! this module's target, and told to the join or exchange they ended.
+
+use crate::stream::Refusal;
+
+use super::delta::lock;
+use super::{ConnId, Engine};
+
+impl Engine {
+    /// A stream with `peer` (when the runtime knows it) was refused or cut
+    /// for a security reason.
+    pub fn handle_stream_refused(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        why: Refusal,
+        peer: Option<std::net::SocketAddr>,
+    ) {
+        self.tick(now_ms);
+        {
+            let mut sh = lock(&self.shared);
+            let c = &mut sh.counters;
+            match why {
+                Refusal::Plaintext => c.plaintext_streams_refused += 1,
+                Refusal::UnknownKey(_) | Refusal::NoKeyring => c.stream_unknown_keys += 1,
+                Refusal::KeyRejected { .. } => c.key_rejections += 1,
+                Refusal::PeerNotSealing | Refusal::Auth => c.stream_auth_errors += 1,
+                Refusal::Stalled | Refusal::MadeWay => c.streams_stalled += 1,
+            }
+        }
+        // Which peer, so that an operator finds the node behind.
+        let peer = peer.or_else(|| self.conns.get(&conn).and_then(|x| x.peer));
+        let refused_by = peer;
+        let peer = move || peer.map_or_else(String::new, |a| format!(" (peer {a})"));
+        match why {
+            // This node cannot take part at all: an error, not a warning.
+            Refusal::KeyRejected { rejected, proven } => {
+                if let Some(addr) = refused_by {
+                    self.key_refused = Some((addr, now_ms));
+                }
+                if !self.try_another_key(now_ms, rejected, proven) {
+                    if self.log_due("key_rejected") {
+                        tracing::error!("{why}{}", peer());
+                    }
+                } else if self.join_again_sealed_anew(conn) {
+                    // Not the join's failure: it goes on with the key the
+                    // peer proved (a current key installed just before the
+                    // join, on a node still sealing with a removed one).
+                    self.handle_stream_closed(now_ms, conn);
+                    return;
+                }
+            }
+            Refusal::Plaintext => {
+                warn_limited!(self, "plaintext_stream", || format!("stream refused: {why}{}", peer()))
+            }
+            // Its own slot: a flood of idle connections would otherwise
+            // hide a real peer's refusal for keys or label.
+            Refusal::Stalled | Refusal::MadeWay => {
+                warn_limited!(self, "stream_stalled", || format!("stream refused: {why}{}", peer()))
+            }
+            _ => warn_limited!(self, "stream_auth", || format!("stream refused: {why}{}", peer())),
+        }
+        self.note_why(conn, why.to_string());
+        self.handle_stream_closed(now_ms, conn);
+    }
+}
