@@ -155,7 +155,7 @@ pub enum Refusal {
 
 fn proven_note(proven: &Option<KeyId>) -> String {
     match proven {
-        Some(k) => format!(" (it proved it holds key {k}, which this node holds too)"),
+        Some(k) => format!(" (it proved it holds key {k}, which this node held too when the stream opened)"),
         None => " (and proved no key this node holds)".into(),
     }
 }
