@@ -513,6 +513,15 @@ impl Engine {
         let (removals, sets): (Vec<_>, Vec<_>) =
             changes.into_iter().partition(|(_, value)| value.is_none());
         for (key, value) in removals.into_iter().chain(sets) {
+            // The configuration's value loses to a command's, kept from an
+            // earlier run: said, or an edited `--fact` seems ignored.
+            if self.user_facts.get(&key).is_some_and(|c| Some(c) != value.as_ref()) {
+                tracing::info!(
+                    fact = %crate::keyfile::withhold_keys(&key),
+                    "a configured fact is overridden by a command kept in the data dir ({}); a command changes it",
+                    if value.is_some() { "set" } else { "removed" }
+                );
+            }
             match &value {
                 Some(v) if crate::facts::validate_fact(&key, v).is_err() => {
                     tracing::warn!(fact = %crate::keyfile::withhold_keys(&key), "a kept fact is not valid; dropped");
