@@ -901,7 +901,11 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
     let stream = "plaintext stream refused: encryption is required (peer 127.0.0.1:";
     assert!(log().contains(stream), "no {stream:?} in: {}", log());
     // Refused streams are logged under their own module, not the keyring's.
-    let line = log().lines().find(|l| l.contains(stream)).unwrap().to_string();
+    let line = log()
+        .lines()
+        .find(|l| l.contains(stream))
+        .unwrap()
+        .to_string();
     assert!(line.contains("tribe::engine::refusals"), "{line}");
 
     // Rotate with the CLI: install, use, remove; each waits for every node.
@@ -2087,6 +2091,10 @@ fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
             && err.trim_end().ends_with("(unreachable)"),
         "{err}"
     );
+    // A bad fact is told in a fact's terms, before any request.
+    let (code, err) = run(&["fact", "set", "", "v", "--admin", "127.0.0.1:1"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("fact key is empty"), "{err}");
     // Another server at the address: its page is told in one line, cut.
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let at = other.local_addr().unwrap().to_string();

@@ -706,9 +706,14 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
             // The CLI reads TRIBE_ADMIN too: one left exported from using it
             // beats the config file's `admin` here.
             let env = std::env::var_os("TRIBE_ADMIN")
-                .map(|_| " (TRIBE_ADMIN is set in the environment: it beats the config file's admin)")
+                .map(|_| {
+                    " (TRIBE_ADMIN is set in the environment: it beats the config file's admin)"
+                })
                 .unwrap_or_default();
-            format!("cannot listen for the admin API on {}: {e}{env}", plan.admin)
+            format!(
+                "cannot listen for the admin API on {}: {e}{env}",
+                plan.admin
+            )
         })?;
     let admin_addr = admin_listener
         .local_addr()

@@ -545,6 +545,10 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                 )
             }
             FactCmd::Set { key, value } => {
+                // Told here in a fact's terms (the API would speak of its
+                // path: an empty key is an empty path segment there).
+                tribe::facts::validate_fact(&key, &value)
+                    .map_err(|e| format!("{e} (invalid_argument)"))?;
                 let reply = admin.put(
                     &format!("/v1/facts/{}", seg(&key)),
                     Some(&json!({"value": value})),
@@ -552,6 +556,8 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                 done(&opts, reply, format!("set fact {key}={value}"))
             }
             FactCmd::Rm { key } => {
+                tribe::facts::validate_fact(&key, "")
+                    .map_err(|e| format!("{e} (invalid_argument)"))?;
                 let reply = admin.delete(&format!("/v1/facts/{}", seg(&key)))?;
                 done(&opts, reply, format!("removed fact {key}"))
             }
