@@ -1754,43 +1754,14 @@ fn running(pid: i32) -> bool {
     })
 }
 
-#[test]
-fn a_demo_stopped_by_a_signal_stops_its_agents() {
-    let bad = Command::new(TRIBE)
-        .args(["demo", "--nodes", "40"])
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    assert!(String::from_utf8_lossy(&bad.stderr).contains("3..=16"));
-
-    let mut demo = Command::new(TRIBE)
-        .args(["demo", "--nodes", "3"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut pids = Vec::new();
-    let mut lines = BufReader::new(demo.stdout.take().unwrap()).lines();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(rest) = line.split("(pid ").nth(1) {
-            pids.push(rest.split(')').next().unwrap().parse::<i32>().unwrap());
-        }
-        if pids.len() == 2 {
-            break;
-        }
-    }
-    sigterm(&demo);
-    std::thread::spawn(move || lines.for_each(drop));
-    let status = demo.wait().unwrap();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), None);
-    assert_eq!(status.code(), Some(143), "{status}");
-    for pid in pids {
-        assert!(!running(pid), "agent {pid} outlived the demo");
-    }
-
-    // Killed outright, the demo cannot stop its agents: they leave once
-    // their stdin, whose other end the demo held, ends.
+/// A `tribe demo` of three agents, once two have started: the demo, their
+/// pids, its directory, and the rest of its output.
+fn demo_with_two_agents() -> (
+    Child,
+    Vec<i32>,
+    Option<PathBuf>,
+    std::io::Lines<BufReader<std::process::ChildStdout>>,
+) {
     let mut demo = Command::new(TRIBE)
         .args(["demo", "--nodes", "3"])
         .stdout(Stdio::piped())
@@ -1812,6 +1783,31 @@ fn a_demo_stopped_by_a_signal_stops_its_agents() {
             break;
         }
     }
+    (demo, pids, dir, lines)
+}
+
+#[test]
+fn a_demo_stopped_by_a_signal_stops_its_agents() {
+    let bad = Command::new(TRIBE)
+        .args(["demo", "--nodes", "40"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("3..=16"));
+
+    let (mut demo, pids, _, lines) = demo_with_two_agents();
+    sigterm(&demo);
+    std::thread::spawn(move || lines.for_each(drop));
+    let status = demo.wait().unwrap();
+    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&status), None);
+    assert_eq!(status.code(), Some(143), "{status}");
+    for pid in pids {
+        assert!(!running(pid), "agent {pid} outlived the demo");
+    }
+
+    // Killed outright, the demo cannot stop its agents: they leave once
+    // their stdin, whose other end the demo held, ends.
+    let (mut demo, pids, dir, lines) = demo_with_two_agents();
     demo.kill().unwrap();
     demo.wait().unwrap();
     drop(lines);
