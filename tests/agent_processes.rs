@@ -460,7 +460,8 @@ fn policies_place_agents_catalogs_reach_every_member_and_late_joiners_inherit() 
     let out = cli(a1, &["fact", "set", "", "v"]);
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
-    assert!(said.contains("a name in the path is empty"), "{said}");
+    // Told by the CLI in a fact's terms, before any request.
+    assert!(said.contains("fact key is empty"), "{said}");
     let (status, body) = call(a1, "POST", "/v1/tribes", Some(json!({"nom": "x"})));
     assert_eq!(
         (status, body["error"].as_str()),
