@@ -534,10 +534,13 @@ func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, e
 	if ctx.Done() == nil {
 		return n.joinCluster(nil, 0, places)
 	}
-	// The deadline is the join's own limit, which counts what it reached.
+	// The deadline is the join's own limit, which counts what it reached;
+	// one past any join's length (or past what a Duration holds) is none.
 	var limitMs uint64
 	if d, ok := ctx.Deadline(); ok {
-		limitMs = uint64(max(1, (time.Until(d)+time.Millisecond-1)/time.Millisecond))
+		if left := time.Until(d); left < 24*time.Hour {
+			limitMs = uint64(max(1, (left+time.Millisecond-1)/time.Millisecond))
+		}
 	}
 	var cancel *C.tribe_cancel
 	if rc := C.tribe_cancel_new(&cancel, nil); rc != C.TRIBE_OK {

@@ -3,6 +3,7 @@ package tribe
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"strings"
 	"testing"
@@ -75,6 +76,24 @@ func TestJoinClusterContextEnds(t *testing.T) {
 		t.Fatalf("join at the deadline = %d, %v after %v", n, err, took)
 	}
 
+	// A deadline past any join's length is no limit: the join is not
+	// given up at once (a limit computed from it once overflowed to 1 ms).
+	for _, far := range []time.Duration{time.Duration(math.MaxInt64), 48 * time.Hour} {
+		ctx, cancel = context.WithTimeout(context.Background(), far)
+		quit := make(chan struct{})
+		go func() {
+			time.Sleep(500 * time.Millisecond)
+			close(quit)
+			cancel()
+		}()
+		began = time.Now()
+		_, err = b.JoinClusterContext(ctx, silent.Addr().String())
+		took = time.Since(began)
+		<-quit
+		if !errors.Is(err, ErrCancelled) || took < 400*time.Millisecond {
+			t.Fatalf("join under a deadline %v away = %v after %v (want cancelled at 0.5 s)", far, err, took)
+		}
+	}
 	// What the join reached by its deadline counts: a live peer beside
 	// the silent one.
 	ctx, cancel = context.WithTimeout(context.Background(), time.Second)

@@ -322,6 +322,9 @@ func (c Config) Check() error {
 	})
 }
 
+// maxReapAfter is the longest Config.ReapAfter (libtribe's bound).
+const maxReapAfter = 365 * 24 * time.Hour
+
 // withC checks cfg as far as this package can, builds its C config and
 // runs use with it: Start and Check share it. The C config and the C
 // copies of cfg's strings are freed when withC returns, on every path
@@ -349,7 +352,7 @@ func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
 	if cfg.EventBuffer < 0 || cfg.EventBuffer > MaxEventBuffer {
 		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("EventBuffer %d: the Events channel holds 0 to %d events", cfg.EventBuffer, MaxEventBuffer)}
 	}
-	if cfg.ReapAfter < 0 {
+	if cfg.ReapAfter < 0 || cfg.ReapAfter > maxReapAfter {
 		return &Error{Code: "invalid_argument", Message: fmt.Sprintf("ReapAfter %v: give 1 ms to 365 days, or 0 for the profile's", cfg.ReapAfter)}
 	}
 	if cfg.WorkerThreads > 64 {

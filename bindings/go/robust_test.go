@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -79,7 +80,7 @@ func TestConfigChecks(t *testing.T) {
 	if !errors.Is(err, ErrInvalidArgument) {
 		t.Errorf("WorkerThreads 1<<32+1: %v", err)
 	}
-	for _, d := range []time.Duration{-time.Second, 366 * 24 * time.Hour} {
+	for _, d := range []time.Duration{-time.Second, 366 * 24 * time.Hour, time.Duration(math.MaxInt64)} {
 		if _, err := Start(Config{Name: "k", Bind: "127.0.0.1:0", ReapAfter: d}); !errors.Is(err, ErrInvalidArgument) {
 			t.Errorf("ReapAfter %v: %v", d, err)
 		}
