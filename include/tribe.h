@@ -1687,8 +1687,10 @@ uint32_t tribe_node_join_cluster(const struct tribe_node *node,
  * milliseconds in all (0: no limit of the caller's; the join's own are
  * 5 s for the lookups plus 12 s for the exchanges): then its exchanges
  * still under way are given up, and the addresses reached by then count
- * (`TRIBE_OK`, `*joined` of them; `TRIBE_TIMEOUT` when none was, as
- * memberlist's `Join` succeeds when any address answered). `cancel` (may
+ * (`TRIBE_OK`, `*joined` of them, as memberlist's `Join` succeeds when
+ * any address answered; when none was reached, `TRIBE_TIMEOUT` if no
+ * address had answered at all, else `TRIBE_IO` naming each and why:
+ * another key, refused, still under way at the limit). `cancel` (may
  * be NULL) ends it at once with `TRIBE_CANCELLED` when triggered, from
  * another thread or before the call (bad places are still told as
  * `TRIBE_INVALID_ARGUMENT`). A join given up drops its exchanges still

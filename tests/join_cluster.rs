@@ -264,6 +264,20 @@ async fn a_join_within_a_limit_counts_what_it_reached_by_then() {
         .unwrap_err();
     assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
     assert!(began.elapsed() >= limit && began.elapsed() < 5 * limit);
+    // A refusal heard by the limit is told (with the rest still under
+    // way), not hidden behind a timeout.
+    let refusing = dead_addr().to_string();
+    let err = b
+        .join_cluster_within(&[place.clone(), refusing.clone()], limit)
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, Error::Io(_)), "{err:?}");
+    assert!(
+        msg.contains(&refusing)
+            && msg.contains(&format!("{place}: still under way at the join's limit")),
+        "{msg}"
+    );
 
     let began = std::time::Instant::now();
     let both = [place.clone(), a.addr().to_string()];

@@ -623,3 +623,52 @@ fn joins_past_the_bound_are_refused_naming_the_joins() {
     let again = SocketAddr::from(([127, 0, 0, 1], 29_000));
     assert!(engine.join_through(START_MS + 20, &[again]).is_ok());
 }
+
+/// A join given up keeps as seeds the addresses whose exchange had ended
+/// (one that refused, as a whole join keeps it) and drops only those
+/// still under way: the node alone dials the refused one again, never the
+/// silent one.
+#[test]
+fn a_join_given_up_keeps_an_address_that_had_refused() {
+    let refusing = SocketAddr::from(([127, 0, 0, 1], 29_996));
+    let silent = SocketAddr::from(([127, 0, 0, 1], 29_997));
+    let mut engine = started_alone(20_009);
+    let ticket = engine
+        .join_through(START_MS + 10, &[refusing, silent])
+        .unwrap();
+    let mut timers = Vec::new();
+    while let Some(out) = engine.poll_output() {
+        match out {
+            Output::Connect { conn, to } if to == refusing => {
+                engine.note_stream_failure(conn, "connection refused".into());
+                engine.handle_connect_refused(START_MS + 20, conn);
+            }
+            Output::Schedule { timer, after } => timers.push((timer, after)),
+            _ => {}
+        }
+    }
+    engine.forget_join(ticket);
+    let mut now = START_MS + 30;
+    let (mut to_refusing, mut to_silent) = (Vec::new(), Vec::new());
+    run_noting_dials(
+        &mut engine,
+        &mut now,
+        &mut timers,
+        60_000,
+        silent,
+        &mut to_silent,
+    );
+    assert!(to_silent.is_empty(), "the silent address was dialled again");
+    run_noting_dials(
+        &mut engine,
+        &mut now,
+        &mut timers,
+        60_000,
+        refusing,
+        &mut to_refusing,
+    );
+    assert!(
+        !to_refusing.is_empty(),
+        "the refused address is no seed any more"
+    );
+}

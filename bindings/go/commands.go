@@ -520,7 +520,10 @@ func (n *Node) JoinCluster(places ...string) (int, error) {
 // JoinClusterContext is JoinCluster within ctx. At ctx's deadline its
 // exchanges still under way are given up and the addresses reached by then
 // count (as memberlist's Join succeeds when any address answered); when
-// none was, the error matches ErrTimeout and context.DeadlineExceeded.
+// none was, the error matches ErrTimeout and context.DeadlineExceeded if
+// no address had answered at all, else it is ErrIO naming each address and
+// why (another key, refused, still under way at the deadline). A deadline
+// a day or more away is no limit but the join's own.
 // Cancelled, it ends at once with an error matching ErrCancelled and
 // context.Canceled. A join given up drops its exchanges still under way
 // at once (their connections closed, their addresses not kept as seeds

@@ -963,6 +963,8 @@ def _node_args(
             raise TypeError(f"max_payload must be an int, not {type(max_payload).__name__}")
         if max_payload <= 0:
             raise InvalidArgumentError(f"max_payload must be a positive int, not {max_payload}")
+    if reap_after is not None and (isinstance(reap_after, bool) or not isinstance(reap_after, (int, float))):
+        raise TypeError(f"reap_after must be a number of seconds, not {type(reap_after).__name__}")
     if limits is not None and not isinstance(limits, Mapping):
         raise TypeError(f"limits must be a mapping of str to int, not {type(limits).__name__}")
     limit_dict: Dict[str, int] = dict(limits or {})
@@ -1424,8 +1426,11 @@ class Node(_NoCopy):
         still under way then is given up: its exchanges still under way are
         dropped (their addresses not kept as seeds unless a join exchange
         completed with them), those that completed keep what they merged
-        and count, and :class:`JoinTimeoutError` is raised only when none
-        had (as memberlist's ``Join`` succeeds when any address answered).
+        and count (as memberlist's ``Join`` succeeds when any address
+        answered); when none had, :class:`JoinTimeoutError` is raised if no
+        address had answered at all, else :class:`TribeIOError` naming each
+        and why (another key, refused, still under way at the timeout).
+        ``timeout=0`` reaches nothing.
 
         Raises :class:`InvalidArgumentError` (no place, more than 256, one
         not ``host:port``, only this node's own address),
@@ -1437,15 +1442,21 @@ class Node(_NoCopy):
         _check_timeout("join_cluster", timeout, allow_none=True)
         joined = self._native.join_cluster(_places("join_cluster", places), timeout)
         if joined is None:
-            raise JoinTimeoutError(f"the join did not end within {timeout} s", "timeout")
+            raise JoinTimeoutError(f"the join reached no address within {timeout} s", "timeout")
         return joined
 
-    async def join_cluster_async(self, *places: str) -> int:
-        """:meth:`join_cluster` for asyncio; cancelling the awaiting task (or
-        ``asyncio.wait_for``'s timeout) gives the join up, ending its
-        exchanges still under way."""
+    async def join_cluster_async(self, *places: str, timeout: Optional[float] = None) -> int:
+        """:meth:`join_cluster` for asyncio, with the same ``timeout`` (what
+        was reached by then counts); cancelling the awaiting task (or
+        ``asyncio.wait_for``'s timeout, which counts nothing) gives the
+        join up, ending its exchanges still under way."""
+        _check_timeout("join_cluster_async", timeout, allow_none=True)
         loop = asyncio.get_running_loop()
-        joined: int = await self._native.join_cluster_async(loop, _places("join_cluster_async", places))
+        joined: Optional[int] = await self._native.join_cluster_async(
+            loop, _places("join_cluster_async", places), timeout
+        )
+        if joined is None:
+            raise JoinTimeoutError(f"the join reached no address within {timeout} s", "timeout")
         return joined
 
     def set_encryption(self, mode: str) -> None:

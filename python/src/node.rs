@@ -270,12 +270,12 @@ impl NativeConfig {
         }
         if let Some(t) = reap_after {
             // As C's `tribe_config_set_reap_after`: 1 ms to 365 days.
-            let after = seconds("reap_after", t, false)?;
-            if after < Duration::from_millis(1) || after > MAX_REAP_AFTER {
+            if !(0.001..=MAX_REAP_AFTER.as_secs_f64()).contains(&t) {
                 return Err(value_error(format!(
                     "reap_after must be 0.001 s to 365 days, not {t}"
                 )));
             }
+            let after = Duration::from_secs_f64(t);
             let mut timings = cfg.effective_timings();
             timings.reap_after = after;
             cfg.timings = Some(timings);
@@ -665,16 +665,26 @@ impl NativeNode {
     }
 
     /// `join_cluster` for asyncio: an asyncio future of how many addresses
-    /// completed their exchange; cancelling it gives the join up.
+    /// completed their exchange, or `None` as `join_cluster` gives it;
+    /// cancelling it gives the join up.
+    #[pyo3(signature = (r#loop, places, timeout=None))]
     fn join_cluster_async<'py>(
         &self,
         py: Python<'py>,
         r#loop: &Bound<'py, PyAny>,
         places: Vec<String>,
+        timeout: Option<f64>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let limit = timeout.map(|t| seconds("timeout", t, true)).transpose()?;
         let node = self.node.clone();
         crate::aio::spawn(py, r#loop, async move {
-            let r = node.join_cluster(&places).await;
+            let r = match limit {
+                None => node.join_cluster(&places).await.map(Some),
+                Some(l) => match node.join_cluster_within(&places, l).await {
+                    Err(tribe::Error::Timeout { .. }) => Ok(None),
+                    r => r.map(Some),
+                },
+            };
             let out: crate::aio::Outcome = Box::new(move |py| match r {
                 Ok(n) => Ok(n.into_pyobject(py)?.into_any().unbind()),
                 Err(e) => Err(to_py(py, e)),

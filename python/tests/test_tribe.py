@@ -170,6 +170,20 @@ def test_a_join_through_a_silent_peer_is_given_up_at_its_timeout_or_cancel(clust
         began = time.monotonic()
         assert b.join_cluster(place, a.addr, timeout=1.0) == 1
         assert 0.9 < time.monotonic() - began < 5, time.monotonic() - began
+        # A refusal heard by the timeout is told, not hidden behind it.
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            refusing = "127.0.0.1:%d" % closed.getsockname()[1]
+        try:
+            b.join_cluster(place, refusing, timeout=1.0)
+            raise AssertionError("a join through a silent and a refusing peer ended")
+        except pytribe.TribeIOError as e:
+            assert refusing in str(e) and "still under way" in str(e), e
+
+        async def within() -> int:
+            return await b.join_cluster_async(place, a.addr, timeout=1.0)
+
+        assert asyncio.run(within()) == 1
 
         async def cancelled() -> None:
             task = asyncio.ensure_future(b.join_cluster_async(place))
@@ -247,7 +261,12 @@ def test_a_node_started_alone_joins_a_running_one_later(cluster: Cluster) -> Non
 
 
 def test_reap_after_forgets_a_failed_member_sooner_than_the_profile(cluster: Cluster) -> None:
-    for bad in (0, -1.0, 366 * 24 * 3600.0, float("nan")):
+    try:
+        pytribe.Node.check_config("reaper", reap_after=True)
+        raise AssertionError("reap_after=True was taken")
+    except TypeError:
+        pass
+    for bad in (0, -1.0, 0.0005, 366 * 24 * 3600.0, float("nan"), float("inf")):
         try:
             pytribe.Node.check_config("reaper", reap_after=bad)
             raise AssertionError(f"reap_after={bad} was taken")

@@ -56,9 +56,11 @@ impl Node {
     /// [`Node::join_cluster`] that waits at most `limit` in all (its turn,
     /// the lookups and the exchanges): then its exchanges still under way
     /// are given up, as when the future is dropped, and the addresses
-    /// reached by then count. Returns how many completed their exchange;
-    /// `Timeout` when none had by then (memberlist's `Join` likewise
-    /// succeeds when any address answered).
+    /// reached by then count. Returns how many completed their exchange
+    /// (memberlist's `Join` likewise succeeds when any address answered);
+    /// when none had: `Timeout` if no address had answered at all, `Io`
+    /// naming each address and why (another key, refused, still under way
+    /// at the limit) if some had refused.
     pub async fn join_cluster_within<S: AsRef<str>>(
         &self,
         places: &[S],
@@ -121,10 +123,12 @@ impl Node {
             if let Some(outcome) = outcome {
                 break Some(outcome);
             }
-            if tokio::time::Instant::now() >= deadline {
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
                 break None;
             }
-            tokio::time::sleep(POLL).await;
+            // Not past the deadline: a limit is kept to the millisecond.
+            tokio::time::sleep(POLL.min(deadline - now)).await;
         };
         let outcome = match outcome {
             Some(outcome) => outcome,
@@ -140,13 +144,20 @@ impl Node {
                     .copied()
                     .collect();
                 let ours = until.is_some_and(|u| u < own);
-                if so_far.reached.is_empty() && ours {
+                // Nothing heard at all: the limit is the news. Any reason
+                // heard (another key, a refused port, a name that does not
+                // resolve) is told instead, with the rest still under way.
+                let heard = !so_far.failed.is_empty() || !unreached.is_empty();
+                if so_far.reached.is_empty() && ours && !heard {
                     return Err(late());
                 }
                 let why = if ours {
                     "still under way at the join's limit".to_string()
                 } else {
-                    format!("no exchange ended in {} s", SYNC_TIMEOUT.as_secs())
+                    format!(
+                        "still under way after {} s",
+                        (SYNC_TIMEOUT + Duration::from_secs(2)).as_secs()
+                    )
                 };
                 if !open.is_empty() {
                     unreached.push(format!("{}: {why}", list(&open)));

@@ -140,12 +140,17 @@ impl Engine {
             return;
         };
         self.end_exchanges(|x| x.ticket == Some(ticket), "the join was given up");
-        // Kept when any join exchange completed with it (another join's,
-        // or this node's own dial of its seeds while alone).
+        // Kept when its exchange ended before (reached or failed: a seed,
+        // as a whole join's addresses are), or any join exchange completed
+        // with it (another join's, or this node's own dial of its seeds
+        // while alone): only one still under way is dropped.
+        let ended = |addr: &SocketAddr| {
+            t.outcome.reached.contains(addr) || t.outcome.failed.iter().any(|(f, _)| f == addr)
+        };
         let unanswered: Vec<SocketAddr> = t
             .seeded
             .into_iter()
-            .filter(|addr| !t.outcome.reached.contains(addr) && !self.seeds_answered.contains(addr))
+            .filter(|addr| !ended(addr) && !self.seeds_answered.contains(addr))
             .collect();
         let mut dropped = Vec::new();
         for addr in unanswered {
