@@ -217,28 +217,43 @@ pub enum Error {
 pub enum Overload {
     /// This node has as many calls in flight as it allows
     /// ([`crate::rpc::RpcLimits::max_inflight`]).
-    #[error("this node is at its limit of {limit} calls in flight (max_inflight)")]
+    #[error("this node has as many calls in flight as it allows (max_inflight {limit})")]
     Calls {
         /// The limit.
         limit: usize,
     },
-    /// Every host that serves the plugin (this node too, when it serves
-    /// it) runs as many calls as it allows (its `max_serving`, or its
-    /// `max_streams` streams).
-    #[error("every host serving it runs as many calls as it allows: {}", .0.join(", "))]
+    /// This node's stream to the host carries as many calls as it allows
+    /// ([`crate::rpc::RpcLimits::max_inflight_per_conn`]).
+    #[error(
+        "this node's stream to the host carries as many calls as it allows \
+         (max_inflight_per_conn {limit})"
+    )]
+    Stream {
+        /// The limit.
+        limit: usize,
+    },
+    /// The hosts named (this node too, when it serves the plugin), each
+    /// running as many calls as it allows (its `max_serving`), serving as
+    /// many call streams (`max_streams`), or not taking what was sent to
+    /// it; others serving it could not be reached, if any.
+    #[error(
+        "busy hosts: {} (each runs as many calls or call streams as it allows: max_serving, \
+         max_streams)",
+        .0.join(", ")
+    )]
     Hosts(Vec<String>),
     /// This node has as many joins under way as it allows.
-    #[error("this node is at its limit of {limit} joins under way")]
+    #[error("this node has as many joins under way as it allows ({limit})")]
     Joins {
         /// The limit.
         limit: usize,
     },
     /// The C ABI (and the Go package over it): this node's calls in
-    /// flight and completions not yet taken reach its `max_inflight`
-    /// (take completions, or call less at once).
+    /// flight, with completions not yet taken in C, reach its
+    /// `max_inflight` (take completions, or call less at once).
     #[error(
-        "this node is at its limit of {limit} calls in flight or with completions not yet taken \
-         (max_inflight)"
+        "this node has as many calls in flight as it allows (max_inflight {limit}; in C, \
+         completions not yet taken count as in flight)"
     )]
     Completions {
         /// The bound.

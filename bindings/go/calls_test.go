@@ -431,7 +431,7 @@ func TestCallsOverOwnInflightAreCountedOverloaded(t *testing.T) {
 			t.Fatalf("call %d over MaxInflight: %v", i, err)
 		}
 		// The message names this node's own limit, not a host's.
-		if !strings.Contains(err.Error(), "this node is at its limit of 1 calls in flight") {
+		if !strings.Contains(err.Error(), "this node has as many calls in flight as it allows (max_inflight 1") {
 			t.Fatalf("call %d: %v does not name this node's limit", i, err)
 		}
 	}

@@ -197,7 +197,7 @@ var (
 	// ErrTooLarge: a call's payload or reply is over a node's Limits.MaxPayload, or an artifact over its limit.
 	ErrTooLarge = &Error{Code: "too_large"}
 	// ErrOverloaded: Call found too many calls in flight; the message says whose limit:
-	// this node's Limits.MaxInflight, or every host serving the plugin (named).
+	// this node's Limits.MaxInflight or MaxInflightPerConn, or the busy hosts (named).
 	ErrOverloaded = &Error{Code: "overloaded"}
 	// ErrDisconnected: Call's host went away with the call in flight (it may have run).
 	ErrDisconnected = &Error{Code: "disconnected"}

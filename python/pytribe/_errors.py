@@ -259,8 +259,8 @@ class TooLargeError(CallError, ValueError):
 class OverloadedError(CallError):
     """Too many calls in flight; try again later.
 
-    The message says whose limit: this node's ``max_inflight``, or every
-    host that serves the plugin (named).
+    The message says whose limit: this node's ``max_inflight`` or
+    ``max_inflight_per_conn``, or the busy hosts (named).
     """
 
     error_code = "overloaded"

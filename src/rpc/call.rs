@@ -73,6 +73,8 @@ enum Step {
     /// Refused as busy; another host may take it (the payload, unless this
     /// node's own handler took it).
     Busy(Option<Vec<u8>>),
+    /// This node's stream to the host carries as many calls as it allows.
+    StreamFull(Option<Vec<u8>>),
     /// Refused or unreachable before it ran; another host may take it.
     Next(Option<Vec<u8>>),
     /// Refused by a remote host as not serving it (not a member of the
@@ -297,6 +299,8 @@ impl Rpc {
         let deadline = Instant::now() + timeout.min(longest);
         // Hosts that refused it as running as many calls as they allow.
         let mut busy = Vec::new();
+        // Whether this node's own bound on a stream stopped it.
+        let mut stream_full = false;
         let mut tried: Vec<String> = Vec::new();
         let mut stopping: Vec<String> = Vec::new();
         let mut not_serving: Vec<String> = Vec::new();
@@ -344,6 +348,10 @@ impl Rpc {
                     Step::Done(result) => return result,
                     Step::Busy(back) => {
                         busy.push(cand.name.clone());
+                        back
+                    }
+                    Step::StreamFull(back) => {
+                        stream_full = true;
                         back
                     }
                     Step::Next(back) => back,
@@ -404,6 +412,12 @@ impl Rpc {
         Err(if !busy.is_empty() {
             Error::Overloaded {
                 by: Overload::Hosts(busy),
+            }
+        } else if stream_full {
+            Error::Overloaded {
+                by: Overload::Stream {
+                    limit: self.pool.limits().max_inflight_per_conn,
+                },
             }
         } else if self.server.is_stopping() {
             // This node stops (its own handler refused the call for that),
@@ -510,6 +524,7 @@ impl Rpc {
                 Step::Local(back(), why)
             }
             Err(NotSent::Busy) => Step::Busy(back()),
+            Err(NotSent::StreamFull) => Step::StreamFull(back()),
             Err(NotSent::OutOfTime) | Ok(None) => done(Err(Error::Timeout {
                 host: Some(cand.name.clone()),
             })),

@@ -73,7 +73,11 @@ pub enum NotSent {
     /// resources (descriptors, buffers, memory): no host is to blame,
     /// and every host not reached through an open stream fails the same.
     Local(String),
-    /// The stream to this host is at its bound of calls in flight.
+    /// The stream to this host is at this node's bound of calls in
+    /// flight on one stream (`max_inflight_per_conn`).
+    StreamFull,
+    /// The stream's outgoing buffer is full: the host does not take what
+    /// was sent to it.
     Busy,
     /// The caller's deadline passed while connecting.
     OutOfTime,
@@ -691,7 +695,7 @@ impl Pool {
             if !conn.alive.load(Ordering::Relaxed) {
                 None
             } else if pending.len() >= self.limits.max_inflight_per_conn {
-                return Err(NotSent::Busy);
+                return Err(NotSent::StreamFull);
             } else {
                 pending.insert(id, Waiting { tx, starts_at: None });
                 Some(pending.len() == 1)
