@@ -1253,9 +1253,12 @@ uint32_t tribe_config_set_profile(struct tribe_config *cfg,
  * Sets how long a failed or left member stays listed before it is
  * reaped (forgotten, with its memberships), in milliseconds, over the
  * profile's (24 h for `"lan"` and `"wan"`, 5 min for `"local"`; the
- * agent's `--reap-after`): keep it alike on every node of a tribe, or a
- * node keeps members the others forgot. 1 ms to 365 days
- * (`TRIBE_INVALID_ARGUMENT` otherwise).
+ * agent's `--reap-after`). A reap deletes the member's record and its
+ * memberships by hand for the whole tribe (the deletion spreads), so the
+ * shortest `reap_after` in a tribe decides for every node: keep it alike
+ * everywhere, and longer than any pause a member may come back from
+ * (hours, not seconds: a member frozen past it comes back out of its
+ * tribes by hand). 1 ms to 365 days (`TRIBE_INVALID_ARGUMENT` otherwise).
  */
 uint32_t tribe_config_set_reap_after(struct tribe_config *cfg,
                                      uint64_t reap_after_ms,

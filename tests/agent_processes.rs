@@ -2100,7 +2100,10 @@ fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
         let (mut s, _) = other.accept().unwrap();
         let mut req = [0u8; 4096];
         let _ = s.read(&mut req);
-        let page = format!("<!DOCTYPE HTML>\n<html>\n{}\n</html>\n", "x".repeat(5_000));
+        let page = format!(
+            "<!DOCTYPE HTML>\x1b[31m\x07\n<html>\n{}\n</html>\n",
+            "x".repeat(5_000)
+        );
         let head = format!(
             "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
             page.len()
@@ -2112,8 +2115,9 @@ fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
     server.join().unwrap();
     assert_eq!(code, Some(1), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
+    // Its control characters escaped: they must not drive the terminal.
     assert!(
-        err.len() < 400 && err.contains("<!DOCTYPE HTML> ..."),
+        err.len() < 400 && err.contains(r"<!DOCTYPE HTML>\u{1b}[31m\u{7} ..."),
         "{err}"
     );
     for usage in [

@@ -47,8 +47,11 @@ type Config struct {
 	Profile string
 	// ReapAfter is how long a failed or left member stays listed before it
 	// is forgotten, over the profile's (24 h; 5 min with "local"); 0 keeps
-	// the profile's. Keep it alike on every node of a tribe (the agents'
-	// --reap-after). Up to 365 days, rounded up to the millisecond;
+	// the profile's. A reap deletes the member's record and memberships by
+	// hand for the whole tribe, so the shortest ReapAfter in a tribe
+	// decides for every node: keep it alike everywhere (the agents'
+	// --reap-after), and longer than any pause a member may come back from
+	// (hours, not seconds). Up to 365 days, rounded up to the millisecond;
 	// ErrInvalidArgument when negative or longer.
 	ReapAfter time.Duration
 	// Label is the cluster label: nodes with different labels never talk.

@@ -1017,8 +1017,11 @@ class Node(_NoCopy):
     ``"accept"``.
     ``profile`` is ``"lan"``, ``"wan"`` or ``"local"``; ``reap_after``
     (seconds) is how long a failed or left member stays listed before it
-    is forgotten, over the profile's (24 h; 5 min with ``"local"``): keep
-    it alike on every node of a tribe, as the agents' ``--reap-after``.
+    is forgotten, over the profile's (24 h; 5 min with ``"local"``): a reap
+    deletes its record and memberships by hand for the whole tribe, so the
+    shortest one in a tribe decides; keep it alike everywhere, as the
+    agents' ``--reap-after``, and longer than any pause a member may come
+    back from (hours, not seconds).
     ``label`` keeps
     clusters apart. ``data_dir`` keeps peers, memberships by hand and the
     keyring across restarts. ``handler_threads`` bounds the Python threads

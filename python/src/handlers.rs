@@ -451,13 +451,11 @@ impl TakenCall {
         let (err, chosen) = handler_error(py, &e);
         // Answered before the log, as in `reply`.
         responder.fail(err.clone());
-        if chosen {
-            // An answer the handler chose (a refusal it expects to give,
-            // maybe at every call): one line at debug, as Go logs none.
-            log_failure(py, self, &err, None, "debug");
-        } else {
-            log_failure(py, self, &err, Some(e), "error");
-        }
+        // An answer the handler chose (a refusal it expects to give, maybe
+        // at every call) is logged at debug, as Go logs none; its
+        // traceback goes with it, for a `raise HandlerError(..) from e`.
+        let level = if chosen { "debug" } else { "error" };
+        log_failure(py, self, &err, Some(e), level);
     }
 }
 

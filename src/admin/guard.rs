@@ -175,7 +175,11 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
     if !addressed_by_ip(headers, request.uri()) {
-        let why = "the admin API answers only requests addressed to an IP address or localhost";
+        let why = if headers.get_all(header::HOST).iter().nth(1).is_some() {
+            "the request carries two Host headers (the admin API takes one)"
+        } else {
+            "the admin API answers only requests addressed to an IP address or localhost"
+        };
         guard.refusals.note("forbidden_host", why, client);
         return refuse(StatusCode::FORBIDDEN, "forbidden_host", why);
     }

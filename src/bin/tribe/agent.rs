@@ -705,7 +705,10 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         .map_err(|e| {
             // The CLI reads TRIBE_ADMIN too: one left exported from using it
             // beats the config file's `admin` here.
+            // Not when the flag gave it (clap does not say which did).
+            let flag = std::env::args().any(|a| a == "--admin" || a.starts_with("--admin="));
             let env = std::env::var_os("TRIBE_ADMIN")
+                .filter(|_| !flag)
                 .map(|_| {
                     " (TRIBE_ADMIN is set in the environment: it beats the config file's admin)"
                 })

@@ -99,9 +99,12 @@ impl Admin {
         if text.trim().is_empty() {
             return Ok(None);
         }
-        serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| format!("the agent's reply is not JSON: {e}"))
+        serde_json::from_str(&text).map(Some).map_err(|e| {
+            format!(
+                "the agent's reply is not JSON: {e}: {} (is it a tribe agent?)",
+                first_line(&text, 200)
+            )
+        })
     }
 
     /// GET a JSON value.
@@ -144,15 +147,24 @@ pub fn seg(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// The first non-empty line of `text`, cut at `max` characters.
+/// The first non-empty line of `text`, cut at `max` characters, its
+/// control characters escaped (a server's bytes must not drive the
+/// terminal).
 fn first_line(text: &str, max: usize) -> String {
     let line = text
         .lines()
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    let mut cut: String = line.chars().take(max).collect();
-    if cut.len() < line.len() || text.trim().lines().nth(1).is_some() {
+    let mut cut = String::new();
+    for c in line.chars().take(max) {
+        if c.is_control() {
+            cut.extend(c.escape_default());
+        } else {
+            cut.push(c);
+        }
+    }
+    if line.chars().count() > max || text.trim().lines().nth(1).is_some() {
         cut.push_str(" ...");
     }
     cut
