@@ -2092,34 +2092,39 @@ fn admin_commands_exit_1_on_failure_2_on_usage_and_name_an_unreachable_agent() {
     let (code, err) = run(&["fact", "set", "", "v", "--admin", "127.0.0.1:1"]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("fact key is empty"), "{err}");
-    // Another server at the address: its page is told in one line, cut.
-    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let at = other.local_addr().unwrap().to_string();
-    let server = std::thread::spawn(move || {
-        use std::io::{Read, Write};
-        let (mut s, _) = other.accept().unwrap();
-        let mut req = [0u8; 4096];
-        let _ = s.read(&mut req);
-        let page = format!(
-            "<!DOCTYPE HTML>\x1b[31m\x07\n<html>\n{}\n</html>\n",
-            "x".repeat(5_000)
-        );
-        let head = format!(
-            "HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            page.len()
-        );
-        s.write_all(head.as_bytes()).unwrap();
-        s.write_all(page.as_bytes()).unwrap();
-    });
-    let (code, err) = run(&["status", "--admin", &at]);
-    server.join().unwrap();
-    assert_eq!(code, Some(1), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
-    // Its control characters escaped: they must not drive the terminal.
-    assert!(
-        err.len() < 400 && err.contains(r"<!DOCTYPE HTML>\u{1b}[31m\u{7} ..."),
-        "{err}"
+    // Another server at the address: its page is told in one line, cut,
+    // its control characters escaped (they must not drive the terminal),
+    // also in a reply shaped as the API's errors are.
+    let html = format!(
+        "<!DOCTYPE HTML>\x1b[31m\x07\n<html>\n{}\n</html>\n",
+        "x".repeat(5_000)
     );
+    let json = "{\"error\":\"x\\u001b[2J\",\"message\":\"\\u001b]0;pwned\\u0007\"}".to_string();
+    for (status, body, want) in [
+        ("404 Not Found", html, r"<!DOCTYPE HTML>\u{1b}[31m\u{7} ..."),
+        ("500 Oops", json, r"\u{1b}]0;pwned\u{7} (x\u{1b}[2J)"),
+    ] {
+        let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = other.local_addr().unwrap().to_string();
+        let server = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let (mut s, _) = other.accept().unwrap();
+            let mut req = [0u8; 4096];
+            let _ = s.read(&mut req);
+            let head = format!(
+                "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                body.len()
+            );
+            s.write_all(head.as_bytes()).unwrap();
+            s.write_all(body.as_bytes()).unwrap();
+        });
+        let (code, err) = run(&["status", "--admin", &at]);
+        server.join().unwrap();
+        assert_eq!(code, Some(1), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.len() < 400 && err.contains(want), "{err}");
+        assert!(!err.contains('\x1b'), "{err}");
+    }
     for usage in [
         &["status", "--bogus"][..],
         &["tribe"][..],
@@ -3020,4 +3025,42 @@ fn a_crash_and_a_quick_restart_is_told_as_a_join() {
     wait_for("a second MemberJoined", Duration::from_secs(10), || {
         joins() == 2
     });
+}
+
+/// An admin address in use is told in one line and exit 1, naming
+/// TRIBE_ADMIN when it gave the address (not when `--admin` did), also
+/// with an argument that is not UTF-8 on the command line.
+#[test]
+fn a_busy_admin_address_is_told_and_names_the_variable_that_gave_it() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = scratch_dir("busy_admin");
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap().to_string();
+    let odd = std::ffi::OsStr::from_bytes(b"pub\xff.jsonl");
+    let run = |cmd: &mut Command| {
+        let out = cmd
+            .arg("--publish-file")
+            .arg(dir.join(odd))
+            .args(["--name", "busy", "--insecure-plaintext"])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(bare_agent_command(&[]).env("TRIBE_ADMIN", &busy));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot listen for the admin API") && err.contains("came from TRIBE_ADMIN"),
+        "{err}"
+    );
+    let (code, err) = run(bare_agent_command(&["--admin", &busy]).env("TRIBE_ADMIN", &busy));
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("cannot listen for the admin API") && !err.contains("TRIBE_ADMIN"),
+        "{err}"
+    );
+    drop(held);
+    std::fs::remove_dir_all(&dir).ok();
 }

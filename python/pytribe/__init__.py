@@ -963,8 +963,12 @@ def _node_args(
             raise TypeError(f"max_payload must be an int, not {type(max_payload).__name__}")
         if max_payload <= 0:
             raise InvalidArgumentError(f"max_payload must be a positive int, not {max_payload}")
-    if reap_after is not None and (isinstance(reap_after, bool) or not isinstance(reap_after, (int, float))):
-        raise TypeError(f"reap_after must be a number of seconds, not {type(reap_after).__name__}")
+    if reap_after is not None:
+        if isinstance(reap_after, bool) or not isinstance(reap_after, (int, float)):
+            raise TypeError(f"reap_after must be a number of seconds, not {type(reap_after).__name__}")
+        # Compared as given: a huge int must not overflow a float conversion.
+        if not 0.001 <= reap_after <= 365 * 24 * 3600:
+            raise InvalidArgumentError(f"reap_after must be 0.001 s to 365 days, not {reap_after}")
     if limits is not None and not isinstance(limits, Mapping):
         raise TypeError(f"limits must be a mapping of str to int, not {type(limits).__name__}")
     limit_dict: Dict[str, int] = dict(limits or {})

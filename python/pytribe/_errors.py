@@ -230,7 +230,8 @@ class CallTimeoutError(CallError, TimeoutError):
 
 class JoinTimeoutError(TribeError, TimeoutError):
     """A join reached no address, and none answered at all, within the
-    ``timeout`` given to :meth:`Node.join_cluster` (one that some refused
+    ``timeout`` given to :meth:`Node.join_cluster` or
+    :meth:`Node.join_cluster_async` (one that some refused
     is a :class:`TribeIOError` naming them): the exchanges still under way were dropped
     with it (their connections closed, their addresses not kept as seeds
     unless a join exchange completed with them). Its ``.code`` is

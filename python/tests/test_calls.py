@@ -166,10 +166,11 @@ def test_call_errors_raise_the_documented_exceptions(cluster: Cluster, caplog: p
         with pytest.raises(pytribe.RemoteError) as e:
             caller.call("svc", "fails", b"explicit")
         assert (e.value.code, e.value.message) == ("no_disk", "disk full")
-        # An answer the handler chose: at debug, not as an error.
+        # An answer the handler chose: at debug, not as an error, with its
+        # traceback (for a `raise HandlerError(...) from e`).
         wait_for("the chosen failure logged on the host", lambda: "disk full" in caplog.text, 5)
         chosen = next(r for r in caplog.records if "disk full" in r.getMessage())
-        assert chosen.levelname == "DEBUG", chosen
+        assert chosen.levelname == "DEBUG" and chosen.exc_info is not None, chosen
     with pytest.raises(pytribe.RemoteError) as e:
         caller.call("svc", "fails", b"surrogate")
     # Only what UTF-8 cannot hold is replaced, not the whole text lost.

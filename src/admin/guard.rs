@@ -145,6 +145,22 @@ fn token_refusal(headers: &HeaderMap, token: &str) -> Option<&'static str> {
     }
 }
 
+/// Why a request is refused for where it is addressed, if it is.
+fn host_refusal(headers: &axum::http::HeaderMap, uri: &axum::http::Uri) -> Option<&'static str> {
+    if addressed_by_ip(headers, uri) {
+        return None;
+    }
+    let hosts = headers.get_all(header::HOST).iter().count();
+    Some(match hosts {
+        0 => "the request has no Host header (the admin API wants one naming an IP address or localhost)",
+        1 if headers.get(header::HOST).is_some_and(|h| h.to_str().is_err()) => {
+            "the request's Host header is not text"
+        }
+        1 => "the admin API answers only requests addressed to an IP address or localhost",
+        _ => "the request carries two Host headers (the admin API takes one)",
+    })
+}
+
 /// Whether a request is addressed to an IP address or localhost: one Host
 /// header (HTTP/1.1 always sends one; two are refused, as RFC 9112 wants,
 /// and one that is not text too, rather than let through unchecked), and
@@ -174,12 +190,7 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
         guard.refusals.note("unauthorized", why, client);
         return refuse(StatusCode::UNAUTHORIZED, "unauthorized", why);
     }
-    if !addressed_by_ip(headers, request.uri()) {
-        let why = if headers.get_all(header::HOST).iter().nth(1).is_some() {
-            "the request carries two Host headers (the admin API takes one)"
-        } else {
-            "the admin API answers only requests addressed to an IP address or localhost"
-        };
+    if let Some(why) = host_refusal(headers, request.uri()) {
         guard.refusals.note("forbidden_host", why, client);
         return refuse(StatusCode::FORBIDDEN, "forbidden_host", why);
     }
@@ -212,7 +223,8 @@ pub async fn check(State(guard): State<Guard>, request: Request, next: Next) -> 
 #[cfg(test)]
 mod tests {
     use super::{
-        addressed_by_ip, bearer_token, check_exposure, host_allowed, token_refusal, Guard,
+        addressed_by_ip, bearer_token, check_exposure, host_allowed, host_refusal, token_refusal,
+        Guard,
     };
     use axum::http::{header::AUTHORIZATION, HeaderMap};
 
@@ -239,6 +251,12 @@ mod tests {
         assert!(!addressed_by_ip(&with(&["127.0.0.1"]), &other));
         let ours: axum::http::Uri = "http://127.0.0.1:8080/v1/status".parse().unwrap();
         assert!(addressed_by_ip(&with(&["127.0.0.1"]), &ours));
+        // Each refusal says what was wrong.
+        let why = |hosts: &[&str]| host_refusal(&with(hosts), &path).unwrap_or("");
+        assert!(why(&[]).contains("no Host header"));
+        assert!(why(&["127.0.0.1", "127.0.0.1"]).contains("two Host headers"));
+        assert!(why(&["evil.example"]).contains("addressed to an IP address"));
+        assert_eq!(host_refusal(&with(&["localhost:80"]), &path), None);
     }
 
     #[test]

@@ -133,8 +133,10 @@ impl Engine {
     /// Forgets a join whose caller gave up on it (a timeout, a dropped
     /// future, an HTTP client gone) and ends its exchanges still running:
     /// they would hold their sockets, and the ticket its place, for
-    /// nobody. The addresses it made seeds stay seeds only if an exchange
-    /// with them completed: one the caller gave up on is not dialled again.
+    /// nobody. The addresses it made seeds stay seeds if their exchange
+    /// had ended (completed or failed, as a whole join's do) or another
+    /// join exchange completed with them: one still under way when the
+    /// caller gave up is not dialled again.
     pub fn forget_join(&mut self, ticket: u64) {
         let Some(t) = self.joins.tickets.remove(&ticket) else {
             return;

@@ -704,13 +704,15 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         .await
         .map_err(|e| {
             // The CLI reads TRIBE_ADMIN too: one left exported from using it
-            // beats the config file's `admin` here.
+            // beats the config file's `admin` here, and surprises.
             // Not when the flag gave it (clap does not say which did).
-            let flag = std::env::args().any(|a| a == "--admin" || a.starts_with("--admin="));
+            let flag = std::env::args_os().any(|a| {
+                a == "--admin" || a.as_encoded_bytes().starts_with(b"--admin=")
+            });
             let env = std::env::var_os("TRIBE_ADMIN")
                 .filter(|_| !flag)
                 .map(|_| {
-                    " (TRIBE_ADMIN is set in the environment: it beats the config file's admin)"
+                    " (the address came from TRIBE_ADMIN in the environment, which the CLI reads too)"
                 })
                 .unwrap_or_default();
             format!(

@@ -87,7 +87,8 @@ impl Admin {
             .map_err(|e| format!("reading the reply: {e}"))?;
         if !status.is_success() {
             return Err(match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(body) => format!("{} ({})", body.message, body.error),
+                // Escaped too: any server may answer in the API's shape.
+                Ok(body) => format!("{} ({})", escaped(&body.message), escaped(&body.error)),
                 // Not the API's: another server at that address, perhaps.
                 // One line, cut, as every failure of the CLI is told.
                 Err(_) => format!(
@@ -156,16 +157,22 @@ fn first_line(text: &str, max: usize) -> String {
         .map(str::trim)
         .find(|l| !l.is_empty())
         .unwrap_or("");
-    let mut cut = String::new();
-    for c in line.chars().take(max) {
-        if c.is_control() {
-            cut.extend(c.escape_default());
-        } else {
-            cut.push(c);
-        }
-    }
+    let mut cut = escaped(&line.chars().take(max).collect::<String>());
     if line.chars().count() > max || text.trim().lines().nth(1).is_some() {
         cut.push_str(" ...");
     }
     cut
+}
+
+/// `text` with its control characters escaped.
+fn escaped(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
