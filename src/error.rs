@@ -225,10 +225,12 @@ pub enum Overload {
     /// This node's stream to the host carries as many calls as it allows
     /// ([`crate::rpc::RpcLimits::max_inflight_per_conn`]).
     #[error(
-        "this node's stream to the host carries as many calls as it allows \
+        "this node's stream to {host} carries as many calls as it allows \
          (max_inflight_per_conn {limit})"
     )]
     Stream {
+        /// The host the stream goes to.
+        host: String,
         /// The limit.
         limit: usize,
     },
@@ -237,8 +239,8 @@ pub enum Overload {
     /// many call streams (`max_streams`), or not taking what was sent to
     /// it; others serving it could not be reached, if any.
     #[error(
-        "busy hosts: {} (each runs as many calls or call streams as it allows: max_serving, \
-         max_streams)",
+        "busy hosts: {} (each runs as many calls or call streams as it allows, max_serving and \
+         max_streams, or does not take what was sent to it)",
         .0.join(", ")
     )]
     Hosts(Vec<String>),

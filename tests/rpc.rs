@@ -437,7 +437,10 @@ async fn calls_in_flight_are_bounded_per_node_and_per_stream() {
                     let expected = if per_node == 2 {
                         tribe::Overload::Calls { limit: 2 }
                     } else {
-                        tribe::Overload::Stream { limit: 2 }
+                        tribe::Overload::Stream {
+                            host: host.name().to_string(),
+                            limit: 2,
+                        }
                     };
                     assert_eq!(by, expected);
                     overloaded += 1;

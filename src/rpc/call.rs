@@ -299,8 +299,8 @@ impl Rpc {
         let deadline = Instant::now() + timeout.min(longest);
         // Hosts that refused it as running as many calls as they allow.
         let mut busy = Vec::new();
-        // Whether this node's own bound on a stream stopped it.
-        let mut stream_full = false;
+        // The host to which this node's own bound on a stream stopped it.
+        let mut stream_full = None;
         let mut tried: Vec<String> = Vec::new();
         let mut stopping: Vec<String> = Vec::new();
         let mut not_serving: Vec<String> = Vec::new();
@@ -351,7 +351,7 @@ impl Rpc {
                         back
                     }
                     Step::StreamFull(back) => {
-                        stream_full = true;
+                        stream_full = Some(cand.name.clone());
                         back
                     }
                     Step::Next(back) => back,
@@ -413,9 +413,10 @@ impl Rpc {
             Error::Overloaded {
                 by: Overload::Hosts(busy),
             }
-        } else if stream_full {
+        } else if let Some(host) = stream_full {
             Error::Overloaded {
                 by: Overload::Stream {
+                    host,
                     limit: self.pool.limits().max_inflight_per_conn,
                 },
             }
