@@ -18,6 +18,9 @@ pub const MAX_JOIN_PLACES: usize = 256;
 pub(super) const MAX_JOINS: usize = 16;
 /// How long the names given are looked up for, at most (all at once).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a join waits for its exchanges: they expire at the engine's
+/// next tick past [`SYNC_TIMEOUT`].
+const EXCHANGES_WAIT: Duration = Duration::from_secs(SYNC_TIMEOUT.as_secs() + 2);
 /// How often the exchanges' outcome is looked at.
 const POLL: Duration = Duration::from_millis(10);
 
@@ -108,8 +111,7 @@ impl Node {
         let _forget = ForgetJoin { node: self, ticket };
         // The engine queued the exchanges; the driver opens them.
         let _ = self.inner.inbox.send(DriverInput::Wake);
-        // Exchanges expire at the engine's next tick past SYNC_TIMEOUT.
-        let own = tokio::time::Instant::now() + SYNC_TIMEOUT + Duration::from_secs(2);
+        let own = tokio::time::Instant::now() + EXCHANGES_WAIT;
         let deadline = until.map_or(own, |u| u.min(own));
         let outcome = loop {
             let (outcome, left) = {
@@ -154,10 +156,7 @@ impl Node {
                 let why = if ours {
                     "still under way at the join's limit".to_string()
                 } else {
-                    format!(
-                        "still under way after {} s",
-                        (SYNC_TIMEOUT + Duration::from_secs(2)).as_secs()
-                    )
+                    format!("still under way after {} s", EXCHANGES_WAIT.as_secs())
                 };
                 if !open.is_empty() {
                     unreached.push(format!("{}: {why}", list(&open)));
