@@ -575,7 +575,14 @@ func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, e
 	case errors.Is(err, ErrCancelled):
 		return 0, abandoned("the join", ctxEnd(ctx, context.Canceled))
 	case errors.Is(err, ErrTimeout) && limitMs > 0:
-		return 0, abandoned("the join", ctxEnd(ctx, context.DeadlineExceeded))
+		// Said as C says it: nothing was reached (what was counts).
+		end := ctxEnd(ctx, context.DeadlineExceeded)
+		msg := "the join reached no address before its deadline"
+		var c *causeError
+		if errors.As(end, &c) {
+			msg += ": " + c.cause.Error()
+		}
+		return 0, &Error{Code: "timeout", Message: msg, cause: end}
 	}
 	return joined, err
 }

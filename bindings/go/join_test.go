@@ -75,6 +75,9 @@ func TestJoinClusterContextEnds(t *testing.T) {
 	if n != 0 || !errors.Is(err, ErrTimeout) || !errors.Is(err, context.DeadlineExceeded) || took > 3*time.Second {
 		t.Fatalf("join at the deadline = %d, %v after %v", n, err, took)
 	}
+	if !strings.Contains(err.Error(), "reached no address") {
+		t.Fatalf("join at the deadline says %q", err)
+	}
 
 	// A deadline past any join's length is no limit: the join is not
 	// given up at once (a limit computed from it once overflowed to 1 ms).
