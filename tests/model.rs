@@ -459,15 +459,14 @@ fn leaving_ends_the_exchange_with_a_seed_that_never_answered() {
 }
 
 /// Runs the engine's timers for `ms` of its time (100 ms steps),
-/// noting its dials to `to`.
-fn run_noting_dials(
+/// and gives its dials to `to`.
+fn dials_to(
     engine: &mut Engine,
-    now: &mut u64,
-    timers: &mut Vec<(Timer, Duration)>,
+    (now, timers): (&mut u64, &mut Vec<(Timer, Duration)>),
     ms: u64,
     to: SocketAddr,
-    dialled: &mut Vec<ConnId>,
-) {
+) -> Vec<ConnId> {
+    let mut dialled = Vec::new();
     let end = *now + ms;
     loop {
         while let Some(out) = engine.poll_output() {
@@ -478,7 +477,7 @@ fn run_noting_dials(
             }
         }
         if *now >= end {
-            return;
+            return dialled;
         }
         *now += 100;
         for (timer, after) in std::mem::take(timers) {
@@ -514,14 +513,12 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     let mut timers = Vec::new();
     let mut now = START_MS + 10;
     // Alone, the node also dials it as a seed while the join waits.
-    run_noting_dials(
+    dialled.extend(dials_to(
         &mut engine,
-        &mut now,
-        &mut timers,
+        (&mut now, &mut timers),
         3_000,
         silent,
-        &mut dialled,
-    );
+    ));
     assert!(
         dialled.len() >= 2,
         "neither the join nor the seed dials: {dialled:?}"
@@ -543,14 +540,12 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     assert_eq!(abandoned, dialled, "a given-up join's streams are kept");
     // A minute more: the address is not tried again.
     let mut later = Vec::new();
-    run_noting_dials(
+    later.extend(dials_to(
         &mut engine,
-        &mut now,
-        &mut timers,
+        (&mut now, &mut timers),
         60_000,
         silent,
-        &mut later,
-    );
+    ));
     assert!(
         later.is_empty(),
         "a given-up join's address was dialled again"
@@ -568,27 +563,18 @@ fn two_joins_given_up_through_one_silent_address_drop_it() {
     let mut tickets = Vec::new();
     for _ in 0..2 {
         tickets.push(engine.join_through(now, &[silent]).unwrap());
-        run_noting_dials(
-            &mut engine,
-            &mut now,
-            &mut timers,
-            200,
-            silent,
-            &mut dialled,
-        );
+        dialled.extend(dials_to(&mut engine, (&mut now, &mut timers), 200, silent));
     }
     for ticket in tickets {
         engine.forget_join(ticket);
     }
     let mut later = Vec::new();
-    run_noting_dials(
+    later.extend(dials_to(
         &mut engine,
-        &mut now,
-        &mut timers,
+        (&mut now, &mut timers),
         120_000,
         silent,
-        &mut later,
-    );
+    ));
     assert!(
         later.is_empty(),
         "dialled {} times after both were given up",
@@ -650,23 +636,19 @@ fn a_join_given_up_keeps_an_address_that_had_refused() {
     engine.forget_join(ticket);
     let mut now = START_MS + 30;
     let (mut to_refusing, mut to_silent) = (Vec::new(), Vec::new());
-    run_noting_dials(
+    to_silent.extend(dials_to(
         &mut engine,
-        &mut now,
-        &mut timers,
+        (&mut now, &mut timers),
         60_000,
         silent,
-        &mut to_silent,
-    );
+    ));
     assert!(to_silent.is_empty(), "the silent address was dialled again");
-    run_noting_dials(
+    to_refusing.extend(dials_to(
         &mut engine,
-        &mut now,
-        &mut timers,
+        (&mut now, &mut timers),
         60_000,
         refusing,
-        &mut to_refusing,
-    );
+    ));
     assert!(
         !to_refusing.is_empty(),
         "the refused address is no seed any more"
