@@ -509,16 +509,10 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     let silent = SocketAddr::from(([127, 0, 0, 1], 29_998));
     let mut engine = started_alone(20_001);
     let ticket = engine.join_through(START_MS + 10, &[silent]).unwrap();
-    let mut dialled = Vec::new();
     let mut timers = Vec::new();
     let mut now = START_MS + 10;
     // Alone, the node also dials it as a seed while the join waits.
-    dialled.extend(dials_to(
-        &mut engine,
-        (&mut now, &mut timers),
-        3_000,
-        silent,
-    ));
+    let mut dialled = dials_to(&mut engine, (&mut now, &mut timers), 3_000, silent);
     assert!(
         dialled.len() >= 2,
         "neither the join nor the seed dials: {dialled:?}"
@@ -539,13 +533,7 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
     dialled.sort();
     assert_eq!(abandoned, dialled, "a given-up join's streams are kept");
     // A minute more: the address is not tried again.
-    let mut later = Vec::new();
-    later.extend(dials_to(
-        &mut engine,
-        (&mut now, &mut timers),
-        60_000,
-        silent,
-    ));
+    let later = dials_to(&mut engine, (&mut now, &mut timers), 60_000, silent);
     assert!(
         later.is_empty(),
         "a given-up join's address was dialled again"
@@ -559,22 +547,16 @@ fn a_join_given_up_is_abandoned_and_its_silent_address_not_dialled_again() {
 fn two_joins_given_up_through_one_silent_address_drop_it() {
     let silent = SocketAddr::from(([127, 0, 0, 1], 29_997));
     let mut engine = started_alone(20_002);
-    let (mut now, mut timers, mut dialled) = (START_MS + 10, Vec::new(), Vec::new());
+    let (mut now, mut timers) = (START_MS + 10, Vec::new());
     let mut tickets = Vec::new();
     for _ in 0..2 {
         tickets.push(engine.join_through(now, &[silent]).unwrap());
-        dialled.extend(dials_to(&mut engine, (&mut now, &mut timers), 200, silent));
+        dials_to(&mut engine, (&mut now, &mut timers), 200, silent);
     }
     for ticket in tickets {
         engine.forget_join(ticket);
     }
-    let mut later = Vec::new();
-    later.extend(dials_to(
-        &mut engine,
-        (&mut now, &mut timers),
-        120_000,
-        silent,
-    ));
+    let later = dials_to(&mut engine, (&mut now, &mut timers), 120_000, silent);
     assert!(
         later.is_empty(),
         "dialled {} times after both were given up",
@@ -635,20 +617,9 @@ fn a_join_given_up_keeps_an_address_that_had_refused() {
     }
     engine.forget_join(ticket);
     let mut now = START_MS + 30;
-    let (mut to_refusing, mut to_silent) = (Vec::new(), Vec::new());
-    to_silent.extend(dials_to(
-        &mut engine,
-        (&mut now, &mut timers),
-        60_000,
-        silent,
-    ));
+    let to_silent = dials_to(&mut engine, (&mut now, &mut timers), 60_000, silent);
     assert!(to_silent.is_empty(), "the silent address was dialled again");
-    to_refusing.extend(dials_to(
-        &mut engine,
-        (&mut now, &mut timers),
-        60_000,
-        refusing,
-    ));
+    let to_refusing = dials_to(&mut engine, (&mut now, &mut timers), 60_000, refusing);
     assert!(
         !to_refusing.is_empty(),
         "the refused address is no seed any more"
