@@ -170,6 +170,13 @@ pub struct Config {
     pub profile: Profile,
     /// Overrides of the profile's timings.
     pub timings: Option<Timings>,
+    /// How long a failed or left member stays listed before it is reaped,
+    /// over the timings in force (the profile's, or `timings`): set with
+    /// [`Config::set_reap_after`]. A reap deletes the member's record and
+    /// memberships by hand for the whole tribe, so the shortest value in a
+    /// tribe decides for every node: keep it alike everywhere, and longer
+    /// than any pause a member may come back from (hours, not seconds).
+    pub reap_after: Option<Duration>,
     /// User facts; they override collected facts of the same name.
     pub facts: BTreeMap<String, String>,
     /// Whether to collect host facts (architecture, os_dist, ...).
@@ -305,6 +312,9 @@ impl std::str::FromStr for Encryption {
     }
 }
 
+/// The longest a failed or left member may stay listed.
+const MAX_REAP_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Refuses timings that would spin (zero intervals) or overflow timers and
 /// clock arithmetic (huge durations, multipliers).
 fn check_durations(t: &Timings) -> Result<(), Error> {
@@ -316,7 +326,7 @@ fn check_durations(t: &Timings) -> Result<(), Error> {
         ("push-pull interval", t.push_pull_interval, 24 * HOUR),
         ("reconnect interval", t.reconnect_interval, 24 * HOUR),
         ("join retry", t.join_retry, HOUR),
-        ("reap after", t.reap_after, 365 * 24 * HOUR),
+        ("reap after", t.reap_after, MAX_REAP_AFTER.as_secs()),
         ("tombstone grace", t.tombstone_grace, 365 * 24 * HOUR),
     ];
     for (what, value, max_secs) in bounded {
@@ -545,6 +555,7 @@ impl Config {
             seed_names: Vec::new(),
             profile: Profile::Lan,
             timings: None,
+            reap_after: None,
             facts: BTreeMap::new(),
             collect_facts: true,
             cluster_label: String::new(),
@@ -560,11 +571,30 @@ impl Config {
         }
     }
 
-    /// The timings in force: the overrides, or the profile's.
+    /// The timings in force: the overrides, or the profile's, with
+    /// `reap_after` over them.
     pub fn effective_timings(&self) -> Timings {
-        self.timings
+        let mut timings = self
+            .timings
             .clone()
-            .unwrap_or_else(|| self.profile.timings())
+            .unwrap_or_else(|| self.profile.timings());
+        if let Some(after) = self.reap_after {
+            timings.reap_after = after;
+        }
+        timings
+    }
+
+    /// Sets [`Config::reap_after`]: 1 ms to 365 days, `InvalidArgument`
+    /// otherwise (the agents' `--reap-after`, C's
+    /// `tribe_config_set_reap_after`).
+    pub fn set_reap_after(&mut self, after: Duration) -> Result<(), Error> {
+        if after < Duration::from_millis(1) || after > MAX_REAP_AFTER {
+            return Err(Error::InvalidArgument(format!(
+                "reap after {after:?}: give 1 ms to 365 days"
+            )));
+        }
+        self.reap_after = Some(after);
+        Ok(())
     }
 
     /// Names of the limits [`Config::set_limit`] takes, as the C ABI, the
@@ -812,6 +842,29 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `reap_after` holds over the profile whichever is set first, and
+    /// over timings set whole; out of range it is refused as given.
+    #[test]
+    fn reap_after_holds_over_the_profile_and_the_timings() {
+        let mut cfg = Config::new("r");
+        cfg.set_reap_after(Duration::from_secs(90)).unwrap();
+        cfg.profile = Profile::Wan;
+        assert_eq!(cfg.effective_timings().reap_after, Duration::from_secs(90));
+        assert_eq!(
+            cfg.effective_timings().probe_period,
+            Profile::Wan.timings().probe_period
+        );
+        cfg.timings = Some(Profile::Local.timings());
+        assert_eq!(cfg.effective_timings().reap_after, Duration::from_secs(90));
+        for bad in [Duration::ZERO, MAX_REAP_AFTER + Duration::from_millis(1)] {
+            assert!(matches!(
+                cfg.set_reap_after(bad),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert_eq!(cfg.reap_after, Some(Duration::from_secs(90)));
+    }
 
     fn with(f: impl FnOnce(&mut Timings)) -> Result<(), Error> {
         let mut cfg = Config::new("n");

@@ -175,8 +175,9 @@ pub(crate) struct NativeConfig {
     cfg: Config,
 }
 
-/// The longest `reap_after` a config takes (as `Config::check`).
-const MAX_REAP_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The longest `reap_after` a config takes (365 days, as
+/// `Config::set_reap_after`), in seconds.
+const MAX_REAP_AFTER_S: f64 = 365.0 * 24.0 * 3600.0;
 
 #[pymethods]
 impl NativeConfig {
@@ -269,16 +270,14 @@ impl NativeConfig {
             check(py, cfg.set_limit(name, *value))?;
         }
         if let Some(t) = reap_after {
-            // As C's `tribe_config_set_reap_after`: 1 ms to 365 days.
-            if !(0.001..=MAX_REAP_AFTER.as_secs_f64()).contains(&t) {
+            // Checked as a float first: a conversion to a Duration of
+            // one out of range (or not finite) would panic.
+            if !(0.001..=MAX_REAP_AFTER_S).contains(&t) {
                 return Err(value_error(format!(
                     "reap_after must be 0.001 s to 365 days, not {t}"
                 )));
             }
-            let after = Duration::from_secs_f64(t);
-            let mut timings = cfg.effective_timings();
-            timings.reap_after = after;
-            cfg.timings = Some(timings);
+            check(py, cfg.set_reap_after(Duration::from_secs_f64(t)))?;
         }
         Ok(NativeConfig { cfg })
     }

@@ -31,8 +31,6 @@ pub(super) struct Pending {
     /// Warnings about what was given (a key file others may read), logged
     /// by the node at its start: no node's log is there to take them now.
     pub(super) warnings: Vec<String>,
-    /// Over the profile's, whichever profile is set before or after.
-    pub(super) reap_after: Option<Duration>,
 }
 
 /// What a start takes from a config.
@@ -61,12 +59,10 @@ impl TribeConfig {
             encryption_set,
             group,
             warnings,
-            reap_after,
         } = self
             .inner
             .take()
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
-        with_reap_after(&mut config, reap_after);
         config.keyring = keyring(&config, keys, encryption_set)?;
         Ok(StartPlan {
             config,
@@ -84,21 +80,8 @@ impl TribeConfig {
             .as_ref()
             .ok_or_else(|| FfiError::consumed("the config (a start used it)"))?;
         let mut config = p.config.clone();
-        with_reap_after(&mut config, p.reap_after);
         config.keyring = keyring(&config, p.keys.clone(), p.encryption_set)?;
         Ok(config.check()?)
-    }
-}
-
-/// The longest `reap_after` a config takes (as `Config::check`).
-const MAX_REAP_AFTER: Duration = Duration::from_secs(365 * 24 * 3600);
-
-/// The profile's timings (or those set), with `reap_after` over them.
-fn with_reap_after(config: &mut Config, reap_after: Option<Duration>) {
-    if let Some(after) = reap_after {
-        let mut timings = config.effective_timings();
-        timings.reap_after = after;
-        config.timings = Some(timings);
     }
 }
 
@@ -169,7 +152,6 @@ pub extern "C" fn tribe_config_new(
             encryption_set: false,
             group: None,
             warnings: Vec::new(),
-            reap_after: None,
         };
         cast::write(
             out,
@@ -338,15 +320,7 @@ pub extern "C" fn tribe_config_set_reap_after(
 ) -> u32 {
     ffi_call!(err, {
         let after = Duration::from_millis(reap_after_ms);
-        if after.is_zero() || after > MAX_REAP_AFTER {
-            return Err(FfiError::invalid(format!(
-                "reap_after_ms {reap_after_ms}: give 1 ms to 365 days"
-            )));
-        }
-        with_config(cfg, |p| {
-            p.reap_after = Some(after);
-            Ok(())
-        })
+        with_config(cfg, |p| Ok(p.config.set_reap_after(after)?))
     })
 }
 

@@ -323,9 +323,9 @@ impl AgentArgs {
             let reap_after = humantime::parse_duration(&text).map_err(|e| {
                 format!("--reap-after {text:?}: {e} (give a duration such as 90s, 10m or 24h)")
             })?;
-            let mut timings = config.profile.timings();
-            timings.reap_after = reap_after;
-            config.timings = Some(timings);
+            config
+                .set_reap_after(reap_after)
+                .map_err(|e| format!("--reap-after {text:?}: {e}"))?;
         }
         let admin_text = self
             .admin
@@ -1128,7 +1128,7 @@ mod tests {
                 .unwrap()
                 .agent
                 .plan(&tribe::facts::Facts::new())
-                .map(|p| p.config.timings.map(|t| t.reap_after))
+                .map(|p| p.config.reap_after)
         };
         assert_eq!(plan(&[]).unwrap(), None);
         assert_eq!(
