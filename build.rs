@@ -21,7 +21,17 @@ fn main() {
         .generate();
     match generated {
         Ok(bindings) => {
-            bindings.write_to_file(&header);
+            let mut text = Vec::new();
+            bindings.write(&mut text);
+            // cbindgen closes its `extern "C"` guard with a `//` comment,
+            // which a C89 compiler takes as tokens after `#endif`.
+            let text = String::from_utf8(text)
+                .expect("cbindgen writes UTF-8")
+                .replace("// __cplusplus", "/* __cplusplus */");
+            // Written only when it changed, so that nothing rebuilds for it.
+            if std::fs::read_to_string(&header).ok().as_deref() != Some(text.as_str()) {
+                std::fs::write(&header, text).expect("include/tribe.h is writable");
+            }
         }
         // A parse error must not hide behind a stale header.
         Err(e) => panic!("cbindgen could not generate include/tribe.h: {e}"),

@@ -580,7 +580,7 @@ typedef struct tribe_call_info {
 
 #ifdef __cplusplus
 extern "C" {
-#endif // __cplusplus
+#endif /* __cplusplus */
 
 /**
  * Adds a plugin entry (`kind`: `TRIBE_KIND_*`) that carries `bytes` (copied;
@@ -1894,6 +1894,6 @@ uint32_t tribe_node_state_digest(const struct tribe_node *node,
 
 #ifdef __cplusplus
 }  // extern "C"
-#endif  // __cplusplus
+#endif  /* __cplusplus */
 
 #endif  /* TRIBE_H */
