@@ -93,6 +93,10 @@ pub fn exposure(what: &str, path: &Path) -> Option<String> {
     })
 }
 
+/// A run of base64 characters that ends with a key's `=`.
+static KEY_RUN: std::sync::LazyLock<regex::Regex> =
+    std::sync::LazyLock::new(|| regex::Regex::new(r"[A-Za-z0-9+/]{43,}=").expect("a valid regex"));
+
 /// `text` with every key in it (44 characters of base64 that decode to 32
 /// bytes, as `tribe keygen` prints one) replaced by `(a key, withheld)`:
 /// for messages that quote what a user gave, where a key given under the
@@ -101,10 +105,7 @@ pub fn exposure(what: &str, path: &Path) -> Option<String> {
 /// of a longer run of base64 characters: every 44 characters of a run
 /// that end with its `=` are looked at.
 pub fn withhold_keys(text: &str) -> std::borrow::Cow<'_, str> {
-    static RUN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-        regex::Regex::new(r"[A-Za-z0-9+/]{43,}=").expect("a valid regex")
-    });
-    RUN.replace_all(text, |m: &regex::Captures<'_>| {
+    KEY_RUN.replace_all(text, |m: &regex::Captures<'_>| {
         let run = &m[0];
         // ASCII only: byte offsets are char offsets.
         let key_at = run.len() - 44;
@@ -114,6 +115,53 @@ pub fn withhold_keys(text: &str) -> std::borrow::Cow<'_, str> {
             run.to_string()
         }
     })
+}
+
+/// `text` with every run of [`KEY_PIECE`] or more characters taken from a
+/// key in `source` withheld: for a parser's message about `source`, which
+/// quotes the pieces it could not read (a key given as a policy is cut at
+/// a `+`, a `/` or a digit, and each piece would escape [`withhold_keys`]).
+pub(crate) fn withhold_key_pieces<'a>(text: &'a str, source: &str) -> std::borrow::Cow<'a, str> {
+    let keys = keys_in(source);
+    if keys.is_empty() {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    // The longest run at the start of `rest` that some key holds.
+    let piece = |rest: &[u8]| {
+        (KEY_PIECE..=rest.len().min(44)).rev().find(|&len| {
+            keys.iter()
+                .any(|k| k.windows(len).any(|w| w == &rest[..len]))
+        })
+    };
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        match piece(rest.as_bytes()) {
+            // Key characters are ASCII: the cut is a char boundary.
+            Some(len) => {
+                out.push_str("(a key, withheld)");
+                rest = &rest[len..];
+            }
+            None => {
+                out.push(c);
+                rest = &rest[c.len_utf8()..];
+            }
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The shortest piece of a key [`withhold_key_pieces`] withholds.
+const KEY_PIECE: usize = 6;
+
+/// The keys in `text`, as [`withhold_keys`] finds them.
+fn keys_in(text: &str) -> Vec<&[u8]> {
+    KEY_RUN
+        .find_iter(text)
+        .map(|m| &m.as_str()[m.as_str().len() - 44..])
+        .filter(|k| SecretKey::from_base64(k).is_ok())
+        .map(str::as_bytes)
+        .collect()
 }
 
 #[cfg(test)]
@@ -206,5 +254,26 @@ mod tests {
         }
         let err = read(std::path::Path::new(&key)).unwrap_err();
         assert!(!err.to_string().contains(&key), "{err}");
+    }
+
+    /// A parser's message quoting pieces of a key it was given loses each
+    /// piece of six characters or more, and nothing else.
+    #[test]
+    fn pieces_of_a_key_in_a_parsers_message_are_withheld() {
+        let key = "0tuHtjIriPirG26w6SqV8TOZ6t8CwtyTSMUe1obW2a8=";
+        assert!(SecretKey::from_base64(key).is_ok());
+        let msg =
+            "extraneous input 'tuHtjIriPirG26w6SqV8TOZ6t8CwtyTSMUe1obW2a8' expecting <EOF>; 'Uo' é";
+        assert_eq!(
+            withhold_key_pieces(msg, key),
+            "extraneous input '(a key, withheld)' expecting <EOF>; 'Uo' é"
+        );
+        let msg = "at 'jIriPi' and '+8' and 'SqV8TO'";
+        assert_eq!(
+            withhold_key_pieces(msg, &format!("facts.x == {key}")),
+            "at '(a key, withheld)' and '+8' and '(a key, withheld)'"
+        );
+        // No key in the source: the message stays as it is.
+        assert_eq!(withhold_key_pieces(msg, "facts.jIriPi == 1"), msg);
     }
 }

@@ -228,6 +228,15 @@ impl Condition {
     /// once, builds a message (`T{...}`), or calls `matches()` with a pattern
     /// that is not a valid string literal.
     pub fn compile(when: &str) -> Result<Condition, PolicyError> {
+        Condition::compile_quoting(when).map_err(|mut e| {
+            // The parser quotes pieces of what it could not read: a key
+            // given as an expression would come back almost whole.
+            e.message = crate::keyfile::withhold_key_pieces(&e.message, when).into_owned();
+            e
+        })
+    }
+
+    fn compile_quoting(when: &str) -> Result<Condition, PolicyError> {
         check_length(when)?;
         check_nesting(when)?;
 
@@ -1306,6 +1315,20 @@ mod tests {
             eval("type(facts.os_dist) == string", &ubuntu_node()),
             Ok(true)
         );
+    }
+
+    /// A key given as an expression does not come back in the error, whole
+    /// or in pieces (the parser quotes what it could not read).
+    #[test]
+    fn a_key_given_as_an_expression_is_withheld_from_the_error() {
+        for _ in 0..20 {
+            let key = crate::crypto::SecretKey::generate().to_base64();
+            let err = Condition::compile(&key).unwrap_err().to_string();
+            for piece in key.as_bytes().windows(6) {
+                let piece = std::str::from_utf8(piece).unwrap();
+                assert!(!err.contains(piece), "{piece:?} of the key in {err:?}");
+            }
+        }
     }
 
     #[test]
