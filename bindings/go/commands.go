@@ -529,7 +529,9 @@ func (n *Node) JoinCluster(places ...string) (int, error) {
 // at once (their connections closed, their addresses not kept as seeds
 // unless a join exchange completed with them); those that completed before
 // keep what they merged (the peers' members, tribes and catalogs), and
-// their addresses stay seeds.
+// their addresses stay seeds. An exchange given up may already have
+// reached its peer, which then knows this node: a join that timed out may
+// still take effect.
 func (n *Node) JoinClusterContext(ctx context.Context, places ...string) (int, error) {
 	if ctx == nil {
 		return 0, &Error{Code: "invalid_argument", Message: "nil Context"}

@@ -1436,7 +1436,9 @@ class Node(_NoCopy):
         and count (as memberlist's ``Join`` succeeds when any address
         answered); when none had, :class:`JoinTimeoutError` is raised if no
         address had answered at all, else :class:`TribeIOError` naming each
-        and why (another key, refused, still under way at the timeout).
+        and why (another key, refused, still under way at the timeout). An
+        exchange given up may already have reached its peer, which then
+        knows this node: a join that timed out may still take effect.
         ``timeout=0`` reaches nothing.
 
         Raises :class:`InvalidArgumentError` (no place, more than 256, one

@@ -44,8 +44,10 @@ impl Node {
     /// node runs 16 joins at once, the others wait their turn; a join
     /// whose future is dropped, as by a timeout, drops its exchanges still
     /// under way at once, their connections closed and their addresses
-    /// not kept as seeds unless a join exchange completed with them; at
-    /// most [`MAX_JOIN_PLACES`] addresses are tried, the first ones,
+    /// not kept as seeds unless a join exchange completed with them (one
+    /// already sent may still reach its peer, which then knows this node,
+    /// and gossip makes them one cluster: a join given up may still take
+    /// effect); at most [`MAX_JOIN_PLACES`] addresses are tried, the first ones,
     /// however many the names give). Errors:
     /// `InvalidArgument` (no place, more than [`MAX_JOIN_PLACES`], one not
     /// `host:port`, only this node's own address), `Io` when no address
