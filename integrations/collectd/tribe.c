@@ -1154,36 +1154,6 @@ static int tribe_flush(cdtime_t timeout, const char *identifier,
 
 /* ---------------------------------------------------------------- init */
 
-/* The key: the first line that is not blank, without surrounding spaces
- * (as `tribe agent --key-file` reads it). */
-static int read_key_file(const char *path, char *key, size_t cap) {
-  FILE *f = fopen(path, "r");
-  if (f == NULL) {
-    ERROR(PLUGIN_NAME " plugin: cannot open key file %s: %s", shown(path),
-          strerror(errno));
-    return -1;
-  }
-  bool found = false;
-  while (!found && fgets(key, (int)cap, f) != NULL) {
-    size_t skip = strspn(key, " \t\r\n");
-    memmove(key, key + skip, strlen(key + skip) + 1);
-    key[strcspn(key, "\r\n \t")] = '\0';
-    found = key[0] != '\0';
-  }
-  int failed = ferror(f);
-  fclose(f);
-  if (failed) {
-    ERROR(PLUGIN_NAME " plugin: cannot read key file %s (a directory?)",
-          shown(path));
-    return -1;
-  }
-  if (!found) {
-    ERROR(PLUGIN_NAME " plugin: key file %s holds no key", shown(path));
-    return -1;
-  }
-  return 0;
-}
-
 #define CHECK_SET(what, call)                                                  \
   do {                                                                         \
     tribe_error *e_ = NULL;                                                    \
@@ -1236,7 +1206,6 @@ static const char *config_time_name(char *buf, size_t len) {
 /* libtribe's config from the options; false (logged) when one is bad. */
 static bool build_config(const char *name, tribe_config **out) {
   tribe_config *cfg = NULL;
-  char key[256];
   CHECK_SET("config", tribe_config_new(name, &cfg, &e_));
   if (g.bind)
     CHECK_SET("Bind", tribe_config_set_bind(cfg, g.bind, &e_));
@@ -1249,11 +1218,10 @@ static bool build_config(const char *name, tribe_config **out) {
   for (size_t i = 0; i < g.nfacts; i++)
     CHECK_SET("Fact", tribe_config_set_fact(cfg, g.facts[i].key,
                                             g.facts[i].value, &e_));
-  if (g.key_file) {
-    if (read_key_file(g.key_file, key, sizeof key) != 0)
-      goto fail;
-    CHECK_SET("KeyFile", tribe_config_add_key(cfg, key, &e_));
-  }
+  /* Read by libtribe, as `tribe agent --key-file` reads it: a file that
+   * holds anything but the key is refused, not taken by its first line. */
+  if (g.key_file)
+    CHECK_SET("KeyFile", tribe_config_add_key_file(cfg, g.key_file, &e_));
   if (g.key)
     CHECK_SET("Key", tribe_config_add_key(cfg, g.key, &e_));
   if (g.encryption)
@@ -1266,11 +1234,9 @@ static bool build_config(const char *name, tribe_config **out) {
     CHECK_SET("Label", tribe_config_set_label(cfg, g.label, &e_));
   CHECK_SET("LogLevel", tribe_config_set_log_level(
                             cfg, g.log_level ? g.log_level : "warn", &e_));
-  memset(key, 0, sizeof key);
   *out = cfg;
   return true;
 fail:
-  memset(key, 0, sizeof key);
   tribe_config_free(cfg);
   return false;
 }
