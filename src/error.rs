@@ -21,13 +21,13 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     /// The tribe does not exist.
-    #[error("unknown tribe {0:?}")]
+    #[error("unknown tribe {:?}", shown(.0))]
     UnknownTribe(String),
     /// The tribe exists already.
     #[error("tribe {0:?} exists already")]
     TribeExists(String),
     /// No node of that name is known to this node.
-    #[error("unknown node {0:?}")]
+    #[error("unknown node {:?}", shown(.0))]
     UnknownNode(String),
     /// The node is a member of the tribe by hand already.
     #[error("node {node:?} is a member of tribe {tribe:?} already")]
@@ -49,14 +49,14 @@ pub enum Error {
     #[error("invalid policy: {0}")]
     InvalidPolicy(#[source] PolicyError),
     /// The policy does not exist.
-    #[error("unknown policy {0:?}")]
+    #[error("unknown policy {:?}", shown(.0))]
     UnknownPolicy(String),
     /// A policy of that name exists already.
     #[error("policy {0:?} exists already")]
     PolicyExists(String),
     /// The plugin entry does not exist in the tribe's catalog (or, with no
     /// tribe, this node does not serve it).
-    #[error("unknown plugin {name}:{version}{}", where_unknown(.tribe))]
+    #[error("unknown plugin {}:{}{}", shown(.name), shown(.version), where_unknown(.tribe))]
     UnknownPlugin {
         /// The tribe.
         tribe: String,
@@ -76,7 +76,7 @@ pub enum Error {
         version: String,
     },
     /// The task does not exist in the tribe.
-    #[error("unknown task {id:?} in tribe {tribe:?}")]
+    #[error("unknown task {:?} in tribe {:?}", shown(.id), shown(.tribe))]
     UnknownTask {
         /// The tribe.
         tribe: String,
@@ -92,7 +92,7 @@ pub enum Error {
         id: String,
     },
     /// The fact is not a user fact of this node.
-    #[error("unknown user fact {0:?}")]
+    #[error("unknown user fact {:?}", shown(.0))]
     UnknownFact(String),
     /// A keyring operation on a node without encryption.
     #[error("this node has no keyring: start it with a key")]
@@ -338,13 +338,19 @@ impl From<std::io::Error> for Error {
 /// Result of libtribe operations.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// A name the caller gave, as an "unknown" error quotes it: cut at 80
+/// characters (a read of any name answers with it, however long).
+fn shown(name: &str) -> std::borrow::Cow<'_, str> {
+    crate::names::truncate_for_message(name)
+}
+
 /// Where an unknown plugin was looked for: a tribe's catalog, or (no tribe)
 /// what this node serves.
 fn where_unknown(tribe: &str) -> String {
     if tribe.is_empty() {
         " (this node does not serve it)".into()
     } else {
-        format!(" in tribe {tribe:?}")
+        format!(" in tribe {:?}", shown(tribe))
     }
 }
 

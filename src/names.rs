@@ -26,7 +26,7 @@ pub fn check(what: &'static str, name: &str) -> Result<(), Error> {
     match reason {
         Some(reason) => Err(Error::InvalidName {
             what,
-            name: truncate_for_message(name),
+            name: truncate_for_message(name).into_owned(),
             reason,
         }),
         None => Ok(()),
@@ -39,7 +39,7 @@ pub fn check_version(version: &str) -> Result<(), Error> {
     if version.len() > MAX_VERSION_LEN {
         return Err(Error::InvalidName {
             what: "plugin version",
-            name: truncate_for_message(version),
+            name: truncate_for_message(version).into_owned(),
             reason: "is longer than 32 bytes",
         });
     }
@@ -59,11 +59,11 @@ fn is_name_byte(b: u8) -> bool {
 }
 
 /// Keeps error messages bounded when a caller passes something huge.
-fn truncate_for_message(name: &str) -> String {
+pub(crate) fn truncate_for_message(name: &str) -> std::borrow::Cow<'_, str> {
     // Marked, so that a cut name does not pass for an 80-character one.
     match name.char_indices().nth(80) {
-        Some((end, _)) => format!("{}...", &name[..end]),
-        None => name.to_owned(),
+        Some((end, _)) => format!("{}...", &name[..end]).into(),
+        None => name.into(),
     }
 }
 
@@ -114,5 +114,34 @@ mod tests {
             assert!(err.len() < 200, "{err}");
         }
         assert!(check_version(&"1".repeat(32)).is_ok());
+    }
+
+    /// A read of any name answers "unknown" with the name cut, however
+    /// long it was (an admin API path of tens of KiB).
+    #[test]
+    fn an_unknown_name_is_cut_in_the_message() {
+        let long = "n".repeat(60_000);
+        for e in [
+            Error::UnknownTribe(long.clone()),
+            Error::UnknownNode(long.clone()),
+            Error::UnknownPolicy(long.clone()),
+            Error::UnknownFact(long.clone()),
+            Error::UnknownTask {
+                tribe: long.clone(),
+                id: long.clone(),
+            },
+            Error::UnknownPlugin {
+                tribe: long.clone(),
+                name: long.clone(),
+                version: long.clone(),
+            },
+        ] {
+            let text = e.to_string();
+            assert!(text.len() < 400 && text.contains("n..."), "{text}");
+        }
+        assert_eq!(
+            Error::UnknownTribe("web".into()).to_string(),
+            "unknown tribe \"web\""
+        );
     }
 }
