@@ -5,7 +5,7 @@
 //! view; and the same seed gives the same outputs, byte for byte (no hash
 //! order leaks out of the engine).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -624,4 +624,65 @@ fn a_join_given_up_keeps_an_address_that_had_refused() {
         !to_refusing.is_empty(),
         "the refused address is no seed any more"
     );
+}
+
+/// A seed that is this node itself by another of its addresses (a bind to
+/// 0.0.0.0 seeded with 127.0.0.1) is dropped once its exchange shows it:
+/// it would be dialled, and warned about as a seed that never answers,
+/// for as long as the node is alone.
+#[test]
+fn a_seed_that_is_this_node_itself_is_dropped() {
+    let me = SocketAddr::from(([127, 0, 0, 1], 20_011));
+    let other_address = SocketAddr::from(([127, 0, 0, 2], 20_011));
+    let cfg = config(0, Some(other_address), |_| {});
+    let mut engine = Engine::new(&cfg, me, 1, Default::default(), START_MS, 7).unwrap();
+    engine.start(START_MS);
+    // Streams to the seed come back to the engine itself.
+    let mut links: HashMap<ConnId, ConnId> = HashMap::new();
+    // In order, as a stream delivers them: a frame, or the end (`None`).
+    let mut frames: VecDeque<(ConnId, Option<Vec<u8>>)> = VecDeque::new();
+    let mut timers: Vec<(Timer, Duration)> = Vec::new();
+    let mut dials = 0;
+    let mut now = START_MS;
+    while now < START_MS + 120_000 {
+        loop {
+            while let Some(out) = engine.poll_output() {
+                match out {
+                    Output::Connect { conn, to } if to == other_address => {
+                        dials += 1;
+                        let back = engine.accept_stream();
+                        links.insert(conn, back);
+                        links.insert(back, conn);
+                    }
+                    Output::Frame { conn, body } => {
+                        if let Some(&peer) = links.get(&conn) {
+                            frames.push_back((peer, Some(body)));
+                        }
+                    }
+                    Output::Close { conn, .. } => {
+                        if let Some(peer) = links.remove(&conn) {
+                            links.remove(&peer);
+                            frames.push_back((peer, None));
+                        }
+                    }
+                    Output::Schedule { timer, after } => timers.push((timer, after)),
+                    _ => {}
+                }
+            }
+            match frames.pop_front() {
+                Some((conn, Some(body))) => engine.handle_frame(now, conn, &body),
+                Some((conn, None)) => engine.handle_stream_closed(now, conn),
+                None => break,
+            }
+        }
+        now += 100;
+        for (timer, after) in std::mem::take(&mut timers) {
+            if after.as_millis() as u64 <= 100 {
+                engine.handle_timer(now, timer);
+            } else {
+                timers.push((timer, after - Duration::from_millis(100)));
+            }
+        }
+    }
+    assert_eq!(dials, 1, "the seed that is this node was dialled again");
 }

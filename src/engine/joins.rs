@@ -182,19 +182,24 @@ impl Engine {
 
     /// An exchange ended: if a join opened it, its outcome is noted.
     pub(super) fn note_join_outcome(&mut self, exchange: Option<&Exchange>, ok: bool) {
-        let Some((ticket, addr)) = exchange.and_then(|x| Some((x.ticket?, x.peer?))) else {
+        let Some(addr) = exchange.and_then(|x| x.peer) else {
             return;
         };
-        let now = self.now_ms();
         let itself = exchange
             .and_then(|x| x.responder.as_ref())
             .is_some_and(|r| r == self.swim.identity());
-        let why = exchange.and_then(|x| x.why.clone());
-        if itself {
-            // No seed: trying it again would only reach this node again.
+        if itself && self.seeds.contains(&addr) {
+            // No seed: trying it again would only reach this node again
+            // (and be counted as a seed that never answers).
+            tracing::warn!(seed = %addr, "a seed is this node itself (another of its addresses); dropped");
             self.seeds.retain(|s| *s != addr);
             self.seeds_answered.retain(|s| *s != addr);
         }
+        let Some(ticket) = exchange.and_then(|x| x.ticket) else {
+            return;
+        };
+        let now = self.now_ms();
+        let why = exchange.and_then(|x| x.why.clone());
         let Some(t) = self.joins.tickets.get_mut(&ticket) else {
             return;
         };
