@@ -585,6 +585,14 @@ fn is_level(directive: &str) -> bool {
 /// target, empty ones and numeric levels pass.
 fn check_log_level(level: &str) -> Result<(), String> {
     for directive in level.split(',').map(str::trim) {
+        // `warn=` would be taken as the target `warn` at every level.
+        if let Some((_, "")) = directive.rsplit_once('=') {
+            return Err(format!(
+                "--log-level (or TRIBE_LOG_LEVEL, log-level) {level:?}: {directive:?} names no \
+                 level after its `=` ({})",
+                LOG_LEVELS.join(", ")
+            ));
+        }
         let bare = !directive.is_empty() && !directive.contains('=') && !directive.contains("::");
         if bare && !is_level(directive) {
             return Err(format!(
@@ -1158,6 +1166,15 @@ mod tests {
         for bad in ["warnn", "loud", "info,verbose"] {
             let err = check_log_level(bad).unwrap_err();
             assert!(err.contains("is not a level"), "{bad:?}: {err}");
+        }
+        // A key given by mistake ends in `=` too.
+        let key = tribe::SecretKey::generate().to_base64();
+        for bad in ["warn=", "info,tribe=", key.as_str()] {
+            let err = check_log_level(bad).unwrap_err();
+            assert!(
+                err.contains("names no level after its `=`"),
+                "{bad:?}: {err}"
+            );
         }
     }
 
