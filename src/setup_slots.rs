@@ -23,7 +23,9 @@ pub struct SetupSlots {
     table: Arc<Mutex<Table>>,
     /// The address the node listens on: connections from it (other nodes
     /// of this host, a local tribe of many nodes on 127.0.0.1) are not
-    /// bounded per host and never pushed out.
+    /// bounded per host, but are pushed out as any host's are: a local
+    /// process holding every place with silent connections would
+    /// otherwise lock every peer out.
     own: Option<IpAddr>,
 }
 
@@ -38,8 +40,7 @@ struct Table {
 /// One setup's place; dropping it ends the setup.
 #[derive(Debug)]
 pub struct SetupSlot {
-    /// The host counted and this setup's number, none for this node's own
-    /// address.
+    /// The host counted and this setup's number.
     counted: Option<(IpAddr, u64)>,
     /// Fires when the setup is to make way for a newer connection.
     evicted: Option<oneshot::Receiver<()>>,
@@ -91,18 +92,12 @@ impl SetupSlots {
     /// A place for a setup from `addr`, if its host has fewer than
     /// [`MAX_SETUPS_PER_HOST`] under way (or it is this node's own address).
     pub fn try_take(&self, addr: IpAddr) -> Option<SetupSlot> {
-        if self.is_own(addr) {
-            return Some(SetupSlot {
-                counted: None,
-                evicted: None,
-                slots: self.clone(),
-            });
-        }
+        let own = self.is_own(addr);
         let host = host_of(addr);
         let mut table = self.table();
         let seq = table.next;
         let setups = table.by_host.entry(host).or_default();
-        if setups.len() >= MAX_SETUPS_PER_HOST {
+        if setups.len() >= MAX_SETUPS_PER_HOST && !own {
             return None;
         }
         let (tx, rx) = oneshot::channel();
@@ -208,19 +203,36 @@ mod tests {
         assert_eq!(taken(&slots), 0, "ended setups leave nothing");
     }
 
-    #[test]
-    fn the_nodes_own_address_is_not_bounded() {
+    /// This host's connections are not bounded per host, yet they make way
+    /// as any host's do: a local process that holds every place with
+    /// silent connections does not lock the other hosts' peers out.
+    #[tokio::test]
+    async fn the_nodes_own_address_is_not_bounded_but_makes_way() {
         let own: IpAddr = [127, 0, 0, 1].into();
         let other: IpAddr = [127, 0, 0, 2].into();
         let slots = SetupSlots::new(Some(own));
         let mut held: Vec<SetupSlot> = (0..100).map(|_| slots.try_take(own).unwrap()).collect();
-        held.extend((0..MAX_SETUPS_PER_HOST).map(|_| slots.try_take(other).unwrap()));
+        let mut others: Vec<SetupSlot> = (0..MAX_SETUPS_PER_HOST)
+            .map(|_| slots.try_take(other).unwrap())
+            .collect();
         assert!(slots.try_take(other).is_none());
+        // The busiest host is this one: its oldest setup makes way.
+        assert!(slots.evict_one());
+        tokio::time::timeout(std::time::Duration::from_secs(1), held[0].evicted())
+            .await
+            .expect("the oldest of this host's setups was told");
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), others[0].evicted())
+                .await
+                .is_err()
+        );
         // Listening on every address, loopback peers are this host's.
         let any = SetupSlots::new(Some([0, 0, 0, 0].into()));
         held.extend((0..100).map(|_| any.try_take(own).unwrap()));
-        assert_eq!(taken(&any), 0);
-        assert!(!any.evict_one(), "this host's setups are never pushed out");
+        assert_eq!(taken(&any), 100);
+        assert!(any.evict_one());
+        drop((held, others));
+        assert_eq!(taken(&slots) + taken(&any), 0);
     }
 
     #[test]

@@ -215,3 +215,64 @@ async fn hosts_that_never_send_a_hello_together_cannot_keep_peers_out() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A process of the node's own host (its own address, which has no bound
+/// per host) holds more than every place with connections that never send
+/// a hello and come back as soon as they are closed. Its setups make way
+/// as any host's do, so a joiner still syncs through the node: before,
+/// they were never pushed out, and every peer's connection was closed at
+/// the cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_process_that_never_sends_a_hello_cannot_lock_peers_out() {
+    let nodes = start_cluster("hello-flood-local", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let target = nodes[0].addr();
+    let before = nodes[0].counters();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut flooders = Vec::new();
+    for _ in 0..300 {
+        let stop = stop.clone();
+        flooders.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                // From the node's own address, as the tribe's other nodes
+                // on this host connect.
+                if let Ok(mut conn) = tokio::net::TcpStream::connect(target).await {
+                    let mut buf = [0u8; 64];
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
+                    )
+                    .await;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }));
+    }
+    wait_for(
+        "setups pushed out for newcomers",
+        Duration::from_secs(10),
+        || nodes[0].counters().streams_stalled >= before.streams_stalled + 14,
+    )
+    .await;
+    nodes[1].create_tribe("during-flood").await.unwrap();
+    let mut cfg = test_config("hello-flood-local-late");
+    cfg.seeds = vec![target];
+    let late = tribe::Node::start(cfg).await.unwrap();
+    wait_for("the joiner synced", Duration::from_secs(10), || {
+        late.tribe("during-flood").is_some() && late.members_alive() == 3
+    })
+    .await;
+    let after = nodes[0].counters();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for f in flooders {
+        f.await.unwrap();
+    }
+    assert_eq!(
+        after.streams_over_cap, before.streams_over_cap,
+        "no connection was closed at once: each newcomer took an unfinished setup's place"
+    );
+    late.shutdown().await.unwrap();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
