@@ -67,7 +67,7 @@ pub struct Counters {
     /// or one it refuses for its state (the reason is logged at most every
     /// 10 minutes).
     pub gossip_errors: u64,
-    /// Stream frames dropped as malformed or unexpected.
+    /// Stream frames dropped as malformed or unexpected, and connections that are no tribe stream (an HTTP or TLS client at the gossip port); logged at a limited rate with the peer.
     pub frame_decode_errors: u64,
     /// Records refused by validation.
     pub invalid_records: u64,

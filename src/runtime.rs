@@ -165,7 +165,7 @@ pub(crate) enum DriverInput {
     Frame(ConnId, Vec<u8>),
     Closed(ConnId),
     /// A frame over the size limit or otherwise unreadable.
-    BadFrame(ConnId),
+    BadFrame(ConnId, String, Option<SocketAddr>),
     /// Refused for a security reason (plaintext, unknown key, failed authentication).
     Refused(ConnId, crate::stream::Refusal, Option<SocketAddr>),
     /// The API queued outputs (a command ran).
@@ -727,11 +727,11 @@ impl Driver {
                     .engine()
                     .handle_stream_closed(self.shared.now_ms(), conn);
             }
-            DriverInput::BadFrame(conn) => {
+            DriverInput::BadFrame(conn, why, peer) => {
                 self.conns.remove(&conn);
                 self.shared
                     .engine()
-                    .handle_bad_frame(self.shared.now_ms(), conn);
+                    .handle_bad_frame(self.shared.now_ms(), conn, &why, peer);
             }
             DriverInput::Refused(conn, why, peer) => {
                 self.conns.remove(&conn);
@@ -1115,8 +1115,8 @@ fn report(
     e: StreamError,
 ) {
     match e {
-        StreamError::BadFrame(_) => {
-            let _ = inbox.send(DriverInput::BadFrame(conn));
+        StreamError::BadFrame(why) => {
+            let _ = inbox.send(DriverInput::BadFrame(conn, why.to_string(), peer));
         }
         StreamError::Refused(why) => {
             let _ = inbox.send(DriverInput::Refused(conn, why, peer));

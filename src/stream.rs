@@ -364,6 +364,15 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let mut first = [0u8; wire::FRAME_HEADER];
         stream.read_exact(&mut first).await?;
         if first[..2] != crypto::HELLO_MAGIC {
+            // No hello, and no plaintext frame either: not a tribe node (an
+            // HTTP or TLS client, a port scanner) to blame on encryption.
+            if wire::frame_len(first, max_frame).is_err() {
+                return Err(StreamError::BadFrame(wire::WireError::Malformed(
+                    "not a tribe stream: its first bytes are neither a hello nor a frame \
+                     (an HTTP or TLS client, or a port scanner, at the gossip port?)"
+                        .into(),
+                )));
+            }
             if security.requires_sealed() {
                 return Err(StreamError::Refused(Refusal::Plaintext));
             }
@@ -742,6 +751,34 @@ mod tests {
             Err(StreamError::Refused(why)) => why,
             other => panic!("{:?}", other.map(|_| ())),
         }
+    }
+
+    /// Bytes that are neither a hello nor a frame (an HTTP request, a TLS
+    /// hello) are no tribe stream: not blamed on a plaintext peer. A
+    /// plaintext frame is, where encryption is required.
+    #[tokio::test]
+    async fn what_is_no_tribe_stream_is_not_taken_for_a_plaintext_peer() {
+        let tls = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
+        for (first, security) in [
+            (&b"GET /metrics HTTP/1.1\r\n\r\n"[..], sealed()),
+            (&tls[..], sealed()),
+            (&b"GET /metrics HTTP/1.1\r\n\r\n"[..], Security::plaintext("t")),
+        ] {
+            let (mut a, mut b) = duplex(1 << 16);
+            a.write_all(first).await.unwrap();
+            let got = accept(&mut b, &security, 1 << 20).await.map(|_| ());
+            assert!(
+                matches!(&got, Err(StreamError::BadFrame(e)) if e.to_string().contains("not a tribe stream")),
+                "{got:?}"
+            );
+        }
+        let (mut a, mut b) = duplex(1 << 16);
+        a.write_all(&wire::frame(&[wire::CHANNEL_RPC])).await.unwrap();
+        let got = accept(&mut b, &sealed(), 1 << 20).await.map(|_| ());
+        assert!(
+            matches!(got, Err(StreamError::Refused(Refusal::Plaintext))),
+            "{got:?}"
+        );
     }
 
     #[tokio::test]

@@ -469,11 +469,23 @@ impl Engine {
         self.after_change();
     }
 
-    /// A frame over the size limit or unreadable arrived; the stream is gone.
-    pub fn handle_bad_frame(&mut self, now_ms: u64, conn: ConnId) {
+    /// A frame over the size limit or unreadable arrived (`why`), from
+    /// `peer` when the runtime knows it; the stream is gone.
+    pub fn handle_bad_frame(
+        &mut self,
+        now_ms: u64,
+        conn: ConnId,
+        why: &str,
+        peer: Option<std::net::SocketAddr>,
+    ) {
         self.tick(now_ms);
         self.note_why(conn, "a frame over the size limit or unreadable");
         lock(&self.shared).counters.frame_decode_errors += 1;
+        let peer = peer.or_else(|| self.conns.get(&conn).and_then(|x| x.peer));
+        warn_limited!(self, "bad_frame", || format!(
+            "stream dropped: {why}{}",
+            peer.map_or_else(String::new, |a| format!(" (peer {a})"))
+        ));
         let exchange = self.conns.remove(&conn);
         self.note_exchange_outcome(exchange.as_ref(), false);
         if exchange.is_some() {
