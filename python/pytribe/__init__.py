@@ -1156,6 +1156,22 @@ class Node(_NoCopy):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self, timeout: Optional[float] = None) -> bool:
+        """:meth:`close` for a coroutine: it runs on a worker thread
+        (``asyncio.to_thread``), so the running loop goes on meanwhile, and
+        handlers that hand their work to that loop
+        (``asyncio.run_coroutine_threadsafe``) answer within the close's
+        grace instead of waiting for a loop it blocks. ``async with
+        Node(...)`` closes with it."""
+        _check_timeout("aclose", timeout, allow_none=True)
+        return await asyncio.to_thread(self.close, timeout)
+
     def __del__(self) -> None:
         native = getattr(self, "_native", None)
         if native is not None and not native.closed:

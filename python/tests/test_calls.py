@@ -444,3 +444,47 @@ def test_a_failure_is_answered_before_a_blocked_log_handler_returns(cluster: Clu
     finally:
         gate.set()
         logger.removeHandler(blocked)
+
+
+def test_aclose_lets_the_loop_run_and_handlers_that_use_it_answer(cluster: Cluster) -> None:
+    host, caller = pair(cluster, handler_threads=3)
+    started = threading.Semaphore(0)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        async def work(payload: bytes) -> bytes:
+            await asyncio.sleep(0.3)
+            return payload.upper()
+
+        def bridged(payload: bytes, info: pytribe.CallInfo) -> bytes:
+            # The handler's work runs on the service's own loop.
+            started.release()
+            return asyncio.run_coroutine_threadsafe(work(payload), loop).result(10)
+
+        host.serve("bridged", "1", "processor", bridged)
+        await asyncio.to_thread(wait_endpoint, caller, "bridged")
+        calls = [
+            asyncio.ensure_future(caller.call_async("svc", "bridged", b"c%d" % i, timeout=20.0))
+            for i in range(3)
+        ]
+        for _ in range(3):
+            await asyncio.to_thread(started.acquire)
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.ensure_future(tick())
+        async with host:
+            pass  # `async with` closes with aclose(), the loop running meanwhile.
+        assert host.closed
+        assert ticks > 0, "the loop stood still while the node closed"
+        ticker.cancel()
+        assert sorted(await asyncio.gather(*calls)) == [b"C0", b"C1", b"C2"]
+        assert await host.aclose() is True  # idempotent
+
+    asyncio.run(main())

@@ -52,3 +52,11 @@ def what_happened(event: pytribe.AnyEvent) -> str:
     if event.kind == "clock_skew":
         return f"{event.name} {event.offset_ms} ms"
     return event.kind
+
+
+async def served_until_cancelled(name: str) -> bool:
+    # `async with` gives the node back typed, and closes it with aclose().
+    async with pytribe.Node(name) as node:
+        reply: bytes = await node.call_async("svc", "echo", b"x", timeout=1.0)
+        del reply
+    return await node.aclose(timeout=2.0)
