@@ -41,7 +41,7 @@ struct Table {
 #[derive(Debug)]
 pub struct SetupSlot {
     /// The host counted and this setup's number.
-    counted: Option<(IpAddr, u64)>,
+    counted: (IpAddr, u64),
     /// Fires when the setup is to make way for a newer connection.
     evicted: Option<oneshot::Receiver<()>>,
     slots: SetupSlots,
@@ -104,15 +104,15 @@ impl SetupSlots {
         setups.push((seq, tx));
         table.next += 1;
         Some(SetupSlot {
-            counted: Some((host, seq)),
+            counted: (host, seq),
             evicted: Some(rx),
             slots: self.clone(),
         })
     }
 
     /// Tells the oldest setup of the host with the most setups under way,
-    /// in the network with the most, to make way; false when no counted
-    /// setup is under way. Ties go to the oldest setup, so a newcomer is
+    /// in the network with the most, to make way; false when no setup is
+    /// under way. Ties go to the oldest setup, so a newcomer is
     /// never pushed out before those that came before it.
     pub fn evict_one(&self) -> bool {
         let mut table = self.table();
@@ -167,9 +167,7 @@ impl SetupSlot {
 
 impl Drop for SetupSlot {
     fn drop(&mut self) {
-        let Some((host, seq)) = self.counted else {
-            return;
-        };
+        let (host, seq) = self.counted;
         let mut table = self.slots.table();
         if let Some(setups) = table.by_host.get_mut(&host) {
             setups.retain(|(s, _)| *s != seq);
