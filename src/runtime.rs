@@ -673,7 +673,9 @@ impl Driver {
             self.flush();
             // foca sent its goodbye already and stays silent from here on;
             // what is left is the goodbye sync (none without live peers).
-            if self.conns.is_empty() {
+            // Connections still in their setup are not waited on: a flood
+            // of silent ones would hold the stop up to its deadline.
+            if self.streams_past_setup() == 0 {
                 break;
             }
             let next_timer = self
@@ -702,13 +704,19 @@ impl Driver {
                 _ = tokio::time::sleep_until(next_timer) => self.fire_due_timers(),
             }
         }
-        if !self.conns.is_empty() {
+        let open = self.streams_past_setup();
+        if open > 0 {
             tracing::info!(
-                open = self.conns.len(),
+                open,
                 "stopped before the goodbye's exchanges with peers ended; they hear of it by gossip"
             );
         }
         self.flush();
+    }
+
+    /// Streams this node dialled, and accepted ones past their setup.
+    fn streams_past_setup(&self) -> usize {
+        self.conns.len().saturating_sub(self.setups.under_way())
     }
 
     /// Stream news from connection tasks (and wake-ups from the API).

@@ -110,6 +110,12 @@ impl SetupSlots {
         })
     }
 
+    /// Accepted connections still in their setup (less those told to make
+    /// way).
+    pub fn under_way(&self) -> usize {
+        self.table().by_host.values().map(Vec::len).sum()
+    }
+
     /// Tells the oldest setup of the host with the most setups under way,
     /// in the network with the most, to make way; false when no setup is
     /// under way. Ties go to the oldest setup, so a newcomer is
@@ -183,7 +189,7 @@ mod tests {
     use super::*;
 
     fn taken(slots: &SetupSlots) -> usize {
-        slots.table().by_host.values().map(Vec::len).sum()
+        slots.under_way()
     }
 
     #[test]
