@@ -15,6 +15,10 @@ macro_rules! warn_limited {
     };
 }
 
+/// Said of a datagram refused for what its header claims: neither its
+/// source address nor its header is authenticated.
+const UNPROVEN: &str = " (its source and header are not authenticated: it may also be forged, or junk)";
+
 mod advertise;
 mod buddy;
 mod codec;
@@ -620,7 +624,7 @@ impl Engine {
                 if self.requires_sealed() {
                     lock(&self.shared).counters.plaintext_datagrams_refused += 1;
                     warn_limited!(self, "plaintext_datagram", || {
-                        format!("plaintext datagram from {from} refused: encryption is required")
+                        format!("plaintext datagram from {from} refused: encryption is required{UNPROVEN}")
                     });
                     return;
                 }
@@ -859,7 +863,16 @@ impl Engine {
             wire::WireError::UnsupportedVersion(_) => "datagram_version",
             _ => "datagram_malformed",
         };
-        warn_limited!(self, kind, || format!("datagram from {from} refused: {e}"));
+        // What only an unauthenticated header says may be a forgery, or
+        // junk that happens to start like a datagram.
+        let unproven = matches!(
+            e,
+            wire::WireError::UnsupportedVersion(_) | wire::WireError::LabelMismatch
+        );
+        warn_limited!(self, kind, || format!(
+            "datagram from {from} refused: {e}{}",
+            if unproven { UNPROVEN } else { "" }
+        ));
     }
 
     /// Whether setting fact `key` would give this node more facts than a
