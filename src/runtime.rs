@@ -1176,6 +1176,16 @@ fn io_failure(e: &std::io::Error, plaintext_unanswered: bool) -> String {
              encryption, which this node does not send (it has no key, or its encryption \
              mode is accept), or it is no tribe node"
         )
+    } else if matches!(
+        e.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::UnexpectedEof
+            | std::io::ErrorKind::BrokenPipe
+    ) {
+        format!(
+            "the connection failed ({e}): the peer closed it before the exchange ended (a node \
+             stopping, or one at its bound of connections, which logs that it closed one)"
+        )
     } else {
         format!("the connection failed ({e})")
     }
