@@ -159,63 +159,10 @@ async fn one_host_that_never_sends_a_hello_cannot_take_every_place() {
 /// through the flooded node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hosts_that_never_send_a_hello_together_cannot_keep_peers_out() {
-    let nodes = start_cluster("hello-flood-many", 2, |_| {}).await;
-    wait_converged_members(&nodes, 2).await;
-    let target = nodes[0].addr();
-    let before = nodes[0].counters();
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut flooders = Vec::new();
-    for host in 2..=10u8 {
-        for _ in 0..30 {
-            let stop = stop.clone();
-            flooders.push(tokio::spawn(async move {
-                let from = std::net::SocketAddr::from(([127, 0, 0, host], 0));
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-                    socket.bind(from).unwrap();
-                    if let Ok(mut conn) = socket.connect(target).await {
-                        // Held, silent, until the node closes it.
-                        let mut buf = [0u8; 64];
-                        let _ = tokio::time::timeout(
-                            Duration::from_secs(2),
-                            tokio::io::AsyncReadExt::read(&mut conn, &mut buf),
-                        )
-                        .await;
-                    }
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }));
-        }
-    }
-    wait_for(
-        "setups pushed out for newcomers",
-        Duration::from_secs(10),
-        || nodes[0].counters().streams_stalled >= before.streams_stalled + 14,
-    )
-    .await;
-    nodes[1].create_tribe("during-flood").await.unwrap();
-    let mut cfg = test_config("hello-flood-many-late");
-    cfg.seeds = vec![target];
-    let late = tribe::Node::start(cfg).await.unwrap();
-    wait_for("the joiner synced", Duration::from_secs(10), || {
-        late.tribe("during-flood").is_some() && late.members_alive() == 3
-    })
-    .await;
-    // Push-pulls went on throughout (one every few seconds per node).
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let after = nodes[0].counters();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    for f in flooders {
-        f.await.unwrap();
-    }
-    assert_eq!(
-        after.streams_over_cap, before.streams_over_cap,
-        "no connection was closed at once: each newcomer took an unfinished setup's place"
-    );
-    late.shutdown().await.unwrap();
-    for n in &nodes {
-        n.shutdown().await.unwrap();
-    }
+    let hosts: Vec<Option<std::net::IpAddr>> = (2..=10u8)
+        .flat_map(|host| std::iter::repeat_n(Some([127, 0, 0, host].into()), 30))
+        .collect();
+    peers_get_through_a_flood_of_silent_setups("hello-flood-many", &hosts).await;
 }
 
 /// A process of the node's own host (its own address, which has no bound
@@ -226,19 +173,33 @@ async fn hosts_that_never_send_a_hello_together_cannot_keep_peers_out() {
 /// the cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_process_that_never_sends_a_hello_cannot_lock_peers_out() {
-    let nodes = start_cluster("hello-flood-local", 2, |_| {}).await;
+    // From the node's own address, as the tribe's other nodes on this
+    // host connect.
+    peers_get_through_a_flood_of_silent_setups("hello-flood-local", &[None; 300]).await;
+}
+
+/// One flooder per entry of `from` (its source address; `None`: the
+/// kernel's choice, the node's own address) connects to a node, sends
+/// nothing, and connects again 20 ms after the node closed it. A joiner
+/// still syncs through the node, and no connection is closed at once:
+/// each newcomer takes an unfinished setup's place.
+async fn peers_get_through_a_flood_of_silent_setups(name: &str, from: &[Option<std::net::IpAddr>]) {
+    let nodes = start_cluster(name, 2, |_| {}).await;
     wait_converged_members(&nodes, 2).await;
     let target = nodes[0].addr();
     let before = nodes[0].counters();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut flooders = Vec::new();
-    for _ in 0..300 {
+    for &source in from {
         let stop = stop.clone();
         flooders.push(tokio::spawn(async move {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                // From the node's own address, as the tribe's other nodes
-                // on this host connect.
-                if let Ok(mut conn) = tokio::net::TcpStream::connect(target).await {
+                let socket = tokio::net::TcpSocket::new_v4().unwrap();
+                if let Some(ip) = source {
+                    socket.bind(std::net::SocketAddr::new(ip, 0)).unwrap();
+                }
+                if let Ok(mut conn) = socket.connect(target).await {
+                    // Held, silent, until the node closes it.
                     let mut buf = [0u8; 64];
                     let _ = tokio::time::timeout(
                         Duration::from_secs(2),
@@ -257,13 +218,15 @@ async fn a_local_process_that_never_sends_a_hello_cannot_lock_peers_out() {
     )
     .await;
     nodes[1].create_tribe("during-flood").await.unwrap();
-    let mut cfg = test_config("hello-flood-local-late");
+    let mut cfg = test_config(&format!("{name}-late"));
     cfg.seeds = vec![target];
     let late = tribe::Node::start(cfg).await.unwrap();
     wait_for("the joiner synced", Duration::from_secs(10), || {
         late.tribe("during-flood").is_some() && late.members_alive() == 3
     })
     .await;
+    // Push-pulls went on throughout (one every few seconds per node).
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let after = nodes[0].counters();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for f in flooders {
