@@ -58,12 +58,14 @@ fn is_name_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':' | b'@')
 }
 
-/// Keeps error messages bounded when a caller passes something huge.
+/// Keeps error messages bounded when a caller passes something huge. A
+/// key in it is withheld first: cut, it would no longer be recognised.
 pub(crate) fn truncate_for_message(name: &str) -> std::borrow::Cow<'_, str> {
+    let name = crate::keyfile::withhold_keys(name);
     // Marked, so that a cut name does not pass for an 80-character one.
     match name.char_indices().nth(80) {
         Some((end, _)) => format!("{}...", &name[..end]).into(),
-        None => name.into(),
+        None => name,
     }
 }
 
@@ -143,5 +145,16 @@ mod tests {
             Error::UnknownTribe("web".into()).to_string(),
             "unknown tribe \"web\""
         );
+        // A key across the cut is withheld before it, not cut in two.
+        let key = crate::SecretKey::generate().to_base64();
+        for filler in [0, 37, 60, 79] {
+            let name = format!("{}{key}", "x".repeat(filler));
+            for text in [
+                Error::UnknownFact(name.clone()).to_string(),
+                check("tribe", &name).unwrap_err().to_string(),
+            ] {
+                assert!(!text.contains(&key[..20]), "{text}");
+            }
+        }
     }
 }

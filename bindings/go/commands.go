@@ -288,7 +288,7 @@ func (n *Node) Member(name string) (Member, error) {
 			return m, nil
 		}
 	}
-	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", withheld(name))}
+	return Member{}, &Error{Code: "unknown_node", Message: fmt.Sprintf("unknown node %q", shownName(name))}
 }
 
 // Tribes lists every tribe with its live members and catalog.

@@ -407,3 +407,25 @@ func TestWithheldFindsKeysInsideText(t *testing.T) {
 		}
 	}
 }
+
+// Member's "unknown node" error cuts a long name as libtribe's errors do,
+// withholding a key in it before the cut.
+func TestShownNameCutsAfterWithholding(t *testing.T) {
+	key, err := Keygen()
+	if err != nil {
+		t.Fatal(err)
+	}
+	long := strings.Repeat("n", 70_000)
+	if got := shownName(long); got != strings.Repeat("n", 80)+"..." {
+		t.Errorf("shownName(70,000 n) = %d bytes", len(got))
+	}
+	for _, filler := range []int{0, 37, 79} {
+		got := shownName(strings.Repeat("x", filler) + key)
+		if strings.Contains(got, key[:20]) {
+			t.Errorf("filler %d: %q shows the key", filler, got)
+		}
+	}
+	if got := shownName("web-01"); got != "web-01" {
+		t.Errorf("shownName(web-01) = %q", got)
+	}
+}

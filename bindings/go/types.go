@@ -267,5 +267,15 @@ func withheld(text string) string {
 	})
 }
 
+// shownName is a name the caller gave as an "unknown" error quotes it, as
+// libtribe does: a key in it withheld, then cut at 80 characters.
+func shownName(name string) string {
+	name = withheld(name)
+	if runes := []rune(name); len(runes) > 80 {
+		return string(runes[:80]) + "..."
+	}
+	return name
+}
+
 // keyRun is a run of base64 characters long enough to end in a key.
 var keyRun = regexp.MustCompile(`[A-Za-z0-9+/]{43,}=`)
