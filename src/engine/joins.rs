@@ -180,6 +180,13 @@ impl Engine {
         );
     }
 
+    /// Whether `addr` is one of this node's own: its advertised address,
+    /// or a loopback address at its port.
+    fn is_own_address(&self, addr: SocketAddr) -> bool {
+        let me = self.swim.identity().addr;
+        addr == me || (addr.port() == me.port() && addr.ip().to_canonical().is_loopback())
+    }
+
     /// An exchange ended: if a join opened it, its outcome is noted.
     pub(super) fn note_join_outcome(&mut self, exchange: Option<&Exchange>, ok: bool) {
         let Some(addr) = exchange.and_then(|x| x.peer) else {
@@ -188,10 +195,14 @@ impl Engine {
         let itself = exchange
             .and_then(|x| x.responder.as_ref())
             .is_some_and(|r| r == self.swim.identity());
-        if itself && self.seeds.contains(&addr) {
+        // Only an address of this node's own: a load balancer in front of
+        // several nodes reaches this one now and another next time.
+        let seed = self.seeds.contains(&addr) || self.named_seeds.contains(&addr);
+        if itself && seed && self.is_own_address(addr) && !self.own_seeds.contains(&addr) {
             // No seed: trying it again would only reach this node again
             // (and be counted as a seed that never answers).
             tracing::warn!(seed = %addr, "a seed is this node itself (another of its addresses); dropped");
+            self.own_seeds.push(addr);
             self.seeds.retain(|s| *s != addr);
             self.seeds_answered.retain(|s| *s != addr);
         }

@@ -238,6 +238,9 @@ pub struct Engine {
     join_pending: bool,
     /// Seeds given by name, as the runtime last looked them up.
     named_seeds: Vec<SocketAddr>,
+    /// Seeds (by address or by name) found to be this node itself at
+    /// another of its addresses: never dialled again.
+    own_seeds: Vec<SocketAddr>,
     /// Seeds a join exchange completed with at least once: kept when a
     /// join that made them seeds is given up.
     seeds_answered: Vec<SocketAddr>,
@@ -473,6 +476,7 @@ impl Engine {
             joined_once: false,
             join_pending: false,
             named_seeds: Vec::new(),
+            own_seeds: Vec::new(),
             seeds_answered: Vec::new(),
             joins: joins::Joins::default(),
             timings,

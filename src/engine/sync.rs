@@ -958,7 +958,7 @@ impl Engine {
     pub(super) fn join(&mut self) {
         let mut seeds = self.seeds.clone();
         for addr in &self.named_seeds {
-            if !seeds.contains(addr) {
+            if !seeds.contains(addr) && !self.own_seeds.contains(addr) {
                 seeds.push(*addr);
             }
         }
@@ -1055,7 +1055,9 @@ impl Engine {
         let fresh: Vec<_> = named
             .iter()
             .copied()
-            .filter(|a| !self.named_seeds.contains(a) && !self.seeds.contains(a))
+            .filter(|a| {
+                !self.named_seeds.contains(a) && !self.seeds.contains(a) && !self.own_seeds.contains(a)
+            })
             .collect();
         self.named_seeds = named;
         if !self.active && !fresh.is_empty() {
