@@ -59,6 +59,12 @@ pub fn read(path: &Path) -> Result<SecretKey> {
 /// [`Error::InvalidArgument`] when it holds more than one line (a comment,
 /// two keys) or no valid key.
 pub fn parse(path: &Path, text: &str) -> Result<SecretKey> {
+    if text.trim().is_empty() {
+        return Err(Error::InvalidArgument(format!(
+            "key file {path:?} is empty (a FIFO read before anything wrote to it reads so too): \
+             it must hold the key, as `tribe keygen > FILE` writes it"
+        )));
+    }
     if text.trim().lines().count() > 1 {
         return Err(Error::InvalidArgument(format!(
             "key file {path:?} holds more than one line: it must hold the key alone, \

@@ -555,11 +555,19 @@ const KEY_FILE_MAX: u64 = tribe::keyfile::MAX_KEY_FILE;
 /// A small text file, read whole (also a pipe, as `<(command)` gives);
 /// one over `max` bytes is refused without being read to its end.
 fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
+    use nix::fcntl::{fcntl, FcntlArg, OFlag};
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // Opened without waiting: a FIFO no one writes to would block the open
+    // for good (read as usual after, it reads as empty).
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
+    fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     let mut bytes = Vec::new();
-    std::fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(max + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > max {
         return Err(std::io::Error::other(format!(
             "it holds over {max} bytes, where a key is 44"
@@ -967,6 +975,37 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
+    /// A key file that is a FIFO no one writes to is refused at once, not
+    /// waited on for good; a pipe with a writer (`<(command)`) is read.
+    #[test]
+    fn a_key_file_fifo_without_a_writer_does_not_block_the_start() {
+        let dir = std::env::temp_dir().join(format!("tribe-agent-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("key");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let mut warnings = Vec::new();
+        let err = super::read_key(
+            None,
+            Some(fifo.clone()),
+            ("--key", "--key-file"),
+            &mut warnings,
+        )
+        .unwrap_err();
+        assert!(err.contains("is empty"), "{err}");
+        let key = tribe::SecretKey::generate();
+        let writer = {
+            let (fifo, text) = (fifo.clone(), key.to_base64());
+            std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+        };
+        // The writer opens first: the read finds it there.
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let got = super::read_key(None, Some(fifo), ("--key", "--key-file"), &mut warnings);
+        writer.join().unwrap();
+        assert_eq!(got.unwrap().map(|k| k.id()), Some(key.id()));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn events_are_logged_at_a_bounded_rate() {
         let mut log = super::EventLog::default();
