@@ -35,8 +35,8 @@ pub struct Counters {
     pub stream_auth_errors: u64,
     /// Streams whose peer did not finish the setup (hello, channel) in time.
     pub streams_stalled: u64,
-    /// Accepted connections closed at once because as many were still in
-    /// their setup or running an exchange as allowed (a flood).
+    /// Accepted connections closed at once: every place held an exchange,
+    /// or their host had as many setups under way as allowed (a flood).
     pub streams_over_cap: u64,
     /// Connections the TCP listener failed to accept (the process out of
     /// file descriptors, say); accepting pauses 100 ms after such a failure.

@@ -36,8 +36,9 @@ const SAVE_WARN_EVERY: Duration = Duration::from_secs(60);
 /// How long a stop waits for its data dir to take the node's last state.
 const SAVE_AT_STOP: Duration = Duration::from_secs(5);
 /// Accepted connections that may be in their setup (hello, channel frame)
-/// or running an anti-entropy exchange at once; one more is closed at once
-/// and counted in `streams_over_cap`. Setups last at most the hello timeout,
+/// or running an anti-entropy exchange at once; one more pushes out the
+/// oldest setup of the busiest host, or, when every place holds an
+/// exchange, is closed at once and counted in `streams_over_cap`. Setups last at most the hello timeout,
 /// exchanges at most [`STREAM_LIFETIME`].
 pub const MAX_ACCEPTED_STREAMS: usize = 256;
 
@@ -510,13 +511,16 @@ impl Driver {
         }
     }
 
-    /// A place among the accepted streams for a new connection. When every
-    /// place is taken, the oldest setup of the busiest host makes way for
-    /// it; none when no setup can (all are exchanges or this host's).
-    fn free_place(&self) -> Option<Place> {
+    /// A place among the accepted streams for a new connection (whose
+    /// setup is `newcomer`). When every place is taken, the oldest setup of
+    /// the busiest host makes way for it; none when no other setup can
+    /// (every place holds an exchange).
+    fn free_place(&self, newcomer: &crate::setup_slots::SetupSlot) -> Option<Place> {
         match self.accepting.clone().try_acquire_owned() {
             Ok(permit) => Some(Place::Held(permit)),
-            Err(_) if self.setups.evict_one() => Some(Place::MadeWay(self.accepting.clone())),
+            Err(_) if self.setups.evict_one(newcomer) => {
+                Some(Place::MadeWay(self.accepting.clone()))
+            }
             Err(_) => None,
         }
     }
@@ -990,7 +994,7 @@ impl Driver {
                 "connections from its host in their setup",
             );
         };
-        match self.free_place() {
+        match self.free_place(&setup) {
             Some(place) => {
                 let conn = self.shared.engine().accept_stream();
                 let held = self.shared.rpc.server.hold_stream();
@@ -1000,7 +1004,7 @@ impl Driver {
                 stream,
                 from,
                 MAX_ACCEPTED_STREAMS,
-                "accepted connections in an exchange or a setup from this host",
+                "accepted connections in an exchange",
             ),
         }
     }

@@ -77,12 +77,19 @@ impl SetupSlots {
         }
     }
 
-    fn is_own(&self, addr: IpAddr) -> bool {
-        match self.own {
-            Some(own) if own.is_unspecified() => addr.is_loopback(),
-            Some(own) => own == addr,
-            None => false,
-        }
+    /// The host this node's own connections count as, all of them one
+    /// (listening on every address, each loopback address is its own: a
+    /// local process spreading its connections over 127.N.0.0/24s would
+    /// otherwise rank as many small networks).
+    fn own_host(&self, addr: IpAddr) -> Option<IpAddr> {
+        let own = self.own?.to_canonical();
+        let addr = addr.to_canonical();
+        let is_own = if own.is_unspecified() {
+            addr.is_loopback()
+        } else {
+            own == addr
+        };
+        is_own.then_some(own)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -92,12 +99,12 @@ impl SetupSlots {
     /// A place for a setup from `addr`, if its host has fewer than
     /// [`MAX_SETUPS_PER_HOST`] under way (or it is this node's own address).
     pub fn try_take(&self, addr: IpAddr) -> Option<SetupSlot> {
-        let own = self.is_own(addr);
-        let host = host_of(addr);
+        let own = self.own_host(addr);
+        let host = own.unwrap_or_else(|| host_of(addr));
         let mut table = self.table();
         let seq = table.next;
         let setups = table.by_host.entry(host).or_default();
-        if setups.len() >= MAX_SETUPS_PER_HOST && !own {
+        if setups.len() >= MAX_SETUPS_PER_HOST && own.is_none() {
             return None;
         }
         let (tx, rx) = oneshot::channel();
@@ -117,23 +124,28 @@ impl SetupSlots {
     }
 
     /// Tells the oldest setup of the host with the most setups under way,
-    /// in the network with the most, to make way; false when no setup is
-    /// under way. Ties go to the oldest setup, so a newcomer is
-    /// never pushed out before those that came before it.
-    pub fn evict_one(&self) -> bool {
+    /// in the network with the most, to make way for `newcomer` (never
+    /// itself); false when no other setup is under way. Ties go to the
+    /// oldest setup, so a newcomer is never pushed out before those that
+    /// came before it.
+    pub fn evict_one(&self, newcomer: &SetupSlot) -> bool {
+        let (_, except) = newcomer.counted;
         let mut table = self.table();
+        let others = |setups: &[(u64, oneshot::Sender<()>)]| {
+            setups.iter().filter(|(seq, _)| *seq != except).count()
+        };
         let mut per_network: HashMap<IpAddr, usize> = HashMap::new();
         for (host, setups) in &table.by_host {
-            *per_network.entry(network_of(*host)).or_default() += setups.len();
+            *per_network.entry(network_of(*host)).or_default() += others(setups);
         }
         let busiest = table
             .by_host
             .iter()
             .filter_map(|(host, setups)| {
-                let oldest = setups.first()?.0;
+                let oldest = setups.iter().find(|(seq, _)| *seq != except)?.0;
                 let network = per_network[&network_of(*host)];
                 // Most in its network, then most of its own, then oldest.
-                Some(((network, setups.len(), std::cmp::Reverse(oldest)), *host))
+                Some(((network, others(setups), std::cmp::Reverse(oldest)), *host))
             })
             .max_by_key(|(rank, _)| *rank)
             .map(|(_, host)| host);
@@ -143,7 +155,10 @@ impl SetupSlots {
         let Some(setups) = table.by_host.get_mut(&host) else {
             return false;
         };
-        let (_, tell) = setups.remove(0);
+        let Some(at) = setups.iter().position(|(seq, _)| *seq != except) else {
+            return false;
+        };
+        let (_, tell) = setups.remove(at);
         if setups.is_empty() {
             table.by_host.remove(&host);
         }
@@ -209,7 +224,8 @@ mod tests {
 
     /// This host's connections are not bounded per host, yet they make way
     /// as any host's do: a local process that holds every place with
-    /// silent connections does not lock the other hosts' peers out.
+    /// silent connections does not lock the other hosts' peers out, also
+    /// spread over many loopback networks.
     #[tokio::test]
     async fn the_nodes_own_address_is_not_bounded_but_makes_way() {
         let own: IpAddr = [127, 0, 0, 1].into();
@@ -221,7 +237,8 @@ mod tests {
             .collect();
         assert!(slots.try_take(other).is_none());
         // The busiest host is this one: its oldest setup makes way.
-        assert!(slots.evict_one());
+        let first = slots.try_take([127, 0, 0, 3].into()).unwrap();
+        assert!(slots.evict_one(&first));
         tokio::time::timeout(std::time::Duration::from_secs(1), held[0].evicted())
             .await
             .expect("the oldest of this host's setups was told");
@@ -230,13 +247,35 @@ mod tests {
                 .await
                 .is_err()
         );
-        // Listening on every address, loopback peers are this host's.
+        // Listening on every address, loopback peers are this host's, all
+        // one host: spread over 127.N.0.0/24s, they still rank as one.
         let any = SetupSlots::new(Some([0, 0, 0, 0].into()));
-        held.extend((0..100).map(|_| any.try_take(own).unwrap()));
-        assert_eq!(taken(&any), 100);
-        assert!(any.evict_one());
-        drop((held, others));
+        let mut peer = any.try_take([10, 0, 0, 5].into()).unwrap();
+        held.extend((0..=255u8).map(|n| any.try_take([127, n, 0, 1].into()).unwrap()));
+        let mapped: IpAddr = std::net::Ipv4Addr::new(127, 0, 0, 1)
+            .to_ipv6_mapped()
+            .into();
+        held.extend((0..MAX_SETUPS_PER_HOST + 1).map(|_| any.try_take(mapped).unwrap()));
+        let newcomer = any.try_take([10, 0, 0, 9].into()).unwrap();
+        assert!(any.evict_one(&newcomer));
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), peer.evicted())
+                .await
+                .is_err(),
+            "the other host's lone setup made way for a local flood"
+        );
+        drop((held, others, first, newcomer, peer));
         assert_eq!(taken(&slots) + taken(&any), 0);
+    }
+
+    /// A newcomer never makes way for itself: with no other setup under
+    /// way (every place holding an exchange), none is told.
+    #[test]
+    fn a_newcomer_alone_makes_way_for_no_one() {
+        let slots = SetupSlots::default();
+        let newcomer = slots.try_take([10, 0, 0, 1].into()).unwrap();
+        assert!(!slots.evict_one(&newcomer));
+        assert_eq!(taken(&slots), 1);
     }
 
     #[test]
@@ -267,21 +306,22 @@ mod tests {
                 held.push(slots.try_take(*addr).unwrap());
             }
         }
-        // One more from .2: its host is the busiest, its oldest goes first.
-        held.push(slots.try_take(flood[0]).unwrap());
-        assert!(slots.evict_one());
+        // One more from .2 comes: the flooding hosts tie, the oldest setup
+        // goes first.
+        let newcomer = slots.try_take(flood[0]).unwrap();
+        assert!(slots.evict_one(&newcomer));
         let (first, rest) = held.split_first_mut().unwrap();
         tokio::time::timeout(std::time::Duration::from_secs(1), first.evicted())
             .await
             .expect("the oldest setup of the busiest host was told");
-        // Then ties within the flooding /24, oldest first: .3's first.
-        assert!(slots.evict_one());
+        // Then .2 has fewer: .3's first.
+        assert!(slots.evict_one(&newcomer));
         tokio::time::timeout(std::time::Duration::from_secs(1), rest[0].evicted())
             .await
             .expect("the next oldest of the busiest network was told");
         // The lone peer is not pushed out while the flood holds more.
         for _ in 0..(held.len() - 4) {
-            assert!(slots.evict_one());
+            assert!(slots.evict_one(&newcomer));
         }
         assert!(
             tokio::time::timeout(std::time::Duration::from_millis(50), lone.evicted())
@@ -289,11 +329,11 @@ mod tests {
                 .is_err()
         );
         for _ in 0..3 {
-            assert!(slots.evict_one());
+            assert!(slots.evict_one(&newcomer));
         }
         lone.evicted().await;
-        assert!(!slots.evict_one());
-        drop(held);
+        assert!(!slots.evict_one(&newcomer), "only the newcomer is left");
+        drop((held, newcomer));
         assert_eq!(taken(&slots), 0);
     }
 }
