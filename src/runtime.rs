@@ -427,6 +427,8 @@ impl Driver {
             None => None,
         };
         let own_ip = listener.local_addr().ok().map(|a| a.ip());
+        // Its other nodes on this host dial the advertised address too.
+        let advertised = shared.engine().addr().ip();
         Ok(Driver {
             _ended: DriverEnded(shared.clone()),
             shared,
@@ -445,7 +447,7 @@ impl Driver {
             save_failures: (0, None),
             security_epoch: 0,
             accepting: Arc::new(tokio::sync::Semaphore::new(MAX_ACCEPTED_STREAMS)),
-            setups: crate::setup_slots::SetupSlots::new(own_ip),
+            setups: crate::setup_slots::SetupSlots::new(own_ip, Some(advertised)),
             policies: PolicyJobs::default(),
             policy_thread: BlockingThread::start("tribe-policy")?,
             save_thread,

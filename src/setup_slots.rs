@@ -27,6 +27,9 @@ pub struct SetupSlots {
     /// process holding every place with silent connections would
     /// otherwise lock every peer out.
     own: Option<IpAddr>,
+    /// The address the node advertises, which other nodes of its host
+    /// dial: its own too.
+    advertised: Option<IpAddr>,
 }
 
 #[derive(Debug, Default)]
@@ -69,10 +72,11 @@ fn network_of(host: IpAddr) -> IpAddr {
 }
 
 impl SetupSlots {
-    /// Slots for a node listening on `own`.
-    pub fn new(own: Option<IpAddr>) -> SetupSlots {
+    /// Slots for a node listening on `own` and advertising `advertised`.
+    pub fn new(own: Option<IpAddr>, advertised: Option<IpAddr>) -> SetupSlots {
         SetupSlots {
             own,
+            advertised: advertised.map(|a| a.to_canonical()),
             ..SetupSlots::default()
         }
     }
@@ -89,7 +93,7 @@ impl SetupSlots {
         } else {
             own == addr
         };
-        is_own.then_some(own)
+        (is_own || self.advertised == Some(addr)).then_some(own)
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -230,7 +234,7 @@ mod tests {
     async fn the_nodes_own_address_is_not_bounded_but_makes_way() {
         let own: IpAddr = [127, 0, 0, 1].into();
         let other: IpAddr = [127, 0, 0, 2].into();
-        let slots = SetupSlots::new(Some(own));
+        let slots = SetupSlots::new(Some(own), None);
         let mut held: Vec<SetupSlot> = (0..100).map(|_| slots.try_take(own).unwrap()).collect();
         let mut others: Vec<SetupSlot> = (0..MAX_SETUPS_PER_HOST)
             .map(|_| slots.try_take(other).unwrap())
@@ -249,7 +253,10 @@ mod tests {
         );
         // Listening on every address, loopback peers are this host's, all
         // one host: spread over 127.N.0.0/24s, they still rank as one.
-        let any = SetupSlots::new(Some([0, 0, 0, 0].into()));
+        let lan: IpAddr = [192, 0, 2, 7].into();
+        let any = SetupSlots::new(Some([0, 0, 0, 0].into()), Some(lan));
+        // Other nodes of this host dial its advertised address: unbounded.
+        held.extend((0..MAX_SETUPS_PER_HOST + 1).map(|_| any.try_take(lan).unwrap()));
         let mut peer = any.try_take([10, 0, 0, 5].into()).unwrap();
         held.extend((0..=255u8).map(|n| any.try_take([127, n, 0, 1].into()).unwrap()));
         let mapped: IpAddr = std::net::Ipv4Addr::new(127, 0, 0, 1)

@@ -581,6 +581,11 @@ impl Engine {
         &self.name
     }
 
+    /// The address this node advertises.
+    pub fn addr(&self) -> SocketAddr {
+        self.swim.identity().addr
+    }
+
     #[cfg(feature = "internals")] // the simulator's and the tests'
     /// Current SWIM identity of this node.
     pub fn identity(&self) -> &NodeId {
