@@ -364,12 +364,13 @@ pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         let mut first = [0u8; wire::FRAME_HEADER];
         stream.read_exact(&mut first).await?;
         if first[..2] != crypto::HELLO_MAGIC {
-            // No hello, and no plaintext frame either: not a tribe node (an
-            // HTTP or TLS client, a port scanner) to blame on encryption.
-            if wire::frame_len(first, max_frame).is_err() {
+            // No hello, and not the channel frame (one byte) a plaintext
+            // stream begins with: not a tribe node (an HTTP or TLS client,
+            // a port scanner) to blame on encryption.
+            if u32::from_be_bytes(first) != 1 {
                 return Err(StreamError::BadFrame(wire::WireError::Malformed(
-                    "not a tribe stream: its first bytes are neither a hello nor a frame \
-                     (an HTTP or TLS client, or a port scanner, at the gossip port?)"
+                    "not a tribe stream: its first bytes are neither a hello nor a channel \
+                     frame (an HTTP or TLS client, or a port scanner, at the gossip port?)"
                         .into(),
                 )));
             }
@@ -763,10 +764,12 @@ mod tests {
             (&b"GET /metrics HTTP/1.1\r\n\r\n"[..], sealed()),
             (&tls[..], sealed()),
             (&b"GET /metrics HTTP/1.1\r\n\r\n"[..], Security::plaintext("t")),
+            (&wire::frame(&[0; 100])[..], sealed()),
         ] {
             let (mut a, mut b) = duplex(1 << 16);
             a.write_all(first).await.unwrap();
-            let got = accept(&mut b, &security, 1 << 20).await.map(|_| ());
+            // Whatever the frame bound: a TLS record's header reads as 369 MB.
+            let got = accept(&mut b, &security, 1 << 30).await.map(|_| ());
             assert!(
                 matches!(&got, Err(StreamError::BadFrame(e)) if e.to_string().contains("not a tribe stream")),
                 "{got:?}"
