@@ -20,13 +20,12 @@ use crate::stream::{self, Security};
 use crate::wire;
 
 mod borrowed;
+mod unreachable;
 pub use borrowed::Outcome;
 
 /// A pooled stream unused this long is replaced rather than reused: well
 /// before the host's own idle timeout, so a call never races its closing.
 pub const CLIENT_IDLE: std::time::Duration = std::time::Duration::from_secs(60);
-/// A host that could not be reached is tried after the others for this long.
-pub const UNREACHABLE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
 /// How long a request that could not be written waits for the host's
 /// refusal of the stream, if one is on its way.
 const REFUSAL_GRACE: std::time::Duration = std::time::Duration::from_millis(200);
@@ -251,9 +250,8 @@ pub struct Pool {
     /// Calls routed to each host and not finished, counted from the moment
     /// of the choice so that calls starting together spread.
     load: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
-    /// When a host last could not be reached: tried last for a while, so
-    /// calls do not keep knocking on a dead host until SWIM declares it.
-    unreachable: Mutex<HashMap<SocketAddr, Instant>>,
+    /// Hosts that could not be reached lately: tried last for a while.
+    unreachable: unreachable::Unreachable,
     inflight: Arc<Semaphore>,
     limits: RpcLimits,
     next_id: AtomicU64,
@@ -327,7 +325,7 @@ impl Pool {
         Pool {
             slots: Mutex::new(HashMap::new()),
             load: Mutex::new(HashMap::new()),
-            unreachable: Mutex::new(HashMap::new()),
+            unreachable: unreachable::Unreachable::default(),
             inflight: Arc::new(Semaphore::new(limits.max_inflight)),
             limits,
             next_id: AtomicU64::new(1),
@@ -370,23 +368,13 @@ impl Pool {
 
     /// Notes that `addr` could not be reached.
     pub fn mark_unreachable(&self, addr: SocketAddr) {
-        self.unreachable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(addr, Instant::now());
+        self.unreachable.mark(addr);
     }
 
-    /// Whether `addr` failed to connect within [`UNREACHABLE_FOR`].
+    /// Whether `addr` is to be tried after the others: it could not be
+    /// reached lately (see [`unreachable`]).
     pub fn recently_unreachable(&self, addr: SocketAddr) -> bool {
-        let mut map = self.unreachable.lock().unwrap_or_else(|p| p.into_inner());
-        match map.get(&addr) {
-            Some(at) if at.elapsed() < UNREACHABLE_FOR => true,
-            Some(_) => {
-                map.remove(&addr);
-                false
-            }
-            None => false,
-        }
+        self.unreachable.is_recent(addr)
     }
 
     /// Counts a call against `addr` until the guard drops.
@@ -454,10 +442,7 @@ impl Pool {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, count| Arc::strong_count(count) > 1 || count.load(Ordering::Relaxed) > 0);
-        self.unreachable
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|_, at| at.elapsed() < UNREACHABLE_FOR);
+        self.unreachable.prune();
     }
 
     /// Later calls open new streams (the node's keys or encryption mode
@@ -544,6 +529,7 @@ impl Pool {
             return Ok(best.touch());
         }
         let conn = self.dialer.open(addr, security).await?;
+        self.unreachable.clear(addr);
         Ok(slot.add(conn))
     }
 
@@ -613,7 +599,12 @@ impl Pool {
         let slot = self.slot(addr);
         let conn = tokio::time::timeout_at(deadline, self.conn(&slot, addr, security, large))
             .await
-            .map_err(|_| NotSent::OutOfTime)??;
+            .map_err(|_| {
+                // No stream within the call's whole time: the next calls
+                // try other hosts first (a host whose TCP is dropped).
+                self.unreachable.mark(addr);
+                NotSent::OutOfTime
+            })??;
         if self.is_closed() {
             // The node stopped while this stream opened.
             slot.end();
@@ -1136,6 +1127,29 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(let_go, "the caller still holds the retired stream");
+    }
+
+    /// A host whose stream does not open within a call's time (a firewall
+    /// that drops its TCP; here, one that never answers the hello) is tried
+    /// after the others by the next calls, not chosen again and again.
+    #[tokio::test]
+    async fn a_host_whose_stream_never_opens_in_time_is_tried_last() {
+        // Never accepted: the kernel completes the connection, and no hello
+        // ever comes back.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let sealed = Security {
+            keyring: Some(crate::crypto::Keyring::new(crate::crypto::SecretKey::generate())),
+            encryption: crate::config::Encryption::Require,
+            label: "t".into(),
+        };
+        let pool = Pool::new(RpcLimits::default(), 1 << 20, Arc::default());
+        assert!(!pool.recently_unreachable(addr));
+        let deadline = Instant::now() + std::time::Duration::from_millis(300);
+        let answer = pool.request(addr, &sealed, deadline, false, call).await;
+        assert!(matches!(answer, Err(NotSent::OutOfTime)), "{answer:?}");
+        assert!(pool.recently_unreachable(addr));
+        drop(silent);
     }
 
     /// What is kept per host address goes once no call uses it: hosts that

@@ -356,17 +356,23 @@ impl Pool {
             // budget opened one anew and timed out: the dial goes on in a
             // task of its own (bounded by its connect timeout), and its
             // stream waits with the idle ones for the next call.
-            let borrowed = self.borrowed.clone();
+            // Until it opens, the next calls try other hosts first (a host
+            // whose TCP is dropped never answers at all).
+            self.unreachable.mark(addr);
+            let (borrowed, unreachable) = (self.borrowed.clone(), self.unreachable.clone());
             let room = room.take();
             tokio::spawn(async move {
                 if let Ok(Ok(stream)) = dial.await.map(|d| pooled(d, generation)) {
+                    unreachable.clear(addr);
                     borrowed.keep(addr, stream);
                 }
                 drop(room);
             });
             return Err(NotSent::OutOfTime);
         };
-        pooled(dialled?, generation)
+        let stream = pooled(dialled?, generation)?;
+        self.unreachable.clear(addr);
+        Ok(stream)
     }
 }
 
