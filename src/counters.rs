@@ -94,6 +94,9 @@ pub struct Counters {
     pub identities_refused: u64,
     /// Identities heard that claim this node's name and would displace it.
     pub identity_claims: u64,
+    /// New generations this node took because peers had found it down
+    /// while it ran (repeated: they do not hear its gossip).
+    pub renewals: u64,
     /// Times a peer's clock was found off ours by more than the report bound.
     pub clock_skew_reports: u64,
     /// Median offset of the peers' clocks from this node's, in ms (a gauge).

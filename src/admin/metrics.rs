@@ -321,6 +321,12 @@ pub fn render(s: &Snapshot) -> String {
     );
     counter(
         &mut r,
+        "renewals",
+        "New generations this node took because peers had found it down while it ran (repeated: they do not hear its gossip)",
+        c.renewals,
+    );
+    counter(
+        &mut r,
         "clock_skew_reports",
         "Peers found with a clock off this node's by more than 30 s",
         c.clock_skew_reports,

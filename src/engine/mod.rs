@@ -33,6 +33,7 @@ pub mod keys;
 mod members;
 mod name_claims;
 mod news;
+mod renewals;
 // The simulator's: nothing else preloads an engine.
 #[cfg(feature = "internals")]
 mod preload;
@@ -241,6 +242,8 @@ pub struct Engine {
     /// Seeds (by address or by name) found to be this node itself at
     /// another of its addresses: never dialled again.
     own_seeds: Vec<SocketAddr>,
+    /// New generations this node took because peers had found it down.
+    renewals: renewals::Renewals,
     /// Seeds a join exchange completed with at least once: kept when a
     /// join that made them seeds is given up.
     seeds_answered: Vec<SocketAddr>,
@@ -477,6 +480,7 @@ impl Engine {
             join_pending: false,
             named_seeds: Vec::new(),
             own_seeds: Vec::new(),
+            renewals: renewals::Renewals::default(),
             seeds_answered: Vec::new(),
             joins: joins::Joins::default(),
             timings,
@@ -1094,10 +1098,26 @@ impl Engine {
                     generation = id.generation,
                     "rejoining with a new generation"
                 );
+                self.note_renewal(now);
             }
             OwnedNotification::Defunct => {}
         }
         self.resize_swim();
+    }
+
+    /// Peers found this node down while it ran (it rejoins at once):
+    /// counted, and warned about when it repeats (see [`renewals`]).
+    fn note_renewal(&mut self, now: u64) {
+        lock(&self.shared).counters.renewals += 1;
+        if self.renewals.note(now) {
+            warn_limited!(self, "renewals", || format!(
+                "peers found this node down {} times within {} minutes while it \
+                 runs: they do not hear its gossip, or it does not hear theirs (UDP blocked \
+                 while TCP passes, as a firewall may; or a host paused or overloaded)",
+                renewals::WARNED,
+                renewals::WINDOW_MS / 60_000
+            ));
+        }
     }
 
     fn left_flag(&self, name: &str) -> bool {
