@@ -23,11 +23,13 @@ fn main() {
         Ok(bindings) => {
             let mut text = Vec::new();
             bindings.write(&mut text);
-            // cbindgen closes its `extern "C"` guard with a `//` comment,
-            // which a C89 compiler takes as tokens after `#endif`.
+            // cbindgen closes its `extern "C"` guard with `//` comments,
+            // which C89 does not have (gnu89 -pedantic refuses them even
+            // where the preprocessor skips them).
             let text = String::from_utf8(text)
                 .expect("cbindgen writes UTF-8")
-                .replace("// __cplusplus", "/* __cplusplus */");
+                .replace("// __cplusplus", "/* __cplusplus */")
+                .replace("// extern \"C\"", "/* extern \"C\" */");
             // Written only when it changed, so that nothing rebuilds for it.
             if std::fs::read_to_string(&header).ok().as_deref() != Some(text.as_str()) {
                 std::fs::write(&header, text).expect("include/tribe.h is writable");

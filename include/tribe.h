@@ -1893,7 +1893,7 @@ uint32_t tribe_node_state_digest(const struct tribe_node *node,
                                  struct tribe_error **err);
 
 #ifdef __cplusplus
-}  // extern "C"
+}  /* extern "C" */
 #endif  /* __cplusplus */
 
 #endif  /* TRIBE_H */
