@@ -152,7 +152,15 @@ pub(crate) fn payload_bytes(what: &str, payload: &Bound<'_, PyAny>) -> PyResult<
 }
 
 fn hex_sha(text: &str) -> PyResult<[u8; 32]> {
-    let bad = || value_error(format!("{text:?} is not a hex SHA-256 (64 hex digits)"));
+    let bad = || {
+        // Cut as libtribe cuts names in its errors (a key in it withheld).
+        let text = tribe::keyfile::withhold_keys(text);
+        let shown: String = match text.char_indices().nth(80) {
+            Some((end, _)) => format!("{}...", &text[..end]),
+            None => text.into_owned(),
+        };
+        value_error(format!("{shown:?} is not a hex SHA-256 (64 hex digits)"))
+    };
     if text.len() != 64 || !text.is_ascii() {
         return Err(bad());
     }

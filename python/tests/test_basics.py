@@ -183,6 +183,10 @@ def test_closed_node_raises_shutdown_error_and_close_is_idempotent() -> None:
         node.artifact("00" * 32)
     with pytest.raises(ValueError):
         node.artifact("not hex")
+    # A long one is cut in the message, as libtribe cuts names.
+    with pytest.raises(ValueError) as long_one:
+        node.artifact("a" * 100_000)
+    assert len(str(long_one.value)) < 200
     # Counters stay readable, with every counter of the admin API.
     counters = node.counters()
     assert set(counters) == {"engine", "calls"}

@@ -74,8 +74,10 @@ pub extern "C" fn tribe_node_artifact(
         let out = cast::out(out, "out")?;
         let out_len = cast::out(out_len, "out_len")?;
         let mut sha = [0u8; 32];
-        hex::decode_to_slice(text, &mut sha)
-            .map_err(|_| FfiError::invalid(format!("sha256 {text:?} is not 64 hex digits")))?;
+        hex::decode_to_slice(text, &mut sha).map_err(|_| {
+            let shown = crate::names::truncate_for_message(text);
+            FfiError::invalid(format!("sha256 {shown:?} is not 64 hex digits"))
+        })?;
         let n = node_handle(node)?.live()?;
         let bytes = n.artifact(&sha).ok_or_else(|| {
             FfiError::new(
