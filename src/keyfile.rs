@@ -127,17 +127,30 @@ pub fn withhold_keys(text: &str) -> std::borrow::Cow<'_, str> {
 /// key in `source` withheld: for a parser's message about `source`, which
 /// quotes the pieces it could not read (a key given as a policy is cut at
 /// a `+`, a `/` or a digit, and each piece would escape [`withhold_keys`]).
+/// A key here is also one without its `=`, or split by white space.
 pub(crate) fn withhold_key_pieces<'a>(text: &'a str, source: &str) -> std::borrow::Cow<'a, str> {
-    let keys = keys_in(source);
-    if keys.is_empty() {
+    let runs = secret_runs(source);
+    if runs.is_empty() {
         return std::borrow::Cow::Borrowed(text);
     }
-    // The longest run at the start of `rest` that some key holds.
+    // Each piece starts with one of these: the rest of a position's look
+    // is made only where one matches.
+    let starts: std::collections::HashSet<&[u8]> =
+        runs.iter().flat_map(|r| r.windows(KEY_PIECE)).collect();
+    let held = |piece: &[u8]| {
+        runs.iter()
+            .any(|r| r.windows(piece.len()).any(|w| w == piece))
+    };
+    // The longest run at the start of `rest` that a secret holds.
     let piece = |rest: &[u8]| {
-        (KEY_PIECE..=rest.len().min(44)).rev().find(|&len| {
-            keys.iter()
-                .any(|k| k.windows(len).any(|w| w == &rest[..len]))
-        })
+        if rest.len() < KEY_PIECE || !starts.contains(&rest[..KEY_PIECE]) {
+            return None;
+        }
+        let mut len = KEY_PIECE;
+        while len < rest.len() && held(&rest[..=len]) {
+            len += 1;
+        }
+        Some(len)
     };
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -160,14 +173,42 @@ pub(crate) fn withhold_key_pieces<'a>(text: &'a str, source: &str) -> std::borro
 /// The shortest piece of a key [`withhold_key_pieces`] withholds.
 const KEY_PIECE: usize = 6;
 
-/// The keys in `text`, as [`withhold_keys`] finds them.
-fn keys_in(text: &str) -> Vec<&[u8]> {
-    KEY_RUN
+/// The keys in `text`, as [`withhold_keys`] finds them, and also those
+/// without their `=` or split by white space: each as the runs of `text`
+/// that make it up.
+fn secret_runs(text: &str) -> Vec<&[u8]> {
+    static RUN: std::sync::LazyLock<regex::Regex> =
+        std::sync::LazyLock::new(|| regex::Regex::new(r"[A-Za-z0-9+/]+=?").expect("a valid regex"));
+    let mut secrets: Vec<&[u8]> = KEY_RUN
         .find_iter(text)
         .map(|m| &m.as_str()[m.as_str().len() - 44..])
         .filter(|k| SecretKey::from_base64(k).is_ok())
         .map(str::as_bytes)
-        .collect()
+        .collect();
+    let runs: Vec<regex::Match<'_>> = RUN.find_iter(text).collect();
+    for first in 0..runs.len() {
+        let mut joined = String::new();
+        for (i, run) in runs.iter().enumerate().skip(first) {
+            // Only white space between the runs joined.
+            if i > first && !text[runs[i - 1].end()..run.start()].trim().is_empty() {
+                break;
+            }
+            joined.push_str(run.as_str());
+            if joined.len() > 44 {
+                break;
+            }
+            let padded = if joined.len() == 43 {
+                format!("{joined}=")
+            } else {
+                joined.clone()
+            };
+            if padded.len() == 44 && SecretKey::from_base64(&padded).is_ok() {
+                secrets.extend(runs[first..=i].iter().map(|r| r.as_str().as_bytes()));
+                break;
+            }
+        }
+    }
+    secrets
 }
 
 #[cfg(test)]
@@ -281,5 +322,25 @@ mod tests {
         );
         // No key in the source: the message stays as it is.
         assert_eq!(withhold_key_pieces(msg, "facts.jIriPi == 1"), msg);
+        // A key without its `=`, or split over two lines.
+        let bare = &key[..43];
+        let msg = format!("unknown variable '{bare}': only 'facts' is available");
+        assert_eq!(
+            withhold_key_pieces(&msg, bare),
+            "unknown variable '(a key, withheld)': only 'facts' is available"
+        );
+        let split = format!("{}\n{}", &key[..22], &key[22..]);
+        let msg = format!("mismatched input '{}' at '{}'", &key[..22], &key[22..43]);
+        let out = withhold_key_pieces(&msg, &split);
+        assert!(
+            !out.contains(&key[2..8]) && !out.contains(&key[24..30]),
+            "{out}"
+        );
+        // Words and names are no secrets.
+        let msg = "unknown function 'processorCountTotal' on facts.hostname_of_rack";
+        assert_eq!(
+            withhold_key_pieces(msg, "processorCountTotal2(facts.hostname_of_rack)"),
+            msg
+        );
     }
 }

@@ -1323,10 +1323,18 @@ mod tests {
     fn a_key_given_as_an_expression_is_withheld_from_the_error() {
         for _ in 0..20 {
             let key = crate::crypto::SecretKey::generate().to_base64();
-            let err = Condition::compile(&key).unwrap_err().to_string();
-            for piece in key.as_bytes().windows(6) {
-                let piece = std::str::from_utf8(piece).unwrap();
-                assert!(!err.contains(piece), "{piece:?} of the key in {err:?}");
+            // As printed, without its `=`, split over two lines or words.
+            for given in [
+                key.clone(),
+                key[..43].to_string(),
+                format!("{}\n{}", &key[..22], &key[22..]),
+                format!("{} {}", &key[..10], &key[10..43]),
+            ] {
+                let err = Condition::compile(&given).unwrap_err().to_string();
+                for piece in key.as_bytes().windows(6) {
+                    let piece = std::str::from_utf8(piece).unwrap();
+                    assert!(!err.contains(piece), "{piece:?} of the key in {err:?}");
+                }
             }
         }
     }
