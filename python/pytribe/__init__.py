@@ -570,6 +570,15 @@ def _at_multiprocessing_exit() -> None:
     _at_exit()
 
 
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """``fn(*args)`` on ``loop``, from another thread; nothing once the loop
+    has closed (its task is gone with it)."""
+    try:
+        loop.call_soon_threadsafe(fn, *args)
+    except RuntimeError:
+        pass
+
+
 def _grace(until: Optional[float]) -> float:
     """How long to wait for pool threads to leave: 1 s, or what is left of
     the caller's timeout."""
@@ -1163,14 +1172,36 @@ class Node(_NoCopy):
         await self.aclose()
 
     async def aclose(self, timeout: Optional[float] = None) -> bool:
-        """:meth:`close` for a coroutine: it runs on a worker thread
-        (``asyncio.to_thread``), so the running loop goes on meanwhile, and
-        handlers that hand their work to that loop
-        (``asyncio.run_coroutine_threadsafe``) answer within the close's
-        grace instead of waiting for a loop it blocks. ``async with
-        Node(...)`` closes with it."""
+        """:meth:`close` for a coroutine: it runs on a thread of its own,
+        so the running loop goes on meanwhile, and handlers that hand their
+        work to that loop (``asyncio.run_coroutine_threadsafe``) answer
+        within the close's grace instead of waiting for a loop it blocks.
+        Not the loop's default executor, whose threads may all be waiting
+        for this very node. Cancelling the awaiting task does not stop the
+        close: it goes on to its end. ``async with Node(...)`` closes
+        with it."""
         _check_timeout("aclose", timeout, allow_none=True)
-        return await asyncio.to_thread(self.close, timeout)
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[bool] = loop.create_future()
+
+        def settle(result: Optional[bool], error: Optional[BaseException]) -> None:
+            if done.done():
+                return  # the awaiting task was cancelled
+            if error is not None:
+                done.set_exception(error)
+            else:
+                done.set_result(bool(result))
+
+        def run() -> None:
+            try:
+                result = self.close(timeout)
+            except BaseException as e:  # handed to the awaiting task
+                _call_soon(loop, settle, None, e)
+            else:
+                _call_soon(loop, settle, result, None)
+
+        threading.Thread(target=run, name="pytribe-aclose", daemon=True).start()
+        return await done
 
     def __del__(self) -> None:
         native = getattr(self, "_native", None)

@@ -488,3 +488,29 @@ def test_aclose_lets_the_loop_run_and_handlers_that_use_it_answer(cluster: Clust
         assert await host.aclose() is True  # idempotent
 
     asyncio.run(main())
+
+
+def test_aclose_runs_when_the_default_executor_is_busy_and_when_cancelled(cluster: Cluster) -> None:
+    node = cluster.start("busy")
+    other = cluster.start("other")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        release = threading.Event()
+        # Every thread of the loop's default executor waits.
+        blockers = [loop.run_in_executor(None, release.wait, 20.0) for _ in range(64)]
+        assert await asyncio.wait_for(node.aclose(), 10.0) is True
+        assert node.closed
+        # Cancelled at once, the close still goes on to its end.
+        task = asyncio.ensure_future(other.aclose())
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        release.set()
+        await asyncio.gather(*blockers)
+
+    asyncio.run(main())
+    # (With the loop's executor, a close cancelled before a thread took it
+    # never ran.)
+    wait_for("the cancelled close ran", lambda: other.closed)
