@@ -541,9 +541,11 @@ impl Pool {
         }
         let dialing = DialingAnother(slot.clone());
         let (dialer, security) = (self.dialer.clone(), security.clone());
+        let unreachable = self.unreachable.clone();
         tokio::spawn(async move {
             match dialer.open(addr, &security).await {
                 Ok(conn) => {
+                    unreachable.clear(addr);
                     dialing.0.add(conn);
                 }
                 Err(e) => tracing::debug!(%addr, error = ?e, "another call stream not opened"),

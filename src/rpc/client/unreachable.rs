@@ -44,11 +44,14 @@ impl Unreachable {
     }
 
     /// `addr` could not be reached (a connect that failed, or that did not
-    /// open within the call's time).
+    /// open within the call's time). Calls that fail together (waiting on
+    /// one dial, or on one stream that closed) make one strike: a strike
+    /// within the wait of the last one adds nothing.
     pub fn mark(&self, addr: SocketAddr) {
         let now = Instant::now();
         let mut map = self.lock();
         let count = match map.get(&addr) {
+            Some(s) if s.last.elapsed() < s.wait() => return,
             Some(s) if s.last.elapsed() < s.wait() + FORGET_AFTER => s.count.saturating_add(1),
             _ => 1,
         };
@@ -88,12 +91,20 @@ mod tests {
         let u = Unreachable::default();
         let addr: SocketAddr = "10.0.0.1:7946".parse().unwrap();
         assert!(!u.is_recent(addr));
+        // Calls failing together make one strike.
+        for _ in 0..8 {
+            u.mark(addr);
+        }
+        assert_eq!(u.lock()[&addr].wait(), UNREACHABLE_FOR);
         let mut waits = Vec::new();
-        for _ in 0..7 {
+        for _ in 0..6 {
+            // Each strike after the last one's wait.
+            let last = u.lock()[&addr].last;
+            u.lock().get_mut(&addr).unwrap().last = last - UNREACHABLE_FOR * 16;
             u.mark(addr);
             waits.push(u.lock()[&addr].wait().as_secs());
         }
-        assert_eq!(waits, [2, 4, 8, 16, 32, 32, 32]);
+        assert_eq!(waits, [4, 8, 16, 32, 32, 32]);
         assert!(u.is_recent(addr));
         u.clear(addr);
         assert!(!u.is_recent(addr));
