@@ -636,14 +636,17 @@ fn a_join_given_up_keeps_an_address_that_had_refused() {
 fn a_seed_that_is_this_node_itself_is_dropped() {
     let me = SocketAddr::from(([127, 0, 0, 1], 20_011));
     let other_address = SocketAddr::from(([127, 0, 0, 2], 20_011));
-    assert_eq!(dials_of_a_seed_that_loops_back(me, other_address), 1);
+    assert_eq!(dials_of_a_seed_that_loops_back(me, other_address, false), 1);
+    // A join through it later dials it once, and makes it no seed again.
+    assert_eq!(dials_of_a_seed_that_loops_back(me, other_address, true), 2);
     let balancer = SocketAddr::from(([127, 0, 0, 1], 30_000));
-    assert!(dials_of_a_seed_that_loops_back(me, balancer) > 1);
+    assert!(dials_of_a_seed_that_loops_back(me, balancer, false) > 1);
 }
 
 /// How many times an engine at `me` alone dials `seed` in two minutes,
-/// each stream to it reaching the engine itself.
-fn dials_of_a_seed_that_loops_back(me: SocketAddr, seed: SocketAddr) -> usize {
+/// each stream to it reaching the engine itself (and, with `join_again`,
+/// joined through it after one minute).
+fn dials_of_a_seed_that_loops_back(me: SocketAddr, seed: SocketAddr, join_again: bool) -> usize {
     let cfg = config(0, Some(seed), |_| {});
     let mut engine = Engine::new(&cfg, me, 1, Default::default(), START_MS, 7).unwrap();
     engine.start(START_MS);
@@ -685,6 +688,9 @@ fn dials_of_a_seed_that_loops_back(me: SocketAddr, seed: SocketAddr) -> usize {
             }
         }
         now += 100;
+        if join_again && now == START_MS + 60_000 {
+            engine.join_through(now, &[seed]).unwrap();
+        }
         for (timer, after) in std::mem::take(&mut timers) {
             if after.as_millis() as u64 <= 100 {
                 engine.handle_timer(now, timer);

@@ -94,7 +94,9 @@ impl Engine {
             },
         );
         for &addr in &targets {
-            if !self.seeds.contains(&addr) && self.seeds.len() < MAX_SEEDS {
+            // One found to be this node is no seed, joined through again.
+            let seed = !self.seeds.contains(&addr) && !self.own_seeds.contains(&addr);
+            if seed && self.seeds.len() < MAX_SEEDS {
                 self.seeds.push(addr);
                 if let Some(t) = self.joins.tickets.get_mut(&ticket) {
                     t.seeded.push(addr);
