@@ -559,11 +559,13 @@ fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     // Opened without waiting: a FIFO no one writes to would block the open
-    // for good (read as usual after, it reads as empty).
+    // for good. Its writer may come later (`mkfifo k; tribe agent
+    // --key-file k & cat key > k`), so the read waits for one, bounded.
     let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(path)?;
+    wait_for_a_writer(&file, KEY_FILE_WRITER_WAIT)?;
     let flags = OFlag::from_bits_truncate(fcntl(&file, FcntlArg::F_GETFL)?);
     fcntl(&file, FcntlArg::F_SETFL(flags - OFlag::O_NONBLOCK))?;
     let mut bytes = Vec::new();
@@ -574,6 +576,34 @@ fn read_small(path: &std::path::Path, max: u64) -> std::io::Result<String> {
         )));
     }
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("it is not UTF-8 text"))
+}
+
+/// How long a key file that is a FIFO may wait for its writer.
+const KEY_FILE_WRITER_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits until `file` has something to read or its writer hung up (at
+/// once for a regular file); a FIFO no one opens for writing within `wait`
+/// is an error rather than a start that hangs.
+fn wait_for_a_writer(file: &std::fs::File, wait: std::time::Duration) -> std::io::Result<()> {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd as _;
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+        let mut fds = [PollFd::new(file.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, timeout) {
+            Ok(0) => {
+                return Err(std::io::Error::other(format!(
+                    "no one wrote to it within {} s (a FIFO waits for its writer that long)",
+                    wait.as_secs()
+                )))
+            }
+            Ok(_) => return Ok(()),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }
 
 /// Levels a bare word of `--log-level` may be; any other bare word would be
@@ -975,34 +1005,56 @@ impl EventLog {
 
 #[cfg(test)]
 mod tests {
-    /// A key file that is a FIFO no one writes to is refused at once, not
-    /// waited on for good; a pipe with a writer (`<(command)`) is read.
+    /// A key file that is a FIFO waits for its writer, bounded: one that
+    /// comes later or was there first is read, none is an error, not a
+    /// start that hangs.
     #[test]
-    fn a_key_file_fifo_without_a_writer_does_not_block_the_start() {
+    fn a_key_file_fifo_waits_for_its_writer_bounded() {
         let dir = std::env::temp_dir().join(format!("tribe-agent-fifo-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let fifo = dir.join("key");
         nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-        let mut warnings = Vec::new();
-        let err = super::read_key(
-            None,
-            Some(fifo.clone()),
-            ("--key", "--key-file"),
-            &mut warnings,
-        )
-        .unwrap_err();
-        assert!(err.contains("is empty"), "{err}");
-        let key = tribe::SecretKey::generate();
-        let writer = {
-            let (fifo, text) = (fifo.clone(), key.to_base64());
-            std::thread::spawn(move || std::fs::write(fifo, text).unwrap())
+        let reader = {
+            use std::os::unix::fs::OpenOptionsExt as _;
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(&fifo)
+                .unwrap()
         };
-        // The writer opens first: the read finds it there.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        let got = super::read_key(None, Some(fifo), ("--key", "--key-file"), &mut warnings);
-        writer.join().unwrap();
-        assert_eq!(got.unwrap().map(|k| k.id()), Some(key.id()));
+        let err =
+            super::wait_for_a_writer(&reader, std::time::Duration::from_millis(200)).unwrap_err();
+        assert!(err.to_string().contains("no one wrote to it"), "{err}");
+        drop(reader);
+        let mut warnings = Vec::new();
+        for writer_first in [false, true] {
+            let key = tribe::SecretKey::generate();
+            let writer = {
+                let (fifo, text) = (fifo.clone(), key.to_base64());
+                std::thread::spawn(move || {
+                    if !writer_first {
+                        std::thread::sleep(std::time::Duration::from_millis(300));
+                    }
+                    std::fs::write(fifo, text).unwrap()
+                })
+            };
+            if writer_first {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let got = super::read_key(
+                None,
+                Some(fifo.clone()),
+                ("--key", "--key-file"),
+                &mut warnings,
+            );
+            writer.join().unwrap();
+            assert_eq!(
+                got.unwrap().map(|k| k.id()),
+                Some(key.id()),
+                "{writer_first}"
+            );
+        }
         let _ = std::fs::remove_dir_all(&dir);
     }
 
