@@ -173,6 +173,16 @@ pub(crate) fn withhold_key_pieces<'a>(text: &'a str, source: &str) -> std::borro
 /// The shortest piece of a key [`withhold_key_pieces`] withholds.
 const KEY_PIECE: usize = 6;
 
+/// Whether 43 characters without their `=` may be a key: a quarter of
+/// all such runs decode as one, so only those that mix upper case, lower
+/// case and digits count, as a random key all but always does (one in
+/// 1,500 has no digit) and a name seldom.
+fn mixes_cases_and_digits(text: &str) -> bool {
+    text.bytes().any(|b| b.is_ascii_uppercase())
+        && text.bytes().any(|b| b.is_ascii_lowercase())
+        && text.bytes().any(|b| b.is_ascii_digit())
+}
+
 /// The keys in `text`, as [`withhold_keys`] finds them, and also those
 /// without their `=` or split by white space: each as the runs of `text`
 /// that make it up.
@@ -197,7 +207,7 @@ fn secret_runs(text: &str) -> Vec<&[u8]> {
             if joined.len() > 44 {
                 break;
             }
-            let padded = if joined.len() == 43 {
+            let padded = if joined.len() == 43 && mixes_cases_and_digits(&joined) {
                 format!("{joined}=")
             } else {
                 joined.clone()
@@ -205,6 +215,21 @@ fn secret_runs(text: &str) -> Vec<&[u8]> {
             if padded.len() == 44 && SecretKey::from_base64(&padded).is_ok() {
                 secrets.extend(runs[first..=i].iter().map(|r| r.as_str().as_bytes()));
                 break;
+            }
+        }
+    }
+    // A key without its `=` glued to other characters (`facts.rack<key>`):
+    // every 43 characters of a longer run.
+    for run in runs.iter().map(|r| r.as_str().trim_end_matches('=')) {
+        if run.len() <= 44 {
+            continue;
+        }
+        for at in 0..=run.len() - 43 {
+            let window = &run[at..at + 43];
+            if mixes_cases_and_digits(window)
+                && SecretKey::from_base64(&format!("{window}=")).is_ok()
+            {
+                secrets.push(window.as_bytes());
             }
         }
     }
@@ -336,7 +361,22 @@ mod tests {
             !out.contains(&key[2..8]) && !out.contains(&key[24..30]),
             "{out}"
         );
-        // Words and names are no secrets.
+        // A key without its `=` glued to a name, twice.
+        let glued = format!("facts.rack{bare}{bare} == 1");
+        let msg = format!("undeclared reference to 'rack{bare}{bare}'");
+        let out = withhold_key_pieces(&msg, &glued);
+        assert!(
+            !out.contains(&key[2..8]) && !out.contains(&key[30..36]),
+            "{out}"
+        );
+        // Words and names are no secrets, also long ones.
+        let long = "facts.the_number_of_processors_in_this_rack_of_the_datacenter";
+        let msg =
+            "undeclared reference to 'the_number_of_processors_in_this_rack_of_the_datacenter'";
+        assert_eq!(withhold_key_pieces(msg, long), msg);
+        let long = "facts.numberOfProcessorsInThisRackOfTheDataCenters";
+        let msg = "undeclared reference to 'numberOfProcessorsInThisRackOfTheDataCenters'";
+        assert_eq!(withhold_key_pieces(msg, long), msg);
         let msg = "unknown function 'processorCountTotal' on facts.hostname_of_rack";
         assert_eq!(
             withhold_key_pieces(msg, "processorCountTotal2(facts.hostname_of_rack)"),
