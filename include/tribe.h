@@ -88,11 +88,14 @@
  *   started it: in a forked child, that node and its responders refuse all
  *   work with TRIBE_FORKED (at once, never a hang), and tribe_node_free /
  *   tribe_responder_free there release nothing. A child may start nodes of
- *   its own. A child forked without exec keeps the node's sockets open
- *   (they are close-on-exec), so the port stays taken until it exits, and
- *   should the parent crash while the child lives, its peers see no closed
- *   stream: its calls in flight end when they time out or when it is
- *   declared failed. The child closes its copy of the data-dir lock.
+ *   its own, also from a config made before the fork, but not in a poll
+ *   group made before it (TRIBE_FORKED: the group's runtime runs in the
+ *   parent; make a group in the child). A child forked without exec keeps
+ *   the node's sockets open (they are close-on-exec), so the port stays
+ *   taken until it exits, and should the parent crash while the child
+ *   lives, its peers see no closed stream: its calls in flight end when
+ *   they time out or when it is declared failed. The child closes its copy
+ *   of the data-dir lock.
  */
 
 

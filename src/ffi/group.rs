@@ -35,6 +35,19 @@ pub(super) struct GroupCore {
     /// `tribe_group_wake`; a notification nobody waits for is kept for the
     /// next wait.
     pub(super) ready: Arc<Notify>,
+    /// The process that made the group: a config carrying it into a
+    /// forked child must not start a node on the parent's runtime.
+    pub(super) owner: Owner,
+}
+
+impl Drop for GroupCore {
+    fn drop(&mut self) {
+        // In a forked child the runtime's threads are the parent's: its
+        // shutdown would wait on them for good. The child releases nothing.
+        if self.owner.is_elsewhere() {
+            std::mem::forget(self.io.clone());
+        }
+    }
 }
 
 /// Makes a poll group. Pass it to `tribe_config_set_group` for each node
@@ -54,6 +67,7 @@ pub extern "C" fn tribe_group_new(out: *mut *mut TribeGroup, err: *mut *mut FfiE
             core: Arc::new(GroupCore {
                 io: Arc::new(io),
                 ready: Arc::new(Notify::new()),
+                owner: Owner::here(),
             }),
             owner: Owner::here(),
         };

@@ -306,6 +306,19 @@ pub extern "C" fn tribe_node_start(
             group,
             warnings,
         } = taken?;
+        if let Some(group) = &group {
+            // Its runtime's epoll set is shared with the parent, whose
+            // threads would read (and misread) the child's readiness.
+            if group.owner.is_elsewhere() {
+                return Err(FfiError::new(
+                    super::error::TRIBE_FORKED,
+                    "the config's poll group was made before this process was forked, and \
+                     its runtime runs in the parent: make a group in this process and give \
+                     it to a new config"
+                        .to_string(),
+                ));
+            }
+        }
         let max_inflight = config.rpc.max_inflight;
         let max_payload = config.rpc.max_payload;
         let notify = group.as_ref().map(|g| g.ready.clone());

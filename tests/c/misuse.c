@@ -1116,6 +1116,20 @@ static void forked_child_is_refused(void) {
     tribe_responder *r = NULL;
     EXPECT(TRIBE_OK, tribe_event_take_responder(call, &r, &err));
     tribe_event_free(call);
+    /* Configs read before the fork, one with a poll group whose handle is
+     * still held, one whose group's handle was freed. */
+    tribe_group *g = NULL;
+    tribe_config *in_group = NULL, *in_freed_group = NULL;
+    EXPECT(TRIBE_OK, tribe_group_new(&g, &err));
+    EXPECT(TRIBE_OK, tribe_config_new("fork-grouped", &in_group, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_group(in_group, g, &err));
+    EXPECT(TRIBE_OK, tribe_config_new("fork-grouped-2", &in_freed_group, &err));
+    {
+        tribe_group *g2 = NULL;
+        EXPECT(TRIBE_OK, tribe_group_new(&g2, &err));
+        EXPECT(TRIBE_OK, tribe_config_set_group(in_freed_group, g2, &err));
+        tribe_group_free(g2);
+    }
     fflush(NULL);
     pid_t child = fork();
     CHECK(child >= 0);
@@ -1142,6 +1156,18 @@ static void forked_child_is_refused(void) {
         CHECK(strcmp(tribe_result_name(TRIBE_FORKED), "forked") == 0);
         tribe_responder_free(r);
         tribe_node_free(n);
+        /* A start in the parent's group would run the child's sockets on
+         * the parent's runtime, whose threads (in the parent) read them:
+         * before, the parent crashed. Freeing releases nothing (the group's
+         * threads are not here to stop). */
+        tribe_node *grouped = NULL;
+        tribe_error *start_err = NULL;
+        CHECK(tribe_node_start(in_group, &grouped, &start_err) == TRIBE_FORKED);
+        CHECK(grouped == NULL && strstr(tribe_error_message(start_err), "group") != NULL);
+        tribe_error_free(start_err);
+        tribe_config_free(in_group);
+        tribe_config_free(in_freed_group);
+        tribe_group_free(g);
         tribe_node *own = start_node("fork-child", NULL, NULL, "r1");
         EXPECT(TRIBE_OK, tribe_node_create_tribe(own, "child", &err));
         EXPECT(TRIBE_OK, tribe_node_abort(own, &err));
@@ -1152,6 +1178,17 @@ static void forked_child_is_refused(void) {
     int status = 0;
     CHECK(waitpid(child, &status, 0) == child);
     CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    /* The parent's group still serves its own starts. */
+    tribe_node *grouped = NULL;
+    EXPECT(TRIBE_OK, tribe_config_set_profile(in_group, "local", &err));
+    EXPECT(TRIBE_OK, tribe_config_set_collect_facts(in_group, false, &err));
+    EXPECT(TRIBE_OK, tribe_node_start(in_group, &grouped, &err));
+    tribe_config_free(in_group);
+    tribe_config_free(in_freed_group);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(grouped, "grouped", &err));
+    EXPECT(TRIBE_OK, tribe_node_abort(grouped, &err));
+    tribe_node_free(grouped);
+    tribe_group_free(g);
     EXPECT(TRIBE_OK, tribe_responder_reply(r, (const uint8_t *)"x", 1, &err));
     tribe_responder_free(r);
     tribe_event *done = next_of_kind(n, TRIBE_EVENT_CALL_DONE);
