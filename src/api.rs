@@ -578,13 +578,10 @@ impl Node {
     /// heard of within 3 s ([`UNKNOWN_KEY_WAIT`]).
     pub async fn remove_key(&self, id: crate::KeyId) -> Result<()> {
         // A switch made through another node a moment ago may not be heard
-        // of here yet: some member sealing with another key says it is.
-        let switched = |s: &crate::KeyringStatus| {
-            s.primary != Some(id)
-                || s.keys
-                    .iter()
-                    .any(|k| k.id != id && !k.primary_on.is_empty())
-        };
+        // of here yet; this node's primary follows it once it is. (Another
+        // member still sealing with another key says nothing: it may be
+        // one that has not yet switched *to* `id`.)
+        let switched = |s: &crate::KeyringStatus| s.primary != Some(id);
         if self.heard_soon(switched).await? {
             self.wait_for_keys(id, true).await?;
         }

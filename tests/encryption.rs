@@ -457,6 +457,13 @@ async fn keyring_steps_through_different_nodes_run_back_to_back() {
     // The primary itself, with no switch under way, is refused (after 3 s).
     let err = nodes[1].remove_key(old.id()).await.unwrap_err();
     assert_eq!(err.code(), "primary_key", "{err}");
+    // Also the one just made primary, while the others still switch to it
+    // (it was taken for a switch away from it: not spread, after 10 s).
+    let new = SecretKey::generate();
+    nodes[0].install_key(new.clone()).await.unwrap();
+    nodes[0].use_key(new.id()).await.unwrap();
+    let err = nodes[0].remove_key(new.id()).await.unwrap_err();
+    assert_eq!(err.code(), "primary_key", "{err}");
     for n in &nodes {
         assert_eq!(n.members_alive(), 3, "{} was cut off", n.name());
     }
