@@ -23,6 +23,31 @@ pub(crate) fn set_inherit(inherit: Inherit) {
     let _ = INHERIT.set(inherit);
 }
 
+/// What a thread about to be made should run first (see [`Inherit`]),
+/// captured on the making thread: for threads made elsewhere in the crate
+/// (a seed's name lookup, a policy's compile), which must block the
+/// host's signals as much as the node's own.
+pub(crate) fn inherited() -> Option<Box<dyn FnOnce() + Send>> {
+    INHERIT.get().map(|capture| capture())
+}
+
+/// Threads that ran [`inherited`]'s hook, by name, and whether SIGTERM
+/// was blocked on them after it: what the tests look at.
+#[cfg(test)]
+pub(crate) static MASKS_SEEN: std::sync::Mutex<Vec<(String, bool)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Notes the calling thread's mask in [`MASKS_SEEN`].
+#[cfg(test)]
+pub(crate) fn note_mask() {
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+    let mut mask = SigSet::empty();
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut mask));
+    let name = std::thread::current().name().unwrap_or("").to_string();
+    let blocked = mask.contains(Signal::SIGTERM);
+    MASKS_SEEN.lock().unwrap().push((name, blocked));
+}
+
 /// Runs jobs one after another on one thread. Dropping this handle lets
 /// the queued jobs finish and waits for the thread to end: what it holds
 /// (the host's log sink, its thread-locals) goes before the node's free
@@ -42,7 +67,7 @@ impl BlockingThread {
     /// Starts the thread (named `name`, as `top` and debuggers show it).
     pub fn start(name: &str) -> std::io::Result<BlockingThread> {
         let (jobs, queued) = mpsc::channel::<Job>();
-        let inherited = INHERIT.get().map(|capture| capture());
+        let inherited = inherited();
         let thread = std::thread::Builder::new()
             .name(name.to_string())
             .spawn(move || {
@@ -135,6 +160,24 @@ mod tests {
         assert_eq!(first.await.unwrap().as_deref(), Some("tribe-test"));
         assert!(panicked.await.is_err());
         assert_eq!(after.await.unwrap(), 7);
+    }
+
+    /// Threads made outside the node's start (a policy's compile, a seed's
+    /// name lookup, made on a host thread that may take signals) block the
+    /// host's signals too. Before, they kept the host thread's mask.
+    #[tokio::test]
+    async fn threads_made_later_block_the_hosts_signals() {
+        crate::runtime_build::block_signals_on_node_threads();
+        crate::policy::Condition::compile("facts.rack == 'r1'").unwrap();
+        let _ = crate::seeds::start_lookup("localhost:7946").await;
+        let seen = MASKS_SEEN.lock().unwrap().clone();
+        for name in ["policy-compile", "tribe-seed-lookup"] {
+            assert!(
+                seen.iter().any(|(n, _)| n == name),
+                "{name} not seen: {seen:?}"
+            );
+        }
+        assert!(seen.iter().all(|(_, blocked)| *blocked), "{seen:?}");
     }
 
     #[test]

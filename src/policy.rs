@@ -246,11 +246,17 @@ impl Condition {
         if FAIL_THREAD_START.with(|f| f.get()) {
             return Err(PolicyError::new(format!("{NO_THREAD}: injected")));
         }
+        let inherited = crate::blocking::inherited();
         let parsed = std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
                 .name("policy-compile".into())
                 .stack_size(COMPILE_STACK_SIZE)
                 .spawn_scoped(scope, || {
+                    if let Some(take_over) = inherited {
+                        take_over();
+                    }
+                    #[cfg(test)]
+                    crate::blocking::note_mask();
                     catch_unwind(|| compile_program(when)).unwrap_or_else(|_| {
                         Err(PolicyError::new("internal error: the CEL parser panicked"))
                     })

@@ -167,9 +167,15 @@ pub(crate) fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
         return rx;
     };
     let name = name.to_string();
+    let inherited = crate::blocking::inherited();
     let spawned = std::thread::Builder::new()
         .name("tribe-seed-lookup".into())
         .spawn(move || {
+            if let Some(take_over) = inherited {
+                take_over();
+            }
+            #[cfg(test)]
+            crate::blocking::note_mask();
             let _place = place;
             let answer = match name.to_socket_addrs() {
                 Ok(addrs) => {
