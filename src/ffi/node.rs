@@ -314,8 +314,7 @@ pub extern "C" fn tribe_node_start(
                     super::error::TRIBE_FORKED,
                     "the config's poll group was made before this process was forked, and \
                      its runtime runs in the parent: make a group in this process and give \
-                     it to a new config"
-                        .to_string(),
+                     it to a new config",
                 ));
             }
         }
