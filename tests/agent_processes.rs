@@ -1660,6 +1660,73 @@ fn a_start_stuck_opening_the_publish_file_ends_at_sigterm() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// A publish file that is a FIFO no one reads fails the start after 10 s,
+/// saying why (it used to wait for good, silently).
+#[test]
+fn a_publish_file_fifo_without_a_reader_fails_the_start_in_bounded_time() {
+    let dir = scratch_dir("fifo-publish-bounded");
+    let fifo = dir.join("out.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let mut child = bare_agent_command(&[
+        "--name",
+        "unread",
+        "--admin",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+        "--publish-file",
+        fifo.to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("the start waited for a reader for good");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("not opened within 10 s"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// Signals that come while the agent reads its options (a key file that
+/// is a FIFO waits for its writer): SIGHUP changes nothing, SIGTERM ends
+/// the start with exit 1. Both used to kill it unheard (129, 143).
+#[test]
+fn signals_while_the_options_are_read_are_taken() {
+    let dir = scratch_dir("fifo-key-signals");
+    let fifo = dir.join("key");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let child = bare_agent_command(&[
+        "--name",
+        "waiting",
+        "--admin",
+        "127.0.0.1:0",
+        "--key-file",
+        fifo.to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGHUP).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("stopped by a signal while starting"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
 #[test]
 fn a_plaintext_agent_warns_at_start_and_shows_encryption_off() {
     let dir = scratch_dir("plaintext");

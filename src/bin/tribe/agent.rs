@@ -695,31 +695,71 @@ fn stop_at_stdin_eof() -> Result<(), String> {
 
 /// Runs the agent until a signal; returns once it has left the tribe.
 pub fn run(args: AgentArgs) -> Result<(), String> {
-    let collected = tribe::facts::collect();
-    let plan = args.plan(&collected)?;
-    init_logging(&plan.log_level, plan.log_json)?;
-    for warning in &plan.warnings {
-        tracing::warn!("{warning}");
-    }
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    // Taken before the plan, which may wait (a key file's FIFO, a name
+    // lookup): a SIGHUP or SIGTERM then must not kill the agent unheard.
+    // SIGHUP too: a closed terminal or a service manager's "reload" must
+    // not kill the node without a goodbye; there is nothing to reload, so
+    // it is logged.
+    let mut signals = crate::signals::Watch::new(&[SIGTERM, SIGINT, SIGHUP])?;
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     let workers = std::thread::available_parallelism().map_or(1, usize::from);
     // Guarded: at the thread limit tokio panics, or hangs.
     let runtime = tribe::runtime_build::build(builder, workers, 0)
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let served = runtime.block_on(serve(plan));
+    let (plan, hups) = runtime.block_on(plan_or_signal(args, &mut signals))?;
+    init_logging(&plan.log_level, plan.log_json)?;
+    for warning in &plan.warnings {
+        tracing::warn!("{warning}");
+    }
+    if hups > 0 {
+        tracing::info!("SIGHUP while starting: nothing to reload; still starting");
+    }
+    let served = runtime.block_on(serve(plan, signals));
     // Not waiting for the workers: one may be stuck in a start a signal
     // ended (the process exits next).
     runtime.shutdown_background();
     served
 }
 
-async fn serve(plan: AgentPlan) -> Result<(), String> {
+/// How long the start waits for the publish file to open.
+const PUBLISH_FILE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The agent's plan, made on a thread of its own (it may block), raced
+/// with the signals; with the SIGHUPs received meanwhile.
+async fn plan_or_signal(
+    args: AgentArgs,
+    signals: &mut crate::signals::Watch,
+) -> Result<(AgentPlan, usize), String> {
+    let (tx, planned) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tribe-plan".into())
+        .spawn(move || {
+            let collected = tribe::facts::collect();
+            let _ = tx.send(args.plan(&collected));
+        })
+        .map_err(|e| format!("cannot start the tribe-plan thread: {e}"))?;
+    tokio::pin!(planned);
+    let mut hups = 0;
+    loop {
+        tokio::select! {
+            plan = &mut planned => {
+                let plan = plan.map_err(|_| "the agent's options could not be read (internal error)")?;
+                return Ok((plan?, hups));
+            }
+            signal = signals.next() => {
+                if signal != signal_hook::consts::SIGHUP {
+                    return Err("stopped by a signal while starting".into());
+                }
+                hups += 1;
+            }
+        }
+    }
+}
+
+async fn serve(plan: AgentPlan, mut signals: crate::signals::Watch) -> Result<(), String> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    // SIGHUP too: a closed terminal or a service manager's "reload" must
-    // not kill the node without a goodbye; there is nothing to reload, so
-    // it is logged.
-    let mut signals = crate::signals::Watch::new(&[SIGTERM, SIGINT, SIGHUP])?;
     if plan.stop_at_stdin_eof {
         stop_at_stdin_eof()?;
     }
@@ -730,11 +770,21 @@ async fn serve(plan: AgentPlan) -> Result<(), String> {
         Some(path) => {
             // Raced with the signals, as the node's start: the file may sit
             // on a hung mount.
+            let shown = path.display().to_string();
             let opening = crate::tasks::file_publisher(path);
             tokio::pin!(opening);
+            let given_up = tokio::time::sleep(PUBLISH_FILE_OPEN_WAIT);
+            tokio::pin!(given_up);
             loop {
                 tokio::select! {
                     opened = &mut opening => break Some(opened?),
+                    () = &mut given_up => {
+                        return Err(format!(
+                            "--publish-file {shown}: not opened within {} s (a FIFO waits \
+                             for its reader: start the reader first; or a hung mount)",
+                            PUBLISH_FILE_OPEN_WAIT.as_secs()
+                        ));
+                    }
                     signal = signals.next() => {
                         if signal != SIGHUP {
                             return Err("stopped by a signal while starting".into());
