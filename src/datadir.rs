@@ -608,6 +608,18 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
                     continue;
                 }
                 if kept.install(key.clone()).is_err() {
+                    // The key to seal with, left out, would cut this node
+                    // off from every peer that uses it, silently.
+                    if key.id() == primary {
+                        return Err(Error::Config(format!(
+                            "the keyring kept in {} holds {} keys, the most, and the configured \
+                             key {primary} is not among them: remove a key the tribe no longer \
+                             uses first (`tribe keys remove` on a member; or start without the \
+                             new key and remove one), then start again",
+                            dir.join(KEYRING_FILE).display(),
+                            kept.keys().len(),
+                        )));
+                    }
                     tracing::warn!(key = %key.id(), "keyring kept in the data dir is full; configured key not added");
                 }
             }
@@ -1020,16 +1032,22 @@ mod tests {
             "a removed key stays removed"
         );
         assert_eq!(merged.primary_id(), second.id());
-        // A kept ring too full for a newly configured key: the key is not
-        // counted as given, so a start with room still makes it primary.
+        // A kept ring too full for a newly configured key refuses the
+        // start (the node would seal with another key than the operator
+        // gave, cut off from peers using it), and changes nothing: a start
+        // with room makes the key primary.
         let mut full = Keyring::new(SecretKey::generate());
         while full.len() < crate::crypto::MAX_KEYS {
             full.install(SecretKey::generate()).unwrap();
         }
         save_keyring(&dir, &full).unwrap();
         let fifth = Keyring::new(SecretKey::generate());
-        let merged = merge_keyring(&dir, Some(fifth.clone())).unwrap().unwrap();
-        assert_ne!(merged.primary_id(), fifth.primary_id());
+        let err = merge_keyring(&dir, Some(fifth.clone())).unwrap_err();
+        assert!(
+            matches!(err, Error::Config(_)) && err.to_string().contains("holds 8 keys"),
+            "{err}"
+        );
+        assert_eq!(load_keyring(&dir).unwrap().unwrap().len(), full.len());
         let some = full
             .ids()
             .into_iter()
