@@ -570,7 +570,8 @@ func (n *Node) Close() error {
 // instead of 5 s, as http.Server's Shutdown: it leaves the cluster
 // gracefully (the goodbye takes at most 1.5 s, whatever ctx says), then
 // waits for running handlers until they return or ctx ends, so it returns
-// at most 1.5 s after ctx ends. It returns Close's result (nil when no
+// at most 1.5 s after ctx ends, plus up to 2 s while replies handlers
+// already gave are sent to slow callers. It returns Close's result (nil when no
 // handler was running, also with ctx already done), or, when ctx ended
 // while handlers still ran, an error matching both the context's error
 // and its cause: those handlers are left to finish on their own, their
@@ -665,17 +666,22 @@ func (in *node) stop(ctx context.Context, graceful bool) (drained bool, err erro
 		}
 	}
 	in.mu.Lock()
-	if !drained {
+	if !drained || ctx.Err() != nil {
 		// The handlers still running are given up: their calls end
-		// Disconnected now, and the free waits for none of their replies.
+		// Disconnected now, and the free waits for none of their replies
+		// (nor for replies still queued to a slow peer: ctx has ended).
 		C.tribe_node_abort(in.ptr, nil)
 	}
 	// Kept: EventsDropped goes on counting what libtribe dropped.
 	in.dropped.Add(uint64(C.tribe_node_events_dropped(in.ptr)))
 	in.finalCounters = finalCounters(in.ptr)
-	C.tribe_node_free(in.ptr)
+	ptr := in.ptr
 	in.ptr = nil
 	in.mu.Unlock()
+	// Freed outside the lock: the free may wait (up to 2 s) for replies
+	// queued to slow peers, and no other method may wait with it; they
+	// find the node closed.
+	C.tribe_node_free(ptr)
 	in.stopped = true
 	in.stopErr = err
 	return drained, err
@@ -685,6 +691,10 @@ func (in *node) stop(ctx context.Context, graceful bool) (drained bool, err erro
 // node from being freed meanwhile.
 func (in *node) do(f func(p *C.tribe_node, e **C.tribe_error) C.uint32_t) error {
 	gcPoint()
+	// Not queued behind a stop's write lock.
+	if in.closing.Load() {
+		return errClosed()
+	}
 	in.mu.RLock()
 	defer in.mu.RUnlock()
 	if in.ptr == nil || in.closing.Load() {
