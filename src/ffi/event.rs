@@ -347,7 +347,9 @@ pub extern "C" fn tribe_node_next_events(
 /// waits for before it would sleep: a thread that yields to other work
 /// between looks, or an event loop spinning briefly before it sleeps. A
 /// `tribe_node_next_events` with 0 ms only takes what other threads
-/// queued.
+/// queued: a loop that sleeps on the event fd between looks drains it
+/// better that way (a look here takes the call streams over from
+/// libtribe's thread, which takes them back after 0.1 ms).
 #[no_mangle]
 pub extern "C" fn tribe_node_poll_events(
     node: *const TribeNode,
