@@ -53,6 +53,10 @@
  *   (tribe_cancel_trigger ends a blocking join on another thread).
  * - tribe_config, tribe_event and tribe_error objects must not be used from
  *   two threads at once (hand them over between threads freely).
+ * - A host thread that calls libtribe needs 128 KiB of stack or more: a
+ *   blocking call or a start runs part of the node's work on it (a release
+ *   build crashed below 80 KiB; a debug build needs more). Threads of
+ *   glibc get 8 MiB unless told otherwise, musl's 128 KiB.
  *
  * Blocking, and after a shutdown
  * - Where a function's comment says nothing else: a command (tribes,
@@ -1766,7 +1770,10 @@ uint32_t tribe_node_shutdown(const struct tribe_node *node,
  * (or during) a `tribe_node_shutdown`, as a host's second signal or a host
  * that gave up on its handlers, it makes `tribe_node_free` wait only for
  * the replies already given to be sent, not for calls still unanswered
- * (their callers get `TRIBE_DISCONNECTED` at the free).
+ * (their callers get `TRIBE_DISCONNECTED` at the free). During a
+ * `tribe_node_shutdown` of another thread it does not cut the goodbye
+ * short: it returns when that shutdown does (1.5 s at most, plus the
+ * data dir's last write).
  */
 uint32_t tribe_node_abort(const struct tribe_node *node,
                           struct tribe_error **err);

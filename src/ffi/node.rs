@@ -439,7 +439,10 @@ pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut Ffi
 /// (or during) a `tribe_node_shutdown`, as a host's second signal or a host
 /// that gave up on its handlers, it makes `tribe_node_free` wait only for
 /// the replies already given to be sent, not for calls still unanswered
-/// (their callers get `TRIBE_DISCONNECTED` at the free).
+/// (their callers get `TRIBE_DISCONNECTED` at the free). During a
+/// `tribe_node_shutdown` of another thread it does not cut the goodbye
+/// short: it returns when that shutdown does (1.5 s at most, plus the
+/// data dir's last write).
 #[no_mangle]
 pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
     ffi_call!(err, {
