@@ -324,7 +324,9 @@ type handlerKey struct{ name, version string }
 
 // Serve serves a plugin: the node advertises it, and members of this node's
 // tribes can call it. Serving the same name and version again replaces the
-// handler, and its kind (a name and version is served as one kind).
+// handler, and its kind (a name and version is served as one kind). A
+// node serves at most 256 plugins (name and version pairs); one more is
+// ErrInvalidArgument.
 func (n *Node) Serve(name, version string, kind Kind, h Handler) error {
 	in := n.inner()
 	if in.closing.Load() {
