@@ -378,6 +378,12 @@ fn read_manifest(text: &str) -> Result<serde_json::Value, String> {
 /// `--admin`: `HOST:PORT`, `http://HOST:PORT/` or a port of this host; any
 /// other text is a usage error, not an unreachable agent.
 fn admin_address(text: &str) -> Result<String, String> {
+    if let Some((scheme, _)) = text.split_once("://").filter(|(s, _)| *s != "http") {
+        return Err(format!(
+            "the admin API speaks plain HTTP, not {scheme}: give HOST:PORT or http://HOST:PORT \
+             (for TLS, put a proxy in front and reach it with a client of your own)"
+        ));
+    }
     let bare = text.strip_prefix("http://").unwrap_or(text);
     let bare = bare.trim_end_matches('/');
     let port_ok = |p: &str| p.parse::<u16>().is_ok_and(|p| p > 0);
@@ -828,7 +834,24 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
-    use super::table_cell;
+    use super::{admin_address, table_cell};
+
+    /// `--admin https://...` is refused as such, not taken for a host
+    /// named `https` (the error said "http://https://...: unreachable").
+    #[test]
+    fn an_admin_address_with_another_scheme_is_refused() {
+        for ok in [
+            "127.0.0.1:7947",
+            "http://127.0.0.1:7947/",
+            "7947",
+            "[::1]:7947",
+        ] {
+            assert!(admin_address(ok).is_ok(), "{ok}");
+        }
+        let err = admin_address("https://127.0.0.1:7947").unwrap_err();
+        assert!(err.contains("plain HTTP, not https"), "{err}");
+        assert!(admin_address("127.0.0.1").is_err());
+    }
 
     #[test]
     fn a_cell_keeps_to_its_row_and_column() {
