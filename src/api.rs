@@ -623,6 +623,17 @@ impl Node {
             if lagging.is_empty() {
                 return Ok(());
             }
+            // A step through another node undid what is waited for: say so
+            // now, not as "not spread" after the whole wait.
+            let status = self.keyring_status();
+            if !primary && !status.keys.iter().any(|k| k.id == id) {
+                // Removed meanwhile.
+                return Err(Error::UnknownKey(id.to_string()));
+            }
+            if primary && status.primary == Some(id) {
+                // Made the primary again meanwhile.
+                return Err(Error::PrimaryKey(id.to_string()));
+            }
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::KeyNotSpread {
                     key: id.to_string(),

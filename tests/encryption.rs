@@ -469,6 +469,40 @@ async fn keyring_steps_through_different_nodes_run_back_to_back() {
     }
 }
 
+/// A use and a removal of the same key through two nodes at the same
+/// moment: whichever loses says what undid it (the key removed, or made
+/// the primary), at once, not "not spread" after 10 s; the tribe stays
+/// whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_use_and_a_removal_racing_end_with_what_happened() {
+    let k1 = SecretKey::generate();
+    let nodes = start_cluster("race", 3, keyed(&k1)).await;
+    wait_converged_members(&nodes, 3).await;
+    for _ in 0..3 {
+        let k = SecretKey::generate();
+        // The use waits for the install to spread; the removal, through
+        // the node that installed it, comes meanwhile.
+        nodes[0].install_key(k.clone()).await.unwrap();
+        let (used, removed) = tokio::join!(nodes[1].use_key(k.id()), nodes[0].remove_key(k.id()));
+        for r in [&used, &removed] {
+            if let Err(e) = r {
+                assert!(
+                    ["unknown_key", "primary_key"].contains(&e.code()),
+                    "use {used:?}, remove {removed:?}"
+                );
+            }
+        }
+        for n in &nodes {
+            assert_eq!(n.members_alive(), 3, "{} was cut off", n.name());
+        }
+        // Back to k1 alone for the next round.
+        if used.is_ok() && removed.is_err() {
+            nodes[0].use_key(k1.id()).await.unwrap();
+            nodes[0].remove_key(k.id()).await.unwrap();
+        }
+    }
+}
+
 /// A key only one member still holds (an old key file put back on it) is
 /// removed through any other member, which does not hold it itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

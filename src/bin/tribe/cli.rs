@@ -741,10 +741,15 @@ fn wait_keys(
     wait: u64,
     what: &str,
     done: impl Fn(&KeyHolding, usize) -> usize,
+    undone: impl Fn(&Keys, std::time::Duration) -> Option<String>,
 ) -> Result<String, String> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait);
+    let began = std::time::Instant::now();
+    let deadline = began + std::time::Duration::from_secs(wait);
     loop {
         let keys: Keys = admin.get("/v1/keys")?;
+        if let Some(why) = undone(&keys, began.elapsed()) {
+            return Err(why);
+        }
         let hold = keys
             .keys
             .iter()
@@ -769,6 +774,29 @@ fn wait_keys(
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// What undid a `keys use` of `id` while it spread (a step made through
+/// another node at the same moment): the key removed, or another made
+/// primary everywhere (looked for once the use had time to spread).
+fn other_step(keys: &Keys, id: tribe::KeyId, waited: std::time::Duration) -> Option<String> {
+    let id = id.to_string();
+    if !keys.keys.iter().any(|k| k.id == id) {
+        return Some(format!(
+            "key {id} is no longer in the keyring: it was removed meanwhile (a `tribe keys \
+             remove` through another node?)"
+        ));
+    }
+    let instead = keys
+        .keys
+        .iter()
+        .find(|k| k.id != id && k.primary_on.len() == keys.members)
+        .filter(|_| waited >= std::time::Duration::from_secs(2))?;
+    Some(format!(
+        "key {} was made primary on every live node instead of {id} (a `tribe keys use` \
+         through another node at the same moment?)",
+        instead.id
+    ))
 }
 
 fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String> {
@@ -808,21 +836,40 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
                 .map_err(|e| format!("invalid argument: {e} (invalid_argument)"))?
                 .id();
             let reply = admin.post("/v1/keys", &json!({ "key": key }))?;
-            let summary = wait_keys(admin, id, wait, "installed", |k, _| k.installed_on.len())?;
+            let summary = wait_keys(
+                admin,
+                id,
+                wait,
+                "installed",
+                |k, _| k.installed_on.len(),
+                |_, _| None,
+            )?;
             done(opts, reply, summary)
         }
         KeysCmd::Use { key, wait } => {
             let id = key_id_of(&key)?;
             let reply = admin.put(&format!("/v1/keys/{id}/primary"), None)?;
-            let summary = wait_keys(admin, id, wait, "primary", |k, _| k.primary_on.len())?;
+            let summary = wait_keys(
+                admin,
+                id,
+                wait,
+                "primary",
+                |k, _| k.primary_on.len(),
+                |keys, waited| other_step(keys, id, waited),
+            )?;
             done(opts, reply, summary)
         }
         KeysCmd::Remove { key, wait } => {
             let id = key_id_of(&key)?;
             let reply = admin.delete(&format!("/v1/keys/{id}"))?;
-            let summary = wait_keys(admin, id, wait, "removed", |k, members| {
-                members - k.installed_on.len()
-            })?;
+            let summary = wait_keys(
+                admin,
+                id,
+                wait,
+                "removed",
+                |k, members| members - k.installed_on.len(),
+                |_, _| None,
+            )?;
             done(opts, reply, summary)
         }
         KeysCmd::Encryption { mode } => {
@@ -834,7 +881,40 @@ fn run_keys(opts: &AdminOpts, admin: &Admin, cmd: KeysCmd) -> Result<(), String>
 
 #[cfg(test)]
 mod tests {
-    use super::{admin_address, table_cell};
+    use super::{admin_address, other_step, table_cell};
+    use tribe::admin::json::{KeyHolding, Keys};
+
+    /// A `keys use` whose key another step removed, or which another `use`
+    /// beat, fails at once saying so, not "primary on 0/4" after 15 s.
+    #[test]
+    fn a_use_undone_by_another_step_says_what_happened() {
+        let id = tribe::SecretKey::generate().id();
+        let holding = |id: String, primary: usize| KeyHolding {
+            id,
+            installed_on: vec!["a".into(), "b".into()],
+            primary_on: ["a", "b"][..primary]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+        };
+        let keys = |keys| Keys {
+            encryption: Some("require".into()),
+            primary: None,
+            members: 2,
+            keys,
+        };
+        let second = std::time::Duration::from_secs(1);
+        let other = "0badc0de".to_string();
+        let removed = other_step(&keys(vec![holding(other.clone(), 2)]), id, second).unwrap();
+        assert!(removed.contains("removed meanwhile"), "{removed}");
+        let beaten = keys(vec![holding(id.to_string(), 0), holding(other.clone(), 2)]);
+        // Not at once: the use may not have reached this node yet.
+        assert_eq!(other_step(&beaten, id, second), None);
+        let beaten = other_step(&beaten, id, second * 3).unwrap();
+        assert!(beaten.contains("0badc0de was made primary"), "{beaten}");
+        let spreading = keys(vec![holding(id.to_string(), 1), holding(other, 1)]);
+        assert_eq!(other_step(&spreading, id, second * 3), None);
+    }
 
     /// `--admin https://...` is refused as such, not taken for a host
     /// named `https` (the error said "http://https://...: unreachable").
