@@ -571,6 +571,24 @@ fn read_keyring_file(dir: &Path) -> Result<Option<(Keyring, Vec<KeyId>)>> {
     Ok(Some((ring, removed)))
 }
 
+/// Warns when the kept keyring could be read by other users (a backup
+/// put back with the wrong mode): the next save writes it 0600, silently,
+/// and its keys may have been read meanwhile.
+fn warn_if_exposed(path: &Path) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        tracing::warn!(
+            "{} was readable by other users (mode {mode:o}); it is written 0600 from now on, but its \
+             keys may have been read: rotate them (`tribe keys install`, `use`, `remove`)",
+            path.display()
+        );
+    }
+}
+
 /// The keyring to start with: the kept one (the cluster may have rotated
 /// keys since the configured key was written down) plus the configured key.
 /// A configured primary that differs from the one configured at the last
@@ -582,6 +600,7 @@ pub fn merge_keyring(dir: &Path, configured: Option<Keyring>) -> Result<Option<K
         Some((ring, removed)) => (Some(ring), removed),
         None => (None, Vec::new()),
     };
+    warn_if_exposed(&dir.join(KEYRING_FILE));
     // Refused as the other files are when it is no file; unreadable text
     // counts as no key given last time.
     let last = read_kept(&dir.join(CONFIGURED_KEY_FILE), MAX_SMALL_FILE)?

@@ -1572,6 +1572,13 @@ fn an_agent_without_a_key_refuses_to_start_unless_told_plaintext() {
         data.join("keyring.json").exists()
     });
     drop(first);
+    // Put back readable by others (a backup restored with the wrong mode):
+    // the start says its keys may have been read.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let ring = data.join("keyring.json");
+        std::fs::set_permissions(&ring, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
     let again = start_agent_env(
         &dir,
         "kept",
@@ -1580,6 +1587,11 @@ fn an_agent_without_a_key_refuses_to_start_unless_told_plaintext() {
         &[("TRIBE_INSECURE_PLAINTEXT", "false")],
     );
     assert_eq!(get(&again, "/v1/status")["encryption"], "require");
+    let log = std::fs::read_to_string(dir.join("kept.log")).unwrap();
+    assert!(
+        log.contains("was readable by other users (mode 644)"),
+        "{log}"
+    );
     drop(again);
     // Asking for plaintext over a kept keyring is refused, naming the file.
     let out = bare_agent_command(&[
