@@ -860,7 +860,7 @@ async fn serve(plan: AgentPlan, mut signals: crate::signals::Watch) -> Result<()
             if let Some(n) = stdout_drops.newly_dropped() {
                 tracing::warn!(
                     lines = n,
-                    "stdout is not being read: the stdout publisher dropped metric lines"
+                    "stdout is not being read, or writes to it fail (a full disk behind it): the stdout publisher dropped metric lines"
                 );
             }
             // Told in the log itself, once its reader reads again.
