@@ -558,6 +558,7 @@ impl Node {
     /// key not there by then is refused with [`Error::KeyNotSpread`] and
     /// nothing changes.
     pub async fn use_key(&self, id: crate::KeyId) -> Result<()> {
+        self.keyring_steps_allowed()?;
         // A key installed through another node a moment ago may not be
         // heard of here yet.
         if self
@@ -577,6 +578,7 @@ impl Node {
     /// refused ([`Error::PrimaryKey`]) unless a switch to another key is
     /// heard of within 3 s ([`UNKNOWN_KEY_WAIT`]).
     pub async fn remove_key(&self, id: crate::KeyId) -> Result<()> {
+        self.keyring_steps_allowed()?;
         // A switch made through another node a moment ago may not be heard
         // of here yet; this node's primary follows it once it is. (Another
         // member still sealing with another key says nothing: it may be
@@ -586,6 +588,17 @@ impl Node {
             self.wait_for_keys(id, true).await?;
         }
         self.command(Command::RemoveKey(id)).await
+    }
+
+    /// Refuses a keyring step at once where the node would refuse it
+    /// after the waits for other nodes: no keyring, or a mode that lets
+    /// plaintext through.
+    fn keyring_steps_allowed(&self) -> Result<()> {
+        match self.keyring_status().encryption {
+            None => Err(Error::NoKeyring),
+            Some(crate::Encryption::Require) => Ok(()),
+            Some(_) => Err(Error::EncryptionNotRequired),
+        }
     }
 
     /// Whether the keyring status satisfies `heard` within

@@ -649,7 +649,8 @@ async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
     let status = target.keyring_status();
     assert_eq!(status.primary, Some(key.id()));
     assert!(status.keys.iter().all(|k| k.id != attacker.id()));
-    // And keyring operations themselves need `require`.
+    // And keyring operations themselves need `require`, refused before any
+    // wait for other nodes (use and remove waited 3 s for nothing).
     assert_eq!(
         target
             .install_key(SecretKey::generate())
@@ -658,6 +659,18 @@ async fn keyring_records_are_taken_only_when_every_link_is_sealed() {
             .code(),
         "encryption_not_required"
     );
+    let other = SecretKey::generate().id();
+    let steps: [std::pin::Pin<Box<dyn std::future::Future<Output = tribe::Result<()>> + Send + '_>>;
+        2] = [
+        Box::pin(target.use_key(other)),
+        Box::pin(target.remove_key(other)),
+    ];
+    for step in steps {
+        let refused = tokio::time::timeout(Duration::from_secs(2), step)
+            .await
+            .expect("refused at once, not after waiting for other nodes");
+        assert_eq!(refused.unwrap_err().code(), "encryption_not_required");
+    }
 }
 
 /// Calls keep flowing through key rotations: a host whose keys change
