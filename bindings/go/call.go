@@ -202,6 +202,7 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 			select {
 			case <-ctx.Done():
 			case <-expired.C:
+				awaitPassedDeadline(ctx)
 			}
 			expired.Stop()
 			return nil, contextError(ctxEnd(ctx, context.DeadlineExceeded))
@@ -253,17 +254,30 @@ func (n *Node) Call(ctx context.Context, t Target, payload []byte) ([]byte, erro
 		// most MaxCallBudget, so a longer deadline can time out first.
 		// (libtribe's timeout is the deadline rounded up to a millisecond.)
 		if hasDeadline && errors.Is(res.err, ErrTimeout) && time.Until(deadline) < time.Millisecond {
-			// The deadline has passed: ctx's timer ends it at once, and
-			// then says its cause.
-			select {
-			case <-ctx.Done():
-			case <-time.After(10 * time.Millisecond):
-			}
+			// The deadline has passed: ctx's timer ends it, and then
+			// says its cause.
+			awaitPassedDeadline(ctx)
 			return nil, withContext(res.err, ctxEnd(ctx, context.DeadlineExceeded))
 		}
 		return nil, res.err
 	}
 	return res.reply, nil
+}
+
+// awaitPassedDeadline waits for ctx, whose deadline has passed, to end:
+// its timer runs on a goroutine of its own, which a loaded scheduler (one
+// P) may run some ms late, and until then ctx.Err() is nil and its cause
+// unknown. Bounded (1 s), for a Context whose Done never closes.
+func awaitPassedDeadline(ctx context.Context) {
+	if ctx.Err() != nil {
+		return
+	}
+	bound := time.NewTimer(time.Second)
+	defer bound.Stop()
+	select {
+	case <-ctx.Done():
+	case <-bound.C:
+	}
 }
 
 // deadlineGrace is how long a call whose context's deadline passed waits
