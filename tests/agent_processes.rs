@@ -1634,17 +1634,13 @@ fn an_agent_refuses_a_publish_file_it_cannot_write() {
     );
 }
 
-/// A publish file whose open hangs (a FIFO nobody reads stands in for a
-/// hung mount) holds the start up; SIGTERM ends it, exit 1, as for a hung
-/// data dir. (The open used to ignore signals: only SIGKILL ended it.)
-#[test]
-fn a_start_stuck_opening_the_publish_file_ends_at_sigterm() {
-    let dir = scratch_dir("fifo-publish");
+/// An agent whose publish file is a FIFO in `dir` that nobody reads.
+fn agent_publishing_to_an_unread_fifo(dir: &Path, name: &str) -> Child {
     let fifo = dir.join("out.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let mut child = bare_agent_command(&[
+    bare_agent_command(&[
         "--name",
-        "stuck",
+        name,
         "--admin",
         "127.0.0.1:0",
         "--insecure-plaintext",
@@ -1654,18 +1650,49 @@ fn a_start_stuck_opening_the_publish_file_ends_at_sigterm() {
     .stdout(Stdio::piped())
     .stderr(Stdio::piped())
     .spawn()
-    .unwrap();
-    std::thread::sleep(Duration::from_millis(500));
-    sigterm(&child);
-    let deadline = Instant::now() + Duration::from_secs(10);
+    .unwrap()
+}
+
+/// The output of `child` once it exits, which must be within `bound`
+/// (else it is killed and the test fails with `why`).
+fn exit_within(child: &mut Child, bound: Duration, why: &str) -> std::process::Output {
+    let deadline = Instant::now() + bound;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
             let _ = child.kill();
-            panic!("SIGTERM did not end the start");
+            panic!("{why}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let out = child.wait_with_output().unwrap();
+    let mut out = std::process::Output {
+        status: child.wait().unwrap(),
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+    };
+    use std::io::Read as _;
+    if let Some(mut e) = child.stderr.take() {
+        e.read_to_end(&mut out.stderr).unwrap();
+    }
+    if let Some(mut o) = child.stdout.take() {
+        o.read_to_end(&mut out.stdout).unwrap();
+    }
+    out
+}
+
+/// A publish file whose open hangs (a FIFO nobody reads stands in for a
+/// hung mount) holds the start up; SIGTERM ends it, exit 1, as for a hung
+/// data dir. (The open used to ignore signals: only SIGKILL ended it.)
+#[test]
+fn a_start_stuck_opening_the_publish_file_ends_at_sigterm() {
+    let dir = scratch_dir("fifo-publish");
+    let mut child = agent_publishing_to_an_unread_fifo(&dir, "stuck");
+    std::thread::sleep(Duration::from_millis(500));
+    sigterm(&child);
+    let out = exit_within(
+        &mut child,
+        Duration::from_secs(10),
+        "SIGTERM did not end the start",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("stopped by a signal while starting"), "{err}");
@@ -1677,30 +1704,12 @@ fn a_start_stuck_opening_the_publish_file_ends_at_sigterm() {
 #[test]
 fn a_publish_file_fifo_without_a_reader_fails_the_start_in_bounded_time() {
     let dir = scratch_dir("fifo-publish-bounded");
-    let fifo = dir.join("out.fifo");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
-    let mut child = bare_agent_command(&[
-        "--name",
-        "unread",
-        "--admin",
-        "127.0.0.1:0",
-        "--insecure-plaintext",
-        "--publish-file",
-        fifo.to_str().unwrap(),
-    ])
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("the start waited for a reader for good");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let out = child.wait_with_output().unwrap();
+    let mut child = agent_publishing_to_an_unread_fifo(&dir, "unread");
+    let out = exit_within(
+        &mut child,
+        Duration::from_secs(40),
+        "the start waited for a reader for good",
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("not opened within 10 s"), "{err}");
