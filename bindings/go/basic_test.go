@@ -23,6 +23,14 @@ func TestTwoNodesSeeEachOther(t *testing.T) {
 	if err != nil || m.Addr != b.Addr() || m.Local {
 		t.Fatalf("member %+v %v", m, err)
 	}
+	// A bad name is refused as such, as by every other method, not
+	// looked for as a node that does not exist.
+	if _, err := a.Member("no\xffde"); !errors.Is(err, ErrInvalidUTF8) {
+		t.Fatalf("invalid UTF-8: %v", err)
+	}
+	if _, err := a.Member("no\x00de"); !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("NUL: %v", err)
+	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}

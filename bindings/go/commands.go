@@ -14,6 +14,7 @@ import (
 	"runtime"
 	"strconv"
 	"time"
+	"unicode/utf8"
 	"unsafe"
 )
 
@@ -279,6 +280,13 @@ func (n *Node) Members() ([]Member, error) {
 
 // Member gives one member by name; ErrUnknownNode if none.
 func (n *Node) Member(name string) (Member, error) {
+	// Checked as every other method's strings are (by libtribe there).
+	if err := nulErr(name); err != nil {
+		return Member{}, err
+	}
+	if !utf8.ValidString(name) {
+		return Member{}, &Error{Code: "invalid_utf8", Message: "name is not valid UTF-8"}
+	}
 	members, err := n.Members()
 	if err != nil {
 		return Member{}, err
