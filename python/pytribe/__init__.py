@@ -1285,6 +1285,11 @@ class Node(_NoCopy):
         by that name."""
         if not isinstance(name, str):
             raise TypeError(f"member: name must be str, not {type(name).__name__}")
+        # Refused as every other method's text is, not looked for.
+        if _unencodable(name):
+            raise InvalidArgumentError(
+                "member: name holds text that UTF-8 cannot encode (a lone surrogate)"
+            )
         return next((m for m in self.members() if m.name == name), None)
 
     def members_alive(self) -> int:

@@ -103,6 +103,7 @@ def test_wrong_types_and_unencodable_text_name_the_argument(node: pytribe.Node) 
     unencodable: list[tuple[Callable[[], object], str]] = [
         (lambda: node.call("\udcff", "e", b""), "call: tribe"),
         (lambda: node.set_fact("a", "\ud800"), "set_fact: value"),
+        (lambda: node.member("\udcff"), "member: name"),
         (lambda: node.add_policy("p", "t", "facts.a == '\ud800'"), "add_policy: when"),
         (lambda: start("surrogates", facts={"a": "\udcff"}), "Node: facts"),
         (lambda: start("surrogates", seeds=["\udcff:1"]), "Node: seeds"),
