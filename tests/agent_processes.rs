@@ -634,6 +634,8 @@ fn agent_options_come_from_flags_environment_and_a_toml_file() {
     cmd.args(["agent", "--config", file.to_str().unwrap()])
         .args(["--bind", "127.0.0.1:0", "--admin", "127.0.0.1:0"])
         .env("TRIBE_FACT", "rack=r1, zone=z2")
+        // A trailing comma adds no empty seed (it refused the start).
+        .env("TRIBE_SEED", "127.0.0.1:1,")
         .env_remove("TRIBE_ADMIN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null());

@@ -289,7 +289,13 @@ impl AgentArgs {
         let seed_texts: Vec<String> = file
             .seed
             .into_iter()
-            .chain(self.seeds.iter().map(|s| s.trim().to_string()))
+            // Empty items skipped, as TRIBE_FACT's: `TRIBE_SEED=a:1,b:1,`.
+            .chain(
+                self.seeds
+                    .iter()
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty()),
+            )
             .collect();
         // Commas split facts only in the environment variable: a flag's
         // value may hold them (`--fact ports=80,443`).
