@@ -31,21 +31,35 @@ pub(crate) fn inherited() -> Option<Box<dyn FnOnce() + Send>> {
     INHERIT.get().map(|capture| capture())
 }
 
-/// Threads that ran [`inherited`]'s hook, by name, and whether SIGTERM
-/// was blocked on them after it: what the tests look at.
+/// Threads that ran [`inherited`]'s hook: the mark of the thread that
+/// made them ([`mark`]), their name, and whether SIGTERM was blocked on
+/// them after it: what the tests look at.
 #[cfg(test)]
-pub(crate) static MASKS_SEEN: std::sync::Mutex<Vec<(String, bool)>> =
+pub(crate) static MASKS_SEEN: std::sync::Mutex<Vec<(u64, String, bool)>> =
     std::sync::Mutex::new(Vec::new());
 
-/// Notes the calling thread's mask in [`MASKS_SEEN`].
 #[cfg(test)]
-pub(crate) fn note_mask() {
+thread_local! {
+    /// A test's own mark, so that it finds the threads it made among
+    /// those of tests running beside it.
+    pub(crate) static MARK: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// The calling thread's mark (see [`MARK`]).
+#[cfg(test)]
+pub(crate) fn mark() -> u64 {
+    MARK.with(|m| m.get())
+}
+
+/// Notes the calling thread's mask in [`MASKS_SEEN`], under `mark`.
+#[cfg(test)]
+pub(crate) fn note_mask(mark: u64) {
     use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
     let mut mask = SigSet::empty();
     let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, None, Some(&mut mask));
     let name = std::thread::current().name().unwrap_or("").to_string();
     let blocked = mask.contains(Signal::SIGTERM);
-    MASKS_SEEN.lock().unwrap().push((name, blocked));
+    MASKS_SEEN.lock().unwrap().push((mark, name, blocked));
 }
 
 /// Runs jobs one after another on one thread. Dropping this handle lets
@@ -168,9 +182,19 @@ mod tests {
     #[tokio::test]
     async fn threads_made_later_block_the_hosts_signals() {
         crate::runtime_build::block_signals_on_node_threads();
+        // Tests beside this one make such threads too (some before the
+        // hook was registered): this one looks at its own.
+        const MINE: u64 = 0x5167_7e57;
+        MARK.with(|m| m.set(MINE));
         crate::policy::Condition::compile("facts.rack == 'r1'").unwrap();
         let _ = crate::seeds::start_lookup("localhost:7946").await;
-        let seen = MASKS_SEEN.lock().unwrap().clone();
+        let seen: Vec<(String, bool)> = MASKS_SEEN
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(mark, ..)| *mark == MINE)
+            .map(|(_, name, blocked)| (name.clone(), *blocked))
+            .collect();
         for name in ["policy-compile", "tribe-seed-lookup"] {
             assert!(
                 seen.iter().any(|(n, _)| n == name),

@@ -247,6 +247,8 @@ impl Condition {
             return Err(PolicyError::new(format!("{NO_THREAD}: injected")));
         }
         let inherited = crate::blocking::inherited();
+        #[cfg(test)]
+        let mark = crate::blocking::mark();
         let parsed = std::thread::scope(|scope| {
             let worker = std::thread::Builder::new()
                 .name("policy-compile".into())
@@ -256,7 +258,7 @@ impl Condition {
                         take_over();
                     }
                     #[cfg(test)]
-                    crate::blocking::note_mask();
+                    crate::blocking::note_mask(mark);
                     catch_unwind(|| compile_program(when)).unwrap_or_else(|_| {
                         Err(PolicyError::new("internal error: the CEL parser panicked"))
                     })

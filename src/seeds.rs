@@ -168,6 +168,8 @@ pub(crate) fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
     };
     let name = name.to_string();
     let inherited = crate::blocking::inherited();
+    #[cfg(test)]
+    let mark = crate::blocking::mark();
     let spawned = std::thread::Builder::new()
         .name("tribe-seed-lookup".into())
         .spawn(move || {
@@ -175,7 +177,7 @@ pub(crate) fn start_lookup(name: &str) -> oneshot::Receiver<Answer> {
                 take_over();
             }
             #[cfg(test)]
-            crate::blocking::note_mask();
+            crate::blocking::note_mask(mark);
             let _place = place;
             let answer = match name.to_socket_addrs() {
                 Ok(addrs) => {
