@@ -494,7 +494,13 @@ async fn calls_that_start_together_open_at_most_32_streams_to_a_host() {
 /// saying so, rather than panicking in tokio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_outside_any_tokio_runtime_is_an_error_not_a_panic() {
-    let (caller, host) = pair("exec", |_| {}).await;
+    // Keyed: a keyring step waits for other nodes only where there is a
+    // keyring (a node without one refuses it at once).
+    let key = tribe::SecretKey::generate();
+    let (caller, host) = pair("exec", |c| {
+        c.keyring = Some(tribe::Keyring::new(key.clone()))
+    })
+    .await;
     let node = caller.clone();
     let outcomes = on_host_thread(move || {
         use std::future::Future as _;
