@@ -591,14 +591,9 @@ impl Node {
     }
 
     /// Refuses a keyring step at once where the node would refuse it
-    /// after the waits for other nodes: no keyring, or a mode that lets
-    /// plaintext through.
+    /// after the waits for other nodes (the engine's own check).
     fn keyring_steps_allowed(&self) -> Result<()> {
-        match self.keyring_status().encryption {
-            None => Err(Error::NoKeyring),
-            Some(crate::Encryption::Require) => Ok(()),
-            Some(_) => Err(Error::EncryptionNotRequired),
-        }
+        self.inner.shared.engine().check_keyring_op()
     }
 
     /// Whether the keyring status satisfies `heard` within

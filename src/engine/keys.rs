@@ -260,7 +260,9 @@ impl Engine {
         Ok(())
     }
 
-    fn check_keyring_op(&self) -> Result<()> {
+    /// Refuses a keyring step on a node without a keyring, or one whose
+    /// mode lets plaintext through (keys would travel in the clear).
+    pub(crate) fn check_keyring_op(&self) -> Result<()> {
         if self.keyring.is_none() {
             return Err(Error::NoKeyring);
         }
