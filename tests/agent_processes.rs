@@ -1505,6 +1505,55 @@ fn agents_log_text_by_default_and_json_lines_with_a_flag() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// An agent logging JSON that stops with an error (its address taken)
+/// logs that error as a JSON line too: its log's reader sees no plain line.
+#[test]
+fn an_agent_logging_json_stops_with_a_json_error_line() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(TRIBE);
+    cmd.args([
+        "agent",
+        "--name",
+        "taken",
+        "--profile",
+        "local",
+        "--bind",
+        &addr,
+    ])
+    .args([
+        "--admin",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+        "--log-json",
+    ])
+    .stdin(Stdio::null());
+    for (key, _) in std::env::vars() {
+        if key.starts_with("TRIBE_") {
+            cmd.env_remove(key);
+        }
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "started on a taken address: {err}");
+    let entries: Vec<Value> = err
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = entries
+        .last()
+        .unwrap_or_else(|| panic!("no log line: {err}"));
+    assert_eq!(last["level"], "ERROR", "{err}");
+    assert!(
+        last["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("cannot start the node")),
+        "{err}"
+    );
+    drop(taken);
+}
+
 /// `tribe agent` with the caller's TRIBE_* variables removed.
 fn bare_agent_command(list: &[&str]) -> Command {
     let mut cmd = Command::new(TRIBE);

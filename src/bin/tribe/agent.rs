@@ -722,12 +722,26 @@ pub fn run(args: AgentArgs) -> Result<(), String> {
     if hups > 0 {
         tracing::info!("SIGHUP while starting: nothing to reload; still starting");
     }
+    let log_json = plan.log_json;
     let served = runtime.block_on(serve(plan, signals));
     // Not waiting for the workers: one may be stuck in a start a signal
     // ended (the process exits next).
     runtime.shutdown_background();
-    served
+    crate::log_writer::direct_from_now();
+    match served {
+        // A JSON log's reader gets the error as a JSON line too, not a
+        // plain one among its lines; the message says it was logged.
+        Err(e) if log_json => {
+            tracing::error!("{}", tribe::keyfile::withhold_keys(&e));
+            Err(LOGGED.into())
+        }
+        served => served,
+    }
 }
+
+/// The error message of an agent that logged its error already (as a JSON
+/// line): `main` prints nothing more.
+pub const LOGGED: &str = "";
 
 /// How long the start waits for the publish file to open.
 const PUBLISH_FILE_OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);

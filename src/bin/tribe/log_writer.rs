@@ -8,6 +8,7 @@
 //! API and the handling of SIGTERM.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use tracing_appender::non_blocking::{NonBlocking, WorkerGuard};
@@ -17,6 +18,10 @@ use crate::output::DropWatch;
 
 /// The queue, once the agent is ready.
 static QUEUED: OnceLock<NonBlocking> = OnceLock::new();
+
+/// Set once the queue's thread has ended (the agent stopped): lines logged
+/// after it, such as the error the agent stops with, go straight to stderr.
+static DIRECT_AGAIN: AtomicBool = AtomicBool::new(false);
 
 /// The writer the log subscriber makes per line.
 pub struct LogWriter;
@@ -48,8 +53,8 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
     fn make_writer(&'a self) -> LogLine {
         match QUEUED.get() {
-            Some(queue) => LogLine::Queued(queue.clone()),
-            None => LogLine::Direct(std::io::stderr()),
+            Some(queue) if !DIRECT_AGAIN.load(Ordering::Relaxed) => LogLine::Queued(queue.clone()),
+            _ => LogLine::Direct(std::io::stderr()),
         }
     }
 }
@@ -66,4 +71,10 @@ pub fn queue_later() -> Result<(NonBlocking, DropWatch, WorkerGuard), String> {
 pub fn queue_from_now(queue: NonBlocking) {
     // Set once: the agent runs once per process.
     let _ = QUEUED.set(queue);
+}
+
+/// From now on, log lines go straight to stderr again: the queue's guard
+/// has written what was queued, and its thread is gone.
+pub fn direct_from_now() {
+    DIRECT_AGAIN.store(true, Ordering::Relaxed);
 }

@@ -148,6 +148,7 @@ fn main() -> std::process::ExitCode {
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) if e == agent::LOGGED => std::process::ExitCode::FAILURE,
         Err(e) => {
             // Not eprintln!: a closed stderr must not turn an error into a
             // panic.
