@@ -1750,7 +1750,10 @@ uint32_t tribe_node_start(struct tribe_config *cfg,
  * thread) returns `TRIBE_OK` once the first has finished. Blocks while the
  * goodbye is sent (well under a second on a LAN, 1.5 s at most when peers
  * do not answer it, as when they stop at the same time) and, with a data
- * dir, while the node's last state is written. Calls to
+ * dir, while the node's last state is written (`TRIBE_IO` when the data
+ * dir did not take it: a full disk, or a hung one waited for 5 s; the node
+ * is stopped all the same, and a restart from the data dir comes back
+ * with what it last saved). Calls to
  * this node's plugins are refused from the start (callers move them to
  * another host); those it already runs are still answered, and its call
  * streams close once they are, or at `tribe_node_free` (whose callers

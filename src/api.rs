@@ -273,6 +273,7 @@ impl Node {
             subscribers: Mutex::new(Some(vec![first_sub])),
             ended: tokio::sync::watch::Sender::new(false),
             stop_taken: std::sync::atomic::AtomicBool::new(false),
+            last_state_unsaved: std::sync::atomic::AtomicBool::new(false),
             events_dropped: Default::default(),
             faults,
             max_frame: config.max_frame,
@@ -766,6 +767,10 @@ impl Node {
     /// [`Error::ShuttingDown`] when the node had stopped without being
     /// told (the runtime it started on ended): it said no goodbye, and its
     /// peers record it *failed*.
+    /// [`Error::Io`] when the node stopped, but its data dir did not take
+    /// its last state (a full disk; a hung one, waited for 5 s): a restart
+    /// from it comes back with what it last saved. Only the stop that
+    /// found it says so; a later call returns `Ok`.
     pub async fn shutdown(&self) -> Result<()> {
         self.stop(true).await
     }
@@ -1107,6 +1112,14 @@ impl Node {
         // The runtime ended before any stop: no goodbye went out.
         if leave && !stop_taken {
             return Err(Error::ShuttingDown);
+        }
+        let unsaved = &self.inner.shared.last_state_unsaved;
+        if leave && unsaved.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Io(
+                "the node stopped, but its data dir did not take its last state (see the log): \
+                 a restart from it comes back with what it last saved"
+                    .into(),
+            ));
         }
         Ok(())
     }

@@ -221,6 +221,9 @@ pub(crate) struct Shared {
     /// Set once the driver has taken a stop (with or without a goodbye):
     /// a driver that ended without one ended with its runtime.
     pub stop_taken: std::sync::atomic::AtomicBool,
+    /// Set when a stop ended without its data dir taking the node's last
+    /// state; taken (and cleared) by the graceful stop that reports it.
+    pub last_state_unsaved: std::sync::atomic::AtomicBool,
     /// Events dropped because a subscriber fell more than [`EVENT_QUEUE`] behind.
     pub events_dropped: std::sync::atomic::AtomicU64,
     pub faults: Arc<Faults>,
@@ -653,6 +656,7 @@ impl Driver {
                          back with what it last saved",
                         SAVE_AT_STOP.as_secs()
                     );
+                    self.last_state_unsaved();
                     return;
                 };
                 self.saved(result.ok(), job.revision, job.ring);
@@ -667,7 +671,14 @@ impl Driver {
                 "the node's last state could not be written to its data dir (see the warning \
                  before): a restart from it comes back with what it last saved"
             );
+            self.last_state_unsaved();
         }
+    }
+
+    fn last_state_unsaved(&self) {
+        self.shared
+            .last_state_unsaved
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 
     /// Marks us left, then keeps gossiping briefly so the goodbye spreads.

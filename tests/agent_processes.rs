@@ -2518,8 +2518,9 @@ fn calls_to_an_agent_stopped_with_sigterm_move_to_another_agent() {
 }
 
 /// An agent whose data dir cannot be written when it stops (a full disk)
-/// says so at the stop, whatever it logged a moment before: the state a
-/// restart comes back with is older than the one it left with.
+/// says so at the stop, whatever it logged a moment before, and exits
+/// non-zero: the state a restart comes back with is older than the one it
+/// left with.
 #[test]
 fn an_agent_that_cannot_save_its_last_state_says_so_at_the_stop() {
     let dir = scratch_dir("unsaved");
@@ -2541,10 +2542,13 @@ fn an_agent_that_cannot_save_its_last_state_says_so_at_the_stop() {
     sigterm(&agent.child);
     let mut agent = agent;
     let status = agent.child.wait().unwrap();
-    assert!(status.success(), "{status}");
     let log = std::fs::read_to_string(dir.join("unsaved.log")).unwrap();
+    // It exits non-zero, so a supervisor sees the loss too.
+    assert!(!status.success(), "{status}: {log}");
     assert!(
-        log.contains("last state could not be written to its data dir"),
+        log.contains("last state could not be written to its data dir")
+            && log.contains("tribe: leaving: ")
+            && log.contains("did not take its last state"),
         "{log}"
     );
 }
@@ -2891,7 +2895,11 @@ fn an_agent_past_its_file_size_limit_counts_the_failed_writes_and_keeps_running(
     assert!(agent.child.try_wait().unwrap().is_none(), "the agent died");
     sigterm(&agent.child);
     let status = agent.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
+    // It left gracefully, and says its last state (past the limit) is not
+    // kept: exit status 1, not a signal's.
+    let log = std::fs::read_to_string(dir.join("fsize.log")).unwrap();
+    assert_eq!(status.code(), Some(1), "{status:?}: {log}");
+    assert!(log.contains("tribe: leaving: "), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

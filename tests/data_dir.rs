@@ -100,7 +100,9 @@ async fn writes_that_keep_failing_are_logged_once_with_the_file() {
         warnings[0].contains(&data.display().to_string()),
         "{warnings:?}"
     );
-    node.shutdown().await.unwrap();
+    // Its last state is not kept either, which the stop says.
+    let stopped = node.shutdown().await;
+    assert!(matches!(stopped, Err(tribe::Error::Io(_))), "{stopped:?}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -334,7 +336,9 @@ async fn a_node_whose_data_dir_was_removed_and_taken_writes_no_more_into_it() {
             "the first node wrote into it"
         );
     }
-    first.shutdown().await.unwrap();
+    // The first's last state went nowhere, which its stop says.
+    let stopped = first.shutdown().await;
+    assert!(matches!(stopped, Err(tribe::Error::Io(_))), "{stopped:?}");
     second.shutdown().await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -450,8 +454,14 @@ async fn a_stop_waits_a_bounded_time_for_a_hung_data_dir() {
     faults.delay_saves(Duration::from_secs(30));
     node.set_fact("round", "1").await.unwrap();
     let began = std::time::Instant::now();
-    node.shutdown().await.unwrap();
+    let stopped = node.shutdown().await;
     let took = began.elapsed();
+    assert!(
+        matches!(&stopped, Err(tribe::Error::Io(why)) if why.contains("last state")),
+        "{stopped:?}"
+    );
+    // Said once: the stop is done.
+    node.shutdown().await.unwrap();
     assert!(took < Duration::from_secs(20), "the stop took {took:?}");
     assert!(
         logged().contains("the data dir did not take the node's last state"),

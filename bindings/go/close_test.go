@@ -545,3 +545,29 @@ func TestCountersWhileClosing(t *testing.T) {
 	}
 	_ = caller.Close()
 }
+
+// A Close whose data dir does not take the node's last state (a full disk;
+// here every write of the state file fails) says so with ErrIO, once: the
+// node is closed all the same, and a later Close returns the same result.
+func TestCloseSaysWhenTheDataDirMissedTheLastState(t *testing.T) {
+	dir := t.TempDir()
+	n := startNode(t, "unsaved", func(c *Config) { c.DataDir = dir })
+	// The state file's temporary file's place is taken by a directory
+	// (tried again while a write of the node's holds it as a file).
+	waitFor(t, "the temporary file's place taken", 10*time.Second, func() bool {
+		return os.Mkdir(dir+"/node-state.json.tmp", 0o700) == nil
+	})
+	if err := n.CreateTribe("lost"); err != nil {
+		t.Fatal(err)
+	}
+	err := n.Close()
+	if !errors.Is(err, ErrIO) {
+		t.Fatalf("Close: %v, want ErrIO", err)
+	}
+	if again := n.Close(); !errors.Is(again, ErrIO) {
+		t.Fatalf("a second Close: %v, want the first's result", again)
+	}
+	if err := n.CreateTribe("later"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v, want ErrClosed", err)
+	}
+}

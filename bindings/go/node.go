@@ -553,7 +553,10 @@ func (n *Node) EventsDropped() uint64 {
 // after a clean stop; every other method then returns ErrClosed, and so does
 // Close of a nil or zero Node. Close returns nil also when handlers were
 // given up (after 5 s, or by an Abort during the wait) and their answers
-// dropped: Shutdown returns an error then.
+// dropped: Shutdown returns an error then. Close returns an error matching
+// ErrIO when the node closed but its DataDir did not take its last state
+// (a full disk; a hung one, waited for 5 s): a restart from it comes back
+// with what it last saved.
 // A handler that closes its own node and wants its reply sent runs
 // `go n.Close()` and returns: Close inside the handler waits for that very
 // handler.

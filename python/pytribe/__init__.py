@@ -1220,11 +1220,19 @@ class Node(_NoCopy):
         ``timeout`` seconds (None: until done). Handlers still running get
         up to 2 s to answer, and their replies are sent before it returns,
         so a program may exit right after. Idempotent. Returns whether the
-        node has stopped."""
+        node has stopped. Raises :class:`TribeIOError` when the node
+        stopped but its ``data_dir`` did not take its last state (a full
+        disk; a hung one, waited for 5 s): a restart from it comes back with
+        what it last saved. Only the close that sees the stop end raises
+        it."""
         _check_timeout("close", timeout, allow_none=True)
         until = None if timeout is None else time.monotonic() + timeout
         try:
             stopped = self._native.shutdown(timeout)
+        except TribeIOError:
+            # Stopped, without its last state kept: the replies go out first.
+            self._stop_workers(_grace(until), wait_busy=False)
+            raise
         except BaseException:
             # Interrupted (KeyboardInterrupt): the pool is told to stop,
             # and the interruption goes up at once.

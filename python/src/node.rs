@@ -38,6 +38,10 @@ pub(crate) struct NativeNode {
     /// Set by an abort: a graceful stop under way stops waiting for the
     /// replies of handlers still running.
     aborted: tokio::sync::watch::Sender<bool>,
+    /// Why the graceful stop could not keep the node's last state (its
+    /// data dir did not take it); raised once, by the `shutdown` that
+    /// sees the stop end.
+    unsaved: std::sync::Arc<std::sync::Mutex<Option<tribe::Error>>>,
 }
 
 /// A call's timeout: 0 is a deadline already passed (a handler passing on
@@ -364,10 +368,13 @@ impl NativeNode {
         // node: their callers move them, and this node's own calls among
         // them end ShuttingDown (not NoProvider naming this node).
         let first = node.clone();
+        let unsaved = self.unsaved.clone();
         let mut stop: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> =
             Box::pin(async move {
                 if leave {
-                    let _ = first.shutdown().await;
+                    if let Err(e @ tribe::Error::Io(_)) = first.shutdown().await {
+                        *unsaved.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    }
                 } else {
                     first.abort().await;
                 }
@@ -417,6 +424,7 @@ impl NativeNode {
             state: AtomicU8::new(OPEN),
             stopped: tokio::sync::watch::Sender::new(false),
             aborted: tokio::sync::watch::Sender::new(false),
+            unsaved: Default::default(),
         })
     }
 
@@ -809,13 +817,25 @@ impl NativeNode {
 
     /// Leaves gracefully (peers record *left*) and stops; waits at most
     /// `timeout` seconds (None: until done). Idempotent. Returns whether the
-    /// node has stopped.
+    /// node has stopped; raises the I/O error of a stop whose data dir did
+    /// not take the node's last state, once.
     #[pyo3(signature = (timeout=None))]
     fn shutdown(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<bool> {
         // A bad timeout is refused before anything stops.
         check_wait(timeout)?;
         self.begin_stop(true)?;
-        self.wait_stopped(py, timeout)
+        let stopped = self.wait_stopped(py, timeout)?;
+        if stopped {
+            let unsaved = self
+                .unsaved
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(e) = unsaved {
+                return Err(to_py(py, e));
+            }
+        }
+        Ok(stopped)
     }
 
     /// Stops without a goodbye (peers record *failed*); waits like `shutdown`.

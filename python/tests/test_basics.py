@@ -467,6 +467,27 @@ def test_a_data_dir_that_cannot_be_made_is_an_io_error(tmp_path) -> None:  # typ
     assert isinstance(e.value, OSError) and e.value.code == "io"
 
 
+def test_a_close_whose_data_dir_missed_the_last_state_raises_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    # Every write of the state file fails (a full disk, here its temporary
+    # file's place taken by a directory): the close says so, once, and the
+    # node is closed all the same.
+    node = pytribe.Node("unsaved", data_dir=str(tmp_path), profile="local", collect_facts=False)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            (tmp_path / "node-state.json.tmp").mkdir()
+            break
+        except FileExistsError:  # a write of the node's holds it as a file
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    node.create_tribe("lost")
+    with pytest.raises(pytribe.TribeIOError) as e:
+        node.close()
+    assert "last state" in str(e.value), e.value
+    assert node.closed
+    assert node.close() is True
+
+
 def test_log_records_name_the_node_whose_work_logged_them(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level("INFO", logger="pytribe"):
         a = start("log-a")

@@ -134,7 +134,9 @@ impl TribeNode {
         Ok(&self.node)
     }
 
-    fn stop(&self, graceful: bool) {
+    /// Stops once; the first graceful stop returns an I/O error when the
+    /// data dir did not take the node's last state (stopped all the same).
+    fn stop(&self, graceful: bool) -> Result<(), Error> {
         use std::sync::atomic::Ordering;
         self.closing.send_replace(true);
         let mut stopped = self.stopped.lock().unwrap_or_else(|p| p.into_inner());
@@ -145,16 +147,21 @@ impl TribeNode {
             self.cut.store(true, Ordering::SeqCst);
         }
         if *stopped {
-            return;
+            return Ok(());
         }
+        let mut left = Ok(());
         if graceful {
-            let _ = self.block_on(self.node.shutdown());
+            left = self.block_on(self.node.shutdown());
         } else {
             self.block_on(self.node.abort());
         }
         self.calls.close(&self.mailbox);
         self.settle_aborted_calls();
         *stopped = true;
+        match left {
+            Err(unsaved @ Error::Io(_)) => Err(unsaved),
+            _ => Ok(()),
+        }
     }
 
     /// The asynchronous calls a stop aborted end (their places given
@@ -183,7 +190,7 @@ impl Drop for TribeNode {
         let graceful = *self.stopped.lock().unwrap_or_else(|p| p.into_inner());
         let cut = self.cut.load(std::sync::atomic::Ordering::SeqCst);
         if !graceful {
-            self.stop(false);
+            let _ = self.stop(false);
         }
         // After a graceful stop the call streams answer what they read and
         // flush it; dropping their runtime first would lose replies the
@@ -416,7 +423,10 @@ const START_THREADS: usize = 2;
 /// thread) returns `TRIBE_OK` once the first has finished. Blocks while the
 /// goodbye is sent (well under a second on a LAN, 1.5 s at most when peers
 /// do not answer it, as when they stop at the same time) and, with a data
-/// dir, while the node's last state is written. Calls to
+/// dir, while the node's last state is written (`TRIBE_IO` when the data
+/// dir did not take it: a full disk, or a hung one waited for 5 s; the node
+/// is stopped all the same, and a restart from the data dir comes back
+/// with what it last saved). Calls to
 /// this node's plugins are refused from the start (callers move them to
 /// another host); those it already runs are still answered, and its call
 /// streams close once they are, or at `tribe_node_free` (whose callers
@@ -428,10 +438,7 @@ const START_THREADS: usize = 2;
 /// reads it.
 #[no_mangle]
 pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
-    ffi_call!(err, {
-        node_handle(node)?.stop(true);
-        Ok(())
-    })
+    ffi_call!(err, { Ok(node_handle(node)?.stop(true)?) })
 }
 
 /// Stops at once without a goodbye, as a crash would (peers record the node
@@ -445,10 +452,7 @@ pub extern "C" fn tribe_node_shutdown(node: *const TribeNode, err: *mut *mut Ffi
 /// data dir's last write).
 #[no_mangle]
 pub extern "C" fn tribe_node_abort(node: *const TribeNode, err: *mut *mut FfiError) -> u32 {
-    ffi_call!(err, {
-        node_handle(node)?.stop(false);
-        Ok(())
-    })
+    ffi_call!(err, { Ok(node_handle(node)?.stop(false)?) })
 }
 
 /// Frees a node: aborts it if it was not stopped, ends its threads and

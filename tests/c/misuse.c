@@ -1204,6 +1204,43 @@ static void forked_child_is_refused(void) {
 }
 #endif
 
+/* A stop whose data dir does not take the node's last state (a full disk;
+ * here every write of the state file fails) says so: TRIBE_IO, once. The
+ * node is stopped all the same. */
+static void an_unsaved_last_state_is_an_io_error(void) {
+    tribe_error *err = NULL;
+    char dir[] = "/tmp/tribe-c-unsaved-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    tribe_config *cfg = NULL;
+    tribe_node *node = NULL;
+    EXPECT(TRIBE_OK, tribe_config_new("unsaved", &cfg, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_profile(cfg, "local", &err));
+    EXPECT(TRIBE_OK, tribe_config_set_collect_facts(cfg, false, &err));
+    EXPECT(TRIBE_OK, tribe_config_set_data_dir(cfg, dir, &err));
+    EXPECT(TRIBE_OK, tribe_node_start(cfg, &node, &err));
+    tribe_config_free(cfg);
+    /* The state file's temporary file's place is taken by a directory
+     * (tried again while a write of the node's holds it as a file). */
+    char held[128];
+    snprintf(held, sizeof held, "%s/node-state.json.tmp", dir);
+    int made = -1;
+    for (int i = 0; i < 1000 && made != 0; i++) {
+        made = mkdir(held, 0700);
+        if (made != 0) usleep(10000);
+    }
+    CHECK(made == 0);
+    EXPECT(TRIBE_OK, tribe_node_create_tribe(node, "lost", &err));
+    char why[512];
+    message_of(TRIBE_IO, tribe_node_shutdown(node, &err), &err, why, sizeof why);
+    CHECK(strstr(why, "last state") != NULL);
+    EXPECT(TRIBE_OK, tribe_node_shutdown(node, &err));
+    EXPECT(TRIBE_SHUTTING_DOWN, tribe_node_create_tribe(node, "later", &err));
+    tribe_node_free(node);
+    char cmd[96];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    CHECK(system(cmd) == 0);
+}
+
 int main(void) {
     CHECK(tribe_abi_version() == TRIBE_ABI_VERSION);
     CHECK(tribe_version() != NULL && strlen(tribe_version()) > 0);
@@ -1220,6 +1257,7 @@ int main(void) {
     log_feed();
     an_exposed_key_file_is_named_in_the_log();
     state_limits();
+    an_unsaved_last_state_is_an_io_error();
     signals_stay_with_the_host();
     signals_do_not_interrupt_waits();
 #ifdef __SANITIZE_ADDRESS__
