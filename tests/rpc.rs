@@ -1264,3 +1264,87 @@ async fn a_handler_that_drops_its_nodes_last_handle_still_answers() {
         n.shutdown().await.unwrap();
     }
 }
+
+/// A host that stops serving one version of a plugin while it serves
+/// another: calls to any version go on to the other, from other members
+/// (whose view still lists the version gone) and from the host itself. A
+/// version rolled back under load failed such calls `NoProvider`, naming
+/// no host, though the host still served the plugin.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_unserved_under_load_moves_calls_to_the_version_still_served() {
+    let nodes = start_cluster("ver", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    nodes[0].create_tribe("svc").await.unwrap();
+    wait_same_digest(&nodes).await;
+    nodes[0].join("svc", nodes[1].name()).await.unwrap();
+    let host = nodes[1].clone();
+    let serve_version = |v: &'static str| {
+        let host = host.clone();
+        async move {
+            host.serve(
+                "echo",
+                v,
+                PluginKind::Processor,
+                move |_info, _payload| async move { Ok(v.as_bytes().to_vec()) },
+            )
+            .await
+            .unwrap();
+        }
+    };
+    serve_version("1").await;
+    serve_version("2").await;
+    wait_for("both versions seen", Duration::from_secs(20), || {
+        nodes[0].members().iter().any(|m| m.endpoints.len() == 2)
+            && nodes[0].tribe("svc").is_some_and(|t| t.members.len() == 1)
+    })
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut callers = Vec::new();
+    for caller in [
+        nodes[0].clone(),
+        nodes[0].clone(),
+        host.clone(),
+        host.clone(),
+    ] {
+        let stop = stop.clone();
+        callers.push(tokio::spawn(async move {
+            let mut failed = Vec::new();
+            let mut ok = 0;
+            while !stop.load(Ordering::Relaxed) {
+                match caller.call(&echo(), vec![], 5 * SECOND).await {
+                    Ok(reply) => {
+                        assert!(reply == b"1" || reply == b"2", "{reply:?}");
+                        ok += 1;
+                    }
+                    Err(e) => failed.push(e.to_string()),
+                }
+                // A call to this node's own handler may finish without
+                // waiting: the node's own tasks need their turn.
+                tokio::task::yield_now().await;
+            }
+            (ok, failed)
+        }));
+    }
+    let began = std::time::Instant::now();
+    while began.elapsed() < 2 * SECOND {
+        host.unserve("echo", "2").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        serve_version("2").await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in callers {
+        let (o, f) = c.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(ok > 100, "only {ok} calls went through");
+    assert!(
+        failed.is_empty(),
+        "{} of {} calls failed: {:?}",
+        failed.len(),
+        ok + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+}

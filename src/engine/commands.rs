@@ -850,13 +850,14 @@ impl Engine {
                     None => continue,
                 }
             };
-            let best = endpoints
+            let mut served: Vec<_> = endpoints
                 .iter()
                 .filter(|e| {
                     e.name == plugin && e.kind == kind && version.is_none_or(|v| v == e.version)
                 })
-                .max_by(|a, b| a.version.cmp(&b.version));
-            if let Some(e) = best {
+                .collect();
+            served.sort_by(|a, b| b.version.cmp(&a.version));
+            if let Some((e, rest)) = served.split_first() {
                 let addr = match moved {
                     Some((old, now)) if e.addr == old => now,
                     _ => e.addr,
@@ -866,6 +867,7 @@ impl Engine {
                     name,
                     addr,
                     version: e.version.clone(),
+                    older: rest.iter().map(|e| e.version.clone()).collect(),
                 });
             }
         }

@@ -121,6 +121,7 @@ mod tests {
             name: name.into(),
             addr: "127.0.0.1:7000".parse().unwrap(),
             version: "1".into(),
+            older: Vec::new(),
             local: false,
         }
     }

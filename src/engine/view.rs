@@ -85,8 +85,11 @@ pub struct Provider {
     pub name: String,
     /// Its stream address.
     pub addr: SocketAddr,
-    /// The version it serves.
+    /// The version it serves (its highest, for a call to any version).
     pub version: String,
+    /// For a call to any version: the other versions it serves, highest
+    /// first, tried on it when it refuses `version` (unserved meanwhile).
+    pub older: Vec<String>,
     /// Whether it is this node.
     pub local: bool,
 }

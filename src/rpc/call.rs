@@ -314,12 +314,14 @@ impl Rpc {
         let mut round = 0;
         loop {
             let may_reread = round < REREADS || pauses.len() > 0;
-            let last = cands.len() - 1;
-            for (i, cand) in cands.iter().enumerate() {
+            let mut i = 0;
+            while i < cands.len() {
+                let cand = &cands[i];
+                i += 1;
                 // A remote host that refuses hands the bytes back; this
                 // node's own handler takes them, so it gets a copy while
-                // another host may still need them.
-                let keep = cand.local && (i != last || may_reread);
+                // another host (or another version) may still need them.
+                let keep = cand.local && (i != cands.len() || may_reread || !cand.older.is_empty());
                 let Some(bytes) = (if keep {
                     payload.clone()
                 } else {
@@ -328,8 +330,10 @@ impl Rpc {
                     break;
                 };
                 // A try after one this process could not open a connection
-                // for is no failover: no host failed.
-                if !tried.is_empty() && !last_was_local {
+                // for is no failover: no host failed; nor is another
+                // version of the same host.
+                let same_host = tried.last() == Some(&cand.name);
+                if !tried.is_empty() && !last_was_local && !same_host {
                     RpcCounters::bump(&self.counters.failovers);
                 }
                 tried.push(cand.name.clone());
@@ -344,6 +348,19 @@ impl Rpc {
                 let step = self.attempt(at, bytes).await;
                 last_was_local = matches!(step, Step::Local(..));
                 host_failed |= !last_was_local;
+                // A host that no longer serves the version it was asked for
+                // (unserved since its record came) is asked next for the
+                // next one it serves, when any version will do.
+                let mut next_version = None;
+                let step = match step {
+                    Step::NotServing(back) | Step::Stopping(back) if !cand.older.is_empty() => {
+                        let mut older = cand.clone();
+                        older.version = older.older.remove(0);
+                        next_version = Some(older);
+                        Step::Next(back)
+                    }
+                    step => step,
+                };
                 let back = match step {
                     Step::Done(result) => return result,
                     Step::Busy(back) => {
@@ -376,6 +393,9 @@ impl Rpc {
                 };
                 if payload.is_none() {
                     payload = back;
+                }
+                if let Some(older) = next_version {
+                    cands.insert(i, older);
                 }
             }
             if payload.is_none() || Instant::now() >= deadline {
@@ -464,7 +484,8 @@ impl Rpc {
                 Err(Error::NoProvider { stopping, .. }) if !stopping.is_empty() => {
                     Step::Stopping(None)
                 }
-                Err(Error::NoProvider { .. }) => Step::Next(None),
+                // Its own record is current: no retry waits for it.
+                Err(Error::NoProvider { .. }) => Step::NotServing(None),
                 Err(Error::Overloaded { .. }) => Step::Busy(None),
                 other => Step::Done(other),
             };

@@ -33,7 +33,9 @@ pub struct CallTarget {
     pub tribe: String,
     /// Plugin name.
     pub plugin: String,
-    /// Plugin version; `None` takes any version a host serves.
+    /// Plugin version; `None` takes any version a host serves: the
+    /// highest (compared as strings) it advertises, and, should it have
+    /// stopped serving that one since, the next one it serves.
     pub version: Option<String>,
     /// Plugin kind.
     pub kind: PluginKind,
