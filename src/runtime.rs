@@ -524,7 +524,23 @@ impl Driver {
         match self.accepting.clone().try_acquire_owned() {
             Ok(permit) => Some(Place::Held(permit)),
             Err(_) if self.setups.evict_one(newcomer) => {
-                Some(Place::MadeWay(self.accepting.clone()))
+                // Queued for the place now (the semaphore is fair), before
+                // a later connection takes it as it frees: that one would
+                // leave this newcomer, and every one after it, waiting for a
+                // setup to end on its own. Never told to make way itself
+                // while it waits: that would free no place.
+                let marker = newcomer.marker();
+                marker.waiting(true);
+                let mut place: WaitedPlace = Box::pin(self.accepting.clone().acquire_owned());
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                match place.as_mut().poll(&mut cx) {
+                    std::task::Poll::Ready(Ok(permit)) => {
+                        marker.waiting(false);
+                        Some(Place::Held(permit))
+                    }
+                    std::task::Poll::Ready(Err(_)) => None,
+                    std::task::Poll::Pending => Some(Place::MadeWay(place, marker)),
+                }
             }
             Err(_) => None,
         }
@@ -1127,9 +1143,19 @@ enum ConnTarget {
 /// An accepted stream's place among the accepted streams.
 enum Place {
     Held(tokio::sync::OwnedSemaphorePermit),
-    /// Another setup was told to make way: the place is taken once it has.
-    MadeWay(Arc<tokio::sync::Semaphore>),
+    /// Another setup was told to make way: the place, queued for, is taken
+    /// once it has.
+    MadeWay(WaitedPlace, crate::setup_slots::SetupMarker),
 }
+
+/// A place queued for.
+type WaitedPlace = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<tokio::sync::OwnedSemaphorePermit, tokio::sync::AcquireError>,
+            > + Send,
+    >,
+>;
 
 /// Hands a stream failure to the engine for counting (and naming `peer`).
 fn report(
@@ -1249,10 +1275,13 @@ async fn open_stream(
                 let handshake = async {
                     let place = match place {
                         Place::Held(permit) => permit,
-                        Place::MadeWay(places) => places
-                            .acquire_owned()
-                            .await
-                            .map_err(|_| std::io::Error::other("the node is stopping"))?,
+                        Place::MadeWay(place, marker) => {
+                            let place = place
+                                .await
+                                .map_err(|_| std::io::Error::other("the node is stopping"))?;
+                            marker.waiting(false);
+                            place
+                        }
                     };
                     let _ = s.set_nodelay(true);
                     let (sealer, mut opener) = stream::accept(&mut s, security, max_frame)

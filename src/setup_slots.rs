@@ -35,9 +35,25 @@ pub struct SetupSlots {
 #[derive(Debug, Default)]
 struct Table {
     next: u64,
-    /// Per host, its setups by age (oldest first), each with the sender
-    /// that tells it to make way.
-    by_host: HashMap<IpAddr, Vec<(u64, oneshot::Sender<()>)>>,
+    /// Per host, its setups by age (oldest first).
+    by_host: HashMap<IpAddr, Vec<Entry>>,
+}
+
+#[derive(Debug)]
+struct Entry {
+    seq: u64,
+    /// Tells the setup to make way.
+    tell: oneshot::Sender<()>,
+    /// Still waiting for the place another setup makes for it: pushing it
+    /// out would free no place, and the newcomer would wait for a setup
+    /// to end on its own (up to the setup timeout).
+    waiting: bool,
+}
+
+impl Entry {
+    fn may_make_way_for(&self, newcomer: u64) -> bool {
+        self.seq != newcomer && !self.waiting
+    }
 }
 
 /// One setup's place; dropping it ends the setup.
@@ -112,7 +128,11 @@ impl SetupSlots {
             return None;
         }
         let (tx, rx) = oneshot::channel();
-        setups.push((seq, tx));
+        setups.push(Entry {
+            seq,
+            tell: tx,
+            waiting: false,
+        });
         table.next += 1;
         Some(SetupSlot {
             counted: (host, seq),
@@ -135,9 +155,8 @@ impl SetupSlots {
     pub fn evict_one(&self, newcomer: &SetupSlot) -> bool {
         let (_, except) = newcomer.counted;
         let mut table = self.table();
-        let others = |setups: &[(u64, oneshot::Sender<()>)]| {
-            setups.iter().filter(|(seq, _)| *seq != except).count()
-        };
+        let others =
+            |setups: &[Entry]| setups.iter().filter(|e| e.may_make_way_for(except)).count();
         let mut per_network: HashMap<IpAddr, usize> = HashMap::new();
         for (host, setups) in &table.by_host {
             *per_network.entry(network_of(*host)).or_default() += others(setups);
@@ -146,7 +165,7 @@ impl SetupSlots {
             .by_host
             .iter()
             .filter_map(|(host, setups)| {
-                let oldest = setups.iter().find(|(seq, _)| *seq != except)?.0;
+                let oldest = setups.iter().find(|e| e.may_make_way_for(except))?.seq;
                 let network = per_network[&network_of(*host)];
                 // Most in its network, then most of its own, then oldest.
                 Some(((network, others(setups), std::cmp::Reverse(oldest)), *host))
@@ -159,10 +178,10 @@ impl SetupSlots {
         let Some(setups) = table.by_host.get_mut(&host) else {
             return false;
         };
-        let Some(at) = setups.iter().position(|(seq, _)| *seq != except) else {
+        let Some(at) = setups.iter().position(|e| e.may_make_way_for(except)) else {
             return false;
         };
-        let (_, tell) = setups.remove(at);
+        let tell = setups.remove(at).tell;
         if setups.is_empty() {
             table.by_host.remove(&host);
         }
@@ -174,6 +193,14 @@ impl SetupSlots {
 }
 
 impl SetupSlot {
+    /// A handle that marks this setup waiting for its place, or placed.
+    pub fn marker(&self) -> SetupMarker {
+        SetupMarker {
+            counted: self.counted,
+            slots: self.slots.clone(),
+        }
+    }
+
     /// Resolves (once) when this setup is to make way for a newer
     /// connection; never for one that cannot be pushed out.
     pub async fn evicted(&mut self) {
@@ -195,10 +222,32 @@ impl Drop for SetupSlot {
         let (host, seq) = self.counted;
         let mut table = self.slots.table();
         if let Some(setups) = table.by_host.get_mut(&host) {
-            setups.retain(|(s, _)| *s != seq);
+            setups.retain(|e| e.seq != seq);
             if setups.is_empty() {
                 table.by_host.remove(&host);
             }
+        }
+    }
+}
+
+/// Marks one setup as waiting for its place (never told to make way
+/// meanwhile) or as holding it.
+#[derive(Debug, Clone)]
+pub struct SetupMarker {
+    counted: (IpAddr, u64),
+    slots: SetupSlots,
+}
+
+impl SetupMarker {
+    pub fn waiting(&self, waiting: bool) {
+        let (host, seq) = self.counted;
+        let mut table = self.slots.table();
+        if let Some(entry) = table
+            .by_host
+            .get_mut(&host)
+            .and_then(|setups| setups.iter_mut().find(|e| e.seq == seq))
+        {
+            entry.waiting = waiting;
         }
     }
 }

@@ -241,3 +241,61 @@ async fn peers_get_through_a_flood_of_silent_setups(name: &str, from: &[Option<s
         n.shutdown().await.unwrap();
     }
 }
+
+/// After a burst of silent connections past every place, a newcomer from
+/// another host gets its place as soon as the setup told to make way has
+/// gone: its bad hello is refused at once. A connection of the burst used
+/// to take that place as it freed, and the newcomer, with every one after
+/// it, waited for a setup to end on its own (4.5 s, the setup timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_newcomer_after_a_burst_gets_the_place_made_for_it() {
+    use tokio::io::AsyncReadExt;
+    let nodes = start_cluster("burst", 2, |_| {}).await;
+    wait_converged_members(&nodes, 2).await;
+    let target = nodes[0].addr();
+    let mut slowest = Duration::ZERO;
+    for round in 0..8 {
+        // All at once, as a burst comes (from a thread of its own, at the
+        // kernel's pace): the node accepts them together.
+        let burst = std::thread::spawn(move || {
+            (0..300)
+                .map(|_| std::net::TcpStream::connect(target).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .join()
+        .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket
+            .bind(std::net::SocketAddr::new([127, 1, 0, 5].into(), 0))
+            .unwrap();
+        let mut probe = socket.connect(target).await.unwrap();
+        let began = std::time::Instant::now();
+        probe
+            .write_all(&[0, 0, 0, 8, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3, 4])
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        // Answered (refused, then closed) once it has a place.
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            while let Ok(n) = probe.read(&mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        assert!(answered.is_ok(), "round {round}: never answered");
+        slowest = slowest.max(began.elapsed());
+        drop(burst);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // At once (a lost place waited for a setup to end, up to 5 s).
+    assert!(
+        slowest < Duration::from_millis(500),
+        "a newcomer waited {slowest:?}"
+    );
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
