@@ -197,7 +197,7 @@ impl SetupSlot {
     pub fn marker(&self) -> SetupMarker {
         SetupMarker {
             counted: self.counted,
-            slots: self.slots.clone(),
+            table: self.slots.table.clone(),
         }
     }
 
@@ -235,13 +235,13 @@ impl Drop for SetupSlot {
 #[derive(Debug, Clone)]
 pub struct SetupMarker {
     counted: (IpAddr, u64),
-    slots: SetupSlots,
+    table: Arc<Mutex<Table>>,
 }
 
 impl SetupMarker {
     pub fn waiting(&self, waiting: bool) {
         let (host, seq) = self.counted;
-        let mut table = self.slots.table();
+        let mut table = self.table.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = table
             .by_host
             .get_mut(&host)
