@@ -290,6 +290,34 @@ async fn failing_policy_is_reported_once_and_does_not_hold() {
     }
 }
 
+/// A fact that flaps (set, removed, set) under a policy that fails while it
+/// is missing: the same error is said once, not at every flap (a flood that
+/// pushed the events that matter out of a host's queue).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flapping_fact_does_not_repeat_its_policy_error() {
+    let nodes = start_cluster("pflap", 1, |_| {}).await;
+    let node = &nodes[0];
+    let mut events = node.events();
+    node.add_policy("needs-rack", "racked", r#"facts.rack == "r1""#)
+        .await
+        .unwrap();
+    for _ in 0..20 {
+        node.set_fact("rack", "r2").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        node.remove_fact("rack").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut said = 0;
+    while let Some(e) = events.try_next() {
+        if matches!(e, Event::PolicyError { ref policy, .. } if policy == "needs-rack") {
+            said += 1;
+        }
+    }
+    assert_eq!(said, 1, "the same error said {said} times");
+    node.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_policy_whose_tribe_cannot_be_created_at_the_limit_says_so() {
     let nodes = start_cluster("plim", 1, |cfg| cfg.limits.tribes = 2).await;

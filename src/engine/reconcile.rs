@@ -617,6 +617,15 @@ impl Engine {
             };
             reported.insert(policy, said);
         }
+        // A policy that holds again is remembered for the rest of its
+        // minute: a fact that flaps (set, removed, set) would otherwise
+        // have its same error said at every flap.
+        for (policy, mut before) in std::mem::take(&mut self.reconcile.reported_errors) {
+            if now.saturating_sub(before.at) < POLICY_ERROR_REPEAT_MS {
+                before.unsaid = None;
+                reported.insert(policy, before);
+            }
+        }
         self.reconcile.reported_errors = reported;
 
         if holding != self.record.policy_tribes {
