@@ -290,6 +290,42 @@ async fn failing_policy_is_reported_once_and_does_not_hold() {
     }
 }
 
+/// A tribe created, deleted and created again in quick succession: every
+/// node's digest agrees within a few gossip rounds, not at the next
+/// push-pull (the deletion never left its node, a later write of the key
+/// having replaced it in the queue, and peers kept the new creation
+/// without its mark).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tribe_deleted_and_created_again_at_once_converges_by_gossip() {
+    let nodes = start_cluster("recreate", 3, |cfg| {
+        if let Some(t) = cfg.timings.as_mut() {
+            t.push_pull_interval = Duration::from_secs(120);
+        }
+    })
+    .await;
+    wait_converged_members(&nodes, 3).await;
+    nodes[0].create_tribe("base").await.unwrap();
+    wait_same_digest(&nodes).await;
+    for round in 0..3 {
+        nodes[1].create_tribe("db").await.unwrap();
+        nodes[1].delete_tribe("db").await.unwrap();
+        nodes[1].create_tribe("db").await.unwrap();
+        wait_for(
+            &format!("equal digests by gossip, round {round}"),
+            Duration::from_secs(10),
+            || {
+                let first = nodes[0].state_digest();
+                nodes.iter().all(|n| n.state_digest() == first)
+            },
+        )
+        .await;
+        nodes[1].delete_tribe("db").await.unwrap();
+    }
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+}
+
 /// A fact that flaps (set, removed, set) under a policy that fails while it
 /// is missing: the same error is said once, not at every flap (a flood that
 /// pushed the events that matter out of a host's queue).

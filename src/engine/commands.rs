@@ -182,7 +182,12 @@ impl Engine {
                 era,
             };
             sh.state.merge(key.clone(), entry.clone());
-            entry
+            // What is kept is spread: a tribe created again over its
+            // deletion is kept marked with it, and peers that never see
+            // the deletion (a later delta of the key replaces it in the
+            // queue) would keep it unmarked, their digests apart until
+            // the next push-pull.
+            sh.state.entry(&key).cloned().unwrap_or(entry)
         };
         if self.gossip_deltas {
             self.spread(&(key, entry));
