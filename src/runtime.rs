@@ -1002,8 +1002,11 @@ impl Driver {
     }
 
     /// Ends the calls in flight to a member just declared failed (see
-    /// `Pool::host_failed`), at its address and at those it serves on.
+    /// `Pool::host_failed`), at its address and at those it serves on, and
+    /// the calls it made to this node.
     fn host_failed(&self, name: &str) {
+        // The calls it made here, too: their handlers have no caller left.
+        self.shared.rpc.server.caller_failed(name);
         let Some(addrs) = self.shared.engine().failed_member_addrs(name) else {
             return;
         };

@@ -615,6 +615,74 @@ async fn calls_to_a_host_declared_failed_end_then() {
         .any(|m| m.name == host.name() && m.state == tribe::MemberState::Failed));
 }
 
+/// A caller that freezes with a call in flight (its process stopped: no
+/// cancel, no reset, its stream open) is declared failed by the host's
+/// membership: the host's handler sees the call abandoned then, and its
+/// place comes back, rather than at the end of the call's budget (up to 5
+/// minutes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_whose_caller_is_declared_failed_is_abandoned_then() {
+    let host = start_cluster("cfz", 1, |_| {}).await.remove(0);
+    host.create_tribe("svc").await.unwrap();
+    host.join("svc", host.name()).await.unwrap();
+    let held = Arc::new(std::sync::Mutex::new(Vec::<tribe::Responder>::new()));
+    let keep = held.clone();
+    host.serve_responder("stuck", "1", PluginKind::Processor, move |_i, _p, r| {
+        keep.lock().unwrap().push(r)
+    })
+    .await
+    .unwrap();
+    // The caller runs on a runtime of its own, on a thread that then
+    // stops running it, as a stopped process would.
+    let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+    let (named, name) = tokio::sync::oneshot::channel::<String>();
+    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
+    let seed = host.addr();
+    let caller_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut cfg = test_config("cfz-caller");
+            cfg.seeds = vec![seed];
+            let caller = Node::start(cfg).await.unwrap();
+            wait_served(&caller, 1).await;
+            let target = CallTarget::new("svc", "stuck", PluginKind::Processor);
+            let busy = caller.clone();
+            tokio::spawn(async move { busy.call(&target, b"x".to_vec(), 120 * SECOND).await });
+            named.send(caller.name().to_string()).unwrap();
+            let _ = frozen.await;
+            // Blocks the runtime's one thread: nothing of the node runs.
+            let _ = thawed.recv_timeout(Duration::from_secs(60));
+            caller.abort().await;
+        });
+    });
+    let caller = name.await.unwrap();
+    wait_for("the call reached the host", Duration::from_secs(10), || {
+        held.lock().unwrap().len() == 1
+    })
+    .await;
+    let cancelled = host.rpc_stats().cancelled;
+    freeze.send(()).unwrap();
+    wait_for(
+        "the host's handler sees the call abandoned",
+        Duration::from_secs(30),
+        || held.lock().unwrap()[0].is_abandoned(),
+    )
+    .await;
+    assert!(host
+        .members()
+        .iter()
+        .any(|m| m.name == caller && m.state == tribe::MemberState::Failed));
+    assert_eq!(host.rpc_stats().cancelled, cancelled + 1);
+    thaw.send(()).unwrap();
+    host.shutdown().await.unwrap();
+    tokio::task::spawn_blocking(move || caller_thread.join().unwrap())
+        .await
+        .unwrap();
+}
+
 /// A stop waits for the replies of calls still being answered, not for a
 /// handler that holds a call its caller gave up on: that call is over, and
 /// nothing is left to send. A call still waited for keeps it waiting.

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 mod call_stream;
+mod failed_callers;
 
 use super::responder::{self, NodePlace, Responder, ResponderHandler, Slot};
 use super::{CallInfo, Handler, HandlerError, HandlerFuture, RpcCounters, RpcLimits};
@@ -85,6 +86,8 @@ pub struct Server {
     in_tribe: Box<dyn Fn(&str) -> bool + Send + Sync>,
     /// Where accepted call streams run, when not on the node's runtime.
     executor: std::sync::OnceLock<tokio::runtime::Handle>,
+    /// Callers declared failed: their streams are cut.
+    failed_callers: failed_callers::FailedCallers,
 }
 
 /// How long after the farewell, and after the last request a stream read
@@ -137,6 +140,7 @@ impl Server {
             ),
             in_tribe,
             executor: std::sync::OnceLock::new(),
+            failed_callers: Default::default(),
         }
     }
 
@@ -315,6 +319,13 @@ impl Server {
         {
             outbox.close();
         }
+    }
+
+    /// Cuts the call streams member `name` opened to this node, which the
+    /// membership declared failed: the calls they carry have no caller left
+    /// (they count as cancelled, and their handlers see it).
+    pub(crate) fn caller_failed(&self, name: &str) {
+        self.failed_callers.fail(name);
     }
 
     /// Ends every call stream after a goodbye, once its calls are answered:

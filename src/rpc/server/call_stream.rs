@@ -58,6 +58,8 @@ struct Calls {
     /// Rings at the earliest budget of a responder call still unanswered.
     alarm: Pin<Box<Sleep>>,
     alarm_at: Option<Instant>,
+    /// The member that opens this stream, named by its first call.
+    caller: Option<String>,
 }
 
 impl Server {
@@ -102,6 +104,8 @@ impl Server {
             return;
         }
         epoch.borrow_and_update();
+        let mut failures = self.failed_callers.watch();
+        let failures_before = *failures.borrow_and_update();
         let mut calls = Calls::new(self.clone(), outbox.clone());
         // Set once the stream said goodbye: reading ends when the caller
         // ends its side, or at this instant. A draining stream no longer
@@ -165,6 +169,15 @@ impl Server {
                 _ = epoch.changed(), if read_until.is_none() => {
                     read_until = Some(calls.goodbye());
                     drop(place.take());
+                    continue;
+                }
+                _ = failures.changed() => {
+                    let failed = calls.caller.as_deref().is_some_and(|caller| {
+                        self.failed_callers.failed_since(caller, failures_before)
+                    });
+                    if failed {
+                        break Ended::Cut;
+                    }
                     continue;
                 }
                 _ = &mut calls.alarm, if calls.alarm_at.is_some() => {
@@ -251,6 +264,7 @@ impl Calls {
             running: Running::new(bound),
             alarm: Box::pin(tokio::time::sleep(CALL_STREAM_IDLE)),
             alarm_at: None,
+            caller: None,
         }
     }
 
@@ -329,6 +343,9 @@ impl Calls {
                 budget_ms,
                 payload,
             } => {
+                if self.caller.is_none() {
+                    self.caller = Some(caller.clone());
+                }
                 let server = &self.server;
                 let refusal = if server.is_stopping() {
                     Some(Refusal::ShuttingDown)
