@@ -326,6 +326,59 @@ async fn a_tribe_deleted_and_created_again_at_once_converges_by_gossip() {
     }
 }
 
+/// A tribe deleted under its member ends inside out: its task stops, its
+/// plugin unloads, the member leaves, then the tribe is deleted (a host
+/// that drops a tribe's bookkeeping at its deletion hears nothing of it
+/// after); a tribe made and joined begins outside in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tribe_ends_inside_out_and_begins_outside_in() {
+    let nodes = start_cluster("order", 1, |_| {}).await;
+    let n = &nodes[0];
+    let mut events = n.events();
+    n.create_tribe("t").await.unwrap();
+    n.join("t", n.name()).await.unwrap();
+    n.load_plugin("t", "p", "1", PluginKind::Collector, None)
+        .await
+        .unwrap();
+    n.add_task("t", "x", "{}", TaskState::Running)
+        .await
+        .unwrap();
+    n.delete_tribe("t").await.unwrap();
+    let kinds = |seen: &[Event]| -> Vec<&'static str> {
+        seen.iter()
+            .filter_map(|e| match e {
+                Event::TribeCreated { .. } => Some("created"),
+                Event::TribeJoined { .. } => Some("joined"),
+                Event::PluginLoad(_) => Some("load"),
+                Event::TaskRun(_) => Some("run"),
+                Event::TaskStop(_) => Some("stop"),
+                Event::PluginUnload(_) => Some("unload"),
+                Event::TribeLeft { .. } => Some("left"),
+                Event::TribeDeleted { .. } => Some("deleted"),
+                _ => None,
+            })
+            .collect()
+    };
+    let seen = collect_until(&mut events, Duration::from_secs(10), |seen| {
+        kinds(seen).contains(&"deleted")
+    })
+    .await;
+    let order = kinds(&seen);
+    let begun = order
+        .iter()
+        .position(|k| *k == "stop")
+        .unwrap_or(order.len());
+    assert_eq!(
+        &order[begun..],
+        ["stop", "unload", "left", "deleted"],
+        "{order:?}"
+    );
+    let mut begin = order[..begun].to_vec();
+    begin.dedup();
+    assert_eq!(begin, ["created", "joined", "load", "run"], "{order:?}");
+    n.shutdown().await.unwrap();
+}
+
 /// A fact that flaps (set, removed, set) under a policy that fails while it
 /// is missing: the same error is said once, not at every flap (a flood that
 /// pushed the events that matter out of a host's queue).

@@ -17,7 +17,11 @@ use super::{Engine, Output};
 /// changed.
 const POLICY_ERROR_REPEAT_MS: u64 = 60_000;
 
-/// What happened, as this node sees it.
+/// What happened, as this node sees it. Of the changes one step of the
+/// node's view brings, what ends is told first, inside out ([`Event::TaskStop`],
+/// [`Event::PluginUnload`], [`Event::TribeLeft`], [`Event::TribeDeleted`]), then
+/// what begins, outside in ([`Event::TribeCreated`], [`Event::TribeJoined`],
+/// [`Event::PluginLoad`], [`Event::TaskRun`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Event {
@@ -748,41 +752,12 @@ impl Engine {
             (tribes, mine, plugins, tasks)
         };
 
-        let old = std::mem::take(&mut self.reconcile.tribes);
-        for t in tribes.difference(&old) {
-            self.emit(Event::TribeCreated { tribe: t.clone() });
-        }
-        for t in old.difference(&tribes) {
-            self.emit(Event::TribeDeleted { tribe: t.clone() });
-        }
-        self.reconcile.tribes = tribes;
-
-        let old = std::mem::take(&mut self.reconcile.mine);
-        for (t, by) in &mine {
-            if old.get(t) != Some(by) && !old.contains_key(t) {
-                self.emit(Event::TribeJoined {
-                    tribe: t.clone(),
-                    by: *by,
-                });
-            }
-        }
-        for t in old.keys().filter(|t| !mine.contains_key(*t)) {
-            self.emit(Event::TribeLeft { tribe: t.clone() });
-        }
-        self.reconcile.mine = mine;
-
-        let old = std::mem::take(&mut self.reconcile.plugins);
-        for ((tribe, name, version), rec) in &old {
-            if plugins.get(&(tribe.clone(), name.clone(), version.clone())) != Some(rec) {
-                self.emit(Event::PluginUnload(plugin_entry(tribe, name, version, rec)));
-            }
-        }
-        for ((tribe, name, version), rec) in &plugins {
-            if old.get(&(tribe.clone(), name.clone(), version.clone())) != Some(rec) {
-                self.emit(Event::PluginLoad(plugin_entry(tribe, name, version, rec)));
-            }
-        }
-        self.reconcile.plugins = plugins;
+        // What ends is told first, from the inside out (tasks, plugins,
+        // membership, the tribe), then what begins, from the outside in: a
+        // host that drops a tribe's bookkeeping at its deletion hears of
+        // nothing of it afterwards.
+        let mut ending = Vec::new();
+        let mut beginning = Vec::new();
 
         let old = std::mem::take(&mut self.reconcile.tasks);
         for ((tribe, id), rec) in &old {
@@ -791,16 +766,62 @@ impl Engine {
             if rec.state == crate::records::TaskState::Running && !still_running {
                 // The new record when the task was stopped (its new state),
                 // the last one when it went away.
-                self.emit(Event::TaskStop(task(tribe, id, now.unwrap_or(rec))));
+                ending.push(Event::TaskStop(task(tribe, id, now.unwrap_or(rec))));
             }
         }
+        let mut runs = Vec::new();
         for ((tribe, id), rec) in &tasks {
             let before = old.get(&(tribe.clone(), id.clone()));
             if rec.state == crate::records::TaskState::Running && before != Some(rec) {
-                self.emit(Event::TaskRun(task(tribe, id, rec)));
+                runs.push(Event::TaskRun(task(tribe, id, rec)));
             }
         }
         self.reconcile.tasks = tasks;
+
+        let old = std::mem::take(&mut self.reconcile.plugins);
+        for ((tribe, name, version), rec) in &old {
+            if plugins.get(&(tribe.clone(), name.clone(), version.clone())) != Some(rec) {
+                ending.push(Event::PluginUnload(plugin_entry(tribe, name, version, rec)));
+            }
+        }
+        let mut loads = Vec::new();
+        for ((tribe, name, version), rec) in &plugins {
+            if old.get(&(tribe.clone(), name.clone(), version.clone())) != Some(rec) {
+                loads.push(Event::PluginLoad(plugin_entry(tribe, name, version, rec)));
+            }
+        }
+        self.reconcile.plugins = plugins;
+
+        let old = std::mem::take(&mut self.reconcile.mine);
+        for t in old.keys().filter(|t| !mine.contains_key(*t)) {
+            ending.push(Event::TribeLeft { tribe: t.clone() });
+        }
+        let mut joins = Vec::new();
+        for (t, by) in &mine {
+            if !old.contains_key(t) {
+                joins.push(Event::TribeJoined {
+                    tribe: t.clone(),
+                    by: *by,
+                });
+            }
+        }
+        self.reconcile.mine = mine;
+
+        let old = std::mem::take(&mut self.reconcile.tribes);
+        for t in old.difference(&tribes) {
+            ending.push(Event::TribeDeleted { tribe: t.clone() });
+        }
+        for t in tribes.difference(&old) {
+            beginning.push(Event::TribeCreated { tribe: t.clone() });
+        }
+        self.reconcile.tribes = tribes;
+
+        beginning.extend(joins);
+        beginning.extend(loads);
+        beginning.extend(runs);
+        for event in ending.into_iter().chain(beginning) {
+            self.emit(event);
+        }
     }
 }
 
