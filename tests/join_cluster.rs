@@ -294,6 +294,32 @@ async fn a_join_within_a_limit_counts_what_it_reached_by_then() {
     a.shutdown().await.unwrap();
 }
 
+/// A join whose limit is already past (a timeout of 0) is a timeout that
+/// reaches nobody: no connection is opened to the place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_with_no_time_reaches_nobody() {
+    let b = Node::start(test_config("jzero")).await.unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let place = listener.local_addr().unwrap().to_string();
+    for _ in 0..5 {
+        let err = b
+            .join_cluster_within(&[place.as_str()], Duration::ZERO)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::Timeout { .. }), "{err:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let reached = listener.accept();
+    assert!(
+        reached
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::WouldBlock),
+        "a connection came: {reached:?}"
+    );
+    b.shutdown().await.unwrap();
+}
+
 /// Joins whose callers give up (a timeout, a dropped future, an HTTP
 /// client gone) leave nothing behind: their exchanges end at once, also
 /// one still setting up its stream with a peer that never answers, and

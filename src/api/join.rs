@@ -108,6 +108,11 @@ impl Node {
         if addrs.is_empty() {
             return Err(none_reached(&unreached));
         }
+        // A limit already past (a timeout of 0) reaches nobody: no exchange
+        // is opened, only to be given up at once.
+        if until.is_some_and(|u| tokio::time::Instant::now() >= u) {
+            return Err(late());
+        }
         let shared = &self.inner.shared;
         let ticket = shared.engine().join_through(shared.now_ms(), &addrs)?;
         let _forget = ForgetJoin { node: self, ticket };
