@@ -17,7 +17,8 @@ pub struct Status {
     pub name: String,
     /// Advertised gossip address.
     pub addr: String,
-    /// Live members, this node included.
+    /// Live members, this node included: alive or suspect (a suspect is
+    /// up until it is found failed; `/metrics` counts the two apart).
     pub members_alive: usize,
     /// Hex digest of the replicated state (equal on converged nodes).
     pub state_digest: String,
