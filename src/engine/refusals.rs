@@ -33,6 +33,14 @@ impl Engine {
         let peer = peer.or_else(|| self.conns.get(&conn).and_then(|x| x.peer));
         let refused_by = peer;
         let peer = move || peer.map_or_else(String::new, |a| format!(" (peer {a})"));
+        // A stream this node dialled was not set up, not refused: its peer
+        // may be frozen or not a tribe node at all.
+        let dialled = self.conns.get(&conn).is_some_and(|x| x.initiator);
+        let what = if dialled {
+            "stream to a peer not set up"
+        } else {
+            "stream refused"
+        };
         match why {
             // This node cannot take part at all: an error, not a warning.
             Refusal::KeyRejected { rejected, proven } => {
@@ -57,7 +65,7 @@ impl Engine {
             // Its own slot: a flood of idle connections would otherwise
             // hide a real peer's refusal for keys or label.
             Refusal::Stalled | Refusal::MadeWay => {
-                warn_limited!(self, "stream_stalled", || format!("stream refused: {why}{}", peer()))
+                warn_limited!(self, "stream_stalled", || format!("{what}: {why}{}", peer()))
             }
             _ => warn_limited!(self, "stream_auth", || format!("stream refused: {why}{}", peer())),
         }
