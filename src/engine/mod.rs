@@ -450,6 +450,18 @@ impl Engine {
             last_sender: None,
             invalid_logged_ms: None,
         }));
+        if !cfg.seeds.is_empty()
+            && cfg.seed_names.is_empty()
+            && cfg.seeds.iter().all(|s| *s == addr)
+        {
+            // Dropped (it would reach only this node): said, so that a
+            // mistyped seed is not taken for a tribe that never answers.
+            tracing::warn!(
+                seed = %addr,
+                "the only seed given is this node's own address: it runs alone until \
+                 another node joins through it"
+            );
+        }
         let mut rng = StdRng::seed_from_u64(seed);
         let swim_rng = StdRng::seed_from_u64(rng.random());
         let swim = Foca::with_custom_broadcast(
