@@ -1892,7 +1892,8 @@ uint32_t tribe_node_counters_json(const struct tribe_node *node,
                                   struct tribe_error **err);
 
 /**
- * One tribe, as `GET /v1/tribes/{name}`; `TRIBE_UNKNOWN_TRIBE` if none.
+ * One tribe, as `GET /v1/tribes/{name}`; `TRIBE_UNKNOWN_TRIBE` if none,
+ * `TRIBE_INVALID_NAME` for a name no tribe can have (empty, say).
  */
 uint32_t tribe_node_tribe_json(const struct tribe_node *node,
                                const char *tribe,

@@ -308,7 +308,8 @@ func (n *Node) Tribes() ([]TribeInfo, error) {
 	}))
 }
 
-// Tribe gives one tribe; ErrUnknownTribe if it does not exist.
+// Tribe gives one tribe; ErrUnknownTribe if it does not exist,
+// ErrInvalidName for a name no tribe can have (empty, say).
 func (n *Node) Tribe(name string) (TribeInfo, error) {
 	return decode[TribeInfo](n.snapshot(func(p *C.tribe_node, a []*C.char, o **C.char, l *C.size_t, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_tribe_json(p, a[0], o, l, e)

@@ -168,7 +168,8 @@ pub extern "C" fn tribe_node_counters_json(
     })
 }
 
-/// One tribe, as `GET /v1/tribes/{name}`; `TRIBE_UNKNOWN_TRIBE` if none.
+/// One tribe, as `GET /v1/tribes/{name}`; `TRIBE_UNKNOWN_TRIBE` if none,
+/// `TRIBE_INVALID_NAME` for a name no tribe can have (empty, say).
 #[no_mangle]
 pub extern "C" fn tribe_node_tribe_json(
     node: *const TribeNode,
@@ -179,6 +180,8 @@ pub extern "C" fn tribe_node_tribe_json(
 ) -> u32 {
     ffi_call!(err, [out, out_len], {
         let tribe = cast::text(tribe, "tribe")?;
+        // A name no tribe can have is named so, as every command does.
+        crate::names::check("tribe name", tribe)?;
         snapshot(node, out, out_len, |n| {
             let info = n
                 .tribe(tribe)

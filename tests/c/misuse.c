@@ -649,6 +649,10 @@ static void outs_on_failure(tribe_node *n) {
     CHECK(s == NULL && len == 0);
     s = JUNK;
     len = 99;
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_tribe_json(n, "", &s, &len, &err));
+    CHECK(s == NULL && len == 0);
+    s = JUNK;
+    len = 99;
     EXPECT(TRIBE_INVALID_UTF8, tribe_node_tribe_json(n, BAD_UTF8, &s, &len, &err));
     CHECK(s == NULL && len == 0);
     s = JUNK;
