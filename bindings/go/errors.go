@@ -115,6 +115,8 @@ func (e *PolicyError) Is(target error) bool {
 // caller sees in its RemoteError. Any other error gives the code "error"
 // with the error's text. The code "timeout" is reserved: the caller gets
 // ErrTimeout (without the message), as when a handler overran its budget.
+// The code "too_large" is the host's own for a reply over the caller's
+// limit: a handler's "too_large" matches ErrTooLarge at the caller too.
 type HandlerError struct {
 	// Code is the code the caller sees as RemoteError.Code: short and
 	// stable, snake_case by convention ("bad_input"). Empty gives "error";

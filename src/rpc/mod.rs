@@ -85,6 +85,8 @@ pub struct CallInfo {
 /// a message over 64 KiB is cut (and ends with `…`). The code `"timeout"`
 /// is reserved: it reaches the caller as [`crate::Error::Timeout`] (without
 /// the message), as a host's answer to a handler that overran its budget.
+/// The code `"too_large"` is the host's own for a reply over the caller's
+/// limit, counted so (`too_large`) by the caller: keep it for that.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HandlerError {
     /// Short stable code chosen by the handler.
