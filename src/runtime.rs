@@ -1029,7 +1029,11 @@ impl Driver {
         match self.free_place(&setup) {
             Some(place) => {
                 let conn = self.shared.engine().accept_stream();
-                let held = self.shared.rpc.server.hold_stream();
+                // Counted for the stop's drain only where it may carry a
+                // plaintext caller's request (sent without waiting for the
+                // setup): a node that requires sealed streams waits for none.
+                let plaintext_possible = !self.shared.engine().stream_security().requires_sealed();
+                let held = plaintext_possible.then(|| self.shared.rpc.server.hold_stream());
                 self.spawn_conn(conn, ConnTarget::Accepted(stream, place, setup, held));
             }
             None => self.close_at_cap(
@@ -1139,7 +1143,7 @@ enum ConnTarget {
         TcpStream,
         Place,
         crate::setup_slots::SetupSlot,
-        crate::rpc::server::StreamHeld,
+        Option<crate::rpc::server::StreamHeld>,
     ),
 }
 

@@ -111,7 +111,8 @@ impl Security {
         self.seals().is_some()
     }
 
-    fn requires_sealed(&self) -> bool {
+    /// Whether this node takes sealed streams only.
+    pub(crate) fn requires_sealed(&self) -> bool {
         self.keyring.is_some() && self.encryption == Encryption::Require
     }
 }
