@@ -881,7 +881,11 @@ impl Engine {
         // Each kind at most once per interval: a flood of any one kind
         // leaves one line, and the counters tell how many.
         let kind = match e {
-            wire::WireError::UnknownKey(_) | wire::WireError::Auth => "datagram_auth",
+            // A key this node lacks (a node left behind by a rotation,
+            // or junk naming any key) apart from a failed tag: a flood of
+            // one does not hide the other.
+            wire::WireError::UnknownKey(_) => "datagram_unknown_key",
+            wire::WireError::Auth => "datagram_auth",
             wire::WireError::LabelMismatch => "datagram_label",
             // Its own: junk now and then must not hide a node of another
             // build.
@@ -892,7 +896,10 @@ impl Engine {
         // junk that happens to start like a datagram.
         let unproven = matches!(
             e,
-            wire::WireError::UnsupportedVersion(_) | wire::WireError::LabelMismatch
+            wire::WireError::UnsupportedVersion(_)
+                | wire::WireError::LabelMismatch
+                | wire::WireError::UnknownKey(_)
+                | wire::WireError::Auth
         );
         warn_limited!(self, kind, || format!(
             "datagram from {from} refused: {e}{}",
