@@ -398,6 +398,16 @@ fn admin_address(text: &str) -> Result<String, String> {
     }
 }
 
+/// Warns, on standard error, that the agent keeps out of the cluster for
+/// another node under its name.
+fn warn_if_kept_out(s: &Status) {
+    if let Some(holder) = &s.name_held_by {
+        warn_line(&format!(
+            "warning: another node at {holder} runs under this node's name (a copied configuration?); this node keeps out of the cluster until that node stops"
+        ));
+    }
+}
+
 /// Runs one admin command against the agent at `opts.admin`.
 pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
     let admin = Admin::new(&opts.admin, opts.token.clone());
@@ -409,11 +419,7 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
             }
             let s: Status = serde_json::from_value(value).map_err(|e| e.to_string())?;
             // On standard error, so that the table stays as scripts read it.
-            if let Some(holder) = &s.name_held_by {
-                warn_line(&format!(
-                    "warning: another node at {holder} runs under this node's name (a copied configuration?); this node keeps out of the cluster until that node stops"
-                ));
-            }
+            warn_if_kept_out(&s);
             if let Some(peer) = &s.key_refused_by {
                 warn_line(&format!(
                     "warning: the peer at {peer} refused this node's key in the last minute: the tribe may have rotated its keys without this node; install the tribe's current key on it (tribe keys install KEY --admin THIS-AGENT)"
@@ -446,6 +452,10 @@ pub fn run(opts: AdminOpts, cmd: AdminCommand) -> Result<(), String> {
                 return print_json(&value);
             }
             let members: Vec<Member> = serde_json::from_value(value).map_err(|e| e.to_string())?;
+            // Its own row says alive while another node holds its name.
+            if let Ok(status) = admin.get::<Status>("/v1/status") {
+                warn_if_kept_out(&status);
+            }
             // Facts under names no collected fact has, and those a policy
             // names (they place the nodes in tribes); the other collected
             // names are in `--json`.
