@@ -444,9 +444,6 @@ impl Node {
     }
 
     /// Adds a policy; `when` is CEL over `facts`, checked before it is spread.
-    /// Its tribe is created when the policy first holds on some node;
-    /// [`Error::LimitReached`] when it does not exist and the limit of
-    /// tribes leaves no room for it.
     pub async fn add_policy(&self, name: &str, tribe: &str, when: &str) -> Result<()> {
         // Checked here, on the caller's thread: the engine never compiles.
         crate::policy::Condition::compile(when).map_err(|e| {

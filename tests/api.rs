@@ -413,20 +413,8 @@ async fn a_policy_whose_tribe_cannot_be_created_at_the_limit_says_so() {
     let node = &nodes[0];
     let mut events = node.events();
     node.create_tribe("t0").await.unwrap();
-    // Added while its tribe could still be made, holding only later.
-    node.add_policy("everyone", "t2", r#"has(facts.ready)"#)
-        .await
-        .unwrap();
     node.create_tribe("t1").await.unwrap();
-    // A policy whose tribe cannot be made now is refused at once.
-    let refused = node.add_policy("other", "t3", "true").await;
-    assert!(
-        matches!(&refused, Err(Error::LimitReached { what, limit: 2 }) if what == "tribes"),
-        "{refused:?}"
-    );
-    // One for a tribe that exists is not.
-    node.add_policy("into-t1", "t1", "true").await.unwrap();
-    node.set_fact("ready", "yes").await.unwrap();
+    node.add_policy("everyone", "t2", "true").await.unwrap();
     let seen = collect_until(&mut events, Duration::from_secs(10), |seen| {
         seen.iter().any(|e| matches!(e, Event::PolicyError { .. }))
     })

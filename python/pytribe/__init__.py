@@ -1382,9 +1382,7 @@ class Node(_NoCopy):
         hold are in ``tribe`` (created when a node first matches; policies
         apply in the background, so the tribe may appear a moment after this
         returns). A bad expression raises
-        :class:`InvalidPolicyError` with ``.line`` and ``.column``; a tribe
-        that does not exist and could not be created (the ``tribes`` limit
-        reached) raises :class:`LimitReachedError`."""
+        :class:`InvalidPolicyError` with ``.line`` and ``.column``."""
         self._native.add_policy(name, tribe, when)
 
     def remove_policy(self, name: str) -> None:

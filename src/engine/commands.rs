@@ -407,11 +407,6 @@ impl Engine {
                     return Err(Error::PolicyExists(name));
                 }
                 self.check_room(&key)?;
-                // A policy whose tribe could not be created where it holds
-                // would only ever say so in a PolicyError event.
-                if !self.view_check(|v| v.tribe_exists(&tribe)) {
-                    self.check_room(&Key::Tribe(tribe.clone()))?;
-                }
                 self.write(key, Some(Value::Policy(PolicyRecord { tribe, when })));
             }
             Command::RemovePolicy { name } => {
