@@ -60,11 +60,13 @@ func (n *Node) Leave(tribe, node string) error {
 }
 
 // AddPolicy adds a policy: the nodes whose facts satisfy when (CEL over
-// facts, e.g. `facts.rack == "r1"`) join tribe, which is created when
-// missing. A bad expression gives a *PolicyError (matching
-// ErrInvalidPolicy) and never spreads. Policies apply in the background:
-// the tribe and this node's place in it may appear a moment (about a
-// millisecond) after AddPolicy returns.
+// facts, e.g. `facts.rack == "r1"`) join tribe, which is created when the
+// policy first holds on some node (CreateTribe first to fill its catalog
+// before then; with StateLimits.Tribes reached, it is created once room
+// frees, and an EventPolicyError says so meanwhile). A bad expression
+// gives a *PolicyError (matching ErrInvalidPolicy) and never spreads.
+// Policies apply in the background: the tribe and this node's place in it
+// may appear a moment (about a millisecond) after AddPolicy returns.
 func (n *Node) AddPolicy(name, tribe, when string) error {
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_add_policy(p, a[0], a[1], a[2], e)

@@ -146,7 +146,8 @@ type TribeInfo struct {
 type Policy struct {
 	// Name is the policy's name, unique in the cluster.
 	Name string `json:"name"`
-	// Tribe is the tribe it puts nodes in (created when missing).
+	// Tribe is the tribe it puts nodes in (created once the policy holds
+	// on some node).
 	Tribe string `json:"tribe"`
 	// When is the CEL expression over a node's facts, e.g.
 	// `has(facts.rack) && facts.rack == "r1"`.

@@ -103,7 +103,9 @@ pub extern "C" fn tribe_node_remove_fact(
 }
 /// Adds a policy: the nodes whose facts satisfy `when` (CEL over
 /// `facts`, e.g. `has(facts.rack) && facts.rack == "r1"`) join `tribe`,
-/// which is created when missing. Reading a fact a node lacks is an
+/// which is created when the policy first holds on some node (with the
+/// tribes' limit reached, once room frees; a `TRIBE_EVENT_POLICY_ERROR`
+/// says so meanwhile). Reading a fact a node lacks is an
 /// evaluation error there (the node stays out and gets a
 /// `TRIBE_EVENT_POLICY_ERROR`): guard optional facts with `has()`. A bad
 /// expression is `TRIBE_INVALID_POLICY` with the position in
