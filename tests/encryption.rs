@@ -721,7 +721,7 @@ async fn calls_under_load_pass_through_key_rotations_unharmed() {
     for c in callers {
         failed.extend(c.await.unwrap());
     }
-    assert_calls_all_went_through(ok.load(Ordering::Relaxed), &failed);
+    assert_calls_all_went_through(ok.load(Ordering::Relaxed), 100, &failed);
 }
 
 /// A call running when the host's keys change is answered on its stream:
