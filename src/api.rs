@@ -868,7 +868,7 @@ impl Node {
 
     /// Calls a plugin served by a live member of `target.tribe`: this node
     /// first when it serves it, then the member with the fewest calls
-    /// outstanding. A host that refuses or cannot be reached before the call
+    /// outstanding, members suspected by SWIM last. A host that refuses or cannot be reached before the call
     /// ran is failed over, also (for a payload under 16 KiB) to a member
     /// that began serving the plugin while the call ran; every call ends
     /// with the reply or an error

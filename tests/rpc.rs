@@ -687,6 +687,103 @@ async fn a_call_whose_caller_is_declared_failed_is_abandoned_then() {
         .unwrap();
 }
 
+/// A host that stops answering probes (a stopped process) is suspected
+/// before it is declared failed: while it is, calls go to the other hosts,
+/// not to one that would hold them to their deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_pass_over_a_suspected_host() {
+    // A long suspicion: the calls below run while it lasts.
+    let slow_verdict = |cfg: &mut tribe::Config| {
+        if let Some(t) = cfg.timings.as_mut() {
+            t.suspicion_mult = 30;
+        }
+    };
+    let nodes = start_cluster("sph", 2, slow_verdict).await;
+    let (caller, host) = (&nodes[0], &nodes[1]);
+    caller.create_tribe("svc").await.unwrap();
+    serve_echo(host, Duration::ZERO).await;
+    // The other host runs on a runtime of its own, on a thread that then
+    // stops running it.
+    let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+    let (named, name) = tokio::sync::oneshot::channel::<String>();
+    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
+    let seed = caller.addr();
+    let stopped_thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut cfg = test_config("sph-stopped");
+            slow_verdict(&mut cfg);
+            cfg.seeds = vec![seed];
+            let stopped = Node::start(cfg).await.unwrap();
+            serve_echo(&stopped, Duration::ZERO).await;
+            named.send(stopped.name().to_string()).unwrap();
+            let _ = frozen.await;
+            // Blocks the runtime's one thread: nothing of the node runs.
+            let _ = thawed.recv_timeout(Duration::from_secs(60));
+            stopped.abort().await;
+        });
+    });
+    let stopped = name.await.unwrap();
+    wait_for("the third node seen", 20 * SECOND, || {
+        caller.members().len() == 3
+    })
+    .await;
+    for n in [host.name(), stopped.as_str()] {
+        caller.join("svc", n).await.unwrap();
+    }
+    wait_for("both hosts seen serving", 20 * SECOND, || {
+        caller.tribe("svc").is_some_and(|t| t.members.len() == 2)
+            && caller
+                .members()
+                .iter()
+                .filter(|m| !m.endpoints.is_empty())
+                .count()
+                == 2
+    })
+    .await;
+    // Both take calls while both answer.
+    let mut hosts = BTreeMap::new();
+    for _ in 0..40 {
+        let reply = caller
+            .call(&echo(), b"x".to_vec(), 5 * SECOND)
+            .await
+            .unwrap();
+        *hosts.entry(host_of(&reply)).or_insert(0) += 1;
+    }
+    assert_eq!(hosts.len(), 2, "{hosts:?}");
+    freeze.send(()).unwrap();
+    wait_for("the stopped host suspected", 20 * SECOND, || {
+        caller
+            .members()
+            .iter()
+            .any(|m| m.name == stopped && m.state == tribe::MemberState::Suspect)
+    })
+    .await;
+    // Housekeeping marks suspects twice a second.
+    tokio::time::sleep(SECOND).await;
+    for i in 0..20 {
+        let reply = caller.call(&echo(), b"x".to_vec(), 2 * SECOND).await;
+        let still = caller
+            .members()
+            .iter()
+            .any(|m| m.name == stopped && m.state == tribe::MemberState::Suspect);
+        assert!(
+            matches!(&reply, Ok(r) if host_of(r) == host.name()) || !still,
+            "call {i}: {reply:?}"
+        );
+    }
+    thaw.send(()).unwrap();
+    for n in &nodes {
+        n.shutdown().await.unwrap();
+    }
+    tokio::task::spawn_blocking(move || stopped_thread.join().unwrap())
+        .await
+        .unwrap();
+}
+
 /// A stop waits for the replies of calls still being answered, not for a
 /// handler that holds a call its caller gave up on: that call is over, and
 /// nothing is left to send. A call still waited for keeps it waiting.

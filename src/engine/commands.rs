@@ -807,12 +807,25 @@ impl Engine {
             up: self.members.revision(),
             left: self.left,
         };
-        if let Some(kept) = self.providers.get(&target, stamp, &self.record.endpoints) {
-            return kept;
+        let mut found = match self.providers.get(&target, stamp, &self.record.endpoints) {
+            Some(kept) => kept,
+            None => {
+                let found = self.find_providers(tribe, plugin, version, kind);
+                self.providers
+                    .put(&target, stamp, &self.record.endpoints, found.clone());
+                found
+            }
+        };
+        // Suspicion changes no stamp (it is foca's, read at housekeeping):
+        // marked on every read.
+        if !self.suspects_seen.is_empty() {
+            for p in found.iter_mut().flatten() {
+                p.suspect = self.members.get(&p.name).is_some_and(|row| {
+                    let key = (row.id.name.clone(), row.id.generation);
+                    self.suspects_seen.contains(&key)
+                });
+            }
         }
-        let found = self.find_providers(tribe, plugin, version, kind);
-        self.providers
-            .put(&target, stamp, &self.record.endpoints, found.clone());
         found
     }
 
@@ -873,6 +886,7 @@ impl Engine {
                     addr,
                     version: e.version.clone(),
                     older: rest.iter().map(|e| e.version.clone()).collect(),
+                    suspect: false,
                 });
             }
         }

@@ -123,6 +123,7 @@ mod tests {
             version: "1".into(),
             older: Vec::new(),
             local: false,
+            suspect: false,
         }
     }
 

@@ -92,6 +92,9 @@ pub struct Provider {
     pub older: Vec<String>,
     /// Whether it is this node.
     pub local: bool,
+    /// Whether SWIM suspects it (missed probes): tried after the others, as
+    /// a stopped or overloaded host would hold a call to its deadline.
+    pub suspect: bool,
 }
 
 /// A policy.

@@ -325,7 +325,7 @@ pub const TRIBE_MAX_CALL_BUDGET_MS: u32 = 300_000;
 
 /// Calls `plugin` (`version`: NULL for any) of kind `kind` served by a live
 /// member of `tribe`: this node first when it serves it, then the member
-/// with the fewest calls outstanding. Blocks the calling thread until the
+/// with the fewest calls outstanding, suspected members last. Blocks the calling thread until the
 /// reply, an error, `timeout_ms` (a host runs the call for at most
 /// `TRIBE_MAX_CALL_BUDGET_MS`; 0 is a deadline already passed, as a handler
 /// passing on `tribe_responder_remaining_us(r) / 1000` gets once its budget

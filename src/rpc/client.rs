@@ -984,8 +984,9 @@ async fn closed(conn: &Conn, deadline: Instant) -> Result<Option<Answer>, NotSen
 /// A host that may serve a call.
 pub type Candidate = crate::engine::view::Provider;
 
-/// Orders candidates: this node first, then fewest calls outstanding, ties
-/// broken at random so load spreads.
+/// Orders candidates: this node first, then members not suspected, then
+/// hosts reached lately, then fewest calls outstanding, ties broken at
+/// random so load spreads.
 pub fn order(mut cands: Vec<Candidate>, pool: &Pool) -> Vec<Candidate> {
     use rand::seq::SliceRandom;
     cands.shuffle(&mut rand::rng());
@@ -994,6 +995,7 @@ pub fn order(mut cands: Vec<Candidate>, pool: &Pool) -> Vec<Candidate> {
     cands.sort_by_cached_key(|c| {
         (
             !c.local,
+            c.suspect,
             pool.recently_unreachable(c.addr),
             pool.outstanding(c.addr),
         )
