@@ -786,113 +786,6 @@ impl Engine {
         }
     }
 
-    /// Live members of `tribe` that serve `plugin` of `kind` (any version,
-    /// or `version`), highest version per member; `None` when the tribe does
-    /// not exist. Cheaper than a full snapshot: the call router asks per call.
-    pub fn providers(
-        &mut self,
-        tribe: &str,
-        plugin: &str,
-        version: Option<&str>,
-        kind: PluginKind,
-    ) -> Option<Vec<super::view::Provider>> {
-        let target = super::providers::Target {
-            tribe,
-            plugin,
-            version,
-            kind,
-        };
-        let stamp = super::providers::Stamp {
-            state: lock(&self.shared).state.revision(),
-            up: self.members.revision(),
-            left: self.left,
-        };
-        let mut found = match self.providers.get(&target, stamp, &self.record.endpoints) {
-            Some(kept) => kept,
-            None => {
-                let found = self.find_providers(tribe, plugin, version, kind);
-                self.providers
-                    .put(&target, stamp, &self.record.endpoints, found.clone());
-                found
-            }
-        };
-        // Suspicion changes no stamp (it is foca's, read at housekeeping):
-        // marked on every read.
-        if !self.suspects_seen.is_empty() {
-            for p in found.iter_mut().flatten() {
-                p.suspect = self.members.get(&p.name).is_some_and(|row| {
-                    let key = (row.id.name.clone(), row.id.generation);
-                    self.suspects_seen.contains(&key)
-                });
-            }
-        }
-        found
-    }
-
-    /// [`Engine::providers`] worked out afresh.
-    fn find_providers(
-        &self,
-        tribe: &str,
-        plugin: &str,
-        version: Option<&str>,
-        kind: PluginKind,
-    ) -> Option<Vec<super::view::Provider>> {
-        let sh = lock(&self.shared);
-        let view = View { state: &sh.state };
-        if !view.tribe_exists(tribe) {
-            return None;
-        }
-        let mut out = Vec::new();
-        for name in view.tribe_members(tribe) {
-            if !self.is_up(&name) {
-                continue;
-            }
-            // A member restarted under its name is up at its new address
-            // before its new record arrives: the record of its last run
-            // names the old one (calls went there, and failed, for up to a
-            // few hundred ms). It is called where it is now; one that does
-            // not serve the plugin any more refuses, and the call moves on.
-            let mut moved = None;
-            let endpoints = if name == self.name {
-                &self.record.endpoints
-            } else {
-                match view.node_record(&name) {
-                    Some(r) => {
-                        moved = self
-                            .members
-                            .get(&name)
-                            .filter(|row| row.id.generation > r.generation && row.id.addr != r.addr)
-                            .map(|row| (r.addr, row.id.addr));
-                        &r.endpoints
-                    }
-                    None => continue,
-                }
-            };
-            let mut served: Vec<_> = endpoints
-                .iter()
-                .filter(|e| {
-                    e.name == plugin && e.kind == kind && version.is_none_or(|v| v == e.version)
-                })
-                .collect();
-            served.sort_by(|a, b| b.version.cmp(&a.version));
-            if let Some((e, rest)) = served.split_first() {
-                let addr = match moved {
-                    Some((old, now)) if e.addr == old => now,
-                    _ => e.addr,
-                };
-                out.push(super::view::Provider {
-                    local: name == self.name,
-                    name,
-                    addr,
-                    version: e.version.clone(),
-                    older: rest.iter().map(|e| e.version.clone()).collect(),
-                    suspect: false,
-                });
-            }
-        }
-        Some(out)
-    }
-
     /// Whether this node is in the live view of `tribe`.
     pub fn in_tribe(&self, tribe: &str) -> bool {
         let sh = lock(&self.shared);
@@ -905,7 +798,7 @@ impl Engine {
         self.view_check(|v| v.policies())
     }
 
-    fn is_up(&self, name: &str) -> bool {
+    pub(super) fn is_up(&self, name: &str) -> bool {
         if name == self.name {
             return !self.left;
         }
