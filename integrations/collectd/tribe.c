@@ -218,7 +218,8 @@ static struct {
   uint64_t unconfirmed; /* metrics of calls that ended with no answer */
   uint64_t unconfirmed_unlogged;
   int blocks;           /* <Plugin tribe> blocks read */
-  uint64_t bad_names; /* values skipped for their names (the first is logged) */
+  uint64_t bad_names; /* values skipped for their names */
+  uint64_t bad_name_logged_ms; /* when one was last logged */
   uint64_t drops_unlogged;
   uint64_t events_dropped; /* node events libtribe dropped, as last logged */
   char last_error[256];
@@ -337,13 +338,23 @@ static int cfg_publish(oconfig_item_t *ci) {
   const char *version = ci->values_num == 3 ? ci->values[2].value.string : NULL;
   for (size_t i = 0; i < g.ntargets; i++) {
     const target_t *o = &g.targets[i];
-    if (strcmp(o->tribe, ci->values[0].value.string) == 0 &&
-        strcmp(o->plugin, ci->values[1].value.string) == 0 &&
-        ((o->version == NULL && version == NULL) ||
-         (o->version && version && strcmp(o->version, version) == 0))) {
+    if (strcmp(o->tribe, ci->values[0].value.string) != 0 ||
+        strcmp(o->plugin, ci->values[1].value.string) != 0)
+      continue;
+    if ((o->version == NULL && version == NULL) ||
+        (o->version && version && strcmp(o->version, version) == 0)) {
       /* Every value would reach it twice. */
       ERROR(PLUGIN_NAME " plugin: `Publish' \"%s\" \"%s\" given twice",
             o->tribe, o->plugin);
+      return -1;
+    }
+    if (o->version == NULL || version == NULL) {
+      /* Any version takes the highest served, which may be the pinned one:
+       * every value would reach that publisher twice. */
+      ERROR(PLUGIN_NAME " plugin: `Publish' \"%s\" \"%s\" given twice, for "
+                        "any version and for version \"%s\" (any version "
+                        "may be that one: every value would reach it twice)",
+            o->tribe, o->plugin, o->version ? o->version : version);
       return -1;
     }
   }
@@ -558,9 +569,7 @@ static void note_unconfirmed(size_t metrics, const char *why) {
   sstrncpy(g.last_error, why, sizeof g.last_error);
 }
 
-/* Logs the drops (and the unconfirmed batches) since the last line, at
- * most once per DROP_LOG_EVERY_MS. */
-/* Logs the drops not logged yet: at most every DROP_LOG_EVERY_MS, or at
+/* Logs the drops (and the unconfirmed batches) not logged yet: at most every DROP_LOG_EVERY_MS, or at
  * once (before a line that says delivery recovered, so that the drops
  * before it are not told after it). */
 static void log_drops(bool at_once) {
@@ -713,6 +722,38 @@ static void add_metric(const char *name, const char *value,
   g.current_metrics++;
 }
 
+/* Copies the start of another member's text for collectd's log (at most
+ * `cap` - 1 bytes): characters that could start lines of their own or
+ * steer a terminal (C0 and C1 controls, DEL) and bytes that are not UTF-8
+ * become '?'. */
+static void log_safe(char *out, size_t cap, const unsigned char *in,
+                     size_t len) {
+  size_t o = 0;
+  for (size_t i = 0; i < len && o + 1 < cap;) {
+    unsigned char c = in[i];
+    size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                         : (c & 0xf8) == 0xf0 ? 4 : 0;
+    bool ok = n > 0 && i + n <= len && !(n == 2 && c < 0xc2) &&
+              !(n == 4 && c > 0xf4);
+    uint32_t cp = n == 1 ? c : n ? c & (0x7f >> n) : 0;
+    for (size_t k = 1; ok && k < n; k++) {
+      ok = (in[i + k] & 0xc0) == 0x80;
+      cp = (cp << 6) | (in[i + k] & 0x3f);
+    }
+    ok = ok && !(n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
+         !(n == 4 && (cp < 0x10000 || cp > 0x10ffff));
+    if (!ok || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || o + n >= cap) {
+      out[o++] = '?';
+      i += ok ? n : 1;
+      continue;
+    }
+    memcpy(out + o, in + i, n);
+    o += n;
+    i += n;
+  }
+  out[o] = '\0';
+}
+
 static void drain_events(tribe_node *node);
 
 /* Whether a target has sealed batches waiting for a place among its calls
@@ -778,16 +819,37 @@ static int tribe_write(const data_set_t *ds, const value_list_t *vl,
       g.skipped++;
       continue;
     }
-    if (bad || m < 0 || (size_t)m > MAX_NAME_BYTES ||
-        !json_string_ok(ds->ds[i].name)) {
+    bool too_long = n < 0 || (size_t)n >= sizeof base || m < 0 ||
+                    (size_t)m > MAX_NAME_BYTES;
+    if (bad || too_long || !json_string_ok(ds->ds[i].name)) {
       /* a receiver would refuse the whole batch */
-      if (g.bad_names++ == 0)
-        WARNING(PLUGIN_NAME " plugin: left out a value of host \"%s\" plugin "
-                           "\"%s\" type \"%s\" (and will leave out others "
-                           "like it, counted in tribe/derive-skipped): its "
-                           "name is over %d bytes, or not UTF-8, or holds "
-                           "control characters",
-                vl->host, vl->plugin, vl->type, MAX_NAME_BYTES);
+      g.bad_names++;
+      uint64_t now = mono_ms();
+      if (g.bad_name_logged_ms == 0 ||
+          now - g.bad_name_logged_ms >= DROP_LOG_EVERY_MS) {
+        g.bad_name_logged_ms = now;
+        /* The names may come from the network (collectd's network
+         * plugin): what could start a line of its own is shown as '?'. */
+        char host[DATA_MAX_NAME_LEN], shown[MAX_NAME_BYTES + 1];
+        log_safe(host, sizeof host, (const unsigned char *)vl->host,
+                 strlen(vl->host));
+        log_safe(shown, sizeof shown, (const unsigned char *)name,
+                 m < 0 ? 0 : strnlen(name, sizeof name));
+        char rule[64];
+        if (too_long)
+          snprintf(rule, sizeof rule, "name is over %d bytes", MAX_NAME_BYTES);
+        else
+          snprintf(rule, sizeof rule, "%s is not UTF-8 or holds control "
+                                      "characters",
+                   json_string_ok(vl->host) ? "name" : "host");
+        WARNING(PLUGIN_NAME " plugin: left out a value of host \"%s\" named "
+                           "\"%s\": its %s (%" PRIu64
+                           " values left out for their names in all, counted "
+                           "in tribe/derive-skipped; logged at most every "
+                           "%d s)",
+                host, shown, rule, g.bad_names,
+                DROP_LOG_EVERY_MS / 1000);
+      }
       g.skipped++;
       continue;
     }
@@ -834,38 +896,6 @@ static void json_string_field(const char *json, size_t len, const char *key,
     }
   }
   out[n] = '\0';
-}
-
-/* Copies the start of another member's text for collectd's log (at most
- * `cap` - 1 bytes): characters that could start lines of their own or
- * steer a terminal (C0 and C1 controls, DEL) and bytes that are not UTF-8
- * become '?'. */
-static void log_safe(char *out, size_t cap, const unsigned char *in,
-                     size_t len) {
-  size_t o = 0;
-  for (size_t i = 0; i < len && o + 1 < cap;) {
-    unsigned char c = in[i];
-    size_t n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
-                         : (c & 0xf8) == 0xf0 ? 4 : 0;
-    bool ok = n > 0 && i + n <= len && !(n == 2 && c < 0xc2) &&
-              !(n == 4 && c > 0xf4);
-    uint32_t cp = n == 1 ? c : n ? c & (0x7f >> n) : 0;
-    for (size_t k = 1; ok && k < n; k++) {
-      ok = (in[i + k] & 0xc0) == 0x80;
-      cp = (cp << 6) | (in[i + k] & 0x3f);
-    }
-    ok = ok && !(n == 3 && (cp < 0x800 || (cp >= 0xd800 && cp <= 0xdfff))) &&
-         !(n == 4 && (cp < 0x10000 || cp > 0x10ffff));
-    if (!ok || cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || o + n >= cap) {
-      out[o++] = '?';
-      i += ok ? n : 1;
-      continue;
-    }
-    memcpy(out + o, in + i, n);
-    o += n;
-    i += n;
-  }
-  out[o] = '\0';
 }
 
 /* The "collectd-log" publisher: logs each batch (count, caller, the start of
@@ -944,11 +974,15 @@ static void call_done(tribe_event *ev) {
           }
         }
       } else {
-        char why[256];
-        const char *remote = tribe_error_remote_message(err);
-        snprintf(why, sizeof why, "%s/%s: %s (%s)%s%s", t->tribe, t->plugin,
-                 err ? tribe_error_message(err) : "", tribe_result_name(rc),
-                 remote ? ": " : "", remote ? remote : "");
+        /* The message holds the host's own words (a handler's code and
+         * message): another member's text, made safe for the log. */
+        char raw[256], why[256];
+        int n = snprintf(raw, sizeof raw, "%s/%s: %s (%s)", t->tribe,
+                         t->plugin, err ? tribe_error_message(err) : "",
+                         tribe_result_name(rc));
+        size_t len = n < 0 ? 0 : (size_t)n >= sizeof raw ? sizeof raw - 1
+                                                         : (size_t)n;
+        log_safe(why, sizeof why, (const unsigned char *)raw, len);
         /* No answer, but it may have arrived: its time ran out, its host
          * went, or this node stopped while it was on its way. */
         if (rc == TRIBE_TIMEOUT || rc == TRIBE_DISCONNECTED ||
@@ -999,7 +1033,11 @@ static void handle_event(tribe_event *ev) {
     pthread_mutex_unlock(&g.lock);
     break;
   case TRIBE_EVENT_ISOLATED:
-    WARNING(PLUGIN_NAME " plugin: node lost every peer; retrying its seeds");
+    if (g.nseeds > 0)
+      WARNING(PLUGIN_NAME " plugin: node lost every peer; retrying its seeds");
+    else
+      WARNING(PLUGIN_NAME " plugin: node lost every peer; it has no `Seed' "
+                         "and waits for a member to join it again");
     break;
   case TRIBE_EVENT_TRIBE_JOINED:
     INFO(PLUGIN_NAME " plugin: node is now in tribe %s", tribe ? tribe : "?");
@@ -1206,7 +1244,11 @@ static const char *config_time_name(char *buf, size_t len) {
 /* libtribe's config from the options; false (logged) when one is bad. */
 static bool build_config(const char *name, tribe_config **out) {
   tribe_config *cfg = NULL;
-  CHECK_SET("config", tribe_config_new(name, &cfg, &e_));
+  /* A name not given as `Name' is collectd's host name: say where the
+   * name came from, and what to set instead. */
+  CHECK_SET(g.name ? "config" : "config (the node's name is collectd's "
+                                "host name; set `Name' in the plugin's block)",
+            tribe_config_new(name, &cfg, &e_));
   if (g.bind)
     CHECK_SET("Bind", tribe_config_set_bind(cfg, g.bind, &e_));
   if (g.advertise)
