@@ -1838,7 +1838,8 @@ uint32_t tribe_node_members_json(const struct tribe_node *node,
 
 /**
  * One member by name, this node included, as the admin API's
- * `GET /v1/members/{name}`; `TRIBE_UNKNOWN_NODE` if none. `*out` is
+ * `GET /v1/members/{name}`; `TRIBE_UNKNOWN_NODE` if none,
+ * `TRIBE_INVALID_NAME` for a name no node can have. `*out` is
  * owned (`tribe_string_free`). Does not block.
  */
 uint32_t tribe_node_member_json(const struct tribe_node *node,

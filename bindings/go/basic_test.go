@@ -31,6 +31,15 @@ func TestTwoNodesSeeEachOther(t *testing.T) {
 	if _, err := a.Member("no\x00de"); !errors.Is(err, ErrInvalidArgument) {
 		t.Fatalf("NUL: %v", err)
 	}
+	// A name no node can have is named so, as Tribe names a bad tribe name.
+	for _, bad := range []string{"", "bad name!"} {
+		if _, err := a.Member(bad); !errors.Is(err, ErrInvalidName) {
+			t.Fatalf("Member(%q): %v", bad, err)
+		}
+	}
+	if _, err := a.Member("nobody"); !errors.Is(err, ErrUnknownNode) {
+		t.Fatalf("unknown: %v", err)
+	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}

@@ -336,8 +336,9 @@ const responderHold = 200 * time.Millisecond
 // handlerKey names a served plugin (a struct: no string built per call).
 type handlerKey struct{ name, version string }
 
-// Serve serves a plugin: the node advertises it, and members of this node's
-// tribes can call it. Serving the same name and version again replaces the
+// Serve serves a plugin: the node advertises it, and any node that knows a
+// tribe this node is in can call it through that tribe (a caller need not
+// be a member). Serving the same name and version again replaces the
 // handler, and its kind (a name and version is served as one kind). A
 // node serves at most 256 plugins (name and version pairs); one more is
 // ErrInvalidArgument.

@@ -227,7 +227,9 @@ func TestConfigCheckRefusesWhatStartWould(t *testing.T) {
 		{"a data dir any user may write", func(c *Config) { c.DataDir = open }, ErrConfig, "writable by every user"},
 		{"an unspecified bind without advertise", func(c *Config) { c.Bind = "0.0.0.0:0" }, ErrConfig, "advertise"},
 		{"Key and KeyFile", func(c *Config) { c.Key, c.KeyFile = mustKey(t), "/nonexistent" }, ErrConfig, "KeyFile"},
-		{"a negative limit", func(c *Config) { c.Limits.MaxServing = -1 }, ErrInvalidArgument, "negative"},
+		{"a negative limit", func(c *Config) { c.Limits.MaxServing = -1 }, ErrInvalidArgument, "Config.Limits.MaxServing is negative"},
+		{"a negative state limit", func(c *Config) { c.StateLimits.Tasks = -2 }, ErrInvalidArgument, "Config.StateLimits.Tasks is negative"},
+		{"a negative thread count", func(c *Config) { c.WorkerThreads = -1 }, ErrInvalidArgument, "Config.WorkerThreads is negative"},
 		{"a key file that is a FIFO", func(c *Config) { c.KeyFile = fifo }, ErrConfig, "not a regular file"},
 		{"a key file that is a device", func(c *Config) { c.KeyFile = "/dev/zero" }, ErrConfig, "not a regular file"},
 	} {

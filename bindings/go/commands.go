@@ -14,7 +14,6 @@ import (
 	"runtime"
 	"strconv"
 	"time"
-	"unicode/utf8"
 	"unsafe"
 )
 
@@ -171,6 +170,9 @@ func (n *Node) AddTask(tribe, id string, manifest any) error {
 
 // AddTaskWithState adds a task in the given state.
 func (n *Node) AddTaskWithState(tribe, id string, manifest any, state TaskState) error {
+	if err := taskStateError(state); err != nil {
+		return err
+	}
 	var text string
 	switch m := manifest.(type) {
 	case string:
@@ -193,6 +195,9 @@ func (n *Node) AddTaskWithState(tribe, id string, manifest any, state TaskState)
 
 // SetTaskState asks members to run or stop a task.
 func (n *Node) SetTaskState(tribe, id string, state TaskState) error {
+	if err := taskStateError(state); err != nil {
+		return err
+	}
 	return n.cmd(func(p *C.tribe_node, a []*C.char, e **C.tribe_error) C.uint32_t {
 		return C.tribe_node_set_task_state(p, a[0], a[1], C.uint32_t(state), e)
 	}, tribe, id)
@@ -280,14 +285,12 @@ func (n *Node) Members() ([]Member, error) {
 	}))
 }
 
-// Member gives one member by name; ErrUnknownNode if none.
+// Member gives one member by name; ErrUnknownNode if none, ErrInvalidName
+// for a name no node can have (as Tribe does).
 func (n *Node) Member(name string) (Member, error) {
 	// Checked as every other method's strings are (by libtribe there).
-	if err := nulErr(name); err != nil {
+	if err := CheckName(name); err != nil {
 		return Member{}, err
-	}
-	if !utf8.ValidString(name) {
-		return Member{}, &Error{Code: "invalid_utf8", Message: "name is not valid UTF-8"}
 	}
 	members, err := n.Members()
 	if err != nil {

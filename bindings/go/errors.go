@@ -170,7 +170,9 @@ var (
 	ErrUnknownPolicy = &Error{Code: "unknown_policy"}
 	// ErrPolicyExists: AddPolicy found a policy of that name already.
 	ErrPolicyExists = &Error{Code: "policy_exists"}
-	// ErrUnknownPlugin: the plugin entry is not in the tribe's catalog.
+	// ErrUnknownPlugin: the plugin entry is not in the tribe's catalog
+	// (UnloadPlugin), or this node does not serve that name and version
+	// (Unserve).
 	ErrUnknownPlugin = &Error{Code: "unknown_plugin"}
 	// ErrPluginExists: the plugin entry is in the tribe's catalog already.
 	ErrPluginExists = &Error{Code: "plugin_exists"}
@@ -267,6 +269,16 @@ func kindError(k Kind) error {
 		return nil
 	}
 	return &Error{Code: "invalid_argument", Message: fmt.Sprintf("plugin kind %d is not tribe.Collector, tribe.Processor or tribe.Publisher", uint32(k))}
+}
+
+// taskStateError refuses a TaskState other than the two in Go's own words
+// (the C message names C constants).
+func taskStateError(st TaskState) error {
+	switch st {
+	case TaskRunning, TaskStopped:
+		return nil
+	}
+	return &Error{Code: "invalid_argument", Message: fmt.Sprintf("task state %d is not tribe.TaskRunning or tribe.TaskStopped", uint32(st))}
 }
 
 // resultName is the C ABI's snake_case name of a result code.

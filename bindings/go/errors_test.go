@@ -2,6 +2,7 @@ package tribe
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -365,6 +366,23 @@ func TestInvalidKindNamesTheGoConstants(t *testing.T) {
 		"LoadPluginWithArtifact": artifactErr,
 	} {
 		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "tribe.Collector, tribe.Processor or tribe.Publisher") {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+	// Nor is a Kind written that could not be read back.
+	if b, err := json.Marshal(Kind(7)); err == nil {
+		t.Errorf("json.Marshal(Kind(7)) = %s", b)
+	}
+	if b, err := json.Marshal(Publisher); err != nil || string(b) != `"publisher"` {
+		t.Errorf("json.Marshal(Publisher) = %s, %v", b, err)
+	}
+	// A TaskState other than the two, likewise.
+	manifest := `{"schedule":{"interval":"5s"},"collect":{"plugin":"proc"}}`
+	for what, err := range map[string]error{
+		"AddTaskWithState": n.AddTaskWithState("t", "job", manifest, 0),
+		"SetTaskState":     n.SetTaskState("t", "job", 3),
+	} {
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), "tribe.TaskRunning or tribe.TaskStopped") {
 			t.Errorf("%s: %v", what, err)
 		}
 	}

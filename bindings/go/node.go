@@ -426,9 +426,7 @@ func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
 		{"max_streams", l.MaxStreams}, {"nodes", sl.Nodes}, {"tribes", sl.Tribes}, {"members", sl.Members},
 		{"policies", sl.Policies}, {"plugins", sl.Plugins}, {"tasks", sl.Tasks},
 	}
-	negative := false
 	for _, lim := range named {
-		negative = negative || lim.value < 0
 		add(lim.value > 0, func(e **C.tribe_error) C.uint32_t {
 			return C.tribe_config_set_limit(ccfg, cs.str(lim.name), C.uint64_t(lim.value), e)
 		})
@@ -436,8 +434,22 @@ func (cfg Config) withC(use func(ccfg *C.tribe_config) error) error {
 	add(cfg.WorkerThreads != 0, func(e **C.tribe_error) C.uint32_t {
 		return C.tribe_config_set_worker_threads(ccfg, C.uint32_t(cfg.WorkerThreads), e)
 	})
-	if negative || l.MaxPayload < 0 || l.MaxInflightPerConn < 0 || l.MaxInflight < 0 || l.MaxServing < 0 || cfg.WorkerThreads < 0 {
-		return &Error{Code: "invalid_argument", Message: "negative limit or thread count"}
+	// The field is named, as a user wrote it.
+	signed := []struct {
+		field string
+		value int
+	}{
+		{"Limits.MaxPayload", l.MaxPayload}, {"Limits.MaxInflightPerConn", l.MaxInflightPerConn},
+		{"Limits.MaxInflight", l.MaxInflight}, {"Limits.MaxServing", l.MaxServing},
+		{"Limits.MaxStreams", l.MaxStreams}, {"StateLimits.Nodes", sl.Nodes},
+		{"StateLimits.Tribes", sl.Tribes}, {"StateLimits.Members", sl.Members},
+		{"StateLimits.Policies", sl.Policies}, {"StateLimits.Plugins", sl.Plugins},
+		{"StateLimits.Tasks", sl.Tasks}, {"WorkerThreads", cfg.WorkerThreads},
+	}
+	for _, f := range signed {
+		if f.value < 0 {
+			return &Error{Code: "invalid_argument", Message: fmt.Sprintf("Config.%s is negative (%d): 0 keeps the default", f.field, f.value)}
+		}
 	}
 	for _, step := range steps {
 		if err := step(); err != nil {

@@ -31,8 +31,14 @@ func (k Kind) String() string {
 	return fmt.Sprintf("Kind(%d)", uint32(k))
 }
 
-// MarshalText writes the kind's name.
-func (k Kind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+// MarshalText writes the kind's name; a Kind other than the three is an
+// error, as UnmarshalText could not read it back.
+func (k Kind) MarshalText() ([]byte, error) {
+	if err := kindError(k); err != nil {
+		return nil, err
+	}
+	return []byte(k.String()), nil
+}
 
 // UnmarshalText reads "collector", "processor" or "publisher".
 func (k *Kind) UnmarshalText(b []byte) error {

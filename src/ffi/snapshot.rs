@@ -52,7 +52,8 @@ pub extern "C" fn tribe_node_members_json(
 }
 
 /// One member by name, this node included, as the admin API's
-/// `GET /v1/members/{name}`; `TRIBE_UNKNOWN_NODE` if none. `*out` is
+/// `GET /v1/members/{name}`; `TRIBE_UNKNOWN_NODE` if none,
+/// `TRIBE_INVALID_NAME` for a name no node can have. `*out` is
 /// owned (`tribe_string_free`). Does not block.
 #[no_mangle]
 pub extern "C" fn tribe_node_member_json(
@@ -64,6 +65,8 @@ pub extern "C" fn tribe_node_member_json(
 ) -> u32 {
     ffi_call!(err, [out, out_len], {
         let name = cast::text(name, "name")?;
+        // A name no node can have is named so, as every command does.
+        crate::names::check("node name", name)?;
         snapshot(node, out, out_len, |n| {
             let members = n.members();
             let member = members

@@ -660,6 +660,9 @@ static void outs_on_failure(tribe_node *n) {
     EXPECT(TRIBE_UNKNOWN_NODE, tribe_node_member_json(n, "nobody", &s, &len, &err));
     CHECK(s == NULL && len == 0);
     EXPECT(TRIBE_NULL_ARGUMENT, tribe_node_member_json(n, NULL, &s, &len, &err));
+    /* A name no node can have is named so, as for a tribe. */
+    EXPECT(TRIBE_INVALID_NAME, tribe_node_member_json(n, "bad name!", &s, &len, &err));
+    CHECK(s == NULL && len == 0);
     /* One member by name: this node itself, in the admin API's schema. */
     OK(tribe_node_member_json(n, tribe_node_name(n), &s, &len, NULL));
     CHECK(strlen(s) == len && strstr(s, "\"state\":\"alive\"") != NULL && s[0] == '{');
