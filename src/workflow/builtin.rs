@@ -238,15 +238,62 @@ impl Tagger {
     ) -> Result<Vec<Metric>, ManifestError> {
         super::batch::check_tags("config", tags)?;
         for metric in &mut metrics {
-            for (key, value) in tags {
-                if let Some(existing) = metric.tags.get_mut(key) {
-                    existing.clone_from(value);
-                } else if metric.tags.len() < MAX_METRIC_TAGS {
-                    metric.tags.insert(key.clone(), value.clone());
-                }
-            }
+            tag(metric, tags);
         }
         Ok(metrics)
+    }
+
+    /// [`process`](Self::process) then [`encode_metrics`](super::batch::encode_metrics),
+    /// one metric at a time, refused as `TooLarge` once the encoding passes
+    /// `max_bytes`: tagged whole, a batch of many metrics under many tags
+    /// grew to hundreds of times its size in memory before its encoding
+    /// was found over the limit of a reply.
+    pub fn process_encoded(
+        &self,
+        metrics: Vec<Metric>,
+        tags: &BTreeMap<String, String>,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, ManifestError> {
+        super::batch::check_tags("config", tags)?;
+        let mut out = Vec::with_capacity(max_bytes.min(1 << 16));
+        out.push(b'[');
+        for mut metric in metrics {
+            tag(&mut metric, tags);
+            if metric.validate().is_err() {
+                continue;
+            }
+            if out.len() > 1 {
+                out.push(b',');
+            }
+            // A metric of strings, a finite float and string-keyed maps
+            // always serialises; one that did not is left out.
+            let mark = out.len();
+            if serde_json::to_writer(&mut out, &metric).is_err() {
+                out.truncate(mark.saturating_sub(usize::from(mark > 1)));
+            }
+            // Its tags go now, not with the batch.
+            drop(metric);
+            if out.len() + 1 > max_bytes {
+                return Err(ManifestError::TooLarge {
+                    what: "the tagged batch (its encoding stopped there)",
+                    len: out.len() + 1,
+                    max: max_bytes,
+                });
+            }
+        }
+        out.push(b']');
+        Ok(out)
+    }
+}
+
+/// Sets every tag in `tags` on `metric` (see [`Tagger::process`]).
+fn tag(metric: &mut Metric, tags: &BTreeMap<String, String>) {
+    for (key, value) in tags {
+        if let Some(existing) = metric.tags.get_mut(key) {
+            existing.clone_from(value);
+        } else if metric.tags.len() < MAX_METRIC_TAGS {
+            metric.tags.insert(key.clone(), value.clone());
+        }
     }
 }
 
@@ -488,6 +535,49 @@ mod tests {
         );
         assert_eq!(out[1].tags, tags);
         assert!(Tagger.process(Vec::new(), &tags).unwrap().is_empty());
+    }
+
+    #[test]
+    fn tagged_and_encoded_at_once_is_what_tagging_then_encoding_gives() {
+        let mut m = Metric::new("load/1min", 1.5, 7);
+        m.tags.insert("host".into(), "old".into());
+        let batch = vec![m, Metric::new("x", f64::NAN, 1), Metric::new("y", 2.0, 1)];
+        let tags = BTreeMap::from([
+            ("host".to_string(), "node-1".to_string()),
+            ("env".to_string(), "prod".to_string()),
+        ]);
+        let whole =
+            super::super::batch::encode_metrics(&Tagger.process(batch.clone(), &tags).unwrap());
+        let streamed = Tagger.process_encoded(batch, &tags, 1 << 20).unwrap();
+        assert_eq!(
+            String::from_utf8(streamed).unwrap(),
+            String::from_utf8(whole).unwrap()
+        );
+        assert_eq!(Tagger.process_encoded(Vec::new(), &tags, 2).unwrap(), b"[]");
+        let bad = BTreeMap::from([("k".to_string(), "a\nb".to_string())]);
+        assert!(matches!(
+            Tagger.process_encoded(vec![Metric::new("x", 1.0, 1)], &bad, 1 << 20),
+            Err(ManifestError::Invalid { .. })
+        ));
+    }
+
+    /// Many metrics under many long tags: refused once the encoding passes
+    /// the limit, not tagged whole first (which took gigabytes).
+    #[test]
+    fn a_tagged_batch_over_the_limit_is_refused_as_it_passes_it() {
+        let batch: Vec<Metric> = (0..50_000)
+            .map(|i| Metric::new(format!("m{i}"), 1.0, 1))
+            .collect();
+        let tags: BTreeMap<String, String> = (0..32)
+            .map(|i| (format!("{i:0>64}"), "v".repeat(256)))
+            .collect();
+        let max = 1 << 20;
+        let err = Tagger.process_encoded(batch, &tags, max).unwrap_err();
+        assert!(
+            matches!(err, ManifestError::TooLarge { len, max: m, .. } if m == max && len > max && len < max + 16 * 1024),
+            "{err}"
+        );
+        assert_eq!(err.code(), "too_large");
     }
 
     #[test]

@@ -849,6 +849,7 @@ async fn serve(plan: AgentPlan, mut signals: crate::signals::Watch) -> Result<()
     let log_queue = crate::log_writer::queue_later()?;
     // On a task of its own: a start stuck in the file system (a hung
     // network mount under the data dir) still ends at SIGTERM or SIGINT.
+    let max_reply = plan.config.rpc.max_payload;
     let mut starting = tokio::spawn(Node::start(plan.config));
     // A signal that comes as the start ends: the node leaves at once.
     let mut stop_at_once = false;
@@ -892,7 +893,7 @@ async fn serve(plan: AgentPlan, mut signals: crate::signals::Watch) -> Result<()
             });
         }
     });
-    crate::tasks::serve_builtins(&node, publisher, ready_line, stdout).await?;
+    crate::tasks::serve_builtins(&node, max_reply, publisher, ready_line, stdout).await?;
     let task_runs = tribe::admin::TaskRuns::default();
     let mut runner = crate::tasks::TaskRunner::new(node.clone(), task_runs.clone());
     tokio::spawn(async move {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use tribe::admin::{TaskOutcome, TaskRuns};
 use tribe::workflow::builtin::{FilePublisher, ProcCollector, StdoutPublisher, Tagger};
-use tribe::workflow::manifest::encode_metrics;
+use tribe::workflow::manifest::ManifestError;
 use tribe::workflow::{Manifest, StepRequest, StepResult, Workflow};
 use tribe::{Event, HandlerError, Node, PluginKind, Task};
 
@@ -58,9 +58,15 @@ impl ReadyLine {
     }
 }
 
-/// Serves `tag` and `stdout` on this node, and `file` when `publish_file` is set.
+/// Batches from this size up are tagged on a blocking thread.
+const TAG_INLINE_BELOW: usize = 256 * 1024;
+
+/// Serves `tag` and `stdout` on this node, and `file` when `publish_file` is
+/// set; `max_reply` is the node's largest payload, which a tagged batch
+/// must fit.
 pub async fn serve_builtins(
     node: &Node,
+    max_reply: usize,
     publish_file: Option<Arc<FilePublisher>>,
     ready_line: ReadyLine,
     stdout: tracing_appender::non_blocking::NonBlocking,
@@ -72,13 +78,30 @@ pub async fn serve_builtins(
         PluginKind::Processor,
         move |info, payload| {
             let host = host.clone();
+            let payload_len = payload.len();
             async move {
-                let req = StepRequest::decode(&payload).map_err(bad_request)?;
-                let mut tags = req.config;
-                tags.entry("tagged_by".into()).or_insert(host);
-                tags.entry("caller".into()).or_insert(info.caller);
-                let tagged = Tagger.process(req.metrics, &tags).map_err(bad_request)?;
-                Ok(encode_metrics(&tagged))
+                let tag = move || {
+                    let req = StepRequest::decode(&payload).map_err(bad_request)?;
+                    let mut tags = req.config;
+                    tags.entry("tagged_by".into()).or_insert(host);
+                    tags.entry("caller".into()).or_insert(info.caller);
+                    Tagger
+                        .process_encoded(req.metrics, &tags, max_reply)
+                        .map_err(|e| match e {
+                            ManifestError::TooLarge { .. } => {
+                                HandlerError::new("too_large", e.to_string())
+                            }
+                            e => bad_request(e),
+                        })
+                };
+                // A large batch is decoded and tagged off the runtime's
+                // workers: it stalled gossip and other calls for seconds.
+                if payload_len < TAG_INLINE_BELOW {
+                    return tag();
+                }
+                tokio::task::spawn_blocking(tag)
+                    .await
+                    .map_err(|e| HandlerError::new("error", e.to_string()))?
             }
         },
     )
