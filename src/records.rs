@@ -352,6 +352,40 @@ pub mod limits {
     pub const MAX_ARTIFACTS: usize = 256;
     /// Bytes of a task manifest.
     pub const MAX_MANIFEST_LEN: usize = 64 * 1024;
+    /// Nesting of a task manifest's JSON (objects and arrays; a manifest of
+    /// the documented schema nests 4 deep). JSON readers stop at a depth
+    /// (serde_json at 128): a manifest near it, wrapped in a reply, made
+    /// that reply unreadable.
+    pub const MAX_MANIFEST_DEPTH: usize = 32;
+}
+
+/// How deep the objects and arrays of a JSON text nest (0 for a scalar),
+/// brackets inside strings not counted. For a text already parsed or
+/// bounded in size: it does not check the JSON.
+pub fn json_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for b in text.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Why a record from a peer was refused.
@@ -437,6 +471,8 @@ pub fn validate(key: &Key, entry: &Entry) -> Result<(), InvalidRecord> {
         (Key::Task { .. }, Value::Task(t)) => {
             if t.manifest.len() > limits::MAX_MANIFEST_LEN {
                 Err(InvalidRecord("task manifest too large"))
+            } else if json_depth(&t.manifest) > limits::MAX_MANIFEST_DEPTH {
+                Err(InvalidRecord("task manifest nests too deep"))
             } else {
                 Ok(())
             }
@@ -479,4 +515,19 @@ fn validate_node(rec: &NodeRecord) -> Result<(), InvalidRecord> {
         return Err(InvalidRecord("too many artifacts or keys"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_depth_counts_brackets_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth("{}"), 1);
+        assert_eq!(json_depth(r#"{"a":[{"b":{}}],"c":[]}"#), 4);
+        assert_eq!(json_depth(r#"{"a":"[[[{{{","b":"\\\"[["}"#), 1);
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        assert_eq!(json_depth(&deep), 200);
+    }
 }

@@ -102,6 +102,40 @@ async fn commands_fail_with_clear_errors() {
         .await
         .unwrap_err();
     assert!(err.to_string().contains("64 KiB"), "{err}");
+    // Text over the 1 MiB read before compacting is named as such, not
+    // measured as compact JSON it never became.
+    let err = n
+        .add_task(
+            "t",
+            "over",
+            &format!("{{{}}}", " ".repeat(1 << 20)),
+            TaskState::Stopped,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("task manifest text is 1048578 bytes"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("bytes as compact JSON, more"),
+        "{err}"
+    );
+    // Nesting is bounded (a reply wrapping a manifest near a JSON reader's
+    // depth limit was unreadable); 32 deep is kept.
+    let nested = |depth: usize| format!("{}1{}", "{\"a\":".repeat(depth), "}".repeat(depth));
+    n.add_task("t", "deep32", &nested(32), TaskState::Stopped)
+        .await
+        .unwrap();
+    let err = n
+        .add_task("t", "deep33", &nested(33), TaskState::Stopped)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("nests 33 deep, more than the limit of 32")),
+        "{err}"
+    );
     assert!(matches!(
         n.remove_task("t", "y").await,
         Err(Error::UnknownTask { .. })

@@ -821,7 +821,19 @@ fn compact_manifest(manifest: &str) -> Result<String> {
         ))
     };
     if manifest.len() > MAX_MANIFEST_TEXT {
-        return Err(too_large(manifest.len()));
+        return Err(Error::InvalidArgument(format!(
+            "task manifest text is {} bytes, more than the {} read before its spacing is taken out (the limit is {} bytes as compact JSON)",
+            manifest.len(),
+            MAX_MANIFEST_TEXT,
+            crate::records::limits::MAX_MANIFEST_LEN
+        )));
+    }
+    let depth = crate::records::json_depth(manifest);
+    if depth > crate::records::limits::MAX_MANIFEST_DEPTH {
+        return Err(Error::InvalidArgument(format!(
+            "task manifest nests {depth} deep, more than the limit of {}",
+            crate::records::limits::MAX_MANIFEST_DEPTH
+        )));
     }
     let value = match serde_json::from_str::<serde_json::Value>(manifest) {
         Ok(v @ serde_json::Value::Object(_)) => v,
