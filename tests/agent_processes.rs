@@ -1136,6 +1136,32 @@ fn agents_run_their_tribes_tasks_and_publish_through_a_remote_member() {
         .as_str()
         .unwrap()
         .contains("tribe_tasks_running 2\n"));
+    // A pattern with a typo matches nothing: every run succeeds, and the
+    // log says why no metric flows.
+    cli_ok(
+        &worker,
+        &[
+            "task",
+            "add",
+            "work",
+            "typo",
+            r#"{"schedule":{"interval":"200ms"},"collect":{"plugin":"proc","metrics":["laod/*"]}}"#,
+        ],
+    );
+    wait_for(
+        "a pattern matching nothing told",
+        Duration::from_secs(20),
+        || {
+            std::fs::read_to_string(dir.join("worker.log")).is_ok_and(|log| {
+                log.lines().any(|l| {
+                    l.contains("task=typo")
+                        && l.contains("metric patterns match nothing")
+                        && l.contains("laod/*")
+                })
+            })
+        },
+    );
+    cli_ok(&worker, &["task", "remove", "work", "typo"]);
     cli_ok(&worker, &["task", "remove", "work", "orphan"]);
     wait_for(
         "a removed task's runs dropped",

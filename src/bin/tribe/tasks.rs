@@ -340,6 +340,7 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest, runs: TaskRuns)
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + first, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_failure_log: Option<tokio::time::Instant> = None;
+    let mut last_empty_log: Option<tokio::time::Instant> = None;
     let mut succeeded_once = false;
     let id = workflow.manifest().id.clone();
     loop {
@@ -358,6 +359,15 @@ async fn run_task(node: Node, tribe: String, manifest: Manifest, runs: TaskRuns)
                 continue;
             }
         };
+        // A pattern with a typo matches nothing, and every run still
+        // succeeds: said, at the pace of failures.
+        if metrics.is_empty()
+            && !patterns.is_empty()
+            && last_empty_log.is_none_or(|t| t.elapsed() >= FAILURE_LOG_EVERY)
+        {
+            last_empty_log = Some(tokio::time::Instant::now());
+            tracing::warn!(%tribe, task = %id, metrics = ?patterns, "the task's metric patterns match nothing the `proc` collector reads: its runs carry no metric");
+        }
         for m in &mut metrics {
             m.tags.insert("source".into(), node.name().to_string());
         }
