@@ -169,6 +169,13 @@ pub(crate) enum DriverInput {
     BadFrame(ConnId, String, Option<SocketAddr>),
     /// Refused for a security reason (plaintext, unknown key, failed authentication).
     Refused(ConnId, crate::stream::Refusal, Option<SocketAddr>),
+    /// A dialled peer refused this node's primary (`rejected`) and proved
+    /// it holds `shared`, with which the stream was then sealed.
+    SealedWithShared {
+        rejected: crate::crypto::KeyId,
+        shared: crate::crypto::KeyId,
+        peer: SocketAddr,
+    },
     /// The API queued outputs (a command ran).
     Wake,
     /// A dial was refused: nothing listens at the address.
@@ -780,6 +787,18 @@ impl Driver {
                     .engine()
                     .handle_stream_refused(self.shared.now_ms(), conn, why, peer);
             }
+            DriverInput::SealedWithShared {
+                rejected,
+                shared,
+                peer,
+            } => {
+                self.shared.engine().handle_sealed_with_shared(
+                    self.shared.now_ms(),
+                    rejected,
+                    shared,
+                    peer,
+                );
+            }
             DriverInput::Failed(conn, why) => {
                 self.shared.engine().note_stream_failure(conn, why);
             }
@@ -1097,7 +1116,16 @@ impl Driver {
                 return;
             };
             let stream = match opened {
-                Ok(Some(s)) => s,
+                Ok(Some(s)) => {
+                    if let (Some((rejected, shared)), Some(peer)) = (s.fell_back, peer) {
+                        let _ = inbox.send(DriverInput::SealedWithShared {
+                            rejected,
+                            shared,
+                            peer,
+                        });
+                    }
+                    s
+                }
                 // A call stream: the server has it; the engine never will.
                 Ok(None) => {
                     let _ = inbox.send(DriverInput::Closed(conn));
@@ -1248,6 +1276,9 @@ struct SyncStream {
     opener: stream::Opener,
     /// An accepted stream's place among the accepted streams.
     _place: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// A dialled stream sealed with a key the peer proved it holds after it
+    /// refused this node's primary: (primary, that key).
+    fell_back: Option<(crate::crypto::KeyId, crate::crypto::KeyId)>,
 }
 
 /// Connects or accepts, runs the hello exchange and the channel frame. An
@@ -1265,17 +1296,40 @@ async fn open_stream(
                 if faults.is_blocked(&to) {
                     return Err(std::io::Error::other("blocked by fault injection").into());
                 }
-                let mut s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
-                    .await
-                    .map_err(|_| std::io::Error::other(ConnectTimedOut))??;
-                let _ = s.set_nodelay(true);
-                let (mut sealer, opener) = stream::connect(&mut s, security, max_frame).await?;
+                let dial = || async {
+                    let s = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to))
+                        .await
+                        .map_err(|_| std::io::Error::other(ConnectTimedOut))??;
+                    let _ = s.set_nodelay(true);
+                    Ok::<_, StreamError>(s)
+                };
+                let mut s = dial().await?;
+                let mut fell_back = None;
+                let (mut sealer, opener) = match stream::connect(&mut s, security, max_frame).await {
+                    // The peer does not hold this node's primary but proved
+                    // it holds another key of this node's ring: the two
+                    // sides of a partition that each rotated to a key of
+                    // their own. The exchange is sealed with the shared key,
+                    // so that the cluster's records (its keys, its primary)
+                    // reach both sides, and the later primary wins on both.
+                    Err(StreamError::Refused(stream::Refusal::KeyRejected {
+                        rejected,
+                        proven: Some(shared),
+                    })) if shared != rejected => {
+                        s = dial().await?;
+                        let pair = stream::connect_with_key(&mut s, security, shared, max_frame).await?;
+                        fell_back = Some((rejected, shared));
+                        pair
+                    }
+                    done => done?,
+                };
                 sealer.write_frame(&mut s, &[wire::CHANNEL_SYNC]).await?;
                 Ok(Some(SyncStream {
                     stream: s,
                     sealer,
                     opener,
                     _place: None,
+                    fell_back,
                 }))
             }
             ConnTarget::Accepted(mut s, place, mut setup, held) => {
@@ -1310,6 +1364,7 @@ async fn open_stream(
                         sealer,
                         opener,
                         _place: Some(place),
+                        fell_back: None,
                     })),
                     Some([wire::CHANNEL_RPC]) => {
                         drop(place);
@@ -1379,6 +1434,7 @@ async fn run_conn(
         mut sealer,
         mut opener,
         _place,
+        ..
     } = stream;
     let (mut reader, mut writer) = stream.into_split();
     // Whether the engine gave the exchange up.

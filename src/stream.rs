@@ -247,10 +247,37 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     security: &Security,
     max_frame: usize,
 ) -> Result<(Sealer, Opener), StreamError> {
+    connect_sealed_with(stream, security, None, max_frame).await
+}
+
+/// [`connect`], sealed with `key` of this node's ring rather than its
+/// primary: a key a peer that refused the primary proved it holds. A
+/// responder takes any key of its ring, so this opens nothing it would not.
+pub async fn connect_with_key<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    security: &Security,
+    key: KeyId,
+    max_frame: usize,
+) -> Result<(Sealer, Opener), StreamError> {
+    connect_sealed_with(stream, security, Some(key), max_frame).await
+}
+
+async fn connect_sealed_with<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    security: &Security,
+    with: Option<KeyId>,
+    max_frame: usize,
+) -> Result<(Sealer, Opener), StreamError> {
     let Some(ring) = security.seals() else {
         return Ok(halves(None, None, max_frame));
     };
-    let key = ring.primary().clone();
+    let key = match with {
+        None => ring.primary().clone(),
+        Some(id) => ring
+            .get(id)
+            .cloned()
+            .ok_or_else(|| std::io::Error::other(format!("key {id} is not held any more")))?,
+    };
     let mine = StreamHello::new(key.id());
     let exchange = async {
         stream.write_all(&mine.encode()).await?;

@@ -1049,3 +1049,60 @@ async fn a_switch_and_a_removal_that_cross_leave_the_key_that_stayed() {
         }
     }
 }
+
+/// Both sides of a partition rotate to a key of their own, each keeping the
+/// key the tribe had. Healed, neither side holds the other's primary, so
+/// every stream between them was refused and the tribe stayed two for
+/// good; now the exchanges between them are sealed with the key both kept,
+/// the keys and the primary records cross, and the later primary wins on
+/// both sides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sides_that_rotated_apart_merge_over_the_key_both_kept() {
+    let k0 = SecretKey::generate();
+    let (ka, kb) = (SecretKey::generate(), SecretKey::generate());
+    let nodes = start_cluster("kp", 4, keyed(&k0)).await;
+    wait_converged_members(&nodes, 4).await;
+    let sides: [&[usize]; 2] = [&[0, 1], &[2, 3]];
+    for &x in sides[0] {
+        for &y in sides[1] {
+            nodes[x].faults().block(nodes[y].addr());
+            nodes[y].faults().block(nodes[x].addr());
+        }
+    }
+    wait_for("two sides", Duration::from_secs(30), || {
+        nodes.iter().all(|n| n.members_alive() == 2)
+    })
+    .await;
+    for (side, key) in [(sides[0], &ka), (sides[1], &kb)] {
+        nodes[side[0]].install_key(key.clone()).await.unwrap();
+        wait_for(
+            "the side's key on the side",
+            Duration::from_secs(20),
+            || side.iter().all(|&i| holders(&nodes[i], key.id()).0 == 2),
+        )
+        .await;
+        nodes[side[0]].use_key(key.id()).await.unwrap();
+        wait_for("the side seals with it", Duration::from_secs(20), || {
+            side.iter()
+                .all(|&i| nodes[i].keyring_status().primary == Some(key.id()))
+        })
+        .await;
+    }
+    for n in &nodes {
+        n.faults().heal();
+    }
+    wait_for(
+        "one tribe again, sealing with the later primary",
+        Duration::from_secs(60),
+        || {
+            nodes
+                .iter()
+                .all(|n| n.members_alive() == 4 && n.keyring_status().primary == Some(kb.id()))
+        },
+    )
+    .await;
+    wait_same_digest(&nodes).await;
+    for n in nodes {
+        n.shutdown().await.unwrap();
+    }
+}

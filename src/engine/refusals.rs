@@ -72,4 +72,32 @@ impl Engine {
         self.note_why(conn, why.to_string());
         self.handle_stream_closed(now_ms, conn);
     }
+
+    /// A peer this node dialled refused its primary, `rejected`, and proved
+    /// it holds `shared`, with which the exchange was then sealed: the two
+    /// sides of a partition that each made a key of their own primary, or
+    /// a node behind a rotation. Counted and told as a refusal; this node
+    /// takes `shared` when a refusal would make it (see `try_another_key`).
+    /// Else the exchange carries the cluster's keys and primary record
+    /// across, and the later primary wins on both sides.
+    pub fn handle_sealed_with_shared(
+        &mut self,
+        now_ms: u64,
+        rejected: crate::crypto::KeyId,
+        shared: crate::crypto::KeyId,
+        peer: std::net::SocketAddr,
+    ) {
+        self.tick(now_ms);
+        lock(&self.shared).counters.key_rejections += 1;
+        self.key_refused = Some((peer, now_ms));
+        if !self.try_another_key(now_ms, rejected, Some(shared)) && self.log_due("key_rejected_shared") {
+            tracing::warn!(
+                %peer,
+                refused = %rejected,
+                shared = %shared,
+                "a peer does not hold this node's key {rejected} but holds key {shared}, which this node holds too: exchanges with it are sealed with {shared} until the tribe's primary record (the later `tribe keys use`) settles one key for every node"
+            );
+        }
+        self.after_change();
+    }
 }
