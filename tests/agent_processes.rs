@@ -994,12 +994,29 @@ fn keygen_keyed_agents_and_key_rotation_through_the_cli_never_show_a_key() {
         assert_eq!(status, 400, "{body}");
         seen.push(body.to_string());
     }
+    // A member down (kill -9: failed, not left) is not counted by a keyring
+    // step, and the step says so.
+    let k3 = keygen(());
+    agents[2].child.kill().unwrap();
+    wait_for("e3 failed at e1", Duration::from_secs(30), || {
+        get(&agents[0], "/v1/members")
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "e3" && m["state"] == "failed")
+    });
+    let out = cli_ok(&agents[0], &["keys", "install", &k3]);
+    assert!(
+        out.contains("installed on 2/2 live nodes (1 failed member(s) not counted: e3;"),
+        "{out}"
+    );
+    seen.push(out);
     drop(agents);
     for name in ["e1", "e2", "e3"] {
         seen.push(std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap());
     }
     for text in &seen {
-        for key in [&k1, &k2] {
+        for key in [&k1, &k2, &k3] {
             assert!(
                 !text.contains(key.as_str()),
                 "a key leaked into: {}",

@@ -777,13 +777,36 @@ fn wait_keys(
             });
         let summary = format!("key {id} {what} on {hold}/{} live nodes", keys.members);
         if hold == keys.members {
-            return Ok(summary);
+            return Ok(format!("{summary}{}", not_counted(admin)));
         }
         if std::time::Instant::now() > deadline {
             return Err(format!("{summary} after {wait}s"));
         }
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
+}
+
+/// The members down (failed, not left) that a keyring step did not count:
+/// cut apart by a partition, they hold the keys they held, and a removal
+/// of every key they hold cuts them off once they are back.
+fn not_counted(admin: &Admin) -> String {
+    let Ok(members) = admin.get::<Vec<Member>>("/v1/members") else {
+        return String::new();
+    };
+    let failed: Vec<&str> = members
+        .iter()
+        .filter(|m| m.state == "failed")
+        .map(|m| m.name.as_str())
+        .collect();
+    if failed.is_empty() {
+        return String::new();
+    }
+    format!(
+        " ({} failed member(s) not counted: {}; they take this step when they are back, \
+         unless every key they hold has been removed meanwhile)",
+        failed.len(),
+        failed.join(", ")
+    )
 }
 
 /// What undid a `keys use` of `id` while it spread (a step made through
