@@ -1131,8 +1131,11 @@ impl Engine {
         if self.renewals.note(now) {
             warn_limited!(self, "renewals", || format!(
                 "peers found this node down {} times within {} minutes while it \
-                 runs: they do not hear its gossip, or it does not hear theirs (UDP blocked \
-                 while TCP passes, as a firewall may; or a host paused or overloaded)",
+                 runs: they do not hear its gossip, or it does not hear theirs (an \
+                 advertised address at which nothing of this node listens: check \
+                 --advertise; UDP blocked while TCP passes, as a firewall may; a host \
+                 paused or overloaded; or a peer whose own link is cut one way, which \
+                 declares healthy nodes down)",
                 renewals::WARNED,
                 renewals::WINDOW_MS / 60_000
             ));
