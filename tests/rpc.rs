@@ -30,6 +30,61 @@ async fn serve_echo(node: &Node, delay: Duration) {
     .unwrap();
 }
 
+/// A node on a runtime of its own, on a thread that stops running it at
+/// [`Freezable::freeze`] (as a stopped process would) until
+/// [`Freezable::thaw`], which aborts it.
+struct Freezable {
+    name: String,
+    freeze: Option<tokio::sync::oneshot::Sender<()>>,
+    thaw: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts a node of `cfg` on its own thread and runs `setup` on it there.
+async fn freezable<F, Fut>(cfg: tribe::Config, setup: F) -> Freezable
+where
+    F: FnOnce(Node) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
+    let (named, name) = tokio::sync::oneshot::channel::<String>();
+    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let node = Node::start(cfg).await.unwrap();
+            setup(node.clone()).await;
+            named.send(node.name().to_string()).unwrap();
+            let _ = frozen.await;
+            // Blocks the runtime's one thread: nothing of the node runs.
+            let _ = thawed.recv_timeout(Duration::from_secs(60));
+            node.abort().await;
+        });
+    });
+    Freezable {
+        name: name.await.unwrap(),
+        freeze: Some(freeze),
+        thaw,
+        thread,
+    }
+}
+
+impl Freezable {
+    fn freeze(&mut self) {
+        self.freeze.take().unwrap().send(()).unwrap();
+    }
+
+    async fn thaw(self) {
+        self.thaw.send(()).unwrap();
+        tokio::task::spawn_blocking(move || self.thread.join().unwrap())
+            .await
+            .unwrap();
+    }
+}
+
 /// Waits until `caller` sees the one host of `svc` serving `endpoints` plugins.
 async fn wait_served(caller: &Node, endpoints: usize) {
     wait_for("the host's endpoints seen", Duration::from_secs(20), || {
@@ -638,37 +693,21 @@ async fn a_call_whose_caller_is_declared_failed_is_abandoned_then() {
     .unwrap();
     // The caller runs on a runtime of its own, on a thread that then
     // stops running it, as a stopped process would.
-    let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
-    let (named, name) = tokio::sync::oneshot::channel::<String>();
-    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
-    let seed = host.addr();
-    let caller_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut cfg = test_config("cfz-caller");
-            cfg.seeds = vec![seed];
-            let caller = Node::start(cfg).await.unwrap();
-            wait_served(&caller, 1).await;
-            let target = CallTarget::new("svc", "stuck", PluginKind::Processor);
-            let busy = caller.clone();
-            tokio::spawn(async move { busy.call(&target, b"x".to_vec(), 120 * SECOND).await });
-            named.send(caller.name().to_string()).unwrap();
-            let _ = frozen.await;
-            // Blocks the runtime's one thread: nothing of the node runs.
-            let _ = thawed.recv_timeout(Duration::from_secs(60));
-            caller.abort().await;
-        });
-    });
-    let caller = name.await.unwrap();
+    let mut cfg = test_config("cfz-caller");
+    cfg.seeds = vec![host.addr()];
+    let mut frozen_caller = freezable(cfg, |caller| async move {
+        wait_served(&caller, 1).await;
+        let target = CallTarget::new("svc", "stuck", PluginKind::Processor);
+        tokio::spawn(async move { caller.call(&target, b"x".to_vec(), 120 * SECOND).await });
+    })
+    .await;
+    let caller = frozen_caller.name.clone();
     wait_for("the call reached the host", Duration::from_secs(10), || {
         held.lock().unwrap().len() == 1
     })
     .await;
     let cancelled = host.rpc_stats().cancelled;
-    freeze.send(()).unwrap();
+    frozen_caller.freeze();
     wait_for(
         "the host's handler sees the call abandoned",
         Duration::from_secs(30),
@@ -680,11 +719,8 @@ async fn a_call_whose_caller_is_declared_failed_is_abandoned_then() {
         .iter()
         .any(|m| m.name == caller && m.state == tribe::MemberState::Failed));
     assert_eq!(host.rpc_stats().cancelled, cancelled + 1);
-    thaw.send(()).unwrap();
     host.shutdown().await.unwrap();
-    tokio::task::spawn_blocking(move || caller_thread.join().unwrap())
-        .await
-        .unwrap();
+    frozen_caller.thaw().await;
 }
 
 /// A host that stops answering probes (a stopped process) is suspected
@@ -704,29 +740,14 @@ async fn calls_pass_over_a_suspected_host() {
     serve_echo(host, Duration::ZERO).await;
     // The other host runs on a runtime of its own, on a thread that then
     // stops running it.
-    let (freeze, frozen) = tokio::sync::oneshot::channel::<()>();
-    let (named, name) = tokio::sync::oneshot::channel::<String>();
-    let (thaw, thawed) = std::sync::mpsc::channel::<()>();
-    let seed = caller.addr();
-    let stopped_thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let mut cfg = test_config("sph-stopped");
-            slow_verdict(&mut cfg);
-            cfg.seeds = vec![seed];
-            let stopped = Node::start(cfg).await.unwrap();
-            serve_echo(&stopped, Duration::ZERO).await;
-            named.send(stopped.name().to_string()).unwrap();
-            let _ = frozen.await;
-            // Blocks the runtime's one thread: nothing of the node runs.
-            let _ = thawed.recv_timeout(Duration::from_secs(60));
-            stopped.abort().await;
-        });
-    });
-    let stopped = name.await.unwrap();
+    let mut cfg = test_config("sph-stopped");
+    slow_verdict(&mut cfg);
+    cfg.seeds = vec![caller.addr()];
+    let mut frozen_host = freezable(cfg, |stopped| async move {
+        serve_echo(&stopped, Duration::ZERO).await;
+    })
+    .await;
+    let stopped = frozen_host.name.clone();
     wait_for("the third node seen", 20 * SECOND, || {
         caller.members().len() == 3
     })
@@ -754,7 +775,7 @@ async fn calls_pass_over_a_suspected_host() {
         *hosts.entry(host_of(&reply)).or_insert(0) += 1;
     }
     assert_eq!(hosts.len(), 2, "{hosts:?}");
-    freeze.send(()).unwrap();
+    frozen_host.freeze();
     wait_for("the stopped host suspected", 20 * SECOND, || {
         caller
             .members()
@@ -775,13 +796,10 @@ async fn calls_pass_over_a_suspected_host() {
             "call {i}: {reply:?}"
         );
     }
-    thaw.send(()).unwrap();
     for n in &nodes {
         n.shutdown().await.unwrap();
     }
-    tokio::task::spawn_blocking(move || stopped_thread.join().unwrap())
-        .await
-        .unwrap();
+    frozen_host.thaw().await;
 }
 
 /// A stop waits for the replies of calls still being answered, not for a
